@@ -1,0 +1,1 @@
+"""The agent runner: what runs inside a session's container (DESIGN §7)."""

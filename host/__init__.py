@@ -1,0 +1,1 @@
+"""The ncl host: sweeps session inboxes, wakes runners, applies their requests; and the ncl CLI."""

@@ -1,0 +1,77 @@
+"""The ``ncl`` command: every command has ``--json``; errors are one line on stderr (exit 1, usage 2)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import sys
+from contextlib import closing
+
+import click
+
+from host import doctor as checks
+from host import settings as settings_module
+from host.cli.app import App, pass_app
+from host.cli.groups import group_cli
+from host.cli.output import emit, json_option, table
+from host.cli.sessions import session_cli
+from host.errors import NclError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ncl-agent-host", prog_name="ncl")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """ncl: run AI agents for people from SQLite inboxes.
+
+    Settings come from the environment, then .env in the current directory (or NCL_ENV_FILE);
+    see .env.example. Times are shown in TZ.
+    """
+    logging.basicConfig(level=logging.WARNING, format="ncl: %(levelname)s: %(message)s")
+    settings = settings_module.load()
+    logging.getLogger().setLevel(settings.log_level)
+    ctx.obj = App(settings)
+
+
+@cli.command()
+@json_option
+@pass_app
+def doctor(app: App, as_json: bool) -> None:
+    """Check the install: TZ, data dir, Docker engine and image, API key, schema versions."""
+    found = checks.run_all(app.settings)
+    ok = all(c.ok for c in found)
+    emit(as_json, {"ok": ok, "checks": [c.to_json() for c in found]}, lambda: table(
+        [{**c.to_json(), "ok": "ok" if c.ok else "FAIL"} for c in found],
+        [("ok", "STATUS"), ("name", "CHECK"), ("detail", "DETAIL")], ""))
+    if not ok:
+        raise SystemExit(1)
+
+
+cli.add_command(group_cli)
+cli.add_command(session_cli)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"ncl: {message}", err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: turns every error into one line on stderr and an exit code."""
+    try:
+        code = cli.main(args=argv, prog_name="ncl", standalone_mode=False)
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        _fail(f"{exc.format_message()}{hint}", 2)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except click.Abort:
+        _fail("aborted", 1)
+    except (NclError, ValueError, OSError, sqlite3.Error) as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 1)
+    except Exception as exc:
+        if os.environ.get("NCL_DEBUG"):
+            raise
+        _fail(f"internal error: {type(exc).__name__}: {exc} (set NCL_DEBUG=1 for the traceback)", 1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,37 @@
+"""What every command is handed: the settings, and the central DB opened the right way."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+
+import click
+
+from host import db
+from host.settings import Settings
+from schemas import clock
+
+
+@dataclass(frozen=True)
+class App:
+    settings: Settings
+
+    def central(self, write: bool = False) -> sqlite3.Connection:
+        """The central DB. A read on an install that has none sees an empty one and creates nothing."""
+        path = self.settings.central_db
+        if write:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return db.connect(path, "central")
+        if path.exists():
+            return db.connect(path, "central", readonly=True)
+        empty = sqlite3.connect(":memory:", isolation_level=None)
+        empty.row_factory = sqlite3.Row
+        db.migrate(empty, "central")
+        return empty
+
+    def now(self) -> datetime:
+        return clock.now()
+
+
+pass_app = click.make_pass_decorator(App)

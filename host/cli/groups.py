@@ -1,0 +1,114 @@
+"""``ncl groups``: create, list, show and delete agent groups."""
+
+from __future__ import annotations
+
+from contextlib import closing
+from pathlib import Path
+
+import click
+
+from host import groups, sessions
+from host.cli.app import App, pass_app
+from host.cli.output import emit, fields, json_option, local_time, table
+from host.errors import NclError
+
+COLUMNS = [("id", "ID"), ("name", "NAME"), ("channels", "CHANNELS"), ("session_mode", "SESSIONS"),
+           ("provider", "PROVIDER"), ("model", "MODEL"), ("created", "CREATED")]
+
+
+@click.group("groups")
+def group_cli() -> None:
+    """Agent groups: one agent each, with its rules, files and channels."""
+
+
+def _rules(value: str) -> str:
+    if not value.startswith("@"):
+        return value
+    try:
+        return Path(value[1:]).read_text()
+    except OSError as exc:
+        raise NclError(f"cannot read rules file {value[1:]}: {exc.strerror}") from None
+
+
+@group_cli.command("create")
+@click.argument("name")
+@click.option("--channel", "channels", multiple=True, metavar="CHANNEL",
+              help="cli, queue:NAME, webhook:NAME or toolkit:NAME; repeat for several.")
+@click.option("--rules", default="", metavar="TEXT|@FILE", help="The agent's standing instructions.")
+@click.option("--session-mode", type=click.Choice(groups.SESSION_MODES), default="shared", show_default=True,
+              help="shared: one session per channel address; per-thread: one per thread key.")
+@click.option("--provider", type=click.Choice(groups.PROVIDERS), help="Model provider (default NCL_PROVIDER).")
+@click.option("--model", help="Model name (default NCL_MODEL).")
+@json_option
+@pass_app
+def create(app: App, name: str, channels: tuple[str, ...], rules: str, session_mode: str,
+           provider: str | None, model: str | None, as_json: bool) -> None:
+    """Create the agent group NAME. Webhook tokens are shown once, here."""
+    with closing(app.central(write=True)) as conn:
+        group, tokens = groups.create(conn, app.settings, app.now(), name, list(channels), _rules(rules),
+                                      session_mode, provider, model)
+    data = group.to_json()
+    if tokens:
+        data["webhook_tokens"] = tokens
+
+    def human() -> None:
+        click.echo(f"created group {group.name} ({group.id}); files in {groups.folder(app.settings, group.id)}")
+        for channel, token in tokens.items():
+            click.echo(f"webhook:{channel} token (shown once): {token}")
+
+    emit(as_json, data, human)
+
+
+@group_cli.command("list")
+@json_option
+@pass_app
+def list_(app: App, as_json: bool) -> None:
+    """List agent groups."""
+    with closing(app.central()) as conn:
+        found = groups.list_all(conn)
+    zone = app.settings.tz.zone
+    emit(as_json, {"groups": [g.to_json() for g in found]}, lambda: table(
+        [{**g.to_json(), "provider": g.provider or "default", "model": g.model or "default",
+          "created": local_time(g.created_at, zone)} for g in found],
+        COLUMNS, "no groups (create one with 'ncl groups create NAME --channel cli')"))
+
+
+@group_cli.command("show")
+@click.argument("group")
+@json_option
+@pass_app
+def show(app: App, group: str, as_json: bool) -> None:
+    """Show one group (by name or id) with its rules and folder."""
+    with closing(app.central()) as conn:
+        found = groups.get(conn, group)
+        count = len(sessions.list_all(conn, app.settings, found.id, status="active"))
+    data = {**found.to_json(), "rules": found.rules, "folder": str(groups.folder(app.settings, found.id)),
+            "active_sessions": count}
+    emit(as_json, data, lambda: fields(
+        {**data, "created_at": local_time(found.created_at, app.settings.tz.zone)},
+        [("id", "id"), ("name", "name"), ("channels", "channels"), ("session_mode", "session mode"),
+         ("provider", "provider"), ("model", "model"), ("created_at", "created"),
+         ("active_sessions", "active sessions"), ("folder", "folder"), ("rules", "rules")]))
+
+
+@group_cli.command("delete")
+@click.argument("group")
+@click.option("--yes", is_flag=True, help="Really delete (otherwise only say what would happen).")
+@json_option
+@pass_app
+def delete(app: App, group: str, yes: bool, as_json: bool) -> None:
+    """Delete a group: its live task series are paused (never deleted), its sessions closed, its
+    channels unwired. Files under the data dir are kept."""
+    with closing(app.central(write=yes)) as conn:
+        found = groups.get(conn, group)
+        active = sessions.list_all(conn, app.settings, found.id, status="active")
+        if not yes:
+            raise NclError(f"deleting group {found.name} closes {len(active)} session(s) and pauses their "
+                           "task series; run again with --yes to do it")
+        paused = sum(sessions.pause_task_series(s) for s in active)
+        groups.delete(conn, found)
+    data = {"id": found.id, "deleted": True, "sessions_closed": len(active), "task_series_paused": paused,
+            "folder": str(groups.folder(app.settings, found.id))}
+    emit(as_json, data, lambda: click.echo(
+        f"deleted group {found.name}: {len(active)} session(s) closed, {paused} task occurrence(s) paused; "
+        f"files kept in {data['folder']}"))

@@ -1,0 +1,63 @@
+"""``ncl sessions``: the operator's way to open and inspect sessions."""
+
+from __future__ import annotations
+
+from contextlib import closing
+
+import click
+
+from host import groups, sessions
+from host.cli.app import App, pass_app
+from host.cli.output import emit, fields, json_option, local_time, table
+
+COLUMNS = [("id", "ID"), ("agent_group_id", "GROUP"), ("status", "STATUS"), ("thread_key", "THREAD"),
+           ("created", "CREATED"), ("last_active", "LAST ACTIVE")]
+
+
+@click.group("sessions")
+def session_cli() -> None:
+    """Sessions: one folder and inbox per conversation or job stream."""
+
+
+@session_cli.command("create")
+@click.option("--group", "group_ref", required=True, help="Group name or id.")
+@click.option("--thread", "thread_key", help="Thread key (at most one active session per key).")
+@json_option
+@pass_app
+def create(app: App, group_ref: str, thread_key: str | None, as_json: bool) -> None:
+    """Create a session for a group, with its folder and both DBs."""
+    with closing(app.central(write=True)) as conn:
+        found = sessions.create(conn, app.settings, app.now(), groups.get(conn, group_ref), thread_key)
+    emit(as_json, found.to_json(), lambda: click.echo(f"created session {found.id} in {found.path}"))
+
+
+@session_cli.command("list")
+@click.option("--agent-group-id", "--group", "group_ref", help="Only this group's sessions (id or name).")
+@click.option("--status", type=click.Choice(["active", "closed"]), help="Only sessions in this status.")
+@json_option
+@pass_app
+def list_(app: App, group_ref: str | None, status: str | None, as_json: bool) -> None:
+    """List sessions, oldest first."""
+    with closing(app.central()) as conn:
+        group_id = groups.get(conn, group_ref).id if group_ref else None
+        found = sessions.list_all(conn, app.settings, group_id, status)
+    zone = app.settings.tz.zone
+    emit(as_json, {"sessions": [s.to_json() for s in found]}, lambda: table(
+        [{**s.to_json(), "created": local_time(s.created_at, zone), "last_active": local_time(s.last_active_at, zone)}
+         for s in found], COLUMNS, "no sessions"))
+
+
+@session_cli.command("show")
+@click.argument("session_id")
+@json_option
+@pass_app
+def show(app: App, session_id: str, as_json: bool) -> None:
+    """Show one session."""
+    with closing(app.central()) as conn:
+        found = sessions.get(conn, app.settings, session_id)
+    zone = app.settings.tz.zone
+    emit(as_json, found.to_json(), lambda: fields(
+        {**found.to_json(), "created_at": local_time(found.created_at, zone),
+         "last_active_at": local_time(found.last_active_at, zone)},
+        [("id", "id"), ("agent_group_id", "group"), ("status", "status"), ("thread_key", "thread"),
+         ("created_at", "created"), ("last_active_at", "last active"), ("path", "path")]))

@@ -1,0 +1,97 @@
+"""Opening the SQLite files: pragmas, short explicit transactions, forward migration on open."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+from host.errors import NclError
+from schemas.ddl import MIGRATIONS, DbKind, latest_version
+
+BUSY_TIMEOUT_MS = 5000
+
+
+class DbError(NclError):
+    """A DB file that cannot be opened or is newer than this release."""
+
+
+def _statements(script: str) -> Iterator[str]:
+    # executescript() would COMMIT first; a migration must be one transaction, so split it ourselves.
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                yield buffer
+            buffer = ""
+
+
+def _raw(path: Path, readonly: bool) -> sqlite3.Connection:
+    target = f"{path.resolve().as_uri()}?mode={'ro' if readonly else 'rwc'}"
+    try:
+        conn = sqlite3.connect(target, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    except sqlite3.OperationalError as exc:
+        raise DbError(f"cannot open {path}: {exc}") from None
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``: take the write lock up front so no upgrade deadlocks."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection, kind: DbKind) -> int:
+    """Bring the file to the latest schema in one transaction; returns the version it had."""
+    before = version(conn)
+    if before == latest_version(kind):
+        return before
+    with transaction(conn):
+        current = version(conn)  # another process may have migrated while we waited for the lock
+        if current > latest_version(kind):
+            raise DbError(f"{kind} schema version {current} is newer than this release knows")
+        for step in range(current, latest_version(kind)):
+            for statement in _statements(MIGRATIONS[kind][step]):
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={latest_version(kind)}")
+    return before
+
+
+def connect(path: Path, kind: DbKind, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open ``path`` at the latest schema. Read-only opens never write, except the migration of an
+    older file, done once through a short read-write connection first (DESIGN §12.13)."""
+    if readonly:
+        if not path.is_file():
+            raise DbError(f"no such database: {path}")
+        conn = _raw(path, readonly=True)
+        if version(conn) == latest_version(kind):
+            return conn
+        conn.close()
+        with closing(connect(path, kind)):
+            pass
+        return _raw(path, readonly=True)
+    conn = _raw(path, readonly=False)
+    try:
+        # Session files cross a container mount: WAL's shared memory does not, so DELETE there.
+        conn.execute(f"PRAGMA journal_mode={'WAL' if kind == 'central' else 'DELETE'}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        migrate(conn, kind)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise DbError(f"cannot use {path}: {exc}") from None
+    return conn
+

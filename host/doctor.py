@@ -1,0 +1,107 @@
+"""``ncl doctor``'s checks: each says whether something is wrong and what was found."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections import Counter
+from contextlib import closing
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from host import db, sessions
+from host.settings import Settings
+from schemas.ddl import DbKind, latest_version
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def timezone(settings: Settings) -> Check:
+    tz = settings.tz
+    rejected = "; ".join(f"rejected TZ={value!r} from {source}" for source, value in tz.rejected)
+    detail = f"{tz.name} (from {tz.source})" + (f"; {rejected}" if rejected else "")
+    return Check("timezone", not tz.rejected, detail)
+
+
+def data_dir(settings: Settings) -> Check:
+    path = settings.data_dir
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    writable = probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+    state = "exists" if path.exists() else f"will be created under {probe}"
+    return Check("data_dir", writable, f"{path} ({state}; {'writable' if writable else 'NOT writable'})")
+
+
+def docker_engine(settings: Settings) -> tuple[Check, Check]:
+    """The engine and the runner image. Neither is required unless NCL_RUNTIME=docker."""
+    required = settings.runtime == "docker"
+    try:
+        import docker  # imported here: the SDK is slow to import and only doctor needs it so far
+
+        client = docker.from_env(timeout=5)
+        client.ping()
+    except Exception as exc:  # the SDK raises many kinds; any of them means "not reachable"
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        engine = Check("docker_engine", not required, f"not reachable ({reason}); runtime {settings.runtime}")
+        return engine, Check("image", not required, f"{settings.image}: unknown (no engine)")
+    with closing(client):
+        engine = Check("docker_engine", True, f"reachable (engine {client.version().get('Version', '?')})")
+        try:
+            client.images.get(settings.image)
+            image = Check("image", True, f"{settings.image} present")
+        except docker.errors.ImageNotFound:
+            image = Check("image", not required, f"{settings.image} missing (build it with 'ncl image build')")
+    return engine, image
+
+
+def api_key(settings: Settings) -> Check:
+    present = bool(settings.anthropic_api_key)
+    needed = settings.provider == "anthropic"
+    detail = f"ANTHROPIC_API_KEY {'present' if present else 'not set'}; provider {settings.provider}"
+    return Check("api_key", present or not needed, detail)
+
+
+def _file_version(path: Path) -> int | None:
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            return db.version(conn)
+    except sqlite3.Error:
+        return None
+
+
+def schema_versions(settings: Settings) -> Check:
+    """Versions of central.db and every session file, read without migrating anything."""
+    problems: list[str] = []
+    tally: Counter[str] = Counter()
+    if not settings.central_db.exists():
+        return Check("schema", True, f"no central.db yet (latest central v{latest_version('central')})")
+    files: list[tuple[DbKind, Path]] = [("central", settings.central_db)]
+    with closing(db.connect(settings.central_db, "central", readonly=True)) as conn:
+        for session in sessions.list_all(conn, settings, status="active"):
+            files += [("inbound", session.folder / "inbound.db"), ("outbound", session.folder / "outbound.db")]
+    for kind, path in files:
+        found = _file_version(path) if path.exists() else None
+        latest = latest_version(kind)
+        if found is None:
+            problems.append(f"{path}: missing or unreadable")
+        elif found > latest:
+            problems.append(f"{path}: v{found} is newer than this release (v{latest})")
+        else:
+            tally[f"{kind} v{found}" + ("" if found == latest else f" (migrates to v{latest} on open)")] += 1
+    summary = ", ".join(f"{count}× {label}" for label, count in sorted(tally.items()))
+    return Check("schema", not problems, "; ".join([summary, *problems]) if problems else summary)
+
+
+def run_all(settings: Settings) -> list[Check]:
+    return [timezone(settings), data_dir(settings), *docker_engine(settings), api_key(settings),
+            schema_versions(settings)]

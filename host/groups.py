@@ -1,0 +1,148 @@
+"""Agent groups: one agent each — its rules, its files, its channels (DESIGN §9)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from host.db import transaction
+from host.errors import NclError
+from host.settings import Settings
+from schemas import ids
+from schemas.times import to_text
+
+CHANNEL = re.compile(r"^(cli|(queue|webhook|toolkit):[A-Za-z0-9][A-Za-z0-9._-]{0,63})$")
+SESSION_MODES = ("shared", "per-thread")
+PROVIDERS = ("mock", "anthropic")
+
+
+@dataclass(frozen=True)
+class Group:
+    id: str
+    name: str
+    channels: list[str]
+    session_mode: str
+    provider: str | None
+    model: str | None
+    created_at: str
+    rules: str = field(default="", repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["rules"]
+        return data
+
+
+def folder(settings: Settings, group_id: str) -> Path:
+    return settings.groups_dir / group_id
+
+
+def check_channel(channel: str) -> str:
+    if not CHANNEL.match(channel):
+        raise NclError(
+            f"invalid channel {channel!r}: use cli, queue:NAME, webhook:NAME or toolkit:NAME "
+            "(NAME: letters, digits, '.', '_', '-')"
+        )
+    return channel
+
+
+def create(
+    conn: sqlite3.Connection,
+    settings: Settings,
+    now: datetime,
+    name: str,
+    channels: list[str],
+    rules: str = "",
+    session_mode: str = "shared",
+    provider: str | None = None,
+    model: str | None = None,
+) -> tuple[Group, dict[str, str]]:
+    """Create a group and wire its channels. Returns it and the webhook tokens, shown only now."""
+    try:
+        group_id = ids.group_id(name)
+    except ValueError as exc:
+        raise NclError(str(exc)) from None
+    wanted = list(dict.fromkeys(check_channel(c) for c in channels))
+    if session_mode not in SESSION_MODES:
+        raise NclError(f"invalid session mode {session_mode!r}: use shared or per-thread")
+    if provider is not None and provider not in PROVIDERS:
+        raise NclError(f"invalid provider {provider!r}: use {' or '.join(PROVIDERS)}")
+    tokens = {c.split(":", 1)[1]: secrets.token_urlsafe(32) for c in wanted if c.startswith("webhook:")}
+    created = to_text(now)
+    with transaction(conn):
+        if conn.execute("SELECT 1 FROM agent_groups WHERE id = ?", (group_id,)).fetchone():
+            raise NclError(f"group {name!r} already exists ({group_id})")
+        conn.execute(
+            "INSERT INTO agent_groups(id, name, rules, session_mode, provider, model, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (group_id, name, rules, session_mode, provider, model, created),
+        )
+        for position, channel in enumerate(wanted):
+            owner = conn.execute(
+                "SELECT agent_group_id FROM wirings WHERE channel = ? AND channel <> 'cli'", (channel,)
+            ).fetchone()
+            if owner:
+                raise NclError(f"channel {channel} is already wired to group {owner[0]}")
+            token = tokens.get(channel.split(":", 1)[1]) if channel.startswith("webhook:") else None
+            conn.execute(
+                "INSERT INTO wirings(channel, agent_group_id, position, token_hash, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (channel, group_id, position, token_hash(token) if token else None, created),
+            )
+    home = folder(settings, group_id)
+    home.mkdir(parents=True, exist_ok=True)
+    memory = home / "AGENT.md"
+    if not memory.exists():
+        memory.write_text(f"# {name}\n\nThe agent's memory: notes it keeps between conversations.\n")
+    return get(conn, group_id), tokens
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _from_row(conn: sqlite3.Connection, row: sqlite3.Row) -> Group:
+    channels = [
+        r[0]
+        for r in conn.execute(
+            "SELECT channel FROM wirings WHERE agent_group_id = ? ORDER BY position", (row["id"],)
+        )
+    ]
+    return Group(
+        id=row["id"],
+        name=row["name"],
+        channels=channels,
+        session_mode=row["session_mode"],
+        provider=row["provider"],
+        model=row["model"],
+        created_at=row["created_at"],
+        rules=row["rules"],
+    )
+
+
+def list_all(conn: sqlite3.Connection) -> list[Group]:
+    rows = conn.execute("SELECT * FROM agent_groups ORDER BY name").fetchall()
+    return [_from_row(conn, row) for row in rows]
+
+
+def get(conn: sqlite3.Connection, ref: str) -> Group:
+    """A group by id (``ag-demo``) or name (``demo``, any case)."""
+    row = conn.execute(
+        "SELECT * FROM agent_groups WHERE id = ? OR name = ? COLLATE NOCASE", (ref, ref)
+    ).fetchone()
+    if row is None:
+        raise NclError(f"unknown group {ref!r} (see 'ncl groups list')")
+    return _from_row(conn, row)
+
+
+def delete(conn: sqlite3.Connection, group: Group) -> None:
+    """Remove the group and its wirings; its sessions are closed. Files on disk are kept."""
+    with transaction(conn):
+        conn.execute("UPDATE sessions SET status = 'closed' WHERE agent_group_id = ?", (group.id,))
+        conn.execute("DELETE FROM agent_groups WHERE id = ?", (group.id,))

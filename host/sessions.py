@@ -1,0 +1,116 @@
+"""Sessions: one folder per conversation or job stream, holding its inbound.db and outbound.db."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from host import db
+from host.errors import NclError
+from host.groups import Group
+from host.settings import Settings
+from schemas import ids
+from schemas.times import to_text
+
+
+@dataclass(frozen=True)
+class Session:
+    id: str
+    agent_group_id: str
+    status: str
+    thread_key: str | None
+    created_at: str
+    last_active_at: str
+    path: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.path)
+
+
+def folder(settings: Settings, agent_group_id: str, session_id: str) -> Path:
+    return settings.sessions_dir / agent_group_id / session_id
+
+
+def _from_row(settings: Settings, row: sqlite3.Row) -> Session:
+    return Session(
+        id=row["id"],
+        agent_group_id=row["agent_group_id"],
+        status=row["status"],
+        thread_key=row["thread_key"],
+        created_at=row["created_at"],
+        last_active_at=row["last_active_at"],
+        path=str(folder(settings, row["agent_group_id"], row["id"])),
+    )
+
+
+def create_files(path: Path) -> None:
+    """The session folder with both DBs at the latest schema and the file exchange folders."""
+    for sub in ("inbox", "outbox"):
+        (path / sub).mkdir(parents=True, exist_ok=True)
+    for kind in ("inbound", "outbound"):
+        with closing(db.connect(path / f"{kind}.db", kind)):
+            pass
+
+
+def create(
+    conn: sqlite3.Connection, settings: Settings, now: datetime, group: Group, thread_key: str | None
+) -> Session:
+    if thread_key is not None and not thread_key.strip():
+        raise NclError("thread key must not be empty")
+    session_id = ids.new_id("sess", now)
+    # Files first: a crash leaves at worst an unlisted folder, never a listed session without files.
+    create_files(folder(settings, group.id, session_id))
+    stamp = to_text(now)
+    with db.transaction(conn):
+        if thread_key is not None:
+            clash = conn.execute(
+                "SELECT id FROM sessions WHERE agent_group_id = ? AND thread_key = ? AND status = 'active'",
+                (group.id, thread_key),
+            ).fetchone()
+            if clash:
+                raise NclError(f"group {group.name} already has an active session for thread {thread_key!r}: {clash[0]}")
+        conn.execute(
+            "INSERT INTO sessions(id, agent_group_id, thread_key, status, created_at, last_active_at)"
+            " VALUES (?, ?, ?, 'active', ?, ?)",
+            (session_id, group.id, thread_key, stamp, stamp),
+        )
+    return get(conn, settings, session_id)
+
+
+def list_all(
+    conn: sqlite3.Connection, settings: Settings, agent_group_id: str | None = None, status: str | None = None
+) -> list[Session]:
+    rows = conn.execute(
+        "SELECT * FROM sessions WHERE (?1 IS NULL OR agent_group_id = ?1) AND (?2 IS NULL OR status = ?2)"
+        " ORDER BY created_at, id",
+        (agent_group_id, status),
+    ).fetchall()
+    return [_from_row(settings, row) for row in rows]
+
+
+def get(conn: sqlite3.Connection, settings: Settings, session_id: str) -> Session:
+    row = conn.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    if row is None:
+        raise NclError(f"unknown session {session_id!r} (see 'ncl sessions list')")
+    return _from_row(settings, row)
+
+
+def pause_task_series(session: Session) -> int:
+    """Pause every live task series of the session (used before its group goes); returns how many."""
+    path = session.folder / "inbound.db"
+    if not path.exists():
+        return 0
+    with closing(db.connect(path, "inbound")) as conn, db.transaction(conn):
+        cursor = conn.execute(
+            "UPDATE messages_in SET status = 'paused'"
+            " WHERE kind = 'task' AND status IN ('pending', 'processing')"
+        )
+        return cursor.rowcount

@@ -1,0 +1,17 @@
+"""The one module that reads the wall clock or sleeps; everything else is handed ``now``."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from schemas.times import truncate_ms
+
+
+def now() -> datetime:
+    """The current instant, aware UTC, at the stored (millisecond) precision."""
+    return truncate_ms(datetime.now(UTC))
+
+
+async def sleep(seconds: float) -> None:
+    await asyncio.sleep(max(0.0, seconds))

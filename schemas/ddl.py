@@ -1,0 +1,166 @@
+"""DDL of central.db, inbound.db and outbound.db, as forward migrations.
+
+``MIGRATIONS[db][i]`` takes a file from ``PRAGMA user_version`` i to i+1; the latest version is
+the list's length. Migrations only ever add: a file written by an older release keeps every row.
+Every stored instant is CHECKed against the one UTC text format, so no other text can be written.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from schemas.times import STORED_GLOB
+
+DbKind = Literal["central", "inbound", "outbound"]
+
+
+def _instant(column: str, nullable: bool = False) -> str:
+    check = f"{column} GLOB '{STORED_GLOB}'"
+    if nullable:
+        return f"{column} TEXT CHECK ({column} IS NULL OR {check})"
+    return f"{column} TEXT NOT NULL CHECK ({check})"
+
+
+_CENTRAL_V1 = f"""
+CREATE TABLE agent_groups(
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+  rules TEXT NOT NULL DEFAULT '',
+  session_mode TEXT NOT NULL DEFAULT 'shared' CHECK (session_mode IN ('shared', 'per-thread')),
+  provider TEXT,
+  model TEXT,
+  {_instant("created_at")}
+);
+-- A channel address ('cli', 'queue:NAME', 'webhook:NAME', 'toolkit:NAME') routes to its group.
+CREATE TABLE wirings(
+  channel TEXT NOT NULL,
+  agent_group_id TEXT NOT NULL REFERENCES agent_groups(id) ON DELETE CASCADE,
+  position INTEGER NOT NULL,
+  token_hash TEXT,
+  {_instant("created_at")},
+  PRIMARY KEY (channel, agent_group_id)
+);
+-- Every group may have a cli channel; any other address belongs to exactly one group.
+CREATE UNIQUE INDEX wirings_one_group ON wirings(channel) WHERE channel <> 'cli';
+CREATE TABLE sessions(
+  id TEXT PRIMARY KEY,
+  agent_group_id TEXT NOT NULL,
+  thread_key TEXT,
+  status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'closed')),
+  {_instant("created_at")},
+  {_instant("last_active_at")}
+);
+CREATE INDEX sessions_group ON sessions(agent_group_id, status);
+CREATE UNIQUE INDEX sessions_one_thread ON sessions(agent_group_id, thread_key)
+  WHERE status = 'active' AND thread_key IS NOT NULL;
+"""
+
+# v1 of the session files: the base inbox/outbox layout ncl shares with the hosts it descends from.
+_INBOUND_V1 = f"""
+CREATE TABLE messages_in(
+  id TEXT PRIMARY KEY,
+  seq INTEGER UNIQUE CHECK (seq % 2 = 0),
+  kind TEXT NOT NULL CHECK (kind IN ('chat', 'task', 'queue', 'webhook', 'system')),
+  {_instant("timestamp")},
+  status TEXT NOT NULL DEFAULT 'pending'
+    CHECK (status IN ('pending', 'processing', 'paused', 'completed', 'failed')),
+  {_instant("process_after", nullable=True)},
+  recurrence TEXT,
+  series_id TEXT,
+  tries INTEGER NOT NULL DEFAULT 0,
+  platform_id TEXT,
+  channel_type TEXT,
+  thread_id TEXT,
+  content TEXT NOT NULL CHECK (json_valid(content))
+);
+CREATE TABLE destinations(
+  name TEXT PRIMARY KEY,
+  channel_type TEXT NOT NULL,
+  platform_id TEXT,
+  thread_id TEXT,
+  display_name TEXT
+);
+CREATE TABLE session_routing(
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  channel_type TEXT,
+  platform_id TEXT,
+  thread_id TEXT
+);
+CREATE TABLE delivered(
+  message_out_id TEXT PRIMARY KEY,
+  {_instant("delivered_at")},
+  status TEXT NOT NULL DEFAULT 'delivered',
+  detail TEXT
+);
+"""
+
+# v2: ncl's additions — context-only rows, wake rows, run history, the scheduling indexes.
+_INBOUND_V2 = f"""
+ALTER TABLE messages_in ADD COLUMN trigger INTEGER NOT NULL DEFAULT 1 CHECK (trigger IN (0, 1));
+ALTER TABLE messages_in ADD COLUMN on_wake INTEGER NOT NULL DEFAULT 0 CHECK (on_wake IN (0, 1));
+UPDATE messages_in SET series_id = id WHERE kind = 'task' AND series_id IS NULL;
+CREATE INDEX messages_in_due ON messages_in(status, process_after);
+CREATE INDEX messages_in_series ON messages_in(series_id);
+-- At most one live occurrence carrying the recurrence per series.
+CREATE UNIQUE INDEX messages_in_one_live_recurrence ON messages_in(series_id)
+  WHERE recurrence IS NOT NULL AND status IN ('pending', 'processing', 'paused');
+CREATE TABLE task_runs(
+  id TEXT PRIMARY KEY,
+  series_id TEXT NOT NULL,
+  message_id TEXT,
+  {_instant("scheduled_for", nullable=True)},
+  {_instant("started_at", nullable=True)},
+  {_instant("finished_at", nullable=True)},
+  duration_ms INTEGER,
+  outcome TEXT NOT NULL
+    CHECK (outcome IN ('ran', 'skipped', 'gate_error', 'failed', 'missed', 'cancelled')),
+  detail TEXT
+);
+CREATE INDEX task_runs_series ON task_runs(series_id, finished_at);
+"""
+
+_OUTBOUND_V1 = f"""
+CREATE TABLE messages_out(
+  id TEXT PRIMARY KEY,
+  seq INTEGER UNIQUE CHECK (seq % 2 = 1),
+  in_reply_to TEXT,
+  {_instant("timestamp")},
+  kind TEXT NOT NULL CHECK (kind IN ('chat', 'system')),
+  platform_id TEXT,
+  channel_type TEXT,
+  thread_id TEXT,
+  content TEXT NOT NULL CHECK (json_valid(content))
+);
+CREATE TABLE processing_ack(
+  message_id TEXT PRIMARY KEY,
+  status TEXT NOT NULL CHECK (status IN ('processing', 'completed', 'failed')),
+  {_instant("status_changed")},
+  detail TEXT
+);
+CREATE TABLE session_state(
+  key TEXT PRIMARY KEY,
+  value TEXT,
+  {_instant("updated_at")}
+);
+CREATE TABLE container_state(
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  current_tool TEXT,
+  tool_timeout_s INTEGER,
+  {_instant("updated_at")}
+);
+"""
+
+# v2: claims belong to one runner generation, so a fresh runner never inherits stale liveness.
+_OUTBOUND_V2 = """
+ALTER TABLE processing_ack ADD COLUMN generation TEXT;
+"""
+
+MIGRATIONS: dict[DbKind, tuple[str, ...]] = {
+    "central": (_CENTRAL_V1,),
+    "inbound": (_INBOUND_V1, _INBOUND_V2),
+    "outbound": (_OUTBOUND_V1, _OUTBOUND_V2),
+}
+
+
+def latest_version(kind: DbKind) -> int:
+    return len(MIGRATIONS[kind])

@@ -1,0 +1,39 @@
+"""Identifiers: ``<prefix>-<epoch_ms>-<6 chars [0-9a-z]>`` and agent-group ids ``ag-<slug>``."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import datetime
+
+_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+PREFIXES = ("task", "msg", "sys", "sess")
+_ID = re.compile(r"^(task|msg|sys|sess)-(\d{13})-([0-9a-z]{6})$")
+GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
+
+
+def new_id(prefix: str, now: datetime) -> str:
+    if prefix not in PREFIXES:
+        raise ValueError(f"unknown id prefix {prefix!r}")
+    suffix = "".join(secrets.choice(_ALPHABET) for _ in range(6))
+    return f"{prefix}-{int(now.timestamp() * 1000)}-{suffix}"
+
+
+def is_id(text: str, prefix: str) -> bool:
+    """True when ``text`` is a well-formed id of that kind (used to accept runner-chosen ids)."""
+    match = _ID.match(text) if isinstance(text, str) else None
+    return match is not None and match.group(1) == prefix
+
+
+def group_id(name: str) -> str:
+    """``ag-<slug>`` for a validated group name; the slug is the lower-cased name."""
+    check_group_name(name)
+    return f"ag-{name.lower()}"
+
+
+def check_group_name(name: str) -> None:
+    if not GROUP_NAME.match(name or ""):
+        raise ValueError(
+            f"invalid group name {name!r}: use 1-48 letters, digits, '-' or '_', "
+            "starting with a letter or digit (no '/', '.', spaces)"
+        )

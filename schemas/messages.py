@@ -1,0 +1,134 @@
+"""Rows of inbound.db / outbound.db and their JSON ``content`` by kind (DESIGN §4, §5, §12.2-3)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from schemas.times import from_text
+
+InKind = Literal["chat", "task", "queue", "webhook", "system"]
+InStatus = Literal["pending", "processing", "paused", "completed", "failed"]
+LIVE_STATUSES: tuple[InStatus, ...] = ("pending", "processing", "paused")
+OutKind = Literal["chat", "system"]
+ContextMode = Literal["group", "isolated"]
+RunOutcome = Literal["ran", "skipped", "gate_error", "failed", "missed", "cancelled"]
+
+
+class _Content(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(exclude_none=False), separators=(",", ":"))
+
+
+class ChatContent(_Content):
+    text: str
+    sender: str = "user"
+    sender_id: str | None = None
+    notice: str | None = None  # set on host notices (sender "system")
+
+
+class TaskContent(_Content):
+    # Unknown keys are kept: an update merges into them and never drops what it does not know.
+    model_config = ConfigDict(extra="allow")
+    prompt: str = Field(min_length=1)
+    script: str | None = None
+    context_mode: ContextMode = "group"
+
+
+class QueueContent(_Content):
+    queue: str
+    prompt: str
+    content: list[dict[str, Any]] = Field(default_factory=list)
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class WebhookContent(_Content):
+    source: str
+    payload: Any = None
+
+
+class OutChatContent(_Content):
+    text: str
+    files: list[str] = Field(default_factory=list)
+
+
+class AckDetail(_Content):
+    outcome: Literal["ran", "skipped", "gate_error", "failed"]
+    reason: str | None = None
+
+
+CONTENT_BY_KIND: dict[str, type[_Content]] = {
+    "chat": ChatContent,
+    "task": TaskContent,
+    "queue": QueueContent,
+    "webhook": WebhookContent,
+}
+
+
+def _instant(value: str | None) -> str | None:
+    if value is not None:
+        from_text(value)
+    return value
+
+
+class MessageIn(BaseModel):
+    """One ``messages_in`` row, validated at the DB edge."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    seq: int | None = None
+    kind: InKind
+    timestamp: str
+    status: InStatus = "pending"
+    process_after: str | None = None
+    recurrence: str | None = None
+    series_id: str | None = None
+    tries: int = 0
+    trigger: int = 1
+    on_wake: int = 0
+    platform_id: str | None = None
+    channel_type: str | None = None
+    thread_id: str | None = None
+    content: str
+
+    @field_validator("timestamp", "process_after")
+    @classmethod
+    def _stored_time(cls, value: str | None) -> str | None:
+        return _instant(value)
+
+    @field_validator("content")
+    @classmethod
+    def _json(cls, value: str) -> str:
+        json.loads(value)
+        return value
+
+    def parsed_content(self) -> _Content | dict[str, Any]:
+        """The content as its kind's model (system rows are free-form control objects)."""
+        data = json.loads(self.content)
+        model = CONTENT_BY_KIND.get(self.kind)
+        return model.model_validate(data) if model else data
+
+
+class MessageOut(BaseModel):
+    """One ``messages_out`` row."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    seq: int | None = None
+    in_reply_to: str | None = None
+    timestamp: str
+    kind: OutKind
+    platform_id: str | None = None
+    channel_type: str | None = None
+    thread_id: str | None = None
+    content: str
+
+    @field_validator("timestamp")
+    @classmethod
+    def _stored_time(cls, value: str) -> str:
+        from_text(value)
+        return value

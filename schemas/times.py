@@ -1,0 +1,84 @@
+"""The one stored time format and the parsers at its edges.
+
+Every instant in a DB is UTC text ``YYYY-MM-DDTHH:MM:SS.fffZ``: fixed width, so text order is time
+order. Inside the code instants are aware UTC datetimes; text exists only at the DB and CLI edges.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+_STORED = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+# The SQLite GLOB twin of _STORED, used in CHECK constraints so no other text can be written.
+STORED_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z"
+
+
+class TimeFormatError(ValueError):
+    """A time text that is not acceptable where it was given."""
+
+
+def to_text(instant: datetime) -> str:
+    """Aware datetime -> stored UTC text. Naive datetimes are a programming error."""
+    if instant.tzinfo is None or instant.utcoffset() is None:
+        raise TimeFormatError(f"refusing to store naive datetime {instant.isoformat()}")
+    utc = instant.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def from_text(text: str) -> datetime:
+    """Stored UTC text -> aware UTC datetime; anything else is rejected."""
+    if not isinstance(text, str) or not _STORED.match(text):
+        raise TimeFormatError(f"not a stored UTC time (YYYY-MM-DDTHH:MM:SS.fffZ): {text!r}")
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise TimeFormatError(f"not a valid time: {text!r}") from exc
+
+
+def truncate_ms(instant: datetime) -> datetime:
+    """Drop sub-millisecond precision, so a datetime equals its stored round trip."""
+    return instant - timedelta(microseconds=instant.microsecond % 1000)
+
+
+def localize(naive: datetime, zone: ZoneInfo) -> datetime:
+    """Wall-clock time in ``zone`` -> aware UTC.
+
+    A repeated (fall-back) wall time means its first occurrence; a wall time inside a
+    spring-forward gap does not exist and moves to the first valid instant after it, the gap's end.
+    """
+    first = naive.replace(tzinfo=zone, fold=0).astimezone(UTC)
+    if first.astimezone(zone).replace(tzinfo=None) == naive:
+        return first
+    # In a gap, fold=1 lands before the transition and fold=0 after it: bisect to the transition.
+    lo = int(naive.replace(tzinfo=zone, fold=1).timestamp())
+    hi = int(first.timestamp()) + 1
+    before = datetime.fromtimestamp(lo, zone).utcoffset()
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if datetime.fromtimestamp(mid, zone).utcoffset() == before:
+            lo = mid
+        else:
+            hi = mid
+    return datetime.fromtimestamp(hi, UTC)
+
+
+def parse_user_time(text: str, zone: ZoneInfo) -> datetime:
+    """A time typed by a person or an agent -> aware UTC.
+
+    Accepts ISO 8601 with ``Z`` or an offset (taken as given) or without one (wall time in ``zone``).
+    """
+    raw = text.strip() if isinstance(text, str) else ""
+    if not raw:
+        raise TimeFormatError("empty time; use ISO 8601 such as 2026-06-11T09:00:00")
+    try:
+        parsed = datetime.fromisoformat(raw[:-1] + "+00:00" if raw[-1:] in "zZ" else raw)
+    except ValueError:
+        raise TimeFormatError(
+            f"cannot read time {raw!r}; use ISO 8601 such as 2026-06-11T09:00:00 "
+            "(local to TZ) or 2026-06-11T13:00:00Z"
+        ) from None
+    if parsed.tzinfo is None:
+        return localize(parsed, zone)
+    return parsed.astimezone(UTC)

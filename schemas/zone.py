@@ -1,0 +1,43 @@
+"""Timezone resolution (DESIGN §3): the first valid IANA name among the candidates, else UTC."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from zoneinfo import ZoneInfo, available_timezones
+
+
+@dataclass(frozen=True)
+class ResolvedZone:
+    name: str
+    source: str  # "env" | ".env" | "system" | "fallback"
+    rejected: tuple[tuple[str, str], ...] = ()  # (source, value) candidates that were not IANA names
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.name)
+
+
+@lru_cache(maxsize=1)
+def _names() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def is_iana_name(value: str | None) -> bool:
+    return bool(value) and value in _names()
+
+
+def resolve(candidates: list[tuple[str, str | None]]) -> ResolvedZone:
+    """``candidates`` are (source, value) in priority order; absent values are ``None``.
+
+    A present value that is not an IANA zone name (empty, ``IST-2``, ``Not/AZone``) is rejected and
+    the next candidate is tried; the rejections are returned so callers can log and show them.
+    """
+    rejected: list[tuple[str, str]] = []
+    for source, value in candidates:
+        if value is None:
+            continue
+        if is_iana_name(value):
+            return ResolvedZone(value, source, tuple(rejected))
+        rejected.append((source, value))
+    return ResolvedZone("UTC", "fallback", tuple(rejected))
