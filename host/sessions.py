@@ -76,7 +76,8 @@ def create(
                 (group.id, thread_key),
             ).fetchone()
             if clash:
-                raise NclError(f"group {group.name} already has an active session for thread {thread_key!r}: {clash[0]}")
+                raise NclError(f"group {group.name} already has an active session for thread {thread_key!r}: "
+                               f"{clash[0]}")
         conn.execute(
             "INSERT INTO sessions(id, agent_group_id, thread_key, status, created_at, last_active_at)"
             " VALUES (?, ?, ?, 'active', ?, ?)",

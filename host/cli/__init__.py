@@ -6,7 +6,6 @@ import logging
 import os
 import sqlite3
 import sys
-from contextlib import closing
 
 import click
 
