@@ -41,7 +41,18 @@ def _raw(path: Path, readonly: bool) -> sqlite3.Connection:
 
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """``BEGIN IMMEDIATE`` … ``COMMIT``: take the write lock up front so no upgrade deadlocks."""
+    """``BEGIN IMMEDIATE`` … ``COMMIT``, taking the write lock up front so no upgrade deadlocks.
+    Inside an open transaction it nests as a savepoint, so steps compose into one atomic unit."""
+    if conn.in_transaction:
+        conn.execute("SAVEPOINT nested")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK TO nested")
+            conn.execute("RELEASE nested")
+            raise
+        conn.execute("RELEASE nested")
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn

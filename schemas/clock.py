@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 
 from schemas.times import truncate_ms
@@ -15,3 +16,8 @@ def now() -> datetime:
 
 async def sleep(seconds: float) -> None:
     await asyncio.sleep(max(0.0, seconds))
+
+
+def filesystem_ns() -> int:
+    """The real wall clock in ns, to compare with file mtimes (which a fake scheduling clock cannot move)."""
+    return time.time_ns()

@@ -88,6 +88,7 @@ CREATE TABLE session_routing(
 );
 CREATE TABLE delivered(
   message_out_id TEXT PRIMARY KEY,
+  seq INTEGER,
   {_instant("delivered_at")},
   status TEXT NOT NULL DEFAULT 'delivered',
   detail TEXT

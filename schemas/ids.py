@@ -7,8 +7,8 @@ import secrets
 from datetime import datetime
 
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
-PREFIXES = ("task", "msg", "sys", "sess")
-_ID = re.compile(r"^(task|msg|sys|sess)-(\d{13})-([0-9a-z]{6})$")
+PREFIXES = ("task", "msg", "sys", "sess", "run")
+_ID = re.compile(r"^(task|msg|sys|sess|run)-(\d{13})-([0-9a-z]{6})$")
 GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
 
 

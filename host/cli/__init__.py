@@ -13,8 +13,10 @@ from host import doctor as checks
 from host import settings as settings_module
 from host.cli.app import App, pass_app
 from host.cli.groups import group_cli
+from host.cli.hostcmd import host_cli
 from host.cli.output import emit, json_option, table
 from host.cli.sessions import session_cli
+from host.cli.tasks import task_cli
 from host.errors import NclError
 
 
@@ -47,8 +49,8 @@ def doctor(app: App, as_json: bool) -> None:
         raise SystemExit(1)
 
 
-cli.add_command(group_cli)
-cli.add_command(session_cli)
+for command in (group_cli, session_cli, task_cli, host_cli):
+    cli.add_command(command)
 
 
 def _fail(message: str, code: int) -> None:
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: turns every error into one line on stderr and an exit code."""
     try:
         code = cli.main(args=argv, prog_name="ncl", standalone_mode=False)
+    except click.BadParameter as exc:  # an invalid value, not a malformed command line (DESIGN §12.11)
+        _fail(exc.format_message(), 1)
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
         _fail(f"{exc.format_message()}{hint}", 2)

@@ -9,8 +9,10 @@ from datetime import datetime
 import click
 
 from host import db
+from host.errors import NclError
 from host.settings import Settings
 from schemas import clock
+from schemas.times import TimeFormatError, parse_user_time, truncate_ms
 
 
 @dataclass(frozen=True)
@@ -35,3 +37,18 @@ class App:
 
 
 pass_app = click.make_pass_decorator(App)
+
+
+def _parse_now(ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    app = ctx.find_object(App)
+    assert app is not None
+    try:
+        return truncate_ms(parse_user_time(value, app.settings.tz.zone))
+    except TimeFormatError as exc:
+        raise NclError(f"--now: {exc}") from None
+
+
+now_option = click.option("--now", callback=_parse_now, metavar="ISO", expose_value=True,
+                          help="Act as if it were this instant (ISO 8601, naive = TZ); default the real clock.")

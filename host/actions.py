@@ -1,0 +1,74 @@
+"""Applying a runner's system requests (DESIGN §12.1): re-validated here, with session and routing taken from
+the inbox the request came with — never from the request. Each is recorded once in ``delivered``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from datetime import datetime
+
+from host import inbox, tasks
+from host.db import transaction
+from host.errors import NclError
+from host.recurrence import Policy
+from schemas import requests
+from schemas.times import to_text
+
+log = logging.getLogger(__name__)
+
+
+def applied_seq(conn: sqlite3.Connection) -> int:
+    """The highest outbound seq of a system request already handled (applied or rejected)."""
+    row = conn.execute("SELECT MAX(seq) FROM delivered WHERE status IN ('applied', 'rejected')").fetchone()
+    return int(row[0] or 0)
+
+
+def _routing(conn: sqlite3.Connection, in_reply_to: str | None) -> dict[str, str | None]:
+    source = inbox.get(conn, in_reply_to) if in_reply_to else None
+    if source is None:
+        source = conn.execute("SELECT * FROM session_routing WHERE id = 1").fetchone()
+    keys = ("platform_id", "channel_type", "thread_id")
+    return {k: source[k] for k in keys} if source else {}
+
+
+def _apply(conn: sqlite3.Connection, request: requests.ScheduleTask | requests.UpdateTask | requests.ControlTask,
+           in_reply_to: str | None, now: datetime, policy: Policy) -> None:
+    match request:
+        case requests.ScheduleTask():
+            tasks.schedule(conn, now, policy, request.task_id, request.prompt, request.process_after,
+                           request.recurrence, request.script, request.context_mode, _routing(conn, in_reply_to))
+        case requests.UpdateTask():
+            tasks.update(conn, request.task_id, now, policy, request.prompt, request.process_after,
+                         request.recurrence, request.script)
+        case requests.ControlTask(action="pause_task"):
+            _must(tasks.pause(conn, request.task_id, now, policy), request)
+        case requests.ControlTask(action="resume_task"):
+            _must(tasks.resume(conn, request.task_id, now, policy), request)
+        case requests.ControlTask():
+            _must(tasks.cancel(conn, request.task_id, now), request)
+
+
+def _must(changed: int, request: requests.ControlTask) -> None:
+    if not changed:
+        raise NclError(f"{request.action} changed nothing: task {request.task_id} has no occurrence to change")
+
+
+def apply(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: Policy) -> bool:
+    """Apply one ``messages_out`` system row inside the caller's transaction. False if it was rejected, in
+    which case the session gets a notice saying why."""
+    status, detail = "applied", None
+    try:
+        with transaction(conn):  # a savepoint: a rejected request leaves no half-applied rows
+            _apply(conn, requests.parse(row["content"]), row["in_reply_to"], now, policy)
+    except (requests.RequestError, NclError, ValueError) as exc:
+        status, detail = "rejected", str(exc)
+        try:
+            action = json.loads(row["content"]).get("action", "request")
+        except (ValueError, AttributeError):
+            action = "request"
+        inbox.notice(conn, now, "request_rejected", f"Your {action} request was rejected: {detail}")
+        log.info("rejected %s: %s", action, detail, extra={"action": "request_rejected", "request": row["id"]})
+    conn.execute("INSERT OR IGNORE INTO delivered(message_out_id, seq, delivered_at, status, detail)"
+                 " VALUES (?, ?, ?, ?, ?)", (row["id"], row["seq"], to_text(now), status, detail))
+    return status == "applied"

@@ -1,0 +1,57 @@
+"""``ncl host``: run the host, or do one sweep by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+
+import click
+
+from host.cli.app import App, now_option, pass_app
+from host.cli.output import emit, fields, json_option
+from host.local_runtime import LocalRuntime
+from host.lock import host_lock
+from host.loop import Host
+from host.runners import Runners
+from host.sweep import Sweeper
+from schemas import clock
+
+log = logging.getLogger(__name__)
+
+
+@click.group("host")
+def host_cli() -> None:
+    """The host process: sweeps session inboxes, wakes runners, applies their requests."""
+
+
+@host_cli.command("run")
+@pass_app
+def run(app: App) -> None:
+    """Run the host until SIGINT/SIGTERM (one per data directory)."""
+    with host_lock(app.settings.data_dir):
+        logging.getLogger().setLevel(min(logging.INFO, logging.getLogger().level))
+        log.warning("runtime local: runners are host subprocesses with no isolation",
+                    extra={"action": "runtime_selected", "runtime": "local"})
+        runtime = LocalRuntime(app.settings)
+        asyncio.run(Host(app.settings, runtime, clock).run())
+        for session_id in list(runtime.processes):
+            runtime.stop(session_id)
+
+
+@host_cli.command("sweep")
+@click.option("--once", is_flag=True, required=True, help="Do one sweep and exit (the only mode).")
+@now_option
+@json_option
+@pass_app
+def sweep(app: App, once: bool, now: datetime | None, as_json: bool) -> None:
+    """One sweep. With --now it acts at that instant and only counts the runners it would wake."""
+    with host_lock(app.settings.data_dir):
+        runtime = None if now else LocalRuntime(app.settings)
+        sweeper = Sweeper(app.settings, Runners(runtime) if runtime else None)
+        try:
+            result = sweeper.tick(now or app.now())
+        finally:
+            sweeper.close()
+    data = result.to_json()
+    emit(as_json, data, lambda: fields(data, [(k, k.replace("_", " ")) for k in data]))

@@ -1,0 +1,211 @@
+"""``ncl tasks``: list, inspect and control task series. Works with the host running or stopped."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import closing
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import click
+
+from host import db, groups, nudge, sessions, task_list, tasks
+from host.cli.app import App, now_option, pass_app
+from host.cli.output import emit, fields, json_option, local_time, table
+from host.errors import NclError
+from host.recurrence import Policy
+from host.sessions import Session
+from schemas import ids
+from schemas.times import parse_user_time, to_text
+
+T = TypeVar("T")
+COLUMNS = [("id", "ID"), ("agent_group_id", "GROUP"), ("session_id", "SESSION"), ("status", "STATUS"),
+           ("next", "NEXT RUN"), ("recurrence", "RECURRENCE"), ("last_outcome", "LAST"), ("excerpt", "PROMPT")]
+RUN_COLUMNS = [("outcome", "OUTCOME"), ("scheduled", "SCHEDULED"), ("started", "STARTED"),
+               ("finished", "FINISHED"), ("duration_ms", "MS"), ("message_id", "OCCURRENCE"), ("detail", "DETAIL")]
+
+
+def policy(app: App) -> Policy:
+    s = app.settings
+    return Policy(s.tz.zone, timedelta(seconds=s.misfire_grace_s), s.task_min_interval_s)
+
+
+def _write(app: App, ref: str, action: Callable[[Any, str], T]) -> tuple[Session, str, T]:
+    """Find the series, run ``action(conn, series_id)`` on its inbox, nudge a running host."""
+    with closing(app.central()) as central:
+        session, series_id = task_list.locate(app.settings, central, ref)
+    with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
+        outcome = action(conn, series_id)
+    nudge.touch(app.settings)
+    return session, series_id, outcome
+
+
+def _changed(as_json: bool, verb: str, series_id: str, count: int) -> None:
+    if count == 0:
+        raise NclError(f"task {series_id} has no occurrence to {verb} (see 'ncl tasks show {series_id}')")
+    emit(as_json, {"id": series_id, "action": verb, "changed": count},
+         lambda: click.echo(f"{verb}: {series_id} ({count} occurrence(s) changed)"))
+
+
+@click.group("tasks")
+def task_cli() -> None:
+    """Scheduled task series: one line per series, addressed by series id or any occurrence id."""
+
+
+@task_cli.command("list")
+@click.option("--group", "group_ref", help="Only this group's tasks (name or id).")
+@click.option("--session", "session_id", help="Only this session's tasks.")
+@click.option("--status", type=click.Choice(["pending", "processing", "paused", *task_list.ENDED]),
+              help="Only series in this status.")
+@click.option("--all", "include_ended", is_flag=True, help="Include ended series (completed, cancelled, failed).")
+@json_option
+@pass_app
+def list_(app: App, group_ref: str | None, session_id: str | None, status: str | None, include_ended: bool,
+          as_json: bool) -> None:
+    """List task series (live ones unless --all) across all groups."""
+    with closing(app.central()) as central:
+        group_id = groups.get(central, group_ref).id if group_ref else None
+        found = [s for s in task_list.series(app.settings, central, group_id, session_id,
+                                             include_ended or status in task_list.ENDED)
+                 if status is None or s.status == status]
+    zone = app.settings.tz.zone
+    emit(as_json, {"tasks": [s.to_json() for s in found]}, lambda: table(
+        [{**s.to_json(), "next": local_time(s.next_run, zone),
+          "excerpt": s.prompt if len(s.prompt) <= 40 else s.prompt[:39] + "…"} for s in found],
+        COLUMNS, "no tasks"))
+
+
+@task_cli.command("show")
+@click.argument("task_id")
+@now_option
+@json_option
+@pass_app
+def show(app: App, task_id: str, now: datetime | None, as_json: bool) -> None:
+    """Show a series: its occurrences and its next 5 runs."""
+    with closing(app.central()) as central:
+        session, series_id = task_list.locate(app.settings, central, task_id)
+    zone = app.settings.tz.zone
+    data = task_list.detail(app.settings, session, series_id, now or app.now(), zone)
+
+    def human() -> None:
+        fields({**data["task"], "next_run": local_time(data["task"]["next_run"], zone)},
+               [("id", "series"), ("agent_group_id", "group"), ("session_id", "session"), ("status", "status"),
+                ("recurrence", "recurrence"), ("next_run", "next run"), ("last_outcome", "last outcome"),
+                ("prompt", "prompt")])
+        click.echo("next runs:  " + (", ".join(local_time(t, zone) for t in data["next_runs"]) or "-"))
+        table([{**r, "at": local_time(r["process_after"], zone)} for r in data["occurrences"]],
+              [("id", "OCCURRENCE"), ("status", "STATUS"), ("at", "SCHEDULED"), ("tries", "TRIES"),
+               ("recurrence", "RECURRENCE")], "no occurrences")
+
+    emit(as_json, data, human)
+
+
+@task_cli.command("runs")
+@click.argument("task_id")
+@json_option
+@pass_app
+def runs(app: App, task_id: str, as_json: bool) -> None:
+    """The run history of a series, oldest first."""
+    with closing(app.central()) as central:
+        session, series_id = task_list.locate(app.settings, central, task_id)
+    found = task_list.runs(session, series_id)
+    zone = app.settings.tz.zone
+    emit(as_json, {"runs": found}, lambda: table(
+        [{**r, "scheduled": local_time(r["scheduled_for"], zone), "started": local_time(r["started_at"], zone),
+          "finished": local_time(r["finished_at"], zone)} for r in found], RUN_COLUMNS, "no runs yet"))
+
+
+@task_cli.command("pause")
+@click.argument("task_id")
+@now_option
+@json_option
+@pass_app
+def pause(app: App, task_id: str, now: datetime | None, as_json: bool) -> None:
+    """Pause a series (a running occurrence finishes; the next one waits paused)."""
+    _, series_id, count = _write(app, task_id, lambda c, s: tasks.pause(c, s, now or app.now(), policy(app)))
+    _changed(as_json, "paused", series_id, count)
+
+
+@task_cli.command("resume")
+@click.argument("task_id")
+@now_option
+@json_option
+@pass_app
+def resume(app: App, task_id: str, now: datetime | None, as_json: bool) -> None:
+    """Resume a paused series; an overdue occurrence follows the misfire rule."""
+    _, series_id, count = _write(app, task_id, lambda c, s: tasks.resume(c, s, now or app.now(), policy(app)))
+    _changed(as_json, "resumed", series_id, count)
+
+
+@task_cli.command("cancel")
+@click.argument("task_id")
+@now_option
+@json_option
+@pass_app
+def cancel(app: App, task_id: str, now: datetime | None, as_json: bool) -> None:
+    """Cancel a series: its live occurrences end (a running one finishes) and a 'cancelled' run is recorded."""
+    _, series_id, count = _write(app, task_id, lambda c, s: tasks.cancel(c, s, now or app.now()))
+    _changed(as_json, "cancelled", series_id, count)
+
+
+@task_cli.command("update")
+@click.argument("task_id")
+@click.option("--prompt", help="New prompt.")
+@click.option("--recurrence", help="New 5-field cron in TZ; '' makes the series one-shot.")
+@click.option("--at", "at", help="Next run time, ISO 8601 (naive = TZ).")
+@click.option("--script", help="New gate script; '' removes it.")
+@click.option("--force", is_flag=True, help="Allow runs closer than NCL_TASK_MIN_INTERVAL_S.")
+@now_option
+@json_option
+@pass_app
+def update(app: App, task_id: str, prompt: str | None, recurrence: str | None, at: str | None,
+           script: str | None, force: bool, now: datetime | None, as_json: bool) -> None:
+    """Change a series' live occurrences; a new recurrence without --at recomputes the next run from now."""
+    if prompt is None and recurrence is None and at is None and script is None:
+        raise click.UsageError("nothing to update: give --prompt, --recurrence, --at or --script")
+    after = to_text(parse_user_time(at, app.settings.tz.zone)) if at else None
+    _, series_id, count = _write(app, task_id, lambda c, s: tasks.update(
+        c, s, now or app.now(), policy(app), prompt, after, recurrence, script, enforce_interval=not force))
+    _changed(as_json, "updated", series_id, count)
+
+
+@task_cli.command("run-now")
+@click.argument("task_id")
+@now_option
+@json_option
+@pass_app
+def run_now(app: App, task_id: str, now: datetime | None, as_json: bool) -> None:
+    """Add a one-shot occurrence of the series, due now; the series' schedule does not move."""
+    _, series_id, occurrence = _write(app, task_id, lambda c, s: tasks.run_now(c, s, now or app.now()))
+    emit(as_json, {"id": series_id, "action": "run-now", "occurrence_id": occurrence},
+         lambda: click.echo(f"queued {occurrence} for series {series_id}"))
+
+
+@task_cli.command("add")
+@click.option("--session", "session_id", required=True, help="The session whose agent runs the task.")
+@click.option("--prompt", required=True, help="What the agent is asked each time.")
+@click.option("--recurrence", help="5-field cron in TZ (or @hourly, @daily, @weekly, @monthly, @yearly).")
+@click.option("--at", "at", help="First run, ISO 8601 (naive = TZ); default the first cron slot, or now.")
+@click.option("--script", help="Gate script run before the agent (bash; last line JSON {\"wakeAgent\": …}).")
+@click.option("--context-mode", type=click.Choice(["group", "isolated"]), default="group", show_default=True)
+@click.option("--force", is_flag=True, help="Allow runs closer than NCL_TASK_MIN_INTERVAL_S.")
+@now_option
+@json_option
+@pass_app
+def add(app: App, session_id: str, prompt: str, recurrence: str | None, at: str | None, script: str | None,
+        context_mode: str, force: bool, now: datetime | None, as_json: bool) -> None:
+    """Schedule a task in a session, as an operator."""
+    moment = now or app.now()
+    after = to_text(parse_user_time(at, app.settings.tz.zone)) if at else None
+    with closing(app.central()) as central:
+        session = sessions.get(central, app.settings, session_id)
+    task_id = ids.new_id("task", moment)
+    with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
+        tasks.schedule(conn, moment, policy(app), task_id, prompt, after, recurrence, script, context_mode,
+                       enforce_interval=not force)
+    nudge.touch(app.settings)
+    with closing(app.central()) as central:
+        item = next(s for s in task_list.series(app.settings, central, session_id=session.id, include_ended=True)
+                    if s.id == task_id)
+    emit(as_json, item.to_json(), lambda: click.echo(
+        f"scheduled {task_id}; next run {local_time(item.next_run, app.settings.tz.zone)}"))

@@ -1,0 +1,73 @@
+"""``ncl host run``: repeat sweeps; between them sleep only until the earliest known due time (DESIGN §6.2)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from host import nudge
+from host.runners import Runners, Runtime
+from host.settings import Settings
+from host.sweep import Sweeper
+
+log = logging.getLogger(__name__)
+SLICE_S = 1.0  # longest uninterrupted sleep: bounds how late a nudge or a stop is noticed
+FLOOR_S = 0.05  # shortest sleep, so a wake that cannot start never spins the loop
+LIVE_RUNNER_TICK_S = 1.0  # with runners alive, acks and requests are synced at least this often
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+@dataclass
+class Host:
+    settings: Settings
+    runtime: Runtime
+    clock: Clock
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.sweeper = Sweeper(self.settings, Runners(self.runtime))
+
+    def wake_at(self, now: datetime) -> datetime:
+        candidates = [now + timedelta(seconds=self.settings.sweep_interval_s)]
+        if due := self.sweeper.earliest_due():
+            candidates.append(due)
+        if self.sweeper.runners and self.sweeper.runners.live:
+            candidates.append(now + timedelta(seconds=LIVE_RUNNER_TICK_S))
+        return max(min(candidates), now + timedelta(seconds=FLOOR_S))
+
+    async def step(self) -> None:
+        """One sweep, then sleep until the next thing to do, a nudge from the CLI, or a stop."""
+        now = self.clock.now()
+        result = self.sweeper.tick(now)
+        if result.sessions_opened:
+            log.debug("sweep", extra={"action": "sweep", **result.to_json()})
+        wake_at, seen = self.wake_at(now), nudge.stamp(self.settings)
+        while not self.stopping.is_set():
+            left = (wake_at - self.clock.now()).total_seconds()
+            if left <= 0:
+                return
+            await self.clock.sleep(min(left, SLICE_S))
+            if nudge.stamp(self.settings) != seen:
+                return
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stopping.set)
+        log.info("host running, data in %s, TZ %s", self.settings.data_dir, self.settings.tz.name,
+                 extra={"action": "host_started"})
+        try:
+            while not self.stopping.is_set():
+                await self.step()
+        finally:
+            self.sweeper.close()
+            log.info("host stopped", extra={"action": "host_stopped"})

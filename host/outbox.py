@@ -1,0 +1,61 @@
+"""The host's reads of a session's outbound.db (runner-owned), and the one write it may do there:
+clearing claims of a runner that is gone (DESIGN §5)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from host import db
+
+
+@dataclass
+class Outbox:
+    """What one sweep needs from outbound.db, read in one short read transaction."""
+
+    acks: dict[str, sqlite3.Row] = field(default_factory=dict)
+    requests: list[sqlite3.Row] = field(default_factory=list)
+    tool_timeout_s: float | None = None
+
+
+def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool) -> Outbox:
+    """Acks of the given (still open) messages, system requests after ``after_seq``, the running tool's timeout.
+
+    ``writable`` (only when no runner is alive) opens read-write, which rolls back a hot journal a killed runner
+    left; a read-only connection could not read past it.
+    """
+    if not path.exists():
+        return Outbox()
+    ids = list(open_ids)
+    with closing(db.connect(path, "outbound", readonly=not writable)) as conn:
+        conn.execute("BEGIN")
+        acks = {row["message_id"]: row for row in _in_chunks(conn, "SELECT * FROM processing_ack WHERE message_id"
+                                                               " IN ({})", ids)}
+        requests = conn.execute("SELECT * FROM messages_out WHERE kind = 'system' AND seq > ? ORDER BY seq",
+                                (after_seq,)).fetchall()
+        state = conn.execute("SELECT current_tool, tool_timeout_s FROM container_state WHERE id = 1").fetchone()
+        conn.execute("COMMIT")
+    timeout = float(state["tool_timeout_s"]) if state and state["current_tool"] and state["tool_timeout_s"] else None
+    return Outbox(acks, requests, timeout)
+
+
+def _in_chunks(conn: sqlite3.Connection, sql: str, ids: list[str], size: int = 500) -> list[sqlite3.Row]:
+    rows: list[sqlite3.Row] = []
+    for start in range(0, len(ids), size):
+        chunk = ids[start:start + size]
+        rows += conn.execute(sql.format(", ".join("?" * len(chunk))), chunk).fetchall()
+    return rows
+
+
+def clear_claims(path: Path, message_ids: list[str]) -> None:
+    """Delete ``processing`` claims of a runner that is no longer alive, so the next one starts clean."""
+    if not message_ids or not path.exists():
+        return
+    with closing(db.connect(path, "outbound")) as conn, db.transaction(conn):
+        for start in range(0, len(message_ids), 500):
+            chunk = message_ids[start:start + 500]
+            conn.execute(f"DELETE FROM processing_ack WHERE status = 'processing' AND message_id IN"
+                         f" ({', '.join('?' * len(chunk))})", chunk)

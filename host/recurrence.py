@@ -1,0 +1,129 @@
+"""How an occurrence ends and the next one begins (DESIGN §6.3, §6.7, §12.7).
+
+The terminal transition, the run record and the clone happen in the caller's one transaction, so a
+crash leaves either the old live row or the new one, never both or neither.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from host import inbox
+from schemas import cron, ids
+from schemas.messages import RunOutcome
+from schemas.times import from_text, to_text
+
+AUTO_PAUSE_AFTER = 3
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The scheduling settings every rule here needs."""
+
+    zone: ZoneInfo
+    misfire_grace: timedelta
+    task_min_interval_s: float
+
+
+def scheduled(row: sqlite3.Row) -> datetime:
+    return from_text(row["process_after"] or row["timestamp"])
+
+
+def clone(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: Policy, status: str = "pending",
+          after: datetime | None = None) -> str:
+    """Insert the series' next occurrence: the first slot after ``after`` (default: ``row``'s scheduled time)."""
+    slot = cron.next_after(row["recurrence"], after or scheduled(row), policy.zone)
+    return inbox.insert(conn, {
+        "id": ids.new_id("task", now), "kind": row["kind"], "timestamp": to_text(now), "status": status,
+        "process_after": to_text(slot), "recurrence": row["recurrence"], "series_id": row["series_id"] or row["id"],
+        "trigger": row["trigger"], "on_wake": row["on_wake"], "platform_id": row["platform_id"],
+        "channel_type": row["channel_type"], "thread_id": row["thread_id"], "content": row["content"]})
+
+
+def _failed_streak(conn: sqlite3.Connection, series_id: str) -> bool:
+    outcomes = conn.execute(
+        "SELECT outcome FROM task_runs WHERE series_id = ? AND outcome IN ('ran', 'skipped', 'gate_error', 'failed')"
+        " ORDER BY finished_at DESC, rowid DESC LIMIT ?", (series_id, AUTO_PAUSE_AFTER)).fetchall()
+    return len(outcomes) == AUTO_PAUSE_AFTER and all(o[0] == "failed" for o in outcomes)
+
+
+def finish(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: Policy, status: str,
+           outcome: RunOutcome, detail: str | None = None, started_at: str | None = None,
+           finished_at: str | None = None) -> bool:
+    """End an occurrence as ``status`` (completed | failed) and clone a recurring one. True if cloned."""
+    conn.execute("UPDATE messages_in SET status = ?, recurrence = NULL WHERE id = ?", (status, row["id"]))
+    if row["kind"] != "task":
+        return False
+    series_id = row["series_id"] or row["id"]
+    inbox.record_run(conn, now, series_id, row["id"], outcome, scheduled_for=to_text(scheduled(row)),
+                     started_at=started_at, finished_at=finished_at, detail=detail)
+    if not row["recurrence"]:
+        return False
+    paused = outcome == "failed" and _failed_streak(conn, series_id)
+    clone(conn, row, now, policy, status="paused" if paused else "pending")
+    if paused:
+        prompt = json.loads(row["content"]).get("prompt", "")
+        inbox.notice(conn, now, "task_auto_paused",
+                     f"Task {series_id} ({prompt[:60]!r}) failed {AUTO_PAUSE_AFTER} times in a row and is paused; "
+                     "resume it once the cause is fixed.")
+    return True
+
+
+def repair(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: Policy) -> bool:
+    """A terminal row still carrying its recurrence (an older writer, or a crash of one): clone it unless the
+    series already has its live occurrence, then clear the recurrence. True if cloned."""
+    series_id = row["series_id"] or row["id"]
+    has_live = conn.execute(
+        f"SELECT 1 FROM messages_in WHERE series_id = ? AND recurrence IS NOT NULL AND status IN {inbox.LIVE}",
+        (series_id,)).fetchone()
+    conn.execute("UPDATE messages_in SET recurrence = NULL WHERE id = ?", (row["id"],))
+    if has_live:
+        return False
+    clone(conn, row, now, policy)
+    return True
+
+
+def misfire(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: Policy) -> int:
+    """Apply the misfire rule to a pending recurring occurrence that is due. Returns the ``missed`` runs written.
+
+    Runs once, at once, taking the latest passed slot as its scheduled time, if that slot is within the grace;
+    otherwise completes without running and clones the next future slot. Slots not run: one ``missed`` run.
+    """
+    first = scheduled(row)
+    later = cron.slots_between(row["recurrence"], first, now, policy.zone)
+    latest = later[-1] if later else first
+    series_id = row["series_id"] or row["id"]
+    if now - latest <= policy.misfire_grace:
+        if not later:
+            return 0
+        skipped = [first, *later[:-1]]
+        conn.execute("UPDATE messages_in SET process_after = ? WHERE id = ?", (to_text(latest), row["id"]))
+    else:
+        skipped = [first, *later]
+        conn.execute("UPDATE messages_in SET status = 'completed', recurrence = NULL WHERE id = ?", (row["id"],))
+        clone(conn, row, now, policy, after=latest)
+    detail = json.dumps({"slots": len(skipped), "first": to_text(skipped[0]), "last": to_text(skipped[-1])})
+    inbox.record_run(conn, now, series_id, row["id"], "missed", scheduled_for=to_text(skipped[0]), detail=detail)
+    return 1
+
+
+MAX_TRIES = 5
+
+
+def release(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: Policy) -> bool:
+    """Give a claimed occurrence whose runner died or stalled back to the queue (DESIGN §12.4): retried at +5,
+    +10, +20, +40, +80 s; the release after the fifth retry fails it (a recurring series still goes on).
+    Returns True if it was failed."""
+    tries = int(row["tries"]) + 1
+    if tries > MAX_TRIES:
+        conn.execute("UPDATE messages_in SET tries = ? WHERE id = ?", (tries, row["id"]))
+        finish(conn, row, now, policy, "failed", "failed", detail=f"runner died or stalled {tries} times")
+        return True
+    retry_at = now + timedelta(seconds=5 * 2 ** (tries - 1))
+    conn.execute("UPDATE messages_in SET status = 'pending', tries = ?, process_after = ? WHERE id = ?",
+                 (tries, to_text(retry_at), row["id"]))
+    return False

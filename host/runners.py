@@ -1,0 +1,80 @@
+"""The host's view of agent runners: the runtime that starts them, which generation is alive where, and
+when a live one counts as stuck (DESIGN §6.7, §8)."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+from host.sessions import Session
+
+HEARTBEAT_STALE = timedelta(minutes=30)
+CLAIM_SILENT = timedelta(seconds=60)
+
+
+class Runtime(Protocol):
+    """Starts and stops runner processes; the docker and local runtimes implement it."""
+
+    def start(self, session: Session, generation: str) -> None: ...
+
+    def is_running(self, session_id: str) -> bool: ...
+
+    def stop(self, session_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Runner:
+    generation: str
+    started_at: datetime
+
+
+@dataclass
+class Runners:
+    """Runners this host process started. After a host restart it knows none, so their claims are released."""
+
+    runtime: Runtime
+    live: dict[str, Runner] = field(default_factory=dict)
+
+    def alive(self, session_id: str) -> Runner | None:
+        runner = self.live.get(session_id)
+        if runner and not self.runtime.is_running(session_id):
+            del self.live[session_id]
+            return None
+        return runner
+
+    def start(self, session: Session, now: datetime) -> Runner:
+        runner = Runner(f"gen-{int(now.timestamp() * 1000)}-{secrets.token_hex(3)}", now)
+        self.runtime.start(session, runner.generation)
+        self.live[session.id] = runner
+        return runner
+
+    def kill(self, session_id: str) -> None:
+        self.runtime.stop(session_id)
+        self.live.pop(session_id, None)
+
+
+def heartbeat(folder: Path, generation: str) -> datetime | None:
+    """When this generation last beat: ``.heartbeat`` holds the generation that wrote it; another's is ignored."""
+    path = folder / ".heartbeat"
+    try:
+        if path.read_text().strip() != generation:
+            return None
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    except OSError:
+        return None
+
+
+def stuck_reason(now: datetime, runner: Runner, beat: datetime | None, claims: list[datetime],
+                 tool_timeout_s: float | None) -> str | None:
+    """Why a live runner must be killed, or None. A running tool's declared timeout widens both limits."""
+    widen = timedelta(seconds=tool_timeout_s or 0)
+    last = beat or runner.started_at
+    if now - last > max(HEARTBEAT_STALE, widen):
+        return f"no heartbeat since {last.isoformat()}"
+    for claimed in claims:
+        if now - claimed > max(CLAIM_SILENT, widen) and last < claimed:
+            return f"claim from {claimed.isoformat()} with no heartbeat since"
+    return None

@@ -1,0 +1,206 @@
+"""One sweep over every active session (DESIGN §6.2): sync acks, apply requests, clone, misfire, release
+stuck or orphaned claims, wake. Idle sessions are not opened: a stat of the session folder tells whether
+anything was written since the last visit (every write to a session DB creates and deletes its rollback
+journal there, which moves the folder's mtime)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from host import actions, db, inbox, outbox, recurrence, runners, sessions
+from host.recurrence import Policy
+from host.runners import Runner, Runners
+from host.sessions import Session
+from host.settings import Settings
+from schemas import clock
+from schemas.messages import RunOutcome
+from schemas.times import from_text, to_text
+
+log = logging.getLogger(__name__)
+# A folder written within this long before we looked may be written again with the same mtime (coarse
+# filesystem clock): it is not trusted as unchanged until a visit sees it older than this.
+RACY_NS = 1_000_000_000
+ACK_OUTCOMES: dict[str, tuple[RunOutcome, ...]] = {"completed": ("ran", "skipped", "gate_error"),
+                                                   "failed": ("failed",)}
+
+
+@dataclass
+class SweepResult:
+    now: str
+    sessions_checked: int = 0
+    sessions_opened: int = 0
+    woken: int = 0
+    applied: int = 0
+    cloned: int = 0
+    missed: int = 0
+    retried: int = 0
+    failed: int = 0
+    errors: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What the last visit learned about a session."""
+
+    mtime_ns: int
+    seen_at_ns: int
+    next_due: str | None  # '' = due now
+    busy: bool  # has claimed rows
+
+
+@dataclass
+class Sweeper:
+    settings: Settings
+    runners: Runners | None = None  # None: count wakes, start nothing (sweep --now)
+    seen: dict[str, _Seen] = field(default_factory=dict)
+    _central: sqlite3.Connection | None = None
+    _sessions: list[Session] = field(default_factory=list)
+    _central_version: int = -1
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(self.settings.tz.zone, timedelta(seconds=self.settings.misfire_grace_s),
+                      self.settings.task_min_interval_s)
+
+    def active_sessions(self) -> list[Session]:
+        """The active sessions, re-read only when another connection changed central.db."""
+        if self._central is None:
+            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+            self._central = db.connect(self.settings.central_db, "central")
+        version = int(self._central.execute("PRAGMA data_version").fetchone()[0])
+        if version != self._central_version:
+            self._sessions = sessions.list_all(self._central, self.settings, status="active")
+            self._central_version = version
+        return self._sessions
+
+    def close(self) -> None:
+        if self._central is not None:
+            self._central.close()
+            self._central = None
+
+    def earliest_due(self) -> datetime | None:
+        """The earliest due time among sessions with no live runner (a live runner fetches for itself)."""
+        live = self.runners.live if self.runners else {}
+        dues = [s.next_due for sid, s in self.seen.items() if s.next_due is not None and sid not in live]
+        if not dues:
+            return None
+        first = min(dues)
+        return from_text(first) if first else datetime.min.replace(tzinfo=UTC)
+
+    def forget(self, session_id: str) -> None:
+        self.seen.pop(session_id, None)
+
+    def tick(self, now: datetime) -> SweepResult:
+        result = SweepResult(now=to_text(now))
+        policy = self.policy
+        for session in self.active_sessions():
+            result.sessions_checked += 1
+            try:
+                self._sweep_one(session, now, policy, result)
+            except Exception as exc:  # one broken session never stops the others
+                self.seen.pop(session.id, None)
+                result.errors += 1
+                log.warning("session %s skipped: %s", session.id, exc,
+                            extra={"action": "session_failed", "session": session.id})
+        return result
+
+    def _sweep_one(self, session: Session, now: datetime, policy: Policy, result: SweepResult) -> None:
+        runner = self.runners.alive(session.id) if self.runners else None
+        mtime = session.folder.stat().st_mtime_ns
+        seen = self.seen.get(session.id)
+        if (seen and runner is None and not seen.busy and mtime == seen.mtime_ns
+                and seen.seen_at_ns - mtime > RACY_NS and (seen.next_due is None or seen.next_due > to_text(now))):
+            return
+        result.sessions_opened += 1
+        seen_at = clock.filesystem_ns()
+        next_due, busy = self._visit(session, now, policy, runner, result)
+        self.seen[session.id] = _Seen(mtime, seen_at, next_due, busy)
+        if runner is None and next_due is not None and next_due <= to_text(now):
+            result.woken += 1
+            if self.runners:
+                self.runners.start(session, now)
+
+    def _visit(self, session: Session, now: datetime, policy: Policy, runner: Runner | None,
+               result: SweepResult) -> tuple[str | None, bool]:
+        outbound = session.folder / "outbound.db"
+        with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
+            open_ids = [r[0] for r in conn.execute(
+                "SELECT id FROM messages_in WHERE status IN ('pending', 'processing')")]
+            found = outbox.read(outbound, open_ids, actions.applied_seq(conn), writable=runner is None)
+            if runner is not None and self._stuck(session, now, runner, found):
+                runner = None
+            claimed = [mid for mid, ack in found.acks.items() if ack["status"] == "processing"]
+            if runner is None:
+                # Claims first, then the inbox: a crash between leaves 'processing' rows, released next time.
+                outbox.clear_claims(outbound, claimed)
+            with db.transaction(conn):
+                self._sync(conn, now, policy, runner, found, claimed, result)
+                for request in found.requests:
+                    result.applied += actions.apply(conn, request, now, policy)
+                for row in conn.execute("SELECT * FROM messages_in WHERE status IN ('completed', 'failed')"
+                                        " AND recurrence IS NOT NULL").fetchall():
+                    result.cloned += recurrence.repair(conn, row, now, policy)
+                for row in conn.execute("SELECT * FROM messages_in WHERE kind = 'task' AND status = 'pending'"
+                                        " AND recurrence IS NOT NULL AND process_after <= ?",
+                                        (to_text(now),)).fetchall():
+                    result.missed += recurrence.misfire(conn, row, now, policy)
+            busy = conn.execute("SELECT 1 FROM messages_in WHERE status = 'processing' LIMIT 1").fetchone()
+            return inbox.next_due(conn), busy is not None
+
+    def _stuck(self, session: Session, now: datetime, runner: Runner, found: outbox.Outbox) -> bool:
+        claims = [from_text(a["status_changed"]) for a in found.acks.values()
+                  if a["status"] == "processing" and a["generation"] == runner.generation]
+        beat = runners.heartbeat(session.folder, runner.generation)
+        reason = runners.stuck_reason(now, runner, beat, claims, found.tool_timeout_s)
+        if reason is None:
+            return False
+        log.warning("killing stuck runner of %s: %s", session.id, reason,
+                    extra={"action": "runner_killed", "session": session.id, "generation": runner.generation})
+        assert self.runners is not None
+        self.runners.kill(session.id)
+        return True
+
+    def _sync(self, conn: sqlite3.Connection, now: datetime, policy: Policy, runner: Runner | None,
+              found: outbox.Outbox, claimed: list[str], result: SweepResult) -> None:
+        """Acks into messages_in; claims no live runner of this generation holds go back with backoff."""
+        for message_id, ack in found.acks.items():
+            row = inbox.get(conn, message_id)
+            if row is None or row["status"] not in ("pending", "processing"):
+                continue
+            if ack["status"] in ("completed", "failed"):
+                detail = _ack_detail(ack)
+                allowed = ACK_OUTCOMES[ack["status"]]
+                outcome = next((o for o in allowed if o == detail.get("outcome")), allowed[0])
+                result.cloned += recurrence.finish(
+                    conn, row, now, policy, ack["status"], outcome, detail.get("reason"),
+                    started_at=detail.get("started_at"), finished_at=ack["status_changed"])
+            elif runner is not None and ack["generation"] == runner.generation and row["status"] == "pending":
+                conn.execute("UPDATE messages_in SET status = 'processing' WHERE id = ?", (message_id,))
+        held = {mid for mid, ack in found.acks.items()
+                if runner is not None and ack["status"] == "processing" and ack["generation"] == runner.generation}
+        orphan_ids = set(claimed) if runner is None else set()
+        for row in conn.execute("SELECT * FROM messages_in WHERE status = 'processing' OR id IN"
+                                f" ({', '.join('?' * len(orphan_ids))})", list(orphan_ids)).fetchall():
+            if row["id"] in held or row["status"] not in ("pending", "processing"):
+                continue
+            if recurrence.release(conn, row, now, policy):
+                result.failed += 1
+            else:
+                result.retried += 1
+
+
+def _ack_detail(ack: sqlite3.Row) -> dict[str, Any]:
+    try:
+        detail = json.loads(ack["detail"] or "{}")
+    except ValueError:
+        return {"reason": ack["detail"]}
+    return detail if isinstance(detail, dict) else {"reason": str(detail)}

@@ -1,0 +1,114 @@
+"""Read-only views of task series across sessions: one line per series, its occurrences, its runs."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from host import db, inbox, sessions
+from host.errors import NclError
+from host.sessions import Session
+from host.settings import Settings
+from schemas import cron
+from schemas.times import from_text, to_text
+
+ENDED = ("completed", "cancelled", "failed")
+
+
+@dataclass(frozen=True)
+class Series:
+    id: str
+    agent_group_id: str
+    session_id: str
+    status: str
+    next_run: str | None
+    recurrence: str | None
+    prompt: str
+    last_outcome: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _summary(conn: sqlite3.Connection, session: Session, series_id: str) -> Series:
+    rows = inbox.occurrences(conn, series_id)
+    live = [r for r in rows if inbox.is_live(r["status"])]
+    carrier = next((r for r in live if r["recurrence"]), live[0] if live else rows[-1])
+    outcomes = [r["outcome"] for r in inbox.runs(conn, series_id)]
+    if live:
+        status = "processing" if any(r["status"] == "processing" for r in live) else carrier["status"]
+    elif "cancelled" in outcomes:
+        status = "cancelled"
+    else:
+        status = rows[-1]["status"]
+    waiting = [r for r in live if r["status"] == "pending"]
+    next_run = min((r["process_after"] or r["timestamp"] for r in waiting), default=None)
+    return Series(series_id, session.agent_group_id, session.id, status, next_run, carrier["recurrence"],
+                  json.loads(carrier["content"]).get("prompt", ""), outcomes[-1] if outcomes else None)
+
+
+def _inbox(session: Session) -> sqlite3.Connection | None:
+    path = session.folder / "inbound.db"
+    return db.connect(path, "inbound", readonly=True) if path.exists() else None
+
+
+def series(settings: Settings, central: sqlite3.Connection, group_id: str | None = None,
+           session_id: str | None = None, include_ended: bool = False) -> Iterator[Series]:
+    """Every series in the active sessions (optionally of one group or session), live ones unless asked."""
+    for session in sessions.list_all(central, settings, group_id, status="active"):
+        if session_id and session.id != session_id:
+            continue
+        conn = _inbox(session)
+        if conn is None:
+            continue
+        with closing(conn):
+            ids = [r[0] for r in conn.execute(
+                "SELECT series_id FROM messages_in WHERE kind = 'task' AND series_id IS NOT NULL"
+                " GROUP BY series_id ORDER BY MIN(seq)")]
+            for series_id in ids:
+                found = _summary(conn, session, series_id)
+                if include_ended or found.status not in ENDED:
+                    yield found
+
+
+def locate(settings: Settings, central: sqlite3.Connection, ref: str) -> tuple[Session, str]:
+    """The session holding a series (by series id or any occurrence id), and the series id."""
+    for session in sessions.list_all(central, settings):
+        conn = _inbox(session)
+        if conn is None:
+            continue
+        with closing(conn):
+            found = inbox.series_of(conn, ref)
+        if found:
+            return session, found
+    raise NclError(f"unknown task {ref!r} (see 'ncl tasks list --all')")
+
+
+def detail(settings: Settings, session: Session, series_id: str, now: datetime,
+           zone: ZoneInfo) -> dict[str, Any]:
+    """``tasks show``: the list item, every occurrence row, and the next 5 runs."""
+    with closing(db.connect(session.folder / "inbound.db", "inbound", readonly=True)) as conn:
+        summary = _summary(conn, session, series_id)
+        rows = [dict(r) for r in inbox.occurrences(conn, series_id)]
+    next_runs: list[str] = []
+    if summary.recurrence and summary.status in ("pending", "processing", "paused"):
+        start = from_text(summary.next_run) if summary.next_run else now
+        next_runs = [summary.next_run] if summary.next_run else []
+        for slot in cron.firings(summary.recurrence, start, zone):
+            if len(next_runs) >= 5:
+                break
+            next_runs.append(to_text(slot))
+    elif summary.next_run:
+        next_runs = [summary.next_run]
+    return {"task": summary.to_json(), "occurrences": rows, "next_runs": next_runs}
+
+
+def runs(session: Session, series_id: str) -> list[dict[str, Any]]:
+    with closing(db.connect(session.folder / "inbound.db", "inbound", readonly=True)) as conn:
+        return [dict(r) for r in inbox.runs(conn, series_id)]

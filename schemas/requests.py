@@ -1,0 +1,90 @@
+"""System requests: what a runner asks the host to do, as ``messages_out`` rows of kind ``system``
+(DESIGN §12.1). The runner validates before writing; the host validates again before applying."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from schemas import cron
+from schemas.ids import is_id
+from schemas.messages import ContextMode
+from schemas.times import from_text
+
+
+class RequestError(ValueError):
+    """A request that cannot be applied; the message is shown to the agent as a notice."""
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    task_id: str = Field(alias="taskId", min_length=1)
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(by_alias=True, exclude_none=True), separators=(",", ":"))
+
+
+def _time(value: str | None) -> str | None:
+    if value:
+        from_text(value)
+    return value or None
+
+
+def _cron(value: str | None) -> str | None:
+    return cron.validate(value) if value else value
+
+
+class ScheduleTask(_Request):
+    action: Literal["schedule_task"]
+    prompt: str = Field(min_length=1)
+    process_after: str | None = Field(None, alias="processAfter")
+    recurrence: str | None = None
+    script: str | None = None
+    context_mode: ContextMode = Field("group", alias="contextMode")
+
+    @field_validator("task_id")
+    @classmethod
+    def _task_id(cls, value: str) -> str:
+        if not is_id(value, "task"):
+            raise ValueError(f"malformed task id {value!r} (expected task-<epoch_ms>-<6 chars>)")
+        return value
+
+    _after = field_validator("process_after")(_time)
+    _recurrence = field_validator("recurrence")(_cron)
+
+
+class UpdateTask(_Request):
+    """Only the fields to change; ``""`` clears recurrence or script."""
+
+    action: Literal["update_task"]
+    prompt: str | None = Field(None, min_length=1)
+    process_after: str | None = Field(None, alias="processAfter")
+    recurrence: str | None = None
+    script: str | None = None
+
+    _after = field_validator("process_after")(_time)
+    _recurrence = field_validator("recurrence")(_cron)
+
+
+class ControlTask(_Request):
+    action: Literal["pause_task", "resume_task", "cancel_task"]
+
+
+Request = Annotated[ScheduleTask | UpdateTask | ControlTask, Field(discriminator="action")]
+_adapter: TypeAdapter[ScheduleTask | UpdateTask | ControlTask] = TypeAdapter(Request)
+
+
+def parse(content: str | dict[str, Any]) -> ScheduleTask | UpdateTask | ControlTask:
+    """A system row's content -> its request, or RequestError saying what is wrong in one line."""
+    try:
+        data = json.loads(content) if isinstance(content, str) else content
+        return _adapter.validate_python(data)
+    except json.JSONDecodeError as exc:
+        raise RequestError(f"request is not JSON: {exc.msg}") from None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        message = str(err.get("ctx", {}).get("error", err["msg"]))
+        raise RequestError(f"invalid request ({where}): {message}") from None
