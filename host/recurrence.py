@@ -94,20 +94,20 @@ def misfire(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: P
     otherwise completes without running and clones the next future slot. Slots not run: one ``missed`` run.
     """
     first = scheduled(row)
-    later = cron.slots_between(row["recurrence"], first, now, policy.zone)
-    latest = later[-1] if later else first
+    count, latest_slot = cron.count_between(row["recurrence"], first, now, policy.zone)
+    latest = latest_slot or first
     series_id = row["series_id"] or row["id"]
     if now - latest <= policy.misfire_grace:
-        if not later:
+        if not count:
             return 0
-        skipped = [first, *later[:-1]]
+        skipped = count  # its own slot and every later one but the latest, which it runs as
         conn.execute("UPDATE messages_in SET process_after = ? WHERE id = ?", (to_text(latest), row["id"]))
     else:
-        skipped = [first, *later]
+        skipped = count + 1
         conn.execute("UPDATE messages_in SET status = 'completed', recurrence = NULL WHERE id = ?", (row["id"],))
         clone(conn, row, now, policy, after=latest)
-    detail = json.dumps({"slots": len(skipped), "first": to_text(skipped[0]), "last": to_text(skipped[-1])})
-    inbox.record_run(conn, now, series_id, row["id"], "missed", scheduled_for=to_text(skipped[0]), detail=detail)
+    detail = json.dumps({"slots": skipped, "first": to_text(first), "latest_slot": to_text(latest)})
+    inbox.record_run(conn, now, series_id, row["id"], "missed", scheduled_for=to_text(first), detail=detail)
     return 1
 
 
