@@ -97,6 +97,8 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False) -> sqlite3.Conn
         return _raw(path, readonly=True)
     conn = _raw(path, readonly=False)
     try:
+        if version(conn) > latest_version(kind):
+            raise DbError(f"{path}: {kind} schema version {version(conn)} is newer than this release knows")
         # Session files cross a container mount: WAL's shared memory does not, so DELETE there.
         conn.execute(f"PRAGMA journal_mode={'WAL' if kind == 'central' else 'DELETE'}")
         conn.execute("PRAGMA foreign_keys=ON")
@@ -104,5 +106,8 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False) -> sqlite3.Conn
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise DbError(f"cannot use {path}: {exc}") from None
+    except DbError:
+        conn.close()
+        raise
     return conn
 

@@ -86,9 +86,12 @@ def schema_versions(settings: Settings) -> Check:
     if not settings.central_db.exists():
         return Check("schema", True, f"no central.db yet (latest central v{latest_version('central')})")
     files: list[tuple[DbKind, Path]] = [("central", settings.central_db)]
-    with closing(db.connect(settings.central_db, "central", readonly=True)) as conn:
-        for session in sessions.list_all(conn, settings, status="active"):
-            files += [("inbound", session.folder / "inbound.db"), ("outbound", session.folder / "outbound.db")]
+    try:
+        with closing(db.connect(settings.central_db, "central", readonly=True)) as conn:
+            for session in sessions.list_all(conn, settings, status="active"):
+                files += [("inbound", session.folder / "inbound.db"), ("outbound", session.folder / "outbound.db")]
+    except (db.DbError, sqlite3.Error) as exc:
+        return Check("schema", False, str(exc))
     for kind, path in files:
         found = _file_version(path) if path.exists() else None
         latest = latest_version(kind)

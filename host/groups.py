@@ -17,7 +17,7 @@ from host.settings import Settings
 from schemas import ids
 from schemas.times import to_text
 
-CHANNEL = re.compile(r"^(cli|(queue|webhook|toolkit):[A-Za-z0-9][A-Za-z0-9._-]{0,63})$")
+CHANNEL = re.compile(r"cli|(queue|webhook|toolkit):[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SESSION_MODES = ("shared", "per-thread")
 PROVIDERS = ("mock", "anthropic")
 
@@ -44,7 +44,7 @@ def folder(settings: Settings, group_id: str) -> Path:
 
 
 def check_channel(channel: str) -> str:
-    if not CHANNEL.match(channel):
+    if not CHANNEL.fullmatch(channel):
         raise NclError(
             f"invalid channel {channel!r}: use cli, queue:NAME, webhook:NAME or toolkit:NAME "
             "(NAME: letters, digits, '.', '_', '-')"

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from host import inbox
+from host.settings import Settings
 from schemas import cron, ids
 from schemas.messages import RunOutcome
 from schemas.times import from_text, to_text
@@ -27,6 +28,10 @@ class Policy:
     zone: ZoneInfo
     misfire_grace: timedelta
     task_min_interval_s: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> Policy:
+        return cls(settings.tz.zone, timedelta(seconds=settings.misfire_grace_s), settings.task_min_interval_s)
 
 
 def scheduled(row: sqlite3.Row) -> datetime:

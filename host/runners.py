@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from host.sessions import Session
+from schemas import ids
 
 HEARTBEAT_STALE = timedelta(minutes=30)
 CLAIM_SILENT = timedelta(seconds=60)
@@ -46,7 +47,7 @@ class Runners:
         return runner
 
     def start(self, session: Session, now: datetime) -> Runner:
-        runner = Runner(f"gen-{int(now.timestamp() * 1000)}-{secrets.token_hex(3)}", now)
+        runner = Runner(f"gen-{ids.epoch_ms(now)}-{secrets.token_hex(3)}", now)
         self.runtime.start(session, runner.generation)
         self.live[session.id] = runner
         return runner

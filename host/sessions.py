@@ -66,24 +66,28 @@ def create(
     if thread_key is not None and not thread_key.strip():
         raise NclError("thread key must not be empty")
     session_id = ids.new_id("sess", now)
+    _check_thread(conn, group, thread_key)
     # Files first: a crash leaves at worst an unlisted folder, never a listed session without files.
     create_files(folder(settings, group.id, session_id))
     stamp = to_text(now)
     with db.transaction(conn):
-        if thread_key is not None:
-            clash = conn.execute(
-                "SELECT id FROM sessions WHERE agent_group_id = ? AND thread_key = ? AND status = 'active'",
-                (group.id, thread_key),
-            ).fetchone()
-            if clash:
-                raise NclError(f"group {group.name} already has an active session for thread {thread_key!r}: "
-                               f"{clash[0]}")
+        _check_thread(conn, group, thread_key)  # again under the lock: another writer may have won meanwhile
         conn.execute(
             "INSERT INTO sessions(id, agent_group_id, thread_key, status, created_at, last_active_at)"
             " VALUES (?, ?, ?, 'active', ?, ?)",
             (session_id, group.id, thread_key, stamp, stamp),
         )
     return get(conn, settings, session_id)
+
+
+def _check_thread(conn: sqlite3.Connection, group: Group, thread_key: str | None) -> None:
+    if thread_key is None:
+        return
+    clash = conn.execute(
+        "SELECT id FROM sessions WHERE agent_group_id = ? AND thread_key = ? AND status = 'active'",
+        (group.id, thread_key)).fetchone()
+    if clash:
+        raise NclError(f"group {group.name} already has an active session for thread {thread_key!r}: {clash[0]}")
 
 
 def list_all(
@@ -102,16 +106,3 @@ def get(conn: sqlite3.Connection, settings: Settings, session_id: str) -> Sessio
     if row is None:
         raise NclError(f"unknown session {session_id!r} (see 'ncl sessions list')")
     return _from_row(settings, row)
-
-
-def pause_task_series(session: Session) -> int:
-    """Pause every live task series of the session (used before its group goes); returns how many."""
-    path = session.folder / "inbound.db"
-    if not path.exists():
-        return 0
-    with closing(db.connect(path, "inbound")) as conn, db.transaction(conn):
-        cursor = conn.execute(
-            "UPDATE messages_in SET status = 'paused'"
-            " WHERE kind = 'task' AND status IN ('pending', 'processing')"
-        )
-        return cursor.rowcount

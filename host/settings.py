@@ -24,7 +24,7 @@ class SettingsError(NclError):
 class Settings(BaseModel):
     """Every setting, under its environment name. ``.env.example`` documents each one."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     data_dir: Path = Field(Path("data"), alias="NCL_DATA_DIR")
     sweep_interval_s: float = Field(60.0, gt=0, alias="NCL_SWEEP_INTERVAL_S")
@@ -86,6 +86,8 @@ def load(
     environ = os.environ if environ is None else environ
     cwd = Path.cwd() if cwd is None else cwd
     path = env_file(environ, cwd)
+    if environ.get("NCL_ENV_FILE") and not path.is_file():
+        raise SettingsError(f"NCL_ENV_FILE={str(path)!r} is not a readable file")
     from_file = {k: v for k, v in dotenv_values(path).items() if v is not None} if path.is_file() else {}
     merged = {**from_file, **{k: v for k, v in environ.items()}}
     resolved = zones.resolve(

@@ -10,7 +10,7 @@ import logging
 import sqlite3
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from host import actions, db, inbox, outbox, recurrence, runners, sessions
@@ -68,8 +68,7 @@ class Sweeper:
 
     @property
     def policy(self) -> Policy:
-        return Policy(self.settings.tz.zone, timedelta(seconds=self.settings.misfire_grace_s),
-                      self.settings.task_min_interval_s)
+        return Policy.of(self.settings)
 
     def active_sessions(self) -> list[Session]:
         """The active sessions, re-read only when another connection changed central.db."""

@@ -69,6 +69,13 @@ def pause(conn: sqlite3.Connection, ref: str, now: datetime, policy: Policy) -> 
     return int(changed)
 
 
+def pause_all(conn: sqlite3.Connection, now: datetime, policy: Policy) -> int:
+    """Pause every live series of the inbox (its group is going away); returns how many series."""
+    series = [r[0] for r in conn.execute(
+        f"SELECT DISTINCT series_id FROM messages_in WHERE kind = 'task' AND status IN {inbox.LIVE}")]
+    return sum(1 for s in series if pause(conn, s, now, policy))
+
+
 def resume(conn: sqlite3.Connection, ref: str, now: datetime, policy: Policy) -> int:
     """paused -> pending; an overdue recurring occurrence then follows the misfire rule at once."""
     with transaction(conn):

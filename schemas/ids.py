@@ -4,24 +4,30 @@ from __future__ import annotations
 
 import re
 import secrets
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 PREFIXES = ("task", "msg", "sys", "sess", "run")
-_ID = re.compile(r"^(task|msg|sys|sess|run)-(\d{13})-([0-9a-z]{6})$")
-GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
+_ID = re.compile(r"(task|msg|sys|sess|run)-(\d{13})-([0-9a-z]{6})")
+GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,47}")
 
 
 def new_id(prefix: str, now: datetime) -> str:
     if prefix not in PREFIXES:
         raise ValueError(f"unknown id prefix {prefix!r}")
     suffix = "".join(secrets.choice(_ALPHABET) for _ in range(6))
-    return f"{prefix}-{int(now.timestamp() * 1000)}-{suffix}"
+    return f"{prefix}-{epoch_ms(now)}-{suffix}"
+
+
+def epoch_ms(now: datetime) -> int:
+    # Integer arithmetic: float timestamps round about 0.6% of instants down by a millisecond.
+    return (now - EPOCH) // timedelta(milliseconds=1)
 
 
 def is_id(text: str, prefix: str) -> bool:
     """True when ``text`` is a well-formed id of that kind (used to accept runner-chosen ids)."""
-    match = _ID.match(text) if isinstance(text, str) else None
+    match = _ID.fullmatch(text) if isinstance(text, str) else None
     return match is not None and match.group(1) == prefix
 
 
@@ -32,7 +38,7 @@ def group_id(name: str) -> str:
 
 
 def check_group_name(name: str) -> None:
-    if not GROUP_NAME.match(name or ""):
+    if not GROUP_NAME.fullmatch(name or ""):
         raise ValueError(
             f"invalid group name {name!r}: use 1-48 letters, digits, '-' or '_', "
             "starting with a letter or digit (no '/', '.', spaces)"

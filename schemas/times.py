@@ -10,7 +10,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-_STORED = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+_STORED = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 # The SQLite GLOB twin of _STORED, used in CHECK constraints so no other text can be written.
 STORED_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z"
 
@@ -29,7 +29,7 @@ def to_text(instant: datetime) -> str:
 
 def from_text(text: str) -> datetime:
     """Stored UTC text -> aware UTC datetime; anything else is rejected."""
-    if not isinstance(text, str) or not _STORED.match(text):
+    if not isinstance(text, str) or not _STORED.fullmatch(text):
         raise TimeFormatError(f"not a stored UTC time (YYYY-MM-DDTHH:MM:SS.fffZ): {text!r}")
     try:
         return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)

@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: turns every error into one line on stderr and an exit code."""
     try:
         code = cli.main(args=argv, prog_name="ncl", standalone_mode=False)
+    except click.MissingParameter as exc:
+        _fail(f"{exc.format_message()} (see '{exc.ctx.command_path if exc.ctx else 'ncl'} --help')", 2)
     except click.BadParameter as exc:  # an invalid value, not a malformed command line (DESIGN §12.11)
         _fail(exc.format_message(), 1)
     except click.UsageError as exc:

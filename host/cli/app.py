@@ -10,6 +10,7 @@ import click
 
 from host import db
 from host.errors import NclError
+from host.recurrence import Policy
 from host.settings import Settings
 from schemas import clock
 from schemas.times import TimeFormatError, parse_user_time, truncate_ms
@@ -37,6 +38,10 @@ class App:
 
 
 pass_app = click.make_pass_decorator(App)
+
+
+def policy(app: App) -> Policy:
+    return Policy.of(app.settings)
 
 
 def _parse_now(ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from host import groups, sessions
-from host.cli.app import App, pass_app
+from host import db, groups, sessions, tasks
+from host.cli.app import App, pass_app, policy
 from host.cli.output import emit, fields, json_option, local_time, table
 from host.errors import NclError
 
@@ -91,6 +91,14 @@ def show(app: App, group: str, as_json: bool) -> None:
          ("active_sessions", "active sessions"), ("folder", "folder"), ("rules", "rules")]))
 
 
+def _pause_all(app: App, session: sessions.Session) -> int:
+    path = session.folder / "inbound.db"
+    if not path.exists():
+        return 0
+    with closing(db.connect(path, "inbound")) as conn:
+        return tasks.pause_all(conn, app.now(), policy(app))
+
+
 @group_cli.command("delete")
 @click.argument("group")
 @click.option("--yes", is_flag=True, help="Really delete (otherwise only say what would happen).")
@@ -105,10 +113,10 @@ def delete(app: App, group: str, yes: bool, as_json: bool) -> None:
         if not yes:
             raise NclError(f"deleting group {found.name} closes {len(active)} session(s) and pauses their "
                            "task series; run again with --yes to do it")
-        paused = sum(sessions.pause_task_series(s) for s in active)
+        paused = sum(_pause_all(app, s) for s in active)
         groups.delete(conn, found)
     data = {"id": found.id, "deleted": True, "sessions_closed": len(active), "task_series_paused": paused,
             "folder": str(groups.folder(app.settings, found.id))}
     emit(as_json, data, lambda: click.echo(
-        f"deleted group {found.name}: {len(active)} session(s) closed, {paused} task occurrence(s) paused; "
+        f"deleted group {found.name}: {len(active)} session(s) closed, {paused} task series paused; "
         f"files kept in {data['folder']}"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from contextlib import closing
 
 import click
@@ -9,6 +10,7 @@ import click
 from host import groups, sessions
 from host.cli.app import App, pass_app
 from host.cli.output import emit, fields, json_option, local_time, table
+from host.errors import NclError
 
 COLUMNS = [("id", "ID"), ("agent_group_id", "GROUP"), ("status", "STATUS"), ("thread_key", "THREAD"),
            ("created", "CREATED"), ("last_active", "LAST ACTIVE")]
@@ -31,6 +33,16 @@ def create(app: App, group_ref: str, thread_key: str | None, as_json: bool) -> N
     emit(as_json, found.to_json(), lambda: click.echo(f"created session {found.id} in {found.path}"))
 
 
+def _group_id(conn: sqlite3.Connection, app: App, ref: str) -> str:
+    """A group's id by name or id; also the id of a deleted group whose closed sessions remain."""
+    try:
+        return groups.get(conn, ref).id
+    except NclError:
+        if sessions.list_all(conn, app.settings, ref):
+            return ref
+        raise
+
+
 @session_cli.command("list")
 @click.option("--agent-group-id", "--group", "group_ref", help="Only this group's sessions (id or name).")
 @click.option("--status", type=click.Choice(["active", "closed"]), help="Only sessions in this status.")
@@ -39,7 +51,7 @@ def create(app: App, group_ref: str, thread_key: str | None, as_json: bool) -> N
 def list_(app: App, group_ref: str | None, status: str | None, as_json: bool) -> None:
     """List sessions, oldest first."""
     with closing(app.central()) as conn:
-        group_id = groups.get(conn, group_ref).id if group_ref else None
+        group_id = _group_id(conn, app, group_ref) if group_ref else None
         found = sessions.list_all(conn, app.settings, group_id, status)
     zone = app.settings.tz.zone
     emit(as_json, {"sessions": [s.to_json() for s in found]}, lambda: table(

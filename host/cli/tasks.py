@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import closing
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 import click
 
 from host import db, groups, nudge, sessions, task_list, tasks
-from host.cli.app import App, now_option, pass_app
+from host.cli.app import App, now_option, pass_app, policy
 from host.cli.output import emit, fields, json_option, local_time, table
 from host.errors import NclError
-from host.recurrence import Policy
 from host.sessions import Session
 from schemas import ids
 from schemas.times import parse_user_time, to_text
@@ -23,11 +22,6 @@ COLUMNS = [("id", "ID"), ("agent_group_id", "GROUP"), ("session_id", "SESSION"),
            ("next", "NEXT RUN"), ("recurrence", "RECURRENCE"), ("last_outcome", "LAST"), ("excerpt", "PROMPT")]
 RUN_COLUMNS = [("outcome", "OUTCOME"), ("scheduled", "SCHEDULED"), ("started", "STARTED"),
                ("finished", "FINISHED"), ("duration_ms", "MS"), ("message_id", "OCCURRENCE"), ("detail", "DETAIL")]
-
-
-def policy(app: App) -> Policy:
-    s = app.settings
-    return Policy(s.tz.zone, timedelta(seconds=s.misfire_grace_s), s.task_min_interval_s)
 
 
 def _write(app: App, ref: str, action: Callable[[Any, str], T]) -> tuple[Session, str, T]:

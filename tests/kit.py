@@ -1,0 +1,145 @@
+"""Test doubles and a small world for scheduler tests: a fake clock, a recording runtime, and one session
+on real SQLite files with helpers that act as the runner would (acks, system requests)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from host import db, groups, sessions, tasks
+from host import settings as settings_module
+from host.recurrence import Policy
+from host.runners import Runners
+from host.sessions import Session
+from host.sweep import Sweeper
+from schemas import ids
+from schemas.times import from_text, to_text
+
+
+def utc(text: str) -> datetime:
+    """``utc("2026-05-18T13:00:00")`` -> aware UTC datetime."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+@dataclass
+class FakeClock:
+    current: datetime
+    slept: list[float] = field(default_factory=list)
+    hooks: list[tuple[datetime, Any]] = field(default_factory=list)
+
+    def now(self) -> datetime:
+        return self.current
+
+    async def sleep(self, seconds: float) -> None:
+        """Advance time; a hook scheduled inside the slept span runs at its instant, as if while asleep."""
+        target = self.current + timedelta(seconds=seconds)
+        self.slept.append(seconds)
+        for at, action in sorted(self.hooks, key=lambda h: h[0]):
+            if self.current < at <= target:
+                self.current = at
+                self.hooks.remove((at, action))
+                action()
+        self.current = target
+
+    def at(self, when: datetime, action: Any) -> None:
+        self.hooks.append((when, action))
+
+
+@dataclass
+class RecordingRuntime:
+    clock: FakeClock | None = None
+    started: list[tuple[datetime | None, str, str]] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    running: set[str] = field(default_factory=set)
+
+    def start(self, session: Session, generation: str) -> None:
+        self.started.append((self.clock.now() if self.clock else None, session.id, generation))
+        self.running.add(session.id)
+
+    def is_running(self, session_id: str) -> bool:
+        return session_id in self.running
+
+    def stop(self, session_id: str) -> None:
+        self.stopped.append(session_id)
+        self.running.discard(session_id)
+
+
+class World:
+    """One group and session under ``tmp_path``; everything on real files."""
+
+    def __init__(self, tmp_path: Path, tz: str = "America/New_York", **env: str) -> None:
+        environ = {"NCL_DATA_DIR": str(tmp_path / "data"), "TZ": tz, **env}
+        self.settings = settings_module.load(environ=environ, cwd=tmp_path, system_tz="UTC")
+        self.settings.data_dir.mkdir(parents=True)
+        self.policy = Policy.of(self.settings)
+        self.central = db.connect(self.settings.central_db, "central")
+        self.group, _ = groups.create(self.central, self.settings, utc("2026-01-01T00:00:00"), "demo", ["cli"])
+        self.session = self.new_session()
+        self._out_seq = 1
+
+    def new_session(self) -> Session:
+        return sessions.create(self.central, self.settings, utc("2026-01-01T00:00:00"), self.group, None)
+
+    def inbound(self, session: Session | None = None) -> sqlite3.Connection:
+        return db.connect((session or self.session).folder / "inbound.db", "inbound")
+
+    def outbound(self, session: Session | None = None) -> sqlite3.Connection:
+        return db.connect((session or self.session).folder / "outbound.db", "outbound")
+
+    def sweeper(self, runtime: RecordingRuntime | None = None) -> Sweeper:
+        return Sweeper(self.settings, Runners(runtime) if runtime else None)
+
+    def schedule(self, now: datetime, prompt: str = "post the standup", recurrence: str | None = None,
+                 at: str | None = None, session: Session | None = None, **kw: Any) -> str:
+        """An operator-scheduled task (no minimum interval)."""
+        task_id = ids.new_id("task", now)
+        with closing(self.inbound(session)) as conn:
+            tasks.schedule(conn, now, self.policy, task_id, prompt, at, recurrence, enforce_interval=False, **kw)
+        return task_id
+
+    def request(self, now: datetime, content: dict[str, Any], session: Session | None = None) -> str:
+        """A system request row as the runner writes it into outbound.db."""
+        out_id = ids.new_id("msg", now)
+        with closing(self.outbound(session)) as conn, db.transaction(conn):
+            conn.execute("INSERT INTO messages_out(id, seq, timestamp, kind, content) VALUES (?, ?, ?, 'system', ?)",
+                         (out_id, self._out_seq, to_text(now), json.dumps(content)))
+        self._out_seq += 2
+        return out_id
+
+    def ack(self, message_id: str, status: str, at: datetime, generation: str = "gen-test",
+            outcome: str | None = None, reason: str | None = None, session: Session | None = None) -> None:
+        detail = json.dumps({"outcome": outcome, "reason": reason}) if outcome else None
+        with closing(self.outbound(session)) as conn, db.transaction(conn):
+            conn.execute("INSERT OR REPLACE INTO processing_ack(message_id, status, status_changed, detail, generation)"
+                         " VALUES (?, ?, ?, ?, ?)", (message_id, status, to_text(at), detail, generation))
+
+    def rows(self, series_id: str | None = None, session: Session | None = None) -> list[dict[str, Any]]:
+        with closing(self.inbound(session)) as conn:
+            sql = "SELECT * FROM messages_in" + (" WHERE series_id = ?" if series_id else "") + " ORDER BY seq"
+            return [dict(r) for r in conn.execute(sql, (series_id,) if series_id else ())]
+
+    def live(self, series_id: str) -> list[dict[str, Any]]:
+        return [r for r in self.rows(series_id) if r["status"] in ("pending", "processing", "paused")]
+
+    def runs(self, series_id: str) -> list[dict[str, Any]]:
+        with closing(self.inbound()) as conn:
+            return [dict(r) for r in conn.execute("SELECT * FROM task_runs WHERE series_id = ? ORDER BY rowid",
+                                                  (series_id,))]
+
+    def notices(self) -> list[dict[str, Any]]:
+        return [json.loads(r["content"]) | {"trigger": r["trigger"]} for r in self.rows()
+                if r["kind"] == "chat" and json.loads(r["content"]).get("sender") == "system"]
+
+    def run_occurrence(self, sweeper: Sweeper, row_id: str, at: datetime, outcome: str = "ran") -> Any:
+        """The runner claims and finishes ``row_id`` at ``at``; one sweep syncs it."""
+        self.ack(row_id, "completed" if outcome != "failed" else "failed", at, outcome=outcome)
+        return sweeper.tick(at)
+
+
+def scheduled_times(rows: list[dict[str, Any]]) -> list[datetime]:
+    return [from_text(r["process_after"]) for r in rows]

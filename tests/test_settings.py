@@ -1,0 +1,184 @@
+"""Settings (DESIGN §3, §12.12): process env over ``.env`` over defaults; TZ resolved in one order."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from host import settings
+from host.settings import SettingsError
+
+
+@pytest.fixture
+def tz_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.WARNING, logger="host.settings")
+    return caplog
+
+
+def rejected(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    """(source, value) of every ``tz_rejected`` warning logged."""
+    return [
+        (r.source, r.value)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if getattr(r, "action", None) == "tz_rejected" and r.levelno == logging.WARNING
+    ]
+
+
+def write_env(path: Path, **values: str) -> Path:
+    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    return path
+
+
+def test_process_env_wins_over_dotenv(tmp_path: Path) -> None:
+    write_env(tmp_path / ".env", TZ="Asia/Tokyo")
+    loaded = settings.load(environ={"TZ": "America/New_York"}, cwd=tmp_path, system_tz="Europe/Paris")
+    assert (loaded.tz.name, loaded.tz.source) == ("America/New_York", "env")
+    assert loaded.tz.zone.key == "America/New_York"
+
+
+def test_dotenv_wins_over_the_system_zone(tmp_path: Path) -> None:
+    write_env(tmp_path / ".env", TZ="Asia/Tokyo")
+    loaded = settings.load(environ={}, cwd=tmp_path, system_tz="Europe/Paris")
+    assert (loaded.tz.name, loaded.tz.source) == ("Asia/Tokyo", ".env")
+
+
+def test_system_zone_when_no_tz_is_set(tmp_path: Path) -> None:
+    loaded = settings.load(environ={}, cwd=tmp_path, system_tz="Europe/Paris")
+    assert (loaded.tz.name, loaded.tz.source, loaded.tz.rejected) == ("Europe/Paris", "system", ())
+
+
+def test_fallback_is_utc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tz_log: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(settings, "system_zone", lambda root=Path("/"): None)
+    loaded = settings.load(environ={}, cwd=tmp_path)
+    assert (loaded.tz.name, loaded.tz.source, loaded.tz.rejected) == ("UTC", "fallback", ())
+    assert rejected(tz_log) == []
+
+
+@pytest.mark.parametrize("bad", ["IST-2", "Not/AZone", ""])
+def test_invalid_env_tz_falls_through_to_dotenv_with_a_warning(
+    tmp_path: Path, bad: str, tz_log: pytest.LogCaptureFixture
+) -> None:
+    write_env(tmp_path / ".env", TZ="Asia/Tokyo")
+    loaded = settings.load(environ={"TZ": bad}, cwd=tmp_path, system_tz="Europe/Paris")
+    assert (loaded.tz.name, loaded.tz.source) == ("Asia/Tokyo", ".env")
+    assert loaded.tz.rejected == (("env", bad),)
+    assert rejected(tz_log) == [("env", bad)]
+
+
+@pytest.mark.parametrize("bad", ["IST-2", "Not/AZone", ""])
+def test_invalid_dotenv_tz_falls_through_to_the_system_zone(
+    tmp_path: Path, bad: str, tz_log: pytest.LogCaptureFixture
+) -> None:
+    write_env(tmp_path / ".env", TZ=bad)
+    loaded = settings.load(environ={}, cwd=tmp_path, system_tz="Europe/Paris")
+    assert (loaded.tz.name, loaded.tz.source) == ("Europe/Paris", "system")
+    assert rejected(tz_log) == [(".env", bad)]
+
+
+def test_every_invalid_candidate_falls_through_to_utc(
+    tmp_path: Path, tz_log: pytest.LogCaptureFixture
+) -> None:
+    write_env(tmp_path / ".env", TZ="Not/AZone")
+    loaded = settings.load(environ={"TZ": "IST-2"}, cwd=tmp_path, system_tz="Mars/Olympus")
+    assert (loaded.tz.name, loaded.tz.source) == ("UTC", "fallback")
+    assert loaded.tz.rejected == (("env", "IST-2"), (".env", "Not/AZone"), ("system", "Mars/Olympus"))
+    assert rejected(tz_log) == [("env", "IST-2"), (".env", "Not/AZone"), ("system", "Mars/Olympus")]
+
+
+def test_a_valid_tz_logs_no_warning(tmp_path: Path, tz_log: pytest.LogCaptureFixture) -> None:
+    settings.load(environ={"TZ": "UTC"}, cwd=tmp_path, system_tz="Europe/Paris")
+    assert rejected(tz_log) == []
+
+
+def test_ncl_env_file_replaces_dot_env(tmp_path: Path) -> None:
+    write_env(tmp_path / ".env", TZ="Asia/Tokyo", NCL_MAX_RUNNERS="3")
+    other = write_env(tmp_path / "elsewhere.env", TZ="Europe/Berlin", NCL_SWEEP_INTERVAL_S="7")
+    loaded = settings.load(environ={"NCL_ENV_FILE": str(other)}, cwd=tmp_path, system_tz="Europe/Paris")
+    assert (loaded.tz.name, loaded.tz.source) == ("Europe/Berlin", ".env")
+    assert loaded.sweep_interval_s == 7
+    assert loaded.max_runners == 5  # ./.env was not read at all
+
+
+def test_process_env_wins_over_dotenv_for_every_setting(tmp_path: Path) -> None:
+    write_env(tmp_path / ".env", NCL_MAX_RUNNERS="3", NCL_RUNTIME="docker", ANTHROPIC_API_KEY="from-file")
+    loaded = settings.load(environ={"NCL_MAX_RUNNERS": "9"}, cwd=tmp_path, system_tz="UTC")
+    assert loaded.max_runners == 9
+    assert loaded.runtime == "docker"
+    assert loaded.anthropic_api_key == "from-file"
+
+
+def test_defaults(tmp_path: Path) -> None:
+    loaded = settings.load(environ={}, cwd=tmp_path, system_tz="UTC")
+    assert loaded.data_dir == tmp_path / "data"
+    assert loaded.central_db == tmp_path / "data" / "central.db"
+    assert loaded.sessions_dir == tmp_path / "data" / "v2-sessions"
+    assert loaded.groups_dir == tmp_path / "data" / "groups"
+    assert (loaded.sweep_interval_s, loaded.misfire_grace_s, loaded.task_min_interval_s) == (60, 3600, 300)
+    assert (loaded.idle_timeout_s, loaded.max_runners, loaded.scheduled_task_min_gap_s) == (1800, 5, 900)
+    assert (loaded.runtime, loaded.provider, loaded.image) == ("auto", "mock", "ncl-agent:latest")
+    assert loaded.anthropic_api_key is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("NCL_MAX_RUNNERS", "0"),
+        ("NCL_MAX_RUNNERS", "many"),
+        ("NCL_RUNTIME", "podman"),
+        ("NCL_SWEEP_INTERVAL_S", "-1"),
+        ("NCL_PROVIDER", "openai"),
+        ("NCL_HTTP_PORT", "70000"),
+        ("NCL_LOG_LEVEL", "LOUD"),
+    ],
+)
+def test_invalid_ncl_value_is_a_one_line_settings_error_naming_it(tmp_path: Path, variable: str, value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        settings.load(environ={variable: value}, cwd=tmp_path, system_tz="UTC")
+    message = str(info.value)
+    assert variable in message and "\n" not in message
+
+
+def test_invalid_value_in_dotenv_is_named_too(tmp_path: Path) -> None:
+    write_env(tmp_path / ".env", NCL_MAX_RUNNERS="zero")
+    with pytest.raises(SettingsError, match="NCL_MAX_RUNNERS"):
+        settings.load(environ={}, cwd=tmp_path, system_tz="UTC")
+
+
+def test_relative_data_dir_resolves_against_cwd(tmp_path: Path) -> None:
+    loaded = settings.load(environ={"NCL_DATA_DIR": "rel/d"}, cwd=tmp_path, system_tz="UTC")
+    assert loaded.data_dir == tmp_path / "rel" / "d"
+    assert loaded.central_db == tmp_path / "rel" / "d" / "central.db"
+
+
+def test_relative_data_dir_from_dotenv_resolves_against_cwd(tmp_path: Path) -> None:
+    write_env(tmp_path / ".env", NCL_DATA_DIR="store")
+    assert settings.load(environ={}, cwd=tmp_path, system_tz="UTC").data_dir == tmp_path / "store"
+
+
+def test_absolute_data_dir_is_kept(tmp_path: Path) -> None:
+    target = tmp_path / "abs"
+    loaded = settings.load(environ={"NCL_DATA_DIR": str(target)}, cwd=tmp_path / "elsewhere", system_tz="UTC")
+    assert loaded.data_dir == target
+
+
+def test_system_zone_reads_etc_timezone_then_the_localtime_link(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    assert settings.system_zone(tmp_path) is None
+    (etc / "localtime").symlink_to("/usr/share/zoneinfo/America/Chicago")
+    assert settings.system_zone(tmp_path) == "America/Chicago"
+    (etc / "timezone").write_text("Europe/Lisbon\n")
+    assert settings.system_zone(tmp_path) == "Europe/Lisbon"
+
+
+def test_only_documented_names_are_settings(tmp_path: Path) -> None:
+    loaded = settings.load(environ={"runtime": "docker", "data_dir": "/etc"}, cwd=tmp_path, system_tz="UTC")
+    assert loaded.runtime == "auto"
+    assert loaded.data_dir == tmp_path / "data"
+
+
+def test_missing_ncl_env_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="NCL_ENV_FILE"):
+        settings.load(environ={"NCL_ENV_FILE": str(tmp_path / "missing.env")}, cwd=tmp_path, system_tz="UTC")

@@ -1,0 +1,240 @@
+"""DESIGN §6.7 and §12.4: stuck and dead runners, retries with backoff, auto-pause; running occurrences under
+pause and cancel; one broken session never stops the others."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from contextlib import closing
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from kit import RecordingRuntime, World, utc
+
+from host import tasks
+from schemas.times import to_text
+
+T0 = utc("2026-05-18T13:00:00")
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return World(tmp_path)
+
+
+def _running(world: World, runtime: RecordingRuntime, at=T0):  # type: ignore[no-untyped-def]
+    """A due one-shot task, woken at ``at``; returns (sweeper, task id, generation of the started runner)."""
+    task = world.schedule(at - timedelta(minutes=1), at=to_text(at))
+    sweeper = world.sweeper(runtime)
+    assert sweeper.tick(at).woken == 1
+    generation = runtime.started[-1][2]
+    return sweeper, task, generation
+
+
+def _beat(world: World, generation: str, when) -> None:  # type: ignore[no-untyped-def]
+    path = world.session.folder / ".heartbeat"
+    path.write_text(generation)
+    os.utime(path, (when.timestamp(), when.timestamp()))
+
+
+def test_heartbeat_older_than_30_minutes_kills_and_retries(world: World) -> None:
+    runtime = RecordingRuntime()
+    sweeper, task, gen = _running(world, runtime)
+    world.ack(task, "processing", T0 + timedelta(seconds=1), generation=gen)
+    _beat(world, gen, T0 + timedelta(seconds=2))
+    assert sweeper.tick(T0 + timedelta(minutes=29)).retried == 0 and runtime.stopped == []
+    result = sweeper.tick(T0 + timedelta(minutes=31))
+    assert runtime.stopped == [world.session.id] and result.retried == 1
+    [row] = world.rows(task)
+    assert (row["status"], row["tries"]) == ("pending", 1)
+    assert row["process_after"] == to_text(T0 + timedelta(minutes=31, seconds=5))
+    with closing(world.outbound()) as conn:  # the dead runner's claim is cleared for the next generation
+        assert conn.execute("SELECT COUNT(*) FROM processing_ack").fetchone()[0] == 0
+
+
+def test_claim_with_no_heartbeat_since_is_killed_after_60_s(world: World) -> None:
+    runtime = RecordingRuntime()
+    sweeper, task, gen = _running(world, runtime)
+    _beat(world, gen, T0 + timedelta(seconds=1))
+    world.ack(task, "processing", T0 + timedelta(seconds=5), generation=gen)
+    assert sweeper.tick(T0 + timedelta(seconds=60)).retried == 0
+    assert world.rows(task)[0]["status"] == "processing"
+    sweeper.tick(T0 + timedelta(seconds=70))
+    assert runtime.stopped == [world.session.id]
+
+
+def test_a_running_tools_declared_timeout_widens_the_limits(world: World) -> None:
+    runtime = RecordingRuntime()
+    sweeper, task, gen = _running(world, runtime)
+    world.ack(task, "processing", T0 + timedelta(seconds=5), generation=gen)
+    with closing(world.outbound()) as conn:
+        conn.execute("INSERT INTO container_state(id, current_tool, tool_timeout_s, updated_at)"
+                     " VALUES (1, 'bash', 600, ?)", (to_text(T0),))
+    sweeper.tick(T0 + timedelta(seconds=300))
+    assert runtime.stopped == []
+    sweeper.tick(T0 + timedelta(seconds=700))
+    assert runtime.stopped == [world.session.id]
+
+
+def test_fresh_runner_is_not_killed_for_its_predecessors_artifacts(world: World) -> None:
+    runtime = RecordingRuntime()
+    old_task = world.schedule(T0 - timedelta(hours=2), at=to_text(T0 - timedelta(hours=1)))
+    world.ack(old_task, "processing", T0 - timedelta(hours=1), generation="gen-old")
+    _beat(world, "gen-old", T0 - timedelta(hours=1))
+    sweeper, _task, _gen = _running(world, runtime)  # no runner alive: the old claim is released at once
+    assert world.rows(old_task)[0]["tries"] == 1
+    world.ack(old_task, "processing", T0 - timedelta(hours=1), generation="gen-old")  # a leftover that reappears
+    result = sweeper.tick(T0 + timedelta(seconds=30))
+    assert runtime.stopped == []  # an hour-old claim and heartbeat, but not this generation's
+    assert result.retried == 0 and world.rows(old_task)[0]["status"] == "pending"
+
+
+def test_retries_back_off_then_fail_and_the_series_goes_on(world: World) -> None:
+    series = world.schedule(T0 - timedelta(minutes=1), recurrence="0 9 * * *")
+    sweeper, now, delays = world.sweeper(), T0, []
+    for _ in range(6):
+        row = world.live(series)[0]
+        world.ack(row["id"], "processing", now)
+        result = sweeper.tick(now)  # no live runner (a one-off sweep): the claim is released at once
+        row = world.rows(series)[0]
+        if row["status"] == "failed":
+            break
+        delays.append(round((utc(row["process_after"][:-1]) - now).total_seconds()))
+        now = utc(row["process_after"][:-1])
+    assert delays == [5, 10, 20, 40, 80]
+    assert result.failed == 1 and row["tries"] == 6
+    assert [r["status"] for r in world.rows(series)] == ["failed", "pending"]
+    assert world.live(series)[0]["process_after"] == "2026-05-19T13:00:00.000Z"
+
+
+def test_three_consecutive_failures_pause_the_series_with_one_notice(world: World) -> None:
+    series = world.schedule(T0 - timedelta(minutes=1), recurrence="0 9 * * *")
+    sweeper = world.sweeper()
+    for day in range(3):
+        row = world.live(series)[0]
+        assert row["status"] == "pending"
+        world.run_occurrence(sweeper, row["id"], utc(row["process_after"][:-1]) + timedelta(seconds=1),
+                             outcome="failed")
+        assert day < 2 or world.live(series)[0]["status"] == "paused"
+    notices = [n for n in world.notices() if n["notice"] == "task_auto_paused"]
+    assert len(notices) == 1 and notices[0]["trigger"] == 0
+
+
+def test_pause_while_running_lets_the_run_finish_and_next_waits_paused(world: World) -> None:
+    runtime = RecordingRuntime()
+    series = world.schedule(T0 - timedelta(minutes=1), recurrence="0 9 * * *")
+    sweeper = world.sweeper(runtime)
+    sweeper.tick(T0)
+    gen = runtime.started[-1][2]
+    world.ack(series, "processing", T0, generation=gen)
+    _beat(world, gen, T0)
+    sweeper.tick(T0 + timedelta(seconds=1))
+    with closing(world.inbound()) as conn:
+        assert tasks.pause(conn, series, T0 + timedelta(seconds=2), world.policy) == 1
+    assert [r["status"] for r in world.rows(series)] == ["processing", "paused"]
+    world.ack(series, "completed", T0 + timedelta(seconds=3), generation=gen, outcome="ran")
+    assert sweeper.tick(T0 + timedelta(seconds=3)).cloned == 0
+    assert [r["status"] for r in world.rows(series)] == ["completed", "paused"]
+
+
+def test_cancel_while_running_lets_it_finish_and_nothing_follows(world: World) -> None:
+    runtime = RecordingRuntime()
+    series = world.schedule(T0 - timedelta(minutes=1), recurrence="0 9 * * *")
+    sweeper = world.sweeper(runtime)
+    sweeper.tick(T0)
+    gen = runtime.started[-1][2]
+    world.ack(series, "processing", T0, generation=gen)
+    sweeper.tick(T0)
+    with closing(world.inbound()) as conn:
+        assert tasks.cancel(conn, series, T0) == 1
+    world.ack(series, "completed", T0 + timedelta(seconds=3), generation=gen, outcome="ran")
+    sweeper.tick(T0 + timedelta(seconds=3))
+    assert [r["status"] for r in world.rows(series)] == ["completed"]
+    assert world.live(series) == []
+    assert [r["outcome"] for r in world.runs(series)] == ["cancelled", "ran"]
+
+
+def test_a_broken_session_is_logged_and_the_others_are_swept(world: World,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    broken = world.new_session()
+    (broken.folder / "inbound.db").write_bytes(b"this is not a database" * 100)
+    healthy = world.new_session()
+    world.schedule(T0 - timedelta(minutes=1), at=to_text(T0), session=healthy)
+    with caplog.at_level(logging.WARNING):
+        result = world.sweeper().tick(T0)
+    assert (result.errors, result.woken) == (1, 1)
+    assert [r.session for r in caplog.records if getattr(r, "action", None) == "session_failed"] == [broken.id]
+
+
+def test_deleted_session_folder_does_not_stop_the_sweep(world: World) -> None:
+    gone = world.new_session()
+    world.schedule(T0 - timedelta(minutes=1), at=to_text(T0))
+    shutil.rmtree(gone.folder)
+    result = world.sweeper().tick(T0)
+    assert (result.errors, result.woken) == (1, 1)
+
+
+def test_idle_sessions_are_not_opened(world: World) -> None:
+    others = [world.new_session() for _ in range(9)]
+    for session in others:
+        world.schedule(T0, at=to_text(T0 + timedelta(days=1)), session=session)
+    old = T0.timestamp() - 3600  # files untouched for an hour (and so past the coarse-mtime guard)
+    for session in [world.session, *others]:
+        os.utime(session.folder, (old, old))
+    sweeper = world.sweeper()
+    assert sweeper.tick(T0).sessions_opened == 10
+    assert sweeper.tick(T0 + timedelta(seconds=1)).sessions_opened == 0
+    world.schedule(T0, at=to_text(T0 + timedelta(seconds=5)), session=others[3])  # a write moves its folder mtime
+    second = sweeper.tick(T0 + timedelta(seconds=2))
+    assert (second.sessions_checked, second.sessions_opened) == (10, 1)
+    assert sweeper.earliest_due() == T0 + timedelta(seconds=5)
+    assert sweeper.tick(T0 + timedelta(seconds=5)).woken == 1  # due by the cached time, without a write
+
+
+class TestAgentRequests:
+    def _reject(self, world: World, content: dict[str, object]) -> str:
+        world.request(T0, content)
+        result = world.sweeper().tick(T0)
+        assert result.applied == 0
+        assert [r for r in world.rows() if r["kind"] == "task"] == []
+        [notice] = world.notices()
+        assert notice["notice"] == "request_rejected" and notice["trigger"] == 0
+        with closing(world.inbound()) as conn:
+            assert conn.execute("SELECT status FROM delivered").fetchone()[0] == "rejected"
+        return str(notice["text"])
+
+    def test_too_frequent_recurrence_is_refused(self, world: World) -> None:
+        text = self._reject(world, {"action": "schedule_task", "taskId": "task-1779109200000-aaaaaa",
+                                    "prompt": "spam", "recurrence": "*/1 * * * *"})
+        assert "300" in text
+
+    @pytest.mark.parametrize("expr", ["0 0 31 2 *", "0 0 9 * * *", "every morning"])
+    def test_invalid_cron_is_refused_saying_what_is_valid(self, world: World, expr: str) -> None:
+        text = self._reject(world, {"action": "schedule_task", "taskId": "task-1779109200000-aaaaaa",
+                                    "prompt": "x", "recurrence": expr})
+        assert "5" in text or "never" in text
+
+    def test_unparseable_time_is_refused(self, world: World) -> None:
+        self._reject(world, {"action": "schedule_task", "taskId": "task-1779109200000-aaaaaa", "prompt": "x",
+                             "processAfter": "tomorrow-ish"})
+
+    def test_malformed_or_used_task_id_is_refused(self, world: World) -> None:
+        self._reject(world, {"action": "schedule_task", "taskId": "../../etc", "prompt": "x"})
+
+    def test_requests_cannot_touch_another_sessions_task(self, world: World) -> None:
+        other = world.new_session()
+        theirs = world.schedule(T0, recurrence="0 9 * * *", session=other)
+        world.request(T0, {"action": "cancel_task", "taskId": theirs})
+        world.sweeper().tick(T0)
+        assert [r["status"] for r in world.rows(theirs, session=other)] == ["pending"]
+        assert [n["notice"] for n in world.notices()] == ["request_rejected"]
+
+    def test_each_request_is_applied_exactly_once(self, world: World) -> None:
+        world.request(T0, {"action": "schedule_task", "taskId": "task-1779109200000-aaaaaa", "prompt": "x",
+                           "recurrence": "0 9 * * *"})
+        sweeper = world.sweeper()
+        assert sweeper.tick(T0).applied == 1
+        assert sweeper.tick(T0 + timedelta(seconds=1)).applied == 0
+        assert len(world.rows()) == 1
