@@ -1,0 +1,71 @@
+"""``Host.step()`` with a fake clock: a due task is woken within a second of its time, not at the next sweep —
+also when ``ncl`` wrote it while the host slept."""
+
+from __future__ import annotations
+
+from contextlib import closing
+from datetime import timedelta
+from pathlib import Path
+
+from kit import FakeClock, RecordingRuntime, World, utc
+
+from host import nudge, tasks
+from host.loop import Host
+from schemas import ids
+from schemas.times import to_text
+
+T = utc("2026-05-18T13:00:00")
+
+
+async def _run_until_woken(host: Host, runtime: RecordingRuntime, limit: int = 500) -> None:
+    for _ in range(limit):
+        if runtime.started:
+            return
+        await host.step()
+    raise AssertionError("never woken")
+
+
+async def test_a_known_due_time_is_hit_within_a_second(tmp_path: Path) -> None:
+    world = World(tmp_path, NCL_SWEEP_INTERVAL_S="60")
+    clock = FakeClock(T - timedelta(seconds=47.3))
+    world.schedule(clock.now(), at=to_text(T))
+    runtime = RecordingRuntime(clock)
+    await _run_until_woken(Host(world.settings, runtime, clock), runtime)
+    woken_at = runtime.started[0][0]
+    assert woken_at is not None and timedelta(0) <= woken_at - T < timedelta(seconds=1)
+
+
+async def test_a_row_written_by_ncl_while_the_host_sleeps_is_woken_on_time(tmp_path: Path) -> None:
+    world = World(tmp_path, NCL_SWEEP_INTERVAL_S="600")
+    clock = FakeClock(T - timedelta(minutes=5))
+    runtime = RecordingRuntime(clock)
+    host = Host(world.settings, runtime, clock)
+
+    def cli_writes() -> None:  # what `ncl tasks add` does: write the inbox, touch the nudge file
+        with closing(world.inbound()) as conn:
+            tasks.schedule(conn, clock.now(), world.policy, ids.new_id("task", clock.now()), "standup",
+                           to_text(T), enforce_interval=False)
+        nudge.touch(world.settings)
+
+    clock.at(T - timedelta(minutes=4), cli_writes)
+    await _run_until_woken(host, runtime)
+    woken_at = runtime.started[0][0]
+    assert woken_at is not None and timedelta(0) <= woken_at - T < timedelta(seconds=1)
+
+
+async def test_idle_host_sleeps_a_whole_sweep_interval_in_short_slices(tmp_path: Path) -> None:
+    world = World(tmp_path, NCL_SWEEP_INTERVAL_S="60")
+    clock = FakeClock(T)
+    host = Host(world.settings, RecordingRuntime(clock), clock)
+    await host.step()
+    assert clock.now() - T == timedelta(seconds=60)
+    assert max(clock.slept) <= 1.0
+
+
+async def test_a_stop_ends_the_sleep(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    clock = FakeClock(T)
+    host = Host(world.settings, RecordingRuntime(clock), clock)
+    clock.at(T + timedelta(seconds=3), host.stopping.set)
+    await host.step()
+    assert clock.now() - T <= timedelta(seconds=4)
