@@ -9,11 +9,10 @@ from typing import Any
 
 from schemas import ids
 from schemas.messages import LIVE_STATUSES, RunOutcome
+from schemas.queries import DUE
 from schemas.times import from_text, to_text
 
 LIVE = "('pending', 'processing', 'paused')"
-# DESIGN §6.1: the one "due" predicate. The runner's fetch uses the same text (trigger filter aside).
-DUE = "status = 'pending' AND (process_after IS NULL OR process_after <= :now)"
 
 
 def _next_seq(conn: sqlite3.Connection) -> int:
@@ -84,6 +83,13 @@ def next_due(conn: sqlite3.Connection) -> str | None:
     row = conn.execute("SELECT MIN(COALESCE(process_after, '')) FROM messages_in"
                        " WHERE status = 'pending' AND trigger = 1").fetchone()
     return None if row[0] is None else str(row[0])
+
+
+def has_due(conn: sqlite3.Connection, now: datetime) -> bool:
+    """Anything due that wakes the agent: the runner's own predicate, plus trigger = 1 (DESIGN §12.5)."""
+    row = conn.execute(f"SELECT EXISTS(SELECT 1 FROM messages_in WHERE {DUE} AND trigger = 1)",
+                       {"now": to_text(now)}).fetchone()
+    return bool(row[0])
 
 
 def is_live(status: str) -> bool:

@@ -9,26 +9,11 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+from host import groups
 from host.sessions import Session
 from host.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def runner_env(settings: Settings, session: Session, generation: str) -> dict[str, str]:
-    """What every runner is told (DESIGN §12.12): its settings as NCL_* variables, and TZ."""
-    return {
-        "TZ": settings.tz.name,
-        "NCL_RUNNER_GENERATION": generation,
-        "NCL_SESSION_ID": session.id,
-        "NCL_AGENT_GROUP_ID": session.agent_group_id,
-        "NCL_IDLE_TIMEOUT_S": str(settings.idle_timeout_s),
-        "NCL_POLL_INTERVAL_S": str(settings.poll_interval_s),
-        "NCL_MAX_BATCH": str(settings.max_batch),
-        "NCL_TASK_MIN_INTERVAL_S": str(settings.task_min_interval_s),
-        "NCL_PROVIDER": settings.provider,
-        "NCL_MODEL": settings.model,
-    }
 
 
 @dataclass
@@ -36,8 +21,9 @@ class LocalRuntime:
     settings: Settings
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start(self, session: Session, generation: str) -> None:
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **runner_env(self.settings, session, generation)}
+    def start(self, session: Session, generation: str, env: dict[str, str]) -> None:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env,
+               "NCL_GROUP_DIR": str(groups.folder(self.settings, session.agent_group_id))}
         if self.settings.anthropic_api_key:
             env["ANTHROPIC_API_KEY"] = self.settings.anthropic_api_key
             env["ANTHROPIC_BASE_URL"] = self.settings.anthropic_base_url

@@ -34,7 +34,7 @@ class Host:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
-        self.sweeper = Sweeper(self.settings, Runners(self.runtime))
+        self.sweeper = Sweeper(self.settings, Runners(self.runtime, self.settings))
 
     def wake_at(self, now: datetime) -> datetime:
         candidates = [now + timedelta(seconds=self.settings.sweep_interval_s)]

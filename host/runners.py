@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from host.sessions import Session
+from host.settings import Settings
 from schemas import ids
 
 HEARTBEAT_STALE = timedelta(minutes=30)
@@ -19,7 +20,7 @@ CLAIM_SILENT = timedelta(seconds=60)
 class Runtime(Protocol):
     """Starts and stops runner processes; the docker and local runtimes implement it."""
 
-    def start(self, session: Session, generation: str) -> None: ...
+    def start(self, session: Session, generation: str, env: dict[str, str]) -> None: ...
 
     def is_running(self, session_id: str) -> bool: ...
 
@@ -37,6 +38,7 @@ class Runners:
     """Runners this host process started. After a host restart it knows none, so their claims are released."""
 
     runtime: Runtime
+    settings: Settings
     live: dict[str, Runner] = field(default_factory=dict)
 
     def alive(self, session_id: str) -> Runner | None:
@@ -46,15 +48,33 @@ class Runners:
             return None
         return runner
 
-    def start(self, session: Session, now: datetime) -> Runner:
+    def start(self, session: Session, now: datetime, rules: str = "") -> Runner:
         runner = Runner(f"gen-{ids.epoch_ms(now)}-{secrets.token_hex(3)}", now)
-        self.runtime.start(session, runner.generation)
+        self.runtime.start(session, runner.generation, runner_env(self.settings, session, runner.generation, rules))
         self.live[session.id] = runner
         return runner
 
     def kill(self, session_id: str) -> None:
         self.runtime.stop(session_id)
         self.live.pop(session_id, None)
+
+
+def runner_env(settings: Settings, session: Session, generation: str, rules: str) -> dict[str, str]:
+    """What every runner is told (DESIGN §12.12): its settings as NCL_* variables, and TZ. No secret."""
+    return {
+        "TZ": settings.tz.name,
+        "NCL_RUNNER_GENERATION": generation,
+        "NCL_SESSION_ID": session.id,
+        "NCL_AGENT_GROUP_ID": session.agent_group_id,
+        "NCL_RULES": rules,
+        "NCL_IDLE_TIMEOUT_S": str(settings.idle_timeout_s),
+        "NCL_POLL_INTERVAL_S": str(settings.poll_interval_s),
+        "NCL_MAX_BATCH": str(settings.max_batch),
+        "NCL_TASK_MIN_INTERVAL_S": str(settings.task_min_interval_s),
+        "NCL_PROVIDER": settings.provider,
+        "NCL_MODEL": settings.model,
+        "NCL_LOG_LEVEL": settings.log_level,
+    }
 
 
 def heartbeat(folder: Path, generation: str) -> datetime | None:

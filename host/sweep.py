@@ -81,6 +81,11 @@ class Sweeper:
             self._central_version = version
         return self._sessions
 
+    def _rules(self, group_id: str) -> str:
+        assert self._central is not None
+        row = self._central.execute("SELECT rules FROM agent_groups WHERE id = ?", (group_id,)).fetchone()
+        return str(row[0]) if row else ""
+
     def close(self) -> None:
         if self._central is not None:
             self._central.close()
@@ -121,15 +126,15 @@ class Sweeper:
             return
         result.sessions_opened += 1
         seen_at = clock.filesystem_ns()
-        next_due, busy = self._visit(session, now, policy, runner, result)
+        next_due, busy, due = self._visit(session, now, policy, runner, result)
         self.seen[session.id] = _Seen(mtime, seen_at, next_due, busy)
-        if runner is None and next_due is not None and next_due <= to_text(now):
+        if runner is None and due:
             result.woken += 1
             if self.runners:
-                self.runners.start(session, now)
+                self.runners.start(session, now, self._rules(session.agent_group_id))
 
     def _visit(self, session: Session, now: datetime, policy: Policy, runner: Runner | None,
-               result: SweepResult) -> tuple[str | None, bool]:
+               result: SweepResult) -> tuple[str | None, bool, bool]:
         outbound = session.folder / "outbound.db"
         with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
             open_ids = [r[0] for r in conn.execute(
@@ -153,7 +158,7 @@ class Sweeper:
                                         (to_text(now),)).fetchall():
                     result.missed += recurrence.misfire(conn, row, now, policy)
             busy = conn.execute("SELECT 1 FROM messages_in WHERE status = 'processing' LIMIT 1").fetchone()
-            return inbox.next_due(conn), busy is not None
+            return inbox.next_due(conn), busy is not None, inbox.has_due(conn, now)
 
     def _stuck(self, session: Session, now: datetime, runner: Runner, found: outbox.Outbox) -> bool:
         claims = [from_text(a["status_changed"]) for a in found.acks.values()

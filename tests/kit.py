@@ -57,7 +57,7 @@ class RecordingRuntime:
     stopped: list[str] = field(default_factory=list)
     running: set[str] = field(default_factory=set)
 
-    def start(self, session: Session, generation: str) -> None:
+    def start(self, session: Session, generation: str, env: dict[str, str]) -> None:
         self.started.append((self.clock.now() if self.clock else None, session.id, generation))
         self.running.add(session.id)
 
@@ -92,7 +92,7 @@ class World:
         return db.connect((session or self.session).folder / "outbound.db", "outbound")
 
     def sweeper(self, runtime: RecordingRuntime | None = None) -> Sweeper:
-        return Sweeper(self.settings, Runners(runtime) if runtime else None)
+        return Sweeper(self.settings, Runners(runtime, self.settings) if runtime else None)
 
     def schedule(self, now: datetime, prompt: str = "post the standup", recurrence: str | None = None,
                  at: str | None = None, session: Session | None = None, **kw: Any) -> str:

@@ -48,7 +48,7 @@ def sweep(app: App, once: bool, now: datetime | None, as_json: bool) -> None:
     """One sweep. With --now it acts at that instant and only counts the runners it would wake."""
     with host_lock(app.settings.data_dir):
         runtime = None if now else LocalRuntime(app.settings)
-        sweeper = Sweeper(app.settings, Runners(runtime) if runtime else None)
+        sweeper = Sweeper(app.settings, Runners(runtime, app.settings) if runtime else None)
         try:
             result = sweeper.tick(now or app.now())
         finally:

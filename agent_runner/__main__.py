@@ -1,0 +1,53 @@
+"""``python -m agent_runner --session-dir DIR [--once]``: the runner, in a container or as a local process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from agent_runner.config import RunnerConfig
+from agent_runner.providers import MockProvider, Provider
+from agent_runner.runner import Runner
+from agent_runner.store import StoreError
+from schemas import clock
+
+
+def make_provider(config: RunnerConfig) -> Provider:
+    if config.provider == "anthropic":
+        from agent_runner.anthropic_provider import AnthropicProvider
+
+        return AnthropicProvider(config)
+    return MockProvider()
+
+
+async def _main(config: RunnerConfig, once: bool) -> None:
+    runner = Runner(config, make_provider(config), clock, rules=os.environ.get("NCL_RULES", ""))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runner.stopping.set)
+    await runner.run(once=once)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="agent_runner", description=__doc__)
+    parser.add_argument("--session-dir", type=Path, default=Path("/workspace"), help="the session folder")
+    parser.add_argument("--once", action="store_true", help="process what is due now, then exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("NCL_LOG_LEVEL", "INFO"), stream=sys.stderr,
+                        format="runner: %(levelname)s: %(message)s")
+    config = RunnerConfig.from_env(args.session_dir)
+    try:
+        asyncio.run(_main(config, args.once))
+    except StoreError as exc:
+        print(f"runner: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""One prompt per batch: a time header in TZ, then each message tagged with its kind and sender (DESIGN §7)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+from zoneinfo import ZoneInfo
+
+
+@dataclass(frozen=True)
+class Item:
+    """A row as the agent sees it; ``script_output`` is a waking gate's data."""
+
+    row: sqlite3.Row
+    script_output: Any = None
+
+    @property
+    def content(self) -> dict[str, Any]:
+        data = json.loads(self.row["content"])
+        return data if isinstance(data, dict) else {"payload": data}
+
+
+def text_of(row: sqlite3.Row) -> str:
+    """The words a row carries: chat text, task or queue prompt, webhook payload."""
+    data = json.loads(row["content"])
+    if not isinstance(data, dict):
+        return json.dumps(data)
+    for key in ("text", "prompt"):
+        if isinstance(data.get(key), str):
+            return str(data[key])
+    return json.dumps(data.get("payload", data), ensure_ascii=False)
+
+
+def sender_of(row: sqlite3.Row) -> str:
+    data = json.loads(row["content"])
+    kind = str(row["kind"])
+    if kind == "chat" and isinstance(data, dict):
+        return str(data.get("sender") or "user")
+    if kind == "queue" and isinstance(data, dict):
+        return f"queue:{data.get('queue', '?')}"
+    if kind == "webhook" and isinstance(data, dict):
+        return f"webhook:{data.get('source', '?')}"
+    return "scheduler" if kind == "task" else kind
+
+
+def header(now: datetime, zone: ZoneInfo) -> str:
+    local = now.astimezone(zone)
+    return f"Current time: {local.strftime('%A %Y-%m-%d %H:%M')} ({zone.key}, UTC{local.strftime('%z')})"
+
+
+def render(items: list[Item], now: datetime, zone: ZoneInfo) -> str:
+    parts = [header(now, zone), ""]
+    for item in items:
+        row = item.row
+        attrs = f"kind={quoteattr(row['kind'])} sender={quoteattr(sender_of(row))} id={quoteattr(row['id'])}"
+        body = escape(text_of(row))
+        if item.script_output is not None:
+            output = json.dumps(item.script_output, ensure_ascii=False)
+            body = f"Script output: {escape(output)}\n{body}"
+        parts.append(f"<message {attrs}>\n{body}\n</message>")
+    return "\n".join(parts)

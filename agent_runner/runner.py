@@ -1,0 +1,153 @@
+"""The poll loop (DESIGN §7): fetch due rows, claim, gate, one prompt per batch, reply, ack; exit when idle."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from agent_runner import prompt, slash
+from agent_runner.config import RunnerConfig
+from agent_runner.gate import run_gate
+from agent_runner.providers import History, Provider, ProviderError, Turn
+from agent_runner.store import Store
+from agent_runner.tools import Tools
+
+log = logging.getLogger(__name__)
+BEAT_EVERY = timedelta(seconds=1)
+CONVERSATION = "conversation"
+ROUTING = ("platform_id", "channel_type", "thread_id")
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+def _content(row: sqlite3.Row) -> dict[str, Any]:
+    data = json.loads(row["content"])
+    return data if isinstance(data, dict) else {}
+
+
+@dataclass
+class Runner:
+    config: RunnerConfig
+    provider: Provider
+    clock: Clock
+    rules: str = ""
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.store = Store(self.config)
+        self.tools = Tools(self.config, self.store, self.clock.now)
+        self._last_beat: datetime | None = None
+
+    def beat(self, now: datetime) -> None:
+        if self._last_beat is None or now - self._last_beat >= BEAT_EVERY:
+            self.store.beat()
+            self._last_beat = now
+
+    async def step(self) -> bool:
+        """Handle one batch of due rows; False when there was nothing to do."""
+        now = self.clock.now()
+        self.beat(now)
+        rows = self.store.fetch(now)
+        triggered = [r for r in rows if r["trigger"] == 1]
+        if not triggered:
+            return False
+        self.store.claim(triggered, now)
+        items: list[prompt.Item] = []
+        for row in triggered:
+            item = await self._prepare(row, now)
+            if item is not None:
+                items.append(item)
+        if items:
+            context = [prompt.Item(r) for r in rows if r["trigger"] == 0]
+            self.store.claim([i.row for i in context], now)
+            shared = [i for i in items if _content(i.row).get("context_mode") != "isolated"]
+            for batch in ([*context, *shared], *([i] for i in items if i not in shared)):
+                if any(i.row["trigger"] == 1 for i in batch):
+                    await self._answer(batch, isolated=batch[-1] not in shared)
+        return True
+
+    async def _prepare(self, row: sqlite3.Row, now: datetime) -> prompt.Item | None:
+        """Gate a task, or answer a slash command; the item still to go to the model, if any."""
+        content = _content(row)
+        if row["kind"] == "task" and content.get("script"):
+            gate = await asyncio.to_thread(run_gate, content["script"], task_id=row["id"], tz=self.config.tz,
+                                           home=str(self.config.session_dir), cwd=str(self.config.session_dir))
+            self.beat(self.clock.now())
+            if not gate.wake:
+                self.store.ack([row["id"]], "completed", self.clock.now(), gate.ack_outcome, gate.reason, now)
+                return None
+            return prompt.Item(row, gate.data)
+        if row["kind"] == "chat" and slash.is_command(str(content.get("text", ""))):
+            self._set_turn(row)
+            reply, clear = slash.run(str(content["text"]), self.tools)
+            if clear:
+                self.store.set_state(CONVERSATION, None, self.clock.now())
+            self._reply(row, reply)
+            self.store.ack([row["id"]], "completed", self.clock.now(), "ran", None, now)
+            return None
+        return prompt.Item(row)
+
+    def _set_turn(self, row: sqlite3.Row) -> None:
+        self.tools.turn = {"in_reply_to": row["id"], "routing": {k: row[k] for k in ROUTING}}
+        # The MCP server runs in its own process: it reads the turn it serves from session_state.
+        self.store.set_state("current_turn", json.dumps(self.tools.turn), self.clock.now())
+
+    def _reply(self, row: sqlite3.Row, text: str) -> None:
+        self.store.write("chat", {"text": text, "files": []}, self.clock.now(), row["id"],
+                         {k: row[k] for k in ROUTING})
+
+    async def _answer(self, batch: list[prompt.Item], isolated: bool) -> None:
+        started = self.clock.now()
+        last = [i for i in batch if i.row["trigger"] == 1][-1].row
+        ids = [i.row["id"] for i in batch]
+        self._set_turn(last)
+        history = None if isolated else self._history()
+        turn = Turn(prompt.render(batch, started, self.config.zone), [i.row for i in batch], self.tools,
+                    self.rules, history, self.config.model)
+        try:
+            reply = await self.provider.respond(turn)
+        except ProviderError as exc:
+            log.warning("provider failed: %s", exc, extra={"action": "provider_failed"})
+            self._reply(last, f"Sorry, I could not answer: {exc}")
+            self.store.ack(ids, "failed", self.clock.now(), "failed", str(exc), started)
+            return
+        if reply.text:
+            self._reply(last, reply.text)
+        if not isolated and reply.history is not None:
+            self.store.set_state(CONVERSATION, json.dumps(reply.history), self.clock.now())
+        self.store.ack(ids, "completed", self.clock.now(), "ran", None, started)
+
+    def _history(self) -> History:
+        raw = self.store.state(CONVERSATION)
+        try:
+            history = json.loads(raw) if raw else []
+        except ValueError:
+            history = []
+        return history if isinstance(history, list) else []
+
+    async def run(self, once: bool = False) -> None:
+        """Poll until idle for NCL_IDLE_TIMEOUT_S (or, with ``once``, until nothing is due)."""
+        released = self.store.release_stale_claims()
+        if released:
+            log.info("released %d stale claims", released, extra={"action": "claims_released"})
+        idle_since = self.clock.now()
+        try:
+            while not self.stopping.is_set():
+                if await self.step():
+                    idle_since = self.clock.now()
+                    continue
+                if once or self.clock.now() - idle_since >= timedelta(seconds=self.config.idle_timeout_s):
+                    return
+                await self.clock.sleep(self.config.poll_interval_s)
+        finally:
+            await self.provider.close()
+

@@ -1,0 +1,35 @@
+"""Slash commands: need no model, work with every provider (DESIGN §7)."""
+
+from __future__ import annotations
+
+import json
+
+from agent_runner.tools import ToolError, Tools
+
+HELP = """Commands:
+/clear                 start a fresh conversation
+/help                  this text
+/<tool> <json>         call a tool directly, e.g. /schedule_task {"prompt":"…","recurrence":"0 9 * * 1-5"}
+Tools: """
+
+
+def is_command(text: str) -> bool:
+    return text.startswith("/") and len(text) > 1 and not text.startswith("//")
+
+
+def run(text: str, tools: Tools) -> tuple[str, bool]:
+    """The reply to a slash command, and whether it asked to clear the conversation."""
+    name, _, raw = text[1:].strip().partition(" ")
+    if name == "clear":
+        return "Conversation cleared.", True
+    if name == "help":
+        return HELP + ", ".join(tools.names()), False
+    try:
+        arguments = json.loads(raw) if raw.strip() else {}
+        if not isinstance(arguments, dict):
+            raise ToolError(f"/{name} takes a JSON object of arguments")
+        return tools.call(name, arguments), False
+    except json.JSONDecodeError as exc:
+        return f"error: /{name} arguments are not JSON ({exc.msg}); try /help", False
+    except ToolError as exc:
+        return f"error: {exc}", False

@@ -1,0 +1,136 @@
+"""The runner's side of the session files: inbound.db read-only, outbound.db its own (DESIGN §5, §7)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from agent_runner.config import RunnerConfig
+from schemas import ids
+from schemas.ddl import DbKind, latest_version
+from schemas.queries import DUE
+from schemas.times import to_text
+
+BUSY_TIMEOUT_MS = 5000
+# The oldest triggered rows (at most a batch of them) and every context-only row older than the last of them.
+_FETCH = f"""
+WITH due AS (
+  SELECT m.* FROM messages_in m
+  WHERE {DUE} AND m.kind <> 'system'
+    AND NOT EXISTS (SELECT 1 FROM ob.processing_ack a
+                    WHERE a.message_id = m.id AND (a.status <> 'processing' OR a.generation = :generation))
+), cut AS (
+  SELECT MAX(seq) AS seq FROM (SELECT seq FROM due WHERE trigger = 1 ORDER BY seq LIMIT :batch)
+)
+SELECT due.* FROM due, cut WHERE due.seq <= cut.seq ORDER BY due.seq LIMIT :batch * 10
+"""
+
+
+class StoreError(RuntimeError):
+    """A session file the runner cannot use."""
+
+
+def _open(path: Path, kind: DbKind, readonly: bool) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode={'ro' if readonly else 'rw'}", uri=True,
+                           isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if found != latest_version(kind):  # the host migrates session files before it wakes a runner
+        conn.close()
+        raise StoreError(f"{path} is at schema v{found}, this runner needs v{latest_version(kind)}")
+    return conn
+
+
+@contextmanager
+def _write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+@dataclass
+class Store:
+    config: RunnerConfig
+
+    @contextmanager
+    def inbound(self) -> Iterator[sqlite3.Connection]:
+        with closing(_open(self.config.inbound, "inbound", readonly=True)) as conn:
+            yield conn
+
+    @contextmanager
+    def outbound(self) -> Iterator[sqlite3.Connection]:
+        with closing(_open(self.config.outbound, "outbound", readonly=False)) as conn:
+            yield conn
+
+    def fetch(self, now: datetime) -> list[sqlite3.Row]:
+        """Due rows oldest first (by seq), not yet claimed by this generation nor finished by any."""
+        with self.inbound() as conn:
+            conn.execute("ATTACH DATABASE ? AS ob", (f"{self.config.outbound.resolve().as_uri()}?mode=ro",))
+            return conn.execute(_FETCH, {"now": to_text(now), "generation": self.config.generation,
+                                         "batch": self.config.max_batch}).fetchall()
+
+    def claim(self, rows: list[sqlite3.Row], now: datetime) -> None:
+        with self.outbound() as conn, _write(conn):
+            conn.executemany("INSERT OR REPLACE INTO processing_ack(message_id, status, status_changed, detail,"
+                             " generation) VALUES (?, 'processing', ?, NULL, ?)",
+                             [(r["id"], to_text(now), self.config.generation) for r in rows])
+
+    def ack(self, message_ids: list[str], status: str, now: datetime, outcome: str, reason: str | None = None,
+            started_at: datetime | None = None) -> None:
+        detail = json.dumps({"outcome": outcome, "reason": reason,
+                             **({"started_at": to_text(started_at)} if started_at else {})})
+        with self.outbound() as conn, _write(conn):
+            conn.executemany("INSERT OR REPLACE INTO processing_ack(message_id, status, status_changed, detail,"
+                             " generation) VALUES (?, ?, ?, ?, ?)",
+                             [(m, status, to_text(now), detail, self.config.generation) for m in message_ids])
+
+    def release_stale_claims(self) -> int:
+        """Claims a previous generation left 'processing' (it died): drop them so their rows are fetched again."""
+        with self.outbound() as conn, _write(conn):
+            return conn.execute("DELETE FROM processing_ack WHERE status = 'processing' AND generation IS NOT ?",
+                                (self.config.generation,)).rowcount
+
+    def write(self, kind: str, content: dict[str, Any], now: datetime, in_reply_to: str | None = None,
+              routing: dict[str, Any] | None = None, message_id: str | None = None) -> str:
+        """A messages_out row (odd seq, after every earlier one)."""
+        message_id = message_id or ids.new_id("msg", now)
+        route = routing or {}
+        with self.outbound() as conn, _write(conn):
+            (top,) = conn.execute("SELECT COALESCE(MAX(seq), -1) FROM messages_out").fetchone()
+            conn.execute("INSERT INTO messages_out(id, seq, in_reply_to, timestamp, kind, platform_id, channel_type,"
+                         " thread_id, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (message_id, int(top) + 2, in_reply_to, to_text(now), kind, route.get("platform_id"),
+                          route.get("channel_type"), route.get("thread_id"), json.dumps(content)))
+        return message_id
+
+    def state(self, key: str) -> str | None:
+        with self.outbound() as conn:
+            row = conn.execute("SELECT value FROM session_state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_state(self, key: str, value: str | None, now: datetime) -> None:
+        with self.outbound() as conn, _write(conn):
+            if value is None:
+                conn.execute("DELETE FROM session_state WHERE key = ?", (key,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO session_state(key, value, updated_at) VALUES (?, ?, ?)",
+                             (key, value, to_text(now)))
+
+    def beat(self) -> None:
+        """Touch .heartbeat, naming this generation so the host never credits a predecessor's beat."""
+        path = self.config.session_dir / ".heartbeat"
+        if path.exists() and path.read_text() == self.config.generation:
+            path.touch()
+        else:
+            path.write_text(self.config.generation)

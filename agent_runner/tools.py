@@ -1,0 +1,203 @@
+"""The agent's tools (DESIGN §7), as plain functions: served over MCP and called by slash commands alike.
+
+Scheduling tools validate fully here (cron, minimum interval, time), answer with the outcome, and write a
+``system`` request the host applies after validating it again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from agent_runner.config import RunnerConfig
+from agent_runner.store import Store
+from schemas import cron, ids, requests
+from schemas.times import TimeFormatError, from_text, parse_user_time, to_text
+
+YEAR = timedelta(days=366)
+
+
+class ToolError(ValueError):
+    """A refused tool call; the message goes back to the model (or the slash-command user) as is."""
+
+
+@dataclass
+class Tools:
+    config: RunnerConfig
+    store: Store
+    now: Callable[[], datetime]
+    turn: dict[str, Any] = field(default_factory=dict)  # {"in_reply_to", "routing"} of the message being handled
+
+    # --- scheduling -------------------------------------------------------------------------------------------
+
+    def _when(self, text: str | None) -> str | None:
+        if not text:
+            return None
+        try:
+            return to_text(parse_user_time(text, self.config.zone))
+        except TimeFormatError as exc:
+            raise ToolError(str(exc)) from None
+
+    def _recurrence(self, expr: str | None) -> str | None:
+        if not expr:
+            return None
+        try:
+            valid = cron.validate(expr)
+        except cron.CronError as exc:
+            raise ToolError(str(exc)) from None
+        clash = cron.min_gap_violation(valid, self.config.zone, self.now(), self.config.task_min_interval_s, YEAR)
+        if clash:
+            gap = int((clash[1] - clash[0]).total_seconds())
+            raise ToolError(f"recurrence {valid!r} would run {gap} s apart; the minimum interval between runs is "
+                            f"{int(self.config.task_min_interval_s)} s")
+        return valid
+
+    def _next_runs(self, first: str | None, expr: str | None, count: int = 3) -> str:
+        zone = self.config.zone
+        times = [from_text(first)] if first else []
+        if expr:
+            start = from_text(first) if first else self.now()
+            for slot in cron.firings(expr, start, zone):
+                if len(times) >= count:
+                    break
+                times.append(slot)
+        shown = [t.astimezone(zone).strftime("%a %Y-%m-%d %H:%M %Z") for t in times] or ["now"]
+        return ", ".join(shown)
+
+    def _request(self, request: requests.ScheduleTask | requests.UpdateTask | requests.ControlTask) -> None:
+        self.store.write("system", json.loads(request.to_json()), self.now(),
+                         in_reply_to=self.turn.get("in_reply_to"))
+
+    def schedule_task(self, prompt: str, processAfter: str | None = None, recurrence: str | None = None,
+                      script: str | None = None, contextMode: str = "group") -> str:
+        if not prompt or not prompt.strip():
+            raise ToolError("prompt must not be empty")
+        if contextMode not in ("group", "isolated"):
+            raise ToolError("contextMode must be 'group' or 'isolated'")
+        expr = self._recurrence(recurrence)
+        after = self._when(processAfter)
+        first = after or (to_text(cron.next_after(expr, self.now(), self.config.zone)) if expr else None)
+        task_id = ids.new_id("task", self.now())
+        self._request(requests.ScheduleTask(action="schedule_task", taskId=task_id, prompt=prompt,
+                                            processAfter=after, recurrence=expr, script=script or None,
+                                            contextMode=contextMode))  # type: ignore[arg-type]
+        return f"Task scheduled (id: {task_id}, next runs: {self._next_runs(first, expr)})"
+
+    def update_task(self, taskId: str, prompt: str | None = None, processAfter: str | None = None,
+                    recurrence: str | None = None, script: str | None = None) -> str:
+        self._known(taskId)
+        expr = "" if recurrence == "" else self._recurrence(recurrence)
+        after = self._when(processAfter)
+        if prompt is None and after is None and expr is None and script is None:
+            raise ToolError("nothing to update: give prompt, processAfter, recurrence or script")
+        self._request(requests.UpdateTask(action="update_task", taskId=taskId, prompt=prompt, processAfter=after,
+                                          recurrence=expr, script=script))
+        return f"Task {taskId} updated" + (f" (next runs: {self._next_runs(after, expr)})" if after or expr else "")
+
+    def _control(self, action: str, task_id: str) -> str:
+        self._known(task_id)
+        self._request(requests.ControlTask(action=action, taskId=task_id))  # type: ignore[arg-type]
+        return f"Task {task_id}: {action.removesuffix('_task')} requested"
+
+    def pause_task(self, taskId: str) -> str:
+        return self._control("pause_task", taskId)
+
+    def resume_task(self, taskId: str) -> str:
+        return self._control("resume_task", taskId)
+
+    def cancel_task(self, taskId: str) -> str:
+        return self._control("cancel_task", taskId)
+
+    def _known(self, task_id: str) -> None:
+        if not any(s["id"] == task_id or task_id in s["occurrences"] for s in self._series()):
+            raise ToolError(f"no task {task_id!r} in this conversation (see list_tasks)")
+
+    def _series(self) -> list[dict[str, Any]]:
+        """Series in the inbox, then schedule requests the host has not applied yet."""
+        found: dict[str, dict[str, Any]] = {}
+        with self.store.inbound() as conn:
+            for row in conn.execute("SELECT * FROM messages_in WHERE kind = 'task' ORDER BY seq"):
+                series = found.setdefault(row["series_id"] or row["id"], {"id": row["series_id"] or row["id"],
+                                                                          "occurrences": [], "live": None})
+                series["occurrences"].append(row["id"])
+                if row["status"] in ("pending", "processing", "paused") and (row["recurrence"] or not series["live"]):
+                    series["live"] = dict(row)
+            series_done = {s for s, v in found.items() if v["live"] is None}
+            handled = {r[0] for r in conn.execute("SELECT message_out_id FROM delivered")}
+        with self.store.outbound() as conn:
+            for row in conn.execute("SELECT id, content FROM messages_out WHERE kind = 'system' ORDER BY seq"):
+                request = json.loads(row["content"])
+                if row["id"] in handled or request.get("action") != "schedule_task":
+                    continue
+                found[request["taskId"]] = {"id": request["taskId"], "occurrences": [], "requested": request,
+                                            "live": None}
+        return [v for k, v in found.items() if k not in series_done or "requested" in v]
+
+    def list_tasks(self, status: str | None = None) -> str:
+        lines = []
+        for series in self._series():
+            live, requested = series.get("live"), series.get("requested")
+            if requested:
+                state, prompt = "requested (not yet applied)", requested["prompt"]
+                next_runs = self._next_runs(requested.get("processAfter"), requested.get("recurrence"))
+                expr = requested.get("recurrence")
+            elif live is not None:
+                state, prompt, expr = live["status"], json.loads(live["content"])["prompt"], live["recurrence"]
+                next_runs = self._next_runs(live["process_after"], expr) if state == "pending" else "-"
+            else:
+                continue
+            if status and not state.startswith(status):
+                continue
+            lines.append(f"{series['id']} [{state}] {expr or 'once'} next: {next_runs} :: {prompt[:80]}")
+        return "\n".join(lines) or "No tasks."
+
+    # --- messages ---------------------------------------------------------------------------------------------
+
+    def _routing(self, to: str | None) -> dict[str, Any]:
+        if not to:
+            return dict(self.turn.get("routing") or {})
+        with self.store.inbound() as conn:
+            row = conn.execute("SELECT * FROM destinations WHERE name = ?", (to,)).fetchone()
+        if row is None:
+            raise ToolError(f"unknown destination {to!r}")
+        return {k: row[k] for k in ("platform_id", "channel_type", "thread_id")}
+
+    def send_message(self, text: str, to: str | None = None) -> str:
+        if not text:
+            raise ToolError("text must not be empty")
+        message_id = self.store.write("chat", {"text": text, "files": []}, self.now(),
+                                      self.turn.get("in_reply_to"), self._routing(to))
+        return f"Message sent (id: {message_id})"
+
+    def send_file(self, path: str, to: str | None = None) -> str:
+        workspace = self.config.session_dir.resolve()
+        source = (workspace / path).resolve()  # resolve() follows symlinks, so a link out of the workspace fails too
+        if not source.is_relative_to(workspace) or source.is_relative_to(workspace / "outbox"):
+            raise ToolError(f"refused: {path} is outside the workspace")
+        if not source.is_file():
+            raise ToolError(f"no such file: {path}")
+        message_id = ids.new_id("msg", self.now())
+        target = self.config.session_dir / "outbox" / message_id
+        target.mkdir(parents=True)
+        shutil.copyfile(source, target / source.name)
+        self.store.write("chat", {"text": "", "files": [source.name]}, self.now(), self.turn.get("in_reply_to"),
+                         self._routing(to), message_id=message_id)
+        return f"File sent (id: {message_id}, {source.name})"
+
+    def names(self) -> list[str]:
+        return ["schedule_task", "list_tasks", "update_task", "pause_task", "resume_task", "cancel_task",
+                "send_message", "send_file"]
+
+    def call(self, name: str, arguments: dict[str, Any]) -> str:
+        if name not in self.names():
+            raise ToolError(f"unknown tool {name!r}; tools: {', '.join(self.names())}")
+        try:
+            result: str = getattr(self, name)(**arguments)
+        except TypeError as exc:
+            raise ToolError(f"bad arguments for {name}: {exc}") from None
+        return result
+
