@@ -1,0 +1,256 @@
+"""The runner's poll loop with the offline mock provider on real session files (DESIGN §7, issue 4)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kit import FakeClock, utc
+
+from agent_runner.config import RunnerConfig
+from agent_runner.providers import MockProvider, ProviderError, Reply, Turn
+from agent_runner.runner import Runner
+from host.sessions import create_files
+
+NOW = utc("2026-01-14T15:00:00")  # Wednesday 10:00 in New York
+
+
+@dataclass
+class Recording(MockProvider):
+    turns: list[Turn] = field(default_factory=list)
+
+    async def respond(self, turn: Turn) -> Reply:
+        self.turns.append(turn)
+        return await super().respond(turn)
+
+
+class Failing(MockProvider):
+    async def respond(self, turn: Turn) -> Reply:
+        raise ProviderError("authentication failed (401)")
+
+
+class Session:
+    def __init__(self, root: Path, **config: Any) -> None:
+        self.dir = root / "sess"
+        create_files(self.dir)
+        self.config = RunnerConfig(session_dir=self.dir, generation="gen-1", tz="America/New_York",
+                                   **{"max_batch": 10, **config})
+        self.seq = 0
+
+    def add(self, kind: str = "chat", text: str = "hi", trigger: int = 1, process_after: str | None = None,
+            **content: Any) -> str:
+        self.seq += 2
+        row_id = f"msg-{1768400000000 + self.seq}-{self.seq:06d}"
+        body = {"chat": {"text": text, "sender": "alice"}, "task": {"prompt": text, "script": None,
+                                                                  "context_mode": "group"}}.get(kind, {"text": text})
+        with closing(sqlite3.connect(self.dir / "inbound.db")) as conn, conn:
+            conn.execute("INSERT INTO messages_in(id, seq, kind, timestamp, process_after, trigger, platform_id,"
+                         " channel_type, thread_id, content) VALUES (?, ?, ?, ?, ?, ?, 'p1', 'cli', 't1', ?)",
+                         (row_id, self.seq, kind, "2026-01-14T14:00:00.000Z", process_after, trigger,
+                          json.dumps({**body, **content})))
+        return row_id
+
+    def out(self, kind: str | None = "chat") -> list[dict[str, Any]]:
+        with closing(sqlite3.connect(self.dir / "outbound.db")) as conn:
+            conn.row_factory = sqlite3.Row
+            rows = [dict(r) for r in conn.execute("SELECT * FROM messages_out ORDER BY seq")]
+        return [r | {"body": json.loads(r["content"])} for r in rows if kind is None or r["kind"] == kind]
+
+    def acks(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        with closing(sqlite3.connect(self.dir / "outbound.db")) as conn:
+            return {m: (s, json.loads(d or "{}")) for m, s, d in
+                    conn.execute("SELECT message_id, status, detail FROM processing_ack")}
+
+    async def run(self, provider: MockProvider | None = None, clock: FakeClock | None = None) -> Runner:
+        runner = Runner(self.config, provider or MockProvider(), clock or FakeClock(NOW))
+        await runner.run(once=True)
+        return runner
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> Session:
+    return Session(tmp_path)
+
+
+async def test_two_pending_chats_make_one_call_and_one_reply(session: Session) -> None:
+    first, second = session.add(text="hello"), session.add(text="are you there?")
+    provider = Recording()
+    await session.run(provider)
+    assert len(provider.turns) == 1
+    [reply] = session.out()
+    assert reply["body"] == {"text": "mock: are you there?", "files": []}
+    assert (reply["in_reply_to"], reply["platform_id"], reply["channel_type"], reply["thread_id"]) == (
+        second, "p1", "cli", "t1")
+    assert {m: s for m, (s, _) in session.acks().items()} == {first: "completed", second: "completed"}
+    assert reply["seq"] % 2 == 1
+
+
+async def test_fifteen_due_rows_in_batches_of_ten_oldest_first(session: Session) -> None:
+    ids = [session.add(text=f"n{i}") for i in range(15)]
+    provider = Recording()
+    await session.run(provider)
+    assert [[r["id"] for r in t.rows] for t in provider.turns] == [ids[:10], ids[10:]]
+    assert len(session.acks()) == 15
+
+
+async def test_context_rows_alone_never_call_the_provider_but_ride_along(session: Session) -> None:
+    note = session.add(text="FYI the build is red", trigger=0)
+    provider = Recording()
+    await session.run(provider)
+    assert provider.turns == [] and session.acks() == {}
+    ask = session.add(text="what is up?")
+    await session.run(provider)
+    [turn] = provider.turns
+    assert [r["id"] for r in turn.rows] == [note, ask]
+    assert "FYI the build is red" in turn.prompt
+    assert set(session.acks()) == {note, ask}
+
+
+async def test_system_rows_are_never_shown_to_the_agent(session: Session) -> None:
+    control = session.add(kind="system", text="secret control", trigger=0)
+    session.add(text="hello")
+    provider = Recording()
+    await session.run(provider)
+    assert "secret control" not in provider.turns[0].prompt
+    assert control not in session.acks()
+
+
+async def test_rows_not_yet_due_wait(session: Session) -> None:
+    session.add(text="later", process_after="2026-01-14T16:00:00.000Z")
+    provider = Recording()
+    await session.run(provider)
+    assert provider.turns == []
+    await session.run(provider, FakeClock(utc("2026-01-14T16:00:00")))
+    assert len(provider.turns) == 1
+
+
+async def test_prompt_has_the_time_in_tz_and_tags_kind_and_sender(session: Session) -> None:
+    session.add(kind="task", text="post the standup")
+    provider = Recording()
+    await session.run(provider)
+    text = provider.turns[0].prompt
+    assert "2026-01-14 10:00" in text and "America/New_York" in text
+    assert 'kind="task"' in text and 'sender="scheduler"' in text
+
+
+async def test_gate_skip_wakes_nobody(session: Session) -> None:
+    task = session.add(kind="task", text="check inbox", script='echo "log line"; echo \'{"wakeAgent":false}\'')
+    provider = Recording()
+    await session.run(provider)
+    assert provider.turns == [] and session.out() == []
+    assert session.acks()[task][0] == "completed" and session.acks()[task][1]["outcome"] == "skipped"
+
+
+async def test_gate_wake_puts_its_data_in_the_prompt(session: Session) -> None:
+    session.add(kind="task", text="summarize", script='echo \'{"wakeAgent":true,"data":{"n":3}}\'')
+    provider = Recording()
+    await session.run(provider)
+    assert 'Script output: {"n": 3}' in provider.turns[0].prompt
+
+
+async def test_a_gate_error_does_not_stop_the_chat_beside_it(session: Session) -> None:
+    task = session.add(kind="task", text="t", script="echo '{\"wakeAgent\":true}'; exit 1")
+    chat = session.add(text="still there?")
+    await session.run(Recording())
+    assert session.acks()[task][1]["outcome"] == "gate_error" and "exit code 1" in session.acks()[task][1]["reason"]
+    assert [r["in_reply_to"] for r in session.out()] == [chat]
+
+
+async def test_provider_failure_is_a_failed_ack_and_a_readable_reply(session: Session) -> None:
+    chat = session.add(text="hello")
+    await session.run(Failing())
+    status, detail = session.acks()[chat]
+    assert (status, detail["outcome"]) == ("failed", "failed") and "401" in detail["reason"]
+    assert "authentication failed" in session.out()[0]["body"]["text"]
+
+
+class TestSlashCommands:
+    async def test_too_frequent_schedule_is_refused_with_the_interval(self, session: Session) -> None:
+        session.add(text='/schedule_task {"prompt":"x","recurrence":"*/1 * * * *"}')
+        provider = Recording()
+        await session.run(provider)
+        assert provider.turns == []
+        [reply] = session.out()
+        assert "300" in reply["body"]["text"] and reply["body"]["text"].startswith("error:")
+        assert session.out("system") == []
+
+    async def test_list_tasks_shows_a_request_before_the_host_applied_it(self, session: Session) -> None:
+        session.add(text='/schedule_task {"prompt":"post standup","recurrence":"0 9 * * 1-5"}')
+        session.add(text="/list_tasks")
+        await session.run()
+        scheduled, listed = (r["body"]["text"] for r in session.out())
+        task_id = scheduled.split("id: ")[1].split(",")[0]
+        assert task_id in listed and "requested" in listed and "post standup" in listed
+        [request] = session.out("system")
+        assert request["body"]["taskId"] == task_id and request["body"]["action"] == "schedule_task"
+
+    async def test_naive_process_after_is_local_time(self, session: Session) -> None:
+        session.add(text='/schedule_task {"prompt":"p","processAfter":"2026-01-15T09:00:00",'
+                         '"recurrence":"0 9 * * 1-5"}')
+        await session.run()
+        assert session.out("system")[0]["body"]["processAfter"] == "2026-01-15T14:00:00.000Z"
+
+    async def test_send_file_outside_the_workspace_is_refused(self, session: Session) -> None:
+        session.add(text='/send_file {"path":"../../etc/passwd"}')
+        await session.run()
+        assert "outside the workspace" in session.out()[0]["body"]["text"]
+
+    async def test_clear_resets_the_conversation(self, session: Session) -> None:
+        session.add(text="remember me")
+        provider = Recording()
+        await session.run(provider)
+        session.add(text="/clear")
+        session.add(text="who am I?")
+        await session.run(provider)
+        assert provider.turns[0].history == [] and provider.turns[-1].history == []
+
+    async def test_unknown_tool_and_bad_json_say_so(self, session: Session) -> None:
+        session.add(text="/frobnicate {}")
+        session.add(text="/schedule_task {not json")
+        await session.run()
+        first, second = (r["body"]["text"] for r in session.out())
+        assert "unknown tool" in first and "not JSON" in second
+
+
+async def test_conversation_continues_across_batches(session: Session) -> None:
+    session.add(text="one")
+    provider = Recording()
+    await session.run(provider)
+    session.add(text="two")
+    await session.run(provider)
+    assert [m["role"] for m in provider.turns[1].history or []] == ["user", "assistant"]
+
+
+async def test_isolated_task_neither_reads_nor_extends_the_conversation(session: Session) -> None:
+    session.add(text="one")
+    provider = Recording()
+    await session.run(provider)
+    session.add(kind="task", text="isolated job", context_mode="isolated")
+    await session.run(provider)
+    assert provider.turns[1].history is None
+    session.add(text="three")
+    await session.run(provider)
+    assert len(provider.turns[2].history or []) == 2
+
+
+async def test_stale_claims_of_a_previous_generation_are_released_at_start(session: Session) -> None:
+    chat = session.add(text="hello")
+    with closing(sqlite3.connect(session.dir / "outbound.db")) as conn, conn:
+        conn.execute("INSERT INTO processing_ack VALUES (?, 'processing', '2026-01-14T14:00:00.000Z', NULL, 'gen-0')",
+                     (chat,))
+    await session.run()
+    assert session.acks()[chat][0] == "completed"
+
+
+async def test_idle_runner_exits_after_the_idle_timeout_and_beats(tmp_path: Path) -> None:
+    session = Session(tmp_path, idle_timeout_s=30.0, poll_interval_s=0.5)
+    clock = FakeClock(NOW)
+    await Runner(session.config, MockProvider(), clock).run()
+    assert clock.now() - NOW == timedelta(seconds=30)
+    assert (session.dir / ".heartbeat").read_text() == "gen-1"
