@@ -238,3 +238,21 @@ class TestAgentRequests:
         assert sweeper.tick(T0).applied == 1
         assert sweeper.tick(T0 + timedelta(seconds=1)).applied == 0
         assert len(world.rows()) == 1
+
+
+def test_a_run_lasting_three_sweep_intervals_executes_once(world: World) -> None:
+    runtime = RecordingRuntime()
+    series = world.schedule(T0 - timedelta(minutes=1), recurrence="0 9 * * *")
+    sweeper = world.sweeper(runtime)
+    sweeper.tick(T0)
+    gen = runtime.started[-1][2]
+    world.ack(series, "processing", T0 + timedelta(seconds=1), generation=gen)
+    for minute in (1, 2, 3):
+        _beat(world, gen, T0 + timedelta(minutes=minute, seconds=-5))
+        result = sweeper.tick(T0 + timedelta(minutes=minute))
+        assert (result.woken, result.retried, result.cloned, result.missed) == (0, 0, 0, 0)
+        assert [r["status"] for r in world.rows(series)] == ["processing"]
+    world.ack(series, "completed", T0 + timedelta(minutes=3, seconds=10), generation=gen, outcome="ran")
+    assert sweeper.tick(T0 + timedelta(minutes=3, seconds=11)).cloned == 1
+    assert len(runtime.started) == 1 and runtime.stopped == []
+    assert [r["outcome"] for r in world.runs(series)] == ["ran"]
