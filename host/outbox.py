@@ -18,11 +18,13 @@ class Outbox:
 
     acks: dict[str, sqlite3.Row] = field(default_factory=dict)
     requests: list[sqlite3.Row] = field(default_factory=list)
+    replies: list[sqlite3.Row] = field(default_factory=list)
     tool_timeout_s: float | None = None
 
 
-def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool) -> Outbox:
-    """Acks of the given (still open) messages, system requests after ``after_seq``, the running tool's timeout.
+def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, reply_after_seq: int = 0) -> Outbox:
+    """Acks of the given (still open) messages, system requests after ``after_seq``, chat replies after
+    ``reply_after_seq``, the running tool's timeout.
 
     ``writable`` (only when no runner is alive) opens read-write, which rolls back a hot journal a killed runner
     left; a read-only connection could not read past it.
@@ -36,10 +38,12 @@ def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool) ->
                                                                " IN ({})", ids)}
         requests = conn.execute("SELECT * FROM messages_out WHERE kind = 'system' AND seq > ? ORDER BY seq",
                                 (after_seq,)).fetchall()
+        replies = conn.execute("SELECT * FROM messages_out WHERE kind = 'chat' AND seq > ? ORDER BY seq",
+                               (reply_after_seq,)).fetchall()
         state = conn.execute("SELECT current_tool, tool_timeout_s FROM container_state WHERE id = 1").fetchone()
         conn.execute("COMMIT")
     timeout = float(state["tool_timeout_s"]) if state and state["current_tool"] and state["tool_timeout_s"] else None
-    return Outbox(acks, requests, timeout)
+    return Outbox(acks, requests, replies, timeout)
 
 
 def _in_chunks(conn: sqlite3.Connection, sql: str, ids: list[str], size: int = 500) -> list[sqlite3.Row]:

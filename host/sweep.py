@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from host import actions, db, inbox, outbox, recurrence, runners, sessions
+from host import actions, db, delivery, inbox, outbox, recurrence, runners, sessions
+from host.delivery import Deliveries
 from host.recurrence import Policy
 from host.runners import Runner, Runners
 from host.sessions import Session
@@ -61,6 +62,7 @@ class _Seen:
 class Sweeper:
     settings: Settings
     runners: Runners | None = None  # None: count wakes, start nothing (sweep --now)
+    deliveries: Deliveries | None = None  # None: replies wait for a host that serves channels
     seen: dict[str, _Seen] = field(default_factory=dict)
     _central: sqlite3.Connection | None = None
     _sessions: list[Session] = field(default_factory=list)
@@ -139,7 +141,8 @@ class Sweeper:
         with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
             open_ids = [r[0] for r in conn.execute(
                 "SELECT id FROM messages_in WHERE status IN ('pending', 'processing')")]
-            found = outbox.read(outbound, open_ids, actions.applied_seq(conn), writable=runner is None)
+            found = outbox.read(outbound, open_ids, actions.applied_seq(conn), writable=runner is None,
+                                reply_after_seq=delivery.watermark(conn))
             if runner is not None and self._stuck(session, now, runner, found):
                 runner = None
             claimed = [mid for mid, ack in found.acks.items() if ack["status"] == "processing"]
@@ -157,8 +160,11 @@ class Sweeper:
                                         " AND recurrence IS NOT NULL AND process_after <= ?",
                                         (to_text(now),)).fetchall():
                     result.missed += recurrence.misfire(conn, row, now, policy)
+                undelivered = bool(found.replies)
+                if self.deliveries and found.replies:
+                    undelivered = not self.deliveries.run(conn, session, found.replies, now)
             busy = conn.execute("SELECT 1 FROM messages_in WHERE status = 'processing' LIMIT 1").fetchone()
-            return inbox.next_due(conn), busy is not None, inbox.has_due(conn, now)
+            return inbox.next_due(conn), busy is not None or undelivered, inbox.has_due(conn, now)
 
     def _stuck(self, session: Session, now: datetime, runner: Runner, found: outbox.Outbox) -> bool:
         claims = [from_text(a["status_changed"]) for a in found.acks.values()

@@ -7,7 +7,6 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -77,6 +76,11 @@ def series(settings: Settings, central: sqlite3.Connection, group_id: str | None
                     yield found
 
 
+def summary(session: Session, series_id: str) -> Series:
+    with closing(db.connect(session.folder / "inbound.db", "inbound", readonly=True)) as conn:
+        return _summary(conn, session, series_id)
+
+
 def locate(settings: Settings, central: sqlite3.Connection, ref: str) -> tuple[Session, str]:
     """The session holding a series (by series id or any occurrence id), and the series id."""
     for session in sessions.list_all(central, settings):
@@ -90,23 +94,22 @@ def locate(settings: Settings, central: sqlite3.Connection, ref: str) -> tuple[S
     raise NclError(f"unknown task {ref!r} (see 'ncl tasks list --all')")
 
 
-def detail(settings: Settings, session: Session, series_id: str, now: datetime,
-           zone: ZoneInfo) -> dict[str, Any]:
+def detail(session: Session, series_id: str, zone: ZoneInfo) -> dict[str, Any]:
     """``tasks show``: the list item, every occurrence row, and the next 5 runs."""
     with closing(db.connect(session.folder / "inbound.db", "inbound", readonly=True)) as conn:
-        summary = _summary(conn, session, series_id)
+        found = _summary(conn, session, series_id)
         rows = [dict(r) for r in inbox.occurrences(conn, series_id)]
-    next_runs: list[str] = []
-    if summary.recurrence and summary.status in ("pending", "processing", "paused"):
-        start = from_text(summary.next_run) if summary.next_run else now
-        next_runs = [summary.next_run] if summary.next_run else []
-        for slot in cron.firings(summary.recurrence, start, zone):
-            if len(next_runs) >= 5:
-                break
-            next_runs.append(to_text(slot))
-    elif summary.next_run:
-        next_runs = [summary.next_run]
-    return {"task": summary.to_json(), "occurrences": rows, "next_runs": next_runs}
+    return {"task": found.to_json(), "occurrences": rows, "next_runs": _next_runs(rows, zone)}
+
+
+def _next_runs(rows: list[dict[str, Any]], zone: ZoneInfo, count: int = 5) -> list[str]:
+    """Waiting one-shots, then the recurring occurrence and the cron grid after it (a paused one waits)."""
+    times = {r["process_after"] or r["timestamp"] for r in rows if r["status"] == "pending"}
+    carrier = next((r for r in rows if r["recurrence"] and r["status"] in ("pending", "processing")), None)
+    if carrier:
+        slots = cron.firings(carrier["recurrence"], from_text(carrier["process_after"] or carrier["timestamp"]), zone)
+        times.update(to_text(next(slots)) for _ in range(count))
+    return sorted(times)[:count]
 
 
 def runs(session: Session, series_id: str) -> list[dict[str, Any]]:

@@ -127,9 +127,9 @@ def update(conn: sqlite3.Connection, ref: str, now: datetime, policy: Policy, pr
             carries = row["recurrence"] is not None or len(rows) == 1
             new_expr = (expr or None) if expr is not None and carries else row["recurrence"]
             after = row["process_after"]
-            if waiting and process_after:
+            if waiting and carries and process_after:
                 after = process_after
-            elif waiting and expr:
+            elif waiting and carries and expr:
                 after = to_text(cron.next_after(expr, now, policy.zone))
             conn.execute("UPDATE messages_in SET content = ?, recurrence = ?, process_after = ? WHERE id = ?",
                          (json.dumps(content), new_expr, after, row["id"]))

@@ -36,7 +36,8 @@ def _write(app: App, ref: str, action: Callable[[Any, str], T]) -> tuple[Session
 
 def _changed(as_json: bool, verb: str, series_id: str, count: int) -> None:
     if count == 0:
-        raise NclError(f"task {series_id} has no occurrence to {verb} (see 'ncl tasks show {series_id}')")
+        raise NclError(f"task {series_id}: nothing to change, no occurrence can be {verb} "
+                       f"(see 'ncl tasks show {series_id}')")
     emit(as_json, {"id": series_id, "action": verb, "changed": count},
          lambda: click.echo(f"{verb}: {series_id} ({count} occurrence(s) changed)"))
 
@@ -59,6 +60,8 @@ def list_(app: App, group_ref: str | None, session_id: str | None, status: str |
     """List task series (live ones unless --all) across all groups."""
     with closing(app.central()) as central:
         group_id = groups.get(central, group_ref).id if group_ref else None
+        if session_id:
+            sessions.get(central, app.settings, session_id)
         found = [s for s in task_list.series(app.settings, central, group_id, session_id,
                                              include_ended or status in task_list.ENDED)
                  if status is None or s.status == status]
@@ -71,15 +74,14 @@ def list_(app: App, group_ref: str | None, session_id: str | None, status: str |
 
 @task_cli.command("show")
 @click.argument("task_id")
-@now_option
 @json_option
 @pass_app
-def show(app: App, task_id: str, now: datetime | None, as_json: bool) -> None:
+def show(app: App, task_id: str, as_json: bool) -> None:
     """Show a series: its occurrences and its next 5 runs."""
     with closing(app.central()) as central:
         session, series_id = task_list.locate(app.settings, central, task_id)
     zone = app.settings.tz.zone
-    data = task_list.detail(app.settings, session, series_id, now or app.now(), zone)
+    data = task_list.detail(session, series_id, zone)
 
     def human() -> None:
         fields({**data["task"], "next_run": local_time(data["task"]["next_run"], zone)},
@@ -193,13 +195,13 @@ def add(app: App, session_id: str, prompt: str, recurrence: str | None, at: str 
     after = to_text(parse_user_time(at, app.settings.tz.zone)) if at else None
     with closing(app.central()) as central:
         session = sessions.get(central, app.settings, session_id)
+    if session.status != "active":
+        raise NclError(f"session {session.id} is {session.status}; tasks run only in active sessions")
     task_id = ids.new_id("task", moment)
     with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
         tasks.schedule(conn, moment, policy(app), task_id, prompt, after, recurrence, script, context_mode,
                        enforce_interval=not force)
     nudge.touch(app.settings)
-    with closing(app.central()) as central:
-        item = next(s for s in task_list.series(app.settings, central, session_id=session.id, include_ended=True)
-                    if s.id == task_id)
+    item = task_list.summary(session, task_id)
     emit(as_json, item.to_json(), lambda: click.echo(
         f"scheduled {task_id}; next run {local_time(item.next_run, app.settings.tz.zone)}"))
