@@ -10,6 +10,8 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from host import nudge
+from host.cli_channel import CliChannel
+from host.delivery import Deliveries
 from host.runners import Runners, Runtime
 from host.settings import Settings
 from host.sweep import Sweeper
@@ -17,7 +19,7 @@ from host.sweep import Sweeper
 log = logging.getLogger(__name__)
 SLICE_S = 1.0  # longest uninterrupted sleep: bounds how late a nudge or a stop is noticed
 FLOOR_S = 0.05  # shortest sleep, so a wake that cannot start never spins the loop
-LIVE_RUNNER_TICK_S = 1.0  # with runners alive, acks and requests are synced at least this often
+LIVE_RUNNER_TICK_S = 0.25  # with runners alive, acks, requests and replies are synced at least this often
 
 
 class Clock(Protocol):
@@ -34,7 +36,8 @@ class Host:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
-        self.sweeper = Sweeper(self.settings, Runners(self.runtime, self.settings))
+        self.channel = CliChannel(self.settings)
+        self.sweeper = Sweeper(self.settings, Runners(self.runtime, self.settings), Deliveries(self.channel))
 
     def wake_at(self, now: datetime) -> datetime:
         candidates = [now + timedelta(seconds=self.settings.sweep_interval_s)]
@@ -65,9 +68,11 @@ class Host:
             loop.add_signal_handler(sig, self.stopping.set)
         log.info("host running, data in %s, TZ %s", self.settings.data_dir, self.settings.tz.name,
                  extra={"action": "host_started"})
+        await self.channel.start()
         try:
             while not self.stopping.is_set():
                 await self.step()
         finally:
+            await self.channel.stop()
             self.sweeper.close()
             log.info("host stopped", extra={"action": "host_stopped"})

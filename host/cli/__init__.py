@@ -12,6 +12,7 @@ import click
 from host import doctor as checks
 from host import settings as settings_module
 from host.cli.app import App, pass_app
+from host.cli.chat import agent_cli, chat
 from host.cli.groups import group_cli
 from host.cli.hostcmd import host_cli
 from host.cli.output import emit, json_option, table
@@ -49,7 +50,7 @@ def doctor(app: App, as_json: bool) -> None:
         raise SystemExit(1)
 
 
-for command in (group_cli, session_cli, task_cli, host_cli):
+for command in (group_cli, session_cli, task_cli, host_cli, chat, agent_cli):
     cli.add_command(command)
 
 

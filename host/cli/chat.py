@@ -1,0 +1,151 @@
+"""``ncl chat`` and ``ncl agent invoke``: talk to an agent through the running host's cli socket."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from typing import Any
+
+import click
+
+from host.cli.app import App, pass_app
+from host.cli.output import emit, json_option, local_time
+from host.cli_channel import socket_path
+from host.errors import NclError
+
+
+class Connection:
+    """One connection to the host's cli socket: send lines, read reply objects."""
+
+    def __init__(self, app: App) -> None:
+        path = socket_path(app.settings)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.sock.connect(str(path))
+        except OSError:
+            raise NclError("the host is not running (start it with 'ncl host run')") from None
+        self.file = self.sock.makefile("rb")
+
+    def write(self, group: str, text: str, thread: str | None, channel: str = "cli") -> None:
+        request = {"op": "send", "group": group, "text": text, "thread": thread, "channel": channel}
+        self.sock.sendall(json.dumps(request).encode() + b"\n")
+
+    def send(self, group: str, text: str, thread: str | None, channel: str = "cli") -> dict[str, Any]:
+        """Write a message and wait for the host's answer to it (replies before it are skipped)."""
+        self.write(group, text, thread, channel)
+        while True:
+            answer = self.read()
+            if "ok" in answer:
+                if not answer["ok"]:
+                    raise NclError(answer["error"])
+                return answer
+
+    def read(self) -> dict[str, Any]:
+        line = self.file.readline()
+        if not line:
+            raise NclError("the host closed the connection")
+        data: dict[str, Any] = json.loads(line)
+        return data
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def ask(app: App, group: str, text: str, thread: str | None, timeout: float, channel: str) -> dict[str, Any]:
+    """Send once; wait for the reply to this message (or to a later one of its batch)."""
+    conn = Connection(app)
+    try:
+        sent = conn.send(group, text, thread, channel)
+        conn.sock.settimeout(timeout)
+        deadline = time.monotonic() + timeout
+        replies = []
+        while time.monotonic() < deadline:
+            try:
+                reply = conn.read().get("reply")
+            except TimeoutError:
+                break
+            if reply and (reply.get("in_reply_to_seq") or 0) >= sent["seq"]:
+                replies.append({k: reply[k] for k in ("id", "text", "timestamp")})
+                break
+        if not replies:
+            raise NclError(f"no reply within {timeout:g} s (the message is queued as {sent['message_id']})")
+        return {"session_id": sent["session_id"], "replies": replies}
+    finally:
+        conn.close()
+
+
+def _print_replies(app: App, data: dict[str, Any]) -> None:
+    for reply in data["replies"]:
+        click.echo(reply["text"])
+
+
+@click.command("chat")
+@click.argument("group")
+@click.argument("text", required=False)
+@click.option("--thread", help="Thread key (per-thread groups keep one session per thread).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=120.0, show_default=True,
+              help="Seconds to wait for a reply when sending once.")
+@json_option
+@pass_app
+def chat(app: App, group: str, text: str | None, thread: str | None, timeout: float, as_json: bool) -> None:
+    """Chat with GROUP's agent: interactively, or send TEXT once and print the reply."""
+    if text is not None:
+        data = ask(app, group, text, thread, timeout, "cli")
+        emit(as_json, data, lambda: _print_replies(app, data))
+        return
+    _interactive(app, group, thread)
+
+
+def _interactive(app: App, group: str, thread: str | None) -> None:
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401  (line editing and history for input())
+    conn = Connection(app)
+    zone = app.settings.tz.zone
+
+    def listen() -> None:  # the only reader of the socket: answers to sends and replies as they arrive
+        while True:
+            try:
+                data = conn.read()
+            except (NclError, OSError, ValueError):
+                return
+            if reply := data.get("reply"):
+                click.echo(f"\r[{local_time(reply['timestamp'], zone)}] {reply['text']}\n> ", nl=False)
+            elif data.get("ok") is False:
+                click.echo(f"\rerror: {data['error']}\n> ", nl=False)
+
+    threading.Thread(target=listen, daemon=True).start()
+    click.echo(f"chatting with {group} (end a line with \\ to continue it; Ctrl-D or Ctrl-C to leave)")
+    try:
+        while True:
+            lines = [input("> ")]
+            while lines[-1].endswith("\\"):
+                lines[-1] = lines[-1][:-1]
+                lines.append(input("… "))
+            if message := "\n".join(lines).strip():
+                conn.write(group, message, thread)
+    except (EOFError, KeyboardInterrupt):
+        click.echo("")
+    finally:
+        conn.close()
+
+
+@click.group("agent")
+def agent_cli() -> None:
+    """The agent as a callable tool."""
+
+
+@agent_cli.command("invoke")
+@click.argument("group")
+@click.option("--prompt", required=True, help="What to ask.")
+@click.option("--thread", help="Thread key (same key, same conversation).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=300.0, show_default=True)
+@json_option
+@pass_app
+def invoke(app: App, group: str, prompt: str, thread: str | None, timeout: float, as_json: bool) -> None:
+    """Run one turn of GROUP's agent (its toolkit channel) and print the final answer."""
+    data = ask(app, group, prompt, thread, timeout, "toolkit")
+    emit(as_json, data, lambda: _print_replies(app, data))

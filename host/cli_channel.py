@@ -1,0 +1,120 @@
+"""The ``cli`` and ``toolkit`` channels: newline-delimited JSON over ``data/cli.sock`` (owner-only).
+
+A client sends ``{"op": "send", "group": G, "text": T, "thread": K|null, "channel": "cli"|"toolkit"}``, gets
+``{"ok": true, "session_id", "message_id", "seq"}`` (or ``{"ok": false, "error"}``), then every reply of that
+session as ``{"reply": {"id", "text", "files", "timestamp", "in_reply_to", "in_reply_to_seq"}}`` while it
+stays connected. Replies are pushed by the sweep's delivery step through ``deliver``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+from collections import defaultdict
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from host import db, groups, router
+from host.errors import NclError
+from host.groups import Group
+from host.sessions import Session
+from host.settings import Settings
+from schemas import clock
+
+log = logging.getLogger(__name__)
+MAX_LINE = 1 << 20
+
+
+def socket_path(settings: Settings) -> Path:
+    return settings.data_dir / "cli.sock"
+
+
+class CliChannel:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.listeners: dict[str, set[asyncio.StreamWriter]] = defaultdict(set)
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        path = socket_path(self.settings)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a stale socket of a host that died; the host lock says no other host runs
+        old = os.umask(0o177)  # created 0600 from the start, never briefly open to others
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(path), limit=MAX_LINE)
+        finally:
+            os.umask(old)
+
+    async def stop(self) -> None:
+        if self._server:
+            self._server.close()
+            await self._server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            socket_path(self.settings).unlink()
+
+    def deliver(self, session: Session, reply: sqlite3.Row, reply_to_seq: int | None) -> bool | None:
+        writers = self.listeners.get(session.id)
+        if not writers:
+            return None
+        content = json.loads(reply["content"])
+        line = json.dumps({"reply": {"id": reply["id"], "text": content.get("text", ""),
+                                     "files": content.get("files", []), "timestamp": reply["timestamp"],
+                                     "in_reply_to": reply["in_reply_to"], "in_reply_to_seq": reply_to_seq}})
+        for writer in list(writers):
+            if writer.is_closing():
+                writers.discard(writer)
+                continue
+            writer.write(line.encode() + b"\n")
+        return bool(writers) or None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sessions: set[str] = set()
+        try:
+            while line := await reader.readline():
+                answer = self._handle(line, writer, sessions)
+                writer.write(json.dumps(answer).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.LimitOverrunError, ValueError) as exc:
+            log.info("cli client dropped: %s", exc, extra={"action": "cli_client_dropped"})
+        finally:
+            for session_id in sessions:
+                self.listeners[session_id].discard(writer)
+            writer.close()
+
+    def _handle(self, line: bytes, writer: asyncio.StreamWriter, sessions: set[str]) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict) or request.get("op") != "send":
+                raise NclError('expected {"op": "send", "group", "text"}')
+            session, message_id, seq = self.send(request)
+        except (NclError, ValueError) as exc:
+            return {"ok": False, "error": str(exc).splitlines()[0]}
+        self.listeners[session.id].add(writer)
+        sessions.add(session.id)
+        return {"ok": True, "session_id": session.id, "message_id": message_id, "seq": seq}
+
+    def send(self, request: dict[str, Any]) -> tuple[Session, str, int]:
+        text, group_ref = request.get("text"), request.get("group")
+        if not isinstance(text, str) or not text.strip() or not isinstance(group_ref, str):
+            raise NclError("a message needs a group and some text")
+        thread = request.get("thread")
+        with closing(db.connect(self.settings.central_db, "central")) as central:
+            kind = request.get("channel", "cli")
+            group = router.group_for(central, "cli", group_ref) if kind == "cli" else _toolkit(central, group_ref)
+            channel = "cli" if kind == "cli" else next(c for c in group.channels if c.startswith("toolkit:"))
+            arrival = router.Arrival(channel, "chat", {"text": text, "sender": request.get("sender", "user"),
+                                                       "sender_id": request.get("sender_id")},
+                                     thread=str(thread) if thread else None)
+            return router.deliver_in(central, self.settings, clock.now(), group, arrival)
+
+
+def _toolkit(central: sqlite3.Connection, group_ref: str) -> Group:
+    group = groups.get(central, group_ref)
+    if not any(c.startswith("toolkit:") for c in group.channels):
+        raise NclError(f"group {group.name} has no toolkit channel (add --channel toolkit:NAME)")
+    return group
