@@ -54,4 +54,6 @@ class Deliveries:
             status = {True: "delivered", None: "stored", False: "failed"}[handed]
             conn.execute("INSERT OR IGNORE INTO delivered(message_out_id, seq, delivered_at, status)"
                          " VALUES (?, ?, ?, ?)", (reply["id"], reply["seq"], to_text(now), status))
+            log.info("reply %s %s", reply["id"], status,
+                     extra={"action": "reply_handled", "session": session.id, "status": status})
         return True

@@ -66,9 +66,9 @@ class Host:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopping.set)
+        await self.channel.start()
         log.info("host running, data in %s, TZ %s", self.settings.data_dir, self.settings.tz.name,
                  extra={"action": "host_started"})
-        await self.channel.start()
         try:
             while not self.stopping.is_set():
                 await self.step()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
 @dataclass(frozen=True)
@@ -18,13 +18,20 @@ class ResolvedZone:
         return ZoneInfo(self.name)
 
 
-@lru_cache(maxsize=1)
-def _names() -> frozenset[str]:
-    return frozenset(available_timezones())
+# Files in a zoneinfo tree that are not zone names. Listing every name (available_timezones) costs ~0.2 s,
+# paid by every CLI call; opening the one zone asked for is what ZoneInfo does anyway.
+_NOT_NAMES = frozenset({"localtime", "posixrules", "Factory"})
 
 
+@lru_cache(maxsize=64)
 def is_iana_name(value: str | None) -> bool:
-    return bool(value) and value in _names()
+    if not value or value in _NOT_NAMES or value != value.strip():
+        return False
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
 
 
 def resolve(candidates: list[tuple[str, str | None]]) -> ResolvedZone:

@@ -15,7 +15,9 @@ from host.cli.app import App, pass_app
 from host.cli.chat import agent_cli, chat
 from host.cli.groups import group_cli
 from host.cli.hostcmd import host_cli
+from host.cli.image import image_cli
 from host.cli.output import emit, json_option, table
+from host.cli.queue import queue_cli
 from host.cli.sessions import session_cli
 from host.cli.tasks import task_cli
 from host.errors import NclError
@@ -50,7 +52,7 @@ def doctor(app: App, as_json: bool) -> None:
         raise SystemExit(1)
 
 
-for command in (group_cli, session_cli, task_cli, host_cli, chat, agent_cli):
+for command in (group_cli, session_cli, task_cli, host_cli, chat, agent_cli, queue_cli, image_cli):
     cli.add_command(command)
 
 

@@ -1,0 +1,60 @@
+"""``ncl queue``: push background jobs into named queues, and see what waits."""
+
+from __future__ import annotations
+
+import json
+from contextlib import closing
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from host import queues
+from host.cli.app import App, now_option, pass_app
+from host.cli.output import emit, json_option, print_json, table
+from host.errors import NclError
+
+
+@click.group("queue")
+def queue_cli() -> None:
+    """Named queues of background jobs (channels queue:NAME)."""
+
+
+def _payload(text: str | None, file: Path | None) -> Any:
+    if (text is None) == (file is None):
+        raise click.UsageError("give the payload with exactly one of --json PAYLOAD or --file F")
+    try:
+        raw = text if text is not None else file.read_text()  # type: ignore[union-attr]
+        return json.loads(raw)
+    except OSError as exc:
+        raise NclError(f"cannot read {file}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise NclError(f"payload is not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+
+
+@queue_cli.command("send")
+@click.option("--queue", "queue", required=True, help="The queue name (a group must have channel queue:NAME).")
+@click.option("--json", "payload_text", metavar="PAYLOAD",
+              help='The job: {"prompt": "…" | [{"type":"text","text":…},{"type":"file","url":"room:///…"}], '
+                   '"thread_id": "…{YYYY}{MM}{DD}…"}.')
+@click.option("--file", "payload_file", type=click.Path(path_type=Path), help="Read the payload from a file.")
+@now_option
+@pass_app
+def send(app: App, queue: str, payload_text: str | None, payload_file: Path | None, now: datetime | None) -> None:
+    """Enqueue one job; prints {"queue", "message_id", "session_id"} as JSON (here --json is the payload)."""
+    payload = _payload(payload_text, payload_file)
+    with closing(app.central(write=True)) as central:
+        print_json(queues.send(central, app.settings, now or app.now(), queue, payload))
+
+
+@queue_cli.command("list")
+@json_option
+@pass_app
+def list_(app: App, as_json: bool) -> None:
+    """Queues with their group and how many jobs wait and run."""
+    with closing(app.central()) as central:
+        found = queues.summary(central, app.settings)
+    emit(as_json, {"queues": found}, lambda: table(
+        found, [("name", "QUEUE"), ("agent_group_id", "GROUP"), ("pending", "PENDING"), ("in_flight", "IN FLIGHT")],
+        "no queues (wire one with 'ncl groups create NAME --channel queue:QUEUE')"))

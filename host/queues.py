@@ -1,0 +1,106 @@
+"""``queue:NAME`` channels: background jobs (DESIGN §9). A payload's ``prompt`` is text or a list of
+``{type: text, text}`` / ``{type: file, url: room:///path}`` items; files resolve inside the group folder.
+``thread_id`` (with ``{YYYY}{MM}{DD}{HH}{mm}`` tokens, UTC) picks the session; without it each job gets one."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from contextlib import closing
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from host import db, groups, router, sessions
+from host.errors import NclError
+from host.settings import Settings
+
+QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_FILE_BYTES = 1 << 20
+TOKENS = {"{YYYY}": "%Y", "{MM}": "%m", "{DD}": "%d", "{HH}": "%H", "{mm}": "%M"}
+
+
+def thread_for(template: str, now: datetime) -> str:
+    """Fill the time tokens (UTC): jobs sent in the same period share a session."""
+    text = template
+    for token, fmt in TOKENS.items():
+        text = text.replace(token, now.strftime(fmt))
+    return text
+
+
+def _file(group_dir: Path, url: str) -> tuple[str, str]:
+    if not url.startswith("room:///"):
+        raise NclError(f"file item url must be room:///<path inside the group folder>, not {url!r}")
+    root = group_dir.resolve()
+    path = (root / url.removeprefix("room:///")).resolve()  # resolve() follows links: a link out is refused too
+    if not path.is_relative_to(root) or path == root:
+        raise NclError(f"file item {url} is outside the group folder")
+    if not path.is_file():
+        raise NclError(f"file item {url}: no such file in the group folder")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise NclError(f"file item {url} is larger than {MAX_FILE_BYTES // 1024} KiB")
+    try:
+        return str(path.relative_to(root)), path.read_text()
+    except UnicodeDecodeError:
+        raise NclError(f"file item {url} is not text") from None
+
+
+def prompt_of(payload: dict[str, Any], group_dir: Path) -> tuple[str, list[dict[str, Any]]]:
+    """The prompt text (files inlined) and the items as given (files kept as files)."""
+    prompt = payload.get("prompt")
+    if isinstance(prompt, str) and prompt.strip():
+        return prompt, [{"type": "text", "text": prompt}]
+    if not isinstance(prompt, list) or not prompt:
+        raise NclError('payload needs "prompt": a non-empty string or a list of {type: text|file} items')
+    parts, items = [], []
+    for item in prompt:
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "text" and isinstance(item.get("text"), str):
+            parts.append(item["text"])
+            items.append({"type": "text", "text": item["text"]})
+        elif kind == "file" and isinstance(item.get("url"), str):
+            name, text = _file(group_dir, item["url"])
+            parts.append(f'<file name="{name}">\n{text}\n</file>')
+            items.append({"type": "file", "url": item["url"], "name": name})
+        else:
+            raise NclError(f"bad prompt item {item!r}: use {{type: text, text}} or {{type: file, url}}")
+    return "\n\n".join(parts), items
+
+
+def send(central: sqlite3.Connection, settings: Settings, now: datetime, queue: str,
+         payload: Any) -> dict[str, str]:
+    if not QUEUE_NAME.fullmatch(queue):
+        raise NclError(f"invalid queue name {queue!r}")
+    if not isinstance(payload, dict):
+        raise NclError("the payload must be a JSON object")
+    group = router.group_for(central, f"queue:{queue}")
+    text, items = prompt_of(payload, groups.folder(settings, group.id))
+    template = payload.get("thread_id")
+    if template is not None and (not isinstance(template, str) or not template.strip()):
+        raise NclError("thread_id must be a non-empty string")
+    thread = thread_for(template, now) if template else None
+    arrival = router.Arrival(f"queue:{queue}", "queue",
+                             {"queue": queue, "prompt": text, "content": items, "payload": payload},
+                             thread=thread, new_session=thread is None)
+    session, message_id, _ = router.deliver_in(central, settings, now, group, arrival)
+    return {"queue": queue, "message_id": message_id, "session_id": session.id}
+
+
+def summary(central: sqlite3.Connection, settings: Settings) -> list[dict[str, Any]]:
+    """Each queue with its group and counts of jobs waiting and running, over the group's active sessions."""
+    found = []
+    for channel, group_id in central.execute(
+            "SELECT channel, agent_group_id FROM wirings WHERE channel LIKE 'queue:%' ORDER BY channel"):
+        counts = {"pending": 0, "processing": 0}
+        for session in sessions.list_all(central, settings, group_id, status="active"):
+            path = session.folder / "inbound.db"
+            if not path.exists():
+                continue
+            with closing(db.connect(path, "inbound", readonly=True)) as conn:
+                for status, count in conn.execute(
+                        "SELECT status, COUNT(*) FROM messages_in WHERE kind = 'queue' AND channel_type = ?"
+                        " AND status IN ('pending', 'processing') GROUP BY status", (channel,)):
+                    counts[status] += count
+        found.append({"name": channel.split(":", 1)[1], "agent_group_id": group_id, "pending": counts["pending"],
+                      "in_flight": counts["processing"]})
+    return found
