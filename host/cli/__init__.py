@@ -19,6 +19,7 @@ from host.cli.image import image_cli
 from host.cli.output import emit, json_option, table
 from host.cli.queue import queue_cli
 from host.cli.sessions import session_cli
+from host.cli.status import messages_cli, status
 from host.cli.tasks import task_cli
 from host.errors import NclError
 
@@ -52,7 +53,8 @@ def doctor(app: App, as_json: bool) -> None:
         raise SystemExit(1)
 
 
-for command in (group_cli, session_cli, task_cli, host_cli, chat, agent_cli, queue_cli, image_cli):
+for command in (group_cli, session_cli, task_cli, host_cli, chat, agent_cli, queue_cli, image_cli,
+                status, messages_cli):
     cli.add_command(command)
 
 

@@ -1,0 +1,52 @@
+"""``ncl status`` and ``ncl messages``: what the host is doing, and what was said."""
+
+from __future__ import annotations
+
+from contextlib import closing
+
+import click
+
+from host import overview, sessions
+from host.cli.app import App, pass_app
+from host.cli.output import emit, fields, json_option, local_time, table
+
+
+@click.command("status")
+@json_option
+@pass_app
+def status(app: App, as_json: bool) -> None:
+    """Is the host up, which runners are alive, and the next 10 due items."""
+    with closing(app.central()) as central:
+        data = overview.status(central, app.settings, app.now())
+    zone = app.settings.tz.zone
+
+    def human() -> None:
+        running = f"running (pid {data['host_pid']})" if data["host_running"] else "not running"
+        fields({"host": running, "runners": len(data["runners"])}, [("host", "host"), ("runners", "runners")])
+        click.echo("")
+        table([{**i, "at": local_time(i["due"], zone)} for i in data["next_due"]],
+              [("at", "DUE"), ("kind", "KIND"), ("agent_group_id", "GROUP"), ("session_id", "SESSION"),
+               ("text", "TEXT")], "nothing due")
+
+    emit(as_json, data, human)
+
+
+@click.group("messages")
+def messages_cli() -> None:
+    """Session transcripts."""
+
+
+@messages_cli.command("list")
+@click.option("--session", "session_id", required=True, help="The session.")
+@json_option
+@pass_app
+def list_(app: App, session_id: str, as_json: bool) -> None:
+    """Both directions of a session, in order, times in TZ."""
+    with closing(app.central()) as central:
+        session = sessions.get(central, app.settings, session_id)
+    found = overview.transcript(session)
+    zone = app.settings.tz.zone
+    emit(as_json, {"messages": found}, lambda: table(
+        [{**m, "at": local_time(m["timestamp"], zone), "arrow": "→" if m["direction"] == "in" else "←"}
+         for m in found],
+        [("at", "TIME"), ("arrow", ""), ("kind", "KIND"), ("status", "STATUS"), ("text", "TEXT")], "no messages"))

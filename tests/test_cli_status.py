@@ -1,0 +1,56 @@
+"""``ncl status`` and ``ncl messages list`` (DESIGN §12.10 shapes)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from conftest import Result
+
+
+def _write(path: Path, sql: str, *args: Any) -> None:
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(sql, args)
+
+
+def test_status_shape_without_a_host(ncl: Any, demo_session: dict[str, Any]) -> None:
+    inbound = Path(demo_session["path"]) / "inbound.db"
+    _write(inbound, "INSERT INTO messages_in(id, seq, kind, timestamp, process_after, content) VALUES"
+                    " ('task-1781168400000-aaaaaa', 2, 'task', '2026-06-11T09:00:00.000Z', '2026-06-11T13:00:00.000Z',"
+                    " '{\"prompt\": \"standup\"}')")
+    result: Result = ncl("status", "--json")
+    data = result.json()
+    assert {"host_running", "runners", "next_due"} <= set(data)
+    assert data["host_running"] is False and data["runners"] == []
+    [item] = data["next_due"]
+    assert (item["id"], item["due"], item["session_id"]) == (
+        "task-1781168400000-aaaaaa", "2026-06-11T13:00:00.000Z", demo_session["id"])
+
+
+def test_status_sees_a_live_host_pid_and_a_beating_runner(ncl: Any, demo_session: dict[str, Any],
+                                                          cli_env: Any) -> None:
+    (cli_env.data_dir / "host.lock").write_text(f"{os.getpid()}\n")
+    (Path(demo_session["path"]) / ".heartbeat").write_text("gen-x")
+    data = ncl("status", "--json").json()
+    assert data["host_running"] is True
+    assert [r["generation"] for r in data["runners"]] == ["gen-x"]
+
+
+def test_messages_list_has_both_directions_in_order(ncl: Any, demo_session: dict[str, Any]) -> None:
+    folder = Path(demo_session["path"])
+    _write(folder / "inbound.db", "INSERT INTO messages_in(id, seq, kind, timestamp, status, content) VALUES"
+                                  " ('msg-1', 2, 'chat', '2026-06-11T09:00:00.000Z', 'completed', '{\"text\": \"hi\"}')")
+    _write(folder / "outbound.db", "INSERT INTO messages_out(id, seq, in_reply_to, timestamp, kind, content) VALUES"
+                                   " ('msg-2', 1, 'msg-1', '2026-06-11T09:00:01.000Z', 'chat', '{\"text\": \"hello\"}')")
+    data = ncl("messages", "list", "--session", demo_session["id"], "--json").json()
+    assert data == {"messages": [
+        {"id": "msg-1", "direction": "in", "kind": "chat", "timestamp": "2026-06-11T09:00:00.000Z", "text": "hi",
+         "status": "completed"},
+        {"id": "msg-2", "direction": "out", "kind": "chat", "timestamp": "2026-06-11T09:00:01.000Z",
+         "text": "hello", "status": "pending"}]}
+    assert "hello" in ncl("messages", "list", "--session", demo_session["id"]).out
+    unknown = ncl("messages", "list", "--session", "sess-1781168400000-zzzzzz")
+    assert unknown.code == 1 and "unknown session" in unknown.err
