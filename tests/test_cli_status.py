@@ -41,10 +41,12 @@ def test_status_sees_a_live_host_pid_and_a_beating_runner(ncl: Any, demo_session
 
 def test_messages_list_has_both_directions_in_order(ncl: Any, demo_session: dict[str, Any]) -> None:
     folder = Path(demo_session["path"])
-    _write(folder / "inbound.db", "INSERT INTO messages_in(id, seq, kind, timestamp, status, content) VALUES"
-                                  " ('msg-1', 2, 'chat', '2026-06-11T09:00:00.000Z', 'completed', '{\"text\": \"hi\"}')")
-    _write(folder / "outbound.db", "INSERT INTO messages_out(id, seq, in_reply_to, timestamp, kind, content) VALUES"
-                                   " ('msg-2', 1, 'msg-1', '2026-06-11T09:00:01.000Z', 'chat', '{\"text\": \"hello\"}')")
+    _write(folder / "inbound.db", "INSERT INTO messages_in(id, seq, kind, timestamp, status, content)"
+                                  " VALUES ('msg-1', 2, 'chat', ?, 'completed', ?)",
+           "2026-06-11T09:00:00.000Z", '{"text": "hi"}')
+    _write(folder / "outbound.db", "INSERT INTO messages_out(id, seq, in_reply_to, timestamp, kind, content)"
+                                   " VALUES ('msg-2', 1, 'msg-1', ?, 'chat', ?)",
+           "2026-06-11T09:00:01.000Z", '{"text": "hello"}')
     data = ncl("messages", "list", "--session", demo_session["id"], "--json").json()
     assert data == {"messages": [
         {"id": "msg-1", "direction": "in", "kind": "chat", "timestamp": "2026-06-11T09:00:00.000Z", "text": "hi",
