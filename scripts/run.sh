@@ -1,10 +1,26 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the host with the offline defaults: mock provider, data in ./data,
-# a demo group with a cli channel. Ctrl-C stops it. Extra arguments go to `ncl host run`.
+# Set up (if needed), start the host with the offline defaults (mock model unless NCL_PROVIDER says otherwise,
+# data in ./data, runners in Docker when the engine and image are there, else local processes) and open a chat
+# with the `demo` agent. Leaving the chat (Ctrl-D) stops the host. Host log: data/host.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 ncl groups show demo >/dev/null 2>&1 || ncl groups create demo --channel cli --rules "You are a helpful assistant."
-ncl doctor || true
-exec ncl host run "$@"
+mkdir -p data
+ncl host run >>data/host.log 2>&1 &
+host=$!
+trap 'kill -TERM "$host" 2>/dev/null; wait "$host" 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+  [ -S data/cli.sock ] && break
+  kill -0 "$host" 2>/dev/null || { echo "the host did not start; see data/host.log:" >&2; tail -5 data/host.log >&2; exit 1; }
+  sleep 0.1
+done
+soon=$(python3 -c 'import datetime as d; print((d.datetime.now() + d.timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:00"))')
+cat <<MSG
+The host is running (log: data/host.log). Try:
+  hello
+  /schedule_task {"prompt":"say hello from the future","processAfter":"$soon"}
+  /list_tasks
+MSG
+ncl chat demo
