@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("NCL_LOG_LEVEL", "INFO"), stream=sys.stderr,
                         format="runner: %(levelname)s: %(message)s")
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per model request is noise here
     config = RunnerConfig.from_env(args.session_dir)
     try:
         asyncio.run(_main(config, args.once))

@@ -21,7 +21,7 @@ class RunnerConfig:
     max_batch: int = 20
     task_min_interval_s: float = 300.0
     provider: str = "mock"
-    model: str = "claude-sonnet-4-5"
+    model: str = "claude-sonnet-5"
     group_dir: Path | None = None
 
     @property
@@ -50,6 +50,6 @@ class RunnerConfig:
             max_batch=int(env.get("NCL_MAX_BATCH", 20)),
             task_min_interval_s=float(env.get("NCL_TASK_MIN_INTERVAL_S", 300)),
             provider=env.get("NCL_PROVIDER", "mock"),
-            model=env.get("NCL_MODEL", "claude-sonnet-4-5"),
+            model=env.get("NCL_MODEL", "claude-sonnet-5"),
             group_dir=group_dir,
         )

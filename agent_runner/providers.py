@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ class Turn:
     system: str = ""
     history: History | None = None  # None: isolated context, nothing read or kept
     model: str = ""
+    beat: Callable[[], None] = lambda: None  # call between model rounds and tool calls: the runner is alive
 
 
 @dataclass

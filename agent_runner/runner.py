@@ -112,7 +112,7 @@ class Runner:
         self._set_turn(last)
         history = None if isolated else self._history()
         turn = Turn(prompt.render(batch, started, self.config.zone), [i.row for i in batch], self.tools,
-                    self.rules, history, self.config.model)
+                    self.rules, history, self.config.model, beat=lambda: self.beat(self.clock.now()))
         try:
             reply = await self.provider.respond(turn)
         except ProviderError as exc:

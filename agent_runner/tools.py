@@ -57,16 +57,19 @@ class Tools:
         return valid
 
     def _next_runs(self, first: str | None, expr: str | None, count: int = 3) -> str:
-        zone = self.config.zone
-        times = [from_text(first)] if first else []
+        """What will run, as the user will see it: a time already passed means "now" (a one-shot runs at once;
+        a recurring task goes on from the next slot), never a list of past times."""
+        zone, now = self.config.zone, self.now()
+        passed = first is not None and from_text(first) < now
+        times = [] if passed and expr else [now if passed else from_text(first)] if first else []
         if expr:
-            start = from_text(first) if first else self.now()
+            start = now if passed or not first else from_text(first)
             for slot in cron.firings(expr, start, zone):
                 if len(times) >= count:
                     break
                 times.append(slot)
-        shown = [t.astimezone(zone).strftime("%a %Y-%m-%d %H:%M %Z") for t in times] or ["now"]
-        return ", ".join(shown)
+        shown = ", ".join(t.astimezone(zone).strftime("%a %Y-%m-%d %H:%M %Z") for t in times) or "now"
+        return f"{shown} (the time given has passed)" if passed else shown
 
     def _request(self, request: requests.ScheduleTask | requests.UpdateTask | requests.ControlTask) -> None:
         self.store.write("system", json.loads(request.to_json()), self.now(),

@@ -40,7 +40,7 @@ class Settings(BaseModel):
     container_memory: str = Field("1g", alias="NCL_CONTAINER_MEMORY")
     container_pids: int = Field(256, ge=16, alias="NCL_CONTAINER_PIDS")
     provider: Literal["mock", "anthropic"] = Field("mock", alias="NCL_PROVIDER")
-    model: str = Field("claude-sonnet-4-5", min_length=1, alias="NCL_MODEL")
+    model: str = Field("claude-sonnet-5", min_length=1, alias="NCL_MODEL")
     http_port: int = Field(8787, ge=0, le=65535, alias="NCL_HTTP_PORT")
     anthropic_api_key: str | None = Field(None, alias="ANTHROPIC_API_KEY", repr=False)
     anthropic_base_url: str = Field("https://api.anthropic.com", alias="ANTHROPIC_BASE_URL")

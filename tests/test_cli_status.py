@@ -8,7 +8,6 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from conftest import Result
 
 
 def _write(path: Path, sql: str, *args: Any) -> None:
@@ -21,7 +20,7 @@ def test_status_shape_without_a_host(ncl: Any, demo_session: dict[str, Any]) -> 
     _write(inbound, "INSERT INTO messages_in(id, seq, kind, timestamp, process_after, content) VALUES"
                     " ('task-1781168400000-aaaaaa', 2, 'task', '2026-06-11T09:00:00.000Z', '2026-06-11T13:00:00.000Z',"
                     " '{\"prompt\": \"standup\"}')")
-    result: Result = ncl("status", "--json")
+    result = ncl("status", "--json")
     data = result.json()
     assert {"host_running", "runners", "next_due"} <= set(data)
     assert data["host_running"] is False and data["runners"] == []
