@@ -103,6 +103,23 @@ def create(
     return get(conn, group_id), tokens
 
 
+def new_token(conn: sqlite3.Connection, group: Group, channel: str, rotate: bool) -> str:
+    """A webhook channel's bearer token, shown once: made now if it has none, or replaced with ``rotate``."""
+    if not channel.startswith("webhook:") or channel not in group.channels:
+        raise NclError(f"group {group.name} has no channel {channel} (webhook channels: "
+                       f"{', '.join(c for c in group.channels if c.startswith('webhook:')) or 'none'})")
+    with transaction(conn):
+        (stored,) = conn.execute("SELECT token_hash FROM wirings WHERE channel = ? AND agent_group_id = ?",
+                                 (channel, group.id)).fetchone()
+        if stored and not rotate:
+            raise NclError(f"{channel} already has a token and it is only shown when made; "
+                           "--rotate replaces it (the old one stops working)")
+        token = secrets.token_urlsafe(32)
+        conn.execute("UPDATE wirings SET token_hash = ? WHERE channel = ? AND agent_group_id = ?",
+                     (token_hash(token), channel, group.id))
+    return token
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 

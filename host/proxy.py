@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -24,12 +23,12 @@ import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx2 as httpx  # the anthropic SDK's own HTTP client: same API as httpx, already installed
 
+from host.http_wire import PHRASES, Refusal, Request, error_response, read_body, read_head
 from host.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,27 +43,6 @@ UPSTREAM_TIMEOUT = httpx.Timeout(600.0, connect=10.0)  # the SDK allows a reques
 # Framing and hop-by-hop headers belong to one connection, not the message; credentials are the host's alone to set.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "trailer", "upgrade", "te"})
 DROP_REQUEST = HOP_BY_HOP | {"host", "expect", "proxy-connection", "proxy-authorization", "x-api-key", "authorization"}
-PHRASES = {status.value: status.phrase for status in HTTPStatus}
-
-
-class Refusal(Exception):
-    """``Refusal(status, error type, message)``: answered by the proxy itself, Anthropic-shaped; nothing forwarded."""
-
-
-def _error(status: int, kind: str, message: str) -> bytes:
-    body = json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
-    head = f"HTTP/1.1 {status} {PHRASES.get(status, 'Unknown')}\r\ncontent-type: application/json\r\n"
-    return f"{head}content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode() + body
-
-
-@dataclass
-class _Request:
-    method: str
-    target: str
-    headers: list[tuple[str, str]]  # names lowercased, in arrival order
-
-    def header(self, name: str) -> str | None:
-        return next((value for key, value in self.headers if key == name), None)
 
 
 @dataclass
@@ -156,12 +134,12 @@ class CredentialProxy:
         tasks.add(task)
         started, path, status = time.monotonic(), "", 0
         try:
-            request = await asyncio.wait_for(_read_head(reader), HEAD_TIMEOUT_S)
+            request = await asyncio.wait_for(read_head(reader), HEAD_TIMEOUT_S)
             path = request.target.split("?", 1)[0]
             status = await self._answer(request, reader, writer)
         except Refusal as refusal:
             status = refusal.args[0]
-            writer.write(_error(*refusal.args))  # closing the writer below flushes it
+            writer.write(error_response(*refusal.args))  # closing the writer below flushes it
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             status = 499  # the client left: nothing to answer
         except Exception:
@@ -177,9 +155,9 @@ class CredentialProxy:
                         path, status, ms, extra={"action": "proxy_call", "session": session, "path": path,
                                                  "status": status, "duration_ms": ms})
 
-    async def _answer(self, request: _Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    async def _answer(self, request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
         # The body is read before any refusal, so a client still sending it reads the answer, not a broken pipe.
-        body = await _read_body(reader, request, self.max_body)
+        body = await read_body(reader, request, self.max_body)
         if request.method != "POST" or request.target.split("?", 1)[0] not in ALLOWED_PATHS:
             raise Refusal(403, "permission_error", f"the credential proxy only forwards POST to "
                           f"{', '.join(sorted(ALLOWED_PATHS))}, not {request.method} {request.target}")
@@ -217,51 +195,6 @@ def _head(status: int, phrase: str, headers: list[tuple[bytes, bytes]]) -> bytes
     lines = [f"HTTP/1.1 {status} {phrase or PHRASES.get(status, 'Unknown')}".encode()]
     lines += [k + b": " + v for k, v in headers if k.lower().decode("latin-1") not in HOP_BY_HOP]
     return b"\r\n".join([*lines, b"transfer-encoding: chunked", b"connection: close", b"", b""])
-
-
-async def _read_head(reader: asyncio.StreamReader) -> _Request:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.LimitOverrunError:
-        raise Refusal(431, "invalid_request_error", "request headers too large") from None
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise Refusal(400, "invalid_request_error", "malformed request line")
-    headers = []
-    for line in filter(None, lines[1:]):
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            raise Refusal(400, "invalid_request_error", "malformed header line")
-        headers.append((name.lower(), value.strip()))
-    return _Request(parts[0], parts[1], headers)
-
-
-async def _read_body(reader: asyncio.StreamReader, request: _Request, cap: int) -> bytes:
-    too_large = Refusal(413, "request_too_large", f"request body over {cap} bytes")
-    encoding, length = request.header("transfer-encoding"), request.header("content-length")
-    if encoding is not None:
-        if encoding.lower() != "chunked" or length is not None:  # both framings at once: smuggling, refuse
-            raise Refusal(400, "invalid_request_error", "unsupported request body framing")
-        body = bytearray()
-        try:
-            while size := int((await reader.readline()).split(b";")[0], 16):  # a size line; zero ends the body
-                if len(body) + size > cap:
-                    raise too_large
-                chunk = await reader.readexactly(size + 2)
-                if not chunk.endswith(b"\r\n"):
-                    raise ValueError("chunk not followed by CRLF")
-                body += chunk[:-2]
-        except ValueError:
-            raise Refusal(400, "invalid_request_error", "malformed chunked body") from None
-        while (await reader.readline()) not in (b"\r\n", b""):
-            pass  # trailers: nothing the model API needs
-        return bytes(body)
-    if length is not None and not length.isdigit():
-        raise Refusal(400, "invalid_request_error", "malformed Content-Length")
-    if int(length or 0) > cap:
-        raise too_large
-    return await reader.readexactly(int(length or 0))
 
 
 def _bind(folder: Path, uid: int | None) -> tuple[socket.socket, int]:

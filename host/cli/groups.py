@@ -59,6 +59,19 @@ def create(app: App, name: str, channels: tuple[str, ...], rules: str, session_m
     emit(as_json, data, human)
 
 
+@group_cli.command("token")
+@click.argument("group")
+@click.option("--channel", required=True, metavar="webhook:NAME", help="The webhook channel.")
+@click.option("--rotate", is_flag=True, help="Replace the existing token (the old one stops working).")
+@json_option
+@pass_app
+def token(app: App, group: str, channel: str, rotate: bool, as_json: bool) -> None:
+    """Make (or --rotate) the bearer token of a webhook channel; it is shown only now."""
+    with closing(app.central(write=True)) as conn:
+        made = groups.new_token(conn, groups.get(conn, group), channel, rotate)
+    emit(as_json, {"channel": channel, "token": made}, lambda: click.echo(made))
+
+
 @group_cli.command("list")
 @json_option
 @pass_app
