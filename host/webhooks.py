@@ -5,6 +5,7 @@ nothing is written then. The token is stored only as its sha256."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -18,6 +19,7 @@ from schemas import clock
 
 log = logging.getLogger(__name__)
 MAX_BODY = 1 << 20
+DRAIN_BYTES = 16 << 20  # past this a sender is not a webhook: it gets the reset
 HEAD_TIMEOUT_S = 30.0
 PREFIX = "/webhooks/"
 
@@ -42,7 +44,12 @@ class Webhooks:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(read_head(reader), HEAD_TIMEOUT_S)
-            writer.write(self._answer(request, await read_body(reader, request, MAX_BODY)))
+            try:
+                writer.write(self._answer(request, await read_body(reader, request, MAX_BODY)))
+            except Refusal as refusal:
+                if refusal.args[0] == 413:  # take what the client still sends, or it sees a reset, not the 413
+                    await _drain(reader, request)
+                raise
         except Refusal as refusal:
             writer.write(error_response(*refusal.args))
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
@@ -76,3 +83,14 @@ class Webhooks:
         # One answer for an unknown hook and a wrong token, compared in constant time: nothing to probe.
         if row is None or not row[0] or not hmac.compare_digest(given, row[0]):
             raise Refusal(401, "authentication_error", "missing or wrong bearer token")
+
+
+async def _drain(reader: asyncio.StreamReader, request: Request) -> None:
+    length = request.header("content-length") or ""
+    left = min(int(length), DRAIN_BYTES) if length.isdigit() else 0
+    with contextlib.suppress(asyncio.IncompleteReadError, TimeoutError):
+        while left > 0:
+            chunk = await asyncio.wait_for(reader.read(min(left, 1 << 16)), HEAD_TIMEOUT_S)
+            if not chunk:
+                return
+            left -= len(chunk)
