@@ -111,37 +111,25 @@ def runs(app: App, task_id: str, as_json: bool) -> None:
           "finished": local_time(r["finished_at"], zone)} for r in found], RUN_COLUMNS, "no runs yet"))
 
 
-@task_cli.command("pause")
-@click.argument("task_id")
-@now_option
-@json_option
-@pass_app
-def pause(app: App, task_id: str, now: datetime | None, as_json: bool) -> None:
-    """Pause a series (a running occurrence finishes; the next one waits paused)."""
-    _, series_id, count = _write(app, task_id, lambda c, s: tasks.pause(c, s, now or app.now(), policy(app)))
-    _changed(as_json, "paused", series_id, count)
+def _control(name: str, verb: str, doc: str, action: Callable[[Any, str, datetime, App], int]) -> None:
+    """Register ``ncl tasks NAME ID``: one control action on a series, by series or occurrence id."""
+
+    @task_cli.command(name, help=doc)
+    @click.argument("task_id")
+    @now_option
+    @json_option
+    @pass_app
+    def command(app: App, task_id: str, now: datetime | None, as_json: bool) -> None:
+        _, series_id, count = _write(app, task_id, lambda c, s: action(c, s, now or app.now(), app))
+        _changed(as_json, verb, series_id, count)
 
 
-@task_cli.command("resume")
-@click.argument("task_id")
-@now_option
-@json_option
-@pass_app
-def resume(app: App, task_id: str, now: datetime | None, as_json: bool) -> None:
-    """Resume a paused series; an overdue occurrence follows the misfire rule."""
-    _, series_id, count = _write(app, task_id, lambda c, s: tasks.resume(c, s, now or app.now(), policy(app)))
-    _changed(as_json, "resumed", series_id, count)
-
-
-@task_cli.command("cancel")
-@click.argument("task_id")
-@now_option
-@json_option
-@pass_app
-def cancel(app: App, task_id: str, now: datetime | None, as_json: bool) -> None:
-    """Cancel a series: its live occurrences end (a running one finishes) and a 'cancelled' run is recorded."""
-    _, series_id, count = _write(app, task_id, lambda c, s: tasks.cancel(c, s, now or app.now()))
-    _changed(as_json, "cancelled", series_id, count)
+_control("pause", "paused", "Pause a series (a running occurrence finishes; the next one waits paused).",
+         lambda c, s, now, app: tasks.pause(c, s, now, policy(app)))
+_control("resume", "resumed", "Resume a paused series; an overdue occurrence follows the misfire rule.",
+         lambda c, s, now, app: tasks.resume(c, s, now, policy(app)))
+_control("cancel", "cancelled", "Cancel a series: its live occurrences end (a running one finishes) and a "
+         "'cancelled' run is recorded.", lambda c, s, now, app: tasks.cancel(c, s, now))
 
 
 @task_cli.command("update")
