@@ -64,6 +64,14 @@ def docker_engine(settings: Settings) -> tuple[Check, Check]:
     return engine, image
 
 
+def runtime(settings: Settings) -> Check:
+    """Which runtime ``ncl host run`` would use and why. Informational: local is a valid choice, said loudly."""
+    from host import runtime as runtimes  # imported here: it pulls in both runtimes, which only this check needs
+
+    name, reason = runtimes.choose(settings)
+    return Check("runtime", True, f"{name}: {reason}" + ("; runners get NO isolation" if name == "local" else ""))
+
+
 def api_key(settings: Settings) -> Check:
     present = bool(settings.anthropic_api_key)
     needed = settings.provider == "anthropic"
@@ -106,5 +114,5 @@ def schema_versions(settings: Settings) -> Check:
 
 
 def run_all(settings: Settings) -> list[Check]:
-    return [timezone(settings), data_dir(settings), *docker_engine(settings), api_key(settings),
+    return [timezone(settings), data_dir(settings), *docker_engine(settings), runtime(settings), api_key(settings),
             schema_versions(settings)]

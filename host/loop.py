@@ -13,6 +13,7 @@ from host import nudge
 from host.cli_channel import CliChannel
 from host.delivery import Deliveries
 from host.runners import Runners, Runtime
+from host.scheduled_fire import ScheduledTasks
 from host.settings import Settings
 from host.sweep import Sweeper
 
@@ -38,10 +39,13 @@ class Host:
     def __post_init__(self) -> None:
         self.channel = CliChannel(self.settings)
         self.sweeper = Sweeper(self.settings, Runners(self.runtime, self.settings), Deliveries(self.channel))
+        self.scheduled = ScheduledTasks(self.settings, self.clock.now)  # project-level tasks (DESIGN §9)
 
     def wake_at(self, now: datetime) -> datetime:
         candidates = [now + timedelta(seconds=self.settings.sweep_interval_s)]
         if due := self.sweeper.earliest_due():
+            candidates.append(due)
+        if due := self.scheduled.earliest_due():
             candidates.append(due)
         if self.sweeper.runners and self.sweeper.runners.live:
             candidates.append(now + timedelta(seconds=LIVE_RUNNER_TICK_S))
@@ -50,7 +54,11 @@ class Host:
     async def step(self) -> None:
         """One sweep, then sleep until the next thing to do, a nudge from the CLI, or a stop."""
         now = self.clock.now()
+        # Project tasks first: a job one enqueues is then woken by this same sweep, not the next one.
+        fired = self.scheduled.tick(now)
         result = self.sweeper.tick(now)
+        if fired.fired or fired.missed or fired.failed:
+            log.debug("scheduled tasks", extra={"action": "scheduled_tick", **fired.to_json()})
         if result.sessions_opened:
             log.debug("sweep", extra={"action": "sweep", **result.to_json()})
         wake_at, seen = self.wake_at(now), nudge.stamp(self.settings)
@@ -75,4 +83,5 @@ class Host:
         finally:
             await self.channel.stop()
             self.sweeper.close()
+            self.scheduled.close(stop_running=True)
             log.info("host stopped", extra={"action": "host_stopped"})

@@ -55,6 +55,42 @@ CREATE UNIQUE INDEX sessions_one_thread ON sessions(agent_group_id, thread_key)
   WHERE status = 'active' AND thread_key IS NOT NULL;
 """
 
+# v2: project-level scheduled tasks (DESIGN §9) and their runs. A task's ``next_run`` is the slot it fires
+# next; a sweep claims a slot by moving ``next_run`` on in the transaction that inserts the run row.
+_CENTRAL_V2 = f"""
+CREATE TABLE scheduled_tasks(
+  id TEXT PRIMARY KEY,
+  name TEXT,
+  schedule TEXT NOT NULL,
+  target_kind TEXT NOT NULL CHECK (target_kind IN ('queue', 'container', 'host')),
+  spec TEXT NOT NULL CHECK (json_valid(spec)),
+  active INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1)),
+  {_instant("next_run", nullable=True)},
+  {_instant("created_at")},
+  {_instant("updated_at")}
+);
+CREATE INDEX scheduled_tasks_due ON scheduled_tasks(active, next_run);
+CREATE TABLE scheduled_task_runs(
+  id TEXT PRIMARY KEY,
+  task_id TEXT NOT NULL REFERENCES scheduled_tasks(id) ON DELETE CASCADE,
+  status TEXT NOT NULL
+    CHECK (status IN ('running', 'succeeded', 'failed', 'queued', 'missed', 'timeout')),
+  {_instant("scheduled_for")},
+  {_instant("started_at", nullable=True)},
+  {_instant("finished_at", nullable=True)},
+  duration_ms INTEGER,
+  exit_code INTEGER,
+  queued_message_id TEXT,
+  output_tail TEXT,
+  error TEXT,
+  missed_slots INTEGER
+);
+CREATE INDEX scheduled_task_runs_task ON scheduled_task_runs(task_id, scheduled_for);
+-- Once-only, enforced by the DB too: one fired run per task and slot ('missed' records are not firings).
+CREATE UNIQUE INDEX scheduled_task_runs_once ON scheduled_task_runs(task_id, scheduled_for)
+  WHERE status <> 'missed';
+"""
+
 # v1 of the session files: the base inbox/outbox layout ncl shares with the hosts it descends from.
 _INBOUND_V1 = f"""
 CREATE TABLE messages_in(
@@ -157,7 +193,7 @@ ALTER TABLE processing_ack ADD COLUMN generation TEXT;
 """
 
 MIGRATIONS: dict[DbKind, tuple[str, ...]] = {
-    "central": (_CENTRAL_V1,),
+    "central": (_CENTRAL_V1, _CENTRAL_V2),
     "inbound": (_INBOUND_V1, _INBOUND_V2),
     "outbound": (_OUTBOUND_V1, _OUTBOUND_V2),
 }

@@ -20,7 +20,7 @@ from contextlib import closing
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from host.sessions import create_files  # noqa: E402
+from host.sessions import create_files
 
 ACK = "SELECT 1 FROM processing_ack WHERE message_id = ?"
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def _write(path: Path, sql: str, *args: Any) -> None:
     with closing(sqlite3.connect(path)) as conn, conn:
         conn.execute(sql, args)

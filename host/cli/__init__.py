@@ -18,6 +18,7 @@ from host.cli.hostcmd import host_cli
 from host.cli.image import image_cli
 from host.cli.output import emit, json_option, table
 from host.cli.queue import queue_cli
+from host.cli.scheduled import scheduled_cli
 from host.cli.sessions import session_cli
 from host.cli.status import messages_cli, status
 from host.cli.tasks import task_cli
@@ -54,7 +55,7 @@ def doctor(app: App, as_json: bool) -> None:
 
 
 for command in (group_cli, session_cli, task_cli, host_cli, chat, agent_cli, queue_cli, image_cli,
-                status, messages_cli):
+                status, messages_cli, scheduled_cli):
     cli.add_command(command)
 
 

@@ -10,10 +10,12 @@ import click
 
 from host.cli.app import App, now_option, pass_app
 from host.cli.output import emit, fields, json_option
-from host.local_runtime import LocalRuntime
+from host.local_runtime import LocalRuntime  # noqa: F401  tests stub it to prove sweep --now starts nothing
 from host.lock import host_lock
 from host.loop import Host
 from host.runners import Runners
+from host.runtime import announce, finish, prepare, select_runtime
+from host.scheduled_fire import fire_once
 from host.sweep import Sweeper
 from schemas import clock
 
@@ -31,12 +33,13 @@ def run(app: App) -> None:
     """Run the host until SIGINT/SIGTERM (one per data directory)."""
     with host_lock(app.settings.data_dir):
         logging.getLogger().setLevel(min(logging.INFO, logging.getLogger().level))
-        log.warning("runtime local: runners are host subprocesses with no isolation",
-                    extra={"action": "runtime_selected", "runtime": "local"})
-        runtime = LocalRuntime(app.settings)
-        asyncio.run(Host(app.settings, runtime, clock).run())
-        for session_id in list(runtime.processes):
-            runtime.stop(session_id)
+        runtime, reason = select_runtime(app.settings)
+        announce(runtime, reason)  # local is said loudly: its runners have no isolation
+        prepare(runtime)
+        try:
+            asyncio.run(Host(app.settings, runtime, clock).run())
+        finally:
+            finish(runtime, stop_runners=True)
 
 
 @host_cli.command("sweep")
@@ -47,11 +50,14 @@ def run(app: App) -> None:
 def sweep(app: App, once: bool, now: datetime | None, as_json: bool) -> None:
     """One sweep. With --now it acts at that instant and only counts the runners it would wake."""
     with host_lock(app.settings.data_dir):
-        runtime = None if now else LocalRuntime(app.settings)
+        runtime = None if now else select_runtime(app.settings)[0]
         sweeper = Sweeper(app.settings, Runners(runtime, app.settings) if runtime else None)
         try:
+            fired = fire_once(app.settings, now)  # project tasks first: a job one enqueues is woken by this sweep
             result = sweeper.tick(now or app.now())
         finally:
             sweeper.close()
-    data = result.to_json()
+            if runtime is not None:
+                finish(runtime, stop_runners=False)  # the runners it woke outlive it, as with the local runtime
+    data = {**result.to_json(), **fired}
     emit(as_json, data, lambda: fields(data, [(k, k.replace("_", " ")) for k in data]))

@@ -1,0 +1,143 @@
+"""``ncl scheduled-task``: project-level scheduled tasks from ``ScheduledTask`` YAML files (DESIGN §9).
+
+Works with the host running or stopped: the CLI writes central.db and nudges a running host, which fires the
+task from its loop. A relative ``host.cwd`` is taken from the folder of the spec file and stored absolute.
+"""
+
+from __future__ import annotations
+
+import shlex
+from contextlib import closing
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from host import nudge, scheduled
+from host.cli.app import App, now_option, pass_app
+from host.cli.output import emit, json_option, local_time, table
+from host.scheduled import Spec, Task
+from schemas import ids
+
+COLUMNS = [("id", "ID"), ("name", "NAME"), ("schedule", "SCHEDULE"), ("target_text", "TARGET"),
+           ("active", "ACTIVE"), ("next", "NEXT RUN"), ("last_status", "LAST")]
+RUN_COLUMNS = [("id", "RUN"), ("status", "STATUS"), ("scheduled", "SCHEDULED"), ("started", "STARTED"),
+               ("duration_ms", "MS"), ("exit_code", "EXIT"), ("result", "MESSAGE / OUTPUT / ERROR")]
+file_option = click.option("--file", "spec_file", required=True, metavar="F.yaml",
+                           type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                           help="The ScheduledTask YAML spec.")
+
+
+def _target_text(spec: Spec) -> str:
+    if spec.queue is not None:
+        return f"queue {spec.queue.name}"
+    if spec.container is not None:
+        return f"container {spec.container.image}: {shlex.join(spec.container.command)}"
+    assert spec.host is not None
+    return f"host: {shlex.join(spec.host.command)}"
+
+
+def _row(task: Task, app: App) -> dict[str, Any]:
+    return {**task.to_json(), "target_text": _target_text(task.spec),
+            "next": local_time(task.next_run, app.settings.tz.zone)}
+
+
+def _read(app: App, spec_file: Path, now: datetime) -> Spec:
+    spec = scheduled.load(spec_file)
+    scheduled.check_gap(spec.schedule, app.settings.tz.zone, now, app.settings.scheduled_task_min_gap_s)
+    return spec
+
+
+def _print_one(app: App, verb: str, task: Task, as_json: bool) -> None:
+    zone = app.settings.tz.zone
+    emit(as_json, task.to_json(), lambda: click.echo(
+        f"{verb} {task.id} ({_target_text(task.spec)}); next run {local_time(task.next_run, zone)}"))
+
+
+@click.group("scheduled-task")
+def scheduled_cli() -> None:
+    """Project-level scheduled tasks: a cron schedule in TZ firing a queue job, a container or a host command."""
+
+
+@scheduled_cli.command("add")
+@file_option
+@now_option
+@json_option
+@pass_app
+def add(app: App, spec_file: Path, now: datetime | None, as_json: bool) -> None:
+    """Add a task from a YAML spec (version: v1, kind: ScheduledTask, schedule, one target)."""
+    moment = now or app.now()
+    spec = _read(app, spec_file, moment)
+    with closing(app.central(write=True)) as central:
+        task = scheduled.add(central, spec, ids.new_id("sched", moment), moment, app.settings.tz.zone)
+    nudge.touch(app.settings)
+    _print_one(app, "added", task, as_json)
+
+
+@scheduled_cli.command("update")
+@click.argument("task_id")
+@file_option
+@now_option
+@json_option
+@pass_app
+def update(app: App, task_id: str, spec_file: Path, now: datetime | None, as_json: bool) -> None:
+    """Replace a task's spec; a new schedule starts from the first slot after now."""
+    moment = now or app.now()
+    with closing(app.central()) as central:
+        scheduled.get(central, task_id)  # an unknown id is the first thing to hear about
+    spec = _read(app, spec_file, moment)
+    with closing(app.central(write=True)) as central:
+        task = scheduled.update(central, task_id, spec, moment, app.settings.tz.zone)
+    nudge.touch(app.settings)
+    _print_one(app, "updated", task, as_json)
+
+
+@scheduled_cli.command("list")
+@json_option
+@pass_app
+def list_(app: App, as_json: bool) -> None:
+    """Every project-level scheduled task with its next run and last run status."""
+    with closing(app.central()) as central:
+        found = scheduled.list_all(central)
+    emit(as_json, {"scheduled_tasks": [t.to_json() for t in found]},
+         lambda: table([_row(t, app) for t in found], COLUMNS, "no scheduled tasks"))
+
+
+@scheduled_cli.command("runs")
+@click.argument("task_id")
+@json_option
+@pass_app
+def runs(app: App, task_id: str, as_json: bool) -> None:
+    """A task's runs, oldest first: status, times, exit code or queued message id, output tail."""
+    with closing(app.central()) as central:
+        found = scheduled.runs(central, task_id)
+    zone = app.settings.tz.zone
+
+    def human() -> None:
+        table([{**r, "scheduled": local_time(r["scheduled_for"], zone), "started": local_time(r["started_at"], zone),
+                "result": _summary(r)} for r in found], RUN_COLUMNS, "no runs yet")
+
+    emit(as_json, {"runs": found}, human)
+
+
+def _summary(run: dict[str, Any]) -> str:
+    text = run["queued_message_id"] or run["error"] or ""
+    tail = (run["output_tail"] or "").strip().splitlines()
+    if tail:
+        text = f"{text} | {tail[-1]}" if text else tail[-1]
+    return text[:80] or "-"
+
+
+@scheduled_cli.command("delete")
+@click.argument("task_id")
+@json_option
+@pass_app
+def delete(app: App, task_id: str, as_json: bool) -> None:
+    """Delete a task and its run history (a run in flight finishes)."""
+    with closing(app.central()) as central:
+        scheduled.get(central, task_id)
+    with closing(app.central(write=True)) as central:
+        scheduled.delete(central, task_id)
+    nudge.touch(app.settings)
+    emit(as_json, {"id": task_id, "deleted": True}, lambda: click.echo(f"deleted {task_id}"))

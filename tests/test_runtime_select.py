@@ -1,0 +1,160 @@
+"""Runtime selection and the docker runtime's decisions that need no engine (DESIGN §8): which runtime and why,
+who the runner runs as, what it may write, what never enters its environment, and clear failures."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+import pytest
+from kit import World
+
+from host import doctor, image, runtime
+from host.docker_runtime import CONTAINER_UID, DockerRuntime, check_env, container_user, install_id
+from host.local_runtime import LocalRuntime
+from host.settings import Settings
+from host.workspace import hand_over
+
+
+def settings(tmp_path: Path, **env: str) -> Settings:
+    return World(tmp_path, **env).settings
+
+
+def never(_settings: Settings) -> str | None:
+    raise AssertionError("an explicit NCL_RUNTIME must not probe the engine")
+
+
+def test_explicit_choices_do_not_probe(tmp_path: Path) -> None:
+    assert runtime.choose(settings(tmp_path / "a", NCL_RUNTIME="local"), never) == ("local", "NCL_RUNTIME=local")
+    name, reason = runtime.choose(settings(tmp_path / "b", NCL_RUNTIME="docker"), never)
+    assert name == "docker" and "retried" in reason  # an engine that is down now is not a reason to refuse
+
+
+def test_auto_picks_docker_when_the_engine_and_image_are_there(tmp_path: Path) -> None:
+    chosen, reason = runtime.select_runtime(settings(tmp_path, NCL_IMAGE="ncl-agent:x"), lambda s: None)
+    assert isinstance(chosen, DockerRuntime)
+    assert reason == "NCL_RUNTIME=auto: docker engine reachable and image ncl-agent:x present"
+
+
+@pytest.mark.parametrize("problem", ["docker engine not reachable (connection refused)",
+                                     "image ncl-agent:latest missing (build it with 'ncl image build')"])
+def test_auto_falls_back_to_local_saying_why(tmp_path: Path, problem: str) -> None:
+    chosen, reason = runtime.select_runtime(settings(tmp_path), lambda s: problem)
+    assert isinstance(chosen, LocalRuntime)
+    assert reason == f"NCL_RUNTIME=auto: {problem}"
+
+
+def test_local_is_announced_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    chosen, reason = runtime.select_runtime(settings(tmp_path, NCL_RUNTIME="local"))
+    with caplog.at_level(logging.INFO):
+        runtime.announce(chosen, reason)
+    [record] = [r for r in caplog.records if getattr(r, "action", None) == "runtime_selected"]
+    assert (record.levelno, getattr(record, "runtime", None)) == (logging.WARNING, "local")
+
+
+def test_doctor_says_which_runtime_and_why(tmp_path: Path) -> None:
+    check = doctor.runtime(settings(tmp_path, NCL_RUNTIME="local"))
+    assert (check.name, check.ok) == ("runtime", True)
+    assert check.detail.startswith("local: NCL_RUNTIME=local") and "NO isolation" in check.detail
+    docker_check = doctor.runtime(settings(tmp_path / "d", NCL_RUNTIME="docker"))
+    assert docker_check.detail.startswith("docker: NCL_RUNTIME=docker")
+
+
+# --- the docker runtime's settings, without an engine ---------------------------------------------------
+
+
+def test_the_runner_is_never_root() -> None:
+    assert container_user(0, 0) == (CONTAINER_UID, CONTAINER_UID)
+    assert container_user(1000, 1001) == (1000, 1001)
+
+
+def test_install_id_is_stable_per_data_dir(tmp_path: Path) -> None:
+    one = settings(tmp_path / "one")
+    assert install_id(one) == install_id(one.model_copy()) != install_id(settings(tmp_path / "two"))
+
+
+def test_no_credential_enters_a_container(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    made = DockerRuntime(world.settings)
+    for name in ("ANTHROPIC_API_KEY", "GITHUB_TOKEN", "my_secret", "DB_PASSWORD"):
+        with pytest.raises(ValueError, match=name):
+            made.start(world.session, "gen-1", {"TZ": "UTC", name: "x"})
+    check_env({"TZ": "UTC", "NCL_MAX_BATCH": "20"})
+
+
+def test_container_settings_follow_the_settings(tmp_path: Path) -> None:
+    world = World(tmp_path, NCL_CONTAINER_MEMORY="512m", NCL_CONTAINER_PIDS="99", NCL_IMAGE="img:1")
+    kwargs = DockerRuntime(world.settings).container_kwargs(world.session, {"TZ": "America/New_York"})
+    assert (kwargs["image"], kwargs["mem_limit"], kwargs["pids_limit"]) == ("img:1", "512m", 99)
+    assert (kwargs["network_mode"], kwargs["cap_drop"], kwargs["read_only"]) == ("none", ["ALL"], True)
+    assert kwargs["volumes"][str(world.session.folder / "inbound.db")] == {"bind": "/workspace/inbound.db",
+                                                                             "mode": "ro"}
+
+
+def test_a_start_without_an_engine_fails_and_is_not_retried_at_once(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    calls: list[int] = []
+
+    def no_engine() -> Any:
+        calls.append(1)
+        raise docker.errors.DockerException("Error while fetching server API version: connection refused")
+
+    made = DockerRuntime(world.settings, client_factory=no_engine)
+    try:
+        for generation in ("gen-1", "gen-2"):
+            made.start(world.session, generation, {"TZ": "UTC"})
+            with pytest.raises(Exception, match="connection refused"):
+                made.wait_started(world.session.id)
+            assert not made.is_running(world.session.id)
+        assert calls == [1]  # the second start failed fast: the engine was asked moments ago
+    finally:
+        made.close(stop_runners=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing files to another uid needs root")
+def test_a_root_host_hands_the_runner_only_what_it_writes(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    folder, group_dir = world.session.folder, world.settings.groups_dir / world.group.id
+    (group_dir / "skills").mkdir(parents=True)
+    (group_dir / "skills" / "s.md").write_text("skill")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("host's")
+    (group_dir / "link").symlink_to(outside)
+    hand_over(folder, group_dir, 10001, 10001)
+    for shared in (folder, folder / "outbox"):
+        info = shared.stat()
+        assert (info.st_uid, info.st_gid) == (0, 10001) and info.st_mode & (stat.S_ISVTX | stat.S_IWGRP)
+    assert (folder / "outbound.db").stat().st_uid == 10001
+    assert (folder / "inbound.db").stat().st_uid == 0 and (folder / "inbox").stat().st_uid == 0
+    assert {p.lstat().st_uid for p in [group_dir, *group_dir.rglob("*")]} == {10001}
+    assert outside.stat().st_uid == 0  # the link was handed over, never its target
+
+
+# --- ncl image build, failing clearly -----------------------------------------------------------------------
+
+
+def test_image_build_without_an_engine_is_one_clear_line(ncl: Any, monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    done = ncl("image", "build", "--base", "ncl-base:bookworm")
+    assert done.code == 1 and done.out == ""
+    assert len(done.err_lines) == 1 and done.err_lines[0].startswith("ncl: docker engine not reachable")
+
+
+def test_a_missing_base_image_says_how_to_get_it() -> None:
+    class Images:
+        def get(self, name: str) -> None:
+            raise docker.errors.ImageNotFound(name)
+
+        def pull(self, name: str) -> None:
+            raise docker.errors.APIError("pull access denied")
+
+    client = type("Client", (), {"images": Images()})()
+    with pytest.raises(image.ImageError) as failed:
+        image._ensure_base(client, "ncl-base:bookworm", lambda line: None)
+    assert str(failed.value) == ("base image ncl-base:bookworm not found; run scripts/build-base-image.sh"
+                                 " or docker pull ncl-base:bookworm")
