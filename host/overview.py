@@ -95,8 +95,16 @@ def next_due(active: list[Session], limit: int = 10) -> list[dict[str, Any]]:
     return sorted(items, key=lambda i: str(i["due"]))[:limit]
 
 
+def project_due(central: sqlite3.Connection, limit: int = 10) -> list[dict[str, Any]]:
+    rows = central.execute("SELECT id, name, target_kind, next_run FROM scheduled_tasks"
+                           " WHERE active = 1 AND next_run IS NOT NULL ORDER BY next_run LIMIT ?", (limit,))
+    return [{"session_id": None, "agent_group_id": None, "id": r["id"], "kind": f"scheduled-task:{r['target_kind']}",
+             "due": r["next_run"], "text": r["name"] or ""} for r in rows]
+
+
 def status(central: sqlite3.Connection, settings: Settings, now: datetime) -> dict[str, Any]:
+    """Host up?, live runners, and the next 10 due items across sessions and project tasks."""
     active = sessions.list_all(central, settings, status="active")
     pid = host_pid(settings.data_dir)
-    return {"host_running": pid is not None, "host_pid": pid, "runners": runners(active, now),
-            "next_due": next_due(active)}
+    due = sorted(next_due(active) + project_due(central), key=lambda i: str(i["due"]))[:10]
+    return {"host_running": pid is not None, "host_pid": pid, "runners": runners(active, now), "next_due": due}

@@ -54,3 +54,13 @@ def test_messages_list_has_both_directions_in_order(ncl: Any, demo_session: dict
     assert "hello" in ncl("messages", "list", "--session", demo_session["id"]).out
     unknown = ncl("messages", "list", "--session", "sess-1781168400000-zzzzzz")
     assert unknown.code == 1 and "unknown session" in unknown.err
+
+
+def test_status_lists_project_tasks_among_the_next_due(ncl: Any, cli_env: Any) -> None:
+    assert ncl("groups", "create", "jobs", "--channel", "queue:support-jobs").code == 0
+    spec = cli_env.root / "t.yaml"
+    spec.write_text("version: v1\nkind: ScheduledTask\nschedule: 30 17 * * *\n"
+                    "queue: {name: support-jobs, payload: {prompt: Generate the daily summary.}}\n")
+    assert ncl("scheduled-task", "add", "--file", str(spec), "--now", "2026-06-11T09:00:00Z").code == 0
+    [item] = ncl("status", "--json").json()["next_due"]
+    assert item["kind"] == "scheduled-task:queue" and item["due"].endswith("T17:30:00.000Z")
