@@ -16,6 +16,7 @@ from host.runners import Runners, Runtime
 from host.scheduled_fire import ScheduledTasks
 from host.settings import Settings
 from host.sweep import Sweeper
+from host.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 SLICE_S = 1.0  # longest uninterrupted sleep: bounds how late a nudge or a stop is noticed
@@ -38,6 +39,7 @@ class Host:
 
     def __post_init__(self) -> None:
         self.channel = CliChannel(self.settings)
+        self.webhooks = Webhooks(self.settings)
         self.sweeper = Sweeper(self.settings, Runners(self.runtime, self.settings), Deliveries(self.channel))
         self.scheduled = ScheduledTasks(self.settings, self.clock.now)  # project-level tasks (DESIGN §9)
 
@@ -75,6 +77,12 @@ class Host:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopping.set)
         await self.channel.start()
+        try:
+            port = await self.webhooks.start()
+            log.info("webhooks on http://127.0.0.1:%d/webhooks/NAME", port, extra={"action": "webhooks_listening"})
+        except OSError as exc:  # the port is taken: every other channel still works
+            log.error("webhooks not served: cannot listen on 127.0.0.1:%d: %s", self.settings.http_port,
+                      exc.strerror, extra={"action": "webhooks_failed"})
         log.info("host running, data in %s, TZ %s", self.settings.data_dir, self.settings.tz.name,
                  extra={"action": "host_started"})
         try:
@@ -82,6 +90,7 @@ class Host:
                 await self.step()
         finally:
             await self.channel.stop()
+            await self.webhooks.stop()
             self.sweeper.close()
             self.scheduled.close(stop_running=True)
             log.info("host stopped", extra={"action": "host_stopped"})

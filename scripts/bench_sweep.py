@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    if not sizes or min(sizes) < 10 or args.ticks < 1 or args.rounds < 1:
+        parser.error("sizes must be >= 10 (10% of them are busy); ticks and rounds >= 1")
     base = Path(tempfile.mkdtemp(prefix="ncl-bench-sweep-"))
     results: list[dict[str, Any]] = []
     setup: dict[str, dict[str, float]] = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import stat
+import urllib.request
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -17,8 +18,9 @@ from processes import Env, Host
 @pytest.fixture
 def env(tmp_path: Path) -> Env:
     env = Env(tmp_path)
-    env.ok("groups", "create", "demo", "--channel", "cli", "--channel", "toolkit:helper",
-           "--channel", "queue:support-jobs")
+    created = json.loads(env.ok("groups", "create", "demo", "--channel", "cli", "--channel", "toolkit:helper",
+                                "--channel", "queue:support-jobs", "--channel", "webhook:github", "--json"))
+    env.vars["WEBHOOK_TOKEN"] = created["webhook_tokens"]["github"]
     return env
 
 
@@ -136,3 +138,16 @@ def test_queue_list_counts_waiting_jobs(env: Env) -> None:
         env.ok("queue", "send", "--queue", "support-jobs", "--json", json.dumps({"prompt": f"job {n}"}))
     data = json.loads(env.ok("queue", "list", "--json"))
     assert data == {"queues": [{"name": "support-jobs", "agent_group_id": "ag-demo", "pending": 3, "in_flight": 0}]}
+
+
+def test_a_webhook_post_is_accepted_and_answered(env: Env, host: Host) -> None:
+    line = next(seen for seen in host.seen if "[action=webhooks_listening " in seen)  # logged before host_started
+    port = int(line.split("127.0.0.1:")[1].split("/")[0])
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/webhooks/github", data=b'{"text": "build failed"}',
+                                     headers={"Authorization": f"Bearer {env.vars['WEBHOOK_TOKEN']}"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 202
+        accepted = json.loads(response.read())
+    host.wait_for_action("reply_handled", session=accepted["session_id"])
+    [reply] = replies(env, accepted["session_id"])
+    assert reply["in_reply_to"] == accepted["message_id"] and "build failed" in str(reply["text"])
