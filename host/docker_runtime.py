@@ -267,6 +267,7 @@ class DockerRuntime:
             state = client.api.inspect_container(container_id)["State"]
             code = int(state.get("ExitCode", -1))
             tail = client.api.logs(container_id, tail=5).decode(errors="replace").strip() if code else ""
+            tail = "out of memory (NCL_CONTAINER_MEMORY)" if state.get("OOMKilled") else tail
             client.api.remove_container(container_id, force=True)
         except Exception as exc:  # removed meanwhile by a start or stop of the same session
             log.debug("reaping %s: %s", container_id[:12], exc, extra={"action": "runner_reap_failed"})
