@@ -188,7 +188,8 @@ class AnthropicProvider:
             socket = self._env.get("NCL_ANTHROPIC_SOCKET")
             key = self._env.get("ANTHROPIC_API_KEY") or None
             if socket:
-                http = anthropic.DefaultAsyncHttpxClient(transport=httpx2.AsyncHTTPTransport(uds=socket))
+                path = self.config.session_dir / socket  # the host passes it relative to the session folder
+                http = anthropic.DefaultAsyncHttpxClient(transport=httpx2.AsyncHTTPTransport(uds=str(path)))
                 self._api = anthropic.AsyncAnthropic(api_key=key or "ncl-proxy", base_url="http://localhost",
                                                      http_client=http, max_retries=0)
             else:

@@ -142,9 +142,14 @@ class Runner:
         idle_since = self.clock.now()
         try:
             while not self.stopping.is_set():
-                if await self.step():
-                    idle_since = self.clock.now()
-                    continue
+                try:
+                    if await self.step():
+                        idle_since = self.clock.now()
+                        continue
+                except sqlite3.OperationalError as exc:
+                    # A hot journal the host has not rolled back yet ("readonly database"), or a long lock:
+                    # both pass once the host writes again, so wait and poll, never exit over it.
+                    log.warning("session files busy: %s", exc, extra={"action": "store_busy"})
                 if once or self.clock.now() - idle_since >= timedelta(seconds=self.config.idle_timeout_s):
                     return
                 await self.clock.sleep(self.config.poll_interval_s)

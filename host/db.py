@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -10,6 +12,7 @@ from pathlib import Path
 from host.errors import NclError
 from schemas.ddl import MIGRATIONS, DbKind, latest_version
 
+log = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 5000
 
 
@@ -95,6 +98,8 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False) -> sqlite3.Conn
         with closing(connect(path, kind)):
             pass
         return _raw(path, readonly=True)
+    if kind == "inbound":
+        _drop_foreign_journal(path)
     conn = _raw(path, readonly=False)
     try:
         if version(conn) > latest_version(kind):
@@ -111,3 +116,18 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False) -> sqlite3.Conn
         raise
     return conn
 
+
+
+def _drop_foreign_journal(path: Path) -> None:
+    """inbound.db is the host's alone, but its folder is writable by the runner (for outbound.db's journal). A
+    rollback journal beside it that the host did not write would be "rolled back" into it on the next write
+    open: a runner could forge host rows. Only the host's own uid writes it, so anything else is removed."""
+    journal = path.with_name(path.name + "-journal")
+    try:
+        owner = journal.lstat().st_uid
+    except FileNotFoundError:
+        return
+    if owner != os.geteuid():
+        log.warning("removed %s: not written by the host (uid %d)", journal, owner,
+                    extra={"action": "foreign_journal_removed"})
+        journal.unlink()

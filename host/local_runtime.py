@@ -24,9 +24,6 @@ class LocalRuntime:
     def start(self, session: Session, generation: str, env: dict[str, str]) -> None:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env,
                "NCL_GROUP_DIR": str(groups.folder(self.settings, session.agent_group_id))}
-        if self.settings.anthropic_api_key:
-            env["ANTHROPIC_API_KEY"] = self.settings.anthropic_api_key
-            env["ANTHROPIC_BASE_URL"] = self.settings.anthropic_base_url
         self.processes[session.id] = subprocess.Popen(
             [sys.executable, "-m", "agent_runner", "--session-dir", str(session.folder)],
             env=env, cwd=session.folder, stdin=subprocess.DEVNULL, start_new_session=True)

@@ -12,6 +12,7 @@ from typing import Protocol
 from host import nudge
 from host.cli_channel import CliChannel
 from host.delivery import Deliveries
+from host.proxy import CredentialProxy
 from host.runners import Runners, Runtime
 from host.scheduled_fire import ScheduledTasks
 from host.settings import Settings
@@ -40,7 +41,9 @@ class Host:
     def __post_init__(self) -> None:
         self.channel = CliChannel(self.settings)
         self.webhooks = Webhooks(self.settings)
-        self.sweeper = Sweeper(self.settings, Runners(self.runtime, self.settings), Deliveries(self.channel))
+        self.proxy = CredentialProxy(self.settings)
+        self.sweeper = Sweeper(self.settings, Runners(self.runtime, self.settings, self.proxy),
+                               Deliveries(self.channel))
         self.scheduled = ScheduledTasks(self.settings, self.clock.now)  # project-level tasks (DESIGN §9)
 
     def wake_at(self, now: datetime) -> datetime:
@@ -91,6 +94,7 @@ class Host:
         finally:
             await self.channel.stop()
             await self.webhooks.stop()
+            self.proxy.shutdown()
             self.sweeper.close()
             self.scheduled.close(stop_running=True)
             log.info("host stopped", extra={"action": "host_stopped"})

@@ -3,17 +3,23 @@ when a live one counts as stuck (DESIGN §6.7, §8)."""
 
 from __future__ import annotations
 
+import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
+from host.proxy import SOCKET_NAME, CredentialProxy
 from host.sessions import Session
 from host.settings import Settings
 from schemas import ids
 
+log = logging.getLogger(__name__)
 HEARTBEAT_STALE = timedelta(minutes=30)
+START_BACKOFF_S = (0, 0, 10, 30, 120, 300, 900)  # wait before the next start after the 1st, 2nd, … failure
+NOTICE_AFTER = 3
 CLAIM_SILENT = timedelta(seconds=60)
 
 
@@ -35,22 +41,77 @@ class Runner:
 
 @dataclass
 class Runners:
-    """Runners this host process started. After a host restart it knows none, so their claims are released."""
+    """Runners this host process started (after a host restart it knows none, so their claims are released):
+    at most NCL_MAX_RUNNERS at once, waiting wakes served in order, failed starts backed off (DESIGN §8)."""
 
     runtime: Runtime
     settings: Settings
+    proxy: CredentialProxy | None = None  # None: no model access for runners (one-off sweeps)
     live: dict[str, Runner] = field(default_factory=dict)
+    waiting: dict[str, Session] = field(default_factory=dict)  # insertion order = the order wakes came in
+    failures: dict[str, int] = field(default_factory=dict)  # consecutive starts that never beat
+    not_before: dict[str, datetime] = field(default_factory=dict)
+    noticed: set[str] = field(default_factory=set)
 
-    def alive(self, session_id: str) -> Runner | None:
-        runner = self.live.get(session_id)
-        if runner and not self.runtime.is_running(session_id):
-            del self.live[session_id]
-            return None
-        return runner
+    def alive(self, session: Session, now: datetime) -> Runner | None:
+        runner = self.live.get(session.id)
+        if runner is None or self.runtime.is_running(session.id):
+            return runner
+        del self.live[session.id]
+        if self.proxy:
+            self.proxy.close(session.folder)
+        if heartbeat(session.folder, runner.generation) is None:  # gone before its first beat: a failed start
+            self._failed(session.id, now, "exited before it started working")
+        else:
+            self.failures.pop(session.id, None)
+            self.not_before.pop(session.id, None)
+            self.noticed.discard(session.id)
+        return None
+
+    def _failed(self, session_id: str, now: datetime, why: str) -> None:
+        failed = self.failures[session_id] = self.failures.get(session_id, 0) + 1
+        self.not_before[session_id] = now + timedelta(seconds=START_BACKOFF_S[min(failed, len(START_BACKOFF_S)) - 1])
+        log.warning("runner of %s %s (%d in a row)", session_id, why, failed,
+                    extra={"action": "runner_start_failed", "session": session_id, "failures": failed})
+
+    def want(self, session: Session) -> None:
+        """A due session with no runner: queue its wake."""
+        self.waiting.setdefault(session.id, session)
+
+    def drop(self, session_id: str) -> None:
+        self.waiting.pop(session_id, None)
+
+    def start_waiting(self, now: datetime, rules: Callable[[str], str]) -> int:
+        """Start queued wakes oldest first while there is room and their back-off allows; how many started."""
+        started = 0
+        for session_id, session in list(self.waiting.items()):
+            if len(self.live) >= self.settings.max_runners:
+                break
+            if session_id in self.live or now < self.not_before.get(session_id, now):
+                continue
+            del self.waiting[session_id]
+            try:
+                self.start(session, now, rules(session.agent_group_id))
+            except Exception as exc:  # a runtime that cannot start this one must not stop the others
+                self._failed(session_id, now, f"start failed: {exc}")
+                continue
+            started += 1
+        return started
+
+    def take_notice(self, session_id: str) -> bool:
+        """True once per streak, when a session's starts have failed NOTICE_AFTER times in a row."""
+        if self.failures.get(session_id, 0) < NOTICE_AFTER or session_id in self.noticed:
+            return False
+        self.noticed.add(session_id)
+        return True
 
     def start(self, session: Session, now: datetime, rules: str = "") -> Runner:
         runner = Runner(f"gen-{ids.epoch_ms(now)}-{secrets.token_hex(3)}", now)
-        self.runtime.start(session, runner.generation, runner_env(self.settings, session, runner.generation, rules))
+        env = runner_env(self.settings, session, runner.generation, rules)
+        if self.proxy:
+            self.proxy.open(session.folder, uid=getattr(self.runtime, "uid", None))
+            env["NCL_ANTHROPIC_SOCKET"] = SOCKET_NAME  # relative: the runner resolves it in its session folder
+        self.runtime.start(session, runner.generation, env)
         self.live[session.id] = runner
         return runner
 

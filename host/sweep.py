@@ -95,13 +95,16 @@ class Sweeper:
             self._central = None
 
     def earliest_due(self) -> datetime | None:
-        """The earliest due time among sessions with no live runner (a live runner fetches for itself)."""
-        live = self.runners.live if self.runners else {}
-        dues = [s.next_due for sid, s in self.seen.items() if s.next_due is not None and sid not in live]
-        if not dues:
-            return None
-        first = min(dues)
-        return from_text(first) if first else datetime.min.replace(tzinfo=UTC)
+        """When the next session needs a wake: the earliest due time among sessions with no live runner and no
+        queued wake (a live runner fetches for itself), or a queued wake's back-off end. Wakes queued for room
+        are retried whenever a runner is alive (the loop then ticks often)."""
+        runners = self.runners
+        busy = {*runners.live, *runners.waiting} if runners else set()
+        dues = [from_text(s.next_due) if s.next_due else datetime.min.replace(tzinfo=UTC)
+                for sid, s in self.seen.items() if s.next_due is not None and sid not in busy]
+        if runners:
+            dues += [runners.not_before[sid] for sid in runners.waiting if sid in runners.not_before]
+        return min(dues, default=None)
 
     def forget(self, session_id: str) -> None:
         self.seen.pop(session_id, None)
@@ -118,10 +121,12 @@ class Sweeper:
                 result.errors += 1
                 log.warning("session %s skipped: %s", session.id, exc,
                             extra={"action": "session_failed", "session": session.id})
+        if self.runners:
+            result.woken += self.runners.start_waiting(now, self._rules)
         return result
 
     def _sweep_one(self, session: Session, now: datetime, policy: Policy, result: SweepResult) -> None:
-        runner = self.runners.alive(session.id) if self.runners else None
+        runner = self.runners.alive(session, now) if self.runners else None
         # The idle path runs for every session every tick: a plain os.stat on the str path, and the tick's
         # own text of `now` (pathlib and strftime per session cost 5x the stat itself at 10,000 sessions).
         mtime = os.stat(session.path).st_mtime_ns
@@ -133,10 +138,12 @@ class Sweeper:
         seen_at = clock.filesystem_ns()
         next_due, busy, due = self._visit(session, now, policy, runner, result)
         self.seen[session.id] = _Seen(mtime, seen_at, next_due, busy)
-        if runner is None and due:
-            result.woken += 1
-            if self.runners:
-                self.runners.start(session, now, self._rules(session.agent_group_id))
+        if self.runners is None:
+            result.woken += runner is None and due
+        elif runner is None and due:
+            self.runners.want(session)
+        else:
+            self.runners.drop(session.id)
 
     def _visit(self, session: Session, now: datetime, policy: Policy, runner: Runner | None,
                result: SweepResult) -> tuple[str | None, bool, bool]:
@@ -163,6 +170,9 @@ class Sweeper:
                                         " AND recurrence IS NOT NULL AND process_after <= ?",
                                         (to_text(now),)).fetchall():
                     result.missed += recurrence.misfire(conn, row, now, policy)
+                if self.runners and self.runners.take_notice(session.id):
+                    inbox.notice(conn, now, "runner_start_failed", "The agent's runner failed to start several "
+                                 "times in a row; the host keeps retrying with growing delays.")
                 undelivered = bool(found.replies)
                 if self.deliveries and found.replies:
                     undelivered = not self.deliveries.run(conn, session, found.replies, now)
