@@ -42,8 +42,10 @@ class Env:
         self.root = root
         self.data_dir = root / "data"
         self.vars = {k: v for k, v in os.environ.items() if not k.startswith(("NCL_", "ANTHROPIC_")) and k != "TZ"}
+        # Webhooks on any free loopback port (hosts never collide); runners as local processes whatever images
+        # this machine has (tests/docker covers the docker runtime).
         self.vars.update({"NCL_DATA_DIR": str(self.data_dir), "TZ": "UTC", "NCL_LOG_LEVEL": "INFO",
-                          "NCL_HTTP_PORT": "0"})  # webhooks on any free loopback port: hosts never collide
+                          "NCL_HTTP_PORT": "0", "NCL_RUNTIME": "local"})
 
     def ncl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*ncl_command(), *args], cwd=self.root, env=self.vars, capture_output=True, text=True,

@@ -26,7 +26,7 @@ def env(tmp_path: Path) -> Env:
 
 @pytest.fixture
 def host(env: Env) -> Iterator[Host]:
-    running = Host(env, NCL_RUNTIME="local", NCL_IDLE_TIMEOUT_S="30")
+    running = Host(env, NCL_IDLE_TIMEOUT_S="30")
     running.wait_for_action("host_started")
     yield running
     running.kill()

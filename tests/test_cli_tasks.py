@@ -432,16 +432,14 @@ def test_add_to_a_closed_session_is_refused_without_a_row(cli: Ncl, session: dic
 # --- host sweep --once --now -----------------------------------------------------------------------
 
 
-class _NoRuntime:
-    """Stands in for the local runtime: ``sweep --now`` must never build one, let alone start a runner."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise AssertionError("host sweep --now built a runtime")
+def _no_runtime(*args: Any, **kwargs: Any) -> Any:
+    """Stands in for the runtime selection: ``sweep --now`` must never pick one, let alone start a runner."""
+    raise AssertionError("host sweep --now selected a runtime")
 
 
 def test_sweep_json_counts_a_due_task_as_woken_and_starts_nothing(
         cli: Ncl, session: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("host.cli.hostcmd.LocalRuntime", _NoRuntime)
+    monkeypatch.setattr("host.cli.hostcmd.select_runtime", _no_runtime)
     item = weekday_task(cli, session)
 
     early = sweep(cli, "2026-05-18T08:59:59")

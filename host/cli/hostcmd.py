@@ -10,7 +10,6 @@ import click
 
 from host.cli.app import App, now_option, pass_app
 from host.cli.output import emit, fields, json_option
-from host.local_runtime import LocalRuntime  # noqa: F401  tests stub it to prove sweep --now starts nothing
 from host.lock import host_lock
 from host.loop import Host
 from host.runners import Runners
