@@ -69,10 +69,14 @@ class Runner:
         if items:
             context = [prompt.Item(r) for r in rows if r["trigger"] == 0]
             self.store.claim([i.row for i in context], now)
-            shared = [i for i in items if _content(i.row).get("context_mode") != "isolated"]
-            for batch in ([*context, *shared], *([i] for i in items if i not in shared)):
+            # Chat and group tasks share one prompt; a queue job is a unit of work with an answer of its own;
+            # an isolated task neither reads nor extends the conversation.
+            isolated = [i for i in items if _content(i.row).get("context_mode") == "isolated"]
+            jobs = [i for i in items if i.row["kind"] == "queue" and i not in isolated]
+            shared = [i for i in items if i not in isolated and i not in jobs]
+            for batch in ([*context, *shared], *([i] for i in jobs), *([i] for i in isolated)):
                 if any(i.row["trigger"] == 1 for i in batch):
-                    await self._answer(batch, isolated=batch[-1] not in shared)
+                    await self._answer(batch, isolated=batch[-1] in isolated)
         return True
 
     async def _prepare(self, row: sqlite3.Row, now: datetime) -> prompt.Item | None:

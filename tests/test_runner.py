@@ -254,3 +254,12 @@ async def test_idle_runner_exits_after_the_idle_timeout_and_beats(tmp_path: Path
     await Runner(session.config, MockProvider(), clock).run()
     assert clock.now() - NOW == timedelta(seconds=30)
     assert (session.dir / ".heartbeat").read_text() == "gen-1"
+
+
+async def test_each_queue_job_gets_its_own_answer(session: Session) -> None:
+    jobs = [session.add(kind="queue", text=f"job {n}", queue="q", content=[], payload={}) for n in range(3)]
+    chat = session.add(text="and a chat")
+    provider = Recording()
+    await session.run(provider)
+    assert sorted(r["in_reply_to"] for r in session.out()) == sorted([*jobs, chat])
+    assert [len(t.rows) for t in provider.turns] == [1, 1, 1, 1]
