@@ -14,7 +14,7 @@ from agent_runner import prompt, slash
 from agent_runner.config import RunnerConfig
 from agent_runner.gate import run_gate
 from agent_runner.providers import History, Provider, ProviderError, Turn
-from agent_runner.store import Store
+from agent_runner.store import Reply, Store
 from agent_runner.tools import Tools
 
 log = logging.getLogger(__name__)
@@ -92,11 +92,9 @@ class Runner:
             return prompt.Item(row, gate.data)
         if row["kind"] == "chat" and slash.is_command(str(content.get("text", ""))):
             self._set_turn(row)
-            reply, clear = slash.run(str(content["text"]), self.tools)
-            if clear:
-                self.store.set_state(CONVERSATION, None, self.clock.now())
-            self._reply(row, reply)
-            self.store.ack([row["id"]], "completed", self.clock.now(), "ran", None, now)
+            text, clear = slash.run(str(content["text"]), self.tools)
+            self.store.finish([row["id"]], "completed", self.clock.now(), "ran", None, now,
+                              reply=self._reply(row, text), state=(CONVERSATION, None) if clear else None)
             return None
         return prompt.Item(row)
 
@@ -105,9 +103,9 @@ class Runner:
         # The MCP server runs in its own process: it reads the turn it serves from session_state.
         self.store.set_state("current_turn", json.dumps(self.tools.turn), self.clock.now())
 
-    def _reply(self, row: sqlite3.Row, text: str) -> None:
-        self.store.write("chat", {"text": text, "files": []}, self.clock.now(), row["id"],
-                         {k: row[k] for k in ROUTING})
+    @staticmethod
+    def _reply(row: sqlite3.Row, text: str) -> Reply:
+        return Reply({"text": text, "files": []}, row["id"], {k: row[k] for k in ROUTING})
 
     async def _answer(self, batch: list[prompt.Item], isolated: bool) -> None:
         started = self.clock.now()
@@ -121,14 +119,13 @@ class Runner:
             reply = await self.provider.respond(turn)
         except ProviderError as exc:
             log.warning("provider failed: %s", exc, extra={"action": "provider_failed"})
-            self._reply(last, f"Sorry, I could not answer: {exc}")
-            self.store.ack(ids, "failed", self.clock.now(), "failed", str(exc), started)
+            self.store.finish(ids, "failed", self.clock.now(), "failed", str(exc), started,
+                              reply=self._reply(last, f"Sorry, I could not answer: {exc}"))
             return
-        if reply.text:
-            self._reply(last, reply.text)
-        if not isolated and reply.history is not None:
-            self.store.set_state(CONVERSATION, json.dumps(reply.history), self.clock.now())
-        self.store.ack(ids, "completed", self.clock.now(), "ran", None, started)
+        keep = not isolated and reply.history is not None
+        self.store.finish(ids, "completed", self.clock.now(), "ran", None, started,
+                          reply=self._reply(last, reply.text) if reply.text else None,
+                          state=(CONVERSATION, json.dumps(reply.history)) if keep else None)
 
     def _history(self) -> History:
         raw = self.store.state(CONVERSATION)

@@ -88,9 +88,20 @@ class Store:
 
     def ack(self, message_ids: list[str], status: str, now: datetime, outcome: str, reason: str | None = None,
             started_at: datetime | None = None) -> None:
+        self.finish(message_ids, status, now, outcome, reason, started_at)
+
+    def finish(self, message_ids: list[str], status: str, now: datetime, outcome: str, reason: str | None = None,
+               started_at: datetime | None = None, reply: Reply | None = None,
+               state: tuple[str, str | None] | None = None) -> None:
+        """The answer, the conversation and the acks in one transaction: a runner killed at any point has either
+        answered (and acked) or not at all, so a retry never answers twice."""
         detail = json.dumps({"outcome": outcome, "reason": reason,
                              **({"started_at": to_text(started_at)} if started_at else {})})
         with self.outbound() as conn, _write(conn):
+            if reply is not None:
+                _insert_out(conn, "chat", reply.content, now, reply.in_reply_to, reply.routing, None)
+            if state is not None:
+                _put_state(conn, *state, now)
             conn.executemany("INSERT OR REPLACE INTO processing_ack(message_id, status, status_changed, detail,"
                              " generation) VALUES (?, ?, ?, ?, ?)",
                              [(m, status, to_text(now), detail, self.config.generation) for m in message_ids])
@@ -104,15 +115,8 @@ class Store:
     def write(self, kind: str, content: dict[str, Any], now: datetime, in_reply_to: str | None = None,
               routing: dict[str, Any] | None = None, message_id: str | None = None) -> str:
         """A messages_out row (odd seq, after every earlier one)."""
-        message_id = message_id or ids.new_id("msg", now)
-        route = routing or {}
         with self.outbound() as conn, _write(conn):
-            (top,) = conn.execute("SELECT COALESCE(MAX(seq), -1) FROM messages_out").fetchone()
-            conn.execute("INSERT INTO messages_out(id, seq, in_reply_to, timestamp, kind, platform_id, channel_type,"
-                         " thread_id, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         (message_id, int(top) + 2, in_reply_to, to_text(now), kind, route.get("platform_id"),
-                          route.get("channel_type"), route.get("thread_id"), json.dumps(content)))
-        return message_id
+            return _insert_out(conn, kind, content, now, in_reply_to, routing or {}, message_id)
 
     def state(self, key: str) -> str | None:
         with self.outbound() as conn:
@@ -121,11 +125,7 @@ class Store:
 
     def set_state(self, key: str, value: str | None, now: datetime) -> None:
         with self.outbound() as conn, _write(conn):
-            if value is None:
-                conn.execute("DELETE FROM session_state WHERE key = ?", (key,))
-            else:
-                conn.execute("INSERT OR REPLACE INTO session_state(key, value, updated_at) VALUES (?, ?, ?)",
-                             (key, value, to_text(now)))
+            _put_state(conn, key, value, now)
 
     def beat(self) -> None:
         """Touch .heartbeat, naming this generation so the host never credits a predecessor's beat."""
@@ -134,3 +134,31 @@ class Store:
             path.touch()
         else:
             path.write_text(self.config.generation)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A chat row to write back: its content, the row it answers and where it goes."""
+
+    content: dict[str, Any]
+    in_reply_to: str | None
+    routing: dict[str, Any]
+
+
+def _insert_out(conn: sqlite3.Connection, kind: str, content: dict[str, Any], now: datetime,
+                in_reply_to: str | None, routing: dict[str, Any], message_id: str | None) -> str:
+    message_id = message_id or ids.new_id("msg", now)
+    (top,) = conn.execute("SELECT COALESCE(MAX(seq), -1) FROM messages_out").fetchone()
+    conn.execute("INSERT INTO messages_out(id, seq, in_reply_to, timestamp, kind, platform_id, channel_type,"
+                 " thread_id, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (message_id, int(top) + 2, in_reply_to, to_text(now), kind, routing.get("platform_id"),
+                  routing.get("channel_type"), routing.get("thread_id"), json.dumps(content)))
+    return message_id
+
+
+def _put_state(conn: sqlite3.Connection, key: str, value: str | None, now: datetime) -> None:
+    if value is None:
+        conn.execute("DELETE FROM session_state WHERE key = ?", (key,))
+    else:
+        conn.execute("INSERT OR REPLACE INTO session_state(key, value, updated_at) VALUES (?, ?, ?)",
+                     (key, value, to_text(now)))
