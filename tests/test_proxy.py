@@ -122,8 +122,10 @@ def records(monkeypatch: pytest.MonkeyPatch) -> Iterator[queue.Queue[logging.Log
     found: queue.Queue[logging.LogRecord] = queue.Queue()
     logger, handler = logging.getLogger("host.proxy"), logging.handlers.QueueHandler(found)
     logger.addHandler(handler)
-    monkeypatch.setattr(logger, "level", logging.INFO)
+    level = logger.level
+    logger.setLevel(logging.INFO)  # setLevel, not the attribute: it also clears the logger's isEnabledFor cache
     yield found
+    logger.setLevel(level)
     logger.removeHandler(handler)
 
 
