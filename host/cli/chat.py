@@ -51,6 +51,10 @@ class Connection:
         return data
 
     def close(self) -> None:
+        # Shut the socket down first: a thread blocked reading the file holds its lock, and close() would wait
+        # for it forever; after shutdown its read returns at once.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.file.close()
         self.sock.close()
 

@@ -1,0 +1,81 @@
+"""``ncl chat GROUP`` in a real terminal (a pty): replies stream in as they arrive, a trailing backslash
+continues a line, and Ctrl-C leaves cleanly with exit 0."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from processes import Env, Host, ncl_command
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[tuple[Env, Host]]:
+    env = Env(tmp_path)
+    env.ok("groups", "create", "demo", "--channel", "cli")
+    running = Host(env, NCL_IDLE_TIMEOUT_S="30")
+    running.wait_for_action("host_started")
+    yield env, running
+    running.kill()
+
+
+class Terminal:
+    def __init__(self, env: Env) -> None:
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen([*ncl_command(), "chat", "demo"], cwd=env.root, env=env.vars, stdin=slave,
+                                     stdout=slave, stderr=slave, start_new_session=True)
+        os.close(slave)
+        self.screen = ""
+
+    def type(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def wait_for(self, needle: str, timeout: float = 30.0) -> None:
+        """Read the terminal until ``needle`` shows (select with a deadline: no sleeping)."""
+        while needle not in self.screen:
+            ready, _, _ = select.select([self.master], [], [], timeout)
+            if not ready:
+                raise AssertionError(f"{needle!r} not on screen within {timeout} s: {self.screen!r}")
+            try:
+                self.screen += os.read(self.master, 4096).decode(errors="replace")
+            except OSError:
+                raise AssertionError(f"terminal closed before {needle!r}: {self.screen!r}") from None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        os.close(self.master)
+
+
+def test_interactive_chat_streams_replies_and_leaves_on_ctrl_c(host: tuple[Env, Host]) -> None:
+    env, _ = host
+    term = Terminal(env)
+    try:
+        term.wait_for("chatting with demo")
+        term.type("hello there\r")
+        term.wait_for("mock: hello there")
+        term.type("first line \\\r")
+        term.wait_for("… ")
+        term.type("second line\r")
+        term.wait_for("mock: first line")  # one message of two lines, one reply
+        term.proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
+        assert term.proc.wait(timeout=10) == 0
+    finally:
+        term.close()
+
+
+def test_ctrl_d_on_an_empty_line_leaves_cleanly(host: tuple[Env, Host]) -> None:
+    env, _ = host
+    term = Terminal(env)
+    try:
+        term.wait_for("chatting with demo")
+        term.type("\x04")  # EOF from the terminal's line discipline
+        assert term.proc.wait(timeout=10) == 0
+    finally:
+        term.close()
