@@ -183,13 +183,21 @@ class AnthropicProvider:
         self._api: anthropic.AsyncAnthropic | None = None
         self._box: _ToolBox | None = None
 
+    def _socket(self, name: str) -> str:
+        """The proxy socket, named relative to the session folder; a deep folder (a socket address holds 107
+        bytes) is reached through a directory descriptor kept open for the provider's life."""
+        path = str(self.config.session_dir / name)
+        if len(path.encode()) <= 100:
+            return path
+        self._dir_fd = os.open(self.config.session_dir, os.O_RDONLY | os.O_DIRECTORY)
+        return f"/proc/self/fd/{self._dir_fd}/{name}"
+
     def _client(self) -> anthropic.AsyncAnthropic:
         if self._api is None:
             socket = self._env.get("NCL_ANTHROPIC_SOCKET")
             key = self._env.get("ANTHROPIC_API_KEY") or None
             if socket:
-                path = self.config.session_dir / socket  # the host passes it relative to the session folder
-                http = anthropic.DefaultAsyncHttpxClient(transport=httpx2.AsyncHTTPTransport(uds=str(path)))
+                http = anthropic.DefaultAsyncHttpxClient(transport=httpx2.AsyncHTTPTransport(uds=self._socket(socket)))
                 self._api = anthropic.AsyncAnthropic(api_key=key or "ncl-proxy", base_url="http://localhost",
                                                      http_client=http, max_retries=0)
             else:
