@@ -18,11 +18,6 @@ class Item:
     row: sqlite3.Row
     script_output: Any = None
 
-    @property
-    def content(self) -> dict[str, Any]:
-        data = json.loads(self.row["content"])
-        return data if isinstance(data, dict) else {"payload": data}
-
 
 def text_of(row: sqlite3.Row) -> str:
     """The words a row carries: chat text, task or queue prompt, webhook payload."""

@@ -106,9 +106,6 @@ class Sweeper:
             dues += [runners.not_before[sid] for sid in runners.waiting if sid in runners.not_before]
         return min(dues, default=None)
 
-    def forget(self, session_id: str) -> None:
-        self.seen.pop(session_id, None)
-
     def tick(self, now: datetime) -> SweepResult:
         result = SweepResult(now=to_text(now))
         policy = self.policy

@@ -82,7 +82,7 @@ def ask(app: App, group: str, text: str, thread: str | None, timeout: float, cha
         conn.close()
 
 
-def _print_replies(app: App, data: dict[str, Any]) -> None:
+def _print_replies(data: dict[str, Any]) -> None:
     for reply in data["replies"]:
         click.echo(reply["text"])
 
@@ -99,7 +99,7 @@ def chat(app: App, group: str, text: str | None, thread: str | None, timeout: fl
     """Chat with GROUP's agent: interactively, or send TEXT once and print the reply."""
     if text is not None:
         data = ask(app, group, text, thread, timeout, "cli")
-        emit(as_json, data, lambda: _print_replies(app, data))
+        emit(as_json, data, lambda: _print_replies(data))
         return
     _interactive(app, group, thread)
 
@@ -152,4 +152,4 @@ def agent_cli() -> None:
 def invoke(app: App, group: str, prompt: str, thread: str | None, timeout: float, as_json: bool) -> None:
     """Run one turn of GROUP's agent (its toolkit channel) and print the final answer."""
     data = ask(app, group, prompt, thread, timeout, "toolkit")
-    emit(as_json, data, lambda: _print_replies(app, data))
+    emit(as_json, data, lambda: _print_replies(data))
