@@ -63,3 +63,12 @@ def clear_claims(path: Path, message_ids: list[str]) -> None:
             chunk = message_ids[start:start + 500]
             conn.execute(f"DELETE FROM processing_ack WHERE status = 'processing' AND message_id IN"
                          f" ({', '.join('?' * len(chunk))})", chunk)
+
+
+def claimed(path: Path, message_ids: list[str]) -> set[str]:
+    """Which of these rows a runner has claimed (a claim the sweep may not have copied into the inbox yet)."""
+    if not message_ids or not path.exists():
+        return set()
+    with closing(db.connect(path, "outbound", readonly=True)) as conn:
+        return {r[0] for r in _in_chunks(conn, "SELECT message_id FROM processing_ack WHERE status = 'processing'"
+                                                " AND message_id IN ({})", message_ids)}

@@ -39,12 +39,14 @@ def scheduled(row: sqlite3.Row) -> datetime:
 
 
 def clone(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: Policy, status: str = "pending",
-          after: datetime | None = None) -> str:
-    """Insert the series' next occurrence: the first slot after ``after`` (default: ``row``'s scheduled time)."""
-    slot = cron.next_after(row["recurrence"], after or scheduled(row), policy.zone)
+          after: datetime | None = None, at: datetime | None = None, expr: str | None = None) -> str:
+    """Insert the series' next occurrence: at ``at``, or the first slot after ``after`` (default: ``row``'s
+    scheduled time), carrying ``expr`` (default: ``row``'s recurrence)."""
+    expr = expr or row["recurrence"]
+    slot = at or cron.next_after(expr, after or scheduled(row), policy.zone)
     return inbox.insert(conn, {
         "id": ids.new_id("task", now), "kind": row["kind"], "timestamp": to_text(now), "status": status,
-        "process_after": to_text(slot), "recurrence": row["recurrence"], "series_id": row["series_id"] or row["id"],
+        "process_after": to_text(slot), "recurrence": expr, "series_id": row["series_id"] or row["id"],
         "trigger": row["trigger"], "on_wake": row["on_wake"], "platform_id": row["platform_id"],
         "channel_type": row["channel_type"], "thread_id": row["thread_id"], "content": row["content"]})
 
@@ -58,8 +60,9 @@ def _failed_streak(conn: sqlite3.Connection, series_id: str) -> bool:
 
 def finish(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: Policy, status: str,
            outcome: RunOutcome, detail: str | None = None, started_at: str | None = None,
-           finished_at: str | None = None) -> bool:
-    """End an occurrence as ``status`` (completed | failed) and clone a recurring one. True if cloned."""
+           finished_at: str | None = None, next_status: str = "pending") -> bool:
+    """End an occurrence as ``status`` (completed | failed) and clone a recurring one (as ``next_status``, or
+    paused after a failure streak). True if cloned."""
     conn.execute("UPDATE messages_in SET status = ?, recurrence = NULL WHERE id = ?", (status, row["id"]))
     if row["kind"] != "task":
         return False
@@ -69,7 +72,7 @@ def finish(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: Po
     if not row["recurrence"]:
         return False
     paused = outcome == "failed" and _failed_streak(conn, series_id)
-    clone(conn, row, now, policy, status="paused" if paused else "pending")
+    clone(conn, row, now, policy, status="paused" if paused else next_status)
     if paused:
         prompt = json.loads(row["content"]).get("prompt", "")
         inbox.notice(conn, now, "task_auto_paused",

@@ -194,15 +194,16 @@ class Sweeper:
         """Acks into messages_in; claims no live runner of this generation holds go back with backoff."""
         for message_id, ack in found.acks.items():
             row = inbox.get(conn, message_id)
-            if row is None or row["status"] not in ("pending", "processing"):
+            if row is None or row["status"] not in ("pending", "processing", "paused"):
                 continue
-            if ack["status"] in ("completed", "failed"):
+            if ack["status"] in ("completed", "failed"):  # a run paused under it still ran: its next one waits
                 detail = _ack_detail(ack)
                 allowed = ACK_OUTCOMES[ack["status"]]
                 outcome = next((o for o in allowed if o == detail.get("outcome")), allowed[0])
                 result.cloned += recurrence.finish(
                     conn, row, now, policy, ack["status"], outcome, detail.get("reason"),
-                    started_at=detail.get("started_at"), finished_at=ack["status_changed"])
+                    started_at=detail.get("started_at"), finished_at=ack["status_changed"],
+                    next_status="paused" if row["status"] == "paused" else "pending")
             elif runner is not None and ack["generation"] == runner.generation and row["status"] == "pending":
                 conn.execute("UPDATE messages_in SET status = 'processing' WHERE id = ?", (message_id,))
         held = {mid for mid, ack in found.acks.items()

@@ -6,15 +6,16 @@ from __future__ import annotations
 import json
 import sqlite3
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from host import inbox, recurrence
+from host import inbox, outbox, recurrence
 from host.db import transaction
 from host.errors import NclError
 from host.recurrence import Policy
 from schemas import cron, ids
 from schemas.messages import TaskContent
-from schemas.times import to_text
+from schemas.times import from_text, to_text
 
 YEAR = timedelta(days=366)
 
@@ -54,11 +55,24 @@ def schedule(conn: sqlite3.Connection, now: datetime, policy: Policy, task_id: s
     return task_id
 
 
+def _live(conn: sqlite3.Connection, series_id: str) -> list[sqlite3.Row]:
+    """The series' live rows, with a runner's claim that no sweep has copied in yet counted as running: a row
+    the runner already works on must be treated as running, never paused or cancelled as if it waited."""
+    rows = inbox.live(conn, series_id)
+    waiting = [r["id"] for r in rows if r["status"] == "pending"]
+    (path,) = [r[2] for r in conn.execute("PRAGMA database_list") if r[1] == "main"]
+    running = outbox.claimed(Path(path).with_name("outbound.db"), waiting)
+    if not running:
+        return rows
+    conn.executemany("UPDATE messages_in SET status = 'processing' WHERE id = ?", [(i,) for i in running])
+    return inbox.live(conn, series_id)
+
+
 def pause(conn: sqlite3.Connection, ref: str, now: datetime, policy: Policy) -> int:
     """pending -> paused. A running occurrence finishes; the series' next one is created paused now."""
     with transaction(conn):
         series_id = _series(conn, ref)
-        rows = inbox.live(conn, series_id)
+        rows = _live(conn, series_id)
         changed = conn.execute("UPDATE messages_in SET status = 'paused' WHERE series_id = ? AND status = 'pending'",
                                (series_id,)).rowcount
         for row in rows:
@@ -93,7 +107,7 @@ def cancel(conn: sqlite3.Connection, ref: str, now: datetime) -> int:
     """Live rows end (completed, recurrence cleared) with one ``cancelled`` run; a running one finishes."""
     with transaction(conn):
         series_id = _series(conn, ref)
-        rows = inbox.live(conn, series_id)
+        rows = _live(conn, series_id)
         if not rows:
             return 0
         conn.execute("UPDATE messages_in SET recurrence = NULL WHERE series_id = ? AND status = 'processing'",
@@ -115,7 +129,7 @@ def update(conn: sqlite3.Connection, ref: str, now: datetime, policy: Policy, pr
     changes: dict[str, Any] = {k: v for k, v in (("prompt", prompt), ("script", script)) if v is not None}
     with transaction(conn):
         series_id = _series(conn, ref)
-        rows = inbox.live(conn, series_id)
+        rows = _live(conn, series_id)
         if not rows:
             raise NclError(f"task {ref} has no live occurrence to update")
         for row in rows:
@@ -126,6 +140,15 @@ def update(conn: sqlite3.Connection, ref: str, now: datetime, policy: Policy, pr
             waiting = row["status"] != "processing"
             carries = row["recurrence"] is not None or len(rows) == 1
             new_expr = (expr or None) if expr is not None and carries else row["recurrence"]
+            if not waiting and carries and process_after:
+                # It runs now: it finishes as it is; the new time is the next occurrence's, made here.
+                if not new_expr:
+                    raise NclError(f"task {ref} is running now; a one-shot that has started cannot be moved")
+                conn.execute("UPDATE messages_in SET content = ?, recurrence = NULL WHERE id = ?",
+                             (json.dumps(content), row["id"]))
+                recurrence.clone(conn, inbox.get(conn, row["id"]) or row, now, policy, at=from_text(process_after),
+                                 expr=new_expr)
+                continue
             after = row["process_after"]
             if waiting and carries and process_after:
                 after = process_after

@@ -18,6 +18,7 @@ import tempfile
 import time
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from host.sessions import create_files
@@ -57,42 +58,47 @@ def summary(samples: list[float]) -> dict[str, float]:
             "max_ms": round(ms[-1], 2), "samples": len(ms)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--samples", type=int, default=50)
-    parser.add_argument("--cold-samples", type=int, default=5)
-    parser.add_argument("--poll", type=float, default=0.05)
-    args = parser.parse_args()
+def measure(samples: int = 50, cold_samples: int = 5, poll: float = 0.05) -> dict[str, Any]:
+    """Cold starts, then warm pickups on one running runner; the report ``main`` prints."""
     with tempfile.TemporaryDirectory() as tmp:
         cold = []
-        for n in range(args.cold_samples):
+        for n in range(cold_samples):
             session = Path(tmp) / f"cold{n}"
             create_files(session)
             row = write_row(session, 2)
             start = time.perf_counter()
-            proc = runner(session, args.poll)
+            proc = runner(session, poll)
             wait_claimed(session, row, 30)
             cold.append(time.perf_counter() - start)
             proc.terminate()
             proc.wait(10)
         session = Path(tmp) / "warm"
         create_files(session)
-        proc = runner(session, args.poll)
+        proc = runner(session, poll)
         try:
             wait_claimed(session, write_row(session, 2), 30)  # warm up: process started and polling
             warm = []
-            for n in range(args.samples):
+            for n in range(samples):
                 row = write_row(session, 4 + 2 * n)
                 warm.append(wait_claimed(session, row))
                 time.sleep(0.013 * (n % 7))  # spread writes over the poll phase
         finally:
             proc.terminate()
             proc.wait(10)
-    report = {"poll_interval_s": args.poll, "warm_pickup": summary(warm), "cold_start": summary(cold),
-              "targets": {"warm_median_ms_lt": 100, "cold_median_ms_lt": 1500}}
+    report: dict[str, Any] = {"poll_interval_s": poll, "warm_pickup": summary(warm), "cold_start": summary(cold),
+                              "targets": {"warm_median_ms_lt": 100, "cold_median_ms_lt": 1500}}
     report["targets"]["met"] = (report["warm_pickup"]["median_ms"] < 100
                                 and report["cold_start"]["median_ms"] < 1500)
-    print(json.dumps(report, indent=2))
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--samples", type=int, default=50)
+    parser.add_argument("--cold-samples", type=int, default=5)
+    parser.add_argument("--poll", type=float, default=0.05)
+    args = parser.parse_args()
+    print(json.dumps(measure(args.samples, args.cold_samples, args.poll), indent=2))
 
 
 if __name__ == "__main__":
