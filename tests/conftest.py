@@ -17,11 +17,11 @@ from typing import Any, NamedTuple
 
 import pytest
 
-# Shared helper modules hold assertions too: have pytest rewrite them so failures say what differed.
-pytest.register_assert_rewrite("e2e_scenario", "kit", "processes")
-
 from host import settings as settings_module
 from host.cli import main
+
+# Shared helper modules hold assertions too: have pytest rewrite them so failures say what differed.
+pytest.register_assert_rewrite("e2e_scenario", "kit", "processes")
 
 # Environment prefixes that change what ncl does; scrubbed before every CLI test.
 _SCRUBBED_PREFIXES = ("NCL_", "ANTHROPIC_")
