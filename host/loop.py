@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from host import nudge
@@ -16,7 +16,7 @@ from host.proxy import CredentialProxy
 from host.runners import Runners, Runtime
 from host.scheduled_fire import ScheduledTasks
 from host.settings import Settings
-from host.sweep import Sweeper
+from host.sweep import Sweeper, SweepResult
 from host.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ class Host:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
+        self._full_stamp: int | None = None  # the nudge stamp the last full sweep saw; None: none yet
+        self._next_full = datetime.min.replace(tzinfo=UTC)
         self.channel = CliChannel(self.settings)
         self.webhooks = Webhooks(self.settings)
         self.proxy = CredentialProxy(self.settings)
@@ -47,7 +49,7 @@ class Host:
         self.scheduled = ScheduledTasks(self.settings, self.clock.now)  # project-level tasks (DESIGN §9)
 
     def wake_at(self, now: datetime) -> datetime:
-        candidates = [now + timedelta(seconds=self.settings.sweep_interval_s)]
+        candidates = [self._next_full]
         if due := self.sweeper.earliest_due():
             candidates.append(due)
         if due := self.scheduled.earliest_due():
@@ -56,24 +58,32 @@ class Host:
             candidates.append(now + timedelta(seconds=LIVE_RUNNER_TICK_S))
         return max(min(candidates), now + timedelta(seconds=FLOOR_S))
 
-    async def step(self) -> None:
+    async def step(self) -> SweepResult:
         """One sweep, then sleep until the next thing to do, a nudge from the CLI, or a stop."""
         now = self.clock.now()
+        # Read the nudge before the sweep: a write during it then still ends the sleep that follows.
+        stamp = nudge.stamp(self.settings)
+        full = stamp != self._full_stamp or now >= self._next_full
+        if full:
+            self._full_stamp, self._next_full = stamp, now + timedelta(seconds=self.settings.sweep_interval_s)
         # Project tasks first: a job one enqueues is then woken by this same sweep, not the next one.
         fired = self.scheduled.tick(now)
-        result = self.sweeper.tick(now)
+        # Between full sweeps only the sessions with something going on are looked at: a live runner makes the
+        # loop tick four times a second, which must not stat every idle session each time.
+        result = self.sweeper.tick(now, None if full else self.sweeper.hot(now))
         if fired.fired or fired.missed or fired.failed:
             log.debug("scheduled tasks", extra={"action": "scheduled_tick", **fired.to_json()})
         if result.sessions_opened:
             log.debug("sweep", extra={"action": "sweep", **result.to_json()})
-        wake_at, seen = self.wake_at(now), nudge.stamp(self.settings)
+        wake_at = self.wake_at(now)
         while not self.stopping.is_set():
             left = (wake_at - self.clock.now()).total_seconds()
             if left <= 0:
-                return
+                break
             await self.clock.sleep(min(left, SLICE_S))
-            if nudge.stamp(self.settings) != seen:
-                return
+            if nudge.stamp(self.settings) != stamp:
+                break
+        return result
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

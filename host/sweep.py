@@ -106,10 +106,22 @@ class Sweeper:
             dues += [runners.not_before[sid] for sid in runners.waiting if sid in runners.not_before]
         return min(dues, default=None)
 
-    def tick(self, now: datetime) -> SweepResult:
+    def hot(self, now: datetime) -> set[str]:
+        """Sessions a partial tick must look at: live or waiting runners, undelivered or claimed rows, due rows.
+        Anything else can only change by a write from outside, which nudges, or at the next full sweep."""
+        due_by = to_text(now)
+        found = {sid for sid, s in self.seen.items() if s.busy or (s.next_due is not None and s.next_due <= due_by)}
+        if self.runners:
+            found |= {*self.runners.live, *self.runners.waiting}
+        return found
+
+    def tick(self, now: datetime, only: set[str] | None = None) -> SweepResult:
+        """One pass over every active session, or over ``only`` those (a partial tick between full sweeps)."""
         result = SweepResult(now=to_text(now))
         policy = self.policy
         for session in self.active_sessions():
+            if only is not None and session.id not in only and session.id in self.seen:
+                continue  # (a session never seen yet, e.g. one a queue job just made, is always looked at)
             result.sessions_checked += 1
             try:
                 self._sweep_one(session, now, policy, result)

@@ -69,3 +69,21 @@ async def test_a_stop_ends_the_sleep(tmp_path: Path) -> None:
     clock.at(T + timedelta(seconds=3), host.stopping.set)
     await host.step()
     assert clock.now() - T <= timedelta(seconds=4)
+
+
+async def test_between_full_sweeps_only_busy_sessions_are_looked_at(tmp_path: Path) -> None:
+    world = World(tmp_path, NCL_SWEEP_INTERVAL_S="60")
+    clock = FakeClock(T)
+    idle = [world.new_session() for _ in range(10)]
+    for session in idle:
+        world.schedule(T, at=to_text(T + timedelta(days=1)), session=session)
+    world.schedule(T, at=to_text(T))  # the one busy session
+    runtime = RecordingRuntime(clock)
+    host = Host(world.settings, runtime, clock)
+    first = await host.step()
+    assert (first.sessions_checked, first.woken) == (11, 1)
+    second = await host.step()  # a live runner: the loop ticks again within a second
+    assert clock.now() - T < timedelta(seconds=1)
+    assert second.sessions_checked == 1  # the live session only, not the ten idle ones
+    nudge.touch(world.settings)  # a write from outside: the next step is a full sweep again
+    assert (await host.step()).sessions_checked == 11
