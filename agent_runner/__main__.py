@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -15,6 +17,8 @@ from agent_runner.providers import MockProvider, Provider
 from agent_runner.runner import Runner
 from agent_runner.store import StoreError
 from schemas import clock
+
+PR_SET_PDEATHSIG = 1
 
 
 def make_provider(config: RunnerConfig) -> Provider:
@@ -33,11 +37,19 @@ async def _main(config: RunnerConfig, once: bool) -> None:
     await runner.run(once=once)
 
 
+def _die_with_parent() -> None:
+    """Linux: a runner whose host is killed (even by SIGKILL) is killed too, so a restarted host never finds a
+    predecessor's runner still serving the session beside its own. Harmless as a container's first process."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agent_runner", description=__doc__)
     parser.add_argument("--session-dir", type=Path, default=Path("/workspace"), help="the session folder")
     parser.add_argument("--once", action="store_true", help="process what is due now, then exit")
     args = parser.parse_args(argv)
+    _die_with_parent()
     logging.basicConfig(level=os.environ.get("NCL_LOG_LEVEL", "INFO"), stream=sys.stderr,
                         format="runner: %(levelname)s: %(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per model request is noise here

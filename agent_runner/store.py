@@ -54,7 +54,8 @@ def _write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite may have rolled back already (disk full): keep its error, not ours
+            conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
 

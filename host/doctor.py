@@ -14,6 +14,8 @@ from host import db, sessions
 from host.settings import Settings
 from schemas.ddl import DbKind, latest_version
 
+MIN_FREE_BYTES = 1 << 20  # below this a SQLite write (journal plus pages) can no longer be counted on
+
 
 @dataclass(frozen=True)
 class Check:
@@ -79,40 +81,68 @@ def api_key(settings: Settings) -> Check:
     return Check("api_key", present or not needed, detail)
 
 
-def _file_version(path: Path) -> int | None:
+def _file_state(path: Path) -> tuple[int | None, str]:
+    """(schema version, "ok" or what quick_check found) of a file, read-only; (None, why) if it cannot be read."""
     try:
         with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
-            return db.version(conn)
-    except sqlite3.Error:
-        return None
+            found = db.version(conn)
+            # The version sits in the header; a corrupt table page only shows when the pages are read.
+            return found, str(conn.execute("PRAGMA quick_check(1)").fetchone()[0])
+    except sqlite3.Error as exc:
+        return None, str(exc)
 
 
-def schema_versions(settings: Settings) -> Check:
-    """Versions of central.db and every session file, read without migrating anything."""
+def schema_versions(settings: Settings, folders: list[Path] | None = None) -> Check:
+    """Versions and integrity of central.db and every active session's files, read without migrating."""
     problems: list[str] = []
     tally: Counter[str] = Counter()
-    if not settings.central_db.exists():
-        return Check("schema", True, f"no central.db yet (latest central v{latest_version('central')})")
     files: list[tuple[DbKind, Path]] = [("central", settings.central_db)]
-    try:
-        with closing(db.connect(settings.central_db, "central", readonly=True)) as conn:
-            for session in sessions.list_all(conn, settings, status="active"):
-                files += [("inbound", session.folder / "inbound.db"), ("outbound", session.folder / "outbound.db")]
-    except (db.DbError, sqlite3.Error) as exc:
-        return Check("schema", False, str(exc))
+    files += [(kind, folder / f"{kind}.db") for folder in folders or [] for kind in ("inbound", "outbound")]
     for kind, path in files:
-        found = _file_version(path) if path.exists() else None
+        found, state = _file_state(path) if path.exists() else (None, "missing")
         latest = latest_version(kind)
         if found is None:
-            problems.append(f"{path}: missing or unreadable")
+            problems.append(f"{path}: missing or unreadable ({state})")
         elif found > latest:
             problems.append(f"{path}: v{found} is newer than this release (v{latest})")
+        elif state != "ok":
+            problems.append(f"{path}: corrupt ({state})")
         else:
             tally[f"{kind} v{found}" + ("" if found == latest else f" (migrates to v{latest} on open)")] += 1
     summary = ", ".join(f"{count}× {label}" for label, count in sorted(tally.items()))
     return Check("schema", not problems, "; ".join([summary, *problems]) if problems else summary)
 
 
+def free_space(settings: Settings, folders: list[Path]) -> Check:
+    """Room to write on every filesystem the data lives on (sessions may sit on mounts of their own)."""
+    full: list[str] = []
+    seen: dict[int, bool] = {}
+    for folder in [settings.data_dir, *folders]:
+        try:
+            device = folder.stat().st_dev
+            if device not in seen:
+                stats = os.statvfs(folder)
+                seen[device] = stats.f_bavail * stats.f_frsize < MIN_FREE_BYTES
+        except OSError:
+            continue  # a missing folder is the schema check's to report
+        if seen[device]:
+            full.append(str(folder))
+    detail = f"{len(seen)} filesystem(s) with room" if not full else f"no free space for: {', '.join(full[:10])}" + (
+        f" (+{len(full) - 10} more)" if len(full) > 10 else "")
+    return Check("disk", not full, detail)
+
+
+def _session_folders(settings: Settings) -> tuple[list[Path], Check | None]:
+    if not settings.central_db.exists():
+        return [], Check("schema", True, f"no central.db yet (latest central v{latest_version('central')})")
+    try:
+        with closing(db.connect(settings.central_db, "central", readonly=True)) as conn:
+            return [s.folder for s in sessions.list_all(conn, settings, status="active")], None
+    except (db.DbError, sqlite3.Error) as exc:
+        return [], Check("schema", False, str(exc))
+
+
 def run_all(settings: Settings) -> list[Check]:
+    folders, early = _session_folders(settings)
     return [timezone(settings), data_dir(settings), *docker_engine(settings), runtime(settings), api_key(settings),
-            schema_versions(settings)]
+            early or schema_versions(settings, folders), free_space(settings, folders)]

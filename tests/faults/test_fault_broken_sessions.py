@@ -210,9 +210,6 @@ def test_doctor_names_a_session_folder_deleted_under_the_host(broken: Broken) ->
     assert _named(broken.doctor_during, broken.folders["gone"]), broken.doctor_during
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: doctor's schema check reads only PRAGMA user_version of each file, which lives in the header: an inbound.db "
-    "whose table pages are corrupt (every sweep of it fails 'database disk image is malformed') passes"))
 def test_doctor_names_an_inbound_with_corrupt_pages(broken: Broken) -> None:
     assert broken.session_ids["garbled"] in broken.failed_sessions  # the host cannot use it …
     assert _named(broken.doctor_during, broken.folders["garbled"]), broken.doctor_during  # … doctor should say so
@@ -225,10 +222,6 @@ def test_a_full_disk_session_does_not_stop_the_others(broken: Broken) -> None:
     assert broken.replies["alpha"] == ["mock: ping"] and broken.host_exit == 0
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: host.db.transaction (and agent_runner.store._write) run ROLLBACK after SQLite has already rolled the "
-    "transaction back itself (SQLITE_FULL), so 'cannot rollback - no transaction is active' replaces the real error "
-    "in the log"))
 def test_the_log_says_why_a_full_disk_session_fails(broken: Broken) -> None:
     if broken.full_disk is not None:
         pytest.skip(broken.full_disk)
@@ -236,9 +229,6 @@ def test_the_log_says_why_a_full_disk_session_fails(broken: Broken) -> None:
     assert failed and all("full" in line.split("[action=")[0] for line in failed), failed
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: doctor has no check of free space or writability of the data directory's filesystems: a session on a full "
-    "disk (its runner cannot start, no write to it succeeds) is reported healthy"))
 def test_doctor_names_a_session_on_a_full_disk(broken: Broken) -> None:
     if broken.full_disk is not None:
         pytest.skip(broken.full_disk)
