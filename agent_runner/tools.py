@@ -200,7 +200,9 @@ class Tools:
             raise ToolError(f"unknown tool {name!r}; tools: {', '.join(self.names())}")
         try:
             result: str = getattr(self, name)(**arguments)
-        except TypeError as exc:
-            raise ToolError(f"bad arguments for {name}: {exc}") from None
+        except ToolError:
+            raise
+        except (TypeError, AttributeError, ValueError, OverflowError) as exc:  # ValidationError is a ValueError
+            raise ToolError(f"bad arguments for {name}: {str(exc).splitlines()[0]}") from None
         return result
 

@@ -61,7 +61,7 @@ def apply(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: Pol
     try:
         with transaction(conn):  # a savepoint: a rejected request leaves no half-applied rows
             _apply(conn, requests.parse(row["content"]), row["in_reply_to"], now, policy)
-    except (requests.RequestError, NclError, ValueError) as exc:
+    except Exception as exc:  # any failure of one request rejects it with a notice; it must never wedge the session
         status, detail = "rejected", str(exc)
         try:
             action = json.loads(row["content"]).get("action", "request")

@@ -240,6 +240,8 @@ def _epochs(spec: _Spec, zone: ZoneInfo, after: datetime, until: datetime | None
     day = after.astimezone(zone).date() - _DAY
     previous, idle = after_s, 0
     while (day.toordinal() - _EPOCH_DAY - 2) * 86400 <= until_s:
+        if day >= _LAST_DAY:  # datetime ends at 9999-12-31: say so, never an OverflowError
+            raise CronError(f"cron {spec.text!r} has no firing before the end of the calendar (year 9999)")
         if _day_matches(spec, day):
             for t in _day_epochs(spec, day, zone):
                 if t > until_s:
@@ -251,6 +253,9 @@ def _epochs(spec: _Spec, zone: ZoneInfo, after: datetime, until: datetime | None
         if idle > _MAX_IDLE_DAYS:
             raise CronError(f"cron {spec.text!r} does not fire within {_MAX_IDLE_DAYS // 366} years; {_FORM}")
         day += _DAY
+
+
+_LAST_DAY = date.max - 2 * _DAY
 
 
 def _day_matches(spec: _Spec, day: date) -> bool:

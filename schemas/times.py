@@ -10,7 +10,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-_STORED = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
+_STORED = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")  # ASCII digits only
 # The SQLite GLOB twin of _STORED, used in CHECK constraints so no other text can be written.
 STORED_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z"
 
@@ -24,7 +24,9 @@ def to_text(instant: datetime) -> str:
     if instant.tzinfo is None or instant.utcoffset() is None:
         raise TimeFormatError(f"refusing to store naive datetime {instant.isoformat()}")
     utc = instant.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    # Not strftime("%Y"): it writes year 5 as "5", and the fixed width is what makes text order time order.
+    return (f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}."
+            f"{utc.microsecond // 1000:03d}Z")
 
 
 def from_text(text: str) -> datetime:
@@ -79,6 +81,7 @@ def parse_user_time(text: str, zone: ZoneInfo) -> datetime:
             f"cannot read time {raw!r}; use ISO 8601 such as 2026-06-11T09:00:00 "
             "(local to TZ) or 2026-06-11T13:00:00Z"
         ) from None
-    if parsed.tzinfo is None:
-        return localize(parsed, zone)
-    return parsed.astimezone(UTC)
+    try:
+        return localize(parsed, zone) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (OverflowError, ValueError):  # within a day of year 1 or 9999: no UTC instant to store
+        raise TimeFormatError(f"time {raw!r} is out of range") from None
