@@ -199,12 +199,7 @@ class DockerRuntime:
                 elif self._down is not None:
                     self._client.ping()
             except Exception as exc:
-                self._client = None  # connect afresh next time: the engine may come back elsewhere (DOCKER_HOST)
-                reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-                with self._lock:
-                    first, self._down, self._down_checked = self._down is None, reason, time.monotonic()
-                if first:
-                    log.warning("docker engine not reachable: %s; retrying", reason, extra={"action": "engine_down"})
+                self._went_down(exc)
                 raise
             if self._down is not None:
                 log.info("docker engine reachable again", extra={"action": "engine_up"})
@@ -214,6 +209,23 @@ class DockerRuntime:
                 self._cleanup(self._client)
                 self._cleanup_pending = False
             return self._client
+
+    def _went_down(self, exc: Exception) -> None:
+        """The engine stopped answering: drop the client, log once per outage, fail fast until a ping works."""
+        self._client = None  # connect afresh next time: the engine may come back elsewhere (DOCKER_HOST)
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        with self._lock:
+            first, self._down, self._down_checked = self._down is None, reason, time.monotonic()
+        if first:
+            log.warning("docker engine not reachable: %s; retrying", reason, extra={"action": "engine_down"})
+
+    def _lost_engine(self, exc: Exception) -> None:
+        """A call on a client that was fine failed to connect: the engine went away under us."""
+        import requests
+
+        if isinstance(exc, requests.exceptions.ConnectionError) and self._down is None:
+            with self._engine_lock:
+                self._went_down(exc)
 
     def _start(self, session: Session, generation: str, kwargs: dict[str, Any], entry: _Start) -> None:
         try:
@@ -225,6 +237,7 @@ class DockerRuntime:
             container = client.containers.create(**kwargs)
             container.start()
         except Exception as exc:
+            self._lost_engine(exc)
             log.warning("runner of %s failed to start: %s", session.id, exc,
                         extra={"action": "runner_start_failed", "session": session.id, "generation": generation})
             entry.future.set_exception(exc)
@@ -256,7 +269,8 @@ class DockerRuntime:
                     self._reap(client, item["Id"], session_id)
                 elif item.get("State") != "removing":
                     running.add(session_id)
-        except Exception as exc:  # logged once per outage by _connect; the next ask tries again
+        except Exception as exc:  # logged once per outage; the next ask tries again
+            self._lost_engine(exc)
             log.debug("container listing failed: %s", exc, extra={"action": "runner_list_failed"})
             return
         with self._lock:
