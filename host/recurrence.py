@@ -34,8 +34,24 @@ class Policy:
         return cls(settings.tz.zone, timedelta(seconds=settings.misfire_grace_s), settings.task_min_interval_s)
 
 
+SLOT = "scheduled_for"  # task content key: the grid slot a retried occurrence runs as, while process_after waits
+
+
 def scheduled(row: sqlite3.Row) -> datetime:
-    return from_text(row["process_after"] or row["timestamp"])
+    """The slot an occurrence stands for: its process_after, unless a retry moved that off the grid."""
+    slot = json.loads(row["content"]).get(SLOT) if row["kind"] == "task" else None
+    return from_text(slot if isinstance(slot, str) else row["process_after"] or row["timestamp"])
+
+
+def _with_slot(content: str, slot: datetime | None) -> str:
+    data = json.loads(content)
+    if slot is None and SLOT not in data:
+        return content  # untouched, byte for byte: clones copy content as it is
+    if slot is None:
+        data.pop(SLOT)
+    else:
+        data[SLOT] = to_text(slot)
+    return json.dumps(data)
 
 
 def clone(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: Policy, status: str = "pending",
@@ -48,7 +64,8 @@ def clone(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: Pol
         "id": ids.new_id("task", now), "kind": row["kind"], "timestamp": to_text(now), "status": status,
         "process_after": to_text(slot), "recurrence": expr, "series_id": row["series_id"] or row["id"],
         "trigger": row["trigger"], "on_wake": row["on_wake"], "platform_id": row["platform_id"],
-        "channel_type": row["channel_type"], "thread_id": row["thread_id"], "content": row["content"]})
+        "channel_type": row["channel_type"], "thread_id": row["thread_id"],
+        "content": _with_slot(row["content"], None)})
 
 
 def _failed_streak(conn: sqlite3.Connection, series_id: str) -> bool:
@@ -109,7 +126,8 @@ def misfire(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: P
         if not count:
             return 0
         skipped = count  # its own slot and every later one but the latest, which it runs as
-        conn.execute("UPDATE messages_in SET process_after = ? WHERE id = ?", (to_text(latest), row["id"]))
+        conn.execute("UPDATE messages_in SET process_after = ?, content = ? WHERE id = ?",
+                     (to_text(latest), _with_slot(row["content"], None), row["id"]))
     else:
         skipped = count + 1
         conn.execute("UPDATE messages_in SET status = 'completed', recurrence = NULL WHERE id = ?", (row["id"],))
@@ -132,6 +150,15 @@ def release(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: P
         finish(conn, row, now, policy, "failed", "failed", detail=f"runner died or stalled {tries} times")
         return True
     retry_at = now + timedelta(seconds=5 * 2 ** (tries - 1))
-    conn.execute("UPDATE messages_in SET status = 'pending', tries = ?, process_after = ? WHERE id = ?",
-                 (tries, to_text(retry_at), row["id"]))
+    content = row["content"]
+    if row["recurrence"]:
+        # Slots that passed while it was claimed follow the misfire rule now; the retry keeps the grid slot it
+        # stands for (the latest one within the grace), so its run and the next clone stay on the grid.
+        misfire(conn, row, now, policy)
+        row = inbox.get(conn, row["id"]) or row
+        if row["status"] == "completed":  # beyond the grace: completed as missed, the next slot cloned
+            return False
+        content = _with_slot(row["content"], scheduled(row))
+    conn.execute("UPDATE messages_in SET status = 'pending', tries = ?, process_after = ?, content = ? WHERE id = ?",
+                 (tries, to_text(retry_at), content, row["id"]))
     return False

@@ -384,10 +384,6 @@ def test_host_sigkilled_twenty_times_mid_sweep_loses_and_doubles_nothing(
     assert max(played.ledger.values()) == 1
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: recurrence.release overwrites a claimed occurrence's process_after with the retry time, so after a runner "
-    "death the run is recorded at an off-grid time and the cron slots that passed meanwhile are neither run nor "
-    "recorded as missed (the misfire rule is skipped)"))
 def test_a_recurring_occurrence_retried_after_its_runner_died_keeps_the_grid_and_records_missed_slots(
         tmp_path: Path) -> None:
     """Seen while building the kill loop above (runs recorded at retry times, off the grid). A */10 occurrence is
