@@ -121,20 +121,24 @@ def misfire(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: P
     first = scheduled(row)
     count, latest_slot = cron.count_between(row["recurrence"], first, now, policy.zone)
     latest = latest_slot or first
-    series_id = row["series_id"] or row["id"]
     if now - latest <= policy.misfire_grace:
         if not count:
             return 0
-        skipped = count  # its own slot and every later one but the latest, which it runs as
         conn.execute("UPDATE messages_in SET process_after = ?, content = ? WHERE id = ?",
                      (to_text(latest), _with_slot(row["content"], None), row["id"]))
+        _missed(conn, row, now, first, latest, count)  # its own slot and every later one but the latest
     else:
-        skipped = count + 1
         conn.execute("UPDATE messages_in SET status = 'completed', recurrence = NULL WHERE id = ?", (row["id"],))
         clone(conn, row, now, policy, after=latest)
-    detail = json.dumps({"slots": skipped, "first": to_text(first), "latest_slot": to_text(latest)})
-    inbox.record_run(conn, now, series_id, row["id"], "missed", scheduled_for=to_text(first), detail=detail)
+        _missed(conn, row, now, first, latest, count + 1)
     return 1
+
+
+def _missed(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, first: datetime, latest: datetime,
+            slots: int) -> None:
+    detail = json.dumps({"slots": slots, "first": to_text(first), "latest_slot": to_text(latest)})
+    inbox.record_run(conn, now, row["series_id"] or row["id"], row["id"], "missed", scheduled_for=to_text(first),
+                     detail=detail)
 
 
 MAX_TRIES = 5
@@ -152,13 +156,16 @@ def release(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: P
     retry_at = now + timedelta(seconds=5 * 2 ** (tries - 1))
     content = row["content"]
     if row["recurrence"]:
-        # Slots that passed while it was claimed follow the misfire rule now; the retry keeps the grid slot it
-        # stands for (the latest one within the grace), so its run and the next clone stay on the grid.
-        misfire(conn, row, now, policy)
-        row = inbox.get(conn, row["id"]) or row
-        if row["status"] == "completed":  # beyond the grace: completed as missed, the next slot cloned
-            return False
-        content = _with_slot(row["content"], scheduled(row))
+        # The retry keeps the grid slot it stands for, so its run and the next clone stay on the grid: the latest
+        # slot passed while it was claimed if within the grace (the others recorded as missed), else its own.
+        # It is never ended here: its runner may yet report that it ran.
+        first = scheduled(row)
+        count, latest = cron.count_between(row["recurrence"], first, now, policy.zone)
+        slot = first
+        if count and latest is not None and now - latest <= policy.misfire_grace:
+            _missed(conn, row, now, first, latest, count)
+            slot = latest
+        content = _with_slot(content, slot)
     conn.execute("UPDATE messages_in SET status = 'pending', tries = ?, process_after = ?, content = ? WHERE id = ?",
                  (tries, to_text(retry_at), content, row["id"]))
     return False
