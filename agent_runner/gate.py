@@ -74,7 +74,7 @@ def run_gate(script: str, *, task_id: str, tz: str, home: str, path: str = "/usr
                               stderr=subprocess.PIPE, env=env, cwd=cwd, start_new_session=True) as proc:
             capture = _collect(proc, timeout_s, max_output)
             returncode = proc.returncode
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL or lone surrogate the OS cannot take
         result = GateResult("error", reason=f"could not start bash: {exc}")
     else:
         result = _judge(capture, returncode, timeout_s, max_output)

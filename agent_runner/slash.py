@@ -33,3 +33,5 @@ def run(text: str, tools: Tools) -> tuple[str, bool]:
         return f"error: /{name} arguments are not JSON ({exc.msg}); try /help", False
     except ToolError as exc:
         return f"error: {exc}", False
+    except Exception as exc:  # whatever a command hits, the user gets an answer and the runner lives on
+        return f"error: /{name} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", False

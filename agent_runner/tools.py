@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -202,7 +203,8 @@ class Tools:
             result: str = getattr(self, name)(**arguments)
         except ToolError:
             raise
-        except (TypeError, AttributeError, ValueError, OverflowError) as exc:  # ValidationError is a ValueError
+        except (TypeError, AttributeError, ValueError, OverflowError, RuntimeError, OSError, sqlite3.Error) as exc:
+            # Bad argument types, names the OS refuses, symlink loops: the caller's mistake, said as such.
             raise ToolError(f"bad arguments for {name}: {str(exc).splitlines()[0]}") from None
         return result
 

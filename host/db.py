@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -93,6 +94,8 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False) -> sqlite3.Conn
     if readonly:
         if not path.is_file():
             raise DbError(f"no such database: {path}")
+        if kind == "outbound":
+            _refuse_link(path)
         conn = _raw(path, readonly=True)
         if version(conn) == latest_version(kind):
             return conn
@@ -102,6 +105,8 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False) -> sqlite3.Conn
         return _raw(path, readonly=True)
     if kind == "inbound":
         _drop_foreign_journal(path)
+    if kind == "outbound":
+        _refuse_link(path)
     conn = _raw(path, readonly=False)
     try:
         if version(conn) > latest_version(kind):
@@ -133,3 +138,13 @@ def _drop_foreign_journal(path: Path) -> None:
         log.warning("removed %s: not written by the host (uid %d)", journal, owner,
                     extra={"action": "foreign_journal_removed"})
         journal.unlink()
+
+
+def _refuse_link(path: Path) -> None:
+    """outbound.db belongs to the runner, who could replace it with a link to any file the host may write."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(info.st_mode):
+        raise DbError(f"{path} is not a regular file (a link or special file is never opened)")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from host import db, sessions
+from host.runners import read_heartbeat
 from host.sessions import Session
 from host.settings import Settings
 from schemas.times import to_text
@@ -67,14 +68,10 @@ def host_pid(data_dir: Path) -> int | None:
 def runners(active: list[Session], now: datetime) -> list[dict[str, Any]]:
     alive = []
     for session in active:
-        beat = session.folder / ".heartbeat"
-        try:
-            when = datetime.fromtimestamp(beat.stat().st_mtime, now.tzinfo)
-        except OSError:
-            continue
-        if now - when <= ALIVE:
+        found = read_heartbeat(session.folder)
+        if found and now - found[1].astimezone(now.tzinfo) <= ALIVE:
             alive.append({"session_id": session.id, "agent_group_id": session.agent_group_id,
-                          "generation": beat.read_text().strip(), "last_beat": to_text(when)})
+                          "generation": found[0], "last_beat": to_text(found[1])})
     return alive
 
 

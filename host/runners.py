@@ -4,7 +4,9 @@ when a live one counts as stuck (DESIGN §6.7, §8)."""
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -138,15 +140,26 @@ def runner_env(settings: Settings, session: Session, generation: str, rules: str
     }
 
 
-def heartbeat(folder: Path, generation: str) -> datetime | None:
-    """When this generation last beat: ``.heartbeat`` holds the generation that wrote it; another's is ignored."""
-    path = folder / ".heartbeat"
+def read_heartbeat(folder: Path) -> tuple[str, datetime] | None:
+    """(generation, time) of ``.heartbeat``. The runner writes that file, so it may be anything: it is opened
+    without following a link and without blocking on a FIFO, must be a regular file, and only 64 bytes are read."""
     try:
-        if path.read_text().strip() != generation:
-            return None
-        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        fd = os.open(folder / ".heartbeat", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        return os.read(fd, 64).decode(errors="replace").strip(), datetime.fromtimestamp(info.st_mtime, UTC)
+    finally:
+        os.close(fd)
+
+
+def heartbeat(folder: Path, generation: str) -> datetime | None:
+    """When this generation last beat: ``.heartbeat`` holds the generation that wrote it; another's is ignored."""
+    found = read_heartbeat(folder)
+    return found[1] if found and found[0] == generation else None
 
 
 def stuck_reason(now: datetime, runner: Runner, beat: datetime | None, claims: list[datetime],

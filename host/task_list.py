@@ -82,7 +82,9 @@ def summary(session: Session, series_id: str) -> Series:
 
 
 def locate(settings: Settings, central: sqlite3.Connection, ref: str) -> tuple[Session, str]:
-    """The session holding a series (by series id or any occurrence id), and the series id."""
+    """The session holding a series (by series id or any occurrence id), and the series id. Agents pick their
+    task ids: an id found in two sessions (a decoy) is refused rather than acted on in the wrong one."""
+    hits: list[tuple[Session, str]] = []
     for session in sessions.list_all(central, settings):
         conn = _inbox(session)
         if conn is None:
@@ -90,8 +92,13 @@ def locate(settings: Settings, central: sqlite3.Connection, ref: str) -> tuple[S
         with closing(conn):
             found = inbox.series_of(conn, ref)
         if found:
-            return session, found
-    raise NclError(f"unknown task {ref!r} (see 'ncl tasks list --all')")
+            hits.append((session, found))
+    if not hits:
+        raise NclError(f"unknown task {ref!r} (see 'ncl tasks list --all')")
+    if len(hits) > 1:
+        raise NclError(f"task id {ref!r} exists in {len(hits)} sessions ({', '.join(s.id for s, _ in hits)}); "
+                       "refusing to guess which one is meant")
+    return hits[0]
 
 
 def detail(session: Session, series_id: str, zone: ZoneInfo) -> dict[str, Any]:

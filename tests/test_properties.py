@@ -207,9 +207,6 @@ def test_stored_times_have_ascii_digits_only() -> None:
         from_text("٢٠٢٦-06-11T09:00:00.000Z")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ids._ID uses \\d{13}, which matches any Unicode digit, so a runner-chosen "
-                   "taskId 'task-١٧٨١١٨٢٨٠٠٠٠٠-aaaaaa' is 'well-formed' and stored as a task id, against DESIGN §3 "
-                   "(task-<epoch_ms>-<6 [0-9a-z]>). fix: [0-9]{13} (or re.ASCII)")
 def test_ids_have_ascii_digits_only() -> None:
     assert not ids.is_id("task-١٧٨١١٨٢٨٠٠٠٠٠-aaaaaa", "task")
 
@@ -385,14 +382,8 @@ TOOL_CRASHES = [
     pytest.param("list_tasks", {"status": 7}, id="status-not-text"),
     pytest.param("send_file", {"path": "a\x00b"}, id="path-nul"),
     pytest.param("send_file", {"path": "\ud800"}, id="path-lone-surrogate"),
-    pytest.param("send_file", {"path": "x" * 300}, id="path-name-too-long", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: resolve()/is_file() raise OSError(ENAMETOOLONG), which Tools.call does not turn "
-                            "into a ToolError; through a slash command it kills the runner")),
-    pytest.param("send_file", {"path": "loop/x"}, id="path-symlink-loop", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: Path.resolve() raises RuntimeError('Symlink loop') on Python 3.11 for a link loop "
-                            "the agent can make in its own workspace; not a ToolError, and '/send_file "
-                            "{\"path\": \"loop\"}' kills the runner. fix: resolve(strict=False) inside try/except "
-                            "(OSError, RuntimeError) → ToolError")),
+    pytest.param("send_file", {"path": "x" * 300}, id="path-name-too-long"),
+    pytest.param("send_file", {"path": "loop/x"}, id="path-symlink-loop"),
     pytest.param("send_message", {"text": 5}, id="text-not-text", marks=pytest.mark.xfail(
         strict=True, reason="BUG: send_message writes {'text': 5}: a chat row that is not OutChatContent (text must "
                             "be a string); fix: check the type (or validate OutChatContent before writing)")),
@@ -400,10 +391,7 @@ TOOL_CRASHES = [
                  marks=pytest.mark.xfail(strict=True, reason="BUG: send_file copies the file into outbox/<id>/ and "
                                          "only then resolves `to` (_routing raises ToolError): the refused call leaves "
                                          "an orphan outbox folder. fix: resolve the routing before copying")),
-    pytest.param("send_message", {"text": "hi", "to": ["ops"]}, id="to-a-list", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: _routing binds `to` straight into SQL: a list or object raises "
-                            "sqlite3.ProgrammingError (not a ValueError), which Tools.call lets through; through a "
-                            "slash command it kills the runner. fix: refuse a non-text `to` with a ToolError")),
+    pytest.param("send_message", {"text": "hi", "to": ["ops"]}, id="to-a-list"),
     pytest.param("send_file", {"path": "report.txt"}, id="control-a-good-call"),
 ]
 
@@ -771,11 +759,6 @@ def test_webhook_bodies_are_accepted_with_one_row_or_refused_with_none(live_hook
     pytest.param(b"1e999", id="overflowing-number"),
     pytest.param(b"[" * 100_000 + b"]" * 100_000, id="deep-nesting"),
 ])
-@pytest.mark.xfail(strict=True, reason="BUG: webhooks._answer catches only ValueError/UnicodeDecodeError around "
-                   "json.loads: NaN/Infinity/1e999 parse, then the inbox INSERT fails CHECK json_valid (IntegrityError)"
-                   "; deep nesting raises RecursionError. Either way the exception escapes the handler: the client "
-                   "gets no HTTP answer at all and the host logs a traceback. fix: parse_constant refusing NaN/"
-                   "Infinity, catch RecursionError → 400, and a last-resort 500 in _serve")
 def test_webhook_bodies_that_are_not_strict_json_get_a_400(live_hook: LiveHook, body: bytes) -> None:
     check_webhook(live_hook, body)
 

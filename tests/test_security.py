@@ -120,12 +120,6 @@ def test_system_rows_naming_another_sessions_task_are_rejected_and_it_is_untouch
     assert [n["notice"] for n in two.world.notices()] == ["request_rejected"]  # in A, whose request it was
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the host keeps a runner-chosen taskId when it is unused *in that "
-                   "session's inbox* only (tasks.schedule checks inbox.get/series_of of one inbound.db), so A's agent "
-                   "can create a task under B's task id; task_list.locate returns the first session holding an id "
-                   "(by created_at), so `ncl tasks cancel|pause|update ID` aimed at B's task acts on A's decoy and B "
-                   "keeps running. fix: reject ids used by any session (a central task-id registry), and make "
-                   "locate refuse an id found in two sessions")
 def test_an_agent_cannot_take_over_another_sessions_task_id(two: TwoSessions, ncl: Callable[..., Any],
                                                             cli_env: Any) -> None:
     assert cli_env.data_dir == two.world.settings.data_dir  # the CLI sees the same install
@@ -293,12 +287,6 @@ def test_group_names_cannot_place_a_folder_outside_data_groups(ncl: Callable[...
 # --- what the runner owns in its session folder: the host must not follow it out ----------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the runner owns outbound.db (and may delete and recreate entries in its "
-                   "sticky session folder), but the host opens it with db._raw → path.resolve(): a runner that swaps "
-                   "outbound.db for a symlink makes the host (root) open, migrate and journal any file it names — an "
-                   "empty file anywhere becomes a SQLite database, another session's outbound.db is read as this "
-                   "one's. fix: lstat outbound.db (regular file, not a link, owned by the runner's uid) before "
-                   "connecting, and open it by an O_NOFOLLOW descriptor (/proc/self/fd/N)")
 def test_a_symlink_planted_as_outbound_db_is_never_opened_by_the_host(tmp_path: Path) -> None:
     world = World(tmp_path)
     outside = tmp_path / "precious.txt"
@@ -314,10 +302,6 @@ def test_a_symlink_planted_as_outbound_db_is_never_opened_by_the_host(tmp_path: 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="BUG: runners.heartbeat() does path.read_text() on .heartbeat, a file the "
-                   "runner owns and may replace: a FIFO blocks the host's sweep forever (every session stops), a "
-                   "link to /dev/zero reads without end. fix: open with O_NOFOLLOW|O_NONBLOCK, require a regular "
-                   "file (fstat), read at most a few dozen bytes")
 def test_a_heartbeat_the_runner_made_a_fifo_never_blocks_the_hosts_sweep(tmp_path: Path) -> None:
     world = World(tmp_path)
     world.schedule(T0 - timedelta(minutes=1))
@@ -365,11 +349,6 @@ async def test_gate_scripts_run_by_the_runner_get_the_stripped_environment(tmp_p
     world.central.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: run_gate promises to 'never raise for anything the script does' but "
-                   "catches only OSError around Popen: a script holding a NUL (or a lone surrogate), which "
-                   "schedule_task and the host accept, raises ValueError/UnicodeEncodeError out of Runner.step at "
-                   "every firing, killing the runner (and the batch it was serving). fix: catch ValueError in "
-                   "run_gate → GateResult('error'), and refuse such scripts in Tools/requests")
 async def test_a_gate_script_the_os_cannot_run_is_a_gate_error_not_a_dead_runner(tmp_path: Path) -> None:
     world = World(tmp_path)
     task_id = world.schedule(T0 - timedelta(minutes=1), script="echo '{\"wakeAgent\": true}' \x00")
