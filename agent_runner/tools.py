@@ -171,8 +171,8 @@ class Tools:
         return {k: row[k] for k in ("platform_id", "channel_type", "thread_id")}
 
     def send_message(self, text: str, to: str | None = None) -> str:
-        if not text:
-            raise ToolError("text must not be empty")
+        if not isinstance(text, str) or not text:
+            raise ToolError("text must be a non-empty string")
         message_id = self.store.write("chat", {"text": text, "files": []}, self.now(),
                                       self.turn.get("in_reply_to"), self._routing(to))
         return f"Message sent (id: {message_id})"
@@ -184,12 +184,13 @@ class Tools:
             raise ToolError(f"refused: {path} is outside the workspace")
         if not source.is_file():
             raise ToolError(f"no such file: {path}")
+        routing = self._routing(to)  # an unknown destination is refused before anything is copied
         message_id = ids.new_id("msg", self.now())
         target = self.config.session_dir / "outbox" / message_id
         target.mkdir(parents=True)
         shutil.copyfile(source, target / source.name)
         self.store.write("chat", {"text": "", "files": [source.name]}, self.now(), self.turn.get("in_reply_to"),
-                         self._routing(to), message_id=message_id)
+                         routing, message_id=message_id)
         return f"File sent (id: {message_id}, {source.name})"
 
     def names(self) -> list[str]:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from contextlib import closing
@@ -73,8 +74,15 @@ def send(central: sqlite3.Connection, settings: Settings, now: datetime, queue: 
         raise NclError(f"invalid queue name {queue!r}")
     if not isinstance(payload, dict):
         raise NclError("the payload must be a JSON object")
+    try:  # everything checked before a session is made: a refused job leaves nothing behind
+        json.dumps(payload, allow_nan=False).encode()
+    except (ValueError, UnicodeError):
+        raise NclError("the payload must be strict JSON text (no NaN or Infinity, no unpaired surrogates)") from None
     group = router.group_for(central, f"queue:{queue}")
-    text, items = prompt_of(payload, groups.folder(settings, group.id))
+    try:
+        text, items = prompt_of(payload, groups.folder(settings, group.id))
+    except (ValueError, OSError, RuntimeError) as exc:  # NUL bytes, over-long names, link loops in a file url
+        raise NclError(f"bad file item: {str(exc).splitlines()[0]}") from None
     template = payload.get("thread_id")
     if template is not None and (not isinstance(template, str) or not template.strip()):
         raise NclError("thread_id must be a non-empty string")

@@ -384,13 +384,8 @@ TOOL_CRASHES = [
     pytest.param("send_file", {"path": "\ud800"}, id="path-lone-surrogate"),
     pytest.param("send_file", {"path": "x" * 300}, id="path-name-too-long"),
     pytest.param("send_file", {"path": "loop/x"}, id="path-symlink-loop"),
-    pytest.param("send_message", {"text": 5}, id="text-not-text", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: send_message writes {'text': 5}: a chat row that is not OutChatContent (text must "
-                            "be a string); fix: check the type (or validate OutChatContent before writing)")),
-    pytest.param("send_file", {"path": "report.txt", "to": "nowhere"}, id="send-file-unknown-destination",
-                 marks=pytest.mark.xfail(strict=True, reason="BUG: send_file copies the file into outbox/<id>/ and "
-                                         "only then resolves `to` (_routing raises ToolError): the refused call leaves "
-                                         "an orphan outbox folder. fix: resolve the routing before copying")),
+    pytest.param("send_message", {"text": 5}, id="text-not-text"),
+    pytest.param("send_file", {"path": "report.txt", "to": "nowhere"}, id="send-file-unknown-destination"),
     pytest.param("send_message", {"text": "hi", "to": ["ops"]}, id="to-a-list"),
     pytest.param("send_file", {"path": "report.txt"}, id="control-a-good-call"),
 ]
@@ -525,19 +520,10 @@ def test_queue_payloads_are_a_clear_error_or_a_valid_row(queue_world: QueueWorld
 
 
 @pytest.mark.parametrize("payload", [
-    pytest.param({"prompt": "x", "n": float("nan")}, id="nan", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: json.loads accepts NaN/Infinity, the payload passes, deliver_in creates (and lists) "
-                            "a new session, then the inbox INSERT fails CHECK json_valid(content): IntegrityError and "
-                            "an orphan empty session. fix: parse payloads with parse_constant refusing NaN/Infinity "
-                            "(CLI and webhooks) and json.dumps(allow_nan=False) before creating the session")),
-    pytest.param({"prompt": [{"type": "file", "url": "room:///a\x00b"}]}, id="url-nul", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: queues._file resolves the url unguarded: ValueError('embedded null byte')")),
-    pytest.param({"prompt": [{"type": "file", "url": "room:///" + "a" * 300}]}, id="url-name-too-long",
-                 marks=pytest.mark.xfail(strict=True, reason="BUG: OSError ENAMETOOLONG from is_file()/resolve(), "
-                                                             "not NclError")),
-    pytest.param({"prompt": [{"type": "file", "url": "room:///loop"}]}, id="url-symlink-loop",
-                 marks=pytest.mark.xfail(strict=True, reason="BUG: resolve() raises RuntimeError('Symlink loop') on "
-                                                             "Python 3.11: `ncl queue send` says 'internal error'")),
+    pytest.param({"prompt": "x", "n": float("nan")}, id="nan"),
+    pytest.param({"prompt": [{"type": "file", "url": "room:///a\x00b"}]}, id="url-nul"),
+    pytest.param({"prompt": [{"type": "file", "url": "room:///" + "a" * 300}]}, id="url-name-too-long"),
+    pytest.param({"prompt": [{"type": "file", "url": "room:///loop"}]}, id="url-symlink-loop"),
     pytest.param({"prompt": "x", "thread_id": "\ud800"}, id="thread-lone-surrogate", marks=pytest.mark.xfail(
         strict=True, reason="BUG: a lone surrogate in thread_id reaches sqlite3: UnicodeEncodeError, not NclError")),
     pytest.param({"prompt": [{"type": "file", "url": "room:///link-in"}]}, id="control-link-inside"),
