@@ -86,10 +86,11 @@ class Tools:
         after = self._when(processAfter)
         first = after or (to_text(cron.next_after(expr, self.now(), self.config.zone)) if expr else None)
         task_id = ids.new_id("task", self.now())
+        answer = f"Task scheduled (id: {task_id}, next runs: {self._next_runs(first, expr)})"  # may fail: first
         self._request(requests.ScheduleTask(action="schedule_task", taskId=task_id, prompt=prompt,
                                             processAfter=after, recurrence=expr, script=script or None,
                                             contextMode=contextMode))  # type: ignore[arg-type]
-        return f"Task scheduled (id: {task_id}, next runs: {self._next_runs(first, expr)})"
+        return answer
 
     def update_task(self, taskId: str, prompt: str | None = None, processAfter: str | None = None,
                     recurrence: str | None = None, script: str | None = None) -> str:

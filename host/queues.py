@@ -86,6 +86,10 @@ def send(central: sqlite3.Connection, settings: Settings, now: datetime, queue: 
     template = payload.get("thread_id")
     if template is not None and (not isinstance(template, str) or not template.strip()):
         raise NclError("thread_id must be a non-empty string")
+    try:
+        (template or "").encode()
+    except UnicodeEncodeError:
+        raise NclError("thread_id must be valid text (it holds an unpaired surrogate)") from None
     thread = thread_for(template, now) if template else None
     arrival = router.Arrival(f"queue:{queue}", "queue",
                              {"queue": queue, "prompt": text, "content": items, "payload": payload},

@@ -69,9 +69,9 @@ class QueueTarget(_Strict):
         if not isinstance(value.get("prompt"), str | list) or not value["prompt"]:
             raise ValueError('needs "prompt": a non-empty string or a list of {type: text|file} items')
         try:
-            json.dumps(value)
+            json.dumps(value, allow_nan=False)
         except (TypeError, ValueError):
-            raise ValueError("must be plain JSON data (quote dates and times)") from None
+            raise ValueError("must be plain JSON data (quote dates and times; no .nan or .inf)") from None
         return value
 
 
@@ -145,6 +145,8 @@ def parse(text: str, source: str, base: Path) -> Spec:
     """The validated spec of a YAML document; a relative host ``cwd`` resolves against ``base``."""
     try:
         doc = yaml.safe_load(text)
+    except RecursionError:
+        raise NclError(f"{source}: nested too deeply to read") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -408,12 +408,6 @@ def test_tool_arguments_of_the_wrong_kind_are_refused_not_crashed(tmp_path: Path
             OutChatContent.model_validate(strict_json(row["content"]))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: schedule_task writes the system request first and formats its answer "
-                   "after: with processAfter in late 9999 and a recurrence, _next_runs → cron.firings raises (now a "
-                   "CronError, turned into a ToolError), so the agent is told the call failed while the host applies "
-                   "the task; list_tasks then answers 'bad arguments' for the rest of the conversation. fix: compute "
-                   "the answer before writing, and bound processAfter (e.g. ≤ now + 100 years) in the tool and in "
-                   "requests.ScheduleTask")
 def test_a_failed_schedule_call_writes_nothing_and_list_tasks_keeps_working(tmp_path: Path) -> None:
     ws = Workspace(tmp_path)
     with pytest.raises(ToolError):
@@ -524,8 +518,7 @@ def test_queue_payloads_are_a_clear_error_or_a_valid_row(queue_world: QueueWorld
     pytest.param({"prompt": [{"type": "file", "url": "room:///a\x00b"}]}, id="url-nul"),
     pytest.param({"prompt": [{"type": "file", "url": "room:///" + "a" * 300}]}, id="url-name-too-long"),
     pytest.param({"prompt": [{"type": "file", "url": "room:///loop"}]}, id="url-symlink-loop"),
-    pytest.param({"prompt": "x", "thread_id": "\ud800"}, id="thread-lone-surrogate", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: a lone surrogate in thread_id reaches sqlite3: UnicodeEncodeError, not NclError")),
+    pytest.param({"prompt": "x", "thread_id": "\ud800"}, id="thread-lone-surrogate"),
     pytest.param({"prompt": [{"type": "file", "url": "room:///link-in"}]}, id="control-link-inside"),
 ])
 def test_queue_payload_edge_cases_are_a_clear_error_and_leave_nothing(queue_world: QueueWorld, payload: Any) -> None:
@@ -617,10 +610,7 @@ def test_scheduled_task_specs_are_one_clear_line_or_a_stored_task(ncl: Callable[
 
 @pytest.mark.parametrize("doc", [
     pytest.param("version: v1\nkind: ScheduledTask\nschedule: '0 9 * * *'\nqueue: {name: jobs, payload: {prompt: hi, "
-                 "x: .nan}}\n", id="nan-in-payload", marks=pytest.mark.xfail(
-                     strict=True, reason="BUG: the payload check json.dumps(value) allows NaN; the stored spec then "
-                                         "holds null instead: the operator's value is silently changed. fix: "
-                                         "json.dumps(value, allow_nan=False)")),
+                 "x: .nan}}\n", id="nan-in-payload"),
     pytest.param("version: v1\nkind: ScheduledTask\nschedule: '0 9 * * *'\nqueue: {name: jobs, payload: {prompt: "
                  "[1]}}\n", id="payload-queues-would-refuse", marks=pytest.mark.xfail(
                      strict=True, reason="BUG: QueueTarget checks only that prompt is a non-empty str or list; a "
@@ -642,9 +632,6 @@ def test_scheduled_task_spec_edge_cases(ncl: Callable[..., Any], cli_env: Any, d
     queues.prompt_of(given_payload, cli_env.root)  # what is stored can be sent when it fires
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: yaml.safe_load recurses per nesting level: RecursionError reaches "
-                   "main() and is printed as 'internal error: RecursionError' instead of a clear 'not valid YAML' "
-                   "line. fix: catch RecursionError in scheduled.parse")
 def test_a_deeply_nested_spec_is_a_clear_error(tmp_path: Path) -> None:
     # In a child process: a RecursionError in this one can upset CPython 3.11's AST recursion counter, which pytest's
     # own traceback formatting then trips over (SystemError: AST constructor recursion depth mismatch).
