@@ -190,24 +190,27 @@ def next_weekday_nine(after: datetime, zone: ZoneInfo) -> str:
 
 
 class BlockingFake(FakeAnthropic):
-    """The first request is held until ``release()``, then answered with a non-retryable 400 without taking a
-    scripted answer (its runner is dead by then: nobody reads it); later requests are served as scripted."""
+    """Request number ``hold`` (1-based, default the first) is held until ``release()``, then answered with a
+    non-retryable 400 without taking a scripted answer (its runner is dead by then: nobody reads it); every
+    other request is served as scripted."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold: int = 1) -> None:
         super().__init__()
+        self.hold = hold
         self.entered = threading.Event()
         self.gate = threading.Event()
-        self._held = False
+        self._count = 0
 
     def release(self) -> None:
         self.gate.set()
 
     def _next(self, recorded: Recorded) -> Scripted:
         with self._lock:
-            hold, self._held = not self._held, True
-            if hold:
+            self._count += 1
+            held = self._count == self.hold
+            if held:
                 self.requests.append(recorded)
-        if not hold:
+        if not held:
             return super()._next(recorded)
         self.entered.set()
         self.gate.wait(timeout=300)

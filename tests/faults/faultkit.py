@@ -14,16 +14,13 @@ import shutil
 import signal
 import sqlite3
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-import fake_anthropic as api
 from e2e_scenario import action_lines, wait_action_count
-from fake_anthropic import FakeAnthropic, Recorded, Scripted
 from processes import Host
 
 
@@ -142,38 +139,6 @@ class Handshake:
 
 
 # --- a fake model that holds one request ---
-
-
-class HoldingFake(FakeAnthropic):
-    """Request number ``hold`` (1-based) is held until ``release()`` and then answered with a non-retryable 400
-    that takes nothing from the script (its runner is dead by then); every other request is served as scripted."""
-
-    def __init__(self, hold: int) -> None:
-        super().__init__()
-        self.hold = hold
-        self.entered = threading.Event()
-        self.gate = threading.Event()
-        self._count = 0
-
-    def release(self) -> None:
-        self.gate.set()
-
-    def _next(self, recorded: Recorded) -> Scripted:
-        with self._lock:
-            self._count += 1
-            held = self._count == self.hold
-            if held:
-                self.requests.append(recorded)
-        if not held:
-            return super()._next(recorded)
-        self.entered.set()
-        self.gate.wait(timeout=300)
-        return api.error(400, "invalid_request_error", "fake: this answer goes to a killed runner",
-                         {"x-should-retry": "false"})
-
-    def __exit__(self, *exc: Any) -> None:
-        self.gate.set()
-        super().__exit__(*exc)
 
 
 # --- reading session files ---

@@ -24,7 +24,6 @@ from fake_anthropic import FakeAnthropic
 from faultkit import (
     BASH_HOLD,
     Handshake,
-    HoldingFake,
     answers,
     claims,
     inbound_rows,
@@ -48,7 +47,7 @@ ORPHAN_WAIT_S = 3.0  # how long a killed runner's children get to die with it (i
 def test_runner_killed_mid_batch_retries_the_rest_and_answers_each_job_once() -> None:
     """Three queue jobs claimed in one batch; the first is answered, the runner dies while the model answers the
     second, the third never started. The next runner answers the second and third; the first is not redone."""
-    with short_root() as root, HoldingFake(hold=2) as fake:
+    with short_root() as root, scenario.BlockingFake(hold=2) as fake:
         env = Env(root)
         scenario.model_env(env, fake)
         env.ok("groups", "create", "jobs", "--channel", "queue:work")
