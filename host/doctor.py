@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections import Counter
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,8 +45,9 @@ def data_dir(settings: Settings) -> Check:
     return Check("data_dir", writable, f"{path} ({state}; {'writable' if writable else 'NOT writable'})")
 
 
-def docker_engine(settings: Settings) -> tuple[Check, Check]:
-    """The engine and the runner image. Neither is required unless NCL_RUNTIME=docker."""
+def docker_engine(settings: Settings) -> tuple[Check, Check, str | None]:
+    """The engine and the runner image (neither required unless NCL_RUNTIME=docker), and what keeps ``auto`` from
+    choosing docker (None: nothing), so the runtime check need not ask the engine a second time."""
     required = settings.runtime == "docker"
     try:
         import docker  # imported here: the SDK is slow to import and only doctor needs it so far
@@ -55,22 +57,25 @@ def docker_engine(settings: Settings) -> tuple[Check, Check]:
     except Exception as exc:  # the SDK raises many kinds; any of them means "not reachable"
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         engine = Check("docker_engine", not required, f"not reachable ({reason}); runtime {settings.runtime}")
-        return engine, Check("image", not required, f"{settings.image}: unknown (no engine)")
+        return engine, Check("image", not required, f"{settings.image}: unknown (no engine)"), \
+            f"docker engine not reachable ({reason})"
     with closing(client):
         engine = Check("docker_engine", True, f"reachable (engine {client.version().get('Version', '?')})")
         try:
             client.images.get(settings.image)
-            image = Check("image", True, f"{settings.image} present")
+            image, problem = Check("image", True, f"{settings.image} present"), None
         except docker.errors.ImageNotFound:
-            image = Check("image", not required, f"{settings.image} missing (build it with 'ncl image build')")
-    return engine, image
+            missing = f"{settings.image} missing (build it with 'ncl image build')"
+            image, problem = Check("image", not required, missing), f"image {missing}"
+    return engine, image, problem
 
 
-def runtime(settings: Settings) -> Check:
-    """Which runtime ``ncl host run`` would use and why. Informational: local is a valid choice, said loudly."""
+def runtime(settings: Settings, probe: Callable[[Settings], str | None] | None = None) -> Check:
+    """Which runtime ``ncl host run`` would use and why (given what the engine check found, if it ran).
+    Informational: local is a valid choice, said loudly."""
     from host import runtime as runtimes  # imported here: it pulls in both runtimes, which only this check needs
 
-    name, reason = runtimes.choose(settings)
+    name, reason = runtimes.choose(settings, probe or runtimes.probe_docker)
     return Check("runtime", True, f"{name}: {reason}" + ("; runners get NO isolation" if name == "local" else ""))
 
 
@@ -144,5 +149,6 @@ def _session_folders(settings: Settings) -> tuple[list[Path], Check | None]:
 
 def run_all(settings: Settings) -> list[Check]:
     folders, early = _session_folders(settings)
-    return [timezone(settings), data_dir(settings), *docker_engine(settings), runtime(settings), api_key(settings),
-            early or schema_versions(settings, folders), free_space(settings, folders)]
+    engine, image, problem = docker_engine(settings)
+    return [timezone(settings), data_dir(settings), engine, image, runtime(settings, lambda _: problem),
+            api_key(settings), early or schema_versions(settings, folders), free_space(settings, folders)]
