@@ -15,7 +15,7 @@ from agent_runner.config import RunnerConfig
 from schemas import ids
 from schemas.ddl import DbKind, latest_version
 from schemas.queries import DUE
-from schemas.times import to_text
+from schemas.times import from_text, to_text
 
 BUSY_TIMEOUT_MS = 5000
 # The oldest triggered rows (at most a batch of them) and every context-only row older than the last of them.
@@ -94,11 +94,16 @@ class Store:
     def finish(self, message_ids: list[str], status: str, now: datetime, outcome: str, reason: str | None = None,
                started_at: datetime | None = None, reply: Reply | None = None,
                state: tuple[str, str | None] | None = None) -> None:
-        """The answer, the conversation and the acks in one transaction: a runner killed at any point has either
-        answered (and acked) or not at all, so a retry never answers twice."""
+        """The turn's task requests, the answer, the conversation and the acks in one transaction: a runner killed
+        at any point has either answered (and asked) or not at all, so a retry never answers or asks twice."""
         detail = json.dumps({"outcome": outcome, "reason": reason,
                              **({"started_at": to_text(started_at)} if started_at else {})})
         with self.outbound() as conn, _write(conn):
+            for row in conn.execute("SELECT * FROM staged_requests WHERE generation = ? ORDER BY rowid",
+                                    (self.config.generation,)).fetchall():
+                _insert_out(conn, "system", json.loads(row["content"]), from_text(row["timestamp"]),
+                            row["in_reply_to"], {}, row["id"])
+            conn.execute("DELETE FROM staged_requests WHERE generation = ?", (self.config.generation,))
             if reply is not None:
                 _insert_out(conn, "chat", reply.content, now, reply.in_reply_to, reply.routing, None)
             if state is not None:
@@ -108,10 +113,27 @@ class Store:
                              [(m, status, to_text(now), detail, self.config.generation) for m in message_ids])
 
     def release_stale_claims(self) -> int:
-        """Claims a previous generation left 'processing' (it died): drop them so their rows are fetched again."""
+        """Claims a previous generation left 'processing' (it died): drop them so their rows are fetched again,
+        with the requests its unfinished turn staged (the retried turn makes its own)."""
         with self.outbound() as conn, _write(conn):
+            conn.execute("DELETE FROM staged_requests WHERE generation IS NOT ?", (self.config.generation,))
             return conn.execute("DELETE FROM processing_ack WHERE status = 'processing' AND generation IS NOT ?",
                                 (self.config.generation,)).rowcount
+
+    def stage(self, request: dict[str, Any], now: datetime, in_reply_to: str | None) -> str:
+        """A request for the host that takes effect when this turn finishes (see :meth:`finish`)."""
+        request_id = ids.new_id("msg", now)
+        with self.outbound() as conn, _write(conn):
+            conn.execute("INSERT INTO staged_requests(id, generation, in_reply_to, timestamp, content)"
+                         " VALUES (?, ?, ?, ?, ?)",
+                         (request_id, self.config.generation, in_reply_to, to_text(now), json.dumps(request)))
+        return request_id
+
+    def staged(self) -> list[dict[str, Any]]:
+        """This generation's requests not yet committed, oldest first."""
+        with self.outbound() as conn:
+            return [json.loads(row[0]) for row in conn.execute(
+                "SELECT content FROM staged_requests WHERE generation = ? ORDER BY rowid", (self.config.generation,))]
 
     def write(self, kind: str, content: dict[str, Any], now: datetime, in_reply_to: str | None = None,
               routing: dict[str, Any] | None = None, message_id: str | None = None) -> str:

@@ -1,7 +1,8 @@
 """The agent's tools (DESIGN §7), as plain functions: served over MCP and called by slash commands alike.
 
-Scheduling tools validate fully here (cron, minimum interval, time), answer with the outcome, and write a
-``system`` request the host applies after validating it again.
+Scheduling tools validate fully here (cron, minimum interval, time), answer with the outcome, and stage a
+``system`` request that reaches the host with the turn's answer; the host validates it again before applying it.
+Messages (send_message, send_file) go out at once: that is what they are for.
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ class Tools:
         return f"{shown} (the time given has passed)" if passed else shown
 
     def _request(self, request: requests.ScheduleTask | requests.UpdateTask | requests.ControlTask) -> None:
-        self.store.write("system", json.loads(request.to_json()), self.now(),
-                         in_reply_to=self.turn.get("in_reply_to"))
+        # Staged: the host sees it when the turn finishes, so a turn killed after this call and retried asks once.
+        self.store.stage(json.loads(request.to_json()), self.now(), self.turn.get("in_reply_to"))
 
     def schedule_task(self, prompt: str, processAfter: str | None = None, recurrence: str | None = None,
                       script: str | None = None, contextMode: str = "group") -> str:
@@ -134,10 +135,10 @@ class Tools:
             series_done = {s for s, v in found.items() if v["live"] is None}
             handled = {r[0] for r in conn.execute("SELECT message_out_id FROM delivered")}
         with self.store.outbound() as conn:
-            for row in conn.execute("SELECT id, content FROM messages_out WHERE kind = 'system' ORDER BY seq"):
-                request = json.loads(row["content"])
-                if row["id"] in handled or request.get("action") != "schedule_task":
-                    continue
+            sent = [json.loads(row["content"]) for row in conn.execute(
+                "SELECT id, content FROM messages_out WHERE kind = 'system' ORDER BY seq") if row["id"] not in handled]
+        for request in [*sent, *self.store.staged()]:
+            if request.get("action") == "schedule_task":
                 found[request["taskId"]] = {"id": request["taskId"], "occurrences": [], "requested": request,
                                             "live": None}
         return [v for k, v in found.items() if k not in series_done or "requested" in v]

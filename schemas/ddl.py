@@ -192,10 +192,23 @@ _OUTBOUND_V2 = """
 ALTER TABLE processing_ack ADD COLUMN generation TEXT;
 """
 
+# v3: a turn's task requests take effect with the turn. The tools stage them here; the transaction that records
+# the turn's answer moves them into messages_out, and a runner killed mid-turn leaves them to be dropped (its
+# retried turn asks again), so one request from the user is never applied twice.
+_OUTBOUND_V3 = f"""
+CREATE TABLE staged_requests(
+  id TEXT PRIMARY KEY,
+  generation TEXT NOT NULL,
+  in_reply_to TEXT,
+  {_instant("timestamp")},
+  content TEXT NOT NULL CHECK (json_valid(content))
+);
+"""
+
 MIGRATIONS: dict[DbKind, tuple[str, ...]] = {
     "central": (_CENTRAL_V1, _CENTRAL_V2),
     "inbound": (_INBOUND_V1, _INBOUND_V2),
-    "outbound": (_OUTBOUND_V1, _OUTBOUND_V2),
+    "outbound": (_OUTBOUND_V1, _OUTBOUND_V2, _OUTBOUND_V3),
 }
 
 

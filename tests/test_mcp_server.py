@@ -89,14 +89,18 @@ async def test_list_tasks_shows_a_request_before_the_host_applied_it(session: Pa
         scheduled = await client.call_tool("schedule_task", {"prompt": "post standup", "recurrence": "0 9 * * 1-5",
                                                              "processAfter": "2026-01-15T09:00:00"})
         assert not scheduled.is_error
+        assert outbound(session, "system") == []  # staged: the host sees it with the turn's answer
+        listed = text(await client.call_tool("list_tasks", {}))
+        store = Store(RunnerConfig.from_env(session, {"TZ": TZ, "NCL_RUNNER_GENERATION": "gen-test"}))
+        store.finish(["msg-1781168400000-aaaaaa"], "completed", clock.now(), "ran")  # the runner ends the turn
         [request] = outbound(session, "system")
         task_id = request["content"]["taskId"]
         assert text(scheduled).startswith(f"Task scheduled (id: {task_id}, next runs: ")
         assert "(the time given has passed)" in text(scheduled)
         assert request["content"]["processAfter"] == "2026-01-15T14:00:00.000Z"
         assert request["in_reply_to"] == "msg-1781168400000-aaaaaa"  # the turn the runner stored
-        listed = text(await client.call_tool("list_tasks", {}))
         assert task_id in listed and "requested (not yet applied)" in listed and "post standup" in listed
+        assert text(await client.call_tool("list_tasks", {})) == listed  # committed, still not applied
 
 
 async def test_send_file_stays_inside_the_workspace(session: Path) -> None:

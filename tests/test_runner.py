@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import sqlite3
 from contextlib import closing
@@ -61,6 +63,10 @@ class Session:
             conn.row_factory = sqlite3.Row
             rows = [dict(r) for r in conn.execute("SELECT * FROM messages_out ORDER BY seq")]
         return [r | {"body": json.loads(r["content"])} for r in rows if kind is None or r["kind"] == kind]
+
+    def staged(self) -> list[str]:
+        with closing(sqlite3.connect(self.dir / "outbound.db")) as conn:
+            return [r[0] for r in conn.execute("SELECT generation FROM staged_requests")]
 
     def acks(self) -> dict[str, tuple[str, dict[str, Any]]]:
         with closing(sqlite3.connect(self.dir / "outbound.db")) as conn:
@@ -168,6 +174,56 @@ async def test_provider_failure_is_a_failed_ack_and_a_readable_reply(session: Se
     status, detail = session.acks()[chat]
     assert (status, detail["outcome"]) == ("failed", "failed") and "401" in detail["reason"]
     assert "authentication failed" in session.out()[0]["body"]["text"]
+
+
+class Scheduling(MockProvider):
+    """Calls schedule_task as a model would, then answers, fails, or dies (never returns) as told."""
+
+    def __init__(self, then: str) -> None:
+        self.then = then
+
+    async def respond(self, turn: Turn) -> Reply:
+        turn.tools.call("schedule_task", {"prompt": "post standup", "recurrence": "0 9 * * 1-5"})
+        if self.then == "die":  # the process is SIGKILLed here: nothing after this line ever runs
+            await asyncio.Event().wait()
+        if self.then == "fail":
+            raise ProviderError("overloaded (529)")
+        return await super().respond(turn)
+
+
+class TestTurnsAreAtomic:
+    """A tool's task request takes effect with the turn that made it: a turn killed after the call and retried by
+    the next runner asks once, not twice (issue 7)."""
+
+    async def test_the_request_waits_for_the_answer_and_goes_first(self, session: Session) -> None:
+        chat = session.add(text="set up my standup")
+        await session.run(Scheduling("answer"))
+        request, reply = session.out(None)
+        assert (request["kind"], request["body"]["action"], request["in_reply_to"]) == ("system", "schedule_task", chat)
+        assert reply["kind"] == "chat" and reply["seq"] > request["seq"] and session.staged() == []
+
+    async def test_a_killed_turn_asks_nothing_and_its_retry_asks_once(self, session: Session) -> None:
+        chat = session.add(text="set up my standup")
+        dying = asyncio.create_task(session.run(Scheduling("die")))
+        while not session.staged():  # the tool call happened; the turn is now in the model's hands
+            await asyncio.sleep(0)
+        dying.cancel()  # as far as the files go, the same as a SIGKILL: nothing after the tool call ran
+        with pytest.raises(asyncio.CancelledError):
+            await dying
+        assert session.out(None) == [] and session.acks()[chat][0] == "processing"
+
+        session.config = dataclasses.replace(session.config, generation="gen-2")  # the next runner
+        await session.run(Scheduling("answer"))
+        [request] = session.out("system")
+        assert request["in_reply_to"] == chat and session.acks()[chat][0] == "completed"
+        assert session.staged() == []  # the dead turn's request was dropped, not applied late
+
+    async def test_a_failed_turn_keeps_what_it_asked(self, session: Session) -> None:
+        # A provider error ends the row for good (no retry), so the request made before it must not be lost.
+        chat = session.add(text="set up my standup")
+        await session.run(Scheduling("fail"))
+        [request] = session.out("system")
+        assert request["body"]["prompt"] == "post standup" and session.acks()[chat][0] == "failed"
 
 
 class TestSlashCommands:

@@ -222,9 +222,5 @@ def test_runner_killed_mid_tool_call_retries_the_turn_and_answers_once(tool_kill
     assert tool_kill.model_requests == 5  # two rounds of the killed turn, three of its retry
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: a tool's side effects are committed outside the turn: the killed turn's schedule_task request was applied "
-    "by the host, and the retried turn (which cannot know) scheduled the task again, so one request from the user "
-    "became two series"))
 def test_a_turn_killed_after_a_tool_call_does_not_double_its_side_effects(tool_kill: ToolKill) -> None:
     assert len(tool_kill.series) == 1, tool_kill.series
