@@ -65,6 +65,7 @@ class Sweeper:
     runners: Runners | None = None  # None: count wakes, start nothing (sweep --now)
     deliveries: Deliveries | None = None  # None: replies wait for a host that serves channels
     seen: dict[str, _Seen] = field(default_factory=dict)
+    failing: dict[str, str] = field(default_factory=dict)  # session id -> the problem last logged for it
     _central: sqlite3.Connection | None = None
     _sessions: list[Session] = field(default_factory=list)
     _central_version: int = -1
@@ -128,8 +129,15 @@ class Sweeper:
             except Exception as exc:  # one broken session never stops the others
                 self.seen.pop(session.id, None)
                 result.errors += 1
-                log.warning("session %s skipped: %s", session.id, exc,
-                            extra={"action": "session_failed", "session": session.id})
+                # Said once per distinct problem: a session broken for good must not fill the log every sweep.
+                level = logging.DEBUG if self.failing.get(session.id) == str(exc) else logging.WARNING
+                self.failing[session.id] = str(exc)
+                log.log(level, "session %s skipped: %s", session.id, exc,
+                        extra={"action": "session_failed", "session": session.id})
+            else:
+                if self.failing.pop(session.id, None) is not None:
+                    log.info("session %s works again", session.id,
+                             extra={"action": "session_recovered", "session": session.id})
         if self.runners:
             result.woken += self.runners.start_waiting(now, self._rules)
         return result

@@ -168,6 +168,28 @@ def test_a_broken_session_is_logged_and_the_others_are_swept(world: World,
     assert [r.session for r in caplog.records if getattr(r, "action", None) == "session_failed"] == [broken.id]
 
 
+def test_a_session_broken_for_good_is_warned_about_once_and_its_recovery_said(
+        world: World, caplog: pytest.LogCaptureFixture) -> None:
+    broken = world.new_session()
+    good = (broken.folder / "inbound.db").read_bytes()
+    (broken.folder / "inbound.db").write_bytes(b"this is not a database" * 100)
+    sweeper = world.sweeper()
+
+    def said(action: str, level: int) -> int:
+        return sum(getattr(r, "action", None) == action and r.levelno == level for r in caplog.records)
+
+    with caplog.at_level(logging.DEBUG):
+        for n in range(3):
+            assert sweeper.tick(T0 + timedelta(minutes=n)).errors == 1
+        assert (said("session_failed", logging.WARNING), said("session_failed", logging.DEBUG)) == (1, 2)
+        (broken.folder / "inbound.db").write_bytes(good)
+        assert sweeper.tick(T0 + timedelta(minutes=3)).errors == 0
+        assert said("session_recovered", logging.INFO) == 1
+        shutil.rmtree(broken.folder)  # a new problem is news again
+        assert sweeper.tick(T0 + timedelta(minutes=4)).errors == 1
+        assert said("session_failed", logging.WARNING) == 2
+
+
 def test_deleted_session_folder_does_not_stop_the_sweep(world: World) -> None:
     gone = world.new_session()
     world.schedule(T0 - timedelta(minutes=1), at=to_text(T0))
