@@ -11,6 +11,7 @@ import socket
 import stat
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -89,8 +90,8 @@ class Handler(BaseHTTPRequestHandler):
         self.server.finished.set()
 
 
-@pytest.fixture
-def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[Upstream]:
+@contextmanager
+def running_upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[Upstream]:
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)  # the proxy reaches the fake upstream directly
     server = Upstream()
@@ -99,6 +100,12 @@ def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[Upstream]:
     server.release.set()
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[Upstream]:
+    with running_upstream(monkeypatch) as server:
+        yield server
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ import e2e_scenario as scenario
 import pytest
 from kit import FakeClock, RecordingRuntime, World, utc
 from processes import Env
-from test_proxy import Upstream, raw
+from test_proxy import Upstream, raw, running_upstream
 
 from agent_runner.config import RunnerConfig
 from agent_runner.mcp_server import server_parameters
@@ -375,14 +375,8 @@ def test_the_mcp_server_is_started_with_the_runners_settings_only(tmp_path: Path
 
 @pytest.fixture
 def model_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Upstream]:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    server = Upstream()
-    threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
-    yield server
-    server.release.set()
-    server.shutdown()
-    server.server_close()
+    with running_upstream(monkeypatch) as server:
+        yield server
 
 
 @pytest.fixture
