@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import sqlite3
 from contextlib import closing
@@ -29,9 +30,55 @@ def thread_for(template: str, now: datetime) -> str:
     return text
 
 
-def _file(group_dir: Path, url: str) -> tuple[str, str]:
-    if not url.startswith("room:///"):
+class NotJson(NclError):
+    """A payload that is not strict JSON data (a YAML spec hears how to write it instead)."""
+
+
+def _check_url(url: Any) -> None:
+    if not isinstance(url, str) or not url.startswith("room:///"):
         raise NclError(f"file item url must be room:///<path inside the group folder>, not {url!r}")
+    path = url.removeprefix("room:///")
+    # Lexically out already, so a spec can be refused when added; links out are caught when the file resolves.
+    if path.startswith("/") or posixpath.normpath(path).split("/")[0] == "..":
+        raise NclError(f"file item {url} is outside the group folder")
+
+
+def _check_item(item: Any) -> None:
+    kind = item.get("type") if isinstance(item, dict) else None
+    if kind == "text" and isinstance(item.get("text"), str):
+        return
+    if kind == "file" and "url" in item:
+        _check_url(item["url"])
+        return
+    raise NclError(f"bad prompt item {item!r}: use {{type: text, text}} or {{type: file, url: room:///path}}")
+
+
+def check_payload(payload: Any) -> None:
+    """Refuse a payload ``send`` would refuse whatever the group's files hold: the one place that says what a
+    payload and a prompt item are, for ``send`` and for a scheduled task's spec alike."""
+    if not isinstance(payload, dict):
+        raise NclError("the payload must be a JSON object")
+    try:  # ensure_ascii=False so that an unpaired surrogate fails to encode; the round trip catches non-text keys
+        text = json.dumps(payload, allow_nan=False, ensure_ascii=False)
+        text.encode()
+        same = json.loads(text) == payload
+    except (TypeError, ValueError, UnicodeError):
+        same = False
+    if not same:
+        raise NotJson("the payload must be strict JSON data (no NaN or Infinity, no unpaired surrogates, "
+                      "no dates or other non-JSON values, text keys only)")
+    prompt = payload.get("prompt")
+    if isinstance(prompt, list) and prompt:
+        for item in prompt:
+            _check_item(item)
+    elif not isinstance(prompt, str) or not prompt.strip():
+        raise NclError('payload needs "prompt": a non-empty string or a list of {type: text|file} items')
+    template = payload.get("thread_id")  # valid text already: the payload as a whole encodes
+    if template is not None and (not isinstance(template, str) or not template.strip()):
+        raise NclError("thread_id must be a non-empty string")
+
+
+def _file(group_dir: Path, url: str) -> tuple[str, str]:
     root = group_dir.resolve()
     path = (root / url.removeprefix("room:///")).resolve()  # resolve() follows links: a link out is refused too
     if not path.is_relative_to(root) or path == root:
@@ -47,24 +94,20 @@ def _file(group_dir: Path, url: str) -> tuple[str, str]:
 
 
 def prompt_of(payload: dict[str, Any], group_dir: Path) -> tuple[str, list[dict[str, Any]]]:
-    """The prompt text (files inlined) and the items as given (files kept as files)."""
-    prompt = payload.get("prompt")
-    if isinstance(prompt, str) and prompt.strip():
+    """The prompt text (files inlined) and the items as given (files kept as files) of a payload that passed
+    ``check_payload``: only the files are left to resolve."""
+    prompt = payload["prompt"]
+    if isinstance(prompt, str):
         return prompt, [{"type": "text", "text": prompt}]
-    if not isinstance(prompt, list) or not prompt:
-        raise NclError('payload needs "prompt": a non-empty string or a list of {type: text|file} items')
     parts, items = [], []
     for item in prompt:
-        kind = item.get("type") if isinstance(item, dict) else None
-        if kind == "text" and isinstance(item.get("text"), str):
+        if item["type"] == "text":
             parts.append(item["text"])
             items.append({"type": "text", "text": item["text"]})
-        elif kind == "file" and isinstance(item.get("url"), str):
+        else:
             name, text = _file(group_dir, item["url"])
             parts.append(f'<file name="{name}">\n{text}\n</file>')
             items.append({"type": "file", "url": item["url"], "name": name})
-        else:
-            raise NclError(f"bad prompt item {item!r}: use {{type: text, text}} or {{type: file, url}}")
     return "\n\n".join(parts), items
 
 
@@ -72,24 +115,13 @@ def send(central: sqlite3.Connection, settings: Settings, now: datetime, queue: 
          payload: Any) -> dict[str, str]:
     if not QUEUE_NAME.fullmatch(queue):
         raise NclError(f"invalid queue name {queue!r}")
-    if not isinstance(payload, dict):
-        raise NclError("the payload must be a JSON object")
-    try:  # everything checked before a session is made: a refused job leaves nothing behind
-        json.dumps(payload, allow_nan=False).encode()
-    except (ValueError, UnicodeError):
-        raise NclError("the payload must be strict JSON text (no NaN or Infinity, no unpaired surrogates)") from None
+    check_payload(payload)  # everything checked before a session is made: a refused job leaves nothing behind
     group = router.group_for(central, f"queue:{queue}")
     try:
         text, items = prompt_of(payload, groups.folder(settings, group.id))
     except (ValueError, OSError, RuntimeError) as exc:  # NUL bytes, over-long names, link loops in a file url
         raise NclError(f"bad file item: {str(exc).splitlines()[0]}") from None
     template = payload.get("thread_id")
-    if template is not None and (not isinstance(template, str) or not template.strip()):
-        raise NclError("thread_id must be a non-empty string")
-    try:
-        (template or "").encode()
-    except UnicodeEncodeError:
-        raise NclError("thread_id must be valid text (it holds an unpaired surrogate)") from None
     thread = thread_for(template, now) if template else None
     arrival = router.Arrival(f"queue:{queue}", "queue",
                              {"queue": queue, "prompt": text, "content": items, "payload": payload},

@@ -8,7 +8,6 @@ and a restart, never fire one slot twice; a unique index on (task, slot) holds t
 
 from __future__ import annotations
 
-import json
 import shlex
 import sqlite3
 from dataclasses import dataclass
@@ -18,11 +17,11 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from host.db import transaction
 from host.errors import NclError
-from host.queues import QUEUE_NAME
+from host.queues import QUEUE_NAME, NotJson, check_payload
 from schemas import cron
 from schemas.times import to_text
 
@@ -30,6 +29,7 @@ TargetKind = Literal["queue", "container", "host"]
 TARGETS: tuple[TargetKind, ...] = ("queue", "container", "host")
 GAP_SPAN = timedelta(days=366)  # the min-gap rule is checked over a year of firings, DST and all
 MAX_TIMEOUT_S = 24 * 3600
+STORED = {"stored": True}  # validation context of a spec read back from its row
 
 
 class SpecError(NclError):
@@ -65,13 +65,16 @@ class QueueTarget(_Strict):
 
     @field_validator("payload")
     @classmethod
-    def _payload(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(value.get("prompt"), str | list) or not value["prompt"]:
-            raise ValueError('needs "prompt": a non-empty string or a list of {type: text|file} items')
+    def _payload(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if info.context == STORED:  # a row stored before a rule tightened still lists; its firing fails, clearly
+            return value
         try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError):
-            raise ValueError("must be plain JSON data (quote dates and times; no .nan or .inf)") from None
+            check_payload(value)  # queues' own rules: what is stored can be sent when it fires
+        except NotJson:
+            raise ValueError("must be plain JSON data (quote dates and times; no .nan or .inf; "
+                             "no unpaired surrogates)") from None
+        except NclError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
 
@@ -206,8 +209,9 @@ class Task:
 
     @classmethod
     def of(cls, row: sqlite3.Row) -> Task:
-        return cls(row["id"], Spec.model_validate_json(row["spec"]), bool(row["active"]), row["next_run"],
-                   row["created_at"], row["updated_at"], row["last_status"])
+        spec = Spec.model_validate_json(row["spec"], context=STORED)
+        return cls(row["id"], spec, bool(row["active"]), row["next_run"], row["created_at"], row["updated_at"],
+                   row["last_status"])
 
     def target_json(self) -> dict[str, Any]:
         return {"kind": self.spec.target_kind, **self.spec.target.model_dump(mode="json")}

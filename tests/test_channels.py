@@ -9,10 +9,14 @@ import stat
 import urllib.request
 from collections.abc import Iterator
 from contextlib import closing
+from datetime import date
 from pathlib import Path
 
 import pytest
 from processes import Env, Host
+
+from host import queues
+from host.errors import NclError
 
 
 @pytest.fixture
@@ -121,12 +125,53 @@ def test_queue_prompt_list_mixes_file_and_text_items(env: Env) -> None:
     ('{"prompt": ""}', "prompt"),
     ('{"prompt": "x", "thread_id": 5}', "thread_id"),
     ("[1, 2]", "JSON object"),
+    ('{"prompt": [1]}', "bad prompt item 1"),
     ("{not json", "not JSON"),
 ])
 def test_bad_queue_payloads_are_refused_without_a_row(env: Env, payload: str, needle: str) -> None:
     done = env.ncl("queue", "send", "--queue", "support-jobs", "--json", payload)
     assert done.returncode == 1 and needle in done.stderr and done.stderr.count("\n") == 1
     assert json.loads(env.ok("sessions", "list", "--json"))["sessions"] == []
+
+
+@pytest.mark.parametrize(("payload", "needle"), [
+    ([1], "must be a JSON object"),
+    ({"prompt": "x", "n": float("nan")}, "strict JSON"),
+    ({"prompt": "x", "at": date(2026, 1, 1)}, "strict JSON"),  # what YAML makes of an unquoted date
+    ({"prompt": "x", "extra": {1: "a"}}, "strict JSON"),
+    ({"prompt": "\ud800"}, "strict JSON"),
+    ({"prompt": "x", "thread_id": "t-\udc00"}, "strict JSON"),
+    ({}, 'needs "prompt"'),
+    ({"prompt": " "}, 'needs "prompt"'),
+    ({"prompt": []}, 'needs "prompt"'),
+    ({"prompt": {"type": "text", "text": "x"}}, 'needs "prompt"'),
+    ({"prompt": [1]}, "bad prompt item 1:"),
+    ({"prompt": [{"type": "text"}]}, "bad prompt item"),
+    ({"prompt": [{"type": "text", "text": 5}]}, "bad prompt item"),
+    ({"prompt": [{"type": "image", "url": "room:///a.png"}]}, "bad prompt item"),
+    ({"prompt": [{"type": "file"}]}, "bad prompt item"),
+    ({"prompt": [{"type": "file", "url": 5}]}, "must be room:///"),
+    ({"prompt": [{"type": "file", "url": "file:///etc/passwd"}]}, "must be room:///"),
+    ({"prompt": [{"type": "file", "url": "room:///../x"}]}, "room:///../x is outside the group folder"),
+    ({"prompt": [{"type": "file", "url": "room:///a/../../x"}]}, "outside the group folder"),
+    ({"prompt": [{"type": "file", "url": "room:////etc/passwd"}]}, "outside the group folder"),
+    ({"prompt": "x", "thread_id": ""}, "thread_id must be a non-empty string"),
+    ({"prompt": "x", "thread_id": "  "}, "thread_id must be a non-empty string"),
+    ({"prompt": "x", "thread_id": ["a"]}, "thread_id must be a non-empty string"),
+])
+def test_check_payload_refuses_in_one_clear_line(payload: object, needle: str) -> None:
+    with pytest.raises(NclError) as refused:
+        queues.check_payload(payload)
+    assert needle in str(refused.value) and "\n" not in str(refused.value), refused.value
+
+
+@pytest.mark.parametrize("payload", [
+    {"prompt": "hi"},
+    {"prompt": [{"type": "text", "text": ""}, {"type": "file", "url": "room:///sub/../a.txt"}], "thread_id": "d-{DD}"},
+    {"prompt": [{"type": "file", "url": "room:///not-there-yet.txt"}], "extra": {"n": [1, 2.5, None, True]}},
+])
+def test_check_payload_leaves_the_files_to_send(payload: object) -> None:
+    queues.check_payload(payload)  # no file is looked at: a missing file is send's to refuse
 
 
 def test_queue_symlink_out_of_the_group_folder_is_refused(env: Env) -> None:

@@ -612,10 +612,7 @@ def test_scheduled_task_specs_are_one_clear_line_or_a_stored_task(ncl: Callable[
     pytest.param("version: v1\nkind: ScheduledTask\nschedule: '0 9 * * *'\nqueue: {name: jobs, payload: {prompt: hi, "
                  "x: .nan}}\n", id="nan-in-payload"),
     pytest.param("version: v1\nkind: ScheduledTask\nschedule: '0 9 * * *'\nqueue: {name: jobs, payload: {prompt: "
-                 "[1]}}\n", id="payload-queues-would-refuse", marks=pytest.mark.xfail(
-                     strict=True, reason="BUG: QueueTarget checks only that prompt is a non-empty str or list; a "
-                                         "prompt item queues.send refuses ('bad prompt item 1') is stored and fails "
-                                         "at every firing. fix: validate payload items with queues' item rules")),
+                 "[1]}}\n", id="payload-queues-would-refuse"),
     pytest.param("version: v1\nkind: ScheduledTask\nschedule: '0 9 * * *'\nqueue: {name: jobs, payload: {prompt: "
                  "hi}}\n", id="control-good-spec"),
 ])

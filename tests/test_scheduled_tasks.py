@@ -139,6 +139,12 @@ BAD_SPECS = [
     (HEAD + "schedule: 0 9 * * *\nqueue: {name: q, payload: {text: hi}}\n", 'needs "prompt"'),
     (HEAD + "schedule: 0 9 * * *\nqueue: {name: 'bad name', payload: {prompt: hi}}\n", "queue.name"),
     (HEAD + "schedule: 0 9 * * *\nqueue: {name: q, payload: {prompt: hi, at: 2026-01-01}}\n", "plain JSON"),
+    # queues.send's own rules, so that what is stored can be sent when it fires
+    (HEAD + "schedule: 0 9 * * *\nqueue: {name: q, payload: {prompt: [1]}}\n", "queue.payload: bad prompt item 1"),
+    (HEAD + "schedule: 0 9 * * *\nqueue: {name: q, payload: {prompt: [{type: file, url: 'room:///../x'}]}}\n",
+     "queue.payload: file item room:///../x is outside the group folder"),
+    (HEAD + "schedule: 0 9 * * *\nqueue: {name: q, payload: {prompt: hi, thread_id: ''}}\n",
+     "queue.payload: thread_id must be a non-empty string"),
 ]
 
 
@@ -208,6 +214,25 @@ def test_update_replaces_the_spec_and_recomputes_next_run_only_for_a_new_schedul
     bad = project.spec(HEAD + "schedule: '*/5 * * * *'\nhost: {command: 'true'}\n", "bad.yaml")
     assert "min apart" in one_line_error(project.ncl("scheduled-task", "update", item["id"], "--file", bad))
     assert project.listed() == [paused]
+
+
+def test_update_refuses_a_payload_queues_would_refuse_and_keeps_the_task(project: Project) -> None:
+    item = project.add(DAILY_QUEUE)
+    bad = project.spec(DAILY_QUEUE.replace("prompt: Generate the daily summary.", "prompt: [{type: text}]"), "u.yaml")
+    line = one_line_error(project.ncl("scheduled-task", "update", item["id"], "--file", bad))
+    assert line.startswith("ncl: u.yaml: queue.payload: bad prompt item"), line
+    assert project.listed() == [item]
+
+
+def test_a_row_stored_before_a_payload_rule_still_lists_and_fails_at_its_firing(project: Project) -> None:
+    project.support_group()
+    item = project.add(DAILY_QUEUE)
+    with closing(db.connect(project.settings().central_db, "central")) as conn, conn:
+        conn.execute("UPDATE scheduled_tasks SET spec = replace(spec, '\"Generate the daily summary.\"', '[1]')")
+    assert project.listed()[0]["target"]["payload"] == {"prompt": [1]}
+    assert project.firer(FakeClock(SLOT)).tick(SLOT).failed == 1
+    (run,) = project.runs(item["id"])
+    assert run["status"] == "failed" and "bad prompt item 1" in run["error"]
 
 
 def test_delete_removes_the_task_and_its_runs(project: Project) -> None:
