@@ -22,6 +22,9 @@ from host.webhooks import Webhooks
 log = logging.getLogger(__name__)
 SLICE_S = 1.0  # longest uninterrupted sleep: bounds how late a nudge or a stop is noticed
 FLOOR_S = 0.05  # shortest sleep, so a wake that cannot start never spins the loop
+# Opening a session never seen takes 1-3 ms (all of them, at a host's start): in chunks, between which the loop
+# serves webhooks, chats and the model proxy.
+NEW_SESSIONS_PER_TICK = 64
 LIVE_RUNNER_TICK_S = 0.25  # with runners alive, acks, requests and replies are synced at least this often
 
 
@@ -70,11 +73,14 @@ class Host:
         fired = self.scheduled.tick(now)
         # Between full sweeps only the sessions with something going on are looked at: a live runner makes the
         # loop tick four times a second, which must not stat every idle session each time.
-        result = self.sweeper.tick(now, None if full else self.sweeper.hot(now))
+        result = self.sweeper.tick(now, None if full else self.sweeper.hot(now), new_limit=NEW_SESSIONS_PER_TICK)
         if fired.fired or fired.missed or fired.failed:
             log.debug("scheduled tasks", extra={"action": "scheduled_tick", **fired.to_json()})
         if result.sessions_opened:
             log.debug("sweep", extra={"action": "sweep", **result.to_json()})
+        if self.sweeper.unvisited:  # a start with many sessions: let the channels and the proxy in, then go on
+            await self.clock.sleep(0)
+            return result
         wake_at = self.wake_at(now)
         while not self.stopping.is_set():
             left = (wake_at - self.clock.now()).total_seconds()

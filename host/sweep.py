@@ -66,6 +66,7 @@ class Sweeper:
     deliveries: Deliveries | None = None  # None: replies wait for a host that serves channels
     seen: dict[str, _Seen] = field(default_factory=dict)
     failing: dict[str, str] = field(default_factory=dict)  # session id -> the problem last logged for it
+    unvisited: int = 0  # sessions never seen that the last tick left for the next (its new_limit)
     _central: sqlite3.Connection | None = None
     _sessions: list[Session] = field(default_factory=list)
     _central_version: int = -1
@@ -116,13 +117,22 @@ class Sweeper:
             found |= {*self.runners.live, *self.runners.waiting}
         return found
 
-    def tick(self, now: datetime, only: set[str] | None = None) -> SweepResult:
-        """One pass over every active session, or over ``only`` those (a partial tick between full sweeps)."""
+    def tick(self, now: datetime, only: set[str] | None = None, new_limit: int | None = None) -> SweepResult:
+        """One pass over every active session, or over ``only`` those (a partial tick between full sweeps).
+        ``new_limit``: open at most this many sessions never seen before; the rest wait for the next tick
+        (``unvisited`` counts them), so a host starting with thousands of sessions keeps serving between ticks."""
         result = SweepResult(now=to_text(now))
         policy = self.policy
+        self.unvisited = 0
         for session in self.active_sessions():
-            if only is not None and session.id not in only and session.id in self.seen:
+            new = session.id not in self.seen and session.id not in self.failing
+            if only is not None and session.id not in only and not new:
                 continue  # (a session never seen yet, e.g. one a queue job just made, is always looked at)
+            if new and new_limit is not None:
+                if new_limit <= 0:
+                    self.unvisited += 1
+                    continue
+                new_limit -= 1
             result.sessions_checked += 1
             try:
                 self._sweep_one(session, now, policy, result)

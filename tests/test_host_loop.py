@@ -7,9 +7,10 @@ from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from kit import FakeClock, RecordingRuntime, World, utc
 
-from host import nudge, tasks
+from host import loop, nudge, sessions, tasks
 from host.loop import Host
 from schemas import ids
 from schemas.times import to_text
@@ -87,3 +88,24 @@ async def test_between_full_sweeps_only_busy_sessions_are_looked_at(tmp_path: Pa
     assert second.sessions_checked == 1  # the live session only, not the ten idle ones
     nudge.touch(world.settings)  # a write from outside: the next step is a full sweep again
     assert (await host.step()).sessions_checked == 11
+
+
+async def test_a_start_with_many_sessions_opens_them_in_chunks_and_yields_between(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop, "NEW_SESSIONS_PER_TICK", 2)
+    world = World(tmp_path, NCL_SWEEP_INTERVAL_S="60")
+    # Listed first (oldest): a session that fails every visit must not take a new session's turn each tick.
+    broken = sessions.create(world.central, world.settings, utc("2025-12-31T00:00:00"), world.group, None)
+    (broken.folder / "inbound.db").write_bytes(b"not a database" * 100)
+    others = [world.new_session() for _ in range(3)]
+    world.schedule(T, at=to_text(T), session=others[-1])  # due, in one of the sessions
+    clock = FakeClock(T)
+    runtime = RecordingRuntime(clock)
+    host = Host(world.settings, runtime, clock)
+    left = []
+    for _ in range(3):
+        await host.step()
+        left.append(host.sweeper.unvisited)
+    assert left == [3, 1, 0]  # five sessions two at a time
+    assert clock.slept[:2] == [0, 0] and clock.slept[2] > 0  # a yield between chunks; after the last, a wait
+    assert [started[1] for started in runtime.started] == [others[-1].id]
