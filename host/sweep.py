@@ -125,10 +125,9 @@ class Sweeper:
         policy = self.policy
         self.unvisited = 0
         for session in self.active_sessions():
-            new = session.id not in self.seen and session.id not in self.failing
-            if only is not None and session.id not in only and not new:
+            if only is not None and session.id not in only and session.id in self.seen:
                 continue  # (a session never seen yet, e.g. one a queue job just made, is always looked at)
-            if new and new_limit is not None:
+            if new_limit is not None and session.id not in self.seen and session.id not in self.failing:
                 if new_limit <= 0:
                     self.unvisited += 1
                     continue
