@@ -25,6 +25,7 @@ FLOOR_S = 0.05  # shortest sleep, so a wake that cannot start never spins the lo
 # Opening a session never seen takes 1-3 ms (all of them, at a host's start): in chunks, between which the loop
 # serves webhooks, chats and the model proxy.
 NEW_SESSIONS_PER_TICK = 64
+BETWEEN_CHUNKS_S = 0.01  # long enough for a request to be read and answered whole, not one step of it a chunk
 LIVE_RUNNER_TICK_S = 0.25  # with runners alive, acks, requests and replies are synced at least this often
 
 
@@ -44,6 +45,7 @@ class Host:
     def __post_init__(self) -> None:
         self._full_stamp: int | None = None  # the nudge stamp the last full sweep saw; None: none yet
         self._next_full = datetime.min.replace(tzinfo=UTC)
+        self._started_at: datetime | None = self.clock.now()  # until every session has been seen once
         self.channel = CliChannel(self.settings)
         self.webhooks = Webhooks(self.settings)
         self.proxy = CredentialProxy(self.settings)
@@ -79,8 +81,13 @@ class Host:
         if result.sessions_opened:
             log.debug("sweep", extra={"action": "sweep", **result.to_json()})
         if self.sweeper.unvisited:  # a start with many sessions: let the channels and the proxy in, then go on
-            await self.clock.sleep(0)
+            await self.clock.sleep(BETWEEN_CHUNKS_S)
             return result
+        if self._started_at is not None:
+            log.info("every session seen once, %.1f s after the start (%d active)",
+                     (self.clock.now() - self._started_at).total_seconds(), len(self.sweeper.active_sessions()),
+                     extra={"action": "sessions_seen"})
+            self._started_at = None
         wake_at = self.wake_at(now)
         while not self.stopping.is_set():
             left = (wake_at - self.clock.now()).total_seconds()

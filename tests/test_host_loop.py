@@ -3,6 +3,7 @@ also when ``ncl`` wrote it while the host slept."""
 
 from __future__ import annotations
 
+import logging
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
@@ -91,7 +92,7 @@ async def test_between_full_sweeps_only_busy_sessions_are_looked_at(tmp_path: Pa
 
 
 async def test_a_start_with_many_sessions_opens_them_in_chunks_and_yields_between(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(loop, "NEW_SESSIONS_PER_TICK", 2)
     world = World(tmp_path, NCL_SWEEP_INTERVAL_S="60")
     # Listed first (oldest): a session that fails every visit must not take a new session's turn each tick.
@@ -102,10 +103,13 @@ async def test_a_start_with_many_sessions_opens_them_in_chunks_and_yields_betwee
     clock = FakeClock(T)
     runtime = RecordingRuntime(clock)
     host = Host(world.settings, runtime, clock)
-    left = []
+    left, said = [], []
     for _ in range(3):
-        await host.step()
+        with caplog.at_level(logging.INFO, logger="host.loop"):
+            await host.step()
         left.append(host.sweeper.unvisited)
+        said.append(sum(getattr(r, "action", None) == "sessions_seen" for r in caplog.records))
     assert left == [3, 1, 0]  # five sessions two at a time
-    assert clock.slept[:2] == [0, 0] and clock.slept[2] > 0  # a yield between chunks; after the last, a wait
+    assert said == [0, 0, 1]  # the operator hears when the start is over
+    assert clock.slept[:2] == [loop.BETWEEN_CHUNKS_S] * 2 and clock.slept[2] > loop.BETWEEN_CHUNKS_S  # then a wait
     assert [started[1] for started in runtime.started] == [others[-1].id]
