@@ -299,6 +299,10 @@ class Workspace:
     def outbox(self) -> list[str]:
         return sorted(p.name for p in (self.folder / "outbox").iterdir())
 
+    def end_turn(self) -> None:
+        """What the runner does when the model has answered: the turn's staged requests go out with its ack."""
+        self.tools.store.finish([self.chat], "completed", T0, "ran")
+
     def close(self) -> None:
         self.world.central.close()
 
@@ -343,10 +347,12 @@ def test_tool_calls_answer_or_refuse_and_what_they_write_is_applied_or_rejected(
         except ToolError as exc:
             observe(f"{name}: refused")
             assert str(exc)
+            ws.end_turn()
             assert ws.out_rows() == before and ws.outbox() == outbox, "a refused call wrote something"
             return
         observe(f"{name}: answered")
         assert isinstance(answer, str) and answer
+        ws.end_turn()
         written = ws.out_rows()[len(before):]
         kinds = [r["kind"] for r in written]
         if name == "list_tasks":
@@ -401,8 +407,10 @@ def test_tool_arguments_of_the_wrong_kind_are_refused_not_crashed(tmp_path: Path
     try:
         ws.tools.call(name, arguments)
     except ToolError:
+        ws.end_turn()
         assert ws.out_rows() == before and ws.outbox() == outbox
         return
+    ws.end_turn()
     for row in ws.out_rows()[len(before):]:
         if row["kind"] == "chat":
             OutChatContent.model_validate(strict_json(row["content"]))
@@ -413,6 +421,7 @@ def test_a_failed_schedule_call_writes_nothing_and_list_tasks_keeps_working(tmp_
     with pytest.raises(ToolError):
         ws.tools.call("schedule_task", {"prompt": "x", "processAfter": "9999-12-31T12:00:00Z",
                                         "recurrence": "0 9 * * *"})
+    ws.end_turn()
     assert [r for r in ws.out_rows() if r["kind"] == "system"] == []
     ws.tools.call("schedule_task", {"prompt": "far", "processAfter": "9999-12-31T12:00:00Z"})
     assert "far" in ws.tools.call("list_tasks", {})

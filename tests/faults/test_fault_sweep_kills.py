@@ -165,11 +165,7 @@ class PlayedRunners:
     def _finish(self, session: Session, store: Store, message_id: str, kind: str, now: datetime) -> None:
         outcome = self.rng.choices(TERMINAL_OUTCOMES, (80, 8, 5, 7))[0] if kind == "task" else "ran"
         status = "failed" if outcome == "failed" else "completed"
-        store.finish([message_id], status, now, outcome, None if outcome == "ran" else f"played {outcome}",
-                     now - timedelta(seconds=1))
-        self.ledger[message_id] += 1
-        self.outcomes[message_id] = outcome
-        if self.rng.random() < 0.04:  # the agent schedules something through the real tool
+        if self.rng.random() < 0.04:  # in the turn, the agent schedules something through the real tool
             tools = Tools(store.config, store, lambda: now)
             tools.turn = {"in_reply_to": message_id, "routing": {}}
             recurs = self.rng.random() < 0.5
@@ -179,6 +175,10 @@ class PlayedRunners:
                 answer = tools.schedule_task("follow up", processAfter=to_text(now + timedelta(minutes=7)))
             task_id = answer.split("id: ", 1)[1].split(",", 1)[0]
             self.requested[task_id] = (session.id, recurs)
+        store.finish([message_id], status, now, outcome, None if outcome == "ran" else f"played {outcome}",
+                     now - timedelta(seconds=1))  # the request reaches the host with the turn's end
+        self.ledger[message_id] += 1
+        self.outcomes[message_id] = outcome
 
 
 def _setup(settings: Settings, rng: random.Random) -> tuple[list[Session], dict[str, str]]:
