@@ -48,7 +48,7 @@ from mcp.types import CallToolResult, ImageContent, TextContent
 from agent_runner.config import RunnerConfig
 from agent_runner.mcp_server import extra_servers, server_parameters
 from agent_runner.providers import History, ProviderError, Reply, Turn
-from schemas import clock
+from schemas import clock, detached
 
 log = logging.getLogger(__name__)
 MAX_ROUNDS = 20  # model calls per turn; a model stuck calling tools must not run forever
@@ -219,6 +219,8 @@ class AnthropicProvider:
                 except Exception as exc:
                     log.warning("MCP server %s did not start: %s", name, _why(exc),
                                 extra={"action": "mcp_server_failed"})
+            # The SDK gives each server a session of its own; listed, a local host can kill them along with us.
+            detached.note(self.config.session_dir, detached.children_of(os.getpid()))
             self._box = box
         return self._box
 

@@ -23,6 +23,7 @@ import selectors
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -64,14 +65,20 @@ class _Capture:
 
 
 def run_gate(script: str, *, task_id: str, tz: str, home: str, path: str = "/usr/local/bin:/usr/bin:/bin",
-             timeout_s: float = 30.0, max_output: int = 1 << 20, cwd: str | None = None) -> GateResult:
-    """Run ``script`` with bash and judge its last stdout line; never raises for anything the script does."""
+             timeout_s: float = 30.0, max_output: int = 1 << 20, cwd: str | None = None,
+             on_start: Callable[[int], None] | None = None) -> GateResult:
+    """Run ``script`` with bash and judge its last stdout line; never raises for anything the script does.
+
+    ``on_start`` gets bash's pid as soon as it runs (the runner lists it, so a host that kills the runner can
+    kill the script's session too); it must not raise."""
     env = {"PATH": path, "HOME": home, "TZ": tz, "NCL_TASK_ID": task_id}
     try:
         # A new session makes the script's pid its process-group id, so one killpg reaches
         # everything it started, including `cmd &` children that still hold our pipes.
         with subprocess.Popen(["bash", "-c", script], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, env=env, cwd=cwd, start_new_session=True) as proc:
+            if on_start is not None:
+                on_start(proc.pid)
             capture = _collect(proc, timeout_s, max_output)
             returncode = proc.returncode
     except (OSError, ValueError) as exc:  # ValueError: a NUL or lone surrogate the OS cannot take

@@ -16,6 +16,7 @@ from agent_runner.gate import run_gate
 from agent_runner.providers import History, Provider, ProviderError, Turn
 from agent_runner.store import Reply, Store
 from agent_runner.tools import Tools
+from schemas import detached
 
 log = logging.getLogger(__name__)
 BEAT_EVERY = timedelta(seconds=1)
@@ -83,8 +84,10 @@ class Runner:
         """Gate a task, or answer a slash command; the item still to go to the model, if any."""
         content = _content(row)
         if row["kind"] == "task" and content.get("script"):
+            # on_start: listed for a local host, which kills the script's own session when it kills us (DESIGN §8).
             gate = await asyncio.to_thread(run_gate, content["script"], task_id=row["id"], tz=self.config.tz,
-                                           home=str(self.config.session_dir), cwd=str(self.config.session_dir))
+                                           home=str(self.config.session_dir), cwd=str(self.config.session_dir),
+                                           on_start=lambda pid: detached.note(self.config.session_dir, [pid]))
             self.beat(self.clock.now())
             if not gate.wake:
                 self.store.ack([row["id"]], "completed", self.clock.now(), gate.ack_outcome, gate.reason, now)

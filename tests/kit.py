@@ -4,6 +4,8 @@ on real SQLite files with helpers that act as the runner would (acks, system req
 from __future__ import annotations
 
 import json
+import os
+import select
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -143,3 +145,15 @@ class World:
 
 def scheduled_times(rows: list[dict[str, Any]]) -> list[datetime]:
     return [from_text(r["process_after"]) for r in rows]
+
+
+def exits_within(pid: int, seconds: float) -> bool:
+    """True once ``pid`` has exited (zombie or reaped), waiting at most ``seconds`` on a pidfd: no sleeping."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], seconds)[0])
+    finally:
+        os.close(fd)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import inspect
 import os
-import select
 import shlex
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kit import exits_within
 
 from agent_runner.gate import GateResult, run_gate
 
@@ -19,18 +19,6 @@ NY = "America/New_York"
 
 def gate(script: str, tmp_path: Path, **kwargs: Any) -> GateResult:
     return run_gate(script, task_id="task-1", tz=kwargs.pop("tz", "UTC"), home=str(tmp_path), **kwargs)
-
-
-def exits_within(pid: int, seconds: float) -> bool:
-    """True once ``pid`` has exited (zombie or reaped): waits on a pidfd, so no sleeping here."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], seconds)[0])
-    finally:
-        os.close(fd)
 
 
 needs_pidfd = pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="pidfd_open is Linux-only")

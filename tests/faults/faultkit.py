@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e_scenario import action_lines, wait_action_count
+from kit import exits_within
 from processes import Host
 
 
@@ -60,31 +61,10 @@ def runner_pids(host: Host, session_id: str, at_least: int = 0, timeout: float =
     return [int(m.group(1)) for m in found if m]
 
 
-def alive(pid: int) -> bool:
-    """Running, not a zombie waiting for its parent."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-
-
-def wait_exit(pid: int, timeout: float) -> bool:
-    """Block until ``pid`` has exited (a pidfd turns readable), at most ``timeout`` s; True if it did."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        readable, _, _ = select.select([fd], [], [], timeout)
-        return bool(readable) or not alive(pid)
-    finally:
-        os.close(fd)
-
-
 def kill_group(pid: int) -> None:
     """SIGKILL the process group ``pid`` leads (a local runner: ``start_new_session``), and wait for its death."""
     os.killpg(pid, signal.SIGKILL)
-    assert wait_exit(pid, 10), f"process {pid} still alive 10 s after SIGKILL"
+    assert exits_within(pid, 10), f"process {pid} still alive 10 s after SIGKILL"
 
 
 def kill_quietly(*pids: int) -> None:

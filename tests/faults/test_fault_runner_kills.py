@@ -32,8 +32,8 @@ from faultkit import (
     runner_pids,
     scenario_step,
     short_root,
-    wait_exit,
 )
+from kit import exits_within
 from processes import Env, ncl_command
 
 pytestmark = pytest.mark.slow
@@ -77,7 +77,7 @@ def test_runner_killed_mid_batch_retries_the_rest_and_answers_each_job_once() ->
 
 @dataclass
 class GateKill:
-    """What the mid-gate scenario observed (shared by the test of its promise and the xfail of its leak)."""
+    """What the mid-gate scenario observed (shared by the test of its promise and the test that its gate dies)."""
 
     task_id: str = ""
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -113,7 +113,7 @@ def gate_kill() -> Iterator[GateKill]:
                 kill_group(first)
                 # Nothing is left to enforce the gate's 30 s limit or collect its output: it should die with its
                 # runner (in a container it does, with the container).
-                seen.orphan_gate_alive = not wait_exit(first_gate, ORPHAN_WAIT_S)
+                seen.orphan_gate_alive = not exits_within(first_gate, ORPHAN_WAIT_S)
 
                 _, fifo = handshake.wait(timeout=60)  # released claim, +5 s, a new runner, the gate again
                 handshake.release(fifo)
@@ -138,10 +138,6 @@ def test_runner_killed_mid_gate_script_retries_the_task_and_answers_once(gate_ki
     assert gate_kill.runners == 2 and gate_kill.gate_runs == 2
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: a local runner SIGKILLed (or stopped as stuck) leaves its gate script running: gate.py starts bash in a new "
-    "session and LocalRuntime.stop/killpg reach only the runner's own process group, so nothing enforces the 30 s "
-    "limit any more"))
 def test_a_killed_local_runners_gate_script_dies_with_it(gate_kill: GateKill) -> None:
     assert gate_kill.orphan_gate_alive is False
 
@@ -184,7 +180,7 @@ def tool_kill() -> Iterator[ToolKill]:
                 folder = scenario.session_folder(env, session["id"])
                 [first] = runner_pids(host, session["id"], at_least=1)
                 kill_group(first)
-                seen.orphan_tool_alive = not wait_exit(first_tool, ORPHAN_WAIT_S)
+                seen.orphan_tool_alive = not exits_within(first_tool, ORPHAN_WAIT_S)
                 kill_quietly(first_tool)  # its runner is gone: whatever it would answer goes nowhere
 
                 _, fifo = handshake.wait(timeout=60)  # the retried turn reached the tool again
@@ -207,10 +203,6 @@ def tool_kill() -> Iterator[ToolKill]:
     yield seen
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: a local runner SIGKILLed (or stopped as stuck) leaves its MCP servers running, and one inside a tool call "
-    "stays blocked: the mcp SDK starts them with start_new_session=True, out of reach of LocalRuntime's killpg of the "
-    "runner's group"))
 def test_a_killed_local_runners_mcp_server_dies_with_it(tool_kill: ToolKill) -> None:
     assert tool_kill.orphan_tool_alive is False
 

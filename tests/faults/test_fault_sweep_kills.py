@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faultkit import runner_pids, scenario_step, wait_exit
-from kit import RecordingRuntime, World, utc
+from faultkit import runner_pids, scenario_step
+from kit import RecordingRuntime, World, exits_within, utc
 from processes import Env, Host
 
 from agent_runner.config import RunnerConfig
@@ -433,7 +433,7 @@ def test_a_sigkilled_hosts_local_runners_are_stopped_by_the_next_host(tmp_path: 
             second = Host(env, NCL_IDLE_TIMEOUT_S="600")
             second.wait_for_action("host_started")
         # A local runner dies with the host that started it (PR_SET_PDEATHSIG), so it never serves beside the next.
-        assert wait_exit(orphans[0], 5), "the dead host's runner still serves the session beside the new host"
+        assert exits_within(orphans[0], 5), "the dead host's runner still serves the session beside the new host"
     finally:
         for host in (first, second):
             if host is not None:

@@ -1,0 +1,116 @@
+"""Children a runner starts in sessions of their own, and how the local runtime kills them (DESIGN §8).
+
+The gate script (so its timeout can kill its whole tree) and every MCP server (the mcp SDK's choice, not ours)
+run in a new session. In a container they die with the container; under the local runtime the host's killpg of
+the runner's group misses them. So the runner lists them in ``<session folder>/.children``, one "pid start_time"
+line each, and the host kills what that file names once the runner is gone.
+
+The start time (field 22 of /proc/PID/stat) tells a child from a later process that got its pid. Linux only:
+where /proc is missing nothing is recorded and nothing killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+
+FILE = ".children"
+_PROC = Path("/proc")
+_READ_CAP = 1 << 20  # the runner writes this file: the host reads at most its last MiB (the newest children)
+
+
+def _fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat from field 3 (state) on. The command name, field 2, may hold spaces and parentheses of
+    its own, so the split starts after the last ')'."""
+    try:
+        text = (_PROC / str(pid) / "stat").read_bytes().decode(errors="replace")
+    except OSError:
+        return None
+    fields = text.rpartition(")")[2].split()
+    return fields if len(fields) >= 20 else None
+
+
+def start_time(pid: int) -> int | None:
+    fields = _fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def _leader_since(pid: int) -> int | None:
+    """The start time of ``pid`` if it leads its own session (field 6, the session id, is its pid), else None."""
+    fields = _fields(pid)
+    return int(fields[19]) if fields and fields[3] == str(pid) else None
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        entries = os.listdir(_PROC)
+    except OSError:
+        return []
+    found = []
+    for name in entries:
+        if name.isdigit() and (fields := _fields(int(name))) and fields[1] == str(pid):
+            found.append(int(name))
+    return sorted(found)
+
+
+def note(session_dir: Path, pids: Iterable[int]) -> None:
+    """Append ``pids`` to the session's list. Never raises: a child left unlisted only outlives a killed runner."""
+    lines = "".join(f"{pid} {since}\n" for pid in pids if (since := start_time(pid)) is not None)
+    if not lines:
+        return
+    with contextlib.suppress(OSError):
+        # No following a link: the agent can write this folder, and must not make us append elsewhere.
+        fd = os.open(session_dir / FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, lines.encode())
+        finally:
+            os.close(fd)
+
+
+def _read(path: Path) -> bytes:
+    """The file's tail, or nothing if it is missing, a link or not a regular file (a FIFO must not block us)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return b""
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return b""
+        start = max(0, info.st_size - _READ_CAP)
+        data = os.pread(fd, _READ_CAP, start)
+        return data.partition(b"\n")[2] if start else data  # a cut first line is not a line
+    finally:
+        os.close(fd)
+
+
+def _listed(data: bytes) -> dict[int, int]:
+    listed = {}
+    for line in data.decode(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and all(p.isascii() and p.isdigit() for p in parts) and int(parts[0]) > 1:
+            listed[int(parts[0])] = int(parts[1])
+    return listed
+
+
+def kill_all(session_dir: Path) -> int:
+    """SIGKILL the process group of every listed child still alive as itself; then forget the list. Called by the
+    local runtime only, when the runner is gone: a container's pids mean nothing out here. Only a session leader
+    is killed (as both kinds of child are), so a runner that writes anything into its own folder cannot make the
+    host kill an unrelated process that is not one."""
+    path = session_dir / FILE
+    ours = {os.getpgrp(), os.getsid(0)}  # never the caller's own group or session, whatever the file says
+    killed = 0
+    for pid, since in _listed(_read(path)).items():
+        if pid in ours or _leader_since(pid) != since:
+            continue  # gone, or its pid now belongs to someone else
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+            killed += 1
+    with contextlib.suppress(OSError):  # a directory of that name stays: it is ignored all the same
+        os.unlink(path)
+    return killed
