@@ -3,6 +3,7 @@ continues a line, and Ctrl-C leaves cleanly with exit 0."""
 
 from __future__ import annotations
 
+import codecs
 import os
 import pty
 import select
@@ -37,6 +38,7 @@ class Terminal:
                                      stdout=slave, stderr=slave, start_new_session=True)
         os.close(slave)
         self.screen = ""
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a "…" may come in two reads
 
     def type(self, text: str) -> None:
         os.write(self.master, text.encode())
@@ -48,7 +50,7 @@ class Terminal:
             if not ready:
                 raise AssertionError(f"{needle!r} not on screen within {timeout} s: {self.screen!r}")
             try:
-                self.screen += os.read(self.master, 4096).decode(errors="replace")
+                self.screen += self._utf8.decode(os.read(self.master, 4096))
             except OSError:
                 raise AssertionError(f"terminal closed before {needle!r}: {self.screen!r}") from None
 
