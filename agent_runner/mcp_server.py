@@ -30,11 +30,10 @@ from pydantic import BaseModel, Field, ValidationError
 import agent_runner
 from agent_runner.config import RunnerConfig
 from agent_runner.store import Store
-from agent_runner.tools import ToolError, Tools
+from agent_runner.tools import CURRENT_TURN, ToolError, Tools
 from schemas import clock
 
 log = logging.getLogger(__name__)
-CURRENT_TURN = "current_turn"  # the session_state key Runner._set_turn writes
 _SERVER_NAME = re.compile(r"[A-Za-z0-9_-]{1,30}")
 
 TaskId = Annotated[str, Field(description="The task's id (task-…), as schedule_task or list_tasks gave it.")]

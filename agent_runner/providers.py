@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agent_runner.prompt import text_of
@@ -30,7 +30,7 @@ class Turn:
 @dataclass
 class Reply:
     text: str
-    history: History | None = field(default=None)
+    history: History | None = None
 
 
 class Provider(Protocol):

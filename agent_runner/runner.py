@@ -14,20 +14,24 @@ from agent_runner import prompt, slash
 from agent_runner.config import RunnerConfig
 from agent_runner.gate import run_gate
 from agent_runner.providers import History, Provider, ProviderError, Turn
-from agent_runner.store import Reply, Store
-from agent_runner.tools import Tools
+from agent_runner.store import Reply, Store, routing_of
+from agent_runner.tools import CURRENT_TURN, Tools
 from schemas import detached
 
 log = logging.getLogger(__name__)
 BEAT_EVERY = timedelta(seconds=1)
 CONVERSATION = "conversation"
-ROUTING = ("platform_id", "channel_type", "thread_id")
 
 
 class Clock(Protocol):
     def now(self) -> datetime: ...
 
     async def sleep(self, seconds: float) -> None: ...
+
+
+def _turn(row: sqlite3.Row) -> dict[str, Any]:
+    """What the tools need of the message being answered (``Tools.turn``)."""
+    return {"in_reply_to": row["id"], "routing": routing_of(row)}
 
 
 def _content(row: sqlite3.Row) -> dict[str, Any]:
@@ -90,11 +94,11 @@ class Runner:
                                            on_start=lambda pid: detached.note(self.config.session_dir, [pid]))
             self.beat(self.clock.now())
             if not gate.wake:
-                self.store.ack([row["id"]], "completed", self.clock.now(), gate.ack_outcome, gate.reason, now)
+                self.store.finish([row["id"]], "completed", self.clock.now(), gate.ack_outcome, gate.reason, now)
                 return None
             return prompt.Item(row, gate.data)
         if row["kind"] == "chat" and slash.is_command(str(content.get("text", ""))):
-            self._set_turn(row)
+            self.tools.turn = _turn(row)  # the tools run here, not in the MCP server: nothing to store for it
             text, clear = slash.run(str(content["text"]), self.tools)
             self.store.finish([row["id"]], "completed", self.clock.now(), "ran", None, now,
                               reply=self._reply(row, text), state=(CONVERSATION, None) if clear else None)
@@ -102,13 +106,13 @@ class Runner:
         return prompt.Item(row)
 
     def _set_turn(self, row: sqlite3.Row) -> None:
-        self.tools.turn = {"in_reply_to": row["id"], "routing": {k: row[k] for k in ROUTING}}
+        self.tools.turn = _turn(row)
         # The MCP server runs in its own process: it reads the turn it serves from session_state.
-        self.store.set_state("current_turn", json.dumps(self.tools.turn), self.clock.now())
+        self.store.set_state(CURRENT_TURN, json.dumps(self.tools.turn), self.clock.now())
 
     @staticmethod
     def _reply(row: sqlite3.Row, text: str) -> Reply:
-        return Reply({"text": text, "files": []}, row["id"], {k: row[k] for k in ROUTING})
+        return Reply({"text": text, "files": []}, row["id"], routing_of(row))
 
     async def _answer(self, batch: list[prompt.Item], isolated: bool) -> None:
         started = self.clock.now()

@@ -18,6 +18,7 @@ from schemas.queries import DUE
 from schemas.times import from_text, to_text
 
 BUSY_TIMEOUT_MS = 5000
+ROUTING = ("platform_id", "channel_type", "thread_id")
 # The oldest triggered rows (at most a batch of them) and every context-only row older than the last of them.
 _FETCH = f"""
 WITH due AS (
@@ -37,10 +38,10 @@ class StoreError(RuntimeError):
 
 
 def _open(path: Path, kind: DbKind, readonly: bool) -> sqlite3.Connection:
+    # ``timeout`` is SQLite's busy timeout (sqlite3_busy_timeout): PRAGMA busy_timeout reads it back.
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode={'ro' if readonly else 'rw'}", uri=True,
                            isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
     conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     found = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if found != latest_version(kind):  # the host migrates session files before it wakes a runner
         conn.close()
@@ -65,8 +66,11 @@ class Store:
     config: RunnerConfig
 
     @contextmanager
-    def inbound(self) -> Iterator[sqlite3.Connection]:
+    def inbound(self, with_outbound: bool = False) -> Iterator[sqlite3.Connection]:
+        """inbound.db read-only; ``with_outbound`` attaches outbound.db (read-only too) as ``ob``: one open for both."""
         with closing(_open(self.config.inbound, "inbound", readonly=True)) as conn:
+            if with_outbound:
+                conn.execute("ATTACH DATABASE ? AS ob", (f"{self.config.outbound.resolve().as_uri()}?mode=ro",))
             yield conn
 
     @contextmanager
@@ -76,20 +80,17 @@ class Store:
 
     def fetch(self, now: datetime) -> list[sqlite3.Row]:
         """Due rows oldest first (by seq), not yet claimed by this generation nor finished by any."""
-        with self.inbound() as conn:
-            conn.execute("ATTACH DATABASE ? AS ob", (f"{self.config.outbound.resolve().as_uri()}?mode=ro",))
+        with self.inbound(with_outbound=True) as conn:
             return conn.execute(_FETCH, {"now": to_text(now), "generation": self.config.generation,
                                          "batch": self.config.max_batch}).fetchall()
 
     def claim(self, rows: list[sqlite3.Row], now: datetime) -> None:
+        if not rows:  # a turn with no context rows: no write lock, no open
+            return
         with self.outbound() as conn, _write(conn):
             conn.executemany("INSERT OR REPLACE INTO processing_ack(message_id, status, status_changed, detail,"
                              " generation) VALUES (?, 'processing', ?, NULL, ?)",
                              [(r["id"], to_text(now), self.config.generation) for r in rows])
-
-    def ack(self, message_ids: list[str], status: str, now: datetime, outcome: str, reason: str | None = None,
-            started_at: datetime | None = None) -> None:
-        self.finish(message_ids, status, now, outcome, reason, started_at)
 
     def finish(self, message_ids: list[str], status: str, now: datetime, outcome: str, reason: str | None = None,
                started_at: datetime | None = None, reply: Reply | None = None,
@@ -129,11 +130,16 @@ class Store:
                          (request_id, self.config.generation, in_reply_to, to_text(now), json.dumps(request)))
         return request_id
 
-    def staged(self) -> list[dict[str, Any]]:
-        """This generation's requests not yet committed, oldest first."""
-        with self.outbound() as conn:
-            return [json.loads(row[0]) for row in conn.execute(
-                "SELECT content FROM staged_requests WHERE generation = ? ORDER BY rowid", (self.config.generation,))]
+    def tasks_and_requests(self) -> tuple[list[sqlite3.Row], list[dict[str, Any]]]:
+        """The inbox's task rows by seq, and the requests the host has not applied yet: those sent (not in
+        ``delivered``) by seq, then this generation's staged ones, oldest first."""
+        with self.inbound(with_outbound=True) as conn:
+            rows = conn.execute("SELECT * FROM messages_in WHERE kind = 'task' ORDER BY seq").fetchall()
+            sent = conn.execute("SELECT content FROM ob.messages_out m WHERE kind = 'system' AND NOT EXISTS"
+                                " (SELECT 1 FROM delivered d WHERE d.message_out_id = m.id) ORDER BY seq").fetchall()
+            staged = conn.execute("SELECT content FROM ob.staged_requests WHERE generation = ? ORDER BY rowid",
+                                  (self.config.generation,)).fetchall()
+        return rows, [json.loads(row[0]) for row in [*sent, *staged]]
 
     def write(self, kind: str, content: dict[str, Any], now: datetime, in_reply_to: str | None = None,
               routing: dict[str, Any] | None = None, message_id: str | None = None) -> str:
@@ -159,6 +165,11 @@ class Store:
             path.write_text(self.config.generation)
 
 
+def routing_of(row: sqlite3.Row) -> dict[str, Any]:
+    """Where a row came from or goes to: the messages_in / destinations columns a messages_out row carries."""
+    return {k: row[k] for k in ROUTING}
+
+
 @dataclass(frozen=True)
 class Reply:
     """A chat row to write back: its content, the row it answers and where it goes."""
@@ -174,8 +185,8 @@ def _insert_out(conn: sqlite3.Connection, kind: str, content: dict[str, Any], no
     (top,) = conn.execute("SELECT COALESCE(MAX(seq), -1) FROM messages_out").fetchone()
     conn.execute("INSERT INTO messages_out(id, seq, in_reply_to, timestamp, kind, platform_id, channel_type,"
                  " thread_id, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 (message_id, int(top) + 2, in_reply_to, to_text(now), kind, routing.get("platform_id"),
-                  routing.get("channel_type"), routing.get("thread_id"), json.dumps(content)))
+                 (message_id, int(top) + 2, in_reply_to, to_text(now), kind, *(routing.get(k) for k in ROUTING),
+                  json.dumps(content)))
     return message_id
 
 

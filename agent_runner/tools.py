@@ -16,11 +16,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from agent_runner.config import RunnerConfig
-from agent_runner.store import Store
+from agent_runner.store import Store, routing_of
 from schemas import cron, ids, requests
 from schemas.times import TimeFormatError, from_text, parse_user_time, to_text
 
 YEAR = timedelta(days=366)
+CURRENT_TURN = "current_turn"  # the session_state key the runner stores ``Tools.turn`` under, for the MCP server
 
 
 class ToolError(ValueError):
@@ -125,19 +126,15 @@ class Tools:
     def _series(self) -> list[dict[str, Any]]:
         """Series in the inbox, then schedule requests the host has not applied yet."""
         found: dict[str, dict[str, Any]] = {}
-        with self.store.inbound() as conn:
-            for row in conn.execute("SELECT * FROM messages_in WHERE kind = 'task' ORDER BY seq"):
-                series = found.setdefault(row["series_id"] or row["id"], {"id": row["series_id"] or row["id"],
-                                                                          "occurrences": [], "live": None})
-                series["occurrences"].append(row["id"])
-                if row["status"] in ("pending", "processing", "paused") and (row["recurrence"] or not series["live"]):
-                    series["live"] = dict(row)
-            series_done = {s for s, v in found.items() if v["live"] is None}
-            handled = {r[0] for r in conn.execute("SELECT message_out_id FROM delivered")}
-        with self.store.outbound() as conn:
-            sent = [json.loads(row["content"]) for row in conn.execute(
-                "SELECT id, content FROM messages_out WHERE kind = 'system' ORDER BY seq") if row["id"] not in handled]
-        for request in [*sent, *self.store.staged()]:
+        rows, unapplied = self.store.tasks_and_requests()
+        for row in rows:
+            series = found.setdefault(row["series_id"] or row["id"], {"id": row["series_id"] or row["id"],
+                                                                      "occurrences": [], "live": None})
+            series["occurrences"].append(row["id"])
+            if row["status"] in ("pending", "processing", "paused") and (row["recurrence"] or not series["live"]):
+                series["live"] = dict(row)
+        series_done = {s for s, v in found.items() if v["live"] is None}
+        for request in unapplied:
             if request.get("action") == "schedule_task":
                 found[request["taskId"]] = {"id": request["taskId"], "occurrences": [], "requested": request,
                                             "live": None}
@@ -170,7 +167,7 @@ class Tools:
             row = conn.execute("SELECT * FROM destinations WHERE name = ?", (to,)).fetchone()
         if row is None:
             raise ToolError(f"unknown destination {to!r}")
-        return {k: row[k] for k in ("platform_id", "channel_type", "thread_id")}
+        return routing_of(row)
 
     def send_message(self, text: str, to: str | None = None) -> str:
         if not isinstance(text, str) or not text:

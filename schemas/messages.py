@@ -1,4 +1,4 @@
-"""Rows of inbound.db / outbound.db and their JSON ``content`` by kind (DESIGN §4, §5, §12.2-3)."""
+"""Rows of inbound.db and the JSON ``content`` of messages in and out, by kind (DESIGN §4, §12.2)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from schemas.times import from_text
 InKind = Literal["chat", "task", "queue", "webhook", "system"]
 InStatus = Literal["pending", "processing", "paused", "completed", "failed"]
 LIVE_STATUSES: tuple[InStatus, ...] = ("pending", "processing", "paused")
-OutKind = Literal["chat", "system"]
 ContextMode = Literal["group", "isolated"]
 RunOutcome = Literal["ran", "skipped", "gate_error", "failed", "missed", "cancelled"]
 
@@ -54,11 +53,6 @@ class WebhookContent(_Content):
 class OutChatContent(_Content):
     text: str
     files: list[str] = Field(default_factory=list)
-
-
-class AckDetail(_Content):
-    outcome: Literal["ran", "skipped", "gate_error", "failed"]
-    reason: str | None = None
 
 
 CONTENT_BY_KIND: dict[str, type[_Content]] = {
@@ -104,31 +98,4 @@ class MessageIn(BaseModel):
     @classmethod
     def _json(cls, value: str) -> str:
         json.loads(value)
-        return value
-
-    def parsed_content(self) -> _Content | dict[str, Any]:
-        """The content as its kind's model (system rows are free-form control objects)."""
-        data = json.loads(self.content)
-        model = CONTENT_BY_KIND.get(self.kind)
-        return model.model_validate(data) if model else data
-
-
-class MessageOut(BaseModel):
-    """One ``messages_out`` row."""
-
-    model_config = ConfigDict(extra="forbid")
-    id: str
-    seq: int | None = None
-    in_reply_to: str | None = None
-    timestamp: str
-    kind: OutKind
-    platform_id: str | None = None
-    channel_type: str | None = None
-    thread_id: str | None = None
-    content: str
-
-    @field_validator("timestamp")
-    @classmethod
-    def _stored_time(cls, value: str) -> str:
-        from_text(value)
         return value
