@@ -35,11 +35,11 @@ def _statements(script: str) -> Iterator[str]:
 def _raw(path: Path, readonly: bool) -> sqlite3.Connection:
     target = f"{path.resolve().as_uri()}?mode={'ro' if readonly else 'rwc'}"
     try:
+        # ``timeout`` is SQLite's busy timeout (sqlite3_busy_timeout): PRAGMA busy_timeout reads it back.
         conn = sqlite3.connect(target, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
     except sqlite3.OperationalError as exc:
         raise DbError(f"cannot open {path}: {exc}") from None
     conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return conn
 
 
@@ -122,7 +122,6 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False) -> sqlite3.Conn
         conn.close()
         raise
     return conn
-
 
 
 def _drop_foreign_journal(path: Path) -> None:

@@ -12,7 +12,7 @@ from schemas.messages import LIVE_STATUSES, RunOutcome
 from schemas.queries import DUE
 from schemas.times import from_text, to_text
 
-LIVE = "('pending', 'processing', 'paused')"
+LIVE = f"({', '.join(repr(s) for s in LIVE_STATUSES)})"  # SQL: status IN {LIVE}
 
 
 def _next_seq(conn: sqlite3.Connection) -> int:

@@ -47,6 +47,8 @@ def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, re
 
 
 def _in_chunks(conn: sqlite3.Connection, sql: str, ids: list[str], size: int = 500) -> list[sqlite3.Row]:
+    """Run ``sql`` (its ``IN ({})`` filled with placeholders) over ``ids`` in chunks, under SQLite's variable
+    limit; the rows of every chunk."""
     rows: list[sqlite3.Row] = []
     for start in range(0, len(ids), size):
         chunk = ids[start:start + size]
@@ -59,10 +61,7 @@ def clear_claims(path: Path, message_ids: list[str]) -> None:
     if not message_ids or not path.exists():
         return
     with closing(db.connect(path, "outbound")) as conn, db.transaction(conn):
-        for start in range(0, len(message_ids), 500):
-            chunk = message_ids[start:start + 500]
-            conn.execute(f"DELETE FROM processing_ack WHERE status = 'processing' AND message_id IN"
-                         f" ({', '.join('?' * len(chunk))})", chunk)
+        _in_chunks(conn, "DELETE FROM processing_ack WHERE status = 'processing' AND message_id IN ({})", message_ids)
 
 
 def claimed(path: Path, message_ids: list[str]) -> set[str]:

@@ -56,19 +56,16 @@ def thread_key(group: Group, arrival: Arrival) -> str | None:
 
 def session_for(conn: sqlite3.Connection, settings: Settings, now: datetime, group: Group,
                 key: str | None) -> Session:
-    if key is not None:
-        row = conn.execute("SELECT id FROM sessions WHERE agent_group_id = ? AND thread_key = ? AND status = 'active'",
-                           (group.id, key)).fetchone()
-        if row:
-            return sessions.get(conn, settings, row[0])
+    found = sessions.by_thread(conn, settings, group.id, key)
+    if found:
+        return found
     try:
         return sessions.create(conn, settings, now, group, key)
     except NclError:  # another writer created the thread's session first: use it
-        row = conn.execute("SELECT id FROM sessions WHERE agent_group_id = ? AND thread_key = ? AND status = 'active'",
-                           (group.id, key)).fetchone()
-        if row is None:
+        found = sessions.by_thread(conn, settings, group.id, key)
+        if found is None:
             raise
-        return sessions.get(conn, settings, row[0])
+        return found
 
 
 def deliver_in(central: sqlite3.Connection, settings: Settings, now: datetime, group: Group,

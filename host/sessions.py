@@ -66,12 +66,12 @@ def create(
     if thread_key is not None and not thread_key.strip():
         raise NclError("thread key must not be empty")
     session_id = ids.new_id("sess", now)
-    _check_thread(conn, group, thread_key)
+    _check_thread(conn, settings, group, thread_key)
     # Files first: a crash leaves at worst an unlisted folder, never a listed session without files.
     create_files(folder(settings, group.id, session_id))
     stamp = to_text(now)
     with db.transaction(conn):
-        _check_thread(conn, group, thread_key)  # again under the lock: another writer may have won meanwhile
+        _check_thread(conn, settings, group, thread_key)  # again under the lock: another writer may have won meanwhile
         conn.execute(
             "INSERT INTO sessions(id, agent_group_id, thread_key, status, created_at, last_active_at)"
             " VALUES (?, ?, ?, 'active', ?, ?)",
@@ -80,14 +80,20 @@ def create(
     return get(conn, settings, session_id)
 
 
-def _check_thread(conn: sqlite3.Connection, group: Group, thread_key: str | None) -> None:
-    if thread_key is None:
-        return
-    clash = conn.execute(
-        "SELECT id FROM sessions WHERE agent_group_id = ? AND thread_key = ? AND status = 'active'",
-        (group.id, thread_key)).fetchone()
+def _check_thread(conn: sqlite3.Connection, settings: Settings, group: Group, thread_key: str | None) -> None:
+    clash = by_thread(conn, settings, group.id, thread_key)
     if clash:
-        raise NclError(f"group {group.name} already has an active session for thread {thread_key!r}: {clash[0]}")
+        raise NclError(f"group {group.name} already has an active session for thread {thread_key!r}: {clash.id}")
+
+
+def by_thread(conn: sqlite3.Connection, settings: Settings, agent_group_id: str,
+              thread_key: str | None) -> Session | None:
+    """The group's active session for this thread, if it has one (a session without a thread key is never shared)."""
+    if thread_key is None:
+        return None
+    row = conn.execute("SELECT * FROM sessions WHERE agent_group_id = ? AND thread_key = ? AND status = 'active'",
+                       (agent_group_id, thread_key)).fetchone()
+    return _from_row(settings, row) if row else None
 
 
 def list_all(

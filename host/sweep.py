@@ -102,8 +102,11 @@ class Sweeper:
         are retried whenever a runner is alive (the loop then ticks often)."""
         runners = self.runners
         busy = {*runners.live, *runners.waiting} if runners else set()
-        dues = [from_text(s.next_due) if s.next_due else datetime.min.replace(tzinfo=UTC)
-                for sid, s in self.seen.items() if s.next_due is not None and sid not in busy]
+        # Text order is time order, so only the earliest is parsed: the loop asks this every step, and parsing
+        # every session's time cost ~160 ms at 10,000 sessions.
+        first = min((s.next_due for sid, s in self.seen.items() if s.next_due is not None and sid not in busy),
+                    default=None)
+        dues = [] if first is None else [from_text(first) if first else datetime.min.replace(tzinfo=UTC)]
         if runners:
             dues += [runners.not_before[sid] for sid in runners.waiting if sid in runners.not_before]
         return min(dues, default=None)

@@ -35,8 +35,8 @@ class Series:
         return asdict(self)
 
 
-def _summary(conn: sqlite3.Connection, session: Session, series_id: str) -> Series:
-    rows = inbox.occurrences(conn, series_id)
+def _summary(conn: sqlite3.Connection, session: Session, series_id: str, rows: list[sqlite3.Row]) -> Series:
+    """The list line of a series from its occurrences (``inbox.occurrences``) and its runs."""
     live = [r for r in rows if inbox.is_live(r["status"])]
     carrier = next((r for r in live if r["recurrence"]), live[0] if live else rows[-1])
     outcomes = [r["outcome"] for r in inbox.runs(conn, series_id)]
@@ -71,14 +71,14 @@ def series(settings: Settings, central: sqlite3.Connection, group_id: str | None
                 "SELECT series_id FROM messages_in WHERE kind = 'task' AND series_id IS NOT NULL"
                 " GROUP BY series_id ORDER BY MIN(seq)")]
             for series_id in ids:
-                found = _summary(conn, session, series_id)
+                found = _summary(conn, session, series_id, inbox.occurrences(conn, series_id))
                 if include_ended or found.status not in ENDED:
                     yield found
 
 
 def summary(session: Session, series_id: str) -> Series:
     with closing(db.connect(session.folder / "inbound.db", "inbound", readonly=True)) as conn:
-        return _summary(conn, session, series_id)
+        return _summary(conn, session, series_id, inbox.occurrences(conn, series_id))
 
 
 def locate(settings: Settings, central: sqlite3.Connection, ref: str) -> tuple[Session, str]:
@@ -104,8 +104,9 @@ def locate(settings: Settings, central: sqlite3.Connection, ref: str) -> tuple[S
 def detail(session: Session, series_id: str, zone: ZoneInfo) -> dict[str, Any]:
     """``tasks show``: the list item, every occurrence row, and the next 5 runs."""
     with closing(db.connect(session.folder / "inbound.db", "inbound", readonly=True)) as conn:
-        found = _summary(conn, session, series_id)
-        rows = [dict(r) for r in inbox.occurrences(conn, series_id)]
+        occurrences = inbox.occurrences(conn, series_id)
+        found = _summary(conn, session, series_id, occurrences)
+    rows = [dict(r) for r in occurrences]
     return {"task": found.to_json(), "occurrences": rows, "next_runs": _next_runs(rows, zone)}
 
 
