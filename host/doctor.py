@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from host import db, sessions
+from host.image import EngineDown, connect_engine, missing_image
 from host.settings import Settings
 from schemas.ddl import DbKind, latest_version
 
@@ -50,24 +51,16 @@ def docker_engine(settings: Settings) -> tuple[Check, Check, str | None]:
     choosing docker (None: nothing), so the runtime check need not ask the engine a second time."""
     required = settings.runtime == "docker"
     try:
-        import docker  # imported here: the SDK is slow to import and only doctor needs it so far
-
-        client = docker.from_env(timeout=5)
-        client.ping()
-    except Exception as exc:  # the SDK raises many kinds; any of them means "not reachable"
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        engine = Check("docker_engine", not required, f"not reachable ({reason}); runtime {settings.runtime}")
-        return engine, Check("image", not required, f"{settings.image}: unknown (no engine)"), \
-            f"docker engine not reachable ({reason})"
+        client = connect_engine(timeout=5)
+    except EngineDown as down:
+        engine = Check("docker_engine", not required, f"not reachable ({down.reason}); runtime {settings.runtime}")
+        return engine, Check("image", not required, f"{settings.image}: unknown (no engine)"), str(down)
     with closing(client):
         engine = Check("docker_engine", True, f"reachable (engine {client.version().get('Version', '?')})")
-        try:
-            client.images.get(settings.image)
-            image, problem = Check("image", True, f"{settings.image} present"), None
-        except docker.errors.ImageNotFound:
-            missing = f"{settings.image} missing (build it with 'ncl image build')"
-            image, problem = Check("image", not required, missing), f"image {missing}"
-    return engine, image, problem
+        missing = missing_image(client, settings.image)
+    if missing is None:
+        return engine, Check("image", True, f"{settings.image} present"), None
+    return engine, Check("image", not required, missing), f"image {missing}"
 
 
 def runtime(settings: Settings, probe: Callable[[Settings], str | None] | None = None) -> Check:

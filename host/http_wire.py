@@ -24,6 +24,11 @@ class Request:
     target: str
     headers: list[tuple[str, str]]  # names lowercased, in arrival order
 
+    @property
+    def path(self) -> str:
+        """The target without its query string."""
+        return self.target.split("?", 1)[0]
+
     def header(self, name: str) -> str | None:
         return next((value for key, value in self.headers if key == name), None)
 

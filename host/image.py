@@ -57,8 +57,8 @@ def source_digest(root: Path, dockerfile: Path, base: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def is_current(client: Any, tag: str, base: str, dockerfile: Path | None = None) -> bool:
-    """Whether ``tag`` exists and was built from this checkout on ``base``."""
+def is_current(client: Any, tag: str, base: str) -> bool:
+    """Whether ``tag`` exists and was built from this checkout (and its Dockerfile) on ``base``."""
     import docker.errors
 
     root = source_root()
@@ -66,7 +66,7 @@ def is_current(client: Any, tag: str, base: str, dockerfile: Path | None = None)
         labels = client.images.get(tag).labels or {}
     except docker.errors.ImageNotFound:
         return False
-    return bool(labels.get("ncl.source") == source_digest(root, dockerfile or root / "Dockerfile", base))
+    return bool(labels.get("ncl.source") == source_digest(root, root / "Dockerfile", base))
 
 
 def build_wheels(root: Path, wheels: Path, progress: Progress) -> None:
@@ -92,42 +92,53 @@ def build_wheels(root: Path, wheels: Path, progress: Progress) -> None:
     target.rename(wheels / "deps")
 
 
-def _engine() -> Any:
-    import docker  # imported here: the SDK is slow to import and only this command and the docker runtime use it
+class EngineDown(NclError):
+    """The docker engine did not answer a ping; ``reason`` is the first line of why."""
 
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"docker engine not reachable ({reason})")
+        self.reason = reason
+
+
+def connect_engine(timeout: float) -> Any:
+    """A client of an engine that answered a ping (the caller closes it): for this command, the runtime probe and
+    ``ncl doctor`` alike."""
     try:
-        client = docker.from_env(timeout=30)
+        import docker  # imported here: the SDK is slow to import and most ncl commands never need it
+
+        client = docker.from_env(timeout=timeout)
         client.ping()
     except Exception as exc:  # the SDK raises many kinds; any of them means "not reachable"
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise ImageError(f"docker engine not reachable ({reason}); start it (scripts/docker-engine.sh)") from None
+        raise EngineDown(str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__) from None
     return client
 
 
-def _ensure_base(client: Any, base: str, progress: Progress) -> None:
-    """The base must be local: the build runs without network. A missing public one is pulled once."""
-    import docker.errors
-
-    try:
-        client.images.get(base)
-        return
-    except docker.errors.ImageNotFound:
-        pass
-    progress(f"pulling base image {base}")
-    try:
-        client.images.pull(base)
-    except docker.errors.DockerException:
-        hint = f"run scripts/build-base-image.sh or docker pull {base}"
-        raise ImageError(f"base image {base} not found; {hint}") from None
-
-
-def _image_id(client: Any, tag: str) -> str | None:
+def image_id(client: Any, tag: str) -> str | None:
     import docker.errors
 
     try:
         return str(client.images.get(tag).id)
     except docker.errors.ImageNotFound:
         return None
+
+
+def missing_image(client: Any, tag: str) -> str | None:
+    """Why runners cannot start from ``tag`` (the engine does not have it), or None when it is there."""
+    return f"{tag} missing (build it with 'ncl image build')" if image_id(client, tag) is None else None
+
+
+def _ensure_base(client: Any, base: str, progress: Progress) -> None:
+    """The base must be local: the build runs without network. A missing public one is pulled once."""
+    import docker.errors
+
+    if image_id(client, base) is not None:
+        return
+    progress(f"pulling base image {base}")
+    try:
+        client.images.pull(base)
+    except docker.errors.DockerException:
+        hint = f"run scripts/build-base-image.sh or docker pull {base}"
+        raise ImageError(f"base image {base} not found; {hint}") from None
 
 
 def _engine_build(client: Any, ctx: Path, tag: str, base: str, labels: dict[str, str], progress: Progress) -> None:
@@ -149,17 +160,20 @@ def build(tag: str, base: str = DEFAULT_BASE, dockerfile: Path | None = None,
     dockerfile = dockerfile or root / "Dockerfile"
     if not dockerfile.is_file():
         raise ImageError(f"no Dockerfile at {dockerfile}")
-    client = _engine()
+    try:
+        client = connect_engine(timeout=30)
+    except EngineDown as down:
+        raise ImageError(f"{down}; start it (scripts/docker-engine.sh)") from None
     try:
         _ensure_base(client, base, progress)
-        previous = _image_id(client, tag)
+        previous = image_id(client, tag)
         with tempfile.TemporaryDirectory(prefix="ncl-image-") as ctx:
             shutil.copyfile(dockerfile, Path(ctx) / "Dockerfile")
             build_wheels(root, Path(ctx) / "wheels", progress)
             progress(f"building {tag} on {base}")
             labels = {"ncl.source": source_digest(root, dockerfile, base), "ncl.base": base}
             _engine_build(client, Path(ctx), tag, base, labels, progress)
-        built = Built(tag, _image_id(client, tag) or "", base)
+        built = Built(tag, image_id(client, tag) or "", base)
         if previous and previous != built.id:
             # The image this one replaces would linger untagged after every rebuild; a container using it keeps it.
             with contextlib.suppress(docker.errors.APIError):

@@ -135,7 +135,7 @@ class CredentialProxy:
         started, path, status = time.monotonic(), "", 0
         try:
             request = await asyncio.wait_for(read_head(reader), HEAD_TIMEOUT_S)
-            path = request.target.split("?", 1)[0]
+            path = request.path
             status = await self._answer(request, reader, writer)
         except Refusal as refusal:
             status = refusal.args[0]
@@ -158,7 +158,7 @@ class CredentialProxy:
     async def _answer(self, request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
         # The body is read before any refusal, so a client still sending it reads the answer, not a broken pipe.
         body = await read_body(reader, request, self.max_body)
-        if request.method != "POST" or request.target.split("?", 1)[0] not in ALLOWED_PATHS:
+        if request.method != "POST" or request.path not in ALLOWED_PATHS:
             raise Refusal(403, "permission_error", f"the credential proxy only forwards POST to "
                           f"{', '.join(sorted(ALLOWED_PATHS))}, not {request.method} {request.target}")
         if not self.key:

@@ -15,6 +15,7 @@ from contextlib import closing
 from typing import Literal
 
 from host.docker_runtime import DockerRuntime
+from host.image import EngineDown, connect_engine, missing_image
 from host.local_runtime import LocalRuntime
 from host.runners import Runtime
 from host.settings import Settings
@@ -26,19 +27,12 @@ Probe = Callable[[Settings], str | None]  # None when docker can run runners, el
 
 def probe_docker(settings: Settings) -> str | None:
     try:
-        import docker  # imported here: the SDK takes ~0.4 s to import and most commands never need it
-
-        client = docker.from_env(timeout=5)
-        client.ping()
-    except Exception as exc:  # the SDK raises many kinds; any of them means "not reachable"
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        return f"docker engine not reachable ({reason})"
+        client = connect_engine(timeout=5)
+    except EngineDown as down:
+        return str(down)
     with closing(client):
-        try:
-            client.images.get(settings.image)
-        except docker.errors.ImageNotFound:
-            return f"image {settings.image} missing (build it with 'ncl image build')"
-    return None
+        missing = missing_image(client, settings.image)
+    return None if missing is None else f"image {missing}"
 
 
 def choose(settings: Settings, probe: Probe = probe_docker) -> tuple[Name, str]:

@@ -89,7 +89,7 @@ def load(
     if environ.get("NCL_ENV_FILE") and not path.is_file():
         raise SettingsError(f"NCL_ENV_FILE={str(path)!r} is not a readable file")
     from_file = {k: v for k, v in dotenv_values(path).items() if v is not None} if path.is_file() else {}
-    merged = {**from_file, **{k: v for k, v in environ.items()}}
+    merged = {**from_file, **environ}
     resolved = zones.resolve(
         [("env", environ.get("TZ")), (".env", from_file.get("TZ")), ("system", system_tz or system_zone())]
     )

@@ -59,7 +59,7 @@ class Webhooks:
             writer.close()
 
     def _answer(self, request: Request, body: bytes) -> bytes:
-        name = request.target.split("?", 1)[0].removeprefix(PREFIX)
+        name = request.path.removeprefix(PREFIX)
         if request.method != "POST" or not request.target.startswith(PREFIX) or not name:
             raise Refusal(404, "not_found_error", "POST /webhooks/NAME is the only endpoint")
         channel = f"webhook:{name}"

@@ -7,6 +7,7 @@ task from its loop. A relative ``host.cwd`` is taken from the folder of the spec
 from __future__ import annotations
 
 import shlex
+import sqlite3
 from contextlib import closing
 from datetime import datetime
 from pathlib import Path
@@ -49,6 +50,12 @@ def _read(app: App, spec_file: Path, now: datetime) -> Spec:
     return spec
 
 
+def _existing(app: App) -> sqlite3.Connection:
+    """central.db for changing a task that must exist already: with no central.db there is none, and the empty
+    read-only view says so without creating the file."""
+    return app.central(write=app.settings.central_db.exists())
+
+
 def _print_one(app: App, verb: str, task: Task, as_json: bool) -> None:
     zone = app.settings.tz.zone
     emit(as_json, task.to_json(), lambda: click.echo(
@@ -84,11 +91,9 @@ def add(app: App, spec_file: Path, now: datetime | None, as_json: bool) -> None:
 def update(app: App, task_id: str, spec_file: Path, now: datetime | None, as_json: bool) -> None:
     """Replace a task's spec; a new schedule starts from the first slot after now."""
     moment = now or app.now()
-    with closing(app.central()) as central:
+    with closing(_existing(app)) as central:
         scheduled.get(central, task_id)  # an unknown id is the first thing to hear about
-    spec = _read(app, spec_file, moment)
-    with closing(app.central(write=True)) as central:
-        task = scheduled.update(central, task_id, spec, moment, app.settings.tz.zone)
+        task = scheduled.update(central, task_id, _read(app, spec_file, moment), moment, app.settings.tz.zone)
     nudge.touch(app.settings)
     _print_one(app, "updated", task, as_json)
 
@@ -135,9 +140,7 @@ def _summary(run: dict[str, Any]) -> str:
 @pass_app
 def delete(app: App, task_id: str, as_json: bool) -> None:
     """Delete a task and its run history (a run in flight finishes)."""
-    with closing(app.central()) as central:
-        scheduled.get(central, task_id)
-    with closing(app.central(write=True)) as central:
+    with closing(_existing(app)) as central:
         scheduled.delete(central, task_id)
     nudge.touch(app.settings)
     emit(as_json, {"id": task_id, "deleted": True}, lambda: click.echo(f"deleted {task_id}"))
