@@ -21,7 +21,8 @@ from host import settings as settings_module
 from host.cli import main
 
 # Shared helper modules hold assertions too: have pytest rewrite them so failures say what differed.
-pytest.register_assert_rewrite("e2e_scenario", "kit", "processes")
+pytest.register_assert_rewrite("cli_kit", "cli_tasks_kit", "concurrency_writers", "e2e_scenario", "kit", "processes",
+                               "property_kit", "scheduled_project", "schema_kit", "security_kit")
 
 # Environment prefixes that change what ncl does; scrubbed before every CLI test.
 _SCRUBBED_PREFIXES = ("NCL_", "ANTHROPIC_")

@@ -2,4 +2,4 @@
 
 import pytest
 
-pytest.register_assert_rewrite("faultkit")
+pytest.register_assert_rewrite("faultkit", "sweep_fleet")

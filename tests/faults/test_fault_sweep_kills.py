@@ -13,205 +13,36 @@ error, provider failure) and leaves the rest running; while the host is dead it 
 container that outlives its host does; a restarted host's runners are a new generation, the old one is gone
 (orphan cleanup). Every finish is counted in a ledger: "ran twice" is a second finish of one message, a second
 terminal ``task_runs`` row for one message, or two terminal runs of one series at the same scheduled time.
+
+The fleet, the sweep host and the played runners: tests/faults/sweep_fleet.py. What a killed host leaves behind
+(a claimed occurrence, a live local runner): tests/faults/test_fault_sweep_kills_leftovers.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import queue
 import random
-import signal
 import sqlite3
-import subprocess
-import sys
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import closing, suppress
-from dataclasses import dataclass, field
+from contextlib import closing
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from faultkit import runner_pids, scenario_step
-from kit import RecordingRuntime, World, exits_within, utc
-from processes import Env, Host
+from sweep_fleet import SESSIONS, T0, TERMINAL_OUTCOMES, PlayedRunners, SweepHost, setup_fleet
 
-from agent_runner.config import RunnerConfig
-from agent_runner.store import Store
-from agent_runner.tools import Tools
-from host import db, groups, inbox, sessions, tasks
 from host import settings as settings_module
-from host.recurrence import Policy
 from host.sessions import Session
 from host.settings import Settings
-from schemas import ids
 from schemas.times import to_text
 
 SEED = 20260518
 KILLS = 20
-SESSIONS = 50
-GROUPS = 5
-T0 = utc("2026-05-18T13:00:00")
-CHILD = Path(__file__).with_name("sweep_child.py")
-TERMINAL_OUTCOMES = ("ran", "skipped", "gate_error", "failed")
 LIVE = ("pending", "processing", "paused")
-# Recurrences of the seeded series: every 10 min (misfire within grace), hourly, and every 2 h at :30 (a long
-# jump between sweeps puts its latest slot beyond the 1 h grace: completed as missed, next slot cloned).
-RECURRENCES = ("*/10 * * * *", "0 * * * *", "30 */2 * * *")
-
-
-class SweepHost:
-    """The host process: ``tick`` returns the sweep's result, or None when it was SIGKILLed as asked."""
-
-    def __init__(self, root: Path, environ: dict[str, str], log: Path) -> None:
-        self.log = log
-        with log.open("a") as err:
-            self.proc = subprocess.Popen([sys.executable, str(CHILD)], cwd=root, env=environ, text=True,
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-        assert "ready" in json.loads(self._line() or "{}"), self._tail()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def _line(self) -> str | None:
-        try:
-            return self.lines.get(timeout=120)  # a sweep of 50 sessions takes well under a second
-        except queue.Empty:
-            self.proc.kill()
-            raise AssertionError(f"sweep child silent for 120 s; log: {self._tail()}") from None
-
-    def _tail(self) -> str:
-        return self.log.read_text()[-3000:]
-
-    def tick(self, now: datetime, kill_at: int | None = None) -> dict[str, Any] | None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(f"tick {to_text(now)}{f' {kill_at}' if kill_at else ''}\n")
-        self.proc.stdin.flush()
-        line = self._line()
-        if line is None:
-            code = self.proc.wait(timeout=30)
-            assert kill_at is not None and code == -signal.SIGKILL, f"host died ({code}): {self._tail()}"
-            return None
-        result: dict[str, Any] = json.loads(line)
-        assert result["errors"] == 0, f"a session failed in the sweep at {to_text(now)}: {self._tail()}"
-        return result
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            self.proc.wait(timeout=30)
-
-
-@dataclass
-class PlayedRunners:
-    """Every session's runner, played with the runner's own Store. A generation lives from one complete sweep to
-    the next: this host, like ``ncl host sweep``, starts no runner, so it takes every claim it finds for one of a
-    runner that is gone and releases it; the played runners then are gone (as a restart's orphan cleanup makes
-    them), except in the window of a kill, where the old generation goes on until the restarted host sweeps."""
-
-    settings: Settings
-    sessions: list[Session]
-    rng: random.Random
-    generation: str = ""
-    ledger: Counter[str] = field(default_factory=Counter)  # finishes per message id (all generations)
-    outcomes: dict[str, str] = field(default_factory=dict)  # message id -> the outcome its finish reported
-    held: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # session -> (id, kind) still running
-    requested: dict[str, tuple[str, bool]] = field(default_factory=dict)  # task id -> (session id, recurring)
-
-    def store(self, session: Session) -> Store:
-        return Store(RunnerConfig(session.folder, self.generation, "UTC", task_min_interval_s=300))
-
-    def new_generation(self, name: str) -> None:
-        """The previous runners are gone; each new one drops stale claims on start, as the real runner does."""
-        self.generation, self.held = name, {}
-        for session in self.sessions:
-            self.store(session).release_stale_claims()
-
-    def work(self, now: datetime, finish_share: float = 0.75) -> int:
-        """Claim what is due in every session, finish a share of it (all of it with ``finish_share=1``), and
-        sometimes ask for a new task through the real ``schedule_task`` tool. Returns how many were claimed."""
-        claimed = 0
-        for session in self.sessions:
-            store = self.store(session)
-            held = self.held.setdefault(session.id, [])
-            rows = [r for r in store.fetch(now) if r["trigger"] == 1]
-            store.claim(rows, now)
-            claimed += len(rows)
-            for row in rows:
-                if self.rng.random() < finish_share or row["tries"] >= 3:
-                    self._finish(session, store, row["id"], row["kind"], now)
-                else:
-                    held.append((row["id"], row["kind"]))  # still running when the next sweep comes
-        return claimed
-
-    def finish_held(self, now: datetime, share: float) -> None:
-        """While the host is down its runners go on: finish a share of what each still holds."""
-        for session in self.sessions:
-            store = self.store(session)
-            for message_id, kind in list(self.held.get(session.id, [])):
-                if self.rng.random() < share:
-                    self.held[session.id].remove((message_id, kind))
-                    self._finish(session, store, message_id, kind, now)
-
-    def _finish(self, session: Session, store: Store, message_id: str, kind: str, now: datetime) -> None:
-        outcome = self.rng.choices(TERMINAL_OUTCOMES, (80, 8, 5, 7))[0] if kind == "task" else "ran"
-        status = "failed" if outcome == "failed" else "completed"
-        if self.rng.random() < 0.04:  # in the turn, the agent schedules something through the real tool
-            tools = Tools(store.config, store, lambda: now)
-            tools.turn = {"in_reply_to": message_id, "routing": {}}
-            recurs = self.rng.random() < 0.5
-            if recurs:
-                answer = tools.schedule_task("every three hours", recurrence="15 */3 * * *")
-            else:
-                answer = tools.schedule_task("follow up", processAfter=to_text(now + timedelta(minutes=7)))
-            task_id = answer.split("id: ", 1)[1].split(",", 1)[0]
-            self.requested[task_id] = (session.id, recurs)
-        store.finish([message_id], status, now, outcome, None if outcome == "ran" else f"played {outcome}",
-                     now - timedelta(seconds=1))  # the request reaches the host with the turn's end
-        self.ledger[message_id] += 1
-        self.outcomes[message_id] = outcome
-
-
-def _setup(settings: Settings, rng: random.Random) -> tuple[list[Session], dict[str, str]]:
-    """50 sessions, each with three recurring series (one already overdue), a one-shot due now, a one-shot due
-    later in the run and a chat due now. Returns the sessions and {series id: session id} of recurring ones."""
-    created = T0 - timedelta(minutes=30)
-    policy = Policy.of(settings)
-    recurring: dict[str, str] = {}
-    made: list[Session] = []
-    with closing(db.connect(settings.central_db, "central")) as central:
-        for g in range(GROUPS):
-            group, _ = groups.create(central, settings, created, f"fleet{g}", ["cli"])
-            for _ in range(SESSIONS // GROUPS):
-                # Distinct creation instants: the sweep visits sessions in this order, so a seed kills at one point.
-                made.append(sessions.create(central, settings, created + timedelta(milliseconds=len(made)), group,
-                                            None))
-    for session in made:
-        with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
-            for expr in RECURRENCES:
-                task_id = ids.new_id("task", created)
-                # The */10 series starts 20 min in the past: the first sweep finds it overdue (misfire rule).
-                first = to_text(created + timedelta(minutes=10)) if expr.startswith("*/10") else None
-                tasks.schedule(conn, created, policy, task_id, f"every {expr}", first, expr, enforce_interval=False)
-                recurring[task_id] = session.id
-            tasks.schedule(conn, created, policy, ids.new_id("task", created), "once, overdue",
-                           to_text(T0 - timedelta(minutes=1)), enforce_interval=False)
-            later = T0 + timedelta(minutes=rng.randrange(1, 90))
-            tasks.schedule(conn, created, policy, ids.new_id("task", created), "once, later", to_text(later),
-                           enforce_interval=False)
-            with db.transaction(conn):
-                inbox.insert(conn, {"id": ids.new_id("msg", created), "kind": "chat", "timestamp": to_text(created),
-                                    "content": json.dumps({"text": "hi", "sender": "u", "sender_id": "u"})})
-    return made, recurring
 
 
 @dataclass
@@ -318,7 +149,7 @@ def test_host_sigkilled_twenty_times_mid_sweep_loses_and_doubles_nothing(
         fleet: tuple[Path, dict[str, str], Settings]) -> None:
     root, environ, settings = fleet
     rng = random.Random(SEED)
-    made, recurring = _setup(settings, rng)
+    made, recurring = setup_fleet(settings, rng)
     played = PlayedRunners(settings, made, rng)
     log = root / "sweep-child.log"
     history: list[str] = []
@@ -382,62 +213,3 @@ def test_host_sigkilled_twenty_times_mid_sweep_loses_and_doubles_nothing(
     assert coverage["missed_runs"] > 0 and coverage["retried_rows"] > 0 and coverage["clones"] > SESSIONS, coverage
     assert played.requested, "no schedule_task request was exercised"
     assert max(played.ledger.values()) == 1
-
-
-def test_a_recurring_occurrence_retried_after_its_runner_died_keeps_the_grid_and_records_missed_slots(
-        tmp_path: Path) -> None:
-    """Seen while building the kill loop above (runs recorded at retry times, off the grid). A */10 occurrence is
-    claimed at 10:00 by a runner that dies with its host; the host is back at 10:25 and the retry runs at 10:26.
-    By DESIGN §6.3 and §12.7 the overdue occurrence runs as the latest passed slot (10:20), the slots not run are
-    one ``missed`` run, and the grid goes on at 10:30. Deterministic: one session, real files, a fake clock."""
-    with scenario_step("a claimed occurrence, its runner and host dead, released and run by the next"):
-        world = World(tmp_path, tz="UTC")
-        slot = utc("2026-05-18T10:00:00")
-        task = world.schedule(slot - timedelta(minutes=5), recurrence="*/10 * * * *")
-        runtime = RecordingRuntime()
-        sweeper = world.sweeper(runtime)
-        assert sweeper.tick(slot).woken == 1
-        world.ack(task, "processing", slot + timedelta(seconds=1), generation=runtime.started[-1][2])
-        restarted = world.sweeper(RecordingRuntime())  # the host died with its runner; a new one knows no runner
-        assert restarted.tick(slot + timedelta(minutes=25)).retried == 1
-        world.ack(task, "completed", slot + timedelta(minutes=26), generation="gen-next", outcome="ran")
-        restarted.tick(slot + timedelta(minutes=26))
-
-    runs = world.runs(task)
-    [ran] = [r for r in runs if r["outcome"] == "ran"]
-    missed = sum(json.loads(r["detail"])["slots"] for r in runs if r["outcome"] == "missed")
-    [live] = world.live(task)
-    assert live["process_after"] == to_text(slot + timedelta(minutes=30))
-    assert ran["scheduled_for"] == to_text(slot + timedelta(minutes=20)), runs  # a slot of the grid, the latest
-    assert missed == 2, runs  # 10:00 and 10:10 did not run as themselves
-
-
-@pytest.mark.slow
-def test_a_sigkilled_hosts_local_runners_are_stopped_by_the_next_host(tmp_path: Path) -> None:
-    """Real processes: a host with a live local runner is SIGKILLed; the next host starts. DESIGN §8: orphan
-    runners of this install are removed at start (for containers they are), else two runners serve one session
-    and a message claimed by both can be answered twice."""
-    env = Env(tmp_path)
-    with scenario_step("a group to chat with"):
-        env.ok("groups", "create", "demo", "--channel", "cli")
-    first = Host(env, NCL_IDLE_TIMEOUT_S="600")
-    second: Host | None = None
-    orphans: list[int] = []
-    try:
-        with scenario_step("a host with a live runner SIGKILLed, and the next one started"):
-            first.wait_for_action("host_started")
-            session_id = json.loads(env.ok("chat", "demo", "hello", "--json", "--timeout", "60"))["session_id"]
-            orphans = runner_pids(first, session_id, at_least=1)
-            first.proc.kill()  # SIGKILL: no chance to stop its runners itself
-            first.proc.wait(timeout=10)
-            second = Host(env, NCL_IDLE_TIMEOUT_S="600")
-            second.wait_for_action("host_started")
-        # A local runner dies with the host that started it (PR_SET_PDEATHSIG), so it never serves beside the next.
-        assert exits_within(orphans[0], 5), "the dead host's runner still serves the session beside the new host"
-    finally:
-        for host in (first, second):
-            if host is not None:
-                host.kill()
-        for pid in orphans:
-            with suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)

@@ -1,0 +1,116 @@
+"""Project-level scheduled tasks (DESIGN §9, §6.3, §12.10): firing a queue target, driven by a fake clock on real
+SQLite files. The seed task enqueues its payload at 17:30 local; a queue with no group is a failed run; two ticks or
+two firers at one instant fire once; after downtime the misfire rule fires the latest slot once or records one missed
+run; ``host sweep --once`` and the host loop fire and wake the job in the same pass.
+"""
+
+from __future__ import annotations
+
+from contextlib import closing
+from datetime import timedelta
+
+from kit import FakeClock, RecordingRuntime
+from scheduled_project import DAILY_QUEUE, SLOT, Project
+from scheduled_project import project as project
+
+from host import db, scheduled_fire
+from host.loop import Host
+from schemas.times import from_text
+
+RUN_KEYS = {"id", "task_id", "status", "scheduled_for", "started_at", "finished_at", "duration_ms", "exit_code",
+            "queued_message_id", "output_tail", "error"}
+
+
+def test_the_seed_queue_task_enqueues_its_payload_at_1730_local(project: Project) -> None:
+    project.support_group()
+    item = project.add(DAILY_QUEUE)
+    clock = FakeClock(SLOT - timedelta(seconds=1))
+    firer = project.firer(clock)
+    assert firer.tick(clock.now()).fired == 0 and project.runs(item["id"]) == []
+    assert firer.earliest_due() == SLOT
+    clock.current = SLOT
+    assert firer.tick(SLOT).fired == 1
+    (run,) = project.runs(item["id"])
+    assert set(run) == RUN_KEYS | {"missed_slots"}
+    assert run["status"] == "queued" and from_text(run["scheduled_for"]) == SLOT and run["exit_code"] is None
+    (job,) = project.queue_rows()
+    assert run["queued_message_id"] == job["id"] and job["channel_type"] == "queue:support-jobs"
+    assert '"prompt": "Generate the daily summary."' in job["content"]
+    (listed,) = project.listed()
+    assert listed["last_status"] == "queued" and from_text(listed["next_run"]) == SLOT + timedelta(days=1)
+
+
+def test_a_queue_with_no_group_is_a_failed_run_and_the_task_goes_on(project: Project) -> None:
+    item = project.add(DAILY_QUEUE)
+    firer = project.firer(FakeClock(SLOT))
+    assert firer.tick(SLOT).failed == 1
+    (run,) = project.runs(item["id"])
+    assert run["status"] == "failed" and "no group is wired to queue:support-jobs" in run["error"]
+    assert from_text(project.listed()[0]["next_run"]) == SLOT + timedelta(days=1)
+
+
+def test_two_ticks_and_two_firers_at_one_instant_fire_once(project: Project) -> None:
+    project.support_group()
+    item = project.add(DAILY_QUEUE)
+    clock = FakeClock(SLOT)
+    first, second = project.firer(clock), project.firer(clock)
+    assert [first.tick(SLOT).fired, first.tick(SLOT).fired, second.tick(SLOT).fired] == [1, 0, 0]
+    with closing(db.connect(project.settings().central_db, "central")) as conn:
+        assert scheduled_fire.claim(conn, item["id"], SLOT, first.policy) is None
+    assert [r["status"] for r in project.runs(item["id"])] == ["queued"]
+    assert len(project.queue_rows()) == 1
+
+
+def test_after_downtime_within_the_grace_the_latest_slot_fires_once(project: Project) -> None:
+    project.support_group()
+    item = project.add(DAILY_QUEUE)
+    now = SLOT + timedelta(days=2, minutes=20)  # down across three 17:30 slots; the latest is 20 min old
+    result = project.firer(FakeClock(now)).tick(now)
+    assert (result.fired, result.missed) == (1, 0)
+    missed, fired = project.runs(item["id"])
+    assert missed["status"] == "missed" and from_text(missed["scheduled_for"]) == SLOT
+    assert missed["missed_slots"] == 2 and "not run: the host was not running" in missed["error"]
+    assert fired["status"] == "queued" and from_text(fired["scheduled_for"]) == SLOT + timedelta(days=2)
+    assert len(project.queue_rows()) == 1
+    assert from_text(project.listed()[0]["next_run"]) == SLOT + timedelta(days=3)
+
+
+def test_after_downtime_beyond_the_grace_nothing_fires_and_one_missed_run_counts_the_slots(
+        project: Project) -> None:
+    project.support_group()
+    item = project.add(DAILY_QUEUE)
+    now = SLOT + timedelta(days=2, hours=2)
+    result = project.firer(FakeClock(now)).tick(now)
+    assert (result.fired, result.missed) == (0, 1)
+    (missed,) = project.runs(item["id"])
+    assert missed["status"] == "missed" and missed["missed_slots"] == 3
+    assert project.queue_rows() == []
+    assert from_text(project.listed()[0]["next_run"]) == SLOT + timedelta(days=3)
+
+
+def test_sweep_once_fires_due_tasks_and_wakes_the_queue_session(project: Project) -> None:
+    project.support_group()
+    item = project.add(DAILY_QUEUE)
+    data = project.ncl("host", "sweep", "--once", "--now", "2026-06-11T17:30:00", "--json").json()
+    assert (data["scheduled_fired"], data["scheduled_missed"], data["woken"]) == (1, 0, 1)
+    assert project.runs(item["id"])[0]["status"] == "queued"
+
+
+async def test_the_host_loop_fires_within_a_second_and_wakes_the_job_in_the_same_pass(project: Project) -> None:
+    project.support_group()
+    item = project.add(DAILY_QUEUE)
+    clock = FakeClock(SLOT - timedelta(seconds=47.3))
+    runtime = RecordingRuntime(clock)
+    host = Host(project.settings(), runtime, clock)
+    try:
+        for _ in range(200):
+            await host.step()
+            if runtime.started:
+                break
+        woken_at = runtime.started[0][0]
+        assert woken_at is not None and timedelta(0) <= woken_at - SLOT < timedelta(seconds=1)
+        (run,) = project.runs(item["id"])
+        assert from_text(run["started_at"]) == woken_at
+    finally:
+        host.scheduled.close()
+        host.sweeper.close()

@@ -1,0 +1,86 @@
+"""The session DBs (DESIGN §4, §5, §12.3): a new session's files. The folder's layout, the documented columns of
+inbound.db and outbound.db, pragmas (never WAL, a busy timeout, central.db's too), read-only connections that refuse
+writes and never create a missing file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from schema_kit import INBOUND_COLUMNS, InsertRow, RowIn, columns, open_plain
+from schema_kit import session_dir as session_dir
+
+from host import db
+from host.db import DbError
+from schemas.ddl import DbKind, latest_version
+
+OUTBOUND_COLUMNS = {
+    "messages_out": {
+        "id", "seq", "in_reply_to", "timestamp", "kind", "platform_id", "channel_type", "thread_id", "content",
+    },
+    "processing_ack": {"message_id", "status", "status_changed", "detail", "generation"},
+    "session_state": {"key", "value", "updated_at"},
+}
+
+
+def tables(conn: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def test_new_session_folder_layout(session_dir: Path) -> None:
+    assert {p.name for p in session_dir.iterdir()} == {"inbound.db", "outbound.db", "inbox", "outbox"}
+    assert (session_dir / "inbox").is_dir() and (session_dir / "outbox").is_dir()
+
+
+def test_inbound_columns_are_the_documented_ones(session_dir: Path) -> None:
+    with closing(open_plain(session_dir / "inbound.db")) as conn:
+        for table, expected in INBOUND_COLUMNS.items():
+            assert columns(conn, table) == expected, table
+        assert {"messages_in", "task_runs", "destinations", "session_routing", "delivered"} <= tables(conn)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == latest_version("inbound")
+
+
+def test_outbound_columns_are_the_documented_ones(session_dir: Path) -> None:
+    with closing(open_plain(session_dir / "outbound.db")) as conn:
+        for table, expected in OUTBOUND_COLUMNS.items():
+            assert columns(conn, table) == expected, table
+        assert "container_state" in tables(conn)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == latest_version("outbound")
+
+
+@pytest.mark.parametrize("kind", ["inbound", "outbound"])
+def test_session_files_are_never_wal(session_dir: Path, kind: DbKind) -> None:
+    path = session_dir / f"{kind}.db"
+    # Bytes 18-19 of the header are 1 for a rollback-journal file, 2 for WAL.
+    assert path.read_bytes()[18:20] == b"\x01\x01"
+    for readonly in (False, True):
+        with closing(db.connect(path, kind, readonly=readonly)) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+            assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+    assert not (session_dir / f"{kind}.db-wal").exists()
+    assert not (session_dir / f"{kind}.db-shm").exists()
+
+
+def test_central_connections_have_a_busy_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "central.db"
+    with closing(db.connect(path, "central")) as conn:
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+    with closing(db.connect(path, "central", readonly=True)) as conn:
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+
+
+def test_readonly_connection_refuses_writes(session_dir: Path, row_in: RowIn, insert_row: InsertRow) -> None:
+    with (
+        closing(db.connect(session_dir / "inbound.db", "inbound", readonly=True)) as conn,
+        pytest.raises(sqlite3.OperationalError, match="readonly"),
+    ):
+        insert_row(conn, "messages_in", row_in())
+
+
+def test_readonly_open_of_a_missing_file_is_a_db_error(tmp_path: Path) -> None:
+    with pytest.raises(DbError):
+        db.connect(tmp_path / "nope.db", "inbound", readonly=True)
+    assert not (tmp_path / "nope.db").exists()
