@@ -156,6 +156,13 @@ CREATE TABLE task_runs(
 CREATE INDEX task_runs_series ON task_runs(series_id, finished_at);
 """
 
+# v3: a sweep's visit reads a session's current state, not its history: the handled-seq watermarks and the
+# finished-but-still-recurring repair look up indexes instead of scanning every row ever delivered or run.
+_INBOUND_V3 = """
+CREATE INDEX delivered_status_seq ON delivered(status, seq);
+CREATE INDEX messages_in_recurring ON messages_in(status) WHERE recurrence IS NOT NULL;
+"""
+
 _OUTBOUND_V1 = f"""
 CREATE TABLE messages_out(
   id TEXT PRIMARY KEY,
@@ -203,11 +210,13 @@ CREATE TABLE staged_requests(
   {_instant("timestamp")},
   content TEXT NOT NULL CHECK (json_valid(content))
 );
+-- The host reads requests and replies past its watermarks: by kind and seq, not by scanning every answer.
+CREATE INDEX messages_out_kind_seq ON messages_out(kind, seq);
 """
 
 MIGRATIONS: dict[DbKind, tuple[str, ...]] = {
     "central": (_CENTRAL_V1, _CENTRAL_V2),
-    "inbound": (_INBOUND_V1, _INBOUND_V2),
+    "inbound": (_INBOUND_V1, _INBOUND_V2, _INBOUND_V3),
     "outbound": (_OUTBOUND_V1, _OUTBOUND_V2, _OUTBOUND_V3),
 }
 
