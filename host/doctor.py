@@ -91,7 +91,8 @@ def _file_state(path: Path) -> tuple[int | None, str]:
 
 
 def schema_versions(settings: Settings, folders: list[Path] | None = None) -> Check:
-    """Versions and integrity of central.db and every active session's files, read without migrating."""
+    """Versions and integrity of central.db and every active session's files. Session files are read without
+    migrating; central.db was migrated already if it was older, by listing its sessions (as any command does)."""
     problems: list[str] = []
     tally: Counter[str] = Counter()
     files: list[tuple[DbKind, Path]] = [("central", settings.central_db)]
