@@ -4,7 +4,7 @@ Broken, each in a session of its own:
 - ``hot``: a hot journal next to outbound.db, made for real: a child process writes in a transaction (spilling
   pages into the file) and is SIGKILLed before COMMIT, as a runner killed mid-write would be;
 - ``truncated``: inbound.db cut to its first page;
-- ``garbled``: inbound.db with its ``messages_in`` page overwritten (the header and schema intact);
+- ``garbled``: inbound.db with a due task, then its ``messages_in`` page overwritten (the header and schema intact);
 - ``gone``: the session folder deleted under the running host, its runner alive;
 - ``full``: the session folder on a tiny tmpfs filled to the last byte, with a task due (needs root and mount;
   skipped, saying so, without them).
@@ -138,6 +138,10 @@ def broken() -> Iterator[Broken]:
         seen.journal_was_hot = _make_hot_journal(folders["hot"] / "outbound.db")
         with (folders["truncated"] / "inbound.db").open("r+b") as inbound:
             inbound.truncate(PAGE)
+        with closing(db.connect(folders["garbled"] / "inbound.db", "inbound")) as conn:
+            # Something to do, so the host must read the table: a sweep of an empty inbox reads indexes only.
+            tasks.schedule(conn, now, Policy.of(settings), ids.new_id("task", now), "due in a garbled inbox",
+                           enforce_interval=False)
         with (folders["garbled"] / "inbound.db").open("r+b") as inbound:
             inbound.seek(PAGE)  # page 2: the messages_in table (its root page, see sqlite_master)
             inbound.write(b"\xff" * PAGE)
