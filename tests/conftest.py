@@ -22,7 +22,7 @@ from host.cli import main
 
 # Shared helper modules hold assertions too: have pytest rewrite them so failures say what differed.
 pytest.register_assert_rewrite("cli_kit", "cli_tasks_kit", "concurrency_writers", "e2e_scenario", "kit", "processes",
-                               "property_kit", "scheduled_project", "schema_kit", "security_kit")
+                               "property_kit", "scheduled_project", "schema_kit")
 
 # Environment prefixes that change what ncl does; scrubbed before every CLI test.
 _SCRUBBED_PREFIXES = ("NCL_", "ANTHROPIC_")

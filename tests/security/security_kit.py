@@ -1,4 +1,4 @@
-"""What the security-boundary tests (tests/test_security_*.py, issue 7) share: the fixed instant, the secret whose
+"""What the security-boundary tests (tests/security/, issues 7 and 11) share: the fixed instant, the secret whose
 leak they look for, and the product's own source files (what the static checks read)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from kit import utc
 
 T0 = utc("2026-06-11T13:00:00")
 SECRET = "sk-ant-security-probe-never-leaks"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ("host", "agent_runner", "schemas")
 
 
