@@ -156,6 +156,26 @@ CREATE TABLE task_runs(
 CREATE INDEX task_runs_series ON task_runs(series_id, finished_at);
 """
 
+# v3 (issue 11): task ids are unique in the install (every series registers its id here before its first row is
+# written, so a runner cannot reuse another session's id); a group says whether the model API may reach the network
+# for it (server tools); model usage is counted per group and UTC day for the daily token budget.
+_CENTRAL_V3 = """
+CREATE TABLE task_ids(
+  id TEXT PRIMARY KEY,
+  agent_group_id TEXT NOT NULL,
+  session_id TEXT NOT NULL
+);
+ALTER TABLE agent_groups ADD COLUMN allow_server_tools INTEGER NOT NULL DEFAULT 0 CHECK (allow_server_tools IN (0, 1));
+CREATE TABLE group_usage(
+  agent_group_id TEXT NOT NULL,
+  day TEXT NOT NULL CHECK (day GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]'),
+  requests INTEGER NOT NULL DEFAULT 0,
+  input_tokens INTEGER NOT NULL DEFAULT 0,
+  output_tokens INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (agent_group_id, day)
+);
+"""
+
 # v3: a sweep's visit reads a session's current state, not its history: the handled-seq watermarks and the
 # finished-but-still-recurring repair look up indexes instead of scanning every row ever delivered or run.
 _INBOUND_V3 = """
@@ -215,7 +235,7 @@ CREATE INDEX messages_out_kind_seq ON messages_out(kind, seq);
 """
 
 MIGRATIONS: dict[DbKind, tuple[str, ...]] = {
-    "central": (_CENTRAL_V1, _CENTRAL_V2),
+    "central": (_CENTRAL_V1, _CENTRAL_V2, _CENTRAL_V3),
     "inbound": (_INBOUND_V1, _INBOUND_V2, _INBOUND_V3),
     "outbound": (_OUTBOUND_V1, _OUTBOUND_V2, _OUTBOUND_V3),
 }
