@@ -4,6 +4,11 @@ A client sends ``{"op": "send", "group": G, "text": T, "thread": K|null, "channe
 ``{"ok": true, "session_id", "message_id", "seq"}`` (or ``{"ok": false, "error"}``), then every reply of that
 session as ``{"reply": {"id", "text", "files", "timestamp", "in_reply_to", "in_reply_to_seq"}}`` while it
 stays connected. Replies are pushed by the sweep's delivery step through ``deliver``.
+
+Limits of its own, so a flood of the webhook port never starves it: at most ``MAX_CLIENTS`` connections (one more
+gets an error line and is closed), a request line of at most 1 MiB that must arrive whole within
+``LINE_TIMEOUT_S`` once begun (idle between lines is fine: a chat waits for its user), and a client that stops
+reading its replies is dropped rather than buffered without end.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import sqlite3
 from collections import defaultdict
 from contextlib import closing
@@ -22,12 +26,18 @@ from typing import Any
 from host import db, groups, router
 from host.errors import NclError
 from host.groups import Group
+from host.listener import Listener, unix_socket
 from host.sessions import Session
 from host.settings import Settings
 from schemas import clock
 
 log = logging.getLogger(__name__)
 MAX_LINE = 1 << 20
+MAX_CLIENTS = 64
+LINE_TIMEOUT_S = 10.0
+MAX_UNREAD = 64 << 20  # replies written to a client but not yet taken by it
+BUSY = json.dumps({"ok": False, "error": f"the host is serving {MAX_CLIENTS} CLI connections already; try again"
+                   " shortly"}).encode() + b"\n"
 
 
 def socket_path(settings: Settings) -> Path:
@@ -38,22 +48,19 @@ class CliChannel:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.listeners: dict[str, set[asyncio.StreamWriter]] = defaultdict(set)
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: Listener | None = None
 
     async def start(self) -> None:
         path = socket_path(self.settings)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a stale socket of a host that died; the host lock says no other host runs
-        old = os.umask(0o177)  # created 0600 from the start, never briefly open to others
-        try:
-            self._server = await asyncio.start_unix_server(self._serve, path=str(path), limit=MAX_LINE)
-        finally:
-            os.umask(old)
+        self._listener = Listener(unix_socket(path), self._serve, name="cli", cap=MAX_CLIENTS, busy=BUSY,
+                                  limit=MAX_LINE)
+        self._listener.start()
 
     async def stop(self) -> None:
-        if self._server:
-            self._server.close()
-            await self._server.wait_closed()
+        if self._listener:
+            await self._listener.stop()
         with contextlib.suppress(FileNotFoundError):
             socket_path(self.settings).unlink()
 
@@ -66,8 +73,9 @@ class CliChannel:
                                      "files": content.get("files", []), "timestamp": reply["timestamp"],
                                      "in_reply_to": reply["in_reply_to"], "in_reply_to_seq": reply_to_seq}})
         for writer in list(writers):
-            if writer.is_closing():
+            if writer.is_closing() or writer.transport.get_write_buffer_size() > MAX_UNREAD:
                 writers.discard(writer)
+                writer.close()
                 continue
             writer.write(line.encode() + b"\n")
         return bool(writers) or None
@@ -75,11 +83,12 @@ class CliChannel:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sessions: set[str] = set()
         try:
-            while line := await reader.readline():
+            while line := await _next_line(reader):
                 answer = self._handle(line, writer, sessions)
                 writer.write(json.dumps(answer).encode() + b"\n")
-                await writer.drain()
-        except (ConnectionError, asyncio.LimitOverrunError, ValueError) as exc:
+                async with asyncio.timeout(LINE_TIMEOUT_S):
+                    await writer.drain()
+        except (ConnectionError, asyncio.LimitOverrunError, ValueError, TimeoutError) as exc:
             log.info("cli client dropped: %s", exc, extra={"action": "cli_client_dropped"})
         finally:
             for session_id in sessions:
@@ -111,6 +120,15 @@ class CliChannel:
                                                        "sender_id": request.get("sender_id")},
                                      thread=str(thread) if thread else None)
             return router.deliver_in(central, self.settings, clock.now(), group, arrival)
+
+
+async def _next_line(reader: asyncio.StreamReader) -> bytes:
+    """The next request line; idle before it as long as the client likes, but once begun it ends in time."""
+    first = await reader.read(1)
+    if first in (b"", b"\n"):
+        return first
+    async with asyncio.timeout(LINE_TIMEOUT_S):
+        return first + await reader.readline()
 
 
 def _toolkit(central: sqlite3.Connection, group_ref: str) -> Group:

@@ -1,13 +1,21 @@
-"""Just enough HTTP/1.1 to read one request from an asyncio stream, and to refuse it (proxy and webhooks)."""
+"""Just enough HTTP/1.1 to read one request from an asyncio stream, and to refuse it (proxy and webhooks).
+
+Lengths are read strictly: ``Content-Length`` and chunk sizes are plain ASCII digits (hex digits for chunks), no
+sign, space, underscore or non-ASCII digit (``"²".isdigit()`` is true, ``int("²")`` raises), and short enough to
+be a length at all. A timeout bounds a whole head or body, so a client that trickles bytes is cut."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass
 from http import HTTPStatus
 
 PHRASES = {status.value: status.phrase for status in HTTPStatus}
+DECIMAL = re.compile(r"[0-9]{1,15}")  # 15 digits: under 1 PB, far past any cap, and never int()'s digit limit
+HEX_SIZE = re.compile(rb"([0-9A-Fa-f]{1,12})(;[^\r\n]*)?\r\n")  # a chunk-size line: size, extensions, end
+MAX_TRAILERS = 8 << 10  # bytes of chunked trailers taken (and dropped) before the request is refused
 
 
 class Refusal(Exception):
@@ -33,11 +41,15 @@ class Request:
         return next((value for key, value in self.headers if key == name), None)
 
 
-async def read_head(reader: asyncio.StreamReader) -> Request:
+async def read_head(reader: asyncio.StreamReader, *, timeout: float | None = None) -> Request:
+    """The request line and headers; the reader's ``limit`` caps their size (431 past it)."""
     try:
-        head = await reader.readuntil(b"\r\n\r\n")
+        async with asyncio.timeout(timeout):
+            head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.LimitOverrunError:
         raise Refusal(431, "invalid_request_error", "request headers too large") from None
+    except TimeoutError:
+        raise Refusal(408, "timeout_error", f"request headers not received within {timeout:g} s") from None
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
@@ -47,35 +59,68 @@ async def read_head(reader: asyncio.StreamReader) -> Request:
         name, sep, value = line.partition(":")
         if not sep or not name or name != name.strip():
             raise Refusal(400, "invalid_request_error", "malformed header line")
-        headers.append((name.lower(), value.strip()))
+        headers.append((name.lower(), value.strip(" \t")))  # optional whitespace is SP and HTAB only
     return Request(parts[0], parts[1], headers)
 
 
-async def read_body(reader: asyncio.StreamReader, request: Request, cap: int) -> bytes:
-    too_large = Refusal(413, "request_too_large", f"request body over {cap} bytes")
-    encoding, length = request.header("transfer-encoding"), request.header("content-length")
+def content_length(request: Request, cap: int) -> int | None:
+    """The declared body length, checked against ``cap`` (413) before a byte of the body is read; None when the
+    body is chunked or absent. Junk, a sign, two different values or both framings at once: 400."""
+    encoding, lengths = request.header("transfer-encoding"), {v for k, v in request.headers if k == "content-length"}
     if encoding is not None:
-        if encoding.lower() != "chunked" or length is not None:  # both framings at once: smuggling, refuse
+        if encoding.lower() != "chunked" or lengths:  # both framings at once: smuggling, refuse
             raise Refusal(400, "invalid_request_error", "unsupported request body framing")
-        body = bytearray()
-        try:
-            while size := int((await reader.readline()).split(b";")[0], 16):  # a size line; zero ends the body
-                if len(body) + size > cap:
-                    raise too_large
-                chunk = await reader.readexactly(size + 2)
-                if not chunk.endswith(b"\r\n"):
-                    raise ValueError("chunk not followed by CRLF")
-                body += chunk[:-2]
-        except ValueError:
-            raise Refusal(400, "invalid_request_error", "malformed chunked body") from None
-        while (await reader.readline()) not in (b"\r\n", b""):
-            pass  # trailers: nothing the model API needs
-        return bytes(body)
-    if length is not None and not length.isdigit():
-        raise Refusal(400, "invalid_request_error", "malformed Content-Length")
-    if int(length or 0) > cap:
-        raise too_large
-    return await reader.readexactly(int(length or 0))
+        return None
+    if len(lengths) > 1:
+        raise Refusal(400, "invalid_request_error", "more than one Content-Length")
+    if not lengths:
+        return 0
+    (text,) = lengths
+    significant = text.lstrip("0") or "0" if text else ""
+    if not DECIMAL.fullmatch(significant):
+        raise Refusal(400, "invalid_request_error", f"malformed Content-Length {text[:40]!r}: expected ASCII "
+                                                    "digits of a byte count")
+    if int(significant) > cap:
+        raise Refusal(413, "request_too_large", f"request body over {cap} bytes")
+    return int(significant)
+
+
+async def read_body(reader: asyncio.StreamReader, request: Request, cap: int, *,
+                    timeout: float | None = None) -> bytes:
+    """The body by its framing, at most ``cap`` bytes (413), all of it within ``timeout`` seconds (408)."""
+    length = content_length(request, cap)
+    try:
+        async with asyncio.timeout(timeout):
+            return await reader.readexactly(length) if length is not None else await _chunked(reader, cap)
+    except TimeoutError:
+        raise Refusal(408, "timeout_error", f"request body not received within {timeout:g} s") from None
+
+
+async def _chunked(reader: asyncio.StreamReader, cap: int) -> bytes:
+    body = bytearray()
+    try:
+        while size := _chunk_size(await reader.readline()):  # zero ends the body
+            if len(body) + size > cap:
+                raise Refusal(413, "request_too_large", f"request body over {cap} bytes")
+            chunk = await reader.readexactly(size + 2)
+            if not chunk.endswith(b"\r\n"):
+                raise ValueError("chunk not followed by CRLF")
+            body += chunk[:-2]
+        trailers = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            trailers += len(line)  # nothing the model API or a webhook needs: taken and dropped, not without end
+            if trailers > MAX_TRAILERS:
+                raise ValueError("trailers too long")
+    except ValueError:  # also readline's own: a line past the reader's limit
+        raise Refusal(400, "invalid_request_error", "malformed chunked body") from None
+    return bytes(body)
+
+
+def _chunk_size(line: bytes) -> int:
+    matched = HEX_SIZE.fullmatch(line)
+    if matched is None:
+        raise ValueError(f"bad chunk-size line {line[:40]!r}")
+    return int(matched.group(1), 16)
 
 
 def json_response(status: int, data: object) -> bytes:

@@ -192,5 +192,7 @@ def test_tcp_servers_in_product_code_bind_loopback() -> None:
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
                     "start_server", "create_server"):
                 host = next((k.value for k in node.keywords if k.arg == "host"), None)
+                if host is None and node.args and isinstance(node.args[0], ast.Tuple):  # socket.create_server((h, p))
+                    host = node.args[0].elts[0]
                 servers.append((f"{path.relative_to(ROOT)}:{node.lineno}", ast.unparse(host) if host else None))
     assert servers and all(host == "'127.0.0.1'" for _, host in servers), servers
