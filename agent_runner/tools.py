@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
+
 from agent_runner.config import RunnerConfig
 from agent_runner.store import Store, routing_of
 from schemas import cron, ids, requests
 from schemas.times import TimeFormatError, from_text, parse_user_time, to_text
+from schemas.validation import check_prompt, one_line
 
 YEAR = timedelta(days=366)
 CURRENT_TURN = "current_turn"  # the session_state key the runner stores ``Tools.turn`` under, for the MCP server
@@ -74,14 +77,20 @@ class Tools:
         shown = ", ".join(t.astimezone(zone).strftime("%a %Y-%m-%d %H:%M %Z") for t in times) or "now"
         return f"{shown} (the time given has passed)" if passed else shown
 
+    @staticmethod
+    def _prompt(prompt: Any) -> None:
+        try:
+            check_prompt(prompt)
+        except ValueError as exc:
+            raise ToolError(str(exc)) from None
+
     def _request(self, request: requests.ScheduleTask | requests.UpdateTask | requests.ControlTask) -> None:
         # Staged: the host sees it when the turn finishes, so a turn killed after this call and retried asks once.
         self.store.stage(json.loads(request.to_json()), self.now(), self.turn.get("in_reply_to"))
 
     def schedule_task(self, prompt: str, processAfter: str | None = None, recurrence: str | None = None,
                       script: str | None = None, contextMode: str = "group") -> str:
-        if not prompt or not prompt.strip():
-            raise ToolError("prompt must not be empty")
+        self._prompt(prompt)
         if contextMode not in ("group", "isolated"):
             raise ToolError("contextMode must be 'group' or 'isolated'")
         expr = self._recurrence(recurrence)
@@ -97,6 +106,8 @@ class Tools:
     def update_task(self, taskId: str, prompt: str | None = None, processAfter: str | None = None,
                     recurrence: str | None = None, script: str | None = None) -> str:
         self._known(taskId)
+        if prompt is not None:
+            self._prompt(prompt)
         expr = "" if recurrence == "" else self._recurrence(recurrence)
         after = self._when(processAfter)
         if prompt is None and after is None and expr is None and script is None:
@@ -203,6 +214,8 @@ class Tools:
             result: str = getattr(self, name)(**arguments)
         except ToolError:
             raise
+        except ValidationError as exc:  # pydantic's report spans lines and names a model, not the argument
+            raise ToolError(f"bad arguments for {name}: {one_line(exc)}") from None
         except (TypeError, AttributeError, ValueError, OverflowError, RuntimeError, OSError, sqlite3.Error) as exc:
             # Bad argument types, names the OS refuses, symlink loops: the caller's mistake, said as such.
             raise ToolError(f"bad arguments for {name}: {str(exc).splitlines()[0]}") from None

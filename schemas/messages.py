@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.times import from_text
+from schemas.validation import not_blank
 
 InKind = Literal["chat", "task", "queue", "webhook", "system"]
 InStatus = Literal["pending", "processing", "paused", "completed", "failed"]
@@ -36,6 +37,8 @@ class TaskContent(_Content):
     prompt: str = Field(min_length=1)
     script: str | None = None
     context_mode: ContextMode = "group"
+
+    _prompt = field_validator("prompt")(not_blank)
 
 
 class QueueContent(_Content):

@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from schemas import cron
 from schemas.ids import is_id
 from schemas.messages import ContextMode
-from schemas.times import from_text
+from schemas.times import accept_text
+from schemas.validation import not_blank, one_line
 
 
 class RequestError(ValueError):
@@ -28,8 +29,12 @@ class _Request(BaseModel):
 
 def _time(value: str | None) -> str | None:
     if value:
-        from_text(value)
+        accept_text(value)
     return value or None
+
+
+def _prompt_text(value: str | None) -> str | None:
+    return value if value is None else not_blank(value)
 
 
 def _cron(value: str | None) -> str | None:
@@ -53,6 +58,7 @@ class ScheduleTask(_Request):
 
     _after = field_validator("process_after")(_time)
     _recurrence = field_validator("recurrence")(_cron)
+    _prompt = field_validator("prompt")(_prompt_text)
 
 
 class UpdateTask(_Request):
@@ -66,6 +72,7 @@ class UpdateTask(_Request):
 
     _after = field_validator("process_after")(_time)
     _recurrence = field_validator("recurrence")(_cron)
+    _prompt = field_validator("prompt")(_prompt_text)
 
 
 class ControlTask(_Request):
@@ -84,7 +91,4 @@ def parse(content: str | dict[str, Any]) -> ScheduleTask | UpdateTask | ControlT
     except json.JSONDecodeError as exc:
         raise RequestError(f"request is not JSON: {exc.msg}") from None
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        message = str(err.get("ctx", {}).get("error", err["msg"]))
-        raise RequestError(f"invalid request ({where}): {message}") from None
+        raise RequestError(f"invalid request: {one_line(exc)}") from None

@@ -13,6 +13,12 @@ from zoneinfo import ZoneInfo
 _STORED = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")  # ASCII digits only
 # The SQLite GLOB twin of _STORED, used in CHECK constraints so no other text can be written.
 STORED_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z"
+# The span a time given from outside (a person, an agent, a runner's request) may fall in. Before 1970 nothing
+# can be due for the first time, and a series from year 1 would make every sweep reckon two thousand years of
+# slots; past 9999 there is no stored text.
+FIRST = datetime(1970, 1, 1, tzinfo=UTC)
+_SPAN = "give a time from 1970-01-01 to 9999-12-31"
+_LONG_YEAR = re.compile(r"[+-]?[0-9]{5,}-")
 
 
 class TimeFormatError(ValueError):
@@ -37,6 +43,17 @@ def from_text(text: str) -> datetime:
         return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     except ValueError as exc:
         raise TimeFormatError(f"not a valid time: {text!r}") from exc
+
+
+def accept_text(text: str) -> datetime:
+    """Stored-format text given from outside (a runner's request) -> aware UTC; refused before 1970."""
+    return _in_span(from_text(text), text)
+
+
+def _in_span(instant: datetime, text: str) -> datetime:
+    if instant < FIRST:
+        raise TimeFormatError(f"time {text!r} is before 1970-01-01T00:00:00Z; {_SPAN}")
+    return instant
 
 
 def truncate_ms(instant: datetime) -> datetime:
@@ -67,13 +84,15 @@ def localize(naive: datetime, zone: ZoneInfo) -> datetime:
 
 
 def parse_user_time(text: str, zone: ZoneInfo) -> datetime:
-    """A time typed by a person or an agent -> aware UTC.
+    """A time typed by a person or an agent -> aware UTC, from 1970 to the end of 9999.
 
     Accepts ISO 8601 with ``Z`` or an offset (taken as given) or without one (wall time in ``zone``).
     """
     raw = text.strip() if isinstance(text, str) else ""
     if not raw:
         raise TimeFormatError("empty time; use ISO 8601 such as 2026-06-11T09:00:00")
+    if _LONG_YEAR.match(raw):
+        raise TimeFormatError(f"time {raw!r} is after 9999-12-31; {_SPAN}")
     try:
         parsed = datetime.fromisoformat(raw[:-1] + "+00:00" if raw[-1:] in "zZ" else raw)
     except ValueError:
@@ -82,6 +101,8 @@ def parse_user_time(text: str, zone: ZoneInfo) -> datetime:
             "(local to TZ) or 2026-06-11T13:00:00Z"
         ) from None
     try:
-        return localize(parsed, zone) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        instant = localize(parsed, zone) if parsed.tzinfo is None else parsed.astimezone(UTC)
     except (OverflowError, ValueError):  # within a day of year 1 or 9999: no UTC instant to store
-        raise TimeFormatError(f"time {raw!r} is out of range") from None
+        edge = "before 1970-01-01" if parsed.year < FIRST.year else "after 9999-12-31T23:59:59.999Z"
+        raise TimeFormatError(f"time {raw!r} is {edge}; {_SPAN}") from None
+    return _in_span(instant, raw)

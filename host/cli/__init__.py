@@ -8,6 +8,7 @@ import sqlite3
 import sys
 
 import click
+from pydantic import ValidationError
 
 from host import doctor as checks
 from host import settings as settings_module
@@ -22,7 +23,9 @@ from host.cli.scheduled import scheduled_cli
 from host.cli.sessions import session_cli
 from host.cli.status import messages_cli, status
 from host.cli.tasks import task_cli
+from host.cli.terminal import VisibleFormatter, say
 from host.errors import NclError
+from schemas.validation import one_line
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,7 +37,9 @@ def cli(ctx: click.Context) -> None:
     Settings come from the environment, then .env in the current directory (or NCL_ENV_FILE);
     see .env.example. Times are shown in TZ.
     """
-    logging.basicConfig(level=logging.WARNING, format="ncl: %(levelname)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(VisibleFormatter("ncl: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     settings = settings_module.load()
     logging.getLogger().setLevel(settings.log_level)
     ctx.obj = App(settings)
@@ -60,7 +65,7 @@ for command in (group_cli, session_cli, task_cli, host_cli, chat, agent_cli, que
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"ncl: {message}", err=True)
+    say("ncl: " + message.replace("\n", " "), err=True)  # one line, whatever the message held
     sys.exit(code)
 
 
@@ -79,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(exc.format_message(), exc.exit_code)
     except click.Abort:
         _fail("aborted", 1)
+    except ValidationError as exc:  # a model at an edge refused a value: "field: message", not pydantic's report
+        _fail(one_line(exc), 1)
     except (NclError, ValueError, OSError, sqlite3.Error) as exc:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 1)
     except Exception as exc:

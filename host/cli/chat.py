@@ -13,8 +13,10 @@ import click
 
 from host.cli.app import App, pass_app
 from host.cli.output import emit, json_option, local_time
+from host.cli.terminal import say
 from host.cli_channel import socket_path
 from host.errors import NclError
+from schemas.validation import check_prompt
 
 
 class Connection:
@@ -61,6 +63,7 @@ class Connection:
 
 def ask(app: App, group: str, text: str, thread: str | None, timeout: float, channel: str) -> dict[str, Any]:
     """Send once; wait for the reply to this message (or to a later one of its batch)."""
+    check_prompt(text, "text" if channel == "cli" else "--prompt")
     conn = Connection(app)
     try:
         sent = conn.send(group, text, thread, channel)
@@ -84,7 +87,7 @@ def ask(app: App, group: str, text: str, thread: str | None, timeout: float, cha
 
 def _print_replies(data: dict[str, Any]) -> None:
     for reply in data["replies"]:
-        click.echo(reply["text"])
+        say(reply["text"])
 
 
 @click.command("chat")
@@ -116,13 +119,15 @@ def _interactive(app: App, group: str, thread: str | None) -> None:
                 data = conn.read()
             except (NclError, OSError, ValueError):
                 return
-            if reply := data.get("reply"):
-                click.echo(f"\r[{local_time(reply['timestamp'], zone)}] {reply['text']}\n> ", nl=False)
+            if reply := data.get("reply"):  # the \r is ours (back over the "> " prompt); the reply's own are shown
+                click.echo("\r", nl=False)
+                say(f"[{local_time(reply['timestamp'], zone)}] {reply['text']}\n> ", nl=False)
             elif data.get("ok") is False:
-                click.echo(f"\rerror: {data['error']}\n> ", nl=False)
+                click.echo("\r", nl=False)
+                say(f"error: {data['error']}\n> ", nl=False)
 
     threading.Thread(target=listen, daemon=True).start()
-    click.echo(f"chatting with {group} (end a line with \\ to continue it; Ctrl-D or Ctrl-C to leave)")
+    say(f"chatting with {group} (end a line with \\ to continue it; Ctrl-D or Ctrl-C to leave)")
     try:
         while True:
             lines = [input("> ")]
@@ -132,7 +137,7 @@ def _interactive(app: App, group: str, thread: str | None) -> None:
             if message := "\n".join(lines).strip():
                 conn.write(group, message, thread)
     except (EOFError, KeyboardInterrupt):
-        click.echo("")
+        say()
     finally:
         conn.close()
 

@@ -10,6 +10,7 @@ import click
 from host import image
 from host.cli.app import App, pass_app
 from host.cli.output import emit, fields, json_option
+from host.cli.terminal import say
 
 
 @click.group("image")
@@ -31,7 +32,7 @@ def build(app: App, base: str, dockerfile: Path | None, tag: str | None, as_json
     Progress goes to stderr; the result (image, id, base) to stdout.
     """
     started = time.monotonic()
-    built = image.build(tag or app.settings.image, base, dockerfile, progress=lambda line: click.echo(line, err=True))
+    built = image.build(tag or app.settings.image, base, dockerfile, progress=lambda line: say(line, err=True))
     data = built.to_json()
     emit(as_json, data, lambda: fields({**data, "seconds": round(time.monotonic() - started, 1)},
                                        [("image", "image"), ("id", "id"), ("base", "base"), ("seconds", "seconds")]))
