@@ -24,7 +24,12 @@ _LINKS = (errno.ELOOP, errno.ENOTDIR, errno.EXDEV)  # what a link, a non-directo
 
 
 class Refused(NclError):
-    """A path that leaves its folder, passes a symlink, is not a regular file, or is too large."""
+    """A path that leaves its folder, passes a symlink, is not a regular file, or is too large: ``why`` says
+    which in a few words, ``link`` whether it was a way out (a link, '..', an absolute path)."""
+
+    def __init__(self, name: str, why: str, link: bool = False) -> None:
+        super().__init__(f"{name}: refused ({why})")
+        self.why, self.link = why, link
 
 
 class _OpenHow(ctypes.Structure):
@@ -49,7 +54,7 @@ def parts_of(relative: str | PurePath) -> list[str]:
     text = str(relative)
     parts = text.split("/")
     if not text or text.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in text:
-        raise Refused(f"{text!r}: refused (only plain names below the folder, no '..', '.' or absolute path)")
+        raise Refused(repr(text), "only plain names below the folder, no '..', '.' or absolute path", link=True)
     return parts
 
 
@@ -60,7 +65,7 @@ def open_dir(path: Path) -> int:
         return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         if exc.errno in _LINKS:
-            raise Refused(f"{path} is a symlink or not a directory; refusing to use it") from None
+            raise Refused(str(path), "a symlink or not a directory", link=True) from None
         raise
 
 
@@ -108,7 +113,7 @@ def open_beneath(root: Path, relative: str | PurePath, flags: int = os.O_RDONLY,
         return _walk(base, parts, flags, mode)
     except OSError as exc:
         if exc.errno in _LINKS:
-            raise Refused(f"{'/'.join(parts)}: refused (passes a symlink or leaves {root.name}/)") from None
+            raise Refused("/".join(parts), f"passes a symlink or leaves {root.name}/", link=True) from None
         raise
     finally:
         os.close(base)
@@ -118,9 +123,9 @@ def read_fd(fd: int, name: str, max_bytes: int) -> bytes:
     """The whole content of the open regular file ``fd``, refused if it is anything else or over ``max_bytes``."""
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
-        raise Refused(f"{name}: refused (not a regular file)")
+        raise Refused(name, "not a regular file")
     if info.st_size > max_bytes:
-        raise Refused(f"{name}: refused (larger than {max_bytes} bytes)")
+        raise Refused(name, f"larger than {max_bytes} bytes")
     chunks, left = [], max_bytes + 1  # one byte more than allowed: a file that grew since fstat is caught too
     while left > 0:
         chunk = os.read(fd, min(left, 1 << 16))
@@ -130,7 +135,7 @@ def read_fd(fd: int, name: str, max_bytes: int) -> bytes:
         left -= len(chunk)
     data = b"".join(chunks)
     if len(data) > max_bytes:
-        raise Refused(f"{name}: refused (larger than {max_bytes} bytes)")
+        raise Refused(name, f"larger than {max_bytes} bytes")
     return data
 
 

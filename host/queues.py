@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from host import db, groups, router, sessions
+from host import confined, db, groups, router, sessions
 from host.errors import NclError
 from host.settings import Settings
 
@@ -38,7 +38,7 @@ def _check_url(url: Any) -> None:
     if not isinstance(url, str) or not url.startswith("room:///"):
         raise NclError(f"file item url must be room:///<path inside the group folder>, not {url!r}")
     path = url.removeprefix("room:///")
-    # Lexically out already, so a spec can be refused when added; links out are caught when the file resolves.
+    # Lexically out already, so a spec can be refused when added; links are refused when the file is read.
     if path.startswith("/") or posixpath.normpath(path).split("/")[0] == "..":
         raise NclError(f"file item {url} is outside the group folder")
 
@@ -71,6 +71,8 @@ def check_payload(payload: Any) -> None:
     if isinstance(prompt, list) and prompt:
         for item in prompt:
             _check_item(item)
+        if all(item["type"] == "text" and not item["text"].strip() for item in prompt):  # issue 11
+            raise NclError('payload "prompt" items are only empty or whitespace text: give text or a file')
     elif not isinstance(prompt, str) or not prompt.strip():
         raise NclError('payload needs "prompt": a non-empty string or a list of {type: text|file} items')
     template = payload.get("thread_id")  # valid text already: the payload as a whole encodes
@@ -79,16 +81,20 @@ def check_payload(payload: Any) -> None:
 
 
 def _file(group_dir: Path, url: str) -> tuple[str, str]:
-    root = group_dir.resolve()
-    path = (root / url.removeprefix("room:///")).resolve()  # resolve() follows links: a link out is refused too
-    if not path.is_relative_to(root) or path == root:
+    """The name and text of a file item, read without following any link: the folder is the runners' to write,
+    so a name may become a link between any check and a read (confined.read_beneath reads what it checked)."""
+    name = posixpath.normpath(url.removeprefix("room:///"))
+    if name.startswith("/") or name in (".", "..") or name.startswith("../"):
         raise NclError(f"file item {url} is outside the group folder")
-    if not path.is_file():
-        raise NclError(f"file item {url}: no such file in the group folder")
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise NclError(f"file item {url} is larger than {MAX_FILE_BYTES // 1024} KiB")
     try:
-        return str(path.relative_to(root)), path.read_text()
+        data = confined.read_beneath(group_dir, name, MAX_FILE_BYTES)
+    except confined.Refused as refused:
+        where = "is outside the group folder" if refused.link else "is refused"
+        raise NclError(f"file item {url} {where} ({refused.why})") from None
+    except FileNotFoundError:
+        raise NclError(f"file item {url}: no such file in the group folder") from None
+    try:
+        return name, data.decode()
     except UnicodeDecodeError:
         raise NclError(f"file item {url} is not text") from None
 
