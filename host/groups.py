@@ -31,6 +31,7 @@ class Group:
     provider: str | None
     model: str | None
     created_at: str
+    allow_server_tools: bool = False  # may the model API reach the network for it (host/api_policy.py)
     rules: str = field(default="", repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -139,6 +140,7 @@ def _from_row(conn: sqlite3.Connection, row: sqlite3.Row) -> Group:
         provider=row["provider"],
         model=row["model"],
         created_at=row["created_at"],
+        allow_server_tools=bool(row["allow_server_tools"]),
         rules=row["rules"],
     )
 
@@ -156,6 +158,27 @@ def get(conn: sqlite3.Connection, ref: str) -> Group:
     if row is None:
         raise NclError(f"unknown group {ref!r} (see 'ncl groups list')")
     return _from_row(conn, row)
+
+
+def update(conn: sqlite3.Connection, group: Group, *, rules: str | None = None, provider: str | None = None,
+           model: str | None = None, allow_server_tools: bool | None = None) -> Group:
+    """Change the given fields (None: keep); running sessions see them at their runner's next start."""
+    if provider is not None and provider not in PROVIDERS:
+        raise NclError(f"invalid provider {provider!r}: use {' or '.join(PROVIDERS)}")
+    changes = {"rules": rules, "provider": provider, "model": model, "allow_server_tools": allow_server_tools}
+    wanted = {name: value for name, value in changes.items() if value is not None}
+    if not wanted:
+        raise NclError("nothing to update: give --rules, --provider, --model or --allow-server-tools/"
+                       "--no-allow-server-tools")
+    with transaction(conn):
+        conn.execute(f"UPDATE agent_groups SET {', '.join(f'{name} = :{name}' for name in wanted)} WHERE id = :id",
+                     {**wanted, "id": group.id})
+    return get(conn, group.id)
+
+
+def allows_server_tools(conn: sqlite3.Connection, group_id: str) -> bool:
+    row = conn.execute("SELECT allow_server_tools FROM agent_groups WHERE id = ?", (group_id,)).fetchone()
+    return bool(row and row[0])
 
 
 def delete(conn: sqlite3.Connection, group: Group) -> None:

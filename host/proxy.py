@@ -21,36 +21,59 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Coroutine
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx2 as httpx  # the anthropic SDK's own HTTP client: same API as httpx, already installed
 
-from host.http_wire import PHRASES, Refusal, Request, error_response, read_body, read_head
+from host import api_policy, db, groups
+from host.body_pool import PIECE, BodyPool, declared_length, drain, read_body
+from host.group_limits import GroupLimits, UsageMeter
+from host.http_wire import PHRASES, Refusal, Request, error_response, read_head
 from host.settings import Settings
+from schemas import clock
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SOCKET_NAME = ".proxy.sock"
-MAX_BODY = 32 * 1024 * 1024  # the Messages API's own request limit
 MAX_HEAD = 64 * 1024
-HEAD_TIMEOUT_S = 60.0  # a client that connects and never sends a request does not hold a task forever
 ALLOWED_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
 UPSTREAM_TIMEOUT = httpx.Timeout(600.0, connect=10.0)  # the SDK allows a request 10 minutes too
-# Framing and hop-by-hop headers belong to one connection, not the message; credentials are the host's alone to set.
+# Framing and hop-by-hop headers belong to one connection, not the message; credentials are the host's alone to set;
+# the encoding is the host's too (identity), so the usage in every response can be read as it passes.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "trailer", "upgrade", "te"})
-DROP_REQUEST = HOP_BY_HOP | {"host", "expect", "proxy-connection", "proxy-authorization", "x-api-key", "authorization"}
+DROP_REQUEST = HOP_BY_HOP | {"host", "expect", "proxy-connection", "proxy-authorization", "x-api-key", "authorization",
+                             "accept-encoding"}
+
+
+@dataclass(frozen=True)
+class ProxyLimits:
+    """What one connection may hold, and for how long (issue 11). Tests shrink them."""
+
+    max_body: int = 32 << 20  # the Messages API's own request limit
+    # Bodies held in memory at once, all sessions together: two requests at the API's limit, or many usual ones.
+    body_budget: int = 64 << 20
+    connections: int = 4  # per session socket; as many more may wait for a free one
+    slot_wait_s: float = 5.0
+    head_timeout_s: float = 10.0  # a runner's SDK sends a whole request at once: a slow one is not a runner
+    body_timeout_s: float = 60.0
+    write_timeout_s: float = 120.0  # a client that stops reading the answer gives its connection up
 
 
 @dataclass
 class _Served:
     path: Path
     inode: int
-    server: asyncio.Server
-    tasks: set[asyncio.Task[Any]]  # connections in flight, cut when the session closes
+    group: str | None  # None: a folder outside the data dir; no group limits, and no server tools
+    slots: asyncio.Semaphore
+    server: asyncio.Server | None = None
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)  # connections in flight, cut when the session closes
+    waiting: int = 0
 
 
 class CredentialProxy:
@@ -58,10 +81,14 @@ class CredentialProxy:
 
     _client: httpx.AsyncClient  # made with the loop: a client closed by shutdown() is not used again
 
-    def __init__(self, settings: Settings, max_body: int = MAX_BODY) -> None:
+    def __init__(self, settings: Settings, limits: ProxyLimits = ProxyLimits(),
+                 now: Callable[[], datetime] = clock.now) -> None:
+        self.settings = settings
         self.key = settings.anthropic_api_key
         self.base_url = settings.anthropic_base_url.rstrip("/")
-        self.max_body = max_body
+        self.limits = limits
+        self.pool = BodyPool(limits.body_budget)
+        self.groups = GroupLimits(settings, now)
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None  # the proxy's event loop runs here, from the first open
@@ -98,16 +125,21 @@ class CredentialProxy:
             loop = self._loop
         return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
+    def _group_of(self, folder: Path) -> str | None:
+        # A session folder is <sessions dir>/<group>/<session> (DESIGN §2): the group comes from the path the host
+        # chose, never from anything the runner says.
+        return folder.parent.name if folder.parent.parent == self.settings.sessions_dir.resolve() else None
+
     async def _open(self, folder: Path, uid: int | None) -> Path:
         served = self._served.get(folder)
         if served and _inode(served.path) == served.inode:
             return served.path
         await self._close(folder)
         sock, inode = _bind(folder, uid)
-        tasks: set[asyncio.Task[Any]] = set()
-        server = await asyncio.start_unix_server(lambda r, w: self._handle(folder.name, tasks, r, w), sock=sock,
-                                                 limit=MAX_HEAD)
-        served = self._served[folder] = _Served(folder / SOCKET_NAME, inode, server, tasks)
+        made = _Served(folder / SOCKET_NAME, inode, self._group_of(folder), asyncio.Semaphore(self.limits.connections))
+        made.server = await asyncio.start_unix_server(lambda r, w: self._handle(made, r, w), sock=sock,
+                                                      limit=MAX_HEAD)
+        served = self._served[folder] = made
         log.info("credential proxy serving %s", served.path, extra={"action": "proxy_open", "session": folder.name})
         return served.path
 
@@ -115,7 +147,8 @@ class CredentialProxy:
         served = self._served.pop(folder, None)
         if served is None:
             return
-        served.server.close()
+        if served.server:
+            served.server.close()
         for task in served.tasks:
             task.cancel()
         await asyncio.gather(*served.tasks, return_exceptions=True)
@@ -127,60 +160,119 @@ class CredentialProxy:
             await self._close(folder)
         await self._client.aclose()
 
-    async def _handle(self, session: str, tasks: set[asyncio.Task[Any]], reader: asyncio.StreamReader,
+    async def _handle(self, served: _Served, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None  # a connection callback always runs as its own task
-        tasks.add(task)
+        served.tasks.add(task)
+        session = served.path.parent.name
         started, path, status = time.monotonic(), "", 0
         try:
-            request = await asyncio.wait_for(read_head(reader), HEAD_TIMEOUT_S)
-            path = request.path
-            status = await self._answer(request, reader, writer)
+            await self._slot(served)
+            try:
+                request = await asyncio.wait_for(read_head(reader), self.limits.head_timeout_s)
+                path = request.path
+                status = await self._answer(served, request, reader, writer)
+            finally:
+                served.slots.release()
         except Refusal as refusal:
             status = refusal.args[0]
-            writer.write(error_response(*refusal.args))  # closing the writer below flushes it
+            writer.write(_refusal(refusal))  # closing the writer below flushes it
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
-            status = 499  # the client left: nothing to answer
+            status = 499  # the client left, or was too slow: nothing to answer
         except Exception:
             status = 500  # a bug here must not kill the server nor leave the client waiting
             writer.transport.abort()
             log.exception("credential proxy failed", extra={"action": "proxy_failed", "session": session})
         finally:
-            tasks.discard(task)
+            served.tasks.discard(task)
             writer.close()
-            if path:
+            if path or status >= 400:
                 ms = round((time.monotonic() - started) * 1000)
                 log.log(logging.INFO if status < 400 else logging.WARNING, "proxy %s %s -> %d in %d ms", session,
                         path, status, ms, extra={"action": "proxy_call", "session": session, "path": path,
                                                  "status": status, "duration_ms": ms})
 
-    async def _answer(self, request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
-        # The body is read before any refusal, so a client still sending it reads the answer, not a broken pipe.
-        body = await read_body(reader, request, self.max_body)
+    async def _slot(self, served: _Served) -> None:
+        """One of the session's connections; a few more wait briefly for one, the rest are refused at once."""
+        busy = Refusal(429, "rate_limit_error", f"this session already has {self.limits.connections} model API "
+                       "connections open through the ncl host; wait for one to finish")
+        if served.slots.locked() and served.waiting >= self.limits.connections:
+            raise busy
+        served.waiting += 1
+        try:
+            await asyncio.wait_for(served.slots.acquire(), self.limits.slot_wait_s)
+        except TimeoutError:
+            raise busy from None
+        finally:
+            served.waiting -= 1
+
+    async def _answer(self, served: _Served, request: Request, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> int:
+        cap = self.limits.max_body
+        length = declared_length(request, cap)  # a malformed or oversized frame is refused before anything else
+        reserved = cap if length is None else length
+        deadline = asyncio.get_running_loop().time() + self.limits.body_timeout_s
+        async with asyncio.timeout_at(deadline):
+            try:
+                await self._check_head(served, request)
+                self.pool.take(reserved)
+            except Refusal:
+                # Read before refusing, so a client still sending reads the answer, not a broken pipe.
+                await drain(reader, length, cap)
+                raise
+        try:
+            async with asyncio.timeout_at(deadline):
+                body = await read_body(reader, length, cap)
+            if (found := api_policy.server_features(body)) and not await self._allows_server_tools(served.group):
+                api_policy.check_tools(found)
+            if served.group:
+                await self.groups.admit(served.group, served.path.parent)
+            return await self._forward(served, request, body, writer)
+        finally:
+            self.pool.give(reserved)
+
+    async def _check_head(self, served: _Served, request: Request) -> None:
         if request.method != "POST" or request.path not in ALLOWED_PATHS:
             raise Refusal(403, "permission_error", f"the credential proxy only forwards POST to "
                           f"{', '.join(sorted(ALLOWED_PATHS))}, not {request.method} {request.target}")
         if not self.key:
             raise Refusal(401, "authentication_error", "the host has no ANTHROPIC_API_KEY: set it in the host's "
                           "environment or .env (runners never hold the key)")
+        betas = api_policy.betas(request)
+        if api_policy.refused_beta(betas, server_tools=False):
+            api_policy.check_betas(betas, await self._allows_server_tools(served.group))
+
+    async def _allows_server_tools(self, group: str | None) -> bool:
+        if group is None:
+            return False
+
+        def read() -> bool:
+            with closing(db.connect(self.settings.central_db, "central")) as conn:
+                return groups.allows_server_tools(conn, group)
+
+        return await asyncio.to_thread(read)
+
+    async def _forward(self, served: _Served, request: Request, body: bytearray,
+                       writer: asyncio.StreamWriter) -> int:
         headers = [(k, v) for k, v in request.headers if k not in DROP_REQUEST]
-        if request.header("accept-encoding") is None:
-            headers.append(("accept-encoding", "identity"))  # else httpx asks for gzip the client never did
-        headers.append(("x-api-key", self.key))
+        headers += [("accept-encoding", "identity"), ("content-length", str(len(body))), ("x-api-key", self.key or "")]
+        meter = UsageMeter() if served.group and request.path == "/v1/messages" else None
         began = False
         try:
             async with self._client.stream("POST", self.base_url + request.target, headers=headers,
-                                           content=body) as response:
+                                           content=_pieces(body)) as response:
                 writer.write(_head(response.status_code, response.reason_phrase, response.headers.raw))
                 began = True
-                # Raw bytes, still content-encoded as the client negotiated; each chunk leaves as soon as it came.
+                # Each chunk leaves as soon as it came.
                 async for chunk in response.aiter_raw():
                     if chunk:
+                        if meter:
+                            meter.feed(chunk)
                         writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                        await writer.drain()
+                        await asyncio.wait_for(writer.drain(), self.limits.write_timeout_s)
                 writer.write(b"0\r\n\r\n")  # the terminator tells the client the stream is whole
-                await writer.drain()
+                await asyncio.wait_for(writer.drain(), self.limits.write_timeout_s)
                 return response.status_code
         except httpx.HTTPError as exc:
             log.warning("model API failed at %s: %r", self.base_url, exc, extra={"action": "proxy_upstream_error"})
@@ -188,6 +280,23 @@ class CredentialProxy:
                 raise Refusal(502, "api_error", f"the host cannot reach the model API: {type(exc).__name__}") from exc
             writer.transport.abort()  # mid-response, only an unfinished body can tell the client
             return 502
+        finally:
+            if meter and served.group:
+                await self.groups.charge(served.group, meter)
+
+
+async def _pieces(body: bytearray) -> AsyncIterator[bytes]:
+    # Small slices: handed over whole, the transport would keep a second copy of what the socket cannot take yet.
+    view = memoryview(body)
+    for start in range(0, len(body), PIECE):
+        yield bytes(view[start:start + PIECE])
+
+
+def _refusal(refusal: Refusal) -> bytes:
+    answer = error_response(*refusal.args)
+    extra = b"".join(f"{k}: {v}\r\n".encode() for k, v in getattr(refusal, "headers", []))
+    status_line, _, rest = answer.partition(b"\r\n")
+    return status_line + b"\r\n" + extra + rest
 
 
 def _head(status: int, phrase: str, headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -21,7 +21,7 @@ import anthropic
 import httpx2 as httpx
 import pytest
 
-from host.proxy import SOCKET_NAME, CredentialProxy
+from host.proxy import SOCKET_NAME, CredentialProxy, ProxyLimits
 from host.settings import Settings
 
 MESSAGE = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "stop_reason": "end_turn",
@@ -110,7 +110,7 @@ def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[Upstream]:
 
 @pytest.fixture
 def serve(upstream: Upstream, tmp_path: Path) -> Iterator[Callable[..., Path]]:
-    """``serve(key=…, base_url=…, uid=…, max_body=…)`` -> the socket of a proxy for session folder ``sess-1``."""
+    """``serve(key=…, base_url=…, uid=…, limits=…)`` -> the socket of a proxy for session folder ``sess-1``."""
     proxies: list[CredentialProxy] = []
 
     def make(key: str | None = "host-key", base_url: str | None = None, uid: int | None = None, **kw: Any) -> Path:
@@ -237,13 +237,15 @@ def test_upstream_down_is_502(serve: Callable[..., Path]) -> None:
 
 
 def test_body_limits_and_chunked_requests(serve: Callable[..., Path], upstream: Upstream) -> None:
-    sock = serve(max_body=1024)
+    sock = serve(limits=ProxyLimits(max_body=1024))
     assert client(sock).post("/v1/messages", content=b"x" * 2048).status_code == 413
     assert raw(sock, b"POST /v1/messages HTTP/1.1\r\ncontent-length: 99999999\r\n\r\n").startswith(b"HTTP/1.1 413 ")
     chunked = b"POST /v1/messages HTTP/1.1\r\nhost: p\r\ntransfer-encoding: chunked\r\n\r\n"
     assert raw(sock, chunked + b"400\r\n" + b"y" * 1024 + b"\r\n1\r\nz\r\n0\r\n\r\n").startswith(b"HTTP/1.1 413 ")
-    answer = raw(sock, chunked + b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\ntrailer: x\r\n\r\n")
-    assert answer.startswith(b"HTTP/1.1 200 ") and [s.body for s in upstream.seen] == [b"abcde"]
+    answer = raw(sock, chunked + b"3;ext=1\r\n{\"a\r\n4\r\n\":1}\r\n0\r\ntrailer: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ") and [s.body for s in upstream.seen] == [b'{"a":1}']
+    # The body is inspected for server tools (tests/security/test_proxy_bounds.py), so it must be JSON.
+    assert raw(sock, chunked + b"3\r\nabc\r\n0\r\n\r\n").startswith(b"HTTP/1.1 400 ")
 
 
 def test_open_close_shutdown(proxy: CredentialProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""``ncl groups``: create, list, show and delete agent groups."""
+"""``ncl groups``: create, update, list, show and delete agent groups."""
 
 from __future__ import annotations
 
@@ -72,6 +72,27 @@ def token(app: App, group: str, channel: str, rotate: bool, as_json: bool) -> No
     emit(as_json, {"channel": channel, "token": made}, lambda: click.echo(made))
 
 
+@group_cli.command("update")
+@click.argument("group")
+@click.option("--rules", metavar="TEXT|@FILE", help="New standing instructions.")
+@click.option("--provider", type=click.Choice(groups.PROVIDERS), help="Model provider.")
+@click.option("--model", help="Model name.")
+@click.option("--allow-server-tools/--no-allow-server-tools", default=None,
+              help="Let the model API reach the network for this agent (web search/fetch, MCP connector, code "
+                   "execution); refused by default.")
+@json_option
+@pass_app
+def update(app: App, group: str, rules: str | None, provider: str | None, model: str | None,
+           allow_server_tools: bool | None, as_json: bool) -> None:
+    """Change a group's rules, provider, model or server-tool permission; runners see it at their next start."""
+    with closing(app.central(write=True)) as conn:
+        found = groups.update(conn, groups.get(conn, group), rules=None if rules is None else _rules(rules),
+                              provider=provider, model=model, allow_server_tools=allow_server_tools)
+    emit(as_json, found.to_json(), lambda: click.echo(
+        f"updated group {found.name}: provider {found.provider or 'default'}, model {found.model or 'default'}, "
+        f"server tools {'allowed' if found.allow_server_tools else 'refused'}"))
+
+
 @group_cli.command("list")
 @json_option
 @pass_app
@@ -101,7 +122,8 @@ def show(app: App, group: str, as_json: bool) -> None:
         {**data, "created_at": local_time(found.created_at, app.settings.tz.zone)},
         [("id", "id"), ("name", "name"), ("channels", "channels"), ("session_mode", "session mode"),
          ("provider", "provider"), ("model", "model"), ("created_at", "created"),
-         ("active_sessions", "active sessions"), ("folder", "folder"), ("rules", "rules")]))
+         ("allow_server_tools", "server tools"), ("active_sessions", "active sessions"), ("folder", "folder"),
+         ("rules", "rules")]))
 
 
 def _pause_all(app: App, session: sessions.Session) -> int:
