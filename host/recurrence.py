@@ -54,12 +54,35 @@ def _with_slot(content: str, slot: datetime | None) -> str:
     return json.dumps(data)
 
 
+@dataclass(frozen=True)
+class Overdue:
+    """The misfire rule's view of a recurring slot that is due (DESIGN §6.3, §12.7): one definition for session
+    tasks and project tasks alike."""
+
+    first: datetime  # the slot that came due
+    latest: datetime  # the latest slot at or before now (``first`` when no later one passed)
+    later: int  # slots after ``first`` up to ``latest``
+
+    @classmethod
+    def of(cls, expr: str, first: datetime, now: datetime, policy: Policy) -> Overdue:
+        # Counted in closed form, never slot by slot: a slot in year 1 must not cost 200 million steps.
+        later, latest = cron.count_between(expr, first, now, policy.zone)
+        return cls(first, latest or first, later)
+
+    def runs(self, now: datetime, policy: Policy) -> bool:
+        """The latest slot is within the grace: it runs once, now, in place of the others."""
+        return now - self.latest <= policy.misfire_grace
+
+
 def clone(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: Policy, status: str = "pending",
-          after: datetime | None = None, at: datetime | None = None, expr: str | None = None) -> str:
+          after: datetime | None = None, at: datetime | None = None, expr: str | None = None) -> str | None:
     """Insert the series' next occurrence: at ``at``, or the first slot after ``after`` (default: ``row``'s
-    scheduled time), carrying ``expr`` (default: ``row``'s recurrence)."""
+    scheduled time), carrying ``expr`` (default: ``row``'s recurrence). None when the calendar ends first."""
     expr = expr or row["recurrence"]
-    slot = at or cron.next_after(expr, after or scheduled(row), policy.zone)
+    try:
+        slot = at or cron.next_after(expr, after or scheduled(row), policy.zone)
+    except cron.CronError:  # no slot before the year 9999 ends (a clock set there): the series ends here
+        return None
     return inbox.insert(conn, {
         "id": ids.new_id("task", now), "kind": row["kind"], "timestamp": to_text(now), "status": status,
         "process_after": to_text(slot), "recurrence": expr, "series_id": row["series_id"] or row["id"],
@@ -118,19 +141,17 @@ def misfire(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: P
     Runs once, at once, taking the latest passed slot as its scheduled time, if that slot is within the grace;
     otherwise completes without running and clones the next future slot. Slots not run: one ``missed`` run.
     """
-    first = scheduled(row)
-    count, latest_slot = cron.count_between(row["recurrence"], first, now, policy.zone)
-    latest = latest_slot or first
-    if now - latest <= policy.misfire_grace:
-        if not count:
+    due = Overdue.of(row["recurrence"], scheduled(row), now, policy)
+    if due.runs(now, policy):
+        if not due.later:
             return 0
         conn.execute("UPDATE messages_in SET process_after = ?, content = ? WHERE id = ?",
-                     (to_text(latest), _with_slot(row["content"], None), row["id"]))
-        _missed(conn, row, now, first, latest, count)  # its own slot and every later one but the latest
+                     (to_text(due.latest), _with_slot(row["content"], None), row["id"]))
+        _missed(conn, row, now, due.first, due.latest, due.later)  # its own slot and every later one but the latest
     else:
         conn.execute("UPDATE messages_in SET status = 'completed', recurrence = NULL WHERE id = ?", (row["id"],))
-        clone(conn, row, now, policy, after=latest)
-        _missed(conn, row, now, first, latest, count + 1)
+        clone(conn, row, now, policy, after=due.latest)
+        _missed(conn, row, now, due.first, due.latest, due.later + 1)
     return 1
 
 
@@ -159,12 +180,11 @@ def release(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: P
         # The retry keeps the grid slot it stands for, so its run and the next clone stay on the grid: the latest
         # slot passed while it was claimed if within the grace (the others recorded as missed), else its own.
         # It is never ended here: its runner may yet report that it ran.
-        first = scheduled(row)
-        count, latest = cron.count_between(row["recurrence"], first, now, policy.zone)
-        slot = first
-        if count and latest is not None and now - latest <= policy.misfire_grace:
-            _missed(conn, row, now, first, latest, count)
-            slot = latest
+        due = Overdue.of(row["recurrence"], scheduled(row), now, policy)
+        slot = due.first
+        if due.later and due.runs(now, policy):
+            _missed(conn, row, now, due.first, due.latest, due.later)
+            slot = due.latest
         content = _with_slot(content, slot)
     conn.execute("UPDATE messages_in SET status = 'pending', tries = ?, process_after = ?, content = ? WHERE id = ?",
                  (tries, to_text(retry_at), content, row["id"]))

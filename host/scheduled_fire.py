@@ -22,7 +22,7 @@ from typing import Any
 
 from host import db, queues, scheduled_targets
 from host.docker_runtime import install_id
-from host.recurrence import Policy
+from host.recurrence import Overdue, Policy
 from host.scheduled import Task
 from host.scheduled_targets import STOPPED, Outcome, Stop
 from host.settings import Settings
@@ -62,13 +62,12 @@ def claim(conn: sqlite3.Connection, task_id: str, now: datetime, policy: Policy)
                            (task_id, to_text(now))).fetchone()
         if row is None:
             return None
-        first = from_text(row["next_run"])
-        count, latest = cron.count_between(row["schedule"], first, now, policy.zone)
-        slot = latest or first
+        due = Overdue.of(row["schedule"], from_text(row["next_run"]), now, policy)
+        first, slot = due.first, due.latest
         conn.execute("UPDATE scheduled_tasks SET next_run = ? WHERE id = ?",
                      (to_text(cron.next_after(row["schedule"], slot, policy.zone)), task_id))
-        missed, why = count, "the host was not running"
-        fire = now - slot <= policy.misfire_grace
+        missed, why = due.later, "the host was not running"
+        fire = due.runs(now, policy)
         busy = conn.execute("SELECT 1 FROM scheduled_task_runs WHERE task_id = ? AND status = 'running'",
                             (task_id,)).fetchone()
         if fire and busy:

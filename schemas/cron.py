@@ -117,12 +117,11 @@ def slots_between(expr: str, after: datetime, until: datetime, zone: ZoneInfo) -
 
 
 def count_between(expr: str, after: datetime, until: datetime, zone: ZoneInfo) -> tuple[int, datetime | None]:
-    """(number of firings t with after < t <= until, the latest of them), without keeping the others."""
-    spec = _spec(expr)
-    count, latest = 0, None
-    for t in _epochs(spec, zone, _aware(after), _aware(until)):
-        count, latest = count + 1, t
-    return count, None if latest is None else _utc(latest)
+    """(number of firings t with after < t <= until, the latest of them), in bounded work however long the range
+    (schemas/cron_count.py; imported here, not at the top, because it builds on this module)."""
+    from schemas import cron_count
+
+    return cron_count.count_between(expr, after, until, zone)
 
 
 def min_gap_violation(
@@ -241,6 +240,8 @@ def _epochs(spec: _Spec, zone: ZoneInfo, after: datetime, until: datetime | None
     previous, idle = after_s, 0
     while (day.toordinal() - _EPOCH_DAY - 2) * 86400 <= until_s:
         if day >= _LAST_DAY:  # datetime ends at 9999-12-31: say so, never an OverflowError
+            if until is not None:  # a bounded walk just stops there
+                return
             raise CronError(f"cron {spec.text!r} has no firing before the end of the calendar (year 9999)")
         if _day_matches(spec, day):
             for t in _day_epochs(spec, day, zone):
