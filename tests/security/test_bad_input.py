@@ -18,12 +18,14 @@ from cli_kit import Ncl, ok, one_line_error
 from hypothesis import given
 from hypothesis import strategies as st
 from kit import World
+from mcp.server.mcpserver.exceptions import ToolError as McpToolError
 from property_kit import json_values, one_line, props
 from pydantic import ValidationError
 from security_kit import T0
 
 from agent_runner import slash
 from agent_runner.config import RunnerConfig
+from agent_runner.mcp_server import build_server
 from agent_runner.store import Store
 from agent_runner.tools import ToolError, Tools
 from schemas import requests
@@ -159,6 +161,21 @@ def test_tool_refusals_are_one_line(tmp_path: Path, arguments: dict[str, Any]) -
         tool.call("update_task", arguments)
     one_line(str(refused.value))
     assert "validation error for" not in str(refused.value)
+    world.central.close()
+
+
+@pytest.mark.parametrize(("name", "arguments"), [("pause_task", {}), ("schedule_task", {"prompt": 5}),
+                                                ("schedule_task", {"prompt": "x", "contextMode": "shared\nnew"}),
+                                                ("update_task", {"taskId": ["a"]})])
+async def test_mcp_arguments_that_miss_the_schema_are_one_line(tmp_path: Path, name: str,
+                                                               arguments: dict[str, Any]) -> None:
+    """The MCP library checks arguments against each tool's schema before the tool runs; its refusal was
+    pydantic's four-line report (with a link to pydantic's docs)."""
+    world, tool, _ = tools(tmp_path)
+    with pytest.raises(McpToolError) as refused:
+        await build_server(tool).call_tool(name, arguments)
+    assert str(refused.value).startswith(f"bad arguments for {name}: ")
+    one_line(str(refused.value))
     world.central.close()
 
 
