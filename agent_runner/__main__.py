@@ -17,6 +17,7 @@ from agent_runner.providers import MockProvider, Provider
 from agent_runner.runner import Runner
 from agent_runner.store import StoreError
 from schemas import clock
+from schemas.proctree import OWN, become_subreaper
 
 PR_SET_PDEATHSIG = 1
 
@@ -54,11 +55,16 @@ def main(argv: list[str] | None = None) -> int:
                         format="runner: %(levelname)s: %(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per model request is noise here
     config = RunnerConfig.from_env(args.session_dir)
+    # What gate scripts and MCP servers orphan comes to us, not to pid 1: the gate kills it when it ends, and
+    # whatever is left when we end dies with us (schemas.proctree).
+    become_subreaper()
     try:
         asyncio.run(_main(config, args.once))
     except StoreError as exc:
         print(f"runner: {exc}", file=sys.stderr)
         return 1
+    finally:
+        OWN.sweep(everything=True)
     return 0
 
 

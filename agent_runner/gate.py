@@ -9,8 +9,10 @@ Notes a caller may need:
   script produced something we refuse to read, which is a property of its output, not its exit.
 - bash itself exports ``PWD``, ``SHLVL`` and ``_`` on top of the four variables we pass; nothing of
   the runner's own environment (API keys, proxy settings) is inherited.
-- Descendants that leave the process group (``setsid``) escape the kill; once the script has
-  exited we read its pipes for at most ``_DRAIN_S`` more, so they cannot hang the call either.
+- The end of the script, by exit or by timeout, kills everything it started: its process group, its
+  tree (frozen, then killed: ``schemas.proctree.kill_tree``) and, in a runner (a subreaper), every stray
+  re-parented to it, which is how a ``setsid cmd &`` or a double fork ends. After the exit we read the
+  pipes for at most ``_DRAIN_S`` more, so nothing left holding them can hang the call either.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from schemas.proctree import OWN, kill_tree
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +79,11 @@ def run_gate(script: str, *, task_id: str, tz: str, home: str, path: str = "/usr
     try:
         # A new session makes the script's pid its process-group id, so one killpg reaches
         # everything it started, including `cmd &` children that still hold our pipes.
-        with subprocess.Popen(["bash", "-c", script], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, env=env, cwd=cwd, start_new_session=True) as proc:
+        # Started through OWN: the stray sweep at its end must not take the script itself for a stray.
+        with OWN.spawn(lambda: subprocess.Popen(["bash", "-c", script], stdin=subprocess.DEVNULL,
+                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
+                                                start_new_session=True), lambda p: p.pid) as proc, \
+                OWN.owning(proc.pid):
             if on_start is not None:
                 on_start(proc.pid)
             capture = _collect(proc, timeout_s, max_output)
@@ -106,7 +113,7 @@ def _collect(proc: subprocess.Popen[bytes], timeout_s: float, max_output: int) -
         try:
             while not capped:
                 if drain_until is None and _has_exited(proc):
-                    _kill_group(proc)  # the script is done; whatever it left behind is not
+                    _kill_everything(proc)  # the script is done; whatever it left behind is not
                     drain_until = time.monotonic() + _DRAIN_S
                     if exit_fd is not None:
                         sel.unregister(exit_fd)  # stays readable from now on
@@ -130,7 +137,7 @@ def _collect(proc: subprocess.Popen[bytes], timeout_s: float, max_output: int) -
                     buffers[key.fd] += chunk
                     del err[:-_STDERR_TAIL]
         finally:
-            _kill_group(proc)  # before wait(): an unreaped leader keeps its pgid from being reused
+            _kill_everything(proc)  # before wait(): an unreaped leader keeps its pid from being reused
             proc.wait()
             if exit_fd is not None:
                 os.close(exit_fd)
@@ -153,10 +160,13 @@ def _has_exited(proc: subprocess.Popen[bytes]) -> bool:
     return proc.poll() is not None  # pragma: no cover - platforms without waitid (macOS)
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def _kill_everything(proc: subprocess.Popen[bytes]) -> None:
+    # The tree first: killing bash first would orphan what is still below it (a setsid'd child) out of reach.
+    kill_tree([proc.pid], spare=[proc.pid])
     # An empty group is fine: ESRCH, or EPERM on macOS when only zombies remain.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+    OWN.sweep()  # what bash or its children orphaned: re-parented to the runner, and killed here
 
 
 def _judge(capture: _Capture, returncode: int, timeout_s: float, max_output: int) -> GateResult:

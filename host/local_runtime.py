@@ -1,15 +1,20 @@
 """The ``local`` runtime: each runner is a subprocess of the host (no isolation — said loudly at start).
 
-A runner's gate script and MCP servers run in sessions of their own, which a killpg of the runner's group does
-not reach; in a container they would die with it. Here the runner lists them (``schemas.detached``) and they
-are killed whenever a runner is found gone: stopped, exited, or left by a previous host before a new start.
+Nothing a runner starts outlives it (``schemas.proctree`` has the whole design). The runner is a subreaper: what
+its gate scripts and MCP servers orphan stays below it, the gate kills its own leftovers when it ends, and the
+runner kills whatever is left when it ends. Here the host covers the rest:
+
+- stopping a runner (stuck, or the host stopping) freezes and kills the runner's whole tree at once;
+- a runner that died without cleaning up (SIGKILL, OOM) left orphans that were re-parented to the host, itself a
+  subreaper under ``ncl host run``: they are strays, and the host's sweep kills them when it finds the runner gone;
+- a runner that died with a previous host (SIGKILLed with it) could not do either: it listed its gate scripts
+  and MCP servers in ``.children`` (``schemas.detached``), and those are killed before the next start.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -19,6 +24,7 @@ from host import groups
 from host.sessions import Session
 from host.settings import Settings
 from schemas import detached
+from schemas.proctree import OWN, kill_tree
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +39,9 @@ class LocalRuntime:
         _kill_detached(session.id, session.folder)  # left by a runner that died with a previous host
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env,
                "NCL_GROUP_DIR": str(groups.folder(self.settings, session.agent_group_id))}
-        self.processes[session.id] = subprocess.Popen(
+        self.processes[session.id] = OWN.spawn(lambda: subprocess.Popen(
             [sys.executable, "-m", "agent_runner", "--session-dir", str(session.folder)],
-            env=env, cwd=session.folder, stdin=subprocess.DEVNULL, start_new_session=True)
+            env=env, cwd=session.folder, stdin=subprocess.DEVNULL, start_new_session=True), lambda p: p.pid)
         self.folders[session.id] = session.folder
         log.info("runner started for %s (local process %d)", session.id, self.processes[session.id].pid,
                  extra={"action": "runner_started", "session": session.id, "generation": generation})
@@ -47,17 +53,24 @@ class LocalRuntime:
         if process.poll() is None:
             return True
         del self.processes[session_id]
-        self._gone(session_id)
+        self._gone(session_id, process)
         return False
 
     def stop(self, session_id: str) -> None:
         process = self.processes.pop(session_id, None)
         if process and process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+            # The runner is alive, so everything it started is still below it: one frozen tree, killed at once.
+            kill_tree([process.pid], spare=[process.pid])
             process.wait()
-        self._gone(session_id)
+        self._gone(session_id, process)
 
-    def _gone(self, session_id: str) -> None:
+    def _gone(self, session_id: str, process: subprocess.Popen[bytes] | None) -> None:
+        if process is not None:
+            OWN.forget(process.pid)
+        strays = OWN.sweep()
+        if strays:
+            log.info("killed %d process(es) a runner left behind", len(strays),
+                     extra={"action": "strays_killed", "session": session_id, "processes": len(strays)})
         folder = self.folders.pop(session_id, None)
         if folder is not None:
             _kill_detached(session_id, folder)

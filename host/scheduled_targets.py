@@ -1,10 +1,13 @@
 """Running a fired ``host`` or ``container`` target to its end. Both block for as long as the command runs, so
 the firer calls them on its worker threads, never on the host loop.
 
-``host``: the operator's command line, already split into arguments (no shell), in its own process group so a
-timeout kills everything it started; stdout and stderr go to a temporary file, so a chatty command never fills a
-pipe and the tail is read at the end. ``container``: the image and command in the Docker engine with no
-network, no capabilities, no new privileges and a read-only root filesystem.
+``host``: the operator's command line, already split into arguments (no shell), in a session of its own and made
+a subreaper before it execs, so whatever it orphans (``setsid … &``, a double fork) stays in its tree while it
+runs: a timeout or a host stop freezes and kills that whole tree. What it leaves when it ends is re-parented to
+the host (a subreaper too) and killed by the host's stray sweep right then (``schemas.proctree``). stdout and
+stderr go to a temporary file, so a chatty command never fills a pipe and the tail is read at the end.
+``container``: the image and command in the Docker engine with no network, no capabilities, no new privileges,
+a read-only root filesystem and the runners' resource limits.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Literal
 
 from host.scheduled import ContainerTarget, HostTarget
+from schemas.proctree import OWN, kill_tree, subreaper_preexec
 
 TAIL_BYTES = 4096
 STOPPED = "host stopped during the run"
@@ -76,9 +80,11 @@ def _read_tail(out: IO[bytes]) -> str:
     return tail_of(out.read())
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    # Only while the leader is unreaped: its pid is then still the group's id and cannot name anyone else.
+def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    # Only while the leader is unreaped: its pid is then still its own and cannot name anyone else.
     if proc.returncode is None:
+        # The tree first: killing the leader first would orphan what is still below it out of reach.
+        kill_tree([proc.pid], spare=[proc.pid])
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
 
@@ -86,18 +92,23 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 def run_host(target: HostTarget, env: dict[str, str], stop: Stop) -> Outcome:
     with tempfile.TemporaryFile() as out:
         try:
-            proc = subprocess.Popen(target.command, cwd=target.cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            # preexec_fn despite the host's threads: it is one C call on a function resolved before the fork.
+            proc = OWN.spawn(lambda: subprocess.Popen(
+                target.command, cwd=target.cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=subreaper_preexec), lambda p: p.pid)
         except OSError as exc:
             return Outcome("failed", error=f"cannot start {target.command[0]!r} in {target.cwd}: {_first_line(exc)}")
-        stop.arm(lambda: _kill_group(proc))
+        stop.arm(lambda: _kill_tree(proc))
         try:
             code = proc.wait(timeout=target.timeout_seconds)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            _kill_tree(proc)
             proc.wait()
             return Outcome("timeout", None, _read_tail(out),
-                           f"killed after {target.timeout_seconds} s (timeout_seconds), with its process group")
+                           f"killed after {target.timeout_seconds} s (timeout_seconds), with all it started")
+        finally:
+            OWN.forget(proc.pid)
+            OWN.sweep()  # what it left when it ended (re-parented to the host) goes now
         return _ended(code, _read_tail(out), stop)
 
 

@@ -18,47 +18,24 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+from schemas.proctree import OWN, children_of, start_time, stat_fields
+
+__all__ = ["FILE", "children_of", "kill_all", "note", "start_time"]
 FILE = ".children"
-_PROC = Path("/proc")
 _READ_CAP = 1 << 20  # the runner writes this file: the host reads at most its last MiB (the newest children)
-
-
-def _fields(pid: int) -> list[str] | None:
-    """/proc/PID/stat from field 3 (state) on. The command name, field 2, may hold spaces and parentheses of
-    its own, so the split starts after the last ')'."""
-    try:
-        text = (_PROC / str(pid) / "stat").read_bytes().decode(errors="replace")
-    except OSError:
-        return None
-    fields = text.rpartition(")")[2].split()
-    return fields if len(fields) >= 20 else None
-
-
-def start_time(pid: int) -> int | None:
-    fields = _fields(pid)
-    return int(fields[19]) if fields else None
 
 
 def _leader_since(pid: int) -> int | None:
     """The start time of ``pid`` if it leads its own session (field 6, the session id, is its pid), else None."""
-    fields = _fields(pid)
+    fields = stat_fields(pid)
     return int(fields[19]) if fields and fields[3] == str(pid) else None
 
 
-def children_of(pid: int) -> list[int]:
-    try:
-        entries = os.listdir(_PROC)
-    except OSError:
-        return []
-    found = []
-    for name in entries:
-        if name.isdigit() and (fields := _fields(int(name))) and fields[1] == str(pid):
-            found.append(int(name))
-    return sorted(found)
-
-
 def note(session_dir: Path, pids: Iterable[int]) -> None:
-    """Append ``pids`` to the session's list. Never raises: a child left unlisted only outlives a killed runner."""
+    """``pids`` are this runner's own children: spared by its stray sweeps (``schemas.proctree``), and appended to
+    the session's list. Never raises: a child left unlisted only outlives a runner killed with its host."""
+    pids = list(pids)
+    OWN.adopt(pids)
     lines = "".join(f"{pid} {since}\n" for pid in pids if (since := start_time(pid)) is not None)
     if not lines:
         return

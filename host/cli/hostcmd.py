@@ -17,6 +17,7 @@ from host.runtime import announce, finish, prepare, select_runtime
 from host.scheduled_fire import fire_once
 from host.sweep import Sweeper
 from schemas import clock
+from schemas.proctree import become_subreaper, subreaping
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ def host_cli() -> None:
 def run(app: App) -> None:
     """Run the host until SIGINT/SIGTERM (one per data directory)."""
     with host_lock(app.settings.data_dir):
+        # Orphans of local runners and host tasks come to us, not to pid 1, and are killed (schemas.proctree).
+        become_subreaper()
         logging.getLogger().setLevel(min(logging.INFO, logging.getLogger().level))
         runtime, reason = select_runtime(app.settings)
         announce(runtime, reason)  # local is said loudly: its runners have no isolation
@@ -48,7 +51,8 @@ def run(app: App) -> None:
 @pass_app
 def sweep(app: App, once: bool, now: datetime | None, as_json: bool) -> None:
     """One sweep. With --now it acts at that instant and only counts the runners it would wake."""
-    with host_lock(app.settings.data_dir):
+    # As in ``host run``, what a host task leaves when it ends is ours to kill; only while we sweep.
+    with host_lock(app.settings.data_dir), subreaping():
         runtime = None if now else select_runtime(app.settings)[0]
         sweeper = Sweeper(app.settings, Runners(runtime, app.settings) if runtime else None)
         try:

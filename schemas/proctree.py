@@ -1,0 +1,232 @@
+"""Process trees on Linux: nothing a gate script, an MCP server, a runner or a host task starts outlives it
+(DESIGN §8, issue 11).
+
+The design, in three rules:
+
+- **Subreapers.** The host (``ncl host run``) and every runner make themselves child subreapers
+  (``PR_SET_CHILD_SUBREAPER``), and so does each operator host task. An orphan — the child of a ``setsid … &`` or
+  of a double fork whose parent exited — is then re-parented to the nearest living subreaper above it instead of
+  pid 1, so it stays findable by a ``/proc`` walk of ppids.
+- **Killing a live owner kills its tree.** :func:`kill_tree` freezes the owner and every descendant with SIGSTOP,
+  rescans until no new process appears (a frozen process cannot fork, so a daemon forking while we kill cannot
+  escape), then SIGKILLs them all and reaps what was re-parented to us.
+- **When an owner ends, strays die.** A *stray* is a child of this process that sits in another session and that
+  this process did not start through :data:`OWN` (or did not declare with :meth:`Brood.adopt`): it can only be an
+  orphan re-parented to us. :meth:`Brood.sweep` kills every stray with its tree when an owner ends. A library's
+  plain subprocess stays in our session and is never touched; our own children are reaped only by their
+  ``Popen``: we reap only pids we killed that were re-parented to us, so no caller's exit status is stolen.
+
+A process that is not a subreaper never sweeps: its orphans went to someone else. Where /proc is missing (not
+Linux) nothing is found and nothing killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
+_PROC = Path("/proc")
+_FREEZE_ROUNDS = 1000  # rescans at most; each round freezes at least one new process, so a pids limit ends it
+_REAP_WAIT_S = 5.0  # how long SIGKILLed processes get to exit before we stop waiting for them
+T = TypeVar("T")
+
+
+def _prctl() -> Callable[..., int] | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl()  # resolved once: a forked child (preexec) must not load libraries
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants; False where the OS cannot."""
+    return _PRCTL is not None and _PRCTL(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+@contextlib.contextmanager
+def subreaping() -> Iterator[None]:
+    """A subreaper for the block only (a one-off ``ncl host sweep``, which may run in-process under a test)."""
+    was = is_subreaper()
+    become_subreaper()
+    try:
+        yield
+    finally:
+        if not was and _PRCTL is not None:
+            _PRCTL(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+def is_subreaper() -> bool:
+    if _PRCTL is None:
+        return False
+    flag = ctypes.c_int(0)
+    return _PRCTL(PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) == 0 and flag.value != 0
+
+
+def stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat from field 3 (state) on. The command name, field 2, may hold spaces and parentheses of
+    its own, so the split starts after the last ')'."""
+    try:
+        text = (_PROC / str(pid) / "stat").read_bytes().decode(errors="replace")
+    except OSError:
+        return None
+    fields = text.rpartition(")")[2].split()
+    return fields if len(fields) >= 20 else None
+
+
+def start_time(pid: int) -> int | None:
+    fields = stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def _table() -> dict[int, tuple[int, int]]:
+    """pid → (ppid, session id) of every process we can see."""
+    try:
+        names = os.listdir(_PROC)
+    except OSError:
+        return {}
+    table = {}
+    for name in names:
+        if name.isdigit() and (fields := stat_fields(int(name))):
+            table[int(name)] = (int(fields[1]), int(fields[3]))
+    return table
+
+
+def children_of(pid: int) -> list[int]:
+    return sorted(child for child, (ppid, _) in _table().items() if ppid == pid)
+
+
+def _tree(roots: set[int]) -> set[int]:
+    """``roots`` still alive, and all their descendants (one /proc scan)."""
+    table = _table()
+    below: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        below.setdefault(ppid, []).append(pid)
+    found, todo = set(), [pid for pid in roots if pid in table]
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(below.get(pid, ()))
+    return found
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def kill_tree(roots: Iterable[int], spare: Iterable[int] = ()) -> set[int]:
+    """SIGKILL ``roots`` and every descendant, frozen first so none can fork away; then reap those of them that
+    were re-parented to us, except ``spare`` (children whose ``Popen`` will wait for them). The pids killed."""
+    frozen: set[int] = set()
+    wanted = set(roots) - {os.getpid()}
+    for _ in range(_FREEZE_ROUNDS):
+        new = _tree(wanted | frozen) - frozen - {os.getpid()}
+        if not new:
+            break
+        for pid in new:
+            _signal(pid, signal.SIGSTOP)
+        frozen |= new
+    for pid in frozen:
+        _signal(pid, signal.SIGKILL)
+    _reap(frozen - set(spare))
+    return frozen
+
+
+def _reap(pids: set[int]) -> None:
+    """Wait (bounded, on pidfds) until the killed have exited, then collect those that are now our zombies."""
+    fds = []
+    for pid in pids:
+        with contextlib.suppress(OSError, AttributeError):
+            fds.append(os.pidfd_open(pid))
+    deadline = time.monotonic() + _REAP_WAIT_S
+    try:
+        pending = list(fds)
+        while pending and (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select(pending, [], [], left)
+            pending = [fd for fd in pending if fd not in ready]
+    finally:
+        for fd in fds:
+            os.close(fd)
+    me = os.getpid()
+    for pid in pids:
+        fields = stat_fields(pid)
+        if fields and int(fields[1]) == me:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
+
+class Brood:
+    """The children this process started in sessions of their own; every other such child is a stray."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._own: set[int] = set()
+
+    def spawn(self, start: Callable[[], T], pid_of: Callable[[T], int]) -> T:
+        """Start a child and record it as ours, atomically with respect to :meth:`sweep` in other threads
+        (between fork and the record, a sweep would take the new child for a stray)."""
+        with self._lock:
+            child = start()
+            self._own.add(pid_of(child))
+            return child
+
+    def adopt(self, pids: Iterable[int]) -> None:
+        """Declare children started elsewhere (the MCP SDK's servers) as ours."""
+        with self._lock:
+            self._own.update(pids)
+
+    def forget(self, pid: int) -> None:
+        with self._lock:
+            self._own.discard(pid)
+
+    @contextlib.contextmanager
+    def owning(self, pid: int) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            self.forget(pid)
+
+    def strays(self) -> list[int]:
+        me = os.getpid()
+        ours = os.getsid(0)
+        with self._lock:
+            return sorted(pid for pid, (ppid, sid) in _table().items()
+                          if ppid == me and sid != ours and pid not in self._own)
+
+    def sweep(self, everything: bool = False) -> set[int]:
+        """Kill every stray with its tree (with ``everything``, every child in another session: at our own end).
+        Does nothing unless this process is a subreaper: otherwise orphans never come here."""
+        if not is_subreaper():
+            return set()
+        if everything:
+            me, ours = os.getpid(), os.getsid(0)
+            roots = [pid for pid, (ppid, sid) in _table().items() if ppid == me and sid != ours]
+        else:
+            roots = self.strays()
+        with self._lock:
+            spare = set(self._own)
+        return kill_tree(roots, spare=spare) if roots else set()
+
+
+OWN = Brood()  # this process's children: one per process, like the children themselves
+
+
+def subreaper_preexec() -> None:
+    """A ``Popen`` ``preexec_fn``: the child becomes a subreaper before it execs (the flag survives execve), so
+    what it orphans stays in its tree while it lives. Only a C call, on a function resolved before the fork."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)

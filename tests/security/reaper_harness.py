@@ -1,0 +1,112 @@
+"""Issue 11, point 5: a process that is a subreaper, as ``ncl host run`` and every runner are, running one owner
+(a gate script, a host task, a local runner) and reporting which marked processes are still alive right after it
+ended. Run as ``python reaper_harness.py CASE MARKER DIR``; prints one JSON object. The tests import ``marked``.
+
+pytest itself is never made a subreaper: every orphan of the whole suite would then come to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE.parents[1])]  # tests/ (kit) and the project
+
+from schemas.proctree import OWN, become_subreaper  # noqa: E402
+
+
+def marked(*markers: str) -> list[int]:
+    """Pids of live (not zombie) processes whose argv is ``sleep MARKER``: how the tests tell theirs apart."""
+    wanted = {f"sleep\0{m}\0".encode() for m in markers}
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
+            state = Path(f"/proc/{name}/stat").read_bytes().rpartition(b")")[2].split()[0]
+        except (OSError, IndexError):
+            continue
+        if cmdline in wanted and state != b"Z":
+            found.append(int(name))
+    return found
+
+
+def kill_marked(*markers: str) -> None:
+    """Cleanup for the tests' finally blocks: whatever the product failed to kill."""
+    for pid in marked(*markers):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def gate_script(markers: list[str], hold: str | None = None) -> str:
+    """Starts ``setsid sleep``, a subshell's orphan and a double-forked ``sh`` daemon, waits until all three run
+    (so a skip verdict proves they were alive when the gate ended), then says skip or, with ``hold``, blocks."""
+    one, two, three = markers
+    wait = "for f in p1 p2 p3; do until [ -s $f ] && kill -0 \"$(cat $f)\" 2>/dev/null; do sleep 0.01; done; done"
+    return "\n".join([
+        f"setsid sleep {one} & echo $! > p1",
+        f"(sleep {two} & echo $! > p2) &",
+        f"sh -c 'sh -c \"sleep {three} & echo \\$! > p3\" &'",
+        wait,
+        f"sleep {hold}" if hold else "echo '{\"wakeAgent\": false}'",
+    ])
+
+
+def _gate(markers: list[str], folder: Path) -> dict[str, Any]:
+    from agent_runner.gate import run_gate
+
+    result = run_gate(gate_script(markers), task_id="task-x", tz="UTC", home=str(folder), cwd=str(folder))
+    return {"outcome": result.outcome, "reason": result.reason, "alive": marked(*markers)}
+
+
+def _host_task(markers: list[str], folder: Path) -> dict[str, Any]:
+    from host.scheduled import HostTarget
+    from host.scheduled_targets import Stop, run_host
+
+    # The issue's YAML host task: the command returns at once, the setsid'd daemon is what it leaves.
+    target = HostTarget(command=f"sh -c \"setsid sh -c 'exec sleep {markers[0]}' &\"", cwd=str(folder),
+                        timeout_seconds=5)
+    outcome = run_host(target, {"PATH": os.environ["PATH"]}, Stop())
+    return {"outcome": outcome.status, "reason": outcome.error, "alive": marked(*markers)}
+
+
+def _runner_killed(markers: list[str], folder: Path) -> dict[str, Any]:
+    """A local runner whose gate is holding three daemons is SIGKILLed alone (as the OOM killer would): its
+    orphans come to us, and the runtime kills them when it finds the runner gone."""
+    from datetime import timedelta
+
+    from kit import World, exits_within
+
+    from host.local_runtime import LocalRuntime
+    from schemas import clock
+
+    world = World(folder)
+    runtime = LocalRuntime(world.settings)
+    world.schedule(clock.now() - timedelta(minutes=1), script=gate_script(markers, hold=markers[0] + "1"))
+    runtime.start(world.session, "gen-test", {"TZ": "UTC", "NCL_IDLE_TIMEOUT_S": "60"})
+    runner = runtime.processes[world.session.id]
+    everything = [*markers, markers[0] + "1"]
+    while len(marked(*everything)) < 4:  # the three daemons, and the gate holding in its own sleep
+        if exits_within(runner.pid, 0.02):
+            return {"outcome": "runner exited early", "alive": marked(*everything)}
+    before = marked(*everything)
+    os.kill(runner.pid, signal.SIGKILL)
+    runner.wait()
+    running = runtime.is_running(world.session.id)
+    world.central.close()
+    return {"outcome": f"running={running}", "before": before, "alive": marked(*everything)}
+
+
+CASES = {"gate": _gate, "host-task": _host_task, "runner-killed": _runner_killed}
+
+if __name__ == "__main__":
+    case, marker, where = sys.argv[1:4]
+    assert become_subreaper(), "this kernel cannot make subreapers"
+    report = CASES[case]([marker + n for n in "123"], Path(where))
+    OWN.sweep(everything=True)
+    print(json.dumps(report))

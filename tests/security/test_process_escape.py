@@ -1,0 +1,172 @@
+"""Issue 11, point 5: nothing a gate script, a runner or a host task starts outlives it, ``setsid`` daemons and
+double forks included (``schemas.proctree``). Real processes only; each test marks its ``sleep`` processes with
+numbers of its own, finds them through /proc, and kills any the product missed in a finally block.
+
+The attacks: a gate script starts ``setsid sleep … &`` (the issue's ``setsid python3 flipper.py &``), a subshell's
+orphan and a double-forked ``sh``; the issue's YAML host task ``sh -c "setsid sh -c 'exec sleep 611' &"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kit import World, exits_within
+from reaper_harness import gate_script, kill_marked, marked
+from security_kit import ROOT
+
+from host.local_runtime import LocalRuntime
+from host.scheduled import HostTarget
+from host.scheduled_targets import Outcome, Stop, run_host
+from schemas import clock, proctree
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists() or not hasattr(os, "pidfd_open"),
+                                reason="/proc, pidfds and subreapers are Linux-only")
+HARNESS = Path(__file__).with_name("reaper_harness.py")
+WAIT_S = 30.0
+
+
+@pytest.fixture
+def markers() -> Iterator[list[str]]:
+    """Three argv markers unique to this test (and a fourth for a holding sleep); killed whatever happens."""
+    base = str(random.randrange(10**6, 10**7))
+    found = [f"3{base}{n}" for n in "123"]
+    yield found
+    kill_marked(*found, found[0] + "1")
+
+
+def harness(case: str, markers: list[str], folder: Path) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, str(HARNESS), case, markers[0][:-1], str(folder)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def wait_for(pid_files: list[Path], runner: subprocess.Popen[bytes]) -> list[int]:
+    """The daemons' pids once the gate has written all three; fails if the runner exits first."""
+    while not all(p.exists() and p.read_text().strip() for p in pid_files):
+        assert not exits_within(runner.pid, 0.05), "the runner exited before its gate started its daemons"
+    return [int(p.read_text()) for p in pid_files]
+
+
+# --- the primitives ---------------------------------------------------------------------------------------------
+
+
+def test_kill_tree_takes_a_forking_tree_whole_and_spares_the_callers_popen(markers: list[str]) -> None:
+    script = f"setsid sleep {markers[0]} & (sleep {markers[1]} &) ; sh -c 'sleep {markers[2]} & wait' & wait"
+    proc = subprocess.Popen(["bash", "-c", script], start_new_session=True, preexec_fn=proctree.subreaper_preexec)
+    try:
+        while len(marked(*markers)) < 3:
+            assert not exits_within(proc.pid, 0.01)
+        killed = proctree.kill_tree([proc.pid], spare=[proc.pid])
+        assert proc.pid in killed and len(killed) >= 4
+        assert marked(*markers) == []
+        assert proc.wait(timeout=WAIT_S) == -signal.SIGKILL  # the exit status is still the Popen's to collect
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_process_that_is_not_a_subreaper_never_sweeps() -> None:
+    assert not proctree.is_subreaper()  # pytest: every orphan of the suite would otherwise come here
+    plain = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        assert proctree.OWN.sweep() == set()
+        assert plain.poll() is None
+    finally:
+        plain.kill()
+        plain.wait()
+
+
+# --- gate scripts -----------------------------------------------------------------------------------------------
+
+
+def test_a_gates_setsid_and_double_forked_daemons_die_when_the_gate_ends(tmp_path: Path,
+                                                                         markers: list[str]) -> None:
+    report = harness("gate", markers, tmp_path)
+    assert report["outcome"] == "skip", report  # the script saw all three daemons alive before it answered
+    assert report["alive"] == []
+
+
+def test_a_local_runners_gate_daemons_die_when_the_gate_ends_while_the_runner_lives(tmp_path: Path,
+                                                                                   markers: list[str]) -> None:
+    world = World(tmp_path)
+    runtime = LocalRuntime(world.settings)
+    try:
+        world.schedule(clock.now() - timedelta(minutes=1), script=gate_script(markers))
+        runtime.start(world.session, "gen-test", {"TZ": "UTC", "NCL_IDLE_TIMEOUT_S": "60"})
+        runner = runtime.processes[world.session.id]
+        pids = wait_for([world.session.folder / f"p{n}" for n in (1, 2, 3)], runner)
+        for pid in pids:  # the gate ends right after it wrote them, and takes them along
+            assert exits_within(pid, WAIT_S), f"daemon {pid} outlived its gate"
+        assert marked(*markers) == []
+        assert runner.poll() is None  # the runner itself goes on: it was the gate's end that killed them
+    finally:
+        for session_id in list(runtime.processes):
+            runtime.stop(session_id)
+        world.central.close()
+
+
+def test_stopping_a_local_runner_kills_its_running_gate_and_the_gates_daemons(tmp_path: Path,
+                                                                              markers: list[str]) -> None:
+    world = World(tmp_path)
+    runtime = LocalRuntime(world.settings)
+    hold = markers[0] + "1"
+    try:
+        world.schedule(clock.now() - timedelta(minutes=1), script=gate_script(markers, hold=hold))
+        runtime.start(world.session, "gen-test", {"TZ": "UTC", "NCL_IDLE_TIMEOUT_S": "60"})
+        runner = runtime.processes[world.session.id]
+        wait_for([world.session.folder / f"p{n}" for n in (1, 2, 3)], runner)
+        while len(marked(*markers, hold)) < 4:
+            assert not exits_within(runner.pid, 0.01)
+        runtime.stop(world.session.id)
+        assert runner.returncode == -signal.SIGKILL
+        assert marked(*markers, hold) == []
+    finally:
+        for session_id in list(runtime.processes):
+            runtime.stop(session_id)
+        world.central.close()
+
+
+def test_a_local_runner_killed_alone_leaves_nothing_once_the_host_finds_it_gone(tmp_path: Path,
+                                                                                markers: list[str]) -> None:
+    report = harness("runner-killed", markers, tmp_path)
+    assert len(report["before"]) == 4, report  # three daemons and the gate's own holding sleep were running
+    assert report["outcome"] == "running=False" and report["alive"] == []
+
+
+# --- host tasks -------------------------------------------------------------------------------------------------
+
+
+def test_the_issues_yaml_host_task_leaves_no_daemon_when_it_ends(tmp_path: Path, markers: list[str]) -> None:
+    report = harness("host-task", markers, tmp_path)
+    assert report["outcome"] == "succeeded" and report["alive"] == []
+
+
+def test_a_host_task_killed_at_its_timeout_takes_its_setsid_daemon_along(tmp_path: Path,
+                                                                         markers: list[str]) -> None:
+    target = HostTarget(command=f"sh -c \"setsid sh -c 'exec sleep {markers[0]}' & exec sleep {markers[1]}\"",
+                        cwd=str(tmp_path), timeout_seconds=1)
+    result: list[Outcome] = []
+    worker = threading.Thread(target=lambda: result.append(run_host(target, {"PATH": os.environ["PATH"]}, Stop())))
+    worker.start()
+    try:
+        while len(marked(*markers[:2])) < 2:  # both run before the timeout: the kill is what ends them
+            assert worker.is_alive(), result
+            worker.join(0.01)
+        worker.join(WAIT_S)
+        assert result and result[0].status == "timeout", result
+        assert marked(*markers[:2]) == []  # no subreaper here (pytest): the task's own tree held the daemon
+    finally:
+        worker.join(WAIT_S)
