@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import math
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
@@ -33,7 +34,9 @@ BODY_TIMEOUT_S = 30.0  # 1 MiB in 30 s: any real sender on loopback, never a cli
 PREFIX = "/webhooks/"
 BUSY = error_response(503, "overloaded_error", "too many webhook connections at once; try again shortly")
 SHORT_OF = {errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EDQUOT, errno.ENOMEM}
-SQLITE_SHORT_OF = ("unable to open database file", "database or disk is full", "disk i/o error")
+# What SQLite (and db.connect, which words its errors into a DbError) says when descriptors or disk run out.
+SHORT_OF_TEXT = ("unable to open database file", "database or disk is full", "disk i/o error",
+                 *(os.strerror(e).lower() for e in SHORT_OF))
 
 
 class Webhooks:
@@ -105,7 +108,7 @@ class Webhooks:
         """Out of file descriptors or disk: 503 (nothing written), logged at most once a minute."""
         try:
             yield
-        except (OSError, sqlite3.OperationalError) as exc:
+        except Exception as exc:
             if not _short_of(exc):
                 raise
             self.throttle.log(logging.ERROR, "webhook_short_of_resources", asyncio.get_running_loop().time(),
@@ -123,10 +126,13 @@ class Webhooks:
             raise Refusal(401, "authentication_error", "missing or wrong bearer token")
 
 
-def _short_of(exc: BaseException) -> bool:
-    if isinstance(exc, sqlite3.OperationalError):
-        return str(exc).lower().startswith(SQLITE_SHORT_OF)
-    return isinstance(exc, OSError) and exc.errno in SHORT_OF
+def _short_of(exc: BaseException | None) -> bool:
+    """Out of descriptors or disk, said by this exception or one it was raised from."""
+    while exc is not None:
+        if (isinstance(exc, OSError) and exc.errno in SHORT_OF) or any(t in str(exc).lower() for t in SHORT_OF_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 async def _drain(reader: asyncio.StreamReader, request: Request, timeout: float) -> None:
