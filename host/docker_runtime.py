@@ -1,6 +1,7 @@
 """The ``docker`` runtime (DESIGN §8): one container per session from ``NCL_IMAGE``, with no network, no
-capabilities, no new privileges, a read-only root filesystem and memory/pids limits; the session folder is
-``/workspace``, ``inbound.db`` is bind-mounted read-only on top of it, the group folder is ``/workspace/agent``.
+capabilities, no new privileges, a read-only root filesystem and the limits of ``resource_limits``; the session
+folder is ``/workspace``, ``inbound.db`` is bind-mounted read-only on top of it, the group folder is
+``/workspace/agent``.
 
 The host calls ``start`` and ``is_running`` from inside its event loop, so neither talks to the engine on the
 caller's thread: a start is handed to a worker pool and a runner counts as running until a container listing
@@ -34,6 +35,7 @@ SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 REFRESH_S = 0.5  # at most one container listing per this long, however often is_running is asked
 RETRY_S = 5.0  # while the engine is down, starts fail at once for this long before it is asked again
 STOP_WAIT_S = 120.0
+NOFILE = 1024  # open files per container process: enough for a runner, too few to exhaust the host's table
 
 
 def install_id(settings: Settings) -> str:
@@ -46,6 +48,17 @@ def container_user(host_uid: int, host_gid: int) -> tuple[int, int]:
     (``hand_over``); a non-root host cannot give files away, so the runner runs as the host's own uid, which
     can already write them and reach the host's 0600 proxy socket. Either way the runner is never uid 0."""
     return (CONTAINER_UID, CONTAINER_UID) if host_uid == 0 else (host_uid, host_gid)
+
+
+def resource_limits(settings: Settings) -> dict[str, Any]:
+    """The limits of every container the install starts, runners and project ``container:`` tasks alike: CPUs
+    (NCL_CONTAINER_CPUS), memory with no swap beyond it (``memswap_limit`` equal to ``mem_limit``), pids, and at
+    most ``NOFILE`` open files."""
+    from docker.types import Ulimit  # the SDK, imported on use (see _default_client)
+
+    return {"mem_limit": settings.container_memory, "memswap_limit": settings.container_memory,
+            "pids_limit": settings.container_pids, "nano_cpus": round(settings.container_cpus * 1e9),
+            "ulimits": [Ulimit(name="nofile", soft=NOFILE, hard=NOFILE)]}
 
 
 def check_env(env: dict[str, str]) -> None:
@@ -100,8 +113,9 @@ class DockerRuntime:
             "environment": dict(env), "working_dir": WORKSPACE,
             "network_mode": "none", "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
             "read_only": True, "tmpfs": {"/tmp": "rw,nosuid,nodev,noexec,size=64m"},
-            "mem_limit": self.settings.container_memory, "pids_limit": self.settings.container_pids,
-            "init": True,  # reaps what gate scripts leave behind; python as pid 1 would not
+            **resource_limits(self.settings),
+            # docker-init as pid 1 reaps zombies; the runner, a subreaper below it, kills what gates leave behind.
+            "init": True,
             # Mounts apply shortest path first, so the read-only inbound.db lands on top of the rw folder: the
             # runner can read it and cannot write, truncate, replace or unlink it (a mount point is busy).
             "volumes": {str(folder): {"bind": WORKSPACE, "mode": "rw"},

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from host import db, queues, scheduled_targets
-from host.docker_runtime import install_id
+from host.docker_runtime import install_id, resource_limits
 from host.recurrence import Overdue, Policy
 from host.scheduled import Task
 from host.scheduled_targets import STOPPED, Outcome, Stop
@@ -219,8 +219,7 @@ class ScheduledTasks:
                 assert spec.container is not None
                 labels = {"ncl.scheduled.install": install_id(self.settings), "ncl.scheduled_task": claimed.task.id}
                 kwargs = scheduled_targets.container_kwargs(
-                    spec.container, self._container_name(run_id), labels, env, self.settings.container_memory,
-                    self.settings.container_pids)
+                    spec.container, self._container_name(run_id), labels, env, resource_limits(self.settings))
                 outcome = scheduled_targets.run_container(self._client(), spec.container, kwargs, stop)
         except Exception as exc:  # the run failed, not the host
             outcome = Outcome("failed", error=f"{type(exc).__name__}: {exc}")
