@@ -20,13 +20,14 @@ import re
 import sqlite3
 from collections.abc import Callable
 from contextlib import closing
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from host import db, inbox
 from host.errors import NclError
 from host.http_wire import Refusal
 from host.settings import Settings
+from schemas.times import to_text
 
 log = logging.getLogger(__name__)
 USAGE = re.compile(rb'"(input|output)_tokens"\s*:\s*(\d{1,12})')
@@ -95,7 +96,7 @@ class GroupLimits:
                       message: str) -> None:
         if self._noticed.get((folder, kind)) != window:
             self._noticed[(folder, kind)] = window
-            await asyncio.to_thread(self._notice, folder, kind, f"Model calls refused: {message}.")
+            await asyncio.to_thread(self._notice, folder, kind, window, f"Model calls refused: {message}.")
         log.warning("proxy refused %s: %s", folder.name, message, extra={"action": kind, "session": folder.name})
         raise Limited(message, max(1, math.ceil((reset - self.now()).total_seconds())), retry)
 
@@ -114,12 +115,16 @@ class GroupLimits:
                 " output_tokens = output_tokens + excluded.output_tokens",
                 (group, day, input_tokens, output_tokens))
 
-    def _notice(self, folder: Path, kind: str, text: str) -> None:
+    def _notice(self, folder: Path, kind: str, window: datetime, text: str) -> None:
         path = folder / "inbound.db"
         if not path.is_file():
             return  # not a session the host keeps (yet): nobody to tell
         try:
             with closing(db.connect(path, "inbound")) as conn, db.transaction(conn):
-                inbox.notice(conn, self.now().astimezone(UTC), kind, text)
+                # Once per window even across a host restart: the inbox itself says whether it was told.
+                if not conn.execute("SELECT 1 FROM messages_in WHERE kind = 'chat' AND trigger = 0 AND timestamp >= ?"
+                                    " AND json_extract(content, '$.notice') = ? LIMIT 1",
+                                    (to_text(window), kind)).fetchone():
+                    inbox.notice(conn, self.now(), kind, text)
         except (NclError, sqlite3.Error) as exc:
             log.warning("notice to %s failed: %s", folder.name, exc, extra={"action": "notice_failed"})

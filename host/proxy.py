@@ -42,6 +42,7 @@ T = TypeVar("T")
 
 SOCKET_NAME = ".proxy.sock"
 MAX_HEAD = 64 * 1024
+LINGER_S, LINGER_AT_ONCE = 1.0, 16
 ALLOWED_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
 UPSTREAM_TIMEOUT = httpx.Timeout(600.0, connect=10.0)  # the SDK allows a request 10 minutes too
 # Framing and hop-by-hop headers belong to one connection, not the message; credentials are the host's alone to set;
@@ -93,6 +94,7 @@ class CredentialProxy:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None  # the proxy's event loop runs here, from the first open
         self._served: dict[Path, _Served] = {}  # touched only on the proxy's loop
+        self._lingering = 0
 
     def open(self, folder: Path, uid: int | None = None) -> Path:
         """Serve ``folder``'s socket (idempotent; a deleted socket is recreated) and return its path."""
@@ -178,6 +180,8 @@ class CredentialProxy:
         except Refusal as refusal:
             status = refusal.args[0]
             writer.write(_refusal(refusal))  # closing the writer below flushes it
+            if not path:
+                await self._linger(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             status = 499  # the client left, or was too slow: nothing to answer
         except Exception:
@@ -206,6 +210,22 @@ class CredentialProxy:
             raise busy from None
         finally:
             served.waiting -= 1
+
+    async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Refused before its request was read: take what the client sent, so closing with unread data does not reset
+        the connection over the answer. Briefly, and for a few connections at once: a flood is just closed."""
+        if self._lingering >= LINGER_AT_ONCE:
+            return
+        self._lingering += 1
+        try:
+            writer.write_eof()
+            async with asyncio.timeout(LINGER_S):
+                while await reader.read(PIECE):
+                    pass
+        except (ConnectionError, TimeoutError):
+            pass
+        finally:
+            self._lingering -= 1
 
     async def _answer(self, served: _Served, request: Request, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> int:
@@ -271,6 +291,9 @@ class CredentialProxy:
                             meter.feed(chunk)
                         writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                         await asyncio.wait_for(writer.drain(), self.limits.write_timeout_s)
+                if meter and served.group:  # counted before the client sees the end: its next call sees the count
+                    counted, meter = meter, None
+                    await self.groups.charge(served.group, counted)
                 writer.write(b"0\r\n\r\n")  # the terminator tells the client the stream is whole
                 await asyncio.wait_for(writer.drain(), self.limits.write_timeout_s)
                 return response.status_code
@@ -281,7 +304,7 @@ class CredentialProxy:
             writer.transport.abort()  # mid-response, only an unfinished body can tell the client
             return 502
         finally:
-            if meter and served.group:
+            if meter and served.group:  # the client left mid-answer: what passed still counts
                 await self.groups.charge(served.group, meter)
 
 

@@ -1,0 +1,333 @@
+"""Issue 11, acceptance 3: a hostile agent cannot make the model proxy hold the host's memory, hold its connections,
+spend without limit, or have the model API reach the network for it. Real proxy, real unix sockets, a fake model
+API on loopback (tests/test_proxy.py), real central.db and inbound.db files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+from kit import FakeClock
+from security_kit import ROOT, T0
+from test_proxy import MESSAGE, Handler, Upstream, client, raw, running_upstream
+
+from host import settings as settings_module
+from host.proxy import CredentialProxy, ProxyLimits
+from host.settings import Settings
+
+ASK = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[Upstream]:
+    with running_upstream(monkeypatch) as server:
+        yield server
+
+
+class Host:
+    """Group ``demo`` with one session made by the real CLI; proxies for its folder, on a fake clock."""
+
+    def __init__(self, ncl: Callable[..., Any], session: dict[str, Any], url: str, data_dir: Path) -> None:
+        self.ncl, self.folder, self.url, self.data_dir = ncl, Path(session["path"]), url, data_dir
+        self.clock = FakeClock(T0)
+        self.proxies: list[CredentialProxy] = []
+
+    def settings(self, **env: str) -> Settings:
+        return settings_module.load(environ={"NCL_DATA_DIR": str(self.data_dir), "ANTHROPIC_API_KEY": "host-key",
+                                             "ANTHROPIC_BASE_URL": self.url, **env}, cwd=self.data_dir.parent,
+                                    system_tz="UTC")
+
+    def serve(self, limits: ProxyLimits = ProxyLimits(), **env: str) -> Path:
+        self.proxies.append(CredentialProxy(self.settings(**env), limits, now=self.clock.now))
+        # Relative to the cwd (the CLI fixture's tmp_path): the absolute path is past a socket address's 107 bytes.
+        return Path(os.path.relpath(self.proxies[-1].open(self.folder)))
+
+    def restart(self, **env: str) -> Path:
+        self.proxies.pop().shutdown()
+        return self.serve(**env)
+
+    def slots(self) -> asyncio.Semaphore:
+        return next(iter(self.proxies[-1]._served.values())).slots
+
+    def waiting(self) -> int:
+        return next(iter(self.proxies[-1]._served.values())).waiting
+
+    def usage(self) -> list[tuple[str, str, int, int, int]]:
+        with closing(sqlite3.connect(self.data_dir / "central.db")) as conn:
+            return conn.execute("SELECT * FROM group_usage ORDER BY day").fetchall()
+
+    def notices(self) -> list[str]:
+        with closing(sqlite3.connect(self.folder / "inbound.db")) as conn:
+            return [json.loads(c)["notice"] for (c,) in conn.execute(
+                "SELECT content FROM messages_in WHERE json_extract(content, '$.notice') IS NOT NULL ORDER BY seq")]
+
+
+@pytest.fixture
+def host(ncl: Callable[..., Any], demo_session: dict[str, Any], upstream: Upstream,
+         tmp_path: Path) -> Iterator[Host]:
+    made = Host(ncl, demo_session, upstream.url, tmp_path / "data")
+    yield made
+    for proxy in made.proxies:
+        proxy.shutdown()
+
+
+def post(sock: Path, body: Any = ASK, **headers: str) -> httpx.Response:
+    with client(sock) as http:
+        return http.post("/v1/messages", json=body, headers=headers)
+
+
+def error_of(reply: httpx.Response) -> tuple[int, str, str]:
+    data = reply.json()
+    assert data["type"] == "error"
+    return reply.status_code, data["error"]["type"], data["error"]["message"]
+
+
+def hold(sock: Path, data: bytes = b"") -> socket.socket:
+    conn = socket.socket(socket.AF_UNIX)
+    conn.settimeout(10)
+    conn.connect(str(sock))
+    conn.sendall(data)
+    return conn
+
+
+def until(condition: Callable[[], bool]) -> None:
+    """Wait (bounded) for the proxy's thread to reach a state."""
+    for _ in range(1000):
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError("the proxy never got there")
+
+
+def answer(conn: socket.socket) -> bytes:
+    with conn:
+        return b"".join(iter(lambda: conn.recv(65536), b""))
+
+
+# -- connections and timeouts ------------------------------------------------------------------------------------
+
+def test_fifth_connection_waits_then_is_refused(host: Host, upstream: Upstream) -> None:
+    sock = host.serve(ProxyLimits(connections=4, slot_wait_s=1, head_timeout_s=30))
+    held = [hold(sock) for _ in range(4)]  # connected, never a request: each holds one of the session's slots
+    until(lambda: host.slots().locked())
+    status, kind, message = error_of(post(sock))
+    assert (status, kind) == (429, "rate_limit_error") and "4 model API connections" in message
+    held.pop().close()  # one slot frees: the next request is served
+    assert post(sock).status_code == 200 and len(upstream.seen) == 1
+    for conn in held:
+        conn.close()
+
+
+def test_waiting_connection_is_served_when_a_slot_frees(host: Host, upstream: Upstream) -> None:
+    sock = host.serve(ProxyLimits(connections=4, slot_wait_s=30, head_timeout_s=30))
+    held = [hold(sock) for _ in range(4)]
+    until(lambda: host.slots().locked())
+    request = json.dumps(ASK).encode()
+    waiting = [hold(sock, b"POST /v1/messages HTTP/1.1\r\ncontent-length: %d\r\n\r\n%s" % (len(request), request))
+               for _ in range(4)]  # as many may wait as may run
+    until(lambda: host.waiting() == 4)
+    # Past them, a connection is refused at once (the 30 s wait would outlast the socket's 10 s timeout).
+    assert answer(hold(sock, b"POST /v1/messages HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 429 ")
+    for conn in held:
+        conn.close()
+    assert [answer(conn).split(b" ", 2)[1] for conn in waiting] == [b"200"] * 4 and len(upstream.seen) == 4
+
+
+def test_slow_head_and_slow_body_are_cut(host: Host, upstream: Upstream) -> None:
+    sock = host.serve(ProxyLimits(head_timeout_s=0.2, body_timeout_s=0.2))
+    assert answer(hold(sock, b"POST /v1/messages HTTP/1.1\r\ncontent-le")) == b""  # closed, nothing answered
+    assert answer(hold(sock, b"POST /v1/messages HTTP/1.1\r\ncontent-length: 100\r\n\r\n{\"a\":")) == b""
+    assert upstream.seen == [] and host.proxies[0].pool.held == 0  # the cut body's reservation is given back
+    assert post(sock).status_code == 200  # the slots were freed too
+
+
+# -- memory --------------------------------------------------------------------------------------------------------
+
+def test_body_budget_refuses_what_it_cannot_hold(host: Host, upstream: Upstream) -> None:
+    sock = host.serve(ProxyLimits(max_body=800, body_budget=1000))
+    body = json.dumps({"pad": "x" * 700}).encode()
+    head = b"POST /v1/messages HTTP/1.1\r\ncontent-length: %d\r\n\r\n" % len(body)
+    first = hold(sock, head + body[:100])  # reserves its 7xx bytes and holds them
+    until(lambda: host.proxies[0].pool.held > 0)
+    second = json.dumps({"pad": "y" * 290}).encode()
+    refused = answer(hold(sock, b"POST /v1/messages HTTP/1.1\r\ncontent-length: %d\r\n\r\n%s" % (len(second), second)))
+    assert refused.startswith(b"HTTP/1.1 503 ") and b"overloaded_error" in refused  # read whole, then refused
+    assert raw(sock, head.replace(b"%d" % len(body), b"801") + b"x" * 801).startswith(b"HTTP/1.1 413 ")
+    first.sendall(body[100:])
+    assert answer(first).startswith(b"HTTP/1.1 200 ") and [s.body for s in upstream.seen] == [body]
+    assert post(sock, {"pad": "y" * 290}).status_code == 200
+    until(lambda: host.proxies[0].pool.held == 0)  # given back once the exchange ends, just after the answer
+
+
+RSS_PROXY = """
+import json, sys, time
+from pathlib import Path
+from host.proxy import CredentialProxy
+from host.settings import Settings
+proxy = CredentialProxy(Settings.model_validate({"ANTHROPIC_API_KEY": "k", "ANTHROPIC_BASE_URL": sys.argv[1]}))
+print(json.dumps([str(proxy.open(Path(folder))) for folder in sys.argv[2:]]), flush=True)
+sys.stdin.read()
+"""
+
+
+def rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+
+def test_twenty_held_32_mib_bodies_cost_under_100_mb(tmp_path: Path) -> None:
+    """The issue's attack: 20 connections (5 sessions x 4) each declare 32 MiB, send 31 MiB and hold."""
+    folders = [tmp_path / f"sess-{n}" for n in range(5)]
+    for folder in folders:
+        folder.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", RSS_PROXY, "http://127.0.0.1:9", *map(str, folders)],
+                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        sockets = json.loads(proc.stdout.readline())
+        before = rss_kib(proc.pid)
+        head = b"POST /v1/messages HTTP/1.1\r\ncontent-length: %d\r\n\r\n" % (32 << 20)
+        piece = b"x" * (1 << 20)
+        held = [hold(Path(sock), head) for sock in sockets for _ in range(4)]
+
+        def send(conn: socket.socket) -> None:
+            for _ in range(31):
+                conn.sendall(piece)
+
+        senders = [threading.Thread(target=send, args=(conn,)) for conn in held]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join(60)
+        after = rss_kib(proc.pid)
+        for conn in held:
+            conn.close()
+    finally:
+        proc.stdin.close()
+        proc.wait(10)
+    grown_mb = (after - before) / 1024
+    print(json.dumps({"rss_before_mb": round(before / 1024, 1), "rss_after_mb": round(after / 1024, 1),
+                      "grown_mb": round(grown_mb, 1), "connections": 20, "sent_mib_each": 31}))
+    assert not any(sender.is_alive() for sender in senders)  # every byte was taken: held or drained
+    assert grown_mb < 100
+
+
+# -- group rate and daily token budget -----------------------------------------------------------------------------
+
+def test_daily_token_budget_persists_resets_and_notices_once(host: Host, upstream: Upstream) -> None:
+    upstream.reply = lambda h: h.send(200, json.dumps({**MESSAGE, "usage": {"input_tokens": 60,
+                                                                            "output_tokens": 50}}).encode())
+    sock = host.serve(NCL_GROUP_TOKENS_PER_DAY="100")
+    assert post(sock).status_code == 200  # 110 tokens: over the budget after it, not before
+    assert host.usage() == [("ag-demo", "2026-06-11", 1, 60, 50)]
+    refused = post(sock)
+    status, kind, message = error_of(refused)
+    assert (status, kind) == (429, "rate_limit_error") and refused.headers["x-should-retry"] == "false"
+    assert "110 of its 100 model tokens" in message and "resets at 2026-06-12T00:00Z" in message
+    assert int(refused.headers["retry-after"]) == 11 * 3600
+    sock = host.restart(NCL_GROUP_TOKENS_PER_DAY="100")  # the budget is in central.db, not in the proxy
+    assert post(sock).status_code == 429 and len(upstream.seen) == 1
+    assert host.notices() == ["model_budget_exhausted"]  # three refusals, two proxies, one notice
+    host.clock.current = T0 + timedelta(hours=11)  # 00:00 UTC: a new day
+    assert post(sock).status_code == 200
+    assert [row[1] for row in host.usage()] == ["2026-06-11", "2026-06-12"]
+
+
+def test_streamed_usage_is_counted(host: Host, upstream: Upstream) -> None:
+    upstream.reply = Handler.sse
+    upstream.release.set()  # the whole stream at once
+    reply = post(host.serve(), {**ASK, "stream": True})
+    assert reply.status_code == 200 and b"message_delta" in reply.content
+    assert host.usage() == [("ag-demo", "2026-06-11", 1, 1, 2)]  # message_start's input, message_delta's output
+
+
+def test_request_rate_per_group_minute(host: Host, upstream: Upstream) -> None:
+    sock = host.serve(NCL_GROUP_REQUESTS_PER_MINUTE="2")
+    assert [post(sock).status_code for _ in range(2)] == [200, 200]
+    host.clock.current = T0 + timedelta(seconds=50)
+    refused = [post(sock) for _ in range(2)]
+    status, kind, message = error_of(refused[0])
+    assert (status, kind) == (429, "rate_limit_error") and "NCL_GROUP_REQUESTS_PER_MINUTE=2" in message
+    assert "resets at 13:01:00Z" in message and refused[0].headers["retry-after"] == "10"
+    assert host.notices() == ["model_rate_limited"] and len(upstream.seen) == 2
+    host.clock.current = T0 + timedelta(minutes=1)
+    assert post(sock).status_code == 200
+
+
+# -- what the model API may do for the agent -----------------------------------------------------------------------
+
+def test_betas_pass_only_from_the_allow_list(host: Host, upstream: Upstream) -> None:
+    sock = host.serve()
+    allowed = "prompt-caching-2024-07-31, interleaved-thinking-2025-05-14"
+    assert post(sock, **{"anthropic-beta": allowed}).status_code == 200
+    assert upstream.seen[0].headers["anthropic-beta"] == allowed
+    for beta in ("web-fetch-2025-09-10", "mcp-client-2025-04-04", "files-api-2025-04-14", "made-up-2099-01-01",
+                 "output-128k-2025-02-19,code-execution-2025-08-25"):
+        status, kind, message = error_of(post(sock, **{"anthropic-beta": beta}))
+        assert (status, kind) == (400, "invalid_request_error") and repr(beta.split(",")[-1]) in message
+    assert len(upstream.seen) == 1
+    assert host.ncl("groups", "update", "demo", "--allow-server-tools").code == 0
+    assert post(sock, **{"anthropic-beta": "web-fetch-2025-09-10"}).status_code == 200
+    assert post(sock, **{"anthropic-beta": "made-up-2099-01-01"}).status_code == 400  # never on any list
+
+
+SERVER_ASKS = [
+    {"tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}]},
+    {"tools": [{"name": "ok", "input_schema": {"type": "object"}}, {"type": "web_fetch_20250910", "name": "f"}]},
+    {"tools": [{"type": "code_execution_20250825", "name": "code_execution"}]},
+    {"tools": [{"type": "mcp_toolset", "mcp_server_name": "x"}]},
+    {"tools": [{"type": "text_editor_code_execution", "name": "t"}]},
+    {"mcp_servers": [{"type": "url", "url": "https://evil.example/mcp", "name": "x"}]},
+    {"container": "container_123"},
+]
+
+
+@pytest.mark.parametrize("extra", SERVER_ASKS, ids=lambda e: json.dumps(e)[:40])
+def test_server_tools_refused_until_the_group_allows_them(host: Host, upstream: Upstream,
+                                                          extra: dict[str, Any]) -> None:
+    sock = host.serve()
+    status, kind, message = error_of(post(sock, {**ASK, **extra}))
+    assert (status, kind) == (400, "invalid_request_error") and "--allow-server-tools" in message
+    assert upstream.seen == []
+    updated = host.ncl("groups", "update", "demo", "--allow-server-tools", "--json")
+    assert updated.code == 0 and updated.json()["allow_server_tools"] is True
+    assert post(sock, {**ASK, **extra}).status_code == 200 and len(upstream.seen) == 1
+    assert host.ncl("groups", "update", "demo", "--no-allow-server-tools").code == 0
+    assert post(sock, {**ASK, **extra}).status_code == 400
+
+
+def test_client_tools_pass_and_tricks_do_not(host: Host, upstream: Upstream) -> None:
+    sock = host.serve()
+    tools = [{"name": "a", "input_schema": {}}, {"type": "custom", "name": "b", "input_schema": {}},
+             {"type": "bash_20250124", "name": "bash"}, {"type": "text_editor_20250728", "name": "str_replace"},
+             {"type": "memory_20250818", "name": "memory"}, {"type": "computer_20250124", "name": "computer"}]
+    assert post(sock, {**ASK, "tools": tools}).status_code == 200  # run by the runner, inside its container
+    escaped = b'{"model": "m", "t\\u006fols": [{"type": "web_fetch_20250910", "name": "f"}]}'
+    twice = b'{"tools": [], "tools": [{"type": "web_fetch_20250910", "name": "f"}]}'
+    for body in (escaped, twice, b"not json"):
+        with client(sock) as http:
+            assert http.post("/v1/messages", content=body).status_code == 400
+    assert len(upstream.seen) == 1
+
+
+def test_groups_show_and_list_report_the_permission(host: Host) -> None:
+    assert host.ncl("groups", "show", "demo", "--json").json()["allow_server_tools"] is False
+    assert host.ncl("groups", "update", "demo", "--allow-server-tools", "--model", "m2").code == 0
+    [listed] = host.ncl("groups", "list", "--json").json()["groups"]
+    assert (listed["allow_server_tools"], listed["model"]) == (True, "m2")
+    nothing = host.ncl("groups", "update", "demo")
+    assert nothing.code == 1 and len(nothing.err_lines) == 1
