@@ -27,7 +27,7 @@ class LogThrottle:
             return False
         self._last[action] = now
         left_out = self._left_out.pop(action, 0)
-        suffix = f" ({left_out} more like it in the last {self.interval_s:g} s not logged)" if left_out else ""
+        suffix = f" ({left_out} more like it since the last one, not logged)" if left_out else ""
         self.logger.log(level, message + suffix, *args, exc_info=exc_info,
                         extra={"action": action, "left_out": left_out, **extra})
         return True
