@@ -94,10 +94,10 @@ class GroupLimits:
 
     async def _refuse(self, folder: Path, kind: str, window: datetime, reset: datetime, retry: bool,
                       message: str) -> None:
-        if self._noticed.get((folder, kind)) != window:
+        if self._noticed.get((folder, kind)) != window:  # logged and noticed once a window, not once a call
             self._noticed[(folder, kind)] = window
+            log.warning("proxy refuses %s: %s", folder.name, message, extra={"action": kind, "session": folder.name})
             await asyncio.to_thread(self._notice, folder, kind, window, f"Model calls refused: {message}.")
-        log.warning("proxy refused %s: %s", folder.name, message, extra={"action": kind, "session": folder.name})
         raise Limited(message, max(1, math.ceil((reset - self.now()).total_seconds())), retry)
 
     def _tokens(self, group: str, day: datetime) -> int:

@@ -43,6 +43,7 @@ T = TypeVar("T")
 SOCKET_NAME = ".proxy.sock"
 MAX_HEAD = 64 * 1024
 LINGER_S, LINGER_AT_ONCE = 1.0, 16
+REFUSALS_LOGGED_PER_MINUTE = 10
 ALLOWED_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
 UPSTREAM_TIMEOUT = httpx.Timeout(600.0, connect=10.0)  # the SDK allows a request 10 minutes too
 # Framing and hop-by-hop headers belong to one connection, not the message; credentials are the host's alone to set;
@@ -75,6 +76,13 @@ class _Served:
     server: asyncio.Server | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)  # connections in flight, cut when the session closes
     waiting: int = 0
+    refusals: tuple[float, int] = (0.0, 0)  # (start of the current minute, refusals logged in it)
+
+    def may_log_refusal(self, now: float) -> bool:
+        """Refusals and cut connections cost an agent nothing: at most a few log lines a minute, not a flood."""
+        start, count = self.refusals if now - self.refusals[0] < 60 else (now, 0)
+        self.refusals = (start, count + 1)
+        return count < REFUSALS_LOGGED_PER_MINUTE
 
 
 class CredentialProxy:
@@ -168,13 +176,14 @@ class CredentialProxy:
         assert task is not None  # a connection callback always runs as its own task
         served.tasks.add(task)
         session = served.path.parent.name
-        started, path, status = time.monotonic(), "", 0
+        started, path, status, answered = time.monotonic(), "", 0, False
         try:
             await self._slot(served)
             try:
                 request = await asyncio.wait_for(read_head(reader), self.limits.head_timeout_s)
                 path = request.path
                 status = await self._answer(served, request, reader, writer)
+                answered = True  # by the model API
             finally:
                 served.slots.release()
         except Refusal as refusal:
@@ -184,6 +193,10 @@ class CredentialProxy:
                 await self._linger(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             status = 499  # the client left, or was too slow: nothing to answer
+        except asyncio.CancelledError:
+            # The session closed (the only canceller, which then waits for us). Ending quietly: Python 3.11's stream
+            # server logs a cancelled connection task as an error.
+            status = 499
         except Exception:
             status = 500  # a bug here must not kill the server nor leave the client waiting
             writer.transport.abort()
@@ -191,7 +204,7 @@ class CredentialProxy:
         finally:
             served.tasks.discard(task)
             writer.close()
-            if path or status >= 400:
+            if answered or served.may_log_refusal(started):
                 ms = round((time.monotonic() - started) * 1000)
                 log.log(logging.INFO if status < 400 else logging.WARNING, "proxy %s %s -> %d in %d ms", session,
                         path, status, ms, extra={"action": "proxy_call", "session": session, "path": path,
@@ -222,7 +235,7 @@ class CredentialProxy:
             async with asyncio.timeout(LINGER_S):
                 while await reader.read(PIECE):
                     pass
-        except (ConnectionError, TimeoutError):
+        except (ConnectionError, TimeoutError, asyncio.CancelledError):  # cancelled: the session closed; we end anyway
             pass
         finally:
             self._lingering -= 1

@@ -51,14 +51,14 @@ class Host:
                                              "ANTHROPIC_BASE_URL": self.url, **env}, cwd=self.data_dir.parent,
                                     system_tz="UTC")
 
-    def serve(self, limits: ProxyLimits = ProxyLimits(), **env: str) -> Path:
-        self.proxies.append(CredentialProxy(self.settings(**env), limits, now=self.clock.now))
+    def serve(self, limits: ProxyLimits | None = None, **env: str) -> Path:
+        self.proxies.append(CredentialProxy(self.settings(**env), limits or ProxyLimits(), now=self.clock.now))
         # Relative to the cwd (the CLI fixture's tmp_path): the absolute path is past a socket address's 107 bytes.
         return Path(os.path.relpath(self.proxies[-1].open(self.folder)))
 
     def restart(self, **env: str) -> Path:
         self.proxies.pop().shutdown()
-        return self.serve(**env)
+        return self.serve(None, **env)
 
     def slots(self) -> asyncio.Semaphore:
         return next(iter(self.proxies[-1]._served.values())).slots
@@ -87,7 +87,8 @@ def host(ncl: Callable[..., Any], demo_session: dict[str, Any], upstream: Upstre
 
 def post(sock: Path, body: Any = ASK, **headers: str) -> httpx.Response:
     with client(sock) as http:
-        return http.post("/v1/messages", json=body, headers=headers)
+        reply: httpx.Response = http.post("/v1/messages", json=body, headers=headers)
+    return reply
 
 
 def error_of(reply: httpx.Response) -> tuple[int, str, str]:
@@ -331,3 +332,16 @@ def test_groups_show_and_list_report_the_permission(host: Host) -> None:
     assert (listed["allow_server_tools"], listed["model"]) == (True, "m2")
     nothing = host.ncl("groups", "update", "demo")
     assert nothing.code == 1 and len(nothing.err_lines) == 1
+
+
+def test_refusals_do_not_flood_the_log(host: Host, caplog: pytest.LogCaptureFixture) -> None:
+    sock = host.serve()
+    for _ in range(30):
+        assert raw(sock, b"GET /v1/models HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 403 ")
+    assert post(sock).status_code == 200  # an answered call is always logged
+
+    def calls() -> list[int]:
+        return [vars(r)["status"] for r in caplog.records if vars(r).get("action") == "proxy_call"]
+
+    until(lambda: 200 in calls())  # logged by the proxy's thread just after the answer
+    assert calls() == [403] * 10 + [200]
