@@ -12,6 +12,7 @@ from host import inbox, tasks
 from host.db import transaction
 from host.errors import NclError
 from host.recurrence import Policy
+from host.task_ids import TaskIds
 from schemas import requests
 from schemas.times import to_text
 
@@ -33,11 +34,16 @@ def _routing(conn: sqlite3.Connection, in_reply_to: str | None) -> dict[str, str
 
 
 def _apply(conn: sqlite3.Connection, request: requests.ScheduleTask | requests.UpdateTask | requests.ControlTask,
-           in_reply_to: str | None, now: datetime, policy: Policy) -> None:
+           in_reply_to: str | None, now: datetime, policy: Policy, registry: TaskIds | None) -> str | None:
+    """Apply one request; returns a note for the agent when the host changed something it asked for."""
     match request:
         case requests.ScheduleTask():
-            tasks.schedule(conn, now, policy, request.task_id, request.prompt, request.process_after,
-                           request.recurrence, request.script, request.context_mode, _routing(conn, in_reply_to))
+            stored = tasks.schedule(conn, now, policy, request.task_id, request.prompt, request.process_after,
+                                    request.recurrence, request.script, request.context_mode,
+                                    _routing(conn, in_reply_to), registry=registry, fresh_if_used=True)
+            if stored != request.task_id:  # DESIGN §13.5: a used id is replaced, and the agent told the new one
+                return (f"Task id {request.task_id} is already used in this install; your task is stored as "
+                        f"{stored}: use that id to update, pause, resume or cancel it.")
         case requests.UpdateTask():
             tasks.update(conn, request.task_id, now, policy, request.prompt, request.process_after,
                          request.recurrence, request.script)
@@ -47,6 +53,7 @@ def _apply(conn: sqlite3.Connection, request: requests.ScheduleTask | requests.U
             _must(tasks.resume(conn, request.task_id, now, policy), request)
         case requests.ControlTask():
             _must(tasks.cancel(conn, request.task_id, now), request)
+    return None
 
 
 def _must(changed: int, request: requests.ControlTask) -> None:
@@ -54,21 +61,35 @@ def _must(changed: int, request: requests.ControlTask) -> None:
         raise NclError(f"{request.action} changed nothing: task {request.task_id} has no occurrence to change")
 
 
-def apply(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: Policy) -> bool:
-    """Apply one ``messages_out`` system row inside the caller's transaction. False if it was rejected, in
-    which case the session gets a notice saying why."""
-    status, detail = "applied", None
-    try:
-        with transaction(conn):  # a savepoint: a rejected request leaves no half-applied rows
-            _apply(conn, requests.parse(row["content"]), row["in_reply_to"], now, policy)
-    except Exception as exc:  # any failure of one request rejects it with a notice; it must never wedge the session
-        status, detail = "rejected", str(exc)
+def apply(conn: sqlite3.Connection, rows: list[sqlite3.Row], now: datetime, policy: Policy,
+          registry: TaskIds | None = None) -> int:
+    """Apply ``messages_out`` system rows in order inside the caller's transaction; returns how many were applied.
+    A rejected one gets a notice saying why; identical notices of one batch are sent once, with their count, so a
+    flood of refused requests does not become a flood of notices."""
+    applied, notes = 0, dict[str, int]()
+    for row in rows:
+        status, detail = "applied", None
         try:
-            action = json.loads(row["content"]).get("action", "request")
-        except (ValueError, AttributeError):
-            action = "request"
-        inbox.notice(conn, now, "request_rejected", f"Your {action} request was rejected: {detail}")
-        log.info("rejected %s: %s", action, detail, extra={"action": "request_rejected", "request": row["id"]})
-    conn.execute("INSERT OR IGNORE INTO delivered(message_out_id, seq, delivered_at, status, detail)"
-                 " VALUES (?, ?, ?, ?, ?)", (row["id"], row["seq"], to_text(now), status, detail))
-    return status == "applied"
+            with transaction(conn):  # a savepoint: a rejected request leaves no half-applied rows
+                note = _apply(conn, requests.parse(row["content"]), row["in_reply_to"], now, policy, registry)
+            if note:
+                inbox.notice(conn, now, "task_id_replaced", note)
+        except Exception as exc:  # any failure of one request rejects it with a notice; it must never wedge the session
+            status, detail = "rejected", str(exc)
+            text = f"Your {_action(row)} request was rejected: {detail}"
+            notes[text] = notes.get(text, 0) + 1
+            log.info("rejected %s: %s", _action(row), detail,
+                     extra={"action": "request_rejected", "request": row["id"]})
+        conn.execute("INSERT OR IGNORE INTO delivered(message_out_id, seq, delivered_at, status, detail)"
+                     " VALUES (?, ?, ?, ?, ?)", (row["id"], row["seq"], to_text(now), status, detail))
+        applied += status == "applied"
+    for text, count in notes.items():
+        inbox.notice(conn, now, "request_rejected", text if count == 1 else f"{text} ({count} such requests)")
+    return applied
+
+
+def _action(row: sqlite3.Row) -> str:
+    try:
+        return str(json.loads(row["content"]).get("action", "request"))
+    except (ValueError, AttributeError):
+        return "request"

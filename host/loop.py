@@ -75,7 +75,7 @@ class Host:
         fired = self.scheduled.tick(now)
         # Between full sweeps only the sessions with something going on are looked at: a live runner makes the
         # loop tick four times a second, which must not stat every idle session each time.
-        result = self.sweeper.tick(now, None if full else self.sweeper.hot(now), new_limit=NEW_SESSIONS_PER_TICK)
+        result = await self._sweep(now, None if full else self.sweeper.hot(now))
         if fired.fired or fired.missed or fired.failed:
             log.debug("scheduled tasks", extra={"action": "scheduled_tick", **fired.to_json()})
         if result.sessions_opened:
@@ -97,6 +97,18 @@ class Host:
             if nudge.stamp(self.settings) != stamp:
                 break
         return result
+
+    async def _sweep(self, now: datetime, only: set[str] | None) -> SweepResult:
+        """The sweep, handing the loop back between sessions whenever it has worked a few ms (webhooks, chats and
+        the model proxy wait at most that long behind it)."""
+        steps = self.sweeper.steps(now, only, new_limit=NEW_SESSIONS_PER_TICK)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                result: SweepResult = done.value
+                return result
+            await asyncio.sleep(0)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -22,7 +22,8 @@ class Outbox:
     tool_timeout_s: float | None = None
 
 
-def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, reply_after_seq: int = 0) -> Outbox:
+def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, reply_after_seq: int = 0,
+         request_limit: int = -1) -> Outbox:
     """Acks of the given (still open) messages, system requests after ``after_seq``, chat replies after
     ``reply_after_seq``, the running tool's timeout.
 
@@ -36,8 +37,8 @@ def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, re
         conn.execute("BEGIN")
         acks = {row["message_id"]: row for row in _in_chunks(conn, "SELECT * FROM processing_ack WHERE message_id"
                                                                " IN ({})", ids)}
-        requests = conn.execute("SELECT * FROM messages_out WHERE kind = 'system' AND seq > ? ORDER BY seq",
-                                (after_seq,)).fetchall()
+        requests = conn.execute("SELECT * FROM messages_out WHERE kind = 'system' AND seq > ? ORDER BY seq LIMIT ?",
+                                (after_seq, request_limit)).fetchall()  # at most request_limit (-1: all)
         replies = conn.execute("SELECT * FROM messages_out WHERE kind = 'chat' AND seq > ? ORDER BY seq",
                                (reply_after_seq,)).fetchall()
         state = conn.execute("SELECT current_tool, tool_timeout_s FROM container_state WHERE id = 1").fetchone()

@@ -28,10 +28,12 @@ class Policy:
     zone: ZoneInfo
     misfire_grace: timedelta
     task_min_interval_s: float
+    max_tasks_per_session: int = 100  # live series (pending | processing | paused) one session may hold
 
     @classmethod
     def of(cls, settings: Settings) -> Policy:
-        return cls(settings.tz.zone, timedelta(seconds=settings.misfire_grace_s), settings.task_min_interval_s)
+        return cls(settings.tz.zone, timedelta(seconds=settings.misfire_grace_s), settings.task_min_interval_s,
+                   settings.max_tasks_per_session)
 
 
 SLOT = "scheduled_for"  # task content key: the grid slot a retried occurrence runs as, while process_after waits

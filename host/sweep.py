@@ -9,6 +9,8 @@ import json
 import logging
 import os
 import sqlite3
+import time
+from collections.abc import Generator
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +22,7 @@ from host.recurrence import Policy
 from host.runners import Runner, Runners
 from host.sessions import Session
 from host.settings import Settings
+from host.task_ids import TaskIds
 from schemas import clock
 from schemas.messages import RunOutcome
 from schemas.times import from_text, to_text
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 # A folder written within this long before we looked may be written again with the same mtime (coarse
 # filesystem clock): it is not trusted as unchanged until a visit sees it older than this.
 RACY_NS = 1_000_000_000
+YIELD_AFTER_S = 0.005  # a sweep pauses between sessions after this much work, to let the host loop serve
 ACK_OUTCOMES: dict[str, tuple[RunOutcome, ...]] = {"completed": ("ran", "skipped", "gate_error"),
                                                    "failed": ("failed",)}
 
@@ -86,6 +90,10 @@ class Sweeper:
             self._central_version = version
         return self._sessions
 
+    def _task_ids(self, session: Session) -> TaskIds:
+        assert self._central is not None
+        return TaskIds(self._central, session.agent_group_id, session.id)
+
     def _rules(self, group_id: str) -> str:
         assert self._central is not None
         row = self._central.execute("SELECT rules FROM agent_groups WHERE id = ?", (group_id,)).fetchone()
@@ -124,10 +132,26 @@ class Sweeper:
         """One pass over every active session, or over ``only`` those (a partial tick between full sweeps).
         ``new_limit``: open at most this many sessions never seen before; the rest wait for the next tick
         (``unvisited`` counts them), so a host starting with thousands of sessions keeps serving between ticks."""
+        steps = self.steps(now, only, new_limit)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                result: SweepResult = done.value
+                return result
+
+    def steps(self, now: datetime, only: set[str] | None = None,
+              new_limit: int | None = None) -> Generator[None, None, SweepResult]:
+        """``tick`` as a generator that pauses between sessions once it has worked ``YIELD_AFTER_S``: the host
+        loop resumes it after serving whatever came in, so a sweep over many busy sessions never holds the loop."""
         result = SweepResult(now=to_text(now))
         policy = self.policy
         self.unvisited = 0
+        mark = time.monotonic()
         for session in self.active_sessions():
+            if time.monotonic() - mark > YIELD_AFTER_S:
+                yield
+                mark = time.monotonic()
             if only is not None and session.id not in only and session.id in self.seen:
                 continue  # (a session never seen yet, e.g. one a queue job just made, is always looked at)
             if new_limit is not None and session.id not in self.seen and session.id not in self.failing:
@@ -177,11 +201,14 @@ class Sweeper:
     def _visit(self, session: Session, now: datetime, policy: Policy, runner: Runner | None,
                result: SweepResult) -> tuple[str | None, bool, bool]:
         outbound = session.folder / "outbound.db"
+        limit = self.settings.max_requests_per_visit
         with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
             open_ids = [r[0] for r in conn.execute(
                 "SELECT id FROM messages_in WHERE status IN ('pending', 'processing')")]
+            # One request more than a visit applies tells whether the rest wait for the next visit (DESIGN §13.5).
             found = outbox.read(outbound, open_ids, actions.applied_seq(conn), writable=runner is None,
-                                reply_after_seq=delivery.watermark(conn))
+                                reply_after_seq=delivery.watermark(conn), request_limit=limit + 1)
+            more = len(found.requests) > limit
             if runner is not None and self._stuck(session, now, runner, found):
                 runner = None
             claimed = [mid for mid, ack in found.acks.items() if ack["status"] == "processing"]
@@ -190,8 +217,7 @@ class Sweeper:
                 outbox.clear_claims(outbound, claimed)
             with db.transaction(conn):
                 self._sync(conn, now, policy, runner, found, claimed, result)
-                for request in found.requests:
-                    result.applied += actions.apply(conn, request, now, policy)
+                result.applied += actions.apply(conn, found.requests[:limit], now, policy, self._task_ids(session))
                 for row in conn.execute("SELECT * FROM messages_in WHERE status IN ('completed', 'failed')"
                                         " AND recurrence IS NOT NULL").fetchall():
                     result.cloned += recurrence.repair(conn, row, now, policy)
@@ -206,7 +232,8 @@ class Sweeper:
                 if self.deliveries and found.replies:
                     undelivered = not self.deliveries.run(conn, session, found.replies, now)
             busy = conn.execute("SELECT 1 FROM messages_in WHERE status = 'processing' LIMIT 1").fetchone()
-            return inbox.next_due(conn), busy is not None or undelivered, inbox.has_due(conn, now)
+            # Requests left for the next visit make the session due now, so the loop comes back at once, not in 60 s.
+            return "" if more else inbox.next_due(conn), busy is not None or undelivered, inbox.has_due(conn, now)
 
     def _stuck(self, session: Session, now: datetime, runner: Runner, found: outbox.Outbox) -> bool:
         claims = [from_text(a["status_changed"]) for a in found.acks.values()

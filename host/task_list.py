@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from host import db, inbox, sessions
+from host import db, inbox, sessions, task_ids
 from host.errors import NclError
 from host.sessions import Session
 from host.settings import Settings
@@ -82,8 +82,21 @@ def summary(session: Session, series_id: str) -> Series:
 
 
 def locate(settings: Settings, central: sqlite3.Connection, ref: str) -> tuple[Session, str]:
-    """The session holding a series (by series id or any occurrence id), and the series id. Agents pick their
-    task ids: an id found in two sessions (a decoy) is refused rather than acted on in the wrong one."""
+    """The session holding a series (by series id or any occurrence id), and the series id.
+
+    A series id is found in the install-wide registry (DESIGN §13.5): one indexed read, and never two sessions.
+    Anything else (an occurrence id, a series from before the registry) is looked for in every session, and an
+    id found in two of them is refused rather than acted on in the wrong one."""
+    owner = task_ids.lookup(central, ref)
+    if owner is not None:
+        session = sessions.get(central, settings, owner[1])
+        conn = _inbox(session)
+        found = None
+        if conn is not None:
+            with closing(conn):
+                found = inbox.series_of(conn, ref)
+        if found:
+            return session, found
     hits: list[tuple[Session, str]] = []
     for session in sessions.list_all(central, settings):
         conn = _inbox(session)

@@ -13,6 +13,7 @@ from host import inbox, outbox, recurrence
 from host.db import transaction
 from host.errors import NclError
 from host.recurrence import Policy
+from host.task_ids import TaskIds
 from schemas import cron, ids
 from schemas.messages import TaskContent
 from schemas.times import from_text, to_text
@@ -39,20 +40,37 @@ def _series(conn: sqlite3.Connection, ref: str) -> str:
 def schedule(conn: sqlite3.Connection, now: datetime, policy: Policy, task_id: str, prompt: str,
              process_after: str | None = None, recurrence_expr: str | None = None, script: str | None = None,
              context_mode: str = "group", routing: dict[str, Any] | None = None,
-             enforce_interval: bool = True) -> str:
-    """Insert a new series; its first run is ``process_after`` or the first cron slot after now."""
+             enforce_interval: bool = True, registry: TaskIds | None = None, fresh_if_used: bool = False) -> str:
+    """Insert a new series; its first run is ``process_after`` or the first cron slot after now. Returns the stored
+    id: with ``fresh_if_used`` (a runner's choice) an id used anywhere is replaced by a fresh one, else refused.
+    The id is registered install-wide (``registry``) before the row is written."""
     expr = cron.validate(recurrence_expr) if recurrence_expr else None
-    if expr and enforce_interval:
-        check_interval(expr, now, policy)
     content = TaskContent.model_validate({"prompt": prompt, "script": script or None, "context_mode": context_mode})
-    first = process_after or (to_text(cron.next_after(expr, now, policy.zone)) if expr else None)
     with transaction(conn):
-        if inbox.get(conn, task_id) or inbox.series_of(conn, task_id):
-            raise NclError(f"task id {task_id} is already used")
+        _check_room(conn, policy)  # first: a request over the cap costs one indexed count, nothing more
+        if expr and enforce_interval:
+            check_interval(expr, now, policy)
+        first = process_after or (to_text(cron.next_after(expr, now, policy.zone)) if expr else None)
+        while _used(conn, task_id, registry) or (registry is not None and not registry.register(task_id)):
+            if not fresh_if_used:
+                raise NclError(f"task id {task_id} is already used")
+            task_id = ids.new_id("task", now)
         inbox.insert(conn, {"id": task_id, "kind": "task", "timestamp": to_text(now), "process_after": first,
                             "recurrence": expr, "series_id": task_id, "content": content.to_json(),
                             **(routing or {})})
     return task_id
+
+
+def _used(conn: sqlite3.Connection, task_id: str, registry: TaskIds | None) -> bool:
+    return bool(inbox.get(conn, task_id) or inbox.series_of(conn, task_id) or (registry and registry.taken(task_id)))
+
+
+def _check_room(conn: sqlite3.Connection, policy: Policy) -> None:
+    (live,) = conn.execute(f"SELECT COUNT(DISTINCT series_id) FROM messages_in WHERE kind = 'task'"
+                           f" AND status IN {inbox.LIVE}").fetchone()
+    if live >= policy.max_tasks_per_session:
+        raise NclError(f"this session already has {live} live tasks, the limit (NCL_MAX_TASKS_PER_SESSION="
+                       f"{policy.max_tasks_per_session}); cancel one first")
 
 
 def _live(conn: sqlite3.Connection, series_id: str) -> list[sqlite3.Row]:

@@ -19,6 +19,7 @@ from host.recurrence import Policy
 from host.runners import Runners
 from host.sessions import Session
 from host.sweep import Sweeper
+from host.task_ids import TaskIds
 from schemas import ids
 from schemas.times import from_text, to_text
 
@@ -100,6 +101,8 @@ class World:
                  at: str | None = None, session: Session | None = None, **kw: Any) -> str:
         """An operator-scheduled task (no minimum interval)."""
         task_id = ids.new_id("task", now)
+        owner = session or self.session
+        kw.setdefault("registry", TaskIds(self.central, owner.agent_group_id, owner.id))  # as `ncl tasks add` does
         with closing(self.inbound(session)) as conn:
             tasks.schedule(conn, now, self.policy, task_id, prompt, at, recurrence, enforce_interval=False, **kw)
         return task_id

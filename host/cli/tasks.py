@@ -14,6 +14,7 @@ from host.cli.app import App, now_option, pass_app, policy
 from host.cli.output import emit, fields, json_option, local_time, table
 from host.errors import NclError
 from host.sessions import Session
+from host.task_ids import TaskIds
 from schemas import ids
 from schemas.times import parse_user_time, to_text
 
@@ -181,14 +182,15 @@ def add(app: App, session_id: str, prompt: str, recurrence: str | None, at: str 
     """Schedule a task in a session, as an operator."""
     moment = now or app.now()
     after = to_text(parse_user_time(at, app.settings.tz.zone)) if at else None
-    with closing(app.central()) as central:
+    with closing(app.central(write=True)) as central:
         session = sessions.get(central, app.settings, session_id)
-    if session.status != "active":
-        raise NclError(f"session {session.id} is {session.status}; tasks run only in active sessions")
-    task_id = ids.new_id("task", moment)
-    with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
-        tasks.schedule(conn, moment, policy(app), task_id, prompt, after, recurrence, script, context_mode,
-                       enforce_interval=not force)
+        if session.status != "active":
+            raise NclError(f"session {session.id} is {session.status}; tasks run only in active sessions")
+        registry = TaskIds(central, session.agent_group_id, session.id)
+        with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
+            # Operators keep to NCL_MAX_TASKS_PER_SESSION too: the cap bounds the sweep's work, whoever asks.
+            task_id = tasks.schedule(conn, moment, policy(app), ids.new_id("task", moment), prompt, after, recurrence,
+                                     script, context_mode, enforce_interval=not force, registry=registry)
     nudge.touch(app.settings)
     item = task_list.summary(session, task_id)
     emit(as_json, item.to_json(), lambda: click.echo(
