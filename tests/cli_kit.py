@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 Ncl = Callable[..., "Result"]
 
-GROUP_KEYS = {"id", "name", "channels", "session_mode", "provider", "model", "created_at"}
+GROUP_KEYS = {"id", "name", "channels", "session_mode", "provider", "model", "created_at", "allow_server_tools"}
 
 
 def ok(result: Result) -> Result:
