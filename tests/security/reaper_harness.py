@@ -1,13 +1,12 @@
 """Issue 11, point 5: a process that is a subreaper, as ``ncl host run`` and every runner are, running one owner
 (a gate script, a host task, a local runner) and reporting which marked processes are still alive right after it
-ended. Run as ``python reaper_harness.py CASE MARKER DIR``; prints one JSON object. The tests import ``marked``.
+ended. Run as ``python reaper_harness.py CASE MARKER DIR``; prints one JSON object.
 
 pytest itself is never made a subreaper: every orphan of the whole suite would then come to it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -18,43 +17,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parents[1])]  # tests/ (kit) and the project
 
+from process_marks import gate_script, marked  # noqa: E402
+
 from schemas.proctree import OWN, become_subreaper  # noqa: E402
-
-
-def marked(*markers: str) -> list[int]:
-    """Pids of live (not zombie) processes whose argv is ``sleep MARKER``: how the tests tell theirs apart."""
-    wanted = {f"sleep\0{m}\0".encode() for m in markers}
-    found = []
-    for name in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
-            state = Path(f"/proc/{name}/stat").read_bytes().rpartition(b")")[2].split()[0]
-        except (OSError, IndexError):
-            continue
-        if cmdline in wanted and state != b"Z":
-            found.append(int(name))
-    return found
-
-
-def kill_marked(*markers: str) -> None:
-    """Cleanup for the tests' finally blocks: whatever the product failed to kill."""
-    for pid in marked(*markers):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def gate_script(markers: list[str], hold: str | None = None) -> str:
-    """Starts ``setsid sleep``, a subshell's orphan and a double-forked ``sh`` daemon, waits until all three run
-    (so a skip verdict proves they were alive when the gate ended), then says skip or, with ``hold``, blocks."""
-    one, two, three = markers
-    wait = "for f in p1 p2 p3; do until [ -s $f ] && kill -0 \"$(cat $f)\" 2>/dev/null; do sleep 0.01; done; done"
-    return "\n".join([
-        f"setsid sleep {one} & echo $! > p1",
-        f"(sleep {two} & echo $! > p2) &",
-        f"sh -c 'sh -c \"sleep {three} & echo \\$! > p3\" &'",
-        wait,
-        f"sleep {hold}" if hold else "echo '{\"wakeAgent\": false}'",
-    ])
 
 
 def _gate(markers: list[str], folder: Path) -> dict[str, Any]:

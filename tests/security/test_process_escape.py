@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from typing import Any
 
 import pytest
 from kit import World, exits_within
-from reaper_harness import gate_script, kill_marked, marked
+from process_marks import gate_script, kill_marked, marked, new_markers
 from security_kit import ROOT
 
 from host.local_runtime import LocalRuntime
@@ -39,8 +38,7 @@ WAIT_S = 30.0
 @pytest.fixture
 def markers() -> Iterator[list[str]]:
     """Three argv markers unique to this test (and a fourth for a holding sleep); killed whatever happens."""
-    base = str(random.randrange(10**6, 10**7))
-    found = [f"3{base}{n}" for n in "123"]
+    found = new_markers()
     yield found
     kill_marked(*found, found[0] + "1")
 
