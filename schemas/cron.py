@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import CroniterError, croniter
 
+from schemas import transitions
 from schemas.times import localize
 
 
@@ -129,18 +130,32 @@ def min_gap_violation(
 ) -> tuple[datetime, datetime] | None:
     """The first two consecutive firings in (start, start + span] less than ``min_gap_s`` apart, or None.
 
-    Without a violation consecutive firings are at least ``min_gap_s`` apart, so the walk is bounded
-    by span / min_gap_s firings; each costs a few integer operations on an ordinary day.
+    On steady days (no offset change) the gaps are the day's own and the wrap to the next matching day; when
+    those are wide enough only the days around offset transitions can hold a short gap, and only they are
+    walked. Otherwise the walk stops at the first violation or after span / min_gap_s firings.
     """
     spec = _spec(expr)
     if min_gap_s <= 0:  # firings strictly increase, so no gap is below zero
         return None
-    previous: int | None = None
-    for t in _epochs(spec, zone, _aware(start), start + span):
-        if previous is not None and t - previous < min_gap_s:
-            return _utc(previous), _utc(t)
-        previous = t
+    end = _aware(start) + span
+    moves = transitions.of(zone)
+    windows = [(start, end)]
+    if moves is not None and _steady_gap(spec) >= min_gap_s:  # then min_gap_s <= 1 day: a pair is within a window
+        around = moves.between(int(start.timestamp()) - 3 * 86400, int(end.timestamp()) + 3 * 86400)
+        windows = [(max(start, _utc(t - 3 * 86400)), min(end, _utc(t + 3 * 86400))) for t in around]
+    for lo, hi in windows:
+        previous: int | None = None
+        for t in _epochs(spec, zone, lo, hi):
+            if previous is not None and t - previous < min_gap_s:
+                return _utc(previous), _utc(t)
+            previous = t
     return None
+
+
+def _steady_gap(spec: _Spec) -> int:
+    """The shortest gap between firings on steady days: within a day, or from a day's last to the next's first."""
+    inner = [b - a for a, b in zip(spec.seconds, spec.seconds[1:], strict=False)]
+    return min([*inner, 86400 - spec.seconds[-1] + spec.seconds[0]])
 
 
 def _spec(expr: str) -> _Spec:
