@@ -13,6 +13,7 @@ runner kills whatever is left when it ends. Here the host covers the rest:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -20,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from host import groups
+from host import confined, groups
 from host.sessions import Session
 from host.settings import Settings
 from schemas import detached
@@ -76,8 +77,30 @@ class LocalRuntime:
             _kill_detached(session_id, folder)
 
 
+def kill_detached(folder: Path) -> int:
+    """Kill what the session's ``.children`` lists, then forget the list. The runner writes that file, so it is
+    opened below the folder with no link followed in any component and read from the checked descriptor."""
+    try:
+        fd = confined.open_beneath(folder, detached.FILE)
+    except (confined.Refused, OSError):
+        data = b""  # missing, a link, a way out: nothing to read (a FIFO opens without blocking and is refused)
+    else:
+        try:
+            data = detached.tail(fd)
+        finally:
+            os.close(fd)
+    killed = detached.kill_listed(data)
+    with contextlib.suppress(OSError, confined.Refused):  # a directory of that name stays: ignored all the same
+        dirfd = confined.open_dir(folder)
+        try:
+            os.unlink(detached.FILE, dir_fd=dirfd)
+        finally:
+            os.close(dirfd)
+    return killed
+
+
 def _kill_detached(session_id: str, folder: Path) -> None:
-    killed = detached.kill_all(folder)
+    killed = kill_detached(folder)
     if killed:
         log.info("killed %d process group(s) a runner of %s left behind", killed, session_id,
                  extra={"action": "detached_killed", "session": session_id, "groups": killed})

@@ -1,9 +1,13 @@
 """Children a runner starts in sessions of their own, and how the local runtime kills them (DESIGN §8).
 
 The gate script (so its timeout can kill its whole tree) and every MCP server (the mcp SDK's choice, not ours)
-run in a new session. In a container they die with the container; under the local runtime the host's killpg of
-the runner's group misses them. So the runner lists them in ``<session folder>/.children``, one "pid start_time"
-line each, and the host kills what that file names once the runner is gone.
+run in a new session. In a container they die with the container. Under the local runtime the subreapers of
+``schemas.proctree`` catch them in every case but one: a host that was SIGKILLed takes its runners along
+(PDEATHSIG), and their children go to pid 1, out of any sweep's reach. For that case the runner lists them in
+``<session folder>/.children``, one "pid start_time" line each, and the next host kills what the file names
+before it starts a runner there (and forgets the list). The host reads it as it reads every file of a session
+folder: opened with no link followed in any component, checked on the open descriptor and read from it
+(``host.local_runtime.kill_detached``).
 
 The start time (field 22 of /proc/PID/stat) tells a child from a later process that got its pid. Linux only:
 where /proc is missing nothing is recorded and nothing killed.
@@ -20,7 +24,7 @@ from pathlib import Path
 
 from schemas.proctree import OWN, children_of, start_time, stat_fields
 
-__all__ = ["FILE", "children_of", "kill_all", "note", "start_time"]
+__all__ = ["FILE", "children_of", "kill_listed", "note", "start_time", "tail"]
 FILE = ".children"
 _READ_CAP = 1 << 20  # the runner writes this file: the host reads at most its last MiB (the newest children)
 
@@ -48,21 +52,15 @@ def note(session_dir: Path, pids: Iterable[int]) -> None:
             os.close(fd)
 
 
-def _read(path: Path) -> bytes:
-    """The file's tail, or nothing if it is missing, a link or not a regular file (a FIFO must not block us)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+def tail(fd: int) -> bytes:
+    """The list's tail from an open descriptor, or nothing if it is not a regular file (the host opens it, with
+    no link followed: ``host.local_runtime``; this package cannot reach ``host.confined``)."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
         return b""
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return b""
-        start = max(0, info.st_size - _READ_CAP)
-        data = os.pread(fd, _READ_CAP, start)
-        return data.partition(b"\n")[2] if start else data  # a cut first line is not a line
-    finally:
-        os.close(fd)
+    start = max(0, info.st_size - _READ_CAP)
+    data = os.pread(fd, _READ_CAP, start)
+    return data.partition(b"\n")[2] if start else data  # a cut first line is not a line
 
 
 def _listed(data: bytes) -> dict[int, int]:
@@ -74,20 +72,17 @@ def _listed(data: bytes) -> dict[int, int]:
     return listed
 
 
-def kill_all(session_dir: Path) -> int:
-    """SIGKILL the process group of every listed child still alive as itself; then forget the list. Called by the
-    local runtime only, when the runner is gone: a container's pids mean nothing out here. Only a session leader
-    is killed (as both kinds of child are), so a runner that writes anything into its own folder cannot make the
+def kill_listed(data: bytes) -> int:
+    """SIGKILL the process group of every child listed in ``data`` still alive as itself. Called by the local
+    runtime only, when the runner is gone: a container's pids mean nothing out here. Only a session leader is
+    killed (as both kinds of child are), so a runner that writes anything into its own folder cannot make the
     host kill an unrelated process that is not one."""
-    path = session_dir / FILE
     ours = {os.getpgrp(), os.getsid(0)}  # never the caller's own group or session, whatever the file says
     killed = 0
-    for pid, since in _listed(_read(path)).items():
+    for pid, since in _listed(data).items():
         if pid in ours or _leader_since(pid) != since:
             continue  # gone, or its pid now belongs to someone else
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
             killed += 1
-    with contextlib.suppress(OSError):  # a directory of that name stays: it is ignored all the same
-        os.unlink(path)
     return killed

@@ -1,5 +1,6 @@
 """Children a runner starts in sessions of their own (``schemas.detached``), against real processes: the host kills
-what a runner listed, and nothing else; the gate lists its script; the local runtime kills what a runner left."""
+what a runner listed (``host.local_runtime.kill_detached``, which reads the list with no link followed), and
+nothing else; the gate lists its script; the local runtime kills what a runner left."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import pytest
 from kit import World, exits_within
 
 from agent_runner.gate import run_gate
-from host.local_runtime import LocalRuntime
+from host.local_runtime import LocalRuntime, kill_detached
 from schemas import detached
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists() or not hasattr(os, "pidfd_open"),
@@ -66,17 +69,17 @@ def test_a_listed_session_leader_and_its_group_are_killed_and_the_list_forgotten
                                                                                child: Detached) -> None:
     detached.note(tmp_path, [child.pid])
     assert listed(tmp_path) == [f"{child.pid} {detached.start_time(child.pid)}"]
-    assert detached.kill_all(tmp_path) == 1
+    assert kill_detached(tmp_path) == 1
     assert child.killed()
     assert not (tmp_path / detached.FILE).exists()
-    assert detached.kill_all(tmp_path) == 0  # nothing listed: nothing to do
+    assert kill_detached(tmp_path) == 0  # nothing listed: nothing to do
 
 
 def test_a_pid_whose_start_time_differs_is_someone_else(tmp_path: Path, child: Detached) -> None:
     since = detached.start_time(child.pid)
     assert since is not None
     (tmp_path / detached.FILE).write_text(f"{child.pid} {since + 1}\n")
-    assert detached.kill_all(tmp_path) == 0
+    assert kill_detached(tmp_path) == 0
     assert child.alive()
 
 
@@ -85,7 +88,7 @@ def test_a_live_process_that_leads_no_session_is_spared(tmp_path: Path) -> None:
     try:
         detached.note(tmp_path, [os.getpid(), plain.pid])
         assert len(listed(tmp_path)) == 2
-        assert detached.kill_all(tmp_path) == 0
+        assert kill_detached(tmp_path) == 0
         assert plain.poll() is None
     finally:
         plain.kill()
@@ -97,10 +100,10 @@ def test_malformed_lines_are_ignored(tmp_path: Path, child: Detached) -> None:
     junk = ["", "garbage", f"{child.pid}", f"{child.pid} {since} extra", f"-{child.pid} {since}", f"{child.pid} x",
             f"{child.pid} ²", "0 0", f"1 {detached.start_time(1)}", "\x00\xff"]
     (tmp_path / detached.FILE).write_text("\n".join(junk) + "\n")
-    assert detached.kill_all(tmp_path) == 0
+    assert kill_detached(tmp_path) == 0
     assert child.alive()
     (tmp_path / detached.FILE).write_text("\n".join([*junk, f"{child.pid} {since}"]))  # no final newline
-    assert detached.kill_all(tmp_path) == 1
+    assert kill_detached(tmp_path) == 1
     assert child.killed()
 
 
@@ -111,15 +114,56 @@ def test_a_symlinked_list_is_neither_read_nor_written_and_is_removed(tmp_path: P
     folder.mkdir()
     (folder / detached.FILE).symlink_to(elsewhere)
     detached.note(folder, [child.pid])
-    assert detached.kill_all(folder) == 0
+    assert kill_detached(folder) == 0
     assert child.alive()
     assert not (folder / detached.FILE).is_symlink()
     assert elsewhere.read_text().count("\n") == 1  # note() did not append through the link
 
 
+def test_a_session_folder_replaced_by_a_symlink_is_not_read(tmp_path: Path, child: Detached) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / detached.FILE).write_text(f"{child.pid} {detached.start_time(child.pid)}\n")
+    (tmp_path / "session").symlink_to(real)
+    assert kill_detached(tmp_path / "session") == 0
+    assert child.alive()
+    assert (real / detached.FILE).exists()  # nor unlinked through the link
+
+
+def test_a_list_flipped_between_a_file_and_a_link_is_never_read_through_the_link(tmp_path: Path,
+                                                                                 child: Detached) -> None:
+    """A runner flips ``.children`` between an empty file and a link to a list (outside its folder) naming a
+    process it could not list itself: 2,000 reads, and the link is never followed."""
+    outside = tmp_path / "outside"
+    outside.write_text(f"{child.pid} {detached.start_time(child.pid)}\n")
+    folder = tmp_path / "session"
+    folder.mkdir()
+    stop = threading.Event()
+
+    def flip() -> None:
+        link, plain = folder / "link", folder / "plain"
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                link.symlink_to(outside)
+                os.replace(link, folder / detached.FILE)
+            time.sleep(0)  # hand the GIL over while the link is in place
+            with contextlib.suppress(OSError):
+                plain.write_text("")
+                os.replace(plain, folder / detached.FILE)
+
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    try:
+        assert sum(kill_detached(folder) for _ in range(2000)) == 0
+    finally:
+        stop.set()
+        flipper.join()
+    assert child.alive()
+
+
 def test_a_fifo_in_place_of_the_list_does_not_block_and_is_removed(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / detached.FILE)
-    assert detached.kill_all(tmp_path) == 0
+    assert kill_detached(tmp_path) == 0
     assert not (tmp_path / detached.FILE).exists()
 
 
