@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 
 from mcp.client.stdio import StdioServerParameters
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError as ArgumentError
 from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel, Field, ValidationError
 
@@ -32,6 +33,7 @@ from agent_runner.config import RunnerConfig
 from agent_runner.store import Store
 from agent_runner.tools import CURRENT_TURN, ToolError, Tools
 from schemas import clock
+from schemas.validation import one_line
 
 log = logging.getLogger(__name__)
 _SERVER_NAME = re.compile(r"[A-Za-z0-9_-]{1,30}")
@@ -84,9 +86,21 @@ def _descriptions(config: RunnerConfig) -> dict[str, str]:
     }
 
 
+class _Server(MCPServer):
+    """Arguments that do not fit a tool's schema are refused in one line (issue 11), not pydantic's report."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ArgumentError as exc:
+            if isinstance(exc.__cause__, ValidationError):
+                raise ArgumentError(f"bad arguments for {name}: {one_line(exc.__cause__)}") from exc.__cause__
+            raise
+
+
 def build_server(tools: Tools) -> MCPServer:
     """An MCPServer whose tools call ``tools``; schemas come from the typed signatures below."""
-    server: MCPServer = MCPServer("ncl", instructions="Scheduling and messaging tools of the ncl agent host.")
+    server: MCPServer = _Server("ncl", instructions="Scheduling and messaging tools of the ncl agent host.")
     describe = _descriptions(tools.config)
 
     def schedule_task(
