@@ -149,6 +149,20 @@ def test_errors_and_log_lines_are_one_line_and_escaped(ncl: Ncl, session: dict[s
     assert not RAW.search(VisibleFormatter("%(message)s").format(record))
 
 
+def test_the_hosts_log_lines_show_agent_text_escaped(tmp_path: Path) -> None:
+    """The real console script at INFO: a runner's request whose ``action`` is hostile is logged as rejected."""
+    env = Env(tmp_path)
+    env.ok("groups", "create", "demo", "--channel", "cli")
+    folder = Path(json.loads(env.ok("sessions", "create", "--group", "demo", "--json"))["path"])
+    _write(folder / "outbound.db", "INSERT INTO messages_out(id, seq, timestamp, kind, content)"
+                                   " VALUES ('sys-1781182800000-aaaaaa', 1, ?, 'system', ?)",
+           AT, json.dumps({"action": HOSTILE, "taskId": "task-1781182800000-aaaaaa"}))
+    done = env.ncl("host", "sweep", "--once", "--now", "2026-06-11T13:00:00Z")
+    assert done.returncode == 0, done.stderr
+    assert "rejected " in done.stderr
+    safe(done.stderr)
+
+
 @pytest.fixture
 def host(ncl: Ncl, cli_env: CliEnv) -> Iterator[Env]:
     ok(ncl("groups", "create", "demo", "--channel", "cli"))
