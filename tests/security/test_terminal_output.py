@@ -145,6 +145,9 @@ def test_errors_and_log_lines_are_one_line_and_escaped(ncl: Ncl, session: dict[s
     refused = ncl("tasks", "show", f"task-{HOSTILE}\nsecond line")
     assert refused.code == 1 and len(refused.err.splitlines()) == 1
     assert not RAW.search(refused.err), refused.err
+    unread = ncl("groups", "create", "other", "--rules", f"@{HOSTILE}\nsecond line")  # a message quoting raw text
+    assert unread.code == 1 and len(unread.err.splitlines()) == 1
+    safe(unread.err)
     record = logging.LogRecord("host", logging.WARNING, __file__, 1, "rejected: %s", (HOSTILE,), None)
     assert not RAW.search(VisibleFormatter("%(message)s").format(record))
 
