@@ -28,6 +28,8 @@ from agent_runner.config import RunnerConfig
 from agent_runner.mcp_server import build_server
 from agent_runner.store import Store
 from agent_runner.tools import ToolError, Tools
+from host import scheduled
+from host.errors import NclError
 from schemas import requests
 from schemas.messages import TaskContent
 from schemas.times import TimeFormatError, parse_user_time, to_text
@@ -142,6 +144,25 @@ def test_a_refused_model_is_one_field_colon_message_line(content: dict[str, Any]
         message = first_error(exc)
         one_line(message)
         assert message.split(": ", 1)[0] in ("prompt", "script", "context_mode"), message
+
+
+SPEC_VALUES = json_values | st.sampled_from(["", "  ", "a\nb", "*/0 * * * *", "x\n  y: 1", "room:///../x"])
+
+
+@props(200)
+@given(doc=st.fixed_dictionaries({"version": st.just("v1"), "kind": st.just("ScheduledTask")}, optional={
+    "schedule": SPEC_VALUES | st.just("30 17 * * *"), "name": SPEC_VALUES, "bogus\nkey": SPEC_VALUES,
+    "queue": st.fixed_dictionaries({"name": SPEC_VALUES | st.just("jobs")}, optional={"payload": st.fixed_dictionaries(
+        {"prompt": SPEC_VALUES | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": SPEC_VALUES}),
+                                          max_size=2)})}),
+    "host": st.fixed_dictionaries({"command": SPEC_VALUES}, optional={"timeout_seconds": SPEC_VALUES})}))
+def test_every_refused_scheduled_task_spec_is_one_line(tmp_path_factory: pytest.TempPathFactory,
+                                                       doc: dict[str, Any]) -> None:
+    try:
+        scheduled.parse(json.dumps(doc), "t.yaml", tmp_path_factory.getbasetemp())
+    except NclError as exc:
+        one_line(str(exc))
+        assert "validation error for" not in str(exc)
 
 
 def test_the_cli_says_a_model_error_as_field_colon_message(ncl: Ncl, demo: dict[str, Any]) -> None:
