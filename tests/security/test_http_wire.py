@@ -148,3 +148,11 @@ async def test_the_webhook_answers_content_length_junk_with_400_and_writes_nothi
     writer.close()
     assert answer.startswith(b"HTTP/1.1 400 ") and b"Content-Length" in answer, answer[:200]
     assert hook.rows() == []
+
+
+async def test_the_webhook_head_stays_capped_at_64_kib_with_431(hook: Hook) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", hook.port)
+    writer.write(b"POST /webhooks/github HTTP/1.1\r\n" + b"x-pad: " + b"a" * (64 << 10) + b"\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 431 ") and hook.rows() == []
