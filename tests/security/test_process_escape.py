@@ -19,12 +19,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import fake_anthropic as api
 import pytest
+from fake_anthropic import FakeAnthropic
 from kit import World, exits_within
 from process_marks import gate_script, kill_marked, marked, new_markers
 from security_kit import ROOT
 
 from host.local_runtime import LocalRuntime
+from host.runners import runner_env
 from host.scheduled import HostTarget
 from host.scheduled_targets import Outcome, Stop, run_host
 from schemas import clock, proctree
@@ -142,6 +145,38 @@ def test_a_local_runner_killed_alone_leaves_nothing_once_the_host_finds_it_gone(
     report = harness("runner-killed", markers, tmp_path)
     assert len(report["before"]) == 4, report  # three daemons and the gate's own holding sleep were running
     assert report["outcome"] == "running=False" and report["alive"] == []
+
+
+# --- MCP servers ------------------------------------------------------------------------------------------------
+
+
+def test_a_daemon_an_mcp_server_double_forked_dies_when_the_runner_ends(tmp_path: Path, markers: list[str]) -> None:
+    """The group's mcp.json server forks off ``setsid sleep`` from a subshell, then serves MCP; a real runner
+    (``--once``, the anthropic provider against a fake API) starts it for a task and exits: nothing is left."""
+    world = World(tmp_path)
+    group = tmp_path / "group"
+    group.mkdir()
+    serve = f"(setsid sleep {markers[0]} &); exec {sys.executable} -m agent_runner.mcp_server --session-dir " \
+            f"{world.session.folder}"
+    (group / "mcp.json").write_text(json.dumps({"servers": {"forker": {"command": "sh", "args": ["-c", serve],
+                                                                       "env": {"PYTHONPATH": str(ROOT)}}}}))
+    world.schedule(clock.now() - timedelta(minutes=1))
+    try:
+        with FakeAnthropic() as fake:
+            fake.queue(api.text("done"))
+            env = {**runner_env(world.settings, world.session, "gen-mcp", ""), "NCL_PROVIDER": "anthropic",
+                   "NCL_GROUP_DIR": str(group), "ANTHROPIC_BASE_URL": fake.url, "ANTHROPIC_API_KEY": "test-key",
+                   "PATH": os.environ["PATH"]}
+            # Output to a file: a daemon left holding a pipe would make the test hang instead of fail.
+            with (tmp_path / "runner.log").open("w+") as log:
+                code = subprocess.call([sys.executable, "-m", "agent_runner", "--once", "--session-dir",
+                                        str(world.session.folder)], env=env, cwd=ROOT, stdout=log, stderr=log,
+                                       timeout=120)
+        assert code == 0, (tmp_path / "runner.log").read_text()
+        assert len(fake.requests) == 1 and any(t["name"].startswith("forker__") for t in fake.requests[0].body["tools"])
+        assert marked(markers[0]) == []
+    finally:
+        world.central.close()
 
 
 # --- host tasks -------------------------------------------------------------------------------------------------
