@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 OUT_OF_FDS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 PAUSE_S = 0.05  # between accepts while out of descriptors: the loop must not spin, nor stop answering for long
 BACKLOG = 128
+UNREAD_CHUNKS = 4  # of 64 KiB: a request already sent is taken and dropped before an over-the-cap close
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -128,8 +129,14 @@ class Listener:
 
 
 def _answer_and_close(conn: socket.socket, answer: bytes) -> None:
-    """A short answer fits the socket's send buffer: sent without waiting, then closed."""
+    """A short answer fits the socket's send buffer: sent without waiting, then closed. What the client already
+    sent is taken first (without waiting for more): closing on unread bytes resets the connection, and a reset
+    can reach the client before it has read the answer."""
     with contextlib.suppress(OSError):
         conn.setblocking(False)
         conn.send(answer)
+        conn.shutdown(socket.SHUT_WR)
+        for _ in range(UNREAD_CHUNKS):
+            if not conn.recv(1 << 16):
+                break
     conn.close()
