@@ -14,8 +14,10 @@ import errno
 import logging
 import os
 import socket
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from host.log_throttle import LogThrottle
 from schemas import clock
@@ -27,6 +29,8 @@ BACKLOG = 128
 UNREAD_CHUNKS = 4  # of 64 KiB: a request already sent is taken and dropped before an over-the-cap close
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+ASYNCIO_ACCEPT_FAILED = "socket.accept() out of system resource"
+_quieted: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 
 
 def tcp_socket(port: int) -> socket.socket:
@@ -60,7 +64,9 @@ class Listener:
         self._accepting: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._accepting = asyncio.get_running_loop().create_task(self._accept())
+        loop = asyncio.get_running_loop()
+        quiet_asyncio_accept_errors(loop)
+        self._accepting = loop.create_task(self._accept())
 
     async def stop(self) -> None:
         """Stop accepting and end every connection."""
@@ -126,6 +132,26 @@ class Listener:
                               self.name, exc_info=True)
         finally:
             writer.close()
+
+
+def quiet_asyncio_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """The servers asyncio accepts for (the model proxy's sockets) log a traceback per failed accept, a hundred a
+    second while out of descriptors: through the throttle instead. Every other report goes on as before."""
+    if loop in _quieted:
+        return
+    _quieted.add(loop)
+    previous, throttle = loop.get_exception_handler(), LogThrottle(log)
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") == ASYNCIO_ACCEPT_FAILED:
+            throttle.log(logging.ERROR, "out_of_fds", loop.time(), "a server cannot accept: %s",
+                         context.get("exception"))
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
 
 
 def _answer_and_close(conn: socket.socket, answer: bytes) -> None:

@@ -1,9 +1,14 @@
 """Repeated troubles a flood causes (out of descriptors, disk full, connections over the cap) are logged at most
-once a minute per kind (issue 11), saying how many were left out; a fake monotonic clock drives it."""
+once a minute per kind (issue 11), saying how many were left out; a fake monotonic clock drives it. The servers
+asyncio accepts for (the model proxy's) go through it too, in a real process at its descriptor limit."""
 
 from __future__ import annotations
 
 import logging
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +32,43 @@ def test_a_hundred_thousand_repeats_make_a_handful_of_lines(caplog: pytest.LogCa
     for i in range(100_000):
         throttle.log(logging.WARNING, "connections_over_cap", i / 1000, "over the cap")  # 100 s of a flood
     assert len(caplog.records) == 2
+
+
+# An asyncio server (what the model proxy's sockets are) next to a Listener, at its descriptor limit: asyncio logs
+# "socket.accept() out of system resource" with a traceback for each pending connection, every second.
+ASYNCIO_AT_THE_LIMIT = """
+import asyncio, logging, os, resource, sys
+from host.listener import Listener, unix_socket
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+
+async def main():
+    async def nothing(reader, writer):
+        await asyncio.Event().wait()
+    path = sys.argv[1]
+    Listener(unix_socket(sys.argv[2]), nothing, name="cli", cap=4, busy=b"", limit=1024).start()
+    server = await asyncio.start_unix_server(nothing, path=path)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) - 1, hard))
+    print("ready", flush=True)
+    await asyncio.sleep(float(sys.argv[3]))
+
+asyncio.run(main())
+"""
+
+
+def test_asyncio_servers_out_of_descriptors_log_once_not_a_traceback_each_time(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", ASYNCIO_AT_THE_LIMIT, str(tmp_path / "a.sock"),
+                             str(tmp_path / "b.sock"), "2.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    clients = []
+    for _ in range(20):  # the kernel queues them; the server cannot take one
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(str(tmp_path / "a.sock"))
+        clients.append(client)
+    _, err = proc.communicate(timeout=30)  # it runs 2.5 s: two of asyncio's 1 s retry rounds
+    for client in clients:
+        client.close()
+    assert err.count("cannot accept") == 1, err[-2000:]
+    assert "Traceback" not in err and "out of system resource" not in err, err[-2000:]
