@@ -4,7 +4,8 @@ At most ``cap`` connections are served at once; one more is answered at once wit
 held. Out of file descriptors (EMFILE/ENFILE on accept), asyncio's own loop would log a traceback for every
 pending connection again and again (it does not stop at the first failure), and the connections wait unanswered:
 here a spare descriptor is given up to accept one of them and answer it ``busy``, accepting pauses briefly, and
-the trouble is logged at most once a minute."""
+the trouble is logged at most once a minute. The servers asyncio still accepts for (the model proxy's) have its
+report of the same trouble throttled alike."""
 
 from __future__ import annotations
 
