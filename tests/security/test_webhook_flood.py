@@ -256,12 +256,16 @@ def answers(conns: list[socket.socket], timeout: float) -> list[int | None]:
 def test_1050_idle_connections_with_1024_descriptors_neither_starve_chat_nor_flood_the_log(env: Env) -> None:
     host = FloodHost(env, nofile=1024)
     try:
+        assert host.chat("warm up") != []
+        idle = host.rss_kib()
         conns = idle_connections(host.port, 1050)
         assert host.chat("during the flood") != []  # the CLI socket and the sweeps, while 1,050 connect
+        flooded = host.rss_kib()
         got = answers(conns, 15)  # 64 held until their head times out (408), the rest answered at once (503)
-        print(f"answers to 1,050 idle connections: {({s: got.count(s) for s in set(got)})}; log "
-              f"{host.log.stat().st_size} bytes")
+        print(f"answers to 1,050 idle connections: {({s: got.count(s) for s in set(got)})}; host RSS idle "
+              f"{idle / KIB:.1f} MiB, flooded {flooded / KIB:.1f} MiB; log {host.log.stat().st_size} bytes")
         assert got.count(503) >= 1050 - 64 and set(got) <= {503, 408}
+        assert flooded - idle < 30 * KIB
         assert host.chat("after the flood") != []
         assert host.log.stat().st_size < 1 << 20
     finally:
