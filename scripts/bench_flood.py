@@ -112,6 +112,7 @@ def _stats(samples: list[float]) -> dict[str, Any]:
 
 
 def bench(requests: int, limit_s: float) -> dict[str, Any]:
+    log(f"host code: {Path(db.__file__).parent}")
     with workdir("ncl-bench-flood-") as root:
         settings = settings_for(root)
         with closing(db.connect(settings.central_db, "central")) as central:
