@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from schemas.proctree import OWN, kill_tree
+from schemas.proctree import OWN, kill_tree, subreaper_preexec
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,12 @@ def run_gate(script: str, *, task_id: str, tz: str, home: str, path: str = "/usr
         # A new session makes the script's pid its process-group id, so one killpg reaches
         # everything it started, including `cmd &` children that still hold our pipes.
         # Started through OWN: the stray sweep at its end must not take the script itself for a stray.
+        # A subreaper itself: what the script orphans stays below bash while it runs, so one kill_tree of bash
+        # takes it, here at a timeout or from a later host (schemas.detached) if we die with ours.
         with OWN.spawn(lambda: subprocess.Popen(["bash", "-c", script], stdin=subprocess.DEVNULL,
                                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
-                                                start_new_session=True), lambda p: p.pid) as proc, \
-                OWN.owning(proc.pid):
+                                                start_new_session=True, preexec_fn=subreaper_preexec),
+                       lambda p: p.pid) as proc, OWN.owning(proc.pid):
             if on_start is not None:
                 on_start(proc.pid)
             capture = _collect(proc, timeout_s, max_output)

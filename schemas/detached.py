@@ -22,7 +22,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from schemas.proctree import OWN, children_of, start_time, stat_fields
+from schemas.proctree import OWN, children_of, kill_tree, start_time, stat_fields
 
 __all__ = ["FILE", "children_of", "kill_listed", "note", "start_time", "tail"]
 FILE = ".children"
@@ -73,7 +73,7 @@ def _listed(data: bytes) -> dict[int, int]:
 
 
 def kill_listed(data: bytes) -> int:
-    """SIGKILL the process group of every child listed in ``data`` still alive as itself. Called by the local
+    """SIGKILL the tree and process group of every child listed in ``data`` still alive as itself. Called by the local
     runtime only, when the runner is gone: a container's pids mean nothing out here. Only a session leader is
     killed (as both kinds of child are), so a runner that writes anything into its own folder cannot make the
     host kill an unrelated process that is not one."""
@@ -82,7 +82,10 @@ def kill_listed(data: bytes) -> int:
     for pid, since in _listed(data).items():
         if pid in ours or _leader_since(pid) != since:
             continue  # gone, or its pid now belongs to someone else
+        # Its whole tree first: a gate script is a subreaper holding what it orphaned. The leader itself is not
+        # reaped here: if it is our child, its exit status is for whoever waits for it (a later sweep if nobody).
+        kill_tree([pid], spare=[pid])
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
-            killed += 1
+        killed += 1
     return killed

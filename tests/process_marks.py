@@ -40,13 +40,14 @@ def kill_marked(*markers: str) -> None:
 
 
 def gate_script(markers: list[str], hold: str | None = None) -> str:
-    """Starts ``setsid sleep``, a subshell's orphan and a double-forked ``sh`` daemon, waits until all three run
-    (so a skip verdict proves they were alive when the gate ended), then says skip or, with ``hold``, blocks."""
+    """Starts the issue's ``(setsid sleep … &)`` (a new session, orphaned at once), a ``setsid sleep`` child and a
+    double-forked ``sh`` daemon, waits until all three run (so a skip verdict proves they were alive when the gate
+    ended), then says skip or, with ``hold``, blocks."""
     one, two, three = markers
     wait = "for f in p1 p2 p3; do until [ -s $f ] && kill -0 \"$(cat $f)\" 2>/dev/null; do sleep 0.01; done; done"
     return "\n".join([
-        f"setsid sleep {one} & echo $! > p1",
-        f"(sleep {two} & echo $! > p2) &",
+        f"(setsid sleep {one} & echo $! > p1)",
+        f"setsid sleep {two} & echo $! > p2",
         f"sh -c 'sh -c \"sleep {three} & echo \\$! > p3\" &'",
         wait,
         f"sleep {hold}" if hold else "echo '{\"wakeAgent\": false}'",

@@ -26,7 +26,7 @@ from kit import World, exits_within
 from process_marks import gate_script, kill_marked, marked, new_markers
 from security_kit import ROOT
 
-from host.local_runtime import LocalRuntime
+from host.local_runtime import LocalRuntime, kill_detached
 from host.runners import runner_env
 from host.scheduled import HostTarget
 from host.scheduled_targets import Outcome, Stop, run_host
@@ -203,3 +203,26 @@ def test_a_host_task_killed_at_its_timeout_takes_its_setsid_daemon_along(tmp_pat
         assert marked(*markers[:2]) == []  # no subreaper here (pytest): the task's own tree held the daemon
     finally:
         worker.join(WAIT_S)
+
+
+def test_a_gate_left_running_by_a_runner_that_died_with_its_host_is_killed_whole_by_the_next_host(
+        tmp_path: Path, markers: list[str]) -> None:
+    """The host is SIGKILLed while a gate holds three daemons: PDEATHSIG kills the runner, and nothing is a
+    subreaper above it here (as after a dead host), so the gate goes to pid 1. The next host's start reads
+    ``.children`` and kills the gate's whole tree, which the gate, a subreaper itself, kept below it."""
+    world = World(tmp_path)
+    hold = markers[0] + "1"
+    try:
+        world.schedule(clock.now() - timedelta(minutes=1), script=gate_script(markers, hold=hold))
+        first = LocalRuntime(world.settings)
+        first.start(world.session, "gen-1", {"TZ": "UTC", "NCL_IDLE_TIMEOUT_S": "60"})
+        runner = first.processes[world.session.id]
+        while len(marked(*markers, hold)) < 4:
+            assert not exits_within(runner.pid, 0.01)
+        os.killpg(runner.pid, signal.SIGKILL)  # what PDEATHSIG does: the runner's group, not the gate's session
+        runner.wait(timeout=WAIT_S)
+        assert len(marked(*markers, hold)) == 4  # the gate and its daemons outlived the runner
+        assert kill_detached(world.session.folder) == 1  # what the next host's start does first
+        assert marked(*markers, hold) == []
+    finally:
+        world.central.close()
