@@ -4,9 +4,10 @@
 The design, in three rules:
 
 - **Subreapers.** The host (``ncl host run``) and every runner make themselves child subreapers
-  (``PR_SET_CHILD_SUBREAPER``), and so does each operator host task. An orphan — the child of a ``setsid … &`` or
-  of a double fork whose parent exited — is then re-parented to the nearest living subreaper above it instead of
-  pid 1, so it stays findable by a ``/proc`` walk of ppids.
+  (``PR_SET_CHILD_SUBREAPER``), and every gate script and operator host task is made one before it execs
+  (:func:`subreaper_preexec`). An orphan — the child of a ``setsid … &`` or of a double fork whose parent
+  exited — is then re-parented to the nearest living subreaper above it instead of pid 1, so it stays findable
+  by a ``/proc`` walk of ppids, below its owner while the owner runs and below the owner's owner after.
 - **Killing a live owner kills its tree.** :func:`kill_tree` freezes the owner and every descendant with SIGSTOP,
   rescans until no new process appears (a frozen process cannot fork, so a daemon forking while we kill cannot
   escape), then SIGKILLs them all and reaps what was re-parented to us.
@@ -15,6 +16,13 @@ The design, in three rules:
   orphan re-parented to us. :meth:`Brood.sweep` kills every stray with its tree when an owner ends. A library's
   plain subprocess stays in our session and is never touched; our own children are reaped only by their
   ``Popen``: we reap only pids we killed that were re-parented to us, so no caller's exit status is stolen.
+
+Who kills what: a gate's end kills its tree and the runner's strays (``agent_runner.gate``); an MCP server's
+orphans are the runner's strays, killed at the next gate's end or the runner's end at the latest; a runner's
+end kills everything it still has (``agent_runner.__main__``); a stopped runner's tree is killed whole and a
+runner found dead leaves strays the host sweeps (``host.local_runtime``); a host task's timeout kills its tree,
+its end sweeps the host's strays (``host.scheduled_targets``). In a container the runner, below docker-init
+(which reaps), is the subreaper. Only a host that was SIGKILLed escapes all this: ``schemas.detached`` covers it.
 
 A process that is not a subreaper never sweeps: its orphans went to someone else. Where /proc is missing (not
 Linux) nothing is found and nothing killed.
