@@ -67,7 +67,25 @@ def _runner_killed(markers: list[str], folder: Path) -> dict[str, Any]:
     return {"outcome": f"running={running}", "before": before, "alive": marked(*everything)}
 
 
-CASES = {"gate": _gate, "host-task": _host_task, "runner-killed": _runner_killed}
+def _spare(markers: list[str], folder: Path) -> dict[str, Any]:
+    """A sweep kills the stray and nothing else, and reaps none of the children someone else waits for: one of
+    ours in a session of its own (started through OWN) and a plain one in our session (a library's)."""
+    import subprocess
+
+    ours = OWN.spawn(lambda: subprocess.Popen(["sleep", markers[0]], start_new_session=True), lambda p: p.pid)
+    plain = subprocess.Popen(["sleep", markers[1]])
+    subprocess.run(["sh", "-c", f"(setsid sleep {markers[2]} &)"], check=True)  # an orphan: now our child
+    while len(marked(*markers)) < 3:
+        os.sched_yield()
+    swept = OWN.sweep()
+    alive = marked(*markers)
+    for child in (ours, plain):
+        child.kill()
+    return {"swept": len(swept), "alive": alive, "expected": [ours.pid, plain.pid],
+            "codes": [ours.wait(), plain.wait()]}
+
+
+CASES = {"gate": _gate, "host-task": _host_task, "runner-killed": _runner_killed, "spare": _spare}
 
 if __name__ == "__main__":
     case, marker, where = sys.argv[1:4]

@@ -90,6 +90,12 @@ def test_a_process_that_is_not_a_subreaper_never_sweeps() -> None:
         plain.wait()
 
 
+def test_a_sweep_kills_strays_only_and_steals_no_exit_status(tmp_path: Path, markers: list[str]) -> None:
+    report = harness("spare", markers, tmp_path)
+    assert report["swept"] == 1 and sorted(report["alive"]) == sorted(report["expected"]), report
+    assert report["codes"] == [-signal.SIGKILL, -signal.SIGKILL]  # each Popen still got its own child's status
+
+
 # --- gate scripts -----------------------------------------------------------------------------------------------
 
 
