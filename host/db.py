@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
+from host import confined, lock, private
 from host.errors import NclError
 from schemas.ddl import MIGRATIONS, DbKind, latest_version
 
@@ -33,14 +34,79 @@ def _statements(script: str) -> Iterator[str]:
 
 
 def _raw(path: Path, readonly: bool) -> sqlite3.Connection:
-    target = f"{path.resolve().as_uri()}?mode={'ro' if readonly else 'rwc'}"
-    try:
-        # ``timeout`` is SQLite's busy timeout (sqlite3_busy_timeout): PRAGMA busy_timeout reads it back.
-        conn = sqlite3.connect(target, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-    except sqlite3.OperationalError as exc:
-        raise DbError(f"cannot open {path}: {exc}") from None
+    """A connection to the regular file ``path`` that provably went through no symlink (see ``_pinned``)."""
+    with _pinned(path, create=not readonly) as (target, dirfd):
+        # mode=rw, never rwc: SQLite never creates a file (``_pinned`` made it, 0600), so a link it met could not
+        # make it create one anywhere either.
+        uri = f"{Path(target).as_uri()}?mode={'ro' if readonly else 'rw'}"
+        try:
+            # ``timeout`` is SQLite's busy timeout (sqlite3_busy_timeout): PRAGMA busy_timeout reads it back.
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        except sqlite3.OperationalError as exc:
+            raise DbError(f"cannot open {path}: {exc}") from None
+        # SQLite resolves every symlink of the path itself (lstat and readlink per component), then opens the
+        # result with O_NOFOLLOW, and reports that result here: the name it gives is the file it opened. Nothing
+        # has been read but the 100-byte header, so a name other than the link-free one we pinned is closed unused.
+        if conn.execute("PRAGMA database_list").fetchone()[2] != target or not _same_dir(target, dirfd):
+            conn.close()
+            raise DbError(f"{path} or its folder changed into a symlink while being opened; refusing it")
     conn.row_factory = sqlite3.Row
     return conn
+
+
+@contextmanager
+def _pinned(path: Path, create: bool) -> Iterator[tuple[str, int]]:
+    """The link-free path of ``path`` and a descriptor of its folder. For a session file the folder itself is
+    opened without following a link (a symlinked session folder is refused); its parents are the host's, no runner
+    can swap them. The file must be a regular file (lstat, no link), or is made 0600 when missing and ``create``."""
+    dirfd = _open_folder(path, create)
+    try:
+        folder = os.path.realpath(path.parent)
+        _check_file(dirfd, path, create)
+        if path.name == "inbound.db" and create:
+            _drop_foreign_journal(dirfd, path)
+        yield os.path.join(folder, path.name), dirfd
+    finally:
+        os.close(dirfd)
+
+
+def _same_dir(target: str, dirfd: int) -> bool:
+    """Whether the folder named in ``target`` is still the one opened as ``dirfd`` (not renamed or swapped)."""
+    try:
+        return os.path.samestat(os.stat(os.path.dirname(target)), os.fstat(dirfd))
+    except OSError:
+        return False
+
+
+def _open_folder(path: Path, create: bool) -> int:
+    try:
+        if path.name in ("inbound.db", "outbound.db"):
+            return confined.open_dir(path.parent)
+        if create:  # central.db: the data dir is made here if need be, private (its parents are the operator's)
+            private.make_dir(path.parent)
+        return os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except confined.Refused:
+        raise DbError(f"{path.parent} is a symlink or not a directory; refusing to use it") from None
+    except FileNotFoundError:
+        raise DbError(f"no such database: {path}" if not create else f"cannot open {path}: no folder "
+                      f"{path.parent}") from None
+
+
+def _check_file(dirfd: int, path: Path, create: bool) -> None:
+    # An lstat, never an open: closing any descriptor of a file drops every POSIX lock this process holds on it,
+    # SQLite's own (the WAL read locks of a long-lived connection) included.
+    try:
+        info = os.stat(path.name, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        if not create:
+            raise DbError(f"no such database: {path}") from None
+        try:
+            os.close(private.create_file(dirfd, path.name))  # brand new: no lock on it to lose
+        except FileExistsError:  # made by another writer meanwhile, or something planted: check what is there
+            _check_file(dirfd, path, create=False)
+        return
+    if not stat.S_ISREG(info.st_mode):
+        raise DbError(f"{path} is not a regular file (a link or special file is never opened)")
 
 
 @contextmanager
@@ -90,12 +156,9 @@ def migrate(conn: sqlite3.Connection, kind: DbKind) -> int:
 
 def connect(path: Path, kind: DbKind, *, readonly: bool = False) -> sqlite3.Connection:
     """Open ``path`` at the latest schema. Read-only opens never write, except the migration of an
-    older file, done once through a short read-write connection first (DESIGN §12.13)."""
+    older file, done once through a short read-write connection first (DESIGN §12.13). No symlink is ever
+    followed to or in a session's files, and a missing file is created 0600 (``_pinned``)."""
     if readonly:
-        if not path.is_file():
-            raise DbError(f"no such database: {path}")
-        if kind == "outbound":
-            _refuse_link(path)
         conn = _raw(path, readonly=True)
         if version(conn) == latest_version(kind):
             return conn
@@ -103,10 +166,8 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False) -> sqlite3.Conn
         with closing(connect(path, kind)):
             pass
         return _raw(path, readonly=True)
-    if kind == "inbound":
-        _drop_foreign_journal(path)
-    if kind == "outbound":
-        _refuse_link(path)
+    if kind == "central" and not path.exists():
+        lock.refuse_missing_central(path.parent)
     conn = _raw(path, readonly=False)
     try:
         if version(conn) > latest_version(kind):
@@ -124,26 +185,16 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False) -> sqlite3.Conn
     return conn
 
 
-def _drop_foreign_journal(path: Path) -> None:
+def _drop_foreign_journal(dirfd: int, path: Path) -> None:
     """inbound.db is the host's alone, but its folder is writable by the runner (for outbound.db's journal). A
     rollback journal beside it that the host did not write would be "rolled back" into it on the next write
     open: a runner could forge host rows. Only the host's own uid writes it, so anything else is removed."""
-    journal = path.with_name(path.name + "-journal")
+    journal = path.name + "-journal"
     try:
-        owner = journal.lstat().st_uid
+        owner = os.stat(journal, dir_fd=dirfd, follow_symlinks=False).st_uid
     except FileNotFoundError:
         return
     if owner != os.geteuid():
-        log.warning("removed %s: not written by the host (uid %d)", journal, owner,
+        log.warning("removed %s: not written by the host (uid %d)", path.with_name(journal), owner,
                     extra={"action": "foreign_journal_removed"})
-        journal.unlink()
-
-
-def _refuse_link(path: Path) -> None:
-    """outbound.db belongs to the runner, who could replace it with a link to any file the host may write."""
-    try:
-        info = path.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISREG(info.st_mode):
-        raise DbError(f"{path} is not a regular file (a link or special file is never opened)")
+        os.unlink(journal, dir_fd=dirfd)

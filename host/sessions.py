@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
 from contextlib import closing
 from dataclasses import asdict, dataclass
@@ -9,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from host import db
+from host import db, private
 from host.errors import NclError
 from host.groups import Group
 from host.settings import Settings
@@ -52,12 +54,23 @@ def _from_row(settings: Settings, row: sqlite3.Row) -> Session:
 
 
 def create_files(path: Path) -> None:
-    """The session folder with both DBs at the latest schema and the file exchange folders."""
-    for sub in ("inbox", "outbox"):
-        (path / sub).mkdir(parents=True, exist_ok=True)
-    for kind in ("inbound", "outbound"):
-        with closing(db.connect(path / f"{kind}.db", kind)):
-            pass
+    """The session folder (0700) with both DBs (0600) at the latest schema and the file exchange folders. Made
+    under a hidden name beside it and renamed into place in one step: a failure on the way (a full disk) leaves
+    no half-made folder and no empty inbound.db behind, and a folder that exists is never half-overwritten."""
+    private.make_dir(path.parent)
+    building = path.with_name(f".new-{path.name}")
+    building.mkdir(mode=private.DIR_MODE)  # FileExistsError: another creation of the same id is under way
+    try:
+        os.chmod(building, private.DIR_MODE)
+        for sub in ("inbox", "outbox"):
+            (building / sub).mkdir(mode=private.DIR_MODE)
+        for kind in ("inbound", "outbound"):
+            with closing(db.connect(building / f"{kind}.db", kind)):
+                pass
+        os.rename(building, path)  # refuses a folder already there (not empty) instead of merging into it
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
 
 
 def create(
@@ -67,16 +80,22 @@ def create(
         raise NclError("thread key must not be empty")
     session_id = ids.new_id("sess", now)
     _check_thread(conn, settings, group, thread_key)
-    # Files first: a crash leaves at worst an unlisted folder, never a listed session without files.
-    create_files(folder(settings, group.id, session_id))
+    # Files first: a crash leaves at worst an unlisted folder, never a listed session without files; a failed
+    # insert removes them again.
+    path = folder(settings, group.id, session_id)
+    create_files(path)
     stamp = to_text(now)
-    with db.transaction(conn):
-        _check_thread(conn, settings, group, thread_key)  # again under the lock: another writer may have won meanwhile
-        conn.execute(
-            "INSERT INTO sessions(id, agent_group_id, thread_key, status, created_at, last_active_at)"
-            " VALUES (?, ?, ?, 'active', ?, ?)",
-            (session_id, group.id, thread_key, stamp, stamp),
-        )
+    try:
+        with db.transaction(conn):
+            _check_thread(conn, settings, group, thread_key)  # again under the lock: another writer may have won
+            conn.execute(
+                "INSERT INTO sessions(id, agent_group_id, thread_key, status, created_at, last_active_at)"
+                " VALUES (?, ?, ?, 'active', ?, ?)",
+                (session_id, group.id, thread_key, stamp, stamp),
+            )
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)  # never listed: nothing can be using them
+        raise
     return get(conn, settings, session_id)
 
 

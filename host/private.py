@@ -1,0 +1,50 @@
+"""What the host and the CLI create is private to their user, whatever the umask: the data directory 0700, the
+databases 0600 (SQLite gives their journals the same mode). Group access exists only where a runner's uid needs
+it, granted explicitly (``workspace.hand_over``). Also the check ``ncl doctor`` makes of an existing data dir."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def make_dir(path: Path) -> None:
+    """``path`` and any missing parents, each made 0700 (a folder that exists already is left as it is)."""
+    missing = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        if probe == probe.parent:
+            break
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue  # another process made it meanwhile: its mode is its maker's
+        os.chmod(folder, DIR_MODE)  # mkdir's mode is filtered by the umask; chmod is not
+
+
+def create_file(dirfd: int, name: str) -> int:
+    """A new empty file ``name`` in the folder ``dirfd``, 0600, opened read-write (the caller closes it). An
+    empty file is a valid empty SQLite database. FileExistsError if something (even a link) is there."""
+    fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE, dir_fd=dirfd)
+    os.fchmod(fd, FILE_MODE)
+    return fd
+
+
+def exposure(path: Path) -> str | None:
+    """What other local users may do to the data dir ``path``, or None if nothing (or it does not exist yet)."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return None
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"mode {mode:04o}: group or other users can write it (chmod 700 {path})"
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return f"mode {mode:04o}: group or other users can read it (chmod 700 {path})"
+    return None
