@@ -78,13 +78,13 @@ def apply(conn: sqlite3.Connection, rows: list[sqlite3.Row], now: datetime, poli
             status, detail = "rejected", str(exc)
             text = f"Your {_action(row)} request was rejected: {detail}"
             notes[text] = notes.get(text, 0) + 1
-            log.info("rejected %s: %s", _action(row), detail,
-                     extra={"action": "request_rejected", "request": row["id"]})
         conn.execute("INSERT OR IGNORE INTO delivered(message_out_id, seq, delivered_at, status, detail)"
                      " VALUES (?, ?, ?, ?, ?)", (row["id"], row["seq"], to_text(now), status, detail))
         applied += status == "applied"
     for text, count in notes.items():
-        inbox.notice(conn, now, "request_rejected", text if count == 1 else f"{text} ({count} such requests)")
+        text = text if count == 1 else f"{text} ({count} such requests)"
+        inbox.notice(conn, now, "request_rejected", text)
+        log.info("%s", text, extra={"action": "request_rejected", "count": count})
     return applied
 
 

@@ -18,33 +18,35 @@ import http.client
 import json
 import socket
 import sqlite3
-import sys
 import threading
 import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_host import HostProcess  # noqa: E402
-from bench_kit import log, percentile, settings_for, wait_until, workdir  # noqa: E402
+from bench_host import HostProcess
+from bench_kit import log, percentile, settings_for, wait_until, workdir
 
-from host import db, groups, nudge, sessions  # noqa: E402
-from host.settings import Settings  # noqa: E402
-from schemas import clock, ids  # noqa: E402
-from schemas.times import to_text  # noqa: E402
+from host import db, groups, nudge, sessions
+from host.settings import Settings
+from schemas import clock, ids
+from schemas.times import to_text
 
 YEAR_ONE = "0001-01-03T00:00:00.000Z"
 
 
-def _outbound_requests(folder: Path, contents: list[dict[str, Any]]) -> None:
-    """System rows as a runner writes them (odd seq, kind 'system'), in one transaction."""
+def _outbound_requests(folder: Path, contents: list[dict[str, Any]], chunk: int = 100) -> None:
+    """System rows as a runner writes them (odd seq, kind 'system'), ``chunk`` rows a transaction: a runner writes
+    one row per tool call, and one transaction of 20,000 rows would hold the file's lock for a long commit."""
     now = clock.now()
-    with closing(sqlite3.connect(folder / "outbound.db", timeout=30)) as conn, conn:
-        (top,) = conn.execute("SELECT COALESCE(MAX(seq), -1) FROM messages_out").fetchone()
-        rows = [(ids.new_id("msg", now), top + 2 * (n + 1), to_text(now), json.dumps(c)) for n, c in enumerate(contents)]
-        conn.executemany("INSERT INTO messages_out(id, seq, timestamp, kind, content) VALUES (?, ?, ?, 'system', ?)",
-                         rows)
+    with closing(sqlite3.connect(folder / "outbound.db", timeout=30)) as conn:
+        for start in range(0, len(contents), chunk):
+            with conn:
+                (top,) = conn.execute("SELECT COALESCE(MAX(seq), -1) FROM messages_out").fetchone()
+                rows = [(ids.new_id("msg", now), top + 2 * (n + 1), to_text(now), json.dumps(c))
+                        for n, c in enumerate(contents[start:start + chunk])]
+                conn.executemany("INSERT INTO messages_out(id, seq, timestamp, kind, content)"
+                                 " VALUES (?, ?, ?, 'system', ?)", rows)
 
 
 def _stored_year_one(folder: Path) -> None:
@@ -66,6 +68,20 @@ def _applied(folder: Path) -> tuple[int, int, int]:
         stored = conn.execute("SELECT COUNT(DISTINCT series_id) FROM messages_in WHERE kind = 'task'").fetchone()[0]
         notices = conn.execute("SELECT COUNT(*) FROM messages_in WHERE kind = 'chat' AND trigger = 0").fetchone()[0]
     return int(handled), int(stored), int(notices)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def _webhook_ms(port: int) -> float:
@@ -121,17 +137,17 @@ def bench(requests: int, limit_s: float) -> dict[str, Any]:
             groups.create(central, settings, clock.now(), "probe", ["cli"])
             flood = sessions.create(central, settings, clock.now(), flood_group, None).folder
             old = sessions.create(central, settings, clock.now(), old_group, None).folder
-        host = HostProcess(root, NCL_LOG_LEVEL="INFO", NCL_IDLE_TIMEOUT_S="600")
+        port = _free_port()
+        host = HostProcess(root, NCL_LOG_LEVEL="WARNING", NCL_IDLE_TIMEOUT_S="600", NCL_HTTP_PORT=str(port))
         try:
-            wait_until(lambda: host.alive() and any("webhooks on http://" in line for line in host.lines), 60,
-                       "webhooks listening", every_s=0.01)
-            port = int(next(line for line in host.lines if "webhooks on http://" in line).split(":")[-1].split("/")[0])
-            wait_until(lambda: (settings.data_dir / "cli.sock").exists(), 30, "cli socket")
+            wait_until(lambda: host.alive() and (settings.data_dir / "cli.sock").exists(), 30, "cli socket")
+            wait_until(lambda: _listening(port), 30, "webhooks listening")
             probes = [Probe(lambda: _webhook_ms(port), 0.02), Probe(lambda: _chat_ms(settings), 0.05)]
             for probe in probes:
                 probe.start()
             time.sleep(1.0)  # a baseline before the attack
             log(f"flood: {requests} schedule_task requests, and a year-1 '*/5' recurrence …")
+            started = time.monotonic()
             far = "2099-01-01T00:00:00.000Z"
             _outbound_requests(flood, [{"action": "schedule_task", "taskId": ids.new_id("task", clock.now()),
                                         "prompt": f"flood {n}", "processAfter": far} for n in range(requests)])
@@ -140,7 +156,6 @@ def bench(requests: int, limit_s: float) -> dict[str, Any]:
                                       "recurrence": "*/5 * * * *"}])
             _stored_year_one(old)
             nudge.touch(settings)
-            started = time.monotonic()
             drained = None
             while time.monotonic() - started < limit_s:
                 host.alive()
