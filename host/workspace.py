@@ -14,25 +14,28 @@ import os
 import stat
 from pathlib import Path
 
+from host.errors import NclError
+
 SHARED_DIR = stat.S_ISVTX | stat.S_IRWXG  # sticky, group rwx
+READ_DIR = stat.S_IRGRP | stat.S_IXGRP
 
 
 def hand_over(folder: Path, group_dir: Path, uid: int, gid: int) -> None:
     if os.geteuid() != 0:
         return
+    group_dir.mkdir(parents=True, exist_ok=True)
+    (folder / "outbox").mkdir(mode=0o700, exist_ok=True)
+    for shared in (folder, folder / "outbox", group_dir):
+        if not stat.S_ISDIR(shared.lstat().st_mode):
+            raise NclError(f"{shared} is a symlink or not a directory; refusing to hand it to the runner")
     for shared in (folder, folder / "outbox"):
-        shared.mkdir(exist_ok=True)
-        info = shared.lstat()
-        if not stat.S_ISDIR(info.st_mode):
-            raise OSError(f"{shared} is not a directory; refusing to hand it to the runner")
-        if info.st_gid != gid:
-            os.chown(shared, -1, gid, follow_symlinks=False)
-        if info.st_mode & SHARED_DIR != SHARED_DIR:
-            os.chmod(shared, stat.S_IMODE(info.st_mode) | SHARED_DIR)
+        _share(shared, gid, SHARED_DIR)
+    # Everything else the host made is 0600/0700 (``private``): the runner's gid may read what it must read.
+    _share(folder / "inbox", gid, READ_DIR)
+    _share(folder / "inbound.db", gid, stat.S_IRGRP)
     # A hot journal a crashed host left must be the runner's too, or it could neither roll back nor delete it.
     for name in ("outbound.db", "outbound.db-journal", ".heartbeat"):
         _own(folder / name, uid, gid)
-    group_dir.mkdir(parents=True, exist_ok=True)
     _own(group_dir, uid, gid)
     # fwalk with dir fds and follow_symlinks=False: a symlink the agent planted is chowned itself, never its
     # target, even if the agent swaps a directory for a link while we walk (another session of the group may run).
@@ -40,6 +43,18 @@ def hand_over(folder: Path, group_dir: Path, uid: int, gid: int) -> None:
         for name in dirs + files:
             if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_uid != uid:
                 os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _share(path: Path, gid: int, bits: int) -> None:
+    """Give ``path`` (never a link's target) to the group ``gid`` with at least ``bits`` of group access."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if info.st_gid != gid:
+        os.chown(path, -1, gid, follow_symlinks=False)
+    if info.st_mode & bits != bits and not stat.S_ISLNK(info.st_mode):
+        os.chmod(path, stat.S_IMODE(info.st_mode) | bits)
 
 
 def _own(path: Path, uid: int, gid: int) -> None:
