@@ -136,7 +136,6 @@ class ScheduledTasks:
 
     def _central(self, now: datetime) -> sqlite3.Connection:
         if self._conn is None:
-            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
             self._conn = db.connect(self.settings.central_db, "central")
             interrupted = recover(self._conn, now)
             if interrupted:

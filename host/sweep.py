@@ -82,7 +82,6 @@ class Sweeper:
     def active_sessions(self) -> list[Session]:
         """The active sessions, re-read only when another connection changed central.db."""
         if self._central is None:
-            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
             self._central = db.connect(self.settings.central_db, "central")
         version = int(self._central.execute("PRAGMA data_version").fetchone()[0])
         if version != self._central_version:

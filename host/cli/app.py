@@ -8,7 +8,7 @@ from datetime import datetime
 
 import click
 
-from host import db
+from host import db, lock
 from host.errors import NclError
 from host.recurrence import Policy
 from host.settings import Settings
@@ -23,11 +23,11 @@ class App:
     def central(self, write: bool = False) -> sqlite3.Connection:
         """The central DB. A read on an install that has none sees an empty one and creates nothing."""
         path = self.settings.central_db
-        if write:
-            path.parent.mkdir(parents=True, exist_ok=True)
+        if write:  # db.connect makes the data dir (0700) and central.db (0600) if need be
             return db.connect(path, "central")
         if path.exists():
             return db.connect(path, "central", readonly=True)
+        lock.refuse_missing_central(path.parent)  # gone under a running host: say so, never show it empty
         empty = sqlite3.connect(":memory:", isolation_level=None)
         empty.row_factory = sqlite3.Row
         db.migrate(empty, "central")
