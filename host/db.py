@@ -54,6 +54,11 @@ def _raw(path: Path, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
+def open_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection to ``path`` as it is, without migrating it (what ``ncl doctor`` inspects)."""
+    return _raw(path, readonly=True)
+
+
 @contextmanager
 def _pinned(path: Path, create: bool) -> Iterator[tuple[str, int]]:
     """The link-free path of ``path`` and a descriptor of its folder. For a session file the folder itself is

@@ -7,11 +7,11 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from host import db, sessions
+from host import db, private, sessions
 from host.image import EngineDown, connect_engine, missing_image
 from host.settings import Settings
 from schemas.ddl import DbKind, latest_version
@@ -19,21 +19,34 @@ from schemas.ddl import DbKind, latest_version
 MIN_FREE_BYTES = 1 << 20  # below this a SQLite write (journal plus pages) can no longer be counted on
 
 
+Level = Literal["ok", "warn", "fail"]
+
+
 @dataclass(frozen=True)
 class Check:
+    """One finding: ``fail`` makes doctor exit 1, ``warn`` is said loudly but the install works."""
+
     name: str
-    ok: bool
+    level: Level
     detail: str
 
+    @property
+    def ok(self) -> bool:
+        return self.level != "fail"
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"name": self.name, "ok": self.ok, "level": self.level, "detail": self.detail}
+
+
+def _level(ok: bool, warn: bool = False) -> Level:
+    return "fail" if not ok else "warn" if warn else "ok"
 
 
 def timezone(settings: Settings) -> Check:
     tz = settings.tz
     rejected = "; ".join(f"rejected TZ={value!r} from {source}" for source, value in tz.rejected)
     detail = f"{tz.name} (from {tz.source})" + (f"; {rejected}" if rejected else "")
-    return Check("timezone", not tz.rejected, detail)
+    return Check("timezone", _level(not tz.rejected), detail)
 
 
 def data_dir(settings: Settings) -> Check:
@@ -42,8 +55,10 @@ def data_dir(settings: Settings) -> Check:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     writable = probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
-    state = "exists" if path.exists() else f"will be created under {probe}"
-    return Check("data_dir", writable, f"{path} ({state}; {'writable' if writable else 'NOT writable'})")
+    state = "exists" if path.exists() else f"will be created under {probe} (mode 0700)"
+    exposed = private.exposure(path)
+    detail = f"{path} ({state}; {'writable' if writable else 'NOT writable'})" + (f"; {exposed}" if exposed else "")
+    return Check("data_dir", _level(writable, warn=exposed is not None), detail)
 
 
 def docker_engine(settings: Settings) -> tuple[Check, Check, str | None]:
@@ -53,14 +68,15 @@ def docker_engine(settings: Settings) -> tuple[Check, Check, str | None]:
     try:
         client = connect_engine(timeout=5)
     except EngineDown as down:
-        engine = Check("docker_engine", not required, f"not reachable ({down.reason}); runtime {settings.runtime}")
-        return engine, Check("image", not required, f"{settings.image}: unknown (no engine)"), str(down)
+        level = _level(not required, warn=True)
+        engine = Check("docker_engine", level, f"not reachable ({down.reason}); runtime {settings.runtime}")
+        return engine, Check("image", level, f"{settings.image}: unknown (no engine)"), str(down)
     with closing(client):
-        engine = Check("docker_engine", True, f"reachable (engine {client.version().get('Version', '?')})")
+        engine = Check("docker_engine", "ok", f"reachable (engine {client.version().get('Version', '?')})")
         missing = missing_image(client, settings.image)
     if missing is None:
-        return engine, Check("image", True, f"{settings.image} present"), None
-    return engine, Check("image", not required, missing), f"image {missing}"
+        return engine, Check("image", "ok", f"{settings.image} present"), None
+    return engine, Check("image", _level(not required, warn=True), missing), f"image {missing}"
 
 
 def runtime(settings: Settings, probe: Callable[[Settings], str | None] | None = None) -> Check:
@@ -69,24 +85,25 @@ def runtime(settings: Settings, probe: Callable[[Settings], str | None] | None =
     from host import runtime as runtimes  # imported here: it pulls in both runtimes, which only this check needs
 
     name, reason = runtimes.choose(settings, probe or runtimes.probe_docker)
-    return Check("runtime", True, f"{name}: {reason}" + ("; runners get NO isolation" if name == "local" else ""))
+    return Check("runtime", _level(True, warn=name == "local"),
+                 f"{name}: {reason}" + ("; runners get NO isolation" if name == "local" else ""))
 
 
 def api_key(settings: Settings) -> Check:
     present = bool(settings.anthropic_api_key)
     needed = settings.provider == "anthropic"
     detail = f"ANTHROPIC_API_KEY {'present' if present else 'not set'}; provider {settings.provider}"
-    return Check("api_key", present or not needed, detail)
+    return Check("api_key", _level(present or not needed), detail)
 
 
 def _file_state(path: Path) -> tuple[int | None, str]:
     """(schema version, "ok" or what quick_check found) of a file, read-only; (None, why) if it cannot be read."""
-    try:
-        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+    try:  # opened like any session file: no symlink followed, a symlinked session folder refused
+        with closing(db.open_readonly(path)) as conn:
             found = db.version(conn)
             # The version sits in the header; a corrupt table page only shows when the pages are read.
             return found, str(conn.execute("PRAGMA quick_check(1)").fetchone()[0])
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, db.DbError) as exc:
         return None, str(exc)
 
 
@@ -109,7 +126,7 @@ def schema_versions(settings: Settings, folders: list[Path] | None = None) -> Ch
         else:
             tally[f"{kind} v{found}" + ("" if found == latest else f" (migrates to v{latest} on open)")] += 1
     summary = ", ".join(f"{count}× {label}" for label, count in sorted(tally.items()))
-    return Check("schema", not problems, "; ".join([summary, *problems]) if problems else summary)
+    return Check("schema", _level(not problems), "; ".join([summary, *problems]) if problems else summary)
 
 
 def free_space(settings: Settings, folders: list[Path]) -> Check:
@@ -128,17 +145,17 @@ def free_space(settings: Settings, folders: list[Path]) -> Check:
             full.append(str(folder))
     detail = f"{len(seen)} filesystem(s) with room" if not full else f"no free space for: {', '.join(full[:10])}" + (
         f" (+{len(full) - 10} more)" if len(full) > 10 else "")
-    return Check("disk", not full, detail)
+    return Check("disk", _level(not full), detail)
 
 
 def _session_folders(settings: Settings) -> tuple[list[Path], Check | None]:
     if not settings.central_db.exists():
-        return [], Check("schema", True, f"no central.db yet (latest central v{latest_version('central')})")
+        return [], Check("schema", "ok", f"no central.db yet (latest central v{latest_version('central')})")
     try:
         with closing(db.connect(settings.central_db, "central", readonly=True)) as conn:
             return [s.folder for s in sessions.list_all(conn, settings, status="active")], None
     except (db.DbError, sqlite3.Error) as exc:
-        return [], Check("schema", False, str(exc))
+        return [], Check("schema", "fail", str(exc))
 
 
 def run_all(settings: Settings) -> list[Check]:

@@ -19,7 +19,8 @@ def test_doctor_json_shape(ncl: Ncl) -> None:
     result = ncl("doctor", "--json")
     report = result.json()
     assert set(report) == {"ok", "checks"}
-    assert all(set(check) == {"name", "ok", "detail"} for check in report["checks"])
+    assert all(set(check) == {"name", "ok", "level", "detail"} for check in report["checks"])
+    assert all(check["ok"] is (check["level"] != "fail") for check in report["checks"])
     names = [c["name"] for c in report["checks"]]
     assert {"timezone", "data_dir", "docker_engine", "image", "api_key", "schema"} <= set(names)
     assert report["ok"] is all(c["ok"] for c in report["checks"])

@@ -53,7 +53,7 @@ def doctor(app: App, as_json: bool) -> None:
     found = checks.run_all(app.settings)
     ok = all(c.ok for c in found)
     emit(as_json, {"ok": ok, "checks": [c.to_json() for c in found]}, lambda: table(
-        [{**c.to_json(), "ok": "ok" if c.ok else "FAIL"} for c in found],
+        [{**c.to_json(), "ok": c.level if c.level == "ok" else c.level.upper()} for c in found],
         [("ok", "STATUS"), ("name", "CHECK"), ("detail", "DETAIL")], ""))
     if not ok:
         raise SystemExit(1)
