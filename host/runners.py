@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
+from host import confined
 from host.proxy import SOCKET_NAME, CredentialProxy
 from host.sessions import Session
 from host.settings import Settings
@@ -142,10 +143,11 @@ def runner_env(settings: Settings, session: Session, generation: str, rules: str
 
 def read_heartbeat(folder: Path) -> tuple[str, datetime] | None:
     """(generation, time) of ``.heartbeat``. The runner writes that file, so it may be anything: it is opened
-    without following a link and without blocking on a FIFO, must be a regular file, and only 64 bytes are read."""
+    below the folder with no link followed in any component and without blocking on a FIFO, must be a regular
+    file, and only 64 bytes are read from the checked descriptor."""
     try:
-        fd = os.open(folder / ".heartbeat", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+        fd = confined.open_beneath(folder, ".heartbeat")
+    except (confined.Refused, OSError):
         return None
     try:
         info = os.fstat(fd)
