@@ -89,9 +89,14 @@ class Sweeper:
             self._central_version = version
         return self._sessions
 
-    def _task_ids(self, session: Session) -> TaskIds:
+    def _apply(self, conn: sqlite3.Connection, session: Session, requests: list[sqlite3.Row], now: datetime,
+               policy: Policy) -> int:
+        """The visit's requests; the task ids they register are committed to central.db once, not one by one (each
+        commit is a sync to disk, which the loop would wait for 50 times)."""
         assert self._central is not None
-        return TaskIds(self._central, session.agent_group_id, session.id)
+        registry = TaskIds(self._central, session.agent_group_id, session.id)
+        with db.transaction(self._central):
+            return actions.apply(conn, requests, now, policy, registry)
 
     def _rules(self, group_id: str) -> str:
         assert self._central is not None
@@ -216,7 +221,8 @@ class Sweeper:
                 outbox.clear_claims(outbound, claimed)
             with db.transaction(conn):
                 self._sync(conn, now, policy, runner, found, claimed, result)
-                result.applied += actions.apply(conn, found.requests[:limit], now, policy, self._task_ids(session))
+                if found.requests:
+                    result.applied += self._apply(conn, session, found.requests[:limit], now, policy)
                 for row in conn.execute("SELECT * FROM messages_in WHERE status IN ('completed', 'failed')"
                                         " AND recurrence IS NOT NULL").fetchall():
                     result.cloned += recurrence.repair(conn, row, now, policy)
