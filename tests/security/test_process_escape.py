@@ -22,8 +22,10 @@ from typing import Any
 import fake_anthropic as api
 import pytest
 from fake_anthropic import FakeAnthropic
-from kit import World, exits_within
+from kit import FakeClock, World, exits_within
 from process_marks import gate_script, kill_marked, marked, new_markers
+from scheduled_project import HEAD, NOW, Project, local
+from scheduled_project import project as project
 from security_kit import ROOT
 
 from host.local_runtime import LocalRuntime, kill_detached
@@ -232,3 +234,21 @@ def test_a_gate_left_running_by_a_runner_that_died_with_its_host_is_killed_whole
         assert marked(*markers, hold) == []
     finally:
         world.central.close()
+
+
+def test_the_issues_yaml_host_task_fired_by_the_host_is_gone_with_its_daemon_at_its_timeout(
+        project: Project, markers: list[str]) -> None:
+    spec = (f"{HEAD}schedule: 0 9 * * *\nhost:\n"
+            f"  command: sh -c \"setsid sh -c 'exec sleep {markers[0]}' & exec sleep {markers[1]}\"\n"
+            "  timeout_seconds: 1\n")
+    added = project.ncl("scheduled-task", "add", "--file", project.spec(spec), "--now", NOW, "--json")
+    assert added.code == 0, added.err
+    firer = project.firer(FakeClock(local("2026-06-12T09:00:00")))
+    assert firer.tick(firer.clock()).fired == 1
+    seen: list[int] = []
+    while len(seen) < 2 and not project.runs(added.json()["id"])[0]["finished_at"]:
+        seen = marked(*markers[:2])
+    firer.wait(WAIT_S)
+    (run,) = project.runs(added.json()["id"])
+    assert run["status"] == "timeout" and len(seen) == 2, (run, seen)  # both ran until the timeout ended them
+    assert marked(*markers[:2]) == []
