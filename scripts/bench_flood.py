@@ -127,8 +127,19 @@ def _stats(samples: list[float]) -> dict[str, Any]:
             "p99_ms": round(percentile(samples, 0.99), 1), "max_ms": round(max(samples), 1)} if samples else {}
 
 
-def bench(requests: int, limit_s: float) -> dict[str, Any]:
-    log(f"host code: {Path(db.__file__).parent}")
+def _flood(flood: Path, old: Path, requests: int) -> None:
+    far = "2099-01-01T00:00:00.000Z"
+    _outbound_requests(flood, [{"action": "schedule_task", "taskId": ids.new_id("task", clock.now()),
+                                "prompt": f"flood {n}", "processAfter": far} for n in range(requests)])
+    _outbound_requests(old, [{"action": "schedule_task", "taskId": ids.new_id("task", clock.now()),
+                              "prompt": "every five minutes since year 1", "processAfter": YEAR_ONE,
+                              "recurrence": "*/5 * * * *"}])
+    _stored_year_one(old)
+
+
+def bench(requests: int, limit_s: float, written_before: bool = False) -> dict[str, Any]:
+    log(f"host code: {Path(db.__file__).parent}; {requests} schedule_task requests and a year-1 '*/5' recurrence,"
+        f" written {'before the host started' if written_before else 'while it runs'}")
     with workdir("ncl-bench-flood-") as root:
         settings = settings_for(root)
         with closing(db.connect(settings.central_db, "central")) as central:
@@ -137,6 +148,8 @@ def bench(requests: int, limit_s: float) -> dict[str, Any]:
             groups.create(central, settings, clock.now(), "probe", ["cli"])
             flood = sessions.create(central, settings, clock.now(), flood_group, None).folder
             old = sessions.create(central, settings, clock.now(), old_group, None).folder
+        if written_before:  # the runners wrote it all while the host was down: no writer competes with the sweep
+            _flood(flood, old, requests)
         port = _free_port()
         host = HostProcess(root, NCL_LOG_LEVEL="WARNING", NCL_IDLE_TIMEOUT_S="600", NCL_HTTP_PORT=str(port))
         try:
@@ -146,15 +159,9 @@ def bench(requests: int, limit_s: float) -> dict[str, Any]:
             for probe in probes:
                 probe.start()
             time.sleep(1.0)  # a baseline before the attack
-            log(f"flood: {requests} schedule_task requests, and a year-1 '*/5' recurrence …")
             started = time.monotonic()
-            far = "2099-01-01T00:00:00.000Z"
-            _outbound_requests(flood, [{"action": "schedule_task", "taskId": ids.new_id("task", clock.now()),
-                                        "prompt": f"flood {n}", "processAfter": far} for n in range(requests)])
-            _outbound_requests(old, [{"action": "schedule_task", "taskId": ids.new_id("task", clock.now()),
-                                      "prompt": "every five minutes since year 1", "processAfter": YEAR_ONE,
-                                      "recurrence": "*/5 * * * *"}])
-            _stored_year_one(old)
+            if not written_before:
+                _flood(flood, old, requests)
             nudge.touch(settings)
             drained = None
             while time.monotonic() - started < limit_s:
@@ -174,7 +181,8 @@ def bench(requests: int, limit_s: float) -> dict[str, Any]:
                 log("slowest: " + ", ".join(f"{ms:.0f} ms at {at - started:+.2f} s" for ms, at in slow))
         finally:
             host.stop()
-    return {"requests": requests, "drained_s": None if drained is None else round(drained, 1),
+    return {"requests": requests, "written": "before" if written_before else "during",
+            "drained_s": None if drained is None else round(drained, 1),
             "flood_handled": handled, "flood_tasks_stored": stored, "flood_notices": notices,
             "webhook": _stats(probes[0].samples), "chat": _stats(probes[1].samples)}
 
@@ -183,8 +191,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--limit-s", type=float, default=300.0)
+    parser.add_argument("--written-before", action="store_true",
+                        help="write the flood before the host starts (no runner writing while the host reads)")
     args = parser.parse_args()
-    print(json.dumps(bench(args.requests, args.limit_s), indent=2))
+    print(json.dumps(bench(args.requests, args.limit_s, args.written_before), indent=2))
 
 
 if __name__ == "__main__":
