@@ -29,7 +29,7 @@ class Refused(NclError):
 
     def __init__(self, name: str, why: str, link: bool = False) -> None:
         super().__init__(f"{name}: refused ({why})")
-        self.why, self.link = why, link
+        self.name, self.why, self.link = name, why, link
 
 
 class _OpenHow(ctypes.Structure):

@@ -89,6 +89,8 @@ def _file(group_dir: Path, url: str) -> tuple[str, str]:
     try:
         data = confined.read_beneath(group_dir, name, MAX_FILE_BYTES)
     except confined.Refused as refused:
+        if refused.name == str(group_dir):
+            raise NclError(f"group folder {group_dir} is {refused.why}; refusing to read {url} from it") from None
         where = "is outside the group folder" if refused.link else "is refused"
         raise NclError(f"file item {url} {where} ({refused.why})") from None
     except FileNotFoundError:
