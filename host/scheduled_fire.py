@@ -64,8 +64,11 @@ def claim(conn: sqlite3.Connection, task_id: str, now: datetime, policy: Policy)
             return None
         due = Overdue.of(row["schedule"], from_text(row["next_run"]), now, policy)
         first, slot = due.first, due.latest
-        conn.execute("UPDATE scheduled_tasks SET next_run = ? WHERE id = ?",
-                     (to_text(cron.next_after(row["schedule"], slot, policy.zone)), task_id))
+        try:
+            next_run: str | None = to_text(cron.next_after(row["schedule"], slot, policy.zone))
+        except cron.CronError:  # no slot before the year 9999 ends (a clock set there): nothing more to fire
+            next_run = None
+        conn.execute("UPDATE scheduled_tasks SET next_run = ? WHERE id = ?", (next_run, task_id))
         missed, why = due.later, "the host was not running"
         fire = due.runs(now, policy)
         busy = conn.execute("SELECT 1 FROM scheduled_task_runs WHERE task_id = ? AND status = 'running'",

@@ -26,6 +26,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from kit import FakeClock, RecordingRuntime, World
 from property_kit import props
+from scheduled_project import DAILY_QUEUE, SLOT, Project
+from scheduled_project import project as project
 from security_kit import T0
 
 from host import inbox, sweep
@@ -135,6 +137,20 @@ def test_a_sweep_at_the_end_of_the_calendar_is_bounded_and_ends_the_series(tmp_p
     assert detail["slots"] == (date(9999, 12, 28) - date(2026, 6, 12)).days + 1
     assert detail["latest_slot"] == "9999-12-28T14:00:00.000Z"
     assert world.live(task_id) == []  # no slot is left before the calendar ends: the series ends
+    assert work["n"] < DAY_LEVEL_BOUND, work
+
+
+def test_a_project_task_at_the_end_of_the_calendar_is_bounded_and_stops(project: Project,
+                                                                         work: dict[str, int]) -> None:
+    """The same misfire rule for project tasks (one Overdue definition): one missed run, and nothing more to fire."""
+    project.support_group()
+    item = project.add(DAILY_QUEUE)
+    now = datetime(9999, 12, 30, tzinfo=UTC)
+    result = project.firer(FakeClock(now)).tick(now)
+    assert (result.fired, result.missed, result.failed) == (0, 1, 0)
+    (missed,) = project.runs(item["id"])
+    assert missed["missed_slots"] == (date(9999, 12, 28) - SLOT.date()).days + 1  # daily from SLOT to 9999-12-28
+    assert project.listed()[0]["next_run"] is None
     assert work["n"] < DAY_LEVEL_BOUND, work
 
 
