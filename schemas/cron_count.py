@@ -8,11 +8,12 @@ times, all at one offset. So over a range:
 * the days around each offset transition, and the two ends of the range, are walked with ``cron._epochs``,
   the one definition of the DST rules; a walk whose shape (matching days, offsets, transitions relative to its
   first midnight) was seen before is looked up instead;
-* where the zone repeats every 400 years (after its last explicit transition), whole cycles count as one cached
-  walk.
+* after the zone's last explicit transition its yearly rule follows the calendar, so a whole year counts the
+  same as any year of the same shape (remembered, at most 14 of them), and 400 years make a whole cycle of shapes.
 
-Work is bounded by the transitions of at most two 400-year cycles and the years of the range, never by the
-number of slots. The latest firing is found by walking back from the end over growing windows.
+Work is bounded by the zone's explicit transitions in the range (a few hundred at most), 14 year shapes and at
+most 400 year lookups, never by the number of slots. The latest firing is found by walking back from the end
+over growing windows.
 """
 
 from __future__ import annotations
