@@ -58,7 +58,8 @@ class ProxyLimits:
     """What one connection may hold, and for how long (issue 11). Tests shrink them."""
 
     max_body: int = 32 << 20  # the Messages API's own request limit
-    # Bodies held in memory at once, all sessions together: two requests at the API's limit, or many usual ones.
+    # Bodies held in memory at once, all sessions together, counted twice (bytes, then their decoded text while the
+    # JSON is inspected): one request at the API's limit, or many usual ones (a turn is a few hundred KiB to a few MiB).
     body_budget: int = 64 << 20
     connections: int = 4  # per session socket; as many more may wait for a free one
     slot_wait_s: float = 5.0
@@ -180,7 +181,8 @@ class CredentialProxy:
         try:
             await self._slot(served)
             try:
-                request = await asyncio.wait_for(read_head(reader), self.limits.head_timeout_s)
+                async with asyncio.timeout(self.limits.head_timeout_s):
+                    request = await read_head(reader)
                 path = request.path
                 status = await self._answer(served, request, reader, writer)
                 answered = True  # by the model API
@@ -218,7 +220,8 @@ class CredentialProxy:
             raise busy
         served.waiting += 1
         try:
-            await asyncio.wait_for(served.slots.acquire(), self.limits.slot_wait_s)
+            async with asyncio.timeout(self.limits.slot_wait_s):
+                await served.slots.acquire()
         except TimeoutError:
             raise busy from None
         finally:
@@ -244,7 +247,8 @@ class CredentialProxy:
                       writer: asyncio.StreamWriter) -> int:
         cap = self.limits.max_body
         length = declared_length(request, cap)  # a malformed or oversized frame is refused before anything else
-        reserved = cap if length is None else length
+        # Twice the body: the bytes, and the text json.loads decodes them to while the tools are inspected.
+        reserved = 2 * (cap if length is None else length)
         deadline = asyncio.get_running_loop().time() + self.limits.body_timeout_s
         async with asyncio.timeout_at(deadline):
             try:
@@ -286,6 +290,12 @@ class CredentialProxy:
 
         return await asyncio.to_thread(read)
 
+    async def _drain(self, writer: asyncio.StreamWriter) -> None:
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that meets a finished drain, and
+        # a session's close must cut its calls.
+        async with asyncio.timeout(self.limits.write_timeout_s):
+            await writer.drain()
+
     async def _forward(self, served: _Served, request: Request, body: bytearray,
                        writer: asyncio.StreamWriter) -> int:
         headers = [(k, v) for k, v in request.headers if k not in DROP_REQUEST]
@@ -303,12 +313,12 @@ class CredentialProxy:
                         if meter:
                             meter.feed(chunk)
                         writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                        await asyncio.wait_for(writer.drain(), self.limits.write_timeout_s)
+                        await self._drain(writer)
                 if meter and served.group:  # counted before the client sees the end: its next call sees the count
                     counted, meter = meter, None
                     await self.groups.charge(served.group, counted)
                 writer.write(b"0\r\n\r\n")  # the terminator tells the client the stream is whole
-                await asyncio.wait_for(writer.drain(), self.limits.write_timeout_s)
+                await self._drain(writer)
                 return response.status_code
         except httpx.HTTPError as exc:
             log.warning("model API failed at %s: %r", self.base_url, exc, extra={"action": "proxy_upstream_error"})

@@ -159,10 +159,10 @@ def test_slow_head_and_slow_body_are_cut(host: Host, upstream: Upstream) -> None
 # -- memory --------------------------------------------------------------------------------------------------------
 
 def test_body_budget_refuses_what_it_cannot_hold(host: Host, upstream: Upstream) -> None:
-    sock = host.serve(ProxyLimits(max_body=800, body_budget=1000))
+    sock = host.serve(ProxyLimits(max_body=800, body_budget=2000))
     body = json.dumps({"pad": "x" * 700}).encode()
     head = b"POST /v1/messages HTTP/1.1\r\ncontent-length: %d\r\n\r\n" % len(body)
-    first = hold(sock, head + body[:100])  # reserves its 7xx bytes and holds them
+    first = hold(sock, head + body[:100])  # reserves twice its 7xx bytes (bytes, then decoded text) and holds them
     until(lambda: host.proxies[0].pool.held > 0)
     second = json.dumps({"pad": "y" * 290}).encode()
     refused = answer(hold(sock, b"POST /v1/messages HTTP/1.1\r\ncontent-length: %d\r\n\r\n%s" % (len(second), second)))
