@@ -29,14 +29,25 @@ class BodyPool:
         self.budget = budget
         self.held = 0
 
-    def take(self, size: int) -> None:
+    def take(self, size: int) -> Reservation:
         if self.held + size > self.budget:
             raise Refusal(503, "overloaded_error", f"the host already holds {self.held >> 20} MiB of model requests "
                           f"in memory (budget {self.budget >> 20} MiB); retry shortly")
         self.held += size
+        return Reservation(self, size)
 
-    def give(self, size: int) -> None:
-        self.held -= size
+
+class Reservation:
+    """Bytes one request holds in the pool; given back in parts as the request lets go of them, never twice."""
+
+    def __init__(self, pool: BodyPool, size: int) -> None:
+        self.pool = pool
+        self.size = size
+
+    def keep(self, size: int) -> None:
+        """Hold only ``size`` bytes from now on (0: give everything back)."""
+        freed, self.size = self.size - min(size, self.size), min(size, self.size)
+        self.pool.held -= freed
 
 
 def declared_length(request: Request, cap: int) -> int | None:

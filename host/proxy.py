@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import httpx2 as httpx  # the anthropic SDK's own HTTP client: same API as httpx, already installed
 
 from host import api_policy, db, groups
-from host.body_pool import PIECE, BodyPool, declared_length, drain, read_body
+from host.body_pool import PIECE, BodyPool, Reservation, declared_length, drain, read_body
 from host.group_limits import GroupLimits, UsageMeter
 from host.http_wire import PHRASES, Refusal, Request, error_response, read_head
 from host.settings import Settings
@@ -64,7 +64,8 @@ class ProxyLimits:
     connections: int = 4  # per session socket; as many more may wait for a free one
     slot_wait_s: float = 5.0
     head_timeout_s: float = 10.0  # a runner's SDK sends a whole request at once: a slow one is not a runner
-    body_timeout_s: float = 60.0
+    body_timeout_s: float = 10.0  # plus the body's size at min_body_rate
+    min_body_rate: int = 4 << 20  # bytes a second; a unix socket from a container moves hundreds of MiB a second
     write_timeout_s: float = 120.0  # a client that stops reading the answer gives its connection up
 
 
@@ -247,13 +248,14 @@ class CredentialProxy:
                       writer: asyncio.StreamWriter) -> int:
         cap = self.limits.max_body
         length = declared_length(request, cap)  # a malformed or oversized frame is refused before anything else
-        # Twice the body: the bytes, and the text json.loads decodes them to while the tools are inspected.
-        reserved = 2 * (cap if length is None else length)
-        deadline = asyncio.get_running_loop().time() + self.limits.body_timeout_s
+        size = cap if length is None else length
+        # A body must keep coming: a slow sender would hold its share of the pool from everyone else.
+        deadline = asyncio.get_running_loop().time() + self.limits.body_timeout_s + size / self.limits.min_body_rate
         async with asyncio.timeout_at(deadline):
             try:
                 await self._check_head(served, request)
-                self.pool.take(reserved)
+                # Twice the body: the bytes, and the text json.loads decodes them to while the tools are inspected.
+                held = self.pool.take(2 * size)
             except Refusal:
                 # Read before refusing, so a client still sending reads the answer, not a broken pipe.
                 await drain(reader, length, cap)
@@ -261,13 +263,15 @@ class CredentialProxy:
         try:
             async with asyncio.timeout_at(deadline):
                 body = await read_body(reader, length, cap)
-            if (found := api_policy.server_features(body)) and not await self._allows_server_tools(served.group):
+            found = api_policy.server_features(body)
+            held.keep(len(body))  # the decoded text is gone
+            if found and not await self._allows_server_tools(served.group):
                 api_policy.check_tools(found)
             if served.group:
                 await self.groups.admit(served.group, served.path.parent)
-            return await self._forward(served, request, body, writer)
+            return await self._forward(served, request, body, held, writer)
         finally:
-            self.pool.give(reserved)
+            held.keep(0)
 
     async def _check_head(self, served: _Served, request: Request) -> None:
         if request.method != "POST" or request.path not in ALLOWED_PATHS:
@@ -296,7 +300,7 @@ class CredentialProxy:
         async with asyncio.timeout(self.limits.write_timeout_s):
             await writer.drain()
 
-    async def _forward(self, served: _Served, request: Request, body: bytearray,
+    async def _forward(self, served: _Served, request: Request, body: bytearray, held: Reservation,
                        writer: asyncio.StreamWriter) -> int:
         headers = [(k, v) for k, v in request.headers if k not in DROP_REQUEST]
         headers += [("accept-encoding", "identity"), ("content-length", str(len(body))), ("x-api-key", self.key or "")]
@@ -304,7 +308,7 @@ class CredentialProxy:
         began = False
         try:
             async with self._client.stream("POST", self.base_url + request.target, headers=headers,
-                                           content=_pieces(body)) as response:
+                                           content=_pieces(body, held)) as response:
                 writer.write(_head(response.status_code, response.reason_phrase, response.headers.raw))
                 began = True
                 # Each chunk leaves as soon as it came.
@@ -331,11 +335,14 @@ class CredentialProxy:
                 await self.groups.charge(served.group, meter)
 
 
-async def _pieces(body: bytearray) -> AsyncIterator[bytes]:
+async def _pieces(body: bytearray, held: Reservation) -> AsyncIterator[bytes]:
     # Small slices: handed over whole, the transport would keep a second copy of what the socket cannot take yet.
-    view = memoryview(body)
-    for start in range(0, len(body), PIECE):
-        yield bytes(view[start:start + PIECE])
+    with memoryview(body) as view:
+        for start in range(0, len(body), PIECE):
+            yield bytes(view[start:start + PIECE])
+    # All sent: the memory goes back now, not when the answer (maybe minutes of streaming) ends.
+    body.clear()
+    held.keep(0)
 
 
 def _refusal(refusal: Refusal) -> bytes:

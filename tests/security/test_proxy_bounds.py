@@ -174,6 +174,16 @@ def test_body_budget_refuses_what_it_cannot_hold(host: Host, upstream: Upstream)
     until(lambda: host.proxies[0].pool.held == 0)  # given back once the exchange ends, just after the answer
 
 
+def test_body_memory_is_given_back_once_sent(host: Host, upstream: Upstream) -> None:
+    upstream.reply = Handler.sse
+    with client(host.serve()) as http, http.stream("POST", "/v1/messages", json={**ASK, "stream": True}) as reply:
+        chunks = reply.iter_raw()
+        assert b"message_start" in next(chunks)
+        assert host.proxies[0].pool.held == 0  # the answer still streams; the request's bytes are already free
+        upstream.release.set()
+        assert b"message_stop" in b"".join(chunks)
+
+
 RSS_PROXY = """
 import json, sys, time
 from pathlib import Path
@@ -256,6 +266,12 @@ def test_streamed_usage_is_counted(host: Host, upstream: Upstream) -> None:
     reply = post(host.serve(), {**ASK, "stream": True})
     assert reply.status_code == 200 and b"message_delta" in reply.content
     assert host.usage() == [("ag-demo", "2026-06-11", 1, 1, 2)]  # message_start's input, message_delta's output
+
+
+def test_usage_cannot_be_hidden_by_compression(host: Host, upstream: Upstream) -> None:
+    assert post(host.serve(), **{"accept-encoding": "gzip, br"}).status_code == 200
+    assert upstream.seen[0].headers["accept-encoding"] == "identity"  # the proxy reads usage from plain bytes
+    assert host.usage() == [("ag-demo", "2026-06-11", 1, 1, 1)]
 
 
 def test_request_rate_per_group_minute(host: Host, upstream: Upstream) -> None:
