@@ -37,8 +37,11 @@ def _raw(path: Path, readonly: bool) -> sqlite3.Connection:
     """A connection to the regular file ``path`` that provably went through no symlink (see ``_pinned``)."""
     with _pinned(path, create=not readonly) as (target, dirfd):
         # mode=rw, never rwc: SQLite never creates a file (``_pinned`` made it, 0600), so a link it met could not
-        # make it create one anywhere either.
-        uri = f"{Path(target).as_uri()}?mode={'ro' if readonly else 'rw'}"
+        # make it create one anywhere either. The runner's outbound.db is opened read-write even to read (with
+        # query_only): SQLite opens a read-only file O_RDONLY, which blocks for ever on a FIFO the runner could
+        # swap in after the check, where O_RDWR does not block and reading a FIFO fails at once.
+        writable = not readonly or path.name == "outbound.db"
+        uri = f"{Path(target).as_uri()}?mode={'rw' if writable else 'ro'}"
         try:
             # ``timeout`` is SQLite's busy timeout (sqlite3_busy_timeout): PRAGMA busy_timeout reads it back.
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
@@ -50,6 +53,8 @@ def _raw(path: Path, readonly: bool) -> sqlite3.Connection:
         if conn.execute("PRAGMA database_list").fetchone()[2] != target or not _same_dir(target, dirfd):
             conn.close()
             raise DbError(f"{path} or its folder changed into a symlink while being opened; refusing it")
+        if readonly and writable:
+            conn.execute("PRAGMA query_only=ON")
     conn.row_factory = sqlite3.Row
     return conn
 

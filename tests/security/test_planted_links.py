@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
@@ -218,3 +218,62 @@ def test_a_link_or_fifo_planted_as_a_session_db_is_never_opened(tmp_path: Path, 
             with pytest.raises(db.DbError, match="not a regular file"):
                 db.connect(path, kind, readonly=readonly)  # a FIFO opened by SQLite would block here
     assert secret.read_bytes() == before
+
+
+# --- a FIFO swapped in after the check: SQLite's open must not wait for a writer for ever -------------------------
+
+
+def _in_thread(work: Callable[[], None], timeout: float) -> None:
+    """Run ``work`` in a thread; fail (instead of hanging the suite) if it has not finished in ``timeout``."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # re-raised in the test's thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    assert not worker.is_alive(), f"still blocked after {timeout} s"
+    if errors:
+        raise errors[0]
+
+
+def test_db_connect_never_hangs_on_a_fifo_flipped_in_as_outbound_db(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.central.close()
+    folder = world.session.folder
+    keep = tmp_path / "outbound.keep"
+    os.link(folder / "outbound.db", keep)
+    outcomes = {"real": 0, "refused": 0}
+    stop = threading.Event()
+
+    def flip() -> None:
+        fifo, copy = folder / "flip-fifo", folder / "flip-real"
+        while not stop.is_set():
+            os.mkfifo(fifo)
+            os.replace(fifo, folder / "outbound.db")
+            copy.hardlink_to(keep)
+            os.replace(copy, folder / "outbound.db")
+
+    def opens() -> None:
+        for _ in range(ROUNDS):
+            try:
+                conn = db.connect(folder / "outbound.db", "outbound", readonly=True)
+            except db.DbError:
+                outcomes["refused"] += 1
+                continue
+            with closing(conn):
+                assert conn.execute("SELECT COUNT(*) FROM messages_out").fetchone()[0] == 0
+                outcomes["real"] += 1
+
+    flipper = threading.Thread(target=flip, daemon=True)
+    flipper.start()
+    try:
+        _in_thread(opens, 120)
+    finally:
+        stop.set()
+        flipper.join(10)
+    assert outcomes["real"] > 0 and outcomes["refused"] > 0, outcomes
