@@ -21,9 +21,11 @@ from typing import Any
 
 import fake_anthropic as api
 import pytest
+from e2e_scenario import running_host
 from fake_anthropic import FakeAnthropic
 from kit import FakeClock, World, exits_within
 from process_marks import gate_script, kill_marked, marked, new_markers
+from processes import Env
 from scheduled_project import HEAD, NOW, Project, local
 from scheduled_project import project as project
 from security_kit import ROOT
@@ -153,6 +155,24 @@ def test_a_local_runner_killed_alone_leaves_nothing_once_the_host_finds_it_gone(
     report = harness("runner-killed", markers, tmp_path)
     assert len(report["before"]) == 4, report  # three daemons and the gate's own holding sleep were running
     assert report["outcome"] == "running=False" and report["alive"] == []
+
+
+def test_under_ncl_host_run_a_runner_killed_alone_leaves_nothing(tmp_path: Path, markers: list[str]) -> None:
+    """The real host (a subreaper) with a local runner whose gate holds three daemons; the runner alone is
+    SIGKILLed (as the OOM killer would): the host finds it gone and kills what it left (strays_killed)."""
+    env = Env(tmp_path)
+    env.ok("groups", "create", "demo", "--channel", "cli")
+    session = json.loads(env.ok("sessions", "create", "--group", "demo", "--json"))["id"]
+    hold = markers[0] + "1"
+    env.ok("tasks", "add", "--session", session, "--prompt", "p", "--script", gate_script(markers, hold=hold))
+    with running_host(env) as host:
+        while len(marked(*markers, hold)) < 4:
+            assert not exits_within(host.proc.pid, 0.05), "the host ended"
+        [runner] = [pid for pid in proctree.children_of(host.proc.pid)
+                    if b"agent_runner" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        os.kill(runner, signal.SIGKILL)
+        host.wait_for_action("strays_killed", session=session)
+        assert marked(*markers, hold) == []
 
 
 # --- MCP servers ------------------------------------------------------------------------------------------------
