@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from host import db, private, sessions
+from host import db, lock, private, sessions
 from host.image import EngineDown, connect_engine, missing_image
 from host.settings import Settings
 from schemas.ddl import DbKind, latest_version
@@ -150,6 +150,8 @@ def free_space(settings: Settings, folders: list[Path]) -> Check:
 
 def _session_folders(settings: Settings) -> tuple[list[Path], Check | None]:
     if not settings.central_db.exists():
+        if (pid := lock.running_pid(settings.data_dir)) is not None:
+            return [], Check("schema", "fail", f"{settings.central_db} is missing but a host is running (pid {pid})")
         return [], Check("schema", "ok", f"no central.db yet (latest central v{latest_version('central')})")
     try:
         with closing(db.connect(settings.central_db, "central", readonly=True)) as conn:

@@ -140,6 +140,9 @@ def test_a_central_db_removed_under_a_running_host_is_reported_not_recreated(ncl
             line = one_line_error(ncl(*command))
             assert "central.db is missing but a host is running" in line, (command, line)
             assert not cli_env.central_db.exists()
+        doctor = ncl("doctor", "--json")
+        [schema] = [c for c in doctor.json()["checks"] if c["name"] == "schema"]
+        assert doctor.code == 1 and schema["level"] == "fail" and "missing but a host is running" in schema["detail"]
     finally:
         assert holder.stdin is not None
         holder.stdin.close()
