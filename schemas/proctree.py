@@ -150,27 +150,32 @@ def kill_tree(roots: Iterable[int], spare: Iterable[int] = ()) -> set[int]:
         frozen |= new
     for pid in frozen:
         _signal(pid, signal.SIGKILL)
-    _reap(frozen - set(spare))
+    _reap(frozen, set(spare))
     return frozen
 
 
-def _reap(pids: set[int]) -> None:
-    """Wait (bounded, on pidfds) until the killed have exited, then collect those that are now our zombies."""
+def _reap(pids: set[int], spare: set[int]) -> None:
+    """Wait (bounded, on pidfds) until all the killed have exited, so what they held was re-parented, then
+    collect those that are now our zombies, except ``spare``."""
     fds = []
     for pid in pids:
         with contextlib.suppress(OSError, AttributeError):
             fds.append(os.pidfd_open(pid))
     deadline = time.monotonic() + _REAP_WAIT_S
+    poller = select.poll()  # not select(): the host may hold descriptors above FD_SETSIZE
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
     try:
-        pending = list(fds)
+        pending = len(fds)
         while pending and (left := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select(pending, [], [], left)
-            pending = [fd for fd in pending if fd not in ready]
+            for fd, _ in poller.poll(left * 1000):
+                poller.unregister(fd)
+                pending -= 1
     finally:
         for fd in fds:
             os.close(fd)
     me = os.getpid()
-    for pid in pids:
+    for pid in pids - spare:
         fields = stat_fields(pid)
         if fields and int(fields[1]) == me:
             with contextlib.suppress(ChildProcessError):
