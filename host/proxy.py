@@ -6,19 +6,15 @@ any client credential; the answer streams back as it arrives. Clients use ``http
 ``HTTPTransport(uds=…)``). Each response closes its connection: a unix socket connects in microseconds, and one
 request per connection keeps the parser free of pipelining (httpx, hence the SDK, copes).
 
-Permissions: always mode 0600. A container runs as another non-root uid, so a root host hands the socket to it
-(``open(folder, uid=…)``). A non-root host cannot give a file away and will not open it to every local user (anyone
-who can connect spends the key): the socket stays its own, with a warning; run the container as the host's uid then.
+Bounds (issue 11): a few connections per session, head and body deadlines, request bodies under one byte budget
+(host/body_pool.py), no beta or server tool that lets the API reach the network unless the group allows it
+(host/api_policy.py), and per-group request rate and daily tokens (host/group_limits.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import secrets
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -34,13 +30,14 @@ from host import api_policy, db, groups
 from host.body_pool import PIECE, BodyPool, Reservation, declared_length, drain, read_body
 from host.group_limits import GroupLimits, UsageMeter
 from host.http_wire import PHRASES, Refusal, Request, error_response, read_head
+from host.proxy_socket import SOCKET_NAME as SOCKET_NAME  # where runners.py looks for it
+from host.proxy_socket import bind, inode_of
 from host.settings import Settings
 from schemas import clock
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SOCKET_NAME = ".proxy.sock"
 MAX_HEAD = 64 * 1024
 LINGER_S, LINGER_AT_ONCE = 1.0, 16
 REFUSALS_LOGGED_PER_MINUTE = 10
@@ -144,10 +141,10 @@ class CredentialProxy:
 
     async def _open(self, folder: Path, uid: int | None) -> Path:
         served = self._served.get(folder)
-        if served and _inode(served.path) == served.inode:
+        if served and inode_of(served.path) == served.inode:
             return served.path
         await self._close(folder)
-        sock, inode = _bind(folder, uid)
+        sock, inode = bind(folder, uid)
         made = _Served(folder / SOCKET_NAME, inode, self._group_of(folder), asyncio.Semaphore(self.limits.connections))
         made.server = await asyncio.start_unix_server(lambda r, w: self._handle(made, r, w), sock=sock,
                                                       limit=MAX_HEAD)
@@ -164,7 +161,7 @@ class CredentialProxy:
         for task in served.tasks:
             task.cancel()
         await asyncio.gather(*served.tasks, return_exceptions=True)
-        if _inode(served.path) == served.inode:  # never remove a socket a newer server put there
+        if inode_of(served.path) == served.inode:  # never remove a socket a newer server put there
             served.path.unlink(missing_ok=True)
 
     async def _shutdown(self) -> None:
@@ -357,39 +354,5 @@ def _head(status: int, phrase: str, headers: list[tuple[bytes, bytes]]) -> bytes
     lines = [f"HTTP/1.1 {status} {phrase or PHRASES.get(status, 'Unknown')}".encode()]
     lines += [k + b": " + v for k, v in headers if k.lower().decode("latin-1") not in HOP_BY_HOP]
     return b"\r\n".join([*lines, b"transfer-encoding: chunked", b"connection: close", b"", b""])
-
-
-def _bind(folder: Path, uid: int | None) -> tuple[socket.socket, int]:
-    """Bind a temporary name, set owner and mode, then rename: the path is never looser; a stale one is replaced."""
-    temp = f".proxy-{secrets.token_hex(4)}.sock"
-    dirfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        # A socket address holds 107 bytes; a deep data dir overflows that, so bind through the folder's descriptor.
-        short = len(os.fsencode(folder / temp)) < 100
-        sock.bind(str(folder / temp) if short else f"/proc/self/fd/{dirfd}/{temp}")
-        os.chmod(temp, 0o600, dir_fd=dirfd)
-        if uid is not None and os.geteuid() == 0:
-            os.chown(temp, uid, -1, dir_fd=dirfd)
-        elif uid is not None and uid != os.geteuid():
-            log.warning("cannot hand %s to uid %d without root; it stays 0600 for uid %d", folder / SOCKET_NAME,
-                        uid, os.geteuid(), extra={"action": "proxy_uid_kept", "session": folder.name})
-        inode = os.stat(temp, dir_fd=dirfd).st_ino
-        os.rename(temp, SOCKET_NAME, src_dir_fd=dirfd, dst_dir_fd=dirfd)
-    except BaseException:
-        sock.close()
-        with contextlib.suppress(OSError):
-            os.unlink(temp, dir_fd=dirfd)
-        raise
-    finally:
-        os.close(dirfd)
-    return sock, inode
-
-
-def _inode(path: Path) -> int | None:
-    try:
-        return path.stat().st_ino
-    except OSError:
-        return None
 
 
