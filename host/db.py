@@ -37,11 +37,8 @@ def _raw(path: Path, readonly: bool) -> sqlite3.Connection:
     """A connection to the regular file ``path`` that provably went through no symlink (see ``_pinned``)."""
     with _pinned(path, create=not readonly) as (target, dirfd):
         # mode=rw, never rwc: SQLite never creates a file (``_pinned`` made it, 0600), so a link it met could not
-        # make it create one anywhere either. The runner's outbound.db is opened read-write even to read (with
-        # query_only): SQLite opens a read-only file O_RDONLY, which blocks for ever on a FIFO the runner could
-        # swap in after the check, where O_RDWR does not block and reading a FIFO fails at once.
-        writable = not readonly or path.name == "outbound.db"
-        uri = f"{Path(target).as_uri()}?mode={'rw' if writable else 'ro'}"
+        # make it create one anywhere either.
+        uri = f"{Path(target).as_uri()}?mode={'ro' if readonly else 'rw'}"
         try:
             # ``timeout`` is SQLite's busy timeout (sqlite3_busy_timeout): PRAGMA busy_timeout reads it back.
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
@@ -53,8 +50,6 @@ def _raw(path: Path, readonly: bool) -> sqlite3.Connection:
         if conn.execute("PRAGMA database_list").fetchone()[2] != target or not _same_dir(target, dirfd):
             conn.close()
             raise DbError(f"{path} or its folder changed into a symlink while being opened; refusing it")
-        if readonly and writable:
-            conn.execute("PRAGMA query_only=ON")
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -164,10 +159,19 @@ def migrate(conn: sqlite3.Connection, kind: DbKind) -> int:
     return before
 
 
-def connect(path: Path, kind: DbKind, *, readonly: bool = False) -> sqlite3.Connection:
+def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: bool = False) -> sqlite3.Connection:
     """Open ``path`` at the latest schema. Read-only opens never write, except the migration of an
     older file, done once through a short read-write connection first (DESIGN §12.13). No symlink is ever
-    followed to or in a session's files, and a missing file is created 0600 (``_pinned``)."""
+    followed to or in a session's files, and a missing file is created 0600 (``_pinned``).
+
+    ``query_only``: the host's reads of a runner's outbound.db. SQLite opens a read-only file O_RDONLY, which
+    blocks for ever on a FIFO the runner could swap in after the check; a read-write open does not block (and
+    reading a FIFO fails at once), and SQL writes are refused. It may roll back a hot journal, as any writer
+    would: only a writer that died leaves one."""
+    if query_only:
+        conn = connect(path, kind)
+        conn.execute("PRAGMA query_only=ON")
+        return conn
     if readonly:
         conn = _raw(path, readonly=True)
         if version(conn) == latest_version(kind):

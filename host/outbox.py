@@ -27,13 +27,14 @@ def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, re
     """Acks of the given (still open) messages, system requests after ``after_seq``, chat replies after
     ``reply_after_seq``, the running tool's timeout.
 
-    ``writable`` (only when no runner is alive) opens read-write, which rolls back a hot journal a killed runner
-    left; a read-only connection could not read past it.
+    ``writable`` (only when no runner is alive) may write; otherwise the file is opened query-only (read-write at
+    the file level, so a FIFO swapped in cannot block the sweep, see ``db.connect``). Either rolls back a hot
+    journal a killed runner left, which a read-only connection could not read past.
     """
     if not path.exists():
         return Outbox()
     ids = list(open_ids)
-    with closing(db.connect(path, "outbound", readonly=not writable)) as conn:
+    with closing(db.connect(path, "outbound", query_only=not writable)) as conn:
         conn.execute("BEGIN")
         acks = {row["message_id"]: row for row in _in_chunks(conn, "SELECT * FROM processing_ack WHERE message_id"
                                                                " IN ({})", ids)}
@@ -69,6 +70,6 @@ def claimed(path: Path, message_ids: list[str]) -> set[str]:
     """Which of these rows a runner has claimed (a claim the sweep may not have copied into the inbox yet)."""
     if not message_ids or not path.exists():
         return set()
-    with closing(db.connect(path, "outbound", readonly=True)) as conn:
+    with closing(db.connect(path, "outbound", query_only=True)) as conn:
         return {r[0] for r in _in_chunks(conn, "SELECT message_id FROM processing_ack WHERE status = 'processing'"
                                                 " AND message_id IN ({})", message_ids)}
