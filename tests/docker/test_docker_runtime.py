@@ -174,6 +174,6 @@ def test_a_non_root_host_runs_the_runner_as_its_own_uid(
         assert engine.api.inspect_container(runtime.wait_started(world.session.id))["Config"]["User"] == "4242:4242"
         assert wait_for(lambda: replies(world)) == [(row_id, "mock: as you")]
         assert (world.session.folder / "outbound.db").stat().st_uid == 4242
-        assert oct(world.session.folder.stat().st_mode & 0o7777) == "0o755"  # untouched: nothing handed over
+        assert oct(world.session.folder.stat().st_mode & 0o7777) == "0o700"  # as made (private): nothing handed over
     finally:
         runtime.close(stop_runners=True)
