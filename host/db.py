@@ -16,6 +16,7 @@ from schemas.ddl import MIGRATIONS, DbKind, latest_version
 
 log = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 5000
+TASK_IDS_VERSION = 3  # the central.db version that brought the task_ids registry
 
 
 class DbError(NclError):
@@ -143,8 +144,9 @@ def version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
-def migrate(conn: sqlite3.Connection, kind: DbKind) -> int:
-    """Bring the file to the latest schema in one transaction; returns the version it had."""
+def migrate(conn: sqlite3.Connection, kind: DbKind, path: Path | None = None) -> int:
+    """Bring the file to the latest schema in one transaction; returns the version it had. ``path`` (central.db's)
+    lets central v3 register the task ids of the install's existing sessions in the same transaction."""
     before = version(conn)
     if before == latest_version(kind):
         return before
@@ -155,8 +157,28 @@ def migrate(conn: sqlite3.Connection, kind: DbKind) -> int:
         for step in range(current, latest_version(kind)):
             for statement in _statements(MIGRATIONS[kind][step]):
                 conn.execute(statement)
+        if kind == "central" and current < TASK_IDS_VERSION and path is not None:
+            _register_existing_task_ids(conn, path.parent / "v2-sessions")
         conn.execute(f"PRAGMA user_version={latest_version(kind)}")
     return before
+
+
+def _register_existing_task_ids(central: sqlite3.Connection, sessions_dir: Path) -> None:
+    """Central v3 makes task ids unique in the install (DESIGN §13.5). The series an install already has are
+    registered once, by the migration, so a runner can never claim an old id for its decoy. An id already found in
+    two sessions stays unregistered: the CLI then refuses to guess, as it always did."""
+    owners: dict[str, list[tuple[str, str]]] = {}
+    for group_id, session_id in central.execute("SELECT agent_group_id, id FROM sessions").fetchall():
+        try:
+            with closing(open_readonly(sessions_dir / group_id / session_id / "inbound.db")) as inbox:
+                found = inbox.execute("SELECT DISTINCT series_id FROM messages_in"
+                                      " WHERE kind = 'task' AND series_id IS NOT NULL").fetchall()
+        except (DbError, sqlite3.DatabaseError):
+            continue  # a missing or broken inbox (doctor names it): its ids stay unregistered
+        for (series_id,) in found:
+            owners.setdefault(series_id, []).append((group_id, session_id))
+    central.executemany("INSERT OR IGNORE INTO task_ids(id, agent_group_id, session_id) VALUES (?, ?, ?)",
+                        [(series_id, *held[0]) for series_id, held in owners.items() if len(held) == 1])
 
 
 def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: bool = False) -> sqlite3.Connection:
@@ -189,7 +211,7 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
         # Session files cross a container mount: WAL's shared memory does not, so DELETE there.
         conn.execute(f"PRAGMA journal_mode={'WAL' if kind == 'central' else 'DELETE'}")
         conn.execute("PRAGMA foreign_keys=ON")
-        migrate(conn, kind)
+        migrate(conn, kind, path)
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise DbError(f"cannot use {path}: {exc}") from None

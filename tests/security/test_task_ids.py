@@ -7,16 +7,19 @@ central.db ``task_ids``, and the CLI finds a registered id there without opening
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kit import World
+from schema_kit import InsertRow
 from security_kit import T0
 
-from host import groups, sessions, task_ids
+from host import db, groups, sessions, task_ids
 from host.sessions import Session
 from schemas import ids
 
@@ -125,3 +128,29 @@ def test_tasks_add_registers_its_id(install: Install, ncl: Callable[..., Any], c
     task_id = json.loads(added.out)["id"]
     assert task_ids.lookup(install.world.central, task_id) == (install.attacker.agent_group_id, install.attacker.id)
     assert all(s in LIVE for s in install.series(install.attacker).values())
+
+
+def test_an_upgrade_registers_the_task_ids_the_install_already_has(tmp_path: Path, insert_row: InsertRow) -> None:
+    """central v2 -> v3 registers every existing series once, in the migration: an old id is as safe from a decoy
+    as a new one. An id already in two sessions stays unregistered, so the CLI still refuses to guess."""
+    data = tmp_path / "data"
+    data.mkdir()
+    with closing(sqlite3.connect(data / "central.db")) as conn:
+        conn.executescript((Path(__file__).parents[1] / "released_schemas" / "central.v2.sql").read_text())
+        placed = {"sess-a": "ag-one", "sess-b": "ag-one", "sess-c": "ag-two"}
+        conn.executemany("INSERT INTO sessions(id, agent_group_id, created_at, last_active_at) VALUES (?, ?, ?, ?)",
+                         [(s, g, "2026-06-11T09:00:00.000Z", "2026-06-11T09:00:00.000Z") for s, g in placed.items()])
+        conn.commit()
+    series = {"sess-a": ["task-1-aaaaaa", "task-2-shared"], "sess-b": ["task-3-bbbbbb", "task-2-shared"]}
+    for session_id, group_id in placed.items():
+        folder = data / "v2-sessions" / group_id / session_id
+        sessions.create_files(folder)
+        with closing(db.connect(folder / "inbound.db", "inbound")) as inbox:
+            for n, task_id in enumerate(series.get(session_id, [])):
+                insert_row(inbox, "messages_in", {"id": f"{task_id}-{session_id}", "seq": 2 * n + 2, "kind": "task",
+                                                  "timestamp": "2026-06-11T09:00:00.000Z", "series_id": task_id,
+                                                  "content": json.dumps({"prompt": "old"})})
+    (data / "v2-sessions" / "ag-two" / "sess-c" / "inbound.db").write_bytes(b"garbled")  # skipped, not fatal
+    with closing(db.connect(data / "central.db", "central")) as central:
+        registered = {r[0]: (r[1], r[2]) for r in central.execute("SELECT id, agent_group_id, session_id FROM task_ids")}
+    assert registered == {"task-1-aaaaaa": ("ag-one", "sess-a"), "task-3-bbbbbb": ("ag-one", "sess-b")}
