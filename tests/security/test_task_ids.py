@@ -152,5 +152,6 @@ def test_an_upgrade_registers_the_task_ids_the_install_already_has(tmp_path: Pat
                                                   "content": json.dumps({"prompt": "old"})})
     (data / "v2-sessions" / "ag-two" / "sess-c" / "inbound.db").write_bytes(b"garbled")  # skipped, not fatal
     with closing(db.connect(data / "central.db", "central")) as central:
-        registered = {r[0]: (r[1], r[2]) for r in central.execute("SELECT id, agent_group_id, session_id FROM task_ids")}
+        rows = central.execute("SELECT id, agent_group_id, session_id FROM task_ids").fetchall()
+        registered = {r[0]: (r[1], r[2]) for r in rows}
     assert registered == {"task-1-aaaaaa": ("ag-one", "sess-a"), "task-3-bbbbbb": ("ag-one", "sess-b")}
