@@ -21,9 +21,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from host import groups
+from host import confined, groups
 from host.sessions import Session
 from host.settings import Settings
 from host.workspace import hand_over
@@ -80,6 +81,13 @@ class _Start:
     done_at: float | None = None  # monotonic time the container was started
 
 
+def _mount_source(folder: Path) -> Path:
+    """A session or group folder to bind-mount, never through a symlink put in its place: that would hand the
+    runner another directory of the host (its parents are the operator's own)."""
+    os.close(confined.open_dir(folder))
+    return folder.resolve()
+
+
 class DockerRuntime:
     def __init__(self, settings: Settings, client_factory: Callable[[], Any] = _default_client) -> None:
         self.settings = settings
@@ -105,8 +113,8 @@ class DockerRuntime:
     def container_kwargs(self, session: Session, env: dict[str, str]) -> dict[str, Any]:
         """Everything ``containers.create`` is given; tests run probes with exactly these settings."""
         check_env(env)
-        folder = session.folder.resolve()
-        agent = groups.folder(self.settings, session.agent_group_id).resolve()
+        folder = _mount_source(session.folder)
+        agent = _mount_source(groups.folder(self.settings, session.agent_group_id))
         return {
             "image": self.settings.image, "name": self.name(session.id), "user": f"{self.uid}:{self.gid}",
             "labels": {"ncl.install": self.install, "ncl.session": session.id, "ncl.group": session.agent_group_id},

@@ -14,6 +14,7 @@ import pytest
 from kit import World
 
 from host import doctor, image, runtime
+from host.confined import Refused
 from host.docker_runtime import CONTAINER_UID, DockerRuntime, check_env, container_user, install_id
 from host.local_runtime import LocalRuntime
 from host.settings import Settings
@@ -158,3 +159,16 @@ def test_a_missing_base_image_says_how_to_get_it() -> None:
         image._ensure_base(client, "ncl-base:bookworm", lambda line: None)
     assert str(failed.value) == ("base image ncl-base:bookworm not found; run scripts/build-base-image.sh"
                                  " or docker pull ncl-base:bookworm")
+
+
+@pytest.mark.parametrize("which", ["session", "group"])
+def test_a_folder_swapped_for_a_symlink_is_never_mounted(tmp_path: Path, which: str) -> None:
+    world = World(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    folder = world.session.folder if which == "session" else world.settings.groups_dir / world.session.agent_group_id
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.rename(tmp_path / "moved")
+    folder.symlink_to(elsewhere)
+    with pytest.raises(Refused, match="symlink"):
+        DockerRuntime(world.settings).container_kwargs(world.session, {"TZ": "UTC"})
