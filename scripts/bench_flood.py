@@ -14,7 +14,6 @@ older checkout too (``git worktree add /tmp/before <commit>``, then run it from 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import socket
 import sqlite3
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_host import HostProcess
-from bench_kit import log, percentile, settings_for, wait_until, workdir
+from bench_kit import log, percentile, settings_for, wait_until, webhook_ms, workdir
 
 from host import db, groups, nudge, sessions
 from host.settings import Settings
@@ -82,17 +81,6 @@ def _listening(port: int) -> bool:
     except OSError:
         return False
     return True
-
-
-def _webhook_ms(port: int) -> float:
-    started = time.perf_counter()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    try:
-        conn.request("POST", "/webhooks/bench-probe", body=b"{}", headers={"Content-Type": "application/json"})
-        conn.getresponse().read()
-    finally:
-        conn.close()
-    return (time.perf_counter() - started) * 1000
 
 
 def _chat_ms(settings: Settings) -> float:
@@ -155,7 +143,7 @@ def bench(requests: int, limit_s: float, written_before: bool = False) -> dict[s
         try:
             wait_until(lambda: host.alive() and (settings.data_dir / "cli.sock").exists(), 30, "cli socket")
             wait_until(lambda: _listening(port), 30, "webhooks listening")
-            probes = [Probe(lambda: _webhook_ms(port), 0.02), Probe(lambda: _chat_ms(settings), 0.05)]
+            probes = [Probe(lambda: webhook_ms(port, 600), 0.02), Probe(lambda: _chat_ms(settings), 0.05)]
             for probe in probes:
                 probe.start()
             time.sleep(1.0)  # a baseline before the attack

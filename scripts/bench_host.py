@@ -9,7 +9,6 @@ dir of its own:
 
 from __future__ import annotations
 
-import http.client
 import os
 import signal
 import sqlite3
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_sweep
-from bench_kit import log, settings_for, wait_until, workdir
+from bench_kit import log, settings_for, wait_until, webhook_ms, workdir
 
 from host import db, groups, queues
 from schemas import clock
@@ -123,18 +122,6 @@ def _proc_status(pid: int) -> dict[str, int]:
     return found
 
 
-def _webhook_ms(port: int) -> float:
-    """One request to the host's webhook server (an unknown name: refused at once), in ms."""
-    started = time.perf_counter()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request("POST", "/webhooks/bench-probe", body=b"{}", headers={"Content-Type": "application/json"})
-        conn.getresponse().read()
-    finally:
-        conn.close()
-    return (time.perf_counter() - started) * 1000
-
-
 def bench_rss(quick: bool) -> dict[str, Any]:
     size, ticks = (1000, 3) if quick else (10000, 5)
     with workdir("ncl-bench-rss-") as root:
@@ -149,7 +136,7 @@ def bench_rss(quick: bool) -> dict[str, Any]:
             started, during = time.monotonic(), []
             while not any("every session seen once" in line for line in host.lines):
                 host.alive()
-                during.append(_webhook_ms(port))
+                during.append(webhook_ms(port, 60))
                 if time.monotonic() - started > 300:
                     raise RuntimeError("the host never saw every session")
             first_sweep_s = time.monotonic() - started

@@ -1,8 +1,9 @@
 """What the benchmarks of scripts/bench.py share: a log line on stderr, a percentile, a short-lived work dir under
-/tmp, settings for a data dir of their own, and a polling wait with a deadline."""
+/tmp, settings for a data dir of their own, a polling wait with a deadline, and one timed webhook request."""
 
 from __future__ import annotations
 
+import http.client
 import math
 import shutil
 import sys
@@ -46,3 +47,15 @@ def wait_until(check: Callable[[], bool], limit_s: float, what: str, every_s: fl
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: not within {limit_s} s")
         time.sleep(every_s)
+
+
+def webhook_ms(port: int, timeout_s: float) -> float:
+    """One request to the host's webhook server (an unknown name: refused at once), in ms."""
+    started = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    try:
+        conn.request("POST", "/webhooks/bench-probe", body=b"{}", headers={"Content-Type": "application/json"})
+        conn.getresponse().read()
+    finally:
+        conn.close()
+    return (time.perf_counter() - started) * 1000
