@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from host import nudge
+from host import nudge, sweep
 from host.cli_channel import CliChannel
 from host.delivery import Deliveries
 from host.proxy import CredentialProxy
@@ -102,13 +102,9 @@ class Host:
         """The sweep, handing the loop back between sessions whenever it has worked a few ms (webhooks, chats and
         the model proxy wait at most that long behind it)."""
         steps = self.sweeper.steps(now, only, new_limit=NEW_SESSIONS_PER_TICK)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                result: SweepResult = done.value
-                return result
+        while (result := sweep.advance(steps)) is None:
             await asyncio.sleep(0)
+        return result
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

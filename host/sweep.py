@@ -53,6 +53,16 @@ class SweepResult:
         return asdict(self)
 
 
+def advance(steps: Generator[None, None, SweepResult]) -> SweepResult | None:
+    """Run ``steps`` (a ``Sweeper.steps`` sweep) to its next pause: None if it paused, its result once it is done."""
+    try:
+        next(steps)
+    except StopIteration as done:
+        result: SweepResult = done.value
+        return result
+    return None
+
+
 @dataclass(frozen=True)
 class _Seen:
     """What the last visit learned about a session."""
@@ -137,12 +147,9 @@ class Sweeper:
         ``new_limit``: open at most this many sessions never seen before; the rest wait for the next tick
         (``unvisited`` counts them), so a host starting with thousands of sessions keeps serving between ticks."""
         steps = self.steps(now, only, new_limit)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                result: SweepResult = done.value
-                return result
+        while (result := advance(steps)) is None:
+            pass
+        return result
 
     def steps(self, now: datetime, only: set[str] | None = None,
               new_limit: int | None = None) -> Generator[None, None, SweepResult]:
