@@ -6,7 +6,7 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import closing
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 
 import pytest
@@ -47,14 +47,22 @@ class Hook:
                           conn.execute("SELECT kind, content FROM messages_in")]
         return found
 
+    @asynccontextmanager
+    async def serving(self, **timeouts: float) -> AsyncIterator[Webhooks]:
+        """The real webhook server for this group, on a free loopback port that ``self.port`` then holds."""
+        server = Webhooks(self.settings, **timeouts)
+        self.port = await server.start(port=0)
+        try:
+            yield server
+        finally:
+            await server.stop()
+
 
 @pytest.fixture
 async def hook(tmp_path: Path) -> AsyncIterator[Hook]:
     hook = Hook(tmp_path)
-    server = Webhooks(hook.settings)
-    hook.port = await server.start(port=0)
-    yield hook
-    await server.stop()
+    async with hook.serving():
+        yield hook
 
 
 async def test_a_valid_post_is_accepted_and_written(hook: Hook) -> None:

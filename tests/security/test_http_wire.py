@@ -17,7 +17,6 @@ from property_kit import props
 from test_webhooks import Hook
 
 from host.http_wire import Refusal, read_body, read_head
-from host.webhooks import Webhooks
 
 CAP = 1 << 20
 
@@ -133,10 +132,8 @@ def test_a_body_that_never_completes_is_cut_by_its_timeout() -> None:
 @pytest.fixture
 async def hook(tmp_path: Path) -> AsyncIterator[Hook]:
     made = Hook(tmp_path)
-    server = Webhooks(made.settings)
-    made.port = await server.start(port=0)
-    yield made
-    await server.stop()
+    async with made.serving():
+        yield made
 
 
 @pytest.mark.parametrize("value", ["²", "+2", " 2x", "1_0", "", "9" * 5000])

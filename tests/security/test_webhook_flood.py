@@ -57,10 +57,8 @@ async def small(tmp_path: Path) -> AsyncIterator[tuple[Hook, Webhooks]]:
     """The real server with a cap of 4 connections, a short head timeout and a long body timeout."""
     made = Hook(tmp_path)
     made.settings = made.settings.model_copy(update={"http_max_connections": 4})
-    server = Webhooks(made.settings, head_timeout_s=0.5, body_timeout_s=30)
-    made.port = await server.start(port=0)
-    yield made, server
-    await server.stop()
+    async with made.serving(head_timeout_s=0.5, body_timeout_s=30) as server:
+        yield made, server
 
 
 @pytest.mark.parametrize("token", [None, "wrong", "TOKEN-OF-ANOTHER-HOOK"])
