@@ -10,6 +10,7 @@ import select
 import signal
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -60,11 +61,20 @@ class Terminal:
         os.close(self.master)
 
 
-def test_interactive_chat_streams_replies_and_leaves_on_ctrl_c(host: tuple[Env, Host]) -> None:
-    env, _ = host
+@contextmanager
+def chatting(env: Env) -> Iterator[Terminal]:
+    """``ncl chat demo`` in a pty, handed over once readline waits for input; killed and closed afterwards."""
     term = Terminal(env)
     try:
         term.wait_for(READY)
+        yield term
+    finally:
+        term.close()
+
+
+def test_interactive_chat_streams_replies_and_leaves_on_ctrl_c(host: tuple[Env, Host]) -> None:
+    env, _ = host
+    with chatting(env) as term:
         term.type("hello there\r")
         term.wait_for("mock: hello there")
         term.type("first line \\\r")
@@ -73,16 +83,10 @@ def test_interactive_chat_streams_replies_and_leaves_on_ctrl_c(host: tuple[Env, 
         term.wait_for("mock: first line")  # one message of two lines, one reply
         term.proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
         assert term.proc.wait(timeout=10) == 0
-    finally:
-        term.close()
 
 
 def test_ctrl_d_on_an_empty_line_leaves_cleanly(host: tuple[Env, Host]) -> None:
     env, _ = host
-    term = Terminal(env)
-    try:
-        term.wait_for(READY)
+    with chatting(env) as term:
         term.type("\x04")  # EOF from the terminal's line discipline
         assert term.proc.wait(timeout=10) == 0
-    finally:
-        term.close()

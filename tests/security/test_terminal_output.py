@@ -185,19 +185,15 @@ def test_chat_once_prints_the_agents_reply_escaped(ncl: Ncl, host: Env) -> None:
 
 
 def test_interactive_chat_shows_the_agents_reply_escaped(host: Env) -> None:
-    from test_chat_interactive import READY, Terminal
+    from test_chat_interactive import chatting
 
-    term = Terminal(host)
-    try:
-        term.wait_for(READY)
+    with chatting(host) as term:
         # Ctrl-V before a control key inserts it literally (readline's quoted-insert, or the tty's lnext).
         term.type("say \x16\x1b]52;c;aGk=\x16\x07 done\r")
         term.wait_for("done\r\n> ")
         term.wait_for("mock: say ")
         term.wait_for(" done")
         assert "\x1b]52" not in term.screen and "\\x1b]52;c;aGk=\\x07 done" in term.screen, term.screen
-    finally:
-        term.close()
 
 
 # --- nothing prints around the one funnel -------------------------------------------------------------------------
