@@ -30,6 +30,7 @@ from host import api_policy, db, groups
 from host.body_pool import PIECE, BodyPool, Reservation, declared_length, drain, read_body
 from host.group_limits import GroupLimits, UsageMeter
 from host.http_wire import PHRASES, Refusal, Request, error_response, read_head
+from host.log_throttle import LogThrottle
 from host.proxy_socket import SOCKET_NAME as SOCKET_NAME  # where runners.py looks for it
 from host.proxy_socket import bind, inode_of
 from host.settings import Settings
@@ -75,13 +76,8 @@ class _Served:
     server: asyncio.Server | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)  # connections in flight, cut when the session closes
     waiting: int = 0
-    refusals: tuple[float, int] = (0.0, 0)  # (start of the current minute, refusals logged in it)
-
-    def may_log_refusal(self, now: float) -> bool:
-        """Refusals and cut connections cost an agent nothing: at most a few log lines a minute, not a flood."""
-        start, count = self.refusals if now - self.refusals[0] < 60 else (now, 0)
-        self.refusals = (start, count + 1)
-        return count < REFUSALS_LOGGED_PER_MINUTE
+    # Refusals and cut connections cost an agent nothing: at most a few log lines a minute, not a flood.
+    refusals: LogThrottle = field(default_factory=lambda: LogThrottle(log, lines=REFUSALS_LOGGED_PER_MINUTE))
 
 
 class CredentialProxy:
@@ -204,11 +200,14 @@ class CredentialProxy:
         finally:
             served.tasks.discard(task)
             writer.close()
-            if answered or served.may_log_refusal(started):
-                ms = round((time.monotonic() - started) * 1000)
-                log.log(logging.INFO if status < 400 else logging.WARNING, "proxy %s %s -> %d in %d ms", session,
-                        path, status, ms, extra={"action": "proxy_call", "session": session, "path": path,
-                                                 "status": status, "duration_ms": ms})
+            ms = round((time.monotonic() - started) * 1000)
+            level = logging.INFO if status < 400 else logging.WARNING
+            line = ("proxy %s %s -> %d in %d ms", session, path, status, ms)
+            fields: dict[str, Any] = {"session": session, "path": path, "status": status, "duration_ms": ms}
+            if answered:
+                log.log(level, *line, extra={"action": "proxy_call", **fields})
+            else:
+                served.refusals.log(level, "proxy_call", started, *line, **fields)
 
     async def _slot(self, served: _Served) -> None:
         """One of the session's connections; a few more wait briefly for one, the rest are refused at once."""
