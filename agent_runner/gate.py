@@ -17,19 +17,17 @@ Notes a caller may need:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import selectors
-import signal
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from schemas.proctree import OWN, kill_tree, subreaper_preexec
+from schemas.proctree import OWN, kill_leader, subreaper_preexec
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +161,7 @@ def _has_exited(proc: subprocess.Popen[bytes]) -> bool:
 
 
 def _kill_everything(proc: subprocess.Popen[bytes]) -> None:
-    # The tree first: killing bash first would orphan what is still below it (a setsid'd child) out of reach.
-    kill_tree([proc.pid], spare=[proc.pid])
-    # An empty group is fine: ESRCH, or EPERM on macOS when only zombies remain.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    kill_leader(proc.pid)  # bash, its tree (a setsid'd child too) and its group
     OWN.sweep()  # what bash or its children orphaned: re-parented to the runner, and killed here
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import tempfile
 import threading
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Literal
 
 from host.scheduled import ContainerTarget, HostTarget
-from schemas.proctree import OWN, kill_tree, subreaper_preexec
+from schemas.proctree import OWN, kill_leader, subreaper_preexec
 
 TAIL_BYTES = 4096
 STOPPED = "host stopped during the run"
@@ -83,10 +82,7 @@ def _read_tail(out: IO[bytes]) -> str:
 def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
     # Only while the leader is unreaped: its pid is then still its own and cannot name anyone else.
     if proc.returncode is None:
-        # The tree first: killing the leader first would orphan what is still below it out of reach.
-        kill_tree([proc.pid], spare=[proc.pid])
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_leader(proc.pid)
 
 
 def run_host(target: HostTarget, env: dict[str, str], stop: Stop) -> Outcome:

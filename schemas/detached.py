@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from schemas.proctree import OWN, children_of, kill_tree, start_time, stat_fields
+from schemas.proctree import OWN, children_of, kill_leader, start_time, stat_fields
 
 __all__ = ["FILE", "children_of", "kill_listed", "note", "start_time", "tail"]
 FILE = ".children"
@@ -82,10 +81,8 @@ def kill_listed(data: bytes) -> int:
     for pid, since in _listed(data).items():
         if pid in ours or _leader_since(pid) != since:
             continue  # gone, or its pid now belongs to someone else
-        # Its whole tree first: a gate script is a subreaper holding what it orphaned. The leader itself is not
-        # reaped here: if it is our child, its exit status is for whoever waits for it (a later sweep if nobody).
-        kill_tree([pid], spare=[pid])
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
+        # Its whole tree: a gate script is a subreaper holding what it orphaned. If the leader is our child, a later
+        # sweep reaps it.
+        kill_leader(pid)
         killed += 1
     return killed

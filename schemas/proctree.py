@@ -154,6 +154,16 @@ def kill_tree(roots: Iterable[int], spare: Iterable[int] = ()) -> set[int]:
     return frozen
 
 
+def kill_leader(pid: int) -> None:
+    """SIGKILL a session leader (a child started with ``start_new_session``), its tree and its process group. The
+    caller has not reaped it, so ``pid`` still names it; it is not reaped here either: its exit status is for
+    whoever waits for it. The tree first: killing the leader first would orphan what is below it out of reach."""
+    kill_tree([pid], spare=[pid])
+    # An empty group is fine: ESRCH, or EPERM on macOS when only zombies remain.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 def _reap(pids: set[int], spare: set[int]) -> None:
     """Wait (bounded, on pidfds) until all the killed have exited, so what they held was re-parented, then
     collect those that are now our zombies, except ``spare``."""
