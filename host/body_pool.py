@@ -6,20 +6,18 @@ chunked body, which the SDK never sends, the whole cap), and a request the pool 
 Bytes are read in small pieces into one growing buffer: ``readexactly(n)`` would hold the stream's buffer and a copy
 of it at once.
 
-Framing is parsed strictly here (ASCII digits, bare hex chunk sizes): a value two parsers read differently is a way
-to smuggle one request inside another.
+Framing is parsed by ``host.http_wire``'s strict rules, the webhooks' too (ASCII digits, bare hex chunk sizes): a
+value two parsers read differently is a way to smuggle one request inside another.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 
-from host.http_wire import Refusal, Request
+from host.http_wire import Refusal, chunk_size, skip_trailers
 
 PIECE = 64 * 1024
-CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
 
 
 class BodyPool:
@@ -50,22 +48,6 @@ class Reservation:
         self.pool.held -= freed
 
 
-def declared_length(request: Request, cap: int) -> int | None:
-    """The Content-Length (strict ASCII digits), or None for a chunked body; over ``cap`` is 413."""
-    encoding, length = request.header("transfer-encoding"), request.header("content-length")
-    if encoding is not None:
-        if encoding.lower() != "chunked" or length is not None:  # both framings at once: smuggling, refuse
-            raise Refusal(400, "invalid_request_error", "unsupported request body framing")
-        return None
-    if length is None:
-        return 0
-    if not (length.isascii() and length.isdigit()) or len(length) > 12:
-        raise Refusal(400, "invalid_request_error", "malformed Content-Length")
-    if int(length) > cap:
-        raise _too_large(cap)
-    return int(length)
-
-
 async def read_body(reader: asyncio.StreamReader, length: int | None, cap: int) -> bytearray:
     """The body, read in small pieces into one growing buffer (the caller reserved its size in the pool)."""
     body = bytearray()
@@ -93,9 +75,11 @@ async def _pieces(reader: asyncio.StreamReader, length: int | None, cap: int) ->
         async for piece in _exactly(reader, size):
             yield piece
         if await reader.readexactly(2) != b"\r\n":
-            raise Refusal(400, "invalid_request_error", "malformed chunked body")
-    while (await reader.readline()) not in (b"\r\n", b""):
-        pass  # trailers: nothing the model API needs
+            raise _malformed()
+    try:
+        await skip_trailers(reader)
+    except ValueError:
+        raise _malformed() from None
 
 
 async def _exactly(reader: asyncio.StreamReader, size: int) -> AsyncIterator[bytes]:
@@ -109,13 +93,13 @@ async def _exactly(reader: asyncio.StreamReader, size: int) -> AsyncIterator[byt
 
 async def _chunk_size(reader: asyncio.StreamReader) -> int:
     try:
-        line = await reader.readline()
-    except ValueError:  # a size line longer than the stream's limit
-        line = b""
-    size = line.rstrip(b"\r\n").split(b";", 1)[0]
-    if not line.endswith(b"\r\n") or not CHUNK_SIZE.fullmatch(size):
-        raise Refusal(400, "invalid_request_error", "malformed chunked body")
-    return int(size, 16)
+        return chunk_size(await reader.readline())
+    except ValueError:  # junk, or a size line longer than the stream's limit
+        raise _malformed() from None
+
+
+def _malformed() -> Refusal:
+    return Refusal(400, "invalid_request_error", "malformed chunked body")
 
 
 def _too_large(cap: int) -> Refusal:

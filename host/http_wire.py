@@ -99,24 +99,31 @@ async def read_body(reader: asyncio.StreamReader, request: Request, cap: int, *,
 async def _chunked(reader: asyncio.StreamReader, cap: int) -> bytes:
     body = bytearray()
     try:
-        while size := _chunk_size(await reader.readline()):  # zero ends the body
+        while size := chunk_size(await reader.readline()):  # zero ends the body
             if len(body) + size > cap:
                 raise Refusal(413, "request_too_large", f"request body over {cap} bytes")
             chunk = await reader.readexactly(size + 2)
             if not chunk.endswith(b"\r\n"):
                 raise ValueError("chunk not followed by CRLF")
             body += chunk[:-2]
-        trailers = 0
-        while (line := await reader.readline()) not in (b"\r\n", b""):
-            trailers += len(line)  # nothing the model API or a webhook needs: taken and dropped, not without end
-            if trailers > MAX_TRAILERS:
-                raise ValueError("trailers too long")
+        await skip_trailers(reader)
     except ValueError:  # also readline's own: a line past the reader's limit
         raise Refusal(400, "invalid_request_error", "malformed chunked body") from None
     return bytes(body)
 
 
-def _chunk_size(line: bytes) -> int:
+async def skip_trailers(reader: asyncio.StreamReader) -> None:
+    """Take and drop a chunked body's trailers: nothing the model API or a webhook needs, and not without end
+    (ValueError past ``MAX_TRAILERS``)."""
+    trailers = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        trailers += len(line)
+        if trailers > MAX_TRAILERS:
+            raise ValueError("trailers too long")
+
+
+def chunk_size(line: bytes) -> int:
+    """The size a chunk-size line (CRLF included) gives; ValueError for anything but bare hex and extensions."""
     matched = HEX_SIZE.fullmatch(line)
     if matched is None:
         raise ValueError(f"bad chunk-size line {line[:40]!r}")

@@ -27,9 +27,9 @@ from typing import Any, TypeVar
 import httpx2 as httpx  # the anthropic SDK's own HTTP client: same API as httpx, already installed
 
 from host import api_policy, db, groups
-from host.body_pool import PIECE, BodyPool, Reservation, declared_length, drain, read_body
+from host.body_pool import PIECE, BodyPool, Reservation, drain, read_body
 from host.group_limits import GroupLimits, UsageMeter
-from host.http_wire import PHRASES, Refusal, Request, error_response, read_head
+from host.http_wire import PHRASES, Refusal, Request, content_length, error_response, read_head
 from host.log_throttle import LogThrottle
 from host.proxy_socket import SOCKET_NAME as SOCKET_NAME  # where runners.py looks for it
 from host.proxy_socket import bind, inode_of
@@ -243,7 +243,7 @@ class CredentialProxy:
     async def _answer(self, served: _Served, request: Request, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> int:
         cap = self.limits.max_body
-        length = declared_length(request, cap)  # a malformed or oversized frame is refused before anything else
+        length = content_length(request, cap)  # a malformed or oversized frame is refused before anything else
         size = cap if length is None else length
         # A body must keep coming: a slow sender would hold its share of the pool from everyone else.
         deadline = asyncio.get_running_loop().time() + self.limits.body_timeout_s + size / self.limits.min_body_rate
