@@ -14,6 +14,8 @@ import secrets
 import socket
 from pathlib import Path
 
+from host import confined
+
 log = logging.getLogger(__name__)
 SOCKET_NAME = ".proxy.sock"
 
@@ -21,7 +23,7 @@ SOCKET_NAME = ".proxy.sock"
 def bind(folder: Path, uid: int | None) -> tuple[socket.socket, int]:
     """Bind a temporary name, set owner and mode, then rename: the path is never looser; a stale one is replaced."""
     temp = f".proxy-{secrets.token_hex(4)}.sock"
-    dirfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    dirfd = confined.open_dir(folder)  # the folder as the host resolved it, never a link swapped in since
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         # A socket address holds 107 bytes; a deep data dir overflows that, so bind through the folder's descriptor.
