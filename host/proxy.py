@@ -76,8 +76,19 @@ class _Served:
     server: asyncio.Server | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)  # connections in flight, cut when the session closes
     waiting: int = 0
-    # Refusals and cut connections cost an agent nothing: at most a few log lines a minute, not a flood.
     refusals: LogThrottle = field(default_factory=lambda: LogThrottle(log, lines=REFUSALS_LOGGED_PER_MINUTE))
+
+    def log_call(self, path: str, status: int, started: float, answered: bool) -> None:
+        """One line per call the model API answered; refusals and cut connections cost an agent nothing, so of
+        those only a few a minute, not a flood."""
+        session, ms = self.path.parent.name, round((time.monotonic() - started) * 1000)
+        level = logging.INFO if status < 400 else logging.WARNING
+        line = ("proxy %s %s -> %d in %d ms", session, path, status, ms)
+        fields: dict[str, Any] = {"session": session, "path": path, "status": status, "duration_ms": ms}
+        if answered:
+            log.log(level, *line, extra={"action": "proxy_call", **fields})
+        else:
+            self.refusals.log(level, "proxy_call", started, *line, **fields)
 
 
 class CredentialProxy:
@@ -200,14 +211,7 @@ class CredentialProxy:
         finally:
             served.tasks.discard(task)
             writer.close()
-            ms = round((time.monotonic() - started) * 1000)
-            level = logging.INFO if status < 400 else logging.WARNING
-            line = ("proxy %s %s -> %d in %d ms", session, path, status, ms)
-            fields: dict[str, Any] = {"session": session, "path": path, "status": status, "duration_ms": ms}
-            if answered:
-                log.log(level, *line, extra={"action": "proxy_call", **fields})
-            else:
-                served.refusals.log(level, "proxy_call", started, *line, **fields)
+            served.log_call(path, status, started, answered)
 
     async def _slot(self, served: _Served) -> None:
         """One of the session's connections; a few more wait briefly for one, the rest are refused at once."""
