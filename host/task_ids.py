@@ -18,9 +18,6 @@ class TaskIds:
     agent_group_id: str
     session_id: str
 
-    def taken(self, task_id: str) -> bool:
-        return lookup(self.central, task_id) is not None
-
     def register(self, task_id: str) -> bool:
         """Claim ``task_id`` for this session; False if any session holds it already."""
         with db.transaction(self.central):

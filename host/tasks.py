@@ -51,7 +51,8 @@ def schedule(conn: sqlite3.Connection, now: datetime, policy: Policy, task_id: s
         if expr and enforce_interval:
             check_interval(expr, now, policy)
         first = process_after or (to_text(cron.next_after(expr, now, policy.zone)) if expr else None)
-        while _used(conn, task_id, registry) or (registry is not None and not registry.register(task_id)):
+        # The registry's insert is its own check: an id held anywhere in the install is not inserted again.
+        while _used(conn, task_id) or (registry is not None and not registry.register(task_id)):
             if not fresh_if_used:
                 raise NclError(f"task id {task_id} is already used")
             task_id = ids.new_id("task", now)
@@ -61,8 +62,8 @@ def schedule(conn: sqlite3.Connection, now: datetime, policy: Policy, task_id: s
     return task_id
 
 
-def _used(conn: sqlite3.Connection, task_id: str, registry: TaskIds | None) -> bool:
-    return bool(inbox.get(conn, task_id) or inbox.series_of(conn, task_id) or (registry and registry.taken(task_id)))
+def _used(conn: sqlite3.Connection, task_id: str) -> bool:
+    return bool(inbox.get(conn, task_id) or inbox.series_of(conn, task_id))
 
 
 def _check_room(conn: sqlite3.Connection, policy: Policy) -> None:
