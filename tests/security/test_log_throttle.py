@@ -26,6 +26,16 @@ def test_one_line_a_minute_per_action_with_the_count_left_out(caplog: pytest.Log
     assert "59 more like it" in caplog.records[1].getMessage()
 
 
+def test_a_throttle_of_a_few_lines_an_interval_says_what_it_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    """What the model proxy keeps per session (ten a minute there): the first lines of an interval, then silence,
+    and the next interval's first line says how many were left out."""
+    throttle = LogThrottle(logging.getLogger("flood"), interval_s=60, lines=3)
+    caplog.set_level(logging.INFO, logger="flood")
+    logged = [throttle.log(logging.WARNING, "refused", now, "refused") for now in range(0, 120, 1)]
+    assert [now for now, done in enumerate(logged) if done] == [0, 1, 2, 60, 61, 62]
+    assert [r.left_out for r in caplog.records] == [0, 0, 0, 57, 0, 0]  # type: ignore[attr-defined]
+
+
 def test_a_hundred_thousand_repeats_make_a_handful_of_lines(caplog: pytest.LogCaptureFixture) -> None:
     throttle = LogThrottle(logging.getLogger("flood"))
     caplog.set_level(logging.INFO, logger="flood")
