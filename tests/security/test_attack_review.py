@@ -1,0 +1,202 @@
+"""Attack review of issue 11's defences: each test is an attack a hostile agent (or a local user) tried against the
+new bounds with real sockets and processes, asserting that the defence held."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from security_kit import ROOT
+from test_proxy import Upstream, raw, running_upstream
+from test_proxy_bounds import ASK, Host
+from test_webhooks import Hook
+
+from host import groups
+
+WEB_FETCH = {"type": "web_fetch_20250910", "name": "f"}
+
+
+@pytest.fixture
+def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[Upstream]:
+    with running_upstream(monkeypatch) as server:
+        yield server
+
+
+@pytest.fixture
+def host(ncl: Callable[..., Any], demo_session: dict[str, Any], upstream: Upstream, tmp_path: Path) -> Iterator[Host]:
+    made = Host(ncl, demo_session, upstream.url, tmp_path / "data")
+    yield made
+    for proxy in made.proxies:
+        proxy.shutdown()
+
+
+def send(sock: Path, body: bytes, head: bytes = b"") -> bytes:
+    answer: bytes = raw(sock, b"POST /v1/messages HTTP/1.1\r\ncontent-length: %d\r\n%s\r\n%s" % (len(body), head, body))
+    return answer
+
+
+# -- the model proxy's policy: what a hostile agent tried to slip past it ---------------------------------------------
+
+def test_server_tool_disguises_are_refused(host: Host, upstream: Upstream) -> None:
+    sock = host.serve()
+    tool = json.dumps(WEB_FETCH).encode()
+    bodies = [
+        b'{"tools": [{"type": "Web_Fetch_20250910", "name": "f"}]}',  # casing: not a client tool, so refused
+        b'{"tools": [{"type": "BASH_20250124", "name": "b"}]}',
+        b'{"tools": [{"typ\\u0065": "web_fetch_20250910", "name": "f"}]}',  # escaped key decodes to "type"
+        b'{"tools": [], "t\\u006fols": [%s]}' % tool,  # a duplicate hidden by an escape
+        b'{"tools": [{"type": "custom", "type": "web_fetch_20250910"}]}',  # duplicate inside the tool
+        b'\xef\xbb\xbf{"tools": [%s]}' % tool,  # a BOM: still parsed, still refused
+        b'{"tools": [%s], "model": NaN}' % tool,
+        b'{"container": "c"}', b'{"mcp_servers": [{}]}',
+    ]
+    for body in bodies:
+        assert send(sock, body).split(b" ", 2)[1] == b"400", body
+    chunked = b"POST /v1/messages?beta=true HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+    chunked += b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in (b'{"tools": [', tool, b"]}")) + b"0\r\n\r\n"
+    assert raw(sock, chunked).split(b" ", 2)[1] == b"400"  # framing does not change what is inspected
+    assert upstream.seen == []
+
+
+def test_beta_header_forms_are_all_inspected(host: Host, upstream: Upstream) -> None:
+    sock = host.serve()
+    forms = [b"Anthropic-Beta: web-fetch-2025-09-10\r\n",
+             b"ANTHROPIC-BETA:\tprompt-caching-2024-07-31,web-fetch-2025-09-10\t\r\n",
+             b"anthropic-beta: prompt-caching-2024-07-31\r\nanthropic-beta: mcp-client-2025-04-04\r\n",
+             b"anthropic-beta: prompt-caching-2024-07-31,,  files-api-2025-04-14\r\n",
+             b"anthropic-beta: Web-Fetch-2025-09-10\r\n",  # not on the list in any casing
+             b"anthropic-beta : web-fetch-2025-09-10\r\n",  # a space before the colon: malformed, refused
+             b" anthropic-beta: web-fetch-2025-09-10\r\n"]  # an obsolete folded line: refused
+    for head in forms:
+        assert send(sock, json.dumps(ASK).encode(), head).split(b" ", 2)[1] == b"400", head
+    assert upstream.seen == []
+
+
+def test_two_content_lengths_cannot_smuggle_a_tool_upstream(host: Host, upstream: Upstream) -> None:
+    sock = host.serve()
+    inspected = json.dumps(ASK).encode()
+    hidden = b'{"tools": [%s]}' % json.dumps(WEB_FETCH).encode()
+    reply = raw(sock, b"POST /v1/messages HTTP/1.1\r\ncontent-length: %d\r\ncontent-length: %d\r\n\r\n%s%s" % (
+        len(inspected), len(inspected) + len(hidden), inspected, hidden))
+    # Whatever the proxy answers, upstream gets only the bytes it inspected, framed by the proxy itself.
+    assert all(seen.body == inspected for seen in upstream.seen)
+    assert all(seen.headers["content-length"] == str(len(inspected)) for seen in upstream.seen)
+    assert reply.split(b" ", 2)[1] in (b"200", b"400")
+
+
+def test_path_and_target_tricks_stay_refused(host: Host, upstream: Upstream) -> None:
+    sock = host.serve()
+    for target in (b"/v1/messages/../files", b"/v1//messages", b"/v1/messages/batches", b"/v1/messages%2fbatches",
+                   b"http://evil.example/v1/messages", b"/v1/messages#x", b"/V1/messages", b"//evil/v1/messages"):
+        reply = raw(sock, b"POST %s HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}" % target)
+        assert reply.split(b" ", 2)[1] == b"403", target
+    assert upstream.seen == []
+
+
+def test_framing_tricks_never_reach_upstream(host: Host, upstream: Upstream) -> None:
+    sock = host.serve()
+    body = json.dumps(ASK).encode()
+    heads = [b"transfer-encoding: chunked\r\ncontent-length: %d\r\n" % len(body),  # both framings: smuggling
+             b"transfer-encoding: gzip, chunked\r\n", b"transfer-encoding: identity\r\n",
+             b"content-length: +%d\r\n" % len(body), b"content-length: %d \x0b\r\n" % len(body),
+             b"content-length: \xb2\r\n", b"content-length: 0x10\r\n", b"content-length: 1_0\r\n"]
+    for head in heads:
+        reply = raw(sock, b"POST /v1/messages HTTP/1.1\r\n%s\r\n%s" % (head, body))
+        assert reply.split(b" ", 2)[1] == b"400", head
+    for size in (b"-1", b"0x2", b" 2", b"2 ", b"\xd9\xa2"):  # sign, prefix, spaces, an Arabic-Indic digit
+        chunked = b"POST /v1/messages HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n%s\r\n{}\r\n0\r\n\r\n"
+        reply = raw(sock, chunked % size)
+        assert reply.split(b" ", 2)[1] == b"400", size
+    assert upstream.seen == []
+
+
+# -- a gate's daemons: each holds a FIFO open, so the test sees EOF exactly when every one of them is dead ----------
+
+DAEMON = """
+import ctypes, os, sys, time
+kind, fifo = sys.argv[1], sys.argv[2]
+fd = os.open(fifo, os.O_WRONLY)
+end = time.monotonic() + 8  # each dies by itself within 8 s, whatever happens
+if kind == "late-double-fork":  # waits until the gate is over, then double-forks into a new session
+    time.sleep(0.4)
+    if os.fork(): os._exit(0)
+    os.setsid()
+    if os.fork(): os._exit(0)
+elif kind == "new-groups":  # a process group of its own, and a child in yet another
+    os.setpgid(0, 0)
+    if os.fork() == 0:
+        os.setpgid(0, 0)
+elif kind == "own-subreaper":  # a subreaper itself, so its orphans stay below it and not the runner
+    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
+    if os.fork() == 0 and os.fork():
+        os._exit(0)
+while time.monotonic() < end:
+    time.sleep(0.05)
+"""
+RUNNER = """
+import json, os, select, sys
+sys.path[:0] = [sys.argv[3]]
+from schemas.proctree import become_subreaper
+from agent_runner.gate import run_gate
+kind, fifo, daemon = sys.argv[1], sys.argv[2], sys.argv[4]
+os.mkfifo(fifo)
+reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+assert become_subreaper()  # as every runner is
+script = f"setsid python3 {daemon} {kind} {fifo} >/dev/null 2>&1 &\\nsleep 0.2\\necho '{{\\"wakeAgent\\": false}}'"
+result = run_gate(script, task_id="t", tz="UTC", home="/tmp", cwd="/tmp")
+poller = select.poll()
+poller.register(reader, select.POLLHUP)
+print(json.dumps({"outcome": result.outcome, "all_dead": bool(poller.poll(3000))}))
+"""
+
+
+@pytest.mark.parametrize("kind", ["late-double-fork", "new-groups", "own-subreaper"])
+def test_a_gates_evasive_daemon_is_dead_when_the_gate_ends(tmp_path: Path, kind: str) -> None:
+    (tmp_path / "daemon.py").write_text(DAEMON)
+    done = subprocess.run([sys.executable, "-c", RUNNER, kind, str(tmp_path / "alive"), str(ROOT),
+                           str(tmp_path / "daemon.py")], capture_output=True, text=True, timeout=60)
+    assert json.loads(done.stdout) == {"outcome": "skip", "all_dead": True}, done.stderr[-2000:]
+
+
+# -- webhook authorization: header tricks of a network peer on 127.0.0.1 ------------------------------------------
+
+@pytest.fixture
+async def hook(tmp_path: Path) -> AsyncIterator[Hook]:
+    made = Hook(tmp_path)
+    async with made.serving():
+        yield made
+
+
+async def ask(hook: Hook, target: str, auth: list[str], body: bytes = b"{}", length: int | None = None) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", hook.port)
+    lines = "".join(f"authorization: {value}\r\n" for value in auth)
+    writer.write(f"POST {target} HTTP/1.1\r\n{lines}content-length: {len(body) if length is None else length}"
+                 f"\r\n\r\n".encode() + body)
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    return answer.split(b" ", 2)[1]
+
+
+async def test_webhook_token_tricks_are_401_and_write_nothing(hook: Hook) -> None:
+    token = hook.token
+    tricks = [("/webhooks/github", [f"Bearer\t{token}"]), ("/webhooks/github", [f"Basic {token}"]),
+              ("/webhooks/github", [f"Bearer {token[:-1]}"]), ("/webhooks/github", [f"Bearer {token.upper()}"]),
+              ("/webhooks/github", ["Bearer x", f"Bearer {token}"]),  # the first header is the one that counts
+              ("/webhooks/github", [f"Bearer {token}\x00"]), ("/webhooks/github", ["Bearer "]),
+              ("/webhooks/github", []),
+              ("/webhooks/gith%75b", [f"Bearer {token}"]), ("/webhooks//github", [f"Bearer {token}"]),
+              ("/webhooks/github/", [f"Bearer {token}"]), ("/webhooks/cli", [f"Bearer {token}"]),
+              ("/webhooks/github", [f"Bearer {groups.token_hash(token)}"])]  # the stored hash is not the token
+    for target, auth in tricks:
+        assert await ask(hook, target, auth) == b"401", (target, auth)
+    # Unauthorized and announcing a gigabyte: answered at once on the headers, no byte of the body awaited.
+    assert await ask(hook, "/webhooks/github", ["Bearer nope"], b"", length=1 << 30) == b"401"
+    assert hook.rows() == []
+    assert await ask(hook, "/webhooks/github?x=1", [f"bearer   {token}  "]) == b"202"  # the control: it does work
+    assert len(hook.rows()) == 1
