@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import sqlite3
+import sys
 from collections.abc import Iterator
 from contextlib import closing
 
@@ -136,8 +137,11 @@ def _short_of(exc: BaseException | None) -> bool:
 
 
 async def _drain(reader: asyncio.StreamReader, request: Request, timeout: float) -> None:
-    length = request.header("content-length") or ""
-    left = min(int(length), DRAIN_BYTES) if length.isascii() and length.isdigit() and len(length) < 16 else 0
+    """Take at most ``DRAIN_BYTES`` of the body a 413 refused, read by the same strict rule as any length."""
+    try:
+        left = min(content_length(request, sys.maxsize) or 0, DRAIN_BYTES)
+    except Refusal:
+        return  # a junk length was answered 400, never 413: nothing to drain
     with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, TimeoutError):
         async with asyncio.timeout(timeout):
             while left > 0 and (chunk := await reader.read(min(left, 1 << 16))):
