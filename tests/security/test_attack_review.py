@@ -5,20 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import closing
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from security_kit import ROOT
+from cli_kit import Ncl, ok
+from kit import World
+from security_kit import ROOT, T0
 from test_proxy import Upstream, raw, running_upstream
 from test_proxy_bounds import ASK, Host
 from test_webhooks import Hook
 
 from host import groups
 
+# A clipboard write, a screen clear, a window title, an 8-bit CSI, a right-to-left override, DEL.
+HOSTILE = "\x1b]52;c;aGFja2Vk\x07\x1b[2J\x1b]0;pwned\x07\x9b31m\u202eexe.txt\x7f"
+RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+AT = "2026-06-11T09:00:00.000Z"
 WEB_FETCH = {"type": "web_fetch_20250910", "name": "f"}
 
 
@@ -34,6 +44,11 @@ def host(ncl: Callable[..., Any], demo_session: dict[str, Any], upstream: Upstre
     yield made
     for proxy in made.proxies:
         proxy.shutdown()
+
+
+def _write(path: Path, sql: str, *args: Any) -> None:
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(sql, args)
 
 
 def send(sock: Path, body: bytes, head: bytes = b"") -> bytes:
@@ -200,3 +215,38 @@ async def test_webhook_token_tricks_are_401_and_write_nothing(hook: Hook) -> Non
     assert hook.rows() == []
     assert await ask(hook, "/webhooks/github?x=1", [f"bearer   {token}  "]) == b"202"  # the control: it does work
     assert len(hook.rows()) == 1
+
+
+# -- operator terminals: hostile text where the escaping funnel might not look ------------------------------------
+
+def test_hostile_script_keys_odd_replies_and_ids_in_errors_reach_no_terminal_raw(ncl: Ncl) -> None:
+    ok(ncl("groups", "create", "demo", "--channel", "cli"))
+    session = ok(ncl("sessions", "create", "--group", "demo", "--json")).json()
+    added = ok(ncl("tasks", "add", "--session", session["id"], "--prompt", "p", "--at", "2026-06-12T09:00:00Z",
+                   "--now", "2026-06-11T09:00:00Z", "--json")).json()
+    folder = Path(session["path"])
+    _write(folder / "inbound.db", "UPDATE messages_in SET content = ? WHERE id = ?",  # a runner's update_task keys
+           json.dumps({"prompt": "p", "script": HOSTILE, HOSTILE: HOSTILE}), added["id"])
+    for seq, content in ((1, [HOSTILE]), (3, {"text": {"nested": HOSTILE}, HOSTILE: 1})):  # replies of odd shapes
+        _write(folder / "outbound.db", "INSERT INTO messages_out(id, seq, timestamp, kind, content)"
+                                       " VALUES (?, ?, ?, 'chat', ?)", f"{HOSTILE}{seq}", seq, AT, json.dumps(content))
+    for args in (["tasks", "show", added["id"]], ["tasks", "list"], ["messages", "list", "--session", session["id"]],
+                 ["status"], ["tasks", "show", HOSTILE], ["messages", "list", "--session", HOSTILE],
+                 ["tasks", "cancel", HOSTILE], ["sessions", "show", HOSTILE], ["groups", "show", HOSTILE]):
+        shown = ncl(*args)
+        for text in (shown.out, shown.err):
+            assert RAW.search(text) is None, (args, text)
+    listed = ok(ncl("messages", "list", "--session", session["id"], "--json")).json()["messages"]
+    assert f"{HOSTILE}1" in [m["id"] for m in listed]  # --json keeps the exact text
+
+
+# -- bounded work: flip-flop floods stay within the per-visit cap -------------------------------------------------
+
+def test_a_pause_resume_flood_is_applied_fifty_per_visit(tmp_path: Path) -> None:
+    world = World(tmp_path, tz="UTC")
+    task = world.schedule(T0, recurrence="*/5 * * * *")
+    for n in range(120):
+        world.request(T0, {"action": ("pause_task", "resume_task")[n % 2], "taskId": task})
+    sweeper = world.sweeper()
+    assert [sweeper.tick(T0 + timedelta(seconds=s)).applied for s in (1, 2, 3, 4)] == [50, 50, 20, 0]
+    assert len(world.live(task)) == 1  # a flip-flop never multiplies the series' occurrences
