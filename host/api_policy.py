@@ -8,7 +8,9 @@ tomorrow is refused until someone decides it is safe.
 Tools: a custom tool (no ``type``, or ``"custom"``) passes, and so do Anthropic-defined *client* tools (bash,
 text_editor, computer, memory, each with its version date): the API only describes them, the runner executes them
 inside its container. Any other tool type is a server tool. The request fields ``mcp_servers`` (MCP connector) and
-``container`` (code execution and skills) count as server features too.
+``container`` (code execution and skills) count as server features too, and so does content the API fetches for the
+caller: an image or document whose ``source`` is a ``url`` (a way out in both directions: data leaves in the URL,
+the page comes back) or a ``file`` of the Files API (shared by the whole API organisation).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ SERVER_FIELDS = ("mcp_servers", "container")
 # Only these keys survive parsing: the body's big strings (images, documents, history) are dropped as they are
 # decoded, so inspecting a 32 MiB request does not hold a second copy of it.
 KEPT = frozenset({"type", "tools", *SERVER_FIELDS})
+FETCHED_SOURCES = {"url": "url", "file": "file_id"}  # a content source's type -> the key that names what is fetched
 
 
 def betas(request: Request) -> list[str]:
@@ -62,13 +65,25 @@ def check_betas(values: list[str], server_tools: bool) -> None:
 
 def server_features(body: bytes | bytearray) -> list[str]:
     """The server tools and fields a request body asks for; a body that is not JSON is refused (400)."""
+    fetched: set[str] = set()
+
+    def kept(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        found = _kept(pairs)
+        kind = found.get("type")
+        if isinstance(kind, str) and kind in FETCHED_SOURCES and any(k == FETCHED_SOURCES[kind] for k, _ in pairs):
+            fetched.add(kind)
+        return found
+
     try:
-        parsed = json.loads(body, object_pairs_hook=_kept) if body else {}
-    except ValueError as exc:
-        raise Refusal(400, "invalid_request_error", f"request body is not valid JSON: {exc}") from None
+        parsed = json.loads(body, object_pairs_hook=kept) if body else {}
+    except (ValueError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise Refusal(400, "invalid_request_error", f"request body is not valid JSON: {why}") from None
     if not isinstance(parsed, dict):
         return []  # the API refuses it; nothing of it can be a server tool
-    found = [f"the {name} field" for name in SERVER_FIELDS if parsed.get(name)]
+    # Present at all, whatever its value: ``{}`` or ``""`` is still a request for the feature.
+    found = [f"the {name} field" for name in SERVER_FIELDS if name in parsed]
+    found += [f"a {kind!r} content source" for kind in sorted(fetched)]
     tools = parsed.get("tools")
     for tool in tools if isinstance(tools, list) else []:
         kind = tool.get("type") if isinstance(tool, dict) else None

