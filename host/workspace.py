@@ -32,7 +32,9 @@ def hand_over(folder: Path, group_dir: Path, uid: int, gid: int) -> None:
         _share(shared, gid, SHARED_DIR)
     # Everything else the host made is 0600/0700 (``private``): the runner's gid may read what it must read.
     _share(folder / "inbox", gid, READ_DIR)
-    _share(folder / "inbound.db", gid, stat.S_IRGRP)
+    # The journal too: a reader looks into it for a hot transaction and takes one it cannot open for a hot one.
+    for name in ("inbound.db", "inbound.db-journal"):
+        _share(folder / name, gid, stat.S_IRGRP)
     # A hot journal a crashed host left must be the runner's too, or it could neither roll back nor delete it.
     for name in ("outbound.db", "outbound.db-journal", ".heartbeat"):
         _own(folder / name, uid, gid)

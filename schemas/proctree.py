@@ -136,13 +136,18 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def kill_tree(roots: Iterable[int], spare: Iterable[int] = ()) -> set[int]:
+def kill_tree(roots: Iterable[int], spare: Iterable[int] = (),
+              more: Callable[[], Iterable[int]] = tuple) -> set[int]:
     """SIGKILL ``roots`` and every descendant, frozen first so none can fork away; then reap those of them that
-    were re-parented to us, except ``spare`` (children whose ``Popen`` will wait for them). The pids killed."""
+    were re-parented to us, except ``spare`` (children whose ``Popen`` will wait for them). The pids killed.
+
+    ``more`` names further roots, asked again at every round: a daemon that forks and exits at once hands its child
+    to us (the subreaper) between two scans, outside the tree being frozen; asking for our strays each round finds
+    it, and the rounds end only when one finds nothing new (what is frozen cannot fork)."""
     frozen: set[int] = set()
     wanted = set(roots) - {os.getpid()}
     for _ in range(_FREEZE_ROUNDS):
-        new = _tree(wanted | frozen) - frozen - {os.getpid()}
+        new = _tree(wanted | frozen | set(more())) - frozen - {os.getpid()}
         if not new:
             break
         for pid in new:
@@ -235,14 +240,17 @@ class Brood:
         Does nothing unless this process is a subreaper: otherwise orphans never come here."""
         if not is_subreaper():
             return set()
-        if everything:
-            me, ours = os.getpid(), os.getsid(0)
-            roots = [pid for pid, (ppid, sid) in _table().items() if ppid == me and sid != ours]
-        else:
-            roots = self.strays()
         with self._lock:
             spare = set(self._own)
-        return kill_tree(roots, spare=spare) if roots else set()
+
+        def roots() -> list[int]:
+            if not everything:
+                return self.strays()
+            me, ours = os.getpid(), os.getsid(0)
+            return [pid for pid, (ppid, sid) in _table().items() if ppid == me and sid != ours]
+
+        first = roots()
+        return kill_tree(first, spare=spare, more=roots) if first else set()
 
 
 OWN = Brood()  # this process's children: one per process, like the children themselves

@@ -323,3 +323,41 @@ def test_a_body_is_inspected_off_the_proxys_event_loop(host: Host, upstream: Ups
     assert post(sock).status_code == 200
     (proxy,) = host.proxies
     assert proxy.thread is not None and inspected_on and proxy.thread.name not in inspected_on
+
+
+HOPPER = """
+import os, sys, time
+fd = os.open(sys.argv[2], os.O_WRONLY)  # held by every generation: EOF at the reader only when all are dead
+end = time.monotonic() + 8  # bounded: it stops by itself
+while time.monotonic() < end:
+    if os.fork():
+        os._exit(0)  # the parent leaves at once; the child carries on
+    time.sleep(float(sys.argv[1]))
+"""
+HOP_RUNNER = """
+import json, os, select, sys
+sys.path[:0] = [sys.argv[3]]
+from schemas.proctree import OWN, become_subreaper
+from agent_runner.gate import run_gate
+fifo, hopper = sys.argv[1], sys.argv[2]
+os.mkfifo(fifo)
+reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+def gone(seconds):
+    poller = select.poll()
+    poller.register(reader, select.POLLHUP)
+    return bool(poller.poll(seconds * 1000))
+assert become_subreaper()  # as every runner is
+hop = f"setsid {sys.executable} {hopper} 0.002 {fifo} >/dev/null 2>&1 &"
+script = hop + "\\nsleep 0.3\\necho '{\\"wakeAgent\\": false}'"
+result = run_gate(script, task_id="t", tz="UTC", home="/tmp", cwd="/tmp")
+print(json.dumps({"outcome": result.outcome, "gone_after_gate": gone(1.5)}))
+"""
+
+
+def test_a_daemon_that_forks_and_exits_every_few_ms_dies_with_its_gate(tmp_path: Path) -> None:
+    """Each generation forks a successor and exits at once: the successor comes back to the runner (a subreaper)
+    between two scans, outside the tree being frozen. The freeze asks for the runner's strays at every round."""
+    (tmp_path / "hop.py").write_text(HOPPER)
+    out = subprocess.run([sys.executable, "-c", HOP_RUNNER, str(tmp_path / "alive"), str(tmp_path / "hop.py"),
+                          str(ROOT)], capture_output=True, text=True, timeout=60)
+    assert json.loads(out.stdout) == {"outcome": "skip", "gone_after_gate": True}, out.stderr[-2000:]

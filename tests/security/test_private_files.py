@@ -66,6 +66,8 @@ def test_a_root_host_grants_the_runner_uid_exactly_what_it_reads_and_writes(tmp_
     folder, group_dir = world.session.folder, world.settings.groups_dir / world.group.id
     hand_over(folder, group_dir, 10001, 10001)
     assert (mode(folder / "inbound.db"), (folder / "inbound.db").stat().st_gid) == (0o640, 10001)
+    # its journal (kept for good) too: a reader that cannot open it takes it for a hot one and cannot read
+    assert (mode(folder / "inbound.db-journal"), (folder / "inbound.db-journal").stat().st_gid) == (0o640, 10001)
     assert (mode(folder / "inbox"), (folder / "inbox").stat().st_gid) == (0o750, 10001)
     assert mode(folder) == 0o1770 and mode(folder / "outbox") == 0o1770
     assert (folder / "outbound.db").stat().st_uid == 10001 and mode(folder / "outbound.db") == 0o600
