@@ -213,6 +213,8 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
         if version(conn) > latest_version(kind):
             raise DbError(f"{path}: {kind} schema version {version(conn)} is newer than this release knows")
         conn.execute(f"PRAGMA journal_mode={JOURNAL_MODES[kind]}")
+        if kind == "inbound":  # the kept journal is cut to 0 bytes at each commit: no disk held, as DELETE held none
+            conn.execute("PRAGMA journal_size_limit=0")
         conn.execute("PRAGMA foreign_keys=ON")
         migrate(conn, kind, path)
     except sqlite3.DatabaseError as exc:

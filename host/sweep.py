@@ -1,7 +1,7 @@
 """One sweep over every active session (DESIGN §6.2): sync acks, apply requests, clone, misfire, release
-stuck or orphaned claims, wake. Idle sessions are not opened: a stat of the session folder tells whether
-anything was written since the last visit (every write to a session DB creates and deletes its rollback
-journal there, which moves the folder's mtime)."""
+stuck or orphaned claims, wake. Idle sessions are not opened: two stats tell whether anything was written since
+the last visit. A runner's write to outbound.db creates and deletes its rollback journal, which moves the folder's
+mtime; inbound.db keeps its journal for good (db._own_journal), so a write to it shows in its own mtime."""
 
 from __future__ import annotations
 
@@ -193,7 +193,8 @@ class Sweeper:
         runner = self.runners.alive(session, now) if self.runners else None
         # The idle path runs for every session every tick: a plain os.stat on the str path, and the tick's
         # own text of `now` (pathlib and strftime per session cost 5x the stat itself at 10,000 sessions).
-        mtime = os.stat(session.path).st_mtime_ns
+        mtime = max(os.stat(session.path).st_mtime_ns,
+                    os.stat(session.path + "/inbound.db", follow_symlinks=False).st_mtime_ns)
         seen = self.seen.get(session.id)
         if (seen and runner is None and not seen.busy and mtime == seen.mtime_ns
                 and seen.seen_at_ns - mtime > RACY_NS and (seen.next_due is None or seen.next_due > result.now)):

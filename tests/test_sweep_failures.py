@@ -204,7 +204,8 @@ def test_idle_sessions_are_not_opened(world: World) -> None:
         world.schedule(T0, at=to_text(T0 + timedelta(days=1)), session=session)
     old = T0.timestamp() - 3600  # files untouched for an hour (and so past the coarse-mtime guard)
     for session in [world.session, *others]:
-        os.utime(session.folder, (old, old))
+        for path in (session.folder, session.folder / "inbound.db"):
+            os.utime(path, (old, old))
     sweeper = world.sweeper()
     assert sweeper.tick(T0).sessions_opened == 10
     assert sweeper.tick(T0 + timedelta(seconds=1)).sessions_opened == 0
