@@ -110,44 +110,45 @@ def test_a_gates_setsid_and_double_forked_daemons_die_when_the_gate_ends(tmp_pat
     assert report["alive"] == []
 
 
-def test_a_local_runners_gate_daemons_die_when_the_gate_ends_while_the_runner_lives(tmp_path: Path,
-                                                                                   markers: list[str]) -> None:
+@pytest.fixture
+def local_runtime(tmp_path: Path) -> Iterator[tuple[World, LocalRuntime]]:
+    """A session and the local runtime; every runner it started is stopped afterwards."""
     world = World(tmp_path)
     runtime = LocalRuntime(world.settings)
     try:
-        world.schedule(clock.now() - timedelta(minutes=1), script=gate_script(markers))
-        runtime.start(world.session, "gen-test", {"TZ": "UTC", "NCL_IDLE_TIMEOUT_S": "60"})
-        runner = runtime.processes[world.session.id]
-        pids = wait_for([world.session.folder / f"p{n}" for n in (1, 2, 3)], runner)
-        for pid in pids:  # the gate ends right after it wrote them, and takes them along
-            assert exits_within(pid, WAIT_S), f"daemon {pid} outlived its gate"
-        assert marked(*markers) == []
-        assert runner.poll() is None  # the runner itself goes on: it was the gate's end that killed them
+        yield world, runtime
     finally:
         for session_id in list(runtime.processes):
             runtime.stop(session_id)
         world.central.close()
 
 
-def test_stopping_a_local_runner_kills_its_running_gate_and_the_gates_daemons(tmp_path: Path,
-                                                                              markers: list[str]) -> None:
-    world = World(tmp_path)
-    runtime = LocalRuntime(world.settings)
+def test_a_local_runners_gate_daemons_die_when_the_gate_ends_while_the_runner_lives(
+        local_runtime: tuple[World, LocalRuntime], markers: list[str]) -> None:
+    world, runtime = local_runtime
+    world.schedule(clock.now() - timedelta(minutes=1), script=gate_script(markers))
+    runtime.start(world.session, "gen-test", {"TZ": "UTC", "NCL_IDLE_TIMEOUT_S": "60"})
+    runner = runtime.processes[world.session.id]
+    pids = wait_for([world.session.folder / f"p{n}" for n in (1, 2, 3)], runner)
+    for pid in pids:  # the gate ends right after it wrote them, and takes them along
+        assert exits_within(pid, WAIT_S), f"daemon {pid} outlived its gate"
+    assert marked(*markers) == []
+    assert runner.poll() is None  # the runner itself goes on: it was the gate's end that killed them
+
+
+def test_stopping_a_local_runner_kills_its_running_gate_and_the_gates_daemons(
+        local_runtime: tuple[World, LocalRuntime], markers: list[str]) -> None:
+    world, runtime = local_runtime
     hold = markers[0] + "1"
-    try:
-        world.schedule(clock.now() - timedelta(minutes=1), script=gate_script(markers, hold=hold))
-        runtime.start(world.session, "gen-test", {"TZ": "UTC", "NCL_IDLE_TIMEOUT_S": "60"})
-        runner = runtime.processes[world.session.id]
-        wait_for([world.session.folder / f"p{n}" for n in (1, 2, 3)], runner)
-        while len(marked(*markers, hold)) < 4:
-            assert not exits_within(runner.pid, 0.01)
-        runtime.stop(world.session.id)
-        assert runner.returncode == -signal.SIGKILL
-        assert marked(*markers, hold) == []
-    finally:
-        for session_id in list(runtime.processes):
-            runtime.stop(session_id)
-        world.central.close()
+    world.schedule(clock.now() - timedelta(minutes=1), script=gate_script(markers, hold=hold))
+    runtime.start(world.session, "gen-test", {"TZ": "UTC", "NCL_IDLE_TIMEOUT_S": "60"})
+    runner = runtime.processes[world.session.id]
+    wait_for([world.session.folder / f"p{n}" for n in (1, 2, 3)], runner)
+    while len(marked(*markers, hold)) < 4:
+        assert not exits_within(runner.pid, 0.01)
+    runtime.stop(world.session.id)
+    assert runner.returncode == -signal.SIGKILL
+    assert marked(*markers, hold) == []
 
 
 def test_a_local_runner_killed_alone_leaves_nothing_once_the_host_finds_it_gone(tmp_path: Path,
