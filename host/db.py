@@ -13,6 +13,7 @@ from pathlib import Path
 
 from host import confined, lock, private
 from host.errors import NclError
+from host.settings import SESSIONS_DIR
 from schemas.ddl import MIGRATIONS, DbKind, latest_version
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ def migrate(conn: sqlite3.Connection, kind: DbKind, path: Path | None = None) ->
             for statement in _statements(MIGRATIONS[kind][step]):
                 conn.execute(statement)
         if kind == "central" and current < TASK_IDS_VERSION and path is not None:
-            _register_existing_task_ids(conn, path.parent / "v2-sessions")
+            _register_existing_task_ids(conn, path.parent / SESSIONS_DIR)
         conn.execute(f"PRAGMA user_version={latest_version(kind)}")
     return before
 

@@ -17,6 +17,9 @@ from schemas import zone as zones
 log = logging.getLogger(__name__)
 
 
+SESSIONS_DIR = "v2-sessions"  # below the data dir: one folder per agent group, one per session in it
+
+
 class SettingsError(NclError):
     """A setting whose value cannot be used."""
 
@@ -59,7 +62,7 @@ class Settings(BaseModel):
 
     @property
     def sessions_dir(self) -> Path:
-        return self.data_dir / "v2-sessions"
+        return self.data_dir / SESSIONS_DIR
 
     @property
     def groups_dir(self) -> Path:
