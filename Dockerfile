@@ -19,7 +19,7 @@ COPY wheels/project /wheels/project
 RUN python3 -m zipfile -e /wheels/project/*.whl /opt/ncl-app && python3 -m compileall -q /opt/ncl-app
 
 FROM ${BASE}
-# A fixed non-root uid: a root host hands the session's writable files to it (host/workspace.py).
+# A fixed non-root uid: a root host hands the session's writable files to it (host/runtimes/workspace.py).
 RUN groupadd --gid 10001 ncl \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin ncl \
  && test -e /usr/share/zoneinfo/America/New_York

@@ -9,15 +9,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from host import nudge, sweep
-from host.cli_channel import CliChannel
-from host.delivery import Deliveries
-from host.proxy import CredentialProxy
-from host.runners import Runners, Runtime
-from host.scheduled_fire import ScheduledTasks
+from host.channels import nudge
+from host.channels.cli import CliChannel
+from host.channels.delivery import Deliveries
+from host.channels.webhooks import Webhooks
+from host.project_tasks.fire import ScheduledTasks
+from host.runtimes.pool import Runners, Runtime
+from host.runtimes.proxy.server import CredentialProxy
+from host.scheduling import sweep
+from host.scheduling.sweep import Sweeper, SweepResult
 from host.settings import Settings
-from host.sweep import Sweeper, SweepResult
-from host.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 SLICE_S = 1.0  # longest uninterrupted sleep: bounds how late a nudge or a stop is noticed

@@ -26,8 +26,9 @@ from typing import Any
 from bench_host import HostProcess
 from bench_kit import log, percentile, settings_for, wait_until, webhook_ms, workdir
 
-from host import db, groups, nudge, sessions
+from host.channels import nudge
 from host.settings import Settings
+from host.store import db, groups, sessions
 from schemas import clock, ids
 from schemas.times import to_text
 

@@ -24,7 +24,8 @@ from typing import Any
 import bench_sweep
 from bench_kit import log, settings_for, wait_until, webhook_ms, workdir
 
-from host import db, groups, queues
+from host.channels import queues
+from host.store import db, groups
 from schemas import clock
 
 HOST_CMD = [sys.executable, "-c", "from host.cli import main; main()", "host", "run"]

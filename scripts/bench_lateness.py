@@ -16,10 +16,11 @@ from typing import Any
 
 from bench_kit import log, percentile, settings_for, workdir
 
-from host import db, groups, sessions, tasks
 from host.loop import Host
-from host.recurrence import Policy
-from host.sessions import Session
+from host.scheduling import tasks
+from host.scheduling.recurrence import Policy
+from host.store import db, groups, sessions
+from host.store.sessions import Session
 from schemas import clock, ids
 from schemas.times import from_text, to_text
 
@@ -83,8 +84,8 @@ def bench_lateness(quick: bool) -> dict[str, Any]:
             asyncio.run(_run_host(host, runtime, count, time.monotonic() + 3 + spread_s + 15))
         finally:
             host.sweeper.close()
-            host.scheduled.close()
-            host.proxy.shutdown()
+            host.project_tasks.specs.close()
+            host.runtimes.proxy.server.shutdown()
     late = list(runtime.lateness_ms.values())
     return {"tasks": count, "sessions": session_count, "spread_s": spread_s, "fired": len(late),
             "missing": count - len(late), "runner_starts": runtime.starts,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from host.sessions import create_files
+from host.store.sessions import create_files
 
 ACK = "SELECT 1 FROM processing_ack WHERE message_id = ?"
 

@@ -31,10 +31,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from host import db, groups, sessions, tasks
-from host.recurrence import Policy
+from host.scheduling import tasks
+from host.scheduling.recurrence import Policy
+from host.scheduling.sweep import RACY_NS, Sweeper, SweepResult
 from host.settings import Settings, load
-from host.sweep import RACY_NS, Sweeper, SweepResult
+from host.store import db, groups, sessions
 from schemas import ids
 from schemas.times import to_text
 

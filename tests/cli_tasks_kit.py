@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from cli_kit import Ncl, ok
 
-from host import db
+from host.store import db
 
 if TYPE_CHECKING:
     from conftest import CliEnv, Result

@@ -26,12 +26,14 @@ from typing import Any
 
 from processes import Env
 
-from host import db, nudge, queues, task_list, tasks
 from host import settings as settings_module
+from host.channels import nudge, queues
 from host.cli.app import App
 from host.errors import NclError
-from host.recurrence import Policy
+from host.scheduling import task_list, tasks
+from host.scheduling.recurrence import Policy
 from host.settings import Settings
+from host.store import db
 from schemas import clock, ids
 from schemas.times import to_text
 

@@ -13,13 +13,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from host import db, groups, sessions, tasks
 from host import settings as settings_module
-from host.recurrence import Policy
-from host.runners import Runners
-from host.sessions import Session
-from host.sweep import Sweeper
-from host.task_ids import TaskIds
+from host.runtimes.pool import Runners
+from host.scheduling import tasks
+from host.scheduling.recurrence import Policy
+from host.scheduling.sweep import Sweeper
+from host.store import db, groups, sessions
+from host.store.sessions import Session
+from host.store.task_ids import TaskIds
 from schemas import ids
 from schemas.times import from_text, to_text
 

@@ -18,7 +18,7 @@ from cli_kit import Ncl
 from kit import FakeClock, utc
 
 from host import settings as settings_module
-from host.scheduled_fire import ScheduledTasks
+from host.project_tasks.fire import ScheduledTasks
 from host.settings import Settings
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from host import sessions
+from host.store import sessions
 
 InsertRow = Callable[[sqlite3.Connection, str, dict[str, Any]], None]
 RowIn = Callable[..., dict[str, Any]]

@@ -21,7 +21,7 @@ from agent_runner.anthropic_provider import AnthropicProvider
 from agent_runner.config import RunnerConfig
 from agent_runner.runner import Runner
 from agent_runner.store import Store
-from host.sessions import create_files
+from host.store.sessions import create_files
 from schemas import clock, ids
 from schemas.times import to_text
 

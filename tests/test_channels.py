@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from processes import Env, Host
 
-from host import queues
+from host.channels import queues
 from host.errors import NclError
 
 

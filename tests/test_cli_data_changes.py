@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from cli_kit import Ncl, dump, ok, one_line_error
 
-from host import db
+from host.store import db
 
 if TYPE_CHECKING:
     from conftest import CliEnv

@@ -27,7 +27,7 @@ from cli_tasks_kit import (
 from cli_tasks_kit import cli as cli
 from cli_tasks_kit import session as session
 
-from host import db
+from host.store import db
 
 
 def missed_slots(run: dict[str, Any]) -> int:

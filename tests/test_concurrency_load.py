@@ -35,8 +35,8 @@ import pytest
 from concurrency_writers import DURATION_S, LOCKED, Load, Series, cli_mix, controller, sender, setup_load, updater
 from processes import Env, Host
 
-from host import sessions
 from host.cli.app import App
+from host.store import sessions
 
 DRAIN_S = 90.0  # after the load: every job answered, every one-shot run
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from kit import World, utc
 
-from host import tasks
 from host.errors import NclError
+from host.scheduling import tasks
 from schemas.times import to_text
 
 # Two writes that race with a firing, pinned with a fake clock. The runner claims a due row in outbound.db at once;

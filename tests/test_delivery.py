@@ -10,8 +10,8 @@ from typing import Any
 
 from kit import World, utc
 
-from host.delivery import Deliveries
-from host.sessions import Session
+from host.channels.delivery import Deliveries
+from host.store.sessions import Session
 
 T0 = utc("2026-05-18T13:00:00")
 

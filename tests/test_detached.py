@@ -1,5 +1,5 @@
 """Children a runner starts in sessions of their own (``schemas.detached``), against real processes: the host kills
-what a runner listed (``host.local_runtime.kill_detached``, which reads the list with no link followed), and
+what a runner listed (``host.runtimes.local.kill_detached``, which reads the list with no link followed), and
 nothing else; the gate lists its script; the local runtime kills what a runner left."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 from kit import World, exits_within
 
 from agent_runner.gate import run_gate
-from host.local_runtime import LocalRuntime, kill_detached
+from host.runtimes.local import LocalRuntime, kill_detached
 from schemas import detached
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists() or not hasattr(os, "pidfd_open"),

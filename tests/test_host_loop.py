@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 from kit import FakeClock, RecordingRuntime, World, utc
 
-from host import loop, nudge, sessions, tasks
+from host import loop
+from host.channels import nudge
 from host.loop import Host
+from host.scheduling import tasks
+from host.store import sessions
 from schemas import ids
 from schemas.times import to_text
 

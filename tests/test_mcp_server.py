@@ -16,7 +16,7 @@ from mcp.types import CallToolResult, TextContent
 from agent_runner.config import RunnerConfig
 from agent_runner.mcp_server import CURRENT_TURN
 from agent_runner.store import Store
-from host.sessions import create_files
+from host.store.sessions import create_files
 from schemas import clock
 
 TZ = "America/New_York"

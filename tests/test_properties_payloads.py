@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 from kit import World
 from property_kit import T0, json_values, no_nul, observe, one_line, props, strict_json
 
-from host import db, groups, queues
+from host.channels import queues
 from host.errors import NclError
+from host.store import db, groups
 from schemas.messages import MessageIn, QueueContent
 
 file_urls = st.sampled_from([

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from processes import Env
 from property_kit import cron_texts, json_values, no_nul, observe, props, strict_json
 
-from host import queues
+from host.channels import queues
 from schemas import cron
 
 good_schedules = st.sampled_from(["30 17 * * *", "0 9 * * 1-5", "@daily", "0 */2 * * *", "15 3 1 * *"])

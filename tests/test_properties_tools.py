@@ -25,7 +25,7 @@ from agent_runner.providers import MockProvider
 from agent_runner.runner import Runner
 from agent_runner.store import Store
 from agent_runner.tools import ToolError, Tools
-from host import db, inbox
+from host.store import db, inbox
 from schemas import requests
 from schemas.messages import MessageIn, OutChatContent, TaskContent
 from schemas.times import to_text

@@ -29,7 +29,7 @@ SERVE = """
 import asyncio, sys
 from pathlib import Path
 from host import settings as settings_module
-from host.webhooks import Webhooks
+from host.channels.webhooks import Webhooks
 
 async def main():
     root = Path(sys.argv[1])
@@ -43,7 +43,7 @@ asyncio.run(main())
 
 
 class LiveHook:
-    """The real webhook server (host.webhooks.Webhooks on 127.0.0.1) for the group of ``Hook``; plain sockets post."""
+    """The real webhook server (host.channels.webhooks.Webhooks on 127.0.0.1) for the Hook group; sockets post."""
 
     def __init__(self, root: Path) -> None:
         self.hook = Hook(root)

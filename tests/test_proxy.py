@@ -21,7 +21,7 @@ import anthropic
 import httpx2 as httpx
 import pytest
 
-from host.proxy import SOCKET_NAME, CredentialProxy, ProxyLimits
+from host.runtimes.proxy.server import SOCKET_NAME, CredentialProxy, ProxyLimits
 from host.settings import Settings
 
 MESSAGE = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "stop_reason": "end_turn",
@@ -125,9 +125,9 @@ def serve(upstream: Upstream, tmp_path: Path) -> Iterator[Callable[..., Path]]:
 
 @pytest.fixture
 def records(monkeypatch: pytest.MonkeyPatch) -> Iterator[queue.Queue[logging.LogRecord]]:
-    """Records of ``host.proxy`` as they are emitted from the proxy's thread: a test waits on them."""
+    """Records of ``host.runtimes.proxy.server`` as they are emitted from the proxy's thread: a test waits on them."""
     found: queue.Queue[logging.LogRecord] = queue.Queue()
-    logger, handler = logging.getLogger("host.proxy"), logging.handlers.QueueHandler(found)
+    logger, handler = logging.getLogger("host.runtimes.proxy.server"), logging.handlers.QueueHandler(found)
     logger.addHandler(handler)
     level = logger.level
     logger.setLevel(logging.INFO)  # setLevel, not the attribute: it also clears the logger's isEnabledFor cache

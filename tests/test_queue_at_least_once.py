@@ -13,9 +13,9 @@ from pathlib import Path
 
 from processes import Env, Host
 
-from host import queues
 from host import settings as settings_module
-from host.db import connect
+from host.channels import queues
+from host.store.db import connect
 from schemas import clock
 
 JOBS = 200

@@ -18,7 +18,7 @@ from kit import FakeClock, utc
 from agent_runner.config import RunnerConfig
 from agent_runner.providers import MockProvider, ProviderError, Reply, Turn
 from agent_runner.runner import Runner
-from host.sessions import create_files
+from host.store.sessions import create_files
 
 NOW = utc("2026-01-14T15:00:00")  # Wednesday 10:00 in New York
 

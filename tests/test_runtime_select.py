@@ -13,12 +13,14 @@ import docker.errors
 import pytest
 from kit import World
 
-from host import doctor, image, runtime
-from host.confined import Refused
-from host.docker_runtime import CONTAINER_UID, DockerRuntime, check_env, container_user, install_id
-from host.local_runtime import LocalRuntime
+from host.cli import checks as doctor
+from host.files.confined import Refused
+from host.runtimes import factory as runtime
+from host.runtimes import image
+from host.runtimes.docker import CONTAINER_UID, DockerRuntime, check_env, container_user, install_id
+from host.runtimes.local import LocalRuntime
+from host.runtimes.workspace import hand_over
 from host.settings import Settings
-from host.workspace import hand_over
 
 
 def settings(tmp_path: Path, **env: str) -> Settings:

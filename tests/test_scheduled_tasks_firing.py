@@ -13,8 +13,9 @@ from kit import FakeClock, RecordingRuntime
 from scheduled_project import DAILY_QUEUE, SLOT, Project
 from scheduled_project import project as project
 
-from host import db, scheduled_fire
 from host.loop import Host
+from host.project_tasks import fire as scheduled_fire
+from host.store import db
 from schemas.times import from_text
 
 RUN_KEYS = {"id", "task_id", "status", "scheduled_for", "started_at", "finished_at", "duration_ms", "exit_code",
@@ -112,5 +113,5 @@ async def test_the_host_loop_fires_within_a_second_and_wakes_the_job_in_the_same
         (run,) = project.runs(item["id"])
         assert from_text(run["started_at"]) == woken_at
     finally:
-        host.scheduled.close()
+        host.project_tasks.specs.close()
         host.sweeper.close()

@@ -15,8 +15,8 @@ from kit import FakeClock
 from scheduled_project import HEAD, NOW, Project, local
 from scheduled_project import project as project
 
-from host import db
-from host.scheduled_fire import ScheduledTasks
+from host.project_tasks.fire import ScheduledTasks
+from host.store import db
 
 
 def fire_host(project: Project, command: str, extra: str = "", at: str = "2026-06-12T09:00:00",

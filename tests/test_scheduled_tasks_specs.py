@@ -14,7 +14,7 @@ from kit import FakeClock
 from scheduled_project import DAILY_QUEUE, HEAD, NOW, SLOT, Project, local, one_line_error
 from scheduled_project import project as project
 
-from host import db
+from host.store import db
 from schemas import ids
 from schemas.times import from_text
 

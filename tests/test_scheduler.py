@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from kit import World, utc
 
-from host import tasks
 from host.errors import NclError
+from host.scheduling import tasks
 from schemas.times import to_text
 
 MON_0800 = utc("2026-05-18T12:00:00")  # Monday 08:00 in New York (EDT, UTC-4)

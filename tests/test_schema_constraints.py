@@ -15,7 +15,7 @@ import pytest
 from schema_kit import InsertRow, RowIn
 from schema_kit import session_dir as session_dir
 
-from host import db
+from host.store import db
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,8 @@ import pytest
 from schema_kit import INBOUND_COLUMNS, InsertRow, columns, open_plain
 from schema_kit import session_dir as session_dir
 
-from host import db
-from host.db import DbError
+from host.store import db
+from host.store.db import DbError
 from schemas.ddl import MIGRATIONS, DbKind, latest_version
 
 

@@ -16,7 +16,7 @@ import pytest
 from schema_kit import InsertRow, RowIn
 from schema_kit import session_dir as session_dir
 
-from host import db
+from host.store import db
 
 DOCUMENTED_QUERY = (
     "SELECT id, status, process_after, recurrence, series_id FROM messages_in "

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from kit import RecordingRuntime, World, utc
 
-from host import tasks
+from host.scheduling import tasks
 from schemas.times import to_text
 
 T0 = utc("2026-05-18T13:00:00")

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from kit import World, utc
 
-from host import db
-from host.sessions import Session
+from host.store import db
+from host.store.sessions import Session
 from schemas.times import to_text
 
 T0 = utc("2026-03-02T15:00:00")

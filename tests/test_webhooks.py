@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from kit import utc
 
-from host import db, groups
 from host import settings as settings_module
-from host.webhooks import Webhooks
+from host.channels.webhooks import Webhooks
+from host.store import db, groups
 
 
 class Hook:

@@ -10,8 +10,8 @@ import sys
 import click
 from pydantic import ValidationError
 
-from host import doctor as checks
 from host import settings as settings_module
+from host.cli import checks
 from host.cli.app import App, pass_app
 from host.cli.chat import agent_cli, chat
 from host.cli.groups import group_cli

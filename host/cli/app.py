@@ -8,10 +8,11 @@ from datetime import datetime
 
 import click
 
-from host import db, lock
 from host.errors import NclError
-from host.recurrence import Policy
+from host.files import lock
+from host.scheduling.recurrence import Policy
 from host.settings import Settings
+from host.store import db
 from schemas import clock
 from schemas.times import TimeFormatError, parse_user_time, truncate_ms
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import click
 
+from host.channels.cli import socket_path
 from host.cli.app import App, pass_app
 from host.cli.output import emit, json_option, local_time
 from host.cli.terminal import say
-from host.cli_channel import socket_path
 from host.errors import NclError
 from schemas.validation import check_prompt
 

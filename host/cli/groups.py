@@ -7,10 +7,11 @@ from pathlib import Path
 
 import click
 
-from host import db, groups, sessions, tasks
 from host.cli.app import App, pass_app, policy
 from host.cli.output import emit, fields, json_option, local_time, table
 from host.errors import NclError
+from host.scheduling import tasks
+from host.store import db, groups, sessions
 
 COLUMNS = [("id", "ID"), ("name", "NAME"), ("channels", "CHANNELS"), ("session_mode", "SESSIONS"),
            ("provider", "PROVIDER"), ("model", "MODEL"), ("created", "CREATED")]

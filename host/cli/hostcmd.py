@@ -10,12 +10,12 @@ import click
 
 from host.cli.app import App, now_option, pass_app
 from host.cli.output import emit, fields, json_option
-from host.lock import host_lock
+from host.files.lock import host_lock
 from host.loop import Host
-from host.runners import Runners
-from host.runtime import announce, finish, prepare, select_runtime
-from host.scheduled_fire import fire_once
-from host.sweep import Sweeper
+from host.project_tasks.fire import fire_once
+from host.runtimes.factory import announce, finish, prepare, select_runtime
+from host.runtimes.pool import Runners
+from host.scheduling.sweep import Sweeper
 from schemas import clock
 from schemas.proctree import become_subreaper, subreaping
 

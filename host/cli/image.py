@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from host import image
 from host.cli.app import App, pass_app
 from host.cli.output import emit, fields, json_option
 from host.cli.terminal import say
+from host.runtimes import image
 
 
 @click.group("image")

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from host import queues
+from host.channels import queues
 from host.cli.app import App, now_option, pass_app
 from host.cli.output import emit, json_option, print_json, table
 from host.errors import NclError

@@ -15,10 +15,11 @@ from typing import Any
 
 import click
 
-from host import nudge, scheduled
+from host.channels import nudge
 from host.cli.app import App, now_option, pass_app
 from host.cli.output import emit, json_option, local_time, table
-from host.scheduled import Spec, Task
+from host.project_tasks import specs as scheduled
+from host.project_tasks.specs import Spec, Task
 from schemas import ids
 
 COLUMNS = [("id", "ID"), ("name", "NAME"), ("schedule", "SCHEDULE"), ("target_text", "TARGET"),

@@ -7,10 +7,10 @@ from contextlib import closing
 
 import click
 
-from host import groups, sessions
 from host.cli.app import App, pass_app
 from host.cli.output import emit, fields, json_option, local_time, table
 from host.errors import NclError
+from host.store import groups, sessions
 
 COLUMNS = [("id", "ID"), ("agent_group_id", "GROUP"), ("status", "STATUS"), ("thread_key", "THREAD"),
            ("created", "CREATED"), ("last_active", "LAST ACTIVE")]

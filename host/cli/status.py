@@ -6,9 +6,10 @@ from contextlib import closing
 
 import click
 
-from host import overview, sessions
+from host.cli import overview
 from host.cli.app import App, pass_app
 from host.cli.output import emit, fields, json_option, local_time, table
+from host.store import sessions
 
 
 @click.command("status")

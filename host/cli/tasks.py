@@ -9,12 +9,14 @@ from typing import Any, TypeVar
 
 import click
 
-from host import db, groups, nudge, sessions, task_list, tasks
+from host.channels import nudge
 from host.cli.app import App, now_option, pass_app, policy
 from host.cli.output import emit, fields, json_option, local_time, table
 from host.errors import NclError
-from host.sessions import Session
-from host.task_ids import TaskIds
+from host.scheduling import task_list, tasks
+from host.store import db, groups, sessions
+from host.store.sessions import Session
+from host.store.task_ids import TaskIds
 from schemas import ids
 from schemas.times import parse_user_time, to_text
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from kit import World
 
-from host import image
-from host.docker_runtime import DockerRuntime, install_id
+from host.runtimes import image
+from host.runtimes.docker import DockerRuntime, install_id
 
 TEST_IMAGE = os.environ.get("NCL_TEST_IMAGE", "ncl-agent:test")
 BASE = "ncl-base:bookworm"

@@ -14,9 +14,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from kit import World
 
-from host import db
-from host.docker_runtime import DockerRuntime
-from host.runners import runner_env
+from host.runtimes.docker import DockerRuntime
+from host.runtimes.pool import runner_env
+from host.store import db
 
 pytestmark = pytest.mark.docker
 SECRET = "sk-ant-probe-must-never-reach-a-container"

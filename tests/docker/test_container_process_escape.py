@@ -19,11 +19,11 @@ import pytest
 from kit import World
 from process_marks import gate_script, kill_marked, marked, new_markers
 
-from host import db
-from host.docker_runtime import DockerRuntime, install_id, resource_limits
-from host.runners import runner_env
-from host.scheduled import ContainerTarget
-from host.scheduled_targets import container_kwargs
+from host.project_tasks.specs import ContainerTarget
+from host.project_tasks.targets import container_kwargs
+from host.runtimes.docker import DockerRuntime, install_id, resource_limits
+from host.runtimes.pool import runner_env
+from host.store import db
 from schemas import clock
 from schemas.proctree import children_of, stat_fields
 

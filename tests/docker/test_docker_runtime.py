@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from kit import World, utc
 
-from host import db, docker_runtime
-from host.docker_runtime import DockerRuntime
-from host.runners import Runners
+from host.runtimes import docker as docker_runtime
+from host.runtimes.docker import DockerRuntime
+from host.runtimes.pool import Runners
+from host.store import db
 
 pytestmark = pytest.mark.docker
 NOW = utc("2026-01-14T15:00:00")

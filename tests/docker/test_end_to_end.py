@@ -29,10 +29,10 @@ from fake_anthropic import FakeAnthropic
 from kit import World, utc
 from processes import Env, Host, ncl_command
 
-from host import db
 from host import settings as settings_module
-from host.docker_runtime import DockerRuntime, install_id
-from host.runners import Runners
+from host.runtimes.docker import DockerRuntime, install_id
+from host.runtimes.pool import Runners
+from host.store import db
 
 pytestmark = pytest.mark.docker
 

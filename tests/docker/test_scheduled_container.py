@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from kit import FakeClock, utc
 
-from host import db, scheduled
 from host import settings as settings_module
-from host.scheduled_fire import ScheduledTasks
+from host.project_tasks import specs as scheduled
+from host.project_tasks.fire import ScheduledTasks
 from host.settings import Settings
+from host.store import db
 from schemas import ids
 
 pytestmark = pytest.mark.docker

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from kit import World
 
-from host import db
-from host.docker_runtime import DockerRuntime, install_id
-from host.runners import runner_env
+from host.runtimes.docker import DockerRuntime, install_id
+from host.runtimes.pool import runner_env
+from host.store import db
 from schemas import clock
 
 pytestmark = pytest.mark.docker

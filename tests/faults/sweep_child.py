@@ -7,7 +7,7 @@ reads commands from stdin, one per line, and answers each with one JSON line on 
     tick ISO        one sweep at that instant (no runner is started: the test plays the runners)
     tick ISO N      the same, but the process SIGKILLs itself when its N-th SQL statement begins
 
-Every connection the host opens goes through ``host.db._raw``; wrapping it installs a ``sqlite3`` trace callback
+Every connection the host opens goes through ``host.store.db._raw``; wrapping it installs a ``sqlite3`` trace callback
 that counts statements (BEGIN, COMMIT and PRAGMAs included), so "killed at statement N" is deterministic: the
 same data and the same N kill at the same point, between any two statements of the sweep, inside or outside a
 transaction. The statement it dies at is written to stderr first, for the test's diagnostics.
@@ -22,10 +22,10 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from host import db
 from host import settings as settings_module
-from host.lock import host_lock
-from host.sweep import Sweeper
+from host.files.lock import host_lock
+from host.scheduling.sweep import Sweeper
+from host.store import db
 from schemas.times import from_text
 
 _count = 0

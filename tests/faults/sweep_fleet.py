@@ -25,10 +25,11 @@ from kit import utc
 from agent_runner.config import RunnerConfig
 from agent_runner.store import Store
 from agent_runner.tools import Tools
-from host import db, groups, inbox, sessions, tasks
-from host.recurrence import Policy
-from host.sessions import Session
+from host.scheduling import tasks
+from host.scheduling.recurrence import Policy
 from host.settings import Settings
+from host.store import db, groups, inbox, sessions
+from host.store.sessions import Session
 from schemas import ids
 from schemas.times import to_text
 

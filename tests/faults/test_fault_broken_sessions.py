@@ -33,9 +33,10 @@ import pytest
 from faultkit import inbound_rows, scenario_step, short_root
 from processes import Env
 
-from host import db, groups, sessions, tasks
 from host import settings as settings_module
-from host.recurrence import Policy
+from host.scheduling import tasks
+from host.scheduling.recurrence import Policy
+from host.store import db, groups, sessions
 from schemas import clock, ids
 
 pytestmark = pytest.mark.slow

@@ -36,8 +36,8 @@ import pytest
 from sweep_fleet import SESSIONS, T0, TERMINAL_OUTCOMES, PlayedRunners, SweepHost, setup_fleet
 
 from host import settings as settings_module
-from host.sessions import Session
 from host.settings import Settings
+from host.store.sessions import Session
 from schemas.times import to_text
 
 SEED = 20260518

@@ -30,8 +30,8 @@ def _gate(markers: list[str], folder: Path) -> dict[str, Any]:
 
 
 def _host_task(markers: list[str], folder: Path) -> dict[str, Any]:
-    from host.scheduled import HostTarget
-    from host.scheduled_targets import Stop, run_host
+    from host.project_tasks.specs import HostTarget
+    from host.project_tasks.targets import Stop, run_host
 
     # The YAML host task: the command returns at once, the setsid'd daemon is what it leaves.
     target = HostTarget(command=f"sh -c \"setsid sh -c 'exec sleep {markers[0]}' &\"", cwd=str(folder),
@@ -47,7 +47,7 @@ def _runner_killed(markers: list[str], folder: Path) -> dict[str, Any]:
 
     from kit import World, exits_within
 
-    from host.local_runtime import LocalRuntime
+    from host.runtimes.local import LocalRuntime
     from schemas import clock
 
     world = World(folder)

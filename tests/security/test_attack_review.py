@@ -25,7 +25,8 @@ from test_proxy import MESSAGE, Upstream, raw, running_upstream
 from test_proxy_bounds import ASK, Host, post
 from test_webhooks import Hook
 
-from host import api_policy, groups
+from host.runtimes.proxy import policy as api_policy
+from host.store import groups
 
 # A clipboard write, a screen clear, a window title, an 8-bit CSI, a right-to-left override, DEL.
 HOSTILE = "\x1b]52;c;aGFja2Vk\x07\x1b[2J\x1b]0;pwned\x07\x9b31m\u202eexe.txt\x7f"
@@ -299,7 +300,7 @@ def test_request_headers_reach_upstream_only_from_an_allow_list(host: Host, upst
 
 def test_deeply_nested_json_is_a_400_and_logs_no_traceback(host: Host, upstream: Upstream,
                                                            caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="host.proxy")
+    caplog.set_level(logging.INFO, logger="host.runtimes.proxy.server")
     sock = host.serve()
     deep = b"[" * 100_000 + b"]" * 100_000
     answers = {send(sock, deep)[:12] for _ in range(20)}

@@ -28,8 +28,8 @@ from agent_runner.config import RunnerConfig
 from agent_runner.mcp_server import build_server
 from agent_runner.store import Store
 from agent_runner.tools import ToolError, Tools
-from host import scheduled
 from host.errors import NclError
+from host.project_tasks import specs as scheduled
 from schemas import requests
 from schemas.messages import TaskContent
 from schemas.times import TimeFormatError, parse_user_time, to_text

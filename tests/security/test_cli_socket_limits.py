@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from test_webhooks import Hook
 
-from host import cli_channel
-from host.cli_channel import CliChannel, socket_path
-from host.webhooks import Webhooks
+from host.channels import cli as cli_channel
+from host.channels.cli import CliChannel, socket_path
+from host.channels.webhooks import Webhooks
 
 
 @pytest.fixture

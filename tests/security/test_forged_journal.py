@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from kit import World, utc
 
-from host import db, groups
-from host.workspace import hand_over
+from host.runtimes.workspace import hand_over
+from host.store import db, groups
 
 RUNNER_UID = 1000
 SYSTEM_PYTHON = "/usr/bin/python3"  # one any uid may run (the venv's may sit in a folder only root can enter)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from property_kit import props
 from test_webhooks import Hook
 
-from host.http_wire import Refusal, read_body, read_head
+from host.http.wire import Refusal, read_body, read_head
 
 CAP = 1 << 20
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from host.log_throttle import LogThrottle
+from host.http.log_throttle import LogThrottle
 
 
 def test_one_line_a_minute_per_action_with_the_count_left_out(caplog: pytest.LogCaptureFixture) -> None:
@@ -48,7 +48,7 @@ def test_a_hundred_thousand_repeats_make_a_handful_of_lines(caplog: pytest.LogCa
 # "socket.accept() out of system resource" with a traceback for each pending connection, every second.
 ASYNCIO_AT_THE_LIMIT = """
 import asyncio, logging, os, resource, sys
-from host.listener import Listener, unix_socket
+from host.http.listener import Listener, unix_socket
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
 

@@ -1,7 +1,7 @@
 """Security boundaries (issue 11, point 1): the host never reads through a link a runner could plant.
 
 A runner writes its group folder and its session folder, so any name there may flip between a file and a symlink
-to a secret (the host's ``.env``) while the host reads it. ``host.confined`` opens below a directory descriptor
+to a secret (the host's ``.env``) while the host reads it. ``host.files.confined`` opens below a directory descriptor
 with no link followed in any component and reads what it checked; ``db.connect`` opens a session's databases only
 when the path SQLite resolved is the pinned link-free one. The races below flip a name thousands of times during
 real reads: every read is either refused or the real file, never the secret.
@@ -20,8 +20,10 @@ import pytest
 from kit import World
 from security_kit import SECRET, T0
 
-from host import confined, db, groups, outbox, queues
+from host.channels import queues
 from host.errors import NclError
+from host.files import confined
+from host.store import db, groups, outbox
 
 ROUNDS = 2000
 

@@ -23,7 +23,7 @@ from cli_kit import Ncl, ok, one_line_error
 from kit import World
 from processes import ncl_command
 
-from host.workspace import hand_over
+from host.runtimes.workspace import hand_over
 
 
 @pytest.fixture(autouse=True)
@@ -123,7 +123,7 @@ def test_a_queue_send_refuses_a_group_folder_that_is_a_symlink(ncl: Ncl, cli_env
 HOLD_LOCK = """
 import sys
 from pathlib import Path
-from host.lock import host_lock
+from host.files.lock import host_lock
 with host_lock(Path(sys.argv[1])):
     print("held", flush=True)
     sys.stdin.read()

@@ -30,10 +30,10 @@ from scheduled_project import HEAD, NOW, Project, local
 from scheduled_project import project as project
 from security_kit import ROOT
 
-from host.local_runtime import LocalRuntime, kill_detached
-from host.runners import runner_env
-from host.scheduled import HostTarget
-from host.scheduled_targets import Outcome, Stop, run_host
+from host.project_tasks.specs import HostTarget
+from host.project_tasks.targets import Outcome, Stop, run_host
+from host.runtimes.local import LocalRuntime, kill_detached
+from host.runtimes.pool import runner_env
 from schemas import clock, proctree
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists() or not hasattr(os, "pidfd_open"),

@@ -26,7 +26,7 @@ from security_kit import ROOT, T0
 from test_proxy import MESSAGE, Handler, Upstream, client, raw, running_upstream
 
 from host import settings as settings_module
-from host.proxy import CredentialProxy, ProxyLimits
+from host.runtimes.proxy.server import CredentialProxy, ProxyLimits
 from host.settings import Settings
 
 ASK = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
@@ -187,7 +187,7 @@ def test_body_memory_is_given_back_once_sent(host: Host, upstream: Upstream) -> 
 RSS_PROXY = """
 import json, sys, time
 from pathlib import Path
-from host.proxy import CredentialProxy
+from host.runtimes.proxy.server import CredentialProxy
 from host.settings import Settings
 proxy = CredentialProxy(Settings.model_validate({"ANTHROPIC_API_KEY": "k", "ANTHROPIC_BASE_URL": sys.argv[1]}))
 print(json.dumps([str(proxy.open(Path(folder))) for folder in sys.argv[2:]]), flush=True)

@@ -1,12 +1,12 @@
-"""Issue 11, point 1, for the files the host reads from a runner's session folder that ``host.runners`` and
-``host.local_runtime`` own: ``.heartbeat`` (and ``.children``, in tests/test_detached.py) are opened below the
+"""Issue 11, point 1, for the files the host reads from a runner's session folder that ``host.runtimes.pool`` and
+``host.runtimes.local`` own: ``.heartbeat`` (and ``.children``, in tests/test_detached.py) are opened below the
 folder with no link followed in any component and read from the checked descriptor."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from host.runners import read_heartbeat
+from host.runtimes.pool import read_heartbeat
 
 
 def test_a_heartbeat_is_read_from_a_regular_file(tmp_path: Path) -> None:

@@ -23,8 +23,9 @@ from security_kit import SECRET, T0
 from agent_runner.config import RunnerConfig
 from agent_runner.store import Store
 from agent_runner.tools import ToolError, Tools
-from host import db, groups, queues
+from host.channels import queues
 from host.errors import NclError
+from host.store import db, groups
 
 # --- paths that escape the workspace, the group folder, data/groups ----------------------------------------------
 

@@ -22,7 +22,7 @@ from processes import Env
 from security_kit import ROOT, SECRET, product_files
 from test_proxy import Upstream, raw, running_upstream
 
-from host.proxy import CredentialProxy
+from host.runtimes.proxy.server import CredentialProxy
 from host.settings import Settings
 
 # --- the credential proxy forwards the model API and nothing else ------------------------------------------------

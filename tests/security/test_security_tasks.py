@@ -19,8 +19,8 @@ from security_kit import T0
 from agent_runner.config import RunnerConfig
 from agent_runner.store import Store
 from agent_runner.tools import ToolError, Tools
-from host import db, groups, inbox, sessions
-from host.sessions import Session
+from host.store import db, groups, inbox, sessions
+from host.store.sessions import Session
 from schemas.times import to_text
 
 

@@ -30,8 +30,9 @@ from scheduled_project import DAILY_QUEUE, SLOT, Project
 from scheduled_project import project as project
 from security_kit import T0
 
-from host import inbox, sweep
 from host.loop import Host
+from host.scheduling import sweep
+from host.store import inbox
 from schemas import cron, cron_count, ids, transitions
 from schemas.times import from_text, to_text
 

@@ -19,8 +19,8 @@ from kit import World
 from schema_kit import InsertRow
 from security_kit import T0
 
-from host import db, groups, sessions, task_ids
-from host.sessions import Session
+from host.store import db, groups, sessions, task_ids
+from host.store.sessions import Session
 from schemas import ids
 
 LIVE = ("pending", "processing", "paused")

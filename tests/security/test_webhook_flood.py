@@ -25,7 +25,7 @@ import pytest
 from processes import HOST_PRELUDE, Env
 from test_webhooks import Hook
 
-from host.webhooks import Webhooks
+from host.channels.webhooks import Webhooks
 
 KIB = 1024
 BODY = 1024 * KIB - 1  # sent of the 1 MiB announced: a server that reads before it checks waits for the last byte

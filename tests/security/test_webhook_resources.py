@@ -19,8 +19,9 @@ from test_webhook_flood import head, status_of
 SERVE = """
 import asyncio, logging, os, resource, sys
 from pathlib import Path
-from host import db, groups, settings as settings_module
-from host.webhooks import Webhooks
+from host.store import db, groups
+from host import settings as settings_module
+from host.channels.webhooks import Webhooks
 from schemas import clock
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")

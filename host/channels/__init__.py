@@ -1,0 +1,1 @@
+"""How messages come in and replies go out: router, delivery, the CLI socket, webhooks, named queues."""

@@ -1,0 +1,139 @@
+"""The ``cli`` and ``toolkit`` channels: newline-delimited JSON over ``data/cli.sock`` (owner-only).
+
+A client sends ``{"op": "send", "group": G, "text": T, "thread": K|null, "channel": "cli"|"toolkit"}``, gets
+``{"ok": true, "session_id", "message_id", "seq"}`` (or ``{"ok": false, "error"}``), then every reply of that
+session as ``{"reply": {"id", "text", "files", "timestamp", "in_reply_to", "in_reply_to_seq"}}`` while it
+stays connected. Replies are pushed by the sweep's delivery step through ``deliver``.
+
+Limits of its own, so a flood of the webhook port never starves it: at most ``MAX_CLIENTS`` connections (one more
+gets an error line and is closed), a request line of at most 1 MiB that must arrive whole within
+``LINE_TIMEOUT_S`` once begun (idle between lines is fine: a chat waits for its user), and a client that stops
+reading its replies is dropped rather than buffered without end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+from collections import defaultdict
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from host.channels import router
+from host.errors import NclError
+from host.http.listener import Listener, unix_socket
+from host.settings import Settings
+from host.store import db, groups
+from host.store.groups import Group
+from host.store.sessions import Session
+from schemas import clock
+
+log = logging.getLogger(__name__)
+MAX_LINE = 1 << 20
+MAX_CLIENTS = 64
+LINE_TIMEOUT_S = 10.0
+MAX_UNREAD = 64 << 20  # replies written to a client but not yet taken by it
+BUSY = json.dumps({"ok": False, "error": f"the host is serving {MAX_CLIENTS} CLI connections already; try again"
+                   " shortly"}).encode() + b"\n"
+
+
+def socket_path(settings: Settings) -> Path:
+    return settings.data_dir / "cli.sock"
+
+
+class CliChannel:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.listeners: dict[str, set[asyncio.StreamWriter]] = defaultdict(set)
+        self._listener: Listener | None = None
+
+    async def start(self) -> None:
+        path = socket_path(self.settings)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a stale socket of a host that died; the host lock says no other host runs
+        self._listener = Listener(unix_socket(path), self._serve, name="cli", cap=MAX_CLIENTS, busy=BUSY,
+                                  limit=MAX_LINE)
+        self._listener.start()
+
+    async def stop(self) -> None:
+        if self._listener:
+            await self._listener.stop()
+        with contextlib.suppress(FileNotFoundError):
+            socket_path(self.settings).unlink()
+
+    def deliver(self, session: Session, reply: sqlite3.Row, reply_to_seq: int | None) -> bool | None:
+        writers = self.listeners.get(session.id)
+        if not writers:
+            return None
+        content = json.loads(reply["content"])
+        line = json.dumps({"reply": {"id": reply["id"], "text": content.get("text", ""),
+                                     "files": content.get("files", []), "timestamp": reply["timestamp"],
+                                     "in_reply_to": reply["in_reply_to"], "in_reply_to_seq": reply_to_seq}})
+        for writer in list(writers):
+            if writer.is_closing() or writer.transport.get_write_buffer_size() > MAX_UNREAD:
+                writers.discard(writer)
+                writer.close()
+                continue
+            writer.write(line.encode() + b"\n")
+        return bool(writers) or None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sessions: set[str] = set()
+        try:
+            while line := await _next_line(reader):
+                answer = self._handle(line, writer, sessions)
+                writer.write(json.dumps(answer).encode() + b"\n")
+                async with asyncio.timeout(LINE_TIMEOUT_S):
+                    await writer.drain()
+        except (ConnectionError, asyncio.LimitOverrunError, ValueError, TimeoutError) as exc:
+            log.info("cli client dropped: %s", exc, extra={"action": "cli_client_dropped"})
+        finally:
+            for session_id in sessions:
+                self.listeners[session_id].discard(writer)
+            writer.close()
+
+    def _handle(self, line: bytes, writer: asyncio.StreamWriter, sessions: set[str]) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict) or request.get("op") != "send":
+                raise NclError('expected {"op": "send", "group", "text"}')
+            session, message_id, seq = self.send(request)
+        except (NclError, ValueError) as exc:
+            return {"ok": False, "error": str(exc).splitlines()[0]}
+        self.listeners[session.id].add(writer)
+        sessions.add(session.id)
+        return {"ok": True, "session_id": session.id, "message_id": message_id, "seq": seq}
+
+    def send(self, request: dict[str, Any]) -> tuple[Session, str, int]:
+        text, group_ref = request.get("text"), request.get("group")
+        if not isinstance(text, str) or not text.strip() or not isinstance(group_ref, str):
+            raise NclError("a message needs a group and some text")
+        thread = request.get("thread")
+        with closing(db.connect(self.settings.central_db, "central")) as central:
+            kind = request.get("channel", "cli")
+            group = router.group_for(central, "cli", group_ref) if kind == "cli" else _toolkit(central, group_ref)
+            channel = "cli" if kind == "cli" else next(c for c in group.channels if c.startswith("toolkit:"))
+            arrival = router.Arrival(channel, "chat", {"text": text, "sender": request.get("sender", "user"),
+                                                       "sender_id": request.get("sender_id")},
+                                     thread=str(thread) if thread else None)
+            return router.deliver_in(central, self.settings, clock.now(), group, arrival)
+
+
+async def _next_line(reader: asyncio.StreamReader) -> bytes:
+    """The next request line; idle before it as long as the client likes, but once begun it ends in time."""
+    first = await reader.read(1)
+    if first in (b"", b"\n"):
+        return first
+    async with asyncio.timeout(LINE_TIMEOUT_S):
+        return first + await reader.readline()
+
+
+def _toolkit(central: sqlite3.Connection, group_ref: str) -> Group:
+    group = groups.get(central, group_ref)
+    if not any(c.startswith("toolkit:") for c in group.channels):
+        raise NclError(f"group {group.name} has no toolkit channel (add --channel toolkit:NAME)")
+    return group

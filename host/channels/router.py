@@ -1,0 +1,89 @@
+"""Where a message arriving on a channel goes (DESIGN §9): its group by wiring, its session by session mode
+and thread, then one ``messages_in`` row. A ``nudge`` makes a running host wake the runner at once."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from host.channels import nudge
+from host.errors import NclError
+from host.settings import Settings
+from host.store import db, groups, inbox, sessions
+from host.store.groups import Group
+from host.store.sessions import Session
+from schemas import ids
+from schemas.messages import CONTENT_BY_KIND
+from schemas.times import to_text
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """One message as a channel hands it over."""
+
+    channel: str  # cli | queue:NAME | webhook:NAME | toolkit:NAME
+    kind: str  # chat | queue | webhook
+    content: dict[str, Any]
+    thread: str | None = None  # picks the session in per-thread mode (and for queue jobs)
+    new_session: bool = False  # queue jobs without a thread: a fresh session each
+    routing: dict[str, str | None] = field(default_factory=dict)
+
+
+def group_for(conn: sqlite3.Connection, channel: str, group_ref: str | None = None) -> Group:
+    """The group a channel address is wired to; ``cli`` is on many groups, so it is named explicitly."""
+    if group_ref is not None:
+        group = groups.get(conn, group_ref)
+        if channel not in group.channels:
+            raise NclError(f"group {group.name} has no {channel} channel (add it with 'ncl groups create … "
+                           f"--channel {channel}')")
+        return group
+    row = conn.execute("SELECT agent_group_id FROM wirings WHERE channel = ?", (channel,)).fetchone()
+    if row is None:
+        raise NclError(f"no group is wired to {channel}")
+    return groups.get(conn, row[0])
+
+
+def thread_key(group: Group, arrival: Arrival) -> str | None:
+    if arrival.new_session:
+        return None
+    if arrival.thread is not None and (group.session_mode == "per-thread" or arrival.kind == "queue"):
+        return f"{arrival.channel}/{arrival.thread}"
+    return arrival.channel
+
+
+def session_for(conn: sqlite3.Connection, settings: Settings, now: datetime, group: Group,
+                key: str | None) -> Session:
+    found = sessions.by_thread(conn, settings, group.id, key)
+    if found:
+        return found
+    try:
+        return sessions.create(conn, settings, now, group, key)
+    except NclError:  # another writer created the thread's session first: use it
+        found = sessions.by_thread(conn, settings, group.id, key)
+        if found is None:
+            raise
+        return found
+
+
+def deliver_in(central: sqlite3.Connection, settings: Settings, now: datetime, group: Group,
+               arrival: Arrival) -> tuple[Session, str, int]:
+    """Write the arrival into its session's inbox; returns the session, the row id and its seq."""
+    content = CONTENT_BY_KIND[arrival.kind].model_validate(arrival.content)
+    session = session_for(central, settings, now, group, thread_key(group, arrival))
+    routing = {"channel_type": arrival.channel, "platform_id": None, "thread_id": arrival.thread,
+               **arrival.routing}
+    message_id = ids.new_id("msg", now)
+    with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn, db.transaction(conn):
+        inbox.insert(conn, {"id": message_id, "kind": arrival.kind, "timestamp": to_text(now),
+                            "content": json.dumps(content.model_dump()), **routing})
+        conn.execute("INSERT OR IGNORE INTO session_routing(id, channel_type, platform_id, thread_id)"
+                      " VALUES (1, :channel_type, :platform_id, :thread_id)", routing)
+        seq = int(conn.execute("SELECT seq FROM messages_in WHERE id = ?", (message_id,)).fetchone()[0])
+    with db.transaction(central):
+        central.execute("UPDATE sessions SET last_active_at = ? WHERE id = ?", (to_text(now), session.id))
+    nudge.touch(settings)
+    return session, message_id, seq

@@ -1,0 +1,169 @@
+"""``ncl doctor``'s checks: each says whether something is wrong and what was found."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections import Counter
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from host.files import lock, private
+from host.runtimes.image import EngineDown, connect_engine, missing_image
+from host.settings import Settings
+from host.store import db, sessions
+from schemas.ddl import DbKind, latest_version
+
+MIN_FREE_BYTES = 1 << 20  # below this a SQLite write (journal plus pages) can no longer be counted on
+
+
+Level = Literal["ok", "warn", "fail"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One finding: ``fail`` makes doctor exit 1, ``warn`` is said loudly but the install works."""
+
+    name: str
+    level: Level
+    detail: str
+
+    @property
+    def ok(self) -> bool:
+        return self.level != "fail"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "level": self.level, "detail": self.detail}
+
+
+def _level(ok: bool, warn: bool = False) -> Level:
+    return "fail" if not ok else "warn" if warn else "ok"
+
+
+def timezone(settings: Settings) -> Check:
+    tz = settings.tz
+    rejected = "; ".join(f"rejected TZ={value!r} from {source}" for source, value in tz.rejected)
+    detail = f"{tz.name} (from {tz.source})" + (f"; {rejected}" if rejected else "")
+    return Check("timezone", _level(not tz.rejected), detail)
+
+
+def data_dir(settings: Settings) -> Check:
+    path = settings.data_dir
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    writable = probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+    state = "exists" if path.exists() else f"will be created under {probe} (mode 0700)"
+    exposed = private.exposure(path)
+    detail = f"{path} ({state}; {'writable' if writable else 'NOT writable'})" + (f"; {exposed}" if exposed else "")
+    return Check("data_dir", _level(writable, warn=exposed is not None), detail)
+
+
+def docker_engine(settings: Settings) -> tuple[Check, Check, str | None]:
+    """The engine and the runner image (neither required unless NCL_RUNTIME=docker), and what keeps ``auto`` from
+    choosing docker (None: nothing), so the runtime check need not ask the engine a second time."""
+    required = settings.runtime == "docker"
+    try:
+        client = connect_engine(timeout=5)
+    except EngineDown as down:
+        level = _level(not required, warn=True)
+        engine = Check("docker_engine", level, f"not reachable ({down.reason}); runtime {settings.runtime}")
+        return engine, Check("image", level, f"{settings.image}: unknown (no engine)"), str(down)
+    with closing(client):
+        engine = Check("docker_engine", "ok", f"reachable (engine {client.version().get('Version', '?')})")
+        missing = missing_image(client, settings.image)
+    if missing is None:
+        return engine, Check("image", "ok", f"{settings.image} present"), None
+    return engine, Check("image", _level(not required, warn=True), missing), f"image {missing}"
+
+
+def runtime(settings: Settings, probe: Callable[[Settings], str | None] | None = None) -> Check:
+    """Which runtime ``ncl host run`` would use and why (given what the engine check found, if it ran).
+    Informational: local is a valid choice, said loudly."""
+    # imported here: it pulls in both runtimes, which only this check needs
+    from host.runtimes import factory as runtimes
+
+    name, reason = runtimes.choose(settings, probe or runtimes.probe_docker)
+    return Check("runtime", _level(True, warn=name == "local"),
+                 f"{name}: {reason}" + ("; runners get NO isolation" if name == "local" else ""))
+
+
+def api_key(settings: Settings) -> Check:
+    present = bool(settings.anthropic_api_key)
+    needed = settings.provider == "anthropic"
+    detail = f"ANTHROPIC_API_KEY {'present' if present else 'not set'}; provider {settings.provider}"
+    return Check("api_key", _level(present or not needed), detail)
+
+
+def _file_state(path: Path) -> tuple[int | None, str]:
+    """(schema version, "ok" or what quick_check found) of a file, read-only; (None, why) if it cannot be read."""
+    try:  # opened like any session file: no symlink followed, a symlinked session folder refused
+        with closing(db.open_readonly(path)) as conn:
+            found = db.version(conn)
+            # The version sits in the header; a corrupt table page only shows when the pages are read.
+            return found, str(conn.execute("PRAGMA quick_check(1)").fetchone()[0])
+    except (sqlite3.Error, db.DbError) as exc:
+        return None, str(exc)
+
+
+def schema_versions(settings: Settings, folders: list[Path] | None = None) -> Check:
+    """Versions and integrity of central.db and every active session's files. Session files are read without
+    migrating; central.db was migrated already if it was older, by listing its sessions (as any command does)."""
+    problems: list[str] = []
+    tally: Counter[str] = Counter()
+    files: list[tuple[DbKind, Path]] = [("central", settings.central_db)]
+    files += [(kind, folder / f"{kind}.db") for folder in folders or [] for kind in ("inbound", "outbound")]
+    for kind, path in files:
+        found, state = _file_state(path) if path.exists() else (None, "missing")
+        latest = latest_version(kind)
+        if found is None:
+            problems.append(f"{path}: missing or unreadable ({state})")
+        elif found > latest:
+            problems.append(f"{path}: v{found} is newer than this release (v{latest})")
+        elif state != "ok":
+            problems.append(f"{path}: corrupt ({state})")
+        else:
+            tally[f"{kind} v{found}" + ("" if found == latest else f" (migrates to v{latest} on open)")] += 1
+    summary = ", ".join(f"{count}× {label}" for label, count in sorted(tally.items()))
+    return Check("schema", _level(not problems), "; ".join([summary, *problems]) if problems else summary)
+
+
+def free_space(settings: Settings, folders: list[Path]) -> Check:
+    """Room to write on every filesystem the data lives on (sessions may sit on mounts of their own)."""
+    full: list[str] = []
+    seen: dict[int, bool] = {}
+    for folder in [settings.data_dir, *folders]:
+        try:
+            device = folder.stat().st_dev
+            if device not in seen:
+                stats = os.statvfs(folder)
+                seen[device] = stats.f_bavail * stats.f_frsize < MIN_FREE_BYTES
+        except OSError:
+            continue  # a missing folder is the schema check's to report
+        if seen[device]:
+            full.append(str(folder))
+    detail = f"{len(seen)} filesystem(s) with room" if not full else f"no free space for: {', '.join(full[:10])}" + (
+        f" (+{len(full) - 10} more)" if len(full) > 10 else "")
+    return Check("disk", _level(not full), detail)
+
+
+def _session_folders(settings: Settings) -> tuple[list[Path], Check | None]:
+    if not settings.central_db.exists():
+        if (pid := lock.running_pid(settings.data_dir)) is not None:
+            return [], Check("schema", "fail", f"{settings.central_db} is missing but a host is running (pid {pid})")
+        return [], Check("schema", "ok", f"no central.db yet (latest central v{latest_version('central')})")
+    try:
+        with closing(db.connect(settings.central_db, "central", readonly=True)) as conn:
+            return [s.folder for s in sessions.list_all(conn, settings, status="active")], None
+    except (db.DbError, sqlite3.Error) as exc:
+        return [], Check("schema", "fail", str(exc))
+
+
+def run_all(settings: Settings) -> list[Check]:
+    folders, early = _session_folders(settings)
+    engine, image, problem = docker_engine(settings)
+    return [timezone(settings), data_dir(settings), engine, image, runtime(settings, lambda _: problem),
+            api_key(settings), early or schema_versions(settings, folders), free_space(settings, folders)]

@@ -1,0 +1,65 @@
+"""``data/host.lock``: one host (or one-off sweep) per data directory."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from host.errors import NclError
+from host.files import private
+
+_held: set[str] = set()  # data dirs whose lock this process holds
+
+
+@contextmanager
+def host_lock(data_dir: Path) -> Iterator[None]:
+    """Hold the lock for the block; a second holder gets "another host is running (pid N)"."""
+    private.make_dir(data_dir)
+    fd = os.open(data_dir / "host.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, private.FILE_MODE)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise NclError(f"another host is running (pid {pid})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _held.add(os.path.realpath(data_dir))
+        try:
+            yield
+        finally:
+            _held.discard(os.path.realpath(data_dir))
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def running_pid(data_dir: Path) -> str | None:
+    """The pid (as written, maybe "?") of another process holding the lock of ``data_dir``, or None."""
+    if os.path.realpath(data_dir) in _held:
+        return None
+    try:
+        fd = os.open(data_dir / "host.lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def refuse_missing_central(data_dir: Path) -> None:
+    """A central.db that is missing while a host runs was removed under it: making an empty one would hide that
+    (and split the install in two), so say it instead. Without a running host, first use creates it."""
+    pid = running_pid(data_dir)
+    if pid is not None:
+        raise NclError(f"{data_dir / 'central.db'} is missing but a host is running (pid {pid}): it was removed "
+                       "while the host ran; restore it from a backup or stop the host first")

@@ -1,0 +1,287 @@
+"""Firing project-level scheduled tasks from the host loop (DESIGN §9, §6.3).
+
+``tick(now)`` claims every due slot under the misfire rule of session tasks, enqueues ``queue`` targets at once
+(fast) and hands ``container`` and ``host`` targets to a small thread pool, so the loop never waits on a
+command; their run rows stay ``running`` until the worker records the end. ``earliest_due()`` tells the loop
+when to wake. A ``running`` row found when a firer starts belongs to a host that stopped mid-run: the host lock
+guarantees no other firer is alive, so it is marked failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import closing
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from host.channels import queues
+from host.project_tasks import targets as scheduled_targets
+from host.project_tasks.specs import Task
+from host.project_tasks.targets import STOPPED, Outcome, Stop
+from host.runtimes.docker import install_id, resource_limits
+from host.scheduling.recurrence import Overdue, Policy
+from host.settings import Settings
+from host.store import db
+from schemas import clock as real_clock
+from schemas import cron, ids
+from schemas.times import from_text, to_text
+
+log = logging.getLogger(__name__)
+WORKERS = 4
+HIDDEN_ENV = ("ANTHROPIC_API_KEY",)  # the proxy holds the key; no scheduled command needs it
+
+
+@dataclass
+class FireResult:
+    fired: int = 0
+    missed: int = 0
+    failed: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return {f"scheduled_{key}": value for key, value in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Claim:
+    task: Task
+    run_id: str | None  # None: the slots were only recorded as missed
+    slot: datetime
+
+
+def claim(conn: sqlite3.Connection, task_id: str, now: datetime, policy: Policy) -> Claim | None:
+    """Claim the due slot of a task: fire the latest passed slot if within the grace, else record it missed.
+
+    Moving ``next_run`` and inserting the run rows is one transaction, taken with the write lock, so whoever
+    claims second finds nothing due. Slots not fired become one ``missed`` run with their count."""
+    with db.transaction(conn):
+        row = conn.execute("SELECT * FROM scheduled_tasks WHERE id = ? AND active = 1 AND next_run <= ?",
+                           (task_id, to_text(now))).fetchone()
+        if row is None:
+            return None
+        due = Overdue.of(row["schedule"], from_text(row["next_run"]), now, policy)
+        first, slot = due.first, due.latest
+        try:
+            next_run: str | None = to_text(cron.next_after(row["schedule"], slot, policy.zone))
+        except cron.CronError:  # no slot before the year 9999 ends (a clock set there): nothing more to fire
+            next_run = None
+        conn.execute("UPDATE scheduled_tasks SET next_run = ? WHERE id = ?", (next_run, task_id))
+        missed, why = due.later, "the host was not running"
+        fire = due.runs(now, policy)
+        busy = conn.execute("SELECT 1 FROM scheduled_task_runs WHERE task_id = ? AND status = 'running'",
+                            (task_id,)).fetchone()
+        if fire and busy:
+            fire, why = False, "the previous run was still running"
+        if not fire:
+            missed += 1
+        if missed:
+            conn.execute("INSERT INTO scheduled_task_runs(id, task_id, status, scheduled_for, finished_at, error,"
+                         " missed_slots) VALUES (?, ?, 'missed', ?, ?, ?, ?)",
+                         (ids.new_id("run", now), task_id, to_text(first), to_text(now),
+                          f"{missed} slot(s) from {to_text(first)} to {to_text(slot)} not run: {why}", missed))
+        run_id = ids.new_id("run", now) if fire else None
+        if run_id is not None:
+            try:
+                conn.execute("INSERT INTO scheduled_task_runs(id, task_id, status, scheduled_for, started_at)"
+                             " VALUES (?, ?, 'running', ?, ?)", (run_id, task_id, to_text(slot), to_text(now)))
+            except sqlite3.IntegrityError:  # this slot fired before (a schedule set back by --now): never twice
+                run_id = None
+        task = Task.of(conn.execute("SELECT *, NULL AS last_status FROM scheduled_tasks WHERE id = ?",
+                                    (task_id,)).fetchone())
+    return Claim(task, run_id, slot)
+
+
+def finish(conn: sqlite3.Connection, run_id: str, outcome: Outcome, started: datetime, finished: datetime,
+           message_id: str | None = None, status: str | None = None) -> None:
+    duration_ms = max(0, int((finished - started).total_seconds() * 1000))
+    with db.transaction(conn):
+        conn.execute("UPDATE scheduled_task_runs SET status = ?, started_at = ?, finished_at = ?, duration_ms = ?,"
+                     " exit_code = ?, queued_message_id = ?, output_tail = ?, error = ? WHERE id = ?",
+                     (status or outcome.status, to_text(started), to_text(finished), duration_ms, outcome.exit_code,
+                      message_id, outcome.output_tail, outcome.error, run_id))
+
+
+def recover(conn: sqlite3.Connection, now: datetime) -> list[tuple[str, str]]:
+    """Mark runs a stopped host left ``running`` as failed; returns their (run id, target kind)."""
+    with db.transaction(conn):
+        found = [(r[0], r[1]) for r in conn.execute(
+            "SELECT r.id, t.target_kind FROM scheduled_task_runs r JOIN scheduled_tasks t ON t.id = r.task_id"
+            " WHERE r.status = 'running'")]
+        conn.execute("UPDATE scheduled_task_runs SET status = 'failed', finished_at = ?, error = ?"
+                     " WHERE status = 'running'", (to_text(now), STOPPED))
+    return found
+
+
+def _docker_client() -> Any:
+    import docker  # slow to import, and only container targets need it
+
+    return docker.from_env(timeout=60)
+
+
+class ScheduledTasks:
+    """What the host owns: fires due project tasks and runs the slow targets on its worker threads."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], datetime] = real_clock.now,
+                 docker_client: Callable[[], Any] = _docker_client) -> None:
+        self.settings = settings
+        self.policy = Policy.of(settings)
+        self.clock = clock
+        self._docker_factory = docker_client
+        self._docker: Any = None
+        self._conn: sqlite3.Connection | None = None
+        self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="ncl-scheduled")
+        self._lock = threading.Lock()
+        self._runs: dict[str, tuple[Future[None], Stop]] = {}
+        self._failing: dict[str, str] = {}  # task id -> updated_at of a task whose claim raised: not retried
+
+    def _central(self, now: datetime) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = db.connect(self.settings.central_db, "central")
+            interrupted = recover(self._conn, now)
+            if interrupted:
+                log.warning("%d scheduled run(s) were interrupted by a host stop", len(interrupted),
+                            extra={"action": "scheduled_runs_interrupted", "runs": [r for r, _ in interrupted]})
+            for run_id, kind in interrupted:
+                if kind == "container":  # its container may have outlived the host: remove it
+                    self._pool.submit(self._remove_container, self._container_name(run_id))
+        return self._conn
+
+    def _ready(self, rows: list[sqlite3.Row]) -> list[sqlite3.Row]:
+        return [r for r in rows if self._failing.get(r["id"]) != r["updated_at"]]
+
+    def earliest_due(self) -> datetime | None:
+        if self._conn is None:
+            return None  # before the first tick, which fires whatever is due anyway
+        rows = self._conn.execute("SELECT id, updated_at, next_run FROM scheduled_tasks WHERE active = 1"
+                                  " AND next_run IS NOT NULL ORDER BY next_run LIMIT ?", (len(self._failing) + 1,))
+        ready = self._ready(rows.fetchall())
+        return from_text(ready[0]["next_run"]) if ready else None
+
+    def tick(self, now: datetime) -> FireResult:
+        result = FireResult()
+        conn = self._central(now)
+        due = conn.execute("SELECT id, updated_at FROM scheduled_tasks WHERE active = 1 AND next_run <= ?"
+                           " ORDER BY next_run", (to_text(now),)).fetchall()
+        for row in self._ready(due):
+            try:
+                self._fire(conn, row["id"], now, result)
+            except Exception as exc:  # one broken task never stops the others, nor the host
+                self._failing[row["id"]] = row["updated_at"]
+                result.failed += 1
+                log.error("scheduled task %s could not be fired: %s", row["id"], exc,
+                          extra={"action": "scheduled_fire_failed", "task": row["id"]})
+        return result
+
+    def _fire(self, conn: sqlite3.Connection, task_id: str, now: datetime, result: FireResult) -> None:
+        claimed = claim(conn, task_id, now, self.policy)
+        if claimed is None:
+            return
+        if claimed.run_id is None:
+            result.missed += 1
+            log.warning("scheduled task %s missed its slot(s)", task_id,
+                        extra={"action": "scheduled_missed", "task": task_id})
+            return
+        result.fired += 1
+        log.debug("scheduled task %s fired for %s", task_id, to_text(claimed.slot),
+                  extra={"action": "scheduled_fired", "task": task_id, "run": claimed.run_id,
+                         "target": claimed.task.spec.target_kind})
+        if claimed.task.spec.queue is None:
+            run_id, stop = claimed.run_id, Stop()
+            with self._lock:
+                future = self._pool.submit(self._work, claimed, run_id, stop)
+                self._runs[run_id] = (future, stop)
+            future.add_done_callback(lambda _: self._forget(run_id))
+            return
+        target = claimed.task.spec.queue
+        try:
+            sent = queues.send(conn, self.settings, now, target.name, target.payload)
+        except Exception as exc:  # whatever it is, the claimed run must end, or it would block the next slots
+            result.failed += 1
+            finish(conn, claimed.run_id, Outcome("failed", error=str(exc)), now, self.clock())
+            log.warning("scheduled task %s: enqueue failed: %s", task_id, exc,
+                        extra={"action": "scheduled_run_finished", "task": task_id, "status": "failed"})
+            return
+        finish(conn, claimed.run_id, Outcome("succeeded"), now, self.clock(), sent["message_id"], "queued")
+
+    def _work(self, claimed: Claim, run_id: str, stop: Stop) -> None:
+        started = self.clock()
+        spec = claimed.task.spec
+        env = {"TZ": self.settings.tz.name, "NCL_SCHEDULED_TASK_ID": claimed.task.id,
+               "NCL_SCHEDULED_FOR": to_text(claimed.slot)}
+        try:
+            if stop.stopped:
+                outcome = Outcome("failed", error=STOPPED)
+            elif spec.host is not None:
+                inherited = {k: v for k, v in os.environ.items() if k not in HIDDEN_ENV}
+                outcome = scheduled_targets.run_host(spec.host, {**inherited, **env}, stop)
+            else:
+                assert spec.container is not None
+                labels = {"ncl.scheduled.install": install_id(self.settings), "ncl.scheduled_task": claimed.task.id}
+                kwargs = scheduled_targets.container_kwargs(
+                    spec.container, self._container_name(run_id), labels, env, resource_limits(self.settings))
+                outcome = scheduled_targets.run_container(self._client(), spec.container, kwargs, stop)
+        except Exception as exc:  # the run failed, not the host
+            outcome = Outcome("failed", error=f"{type(exc).__name__}: {exc}")
+        try:
+            with closing(db.connect(self.settings.central_db, "central")) as conn:
+                finish(conn, run_id, outcome, started, self.clock())
+        except Exception as exc:  # the row stays 'running' until the next host start fails it; say so now
+            log.error("scheduled run %s ended %s but could not be recorded: %s", run_id, outcome.status, exc,
+                      extra={"action": "scheduled_record_failed", "run": run_id})
+        level = logging.DEBUG if outcome.status == "succeeded" else logging.WARNING
+        log.log(level, "scheduled run %s: %s", run_id, outcome.status, extra={
+            "action": "scheduled_run_finished", "task": claimed.task.id, "run": run_id, "status": outcome.status})
+
+    def _container_name(self, run_id: str) -> str:
+        # Not labelled ncl.install: the runner runtime removes such containers it did not start as orphans.
+        return f"ncl-{install_id(self.settings)}-{run_id}"
+
+    def _client(self) -> Any:
+        with self._lock:
+            if self._docker is None:
+                self._docker = self._docker_factory()
+            return self._docker
+
+    def _remove_container(self, name: str) -> None:
+        try:
+            self._client().containers.get(name).remove(force=True)
+        except Exception as exc:  # gone already, or no engine: nothing left to clean
+            log.debug("no container %s to remove: %s", name, exc, extra={"action": "scheduled_container_gone"})
+
+    def _forget(self, run_id: str) -> None:
+        with self._lock:
+            self._runs.pop(run_id, None)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until every run started so far has ended (tests, and the one-off sweep)."""
+        with self._lock:
+            futures = [future for future, _ in self._runs.values()]
+        wait(futures, timeout)
+
+    def close(self, stop_running: bool = False) -> None:
+        """Let runs finish, or with ``stop_running`` kill them (recorded as failed: the host stopped)."""
+        if stop_running:
+            with self._lock:
+                stops = [stop for _, stop in self._runs.values()]
+            for stop in stops:
+                stop.stop()
+        self._pool.shutdown(wait=True)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def fire_once(settings: Settings, now: datetime | None) -> dict[str, int]:
+    """``ncl host sweep --once``: fire what is due at ``now`` (default the real clock) and wait for the runs.
+    With ``now`` given, the runs' times move on from it at the real clock's pace."""
+    start = real_clock.now()
+    firer = ScheduledTasks(settings, (lambda: now + (real_clock.now() - start)) if now else real_clock.now)
+    try:
+        return firer.tick(now or start).to_json()
+    finally:
+        firer.close()

@@ -1,0 +1,290 @@
+"""Project-level scheduled tasks (DESIGN §9): the ``ScheduledTask`` YAML spec and its rows in central.db.
+
+A task fires its cron slots (in TZ) into one target: a ``queue`` (the payload is enqueued), a ``container``
+(image + command in the Docker engine) or the ``host`` (an operator's command line). Once-only: a slot is
+claimed by moving ``next_run`` past it in the transaction that inserts its run row, so two sweeps, or a crash
+and a restart, never fire one slot twice; a unique index on (task, slot) holds the same line in the DB.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from host.channels.queues import QUEUE_NAME, NotJson, check_payload
+from host.errors import NclError
+from host.store.db import transaction
+from schemas import cron
+from schemas.times import to_text
+
+TargetKind = Literal["queue", "container", "host"]
+TARGETS: tuple[TargetKind, ...] = ("queue", "container", "host")
+GAP_SPAN = timedelta(days=366)  # the min-gap rule is checked over a year of firings, DST and all
+MAX_TIMEOUT_S = 24 * 3600
+STORED = {"stored": True}  # validation context of a spec read back from its row
+
+
+class SpecError(NclError):
+    """A spec file that cannot be scheduled; the message is one line naming the file and the problem."""
+
+
+def _argv(value: Any) -> Any:
+    # A command line is written by the operator as text; it is split like a shell would, never run by one.
+    if isinstance(value, str):
+        try:
+            value = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split the command line ({exc})") from None
+    if isinstance(value, list) and not value:
+        raise ValueError("the command is empty")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class QueueTarget(_Strict):
+    name: str
+    payload: dict[str, Any]
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not QUEUE_NAME.fullmatch(value):
+            raise ValueError("a queue name is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
+
+    @field_validator("payload")
+    @classmethod
+    def _payload(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if info.context == STORED:  # a row stored before a rule tightened still lists; its firing fails, clearly
+            return value
+        try:
+            check_payload(value)  # queues' own rules: what is stored can be sent when it fires
+        except NotJson:
+            raise ValueError("must be plain JSON data (quote dates and times; no .nan or .inf; "
+                             "no unpaired surrogates)") from None
+        except NclError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
+class ContainerTarget(_Strict):
+    image: str = Field(min_length=1)
+    command: list[str]
+    timeout_seconds: int = Field(600, ge=1, le=MAX_TIMEOUT_S)
+
+    _split = field_validator("command", mode="before")(_argv)
+
+
+class HostTarget(_Strict):
+    command: list[str]
+    cwd: str = "."  # relative: to the folder of the spec file, made absolute when the spec is read
+    timeout_seconds: int = Field(600, ge=1, le=MAX_TIMEOUT_S)
+
+    _split = field_validator("command", mode="before")(_argv)
+
+
+class Spec(_Strict):
+    version: Literal["v1"]
+    kind: Literal["ScheduledTask"]
+    schedule: str
+    name: str | None = None
+    description: str | None = None
+    active: bool = True
+    queue: QueueTarget | None = None
+    container: ContainerTarget | None = None
+    host: HostTarget | None = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        return cron.validate(value)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Spec:
+        given = [kind for kind in TARGETS if getattr(self, kind) is not None]
+        if len(given) != 1:
+            found = f"got {' and '.join(given)}" if given else "got none"
+            raise ValueError(f"give exactly one target: queue, container or host ({found})")
+        return self
+
+    @property
+    def target_kind(self) -> TargetKind:
+        return next(kind for kind in TARGETS if getattr(self, kind) is not None)
+
+    @property
+    def target(self) -> QueueTarget | ContainerTarget | HostTarget:
+        found: QueueTarget | ContainerTarget | HostTarget = getattr(self, self.target_kind)
+        return found
+
+
+_MODELS: dict[tuple[str, ...], type[BaseModel]] = {
+    (): Spec, ("queue",): QueueTarget, ("container",): ContainerTarget, ("host",): HostTarget}
+
+
+def _problem(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(part) for part in err["loc"])
+    if err["type"] == "extra_forbidden":
+        model = _MODELS.get(tuple(str(part) for part in err["loc"][:-1]), Spec)
+        return f"unknown key {where!r} (allowed: {', '.join(model.model_fields)})"
+    message = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    shown = f" (got {value!r})" if isinstance(value, str | int | float | bool) and len(repr(value)) <= 60 else ""
+    return f"{where}: {message}{shown}" if where else message
+
+
+def parse(text: str, source: str, base: Path) -> Spec:
+    """The validated spec of a YAML document; a relative host ``cwd`` resolves against ``base``."""
+    try:
+        doc = yaml.safe_load(text)
+    except RecursionError:
+        raise NclError(f"{source}: nested too deeply to read") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        reason = getattr(exc, "problem", None) or type(exc).__name__
+        lines = text.splitlines()
+        if mark is not None and mark.line < len(lines) and lines[mark.line].lstrip().startswith("schedule:"):
+            # YAML reads a leading '*' as an alias and refuses a leading '@': such schedules need quotes.
+            reason += " (quote a schedule that starts with * or @, e.g. schedule: '*/15 * * * *')"
+        raise SpecError(f"{source}: not valid YAML{where}: {reason}") from None
+    if not isinstance(doc, dict):
+        got = "an empty file" if doc is None else f"a {type(doc).__name__}"
+        raise SpecError(f"{source}: a ScheduledTask spec is a mapping (version, kind, schedule, target), not {got}")
+    try:
+        spec = Spec.model_validate(doc)
+    except ValidationError as exc:
+        raise SpecError(f"{source}: {_problem(exc)}") from None
+    if spec.host is not None:
+        cwd = (base / spec.host.cwd).resolve()
+        if not cwd.is_dir():
+            raise SpecError(f"{source}: host.cwd {spec.host.cwd!r} is not a directory ({cwd})")
+        spec = spec.model_copy(update={"host": spec.host.model_copy(update={"cwd": str(cwd)})})
+    return spec
+
+
+def load(path: Path) -> Spec:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read {path}: {exc}") from None
+    return parse(text, path.name, path.parent)
+
+
+def check_gap(schedule: str, zone: ZoneInfo, now: datetime, min_gap_s: float) -> None:
+    """Refuse a schedule with two consecutive firings closer than ``min_gap_s`` within a year from ``now``."""
+    pair = cron.min_gap_violation(schedule, zone, now, min_gap_s, GAP_SPAN)
+    if pair is None:
+        return
+    first, second = (t.astimezone(zone) for t in pair)
+    apart = (second - first).total_seconds()
+    raise SpecError(
+        f"schedule {schedule!r} fires at {first:%Y-%m-%d %H:%M %Z} and again at {second:%H:%M %Z}, "
+        f"{apart / 60:g} min apart; project scheduled tasks run at least {min_gap_s / 60:g} min apart "
+        f"(NCL_SCHEDULED_TASK_MIN_GAP_S={min_gap_s:g})")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One ``scheduled_tasks`` row with its spec and the status of its latest run."""
+
+    id: str
+    spec: Spec
+    active: bool
+    next_run: str | None
+    created_at: str
+    updated_at: str
+    last_status: str | None
+
+    @classmethod
+    def of(cls, row: sqlite3.Row) -> Task:
+        spec = Spec.model_validate_json(row["spec"], context=STORED)
+        return cls(row["id"], spec, bool(row["active"]), row["next_run"], row["created_at"], row["updated_at"],
+                   row["last_status"])
+
+    def target_json(self) -> dict[str, Any]:
+        return {"kind": self.spec.target_kind, **self.spec.target.model_dump(mode="json")}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "schedule": self.spec.schedule, "target": self.target_json(), "active": self.active,
+                "next_run": self.next_run, "last_status": self.last_status, "name": self.spec.name,
+                "description": self.spec.description, "created_at": self.created_at, "updated_at": self.updated_at}
+
+
+def to_row(spec: Spec) -> dict[str, Any]:
+    """The columns a spec determines (``next_run`` aside)."""
+    return {"name": spec.name, "schedule": spec.schedule, "target_kind": spec.target_kind,
+            "spec": spec.model_dump_json(exclude_none=True), "active": int(spec.active)}
+
+
+def first_run(spec: Spec, now: datetime, zone: ZoneInfo) -> str | None:
+    return to_text(cron.next_after(spec.schedule, now, zone)) if spec.active else None
+
+
+# --- storage ---------------------------------------------------------------------------------------
+
+_SELECT = """SELECT t.*, (SELECT r.status FROM scheduled_task_runs r WHERE r.task_id = t.id
+                         ORDER BY r.scheduled_for DESC, r.rowid DESC LIMIT 1) AS last_status
+             FROM scheduled_tasks t"""
+
+
+def add(conn: sqlite3.Connection, spec: Spec, task_id: str, now: datetime, zone: ZoneInfo) -> Task:
+    row = {**to_row(spec), "id": task_id, "next_run": first_run(spec, now, zone), "created_at": to_text(now),
+           "updated_at": to_text(now)}
+    with transaction(conn):
+        conn.execute(f"INSERT INTO scheduled_tasks({', '.join(row)}) VALUES ({', '.join(':' + k for k in row)})", row)
+    return get(conn, task_id)
+
+
+def update(conn: sqlite3.Connection, task_id: str, spec: Spec, now: datetime, zone: ZoneInfo) -> Task:
+    """Replace the spec. A new schedule, or a task made active again, starts from the first slot after ``now``;
+    otherwise ``next_run`` stays, so an overdue slot still follows the misfire rule. A run in flight finishes."""
+    with transaction(conn):
+        old = get(conn, task_id)
+        keep = old.active and spec.active and old.spec.schedule == spec.schedule
+        next_run = old.next_run if keep else first_run(spec, now, zone)
+        conn.execute("UPDATE scheduled_tasks SET name = :name, schedule = :schedule, target_kind = :target_kind,"
+                     " spec = :spec, active = :active, next_run = :next_run, updated_at = :now WHERE id = :id",
+                     {**to_row(spec), "next_run": next_run, "now": to_text(now), "id": task_id})
+    return get(conn, task_id)
+
+
+def delete(conn: sqlite3.Connection, task_id: str) -> None:
+    """Remove the task and its run history (a run in flight finishes and records nothing)."""
+    with transaction(conn):
+        get(conn, task_id)
+        conn.execute("DELETE FROM scheduled_task_runs WHERE task_id = ?", (task_id,))
+        conn.execute("DELETE FROM scheduled_tasks WHERE id = ?", (task_id,))
+
+
+def get(conn: sqlite3.Connection, task_id: str) -> Task:
+    row = conn.execute(f"{_SELECT} WHERE t.id = ?", (task_id,)).fetchone()
+    if row is None:
+        raise NclError(f"unknown scheduled task {task_id!r} (see 'ncl scheduled-task list')")
+    return Task.of(row)
+
+
+def list_all(conn: sqlite3.Connection) -> list[Task]:
+    return [Task.of(row) for row in conn.execute(f"{_SELECT} ORDER BY t.created_at, t.id")]
+
+
+RUN_KEYS = ("id", "task_id", "status", "scheduled_for", "started_at", "finished_at", "duration_ms", "exit_code",
+            "queued_message_id", "output_tail", "error", "missed_slots")
+
+
+def runs(conn: sqlite3.Connection, task_id: str) -> list[dict[str, Any]]:
+    """The task's runs, oldest slot first."""
+    get(conn, task_id)
+    return [{key: row[key] for key in RUN_KEYS} for row in conn.execute(
+        "SELECT * FROM scheduled_task_runs WHERE task_id = ? ORDER BY scheduled_for, rowid", (task_id,))]

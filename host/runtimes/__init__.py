@@ -1,0 +1,1 @@
+"""Where runners run: the Runtime protocol, Docker and local runtimes, the runner pool, the image, the model proxy."""

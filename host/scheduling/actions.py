@@ -1,0 +1,96 @@
+"""Applying a runner's system requests (DESIGN §12.1): re-validated here, with session and routing taken from
+the inbox the request came with — never from the request. Each is recorded once in ``delivered``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from datetime import datetime
+
+from host.errors import NclError
+from host.scheduling import tasks
+from host.scheduling.recurrence import Policy
+from host.store import inbox
+from host.store.db import transaction
+from host.store.task_ids import TaskIds
+from schemas import requests
+from schemas.times import to_text
+
+log = logging.getLogger(__name__)
+
+
+def applied_seq(conn: sqlite3.Connection) -> int:
+    """The highest outbound seq of a system request already handled (applied or rejected)."""
+    row = conn.execute("SELECT MAX(seq) FROM delivered WHERE status IN ('applied', 'rejected')").fetchone()
+    return int(row[0] or 0)
+
+
+def _routing(conn: sqlite3.Connection, in_reply_to: str | None) -> dict[str, str | None]:
+    source = inbox.get(conn, in_reply_to) if in_reply_to else None
+    if source is None:
+        source = conn.execute("SELECT * FROM session_routing WHERE id = 1").fetchone()
+    keys = ("platform_id", "channel_type", "thread_id")
+    return {k: source[k] for k in keys} if source else {}
+
+
+def _apply(conn: sqlite3.Connection, request: requests.ScheduleTask | requests.UpdateTask | requests.ControlTask,
+           in_reply_to: str | None, now: datetime, policy: Policy, registry: TaskIds | None) -> str | None:
+    """Apply one request; returns a note for the agent when the host changed something it asked for."""
+    match request:
+        case requests.ScheduleTask():
+            stored = tasks.schedule(conn, now, policy, request.task_id, request.prompt, request.process_after,
+                                    request.recurrence, request.script, request.context_mode,
+                                    _routing(conn, in_reply_to), registry=registry, fresh_if_used=True)
+            if stored != request.task_id:  # DESIGN §13.5: a used id is replaced, and the agent told the new one
+                return (f"Task id {request.task_id} is already used in this install; your task is stored as "
+                        f"{stored}: use that id to update, pause, resume or cancel it.")
+        case requests.UpdateTask():
+            tasks.update(conn, request.task_id, now, policy, request.prompt, request.process_after,
+                         request.recurrence, request.script)
+        case requests.ControlTask(action="pause_task"):
+            _must(tasks.pause(conn, request.task_id, now, policy), request)
+        case requests.ControlTask(action="resume_task"):
+            _must(tasks.resume(conn, request.task_id, now, policy), request)
+        case requests.ControlTask():
+            _must(tasks.cancel(conn, request.task_id, now), request)
+    return None
+
+
+def _must(changed: int, request: requests.ControlTask) -> None:
+    if not changed:
+        raise NclError(f"{request.action} changed nothing: task {request.task_id} has no occurrence to change")
+
+
+def apply(conn: sqlite3.Connection, rows: list[sqlite3.Row], now: datetime, policy: Policy,
+          registry: TaskIds | None = None) -> int:
+    """Apply ``messages_out`` system rows in order inside the caller's transaction; returns how many were applied.
+    A rejected one gets a notice saying why; identical notices of one batch are sent once, with their count, so a
+    flood of refused requests does not become a flood of notices."""
+    applied, notes = 0, dict[str, int]()
+    for row in rows:
+        status, detail = "applied", None
+        try:
+            with transaction(conn):  # a savepoint: a rejected request leaves no half-applied rows
+                note = _apply(conn, requests.parse(row["content"]), row["in_reply_to"], now, policy, registry)
+            if note:
+                inbox.notice(conn, now, "task_id_replaced", note)
+        except Exception as exc:  # any failure of one request rejects it with a notice; it must never wedge the session
+            status, detail = "rejected", str(exc)
+            text = f"Your {_action(row)} request was rejected: {detail}"
+            notes[text] = notes.get(text, 0) + 1
+        conn.execute("INSERT OR IGNORE INTO delivered(message_out_id, seq, delivered_at, status, detail)"
+                     " VALUES (?, ?, ?, ?, ?)", (row["id"], row["seq"], to_text(now), status, detail))
+        applied += status == "applied"
+    for text, count in notes.items():
+        text = text if count == 1 else f"{text} ({count} such requests)"
+        inbox.notice(conn, now, "request_rejected", text)
+        log.info("%s", text, extra={"action": "request_rejected", "count": count})
+    return applied
+
+
+def _action(row: sqlite3.Row) -> str:
+    try:
+        return str(json.loads(row["content"]).get("action", "request"))
+    except (ValueError, AttributeError):
+        return "request"

@@ -1,0 +1,304 @@
+"""One sweep over every active session (DESIGN §6.2): sync acks, apply requests, clone, misfire, release
+stuck or orphaned claims, wake. Idle sessions are not opened: two stats tell whether anything was written since
+the last visit. A runner's write to outbound.db creates and deletes its rollback journal, which moves the folder's
+mtime; inbound.db keeps its journal for good (db._own_journal), so a write to it shows in its own mtime."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Generator
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from host.channels import delivery
+from host.channels.delivery import Deliveries
+from host.runtimes import pool as runners
+from host.runtimes.pool import Runner, Runners
+from host.scheduling import actions, recurrence
+from host.scheduling.recurrence import Policy
+from host.settings import Settings
+from host.store import db, inbox, outbox, sessions
+from host.store.sessions import Session
+from host.store.task_ids import TaskIds
+from schemas import clock
+from schemas.messages import RunOutcome
+from schemas.times import from_text, to_text
+
+log = logging.getLogger(__name__)
+# A folder written within this long before we looked may be written again with the same mtime (coarse
+# filesystem clock): it is not trusted as unchanged until a visit sees it older than this.
+RACY_NS = 1_000_000_000
+YIELD_AFTER_S = 0.005  # a sweep pauses between sessions after this much work, to let the host loop serve
+ACK_OUTCOMES: dict[str, tuple[RunOutcome, ...]] = {"completed": ("ran", "skipped", "gate_error"),
+                                                   "failed": ("failed",)}
+
+
+@dataclass
+class SweepResult:
+    now: str
+    sessions_checked: int = 0
+    sessions_opened: int = 0
+    woken: int = 0
+    applied: int = 0
+    cloned: int = 0
+    missed: int = 0
+    retried: int = 0
+    failed: int = 0
+    errors: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def advance(steps: Generator[None, None, SweepResult]) -> SweepResult | None:
+    """Run ``steps`` (a ``Sweeper.steps`` sweep) to its next pause: None if it paused, its result once it is done."""
+    try:
+        next(steps)
+    except StopIteration as done:
+        result: SweepResult = done.value
+        return result
+    return None
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What the last visit learned about a session."""
+
+    mtime_ns: int
+    seen_at_ns: int
+    next_due: str | None  # '' = due now
+    busy: bool  # has claimed rows
+
+
+@dataclass
+class Sweeper:
+    settings: Settings
+    runners: Runners | None = None  # None: count wakes, start nothing (sweep --now)
+    deliveries: Deliveries | None = None  # None: replies wait for a host that serves channels
+    seen: dict[str, _Seen] = field(default_factory=dict)
+    failing: dict[str, str] = field(default_factory=dict)  # session id -> the problem last logged for it
+    unvisited: int = 0  # sessions never seen that the last tick left for the next (its new_limit)
+    _central: sqlite3.Connection | None = None
+    _sessions: list[Session] = field(default_factory=list)
+    _central_version: int = -1
+
+    @property
+    def policy(self) -> Policy:
+        return Policy.of(self.settings)
+
+    def active_sessions(self) -> list[Session]:
+        """The active sessions, re-read only when another connection changed central.db."""
+        if self._central is None:
+            self._central = db.connect(self.settings.central_db, "central")
+        version = int(self._central.execute("PRAGMA data_version").fetchone()[0])
+        if version != self._central_version:
+            self._sessions = sessions.list_all(self._central, self.settings, status="active")
+            self._central_version = version
+        return self._sessions
+
+    def _apply(self, conn: sqlite3.Connection, session: Session, requests: list[sqlite3.Row], now: datetime,
+               policy: Policy) -> int:
+        """The visit's requests; the task ids they register are committed to central.db once, not one by one (each
+        commit is a sync to disk, which the loop would wait for 50 times)."""
+        assert self._central is not None
+        registry = TaskIds(self._central, session.agent_group_id, session.id)
+        with db.transaction(self._central):
+            return actions.apply(conn, requests, now, policy, registry)
+
+    def _rules(self, group_id: str) -> str:
+        assert self._central is not None
+        row = self._central.execute("SELECT rules FROM agent_groups WHERE id = ?", (group_id,)).fetchone()
+        return str(row[0]) if row else ""
+
+    def close(self) -> None:
+        if self._central is not None:
+            self._central.close()
+            self._central = None
+
+    def earliest_due(self) -> datetime | None:
+        """When the next session needs a wake: the earliest due time among sessions with no live runner and no
+        queued wake (a live runner fetches for itself), or a queued wake's back-off end. Wakes queued for room
+        are retried whenever a runner is alive (the loop then ticks often)."""
+        runners = self.runners
+        busy = {*runners.live, *runners.waiting} if runners else set()
+        # Text order is time order, so only the earliest is parsed: the loop asks this every step, and parsing
+        # every session's time cost ~160 ms at 10,000 sessions.
+        first = min((s.next_due for sid, s in self.seen.items() if s.next_due is not None and sid not in busy),
+                    default=None)
+        dues = [] if first is None else [from_text(first) if first else datetime.min.replace(tzinfo=UTC)]
+        if runners:
+            dues += [runners.not_before[sid] for sid in runners.waiting if sid in runners.not_before]
+        return min(dues, default=None)
+
+    def hot(self, now: datetime) -> set[str]:
+        """Sessions a partial tick must look at: live or waiting runners, undelivered or claimed rows, due rows.
+        Anything else can only change by a write from outside, which nudges, or at the next full sweep."""
+        due_by = to_text(now)
+        found = {sid for sid, s in self.seen.items() if s.busy or (s.next_due is not None and s.next_due <= due_by)}
+        if self.runners:
+            found |= {*self.runners.live, *self.runners.waiting}
+        return found
+
+    def tick(self, now: datetime, only: set[str] | None = None, new_limit: int | None = None) -> SweepResult:
+        """One pass over every active session, or over ``only`` those (a partial tick between full sweeps).
+        ``new_limit``: open at most this many sessions never seen before; the rest wait for the next tick
+        (``unvisited`` counts them), so a host starting with thousands of sessions keeps serving between ticks."""
+        steps = self.steps(now, only, new_limit)
+        while (result := advance(steps)) is None:
+            pass
+        return result
+
+    def steps(self, now: datetime, only: set[str] | None = None,
+              new_limit: int | None = None) -> Generator[None, None, SweepResult]:
+        """``tick`` as a generator that pauses between sessions once it has worked ``YIELD_AFTER_S``: the host
+        loop resumes it after serving whatever came in, so a sweep over many busy sessions never holds the loop."""
+        result = SweepResult(now=to_text(now))
+        policy = self.policy
+        self.unvisited = 0
+        mark = time.monotonic()
+        for session in self.active_sessions():
+            if time.monotonic() - mark > YIELD_AFTER_S:
+                yield
+                mark = time.monotonic()
+            if only is not None and session.id not in only and session.id in self.seen:
+                continue  # (a session never seen yet, e.g. one a queue job just made, is always looked at)
+            if new_limit is not None and session.id not in self.seen and session.id not in self.failing:
+                if new_limit <= 0:
+                    self.unvisited += 1
+                    continue
+                new_limit -= 1
+            result.sessions_checked += 1
+            try:
+                self._sweep_one(session, now, policy, result)
+            except Exception as exc:  # one broken session never stops the others
+                self.seen.pop(session.id, None)
+                result.errors += 1
+                # Said once per distinct problem: a session broken for good must not fill the log every sweep.
+                level = logging.DEBUG if self.failing.get(session.id) == str(exc) else logging.WARNING
+                self.failing[session.id] = str(exc)
+                log.log(level, "session %s skipped: %s", session.id, exc,
+                        extra={"action": "session_failed", "session": session.id})
+            else:
+                if self.failing.pop(session.id, None) is not None:
+                    log.info("session %s works again", session.id,
+                             extra={"action": "session_recovered", "session": session.id})
+        if self.runners:
+            result.woken += self.runners.start_waiting(now, self._rules)
+        return result
+
+    def _sweep_one(self, session: Session, now: datetime, policy: Policy, result: SweepResult) -> None:
+        runner = self.runners.alive(session, now) if self.runners else None
+        # The idle path runs for every session every tick: a plain os.stat on the str path, and the tick's
+        # own text of `now` (pathlib and strftime per session cost 5x the stat itself at 10,000 sessions).
+        mtime = max(os.stat(session.path).st_mtime_ns,
+                    os.stat(session.path + "/inbound.db", follow_symlinks=False).st_mtime_ns)
+        seen = self.seen.get(session.id)
+        if (seen and runner is None and not seen.busy and mtime == seen.mtime_ns
+                and seen.seen_at_ns - mtime > RACY_NS and (seen.next_due is None or seen.next_due > result.now)):
+            return
+        result.sessions_opened += 1
+        seen_at = clock.filesystem_ns()
+        next_due, busy, due = self._visit(session, now, policy, runner, result)
+        self.seen[session.id] = _Seen(mtime, seen_at, next_due, busy)
+        if self.runners is None:
+            result.woken += runner is None and due
+        elif runner is None and due:
+            self.runners.want(session)
+        else:
+            self.runners.drop(session.id)
+
+    def _visit(self, session: Session, now: datetime, policy: Policy, runner: Runner | None,
+               result: SweepResult) -> tuple[str | None, bool, bool]:
+        outbound = session.folder / "outbound.db"
+        limit = self.settings.max_requests_per_visit
+        with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
+            open_ids = [r[0] for r in conn.execute(
+                "SELECT id FROM messages_in WHERE status IN ('pending', 'processing')")]
+            # One request more than a visit applies tells whether the rest wait for the next visit (DESIGN §13.5).
+            found = outbox.read(outbound, open_ids, actions.applied_seq(conn), writable=runner is None,
+                                reply_after_seq=delivery.watermark(conn), request_limit=limit + 1)
+            more = len(found.requests) > limit
+            if runner is not None and self._stuck(session, now, runner, found):
+                runner = None
+            claimed = [mid for mid, ack in found.acks.items() if ack["status"] == "processing"]
+            if runner is None:
+                # Claims first, then the inbox: a crash between leaves 'processing' rows, released next time.
+                outbox.clear_claims(outbound, claimed)
+            with db.transaction(conn):
+                self._sync(conn, now, policy, runner, found, claimed, result)
+                if found.requests:
+                    result.applied += self._apply(conn, session, found.requests[:limit], now, policy)
+                for row in conn.execute("SELECT * FROM messages_in WHERE status IN ('completed', 'failed')"
+                                        " AND recurrence IS NOT NULL").fetchall():
+                    result.cloned += recurrence.repair(conn, row, now, policy)
+                for row in conn.execute("SELECT * FROM messages_in WHERE kind = 'task' AND status = 'pending'"
+                                        " AND recurrence IS NOT NULL AND process_after <= ?",
+                                        (to_text(now),)).fetchall():
+                    result.missed += recurrence.misfire(conn, row, now, policy)
+                if self.runners and self.runners.take_notice(session.id):
+                    inbox.notice(conn, now, "runner_start_failed", "The agent's runner failed to start several "
+                                 "times in a row; the host keeps retrying with growing delays.")
+                undelivered = bool(found.replies)
+                if self.deliveries and found.replies:
+                    undelivered = not self.deliveries.run(conn, session, found.replies, now)
+            busy = conn.execute("SELECT 1 FROM messages_in WHERE status = 'processing' LIMIT 1").fetchone()
+            # Requests left for the next visit make the session due now, so the loop comes back at once, not in 60 s.
+            return "" if more else inbox.next_due(conn), busy is not None or undelivered, inbox.has_due(conn, now)
+
+    def _stuck(self, session: Session, now: datetime, runner: Runner, found: outbox.Outbox) -> bool:
+        claims = [from_text(a["status_changed"]) for a in found.acks.values()
+                  if a["status"] == "processing" and a["generation"] == runner.generation]
+        beat = runners.heartbeat(session.folder, runner.generation)
+        reason = runners.stuck_reason(now, runner, beat, claims, found.tool_timeout_s)
+        if reason is None:
+            return False
+        log.warning("killing stuck runner of %s: %s", session.id, reason,
+                    extra={"action": "runner_killed", "session": session.id, "generation": runner.generation})
+        assert self.runners is not None
+        self.runners.kill(session.id)
+        return True
+
+    def _sync(self, conn: sqlite3.Connection, now: datetime, policy: Policy, runner: Runner | None,
+              found: outbox.Outbox, claimed: list[str], result: SweepResult) -> None:
+        """Acks into messages_in; claims no live runner of this generation holds go back with backoff."""
+        for message_id, ack in found.acks.items():
+            row = inbox.get(conn, message_id)
+            if row is None or row["status"] not in ("pending", "processing", "paused"):
+                continue
+            if ack["status"] in ("completed", "failed"):  # a run paused under it still ran: its next one waits
+                detail = _ack_detail(ack)
+                allowed = ACK_OUTCOMES[ack["status"]]
+                outcome = next((o for o in allowed if o == detail.get("outcome")), allowed[0])
+                result.cloned += recurrence.finish(
+                    conn, row, now, policy, ack["status"], outcome, detail.get("reason"),
+                    started_at=detail.get("started_at"), finished_at=ack["status_changed"],
+                    next_status="paused" if row["status"] == "paused" else "pending")
+            elif runner is not None and ack["generation"] == runner.generation and row["status"] == "pending":
+                conn.execute("UPDATE messages_in SET status = 'processing' WHERE id = ?", (message_id,))
+        held = {mid for mid, ack in found.acks.items()
+                if runner is not None and ack["status"] == "processing" and ack["generation"] == runner.generation}
+        orphan_ids = sorted(set(claimed)) if runner is None else []
+        # Only with ids: "OR id IN ()" makes SQLite scan every row the session ever had instead of two indexes.
+        orphans = f" OR id IN ({', '.join('?' * len(orphan_ids))})" if orphan_ids else ""
+        for row in conn.execute(f"SELECT * FROM messages_in WHERE status = 'processing'{orphans}",
+                                orphan_ids).fetchall():
+            if row["id"] in held or row["status"] not in ("pending", "processing"):
+                continue
+            if recurrence.release(conn, row, now, policy):
+                result.failed += 1
+            else:
+                result.retried += 1
+
+
+def _ack_detail(ack: sqlite3.Row) -> dict[str, Any]:
+    try:
+        detail = json.loads(ack["detail"] or "{}")
+    except ValueError:
+        return {"reason": ack["detail"]}
+    return detail if isinstance(detail, dict) else {"reason": str(detail)}

@@ -1,0 +1,138 @@
+"""Read-only views of task series across sessions: one line per series, its occurrences, its runs."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import asdict, dataclass
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from host.errors import NclError
+from host.settings import Settings
+from host.store import db, inbox, sessions, task_ids
+from host.store.sessions import Session
+from schemas import cron
+from schemas.times import from_text, to_text
+
+ENDED = ("completed", "cancelled", "failed")
+
+
+@dataclass(frozen=True)
+class Series:
+    id: str
+    agent_group_id: str
+    session_id: str
+    status: str
+    next_run: str | None
+    recurrence: str | None
+    prompt: str
+    last_outcome: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _summary(conn: sqlite3.Connection, session: Session, series_id: str, rows: list[sqlite3.Row]) -> Series:
+    """The list line of a series from its occurrences (``inbox.occurrences``) and its runs."""
+    live = [r for r in rows if inbox.is_live(r["status"])]
+    carrier = next((r for r in live if r["recurrence"]), live[0] if live else rows[-1])
+    outcomes = [r["outcome"] for r in inbox.runs(conn, series_id)]
+    if live:
+        status = "processing" if any(r["status"] == "processing" for r in live) else carrier["status"]
+    elif "cancelled" in outcomes:
+        status = "cancelled"
+    else:
+        status = rows[-1]["status"]
+    waiting = [r for r in live if r["status"] == "pending"]
+    next_run = min((r["process_after"] or r["timestamp"] for r in waiting), default=None)
+    return Series(series_id, session.agent_group_id, session.id, status, next_run, carrier["recurrence"],
+                  json.loads(carrier["content"]).get("prompt", ""), outcomes[-1] if outcomes else None)
+
+
+def _inbox(session: Session) -> sqlite3.Connection | None:
+    path = session.folder / "inbound.db"
+    return db.connect(path, "inbound", readonly=True) if path.exists() else None
+
+
+def series(settings: Settings, central: sqlite3.Connection, group_id: str | None = None,
+           session_id: str | None = None, include_ended: bool = False) -> Iterator[Series]:
+    """Every series in the active sessions (optionally of one group or session), live ones unless asked."""
+    for session in sessions.list_all(central, settings, group_id, status="active"):
+        if session_id and session.id != session_id:
+            continue
+        conn = _inbox(session)
+        if conn is None:
+            continue
+        with closing(conn):
+            ids = [r[0] for r in conn.execute(
+                "SELECT series_id FROM messages_in WHERE kind = 'task' AND series_id IS NOT NULL"
+                " GROUP BY series_id ORDER BY MIN(seq)")]
+            for series_id in ids:
+                found = _summary(conn, session, series_id, inbox.occurrences(conn, series_id))
+                if include_ended or found.status not in ENDED:
+                    yield found
+
+
+def summary(session: Session, series_id: str) -> Series:
+    with closing(db.connect(session.folder / "inbound.db", "inbound", readonly=True)) as conn:
+        return _summary(conn, session, series_id, inbox.occurrences(conn, series_id))
+
+
+def locate(settings: Settings, central: sqlite3.Connection, ref: str) -> tuple[Session, str]:
+    """The session holding a series (by series id or any occurrence id), and the series id.
+
+    A series id is found in the install-wide registry (DESIGN §13.5): one indexed read, and never two sessions.
+    Anything else (an occurrence id, a series from before the registry) is looked for in every session, and an
+    id found in two of them is refused rather than acted on in the wrong one."""
+    owner = task_ids.lookup(central, ref)
+    if owner is not None:
+        session = sessions.get(central, settings, owner[1])
+        conn = _inbox(session)
+        found = None
+        if conn is not None:
+            with closing(conn):
+                found = inbox.series_of(conn, ref)
+        if found:
+            return session, found
+    hits: list[tuple[Session, str]] = []
+    for session in sessions.list_all(central, settings):
+        conn = _inbox(session)
+        if conn is None:
+            continue
+        with closing(conn):
+            found = inbox.series_of(conn, ref)
+        if found:
+            hits.append((session, found))
+    if not hits:
+        raise NclError(f"unknown task {ref!r} (see 'ncl tasks list --all')")
+    if len(hits) > 1:
+        raise NclError(f"task id {ref!r} exists in {len(hits)} sessions ({', '.join(s.id for s, _ in hits)}); "
+                       "refusing to guess which one is meant")
+    return hits[0]
+
+
+def detail(session: Session, series_id: str, zone: ZoneInfo) -> dict[str, Any]:
+    """``tasks show``: the list item, every occurrence row, and the next 5 runs."""
+    with closing(db.connect(session.folder / "inbound.db", "inbound", readonly=True)) as conn:
+        occurrences = inbox.occurrences(conn, series_id)
+        found = _summary(conn, session, series_id, occurrences)
+    rows = [dict(r) for r in occurrences]
+    return {"task": found.to_json(), "occurrences": rows, "next_runs": _next_runs(rows, zone)}
+
+
+def _next_runs(rows: list[dict[str, Any]], zone: ZoneInfo, count: int = 5) -> list[str]:
+    """Waiting one-shots, then the recurring occurrence and the cron grid after it (a paused one waits)."""
+    times = {r["process_after"] or r["timestamp"] for r in rows if r["status"] == "pending"}
+    carrier = next((r for r in rows if r["recurrence"] and r["status"] in ("pending", "processing")), None)
+    if carrier:
+        slots = cron.firings(carrier["recurrence"], from_text(carrier["process_after"] or carrier["timestamp"]), zone)
+        times.update(to_text(next(slots)) for _ in range(count))
+    return sorted(times)[:count]
+
+
+def runs(session: Session, series_id: str) -> list[dict[str, Any]]:
+    with closing(db.connect(session.folder / "inbound.db", "inbound", readonly=True)) as conn:
+        return [dict(r) for r in inbox.runs(conn, series_id)]

@@ -1,0 +1,258 @@
+"""Opening the SQLite files: pragmas, short explicit transactions, forward migration on open."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sqlite3
+import stat
+from collections.abc import Iterator
+from contextlib import closing, contextmanager, suppress
+from pathlib import Path
+
+from host.errors import NclError
+from host.files import confined, lock, private
+from host.settings import SESSIONS_DIR
+from schemas.ddl import MIGRATIONS, DbKind, latest_version
+
+log = logging.getLogger(__name__)
+BUSY_TIMEOUT_MS = 5000
+# Session files cross a container mount, whose shared memory WAL would need: rollback journals there. inbound.db
+# keeps its journal file for good (see ``_own_journal``).
+JOURNAL_MODES: dict[DbKind, str] = {"central": "WAL", "inbound": "PERSIST", "outbound": "DELETE"}
+TASK_IDS_VERSION = 3  # the central.db version that brought the task_ids registry
+
+
+class DbError(NclError):
+    """A DB file that cannot be opened or is newer than this release."""
+
+
+def _statements(script: str) -> Iterator[str]:
+    # executescript() would COMMIT first; a migration must be one transaction, so split it ourselves.
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                yield buffer
+            buffer = ""
+
+
+def _raw(path: Path, readonly: bool) -> sqlite3.Connection:
+    """A connection to the regular file ``path`` that provably went through no symlink (see ``_pinned``)."""
+    with _pinned(path, create=not readonly) as (target, dirfd):
+        # mode=rw, never rwc: SQLite never creates a file (``_pinned`` made it, 0600), so a link it met could not
+        # make it create one anywhere either.
+        uri = f"{Path(target).as_uri()}?mode={'ro' if readonly else 'rw'}"
+        try:
+            # ``timeout`` is SQLite's busy timeout (sqlite3_busy_timeout): PRAGMA busy_timeout reads it back.
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        except sqlite3.OperationalError as exc:
+            raise DbError(f"cannot open {path}: {exc}") from None
+        # SQLite resolves every symlink of the path itself (lstat and readlink per component), then opens the
+        # result with O_NOFOLLOW, and reports that result here: the name it gives is the file it opened. Nothing
+        # has been read but the 100-byte header, so a name other than the link-free one we pinned is closed unused.
+        if conn.execute("PRAGMA database_list").fetchone()[2] != target or not _same_dir(target, dirfd):
+            conn.close()
+            raise DbError(f"{path} or its folder changed into a symlink while being opened; refusing it")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection to ``path`` as it is, without migrating it (what ``ncl doctor`` inspects)."""
+    return _raw(path, readonly=True)
+
+
+@contextmanager
+def _pinned(path: Path, create: bool) -> Iterator[tuple[str, int]]:
+    """The link-free path of ``path`` and a descriptor of its folder. For a session file the folder itself is
+    opened without following a link (a symlinked session folder is refused); its parents are the host's, no runner
+    can swap them. The file must be a regular file (lstat, no link), or is made 0600 when missing and ``create``."""
+    dirfd = _open_folder(path, create)
+    try:
+        folder = os.path.realpath(path.parent)
+        _check_file(dirfd, path, create)
+        if path.name == "inbound.db" and create:
+            _own_journal(dirfd, path)
+        yield os.path.join(folder, path.name), dirfd
+    finally:
+        os.close(dirfd)
+
+
+def _same_dir(target: str, dirfd: int) -> bool:
+    """Whether the folder named in ``target`` is still the one opened as ``dirfd`` (not renamed or swapped)."""
+    try:
+        return os.path.samestat(os.stat(os.path.dirname(target)), os.fstat(dirfd))
+    except OSError:
+        return False
+
+
+def _open_folder(path: Path, create: bool) -> int:
+    try:
+        if path.name in ("inbound.db", "outbound.db"):
+            return confined.open_dir(path.parent)
+        if create:  # central.db: the data dir is made here if need be, private (its parents are the operator's)
+            private.make_dir(path.parent)
+        return os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except confined.Refused:
+        raise DbError(f"{path.parent} is a symlink or not a directory; refusing to use it") from None
+    except FileNotFoundError:
+        raise DbError(f"no such database: {path}" if not create else f"cannot open {path}: no folder "
+                      f"{path.parent}") from None
+
+
+def _check_file(dirfd: int, path: Path, create: bool) -> None:
+    # An lstat, never an open: closing any descriptor of a file drops every POSIX lock this process holds on it,
+    # SQLite's own (the WAL read locks of a long-lived connection) included.
+    try:
+        info = os.stat(path.name, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        if not create:
+            raise DbError(f"no such database: {path}") from None
+        try:
+            os.close(private.create_file(dirfd, path.name))  # brand new: no lock on it to lose
+        except FileExistsError:  # made by another writer meanwhile, or something planted: check what is there
+            _check_file(dirfd, path, create=False)
+        return
+    if not stat.S_ISREG(info.st_mode):
+        raise DbError(f"{path} is not a regular file (a link or special file is never opened)")
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``, taking the write lock up front so no upgrade deadlocks.
+    Inside an open transaction it nests as a savepoint, so steps compose into one atomic unit."""
+    if conn.in_transaction:
+        conn.execute("SAVEPOINT nested")
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:  # SQLite may have rolled back already (disk full): keep its error, not ours
+                conn.execute("ROLLBACK TO nested")
+                conn.execute("RELEASE nested")
+            raise
+        conn.execute("RELEASE nested")
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection, kind: DbKind, path: Path | None = None) -> int:
+    """Bring the file to the latest schema in one transaction; returns the version it had. ``path`` (central.db's)
+    lets central v3 register the task ids of the install's existing sessions in the same transaction."""
+    before = version(conn)
+    if before == latest_version(kind):
+        return before
+    with transaction(conn):
+        current = version(conn)  # another process may have migrated while we waited for the lock
+        if current > latest_version(kind):
+            raise DbError(f"{kind} schema version {current} is newer than this release knows")
+        for step in range(current, latest_version(kind)):
+            for statement in _statements(MIGRATIONS[kind][step]):
+                conn.execute(statement)
+        if kind == "central" and current < TASK_IDS_VERSION and path is not None:
+            _register_existing_task_ids(conn, path.parent / SESSIONS_DIR)
+        conn.execute(f"PRAGMA user_version={latest_version(kind)}")
+    return before
+
+
+def _register_existing_task_ids(central: sqlite3.Connection, sessions_dir: Path) -> None:
+    """Central v3 makes task ids unique in the install (DESIGN §13.5). The series an install already has are
+    registered once, by the migration, so a runner can never claim an old id for its decoy. An id already found in
+    two sessions stays unregistered: the CLI then refuses to guess, as it always did."""
+    owners: dict[str, list[tuple[str, str]]] = {}
+    for group_id, session_id in central.execute("SELECT agent_group_id, id FROM sessions").fetchall():
+        try:
+            with closing(open_readonly(sessions_dir / group_id / session_id / "inbound.db")) as inbox:
+                found = inbox.execute("SELECT DISTINCT series_id FROM messages_in"
+                                      " WHERE kind = 'task' AND series_id IS NOT NULL").fetchall()
+        except (DbError, sqlite3.DatabaseError):
+            continue  # a missing or broken inbox (doctor names it): its ids stay unregistered
+        for (series_id,) in found:
+            owners.setdefault(series_id, []).append((group_id, session_id))
+    central.executemany("INSERT OR IGNORE INTO task_ids(id, agent_group_id, session_id) VALUES (?, ?, ?)",
+                        [(series_id, *held[0]) for series_id, held in owners.items() if len(held) == 1])
+
+
+def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: bool = False) -> sqlite3.Connection:
+    """Open ``path`` at the latest schema. Read-only opens never write, except the migration of an
+    older file, done once through a short read-write connection first (DESIGN §12.13). No symlink is ever
+    followed to or in a session's files, and a missing file is created 0600 (``_pinned``).
+
+    ``query_only``: the host's reads of a runner's outbound.db. SQLite opens a read-only file O_RDONLY, which
+    blocks for ever on a FIFO the runner could swap in after the check; a read-write open does not block (and
+    reading a FIFO fails at once), and SQL writes are refused. It may roll back a hot journal, as any writer
+    would: only a writer that died leaves one."""
+    if query_only:
+        conn = connect(path, kind)
+        conn.execute("PRAGMA query_only=ON")
+        return conn
+    if readonly:
+        conn = _raw(path, readonly=True)
+        if version(conn) == latest_version(kind):
+            return conn
+        conn.close()
+        with closing(connect(path, kind)):
+            pass
+        return _raw(path, readonly=True)
+    if kind == "central" and not path.exists():
+        lock.refuse_missing_central(path.parent)
+    conn = _raw(path, readonly=False)
+    try:
+        if version(conn) > latest_version(kind):
+            raise DbError(f"{path}: {kind} schema version {version(conn)} is newer than this release knows")
+        conn.execute(f"PRAGMA journal_mode={JOURNAL_MODES[kind]}")
+        if kind == "inbound":  # the kept journal is cut to 0 bytes at each commit: no disk held, as DELETE held none
+            conn.execute("PRAGMA journal_size_limit=0")
+        conn.execute("PRAGMA foreign_keys=ON")
+        migrate(conn, kind, path)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise DbError(f"cannot use {path}: {exc}") from None
+    except DbError:
+        conn.close()
+        raise
+    return conn
+
+
+def _own_journal(dirfd: int, path: Path) -> None:
+    """inbound.db is the host's alone, but its folder is writable by the runner (for outbound.db's journal). A
+    rollback journal beside it that the host did not write would be "rolled back" into it at the next open: a
+    runner could forge host rows. So the name ``inbound.db-journal`` is kept taken by a host-owned file: inbound.db
+    uses ``journal_mode=PERSIST`` (the journal is zeroed at commit, never deleted), and a missing or foreign journal
+    is replaced by an empty one of the host's in one rename, leaving no moment for a runner to link its own in. In
+    the sticky folder a runner of another uid can then neither remove nor replace it. (A runner of the host's own
+    uid, as a non-root host runs them, could: SECURITY.md says so.) A journal of the host's own is kept: after a
+    crash it is the rollback that keeps inbound.db whole."""
+    journal = path.name + "-journal"
+    try:
+        info = os.stat(journal, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        info = None
+    if info is not None and info.st_uid == os.geteuid() and stat.S_ISREG(info.st_mode):
+        return
+    if info is not None:
+        log.warning("replaced %s: not written by the host (uid %d)", path.with_name(journal), info.st_uid,
+                    extra={"action": "foreign_journal_removed"})
+    owner = os.stat(path.name, dir_fd=dirfd, follow_symlinks=False)
+    temp = f".{journal}-{secrets.token_hex(6)}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
+    try:  # the journal is read by whoever reads inbound.db (a runner's reads check it for a hot journal)
+        os.fchmod(fd, stat.S_IMODE(owner.st_mode))
+        with suppress(PermissionError):
+            os.fchown(fd, -1, owner.st_gid)
+    finally:
+        os.close(fd)
+    os.rename(temp, journal, src_dir_fd=dirfd, dst_dir_fd=dirfd)

@@ -1,0 +1,188 @@
+"""Agent groups: one agent each — its rules, its files, its channels (DESIGN §9)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from host.errors import NclError
+from host.settings import Settings
+from host.store.db import transaction
+from schemas import ids
+from schemas.times import to_text
+
+CHANNEL = re.compile(r"cli|(queue|webhook|toolkit):[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SESSION_MODES = ("shared", "per-thread")
+PROVIDERS = ("mock", "anthropic")
+
+
+@dataclass(frozen=True)
+class Group:
+    id: str
+    name: str
+    channels: list[str]
+    session_mode: str
+    provider: str | None
+    model: str | None
+    created_at: str
+    allow_server_tools: bool = False  # may the model API reach the network for it (host/runtimes/proxy/policy.py)
+    rules: str = field(default="", repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["rules"]
+        return data
+
+
+def folder(settings: Settings, group_id: str) -> Path:
+    return settings.groups_dir / group_id
+
+
+def check_channel(channel: str) -> str:
+    if not CHANNEL.fullmatch(channel):
+        raise NclError(
+            f"invalid channel {channel!r}: use cli, queue:NAME, webhook:NAME or toolkit:NAME "
+            "(NAME: letters, digits, '.', '_', '-')"
+        )
+    return channel
+
+
+def create(
+    conn: sqlite3.Connection,
+    settings: Settings,
+    now: datetime,
+    name: str,
+    channels: list[str],
+    rules: str = "",
+    session_mode: str = "shared",
+    provider: str | None = None,
+    model: str | None = None,
+) -> tuple[Group, dict[str, str]]:
+    """Create a group and wire its channels. Returns it and the webhook tokens, shown only now."""
+    try:
+        group_id = ids.group_id(name)
+    except ValueError as exc:
+        raise NclError(str(exc)) from None
+    wanted = list(dict.fromkeys(check_channel(c) for c in channels))
+    if session_mode not in SESSION_MODES:
+        raise NclError(f"invalid session mode {session_mode!r}: use shared or per-thread")
+    if provider is not None and provider not in PROVIDERS:
+        raise NclError(f"invalid provider {provider!r}: use {' or '.join(PROVIDERS)}")
+    tokens = {c.split(":", 1)[1]: secrets.token_urlsafe(32) for c in wanted if c.startswith("webhook:")}
+    created = to_text(now)
+    with transaction(conn):
+        if conn.execute("SELECT 1 FROM agent_groups WHERE id = ?", (group_id,)).fetchone():
+            raise NclError(f"group {name!r} already exists ({group_id})")
+        conn.execute(
+            "INSERT INTO agent_groups(id, name, rules, session_mode, provider, model, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (group_id, name, rules, session_mode, provider, model, created),
+        )
+        for position, channel in enumerate(wanted):
+            owner = conn.execute(
+                "SELECT agent_group_id FROM wirings WHERE channel = ? AND channel <> 'cli'", (channel,)
+            ).fetchone()
+            if owner:
+                raise NclError(f"channel {channel} is already wired to group {owner[0]}")
+            token = tokens.get(channel.split(":", 1)[1]) if channel.startswith("webhook:") else None
+            conn.execute(
+                "INSERT INTO wirings(channel, agent_group_id, position, token_hash, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (channel, group_id, position, token_hash(token) if token else None, created),
+            )
+    home = folder(settings, group_id)
+    home.mkdir(parents=True, exist_ok=True)
+    memory = home / "AGENT.md"
+    if not memory.exists():
+        memory.write_text(f"# {name}\n\nThe agent's memory: notes it keeps between conversations.\n")
+    return get(conn, group_id), tokens
+
+
+def new_token(conn: sqlite3.Connection, group: Group, channel: str, rotate: bool) -> str:
+    """A webhook channel's bearer token, shown once: made now if it has none, or replaced with ``rotate``."""
+    if not channel.startswith("webhook:") or channel not in group.channels:
+        raise NclError(f"group {group.name} has no channel {channel} (webhook channels: "
+                       f"{', '.join(c for c in group.channels if c.startswith('webhook:')) or 'none'})")
+    with transaction(conn):
+        (stored,) = conn.execute("SELECT token_hash FROM wirings WHERE channel = ? AND agent_group_id = ?",
+                                 (channel, group.id)).fetchone()
+        if stored and not rotate:
+            raise NclError(f"{channel} already has a token and it is only shown when made; "
+                           "--rotate replaces it (the old one stops working)")
+        token = secrets.token_urlsafe(32)
+        conn.execute("UPDATE wirings SET token_hash = ? WHERE channel = ? AND agent_group_id = ?",
+                     (token_hash(token), channel, group.id))
+    return token
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _from_row(conn: sqlite3.Connection, row: sqlite3.Row) -> Group:
+    channels = [
+        r[0]
+        for r in conn.execute(
+            "SELECT channel FROM wirings WHERE agent_group_id = ? ORDER BY position", (row["id"],)
+        )
+    ]
+    return Group(
+        id=row["id"],
+        name=row["name"],
+        channels=channels,
+        session_mode=row["session_mode"],
+        provider=row["provider"],
+        model=row["model"],
+        created_at=row["created_at"],
+        allow_server_tools=bool(row["allow_server_tools"]),
+        rules=row["rules"],
+    )
+
+
+def list_all(conn: sqlite3.Connection) -> list[Group]:
+    rows = conn.execute("SELECT * FROM agent_groups ORDER BY name").fetchall()
+    return [_from_row(conn, row) for row in rows]
+
+
+def get(conn: sqlite3.Connection, ref: str) -> Group:
+    """A group by id (``ag-demo``) or name (``demo``, any case)."""
+    row = conn.execute(
+        "SELECT * FROM agent_groups WHERE id = ? OR name = ? COLLATE NOCASE", (ref, ref)
+    ).fetchone()
+    if row is None:
+        raise NclError(f"unknown group {ref!r} (see 'ncl groups list')")
+    return _from_row(conn, row)
+
+
+def update(conn: sqlite3.Connection, group: Group, *, rules: str | None = None, provider: str | None = None,
+           model: str | None = None, allow_server_tools: bool | None = None) -> Group:
+    """Change the given fields (None: keep); running sessions see them at their runner's next start."""
+    if provider is not None and provider not in PROVIDERS:
+        raise NclError(f"invalid provider {provider!r}: use {' or '.join(PROVIDERS)}")
+    changes = {"rules": rules, "provider": provider, "model": model, "allow_server_tools": allow_server_tools}
+    wanted = {name: value for name, value in changes.items() if value is not None}
+    if not wanted:
+        raise NclError("nothing to update: give --rules, --provider, --model or --allow-server-tools/"
+                       "--no-allow-server-tools")
+    with transaction(conn):
+        conn.execute(f"UPDATE agent_groups SET {', '.join(f'{name} = :{name}' for name in wanted)} WHERE id = :id",
+                     {**wanted, "id": group.id})
+    return get(conn, group.id)
+
+
+def allows_server_tools(conn: sqlite3.Connection, group_id: str) -> bool:
+    row = conn.execute("SELECT allow_server_tools FROM agent_groups WHERE id = ?", (group_id,)).fetchone()
+    return bool(row and row[0])
+
+
+def delete(conn: sqlite3.Connection, group: Group) -> None:
+    """Remove the group and its wirings; its sessions are closed. Files on disk are kept."""
+    with transaction(conn):
+        conn.execute("UPDATE sessions SET status = 'closed' WHERE agent_group_id = ?", (group.id,))
+        conn.execute("DELETE FROM agent_groups WHERE id = ?", (group.id,))

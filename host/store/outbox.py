@@ -1,0 +1,75 @@
+"""The host's reads of a session's outbound.db (runner-owned), and the one write it may do there:
+clearing claims of a runner that is gone (DESIGN §5)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from host.store import db
+
+
+@dataclass
+class Outbox:
+    """What one sweep needs from outbound.db, read in one short read transaction."""
+
+    acks: dict[str, sqlite3.Row] = field(default_factory=dict)
+    requests: list[sqlite3.Row] = field(default_factory=list)
+    replies: list[sqlite3.Row] = field(default_factory=list)
+    tool_timeout_s: float | None = None
+
+
+def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, reply_after_seq: int = 0,
+         request_limit: int = -1) -> Outbox:
+    """Acks of the given (still open) messages, system requests after ``after_seq``, chat replies after
+    ``reply_after_seq``, the running tool's timeout.
+
+    ``writable`` (only when no runner is alive) may write; otherwise the file is opened query-only (read-write at
+    the file level, so a FIFO swapped in cannot block the sweep, see ``db.connect``). Either rolls back a hot
+    journal a killed runner left, which a read-only connection could not read past.
+    """
+    if not path.exists():
+        return Outbox()
+    ids = list(open_ids)
+    with closing(db.connect(path, "outbound", query_only=not writable)) as conn:
+        conn.execute("BEGIN")
+        acks = {row["message_id"]: row for row in _in_chunks(conn, "SELECT * FROM processing_ack WHERE message_id"
+                                                               " IN ({})", ids)}
+        requests = conn.execute("SELECT * FROM messages_out WHERE kind = 'system' AND seq > ? ORDER BY seq LIMIT ?",
+                                (after_seq, request_limit)).fetchall()  # at most request_limit (-1: all)
+        replies = conn.execute("SELECT * FROM messages_out WHERE kind = 'chat' AND seq > ? ORDER BY seq",
+                               (reply_after_seq,)).fetchall()
+        state = conn.execute("SELECT current_tool, tool_timeout_s FROM container_state WHERE id = 1").fetchone()
+        conn.execute("COMMIT")
+    timeout = float(state["tool_timeout_s"]) if state and state["current_tool"] and state["tool_timeout_s"] else None
+    return Outbox(acks, requests, replies, timeout)
+
+
+def _in_chunks(conn: sqlite3.Connection, sql: str, ids: list[str], size: int = 500) -> list[sqlite3.Row]:
+    """Run ``sql`` (its ``IN ({})`` filled with placeholders) over ``ids`` in chunks, under SQLite's variable
+    limit; the rows of every chunk."""
+    rows: list[sqlite3.Row] = []
+    for start in range(0, len(ids), size):
+        chunk = ids[start:start + size]
+        rows += conn.execute(sql.format(", ".join("?" * len(chunk))), chunk).fetchall()
+    return rows
+
+
+def clear_claims(path: Path, message_ids: list[str]) -> None:
+    """Delete ``processing`` claims of a runner that is no longer alive, so the next one starts clean."""
+    if not message_ids or not path.exists():
+        return
+    with closing(db.connect(path, "outbound")) as conn, db.transaction(conn):
+        _in_chunks(conn, "DELETE FROM processing_ack WHERE status = 'processing' AND message_id IN ({})", message_ids)
+
+
+def claimed(path: Path, message_ids: list[str]) -> set[str]:
+    """Which of these rows a runner has claimed (a claim the sweep may not have copied into the inbox yet)."""
+    if not message_ids or not path.exists():
+        return set()
+    with closing(db.connect(path, "outbound", query_only=True)) as conn:
+        return {r[0] for r in _in_chunks(conn, "SELECT message_id FROM processing_ack WHERE status = 'processing'"
+                                                " AND message_id IN ({})", message_ids)}

@@ -1,0 +1,134 @@
+"""Sessions: one folder per conversation or job stream, holding its inbound.db and outbound.db."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from contextlib import closing
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from host.errors import NclError
+from host.files import private
+from host.settings import Settings
+from host.store import db
+from host.store.groups import Group
+from schemas import ids
+from schemas.times import to_text
+
+
+@dataclass(frozen=True)
+class Session:
+    id: str
+    agent_group_id: str
+    status: str
+    thread_key: str | None
+    created_at: str
+    last_active_at: str
+    path: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.path)
+
+
+def folder(settings: Settings, agent_group_id: str, session_id: str) -> Path:
+    return settings.sessions_dir / agent_group_id / session_id
+
+
+def _from_row(settings: Settings, row: sqlite3.Row) -> Session:
+    return Session(
+        id=row["id"],
+        agent_group_id=row["agent_group_id"],
+        status=row["status"],
+        thread_key=row["thread_key"],
+        created_at=row["created_at"],
+        last_active_at=row["last_active_at"],
+        path=str(folder(settings, row["agent_group_id"], row["id"])),
+    )
+
+
+def create_files(path: Path) -> None:
+    """The session folder (0700) with both DBs (0600) at the latest schema and the file exchange folders. Made
+    under a hidden name beside it and renamed into place in one step: a failure on the way (a full disk) leaves
+    no half-made folder and no empty inbound.db behind, and a folder that exists is never half-overwritten."""
+    private.make_dir(path.parent)
+    building = path.with_name(f".new-{path.name}")
+    building.mkdir(mode=private.DIR_MODE)  # FileExistsError: another creation of the same id is under way
+    try:
+        os.chmod(building, private.DIR_MODE)
+        for sub in ("inbox", "outbox"):
+            (building / sub).mkdir(mode=private.DIR_MODE)
+        for kind in ("inbound", "outbound"):
+            with closing(db.connect(building / f"{kind}.db", kind)):
+                pass
+        os.rename(building, path)  # refuses a folder already there (not empty) instead of merging into it
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+
+
+def create(
+    conn: sqlite3.Connection, settings: Settings, now: datetime, group: Group, thread_key: str | None
+) -> Session:
+    if thread_key is not None and not thread_key.strip():
+        raise NclError("thread key must not be empty")
+    session_id = ids.new_id("sess", now)
+    _check_thread(conn, settings, group, thread_key)
+    # Files first: a crash leaves at worst an unlisted folder, never a listed session without files; a failed
+    # insert removes them again.
+    path = folder(settings, group.id, session_id)
+    create_files(path)
+    stamp = to_text(now)
+    try:
+        with db.transaction(conn):
+            _check_thread(conn, settings, group, thread_key)  # again under the lock: another writer may have won
+            conn.execute(
+                "INSERT INTO sessions(id, agent_group_id, thread_key, status, created_at, last_active_at)"
+                " VALUES (?, ?, ?, 'active', ?, ?)",
+                (session_id, group.id, thread_key, stamp, stamp),
+            )
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)  # never listed: nothing can be using them
+        raise
+    return get(conn, settings, session_id)
+
+
+def _check_thread(conn: sqlite3.Connection, settings: Settings, group: Group, thread_key: str | None) -> None:
+    clash = by_thread(conn, settings, group.id, thread_key)
+    if clash:
+        raise NclError(f"group {group.name} already has an active session for thread {thread_key!r}: {clash.id}")
+
+
+def by_thread(conn: sqlite3.Connection, settings: Settings, agent_group_id: str,
+              thread_key: str | None) -> Session | None:
+    """The group's active session for this thread, if it has one (a session without a thread key is never shared)."""
+    if thread_key is None:
+        return None
+    row = conn.execute("SELECT * FROM sessions WHERE agent_group_id = ? AND thread_key = ? AND status = 'active'",
+                       (agent_group_id, thread_key)).fetchone()
+    return _from_row(settings, row) if row else None
+
+
+def list_all(
+    conn: sqlite3.Connection, settings: Settings, agent_group_id: str | None = None, status: str | None = None
+) -> list[Session]:
+    rows = conn.execute(
+        "SELECT * FROM sessions WHERE (?1 IS NULL OR agent_group_id = ?1) AND (?2 IS NULL OR status = ?2)"
+        " ORDER BY created_at, id",
+        (agent_group_id, status),
+    ).fetchall()
+    return [_from_row(settings, row) for row in rows]
+
+
+def get(conn: sqlite3.Connection, settings: Settings, session_id: str) -> Session:
+    row = conn.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    if row is None:
+        raise NclError(f"unknown session {session_id!r} (see 'ncl sessions list')")
+    return _from_row(settings, row)
