@@ -7,7 +7,7 @@ run in a new session. In a container they die with the container. Under the loca
 ``<session folder>/.children``, one "pid start_time" line each, and the next host kills what the file names
 before it starts a runner there (and forgets the list). The host reads it as it reads every file of a session
 folder: opened with no link followed in any component, checked on the open descriptor and read from it
-(``host.local_runtime.kill_detached``).
+(``host.runtimes.local.kill_detached``).
 
 The start time (field 22 of /proc/PID/stat) tells a child from a later process that got its pid. Linux only:
 where /proc is missing nothing is recorded and nothing killed.
@@ -53,7 +53,7 @@ def note(session_dir: Path, pids: Iterable[int]) -> None:
 
 def tail(fd: int) -> bytes:
     """The list's tail from an open descriptor, or nothing if it is not a regular file (the host opens it, with
-    no link followed: ``host.local_runtime``; this package cannot reach ``host.confined``)."""
+    no link followed: ``host.runtimes.local``; this package cannot reach ``host.files.confined``)."""
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         return b""

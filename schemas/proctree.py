@@ -20,8 +20,8 @@ The design, in three rules:
 Who kills what: a gate's end kills its tree and the runner's strays (``agent_runner.gate``); an MCP server's
 orphans are the runner's strays, killed at the next gate's end or the runner's end at the latest; a runner's
 end kills everything it still has (``agent_runner.__main__``); a stopped runner's tree is killed whole and a
-runner found dead leaves strays the host sweeps (``host.local_runtime``); a host task's timeout kills its tree,
-its end sweeps the host's strays (``host.scheduled_targets``). In a container the runner, below docker-init
+runner found dead leaves strays the host sweeps (``host.runtimes.local``); a host task's timeout kills its tree,
+its end sweeps the host's strays (``host.project_tasks.targets``). In a container the runner, below docker-init
 (which reaps), is the subreaper. Only a host that was SIGKILLed escapes all this: ``schemas.detached`` covers it.
 
 A process that is not a subreaper never sweeps: its orphans went to someone else. Where /proc is missing (not
