@@ -22,6 +22,11 @@ BUSY_TIMEOUT_MS = 5000
 # keeps its journal file for good (see ``_own_journal``).
 JOURNAL_MODES: dict[DbKind, str] = {"central": "WAL", "inbound": "PERSIST", "outbound": "DELETE"}
 TASK_IDS_VERSION = 3  # the central.db version that brought the task_ids registry
+# What the rest of the host may name of SQLite: an open database is an opaque handle it passes back to the store's
+# named queries, and a store failure is caught as ``db.Error`` (nothing outside host.store imports sqlite3).
+Connection = sqlite3.Connection
+Error = sqlite3.Error
+IntegrityError = sqlite3.IntegrityError
 
 
 class DbError(NclError):
