@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from kit import World, utc
 
 from host.channels.delivery import Deliveries
+from host.store.outbox import OutMessage
 from host.store.sessions import Session
 
 T0 = utc("2026-05-18T13:00:00")
@@ -22,13 +22,13 @@ class Channel:
         self.calls: list[str] = []
         self.got: list[tuple[str, int | None]] = []
 
-    def deliver(self, session: Session, reply: sqlite3.Row, reply_to_seq: int | None) -> bool | None:
-        self.calls.append(reply["id"])
+    def deliver(self, session: Session, reply: OutMessage, reply_to_seq: int | None) -> bool | None:
+        self.calls.append(reply.id)
         if len(self.calls) <= self.fail_first:
             raise ConnectionError("channel down")
         if not self.listening:
             return None
-        self.got.append((json.loads(reply["content"])["text"], reply_to_seq))
+        self.got.append((json.loads(reply.content)["text"], reply_to_seq))
         return True
 
 

@@ -29,6 +29,7 @@ from host.http.listener import Listener, unix_socket
 from host.settings import Settings
 from host.store import db, groups
 from host.store.groups import Group
+from host.store.outbox import OutMessage
 from host.store.sessions import Session
 from schemas import clock
 
@@ -65,14 +66,14 @@ class CliChannel:
         with contextlib.suppress(FileNotFoundError):
             socket_path(self.settings).unlink()
 
-    def deliver(self, session: Session, reply: sqlite3.Row, reply_to_seq: int | None) -> bool | None:
+    def deliver(self, session: Session, reply: OutMessage, reply_to_seq: int | None) -> bool | None:
         writers = self.listeners.get(session.id)
         if not writers:
             return None
-        content = json.loads(reply["content"])
-        line = json.dumps({"reply": {"id": reply["id"], "text": content.get("text", ""),
-                                     "files": content.get("files", []), "timestamp": reply["timestamp"],
-                                     "in_reply_to": reply["in_reply_to"], "in_reply_to_seq": reply_to_seq}})
+        content = json.loads(reply.content)
+        line = json.dumps({"reply": {"id": reply.id, "text": content.get("text", ""),
+                                     "files": content.get("files", []), "timestamp": reply.timestamp,
+                                     "in_reply_to": reply.in_reply_to, "in_reply_to_seq": reply_to_seq}})
         for writer in list(writers):
             if writer.is_closing() or writer.transport.get_write_buffer_size() > MAX_UNREAD:
                 writers.discard(writer)

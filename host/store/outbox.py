@@ -12,13 +12,33 @@ from pathlib import Path
 from host.store import db
 
 
+@dataclass(frozen=True, slots=True)
+class OutMessage:
+    """One ``messages_out`` row (DESIGN §4): a reply for a channel, or a request for the host."""
+
+    id: str
+    seq: int
+    in_reply_to: str | None
+    timestamp: str
+    kind: str
+    platform_id: str | None
+    channel_type: str | None
+    thread_id: str | None
+    content: str
+
+    @classmethod
+    def of(cls, row: sqlite3.Row) -> OutMessage:
+        return cls(row["id"], row["seq"], row["in_reply_to"], row["timestamp"], row["kind"], row["platform_id"],
+                   row["channel_type"], row["thread_id"], row["content"])
+
+
 @dataclass
 class Outbox:
     """What one sweep needs from outbound.db, read in one short read transaction."""
 
     acks: dict[str, sqlite3.Row] = field(default_factory=dict)
     requests: list[sqlite3.Row] = field(default_factory=list)
-    replies: list[sqlite3.Row] = field(default_factory=list)
+    replies: list[OutMessage] = field(default_factory=list)
     tool_timeout_s: float | None = None
 
 
@@ -40,8 +60,8 @@ def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, re
                                                                " IN ({})", ids)}
         requests = conn.execute("SELECT * FROM messages_out WHERE kind = 'system' AND seq > ? ORDER BY seq LIMIT ?",
                                 (after_seq, request_limit)).fetchall()  # at most request_limit (-1: all)
-        replies = conn.execute("SELECT * FROM messages_out WHERE kind = 'chat' AND seq > ? ORDER BY seq",
-                               (reply_after_seq,)).fetchall()
+        replies = [OutMessage.of(row) for row in conn.execute(
+            "SELECT * FROM messages_out WHERE kind = 'chat' AND seq > ? ORDER BY seq", (reply_after_seq,))]
         state = conn.execute("SELECT current_tool, tool_timeout_s FROM container_state WHERE id = 1").fetchone()
         conn.execute("COMMIT")
     timeout = float(state["tool_timeout_s"]) if state and state["current_tool"] and state["tool_timeout_s"] else None
