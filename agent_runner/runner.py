@@ -8,7 +8,7 @@ import logging
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from agent_runner import prompt, slash
 from agent_runner.config import RunnerConfig
@@ -17,16 +17,11 @@ from agent_runner.providers import History, Provider, ProviderError, Turn
 from agent_runner.store import Reply, Store, routing_of
 from agent_runner.tools import CURRENT_TURN, Tools
 from schemas import detached
+from schemas.clock import Clock
 
 log = logging.getLogger(__name__)
 BEAT_EVERY = timedelta(seconds=1)
 CONVERSATION = "conversation"
-
-
-class Clock(Protocol):
-    def now(self) -> datetime: ...
-
-    async def sleep(self, seconds: float) -> None: ...
 
 
 def _turn(row: sqlite3.Row) -> dict[str, Any]:

@@ -7,7 +7,6 @@ import logging
 import signal
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
 
 from host.channels import nudge
 from host.channels.cli import CliChannel
@@ -19,6 +18,7 @@ from host.runtimes.proxy.server import CredentialProxy
 from host.scheduling import sweep
 from host.scheduling.sweep import Sweeper, SweepResult
 from host.settings import Settings
+from schemas.clock import Clock
 
 log = logging.getLogger(__name__)
 SLICE_S = 1.0  # longest uninterrupted sleep: bounds how late a nudge or a stop is noticed
@@ -28,12 +28,6 @@ FLOOR_S = 0.05  # shortest sleep, so a wake that cannot start never spins the lo
 NEW_SESSIONS_PER_TICK = 64
 BETWEEN_CHUNKS_S = 0.01  # long enough for a request to be read and answered whole, not one step of it a chunk
 LIVE_RUNNER_TICK_S = 0.25  # with runners alive, acks, requests and replies are synced at least this often
-
-
-class Clock(Protocol):
-    def now(self) -> datetime: ...
-
-    async def sleep(self, seconds: float) -> None: ...
 
 
 @dataclass

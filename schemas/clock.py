@@ -1,12 +1,20 @@
-"""The one module that reads the wall clock or sleeps; everything else is handed ``now``."""
+"""The one module that reads the wall clock or sleeps; everything else is handed ``now``, or a ``Clock``: this
+module itself (the real one) or a test's fake."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from datetime import UTC, datetime
+from typing import Protocol
 
 from schemas.times import truncate_ms
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+    async def sleep(self, seconds: float) -> None: ...
 
 
 def now() -> datetime:
