@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import ctypes
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ def make_provider(config: RunnerConfig) -> Provider:
 
 
 async def _main(config: RunnerConfig, once: bool) -> None:
-    runner = Runner(config, make_provider(config), clock, rules=os.environ.get("NCL_RULES", ""))
+    runner = Runner(config, make_provider(config), clock, rules=config.rules)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runner.stopping.set)
@@ -51,10 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--once", action="store_true", help="process what is due now, then exit")
     args = parser.parse_args(argv)
     _die_with_parent()
-    logging.basicConfig(level=os.environ.get("NCL_LOG_LEVEL", "INFO"), stream=sys.stderr,
-                        format="runner: %(levelname)s: %(message)s")
-    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per model request is noise here
     config = RunnerConfig.from_env(args.session_dir)
+    logging.basicConfig(level=config.log_level, stream=sys.stderr, format="runner: %(levelname)s: %(message)s")
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per model request is noise here
     # What gate scripts and MCP servers orphan comes to us, not to pid 1: the gate kills it when it ends, and
     # whatever is left when we end dies with us (schemas.proctree).
     become_subreaper()

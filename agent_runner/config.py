@@ -1,14 +1,14 @@
-"""What a runner is told by the host: NCL_* variables and TZ (DESIGN §12.12), read once at start."""
+"""What a runner is told by the host (``schemas.runner_env``), read once at start, and where it runs."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from schemas import zone as zones
+from schemas.runner_env import DEFAULTS, RunnerEnv
 
 
 @dataclass(frozen=True)
@@ -16,13 +16,18 @@ class RunnerConfig:
     session_dir: Path
     generation: str
     tz: str
-    idle_timeout_s: float = 1800.0
-    poll_interval_s: float = 0.05
-    max_batch: int = 20
-    task_min_interval_s: float = 300.0
-    provider: str = "mock"
-    model: str = "claude-sonnet-5"
+    idle_timeout_s: float = DEFAULTS.idle_timeout_s
+    poll_interval_s: float = DEFAULTS.poll_interval_s
+    max_batch: int = DEFAULTS.max_batch
+    task_min_interval_s: float = DEFAULTS.task_min_interval_s
+    provider: str = DEFAULTS.provider
+    model: str = DEFAULTS.model
     group_dir: Path | None = None
+    rules: str = DEFAULTS.rules
+    log_level: str = DEFAULTS.log_level
+    anthropic_socket: str | None = DEFAULTS.anthropic_socket
+    session_id: str = DEFAULTS.session_id
+    agent_group_id: str = DEFAULTS.agent_group_id
 
     @property
     def zone(self) -> ZoneInfo:
@@ -38,18 +43,12 @@ class RunnerConfig:
 
     @classmethod
     def from_env(cls, session_dir: Path, environ: Mapping[str, str] | None = None) -> RunnerConfig:
-        env = os.environ if environ is None else environ
+        told = RunnerEnv.from_env(os.environ if environ is None else environ)
         agent = session_dir / "agent"  # in a container the group folder is mounted here
-        group_dir = Path(env["NCL_GROUP_DIR"]) if env.get("NCL_GROUP_DIR") else (agent if agent.is_dir() else None)
-        return cls(
-            session_dir=session_dir,
-            generation=env.get("NCL_RUNNER_GENERATION", "gen-local"),
-            tz=zones.resolve([("env", env.get("TZ"))]).name,
-            idle_timeout_s=float(env.get("NCL_IDLE_TIMEOUT_S", 1800)),
-            poll_interval_s=float(env.get("NCL_POLL_INTERVAL_S", 0.05)),
-            max_batch=int(env.get("NCL_MAX_BATCH", 20)),
-            task_min_interval_s=float(env.get("NCL_TASK_MIN_INTERVAL_S", 300)),
-            provider=env.get("NCL_PROVIDER", "mock"),
-            model=env.get("NCL_MODEL", "claude-sonnet-5"),
-            group_dir=group_dir,
-        )
+        group_dir = Path(told.group_dir) if told.group_dir else (agent if agent.is_dir() else None)
+        return cls(session_dir=session_dir, **{**asdict(told), "group_dir": group_dir})
+
+    def told(self, *only: str) -> dict[str, str]:
+        """What this runner was told, as variables (``RunnerEnv.to_env``): all, or those of the fields named."""
+        told = {f.name: getattr(self, f.name) for f in fields(RunnerEnv)}
+        return RunnerEnv(**{**told, "group_dir": None if self.group_dir is None else str(self.group_dir)}).to_env(*only)

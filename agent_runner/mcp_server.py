@@ -163,12 +163,8 @@ def server_parameters(config: RunnerConfig) -> StdioServerParameters:
     """How the runner starts this server: its own interpreter, and exactly its own settings (no API key)."""
     source = str(Path(agent_runner.__file__).resolve().parent.parent)  # importable wherever the runner is
     path = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH")) if p)
-    env = {"PYTHONPATH": path, "TZ": config.tz, "NCL_RUNNER_GENERATION": config.generation,
-           "NCL_TASK_MIN_INTERVAL_S": str(config.task_min_interval_s), "NCL_MAX_BATCH": str(config.max_batch),
-           "NCL_PROVIDER": config.provider, "NCL_MODEL": config.model,
-           "NCL_LOG_LEVEL": os.environ.get("NCL_LOG_LEVEL", "INFO")}
-    if config.group_dir is not None:
-        env["NCL_GROUP_DIR"] = str(config.group_dir)
+    env = {"PYTHONPATH": path, **config.told("tz", "generation", "task_min_interval_s", "max_batch", "provider",
+                                             "model", "log_level", "group_dir")}
     return StdioServerParameters(command=sys.executable, env=env,
                                  args=["-m", "agent_runner.mcp_server", "--session-dir", str(config.session_dir)])
 
@@ -196,7 +192,7 @@ def extra_servers(config: RunnerConfig) -> dict[str, StdioServerParameters]:
             log.warning("ignoring MCP server %r: names are 1-30 of [A-Za-z0-9_-]", name,
                         extra={"action": "mcp_config_invalid"})
             continue
-        found[name] = StdioServerParameters(command=spec.command, args=spec.args, env={"TZ": config.tz, **spec.env},
+        found[name] = StdioServerParameters(command=spec.command, args=spec.args, env={**config.told("tz"), **spec.env},
                                             cwd=config.group_dir)
     return found
 

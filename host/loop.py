@@ -13,7 +13,8 @@ from host.channels.cli import CliChannel
 from host.channels.delivery import Deliveries
 from host.channels.webhooks import Webhooks
 from host.project_tasks.fire import ScheduledTasks
-from host.runtimes.pool import Runners, Runtime
+from host.runtimes.base import Runtime
+from host.runtimes.pool import Runners
 from host.runtimes.proxy.server import CredentialProxy
 from host.scheduling import sweep
 from host.scheduling.sweep import Sweeper, SweepResult

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from host.errors import NclError
 from schemas import zone as zones
+from schemas.runner_env import DEFAULTS as RUNNER
+from schemas.runner_env import LogLevel, Provider
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +34,11 @@ class Settings(BaseModel):
     data_dir: Path = Field(Path("data"), alias="NCL_DATA_DIR")
     sweep_interval_s: float = Field(60.0, gt=0, alias="NCL_SWEEP_INTERVAL_S")
     misfire_grace_s: float = Field(3600.0, ge=0, alias="NCL_MISFIRE_GRACE_S")
-    task_min_interval_s: float = Field(300.0, ge=0, alias="NCL_TASK_MIN_INTERVAL_S")
+    task_min_interval_s: float = Field(RUNNER.task_min_interval_s, ge=0, alias="NCL_TASK_MIN_INTERVAL_S")
     scheduled_task_min_gap_s: float = Field(900.0, ge=0, alias="NCL_SCHEDULED_TASK_MIN_GAP_S")
-    idle_timeout_s: float = Field(1800.0, gt=0, alias="NCL_IDLE_TIMEOUT_S")
-    poll_interval_s: float = Field(0.05, gt=0, alias="NCL_POLL_INTERVAL_S")
-    max_batch: int = Field(20, ge=1, alias="NCL_MAX_BATCH")
+    idle_timeout_s: float = Field(RUNNER.idle_timeout_s, gt=0, alias="NCL_IDLE_TIMEOUT_S")
+    poll_interval_s: float = Field(RUNNER.poll_interval_s, gt=0, alias="NCL_POLL_INTERVAL_S")
+    max_batch: int = Field(RUNNER.max_batch, ge=1, alias="NCL_MAX_BATCH")
     max_runners: int = Field(5, ge=1, alias="NCL_MAX_RUNNERS")
     runtime: Literal["auto", "docker", "local"] = Field("auto", alias="NCL_RUNTIME")
     image: str = Field("ncl-agent:latest", min_length=1, alias="NCL_IMAGE")
@@ -48,12 +50,12 @@ class Settings(BaseModel):
     group_tokens_per_day: int = Field(0, ge=0, alias="NCL_GROUP_TOKENS_PER_DAY")
     group_requests_per_minute: int = Field(60, ge=0, alias="NCL_GROUP_REQUESTS_PER_MINUTE")
     http_max_connections: int = Field(64, ge=1, alias="NCL_HTTP_MAX_CONNECTIONS")
-    provider: Literal["mock", "anthropic"] = Field("mock", alias="NCL_PROVIDER")
-    model: str = Field("claude-sonnet-5", min_length=1, alias="NCL_MODEL")
+    provider: Provider = Field(RUNNER.provider, alias="NCL_PROVIDER")
+    model: str = Field(RUNNER.model, min_length=1, alias="NCL_MODEL")
     http_port: int = Field(8787, ge=0, le=65535, alias="NCL_HTTP_PORT")
     anthropic_api_key: str | None = Field(None, alias="ANTHROPIC_API_KEY", repr=False)
     anthropic_base_url: str = Field("https://api.anthropic.com", alias="ANTHROPIC_BASE_URL")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="NCL_LOG_LEVEL")
+    log_level: LogLevel = Field(RUNNER.log_level, alias="NCL_LOG_LEVEL")
     tz: zones.ResolvedZone = Field(zones.ResolvedZone("UTC", "fallback"), exclude=True)
 
     @property

@@ -60,6 +60,7 @@ class RecordingRuntime:
     started: list[tuple[datetime | None, str, str]] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
     running: set[str] = field(default_factory=set)
+    uid = None  # Runtime.uid: runners run as the host's own user
 
     def start(self, session: Session, generation: str, env: dict[str, str]) -> None:
         self.started.append((self.clock.now() if self.clock else None, session.id, generation))

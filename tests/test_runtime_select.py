@@ -17,7 +17,8 @@ from host.cli import checks as doctor
 from host.files.confined import Refused
 from host.runtimes import factory as runtime
 from host.runtimes import image
-from host.runtimes.docker import CONTAINER_UID, DockerRuntime, check_env, container_user, install_id
+from host.runtimes.docker import CONTAINER_UID, DockerRuntime, check_env, container_user
+from host.runtimes.install import install_id
 from host.runtimes.local import LocalRuntime
 from host.runtimes.workspace import hand_over
 from host.settings import Settings
@@ -54,7 +55,7 @@ def test_auto_falls_back_to_local_saying_why(tmp_path: Path, problem: str) -> No
 def test_local_is_announced_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     chosen, reason = runtime.select_runtime(settings(tmp_path, NCL_RUNTIME="local"))
     with caplog.at_level(logging.INFO):
-        runtime.announce(chosen, reason)
+        chosen.announce(reason)
     [record] = [r for r in caplog.records if getattr(r, "action", None) == "runtime_selected"]
     assert (record.levelno, getattr(record, "runtime", None)) == (logging.WARNING, "local")
 

@@ -13,7 +13,7 @@ from host.cli.output import emit, fields, json_option
 from host.files.lock import host_lock
 from host.loop import Host
 from host.project_tasks.fire import fire_once
-from host.runtimes.factory import announce, finish, prepare, select_runtime
+from host.runtimes.factory import select_runtime
 from host.runtimes.pool import Runners
 from host.scheduling.sweep import Sweeper
 from schemas import clock
@@ -36,12 +36,12 @@ def run(app: App) -> None:
         become_subreaper()
         logging.getLogger().setLevel(min(logging.INFO, logging.getLogger().level))
         runtime, reason = select_runtime(app.settings)
-        announce(runtime, reason)  # local is said loudly: its runners have no isolation
-        prepare(runtime)
+        runtime.announce(reason)  # local is said loudly: its runners have no isolation
+        runtime.prepare()
         try:
             asyncio.run(Host(app.settings, runtime, clock).run())
         finally:
-            finish(runtime, stop_runners=True)
+            runtime.close(stop_runners=True)
 
 
 @host_cli.command("sweep")
@@ -61,6 +61,6 @@ def sweep(app: App, once: bool, now: datetime | None, as_json: bool) -> None:
         finally:
             sweeper.close()
             if runtime is not None:
-                finish(runtime, stop_runners=False)  # the runners it woke outlive it, as with the local runtime
+                runtime.close(stop_runners=False)  # the runners it woke outlive it, as with the local runtime
     data = {**result.to_json(), **fired}
     emit(as_json, data, lambda: fields(data, [(k, k.replace("_", " ")) for k in data]))

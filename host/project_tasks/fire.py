@@ -24,7 +24,8 @@ from host.channels import queues
 from host.project_tasks import targets as scheduled_targets
 from host.project_tasks.specs import Task
 from host.project_tasks.targets import STOPPED, Outcome, Stop
-from host.runtimes.docker import install_id, resource_limits
+from host.runtimes.docker import resource_limits
+from host.runtimes.install import install_id
 from host.scheduling.recurrence import Overdue, Policy
 from host.settings import Settings
 from host.store import db

@@ -13,7 +13,6 @@ per session every ``RETRY_S`` and a log line per outage; the next start after it
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import threading
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from host.files import confined
+from host.runtimes.install import install_id
 from host.runtimes.workspace import hand_over
 from host.settings import Settings
 from host.store import groups
@@ -38,11 +38,6 @@ REFRESH_S = 0.5  # at most one container listing per this long, however often is
 RETRY_S = 5.0  # while the engine is down, starts fail at once for this long before it is asked again
 STOP_WAIT_S = 120.0
 NOFILE = 1024  # open files per container process: enough for a runner, too few to exhaust the host's table
-
-
-def install_id(settings: Settings) -> str:
-    """A stable id of this data directory: derived, never stored, so every host and CLI process agrees."""
-    return hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:12]
 
 
 def container_user(host_uid: int, host_gid: int) -> tuple[int, int]:
@@ -132,7 +127,14 @@ class DockerRuntime:
                         str(agent): {"bind": f"{WORKSPACE}/agent", "mode": "rw"}},
         }
 
-    # --- the Runtime protocol ---
+    # --- the Runtime protocol (host.runtimes.base) ---
+
+    def announce(self, reason: str) -> None:
+        log.info("runtime docker (%s)", reason, extra={"action": "runtime_selected", "runtime": "docker",
+                                                       "reason": reason})
+
+    def prepare(self) -> None:
+        self.cleanup_orphans()
 
     def start(self, session: Session, generation: str, env: dict[str, str], *,
               entrypoint: list[str] | None = None) -> None:
@@ -176,6 +178,19 @@ class DockerRuntime:
         self._remove(self._connect(), self.name(session_id))
         log.info("runner of %s stopped", session_id, extra={"action": "runner_stopped", "session": session_id})
 
+    def close(self, stop_runners: bool) -> None:
+        """Finish starts in flight; with ``stop_runners`` also kill every runner this process started."""
+        self._pool.shutdown(wait=True)
+        if stop_runners:
+            with self._lock:
+                sessions = list(self._starts)
+            for session_id in sessions:
+                try:
+                    self.stop(session_id)
+                except Exception as exc:  # the engine went away: its containers went with it
+                    log.warning("could not stop the runner of %s: %s", session_id, exc,
+                                extra={"action": "runner_stop_failed", "session": session_id})
+
     # --- beyond the protocol ---
 
     def cleanup_orphans(self) -> int:
@@ -196,19 +211,6 @@ class DockerRuntime:
         with self._lock:
             entry = self._starts[session_id]
         return entry.future.result(timeout=timeout)
-
-    def close(self, stop_runners: bool) -> None:
-        """Finish starts in flight; with ``stop_runners`` also kill every runner this process started."""
-        self._pool.shutdown(wait=True)
-        if stop_runners:
-            with self._lock:
-                sessions = list(self._starts)
-            for session_id in sessions:
-                try:
-                    self.stop(session_id)
-                except Exception as exc:  # the engine went away: its containers went with it
-                    log.warning("could not stop the runner of %s: %s", session_id, exc,
-                                extra={"action": "runner_stop_failed", "session": session_id})
 
     # --- worker side ---
 

@@ -27,6 +27,7 @@ from host.store import groups
 from host.store.sessions import Session
 from schemas import detached
 from schemas.proctree import OWN, kill_tree
+from schemas.runner_env import VARIABLES
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,19 @@ class LocalRuntime:
     settings: Settings
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     folders: dict[str, Path] = field(default_factory=dict)  # of the sessions in ``processes``
+    uid = None  # runners run as the host's own user
+
+    def announce(self, reason: str) -> None:
+        log.warning("runtime local: runners are host subprocesses with no isolation (%s)", reason,
+                    extra={"action": "runtime_selected", "runtime": "local", "reason": reason})
+
+    def prepare(self) -> None:
+        """Nothing to clear now: what a previous host's runner left is killed before its session's next start."""
 
     def start(self, session: Session, generation: str, env: dict[str, str]) -> None:
         _kill_detached(session.id, session.folder)  # left by a runner that died with a previous host
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env,
-               "NCL_GROUP_DIR": str(groups.folder(self.settings, session.agent_group_id))}
+               VARIABLES["group_dir"]: str(groups.folder(self.settings, session.agent_group_id))}
         self.processes[session.id] = OWN.spawn(lambda: subprocess.Popen(
             [sys.executable, "-m", "agent_runner", "--session-dir", str(session.folder)],
             env=env, cwd=session.folder, stdin=subprocess.DEVNULL, start_new_session=True), lambda p: p.pid)
@@ -65,6 +74,12 @@ class LocalRuntime:
             kill_tree([process.pid], spare=[process.pid])
             process.wait()
         self._gone(session_id, process)
+
+    def close(self, stop_runners: bool) -> None:
+        """Its runners are host processes: nothing is in flight, and without ``stop_runners`` they keep running."""
+        if stop_runners:
+            for session_id in list(self.processes):
+                self.stop(session_id)
 
     def _gone(self, session_id: str, process: subprocess.Popen[bytes] | None) -> None:
         if process is not None:

@@ -11,29 +11,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
 
 from host.files import confined
+from host.runtimes.base import Runtime
 from host.runtimes.proxy.server import SOCKET_NAME, CredentialProxy
 from host.settings import Settings
 from host.store.sessions import Session
 from schemas import ids
+from schemas.runner_env import RunnerEnv
 
 log = logging.getLogger(__name__)
 HEARTBEAT_STALE = timedelta(minutes=30)
 START_BACKOFF_S = (0, 0, 10, 30, 120, 300, 900)  # wait before the next start after the 1st, 2nd, … failure
 NOTICE_AFTER = 3
 CLAIM_SILENT = timedelta(seconds=60)
-
-
-class Runtime(Protocol):
-    """Starts and stops runner processes; the docker and local runtimes implement it."""
-
-    def start(self, session: Session, generation: str, env: dict[str, str]) -> None: ...
-
-    def is_running(self, session_id: str) -> bool: ...
-
-    def stop(self, session_id: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -110,10 +101,10 @@ class Runners:
 
     def start(self, session: Session, now: datetime, rules: str = "") -> Runner:
         runner = Runner(f"gen-{ids.epoch_ms(now)}-{secrets.token_hex(3)}", now)
-        env = runner_env(self.settings, session, runner.generation, rules)
+        # The proxy's socket is named relative to the session folder, where the runner resolves it.
+        env = runner_env(self.settings, session, runner.generation, rules, SOCKET_NAME if self.proxy else None)
         if self.proxy:
-            self.proxy.open(session.folder, uid=getattr(self.runtime, "uid", None))
-            env["NCL_ANTHROPIC_SOCKET"] = SOCKET_NAME  # relative: the runner resolves it in its session folder
+            self.proxy.open(session.folder, uid=self.runtime.uid)
         self.runtime.start(session, runner.generation, env)
         self.live[session.id] = runner
         return runner
@@ -123,22 +114,14 @@ class Runners:
         self.live.pop(session_id, None)
 
 
-def runner_env(settings: Settings, session: Session, generation: str, rules: str) -> dict[str, str]:
-    """What every runner is told (DESIGN §12.12): its settings as NCL_* variables, and TZ. No secret."""
-    return {
-        "TZ": settings.tz.name,
-        "NCL_RUNNER_GENERATION": generation,
-        "NCL_SESSION_ID": session.id,
-        "NCL_AGENT_GROUP_ID": session.agent_group_id,
-        "NCL_RULES": rules,
-        "NCL_IDLE_TIMEOUT_S": str(settings.idle_timeout_s),
-        "NCL_POLL_INTERVAL_S": str(settings.poll_interval_s),
-        "NCL_MAX_BATCH": str(settings.max_batch),
-        "NCL_TASK_MIN_INTERVAL_S": str(settings.task_min_interval_s),
-        "NCL_PROVIDER": settings.provider,
-        "NCL_MODEL": settings.model,
-        "NCL_LOG_LEVEL": settings.log_level,
-    }
+def runner_env(settings: Settings, session: Session, generation: str, rules: str,
+               socket: str | None = None) -> dict[str, str]:
+    """What every runner is told (``schemas.runner_env``): its settings, and the ``socket`` to the model. No secret."""
+    return RunnerEnv(tz=settings.tz.name, generation=generation, session_id=session.id,
+                     agent_group_id=session.agent_group_id, rules=rules, idle_timeout_s=settings.idle_timeout_s,
+                     poll_interval_s=settings.poll_interval_s, max_batch=settings.max_batch,
+                     task_min_interval_s=settings.task_min_interval_s, provider=settings.provider,
+                     model=settings.model, log_level=settings.log_level, anthropic_socket=socket).to_env()
 
 
 def read_heartbeat(folder: Path) -> tuple[str, datetime] | None:

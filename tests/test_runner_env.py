@@ -1,0 +1,55 @@
+"""The runner's environment is one contract (``schemas.runner_env``, DESIGN §12.12): what the host builds, the runner
+reads back unchanged, with the same defaults on both sides, and its MCP server is told the same part as ever."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kit import World
+
+from agent_runner.config import RunnerConfig
+from agent_runner.mcp_server import server_parameters
+from host.runtimes.pool import runner_env
+from schemas.runner_env import DEFAULTS, RunnerEnv
+
+WIRE = {  # every variable of a default host's runner, as it always was
+    "TZ": "America/New_York", "NCL_RUNNER_GENERATION": "gen-1", "NCL_RULES": "be brief",
+    "NCL_IDLE_TIMEOUT_S": "1800.0", "NCL_POLL_INTERVAL_S": "0.05", "NCL_MAX_BATCH": "20",
+    "NCL_TASK_MIN_INTERVAL_S": "300.0", "NCL_PROVIDER": "mock", "NCL_MODEL": "claude-sonnet-5", "NCL_LOG_LEVEL": "INFO",
+}
+
+
+def test_a_default_host_tells_its_runners_what_it_always_did(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    env = runner_env(world.settings, world.session, "gen-1", "be brief")
+    assert env == {**WIRE, "NCL_SESSION_ID": world.session.id, "NCL_AGENT_GROUP_ID": world.group.id}
+
+
+def test_a_host_built_environment_round_trips_through_the_runners_parser(tmp_path: Path) -> None:
+    world = World(tmp_path, TZ="Asia/Kolkata", NCL_IDLE_TIMEOUT_S="2.5", NCL_POLL_INTERVAL_S="0.2",
+                  NCL_MAX_BATCH="7", NCL_TASK_MIN_INTERVAL_S="60", NCL_PROVIDER="anthropic", NCL_MODEL="m-1",
+                  NCL_LOG_LEVEL="DEBUG")
+    env = {**runner_env(world.settings, world.session, "gen-9", "rules\nin two lines", ".proxy.sock"),
+           "NCL_GROUP_DIR": str(tmp_path / "group")}  # the local runtime adds where the group folder is
+    config = RunnerConfig.from_env(world.session.folder, env)
+    assert config.told() == env
+    assert (config.tz, config.idle_timeout_s, config.max_batch, config.provider, config.group_dir) == (
+        "Asia/Kolkata", 2.5, 7, "anthropic", tmp_path / "group")
+
+
+def test_defaults_live_in_one_place(tmp_path: Path) -> None:
+    settings = World(tmp_path).settings
+    told = RunnerConfig.from_env(tmp_path, {})
+    for name in ("idle_timeout_s", "poll_interval_s", "max_batch", "task_min_interval_s", "provider", "model",
+                 "log_level"):
+        assert getattr(settings, name) == getattr(told, name) == getattr(DEFAULTS, name), name
+    assert RunnerEnv.from_env({}) == DEFAULTS
+
+
+def test_the_mcp_server_is_told_what_it_always_was(tmp_path: Path) -> None:
+    config = RunnerConfig.from_env(tmp_path, {**WIRE, "NCL_ANTHROPIC_SOCKET": ".proxy.sock", "NCL_GROUP_DIR": "/g"})
+    env = server_parameters(config).env
+    assert env is not None and env.pop("PYTHONPATH")
+    assert env == {"TZ": "America/New_York", "NCL_RUNNER_GENERATION": "gen-1", "NCL_TASK_MIN_INTERVAL_S": "300.0",
+                   "NCL_MAX_BATCH": "20", "NCL_PROVIDER": "mock", "NCL_MODEL": "claude-sonnet-5",
+                   "NCL_LOG_LEVEL": "INFO", "NCL_GROUP_DIR": "/g"}
