@@ -20,7 +20,8 @@ import pytest
 from kit import World
 
 from host.runtimes import image
-from host.runtimes.docker import DockerRuntime, install_id
+from host.runtimes.docker import DockerRuntime
+from host.runtimes.install import install_id
 
 TEST_IMAGE = os.environ.get("NCL_TEST_IMAGE", "ncl-agent:test")
 BASE = "ncl-base:bookworm"

@@ -21,7 +21,8 @@ from process_marks import gate_script, kill_marked, marked, new_markers
 
 from host.project_tasks.specs import ContainerTarget
 from host.project_tasks.targets import container_kwargs
-from host.runtimes.docker import DockerRuntime, install_id, resource_limits
+from host.runtimes.docker import DockerRuntime, resource_limits
+from host.runtimes.install import install_id
 from host.runtimes.pool import runner_env
 from host.store import db
 from schemas import clock

@@ -30,7 +30,8 @@ from kit import World, utc
 from processes import Env, Host, ncl_command
 
 from host import settings as settings_module
-from host.runtimes.docker import DockerRuntime, install_id
+from host.runtimes.docker import DockerRuntime
+from host.runtimes.install import install_id
 from host.runtimes.pool import Runners
 from host.store import db
 

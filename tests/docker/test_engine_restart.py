@@ -24,7 +24,7 @@ import pytest
 from processes import Env, ncl_command
 
 from host import settings as settings_module
-from host.runtimes.docker import install_id
+from host.runtimes.install import install_id
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

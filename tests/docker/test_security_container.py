@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 from kit import World
 
-from host.runtimes.docker import DockerRuntime, install_id
+from host.runtimes.docker import DockerRuntime
+from host.runtimes.install import install_id
 from host.runtimes.pool import runner_env
 from host.store import db
 from schemas import clock
