@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 from zoneinfo import ZoneInfo
 
+from agent_runner.store import InMessage
+
 
 @dataclass(frozen=True)
 class Item:
     """A row as the agent sees it; ``script_output`` is a waking gate's data."""
 
-    row: sqlite3.Row
+    row: InMessage
     script_output: Any = None
 
 
-def text_of(row: sqlite3.Row) -> str:
+def text_of(row: InMessage) -> str:
     """The words a row carries: chat text, task or queue prompt, webhook payload."""
-    data = json.loads(row["content"])
+    data = json.loads(row.content)
     if not isinstance(data, dict):
         return json.dumps(data)
     for key in ("text", "prompt"):
@@ -30,9 +31,9 @@ def text_of(row: sqlite3.Row) -> str:
     return json.dumps(data.get("payload", data), ensure_ascii=False)
 
 
-def sender_of(row: sqlite3.Row) -> str:
-    data = json.loads(row["content"])
-    kind = str(row["kind"])
+def sender_of(row: InMessage) -> str:
+    data = json.loads(row.content)
+    kind = row.kind
     if kind == "chat" and isinstance(data, dict):
         return str(data.get("sender") or "user")
     if kind == "queue" and isinstance(data, dict):
@@ -51,7 +52,7 @@ def render(items: list[Item], now: datetime, zone: ZoneInfo) -> str:
     parts = [header(now, zone), ""]
     for item in items:
         row = item.row
-        attrs = f"kind={quoteattr(row['kind'])} sender={quoteattr(sender_of(row))} id={quoteattr(row['id'])}"
+        attrs = f"kind={quoteattr(row.kind)} sender={quoteattr(sender_of(row))} id={quoteattr(row.id)}"
         body = escape(text_of(row))
         if item.script_output is not None:
             output = json.dumps(item.script_output, ensure_ascii=False)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agent_runner.prompt import text_of
+from agent_runner.store import InMessage
 from agent_runner.tools import Tools
 
 History = list[dict[str, Any]]
@@ -19,7 +20,7 @@ class ProviderError(RuntimeError):
 @dataclass
 class Turn:
     prompt: str
-    rows: list[Any]  # the triggering rows, oldest first
+    rows: list[InMessage]  # the batch's rows, oldest first
     tools: Tools
     system: str = ""
     history: History | None = None  # None: isolated context, nothing read or kept

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,7 +13,7 @@ from agent_runner import prompt, slash
 from agent_runner.config import RunnerConfig
 from agent_runner.gate import run_gate
 from agent_runner.providers import History, Provider, ProviderError, Turn
-from agent_runner.store import Reply, Store, routing_of
+from agent_runner.store import InMessage, OperationalError, Reply, Store
 from agent_runner.tools import CURRENT_TURN, Tools
 from schemas import detached
 from schemas.clock import Clock
@@ -24,13 +23,13 @@ BEAT_EVERY = timedelta(seconds=1)
 CONVERSATION = "conversation"
 
 
-def _turn(row: sqlite3.Row) -> dict[str, Any]:
+def _turn(row: InMessage) -> dict[str, Any]:
     """What the tools need of the message being answered (``Tools.turn``)."""
-    return {"in_reply_to": row["id"], "routing": routing_of(row)}
+    return {"in_reply_to": row.id, "routing": row.routing()}
 
 
-def _content(row: sqlite3.Row) -> dict[str, Any]:
-    data = json.loads(row["content"])
+def _content(row: InMessage) -> dict[str, Any]:
+    data = json.loads(row.content)
     return data if isinstance(data, dict) else {}
 
 
@@ -57,7 +56,7 @@ class Runner:
         now = self.clock.now()
         self.beat(now)
         rows = self.store.fetch(now)
-        triggered = [r for r in rows if r["trigger"] == 1]
+        triggered = [r for r in rows if r.trigger == 1]
         if not triggered:
             return False
         self.store.claim(triggered, now)
@@ -67,52 +66,52 @@ class Runner:
             if item is not None:
                 items.append(item)
         if items:
-            context = [prompt.Item(r) for r in rows if r["trigger"] == 0]
+            context = [prompt.Item(r) for r in rows if r.trigger == 0]
             self.store.claim([i.row for i in context], now)
             # Chat and group tasks share one prompt; a queue job is a unit of work with an answer of its own;
             # an isolated task neither reads nor extends the conversation.
             isolated = [i for i in items if _content(i.row).get("context_mode") == "isolated"]
-            jobs = [i for i in items if i.row["kind"] == "queue" and i not in isolated]
+            jobs = [i for i in items if i.row.kind == "queue" and i not in isolated]
             shared = [i for i in items if i not in isolated and i not in jobs]
             for batch in ([*context, *shared], *([i] for i in jobs), *([i] for i in isolated)):
-                if any(i.row["trigger"] == 1 for i in batch):
+                if any(i.row.trigger == 1 for i in batch):
                     await self._answer(batch, isolated=batch[-1] in isolated)
         return True
 
-    async def _prepare(self, row: sqlite3.Row, now: datetime) -> prompt.Item | None:
+    async def _prepare(self, row: InMessage, now: datetime) -> prompt.Item | None:
         """Gate a task, or answer a slash command; the item still to go to the model, if any."""
         content = _content(row)
-        if row["kind"] == "task" and content.get("script"):
+        if row.kind == "task" and content.get("script"):
             # on_start: listed for a local host, which kills the script's own session when it kills us (DESIGN §8).
-            gate = await asyncio.to_thread(run_gate, content["script"], task_id=row["id"], tz=self.config.tz,
+            gate = await asyncio.to_thread(run_gate, content["script"], task_id=row.id, tz=self.config.tz,
                                            home=str(self.config.session_dir), cwd=str(self.config.session_dir),
                                            on_start=lambda pid: detached.note(self.config.session_dir, [pid]))
             self.beat(self.clock.now())
             if not gate.wake:
-                self.store.finish([row["id"]], "completed", self.clock.now(), gate.ack_outcome, gate.reason, now)
+                self.store.finish([row.id], "completed", self.clock.now(), gate.ack_outcome, gate.reason, now)
                 return None
             return prompt.Item(row, gate.data)
-        if row["kind"] == "chat" and slash.is_command(str(content.get("text", ""))):
+        if row.kind == "chat" and slash.is_command(str(content.get("text", ""))):
             self.tools.turn = _turn(row)  # the tools run here, not in the MCP server: nothing to store for it
             text, clear = slash.run(str(content["text"]), self.tools)
-            self.store.finish([row["id"]], "completed", self.clock.now(), "ran", None, now,
+            self.store.finish([row.id], "completed", self.clock.now(), "ran", None, now,
                               reply=self._reply(row, text), state=(CONVERSATION, None) if clear else None)
             return None
         return prompt.Item(row)
 
-    def _set_turn(self, row: sqlite3.Row) -> None:
+    def _set_turn(self, row: InMessage) -> None:
         self.tools.turn = _turn(row)
         # The MCP server runs in its own process: it reads the turn it serves from session_state.
         self.store.set_state(CURRENT_TURN, json.dumps(self.tools.turn), self.clock.now())
 
     @staticmethod
-    def _reply(row: sqlite3.Row, text: str) -> Reply:
-        return Reply({"text": text, "files": []}, row["id"], routing_of(row))
+    def _reply(row: InMessage, text: str) -> Reply:
+        return Reply({"text": text, "files": []}, row.id, row.routing())
 
     async def _answer(self, batch: list[prompt.Item], isolated: bool) -> None:
         started = self.clock.now()
-        last = [i for i in batch if i.row["trigger"] == 1][-1].row
-        ids = [i.row["id"] for i in batch]
+        last = [i for i in batch if i.row.trigger == 1][-1].row
+        ids = [i.row.id for i in batch]
         self._set_turn(last)
         history = None if isolated else self._history()
         turn = Turn(prompt.render(batch, started, self.config.zone), [i.row for i in batch], self.tools,
@@ -149,7 +148,7 @@ class Runner:
                     if await self.step():
                         idle_since = self.clock.now()
                         continue
-                except sqlite3.OperationalError as exc:
+                except OperationalError as exc:
                     # A hot journal the host has not rolled back yet ("readonly database"), or a long lock:
                     # both pass once the host writes again, so wait and poll, never exit over it.
                     log.warning("session files busy: %s", exc, extra={"action": "store_busy"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from agent_runner.tool_specs import TOOLS
 from agent_runner.tools import ToolError, Tools
 
 HELP = """Commands:
@@ -23,7 +24,7 @@ def run(text: str, tools: Tools) -> tuple[str, bool]:
     if name == "clear":
         return "Conversation cleared.", True
     if name == "help":
-        return HELP + ", ".join(tools.names()), False
+        return HELP + ", ".join(TOOLS), False
     try:
         arguments = json.loads(raw) if raw.strip() else {}
         if not isinstance(arguments, dict):

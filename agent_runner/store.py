@@ -33,8 +33,49 @@ SELECT due.* FROM due, cut WHERE due.seq <= cut.seq ORDER BY due.seq LIMIT :batc
 """
 
 
+# A store failure, caught without importing sqlite3 (nothing outside this module does).
+DbError = sqlite3.Error
+OperationalError = sqlite3.OperationalError  # e.g. a lock held too long, or a hot journal not rolled back yet
+
+
 class StoreError(RuntimeError):
     """A session file the runner cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class InMessage:
+    """One ``messages_in`` row as read (DESIGN §4), its fields in the table's column order."""
+
+    id: str
+    seq: int
+    kind: str
+    timestamp: str
+    status: str
+    process_after: str | None
+    recurrence: str | None
+    series_id: str | None
+    tries: int
+    platform_id: str | None
+    channel_type: str | None
+    thread_id: str | None
+    content: str
+    trigger: int
+    on_wake: int
+
+    @classmethod
+    def of(cls, row: sqlite3.Row) -> InMessage:
+        return cls(row["id"], row["seq"], row["kind"], row["timestamp"], row["status"], row["process_after"],
+                   row["recurrence"], row["series_id"], row["tries"], row["platform_id"], row["channel_type"],
+                   row["thread_id"], row["content"], row["trigger"], row["on_wake"])
+
+    @property
+    def series(self) -> str:
+        """The series an occurrence belongs to (its own id for a row that names none)."""
+        return self.series_id or self.id
+
+    def routing(self) -> dict[str, Any]:
+        """Where it came from, so where answers to it go: the columns a messages_out row carries."""
+        return {"platform_id": self.platform_id, "channel_type": self.channel_type, "thread_id": self.thread_id}
 
 
 def _open(path: Path, kind: DbKind, readonly: bool) -> sqlite3.Connection:
@@ -66,7 +107,7 @@ class Store:
     config: RunnerConfig
 
     @contextmanager
-    def inbound(self, with_outbound: bool = False) -> Iterator[sqlite3.Connection]:
+    def _inbound(self, with_outbound: bool = False) -> Iterator[sqlite3.Connection]:
         """inbound.db read-only; ``with_outbound`` attaches outbound.db (read-only too) as ``ob``: one open for both."""
         with closing(_open(self.config.inbound, "inbound", readonly=True)) as conn:
             if with_outbound:
@@ -74,23 +115,24 @@ class Store:
             yield conn
 
     @contextmanager
-    def outbound(self) -> Iterator[sqlite3.Connection]:
+    def _outbound(self) -> Iterator[sqlite3.Connection]:
         with closing(_open(self.config.outbound, "outbound", readonly=False)) as conn:
             yield conn
 
-    def fetch(self, now: datetime) -> list[sqlite3.Row]:
+    def fetch(self, now: datetime) -> list[InMessage]:
         """Due rows oldest first (by seq), not yet claimed by this generation nor finished by any."""
-        with self.inbound(with_outbound=True) as conn:
-            return conn.execute(_FETCH, {"now": to_text(now), "generation": self.config.generation,
+        with self._inbound(with_outbound=True) as conn:
+            rows = conn.execute(_FETCH, {"now": to_text(now), "generation": self.config.generation,
                                          "batch": self.config.max_batch}).fetchall()
+        return [InMessage.of(row) for row in rows]
 
-    def claim(self, rows: list[sqlite3.Row], now: datetime) -> None:
-        if not rows:  # a turn with no context rows: no write lock, no open
+    def claim(self, messages: list[InMessage], now: datetime) -> None:
+        if not messages:  # a turn with no context rows: no write lock, no open
             return
-        with self.outbound() as conn, _write(conn):
+        with self._outbound() as conn, _write(conn):
             conn.executemany("INSERT OR REPLACE INTO processing_ack(message_id, status, status_changed, detail,"
                              " generation) VALUES (?, 'processing', ?, NULL, ?)",
-                             [(r["id"], to_text(now), self.config.generation) for r in rows])
+                             [(m.id, to_text(now), self.config.generation) for m in messages])
 
     def finish(self, message_ids: list[str], status: str, now: datetime, outcome: str, reason: str | None = None,
                started_at: datetime | None = None, reply: Reply | None = None,
@@ -99,7 +141,7 @@ class Store:
         at any point has either answered (and asked) or not at all, so a retry never answers or asks twice."""
         detail = json.dumps({"outcome": outcome, "reason": reason,
                              **({"started_at": to_text(started_at)} if started_at else {})})
-        with self.outbound() as conn, _write(conn):
+        with self._outbound() as conn, _write(conn):
             for row in conn.execute("SELECT * FROM staged_requests WHERE generation = ? ORDER BY rowid",
                                     (self.config.generation,)).fetchall():
                 _insert_out(conn, "system", json.loads(row["content"]), from_text(row["timestamp"]),
@@ -116,7 +158,7 @@ class Store:
     def release_stale_claims(self) -> int:
         """Claims a previous generation left 'processing' (it died): drop them so their rows are fetched again,
         with the requests its unfinished turn staged (the retried turn makes its own)."""
-        with self.outbound() as conn, _write(conn):
+        with self._outbound() as conn, _write(conn):
             conn.execute("DELETE FROM staged_requests WHERE generation IS NOT ?", (self.config.generation,))
             return conn.execute("DELETE FROM processing_ack WHERE status = 'processing' AND generation IS NOT ?",
                                 (self.config.generation,)).rowcount
@@ -124,36 +166,42 @@ class Store:
     def stage(self, request: dict[str, Any], now: datetime, in_reply_to: str | None) -> str:
         """A request for the host that takes effect when this turn finishes (see :meth:`finish`)."""
         request_id = ids.new_id("msg", now)
-        with self.outbound() as conn, _write(conn):
+        with self._outbound() as conn, _write(conn):
             conn.execute("INSERT INTO staged_requests(id, generation, in_reply_to, timestamp, content)"
                          " VALUES (?, ?, ?, ?, ?)",
                          (request_id, self.config.generation, in_reply_to, to_text(now), json.dumps(request)))
         return request_id
 
-    def tasks_and_requests(self) -> tuple[list[sqlite3.Row], list[dict[str, Any]]]:
+    def tasks_and_requests(self) -> tuple[list[InMessage], list[dict[str, Any]]]:
         """The inbox's task rows by seq, and the requests the host has not applied yet: those sent (not in
         ``delivered``) by seq, then this generation's staged ones, oldest first."""
-        with self.inbound(with_outbound=True) as conn:
+        with self._inbound(with_outbound=True) as conn:
             rows = conn.execute("SELECT * FROM messages_in WHERE kind = 'task' ORDER BY seq").fetchall()
             sent = conn.execute("SELECT content FROM ob.messages_out m WHERE kind = 'system' AND NOT EXISTS"
                                 " (SELECT 1 FROM delivered d WHERE d.message_out_id = m.id) ORDER BY seq").fetchall()
             staged = conn.execute("SELECT content FROM ob.staged_requests WHERE generation = ? ORDER BY rowid",
                                   (self.config.generation,)).fetchall()
-        return rows, [json.loads(row[0]) for row in [*sent, *staged]]
+        return [InMessage.of(row) for row in rows], [json.loads(row[0]) for row in [*sent, *staged]]
+
+    def destination(self, name: str) -> dict[str, Any] | None:
+        """The routing of a named destination, None if there is none of that name."""
+        with self._inbound() as conn:
+            row = conn.execute("SELECT * FROM destinations WHERE name = ?", (name,)).fetchone()
+        return None if row is None else {k: row[k] for k in ROUTING}
 
     def write(self, kind: str, content: dict[str, Any], now: datetime, in_reply_to: str | None = None,
               routing: dict[str, Any] | None = None, message_id: str | None = None) -> str:
         """A messages_out row (odd seq, after every earlier one)."""
-        with self.outbound() as conn, _write(conn):
+        with self._outbound() as conn, _write(conn):
             return _insert_out(conn, kind, content, now, in_reply_to, routing or {}, message_id)
 
     def state(self, key: str) -> str | None:
-        with self.outbound() as conn:
+        with self._outbound() as conn:
             row = conn.execute("SELECT value FROM session_state WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
     def set_state(self, key: str, value: str | None, now: datetime) -> None:
-        with self.outbound() as conn, _write(conn):
+        with self._outbound() as conn, _write(conn):
             _put_state(conn, key, value, now)
 
     def beat(self) -> None:
@@ -163,11 +211,6 @@ class Store:
             path.touch()
         else:
             path.write_text(self.config.generation)
-
-
-def routing_of(row: sqlite3.Row) -> dict[str, Any]:
-    """Where a row came from or goes to: the messages_in / destinations columns a messages_out row carries."""
-    return {k: row[k] for k in ROUTING}
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The agent's tools (DESIGN §7), as plain functions: served over MCP and called by slash commands alike.
+"""The agent's tools (DESIGN §7), declared in :mod:`agent_runner.tool_specs` and run here: served over MCP and
+called by slash commands alike.
 
 Scheduling tools validate fully here (cron, minimum interval, time), answer with the outcome, and stage a
 ``system`` request that reaches the host with the turn's answer; the host validates it again before applying it.
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -18,7 +18,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from agent_runner.config import RunnerConfig
-from agent_runner.store import Store, routing_of
+from agent_runner.store import DbError, Store
+from agent_runner.tool_specs import TOOLS
 from schemas import cron, ids, requests
 from schemas.times import TimeFormatError, from_text, parse_user_time, to_text
 from schemas.validation import check_prompt, one_line
@@ -139,11 +140,10 @@ class Tools:
         found: dict[str, dict[str, Any]] = {}
         rows, unapplied = self.store.tasks_and_requests()
         for row in rows:
-            series = found.setdefault(row["series_id"] or row["id"], {"id": row["series_id"] or row["id"],
-                                                                      "occurrences": [], "live": None})
-            series["occurrences"].append(row["id"])
-            if row["status"] in ("pending", "processing", "paused") and (row["recurrence"] or not series["live"]):
-                series["live"] = dict(row)
+            series = found.setdefault(row.series, {"id": row.series, "occurrences": [], "live": None})
+            series["occurrences"].append(row.id)
+            if row.status in ("pending", "processing", "paused") and (row.recurrence or not series["live"]):
+                series["live"] = row
         series_done = {s for s, v in found.items() if v["live"] is None}
         for request in unapplied:
             if request.get("action") == "schedule_task":
@@ -160,8 +160,8 @@ class Tools:
                 next_runs = self._next_runs(requested.get("processAfter"), requested.get("recurrence"))
                 expr = requested.get("recurrence")
             elif live is not None:
-                state, prompt, expr = live["status"], json.loads(live["content"])["prompt"], live["recurrence"]
-                next_runs = self._next_runs(live["process_after"], expr) if state == "pending" else "-"
+                state, prompt, expr = live.status, json.loads(live.content)["prompt"], live.recurrence
+                next_runs = self._next_runs(live.process_after, expr) if state == "pending" else "-"
             else:
                 continue
             if status and not state.startswith(status):
@@ -174,11 +174,10 @@ class Tools:
     def _routing(self, to: str | None) -> dict[str, Any]:
         if not to:
             return dict(self.turn.get("routing") or {})
-        with self.store.inbound() as conn:
-            row = conn.execute("SELECT * FROM destinations WHERE name = ?", (to,)).fetchone()
-        if row is None:
+        routing = self.store.destination(to)
+        if routing is None:
             raise ToolError(f"unknown destination {to!r}")
-        return routing_of(row)
+        return routing
 
     def send_message(self, text: str, to: str | None = None) -> str:
         if not isinstance(text, str) or not text:
@@ -203,20 +202,17 @@ class Tools:
                          routing, message_id=message_id)
         return f"File sent (id: {message_id}, {source.name})"
 
-    def names(self) -> list[str]:
-        return ["schedule_task", "list_tasks", "update_task", "pause_task", "resume_task", "cancel_task",
-                "send_message", "send_file"]
-
     def call(self, name: str, arguments: dict[str, Any]) -> str:
-        if name not in self.names():
-            raise ToolError(f"unknown tool {name!r}; tools: {', '.join(self.names())}")
+        """Run the tool ``name`` (declared in :data:`TOOLS`, run by the method of that name) with ``arguments``."""
+        if name not in TOOLS:
+            raise ToolError(f"unknown tool {name!r}; tools: {', '.join(TOOLS)}")
         try:
             result: str = getattr(self, name)(**arguments)
         except ToolError:
             raise
         except ValidationError as exc:  # pydantic's report spans lines and names a model, not the argument
             raise ToolError(f"bad arguments for {name}: {one_line(exc)}") from None
-        except (TypeError, AttributeError, ValueError, OverflowError, RuntimeError, OSError, sqlite3.Error) as exc:
+        except (TypeError, AttributeError, ValueError, OverflowError, RuntimeError, OSError, DbError) as exc:
             # Bad argument types, names the OS refuses, symlink loops: the caller's mistake, said as such.
             raise ToolError(f"bad arguments for {name}: {str(exc).splitlines()[0]}") from None
         return result

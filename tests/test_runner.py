@@ -101,7 +101,7 @@ async def test_fifteen_due_rows_in_batches_of_ten_oldest_first(session: Session)
     ids = [session.add(text=f"n{i}") for i in range(15)]
     provider = Recording()
     await session.run(provider)
-    assert [[r["id"] for r in t.rows] for t in provider.turns] == [ids[:10], ids[10:]]
+    assert [[r.id for r in t.rows] for t in provider.turns] == [ids[:10], ids[10:]]
     assert len(session.acks()) == 15
 
 
@@ -113,7 +113,7 @@ async def test_context_rows_alone_never_call_the_provider_but_ride_along(session
     ask = session.add(text="what is up?")
     await session.run(provider)
     [turn] = provider.turns
-    assert [r["id"] for r in turn.rows] == [note, ask]
+    assert [r.id for r in turn.rows] == [note, ask]
     assert "FYI the build is red" in turn.prompt
     assert set(session.acks()) == {note, ask}
 

@@ -123,14 +123,14 @@ class PlayedRunners:
         for session in self.sessions:
             store = self.store(session)
             held = self.held.setdefault(session.id, [])
-            rows = [r for r in store.fetch(now) if r["trigger"] == 1]
+            rows = [r for r in store.fetch(now) if r.trigger == 1]
             store.claim(rows, now)
             claimed += len(rows)
             for row in rows:
-                if self.rng.random() < finish_share or row["tries"] >= 3:
-                    self._finish(session, store, row["id"], row["kind"], now)
+                if self.rng.random() < finish_share or row.tries >= 3:
+                    self._finish(session, store, row.id, row.kind, now)
                 else:
-                    held.append((row["id"], row["kind"]))  # still running when the next sweep comes
+                    held.append((row.id, row.kind))  # still running when the next sweep comes
         return claimed
 
     def finish_held(self, now: datetime, share: float) -> None:

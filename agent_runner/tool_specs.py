@@ -1,0 +1,111 @@
+"""Each of the agent's tools declared once (DESIGN §7): its name (the :class:`agent_runner.tools.Tools` method that
+runs it), its arguments (a pydantic model; the field descriptions are what the model reads) and its description.
+
+The MCP server lists the tools and checks each call's arguments by these; dispatch and slash commands find a tool
+here by its name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from agent_runner.config import RunnerConfig
+
+TaskId = Annotated[str, Field(description="The task's id (task-…), as schedule_task or list_tasks gave it.")]
+To = Annotated[str | None, Field(description="A named destination; omit to answer where the current message "
+                                             "came from.")]
+# Shared by the scheduling tools' descriptions: ``{tz}`` and ``{gap}`` come from the runner's config.
+WHEN = ("Times are ISO 8601; a time without an offset (2026-06-11T09:00:00) is local time in {tz}, "
+        "the user's time zone.")
+CRON = ("5-field cron (minute hour day-of-month month day-of-week, e.g. '0 9 * * 1-5' = weekdays 09:00) "
+        "or @hourly/@daily/@weekly/@monthly/@yearly, evaluated in {tz}. Runs must be at least {gap} s apart.")
+
+# The argument models have no docstrings: pydantic would put them in the schemas the model reads.
+
+
+class ScheduleTask(BaseModel):
+    prompt: Annotated[str, Field(description="What to do when the task fires, written as an instruction to "
+                                             "yourself.")]
+    processAfter: Annotated[str | None, Field(description="First (or only) run time, ISO 8601; naive = local "
+                                                          "time.")] = None
+    recurrence: Annotated[str | None, Field(description="5-field cron in the user's time zone; omit for a "
+                                                        "one-shot task.")] = None
+    script: Annotated[str | None, Field(description="Optional bash gate run before you are woken; its last stdout "
+                                                    "line must be JSON {\"wakeAgent\": bool, \"data\": …}.")] = None
+    contextMode: Annotated[Literal["group", "isolated"], Field(
+        description="'group' (default): runs in this conversation; 'isolated': fresh context, no history read or "
+                    "kept.")] = "group"
+
+
+class ListTasks(BaseModel):
+    status: Annotated[Literal["pending", "processing", "paused", "requested"] | None,
+                      Field(description="Only series in this state.")] = None
+
+
+class UpdateTask(BaseModel):
+    taskId: TaskId
+    prompt: Annotated[str | None, Field(description="New prompt.")] = None
+    processAfter: Annotated[str | None, Field(description="New next run time, ISO 8601; naive = local time.")] = None
+    recurrence: Annotated[str | None, Field(description="New 5-field cron; \"\" makes it one-shot.")] = None
+    script: Annotated[str | None, Field(description="New gate script; \"\" removes it.")] = None
+
+
+class TaskRef(BaseModel):
+    taskId: TaskId
+
+
+class SendMessage(BaseModel):
+    text: Annotated[str, Field(description="The message text.")]
+    to: To = None
+
+
+class SendFile(BaseModel):
+    path: Annotated[str, Field(description="Path of the file, relative to the workspace.")]
+    to: To = None
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """One tool as the model sees it: its name, its arguments and its description."""
+
+    name: str
+    arguments: type[BaseModel]
+    description: str  # ``{when}`` and ``{cron}`` in it become WHEN and CRON for the config (see describe)
+
+    def describe(self, config: RunnerConfig) -> str:
+        tz, gap = config.tz, int(config.task_min_interval_s)
+        return self.description.format(when=WHEN.format(tz=tz), cron=CRON.format(tz=tz, gap=gap))
+
+    def input_schema(self) -> dict[str, Any]:
+        """The arguments' JSON schema, titled as the SDK titles a function's arguments."""
+        return {**self.arguments.model_json_schema(), "title": f"{self.name}Arguments"}
+
+    def check(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """The arguments as the schema reads them, those given as null left out; ValidationError if they miss it."""
+        return self.arguments.model_validate(arguments).model_dump(exclude_none=True)
+
+
+TOOLS = {spec.name: spec for spec in (
+    ToolSpec("schedule_task", ScheduleTask,
+             "Schedule work for yourself: at a time (processAfter), on a recurring schedule (recurrence), or both "
+             "(first run at processAfter, then on the schedule). Without either it runs as soon as possible. {when} "
+             "Recurrence: {cron} Answers with the task id and the next run times. When it fires you receive the "
+             "prompt as a message."),
+    ToolSpec("list_tasks", ListTasks,
+             "List this conversation's scheduled tasks, one line per series: id, state, schedule, next runs, prompt. "
+             "Includes tasks just requested and not yet applied."),
+    ToolSpec("update_task", UpdateTask,
+             "Change a scheduled task: only the fields given change. {when} Recurrence: {cron} Pass recurrence \"\" "
+             "to make it one-shot, script \"\" to drop its gate script."),
+    ToolSpec("pause_task", TaskRef, "Pause a scheduled task (every future occurrence) until resume_task."),
+    ToolSpec("resume_task", TaskRef, "Resume a paused task; an overdue occurrence runs once at once if recently "
+                                     "missed."),
+    ToolSpec("cancel_task", TaskRef, "Cancel a scheduled task for good; a run already in progress finishes."),
+    ToolSpec("send_message", SendMessage, "Send a chat message now, in addition to your final answer (e.g. progress "
+                                          "on long work)."),
+    ToolSpec("send_file", SendFile, "Send a file from the workspace (a path relative to it; nothing outside it) as "
+                                    "an attachment."),
+)}
