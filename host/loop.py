@@ -8,10 +8,8 @@ import signal
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from host.channels import nudge
-from host.channels.cli import CliChannel
+from host.channels import nudge, registry
 from host.channels.delivery import Deliveries
-from host.channels.webhooks import Webhooks
 from host.project_tasks.fire import ScheduledTasks
 from host.runtimes.base import Runtime
 from host.runtimes.pool import Runners
@@ -37,16 +35,16 @@ class Host:
     runtime: Runtime
     clock: Clock
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    woken: asyncio.Event = field(default_factory=asyncio.Event)  # set by an arrival in this process (nudge.heard)
 
     def __post_init__(self) -> None:
         self._full_stamp: int | None = None  # the nudge stamp the last full sweep saw; None: none yet
         self._next_full = datetime.min.replace(tzinfo=UTC)
         self._started_at: datetime | None = self.clock.now()  # until every session has been seen once
-        self.channel = CliChannel(self.settings)
-        self.webhooks = Webhooks(self.settings)
+        self.channels = registry.channels(self.settings)
+        self.deliveries = Deliveries(self.channels, self.clock.now)
         self.proxy = CredentialProxy(self.settings)
-        self.sweeper = Sweeper(self.settings, Runners(self.runtime, self.settings, self.proxy),
-                               Deliveries(self.channel))
+        self.sweeper = Sweeper(self.settings, Runners(self.runtime, self.settings, self.proxy), self.deliveries)
         self.scheduled = ScheduledTasks(self.settings, self.clock.now)  # project-level tasks (DESIGN §9)
 
     def wake_at(self, now: datetime) -> datetime:
@@ -60,11 +58,12 @@ class Host:
         return max(min(candidates), now + timedelta(seconds=FLOOR_S))
 
     async def step(self) -> SweepResult:
-        """One sweep, then sleep until the next thing to do, a nudge from the CLI, or a stop."""
+        """One sweep, then sleep until the next thing to do, an arrival, a nudge from the CLI, or a stop."""
         now = self.clock.now()
         # Read the nudge before the sweep: a write during it then still ends the sleep that follows.
-        stamp = nudge.stamp(self.settings)
-        full = stamp != self._full_stamp or now >= self._next_full
+        stamp, woken = nudge.stamp(self.settings), self.woken.is_set()
+        self.woken.clear()
+        full = woken or stamp != self._full_stamp or now >= self._next_full
         if full:
             self._full_stamp, self._next_full = stamp, now + timedelta(seconds=self.settings.sweep_interval_s)
         # Project tasks first: a job one enqueues is then woken by this same sweep, not the next one.
@@ -85,14 +84,23 @@ class Host:
                      extra={"action": "sessions_seen"})
             self._started_at = None
         wake_at = self.wake_at(now)
-        while not self.stopping.is_set():
+        while not self.stopping.is_set() and not self.woken.is_set():
             left = (wake_at - self.clock.now()).total_seconds()
             if left <= 0:
                 break
-            await self.clock.sleep(min(left, SLICE_S))
+            await self._nap(min(left, SLICE_S))
             if nudge.stamp(self.settings) != stamp:
                 break
         return result
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if an arrival in this process wakes the loop."""
+        naps = [asyncio.create_task(self.clock.sleep(seconds)), asyncio.create_task(self.woken.wait())]
+        try:
+            await asyncio.wait(naps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for nap in naps:
+                nap.cancel()
 
     async def _sweep(self, now: datetime, only: set[str] | None) -> SweepResult:
         """The sweep, handing the loop back between sessions whenever it has worked a few ms (webhooks, chats and
@@ -106,21 +114,20 @@ class Host:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopping.set)
-        await self.channel.start()
-        try:
-            port = await self.webhooks.start()
-            log.info("webhooks on http://127.0.0.1:%d/webhooks/NAME", port, extra={"action": "webhooks_listening"})
-        except OSError as exc:  # the port is taken: every other channel still works
-            log.error("webhooks not served: cannot listen on 127.0.0.1:%d: %s", self.settings.http_port,
-                      exc.strerror, extra={"action": "webhooks_failed"})
+        for channel in self.channels:
+            await channel.start()
         log.info("host running, data in %s, TZ %s", self.settings.data_dir, self.settings.tz.name,
                  extra={"action": "host_started"})
+        delivering = asyncio.create_task(self.deliveries.serve(), name="deliveries")
         try:
-            while not self.stopping.is_set():
-                await self.step()
+            with nudge.heard(self.settings, self.woken):
+                while not self.stopping.is_set():
+                    await self.step()
         finally:
-            await self.channel.stop()
-            await self.webhooks.stop()
+            delivering.cancel()
+            await asyncio.gather(delivering, return_exceptions=True)
+            for channel in self.channels:
+                await channel.stop()
             self.proxy.shutdown()
             self.sweeper.close()
             self.scheduled.close(stop_running=True)

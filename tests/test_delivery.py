@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kit import World, utc
 
+from host.channels.base import Channels
 from host.channels.delivery import Deliveries
+from host.scheduling.sweep import Sweeper
+from host.store import db, deliveries
 from host.store.outbox import OutMessage
 from host.store.sessions import Session
 
@@ -17,12 +23,14 @@ T0 = utc("2026-05-18T13:00:00")
 
 
 class Channel:
+    serves = ("cli",)
+
     def __init__(self, fail_first: int = 0, listening: bool = True) -> None:
         self.fail_first, self.listening = fail_first, listening
         self.calls: list[str] = []
         self.got: list[tuple[str, int | None]] = []
 
-    def deliver(self, session: Session, reply: OutMessage, reply_to_seq: int | None) -> bool | None:
+    async def deliver(self, session: Session, reply: OutMessage, reply_to_seq: int | None) -> bool | None:
         self.calls.append(reply.id)
         if len(self.calls) <= self.fail_first:
             raise ConnectionError("channel down")
@@ -32,22 +40,34 @@ class Channel:
         return True
 
 
-def _reply(world: World, text: str, in_reply_to: str | None = None) -> None:
-    seq = len(_out(world)) * 2 + 1
-    with closing(world.outbound()) as conn:
+def _reply(world: World, text: str, in_reply_to: str | None = None, session: Session | None = None,
+           channel_type: str | None = "cli") -> None:
+    seq = len(_out(world, session)) * 2 + 1
+    with closing(world.outbound(session)) as conn:
         conn.execute("INSERT INTO messages_out(id, seq, in_reply_to, timestamp, kind, channel_type, content)"
-                     " VALUES (?, ?, ?, ?, 'chat', 'cli', ?)",
-                     (f"msg-1779109200000-{seq:06d}", seq, in_reply_to, "2026-05-18T13:00:00.000Z",
+                     " VALUES (?, ?, ?, ?, 'chat', ?, ?)",
+                     (f"msg-1779109200000-{seq:06d}", seq, in_reply_to, "2026-05-18T13:00:00.000Z", channel_type,
                       json.dumps({"text": text, "files": []})))
 
 
-def _out(world: World) -> list[Any]:
-    with closing(world.outbound()) as conn:
+def _deliveries(channel: Channel) -> Deliveries:
+    return Deliveries(Channels([channel]), lambda: T0)
+
+
+def _tick(sweeper: Sweeper) -> None:
+    """A sweep, then the host loop's sending of the replies it handed out."""
+    sweeper.tick(T0)
+    assert sweeper.deliveries is not None
+    asyncio.run(sweeper.deliveries.drain())
+
+
+def _out(world: World, session: Session | None = None) -> list[Any]:
+    with closing(world.outbound(session)) as conn:
         return conn.execute("SELECT id FROM messages_out").fetchall()
 
 
-def _delivered(world: World) -> list[tuple[str, str]]:
-    with closing(world.inbound()) as conn:
+def _delivered(world: World, session: Session | None = None) -> list[tuple[str, str]]:
+    with closing(world.inbound(session)) as conn:
         return [tuple(r) for r in conn.execute("SELECT message_out_id, status FROM delivered ORDER BY seq")]
 
 
@@ -55,11 +75,11 @@ def test_each_reply_is_delivered_once_in_order(tmp_path: Path) -> None:
     world = World(tmp_path)
     channel = Channel()
     sweeper = world.sweeper()
-    sweeper.deliveries = Deliveries(channel)
+    sweeper.deliveries = _deliveries(channel)
     _reply(world, "one")
     _reply(world, "two")
-    sweeper.tick(T0)
-    sweeper.tick(T0)
+    _tick(sweeper)
+    _tick(sweeper)
     assert [text for text, _ in channel.got] == ["one", "two"]
     assert [status for _, status in _delivered(world)] == ["delivered", "delivered"]
 
@@ -68,11 +88,11 @@ def test_three_failed_attempts_give_up_with_a_notice_and_keep_order(tmp_path: Pa
     world = World(tmp_path)
     channel = Channel(fail_first=3)
     sweeper = world.sweeper()
-    sweeper.deliveries = Deliveries(channel)
+    sweeper.deliveries = _deliveries(channel)
     _reply(world, "lost")
     _reply(world, "next")
     for _ in range(3):
-        sweeper.tick(T0)
+        _tick(sweeper)
     assert [status for _, status in _delivered(world)] == ["failed", "delivered"]
     assert [text for text, _ in channel.got] == ["next"]  # never before the one ahead of it was settled
     [notice] = world.notices()
@@ -83,19 +103,146 @@ def test_a_retry_that_succeeds_is_delivered_once(tmp_path: Path) -> None:
     world = World(tmp_path)
     channel = Channel(fail_first=1)
     sweeper = world.sweeper()
-    sweeper.deliveries = Deliveries(channel)
+    sweeper.deliveries = _deliveries(channel)
     _reply(world, "eventually")
-    sweeper.tick(T0)
+    _tick(sweeper)
     assert _delivered(world) == []
-    sweeper.tick(T0)
-    sweeper.tick(T0)
+    _tick(sweeper)
+    _tick(sweeper)
     assert [text for text, _ in channel.got] == ["eventually"] and world.notices() == []
 
 
 def test_no_listener_keeps_the_reply_in_the_transcript(tmp_path: Path) -> None:
     world = World(tmp_path)
     sweeper = world.sweeper()
-    sweeper.deliveries = Deliveries(Channel(listening=False))
+    sweeper.deliveries = _deliveries(Channel(listening=False))
     _reply(world, "for the record")
-    sweeper.tick(T0)
+    _tick(sweeper)
     assert [status for _, status in _delivered(world)] == ["stored"]
+
+
+class Gate(Channel):
+    """A channel that holds each reply whose text is in ``held`` until ``opened``, and notes the delivered
+    watermark each send saw."""
+
+    def __init__(self, held: set[str]) -> None:
+        super().__init__()
+        self.held, self.opened, self.holding = held, asyncio.Event(), asyncio.Event()
+        self.marks: list[int] = []
+
+    async def deliver(self, session: Session, reply: OutMessage, reply_to_seq: int | None) -> bool | None:
+        with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
+            self.marks.append(deliveries.watermark(conn))
+        if json.loads(reply.content)["text"] in self.held:
+            self.holding.set()
+            await self.opened.wait()
+        return await super().deliver(session, reply, reply_to_seq)
+
+
+async def _until(check: Callable[[], object]) -> None:
+    """Let the loop run (no time passes) until ``check`` holds."""
+    for _ in range(1000):
+        if check():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("never came true")
+
+
+async def test_a_reply_on_its_way_is_neither_handed_out_again_nor_overtaken(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    channel = Gate(held={"first"})
+    sweeper = world.sweeper()
+    sweeper.deliveries = served = _deliveries(channel)
+    _reply(world, "first")
+    _reply(world, "second")
+    sweeper.tick(T0)
+    sending = asyncio.create_task(served.drain())
+    await channel.holding.wait()
+    sweeper.tick(T0)  # the next sweeps find both still undelivered
+    sweeper.tick(T0)
+    for _ in range(20):  # let anything that could run, run (no time passes)
+        await asyncio.sleep(0)
+    assert len(channel.marks) == 1  # the second waits until the first is settled
+    channel.opened.set()
+    await sending
+    await served.drain()
+    assert [text for text, _ in channel.got] == ["first", "second"] and len(channel.calls) == 2
+    assert channel.marks == [0, 1]  # the second went out once the first was recorded
+    assert [status for _, status in _delivered(world)] == ["delivered", "delivered"]
+
+
+async def test_a_slow_channel_holds_no_inbox_lock_and_stalls_no_other_session(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    other = world.new_session()
+    channel = Gate(held={"slow"})
+    sweeper = world.sweeper()
+    sweeper.deliveries = served = _deliveries(channel)
+    _reply(world, "slow")
+    _reply(world, "fast", session=other)
+    serving = asyncio.create_task(served.serve())
+    sweeper.tick(T0)
+    await channel.holding.wait()
+    await _until(lambda: _delivered(world, other))
+    with closing(world.inbound()) as conn:  # the held reply's inbox is free for any writer meanwhile
+        conn.execute("PRAGMA busy_timeout = 0")
+        with db.transaction(conn):
+            conn.execute("INSERT INTO delivered(message_out_id, seq, delivered_at, status)"
+                         " VALUES ('probe', -1, '2026-05-18T13:00:00.000Z', 'applied')")
+    assert sweeper.tick(T0).errors == 0  # and the sweep goes on
+    channel.opened.set()
+    await _until(lambda: [s for _, s in _delivered(world)] == ["applied", "delivered"])
+    serving.cancel()
+    await asyncio.gather(serving, return_exceptions=True)
+    assert sorted(text for text, _ in channel.got) == ["fast", "slow"] and len(channel.calls) == 2
+
+
+def test_a_crash_between_send_and_record_sends_again_and_records_once(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    world = World(tmp_path)
+    channel = Channel()
+    sweeper = world.sweeper()
+    sweeper.deliveries = _deliveries(channel)
+    _reply(world, "again")
+
+    def crash(*_: object) -> None:
+        raise RuntimeError("the host died here")
+
+    monkeypatch.setattr(deliveries, "record", crash)
+    _tick(sweeper)
+    assert channel.got and _delivered(world) == []
+    monkeypatch.undo()
+    restarted = world.sweeper()  # a new host: nothing of the old one's memory
+    restarted.deliveries = _deliveries(channel)
+    _tick(restarted)
+    _tick(restarted)
+    assert [text for text, _ in channel.got] == ["again", "again"]
+    assert [status for _, status in _delivered(world)] == ["delivered"]
+
+
+def test_an_outcome_is_recorded_once_with_one_notice(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    _reply(world, "lost")
+    with closing(world.outbound()) as conn:
+        reply = OutMessage.of(conn.execute("SELECT * FROM messages_out").fetchone())
+    with closing(world.inbound()) as conn:
+        deliveries.record(conn, reply, "failed", T0)
+        deliveries.record(conn, reply, "failed", T0)
+    assert _delivered(world) == [(reply.id, "failed")] and len(world.notices()) == 1
+
+
+class Hook(Channel):
+    serves = ("webhook",)
+
+
+def test_replies_go_to_the_channel_their_type_names(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    chat, hook = Channel(), Hook()
+    sweeper = world.sweeper()
+    sweeper.deliveries = Deliveries(Channels([chat, hook]), lambda: T0)
+    for text, channel_type in [("chat", "cli"), ("tool", "toolkit:t"), ("hook", "webhook:gh"), ("job", "queue:q"),
+                               ("unrouted", None)]:
+        _reply(world, text, channel_type=channel_type)
+    _tick(sweeper)
+    assert [text for text, _ in hook.got] == ["hook"]
+    assert [text for text, _ in chat.got] == ["chat", "unrouted"]  # toolkit: no channel serves it in this host
+    assert [status for _, status in _delivered(world)] == ["delivered", "stored", "delivered", "stored", "delivered"]

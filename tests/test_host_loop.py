@@ -3,6 +3,7 @@ also when ``ncl`` wrote it while the host slept."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import closing
 from datetime import timedelta
@@ -12,7 +13,7 @@ import pytest
 from kit import FakeClock, RecordingRuntime, World, utc
 
 from host import loop
-from host.channels import nudge
+from host.channels import nudge, router
 from host.loop import Host
 from host.scheduling import tasks
 from host.store import sessions
@@ -20,6 +21,14 @@ from schemas import ids
 from schemas.times import to_text
 
 T = utc("2026-05-18T13:00:00")
+
+
+class StuckClock(FakeClock):
+    """A clock whose sleep never ends by itself: only something else can end the loop's wait."""
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        await asyncio.Event().wait()
 
 
 async def _run_until_woken(host: Host, runtime: RecordingRuntime, limit: int = 500) -> None:
@@ -116,3 +125,23 @@ async def test_a_start_with_many_sessions_opens_them_in_chunks_and_yields_betwee
     assert said == [0, 0, 1]  # the operator hears when the start is over
     assert clock.slept[:2] == [loop.BETWEEN_CHUNKS_S] * 2 and clock.slept[2] > loop.BETWEEN_CHUNKS_S  # then a wait
     assert [started[1] for started in runtime.started] == [others[-1].id]
+
+
+async def test_an_arrival_in_the_host_process_wakes_the_loop_at_once(tmp_path: Path) -> None:
+    world = World(tmp_path, NCL_SWEEP_INTERVAL_S="600")
+    clock = StuckClock(T)
+    runtime = RecordingRuntime(clock)
+    host = Host(world.settings, runtime, clock)
+    with nudge.heard(world.settings, host.woken):
+        sleeping = asyncio.create_task(host.step())
+        while not clock.slept:
+            await asyncio.sleep(0)
+        # What the CLI socket and the webhook server do with a message: the loop is asleep with no end in sight.
+        router.deliver_in(world.central, world.settings, T, world.group,
+                          router.Arrival("cli", "chat", {"text": "hi", "sender": "user"}))
+        await asyncio.wait_for(sleeping, 10)  # (a guard only: without the wake it would never end)
+        sweeping = asyncio.create_task(host.step())
+        while not runtime.started:
+            await asyncio.sleep(0)
+        sweeping.cancel()
+    assert clock.now() == T and runtime.started  # not a moment slept: woken at once, the runner started

@@ -3,7 +3,7 @@
 A client sends ``{"op": "send", "group": G, "text": T, "thread": K|null, "channel": "cli"|"toolkit"}``, gets
 ``{"ok": true, "session_id", "message_id", "seq"}`` (or ``{"ok": false, "error"}``), then every reply of that
 session as ``{"reply": {"id", "text", "files", "timestamp", "in_reply_to", "in_reply_to_seq"}}`` while it
-stays connected. Replies are pushed by the sweep's delivery step through ``deliver``.
+stays connected. Replies are pushed by the host's delivery (host.channels.delivery) through ``deliver``.
 
 Limits of its own, so a flood of the webhook port never starves it: at most ``MAX_CLIENTS`` connections (one more
 gets an error line and is closed), a request line of at most 1 MiB that must arrive whole within
@@ -47,6 +47,8 @@ def socket_path(settings: Settings) -> Path:
 
 
 class CliChannel:
+    serves = ("cli", "toolkit")
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.listeners: dict[str, set[asyncio.StreamWriter]] = defaultdict(set)
@@ -66,7 +68,8 @@ class CliChannel:
         with contextlib.suppress(FileNotFoundError):
             socket_path(self.settings).unlink()
 
-    def deliver(self, session: Session, reply: OutMessage, reply_to_seq: int | None) -> bool | None:
+    async def deliver(self, session: Session, reply: OutMessage, reply_to_seq: int | None) -> bool | None:
+        """Push the reply to every client chatting with its session (None if none is)."""
         writers = self.listeners.get(session.id)
         if not writers:
             return None

@@ -1,60 +1,115 @@
 """Replies in ``messages_out`` go back to the channel they came from, exactly once (DESIGN §9): in seq order,
-up to 3 attempts each, then a ``delivery_failed`` notice. Each outcome is recorded in inbound ``delivered``."""
+up to 3 attempts each, then a ``delivery_failed`` notice. Each outcome is recorded in inbound ``delivered``.
+
+The sweep only hands the replies it finds to ``Deliveries``; the host loop sends them (``serve``), one at a time
+per session and outside any transaction, and records each outcome in a short inbox transaction of its own. A
+reply being sent is never handed out again; a crash between a send and its record sends it again, never loses it.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import sqlite3
+from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
 
-from host.store import inbox
+from host.channels.base import Channels
+from host.store import db, deliveries
 from host.store.outbox import OutMessage
 from host.store.sessions import Session
-from schemas.times import to_text
+from schemas import clock
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
-DONE = "('delivered', 'stored', 'failed')"
+STATUS = {True: "delivered", None: "stored", False: "failed"}
 
 
-class Transport(Protocol):
-    def deliver(self, session: Session, reply: OutMessage, reply_to_seq: int | None) -> bool | None:
-        """True: handed to the channel; None: nobody listens there (kept in the transcript); False/raise: failed."""
-        ...
+@dataclass
+class _Queue:
+    """A session's replies handed out and not yet settled, in seq order; the first one may be on its way."""
 
-
-def watermark(conn: sqlite3.Connection) -> int:
-    """The highest outbound seq of a reply already dealt with: replies are delivered in order."""
-    row = conn.execute(f"SELECT MAX(seq) FROM delivered WHERE status IN {DONE}").fetchone()
-    return int(row[0] or 0)
+    session: Session
+    replies: list[OutMessage] = field(default_factory=list)
 
 
 @dataclass
 class Deliveries:
-    transport: Transport
+    channels: Channels
+    now: Callable[[], datetime] = clock.now
     attempts: dict[str, int] = field(default_factory=dict)
+    queues: dict[str, _Queue] = field(default_factory=dict)
+    sending: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # session id -> the task sending its queue
+    handed: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def run(self, conn: sqlite3.Connection, session: Session, replies: list[OutMessage], now: datetime) -> bool:
-        """Deliver pending replies (caller holds the inbox transaction). False if one is left for a retry."""
-        for reply in replies:
-            source = inbox.get(conn, reply.in_reply_to) if reply.in_reply_to else None
-            try:
-                handed = self.transport.deliver(session, reply, source["seq"] if source else None)
-            except Exception as exc:  # a channel's failure is this reply's failure, never the sweep's
-                log.warning("delivery of %s failed: %s", reply.id, exc, extra={"action": "delivery_error"})
-                handed = False
-            if handed is False:
-                tries = self.attempts[reply.id] = self.attempts.get(reply.id, 0) + 1
-                if tries < MAX_ATTEMPTS:
-                    return False
-                inbox.notice(conn, now, "delivery_failed",
-                             f"Your reply {reply.id} could not be delivered to {reply.channel_type}.")
-            self.attempts.pop(reply.id, None)
-            status = {True: "delivered", None: "stored", False: "failed"}[handed]
-            conn.execute("INSERT OR IGNORE INTO delivered(message_out_id, seq, delivered_at, status)"
-                         " VALUES (?, ?, ?, ?)", (reply.id, reply.seq, to_text(now), status))
-            log.info("reply %s %s", reply.id, status,
-                     extra={"action": "reply_handled", "session": session.id, "status": status})
+    def hand(self, session: Session, replies: list[OutMessage]) -> None:
+        """Queue the replies a sweep found (in seq order) but those already queued or on their way."""
+        queue = self.queues.setdefault(session.id, _Queue(session))
+        known = {reply.id for reply in queue.replies}
+        queue.replies += [reply for reply in replies if reply.id not in known]
+        self.handed.set()
+
+    async def serve(self) -> None:
+        """Send what the sweeps hand out until cancelled; then stop what is on its way (sent again next time)."""
+        try:
+            while True:
+                await self.handed.wait()
+                self.handed.clear()
+                self._start()
+        finally:
+            tasks = list(self.sending.values())
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def drain(self) -> None:
+        """Send everything handed out so far and record each outcome (a test's or a one-off sweep's ``serve``)."""
+        self._start()
+        await asyncio.gather(*list(self.sending.values()))
+
+    def _start(self) -> None:
+        for session_id, queue in self.queues.items():
+            if queue.replies and session_id not in self.sending:
+                self.sending[session_id] = asyncio.create_task(self._send_queue(queue), name=f"deliver {session_id}")
+
+    async def _send_queue(self, queue: _Queue) -> None:
+        """Send a session's replies in order, each settled before the next; stop at one that failed but has
+        attempts left: it and those behind it wait for the next sweep to hand them out again."""
+        try:
+            with closing(db.connect(queue.session.folder / "inbound.db", "inbound")) as conn:
+                while queue.replies:
+                    reply = queue.replies[0]
+                    handed = await self._send(conn, queue.session, reply)
+                    if not self._settle(conn, queue.session, reply, handed):
+                        break
+                    queue.replies.pop(0)
+        except Exception as exc:  # an inbox that cannot be written: the sweep reports the session, and hands again
+            log.warning("replies of %s not recorded: %s", queue.session.id, exc, extra={"action": "delivery_error"})
+        finally:
+            del self.sending[queue.session.id]
+            queue.replies.clear()
+            del self.queues[queue.session.id]
+
+    async def _send(self, conn: db.Connection, session: Session, reply: OutMessage) -> bool | None:
+        channel = self.channels.route(reply.channel_type)
+        if channel is None:
+            return None
+        reply_to_seq = deliveries.source_seq(conn, reply)
+        try:
+            return await channel.deliver(session, reply, reply_to_seq)
+        except Exception as exc:  # a channel's failure is this reply's failure, never the host's
+            log.warning("delivery of %s failed: %s", reply.id, exc, extra={"action": "delivery_error"})
+            return False
+
+    def _settle(self, conn: db.Connection, session: Session, reply: OutMessage, handed: bool | None) -> bool:
+        """Record the reply's outcome; False (nothing recorded) if it failed with attempts left."""
+        if handed is False:
+            tries = self.attempts[reply.id] = self.attempts.get(reply.id, 0) + 1
+            if tries < MAX_ATTEMPTS:
+                return False
+        self.attempts.pop(reply.id, None)
+        deliveries.record(conn, reply, STATUS[handed], self.now())
+        log.info("reply %s %s", reply.id, STATUS[handed],
+                 extra={"action": "reply_handled", "session": session.id, "status": STATUS[handed]})
         return True

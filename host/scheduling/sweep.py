@@ -16,14 +16,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from host.channels import delivery
 from host.channels.delivery import Deliveries
 from host.runtimes import pool as runners
 from host.runtimes.pool import Runner, Runners
 from host.scheduling import actions, recurrence
 from host.scheduling.recurrence import Policy
 from host.settings import Settings
-from host.store import db, inbox, outbox, sessions
+from host.store import db, deliveries, inbox, outbox, sessions
 from host.store.sessions import Session
 from host.store.task_ids import TaskIds
 from schemas import clock
@@ -222,7 +221,7 @@ class Sweeper:
                 "SELECT id FROM messages_in WHERE status IN ('pending', 'processing')")]
             # One request more than a visit applies tells whether the rest wait for the next visit (DESIGN §13.5).
             found = outbox.read(outbound, open_ids, actions.applied_seq(conn), writable=runner is None,
-                                reply_after_seq=delivery.watermark(conn), request_limit=limit + 1)
+                                reply_after_seq=deliveries.watermark(conn), request_limit=limit + 1)
             more = len(found.requests) > limit
             if runner is not None and self._stuck(session, now, runner, found):
                 runner = None
@@ -244,9 +243,9 @@ class Sweeper:
                 if self.runners and self.runners.take_notice(session.id):
                     inbox.notice(conn, now, "runner_start_failed", "The agent's runner failed to start several "
                                  "times in a row; the host keeps retrying with growing delays.")
-                undelivered = bool(found.replies)
-                if self.deliveries and found.replies:
-                    undelivered = not self.deliveries.run(conn, session, found.replies, now)
+            undelivered = bool(found.replies)
+            if self.deliveries and undelivered:  # sent by the host loop, outside this visit and its transaction
+                self.deliveries.hand(session, found.replies)
             busy = conn.execute("SELECT 1 FROM messages_in WHERE status = 'processing' LIMIT 1").fetchone()
             # Requests left for the next visit make the session due now, so the loop comes back at once, not in 60 s.
             return "" if more else inbox.next_due(conn), busy is not None or undelivered, inbox.has_due(conn, now)

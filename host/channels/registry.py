@@ -1,0 +1,15 @@
+"""Every channel the host serves: a new channel is a module of its own and one line here."""
+
+from __future__ import annotations
+
+from host.channels.base import Channels
+from host.channels.cli import CliChannel
+from host.channels.webhooks import Webhooks
+from host.settings import Settings
+
+
+def channels(settings: Settings) -> Channels:
+    return Channels([
+        CliChannel(settings),
+        Webhooks(settings),
+    ])

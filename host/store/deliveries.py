@@ -1,0 +1,36 @@
+"""The host's record of replies handed to their channel, in a session's inbound.db ``delivered`` (DESIGN §9)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from host.store import db, inbox
+from host.store.outbox import OutMessage
+from schemas.times import to_text
+
+DONE = "('delivered', 'stored', 'failed')"
+
+
+def watermark(conn: db.Connection) -> int:
+    """The highest outbound seq of a reply already dealt with: replies are delivered in order."""
+    row = conn.execute(f"SELECT MAX(seq) FROM delivered WHERE status IN {DONE}").fetchone()
+    return int(row[0] or 0)
+
+
+def source_seq(conn: db.Connection, reply: OutMessage) -> int | None:
+    """The inbox seq of the message a reply answers, if it answers one this inbox holds."""
+    if not reply.in_reply_to:
+        return None
+    row = conn.execute("SELECT seq FROM messages_in WHERE id = ?", (reply.in_reply_to,)).fetchone()
+    return int(row[0]) if row else None
+
+
+def record(conn: db.Connection, reply: OutMessage, status: str, now: datetime) -> None:
+    """A reply's outcome, in a short transaction of its own; one given up on (``failed``) also leaves the agent a
+    ``delivery_failed`` notice. Recorded once: a second record of the same reply changes nothing."""
+    with db.transaction(conn):
+        added = conn.execute("INSERT OR IGNORE INTO delivered(message_out_id, seq, delivered_at, status)"
+                             " VALUES (?, ?, ?, ?)", (reply.id, reply.seq, to_text(now), status)).rowcount
+        if added and status == "failed":
+            inbox.notice(conn, now, "delivery_failed",
+                         f"Your reply {reply.id} could not be delivered to {reply.channel_type}.")
