@@ -1,4 +1,5 @@
-"""The runner's side of the session files: inbound.db read-only, outbound.db its own (DESIGN §5, §7)."""
+"""The runner's side of the session files, and all of its SQL: inbound.db read-only, outbound.db its own (DESIGN
+§5, §7). Rows leave as typed objects (:class:`InMessage`), never ``sqlite3.Row``."""
 
 from __future__ import annotations
 
