@@ -113,5 +113,5 @@ async def test_the_host_loop_fires_within_a_second_and_wakes_the_job_in_the_same
         (run,) = project.runs(item["id"])
         assert from_text(run["started_at"]) == woken_at
     finally:
-        host.project_tasks.specs.close()
+        host.scheduled.close()
         host.sweeper.close()

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-import sqlite3
-from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ from host.channels import router
 from host.errors import NclError
 from host.files import confined
 from host.settings import Settings
-from host.store import db, groups, sessions
+from host.store import db, groups, sessions, views
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_FILE_BYTES = 1 << 20
@@ -121,7 +119,7 @@ def prompt_of(payload: dict[str, Any], group_dir: Path) -> tuple[str, list[dict[
     return "\n\n".join(parts), items
 
 
-def send(central: sqlite3.Connection, settings: Settings, now: datetime, queue: str,
+def send(central: db.Connection, settings: Settings, now: datetime, queue: str,
          payload: Any) -> dict[str, str]:
     if not QUEUE_NAME.fullmatch(queue):
         raise NclError(f"invalid queue name {queue!r}")
@@ -140,21 +138,17 @@ def send(central: sqlite3.Connection, settings: Settings, now: datetime, queue: 
     return {"queue": queue, "message_id": message_id, "session_id": session.id}
 
 
-def summary(central: sqlite3.Connection, settings: Settings) -> list[dict[str, Any]]:
+def summary(central: db.Connection, settings: Settings) -> list[dict[str, Any]]:
     """Each queue with its group and counts of jobs waiting and running, over the group's active sessions."""
     found = []
-    for channel, group_id in central.execute(
-            "SELECT channel, agent_group_id FROM wirings WHERE channel LIKE 'queue:%' ORDER BY channel"):
+    for channel, group_id in groups.queues(central):
         counts = {"pending": 0, "processing": 0}
         for session in sessions.list_all(central, settings, group_id, status="active"):
             path = session.folder / "inbound.db"
             if not path.exists():
                 continue
-            with closing(db.connect(path, "inbound", readonly=True)) as conn:
-                for status, count in conn.execute(
-                        "SELECT status, COUNT(*) FROM messages_in WHERE kind = 'queue' AND channel_type = ?"
-                        " AND status IN ('pending', 'processing') GROUP BY status", (channel,)):
-                    counts[status] += count
+            for status, count in views.queue_jobs(path, channel).items():
+                counts[status] += count
         found.append({"name": channel.split(":", 1)[1], "agent_group_id": group_id, "pending": counts["pending"],
                       "in_flight": counts["processing"]})
     return found

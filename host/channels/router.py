@@ -4,7 +4,6 @@ and thread, then one ``messages_in`` row. A ``nudge`` makes a running host wake 
 from __future__ import annotations
 
 import json
-import sqlite3
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,7 +32,7 @@ class Arrival:
     routing: dict[str, str | None] = field(default_factory=dict)
 
 
-def group_for(conn: sqlite3.Connection, channel: str, group_ref: str | None = None) -> Group:
+def group_for(conn: db.Connection, channel: str, group_ref: str | None = None) -> Group:
     """The group a channel address is wired to; ``cli`` is on many groups, so it is named explicitly."""
     if group_ref is not None:
         group = groups.get(conn, group_ref)
@@ -41,10 +40,10 @@ def group_for(conn: sqlite3.Connection, channel: str, group_ref: str | None = No
             raise NclError(f"group {group.name} has no {channel} channel (add it with 'ncl groups create … "
                            f"--channel {channel}')")
         return group
-    row = conn.execute("SELECT agent_group_id FROM wirings WHERE channel = ?", (channel,)).fetchone()
-    if row is None:
+    group_id = groups.wired_to(conn, channel)
+    if group_id is None:
         raise NclError(f"no group is wired to {channel}")
-    return groups.get(conn, row[0])
+    return groups.get(conn, group_id)
 
 
 def thread_key(group: Group, arrival: Arrival) -> str | None:
@@ -55,7 +54,7 @@ def thread_key(group: Group, arrival: Arrival) -> str | None:
     return arrival.channel
 
 
-def session_for(conn: sqlite3.Connection, settings: Settings, now: datetime, group: Group,
+def session_for(conn: db.Connection, settings: Settings, now: datetime, group: Group,
                 key: str | None) -> Session:
     found = sessions.by_thread(conn, settings, group.id, key)
     if found:
@@ -69,7 +68,7 @@ def session_for(conn: sqlite3.Connection, settings: Settings, now: datetime, gro
         return found
 
 
-def deliver_in(central: sqlite3.Connection, settings: Settings, now: datetime, group: Group,
+def deliver_in(central: db.Connection, settings: Settings, now: datetime, group: Group,
                arrival: Arrival) -> tuple[Session, str, int]:
     """Write the arrival into its session's inbox; returns the session, the row id and its seq."""
     content = CONTENT_BY_KIND[arrival.kind].model_validate(arrival.content)
@@ -78,12 +77,8 @@ def deliver_in(central: sqlite3.Connection, settings: Settings, now: datetime, g
                **arrival.routing}
     message_id = ids.new_id("msg", now)
     with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn, db.transaction(conn):
-        inbox.insert(conn, {"id": message_id, "kind": arrival.kind, "timestamp": to_text(now),
-                            "content": json.dumps(content.model_dump()), **routing})
-        conn.execute("INSERT OR IGNORE INTO session_routing(id, channel_type, platform_id, thread_id)"
-                      " VALUES (1, :channel_type, :platform_id, :thread_id)", routing)
-        seq = int(conn.execute("SELECT seq FROM messages_in WHERE id = ?", (message_id,)).fetchone()[0])
-    with db.transaction(central):
-        central.execute("UPDATE sessions SET last_active_at = ? WHERE id = ?", (to_text(now), session.id))
+        seq = inbox.arrive(conn, {"id": message_id, "kind": arrival.kind, "timestamp": to_text(now),
+                                  "content": json.dumps(content.model_dump())}, routing)
+    sessions.touch(central, session.id, now)
     nudge.touch(settings)
     return session, message_id, seq

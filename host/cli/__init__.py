@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import sys
 
 import click
@@ -25,6 +24,7 @@ from host.cli.status import messages_cli, status
 from host.cli.tasks import task_cli
 from host.cli.terminal import VisibleFormatter, say
 from host.errors import NclError
+from host.store import db
 from schemas.validation import one_line
 
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail("aborted", 1)
     except ValidationError as exc:  # a model at an edge refused a value: "field: message", not pydantic's report
         _fail(one_line(exc), 1)
-    except (NclError, ValueError, OSError, sqlite3.Error) as exc:
+    except (NclError, ValueError, OSError, db.Error) as exc:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 1)
     except Exception as exc:
         if os.environ.get("NCL_DEBUG"):

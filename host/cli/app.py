@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -12,7 +11,7 @@ from host.errors import NclError
 from host.files import lock
 from host.scheduling.recurrence import Policy
 from host.settings import Settings
-from host.store import db
+from host.store import db, views
 from schemas import clock
 from schemas.times import TimeFormatError, parse_user_time, truncate_ms
 
@@ -21,7 +20,7 @@ from schemas.times import TimeFormatError, parse_user_time, truncate_ms
 class App:
     settings: Settings
 
-    def central(self, write: bool = False) -> sqlite3.Connection:
+    def central(self, write: bool = False) -> db.Connection:
         """The central DB. A read on an install that has none sees an empty one and creates nothing."""
         path = self.settings.central_db
         if write:  # db.connect makes the data dir (0700) and central.db (0600) if need be
@@ -29,10 +28,7 @@ class App:
         if path.exists():
             return db.connect(path, "central", readonly=True)
         lock.refuse_missing_central(path.parent)  # gone under a running host: say so, never show it empty
-        empty = sqlite3.connect(":memory:", isolation_level=None)
-        empty.row_factory = sqlite3.Row
-        db.migrate(empty, "central")
-        return empty
+        return views.empty_central()
 
     def now(self) -> datetime:
         return clock.now()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
@@ -14,7 +13,7 @@ from typing import Any, Literal
 from host.files import lock, private
 from host.runtimes.image import EngineDown, connect_engine, missing_image
 from host.settings import Settings
-from host.store import db, sessions
+from host.store import db, sessions, views
 from schemas.ddl import DbKind, latest_version
 
 MIN_FREE_BYTES = 1 << 20  # below this a SQLite write (journal plus pages) can no longer be counted on
@@ -98,17 +97,6 @@ def api_key(settings: Settings) -> Check:
     return Check("api_key", _level(present or not needed), detail)
 
 
-def _file_state(path: Path) -> tuple[int | None, str]:
-    """(schema version, "ok" or what quick_check found) of a file, read-only; (None, why) if it cannot be read."""
-    try:  # opened like any session file: no symlink followed, a symlinked session folder refused
-        with closing(db.open_readonly(path)) as conn:
-            found = db.version(conn)
-            # The version sits in the header; a corrupt table page only shows when the pages are read.
-            return found, str(conn.execute("PRAGMA quick_check(1)").fetchone()[0])
-    except (sqlite3.Error, db.DbError) as exc:
-        return None, str(exc)
-
-
 def schema_versions(settings: Settings, folders: list[Path] | None = None) -> Check:
     """Versions and integrity of central.db and every active session's files. Session files are read without
     migrating; central.db was migrated already if it was older, by listing its sessions (as any command does)."""
@@ -117,7 +105,7 @@ def schema_versions(settings: Settings, folders: list[Path] | None = None) -> Ch
     files: list[tuple[DbKind, Path]] = [("central", settings.central_db)]
     files += [(kind, folder / f"{kind}.db") for folder in folders or [] for kind in ("inbound", "outbound")]
     for kind, path in files:
-        found, state = _file_state(path) if path.exists() else (None, "missing")
+        found, state = views.file_state(path) if path.exists() else (None, "missing")
         latest = latest_version(kind)
         if found is None:
             problems.append(f"{path}: missing or unreadable ({state})")
@@ -158,7 +146,7 @@ def _session_folders(settings: Settings) -> tuple[list[Path], Check | None]:
     try:
         with closing(db.connect(settings.central_db, "central", readonly=True)) as conn:
             return [s.folder for s in sessions.list_all(conn, settings, status="active")], None
-    except (db.DbError, sqlite3.Error) as exc:
+    except (db.DbError, db.Error) as exc:
         return [], Check("schema", "fail", str(exc))
 
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
-from contextlib import closing
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from host.runtimes.pool import read_heartbeat
 from host.settings import Settings
-from host.store import db, sessions
+from host.store import db, sessions, views
+from host.store import project_tasks as scheduled
 from host.store.sessions import Session
 from schemas.times import to_text
 
@@ -31,21 +30,9 @@ def _text(content: str) -> str:
 
 def transcript(session: Session) -> list[dict[str, Any]]:
     """Both directions in time order (each side's seq orders its own rows when times tie)."""
-    found: list[dict[str, Any]] = []
-    with closing(db.connect(session.folder / "inbound.db", "inbound", readonly=True)) as conn:
-        delivered = {r[0]: r[1] for r in conn.execute("SELECT message_out_id, status FROM delivered")}
-        for row in conn.execute("SELECT id, seq, kind, timestamp, status, content FROM messages_in"):
-            found.append({"id": row["id"], "seq": row["seq"], "direction": "in", "kind": row["kind"],
-                          "timestamp": row["timestamp"], "text": _text(row["content"]), "status": row["status"]})
-    outbound = session.folder / "outbound.db"
-    if outbound.exists():
-        with closing(db.connect(outbound, "outbound", readonly=True)) as conn:
-            for row in conn.execute("SELECT id, seq, kind, timestamp, content FROM messages_out"):
-                found.append({"id": row["id"], "seq": row["seq"], "direction": "out", "kind": row["kind"],
-                              "timestamp": row["timestamp"], "text": _text(row["content"]),
-                              "status": delivered.get(row["id"], "pending")})
-    found.sort(key=lambda m: (m["timestamp"], m["direction"] == "out", m["seq"] or 0))
-    return [{k: v for k, v in m.items() if k != "seq"} for m in found]
+    found = sorted(views.transcript(session.folder), key=lambda m: (m.timestamp, m.direction == "out", m.seq or 0))
+    return [{"id": m.id, "direction": m.direction, "kind": m.kind, "timestamp": m.timestamp, "text": _text(m.content),
+             "status": m.status} for m in found]
 
 
 def host_pid(data_dir: Path) -> int | None:
@@ -81,25 +68,17 @@ def next_due(active: list[Session], limit: int = 10) -> list[dict[str, Any]]:
         path = session.folder / "inbound.db"
         if not path.exists():
             continue
-        with closing(db.connect(path, "inbound", readonly=True)) as conn:
-            rows = conn.execute(
-                "SELECT id, kind, process_after, timestamp, content FROM messages_in"
-                " WHERE status = 'pending' AND trigger = 1 ORDER BY COALESCE(process_after, timestamp) LIMIT ?",
-                (limit,)).fetchall()
-        items += [{"session_id": session.id, "agent_group_id": session.agent_group_id, "id": r["id"],
-                   "kind": r["kind"], "due": r["process_after"] or r["timestamp"], "text": _text(r["content"])[:80]}
-                  for r in rows]
+        items += [{"session_id": session.id, "agent_group_id": session.agent_group_id, "id": r.id, "kind": r.kind,
+                   "due": r.due, "text": _text(r.content)[:80]} for r in views.next_due(path, limit)]
     return sorted(items, key=lambda i: str(i["due"]))[:limit]
 
 
-def project_due(central: sqlite3.Connection, limit: int = 10) -> list[dict[str, Any]]:
-    rows = central.execute("SELECT id, name, target_kind, next_run FROM scheduled_tasks"
-                           " WHERE active = 1 AND next_run IS NOT NULL ORDER BY next_run LIMIT ?", (limit,))
-    return [{"session_id": None, "agent_group_id": None, "id": r["id"], "kind": f"scheduled-task:{r['target_kind']}",
-             "due": r["next_run"], "text": r["name"] or ""} for r in rows]
+def project_due(central: db.Connection, limit: int = 10) -> list[dict[str, Any]]:
+    return [{"session_id": None, "agent_group_id": None, "id": t.id, "kind": f"scheduled-task:{t.target_kind}",
+             "due": t.next_run, "text": t.name or ""} for t in scheduled.upcoming(central, limit)]
 
 
-def status(central: sqlite3.Connection, settings: Settings, now: datetime) -> dict[str, Any]:
+def status(central: db.Connection, settings: Settings, now: datetime) -> dict[str, Any]:
     """Host up?, live runners, and the next 10 due items across sessions and project tasks."""
     active = sessions.list_all(central, settings, status="active")
     pid = host_pid(settings.data_dir)

@@ -7,7 +7,6 @@ task from its loop. A relative ``host.cwd`` is taken from the folder of the spec
 from __future__ import annotations
 
 import shlex
-import sqlite3
 from contextlib import closing
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +19,7 @@ from host.cli.app import App, now_option, pass_app
 from host.cli.output import emit, json_option, local_time, table
 from host.project_tasks import specs as scheduled
 from host.project_tasks.specs import Spec, Task
+from host.store import db
 from schemas import ids
 
 COLUMNS = [("id", "ID"), ("name", "NAME"), ("schedule", "SCHEDULE"), ("target_text", "TARGET"),
@@ -51,7 +51,7 @@ def _read(app: App, spec_file: Path, now: datetime) -> Spec:
     return spec
 
 
-def _existing(app: App) -> sqlite3.Connection:
+def _existing(app: App) -> db.Connection:
     """central.db for changing a task that must exist already: with no central.db there is none, and the empty
     read-only view says so without creating the file."""
     return app.central(write=app.settings.central_db.exists())

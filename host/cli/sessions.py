@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from contextlib import closing
 
 import click
@@ -10,7 +9,7 @@ import click
 from host.cli.app import App, pass_app
 from host.cli.output import emit, fields, json_option, local_time, table
 from host.errors import NclError
-from host.store import groups, sessions
+from host.store import db, groups, sessions
 
 COLUMNS = [("id", "ID"), ("agent_group_id", "GROUP"), ("status", "STATUS"), ("thread_key", "THREAD"),
            ("created", "CREATED"), ("last_active", "LAST ACTIVE")]
@@ -33,7 +32,7 @@ def create(app: App, group_ref: str, thread_key: str | None, as_json: bool) -> N
     emit(as_json, found.to_json(), lambda: click.echo(f"created session {found.id} in {found.path}"))
 
 
-def _group_id(conn: sqlite3.Connection, app: App, ref: str) -> str:
+def _group_id(conn: db.Connection, app: App, ref: str) -> str:
     """A group's id by name or id; also the id of a deleted group whose closed sessions remain."""
     try:
         return groups.get(conn, ref).id

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import closing
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +28,7 @@ from host.runtimes.install import install_id
 from host.scheduling.recurrence import Overdue, Policy
 from host.settings import Settings
 from host.store import db
+from host.store import project_tasks as store
 from schemas import clock as real_clock
 from schemas import cron, ids
 from schemas.times import from_text, to_text
@@ -55,67 +55,48 @@ class Claim:
     slot: datetime
 
 
-def claim(conn: sqlite3.Connection, task_id: str, now: datetime, policy: Policy) -> Claim | None:
+def claim(conn: db.Connection, task_id: str, now: datetime, policy: Policy) -> Claim | None:
     """Claim the due slot of a task: fire the latest passed slot if within the grace, else record it missed.
 
     Moving ``next_run`` and inserting the run rows is one transaction, taken with the write lock, so whoever
     claims second finds nothing due. Slots not fired become one ``missed`` run with their count."""
     with db.transaction(conn):
-        row = conn.execute("SELECT * FROM scheduled_tasks WHERE id = ? AND active = 1 AND next_run <= ?",
-                           (task_id, to_text(now))).fetchone()
-        if row is None:
+        row = store.due_row(conn, task_id, to_text(now))
+        if row is None or row.next_run is None:
             return None
-        due = Overdue.of(row["schedule"], from_text(row["next_run"]), now, policy)
+        due = Overdue.of(row.schedule, from_text(row.next_run), now, policy)
         first, slot = due.first, due.latest
         try:
-            next_run: str | None = to_text(cron.next_after(row["schedule"], slot, policy.zone))
+            next_run: str | None = to_text(cron.next_after(row.schedule, slot, policy.zone))
         except cron.CronError:  # no slot before the year 9999 ends (a clock set there): nothing more to fire
             next_run = None
-        conn.execute("UPDATE scheduled_tasks SET next_run = ? WHERE id = ?", (next_run, task_id))
+        store.set_next_run(conn, task_id, next_run)
         missed, why = due.later, "the host was not running"
         fire = due.runs(now, policy)
-        busy = conn.execute("SELECT 1 FROM scheduled_task_runs WHERE task_id = ? AND status = 'running'",
-                            (task_id,)).fetchone()
-        if fire and busy:
+        if fire and store.is_running(conn, task_id):
             fire, why = False, "the previous run was still running"
         if not fire:
             missed += 1
         if missed:
-            conn.execute("INSERT INTO scheduled_task_runs(id, task_id, status, scheduled_for, finished_at, error,"
-                         " missed_slots) VALUES (?, ?, 'missed', ?, ?, ?, ?)",
-                         (ids.new_id("run", now), task_id, to_text(first), to_text(now),
-                          f"{missed} slot(s) from {to_text(first)} to {to_text(slot)} not run: {why}", missed))
+            store.add_missed(conn, ids.new_id("run", now), task_id, to_text(first), to_text(now),
+                             f"{missed} slot(s) from {to_text(first)} to {to_text(slot)} not run: {why}", missed)
         run_id = ids.new_id("run", now) if fire else None
-        if run_id is not None:
-            try:
-                conn.execute("INSERT INTO scheduled_task_runs(id, task_id, status, scheduled_for, started_at)"
-                             " VALUES (?, ?, 'running', ?, ?)", (run_id, task_id, to_text(slot), to_text(now)))
-            except sqlite3.IntegrityError:  # this slot fired before (a schedule set back by --now): never twice
-                run_id = None
-        task = Task.of(conn.execute("SELECT *, NULL AS last_status FROM scheduled_tasks WHERE id = ?",
-                                    (task_id,)).fetchone())
-    return Claim(task, run_id, slot)
+        if run_id is not None and not store.add_running(conn, run_id, task_id, to_text(slot), to_text(now)):
+            run_id = None  # this slot fired before (a schedule set back by --now): never twice
+    return Claim(Task.of(replace(row, next_run=next_run)), run_id, slot)
 
 
-def finish(conn: sqlite3.Connection, run_id: str, outcome: Outcome, started: datetime, finished: datetime,
+def finish(conn: db.Connection, run_id: str, outcome: Outcome, started: datetime, finished: datetime,
            message_id: str | None = None, status: str | None = None) -> None:
-    duration_ms = max(0, int((finished - started).total_seconds() * 1000))
-    with db.transaction(conn):
-        conn.execute("UPDATE scheduled_task_runs SET status = ?, started_at = ?, finished_at = ?, duration_ms = ?,"
-                     " exit_code = ?, queued_message_id = ?, output_tail = ?, error = ? WHERE id = ?",
-                     (status or outcome.status, to_text(started), to_text(finished), duration_ms, outcome.exit_code,
-                      message_id, outcome.output_tail, outcome.error, run_id))
+    store.end_run(conn, run_id, status=status or outcome.status, started_at=to_text(started),
+                  finished_at=to_text(finished), duration_ms=max(0, int((finished - started).total_seconds() * 1000)),
+                  exit_code=outcome.exit_code, queued_message_id=message_id, output_tail=outcome.output_tail,
+                  error=outcome.error)
 
 
-def recover(conn: sqlite3.Connection, now: datetime) -> list[tuple[str, str]]:
+def recover(conn: db.Connection, now: datetime) -> list[tuple[str, str]]:
     """Mark runs a stopped host left ``running`` as failed; returns their (run id, target kind)."""
-    with db.transaction(conn):
-        found = [(r[0], r[1]) for r in conn.execute(
-            "SELECT r.id, t.target_kind FROM scheduled_task_runs r JOIN scheduled_tasks t ON t.id = r.task_id"
-            " WHERE r.status = 'running'")]
-        conn.execute("UPDATE scheduled_task_runs SET status = 'failed', finished_at = ?, error = ?"
-                     " WHERE status = 'running'", (to_text(now), STOPPED))
-    return found
+    return store.fail_running(conn, to_text(now), STOPPED)
 
 
 def _docker_client() -> Any:
@@ -134,13 +115,13 @@ class ScheduledTasks:
         self.clock = clock
         self._docker_factory = docker_client
         self._docker: Any = None
-        self._conn: sqlite3.Connection | None = None
+        self._conn: db.Connection | None = None
         self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="ncl-scheduled")
         self._lock = threading.Lock()
         self._runs: dict[str, tuple[Future[None], Stop]] = {}
         self._failing: dict[str, str] = {}  # task id -> updated_at of a task whose claim raised: not retried
 
-    def _central(self, now: datetime) -> sqlite3.Connection:
+    def _central(self, now: datetime) -> db.Connection:
         if self._conn is None:
             self._conn = db.connect(self.settings.central_db, "central")
             interrupted = recover(self._conn, now)
@@ -152,33 +133,29 @@ class ScheduledTasks:
                     self._pool.submit(self._remove_container, self._container_name(run_id))
         return self._conn
 
-    def _ready(self, rows: list[sqlite3.Row]) -> list[sqlite3.Row]:
-        return [r for r in rows if self._failing.get(r["id"]) != r["updated_at"]]
+    def _ready(self, tasks: list[store.Due]) -> list[store.Due]:
+        return [t for t in tasks if self._failing.get(t.id) != t.updated_at]
 
     def earliest_due(self) -> datetime | None:
         if self._conn is None:
             return None  # before the first tick, which fires whatever is due anyway
-        rows = self._conn.execute("SELECT id, updated_at, next_run FROM scheduled_tasks WHERE active = 1"
-                                  " AND next_run IS NOT NULL ORDER BY next_run LIMIT ?", (len(self._failing) + 1,))
-        ready = self._ready(rows.fetchall())
-        return from_text(ready[0]["next_run"]) if ready else None
+        ready = self._ready(store.upcoming(self._conn, len(self._failing) + 1))
+        return from_text(ready[0].next_run) if ready else None
 
     def tick(self, now: datetime) -> FireResult:
         result = FireResult()
         conn = self._central(now)
-        due = conn.execute("SELECT id, updated_at FROM scheduled_tasks WHERE active = 1 AND next_run <= ?"
-                           " ORDER BY next_run", (to_text(now),)).fetchall()
-        for row in self._ready(due):
+        for task in self._ready(store.due(conn, to_text(now))):
             try:
-                self._fire(conn, row["id"], now, result)
+                self._fire(conn, task.id, now, result)
             except Exception as exc:  # one broken task never stops the others, nor the host
-                self._failing[row["id"]] = row["updated_at"]
+                self._failing[task.id] = task.updated_at
                 result.failed += 1
-                log.error("scheduled task %s could not be fired: %s", row["id"], exc,
-                          extra={"action": "scheduled_fire_failed", "task": row["id"]})
+                log.error("scheduled task %s could not be fired: %s", task.id, exc,
+                          extra={"action": "scheduled_fire_failed", "task": task.id})
         return result
 
-    def _fire(self, conn: sqlite3.Connection, task_id: str, now: datetime, result: FireResult) -> None:
+    def _fire(self, conn: db.Connection, task_id: str, now: datetime, result: FireResult) -> None:
         claimed = claim(conn, task_id, now, self.policy)
         if claimed is None:
             return

@@ -9,7 +9,6 @@ and a restart, never fire one slot twice; a unique index on (task, slot) holds t
 from __future__ import annotations
 
 import shlex
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,7 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from host.channels.queues import QUEUE_NAME, NotJson, check_payload
 from host.errors import NclError
-from host.store.db import transaction
+from host.store import db
+from host.store import project_tasks as store
+from host.store.project_tasks import Fields, TaskRow
 from schemas import cron
 from schemas.times import to_text
 
@@ -208,10 +209,9 @@ class Task:
     last_status: str | None
 
     @classmethod
-    def of(cls, row: sqlite3.Row) -> Task:
-        spec = Spec.model_validate_json(row["spec"], context=STORED)
-        return cls(row["id"], spec, bool(row["active"]), row["next_run"], row["created_at"], row["updated_at"],
-                   row["last_status"])
+    def of(cls, row: TaskRow) -> Task:
+        spec = Spec.model_validate_json(row.spec, context=STORED)
+        return cls(row.id, spec, row.active, row.next_run, row.created_at, row.updated_at, row.last_status)
 
     def target_json(self) -> dict[str, Any]:
         return {"kind": self.spec.target_kind, **self.spec.target.model_dump(mode="json")}
@@ -222,10 +222,9 @@ class Task:
                 "description": self.spec.description, "created_at": self.created_at, "updated_at": self.updated_at}
 
 
-def to_row(spec: Spec) -> dict[str, Any]:
+def to_row(spec: Spec) -> Fields:
     """The columns a spec determines (``next_run`` aside)."""
-    return {"name": spec.name, "schedule": spec.schedule, "target_kind": spec.target_kind,
-            "spec": spec.model_dump_json(exclude_none=True), "active": int(spec.active)}
+    return Fields(spec.name, spec.schedule, spec.target_kind, spec.model_dump_json(exclude_none=True), spec.active)
 
 
 def first_run(spec: Spec, now: datetime, zone: ZoneInfo) -> str | None:
@@ -234,57 +233,41 @@ def first_run(spec: Spec, now: datetime, zone: ZoneInfo) -> str | None:
 
 # --- storage ---------------------------------------------------------------------------------------
 
-_SELECT = """SELECT t.*, (SELECT r.status FROM scheduled_task_runs r WHERE r.task_id = t.id
-                         ORDER BY r.scheduled_for DESC, r.rowid DESC LIMIT 1) AS last_status
-             FROM scheduled_tasks t"""
-
-
-def add(conn: sqlite3.Connection, spec: Spec, task_id: str, now: datetime, zone: ZoneInfo) -> Task:
-    row = {**to_row(spec), "id": task_id, "next_run": first_run(spec, now, zone), "created_at": to_text(now),
-           "updated_at": to_text(now)}
-    with transaction(conn):
-        conn.execute(f"INSERT INTO scheduled_tasks({', '.join(row)}) VALUES ({', '.join(':' + k for k in row)})", row)
+def add(conn: db.Connection, spec: Spec, task_id: str, now: datetime, zone: ZoneInfo) -> Task:
+    store.insert(conn, task_id, to_row(spec), first_run(spec, now, zone), to_text(now))
     return get(conn, task_id)
 
 
-def update(conn: sqlite3.Connection, task_id: str, spec: Spec, now: datetime, zone: ZoneInfo) -> Task:
+def update(conn: db.Connection, task_id: str, spec: Spec, now: datetime, zone: ZoneInfo) -> Task:
     """Replace the spec. A new schedule, or a task made active again, starts from the first slot after ``now``;
     otherwise ``next_run`` stays, so an overdue slot still follows the misfire rule. A run in flight finishes."""
-    with transaction(conn):
+    with db.transaction(conn):
         old = get(conn, task_id)
         keep = old.active and spec.active and old.spec.schedule == spec.schedule
         next_run = old.next_run if keep else first_run(spec, now, zone)
-        conn.execute("UPDATE scheduled_tasks SET name = :name, schedule = :schedule, target_kind = :target_kind,"
-                     " spec = :spec, active = :active, next_run = :next_run, updated_at = :now WHERE id = :id",
-                     {**to_row(spec), "next_run": next_run, "now": to_text(now), "id": task_id})
+        store.update(conn, task_id, to_row(spec), next_run, to_text(now))
     return get(conn, task_id)
 
 
-def delete(conn: sqlite3.Connection, task_id: str) -> None:
+def delete(conn: db.Connection, task_id: str) -> None:
     """Remove the task and its run history (a run in flight finishes and records nothing)."""
-    with transaction(conn):
+    with db.transaction(conn):
         get(conn, task_id)
-        conn.execute("DELETE FROM scheduled_task_runs WHERE task_id = ?", (task_id,))
-        conn.execute("DELETE FROM scheduled_tasks WHERE id = ?", (task_id,))
+        store.delete(conn, task_id)
 
 
-def get(conn: sqlite3.Connection, task_id: str) -> Task:
-    row = conn.execute(f"{_SELECT} WHERE t.id = ?", (task_id,)).fetchone()
+def get(conn: db.Connection, task_id: str) -> Task:
+    row = store.get(conn, task_id)
     if row is None:
         raise NclError(f"unknown scheduled task {task_id!r} (see 'ncl scheduled-task list')")
     return Task.of(row)
 
 
-def list_all(conn: sqlite3.Connection) -> list[Task]:
-    return [Task.of(row) for row in conn.execute(f"{_SELECT} ORDER BY t.created_at, t.id")]
+def list_all(conn: db.Connection) -> list[Task]:
+    return [Task.of(row) for row in store.list_all(conn)]
 
 
-RUN_KEYS = ("id", "task_id", "status", "scheduled_for", "started_at", "finished_at", "duration_ms", "exit_code",
-            "queued_message_id", "output_tail", "error", "missed_slots")
-
-
-def runs(conn: sqlite3.Connection, task_id: str) -> list[dict[str, Any]]:
+def runs(conn: db.Connection, task_id: str) -> list[dict[str, Any]]:
     """The task's runs, oldest slot first."""
     get(conn, task_id)
-    return [{key: row[key] for key in RUN_KEYS} for row in conn.execute(
-        "SELECT * FROM scheduled_task_runs WHERE task_id = ? ORDER BY scheduled_for, rowid", (task_id,))]
+    return [run.to_json() for run in store.runs(conn, task_id)]

@@ -13,7 +13,7 @@ from typing import Any
 
 from host.errors import NclError
 from host.settings import Settings
-from host.store.db import transaction
+from host.store.db import Connection, transaction
 from schemas import ids
 from schemas.times import to_text
 
@@ -22,7 +22,7 @@ SESSION_MODES = ("shared", "per-thread")
 PROVIDERS = ("mock", "anthropic")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Group:
     id: str
     name: str
@@ -54,7 +54,7 @@ def check_channel(channel: str) -> str:
 
 
 def create(
-    conn: sqlite3.Connection,
+    conn: Connection,
     settings: Settings,
     now: datetime,
     name: str,
@@ -104,7 +104,7 @@ def create(
     return get(conn, group_id), tokens
 
 
-def new_token(conn: sqlite3.Connection, group: Group, channel: str, rotate: bool) -> str:
+def new_token(conn: Connection, group: Group, channel: str, rotate: bool) -> str:
     """A webhook channel's bearer token, shown once: made now if it has none, or replaced with ``rotate``."""
     if not channel.startswith("webhook:") or channel not in group.channels:
         raise NclError(f"group {group.name} has no channel {channel} (webhook channels: "
@@ -125,7 +125,7 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _from_row(conn: sqlite3.Connection, row: sqlite3.Row) -> Group:
+def _from_row(conn: Connection, row: sqlite3.Row) -> Group:
     channels = [
         r[0]
         for r in conn.execute(
@@ -145,12 +145,12 @@ def _from_row(conn: sqlite3.Connection, row: sqlite3.Row) -> Group:
     )
 
 
-def list_all(conn: sqlite3.Connection) -> list[Group]:
+def list_all(conn: Connection) -> list[Group]:
     rows = conn.execute("SELECT * FROM agent_groups ORDER BY name").fetchall()
     return [_from_row(conn, row) for row in rows]
 
 
-def get(conn: sqlite3.Connection, ref: str) -> Group:
+def get(conn: Connection, ref: str) -> Group:
     """A group by id (``ag-demo``) or name (``demo``, any case)."""
     row = conn.execute(
         "SELECT * FROM agent_groups WHERE id = ? OR name = ? COLLATE NOCASE", (ref, ref)
@@ -160,7 +160,7 @@ def get(conn: sqlite3.Connection, ref: str) -> Group:
     return _from_row(conn, row)
 
 
-def update(conn: sqlite3.Connection, group: Group, *, rules: str | None = None, provider: str | None = None,
+def update(conn: Connection, group: Group, *, rules: str | None = None, provider: str | None = None,
            model: str | None = None, allow_server_tools: bool | None = None) -> Group:
     """Change the given fields (None: keep); running sessions see them at their runner's next start."""
     if provider is not None and provider not in PROVIDERS:
@@ -176,13 +176,39 @@ def update(conn: sqlite3.Connection, group: Group, *, rules: str | None = None, 
     return get(conn, group.id)
 
 
-def allows_server_tools(conn: sqlite3.Connection, group_id: str) -> bool:
+def allows_server_tools(conn: Connection, group_id: str) -> bool:
     row = conn.execute("SELECT allow_server_tools FROM agent_groups WHERE id = ?", (group_id,)).fetchone()
     return bool(row and row[0])
 
 
-def delete(conn: sqlite3.Connection, group: Group) -> None:
+def rules(conn: Connection, group_id: str) -> str:
+    """The group's rules ('' for a group that is gone)."""
+    row = conn.execute("SELECT rules FROM agent_groups WHERE id = ?", (group_id,)).fetchone()
+    return str(row[0]) if row else ""
+
+
+def delete(conn: Connection, group: Group) -> None:
     """Remove the group and its wirings; its sessions are closed. Files on disk are kept."""
     with transaction(conn):
         conn.execute("UPDATE sessions SET status = 'closed' WHERE agent_group_id = ?", (group.id,))
         conn.execute("DELETE FROM agent_groups WHERE id = ?", (group.id,))
+
+
+# --- wirings: which group each channel address belongs to ------------------------------------------
+
+def wired_to(conn: Connection, channel: str) -> str | None:
+    """The id of the group ``channel`` is wired to (``cli`` is on many groups: any one of them), or None."""
+    row = conn.execute("SELECT agent_group_id FROM wirings WHERE channel = ?", (channel,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def stored_token_hash(conn: Connection, channel: str) -> str | None:
+    """The hash of a webhook channel's bearer token; None if it is not wired or has no token yet."""
+    row = conn.execute("SELECT token_hash FROM wirings WHERE channel = ?", (channel,)).fetchone()
+    return str(row[0]) if row and row[0] else None
+
+
+def queues(conn: Connection) -> list[tuple[str, str]]:
+    """(channel, group id) of every wired ``queue:NAME`` channel, by channel."""
+    rows = conn.execute("SELECT channel, agent_group_id FROM wirings WHERE channel LIKE 'queue:%' ORDER BY channel")
+    return [(str(channel), str(group_id)) for channel, group_id in rows]

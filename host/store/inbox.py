@@ -94,3 +94,12 @@ def has_due(conn: sqlite3.Connection, now: datetime) -> bool:
 
 def is_live(status: str) -> bool:
     return status in LIVE_STATUSES
+
+
+def arrive(conn: sqlite3.Connection, row: dict[str, Any], routing: dict[str, str | None]) -> int:
+    """Insert a message arriving on a channel (caller holds the transaction) and keep its routing as the session's
+    if it has none yet; returns the row's seq."""
+    insert(conn, {**row, **routing})
+    conn.execute("INSERT OR IGNORE INTO session_routing(id, channel_type, platform_id, thread_id)"
+                 " VALUES (1, :channel_type, :platform_id, :thread_id)", routing)
+    return int(conn.execute("SELECT seq FROM messages_in WHERE id = ?", (row["id"],)).fetchone()[0])

@@ -20,7 +20,7 @@ from schemas import ids
 from schemas.times import to_text
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Session:
     id: str
     agent_group_id: str
@@ -75,7 +75,7 @@ def create_files(path: Path) -> None:
 
 
 def create(
-    conn: sqlite3.Connection, settings: Settings, now: datetime, group: Group, thread_key: str | None
+    conn: db.Connection, settings: Settings, now: datetime, group: Group, thread_key: str | None
 ) -> Session:
     if thread_key is not None and not thread_key.strip():
         raise NclError("thread key must not be empty")
@@ -100,13 +100,13 @@ def create(
     return get(conn, settings, session_id)
 
 
-def _check_thread(conn: sqlite3.Connection, settings: Settings, group: Group, thread_key: str | None) -> None:
+def _check_thread(conn: db.Connection, settings: Settings, group: Group, thread_key: str | None) -> None:
     clash = by_thread(conn, settings, group.id, thread_key)
     if clash:
         raise NclError(f"group {group.name} already has an active session for thread {thread_key!r}: {clash.id}")
 
 
-def by_thread(conn: sqlite3.Connection, settings: Settings, agent_group_id: str,
+def by_thread(conn: db.Connection, settings: Settings, agent_group_id: str,
               thread_key: str | None) -> Session | None:
     """The group's active session for this thread, if it has one (a session without a thread key is never shared)."""
     if thread_key is None:
@@ -117,7 +117,7 @@ def by_thread(conn: sqlite3.Connection, settings: Settings, agent_group_id: str,
 
 
 def list_all(
-    conn: sqlite3.Connection, settings: Settings, agent_group_id: str | None = None, status: str | None = None
+    conn: db.Connection, settings: Settings, agent_group_id: str | None = None, status: str | None = None
 ) -> list[Session]:
     rows = conn.execute(
         "SELECT * FROM sessions WHERE (?1 IS NULL OR agent_group_id = ?1) AND (?2 IS NULL OR status = ?2)"
@@ -127,8 +127,14 @@ def list_all(
     return [_from_row(settings, row) for row in rows]
 
 
-def get(conn: sqlite3.Connection, settings: Settings, session_id: str) -> Session:
+def get(conn: db.Connection, settings: Settings, session_id: str) -> Session:
     row = conn.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
     if row is None:
         raise NclError(f"unknown session {session_id!r} (see 'ncl sessions list')")
     return _from_row(settings, row)
+
+
+def touch(conn: db.Connection, session_id: str, now: datetime) -> None:
+    """Mark the session active at ``now`` (a message arrived for it)."""
+    with db.transaction(conn):
+        conn.execute("UPDATE sessions SET last_active_at = ? WHERE id = ?", (to_text(now), session_id))

@@ -4,7 +4,6 @@ finds it with one indexed read instead of opening every session's inbox."""
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
 from host.store import db
@@ -14,7 +13,7 @@ from host.store import db
 class TaskIds:
     """The registry as one session sees it: ids are registered under its group and session."""
 
-    central: sqlite3.Connection
+    central: db.Connection
     agent_group_id: str
     session_id: str
 
@@ -26,7 +25,7 @@ class TaskIds:
         return added.rowcount == 1
 
 
-def lookup(central: sqlite3.Connection, task_id: str) -> tuple[str, str] | None:
+def lookup(central: db.Connection, task_id: str) -> tuple[str, str] | None:
     """(agent group id, session id) of a registered series id, or None."""
     row = central.execute("SELECT agent_group_id, session_id FROM task_ids WHERE id = ?", (task_id,)).fetchone()
     return None if row is None else (str(row[0]), str(row[1]))

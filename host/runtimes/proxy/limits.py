@@ -17,7 +17,6 @@ import asyncio
 import logging
 import math
 import re
-import sqlite3
 from collections.abc import Callable
 from contextlib import closing
 from datetime import datetime, timedelta
@@ -26,7 +25,7 @@ from pathlib import Path
 from host.errors import NclError
 from host.http.wire import Refusal
 from host.settings import Settings
-from host.store import db, inbox
+from host.store import db, inbox, usage
 from schemas.times import to_text
 
 log = logging.getLogger(__name__)
@@ -94,7 +93,7 @@ class GroupLimits:
         day = self.now().strftime("%Y-%m-%d")
         try:
             await asyncio.to_thread(self._add, group, day, meter.input_tokens, meter.tokens[b"output"])
-        except (NclError, sqlite3.Error) as exc:  # counting must not break the answer the client already has
+        except (NclError, db.Error) as exc:  # counting must not break the answer the client already has
             log.warning("model usage of %s not recorded: %s", group, exc, extra={"action": "usage_not_recorded"})
 
     async def _refuse(self, folder: Path, kind: str, window: datetime, reset: datetime, retry: bool,
@@ -107,18 +106,11 @@ class GroupLimits:
 
     def _tokens(self, group: str, day: datetime) -> int:
         with closing(db.connect(self.settings.central_db, "central")) as conn:
-            row = conn.execute("SELECT input_tokens + output_tokens FROM group_usage WHERE agent_group_id = ?"
-                               " AND day = ?", (group, f"{day:%Y-%m-%d}")).fetchone()
-        return int(row[0]) if row else 0
+            return usage.tokens(conn, group, f"{day:%Y-%m-%d}")
 
     def _add(self, group: str, day: str, input_tokens: int, output_tokens: int) -> None:
-        with closing(db.connect(self.settings.central_db, "central")) as conn, db.transaction(conn):
-            conn.execute(
-                "INSERT INTO group_usage(agent_group_id, day, requests, input_tokens, output_tokens)"
-                " VALUES (?, ?, 1, ?, ?) ON CONFLICT(agent_group_id, day) DO UPDATE SET requests = requests + 1,"
-                " input_tokens = input_tokens + excluded.input_tokens,"
-                " output_tokens = output_tokens + excluded.output_tokens",
-                (group, day, input_tokens, output_tokens))
+        with closing(db.connect(self.settings.central_db, "central")) as conn:
+            usage.add(conn, group, day, input_tokens, output_tokens)
 
     def _notice(self, folder: Path, kind: str, window: datetime, text: str) -> None:
         path = folder / "inbound.db"
@@ -127,9 +119,7 @@ class GroupLimits:
         try:
             with closing(db.connect(path, "inbound")) as conn, db.transaction(conn):
                 # Once per window even across a host restart: the inbox itself says whether it was told.
-                if not conn.execute("SELECT 1 FROM messages_in WHERE kind = 'chat' AND trigger = 0 AND timestamp >= ?"
-                                    " AND json_extract(content, '$.notice') = ? LIMIT 1",
-                                    (to_text(window), kind)).fetchone():
+                if not usage.noticed_since(conn, kind, to_text(window)):
                     inbox.notice(conn, self.now(), kind, text)
-        except (NclError, sqlite3.Error) as exc:
+        except (NclError, db.Error) as exc:
             log.warning("notice to %s failed: %s", folder.name, exc, extra={"action": "notice_failed"})

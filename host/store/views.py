@@ -1,0 +1,86 @@
+"""Read-only views for operator commands: what ``ncl messages``, ``ncl status``, ``ncl queue list`` and ``ncl
+doctor`` read from the session files, and the empty central.db a read sees on an install that has none."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+from host.store import db
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One message of a session's transcript: an inbound row, or a reply with the status of its delivery."""
+
+    id: str
+    seq: int | None
+    direction: str  # in | out
+    kind: str
+    timestamp: str
+    content: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A pending inbound row that will wake the agent, due at ``process_after`` or else when it arrived."""
+
+    id: str
+    kind: str
+    due: str
+    content: str
+
+
+def transcript(folder: Path) -> list[Line]:
+    """Both directions of the session in ``folder``, each in its file's order (outbound.db may not exist yet)."""
+    with closing(db.connect(folder / "inbound.db", "inbound", readonly=True)) as conn:
+        delivered = {r[0]: r[1] for r in conn.execute("SELECT message_out_id, status FROM delivered")}
+        found = [Line(r["id"], r["seq"], "in", r["kind"], r["timestamp"], r["content"], r["status"])
+                 for r in conn.execute("SELECT id, seq, kind, timestamp, status, content FROM messages_in")]
+    outbound = folder / "outbound.db"
+    if outbound.exists():
+        with closing(db.connect(outbound, "outbound", readonly=True)) as conn:
+            found += [Line(r["id"], r["seq"], "out", r["kind"], r["timestamp"], r["content"],
+                           delivered.get(r["id"], "pending"))
+                      for r in conn.execute("SELECT id, seq, kind, timestamp, content FROM messages_out")]
+    return found
+
+
+def next_due(inbound: Path, limit: int) -> list[Due]:
+    """The first ``limit`` rows of an inbox that will wake the agent, soonest first."""
+    with closing(db.connect(inbound, "inbound", readonly=True)) as conn:
+        rows = conn.execute(
+            "SELECT id, kind, process_after, timestamp, content FROM messages_in"
+            " WHERE status = 'pending' AND trigger = 1 ORDER BY COALESCE(process_after, timestamp) LIMIT ?",
+            (limit,)).fetchall()
+    return [Due(r["id"], r["kind"], r["process_after"] or r["timestamp"], r["content"]) for r in rows]
+
+
+def queue_jobs(inbound: Path, channel: str) -> dict[str, int]:
+    """How many jobs of the queue ``channel`` an inbox holds, by status, among ``pending`` and ``processing``."""
+    with closing(db.connect(inbound, "inbound", readonly=True)) as conn:
+        rows = conn.execute("SELECT status, COUNT(*) FROM messages_in WHERE kind = 'queue' AND channel_type = ?"
+                            " AND status IN ('pending', 'processing') GROUP BY status", (channel,))
+        return {str(status): int(count) for status, count in rows}
+
+
+def file_state(path: Path) -> tuple[int | None, str]:
+    """(schema version, "ok" or what quick_check found) of a file, read-only; (None, why) if it cannot be read."""
+    try:  # opened like any session file: no symlink followed, a symlinked session folder refused
+        with closing(db.open_readonly(path)) as conn:
+            found = db.version(conn)
+            # The version sits in the header; a corrupt table page only shows when the pages are read.
+            return found, str(conn.execute("PRAGMA quick_check(1)").fetchone()[0])
+    except (sqlite3.Error, db.DbError) as exc:
+        return None, str(exc)
+
+
+def empty_central() -> db.Connection:
+    """An empty central.db at the latest schema, in memory: nothing is created on disk."""
+    empty = sqlite3.connect(":memory:", isolation_level=None)
+    empty.row_factory = sqlite3.Row
+    db.migrate(empty, "central")
+    return empty
