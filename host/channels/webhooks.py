@@ -24,6 +24,8 @@ from host.http.log_throttle import LogThrottle
 from host.http.wire import Refusal, Request, content_length, error_response, json_response, read_body, read_head
 from host.settings import Settings
 from host.store import db, groups
+from host.store.outbox import OutMessage
+from host.store.sessions import Session
 from schemas import clock
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ SHORT_OF_TEXT = ("unable to open database file", "database or disk is full", "di
 
 
 class Webhooks:
+    serves = ("webhook",)
+
     def __init__(self, settings: Settings, *, head_timeout_s: float = HEAD_TIMEOUT_S,
                  body_timeout_s: float = BODY_TIMEOUT_S) -> None:
         self.settings = settings
@@ -49,17 +53,29 @@ class Webhooks:
         self.throttle = LogThrottle(log)
 
     async def start(self, port: int | None = None) -> int:
-        """Listen on loopback only; returns the port (``NCL_HTTP_PORT``, or any free one for 0)."""
-        sock = tcp_socket(self.settings.http_port if port is None else port)
+        """Listen on loopback only; returns the port (``NCL_HTTP_PORT``, or any free one for 0), or 0 if it is
+        taken: every other channel still works then."""
+        port = self.settings.http_port if port is None else port
+        try:
+            sock = tcp_socket(port)
+        except OSError as exc:
+            log.error("webhooks not served: cannot listen on 127.0.0.1:%d: %s", port, exc.strerror,
+                      extra={"action": "webhooks_failed"})
+            return 0
         self.listener = Listener(sock, self._serve, name="webhooks", cap=self.settings.http_max_connections,
                                  busy=BUSY, limit=MAX_HEAD)
         self.listener.start()
         bound: int = sock.getsockname()[1]
+        log.info("webhooks on http://127.0.0.1:%d/webhooks/NAME", bound, extra={"action": "webhooks_listening"})
         return bound
 
     async def stop(self) -> None:
         if self.listener:
             await self.listener.stop()
+
+    async def deliver(self, session: Session, reply: OutMessage, reply_to_seq: int | None) -> None:
+        """Nobody listens: the sender had its 202, so a webhook's reply stays in the transcript."""
+        return None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request = None
