@@ -5,37 +5,29 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from datetime import datetime
+from pathlib import Path
 
 from host.errors import NclError
 from host.scheduling import tasks
 from host.scheduling.recurrence import Policy
-from host.store import inbox
+from host.store import db, inbox
 from host.store.db import transaction
+from host.store.outbox import OutMessage
 from host.store.task_ids import TaskIds
 from schemas import requests
-from schemas.times import to_text
 
 log = logging.getLogger(__name__)
 
 
-def applied_seq(conn: sqlite3.Connection) -> int:
-    """The highest outbound seq of a system request already handled (applied or rejected)."""
-    row = conn.execute("SELECT MAX(seq) FROM delivered WHERE status IN ('applied', 'rejected')").fetchone()
-    return int(row[0] or 0)
-
-
-def _routing(conn: sqlite3.Connection, in_reply_to: str | None) -> dict[str, str | None]:
+def _routing(conn: db.Connection, in_reply_to: str | None) -> dict[str, str | None]:
     source = inbox.get(conn, in_reply_to) if in_reply_to else None
-    if source is None:
-        source = conn.execute("SELECT * FROM session_routing WHERE id = 1").fetchone()
-    keys = ("platform_id", "channel_type", "thread_id")
-    return {k: source[k] for k in keys} if source else {}
+    return source.routing() if source else inbox.session_routing(conn)
 
 
-def _apply(conn: sqlite3.Connection, request: requests.ScheduleTask | requests.UpdateTask | requests.ControlTask,
-           in_reply_to: str | None, now: datetime, policy: Policy, registry: TaskIds | None) -> str | None:
+def _apply(conn: db.Connection, request: requests.ScheduleTask | requests.UpdateTask | requests.ControlTask,
+           in_reply_to: str | None, now: datetime, policy: Policy, folder: Path,
+           registry: TaskIds | None) -> str | None:
     """Apply one request; returns a note for the agent when the host changed something it asked for."""
     match request:
         case requests.ScheduleTask():
@@ -47,13 +39,13 @@ def _apply(conn: sqlite3.Connection, request: requests.ScheduleTask | requests.U
                         f"{stored}: use that id to update, pause, resume or cancel it.")
         case requests.UpdateTask():
             tasks.update(conn, request.task_id, now, policy, request.prompt, request.process_after,
-                         request.recurrence, request.script)
+                         request.recurrence, request.script, folder=folder)
         case requests.ControlTask(action="pause_task"):
-            _must(tasks.pause(conn, request.task_id, now, policy), request)
+            _must(tasks.pause(conn, request.task_id, now, policy, folder=folder), request)
         case requests.ControlTask(action="resume_task"):
             _must(tasks.resume(conn, request.task_id, now, policy), request)
         case requests.ControlTask():
-            _must(tasks.cancel(conn, request.task_id, now), request)
+            _must(tasks.cancel(conn, request.task_id, now, folder=folder), request)
     return None
 
 
@@ -62,9 +54,10 @@ def _must(changed: int, request: requests.ControlTask) -> None:
         raise NclError(f"{request.action} changed nothing: task {request.task_id} has no occurrence to change")
 
 
-def apply(conn: sqlite3.Connection, rows: list[sqlite3.Row], now: datetime, policy: Policy,
+def apply(conn: db.Connection, folder: Path, rows: list[OutMessage], now: datetime, policy: Policy,
           registry: TaskIds | None = None) -> int:
-    """Apply ``messages_out`` system rows in order inside the caller's transaction; returns how many were applied.
+    """Apply ``messages_out`` system rows in order inside the caller's transaction (the inbox of the session in
+    ``folder``); returns how many were applied.
     A rejected one gets a notice saying why; identical notices of one batch are sent once, with their count, so a
     flood of refused requests does not become a flood of notices."""
     applied, notes = 0, dict[str, int]()
@@ -72,15 +65,14 @@ def apply(conn: sqlite3.Connection, rows: list[sqlite3.Row], now: datetime, poli
         status, detail = "applied", None
         try:
             with transaction(conn):  # a savepoint: a rejected request leaves no half-applied rows
-                note = _apply(conn, requests.parse(row["content"]), row["in_reply_to"], now, policy, registry)
+                note = _apply(conn, requests.parse(row.content), row.in_reply_to, now, policy, folder, registry)
             if note:
                 inbox.notice(conn, now, "task_id_replaced", note)
         except Exception as exc:  # any failure of one request rejects it with a notice; it must never wedge the session
             status, detail = "rejected", str(exc)
             text = f"Your {_action(row)} request was rejected: {detail}"
             notes[text] = notes.get(text, 0) + 1
-        conn.execute("INSERT OR IGNORE INTO delivered(message_out_id, seq, delivered_at, status, detail)"
-                     " VALUES (?, ?, ?, ?, ?)", (row["id"], row["seq"], to_text(now), status, detail))
+        inbox.record_request(conn, row, now, status, detail)
         applied += status == "applied"
     for text, count in notes.items():
         text = text if count == 1 else f"{text} ({count} such requests)"
@@ -89,8 +81,8 @@ def apply(conn: sqlite3.Connection, rows: list[sqlite3.Row], now: datetime, poli
     return applied
 
 
-def _action(row: sqlite3.Row) -> str:
+def _action(row: OutMessage) -> str:
     try:
-        return str(json.loads(row["content"]).get("action", "request"))
+        return str(json.loads(row.content).get("action", "request"))
     except (ValueError, AttributeError):
         return "request"

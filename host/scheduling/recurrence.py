@@ -7,15 +7,14 @@ crash leaves either the old live row or the new one, never both or neither.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from host.settings import Settings
-from host.store import inbox
+from host.store import db, inbox, task_series
 from schemas import cron, ids
-from schemas.messages import RunOutcome
+from schemas.messages import InMessage, RunOutcome
 from schemas.times import from_text, to_text
 
 AUTO_PAUSE_AFTER = 3
@@ -39,10 +38,10 @@ class Policy:
 SLOT = "scheduled_for"  # task content key: the grid slot a retried occurrence runs as, while process_after waits
 
 
-def scheduled(row: sqlite3.Row) -> datetime:
+def scheduled(row: InMessage) -> datetime:
     """The slot an occurrence stands for: its process_after, unless a retry moved that off the grid."""
-    slot = json.loads(row["content"]).get(SLOT) if row["kind"] == "task" else None
-    return from_text(slot if isinstance(slot, str) else row["process_after"] or row["timestamp"])
+    slot = json.loads(row.content).get(SLOT) if row.kind == "task" else None
+    return from_text(slot if isinstance(slot, str) else row.process_after or row.timestamp)
 
 
 def _with_slot(content: str, slot: datetime | None) -> str:
@@ -76,118 +75,110 @@ class Overdue:
         return now - self.latest <= policy.misfire_grace
 
 
-def clone(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: Policy, status: str = "pending",
+def clone(conn: db.Connection, row: InMessage, now: datetime, policy: Policy, status: str = "pending",
           after: datetime | None = None, at: datetime | None = None, expr: str | None = None) -> str | None:
     """Insert the series' next occurrence: at ``at``, or the first slot after ``after`` (default: ``row``'s
     scheduled time), carrying ``expr`` (default: ``row``'s recurrence). None when the calendar ends first."""
-    expr = expr or row["recurrence"]
+    expr = expr or row.recurrence
+    assert expr is not None, "only a recurring occurrence is cloned"
     try:
         slot = at or cron.next_after(expr, after or scheduled(row), policy.zone)
     except cron.CronError:  # no slot before the year 9999 ends (a clock set there): the series ends here
         return None
     return inbox.insert(conn, {
-        "id": ids.new_id("task", now), "kind": row["kind"], "timestamp": to_text(now), "status": status,
-        "process_after": to_text(slot), "recurrence": expr, "series_id": row["series_id"] or row["id"],
-        "trigger": row["trigger"], "on_wake": row["on_wake"], "platform_id": row["platform_id"],
-        "channel_type": row["channel_type"], "thread_id": row["thread_id"],
-        "content": _with_slot(row["content"], None)})
+        "id": ids.new_id("task", now), "kind": row.kind, "timestamp": to_text(now), "status": status,
+        "process_after": to_text(slot), "recurrence": expr, "series_id": row.series, "trigger": row.trigger,
+        "on_wake": row.on_wake, **row.routing(), "content": _with_slot(row.content, None)})
 
 
-def _failed_streak(conn: sqlite3.Connection, series_id: str) -> bool:
-    outcomes = conn.execute(
-        "SELECT outcome FROM task_runs WHERE series_id = ? AND outcome IN ('ran', 'skipped', 'gate_error', 'failed')"
-        " ORDER BY finished_at DESC, rowid DESC LIMIT ?", (series_id, AUTO_PAUSE_AFTER)).fetchall()
-    return len(outcomes) == AUTO_PAUSE_AFTER and all(o[0] == "failed" for o in outcomes)
+def _failed_streak(conn: db.Connection, series_id: str) -> bool:
+    outcomes = task_series.recent_outcomes(conn, series_id, AUTO_PAUSE_AFTER)
+    return len(outcomes) == AUTO_PAUSE_AFTER and all(o == "failed" for o in outcomes)
 
 
-def finish(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: Policy, status: str,
+def finish(conn: db.Connection, row: InMessage, now: datetime, policy: Policy, status: str,
            outcome: RunOutcome, detail: str | None = None, started_at: str | None = None,
            finished_at: str | None = None, next_status: str = "pending") -> bool:
     """End an occurrence as ``status`` (completed | failed) and clone a recurring one (as ``next_status``, or
     paused after a failure streak). True if cloned."""
-    conn.execute("UPDATE messages_in SET status = ?, recurrence = NULL WHERE id = ?", (status, row["id"]))
-    if row["kind"] != "task":
+    inbox.end(conn, row.id, status)
+    if row.kind != "task":
         return False
-    series_id = row["series_id"] or row["id"]
-    inbox.record_run(conn, now, series_id, row["id"], outcome, scheduled_for=to_text(scheduled(row)),
-                     started_at=started_at, finished_at=finished_at, detail=detail)
-    if not row["recurrence"]:
+    series_id = row.series
+    task_series.record_run(conn, now, series_id, row.id, outcome, scheduled_for=to_text(scheduled(row)),
+                           started_at=started_at, finished_at=finished_at, detail=detail)
+    if not row.recurrence:
         return False
     paused = outcome == "failed" and _failed_streak(conn, series_id)
     clone(conn, row, now, policy, status="paused" if paused else next_status)
     if paused:
-        prompt = json.loads(row["content"]).get("prompt", "")
+        prompt = json.loads(row.content).get("prompt", "")
         inbox.notice(conn, now, "task_auto_paused",
                      f"Task {series_id} ({prompt[:60]!r}) failed {AUTO_PAUSE_AFTER} times in a row and is paused; "
                      "resume it once the cause is fixed.")
     return True
 
 
-def repair(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: Policy) -> bool:
+def repair(conn: db.Connection, row: InMessage, now: datetime, policy: Policy) -> bool:
     """A terminal row still carrying its recurrence (an older writer, or a crash of one): clone it unless the
     series already has its live occurrence, then clear the recurrence. True if cloned."""
-    series_id = row["series_id"] or row["id"]
-    has_live = conn.execute(
-        f"SELECT 1 FROM messages_in WHERE series_id = ? AND recurrence IS NOT NULL AND status IN {inbox.LIVE}",
-        (series_id,)).fetchone()
-    conn.execute("UPDATE messages_in SET recurrence = NULL WHERE id = ?", (row["id"],))
+    has_live = task_series.has_live_recurrence(conn, row.series)
+    task_series.drop_recurrence(conn, row.id)
     if has_live:
         return False
     clone(conn, row, now, policy)
     return True
 
 
-def misfire(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: Policy) -> int:
+def misfire(conn: db.Connection, row: InMessage, now: datetime, policy: Policy) -> int:
     """Apply the misfire rule to a pending recurring occurrence that is due. Returns the ``missed`` runs written.
 
     Runs once, at once, taking the latest passed slot as its scheduled time, if that slot is within the grace;
     otherwise completes without running and clones the next future slot. Slots not run: one ``missed`` run.
     """
-    due = Overdue.of(row["recurrence"], scheduled(row), now, policy)
+    assert row.recurrence is not None
+    due = Overdue.of(row.recurrence, scheduled(row), now, policy)
     if due.runs(now, policy):
         if not due.later:
             return 0
-        conn.execute("UPDATE messages_in SET process_after = ?, content = ? WHERE id = ?",
-                     (to_text(due.latest), _with_slot(row["content"], None), row["id"]))
+        task_series.move(conn, row.id, to_text(due.latest), _with_slot(row.content, None))
         _missed(conn, row, now, due.first, due.latest, due.later)  # its own slot and every later one but the latest
     else:
-        conn.execute("UPDATE messages_in SET status = 'completed', recurrence = NULL WHERE id = ?", (row["id"],))
+        inbox.end(conn, row.id, "completed")
         clone(conn, row, now, policy, after=due.latest)
         _missed(conn, row, now, due.first, due.latest, due.later + 1)
     return 1
 
 
-def _missed(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, first: datetime, latest: datetime,
+def _missed(conn: db.Connection, row: InMessage, now: datetime, first: datetime, latest: datetime,
             slots: int) -> None:
     detail = json.dumps({"slots": slots, "first": to_text(first), "latest_slot": to_text(latest)})
-    inbox.record_run(conn, now, row["series_id"] or row["id"], row["id"], "missed", scheduled_for=to_text(first),
-                     detail=detail)
+    task_series.record_run(conn, now, row.series, row.id, "missed", scheduled_for=to_text(first), detail=detail)
 
 
 MAX_TRIES = 5
 
 
-def release(conn: sqlite3.Connection, row: sqlite3.Row, now: datetime, policy: Policy) -> bool:
+def release(conn: db.Connection, row: InMessage, now: datetime, policy: Policy) -> bool:
     """Give a claimed occurrence whose runner died or stalled back to the queue (DESIGN §12.4): retried at +5,
     +10, +20, +40, +80 s; the release after the fifth retry fails it (a recurring series still goes on).
     Returns True if it was failed."""
-    tries = int(row["tries"]) + 1
+    tries = row.tries + 1
     if tries > MAX_TRIES:
-        conn.execute("UPDATE messages_in SET tries = ? WHERE id = ?", (tries, row["id"]))
+        task_series.count_try(conn, row.id, tries)
         finish(conn, row, now, policy, "failed", "failed", detail=f"runner died or stalled {tries} times")
         return True
     retry_at = now + timedelta(seconds=5 * 2 ** (tries - 1))
-    content = row["content"]
-    if row["recurrence"]:
+    content = row.content
+    if row.recurrence:
         # The retry keeps the grid slot it stands for, so its run and the next clone stay on the grid: the latest
         # slot passed while it was claimed if within the grace (the others recorded as missed), else its own.
         # It is never ended here: its runner may yet report that it ran.
-        due = Overdue.of(row["recurrence"], scheduled(row), now, policy)
+        due = Overdue.of(row.recurrence, scheduled(row), now, policy)
         slot = due.first
         if due.later and due.runs(now, policy):
             _missed(conn, row, now, due.first, due.latest, due.later)
             slot = due.latest
         content = _with_slot(content, slot)
-    conn.execute("UPDATE messages_in SET status = 'pending', tries = ?, process_after = ?, content = ? WHERE id = ?",
-                 (tries, to_text(retry_at), content, row["id"]))
+    task_series.retry(conn, row.id, tries, to_text(retry_at), content)
     return False

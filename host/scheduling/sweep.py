@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
 import time
 from collections.abc import Generator
 from contextlib import closing
@@ -22,7 +21,8 @@ from host.runtimes.pool import Runner, Runners
 from host.scheduling import actions, recurrence
 from host.scheduling.recurrence import Policy
 from host.settings import Settings
-from host.store import db, deliveries, inbox, outbox, sessions
+from host.store import db, deliveries, inbox, outbox, sessions, task_series
+from host.store.outbox import Ack, OutMessage
 from host.store.sessions import Session
 from host.store.task_ids import TaskIds
 from schemas import clock
@@ -83,7 +83,7 @@ class Sweeper:
     seen: dict[str, _Seen] = field(default_factory=dict)
     failing: dict[str, str] = field(default_factory=dict)  # session id -> the problem last logged for it
     unvisited: int = 0  # sessions never seen that the last tick left for the next (its new_limit)
-    _central: sqlite3.Connection | None = None
+    _central: db.Connection | None = None
     _sessions: list[Session] = field(default_factory=list)
     _central_version: int = -1
 
@@ -95,20 +95,20 @@ class Sweeper:
         """The active sessions, re-read only when another connection changed central.db."""
         if self._central is None:
             self._central = db.connect(self.settings.central_db, "central")
-        version = int(self._central.execute("PRAGMA data_version").fetchone()[0])
+        version = db.data_version(self._central)
         if version != self._central_version:
             self._sessions = sessions.list_all(self._central, self.settings, status="active")
             self._central_version = version
         return self._sessions
 
-    def _apply(self, conn: sqlite3.Connection, session: Session, requests: list[sqlite3.Row], now: datetime,
+    def _apply(self, conn: db.Connection, session: Session, requests: list[OutMessage], now: datetime,
                policy: Policy) -> int:
         """The visit's requests; the task ids they register are committed to central.db once, not one by one (each
         commit is a sync to disk, which the loop would wait for 50 times)."""
         assert self._central is not None
         registry = TaskIds(self._central, session.agent_group_id, session.id)
         with db.transaction(self._central):
-            return actions.apply(conn, requests, now, policy, registry)
+            return actions.apply(conn, session.folder, requests, now, policy, registry)
 
     def _rules(self, group_id: str) -> str:
         assert self._central is not None
@@ -217,15 +217,14 @@ class Sweeper:
         outbound = session.folder / "outbound.db"
         limit = self.settings.max_requests_per_visit
         with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
-            open_ids = [r[0] for r in conn.execute(
-                "SELECT id FROM messages_in WHERE status IN ('pending', 'processing')")]
+            open_ids = inbox.open_ids(conn)
             # One request more than a visit applies tells whether the rest wait for the next visit (DESIGN §13.5).
-            found = outbox.read(outbound, open_ids, actions.applied_seq(conn), writable=runner is None,
+            found = outbox.read(outbound, open_ids, inbox.applied_seq(conn), writable=runner is None,
                                 reply_after_seq=deliveries.watermark(conn), request_limit=limit + 1)
             more = len(found.requests) > limit
             if runner is not None and self._stuck(session, now, runner, found):
                 runner = None
-            claimed = [mid for mid, ack in found.acks.items() if ack["status"] == "processing"]
+            claimed = [mid for mid, ack in found.acks.items() if ack.status == "processing"]
             if runner is None:
                 # Claims first, then the inbox: a crash between leaves 'processing' rows, released next time.
                 outbox.clear_claims(outbound, claimed)
@@ -233,12 +232,9 @@ class Sweeper:
                 self._sync(conn, now, policy, runner, found, claimed, result)
                 if found.requests:
                     result.applied += self._apply(conn, session, found.requests[:limit], now, policy)
-                for row in conn.execute("SELECT * FROM messages_in WHERE status IN ('completed', 'failed')"
-                                        " AND recurrence IS NOT NULL").fetchall():
+                for row in task_series.ended_recurring(conn):
                     result.cloned += recurrence.repair(conn, row, now, policy)
-                for row in conn.execute("SELECT * FROM messages_in WHERE kind = 'task' AND status = 'pending'"
-                                        " AND recurrence IS NOT NULL AND process_after <= ?",
-                                        (to_text(now),)).fetchall():
+                for row in task_series.due_recurring(conn, now):
                     result.missed += recurrence.misfire(conn, row, now, policy)
                 if self.runners and self.runners.take_notice(session.id):
                     inbox.notice(conn, now, "runner_start_failed", "The agent's runner failed to start several "
@@ -246,13 +242,13 @@ class Sweeper:
             undelivered = bool(found.replies)
             if self.deliveries and undelivered:  # sent by the host loop, outside this visit and its transaction
                 self.deliveries.hand(session, found.replies)
-            busy = conn.execute("SELECT 1 FROM messages_in WHERE status = 'processing' LIMIT 1").fetchone()
+            busy = inbox.has_processing(conn)
             # Requests left for the next visit make the session due now, so the loop comes back at once, not in 60 s.
-            return "" if more else inbox.next_due(conn), busy is not None or undelivered, inbox.has_due(conn, now)
+            return "" if more else inbox.next_due(conn), busy or undelivered, inbox.has_due(conn, now)
 
     def _stuck(self, session: Session, now: datetime, runner: Runner, found: outbox.Outbox) -> bool:
-        claims = [from_text(a["status_changed"]) for a in found.acks.values()
-                  if a["status"] == "processing" and a["generation"] == runner.generation]
+        claims = [from_text(a.status_changed) for a in found.acks.values()
+                  if a.status == "processing" and a.generation == runner.generation]
         beat = runners.heartbeat(session.folder, runner.generation)
         reason = runners.stuck_reason(now, runner, beat, claims, found.tool_timeout_s)
         if reason is None:
@@ -263,31 +259,28 @@ class Sweeper:
         self.runners.kill(session.id)
         return True
 
-    def _sync(self, conn: sqlite3.Connection, now: datetime, policy: Policy, runner: Runner | None,
+    def _sync(self, conn: db.Connection, now: datetime, policy: Policy, runner: Runner | None,
               found: outbox.Outbox, claimed: list[str], result: SweepResult) -> None:
         """Acks into messages_in; claims no live runner of this generation holds go back with backoff."""
         for message_id, ack in found.acks.items():
             row = inbox.get(conn, message_id)
-            if row is None or row["status"] not in ("pending", "processing", "paused"):
+            if row is None or not inbox.is_live(row.status):
                 continue
-            if ack["status"] in ("completed", "failed"):  # a run paused under it still ran: its next one waits
+            if ack.status in ("completed", "failed"):  # a run paused under it still ran: its next one waits
                 detail = _ack_detail(ack)
-                allowed = ACK_OUTCOMES[ack["status"]]
+                allowed = ACK_OUTCOMES[ack.status]
                 outcome = next((o for o in allowed if o == detail.get("outcome")), allowed[0])
                 result.cloned += recurrence.finish(
-                    conn, row, now, policy, ack["status"], outcome, detail.get("reason"),
-                    started_at=detail.get("started_at"), finished_at=ack["status_changed"],
-                    next_status="paused" if row["status"] == "paused" else "pending")
-            elif runner is not None and ack["generation"] == runner.generation and row["status"] == "pending":
-                conn.execute("UPDATE messages_in SET status = 'processing' WHERE id = ?", (message_id,))
+                    conn, row, now, policy, ack.status, outcome, detail.get("reason"),
+                    started_at=detail.get("started_at"), finished_at=ack.status_changed,
+                    next_status="paused" if row.status == "paused" else "pending")
+            elif runner is not None and ack.generation == runner.generation and row.status == "pending":
+                inbox.mark_processing(conn, [message_id])
         held = {mid for mid, ack in found.acks.items()
-                if runner is not None and ack["status"] == "processing" and ack["generation"] == runner.generation}
-        orphan_ids = sorted(set(claimed)) if runner is None else []
-        # Only with ids: "OR id IN ()" makes SQLite scan every row the session ever had instead of two indexes.
-        orphans = f" OR id IN ({', '.join('?' * len(orphan_ids))})" if orphan_ids else ""
-        for row in conn.execute(f"SELECT * FROM messages_in WHERE status = 'processing'{orphans}",
-                                orphan_ids).fetchall():
-            if row["id"] in held or row["status"] not in ("pending", "processing"):
+                if runner is not None and ack.status == "processing" and ack.generation == runner.generation}
+        orphans = sorted(set(claimed)) if runner is None else []
+        for row in inbox.processing(conn, orphans):
+            if row.id in held or row.status not in ("pending", "processing"):
                 continue
             if recurrence.release(conn, row, now, policy):
                 result.failed += 1
@@ -295,9 +288,9 @@ class Sweeper:
                 result.retried += 1
 
 
-def _ack_detail(ack: sqlite3.Row) -> dict[str, Any]:
+def _ack_detail(ack: Ack) -> dict[str, Any]:
     try:
-        detail = json.loads(ack["detail"] or "{}")
+        detail = json.loads(ack.detail or "{}")
     except ValueError:
-        return {"reason": ack["detail"]}
+        return {"reason": ack.detail}
     return detail if isinstance(detail, dict) else {"reason": str(detail)}

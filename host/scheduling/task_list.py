@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import asdict, dataclass
@@ -12,9 +11,10 @@ from zoneinfo import ZoneInfo
 
 from host.errors import NclError
 from host.settings import Settings
-from host.store import db, inbox, sessions, task_ids
+from host.store import db, inbox, sessions, task_ids, task_series
 from host.store.sessions import Session
 from schemas import cron
+from schemas.messages import InMessage
 from schemas.times import from_text, to_text
 
 ENDED = ("completed", "cancelled", "failed")
@@ -35,29 +35,29 @@ class Series:
         return asdict(self)
 
 
-def _summary(conn: sqlite3.Connection, session: Session, series_id: str, rows: list[sqlite3.Row]) -> Series:
-    """The list line of a series from its occurrences (``inbox.occurrences``) and its runs."""
-    live = [r for r in rows if inbox.is_live(r["status"])]
-    carrier = next((r for r in live if r["recurrence"]), live[0] if live else rows[-1])
-    outcomes = [r["outcome"] for r in inbox.runs(conn, series_id)]
+def _summary(conn: db.Connection, session: Session, series_id: str, rows: list[InMessage]) -> Series:
+    """The list line of a series from its occurrences (``task_series.occurrences``) and its runs."""
+    live = [r for r in rows if inbox.is_live(r.status)]
+    carrier = next((r for r in live if r.recurrence), live[0] if live else rows[-1])
+    outcomes = [r.outcome for r in task_series.runs(conn, series_id)]
     if live:
-        status = "processing" if any(r["status"] == "processing" for r in live) else carrier["status"]
+        status = "processing" if any(r.status == "processing" for r in live) else carrier.status
     elif "cancelled" in outcomes:
         status = "cancelled"
     else:
-        status = rows[-1]["status"]
-    waiting = [r for r in live if r["status"] == "pending"]
-    next_run = min((r["process_after"] or r["timestamp"] for r in waiting), default=None)
-    return Series(series_id, session.agent_group_id, session.id, status, next_run, carrier["recurrence"],
-                  json.loads(carrier["content"]).get("prompt", ""), outcomes[-1] if outcomes else None)
+        status = rows[-1].status
+    waiting = [r for r in live if r.status == "pending"]
+    next_run = min((r.process_after or r.timestamp for r in waiting), default=None)
+    return Series(series_id, session.agent_group_id, session.id, status, next_run, carrier.recurrence,
+                  json.loads(carrier.content).get("prompt", ""), outcomes[-1] if outcomes else None)
 
 
-def _inbox(session: Session) -> sqlite3.Connection | None:
+def _inbox(session: Session) -> db.Connection | None:
     path = session.folder / "inbound.db"
     return db.connect(path, "inbound", readonly=True) if path.exists() else None
 
 
-def series(settings: Settings, central: sqlite3.Connection, group_id: str | None = None,
+def series(settings: Settings, central: db.Connection, group_id: str | None = None,
            session_id: str | None = None, include_ended: bool = False) -> Iterator[Series]:
     """Every series in the active sessions (optionally of one group or session), live ones unless asked."""
     for session in sessions.list_all(central, settings, group_id, status="active"):
@@ -67,21 +67,18 @@ def series(settings: Settings, central: sqlite3.Connection, group_id: str | None
         if conn is None:
             continue
         with closing(conn):
-            ids = [r[0] for r in conn.execute(
-                "SELECT series_id FROM messages_in WHERE kind = 'task' AND series_id IS NOT NULL"
-                " GROUP BY series_id ORDER BY MIN(seq)")]
-            for series_id in ids:
-                found = _summary(conn, session, series_id, inbox.occurrences(conn, series_id))
+            for series_id in task_series.all_ids(conn):
+                found = _summary(conn, session, series_id, task_series.occurrences(conn, series_id))
                 if include_ended or found.status not in ENDED:
                     yield found
 
 
 def summary(session: Session, series_id: str) -> Series:
     with closing(db.connect(session.folder / "inbound.db", "inbound", readonly=True)) as conn:
-        return _summary(conn, session, series_id, inbox.occurrences(conn, series_id))
+        return _summary(conn, session, series_id, task_series.occurrences(conn, series_id))
 
 
-def locate(settings: Settings, central: sqlite3.Connection, ref: str) -> tuple[Session, str]:
+def locate(settings: Settings, central: db.Connection, ref: str) -> tuple[Session, str]:
     """The session holding a series (by series id or any occurrence id), and the series id.
 
     A series id is found in the install-wide registry (DESIGN §13.5): one indexed read, and never two sessions.
@@ -94,7 +91,7 @@ def locate(settings: Settings, central: sqlite3.Connection, ref: str) -> tuple[S
         found = None
         if conn is not None:
             with closing(conn):
-                found = inbox.series_of(conn, ref)
+                found = task_series.series_of(conn, ref)
         if found:
             return session, found
     hits: list[tuple[Session, str]] = []
@@ -103,7 +100,7 @@ def locate(settings: Settings, central: sqlite3.Connection, ref: str) -> tuple[S
         if conn is None:
             continue
         with closing(conn):
-            found = inbox.series_of(conn, ref)
+            found = task_series.series_of(conn, ref)
         if found:
             hits.append((session, found))
     if not hits:
@@ -117,22 +114,22 @@ def locate(settings: Settings, central: sqlite3.Connection, ref: str) -> tuple[S
 def detail(session: Session, series_id: str, zone: ZoneInfo) -> dict[str, Any]:
     """``tasks show``: the list item, every occurrence row, and the next 5 runs."""
     with closing(db.connect(session.folder / "inbound.db", "inbound", readonly=True)) as conn:
-        occurrences = inbox.occurrences(conn, series_id)
+        occurrences = task_series.occurrences(conn, series_id)
         found = _summary(conn, session, series_id, occurrences)
-    rows = [dict(r) for r in occurrences]
-    return {"task": found.to_json(), "occurrences": rows, "next_runs": _next_runs(rows, zone)}
+    return {"task": found.to_json(), "occurrences": [asdict(r) for r in occurrences],
+            "next_runs": _next_runs(occurrences, zone)}
 
 
-def _next_runs(rows: list[dict[str, Any]], zone: ZoneInfo, count: int = 5) -> list[str]:
+def _next_runs(rows: list[InMessage], zone: ZoneInfo, count: int = 5) -> list[str]:
     """Waiting one-shots, then the recurring occurrence and the cron grid after it (a paused one waits)."""
-    times = {r["process_after"] or r["timestamp"] for r in rows if r["status"] == "pending"}
-    carrier = next((r for r in rows if r["recurrence"] and r["status"] in ("pending", "processing")), None)
-    if carrier:
-        slots = cron.firings(carrier["recurrence"], from_text(carrier["process_after"] or carrier["timestamp"]), zone)
+    times = {r.process_after or r.timestamp for r in rows if r.status == "pending"}
+    carrier = next((r for r in rows if r.recurrence and r.status in ("pending", "processing")), None)
+    if carrier and carrier.recurrence:
+        slots = cron.firings(carrier.recurrence, from_text(carrier.process_after or carrier.timestamp), zone)
         times.update(to_text(next(slots)) for _ in range(count))
     return sorted(times)[:count]
 
 
 def runs(session: Session, series_id: str) -> list[dict[str, Any]]:
     with closing(db.connect(session.folder / "inbound.db", "inbound", readonly=True)) as conn:
-        return [dict(r) for r in inbox.runs(conn, series_id)]
+        return [asdict(r) for r in task_series.runs(conn, series_id)]

@@ -4,7 +4,6 @@ occurrence id, touching only live rows. Each function runs in one transaction of
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,11 +11,11 @@ from typing import Any
 from host.errors import NclError
 from host.scheduling import recurrence
 from host.scheduling.recurrence import Policy
-from host.store import inbox, outbox
+from host.store import db, inbox, outbox, task_series
 from host.store.db import transaction
 from host.store.task_ids import TaskIds
 from schemas import cron, ids
-from schemas.messages import TaskContent
+from schemas.messages import InMessage, TaskContent
 from schemas.times import from_text, to_text
 
 YEAR = timedelta(days=366)
@@ -31,14 +30,14 @@ def check_interval(expr: str, now: datetime, policy: Policy) -> None:
                        f"{int(policy.task_min_interval_s)} s (NCL_TASK_MIN_INTERVAL_S)")
 
 
-def _series(conn: sqlite3.Connection, ref: str) -> str:
-    series_id = inbox.series_of(conn, ref)
+def _series(conn: db.Connection, ref: str) -> str:
+    series_id = task_series.series_of(conn, ref)
     if series_id is None:
         raise NclError(f"unknown task {ref!r}")
     return series_id
 
 
-def schedule(conn: sqlite3.Connection, now: datetime, policy: Policy, task_id: str, prompt: str,
+def schedule(conn: db.Connection, now: datetime, policy: Policy, task_id: str, prompt: str,
              process_after: str | None = None, recurrence_expr: str | None = None, script: str | None = None,
              context_mode: str = "group", routing: dict[str, Any] | None = None,
              enforce_interval: bool = True, registry: TaskIds | None = None, fresh_if_used: bool = False) -> str:
@@ -63,84 +62,76 @@ def schedule(conn: sqlite3.Connection, now: datetime, policy: Policy, task_id: s
     return task_id
 
 
-def _used(conn: sqlite3.Connection, task_id: str) -> bool:
-    return bool(inbox.get(conn, task_id) or inbox.series_of(conn, task_id))
+def _used(conn: db.Connection, task_id: str) -> bool:
+    return bool(inbox.get(conn, task_id) or task_series.series_of(conn, task_id))
 
 
-def _check_room(conn: sqlite3.Connection, policy: Policy) -> None:
-    (live,) = conn.execute(f"SELECT COUNT(DISTINCT series_id) FROM messages_in WHERE kind = 'task'"
-                           f" AND status IN {inbox.LIVE}").fetchone()
+def _check_room(conn: db.Connection, policy: Policy) -> None:
+    live = task_series.live_count(conn)
     if live >= policy.max_tasks_per_session:
         raise NclError(f"this session already has {live} live tasks, the limit (NCL_MAX_TASKS_PER_SESSION="
                        f"{policy.max_tasks_per_session}); cancel one first")
 
 
-def _live(conn: sqlite3.Connection, series_id: str) -> list[sqlite3.Row]:
-    """The series' live rows, with a runner's claim that no sweep has copied in yet counted as running: a row
-    the runner already works on must be treated as running, never paused or cancelled as if it waited."""
-    rows = inbox.live(conn, series_id)
-    waiting = [r["id"] for r in rows if r["status"] == "pending"]
-    (path,) = [r[2] for r in conn.execute("PRAGMA database_list") if r[1] == "main"]
-    running = outbox.claimed(Path(path).with_name("outbound.db"), waiting)
+def _live(conn: db.Connection, folder: Path | None, series_id: str) -> list[InMessage]:
+    """The series' live rows, with a runner's claim (in the session ``folder``'s outbound.db) that no sweep has
+    copied in yet counted as running: a row the runner already works on must be treated as running, never paused
+    or cancelled as if it waited."""
+    rows = task_series.live(conn, series_id)
+    waiting = [r.id for r in rows if r.status == "pending"]
+    running = outbox.claimed((folder or inbox.folder(conn)) / "outbound.db", waiting)
     if not running:
         return rows
-    conn.executemany("UPDATE messages_in SET status = 'processing' WHERE id = ?", [(i,) for i in running])
-    return inbox.live(conn, series_id)
+    inbox.mark_processing(conn, running)
+    return task_series.live(conn, series_id)
 
 
-def pause(conn: sqlite3.Connection, ref: str, now: datetime, policy: Policy) -> int:
+def pause(conn: db.Connection, ref: str, now: datetime, policy: Policy, *, folder: Path | None = None) -> int:
     """pending -> paused. A running occurrence finishes; the series' next one is created paused now."""
     with transaction(conn):
         series_id = _series(conn, ref)
-        rows = _live(conn, series_id)
-        changed = conn.execute("UPDATE messages_in SET status = 'paused' WHERE series_id = ? AND status = 'pending'",
-                               (series_id,)).rowcount
+        rows = _live(conn, folder, series_id)
+        changed = task_series.pause(conn, series_id)
         for row in rows:
-            if row["status"] == "processing" and row["recurrence"]:
-                conn.execute("UPDATE messages_in SET recurrence = NULL WHERE id = ?", (row["id"],))
+            if row.status == "processing" and row.recurrence:
+                task_series.drop_recurrence(conn, row.id)
                 recurrence.clone(conn, row, now, policy, status="paused")
                 changed += 1
-    return int(changed)
+    return changed
 
 
-def pause_all(conn: sqlite3.Connection, now: datetime, policy: Policy) -> int:
+def pause_all(conn: db.Connection, now: datetime, policy: Policy, *, folder: Path | None = None) -> int:
     """Pause every live series of the inbox (its group is going away); returns how many series."""
-    series = [r[0] for r in conn.execute(
-        f"SELECT DISTINCT series_id FROM messages_in WHERE kind = 'task' AND status IN {inbox.LIVE}")]
-    return sum(1 for s in series if pause(conn, s, now, policy))
+    return sum(1 for s in task_series.live_ids(conn) if pause(conn, s, now, policy, folder=folder))
 
 
-def resume(conn: sqlite3.Connection, ref: str, now: datetime, policy: Policy) -> int:
+def resume(conn: db.Connection, ref: str, now: datetime, policy: Policy) -> int:
     """paused -> pending; an overdue recurring occurrence then follows the misfire rule at once."""
     with transaction(conn):
         series_id = _series(conn, ref)
-        paused = [r for r in inbox.live(conn, series_id) if r["status"] == "paused"]
-        conn.execute("UPDATE messages_in SET status = 'pending' WHERE series_id = ? AND status = 'paused'",
-                     (series_id,))
+        paused = [r for r in task_series.live(conn, series_id) if r.status == "paused"]
+        task_series.resume(conn, series_id)
         for row in paused:
-            if row["recurrence"] and recurrence.scheduled(row) <= now:
+            if row.recurrence and recurrence.scheduled(row) <= now:
                 recurrence.misfire(conn, row, now, policy)
     return len(paused)
 
 
-def cancel(conn: sqlite3.Connection, ref: str, now: datetime) -> int:
+def cancel(conn: db.Connection, ref: str, now: datetime, *, folder: Path | None = None) -> int:
     """Live rows end (completed, recurrence cleared) with one ``cancelled`` run; a running one finishes."""
     with transaction(conn):
         series_id = _series(conn, ref)
-        rows = _live(conn, series_id)
+        rows = _live(conn, folder, series_id)
         if not rows:
             return 0
-        conn.execute("UPDATE messages_in SET recurrence = NULL WHERE series_id = ? AND status = 'processing'",
-                     (series_id,))
-        conn.execute("UPDATE messages_in SET status = 'completed', recurrence = NULL"
-                     " WHERE series_id = ? AND status IN ('pending', 'paused')", (series_id,))
-        inbox.record_run(conn, now, series_id, rows[0]["id"], "cancelled", scheduled_for=rows[0]["process_after"])
+        task_series.cancel(conn, series_id)
+        task_series.record_run(conn, now, series_id, rows[0].id, "cancelled", scheduled_for=rows[0].process_after)
     return len(rows)
 
 
-def update(conn: sqlite3.Connection, ref: str, now: datetime, policy: Policy, prompt: str | None = None,
+def update(conn: db.Connection, ref: str, now: datetime, policy: Policy, prompt: str | None = None,
            process_after: str | None = None, recurrence_expr: str | None = None, script: str | None = None,
-           enforce_interval: bool = True) -> int:
+           enforce_interval: bool = True, *, folder: Path | None = None) -> int:
     """Change live rows: content keys are merged (unknown ones kept); ``""`` clears recurrence or script.
     A new recurrence without a new time recomputes the next run from now."""
     expr = cron.validate(recurrence_expr) if recurrence_expr else recurrence_expr
@@ -149,42 +140,39 @@ def update(conn: sqlite3.Connection, ref: str, now: datetime, policy: Policy, pr
     changes: dict[str, Any] = {k: v for k, v in (("prompt", prompt), ("script", script)) if v is not None}
     with transaction(conn):
         series_id = _series(conn, ref)
-        rows = _live(conn, series_id)
+        rows = _live(conn, folder, series_id)
         if not rows:
             raise NclError(f"task {ref} has no live occurrence to update")
         for row in rows:
-            content = {**json.loads(row["content"]), **changes}
+            content = {**json.loads(row.content), **changes}
             if content.get("script") == "":
                 content["script"] = None
             TaskContent.model_validate(content)
-            waiting = row["status"] != "processing"
-            carries = row["recurrence"] is not None or len(rows) == 1
-            new_expr = (expr or None) if expr is not None and carries else row["recurrence"]
+            waiting = row.status != "processing"
+            carries = row.recurrence is not None or len(rows) == 1
+            new_expr = (expr or None) if expr is not None and carries else row.recurrence
             if not waiting and carries and process_after:
                 # It runs now: it finishes as it is; the new time is the next occurrence's, made here.
                 if not new_expr:
                     raise NclError(f"task {ref} is running now; a one-shot that has started cannot be moved")
-                conn.execute("UPDATE messages_in SET content = ?, recurrence = NULL WHERE id = ?",
-                             (json.dumps(content), row["id"]))
-                recurrence.clone(conn, inbox.get(conn, row["id"]) or row, now, policy, at=from_text(process_after),
+                task_series.revise(conn, row.id, json.dumps(content), None, row.process_after)
+                recurrence.clone(conn, inbox.get(conn, row.id) or row, now, policy, at=from_text(process_after),
                                  expr=new_expr)
                 continue
-            after = row["process_after"]
+            after = row.process_after
             if waiting and carries and process_after:
                 after = process_after
             elif waiting and carries and expr:
                 after = to_text(cron.next_after(expr, now, policy.zone))
-            conn.execute("UPDATE messages_in SET content = ?, recurrence = ?, process_after = ? WHERE id = ?",
-                         (json.dumps(content), new_expr, after, row["id"]))
+            task_series.revise(conn, row.id, json.dumps(content), new_expr, after)
     return len(rows)
 
 
-def run_now(conn: sqlite3.Connection, ref: str, now: datetime) -> str:
+def run_now(conn: db.Connection, ref: str, now: datetime) -> str:
     """An extra one-shot occurrence of the series, due now; the series' grid does not move."""
     with transaction(conn):
         series_id = _series(conn, ref)
-        last = inbox.occurrences(conn, series_id)[-1]
+        last = task_series.occurrences(conn, series_id)[-1]
         return inbox.insert(conn, {
             "id": ids.new_id("task", now), "kind": "task", "timestamp": to_text(now), "process_after": to_text(now),
-            "series_id": series_id, "platform_id": last["platform_id"], "channel_type": last["channel_type"],
-            "thread_id": last["thread_id"], "content": last["content"]})
+            "series_id": series_id, **last.routing(), "content": last.content})

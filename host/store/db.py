@@ -154,6 +154,11 @@ def version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
+def data_version(conn: sqlite3.Connection) -> int:
+    """A number that changes whenever another connection has committed to the file since the last call."""
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+
 def migrate(conn: sqlite3.Connection, kind: DbKind, path: Path | None = None) -> int:
     """Bring the file to the latest schema in one transaction; returns the version it had. ``path`` (central.db's)
     lets central v3 register the task ids of the install's existing sessions in the same transaction."""

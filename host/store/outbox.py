@@ -32,12 +32,27 @@ class OutMessage:
                    row["channel_type"], row["thread_id"], row["content"])
 
 
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """One ``processing_ack`` row: a runner's claim of an inbox row (``processing``), or how its turn ended."""
+
+    message_id: str
+    status: str
+    status_changed: str
+    detail: str | None
+    generation: str | None
+
+    @classmethod
+    def of(cls, row: sqlite3.Row) -> Ack:
+        return cls(row["message_id"], row["status"], row["status_changed"], row["detail"], row["generation"])
+
+
 @dataclass
 class Outbox:
     """What one sweep needs from outbound.db, read in one short read transaction."""
 
-    acks: dict[str, sqlite3.Row] = field(default_factory=dict)
-    requests: list[sqlite3.Row] = field(default_factory=list)
+    acks: dict[str, Ack] = field(default_factory=dict)
+    requests: list[OutMessage] = field(default_factory=list)
     replies: list[OutMessage] = field(default_factory=list)
     tool_timeout_s: float | None = None
 
@@ -56,10 +71,11 @@ def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, re
     ids = list(open_ids)
     with closing(db.connect(path, "outbound", query_only=not writable)) as conn:
         conn.execute("BEGIN")
-        acks = {row["message_id"]: row for row in _in_chunks(conn, "SELECT * FROM processing_ack WHERE message_id"
-                                                               " IN ({})", ids)}
-        requests = conn.execute("SELECT * FROM messages_out WHERE kind = 'system' AND seq > ? ORDER BY seq LIMIT ?",
-                                (after_seq, request_limit)).fetchall()  # at most request_limit (-1: all)
+        acks = {row["message_id"]: Ack.of(row) for row in _in_chunks(conn, "SELECT * FROM processing_ack WHERE"
+                                                                      " message_id IN ({})", ids)}
+        requests = [OutMessage.of(row) for row in conn.execute(  # at most request_limit (-1: all)
+            "SELECT * FROM messages_out WHERE kind = 'system' AND seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, request_limit))]
         replies = [OutMessage.of(row) for row in conn.execute(
             "SELECT * FROM messages_out WHERE kind = 'chat' AND seq > ? ORDER BY seq", (reply_after_seq,))]
         state = conn.execute("SELECT current_tool, tool_timeout_s FROM container_state WHERE id = 1").fetchone()
@@ -68,7 +84,7 @@ def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, re
     return Outbox(acks, requests, replies, timeout)
 
 
-def _in_chunks(conn: sqlite3.Connection, sql: str, ids: list[str], size: int = 500) -> list[sqlite3.Row]:
+def _in_chunks(conn: db.Connection, sql: str, ids: list[str], size: int = 500) -> list[sqlite3.Row]:
     """Run ``sql`` (its ``IN ({})`` filled with placeholders) over ``ids`` in chunks, under SQLite's variable
     limit; the rows of every chunk."""
     rows: list[sqlite3.Row] = []

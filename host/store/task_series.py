@@ -1,0 +1,162 @@
+"""The task series of a session's inbox (DESIGN §6): their occurrences (``messages_in`` rows of kind task sharing
+a ``series_id``), the changes task control and the misfire rule make to them, and their run history
+(``task_runs``). The caller holds the transaction."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+
+from host.store import db
+from host.store.inbox import LIVE, rows
+from schemas import ids
+from schemas.messages import InMessage, RunOutcome
+from schemas.times import from_text, to_text
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRun:
+    """One ``task_runs`` row: how an occurrence ended, or slots that never ran; fields in column order."""
+
+    id: str
+    series_id: str
+    message_id: str | None
+    scheduled_for: str | None
+    started_at: str | None
+    finished_at: str | None
+    duration_ms: int | None
+    outcome: str
+    detail: str | None
+
+    @classmethod
+    def of(cls, row: sqlite3.Row) -> TaskRun:
+        return cls(row["id"], row["series_id"], row["message_id"], row["scheduled_for"], row["started_at"],
+                   row["finished_at"], row["duration_ms"], row["outcome"], row["detail"])
+
+
+# --- finding series and their occurrences ---------------------------------------------------------------------
+
+def series_of(conn: db.Connection, ref: str) -> str | None:
+    """The series id for a series id or any occurrence id, if this inbox holds it."""
+    row = conn.execute(
+        "SELECT COALESCE(series_id, id) FROM messages_in WHERE kind = 'task' AND (series_id = ?1 OR id = ?1)"
+        " LIMIT 1", (ref,)).fetchone()
+    return str(row[0]) if row else None
+
+
+def all_ids(conn: db.Connection) -> list[str]:
+    """Every series of the inbox, in the order they began."""
+    return [r[0] for r in conn.execute("SELECT series_id FROM messages_in WHERE kind = 'task'"
+                                       " AND series_id IS NOT NULL GROUP BY series_id ORDER BY MIN(seq)")]
+
+
+def live_ids(conn: db.Connection) -> list[str]:
+    """The series that still have a live occurrence."""
+    return [r[0] for r in conn.execute(
+        f"SELECT DISTINCT series_id FROM messages_in WHERE kind = 'task' AND status IN {LIVE}")]
+
+
+def live_count(conn: db.Connection) -> int:
+    (count,) = conn.execute(f"SELECT COUNT(DISTINCT series_id) FROM messages_in WHERE kind = 'task'"
+                            f" AND status IN {LIVE}").fetchone()
+    return int(count)
+
+
+def occurrences(conn: db.Connection, series_id: str) -> list[InMessage]:
+    return rows(conn, "SELECT * FROM messages_in WHERE series_id = ? ORDER BY seq", (series_id,))
+
+
+def live(conn: db.Connection, series_id: str) -> list[InMessage]:
+    return rows(conn, f"SELECT * FROM messages_in WHERE series_id = ? AND status IN {LIVE} ORDER BY seq",
+                (series_id,))
+
+
+def has_live_recurrence(conn: db.Connection, series_id: str) -> bool:
+    return conn.execute(
+        f"SELECT 1 FROM messages_in WHERE series_id = ? AND recurrence IS NOT NULL AND status IN {LIVE}",
+        (series_id,)).fetchone() is not None
+
+
+def ended_recurring(conn: db.Connection) -> list[InMessage]:
+    """Ended rows still carrying a recurrence (an older writer, or a crash of one): the series to repair."""
+    return rows(conn, "SELECT * FROM messages_in WHERE status IN ('completed', 'failed') AND recurrence IS NOT NULL")
+
+
+def due_recurring(conn: db.Connection, now: datetime) -> list[InMessage]:
+    """Waiting recurring occurrences whose time has come: the misfire rule's to judge."""
+    return rows(conn, "SELECT * FROM messages_in WHERE kind = 'task' AND status = 'pending'"
+                      " AND recurrence IS NOT NULL AND process_after <= ?", (to_text(now),))
+
+
+# --- changing occurrences ---------------------------------------------------------------------------------------
+
+def drop_recurrence(conn: db.Connection, message_id: str) -> None:
+    """The row no longer carries the series on: its next occurrence does, or none."""
+    conn.execute("UPDATE messages_in SET recurrence = NULL WHERE id = ?", (message_id,))
+
+
+def move(conn: db.Connection, message_id: str, process_after: str, content: str) -> None:
+    conn.execute("UPDATE messages_in SET process_after = ?, content = ? WHERE id = ?",
+                 (process_after, content, message_id))
+
+
+def count_try(conn: db.Connection, message_id: str, tries: int) -> None:
+    conn.execute("UPDATE messages_in SET tries = ? WHERE id = ?", (tries, message_id))
+
+
+def retry(conn: db.Connection, message_id: str, tries: int, process_after: str, content: str) -> None:
+    """Give a claimed row back to the queue, to run again at ``process_after``."""
+    conn.execute("UPDATE messages_in SET status = 'pending', tries = ?, process_after = ?, content = ? WHERE id = ?",
+                 (tries, process_after, content, message_id))
+
+
+def revise(conn: db.Connection, message_id: str, content: str, recurrence: str | None,
+           process_after: str | None) -> None:
+    conn.execute("UPDATE messages_in SET content = ?, recurrence = ?, process_after = ? WHERE id = ?",
+                 (content, recurrence, process_after, message_id))
+
+
+def pause(conn: db.Connection, series_id: str) -> int:
+    """Waiting occurrences -> paused; returns how many."""
+    return int(conn.execute("UPDATE messages_in SET status = 'paused' WHERE series_id = ? AND status = 'pending'",
+                            (series_id,)).rowcount)
+
+
+def resume(conn: db.Connection, series_id: str) -> None:
+    conn.execute("UPDATE messages_in SET status = 'pending' WHERE series_id = ? AND status = 'paused'", (series_id,))
+
+
+def cancel(conn: db.Connection, series_id: str) -> None:
+    """Waiting and paused occurrences end; a running one finishes, but the series ends with it."""
+    conn.execute("UPDATE messages_in SET recurrence = NULL WHERE series_id = ? AND status = 'processing'",
+                 (series_id,))
+    conn.execute("UPDATE messages_in SET status = 'completed', recurrence = NULL"
+                 " WHERE series_id = ? AND status IN ('pending', 'paused')", (series_id,))
+
+
+# --- run history ------------------------------------------------------------------------------------------------
+
+def record_run(conn: db.Connection, now: datetime, series_id: str, message_id: str | None,
+               outcome: RunOutcome, scheduled_for: str | None = None, started_at: str | None = None,
+               finished_at: str | None = None, detail: str | None = None) -> None:
+    duration = None
+    if started_at and finished_at:
+        duration = int((from_text(finished_at) - from_text(started_at)).total_seconds() * 1000)
+    conn.execute(
+        "INSERT INTO task_runs(id, series_id, message_id, scheduled_for, started_at, finished_at, duration_ms,"
+        " outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (ids.new_id("run", now), series_id, message_id, scheduled_for, started_at, finished_at or to_text(now),
+         duration, outcome, detail))
+
+
+def runs(conn: db.Connection, series_id: str) -> list[TaskRun]:
+    return [TaskRun.of(row) for row in conn.execute(
+        "SELECT * FROM task_runs WHERE series_id = ? ORDER BY finished_at, rowid", (series_id,))]
+
+
+def recent_outcomes(conn: db.Connection, series_id: str, count: int) -> list[str]:
+    """The series' last ``count`` outcomes of runs that ran or tried to (newest first)."""
+    return [r[0] for r in conn.execute(
+        "SELECT outcome FROM task_runs WHERE series_id = ? AND outcome IN ('ran', 'skipped', 'gate_error', 'failed')"
+        " ORDER BY finished_at DESC, rowid DESC LIMIT ?", (series_id, count))]
