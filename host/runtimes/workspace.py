@@ -5,7 +5,7 @@ create its own files there (``outbound.db-journal``, ``.heartbeat``) and delete 
 rename nor delete what the host owns there (``inbound.db``, ``inbox/``), so it cannot swap a folder the host
 writes into for a symlink. ``outbox/`` gets the same treatment; ``outbound.db`` and the group folder (the
 agent's own files) belong to the runner outright. A non-root host runs the runner as its own uid instead
-(``docker_runtime.container_user``) and changes nothing here.
+(``host.runtimes.docker.container_user``) and changes nothing here.
 """
 
 from __future__ import annotations

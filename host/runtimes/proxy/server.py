@@ -31,7 +31,7 @@ from host.http.wire import PHRASES, Refusal, Request, content_length, error_resp
 from host.runtimes.proxy import policy as api_policy
 from host.runtimes.proxy.body_pool import PIECE, BodyPool, Reservation, drain, read_body
 from host.runtimes.proxy.limits import GroupLimits, UsageMeter
-from host.runtimes.proxy.sockets import SOCKET_NAME as SOCKET_NAME  # where runners.py looks for it
+from host.runtimes.proxy.sockets import SOCKET_NAME as SOCKET_NAME  # where the runner pool looks for it
 from host.runtimes.proxy.sockets import bind, inode_of
 from host.settings import Settings
 from host.store import db, groups
