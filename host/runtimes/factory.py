@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import closing
-from typing import Literal
 
 from host.runtimes.base import Runtime
 from host.runtimes.docker import DockerRuntime
@@ -19,9 +18,8 @@ from host.runtimes.image import EngineDown, connect_engine, missing_image
 from host.runtimes.local import LocalRuntime
 from host.settings import Settings
 
-Name = Literal["docker", "local"]
 Probe = Callable[[Settings], str | None]  # None when docker can run runners, else why not
-RUNTIMES: dict[Name, Callable[[Settings], Runtime]] = {  # each runtime, under its NCL_RUNTIME name
+RUNTIMES: dict[str, Callable[[Settings], Runtime]] = {  # each runtime under its NCL_RUNTIME name
     "docker": DockerRuntime,
     "local": LocalRuntime,
 }
@@ -37,7 +35,7 @@ def probe_docker(settings: Settings) -> str | None:
     return None if missing is None else f"image {missing}"
 
 
-def choose(settings: Settings, probe: Probe = probe_docker) -> tuple[Name, str]:
+def choose(settings: Settings, probe: Probe = probe_docker) -> tuple[str, str]:
     if settings.runtime == "docker":
         return "docker", "NCL_RUNTIME=docker (the engine is asked at each start; while it is down, starts are retried)"
     if settings.runtime != "auto":
