@@ -88,13 +88,13 @@ def _policy(settings: Settings) -> Policy:
     return Policy.of(settings)
 
 
-def _task_write(settings: Settings, ref: str, action: Callable[[sqlite3.Connection, str], Any]) -> Any:
+def _task_write(settings: Settings, ref: str, action: Callable[[sqlite3.Connection, Path, str], Any]) -> Any:
     """What ``ncl tasks pause|resume|cancel|update`` does (host/cli/tasks.py ``_write``): locate the series from
     central.db, one transaction on the session's inbox on a fresh connection, then nudge the host."""
     with closing(App(settings).central()) as central:
         session, series_id = task_list.locate(settings, central, ref)
     with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
-        outcome = action(conn, series_id)
+        outcome = action(conn, session.folder, series_id)
     nudge.touch(settings)
     return outcome
 
@@ -131,8 +131,9 @@ def updater(load: Load, seed: int) -> None:
 
         def op(series: Series = series, prompt: str = prompt, expr: str | None = expr, at: str | None = at) -> None:
             try:
-                _task_write(load.settings, series.id, lambda conn, series_id: tasks.update(
-                    conn, series_id, clock.now(), _policy(load.settings), prompt, at, expr, enforce_interval=False))
+                _task_write(load.settings, series.id, lambda conn, folder, series_id: tasks.update(
+                    conn, series_id, clock.now(), _policy(load.settings), prompt, at, expr, enforce_interval=False,
+                    folder=folder))
             except NclError as exc:
                 if series.recurring or "no live occurrence" not in str(exc):
                     raise
@@ -158,9 +159,9 @@ def controller(load: Load, seed: int) -> None:
 
         def op(series: Series = series, verb: str = verb) -> None:
             now, policy = clock.now(), _policy(load.settings)
-            action = {"pause": lambda conn, series_id: tasks.pause(conn, series_id, now, policy),
-                      "resume": lambda conn, series_id: tasks.resume(conn, series_id, now, policy),
-                      "cancel": lambda conn, series_id: tasks.cancel(conn, series_id, now)}[verb]
+            action = {"pause": lambda conn, folder, series_id: tasks.pause(conn, series_id, now, policy, folder=folder),
+                      "resume": lambda conn, folder, series_id: tasks.resume(conn, series_id, now, policy),
+                      "cancel": lambda conn, folder, series_id: tasks.cancel(conn, series_id, now, folder=folder)}[verb]
             changed = _task_write(load.settings, series.id, action)
             if changed == 0:  # the CLI says "nothing to change" and exits 1
                 raise AssertionError(f"{verb} {series.id} changed nothing (its state was {series.state})")

@@ -28,7 +28,7 @@ def test_a_pause_between_the_runners_claim_and_the_hosts_sync_keeps_the_run_and_
     series = world.schedule(T - timedelta(minutes=1), recurrence="0 * * * *", at=to_text(T))
     world.ack(series, "processing", T, generation="gen-live")  # claimed; no sweep has seen the claim yet
     with closing(world.inbound()) as conn:
-        assert tasks.pause(conn, series, T + timedelta(seconds=1), world.policy) == 1
+        assert tasks.pause(conn, series, T + timedelta(seconds=1), world.policy, folder=world.session.folder) == 1
     world.ack(series, "completed", T + timedelta(seconds=2), generation="gen-live", outcome="ran")
     sweeper = world.sweeper()
     sweeper.tick(T + timedelta(seconds=3))
@@ -49,7 +49,8 @@ def test_a_new_next_run_given_while_an_occurrence_runs_is_not_lost(tmp_path: Pat
     wanted = to_text(T + timedelta(minutes=20))
     try:
         with closing(world.inbound()) as conn:
-            tasks.update(conn, series, T + timedelta(seconds=5), world.policy, process_after=wanted)
+            tasks.update(conn, series, T + timedelta(seconds=5), world.policy, process_after=wanted,
+                         folder=world.session.folder)
     except NclError:
         return  # refusing clearly ("it is running; try again when it ends") is a fine answer too
     world.run_occurrence(world.sweeper(), series, T + timedelta(seconds=10))

@@ -67,18 +67,19 @@ def test_control_by_series_or_occurrence_id_touches_only_live_rows(world: World)
     world.run_occurrence(sweeper, series, utc("2026-05-18T13:00:05"))
     clone_id = world.rows(series)[1]["id"]
     with closing(world.inbound()) as conn:
-        assert tasks.pause(conn, clone_id, MON_0800, world.policy) == 1
+        assert tasks.pause(conn, clone_id, MON_0800, world.policy, folder=world.session.folder) == 1
         assert [r["status"] for r in world.rows(series)] == ["completed", "paused"]
         assert tasks.resume(conn, series, utc("2026-05-19T12:00:00"), world.policy) == 1
-        assert tasks.update(conn, clone_id, MON_0800, world.policy, prompt="new words") == 1
-        assert tasks.cancel(conn, series, MON_0800) == 1
+        assert tasks.update(conn, clone_id, MON_0800, world.policy, prompt="new words",
+                            folder=world.session.folder) == 1
+        assert tasks.cancel(conn, series, MON_0800, folder=world.session.folder) == 1
     first, second = world.rows(series)
     assert json.loads(first["content"])["prompt"] == "post the standup"  # the ended row is history
     assert json.loads(second["content"])["prompt"] == "new words"
     assert (second["status"], second["recurrence"]) == ("completed", None)
     assert [r["outcome"] for r in world.runs(series)] == ["ran", "cancelled"]
     with closing(world.inbound()) as conn, pytest.raises(NclError):
-        tasks.update(conn, series, MON_0800, world.policy, prompt="too late")
+        tasks.update(conn, series, MON_0800, world.policy, prompt="too late", folder=world.session.folder)
 
 
 def test_update_merges_content_and_keeps_unknown_keys(world: World) -> None:
@@ -86,8 +87,8 @@ def test_update_merges_content_and_keeps_unknown_keys(world: World) -> None:
     with closing(world.inbound()) as conn:
         content = json.loads(conn.execute("SELECT content FROM messages_in").fetchone()[0])
         conn.execute("UPDATE messages_in SET content = ?", (json.dumps({**content, "origin": "nanoclaw"}),))
-        tasks.update(conn, series, MON_0800, world.policy, prompt="changed")
-        tasks.update(conn, series, MON_0800, world.policy, script="")
+        tasks.update(conn, series, MON_0800, world.policy, prompt="changed", folder=world.session.folder)
+        tasks.update(conn, series, MON_0800, world.policy, script="", folder=world.session.folder)
     assert json.loads(world.rows(series)[0]["content"]) == {
         "prompt": "changed", "script": None, "context_mode": "group", "origin": "nanoclaw"}
 
@@ -95,7 +96,8 @@ def test_update_merges_content_and_keeps_unknown_keys(world: World) -> None:
 def test_new_recurrence_without_time_recomputes_from_now(world: World) -> None:
     series = world.schedule(MON_0800, recurrence="0 9 * * *")
     with closing(world.inbound()) as conn:
-        tasks.update(conn, series, utc("2026-05-18T14:00:00"), world.policy, recurrence_expr="30 17 * * *")
+        tasks.update(conn, series, utc("2026-05-18T14:00:00"), world.policy, recurrence_expr="30 17 * * *",
+                     folder=world.session.folder)
     [row] = world.rows(series)
     assert (row["recurrence"], row["process_after"]) == ("30 17 * * *", "2026-05-18T21:30:00.000Z")
 

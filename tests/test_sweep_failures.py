@@ -132,7 +132,7 @@ def test_pause_while_running_lets_the_run_finish_and_next_waits_paused(world: Wo
     _beat(world, gen, T0)
     sweeper.tick(T0 + timedelta(seconds=1))
     with closing(world.inbound()) as conn:
-        assert tasks.pause(conn, series, T0 + timedelta(seconds=2), world.policy) == 1
+        assert tasks.pause(conn, series, T0 + timedelta(seconds=2), world.policy, folder=world.session.folder) == 1
     assert [r["status"] for r in world.rows(series)] == ["processing", "paused"]
     world.ack(series, "completed", T0 + timedelta(seconds=3), generation=gen, outcome="ran")
     assert sweeper.tick(T0 + timedelta(seconds=3)).cloned == 0
@@ -148,7 +148,7 @@ def test_cancel_while_running_lets_it_finish_and_nothing_follows(world: World) -
     world.ack(series, "processing", T0, generation=gen)
     sweeper.tick(T0)
     with closing(world.inbound()) as conn:
-        assert tasks.cancel(conn, series, T0) == 1
+        assert tasks.cancel(conn, series, T0, folder=world.session.folder) == 1
     world.ack(series, "completed", T0 + timedelta(seconds=3), generation=gen, outcome="ran")
     sweeper.tick(T0 + timedelta(seconds=3))
     assert [r["status"] for r in world.rows(series)] == ["completed"]
