@@ -119,3 +119,11 @@ def record_request(conn: db.Connection, request: OutMessage, now: datetime, stat
     conn.execute("INSERT OR IGNORE INTO delivered(message_out_id, seq, delivered_at, status, detail)"
                  " VALUES (?, ?, ?, ?, ?)", (request.id, request.seq, to_text(now), status, detail))
 
+
+def arrive(conn: db.Connection, row: dict[str, Any], routing: dict[str, str | None]) -> int:
+    """Insert a message arriving on a channel (caller holds the transaction) and keep its routing as the session's
+    if it has none yet; returns the row's seq."""
+    insert(conn, {**row, **routing})
+    conn.execute("INSERT OR IGNORE INTO session_routing(id, channel_type, platform_id, thread_id)"
+                 " VALUES (1, :channel_type, :platform_id, :thread_id)", routing)
+    return int(conn.execute("SELECT seq FROM messages_in WHERE id = ?", (row["id"],)).fetchone()[0])
