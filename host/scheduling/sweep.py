@@ -21,7 +21,7 @@ from host.runtimes.pool import Runner, Runners
 from host.scheduling import actions, recurrence
 from host.scheduling.recurrence import Policy
 from host.settings import Settings
-from host.store import db, deliveries, inbox, outbox, sessions, task_series
+from host.store import db, deliveries, groups, inbox, outbox, sessions, task_series
 from host.store.outbox import Ack, OutMessage
 from host.store.sessions import Session
 from host.store.task_ids import TaskIds
@@ -112,8 +112,7 @@ class Sweeper:
 
     def _rules(self, group_id: str) -> str:
         assert self._central is not None
-        row = self._central.execute("SELECT rules FROM agent_groups WHERE id = ?", (group_id,)).fetchone()
-        return str(row[0]) if row else ""
+        return groups.rules(self._central, group_id)
 
     def close(self) -> None:
         if self._central is not None:

@@ -1,5 +1,6 @@
 """Task control (DESIGN §6.4–6.6): schedule, pause, resume, cancel, update, run-now — by series id or any
-occurrence id, touching only live rows. Each function runs in one transaction of the session's inbox."""
+occurrence id, touching only live rows. Each function runs in one transaction of the session's inbox; pause,
+cancel and update are also given the session's ``folder``, whose outbound.db holds claims no sweep has copied in."""
 
 from __future__ import annotations
 
