@@ -9,7 +9,7 @@ from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 from zoneinfo import ZoneInfo
 
-from agent_runner.store import InMessage
+from schemas.messages import InMessage
 
 
 @dataclass(frozen=True)

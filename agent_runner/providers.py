@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agent_runner.prompt import text_of
-from agent_runner.store import InMessage
 from agent_runner.tools import Tools
+from schemas.messages import InMessage
 
 History = list[dict[str, Any]]
 

@@ -13,10 +13,11 @@ from agent_runner import prompt, slash
 from agent_runner.config import RunnerConfig
 from agent_runner.gate import run_gate
 from agent_runner.providers import History, Provider, ProviderError, Turn
-from agent_runner.store import InMessage, OperationalError, Reply, Store
+from agent_runner.store import OperationalError, Reply, Store
 from agent_runner.tools import CURRENT_TURN, Tools
 from schemas import detached
 from schemas.clock import Clock
+from schemas.messages import InMessage
 
 log = logging.getLogger(__name__)
 BEAT_EVERY = timedelta(seconds=1)

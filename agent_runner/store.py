@@ -1,5 +1,5 @@
 """The runner's side of the session files, and all of its SQL: inbound.db read-only, outbound.db its own (DESIGN
-§5, §7). Rows leave as typed objects (:class:`InMessage`), never ``sqlite3.Row``."""
+§5, §7). Rows leave as typed objects (``schemas.messages.InMessage``), never ``sqlite3.Row``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 from agent_runner.config import RunnerConfig
 from schemas import ids
 from schemas.ddl import DbKind, latest_version
+from schemas.messages import InMessage
 from schemas.queries import DUE
 from schemas.times import from_text, to_text
 
@@ -41,42 +42,6 @@ OperationalError = sqlite3.OperationalError  # e.g. a lock held too long, or a h
 
 class StoreError(RuntimeError):
     """A session file the runner cannot use."""
-
-
-@dataclass(frozen=True, slots=True)
-class InMessage:
-    """One ``messages_in`` row as read (DESIGN §4), its fields in the table's column order."""
-
-    id: str
-    seq: int
-    kind: str
-    timestamp: str
-    status: str
-    process_after: str | None
-    recurrence: str | None
-    series_id: str | None
-    tries: int
-    platform_id: str | None
-    channel_type: str | None
-    thread_id: str | None
-    content: str
-    trigger: int
-    on_wake: int
-
-    @classmethod
-    def of(cls, row: sqlite3.Row) -> InMessage:
-        return cls(row["id"], row["seq"], row["kind"], row["timestamp"], row["status"], row["process_after"],
-                   row["recurrence"], row["series_id"], row["tries"], row["platform_id"], row["channel_type"],
-                   row["thread_id"], row["content"], row["trigger"], row["on_wake"])
-
-    @property
-    def series(self) -> str:
-        """The series an occurrence belongs to (its own id for a row that names none)."""
-        return self.series_id or self.id
-
-    def routing(self) -> dict[str, Any]:
-        """Where it came from, so where answers to it go: the columns a messages_out row carries."""
-        return {"platform_id": self.platform_id, "channel_type": self.channel_type, "thread_id": self.thread_id}
 
 
 def _open(path: Path, kind: DbKind, readonly: bool) -> sqlite3.Connection:
