@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sqlite3
 import sys
@@ -13,9 +14,11 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.types import CallToolResult, TextContent
 
+from agent_runner import tool_specs
 from agent_runner.config import RunnerConfig
 from agent_runner.mcp_server import CURRENT_TURN
 from agent_runner.store import Store
+from agent_runner.tools import Tools
 from host.store.sessions import create_files
 from schemas import clock
 
@@ -73,6 +76,12 @@ async def test_lists_the_eight_tools_with_schemas_and_descriptions(session: Path
         assert TZ in (schedule.description or "") and "300 s" in (schedule.description or "")
         assert tools["update_task"].input_schema["required"] == ["taskId"]
         assert tools["send_file"].input_schema["required"] == ["path"]
+
+
+def test_each_declared_tool_is_run_by_the_tools_method_of_its_name_with_its_arguments() -> None:
+    for name, spec in tool_specs.TOOLS.items():
+        parameters = list(inspect.signature(getattr(Tools, name)).parameters)[1:]  # after self
+        assert parameters == list(spec.arguments.model_fields), name
 
 
 async def test_a_too_frequent_schedule_is_a_tool_error(session: Path) -> None:
