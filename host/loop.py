@@ -39,7 +39,7 @@ class Host:
 
     def __post_init__(self) -> None:
         self._full_stamp: int | None = None  # the nudge stamp the last full sweep saw; None: none yet
-        self._next_full = datetime.min.replace(tzinfo=UTC)
+        self._next_full = self._next_live = datetime.min.replace(tzinfo=UTC)
         self._started_at: datetime | None = self.clock.now()  # until every session has been seen once
         self.channels = registry.channels(self.settings)
         self.deliveries = Deliveries(self.channels, self.clock.now)
@@ -54,7 +54,10 @@ class Host:
         if due := self.scheduled.earliest_due():
             candidates.append(due)
         if self.sweeper.runners and self.sweeper.runners.live:
-            candidates.append(now + timedelta(seconds=LIVE_RUNNER_TICK_S))
+            # A beat of its own: a sweep an arrival woke in between never puts the next one off.
+            if self._next_live <= now:
+                self._next_live = now + timedelta(seconds=LIVE_RUNNER_TICK_S)
+            candidates.append(self._next_live)
         return max(min(candidates), now + timedelta(seconds=FLOOR_S))
 
     async def step(self) -> SweepResult:

@@ -13,13 +13,16 @@
   (scripts/bench_host.py).
 - ``rss``: a real ``ncl host run`` sweeping 10,000 idle sessions every second: its VmRSS after a few ticks, and how
   fast its webhook server answers while the first sweep (a host start) opens every session (scripts/bench_host.py).
+- ``chat``: chat round trips over the CLI socket of a real ``ncl host run`` (local runners, mock provider), from the
+  line sent to the reply back: warm (the session's runner running) and cold (a new session each)
+  (scripts/bench_chat.py).
 
 Targets (issue 7): 10,000 idle sessions under 50 ms a tick; firing lateness p99 under 1 s; warm pickup median
 under 100 ms; cold start median under 1.5 s; host RSS with 10,000 sessions under 150 MB. ``--quick`` runs smaller
 sizes for a smoke run; a target measured at a smaller size than its own reports ``met: null``
 (scripts/bench_report.py).
 
-    .venv/bin/python scripts/bench.py [--only sweep,lateness,pickup,queue,rss] [--quick] [--strict]
+    .venv/bin/python scripts/bench.py [--only sweep,lateness,pickup,queue,rss,chat] [--quick] [--strict]
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import bench_chat
 import bench_runner
 import bench_sweep
 from bench_host import bench_queue, bench_rss
@@ -44,7 +48,7 @@ from bench_kit import log, workdir
 from bench_lateness import bench_lateness
 from bench_report import table, targets
 
-BENCHES = ("sweep", "lateness", "pickup", "queue", "rss")
+BENCHES = ("sweep", "lateness", "pickup", "queue", "rss", "chat")
 
 
 # --- sweep ----------------------------------------------------------------------------------------------------
@@ -71,6 +75,14 @@ def bench_pickup(quick: bool) -> dict[str, Any]:
     return bench_runner.measure(samples, cold, 0.05)
 
 
+# --- chat -----------------------------------------------------------------------------------------------------
+
+
+def bench_chat_round_trip(quick: bool) -> dict[str, Any]:
+    rounds, cold = (10, 3) if quick else (50, 10)
+    return bench_chat.bench(rounds, cold)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHES)}")
@@ -83,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--only takes names from {','.join(BENCHES)}; unknown: {','.join(sorted(unknown))}")
     runs: dict[str, Callable[[bool], dict[str, Any]]] = {
         "sweep": bench_sweep_cost, "lateness": bench_lateness, "pickup": bench_pickup, "queue": bench_queue,
-        "rss": bench_rss}
+        "rss": bench_rss, "chat": bench_chat_round_trip}
     report: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                           "platform": platform.platform()},
                               "quick": args.quick, "elapsed_s": {}}

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Chat round trip under a real ``ncl host run`` (local runners, mock provider): what ``ncl chat`` does, from a
+line sent on the host's CLI socket to the reply arriving back on that socket.
+
+- ``first``: the first message after the host started.
+- ``warm``: N messages one after another on one connection to one session, whose runner is already running.
+- ``cold``: N messages each sent once the runner has exited (idle): a host with no runner alive wakes, starts one,
+  and answers, as for the first message after a pause.
+
+    .venv/bin/python scripts/bench_chat.py [--rounds N] [--cold N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_host import HostProcess, host_env
+from bench_kit import log, percentile, wait_until, workdir
+
+NCL = [sys.executable, "-c", "from host.cli import main; main()"]
+LIMIT_S = 60.0
+IDLE_S = 1.0  # the runners' idle timeout: a cold round waits this long and a little more for the runner to exit
+
+
+class Chat:
+    """One connection to the CLI socket, as ``ncl chat`` holds it."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(LIMIT_S)
+        self.sock.connect(str(path))
+        self.lines = self.sock.makefile("rb")
+
+    def round_trip_ms(self, group: str, text: str, thread: str | None) -> float:
+        """Send one message; ms until the reply to it comes back."""
+        started = time.perf_counter()
+        self.sock.sendall(json.dumps({"op": "send", "group": group, "text": text, "thread": thread}).encode() + b"\n")
+        answer = json.loads(self.lines.readline())
+        if not answer.get("ok"):
+            raise RuntimeError(f"refused: {answer}")
+        while (reply := json.loads(self.lines.readline()).get("reply")) is None or \
+                reply.get("in_reply_to") != answer["message_id"]:
+            pass
+        return (time.perf_counter() - started) * 1000
+
+    def close(self) -> None:
+        self.lines.close()
+        self.sock.close()
+
+
+def _stats(samples: list[float]) -> dict[str, Any]:
+    return {"n": len(samples), "median_ms": round(statistics.median(samples), 1),
+            "p95_ms": round(percentile(samples, 0.95), 1), "max_ms": round(max(samples), 1)}
+
+
+def _cold_ms(chat: Chat, n: int) -> float:
+    time.sleep(IDLE_S + 1.5)
+    return chat.round_trip_ms("chat", f"hello again {n}", None)
+
+
+def bench(rounds: int, cold: int) -> dict[str, Any]:
+    with workdir("ncl-bench-chat-") as root:
+        (root / "data").mkdir()
+        subprocess.run([*NCL, "groups", "create", "chat", "--channel", "cli"], cwd=root, env=host_env(root / "data"),
+                       check=True, stdout=subprocess.DEVNULL)
+        host = HostProcess(root, NCL_LOG_LEVEL="WARNING", NCL_IDLE_TIMEOUT_S=str(IDLE_S))
+        try:
+            path = root / "data" / "cli.sock"
+            wait_until(lambda: host.alive() and path.exists(), 30, "cli socket")
+            chat = Chat(path)
+            try:
+                log(f"chat: first message (runner start), {rounds} warm, {cold} cold …")
+                first = chat.round_trip_ms("chat", "hello", None)
+                warm = [chat.round_trip_ms("chat", f"ping {n}", None) for n in range(rounds)]
+                fresh = [_cold_ms(chat, n) for n in range(cold)]
+            finally:
+                chat.close()
+        finally:
+            host.stop()
+    return {"first_ms": round(first, 1), "warm": _stats(warm), "cold": _stats(fresh) if fresh else {}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=50, help="warm round trips")
+    parser.add_argument("--cold", type=int, default=10, help="round trips that each start a runner (~3 s each)")
+    args = parser.parse_args()
+    print(json.dumps(bench(args.rounds, args.cold), indent=2))
+
+
+if __name__ == "__main__":
+    main()
