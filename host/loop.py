@@ -27,6 +27,9 @@ FLOOR_S = 0.05  # shortest sleep, so a wake that cannot start never spins the lo
 NEW_SESSIONS_PER_TICK = 64
 BETWEEN_CHUNKS_S = 0.01  # long enough for a request to be read and answered whole, not one step of it a chunk
 LIVE_RUNNER_TICK_S = 0.25  # with runners alive, acks, requests and replies are synced at least this often
+# An arrival wakes the loop at once, yet sweeps for arrivals come at most this often: a flood of them costs no more
+# than a live runner's tick.
+ARRIVALS_GAP_S = LIVE_RUNNER_TICK_S
 
 
 @dataclass
@@ -39,7 +42,7 @@ class Host:
 
     def __post_init__(self) -> None:
         self._full_stamp: int | None = None  # the nudge stamp the last full sweep saw; None: none yet
-        self._next_full = self._next_live = datetime.min.replace(tzinfo=UTC)
+        self._next_full = self._next_live = self._woken_at = datetime.min.replace(tzinfo=UTC)
         self._started_at: datetime | None = self.clock.now()  # until every session has been seen once
         self.channels = registry.channels(self.settings)
         self.deliveries = Deliveries(self.channels, self.clock.now)
@@ -67,6 +70,8 @@ class Host:
         stamp, woken = nudge.stamp(self.settings), self.woken.is_set()
         self.woken.clear()
         full = woken or stamp != self._full_stamp or now >= self._next_full
+        if woken:
+            self._woken_at = now
         if full:
             self._full_stamp, self._next_full = stamp, now + timedelta(seconds=self.settings.sweep_interval_s)
         # Project tasks first: a job one enqueues is then woken by this same sweep, not the next one.
@@ -87,7 +92,9 @@ class Host:
                      extra={"action": "sessions_seen"})
             self._started_at = None
         wake_at = self.wake_at(now)
-        while not self.stopping.is_set() and not self.woken.is_set():
+        while not self.stopping.is_set():
+            if self.woken.is_set():
+                wake_at = min(wake_at, self._woken_at + timedelta(seconds=ARRIVALS_GAP_S))
             left = (wake_at - self.clock.now()).total_seconds()
             if left <= 0:
                 break
@@ -97,7 +104,9 @@ class Host:
         return result
 
     async def _nap(self, seconds: float) -> None:
-        """Sleep ``seconds``, or less if an arrival in this process wakes the loop."""
+        """Sleep ``seconds``, or less if an arrival in this process wakes the loop (one that did already: not)."""
+        if self.woken.is_set():
+            return await self.clock.sleep(seconds)
         naps = [asyncio.create_task(self.clock.sleep(seconds)), asyncio.create_task(self.woken.wait())]
         try:
             await asyncio.wait(naps, return_when=asyncio.FIRST_COMPLETED)

@@ -225,8 +225,8 @@ def test_an_outcome_is_recorded_once_with_one_notice(tmp_path: Path) -> None:
     with closing(world.outbound()) as conn:
         reply = OutMessage.of(conn.execute("SELECT * FROM messages_out").fetchone())
     with closing(world.inbound()) as conn:
-        deliveries.record(conn, reply, "failed", T0)
-        deliveries.record(conn, reply, "failed", T0)
+        deliveries.record(conn, [reply], "failed", T0)
+        deliveries.record(conn, [reply], "failed", T0)
     assert _delivered(world) == [(reply.id, "failed")] and len(world.notices()) == 1
 
 

@@ -23,10 +23,14 @@ from schemas.times import to_text
 T = utc("2026-05-18T13:00:00")
 
 
-class StuckClock(FakeClock):
-    """A clock whose sleep never ends by itself: only something else can end the loop's wait."""
+class HoldingClock(FakeClock):
+    """A fake clock whose sleep, while ``holding``, never ends by itself: only something else ends the loop's wait."""
+
+    holding = True
 
     async def sleep(self, seconds: float) -> None:
+        if not self.holding:
+            return await super().sleep(seconds)
         self.slept.append(seconds)
         await asyncio.Event().wait()
 
@@ -127,21 +131,41 @@ async def test_a_start_with_many_sessions_opens_them_in_chunks_and_yields_betwee
     assert [started[1] for started in runtime.started] == [others[-1].id]
 
 
+def _arrive(world: World) -> None:
+    """What the CLI socket and the webhook server do with a message."""
+    router.deliver_in(world.central, world.settings, T, world.group,
+                      router.Arrival("cli", "chat", {"text": "hi", "sender": "user"}))
+
+
 async def test_an_arrival_in_the_host_process_wakes_the_loop_at_once(tmp_path: Path) -> None:
     world = World(tmp_path, NCL_SWEEP_INTERVAL_S="600")
-    clock = StuckClock(T)
+    clock = HoldingClock(T)
     runtime = RecordingRuntime(clock)
     host = Host(world.settings, runtime, clock)
     with nudge.heard(world.settings, host.woken):
         sleeping = asyncio.create_task(host.step())
-        while not clock.slept:
+        while not clock.slept:  # asleep, with no end in sight
             await asyncio.sleep(0)
-        # What the CLI socket and the webhook server do with a message: the loop is asleep with no end in sight.
-        router.deliver_in(world.central, world.settings, T, world.group,
-                          router.Arrival("cli", "chat", {"text": "hi", "sender": "user"}))
+        _arrive(world)
         await asyncio.wait_for(sleeping, 10)  # (a guard only: without the wake it would never end)
         sweeping = asyncio.create_task(host.step())
         while not runtime.started:
             await asyncio.sleep(0)
         sweeping.cancel()
     assert clock.now() == T and runtime.started  # not a moment slept: woken at once, the runner started
+    assert nudge.stamp(world.settings) == 0  # and no file touched: that is for other processes
+
+
+async def test_a_flood_of_arrivals_is_swept_at_most_every_gap(tmp_path: Path) -> None:
+    world = World(tmp_path, NCL_SWEEP_INTERVAL_S="600")
+    clock = HoldingClock(T)
+    host = Host(world.settings, RecordingRuntime(clock), clock)
+    with nudge.heard(world.settings, host.woken):
+        _arrive(world)
+        sleeping = asyncio.create_task(host.step())  # a sweep for that arrival
+        while not clock.slept:
+            await asyncio.sleep(0)
+        clock.holding = False
+        _arrive(world)  # and another at once
+        await asyncio.wait_for(sleeping, 10)
+    assert clock.now() == T + timedelta(seconds=loop.ARRIVALS_GAP_S)  # swept again, but not before the gap

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import takewhile
 
 from host.channels.base import Channels
 from host.store import db, deliveries
@@ -79,11 +80,13 @@ class Deliveries:
         try:
             with closing(db.connect(queue.session.folder / "inbound.db", "inbound")) as conn:
                 while queue.replies:
-                    reply = queue.replies[0]
-                    handed = await self._send(conn, queue.session, reply)
-                    if not self._settle(conn, queue.session, reply, handed):
+                    # Replies no channel serves are only recorded: a run of them (a queue's) in one transaction.
+                    batch = list(takewhile(lambda r: self.channels.route(r.channel_type) is None, queue.replies))
+                    batch = batch or queue.replies[:1]
+                    handed = await self._send(conn, queue.session, batch[0])
+                    if not self._settle(conn, queue.session, batch, handed):
                         break
-                    queue.replies.pop(0)
+                    del queue.replies[:len(batch)]
         except Exception as exc:  # an inbox that cannot be written: the sweep reports the session, and hands again
             log.warning("replies of %s not recorded: %s", queue.session.id, exc, extra={"action": "delivery_error"})
         finally:
@@ -102,14 +105,16 @@ class Deliveries:
             log.warning("delivery of %s failed: %s", reply.id, exc, extra={"action": "delivery_error"})
             return False
 
-    def _settle(self, conn: db.Connection, session: Session, reply: OutMessage, handed: bool | None) -> bool:
-        """Record the reply's outcome; False (nothing recorded) if it failed with attempts left."""
+    def _settle(self, conn: db.Connection, session: Session, replies: list[OutMessage], handed: bool | None) -> bool:
+        """Record the replies' outcome; False (nothing recorded) if one failed with attempts left."""
         if handed is False:
-            tries = self.attempts[reply.id] = self.attempts.get(reply.id, 0) + 1
+            tries = self.attempts[replies[0].id] = self.attempts.get(replies[0].id, 0) + 1
             if tries < MAX_ATTEMPTS:
                 return False
-        self.attempts.pop(reply.id, None)
-        deliveries.record(conn, reply, STATUS[handed], self.now())
-        log.info("reply %s %s", reply.id, STATUS[handed],
-                 extra={"action": "reply_handled", "session": session.id, "status": STATUS[handed]})
+        status = STATUS[handed]
+        deliveries.record(conn, replies, status, self.now())
+        for reply in replies:
+            self.attempts.pop(reply.id, None)
+            log.info("reply %s %s", reply.id, status,
+                     extra={"action": "reply_handled", "session": session.id, "status": status})
         return True

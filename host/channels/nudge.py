@@ -1,5 +1,5 @@
 """A file the CLI touches after it writes, so a sleeping host looks again at once instead of at its next sweep.
-A host hears a touch made in its own process (an arrival on a channel it serves) at once, by an event."""
+A touch in the host's own process (an arrival on a channel it serves) sets an event instead, heard at once."""
 
 from __future__ import annotations
 
@@ -15,11 +15,10 @@ _heard: dict[Path, Callable[[], object]] = {}  # data dir -> what a touch in thi
 
 
 def touch(settings: Settings) -> None:
-    path = settings.data_dir / ".nudge"
-    if settings.data_dir.is_dir():
-        path.touch()
     if wake := _heard.get(settings.data_dir):
-        wake()
+        wake()  # the host runs in this process: the file is for the others
+    elif settings.data_dir.is_dir():
+        (settings.data_dir / ".nudge").touch()
 
 
 def stamp(settings: Settings) -> int:

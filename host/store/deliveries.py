@@ -25,12 +25,13 @@ def source_seq(conn: db.Connection, reply: OutMessage) -> int | None:
     return int(row[0]) if row else None
 
 
-def record(conn: db.Connection, reply: OutMessage, status: str, now: datetime) -> None:
-    """A reply's outcome, in a short transaction of its own; one given up on (``failed``) also leaves the agent a
+def record(conn: db.Connection, replies: list[OutMessage], status: str, now: datetime) -> None:
+    """Replies' outcome, in a short transaction of their own; one given up on (``failed``) also leaves the agent a
     ``delivery_failed`` notice. Recorded once: a second record of the same reply changes nothing."""
     with db.transaction(conn):
-        added = conn.execute("INSERT OR IGNORE INTO delivered(message_out_id, seq, delivered_at, status)"
-                             " VALUES (?, ?, ?, ?)", (reply.id, reply.seq, to_text(now), status)).rowcount
-        if added and status == "failed":
-            inbox.notice(conn, now, "delivery_failed",
-                         f"Your reply {reply.id} could not be delivered to {reply.channel_type}.")
+        for reply in replies:
+            added = conn.execute("INSERT OR IGNORE INTO delivered(message_out_id, seq, delivered_at, status)"
+                                 " VALUES (?, ?, ?, ?)", (reply.id, reply.seq, to_text(now), status)).rowcount
+            if added and status == "failed":
+                inbox.notice(conn, now, "delivery_failed",
+                             f"Your reply {reply.id} could not be delivered to {reply.channel_type}.")
