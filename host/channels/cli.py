@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import sqlite3
 from collections import defaultdict
 from contextlib import closing
 from pathlib import Path
@@ -136,7 +135,7 @@ async def _next_line(reader: asyncio.StreamReader) -> bytes:
         return first + await reader.readline()
 
 
-def _toolkit(central: sqlite3.Connection, group_ref: str) -> Group:
+def _toolkit(central: db.Connection, group_ref: str) -> Group:
     group = groups.get(central, group_ref)
     if not any(c.startswith("toolkit:") for c in group.channels):
         raise NclError(f"group {group.name} has no toolkit channel (add --channel toolkit:NAME)")
