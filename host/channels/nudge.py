@@ -11,7 +11,7 @@ from pathlib import Path
 
 from host.settings import Settings
 
-_heard: dict[Path, Callable[[], object]] = {}  # data dir -> what a touch in this process also does
+_heard: dict[Path, Callable[[], object]] = {}  # data dir -> what a touch in this process does instead
 
 
 def touch(settings: Settings) -> None:
@@ -30,7 +30,7 @@ def stamp(settings: Settings) -> int:
 
 @contextmanager
 def heard(settings: Settings, event: asyncio.Event) -> Iterator[None]:
-    """While inside, a touch of this data dir from this process (any thread) also sets ``event``."""
+    """While inside, a touch of this data dir from this process (any thread) sets ``event``, not the file."""
     _heard[settings.data_dir] = partial(asyncio.get_running_loop().call_soon_threadsafe, event.set)
     try:
         yield
