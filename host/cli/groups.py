@@ -132,7 +132,7 @@ def _pause_all(app: App, session: sessions.Session) -> int:
     if not path.exists():
         return 0
     with closing(db.connect(path, "inbound")) as conn:
-        return tasks.pause_all(conn, app.now(), policy(app))
+        return tasks.pause_all(conn, app.now(), policy(app), folder=session.folder)
 
 
 @group_cli.command("delete")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import closing
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -27,12 +28,12 @@ RUN_COLUMNS = [("outcome", "OUTCOME"), ("scheduled", "SCHEDULED"), ("started", "
                ("finished", "FINISHED"), ("duration_ms", "MS"), ("message_id", "OCCURRENCE"), ("detail", "DETAIL")]
 
 
-def _write(app: App, ref: str, action: Callable[[Any, str], T]) -> tuple[Session, str, T]:
-    """Find the series, run ``action(conn, series_id)`` on its inbox, nudge a running host."""
+def _write(app: App, ref: str, action: Callable[[Any, Path, str], T]) -> tuple[Session, str, T]:
+    """Find the series, run ``action(conn, session folder, series_id)`` on its inbox, nudge a running host."""
     with closing(app.central()) as central:
         session, series_id = task_list.locate(app.settings, central, ref)
     with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
-        outcome = action(conn, series_id)
+        outcome = action(conn, session.folder, series_id)
     nudge.touch(app.settings)
     return session, series_id, outcome
 
@@ -114,7 +115,7 @@ def runs(app: App, task_id: str, as_json: bool) -> None:
           "finished": local_time(r["finished_at"], zone)} for r in found], RUN_COLUMNS, "no runs yet"))
 
 
-def _control(name: str, verb: str, doc: str, action: Callable[[Any, str, datetime, App], int]) -> None:
+def _control(name: str, verb: str, doc: str, action: Callable[[Any, Path, str, datetime, App], int]) -> None:
     """Register ``ncl tasks NAME ID``: one control action on a series, by series or occurrence id."""
 
     @task_cli.command(name, help=doc)
@@ -123,16 +124,16 @@ def _control(name: str, verb: str, doc: str, action: Callable[[Any, str, datetim
     @json_option
     @pass_app
     def command(app: App, task_id: str, now: datetime | None, as_json: bool) -> None:
-        _, series_id, count = _write(app, task_id, lambda c, s: action(c, s, now or app.now(), app))
+        _, series_id, count = _write(app, task_id, lambda c, f, s: action(c, f, s, now or app.now(), app))
         _changed(as_json, verb, series_id, count)
 
 
 _control("pause", "paused", "Pause a series (a running occurrence finishes; the next one waits paused).",
-         lambda c, s, now, app: tasks.pause(c, s, now, policy(app)))
+         lambda c, f, s, now, app: tasks.pause(c, s, now, policy(app), folder=f))
 _control("resume", "resumed", "Resume a paused series; an overdue occurrence follows the misfire rule.",
-         lambda c, s, now, app: tasks.resume(c, s, now, policy(app)))
+         lambda c, f, s, now, app: tasks.resume(c, s, now, policy(app)))
 _control("cancel", "cancelled", "Cancel a series: its live occurrences end (a running one finishes) and a "
-         "'cancelled' run is recorded.", lambda c, s, now, app: tasks.cancel(c, s, now))
+         "'cancelled' run is recorded.", lambda c, f, s, now, app: tasks.cancel(c, s, now, folder=f))
 
 
 @task_cli.command("update")
@@ -151,8 +152,8 @@ def update(app: App, task_id: str, prompt: str | None, recurrence: str | None, a
     if prompt is None and recurrence is None and at is None and script is None:
         raise click.UsageError("nothing to update: give --prompt, --recurrence, --at or --script")
     after = to_text(parse_user_time(at, app.settings.tz.zone)) if at else None
-    _, series_id, count = _write(app, task_id, lambda c, s: tasks.update(
-        c, s, now or app.now(), policy(app), prompt, after, recurrence, script, enforce_interval=not force))
+    _, series_id, count = _write(app, task_id, lambda c, f, s: tasks.update(
+        c, s, now or app.now(), policy(app), prompt, after, recurrence, script, enforce_interval=not force, folder=f))
     _changed(as_json, "updated", series_id, count)
 
 
@@ -163,7 +164,7 @@ def update(app: App, task_id: str, prompt: str | None, recurrence: str | None, a
 @pass_app
 def run_now(app: App, task_id: str, now: datetime | None, as_json: bool) -> None:
     """Add a one-shot occurrence of the series, due now; the series' schedule does not move."""
-    _, series_id, occurrence = _write(app, task_id, lambda c, s: tasks.run_now(c, s, now or app.now()))
+    _, series_id, occurrence = _write(app, task_id, lambda c, f, s: tasks.run_now(c, s, now or app.now()))
     emit(as_json, {"id": series_id, "action": "run-now", "occurrence_id": occurrence},
          lambda: click.echo(f"queued {occurrence} for series {series_id}"))
 

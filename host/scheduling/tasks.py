@@ -74,20 +74,20 @@ def _check_room(conn: db.Connection, policy: Policy) -> None:
                        f"{policy.max_tasks_per_session}); cancel one first")
 
 
-def _live(conn: db.Connection, folder: Path | None, series_id: str) -> list[InMessage]:
+def _live(conn: db.Connection, folder: Path, series_id: str) -> list[InMessage]:
     """The series' live rows, with a runner's claim (in the session ``folder``'s outbound.db) that no sweep has
     copied in yet counted as running: a row the runner already works on must be treated as running, never paused
     or cancelled as if it waited."""
     rows = task_series.live(conn, series_id)
     waiting = [r.id for r in rows if r.status == "pending"]
-    running = outbox.claimed((folder or inbox.folder(conn)) / "outbound.db", waiting)
+    running = outbox.claimed(folder / "outbound.db", waiting)
     if not running:
         return rows
     inbox.mark_processing(conn, running)
     return task_series.live(conn, series_id)
 
 
-def pause(conn: db.Connection, ref: str, now: datetime, policy: Policy, *, folder: Path | None = None) -> int:
+def pause(conn: db.Connection, ref: str, now: datetime, policy: Policy, *, folder: Path) -> int:
     """pending -> paused. A running occurrence finishes; the series' next one is created paused now."""
     with transaction(conn):
         series_id = _series(conn, ref)
@@ -101,7 +101,7 @@ def pause(conn: db.Connection, ref: str, now: datetime, policy: Policy, *, folde
     return changed
 
 
-def pause_all(conn: db.Connection, now: datetime, policy: Policy, *, folder: Path | None = None) -> int:
+def pause_all(conn: db.Connection, now: datetime, policy: Policy, *, folder: Path) -> int:
     """Pause every live series of the inbox (its group is going away); returns how many series."""
     return sum(1 for s in task_series.live_ids(conn) if pause(conn, s, now, policy, folder=folder))
 
@@ -118,7 +118,7 @@ def resume(conn: db.Connection, ref: str, now: datetime, policy: Policy) -> int:
     return len(paused)
 
 
-def cancel(conn: db.Connection, ref: str, now: datetime, *, folder: Path | None = None) -> int:
+def cancel(conn: db.Connection, ref: str, now: datetime, *, folder: Path) -> int:
     """Live rows end (completed, recurrence cleared) with one ``cancelled`` run; a running one finishes."""
     with transaction(conn):
         series_id = _series(conn, ref)
@@ -132,7 +132,7 @@ def cancel(conn: db.Connection, ref: str, now: datetime, *, folder: Path | None 
 
 def update(conn: db.Connection, ref: str, now: datetime, policy: Policy, prompt: str | None = None,
            process_after: str | None = None, recurrence_expr: str | None = None, script: str | None = None,
-           enforce_interval: bool = True, *, folder: Path | None = None) -> int:
+           enforce_interval: bool = True, *, folder: Path) -> int:
     """Change live rows: content keys are merged (unknown ones kept); ``""`` clears recurrence or script.
     A new recurrence without a new time recomputes the next run from now."""
     expr = cron.validate(recurrence_expr) if recurrence_expr else recurrence_expr

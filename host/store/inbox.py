@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from host.store import db
@@ -94,12 +93,6 @@ def has_due(conn: db.Connection, now: datetime) -> bool:
 
 def is_live(status: str) -> bool:
     return status in LIVE_STATUSES
-
-
-def folder(conn: db.Connection) -> Path:
-    """The session folder of an open inbox, for task control called without it (the CLI's, until it passes it)."""
-    (path,) = [r[2] for r in conn.execute("PRAGMA database_list") if r[1] == "main"]
-    return Path(path).parent
 
 
 def session_routing(conn: db.Connection) -> dict[str, str | None]:
