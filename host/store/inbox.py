@@ -46,6 +46,12 @@ def notice(conn: db.Connection, now: datetime, kind: str, text: str) -> str:
                          "content": json.dumps(content)})
 
 
+def noticed_since(conn: db.Connection, kind: str, since: str) -> bool:
+    """Whether the session's inbox holds a notice of ``kind`` given at or after ``since``."""
+    return conn.execute("SELECT 1 FROM messages_in WHERE kind = 'chat' AND trigger = 0 AND timestamp >= ?"
+                        " AND json_extract(content, '$.notice') = ? LIMIT 1", (since, kind)).fetchone() is not None
+
+
 def get(conn: db.Connection, message_id: str) -> InMessage | None:
     found = rows(conn, "SELECT * FROM messages_in WHERE id = ?", (message_id,))
     return found[0] if found else None

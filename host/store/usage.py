@@ -1,5 +1,5 @@
 """What the model proxy keeps of a group's allowance (issue 11): tokens and requests per agent group and UTC day
-(central.db ``group_usage``), and whether a session was told of a limit in the current window (its inbound.db)."""
+(central.db ``group_usage``)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,3 @@ def add(conn: db.Connection, group_id: str, day: str, input_tokens: int, output_
             " output_tokens = output_tokens + excluded.output_tokens",
             (group_id, day, input_tokens, output_tokens))
 
-
-def noticed_since(inbox: db.Connection, kind: str, since: str) -> bool:
-    """Whether the session's inbox holds a notice of ``kind`` given at or after ``since``."""
-    return inbox.execute("SELECT 1 FROM messages_in WHERE kind = 'chat' AND trigger = 0 AND timestamp >= ?"
-                         " AND json_extract(content, '$.notice') = ? LIMIT 1", (since, kind)).fetchone() is not None

@@ -119,7 +119,7 @@ class GroupLimits:
         try:
             with closing(db.connect(path, "inbound")) as conn, db.transaction(conn):
                 # Once per window even across a host restart: the inbox itself says whether it was told.
-                if not usage.noticed_since(conn, kind, to_text(window)):
+                if not inbox.noticed_since(conn, kind, to_text(window)):
                     inbox.notice(conn, self.now(), kind, text)
         except (NclError, db.Error) as exc:
             log.warning("notice to %s failed: %s", folder.name, exc, extra={"action": "notice_failed"})
