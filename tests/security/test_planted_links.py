@@ -26,6 +26,16 @@ from host.files import confined
 from host.store import db, groups, outbox
 
 ROUNDS = 2000
+MAX_ROUNDS = 50 * ROUNDS
+
+
+def rounds(outcomes: dict[str, int]) -> Iterator[int]:
+    """ROUNDS tries, and more (up to MAX_ROUNDS) until the race was seen both ways: on a loaded machine the
+    flipper may get no time slice during the first ROUNDS, and the test must then go on, not fail."""
+    n = 0
+    while n < ROUNDS or (min(outcomes.values()) == 0 and n < MAX_ROUNDS):
+        yield n
+        n += 1
 
 
 @pytest.fixture(params=[True, False], ids=["openat2", "walk"])
@@ -136,7 +146,7 @@ def test_queue_file_items_never_inline_a_link_flipped_in_during_2000_reads(tmp_p
         payload = {"prompt": [{"type": "file", "url": "room:///tickets.txt"}]}
         outcomes = {"real": 0, "refused": 0}
         with flipping(folder, "tickets.txt", keep, env):
-            for _ in range(ROUNDS):
+            for _ in rounds(outcomes):
                 try:
                     text, _items = queues.prompt_of(payload, folder)  # what queues.send inlines
                 except NclError as refused:
@@ -176,7 +186,7 @@ def test_db_connect_never_opens_a_link_flipped_in_as_outbound_db_during_2000_ope
     target = os.path.realpath(folder / "outbound.db")
     outcomes = {"real": 0, "refused": 0}
     with flipping(folder, "outbound.db", keep, secret):
-        for n in range(ROUNDS):
+        for n in rounds(outcomes):
             try:
                 conn = db.connect(folder / "outbound.db", "outbound", readonly=n % 2 == 0)
             except db.DbError as refused:
@@ -261,7 +271,7 @@ def test_the_sweeps_outbox_read_never_hangs_on_a_fifo_flipped_in_as_outbound_db(
             os.replace(copy, folder / "outbound.db")
 
     def opens() -> None:
-        for _ in range(ROUNDS):
+        for _ in rounds(outcomes):
             try:  # what the sweep reads while the runner is alive
                 found = outbox.read(folder / "outbound.db", ["msg-1"], 0, writable=False)
             except db.DbError:
