@@ -152,6 +152,7 @@ async def test_an_arrival_in_the_host_process_wakes_the_loop_at_once(tmp_path: P
         while not runtime.started:
             await asyncio.sleep(0)
         sweeping.cancel()
+        await asyncio.gather(sweeping, return_exceptions=True)
     assert clock.now() == T and runtime.started  # not a moment slept: woken at once, the runner started
     assert nudge.stamp(world.settings) == 0  # and no file touched: that is for other processes
 
