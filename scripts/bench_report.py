@@ -54,6 +54,11 @@ def table(report: dict[str, Any]) -> None:
         q = report["queue"]
         log(f"queue      {q['jobs']} jobs: {q['jobs_per_s']} jobs/s answered, {q['handed_on_jobs_per_s']} jobs/s"
             " handed on")
+    if "chat" in report:
+        c = report["chat"]
+        cold = f", cold median {c['cold']['median_ms']} ms (p95 {c['cold']['p95_ms']})" if c["cold"] else ""
+        log(f"chat       round trip: first {c['first_ms']} ms, warm median {c['warm']['median_ms']} ms"
+            f" (p95 {c['warm']['p95_ms']}){cold}")
     if "rss" in report:
         r = report["rss"]
         log(f"rss        {r['sessions']} sessions: VmRSS {r['rss_mb']} MB (peak {r['hwm_mb']} MB)")
