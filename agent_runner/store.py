@@ -16,7 +16,7 @@ from agent_runner.config import RunnerConfig
 from schemas import ids
 from schemas.ddl import DbKind, latest_version
 from schemas.messages import InMessage
-from schemas.queries import DUE
+from schemas.queries import DUE, transaction, version
 from schemas.times import from_text, to_text
 
 BUSY_TIMEOUT_MS = 5000
@@ -49,23 +49,11 @@ def _open(path: Path, kind: DbKind, readonly: bool) -> sqlite3.Connection:
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode={'ro' if readonly else 'rw'}", uri=True,
                            isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
     conn.row_factory = sqlite3.Row
-    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    found = version(conn)
     if found != latest_version(kind):  # the host migrates session files before it wakes a runner
         conn.close()
         raise StoreError(f"{path} is at schema v{found}, this runner needs v{latest_version(kind)}")
     return conn
-
-
-@contextmanager
-def _write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        if conn.in_transaction:  # SQLite may have rolled back already (disk full): keep its error, not ours
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 @dataclass
@@ -95,7 +83,7 @@ class Store:
     def claim(self, messages: list[InMessage], now: datetime) -> None:
         if not messages:  # a turn with no context rows: no write lock, no open
             return
-        with self._outbound() as conn, _write(conn):
+        with self._outbound() as conn, transaction(conn):
             conn.executemany("INSERT OR REPLACE INTO processing_ack(message_id, status, status_changed, detail,"
                              " generation) VALUES (?, 'processing', ?, NULL, ?)",
                              [(m.id, to_text(now), self.config.generation) for m in messages])
@@ -107,7 +95,7 @@ class Store:
         at any point has either answered (and asked) or not at all, so a retry never answers or asks twice."""
         detail = json.dumps({"outcome": outcome, "reason": reason,
                              **({"started_at": to_text(started_at)} if started_at else {})})
-        with self._outbound() as conn, _write(conn):
+        with self._outbound() as conn, transaction(conn):
             for row in conn.execute("SELECT * FROM staged_requests WHERE generation = ? ORDER BY rowid",
                                     (self.config.generation,)).fetchall():
                 _insert_out(conn, "system", json.loads(row["content"]), from_text(row["timestamp"]),
@@ -124,7 +112,7 @@ class Store:
     def release_stale_claims(self) -> int:
         """Claims a previous generation left 'processing' (it died): drop them so their rows are fetched again,
         with the requests its unfinished turn staged (the retried turn makes its own)."""
-        with self._outbound() as conn, _write(conn):
+        with self._outbound() as conn, transaction(conn):
             conn.execute("DELETE FROM staged_requests WHERE generation IS NOT ?", (self.config.generation,))
             return conn.execute("DELETE FROM processing_ack WHERE status = 'processing' AND generation IS NOT ?",
                                 (self.config.generation,)).rowcount
@@ -132,7 +120,7 @@ class Store:
     def stage(self, request: dict[str, Any], now: datetime, in_reply_to: str | None) -> str:
         """A request for the host that takes effect when this turn finishes (see :meth:`finish`)."""
         request_id = ids.new_id("msg", now)
-        with self._outbound() as conn, _write(conn):
+        with self._outbound() as conn, transaction(conn):
             conn.execute("INSERT INTO staged_requests(id, generation, in_reply_to, timestamp, content)"
                          " VALUES (?, ?, ?, ?, ?)",
                          (request_id, self.config.generation, in_reply_to, to_text(now), json.dumps(request)))
@@ -158,7 +146,7 @@ class Store:
     def write(self, kind: str, content: dict[str, Any], now: datetime, in_reply_to: str | None = None,
               routing: dict[str, Any] | None = None, message_id: str | None = None) -> str:
         """A messages_out row (odd seq, after every earlier one)."""
-        with self._outbound() as conn, _write(conn):
+        with self._outbound() as conn, transaction(conn):
             return _insert_out(conn, kind, content, now, in_reply_to, routing or {}, message_id)
 
     def state(self, key: str) -> str | None:
@@ -167,7 +155,7 @@ class Store:
         return None if row is None else str(row[0])
 
     def set_state(self, key: str, value: str | None, now: datetime) -> None:
-        with self._outbound() as conn, _write(conn):
+        with self._outbound() as conn, transaction(conn):
             _put_state(conn, key, value, now)
 
     def beat(self) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from host.errors import NclError
 from host.files import confined, lock, private
 from host.settings import SESSIONS_DIR
+from schemas import queries
 from schemas.ddl import MIGRATIONS, DbKind, latest_version
 
 log = logging.getLogger(__name__)
@@ -125,33 +126,8 @@ def _check_file(dirfd: int, path: Path, create: bool) -> None:
         raise DbError(f"{path} is not a regular file (a link or special file is never opened)")
 
 
-@contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """``BEGIN IMMEDIATE`` … ``COMMIT``, taking the write lock up front so no upgrade deadlocks.
-    Inside an open transaction it nests as a savepoint, so steps compose into one atomic unit."""
-    if conn.in_transaction:
-        conn.execute("SAVEPOINT nested")
-        try:
-            yield conn
-        except BaseException:
-            if conn.in_transaction:  # SQLite may have rolled back already (disk full): keep its error, not ours
-                conn.execute("ROLLBACK TO nested")
-                conn.execute("RELEASE nested")
-            raise
-        conn.execute("RELEASE nested")
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-def version(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+transaction = queries.transaction
+version = queries.version
 
 
 def data_version(conn: sqlite3.Connection) -> int:
