@@ -109,6 +109,14 @@ def test_retries_back_off_then_fail_and_the_series_goes_on(world: World) -> None
     assert world.live(series)[0]["process_after"] == "2026-05-19T13:00:00.000Z"
 
 
+def test_a_released_claim_never_runs_its_row_before_it_was_due(world: World) -> None:
+    task = world.schedule(T0, at="2027-01-01T00:00:00.000Z")
+    world.ack(task, "processing", T0)  # a claim on a row not yet due, whose runner is gone
+    world.sweeper().tick(T0)
+    [row] = world.rows(task)
+    assert (row["status"], row["tries"], row["process_after"]) == ("pending", 1, "2027-01-01T00:00:00.000Z")
+
+
 def test_three_consecutive_failures_pause_the_series_with_one_notice(world: World) -> None:
     series = world.schedule(T0 - timedelta(minutes=1), recurrence="0 9 * * *")
     sweeper = world.sweeper()

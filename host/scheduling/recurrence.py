@@ -161,14 +161,18 @@ MAX_TRIES = 5
 
 def release(conn: db.Connection, row: InMessage, now: datetime, policy: Policy) -> bool:
     """Give a claimed occurrence whose runner died or stalled back to the queue (DESIGN §12.4): retried at +5,
-    +10, +20, +40, +80 s; the release after the fifth retry fails it (a recurring series still goes on).
+    +10, +20, +40, +80 s, or when it is due if that is later; the release after the fifth retry fails it (a
+    recurring series still goes on).
     Returns True if it was failed."""
     tries = row.tries + 1
     if tries > MAX_TRIES:
         task_series.count_try(conn, row.id, tries)
         finish(conn, row, now, policy, "failed", "failed", detail=f"runner died or stalled {tries} times")
         return True
+    # Never earlier than it was due: a claim on a row not yet due (a runner that took it early) only waits longer.
     retry_at = now + timedelta(seconds=5 * 2 ** (tries - 1))
+    if row.process_after:
+        retry_at = max(retry_at, from_text(row.process_after))
     content = row.content
     if row.recurrence:
         # The retry keeps the grid slot it stands for, so its run and the next clone stay on the grid: the latest
