@@ -7,10 +7,12 @@ import logging
 import signal
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from host.channels import nudge, registry
 from host.channels.delivery import Deliveries
 from host.project_tasks.fire import ScheduledTasks
+from host.runtimes import pool
 from host.runtimes.base import Runtime
 from host.runtimes.pool import Runners
 from host.runtimes.proxy.server import CredentialProxy
@@ -47,7 +49,9 @@ class Host:
         self.channels = registry.channels(self.settings)
         self.deliveries = Deliveries(self.channels, self.clock.now)
         self.proxy = CredentialProxy(self.settings)
-        self.sweeper = Sweeper(self.settings, Runners(self.runtime, self.settings, self.proxy), self.deliveries)
+        self.runners = Runners(self.runtime, self.settings, self.proxy)
+        self.sweeper = Sweeper(self.settings, self.runners, self.deliveries)
+        self._published: dict[str, Any] | None = None  # the pool state last written for ``ncl status``
         self.scheduled = ScheduledTasks(self.settings, self.clock.now)  # project-level tasks (DESIGN §9)
 
     def wake_at(self, now: datetime) -> datetime:
@@ -79,6 +83,7 @@ class Host:
         # Between full sweeps only the sessions with something going on are looked at: a live runner makes the
         # loop tick four times a second, which must not stat every idle session each time.
         result = await self._sweep(now, None if full else self.sweeper.hot(now))
+        self._publish()
         if fired.fired or fired.missed or fired.failed:
             log.debug("scheduled tasks", extra={"action": "scheduled_tick", **fired.to_json()})
         if result.sessions_opened:
@@ -102,6 +107,13 @@ class Host:
             if nudge.stamp(self.settings) != stamp:
                 break
         return result
+
+    def _publish(self) -> None:
+        """Tell ``ncl status`` about the runners and the waiting wakes, when they changed."""
+        state = self.runners.state()
+        if state != self._published:
+            pool.publish(self.settings.data_dir, state)
+            self._published = state
 
     async def _nap(self, seconds: float) -> None:
         """Sleep ``seconds``, or less if an arrival in this process wakes the loop (one that did already: not)."""

@@ -8,12 +8,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from host.runtimes.pool import read_heartbeat
+from host.runtimes.pool import published, read_heartbeat
 from host.settings import Settings
 from host.store import db, sessions, views
 from host.store import project_tasks as scheduled
 from host.store.sessions import Session
-from schemas.times import to_text
+from schemas.times import from_text, to_text
 
 ALIVE = timedelta(seconds=10)  # a polling runner beats every second
 
@@ -52,14 +52,40 @@ def host_pid(data_dir: Path) -> int | None:
     return pid
 
 
-def runners(active: list[Session], now: datetime) -> list[dict[str, Any]]:
-    alive = []
+def runners(active: list[Session], now: datetime, pool: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The running host's runners (its published ``pool`` state: busy, or idle for how long), then any other
+    runner beating in an active session (state unknown: one a one-off sweep started, or a host not running)."""
+    by_id = {s.id: s for s in active}
+    listed = [_pooled(r, by_id.get(r["session_id"]), now) for r in (pool or {}).get("runners", [])]
+    known = {r["session_id"] for r in listed}
     for session in active:
         found = read_heartbeat(session.folder)
-        if found and now - found[1].astimezone(now.tzinfo) <= ALIVE:
-            alive.append({"session_id": session.id, "agent_group_id": session.agent_group_id,
-                          "generation": found[0], "last_beat": to_text(found[1])})
-    return alive
+        if session.id not in known and found and now - found[1].astimezone(now.tzinfo) <= ALIVE:
+            listed.append({"session_id": session.id, "agent_group_id": session.agent_group_id,
+                           "generation": found[0], "last_beat": to_text(found[1]), "state": "unknown",
+                           "idle_for_s": None})
+    return listed
+
+
+def _pooled(runner: dict[str, Any], session: Session | None, now: datetime) -> dict[str, Any]:
+    found = read_heartbeat(session.folder) if session else None
+    idle = runner.get("idle_since")
+    return {"session_id": runner["session_id"], "agent_group_id": session.agent_group_id if session else None,
+            "generation": runner["generation"],
+            "last_beat": to_text(found[1]) if found and found[0] == runner["generation"] else None,
+            "state": "idle" if idle else "busy", "idle_for_s": _seconds(now, idle)}
+
+
+def waiting(active: list[Session], now: datetime, pool: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Sessions whose due work waits for a runner slot, in the order they will be served."""
+    groups = {s.id: s.agent_group_id for s in active}
+    return [{"session_id": w["session_id"], "agent_group_id": groups.get(w["session_id"]),
+             "due_since": w["due_since"], "waiting_for_s": _seconds(now, w["due_since"])}
+            for w in (pool or {}).get("waiting", [])]
+
+
+def _seconds(now: datetime, since: str | None) -> float | None:
+    return None if since is None else round(max(0.0, (now - from_text(since)).total_seconds()), 1)
 
 
 def next_due(active: list[Session], limit: int = 10) -> list[dict[str, Any]]:
@@ -79,8 +105,11 @@ def project_due(central: db.Connection, limit: int = 10) -> list[dict[str, Any]]
 
 
 def status(central: db.Connection, settings: Settings, now: datetime) -> dict[str, Any]:
-    """Host up?, live runners, and the next 10 due items across sessions and project tasks."""
+    """Host up?, live runners, sessions waiting for a runner slot, and the next 10 due items across sessions and
+    project tasks."""
     active = sessions.list_all(central, settings, status="active")
     pid = host_pid(settings.data_dir)
     due = sorted(next_due(active) + project_due(central), key=lambda i: str(i["due"]))[:10]
-    return {"host_running": pid is not None, "host_pid": pid, "runners": runners(active, now), "next_due": due}
+    pool = published(settings.data_dir) if pid is not None else None
+    return {"host_running": pid is not None, "host_pid": pid, "runners": runners(active, now, pool),
+            "waiting": waiting(active, now, pool), "next_due": due}

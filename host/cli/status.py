@@ -16,20 +16,35 @@ from host.store import sessions
 @json_option
 @pass_app
 def status(app: App, as_json: bool) -> None:
-    """Is the host up, which runners are alive, and the next 10 due items."""
+    """Is the host up, which runners are alive (busy or idle), which sessions wait for one, the next 10 due
+    items."""
     with closing(app.central()) as central:
         data = overview.status(central, app.settings, app.now())
     zone = app.settings.tz.zone
 
     def human() -> None:
         running = f"running (pid {data['host_pid']})" if data["host_running"] else "not running"
-        fields({"host": running, "runners": len(data["runners"])}, [("host", "host"), ("runners", "runners")])
+        fields({"host": running, "runners": len(data["runners"]), "waiting": len(data["waiting"])},
+               [("host", "host"), ("runners", "runners"), ("waiting", "waiting for a slot")])
+        if data["runners"]:
+            click.echo("")
+            table([{**r, "idle": _span(r["idle_for_s"])} for r in data["runners"]],
+                  [("session_id", "SESSION"), ("agent_group_id", "GROUP"), ("state", "STATE"), ("idle", "IDLE FOR")],
+                  "")
+        if data["waiting"]:
+            click.echo("")
+            table([{**w, "since": local_time(w["due_since"], zone)} for w in data["waiting"]],
+                  [("session_id", "WAITING SESSION"), ("agent_group_id", "GROUP"), ("since", "DUE SINCE")], "")
         click.echo("")
         table([{**i, "at": local_time(i["due"], zone)} for i in data["next_due"]],
               [("at", "DUE"), ("kind", "KIND"), ("agent_group_id", "GROUP"), ("session_id", "SESSION"),
                ("text", "TEXT")], "nothing due")
 
     emit(as_json, data, human)
+
+
+def _span(seconds: float | None) -> str:
+    return "" if seconds is None else f"{seconds:.0f} s"
 
 
 @click.group("messages")

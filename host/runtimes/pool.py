@@ -3,6 +3,8 @@ when a live one counts as stuck (DESIGN §6.7, §8)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import secrets
@@ -11,38 +13,52 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from host.files import confined
+from host.files import confined, private
 from host.runtimes.base import Runtime
 from host.runtimes.proxy.server import SOCKET_NAME, CredentialProxy
 from host.settings import Settings
 from host.store.sessions import Session
 from schemas import ids
 from schemas.runner_env import RunnerEnv
+from schemas.times import to_text
 
 log = logging.getLogger(__name__)
 HEARTBEAT_STALE = timedelta(minutes=30)
 START_BACKOFF_S = (0, 0, 10, 30, 120, 300, 900)  # wait before the next start after the 1st, 2nd, … failure
 NOTICE_AFTER = 3
 CLAIM_SILENT = timedelta(seconds=60)
+STATE_FILE = "runners.json"  # in the data dir: the pool as ``ncl status`` shows it, rewritten when it changes
 
 
 @dataclass(frozen=True)
 class Runner:
     generation: str
     started_at: datetime
+    folder: Path  # its session's
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """A due session waiting for a runner, and when its earliest due row became due (the order wakes are served)."""
+
+    session: Session
+    due_since: str
 
 
 @dataclass
 class Runners:
     """Runners this host process started (after a host restart it knows none, so their claims are released):
-    at most NCL_MAX_RUNNERS at once, waiting wakes served in order, failed starts backed off (DESIGN §8)."""
+    at most NCL_MAX_RUNNERS at once, waiting wakes served in the order their work became due, the runner idle
+    longest stopped to make room for one, failed starts backed off (DESIGN §8)."""
 
     runtime: Runtime
     settings: Settings
     proxy: CredentialProxy | None = None  # None: no model access for runners (one-off sweeps)
     live: dict[str, Runner] = field(default_factory=dict)
-    waiting: dict[str, Session] = field(default_factory=dict)  # insertion order = the order wakes came in
+    waiting: dict[str, Wake] = field(default_factory=dict)
+    idle_since: dict[str, datetime] = field(default_factory=dict)  # live runners with no claim and nothing due
     failures: dict[str, int] = field(default_factory=dict)  # consecutive starts that never beat
     not_before: dict[str, datetime] = field(default_factory=dict)
     noticed: set[str] = field(default_factory=set)
@@ -51,9 +67,7 @@ class Runners:
         runner = self.live.get(session.id)
         if runner is None or self.runtime.is_running(session.id):
             return runner
-        del self.live[session.id]
-        if self.proxy:
-            self.proxy.close(session.folder)
+        self._gone(session.id)
         if heartbeat(session.folder, runner.generation) is None:  # gone before its first beat: a failed start
             self._failed(session.id, now, "exited before it started working")
         else:
@@ -68,26 +82,42 @@ class Runners:
         log.warning("runner of %s %s (%d in a row)", session_id, why, failed,
                     extra={"action": "runner_start_failed", "session": session_id, "failures": failed})
 
-    def want(self, session: Session) -> None:
-        """A due session with no runner: queue its wake."""
-        self.waiting.setdefault(session.id, session)
+    def want(self, session: Session, due_since: str) -> None:
+        """A due session with no runner: queue its wake, ordered by ``due_since`` (when its work became due)."""
+        if session.id not in self.waiting and len(self.live) >= self.settings.max_runners:
+            log.info("wake of %s waits for a slot (%d runners alive)", session.id, len(self.live),
+                     extra={"action": "runner_slot_wait", "session": session.id})
+        self.waiting[session.id] = Wake(session, due_since)
 
     def drop(self, session_id: str) -> None:
         self.waiting.pop(session_id, None)
 
+    def seen(self, session_id: str, now: datetime, idle: bool) -> None:
+        """What a visit saw of a live runner's session: idle (no claim, nothing due) since when, or busy."""
+        if idle:
+            self.idle_since.setdefault(session_id, now)
+        else:
+            self.idle_since.pop(session_id, None)
+
+    def queue(self) -> list[Wake]:
+        """The waiting wakes in the order they are served: earliest due first, ties in the order they came."""
+        return sorted(self.waiting.values(), key=lambda w: w.due_since)
+
     def start_waiting(self, now: datetime, rules: Callable[[str], str]) -> int:
-        """Start queued wakes oldest first while there is room and their back-off allows; how many started."""
+        """Start queued wakes in order while their back-off allows and there is room, or an idle runner to stop
+        for it; how many started."""
         started = 0
-        for session_id, session in list(self.waiting.items()):
-            if len(self.live) >= self.settings.max_runners:
-                break
-            if session_id in self.live or now < self.not_before.get(session_id, now):
+        for wake in self.queue():
+            session = wake.session
+            if session.id in self.live or now < self.not_before.get(session.id, now):
                 continue
-            del self.waiting[session_id]
+            if len(self.live) >= self.settings.max_runners and not self._free_slot(session.id, now):
+                break
+            del self.waiting[session.id]
             try:
                 self.start(session, now, rules(session.agent_group_id))
             except Exception as exc:  # a runtime that cannot start this one must not stop the others
-                self._failed(session_id, now, f"start failed: {exc}")
+                self._failed(session.id, now, f"start failed: {exc}")
                 continue
             started += 1
         return started
@@ -100,7 +130,7 @@ class Runners:
         return True
 
     def start(self, session: Session, now: datetime, rules: str = "") -> Runner:
-        runner = Runner(f"gen-{ids.epoch_ms(now)}-{secrets.token_hex(3)}", now)
+        runner = Runner(f"gen-{ids.epoch_ms(now)}-{secrets.token_hex(3)}", now, session.folder)
         # The proxy's socket is named relative to the session folder, where the runner resolves it.
         env = runner_env(self.settings, session, runner.generation, rules, SOCKET_NAME if self.proxy else None)
         if self.proxy:
@@ -109,9 +139,33 @@ class Runners:
         self.live[session.id] = runner
         return runner
 
+    def state(self) -> dict[str, Any]:
+        """The pool as ``ncl status`` shows it: each runner (idle since when, None: busy) and the wakes in order."""
+        idle = {sid: to_text(since) for sid, since in self.idle_since.items()}
+        return {"runners": [{"session_id": sid, "generation": r.generation, "started_at": to_text(r.started_at),
+                             "idle_since": idle.get(sid)} for sid, r in self.live.items()],
+                "waiting": [{"session_id": w.session.id, "due_since": w.due_since} for w in self.queue()]}
+
+    def _free_slot(self, for_session: str, now: datetime) -> bool:
+        """Stop the runner idle longest to make room for ``for_session``; False if every runner is busy."""
+        idle = min(self.idle_since, key=self.idle_since.__getitem__, default=None)
+        if idle is None:
+            return False
+        log.info("stopping the runner of %s, idle for %.1f s, to free a slot for %s", idle,
+                 (now - self.idle_since[idle]).total_seconds(), for_session,
+                 extra={"action": "runner_slot_freed", "session": idle, "for_session": for_session})
+        self.kill(idle)
+        return True
+
     def kill(self, session_id: str) -> None:
         self.runtime.stop(session_id)
-        self.live.pop(session_id, None)
+        self._gone(session_id)
+
+    def _gone(self, session_id: str) -> None:
+        runner = self.live.pop(session_id, None)
+        self.idle_since.pop(session_id, None)
+        if runner and self.proxy:
+            self.proxy.close(runner.folder)
 
 
 def runner_env(settings: Settings, session: Session, generation: str, rules: str,
@@ -122,6 +176,29 @@ def runner_env(settings: Settings, session: Session, generation: str, rules: str
                      poll_interval_s=settings.poll_interval_s, max_batch=settings.max_batch,
                      task_min_interval_s=settings.task_min_interval_s, provider=settings.provider,
                      model=settings.model, log_level=settings.log_level, anthropic_socket=socket).to_env()
+
+
+def publish(data_dir: Path, state: dict[str, Any]) -> None:
+    """Write a pool's ``state`` to STATE_FILE whole (a private temporary file renamed over it)."""
+    temporary = f".{STATE_FILE}.{os.getpid()}"
+    folder = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary, dir_fd=folder)
+        with os.fdopen(private.create_file(folder, temporary), "w") as out:
+            json.dump(state, out)
+        os.replace(temporary, STATE_FILE, src_dir_fd=folder, dst_dir_fd=folder)
+    finally:
+        os.close(folder)
+
+
+def published(data_dir: Path) -> dict[str, Any] | None:
+    """The pool state a host last published, or None if there is none that can be read."""
+    try:
+        state = json.loads((data_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
 
 
 def read_heartbeat(folder: Path) -> tuple[str, datetime] | None:

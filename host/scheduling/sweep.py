@@ -21,7 +21,7 @@ from host.runtimes.pool import Runner, Runners
 from host.scheduling import actions, recurrence
 from host.scheduling.recurrence import Policy
 from host.settings import Settings
-from host.store import db, deliveries, groups, inbox, outbox, sessions, task_series
+from host.store import db, deliveries, groups, inbox, outbox, sessions, task_series, views
 from host.store.outbox import Ack, OutMessage
 from host.store.sessions import Session
 from host.store.task_ids import TaskIds
@@ -202,17 +202,20 @@ class Sweeper:
             return
         result.sessions_opened += 1
         seen_at = clock.filesystem_ns()
-        next_due, busy, due = self._visit(session, now, policy, runner, result)
-        self.seen[session.id] = _Seen(mtime, seen_at, next_due, busy)
+        next_due, claimed, undelivered, due_since = self._visit(session, now, policy, runner, result)
+        self.seen[session.id] = _Seen(mtime, seen_at, next_due, claimed or undelivered)
         if self.runners is None:
-            result.woken += runner is None and due
-        elif runner is None and due:
-            self.runners.want(session)
+            result.woken += runner is None and due_since is not None
+        elif runner is None and due_since is not None:
+            self.runners.want(session, due_since)
         else:
             self.runners.drop(session.id)
+            if runner is not None:
+                self.runners.seen(session.id, now, idle=not claimed and due_since is None)
 
     def _visit(self, session: Session, now: datetime, policy: Policy, runner: Runner | None,
-               result: SweepResult) -> tuple[str | None, bool, bool]:
+               result: SweepResult) -> tuple[str | None, bool, bool, str | None]:
+        """(next due time, any row claimed, replies undelivered, when its due work became due or None)."""
         outbound = session.folder / "outbound.db"
         limit = self.settings.max_requests_per_visit
         with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
@@ -238,12 +241,11 @@ class Sweeper:
                 if self.runners and self.runners.take_notice(session.id):
                     inbox.notice(conn, now, "runner_start_failed", "The agent's runner failed to start several "
                                  "times in a row; the host keeps retrying with growing delays.")
-            undelivered = bool(found.replies)
-            if self.deliveries and undelivered:  # sent by the host loop, outside this visit and its transaction
+            if self.deliveries and found.replies:  # sent by the host loop, outside this visit and its transaction
                 self.deliveries.hand(session, found.replies)
-            busy = inbox.has_processing(conn)
             # Requests left for the next visit make the session due now, so the loop comes back at once, not in 60 s.
-            return "" if more else inbox.next_due(conn), busy or undelivered, inbox.has_due(conn, now)
+            return ("" if more else inbox.next_due(conn), inbox.has_processing(conn), bool(found.replies),
+                    views.due_since(conn, now))
 
     def _stuck(self, session: Session, now: datetime, runner: Runner, found: outbox.Outbox) -> bool:
         claims = [from_text(a.status_changed) for a in found.acks.values()

@@ -1,0 +1,170 @@
+"""Runner slots go to waiting work (issue 13): with every slot taken, the runner idle longest (no claim, nothing
+due) is stopped for a due session, waiting sessions are served in the order their work became due, both are
+logged, and the host publishes its pool for ``ncl status``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kit import FakeClock, RecordingRuntime, World, utc
+
+from host.loop import Host
+from host.runtimes import pool
+from host.scheduling.sweep import Sweeper
+from host.store.sessions import Session
+from schemas.times import to_text
+
+T0 = utc("2026-05-18T13:00:00")
+S = timedelta(seconds=1)
+
+
+def _generation(runtime: RecordingRuntime, session: Session) -> str:
+    return next(g for _, sid, g in reversed(runtime.started) if sid == session.id)
+
+
+def _answer(world: World, runtime: RecordingRuntime, session: Session, at: Any) -> None:
+    """The session's runner finishes its only row and stays up, idle."""
+    generation = _generation(runtime, session)
+    (session.folder / ".heartbeat").write_text(generation)
+    row = next(r for r in world.rows(session=session) if r["status"] in ("pending", "processing"))
+    world.ack(row["id"], "completed", at, generation, "ran", session=session)
+
+
+def _actions(caplog: pytest.LogCaptureFixture, action: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "action", None) == action]
+
+
+def _busy_pair(world: World, runtime: RecordingRuntime) -> tuple[Sweeper, Session, Session]:
+    first, second = world.session, world.new_session()
+    for session in (first, second):
+        world.schedule(T0, at=to_text(T0), session=session)
+    sweeper = world.sweeper(runtime)
+    sweeper.tick(T0)
+    assert {sid for _, sid, _ in runtime.started} == {first.id, second.id}
+    return sweeper, first, second
+
+
+def test_the_runner_idle_longest_is_stopped_for_a_due_session_in_one_tick(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="host.runtimes.pool")
+    world = World(tmp_path, NCL_MAX_RUNNERS="2")
+    runtime = RecordingRuntime()
+    sweeper, first, second = _busy_pair(world, runtime)
+    _answer(world, runtime, first, T0 + S)  # idle from T0+1 s …
+    sweeper.tick(T0 + S)
+    _answer(world, runtime, second, T0 + 2 * S)  # … and this one from T0+2 s
+    sweeper.tick(T0 + 2 * S)
+    third = world.new_session()
+    world.schedule(T0 + 3 * S, at=to_text(T0 + 3 * S), session=third)
+
+    result = sweeper.tick(T0 + 3 * S)
+
+    assert runtime.stopped == [first.id] and runtime.running == {second.id, third.id} and result.woken == 1
+    [waits] = _actions(caplog, "runner_slot_wait")
+    [freed] = _actions(caplog, "runner_slot_freed")
+    assert waits.session == third.id  # type: ignore[attr-defined]
+    assert (freed.session, freed.for_session) == (first.id, third.id)  # type: ignore[attr-defined]
+    assert "idle for 2.0 s" in freed.getMessage()
+    state = sweeper.runners.state() if sweeper.runners else {}
+    assert [(r["session_id"], r["idle_since"]) for r in state["runners"]] == [
+        (second.id, to_text(T0 + 2 * S)), (third.id, None)]
+
+
+def test_a_busy_runner_is_never_stopped_and_the_wake_waits(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="host.runtimes.pool")
+    world = World(tmp_path, NCL_MAX_RUNNERS="2")
+    runtime = RecordingRuntime()
+    sweeper, first, second = _busy_pair(world, runtime)
+    for session in (first, second):  # each runner claims its row: busy
+        row = world.rows(session=session)[0]
+        world.ack(row["id"], "processing", T0 + S, _generation(runtime, session), session=session)
+    third = world.new_session()
+    world.schedule(T0, at=to_text(T0), session=third)
+    for step in range(1, 4):
+        sweeper.tick(T0 + step * S)
+    assert runtime.stopped == [] and third.id not in runtime.running
+    assert len(_actions(caplog, "runner_slot_wait")) == 1  # said once, not every tick
+    assert sweeper.runners and [w["session_id"] for w in sweeper.runners.state()["waiting"]] == [third.id]
+
+
+def test_waiting_sessions_are_served_in_the_order_their_work_became_due(tmp_path: Path) -> None:
+    world = World(tmp_path, NCL_MAX_RUNNERS="1")
+    # Created (and so swept) in the order a, b, c; due in the order c, a, b.
+    a, b, c = world.session, world.new_session(), world.new_session()
+    for session, minutes_ago in ((a, 2), (b, 1), (c, 3)):
+        world.schedule(T0 - timedelta(minutes=5), at=to_text(T0 - timedelta(minutes=minutes_ago)), session=session)
+    runtime = RecordingRuntime()
+    sweeper = world.sweeper(runtime)
+    now = T0
+    sweeper.tick(now)
+    assert sweeper.runners and [w["session_id"] for w in sweeper.runners.state()["waiting"]] == [a.id, b.id]
+    by_id = {s.id: s for s in (a, b, c)}
+    for _ in range(2):
+        now += S
+        _answer(world, runtime, by_id[runtime.started[-1][1]], now)
+        sweeper.tick(now)  # seen idle, stopped, the next one started: one tick
+    assert [sid for _, sid, _ in runtime.started] == [c.id, a.id, b.id]
+    assert runtime.stopped == [c.id, a.id]
+
+
+def test_a_chat_with_no_due_time_is_ordered_by_its_arrival(tmp_path: Path) -> None:
+    world = World(tmp_path, NCL_MAX_RUNNERS="1")
+    late, early = world.session, world.new_session()
+    for session, at in ((late, T0), (early, T0 - timedelta(minutes=1))):
+        with world.inbound(session) as conn:
+            conn.execute("INSERT INTO messages_in(id, seq, kind, timestamp, content) VALUES (?, 2, 'chat', ?, ?)",
+                         (f"msg-{session.id}", to_text(at), json.dumps({"text": "hi"})))
+        conn.close()
+    runtime = RecordingRuntime()
+    world.sweeper(runtime).tick(T0)
+    assert [sid for _, sid, _ in runtime.started] == [early.id]
+
+
+async def test_a_host_step_publishes_its_pool_privately_when_it_changes(tmp_path: Path) -> None:
+    world = World(tmp_path, NCL_MAX_RUNNERS="1")
+    other = world.new_session()
+    for session in (world.session, other):
+        world.schedule(T0, at=to_text(T0), session=session)
+    clock = FakeClock(T0)
+    host = Host(world.settings, RecordingRuntime(clock), clock)
+    try:
+        await host.step()
+    finally:
+        host.proxy.shutdown()
+        host.sweeper.close()
+        host.scheduled.close(stop_running=False)
+    path = world.settings.data_dir / pool.STATE_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    state = pool.published(world.settings.data_dir)
+    assert state is not None
+    [running], [waiting] = state["runners"], state["waiting"]
+    assert {running["session_id"], waiting["session_id"]} == {world.session.id, other.id}
+    assert (running["idle_since"], waiting["due_since"]) == (None, to_text(T0))
+    assert [p.name for p in world.settings.data_dir.iterdir() if "runners" in p.name] == [pool.STATE_FILE]
+
+
+def test_status_lists_runners_with_their_state_and_the_waiting_sessions(
+        ncl: Any, demo_session: dict[str, Any], cli_env: Any) -> None:
+    (cli_env.data_dir / "host.lock").write_text(f"{os.getpid()}\n")
+    waiting = ncl("sessions", "create", "--group", "demo", "--json").json()
+    idle_since = to_text(T0)
+    pool.publish(cli_env.data_dir, {
+        "runners": [{"session_id": demo_session["id"], "generation": "gen-a", "started_at": idle_since,
+                     "idle_since": idle_since}],
+        "waiting": [{"session_id": waiting["id"], "due_since": idle_since}]})
+    data = ncl("status", "--json").json()
+    [runner] = data["runners"]
+    assert (runner["session_id"], runner["agent_group_id"], runner["generation"], runner["state"]) == (
+        demo_session["id"], demo_session["agent_group_id"], "gen-a", "idle")
+    assert runner["idle_for_s"] > 0 and runner["last_beat"] is None
+    [wait] = data["waiting"]
+    assert (wait["session_id"], wait["due_since"]) == (waiting["id"], idle_since)
+    table = ncl("status").out
+    assert "idle" in table and waiting["id"] in table and "waiting for a slot  1" in table
