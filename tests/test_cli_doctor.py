@@ -19,7 +19,9 @@ def test_doctor_json_shape(ncl: Ncl) -> None:
     result = ncl("doctor", "--json")
     report = result.json()
     assert set(report) == {"ok", "checks"}
-    assert all(set(check) == {"name", "ok", "level", "detail"} for check in report["checks"])
+    versions = {"image_versions", "host_versions"}  # the image check's own keys (issue 13)
+    assert all(set(check) == {"name", "ok", "level", "detail"} | (versions if check["name"] == "image" else set())
+               for check in report["checks"])
     assert all(check["ok"] is (check["level"] != "fail") for check in report["checks"])
     names = [c["name"] for c in report["checks"]]
     assert {"timezone", "data_dir", "docker_engine", "image", "api_key", "schema"} <= set(names)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from host.files import lock, private
-from host.runtimes.image import EngineDown, connect_engine, missing_image
+from host.runtimes.image import EngineDown, Versions, connect_engine, host_versions, inspect
 from host.settings import Settings
 from host.store import db, sessions, views
 from schemas.ddl import DbKind, latest_version
@@ -29,13 +29,14 @@ class Check:
     name: str
     level: Level
     detail: str
+    extra: dict[str, Any] | None = None  # more keys of its JSON (the image check's versions)
 
     @property
     def ok(self) -> bool:
         return self.level != "fail"
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "ok": self.ok, "level": self.level, "detail": self.detail}
+        return {"name": self.name, "ok": self.ok, "level": self.level, "detail": self.detail, **(self.extra or {})}
 
 
 def _level(ok: bool, warn: bool = False) -> Level:
@@ -70,13 +71,23 @@ def docker_engine(settings: Settings) -> tuple[Check, Check, str | None]:
     except EngineDown as down:
         level = _level(not required, warn=True)
         engine = Check("docker_engine", level, f"not reachable ({down.reason}); runtime {settings.runtime}")
-        return engine, Check("image", level, f"{settings.image}: unknown (no engine)"), str(down)
+        return engine, _image(level, f"{settings.image}: unknown (no engine)", None), str(down)
     with closing(client):
         engine = Check("docker_engine", "ok", f"reachable (engine {client.version().get('Version', '?')})")
-        missing = missing_image(client, settings.image)
-    if missing is None:
-        return engine, Check("image", "ok", f"{settings.image} present"), None
-    return engine, Check("image", _level(not required, warn=True), missing), f"image {missing}"
+        found, problem = inspect(client, settings.image)
+    if problem is None:
+        return engine, _image("ok", f"{settings.image} present", found), None
+    level = _level(not required, warn=True)
+    return engine, _image(level, problem, found, said=found is not None), f"image {problem}"
+
+
+def _image(level: Level, detail: str, found: Versions | None, said: bool = False) -> Check:
+    """The image check: the versions the image was built for (None: no image to ask) next to this host's, in
+    its detail unless it ``said`` them already (a mismatch)."""
+    host = host_versions()
+    seen = f"image: {found.describe()}; " if found else ""
+    return Check("image", level, detail if said else f"{detail} ({seen}host: {host.describe()})",
+                 {"image_versions": found.to_json() if found else None, "host_versions": host.to_json()})
 
 
 def runtime(settings: Settings, probe: Callable[[Settings], str | None] | None = None) -> Check:

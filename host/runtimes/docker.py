@@ -7,6 +7,8 @@ The host calls ``start`` and ``is_running`` from inside its event loop, so neith
 caller's thread: a start is handed to a worker pool and a runner counts as running until a container listing
 taken after its start says otherwise. An engine that is down at start-up or goes away costs one failed start
 per session every ``RETRY_S`` and a log line per outage; the next start after it answers works, no restart.
+A start from an image that is missing or was built for other schema versions fails with one line saying to run
+``ncl image build``.
 ``stop`` and ``cleanup_orphans`` do block: their callers need the container gone before they go on.
 """
 
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from host.files import confined
+from host.runtimes.image import check_runner_image
 from host.runtimes.install import install_id
 from host.runtimes.workspace import hand_over
 from host.settings import Settings
@@ -255,6 +258,7 @@ class DockerRuntime:
     def _start(self, session: Session, generation: str, kwargs: dict[str, Any], entry: _Start) -> None:
         try:
             client = self._connect()
+            check_runner_image(client, kwargs["image"])
             hand_over(session.folder, groups.folder(self.settings, session.agent_group_id), self.uid, self.gid)
             # A container of this name is an exited runner not reaped yet, or one a previous host process left
             # running whose claims have been released: it must not race the new generation.

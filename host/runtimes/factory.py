@@ -1,6 +1,6 @@
 """Which runtime runs the runners (DESIGN §8), and why: ``NCL_RUNTIME=docker`` or ``local`` as asked; ``auto``
-picks docker when the engine answers and ``NCL_IMAGE`` is there, else local. The reason goes to the host's log
-and to ``ncl doctor``.
+picks docker when the engine answers and ``NCL_IMAGE`` is there, built for this host's schema versions (its
+labels), else local, saying why. The reason goes to the host's log and to ``ncl doctor``.
 
 ``docker`` asked for explicitly is docker even with the engine down: the host stays up, its starts fail and
 are retried, and it recovers when the engine answers, without a restart. Only ``auto`` decides by probing,
@@ -14,7 +14,7 @@ from contextlib import closing
 
 from host.runtimes.base import Runtime
 from host.runtimes.docker import DockerRuntime
-from host.runtimes.image import EngineDown, connect_engine, missing_image
+from host.runtimes.image import EngineDown, connect_engine, inspect
 from host.runtimes.local import LocalRuntime
 from host.settings import Settings
 
@@ -31,8 +31,8 @@ def probe_docker(settings: Settings) -> str | None:
     except EngineDown as down:
         return str(down)
     with closing(client):
-        missing = missing_image(client, settings.image)
-    return None if missing is None else f"image {missing}"
+        _, problem = inspect(client, settings.image)
+    return None if problem is None else f"image {problem}"
 
 
 def choose(settings: Settings, probe: Probe = probe_docker) -> tuple[str, str]:

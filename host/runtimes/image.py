@@ -1,6 +1,10 @@
 """``ncl image build`` (DESIGN §8, §12.12): wheels of the project and of every dependency are built on the host,
 where pip has its cache and index, into a fresh build context; the Dockerfile installs them with no network,
 and the engine builds with ``network_mode="none"``. So ``--base ncl-base:bookworm`` builds fully offline.
+
+The image is labelled with ncl's version and the inbound and outbound schema versions (``ncl.version``,
+``ncl.schema.inbound``, ``ncl.schema.outbound``); a host starts runners only from an image whose schema labels are
+its own.
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from host.errors import NclError
+from schemas.ddl import latest_version
 
 DEFAULT_BASE = "python:3.11-slim-bookworm"
 PACKAGES = ("host", "agent_runner", "schemas")
@@ -35,6 +41,59 @@ class Built:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Versions:
+    """What an image was built for (its labels) or what this host is: the ncl version and the schema versions of
+    the inbound.db a runner reads and the outbound.db it writes. None: the image carries no such label."""
+
+    ncl: str | None
+    inbound: int | None
+    outbound: int | None
+
+    @classmethod
+    def of(cls, labels: Mapping[str, str]) -> Versions:
+        def number(key: str) -> int | None:
+            text = labels.get(key, "")
+            return int(text) if text.isdigit() else None
+
+        return cls(labels.get("ncl.version"), number("ncl.schema.inbound"), number("ncl.schema.outbound"))
+
+    def labels(self) -> dict[str, str]:
+        return {"ncl.version": str(self.ncl), "ncl.schema.inbound": str(self.inbound),
+                "ncl.schema.outbound": str(self.outbound)}
+
+    def describe(self) -> str:
+        if (self.ncl, self.inbound, self.outbound) == (None, None, None):
+            return "unknown versions (no ncl labels)"
+        return f"ncl {self.ncl or '?'}, schemas inbound v{self.inbound or '?'}/outbound v{self.outbound or '?'}"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def host_versions() -> Versions:
+    """This host's versions: the labels ``ncl image build`` puts on an image, and what a runner image must match."""
+    try:
+        version = metadata.version("ncl-agent-host")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        version = "unknown"
+    return Versions(version, latest_version("inbound"), latest_version("outbound"))
+
+
+def mismatch(tag: str, found: Versions) -> str | None:
+    """Why runners must not start from ``tag`` built for ``found`` (None: its schema versions are this host's).
+    An image without the labels (built by something else) never matches."""
+    host = host_versions()
+    if (found.inbound, found.outbound) == (host.inbound, host.outbound):
+        return None
+    return f"{tag} was built for {found.describe()} but this host is {host.describe()}; " \
+        "rebuild it with 'ncl image build'"
+
+
+class ImageRefused(NclError):
+    """Runners cannot start from the image: the engine lacks it, or it was built for other schema versions."""
 
 
 def source_root() -> Path:
@@ -59,14 +118,11 @@ def source_digest(root: Path, dockerfile: Path, base: str) -> str:
 
 def is_current(client: Any, tag: str, base: str) -> bool:
     """Whether ``tag`` exists and was built from this checkout (and its Dockerfile) on ``base``."""
-    import docker.errors
-
     root = source_root()
-    try:
-        labels = client.images.get(tag).labels or {}
-    except docker.errors.ImageNotFound:
+    found = _get(client, tag)
+    if found is None:
         return False
-    return bool(labels.get("ncl.source") == source_digest(root, root / "Dockerfile", base))
+    return bool((found.labels or {}).get("ncl.source") == source_digest(root, root / "Dockerfile", base))
 
 
 def build_wheels(root: Path, wheels: Path, progress: Progress) -> None:
@@ -113,18 +169,35 @@ def connect_engine(timeout: float) -> Any:
     return client
 
 
-def image_id(client: Any, tag: str) -> str | None:
+def _get(client: Any, tag: str) -> Any:
     import docker.errors
 
     try:
-        return str(client.images.get(tag).id)
+        return client.images.get(tag)
     except docker.errors.ImageNotFound:
         return None
 
 
-def missing_image(client: Any, tag: str) -> str | None:
-    """Why runners cannot start from ``tag`` (the engine does not have it), or None when it is there."""
-    return f"{tag} missing (build it with 'ncl image build')" if image_id(client, tag) is None else None
+def image_id(client: Any, tag: str) -> str | None:
+    found = _get(client, tag)
+    return None if found is None else str(found.id)
+
+
+def inspect(client: Any, tag: str) -> tuple[Versions | None, str | None]:
+    """The versions ``tag`` was built for (None: the engine does not have it), and why runners cannot start from
+    it (missing, or built for other schema versions), or None when they can."""
+    found = _get(client, tag)
+    if found is None:
+        return None, f"{tag} missing (build it with 'ncl image build')"
+    versions = Versions.of(found.labels or {})
+    return versions, mismatch(tag, versions)
+
+
+def check_runner_image(client: Any, tag: str) -> None:
+    """Raise ``ImageRefused`` (one line naming ``ncl image build``) unless runners may start from ``tag``."""
+    problem = inspect(client, tag)[1]
+    if problem is not None:
+        raise ImageRefused(f"image {problem}")
 
 
 def _ensure_base(client: Any, base: str, progress: Progress) -> None:
@@ -171,7 +244,8 @@ def build(tag: str, base: str = DEFAULT_BASE, dockerfile: Path | None = None,
             shutil.copyfile(dockerfile, Path(ctx) / "Dockerfile")
             build_wheels(root, Path(ctx) / "wheels", progress)
             progress(f"building {tag} on {base}")
-            labels = {"ncl.source": source_digest(root, dockerfile, base), "ncl.base": base}
+            labels = {"ncl.source": source_digest(root, dockerfile, base), "ncl.base": base,
+                      **host_versions().labels()}
             _engine_build(client, Path(ctx), tag, base, labels, progress)
         built = Built(tag, image_id(client, tag) or "", base)
         if previous and previous != built.id:
