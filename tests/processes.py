@@ -71,8 +71,9 @@ class Host:
 
     def _pump(self) -> None:
         assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.put(line.rstrip("\n"))
+        with self.proc.stderr:  # closed at EOF: the pipe is the pump's alone
+            for line in self.proc.stderr:
+                self.lines.put(line.rstrip("\n"))
         self.lines.put(None)
 
     def wait_for(self, wanted: Callable[[str], bool], timeout: float = 30.0) -> str:

@@ -58,6 +58,7 @@ class Terminal:
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
+        self.proc.wait(timeout=10)
         os.close(self.master)
 
 

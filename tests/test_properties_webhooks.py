@@ -64,6 +64,8 @@ class LiveHook:
     def stop(self) -> None:
         self.server.kill()
         self.server.wait(10)
+        assert self.server.stdout is not None
+        self.server.stdout.close()
 
 
 @pytest.fixture

@@ -57,8 +57,9 @@ class SweepHost:
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line)
+        with self.proc.stdout:  # closed at EOF: the pipe is the pump's alone
+            for line in self.proc.stdout:
+                self.lines.put(line)
         self.lines.put(None)
 
     def _line(self) -> str | None:
@@ -85,10 +86,9 @@ class SweepHost:
         return result
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            self.proc.wait(timeout=30)
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()  # the child's cue to exit, if it still runs
+        self.proc.wait(timeout=30)
 
 
 @dataclass

@@ -185,6 +185,7 @@ def test_host_sigkilled_twenty_times_mid_sweep_loses_and_doubles_nothing(
         kills += 1
         history.append(f"{to_text(now)}: {log.read_text().strip().splitlines()[-1]}")
         played.finish_held(now, share=0.5)  # the old runners, still alive while no host runs
+        host.close()
         host = SweepHost(root, environ, log)  # the restart: runners of the old host are gone
         full = host.tick(now)
         assert full is not None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,15 @@ async def connect(hook: Hook) -> tuple[asyncio.StreamReader, asyncio.StreamWrite
     return await asyncio.open_unix_connection(str(socket_path(hook.settings)))
 
 
+async def hang_up(*writers: asyncio.StreamWriter) -> None:
+    """Close client connections and wait until they are closed (the server may have cut them first)."""
+    for writer in writers:
+        writer.close()
+    for writer in writers:
+        with suppress(ConnectionError):
+            await writer.wait_closed()
+
+
 async def send(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, text: str) -> dict[str, object]:
     writer.write(json.dumps({"op": "send", "group": "ops", "text": text}).encode() + b"\n")
     answer: dict[str, object] = json.loads(await asyncio.wait_for(reader.readline(), 5))
@@ -46,15 +56,15 @@ async def test_a_connection_over_the_cap_gets_an_error_line_at_once(channel: tup
     line = await asyncio.wait_for(reader.readline(), 1)
     assert json.loads(line)["ok"] is False and "CLI connections" in json.loads(line)["error"]
     assert await asyncio.wait_for(reader.read(), 1) == b""  # and closed
-    writer.close()
-    held[0][1].close()
+    await hang_up(writer, held[0][1])
     async with asyncio.timeout(5):
         while True:  # a slot frees once the server sees the close
             reader, writer = await connect(hook)
             answer = await send(reader, writer, "again")
-            writer.close()
+            await hang_up(writer)
             if answer["ok"]:
                 break
+    await hang_up(*[w for _, w in held[1:]])
 
 
 async def test_a_begun_line_must_end_in_time_but_idle_is_fine(channel: tuple[Hook, CliChannel]) -> None:
@@ -64,7 +74,7 @@ async def test_a_begun_line_must_end_in_time_but_idle_is_fine(channel: tuple[Hoo
     slow_writer.write(b'{"op": "send", "gro')  # and never the rest
     assert await asyncio.wait_for(slow_reader.read(), 3) == b""  # cut after LINE_TIMEOUT_S
     assert (await send(idle_reader, idle_writer, "still here"))["ok"]  # idle far longer, still served
-    idle_writer.close()
+    await hang_up(idle_writer, slow_writer)
 
 
 async def test_a_line_over_one_mebibyte_is_dropped(channel: tuple[Hook, CliChannel]) -> None:
@@ -75,7 +85,7 @@ async def test_a_line_over_one_mebibyte_is_dropped(channel: tuple[Hook, CliChann
         line = await asyncio.wait_for(reader.readline(), 5)
         if not line:
             raise asyncio.IncompleteReadError(b"", None)
-    writer.close()
+    await hang_up(writer)
 
 
 async def test_the_cli_answers_while_the_webhook_port_is_full(channel: tuple[Hook, CliChannel]) -> None:
@@ -85,7 +95,5 @@ async def test_the_cli_answers_while_the_webhook_port_is_full(channel: tuple[Hoo
     flood = [await asyncio.open_connection("127.0.0.1", port) for _ in range(40)]  # 8 held, 32 refused
     reader, writer = await connect(hook)
     assert (await send(reader, writer, "through the flood"))["ok"]
-    writer.close()
-    for _, flood_writer in flood:
-        flood_writer.close()
+    await hang_up(writer, *[w for _, w in flood])
     await hooks.stop()

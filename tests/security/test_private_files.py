@@ -132,9 +132,9 @@ with host_lock(Path(sys.argv[1])):
 
 def test_a_central_db_removed_under_a_running_host_is_reported_not_recreated(ncl: Ncl, cli_env: Any) -> None:
     made(ncl)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(cli_env.data_dir)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    try:
+    # Leaving the block closes its pipes (stdin's EOF lets the lock go) and waits for it.
+    with subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(cli_env.data_dir)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as holder:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         for name in ("central.db", "central.db-wal", "central.db-shm"):
             (cli_env.data_dir / name).unlink(missing_ok=True)
@@ -145,10 +145,6 @@ def test_a_central_db_removed_under_a_running_host_is_reported_not_recreated(ncl
         doctor = ncl("doctor", "--json")
         [schema] = [c for c in doctor.json()["checks"] if c["name"] == "schema"]
         assert doctor.code == 1 and schema["level"] == "fail" and "missing but a host is running" in schema["detail"]
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        holder.wait(10)
     ok(ncl("groups", "create", "again"))  # no host: first use makes a new one
     assert cli_env.central_db.exists()
 

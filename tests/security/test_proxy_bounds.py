@@ -206,10 +206,10 @@ def test_twenty_held_32_mib_bodies_cost_under_100_mb(tmp_path: Path) -> None:
     folders = [tmp_path / f"sess-{n}" for n in range(5)]
     for folder in folders:
         folder.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", RSS_PROXY, "http://127.0.0.1:9", *map(str, folders)],
-                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
+    # Leaving the block closes its pipes (stdin's EOF ends it) and waits for it.
+    with subprocess.Popen([sys.executable, "-c", RSS_PROXY, "http://127.0.0.1:9", *map(str, folders)],
+                          cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
         sockets = json.loads(proc.stdout.readline())
         before = memory_kib(proc.pid)
         head = b"POST /v1/messages HTTP/1.1\r\ncontent-length: %d\r\n\r\n" % (32 << 20)
@@ -228,9 +228,6 @@ def test_twenty_held_32_mib_bodies_cost_under_100_mb(tmp_path: Path) -> None:
         after, peak = memory_kib(proc.pid), memory_kib(proc.pid, "VmHWM")
         for conn in held:
             conn.close()
-    finally:
-        proc.stdin.close()
-        proc.wait(10)
     grown_mb, peak_mb = (after - before) / 1024, (peak - before) / 1024
     print(json.dumps({"rss_before_mb": round(before / 1024, 1), "rss_after_mb": round(after / 1024, 1),
                       "grown_mb": round(grown_mb, 1), "peak_grown_mb": round(peak_mb, 1), "connections": 20,

@@ -81,6 +81,12 @@ class ShortServer:
         assert log.count("out of file descriptors or disk space") == 1 and "Traceback" not in log, log
         assert [p for p in inboxes if p.stat().st_size == 0] == []
 
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
 
 @pytest.fixture
 def short_of(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ShortServer]:
@@ -88,11 +94,10 @@ def short_of(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ShortSe
         pytest.skip("needs unshare(1) for a private tmpfs")
     made = ShortServer(tmp_path, request.param)
     if not made.port:
-        made.proc.wait(10)
+        made.close()
         pytest.skip(f"the server did not start: {made.log.read_text()[-300:]}")
     yield made
-    made.proc.kill()
-    made.proc.wait(10)
+    made.close()
 
 
 @pytest.mark.parametrize("short_of", ["disk"], indirect=True)
