@@ -154,5 +154,5 @@ def delete(app: App, group: str, yes: bool, as_json: bool) -> None:
     data = {"id": found.id, "deleted": True, "sessions_closed": len(active), "task_series_paused": paused,
             "folder": str(groups.folder(app.settings, found.id))}
     emit(as_json, data, lambda: click.echo(
-        f"deleted group {found.name}: {len(active)} session(s) closed, {paused} task series paused; "
-        f"files kept in {data['folder']}"))
+        f"deleted group {found.name}: {len(active)} session(s) closed, {paused} task series paused (shown by "
+        f"'ncl tasks list --all'; they can be cancelled, not resumed); files kept in {data['folder']}"))

@@ -23,15 +23,20 @@ from schemas.times import parse_user_time, to_text
 
 T = TypeVar("T")
 COLUMNS = [("id", "ID"), ("agent_group_id", "GROUP"), ("session_id", "SESSION"), ("status", "STATUS"),
-           ("next", "NEXT RUN"), ("recurrence", "RECURRENCE"), ("last_outcome", "LAST"), ("excerpt", "PROMPT")]
+           ("next", "NEXT RUN"), ("recurrence", "RECURRENCE"), ("last_outcome", "LAST"),
+           ("session_status", "SESSION STATUS"), ("excerpt", "PROMPT")]
 RUN_COLUMNS = [("outcome", "OUTCOME"), ("scheduled", "SCHEDULED"), ("started", "STARTED"),
                ("finished", "FINISHED"), ("duration_ms", "MS"), ("message_id", "OCCURRENCE"), ("detail", "DETAIL")]
 
 
-def _write(app: App, ref: str, action: Callable[[Any, Path, str], T]) -> tuple[Session, str, T]:
-    """Find the series, run ``action(conn, session folder, series_id)`` on its inbox, nudge a running host."""
+def _write(app: App, ref: str, action: Callable[[Any, Path, str], T],
+           plans: str | None = None) -> tuple[Session, str, T]:
+    """Find the series, run ``action(conn, session folder, series_id)`` on its inbox, nudge a running host. A
+    command that ``plans`` runs is refused in a closed session."""
     with closing(app.central()) as central:
         session, series_id = task_list.locate(app.settings, central, ref)
+    if plans:
+        task_list.refuse_closed(session, series_id, plans)
     with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
         outcome = action(conn, session.folder, series_id)
     nudge.touch(app.settings)
@@ -56,18 +61,21 @@ def task_cli() -> None:
 @click.option("--session", "session_id", help="Only this session's tasks.")
 @click.option("--status", type=click.Choice(["pending", "processing", "paused", *task_list.ENDED]),
               help="Only series in this status.")
-@click.option("--all", "include_ended", is_flag=True, help="Include ended series (completed, cancelled, failed).")
+@click.option("--all", "include_ended", is_flag=True,
+              help="Include ended series (completed, cancelled, failed) and those of closed sessions.")
 @json_option
 @pass_app
 def list_(app: App, group_ref: str | None, session_id: str | None, status: str | None, include_ended: bool,
           as_json: bool) -> None:
-    """List task series (live ones unless --all) across all groups."""
+    """List task series across all groups: live ones of active sessions (a session named by --session may be
+    closed), or with --all every one."""
     with closing(app.central()) as central:
         group_id = groups.get(central, group_ref).id if group_ref else None
         if session_id:
             sessions.get(central, app.settings, session_id)
         found = [s for s in task_list.series(app.settings, central, group_id, session_id,
-                                             include_ended or status in task_list.ENDED)
+                                             include_ended or status in task_list.ENDED,
+                                             include_closed=include_ended or session_id is not None)
                  if status is None or s.status == status]
     zone = app.settings.tz.zone
     emit(as_json, {"tasks": [s.to_json() for s in found]}, lambda: table(
@@ -89,7 +97,8 @@ def show(app: App, task_id: str, as_json: bool) -> None:
 
     def human() -> None:
         fields({**data["task"], "next_run": local_time(data["task"]["next_run"], zone)},
-               [("id", "series"), ("agent_group_id", "group"), ("session_id", "session"), ("status", "status"),
+               [("id", "series"), ("agent_group_id", "group"), ("session_id", "session"),
+                ("session_status", "session status"), ("status", "status"),
                 ("recurrence", "recurrence"), ("next_run", "next run"), ("last_outcome", "last outcome"),
                 ("prompt", "prompt")])
         click.echo("next runs:  " + (", ".join(local_time(t, zone) for t in data["next_runs"]) or "-"))
@@ -115,8 +124,10 @@ def runs(app: App, task_id: str, as_json: bool) -> None:
           "finished": local_time(r["finished_at"], zone)} for r in found], RUN_COLUMNS, "no runs yet"))
 
 
-def _control(name: str, verb: str, doc: str, action: Callable[[Any, Path, str, datetime, App], int]) -> None:
-    """Register ``ncl tasks NAME ID``: one control action on a series, by series or occurrence id."""
+def _control(name: str, verb: str, doc: str, action: Callable[[Any, Path, str, datetime, App], int],
+             plans: bool = False) -> None:
+    """Register ``ncl tasks NAME ID``: one control action on a series, by series or occurrence id (one that
+    ``plans`` runs is refused in a closed session)."""
 
     @task_cli.command(name, help=doc)
     @click.argument("task_id")
@@ -124,14 +135,15 @@ def _control(name: str, verb: str, doc: str, action: Callable[[Any, Path, str, d
     @json_option
     @pass_app
     def command(app: App, task_id: str, now: datetime | None, as_json: bool) -> None:
-        _, series_id, count = _write(app, task_id, lambda c, f, s: action(c, f, s, now or app.now(), app))
+        _, series_id, count = _write(app, task_id, lambda c, f, s: action(c, f, s, now or app.now(), app),
+                                     plans=name if plans else None)
         _changed(as_json, verb, series_id, count)
 
 
 _control("pause", "paused", "Pause a series (a running occurrence finishes; the next one waits paused).",
          lambda c, f, s, now, app: tasks.pause(c, s, now, policy(app), folder=f))
-_control("resume", "resumed", "Resume a paused series; an overdue occurrence follows the misfire rule.",
-         lambda c, f, s, now, app: tasks.resume(c, s, now, policy(app)))
+_control("resume", "resumed", "Resume a paused series; an overdue occurrence follows the misfire rule. Refused in "
+         "a closed session.", lambda c, f, s, now, app: tasks.resume(c, s, now, policy(app)), plans=True)
 _control("cancel", "cancelled", "Cancel a series: its live occurrences end (a running one finishes) and a "
          "'cancelled' run is recorded.", lambda c, f, s, now, app: tasks.cancel(c, s, now, folder=f))
 
@@ -148,12 +160,14 @@ _control("cancel", "cancelled", "Cancel a series: its live occurrences end (a ru
 @pass_app
 def update(app: App, task_id: str, prompt: str | None, recurrence: str | None, at: str | None,
            script: str | None, force: bool, now: datetime | None, as_json: bool) -> None:
-    """Change a series' live occurrences; a new recurrence without --at recomputes the next run from now."""
+    """Change a series' live occurrences; a new recurrence without --at recomputes the next run from now. Refused
+    in a closed session."""
     if prompt is None and recurrence is None and at is None and script is None:
         raise click.UsageError("nothing to update: give --prompt, --recurrence, --at or --script")
     after = to_text(parse_user_time(at, app.settings.tz.zone)) if at else None
     _, series_id, count = _write(app, task_id, lambda c, f, s: tasks.update(
-        c, s, now or app.now(), policy(app), prompt, after, recurrence, script, enforce_interval=not force, folder=f))
+        c, s, now or app.now(), policy(app), prompt, after, recurrence, script, enforce_interval=not force,
+        folder=f), plans="update")
     _changed(as_json, "updated", series_id, count)
 
 
@@ -163,8 +177,10 @@ def update(app: App, task_id: str, prompt: str | None, recurrence: str | None, a
 @json_option
 @pass_app
 def run_now(app: App, task_id: str, now: datetime | None, as_json: bool) -> None:
-    """Add a one-shot occurrence of the series, due now; the series' schedule does not move."""
-    _, series_id, occurrence = _write(app, task_id, lambda c, f, s: tasks.run_now(c, s, now or app.now()))
+    """Add a one-shot occurrence of the series, due now; the series' schedule does not move. Refused in a closed
+    session."""
+    _, series_id, occurrence = _write(app, task_id, lambda c, f, s: tasks.run_now(c, s, now or app.now()),
+                                      plans="run-now")
     emit(as_json, {"id": series_id, "action": "run-now", "occurrence_id": occurrence},
          lambda: click.echo(f"queued {occurrence} for series {series_id}"))
 

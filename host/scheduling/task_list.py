@@ -30,6 +30,7 @@ class Series:
     recurrence: str | None
     prompt: str
     last_outcome: str | None
+    session_status: str  # "closed": its group was deleted; nothing of the series runs any more
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,10 +47,10 @@ def _summary(conn: db.Connection, session: Session, series_id: str, rows: list[I
         status = "cancelled"
     else:
         status = rows[-1].status
-    waiting = [r for r in live if r.status == "pending"]
+    waiting = [r for r in live if r.status == "pending" and session.status == "active"]  # a closed one never runs
     next_run = min((r.process_after or r.timestamp for r in waiting), default=None)
     return Series(series_id, session.agent_group_id, session.id, status, next_run, carrier.recurrence,
-                  json.loads(carrier.content).get("prompt", ""), outcomes[-1] if outcomes else None)
+                  json.loads(carrier.content).get("prompt", ""), outcomes[-1] if outcomes else None, session.status)
 
 
 def _inbox(session: Session) -> db.Connection | None:
@@ -58,9 +59,11 @@ def _inbox(session: Session) -> db.Connection | None:
 
 
 def series(settings: Settings, central: db.Connection, group_id: str | None = None,
-           session_id: str | None = None, include_ended: bool = False) -> Iterator[Series]:
-    """Every series in the active sessions (optionally of one group or session), live ones unless asked."""
-    for session in sessions.list_all(central, settings, group_id, status="active"):
+           session_id: str | None = None, include_ended: bool = False,
+           include_closed: bool = False) -> Iterator[Series]:
+    """Every series in the active sessions, or in closed ones too (optionally of one group or session), live ones
+    unless asked."""
+    for session in sessions.list_all(central, settings, group_id, status=None if include_closed else "active"):
         if session_id and session.id != session_id:
             continue
         conn = _inbox(session)
@@ -117,7 +120,14 @@ def detail(session: Session, series_id: str, zone: ZoneInfo) -> dict[str, Any]:
         occurrences = task_series.occurrences(conn, series_id)
         found = _summary(conn, session, series_id, occurrences)
     return {"task": found.to_json(), "occurrences": [asdict(r) for r in occurrences],
-            "next_runs": _next_runs(occurrences, zone)}
+            "next_runs": _next_runs(occurrences, zone) if session.status == "active" else []}
+
+
+def refuse_closed(session: Session, series_id: str, command: str) -> None:
+    """Controls that would plan runs (resume, update, run-now) are refused in a closed session: none would fire."""
+    if session.status != "active":
+        raise NclError(f"task {series_id} belongs to session {session.id}, which is {session.status}: its runs would "
+                       f"never fire, so '{command}' is refused (cancel it instead)")
 
 
 def _next_runs(rows: list[InMessage], zone: ZoneInfo, count: int = 5) -> list[str]:
