@@ -59,6 +59,7 @@ class Runners:
     live: dict[str, Runner] = field(default_factory=dict)
     waiting: dict[str, Wake] = field(default_factory=dict)
     idle_since: dict[str, datetime] = field(default_factory=dict)  # live runners with no claim and nothing due
+    said_waiting: set[str] = field(default_factory=set)  # waiting wakes whose wait for a slot was logged
     failures: dict[str, int] = field(default_factory=dict)  # consecutive starts that never beat
     not_before: dict[str, datetime] = field(default_factory=dict)
     noticed: set[str] = field(default_factory=set)
@@ -84,13 +85,11 @@ class Runners:
 
     def want(self, session: Session, due_since: str) -> None:
         """A due session with no runner: queue its wake, ordered by ``due_since`` (when its work became due)."""
-        if session.id not in self.waiting and len(self.live) >= self.settings.max_runners:
-            log.info("wake of %s waits for a slot (%d runners alive)", session.id, len(self.live),
-                     extra={"action": "runner_slot_wait", "session": session.id})
         self.waiting[session.id] = Wake(session, due_since)
 
     def drop(self, session_id: str) -> None:
         self.waiting.pop(session_id, None)
+        self.said_waiting.discard(session_id)
 
     def seen(self, session_id: str, now: datetime, idle: bool) -> None:
         """What a visit saw of a live runner's session: idle (no claim, nothing due) since when, or busy."""
@@ -107,13 +106,15 @@ class Runners:
         """Start queued wakes in order while their back-off allows and there is room, or an idle runner to stop
         for it; how many started."""
         started = 0
-        for wake in self.queue():
+        queue = self.queue()
+        for n, wake in enumerate(queue):
             session = wake.session
             if session.id in self.live or now < self.not_before.get(session.id, now):
                 continue
             if len(self.live) >= self.settings.max_runners and not self._free_slot(session.id, now):
+                self._say_waiting(queue[n:])
                 break
-            del self.waiting[session.id]
+            self.drop(session.id)
             try:
                 self.start(session, now, rules(session.agent_group_id))
             except Exception as exc:  # a runtime that cannot start this one must not stop the others
@@ -121,6 +122,14 @@ class Runners:
                 continue
             started += 1
         return started
+
+    def _say_waiting(self, wakes: list[Wake]) -> None:
+        """Log, once per wait, each wake that waits for a slot because every runner is busy."""
+        for wake in wakes:
+            if wake.session.id not in self.said_waiting:
+                self.said_waiting.add(wake.session.id)
+                log.info("wake of %s waits for a slot (%d runners, all busy)", wake.session.id, len(self.live),
+                         extra={"action": "runner_slot_wait", "session": wake.session.id})
 
     def take_notice(self, session_id: str) -> bool:
         """True once per streak, when a session's starts have failed NOTICE_AFTER times in a row."""
