@@ -29,10 +29,11 @@ def image_cli() -> None:
 def build(app: App, base: str, dockerfile: Path | None, tag: str | None, as_json: bool) -> None:
     """Build wheels of ncl and its dependencies on this machine, then the image from them with no network.
 
-    Progress goes to stderr; the result (image, id, base) to stdout.
+    Progress goes to stderr; the result (image, id, base, and the versions on its labels) to stdout.
     """
     started = time.monotonic()
     built = image.build(tag or app.settings.image, base, dockerfile, progress=lambda line: say(line, err=True))
     data = built.to_json()
-    emit(as_json, data, lambda: fields({**data, "seconds": round(time.monotonic() - started, 1)},
-                                       [("image", "image"), ("id", "id"), ("base", "base"), ("seconds", "seconds")]))
+    emit(as_json, data, lambda: fields(
+        {**data, "versions": built.versions.describe(), "seconds": round(time.monotonic() - started, 1)},
+        [("image", "image"), ("id", "id"), ("base", "base"), ("versions", "versions"), ("seconds", "seconds")]))

@@ -33,16 +33,6 @@ class ImageError(NclError):
     """The image could not be built; the message says why in one line."""
 
 
-@dataclass(frozen=True)
-class Built:
-    image: str
-    id: str
-    base: str
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 @dataclass(frozen=True, slots=True)
 class Versions:
     """What an image was built for (its labels) or what this host is: the ncl version and the schema versions of
@@ -68,6 +58,17 @@ class Versions:
         if (self.ncl, self.inbound, self.outbound) == (None, None, None):
             return "unknown versions (no ncl labels)"
         return f"ncl {self.ncl or '?'}, schemas inbound v{self.inbound or '?'}/outbound v{self.outbound or '?'}"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Built:
+    image: str
+    id: str
+    base: str
+    versions: Versions  # what its labels say
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -244,10 +245,10 @@ def build(tag: str, base: str = DEFAULT_BASE, dockerfile: Path | None = None,
             shutil.copyfile(dockerfile, Path(ctx) / "Dockerfile")
             build_wheels(root, Path(ctx) / "wheels", progress)
             progress(f"building {tag} on {base}")
-            labels = {"ncl.source": source_digest(root, dockerfile, base), "ncl.base": base,
-                      **host_versions().labels()}
+            versions = host_versions()
+            labels = {"ncl.source": source_digest(root, dockerfile, base), "ncl.base": base, **versions.labels()}
             _engine_build(client, Path(ctx), tag, base, labels, progress)
-        built = Built(tag, image_id(client, tag) or "", base)
+        built = Built(tag, image_id(client, tag) or "", base, versions)
         if previous and previous != built.id:
             # The image this one replaces would linger untagged after every rebuild; a container using it keeps it.
             with contextlib.suppress(docker.errors.APIError):

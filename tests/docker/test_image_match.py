@@ -4,6 +4,7 @@ local saying why, fails a ``docker`` start with one line naming ``ncl image buil
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import uuid
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import pytest
 from cli_kit import Ncl, ok
 from kit import World, utc
@@ -95,3 +97,15 @@ def test_doctor_shows_both_versions(ncl: Ncl, monkeypatch: pytest.MonkeyPatch, r
     assert line.split()[0] == "FAIL" and f"{relabelled} was built for ncl {host.ncl}, schemas inbound " \
         f"v{latest_version('inbound') + 1}/outbound v{latest_version('outbound')} but this host is " \
         f"{host.describe()}; rebuild it with 'ncl image build'" in line
+
+
+def test_ncl_image_build_labels_the_image_and_says_so(ncl: Ncl, engine: Any, runner_image: str) -> None:
+    tag = f"ncl-agent:labels-{uuid.uuid4().hex[:8]}"
+    try:
+        built = ok(ncl("image", "build", "--base", "ncl-base:bookworm", "--tag", tag, "--json")).json()
+        host = image.host_versions()
+        assert (built["image"], built["versions"]) == (tag, host.to_json())
+        assert engine.images.get(tag).labels.items() >= host.labels().items()
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):  # the build failed: the test says why
+            engine.images.remove(tag, force=True)
