@@ -11,11 +11,14 @@ mkdir -p data
 ncl host run >>data/host.log 2>&1 &
 host=$!
 trap 'kill -TERM "$host" 2>/dev/null; wait "$host" 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
-  [ -S data/cli.sock ] && break
+# Ready when the socket answers: a host that was killed leaves data/cli.sock behind (the new one replaces it).
+listening() { python3 -c 'import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])' "$1" 2>/dev/null; }
+for _ in $(seq 300); do
+  listening data/cli.sock && break
   kill -0 "$host" 2>/dev/null || { echo "the host did not start; see data/host.log:" >&2; tail -5 data/host.log >&2; exit 1; }
   sleep 0.1
 done
+listening data/cli.sock || { echo "the host did not open data/cli.sock; see data/host.log:" >&2; tail -5 data/host.log >&2; exit 1; }
 soon=$(python3 -c 'import datetime as d; print((d.datetime.now() + d.timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:00"))')
 cat <<MSG
 The host is running (log: data/host.log). Try:

@@ -56,7 +56,9 @@ class CliChannel:
     async def start(self) -> None:
         path = socket_path(self.settings)
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # a stale socket of a host that died; the host lock says no other host runs
+            path.unlink()  # the host lock says no other host runs: what is there is a killed host's leftover
+            log.warning("removed %s, left by a host that was killed (no host holds the lock)", path,
+                        extra={"action": "stale_socket_replaced"})
         self._listener = Listener(unix_socket(path), self._serve, name="cli", cap=MAX_CLIENTS, busy=BUSY,
                                   limit=MAX_LINE)
         self._listener.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +12,7 @@ from pathlib import Path
 from host.errors import NclError
 from host.files import private
 
+log = logging.getLogger(__name__)
 _held: set[str] = set()  # data dirs whose lock this process holds
 
 
@@ -25,16 +27,25 @@ def host_lock(data_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             raise NclError(f"another host is running (pid {pid})") from None
-        os.ftruncate(fd, 0)
+        _replace_stale(fd, data_dir)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         _held.add(os.path.realpath(data_dir))
         try:
             yield
         finally:
             _held.discard(os.path.realpath(data_dir))
-        os.ftruncate(fd, 0)
+            os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # closing releases the flock
+
+
+def _replace_stale(fd: int, data_dir: Path) -> None:
+    """Clear the lock for our pid. A pid left in a lock nobody holds is a holder that was killed (any exit of its
+    own empties the file): said once, as its other leftovers are (cli.sock, proxy sockets)."""
+    if stale := os.pread(fd, 32, 0).decode(errors="replace").strip():
+        log.warning("%s was left by pid %s, which died without stopping (SIGKILL?): taken over", data_dir /
+                    "host.lock", stale, extra={"action": "stale_lock_replaced", "pid": stale})
+    os.ftruncate(fd, 0)
 
 
 def running_pid(data_dir: Path) -> str | None:

@@ -36,6 +36,7 @@ def bind(folder: Path, uid: int | None) -> tuple[socket.socket, int]:
             log.warning("cannot hand %s to uid %d without root; it stays 0600 for uid %d", folder / SOCKET_NAME,
                         uid, os.geteuid(), extra={"action": "proxy_uid_kept", "session": folder.name})
         inode = os.stat(temp, dir_fd=dirfd).st_ino
+        _say_stale(folder, dirfd)
         os.rename(temp, SOCKET_NAME, src_dir_fd=dirfd, dst_dir_fd=dirfd)
     except BaseException:
         sock.close()
@@ -45,6 +46,14 @@ def bind(folder: Path, uid: int | None) -> tuple[socket.socket, int]:
     finally:
         os.close(dirfd)
     return sock, inode
+
+
+def _say_stale(folder: Path, dirfd: int) -> None:
+    """A socket a closed proxy leaves is removed with it: one found here is a killed host's (or the runner's)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.stat(SOCKET_NAME, dir_fd=dirfd, follow_symlinks=False)
+        log.warning("replacing %s, left by a host that was killed (or put there by the runner)", folder / SOCKET_NAME,
+                    extra={"action": "stale_socket_replaced", "session": folder.name})
 
 
 def inode_of(path: Path) -> int | None:
