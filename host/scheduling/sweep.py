@@ -21,7 +21,7 @@ from host.runtimes.pool import Runner, Runners
 from host.scheduling import actions, recurrence
 from host.scheduling.recurrence import Policy
 from host.settings import Settings
-from host.store import db, deliveries, groups, inbox, outbox, sessions, task_series, views
+from host.store import db, deliveries, groups, inbox, outbox, sessions, task_series
 from host.store.outbox import Ack, OutMessage
 from host.store.sessions import Session
 from host.store.task_ids import TaskIds
@@ -245,7 +245,7 @@ class Sweeper:
                 self.deliveries.hand(session, found.replies)
             # Requests left for the next visit make the session due now, so the loop comes back at once, not in 60 s.
             return ("" if more else inbox.next_due(conn), inbox.has_processing(conn), bool(found.replies),
-                    views.due_since(conn, now))
+                    inbox.due_since(conn, now))
 
     def _stuck(self, session: Session, now: datetime, runner: Runner, found: outbox.Outbox) -> bool:
         claims = [from_text(a.status_changed) for a in found.acks.values()

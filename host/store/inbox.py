@@ -90,11 +90,12 @@ def next_due(conn: db.Connection) -> str | None:
     return None if row[0] is None else str(row[0])
 
 
-def has_due(conn: db.Connection, now: datetime) -> bool:
-    """Anything due that wakes the agent: the runner's own predicate, plus trigger = 1 (DESIGN §12.5)."""
-    row = conn.execute(f"SELECT EXISTS(SELECT 1 FROM messages_in WHERE {DUE} AND trigger = 1)",
+def due_since(conn: db.Connection, now: datetime) -> str | None:
+    """When the earliest row that wakes the agent became due (its ``process_after``, else its arrival); None if
+    nothing is due. Due is the runner's own predicate, plus trigger = 1 (DESIGN §12.5)."""
+    row = conn.execute(f"SELECT MIN(COALESCE(process_after, timestamp)) FROM messages_in WHERE {DUE} AND trigger = 1",
                        {"now": to_text(now)}).fetchone()
-    return bool(row[0])
+    return None if row[0] is None else str(row[0])
 
 
 def is_live(status: str) -> bool:

@@ -7,12 +7,9 @@ from __future__ import annotations
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from host.store import db
-from schemas.queries import DUE
-from schemas.times import to_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,14 +58,6 @@ def next_due(inbound: Path, limit: int) -> list[Due]:
             " WHERE status = 'pending' AND trigger = 1 ORDER BY COALESCE(process_after, timestamp) LIMIT ?",
             (limit,)).fetchall()
     return [Due(r["id"], r["kind"], r["process_after"] or r["timestamp"], r["content"]) for r in rows]
-
-
-def due_since(conn: db.Connection, now: datetime) -> str | None:
-    """When the earliest row that wakes the agent became due (its ``process_after``, else its arrival); None if
-    nothing is due."""
-    row = conn.execute(f"SELECT MIN(COALESCE(process_after, timestamp)) FROM messages_in WHERE {DUE} AND trigger = 1",
-                       {"now": to_text(now)}).fetchone()
-    return None if row[0] is None else str(row[0])
 
 
 def queue_jobs(inbound: Path, channel: str) -> dict[str, int]:
