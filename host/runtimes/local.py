@@ -131,7 +131,7 @@ def open_log(folder: Path) -> int:
     """``runner.log`` of the session ``folder``, open for appending (cut to size), or /dev/null, with a warning, if
     the runner put something other than a regular file there."""
     try:
-        fd = confined.open_beneath(folder, LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        fd = confined.open_beneath(folder, LOG, os.O_RDWR | os.O_APPEND | os.O_CREAT)  # read too: to be cut
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise confined.Refused(LOG, "not a regular file")
