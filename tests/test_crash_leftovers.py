@@ -9,11 +9,12 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import suppress
+from contextlib import closing, suppress
 from pathlib import Path
 
 import pytest
@@ -149,11 +150,17 @@ def test_after_a_sigkill_the_next_host_and_run_sh_start_and_say_once_what_they_r
         second.proc.kill()
         second.proc.wait(timeout=10)
         run_sh_root(env)
-        done = subprocess.run(["bash", "scripts/run.sh"], cwd=env.root, env=env.vars, input="hello\n",
-                              capture_output=True, text=True, timeout=120, check=False)
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert "The host is running" in done.stdout
-        assert "not running" not in done.stdout + done.stderr
+        run = subprocess.Popen(["bash", "scripts/run.sh"], cwd=env.root, env=env.vars, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert run.stdout is not None
+        first = run.stdout.readline()
+        # Said only once the host answers on its socket: the stale file alone says nothing.
+        assert first.startswith("The host is running"), first
+        with closing(socket.socket(socket.AF_UNIX)) as probe:
+            probe.connect(str(env.data_dir / "cli.sock"))
+        out, err = run.communicate("hello\n", timeout=120)
+        assert run.returncode == 0, first + out + err
+        assert "not running" not in out + err
         log = (env.data_dir / "host.log").read_text()
         assert log.count("host.lock was left by pid") == 1, log
         assert log.count("cli.sock, left by a host that was killed") == 1, log
