@@ -1,9 +1,16 @@
 """A file the CLI touches after it writes, so a sleeping host looks again at once instead of at its next sweep.
-A touch in the host's own process (an arrival on a channel it serves) sets an event instead, heard at once."""
+A touch in the host's own process (an arrival on a channel it serves) sets an event instead, heard at once.
+
+A ``.nudge`` a killed host leaves is a plain file whose time means nothing to the next host (it starts with a full
+sweep anyway); anything else found there (a link, an empty folder, a FIFO) is removed when a host starts, and said."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -11,6 +18,7 @@ from pathlib import Path
 
 from host.settings import Settings
 
+log = logging.getLogger(__name__)
 _heard: dict[Path, Callable[[], object]] = {}  # data dir -> what a touch in this process does instead
 
 
@@ -31,8 +39,18 @@ def stamp(settings: Settings) -> int:
 @contextmanager
 def heard(settings: Settings, event: asyncio.Event) -> Iterator[None]:
     """While inside, a touch of this data dir from this process (any thread) sets ``event``, not the file."""
+    _clear_odd(settings.data_dir / ".nudge")
     _heard[settings.data_dir] = partial(asyncio.get_running_loop().call_soon_threadsafe, event.set)
     try:
         yield
     finally:
         _heard.pop(settings.data_dir, None)
+
+
+def _clear_odd(path: Path) -> None:
+    """Remove what is at ``path`` unless it is a plain file (a touch would follow a link)."""
+    with contextlib.suppress(OSError):
+        mode = os.lstat(path).st_mode
+        if not stat.S_ISREG(mode):
+            (os.rmdir if stat.S_ISDIR(mode) else os.unlink)(path)
+            log.warning("removed %s, which was not a plain file", path, extra={"action": "stale_nudge_replaced"})
