@@ -60,7 +60,7 @@ class LocalRuntime:
     def prepare(self) -> None:
         """Stop the runners one-off sweeps left; what a previous host's runner left is killed before its session's
         next start."""
-        if stopped := kill_detached(self.settings.data_dir, LEFT):
+        if stopped := kill_detached(self.settings.data_dir.resolve(), LEFT):
             log.warning("stopped %d runner(s) a one-off sweep left running", stopped,
                         extra={"action": "leftover_runners_stopped", "runners": stopped})
 
@@ -108,7 +108,7 @@ class LocalRuntime:
             if stop_runners:
                 self.stop(session_id)
             elif process.poll() is None:
-                _note(self.settings.data_dir, LEFT, process.pid)
+                _note(self.settings.data_dir.resolve(), LEFT, process.pid)  # the operator may link it
         for output in self.logs.values():
             os.close(output)  # a runner left running writes its own copy
         self.logs.clear()
