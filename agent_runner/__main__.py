@@ -49,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--session-dir", type=Path, default=Path("/workspace"), help="the session folder")
     parser.add_argument("--once", action="store_true", help="process what is due now, then exit")
     args = parser.parse_args(argv)
-    _die_with_parent()
     config = RunnerConfig.from_env(args.session_dir)
+    if not config.outlives_host:
+        _die_with_parent()
     logging.basicConfig(level=config.log_level, stream=sys.stderr, format="runner: %(levelname)s: %(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per model request is noise here
     # What gate scripts and MCP servers orphan comes to us, not to pid 1: the gate kills it when it ends, and

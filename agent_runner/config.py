@@ -28,6 +28,7 @@ class RunnerConfig:
     anthropic_socket: str | None = DEFAULTS.anthropic_socket
     session_id: str = DEFAULTS.session_id
     agent_group_id: str = DEFAULTS.agent_group_id
+    outlives_host: str | None = DEFAULTS.outlives_host
 
     @property
     def zone(self) -> ZoneInfo:

@@ -18,6 +18,7 @@ VARIABLES = {  # field -> the variable it travels in
     "poll_interval_s": "NCL_POLL_INTERVAL_S", "max_batch": "NCL_MAX_BATCH",
     "task_min_interval_s": "NCL_TASK_MIN_INTERVAL_S", "provider": "NCL_PROVIDER", "model": "NCL_MODEL",
     "log_level": "NCL_LOG_LEVEL", "anthropic_socket": "NCL_ANTHROPIC_SOCKET", "group_dir": "NCL_GROUP_DIR",
+    "outlives_host": "NCL_OUTLIVES_HOST",
 }
 
 
@@ -39,6 +40,9 @@ class RunnerEnv:
     log_level: LogLevel = "INFO"
     anthropic_socket: str | None = None  # the model proxy, relative to the session folder; None: no model access
     group_dir: str | None = None  # the local runtime's; in a container the group folder is /workspace/agent
+    # "1" from a one-off sweep: the runner outlives the process that started it, to its idle timeout (the next host
+    # stops it); else it dies with its host (a death signal), so no host restart finds it still serving.
+    outlives_host: str | None = None
 
     def to_env(self, *only: str) -> dict[str, str]:
         """The variables of the fields named (all by default); a field that is None is left out."""

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kit import World
+from kit import RecordingRuntime, World, utc
 
 from agent_runner.config import RunnerConfig
 from agent_runner.mcp_server import server_parameters
-from host.runtimes.pool import runner_env
+from host.runtimes.pool import Runners, runner_env
+from host.runtimes.proxy.server import CredentialProxy
+from host.store.sessions import Session
 from schemas.runner_env import DEFAULTS, RunnerEnv
 
+T0 = utc("2026-05-18T13:00:00")
 WIRE = {  # every variable of a default host's runner, as it always was
     "TZ": "America/New_York", "NCL_RUNNER_GENERATION": "gen-1", "NCL_RULES": "be brief",
     "NCL_IDLE_TIMEOUT_S": "1800.0", "NCL_POLL_INTERVAL_S": "0.05", "NCL_MAX_BATCH": "20",
@@ -35,6 +38,26 @@ def test_a_host_built_environment_round_trips_through_the_runners_parser(tmp_pat
     assert config.told() == env
     assert (config.tz, config.idle_timeout_s, config.max_batch, config.provider, config.group_dir) == (
         "Asia/Kolkata", 2.5, 7, "anthropic", tmp_path / "group")
+
+
+class Told(RecordingRuntime):
+    env: dict[str, str]
+
+    def start(self, session: Session, generation: str, env: dict[str, str]) -> None:
+        super().start(session, generation, env)
+        self.env = env
+
+
+def test_only_a_one_off_sweeps_runners_are_told_to_outlive_it(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    runtime = Told()
+    for proxy, told in ((None, "1"), (CredentialProxy(world.settings), None)):  # a one-off sweep has no proxy
+        Runners(runtime, world.settings, proxy).start(world.session, T0)
+        env = runtime.env
+        assert env.get("NCL_OUTLIVES_HOST") == told
+        assert RunnerConfig.from_env(world.session.folder, env).outlives_host == told
+        if proxy:
+            proxy.shutdown()
 
 
 def test_defaults_live_in_one_place(tmp_path: Path) -> None:

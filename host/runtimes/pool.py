@@ -141,7 +141,9 @@ class Runners:
     def start(self, session: Session, now: datetime, rules: str = "") -> Runner:
         runner = Runner(f"gen-{ids.epoch_ms(now)}-{secrets.token_hex(3)}", now, session.folder)
         # The proxy's socket is named relative to the session folder, where the runner resolves it.
-        env = runner_env(self.settings, session, runner.generation, rules, SOCKET_NAME if self.proxy else None)
+        # A one-off sweep (no proxy) leaves its runners running: they must outlive it.
+        env = runner_env(self.settings, session, runner.generation, rules, SOCKET_NAME if self.proxy else None,
+                         outlives_host=self.proxy is None)
         if self.proxy:
             self.proxy.open(session.folder, uid=self.runtime.uid)
         self.runtime.start(session, runner.generation, env)
@@ -178,13 +180,15 @@ class Runners:
 
 
 def runner_env(settings: Settings, session: Session, generation: str, rules: str,
-               socket: str | None = None) -> dict[str, str]:
-    """What every runner is told (``schemas.runner_env``): its settings, and the ``socket`` to the model. No secret."""
+               socket: str | None = None, outlives_host: bool = False) -> dict[str, str]:
+    """What every runner is told (``schemas.runner_env``): its settings, the ``socket`` to the model, and whether it
+    outlives the process that starts it. No secret."""
     return RunnerEnv(tz=settings.tz.name, generation=generation, session_id=session.id,
                      agent_group_id=session.agent_group_id, rules=rules, idle_timeout_s=settings.idle_timeout_s,
                      poll_interval_s=settings.poll_interval_s, max_batch=settings.max_batch,
                      task_min_interval_s=settings.task_min_interval_s, provider=settings.provider,
-                     model=settings.model, log_level=settings.log_level, anthropic_socket=socket).to_env()
+                     model=settings.model, log_level=settings.log_level, anthropic_socket=socket,
+                     outlives_host="1" if outlives_host else None).to_env()
 
 
 def publish(data_dir: Path, state: dict[str, Any]) -> None:
