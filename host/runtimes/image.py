@@ -160,12 +160,15 @@ class EngineDown(NclError):
 def connect_engine(timeout: float) -> Any:
     """A client of an engine that answered a ping (the caller closes it): for this command, the runtime probe and
     ``ncl doctor`` alike."""
+    client = None
     try:
         import docker  # imported here: the SDK is slow to import and most ncl commands never need it
 
         client = docker.from_env(timeout=timeout)
         client.ping()
     except Exception as exc:  # the SDK raises many kinds; any of them means "not reachable"
+        if client is not None:
+            client.close()
         raise EngineDown(str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__) from None
     return client
 
