@@ -32,6 +32,7 @@ class AckingRuntime:
 
     lateness_ms: dict[str, float] = field(default_factory=dict)
     starts: int = 0
+    uid = None  # the host's own user, as a local runtime's runners
 
     def start(self, session: Session, generation: str, env: dict[str, str]) -> None:
         started = datetime.now(UTC)
@@ -84,8 +85,8 @@ def bench_lateness(quick: bool) -> dict[str, Any]:
             asyncio.run(_run_host(host, runtime, count, time.monotonic() + 3 + spread_s + 15))
         finally:
             host.sweeper.close()
-            host.project_tasks.specs.close()
-            host.runtimes.proxy.server.shutdown()
+            host.scheduled.close()
+            host.proxy.shutdown()
     late = list(runtime.lateness_ms.values())
     return {"tasks": count, "sessions": session_count, "spread_s": spread_s, "fired": len(late),
             "missing": count - len(late), "runner_starts": runtime.starts,
