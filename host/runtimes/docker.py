@@ -41,6 +41,7 @@ REFRESH_S = 0.5  # at most one container listing per this long, however often is
 RETRY_S = 5.0  # while the engine is down, starts fail at once for this long before it is asked again
 STOP_WAIT_S = 120.0
 NOFILE = 1024  # open files per container process: enough for a runner, too few to exhaust the host's table
+LOG_MAX = "4m"  # a container's output the engine keeps, as a local runner's runner.log (a hostile runner fills no disk)
 
 
 def container_user(host_uid: int, host_gid: int) -> tuple[int, int]:
@@ -53,12 +54,13 @@ def container_user(host_uid: int, host_gid: int) -> tuple[int, int]:
 def resource_limits(settings: Settings) -> dict[str, Any]:
     """The limits of every container the install starts, runners and project ``container:`` tasks alike: CPUs
     (NCL_CONTAINER_CPUS), memory with no swap beyond it (``memswap_limit`` equal to ``mem_limit``), pids, and at
-    most ``NOFILE`` open files."""
-    from docker.types import Ulimit  # the SDK, imported on use (see _default_client)
+    most ``NOFILE`` open files; its output, kept by the engine, under ``LOG_MAX`` (one file, no rotation kept)."""
+    from docker.types import LogConfig, Ulimit  # the SDK, imported on use (see _default_client)
 
     return {"mem_limit": settings.container_memory, "memswap_limit": settings.container_memory,
             "pids_limit": settings.container_pids, "nano_cpus": round(settings.container_cpus * 1e9),
-            "ulimits": [Ulimit(name="nofile", soft=NOFILE, hard=NOFILE)]}
+            "ulimits": [Ulimit(name="nofile", soft=NOFILE, hard=NOFILE)],
+            "log_config": LogConfig(type="json-file", config={"max-size": LOG_MAX, "max-file": "1"})}
 
 
 def check_env(env: dict[str, str]) -> None:

@@ -55,6 +55,7 @@ def assert_limited(host_config: dict[str, Any]) -> None:
     assert host_config["Memory"] == 256 * MIB
     assert host_config["MemorySwap"] == host_config["Memory"]  # memory + swap = memory: no swap at all
     assert host_config["Ulimits"] == NOFILE
+    assert host_config["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "4m", "max-file": "1"}}
 
 
 def test_a_runner_container_has_a_cpu_limit_no_swap_and_nofile_1024(world: World, engine: Any) -> None:
