@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
@@ -15,13 +16,19 @@ from schemas.messages import LIVE_STATUSES, InMessage, MessageIn
 from schemas.queries import DUE
 from schemas.times import to_text
 
+IN_COLUMNS = tuple(field.name for field in fields(InMessage))  # the order of a SELECT * of messages_in
+
 LIVE = f"({', '.join(repr(s) for s in LIVE_STATUSES)})"  # SQL: status IN {LIVE}
 ROUTING = ("platform_id", "channel_type", "thread_id")
 
 
 def rows(conn: db.Connection, sql: str, params: Any = ()) -> list[InMessage]:
-    """The ``messages_in`` rows a ``SELECT *`` of this package finds."""
-    return [InMessage.of(row) for row in conn.execute(sql, params)]
+    """The ``messages_in`` rows a ``SELECT *`` of this package finds: taken by position when the columns come in
+    the order of ``InMessage``'s fields (checked once a query), else by name."""
+    cursor = conn.execute(sql, params)
+    if tuple(column[0] for column in cursor.description) == IN_COLUMNS:
+        return [InMessage(*row) for row in cursor]
+    return [InMessage.of(row) for row in cursor]
 
 
 def _next_seq(conn: db.Connection) -> int:
