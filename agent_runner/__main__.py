@@ -15,6 +15,7 @@ from agent_runner.config import RunnerConfig
 from agent_runner.providers import MockProvider, Provider
 from agent_runner.runner import Runner
 from agent_runner.store import StoreError
+from agent_runner.wake import InboxWatch, Poll
 from schemas import clock
 from schemas.proctree import OWN, become_subreaper
 
@@ -30,10 +31,11 @@ def make_provider(config: RunnerConfig) -> Provider:
 
 
 async def _main(config: RunnerConfig, once: bool) -> None:
-    runner = Runner(config, make_provider(config), clock, rules=config.rules)
+    wake = InboxWatch.or_poll(config.inbound, Poll(clock, config.poll_interval_s))
+    runner = Runner(config, make_provider(config), clock, rules=config.rules, wake=wake)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, runner.stopping.set)
+        loop.add_signal_handler(sig, runner.stop)
     await runner.run(once=once)
 
 

@@ -15,12 +15,14 @@ from agent_runner.gate import run_gate
 from agent_runner.providers import History, Provider, ProviderError, Turn
 from agent_runner.store import OperationalError, Reply, Store
 from agent_runner.tools import CURRENT_TURN, Tools
+from agent_runner.wake import Poll, Wake
 from schemas import detached
 from schemas.clock import Clock
 from schemas.messages import InMessage
 
 log = logging.getLogger(__name__)
-BEAT_EVERY = timedelta(seconds=1)
+BEAT_EVERY = timedelta(seconds=1)  # while working
+IDLE_BEAT_EVERY = timedelta(seconds=5)  # while idle: the longest an idle runner sleeps (ncl status: alive within 10 s)
 CONVERSATION = "conversation"
 
 
@@ -41,8 +43,10 @@ class Runner:
     clock: Clock
     rules: str = ""
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: Wake | None = None  # how it waits while idle; by default it polls every NCL_POLL_INTERVAL_S
 
     def __post_init__(self) -> None:
+        self.waits: Wake = self.wake or Poll(self.clock, self.config.poll_interval_s)
         self.store = Store(self.config)
         self.tools = Tools(self.config, self.store, self.clock.now)
         self._last_beat: datetime | None = None
@@ -137,25 +141,35 @@ class Runner:
             history = []
         return history if isinstance(history, list) else []
 
+    def stop(self) -> None:
+        self.stopping.set()
+        self.waits.wake()
+
     async def run(self, once: bool = False) -> None:
-        """Poll until idle for NCL_IDLE_TIMEOUT_S (or, with ``once``, until nothing is due)."""
+        """Work until idle for NCL_IDLE_TIMEOUT_S (or, with ``once``, until nothing is due). While idle it sleeps
+        until the host writes the inbox, the next row falls due or the next heartbeat, whichever comes first."""
         released = self.store.release_stale_claims()
         if released:
             log.info("released %d stale claims", released, extra={"action": "claims_released"})
         idle_since = self.clock.now()
+        idle_timeout = timedelta(seconds=self.config.idle_timeout_s)
         try:
             while not self.stopping.is_set():
                 try:
                     if await self.step():
                         idle_since = self.clock.now()
                         continue
+                    now = self.clock.now()
+                    due = self.store.next_due(now)
                 except OperationalError as exc:
                     # A hot journal the host has not rolled back yet ("readonly database"), or a long lock:
                     # both pass once the host writes again, so wait and poll, never exit over it.
                     log.warning("session files busy: %s", exc, extra={"action": "store_busy"})
-                if once or self.clock.now() - idle_since >= timedelta(seconds=self.config.idle_timeout_s):
+                    now, due = self.clock.now(), self.clock.now() + timedelta(seconds=self.config.poll_interval_s)
+                if once or now - idle_since >= idle_timeout:
                     return
-                await self.clock.sleep(self.config.poll_interval_s)
+                until = min(idle_since + idle_timeout, now + IDLE_BEAT_EVERY, *([due] if due else []))
+                await self.waits.wait((until - now).total_seconds())
         finally:
+            self.waits.close()
             await self.provider.close()
-

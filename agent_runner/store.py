@@ -80,6 +80,14 @@ class Store:
                                          "batch": self.config.max_batch}).fetchall()
         return [InMessage.of(row) for row in rows]
 
+    def next_due(self, now: datetime) -> datetime | None:
+        """When the next row that wakes the agent falls due (None: none is waiting to)."""
+        with self._inbound() as conn:
+            (found,) = conn.execute("SELECT MIN(process_after) FROM messages_in WHERE status = 'pending'"
+                                    " AND trigger = 1 AND kind <> 'system' AND process_after > ?",
+                                    (to_text(now),)).fetchone()
+        return None if found is None else from_text(found)
+
     def claim(self, messages: list[InMessage], now: datetime) -> None:
         if not messages:  # a turn with no context rows: no write lock, no open
             return

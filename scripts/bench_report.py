@@ -31,6 +31,7 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
     if "pickup" in report:
         found["warm_pickup_median_ms"] = target(100, "ms", report["pickup"]["warm_pickup"]["median_ms"])
         found["cold_start_median_ms"] = target(1500, "ms", report["pickup"]["cold_start"]["median_ms"])
+        found["idle_runner_core_pct"] = target(0.2, "%", report["pickup"]["idle_cpu"]["core_pct"])
     if "rss" in report:
         found["host_rss_10000_mb"] = target(150, "MB", report["rss"]["rss_mb"], report["rss"]["sessions"], 10000)
     return found
@@ -49,7 +50,7 @@ def table(report: dict[str, Any]) -> None:
     if "pickup" in report:
         warm, cold = report["pickup"]["warm_pickup"], report["pickup"]["cold_start"]
         log(f"pickup     warm median {warm['median_ms']} ms (p95 {warm['p95_ms']}), cold median {cold['median_ms']}"
-            f" ms (max {cold['max_ms']})")
+            f" ms (max {cold['max_ms']}); idle runner {report['pickup']['idle_cpu']['core_pct']}% of a core")
     if "queue" in report:
         q = report["queue"]
         log(f"queue      {q['jobs']} jobs: {q['jobs_per_s']} jobs/s answered, {q['handed_on_jobs_per_s']} jobs/s"

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Runner pickup latency: a row written into inbound.db -> claimed by a running runner (mock provider).
 
-Also the cold start: runner process started with a row due -> that row claimed. Prints one JSON object.
-Usage: .venv/bin/python scripts/bench_runner.py [--samples 50] [--poll 0.05]
+Also the cold start: runner process started with a row due -> that row claimed; and what an idle runner costs: the
+CPU time its process used over ``idle_s`` seconds with nothing to do, as a share of one core (issue 13: under 0.2%).
+Prints one JSON object.
+Usage: .venv/bin/python scripts/bench_runner.py [--samples 50] [--poll 0.05] [--idle-s 20]
 """
 
 from __future__ import annotations
@@ -52,14 +54,31 @@ def runner(session: Path, poll: float) -> subprocess.Popen[bytes]:
                             cwd=Path(__file__).resolve().parent.parent, stdin=subprocess.DEVNULL)
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds the process has run: /proc/PID/schedstat (nanoseconds), else user + system time from
+    /proc/PID/stat (clock ticks, 10 ms)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cpu(pid: int, seconds: float) -> dict[str, float]:
+    before, started = cpu_s(pid), time.perf_counter()
+    time.sleep(seconds)
+    used, elapsed = cpu_s(pid) - before, time.perf_counter() - started
+    return {"seconds": round(elapsed, 1), "cpu_s": round(used, 4), "core_pct": round(100 * used / elapsed, 3)}
+
+
 def summary(samples: list[float]) -> dict[str, float]:
     ms = sorted(s * 1000 for s in samples)
     return {"median_ms": round(statistics.median(ms), 2), "p95_ms": round(ms[int(len(ms) * 0.95) - 1], 2),
             "max_ms": round(ms[-1], 2), "samples": len(ms)}
 
 
-def measure(samples: int = 50, cold_samples: int = 5, poll: float = 0.05) -> dict[str, Any]:
-    """Cold starts, then warm pickups on one running runner; the report ``main`` prints."""
+def measure(samples: int = 50, cold_samples: int = 5, poll: float = 0.05, idle_s: float = 20) -> dict[str, Any]:
+    """Cold starts, then warm pickups on one running runner, then its idle CPU; the report ``main`` prints."""
     with tempfile.TemporaryDirectory() as tmp:
         cold = []
         for n in range(cold_samples):
@@ -82,13 +101,15 @@ def measure(samples: int = 50, cold_samples: int = 5, poll: float = 0.05) -> dic
                 row = write_row(session, 4 + 2 * n)
                 warm.append(wait_claimed(session, row))
                 time.sleep(0.013 * (n % 7))  # spread writes over the poll phase
+            idle = idle_cpu(proc.pid, idle_s)
         finally:
             proc.terminate()
             proc.wait(10)
     report: dict[str, Any] = {"poll_interval_s": poll, "warm_pickup": summary(warm), "cold_start": summary(cold),
-                              "targets": {"warm_median_ms_lt": 100, "cold_median_ms_lt": 1500}}
+                              "idle_cpu": idle, "targets": {"warm_median_ms_lt": 100, "cold_median_ms_lt": 1500,
+                                                            "idle_core_pct_lt": 0.2}}
     report["targets"]["met"] = (report["warm_pickup"]["median_ms"] < 100
-                                and report["cold_start"]["median_ms"] < 1500)
+                                and report["cold_start"]["median_ms"] < 1500 and idle["core_pct"] < 0.2)
     return report
 
 
@@ -97,8 +118,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--cold-samples", type=int, default=5)
     parser.add_argument("--poll", type=float, default=0.05)
+    parser.add_argument("--idle-s", type=float, default=20)
     args = parser.parse_args()
-    print(json.dumps(measure(args.samples, args.cold_samples, args.poll), indent=2))
+    print(json.dumps(measure(args.samples, args.cold_samples, args.poll, args.idle_s), indent=2))
 
 
 if __name__ == "__main__":

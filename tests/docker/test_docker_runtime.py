@@ -15,7 +15,7 @@ from kit import World, utc
 
 from host.runtimes import docker as docker_runtime
 from host.runtimes.docker import DockerRuntime
-from host.runtimes.pool import Runners
+from host.runtimes.pool import Runners, runner_env
 from host.store import db
 
 pytestmark = pytest.mark.docker
@@ -178,3 +178,30 @@ def test_a_non_root_host_runs_the_runner_as_its_own_uid(
         assert oct(world.session.folder.stat().st_mode & 0o7777) == "0o700"  # as made (private): nothing handed over
     finally:
         runtime.close(stop_runners=True)
+
+
+WAKE_PROBE = r"""
+import asyncio
+from pathlib import Path
+from agent_runner.wake import InboxWatch, Poll
+from schemas import clock
+
+async def main():
+    watch = InboxWatch(Path("/workspace/inbound.db"), Poll(clock, 3600))
+    print("watching", flush=True)
+    print("woken" if await watch.wait(120) else "timed out", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_an_idle_runner_in_a_container_is_woken_by_the_hosts_write(
+        world: World, runtime: DockerRuntime, engine: Any, wait_for: Callable[..., Any]) -> None:
+    """Issue 13: the idle wait is inotify on the mounted inbound.db; the host writes it outside the container."""
+    runtime.start(world.session, "gen-wake", runner_env(world.settings, world.session, "gen-wake", ""),
+                  entrypoint=["/opt/ncl/bin/python", "-c", WAKE_PROBE])
+    container_id = runtime.wait_started(world.session.id)
+    wait_for(lambda: b"watching" in engine.api.logs(container_id), timeout=60, every=0.1)
+    chat(world)
+    assert engine.api.wait(container_id, timeout=150)["StatusCode"] == 0, engine.api.logs(container_id).decode()
+    assert engine.api.logs(container_id).decode().split() == ["watching", "woken"]
