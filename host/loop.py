@@ -109,8 +109,9 @@ class Host:
         return result
 
     def _publish(self) -> None:
-        """Tell ``ncl status`` about the runners and the waiting wakes, when they changed."""
-        state = self.runners.state()
+        """Tell ``ncl status`` about the runners and the waiting wakes, when they changed, and every command
+        about the host's zone (a command run in another zone warns)."""
+        state = {**self.runners.state(), "zone": self.settings.tz.name}
         if state != self._published:
             pool.publish(self.settings.data_dir, state)
             self._published = state

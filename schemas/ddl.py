@@ -183,6 +183,17 @@ CREATE INDEX delivered_status_seq ON delivered(status, seq);
 CREATE INDEX messages_in_recurring ON messages_in(status) WHERE recurrence IS NOT NULL;
 """
 
+# v4 (issue 13): the zone a recurring occurrence's time was planned in (TZ), so a host started in another zone
+# re-plans it there (a 09:00 task stays at 09:00 local); NULL: planned before zones were recorded.
+_INBOUND_V4 = """
+ALTER TABLE messages_in ADD COLUMN zone TEXT;
+"""
+
+# v4 (issue 13): likewise for a project-level task's next run.
+_CENTRAL_V4 = """
+ALTER TABLE scheduled_tasks ADD COLUMN zone TEXT;
+"""
+
 _OUTBOUND_V1 = f"""
 CREATE TABLE messages_out(
   id TEXT PRIMARY KEY,
@@ -235,8 +246,8 @@ CREATE INDEX messages_out_kind_seq ON messages_out(kind, seq);
 """
 
 MIGRATIONS: dict[DbKind, tuple[str, ...]] = {
-    "central": (_CENTRAL_V1, _CENTRAL_V2, _CENTRAL_V3),
-    "inbound": (_INBOUND_V1, _INBOUND_V2, _INBOUND_V3),
+    "central": (_CENTRAL_V1, _CENTRAL_V2, _CENTRAL_V3, _CENTRAL_V4),
+    "inbound": (_INBOUND_V1, _INBOUND_V2, _INBOUND_V3, _INBOUND_V4),
     "outbound": (_OUTBOUND_V1, _OUTBOUND_V2, _OUTBOUND_V3),
 }
 

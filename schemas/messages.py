@@ -95,6 +95,7 @@ class MessageIn(BaseModel):
     channel_type: str | None = None
     thread_id: str | None = None
     content: str
+    zone: str | None = None  # a recurring row's: the TZ its process_after was planned in
 
     @field_validator("timestamp", "process_after")
     @classmethod
@@ -128,12 +129,13 @@ class InMessage:
     content: str
     trigger: int
     on_wake: int
+    zone: str | None
 
     @classmethod
     def of(cls, row: sqlite3.Row) -> InMessage:
         return cls(row["id"], row["seq"], row["kind"], row["timestamp"], row["status"], row["process_after"],
                    row["recurrence"], row["series_id"], row["tries"], row["platform_id"], row["channel_type"],
-                   row["thread_id"], row["content"], row["trigger"], row["on_wake"])
+                   row["thread_id"], row["content"], row["trigger"], row["on_wake"], row["zone"])
 
     @property
     def series(self) -> str:

@@ -20,7 +20,7 @@ RowIn = Callable[..., dict[str, Any]]
 INBOUND_COLUMNS = {
     "messages_in": {
         "id", "seq", "kind", "timestamp", "status", "process_after", "recurrence", "series_id", "tries",
-        "trigger", "on_wake", "platform_id", "channel_type", "thread_id", "content",
+        "trigger", "on_wake", "platform_id", "channel_type", "thread_id", "content", "zone",
     },
     "task_runs": {
         "id", "series_id", "message_id", "scheduled_for", "started_at", "finished_at", "duration_ms",

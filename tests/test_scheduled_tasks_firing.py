@@ -6,10 +6,12 @@ run; ``host sweep --once`` and the host loop fire and wake the job in the same p
 
 from __future__ import annotations
 
+import logging
 from contextlib import closing
 from datetime import timedelta
 
-from kit import FakeClock, RecordingRuntime
+import pytest
+from kit import FakeClock, RecordingRuntime, utc
 from scheduled_project import DAILY_QUEUE, SLOT, Project
 from scheduled_project import project as project
 
@@ -115,3 +117,19 @@ async def test_the_host_loop_fires_within_a_second_and_wakes_the_job_in_the_same
     finally:
         host.scheduled.close()
         host.sweeper.close()
+
+
+def test_a_host_started_in_another_zone_keeps_1730_local(project: Project, monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 13, one zone at a time: added in New York (17:30 EDT), the host now runs in Tokyo: 17:30 JST."""
+    project.support_group()
+    item = project.add(DAILY_QUEUE)
+    assert from_text(item["next_run"]) == SLOT
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    clock = FakeClock(utc("2026-06-11T14:00:00"))  # 23:00 JST, 10:00 EDT: before both 17:30s of the day
+    with caplog.at_level(logging.INFO):
+        assert project.firer(clock).tick(clock.now()).fired == 0
+    (listed,) = project.listed()
+    assert from_text(listed["next_run"]) == utc("2026-06-12T08:30:00")  # Friday 17:30 JST
+    assert f"scheduled task {item['id']} re-planned for TZ Asia/Tokyo: 2026-06-11 17:30 America/New_York -> " \
+           "2026-06-12 17:30 Asia/Tokyo" in caplog.text

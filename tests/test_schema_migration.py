@@ -125,7 +125,7 @@ def test_a_failed_migration_changes_nothing(tmp_path: Path, insert_row: InsertRo
         db.connect(path, "inbound")
     with closing(open_plain(path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
-        assert columns(conn, "messages_in") == INBOUND_COLUMNS["messages_in"] - {"trigger", "on_wake"}
+        assert columns(conn, "messages_in") == INBOUND_COLUMNS["messages_in"] - {"trigger", "on_wake", "zone"}
         assert conn.execute("SELECT count(*) FROM messages_in").fetchone()[0] == 2
     assert path.read_bytes() == before
 

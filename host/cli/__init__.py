@@ -17,6 +17,7 @@ from host.cli.groups import group_cli
 from host.cli.hostcmd import host_cli
 from host.cli.image import image_cli
 from host.cli.output import emit, json_option, table
+from host.cli.overview import zone_mismatch
 from host.cli.queue import queue_cli
 from host.cli.scheduled import scheduled_cli
 from host.cli.sessions import session_cli
@@ -43,6 +44,8 @@ def cli(ctx: click.Context) -> None:
     settings = settings_module.load()
     logging.getLogger().setLevel(settings.log_level)
     ctx.obj = App(settings)
+    if ctx.invoked_subcommand != "doctor" and (mismatch := zone_mismatch(settings)):  # doctor says it itself
+        logging.getLogger("ncl").warning(mismatch, extra={"action": "zone_mismatch"})
 
 
 @cli.command()

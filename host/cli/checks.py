@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from host.cli.overview import zone_mismatch
 from host.files import lock, private
 from host.runtimes.image import EngineDown, Versions, connect_engine, host_versions, inspect
 from host.settings import Settings
@@ -46,8 +47,9 @@ def _level(ok: bool, warn: bool = False) -> Level:
 def timezone(settings: Settings) -> Check:
     tz = settings.tz
     rejected = "; ".join(f"rejected TZ={value!r} from {source}" for source, value in tz.rejected)
-    detail = f"{tz.name} (from {tz.source})" + (f"; {rejected}" if rejected else "")
-    return Check("timezone", _level(not tz.rejected), detail)
+    mismatch = zone_mismatch(settings)
+    detail = "; ".join([f"{tz.name} (from {tz.source})", *filter(None, [rejected, mismatch])])
+    return Check("timezone", _level(not tz.rejected, warn=mismatch is not None), detail)
 
 
 def data_dir(settings: Settings) -> Check:

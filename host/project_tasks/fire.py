@@ -25,7 +25,7 @@ from host.project_tasks.specs import Task
 from host.project_tasks.targets import STOPPED, Outcome, Stop
 from host.runtimes.docker import resource_limits
 from host.runtimes.install import install_id
-from host.scheduling.recurrence import Overdue, Policy
+from host.scheduling.recurrence import Overdue, Policy, replanned, said_replanned
 from host.settings import Settings
 from host.store import db
 from host.store import project_tasks as store
@@ -70,7 +70,7 @@ def claim(conn: db.Connection, task_id: str, now: datetime, policy: Policy) -> C
             next_run: str | None = to_text(cron.next_after(row.schedule, slot, policy.zone))
         except cron.CronError:  # no slot before the year 9999 ends (a clock set there): nothing more to fire
             next_run = None
-        store.set_next_run(conn, task_id, next_run)
+        store.set_next_run(conn, task_id, next_run, policy.zone.key)
         missed, why = due.later, "the host was not running"
         fire = due.runs(now, policy)
         if fire and store.is_running(conn, task_id):
@@ -92,6 +92,22 @@ def finish(conn: db.Connection, run_id: str, outcome: Outcome, started: datetime
                   finished_at=to_text(finished), duration_ms=max(0, int((finished - started).total_seconds() * 1000)),
                   exit_code=outcome.exit_code, queued_message_id=message_id, output_tail=outcome.output_tail,
                   error=outcome.error)
+
+
+def replan(conn: db.Connection, now: datetime, policy: Policy) -> None:
+    """One zone at a time: next runs planned in another zone (TZ changed since) planned again in this one, as a
+    session's tasks are (``recurrence.replanned``)."""
+    stale = store.planned_elsewhere(conn, policy.zone.key)
+    if not stale:
+        return
+    with db.transaction(conn):
+        for row in stale:
+            assert row.next_run is not None
+            was = from_text(row.next_run)
+            slot = replanned(row.schedule, was, row.zone, now, policy)
+            store.set_next_run(conn, row.id, row.next_run if slot is None else to_text(slot), policy.zone.key)
+            if slot is not None:
+                said_replanned(f"scheduled task {row.id}", was, slot, str(row.zone), policy)
 
 
 def recover(conn: db.Connection, now: datetime) -> list[tuple[str, str]]:
@@ -145,6 +161,7 @@ class ScheduledTasks:
     def tick(self, now: datetime) -> FireResult:
         result = FireResult()
         conn = self._central(now)
+        replan(conn, now, self.policy)
         for task in self._ready(store.due(conn, to_text(now))):
             try:
                 self._fire(conn, task.id, now, result)

@@ -234,7 +234,7 @@ def first_run(spec: Spec, now: datetime, zone: ZoneInfo) -> str | None:
 # --- storage ---------------------------------------------------------------------------------------
 
 def add(conn: db.Connection, spec: Spec, task_id: str, now: datetime, zone: ZoneInfo) -> Task:
-    store.insert(conn, task_id, to_row(spec), first_run(spec, now, zone), to_text(now))
+    store.insert(conn, task_id, to_row(spec), first_run(spec, now, zone), to_text(now), zone.key)
     return get(conn, task_id)
 
 
@@ -242,10 +242,10 @@ def update(conn: db.Connection, task_id: str, spec: Spec, now: datetime, zone: Z
     """Replace the spec. A new schedule, or a task made active again, starts from the first slot after ``now``;
     otherwise ``next_run`` stays, so an overdue slot still follows the misfire rule. A run in flight finishes."""
     with db.transaction(conn):
-        old = get(conn, task_id)
-        keep = old.active and spec.active and old.spec.schedule == spec.schedule
-        next_run = old.next_run if keep else first_run(spec, now, zone)
-        store.update(conn, task_id, to_row(spec), next_run, to_text(now))
+        row = _row(conn, task_id)
+        keep = row.active and spec.active and row.schedule == spec.schedule
+        next_run, planned_in = (row.next_run, row.zone) if keep else (first_run(spec, now, zone), zone.key)
+        store.update(conn, task_id, to_row(spec), next_run, to_text(now), planned_in)
     return get(conn, task_id)
 
 
@@ -257,10 +257,14 @@ def delete(conn: db.Connection, task_id: str) -> None:
 
 
 def get(conn: db.Connection, task_id: str) -> Task:
+    return Task.of(_row(conn, task_id))
+
+
+def _row(conn: db.Connection, task_id: str) -> TaskRow:
     row = store.get(conn, task_id)
     if row is None:
         raise NclError(f"unknown scheduled task {task_id!r} (see 'ncl scheduled-task list')")
-    return Task.of(row)
+    return row
 
 
 def list_all(conn: db.Connection) -> list[Task]:

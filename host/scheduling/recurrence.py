@@ -7,9 +7,10 @@ crash leaves either the old live row or the new one, never both or neither.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from host.settings import Settings
 from host.store import db, inbox, task_series
@@ -17,7 +18,9 @@ from schemas import cron, ids
 from schemas.messages import InMessage, RunOutcome
 from schemas.times import from_text, to_text
 
+log = logging.getLogger(__name__)
 AUTO_PAUSE_AFTER = 3
+MS = timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ def clone(conn: db.Connection, row: InMessage, now: datetime, policy: Policy, st
     return inbox.insert(conn, {
         "id": ids.new_id("task", now), "kind": row.kind, "timestamp": to_text(now), "status": status,
         "process_after": to_text(slot), "recurrence": expr, "series_id": row.series, "trigger": row.trigger,
-        "on_wake": row.on_wake, **row.routing(), "content": _with_slot(row.content, None)})
+        "on_wake": row.on_wake, **row.routing(), "content": _with_slot(row.content, None), "zone": policy.zone.key})
 
 
 def _failed_streak(conn: db.Connection, series_id: str) -> bool:
@@ -141,13 +144,56 @@ def misfire(conn: db.Connection, row: InMessage, now: datetime, policy: Policy) 
     if due.runs(now, policy):
         if not due.later:
             return 0
-        task_series.move(conn, row.id, to_text(due.latest), _with_slot(row.content, None))
+        task_series.move(conn, row.id, to_text(due.latest), _with_slot(row.content, None), policy.zone.key)
         _missed(conn, row, now, due.first, due.latest, due.later)  # its own slot and every later one but the latest
     else:
         inbox.end(conn, row.id, "completed")
         clone(conn, row, now, policy, after=due.latest)
         _missed(conn, row, now, due.first, due.latest, due.later + 1)
     return 1
+
+
+def replan(conn: db.Connection, now: datetime, policy: Policy) -> int:
+    """One zone at a time (issue 13): waiting recurring occurrences planned in another zone (TZ changed since) are
+    planned again in this one (``replanned``), each change logged; returns how many moved."""
+    moved = 0
+    for row in task_series.planned_elsewhere(conn, policy.zone.key):
+        assert row.recurrence is not None
+        was = scheduled(row)
+        slot = replanned(row.recurrence, was, row.zone, now, policy)
+        if slot is None:
+            task_series.move(conn, row.id, row.process_after, row.content, policy.zone.key)
+            continue
+        task_series.move(conn, row.id, to_text(slot), _with_slot(row.content, None), policy.zone.key)
+        said_replanned(f"task {row.series}", was, slot, str(row.zone), policy)
+        moved += 1
+    return moved
+
+
+def replanned(expr: str, slot: datetime, planned_in: str | None, now: datetime, policy: Policy) -> datetime | None:
+    """The time a recurring ``slot`` planned in zone ``planned_in`` gets in this zone, or None: it keeps its
+    instant. A time on the old zone's grid becomes the first slot, in this zone, after the old grid's slot before
+    it (or now, if that passed): a 09:00 task stays at 09:00 local and no day is run twice or skipped. A time off
+    the grid (an instant someone chose), or already due (the misfire rule judges it, in this zone), is kept; so is
+    one planned before zones were recorded (taken as planned in this one)."""
+    try:
+        old = ZoneInfo(planned_in) if planned_in else None
+    except (ZoneInfoNotFoundError, ValueError):
+        old = None
+    if old is None or old == policy.zone or slot <= now or cron.next_after(expr, slot - MS, old) != slot:
+        return None
+    _, before = cron.count_between(expr, now, slot - MS, old)
+    try:
+        return cron.next_after(expr, before or now, policy.zone)
+    except cron.CronError:  # no slot left in this zone's calendar: keep it where it is
+        return None
+
+
+def said_replanned(what: str, was: datetime, slot: datetime, planned_in: str, policy: Policy) -> None:
+    log.info("%s re-planned for TZ %s: %s %s -> %s %s", what, policy.zone.key,
+             was.astimezone(ZoneInfo(planned_in)).strftime("%Y-%m-%d %H:%M"), planned_in,
+             slot.astimezone(policy.zone).strftime("%Y-%m-%d %H:%M"), policy.zone.key,
+             extra={"action": "task_replanned", "task": what.split()[-1], "was": to_text(was), "now": to_text(slot)})
 
 
 def _missed(conn: db.Connection, row: InMessage, now: datetime, first: datetime, latest: datetime,

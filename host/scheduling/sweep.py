@@ -236,6 +236,7 @@ class Sweeper:
                     result.applied += self._apply(conn, session, found.requests[:limit], now, policy)
                 for row in task_series.ended_recurring(conn):
                     result.cloned += recurrence.repair(conn, row, now, policy)
+                recurrence.replan(conn, now, policy)  # TZ changed since they were planned (none, nearly always)
                 for row in task_series.due_recurring(conn, now):
                     result.missed += recurrence.misfire(conn, row, now, policy)
                 if self.runners and self.runners.take_notice(session.id):

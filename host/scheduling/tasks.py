@@ -59,7 +59,7 @@ def schedule(conn: db.Connection, now: datetime, policy: Policy, task_id: str, p
             task_id = ids.new_id("task", now)
         inbox.insert(conn, {"id": task_id, "kind": "task", "timestamp": to_text(now), "process_after": first,
                             "recurrence": expr, "series_id": task_id, "content": content.to_json(),
-                            **(routing or {})})
+                            "zone": policy.zone.key if expr else None, **(routing or {})})
     return task_id
 
 
@@ -156,7 +156,7 @@ def update(conn: db.Connection, ref: str, now: datetime, policy: Policy, prompt:
                 # It runs now: it finishes as it is; the new time is the next occurrence's, made here.
                 if not new_expr:
                     raise NclError(f"task {ref} is running now; a one-shot that has started cannot be moved")
-                task_series.revise(conn, row.id, json.dumps(content), None, row.process_after)
+                task_series.revise(conn, row.id, json.dumps(content), None, row.process_after, None)
                 recurrence.clone(conn, inbox.get(conn, row.id) or row, now, policy, at=from_text(process_after),
                                  expr=new_expr)
                 continue
@@ -165,7 +165,9 @@ def update(conn: db.Connection, ref: str, now: datetime, policy: Policy, prompt:
                 after = process_after
             elif waiting and carries and expr:
                 after = to_text(cron.next_after(expr, now, policy.zone))
-            task_series.revise(conn, row.id, json.dumps(content), new_expr, after)
+            # A time worked out now is planned in this zone; one kept stays in the zone it was planned in.
+            zone = (policy.zone.key if after != row.process_after else row.zone) if new_expr else None
+            task_series.revise(conn, row.id, json.dumps(content), new_expr, after, zone)
     return len(rows)
 
 

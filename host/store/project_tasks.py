@@ -40,11 +40,12 @@ class TaskRow:
     created_at: str
     updated_at: str
     last_status: str | None
+    zone: str | None  # the TZ next_run was planned in
 
     @classmethod
     def of(cls, row: sqlite3.Row) -> TaskRow:
         return cls(row["id"], row["name"], row["schedule"], row["target_kind"], row["spec"], bool(row["active"]),
-                   row["next_run"], row["created_at"], row["updated_at"], row["last_status"])
+                   row["next_run"], row["created_at"], row["updated_at"], row["last_status"], row["zone"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,17 +81,19 @@ class Run:
         return asdict(self)
 
 
-def insert(conn: db.Connection, task_id: str, fields: Fields, next_run: str | None, now: str) -> None:
+def insert(conn: db.Connection, task_id: str, fields: Fields, next_run: str | None, now: str, zone: str) -> None:
     with db.transaction(conn):
         conn.execute("INSERT INTO scheduled_tasks(name, schedule, target_kind, spec, active, id, next_run, created_at,"
-                     " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                     (*_values(fields), task_id, next_run, now, now))
+                     " updated_at, zone) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     (*_values(fields), task_id, next_run, now, now, zone))
 
 
-def update(conn: db.Connection, task_id: str, fields: Fields, next_run: str | None, now: str) -> None:
-    """Replace the task's spec and next run (caller holds the transaction)."""
+def update(conn: db.Connection, task_id: str, fields: Fields, next_run: str | None, now: str,
+           zone: str | None) -> None:
+    """Replace the task's spec and next run, planned in ``zone`` (caller holds the transaction)."""
     conn.execute("UPDATE scheduled_tasks SET name = ?, schedule = ?, target_kind = ?, spec = ?, active = ?,"
-                 " next_run = ?, updated_at = ? WHERE id = ?", (*_values(fields), next_run, now, task_id))
+                 " next_run = ?, updated_at = ?, zone = ? WHERE id = ?",
+                 (*_values(fields), next_run, now, zone, task_id))
 
 
 def _values(fields: Fields) -> tuple[Any, ...]:
@@ -141,8 +144,15 @@ def due_row(conn: db.Connection, task_id: str, now: str) -> TaskRow | None:
     return None if row is None else TaskRow.of(row)
 
 
-def set_next_run(conn: db.Connection, task_id: str, next_run: str | None) -> None:
-    conn.execute("UPDATE scheduled_tasks SET next_run = ? WHERE id = ?", (next_run, task_id))
+def set_next_run(conn: db.Connection, task_id: str, next_run: str | None, zone: str | None) -> None:
+    """The task's next run, planned in ``zone``."""
+    conn.execute("UPDATE scheduled_tasks SET next_run = ?, zone = ? WHERE id = ?", (next_run, zone, task_id))
+
+
+def planned_elsewhere(conn: db.Connection, zone: str) -> list[TaskRow]:
+    """Active tasks whose next run was planned in another zone than ``zone``, or in none recorded."""
+    return [TaskRow.of(row) for row in conn.execute("SELECT *, NULL AS last_status FROM scheduled_tasks WHERE"
+                                                    " active = 1 AND next_run IS NOT NULL AND zone IS NOT ?", (zone,))]
 
 
 def is_running(conn: db.Connection, task_id: str) -> bool:

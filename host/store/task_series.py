@@ -96,9 +96,16 @@ def drop_recurrence(conn: db.Connection, message_id: str) -> None:
     conn.execute("UPDATE messages_in SET recurrence = NULL WHERE id = ?", (message_id,))
 
 
-def move(conn: db.Connection, message_id: str, process_after: str, content: str) -> None:
-    conn.execute("UPDATE messages_in SET process_after = ?, content = ? WHERE id = ?",
-                 (process_after, content, message_id))
+def move(conn: db.Connection, message_id: str, process_after: str | None, content: str, zone: str | None) -> None:
+    """A waiting occurrence's new time, planned in ``zone``."""
+    conn.execute("UPDATE messages_in SET process_after = ?, content = ?, zone = ? WHERE id = ?",
+                 (process_after, content, zone, message_id))
+
+
+def planned_elsewhere(conn: db.Connection, zone: str) -> list[InMessage]:
+    """Waiting recurring occurrences whose time was planned in another zone than ``zone``, or in none recorded."""
+    return rows(conn, "SELECT * FROM messages_in WHERE recurrence IS NOT NULL AND status IN ('pending', 'paused')"
+                      " AND zone IS NOT ?", (zone,))
 
 
 def count_try(conn: db.Connection, message_id: str, tries: int) -> None:
@@ -112,9 +119,9 @@ def retry(conn: db.Connection, message_id: str, tries: int, process_after: str, 
 
 
 def revise(conn: db.Connection, message_id: str, content: str, recurrence: str | None,
-           process_after: str | None) -> None:
-    conn.execute("UPDATE messages_in SET content = ?, recurrence = ?, process_after = ? WHERE id = ?",
-                 (content, recurrence, process_after, message_id))
+           process_after: str | None, zone: str | None) -> None:
+    conn.execute("UPDATE messages_in SET content = ?, recurrence = ?, process_after = ?, zone = ? WHERE id = ?",
+                 (content, recurrence, process_after, zone, message_id))
 
 
 def pause(conn: db.Connection, series_id: str) -> int:
