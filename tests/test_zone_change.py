@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from contextlib import closing
 from datetime import datetime
 from pathlib import Path
@@ -127,21 +128,40 @@ class TestReplan:
         assert live(before, series)["process_after"] == "2026-01-15T00:00:00.000Z"
 
 
+def chat(env: Env, text: str) -> str:
+    reply: str = json.loads(env.ok("chat", "demo", text, "--json", "--timeout", "60"))["replies"][0]["text"]
+    return reply
+
+
+def tasks(env: Env) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = json.loads(env.ok("tasks", "list", "--json"))["tasks"]
+    return found
+
+
+def applied(env: Env) -> list[dict[str, Any]]:
+    """The task series once the host applied the agent's request (its next sweep of the session)."""
+    deadline = time.monotonic() + 30
+    while not (found := tasks(env)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
 class TestRunningHostInAnotherZone:
     """The repro: a host running in New York, then ``.env`` changed to Tokyo."""
 
     @pytest.mark.slow
-    def test_commands_and_doctor_warn_and_the_restarted_host_re_plans(self, tmp_path: Path) -> None:
+    def test_commands_and_doctor_warn_and_the_restarted_host_and_its_agent_use_the_new_zone(
+            self, tmp_path: Path) -> None:
         env = Env(tmp_path)
         del env.vars["TZ"]  # the zone comes from .env, as the user sets it
         (tmp_path / ".env").write_text(f"TZ={NY}\n")
         env.ok("groups", "create", "demo", "--channel", "cli")
-        session = json.loads(env.ok("sessions", "create", "--group", "demo", "--json"))["id"]
-        task = json.loads(env.ok("tasks", "add", "--session", session, "--prompt", "standup", "--recurrence",
-                                 "0 9 * * *", "--json"))
-        host = Host(env)
+        host = Host(env, NCL_IDLE_TIMEOUT_S="60")
         try:
             host.wait_for_action("host_started")
+            asked = chat(env, "/schedule_task " + json.dumps({"prompt": "standup", "recurrence": "0 9 * * *"}))
+            assert "Task scheduled" in asked and "09:00 E" in asked, asked  # EST or EDT
+            [task] = applied(env)
             assert env.ncl("tasks", "list").stderr == ""  # same zone: nothing to say
             (tmp_path / ".env").write_text(f"TZ={TOKYO}\n")
             listed = env.ncl("tasks", "list")
@@ -152,13 +172,14 @@ class TestRunningHostInAnotherZone:
             assert zone["level"] == "warn" and f"uses TZ={NY}" in zone["detail"]
         finally:
             host.kill()
-        restarted = Host(env)
+        restarted = Host(env, NCL_IDLE_TIMEOUT_S="60")
         try:
             line = restarted.wait_for_action("task_replanned")
             assert f"task {task['id']} re-planned for TZ {TOKYO}" in line and f"09:00 {TOKYO}" in line
-            [after] = json.loads(env.ok("tasks", "list", "--json"))["tasks"]
+            [after] = tasks(env)
             assert after["next_run"] != task["next_run"]
-            assert "09:00" in env.ok("tasks", "list")  # shown in Tokyo: still nine o'clock
             assert env.ncl("tasks", "list").stderr == ""
+            shown = chat(env, "/list_tasks")  # a runner of the restarted host: Tokyo time, still nine o'clock
+            assert f"{task['id']} [pending] 0 9 * * * next: " in shown and " 09:00 JST" in shown, shown
         finally:
             restarted.kill()
