@@ -9,7 +9,10 @@ Variants, measured in one data dir per size (sessions are real folders, copied f
 - ``due10``: 10% of sessions get a due one-shot task; without runners (``sweep --now``) it stays due, so every
   tick re-visits them.
 
-``per_busy_session_ms`` = (tick − idle median) / busy sessions. Prints one JSON object to stdout.
+``per_busy_session_ms`` = (tick − idle median) / busy sessions. The setup figures: ``first_tick_ms`` (a sweeper's
+first tick over sessions it never saw, each opened: ``cold_visit_us`` per session, ``first_tick_cpu_s`` of CPU) and
+``restart_tick_ms`` (the first tick of a new sweeper, as a restarted host's, over the same settled idle sessions,
+``restart_opened`` of them opened). Prints one JSON object to stdout.
 
     .venv/bin/python scripts/bench_sweep.py [--sizes 100,1000,10000] [--ticks 20] [--rounds 5] [--keep]
 """
@@ -87,6 +90,13 @@ def timed(sweeper: Sweeper) -> tuple[float, SweepResult]:
     return (time.perf_counter() - start) * 1000, result
 
 
+def cpu_timed(sweeper: Sweeper) -> tuple[float, float, SweepResult]:
+    """``timed``, and the CPU seconds the tick used."""
+    cpu = time.process_time()
+    elapsed, result = timed(sweeper)
+    return elapsed, time.process_time() - cpu, result
+
+
 def settle(sweeper: Sweeper) -> None:
     """Wait past the racy-mtime window, then visit what changed, so untouched sessions are skipped after."""
     time.sleep(RACY_NS / 1e9 + 0.1)
@@ -126,8 +136,14 @@ def bench_size(root: Path, size: int, ticks: int, rounds: int) -> tuple[list[dic
     setup_s = time.perf_counter() - started
     sweeper = Sweeper(settings)
     try:
-        first_ms, result = timed(sweeper)
+        first_ms, first_cpu_s, result = cpu_timed(sweeper)
         check(result, sessions_checked=size, sessions_opened=size)
+        settle(sweeper)
+        sweeper.close()
+        sweeper = Sweeper(settings)  # a restarted host's: it never saw these sessions itself
+        restart_ms, restart_cpu_s, result = cpu_timed(sweeper)
+        check(result, sessions_checked=size)
+        restart_opened = result.sessions_opened
         settle(sweeper)
         idle = [timed(sweeper) for _ in range(ticks)]
         for _, result in idle:
@@ -154,7 +170,10 @@ def bench_size(root: Path, size: int, ticks: int, rounds: int) -> tuple[list[dic
         out.append(row(size, "due10", [t for t, _ in due], busy, idle_ms, busy))
     finally:
         sweeper.close()
-    return out, {"setup_s": round(setup_s, 2), "first_tick_ms": round(first_ms, 1)}
+    return out, {"setup_s": round(setup_s, 2), "first_tick_ms": round(first_ms, 1),
+                 "first_tick_cpu_s": round(first_cpu_s, 2), "cold_visit_us": round(first_ms * 1000 / size, 1),
+                 "restart_tick_ms": round(restart_ms, 1), "restart_tick_cpu_s": round(restart_cpu_s, 2),
+                 "restart_opened": restart_opened}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{size} sessions: building in {base / str(size)} …")
             rows, setup[str(size)] = bench_size(base / str(size), size, args.ticks, args.rounds)
             results += rows
-            log(f"  setup {setup[str(size)]['setup_s']} s, first tick {setup[str(size)]['first_tick_ms']} ms")
+            done = setup[str(size)]
+            log(f"  setup {done['setup_s']} s, first tick {done['first_tick_ms']} ms ({done['cold_visit_us']} µs a"
+                f" session), restart tick {done['restart_tick_ms']} ms ({done['restart_opened']} opened)")
     finally:
         if args.keep:
             log(f"kept {base}")
