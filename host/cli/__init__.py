@@ -1,35 +1,58 @@
-"""The ``ncl`` command: every command has ``--json``; errors are one line on stderr (exit 1, usage 2)."""
+"""The ``ncl`` command: every command has ``--json``; errors are one line on stderr (exit 1, usage 2).
+
+A command's module is imported only when that command runs (or ``--help`` lists it), and the settings only when a
+command runs: ``ncl --version`` loads neither, ``ncl tasks list`` none of the host loop, runtimes or model proxy
+(tests/test_cli_startup.py).
+"""
 
 from __future__ import annotations
 
-import logging
+import importlib
 import os
 import sys
 
 import click
-from pydantic import ValidationError
 
-from host import settings as settings_module
-from host.cli import checks
-from host.cli.app import App, pass_app
-from host.cli.chat import agent_cli, chat
-from host.cli.groups import group_cli
-from host.cli.hostcmd import host_cli
-from host.cli.image import image_cli
-from host.cli.output import emit, json_option, table
-from host.cli.overview import zone_mismatch
-from host.cli.queue import queue_cli
-from host.cli.scheduled import scheduled_cli
-from host.cli.sessions import session_cli
-from host.cli.status import messages_cli, status
-from host.cli.tasks import task_cli
-from host.cli.terminal import VisibleFormatter, say
 from host.errors import NclError
-from host.store import db
-from schemas.validation import one_line
+
+# name -> "module:attribute" of its click command, in a module imported when the command is first needed
+COMMANDS = {
+    "agent": "host.cli.chat:agent_cli",
+    "chat": "host.cli.chat:chat",
+    "doctor": "host.cli.doctor:doctor",
+    "groups": "host.cli.groups:group_cli",
+    "host": "host.cli.hostcmd:host_cli",
+    "image": "host.cli.image:image_cli",
+    "messages": "host.cli.status:messages_cli",
+    "queue": "host.cli.queue:queue_cli",
+    "scheduled-task": "host.cli.scheduled:scheduled_cli",
+    "sessions": "host.cli.sessions:session_cli",
+    "status": "host.cli.status:status",
+    "tasks": "host.cli.tasks:task_cli",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose commands (``COMMANDS``) are imported when looked up: to be run, or listed by ``--help``."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, _, attribute = COMMANDS[cmd_name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return self.commands.get(cmd_name)
+
+    def resolve_command(self, ctx: click.Context,
+                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.NoSuchCommand as exc:  # "did you mean" among every command, not only the ones imported
+            raise click.NoSuchCommand(exc.command_name, possibilities=COMMANDS, ctx=ctx) from None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ncl-agent-host", prog_name="ncl")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
@@ -38,6 +61,12 @@ def cli(ctx: click.Context) -> None:
     Settings come from the environment, then .env in the current directory (or NCL_ENV_FILE);
     see .env.example. Times are shown in TZ.
     """
+    import logging
+
+    from host import settings as settings_module
+    from host.cli.app import App, zone_mismatch
+    from host.cli.terminal import VisibleFormatter
+
     handler = logging.StreamHandler()
     handler.setFormatter(VisibleFormatter("ncl: %(levelname)s: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
@@ -48,28 +77,28 @@ def cli(ctx: click.Context) -> None:
         logging.getLogger("ncl").warning(mismatch, extra={"action": "zone_mismatch"})
 
 
-@cli.command()
-@json_option
-@pass_app
-def doctor(app: App, as_json: bool) -> None:
-    """Check the install: TZ, data dir, Docker engine and image, API key, schema versions."""
-    found = checks.run_all(app.settings)
-    ok = all(c.ok for c in found)
-    emit(as_json, {"ok": ok, "checks": [c.to_json() for c in found]}, lambda: table(
-        [{**c.to_json(), "ok": c.level if c.level == "ok" else c.level.upper()} for c in found],
-        [("ok", "STATUS"), ("name", "CHECK"), ("detail", "DETAIL")], ""))
-    if not ok:
-        raise SystemExit(1)
-
-
-for command in (group_cli, session_cli, task_cli, host_cli, chat, agent_cli, queue_cli, image_cli,
-                status, messages_cli, scheduled_cli):
-    cli.add_command(command)
-
-
 def _fail(message: str, code: int) -> None:
+    from host.cli.terminal import say
+
     say("ncl: " + message.replace("\n", " "), err=True)  # one line, whatever the message held
     sys.exit(code)
+
+
+def _fail_on(exc: Exception) -> None:
+    """Exit with one line for an error a command raised; re-raise an unexpected one under NCL_DEBUG."""
+    # imported here: only a command that ran (and so loaded them already) can raise these
+    from pydantic import ValidationError
+
+    from host.store import db
+    from schemas.validation import one_line
+
+    if isinstance(exc, ValidationError):  # a model at an edge refused a value: "field: message", not pydantic's report
+        _fail(one_line(exc), 1)
+    if isinstance(exc, NclError | ValueError | OSError | db.Error):
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 1)
+    if os.environ.get("NCL_DEBUG"):
+        raise exc
+    _fail(f"internal error: {type(exc).__name__}: {exc} (set NCL_DEBUG=1 for the traceback)", 1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,12 +116,6 @@ def main(argv: list[str] | None = None) -> None:
         _fail(exc.format_message(), exc.exit_code)
     except click.Abort:
         _fail("aborted", 1)
-    except ValidationError as exc:  # a model at an edge refused a value: "field: message", not pydantic's report
-        _fail(one_line(exc), 1)
-    except (NclError, ValueError, OSError, db.Error) as exc:
-        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 1)
     except Exception as exc:
-        if os.environ.get("NCL_DEBUG"):
-            raise
-        _fail(f"internal error: {type(exc).__name__}: {exc} (set NCL_DEBUG=1 for the traceback)", 1)
+        _fail_on(exc)
     sys.exit(code if isinstance(code, int) else 0)

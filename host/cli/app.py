@@ -1,19 +1,22 @@
-"""What every command is handed: the settings, and the central DB opened the right way."""
+"""What every command is handed: the settings, the central DB opened the right way, and a warning when the running
+host plans in another zone."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import click
 
 from host.errors import NclError
 from host.files import lock
-from host.scheduling.recurrence import Policy
 from host.settings import Settings
 from host.store import db, views
-from schemas import clock
 from schemas.times import TimeFormatError, parse_user_time, truncate_ms
+
+if TYPE_CHECKING:
+    from host.scheduling.recurrence import Policy
 
 
 @dataclass(frozen=True)
@@ -31,13 +34,32 @@ class App:
         return views.empty_central()
 
     def now(self) -> datetime:
+        from schemas import clock  # imported here, as Policy below: commands that only read need neither
+
         return clock.now()
 
 
 pass_app = click.make_pass_decorator(App)
 
 
+def zone_mismatch(settings: Settings) -> str | None:
+    """What to warn about when a running host plans in another zone than this command's TZ (None: nothing)."""
+    pid = lock.running_pid(settings.data_dir)
+    if pid is None:
+        return None
+    from host.runtimes.pool import published  # imported here: the pool's module is large, and no host is the norm
+
+    zone = (published(settings.data_dir) or {}).get("zone")
+    if not isinstance(zone, str) or zone == settings.tz.name:
+        return None
+    return (f"the running host (pid {pid}) uses TZ={zone}, this command TZ={settings.tz.name} (from "
+            f"{settings.tz.source}): times are planned and shown in {zone} until the host is restarted with the new "
+            "TZ (it then re-plans waiting recurring tasks)")
+
+
 def policy(app: App) -> Policy:
+    from host.scheduling.recurrence import Policy
+
     return Policy.of(app.settings)
 
 

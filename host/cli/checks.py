@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from host.cli.overview import zone_mismatch
+from host.cli.app import zone_mismatch
 from host.files import lock, private
 from host.runtimes.image import EngineDown, Versions, connect_engine, host_versions, inspect
 from host.settings import Settings

@@ -8,7 +8,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from host.files import lock
 from host.runtimes.pool import published, read_heartbeat
 from host.settings import Settings
 from host.store import db, sessions, views
@@ -34,17 +33,6 @@ def transcript(session: Session) -> list[dict[str, Any]]:
     found = sorted(views.transcript(session.folder), key=lambda m: (m.timestamp, m.direction == "out", m.seq or 0))
     return [{"id": m.id, "direction": m.direction, "kind": m.kind, "timestamp": m.timestamp, "text": _text(m.content),
              "status": m.status} for m in found]
-
-
-def zone_mismatch(settings: Settings) -> str | None:
-    """What to warn about when a running host plans in another zone than this command's TZ (None: nothing)."""
-    pid = lock.running_pid(settings.data_dir)
-    zone = (published(settings.data_dir) or {}).get("zone") if pid is not None else None
-    if not isinstance(zone, str) or zone == settings.tz.name:
-        return None
-    return (f"the running host (pid {pid}) uses TZ={zone}, this command TZ={settings.tz.name} (from "
-            f"{settings.tz.source}): times are planned and shown in {zone} until the host is restarted with the new "
-            "TZ (it then re-plans waiting recurring tasks)")
 
 
 def host_pid(data_dir: Path) -> int | None:

@@ -10,7 +10,6 @@ from typing import Any, TypeVar
 
 import click
 
-from host.channels import nudge
 from host.cli.app import App, now_option, pass_app, policy
 from host.cli.output import emit, fields, json_option, local_time, table
 from host.errors import NclError
@@ -33,6 +32,8 @@ def _write(app: App, ref: str, action: Callable[[Any, Path, str], T],
            plans: str | None = None) -> tuple[Session, str, T]:
     """Find the series, run ``action(conn, session folder, series_id)`` on its inbox, nudge a running host. A
     command that ``plans`` runs is refused in a closed session."""
+    from host.channels import nudge  # imported here: it brings asyncio, which the read-only commands need not load
+
     with closing(app.central()) as central:
         session, series_id = task_list.locate(app.settings, central, ref)
     if plans:
@@ -199,6 +200,8 @@ def run_now(app: App, task_id: str, now: datetime | None, as_json: bool) -> None
 def add(app: App, session_id: str, prompt: str, recurrence: str | None, at: str | None, script: str | None,
         context_mode: str, force: bool, now: datetime | None, as_json: bool) -> None:
     """Schedule a task in a session, as an operator."""
+    from host.channels import nudge  # see _write
+
     moment = now or app.now()
     after = to_text(parse_user_time(at, app.settings.tz.zone)) if at else None
     with closing(app.central(write=True)) as central:
