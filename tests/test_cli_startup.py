@@ -1,0 +1,87 @@
+"""Issue 14.5, a CLI that starts at once: which modules a real ``ncl`` process imports (``-X importtime`` through
+PYTHONPROFILEIMPORTTIME), never how long it takes (scripts/bench_cli.py times it).
+
+``ncl --version`` imports neither the settings nor pydantic; ``ncl tasks list`` none of the host loop, runtimes,
+model proxy, HTTP clients, project-task firing or asyncio. A top-level import of any of them put back in the
+modules these commands load fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import click
+import pytest
+from processes import Env
+
+from host.cli import COMMANDS, cli
+
+# What only ``ncl host``, ``doctor``, ``status``, ``image``, ``chat`` or ``scheduled-task`` need (a name and its
+# submodules).
+HEAVY = ("anthropic", "asyncio", "docker", "httpx", "httpx2", "mcp", "yaml", "host.loop", "host.runtimes.docker",
+         "host.runtimes.pool", "host.runtimes.proxy", "host.project_tasks.fire", "host.project_tasks.targets",
+         "host.scheduling.sweep")
+SETTINGS = ("pydantic", "pydantic_core", "host.settings", "host.store", "sqlite3")
+IMPORTED = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$")
+
+
+def imported(env: Env, *args: str) -> tuple[str, set[str]]:
+    """What ``ncl ARGS`` printed, and every module its process imported."""
+    env.vars["PYTHONPROFILEIMPORTTIME"] = "1"
+    try:
+        done = env.ncl(*args)
+    finally:
+        del env.vars["PYTHONPROFILEIMPORTTIME"]
+    lines = done.stderr.splitlines()
+    assert done.returncode == 0, [line for line in lines if not IMPORTED.match(line)]
+    return done.stdout, {m[1] for line in lines if (m := IMPORTED.match(line))}
+
+
+def among(modules: set[str], names: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in modules if any(m == name or m.startswith(name + ".") for name in names))
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    """A data dir with one session holding one task series."""
+    env = Env(tmp_path)
+    env.ok("groups", "create", "demo", "--channel", "cli")
+    session = json.loads(env.ok("sessions", "create", "--group", "demo", "--json"))["id"]
+    env.ok("tasks", "add", "--session", session, "--prompt", "standup", "--recurrence", "0 9 * * *")
+    return env
+
+
+def test_version_imports_no_settings_and_nothing_heavy(env: Env) -> None:
+    out, modules = imported(env, "--version")
+    assert out.startswith("ncl, version ")
+    assert "click" in modules  # the parse sees what was imported
+    assert among(modules, HEAVY + SETTINGS) == []
+
+
+def test_tasks_list_imports_nothing_of_the_host_machinery(env: Env) -> None:
+    out, modules = imported(env, "tasks", "list")
+    assert "standup" in out  # the series was read from its session's inbox
+    assert {"host.settings", "host.scheduling.task_list"} <= modules
+    assert among(modules, HEAVY) == []
+
+
+def test_the_host_command_still_imports_the_loop(env: Env) -> None:
+    """The counter-check: a command that needs the machinery imports it, and the parse sees it."""
+    _, modules = imported(env, "host", "--help")
+    assert {"host.loop", "host.runtimes.pool", "host.project_tasks.fire"} <= modules
+
+
+def test_every_listed_command_is_found_under_its_own_name() -> None:
+    with click.Context(cli) as ctx:
+        for name in cli.list_commands(ctx):
+            command = cli.get_command(ctx, name)
+            assert command is not None and command.name == name
+    assert cli.list_commands(click.Context(cli)) == sorted(COMMANDS)
+
+
+def test_a_mistyped_command_is_matched_against_commands_not_yet_imported(tmp_path: Path) -> None:
+    done = Env(tmp_path).ncl("taks")
+    assert done.returncode == 2
+    assert "No such command 'taks'" in done.stderr and "'tasks'" in done.stderr
