@@ -13,16 +13,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from host.files import confined, private
 from host.runtimes.base import Runtime
-from host.runtimes.proxy.server import SOCKET_NAME, CredentialProxy
 from host.settings import Settings
 from host.store.sessions import Session
 from schemas import ids
 from schemas.runner_env import RunnerEnv
 from schemas.times import to_text
+
+if TYPE_CHECKING:  # the proxy's module (an HTTP client, asyncio) is imported when a runner starts, not by ncl commands
+    from host.runtimes.proxy.server import CredentialProxy
 
 log = logging.getLogger(__name__)
 HEARTBEAT_STALE = timedelta(minutes=30)
@@ -139,6 +141,8 @@ class Runners:
         return True
 
     def start(self, session: Session, now: datetime, rules: str = "") -> Runner:
+        from host.runtimes.proxy.server import SOCKET_NAME  # see TYPE_CHECKING above
+
         runner = Runner(f"gen-{ids.epoch_ms(now)}-{secrets.token_hex(3)}", now, session.folder)
         # The proxy's socket is named relative to the session folder, where the runner resolves it.
         # A one-off sweep (no proxy) leaves its runners running: they must outlive it.
