@@ -17,6 +17,8 @@ import pytest
 from processes import Env
 
 from host.cli import COMMANDS, cli
+from host.files.lock import host_lock
+from host.runtimes.pool import publish
 
 # What only ``ncl host``, ``doctor``, ``status``, ``image``, ``chat`` or ``scheduled-task`` need (a name and its
 # submodules).
@@ -27,16 +29,17 @@ SETTINGS = ("pydantic", "pydantic_core", "host.settings", "host.store", "sqlite3
 IMPORTED = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$")
 
 
-def imported(env: Env, *args: str) -> tuple[str, set[str]]:
-    """What ``ncl ARGS`` printed, and every module its process imported."""
+def imported(env: Env, *args: str) -> tuple[str, list[str], set[str]]:
+    """What ``ncl ARGS`` printed on stdout and (the import report aside) on stderr, and every module its process
+    imported."""
     env.vars["PYTHONPROFILEIMPORTTIME"] = "1"
     try:
         done = env.ncl(*args)
     finally:
         del env.vars["PYTHONPROFILEIMPORTTIME"]
-    lines = done.stderr.splitlines()
-    assert done.returncode == 0, [line for line in lines if not IMPORTED.match(line)]
-    return done.stdout, {m[1] for line in lines if (m := IMPORTED.match(line))}
+    said = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
+    assert done.returncode == 0, said
+    return done.stdout, said, {m[1] for line in done.stderr.splitlines() if (m := IMPORTED.match(line))}
 
 
 def among(modules: set[str], names: tuple[str, ...]) -> list[str]:
@@ -54,22 +57,34 @@ def env(tmp_path: Path) -> Env:
 
 
 def test_version_imports_no_settings_and_nothing_heavy(env: Env) -> None:
-    out, modules = imported(env, "--version")
+    out, _, modules = imported(env, "--version")
     assert out.startswith("ncl, version ")
     assert "click" in modules  # the parse sees what was imported
     assert among(modules, HEAVY + SETTINGS) == []
 
 
 def test_tasks_list_imports_nothing_of_the_host_machinery(env: Env) -> None:
-    out, modules = imported(env, "tasks", "list")
+    out, said, modules = imported(env, "tasks", "list")
     assert "standup" in out  # the series was read from its session's inbox
+    assert said == []
     assert {"host.settings", "host.scheduling.task_list"} <= modules
     assert among(modules, HEAVY) == []
 
 
+def test_with_a_host_running_in_another_zone_tasks_list_warns_and_still_imports_nothing_heavy(env: Env) -> None:
+    """The zone check reads the running host's published state, without the runner pool's proxy."""
+    with host_lock(env.data_dir):  # held by this process: to the ncl process, a host is running
+        publish(env.data_dir, {"zone": "America/New_York", "runners": [], "waiting": []})
+        out, said, modules = imported(env, "tasks", "list")
+    assert "standup" in out
+    assert len(said) == 1 and "uses TZ=America/New_York, this command TZ=UTC" in said[0]
+    assert "host.runtimes.pool" in modules
+    assert among(modules, tuple(name for name in HEAVY if name != "host.runtimes.pool")) == []
+
+
 def test_the_host_command_still_imports_the_loop(env: Env) -> None:
     """The counter-check: a command that needs the machinery imports it, and the parse sees it."""
-    _, modules = imported(env, "host", "--help")
+    _, _, modules = imported(env, "host", "--help")
     assert {"host.loop", "host.runtimes.pool", "host.project_tasks.fire"} <= modules
 
 
