@@ -6,12 +6,15 @@
   (made with the host's own functions: ``groups.create``, ``sessions.create``, ``tasks.schedule``).
 
 Each command runs once untimed (a warm page cache), then ``--runs`` times. Prints one JSON object with the medians,
-the minimums and ``targets`` (``met``: every median under its target).
+the minimums and ``targets`` (``met``: every median under its target), and for reference two floors timed the same
+way: ``python_startup`` (``python -c pass``) and ``settings_import`` (``import host.settings``: pydantic and the
+settings model, which every command but ``--version`` and ``--help`` loads).
 
-    .venv/bin/python scripts/bench_cli.py [--runs 15] [--sessions 100] [--pythonpath DIR]
+    .venv/bin/python scripts/bench_cli.py [--runs 15] [--sessions 100]
 
-``--pythonpath DIR`` puts another checkout of the sources first on the path of the timed processes (the "before"
-of a change: ``git worktree add /tmp/before <commit>``); the data dir is always made by this checkout.
+It times the checkout it is in (first on the timed processes' PYTHONPATH, whatever the venv's editable install
+points at), which also makes the data dir: for the "before" of a change, copy it into
+``git worktree add /tmp/before <commit>`` and run it there with this venv's python.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from host.store import db, groups, sessions
 from host.store.task_ids import TaskIds
 from schemas import ids
 
+SOURCES = Path(__file__).resolve().parent.parent  # the checkout timed, and the one that makes the data dir
 NOW = datetime(2030, 1, 2, 8, 0, tzinfo=UTC)  # the daily 09:00 tasks are due later: every series is listed
 TARGETS = {"version_ms_lt": 80.0, "tasks_list_ms_lt": 150.0}
 
@@ -81,19 +85,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--sessions", type=int, default=100)
     parser.add_argument("--ncl", type=Path, default=Path(sys.executable).parent / "ncl", help="The ncl script.")
-    parser.add_argument("--pythonpath", type=Path, help="Sources to time instead of this checkout's.")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="ncl-bench-cli-"))
     try:
         settings = build(root, args.sessions)
         env = {key: value for key, value in os.environ.items() if not key.startswith(("NCL_", "PYTHON"))}
-        env.update({"NCL_DATA_DIR": str(settings.data_dir), "TZ": "UTC"})
-        if args.pythonpath:
-            env["PYTHONPATH"] = str(args.pythonpath.resolve())
+        env.update({"NCL_DATA_DIR": str(settings.data_dir), "TZ": "UTC", "PYTHONPATH": str(SOURCES)})
         ncl = [str(args.ncl)]
+        python = [str(args.ncl.with_name("python")), "-c"]
         results: dict[str, Any] = {}
-        for name, extra in (("version", ["--version"]), ("help", ["--help"]), ("tasks_list", ["tasks", "list"])):
-            times, _ = timed(ncl + extra, env, root, args.runs)
+        for name, command in (("version", [*ncl, "--version"]), ("help", [*ncl, "--help"]),
+                              ("tasks_list", [*ncl, "tasks", "list"]), ("python_startup", [*python, "pass"]),
+                              ("settings_import", [*python, "import host.settings"])):
+            times, _ = timed(command, env, root, args.runs)
             results[name] = summary(times)
         _, listed = timed([*ncl, "tasks", "list", "--json"], env, root, 0)
         found = len(json.loads(listed)["tasks"])
@@ -103,7 +107,7 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     met = (results["version"]["median_ms"] < TARGETS["version_ms_lt"]
            and results["tasks_list"]["median_ms"] < TARGETS["tasks_list_ms_lt"])
-    print(json.dumps({"ncl": str(args.ncl), "sources": str(args.pythonpath or Path(__file__).resolve().parent.parent),
+    print(json.dumps({"ncl": str(args.ncl), "sources": str(SOURCES),
                       "runs": args.runs, "sessions": args.sessions, "cpus": os.cpu_count(),
                       "load_1min": round(os.getloadavg()[0], 2), **results,
                       "targets": {**TARGETS, "met": met}}, indent=2))
