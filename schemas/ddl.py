@@ -194,6 +194,18 @@ _CENTRAL_V4 = """
 ALTER TABLE scheduled_tasks ADD COLUMN zone TEXT;
 """
 
+# v5 (issue 14): what the sweep last learned of each session, so a restarted host opens only the sessions whose files
+# changed since or whose due time has come. ``files``: the stat signature of the folder and both files when the visit
+# began; ``context``: the zone and schema versions it was taken under (another one: the row is not used).
+_CENTRAL_V5 = f"""
+CREATE TABLE session_index(
+  session_id TEXT PRIMARY KEY,
+  files TEXT NOT NULL,
+  next_due TEXT CHECK (next_due IS NULL OR next_due = '' OR next_due GLOB '{STORED_GLOB}'),
+  context TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
 _OUTBOUND_V1 = f"""
 CREATE TABLE messages_out(
   id TEXT PRIMARY KEY,
@@ -246,7 +258,7 @@ CREATE INDEX messages_out_kind_seq ON messages_out(kind, seq);
 """
 
 MIGRATIONS: dict[DbKind, tuple[str, ...]] = {
-    "central": (_CENTRAL_V1, _CENTRAL_V2, _CENTRAL_V3, _CENTRAL_V4),
+    "central": (_CENTRAL_V1, _CENTRAL_V2, _CENTRAL_V3, _CENTRAL_V4, _CENTRAL_V5),
     "inbound": (_INBOUND_V1, _INBOUND_V2, _INBOUND_V3, _INBOUND_V4),
     "outbound": (_OUTBOUND_V1, _OUTBOUND_V2, _OUTBOUND_V3),
 }

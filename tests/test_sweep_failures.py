@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from kit import RecordingRuntime, World, utc
 
-from host.scheduling import tasks
+from host.scheduling import sweep, tasks
 from schemas.times import to_text
 
 T0 = utc("2026-05-18T13:00:00")
@@ -206,18 +207,16 @@ def test_deleted_session_folder_does_not_stop_the_sweep(world: World) -> None:
     assert (result.errors, result.woken) == (1, 1)
 
 
-def test_idle_sessions_are_not_opened(world: World) -> None:
+def test_idle_sessions_are_not_opened(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     others = [world.new_session() for _ in range(9)]
     for session in others:
         world.schedule(T0, at=to_text(T0 + timedelta(days=1)), session=session)
-    old = T0.timestamp() - 3600  # files untouched for an hour (and so past the coarse-mtime guard)
-    for session in [world.session, *others]:
-        for path in (session.folder, session.folder / "inbound.db"):
-            os.utime(path, (old, old))
+    # The sweep looks an hour after the files were written (past the coarse-ctime guard; a ctime cannot be set back).
+    monkeypatch.setattr(sweep.clock, "filesystem_ns", lambda: time.time_ns() + 3600 * 10**9)
     sweeper = world.sweeper()
     assert sweeper.tick(T0).sessions_opened == 10
     assert sweeper.tick(T0 + timedelta(seconds=1)).sessions_opened == 0
-    world.schedule(T0, at=to_text(T0 + timedelta(seconds=5)), session=others[3])  # a write moves its folder mtime
+    world.schedule(T0, at=to_text(T0 + timedelta(seconds=5)), session=others[3])  # a write moves its ctime
     second = sweeper.tick(T0 + timedelta(seconds=2))
     assert (second.sessions_checked, second.sessions_opened) == (10, 1)
     assert sweeper.earliest_due() == T0 + timedelta(seconds=5)

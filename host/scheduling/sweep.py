@@ -1,7 +1,9 @@
 """One sweep over every active session (DESIGN §6.2): sync acks, apply requests, clone, misfire, release
-stuck or orphaned claims, wake. Idle sessions are not opened: two stats tell whether anything was written since
-the last visit. A runner's write to outbound.db creates and deletes its rollback journal, which moves the folder's
-mtime; inbound.db keeps its journal for good (db._own_journal), so a write to it shows in its own mtime."""
+stuck or orphaned claims, wake. Idle sessions are not opened: three stats (the folder, inbound.db, outbound.db) tell
+whether anything was written since the last visit. Their signature holds ctimes, which any write, rename or
+``utime`` moves and no runner can set back; a journal made or deleted beside a file moves the folder's. What a visit
+learned is kept in central.db too (``session_index``), so a restarted host opens only the sessions that changed or
+are due."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from host.runtimes.pool import Runner, Runners
 from host.scheduling import actions, recurrence
 from host.scheduling.recurrence import Policy
 from host.settings import Settings
-from host.store import db, deliveries, groups, inbox, outbox, sessions, task_series
+from host.store import db, groups, inbox, outbox, session_index, sessions, task_series
 from host.store.outbox import Ack, OutMessage
 from host.store.sessions import Session
 from host.store.task_ids import TaskIds
@@ -30,8 +32,8 @@ from schemas.messages import RunOutcome
 from schemas.times import from_text, to_text
 
 log = logging.getLogger(__name__)
-# A folder written within this long before we looked may be written again with the same mtime (coarse
-# filesystem clock): it is not trusted as unchanged until a visit sees it older than this.
+# A file written within this long before we looked may be written again with the same ctime (coarse filesystem
+# clock): it is not trusted as unchanged until a visit sees it older than this.
 RACY_NS = 1_000_000_000
 YIELD_AFTER_S = 0.005  # a sweep pauses between sessions after this much work, to let the host loop serve
 ACK_OUTCOMES: dict[str, tuple[RunOutcome, ...]] = {"completed": ("ran", "skipped", "gate_error"),
@@ -65,14 +67,38 @@ def advance(steps: Generator[None, None, SweepResult]) -> SweepResult | None:
     return None
 
 
+OUTBOUND_SIDE = 4  # files[:4]: the folder's ctime and outbound.db's signature; files[4:]: inbound.db's
+
+
+def _files(path: str) -> tuple[int, ...]:
+    """The session's stat signature: the folder's ctime, then (inode, size, ctime) of outbound.db (zeros while it
+    is missing) and of inbound.db. A plain os.stat on the str path: pathlib per session cost 5x the stat."""
+    folder = os.stat(path)
+    inbound = os.stat(path + "/inbound.db", follow_symlinks=False)
+    try:
+        outbound = os.stat(path + "/outbound.db", follow_symlinks=False)
+        out = (outbound.st_ino, outbound.st_size, outbound.st_ctime_ns)
+    except FileNotFoundError:
+        out = (0, 0, 0)
+    return (folder.st_ctime_ns, *out, inbound.st_ino, inbound.st_size, inbound.st_ctime_ns)
+
+
 @dataclass(frozen=True)
 class _Seen:
     """What the last visit learned about a session."""
 
-    mtime_ns: int
-    seen_at_ns: int
+    files: tuple[int, ...]  # ``_files`` when the visit began
+    settled: bool  # the files were last written RACY_NS before the visit began: the same signature, the same files
     next_due: str | None  # '' = due now
-    busy: bool  # has claimed rows
+    busy: bool  # has claimed rows or undelivered replies
+    # outbound.db held nothing for a visit that read it for these open rows: unchanged, it need not be read again
+    # while the open rows stay among them.
+    quiet_for: frozenset[str] | None = None
+
+    @property
+    def kept(self) -> session_index.Entry | None:
+        """What the index keeps of it: only what lets a restarted host skip the session."""
+        return session_index.Entry(self.files, self.next_due) if self.settled and not self.busy else None
 
 
 @dataclass
@@ -84,6 +110,9 @@ class Sweeper:
     failing: dict[str, str] = field(default_factory=dict)  # session id -> the problem last logged for it
     unvisited: int = 0  # sessions never seen that the last tick left for the next (its new_limit)
     _central: db.Connection | None = None
+    _index: db.Connection | None = None  # None: the index is not loaded yet
+    _indexed: dict[str, session_index.Entry] = field(default_factory=dict)  # what the index holds
+    _unsaved: dict[str, session_index.Entry | None] = field(default_factory=dict)  # its rows to change (None: drop)
     _sessions: list[Session] = field(default_factory=list)
     _central_version: int = -1
 
@@ -115,9 +144,47 @@ class Sweeper:
         return groups.rules(self._central, group_id)
 
     def close(self) -> None:
+        if self._index is not None:
+            self._save_index()
+            self._index.close()
+            self._index = None
         if self._central is not None:
             self._central.close()
             self._central = None
+
+    def _load_index(self) -> None:
+        """What a host before this one learned of the sessions, as if this one had seen it."""
+        self._index = session_index.connect(self.settings.central_db)
+        self._indexed = session_index.load(self._index, session_index.context(self.policy.zone.key))
+        for sid, entry in self._indexed.items():
+            self.seen.setdefault(sid, _Seen(entry.files, True, entry.next_due, False))
+
+    def _remember(self, session_id: str, seen: _Seen | None) -> None:
+        if seen is None:
+            self.seen.pop(session_id, None)
+        else:
+            self.seen[session_id] = seen
+        kept = None if seen is None else seen.kept
+        if self._indexed.get(session_id) != kept:
+            self._unsaved[session_id] = kept
+        else:
+            self._unsaved.pop(session_id, None)
+
+    def _save_index(self) -> None:
+        """The index's changed rows, in one transaction; on a failure they are tried again after the next tick."""
+        if not self._unsaved or self._index is None:
+            return
+        try:
+            session_index.save(self._index, session_index.context(self.policy.zone.key), self._unsaved)
+        except db.Error as exc:
+            log.warning("the session index was not saved: %s", exc, extra={"action": "session_index_failed"})
+            return
+        for sid, entry in self._unsaved.items():
+            if entry is None:
+                self._indexed.pop(sid, None)
+            else:
+                self._indexed[sid] = entry
+        self._unsaved.clear()
 
     def earliest_due(self) -> datetime | None:
         """When the next session needs a wake: the earliest due time among sessions with no live runner and no
@@ -160,7 +227,10 @@ class Sweeper:
         policy = self.policy
         self.unvisited = 0
         mark = time.monotonic()
-        for session in self.active_sessions():
+        active = self.active_sessions()
+        if self._index is None:
+            self._load_index()
+        for session in active:
             if time.monotonic() - mark > YIELD_AFTER_S:
                 yield
                 mark = time.monotonic()
@@ -175,7 +245,7 @@ class Sweeper:
             try:
                 self._sweep_one(session, now, policy, result)
             except Exception as exc:  # one broken session never stops the others
-                self.seen.pop(session.id, None)
+                self._remember(session.id, None)
                 result.errors += 1
                 # Said once per distinct problem: a session broken for good must not fill the log every sweep.
                 level = logging.DEBUG if self.failing.get(session.id) == str(exc) else logging.WARNING
@@ -186,24 +256,29 @@ class Sweeper:
                 if self.failing.pop(session.id, None) is not None:
                     log.info("session %s works again", session.id,
                              extra={"action": "session_recovered", "session": session.id})
+        self._save_index()
         if self.runners:
             result.woken += self.runners.start_waiting(now, self._rules)
         return result
 
     def _sweep_one(self, session: Session, now: datetime, policy: Policy, result: SweepResult) -> None:
         runner = self.runners.alive(session, now) if self.runners else None
-        # The idle path runs for every session every tick: a plain os.stat on the str path, and the tick's
-        # own text of `now` (pathlib and strftime per session cost 5x the stat itself at 10,000 sessions).
-        mtime = max(os.stat(session.path).st_mtime_ns,
-                    os.stat(session.path + "/inbound.db", follow_symlinks=False).st_mtime_ns)
+        # The idle path runs for every session every tick: three stats, and the tick's own text of `now` (strftime
+        # per session cost more than a stat at 10,000 sessions).
+        files = _files(session.path)
         seen = self.seen.get(session.id)
-        if (seen and runner is None and not seen.busy and mtime == seen.mtime_ns
-                and seen.seen_at_ns - mtime > RACY_NS and (seen.next_due is None or seen.next_due > result.now)):
+        if (seen and runner is None and seen.settled and not seen.busy and files == seen.files
+                and (seen.next_due is None or seen.next_due > result.now)):
             return
         result.sessions_opened += 1
         seen_at = clock.filesystem_ns()
-        next_due, claimed, undelivered, due_since = self._visit(session, now, policy, runner, result)
-        self.seen[session.id] = _Seen(mtime, seen_at, next_due, claimed or undelivered)
+        quiet = seen.quiet_for if seen and seen.settled and seen.files[:OUTBOUND_SIDE] == files[:OUTBOUND_SIDE] \
+            else None
+        visit = self._visit(session, now, policy, runner, result, quiet)
+        newest = max(files[0], files[3], files[6])
+        self._remember(session.id, _Seen(files, seen_at - newest > RACY_NS, visit.next_due,
+                                         visit.processing or visit.undelivered, visit.quiet_for))
+        claimed, due_since = visit.processing, visit.due_since
         if self.runners is None:
             result.woken += runner is None and due_since is not None
         elif runner is None and due_since is not None:
@@ -214,15 +289,20 @@ class Sweeper:
                 self.runners.seen(session.id, now, idle=not claimed and due_since is None)
 
     def _visit(self, session: Session, now: datetime, policy: Policy, runner: Runner | None,
-               result: SweepResult) -> tuple[str | None, bool, bool, str | None]:
-        """(next due time, any row claimed, replies undelivered, when its due work became due or None)."""
+               result: SweepResult, quiet: frozenset[str] | None) -> _Visit:
+        """``quiet``: the open rows a read of the unchanged outbound.db found nothing for (None: read it)."""
         outbound = session.folder / "outbound.db"
         limit = self.settings.max_requests_per_visit
         with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
-            open_ids = inbox.open_ids(conn)
-            # One request more than a visit applies tells whether the rest wait for the next visit (DESIGN §13.5).
-            found = outbox.read(outbound, open_ids, inbox.applied_seq(conn), writable=runner is None,
-                                reply_after_seq=deliveries.watermark(conn), request_limit=limit + 1)
+            open_rows = inbox.open_rows(conn)
+            if runner is None and quiet is not None and quiet.issuperset(open_rows):
+                found = outbox.Outbox()  # what reading it again would find: no ack, request or reply is new
+            else:
+                handled, replied = inbox.watermarks(conn)
+                # One request more than a visit applies tells whether the rest wait for the next visit (§13.5).
+                found = outbox.read(outbound, open_rows, handled, writable=runner is None, reply_after_seq=replied,
+                                    request_limit=limit + 1)
+                quiet = None if found.acks or found.requests or found.replies else frozenset(open_rows)
             more = len(found.requests) > limit
             if runner is not None and self._stuck(session, now, runner, found):
                 runner = None
@@ -231,22 +311,24 @@ class Sweeper:
                 # Claims first, then the inbox: a crash between leaves 'processing' rows, released next time.
                 outbox.clear_claims(outbound, claimed)
             with db.transaction(conn):
-                self._sync(conn, now, policy, runner, found, claimed, result)
+                self._sync(conn, now, policy, runner, found, claimed, result, open_rows)
                 if found.requests:
                     result.applied += self._apply(conn, session, found.requests[:limit], now, policy)
-                for row in task_series.ended_recurring(conn):
-                    result.cloned += recurrence.repair(conn, row, now, policy)
-                recurrence.replan(conn, now, policy)  # TZ changed since they were planned (none, nearly always)
-                for row in task_series.due_recurring(conn, now):
-                    result.missed += recurrence.misfire(conn, row, now, policy)
+                if task_series.recurring_work(conn, policy.zone.key, now):
+                    for row in task_series.ended_recurring(conn):
+                        result.cloned += recurrence.repair(conn, row, now, policy)
+                    recurrence.replan(conn, now, policy)  # TZ changed since they were planned (nearly never)
+                    for row in task_series.due_recurring(conn, now):
+                        result.missed += recurrence.misfire(conn, row, now, policy)
                 if self.runners and self.runners.take_notice(session.id):
                     inbox.notice(conn, now, "runner_start_failed", "The agent's runner failed to start several "
                                  "times in a row; the host keeps retrying with growing delays.")
             if self.deliveries and found.replies:  # sent by the host loop, outside this visit and its transaction
                 self.deliveries.hand(session, found.replies)
+            state = inbox.state(conn, now)
             # Requests left for the next visit make the session due now, so the loop comes back at once, not in 60 s.
-            return ("" if more else inbox.next_due(conn), inbox.has_processing(conn), bool(found.replies),
-                    inbox.due_since(conn, now))
+            return _Visit("" if more else state.next_due, state.processing, bool(found.replies), state.due_since,
+                          quiet if runner is None else None)
 
     def _stuck(self, session: Session, now: datetime, runner: Runner, found: outbox.Outbox) -> bool:
         claims = [from_text(a.status_changed) for a in found.acks.values()
@@ -262,8 +344,9 @@ class Sweeper:
         return True
 
     def _sync(self, conn: db.Connection, now: datetime, policy: Policy, runner: Runner | None,
-              found: outbox.Outbox, claimed: list[str], result: SweepResult) -> None:
-        """Acks into messages_in; claims no live runner of this generation holds go back with backoff."""
+              found: outbox.Outbox, claimed: list[str], result: SweepResult, open_rows: dict[str, str]) -> None:
+        """Acks into messages_in; claims no live runner of this generation holds go back with backoff. ``open_rows``:
+        the rows open when the visit began (no claimed row, no orphan: nothing to release)."""
         for message_id, ack in found.acks.items():
             row = inbox.get(conn, message_id)
             if row is None or not inbox.is_live(row.status):
@@ -281,6 +364,8 @@ class Sweeper:
         held = {mid for mid, ack in found.acks.items()
                 if runner is not None and ack.status == "processing" and ack.generation == runner.generation}
         orphans = sorted(set(claimed)) if runner is None else []
+        if not orphans and not found.acks and "processing" not in open_rows.values():
+            return
         for row in inbox.processing(conn, orphans):
             if row.id in held or row.status not in ("pending", "processing"):
                 continue
@@ -288,6 +373,15 @@ class Sweeper:
                 result.failed += 1
             else:
                 result.retried += 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Visit:
+    next_due: str | None  # '' = due now
+    processing: bool  # a row is claimed
+    undelivered: bool  # replies were handed on for delivery
+    due_since: str | None  # when its due work became due, or None
+    quiet_for: frozenset[str] | None  # see _Seen
 
 
 def _ack_detail(ack: Ack) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import stat
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
 from pathlib import Path
+from urllib.parse import quote_from_bytes
 
 from host.errors import NclError
 from host.files import confined, lock, private
@@ -50,7 +51,7 @@ def _raw(path: Path, readonly: bool) -> sqlite3.Connection:
     with _pinned(path, create=not readonly) as (target, dirfd):
         # mode=rw, never rwc: SQLite never creates a file (``_pinned`` made it, 0600), so a link it met could not
         # make it create one anywhere either.
-        uri = f"{Path(target).as_uri()}?mode={'ro' if readonly else 'rw'}"
+        uri = f"file://{quote_from_bytes(os.fsencode(target))}?mode={'ro' if readonly else 'rw'}"
         try:
             # ``timeout`` is SQLite's busy timeout (sqlite3_busy_timeout): PRAGMA busy_timeout reads it back.
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
@@ -78,13 +79,22 @@ def _pinned(path: Path, create: bool) -> Iterator[tuple[str, int]]:
     can swap them. The file must be a regular file (lstat, no link), or is made 0600 when missing and ``create``."""
     dirfd = _open_folder(path, create)
     try:
-        folder = os.path.realpath(path.parent)
+        folder = _real_dir(dirfd, path.parent)
         _check_file(dirfd, path, create)
         if path.name == "inbound.db" and create:
             _own_journal(dirfd, path)
         yield os.path.join(folder, path.name), dirfd
     finally:
         os.close(dirfd)
+
+
+def _real_dir(dirfd: int, folder: Path) -> str:
+    """The link-free path of the folder open as ``dirfd``: the kernel's name for it (one readlink, where a realpath
+    costs an lstat per component), else the resolved ``folder``."""
+    try:
+        return os.readlink(f"/proc/self/fd/{dirfd}")
+    except OSError:
+        return os.path.realpath(folder)
 
 
 def _same_dir(target: str, dirfd: int) -> bool:
@@ -197,13 +207,18 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
         lock.refuse_missing_central(path.parent)
     conn = _raw(path, readonly=False)
     try:
-        if version(conn) > latest_version(kind):
-            raise DbError(f"{path}: {kind} schema version {version(conn)} is newer than this release knows")
+        found = version(conn)
+        if found > latest_version(kind):
+            raise DbError(f"{path}: {kind} schema version {found} is newer than this release knows")
+        # Every connection sets its journal mode: only WAL is kept in the file, and a runner could switch
+        # outbound.db to it. (The first statement that needs the schema reads it; this is that statement.)
         conn.execute(f"PRAGMA journal_mode={JOURNAL_MODES[kind]}")
         if kind == "inbound":  # the kept journal is cut to 0 bytes at each commit: no disk held, as DELETE held none
             conn.execute("PRAGMA journal_size_limit=0")
-        conn.execute("PRAGMA foreign_keys=ON")
-        migrate(conn, kind, path)
+        if kind == "central":  # the session files declare no foreign keys
+            conn.execute("PRAGMA foreign_keys=ON")
+        if found < latest_version(kind):
+            migrate(conn, kind, path)
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise DbError(f"cannot use {path}: {exc}") from None

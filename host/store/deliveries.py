@@ -8,13 +8,10 @@ from host.store import db, inbox
 from host.store.outbox import OutMessage
 from schemas.times import to_text
 
-DONE = "('delivered', 'stored', 'failed')"
-
 
 def watermark(conn: db.Connection) -> int:
     """The highest outbound seq of a reply already dealt with: replies are delivered in order."""
-    row = conn.execute(f"SELECT MAX(seq) FROM delivered WHERE status IN {DONE}").fetchone()
-    return int(row[0] or 0)
+    return inbox.watermarks(conn)[1]
 
 
 def source_seq(conn: db.Connection, reply: OutMessage) -> int | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +20,7 @@ IN_COLUMNS = tuple(field.name for field in fields(InMessage))  # the order of a 
 
 LIVE = f"({', '.join(repr(s) for s in LIVE_STATUSES)})"  # SQL: status IN {LIVE}
 ROUTING = ("platform_id", "channel_type", "thread_id")
+DONE = "('delivered', 'stored', 'failed')"  # SQL: the statuses of a reply dealt with
 
 
 def rows(conn: db.Connection, sql: str, params: Any = ()) -> list[InMessage]:
@@ -64,9 +65,9 @@ def get(conn: db.Connection, message_id: str) -> InMessage | None:
     return found[0] if found else None
 
 
-def open_ids(conn: db.Connection) -> list[str]:
-    """Ids of the rows waiting or claimed: those whose acks a sweep reads."""
-    return [r[0] for r in conn.execute("SELECT id FROM messages_in WHERE status IN ('pending', 'processing')")]
+def open_rows(conn: db.Connection) -> dict[str, str]:
+    """The rows waiting or claimed (those whose acks a sweep reads): id -> status."""
+    return dict(conn.execute("SELECT id, status FROM messages_in WHERE status IN ('pending', 'processing')"))
 
 
 def processing(conn: db.Connection, also: list[str]) -> list[InMessage]:
@@ -74,10 +75,6 @@ def processing(conn: db.Connection, also: list[str]) -> list[InMessage]:
     # Only with ids: "OR id IN ()" makes SQLite scan every row the session ever had instead of two indexes.
     extra = f" OR id IN ({', '.join('?' * len(also))})" if also else ""
     return rows(conn, f"SELECT * FROM messages_in WHERE status = 'processing'{extra}", also)
-
-
-def has_processing(conn: db.Connection) -> bool:
-    return conn.execute("SELECT 1 FROM messages_in WHERE status = 'processing' LIMIT 1").fetchone() is not None
 
 
 def mark_processing(conn: db.Connection, message_ids: Iterable[str]) -> None:
@@ -90,19 +87,25 @@ def end(conn: db.Connection, message_id: str, status: str) -> None:
     conn.execute("UPDATE messages_in SET status = ?, recurrence = NULL WHERE id = ?", (status, message_id))
 
 
-def next_due(conn: db.Connection) -> str | None:
-    """Earliest process_after among rows that will wake the agent ('' = due now), None when none."""
-    row = conn.execute("SELECT MIN(COALESCE(process_after, '')) FROM messages_in"
-                       " WHERE status = 'pending' AND trigger = 1").fetchone()
-    return None if row[0] is None else str(row[0])
+@dataclass(frozen=True, slots=True)
+class State:
+    """What a sweep's visit leaves the session in, read in one query."""
+
+    next_due: str | None  # the earliest process_after among rows that will wake the agent ('' = due now), or None
+    processing: bool  # a row is claimed
+    due_since: str | None  # when the earliest due row that wakes the agent became due, or None: nothing is due
 
 
-def due_since(conn: db.Connection, now: datetime) -> str | None:
-    """When the earliest row that wakes the agent became due (its ``process_after``, else its arrival); None if
-    nothing is due. Due is the runner's own predicate, plus trigger = 1 (DESIGN §12.5)."""
-    row = conn.execute(f"SELECT MIN(COALESCE(process_after, timestamp)) FROM messages_in WHERE {DUE} AND trigger = 1",
-                       {"now": to_text(now)}).fetchone()
-    return None if row[0] is None else str(row[0])
+def state(conn: db.Connection, now: datetime) -> State:
+    """Due is the runner's own predicate, plus trigger = 1 (DESIGN §12.5); a row became due at its
+    ``process_after``, else at its arrival."""
+    next_due, processing, due_since = conn.execute(
+        "SELECT (SELECT MIN(COALESCE(process_after, '')) FROM messages_in WHERE status = 'pending' AND trigger = 1),"
+        " EXISTS (SELECT 1 FROM messages_in WHERE status = 'processing'),"
+        f" (SELECT MIN(COALESCE(process_after, timestamp)) FROM messages_in WHERE {DUE} AND trigger = 1)",
+        {"now": to_text(now)}).fetchone()
+    return State(None if next_due is None else str(next_due), bool(processing),
+                 None if due_since is None else str(due_since))
 
 
 def is_live(status: str) -> bool:
@@ -115,10 +118,13 @@ def session_routing(conn: db.Connection) -> dict[str, str | None]:
     return dict(zip(ROUTING, row, strict=True)) if row else {}
 
 
-def applied_seq(conn: db.Connection) -> int:
-    """The highest outbound seq of a system request already handled (applied or rejected)."""
-    row = conn.execute("SELECT MAX(seq) FROM delivered WHERE status IN ('applied', 'rejected')").fetchone()
-    return int(row[0] or 0)
+def watermarks(conn: db.Connection) -> tuple[int, int]:
+    """The highest outbound seq of a system request already handled (applied or rejected), and of a reply already
+    dealt with (replies are delivered in order)."""
+    handled, replied = conn.execute(
+        "SELECT (SELECT MAX(seq) FROM delivered WHERE status IN ('applied', 'rejected')),"
+        f" (SELECT MAX(seq) FROM delivered WHERE status IN {DONE})").fetchone()
+    return int(handled or 0), int(replied or 0)
 
 
 def record_request(conn: db.Connection, request: OutMessage, now: datetime, status: str, detail: str | None) -> None:

@@ -1,0 +1,53 @@
+"""What the sweep last learned of each active session, kept in central.db ``session_index`` (issue 14): the stat
+signature of its files when a visit began and the next due time that visit found. A restarted host stats every
+session and opens only those whose signature differs or whose due time has come. A row is a hint, never trusted
+data: it holds nothing a runner wrote, and a file changed since (any write moves its ctime, which no runner can set
+back) no longer matches it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from host.store import db
+from schemas.ddl import latest_version
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    files: tuple[int, ...]
+    next_due: str | None  # '' = due now
+
+
+def context(zone: str) -> str:
+    """What a row is valid under: a host in another zone re-plans recurring tasks, and one of another release may
+    migrate the files, so either opens every session once."""
+    return f"{zone} inbound:{latest_version('inbound')} outbound:{latest_version('outbound')}"
+
+
+def connect(path: Path) -> db.Connection:
+    """A connection of its own to central.db: the index's commits are not synced to disk (a crash may lose the
+    last of them, which costs a restart a few opens), while the sweep's other central writes stay durable."""
+    conn = db.connect(path, "central")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+def load(conn: db.Connection, valid_in: str) -> dict[str, Entry]:
+    """The rows of active sessions taken under ``valid_in``; those of sessions no longer active are dropped."""
+    with db.transaction(conn):
+        conn.execute("DELETE FROM session_index WHERE session_id NOT IN"
+                     " (SELECT id FROM sessions WHERE status = 'active')")
+    return {sid: Entry(tuple(int(n) for n in files.split()), next_due) for sid, files, next_due in conn.execute(
+        "SELECT session_id, files, next_due FROM session_index WHERE context = ?", (valid_in,))}
+
+
+def save(conn: db.Connection, valid_in: str, changed: dict[str, Entry | None]) -> None:
+    """Rows changed (None: removed), in one transaction."""
+    with db.transaction(conn):
+        conn.executemany("DELETE FROM session_index WHERE session_id = ?",
+                         [(sid,) for sid, entry in changed.items() if entry is None])
+        conn.executemany("INSERT OR REPLACE INTO session_index(session_id, files, next_due, context)"
+                         " VALUES (?, ?, ?, ?)",
+                         [(sid, " ".join(map(str, entry.files)), entry.next_due, valid_in)
+                          for sid, entry in changed.items() if entry is not None])

@@ -1,0 +1,101 @@
+"""Issue 14: what a sweep learned of each session outlives the host (central.db ``session_index``), so a restarted
+host opens only the sessions whose files changed or whose due time has come; an unchanged outbound.db is not read
+again for a session that waits. A runner's write is never missed: the signature holds ctimes, which no runner can
+set back."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kit import World, utc
+
+from host.scheduling import sweep
+from host.settings import load
+from host.store import outbox
+from host.store.sessions import Session
+from schemas.times import to_text
+
+T0 = utc("2026-05-18T13:00:00")
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
+    # The sweeps look an hour after the files were last written: past the coarse-ctime guard, without a sleep.
+    monkeypatch.setattr(sweep.clock, "filesystem_ns", lambda: time.time_ns() + 3600 * 10**9)
+    return World(tmp_path)
+
+
+def _restarted(world: World, first: sweep.Sweeper, **settings: str) -> sweep.Sweeper:
+    first.close()
+    if not settings:
+        return world.sweeper()
+    environ = {"NCL_DATA_DIR": str(world.settings.data_dir), **settings}
+    return sweep.Sweeper(load(environ=environ, cwd=world.settings.data_dir.parent, system_tz="UTC"))
+
+
+def _set_back(session: Session) -> None:
+    """What a runner can do to hide a write from mtimes: set them back (a ctime moves all the same)."""
+    old = T0.timestamp() - 3600
+    for path in (session.folder, session.folder / "outbound.db"):
+        os.utime(path, (old, old))
+
+
+def test_a_restarted_host_opens_only_the_sessions_that_changed_or_are_due(world: World) -> None:
+    waiting = [world.new_session() for _ in range(5)]
+    tasks = [world.schedule(T0, at=to_text(T0 + timedelta(days=1)), session=s) for s in waiting]
+    soon = world.new_session()
+    world.schedule(T0, at=to_text(T0 + timedelta(minutes=10)), session=soon)
+    first = world.sweeper()
+    assert first.tick(T0).sessions_opened == 7
+    assert first.tick(T0 + timedelta(seconds=1)).sessions_opened == 0
+    # While no host runs: the operator adds a task to one session, a runner asks to pause another's task.
+    world.schedule(T0, at=to_text(T0 + timedelta(days=2)), session=waiting[0])
+    world.request(T0, {"action": "pause_task", "taskId": tasks[1]}, session=waiting[1])
+    _set_back(waiting[1])
+    restarted = _restarted(world, first)
+    result = restarted.tick(T0 + timedelta(minutes=15))
+    assert (result.sessions_checked, result.sessions_opened, result.applied, result.woken) == (7, 3, 1, 1)
+    assert [r["status"] for r in world.rows(tasks[1], session=waiting[1])] == ["paused"]
+    again = _restarted(world, restarted)  # soon is still due; the session whose visit wrote sees its own write
+    assert again.tick(T0 + timedelta(minutes=16)).sessions_opened == 2
+
+
+def test_a_host_in_another_zone_opens_every_session_once(world: World) -> None:
+    other = world.new_session()
+    task = world.schedule(T0, recurrence="0 9 * * *", session=other)
+    first = world.sweeper()
+    assert first.tick(T0).sessions_opened == 2
+    tokyo = _restarted(world, first, TZ="Asia/Tokyo")
+    assert tokyo.tick(T0).sessions_opened == 2
+    [row] = world.rows(task, session=other)
+    assert row["zone"] == "Asia/Tokyo"  # re-planned in the new zone
+    # Once more the session it re-planned (a visit's own write shows in the next signature), then none.
+    again = _restarted(world, tokyo, TZ="Asia/Tokyo")
+    assert again.tick(T0).sessions_opened == 1
+    assert _restarted(world, again, TZ="Asia/Tokyo").tick(T0).sessions_opened == 0
+
+
+def test_a_waiting_sessions_unchanged_outbound_db_is_read_once(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    task = world.schedule(T0 - timedelta(minutes=1), at=to_text(T0))
+    reads: list[Path] = []
+    real: Callable[..., outbox.Outbox] = outbox.read
+
+    def counted(path: Path, *args: Any, **kwargs: Any) -> outbox.Outbox:
+        reads.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(sweep.outbox, "read", counted)
+    sweeper = world.sweeper()  # no runners: the task stays due, and each tick visits the session
+    assert [sweeper.tick(T0 + timedelta(seconds=n)).woken for n in range(3)] == [1, 1, 1]
+    assert len(reads) == 1
+    world.ack(task, "completed", T0 + timedelta(seconds=3), outcome="ran")
+    _set_back(world.session)
+    result = sweeper.tick(T0 + timedelta(seconds=4))
+    assert len(reads) == 2 and result.woken == 0
+    assert [r["status"] for r in world.rows(task)] == ["completed"]
