@@ -7,21 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
-import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from schemas.clock import Clock
+from schemas.inotify import IN_ATTRIB, IN_DELETE_SELF, IN_IGNORED, IN_MODIFY, IN_MOVE_SELF, Inotify
 
 log = logging.getLogger(__name__)
-IN_MODIFY, IN_ATTRIB, IN_MOVE_SELF, IN_DELETE_SELF, IN_IGNORED = 0x2, 0x4, 0x800, 0x400, 0x8000
 WATCHED = IN_MODIFY | IN_ATTRIB | IN_MOVE_SELF | IN_DELETE_SELF
 GONE = IN_MOVE_SELF | IN_DELETE_SELF | IN_IGNORED
-EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then len bytes of name)
 
 
 class Wake(Protocol):
@@ -59,16 +55,14 @@ class InboxWatch:
     def __init__(self, path: Path, fallback: Poll) -> None:
         self.fallback = fallback
         self.woken = asyncio.Event()
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if fd < 0:
-            raise OSError(ctypes.get_errno(), f"inotify_init1: {os.strerror(ctypes.get_errno())}")
-        if libc.inotify_add_watch(fd, os.fsencode(path), WATCHED) < 0:
-            error = ctypes.get_errno()
-            os.close(fd)
-            raise OSError(error, f"inotify_add_watch {path}: {os.strerror(error)}")
-        self.fd: int | None = fd
-        asyncio.get_running_loop().add_reader(fd, self._read)
+        inotify = Inotify()
+        try:
+            inotify.watch(path, WATCHED)
+        except OSError:
+            inotify.close()
+            raise
+        self.inotify: Inotify | None = inotify
+        asyncio.get_running_loop().add_reader(inotify.fd, self._read)
 
     @classmethod
     def or_poll(cls, path: Path, fallback: Poll) -> Wake:
@@ -84,19 +78,14 @@ class InboxWatch:
 
     def _read(self) -> None:
         """Drain every queued event (the reader is level-triggered: left unread it would spin) and wake the wait."""
-        assert self.fd is not None
-        gone = False
-        with contextlib.suppress(BlockingIOError):
-            while chunk := os.read(self.fd, 4096):
-                for offset in _offsets(chunk):
-                    gone |= bool(EVENT.unpack_from(chunk, offset)[1] & GONE)
-        if gone:
+        assert self.inotify is not None
+        if any(mask & GONE for _, mask in self.inotify.drain()):
             log.warning("inbound.db was replaced: the idle runner polls from now on", extra={"action": "runner_polls"})
             self.close()
         self.woken.set()
 
     async def wait(self, seconds: float) -> bool:
-        if self.fd is None and not self.woken.is_set():
+        if self.inotify is None and not self.woken.is_set():
             return await self.fallback.wait(seconds)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.woken.wait(), max(0.0, seconds))
@@ -108,16 +97,8 @@ class InboxWatch:
         self.woken.set()
 
     def close(self) -> None:
-        if self.fd is not None:
+        if self.inotify is not None:
             with contextlib.suppress(RuntimeError):  # the loop already closed
-                asyncio.get_running_loop().remove_reader(self.fd)
-            os.close(self.fd)
-            self.fd = None
-
-
-def _offsets(chunk: bytes) -> list[int]:
-    found, offset = [], 0
-    while offset + EVENT.size <= len(chunk):
-        found.append(offset)
-        offset += EVENT.size + EVENT.unpack_from(chunk, offset)[3]
-    return found
+                asyncio.get_running_loop().remove_reader(self.inotify.fd)
+            self.inotify.close()
+            self.inotify = None

@@ -16,6 +16,7 @@ from host.runtimes import pool
 from host.runtimes.base import Runtime
 from host.runtimes.pool import Runners
 from host.runtimes.proxy.server import CredentialProxy
+from host.runtimes.writes import RunnerWrites
 from host.scheduling import sweep
 from host.scheduling.sweep import Sweeper, SweepResult
 from host.settings import Settings
@@ -29,9 +30,9 @@ FLOOR_S = 0.05  # shortest sleep, so a wake that cannot start never spins the lo
 NEW_SESSIONS_PER_TICK = 64
 BETWEEN_CHUNKS_S = 0.01  # long enough for a request to be read and answered whole, not one step of it a chunk
 LIVE_RUNNER_TICK_S = 0.25  # with runners alive, acks, requests and replies are synced at least this often
-# An arrival wakes the loop at once, yet sweeps for arrivals come at most this often: a flood of them costs no more
-# than a live runner's tick.
-ARRIVALS_GAP_S = LIVE_RUNNER_TICK_S
+# An arrival, or a live runner's commit (``RunnerWrites``), wakes the loop at once, yet the sweeps they cause come at
+# most this often: a flood of either costs a bounded number of partial sweeps.
+ARRIVALS_GAP_S = 0.02
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Host:
         self.sweeper = Sweeper(self.settings, self.runners, self.deliveries)
         self._published: dict[str, Any] | None = None  # the pool state last written for ``ncl status``
         self.scheduled = ScheduledTasks(self.settings, self.clock.now)  # project-level tasks (DESIGN §9)
+        self.writes = RunnerWrites(self.woken)  # a live runner's commit wakes the loop
 
     def wake_at(self, now: datetime) -> datetime:
         candidates = [self._next_full]
@@ -83,6 +85,7 @@ class Host:
         # Between full sweeps only the sessions with something going on are looked at: a live runner makes the
         # loop tick four times a second, which must not stat every idle session each time.
         result = await self._sweep(now, None if full else self.sweeper.hot(now))
+        self.writes.sync({runner.folder for runner in self.runners.live.values()})
         self._publish()
         if fired.fired or fired.missed or fired.failed:
             log.debug("scheduled tasks", extra={"action": "scheduled_tick", **fired.to_json()})
@@ -154,6 +157,7 @@ class Host:
             for channel in self.channels:
                 await channel.stop()
             self.proxy.shutdown()
+            self.writes.close()
             self.sweeper.close()
             self.scheduled.close(stop_running=True)
             log.info("host stopped", extra={"action": "host_stopped"})

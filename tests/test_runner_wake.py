@@ -71,7 +71,7 @@ class TestInboxWatch:
             other.write_bytes(session.config.inbound.read_bytes())
             os.replace(other, session.config.inbound)
             assert await watch.wait(HOUR) is True  # the replacement itself wakes it, to look at the new file
-            assert watch.fd is None
+            assert watch.inotify is None
             assert await watch.wait(HOUR) is False and fake.slept == [0.5]  # from now on: the poll
         finally:
             watch.close()
@@ -95,7 +95,7 @@ class TestIdleRunner:
         await task
         assert watch.results[0] is True  # woken by the write, not by a timeout
         assert session.acks()[chat][0] == "completed"
-        assert watch.fd is None  # closed with the run
+        assert watch.inotify is None  # closed with the run
 
     async def test_stop_ends_an_idle_wait_at_once(self, tmp_path: Path) -> None:
         session = Session(tmp_path, idle_timeout_s=HOUR, poll_interval_s=HOUR)
