@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
-# Create .venv and install ncl with its dev tools into it. Idempotent: skips the install when pyproject.toml
-# has not changed since the last one.
+# Create .venv and install ncl into it: what running needs (scripts/run.sh), or with --dev also the test and lint
+# tools (scripts/test.sh, CI). Idempotent: skips the install when pyproject.toml has not changed since the last one
+# of that kind (a --dev install serves both). pip's own progress shows as it goes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
+target=.
+[ "${1:-}" = "--dev" ] && target='.[dev]'
 if [ ! -x .venv/bin/python ]; then
-  echo "setup: creating .venv" >&2
+  echo "setup: creating .venv (Python: $("$PYTHON" --version 2>&1))" >&2
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.ncl-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "setup: installing ncl-agent-host[dev] into .venv" >&2
-  log=$(mktemp)
-  if ! .venv/bin/python -m pip install --disable-pip-version-check -e '.[dev]' >"$log" 2>&1; then
-    tail -30 "$log" >&2
-    rm -f "$log"
-    exit 1
+hash=$(sha256sum pyproject.toml | cut -d' ' -f1)
+have=$(cat "$stamp" 2>/dev/null || true)
+if [ "$have" != "$hash dev" ] && [ "$have" != "$hash $target" ]; then
+  if [ "$target" = . ]; then
+    echo "setup: installing ncl and what running it needs into .venv (about 120 MB, 20 s here on first run) …" >&2
+  else
+    echo "setup: installing ncl with its test and lint tools into .venv (about 250 MB, 30 s here on first run) …" >&2
   fi
-  rm -f "$log"
-  echo "$want" >"$stamp"
+  .venv/bin/python -m pip install --disable-pip-version-check --progress-bar on -e "$target" >&2
+  [ "$target" = . ] && echo "$hash ." >"$stamp" || echo "$hash dev" >"$stamp"
+  echo "setup: done" >&2
 fi

@@ -3,5 +3,5 @@
 # tests/docker need a Docker engine (scripts/docker-engine.sh starts one) and are skipped, saying why, without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --dev
 exec .venv/bin/pytest "$@"
