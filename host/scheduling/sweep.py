@@ -110,7 +110,7 @@ class Sweeper:
     failing: dict[str, str] = field(default_factory=dict)  # session id -> the problem last logged for it
     unvisited: int = 0  # sessions never seen that the last tick left for the next (its new_limit)
     _central: db.Connection | None = None
-    _index: db.Connection | None = None  # None: the index is not loaded yet
+    _index_loaded: bool = False
     _indexed: dict[str, session_index.Entry] = field(default_factory=dict)  # what the index holds
     _unsaved: dict[str, session_index.Entry | None] = field(default_factory=dict)  # its rows to change (None: drop)
     _sessions: list[Session] = field(default_factory=list)
@@ -144,18 +144,16 @@ class Sweeper:
         return groups.rules(self._central, group_id)
 
     def close(self) -> None:
-        if self._index is not None:
-            self._save_index()
-            self._index.close()
-            self._index = None
         if self._central is not None:
+            self._save_index()
             self._central.close()
             self._central = None
 
     def _load_index(self) -> None:
         """What a host before this one learned of the sessions, as if this one had seen it."""
-        self._index = session_index.connect(self.settings.central_db)
-        self._indexed = session_index.load(self._index, session_index.context(self.policy.zone.key))
+        assert self._central is not None
+        self._index_loaded = True
+        self._indexed = session_index.load(self._central, session_index.context(self.policy.zone.key))
         for sid, entry in self._indexed.items():
             self.seen.setdefault(sid, _Seen(entry.files, True, entry.next_due, False))
 
@@ -171,11 +169,13 @@ class Sweeper:
             self._unsaved.pop(session_id, None)
 
     def _save_index(self) -> None:
-        """The index's changed rows, in one transaction; on a failure they are tried again after the next tick."""
-        if not self._unsaved or self._index is None:
+        """The index's changed rows, in one transaction; on a failure they are tried again after the next tick. Through
+        the sweep's own connection: a commit of another would make ``active_sessions`` read the list again. Rows
+        change rarely (a busy session has none), so the commit's sync costs little."""
+        if not self._unsaved or self._central is None:
             return
         try:
-            session_index.save(self._index, session_index.context(self.policy.zone.key), self._unsaved)
+            session_index.save(self._central, session_index.context(self.policy.zone.key), self._unsaved)
         except db.Error as exc:
             log.warning("the session index was not saved: %s", exc, extra={"action": "session_index_failed"})
             return
@@ -228,7 +228,7 @@ class Sweeper:
         self.unvisited = 0
         mark = time.monotonic()
         active = self.active_sessions()
-        if self._index is None:
+        if not self._index_loaded:
             self._load_index()
         for session in active:
             if time.monotonic() - mark > YIELD_AFTER_S:

@@ -7,7 +7,6 @@ back) no longer matches it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from host.store import db
 from schemas.ddl import latest_version
@@ -23,14 +22,6 @@ def context(zone: str) -> str:
     """What a row is valid under: a host in another zone re-plans recurring tasks, and one of another release may
     migrate the files, so either opens every session once."""
     return f"{zone} inbound:{latest_version('inbound')} outbound:{latest_version('outbound')}"
-
-
-def connect(path: Path) -> db.Connection:
-    """A connection of its own to central.db: the index's commits are not synced to disk (a crash may lose the
-    last of them, which costs a restart a few opens), while the sweep's other central writes stay durable."""
-    conn = db.connect(path, "central")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
 
 
 def load(conn: db.Connection, valid_in: str) -> dict[str, Entry]:
