@@ -1,5 +1,10 @@
 """Issue 2 acceptance through the ``ncl`` CLI (DESIGN §9, §10, §12): ``ncl doctor``. Its JSON shape, a rejected TZ
 named and failed, schema versions in its table, and a session file newer than this release flagged.
+
+Issue 15.2: three levels. Runners with no isolation, a missing engine or image under ``auto`` and a data dir others
+can read are warnings (exit 0, WARN in the table); a missing engine under ``docker``, a rejected TZ and a broken
+session file are failures (exit 1); the local runtime needs neither engine nor image. (A zone other than the running
+host's: tests/test_zone_change.py.)
 """
 
 from __future__ import annotations
@@ -12,7 +17,24 @@ from typing import Any
 import pytest
 from cli_kit import Ncl
 
+from host.cli import checks
+from host.runtimes.image import EngineDown
 from schemas.ddl import latest_version
+
+
+@pytest.fixture
+def no_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No docker engine answers, whatever this machine has."""
+
+    def down(timeout: float) -> None:
+        raise EngineDown("connection refused")
+
+    monkeypatch.setattr(checks, "connect_engine", down)
+
+
+def levels(ncl: Ncl) -> tuple[int, dict[str, str]]:
+    result = ncl("doctor", "--json")
+    return result.code, {c["name"]: c["level"] for c in result.json()["checks"]}
 
 
 def test_doctor_json_shape(ncl: Ncl) -> None:
@@ -40,7 +62,7 @@ def test_doctor_fails_and_names_a_rejected_tz(ncl: Ncl, monkeypatch: pytest.Monk
     report = result.json()
     assert report["ok"] is False
     [timezone] = [c for c in report["checks"] if c["name"] == "timezone"]
-    assert timezone["ok"] is False and "Not/AZone" in timezone["detail"]
+    assert timezone["ok"] is False and timezone["level"] == "fail" and "Not/AZone" in timezone["detail"]
     assert "Traceback" not in result.err
 
 
@@ -60,4 +82,55 @@ def test_doctor_flags_a_session_file_newer_than_this_release(ncl: Ncl, demo_sess
     result = ncl("doctor", "--json")
     assert result.code == 1
     [schema] = [c for c in result.json()["checks"] if c["name"] == "schema"]
-    assert schema["ok"] is False and str(inbound) in schema["detail"]
+    assert schema["ok"] is False and schema["level"] == "fail" and str(inbound) in schema["detail"]
+
+
+def test_a_missing_session_file_fails(ncl: Ncl, demo_session: dict[str, Any]) -> None:
+    outbound = Path(demo_session["path"]) / "outbound.db"
+    outbound.unlink()
+    result = ncl("doctor", "--json")
+    assert result.code == 1
+    [schema] = [c for c in result.json()["checks"] if c["name"] == "schema"]
+    assert schema["level"] == "fail" and f"{outbound}: missing" in schema["detail"]
+
+
+@pytest.mark.usefixtures("no_engine")
+def test_auto_without_an_engine_warns_twice_and_exits_0(ncl: Ncl) -> None:
+    code, level = levels(ncl)
+    assert (level["docker_engine"], level["image"], level["runtime"]) == ("warn", "warn", "warn")
+    assert code == 0 and "fail" not in level.values()
+    table = ncl("doctor")
+    assert table.code == 0
+    [runtime] = [line for line in table.out.splitlines() if line.split()[1] == "runtime"]
+    assert runtime.startswith("WARN") and "NO isolation" in runtime
+
+
+@pytest.mark.usefixtures("no_engine")
+def test_docker_without_an_engine_fails(ncl: Ncl, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NCL_RUNTIME", "docker")
+    code, level = levels(ncl)
+    assert (code, level["docker_engine"], level["image"], level["runtime"]) == (1, "fail", "fail", "ok")
+    table = ncl("doctor")
+    assert table.code == 1
+    assert [line.split()[:2] for line in table.out.splitlines()
+            if line.startswith("FAIL")] == [["FAIL", "docker_engine"], ["FAIL", "image"]]
+
+
+@pytest.mark.usefixtures("no_engine")
+def test_local_needs_no_engine_but_warns_of_no_isolation(ncl: Ncl, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NCL_RUNTIME", "local")
+    code, level = levels(ncl)
+    assert (code, level["docker_engine"], level["image"], level["runtime"]) == (0, "ok", "ok", "warn")
+    [image] = [c for c in ncl("doctor", "--json").json()["checks"] if c["name"] == "image"]
+    assert "not used: NCL_RUNTIME=local" in image["detail"]
+
+
+@pytest.mark.usefixtures("no_engine")
+def test_a_data_dir_others_can_read_is_a_warning(ncl: Ncl, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("NCL_RUNTIME", "local")
+    (tmp_path / "data").mkdir(mode=0o755)
+    (tmp_path / "data").chmod(0o755)  # whatever the umask
+    result = ncl("doctor", "--json")
+    [data_dir] = [c for c in result.json()["checks"] if c["name"] == "data_dir"]
+    assert data_dir["level"] == "warn" and "mode 0755" in data_dir["detail"] and "chmod 700" in data_dir["detail"]
+    assert result.code == 0

@@ -188,9 +188,11 @@ def test_doctor_flags_a_mismatched_image(tmp_path: Path, monkeypatch: pytest.Mon
             "local: NCL_RUNTIME=auto: image img:1 was built for ")
 
 
-def test_doctor_without_an_image_still_shows_the_hosts_versions(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("runtime", "level"), [("auto", "warn"), ("docker", "fail"), ("local", "ok")])
+def test_doctor_without_an_image_still_shows_the_hosts_versions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 runtime: str, level: str) -> None:
     engine_with(monkeypatch, MATCHING, missing="img:1")
-    _, check, _ = doctor.docker_engine(World(tmp_path, NCL_IMAGE="img:1").settings)
+    _, check, _ = doctor.docker_engine(World(tmp_path, NCL_IMAGE="img:1", NCL_RUNTIME=runtime).settings)
+    assert check.level == level and check.detail.startswith("img:1 missing")
     assert check.to_json()["image_versions"] is None
     assert check.detail.endswith(f"(host: {image.host_versions().describe()})")

@@ -64,23 +64,28 @@ def data_dir(settings: Settings) -> Check:
     return Check("data_dir", _level(writable, warn=exposed is not None), detail)
 
 
+def _missing(settings: Settings) -> Level:
+    """How bad a missing engine or image is: the docker runtime cannot run without it (fail), ``auto`` falls back
+    to runners with no isolation (warn), and the local runtime does not use either (ok)."""
+    return "fail" if settings.runtime == "docker" else "warn" if settings.runtime == "auto" else "ok"
+
+
 def docker_engine(settings: Settings) -> tuple[Check, Check, str | None]:
-    """The engine and the runner image (neither required unless NCL_RUNTIME=docker), and what keeps ``auto`` from
+    """The engine and the runner image (required only by NCL_RUNTIME=docker), and what keeps ``auto`` from
     choosing docker (None: nothing), so the runtime check need not ask the engine a second time."""
-    required = settings.runtime == "docker"
+    unused = "; not used: NCL_RUNTIME=local" if settings.runtime == "local" else ""
     try:
         client = connect_engine(timeout=5)
     except EngineDown as down:
-        level = _level(not required, warn=True)
+        level = _missing(settings)
         engine = Check("docker_engine", level, f"not reachable ({down.reason}); runtime {settings.runtime}")
-        return engine, _image(level, f"{settings.image}: unknown (no engine)", None), str(down)
+        return engine, _image(level, f"{settings.image}: unknown (no engine){unused}", None), str(down)
     with closing(client):
         engine = Check("docker_engine", "ok", f"reachable (engine {client.version().get('Version', '?')})")
         found, problem = inspect(client, settings.image)
     if problem is None:
         return engine, _image("ok", f"{settings.image} present", found), None
-    level = _level(not required, warn=True)
-    return engine, _image(level, problem, found, said=found is not None), f"image {problem}"
+    return engine, _image(_missing(settings), problem + unused, found, said=found is not None), f"image {problem}"
 
 
 def _image(level: Level, detail: str, found: Versions | None, said: bool = False) -> Check:
