@@ -8,6 +8,7 @@ scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 ncl groups show demo >/dev/null 2>&1 || ncl groups create demo --channel cli --rules "You are a helpful assistant."
 mkdir -p data
+logged=$(stat -c %s data/host.log 2>/dev/null || echo 0)  # where this host's lines begin
 ncl host run >>data/host.log 2>&1 &
 host=$!
 trap 'kill -TERM "$host" 2>/dev/null; wait "$host" 2>/dev/null || true' EXIT
@@ -19,7 +20,11 @@ for _ in $(seq 300); do
   sleep 0.1
 done
 listening data/cli.sock || { echo "the host did not open data/cli.sock; see data/host.log:" >&2; tail -5 data/host.log >&2; exit 1; }
-soon=$(python3 -c 'import datetime as d; print((d.datetime.now() + d.timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:00"))')
+# Runners with no isolation (the local runtime) are said on the terminal too, not only in the log.
+tail -c +$((logged + 1)) data/host.log | grep -i 'no isolation' >&2 || true
+# The example's time is local time in ncl's TZ (the environment's, else .env's), as the agent reads it.
+soon=$(python -c 'import datetime as d; from host.settings import load
+print((d.datetime.now(load().tz.zone) + d.timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S"))')
 cat <<MSG
 The host is running (log: data/host.log). Try:
   hello
