@@ -78,6 +78,8 @@ class _Server(MCPServer):
         spec = TOOLS.get(name)
         if spec is None:
             raise ArgumentError(f"Unknown tool: {name}")
+        if problem := spec.misfit(arguments):  # an argument the schema would drop unread is refused, by its name
+            raise ArgumentError(problem)
         try:
             checked = spec.check(arguments)
         except ValidationError as exc:

@@ -9,9 +9,10 @@ from agent_runner.tools import ToolError, Tools
 
 HELP = """Commands:
 /clear                 start a fresh conversation
-/help                  this text
+/help [TOOL]           this text, or a tool's arguments, what they mean and an example
 /<tool> <json>         call a tool directly, e.g. /schedule_task {"prompt":"…","recurrence":"0 9 * * 1-5"}
-Tools: """
+Tools (arguments ending in ? may be left out):
+"""
 
 
 def is_command(text: str) -> bool:
@@ -24,7 +25,7 @@ def run(text: str, tools: Tools) -> tuple[str, bool]:
     if name == "clear":
         return "Conversation cleared.", True
     if name == "help":
-        return HELP + ", ".join(TOOLS), False
+        return _help(raw.strip().removeprefix("/"), tools), False
     try:
         arguments = json.loads(raw) if raw.strip() else {}
         if not isinstance(arguments, dict):
@@ -36,3 +37,12 @@ def run(text: str, tools: Tools) -> tuple[str, bool]:
         return f"error: {exc}", False
     except Exception as exc:  # whatever a command hits, the user gets an answer and the runner lives on
         return f"error: /{name} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", False
+
+
+def _help(topic: str, tools: Tools) -> str:
+    if not topic:
+        return HELP + "\n".join(f"/{spec.name} {spec.signature()}" for spec in TOOLS.values())
+    spec = TOOLS.get(topic)
+    if spec is None:
+        return f"error: no tool {topic!r}; tools: {', '.join(TOOLS)}"
+    return spec.help(tools.config)

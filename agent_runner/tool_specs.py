@@ -7,6 +7,7 @@ here by its name.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -42,7 +43,8 @@ class ScheduleTask(BaseModel):
 
 class ListTasks(BaseModel):
     status: Annotated[Literal["pending", "processing", "paused", "requested"] | None,
-                      Field(description="Only series in this state.")] = None
+                      Field(description="Only series in this state: pending, processing, paused or "
+                                              "requested.")] = None
 
 
 class UpdateTask(BaseModel):
@@ -69,15 +71,46 @@ class SendFile(BaseModel):
 
 @dataclass(frozen=True)
 class ToolSpec:
-    """One tool as the model sees it: its name, its arguments and its description."""
+    """One tool as the model sees it: its name, its arguments and its description; and for people (``/help TOOL``)
+    an example of its arguments."""
 
     name: str
     arguments: type[BaseModel]
     description: str  # ``{when}`` and ``{cron}`` in it become WHEN and CRON for the config (see describe)
+    example: dict[str, Any]
 
     def describe(self, config: RunnerConfig) -> str:
         tz, gap = config.tz, int(config.task_min_interval_s)
         return self.description.format(when=WHEN.format(tz=tz), cron=CRON.format(tz=tz, gap=gap))
+
+    def signature(self) -> str:
+        """``{prompt, processAfter?, …}``: the argument names, optional ones marked with ``?``."""
+        fields = self.arguments.model_fields
+        return "{" + ", ".join(n + ("" if f.is_required() else "?") for n, f in fields.items()) + "}"
+
+    def misfit(self, arguments: dict[str, Any]) -> str | None:
+        """What is wrong with the names of ``arguments`` (one it does not take, one it needs that is missing), said
+        with the names it takes; None if nothing."""
+        fields = self.arguments.model_fields
+        unknown = [repr(n) for n in arguments if n not in fields]
+        missing = [n for n, f in fields.items() if f.is_required() and n not in arguments]
+        if unknown:
+            problem = f"{self.name} has no argument{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}"
+        elif missing:
+            problem = f"{self.name} needs {', '.join(missing)}"
+        else:
+            return None
+        return f"{problem}; its arguments: {self.signature()} (see /help {self.name})"
+
+    def help(self, config: RunnerConfig) -> str:
+        """``/help TOOL``: what it does, each argument with its meaning, and an example."""
+        fields = self.arguments.model_fields
+        width = max((len(n) for n in fields), default=0) + len(" (required)")
+        lines = [f"/{self.name} {self.signature()}", self.describe(config), "Arguments:"]
+        for name, info in fields.items():
+            label = name + (" (required)" if info.is_required() else "")
+            lines.append(f"  {label.ljust(width)}  {info.description or ''}".rstrip())
+        return "\n".join([*lines, f"Example: /{self.name} {json.dumps(self.example, ensure_ascii=False)}"])
 
     def input_schema(self) -> dict[str, Any]:
         """The arguments' JSON schema, titled as the SDK titles a function's arguments."""
@@ -88,24 +121,29 @@ class ToolSpec:
         return self.arguments.model_validate(arguments).model_dump(exclude_none=True)
 
 
+EXAMPLE_TASK = "task-1781168400000-abcdef"
 TOOLS = {spec.name: spec for spec in (
     ToolSpec("schedule_task", ScheduleTask,
              "Schedule work for yourself: at a time (processAfter), on a recurring schedule (recurrence), or both "
              "(first run at processAfter, then on the schedule). Without either it runs as soon as possible. {when} "
              "Recurrence: {cron} Answers with the task id and the next run times. When it fires you receive the "
-             "prompt as a message."),
+             "prompt as a message.",
+             {"prompt": "Post the standup summary.", "recurrence": "0 9 * * 1-5"}),
     ToolSpec("list_tasks", ListTasks,
              "List this conversation's scheduled tasks, one line per series: id, state, schedule, next runs, prompt. "
-             "Includes tasks just requested and not yet applied."),
+             "Includes tasks just requested and not yet applied.", {"status": "paused"}),
     ToolSpec("update_task", UpdateTask,
              "Change a scheduled task: only the fields given change. {when} Recurrence: {cron} Pass recurrence \"\" "
-             "to make it one-shot, script \"\" to drop its gate script."),
-    ToolSpec("pause_task", TaskRef, "Pause a scheduled task (every future occurrence) until resume_task."),
+             "to make it one-shot, script \"\" to drop its gate script.",
+             {"taskId": EXAMPLE_TASK, "recurrence": "30 8 * * 1-5"}),
+    ToolSpec("pause_task", TaskRef, "Pause a scheduled task (every future occurrence) until resume_task.",
+             {"taskId": EXAMPLE_TASK}),
     ToolSpec("resume_task", TaskRef, "Resume a paused task; an overdue occurrence runs once at once if recently "
-                                     "missed."),
-    ToolSpec("cancel_task", TaskRef, "Cancel a scheduled task for good; a run already in progress finishes."),
+                                     "missed.", {"taskId": EXAMPLE_TASK}),
+    ToolSpec("cancel_task", TaskRef, "Cancel a scheduled task for good; a run already in progress finishes.",
+             {"taskId": EXAMPLE_TASK}),
     ToolSpec("send_message", SendMessage, "Send a chat message now, in addition to your final answer (e.g. progress "
-                                          "on long work)."),
+                                          "on long work).", {"text": "Halfway there: 3 of 6 reports read."}),
     ToolSpec("send_file", SendFile, "Send a file from the workspace (a path relative to it; nothing outside it) as "
-                                    "an attachment."),
+                                    "an attachment.", {"path": "report.txt"}),
 )}

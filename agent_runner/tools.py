@@ -206,6 +206,8 @@ class Tools:
         """Run the tool ``name`` (declared in :data:`TOOLS`, run by the method of that name) with ``arguments``."""
         if name not in TOOLS:
             raise ToolError(f"unknown tool {name!r}; tools: {', '.join(TOOLS)}")
+        if problem := TOOLS[name].misfit(arguments):  # in the names the caller typed, not a Python signature's
+            raise ToolError(problem)
         try:
             result: str = getattr(self, name)(**arguments)
         except ToolError:

@@ -129,7 +129,11 @@ async def test_send_file_stays_inside_the_workspace(session: Path) -> None:
 async def test_bad_arguments_are_a_tool_error_not_a_crash(session: Path) -> None:
     async with connect(session) as client:
         result = await client.call_tool("pause_task", {})
-        assert result.is_error and "taskId" in text(result)
+        assert result.is_error and "pause_task needs taskId; its arguments: {taskId}" in text(result)
+        extra = await client.call_tool("schedule_task", {"prompt": "standup", "interval": 3600})
+        assert extra.is_error and ("schedule_task has no argument 'interval'; its arguments: {prompt, processAfter?, "
+                                   "recurrence?, script?, contextMode?}") in text(extra)
+        assert "Tools." not in text(extra) and outbound(session, "system") == []
         unknown = await client.call_tool("pause_task", {"taskId": "task-1781168400000-zzzzzz"})
         assert unknown.is_error and "no task" in text(unknown)
         assert text(await client.call_tool("list_tasks", {})) == "No tasks."
