@@ -26,6 +26,7 @@ from schemas.validation import check_prompt, one_line
 
 YEAR = timedelta(days=366)
 CURRENT_TURN = "current_turn"  # the session_state key the runner stores ``Tools.turn`` under, for the MCP server
+CONTROLLED = {"pause_task": "paused", "resume_task": "pending", "cancel_task": "cancelled"}
 
 
 class ToolError(ValueError):
@@ -75,8 +76,9 @@ class Tools:
                 if len(times) >= count:
                     break
                 times.append(slot)
-        shown = ", ".join(t.astimezone(zone).strftime("%a %Y-%m-%d %H:%M %Z") for t in times) or "now"
-        return f"{shown} (the time given has passed)" if passed else shown
+        shown = ", ".join(t.astimezone(zone).strftime("%a %Y-%m-%d %H:%M:%S %Z") for t in times) or "now"
+        notes = [self.config.tz] * bool(times) + ["the time given has passed"] * passed
+        return f"{shown} ({'; '.join(notes)})" if notes else shown
 
     @staticmethod
     def _prompt(prompt: Any) -> None:
@@ -117,23 +119,42 @@ class Tools:
                                           recurrence=expr, script=script))
         return f"Task {taskId} updated" + (f" (next runs: {self._next_runs(after, expr)})" if after or expr else "")
 
-    def _control(self, action: str, task_id: str) -> str:
-        self._known(task_id)
+    def _control(self, action: str, task_id: str, said: str = "") -> str:
         self._request(requests.ControlTask(action=action, taskId=task_id))  # type: ignore[arg-type]
-        return f"Task {task_id}: {action.removesuffix('_task')} requested"
+        return f"Task {task_id}: {action.removesuffix('_task')} requested" + (f"; {said}" if said else "")
 
     def pause_task(self, taskId: str) -> str:
-        return self._control("pause_task", taskId)
+        series = self._known(taskId)
+        if _state(series) == "paused":
+            raise ToolError(f"task {taskId} is already paused (resume_task resumes it)")
+        upcoming = self._upcoming(series)
+        return self._control("pause_task", taskId, upcoming and f"its next run waits: {upcoming}")
 
     def resume_task(self, taskId: str) -> str:
-        return self._control("resume_task", taskId)
+        series = self._known(taskId)
+        state, upcoming = _state(series), self._upcoming(series)
+        if state != "paused":
+            doing = {"processing": "running now", "requested": "requested and not yet applied",
+                     "pending": "waiting for its next run" + (upcoming and f": {upcoming}")}.get(state, state)
+            raise ToolError(f"task {taskId} is not paused: it is {doing}")
+        return self._control("resume_task", taskId, upcoming and f"next run: {upcoming}")
 
     def cancel_task(self, taskId: str) -> str:
+        self._known(taskId)
         return self._control("cancel_task", taskId)
 
-    def _known(self, task_id: str) -> None:
-        if not any(s["id"] == task_id or task_id in s["occurrences"] for s in self._series()):
+    def _upcoming(self, series: dict[str, Any]) -> str:
+        """The series' next run, with seconds and zone; empty when it has no time of its own waiting."""
+        live = series.get("live")
+        if live is None or live.process_after is None or live.status == "processing":  # its time is the one running
+            return ""
+        return self._next_runs(live.process_after, live.recurrence, count=1)
+
+    def _known(self, task_id: str) -> dict[str, Any]:
+        found = next((s for s in self._series() if s["id"] == task_id or task_id in s["occurrences"]), None)
+        if found is None:
             raise ToolError(f"no task {task_id!r} in this conversation (see list_tasks)")
+        return found
 
     def _series(self) -> list[dict[str, Any]]:
         """Series in the inbox, then schedule requests the host has not applied yet."""
@@ -146,9 +167,13 @@ class Tools:
                 series["live"] = row
         series_done = {s for s, v in found.items() if v["live"] is None}
         for request in unapplied:
-            if request.get("action") == "schedule_task":
+            action, ref = request.get("action"), request.get("taskId")
+            if action == "schedule_task":
                 found[request["taskId"]] = {"id": request["taskId"], "occurrences": [], "requested": request,
                                             "live": None}
+            elif action in CONTROLLED and (target := next(
+                    (v for v in found.values() if ref == v["id"] or ref in v["occurrences"]), None)):
+                target["controlled"] = CONTROLLED[action]  # the state it will be in once the host applies it
         return [v for k, v in found.items() if k not in series_done or "requested" in v]
 
     def list_tasks(self, status: str | None = None) -> str:
@@ -219,3 +244,9 @@ class Tools:
             raise ToolError(f"bad arguments for {name}: {str(exc).splitlines()[0]}") from None
         return result
 
+
+
+def _state(series: dict[str, Any]) -> str:
+    """A series' state as the agent last asked it to be: a control request not yet applied counts as done."""
+    live = series.get("live")
+    return str(series.get("controlled") or (live.status if live is not None else "requested"))

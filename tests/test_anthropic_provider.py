@@ -122,7 +122,7 @@ async def test_tool_use_schedules_a_task_and_the_model_sees_the_outcome(fake: Fa
     said = result["content"][0]["text"]
     assert request["content"]["taskId"] in said
     # 2026-01-15 has passed by the real clock the MCP server reads: the answer says so instead of past times.
-    assert "next runs: " in said and "(the time given has passed)" in said and "09:00 EST" in said
+    assert "next runs: " in said and "; the time given has passed)" in said and "09:00:00 EST" in said
     [reply] = session.out("chat")
     assert reply["content"] == {"text": "Done: weekdays at 9.", "files": []}
     assert reply["in_reply_to"] == chat and reply["channel_type"] == "cli"

@@ -105,7 +105,7 @@ async def test_list_tasks_shows_a_request_before_the_host_applied_it(session: Pa
         [request] = outbound(session, "system")
         task_id = request["content"]["taskId"]
         assert text(scheduled).startswith(f"Task scheduled (id: {task_id}, next runs: ")
-        assert "(the time given has passed)" in text(scheduled)
+        assert "(America/New_York; the time given has passed)" in text(scheduled)
         assert request["content"]["processAfter"] == "2026-01-15T14:00:00.000Z"
         assert request["in_reply_to"] == "msg-1781168400000-aaaaaa"  # the turn the runner stored
         assert task_id in listed and "requested (not yet applied)" in listed and "post standup" in listed

@@ -160,7 +160,7 @@ class TestRunningHostInAnotherZone:
         try:
             host.wait_for_action("host_started")
             asked = chat(env, "/schedule_task " + json.dumps({"prompt": "standup", "recurrence": "0 9 * * *"}))
-            assert "Task scheduled" in asked and "09:00 E" in asked, asked  # EST or EDT
+            assert "Task scheduled" in asked and "09:00:00 E" in asked, asked  # EST or EDT
             [task] = applied(env)
             assert env.ncl("tasks", "list").stderr == ""  # same zone: nothing to say
             (tmp_path / ".env").write_text(f"TZ={TOKYO}\n")
@@ -180,6 +180,6 @@ class TestRunningHostInAnotherZone:
             assert after["next_run"] != task["next_run"]
             assert env.ncl("tasks", "list").stderr == ""
             shown = chat(env, "/list_tasks")  # a runner of the restarted host: Tokyo time, still nine o'clock
-            assert f"{task['id']} [pending] 0 9 * * * next: " in shown and " 09:00 JST" in shown, shown
+            assert f"{task['id']} [pending] 0 9 * * * next: " in shown and " 09:00:00 JST" in shown, shown
         finally:
             restarted.kill()

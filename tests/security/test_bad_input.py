@@ -195,7 +195,8 @@ async def test_mcp_arguments_that_miss_the_schema_are_one_line(tmp_path: Path, n
     world, tool, _ = tools(tmp_path)
     with pytest.raises(McpToolError) as refused:
         await build_server(tool).call_tool(name, arguments)
-    assert str(refused.value).startswith(f"bad arguments for {name}: ")
+    # a missing argument is named with the ones the tool takes (issue 15.6)
+    assert str(refused.value).startswith((f"bad arguments for {name}: ", f"{name} needs taskId; its arguments: "))
     one_line(str(refused.value))
     world.central.close()
 

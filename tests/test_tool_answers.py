@@ -1,0 +1,59 @@
+"""What the scheduling tools answer (issue 15.4 and 15.6): times with seconds and the zone they are in; a pause of a
+paused task says it is already paused and a resume of one that is not says what it is doing, whether the earlier
+request was applied by the host or is still this turn's."""
+
+from __future__ import annotations
+
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from kit import World
+
+from agent_runner.config import RunnerConfig
+from agent_runner.store import Store
+from agent_runner.tools import ToolError, Tools
+from host.scheduling import tasks
+from schemas.times import from_text
+
+NOW = from_text("2026-06-11T13:00:00.000Z")  # Thursday 09:00:00 EDT
+NEXT = "Fri 2026-06-12 09:00:00 EDT (America/New_York)"
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return World(tmp_path)
+
+
+@pytest.fixture
+def tools(world: World) -> Tools:
+    config = RunnerConfig(session_dir=world.session.folder, generation="gen-test", tz="America/New_York")
+    return Tools(config, Store(config), lambda: NOW)
+
+
+def test_schedule_and_update_answers_show_seconds_and_the_zone(tools: Tools, world: World) -> None:
+    answer = tools.call("schedule_task", {"prompt": "standup", "processAfter": "2026-06-11T09:30:15"})
+    assert answer.endswith("next runs: Thu 2026-06-11 09:30:15 EDT (America/New_York))"), answer
+    task = world.schedule(NOW, recurrence="0 9 * * *")
+    answer = tools.call("update_task", {"taskId": task, "recurrence": "30 8 * * *"})
+    assert answer == (f"Task {task} updated (next runs: Fri 2026-06-12 08:30:00 EDT, Sat 2026-06-13 08:30:00 EDT, "
+                      "Sun 2026-06-14 08:30:00 EDT (America/New_York))")
+
+
+def test_a_second_pause_in_the_same_turn_says_already_paused(tools: Tools, world: World) -> None:
+    task = world.schedule(NOW, recurrence="0 9 * * *")
+    assert tools.call("pause_task", {"taskId": task}) == f"Task {task}: pause requested; its next run waits: {NEXT}"
+    with pytest.raises(ToolError, match=rf"^task {task} is already paused \(resume_task resumes it\)$"):
+        tools.call("pause_task", {"taskId": task})
+    assert tools.call("resume_task", {"taskId": task}) == f"Task {task}: resume requested; next run: {NEXT}"
+
+
+def test_pause_of_a_paused_task_and_resume_of_a_waiting_one_say_so(tools: Tools, world: World) -> None:
+    task = world.schedule(NOW, recurrence="0 9 * * *")
+    with pytest.raises(ToolError) as refused:
+        tools.call("resume_task", {"taskId": task})
+    assert str(refused.value) == f"task {task} is not paused: it is waiting for its next run: {NEXT}"
+    with closing(world.inbound()) as conn:  # the host applied an earlier pause
+        tasks.pause(conn, task, NOW, world.policy, folder=world.session.folder)
+    with pytest.raises(ToolError, match=rf"^task {task} is already paused"):
+        tools.call("pause_task", {"taskId": task})
