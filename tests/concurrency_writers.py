@@ -163,7 +163,7 @@ def controller(load: Load, seed: int) -> None:
                       "resume": lambda conn, folder, series_id: tasks.resume(conn, series_id, now, policy),
                       "cancel": lambda conn, folder, series_id: tasks.cancel(conn, series_id, now, folder=folder)}[verb]
             changed = _task_write(load.settings, series.id, action)
-            if changed == 0:  # the CLI says "nothing to change" and exits 1
+            if changed == 0:  # the CLI says why (already paused, not paused, ended) and exits 1
                 raise AssertionError(f"{verb} {series.id} changed nothing (its state was {series.state})")
             series.state = {"pause": "paused", "resume": "active", "cancel": "cancelled"}[verb]
 

@@ -49,12 +49,27 @@ def test_pause_and_resume_by_series_and_occurrence_id(cli: Ncl, session: dict[st
     assert paused == {"id": item["id"], "action": "paused", "changed": 1}
     assert [r["status"] for r in show(cli, item["id"])["occurrences"]] == ["completed", "paused"]
     assert listed(cli)[0]["status"] == "paused"
-    one_line_error(cli("tasks", "pause", item["id"]))  # nothing left to pause
+    assert one_line_error(cli("tasks", "pause", item["id"])) == f"ncl: task {item['id']} is already paused"
 
     ok(cli("tasks", "resume", item["id"], "--now", "2026-05-18T10:00:00"))
     shown = show(cli, clone_id)
     assert [r["status"] for r in shown["occurrences"]] == ["completed", "pending"]
     assert shown["task"]["next_run"] == "2026-05-19T13:00:00.000Z"  # not overdue: the grid is kept
+    assert one_line_error(cli("tasks", "resume", clone_id)) == (
+        f"ncl: task {item['id']} is not paused: it is waiting for its next run")
+
+
+def test_resume_of_a_running_task_and_cancel_of_an_ended_one_say_so(cli: Ncl, session: dict[str, Any]) -> None:
+    item = weekday_task(cli, session)
+    sweep(cli, "2026-05-18T09:00:30")  # due: with no runner to take it the sweep leaves it waiting, so claim it
+    ack(session, item["id"], "processing", "2026-05-18T13:00:40.000Z")
+    ok(cli("tasks", "pause", item["id"]))  # the run goes on; its next occurrence waits paused
+    ok(cli("tasks", "cancel", item["id"]))
+    assert one_line_error(cli("tasks", "resume", item["id"])) == (
+        f"ncl: task {item['id']} is not paused: it is running now")
+    ack(session, item["id"], "completed", "2026-05-18T13:01:00.000Z")
+    sweep(cli, "2026-05-18T09:02:00")
+    assert one_line_error(cli("tasks", "cancel", item["id"])) == f"ncl: task {item['id']} has ended (see its runs)"
 
 
 def test_resume_after_the_grace_follows_the_misfire_rule(cli: Ncl, session: dict[str, Any]) -> None:

@@ -57,3 +57,12 @@ def test_pause_of_a_paused_task_and_resume_of_a_waiting_one_say_so(tools: Tools,
         tasks.pause(conn, task, NOW, world.policy, folder=world.session.folder)
     with pytest.raises(ToolError, match=rf"^task {task} is already paused"):
         tools.call("pause_task", {"taskId": task})
+
+
+def test_the_hosts_rejection_of_a_repeated_pause_says_already_paused(world: World) -> None:
+    task = world.schedule(NOW, recurrence="0 9 * * *")
+    world.request(NOW, {"action": "pause_task", "taskId": task})
+    world.request(NOW, {"action": "pause_task", "taskId": task})  # asked twice before the host applied either
+    assert world.sweeper().tick(NOW).applied == 1
+    [notice] = world.notices()
+    assert notice["text"] == f"Your pause_task request was rejected: task {task} is already paused"

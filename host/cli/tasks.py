@@ -45,9 +45,6 @@ def _write(app: App, ref: str, action: Callable[[Any, Path, str], T],
 
 
 def _changed(as_json: bool, verb: str, series_id: str, count: int) -> None:
-    if count == 0:
-        raise NclError(f"task {series_id}: nothing to change, no occurrence can be {verb} "
-                       f"(see 'ncl tasks show {series_id}')")
     emit(as_json, {"id": series_id, "action": verb, "changed": count},
          lambda: click.echo(f"{verb}: {series_id} ({count} occurrence(s) changed)"))
 
@@ -136,8 +133,12 @@ def _control(name: str, verb: str, doc: str, action: Callable[[Any, Path, str, d
     @json_option
     @pass_app
     def command(app: App, task_id: str, now: datetime | None, as_json: bool) -> None:
-        _, series_id, count = _write(app, task_id, lambda c, f, s: action(c, f, s, now or app.now(), app),
-                                     plans=name if plans else None)
+        def act(conn: Any, folder: Path, series_id: str) -> int:
+            if changed := action(conn, folder, series_id, now or app.now(), app):
+                return changed
+            raise tasks.unchanged(conn, series_id, verb)  # already paused, not paused, ended: said as such
+
+        _, series_id, count = _write(app, task_id, act, plans=name if plans else None)
         _changed(as_json, verb, series_id, count)
 
 

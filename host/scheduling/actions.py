@@ -8,7 +8,6 @@ import logging
 from datetime import datetime
 from pathlib import Path
 
-from host.errors import NclError
 from host.scheduling import tasks
 from host.scheduling.recurrence import Policy
 from host.store import db, inbox
@@ -41,17 +40,17 @@ def _apply(conn: db.Connection, request: requests.ScheduleTask | requests.Update
             tasks.update(conn, request.task_id, now, policy, request.prompt, request.process_after,
                          request.recurrence, request.script, folder=folder)
         case requests.ControlTask(action="pause_task"):
-            _must(tasks.pause(conn, request.task_id, now, policy, folder=folder), request)
+            _must(conn, tasks.pause(conn, request.task_id, now, policy, folder=folder), request, "paused")
         case requests.ControlTask(action="resume_task"):
-            _must(tasks.resume(conn, request.task_id, now, policy), request)
+            _must(conn, tasks.resume(conn, request.task_id, now, policy), request, "resumed")
         case requests.ControlTask():
-            _must(tasks.cancel(conn, request.task_id, now, folder=folder), request)
+            _must(conn, tasks.cancel(conn, request.task_id, now, folder=folder), request, "cancelled")
     return None
 
 
-def _must(changed: int, request: requests.ControlTask) -> None:
+def _must(conn: db.Connection, changed: int, request: requests.ControlTask, verb: str) -> None:
     if not changed:
-        raise NclError(f"{request.action} changed nothing: task {request.task_id} has no occurrence to change")
+        raise tasks.unchanged(conn, request.task_id, verb)
 
 
 def apply(conn: db.Connection, folder: Path, rows: list[OutMessage], now: datetime, policy: Policy,

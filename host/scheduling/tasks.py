@@ -130,6 +130,22 @@ def cancel(conn: db.Connection, ref: str, now: datetime, *, folder: Path) -> int
     return len(rows)
 
 
+def unchanged(conn: db.Connection, ref: str, verb: str) -> NclError:
+    """Why pausing, resuming or cancelling (``verb``: paused | resumed | cancelled) the series changed nothing, in
+    the user's terms."""
+    series_id = _series(conn, ref)
+    statuses = {row.status for row in task_series.live(conn, series_id)}
+    if not statuses:
+        why = "has ended (see its runs)"
+    elif verb == "paused" and "paused" in statuses:
+        why = "is already paused"
+    elif verb == "paused":  # a one-shot that runs now: no later occurrence to hold back
+        why = "is running its only occurrence now: there is nothing left to pause (cancel stops it for good)"
+    else:
+        why = "is not paused: it is " + ("running now" if "processing" in statuses else "waiting for its next run")
+    return NclError(f"task {series_id} {why}")
+
+
 def update(conn: db.Connection, ref: str, now: datetime, policy: Policy, prompt: str | None = None,
            process_after: str | None = None, recurrence_expr: str | None = None, script: str | None = None,
            enforce_interval: bool = True, *, folder: Path) -> int:
