@@ -44,7 +44,9 @@ def test_the_seed_queue_task_enqueues_its_payload_at_1730_local(project: Project
 
 
 def test_a_queue_with_no_group_is_a_failed_run_and_the_task_goes_on(project: Project) -> None:
+    project.support_group()
     item = project.add(DAILY_QUEUE)
+    assert project.ncl("groups", "delete", "support", "--yes").code == 0  # unwired after the task was added
     firer = project.firer(FakeClock(SLOT))
     assert firer.tick(SLOT).failed == 1
     (run,) = project.runs(item["id"])

@@ -95,6 +95,7 @@ def test_file_option_errors(project: Project) -> None:
 
 
 def test_add_prints_the_list_item_and_list_shows_it_in_tz(project: Project) -> None:
+    project.support_group()
     item = project.add(DAILY_QUEUE)
     assert set(item) == LIST_KEYS | {"name", "description", "created_at", "updated_at"}
     assert ids.is_id(item["id"], "sched")
@@ -108,6 +109,7 @@ def test_add_prints_the_list_item_and_list_shows_it_in_tz(project: Project) -> N
 
 
 def test_update_replaces_the_spec_and_recomputes_next_run_only_for_a_new_schedule(project: Project) -> None:
+    project.support_group()
     item = project.add(DAILY_QUEUE)
     same = DAILY_QUEUE.replace("Generate the daily summary.", "Summarize.")
     path = project.spec(same, "u.yaml")
@@ -129,10 +131,24 @@ def test_update_replaces_the_spec_and_recomputes_next_run_only_for_a_new_schedul
 
 
 def test_update_refuses_a_payload_queues_would_refuse_and_keeps_the_task(project: Project) -> None:
+    project.support_group()
     item = project.add(DAILY_QUEUE)
     bad = project.spec(DAILY_QUEUE.replace("prompt: Generate the daily summary.", "prompt: [{type: text}]"), "u.yaml")
     line = one_line_error(project.ncl("scheduled-task", "update", item["id"], "--file", bad))
     assert line.startswith("ncl: u.yaml: queue.payload: bad prompt item"), line
+    assert project.listed() == [item]
+
+
+def test_a_queue_no_group_has_wired_is_refused_at_add_and_update(project: Project) -> None:
+    line = one_line_error(project.ncl("scheduled-task", "add", "--file", project.spec(DAILY_QUEUE), "--now", NOW))
+    assert line == ("ncl: queue 'support-jobs' is wired to no group (wired queues: none); wire it first: ncl groups "
+                    "create NAME --channel queue:support-jobs")
+    assert project.listed() == []
+    project.support_group()
+    item = project.add(DAILY_QUEUE)
+    other = project.spec(DAILY_QUEUE.replace("support-jobs", "suport-jobs"), "u.yaml")
+    line = one_line_error(project.ncl("scheduled-task", "update", item["id"], "--file", other))
+    assert line.startswith("ncl: queue 'suport-jobs' is wired to no group (wired queues: support-jobs); "), line
     assert project.listed() == [item]
 
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from host.channels.queues import QUEUE_NAME, NotJson, check_payload
 from host.errors import NclError
-from host.store import db
+from host.store import db, groups
 from host.store import project_tasks as store
 from host.store.project_tasks import Fields, TaskRow
 from schemas import cron
@@ -233,7 +233,17 @@ def first_run(spec: Spec, now: datetime, zone: ZoneInfo) -> str | None:
 
 # --- storage ---------------------------------------------------------------------------------------
 
+def _check_wired(conn: db.Connection, spec: Spec) -> None:
+    """A queue target must name a queue some group has wired: else every firing would fail."""
+    if spec.queue is None or groups.wired_to(conn, f"queue:{spec.queue.name}") is not None:
+        return
+    wired = ", ".join(channel.removeprefix("queue:") for channel, _ in groups.queues(conn)) or "none"
+    raise SpecError(f"queue {spec.queue.name!r} is wired to no group (wired queues: {wired}); wire it first: "
+                    f"ncl groups create NAME --channel queue:{spec.queue.name}")
+
+
 def add(conn: db.Connection, spec: Spec, task_id: str, now: datetime, zone: ZoneInfo) -> Task:
+    _check_wired(conn, spec)
     store.insert(conn, task_id, to_row(spec), first_run(spec, now, zone), to_text(now), zone.key)
     return get(conn, task_id)
 
@@ -243,6 +253,7 @@ def update(conn: db.Connection, task_id: str, spec: Spec, now: datetime, zone: Z
     otherwise ``next_run`` stays, so an overdue slot still follows the misfire rule. A run in flight finishes."""
     with db.transaction(conn):
         row = _row(conn, task_id)
+        _check_wired(conn, spec)
         keep = row.active and spec.active and row.schedule == spec.schedule
         next_run, planned_in = (row.next_run, row.zone) if keep else (first_run(spec, now, zone), zone.key)
         store.update(conn, task_id, to_row(spec), next_run, to_text(now), planned_in)
