@@ -48,7 +48,8 @@ def test_chat_once_prints_the_reply(env: Env, host: Host) -> None:
     data = json.loads(env.ok("chat", "demo", "and again", "--json"))
     assert set(data) == {"session_id", "replies"}
     [reply] = data["replies"]
-    assert set(reply) == {"id", "text", "timestamp"} and reply["text"] == "mock: and again"
+    assert set(reply) == {"id", "text", "timestamp", "task", "failed"} and reply["text"] == "mock: and again"
+    assert (reply["task"], reply["failed"]) == (None, False)  # an answer to the message itself, not an error
     sessions = json.loads(env.ok("sessions", "list", "--json"))["sessions"]
     assert [s["thread_key"] for s in sessions] == ["cli"]  # shared mode: one session for the channel address
 

@@ -1,5 +1,5 @@
 """``ncl chat GROUP`` in a real terminal (a pty): replies stream in as they arrive, a trailing backslash
-continues a line, and Ctrl-C leaves cleanly with exit 0."""
+continues a line, Ctrl-C leaves cleanly with exit 0, and a task's answer says which task it answers (issue 15.4)."""
 
 from __future__ import annotations
 
@@ -91,3 +91,17 @@ def test_ctrl_d_on_an_empty_line_leaves_cleanly(host: tuple[Env, Host]) -> None:
     with chatting(env) as term:
         term.type("\x04")  # EOF from the terminal's line discipline
         assert term.proc.wait(timeout=10) == 0
+
+
+def test_a_tasks_answer_is_marked_with_its_id_and_prompt(host: tuple[Env, Host]) -> None:
+    env, _ = host
+    with chatting(env) as term:
+        term.type('/schedule_task {"prompt":"ping the team about the release notes for Friday"}\r')
+        term.wait_for("Task scheduled (id: ")
+        task_id = term.screen.split("Task scheduled (id: ")[1].split(",")[0]
+        term.wait_for("mock: ping the team")  # the task runs at once: no time given
+        [line] = [line for line in term.screen.splitlines() if "mock: ping the team" in line]
+        assert f'] [task {task_id} "ping the team about the release notes f…"] mock: ping the team' in line, line
+        term.type("hello\r")
+        term.wait_for("mock: hello")
+        assert "[task" not in term.screen.split("mock: ping the team")[-1]  # the user's own answers carry no mark

@@ -2,8 +2,10 @@
 
 A client sends ``{"op": "send", "group": G, "text": T, "thread": K|null, "channel": "cli"|"toolkit"}``, gets
 ``{"ok": true, "session_id", "message_id", "seq"}`` (or ``{"ok": false, "error"}``), then every reply of that
-session as ``{"reply": {"id", "text", "files", "timestamp", "in_reply_to", "in_reply_to_seq"}}`` while it
-stays connected. Replies are pushed by the host's delivery (host.channels.delivery) through ``deliver``.
+session as ``{"reply": {"id", "text", "files", "timestamp", "in_reply_to", "in_reply_to_seq", "task", "failed"}}``
+while it stays connected: ``task`` is ``{"id", "prompt"}`` (the series and its prompt) when the reply answers a
+scheduled task, else null; ``failed`` is true when the message it answers failed (the provider could not answer,
+DESIGN §12.3). Replies are pushed by the host's delivery (host.channels.delivery) through ``deliver``.
 
 Limits of its own, so a flood of the webhook port never starves it: at most ``MAX_CLIENTS`` connections (one more
 gets an error line and is closed), a request line of at most 1 MiB that must arrive whole within
@@ -26,17 +28,19 @@ from host.channels import router
 from host.errors import NclError
 from host.http.listener import Listener, unix_socket
 from host.settings import Settings
-from host.store import db, groups
+from host.store import db, groups, inbox
 from host.store.groups import Group
 from host.store.outbox import OutMessage
 from host.store.sessions import Session
 from schemas import clock
+from schemas.messages import InMessage
 
 log = logging.getLogger(__name__)
 MAX_LINE = 1 << 20
 MAX_CLIENTS = 64
 LINE_TIMEOUT_S = 10.0
 MAX_UNREAD = 64 << 20  # replies written to a client but not yet taken by it
+TASK_PROMPT = 40  # characters of a task's prompt a reply to it carries
 BUSY = json.dumps({"ok": False, "error": f"the host is serving {MAX_CLIENTS} CLI connections already; try again"
                    " shortly"}).encode() + b"\n"
 
@@ -75,9 +79,12 @@ class CliChannel:
         if not writers:
             return None
         content = json.loads(reply.content)
+        source = _source(session, reply.in_reply_to) if reply_to_seq is not None else None
+        failed = source is not None and source.status == "failed"
         line = json.dumps({"reply": {"id": reply.id, "text": content.get("text", ""),
                                      "files": content.get("files", []), "timestamp": reply.timestamp,
-                                     "in_reply_to": reply.in_reply_to, "in_reply_to_seq": reply_to_seq}})
+                                     "in_reply_to": reply.in_reply_to, "in_reply_to_seq": reply_to_seq,
+                                     "task": _task(source), "failed": failed}})
         for writer in list(writers):
             if writer.is_closing() or writer.transport.get_write_buffer_size() > MAX_UNREAD:
                 writers.discard(writer)
@@ -135,6 +142,21 @@ async def _next_line(reader: asyncio.StreamReader) -> bytes:
         return first
     async with asyncio.timeout(LINE_TIMEOUT_S):
         return first + await reader.readline()
+
+
+def _source(session: Session, message_id: str | None) -> InMessage | None:
+    """The inbox row a reply answers (its acks are in the inbox by the time the reply is delivered)."""
+    if message_id is None:
+        return None
+    with closing(db.connect(session.folder / "inbound.db", "inbound", readonly=True)) as conn:
+        return inbox.get(conn, message_id)
+
+
+def _task(source: InMessage | None) -> dict[str, str] | None:
+    if source is None or source.kind != "task":
+        return None
+    prompt = str(json.loads(source.content).get("prompt", ""))
+    return {"id": source.series, "prompt": prompt if len(prompt) <= TASK_PROMPT else prompt[:TASK_PROMPT - 1] + "…"}
 
 
 def _toolkit(central: db.Connection, group_ref: str) -> Group:

@@ -76,7 +76,8 @@ def ask(app: App, group: str, text: str, thread: str | None, timeout: float, cha
             except TimeoutError:
                 break
             if reply and (reply.get("in_reply_to_seq") or 0) >= sent["seq"]:
-                replies.append({k: reply[k] for k in ("id", "text", "timestamp")})
+                replies.append({"id": reply["id"], "text": reply["text"], "timestamp": reply["timestamp"],
+                                "task": reply.get("task"), "failed": bool(reply.get("failed"))})
                 break
         if not replies:
             raise NclError(f"no reply within {timeout:g} s (the message is queued as {sent['message_id']})")
@@ -85,9 +86,21 @@ def ask(app: App, group: str, text: str, thread: str | None, timeout: float, cha
         conn.close()
 
 
-def _print_replies(data: dict[str, Any]) -> None:
-    for reply in data["replies"]:
-        say(reply["text"])
+def _label(reply: dict[str, Any]) -> str:
+    """What marks a reply: the task it answers (id and a short prompt), and a failure."""
+    task = reply.get("task")
+    return (f'[task {task["id"]} "{task["prompt"]}"] ' if task else "") + ("error: " if reply.get("failed") else "")
+
+
+def _answer(as_json: bool, data: dict[str, Any]) -> None:
+    """Print the replies (a failed one on stderr); exit 1 if one is the agent saying it could not answer."""
+    def human() -> None:
+        for reply in data["replies"]:
+            say(("ncl: " if reply["failed"] else "") + _label(reply) + reply["text"], err=reply["failed"])
+
+    emit(as_json, data, human)
+    if any(reply["failed"] for reply in data["replies"]):
+        raise SystemExit(1)
 
 
 @click.command("chat")
@@ -101,8 +114,7 @@ def _print_replies(data: dict[str, Any]) -> None:
 def chat(app: App, group: str, text: str | None, thread: str | None, timeout: float, as_json: bool) -> None:
     """Chat with GROUP's agent: interactively, or send TEXT once and print the reply."""
     if text is not None:
-        data = ask(app, group, text, thread, timeout, "cli")
-        emit(as_json, data, lambda: _print_replies(data))
+        _answer(as_json, ask(app, group, text, thread, timeout, "cli"))
         return
     _interactive(app, group, thread)
 
@@ -121,7 +133,7 @@ def _interactive(app: App, group: str, thread: str | None) -> None:
                 return
             if reply := data.get("reply"):  # the \r is ours (back over the "> " prompt); the reply's own are shown
                 click.echo("\r", nl=False)
-                say(f"[{local_time(reply['timestamp'], zone)}] {reply['text']}\n> ", nl=False)
+                say(f"[{local_time(reply['timestamp'], zone)}] {_label(reply)}{reply['text']}\n> ", nl=False)
             elif data.get("ok") is False:
                 click.echo("\r", nl=False)
                 say(f"error: {data['error']}\n> ", nl=False)
@@ -156,5 +168,4 @@ def agent_cli() -> None:
 @pass_app
 def invoke(app: App, group: str, prompt: str, thread: str | None, timeout: float, as_json: bool) -> None:
     """Run one turn of GROUP's agent (its toolkit channel) and print the final answer."""
-    data = ask(app, group, prompt, thread, timeout, "toolkit")
-    emit(as_json, data, lambda: _print_replies(data))
+    _answer(as_json, ask(app, group, prompt, thread, timeout, "toolkit"))

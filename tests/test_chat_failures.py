@@ -1,0 +1,47 @@
+"""A one-shot ``ncl chat`` and ``ncl agent invoke`` exit 1 when the answer is the agent saying it could not answer
+(the provider failed: the runner acks the message ``failed`` with a "Sorry, I could not answer" reply, DESIGN §12.3),
+with the reply on stderr, or in ``--json`` marked ``"failed": true`` (issue 15.4). A real host and runner; the model
+is a fake Messages API that refuses every call (tests/fake_anthropic.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fake_anthropic import FakeAnthropic
+from processes import Env, Host
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    with FakeAnthropic() as fake:  # nothing scripted: every call is a 400 not to be retried
+        env = Env(tmp_path)
+        env.vars.update({"NCL_PROVIDER": "anthropic", "ANTHROPIC_API_KEY": "sk-test", "ANTHROPIC_BASE_URL": fake.url})
+        env.ok("groups", "create", "demo", "--channel", "cli", "--channel", "toolkit:helper")
+        host = Host(env, NCL_IDLE_TIMEOUT_S="30")
+        try:
+            host.wait_for_action("host_started")
+            yield env
+        finally:
+            host.kill()
+
+
+def test_chat_and_invoke_exit_1_when_the_provider_failed(env: Env) -> None:
+    said = env.ncl("chat", "demo", "hello")
+    assert said.returncode == 1 and said.stdout == ""
+    assert said.stderr.startswith("ncl: error: Sorry, I could not answer: ") and said.stderr.count("\n") == 1
+    as_json = env.ncl("chat", "demo", "again", "--json")
+    assert as_json.returncode == 1
+    [reply] = json.loads(as_json.stdout)["replies"]
+    assert reply["failed"] is True and reply["text"].startswith("Sorry, I could not answer: ")
+    invoked = env.ncl("agent", "invoke", "demo", "--prompt", "what is 2+2", "--json")
+    assert invoked.returncode == 1 and json.loads(invoked.stdout)["replies"][0]["failed"] is True
+
+
+def test_an_answer_that_is_no_error_exits_0(env: Env) -> None:
+    said = env.ncl("chat", "demo", "/list_tasks")  # a slash command needs no model
+    assert (said.returncode, said.stdout) == (0, "No tasks.\n")
