@@ -24,13 +24,23 @@ def context(zone: str) -> str:
     return f"{zone} inbound:{latest_version('inbound')} outbound:{latest_version('outbound')}"
 
 
-def load(conn: db.Connection, valid_in: str) -> dict[str, Entry]:
-    """The rows of active sessions taken under ``valid_in``; those of sessions no longer active are dropped."""
+def prune(conn: db.Connection) -> None:
+    """Drop the rows of sessions no longer active."""
     with db.transaction(conn):
         conn.execute("DELETE FROM session_index WHERE session_id NOT IN"
                      " (SELECT id FROM sessions WHERE status = 'active')")
-    return {sid: Entry(tuple(int(n) for n in files.split()), next_due) for sid, files, next_due in conn.execute(
-        "SELECT session_id, files, next_due FROM session_index WHERE context = ?", (valid_in,))}
+
+
+def load(conn: db.Connection, valid_in: str) -> list[tuple[str, str, str | None]]:
+    """The rows taken under ``valid_in`` as (session id, files, next due): ``entry`` makes each an ``Entry``, so a
+    caller may pause between them."""
+    found: list[tuple[str, str, str | None]] = conn.execute(
+        "SELECT session_id, files, next_due FROM session_index WHERE context = ?", (valid_in,)).fetchall()
+    return found
+
+
+def entry(files: str, next_due: str | None) -> Entry:
+    return Entry(tuple(int(n) for n in files.split()), next_due)
 
 
 def save(conn: db.Connection, valid_in: str, changed: dict[str, Entry | None]) -> None:
