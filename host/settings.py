@@ -56,6 +56,7 @@ class Settings(BaseModel):
     anthropic_api_key: str | None = Field(None, alias="ANTHROPIC_API_KEY", repr=False)
     anthropic_base_url: str = Field("https://api.anthropic.com", alias="ANTHROPIC_BASE_URL")
     log_level: LogLevel = Field(RUNNER.log_level, alias="NCL_LOG_LEVEL")
+    log_format: Literal["text", "json"] = Field("text", alias="NCL_LOG_FORMAT")
     tz: zones.ResolvedZone = Field(zones.ResolvedZone("UTC", "fallback"), exclude=True)
 
     @property

@@ -15,6 +15,8 @@ import click
 
 from host.errors import NclError
 
+STDERR_HANDLER = "ncl-stderr"
+
 # name -> "module:attribute" of its click command, in a module imported when the command is first needed
 COMMANDS = {
     "agent": "host.cli.chat:agent_cli",
@@ -23,6 +25,7 @@ COMMANDS = {
     "groups": "host.cli.groups:group_cli",
     "host": "host.cli.hostcmd:host_cli",
     "image": "host.cli.image:image_cli",
+    "logs": "host.cli.logs:logs",
     "messages": "host.cli.status:messages_cli",
     "queue": "host.cli.queue:queue_cli",
     "scheduled-task": "host.cli.scheduled:scheduled_cli",
@@ -68,6 +71,7 @@ def cli(ctx: click.Context) -> None:
     from host.cli.terminal import VisibleFormatter
 
     handler = logging.StreamHandler()
+    handler.set_name(STDERR_HANDLER)  # ``ncl host`` gives it the log file's lines, or takes it away
     handler.setFormatter(VisibleFormatter("ncl: %(levelname)s: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
     settings = settings_module.load()

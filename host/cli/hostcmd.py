@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 from datetime import datetime
+from typing import Literal
 
 import click
 
+from host.cli import STDERR_HANDLER
 from host.cli.app import App, now_option, pass_app
 from host.cli.output import emit, fields, json_option
+from host.cli.terminal import visible
+from host.files import logs
 from host.files.lock import host_lock
 from host.loop import Host
 from host.project_tasks.fire import fire_once
 from host.runtimes.factory import select_runtime
 from host.runtimes.pool import Runners
 from host.scheduling.sweep import Sweeper
+from host.settings import Settings
 from schemas import clock
 from schemas.proctree import become_subreaper, subreaping
 
@@ -27,14 +34,48 @@ def host_cli() -> None:
     """The host process: sweeps session inboxes, wakes runners, applies their requests."""
 
 
+@contextlib.contextmanager
+def logging_to_file(settings: Settings, stderr: Literal["lines", "quiet", "kept"]) -> Iterator[None]:
+    """While inside, every record also goes to data/host.log (``logs``), and every handler gives a record the
+    session of the visit it was logged in. ``lines`` and ``quiet`` are the host: INFO at least, and the CLI's short
+    stderr lines replaced by the log's lines (made visible) or by none; ``kept`` keeps them, at NCL_LOG_LEVEL.
+    Entered before the host lock: what taking it says (a stale lock replaced) is logged too. Put back as it was at
+    the end (for in-process callers: the tests)."""
+    root = logging.getLogger()
+    level, handlers = root.level, root.handlers[:]
+    ours = handlers
+    if stderr != "kept":
+        root.setLevel(min(logging.INFO, level))
+        ours = [handler for handler in handlers if handler.get_name() != STDERR_HANDLER]
+        if stderr == "lines" and len(ours) < len(handlers):
+            shown = logging.StreamHandler()
+            shown.setFormatter(logs.formatter(settings.log_format, settings.tz.zone, visible))
+            ours.append(shown)
+    to_file = logs.file_handler(settings.data_dir, logs.formatter(settings.log_format, settings.tz.zone))
+    session = logs.SessionFilter()
+    root.handlers = [*ours, to_file]
+    for handler in root.handlers:
+        handler.addFilter(session)
+    try:
+        yield
+    finally:
+        for handler in root.handlers:
+            handler.removeFilter(session)
+        to_file.close()
+        root.handlers = handlers
+        root.setLevel(level)
+
+
 @host_cli.command("run")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Log to data/host.log only; stderr gets only an error that stops the host (scripts/run.sh).")
 @pass_app
-def run(app: App) -> None:
-    """Run the host until SIGINT/SIGTERM (one per data directory)."""
-    with host_lock(app.settings.data_dir):
+def run(app: App, quiet: bool) -> None:
+    """Run the host until SIGINT/SIGTERM (one per data directory). It logs to stderr and data/host.log (rotated
+    at 10 MiB, 3 old files kept; read and follow it with `ncl logs`)."""
+    with logging_to_file(app.settings, "quiet" if quiet else "lines"), host_lock(app.settings.data_dir):
         # Orphans of local runners and host tasks come to us, not to pid 1, and are killed (schemas.proctree).
         become_subreaper()
-        logging.getLogger().setLevel(min(logging.INFO, logging.getLogger().level))
         runtime, reason = select_runtime(app.settings)
         runtime.announce(reason)  # local is said loudly: its runners have no isolation
         runtime.prepare()
@@ -50,9 +91,10 @@ def run(app: App) -> None:
 @json_option
 @pass_app
 def sweep(app: App, once: bool, now: datetime | None, as_json: bool) -> None:
-    """One sweep. With --now it acts at that instant and only counts the runners it would wake."""
+    """One sweep. With --now it acts at that instant and only counts the runners it would wake. What it does is
+    logged to data/host.log too."""
     # As in ``host run``, what a host task leaves when it ends is ours to kill; only while we sweep.
-    with host_lock(app.settings.data_dir), subreaping():
+    with logging_to_file(app.settings, "kept"), host_lock(app.settings.data_dir), subreaping():
         runtime = None if now else select_runtime(app.settings)[0]
         sweeper = Sweeper(app.settings, Runners(runtime, app.settings) if runtime else None)
         try:

@@ -94,6 +94,15 @@ def finish(conn: db.Connection, run_id: str, outcome: Outcome, started: datetime
                   error=outcome.error)
 
 
+def said_finished(task_id: str, run_id: str, outcome: str, started: datetime, finished: datetime, what: str) -> None:
+    """The line of a run's outcome (succeeded | queued | failed | timeout), with ``what`` it did or why it failed."""
+    took = max(0.0, (finished - started).total_seconds())
+    log.log(logging.INFO if outcome in ("succeeded", "queued") else logging.WARNING,
+            "scheduled task %s %s in %.1f s%s", task_id, outcome, took, f": {what}" if what else "",
+            extra={"action": "scheduled_run_finished", "task": task_id, "run": run_id, "outcome": outcome,
+                   "duration_ms": int(took * 1000)})
+
+
 def replan(conn: db.Connection, now: datetime, policy: Policy) -> None:
     """One zone at a time: next runs planned in another zone (TZ changed since) planned again in this one, as a
     session's tasks are (``recurrence.replanned``)."""
@@ -182,7 +191,7 @@ class ScheduledTasks:
                         extra={"action": "scheduled_missed", "task": task_id})
             return
         result.fired += 1
-        log.debug("scheduled task %s fired for %s", task_id, to_text(claimed.slot),
+        log.info("scheduled task %s fired for %s (%s)", task_id, to_text(claimed.slot), claimed.task.spec.target_kind,
                   extra={"action": "scheduled_fired", "task": task_id, "run": claimed.run_id,
                          "target": claimed.task.spec.target_kind})
         if claimed.task.spec.queue is None:
@@ -198,10 +207,11 @@ class ScheduledTasks:
         except Exception as exc:  # whatever it is, the claimed run must end, or it would block the next slots
             result.failed += 1
             finish(conn, claimed.run_id, Outcome("failed", error=str(exc)), now, self.clock())
-            log.warning("scheduled task %s: enqueue failed: %s", task_id, exc,
-                        extra={"action": "scheduled_run_finished", "task": task_id, "status": "failed"})
+            said_finished(task_id, claimed.run_id, "failed", now, now, f"enqueue failed: {exc}")
             return
-        finish(conn, claimed.run_id, Outcome("succeeded"), now, self.clock(), sent["message_id"], "queued")
+        finished = self.clock()
+        finish(conn, claimed.run_id, Outcome("succeeded"), now, finished, sent["message_id"], "queued")
+        said_finished(task_id, claimed.run_id, "queued", now, finished, f"message {sent['message_id']}")
 
     def _work(self, claimed: Claim, run_id: str, stop: Stop) -> None:
         started = self.clock()
@@ -222,15 +232,15 @@ class ScheduledTasks:
                 outcome = scheduled_targets.run_container(self._client(), spec.container, kwargs, stop)
         except Exception as exc:  # the run failed, not the host
             outcome = Outcome("failed", error=f"{type(exc).__name__}: {exc}")
+        finished = self.clock()
         try:
             with closing(db.connect(self.settings.central_db, "central")) as conn:
-                finish(conn, run_id, outcome, started, self.clock())
+                finish(conn, run_id, outcome, started, finished)
         except Exception as exc:  # the row stays 'running' until the next host start fails it; say so now
             log.error("scheduled run %s ended %s but could not be recorded: %s", run_id, outcome.status, exc,
                       extra={"action": "scheduled_record_failed", "run": run_id})
-        level = logging.DEBUG if outcome.status == "succeeded" else logging.WARNING
-        log.log(level, "scheduled run %s: %s", run_id, outcome.status, extra={
-            "action": "scheduled_run_finished", "task": claimed.task.id, "run": run_id, "status": outcome.status})
+        exited = "" if outcome.exit_code is None else f"exit code {outcome.exit_code}"
+        said_finished(claimed.task.id, run_id, outcome.status, started, finished, outcome.error or exited)
 
     def _container_name(self, run_id: str) -> str:
         # Not labelled ncl.install: the runner runtime removes such containers it did not start as orphans.

@@ -90,6 +90,9 @@ class LocalRuntime:
             trim(self.logs[session_id])
             return True
         del self.processes[session_id]
+        code = process.returncode
+        log.log(logging.WARNING if code else logging.INFO, "runner of %s exited with code %d", session_id, code,
+                extra={"action": "runner_exited", "session": session_id, "exit_code": code})
         self._gone(session_id, process)
         return False
 
@@ -99,6 +102,7 @@ class LocalRuntime:
             # The runner is alive, so everything it started is still below it: one frozen tree, killed at once.
             kill_tree([process.pid], spare=[process.pid])
             process.wait()
+            log.info("runner of %s stopped", session_id, extra={"action": "runner_stopped", "session": session_id})
         self._gone(session_id, process)
 
     def close(self, stop_runners: bool) -> None:

@@ -21,7 +21,7 @@ from host.settings import Settings
 from host.store.sessions import Session
 from schemas import ids
 from schemas.runner_env import RunnerEnv
-from schemas.times import to_text
+from schemas.times import from_text, to_text
 
 if TYPE_CHECKING:  # the proxy's module (an HTTP client, asyncio) is imported when a runner starts, not by ncl commands
     from host.runtimes.proxy.server import CredentialProxy
@@ -116,14 +116,20 @@ class Runners:
             if len(self.live) >= self.settings.max_runners and not self._free_slot(session.id, now):
                 self._say_waiting(queue[n:])
                 break
+            waited = session.id in self.said_waiting
             self.drop(session.id)
             try:
-                self.start(session, now, rules(session.agent_group_id))
+                self.start(session, now, rules(session.agent_group_id), self._why(wake, now, waited))
             except Exception as exc:  # a runtime that cannot start this one must not stop the others
                 self._failed(session.id, now, f"start failed: {exc}")
                 continue
             started += 1
         return started
+
+    def _why(self, wake: Wake, now: datetime, waited: bool) -> str:
+        due = from_text(wake.due_since)
+        return (f"work due since {due.astimezone(self.settings.tz.zone):%H:%M:%S %Z} "
+                f"({(now - due).total_seconds():.1f} s ago{', after waiting for a slot' if waited else ''})")
 
     def _say_waiting(self, wakes: list[Wake]) -> None:
         """Log, once per wait, each wake that waits for a slot because every runner is busy."""
@@ -140,10 +146,12 @@ class Runners:
         self.noticed.add(session_id)
         return True
 
-    def start(self, session: Session, now: datetime, rules: str = "") -> Runner:
+    def start(self, session: Session, now: datetime, rules: str = "", why: str = "") -> Runner:
         from host.runtimes.proxy.server import SOCKET_NAME  # see TYPE_CHECKING above
 
         runner = Runner(f"gen-{ids.epoch_ms(now)}-{secrets.token_hex(3)}", now, session.folder)
+        log.info("starting a runner for %s%s", session.id, f": {why}" if why else "",
+                 extra={"action": "runner_starting", "session": session.id, "generation": runner.generation})
         # The proxy's socket is named relative to the session folder, where the runner resolves it.
         # A one-off sweep (no proxy) leaves its runners running: they must outlive it.
         env = runner_env(self.settings, session, runner.generation, rules, SOCKET_NAME if self.proxy else None,

@@ -16,11 +16,12 @@ from host.settings import Settings
 from host.store import db, inbox, task_series
 from schemas import cron, ids
 from schemas.messages import InMessage, RunOutcome
-from schemas.times import from_text, to_text
+from schemas.times import TimeFormatError, from_text, to_text
 
 log = logging.getLogger(__name__)
 AUTO_PAUSE_AFTER = 3
 MS = timedelta(milliseconds=1)
+DETAIL_SHOWN = 300  # characters of a run's detail (a runner's text) in its log line; task_runs keeps it whole
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ def finish(conn: db.Connection, row: InMessage, now: datetime, policy: Policy, s
     if row.kind != "task":
         return False
     series_id = row.series
+    _said_finished(row, outcome, detail, started_at, finished_at)
     task_series.record_run(conn, now, series_id, row.id, outcome, scheduled_for=to_text(scheduled(row)),
                            started_at=started_at, finished_at=finished_at, detail=detail)
     if not row.recurrence:
@@ -120,6 +122,26 @@ def finish(conn: db.Connection, row: InMessage, now: datetime, policy: Policy, s
                      f"Task {series_id} ({prompt[:60]!r}) failed {AUTO_PAUSE_AFTER} times in a row and is paused; "
                      "resume it once the cause is fixed.")
     return True
+
+
+def _named(row: InMessage) -> dict[str, str]:
+    """How a log line names a row: a task by its series (and the occurrence, when that is another row)."""
+    if row.kind != "task":
+        return {"message_id": row.id}
+    return {"task": row.series} if row.series == row.id else {"task": row.series, "occurrence": row.id}
+
+
+def _said_finished(row: InMessage, outcome: RunOutcome, detail: str | None, started_at: str | None,
+                   finished_at: str | None) -> None:
+    """The line of a run's outcome. Its times are the runner's to write: one that does not read is left out."""
+    try:
+        took: timedelta | None = from_text(finished_at or "") - from_text(started_at or "")
+    except TimeFormatError:
+        took = None
+    timing = {} if took is None else {"duration_ms": int(took.total_seconds() * 1000)}
+    log.log(logging.INFO if outcome in ("ran", "skipped") else logging.WARNING, "task %s %s%s%s", row.series, outcome,
+            "" if took is None else f" in {took.total_seconds():.1f} s", f": {detail[:DETAIL_SHOWN]}" if detail else "",
+            extra={"action": "task_finished", **_named(row), "outcome": outcome, **timing})
 
 
 def repair(conn: db.Connection, row: InMessage, now: datetime, policy: Policy) -> bool:
@@ -199,6 +221,8 @@ def said_replanned(what: str, was: datetime, slot: datetime, planned_in: str, po
 def _missed(conn: db.Connection, row: InMessage, now: datetime, first: datetime, latest: datetime,
             slots: int) -> None:
     detail = json.dumps({"slots": slots, "first": to_text(first), "latest_slot": to_text(latest)})
+    log.warning("task %s missed %d slot(s) from %s to %s", row.series, slots, to_text(first), to_text(latest),
+                extra={"action": "task_missed", **_named(row), "slots": slots})
     task_series.record_run(conn, now, row.series, row.id, "missed", scheduled_for=to_text(first), detail=detail)
 
 
@@ -231,4 +255,6 @@ def release(conn: db.Connection, row: InMessage, now: datetime, policy: Policy) 
             slot = due.latest
         content = _with_slot(content, slot)
     task_series.retry(conn, row.id, tries, to_text(retry_at), content)
+    log.warning("%s %s: its runner died or stalled; retry %d of %d at %s", row.kind, row.series, tries, MAX_TRIES,
+                to_text(retry_at), extra={"action": "run_retried", **_named(row), "tries": tries})
     return False

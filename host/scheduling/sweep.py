@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from host.channels.delivery import Deliveries
+from host.files import logs
 from host.runtimes import pool as runners
 from host.runtimes.pool import Runner, Runners
 from host.scheduling import actions, recurrence
@@ -308,7 +309,7 @@ class Sweeper:
         """``quiet``: the open rows a read of the unchanged outbound.db found nothing for (None: read it)."""
         outbound = session.folder / "outbound.db"
         limit = self.settings.max_requests_per_visit
-        with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
+        with logs.visiting(session.id), closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
             open_rows = inbox.open_rows(conn)
             if runner is None and quiet is not None and quiet.issuperset(open_rows):
                 found = outbox.Outbox()  # what reading it again would find: no ack, request or reply is new
