@@ -17,7 +17,7 @@ from kit import FakeClock, RecordingRuntime, World, utc
 
 from host.loop import Host
 from host.runtimes import pool
-from host.scheduling.sweep import Sweeper
+from host.scheduling.sweep import AHEAD, Sweeper
 from host.store.sessions import Session
 from schemas.times import to_text
 
@@ -167,3 +167,50 @@ def test_status_lists_runners_with_their_state_and_the_waiting_sessions(
     assert (wait["session_id"], wait["due_since"]) == (waiting["id"], idle_since)
     table = ncl("status").out
     assert "idle" in table and waiting["id"] in table and "waiting for a slot  1" in table
+
+
+class TestStartedAhead:
+    """Issue 14, the 9:00 burst: runners for work due within ``AHEAD`` start ahead, into free slots only."""
+
+    def test_free_slots_go_to_the_soonest_work_and_no_further(self, tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.INFO, logger="host.runtimes.pool")
+        world = World(tmp_path, NCL_MAX_RUNNERS="2")
+        sessions = [world.session, world.new_session(), world.new_session(), world.new_session()]
+        for session, due_in in zip(sessions, (2.5, 1.0, 2.0, 10.0), strict=True):
+            world.schedule(T0, at=to_text(T0 + due_in * S), session=session)
+        runtime = RecordingRuntime()
+        sweeper = world.sweeper(runtime)
+        assert sweeper.tick(T0).woken == 2
+        assert [sid for _, sid, _ in runtime.started] == [sessions[1].id, sessions[2].id]  # soonest first
+        assert "work due at 09:00:01 EDT, started ahead" in caplog.text  # World is in New York
+        assert sweeper.earliest_due() == T0 + 2.5 * S  # no room left: the next wake is when work is due
+
+    def test_work_beyond_the_window_wakes_the_loop_ahead_of_it(self, tmp_path: Path) -> None:
+        world = World(tmp_path)
+        world.schedule(T0, at=to_text(T0 + 10 * S))
+        runtime = RecordingRuntime()
+        sweeper = world.sweeper(runtime)
+        assert sweeper.tick(T0).woken == 0 and runtime.started == []
+        assert sweeper.earliest_due() == T0 + 10 * S - AHEAD
+
+    def test_never_ahead_of_a_waiting_wake_nor_twice_for_one_due_time(self, tmp_path: Path) -> None:
+        world = World(tmp_path, NCL_MAX_RUNNERS="1")
+        now_due, waiting, soon = world.session, world.new_session(), world.new_session()
+        world.schedule(T0, at=to_text(T0), session=now_due)
+        world.schedule(T0, at=to_text(T0), session=waiting)
+        world.schedule(T0, at=to_text(T0 + 2 * S), session=soon)
+        runtime = RecordingRuntime()
+        sweeper = world.sweeper(runtime)
+        sweeper.tick(T0)
+        assert [sid for _, sid, _ in runtime.started] == [now_due.id]  # `waiting` waits: `soon` gets nothing
+
+        ahead = World(tmp_path / "b")
+        ahead.schedule(T0, at=to_text(T0 + 2 * S))
+        gone = RecordingRuntime()
+        sweeper = ahead.sweeper(gone)
+        sweeper.tick(T0)
+        (ahead.session.folder / ".heartbeat").write_text(gone.started[0][2])
+        gone.running.clear()  # a runner that exits before its work is due (it beat: not a failed start)
+        sweeper.tick(T0 + 0.1 * S)
+        assert len(gone.started) == 1  # not started ahead again for the same due time

@@ -7,6 +7,7 @@ are due."""
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import time
 from collections.abc import Generator
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from host.channels.delivery import Deliveries
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 # A file written within this long before we looked may be written again with the same ctime (coarse filesystem
 # clock): it is not trusted as unchanged until a visit sees it older than this.
 RACY_NS = 1_000_000_000
+AHEAD = timedelta(seconds=3)  # a runner for work due this soon starts ahead, in a free slot (Runners.start_ahead)
 CHUNK = 2000  # rows made into objects between two pauses of a sweep (about 4 ms of work)
 YIELD_AFTER_S = 0.005  # a sweep pauses between sessions after this much work, to let the host loop serve
 ACK_OUTCOMES: dict[str, tuple[RunOutcome, ...]] = {"completed": ("ran", "skipped", "gate_error"),
@@ -214,10 +216,24 @@ class Sweeper:
         # every session's time cost ~160 ms at 10,000 sessions.
         first = min((s.next_due for sid, s in self.seen.items() if s.next_due is not None and sid not in busy),
                     default=None)
-        dues = [] if first is None else [from_text(first) if first else datetime.min.replace(tzinfo=UTC)]
+        ahead = AHEAD if runners and runners.room() > 0 else timedelta(0)  # to start its runner ahead
+        dues = [] if first is None else [from_text(first) - ahead if first else datetime.min.replace(tzinfo=UTC)]
         if runners:
             dues += [runners.not_before[sid] for sid in runners.waiting if sid in runners.not_before]
         return min(dues, default=None)
+
+    def _soon(self, now: datetime, runners: Runners) -> list[tuple[str, Session]]:
+        """Sessions with no runner whose work falls due within AHEAD, soonest first, as many as there is room for."""
+        room = runners.room()
+        if room <= 0:
+            return []
+        after, until = to_text(now), to_text(now + AHEAD)
+        soon = heapq.nsmallest(room, ((s.next_due, sid) for sid, s in self.seen.items()
+                                      if s.next_due and after < s.next_due <= until and sid not in runners.live))
+        if not soon:
+            return []
+        by_id = {session.id: session for session in self._sessions}
+        return [(due, by_id[sid]) for due, sid in soon if sid in by_id]
 
     def hot(self, now: datetime) -> set[str]:
         """Sessions a partial tick must look at: live or waiting runners, undelivered or claimed rows, due rows.
@@ -275,6 +291,7 @@ class Sweeper:
         self._save_index()
         if self.runners:
             result.woken += self.runners.start_waiting(now, self._rules)
+            result.woken += self.runners.start_ahead(self._soon(now, self.runners), now, self._rules)
         return result
 
     def _sweep_one(self, session: Session, now: datetime, policy: Policy, result: SweepResult) -> None:
