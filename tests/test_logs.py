@@ -183,7 +183,8 @@ def test_logs_prints_every_file_oldest_first_and_filters(ncl: Ncl, logged: list[
     assert shown(ncl, "--task", "task-2") == [logged[3]]  # an occurrence id
     assert shown(ncl, "--task", "sched-1") == [logged[5]]
     assert shown(ncl, "--since", "2026-06-11T07:03:00Z") == logged[3:]
-    assert shown(ncl, "--session", "sess-a", "-n", "2") == logged[2:4]
+    assert shown(ncl, "--session", "sess-a", "-n", "2") == logged[2:4]  # across the rotation, read newest first
+    assert shown(ncl, "-n", "4") == logged[2:]
     assert shown(ncl, "--session", "nobody") == []
 
 

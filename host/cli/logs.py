@@ -4,7 +4,6 @@ back; people get text lines in TZ, ``--json`` one object a line."""
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import itertools
 import json
@@ -49,6 +48,10 @@ class Wanted:
     session: str | None = None
     task: str | None = None  # a session task's series or occurrence id, or a scheduled task's id
     since: str | None = None  # stored UTC text: text order is time order
+
+    def may_match(self, line: str) -> bool:
+        """Whether ``line`` is worth parsing: it holds the ids asked for."""
+        return (self.session is None or self.session in line) and (self.task is None or self.task in line)
 
     def __call__(self, record: dict[str, Any]) -> bool:
         return ((self.session is None or record.get("session") == self.session)
@@ -95,16 +98,28 @@ class Tail:
 
 def records(lines: Iterable[str], wanted: Wanted) -> Iterator[dict[str, Any]]:
     for line in lines:
-        if (record := log_files.parse(line)) is not None and wanted(record):
+        if wanted.may_match(line) and (record := log_files.parse(line)) is not None and wanted(record):
             yield record
 
 
-def rotated(data_dir: Path, wanted: Wanted) -> Iterator[str]:
-    """The lines of the rotated files, oldest first; with --since, a file last written before then is skipped."""
-    for path in log_files.rotated(data_dir):
-        if wanted.since is None or to_text(datetime.fromtimestamp(path.stat().st_mtime, UTC)) >= wanted.since:
-            with path.open("rb") as file:
-                yield from (line.decode(errors="replace").rstrip("\n") for line in file)
+def rotated(data_dir: Path, wanted: Wanted) -> list[Path]:
+    """The rotated files, oldest first; with --since, without those last written before then."""
+    return [path for path in log_files.rotated(data_dir)
+            if wanted.since is None or to_text(datetime.fromtimestamp(path.stat().st_mtime, UTC)) >= wanted.since]
+
+
+def oldest_first(paths: list[Path], current: list[str]) -> Iterator[str]:
+    for path in paths:
+        with path.open("rb") as file:
+            yield from (line.decode(errors="replace").rstrip("\n") for line in file)
+    yield from current
+
+
+def newest_first(paths: list[Path], current: list[str]) -> Iterator[str]:
+    """As ``oldest_first`` backwards: ``-n`` stops as soon as it has its lines, in the newest file mostly."""
+    yield from reversed(current)
+    for path in reversed(paths):
+        yield from reversed(path.read_bytes().decode(errors="replace").split("\n"))
 
 
 def show(record: dict[str, Any], as_json: bool, app: App) -> None:
@@ -156,8 +171,10 @@ def logs(app: App, follow: bool, session_id: str | None, task_id: str | None, si
     tail = Tail(data_dir / log_files.FILE)
     watch = _watch(data_dir) if follow else None  # before the first read: a line written meanwhile wakes it
     try:
-        past = records(itertools.chain(rotated(data_dir, wanted), tail.lines()), wanted)
-        for record in past if last is None else collections.deque(past, maxlen=last):
+        older, current = rotated(data_dir, wanted), tail.lines()
+        past: Iterable[dict[str, Any]] = records(oldest_first(older, current), wanted) if last is None else \
+            reversed(list(itertools.islice(records(newest_first(older, current), wanted), last)))
+        for record in past:
             show(record, as_json, app)
         while follow:
             wait_for_more(watch)

@@ -44,6 +44,9 @@ _KEY = re.compile(r"(\w+)=")
 _RAW = re.compile(r"[^ \]]*")
 _LINE = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d) (\S+) ([A-Z]+) (.*)")
 _DECODER = json.JSONDecoder()
+_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+_CONSTANTS = {"true": True, "false": False, "null": None, "NaN": float("nan"), "Infinity": float("inf"),
+              "-Infinity": float("-inf")}
 _session: contextvars.ContextVar[str | None] = contextvars.ContextVar("ncl_log_session", default=None)
 
 
@@ -85,10 +88,10 @@ def _value(value: Any) -> str:
 
 
 def _literal(token: str) -> Any:
-    try:
-        return json.loads(token)
-    except ValueError:
-        return token
+    """What a bare token reads back as: a JSON number or constant, else the text itself."""
+    if token in _CONSTANTS:
+        return _CONSTANTS[token]
+    return json.loads(token) if _NUMBER.fullmatch(token) else token
 
 
 def text_line(when: datetime, level: str, message: str, fields: dict[str, Any], zone: ZoneInfo) -> str:
