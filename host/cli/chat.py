@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import socket
+import sys
 import threading
 import time
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import click
 
 from host.channels.cli import socket_path
 from host.cli.app import App, pass_app
+from host.cli.chat_status import Screen
 from host.cli.output import emit, json_option, local_time
 from host.cli.terminal import say
 from host.errors import NclError
+from host.store import sessions
 from schemas.validation import check_prompt
 
 
@@ -124,6 +130,7 @@ def _interactive(app: App, group: str, thread: str | None) -> None:
         import readline  # noqa: F401  (line editing and history for input())
     conn = Connection(app)
     zone = app.settings.tz.zone
+    screen = Screen(zone, functools.cache(lambda session_id: _folder(app, session_id)))
 
     def listen() -> None:  # the only reader of the socket: answers to sends and replies as they arrive
         while True:
@@ -131,13 +138,18 @@ def _interactive(app: App, group: str, thread: str | None) -> None:
                 data = conn.read()
             except (NclError, OSError, ValueError):
                 return
-            if reply := data.get("reply"):  # the \r is ours (back over the "> " prompt); the reply's own are shown
-                click.echo("\r", nl=False)
-                say(f"[{local_time(reply['timestamp'], zone)}] {_label(reply)}{reply['text']}\n> ", nl=False)
+            if reply := data.get("reply"):
+                if not reply.get("task"):  # a task's answer answers none of the messages sent
+                    screen.answered(reply.get("in_reply_to_seq"))
+                screen.above(f"[{local_time(reply['timestamp'], zone)}] {_label(reply)}{reply['text']}")
+            elif data.get("ok"):
+                screen.sent(data["session_id"], data["message_id"], data["seq"])
             elif data.get("ok") is False:
-                click.echo("\r", nl=False)
-                say(f"error: {data['error']}\n> ", nl=False)
+                screen.above(f"error: {data['error']}")
 
+    stop = threading.Event()
+    if sys.stdout.isatty():  # a status line only where it can be redrawn
+        threading.Thread(target=screen.watch, args=(stop,), daemon=True).start()
     threading.Thread(target=listen, daemon=True).start()
     say(f"chatting with {group} (end a line with \\ to continue it; Ctrl-D or Ctrl-C to leave)")
     try:
@@ -151,7 +163,13 @@ def _interactive(app: App, group: str, thread: str | None) -> None:
     except (EOFError, KeyboardInterrupt):
         say()
     finally:
+        stop.set()
         conn.close()
+
+
+def _folder(app: App, session_id: str) -> Path:
+    with closing(app.central()) as central:
+        return sessions.get(central, app.settings, session_id).folder
 
 
 @click.group("agent")

@@ -1,0 +1,114 @@
+"""The interactive chat's status line (issue 15.4): on a terminal, while a message sent waits for its answer, one
+line above the prompt says what is happening to it (waiting for the agent, the agent working, a retry after its
+runner died) and for how long. It is read from the session's inbox every ``EVERY_S``; a reply removes it."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import click
+
+from host.cli.terminal import visible
+from host.store import db, inbox
+from schemas.messages import InMessage
+from schemas.times import from_text
+
+EVERY_S = 0.5
+QUIET_S = 1.0  # an answer quicker than this shows no status at all
+CLEAR_LINE = "\r\x1b[K"
+UP = "\x1b[1A"
+
+
+def status_text(row: InMessage | None, waited_s: float, zone: ZoneInfo) -> str:
+    """What the status line says of a message sent ``waited_s`` ago whose inbox row is ``row`` ("": nothing)."""
+    if row is None or row.status not in ("pending", "processing"):
+        return ""  # answered (its reply is on its way) or gone
+    if row.status == "processing":
+        doing = "the agent is working on it"
+    elif row.tries and row.process_after:
+        at = from_text(row.process_after).astimezone(zone)
+        doing = f"its run was cut short; retrying (try {row.tries + 1}) at {at:%H:%M:%S %Z}"
+    else:
+        doing = "waiting for the agent to start"
+    return f"… {doing} ({waited_s:.0f} s)"
+
+
+def _line_buffer() -> str:
+    """What the user has typed on the prompt line so far (redrawn after the status line is added or removed)."""
+    with contextlib.suppress(ImportError):
+        import readline
+
+        return readline.get_line_buffer()
+    return ""
+
+
+@dataclass
+class Screen:
+    """The terminal of an interactive chat: replies and errors go above the prompt, and on a TTY (``watch``) the
+    status line of the oldest message still waiting. Every write goes through ``lock``."""
+
+    zone: ZoneInfo
+    folder_of: Callable[[str], Path]  # a session's folder, by id
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    waiting: dict[str, tuple[str, int, float]] = field(default_factory=dict)  # message id: session, seq, sent at
+    status: str = ""
+
+    def sent(self, session_id: str, message_id: str, seq: int) -> None:
+        with self.lock:
+            self.waiting[message_id] = (session_id, seq, time.monotonic())
+
+    def answered(self, seq: int | None) -> None:
+        """A reply to the message of inbox ``seq`` came: it and those before it in its batch are answered."""
+        with self.lock:
+            for message_id, (_, sent_seq, _) in list(self.waiting.items()):
+                if seq is not None and sent_seq <= seq:
+                    del self.waiting[message_id]
+
+    def above(self, text: str) -> None:
+        """Print ``text`` above the prompt (the \\r is ours: back over the "> "; the text's own control characters
+        are shown), in place of the status line if one is shown."""
+        with self.lock:
+            click.echo((CLEAR_LINE + UP + CLEAR_LINE if self.status else "\r") + visible(text) + "\n> ", nl=False)
+            self.status = ""
+
+    def watch(self, stop: threading.Event) -> None:
+        """Until ``stop``: redraw the status line every ``EVERY_S``."""
+        while not stop.wait(EVERY_S):
+            self._draw(self._current())
+
+    def _current(self) -> str:
+        with self.lock:
+            waiting = sorted(self.waiting.items(), key=lambda item: item[1][2])
+        for message_id, (session_id, _, sent_at) in waiting:
+            waited = time.monotonic() - sent_at
+            if waited < QUIET_S:
+                return ""
+            try:
+                with closing(db.connect(self.folder_of(session_id) / "inbound.db", "inbound", readonly=True)) as conn:
+                    row = inbox.get(conn, message_id)
+            except (db.Error, OSError):
+                return ""
+            if text := status_text(row, waited, self.zone):
+                return text
+            with self.lock:
+                self.waiting.pop(message_id, None)  # answered: its reply is on the way
+        return ""
+
+    def _draw(self, text: str) -> None:
+        with self.lock:
+            if text == self.status:
+                return
+            if not self.status:  # a new line above the prompt
+                click.echo(CLEAR_LINE + text + "\n> " + _line_buffer(), nl=False)
+            elif text:  # the status line, rewritten where it is (the cursor saved and restored)
+                click.echo("\x1b7" + UP + CLEAR_LINE + text + "\x1b8", nl=False)
+            else:  # gone: the prompt line moves up into its place
+                click.echo(CLEAR_LINE + UP + CLEAR_LINE + "> " + _line_buffer(), nl=False)
+            self.status = text
