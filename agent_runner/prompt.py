@@ -9,7 +9,7 @@ from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 from zoneinfo import ZoneInfo
 
-from schemas.messages import InMessage
+from schemas.rows import InMessage
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from agent_runner.prompt import text_of
 from agent_runner.tools import Tools
-from schemas.messages import InMessage
+from schemas.rows import InMessage
 
 History = list[dict[str, Any]]
 

@@ -18,7 +18,7 @@ from agent_runner.tools import CURRENT_TURN, Tools
 from agent_runner.wake import Poll, Wake
 from schemas import detached
 from schemas.clock import Clock
-from schemas.messages import InMessage
+from schemas.rows import InMessage
 
 log = logging.getLogger(__name__)
 BEAT_EVERY = timedelta(seconds=1)  # while working

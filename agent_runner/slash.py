@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-from agent_runner.tool_specs import TOOLS
 from agent_runner.tools import ToolError, Tools
 
 HELP = """Commands:
@@ -40,6 +39,8 @@ def run(text: str, tools: Tools) -> tuple[str, bool]:
 
 
 def _help(topic: str, tools: Tools) -> str:
+    from agent_runner.tool_specs import TOOLS  # pydantic: not at the runner's start (see agent_runner.tools)
+
     if not topic:
         return HELP + "\n".join(f"/{spec.name} {spec.signature()}" for spec in TOOLS.values())
     spec = TOOLS.get(topic)

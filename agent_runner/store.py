@@ -1,5 +1,5 @@
 """The runner's side of the session files, and all of its SQL: inbound.db read-only, outbound.db its own (DESIGN
-§5, §7). Rows leave as typed objects (``schemas.messages.InMessage``), never ``sqlite3.Row``."""
+§5, §7). Rows leave as typed objects (``schemas.rows.InMessage``), never ``sqlite3.Row``."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Any
 from agent_runner.config import RunnerConfig
 from schemas import ids
 from schemas.ddl import DbKind, latest_version
-from schemas.messages import InMessage
 from schemas.queries import DUE, transaction, version
+from schemas.rows import InMessage
 from schemas.times import from_text, to_text
 
 BUSY_TIMEOUT_MS = 5000

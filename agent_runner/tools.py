@@ -13,16 +13,18 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from agent_runner.config import RunnerConfig
 from agent_runner.store import DbError, Store
-from agent_runner.tool_specs import TOOLS
-from schemas import cron, ids, requests
+from schemas import cron, ids
 from schemas.times import TimeFormatError, from_text, parse_user_time, to_text
-from schemas.validation import check_prompt, one_line
+
+if TYPE_CHECKING:
+    from schemas import requests
+
+# The tools' argument models, the requests and their checks are pydantic, whose import and model building were half
+# of a runner's start-up: they load with the first tool call (``call``, ``_prompt``, ``_request``), not at the start.
 
 YEAR = timedelta(days=366)
 CURRENT_TURN = "current_turn"  # the session_state key the runner stores ``Tools.turn`` under, for the MCP server
@@ -82,6 +84,8 @@ class Tools:
 
     @staticmethod
     def _prompt(prompt: Any) -> None:
+        from schemas.validation import check_prompt
+
         try:
             check_prompt(prompt)
         except ValueError as exc:
@@ -101,6 +105,8 @@ class Tools:
         first = after or (to_text(cron.next_after(expr, self.now(), self.config.zone)) if expr else None)
         task_id = ids.new_id("task", self.now())
         answer = f"Task scheduled (id: {task_id}, next runs: {self._next_runs(first, expr)})"  # may fail: first
+        from schemas import requests
+
         self._request(requests.ScheduleTask(action="schedule_task", taskId=task_id, prompt=prompt,
                                             processAfter=after, recurrence=expr, script=script or None,
                                             contextMode=contextMode))  # type: ignore[arg-type]
@@ -115,11 +121,15 @@ class Tools:
         after = self._when(processAfter)
         if prompt is None and after is None and expr is None and script is None:
             raise ToolError("nothing to update: give prompt, processAfter, recurrence or script")
+        from schemas import requests
+
         self._request(requests.UpdateTask(action="update_task", taskId=taskId, prompt=prompt, processAfter=after,
                                           recurrence=expr, script=script))
         return f"Task {taskId} updated" + (f" (next runs: {self._next_runs(after, expr)})" if after or expr else "")
 
     def _control(self, action: str, task_id: str, said: str = "") -> str:
+        from schemas import requests
+
         self._request(requests.ControlTask(action=action, taskId=task_id))  # type: ignore[arg-type]
         return f"Task {task_id}: {action.removesuffix('_task')} requested" + (f"; {said}" if said else "")
 
@@ -228,7 +238,12 @@ class Tools:
         return f"File sent (id: {message_id}, {source.name})"
 
     def call(self, name: str, arguments: dict[str, Any]) -> str:
-        """Run the tool ``name`` (declared in :data:`TOOLS`, run by the method of that name) with ``arguments``."""
+        """Run the tool ``name`` (declared in ``tool_specs.TOOLS``, run by its method) with ``arguments``."""
+        from pydantic import ValidationError
+
+        from agent_runner.tool_specs import TOOLS
+        from schemas.validation import one_line
+
         if name not in TOOLS:
             raise ToolError(f"unknown tool {name!r}; tools: {', '.join(TOOLS)}")
         if problem := TOOLS[name].misfit(arguments):  # in the names the caller typed, not a Python signature's

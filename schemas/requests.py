@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from schemas import cron
 from schemas.ids import is_id
-from schemas.messages import ContextMode
+from schemas.rows import ContextMode
 from schemas.times import accept_text
 from schemas.validation import not_blank, one_line
 
