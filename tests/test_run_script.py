@@ -13,7 +13,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from processes import Env
+from processes import Env, ncl_command
 
 ROOT = Path(__file__).resolve().parent.parent
 FAR = "Pacific/Kiritimati"  # UTC+14: no test machine's own zone, so a hint in the machine's zone is hours off
@@ -55,3 +55,23 @@ def test_the_quickstart_hint_is_in_tz_and_no_isolation_is_said_on_the_terminal(t
     [warning] = [line for line in done.stderr.splitlines() if "no isolation" in line]
     assert "runtime local" in warning and "NCL_RUNTIME=local" in warning
     assert warning in (root / "data" / "host.log").read_text()
+
+
+@pytest.mark.slow
+def test_ncl_host_run_in_a_terminal_warns_of_no_isolation_on_stderr(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    proc = subprocess.Popen([*ncl_command(), "host", "run"], cwd=tmp_path, env=env.vars, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the host's first lines; it runs until killed
+            if "no isolation" in line:
+                assert "WARNING" in line and "NCL_RUNTIME=local" in line, line
+                break
+        else:
+            raise AssertionError("the host ended without warning of runners with no isolation")
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        assert proc.stderr is not None
+        proc.stderr.close()
