@@ -12,12 +12,11 @@ import os
 import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from cli_kit import Ncl, ok, one_line_error
-from conftest import CliEnv
 
 from host import settings as settings_module
 from host.cli.app import App
@@ -25,6 +24,9 @@ from host.cli.logs import since
 from host.errors import NclError
 from host.files import logs
 from host.settings import SettingsError
+
+if TYPE_CHECKING:
+    from conftest import CliEnv  # tests/conftest.py: only for types (a runtime import may find another conftest)
 
 BERLIN = ZoneInfo("Europe/Berlin")
 T0 = datetime(2026, 6, 11, 7, 0, tzinfo=UTC)  # 09:00 CEST
