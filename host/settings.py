@@ -1,15 +1,19 @@
-"""Settings: process environment over ``.env`` over defaults, validated once at start (DESIGN §3, §12.12)."""
+"""Settings: process environment over ``.env`` over defaults, validated once at start (DESIGN §3, §12.12).
+
+No pydantic here: every command loads the settings, and importing pydantic took most of a short command's time
+(issue 14.5). ``Settings`` declares each setting once: its type, variable, bounds and default; a value is read as
+pydantic read it before, and refused with the same message."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
-
-from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 from host.errors import NclError
 from schemas import zone as zones
@@ -26,38 +30,73 @@ class SettingsError(NclError):
     """A setting whose value cannot be used."""
 
 
-class Settings(BaseModel):
-    """Every setting, under its environment name. ``.env.example`` documents each one."""
+@dataclass(frozen=True)
+class Env:
+    """Where a setting is read from, the variable ``name``, and its bounds: a number greater than ``gt``, at least
+    ``ge``, at most ``le``; a string of at least ``min_length`` characters."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    name: str
+    gt: float | None = None
+    ge: float | None = None
+    le: float | None = None
+    min_length: int | None = None
 
-    data_dir: Path = Field(Path("data"), alias="NCL_DATA_DIR")
-    sweep_interval_s: float = Field(60.0, gt=0, alias="NCL_SWEEP_INTERVAL_S")
-    misfire_grace_s: float = Field(3600.0, ge=0, alias="NCL_MISFIRE_GRACE_S")
-    task_min_interval_s: float = Field(RUNNER.task_min_interval_s, ge=0, alias="NCL_TASK_MIN_INTERVAL_S")
-    scheduled_task_min_gap_s: float = Field(900.0, ge=0, alias="NCL_SCHEDULED_TASK_MIN_GAP_S")
-    idle_timeout_s: float = Field(RUNNER.idle_timeout_s, gt=0, alias="NCL_IDLE_TIMEOUT_S")
-    poll_interval_s: float = Field(RUNNER.poll_interval_s, gt=0, alias="NCL_POLL_INTERVAL_S")
-    max_batch: int = Field(RUNNER.max_batch, ge=1, alias="NCL_MAX_BATCH")
-    max_runners: int = Field(5, ge=1, alias="NCL_MAX_RUNNERS")
-    runtime: Literal["auto", "docker", "local"] = Field("auto", alias="NCL_RUNTIME")
-    image: str = Field("ncl-agent:latest", min_length=1, alias="NCL_IMAGE")
-    container_memory: str = Field("1g", alias="NCL_CONTAINER_MEMORY")
-    container_pids: int = Field(256, ge=16, alias="NCL_CONTAINER_PIDS")
-    container_cpus: float = Field(1.0, gt=0, le=1024, alias="NCL_CONTAINER_CPUS")
-    max_tasks_per_session: int = Field(100, ge=1, alias="NCL_MAX_TASKS_PER_SESSION")
-    max_requests_per_visit: int = Field(50, ge=1, alias="NCL_MAX_REQUESTS_PER_VISIT")
-    group_tokens_per_day: int = Field(0, ge=0, alias="NCL_GROUP_TOKENS_PER_DAY")
-    group_requests_per_minute: int = Field(60, ge=0, alias="NCL_GROUP_REQUESTS_PER_MINUTE")
-    http_max_connections: int = Field(64, ge=1, alias="NCL_HTTP_MAX_CONNECTIONS")
-    provider: Provider = Field(RUNNER.provider, alias="NCL_PROVIDER")
-    model: str = Field(RUNNER.model, min_length=1, alias="NCL_MODEL")
-    http_port: int = Field(8787, ge=0, le=65535, alias="NCL_HTTP_PORT")
-    anthropic_api_key: str | None = Field(None, alias="ANTHROPIC_API_KEY", repr=False)
-    anthropic_base_url: str = Field("https://api.anthropic.com", alias="ANTHROPIC_BASE_URL")
-    log_level: LogLevel = Field(RUNNER.log_level, alias="NCL_LOG_LEVEL")
-    log_format: Literal["text", "json"] = Field("text", alias="NCL_LOG_FORMAT")
-    tz: zones.ResolvedZone = Field(zones.ResolvedZone("UTC", "fallback"), exclude=True)
+
+FALLBACK_ZONE = zones.ResolvedZone("UTC", "fallback")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting: its type, the variable it is read from (``Env``) with its bounds, its default.
+    ``.env.example`` documents each one."""
+
+    data_dir: Annotated[Path, Env("NCL_DATA_DIR")] = Path("data")
+    sweep_interval_s: Annotated[float, Env("NCL_SWEEP_INTERVAL_S", gt=0)] = 60.0
+    misfire_grace_s: Annotated[float, Env("NCL_MISFIRE_GRACE_S", ge=0)] = 3600.0
+    task_min_interval_s: Annotated[float, Env("NCL_TASK_MIN_INTERVAL_S", ge=0)] = RUNNER.task_min_interval_s
+    scheduled_task_min_gap_s: Annotated[float, Env("NCL_SCHEDULED_TASK_MIN_GAP_S", ge=0)] = 900.0
+    idle_timeout_s: Annotated[float, Env("NCL_IDLE_TIMEOUT_S", gt=0)] = RUNNER.idle_timeout_s
+    poll_interval_s: Annotated[float, Env("NCL_POLL_INTERVAL_S", gt=0)] = RUNNER.poll_interval_s
+    max_batch: Annotated[int, Env("NCL_MAX_BATCH", ge=1)] = RUNNER.max_batch
+    max_runners: Annotated[int, Env("NCL_MAX_RUNNERS", ge=1)] = 5
+    runtime: Annotated[Literal["auto", "docker", "local"], Env("NCL_RUNTIME")] = "auto"
+    image: Annotated[str, Env("NCL_IMAGE", min_length=1)] = "ncl-agent:latest"
+    container_memory: Annotated[str, Env("NCL_CONTAINER_MEMORY")] = "1g"
+    container_pids: Annotated[int, Env("NCL_CONTAINER_PIDS", ge=16)] = 256
+    container_cpus: Annotated[float, Env("NCL_CONTAINER_CPUS", gt=0, le=1024)] = 1.0
+    max_tasks_per_session: Annotated[int, Env("NCL_MAX_TASKS_PER_SESSION", ge=1)] = 100
+    max_requests_per_visit: Annotated[int, Env("NCL_MAX_REQUESTS_PER_VISIT", ge=1)] = 50
+    group_tokens_per_day: Annotated[int, Env("NCL_GROUP_TOKENS_PER_DAY", ge=0)] = 0
+    group_requests_per_minute: Annotated[int, Env("NCL_GROUP_REQUESTS_PER_MINUTE", ge=0)] = 60
+    http_max_connections: Annotated[int, Env("NCL_HTTP_MAX_CONNECTIONS", ge=1)] = 64
+    provider: Annotated[Provider, Env("NCL_PROVIDER")] = RUNNER.provider
+    model: Annotated[str, Env("NCL_MODEL", min_length=1)] = RUNNER.model
+    http_port: Annotated[int, Env("NCL_HTTP_PORT", ge=0, le=65535)] = 8787
+    anthropic_api_key: Annotated[str | None, Env("ANTHROPIC_API_KEY")] = field(default=None, repr=False)  # secret
+    anthropic_base_url: Annotated[str, Env("ANTHROPIC_BASE_URL")] = "https://api.anthropic.com"
+    log_level: Annotated[LogLevel, Env("NCL_LOG_LEVEL")] = RUNNER.log_level
+    log_format: Annotated[Literal["text", "json"], Env("NCL_LOG_FORMAT")] = "text"
+    tz: zones.ResolvedZone = FALLBACK_ZONE  # no variable of its own: ``load`` resolves it
+
+    @classmethod
+    def read(cls, values: Mapping[str, str | None]) -> Settings:
+        """The settings of the variables in ``values`` (others, and None, are ignored), each read and checked:
+        ``SettingsError`` names the first one refused."""
+        read: dict[str, Any] = {}
+        for name, hint in get_type_hints(cls, include_extras=True).items():
+            if get_origin(hint) is not Annotated:
+                continue
+            kind, env = get_args(hint)
+            if (text := values.get(env.name)) is not None:
+                try:
+                    read[name] = _checked(_read(kind, text), env)
+                except ValueError as exc:
+                    raise SettingsError(f"invalid setting {env.name}={text!r}: {exc}") from None
+        return cls(**read)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` made, unchecked (tests and ``load`` set values already read)."""
+        return dataclasses.replace(self, **changes)
 
     @property
     def central_db(self) -> Path:
@@ -70,6 +109,43 @@ class Settings(BaseModel):
     @property
     def groups_dir(self) -> Path:
         return self.data_dir / "groups"
+
+
+_TRAILING_ZEROS = re.compile(r"\.0+$")  # "3.00" is the integer 3, "3." and "3.5" are no integer
+
+
+def _read(kind: Any, text: str) -> Any:
+    """``text`` as a value of the field type ``kind``: ASCII numbers (with ``_`` between digits, blanks around),
+    one of a ``Literal``'s strings exactly, a path, or the string itself."""
+    if get_origin(kind) is Literal:
+        if text not in get_args(kind):
+            *most, last = (repr(choice) for choice in get_args(kind))
+            raise ValueError(f"Input should be {', '.join(most)} or {last}")
+        return text
+    if kind is int:
+        try:
+            return int(_TRAILING_ZEROS.sub("", text.strip()) if text.isascii() else "no")
+        except ValueError:
+            raise ValueError("Input should be a valid integer, unable to parse string as an integer") from None
+    if kind is float:
+        try:
+            return float(text if text.isascii() else "no")
+        except ValueError:
+            raise ValueError("Input should be a valid number, unable to parse string as a number") from None
+    return Path(text) if kind is Path else text
+
+
+def _checked(value: Any, env: Env) -> Any:
+    """``value`` if within the bounds of ``env`` (NaN is within none)."""
+    if env.gt is not None and not value > env.gt:
+        raise ValueError(f"Input should be greater than {env.gt}")
+    if env.ge is not None and not value >= env.ge:
+        raise ValueError(f"Input should be greater than or equal to {env.ge}")
+    if env.le is not None and not value <= env.le:
+        raise ValueError(f"Input should be less than or equal to {env.le}")
+    if env.min_length is not None and len(value) < env.min_length:
+        raise ValueError(f"String should have at least {env.min_length} character{'s' * (env.min_length > 1)}")
+    return value
 
 
 def system_zone(root: Path = Path("/")) -> str | None:
@@ -100,8 +176,11 @@ def load(
     path = env_file(environ, cwd)
     if environ.get("NCL_ENV_FILE") and not path.is_file():
         raise SettingsError(f"NCL_ENV_FILE={str(path)!r} is not a readable file")
-    from_file = {k: v for k, v in dotenv_values(path).items() if v is not None} if path.is_file() else {}
-    merged = {**from_file, **environ}
+    from_file: dict[str, str] = {}
+    if path.is_file():
+        from dotenv import dotenv_values  # only when there is a file to read: its import is 5 ms of every command
+
+        from_file = {k: v for k, v in dotenv_values(path).items() if v is not None}
     resolved = zones.resolve(
         [("env", environ.get("TZ")), (".env", from_file.get("TZ")), ("system", system_tz or system_zone())]
     )
@@ -110,11 +189,6 @@ def load(
             "TZ from %s is not an IANA zone name: %r; ignored", source, value,
             extra={"action": "tz_rejected", "source": source, "value": value},
         )
-    try:
-        settings = Settings.model_validate({**merged, "tz": resolved})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        name = str(err["loc"][0]) if err["loc"] else "settings"
-        raise SettingsError(f"invalid setting {name}={merged.get(name)!r}: {err['msg']}") from None
+    settings = Settings.read({**from_file, **environ})
     data_dir = settings.data_dir if settings.data_dir.is_absolute() else cwd / settings.data_dir
-    return settings.model_copy(update={"data_dir": data_dir})
+    return settings.replace(data_dir=data_dir, tz=resolved)

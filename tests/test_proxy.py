@@ -144,7 +144,7 @@ def proxy(upstream: Upstream) -> Iterator[CredentialProxy]:
 
 
 def settings(base_url: str, key: str | None = "host-key") -> Settings:
-    return Settings.model_validate({"ANTHROPIC_API_KEY": key, "ANTHROPIC_BASE_URL": base_url})
+    return Settings.read({"ANTHROPIC_API_KEY": key, "ANTHROPIC_BASE_URL": base_url})
 
 
 def client(sock: Path) -> httpx.Client:

@@ -78,7 +78,7 @@ def test_the_runner_is_never_root() -> None:
 
 def test_install_id_is_stable_per_data_dir(tmp_path: Path) -> None:
     one = settings(tmp_path / "one")
-    assert install_id(one) == install_id(one.model_copy()) != install_id(settings(tmp_path / "two"))
+    assert install_id(one) == install_id(one.replace()) != install_id(settings(tmp_path / "two"))
 
 
 def test_no_credential_enters_a_container(tmp_path: Path) -> None:

@@ -140,6 +140,41 @@ def test_invalid_ncl_value_is_a_one_line_settings_error_naming_it(tmp_path: Path
     assert variable in message and "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "field", "read"),
+    [
+        ("NCL_MAX_RUNNERS", " 7 ", "max_runners", 7),
+        ("NCL_MAX_RUNNERS", "3.00", "max_runners", 3),
+        ("NCL_MAX_RUNNERS", "1_000", "max_runners", 1000),
+        ("NCL_CONTAINER_CPUS", "0.5", "container_cpus", 0.5),
+        ("NCL_SWEEP_INTERVAL_S", "1e1", "sweep_interval_s", 10.0),
+        ("NCL_DATA_DIR", "/srv/ncl", "data_dir", Path("/srv/ncl")),
+        ("NCL_LOG_FORMAT", "json", "log_format", "json"),
+    ],
+)
+def test_values_are_read_as_their_type(tmp_path: Path, variable: str, value: str, field: str, read: object) -> None:
+    assert getattr(settings.load(environ={variable: value}, cwd=tmp_path, system_tz="UTC"), field) == read
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("NCL_MAX_RUNNERS", "3.5", "valid integer"),
+        ("NCL_MAX_RUNNERS", "", "valid integer"),
+        ("NCL_MAX_RUNNERS", "\u0663", "valid integer"),  # an Arabic-Indic 3: int() would take it
+        ("NCL_SWEEP_INTERVAL_S", "nan", "greater than 0"),
+        ("NCL_CONTAINER_CPUS", "inf", "less than or equal to 1024"),
+        ("NCL_CONTAINER_PIDS", "15", "greater than or equal to 16"),
+        ("NCL_IMAGE", "", "at least 1 character"),
+        ("NCL_RUNTIME", "Docker", "'auto', 'docker' or 'local'"),
+    ],
+)
+def test_refused_values_say_why(tmp_path: Path, variable: str, value: str, said: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        settings.load(environ={variable: value}, cwd=tmp_path, system_tz="UTC")
+    assert str(info.value).startswith(f"invalid setting {variable}={value!r}: ") and said in str(info.value)
+
+
 def test_invalid_value_in_dotenv_is_named_too(tmp_path: Path) -> None:
     write_env(tmp_path / ".env", NCL_MAX_RUNNERS="zero")
     with pytest.raises(SettingsError, match="NCL_MAX_RUNNERS"):

@@ -33,7 +33,7 @@ from host.store.groups import Group
 from host.store.outbox import OutMessage
 from host.store.sessions import Session
 from schemas import clock
-from schemas.messages import InMessage
+from schemas.rows import InMessage
 
 log = logging.getLogger(__name__)
 MAX_LINE = 1 << 20

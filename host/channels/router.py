@@ -16,7 +16,6 @@ from host.store import db, groups, inbox, sessions
 from host.store.groups import Group
 from host.store.sessions import Session
 from schemas import ids
-from schemas.messages import CONTENT_BY_KIND
 from schemas.times import to_text
 
 
@@ -71,6 +70,8 @@ def session_for(conn: db.Connection, settings: Settings, now: datetime, group: G
 def deliver_in(central: db.Connection, settings: Settings, now: datetime, group: Group,
                arrival: Arrival) -> tuple[Session, str, int]:
     """Write the arrival into its session's inbox; returns the session, the row id and its seq."""
+    from schemas.messages import CONTENT_BY_KIND  # pydantic: in the host, not in the ``ncl chat`` that finds the socket
+
     content = CONTENT_BY_KIND[arrival.kind].model_validate(arrival.content)
     session = session_for(central, settings, now, group, thread_key(group, arrival))
     routing = {"channel_type": arrival.channel, "platform_id": None, "thread_id": arrival.thread,

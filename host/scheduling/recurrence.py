@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from host.settings import Settings
 from host.store import db, inbox, task_series
 from schemas import cron, ids
-from schemas.messages import InMessage, RunOutcome
+from schemas.rows import InMessage, RunOutcome
 from schemas.times import TimeFormatError, from_text, to_text
 
 log = logging.getLogger(__name__)

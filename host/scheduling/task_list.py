@@ -14,7 +14,7 @@ from host.settings import Settings
 from host.store import db, inbox, sessions, task_ids, task_series
 from host.store.sessions import Session
 from schemas import cron
-from schemas.messages import InMessage
+from schemas.rows import InMessage
 from schemas.times import from_text, to_text
 
 ENDED = ("completed", "cancelled", "failed")

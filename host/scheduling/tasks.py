@@ -16,7 +16,7 @@ from host.store import db, inbox, outbox, task_series
 from host.store.db import transaction
 from host.store.task_ids import TaskIds
 from schemas import cron, ids
-from schemas.messages import InMessage, TaskContent
+from schemas.rows import InMessage
 from schemas.times import from_text, to_text
 
 YEAR = timedelta(days=366)
@@ -45,6 +45,8 @@ def schedule(conn: db.Connection, now: datetime, policy: Policy, task_id: str, p
     """Insert a new series; its first run is ``process_after`` or the first cron slot after now. Returns the stored
     id: with ``fresh_if_used`` (a runner's choice) an id used anywhere is replaced by a fresh one, else refused.
     The id is registered install-wide (``registry``) before the row is written."""
+    from schemas.messages import TaskContent  # pydantic: with the first write, so ``ncl tasks list`` goes without
+
     expr = cron.validate(recurrence_expr) if recurrence_expr else None
     content = TaskContent.model_validate({"prompt": prompt, "script": script or None, "context_mode": context_mode})
     with transaction(conn):
@@ -151,6 +153,8 @@ def update(conn: db.Connection, ref: str, now: datetime, policy: Policy, prompt:
            enforce_interval: bool = True, *, folder: Path) -> int:
     """Change live rows: content keys are merged (unknown ones kept); ``""`` clears recurrence or script.
     A new recurrence without a new time recomputes the next run from now."""
+    from schemas.messages import TaskContent
+
     expr = cron.validate(recurrence_expr) if recurrence_expr else recurrence_expr
     if expr and enforce_interval:
         check_interval(expr, now, policy)

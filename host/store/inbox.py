@@ -12,8 +12,8 @@ from typing import Any
 from host.store import db
 from host.store.outbox import OutMessage
 from schemas import ids
-from schemas.messages import LIVE_STATUSES, InMessage, MessageIn
 from schemas.queries import DUE
+from schemas.rows import LIVE_STATUSES, InMessage
 from schemas.times import to_text
 
 IN_COLUMNS = tuple(field.name for field in fields(InMessage))  # the order of a SELECT * of messages_in
@@ -41,6 +41,8 @@ def _next_seq(conn: db.Connection) -> int:
 def insert(conn: db.Connection, row: dict[str, Any]) -> str:
     """Insert a messages_in row (caller holds the transaction), validated as ``MessageIn`` (which holds the
     defaults); ``seq`` is assigned here."""
+    from schemas.messages import MessageIn  # pydantic: with the first write, so commands that only read go without
+
     values = {**MessageIn.model_validate(row).model_dump(), "seq": _next_seq(conn)}
     names = ", ".join(values)
     conn.execute(f"INSERT INTO messages_in({names}) VALUES ({', '.join(':' + n for n in values)})", values)

@@ -11,7 +11,7 @@ from datetime import datetime
 from host.store import db
 from host.store.inbox import LIVE, rows
 from schemas import ids
-from schemas.messages import InMessage, RunOutcome
+from schemas.rows import InMessage, RunOutcome
 from schemas.times import from_text, to_text
 
 

@@ -67,8 +67,7 @@ def test_a_runner_answers_a_chat_row_then_exits_when_idle(
 
 
 def test_the_container_is_labelled_isolated_and_limited(world: World, runtime: DockerRuntime, engine: Any) -> None:
-    world.settings = world.settings.model_copy(update={"idle_timeout_s": 60.0, "container_memory": "256m",
-                                                       "container_pids": 64})
+    world.settings = world.settings.replace(idle_timeout_s=60.0, container_memory="256m", container_pids=64)
     runtime = DockerRuntime(world.settings)
     Runners(runtime, world.settings).start(world.session, NOW)
     info = engine.api.inspect_container(runtime.wait_started(world.session.id))
@@ -90,7 +89,7 @@ def test_the_container_is_labelled_isolated_and_limited(world: World, runtime: D
 
 
 def test_stop_kills_the_runner(world: World, runtime: DockerRuntime, engine: Any) -> None:
-    world.settings = world.settings.model_copy(update={"idle_timeout_s": 600.0})
+    world.settings = world.settings.replace(idle_timeout_s=600.0)
     runtime = DockerRuntime(world.settings)
     runners = Runners(runtime, world.settings)
     runners.start(world.session, NOW)
@@ -102,7 +101,7 @@ def test_stop_kills_the_runner(world: World, runtime: DockerRuntime, engine: Any
 
 def test_a_start_replaces_a_runner_a_previous_host_left_running(
         world: World, engine: Any, wait_for: Callable[..., Any]) -> None:
-    world.settings = world.settings.model_copy(update={"idle_timeout_s": 600.0})
+    world.settings = world.settings.replace(idle_timeout_s=600.0)
     previous = DockerRuntime(world.settings)
     previous.start(world.session, "gen-old", {"TZ": "UTC", "NCL_IDLE_TIMEOUT_S": "600"})
     old_id = previous.wait_started(world.session.id)
@@ -120,7 +119,7 @@ def test_a_start_replaces_a_runner_a_previous_host_left_running(
 
 def test_cleanup_removes_this_installs_orphans_only(
         world: World, engine: Any, other_install: str, runner_image: str) -> None:
-    world.settings = world.settings.model_copy(update={"idle_timeout_s": 600.0})
+    world.settings = world.settings.replace(idle_timeout_s=600.0)
     gone = DockerRuntime(world.settings)  # the host that crashed
     gone.start(world.session, "gen-old", {"TZ": "UTC"})
     gone.wait_started(world.session.id)

@@ -289,7 +289,7 @@ def _chat_row(world: World, session: Any, seq: int) -> str:
 def test_cold_start_and_warm_pickup_are_measured(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     """Cold: ``Runners.start`` of a new container → its claim of the due row. Warm: a row written while the runner
     idles → its claim. Five of each; median and p95 printed (the issue's target: cold start under 1.5 s)."""
-    world.settings = world.settings.model_copy(update={"idle_timeout_s": 60.0})
+    world.settings = world.settings.replace(idle_timeout_s=60.0)
     runtime = DockerRuntime(world.settings)
     runners = Runners(runtime, world.settings)
     cold: list[float] = []

@@ -90,7 +90,7 @@ async def test_a_line_over_one_mebibyte_is_dropped(channel: tuple[Hook, CliChann
 
 async def test_the_cli_answers_while_the_webhook_port_is_full(channel: tuple[Hook, CliChannel]) -> None:
     hook, _ = channel
-    hooks = Webhooks(hook.settings.model_copy(update={"http_max_connections": 8}))
+    hooks = Webhooks(hook.settings.replace(http_max_connections=8))
     port = await hooks.start(port=0)
     flood = [await asyncio.open_connection("127.0.0.1", port) for _ in range(40)]  # 8 held, 32 refused
     reader, writer = await connect(hook)

@@ -189,7 +189,7 @@ import json, sys, time
 from pathlib import Path
 from host.runtimes.proxy.server import CredentialProxy
 from host.settings import Settings
-proxy = CredentialProxy(Settings.model_validate({"ANTHROPIC_API_KEY": "k", "ANTHROPIC_BASE_URL": sys.argv[1]}))
+proxy = CredentialProxy(Settings.read({"ANTHROPIC_API_KEY": "k", "ANTHROPIC_BASE_URL": sys.argv[1]}))
 print(json.dumps([str(proxy.open(Path(folder))) for folder in sys.argv[2:]]), flush=True)
 sys.stdin.read()
 """

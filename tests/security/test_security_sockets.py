@@ -36,7 +36,7 @@ def model_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Upstream]:
 
 @pytest.fixture
 def proxy_socket(model_api: Upstream, tmp_path: Path) -> Iterator[Path]:
-    proxy = CredentialProxy(Settings.model_validate({"ANTHROPIC_API_KEY": SECRET, "ANTHROPIC_BASE_URL": model_api.url}))
+    proxy = CredentialProxy(Settings.read({"ANTHROPIC_API_KEY": SECRET, "ANTHROPIC_BASE_URL": model_api.url}))
     (tmp_path / "sess").mkdir()
     yield proxy.open(tmp_path / "sess")
     proxy.shutdown()

@@ -56,7 +56,7 @@ async def answer_of(reader: asyncio.StreamReader, timeout: float) -> bytes:
 async def small(tmp_path: Path) -> AsyncIterator[tuple[Hook, Webhooks]]:
     """The real server with a cap of 4 connections, a short head timeout and a long body timeout."""
     made = Hook(tmp_path)
-    made.settings = made.settings.model_copy(update={"http_max_connections": 4})
+    made.settings = made.settings.replace(http_max_connections=4)
     async with made.serving(head_timeout_s=0.5, body_timeout_s=30) as server:
         yield made, server
 
