@@ -21,6 +21,7 @@ STDERR_HANDLER = "ncl-stderr"
 COMMANDS = {
     "agent": "host.cli.chat:agent_cli",
     "chat": "host.cli.chat:chat",
+    "completion": "host.cli.completion:completion",
     "doctor": "host.cli.doctor:doctor",
     "groups": "host.cli.groups:group_cli",
     "host": "host.cli.hostcmd:host_cli",
