@@ -289,6 +289,7 @@ class AnthropicProvider:
                 raise ProviderError(f"{problem} (gave up after attempt {attempt})")
             log.warning("%s; retry %d in %.1f s", problem, attempt, delay, extra={"action": "provider_retry"})
             waited += delay
+            turn.waiting(problem, delay)
             await self._wait(turn, delay)
         raise AssertionError("unreachable")
 

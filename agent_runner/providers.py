@@ -26,6 +26,7 @@ class Turn:
     history: History | None = None  # None: isolated context, nothing read or kept
     model: str = ""
     beat: Callable[[], None] = lambda: None  # call between model rounds and tool calls: the runner is alive
+    waiting: Callable[[str, float], None] = lambda problem, seconds: None  # before a wait to retry the model API
 
 
 @dataclass

@@ -18,7 +18,8 @@ from agent_runner.tools import CURRENT_TURN, Tools
 from agent_runner.wake import Poll, Wake
 from schemas import detached
 from schemas.clock import Clock
-from schemas.rows import InMessage
+from schemas.rows import MODEL_WAIT, InMessage, ModelWait
+from schemas.times import to_text
 
 log = logging.getLogger(__name__)
 BEAT_EVERY = timedelta(seconds=1)  # while working
@@ -109,6 +110,12 @@ class Runner:
         # The MCP server runs in its own process: it reads the turn it serves from session_state.
         self.store.set_state(CURRENT_TURN, json.dumps(self.tools.turn), self.clock.now())
 
+    def _model_wait(self, ids: list[str], problem: str, seconds: float) -> None:
+        """Say in session_state that this batch waits to retry the model API, and until when (the chat shows it)."""
+        now = self.clock.now()
+        wait = ModelWait(tuple(ids), problem[:500], to_text(now + timedelta(seconds=seconds)))
+        self.store.set_state(MODEL_WAIT, wait.text(), now)
+
     @staticmethod
     def _reply(row: InMessage, text: str) -> Reply:
         return Reply({"text": text, "files": []}, row.id, row.routing())
@@ -120,7 +127,8 @@ class Runner:
         self._set_turn(last)
         history = None if isolated else self._history()
         turn = Turn(prompt.render(batch, started, self.config.zone), [i.row for i in batch], self.tools,
-                    self.rules, history, self.config.model, beat=lambda: self.beat(self.clock.now()))
+                    self.rules, history, self.config.model, beat=lambda: self.beat(self.clock.now()),
+                    waiting=lambda problem, seconds: self._model_wait(ids, problem, seconds))
         try:
             reply = await self.provider.respond(turn)
         except ProviderError as exc:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -52,3 +53,36 @@ class InMessage:
     def routing(self) -> dict[str, str | None]:
         """Where it came from, so where answers to it go: the columns a messages_out row carries."""
         return {"platform_id": self.platform_id, "channel_type": self.channel_type, "thread_id": self.thread_id}
+
+
+MODEL_WAIT = "model_wait"  # the outbound session_state key of a runner waiting to retry the model API
+
+
+@dataclass(frozen=True, slots=True)
+class ModelWait:
+    """A runner waiting to call the model again (rate limited, overloaded, unreachable): the batch's row ids, the
+    problem as the API said it and when the next try goes (UTC text). The runner writes it to its session_state;
+    the interactive chat shows it. The runner may write anything there: ``parse`` takes only this shape."""
+
+    rows: tuple[str, ...]
+    problem: str
+    until: str
+
+    MAX_TEXT = 4096
+
+    def text(self) -> str:
+        return json.dumps({"rows": list(self.rows), "problem": self.problem, "until": self.until})
+
+    @classmethod
+    def parse(cls, text: str | None) -> ModelWait | None:
+        if not text or len(text) > cls.MAX_TEXT:
+            return None
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return None
+        rows, problem, until = (value.get(k) if isinstance(value, dict) else None for k in ("rows", "problem", "until"))
+        if not (isinstance(rows, list) and all(isinstance(r, str) for r in rows) and isinstance(problem, str)
+                and isinstance(until, str)):
+            return None
+        return cls(tuple(rows), problem, until)

@@ -12,6 +12,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import fake_anthropic as api
 import pytest
@@ -21,6 +22,8 @@ from agent_runner.anthropic_provider import AnthropicProvider
 from agent_runner.config import RunnerConfig
 from agent_runner.runner import Runner
 from agent_runner.store import Store
+from host.cli.chat_status import status_text
+from host.store import db, inbox, outbox
 from host.store.sessions import create_files
 from schemas import clock, ids
 from schemas.times import to_text
@@ -147,6 +150,27 @@ async def test_rate_limit_is_retried_after_the_asked_wait(fake: FakeAnthropic, s
     assert len(fake.requests) == 2
     assert [r["content"]["text"] for r in session.out()] == ["hi"]
     assert session.ack(chat)["status"] == "completed"
+
+
+async def test_a_wait_to_retry_is_told_to_the_chat_while_it_lasts(fake: FakeAnthropic, session: Session) -> None:
+    """Issue 15.4: the runner says in its session_state that it waits to retry the model API; the interactive chat
+    reads it (``outbox.model_wait``) and shows it instead of "working"."""
+    shown: list[str] = []
+    chat = session.add()
+
+    async def sleep(seconds: float) -> None:
+        with closing(sqlite3.connect(session.path / "inbound.db")) as conn:
+            conn.execute("UPDATE messages_in SET status = 'processing' WHERE id = ?", (chat,))  # as the sweep copies
+            conn.commit()
+        with closing(db.connect(session.path / "inbound.db", "inbound", readonly=True)) as conn:
+            row = inbox.get(conn, chat)
+        shown.append(status_text(row, 2, ZoneInfo(TZ), outbox.model_wait(session.path / "outbound.db")))
+
+    fake.queue(api.error(529, "overloaded_error", "Overloaded"), api.text("ok"))
+    await session.run(sleep=sleep)
+    assert len(shown) == 1
+    assert shown[0].startswith("… the model API is busy (overloaded (529): Overloaded); retrying at ")
+    assert [r["content"]["text"] for r in session.out()] == ["ok"]
 
 
 async def test_overload_backs_off_and_a_long_retry_after_fails_at_once(fake: FakeAnthropic, session: Session) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -16,7 +17,7 @@ from processes import Env, Host
 from test_chat_interactive import chatting
 
 from host.cli.chat_status import CLEAR_LINE, UP, status_text
-from schemas.messages import InMessage
+from schemas.rows import InMessage, ModelWait
 
 NY = ZoneInfo("America/New_York")
 ROW = InMessage(id="msg-1781182800000-aaaaaa", seq=3, kind="chat", timestamp="2026-06-11T13:00:00.000Z",
@@ -36,6 +37,36 @@ ROW = InMessage(id="msg-1781182800000-aaaaaa", seq=3, kind="chat", timestamp="20
 def test_the_status_says_what_happens_to_the_message(changes: dict[str, object], said: str) -> None:
     assert status_text(dataclasses.replace(ROW, **changes), 3.2, NY) == said  # type: ignore[arg-type]
     assert status_text(None, 3.2, NY) == ""
+
+
+WAIT = ModelWait((ROW.id,), "rate limited (429): slow down", "2026-06-11T13:00:30.000Z")
+NOW = datetime(2026, 6, 11, 13, 0, 5, tzinfo=UTC)
+
+
+def test_a_runner_waiting_to_retry_the_model_api_is_shown_until_its_retry() -> None:
+    working = dataclasses.replace(ROW, status="processing")
+    assert status_text(working, 5, NY, WAIT, NOW) == (
+        "… the model API is busy (rate limited (429): slow down); retrying at 09:00:30 EDT (5 s)")
+    assert status_text(working, 40, NY, WAIT, NOW + timedelta(seconds=35)) == "… the agent is working on it (40 s)"
+    other = dataclasses.replace(WAIT, rows=("msg-other",))
+    assert status_text(working, 5, NY, other, NOW) == "… the agent is working on it (5 s)"  # another batch's wait
+
+
+@pytest.mark.parametrize("stored", [
+    "", "not json", "[]", '{"rows": "msg-1", "problem": "x", "until": "2026-06-11T13:00:30.000Z"}',
+    '{"rows": [1], "problem": "x", "until": "2026-06-11T13:00:30.000Z"}', '{"rows": [], "problem": 3, "until": ""}',
+    json.dumps({"rows": [ROW.id], "problem": "x" * 5000, "until": "2026-06-11T13:00:30.000Z"}),
+])
+def test_what_a_runner_stored_is_taken_only_in_its_shape_and_size(stored: str) -> None:
+    assert ModelWait.parse(stored) is None
+
+
+def test_the_runners_words_cannot_move_the_cursor_or_break_the_line() -> None:
+    wait = dataclasses.replace(WAIT, problem="\x1b[2J\nowned" + "y" * 300)
+    said = status_text(dataclasses.replace(ROW, status="processing"), 5, NY, wait, NOW)
+    assert "\x1b" not in said and "\n" not in said and said.count("y") < 130
+    wait = dataclasses.replace(WAIT, until="tomorrow")
+    assert status_text(dataclasses.replace(ROW, status="processing"), 5, NY, wait, NOW).endswith("working on it (5 s)")
 
 
 @pytest.fixture

@@ -69,7 +69,7 @@ def test_tasks_list_imports_nothing_of_the_host_machinery(env: Env) -> None:
     assert "standup" in out  # the series was read from its session's inbox
     assert said == []
     assert {"host.settings", "host.scheduling.task_list"} <= modules
-    assert among(modules, HEAVY + ("pydantic", "dotenv")) == []  # the settings are read without them
+    assert among(modules, (*HEAVY, "pydantic", "dotenv")) == []  # the settings are read without them
 
 
 def test_with_a_host_running_in_another_zone_tasks_list_warns_and_still_imports_nothing_heavy(env: Env) -> None:

@@ -10,15 +10,17 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import click
 
-from host.cli.terminal import visible
-from host.store import db, inbox
-from schemas.messages import InMessage
-from schemas.times import from_text
+from host.cli.terminal import cell, visible
+from host.store import db, inbox, outbox
+from schemas import clock
+from schemas.rows import InMessage, ModelWait
+from schemas.times import TimeFormatError, from_text
 
 EVERY_S = 0.5
 QUIET_S = 1.0  # an answer quicker than this shows no status at all
@@ -26,11 +28,16 @@ CLEAR_LINE = "\r\x1b[K"
 UP = "\x1b[1A"
 
 
-def status_text(row: InMessage | None, waited_s: float, zone: ZoneInfo) -> str:
-    """What the status line says of a message sent ``waited_s`` ago whose inbox row is ``row`` ("": nothing)."""
+def status_text(row: InMessage | None, waited_s: float, zone: ZoneInfo, wait: ModelWait | None = None,
+                now: datetime | None = None) -> str:
+    """What the status line says of a message sent ``waited_s`` ago whose inbox row is ``row`` ("": nothing);
+    ``wait``: what its runner said of a wait to retry the model API (shown while ``now`` is before its end)."""
     if row is None or row.status not in ("pending", "processing"):
         return ""  # answered (its reply is on its way) or gone
-    if row.status == "processing":
+    if row.status == "processing" and wait and (until := _retry_at(row, wait, now or clock.now())):
+        said = cell(wait.problem[:120])
+        doing = f"the model API is busy ({said}); retrying at {until.astimezone(zone):%H:%M:%S %Z}"
+    elif row.status == "processing":
         doing = "the agent is working on it"
     elif row.tries and row.process_after:
         at = from_text(row.process_after).astimezone(zone)
@@ -38,6 +45,17 @@ def status_text(row: InMessage | None, waited_s: float, zone: ZoneInfo) -> str:
     else:
         doing = "waiting for the agent to start"
     return f"… {doing} ({waited_s:.0f} s)"
+
+
+def _retry_at(row: InMessage, wait: ModelWait, now: datetime) -> datetime | None:
+    """When the retry of ``row``'s batch goes, if its runner waits to retry the model API now."""
+    if row.id not in wait.rows:
+        return None
+    try:
+        until = from_text(wait.until)
+    except TimeFormatError:
+        return None  # the runner's text, not ours
+    return until if until > now else None
 
 
 def _line_buffer() -> str:
@@ -91,11 +109,13 @@ class Screen:
             if waited < QUIET_S:
                 return ""
             try:
-                with closing(db.connect(self.folder_of(session_id) / "inbound.db", "inbound", readonly=True)) as conn:
+                folder = self.folder_of(session_id)
+                with closing(db.connect(folder / "inbound.db", "inbound", readonly=True)) as conn:
                     row = inbox.get(conn, message_id)
+                wait = outbox.model_wait(folder / "outbound.db") if row and row.status == "processing" else None
             except (db.Error, OSError):
                 return ""
-            if text := status_text(row, waited, self.zone):
+            if text := status_text(row, waited, self.zone, wait):
                 return text
             with self.lock:
                 self.waiting.pop(message_id, None)  # answered: its reply is on the way

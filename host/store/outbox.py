@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from host.store import db
+from schemas.rows import MODEL_WAIT, ModelWait
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,3 +110,13 @@ def claimed(path: Path, message_ids: list[str]) -> set[str]:
     with closing(db.connect(path, "outbound", query_only=True)) as conn:
         return {r[0] for r in _in_chunks(conn, "SELECT message_id FROM processing_ack WHERE status = 'processing'"
                                                 " AND message_id IN ({})", message_ids)}
+
+
+def model_wait(path: Path) -> ModelWait | None:
+    """What the runner said of its wait to retry the model API (``ModelWait``), if anything readable."""
+    if not path.exists():
+        return None
+    with closing(db.connect(path, "outbound", query_only=True)) as conn:
+        row = conn.execute("SELECT substr(value, 1, ?) FROM session_state WHERE key = ?",
+                           (ModelWait.MAX_TEXT + 1, MODEL_WAIT)).fetchone()  # the runner's text: bounded
+    return ModelWait.parse(row[0] if row and isinstance(row[0], str) else None)
