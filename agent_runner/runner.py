@@ -99,9 +99,10 @@ class Runner:
             return prompt.Item(row, gate.data)
         if row.kind == "chat" and slash.is_command(str(content.get("text", ""))):
             self.tools.turn = _turn(row)  # the tools run here, not in the MCP server: nothing to store for it
-            text, clear = slash.run(str(content["text"]), self.tools)
-            self.store.finish([row.id], "completed", self.clock.now(), "ran", None, now,
-                              reply=self._reply(row, text), state=(CONVERSATION, None) if clear else None)
+            answer = slash.run(str(content["text"]), self.tools)
+            status, outcome, reason = ("failed", "failed", answer.text) if answer.failed else ("completed", "ran", None)
+            self.store.finish([row.id], status, self.clock.now(), outcome, reason, now,
+                              reply=self._reply(row, answer.text), state=(CONVERSATION, None) if answer.clear else None)
             return None
         return prompt.Item(row)
 

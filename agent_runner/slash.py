@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 
 from agent_runner.tools import ToolError, Tools
 
@@ -18,32 +19,45 @@ def is_command(text: str) -> bool:
     return text.startswith("/") and len(text) > 1 and not text.startswith("//")
 
 
-def run(text: str, tools: Tools) -> tuple[str, bool]:
-    """The reply to a slash command, and whether it asked to clear the conversation."""
+class Answer(NamedTuple):
+    """The reply to a slash command; whether it asked to clear the conversation; whether it was refused or failed
+    (the message is then recorded failed: a one-shot ``ncl chat`` exits 1)."""
+
+    text: str
+    clear: bool = False
+    failed: bool = False
+
+
+def run(text: str, tools: Tools) -> Answer:
     name, _, raw = text[1:].strip().partition(" ")
     if name == "clear":
-        return "Conversation cleared.", True
+        return Answer("Conversation cleared.", clear=True)
     if name == "help":
-        return _help(raw.strip().removeprefix("/"), tools), False
+        topic = raw.strip().removeprefix("/")
+        return _help(topic, tools)
     try:
         arguments = json.loads(raw) if raw.strip() else {}
         if not isinstance(arguments, dict):
             raise ToolError(f"/{name} takes a JSON object of arguments")
-        return tools.call(name, arguments), False
+        return Answer(tools.call(name, arguments))
     except json.JSONDecodeError as exc:
-        return f"error: /{name} arguments are not JSON ({exc.msg}); try /help", False
+        return _refused(f"/{name} arguments are not JSON ({exc.msg}); try /help")
     except ToolError as exc:
-        return f"error: {exc}", False
+        return _refused(str(exc))
     except Exception as exc:  # whatever a command hits, the user gets an answer and the runner lives on
-        return f"error: /{name} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", False
+        return _refused(f"/{name} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
 
 
-def _help(topic: str, tools: Tools) -> str:
+def _refused(why: str) -> Answer:
+    return Answer(f"error: {why}", failed=True)
+
+
+def _help(topic: str, tools: Tools) -> Answer:
     from agent_runner.tool_specs import TOOLS  # pydantic: not at the runner's start (see agent_runner.tools)
 
     if not topic:
-        return HELP + "\n".join(f"/{spec.name} {spec.signature()}" for spec in TOOLS.values())
+        return Answer(HELP + "\n".join(f"/{spec.name} {spec.signature()}" for spec in TOOLS.values()))
     spec = TOOLS.get(topic)
     if spec is None:
-        return f"error: no tool {topic!r}; tools: {', '.join(TOOLS)}"
-    return spec.help(tools.config)
+        return _refused(f"no tool {topic!r}; tools: {', '.join(TOOLS)}")
+    return Answer(spec.help(tools.config))

@@ -1,4 +1,5 @@
 """A one-shot ``ncl chat`` and ``ncl agent invoke`` exit 1 when the answer is the agent saying it could not answer
+(or a refused slash command)
 (the provider failed: the runner acks the message ``failed`` with a "Sorry, I could not answer" reply, DESIGN §12.3),
 with the reply on stderr, or in ``--json`` marked ``"failed": true`` (issue 15.4). A real host and runner; the model
 is a fake Messages API that refuses every call (tests/fake_anthropic.py)."""
@@ -45,3 +46,9 @@ def test_chat_and_invoke_exit_1_when_the_provider_failed(env: Env) -> None:
 def test_an_answer_that_is_no_error_exits_0(env: Env) -> None:
     said = env.ncl("chat", "demo", "/list_tasks")  # a slash command needs no model
     assert (said.returncode, said.stdout) == (0, "No tasks.\n")
+
+
+def test_a_refused_slash_command_exits_1_naming_why(env: Env) -> None:
+    said = env.ncl("chat", "demo", '/pause_task {"taskId": "task-nope"}')
+    assert said.returncode == 1 and said.stdout == ""
+    assert said.stderr.startswith("ncl: error: error: ") and "task-nope" in said.stderr

@@ -28,15 +28,15 @@ def tools(tmp_path: Path) -> Tools:
 
 
 def test_help_lists_every_tool_with_its_arguments(tools: Tools) -> None:
-    text, cleared = slash.run("/help", tools)
-    assert not cleared
+    text, cleared, failed = slash.run("/help", tools)
+    assert not cleared and not failed
     assert "/schedule_task {prompt, processAfter?, recurrence?, script?, contextMode?}" in text.splitlines()
     assert "/pause_task {taskId}" in text.splitlines() and "/list_tasks {status?}" in text.splitlines()
     assert all(f"/{name} {{" in text for name in TOOLS)
 
 
 def test_help_tool_says_what_each_argument_means_with_an_example(tools: Tools) -> None:
-    text, _ = slash.run("/help schedule_task", tools)
+    text, _, _ = slash.run("/help schedule_task", tools)
     lines = text.splitlines()
     assert lines[0] == "/schedule_task {prompt, processAfter?, recurrence?, script?, contextMode?}"
     assert "America/New_York" in lines[1]  # the description as the model reads it, in this runner's zone
@@ -46,21 +46,24 @@ def test_help_tool_says_what_each_argument_means_with_an_example(tools: Tools) -
     assert lines[-1] == 'Example: /schedule_task {"prompt": "Post the standup summary.", "recurrence": "0 9 * * 1-5"}'
     assert slash.run("/help /pause_task", tools)[0].startswith("/pause_task {taskId}\n")
     assert slash.run("/help nope", tools)[0].startswith("error: no tool 'nope'; tools: schedule_task, ")
+    assert slash.run("/help nope", tools).failed and not slash.run("/help /pause_task", tools).failed
 
 
 @pytest.mark.parametrize("name", [n for n in TOOLS if "taskId" not in TOOLS[n].example])
 def test_each_example_without_a_task_id_runs(tools: Tools, tmp_path: Path, name: str) -> None:
     (tools.config.session_dir / "report.txt").write_text("numbers")
     example = slash.run(f"/help {name}", tools)[0].splitlines()[-1].removeprefix("Example: ")
-    answer, _ = slash.run(example, tools)
-    assert not answer.startswith("error"), answer
+    answer, _, failed = slash.run(example, tools)
+    assert not answer.startswith("error") and not failed, answer
     assert json.loads(example.partition(" ")[2]) == TOOLS[name].example
 
 
 def test_an_unknown_argument_is_named_with_the_accepted_ones(tools: Tools) -> None:
-    answer, _ = slash.run('/schedule_task {"prompt": "standup", "interval": 3600}', tools)
+    answer, _, failed = slash.run('/schedule_task {"prompt": "standup", "interval": 3600}', tools)
     assert answer == ("error: schedule_task has no argument 'interval'; its arguments: {prompt, processAfter?, "
                       "recurrence?, script?, contextMode?} (see /help schedule_task)")
-    answer, _ = slash.run('/update_task {"recurrence": "0 9 * * *"}', tools)
+    assert failed
+    answer, _, failed = slash.run('/update_task {"recurrence": "0 9 * * *"}', tools)
     assert answer == "error: update_task needs taskId; its arguments: {taskId, prompt?, processAfter?, recurrence?, " \
                      "script?} (see /help update_task)"
+    assert failed

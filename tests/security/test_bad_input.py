@@ -60,8 +60,8 @@ def test_a_blank_prompt_is_refused_by_the_tools_and_slash_commands(tmp_path: Pat
             tool.call(name, arguments)
         one_line(str(refused.value))
         assert "empty" in str(refused.value) or "whitespace" in str(refused.value)
-        answer, _ = slash.run(f"/{name} {json.dumps(arguments)}", tool)
-        assert answer.startswith("error: ") and "whitespace" in answer
+        answer, _, failed = slash.run(f"/{name} {json.dumps(arguments)}", tool)
+        assert answer.startswith("error: ") and "whitespace" in answer and failed
         one_line(answer)
     world.central.close()
 
