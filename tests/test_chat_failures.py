@@ -1,6 +1,6 @@
 """A one-shot ``ncl chat`` and ``ncl agent invoke`` exit 1 when the answer is the agent saying it could not answer
-(or a refused slash command)
-(the provider failed: the runner acks the message ``failed`` with a "Sorry, I could not answer" reply, DESIGN §12.3),
+(the provider failed: the runner acks the message ``failed`` with a "Sorry, I could not answer" reply, DESIGN §12.3)
+or a refused slash command,
 with the reply on stderr, or in ``--json`` marked ``"failed": true`` (issue 15.4). A real host and runner; the model
 is a fake Messages API that refuses every call (tests/fake_anthropic.py)."""
 
