@@ -102,6 +102,12 @@ class Tools:
             raise ToolError("contextMode must be 'group' or 'isolated'")
         expr = self._recurrence(recurrence)
         after = self._when(processAfter)
+        if same := self._same_as(prompt, expr, script or None, after):
+            state = ("it is paused: resume_task resumes it" if _state(same) == "paused"
+                     else (upcoming := self._upcoming(same)) and f"next run: {upcoming}")
+            return (f"Task already scheduled (id: {same['id']}): a live task of this conversation has the same prompt,"
+                    f" {'recurrence' if expr else 'time'} and script; nothing new was scheduled"
+                    + (f" ({state})" if state else ""))
         first = after or (to_text(cron.next_after(expr, self.now(), self.config.zone)) if expr else None)
         task_id = ids.new_id("task", self.now())
         answer = f"Task scheduled (id: {task_id}, next runs: {self._next_runs(first, expr)})"  # may fail: first
@@ -111,6 +117,22 @@ class Tools:
                                             processAfter=after, recurrence=expr, script=script or None,
                                             contextMode=contextMode))  # type: ignore[arg-type]
         return answer
+
+    def _same_as(self, prompt: str, expr: str | None, script: str | None, after: str | None) -> dict[str, Any] | None:
+        """A live series (or one requested this turn) this schedule would repeat (issue 16.5): the same prompt,
+        recurrence and script; a one-off only if also at the same time (the same reminder at another hour is new)."""
+        for series in self._series():
+            if _state(series) not in ("pending", "processing", "paused", "requested"):
+                continue
+            if requested := series.get("requested"):
+                have = (requested["prompt"], requested.get("recurrence"), requested.get("script"),
+                        requested.get("processAfter"))
+            else:
+                live, content = series["live"], json.loads(series["live"].content)
+                have = (content.get("prompt"), live.recurrence, content.get("script") or None, live.process_after)
+            if have[:3] == (prompt, expr, script) and (expr or have[3] == after):
+                return series
+        return None
 
     def update_task(self, taskId: str, prompt: str | None = None, processAfter: str | None = None,
                     recurrence: str | None = None, script: str | None = None) -> str:
