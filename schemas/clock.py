@@ -3,7 +3,6 @@ module itself (the real one) or a test's fake."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Protocol
@@ -23,6 +22,8 @@ def now() -> datetime:
 
 
 async def sleep(seconds: float) -> None:
+    import asyncio  # here: a command that only reads the clock (``ncl tasks list``'s LEFT) need not load asyncio
+
     await asyncio.sleep(max(0.0, seconds))
 
 

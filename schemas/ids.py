@@ -10,6 +10,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 PREFIXES = ("task", "msg", "sys", "sess", "run", "sched")  # sched: project-level scheduled tasks
 _ID = re.compile(rf"({'|'.join(PREFIXES)})-([0-9]{{13}})-([0-9a-z]{{6}})")
+_SHORT = re.compile(rf"({'|'.join(PREFIXES)})-([0-9a-z]{{6}})")
 GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,47}")
 
 
@@ -29,6 +30,19 @@ def is_id(text: str, prefix: str) -> bool:
     """True when ``text`` is a well-formed id of that kind (used to accept runner-chosen ids)."""
     match = _ID.fullmatch(text) if isinstance(text, str) else None
     return match is not None and match.group(1) == prefix
+
+
+def short(full: str) -> str:
+    """What a table shows of an id: its kind and random part, ``task-ab12cd`` for ``task-1796440877725-ab12cd`` (the
+    time part is alike in ids made close together); anything else as it is."""
+    match = _ID.fullmatch(full)
+    return f"{match.group(1)}-{match.group(3)}" if match else full
+
+
+def short_pattern(ref: str, prefix: str) -> str | None:
+    """The SQL ``LIKE`` pattern of the full ids a short id of that kind stands for; None if ``ref`` is none."""
+    match = _SHORT.fullmatch(ref)
+    return f"{prefix}-%-{match.group(2)}" if match and match.group(1) == prefix else None
 
 
 def group_id(name: str) -> str:

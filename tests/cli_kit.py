@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 Ncl = Callable[..., "Result"]
 
-GROUP_KEYS = {"id", "name", "channels", "session_mode", "provider", "model", "created_at", "allow_server_tools"}
+GROUP_KEYS = {"id", "name", "channels", "session_mode", "provider", "model", "created_at", "allow_server_tools",
+              "active_sessions"}  # active_sessions: issue 15.5
 
 
 def ok(result: Result) -> Result:

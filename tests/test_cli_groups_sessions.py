@@ -74,7 +74,7 @@ def test_session_folder_holds_both_dbs_and_the_documented_query_runs(demo_sessio
 def test_create_json_is_the_list_item(ncl: Ncl) -> None:
     group = ok(ncl("groups", "create", "demo", "--channel", "cli", "--json")).json()
     session = ok(ncl("sessions", "create", "--group", "demo", "--json")).json()
-    assert ok(ncl("groups", "list", "--json")).json() == {"groups": [group]}
+    assert ok(ncl("groups", "list", "--json")).json() == {"groups": [{**group, "active_sessions": 1}]}  # made: 0
     assert ok(ncl("sessions", "list", "--json")).json() == {"sessions": [session]}
 
 
@@ -107,8 +107,8 @@ def test_readable_tables_show_times_in_tz(ncl: Ncl, demo_session: dict[str, Any]
     assert local.endswith("IST")
 
     groups = ok(ncl("groups", "list")).out.splitlines()
-    assert groups[0].split() == ["ID", "NAME", "CHANNELS", "SESSIONS", "PROVIDER", "MODEL", "CREATED"]
-    assert groups[1].split()[:3] == ["ag-demo", "demo", "cli"]
+    assert groups[0].split() == ["ID", "NAME", "CHANNELS", "MODE", "SESSIONS", "PROVIDER", "MODEL", "CREATED"]
+    assert groups[1].split()[:5] == ["ag-demo", "demo", "cli", "shared", "1"]  # SESSIONS: how many are active
 
     sessions = ok(ncl("sessions", "list")).out
     header, row = sessions.splitlines()

@@ -29,6 +29,7 @@ from cli_tasks_kit import (
 from cli_tasks_kit import cli as cli
 from cli_tasks_kit import session as session
 
+from schemas import ids
 from schemas.ddl import latest_version
 from schemas.times import from_text
 
@@ -70,7 +71,7 @@ def test_list_table_shows_the_next_run_in_tz(cli: Ncl, session: dict[str, Any]) 
     item = weekday_task(cli, session)
     lines = ok(cli("tasks", "list")).out.splitlines()
     assert lines[0].split()[:4] == ["ID", "GROUP", "SESSION", "STATUS"]
-    [line] = [x for x in lines[1:] if item["id"] in x]
+    [line] = [x for x in lines[1:] if ids.short(item["id"]) in x]  # the table shows ids short
     assert "2026-05-18 09:00:00 EDT" in line
     assert "13:00" not in line
 

@@ -13,8 +13,8 @@ from host.errors import NclError
 from host.scheduling import tasks
 from host.store import db, groups, sessions
 
-COLUMNS = [("id", "ID"), ("name", "NAME"), ("channels", "CHANNELS"), ("session_mode", "SESSIONS"),
-           ("provider", "PROVIDER"), ("model", "MODEL"), ("created", "CREATED")]
+COLUMNS = [("id", "ID"), ("name", "NAME"), ("channels", "CHANNELS"), ("session_mode", "MODE"),
+           ("active_sessions", "SESSIONS"), ("provider", "PROVIDER"), ("model", "MODEL"), ("created", "CREATED")]
 
 
 @click.group("groups")
@@ -48,7 +48,7 @@ def create(app: App, name: str, channels: tuple[str, ...], rules: str, session_m
     with closing(app.central(write=True)) as conn:
         group, tokens = groups.create(conn, app.settings, app.now(), name, list(channels), _rules(rules),
                                       session_mode, provider, model)
-    data = group.to_json()
+    data = {**group.to_json(), "active_sessions": 0}  # the list item, as every single object (DESIGN §10)
     if tokens:
         data["webhook_tokens"] = tokens
 
@@ -89,7 +89,8 @@ def update(app: App, group: str, rules: str | None, provider: str | None, model:
     with closing(app.central(write=True)) as conn:
         found = groups.update(conn, groups.get(conn, group), rules=None if rules is None else _rules(rules),
                               provider=provider, model=model, allow_server_tools=allow_server_tools)
-    emit(as_json, found.to_json(), lambda: click.echo(
+        count = sessions.active_counts(conn).get(found.id, 0)
+    emit(as_json, {**found.to_json(), "active_sessions": count}, lambda: click.echo(
         f"updated group {found.name}: provider {found.provider or 'default'}, model {found.model or 'default'}, "
         f"server tools {'allowed' if found.allow_server_tools else 'refused'}"))
 
@@ -98,13 +99,15 @@ def update(app: App, group: str, rules: str | None, provider: str | None, model:
 @json_option
 @pass_app
 def list_(app: App, as_json: bool) -> None:
-    """List agent groups."""
+    """List agent groups, each with its count of active sessions."""
     with closing(app.central()) as conn:
         found = groups.list_all(conn)
+        counts = sessions.active_counts(conn)
     zone = app.settings.tz.zone
-    emit(as_json, {"groups": [g.to_json() for g in found]}, lambda: table(
-        [{**g.to_json(), "provider": g.provider or "default", "model": g.model or "default",
-          "created": local_time(g.created_at, zone)} for g in found],
+    listed = [{**g.to_json(), "active_sessions": counts.get(g.id, 0)} for g in found]
+    emit(as_json, {"groups": listed}, lambda: table(
+        [{**g, "provider": g["provider"] or "default", "model": g["model"] or "default",
+          "created": local_time(g["created_at"], zone)} for g in listed],
         COLUMNS, "no groups (create one with 'ncl groups create NAME --channel cli')"))
 
 
@@ -116,7 +119,7 @@ def show(app: App, group: str, as_json: bool) -> None:
     """Show one group (by name or id) with its rules and folder."""
     with closing(app.central()) as conn:
         found = groups.get(conn, group)
-        count = len(sessions.list_all(conn, app.settings, found.id, status="active"))
+        count = sessions.active_counts(conn).get(found.id, 0)
     data = {**found.to_json(), "rules": found.rules, "folder": str(groups.folder(app.settings, found.id)),
             "active_sessions": count}
     emit(as_json, data, lambda: fields(

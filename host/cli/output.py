@@ -1,19 +1,29 @@
 """Printing command results: ``--json`` objects for scripts, aligned tables in TZ for people.
 
 Human output shows control characters as escapes (see ``terminal``); ``--json`` prints the exact text.
+
+A table on a terminal is drawn by ``rich`` to fit its width (``COLUMNS``, else the terminal's): its widest columns
+fold first, at spaces where they can, a multi-line text keeps its lines within its column, and ids (``id`` and
+``*_id`` columns) stay whole on one line, to be copied (cut with ``…`` only if nothing else can give way). The
+header is bold and failure and warning words coloured, unless ``NO_COLOR`` is set. Piped, a table is one full line
+per row whatever ``COLUMNS`` says (a line break shown as ``\\n``), with no escape codes: what ``grep`` and ``awk``
+expect; rich is imported only for a terminal, so a script pays nothing for it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import click
 
+from host.cli import terminal
 from host.cli.terminal import VisibleStream, cell, visible
 from schemas.times import TimeFormatError, from_text
 
@@ -34,16 +44,72 @@ def local_time(text: str | None, zone: ZoneInfo) -> str:
         return text
 
 
+def left(text: str | None, now: datetime) -> str:
+    """The time until ``text`` as ``systemctl list-timers`` shows it (``4h 12min``); ``overdue`` once it has
+    passed, ``-`` for no time."""
+    if not text:
+        return "-"
+    try:
+        seconds = math.ceil((from_text(text) - now).total_seconds())
+    except TimeFormatError:
+        return "-"
+    return span(seconds) if seconds > 0 else "overdue"
+
+
+def span(seconds: float | None) -> str:
+    """A duration in its two largest units: ``2d 3h``, ``4h 12min``, ``12min 5s``, ``5s``; ``-`` for none."""
+    if seconds is None:
+        return "-"
+    whole = max(0, math.ceil(seconds))
+    units = [("d", 86400), ("h", 3600), ("min", 60), ("s", 1)]
+    first = next((n for n, (_, size) in enumerate(units) if whole >= size), len(units) - 1)
+    amount, rest = divmod(whole, units[first][1])
+    shown = f"{amount}{units[first][0]}"
+    if first + 1 < len(units) and (more := rest // units[first + 1][1]):
+        shown += f" {more}{units[first + 1][0]}"
+    return shown
+
+
+# Cells shown in colour on a terminal: what failed, and what needs a look.
+STYLES = {"failed": "red", "FAIL": "red", "overdue": "red", "error": "red", "WARN": "yellow", "paused": "yellow"}
+
+
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], empty: str) -> None:
     """Print ``rows`` under ``columns`` = (key, header); ``empty`` when there is none."""
     if not rows:
         click.echo(empty)
         return
+    width = terminal.width()
+    if width is None:
+        _plain(rows, columns)
+    else:
+        _fitted(rows, columns, width)
+
+
+def _plain(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> None:
     cells = [[cell(_text(row.get(key))) for key, _ in columns] for row in rows]
     headers = [header for _, header in columns]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
     for line in [headers, *cells]:
         click.echo("  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True)).rstrip())
+
+
+def _fitted(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], width: int) -> None:
+    """The table drawn by rich within ``width``. Every text is made visible first: rich writes to the stream under
+    ``VisibleStream`` (its colour codes would be escaped there), and takes ``Text``, never markup."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    drawn = Table(box=None, pad_edge=False, padding=(0, 1), header_style="" if terminal.no_color() else "bold")
+    for key, header in columns:
+        whole = key == "id" or key.endswith("_id")
+        drawn.add_column(header, no_wrap=whole, overflow="ellipsis" if whole else "fold")
+    for row in rows:
+        texts = [visible(_text(row.get(key))) for key, _ in columns]
+        drawn.add_row(*(Text(text, style=STYLES.get(text, "")) for text in texts))
+    Console(file=terminal.underneath(sys.stdout), width=width, color_system=None if terminal.no_color() else "standard",
+            force_terminal=True, highlight=False, markup=False, emoji=False, legacy_windows=False).print(drawn)
 
 
 def fields(data: dict[str, Any], order: Sequence[tuple[str, str]]) -> None:

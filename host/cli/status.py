@@ -8,8 +8,9 @@ import click
 
 from host.cli import overview
 from host.cli.app import App, pass_app
-from host.cli.output import emit, fields, json_option, local_time, table
+from host.cli.output import emit, fields, json_option, local_time, span, table
 from host.store import sessions
+from schemas import ids
 
 
 @click.command("status")
@@ -28,23 +29,22 @@ def status(app: App, as_json: bool) -> None:
                [("host", "host"), ("runners", "runners"), ("waiting", "waiting for a slot")])
         if data["runners"]:
             click.echo("")
-            table([{**r, "idle": _span(r["idle_for_s"])} for r in data["runners"]],
+            table([{**r, "session_id": ids.short(r["session_id"]), "idle": span(r["idle_for_s"])}
+                   for r in data["runners"]],
                   [("session_id", "SESSION"), ("agent_group_id", "GROUP"), ("state", "STATE"), ("idle", "IDLE FOR")],
                   "")
         if data["waiting"]:
             click.echo("")
-            table([{**w, "since": local_time(w["due_since"], zone)} for w in data["waiting"]],
-                  [("session_id", "WAITING SESSION"), ("agent_group_id", "GROUP"), ("since", "DUE SINCE")], "")
+            table([{**w, "session_id": ids.short(w["session_id"]), "since": local_time(w["due_since"], zone),
+                    "waited": span(w["waiting_for_s"])} for w in data["waiting"]],
+                  [("session_id", "WAITING SESSION"), ("agent_group_id", "GROUP"), ("since", "DUE SINCE"),
+                   ("waited", "WAITING FOR")], "")
         click.echo("")
         table([{**i, "at": local_time(i["due"], zone)} for i in data["next_due"]],
               [("at", "DUE"), ("kind", "KIND"), ("agent_group_id", "GROUP"), ("session_id", "SESSION"),
                ("text", "TEXT")], "nothing due")
 
     emit(as_json, data, human)
-
-
-def _span(seconds: float | None) -> str:
-    return "" if seconds is None else f"{seconds:.0f} s"
 
 
 @click.group("messages")

@@ -7,11 +7,12 @@ from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import click
 
 from host.cli.app import App, now_option, pass_app, policy
-from host.cli.output import emit, fields, json_option, local_time, table
+from host.cli.output import emit, fields, json_option, left, local_time, table
 from host.errors import NclError
 from host.scheduling import task_list, tasks
 from host.store import db, groups, sessions
@@ -22,7 +23,7 @@ from schemas.times import parse_user_time, to_text
 
 T = TypeVar("T")
 COLUMNS = [("id", "ID"), ("agent_group_id", "GROUP"), ("session_id", "SESSION"), ("status", "STATUS"),
-           ("next", "NEXT RUN"), ("recurrence", "RECURRENCE"), ("last_outcome", "LAST"),
+           ("next", "NEXT RUN"), ("left", "LEFT"), ("recurrence", "RECURRENCE"), ("last_outcome", "LAST"),
            ("session_status", "SESSION STATUS"), ("excerpt", "PROMPT")]
 RUN_COLUMNS = [("outcome", "OUTCOME"), ("scheduled", "SCHEDULED"), ("started", "STARTED"),
                ("finished", "FINISHED"), ("duration_ms", "MS"), ("message_id", "OCCURRENCE"), ("detail", "DETAIL")]
@@ -61,25 +62,36 @@ def task_cli() -> None:
               help="Only series in this status.")
 @click.option("--all", "include_ended", is_flag=True,
               help="Include ended series (completed, cancelled, failed) and those of closed sessions.")
+@click.option("--wide", is_flag=True, help="Full ids and prompts (the table shortens them; --json never does).")
+@now_option
 @json_option
 @pass_app
 def list_(app: App, group_ref: str | None, session_id: str | None, status: str | None, include_ended: bool,
-          as_json: bool) -> None:
+          wide: bool, now: datetime | None, as_json: bool) -> None:
     """List task series across all groups: live ones of active sessions (a session named by --session may be
-    closed), or with --all every one."""
+    closed), or with --all every one. LEFT is the time until the next run (from --now if given); the table shows
+    ids short (task-ab12cd), which every command taking an id accepts."""
     with closing(app.central()) as central:
         group_id = groups.get(central, group_ref).id if group_ref else None
         if session_id:
-            sessions.get(central, app.settings, session_id)
+            session_id = sessions.get(central, app.settings, session_id).id
         found = [s for s in task_list.series(app.settings, central, group_id, session_id,
                                              include_ended or status in task_list.ENDED,
                                              include_closed=include_ended or session_id is not None)
                  if status is None or s.status == status]
     zone = app.settings.tz.zone
     emit(as_json, {"tasks": [s.to_json() for s in found]}, lambda: table(
-        [{**s.to_json(), "next": local_time(s.next_run, zone),
-          "excerpt": s.prompt if len(s.prompt) <= 40 else s.prompt[:39] + "…"} for s in found],
-        COLUMNS, "no tasks"))
+        [_row(s, zone, now or app.now(), wide) for s in found],
+        # SESSION STATUS only says something when a listed series' session is closed (--all, --session)
+        [c for c in COLUMNS if c[0] != "session_status" or any(s.session_status != "active" for s in found)],
+        "no tasks"))
+
+
+def _row(found: task_list.Series, zone: ZoneInfo, now: datetime, wide: bool) -> dict[str, Any]:
+    shown = (lambda text: text) if wide else ids.short
+    return {**found.to_json(), "id": shown(found.id), "session_id": shown(found.session_id),
+            "next": local_time(found.next_run, zone), "left": left(found.next_run, now),
+            "excerpt": found.prompt if wide or len(found.prompt) <= 40 else found.prompt[:39] + "…"}
 
 
 @task_cli.command("show")

@@ -21,6 +21,9 @@ outside a printer uses ``say``; the CLI's log lines use ``VisibleFormatter``.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import sys
 from typing import TextIO
 
 import click
@@ -53,12 +56,33 @@ def say(text: str = "", err: bool = False, nl: bool = True) -> None:
     click.echo(visible(text), err=err, nl=nl)
 
 
+def width() -> int | None:
+    """The width a table fits: ``COLUMNS``, else the terminal's; None when stdout is no terminal (piped output is
+    never cut nor folded, whatever ``COLUMNS`` says)."""
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+
+
+def no_color() -> bool:
+    """``NO_COLOR`` set to anything but the empty text (https://no-color.org): no colour, nor bold."""
+    return bool(os.environ.get("NO_COLOR"))
+
+
+def underneath(stream: TextIO) -> TextIO:
+    """The stream a ``VisibleStream`` writes to: for a printer whose texts were made visible already, and that adds
+    escape codes of its own (a table's colours)."""
+    return stream.target if isinstance(stream, VisibleStream) else stream
+
+
 class VisibleStream:
     """A text stream that writes ``visible(text)`` to ``target``. It has no ``buffer``, so click writes text to it
     and never reaches around it to the bytes underneath."""
 
     def __init__(self, target: TextIO) -> None:
         self._target = target
+
+    @property
+    def target(self) -> TextIO:
+        return self._target
 
     def write(self, text: str) -> int:
         if not isinstance(text, str):  # click probes with b"" to tell a binary stream from a text one

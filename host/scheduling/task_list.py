@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 from host.errors import NclError
 from host.settings import Settings
-from host.store import db, inbox, sessions, task_ids, task_series
+from host.store import db, inbox, sessions, short_ids, task_ids, task_series
 from host.store.sessions import Session
 from schemas import cron
 from schemas.rows import InMessage
@@ -86,7 +86,9 @@ def locate(settings: Settings, central: db.Connection, ref: str) -> tuple[Sessio
 
     A series id is found in the install-wide registry (DESIGN §13.5): one indexed read, and never two sessions.
     Anything else (an occurrence id, a series from before the registry) is looked for in every session, and an
-    id found in two of them is refused rather than acted on in the wrong one."""
+    id found in two of them is refused rather than acted on in the wrong one. A short series id (``task-ab12cd``,
+    as tables show it) is looked up in the registry."""
+    ref = short_ids.expand(central, "task_ids", "task", ref)
     owner = task_ids.lookup(central, ref)
     if owner is not None:
         session = sessions.get(central, settings, owner[1])

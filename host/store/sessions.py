@@ -14,7 +14,7 @@ from typing import Any
 from host.errors import NclError
 from host.files import private
 from host.settings import Settings
-from host.store import db
+from host.store import db, short_ids
 from host.store.groups import Group
 from schemas import ids
 from schemas.times import to_text
@@ -140,8 +140,16 @@ def list_all(
     return [_from_row(settings, row, base) for row in rows]
 
 
+def active_counts(conn: db.Connection) -> dict[str, int]:
+    """Active sessions per group id (a group with none is absent)."""
+    return {str(group): int(count) for group, count in conn.execute(
+        "SELECT agent_group_id, count(*) FROM sessions WHERE status = 'active' GROUP BY agent_group_id")}
+
+
 def get(conn: db.Connection, settings: Settings, session_id: str) -> Session:
-    row = conn.execute(f"SELECT {_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    """The session by its id, full or short (``sess-ab12cd``)."""
+    row = conn.execute(f"SELECT {_COLUMNS} FROM sessions WHERE id = ?",
+                       (short_ids.expand(conn, "sessions", "sess", session_id),)).fetchone()
     if row is None:
         raise NclError(f"unknown session {session_id!r} (see 'ncl sessions list')")
     return _from_row(settings, row)
