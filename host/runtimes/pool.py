@@ -3,8 +3,6 @@ when a live one counts as stuck (DESIGN §6.7, §8)."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import secrets
@@ -15,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from host.files import confined, private
+from host.files import confined
 from host.runtimes.base import Runtime
 from host.settings import Settings
 from host.store.sessions import Session
@@ -31,7 +29,6 @@ HEARTBEAT_STALE = timedelta(minutes=30)
 START_BACKOFF_S = (0, 0, 10, 30, 120, 300, 900)  # wait before the next start after the 1st, 2nd, … failure
 NOTICE_AFTER = 3
 CLAIM_SILENT = timedelta(seconds=60)
-STATE_FILE = "runners.json"  # in the data dir: the pool as ``ncl status`` shows it, rewritten when it changes
 
 
 @dataclass(frozen=True)
@@ -231,29 +228,6 @@ def runner_env(settings: Settings, session: Session, generation: str, rules: str
                      task_min_interval_s=settings.task_min_interval_s, provider=settings.provider,
                      model=settings.model, log_level=settings.log_level, anthropic_socket=socket,
                      outlives_host="1" if outlives_host else None).to_env()
-
-
-def publish(data_dir: Path, state: dict[str, Any]) -> None:
-    """Write a pool's ``state`` to STATE_FILE whole (a private temporary file renamed over it)."""
-    temporary = f".{STATE_FILE}.{os.getpid()}"
-    folder = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary, dir_fd=folder)
-        with os.fdopen(private.create_file(folder, temporary), "w") as out:
-            json.dump(state, out)
-        os.replace(temporary, STATE_FILE, src_dir_fd=folder, dst_dir_fd=folder)
-    finally:
-        os.close(folder)
-
-
-def published(data_dir: Path) -> dict[str, Any] | None:
-    """The pool state a host last published, or None if there is none that can be read."""
-    try:
-        state = json.loads((data_dir / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return state if isinstance(state, dict) else None
 
 
 def read_heartbeat(folder: Path) -> tuple[str, datetime] | None:
