@@ -12,7 +12,7 @@ from typing import Any
 from host.channels import nudge, registry
 from host.channels.delivery import Deliveries
 from host.project_tasks.fire import ScheduledTasks
-from host.runtimes import pool
+from host.runtimes import published
 from host.runtimes.base import Runtime
 from host.runtimes.pool import Runners
 from host.runtimes.proxy.server import CredentialProxy
@@ -116,7 +116,7 @@ class Host:
         about the host's zone (a command run in another zone warns)."""
         state = {**self.runners.state(), "zone": self.settings.tz.name}
         if state != self._published:
-            pool.publish(self.settings.data_dir, state)
+            published.publish(self.settings.data_dir, state)
             self._published = state
 
     async def _nap(self, seconds: float) -> None:

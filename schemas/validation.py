@@ -1,11 +1,14 @@
 """What every edge says about bad input in the same words: a blank prompt is refused, and a refused value is one
-line ``field: message`` (pydantic's own report spans several lines and names the model, not the mistake)."""
+line ``field: message`` (pydantic's own report spans several lines and names the model, not the mistake).
+
+Pydantic is named for types only: an edge without a model (``ncl chat``'s text) checks without loading it."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 BLANK = "must not be empty or only whitespace"
 

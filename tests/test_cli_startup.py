@@ -3,8 +3,9 @@ PYTHONPROFILEIMPORTTIME), never how long it takes (scripts/bench_cli.py times it
 
 ``ncl --version`` imports neither the settings nor pydantic; ``ncl tasks list`` none of the host loop, runtimes,
 model proxy, HTTP clients, project-task firing or asyncio, nor pydantic (the settings and the rows it reads go
-without; writes validate with it). A top-level import of any of them put back in the
-modules these commands load fails here.
+without; writes validate with it); a one-shot ``ncl chat`` only the client of the CLI socket (its wire format, the
+settings), none of the host's side of it, the store or sqlite3 either. A top-level import of any of them put back in
+the modules these commands load fails here.
 """
 
 from __future__ import annotations
@@ -15,18 +16,20 @@ from pathlib import Path
 
 import click
 import pytest
-from processes import Env
+from processes import Env, Host
 
 from host.cli import COMMANDS, cli
 from host.files.lock import host_lock
-from host.runtimes.pool import publish
+from host.runtimes.published import publish
 
-# What only ``ncl host``, ``doctor``, ``status``, ``image``, ``chat`` or ``scheduled-task`` need (a name and its
-# submodules).
+# What only ``ncl host``, ``doctor``, ``status``, ``image``, the interactive ``chat`` or ``scheduled-task`` need (a
+# name and its submodules).
 HEAVY = ("anthropic", "asyncio", "docker", "httpx", "httpx2", "mcp", "yaml", "host.loop", "host.runtimes.docker",
          "host.runtimes.pool", "host.runtimes.proxy", "host.project_tasks.fire", "host.project_tasks.targets",
          "host.scheduling.sweep")
 SETTINGS = ("pydantic", "pydantic_core", "host.settings", "host.store", "sqlite3")
+# The host's side of the CLI socket, and the interactive chat's status line (it reads the store).
+CHAT_SERVER = ("host.channels.cli", "host.channels.router", "host.channels.nudge", "host.cli.chat_status")
 IMPORTED = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$")
 
 
@@ -73,14 +76,29 @@ def test_tasks_list_imports_nothing_of_the_host_machinery(env: Env) -> None:
 
 
 def test_with_a_host_running_in_another_zone_tasks_list_warns_and_still_imports_nothing_heavy(env: Env) -> None:
-    """The zone check reads the running host's published state, without the runner pool's proxy."""
+    """The zone check reads the running host's published state, without the runner pool."""
     with host_lock(env.data_dir):  # held by this process: to the ncl process, a host is running
         publish(env.data_dir, {"zone": "America/New_York", "runners": [], "waiting": []})
         out, said, modules = imported(env, "tasks", "list")
     assert "standup" in out
     assert len(said) == 1 and "uses TZ=America/New_York, this command TZ=UTC" in said[0]
-    assert "host.runtimes.pool" in modules
-    assert among(modules, tuple(name for name in HEAVY if name != "host.runtimes.pool")) == []
+    assert "host.runtimes.published" in modules
+    assert among(modules, HEAVY) == []
+
+
+@pytest.mark.slow
+def test_a_one_shot_chat_imports_the_socket_client_alone(env: Env) -> None:
+    """A real host answers (mock provider); the ``ncl chat`` process loads the settings and the socket's wire format,
+    nothing of the host's side, the store or pydantic."""
+    host = Host(env, NCL_PROVIDER="mock", NCL_IDLE_TIMEOUT_S="30")
+    try:
+        host.wait_for_action("host_started")
+        out, said, modules = imported(env, "chat", "demo", "hello")
+    finally:
+        host.kill()
+    assert (out, said) == ("mock: hello\n", [])
+    assert {"host.settings", "host.channels.cli_protocol", "host.runtimes.published"} <= modules
+    assert among(modules, HEAVY + CHAT_SERVER + ("pydantic", "dotenv", "host.store", "sqlite3")) == []
 
 
 def test_the_host_command_still_imports_the_loop(env: Env) -> None:

@@ -16,7 +16,7 @@ import pytest
 from kit import FakeClock, RecordingRuntime, World, utc
 
 from host.loop import Host
-from host.runtimes import pool
+from host.runtimes import published as pool_state
 from host.scheduling.sweep import AHEAD, Sweeper
 from host.store.sessions import Session
 from schemas.times import to_text
@@ -139,14 +139,14 @@ async def test_a_host_step_publishes_its_pool_privately_when_it_changes(tmp_path
         host.proxy.shutdown()
         host.sweeper.close()
         host.scheduled.close(stop_running=False)
-    path = world.settings.data_dir / pool.STATE_FILE
+    path = world.settings.data_dir / pool_state.STATE_FILE
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    state = pool.published(world.settings.data_dir)
+    state = pool_state.published(world.settings.data_dir)
     assert state is not None
     [running], [waiting] = state["runners"], state["waiting"]
     assert {running["session_id"], waiting["session_id"]} == {world.session.id, other.id}
     assert (running["idle_since"], waiting["due_since"]) == (None, to_text(T0))
-    assert [p.name for p in world.settings.data_dir.iterdir() if "runners" in p.name] == [pool.STATE_FILE]
+    assert [p.name for p in world.settings.data_dir.iterdir() if "runners" in p.name] == [pool_state.STATE_FILE]
 
 
 def test_status_lists_runners_with_their_state_and_the_waiting_sessions(
@@ -154,7 +154,7 @@ def test_status_lists_runners_with_their_state_and_the_waiting_sessions(
     (cli_env.data_dir / "host.lock").write_text(f"{os.getpid()}\n")
     waiting = ncl("sessions", "create", "--group", "demo", "--json").json()
     idle_since = to_text(T0)
-    pool.publish(cli_env.data_dir, {
+    pool_state.publish(cli_env.data_dir, {
         "runners": [{"session_id": demo_session["id"], "generation": "gen-a", "started_at": idle_since,
                      "idle_since": idle_since}],
         "waiting": [{"session_id": waiting["id"], "due_since": idle_since}]})

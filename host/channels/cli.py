@@ -1,11 +1,6 @@
-"""The ``cli`` and ``toolkit`` channels: newline-delimited JSON over ``data/cli.sock`` (owner-only).
-
-A client sends ``{"op": "send", "group": G, "text": T, "thread": K|null, "channel": "cli"|"toolkit"}``, gets
-``{"ok": true, "session_id", "message_id", "seq"}`` (or ``{"ok": false, "error"}``), then every reply of that
-session as ``{"reply": {"id", "text", "files", "timestamp", "in_reply_to", "in_reply_to_seq", "task", "failed"}}``
-while it stays connected: ``task`` is ``{"id", "prompt"}`` (the series and its prompt) when the reply answers a
-scheduled task, else null; ``failed`` is true when the message it answers failed (the provider could not answer,
-DESIGN §12.3). Replies are pushed by the host's delivery (host.channels.delivery) through ``deliver``.
+"""The ``cli`` and ``toolkit`` channels, the host's side of ``data/cli.sock``: newline-delimited JSON whose lines
+``host.channels.cli_protocol`` defines (and the client, ``ncl chat``, builds and reads with it too). Replies are pushed
+by the host's delivery (host.channels.delivery) through ``deliver``.
 
 Limits of its own, so a flood of the webhook port never starves it: at most ``MAX_CLIENTS`` connections (one more
 gets an error line and is closed), a request line of at most 1 MiB that must arrive whole within
@@ -21,10 +16,11 @@ import json
 import logging
 from collections import defaultdict
 from contextlib import closing
-from pathlib import Path
 from typing import Any
 
+from host.channels import cli_protocol as protocol
 from host.channels import router
+from host.channels.cli_protocol import socket_path
 from host.errors import NclError
 from host.http.listener import Listener, unix_socket
 from host.settings import Settings
@@ -41,12 +37,8 @@ MAX_CLIENTS = 64
 LINE_TIMEOUT_S = 10.0
 MAX_UNREAD = 64 << 20  # replies written to a client but not yet taken by it
 TASK_PROMPT = 40  # characters of a task's prompt a reply to it carries
-BUSY = json.dumps({"ok": False, "error": f"the host is serving {MAX_CLIENTS} CLI connections already; try again"
-                   " shortly"}).encode() + b"\n"
-
-
-def socket_path(settings: Settings) -> Path:
-    return settings.data_dir / "cli.sock"
+BUSY = protocol.encode(protocol.refused(f"the host is serving {MAX_CLIENTS} CLI connections already; try again"
+                                        " shortly"))
 
 
 class CliChannel:
@@ -81,16 +73,14 @@ class CliChannel:
         content = json.loads(reply.content)
         source = _source(session, reply.in_reply_to) if reply_to_seq is not None else None
         failed = source is not None and source.status == "failed"
-        line = json.dumps({"reply": {"id": reply.id, "text": content.get("text", ""),
-                                     "files": content.get("files", []), "timestamp": reply.timestamp,
-                                     "in_reply_to": reply.in_reply_to, "in_reply_to_seq": reply_to_seq,
-                                     "task": _task(source), "failed": failed}})
+        line = protocol.encode(protocol.reply(reply.id, content, reply.timestamp, reply.in_reply_to, reply_to_seq,
+                                              _task(source), failed))
         for writer in list(writers):
             if writer.is_closing() or writer.transport.get_write_buffer_size() > MAX_UNREAD:
                 writers.discard(writer)
                 writer.close()
                 continue
-            writer.write(line.encode() + b"\n")
+            writer.write(line)
         return bool(writers) or None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -98,7 +88,7 @@ class CliChannel:
         try:
             while line := await _next_line(reader):
                 answer = self._handle(line, writer, sessions)
-                writer.write(json.dumps(answer).encode() + b"\n")
+                writer.write(protocol.encode(answer))
                 async with asyncio.timeout(LINE_TIMEOUT_S):
                     await writer.drain()
         except (ConnectionError, asyncio.LimitOverrunError, ValueError, TimeoutError) as exc:
@@ -110,15 +100,15 @@ class CliChannel:
 
     def _handle(self, line: bytes, writer: asyncio.StreamWriter, sessions: set[str]) -> dict[str, Any]:
         try:
-            request = json.loads(line)
-            if not isinstance(request, dict) or request.get("op") != "send":
+            request = protocol.decode(line)
+            if request.get("op") != "send":
                 raise NclError('expected {"op": "send", "group", "text"}')
             session, message_id, seq = self.send(request)
         except (NclError, ValueError) as exc:
-            return {"ok": False, "error": str(exc).splitlines()[0]}
+            return protocol.refused(str(exc).splitlines()[0])
         self.listeners[session.id].add(writer)
         sessions.add(session.id)
-        return {"ok": True, "session_id": session.id, "message_id": message_id, "seq": seq}
+        return protocol.accepted(session.id, message_id, seq)
 
     def send(self, request: dict[str, Any]) -> tuple[Session, str, int]:
         text, group_ref = request.get("text"), request.get("group")

@@ -12,11 +12,11 @@ import click
 from host.errors import NclError
 from host.files import lock
 from host.settings import Settings
-from host.store import db, views
 from schemas.times import TimeFormatError, parse_user_time, truncate_ms
 
 if TYPE_CHECKING:
     from host.scheduling.recurrence import Policy
+    from host.store import db
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,8 @@ class App:
 
     def central(self, write: bool = False) -> db.Connection:
         """The central DB. A read on an install that has none sees an empty one and creates nothing."""
+        from host.store import db, views  # imported here: ``ncl chat`` talks to the host and opens no database
+
         path = self.settings.central_db
         if write:  # db.connect makes the data dir (0700) and central.db (0600) if need be
             return db.connect(path, "central")
@@ -47,7 +49,7 @@ def zone_mismatch(settings: Settings) -> str | None:
     pid = lock.running_pid(settings.data_dir)
     if pid is None:
         return None
-    from host.runtimes.pool import published  # imported here: the pool's module is large, and no host is the norm
+    from host.runtimes.published import published  # imported here: no host is the norm
 
     zone = (published(settings.data_dir) or {}).get("zone")
     if not isinstance(zone, str) or zone == settings.tz.name:

@@ -1,10 +1,14 @@
-"""``ncl chat`` and ``ncl agent invoke``: talk to an agent through the running host's cli socket."""
+"""``ncl chat`` and ``ncl agent invoke``: talk to an agent through the running host's cli socket.
+
+The client side only: the lines of ``host.channels.cli_protocol`` over a plain socket. A one-shot chat imports none
+of the host's channel, asyncio, the store or pydantic (the interactive chat's status line reads the store, and loads
+it when it starts), so it answers in little more than Python's start (issue 14.5, tests/test_cli_startup.py).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import socket
 import sys
 import threading
@@ -15,13 +19,11 @@ from typing import Any
 
 import click
 
-from host.channels.cli import socket_path
+from host.channels import cli_protocol as protocol
 from host.cli.app import App, pass_app
-from host.cli.chat_status import Screen
 from host.cli.output import emit, json_option, local_time
 from host.cli.terminal import say
 from host.errors import NclError
-from host.store import sessions
 from schemas.validation import check_prompt
 
 
@@ -29,7 +31,7 @@ class Connection:
     """One connection to the host's cli socket: send lines, read reply objects."""
 
     def __init__(self, app: App) -> None:
-        path = socket_path(app.settings)
+        path = protocol.socket_path(app.settings)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.sock.connect(str(path))
@@ -38,8 +40,7 @@ class Connection:
         self.file = self.sock.makefile("rb")
 
     def write(self, group: str, text: str, thread: str | None, channel: str = "cli") -> None:
-        request = {"op": "send", "group": group, "text": text, "thread": thread, "channel": channel}
-        self.sock.sendall(json.dumps(request).encode() + b"\n")
+        self.sock.sendall(protocol.encode(protocol.send(group, text, thread, channel)))
 
     def send(self, group: str, text: str, thread: str | None, channel: str = "cli") -> dict[str, Any]:
         """Write a message and wait for the host's answer to it (replies before it are skipped)."""
@@ -55,8 +56,7 @@ class Connection:
         line = self.file.readline()
         if not line:
             raise NclError("the host closed the connection")
-        data: dict[str, Any] = json.loads(line)
-        return data
+        return protocol.decode(line)
 
     def close(self) -> None:
         # Shut the socket down first: a thread blocked reading the file holds its lock, and close() would wait
@@ -126,6 +126,8 @@ def chat(app: App, group: str, text: str | None, thread: str | None, timeout: fl
 
 
 def _interactive(app: App, group: str, thread: str | None) -> None:
+    from host.cli.chat_status import Screen  # reads the store: a one-shot chat goes without it
+
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input())
     conn = Connection(app)
@@ -168,6 +170,8 @@ def _interactive(app: App, group: str, thread: str | None) -> None:
 
 
 def _folder(app: App, session_id: str) -> Path:
+    from host.store import sessions
+
     with closing(app.central()) as central:
         return sessions.get(central, app.settings, session_id).folder
 

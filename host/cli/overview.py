@@ -8,7 +8,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from host.runtimes.pool import published, read_heartbeat
+from host.runtimes.pool import read_heartbeat
+from host.runtimes.published import published
 from host.settings import Settings
 from host.store import db, sessions, views
 from host.store import project_tasks as scheduled
