@@ -35,26 +35,31 @@ NOW = "2030-01-02T04:47:30"  # naive: in TZ (UTC here)
 
 def on_terminal(env: Env, *args: str, width: int = 200, **extra: str) -> str:
     """What ``ncl ARGS`` prints with its stdout on a pseudo-terminal ``width`` columns wide (\\r\\n read as \\n)."""
+    return terminal_run(env, *args, width=width, **extra)[0]
+
+
+def terminal_run(env: Env, *args: str, width: int = 200, **extra: str) -> tuple[str, str]:
+    """``on_terminal``, and what the process wrote on stderr (to a file: a full pipe would stall it)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, width, 0, 0))
     variables = {k: v for k, v in env.vars.items() if k not in ("COLUMNS", "NO_COLOR")}
-    proc = subprocess.Popen([*ncl_command(), *args], cwd=env.root, env={**variables, "TERM": "xterm", **extra},
-                            stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE, text=True)
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the process has closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(master)
-    assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
-    if proc.stderr:
-        proc.stderr.close()
-    return b"".join(chunks).decode().replace("\r\n", "\n")
+    with (env.root / "stderr").open("w+") as stderr:
+        proc = subprocess.Popen([*ncl_command(), *args], cwd=env.root, env={**variables, "TERM": "xterm", **extra},
+                                stdin=subprocess.DEVNULL, stdout=slave, stderr=stderr)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the process has closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(master)
+        assert proc.wait(timeout=120) == 0
+        stderr.seek(0)
+        return b"".join(chunks).decode().replace("\r\n", "\n"), stderr.read()
 
 
 @pytest.fixture
@@ -186,3 +191,17 @@ def test_status_names_the_runners_and_the_work_waiting_for_a_slot(env: Env, sess
     assert header.split() == ["WAITING", "SESSION", "GROUP", "DUE", "SINCE", "WAITING", "FOR"]
     [waiting] = [line for line in lines if line.startswith(ids.short(other["id"]))]
     assert waiting.split()[1:5] == ["ag-demo", "2020-01-01", "00:00:00", "UTC"]
+
+
+def test_rich_is_imported_for_a_terminal_only_and_never_pydantic(env: Env, task: dict[str, Any]) -> None:
+    """Piped (scripts, scripts/bench_cli.py), ``tasks list`` pays nothing for rich; on a terminal it loads rich's
+    table and console, and still not pydantic (``-X importtime`` through PYTHONPROFILEIMPORTTIME, on stderr)."""
+    def modules(stderr: str) -> set[str]:
+        return {line.split("|")[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+    env.vars["PYTHONPROFILEIMPORTTIME"] = "1"
+    piped = modules(env.ncl("tasks", "list").stderr)
+    assert "host.cli.output" in piped and not any(m.startswith("rich") for m in piped)
+    drawn = modules(terminal_run(env, "tasks", "list")[1])
+    assert {"rich.table", "rich.console"} <= drawn
+    assert not any(m == "pydantic" or m.startswith("pydantic.") for m in drawn)
