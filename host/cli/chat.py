@@ -24,19 +24,17 @@ from host.cli.app import App, pass_app
 from host.cli.output import emit, json_option, local_time
 from host.cli.terminal import say
 from host.errors import NclError
+from host.files import lock
 from schemas.validation import check_prompt
+
+STARTING_S = 15.0  # how long a host that holds its lock may take to open its socket (it is starting)
 
 
 class Connection:
     """One connection to the host's cli socket: send lines, read reply objects."""
 
     def __init__(self, app: App) -> None:
-        path = protocol.socket_path(app.settings)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self.sock.connect(str(path))
-        except OSError:
-            raise NclError("the host is not running (start it with 'ncl host run')") from None
+        self.sock = _connect(protocol.socket_path(app.settings), app.settings.data_dir)
         self.file = self.sock.makefile("rb")
 
     def write(self, group: str, text: str, thread: str | None, channel: str = "cli") -> None:
@@ -65,6 +63,29 @@ class Connection:
             self.sock.shutdown(socket.SHUT_RDWR)
         self.file.close()
         self.sock.close()
+
+
+def _connect(path: Path, data_dir: Path) -> socket.socket:
+    """A connection to the host's socket. A host that holds its lock but has not opened the socket yet is starting
+    (``ncl host run &`` and a chat at once): it is waited for, up to STARTING_S, saying so once."""
+    deadline = time.monotonic() + STARTING_S
+    said = False
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(path))
+            return sock
+        except OSError:
+            sock.close()
+        pid = lock.running_pid(data_dir)
+        if pid is None:
+            raise NclError("the host is not running (start it with 'ncl host run')")
+        if time.monotonic() >= deadline:
+            raise NclError(f"the host (pid {pid}) has not opened {path} in {STARTING_S:g} s")
+        if not said:
+            say(f"ncl: waiting for the host (pid {pid}) to open {path}: it is starting", err=True)
+            said = True
+        time.sleep(0.05)
 
 
 def ask(app: App, group: str, text: str, thread: str | None, timeout: float, channel: str) -> dict[str, Any]:
