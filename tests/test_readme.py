@@ -43,7 +43,8 @@ PLACEHOLDERS = {
 NOT_RUN = {
     "scripts/run.sh": "sets up .venv and runs until the chat ends: tests/test_run_script.py runs it in a copy",
     "scripts/test.sh": "sets up .venv and runs this whole suite, this test included",
-    "ncl image build": "needs a Docker engine and several minutes (the base image may be pulled): tests/docker",
+    "ncl image build": "needs a Docker engine and minutes (the base image may be pulled): tests/docker/conftest.py "
+                       "builds with it",
 }
 # Interactive commands: what is typed into them (nothing: Ctrl-D at once) and how their first line starts.
 INTERACTIVE = {"ncl chat support": "chatting with support"}
