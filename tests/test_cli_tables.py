@@ -99,7 +99,7 @@ def test_on_a_terminal_without_columns_the_table_fits_the_terminal(env: Env, tas
 
 
 def test_colours_on_a_terminal_only_and_never_with_no_color(env: Env, task: dict[str, Any]) -> None:
-    assert "\x1b[1mID" in on_terminal(env, "tasks", "list")  # the header is bold
+    assert "\x1b[1mID" in on_terminal(env, "tasks", "list")  # the header is bold (drawn by rich: a folded prompt)
     assert "\x1b" not in on_terminal(env, "tasks", "list", NO_COLOR="1")
     assert "\x1b" not in env.ok("tasks", "list")
 
@@ -193,9 +193,24 @@ def test_status_names_the_runners_and_the_work_waiting_for_a_slot(env: Env, sess
     assert waiting.split()[1:5] == ["ag-demo", "2020-01-01", "00:00:00", "UTC"]
 
 
+def test_a_table_that_fits_the_terminal_is_aligned_without_rich_and_coloured(env: Env, session: dict[str, Any]) -> None:
+    one = json.loads(env.ok("tasks", "add", "--session", session["id"], "--prompt", "one line", "--at",
+                            "2030-01-02T09:00", "--now", NOW, "--json"))
+    env.ok("tasks", "pause", one["id"])
+    shown, stderr = terminal_run(env, "tasks", "list", PYTHONPROFILEIMPORTTIME="1")
+    assert not [line for line in stderr.splitlines() if line.endswith(("| rich", "| rich.table"))]
+    header, row = shown.splitlines()
+    assert header.startswith("\x1b[1mID\x1b[0m" + " " * (len(ids.short(one["id"])) - 2) + "  \x1b[1mGROUP")
+    assert "  \x1b[33mpaused\x1b[0m " in row  # the padding after a word stays plain
+    assert ESCAPE.sub("", row).split()[:4] == [ids.short(one["id"]), "ag-demo", ids.short(session["id"]), "paused"]
+    plain = on_terminal(env, "tasks", "list", NO_COLOR="1").splitlines()
+    assert plain == [ESCAPE.sub("", header), ESCAPE.sub("", row)]  # the same table, without escape codes
+
+
 def test_rich_is_imported_for_a_terminal_only_and_never_pydantic(env: Env, task: dict[str, Any]) -> None:
-    """Piped (scripts, scripts/bench_cli.py), ``tasks list`` pays nothing for rich; on a terminal it loads rich's
-    table and console, and still not pydantic (``-X importtime`` through PYTHONPROFILEIMPORTTIME, on stderr)."""
+    """Piped (scripts, scripts/bench_cli.py), ``tasks list`` pays nothing for rich; on a terminal, for a table to
+    fold (a multi-line prompt here), it loads rich's table and console, and still not pydantic (``-X importtime``
+    through PYTHONPROFILEIMPORTTIME, on stderr)."""
     def modules(stderr: str) -> set[str]:
         return {line.split("|")[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
 

@@ -79,35 +79,55 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], em
     if not rows:
         click.echo(empty)
         return
+    headers = [header for _, header in columns]
+    texts = [[_text(row.get(key)) for key, _ in columns] for row in rows]
+    cells = [[cell(text) for text in line] for line in texts]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
     width = terminal.width()
     if width is None:
-        _plain(rows, columns)
+        _aligned(headers, cells, widths, styled=False)
+    elif sum(widths) + 2 * (len(widths) - 1) <= width and not any("\n" in text for line in texts for text in line):
+        _aligned(headers, cells, widths, styled=not terminal.no_color())
     else:
-        _fitted(rows, columns, width)
+        _fitted([key for key, _ in columns], headers, texts, width)
 
 
-def _plain(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> None:
-    cells = [[cell(_text(row.get(key))) for key, _ in columns] for row in rows]
-    headers = [header for _, header in columns]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    for line in [headers, *cells]:
-        click.echo("  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True)).rstrip())
+def _aligned(headers: list[str], cells: list[list[str]], widths: list[int], styled: bool) -> None:
+    """One line a row, columns two spaces apart: piped, or on a terminal wide enough (rich renders about 0.1 ms a
+    cell, so a table that fits is printed without it). ``styled``: the header bold and ``STYLES`` words coloured,
+    written under ``VisibleStream`` (the cells were made visible already)."""
+    for number, line in enumerate([headers, *cells]):
+        text = "  ".join(_padded(value, width, _style(value, number == 0) if styled else None)
+                         for value, width in zip(line, widths, strict=True)).rstrip()
+        if styled:
+            click.echo(text, file=terminal.underneath(sys.stdout), color=True)
+        else:
+            click.echo(text)
 
 
-def _fitted(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], width: int) -> None:
-    """The table drawn by rich within ``width``. Every text is made visible first: rich writes to the stream under
-    ``VisibleStream`` (its colour codes would be escaped there), and takes ``Text``, never markup."""
+def _style(value: str, header: bool) -> dict[str, Any] | None:
+    return {"bold": True} if header else {"fg": STYLES[value]} if value in STYLES else None
+
+
+def _padded(value: str, width: int, style: dict[str, Any] | None) -> str:
+    """``value`` padded to ``width``, in ``style`` (``click.style``'s arguments) if any; the padding stays plain."""
+    return value.ljust(width) if style is None else click.style(value, **style) + " " * (width - len(value))
+
+
+def _fitted(keys: list[str], headers: list[str], texts: list[list[str]], width: int) -> None:
+    """The table drawn by rich within ``width``, for one too wide or with a multi-line text. Every text is made
+    visible first: rich writes to the stream under ``VisibleStream`` (its colour codes would be escaped there), and
+    takes ``Text``, never markup."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     drawn = Table(box=None, pad_edge=False, padding=(0, 1), header_style="" if terminal.no_color() else "bold")
-    for key, header in columns:
+    for key, header in zip(keys, headers, strict=True):
         whole = key == "id" or key.endswith("_id")
         drawn.add_column(header, no_wrap=whole, overflow="ellipsis" if whole else "fold")
-    for row in rows:
-        texts = [visible(_text(row.get(key))) for key, _ in columns]
-        drawn.add_row(*(Text(text, style=STYLES.get(text, "")) for text in texts))
+    for line in texts:
+        drawn.add_row(*(Text(visible(text), style=STYLES.get(text, "")) for text in line))
     Console(file=terminal.underneath(sys.stdout), width=width, color_system=None if terminal.no_color() else "standard",
             force_terminal=True, highlight=False, markup=False, emoji=False, legacy_windows=False).print(drawn)
 
