@@ -14,9 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import click
-
-from host.cli.terminal import cell, visible
+from host.cli.terminal import cell, paint
 from host.store import db, inbox, outbox
 from schemas import clock
 from schemas.rows import InMessage, ModelWait
@@ -93,7 +91,7 @@ class Screen:
         """Print ``text`` above the prompt (the \\r is ours: back over the "> "; the text's own control characters
         are shown), in place of the status line if one is shown."""
         with self.lock:
-            click.echo((CLEAR_LINE + UP + CLEAR_LINE if self.status else "\r") + visible(text) + "\n> ", nl=False)
+            paint(text, CLEAR_LINE + UP + CLEAR_LINE if self.status else "\r", "\n> ")
             self.status = ""
 
     def watch(self, stop: threading.Event) -> None:
@@ -126,9 +124,9 @@ class Screen:
             if text == self.status:
                 return
             if not self.status:  # a new line above the prompt
-                click.echo(CLEAR_LINE + text + "\n> " + _line_buffer(), nl=False)
+                paint(text, CLEAR_LINE, "\n> " + _line_buffer())
             elif text:  # the status line, rewritten where it is (the cursor saved and restored)
-                click.echo("\x1b7" + UP + CLEAR_LINE + text + "\x1b8", nl=False)
+                paint(text, "\x1b7" + UP + CLEAR_LINE, "\x1b8")
             else:  # gone: the prompt line moves up into its place
-                click.echo(CLEAR_LINE + UP + CLEAR_LINE + "> " + _line_buffer(), nl=False)
+                paint("", CLEAR_LINE + UP + CLEAR_LINE, "> " + _line_buffer())
             self.status = text

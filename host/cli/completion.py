@@ -7,6 +7,8 @@ from __future__ import annotations
 import click
 from click.shell_completion import get_completion_class
 
+from host.cli.terminal import say
+
 SHELLS = ("bash", "zsh", "fish")
 COMPLETE_VAR = "_NCL_COMPLETE"  # what click.Command.main looks for, named after the program
 
@@ -25,4 +27,4 @@ def completion(shell: str) -> None:
 
     completer = get_completion_class(shell)
     assert completer is not None  # click ships one for each of SHELLS
-    click.echo(completer(cli, {}, "ncl", COMPLETE_VAR).source(), nl=False)
+    say(completer(cli, {}, "ncl", COMPLETE_VAR).source(), nl=False)  # our own script: nothing in it to escape

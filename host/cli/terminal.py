@@ -56,6 +56,12 @@ def say(text: str = "", err: bool = False, nl: bool = True) -> None:
     click.echo(visible(text), err=err, nl=nl)
 
 
+def paint(text: str, before: str = "", after: str = "") -> None:
+    """``say`` for a line redrawn in place: ``before`` and ``after`` are our own cursor moves and prompt (the chat's
+    status line), ``text`` is shown as ``say`` shows it; no newline of its own."""
+    click.echo(before + visible(text) + after, nl=False)
+
+
 def width() -> int | None:
     """The width a table fits: ``COLUMNS``, else the terminal's; None when stdout is no terminal (piped output is
     never cut nor folded, whatever ``COLUMNS`` says)."""
