@@ -121,6 +121,9 @@ def test_wide_and_json_show_ids_and_prompts_in_full(env: Env, task: dict[str, An
     assert row.endswith("first: the standup\\nsecond line")
     [item] = json.loads(env.ok("tasks", "list", "--json"))["tasks"]
     assert (item["id"], item["session_id"], item["prompt"]) == (task["id"], task["session_id"], PROMPT)
+    env.ok("tasks", "update", task["id"], "--prompt", "x" * 39 + "yz")
+    assert env.ok("tasks", "list").splitlines()[1].endswith(" " + "x" * 39 + "…")  # 40 characters at most
+    assert env.ok("tasks", "list", "--wide").splitlines()[1].endswith(" " + "x" * 39 + "yz")
 
 
 def test_left_counts_down_to_the_next_run_then_says_overdue(env: Env, task: dict[str, Any]) -> None:
