@@ -1,13 +1,16 @@
 """No accidental duplicates (issue 16.5): an agent's ``schedule_task`` that repeats a live series of its session (the
 same prompt, recurrence and script; a one-off also at the same time) answers with the existing series' id and a note,
-and asks the host for nothing; whether the series was applied by the host or only requested earlier in this turn."""
+and asks the host for nothing; whether the series was applied by the host or only requested earlier in this turn.
+An operator's ``ncl tasks add`` of such a series is refused in one line naming it, unless ``--force``."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from kit import World
+from processes import Env
 
 from agent_runner.config import RunnerConfig
 from agent_runner.store import Store
@@ -83,3 +86,22 @@ def test_a_paused_duplicate_says_it_is_paused(tools: Tools, world: World) -> Non
     assert tools.call("schedule_task", {"prompt": "standup", "recurrence": "0 9 * * 1-5"}).endswith(
         f"(id: {task}): a live task of this conversation has the same prompt, recurrence and script; nothing new was "
         "scheduled (it is paused: resume_task resumes it)")
+
+
+def test_the_operators_duplicate_is_refused_unless_forced(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    env.ok("groups", "create", "demo", "--channel", "cli")
+    session = json.loads(env.ok("sessions", "create", "--group", "demo", "--json"))["id"]
+    add = ("tasks", "add", "--session", session, "--prompt", "standup", "--recurrence", "0 9 * * 1-5", "--json")
+    first = json.loads(env.ok(*add))["id"]
+    refused = env.ncl(*add)
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr == (f"ncl: task {first} in this session already has this prompt, recurrence and "
+                              "script (--force adds another)\n")
+    assert json.loads(env.ok(*add, "--force"))["id"] != first
+    env.ok("tasks", "add", "--session", session, "--prompt", "standup", "--at", "2030-01-01T09:00:00")
+    env.ok("tasks", "add", "--session", session, "--prompt", "standup", "--at", "2030-01-02T09:00:00")  # another day
+    assert env.ncl("tasks", "add", "--session", session, "--prompt", "standup", "--at",
+                   "2030-01-01T09:00:00").returncode == 1
+    env.ok("tasks", "cancel", first)
+    assert len(json.loads(env.ok("tasks", "list", "--json"))["tasks"]) == 3  # the forced one and the two one-offs

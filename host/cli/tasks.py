@@ -206,7 +206,8 @@ def run_now(app: App, task_id: str, now: datetime | None, as_json: bool) -> None
 @click.option("--at", "at", help="First run, ISO 8601 (naive = TZ); default the first cron slot, or now.")
 @click.option("--script", help="Gate script run before the agent (bash; last line JSON {\"wakeAgent\": …}).")
 @click.option("--context-mode", type=click.Choice(["group", "isolated"]), default="group", show_default=True)
-@click.option("--force", is_flag=True, help="Allow runs closer than NCL_TASK_MIN_INTERVAL_S.")
+@click.option("--force", is_flag=True, help="Allow runs closer than NCL_TASK_MIN_INTERVAL_S, and a task the "
+              "session already has live (same prompt, recurrence and script).")
 @now_option
 @json_option
 @pass_app
@@ -225,7 +226,8 @@ def add(app: App, session_id: str, prompt: str, recurrence: str | None, at: str 
         with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
             # Operators keep to NCL_MAX_TASKS_PER_SESSION too: the cap bounds the sweep's work, whoever asks.
             task_id = tasks.schedule(conn, moment, policy(app), ids.new_id("task", moment), prompt, after, recurrence,
-                                     script, context_mode, enforce_interval=not force, registry=registry)
+                                     script, context_mode, enforce_interval=not force, registry=registry,
+                                     duplicate_ok=force)
     nudge.touch(app.settings)
     item = task_list.summary(session, task_id)
     emit(as_json, item.to_json(), lambda: click.echo(

@@ -41,10 +41,12 @@ def _series(conn: db.Connection, ref: str) -> str:
 def schedule(conn: db.Connection, now: datetime, policy: Policy, task_id: str, prompt: str,
              process_after: str | None = None, recurrence_expr: str | None = None, script: str | None = None,
              context_mode: str = "group", routing: dict[str, Any] | None = None,
-             enforce_interval: bool = True, registry: TaskIds | None = None, fresh_if_used: bool = False) -> str:
+             enforce_interval: bool = True, registry: TaskIds | None = None, fresh_if_used: bool = False,
+             duplicate_ok: bool = True) -> str:
     """Insert a new series; its first run is ``process_after`` or the first cron slot after now. Returns the stored
     id: with ``fresh_if_used`` (a runner's choice) an id used anywhere is replaced by a fresh one, else refused.
-    The id is registered install-wide (``registry``) before the row is written."""
+    The id is registered install-wide (``registry``) before the row is written. Unless ``duplicate_ok``, a series
+    repeating a live one (``task_series.same_live``) is refused (an operator's; an agent's tool checks itself)."""
     from schemas.messages import TaskContent  # pydantic: with the first write, so ``ncl tasks list`` goes without
 
     expr = cron.validate(recurrence_expr) if recurrence_expr else None
@@ -54,6 +56,9 @@ def schedule(conn: db.Connection, now: datetime, policy: Policy, task_id: str, p
         if expr and enforce_interval:
             check_interval(expr, now, policy)
         first = process_after or (to_text(cron.next_after(expr, now, policy.zone)) if expr else None)
+        if not duplicate_ok and (same := task_series.same_live(conn, prompt, expr, script, first)):
+            raise NclError(f"task {same} in this session already has this prompt, {'recurrence' if expr else 'time'}"
+                           " and script (--force adds another)")
         # The registry's insert is its own check: an id held anywhere in the install is not inserted again.
         while _used(conn, task_id) or (registry is not None and not registry.register(task_id)):
             if not fresh_if_used:

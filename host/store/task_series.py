@@ -63,6 +63,17 @@ def live_count(conn: db.Connection) -> int:
     return int(count)
 
 
+def same_live(conn: db.Connection, prompt: str, recurrence: str | None, script: str | None,
+              process_after: str | None) -> str | None:
+    """A live series with this prompt, recurrence and script (a one-off: also due at ``process_after``), if any."""
+    row = conn.execute(
+        f"SELECT series_id FROM messages_in WHERE kind = 'task' AND status IN {LIVE}"
+        " AND json_extract(content, '$.prompt') = ? AND recurrence IS ? AND COALESCE(json_extract(content, '$.script'),"
+        " '') = ? AND (recurrence IS NOT NULL OR process_after IS ?) LIMIT 1",
+        (prompt, recurrence, script or "", process_after)).fetchone()
+    return None if row is None else str(row[0])
+
+
 def occurrences(conn: db.Connection, series_id: str) -> list[InMessage]:
     return rows(conn, "SELECT * FROM messages_in WHERE series_id = ? ORDER BY seq", (series_id,))
 
