@@ -6,9 +6,10 @@ line sent on the host's CLI socket to the reply arriving back on that socket.
 - ``warm``: N messages one after another on one connection to one session, whose runner is already running.
 - ``oneshot``: N real ``ncl chat chat TEXT`` processes one after another, to the same session with its runner
   already up: wall time of the whole process (start, imports, settings, the round trip, the reply printed), what a
-  user waits for (issue 14.5: under 150 ms). With ``--against DIR`` (another checkout, e.g. the commit before a
-  change: ``git archive COMMIT | tar -x -C DIR``), that checkout's ``ncl chat`` runs alternate with this one's against
-  the same host: ``oneshot_against``, before and after interleaved on the same load.
+  user waits for (issue 14.5: under 150 ms), and ``cpu_ms``, the CPU time (user + system) of those processes, which
+  a loaded machine changes far less than their wall time. With ``--against DIR`` (another checkout, e.g. the commit
+  before a change: ``git archive COMMIT | tar -x -C DIR``), that checkout's ``ncl chat`` runs alternate with this
+  one's against the same host: ``oneshot_against``, before and after interleaved on the same load.
 - ``cold``: N messages each sent once the runner has exited (idle): a host with no runner alive wakes, starts one,
   and answers, as for the first message after a pause.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import socket
 import statistics
 import subprocess
@@ -78,16 +80,22 @@ def _cold_ms(chat: Chat, n: int) -> float:
     return chat.round_trip_ms("chat", f"hello again {n}", None)
 
 
-def _oneshot_ms(root: Path, n: int, sources: Path = SOURCES) -> float:
-    """One ``ncl chat`` process of the checkout ``sources``, from its start to its exit, in ms."""
+def _oneshot_ms(root: Path, n: int, sources: Path = SOURCES) -> tuple[float, float]:
+    """One ``ncl chat`` process of the checkout ``sources``: ms from its start to its exit, and ms of CPU it used."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run([*NCL, "chat", "chat", f"once {n}"], cwd=root,
                           env=host_env(root / "data", PYTHONPATH=str(sources)), capture_output=True, text=True,
                           check=False)
     elapsed = (time.perf_counter() - started) * 1000
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0 or not done.stdout.strip():
         raise RuntimeError(f"ncl chat failed ({done.returncode}): {done.stderr.strip()}")
-    return elapsed
+    return elapsed, (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000
+
+
+def _oneshot_stats(runs: list[tuple[float, float]]) -> dict[str, Any]:
+    return {**_stats([wall for wall, _ in runs]), "cpu_ms": round(statistics.median(cpu for _, cpu in runs), 1)}
 
 
 def bench(rounds: int, oneshot: int, against: Path | None, cold: int) -> dict[str, Any]:
@@ -104,8 +112,8 @@ def bench(rounds: int, oneshot: int, against: Path | None, cold: int) -> dict[st
                 log(f"chat: first message (runner start), {rounds} warm, {oneshot} one-shot, {cold} cold …")
                 first = chat.round_trip_ms("chat", "hello", None)
                 warm = [chat.round_trip_ms("chat", f"ping {n}", None) for n in range(rounds)]
-                once: list[float] = []
-                other: list[float] = []
+                once: list[tuple[float, float]] = []
+                other: list[tuple[float, float]] = []
                 for n in range(oneshot):  # one after another, each well within the runner's idle timeout
                     once.append(_oneshot_ms(root, n))
                     if against:
@@ -115,8 +123,8 @@ def bench(rounds: int, oneshot: int, against: Path | None, cold: int) -> dict[st
                 chat.close()
         finally:
             host.stop()
-    return {"first_ms": round(first, 1), "warm": _stats(warm), "oneshot": _stats(once) if once else {},
-            **({"oneshot_against": {"checkout": str(against), **_stats(other)}} if other else {}),
+    return {"first_ms": round(first, 1), "warm": _stats(warm), "oneshot": _oneshot_stats(once) if once else {},
+            **({"oneshot_against": {"checkout": str(against), **_oneshot_stats(other)}} if other else {}),
             "cold": _stats(fresh) if fresh else {}}
 
 
