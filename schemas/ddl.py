@@ -206,6 +206,12 @@ CREATE TABLE session_index(
 ) WITHOUT ROWID;
 """
 
+# v6 (issue 16.3): admin groups, marked by the operator (``ncl groups create|update --admin``): their agents' task
+# tools may act on any group's tasks. Decided from this column only, never from anything a runner writes.
+_CENTRAL_V6 = """
+ALTER TABLE agent_groups ADD COLUMN admin INTEGER NOT NULL DEFAULT 0 CHECK (admin IN (0, 1));
+"""
+
 _OUTBOUND_V1 = f"""
 CREATE TABLE messages_out(
   id TEXT PRIMARY KEY,
@@ -258,7 +264,7 @@ CREATE INDEX messages_out_kind_seq ON messages_out(kind, seq);
 """
 
 MIGRATIONS: dict[DbKind, tuple[str, ...]] = {
-    "central": (_CENTRAL_V1, _CENTRAL_V2, _CENTRAL_V3, _CENTRAL_V4, _CENTRAL_V5),
+    "central": (_CENTRAL_V1, _CENTRAL_V2, _CENTRAL_V3, _CENTRAL_V4, _CENTRAL_V5, _CENTRAL_V6),
     "inbound": (_INBOUND_V1, _INBOUND_V2, _INBOUND_V3, _INBOUND_V4),
     "outbound": (_OUTBOUND_V1, _OUTBOUND_V2, _OUTBOUND_V3),
 }

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 Ncl = Callable[..., "Result"]
 
 GROUP_KEYS = {"id", "name", "channels", "session_mode", "provider", "model", "created_at", "allow_server_tools",
-              "active_sessions"}  # active_sessions: issue 15.5
+              "active_sessions", "admin"}  # active_sessions: issue 15.5; admin: issue 16.3
 
 
 def ok(result: Result) -> Result:

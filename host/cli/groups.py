@@ -17,6 +17,10 @@ COLUMNS = [("id", "ID"), ("name", "NAME"), ("channels", "CHANNELS"), ("session_m
            ("active_sessions", "SESSIONS"), ("provider", "PROVIDER"), ("model", "MODEL"), ("created", "CREATED")]
 
 
+ADMIN_HELP = ("An admin group: its agents' task tools may list, schedule and control the tasks of every group "
+              "(the tools' 'group' argument); off by default.")
+
+
 @click.group("groups")
 def group_cli() -> None:
     """Agent groups: one agent each, with its rules, files and channels."""
@@ -40,20 +44,22 @@ def _rules(value: str) -> str:
               help="shared: one session per channel address; per-thread: one per thread key.")
 @click.option("--provider", type=click.Choice(groups.PROVIDERS), help="Model provider (default NCL_PROVIDER).")
 @click.option("--model", help="Model name (default NCL_MODEL).")
+@click.option("--admin", is_flag=True, help=ADMIN_HELP)
 @json_option
 @pass_app
 def create(app: App, name: str, channels: tuple[str, ...], rules: str, session_mode: str,
-           provider: str | None, model: str | None, as_json: bool) -> None:
+           provider: str | None, model: str | None, admin: bool, as_json: bool) -> None:
     """Create the agent group NAME. Webhook tokens are shown once, here."""
     with closing(app.central(write=True)) as conn:
         group, tokens = groups.create(conn, app.settings, app.now(), name, list(channels), _rules(rules),
-                                      session_mode, provider, model)
+                                      session_mode, provider, model, admin)
     data = {**group.to_json(), "active_sessions": 0}  # the list item, as every single object (DESIGN §10)
     if tokens:
         data["webhook_tokens"] = tokens
 
     def human() -> None:
-        click.echo(f"created group {group.name} ({group.id}); files in {groups.folder(app.settings, group.id)}")
+        click.echo(f"created {'admin ' * group.admin}group {group.name} ({group.id}); files in "
+                   f"{groups.folder(app.settings, group.id)}")
         for channel, token in tokens.items():
             click.echo(f"webhook:{channel} token (shown once): {token}")
 
@@ -81,18 +87,20 @@ def token(app: App, group: str, channel: str, rotate: bool, as_json: bool) -> No
 @click.option("--allow-server-tools/--no-allow-server-tools", default=None,
               help="Let the model API reach the network for this agent (web search/fetch, MCP connector, code "
                    "execution); refused by default.")
+@click.option("--admin/--no-admin", default=None, help=ADMIN_HELP)
 @json_option
 @pass_app
 def update(app: App, group: str, rules: str | None, provider: str | None, model: str | None,
-           allow_server_tools: bool | None, as_json: bool) -> None:
-    """Change a group's rules, provider, model or server-tool permission; runners see it at their next start."""
+           allow_server_tools: bool | None, admin: bool | None, as_json: bool) -> None:
+    """Change a group's rules, provider, model, server-tool permission or admin mark; runners see the first three
+    at their next start, the host checks the admin mark at each request."""
     with closing(app.central(write=True)) as conn:
         found = groups.update(conn, groups.get(conn, group), rules=None if rules is None else _rules(rules),
-                              provider=provider, model=model, allow_server_tools=allow_server_tools)
+                              provider=provider, model=model, allow_server_tools=allow_server_tools, admin=admin)
         count = sessions.active_counts(conn).get(found.id, 0)
     emit(as_json, {**found.to_json(), "active_sessions": count}, lambda: click.echo(
         f"updated group {found.name}: provider {found.provider or 'default'}, model {found.model or 'default'}, "
-        f"server tools {'allowed' if found.allow_server_tools else 'refused'}"))
+        f"server tools {'allowed' if found.allow_server_tools else 'refused'}, admin {'yes' if found.admin else 'no'}"))
 
 
 @group_cli.command("list")
@@ -105,10 +113,12 @@ def list_(app: App, as_json: bool) -> None:
         counts = sessions.active_counts(conn)
     zone = app.settings.tz.zone
     listed = [{**g.to_json(), "active_sessions": counts.get(g.id, 0)} for g in found]
+    # ADMIN only when a group is one, as most installs have none (the JSON always says).
+    columns = [*COLUMNS[:4], ("admin", "ADMIN"), *COLUMNS[4:]] if any(g.admin for g in found) else COLUMNS
     emit(as_json, {"groups": listed}, lambda: table(
         [{**g, "provider": g["provider"] or "default", "model": g["model"] or "default",
           "created": local_time(g["created_at"], zone)} for g in listed],
-        COLUMNS, "no groups (create one with 'ncl groups create NAME --channel cli')"))
+        columns, "no groups (create one with 'ncl groups create NAME --channel cli')"))
 
 
 @group_cli.command("show")
@@ -126,7 +136,8 @@ def show(app: App, group: str, as_json: bool) -> None:
         {**data, "created_at": local_time(found.created_at, app.settings.tz.zone)},
         [("id", "id"), ("name", "name"), ("channels", "channels"), ("session_mode", "session mode"),
          ("provider", "provider"), ("model", "model"), ("created_at", "created"),
-         ("allow_server_tools", "server tools"), ("active_sessions", "active sessions"), ("folder", "folder"),
+         ("allow_server_tools", "server tools"), ("admin", "admin"), ("active_sessions", "active sessions"),
+         ("folder", "folder"),
          ("rules", "rules")]))
 
 

@@ -32,6 +32,7 @@ class Group:
     model: str | None
     created_at: str
     allow_server_tools: bool = False  # may the model API reach the network for it (host/runtimes/proxy/policy.py)
+    admin: bool = False  # may its agents act on every group's tasks (host/scheduling/cross_group.py)
     rules: str = field(default="", repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -63,6 +64,7 @@ def create(
     session_mode: str = "shared",
     provider: str | None = None,
     model: str | None = None,
+    admin: bool = False,
 ) -> tuple[Group, dict[str, str]]:
     """Create a group and wire its channels. Returns it and the webhook tokens, shown only now."""
     try:
@@ -80,9 +82,9 @@ def create(
         if conn.execute("SELECT 1 FROM agent_groups WHERE id = ?", (group_id,)).fetchone():
             raise NclError(f"group {name!r} already exists ({group_id})")
         conn.execute(
-            "INSERT INTO agent_groups(id, name, rules, session_mode, provider, model, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (group_id, name, rules, session_mode, provider, model, created),
+            "INSERT INTO agent_groups(id, name, rules, session_mode, provider, model, created_at, admin)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (group_id, name, rules, session_mode, provider, model, created, int(admin)),
         )
         for position, channel in enumerate(wanted):
             owner = conn.execute(
@@ -141,6 +143,7 @@ def _from_row(conn: Connection, row: sqlite3.Row) -> Group:
         model=row["model"],
         created_at=row["created_at"],
         allow_server_tools=bool(row["allow_server_tools"]),
+        admin=bool(row["admin"]),
         rules=row["rules"],
     )
 
@@ -161,15 +164,16 @@ def get(conn: Connection, ref: str) -> Group:
 
 
 def update(conn: Connection, group: Group, *, rules: str | None = None, provider: str | None = None,
-           model: str | None = None, allow_server_tools: bool | None = None) -> Group:
+           model: str | None = None, allow_server_tools: bool | None = None, admin: bool | None = None) -> Group:
     """Change the given fields (None: keep); running sessions see them at their runner's next start."""
     if provider is not None and provider not in PROVIDERS:
         raise NclError(f"invalid provider {provider!r}: use {' or '.join(PROVIDERS)}")
-    changes = {"rules": rules, "provider": provider, "model": model, "allow_server_tools": allow_server_tools}
+    changes = {"rules": rules, "provider": provider, "model": model, "allow_server_tools": allow_server_tools,
+               "admin": admin}
     wanted = {name: value for name, value in changes.items() if value is not None}
     if not wanted:
-        raise NclError("nothing to update: give --rules, --provider, --model or --allow-server-tools/"
-                       "--no-allow-server-tools")
+        raise NclError("nothing to update: give --rules, --provider, --model, --allow-server-tools/"
+                       "--no-allow-server-tools or --admin/--no-admin")
     with transaction(conn):
         conn.execute(f"UPDATE agent_groups SET {', '.join(f'{name} = :{name}' for name in wanted)} WHERE id = :id",
                      {**wanted, "id": group.id})
@@ -178,6 +182,12 @@ def update(conn: Connection, group: Group, *, rules: str | None = None, provider
 
 def allows_server_tools(conn: Connection, group_id: str) -> bool:
     row = conn.execute("SELECT allow_server_tools FROM agent_groups WHERE id = ?", (group_id,)).fetchone()
+    return bool(row and row[0])
+
+
+def is_admin(conn: Connection, group_id: str) -> bool:
+    """Whether the operator marked the group admin (``--admin``); a group that is gone is not."""
+    row = conn.execute("SELECT admin FROM agent_groups WHERE id = ?", (group_id,)).fetchone()
     return bool(row and row[0])
 
 
