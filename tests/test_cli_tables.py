@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import pty
 import re
@@ -19,11 +20,13 @@ import termios
 from contextlib import closing
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from processes import Env, ncl_command
 
 from host.cli.output import span
+from host.files import logs
 from host.files.lock import host_lock
 from host.runtimes.published import publish
 from schemas import ids
@@ -235,3 +238,14 @@ def test_on_a_terminal_agent_text_is_shown_inert(env: Env, session: dict[str, An
     assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
     assert "\\x1b]52;c;aGk=\\x07[bold]x[/bold] \\u202e" in shown
     assert "\\n" not in shown  # a line break is a line of its cell
+
+
+def test_logs_takes_short_session_and_task_ids(env: Env, task: dict[str, Any]) -> None:
+    formatter = logs.formatter("text", ZoneInfo("UTC"))
+    lines = [logging.makeLogRecord({"name": "host.test", "msg": f"line {n}", "levelno": logging.INFO,
+                                    "levelname": "INFO", **extra})
+             for n, extra in enumerate([{"session": task["session_id"]}, {"task": task["id"]}, {}])]
+    (env.data_dir / "host.log").write_text("".join(formatter.format(line) + "\n" for line in lines))
+    for option, full in (("--session", task["session_id"]), ("--task", task["id"])):
+        found = [json.loads(line) for line in env.ok("logs", "--json", option, ids.short(full)).splitlines()]
+        assert [record["message"] for record in found] == ["line 0" if option == "--session" else "line 1"]

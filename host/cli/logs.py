@@ -11,6 +11,7 @@ import os
 import re
 import select
 from collections.abc import Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +24,7 @@ from host.cli.output import json_option
 from host.cli.terminal import say
 from host.errors import NclError
 from host.files import logs as log_files
+from schemas import ids
 from schemas.inotify import IN_MODIFY, Inotify
 from schemas.times import TimeFormatError, parse_user_time, to_text
 
@@ -147,6 +149,16 @@ def _watch(data_dir: Path) -> Inotify | None:
     return watch
 
 
+def _full(app: App, ref: str | None, table: str, prefix: str) -> str | None:
+    """A short id, as tables show it (``sess-ab12cd``), as the full one log lines name; anything else as it is."""
+    if ref is None or ids.short_pattern(ref, prefix) is None:
+        return ref
+    from host.store import short_ids  # imported here: reading the log needs no database otherwise
+
+    with closing(app.central()) as central:
+        return short_ids.expand(central, table, prefix, ref)
+
+
 @click.command("logs")
 @click.option("-f", "--follow", is_flag=True, help="Go on printing lines as the host writes them (Ctrl-C stops).")
 @click.option("--session", "session_id", metavar="ID", help="Only lines about this session.")
@@ -165,7 +177,8 @@ def logs(app: App, follow: bool, session_id: str | None, task_id: str | None, si
     task, …)."""
     data_dir = app.settings.data_dir
     start = since(since_text, app.now(), app) if since_text else None
-    wanted = Wanted(session_id, task_id, to_text(start) if start else None)
+    wanted = Wanted(_full(app, session_id, "sessions", "sess"), _full(app, task_id, "task_ids", "task"),
+                    to_text(start) if start else None)
     if last is None and follow and start is None:
         last = FOLLOWED_LINES
     tail = Tail(data_dir / log_files.FILE)
