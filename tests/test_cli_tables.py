@@ -249,3 +249,16 @@ def test_logs_takes_short_session_and_task_ids(env: Env, task: dict[str, Any]) -
     for option, full in (("--session", task["session_id"]), ("--task", task["id"])):
         found = [json.loads(line) for line in env.ok("logs", "--json", option, ids.short(full)).splitlines()]
         assert [record["message"] for record in found] == ["line 0" if option == "--session" else "line 1"]
+
+
+def test_a_short_session_id_naming_two_is_refused_in_one_line(env: Env, session: dict[str, Any]) -> None:
+    short = ids.short(session["id"])
+    twin = "sess-1000000000000-" + short.removeprefix("sess-")
+    with closing(sqlite3.connect(env.data_dir / "central.db")) as central, central:
+        central.execute("INSERT INTO sessions(id, agent_group_id, created_at, last_active_at)"
+                        " VALUES (?, 'ag-demo', ?, ?)", (twin, session["created_at"], session["created_at"]))
+    for args in (("sessions", "show", short), ("tasks", "list", "--session", short),
+                 ("messages", "list", "--session", short)):
+        done = env.ncl(*args)
+        assert done.returncode == 1 and done.stderr.count("\n") == 1, args
+        assert f"'{short}' is short for 2 ids ({twin}, {session['id']}); give the full one" in done.stderr
