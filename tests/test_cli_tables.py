@@ -187,12 +187,14 @@ def test_status_names_the_runners_and_the_work_waiting_for_a_slot(env: Env, sess
     other = json.loads(env.ok("sessions", "create", "--group", "demo", "--thread", "t2", "--json"))
     with host_lock(env.data_dir):  # held by this process: to ncl, a host is running
         publish(env.data_dir, {"zone": "UTC", "runners": [
-            {"session_id": session["id"], "generation": 1, "idle_since": "2020-01-01T00:00:00.000Z"}],
+            {"session_id": session["id"], "generation": 1, "started_at": "2019-12-31T23:00:00.000Z",
+             "idle_since": "2020-01-01T00:00:00.000Z"}],
             "waiting": [{"session_id": other["id"], "due_since": "2020-01-01T00:00:00.000Z"}]})
         shown = env.ok("status")
     lines = shown.splitlines()
     [runner] = [line for line in lines if line.startswith(ids.short(session["id"]))]
-    assert runner.split()[1:3] == ["ag-demo", "idle"] and runner.split()[3].endswith("d")  # idle for days
+    assert runner.split()[1:6] == ["ag-demo", "2019-12-31", "23:00:00", "UTC", "idle"]
+    assert runner.split()[6].endswith("d")  # idle for days (by the real clock)
     [header] = [line for line in lines if line.startswith("WAITING SESSION")]
     assert header.split() == ["WAITING", "SESSION", "GROUP", "DUE", "SINCE", "WAITING", "FOR"]
     [waiting] = [line for line in lines if line.startswith(ids.short(other["id"]))]

@@ -19,6 +19,7 @@ from host.loop import Host
 from host.runtimes import published as pool_state
 from host.scheduling.sweep import AHEAD, Sweeper
 from host.store.sessions import Session
+from schemas import ids
 from schemas.times import to_text
 
 T0 = utc("2026-05-18T13:00:00")
@@ -166,7 +167,7 @@ def test_status_lists_runners_with_their_state_and_the_waiting_sessions(
     [wait] = data["waiting"]
     assert (wait["session_id"], wait["due_since"]) == (waiting["id"], idle_since)
     table = ncl("status").out
-    assert "idle" in table and waiting["id"] in table and "waiting for a slot  1" in table
+    assert "idle" in table and ids.short(waiting["id"]) in table and "waiting for a slot  1" in table  # ids short
 
 
 class TestStartedAhead:

@@ -63,8 +63,8 @@ def runners(active: list[Session], now: datetime, pool: dict[str, Any] | None) -
         found = read_heartbeat(session.folder)
         if session.id not in known and found and now - found[1].astimezone(now.tzinfo) <= ALIVE:
             listed.append({"session_id": session.id, "agent_group_id": session.agent_group_id,
-                           "generation": found[0], "last_beat": to_text(found[1]), "state": "unknown",
-                           "idle_for_s": None})
+                           "generation": found[0], "last_beat": to_text(found[1]), "started_at": None,
+                           "state": "unknown", "idle_for_s": None})
     return listed
 
 
@@ -74,7 +74,8 @@ def _pooled(runner: dict[str, Any], session: Session | None, now: datetime) -> d
     return {"session_id": runner["session_id"], "agent_group_id": session.agent_group_id if session else None,
             "generation": runner["generation"],
             "last_beat": to_text(found[1]) if found and found[0] == runner["generation"] else None,
-            "state": "idle" if idle else "busy", "idle_for_s": _seconds(now, idle)}
+            "started_at": runner.get("started_at"), "state": "idle" if idle else "busy",
+            "idle_for_s": _seconds(now, idle)}
 
 
 def waiting(active: list[Session], now: datetime, pool: dict[str, Any] | None) -> list[dict[str, Any]]:

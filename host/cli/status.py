@@ -29,10 +29,10 @@ def status(app: App, as_json: bool) -> None:
                [("host", "host"), ("runners", "runners"), ("waiting", "waiting for a slot")])
         if data["runners"]:
             click.echo("")
-            table([{**r, "session_id": ids.short(r["session_id"]), "idle": span(r["idle_for_s"])}
-                   for r in data["runners"]],
-                  [("session_id", "SESSION"), ("agent_group_id", "GROUP"), ("state", "STATE"), ("idle", "IDLE FOR")],
-                  "")
+            table([{**r, "session_id": ids.short(r["session_id"]), "since": local_time(r["started_at"], zone),
+                    "idle": span(r["idle_for_s"])} for r in data["runners"]],
+                  [("session_id", "SESSION"), ("agent_group_id", "GROUP"), ("since", "RUNNING SINCE"),
+                   ("state", "STATE"), ("idle", "IDLE FOR")], "")
         if data["waiting"]:
             click.echo("")
             table([{**w, "session_id": ids.short(w["session_id"]), "since": local_time(w["due_since"], zone),
