@@ -22,7 +22,11 @@ To = Annotated[str | None, Field(description="A named destination; omit to answe
 WHEN = ("Times are ISO 8601; a time without an offset (2026-06-11T09:00:00) is local time in {tz}, "
         "the user's time zone.")
 CRON = ("5-field cron (minute hour day-of-month month day-of-week, e.g. '0 9 * * 1-5' = weekdays 09:00) "
-        "or @hourly/@daily/@weekly/@monthly/@yearly, evaluated in {tz}. Runs must be at least {gap} s apart.")
+        "or @hourly/@daily/@weekly/@monthly/@yearly, evaluated in {tz}; or an interval 'every 90m' (units d, h, m, "
+        "s, e.g. 'every 1h30m'; elapsed time from the first run), or interval_ms in milliseconds. Runs must be at "
+        "least {gap} s apart.")
+IntervalMs = Annotated[int | None, Field(description="Interval in milliseconds (3600000 = every hour), instead of "
+                                                     "recurrence; stored as 'every 1h'.")]
 
 # The argument models have no docstrings: pydantic would put them in the schemas the model reads.
 
@@ -32,13 +36,14 @@ class ScheduleTask(BaseModel):
                                              "yourself.")]
     processAfter: Annotated[str | None, Field(description="First (or only) run time, ISO 8601; naive = local "
                                                           "time.")] = None
-    recurrence: Annotated[str | None, Field(description="5-field cron in the user's time zone; omit for a "
-                                                        "one-shot task.")] = None
+    recurrence: Annotated[str | None, Field(description="5-field cron in the user's time zone, or an interval "
+                                                        "'every 90m'; omit for a one-shot task.")] = None
     script: Annotated[str | None, Field(description="Optional bash gate run before you are woken; its last stdout "
                                                     "line must be JSON {\"wakeAgent\": bool, \"data\": …}.")] = None
     contextMode: Annotated[Literal["group", "isolated"], Field(
         description="'group' (default): runs in this conversation; 'isolated': fresh context, no history read or "
                     "kept.")] = "group"
+    interval_ms: IntervalMs = None
 
 
 class ListTasks(BaseModel):
@@ -51,8 +56,10 @@ class UpdateTask(BaseModel):
     taskId: TaskId
     prompt: Annotated[str | None, Field(description="New prompt.")] = None
     processAfter: Annotated[str | None, Field(description="New next run time, ISO 8601; naive = local time.")] = None
-    recurrence: Annotated[str | None, Field(description="New 5-field cron; \"\" makes it one-shot.")] = None
+    recurrence: Annotated[str | None, Field(description="New 5-field cron or interval 'every 90m'; \"\" makes it "
+                                                        "one-shot.")] = None
     script: Annotated[str | None, Field(description="New gate script; \"\" removes it.")] = None
+    interval_ms: IntervalMs = None
 
 
 class TaskRef(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent_runner.config import RunnerConfig
 from agent_runner.store import DbError, Store
-from schemas import cron, ids
+from schemas import ids, interval, recurring
 from schemas.times import TimeFormatError, from_text, parse_user_time, to_text
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class Tools:
     store: Store
     now: Callable[[], datetime]
     turn: dict[str, Any] = field(default_factory=dict)  # {"in_reply_to", "routing"} of the message being handled
+    pause: Callable[[float], None] = time.sleep  # between looks for the host's answer (agent_runner.group_tools)
 
     # --- scheduling -------------------------------------------------------------------------------------------
 
@@ -52,14 +54,18 @@ class Tools:
         except TimeFormatError as exc:
             raise ToolError(str(exc)) from None
 
-    def _recurrence(self, expr: str | None) -> str | None:
-        if not expr:
-            return None
+    def _recurrence(self, expr: str | None, interval_ms: Any = None) -> str | None:
+        if interval_ms is not None and expr is not None:
+            raise ToolError("give recurrence or interval_ms, not both (interval_ms 3600000 = recurrence 'every 1h')")
         try:
-            valid = cron.validate(expr)
-        except cron.CronError as exc:
+            if interval_ms is not None:
+                expr = interval.from_ms(interval_ms)
+            if not expr:
+                return None
+            valid = recurring.validate(expr)
+        except recurring.CronError as exc:
             raise ToolError(str(exc)) from None
-        clash = cron.min_gap_violation(valid, self.config.zone, self.now(), self.config.task_min_interval_s, YEAR)
+        clash = recurring.min_gap_violation(valid, self.config.zone, self.now(), self.config.task_min_interval_s, YEAR)
         if clash:
             gap = int((clash[1] - clash[0]).total_seconds())
             raise ToolError(f"recurrence {valid!r} would run {gap} s apart; the minimum interval between runs is "
@@ -74,7 +80,7 @@ class Tools:
         times = [] if passed and expr else [now if passed else from_text(first)] if first else []
         if expr:
             start = now if passed or not first else from_text(first)
-            for slot in cron.firings(expr, start, zone):
+            for slot in recurring.firings(expr, start, zone):
                 if len(times) >= count:
                     break
                 times.append(slot)
@@ -96,11 +102,11 @@ class Tools:
         self.store.stage(json.loads(request.to_json()), self.now(), self.turn.get("in_reply_to"))
 
     def schedule_task(self, prompt: str, processAfter: str | None = None, recurrence: str | None = None,
-                      script: str | None = None, contextMode: str = "group") -> str:
+                      script: str | None = None, contextMode: str = "group", interval_ms: Any = None) -> str:
         self._prompt(prompt)
         if contextMode not in ("group", "isolated"):
             raise ToolError("contextMode must be 'group' or 'isolated'")
-        expr = self._recurrence(recurrence)
+        expr = self._recurrence(recurrence, interval_ms)
         after = self._when(processAfter)
         if same := self._same_as(prompt, expr, script or None, after):
             state = ("it is paused: resume_task resumes it" if _state(same) == "paused"
@@ -108,7 +114,7 @@ class Tools:
             return (f"Task already scheduled (id: {same['id']}): a live task of this conversation has the same prompt,"
                     f" {'recurrence' if expr else 'time'} and script; nothing new was scheduled"
                     + (f" ({state})" if state else ""))
-        first = after or (to_text(cron.next_after(expr, self.now(), self.config.zone)) if expr else None)
+        first = after or (to_text(recurring.next_after(expr, self.now(), self.config.zone)) if expr else None)
         task_id = ids.new_id("task", self.now())
         answer = f"Task scheduled (id: {task_id}, next runs: {self._next_runs(first, expr)})"  # may fail: first
         from schemas import requests
@@ -135,11 +141,11 @@ class Tools:
         return None
 
     def update_task(self, taskId: str, prompt: str | None = None, processAfter: str | None = None,
-                    recurrence: str | None = None, script: str | None = None) -> str:
+                    recurrence: str | None = None, script: str | None = None, interval_ms: Any = None) -> str:
         self._known(taskId)
         if prompt is not None:
             self._prompt(prompt)
-        expr = "" if recurrence == "" else self._recurrence(recurrence)
+        expr = "" if recurrence == "" and interval_ms is None else self._recurrence(recurrence, interval_ms)
         after = self._when(processAfter)
         if prompt is None and after is None and expr is None and script is None:
             raise ToolError("nothing to update: give prompt, processAfter, recurrence or script")
@@ -199,6 +205,8 @@ class Tools:
                 series["live"] = row
         series_done = {s for s, v in found.items() if v["live"] is None}
         for request in unapplied:
+            if request.get("group") is not None:  # another group's (or answered by the host): not listed here
+                continue
             action, ref = request.get("action"), request.get("taskId")
             if action == "schedule_task":
                 found[request["taskId"]] = {"id": request["taskId"], "occurrences": [], "requested": request,
@@ -271,7 +279,12 @@ class Tools:
         if problem := TOOLS[name].misfit(arguments):  # in the names the caller typed, not a Python signature's
             raise ToolError(problem)
         try:
-            result: str = getattr(self, name)(**arguments)
+            if arguments.get("group") is not None:  # another group's tasks: the host answers (issue 16.3)
+                from agent_runner import group_tools
+
+                result: str = group_tools.call(self, name, arguments)
+            else:
+                result = getattr(self, name)(**{k: v for k, v in arguments.items() if k != "group"})
         except ToolError:
             raise
         except ValidationError as exc:  # pydantic's report spans lines and names a model, not the argument

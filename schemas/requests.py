@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from schemas import cron
+from schemas import recurring
 from schemas.ids import is_id
 from schemas.rows import ContextMode
 from schemas.times import accept_text
@@ -38,7 +38,7 @@ def _prompt_text(value: str | None) -> str | None:
 
 
 def _cron(value: str | None) -> str | None:
-    return cron.validate(value) if value else value
+    return recurring.validate(value) if value else value
 
 
 class ScheduleTask(_Request):

@@ -45,6 +45,17 @@ def _write(app: App, ref: str, action: Callable[[Any, Path, str], T],
     return session, series_id, outcome
 
 
+def _recurrence(recurrence: str | None, interval_ms: str | None) -> str | None:
+    """--recurrence, or --interval-ms (Pynchy's milliseconds) as the interval it stands for."""
+    if interval_ms is None:
+        return recurrence
+    if recurrence is not None:
+        raise NclError("give --recurrence or --interval-ms, not both (--interval-ms 3600000 = --recurrence 'every 1h')")
+    from schemas import interval
+
+    return interval.from_ms(interval_ms)
+
+
 def _changed(as_json: bool, verb: str, series_id: str, count: int) -> None:
     emit(as_json, {"id": series_id, "action": verb, "changed": count},
          lambda: click.echo(f"{verb}: {series_id} ({count} occurrence(s) changed)"))
@@ -165,19 +176,21 @@ _control("cancel", "cancelled", "Cancel a series: its live occurrences end (a ru
 @task_cli.command("update")
 @click.argument("task_id")
 @click.option("--prompt", help="New prompt.")
-@click.option("--recurrence", help="New 5-field cron in TZ; '' makes the series one-shot.")
+@click.option("--recurrence", help="New 5-field cron in TZ or interval ('every 90m'); '' makes the series one-shot.")
+@click.option("--interval-ms", help="New interval in milliseconds (3600000 = every hour), instead of --recurrence.")
 @click.option("--at", "at", help="Next run time, ISO 8601 (naive = TZ).")
 @click.option("--script", help="New gate script; '' removes it.")
 @click.option("--force", is_flag=True, help="Allow runs closer than NCL_TASK_MIN_INTERVAL_S.")
 @now_option
 @json_option
 @pass_app
-def update(app: App, task_id: str, prompt: str | None, recurrence: str | None, at: str | None,
-           script: str | None, force: bool, now: datetime | None, as_json: bool) -> None:
+def update(app: App, task_id: str, prompt: str | None, recurrence: str | None, interval_ms: str | None,
+           at: str | None, script: str | None, force: bool, now: datetime | None, as_json: bool) -> None:
     """Change a series' live occurrences; a new recurrence without --at recomputes the next run from now. Refused
     in a closed session."""
+    recurrence = _recurrence(recurrence, interval_ms)
     if prompt is None and recurrence is None and at is None and script is None:
-        raise click.UsageError("nothing to update: give --prompt, --recurrence, --at or --script")
+        raise click.UsageError("nothing to update: give --prompt, --recurrence, --interval-ms, --at or --script")
     after = to_text(parse_user_time(at, app.settings.tz.zone)) if at else None
     _, series_id, count = _write(app, task_id, lambda c, f, s: tasks.update(
         c, s, now or app.now(), policy(app), prompt, after, recurrence, script, enforce_interval=not force,
@@ -202,8 +215,11 @@ def run_now(app: App, task_id: str, now: datetime | None, as_json: bool) -> None
 @task_cli.command("add")
 @click.option("--session", "session_id", required=True, help="The session whose agent runs the task.")
 @click.option("--prompt", required=True, help="What the agent is asked each time.")
-@click.option("--recurrence", help="5-field cron in TZ (or @hourly, @daily, @weekly, @monthly, @yearly).")
-@click.option("--at", "at", help="First run, ISO 8601 (naive = TZ); default the first cron slot, or now.")
+@click.option("--recurrence", help="5-field cron in TZ (or @hourly, @daily, @weekly, @monthly, @yearly), or an "
+              "interval: 'every 90m', 'every 1h30m' (units d, h, m, s; elapsed time from the first run).")
+@click.option("--interval-ms", help="Interval in milliseconds (3600000 = every hour), instead of --recurrence.")
+@click.option("--at", "at", help="First run, ISO 8601 (naive = TZ); default the first slot after now (an interval: "
+              "one interval from now), or now.")
 @click.option("--script", help="Gate script run before the agent (bash; last line JSON {\"wakeAgent\": …}).")
 @click.option("--context-mode", type=click.Choice(["group", "isolated"]), default="group", show_default=True)
 @click.option("--force", is_flag=True, help="Allow runs closer than NCL_TASK_MIN_INTERVAL_S, and a task the "
@@ -211,11 +227,12 @@ def run_now(app: App, task_id: str, now: datetime | None, as_json: bool) -> None
 @now_option
 @json_option
 @pass_app
-def add(app: App, session_id: str, prompt: str, recurrence: str | None, at: str | None, script: str | None,
-        context_mode: str, force: bool, now: datetime | None, as_json: bool) -> None:
+def add(app: App, session_id: str, prompt: str, recurrence: str | None, interval_ms: str | None, at: str | None,
+        script: str | None, context_mode: str, force: bool, now: datetime | None, as_json: bool) -> None:
     """Schedule a task in a session, as an operator."""
     from host.channels import nudge  # see _write
 
+    recurrence = _recurrence(recurrence, interval_ms)
     moment = now or app.now()
     after = to_text(parse_user_time(at, app.settings.tz.zone)) if at else None
     with closing(app.central(write=True)) as central:

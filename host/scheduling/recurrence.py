@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from host.settings import Settings
 from host.store import db, inbox, task_series
-from schemas import cron, ids
+from schemas import ids, recurring
 from schemas.rows import InMessage, RunOutcome
 from schemas.times import TimeFormatError, from_text, to_text
 
@@ -71,7 +71,7 @@ class Overdue:
     @classmethod
     def of(cls, expr: str, first: datetime, now: datetime, policy: Policy) -> Overdue:
         # Counted in closed form, never slot by slot: a slot in year 1 must not cost 200 million steps.
-        later, latest = cron.count_between(expr, first, now, policy.zone)
+        later, latest = recurring.count_between(expr, first, now, policy.zone)
         return cls(first, latest or first, later)
 
     def runs(self, now: datetime, policy: Policy) -> bool:
@@ -86,8 +86,8 @@ def clone(conn: db.Connection, row: InMessage, now: datetime, policy: Policy, st
     expr = expr or row.recurrence
     assert expr is not None, "only a recurring occurrence is cloned"
     try:
-        slot = at or cron.next_after(expr, after or scheduled(row), policy.zone)
-    except cron.CronError:  # no slot before the year 9999 ends (a clock set there): the series ends here
+        slot = at or recurring.next_after(expr, after or scheduled(row), policy.zone)
+    except recurring.CronError:  # no slot before the year 9999 ends (a clock set there): the series ends here
         return None
     return inbox.insert(conn, {
         "id": ids.new_id("task", now), "kind": row.kind, "timestamp": to_text(now), "status": status,
@@ -202,12 +202,14 @@ def replanned(expr: str, slot: datetime, planned_in: str | None, now: datetime, 
         old = ZoneInfo(planned_in) if planned_in else None
     except (ZoneInfoNotFoundError, ValueError):
         old = None
-    if old is None or old == policy.zone or slot <= now or cron.next_after(expr, slot - MS, old) != slot:
+    if old is None or old == policy.zone or slot <= now or not recurring.follows_zone(expr):
+        return None  # an interval is elapsed time: its instants stay whatever the zone
+    if recurring.next_after(expr, slot - MS, old) != slot:
         return None
-    _, before = cron.count_between(expr, now, slot - MS, old)
+    _, before = recurring.count_between(expr, now, slot - MS, old)
     try:
-        return cron.next_after(expr, before or now, policy.zone)
-    except cron.CronError:  # no slot left in this zone's calendar: keep it where it is
+        return recurring.next_after(expr, before or now, policy.zone)
+    except recurring.CronError:  # no slot left in this zone's calendar: keep it where it is
         return None
 
 

@@ -13,7 +13,7 @@ from host.errors import NclError
 from host.settings import Settings
 from host.store import db, inbox, sessions, short_ids, task_ids, task_series
 from host.store.sessions import Session
-from schemas import cron
+from schemas import recurring
 from schemas.rows import InMessage
 from schemas.times import from_text, to_text
 
@@ -137,7 +137,7 @@ def _next_runs(rows: list[InMessage], zone: ZoneInfo, count: int = 5) -> list[st
     times = {r.process_after or r.timestamp for r in rows if r.status == "pending"}
     carrier = next((r for r in rows if r.recurrence and r.status in ("pending", "processing")), None)
     if carrier and carrier.recurrence:
-        slots = cron.firings(carrier.recurrence, from_text(carrier.process_after or carrier.timestamp), zone)
+        slots = recurring.firings(carrier.recurrence, from_text(carrier.process_after or carrier.timestamp), zone)
         times.update(to_text(next(slots)) for _ in range(count))
     return sorted(times)[:count]
 

@@ -15,7 +15,7 @@ from host.scheduling.recurrence import Policy
 from host.store import db, inbox, outbox, task_series
 from host.store.db import transaction
 from host.store.task_ids import TaskIds
-from schemas import cron, ids
+from schemas import ids, recurring
 from schemas.rows import InMessage
 from schemas.times import from_text, to_text
 
@@ -24,7 +24,7 @@ YEAR = timedelta(days=366)
 
 def check_interval(expr: str, now: datetime, policy: Policy) -> None:
     """The agent's minimum gap between runs (operators skip this with --force)."""
-    clash = cron.min_gap_violation(expr, policy.zone, now, policy.task_min_interval_s, YEAR)
+    clash = recurring.min_gap_violation(expr, policy.zone, now, policy.task_min_interval_s, YEAR)
     if clash:
         gap = int((clash[1] - clash[0]).total_seconds())
         raise NclError(f"recurrence {expr!r} runs {gap} s apart at {to_text(clash[0])}; the minimum is "
@@ -49,13 +49,13 @@ def schedule(conn: db.Connection, now: datetime, policy: Policy, task_id: str, p
     repeating a live one (``task_series.same_live``) is refused (an operator's; an agent's tool checks itself)."""
     from schemas.messages import TaskContent  # pydantic: with the first write, so ``ncl tasks list`` goes without
 
-    expr = cron.validate(recurrence_expr) if recurrence_expr else None
+    expr = recurring.validate(recurrence_expr) if recurrence_expr else None
     content = TaskContent.model_validate({"prompt": prompt, "script": script or None, "context_mode": context_mode})
     with transaction(conn):
         _check_room(conn, policy)  # first: a request over the cap costs one indexed count, nothing more
         if expr and enforce_interval:
             check_interval(expr, now, policy)
-        first = process_after or (to_text(cron.next_after(expr, now, policy.zone)) if expr else None)
+        first = process_after or (to_text(recurring.next_after(expr, now, policy.zone)) if expr else None)
         if not duplicate_ok and (same := task_series.same_live(conn, prompt, expr, script, first)):
             raise NclError(f"task {same} in this session already has this prompt, {'recurrence' if expr else 'time'}"
                            " and script (--force adds another)")
@@ -160,7 +160,7 @@ def update(conn: db.Connection, ref: str, now: datetime, policy: Policy, prompt:
     A new recurrence without a new time recomputes the next run from now."""
     from schemas.messages import TaskContent
 
-    expr = cron.validate(recurrence_expr) if recurrence_expr else recurrence_expr
+    expr = recurring.validate(recurrence_expr) if recurrence_expr else recurrence_expr
     if expr and enforce_interval:
         check_interval(expr, now, policy)
     changes: dict[str, Any] = {k: v for k, v in (("prompt", prompt), ("script", script)) if v is not None}
@@ -189,7 +189,7 @@ def update(conn: db.Connection, ref: str, now: datetime, policy: Policy, prompt:
             if waiting and carries and process_after:
                 after = process_after
             elif waiting and carries and expr:
-                after = to_text(cron.next_after(expr, now, policy.zone))
+                after = to_text(recurring.next_after(expr, now, policy.zone))
             # A time worked out now is planned in this zone; one kept stays in the zone it was planned in.
             zone = (policy.zone.key if after != row.process_after else row.zone) if new_expr else None
             task_series.revise(conn, row.id, json.dumps(content), new_expr, after, zone)
