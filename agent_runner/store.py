@@ -145,6 +145,14 @@ class Store:
                                   (self.config.generation,)).fetchall()
         return [InMessage.of(row) for row in rows], [json.loads(row[0]) for row in [*sent, *staged]]
 
+    def answer(self, request_id: str) -> tuple[str, str] | None:
+        """The host's answer to a request naming a group (issue 16.3): (status, detail) of its ``delivered`` row,
+        None while it has none."""
+        with self._inbound() as conn:
+            row = conn.execute("SELECT status, detail FROM delivered WHERE message_out_id = ?"
+                               " AND status IN ('applied', 'rejected')", (request_id,)).fetchone()
+        return None if row is None else (str(row[0]), str(row[1] or ""))
+
     def destination(self, name: str) -> dict[str, Any] | None:
         """The routing of a named destination, None if there is none of that name."""
         with self._inbound() as conn:

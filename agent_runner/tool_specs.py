@@ -18,6 +18,8 @@ from agent_runner.config import RunnerConfig
 TaskId = Annotated[str, Field(description="The task's id (task-…), as schedule_task or list_tasks gave it.")]
 To = Annotated[str | None, Field(description="A named destination; omit to answer where the current message "
                                              "came from.")]
+Group = Annotated[str | None, Field(description="Another group's name, to act on its tasks (only an admin group's "
+                                                "agent may; the host refuses others); omit for this conversation.")]
 # Shared by the scheduling tools' descriptions: ``{tz}`` and ``{gap}`` come from the runner's config.
 WHEN = ("Times are ISO 8601; a time without an offset (2026-06-11T09:00:00) is local time in {tz}, "
         "the user's time zone.")
@@ -44,12 +46,14 @@ class ScheduleTask(BaseModel):
         description="'group' (default): runs in this conversation; 'isolated': fresh context, no history read or "
                     "kept.")] = "group"
     interval_ms: IntervalMs = None
+    group: Group = None
 
 
 class ListTasks(BaseModel):
     status: Annotated[Literal["pending", "processing", "paused", "requested"] | None,
                       Field(description="Only series in this state: pending, processing, paused or "
                                               "requested.")] = None
+    group: Group = None
 
 
 class UpdateTask(BaseModel):
@@ -60,10 +64,12 @@ class UpdateTask(BaseModel):
                                                         "one-shot.")] = None
     script: Annotated[str | None, Field(description="New gate script; \"\" removes it.")] = None
     interval_ms: IntervalMs = None
+    group: Group = None
 
 
 class TaskRef(BaseModel):
     taskId: TaskId
+    group: Group = None
 
 
 class SendMessage(BaseModel):
@@ -138,7 +144,8 @@ TOOLS = {spec.name: spec for spec in (
              {"prompt": "Post the standup summary.", "recurrence": "0 9 * * 1-5"}),
     ToolSpec("list_tasks", ListTasks,
              "List this conversation's scheduled tasks, one line per series: id, state, schedule, next runs, prompt. "
-             "Includes tasks just requested and not yet applied.", {"status": "paused"}),
+             "Includes tasks just requested and not yet applied. With group (admin groups): that group's tasks, each "
+             "line labelled [agent], [project] or [host] and naming its group.", {"status": "paused"}),
     ToolSpec("update_task", UpdateTask,
              "Change a scheduled task: only the fields given change. {when} Recurrence: {cron} Pass recurrence \"\" "
              "to make it one-shot, script \"\" to drop its gate script.",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -41,6 +42,7 @@ class Tools:
     store: Store
     now: Callable[[], datetime]
     turn: dict[str, Any] = field(default_factory=dict)  # {"in_reply_to", "routing"} of the message being handled
+    pause: Callable[[float], None] = time.sleep  # between looks for the host's answer (agent_runner.group_tools)
 
     # --- scheduling -------------------------------------------------------------------------------------------
 
@@ -203,6 +205,8 @@ class Tools:
                 series["live"] = row
         series_done = {s for s, v in found.items() if v["live"] is None}
         for request in unapplied:
+            if request.get("group") is not None:  # another group's (or answered by the host): not listed here
+                continue
             action, ref = request.get("action"), request.get("taskId")
             if action == "schedule_task":
                 found[request["taskId"]] = {"id": request["taskId"], "occurrences": [], "requested": request,
@@ -275,7 +279,12 @@ class Tools:
         if problem := TOOLS[name].misfit(arguments):  # in the names the caller typed, not a Python signature's
             raise ToolError(problem)
         try:
-            result: str = getattr(self, name)(**arguments)
+            if arguments.get("group") is not None:  # another group's tasks: the host answers (issue 16.3)
+                from agent_runner import group_tools
+
+                result: str = group_tools.call(self, name, arguments)
+            else:
+                result = getattr(self, name)(**{k: v for k, v in arguments.items() if k != "group"})
         except ToolError:
             raise
         except ValidationError as exc:  # pydantic's report spans lines and names a model, not the argument

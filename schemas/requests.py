@@ -19,12 +19,18 @@ class RequestError(ValueError):
     """A request that cannot be applied; the message is shown to the agent as a notice."""
 
 
-class _Request(BaseModel):
+class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    task_id: str = Field(alias="taskId", min_length=1)
+    # Another group whose tasks the request is for (issue 16.3): its name or id, bounded. Whether the session may is
+    # the host's decision (host/scheduling/cross_group.py), never the request's.
+    group: str | None = Field(default=None, min_length=1, max_length=64)
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(by_alias=True, exclude_none=True), separators=(",", ":"))
+
+
+class _Request(_Base):
+    task_id: str = Field(alias="taskId", min_length=1, max_length=100)
 
 
 def _time(value: str | None) -> str | None:
@@ -79,11 +85,19 @@ class ControlTask(_Request):
     action: Literal["pause_task", "resume_task", "cancel_task"]
 
 
-Request = Annotated[ScheduleTask | UpdateTask | ControlTask, Field(discriminator="action")]
-_adapter: TypeAdapter[ScheduleTask | UpdateTask | ControlTask] = TypeAdapter(Request)
+class ListTasks(_Base):
+    """A group's task list (issue 16.3), answered in ``delivered``: only ever sent with a group."""
+
+    action: Literal["list_tasks"]
+    group: str = Field(min_length=1, max_length=64)
+    status: Literal["pending", "processing", "paused"] | None = None
 
 
-def parse(content: str | dict[str, Any]) -> ScheduleTask | UpdateTask | ControlTask:
+Request = Annotated[ScheduleTask | UpdateTask | ControlTask | ListTasks, Field(discriminator="action")]
+_adapter: TypeAdapter[ScheduleTask | UpdateTask | ControlTask | ListTasks] = TypeAdapter(Request)
+
+
+def parse(content: str | dict[str, Any]) -> ScheduleTask | UpdateTask | ControlTask | ListTasks:
     """A system row's content -> its request, or RequestError saying what is wrong in one line."""
     try:
         data = json.loads(content) if isinstance(content, str) else content

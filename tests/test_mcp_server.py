@@ -14,7 +14,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.types import CallToolResult, TextContent
 
-from agent_runner import tool_specs
+from agent_runner import group_tools, tool_specs
 from agent_runner.config import RunnerConfig
 from agent_runner.mcp_server import CURRENT_TURN
 from agent_runner.store import Store
@@ -71,12 +71,13 @@ async def test_lists_the_eight_tools_with_schemas_and_descriptions(session: Path
         schedule = tools["schedule_task"]
         assert schedule.input_schema["required"] == ["prompt"]
         assert set(schedule.input_schema["properties"]) == {"prompt", "processAfter", "recurrence", "script",
-                                                             "contextMode", "interval_ms"}
+                                                             "contextMode", "interval_ms", "group"}
         interval_ms = schedule.input_schema["properties"]["interval_ms"]
         assert {"type": "integer"} in interval_ms["anyOf"] and "3600000" in interval_ms["description"]
         assert "every 90m" in (schedule.description or "")
         assert set(tools["update_task"].input_schema["properties"]) == {"taskId", "prompt", "processAfter",
-                                                                        "recurrence", "script", "interval_ms"}
+                                                                        "recurrence", "script", "interval_ms",
+                                                                        "group"}
         assert schedule.input_schema["properties"]["contextMode"]["enum"] == ["group", "isolated"]
         assert TZ in (schedule.description or "") and "300 s" in (schedule.description or "")
         assert tools["update_task"].input_schema["required"] == ["taskId"]
@@ -84,9 +85,14 @@ async def test_lists_the_eight_tools_with_schemas_and_descriptions(session: Path
 
 
 def test_each_declared_tool_is_run_by_the_tools_method_of_its_name_with_its_arguments() -> None:
+    """``group`` (issue 16.3) is the one argument no method takes: a call naming a group goes to group_tools, which
+    carries each task tool's other arguments to the host."""
     for name, spec in tool_specs.TOOLS.items():
         parameters = list(inspect.signature(getattr(Tools, name)).parameters)[1:]  # after self
-        assert parameters == list(spec.arguments.model_fields), name
+        assert parameters == [f for f in spec.arguments.model_fields if f != "group"], name
+        if "group" in spec.arguments.model_fields:
+            assert group_tools.CARRIED[name] | {"group"} <= set(spec.arguments.model_fields), name
+    assert {n for n, s in tool_specs.TOOLS.items() if "group" in s.arguments.model_fields} == set(group_tools.CARRIED)
 
 
 async def test_a_too_frequent_schedule_is_a_tool_error(session: Path) -> None:
@@ -134,10 +140,10 @@ async def test_send_file_stays_inside_the_workspace(session: Path) -> None:
 async def test_bad_arguments_are_a_tool_error_not_a_crash(session: Path) -> None:
     async with connect(session) as client:
         result = await client.call_tool("pause_task", {})
-        assert result.is_error and "pause_task needs taskId; its arguments: {taskId}" in text(result)
+        assert result.is_error and "pause_task needs taskId; its arguments: {taskId, group?}" in text(result)
         extra = await client.call_tool("schedule_task", {"prompt": "standup", "interval": 3600})
         assert extra.is_error and ("schedule_task has no argument 'interval'; its arguments: {prompt, processAfter?, "
-                                   "recurrence?, script?, contextMode?, interval_ms?}") in text(extra)
+                                   "recurrence?, script?, contextMode?, interval_ms?, group?}") in text(extra)
         assert "Tools." not in text(extra) and outbound(session, "system") == []
         unknown = await client.call_tool("pause_task", {"taskId": "task-1781168400000-zzzzzz"})
         assert unknown.is_error and "no task" in text(unknown)

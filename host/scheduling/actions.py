@@ -8,7 +8,7 @@ import logging
 from datetime import datetime
 from pathlib import Path
 
-from host.scheduling import tasks
+from host.scheduling import cross_group, tasks
 from host.scheduling.recurrence import Policy
 from host.store import db, inbox
 from host.store.db import transaction
@@ -17,6 +17,7 @@ from host.store.task_ids import TaskIds
 from schemas import requests
 
 log = logging.getLogger(__name__)
+MAX_FOR_GROUPS = 10  # requests naming a group answered in one visit; more are refused (the tool says to ask again)
 
 
 def _routing(conn: db.Connection, in_reply_to: str | None) -> dict[str, str | None]:
@@ -54,21 +55,32 @@ def _must(conn: db.Connection, changed: int, request: requests.ControlTask, verb
 
 
 def apply(conn: db.Connection, folder: Path, rows: list[OutMessage], now: datetime, policy: Policy,
-          registry: TaskIds | None = None) -> int:
+          registry: TaskIds | None = None, reach: cross_group.Reach | None = None) -> int:
     """Apply ``messages_out`` system rows in order inside the caller's transaction (the inbox of the session in
     ``folder``); returns how many were applied.
     A rejected one gets a notice saying why; identical notices of one batch are sent once, with their count, so a
-    flood of refused requests does not become a flood of notices."""
-    applied, notes = 0, dict[str, int]()
+    flood of refused requests does not become a flood of notices. A request naming a group (``reach``: what it may
+    reach) is answered in its ``delivered`` row instead, which the runner's tool waits for."""
+    applied, notes, for_groups = 0, dict[str, int](), 0
     for row in rows:
         status, detail = "applied", None
         try:
+            request = requests.parse(row.content)
             with transaction(conn):  # a savepoint: a rejected request leaves no half-applied rows
-                note = _apply(conn, requests.parse(row.content), row.in_reply_to, now, policy, folder, registry)
+                if request.group is not None:
+                    for_groups += 1
+                    detail = _for_group(conn, reach, request, now, policy, for_groups)
+                    note = None
+                else:
+                    assert not isinstance(request, requests.ListTasks)  # it names a group: parse checked
+                    note = _apply(conn, request, row.in_reply_to, now, policy, folder, registry)
             if note:
                 inbox.notice(conn, now, "task_id_replaced", note)
         except Exception as exc:  # any failure of one request rejects it with a notice; it must never wedge the session
             status, detail = "rejected", str(exc)
+            if _names_group(row):  # the tool that wrote it tells the agent
+                inbox.record_request(conn, row, now, status, detail)
+                continue
             text = f"Your {_action(row)} request was rejected: {detail}"
             notes[text] = notes.get(text, 0) + 1
         inbox.record_request(conn, row, now, status, detail)
@@ -78,6 +90,25 @@ def apply(conn: db.Connection, folder: Path, rows: list[OutMessage], now: dateti
         inbox.notice(conn, now, "request_rejected", text)
         log.info("%s", text, extra={"action": "request_rejected", "count": count})
     return applied
+
+
+def _for_group(conn: db.Connection, reach: cross_group.Reach | None, request: cross_group.GroupRequest,
+               now: datetime, policy: Policy, count: int) -> str:
+    """The answer to a request naming a group; at most MAX_FOR_GROUPS of them a visit (each may open every session
+    of a group)."""
+    if reach is None:
+        raise requests.RequestError("a request naming a group is answered by the host's sweep only")
+    if count > MAX_FOR_GROUPS:
+        raise requests.RequestError(f"more than {MAX_FOR_GROUPS} requests naming a group at once; ask again")
+    return cross_group.answer(conn, reach, request, now, policy)
+
+
+def _names_group(row: OutMessage) -> bool:
+    try:
+        content = json.loads(row.content)
+    except ValueError:
+        return False
+    return isinstance(content, dict) and content.get("group") is not None
 
 
 def _action(row: OutMessage) -> str:

@@ -22,7 +22,7 @@ from host.channels.delivery import Deliveries
 from host.files import logs
 from host.runtimes import pool as runners
 from host.runtimes.pool import Runner, Runners
-from host.scheduling import actions, recurrence
+from host.scheduling import actions, cross_group, recurrence
 from host.scheduling.recurrence import Policy
 from host.settings import Settings
 from host.store import db, groups, inbox, outbox, session_index, sessions, task_series
@@ -151,8 +151,12 @@ class Sweeper:
         commit is a sync to disk, which the loop would wait for 50 times)."""
         assert self._central is not None
         registry = TaskIds(self._central, session.agent_group_id, session.id)
+        reach = cross_group.Reach(self._central, self.settings, session)
         with db.transaction(self._central):
-            return actions.apply(conn, session.folder, requests, now, policy, registry)
+            applied = actions.apply(conn, session.folder, requests, now, policy, registry, reach)
+        for other in reach.touched:  # a request changed its inbox: the next tick (or this one) visits it
+            self.seen.pop(other, None)
+        return applied
 
     def _rules(self, group_id: str) -> str:
         assert self._central is not None
