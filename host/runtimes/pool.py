@@ -166,9 +166,13 @@ class Runners:
                 log.info("wake of %s waits for a slot (%d runners, all busy)", wake.session.id, len(self.live),
                          extra={"action": "runner_slot_wait", "session": wake.session.id})
 
+    def owes_notice(self, session_id: str) -> bool:
+        """Whether ``take_notice`` would be True (without taking it)."""
+        return self.failures.get(session_id, 0) >= NOTICE_AFTER and session_id not in self.noticed
+
     def take_notice(self, session_id: str) -> bool:
         """True once per streak, when a session's starts have failed NOTICE_AFTER times in a row."""
-        if self.failures.get(session_id, 0) < NOTICE_AFTER or session_id in self.noticed:
+        if not self.owes_notice(session_id):
             return False
         self.noticed.add(session_id)
         return True

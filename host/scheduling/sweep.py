@@ -331,7 +331,8 @@ class Sweeper:
         outbound = session.folder / "outbound.db"
         limit = self.settings.max_requests_per_visit
         with logs.visiting(session.id), closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
-            open_rows = inbox.open_rows(conn)
+            look = inbox.look(conn, now, policy.zone.key)
+            open_rows = look.open_rows
             if runner is None and quiet is not None and quiet.issuperset(open_rows):
                 found = outbox.Outbox()  # what reading it again would find: no ack, request or reply is new
             else:
@@ -347,22 +348,25 @@ class Sweeper:
             if runner is None:
                 # Claims first, then the inbox: a crash between leaves 'processing' rows, released next time.
                 outbox.clear_claims(outbound, claimed)
-            with db.transaction(conn):
-                self._sync(conn, now, policy, runner, found, claimed, result, open_rows)
-                if found.requests:
-                    result.applied += self._apply(conn, session, found.requests[:limit], now, policy)
-                if task_series.recurring_work(conn, policy.zone.key, now):
-                    for row in task_series.ended_recurring(conn):
-                        result.cloned += recurrence.repair(conn, row, now, policy)
-                    recurrence.replan(conn, now, policy)  # TZ changed since they were planned (nearly never)
-                    for row in task_series.due_recurring(conn, now):
-                        result.missed += recurrence.misfire(conn, row, now, policy)
-                if self.runners and self.runners.take_notice(session.id):
-                    inbox.notice(conn, now, "runner_start_failed", "The agent's runner failed to start several "
-                                 "times in a row; the host keeps retrying with growing delays.")
+            state = look.state
+            if (found.acks or claimed or found.requests or look.recurring or "processing" in open_rows.values()
+                    or (self.runners and self.runners.owes_notice(session.id))):
+                with db.transaction(conn):  # (a visit with nothing of these to do writes nothing: no transaction)
+                    self._sync(conn, now, policy, runner, found, claimed, result, open_rows)
+                    if found.requests:
+                        result.applied += self._apply(conn, session, found.requests[:limit], now, policy)
+                    if look.recurring:
+                        for row in task_series.ended_recurring(conn):
+                            result.cloned += recurrence.repair(conn, row, now, policy)
+                        recurrence.replan(conn, now, policy)  # TZ changed since they were planned (nearly never)
+                        for row in task_series.due_recurring(conn, now):
+                            result.missed += recurrence.misfire(conn, row, now, policy)
+                    if self.runners and self.runners.take_notice(session.id):
+                        inbox.notice(conn, now, "runner_start_failed", "The agent's runner failed to start several "
+                                     "times in a row; the host keeps retrying with growing delays.")
+                    state = inbox.state(conn, now)  # what this visit leaves, read before others may write again
             if self.deliveries and found.replies:  # sent by the host loop, outside this visit and its transaction
                 self.deliveries.hand(session, found.replies)
-            state = inbox.state(conn, now)
             # Requests left for the next visit make the session due now, so the loop comes back at once, not in 60 s.
             return _Visit("" if more else state.next_due, state.processing, bool(found.replies), state.due_since,
                           quiet if runner is None else None)

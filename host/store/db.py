@@ -207,12 +207,7 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
         lock.refuse_missing_central(path.parent)
     conn = _raw(path, readonly=False)
     try:
-        found = version(conn)
-        if found > latest_version(kind):
-            raise DbError(f"{path}: {kind} schema version {found} is newer than this release knows")
-        # Every connection sets its journal mode: only WAL is kept in the file, and a runner could switch
-        # outbound.db to it. (The first statement that needs the schema reads it; this is that statement.)
-        conn.execute(f"PRAGMA journal_mode={JOURNAL_MODES[kind]}")
+        found = _version_and_mode(conn, kind, path)
         if kind == "inbound":  # the kept journal is cut to 0 bytes at each commit: no disk held, as DELETE held none
             conn.execute("PRAGMA journal_size_limit=0")
         if kind == "central":  # the session files declare no foreign keys
@@ -226,6 +221,37 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
         conn.close()
         raise
     return conn
+
+
+def _version_and_mode(conn: sqlite3.Connection, kind: DbKind, path: Path) -> int:
+    """The file's schema version (refused if newer than this release), then the connection's journal mode set.
+    Every connection sets it: only WAL is kept in the file, and a runner could switch outbound.db to it. (The first
+    statement that needs the schema reads it; this is that statement.) Both in one read transaction: a statement
+    outside one takes and drops the file's lock by itself, which cost a visit ~15 µs a file. A file in WAL mode
+    cannot leave it inside a transaction: then the mode is set on its own, as any file's was before."""
+    mode = f"PRAGMA journal_mode={JOURNAL_MODES[kind]}"
+    conn.execute("BEGIN")
+    try:
+        found = _checked_version(conn, kind, path)
+        try:
+            conn.execute(mode)
+        except sqlite3.OperationalError:  # "cannot change out of wal mode from within a transaction"
+            conn.execute("ROLLBACK")
+            conn.execute(mode)
+            return found
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return found
+
+
+def _checked_version(conn: sqlite3.Connection, kind: DbKind, path: Path) -> int:
+    found = version(conn)
+    if found > latest_version(kind):
+        raise DbError(f"{path}: {kind} schema version {found} is newer than this release knows")
+    return found
 
 
 def _own_journal(dirfd: int, path: Path) -> None:

@@ -61,7 +61,7 @@ class Outbox:
 def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, reply_after_seq: int = 0,
          request_limit: int = -1) -> Outbox:
     """Acks of the given (still open) messages, system requests after ``after_seq``, chat replies after
-    ``reply_after_seq``, the running tool's timeout.
+    ``reply_after_seq``, the running tool's timeout (not ``writable``: only while a runner is alive).
 
     ``writable`` (only when no runner is alive) may write; otherwise the file is opened query-only (read-write at
     the file level, so a FIFO swapped in cannot block the sweep, see ``db.connect``). Either rolls back a hot
@@ -79,7 +79,9 @@ def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, re
             (after_seq, request_limit))]
         replies = [OutMessage.of(row) for row in conn.execute(
             "SELECT * FROM messages_out WHERE kind = 'chat' AND seq > ? ORDER BY seq", (reply_after_seq,))]
-        state = conn.execute("SELECT current_tool, tool_timeout_s FROM container_state WHERE id = 1").fetchone()
+        # The tool's timeout only widens a live runner's stuck check: a read for none (``writable``) skips it.
+        state = None if writable else conn.execute(
+            "SELECT current_tool, tool_timeout_s FROM container_state WHERE id = 1").fetchone()
         conn.execute("COMMIT")
     timeout = float(state["tool_timeout_s"]) if state and state["current_tool"] and state["tool_timeout_s"] else None
     return Outbox(acks, requests, replies, timeout)

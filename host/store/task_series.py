@@ -89,17 +89,6 @@ def has_live_recurrence(conn: db.Connection, series_id: str) -> bool:
         (series_id,)).fetchone() is not None
 
 
-def recurring_work(conn: db.Connection, zone: str, now: datetime) -> bool:
-    """Whether any row is for ``ended_recurring``, ``planned_elsewhere`` or ``due_recurring``: one query that a
-    visit finding nothing to do (nearly every one) asks in place of the three."""
-    # Three EXISTS, each through an index: one WHERE of three ORs would read every row the session ever had.
-    return bool(conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM messages_in WHERE status IN ('completed', 'failed') AND recurrence IS NOT NULL)"
-        " OR EXISTS (SELECT 1 FROM messages_in WHERE recurrence IS NOT NULL AND status IN ('pending', 'paused')"
-        " AND zone IS NOT ?1) OR EXISTS (SELECT 1 FROM messages_in WHERE kind = 'task' AND status = 'pending'"
-        " AND recurrence IS NOT NULL AND process_after <= ?2)", (zone, to_text(now))).fetchone()[0])
-
-
 def ended_recurring(conn: db.Connection) -> list[InMessage]:
     """Ended rows still carrying a recurrence (an older writer, or a crash of one): the series to repair."""
     return rows(conn, "SELECT * FROM messages_in WHERE status IN ('completed', 'failed') AND recurrence IS NOT NULL")
