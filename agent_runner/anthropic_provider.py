@@ -49,6 +49,7 @@ from agent_runner.config import RunnerConfig
 from agent_runner.mcp_server import extra_servers, server_parameters
 from agent_runner.providers import History, ProviderError, Reply, Turn
 from schemas import clock, detached
+from schemas.rows import Tokens
 
 log = logging.getLogger(__name__)
 MAX_ROUNDS = 20  # model calls per turn; a model stuck calling tools must not run forever
@@ -174,6 +175,18 @@ class _HistoryRejected(Exception):
     pass
 
 
+def _usage(response: anthropic.types.Message) -> list[tuple[int, int]]:
+    """A response's (input, output) tokens, input with cached input as the credential proxy counts it; none if the
+    response says none."""
+    usage = getattr(response, "usage", None)
+    if usage is None:
+        return []
+    counts = [getattr(usage, name, None) for name in ("input_tokens", "cache_creation_input_tokens",
+                                                      "cache_read_input_tokens", "output_tokens")]
+    inputs, cached, read, output = (n if isinstance(n, int) else 0 for n in counts)
+    return [(inputs + cached + read, output)]
+
+
 class AnthropicProvider:
     def __init__(self, config: RunnerConfig, environ: Mapping[str, str] | None = None,
                  sleep: Callable[[float], Awaitable[None]] = clock.sleep) -> None:
@@ -226,15 +239,18 @@ class AnthropicProvider:
 
     async def respond(self, turn: Turn) -> Reply:
         box = await self._tools()
+        used: list[tuple[int, int]] = []  # each model call's tokens, for the run log (the rejected call used none)
         try:
-            text, messages = await self._loop(turn, box, turn.history or [])
+            text, messages = await self._loop(turn, box, turn.history or [], used)
         except _HistoryRejected as exc:
             log.warning("stored conversation rejected (%s); retrying with a fresh one", exc,
                         extra={"action": "conversation_reset"})
-            text, messages = await self._loop(turn, box, [])
-        return Reply(text, None if turn.history is None else messages)
+            text, messages = await self._loop(turn, box, [], used)
+        tokens = Tokens(sum(i for i, _ in used), sum(o for _, o in used)) if used else None
+        return Reply(text, None if turn.history is None else messages, tokens)
 
-    async def _loop(self, turn: Turn, box: _ToolBox, history: History) -> tuple[str, History]:
+    async def _loop(self, turn: Turn, box: _ToolBox, history: History,
+                    used: list[tuple[int, int]]) -> tuple[str, History]:
         messages: History = [*history, {"role": "user", "content": turn.prompt}]
         said: list[str] = []
         for round_no in range(MAX_ROUNDS):
@@ -245,6 +261,7 @@ class AnthropicProvider:
                 if round_no == 0 and history and exc.status_code in (400, 413):
                     raise _HistoryRejected(describe(exc)) from exc
                 raise ProviderError(describe(exc)) from None
+            used += _usage(response)
             content = [cast(dict[str, Any], b.to_dict(mode="json", exclude_none=True)) for b in response.content]
             said += [b["text"] for b in content if b.get("type") == "text" and b.get("text", "").strip()]
             uses = [b for b in content if b.get("type") == "tool_use"]

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from agent_runner.prompt import text_of
 from agent_runner.tools import Tools
-from schemas.rows import InMessage
+from schemas.rows import InMessage, Tokens
 
 History = list[dict[str, Any]]
 
@@ -33,6 +33,7 @@ class Turn:
 class Reply:
     text: str
     history: History | None = None
+    tokens: Tokens | None = None  # what the turn's model calls used, if the provider reports it (the mock does not)
 
 
 class Provider(Protocol):

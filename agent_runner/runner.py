@@ -140,7 +140,7 @@ class Runner:
         keep = not isolated and reply.history is not None
         self.store.finish(ids, "completed", self.clock.now(), "ran", None, started,
                           reply=self._reply(last, reply.text) if reply.text else None,
-                          state=(CONVERSATION, json.dumps(reply.history)) if keep else None)
+                          state=(CONVERSATION, json.dumps(reply.history)) if keep else None, tokens=reply.tokens)
 
     def _history(self) -> History:
         raw = self.store.state(CONVERSATION)

@@ -16,7 +16,7 @@ from agent_runner.config import RunnerConfig
 from schemas import ids
 from schemas.ddl import DbKind, latest_version
 from schemas.queries import DUE, transaction, version
-from schemas.rows import InMessage
+from schemas.rows import InMessage, Tokens
 from schemas.times import from_text, to_text
 
 BUSY_TIMEOUT_MS = 5000
@@ -98,11 +98,16 @@ class Store:
 
     def finish(self, message_ids: list[str], status: str, now: datetime, outcome: str, reason: str | None = None,
                started_at: datetime | None = None, reply: Reply | None = None,
-               state: tuple[str, str | None] | None = None) -> None:
+               state: tuple[str, str | None] | None = None, tokens: Tokens | None = None) -> None:
         """The turn's task requests, the answer, the conversation and the acks in one transaction: a runner killed
-        at any point has either answered (and asked) or not at all, so a retry never answers or asks twice."""
+        at any point has either answered (and asked) or not at all, so a retry never answers or asks twice. Every
+        row of the batch is acked with the same detail: the answer's id (the host's run log names it for each task
+        row the turn answered) and the turn's ``tokens``, if known."""
+        answer_id = None if reply is None else ids.new_id("msg", now)
         detail = json.dumps({"outcome": outcome, "reason": reason,
-                             **({"started_at": to_text(started_at)} if started_at else {})})
+                             **({"started_at": to_text(started_at)} if started_at else {}),
+                             **({"answer_id": answer_id} if answer_id else {}),
+                             **({"tokens": tokens.wire()} if tokens else {})})
         with self._outbound() as conn, transaction(conn):
             for row in conn.execute("SELECT * FROM staged_requests WHERE generation = ? ORDER BY rowid",
                                     (self.config.generation,)).fetchall():
@@ -110,7 +115,7 @@ class Store:
                             row["in_reply_to"], {}, row["id"])
             conn.execute("DELETE FROM staged_requests WHERE generation = ?", (self.config.generation,))
             if reply is not None:
-                _insert_out(conn, "chat", reply.content, now, reply.in_reply_to, reply.routing, None)
+                _insert_out(conn, "chat", reply.content, now, reply.in_reply_to, reply.routing, answer_id)
             if state is not None:
                 _put_state(conn, *state, now)
             conn.executemany("INSERT OR REPLACE INTO processing_ack(message_id, status, status_changed, detail,"

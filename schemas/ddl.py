@@ -189,6 +189,19 @@ _INBOUND_V4 = """
 ALTER TABLE messages_in ADD COLUMN zone TEXT;
 """
 
+# v5 (issue 16.4): what a run produced, for the run log: the answer's messages_out id and its first 500 characters,
+# and the model tokens its turn used as the runner reported them (input counts cached input, as the credential proxy
+# does); NULL: none, or not reported (the mock provider). Only whole numbers from 0 up, only 500 characters.
+_INBOUND_V5 = """
+ALTER TABLE task_runs ADD COLUMN answer_id TEXT;
+ALTER TABLE task_runs ADD COLUMN answer_excerpt TEXT
+  CHECK (answer_excerpt IS NULL OR length(answer_excerpt) <= 500);
+ALTER TABLE task_runs ADD COLUMN input_tokens INTEGER
+  CHECK (input_tokens IS NULL OR (typeof(input_tokens) = 'integer' AND input_tokens >= 0));
+ALTER TABLE task_runs ADD COLUMN output_tokens INTEGER
+  CHECK (output_tokens IS NULL OR (typeof(output_tokens) = 'integer' AND output_tokens >= 0));
+"""
+
 # v4 (issue 13): likewise for a project-level task's next run.
 _CENTRAL_V4 = """
 ALTER TABLE scheduled_tasks ADD COLUMN zone TEXT;
@@ -265,7 +278,7 @@ CREATE INDEX messages_out_kind_seq ON messages_out(kind, seq);
 
 MIGRATIONS: dict[DbKind, tuple[str, ...]] = {
     "central": (_CENTRAL_V1, _CENTRAL_V2, _CENTRAL_V3, _CENTRAL_V4, _CENTRAL_V5, _CENTRAL_V6),
-    "inbound": (_INBOUND_V1, _INBOUND_V2, _INBOUND_V3, _INBOUND_V4),
+    "inbound": (_INBOUND_V1, _INBOUND_V2, _INBOUND_V3, _INBOUND_V4, _INBOUND_V5),
     "outbound": (_OUTBOUND_V1, _OUTBOUND_V2, _OUTBOUND_V3),
 }
 

@@ -86,3 +86,31 @@ class ModelWait:
                 and isinstance(until, str)):
             return None
         return cls(tuple(rows), problem, until)
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """Model tokens one turn used, summed over its calls, as the provider reported them (``input`` counts cached
+    input too, as the credential proxy does). The runner writes ``wire()`` into its ack's detail under ``tokens``;
+    the host reads it back with ``parse``, which takes a whole number from 0 up to ``TOKENS_LIMIT`` for each and leaves
+    anything else unknown (None): the runner may write anything there."""
+
+    input: int | None
+    output: int | None
+
+    def wire(self) -> dict[str, int | None]:
+        return {"input": self.input, "output": self.output}
+
+    @classmethod
+    def parse(cls, value: object) -> Tokens | None:
+        if not isinstance(value, dict):
+            return None
+        found = cls(*(_count(value.get(key)) for key in ("input", "output")))
+        return None if found.input is None and found.output is None else found
+
+
+TOKENS_LIMIT = 10**15  # far above any turn's tokens; SQLite's integers hold it exactly
+
+
+def _count(value: object) -> int | None:
+    return value if type(value) is int and 0 <= value <= TOKENS_LIMIT else None

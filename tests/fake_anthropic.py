@@ -36,19 +36,26 @@ class Recorded:
     body: dict[str, Any]
 
 
-def message(content: list[dict[str, Any]], stop_reason: str = "end_turn") -> Scripted:
+USAGE = {"input_tokens": 10, "output_tokens": 5}
+
+
+def message(content: list[dict[str, Any]], stop_reason: str = "end_turn",
+            usage: dict[str, int] | None = None) -> Scripted:
+    """A Messages API answer; ``usage`` as the API reports it (default ``USAGE``; {} leaves it out)."""
+    usage = USAGE if usage is None else usage
     return Scripted(200, {"id": f"msg_fake{next(_ids)}", "type": "message", "role": "assistant",
                           "model": "claude-fake", "content": content, "stop_reason": stop_reason,
-                          "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 5}})
+                          "stop_sequence": None, **({"usage": usage} if usage else {})})
 
 
-def text(words: str) -> Scripted:
-    return message([{"type": "text", "text": words}])
+def text(words: str, usage: dict[str, int] | None = None) -> Scripted:
+    return message([{"type": "text", "text": words}], usage=usage)
 
 
-def tool_use(name: str, arguments: dict[str, Any], say: str | None = None) -> Scripted:
+def tool_use(name: str, arguments: dict[str, Any], say: str | None = None,
+             usage: dict[str, int] | None = None) -> Scripted:
     block = {"type": "tool_use", "id": f"toolu_fake{next(_ids)}", "name": name, "input": arguments}
-    return message([*([{"type": "text", "text": say}] if say else []), block], stop_reason="tool_use")
+    return message([*([{"type": "text", "text": say}] if say else []), block], stop_reason="tool_use", usage=usage)
 
 
 def error(status: int, kind: str, words: str, headers: dict[str, str] | None = None) -> Scripted:

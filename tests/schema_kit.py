@@ -24,7 +24,7 @@ INBOUND_COLUMNS = {
     },
     "task_runs": {
         "id", "series_id", "message_id", "scheduled_for", "started_at", "finished_at", "duration_ms",
-        "outcome", "detail",
+        "outcome", "detail", "answer_id", "answer_excerpt", "input_tokens", "output_tokens",
     },
 }
 

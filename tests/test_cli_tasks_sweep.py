@@ -17,7 +17,7 @@ from cli_tasks_kit import cli as cli
 from cli_tasks_kit import session as session
 
 RUN_KEYS = {"id", "series_id", "message_id", "scheduled_for", "started_at", "finished_at", "duration_ms", "outcome",
-            "detail"}
+            "detail", "answer_id", "answer_excerpt", "tokens"}  # answer_id, answer_excerpt, tokens: issue 16.4
 SWEEP_KEYS = {"now", "sessions_checked", "woken", "applied", "cloned", "missed", "retried", "failed"}
 
 
@@ -75,6 +75,7 @@ def test_runner_ack_then_sweep_clones_and_runs_json_has_the_documented_keys(
     assert set(run) == RUN_KEYS
     assert (run["series_id"], run["message_id"], run["scheduled_for"], run["finished_at"], run["outcome"]) == (
         item["id"], item["id"], "2026-05-18T13:00:00.000Z", "2026-05-18T13:00:42.000Z", "ran")
+    assert (run["answer_id"], run["answer_excerpt"], run["tokens"]) == (None, None, None)  # the ack named none
     clone_id = inbox_rows(session)[1]["id"]
     assert ok(cli("tasks", "runs", clone_id, "--json")).json() == runs  # by occurrence id too
     table = ok(cli("tasks", "runs", item["id"])).out

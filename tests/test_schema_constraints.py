@@ -84,6 +84,20 @@ def test_task_runs_refuses_unknown_outcome(session_dir: Path, insert_row: Insert
             insert_row(conn, "task_runs", {**run, "id": "run-3", "finished_at": "2026-06-11T09:00:01Z"})
 
 
+@pytest.mark.parametrize("overrides", [
+    {"answer_excerpt": "x" * 501}, {"input_tokens": -1}, {"output_tokens": -5}, {"input_tokens": "twelve"},
+    {"output_tokens": 1.5}], ids=["excerpt-501", "input-negative", "output-negative", "input-text", "output-real"])
+def test_task_runs_keeps_answers_and_tokens_bounded(session_dir: Path, insert_row: InsertRow,
+                                                   overrides: dict[str, Any]) -> None:
+    """Issue 16.4: 500 characters of an answer, tokens whole numbers from 0 up, whoever writes."""
+    with closing(db.connect(session_dir / "inbound.db", "inbound")) as conn:
+        run = {"id": "run-1", "series_id": "task-1", "outcome": "ran", "finished_at": "2026-06-11T09:00:01.000Z",
+               "answer_id": "msg-1", "answer_excerpt": "é" * 500, "input_tokens": 0, "output_tokens": 10**15}
+        insert_row(conn, "task_runs", run)  # 500 characters (1,000 bytes) and the widest counts go in
+        with pytest.raises(sqlite3.IntegrityError):
+            insert_row(conn, "task_runs", {**run, "id": "run-2", **overrides})
+
+
 SERIES = "task-1781168400000-aaaaaa"
 
 

@@ -168,3 +168,26 @@ def test_a_file_from_a_released_schema_migrates_to_the_current_schema(tmp_path: 
     with closing(db.connect(old, kind)) as conn:
         assert db.version(conn) == latest_version(kind)
         assert shape(conn) == expected
+
+
+def test_a_v4_inbound_keeps_its_runs_and_gains_empty_answers(tmp_path: Path, insert_row: InsertRow) -> None:
+    """Issue 16.4 (inbound v5): the runs a v4 file holds stay as they were; what v5 adds is NULL for them."""
+    path = tmp_path / "inbound.db"
+    with closing(open_plain(path)) as conn:
+        conn.executescript((RELEASED / "inbound.v4.sql").read_text())
+        insert_row(conn, "messages_in", {"id": "task-1", "seq": 2, "kind": "task", "status": "completed",
+                                         "timestamp": "2026-06-11T09:00:00.000Z", "series_id": "task-1",
+                                         "content": '{"prompt":"standup"}', "zone": "America/New_York"})
+        runs = [{"id": f"run-{n}", "series_id": "task-1", "message_id": "task-1", "outcome": outcome,
+                 "scheduled_for": "2026-06-11T13:00:00.000Z", "started_at": "2026-06-11T13:00:01.000Z",
+                 "finished_at": "2026-06-11T13:00:09.000Z", "duration_ms": 8000, "detail": detail}
+                for n, (outcome, detail) in enumerate([("ran", None), ("failed", "authentication failed (401)")])]
+        for run in runs:
+            insert_row(conn, "task_runs", run)
+    with closing(db.connect(path, "inbound")) as conn:
+        assert db.version(conn) == latest_version("inbound")
+        assert columns(conn, "task_runs") == INBOUND_COLUMNS["task_runs"]
+        kept = [dict(r) for r in conn.execute("SELECT * FROM task_runs ORDER BY id")]
+        assert conn.execute("SELECT zone FROM messages_in").fetchone()[0] == "America/New_York"
+    added = {"answer_id": None, "answer_excerpt": None, "input_tokens": None, "output_tokens": None}
+    assert kept == [{**run, **added} for run in runs]

@@ -26,7 +26,9 @@ COLUMNS = [("id", "ID"), ("agent_group_id", "GROUP"), ("session_id", "SESSION"),
            ("next", "NEXT RUN"), ("left", "LEFT"), ("recurrence", "RECURRENCE"), ("last_outcome", "LAST"),
            ("session_status", "SESSION STATUS"), ("excerpt", "PROMPT")]
 RUN_COLUMNS = [("outcome", "OUTCOME"), ("scheduled", "SCHEDULED"), ("started", "STARTED"),
-               ("finished", "FINISHED"), ("duration_ms", "MS"), ("message_id", "OCCURRENCE"), ("detail", "DETAIL")]
+               ("finished", "FINISHED"), ("duration_ms", "MS"), ("used", "TOKENS IN/OUT"), ("message_id", "OCCURRENCE"),
+               ("detail", "DETAIL"), ("answer", "ANSWER")]
+ANSWER_SHOWN = 60  # characters of a run's answer in the table, on one line; --json has the run log's 500
 
 
 def _write(app: App, ref: str, action: Callable[[Any, Path, str], T],
@@ -135,14 +137,30 @@ def show(app: App, task_id: str, as_json: bool) -> None:
 @json_option
 @pass_app
 def runs(app: App, task_id: str, as_json: bool) -> None:
-    """The run history of a series, oldest first."""
+    """The run history of a series, oldest first: ANSWER begins what a run answered, TOKENS IN/OUT what its turn
+    used (--json: the answer's id and first 500 characters, the tokens)."""
     with closing(app.central()) as central:
         session, series_id = task_list.locate(app.settings, central, task_id)
     found = task_list.runs(session, series_id)
     zone = app.settings.tz.zone
     emit(as_json, {"runs": found}, lambda: table(
         [{**r, "scheduled": local_time(r["scheduled_for"], zone), "started": local_time(r["started_at"], zone),
-          "finished": local_time(r["finished_at"], zone)} for r in found], RUN_COLUMNS, "no runs yet"))
+          "finished": local_time(r["finished_at"], zone), "used": _tokens(r["tokens"]),
+          "answer": _one_line(r["answer_excerpt"], ANSWER_SHOWN)} for r in found], RUN_COLUMNS, "no runs yet"))
+
+
+def _tokens(tokens: dict[str, int | None] | None) -> str | None:
+    if tokens is None:
+        return None
+    return "/".join("?" if tokens[key] is None else str(tokens[key]) for key in ("input", "output"))
+
+
+def _one_line(text: str | None, most: int) -> str | None:
+    """``text`` on one line (each run of white space one space), cut to ``most`` characters with an ellipsis."""
+    if text is None:
+        return None
+    line = " ".join(text.split())
+    return line if len(line) <= most else line[:most - 1] + "…"
 
 
 def _control(name: str, verb: str, doc: str, action: Callable[[Any, Path, str, datetime, App], int],

@@ -102,16 +102,17 @@ def _failed_streak(conn: db.Connection, series_id: str) -> bool:
 
 def finish(conn: db.Connection, row: InMessage, now: datetime, policy: Policy, status: str,
            outcome: RunOutcome, detail: str | None = None, started_at: str | None = None,
-           finished_at: str | None = None, next_status: str = "pending") -> bool:
+           finished_at: str | None = None, next_status: str = "pending",
+           result: task_series.RunResult | None = None) -> bool:
     """End an occurrence as ``status`` (completed | failed) and clone a recurring one (as ``next_status``, or
-    paused after a failure streak). True if cloned."""
+    paused after a failure streak); its run records ``result`` (what it produced), if any. True if cloned."""
     inbox.end(conn, row.id, status)
     if row.kind != "task":
         return False
     series_id = row.series
     _said_finished(row, outcome, detail, started_at, finished_at)
     task_series.record_run(conn, now, series_id, row.id, outcome, scheduled_for=to_text(scheduled(row)),
-                           started_at=started_at, finished_at=finished_at, detail=detail)
+                           started_at=started_at, finished_at=finished_at, detail=detail, result=result)
     if not row.recurrence:
         return False
     paused = outcome == "failed" and _failed_streak(conn, series_id)

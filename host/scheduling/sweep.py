@@ -388,6 +388,7 @@ class Sweeper:
               found: outbox.Outbox, claimed: list[str], result: SweepResult, open_rows: dict[str, str]) -> None:
         """Acks into messages_in; claims no live runner of this generation holds go back with backoff. ``open_rows``:
         the rows open when the visit began (no claimed row, no orphan: nothing to release)."""
+        answers = {reply.id: reply for reply in found.replies}  # what a 'ran' run may name as its answer
         for message_id, ack in found.acks.items():
             row = inbox.get(conn, message_id)
             if row is None or not inbox.is_live(row.status):
@@ -399,7 +400,8 @@ class Sweeper:
                 result.cloned += recurrence.finish(
                     conn, row, now, policy, ack.status, outcome, detail.get("reason"),
                     started_at=detail.get("started_at"), finished_at=ack.status_changed,
-                    next_status="paused" if row.status == "paused" else "pending")
+                    next_status="paused" if row.status == "paused" else "pending",
+                    result=task_series.RunResult.of_ack(detail, answers) if outcome == "ran" else None)
             elif runner is not None and ack.generation == runner.generation and row.status == "pending":
                 inbox.mark_processing(conn, [message_id])
         held = {mid for mid, ack in found.acks.items()

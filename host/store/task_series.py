@@ -4,20 +4,27 @@ a ``series_id``), the changes task control and the misfire rule make to them, an
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from host.store import db
 from host.store.inbox import LIVE, rows
+from host.store.outbox import OutMessage
 from schemas import ids
-from schemas.rows import InMessage, RunOutcome
+from schemas.rows import InMessage, RunOutcome, Tokens
 from schemas.times import from_text, to_text
+
+EXCERPT = 500  # characters of a run's answer the run log keeps (task_runs.answer_excerpt)
 
 
 @dataclass(frozen=True, slots=True)
 class TaskRun:
-    """One ``task_runs`` row: how an occurrence ended, or slots that never ran; fields in column order."""
+    """One ``task_runs`` row: how an occurrence ended, or slots that never ran; fields in column order, the two
+    token columns as one ``tokens`` ({"input", "output"}, None when the run reported none)."""
 
     id: str
     series_id: str
@@ -28,11 +35,45 @@ class TaskRun:
     duration_ms: int | None
     outcome: str
     detail: str | None
+    answer_id: str | None
+    answer_excerpt: str | None
+    tokens: dict[str, int | None] | None
 
     @classmethod
     def of(cls, row: sqlite3.Row) -> TaskRun:
+        tokens = Tokens(row["input_tokens"], row["output_tokens"])
         return cls(row["id"], row["series_id"], row["message_id"], row["scheduled_for"], row["started_at"],
-                   row["finished_at"], row["duration_ms"], row["outcome"], row["detail"])
+                   row["finished_at"], row["duration_ms"], row["outcome"], row["detail"], row["answer_id"],
+                   row["answer_excerpt"], None if tokens == Tokens(None, None) else tokens.wire())
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """What a ``ran`` run produced (issue 16.4): the answer its turn wrote (id and first ``EXCERPT`` characters) and
+    the tokens the turn used, each None when unknown. A batch's rows share one turn, so each task row of a batch
+    records the same answer and the same tokens."""
+
+    answer_id: str | None = None
+    answer_excerpt: str | None = None
+    tokens: Tokens | None = None
+
+    @classmethod
+    def of_ack(cls, detail: Mapping[str, Any], replies: Mapping[str, OutMessage]) -> RunResult:
+        """Read from a runner's ack ``detail`` (its text: anything may be there) and the chat ``replies`` read in the
+        same transaction as the ack: an answer counts only if it is one of them (the runner writes the answer and
+        the ack together), its excerpt is cut from the row's own text, tokens only as ``Tokens.parse`` takes them."""
+        named = detail.get("answer_id")
+        reply = replies.get(named) if isinstance(named, str) else None
+        return cls(None if reply is None else reply.id, None if reply is None else _excerpt(reply.content),
+                   Tokens.parse(detail.get("tokens")))
+
+
+def _excerpt(content: str) -> str | None:
+    try:
+        text = json.loads(content).get("text")
+    except (ValueError, AttributeError, RecursionError):  # not JSON, not an object, nested beyond reason
+        return None
+    return text[:EXCERPT] if isinstance(text, str) else None
 
 
 # --- finding series and their occurrences ---------------------------------------------------------------------
@@ -157,15 +198,18 @@ def cancel(conn: db.Connection, series_id: str) -> None:
 
 def record_run(conn: db.Connection, now: datetime, series_id: str, message_id: str | None,
                outcome: RunOutcome, scheduled_for: str | None = None, started_at: str | None = None,
-               finished_at: str | None = None, detail: str | None = None) -> None:
+               finished_at: str | None = None, detail: str | None = None, result: RunResult | None = None) -> None:
     duration = None
     if started_at and finished_at:
         duration = int((from_text(finished_at) - from_text(started_at)).total_seconds() * 1000)
+    result = result or RunResult()
+    tokens = result.tokens or Tokens(None, None)
     conn.execute(
         "INSERT INTO task_runs(id, series_id, message_id, scheduled_for, started_at, finished_at, duration_ms,"
-        " outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " outcome, detail, answer_id, answer_excerpt, input_tokens, output_tokens)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (ids.new_id("run", now), series_id, message_id, scheduled_for, started_at, finished_at or to_text(now),
-         duration, outcome, detail))
+         duration, outcome, detail, result.answer_id, result.answer_excerpt, tokens.input, tokens.output))
 
 
 def runs(conn: db.Connection, series_id: str) -> list[TaskRun]:
