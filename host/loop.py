@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from host.channels import nudge, registry
+from host.channels import alerts, nudge, registry
 from host.channels.delivery import Deliveries
 from host.project_tasks.fire import ScheduledTasks
 from host.runtimes import published
@@ -55,6 +55,7 @@ class Host:
         self._published: dict[str, Any] | None = None  # the pool state last written for ``ncl status``
         self.scheduled = ScheduledTasks(self.settings, self.clock.now)  # project-level tasks (DESIGN §9)
         self.writes = RunnerWrites(self.woken)  # a live runner's commit wakes the loop
+        self.alerts = alerts.alerts_of(self.settings, now=self.clock.now, sleep=self.clock.sleep)  # NCL_ALERT_CHANNEL
 
     def wake_at(self, now: datetime) -> datetime:
         candidates = [self._next_full]
@@ -147,17 +148,22 @@ class Host:
         log.info("host running, data in %s, TZ %s", self.settings.data_dir, self.settings.tz.name,
                  extra={"action": "host_started"})
         delivering = asyncio.create_task(self.deliveries.serve(), name="deliveries")
+        # Sent beside the sweeps, never inside one: a slow receiver holds up no session.
+        alerting = [asyncio.create_task(self.alerts.serve(), name="alerts")] if self.alerts else []
         try:
-            with nudge.heard(self.settings, self.woken):
+            with nudge.heard(self.settings, self.woken), alerts.reporting(self.alerts):
                 while not self.stopping.is_set():
                     await self.step()
         finally:
-            delivering.cancel()
-            await asyncio.gather(delivering, return_exceptions=True)
+            for task in (delivering, *alerting):
+                task.cancel()
+            await asyncio.gather(delivering, *alerting, return_exceptions=True)
             for channel in self.channels:
                 await channel.stop()
             self.proxy.shutdown()
             self.writes.close()
             self.sweeper.close()
             self.scheduled.close(stop_running=True)
+            if self.alerts:
+                await self.alerts.flush()  # what the last moments raised, within a bounded time
             log.info("host stopped", extra={"action": "host_stopped"})

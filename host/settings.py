@@ -10,13 +10,15 @@ import dataclasses
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 from host.errors import NclError
 from schemas import zone as zones
+from schemas.ids import GROUP_NAME
 from schemas.runner_env import DEFAULTS as RUNNER
 from schemas.runner_env import LogLevel, Provider
 
@@ -33,13 +35,51 @@ class SettingsError(NclError):
 @dataclass(frozen=True)
 class Env:
     """Where a setting is read from, the variable ``name``, and its bounds: a number greater than ``gt``, at least
-    ``ge``, at most ``le``; a string of at least ``min_length`` characters."""
+    ``ge``, at most ``le``; a string of at least ``min_length`` characters; ``check`` refuses (ValueError) a value
+    of the wrong form."""
 
     name: str
     gt: float | None = None
     ge: float | None = None
     le: float | None = None
     min_length: int | None = None
+    check: Callable[[Any], object] | None = None
+
+
+@dataclass(frozen=True)
+class AlertTarget:
+    """Where alerts go (``NCL_ALERT_CHANNEL``): ``session`` (a group's chat session, ``value`` the group's name) or
+    ``webhook`` (``value`` the URL the host POSTs them to)."""
+
+    kind: Literal["session", "webhook"]
+    value: str
+
+    def __str__(self) -> str:
+        """As logs and commands show it: a URL without its path, query or user (they often hold a secret)."""
+        if self.kind == "session":
+            return f"session:{self.value}"
+        parts = urlsplit(self.value)
+        port = f":{parts.port}" if parts.port else ""
+        return f"webhook:{parts.scheme}://{parts.hostname}{port}{'/…' if parts.path.strip('/') or parts.query else ''}"
+
+    @classmethod
+    def parse(cls, text: str) -> AlertTarget | None:
+        """``session:GROUP``, ``webhook:URL`` or a bare http(s) URL; None for ''. ValueError names the forms."""
+        text = text.strip()
+        if not text:
+            return None
+        kind, _, rest = text.partition(":")
+        if kind == "mail":
+            raise ValueError("mail alerts come with the mail channel, which this release does not have; "
+                             "use session:GROUP or a webhook URL")
+        if kind == "session" and GROUP_NAME.fullmatch(rest):
+            return cls("session", rest)
+        url = rest if kind == "webhook" else text
+        parts = urlsplit(url)
+        if parts.scheme in ("http", "https") and parts.hostname and url.isascii() and url.isprintable():
+            parts.port  # noqa: B018 (a port out of range raises ValueError here, not at the first alert)
+            return cls("webhook", url)
+        raise ValueError("expected session:GROUP, webhook:URL or an http(s) URL")
 
 
 FALLBACK_ZONE = zones.ResolvedZone("UTC", "fallback")
@@ -76,6 +116,9 @@ class Settings:
     anthropic_base_url: Annotated[str, Env("ANTHROPIC_BASE_URL")] = "https://api.anthropic.com"
     log_level: Annotated[LogLevel, Env("NCL_LOG_LEVEL")] = RUNNER.log_level
     log_format: Annotated[Literal["text", "json"], Env("NCL_LOG_FORMAT")] = "text"
+    alert_channel: Annotated[str, Env("NCL_ALERT_CHANNEL", check=AlertTarget.parse)] = ""
+    # Issue 16.3: an admin group's agents may create host tasks (commands run on the host, as the host's user).
+    allow_agent_host_tasks: Annotated[bool, Env("NCL_ALLOW_AGENT_HOST_TASKS")] = False
     tz: zones.ResolvedZone = FALLBACK_ZONE  # no variable of its own: ``load`` resolves it
 
     @classmethod
@@ -99,6 +142,10 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     @property
+    def alert_target(self) -> AlertTarget | None:
+        return AlertTarget.parse(self.alert_channel)
+
+    @property
     def central_db(self) -> Path:
         return self.data_dir / "central.db"
 
@@ -112,11 +159,17 @@ class Settings:
 
 
 _TRAILING_ZEROS = re.compile(r"\.0+$")  # "3.00" is the integer 3, "3." and "3.5" are no integer
+# A yes/no setting: these spellings, in any case, blanks around; empty is no (``NAME=`` in .env leaves it off).
+BOOLS = {**dict.fromkeys(("1", "true", "yes", "on"), True), **dict.fromkeys(("0", "false", "no", "off", ""), False)}
 
 
 def _read(kind: Any, text: str) -> Any:
     """``text`` as a value of the field type ``kind``: ASCII numbers (with ``_`` between digits, blanks around),
-    one of a ``Literal``'s strings exactly, a path, or the string itself."""
+    one of a ``Literal``'s strings exactly, yes or no (``BOOLS``), a path, or the string itself."""
+    if kind is bool:
+        if (found := BOOLS.get(text.strip().lower())) is None:
+            raise ValueError("Input should be 1, true, yes or on; or 0, false, no, off or empty")
+        return found
     if get_origin(kind) is Literal:
         if text not in get_args(kind):
             *most, last = (repr(choice) for choice in get_args(kind))
@@ -145,6 +198,8 @@ def _checked(value: Any, env: Env) -> Any:
         raise ValueError(f"Input should be less than or equal to {env.le}")
     if env.min_length is not None and len(value) < env.min_length:
         raise ValueError(f"String should have at least {env.min_length} character{'s' * (env.min_length > 1)}")
+    if env.check is not None:
+        env.check(value)
     return value
 
 

@@ -20,6 +20,7 @@ STDERR_HANDLER = "ncl-stderr"
 # name -> "module:attribute" of its click command, in a module imported when the command is first needed
 COMMANDS = {
     "agent": "host.cli.chat:agent_cli",
+    "alerts": "host.cli.alerts:alerts_cli",
     "chat": "host.cli.chat:chat",
     "completion": "host.cli.completion:completion",
     "doctor": "host.cli.doctor:doctor",

@@ -11,6 +11,7 @@ from typing import Literal
 
 import click
 
+from host.channels import alerts
 from host.cli import STDERR_HANDLER
 from host.cli.app import App, now_option, pass_app
 from host.cli.output import emit, fields, json_option
@@ -94,15 +95,19 @@ def sweep(app: App, once: bool, now: datetime | None, as_json: bool) -> None:
     """One sweep. With --now it acts at that instant and only counts the runners it would wake. What it does is
     logged to data/host.log too."""
     # As in ``host run``, what a host task leaves when it ends is ours to kill; only while we sweep.
+    raised = alerts.alerts_of(app.settings)  # what this sweep raises is sent before it exits, in bounded time
     with logging_to_file(app.settings, "kept"), host_lock(app.settings.data_dir), subreaping():
         runtime = None if now else select_runtime(app.settings)[0]
         sweeper = Sweeper(app.settings, Runners(runtime, app.settings) if runtime else None)
         try:
-            fired = fire_once(app.settings, now)  # project tasks first: a job one enqueues is woken by this sweep
-            result = sweeper.tick(now or app.now())
+            with alerts.reporting(raised):
+                fired = fire_once(app.settings, now)  # project tasks first: a job one enqueues is woken by this sweep
+                result = sweeper.tick(now or app.now())
         finally:
             sweeper.close()
             if runtime is not None:
                 runtime.close(stop_runners=False)  # the runners it woke outlive it, as with the local runtime
+            if raised and raised.pending:
+                asyncio.run(raised.flush())
     data = {**result.to_json(), **fired}
     emit(as_json, data, lambda: fields(data, [(k, k.replace("_", " ")) for k in data]))

@@ -53,6 +53,7 @@ class Claim:
     task: Task
     run_id: str | None  # None: the slots were only recorded as missed
     slot: datetime
+    missed: int = 0  # slots recorded as missed by this claim
 
 
 def claim(conn: db.Connection, task_id: str, now: datetime, policy: Policy) -> Claim | None:
@@ -83,7 +84,7 @@ def claim(conn: db.Connection, task_id: str, now: datetime, policy: Policy) -> C
         run_id = ids.new_id("run", now) if fire else None
         if run_id is not None and not store.add_running(conn, run_id, task_id, to_text(slot), to_text(now)):
             run_id = None  # this slot fired before (a schedule set back by --now): never twice
-    return Claim(Task.of(replace(row, next_run=next_run)), run_id, slot)
+    return Claim(Task.of(replace(row, next_run=next_run)), run_id, slot, missed)
 
 
 def finish(conn: db.Connection, run_id: str, outcome: Outcome, started: datetime, finished: datetime,
@@ -95,12 +96,15 @@ def finish(conn: db.Connection, run_id: str, outcome: Outcome, started: datetime
 
 
 def said_finished(task_id: str, run_id: str, outcome: str, started: datetime, finished: datetime, what: str) -> None:
-    """The line of a run's outcome (succeeded | queued | failed | timeout), with ``what`` it did or why it failed."""
+    """The line of a run's outcome (succeeded | queued | failed | timeout), with ``what`` it did or why it failed;
+    a failure alerts, but for a run the host's own stop ended."""
     took = max(0.0, (finished - started).total_seconds())
-    log.log(logging.INFO if outcome in ("succeeded", "queued") else logging.WARNING,
+    ok = outcome in ("succeeded", "queued")
+    alert = {} if ok or what == STOPPED else {"alert": "scheduled_task_failed"}
+    log.log(logging.INFO if ok else logging.WARNING,
             "scheduled task %s %s in %.1f s%s", task_id, outcome, took, f": {what}" if what else "",
             extra={"action": "scheduled_run_finished", "task": task_id, "run": run_id, "outcome": outcome,
-                   "duration_ms": int(took * 1000)})
+                   "duration_ms": int(took * 1000), **alert})
 
 
 def replan(conn: db.Connection, now: datetime, policy: Policy) -> None:
@@ -178,17 +182,19 @@ class ScheduledTasks:
                 self._failing[task.id] = task.updated_at
                 result.failed += 1
                 log.error("scheduled task %s could not be fired: %s", task.id, exc,
-                          extra={"action": "scheduled_fire_failed", "task": task.id})
+                          extra={"action": "scheduled_fire_failed", "task": task.id, "alert": "scheduled_task_failed"})
         return result
 
     def _fire(self, conn: db.Connection, task_id: str, now: datetime, result: FireResult) -> None:
         claimed = claim(conn, task_id, now, self.policy)
         if claimed is None:
             return
+        if claimed.run_id is None or claimed.missed:  # (missed slots before the one it fires are recorded too)
+            alert = {"alert": "scheduled_task_missed"} if claimed.missed else {}
+            log.warning("scheduled task %s missed %d slot(s)", task_id, claimed.missed,
+                        extra={"action": "scheduled_missed", "task": task_id, "slots": claimed.missed, **alert})
         if claimed.run_id is None:
             result.missed += 1
-            log.warning("scheduled task %s missed its slot(s)", task_id,
-                        extra={"action": "scheduled_missed", "task": task_id})
             return
         result.fired += 1
         log.info("scheduled task %s fired for %s (%s)", task_id, to_text(claimed.slot), claimed.task.spec.target_kind,

@@ -80,8 +80,9 @@ class Runners:
     def _failed(self, session_id: str, now: datetime, why: str) -> None:
         failed = self.failures[session_id] = self.failures.get(session_id, 0) + 1
         self.not_before[session_id] = now + timedelta(seconds=START_BACKOFF_S[min(failed, len(START_BACKOFF_S)) - 1])
+        alert = {"alert": "runner_start_failed"} if failed == NOTICE_AFTER else {}  # once a streak, as the notice
         log.warning("runner of %s %s (%d in a row)", session_id, why, failed,
-                    extra={"action": "runner_start_failed", "session": session_id, "failures": failed})
+                    extra={"action": "runner_start_failed", "session": session_id, "failures": failed, **alert})
 
     def want(self, session: Session, due_since: str) -> None:
         """A due session with no runner: queue its wake, ordered by ``due_since`` (when its work became due)."""

@@ -20,6 +20,7 @@ from schemas.times import TimeFormatError, from_text, to_text
 
 log = logging.getLogger(__name__)
 AUTO_PAUSE_AFTER = 3
+GATE_ERRORS_ALERT = 3  # gate errors in a row that raise an alert, once: until another outcome breaks the run
 MS = timedelta(milliseconds=1)
 DETAIL_SHOWN = 300  # characters of a run's detail (a runner's text) in its log line; task_runs keeps it whole
 
@@ -100,6 +101,15 @@ def _failed_streak(conn: db.Connection, series_id: str) -> bool:
     return len(outcomes) == AUTO_PAUSE_AFTER and all(o == "failed" for o in outcomes)
 
 
+def _gate_errors(conn: db.Connection, row: InMessage) -> None:
+    """Alert when the series' gate errors in a row reach GATE_ERRORS_ALERT (not at each one after)."""
+    outcomes = task_series.recent_outcomes(conn, row.series, GATE_ERRORS_ALERT + 1)
+    streak = ["gate_error"] * GATE_ERRORS_ALERT
+    if outcomes[:GATE_ERRORS_ALERT] == streak and outcomes[GATE_ERRORS_ALERT:] != ["gate_error"]:
+        log.warning("task %s: its gate script failed %d times in a row", row.series, GATE_ERRORS_ALERT,
+                    extra={"action": "task_gate_errors", **_named(row), "alert": "task_gate_errors"})
+
+
 def finish(conn: db.Connection, row: InMessage, now: datetime, policy: Policy, status: str,
            outcome: RunOutcome, detail: str | None = None, started_at: str | None = None,
            finished_at: str | None = None, next_status: str = "pending",
@@ -113,12 +123,16 @@ def finish(conn: db.Connection, row: InMessage, now: datetime, policy: Policy, s
     _said_finished(row, outcome, detail, started_at, finished_at)
     task_series.record_run(conn, now, series_id, row.id, outcome, scheduled_for=to_text(scheduled(row)),
                            started_at=started_at, finished_at=finished_at, detail=detail, result=result)
+    if outcome == "gate_error":
+        _gate_errors(conn, row)
     if not row.recurrence:
         return False
     paused = outcome == "failed" and _failed_streak(conn, series_id)
     clone(conn, row, now, policy, status="paused" if paused else next_status)
     if paused:
         prompt = json.loads(row.content).get("prompt", "")
+        log.warning("task %s failed %d times in a row and is paused", series_id, AUTO_PAUSE_AFTER,
+                    extra={"action": "task_auto_paused", **_named(row), "alert": "task_auto_paused"})
         inbox.notice(conn, now, "task_auto_paused",
                      f"Task {series_id} ({prompt[:60]!r}) failed {AUTO_PAUSE_AFTER} times in a row and is paused; "
                      "resume it once the cause is fixed.")
@@ -225,7 +239,7 @@ def _missed(conn: db.Connection, row: InMessage, now: datetime, first: datetime,
             slots: int) -> None:
     detail = json.dumps({"slots": slots, "first": to_text(first), "latest_slot": to_text(latest)})
     log.warning("task %s missed %d slot(s) from %s to %s", row.series, slots, to_text(first), to_text(latest),
-                extra={"action": "task_missed", **_named(row), "slots": slots})
+                extra={"action": "task_missed", **_named(row), "slots": slots, "alert": "task_missed"})
     task_series.record_run(conn, now, row.series, row.id, "missed", scheduled_for=to_text(first), detail=detail)
 
 

@@ -1,0 +1,262 @@
+"""Alerts: trouble reported where someone looks (``NCL_ALERT_CHANNEL``), once per event.
+
+Where something goes wrong the host logs its line with an ``alert`` key naming the event (``task_auto_paused``,
+``task_gate_errors``, ``task_missed``, ``scheduled_task_missed``, ``scheduled_task_failed``, ``runner_start_failed``):
+the code that knows the event decides that it is one, once, and the log line says it alerted. ``Reporting`` (a
+logging handler) turns each such record into an ``Alert`` and queues it, from any thread, without I/O. ``Alerts``
+sends the queue from the host loop, one at a time and outside every sweep and transaction: a slow or dead receiver
+delays only the alerts behind it, each attempt bounded by TIMEOUT_S, ATTEMPTS attempts, then the alert is logged as
+failed. A full queue drops the newest and says how many.
+
+Targets: ``webhook`` POSTs the alert's JSON (``Alert.to_json``), following no redirect (a 3xx is a failure);
+``session`` writes a notice (``alert``) into the group's chat session, where its agent and ``ncl messages list``
+see it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import closing, contextmanager, suppress
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from host.channels import router
+from host.errors import NclError
+from host.files import logs
+from host.settings import AlertTarget, Settings
+from host.store import db, groups, inbox, sessions
+from schemas import clock
+from schemas.times import to_text
+
+log = logging.getLogger(__name__)
+TIMEOUT_S = 5.0  # one attempt, connection to answer
+ATTEMPTS = 3
+BACKOFF_S = (2.0, 10.0)  # before the 2nd and the 3rd attempt
+QUEUE_MAX = 1000
+STOP_BUDGET_S = 10.0  # what a stopping host (or a one-off sweep) still gives the alerts it holds
+
+
+_POSTING: contextvars.ContextVar[bool] = contextvars.ContextVar("ncl_alert_posting", default=False)
+
+
+def _not_posting(record: logging.LogRecord) -> bool:
+    """httpx logs each request with its URL, and a webhook's URL often holds its secret: not for alerts."""
+    return not _POSTING.get()
+
+
+class AlertError(NclError):
+    """An alert that could not be handed over (one line: the target as shown, and why)."""
+
+
+@dataclass(frozen=True)
+class Alert:
+    """What a receiver gets: the event, a line of text, when (UTC text), and what it concerns."""
+
+    event: str
+    text: str
+    at: str
+    task: str | None = None  # a series id, or a project task's sched-… id
+    run: str | None = None  # a project task's run
+    session: str | None = None
+    group: str | None = None  # the session's group, by name
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def of(cls, record: logging.LogRecord) -> Alert:
+        said = vars(record)
+        named = {key: said[key] for key in ("task", "run", "session") if isinstance(said.get(key), str)}
+        return cls(str(said["alert"]), record.getMessage(), to_text(datetime.fromtimestamp(record.created, UTC)),
+                   **named)
+
+
+class Alerts:
+    """The queue of alerts and their sending. ``put`` from anywhere; ``serve`` (the host loop) or ``flush`` (a one-off
+    sweep) sends them; ``send`` hands one over or raises ``AlertError`` (``ncl alerts test``)."""
+
+    def __init__(self, settings: Settings, target: AlertTarget, now: Callable[[], datetime] = clock.now,
+                 sleep: Callable[[float], Awaitable[None]] = clock.sleep, timeout_s: float = TIMEOUT_S) -> None:
+        self.settings, self.target, self.now, self.sleep, self.timeout_s = settings, target, now, sleep, timeout_s
+        self.pending: deque[Alert] = deque()
+        self.dropped = 0
+        self._wake: Callable[[], None] | None = None
+        self._client: Any = None
+
+    def put(self, alert: Alert) -> None:
+        """Queue ``alert`` (any thread; never blocks, never does I/O)."""
+        if len(self.pending) >= QUEUE_MAX:
+            self.dropped += 1
+            return
+        self.pending.append(alert)
+        if self._wake is not None:
+            self._wake()
+
+    async def serve(self) -> None:
+        """Send what comes, until cancelled (an alert on its way then goes back to the front of the queue)."""
+        loop, ready = asyncio.get_running_loop(), asyncio.Event()
+
+        def wake() -> None:
+            with suppress(RuntimeError):  # the loop closed: what is queued stays for ``flush``
+                loop.call_soon_threadsafe(ready.set)
+
+        self._wake = wake
+        try:
+            while True:
+                await self.drain()
+                await ready.wait()
+                ready.clear()
+        finally:
+            self._wake = None
+
+    async def drain(self) -> None:
+        """Send everything queued, each alert with its attempts (tests, ``serve``)."""
+        while self.pending:
+            alert = self.pending.popleft()
+            try:
+                await self._deliver(alert)
+            except asyncio.CancelledError:
+                self.pending.appendleft(alert)
+                raise
+        self._said_dropped()
+
+    async def flush(self, budget_s: float = STOP_BUDGET_S) -> None:
+        """``drain`` within ``budget_s``; what is left then is logged as unsent. Closes the HTTP client."""
+        try:
+            await asyncio.wait_for(self.drain(), budget_s)
+        except TimeoutError:
+            log.warning("%d alert(s) not sent: the receiver took too long", len(self.pending),
+                        extra={"action": "alerts_unsent", "count": len(self.pending)})
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    async def _deliver(self, alert: Alert) -> bool:
+        alert = self._with_group(alert)
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                await self.send(alert)
+            except Exception as exc:  # whatever the receiver or its store did: this alert's failure, never the host's
+                if attempt == ATTEMPTS:
+                    log.warning("alert %s not sent after %d attempts: %s", alert.event, attempt, exc,
+                                extra={"action": "alert_failed", "event": alert.event, "target": str(self.target)})
+                    return False
+                await self.sleep(BACKOFF_S[attempt - 1])
+            else:
+                log.info("alert %s sent to %s", alert.event, self.target,
+                         extra={"action": "alert_sent", "event": alert.event, "target": str(self.target)})
+                return True
+        return False
+
+    async def send(self, alert: Alert) -> None:
+        """Hand ``alert`` to the target once, within ``timeout_s``; ``AlertError`` says why not."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                if self.target.kind == "webhook":
+                    await self._post(alert)
+                else:
+                    self._notice(alert)
+        except TimeoutError:
+            raise AlertError(f"{self.target}: no answer within {self.timeout_s:g} s") from None
+
+    async def _post(self, alert: Alert) -> None:
+        import httpx2 as httpx  # the anthropic SDK's client, as the model proxy uses: loaded when an alert goes out
+
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False)
+            if _not_posting not in (said := logging.getLogger("httpx2")).filters:
+                said.addFilter(_not_posting)
+        token = _POSTING.set(True)
+        try:
+            response = await self._client.post(self.target.value, json=alert.to_json())
+        except httpx.HTTPError as exc:
+            raise AlertError(f"{self.target}: {type(exc).__name__}: {exc}".rstrip(": ")) from None
+        finally:
+            _POSTING.reset(token)
+        if not 200 <= response.status_code < 300:
+            raise AlertError(f"{self.target} answered HTTP {response.status_code}")
+
+    def _notice(self, alert: Alert) -> None:
+        """The alert as an ``alert`` notice in the chat session of the target group (made if it has none yet)."""
+        now = self.now()
+        with closing(db.connect(self.settings.central_db, "central")) as central:
+            group = groups.get(central, self.target.value)
+            key = router.thread_key(group, router.Arrival("cli", "chat", {}))
+            session = router.session_for(central, self.settings, now, group, key)
+        about = ", ".join(f"{k} {v}" for k, v in (("group", alert.group), ("session", alert.session),
+                                                   ("task", alert.task)) if v)
+        text = f"Alert ({alert.event}): {alert.text}" + (f" [{about}]" if about else "")
+        with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn, db.transaction(conn):
+            inbox.notice(conn, now, "alert", text)
+
+    def _with_group(self, alert: Alert) -> Alert:
+        """The alert with its session's group named (a short read of central.db; none if the session is gone)."""
+        if alert.session is None or alert.group is not None:
+            return alert
+        try:
+            with closing(db.connect(self.settings.central_db, "central", readonly=True)) as central:
+                session = sessions.get(central, self.settings, alert.session)
+                return replace(alert, group=groups.get(central, session.agent_group_id).name)
+        except (NclError, db.Error):
+            return alert
+
+    def _said_dropped(self) -> None:
+        if self.dropped:
+            dropped, self.dropped = self.dropped, 0
+            log.warning("%d alert(s) dropped: more than %d were waiting", dropped, QUEUE_MAX,
+                        extra={"action": "alerts_dropped", "count": dropped})
+
+
+class Reporting(logging.Handler):
+    """On the root logger: every record with an ``alert`` key becomes an alert in ``alerts``."""
+
+    def __init__(self, alerts: Alerts) -> None:
+        super().__init__(logging.WARNING)
+        self.alerts = alerts
+        self.addFilter(logs.SessionFilter())  # a record logged in a session's visit names that session
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(getattr(record, "alert", None), str):
+            self.alerts.put(Alert.of(record))
+
+
+@contextmanager
+def reporting(alerts: Alerts | None) -> Iterator[None]:
+    """While inside, alert records go to ``alerts`` (None: nowhere). Alert records are warnings: a root logger set
+    above WARNING (NCL_LOG_LEVEL=ERROR) is lowered to it, its handlers keeping the level it had."""
+    if alerts is None:
+        yield
+        return
+    root = logging.getLogger()
+    level, handler = root.level, Reporting(alerts)
+    raised = [(h, h.level) for h in root.handlers] if level > logging.WARNING else []
+    for other, _ in raised:
+        other.setLevel(max(other.level, level))
+    root.setLevel(min(level, logging.WARNING))
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        for other, was in raised:
+            other.setLevel(was)
+
+
+def alerts_of(settings: Settings, **kwargs: Any) -> Alerts | None:
+    """The alerts of ``NCL_ALERT_CHANNEL``, or None when it is not set."""
+    target = settings.alert_target
+    return None if target is None else Alerts(settings, target, **kwargs)
+
+
+def test_alert(settings: Settings, now: datetime) -> Alert:
+    return Alert("test", f"a test alert from ncl (data {settings.data_dir})", to_text(now))
