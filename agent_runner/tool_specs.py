@@ -29,6 +29,8 @@ CRON = ("5-field cron (minute hour day-of-month month day-of-week, e.g. '0 9 * *
         "least {gap} s apart.")
 IntervalMs = Annotated[int | None, Field(description="Interval in milliseconds (3600000 = every hour), instead of "
                                                      "recurrence; stored as 'every 1h'.")]
+Until = Annotated[str | None, Field(description="A recurring task's end: no run after this time, ISO 8601; naive = "
+                                                "local time.")]
 
 # The argument models have no docstrings: pydantic would put them in the schemas the model reads.
 
@@ -45,6 +47,9 @@ class ScheduleTask(BaseModel):
     contextMode: Annotated[Literal["group", "isolated"], Field(
         description="'group' (default): runs in this conversation; 'isolated': fresh context, no history read or "
                     "kept.")] = "group"
+    until: Until = None
+    count: Annotated[int | None, Field(description="A recurring task's number of runs in all, the first included "
+                                                   "(missed slots count too); then it ends.")] = None
     interval_ms: IntervalMs = None
     group: Group = None
 
@@ -63,6 +68,9 @@ class UpdateTask(BaseModel):
     recurrence: Annotated[str | None, Field(description="New 5-field cron or interval 'every 90m'; \"\" makes it "
                                                         "one-shot.")] = None
     script: Annotated[str | None, Field(description="New gate script; \"\" removes it.")] = None
+    until: Annotated[str | None, Field(description="New end: no run after this time; \"\" removes it.")] = None
+    count: Annotated[int | Literal[""] | None, Field(
+        description="Runs left, the next one included; \"\" removes the limit.")] = None
     interval_ms: IntervalMs = None
     group: Group = None
 
@@ -139,8 +147,8 @@ TOOLS = {spec.name: spec for spec in (
     ToolSpec("schedule_task", ScheduleTask,
              "Schedule work for yourself: at a time (processAfter), on a recurring schedule (recurrence), or both "
              "(first run at processAfter, then on the schedule). Without either it runs as soon as possible. {when} "
-             "Recurrence: {cron} Answers with the task id and the next run times. When it fires you receive the "
-             "prompt as a message.",
+             "Recurrence: {cron} A recurring task may end: after count runs, or at until. Answers with the task id "
+             "and the next run times. When it fires you receive the prompt as a message.",
              {"prompt": "Post the standup summary.", "recurrence": "0 9 * * 1-5"}),
     ToolSpec("list_tasks", ListTasks,
              "List this conversation's scheduled tasks, one line per series: id, state, schedule, next runs, prompt. "

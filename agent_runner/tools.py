@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent_runner.config import RunnerConfig
 from agent_runner.store import DbError, Store
-from schemas import ids, interval, recurring
+from schemas import ids, interval, recurring, series_end
 from schemas.times import TimeFormatError, from_text, parse_user_time, to_text
 
 if TYPE_CHECKING:
@@ -72,9 +72,10 @@ class Tools:
                             f"{int(self.config.task_min_interval_s)} s")
         return valid
 
-    def _next_runs(self, first: str | None, expr: str | None, count: int = 3) -> str:
+    def _next_runs(self, first: str | None, expr: str | None, count: int = 3,
+                   ends: series_end.Ends | None = None) -> str:
         """What will run, as the user will see it: a time already passed means "now" (a one-shot runs at once;
-        a recurring task goes on from the next slot), never a list of past times."""
+        a recurring task goes on from the next slot), never a list of past times; none past the series' end."""
         zone, now = self.config.zone, self.now()
         passed = first is not None and from_text(first) < now
         times = [] if passed and expr else [now if passed else from_text(first)] if first else []
@@ -84,6 +85,8 @@ class Tools:
                 if len(times) >= count:
                     break
                 times.append(slot)
+        if ends is not None:
+            times = [t for t in times if ends.until is None or t <= ends.until][:ends.count]
         shown = ", ".join(t.astimezone(zone).strftime("%a %Y-%m-%d %H:%M:%S %Z") for t in times) or "now"
         notes = [self.config.tz] * bool(times) + ["the time given has passed"] * passed
         return f"{shown} ({'; '.join(notes)})" if notes else shown
@@ -101,13 +104,33 @@ class Tools:
         # Staged: the host sees it when the turn finishes, so a turn killed after this call and retried asks once.
         self.store.stage(json.loads(request.to_json()), self.now(), self.turn.get("in_reply_to"))
 
+    def _ends(self, until: str | None, count: Any, first: str | None) -> series_end.Ends:
+        """The series' end as asked (``""`` clears one: left out here), checked against now and its next run."""
+        try:
+            ends = series_end.Ends(from_text(when) if (when := self._when(until)) else None,
+                                   series_end.check_count(count) if count not in (None, "") else None)
+            if ends.until is not None:
+                series_end.check_until(ends.until, self.now(), from_text(first) if first else None)
+        except ValueError as exc:
+            raise ToolError(str(exc)) from None
+        return ends
+
+    def _ends_said(self, ends: series_end.Ends) -> str:
+        said = [f"{ends.count} run{'s' * (ends.count != 1)} in all"] if ends.count else []
+        if ends.until:
+            said.append("none after " + ends.until.astimezone(self.config.zone).strftime("%a %Y-%m-%d %H:%M:%S %Z"))
+        return f"; ends: {', '.join(said)}" if said else ""
+
     def schedule_task(self, prompt: str, processAfter: str | None = None, recurrence: str | None = None,
-                      script: str | None = None, contextMode: str = "group", interval_ms: Any = None) -> str:
+                      script: str | None = None, contextMode: str = "group", until: str | None = None,
+                      count: Any = None, interval_ms: Any = None) -> str:
         self._prompt(prompt)
         if contextMode not in ("group", "isolated"):
             raise ToolError("contextMode must be 'group' or 'isolated'")
         expr = self._recurrence(recurrence, interval_ms)
         after = self._when(processAfter)
+        if (until or count is not None) and not expr:
+            raise ToolError("until and count end a recurring task; give recurrence too (a one-shot runs once)")
         if same := self._same_as(prompt, expr, script or None, after):
             state = ("it is paused: resume_task resumes it" if _state(same) == "paused"
                      else (upcoming := self._upcoming(same)) and f"next run: {upcoming}")
@@ -115,13 +138,16 @@ class Tools:
                     f" {'recurrence' if expr else 'time'} and script; nothing new was scheduled"
                     + (f" ({state})" if state else ""))
         first = after or (to_text(recurring.next_after(expr, self.now(), self.config.zone)) if expr else None)
+        ends = self._ends(until, count, first)
         task_id = ids.new_id("task", self.now())
-        answer = f"Task scheduled (id: {task_id}, next runs: {self._next_runs(first, expr)})"  # may fail: first
+        answer = (f"Task scheduled (id: {task_id}, next runs: {self._next_runs(first, expr, ends=ends)}"
+                  f"{self._ends_said(ends)})")  # may fail: first
         from schemas import requests
 
         self._request(requests.ScheduleTask(action="schedule_task", taskId=task_id, prompt=prompt,
                                             processAfter=after, recurrence=expr, script=script or None,
-                                            contextMode=contextMode))  # type: ignore[arg-type]
+                                            contextMode=contextMode,  # type: ignore[arg-type]
+                                            until=to_text(ends.until) if ends.until else None, count=ends.count))
         return answer
 
     def _same_as(self, prompt: str, expr: str | None, script: str | None, after: str | None) -> dict[str, Any] | None:
@@ -141,19 +167,29 @@ class Tools:
         return None
 
     def update_task(self, taskId: str, prompt: str | None = None, processAfter: str | None = None,
-                    recurrence: str | None = None, script: str | None = None, interval_ms: Any = None) -> str:
-        self._known(taskId)
+                    recurrence: str | None = None, script: str | None = None, until: str | None = None,
+                    count: Any = None, interval_ms: Any = None) -> str:
+        series = self._known(taskId)
         if prompt is not None:
             self._prompt(prompt)
         expr = "" if recurrence == "" and interval_ms is None else self._recurrence(recurrence, interval_ms)
         after = self._when(processAfter)
-        if prompt is None and after is None and expr is None and script is None:
-            raise ToolError("nothing to update: give prompt, processAfter, recurrence or script")
+        if prompt is None and after is None and expr is None and script is None and until is None and count is None:
+            raise ToolError("nothing to update: give prompt, processAfter, recurrence, script, until or count")
+        live = series.get("live")
+        if (until is not None or count is not None) and not (expr or (expr is None and live and live.recurrence)):
+            raise ToolError(f"task {taskId} runs once: until and count end a recurring task")
+        waiting = live.process_after if live is not None and live.status != "processing" else None
+        ends = self._ends(until, count, after or waiting)
+        cleared = {key: "" for key, value in (("until", until), ("count", count)) if value == ""}
         from schemas import requests
 
         self._request(requests.UpdateTask(action="update_task", taskId=taskId, prompt=prompt, processAfter=after,
-                                          recurrence=expr, script=script))
-        return f"Task {taskId} updated" + (f" (next runs: {self._next_runs(after, expr)})" if after or expr else "")
+                                          recurrence=expr, script=script,
+                                          until=to_text(ends.until) if ends.until else cleared.get("until"),
+                                          count=ends.count or ("" if "count" in cleared else None)))
+        shown = f" (next runs: {self._next_runs(after, expr, ends=ends)})" if after or expr else ""
+        return f"Task {taskId} updated{shown}" + self._ends_said(ends)
 
     def _control(self, action: str, task_id: str, said: str = "") -> str:
         from schemas import requests

@@ -23,7 +23,8 @@ from schemas.cron import CronError
 PREFIX = "every "
 UNITS = (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1))
 MAX_S = 366 * 86_400  # longer waits are a calendar's job: a cron such as '0 9 1 1 *'
-FORM = "write 'every N' with units d, h, m, s, largest first (e.g. 'every 90m', 'every 2h', 'every 1h30m', 'every 1d')"
+FORM = ("write 'every N' with units d, h, m, s, largest first (e.g. 'every 90m', 'every 2h', 'every 1h30m', "
+        "'every 1d'), or a 5-field cron such as '0 9 * * *'")
 _PART = re.compile(r"([0-9]{1,9})([dhms])", re.ASCII)
 _LAST = datetime.max.replace(year=9999, month=12, day=30)
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from schemas import recurring
 from schemas.ids import is_id
 from schemas.rows import ContextMode
+from schemas.series_end import MAX_COUNT
 from schemas.times import accept_text
 from schemas.validation import not_blank, one_line
 
@@ -39,6 +40,13 @@ def _time(value: str | None) -> str | None:
     return value or None
 
 
+def _until(value: str | None) -> str | None:
+    """A series' end time as UTC text; ``""`` (clear it) kept for an update."""
+    if value:
+        accept_text(value)
+    return value
+
+
 def _prompt_text(value: str | None) -> str | None:
     return value if value is None else not_blank(value)
 
@@ -54,6 +62,8 @@ class ScheduleTask(_Request):
     recurrence: str | None = None
     script: str | None = None
     context_mode: ContextMode = Field("group", alias="contextMode")
+    until: Annotated[str, Field(min_length=1)] | None = None  # issue 16.2: the series' end (schemas/series_end.py)
+    count: Annotated[int, Field(ge=1, le=MAX_COUNT, strict=True)] | None = None
 
     @field_validator("task_id")
     @classmethod
@@ -63,20 +73,24 @@ class ScheduleTask(_Request):
         return value
 
     _after = field_validator("process_after")(_time)
+    _until = field_validator("until")(_until)
     _recurrence = field_validator("recurrence")(_cron)
     _prompt = field_validator("prompt")(_prompt_text)
 
 
 class UpdateTask(_Request):
-    """Only the fields to change; ``""`` clears recurrence or script."""
+    """Only the fields to change; ``""`` clears recurrence, script, until or count."""
 
     action: Literal["update_task"]
     prompt: str | None = Field(None, min_length=1)
     process_after: str | None = Field(None, alias="processAfter")
     recurrence: str | None = None
     script: str | None = None
+    until: str | None = None
+    count: Annotated[int, Field(ge=1, le=MAX_COUNT, strict=True)] | Literal[""] | None = None
 
     _after = field_validator("process_after")(_time)
+    _until = field_validator("until")(_until)
     _recurrence = field_validator("recurrence")(_cron)
     _prompt = field_validator("prompt")(_prompt_text)
 

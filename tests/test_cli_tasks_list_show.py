@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from conftest import CliEnv
 
 LIST_KEYS = {"id", "agent_group_id", "session_id", "status", "next_run", "recurrence", "prompt", "last_outcome",
-             "session_status"}  # session_status: issue 13
+             "session_status", "until", "runs_left", "ended"}  # session_status: issue 13; the last three: 16.2
 
 
 def snapshot(data_dir: Path) -> dict[str, str]:
@@ -61,7 +61,7 @@ def test_add_then_list_json_has_exactly_the_documented_keys(cli: Ncl, session: d
     assert listed_item == {
         "id": item["id"], "agent_group_id": "ag-demo", "session_id": session["id"], "status": "pending",
         "next_run": "2026-05-18T13:00:00.000Z", "recurrence": WEEKDAYS_0900, "prompt": "post the standup",
-        "last_outcome": None, "session_status": "active",
+        "last_outcome": None, "session_status": "active", "until": None, "runs_left": None, "ended": None,
     }
     [row] = inbox_rows(session)
     assert (row["id"], row["kind"], row["status"], row["series_id"]) == (item["id"], "task", "pending", item["id"])

@@ -71,13 +71,13 @@ async def test_lists_the_eight_tools_with_schemas_and_descriptions(session: Path
         schedule = tools["schedule_task"]
         assert schedule.input_schema["required"] == ["prompt"]
         assert set(schedule.input_schema["properties"]) == {"prompt", "processAfter", "recurrence", "script",
-                                                             "contextMode", "interval_ms", "group"}
+                                                             "contextMode", "interval_ms", "group", "until", "count"}
         interval_ms = schedule.input_schema["properties"]["interval_ms"]
         assert {"type": "integer"} in interval_ms["anyOf"] and "3600000" in interval_ms["description"]
         assert "every 90m" in (schedule.description or "")
         assert set(tools["update_task"].input_schema["properties"]) == {"taskId", "prompt", "processAfter",
                                                                         "recurrence", "script", "interval_ms",
-                                                                        "group"}
+                                                                        "group", "until", "count"}
         assert schedule.input_schema["properties"]["contextMode"]["enum"] == ["group", "isolated"]
         assert TZ in (schedule.description or "") and "300 s" in (schedule.description or "")
         assert tools["update_task"].input_schema["required"] == ["taskId"]
@@ -143,7 +143,8 @@ async def test_bad_arguments_are_a_tool_error_not_a_crash(session: Path) -> None
         assert result.is_error and "pause_task needs taskId; its arguments: {taskId, group?}" in text(result)
         extra = await client.call_tool("schedule_task", {"prompt": "standup", "interval": 3600})
         assert extra.is_error and ("schedule_task has no argument 'interval'; its arguments: {prompt, processAfter?, "
-                                   "recurrence?, script?, contextMode?, interval_ms?, group?}") in text(extra)
+                                   "recurrence?, script?, contextMode?, until?, count?, interval_ms?, "
+                                   "group?}") in text(extra)
         assert "Tools." not in text(extra) and outbound(session, "system") == []
         unknown = await client.call_tool("pause_task", {"taskId": "task-1781168400000-zzzzzz"})
         assert unknown.is_error and "no task" in text(unknown)

@@ -125,11 +125,23 @@ def show(app: App, task_id: str, as_json: bool) -> None:
                 ("recurrence", "recurrence"), ("next_run", "next run"), ("last_outcome", "last outcome"),
                 ("prompt", "prompt")])
         click.echo("next runs:  " + (", ".join(local_time(t, zone) for t in data["next_runs"]) or "-"))
+        if ends := _ends_said(data["task"], zone):
+            click.echo("ends:       " + ends)
         table([{**r, "at": local_time(r["process_after"], zone)} for r in data["occurrences"]],
               [("id", "OCCURRENCE"), ("status", "STATUS"), ("at", "SCHEDULED"), ("tries", "TRIES"),
                ("recurrence", "RECURRENCE")], "no occurrences")
 
     emit(as_json, data, human)
+
+
+def _ends_said(item: dict[str, Any], zone: ZoneInfo) -> str:
+    """What is left of a series with an end (``2 runs left, until 2027-01-01 09:00 EST``), or how it ended."""
+    if item.get("ended"):
+        return f"ended: its {item['ended']} was reached"
+    said = [] if item.get("runs_left") is None else [f"{item['runs_left']} run{'s' * (item['runs_left'] != 1)} left"]
+    if item.get("until"):
+        said.append(f"until {local_time(item['until'], zone)}")
+    return ", ".join(said)
 
 
 @task_cli.command("runs")
@@ -198,22 +210,27 @@ _control("cancel", "cancelled", "Cancel a series: its live occurrences end (a ru
 @click.option("--interval-ms", help="New interval in milliseconds (3600000 = every hour), instead of --recurrence.")
 @click.option("--at", "at", help="Next run time, ISO 8601 (naive = TZ).")
 @click.option("--script", help="New gate script; '' removes it.")
+@click.option("--until", help="New end: no run after this time, ISO 8601 (naive = TZ); '' removes it.")
+@click.option("--count", help="Runs left, the next one included; '' removes the limit.")
 @click.option("--force", is_flag=True, help="Allow runs closer than NCL_TASK_MIN_INTERVAL_S.")
 @now_option
 @json_option
 @pass_app
 def update(app: App, task_id: str, prompt: str | None, recurrence: str | None, interval_ms: str | None,
-           at: str | None, script: str | None, force: bool, now: datetime | None, as_json: bool) -> None:
+           at: str | None, script: str | None, until: str | None, count: str | None, force: bool,
+           now: datetime | None, as_json: bool) -> None:
     """Change a series' live occurrences; a new recurrence without --at recomputes the next run from now. Refused
     in a closed session."""
     recurrence = _recurrence(recurrence, interval_ms)
-    if prompt is None and recurrence is None and at is None and script is None:
-        raise click.UsageError("nothing to update: give --prompt, --recurrence, --interval-ms, --at or --script")
+    if all(v is None for v in (prompt, recurrence, at, script, until, count)):
+        raise click.UsageError("nothing to update: give --prompt, --recurrence, --interval-ms, --at, --script, "
+                               "--until or --count")
     after = to_text(parse_user_time(at, app.settings.tz.zone)) if at else None
-    _, series_id, count = _write(app, task_id, lambda c, f, s: tasks.update(
+    end = to_text(parse_user_time(until, app.settings.tz.zone)) if until else until
+    _, series_id, changed = _write(app, task_id, lambda c, f, s: tasks.update(
         c, s, now or app.now(), policy(app), prompt, after, recurrence, script, enforce_interval=not force,
-        folder=f), plans="update")
-    _changed(as_json, "updated", series_id, count)
+        until=end, count=count, folder=f), plans="update")
+    _changed(as_json, "updated", series_id, changed)
 
 
 @task_cli.command("run-now")
@@ -240,19 +257,25 @@ def run_now(app: App, task_id: str, now: datetime | None, as_json: bool) -> None
               "one interval from now), or now.")
 @click.option("--script", help="Gate script run before the agent (bash; last line JSON {\"wakeAgent\": …}).")
 @click.option("--context-mode", type=click.Choice(["group", "isolated"]), default="group", show_default=True)
+@click.option("--until", help="A recurring series' end: no run after this time, ISO 8601 (naive = TZ).")
+@click.option("--count", help="A recurring series' number of runs in all, the first included (missed slots count).")
 @click.option("--force", is_flag=True, help="Allow runs closer than NCL_TASK_MIN_INTERVAL_S, and a task the "
               "session already has live (same prompt, recurrence and script).")
 @now_option
 @json_option
 @pass_app
 def add(app: App, session_id: str, prompt: str, recurrence: str | None, interval_ms: str | None, at: str | None,
-        script: str | None, context_mode: str, force: bool, now: datetime | None, as_json: bool) -> None:
+        script: str | None, context_mode: str, until: str | None, count: str | None, force: bool,
+        now: datetime | None, as_json: bool) -> None:
     """Schedule a task in a session, as an operator."""
     from host.channels import nudge  # see _write
 
     recurrence = _recurrence(recurrence, interval_ms)
     moment = now or app.now()
     after = to_text(parse_user_time(at, app.settings.tz.zone)) if at else None
+    end = to_text(parse_user_time(until, app.settings.tz.zone)) if until else None
+    if until == "" or count == "":
+        raise NclError("--until and --count take a value (an update's '' removes one)")
     with closing(app.central(write=True)) as central:
         session = sessions.get(central, app.settings, session_id)
         if session.status != "active":
@@ -262,7 +285,7 @@ def add(app: App, session_id: str, prompt: str, recurrence: str | None, interval
             # Operators keep to NCL_MAX_TASKS_PER_SESSION too: the cap bounds the sweep's work, whoever asks.
             task_id = tasks.schedule(conn, moment, policy(app), ids.new_id("task", moment), prompt, after, recurrence,
                                      script, context_mode, enforce_interval=not force, registry=registry,
-                                     duplicate_ok=force)
+                                     duplicate_ok=force, until=end, count=count)
     nudge.touch(app.settings)
     item = task_list.summary(session, task_id)
     emit(as_json, item.to_json(), lambda: click.echo(

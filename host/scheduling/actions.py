@@ -33,13 +33,14 @@ def _apply(conn: db.Connection, request: requests.ScheduleTask | requests.Update
         case requests.ScheduleTask():
             stored = tasks.schedule(conn, now, policy, request.task_id, request.prompt, request.process_after,
                                     request.recurrence, request.script, request.context_mode,
-                                    _routing(conn, in_reply_to), registry=registry, fresh_if_used=True)
+                                    _routing(conn, in_reply_to), registry=registry, fresh_if_used=True,
+                                    until=request.until, count=request.count)
             if stored != request.task_id:  # DESIGN §13.5: a used id is replaced, and the agent told the new one
                 return (f"Task id {request.task_id} is already used in this install; your task is stored as "
                         f"{stored}: use that id to update, pause, resume or cancel it.")
         case requests.UpdateTask():
             tasks.update(conn, request.task_id, now, policy, request.prompt, request.process_after,
-                         request.recurrence, request.script, folder=folder)
+                         request.recurrence, request.script, until=request.until, count=request.count, folder=folder)
         case requests.ControlTask(action="pause_task"):
             _must(conn, tasks.pause(conn, request.task_id, now, policy, folder=folder), request, "paused")
         case requests.ControlTask(action="resume_task"):

@@ -16,6 +16,7 @@ from host.settings import Settings
 from host.store import db, inbox, task_series
 from schemas import ids, recurring
 from schemas.rows import InMessage, RunOutcome
+from schemas.series_end import ENDED, Ends
 from schemas.times import TimeFormatError, from_text, to_text
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,32 @@ def _with_slot(content: str, slot: datetime | None) -> str:
     return json.dumps(data)
 
 
+def _spend(content: str, slots: int) -> str:
+    """The content with ``slots`` more of the series' ``count`` used (untouched when it has none)."""
+    data = json.loads(content)
+    if not slots or not isinstance(data.get("count"), int):
+        return content
+    data["count"] -= slots
+    return json.dumps(data)
+
+
+def _capped(row: InMessage, due: Overdue, policy: Policy) -> Overdue:
+    """``due`` within the series' end (until, count): slots past it are none of the series'."""
+    assert row.recurrence is not None
+    ends = Ends.of(row.content)
+    if not ends:
+        return due
+    latest, later = ends.cap(row.recurrence, due.first, due.latest, due.later, policy.zone)
+    return Overdue(due.first, latest, later)
+
+
+def _ended(conn: db.Connection, row: InMessage, why: str) -> None:
+    """The series ends with ``row``: recorded in its content (``ended``) and logged; no clone follows."""
+    task_series.set_content(conn, row.id, json.dumps({**json.loads(row.content), ENDED: why}))
+    log.info("task %s ended: its %s was reached", row.series, why,
+             extra={"action": "task_series_ended", **_named(row), "ended": why})
+
+
 @dataclass(frozen=True)
 class Overdue:
     """The misfire rule's view of a recurring slot that is due (DESIGN §6.3, §12.7): one definition for session
@@ -81,19 +108,25 @@ class Overdue:
 
 
 def clone(conn: db.Connection, row: InMessage, now: datetime, policy: Policy, status: str = "pending",
-          after: datetime | None = None, at: datetime | None = None, expr: str | None = None) -> str | None:
+          after: datetime | None = None, at: datetime | None = None, expr: str | None = None,
+          spent: int = 1) -> str | None:
     """Insert the series' next occurrence: at ``at``, or the first slot after ``after`` (default: ``row``'s
-    scheduled time), carrying ``expr`` (default: ``row``'s recurrence). None when the calendar ends first."""
+    scheduled time), carrying ``expr`` (default: ``row``'s recurrence), once ``row`` has used ``spent`` slots of
+    its count. None when the series' end (until, count: recorded on ``row``) or the calendar's comes first."""
     expr = expr or row.recurrence
     assert expr is not None, "only a recurring occurrence is cloned"
     try:
         slot = at or recurring.next_after(expr, after or scheduled(row), policy.zone)
     except recurring.CronError:  # no slot before the year 9999 ends (a clock set there): the series ends here
         return None
+    if why := Ends.of(row.content).reached(slot, spent):
+        _ended(conn, row, why)
+        return None
+    content = _spend(_with_slot(row.content, None), spent)
     return inbox.insert(conn, {
         "id": ids.new_id("task", now), "kind": row.kind, "timestamp": to_text(now), "status": status,
         "process_after": to_text(slot), "recurrence": expr, "series_id": row.series, "trigger": row.trigger,
-        "on_wake": row.on_wake, **row.routing(), "content": _with_slot(row.content, None), "zone": policy.zone.key})
+        "on_wake": row.on_wake, **row.routing(), "content": content, "zone": policy.zone.key})
 
 
 def _failed_streak(conn: db.Connection, series_id: str) -> bool:
@@ -128,7 +161,8 @@ def finish(conn: db.Connection, row: InMessage, now: datetime, policy: Policy, s
     if not row.recurrence:
         return False
     paused = outcome == "failed" and _failed_streak(conn, series_id)
-    clone(conn, row, now, policy, status="paused" if paused else next_status)
+    if clone(conn, row, now, policy, status="paused" if paused else next_status) is None:
+        return False  # the series ended with this occurrence
     if paused:
         prompt = json.loads(row.content).get("prompt", "")
         log.warning("task %s failed %d times in a row and is paused", series_id, AUTO_PAUSE_AFTER,
@@ -177,15 +211,16 @@ def misfire(conn: db.Connection, row: InMessage, now: datetime, policy: Policy) 
     otherwise completes without running and clones the next future slot. Slots not run: one ``missed`` run.
     """
     assert row.recurrence is not None
-    due = Overdue.of(row.recurrence, scheduled(row), now, policy)
+    due = _capped(row, Overdue.of(row.recurrence, scheduled(row), now, policy), policy)
     if due.runs(now, policy):
         if not due.later:
             return 0
-        task_series.move(conn, row.id, to_text(due.latest), _with_slot(row.content, None), policy.zone.key)
+        content = _spend(_with_slot(row.content, None), due.later)
+        task_series.move(conn, row.id, to_text(due.latest), content, policy.zone.key)
         _missed(conn, row, now, due.first, due.latest, due.later)  # its own slot and every later one but the latest
     else:
         inbox.end(conn, row.id, "completed")
-        clone(conn, row, now, policy, after=due.latest)
+        clone(conn, row, now, policy, after=due.latest, spent=due.later + 1)
         _missed(conn, row, now, due.first, due.latest, due.later + 1)
     return 1
 
@@ -265,11 +300,12 @@ def release(conn: db.Connection, row: InMessage, now: datetime, policy: Policy) 
         # The retry keeps the grid slot it stands for, so its run and the next clone stay on the grid: the latest
         # slot passed while it was claimed if within the grace (the others recorded as missed), else its own.
         # It is never ended here: its runner may yet report that it ran.
-        due = Overdue.of(row.recurrence, scheduled(row), now, policy)
+        due = _capped(row, Overdue.of(row.recurrence, scheduled(row), now, policy), policy)
         slot = due.first
         if due.later and due.runs(now, policy):
             _missed(conn, row, now, due.first, due.latest, due.later)
             slot = due.latest
+            content = _spend(content, due.later)
         content = _with_slot(content, slot)
     task_series.retry(conn, row.id, tries, to_text(retry_at), content)
     log.warning("%s %s: its runner died or stalled; retry %d of %d at %s", row.kind, row.series, tries, MAX_TRIES,

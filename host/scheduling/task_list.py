@@ -13,7 +13,7 @@ from host.errors import NclError
 from host.settings import Settings
 from host.store import db, inbox, sessions, short_ids, task_ids, task_series
 from host.store.sessions import Session
-from schemas import recurring
+from schemas import recurring, series_end
 from schemas.rows import InMessage
 from schemas.times import from_text, to_text
 
@@ -31,6 +31,9 @@ class Series:
     prompt: str
     last_outcome: str | None
     session_status: str  # "closed": its group was deleted; nothing of the series runs any more
+    until: str | None = None  # issue 16.2: no run after it (schemas/series_end.py)
+    runs_left: int | None = None  # occurrences still to start, when an end is set
+    ended: str | None = None  # "count" or "until": the series ended by reaching it
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,7 +53,22 @@ def _summary(conn: db.Connection, session: Session, series_id: str, rows: list[I
     waiting = [r for r in live if r.status == "pending" and session.status == "active"]  # a closed one never runs
     next_run = min((r.process_after or r.timestamp for r in waiting), default=None)
     return Series(series_id, session.agent_group_id, session.id, status, next_run, carrier.recurrence,
-                  json.loads(carrier.content).get("prompt", ""), outcomes[-1] if outcomes else None, session.status)
+                  json.loads(carrier.content).get("prompt", ""), outcomes[-1] if outcomes else None, session.status,
+                  *_end(carrier, bool(live)))
+
+
+def _end(carrier: InMessage, live: bool) -> tuple[str | None, int | None, str | None]:
+    """(until, runs left, why it ended) of a series from its carrier (the live recurring row, else the last)."""
+    ends = series_end.Ends.of(carrier.content)
+    until = to_text(ends.until) if ends.until else None
+    if not live:
+        ended = json.loads(carrier.content).get(series_end.ENDED)
+        return until, None, ended if ended in ("count", "until") else None
+    if not (ends and carrier.recurrence and carrier.process_after):
+        return until, None, None
+    zone = ZoneInfo(carrier.zone) if carrier.zone else ZoneInfo("UTC")  # the zone its time was planned in
+    left = ends.runs_left(carrier.recurrence, from_text(carrier.process_after), zone)
+    return until, None if left is None else max(0, left - (carrier.status == "processing")), None
 
 
 def _inbox(session: Session) -> db.Connection | None:
@@ -133,12 +151,15 @@ def refuse_closed(session: Session, series_id: str, command: str) -> None:
 
 
 def _next_runs(rows: list[InMessage], zone: ZoneInfo, count: int = 5) -> list[str]:
-    """Waiting one-shots, then the recurring occurrence and the cron grid after it (a paused one waits)."""
+    """Waiting one-shots, then the recurring occurrence and the grid after it (a paused one waits), up to the
+    series' end (until, count: the carrier's own run is one of its count)."""
     times = {r.process_after or r.timestamp for r in rows if r.status == "pending"}
     carrier = next((r for r in rows if r.recurrence and r.status in ("pending", "processing")), None)
     if carrier and carrier.recurrence:
+        ends = series_end.Ends.of(carrier.content)
         slots = recurring.firings(carrier.recurrence, from_text(carrier.process_after or carrier.timestamp), zone)
-        times.update(to_text(next(slots)) for _ in range(count))
+        later = [next(slots) for _ in range(count if ends.count is None else min(count, ends.count - 1))]
+        times.update(to_text(t) for t in later if ends.until is None or t <= ends.until)
     return sorted(times)[:count]
 
 

@@ -15,7 +15,7 @@ from host.scheduling.recurrence import Policy
 from host.store import db, inbox, outbox, task_series
 from host.store.db import transaction
 from host.store.task_ids import TaskIds
-from schemas import ids, recurring
+from schemas import ids, recurring, series_end
 from schemas.rows import InMessage
 from schemas.times import from_text, to_text
 
@@ -31,6 +31,27 @@ def check_interval(expr: str, now: datetime, policy: Policy) -> None:
                        f"{int(policy.task_min_interval_s)} s (NCL_TASK_MIN_INTERVAL_S)")
 
 
+def _ends(until: str | None, count: int | str | None) -> dict[str, Any]:
+    """The content keys of a series' end as given (``""`` clears one: None), checked; only the keys given."""
+    ends: dict[str, Any] = {}
+    try:
+        if until is not None:
+            ends["until"] = to_text(from_text(until)) if until else None
+        if count is not None:
+            ends["count"] = series_end.check_count(count) if count != "" else None
+    except ValueError as exc:
+        raise NclError(str(exc)) from None
+    return ends
+
+
+def _check_until(content: dict[str, Any], now: datetime, first: str | None) -> None:
+    if content.get("until"):
+        try:
+            series_end.check_until(from_text(content["until"]), now, from_text(first) if first else None)
+        except ValueError as exc:
+            raise NclError(str(exc)) from None
+
+
 def _series(conn: db.Connection, ref: str) -> str:
     series_id = task_series.series_of(conn, ref)
     if series_id is None:
@@ -42,20 +63,26 @@ def schedule(conn: db.Connection, now: datetime, policy: Policy, task_id: str, p
              process_after: str | None = None, recurrence_expr: str | None = None, script: str | None = None,
              context_mode: str = "group", routing: dict[str, Any] | None = None,
              enforce_interval: bool = True, registry: TaskIds | None = None, fresh_if_used: bool = False,
-             duplicate_ok: bool = True) -> str:
-    """Insert a new series; its first run is ``process_after`` or the first cron slot after now. Returns the stored
+             duplicate_ok: bool = True, until: str | None = None, count: int | str | None = None) -> str:
+    """Insert a new series; its first run is ``process_after`` or the first slot after now; a recurring one ends
+    after ``count`` runs or at ``until``, if given (schemas/series_end.py). Returns the stored
     id: with ``fresh_if_used`` (a runner's choice) an id used anywhere is replaced by a fresh one, else refused.
     The id is registered install-wide (``registry``) before the row is written. Unless ``duplicate_ok``, a series
     repeating a live one (``task_series.same_live``) is refused (an operator's; an agent's tool checks itself)."""
     from schemas.messages import TaskContent  # pydantic: with the first write, so ``ncl tasks list`` goes without
 
     expr = recurring.validate(recurrence_expr) if recurrence_expr else None
-    content = TaskContent.model_validate({"prompt": prompt, "script": script or None, "context_mode": context_mode})
+    ends = {k: v for k, v in _ends(until, count).items() if v is not None}
+    if ends and not expr:
+        raise NclError("until and count end a recurring series; give a recurrence too (a one-shot runs once)")
+    content = TaskContent.model_validate({"prompt": prompt, "script": script or None, "context_mode": context_mode,
+                                          **ends})
     with transaction(conn):
         _check_room(conn, policy)  # first: a request over the cap costs one indexed count, nothing more
         if expr and enforce_interval:
             check_interval(expr, now, policy)
         first = process_after or (to_text(recurring.next_after(expr, now, policy.zone)) if expr else None)
+        _check_until(ends, now, first)
         if not duplicate_ok and (same := task_series.same_live(conn, prompt, expr, script, first)):
             raise NclError(f"task {same} in this session already has this prompt, {'recurrence' if expr else 'time'}"
                            " and script (--force adds another)")
@@ -103,8 +130,8 @@ def pause(conn: db.Connection, ref: str, now: datetime, policy: Policy, *, folde
         for row in rows:
             if row.status == "processing" and row.recurrence:
                 task_series.drop_recurrence(conn, row.id)
-                recurrence.clone(conn, row, now, policy, status="paused")
-                changed += 1
+                # None: this run is the series' last (its count or until), so nothing is left to pause
+                changed += recurrence.clone(conn, row, now, policy, status="paused") is not None
     return changed
 
 
@@ -155,15 +182,18 @@ def unchanged(conn: db.Connection, ref: str, verb: str) -> NclError:
 
 def update(conn: db.Connection, ref: str, now: datetime, policy: Policy, prompt: str | None = None,
            process_after: str | None = None, recurrence_expr: str | None = None, script: str | None = None,
-           enforce_interval: bool = True, *, folder: Path) -> int:
-    """Change live rows: content keys are merged (unknown ones kept); ``""`` clears recurrence or script.
-    A new recurrence without a new time recomputes the next run from now."""
+           enforce_interval: bool = True, until: str | None = None, count: int | str | None = None, *,
+           folder: Path) -> int:
+    """Change live rows: content keys are merged (unknown ones kept); ``""`` clears recurrence, script, until or
+    count. A new recurrence without a new time recomputes the next run from now. ``count`` is the runs left from
+    the next one to start (so a running occurrence, which uses one as it ends, stores one more)."""
     from schemas.messages import TaskContent
 
     expr = recurring.validate(recurrence_expr) if recurrence_expr else recurrence_expr
     if expr and enforce_interval:
         check_interval(expr, now, policy)
     changes: dict[str, Any] = {k: v for k, v in (("prompt", prompt), ("script", script)) if v is not None}
+    ends = _ends(until, count)
     with transaction(conn):
         series_id = _series(conn, ref)
         rows = _live(conn, folder, series_id)
@@ -177,10 +207,13 @@ def update(conn: db.Connection, ref: str, now: datetime, policy: Policy, prompt:
             waiting = row.status != "processing"
             carries = row.recurrence is not None or len(rows) == 1
             new_expr = (expr or None) if expr is not None and carries else row.recurrence
+            if ends and carries:
+                _set_ends(content, ends, waiting, new_expr, ref)
             if not waiting and carries and process_after:
                 # It runs now: it finishes as it is; the new time is the next occurrence's, made here.
                 if not new_expr:
                     raise NclError(f"task {ref} is running now; a one-shot that has started cannot be moved")
+                _check_until(content, now, process_after)
                 task_series.revise(conn, row.id, json.dumps(content), None, row.process_after, None)
                 recurrence.clone(conn, inbox.get(conn, row.id) or row, now, policy, at=from_text(process_after),
                                  expr=new_expr)
@@ -190,10 +223,23 @@ def update(conn: db.Connection, ref: str, now: datetime, policy: Policy, prompt:
                 after = process_after
             elif waiting and carries and expr:
                 after = to_text(recurring.next_after(expr, now, policy.zone))
+            if waiting and new_expr and ("until" in ends or after != row.process_after):
+                _check_until(content, now, after)
             # A time worked out now is planned in this zone; one kept stays in the zone it was planned in.
             zone = (policy.zone.key if after != row.process_after else row.zone) if new_expr else None
             task_series.revise(conn, row.id, json.dumps(content), new_expr, after, zone)
     return len(rows)
+
+
+def _set_ends(content: dict[str, Any], ends: dict[str, Any], waiting: bool, expr: str | None, ref: str) -> None:
+    """Merge a series' new end into its carrier's ``content``: a running carrier's count counts itself too."""
+    if not expr:
+        raise NclError(f"task {ref} runs once: until and count end a recurring series")
+    for key, value in ends.items():
+        if value is None:
+            content.pop(key, None)
+        else:
+            content[key] = value + 1 if key == "count" and not waiting else value
 
 
 def run_now(conn: db.Connection, ref: str, now: datetime) -> str:

@@ -160,6 +160,10 @@ def planned_elsewhere(conn: db.Connection, zone: str) -> list[InMessage]:
                       " AND zone IS NOT ?", (zone,))
 
 
+def set_content(conn: db.Connection, message_id: str, content: str) -> None:
+    conn.execute("UPDATE messages_in SET content = ? WHERE id = ?", (content, message_id))
+
+
 def count_try(conn: db.Connection, message_id: str, tries: int) -> None:
     conn.execute("UPDATE messages_in SET tries = ? WHERE id = ?", (tries, message_id))
 
