@@ -351,6 +351,22 @@ def test_a_running_host_posts_the_alert_of_a_missed_slot(tmp_path: Path) -> None
     assert got.empty()
 
 
+def test_a_one_off_sweep_sends_what_it_raised_before_it_exits(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    env.ok("groups", "create", "team", "--channel", "cli")
+    session = json.loads(env.ok("sessions", "create", "--group", "team", "--json"))["id"]
+    task = json.loads(env.ok("tasks", "add", "--session", session, "--prompt", "standup", "--recurrence", DAILY,
+                             "--now", "2026-01-01T00:00:00", "--json"))["id"]
+    with thread_receiver() as (url, got):
+        env.vars["NCL_ALERT_CHANNEL"] = url
+        data = json.loads(env.ok("host", "sweep", "--once", "--now", "2026-01-05T12:00:00", "--json"))
+        assert data["missed"] == 1
+        body = got.get_nowait()  # sent (and answered) before the command returned
+    assert body["event"] == "task_missed" and body["task"] == task
+    assert "missed 5 slot(s)" in body["text"]  # Jan 1-5, 09:00 UTC
+    assert got.empty()
+
+
 def test_reporting_lowers_a_root_logger_set_above_warning_and_puts_it_back() -> None:
     root = logging.getLogger()
     level, handler = root.level, logging.NullHandler()
