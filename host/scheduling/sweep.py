@@ -330,13 +330,16 @@ class Sweeper:
         """``quiet``: the open rows a read of the unchanged outbound.db found nothing for (None: read it)."""
         outbound = session.folder / "outbound.db"
         limit = self.settings.max_requests_per_visit
-        with logs.visiting(session.id), closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
+        with logs.visiting(session.id), closing(db.connect(session.folder / "inbound.db", "inbound",
+                                                            reading=True)) as conn:
             look = inbox.look(conn, now, policy.zone.key)
             open_rows = look.open_rows
             if runner is None and quiet is not None and quiet.issuperset(open_rows):
+                db.end_read(conn)
                 found = outbox.Outbox()  # what reading it again would find: no ack, request or reply is new
             else:
                 handled, replied = inbox.watermarks(conn)
+                db.end_read(conn)  # (in the one read transaction of the connection's checks)
                 # One request more than a visit applies tells whether the rest wait for the next visit (§13.5).
                 found = outbox.read(outbound, open_rows, handled, writable=runner is None, reply_after_seq=replied,
                                     request_limit=limit + 1)

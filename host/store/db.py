@@ -182,7 +182,8 @@ def _register_existing_task_ids(central: sqlite3.Connection, sessions_dir: Path)
                         [(series_id, *held[0]) for series_id, held in owners.items() if len(held) == 1])
 
 
-def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: bool = False) -> sqlite3.Connection:
+def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: bool = False,
+            reading: bool = False) -> sqlite3.Connection:
     """Open ``path`` at the latest schema. Read-only opens never write, except the migration of an
     older file, done once through a short read-write connection first (DESIGN §12.13). No symlink is ever
     followed to or in a session's files, and a missing file is created 0600 (``_pinned``).
@@ -190,9 +191,12 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
     ``query_only``: the host's reads of a runner's outbound.db. SQLite opens a read-only file O_RDONLY, which
     blocks for ever on a FIFO the runner could swap in after the check; a read-write open does not block (and
     reading a FIFO fails at once), and SQL writes are refused. It may roll back a hot journal, as any writer
-    would: only a writer that died leaves one."""
+    would: only a writer that died leaves one.
+
+    ``reading`` (a session file): the connection comes inside the read transaction its checks took, for the
+    caller's first reads, which ``end_read`` ends: a transaction less, and its lock taken and dropped once."""
     if query_only:
-        conn = connect(path, kind)
+        conn = connect(path, kind, reading=reading)
         conn.execute("PRAGMA query_only=ON")
         return conn
     if readonly:
@@ -207,13 +211,17 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
         lock.refuse_missing_central(path.parent)
     conn = _raw(path, readonly=False)
     try:
-        found = _version_and_mode(conn, kind, path)
+        found = _version_and_mode(conn, kind, path, keep=reading)
         if kind == "inbound":  # the kept journal is cut to 0 bytes at each commit: no disk held, as DELETE held none
             conn.execute("PRAGMA journal_size_limit=0")
-        if kind == "central":  # the session files declare no foreign keys
+        if kind == "central":  # the session files declare no foreign keys (never changed inside a transaction)
+            assert not reading, "central.db is never opened for reading"
             conn.execute("PRAGMA foreign_keys=ON")
         if found < latest_version(kind):
+            end_read(conn)
             migrate(conn, kind, path)
+            if reading:
+                conn.execute("BEGIN")
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise DbError(f"cannot use {path}: {exc}") from None
@@ -223,12 +231,19 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
     return conn
 
 
-def _version_and_mode(conn: sqlite3.Connection, kind: DbKind, path: Path) -> int:
+def end_read(conn: sqlite3.Connection) -> None:
+    """End the read transaction a ``reading`` connection came in (if it is still open)."""
+    if conn.in_transaction:
+        conn.execute("COMMIT")
+
+
+def _version_and_mode(conn: sqlite3.Connection, kind: DbKind, path: Path, keep: bool) -> int:
     """The file's schema version (refused if newer than this release), then the connection's journal mode set.
     Every connection sets it: only WAL is kept in the file, and a runner could switch outbound.db to it. (The first
     statement that needs the schema reads it; this is that statement.) Both in one read transaction: a statement
     outside one takes and drops the file's lock by itself, which cost a visit ~15 µs a file. A file in WAL mode
-    cannot leave it inside a transaction: then the mode is set on its own, as any file's was before."""
+    cannot leave it inside a transaction: then the mode is set on its own, as any file's was before. ``keep``:
+    the transaction stays open (a new one, after that)."""
     mode = f"PRAGMA journal_mode={JOURNAL_MODES[kind]}"
     conn.execute("BEGIN")
     try:
@@ -238,12 +253,15 @@ def _version_and_mode(conn: sqlite3.Connection, kind: DbKind, path: Path) -> int
         except sqlite3.OperationalError:  # "cannot change out of wal mode from within a transaction"
             conn.execute("ROLLBACK")
             conn.execute(mode)
+            if keep:
+                conn.execute("BEGIN")
             return found
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
+    if not keep:
+        conn.execute("COMMIT")
     return found
 
 

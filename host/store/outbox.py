@@ -70,8 +70,7 @@ def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, re
     if not path.exists():
         return Outbox()
     ids = list(open_ids)
-    with closing(db.connect(path, "outbound", query_only=not writable)) as conn:
-        conn.execute("BEGIN")
+    with closing(db.connect(path, "outbound", query_only=not writable, reading=True)) as conn:
         acks = {row["message_id"]: Ack.of(row) for row in _in_chunks(conn, "SELECT * FROM processing_ack WHERE"
                                                                       " message_id IN ({})", ids)}
         requests = [OutMessage.of(row) for row in conn.execute(  # at most request_limit (-1: all)
@@ -82,7 +81,7 @@ def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, re
         # The tool's timeout only widens a live runner's stuck check: a read for none (``writable``) skips it.
         state = None if writable else conn.execute(
             "SELECT current_tool, tool_timeout_s FROM container_state WHERE id = 1").fetchone()
-        conn.execute("COMMIT")
+        db.end_read(conn)
     timeout = float(state["tool_timeout_s"]) if state and state["current_tool"] and state["tool_timeout_s"] else None
     return Outbox(acks, requests, replies, timeout)
 
