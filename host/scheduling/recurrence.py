@@ -126,7 +126,7 @@ def clone(conn: db.Connection, row: InMessage, now: datetime, policy: Policy, st
     return inbox.insert(conn, {
         "id": ids.new_id("task", now), "kind": row.kind, "timestamp": to_text(now), "status": status,
         "process_after": to_text(slot), "recurrence": expr, "series_id": row.series, "trigger": row.trigger,
-        "on_wake": row.on_wake, **row.routing(), "content": content, "zone": policy.zone.key})
+        "on_wake": row.on_wake, **row.routing(), "content": content, "zone": policy.zone.key}, validated=False)
 
 
 def _failed_streak(conn: db.Connection, series_id: str) -> bool:

@@ -410,7 +410,7 @@ class Sweeper:
         held = {mid for mid, ack in found.acks.items()
                 if runner is not None and ack.status == "processing" and ack.generation == runner.generation}
         orphans = sorted(set(claimed)) if runner is None else []
-        if not orphans and not found.acks and "processing" not in open_rows.values():
+        if not orphans and "processing" not in open_rows.values():  # (rows claimed by this sync are held)
             return
         for row in inbox.processing(conn, orphans):
             if row.id in held or row.status not in ("pending", "processing"):
