@@ -38,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_host import HostProcess, host_env
 from bench_kit import log, percentile, wait_until, workdir
 
+from host.channels import cli_protocol as protocol
+
 NCL = [sys.executable, "-c", "from host.cli import main; main()"]
 SOURCES = Path(__file__).resolve().parent.parent
 LIMIT_S = 60.0
@@ -56,11 +58,12 @@ class Chat:
     def round_trip_ms(self, group: str, text: str, thread: str | None) -> float:
         """Send one message; ms until the reply to it comes back."""
         started = time.perf_counter()
-        self.sock.sendall(json.dumps({"op": "send", "group": group, "text": text, "thread": thread}).encode() + b"\n")
-        answer = json.loads(self.lines.readline())
-        if not answer.get("ok"):
+        self.sock.sendall(protocol.encode(protocol.send(group, text, thread)))
+        while "ok" not in (answer := protocol.decode(self.lines.readline())):
+            pass  # a reply to a message sent to this session by another client (the one-shot chats)
+        if not answer["ok"]:
             raise RuntimeError(f"refused: {answer}")
-        while (reply := json.loads(self.lines.readline()).get("reply")) is None or \
+        while (reply := protocol.decode(self.lines.readline()).get("reply")) is None or \
                 reply.get("in_reply_to") != answer["message_id"]:
             pass
         return (time.perf_counter() - started) * 1000
