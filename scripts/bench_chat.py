@@ -16,7 +16,8 @@ line sent on the host's CLI socket to the reply arriving back on that socket.
     .venv/bin/python scripts/bench_chat.py [--rounds N] [--oneshot N] [--against DIR] [--cold N]
 
 Every process it starts (the host, ``ncl``) runs this checkout (first on PYTHONPATH, whatever the venv's editable
-install points at), ``--against``'s one-shot chats that one.
+install points at), ``--against``'s one-shot chats that one. The runners the host starts get no PYTHONPATH: they run
+what the venv's install points at, whose schema version must be this checkout's.
 """
 
 from __future__ import annotations
