@@ -20,6 +20,17 @@ To = Annotated[str | None, Field(description="A named destination; omit to answe
                                              "came from.")]
 Group = Annotated[str | None, Field(description="Another group's name, to act on its tasks (only an admin group's "
                                                 "agent may; the host refuses others); omit for this conversation.")]
+# A host task's (issue 16.3): a command the host runs on a cron schedule, for an admin group's agent only.
+TaskType = Annotated[Literal["agent", "host"] | None, Field(
+    description="'agent' (default): a prompt for yourself. 'host': a command the host runs on a 5-field cron "
+                "recurrence (prompt says what it is for); only an admin group's agent may, when the operator allows "
+                "it; its id is host-…, list_tasks with a group lists it as [host].")]
+Command = Annotated[str | list[str] | None, Field(description="task_type 'host': the command line (split like a "
+                                                              "shell would, never run by one) or its arguments.")]
+Cwd = Annotated[str | None, Field(description="task_type 'host': where the command runs (relative: to the host's "
+                                              "data directory, the default).")]
+TimeoutSeconds = Annotated[int | None, Field(description="task_type 'host': kill the command, with all it started, "
+                                                         "after this many seconds, 1-86400 (default 600).")]
 # Shared by the scheduling tools' descriptions: ``{tz}`` and ``{gap}`` come from the runner's config.
 WHEN = ("Times are ISO 8601; a time without an offset (2026-06-11T09:00:00) is local time in {tz}, "
         "the user's time zone.")
@@ -52,6 +63,10 @@ class ScheduleTask(BaseModel):
                                                    "(missed slots count too); then it ends.")] = None
     interval_ms: IntervalMs = None
     group: Group = None
+    task_type: TaskType = None
+    command: Command = None
+    cwd: Cwd = None
+    timeout_seconds: TimeoutSeconds = None
 
 
 class ListTasks(BaseModel):
@@ -73,6 +88,9 @@ class UpdateTask(BaseModel):
         description="Runs left, the next one included; \"\" removes the limit.")] = None
     interval_ms: IntervalMs = None
     group: Group = None
+    command: Command = None
+    cwd: Cwd = None
+    timeout_seconds: TimeoutSeconds = None
 
 
 class TaskRef(BaseModel):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from agent_runner import group_tools
 from agent_runner.config import RunnerConfig
 from agent_runner.store import DbError, Store
 from schemas import ids, interval, recurring, series_end
@@ -241,7 +242,7 @@ class Tools:
                 series["live"] = row
         series_done = {s for s, v in found.items() if v["live"] is None}
         for request in unapplied:
-            if request.get("group") is not None:  # another group's (or answered by the host): not listed here
+            if group_tools.answered_by_host(request):  # another group's or a host task (answered by the host)
                 continue
             action, ref = request.get("action"), request.get("taskId")
             if action == "schedule_task":
@@ -315,12 +316,10 @@ class Tools:
         if problem := TOOLS[name].misfit(arguments):  # in the names the caller typed, not a Python signature's
             raise ToolError(problem)
         try:
-            if arguments.get("group") is not None:  # another group's tasks: the host answers (issue 16.3)
-                from agent_runner import group_tools
-
+            if group_tools.answered_by_host(arguments):  # another group's tasks, or host tasks (issue 16.3)
                 result: str = group_tools.call(self, name, arguments)
             else:
-                result = getattr(self, name)(**{k: v for k, v in arguments.items() if k != "group"})
+                result = getattr(self, name)(**group_tools.own(name, arguments))
         except ToolError:
             raise
         except ValidationError as exc:  # pydantic's report spans lines and names a model, not the argument

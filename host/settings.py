@@ -117,6 +117,8 @@ class Settings:
     log_level: Annotated[LogLevel, Env("NCL_LOG_LEVEL")] = RUNNER.log_level
     log_format: Annotated[Literal["text", "json"], Env("NCL_LOG_FORMAT")] = "text"
     alert_channel: Annotated[str, Env("NCL_ALERT_CHANNEL", check=AlertTarget.parse)] = ""
+    # Issue 16.3: an admin group's agents may create host tasks (commands run on the host, as the host's user).
+    allow_agent_host_tasks: Annotated[bool, Env("NCL_ALLOW_AGENT_HOST_TASKS")] = False
     tz: zones.ResolvedZone = FALLBACK_ZONE  # no variable of its own: ``load`` resolves it
 
     @classmethod
@@ -157,11 +159,17 @@ class Settings:
 
 
 _TRAILING_ZEROS = re.compile(r"\.0+$")  # "3.00" is the integer 3, "3." and "3.5" are no integer
+# A yes/no setting: these spellings, in any case, blanks around; empty is no (``NAME=`` in .env leaves it off).
+BOOLS = {**dict.fromkeys(("1", "true", "yes", "on"), True), **dict.fromkeys(("0", "false", "no", "off", ""), False)}
 
 
 def _read(kind: Any, text: str) -> Any:
     """``text`` as a value of the field type ``kind``: ASCII numbers (with ``_`` between digits, blanks around),
-    one of a ``Literal``'s strings exactly, a path, or the string itself."""
+    one of a ``Literal``'s strings exactly, yes or no (``BOOLS``), a path, or the string itself."""
+    if kind is bool:
+        if (found := BOOLS.get(text.strip().lower())) is None:
+            raise ValueError("Input should be 1, true, yes or on; or 0, false, no, off or empty")
+        return found
     if get_origin(kind) is Literal:
         if text not in get_args(kind):
             *most, last = (repr(choice) for choice in get_args(kind))

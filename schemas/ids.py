@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
-PREFIXES = ("task", "msg", "sys", "sess", "run", "sched")  # sched: project-level scheduled tasks
+# sched: project-level scheduled tasks; host: those of them an admin group's agent created (issue 16.3)
+PREFIXES = ("task", "msg", "sys", "sess", "run", "sched", "host")
 _ID = re.compile(rf"({'|'.join(PREFIXES)})-([0-9]{{13}})-([0-9a-z]{{6}})")
 _SHORT = re.compile(rf"({'|'.join(PREFIXES)})-([0-9a-z]{{6}})")
 GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,47}")

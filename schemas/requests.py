@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
@@ -107,14 +107,69 @@ class ListTasks(_Base):
     status: Literal["pending", "processing", "paused"] | None = None
 
 
+class _HostFields(_Base):
+    """What a host task is (``taskType: "host"``): a command the host runs on a cron schedule as a ScheduledTask's
+    host target runs, only ever for an admin group's agent while the operator allows it (host/scheduling/
+    host_tasks.py, which checks the rest as a spec file is checked). Bounded here."""
+
+    task_type: Literal["host"] = Field("host", alias="taskType")
+    command: str | list[str] | None = None  # text split like a shell would (never run by one), or the arguments
+    recurrence: str | None = Field(None, min_length=1, max_length=200)  # 5-field cron, in TZ
+    cwd: str | None = Field(None, min_length=1, max_length=1024)
+    timeout_seconds: Annotated[int, Field(strict=True)] | None = Field(None, alias="timeoutSeconds")
+    prompt: str | None = Field(None, min_length=1, max_length=500)  # what it is for: the task's description
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _command(cls, value: Any) -> Any:
+        bounded = (0 < len(value) <= 4096 if isinstance(value, str) else isinstance(value, list)
+                   and 0 < len(value) <= 64 and all(isinstance(a, str) and len(a) <= 1024 for a in value))
+        if value is not None and not bounded:
+            raise ValueError("a command is text of 1-4096 characters or a list of 1-64 arguments of at most 1024 "
+                             "characters each")
+        return value
+
+
+class ScheduleHostTask(_HostFields):
+    action: Literal["schedule_task"]
+
+
+class UpdateHostTask(_HostFields):
+    """Only the fields to change."""
+
+    action: Literal["update_task"]
+    task_id: str = Field(alias="taskId", min_length=1, max_length=100)
+
+
+HostRequest = ScheduleHostTask | UpdateHostTask | ControlTask
+HOST_ID = "host-"
+
+
+def for_host_tasks(request: object) -> TypeGuard[HostRequest]:
+    """Whether ``request`` is about host tasks: answered by host/scheduling/host_tasks.py, never as a session's."""
+    return isinstance(request, ScheduleHostTask | UpdateHostTask) or (
+        isinstance(request, ControlTask) and request.task_id.startswith(HOST_ID))
+
+
 Request = Annotated[ScheduleTask | UpdateTask | ControlTask | ListTasks, Field(discriminator="action")]
 _adapter: TypeAdapter[ScheduleTask | UpdateTask | ControlTask | ListTasks] = TypeAdapter(Request)
+_host_adapter: TypeAdapter[ScheduleHostTask | UpdateHostTask] = TypeAdapter(
+    Annotated[ScheduleHostTask | UpdateHostTask, Field(discriminator="action")])
 
 
-def parse(content: str | dict[str, Any]) -> ScheduleTask | UpdateTask | ControlTask | ListTasks:
-    """A system row's content -> its request, or RequestError saying what is wrong in one line."""
+def parse(content: str | dict[str, Any]) -> ScheduleTask | UpdateTask | ControlTask | ListTasks | ScheduleHostTask \
+        | UpdateHostTask:
+    """A system row's content -> its request, or RequestError saying what is wrong in one line. ``taskType``
+    "host" (or an update of a ``host-`` id) is a host task's; "agent" is the default, anything else refused."""
     try:
         data = json.loads(content) if isinstance(content, str) else content
+        if isinstance(data, dict) and data.get("action") in ("schedule_task", "update_task"):
+            kind = data.get("taskType", "host" if str(data.get("taskId", "")).startswith(HOST_ID) else "agent")
+            if kind == "host":
+                return _host_adapter.validate_python(data)
+            if kind != "agent":
+                raise RequestError(f"unknown taskType {repr(kind)[:60]}: 'agent' (the default) or 'host'")
+            data = {k: v for k, v in data.items() if k != "taskType"}
         return _adapter.validate_python(data)
     except json.JSONDecodeError as exc:
         raise RequestError(f"request is not JSON: {exc.msg}") from None

@@ -71,13 +71,15 @@ async def test_lists_the_eight_tools_with_schemas_and_descriptions(session: Path
         schedule = tools["schedule_task"]
         assert schedule.input_schema["required"] == ["prompt"]
         assert set(schedule.input_schema["properties"]) == {"prompt", "processAfter", "recurrence", "script",
-                                                             "contextMode", "interval_ms", "group", "until", "count"}
+                                                             "contextMode", "interval_ms", "group", "until", "count",
+                                                             "task_type", "command", "cwd", "timeout_seconds"}
         interval_ms = schedule.input_schema["properties"]["interval_ms"]
         assert {"type": "integer"} in interval_ms["anyOf"] and "3600000" in interval_ms["description"]
         assert "every 90m" in (schedule.description or "")
         assert set(tools["update_task"].input_schema["properties"]) == {"taskId", "prompt", "processAfter",
                                                                         "recurrence", "script", "interval_ms",
-                                                                        "group", "until", "count"}
+                                                                        "group", "until", "count", "command", "cwd",
+                                                                        "timeout_seconds"}
         assert schedule.input_schema["properties"]["contextMode"]["enum"] == ["group", "isolated"]
         assert TZ in (schedule.description or "") and "300 s" in (schedule.description or "")
         assert tools["update_task"].input_schema["required"] == ["taskId"]
@@ -85,13 +87,16 @@ async def test_lists_the_eight_tools_with_schemas_and_descriptions(session: Path
 
 
 def test_each_declared_tool_is_run_by_the_tools_method_of_its_name_with_its_arguments() -> None:
-    """``group`` (issue 16.3) is the one argument no method takes: a call naming a group goes to group_tools, which
-    carries each task tool's other arguments to the host."""
+    """``group`` and a host task's arguments (issue 16.3) are the ones no method takes: a call naming a group or a
+    host task goes to group_tools, which carries each task tool's other arguments to the host."""
+    routing = group_tools.HOST_FIELDS | {"group"}
     for name, spec in tool_specs.TOOLS.items():
         parameters = list(inspect.signature(getattr(Tools, name)).parameters)[1:]  # after self
-        assert parameters == [f for f in spec.arguments.model_fields if f != "group"], name
+        assert parameters == [f for f in spec.arguments.model_fields if f not in routing], name
         if "group" in spec.arguments.model_fields:
             assert group_tools.CARRIED[name] | {"group"} <= set(spec.arguments.model_fields), name
+        if name in ("schedule_task", "update_task"):  # what a host task's call carries is what the tool declares
+            assert group_tools.HOST_CARRIED[name] - {"task_type"} <= set(spec.arguments.model_fields), name
     assert {n for n, s in tool_specs.TOOLS.items() if "group" in s.arguments.model_fields} == set(group_tools.CARRIED)
 
 
@@ -144,7 +149,7 @@ async def test_bad_arguments_are_a_tool_error_not_a_crash(session: Path) -> None
         extra = await client.call_tool("schedule_task", {"prompt": "standup", "interval": 3600})
         assert extra.is_error and ("schedule_task has no argument 'interval'; its arguments: {prompt, processAfter?, "
                                    "recurrence?, script?, contextMode?, until?, count?, interval_ms?, "
-                                   "group?}") in text(extra)
+                                   "group?, task_type?, command?, cwd?, timeout_seconds?}") in text(extra)
         assert "Tools." not in text(extra) and outbound(session, "system") == []
         unknown = await client.call_tool("pause_task", {"taskId": "task-1781168400000-zzzzzz"})
         assert unknown.is_error and "no task" in text(unknown)

@@ -97,7 +97,8 @@ def test_file_option_errors(project: Project) -> None:
 def test_add_prints_the_list_item_and_list_shows_it_in_tz(project: Project) -> None:
     project.support_group()
     item = project.add(DAILY_QUEUE)
-    assert set(item) == LIST_KEYS | {"name", "description", "created_at", "updated_at"}
+    assert set(item) == LIST_KEYS | {"name", "description", "origin", "created_at", "updated_at"}
+    assert item["origin"] is None  # the operator's (an agent's host task names its group: issue 16.3)
     assert ids.is_id(item["id"], "sched")
     assert item["schedule"] == "30 17 * * *" and item["active"] is True and item["last_status"] is None
     assert item["target"] == {"kind": "queue", "name": "support-jobs",

@@ -119,6 +119,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert (loaded.idle_timeout_s, loaded.max_runners, loaded.scheduled_task_min_gap_s) == (1800, 5, 900)
     assert (loaded.runtime, loaded.provider, loaded.image) == ("auto", "mock", "ncl-agent:latest")
     assert loaded.anthropic_api_key is None
+    assert loaded.allow_agent_host_tasks is False
 
 
 @pytest.mark.parametrize(
@@ -150,6 +151,14 @@ def test_invalid_ncl_value_is_a_one_line_settings_error_naming_it(tmp_path: Path
         ("NCL_SWEEP_INTERVAL_S", "1e1", "sweep_interval_s", 10.0),
         ("NCL_DATA_DIR", "/srv/ncl", "data_dir", Path("/srv/ncl")),
         ("NCL_LOG_FORMAT", "json", "log_format", "json"),
+        ("NCL_ALLOW_AGENT_HOST_TASKS", "1", "allow_agent_host_tasks", True),
+        ("NCL_ALLOW_AGENT_HOST_TASKS", " True ", "allow_agent_host_tasks", True),
+        ("NCL_ALLOW_AGENT_HOST_TASKS", "yes", "allow_agent_host_tasks", True),
+        ("NCL_ALLOW_AGENT_HOST_TASKS", "ON", "allow_agent_host_tasks", True),
+        ("NCL_ALLOW_AGENT_HOST_TASKS", "0", "allow_agent_host_tasks", False),
+        ("NCL_ALLOW_AGENT_HOST_TASKS", "false", "allow_agent_host_tasks", False),
+        ("NCL_ALLOW_AGENT_HOST_TASKS", "off", "allow_agent_host_tasks", False),
+        ("NCL_ALLOW_AGENT_HOST_TASKS", "", "allow_agent_host_tasks", False),  # NAME= in .env: off
     ],
 )
 def test_values_are_read_as_their_type(tmp_path: Path, variable: str, value: str, field: str, read: object) -> None:
@@ -167,6 +176,9 @@ def test_values_are_read_as_their_type(tmp_path: Path, variable: str, value: str
         ("NCL_CONTAINER_PIDS", "15", "greater than or equal to 16"),
         ("NCL_IMAGE", "", "at least 1 character"),
         ("NCL_RUNTIME", "Docker", "'auto', 'docker' or 'local'"),
+        ("NCL_ALLOW_AGENT_HOST_TASKS", "2", "Input should be 1, true, yes or on; or 0, false, no, off or empty"),
+        ("NCL_ALLOW_AGENT_HOST_TASKS", "y", "Input should be 1, true, yes or on"),
+        ("NCL_ALLOW_AGENT_HOST_TASKS", "enabled", "Input should be 1, true, yes or on"),
     ],
 )
 def test_refused_values_say_why(tmp_path: Path, variable: str, value: str, said: str) -> None:

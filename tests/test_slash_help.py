@@ -31,7 +31,7 @@ def test_help_lists_every_tool_with_its_arguments(tools: Tools) -> None:
     text, cleared, failed = slash.run("/help", tools)
     assert not cleared and not failed
     signature = ("/schedule_task {prompt, processAfter?, recurrence?, script?, contextMode?, until?, count?, "
-                 "interval_ms?, group?}")
+                 "interval_ms?, group?, task_type?, command?, cwd?, timeout_seconds?}")
     assert signature in text.splitlines()
     assert "/pause_task {taskId, group?}" in text.splitlines() and "/list_tasks {status?, group?}" in text.splitlines()
     assert all(f"/{name} {{" in text for name in TOOLS)
@@ -41,7 +41,7 @@ def test_help_tool_says_what_each_argument_means_with_an_example(tools: Tools) -
     text, _, _ = slash.run("/help schedule_task", tools)
     lines = text.splitlines()
     assert lines[0] == ("/schedule_task {prompt, processAfter?, recurrence?, script?, contextMode?, until?, count?, "
-                        "interval_ms?, group?}")
+                        "interval_ms?, group?, task_type?, command?, cwd?, timeout_seconds?}")
     assert "America/New_York" in lines[1]  # the description as the model reads it, in this runner's zone
     [prompt] = [line for line in lines if line.lstrip().startswith("prompt (required)")]
     assert "What to do when the task fires" in prompt
@@ -64,10 +64,12 @@ def test_each_example_without_a_task_id_runs(tools: Tools, tmp_path: Path, name:
 def test_an_unknown_argument_is_named_with_the_accepted_ones(tools: Tools) -> None:
     answer, _, failed = slash.run('/schedule_task {"prompt": "standup", "interval": 3600}', tools)
     assert answer == ("error: schedule_task has no argument 'interval'; its arguments: {prompt, processAfter?, "
-                      "recurrence?, script?, contextMode?, until?, count?, interval_ms?, group?} "
+                      "recurrence?, script?, contextMode?, until?, count?, interval_ms?, group?, task_type?, "
+                      "command?, cwd?, timeout_seconds?} "
                       "(see /help schedule_task)")
     assert failed
     answer, _, failed = slash.run('/update_task {"recurrence": "0 9 * * *"}', tools)
     assert answer == "error: update_task needs taskId; its arguments: {taskId, prompt?, processAfter?, recurrence?, " \
-                     "script?, until?, count?, interval_ms?, group?} (see /help update_task)"
+                     "script?, until?, count?, interval_ms?, group?, command?, cwd?, timeout_seconds?} (see /help " \
+                     "update_task)"
     assert failed

@@ -156,6 +156,50 @@ def free_space(settings: Settings, folders: list[Path]) -> Check:
     return Check("disk", _level(not full), detail)
 
 
+def agent_host_tasks(settings: Settings) -> Check:
+    """NCL_ALLOW_AGENT_HOST_TASKS (issue 16.3): on, admin groups' agents may have commands run on this machine (a
+    warning, said at every doctor); off, the host tasks they created while it was on do not run (said too)."""
+    held = 0
+    if settings.central_db.exists():
+        try:
+            with closing(db.connect(settings.central_db, "central", readonly=True)) as conn:
+                held = conn.execute("SELECT COUNT(*) FROM scheduled_tasks WHERE id LIKE 'host-%'").fetchone()[0]
+        except (db.DbError, db.Error):
+            pass  # the schema check says what is wrong with central.db
+    made = f"{held} host task(s) created by agents ('ncl scheduled-task list' shows them, 'delete' removes one)"
+    if settings.allow_agent_host_tasks:
+        return Check("agent_host_tasks", "warn", "NCL_ALLOW_AGENT_HOST_TASKS is on: admin groups' agents may have "
+                     f"commands run on this machine as {_user()}; {made}")
+    return Check("agent_host_tasks", _level(True, warn=held > 0),
+                 f"off{f'; {made}, which do not run while it is off' if held else ''}")
+
+
+def matrix_login(settings: Settings) -> Check:
+    """The Matrix channel's login (NCL_MATRIX_*), asked of the homeserver; not set up at all is fine."""
+    import asyncio
+
+    from host.channels import matrix
+
+    missing = matrix.configured(settings)
+    if missing == "":
+        return Check("matrix", "ok", "not set up (NCL_MATRIX_USER_ID is empty)")
+    if missing:
+        return Check("matrix", "fail", missing)
+    try:
+        return Check("matrix", "ok", asyncio.run(asyncio.wait_for(matrix.check_login(settings), 20)))
+    except (matrix.MatrixError, OSError, TimeoutError) as exc:
+        return Check("matrix", "fail", f"{settings.matrix_homeserver}: {str(exc)[:300] or type(exc).__name__}")
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
 def _session_folders(settings: Settings) -> tuple[list[Path], Check | None]:
     if not settings.central_db.exists():
         if (pid := lock.running_pid(settings.data_dir)) is not None:
@@ -172,4 +216,5 @@ def run_all(settings: Settings) -> list[Check]:
     folders, early = _session_folders(settings)
     engine, image, problem = docker_engine(settings)
     return [timezone(settings), data_dir(settings), engine, image, runtime(settings, lambda _: problem),
-            api_key(settings), early or schema_versions(settings, folders), free_space(settings, folders)]
+            api_key(settings), early or schema_versions(settings, folders), free_space(settings, folders),
+            agent_host_tasks(settings), matrix_login(settings)]

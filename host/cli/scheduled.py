@@ -24,6 +24,7 @@ from schemas import ids
 
 COLUMNS = [("id", "ID"), ("name", "NAME"), ("schedule", "SCHEDULE"), ("target_text", "TARGET"),
            ("active", "ACTIVE"), ("next", "NEXT RUN"), ("last_status", "LAST")]
+BY_COLUMN = ("by", "CREATED BY")  # only when an agent created one of the tasks listed (issue 16.3)
 RUN_COLUMNS = [("id", "RUN"), ("status", "STATUS"), ("scheduled", "SCHEDULED"), ("started", "STARTED"),
                ("duration_ms", "MS"), ("exit_code", "EXIT"), ("result", "MESSAGE / OUTPUT / ERROR")]
 file_option = click.option("--file", "spec_file", required=True, metavar="F.yaml",
@@ -41,8 +42,10 @@ def _target_text(spec: Spec) -> str:
 
 
 def _row(task: Task, app: App) -> dict[str, Any]:
+    origin = task.spec.origin
     return {**task.to_json(), "target_text": _target_text(task.spec),
-            "next": local_time(task.next_run, app.settings.tz.zone)}
+            "next": local_time(task.next_run, app.settings.tz.zone),
+            "by": f"agent of {origin.group.removeprefix('ag-')}" if origin else "operator"}
 
 
 def _read(app: App, spec_file: Path, now: datetime) -> Spec:
@@ -103,11 +106,13 @@ def update(app: App, task_id: str, spec_file: Path, now: datetime | None, as_jso
 @json_option
 @pass_app
 def list_(app: App, as_json: bool) -> None:
-    """Every project-level scheduled task with its next run and last run status."""
+    """Every project-level scheduled task with its next run and last run status (and who created it, when an admin
+    group's agent created one: 'delete' removes it like any other)."""
     with closing(app.central()) as central:
         found = scheduled.list_all(central)
+    columns = COLUMNS + [BY_COLUMN] * any(t.spec.origin for t in found)
     emit(as_json, {"scheduled_tasks": [t.to_json() for t in found]},
-         lambda: table([_row(t, app) for t in found], COLUMNS, "no scheduled tasks"))
+         lambda: table([_row(t, app) for t in found], columns, "no scheduled tasks"))
 
 
 @scheduled_cli.command("runs")

@@ -36,6 +36,7 @@ from schemas.times import from_text, to_text
 log = logging.getLogger(__name__)
 WORKERS = 4
 HIDDEN_ENV = ("ANTHROPIC_API_KEY",)  # the proxy holds the key; no scheduled command needs it
+AGENTS_OFF = "not run: an agent created it and NCL_ALLOW_AGENT_HOST_TASKS is off"
 
 
 @dataclass
@@ -227,6 +228,8 @@ class ScheduledTasks:
         try:
             if stop.stopped:
                 outcome = Outcome("failed", error=STOPPED)
+            elif spec.origin is not None and not self.settings.allow_agent_host_tasks:  # an agent's (issue 16.3)
+                outcome = Outcome("failed", error=AGENTS_OFF)
             elif spec.host is not None:
                 inherited = {k: v for k, v in os.environ.items() if k not in HIDDEN_ENV}
                 outcome = scheduled_targets.run_host(spec.host, {**inherited, **env}, stop)

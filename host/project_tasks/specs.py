@@ -95,6 +95,16 @@ class HostTarget(_Strict):
     _split = field_validator("command", mode="before")(_argv)
 
 
+class Origin(_Strict):
+    """Who created a task an agent asked for (issue 16.3): the admin group, its session and the request's
+    ``messages_out`` id, all taken by the host from where the request came, never from the request; a spec file
+    cannot set it."""
+
+    group: str
+    session: str
+    request: str
+
+
 class Spec(_Strict):
     version: Literal["v1"]
     kind: Literal["ScheduledTask"]
@@ -105,6 +115,7 @@ class Spec(_Strict):
     queue: QueueTarget | None = None
     container: ContainerTarget | None = None
     host: HostTarget | None = None
+    origin: Origin | None = None
 
     @field_validator("schedule")
     @classmethod
@@ -130,7 +141,7 @@ class Spec(_Strict):
 
 
 _MODELS: dict[tuple[str, ...], type[BaseModel]] = {
-    (): Spec, ("queue",): QueueTarget, ("container",): ContainerTarget, ("host",): HostTarget}
+    (): Spec, ("queue",): QueueTarget, ("container",): ContainerTarget, ("host",): HostTarget, ("origin",): Origin}
 
 
 def _problem(exc: ValidationError) -> str:
@@ -163,6 +174,14 @@ def parse(text: str, source: str, base: Path) -> Spec:
     if not isinstance(doc, dict):
         got = "an empty file" if doc is None else f"a {type(doc).__name__}"
         raise SpecError(f"{source}: a ScheduledTask spec is a mapping (version, kind, schedule, target), not {got}")
+    if "origin" in doc:
+        raise SpecError(f"{source}: 'origin' is set by the host on the tasks agents create, never in a spec file")
+    return of_doc(doc, source, base)
+
+
+def of_doc(doc: dict[str, Any], source: str, base: Path) -> Spec:
+    """The validated spec of a document read from YAML or asked for by an agent (host/scheduling/host_tasks.py):
+    the same rules for both; a relative host ``cwd`` resolves against ``base``."""
     try:
         spec = Spec.model_validate(doc)
     except ValidationError as exc:
@@ -216,10 +235,14 @@ class Task:
     def target_json(self) -> dict[str, Any]:
         return {"kind": self.spec.target_kind, **self.spec.target.model_dump(mode="json")}
 
+    def origin_json(self) -> dict[str, str] | None:
+        return None if self.spec.origin is None else self.spec.origin.model_dump()
+
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "schedule": self.spec.schedule, "target": self.target_json(), "active": self.active,
                 "next_run": self.next_run, "last_status": self.last_status, "name": self.spec.name,
-                "description": self.spec.description, "created_at": self.created_at, "updated_at": self.updated_at}
+                "description": self.spec.description, "origin": self.origin_json(), "created_at": self.created_at,
+                "updated_at": self.updated_at}
 
 
 def to_row(spec: Spec) -> Fields:
@@ -254,6 +277,8 @@ def update(conn: db.Connection, task_id: str, spec: Spec, now: datetime, zone: Z
     with db.transaction(conn):
         row = _row(conn, task_id)
         _check_wired(conn, spec)
+        if spec.origin is None and (origin := Task.of(row).spec.origin) is not None:  # who created it, kept
+            spec = spec.model_copy(update={"origin": origin})
         keep = row.active and spec.active and row.schedule == spec.schedule
         next_run, planned_in = (row.next_run, row.zone) if keep else (first_run(spec, now, zone), zone.key)
         store.update(conn, task_id, to_row(spec), next_run, to_text(now), planned_in)

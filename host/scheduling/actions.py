@@ -8,7 +8,7 @@ import logging
 from datetime import datetime
 from pathlib import Path
 
-from host.scheduling import cross_group, tasks
+from host.scheduling import cross_group, host_tasks, tasks
 from host.scheduling.recurrence import Policy
 from host.store import db, inbox
 from host.store.db import transaction
@@ -68,12 +68,17 @@ def apply(conn: db.Connection, folder: Path, rows: list[OutMessage], now: dateti
         try:
             request = requests.parse(row.content)
             with transaction(conn):  # a savepoint: a rejected request leaves no half-applied rows
-                if request.group is not None:
+                if requests.for_host_tasks(request):
+                    for_groups += 1
+                    detail = _for_host(reach, request, row.id, now, for_groups)
+                    note = None
+                elif request.group is not None:
+                    assert not isinstance(request, requests.ScheduleHostTask | requests.UpdateHostTask)
                     for_groups += 1
                     detail = _for_group(conn, reach, request, now, policy, for_groups)
                     note = None
                 else:
-                    assert not isinstance(request, requests.ListTasks)  # it names a group: parse checked
+                    assert isinstance(request, requests.ScheduleTask | requests.UpdateTask | requests.ControlTask)
                     note = _apply(conn, request, row.in_reply_to, now, policy, folder, registry)
             if note:
                 inbox.notice(conn, now, "task_id_replaced", note)
@@ -104,12 +109,25 @@ def _for_group(conn: db.Connection, reach: cross_group.Reach | None, request: cr
     return cross_group.answer(conn, reach, request, now, policy)
 
 
+def _for_host(reach: cross_group.Reach | None, request: requests.HostRequest, out_id: str, now: datetime,
+              count: int) -> str:
+    """The answer to a request about host tasks (host/scheduling/host_tasks.py), counted with those naming a group."""
+    if reach is None:
+        raise requests.RequestError("a request about host tasks is answered by the host's sweep only")
+    if count > MAX_FOR_GROUPS:
+        raise requests.RequestError(f"more than {MAX_FOR_GROUPS} requests naming a group or a host task at once; "
+                                    "ask again")
+    return host_tasks.answer(reach, request, out_id, now)
+
+
 def _names_group(row: OutMessage) -> bool:
+    """Whether the tool that wrote the row waits for its answer: a group named, or about host tasks."""
     try:
         content = json.loads(row.content)
     except ValueError:
         return False
-    return isinstance(content, dict) and content.get("group") is not None
+    return isinstance(content, dict) and (content.get("group") is not None or content.get("taskType") not in (
+        None, "agent") or str(content.get("taskId", "")).startswith(requests.HOST_ID))
 
 
 def _action(row: OutMessage) -> str:
