@@ -149,10 +149,11 @@ class PlayedRunners:
             tools = Tools(store.config, store, lambda: now)
             tools.turn = {"in_reply_to": message_id, "routing": {}}
             recurs = self.rng.random() < 0.5
+            # Each a series of its own (the tool answers a repeat of a live one with its id and asks nothing).
             if recurs:
-                answer = tools.schedule_task("every three hours", recurrence="15 */3 * * *")
+                answer = tools.schedule_task(f"every three hours, for {message_id}", recurrence="15 */3 * * *")
             else:
-                answer = tools.schedule_task("follow up", processAfter=to_text(now + timedelta(minutes=7)))
+                answer = tools.schedule_task(f"follow up {message_id}", to_text(now + timedelta(minutes=7)))
             task_id = answer.split("id: ", 1)[1].split(",", 1)[0]
             self.requested[task_id] = (session.id, recurs)
         store.finish([message_id], status, now, outcome, None if outcome == "ran" else f"played {outcome}",
