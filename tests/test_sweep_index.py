@@ -99,3 +99,28 @@ def test_a_waiting_sessions_unchanged_outbound_db_is_read_once(world: World, mon
     result = sweeper.tick(T0 + timedelta(seconds=4))
     assert len(reads) == 2 and result.woken == 0
     assert [r["status"] for r in world.rows(task)] == ["completed"]
+
+
+def test_a_due_session_whose_files_did_not_change_is_not_opened_again_for_a_waiting_wake(world: World) -> None:
+    world.schedule(T0 - timedelta(minutes=1), at=to_text(T0))
+    sweeper = world.sweeper()  # no runners: the task stays due, and each tick wakes it again
+    ticks = [sweeper.tick(T0 + timedelta(seconds=n)) for n in range(3)]
+    assert [(t.woken, t.sessions_opened) for t in ticks] == [(1, 1), (1, 0), (1, 0)]
+    world.schedule(T0, at=to_text(T0 + timedelta(days=1)))  # a write: the next tick opens it again
+    assert (sweeper.tick(T0 + timedelta(seconds=3)).sessions_opened, sweeper.tick(T0 + timedelta(seconds=4))
+            .sessions_opened) == (1, 0)
+
+
+def test_a_due_session_is_opened_again_when_a_recurring_task_falls_due(world: World) -> None:
+    world.schedule(T0 - timedelta(minutes=1), at=to_text(T0))
+    daily = world.schedule(T0 - timedelta(minutes=1), recurrence="5 9 * * *")  # due at 13:05 UTC
+    sweeper = world.sweeper()
+    assert [sweeper.tick(T0 + timedelta(minutes=n)).sessions_opened for n in (0, 1, 4)] == [1, 0, 0]
+    assert sweeper.tick(T0 + timedelta(minutes=5)).sessions_opened == 1  # the misfire rule judges the slot
+    assert [r["process_after"] for r in world.rows(daily)] == [to_text(T0 + timedelta(minutes=5))]
+
+
+def test_a_due_session_is_opened_again_when_the_clock_went_back(world: World) -> None:
+    world.schedule(T0 - timedelta(minutes=1), at=to_text(T0))
+    sweeper = world.sweeper()
+    assert [sweeper.tick(T0 + timedelta(minutes=n)).sessions_opened for n in (5, 6, 2)] == [1, 0, 1]

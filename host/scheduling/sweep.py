@@ -1,6 +1,7 @@
 """One sweep over every active session (DESIGN §6.2): sync acks, apply requests, clone, misfire, release
 stuck or orphaned claims, wake. Idle sessions are not opened: three stats (the folder, inbound.db, outbound.db) tell
-whether anything was written since the last visit. Their signature holds ctimes, which any write, rename or
+whether anything was written since the last visit; nor are due sessions unchanged since a visit that had nothing to
+write (a wake waiting for a slot: see ``_Seen.same``). Their signature holds ctimes, which any write, rename or
 ``utime`` moves and no runner can set back; a journal made or deleted beside a file moves the folder's. What a visit
 learned is kept in central.db too (``session_index``), so a restarted host opens only the sessions that changed or
 are due."""
@@ -98,6 +99,15 @@ class _Seen:
     # outbound.db held nothing for a visit that read it for these open rows: unchanged, it need not be read again
     # while the open rows stay among them.
     quiet_for: frozenset[str] | None = None
+    due_since: str | None = None  # when its due work became due
+    # (from, until): a due session's visit that had nothing to write and nothing new in outbound.db. The same files
+    # make the same visit at any time from ``from`` (its own) until ``until`` (a waiting recurring task falls due;
+    # None: no such task): rows only fall due as time passes, and one that does cannot be due earlier than those
+    # already due. So it is not opened again for a wake that waits for a slot (None: it is).
+    same: tuple[str, str | None] | None = None
+
+    def same_at(self, now: str) -> bool:
+        return self.same is not None and self.same[0] <= now and (self.same[1] is None or now < self.same[1])
 
     @property
     def kept(self) -> session_index.Entry | None:
@@ -304,9 +314,12 @@ class Sweeper:
         # per session cost more than a stat at 10,000 sessions).
         files = _files(session.path)
         seen = self.seen.get(session.id)
-        if (seen and runner is None and seen.settled and not seen.busy and files == seen.files
-                and (seen.next_due is None or seen.next_due > result.now)):
-            return
+        if seen and runner is None and seen.settled and files == seen.files:
+            if not seen.busy and (seen.next_due is None or seen.next_due > result.now):
+                return
+            if seen.same_at(result.now) and not (self.runners and self.runners.owes_notice(session.id)):
+                self._wake(session, now, None, False, seen.due_since, result)  # as a visit would find it again
+                return
         result.sessions_opened += 1
         seen_at = clock.filesystem_ns()
         quiet = seen.quiet_for if seen and seen.settled and seen.files[:OUTBOUND_SIDE] == files[:OUTBOUND_SIDE] \
@@ -314,8 +327,13 @@ class Sweeper:
         visit = self._visit(session, now, policy, runner, result, quiet)
         newest = max(files[0], files[3], files[6])
         self._remember(session.id, _Seen(files, seen_at - newest > RACY_NS, visit.next_due,
-                                         visit.processing or visit.undelivered, visit.quiet_for))
-        claimed, due_since = visit.processing, visit.due_since
+                                         visit.processing or visit.undelivered, visit.quiet_for, visit.due_since,
+                                         visit.same))
+        self._wake(session, now, runner, visit.processing, visit.due_since, result)
+
+    def _wake(self, session: Session, now: datetime, runner: Runner | None, claimed: bool, due_since: str | None,
+              result: SweepResult) -> None:
+        """What a visit's findings ask of the runners: a wake for due work, or none."""
         if self.runners is None:
             result.woken += runner is None and due_since is not None
         elif runner is None and due_since is not None:
@@ -351,7 +369,7 @@ class Sweeper:
             if runner is None:
                 # Claims first, then the inbox: a crash between leaves 'processing' rows, released next time.
                 outbox.clear_claims(outbound, claimed)
-            state = look.state
+            state, same = look.state, None
             if (found.acks or claimed or found.requests or look.recurring or "processing" in open_rows.values()
                     or (self.runners and self.runners.owes_notice(session.id))):
                 with db.transaction(conn):  # (a visit with nothing of these to do writes nothing: no transaction)
@@ -368,11 +386,14 @@ class Sweeper:
                         inbox.notice(conn, now, "runner_start_failed", "The agent's runner failed to start several "
                                      "times in a row; the host keeps retrying with growing delays.")
                     state = inbox.state(conn, now)  # what this visit leaves, read before others may write again
+            elif (runner is None and quiet is not None and not more and not state.processing
+                  and state.due_since is not None and state.due_since <= result.now):
+                same = (result.now, look.recurring_at)  # see _Seen.same
             if self.deliveries and found.replies:  # sent by the host loop, outside this visit and its transaction
                 self.deliveries.hand(session, found.replies)
             # Requests left for the next visit make the session due now, so the loop comes back at once, not in 60 s.
             return _Visit("" if more else state.next_due, state.processing, bool(found.replies), state.due_since,
-                          quiet if runner is None else None)
+                          quiet if runner is None else None, same)
 
     def _stuck(self, session: Session, now: datetime, runner: Runner, found: outbox.Outbox) -> bool:
         claims = [from_text(a.status_changed) for a in found.acks.values()
@@ -428,6 +449,7 @@ class _Visit:
     undelivered: bool  # replies were handed on for delivery
     due_since: str | None  # when its due work became due, or None
     quiet_for: frozenset[str] | None  # see _Seen
+    same: tuple[str, str | None] | None  # see _Seen
 
 
 def _ack_detail(ack: Ack) -> dict[str, Any]:

@@ -119,6 +119,7 @@ class Look:
     # a row is for task_series.ended_recurring, planned_elsewhere or due_recurring (nearly never: a visit asks
     # them only then)
     recurring: bool
+    recurring_at: str | None  # when the first waiting recurring task falls due (due_recurring's time)
 
 
 # The live rows and the ended rows still carrying a recurrence (each through an index), with DUE as SQL decides it.
@@ -134,6 +135,7 @@ def look(conn: db.Connection, now: datetime, zone: str) -> Look:
     next_due: str | None = None
     due_since: str | None = None
     processing = recurring = False
+    recurring_at: str | None = None
     for message_id, status, kind, trigger, after, timestamp, recurs, planned_in, due in conn.execute(
             _LOOK, {"now": to_text(now)}):
         if status in ("pending", "processing"):
@@ -148,7 +150,9 @@ def look(conn: db.Connection, now: datetime, zone: str) -> Look:
         if recurs and (status in ("completed", "failed") or (status in ("pending", "paused") and planned_in != zone)
                        or (due and kind == "task" and after is not None)):
             recurring = True
-    return Look(open_ids, State(next_due, processing, due_since), recurring)
+        if recurs and kind == "task" and status == "pending" and after is not None:
+            recurring_at = after if recurring_at is None or after < recurring_at else recurring_at
+    return Look(open_ids, State(next_due, processing, due_since), recurring, recurring_at)
 
 
 def is_live(status: str) -> bool:
