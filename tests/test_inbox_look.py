@@ -54,3 +54,6 @@ def test_look_agrees_with_the_queries_it_stands_for(tmp_path: Path, names: list[
         asked = (task_series.ended_recurring(conn) + task_series.planned_elsewhere(conn, "UTC")
                  + task_series.due_recurring(conn, NOW))
         assert found.recurring == bool(asked)
+        assert found.recurring_at == conn.execute(
+            "SELECT MIN(process_after) FROM messages_in WHERE kind = 'task' AND status = 'pending'"
+            " AND recurrence IS NOT NULL").fetchone()[0]
