@@ -82,6 +82,32 @@ class AlertTarget:
         raise ValueError("expected session:GROUP, webhook:URL or an http(s) URL")
 
 
+MATRIX_USER = re.compile(r"@[a-z0-9._=/+-]{1,255}:[A-Za-z0-9.-]{1,230}(:[0-9]{1,5})?")
+MATRIX_ALLOWED = re.compile(r"@(\*|[a-z0-9._=/+-]{1,255}):[A-Za-z0-9.-]{1,230}(:[0-9]{1,5})?")
+
+
+def _matrix_user(text: str) -> str:
+    if text and not MATRIX_USER.fullmatch(text):
+        raise ValueError("expected a Matrix user id such as @bot:example.org")
+    return text
+
+
+def _http_url(text: str) -> str:
+    parts = urlsplit(text)
+    if text and (parts.scheme not in ("http", "https") or not parts.hostname or not text.isascii()):
+        raise ValueError("expected an http(s) URL such as https://matrix.example.org")
+    return text
+
+
+def matrix_allow_list(text: str) -> tuple[str, ...]:
+    """``NCL_MATRIX_ALLOW``: user ids and ``@*:server`` patterns, comma-separated; ValueError names a bad one."""
+    items = tuple(item.strip() for item in text.split(",") if item.strip())
+    for item in items:
+        if not MATRIX_ALLOWED.fullmatch(item):
+            raise ValueError(f"{item!r} is neither a Matrix user id (@user:server) nor @*:server")
+    return items
+
+
 FALLBACK_ZONE = zones.ResolvedZone("UTC", "fallback")
 
 
@@ -109,6 +135,13 @@ class Settings:
     group_tokens_per_day: Annotated[int, Env("NCL_GROUP_TOKENS_PER_DAY", ge=0)] = 0
     group_requests_per_minute: Annotated[int, Env("NCL_GROUP_REQUESTS_PER_MINUTE", ge=0)] = 60
     http_max_connections: Annotated[int, Env("NCL_HTTP_MAX_CONNECTIONS", ge=1)] = 64
+    # The Matrix channel (host/channels/matrix.py): the bot's account, secrets from the environment or .env only.
+    matrix_homeserver: Annotated[str, Env("NCL_MATRIX_HOMESERVER", check=_http_url)] = ""
+    matrix_user_id: Annotated[str, Env("NCL_MATRIX_USER_ID", check=_matrix_user)] = ""
+    matrix_password: Annotated[str | None, Env("NCL_MATRIX_PASSWORD")] = field(default=None, repr=False)  # secret
+    matrix_access_token: Annotated[str | None, Env("NCL_MATRIX_ACCESS_TOKEN")] = field(default=None, repr=False)
+    matrix_allow: Annotated[str, Env("NCL_MATRIX_ALLOW", check=matrix_allow_list)] = ""
+    matrix_max_file_bytes: Annotated[int, Env("NCL_MATRIX_MAX_FILE_BYTES", ge=0)] = 10 << 20
     provider: Annotated[Provider, Env("NCL_PROVIDER")] = RUNNER.provider
     model: Annotated[str, Env("NCL_MODEL", min_length=1)] = RUNNER.model
     http_port: Annotated[int, Env("NCL_HTTP_PORT", ge=0, le=65535)] = 8787
@@ -144,6 +177,10 @@ class Settings:
     @property
     def alert_target(self) -> AlertTarget | None:
         return AlertTarget.parse(self.alert_channel)
+
+    @property
+    def matrix_allowed(self) -> tuple[str, ...]:
+        return matrix_allow_list(self.matrix_allow)
 
     @property
     def central_db(self) -> Path:

@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
 # Create .venv and install ncl into it: what running needs (scripts/run.sh), or with --dev also the test and lint
 # tools (scripts/test.sh, CI). Idempotent: skips the install when pyproject.toml has not changed since the last one
-# of that kind (a --dev install serves both). pip's own progress shows as it goes.
+# of that kind (a --dev install serves both). pip's own progress shows as it goes. --matrix makes .venv-synapse
+# instead: the Synapse homeserver tests/matrix start (a virtualenv of its own: it pins libraries of its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
+if [ "${1:-}" = "--matrix" ]; then
+  [ -x .venv-synapse/bin/python ] || "$PYTHON" -m venv .venv-synapse
+  if ! .venv-synapse/bin/python -c 'import synapse' 2>/dev/null; then
+    echo "setup: installing Synapse into .venv-synapse for tests/matrix (about 150 MB, 2-3 min on first run) …" >&2
+    .venv-synapse/bin/python -m pip install --disable-pip-version-check --progress-bar on 'matrix-synapse>=1.100' >&2
+  fi
+  exit 0
+fi
 target=.
 [ "${1:-}" = "--dev" ] && target='.[dev]'
 if [ ! -x .venv/bin/python ]; then

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from host.channels.base import Channels
 from host.channels.cli import CliChannel
+from host.channels.matrix import MatrixChannel
 from host.channels.webhooks import Webhooks
 from host.settings import Settings
 
@@ -12,4 +13,5 @@ def channels(settings: Settings) -> Channels:
     return Channels([
         CliChannel(settings),
         Webhooks(settings),
+        MatrixChannel(settings),
     ])

@@ -29,6 +29,9 @@ class Arrival:
     thread: str | None = None  # picks the session in per-thread mode (and for queue jobs)
     new_session: bool = False  # queue jobs without a thread: a fresh session each
     routing: dict[str, str | None] = field(default_factory=dict)
+    place: str | None = None  # a conversation of its own within the channel (a Matrix room): a session each
+    trigger: int = 1  # 0: context only (a group room's message that does not mention the agent)
+    message_id: str | None = None  # fixed by the channel: an arrival already written is not written again
 
 
 def group_for(conn: db.Connection, channel: str, group_ref: str | None = None) -> Group:
@@ -48,9 +51,10 @@ def group_for(conn: db.Connection, channel: str, group_ref: str | None = None) -
 def thread_key(group: Group, arrival: Arrival) -> str | None:
     if arrival.new_session:
         return None
+    base = arrival.channel if arrival.place is None else f"{arrival.channel}/{arrival.place}"
     if arrival.thread is not None and (group.session_mode == "per-thread" or arrival.kind == "queue"):
-        return f"{arrival.channel}/{arrival.thread}"
-    return arrival.channel
+        return f"{base}/{arrival.thread}"
+    return base
 
 
 def session_for(conn: db.Connection, settings: Settings, now: datetime, group: Group,
@@ -76,10 +80,12 @@ def deliver_in(central: db.Connection, settings: Settings, now: datetime, group:
     session = session_for(central, settings, now, group, thread_key(group, arrival))
     routing = {"channel_type": arrival.channel, "platform_id": None, "thread_id": arrival.thread,
                **arrival.routing}
-    message_id = ids.new_id("msg", now)
+    message_id = arrival.message_id or ids.new_id("msg", now)
     with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn, db.transaction(conn):
+        if arrival.message_id and (seen := inbox.seq_of(conn, message_id)) is not None:
+            return session, message_id, seen
         seq = inbox.arrive(conn, {"id": message_id, "kind": arrival.kind, "timestamp": to_text(now),
-                                  "content": json.dumps(content.model_dump())}, routing)
+                                  "trigger": arrival.trigger, "content": json.dumps(content.model_dump())}, routing)
     sessions.touch(central, session.id, now)
     nudge.touch(settings)
     return session, message_id, seq

@@ -174,6 +174,23 @@ def agent_host_tasks(settings: Settings) -> Check:
                  f"off{f'; {made}, which do not run while it is off' if held else ''}")
 
 
+def matrix_login(settings: Settings) -> Check:
+    """The Matrix channel's login (NCL_MATRIX_*), asked of the homeserver; not set up at all is fine."""
+    import asyncio
+
+    from host.channels import matrix
+
+    missing = matrix.configured(settings)
+    if missing == "":
+        return Check("matrix", "ok", "not set up (NCL_MATRIX_USER_ID is empty)")
+    if missing:
+        return Check("matrix", "fail", missing)
+    try:
+        return Check("matrix", "ok", asyncio.run(asyncio.wait_for(matrix.check_login(settings), 20)))
+    except (matrix.MatrixError, OSError, TimeoutError) as exc:
+        return Check("matrix", "fail", f"{settings.matrix_homeserver}: {str(exc)[:300] or type(exc).__name__}")
+
+
 def _user() -> str:
     import getpass
 
@@ -200,4 +217,4 @@ def run_all(settings: Settings) -> list[Check]:
     engine, image, problem = docker_engine(settings)
     return [timezone(settings), data_dir(settings), engine, image, runtime(settings, lambda _: problem),
             api_key(settings), early or schema_versions(settings, folders), free_space(settings, folders),
-            agent_host_tasks(settings)]
+            agent_host_tasks(settings), matrix_login(settings)]

@@ -38,7 +38,7 @@ def _rules(value: str) -> str:
 @group_cli.command("create")
 @click.argument("name")
 @click.option("--channel", "channels", multiple=True, metavar="CHANNEL",
-              help="cli, queue:NAME, webhook:NAME or toolkit:NAME; repeat for several.")
+              help="cli, queue:NAME, webhook:NAME, toolkit:NAME or matrix:@bot:server; repeat for several.")
 @click.option("--rules", default="", metavar="TEXT|@FILE", help="The agent's standing instructions.")
 @click.option("--session-mode", type=click.Choice(groups.SESSION_MODES), default="shared", show_default=True,
               help="shared: one session per channel address; per-thread: one per thread key.")
@@ -88,19 +88,29 @@ def token(app: App, group: str, channel: str, rotate: bool, as_json: bool) -> No
               help="Let the model API reach the network for this agent (web search/fetch, MCP connector, code "
                    "execution); refused by default.")
 @click.option("--admin/--no-admin", default=None, help=ADMIN_HELP)
+@click.option("--channel", "channels", multiple=True, metavar="CHANNEL",
+              help="Wire one more channel (e.g. matrix:@bot:example.org); repeat for several.")
+@click.option("--remove-channel", "removed", multiple=True, metavar="CHANNEL", help="Unwire a channel.")
 @json_option
 @pass_app
 def update(app: App, group: str, rules: str | None, provider: str | None, model: str | None,
-           allow_server_tools: bool | None, admin: bool | None, as_json: bool) -> None:
-    """Change a group's rules, provider, model, server-tool permission or admin mark; runners see the first three
-    at their next start, the host checks the admin mark at each request."""
+           allow_server_tools: bool | None, admin: bool | None, channels: tuple[str, ...], removed: tuple[str, ...],
+           as_json: bool) -> None:
+    """Change a group's rules, provider, model, server-tool permission, admin mark or channels; runners see the
+    first three at their next start, the host checks the admin mark at each request and the wiring at each
+    arrival."""
     with closing(app.central(write=True)) as conn:
-        found = groups.update(conn, groups.get(conn, group), rules=None if rules is None else _rules(rules),
-                              provider=provider, model=model, allow_server_tools=allow_server_tools, admin=admin)
+        found = groups.get(conn, group)
+        if channels or removed:
+            found = groups.rewire(conn, found, app.now(), list(channels), list(removed))
+        if (rules, provider, model, allow_server_tools, admin) != (None,) * 5 or not (channels or removed):
+            found = groups.update(conn, found, rules=None if rules is None else _rules(rules), provider=provider,
+                                  model=model, allow_server_tools=allow_server_tools, admin=admin)
         count = sessions.active_counts(conn).get(found.id, 0)
     emit(as_json, {**found.to_json(), "active_sessions": count}, lambda: click.echo(
         f"updated group {found.name}: provider {found.provider or 'default'}, model {found.model or 'default'}, "
-        f"server tools {'allowed' if found.allow_server_tools else 'refused'}, admin {'yes' if found.admin else 'no'}"))
+        f"server tools {'allowed' if found.allow_server_tools else 'refused'}, admin {'yes' if found.admin else 'no'}, "
+        f"channels {', '.join(found.channels) or 'none'}"))
 
 
 @group_cli.command("list")

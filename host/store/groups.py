@@ -17,7 +17,8 @@ from host.store.db import Connection, transaction
 from schemas import ids
 from schemas.times import to_text
 
-CHANNEL = re.compile(r"cli|(queue|webhook|toolkit):[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+CHANNEL = re.compile(r"cli|(queue|webhook|toolkit):[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+                     r"|matrix:@[a-z0-9._=/+-]{1,255}:[A-Za-z0-9.-]{1,230}(:[0-9]{1,5})?")
 SESSION_MODES = ("shared", "per-thread")
 PROVIDERS = ("mock", "anthropic")
 
@@ -48,8 +49,8 @@ def folder(settings: Settings, group_id: str) -> Path:
 def check_channel(channel: str) -> str:
     if not CHANNEL.fullmatch(channel):
         raise NclError(
-            f"invalid channel {channel!r}: use cli, queue:NAME, webhook:NAME or toolkit:NAME "
-            "(NAME: letters, digits, '.', '_', '-')"
+            f"invalid channel {channel!r}: use cli, queue:NAME, webhook:NAME, toolkit:NAME "
+            "(NAME: letters, digits, '.', '_', '-') or matrix:@bot:server"
         )
     return channel
 
@@ -86,24 +87,47 @@ def create(
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (group_id, name, rules, session_mode, provider, model, created, int(admin)),
         )
-        for position, channel in enumerate(wanted):
-            owner = conn.execute(
-                "SELECT agent_group_id FROM wirings WHERE channel = ? AND channel <> 'cli'", (channel,)
-            ).fetchone()
-            if owner:
-                raise NclError(f"channel {channel} is already wired to group {owner[0]}")
-            token = tokens.get(channel.split(":", 1)[1]) if channel.startswith("webhook:") else None
-            conn.execute(
-                "INSERT INTO wirings(channel, agent_group_id, position, token_hash, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (channel, group_id, position, token_hash(token) if token else None, created),
-            )
+        _wire(conn, group_id, wanted, 0, tokens, created)
     home = folder(settings, group_id)
     home.mkdir(parents=True, exist_ok=True)
     memory = home / "AGENT.md"
     if not memory.exists():
         memory.write_text(f"# {name}\n\nThe agent's memory: notes it keeps between conversations.\n")
     return get(conn, group_id), tokens
+
+
+def _wire(conn: Connection, group_id: str, channels: list[str], first: int, tokens: dict[str, str],
+          created: str) -> None:
+    """Wire ``channels`` to the group from ``position`` ``first`` on (caller holds the transaction)."""
+    for position, channel in enumerate(channels, first):
+        owner = conn.execute(
+            "SELECT agent_group_id FROM wirings WHERE channel = ? AND channel <> 'cli'", (channel,)
+        ).fetchone()
+        if owner:
+            raise NclError(f"channel {channel} is already wired to group {owner[0]}")
+        token = tokens.get(channel.split(":", 1)[1]) if channel.startswith("webhook:") else None
+        conn.execute(
+            "INSERT INTO wirings(channel, agent_group_id, position, token_hash, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (channel, group_id, position, token_hash(token) if token else None, created),
+        )
+
+
+def rewire(conn: Connection, group: Group, now: datetime, add: list[str], remove: list[str]) -> Group:
+    """Add channels to a group (a webhook's token is made by ``ncl groups token``) and unwire others; a channel
+    both added and removed, or removed but not the group's, is refused."""
+    added = [c for c in dict.fromkeys(check_channel(c) for c in add) if c not in group.channels]
+    for channel in remove:
+        if channel not in group.channels or channel in add:
+            raise NclError(f"group {group.name} has no channel {channel} to remove"
+                           f" (its channels: {', '.join(group.channels) or 'none'})")
+    with transaction(conn):
+        conn.executemany("DELETE FROM wirings WHERE channel = ? AND agent_group_id = ?",
+                         [(channel, group.id) for channel in remove])
+        top = conn.execute("SELECT COALESCE(MAX(position), -1) FROM wirings WHERE agent_group_id = ?",
+                           (group.id,)).fetchone()[0]
+        _wire(conn, group.id, added, int(top) + 1, {}, to_text(now))
+    return get(conn, group.id)
 
 
 def new_token(conn: Connection, group: Group, channel: str, rotate: bool) -> str:
@@ -172,8 +196,8 @@ def update(conn: Connection, group: Group, *, rules: str | None = None, provider
                "admin": admin}
     wanted = {name: value for name, value in changes.items() if value is not None}
     if not wanted:
-        raise NclError("nothing to update: give --rules, --provider, --model, --allow-server-tools/"
-                       "--no-allow-server-tools or --admin/--no-admin")
+        raise NclError("nothing to update: give --rules, --provider, --model, --channel, --remove-channel, "
+                       "--allow-server-tools/--no-allow-server-tools or --admin/--no-admin")
     with transaction(conn):
         conn.execute(f"UPDATE agent_groups SET {', '.join(f'{name} = :{name}' for name in wanted)} WHERE id = :id",
                      {**wanted, "id": group.id})

@@ -187,3 +187,9 @@ def arrive(conn: db.Connection, row: dict[str, Any], routing: dict[str, str | No
     conn.execute("INSERT OR IGNORE INTO session_routing(id, channel_type, platform_id, thread_id)"
                  " VALUES (1, :channel_type, :platform_id, :thread_id)", routing)
     return int(conn.execute("SELECT seq FROM messages_in WHERE id = ?", (row["id"],)).fetchone()[0])
+
+
+def seq_of(conn: db.Connection, message_id: str) -> int | None:
+    """The seq of the row ``message_id``, None if the inbox has none (a channel's arrival seen before)."""
+    row = conn.execute("SELECT seq FROM messages_in WHERE id = ?", (message_id,)).fetchone()
+    return None if row is None else int(row[0])

@@ -1,0 +1,354 @@
+"""``matrix:@bot:server`` (DESIGN §13.8): the bot's Matrix account as a channel. Each room is a session (a thread
+of it one in ``per-thread`` mode); a message is a ``chat`` row with the sender's id and display name; replies go
+back as ``m.text`` with Markdown rendered to HTML, files as ``m.file``/``m.image``.
+
+Exactly once: a sync's messages are each committed (under an id fixed by the event id, so a replay writes nothing)
+before its token is stored; a reply is sent with a transaction id made from its id on a device that outlives the
+restart, so sending it again after a crash shows it once. Invites are taken only from ``NCL_MATRIX_ALLOW``; an
+encrypted room is left with a message saying why. The client (matrix-nio) is imported only when this is set up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import mimetypes
+import os
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from host.channels import matrix_wire as wire
+from host.channels import router
+from host.errors import NclError
+from host.settings import Settings
+from host.store import db, groups
+from host.store.outbox import OutMessage
+from host.store.sessions import Session
+from schemas import clock
+
+log = logging.getLogger(__name__)
+SYNC_TIMEOUT_MS = 30_000
+RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # after a failed login or sync, then 30 s apart
+TYPING_MS = 60_000
+CHUNK = 12_000  # characters of a reply per event (an event is at most 64 KiB)
+FILES_DIR = "files"  # below the session folder, the runner's workspace: where uploads to the bot are kept
+SYNC_FILTER = {"room": {"timeline": {"limit": 50}}, "presence": {"not_types": ["*"]},
+               "account_data": {"not_types": ["*"]}}
+# Tests only: stall the sync at this point (before_commit, after_commit) so the test can SIGKILL the host there.
+STALL = "NCL_TEST_MATRIX_STALL"
+
+
+class MatrixError(NclError):
+    """The homeserver refused or could not be reached."""
+
+
+def state_path(settings: Settings) -> Path:
+    return settings.data_dir / "matrix" / "state.json"
+
+
+def configured(settings: Settings) -> str | None:
+    """What is missing for the channel to run ('' when nothing is set at all: the channel is off)."""
+    if not settings.matrix_user_id:
+        return ""
+    if not settings.matrix_homeserver:
+        return "NCL_MATRIX_HOMESERVER is not set"
+    if not (settings.matrix_access_token or settings.matrix_password):
+        return "neither NCL_MATRIX_ACCESS_TOKEN nor NCL_MATRIX_PASSWORD is set"
+    return None
+
+
+async def login(settings: Settings, state: wire.State, device_name: str = "ncl host") -> Any:
+    """A logged-in client: the configured token, else the one a password login made before (kept in the state),
+    else a password login on the same device as before."""
+    from nio import AsyncClient, AsyncClientConfig, LoginResponse, WhoamiResponse
+
+    client = AsyncClient(settings.matrix_homeserver, settings.matrix_user_id,
+                         config=AsyncClientConfig(encryption_enabled=False, store_sync_tokens=False))
+    try:
+        for token in (settings.matrix_access_token, None if settings.matrix_access_token else state.access_token):
+            if not token:
+                continue
+            client.access_token = token
+            who = await client.whoami()
+            if isinstance(who, WhoamiResponse):
+                if who.user_id != settings.matrix_user_id:
+                    raise MatrixError(f"the access token is {who.user_id}'s, not {settings.matrix_user_id}'s")
+                client.user_id, client.device_id = who.user_id, who.device_id
+                return client
+            if settings.matrix_access_token:
+                raise MatrixError(f"the homeserver refused NCL_MATRIX_ACCESS_TOKEN: {who.message}")
+        if not settings.matrix_password:
+            raise MatrixError("no access token works and NCL_MATRIX_PASSWORD is not set")
+        client.access_token, client.device_id = "", state.device_id
+        done = await client.login(settings.matrix_password, device_name=device_name)
+        if not isinstance(done, LoginResponse):
+            raise MatrixError(f"login as {settings.matrix_user_id} refused: {done.message}")
+        state.access_token, state.device_id = done.access_token, done.device_id
+        return client
+    except BaseException:
+        await client.close()
+        raise
+
+
+async def check_login(settings: Settings) -> str:
+    """``ncl doctor``: who the homeserver says the bot is (a password login is undone at once). MatrixError or
+    OSError says why not."""
+    from nio import WhoamiResponse
+
+    state = wire.State.load(state_path(settings), settings.matrix_user_id)
+    kept = state.access_token
+    client = await login(settings, state, device_name="ncl doctor")
+    try:
+        who = await client.whoami()
+        if not isinstance(who, WhoamiResponse):
+            raise MatrixError(who.message)
+        return f"logged in to {settings.matrix_homeserver} as {who.user_id} (device {who.device_id})"
+    finally:
+        if state.access_token != kept:
+            await client.logout()  # the doctor's own login: gone again
+        await client.close()
+
+
+class MatrixChannel:
+    serves = ("matrix",)
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.user_id = settings.matrix_user_id
+        self.channel = f"matrix:{self.user_id}"
+        self.client: Any = None
+        self.display_name: str | None = None
+        self.state = wire.State(self.user_id)
+        self.task: asyncio.Task[None] | None = None
+        self.ignored: set[tuple[str, str]] = set()  # (room, sender) already logged as not allowed
+        self.stall = os.environ.get(STALL, "")
+
+    async def start(self) -> bool:
+        """Sync in the background (logging in first, again after a failure); False when not set up."""
+        missing = configured(self.settings)
+        if missing:
+            log.error("matrix not served: %s", missing, extra={"action": "matrix_failed"})
+        if missing is not None:
+            return False
+        self.state = wire.State.load(state_path(self.settings), self.user_id)
+        self.task = asyncio.create_task(self._run(), name="matrix")
+        return True
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        if self.client:
+            await self.client.close()
+            self.client = None
+
+    # --- in --------------------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                if self.client is None:
+                    self.client = await login(self.settings, self.state)
+                    self.state.save(state_path(self.settings))
+                    self.display_name = await self._own_name()
+                    log.info("matrix: logged in as %s", self.user_id, extra={"action": "matrix_logged_in"})
+                await self.sync_once()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the homeserver down, a refusal, a file that cannot be written: try again
+                wait = RETRY_S[min(failures, len(RETRY_S) - 1)]
+                failures += 1
+                log.warning("matrix: %s; again in %.0f s", str(exc)[:300] or type(exc).__name__, wait,
+                            extra={"action": "matrix_error"})
+                await asyncio.sleep(wait)
+
+    async def _own_name(self) -> str | None:
+        from nio import ProfileGetDisplayNameResponse
+
+        found = await self.client.get_displayname(self.user_id)
+        return found.displayname if isinstance(found, ProfileGetDisplayNameResponse) else None
+
+    async def sync_once(self, timeout_ms: int = SYNC_TIMEOUT_MS) -> None:
+        """One sync: invites, then each message committed, then the token stored. The first sync of a bot never
+        run before only takes invites: the history of rooms it is already in is not answered."""
+        from nio import SyncResponse
+
+        done = await self.client.sync(timeout=timeout_ms, sync_filter=SYNC_FILTER, since=self.state.next_batch)
+        if not isinstance(done, SyncResponse):
+            raise MatrixError(f"sync failed: {getattr(done, 'message', done)}")
+        fresh = self.state.next_batch is None
+        for room_id, invited in done.rooms.invite.items():
+            await self._invited(room_id, invited)
+        for room_id, joined in done.rooms.join.items():
+            for event in [] if fresh else joined.timeline.events:
+                source = getattr(event, "source", None)
+                if isinstance(source, dict):
+                    await self._event(room_id, source)
+        await self._stall("after_commit")
+        self.state.next_batch = done.next_batch
+        self.state.save(state_path(self.settings))
+
+    async def _stall(self, point: str) -> None:
+        if self.stall == point:
+            log.warning("matrix: stalled %s (%s)", point, STALL, extra={"action": "matrix_stalled"})
+            await asyncio.Event().wait()
+
+    async def _invited(self, room_id: str, invited: Any) -> None:
+        from nio import InviteMemberEvent, JoinResponse, RoomGetStateEventResponse
+
+        inviter = next((e.sender for e in invited.invite_state if isinstance(e, InviteMemberEvent)
+                        and e.state_key == self.user_id and e.membership == "invite"), "")
+        why = None if self._group_id() else f"no group is wired to {self.channel}"
+        why = why or (None if wire.allowed(inviter, self.settings.matrix_allowed) else
+                      f"{inviter or 'an unknown user'} is not in NCL_MATRIX_ALLOW")
+        if why:
+            await self.client.room_leave(room_id)
+            if self.state.decline(room_id):
+                log.warning("matrix: invite to %s declined: %s", room_id, why, extra={"action": "matrix_declined"})
+            return
+        joined = await self.client.join(room_id)
+        if not isinstance(joined, JoinResponse):
+            raise MatrixError(f"joining {room_id} failed: {joined.message}")
+        if isinstance(await self.client.room_get_state_event(room_id, "m.room.encryption"),
+                      RoomGetStateEventResponse):
+            return await self._leave_encrypted(room_id)
+        log.info("matrix: joined %s, invited by %s", room_id, inviter, extra={"action": "matrix_joined"})
+
+    async def _leave_encrypted(self, room_id: str) -> None:
+        await self.client.room_send(room_id, "m.room.message", {"msgtype": "m.notice", "body": wire.ENCRYPTED},
+                                    tx_id=wire.txn_id(f"encrypted-{room_id}"))
+        await self.client.room_leave(room_id)
+        if self.state.decline(room_id):
+            log.warning("matrix: left %s: it is encrypted", room_id, extra={"action": "matrix_declined"})
+
+    def _group_id(self) -> str | None:
+        with closing(db.connect(self.settings.central_db, "central")) as central:
+            return groups.wired_to(central, self.channel)
+
+    async def _event(self, room_id: str, event: dict[str, Any]) -> None:
+        kind, sender, event_id = event.get("type"), event.get("sender"), event.get("event_id")
+        if kind in ("m.room.encryption", "m.room.encrypted") and room_id not in self.state.declined:
+            return await self._leave_encrypted(room_id)
+        content = event.get("content")
+        if kind != "m.room.message" or sender == self.user_id or not isinstance(event_id, str) \
+                or not isinstance(sender, str) or not isinstance(content, dict):
+            return
+        if not wire.allowed(sender, self.settings.matrix_allowed):
+            if (room_id, sender) not in self.ignored:
+                self.ignored.add((room_id, sender))
+                log.info("matrix: messages of %s in %s ignored: not in NCL_MATRIX_ALLOW", sender, room_id,
+                         extra={"action": "matrix_ignored"})
+            return
+        room = self.client.rooms.get(room_id)
+        trigger = int(room is None or room.joined_count <= 2
+                      or wire.mentions(content, self.user_id, self.display_name))
+        name = wire.cut(room.user_name(sender) if room else sender, wire.MAX_NAME) or sender
+        thread = wire.thread_of(content)
+        arrival = router.Arrival(self.channel, "chat", {"text": "", "sender": name, "sender_id": sender},
+                                 thread=thread, place=room_id, routing={"platform_id": room_id}, trigger=trigger,
+                                 message_id=wire.message_id(event_id, event.get("origin_server_ts")))
+        await self._stall("before_commit")
+        with closing(db.connect(self.settings.central_db, "central")) as central:
+            group_id = groups.wired_to(central, self.channel)
+            if group_id is None:
+                return log.warning("matrix: message in %s not taken: no group is wired to %s", room_id,
+                                   self.channel, extra={"action": "matrix_unwired"})
+            group, now = groups.get(central, group_id), clock.now()
+            session = router.session_for(central, self.settings, now, group, router.thread_key(group, arrival))
+            text = await self._text(session, content, arrival.message_id or event_id)
+            arrival.content["text"] = text
+            session, message_id, _ = router.deliver_in(central, self.settings, now, group, arrival)
+        self.state.last_event_id = event_id
+        log.info("matrix: message %s from %s", message_id, sender,
+                 extra={"action": "matrix_arrived", "session": session.id})
+        if trigger:
+            with contextlib.suppress(Exception):  # a courtesy: a failure here loses nothing
+                await self.client.room_typing(room_id, True, TYPING_MS)
+
+    async def _text(self, session: Session, content: dict[str, Any], message_id: str) -> str:
+        """The row's text: the body (bounded), or for a file where it was stored in the session's workspace."""
+        body = wire.cut(content.get("body"), wire.MAX_TEXT)
+        if content.get("msgtype") not in ("m.file", "m.image", "m.audio", "m.video"):
+            return body
+        info: dict[str, Any] = content["info"] if isinstance(content.get("info"), dict) else {}
+        size, url = info.get("size"), content.get("url")
+        name = wire.safe_file_name(content.get("filename") or content.get("body"))
+        limit = self.settings.matrix_max_file_bytes
+        if not isinstance(url, str) or not url.startswith("mxc://"):
+            return f"[a file {name} that could not be fetched: no mxc:// URL] {body}"
+        if isinstance(size, int) and size > limit:
+            return f"[a file {name} not taken: {size} bytes is over NCL_MATRIX_MAX_FILE_BYTES ({limit})]"
+        from nio import DownloadError
+
+        got = await self.client.download(mxc=url)
+        data = b"" if isinstance(got, DownloadError) else getattr(got, "body", b"")
+        if isinstance(got, DownloadError) or not isinstance(data, bytes):
+            return f"[a file {name} that could not be fetched: {getattr(got, 'message', 'no body')}]"
+        if len(data) > limit:
+            return f"[a file {name} not taken: over NCL_MATRIX_MAX_FILE_BYTES ({limit} bytes)]"
+        relative = Path(FILES_DIR) / f"{message_id.rsplit('-', 1)[1]}-{name}"
+        target = session.folder / relative
+        target.parent.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        caption = f" {body}" if body and body != content.get("filename", body) and body != name else ""
+        return f"[file {relative} ({len(data)} bytes, {wire.cut(info.get('mimetype'), 100) or 'unknown type'})]" \
+               f"{caption}"
+
+    # --- out -------------------------------------------------------------------------------------------------
+
+    async def deliver(self, session: Session, reply: OutMessage, reply_to_seq: int | None) -> bool | None:
+        """Send the reply's text, then each file; a failure raises (the reply is tried again, same txn ids)."""
+        if reply.channel_type != self.channel:
+            return None  # another bot's room (the settings changed): nobody here can answer there
+        if self.client is None:
+            raise MatrixError("not logged in to the homeserver")
+        room_id = reply.platform_id or self._room_of(session)
+        content = json.loads(reply.content)
+        text, files = str(content.get("text") or ""), [str(f) for f in content.get("files") or []]
+        parts = [wire.text_content(text[i:i + CHUNK]) for i in range(0, len(text), CHUNK)]
+        for name in files:
+            parts.append(await self._upload(session.folder / "outbox" / reply.id, name))
+        for number, part in enumerate(parts):
+            await self._send(room_id, wire.in_thread(part, reply.thread_id), wire.txn_id(reply.id, number))
+        with contextlib.suppress(Exception):
+            await self.client.room_typing(room_id, False)
+        return True
+
+    def _room_of(self, session: Session) -> str:
+        """The room of a session (a reply that lost its routing): its thread key names it."""
+        key = session.thread_key or ""
+        if not key.startswith(f"{self.channel}/"):
+            raise MatrixError(f"session {session.id} is not a Matrix room's")
+        return key.removeprefix(f"{self.channel}/").split("/", 1)[0]
+
+    async def _send(self, room_id: str, content: dict[str, Any], txn: str) -> None:
+        from nio import RoomSendResponse
+
+        sent = await self.client.room_send(room_id, "m.room.message", content, tx_id=txn)
+        if not isinstance(sent, RoomSendResponse):
+            raise MatrixError(f"sending to {room_id} failed: {sent.message}")
+
+    async def _upload(self, folder: Path, name: str) -> dict[str, Any]:
+        from nio import UploadResponse
+
+        if Path(name).name != name or name.startswith("."):
+            raise MatrixError(f"refused to send {name!r}: not a file name")
+        path = folder / name
+        size = path.stat().st_size
+        if size > self.settings.matrix_max_file_bytes:
+            return wire.text_content(f"(the file {path.name} was not sent: {size} bytes is over "
+                                     f"NCL_MATRIX_MAX_FILE_BYTES)")
+        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        with path.open("rb") as data:
+            done, _ = await self.client.upload(data, content_type=mime, filename=path.name, filesize=size)
+        if not isinstance(done, UploadResponse):
+            raise MatrixError(f"uploading {path.name} failed: {done.message}")
+        kind = "m.image" if mime.startswith("image/") else "m.file"
+        return {"msgtype": kind, "body": path.name, "filename": path.name, "url": done.content_uri,
+                "info": {"size": size, "mimetype": mime}}
