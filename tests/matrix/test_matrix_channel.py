@@ -3,10 +3,13 @@ a person in a room is matrix-nio. Issue 18's acceptance, end to end."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import signal
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -87,3 +90,120 @@ def test_doctor_checks_the_login(synapse: Homeserver, tmp_path: Path) -> None:
     done = bot.env.ncl("doctor", "--json")
     [check] = [c for c in json.loads(done.stdout)["checks"] if c["name"] == "matrix"]
     assert check["detail"] == "neither NCL_MATRIX_ACCESS_TOKEN nor NCL_MATRIX_PASSWORD is set"
+
+
+def from_bot(room: str, bot: Bot, wanted: Callable[[dict[str, Any]], bool]) -> Callable[[dict[str, Any]], bool]:
+    return lambda e: e["room_id"] == room and e.get("sender") == bot.user_id and e.get("type") == "m.room.message" \
+        and wanted(e)
+
+
+def said(text: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda e: body_of(e) == text
+
+
+async def test_a_host_killed_between_sync_and_commit_neither_loses_nor_repeats(
+        synapse: Homeserver, humans: list[Human], tmp_path: Path) -> None:
+    alice = synapse.register("alice3")
+    bot = Bot(synapse, tmp_path, "bot3", allow=alice)
+    human = await Human.login(synapse, alice)
+    humans.append(human)
+    with bot.host() as host:
+        room = await human.room(bot.user_id)
+        host.wait_for_action("matrix_joined", 60)
+    # SIGKILL with the message synced but not written, then written but the sync token not stored.
+    for point, text in (("before_commit", "one"), ("after_commit", "two")):
+        with bot.host(NCL_TEST_MATRIX_STALL=point) as host:
+            await human.say(room, text)
+            host.wait_for_action("matrix_stalled", 60)
+        assert host.proc.returncode == -signal.SIGKILL
+    with bot.host() as host:
+        for text in ("one", "two"):
+            await human.wait_for(from_bot(room, bot, said(f"mock: {text}")))
+        await human.say(room, "three")  # answered after any repeat of the first two would have been
+        await human.wait_for(from_bot(room, bot, said("mock: three")))
+    assert [r["text"] for r in bot.rows()] == ["one", "two", "three"]
+    assert [body_of(e) for e in human.messages(room, bot.user_id)] == ["mock: one", "mock: two", "mock: three"]
+    state = json.loads((bot.env.data_dir / "matrix" / "state.json").read_text())
+    assert state["next_batch"] and state["last_event_id"] == human.messages(room, alice)[-1]["event_id"]
+
+
+async def test_invites_from_strangers_and_encrypted_rooms_are_declined(
+        synapse: Homeserver, humans: list[Human], tmp_path: Path) -> None:
+    alice, mallory = synapse.register("alice4"), synapse.register("mallory4")
+    bot = Bot(synapse, tmp_path, "bot4", allow=alice)
+    stranger, friend = await Human.login(synapse, mallory), await Human.login(synapse, alice)
+    humans += [stranger, friend]
+    with bot.host() as host:
+        theirs = await stranger.room(bot.user_id)
+        line = host.wait_for_action("matrix_declined", 60)
+        assert theirs in line and f"{mallory} is not in NCL_MATRIX_ALLOW" in line
+        secret = await friend.room(bot.user_id, encrypted=True)
+        notice = await friend.wait_for(from_bot(secret, bot, lambda e: True))
+        assert "does not support end-to-end encrypted rooms" in body_of(notice)
+        await friend.wait_for(lambda e: e["room_id"] == secret and e.get("type") == "m.room.member"
+                              and e.get("state_key") == bot.user_id and e["content"]["membership"] == "leave")
+        line = host.wait_for_action("matrix_declined", 60)
+        assert secret in line and "encrypted" in line
+        await stranger.say(theirs, "hello?")
+        await friend.room(bot.user_id)  # a room it joins: proof the stranger's invite is not retried meanwhile
+        host.wait_for_action("matrix_joined", 60)
+    assert sum("action=matrix_declined" in seen for seen in host.seen) == 2
+    assert bot.rows() == []
+    assert stranger.messages(theirs, bot.user_id) == []
+
+
+async def test_group_rooms_files_and_a_task_scheduled_by_chatting(
+        synapse: Homeserver, humans: list[Human], tmp_path: Path) -> None:
+    alice, bob = synapse.register("alice5"), synapse.register("bob5")
+    bot = Bot(synapse, tmp_path, "bot5", allow=f"{alice},{bob}")
+    a, b = await Human.login(synapse, alice), await Human.login(synapse, bob)
+    humans += [a, b]
+    with bot.host() as host:
+        room = await a.room(bot.user_id, bob)
+        host.wait_for_action("matrix_joined", 60)
+        await b.sync()  # joins
+        await a.wait_for(lambda e: e["room_id"] == room and e.get("state_key") == bob
+                         and e["content"].get("membership") == "join")
+        await a.say(room, "just talking among ourselves")
+        mention = {"m.mentions": {"user_ids": [bot.user_id]}}
+        await b.say(room, "bot5: what did alice say?")
+        await a.wait_for(from_bot(room, bot, said("mock: bot5: what did alice say?")))
+        # A file into the room: kept in the session's workspace (context only: nobody named the bot).
+        from nio import UploadResponse
+
+        data = b"line one\nline two\n"
+        up, _ = await a.client.upload(io.BytesIO(data), content_type="text/plain", filename="notes.txt",
+                                      filesize=len(data))
+        assert isinstance(up, UploadResponse)
+        await a.say(room, "notes.txt", msgtype="m.file", url=up.content_uri, filename="notes.txt",
+                    info={"size": len(data), "mimetype": "text/plain"})
+        path = await _row_text(bot, lambda text: text.startswith("[file "))
+        stored = path.split(" ")[1]
+        assert path == f"[file {stored} (18 bytes, text/plain)]" and stored.startswith("files/")
+        # The agent sends it back (a slash command runs its send_file tool): an m.file the person can fetch.
+        await a.say(room, f'/send_file {{"path": "{stored}"}}', **mention)
+        sent = await a.wait_for(from_bot(room, bot, lambda e: e["content"].get("msgtype") == "m.file"))
+        assert sent["content"]["body"] == stored.split("/")[1] and sent["content"]["info"]["size"] == len(data)
+        got = await a.client.download(mxc=sent["content"]["url"])
+        assert got.body == data
+        # Scheduling by chatting: the task lives in this room's session and its answer comes to the room.
+        await a.say(room, '/schedule_task {"prompt": "post the daily report"}', **mention)
+        await a.wait_for(from_bot(room, bot, said("mock: post the daily report")))
+    rows = bot.rows()
+    assert len({r["session"] for r in rows}) == 1
+    assert [(r["text"], r["trigger"]) for r in rows if r["kind"] == "chat"][:2] == [
+        ("just talking among ourselves", 0), ("bot5: what did alice say?", 1)]
+    [task] = [r for r in rows if r["kind"] == "task"]
+    assert task["prompt"] == "post the daily report" and task["platform_id"] == room
+    replies = [body_of(e) for e in a.messages(room, bot.user_id)]
+    assert "mock: just talking among ourselves" not in replies and len(replies) == len(set(replies))
+
+
+async def _row_text(bot: Bot, wanted: Callable[[str], bool], timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [r["text"] for r in bot.rows() if r["kind"] == "chat" and wanted(str(r.get("text")))]
+        if found:
+            return str(found[0])
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no such row within {timeout} s: {bot.rows()}")
