@@ -21,14 +21,29 @@ class Item:
 
 
 def text_of(row: InMessage) -> str:
-    """The words a row carries: chat text, task or queue prompt, webhook payload."""
+    """The words a row carries: chat text, task or queue prompt, a mail with its headers, webhook payload."""
     data = json.loads(row.content)
     if not isinstance(data, dict):
         return json.dumps(data)
+    if row.kind == "mail":
+        return mail_text(row.id, data)
     for key in ("text", "prompt"):
         if isinstance(data.get(key), str):
             return str(data[key])
     return json.dumps(data.get("payload", data), ensure_ascii=False)
+
+
+def mail_text(row_id: str, data: dict[str, Any]) -> str:
+    """A mail as the agent reads it: who wrote, the subject, where its attachments are, then its text."""
+    name = f"{data['name']} " if data.get("name") else ""
+    lines = [f"From: {name}<{data.get('from', '?')}>",
+             f"Subject: {data.get('subject', '')}"]
+    names = [str(name) for name in data.get("attachments") or []]
+    if names:
+        lines.append(f"Attachments (files in inbox/{row_id}/): {', '.join(names)}")
+    if data.get("attachments_dropped"):
+        lines.append(f"({data['attachments_dropped']} more attachments were not saved: over the limit)")
+    return "\n".join([*lines, "", str(data.get("text") or "")])
 
 
 def sender_of(row: InMessage) -> str:
@@ -38,6 +53,8 @@ def sender_of(row: InMessage) -> str:
         return str(data.get("sender") or "user")
     if kind == "queue" and isinstance(data, dict):
         return f"queue:{data.get('queue', '?')}"
+    if kind == "mail" and isinstance(data, dict):
+        return f"mail:{data.get('from', '?')}"
     if kind == "webhook" and isinstance(data, dict):
         return f"webhook:{data.get('source', '?')}"
     return "scheduler" if kind == "task" else kind

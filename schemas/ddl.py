@@ -225,6 +225,73 @@ _CENTRAL_V6 = """
 ALTER TABLE agent_groups ADD COLUMN admin INTEGER NOT NULL DEFAULT 0 CHECK (admin IN (0, 1));
 """
 
+# v7 (issue 17): mailboxes of ``mail:ADDRESS`` channels (the password only as the name of a variable, never its
+# value; ``allow``: the JSON list of sender patterns, empty = nobody) and each mail the host has looked at, by the
+# IMAP UIDVALIDITY and UID it had: ``taking`` is written with the chosen session and row id before the row, ``taken``
+# after it, so a host killed anywhere between fetch and flag takes the mail again into the same row, never twice.
+_CENTRAL_V7 = f"""
+CREATE TABLE mailboxes(
+  address TEXT PRIMARY KEY,
+  imap_host TEXT NOT NULL,
+  imap_port INTEGER NOT NULL CHECK (imap_port BETWEEN 1 AND 65535),
+  smtp_host TEXT NOT NULL,
+  smtp_port INTEGER NOT NULL CHECK (smtp_port BETWEEN 1 AND 65535),
+  username TEXT NOT NULL,
+  password_env TEXT NOT NULL,
+  tls TEXT NOT NULL DEFAULT 'ssl' CHECK (tls IN ('ssl', 'starttls', 'none')),
+  allow TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(allow) AND json_type(allow) = 'array'),
+  {_instant("created_at")}
+);
+CREATE TABLE mail_seen(
+  mailbox TEXT NOT NULL,
+  uidvalidity INTEGER NOT NULL,
+  uid INTEGER NOT NULL,
+  message_id TEXT NOT NULL,
+  outcome TEXT NOT NULL
+    CHECK (outcome IN ('taking', 'taken', 'refused', 'automatic', 'duplicate', 'too_large')),
+  session_id TEXT,
+  row_id TEXT,
+  {_instant("seen_at")},
+  PRIMARY KEY (mailbox, uidvalidity, uid)
+);
+CREATE INDEX mail_seen_message ON mail_seen(mailbox, message_id);
+"""
+
+# v6 (issue 17): a mail is a row of its own kind, ``mail``. SQLite cannot change a CHECK in place: the table is
+# rebuilt with every row and column as they were, and its indexes made again.
+_INBOUND_V6 = f"""
+CREATE TABLE messages_in_v6(
+  id TEXT PRIMARY KEY,
+  seq INTEGER UNIQUE CHECK (seq % 2 = 0),
+  kind TEXT NOT NULL CHECK (kind IN ('chat', 'task', 'queue', 'webhook', 'system', 'mail')),
+  {_instant("timestamp")},
+  status TEXT NOT NULL DEFAULT 'pending'
+    CHECK (status IN ('pending', 'processing', 'paused', 'completed', 'failed')),
+  {_instant("process_after", nullable=True)},
+  recurrence TEXT,
+  series_id TEXT,
+  tries INTEGER NOT NULL DEFAULT 0,
+  platform_id TEXT,
+  channel_type TEXT,
+  thread_id TEXT,
+  content TEXT NOT NULL CHECK (json_valid(content)),
+  trigger INTEGER NOT NULL DEFAULT 1 CHECK (trigger IN (0, 1)),
+  on_wake INTEGER NOT NULL DEFAULT 0 CHECK (on_wake IN (0, 1)),
+  zone TEXT
+);
+INSERT INTO messages_in_v6(id, seq, kind, timestamp, status, process_after, recurrence, series_id, tries,
+                           platform_id, channel_type, thread_id, content, trigger, on_wake, zone)
+  SELECT id, seq, kind, timestamp, status, process_after, recurrence, series_id, tries,
+         platform_id, channel_type, thread_id, content, trigger, on_wake, zone FROM messages_in;
+DROP TABLE messages_in;
+ALTER TABLE messages_in_v6 RENAME TO messages_in;
+CREATE INDEX messages_in_due ON messages_in(status, process_after);
+CREATE INDEX messages_in_series ON messages_in(series_id);
+CREATE UNIQUE INDEX messages_in_one_live_recurrence ON messages_in(series_id)
+  WHERE recurrence IS NOT NULL AND status IN ('pending', 'processing', 'paused');
+CREATE INDEX messages_in_recurring ON messages_in(status) WHERE recurrence IS NOT NULL;
+"""
+
 _OUTBOUND_V1 = f"""
 CREATE TABLE messages_out(
   id TEXT PRIMARY KEY,
@@ -277,8 +344,8 @@ CREATE INDEX messages_out_kind_seq ON messages_out(kind, seq);
 """
 
 MIGRATIONS: dict[DbKind, tuple[str, ...]] = {
-    "central": (_CENTRAL_V1, _CENTRAL_V2, _CENTRAL_V3, _CENTRAL_V4, _CENTRAL_V5, _CENTRAL_V6),
-    "inbound": (_INBOUND_V1, _INBOUND_V2, _INBOUND_V3, _INBOUND_V4, _INBOUND_V5),
+    "central": (_CENTRAL_V1, _CENTRAL_V2, _CENTRAL_V3, _CENTRAL_V4, _CENTRAL_V5, _CENTRAL_V6, _CENTRAL_V7),
+    "inbound": (_INBOUND_V1, _INBOUND_V2, _INBOUND_V3, _INBOUND_V4, _INBOUND_V5, _INBOUND_V6),
     "outbound": (_OUTBOUND_V1, _OUTBOUND_V2, _OUTBOUND_V3),
 }
 

@@ -52,6 +52,24 @@ class WebhookContent(_Content):
     payload: Any = None
 
 
+class MailContent(_Content):
+    """A mail taken from a ``mail:ADDRESS`` mailbox (issue 17): its headers, its text (HTML made text) and the names
+    of its attachments, saved in the session's ``inbox/<row id>/``. ``from`` is a Python keyword: held as
+    ``sender``, stored and read as ``from``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+    sender: str = Field(alias="from")
+    name: str = ""
+    to: list[str] = Field(default_factory=list)
+    subject: str = ""
+    message_id: str
+    in_reply_to: str | None = None
+    references: list[str] = Field(default_factory=list)
+    text: str = ""
+    attachments: list[str] = Field(default_factory=list)
+    attachments_dropped: int = 0  # over NCL_MAIL_MAX_ATTACHMENTS: not saved
+
+
 class OutChatContent(_Content):
     text: str
     files: list[str] = Field(default_factory=list)
@@ -62,6 +80,7 @@ CONTENT_BY_KIND: dict[str, type[_Content]] = {
     "task": TaskContent,
     "queue": QueueContent,
     "webhook": WebhookContent,
+    "mail": MailContent,
 }
 
 

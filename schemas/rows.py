@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     import sqlite3
 
-InKind = Literal["chat", "task", "queue", "webhook", "system"]
+InKind = Literal["chat", "task", "queue", "webhook", "system", "mail"]
 InStatus = Literal["pending", "processing", "paused", "completed", "failed"]
 LIVE_STATUSES: tuple[InStatus, ...] = ("pending", "processing", "paused")
 ContextMode = Literal["group", "isolated"]

@@ -191,3 +191,30 @@ def test_a_v4_inbound_keeps_its_runs_and_gains_empty_answers(tmp_path: Path, ins
         assert conn.execute("SELECT zone FROM messages_in").fetchone()[0] == "America/New_York"
     added = {"answer_id": None, "answer_excerpt": None, "input_tokens": None, "output_tokens": None}
     assert kept == [{**run, **added} for run in runs]
+
+
+def test_a_v5_inbound_keeps_every_row_and_takes_mail(tmp_path: Path, insert_row: InsertRow) -> None:
+    """Issue 17 (inbound v6): the table is rebuilt for the new kind; every row and column stays as it was, the
+    old kinds' CHECK still holds and a ``mail`` row can be written."""
+    path = tmp_path / "inbound.db"
+    rows = [{"id": "task-1", "seq": 2, "kind": "task", "status": "paused", "timestamp": "2026-06-11T09:00:00.000Z",
+             "process_after": "2026-06-12T13:00:00.000Z", "recurrence": "0 9 * * *", "series_id": "task-1",
+             "tries": 2, "trigger": 1, "on_wake": 1, "platform_id": "p", "channel_type": "cli", "thread_id": "t",
+             "content": '{"prompt":"standup"}', "zone": "America/New_York"},
+            {"id": "msg-1", "seq": 4, "kind": "webhook", "status": "completed", "timestamp": "2026-06-11T09:00:01.000Z",
+             "process_after": None, "recurrence": None, "series_id": None, "tries": 0, "trigger": 0, "on_wake": 0,
+             "platform_id": None, "channel_type": "webhook:hook", "thread_id": None, "content": '{"source":"hook"}',
+             "zone": None}]
+    with closing(open_plain(path)) as conn:
+        conn.executescript((RELEASED / "inbound.v5.sql").read_text())
+        for row in rows:
+            insert_row(conn, "messages_in", row)
+        with pytest.raises(sqlite3.IntegrityError):
+            insert_row(conn, "messages_in", {**rows[1], "id": "msg-2", "seq": 6, "kind": "mail"})
+    with closing(db.connect(path, "inbound")) as conn:
+        assert [dict(r) for r in conn.execute("SELECT * FROM messages_in ORDER BY seq")] == rows
+        insert_row(conn, "messages_in", {**rows[1], "id": "msg-2", "seq": 6, "kind": "mail"})
+        with pytest.raises(sqlite3.IntegrityError):
+            insert_row(conn, "messages_in", {**rows[1], "id": "msg-3", "seq": 8, "kind": "fax"})
+        with pytest.raises(sqlite3.IntegrityError):  # the one-live-recurrence index came back
+            insert_row(conn, "messages_in", {**rows[0], "id": "task-2", "seq": 10})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from host.channels.base import Channels
 from host.channels.cli import CliChannel
+from host.channels.mail import MailChannel
 from host.channels.matrix import MatrixChannel
 from host.channels.webhooks import Webhooks
 from host.settings import Settings
@@ -13,5 +14,6 @@ def channels(settings: Settings) -> Channels:
     return Channels([
         CliChannel(settings),
         Webhooks(settings),
+        MailChannel(settings),
         MatrixChannel(settings),
     ])

@@ -28,6 +28,7 @@ COMMANDS = {
     "host": "host.cli.hostcmd:host_cli",
     "image": "host.cli.image:image_cli",
     "logs": "host.cli.logs:logs",
+    "mailbox": "host.cli.mailbox:mailbox_cli",
     "messages": "host.cli.status:messages_cli",
     "queue": "host.cli.queue:queue_cli",
     "scheduled-task": "host.cli.scheduled:scheduled_cli",

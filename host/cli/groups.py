@@ -38,7 +38,8 @@ def _rules(value: str) -> str:
 @group_cli.command("create")
 @click.argument("name")
 @click.option("--channel", "channels", multiple=True, metavar="CHANNEL",
-              help="cli, queue:NAME, webhook:NAME, toolkit:NAME or matrix:@bot:server; repeat for several.")
+              help="cli, queue:NAME, webhook:NAME, toolkit:NAME, mail:ADDRESS (a mailbox made with 'ncl mailbox "
+                   "create') or matrix:@bot:server; repeat for several.")
 @click.option("--rules", default="", metavar="TEXT|@FILE", help="The agent's standing instructions.")
 @click.option("--session-mode", type=click.Choice(groups.SESSION_MODES), default="shared", show_default=True,
               help="shared: one session per channel address; per-thread: one per thread key.")

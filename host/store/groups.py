@@ -13,6 +13,7 @@ from typing import Any
 
 from host.errors import NclError
 from host.settings import Settings
+from host.store import mailboxes
 from host.store.db import Connection, transaction
 from schemas import ids
 from schemas.times import to_text
@@ -47,10 +48,12 @@ def folder(settings: Settings, group_id: str) -> Path:
 
 
 def check_channel(channel: str) -> str:
+    if channel.startswith("mail:"):  # a mailbox's address, in lower case as ``ncl mailbox create`` stored it
+        return f"mail:{mailboxes.check_address(channel[5:])}"
     if not CHANNEL.fullmatch(channel):
         raise NclError(
             f"invalid channel {channel!r}: use cli, queue:NAME, webhook:NAME, toolkit:NAME "
-            "(NAME: letters, digits, '.', '_', '-') or matrix:@bot:server"
+            "(NAME: letters, digits, '.', '_', '-'), mail:ADDRESS or matrix:@bot:server"
         )
     return channel
 
@@ -82,6 +85,7 @@ def create(
     with transaction(conn):
         if conn.execute("SELECT 1 FROM agent_groups WHERE id = ?", (group_id,)).fetchone():
             raise NclError(f"group {name!r} already exists ({group_id})")
+        mailboxes.require(conn, wanted)
         conn.execute(
             "INSERT INTO agent_groups(id, name, rules, session_mode, provider, model, created_at, admin)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -117,6 +121,7 @@ def rewire(conn: Connection, group: Group, now: datetime, add: list[str], remove
     """Add channels to a group (a webhook's token is made by ``ncl groups token``) and unwire others; a channel
     both added and removed, or removed but not the group's, is refused."""
     added = [c for c in dict.fromkeys(check_channel(c) for c in add) if c not in group.channels]
+    mailboxes.require(conn, added)
     for channel in remove:
         if channel not in group.channels or channel in add:
             raise NclError(f"group {group.name} has no channel {channel} to remove"

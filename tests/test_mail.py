@@ -1,0 +1,182 @@
+"""Issue 17: the ``mail:ADDRESS`` channel against real servers (tests/mail_servers.py: Dovecot for IMAP with TLS,
+aiosmtpd handing mail to Dovecot's delivery agent). The human is played with smtplib and imaplib; the agent is a
+real ``ncl host run`` with the mock provider (its answer: "mock: " and the mail as the agent read it)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import mail_servers
+import pytest
+from mail_servers import MailServers, mail
+from processes import Env, Host
+
+AGENT, HUMAN, STRANGER, OTHER = mail_servers.USERS
+PDF = b"%PDF-1.4 a small invoice\n"
+
+
+@pytest.fixture
+def servers() -> Iterator[MailServers]:
+    with mail_servers.running() as running:
+        yield running
+
+
+@pytest.fixture
+def env(tmp_path: Path, servers: MailServers) -> Env:
+    env = Env(tmp_path)
+    env.vars.update({"SSL_CERT_FILE": str(servers.cert), "NCL_MAIL_POLL_S": "2", "NCL_SWEEP_INTERVAL_S": "1",
+                     "NCL_MAIL_RETRY_S": "0.05", "AGENT_MAIL_PASSWORD": mail_servers.PASSWORD})
+    env.ok("mailbox", "create", "--address", AGENT, "--imap", f"127.0.0.1:{servers.imap_port}",
+           "--smtp", f"127.0.0.1:{servers.smtp_port}", "--user", AGENT, "--password-env", "AGENT_MAIL_PASSWORD",
+           "--allow", HUMAN, "--allow", "other@*")
+    env.ok("groups", "create", "support", "--channel", f"mail:{AGENT}", "--session-mode", "per-thread")
+    return env
+
+
+def mail_rows(env: Env) -> list[dict[str, Any]]:
+    """Every mail row of every session of the group, oldest first, with its session id."""
+    found = []
+    for inbound in sorted((env.data_dir / "v2-sessions" / "ag-support").glob("sess-*/inbound.db")):
+        with closing(sqlite3.connect(inbound)) as conn:
+            conn.row_factory = sqlite3.Row
+            for row in conn.execute("SELECT * FROM messages_in WHERE kind = 'mail' ORDER BY seq"):
+                found.append({**dict(row), "session": inbound.parent.name, "content": json.loads(row["content"])})
+    return sorted(found, key=lambda r: r["timestamp"])
+
+
+def reply_to(original: EmailMessage, answer: EmailMessage, text: str) -> EmailMessage:
+    """What a mail client makes of 'Reply' on the agent's answer."""
+    return mail(HUMAN, AGENT, f"Re: {original['Subject']}", text, In_Reply_To=str(answer["Message-ID"]),
+                References=f"{answer['References']} {answer['Message-ID']}")
+
+
+def test_a_mail_is_answered_in_its_thread_and_a_reply_continues_the_session(env: Env, servers: MailServers) -> None:
+    host = Host(env)
+    try:
+        first = mail(HUMAN, AGENT, "Invoice 42", "Please check the attached invoice.")
+        first.add_attachment(PDF, maintype="application", subtype="pdf", filename="../../invoice.pdf")
+        servers.send(first)
+        [answer] = servers.wait_for(HUMAN, 1)
+        assert answer["From"] == AGENT and answer["To"] == HUMAN
+        assert answer["Subject"] == "Re: Invoice 42"
+        assert answer["In-Reply-To"] == first["Message-ID"]
+        assert answer["References"] == first["Message-ID"]
+        assert answer["Auto-Submitted"] == "auto-replied"
+        body = answer.get_body(preferencelist=("plain",))
+        assert body is not None
+        text = body.get_content()
+        assert "Please check the attached invoice." in text and "Subject: Invoice 42" in text
+
+        [row] = mail_rows(env)
+        content = row["content"]
+        assert (content["from"], content["to"], content["subject"]) == (HUMAN, [AGENT], "Invoice 42")
+        assert content["message_id"] == first["Message-ID"]
+        assert content["attachments"] == ["invoice.pdf"]  # the '../../' gone: saved in the session's inbox only
+        saved = env.data_dir / "v2-sessions" / "ag-support" / row["session"] / "inbox" / row["id"] / "invoice.pdf"
+        assert saved.read_bytes() == PDF
+        assert (row["channel_type"], row["platform_id"], row["thread_id"]) == (
+            f"mail:{AGENT}", HUMAN, first["Message-ID"])
+
+        servers.send(reply_to(first, answer, "Thanks, and the due date?"))
+        answers = servers.wait_for(HUMAN, 2)
+        second = answers[1]
+        assert second["In-Reply-To"] != first["Message-ID"]  # it answers the human's reply
+        assert second["References"].split()[0] == first["Message-ID"]
+        assert second["Subject"] == "Re: Invoice 42"  # never "Re: Re:"
+        rows = mail_rows(env)
+        assert len(rows) == 2 and rows[0]["session"] == rows[1]["session"]  # the same conversation
+
+        servers.send(mail(OTHER, AGENT, "Another topic", "Hello again."))  # a new subject: a new session
+        servers.wait_for(OTHER, 1)
+        rows = mail_rows(env)
+        assert len({r["session"] for r in rows}) == 2
+        # Every mail taken was marked read on the server.
+        assert all(seen for _, _, seen in servers.inbox(AGENT))
+    finally:
+        host.kill()
+
+
+def test_automatic_mail_and_strangers_get_no_answer(env: Env, servers: MailServers) -> None:
+    host = Host(env)
+    try:
+        servers.send(mail(STRANGER, AGENT, "Buy now", "Cheap stuff."))
+        servers.send(mail(HUMAN, AGENT, "Out of office", "I am away.", Auto_Submitted="auto-replied"))
+        servers.send(mail(HUMAN, AGENT, "News", "Weekly digest.", Precedence="bulk"))
+        servers.send(mail(HUMAN, AGENT, "Digest", "List mail.", List_Id="<news.example.org>"))
+        servers.send(mail(HUMAN, AGENT, "Barrier", "A mail that is answered: the others were looked at first."))
+        [answer] = servers.wait_for(HUMAN, 1)
+        assert answer["Subject"] == "Re: Barrier"
+        host.wait_for_action("mail_refused")
+        assert [r["content"]["subject"] for r in mail_rows(env)] == ["Barrier"]
+        flags = {str(m["Subject"]): seen for _, m, seen in servers.inbox(AGENT)}
+        assert flags == {"Buy now": False, "Out of office": True, "News": True, "Digest": True, "Barrier": True}
+        assert servers.inbox(STRANGER) == []
+    finally:
+        host.kill()
+    assert sum("[action=mail_refused " in line for line in host.seen) == 1  # logged once, however many polls
+
+
+@pytest.mark.parametrize("point", ["fetched", "committed"])
+def test_a_host_killed_while_taking_a_mail_takes_it_once(env: Env, servers: MailServers, point: str) -> None:
+    """SIGKILL between fetch and commit, and after the row's commit before the \\Seen flag: no mail lost, none
+    twice (one row, one answer)."""
+    killed = Host(env, NCL_FAULT_MAIL=point)
+    servers.send(mail(HUMAN, AGENT, "Crash", "Take me once."))
+    assert killed.proc.wait(timeout=60) == -signal.SIGKILL
+    [(_, _, seen)] = servers.inbox(AGENT)
+    assert not seen  # never flagged: the next host must look at it again
+    assert len(mail_rows(env)) == (1 if point == "committed" else 0)
+    host = Host(env)
+    try:
+        [answer] = servers.wait_for(HUMAN, 1)
+        assert answer["Subject"] == "Re: Crash"
+        rows = mail_rows(env)
+        assert len(rows) == 1 and rows[0]["status"] == "completed"
+        [(_, _, seen)] = servers.inbox(AGENT)
+        assert seen
+    finally:
+        host.kill()
+
+
+def test_a_second_copy_of_a_message_id_is_not_taken_again(env: Env, servers: MailServers) -> None:
+    copy = mail(HUMAN, AGENT, "Twice", "Sent twice by a confused server.")
+    host = Host(env)
+    try:
+        servers.send(copy)
+        servers.wait_for(HUMAN, 1)
+        servers.send(copy)  # the same Message-ID under a new UID
+        servers.send(mail(HUMAN, AGENT, "Barrier", "Answered."))
+        answers = servers.wait_for(HUMAN, 2)
+        assert [a["Subject"] for a in answers] == ["Re: Twice", "Re: Barrier"]
+        assert [r["content"]["subject"] for r in mail_rows(env)] == ["Twice", "Barrier"]
+    finally:
+        host.kill()
+
+
+def test_a_failing_smtp_server_is_retried_and_then_noticed(env: Env, servers: MailServers) -> None:
+    servers.fail_next = 1  # one 451: the retry gets it there
+    host = Host(env)
+    try:
+        servers.send(mail(HUMAN, AGENT, "Retry", "First try fails."))
+        [answer] = servers.wait_for(HUMAN, 1)
+        assert answer["Subject"] == "Re: Retry" and servers.refused == 1
+        servers.fail_next = 1000  # from now on every try fails
+        servers.send(mail(HUMAN, AGENT, "Never", "Every try fails."))
+        host.wait_for(lambda line: "[action=reply_handled " in line and " failed [" in line, timeout=90)
+    finally:
+        host.kill()
+    assert servers.refused == 1 + 3 * 3  # 3 tries a delivery attempt, 3 attempts
+    [session] = {r["session"] for r in mail_rows(env) if r["content"]["subject"] == "Never"}
+    inbound = env.data_dir / "v2-sessions" / "ag-support" / session / "inbound.db"
+    with closing(sqlite3.connect(inbound)) as conn:
+        notices = conn.execute("SELECT json_extract(content, '$.text') FROM messages_in"
+                               " WHERE json_extract(content, '$.notice') = 'delivery_failed'").fetchall()
+    assert len(notices) == 1 and f"mail:{AGENT}" in notices[0][0]
+    assert len(servers.inbox(HUMAN)) == 1

@@ -1,0 +1,93 @@
+"""Issue 17: a mail is hostile input (host/channels/mail_parse.py). HTML becomes text with nothing run or
+fetched, attachment names cannot leave their folder, their number is bounded, automatic mail is recognised, and
+threading reads References / In-Reply-To."""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+
+import pytest
+
+from host.channels import mail_parse
+from host.channels.mail import save_attachments
+from host.files import confined
+
+
+def raw(**headers: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = headers.pop("From", "Alice <Alice@Example.org>")
+    message["To"] = "agent@example.org"
+    message["Subject"] = headers.pop("Subject", "Hello")
+    message["Message-ID"] = headers.pop("Message_ID", "<m1@example.org>")
+    for name, value in headers.items():
+        message[name.replace("_", "-")] = value
+    message.set_content("plain words")
+    return message
+
+
+def test_headers_text_and_thread() -> None:
+    mail = mail_parse.parse(raw(Subject="Hi\x1b[31m there").as_bytes(), 5)
+    assert (mail.sender, mail.sender_name, mail.to) == ("alice@example.org", "Alice", ["agent@example.org"])
+    assert mail.subject == "Hi [31m there"  # one printable line: no escape reaches a terminal or the prompt
+    assert (mail.text, mail.message_id, mail.thread, mail.automatic) == ("plain words", "<m1@example.org>",
+                                                                        "<m1@example.org>", None)
+    reply = mail_parse.parse(raw(In_Reply_To="<a2@x>", References="<root@x> <a1@x> <a2@x>").as_bytes(), 5)
+    assert (reply.in_reply_to, reply.references, reply.thread) == ("<a2@x>", ["<root@x>", "<a1@x>", "<a2@x>"],
+                                                                   "<root@x>")
+    assert mail_parse.parse(raw(In_Reply_To="<a2@x>").as_bytes(), 5).thread == "<a2@x>"
+    no_id = raw()
+    del no_id["Message-ID"]
+    assert mail_parse.parse(no_id.as_bytes(), 5).message_id.endswith("@ncl.invalid>")  # the same bytes, the same id
+
+
+def test_html_becomes_text_without_scripts_or_styles() -> None:
+    message = raw()
+    message.set_content("<html><head><style>p{color:red}</style><script>alert(1)</script></head><body>"
+                        "<p>Hello &amp; welcome</p><ul><li>one</li><li>two</li></ul>"
+                        "<img src='http://tracker.example/x.png'><a href='http://evil.example'>link</a></body>",
+                        subtype="html")
+    text = mail_parse.parse(message.as_bytes(), 5).text
+    assert text == "Hello & welcome\n\n- one\n- two\nlink"
+
+
+@pytest.mark.parametrize(("headers", "why"), [
+    ({"Auto_Submitted": "auto-replied"}, "Auto-Submitted: auto-replied"),
+    ({"Precedence": "bulk"}, "Precedence: bulk"),
+    ({"Precedence": "junk"}, "Precedence: junk"),
+    ({"List_Id": "<news.example.org>"}, "List-Id header"),
+    ({"Return_Path": "<>"}, "empty Return-Path"),
+    ({"From": "MAILER-DAEMON@example.org"}, "sent by mailer-daemon"),
+])
+def test_automatic_mail_is_recognised(headers: dict[str, str], why: str) -> None:
+    assert mail_parse.parse(raw(**headers).as_bytes(), 5).automatic == why
+
+
+def test_a_person_is_not_automatic() -> None:
+    assert mail_parse.parse(raw(Auto_Submitted="no", Return_Path="<alice@example.org>").as_bytes(), 5).automatic is None
+
+
+def test_attachment_names_are_plain_unique_and_bounded(tmp_path: object) -> None:
+    message = raw()
+    names = ["../../etc/passwd", "..\\..\\boot.ini", ".hidden", "a\x00b\tc.txt", "same.txt", "SAME.txt",
+             "x" * 300 + ".pdf", "/abs/path.png"]
+    for name in names:
+        message.add_attachment(b"data", maintype="application", subtype="octet-stream", filename=name)
+    mail = mail_parse.parse(message.as_bytes(), 7)
+    saved = [name for name, _ in mail.attachments]
+    assert saved[:6] == ["passwd", "boot.ini", "hidden", "a_b_c.txt", "same.txt", "SAME (2).txt"]
+    assert len(saved[6]) == mail_parse.MAX_NAME and saved[6].endswith(".pdf")
+    assert mail.dropped == 1  # the 8th is over the limit of 7
+    assert all("/" not in name and not name.startswith(".") for name in saved)
+
+
+def test_attachments_are_written_only_inside_the_rows_folder(tmp_path: pytest.TempPathFactory) -> None:
+    folder = tmp_path / "session"  # type: ignore[operator]
+    (folder / "inbox").mkdir(parents=True)
+    assert save_attachments(folder, "msg-1", [("a.txt", b"A")]) == ["a.txt"]
+    assert (folder / "inbox" / "msg-1" / "a.txt").read_bytes() == b"A"
+    outside = tmp_path / "outside"  # type: ignore[operator]
+    outside.mkdir()
+    (folder / "inbox" / "msg-2").symlink_to(outside)  # a runner planted a link where the next row's folder goes
+    with pytest.raises(confined.Refused):
+        save_attachments(folder, "msg-2", [("b.txt", b"B")])
+    assert list(outside.iterdir()) == []
