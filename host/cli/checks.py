@@ -14,8 +14,9 @@ from host.cli.app import zone_mismatch
 from host.files import lock, private
 from host.runtimes.image import EngineDown, Versions, connect_engine, host_versions, inspect
 from host.settings import Settings
-from host.store import db, sessions, views
+from host.store import db, project_tasks, sessions, views
 from schemas.ddl import DbKind, latest_version
+from schemas.requests import HOST_ID
 
 MIN_FREE_BYTES = 1 << 20  # below this a SQLite write (journal plus pages) can no longer be counted on
 
@@ -163,7 +164,7 @@ def agent_host_tasks(settings: Settings) -> Check:
     if settings.central_db.exists():
         try:
             with closing(db.connect(settings.central_db, "central", readonly=True)) as conn:
-                held = conn.execute("SELECT COUNT(*) FROM scheduled_tasks WHERE id LIKE 'host-%'").fetchone()[0]
+                held = project_tasks.count_with_prefix(conn, HOST_ID)
         except (db.DbError, db.Error):
             pass  # the schema check says what is wrong with central.db
     made = f"{held} host task(s) created by agents ('ncl scheduled-task list' shows them, 'delete' removes one)"

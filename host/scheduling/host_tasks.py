@@ -70,7 +70,7 @@ def answer(reach: Reach, request: requests.HostRequest, out_id: str, now: dateti
 def _create(reach: Reach, request: requests.ScheduleHostTask, out_id: str, now: datetime) -> str:
     if request.command is None or request.recurrence is None:
         raise NclError("a host task needs command and recurrence (a 5-field cron schedule in TZ)")
-    held = sum(1 for row in store.list_all(reach.central) if row.id.startswith(requests.HOST_ID))
+    held = store.count_with_prefix(reach.central, requests.HOST_ID)
     if held >= MAX_HOST_TASKS:
         raise NclError(f"agents hold {held} host tasks already, the most there may be; cancel one first")
     doc = {"version": "v1", "kind": "ScheduledTask", **_asked(request)}

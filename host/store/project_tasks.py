@@ -111,6 +111,13 @@ def get(conn: db.Connection, task_id: str) -> TaskRow | None:
     return None if row is None else TaskRow.of(row)
 
 
+def count_with_prefix(conn: db.Connection, prefix: str) -> int:
+    """How many tasks have an id starting with ``prefix`` (``host-``: those agents created)."""
+    (count,) = conn.execute("SELECT COUNT(*) FROM scheduled_tasks WHERE substr(id, 1, length(?)) = ?",
+                            (prefix, prefix)).fetchone()
+    return int(count)
+
+
 def list_all(conn: db.Connection) -> list[TaskRow]:
     return [TaskRow.of(row) for row in conn.execute(f"{_SELECT} ORDER BY t.created_at, t.id")]
 
