@@ -28,6 +28,7 @@ from scheduled_project import project as project  # the fixture
 
 from host.channels import alerts
 from host.channels.alerts import ATTEMPTS, Alert, Alerts
+from host.files.spool import Spool
 from host.settings import AlertTarget, Settings, SettingsError
 from host.store import sessions
 from schemas.times import from_text
@@ -135,7 +136,8 @@ async def test_a_series_that_pauses_itself_alerts_once_with_its_task_session_and
     assert body["event"] == "task_auto_paused" and body["task"] == task
     assert (body["session"], body["group"]) == (world.session.id, "demo")
     assert "failed 3 times in a row" in body["text"] and from_text(body["at"])
-    assert set(body) == {"event", "text", "at", "task", "run", "session", "group"}
+    assert set(body) == {"event", "text", "at", "task", "run", "session", "group", "id"}
+    assert re.fullmatch(r"alert-[0-9a-f]{16}", body["id"])
 
 
 async def test_gate_errors_alert_when_three_come_in_a_row_and_again_only_after_a_run_broke_the_streak(
@@ -230,7 +232,7 @@ async def test_a_receiver_that_hangs_costs_each_attempt_its_timeout_and_holds_up
         with alerts.reporting(out):
             assert sweeper.tick(T0 + timedelta(days=3)).missed == 1  # an alert on its way to the hanging receiver
             await hanging.until(1)  # the sender took it and waits on the receiver ...
-            assert not out.pending
+            assert [a.event for a in out.pending] == ["task_missed"]  # (spooled until sent or given up)
             for day in range(4, 7):  # ... while the sweeps go on, each raising its own alert
                 row_id, at = occurrence(world, task)
                 assert world.run_occurrence(sweeper, row_id, at + timedelta(minutes=1)).sessions_opened == 1
@@ -284,14 +286,24 @@ async def test_a_session_target_puts_the_alert_in_the_groups_chat_session(tmp_pa
 
 # --- real processes ------------------------------------------------------------------------------------------------
 
+class Hold:
+    """While ``holding``, a ``thread_receiver`` answers nothing (the sender waits) until ``released``."""
+
+    def __init__(self) -> None:
+        self.holding, self.released = True, threading.Event()
+
+
 @contextmanager
-def thread_receiver(status: int = 200) -> Iterator[tuple[str, queue.Queue[dict[str, Any]]]]:
+def thread_receiver(status: int = 200, hold: Hold | None = None) -> Iterator[tuple[str, queue.Queue[dict[str, Any]]]]:
     """A threaded HTTP server on 127.0.0.1 for ``ncl`` processes: each POST's JSON into the queue."""
     got: queue.Queue[dict[str, Any]] = queue.Queue()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             got.put(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            if hold is not None and hold.holding:
+                hold.released.wait()
+                return  # no answer at all
             self.send_response(status)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -305,6 +317,8 @@ def thread_receiver(status: int = 200) -> Iterator[tuple[str, queue.Queue[dict[s
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/hook", got
     finally:
+        if hold is not None:
+            hold.released.set()
         server.shutdown()
         server.server_close()
 
@@ -367,13 +381,13 @@ def test_a_one_off_sweep_sends_what_it_raised_before_it_exits(tmp_path: Path) ->
     assert got.empty()
 
 
-def test_reporting_lowers_a_root_logger_set_above_warning_and_puts_it_back() -> None:
+def test_reporting_lowers_a_root_logger_set_above_warning_and_puts_it_back(tmp_path: Path) -> None:
     root = logging.getLogger()
     level, handler = root.level, logging.NullHandler()
     root.setLevel(logging.ERROR)
     root.addHandler(handler)
     try:
-        out = Alerts(Settings(), AlertTarget("webhook", "http://127.0.0.1:9"))
+        out = Alerts(Settings(data_dir=tmp_path), AlertTarget("webhook", "http://127.0.0.1:9"))
         with alerts.reporting(out):
             logging.getLogger("host.scheduling.recurrence").warning("x", extra={"action": "a", "alert": "task_missed"})
             assert (root.level, handler.level) == (logging.WARNING, logging.ERROR)  # the handler shows no more
@@ -382,3 +396,135 @@ def test_reporting_lowers_a_root_logger_set_above_warning_and_puts_it_back() -> 
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
+
+
+# --- nothing lost on a crash: the spool (data/alerts.jsonl) ----------------------------------------------------------
+
+def spooled(data_dir: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The lines of data/alerts.jsonl and the text of data/alerts.offset (None before the first alert is done)."""
+    lines = (data_dir / "alerts.jsonl").read_text().splitlines()
+    offset = data_dir / "alerts.offset"
+    return [json.loads(line) for line in lines], offset.read_text() if offset.exists() else None
+
+
+def test_a_host_killed_before_sending_sends_the_alert_once_at_its_next_start(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    env.ok("groups", "create", "team", "--channel", "cli")
+    session = json.loads(env.ok("sessions", "create", "--group", "team", "--json"))["id"]
+    task = json.loads(env.ok("tasks", "add", "--session", session, "--prompt", "standup", "--recurrence", DAILY,
+                             "--now", "2026-01-01T00:00:00", "--json"))["id"]
+    hold = Hold()
+    with thread_receiver(hold=hold) as (url, got):
+        first = Host(env, NCL_ALERT_CHANNEL=url, NCL_MISFIRE_GRACE_S="0")
+        try:
+            held = got.get(timeout=30)  # on its way: the receiver holds the request, unanswered
+            # Spooled as raised (its group is looked up when it is sent), no offset stored yet:
+            assert spooled(env.data_dir) == ([{**held, "group": None}], None)
+        finally:
+            first.kill()  # SIGKILL: no flush, no goodbye
+        hold.holding = False
+        second = Host(env, NCL_ALERT_CHANNEL=url, NCL_MISFIRE_GRACE_S="0")
+        try:
+            second.wait_for_action("alert_sent")
+            sent = got.get(timeout=5)
+        finally:
+            assert second.stop(signal.SIGTERM) == 0  # a stop sends whatever is still queued
+    assert held["event"] == sent["event"] == "task_missed" and sent["task"] == task
+    assert sent == held  # the same alert (its id too), so a receiver can tell it saw it before
+    assert got.empty()  # once
+    assert spooled(env.data_dir) == ([], "0\n")  # all sent: the file starts again
+
+
+def test_a_one_off_sweep_sends_what_a_killed_host_left(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    env.ok("groups", "create", "team", "--channel", "cli")
+    left = Alert("task_missed", "task x missed 1 slot(s)", "2026-01-05T12:00:00.000Z")
+    (env.data_dir / "alerts.jsonl").write_text(json.dumps(left.to_json()) + "\n")
+    with thread_receiver() as (url, got):
+        env.vars["NCL_ALERT_CHANNEL"] = url
+        env.ok("host", "sweep", "--once", "--json")
+        assert got.get_nowait() == left.to_json() and got.empty()
+    assert spooled(env.data_dir) == ([], "0\n")
+
+
+def test_the_offset_moves_past_each_alert_sent_or_given_up_and_the_file_starts_again_when_all_are(
+        tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    spool = Spool(data_dir, "alerts")
+    spool.put({"n": 1})
+    spool.put({"n": 2})
+    first_end = len(b'{"n":1}\n')
+    assert [(item, end) for item, end in spool.waiting()] == [({"n": 1}, first_end), ({"n": 2}, 2 * first_end)]
+    spool.done(first_end)
+    assert spooled(data_dir) == ([{"n": 1}, {"n": 2}], f"{first_end}\n")
+    spool.close()
+    again = Spool(data_dir, "alerts")  # a restart: from the stored offset
+    assert [item for item, _ in again.waiting()] == [{"n": 2}] and len(again) == 1
+    again.put({"n": 3})
+    ((_, second_end), (_, third_end)) = again.waiting()
+    again.done(second_end)
+    assert len(again) == 1 and spooled(data_dir)[1] == f"{second_end}\n"
+    again.done(third_end)
+    assert (len(again), spooled(data_dir)) == (0, ([], "0\n"))
+    assert {oct(p.stat().st_mode & 0o777) for p in data_dir.iterdir()} == {"0o600"}
+    again.close()
+
+
+def test_a_line_cut_short_by_a_crash_is_dropped_and_a_stray_offset_starts_its_line_again(tmp_path: Path,
+                                                                                        caplog: Any) -> None:
+    (tmp_path / "alerts.jsonl").write_bytes(b'{"n":1}\n{"n":2}\n{"n":3')  # killed while appending n 3
+    (tmp_path / "alerts.offset").write_text("11\n")  # inside n 2's line
+    spool = Spool(tmp_path, "alerts")
+    assert [item for item, _ in spool.waiting()] == [{"n": 2}]
+    assert (tmp_path / "alerts.jsonl").read_bytes() == b'{"n":1}\n{"n":2}\n'
+    spool.close()
+    (tmp_path / "alerts.offset").write_text("what\n")
+    spool = Spool(tmp_path, "alerts")
+    assert [item for item, _ in spool.waiting()] == [{"n": 1}, {"n": 2}]  # at least once: all again, said why
+    assert [r.getMessage() for r in caplog.records if getattr(r, "action", None) == "spool_offset_unread"] == [
+        "alerts.offset holds no offset; every item in alerts.jsonl is handed out again"]
+    spool.close()
+
+
+async def test_the_spool_is_bounded_and_says_how_many_it_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(alerts, "QUEUE_MAX", 3)
+    world, receiver = World(tmp_path), Receiver()
+    async with receiver.running() as url:
+        out = sender(world, url)
+        for n in range(5):
+            out.put(Alert("test", f"n {n}", "2026-06-01T12:00:00.000Z"))
+        lines, offset = spooled(world.settings.data_dir)
+        assert [line["text"] for line in lines] == ["n 0", "n 1", "n 2"] and offset is None  # the newest dropped
+        await out.drain()
+        await out.aclose()
+    assert [b["text"] for b in receiver.bodies] == ["n 0", "n 1", "n 2"]
+    (said,) = [r for r in caplog.records if getattr(r, "action", None) == "alerts_dropped"]
+    assert said.getMessage() == "2 alert(s) dropped: more than 3 were waiting"
+    assert spooled(world.settings.data_dir) == ([], "0\n")
+
+
+@pytest.mark.parametrize("planted", ["symlink", "directory"])
+async def test_a_spool_that_cannot_be_written_keeps_alerts_in_memory_says_so_once_and_follows_no_link(
+        tmp_path: Path, planted: str, caplog: pytest.LogCaptureFixture) -> None:
+    world, receiver = World(tmp_path), Receiver()
+    spool, elsewhere = world.settings.data_dir / "alerts.jsonl", tmp_path / "elsewhere"
+    elsewhere.write_text("")
+    if planted == "symlink":
+        spool.symlink_to(elsewhere)
+    else:
+        spool.mkdir()
+    task = world.schedule(T0, recurrence=DAILY)
+    async with receiver.running() as url:
+        out = sender(world, url)
+        with alerts.reporting(out):  # raised inside a sweep: nothing raised into it
+            assert world.sweeper().tick(T0 + timedelta(days=3)).missed == 1
+            run_days(world, task, ["gate_error"] * 3)
+        assert [a.event for a in out.pending] == ["task_missed", "task_gate_errors"]
+        await out.drain()
+        await out.aclose()
+    assert receiver.events == ["task_missed", "task_gate_errors"]
+    said = [r.getMessage() for r in caplog.records if getattr(r, "action", None) == "alerts_not_spooled"]
+    assert len(said) == 1 and said[0].startswith("alerts are kept in memory only")
+    assert ("alerts.jsonl: refused (a symlink)" in said[0]) is (planted == "symlink")
+    assert elsewhere.read_text() == "" and (spool.is_symlink() or spool.is_dir())

@@ -3,10 +3,13 @@
 Where something goes wrong the host logs its line with an ``alert`` key naming the event (``task_auto_paused``,
 ``task_gate_errors``, ``task_missed``, ``scheduled_task_missed``, ``scheduled_task_failed``, ``runner_start_failed``):
 the code that knows the event decides that it is one, once, and the log line says it alerted. ``Reporting`` (a
-logging handler) turns each such record into an ``Alert`` and queues it, from any thread, without I/O. ``Alerts``
-sends the queue from the host loop, one at a time and outside every sweep and transaction: a slow or dead receiver
-delays only the alerts behind it, each attempt bounded by TIMEOUT_S, ATTEMPTS attempts, then the alert is logged as
-failed. A full queue drops the newest and says how many.
+logging handler) turns each such record into an ``Alert`` and queues it, from any thread: appended to
+``data/alerts.jsonl`` and fsync'd (``host.files.spool``), so a host killed before sending it sends it at its next
+start; when the disk refuses, it is kept in memory (said once). ``Alerts`` sends the queue from the host loop, one at
+a time and outside every sweep and transaction: a slow or dead receiver delays only the alerts behind it, each attempt
+bounded by TIMEOUT_S, ATTEMPTS attempts, then the alert is logged as failed. Sent or failed, the spool's offset moves
+past it (a crash just before that sends it again: at least once; its ``id`` lets a receiver see the repeat). A full
+queue drops the newest and says how many.
 
 Targets: ``webhook`` POSTs the alert's JSON (``Alert.to_json``), following no redirect (a 3xx is a failure);
 ``session`` writes a notice (``alert``) into the group's chat session, where its agent and ``ncl messages list``
@@ -18,16 +21,19 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import secrets
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import closing, contextmanager, suppress
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from host.channels import router
 from host.errors import NclError
-from host.files import logs
+from host.files import confined, logs
+from host.files.spool import Spool
 from host.settings import AlertTarget, Settings
 from host.store import db, groups, inbox, sessions
 from schemas import clock
@@ -39,6 +45,7 @@ ATTEMPTS = 3
 BACKOFF_S = (2.0, 10.0)  # before the 2nd and the 3rd attempt
 QUEUE_MAX = 1000
 STOP_BUDGET_S = 10.0  # what a stopping host (or a one-off sweep) still gives the alerts it holds
+SPOOL = "alerts"  # data/alerts.jsonl and data/alerts.offset
 
 
 _POSTING: contextvars.ContextVar[bool] = contextvars.ContextVar("ncl_alert_posting", default=False)
@@ -55,7 +62,8 @@ class AlertError(NclError):
 
 @dataclass(frozen=True)
 class Alert:
-    """What a receiver gets: the event, a line of text, when (UTC text), and what it concerns."""
+    """What a receiver gets: the event, a line of text, when (UTC text), what it concerns, and an id of its own (the
+    same when a crash makes it sent again)."""
 
     event: str
     text: str
@@ -64,9 +72,19 @@ class Alert:
     run: str | None = None  # a project task's run
     session: str | None = None
     group: str | None = None  # the session's group, by name
+    id: str = field(default_factory=lambda: f"alert-{secrets.token_hex(8)}")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def of_json(cls, data: dict[str, Any]) -> Alert:
+        """An alert as ``to_json`` wrote it (the spool); ValueError if it is not one."""
+        known = {f.name for f in fields(cls)}
+        if not isinstance(data.get("event"), str) or not isinstance(data.get("text"), str) \
+                or not isinstance(data.get("at"), str) or not all(isinstance(v, str | None) for v in data.values()):
+            raise ValueError("not an alert")
+        return cls(**{key: value for key, value in data.items() if key in known and value is not None})
 
     @classmethod
     def of(cls, record: logging.LogRecord) -> Alert:
@@ -78,24 +96,79 @@ class Alert:
 
 class Alerts:
     """The queue of alerts and their sending. ``put`` from anywhere; ``serve`` (the host loop) or ``flush`` (a one-off
-    sweep) sends them; ``send`` hands one over or raises ``AlertError`` (``ncl alerts test``)."""
+    sweep) sends them, those a killed host left in the spool first; ``send`` hands one over or raises ``AlertError``
+    (``ncl alerts test``, which queues nothing)."""
 
     def __init__(self, settings: Settings, target: AlertTarget, now: Callable[[], datetime] = clock.now,
                  sleep: Callable[[float], Awaitable[None]] = clock.sleep, timeout_s: float = TIMEOUT_S) -> None:
         self.settings, self.target, self.now, self.sleep, self.timeout_s = settings, target, now, sleep, timeout_s
-        self.pending: deque[Alert] = deque()
+        self.spool = Spool(settings.data_dir, SPOOL)
+        self.memory: deque[Alert] = deque()  # those the spool could not take
         self.dropped = 0
+        self._lock = threading.Lock()  # a put's count, append and fallback are one step
+        self._disk_failing = False  # said once until the spool takes an alert again
         self._wake: Callable[[], None] | None = None
         self._client: Any = None
 
+    @property
+    def pending(self) -> list[Alert]:
+        """What waits to be sent (the alert on its way included), oldest first."""
+        return [alert for alert, _ in self._waiting()]
+
     def put(self, alert: Alert) -> None:
-        """Queue ``alert`` (any thread; never blocks, never does I/O)."""
-        if len(self.pending) >= QUEUE_MAX:
-            self.dropped += 1
-            return
-        self.pending.append(alert)
+        """Queue ``alert`` (any thread): appended to the spool and fsync'd; kept in memory if that fails (said once,
+        never raised: the caller is whatever logged the event)."""
+        failed: Exception | None = None
+        with self._lock:
+            try:
+                if self._count() >= QUEUE_MAX:
+                    self.dropped += 1
+                    return
+                self.spool.put(alert.to_json())
+                self._disk_failing = False
+            except (OSError, confined.Refused) as exc:
+                self.memory.append(alert)
+                failed, self._disk_failing = (None if self._disk_failing else exc), True
+        if failed is not None:
+            log.warning("alerts are kept in memory only (a host killed before sending them loses them): %s", failed,
+                        extra={"action": "alerts_not_spooled", "file": self.spool.name})
         if self._wake is not None:
             self._wake()
+
+    def _count(self) -> int:
+        try:
+            return len(self.spool) + len(self.memory)
+        except (OSError, confined.Refused):
+            return len(self.memory)
+
+    def _waiting(self) -> list[tuple[Alert, int | None]]:
+        """The spool's alerts with their ends, then those held in memory (end None)."""
+        try:
+            spooled = self.spool.waiting()
+        except (OSError, confined.Refused):
+            spooled = []  # put said why when it fell back to memory
+        found: list[tuple[Alert, int | None]] = []
+        for data, end in spooled:
+            try:
+                found.append((Alert.of_json(data), end))
+            except (ValueError, TypeError):
+                log.warning("%s: an alert that cannot be read, skipped", self.spool.name,
+                            extra={"action": "spool_line_skipped", "file": self.spool.name})
+                self._done(end)
+        with self._lock:
+            return found + [(alert, None) for alert in self.memory]
+
+    def _done(self, end: int | None) -> None:
+        """The alert ending there is sent or given up: the spool's offset moves past it (or it leaves memory)."""
+        if end is None:
+            with self._lock:
+                self.memory.popleft()
+            return
+        try:
+            self.spool.done(end)
+        except (OSError, confined.Refused) as exc:
+            log.warning("%s: the offset could not be stored (%s): a restart sends those alerts again",
+                        self.spool.offset_name, exc, extra={"action": "alerts_offset_unstored"})
 
     async def serve(self) -> None:
         """Send what comes, until cancelled (an alert on its way then goes back to the front of the queue)."""
@@ -115,14 +188,12 @@ class Alerts:
             self._wake = None
 
     async def drain(self) -> None:
-        """Send everything queued, each alert with its attempts (tests, ``serve``)."""
-        while self.pending:
-            alert = self.pending.popleft()
-            try:
+        """Send everything queued, each alert with its attempts (tests, ``serve``); one cancelled on its way stays
+        queued."""
+        while batch := self._waiting():
+            for alert, end in batch:
                 await self._deliver(alert)
-            except asyncio.CancelledError:
-                self.pending.appendleft(alert)
-                raise
+                self._done(end)
         self._said_dropped()
 
     async def flush(self, budget_s: float = STOP_BUDGET_S) -> None:
@@ -130,12 +201,15 @@ class Alerts:
         try:
             await asyncio.wait_for(self.drain(), budget_s)
         except TimeoutError:
-            log.warning("%d alert(s) not sent: the receiver took too long", len(self.pending),
-                        extra={"action": "alerts_unsent", "count": len(self.pending)})
+            left = self._count()
+            log.warning("%d alert(s) not sent yet: the receiver took too long; those in %s go at the next start",
+                        left, self.spool.name, extra={"action": "alerts_unsent", "count": left})
         finally:
             await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the HTTP client and the spool's files (both open again when used)."""
+        self.spool.close()
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
