@@ -134,3 +134,37 @@ def test_a_data_dir_others_can_read_is_a_warning(ncl: Ncl, monkeypatch: pytest.M
     [data_dir] = [c for c in result.json()["checks"] if c["name"] == "data_dir"]
     assert data_dir["level"] == "warn" and "mode 0755" in data_dir["detail"] and "chmod 700" in data_dir["detail"]
     assert result.code == 0
+
+
+def alerts_check(ncl: Ncl) -> tuple[str, str]:
+    [found] = [c for c in ncl("doctor", "--json").json()["checks"] if c["name"] == "alerts"]
+    return found["level"], found["detail"]
+
+
+def test_alerts_nowhere_is_a_warning(ncl: Ncl, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NCL_ALERT_CHANNEL", raising=False)
+    assert alerts_check(ncl) == ("warn", "none configured; trouble is only in the log and the session "
+                                         "(set NCL_ALERT_CHANNEL, see .env.example)")
+
+
+def test_alerts_to_a_webhook_are_shown_without_its_path_or_query(ncl: Ncl, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NCL_ALERT_CHANNEL", "webhook:https://hooks.example:8443/T0/B1/s3cret?key=k3y")
+    level, detail = alerts_check(ncl)
+    assert (level, detail) == ("ok", "alerts go to webhook:https://hooks.example:8443/…")
+    table = ncl("doctor").out
+    assert "alerts go to webhook:https://hooks.example:8443/…" in table
+    assert "s3cret" not in table and "k3y" not in table
+
+
+def test_alerts_to_a_session_of_a_group_that_does_not_exist_are_a_warning(
+        ncl: Ncl, monkeypatch: pytest.MonkeyPatch, demo_session: dict[str, Any]) -> None:
+    monkeypatch.setenv("NCL_ALERT_CHANNEL", "session:demo")
+    assert alerts_check(ncl) == ("ok", "alerts go to session:demo")
+    monkeypatch.setenv("NCL_ALERT_CHANNEL", "session:ops")
+    assert alerts_check(ncl) == ("warn", "session:ops names no group: its alerts go nowhere ('ncl groups list')")
+
+
+def test_alerts_to_a_session_before_any_group_exists_are_a_warning(ncl: Ncl,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NCL_ALERT_CHANNEL", "session:demo")
+    assert alerts_check(ncl) == ("warn", "session:demo names no group: its alerts go nowhere ('ncl groups list')")

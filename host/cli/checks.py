@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from host.cli.app import zone_mismatch
+from host.errors import NclError
 from host.files import lock, private
 from host.runtimes.image import EngineDown, Versions, connect_engine, host_versions, inspect
 from host.settings import Settings
-from host.store import db, project_tasks, sessions, views
+from host.store import db, groups, project_tasks, sessions, views
 from schemas.ddl import DbKind, latest_version
 from schemas.requests import HOST_ID
 
@@ -175,6 +176,28 @@ def agent_host_tasks(settings: Settings) -> Check:
                  f"off{f'; {made}, which do not run while it is off' if held else ''}")
 
 
+def alert_channel(settings: Settings) -> Check:
+    """NCL_ALERT_CHANNEL (issue 16.6): where trouble is reported, a webhook shown without its path or query (they
+    often hold its secret). None set, or a ``session:GROUP`` naming no group, and trouble is seen only by whoever
+    reads the log or the session: a warning."""
+    target = settings.alert_target
+    if target is None:
+        return Check("alerts", "warn", "none configured; trouble is only in the log and the session "
+                     "(set NCL_ALERT_CHANNEL, see .env.example)")
+    if target.kind == "session":
+        missing = Check("alerts", "warn", f"{target} names no group: its alerts go nowhere ('ncl groups list')")
+        if not settings.central_db.exists():
+            return missing
+        try:
+            with closing(db.connect(settings.central_db, "central", readonly=True)) as conn:
+                groups.get(conn, target.value)
+        except (db.DbError, db.Error):
+            pass  # the schema check says what is wrong with central.db
+        except NclError:
+            return missing
+    return Check("alerts", "ok", f"alerts go to {target}")
+
+
 def matrix_login(settings: Settings) -> Check:
     """The Matrix channel's login (NCL_MATRIX_*), asked of the homeserver; not set up at all is fine."""
     import asyncio
@@ -218,4 +241,4 @@ def run_all(settings: Settings) -> list[Check]:
     engine, image, problem = docker_engine(settings)
     return [timezone(settings), data_dir(settings), engine, image, runtime(settings, lambda _: problem),
             api_key(settings), early or schema_versions(settings, folders), free_space(settings, folders),
-            agent_host_tasks(settings), matrix_login(settings)]
+            agent_host_tasks(settings), alert_channel(settings), matrix_login(settings)]
