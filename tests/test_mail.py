@@ -180,3 +180,52 @@ def test_a_failing_smtp_server_is_retried_and_then_noticed(env: Env, servers: Ma
                                " WHERE json_extract(content, '$.notice') = 'delivery_failed'").fetchall()
     assert len(notices) == 1 and f"mail:{AGENT}" in notices[0][0]
     assert len(servers.inbox(HUMAN)) == 1
+
+
+def write_out(env: Env, row: dict[str, Any], kind: str, content: dict[str, Any], routed: bool) -> None:
+    """A row in the session's outbound.db as the runner writes it while handling the mail ``row``: a tool's
+    request (schedule_task) or a message (send_message: the routing of the message being handled)."""
+    outbound = env.data_dir / "v2-sessions" / "ag-support" / row["session"] / "outbound.db"
+    routing = (row["platform_id"], row["channel_type"], row["thread_id"]) if routed else (None, None, None)
+    with closing(sqlite3.connect(outbound, isolation_level=None, timeout=10)) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        (top,) = conn.execute("SELECT COALESCE(MAX(seq), -1) FROM messages_out").fetchone()
+        conn.execute("INSERT INTO messages_out(id, seq, in_reply_to, timestamp, kind, platform_id, channel_type,"
+                     " thread_id, content) VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?, ?, ?, ?, ?)",
+                     (f"msg-{1796000000000 + top}-{kind[:6]:a<6}", top + 2, row["id"], kind, *routing,
+                      json.dumps(content)))
+        conn.execute("COMMIT")
+
+
+def test_a_task_made_from_a_mail_and_send_message_answer_in_its_thread(env: Env, servers: MailServers) -> None:
+    """Point 4: the task an agent schedules while handling a mail carries the mail's routing, so its answer is
+    mailed into the same thread; so is a message the agent sends with send_message."""
+    host = Host(env)
+    try:
+        first = mail(HUMAN, AGENT, "Remind me", "Remind me to pay the invoice.")
+        servers.send(first)
+        servers.wait_for(HUMAN, 1)
+        [row] = mail_rows(env)
+        write_out(env, row, "system", {"action": "schedule_task", "taskId": "task-1796000000000-remind",
+                                       "prompt": "time to pay the invoice"}, routed=False)
+        write_out(env, row, "chat", {"text": "I will remind you shortly.", "files": []}, routed=True)
+        answers = servers.wait_for(HUMAN, 3)
+    finally:
+        host.kill()
+    texts = {}
+    for answer in answers[1:]:
+        assert answer["In-Reply-To"] == first["Message-ID"] and answer["Subject"] == "Re: Remind me"
+        body = answer.get_body(preferencelist=("plain",))
+        assert body is not None
+        texts[str(answer["Message-ID"])] = body.get_content().strip()
+    assert sorted(texts.values()) == ["I will remind you shortly.", "mock: time to pay the invoice"]
+
+
+def test_doctor_logs_in_to_a_wired_mailbox(env: Env, servers: MailServers) -> None:
+    checks = json.loads(env.ncl("doctor", "--json").stdout)
+    [check] = [c for c in (checks["checks"] if isinstance(checks, dict) else checks) if c["name"] == "mail"]
+    assert (check["level"], check["detail"]) == ("ok", f"{AGENT}: IMAP login ok")
+    env.vars["AGENT_MAIL_PASSWORD"] = "wrong"
+    checks = json.loads(env.ncl("doctor", "--json").stdout)
+    [check] = [c for c in (checks["checks"] if isinstance(checks, dict) else checks) if c["name"] == "mail"]
+    assert check["level"] == "fail" and "AUTHENTICATIONFAILED" in check["detail"]

@@ -79,3 +79,20 @@ def test_bad_mailbox_options_are_refused_in_one_line(tmp_path: Path) -> None:
         assert said in refused(env, "mailbox", "create", *args), option
     env.ok(*CREATE)
     assert "already exists" in refused(env, *CREATE)
+
+
+def mail_check(env: Env) -> dict[str, object]:
+    done = env.ncl("doctor", "--json")
+    checks = json.loads(done.stdout)
+    return next(c for c in (checks["checks"] if isinstance(checks, dict) else checks) if c["name"] == "mail")
+
+
+def test_doctor_says_an_empty_allow_list_refuses_everything(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    assert mail_check(env) == {"name": "mail", "ok": True, "level": "ok", "detail": "no mailboxes"}
+    env.ok("mailbox", "create", *CREATE[2:12])  # no --allow
+    check = mail_check(env)
+    assert check["level"] == "warn" and "allow-list is empty: every mail is refused" in str(check["detail"])
+    env.ok("groups", "create", "support", "--channel", "mail:agent@example.org")
+    check = mail_check(env)  # wired, and its password variable is not set: it cannot work
+    assert check["level"] == "fail" and "AGENT_MAIL_PASSWORD is not set" in str(check["detail"])

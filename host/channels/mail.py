@@ -247,11 +247,25 @@ def _text(value: bytes | str) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
+def check_login(settings: Settings, mailbox: Mailbox, timeout: float = 10.0) -> str | None:
+    """Why the host cannot log in to the mailbox's IMAP server and open INBOX (None: it can); for ``ncl doctor``."""
+    watcher = Watcher(settings, mailbox, threading.Event(), timeout)
+    try:
+        password(mailbox)  # said first: no server needs asking when the variable is not set
+        watcher.connect()
+    except (OSError, imaplib.IMAP4.error, NclError, EOFError, ValueError) as exc:
+        return f"IMAP {mailbox.imap_host}:{mailbox.imap_port}: {str(exc)[:200] or type(exc).__name__}"
+    finally:
+        watcher.close()
+    return None
+
+
 class Watcher:
     """One mailbox's IMAP connection and the taking of its mail; every method blocks (run in a thread)."""
 
-    def __init__(self, settings: Settings, mailbox: Mailbox, stopping: threading.Event) -> None:
-        self.settings, self.mailbox, self.stopping = settings, mailbox, stopping
+    def __init__(self, settings: Settings, mailbox: Mailbox, stopping: threading.Event,
+                 timeout: float = TIMEOUT_S) -> None:
+        self.settings, self.mailbox, self.stopping, self.timeout = settings, mailbox, stopping, timeout
         self.imap: imaplib.IMAP4 | None = None
         self.uidvalidity = 0
         self.logged: set[int] = set()  # UIDs refused this run: logged once
@@ -262,9 +276,9 @@ class Watcher:
         box = self.mailbox
         imap: imaplib.IMAP4
         if box.tls == "ssl":
-            imap = imaplib.IMAP4_SSL(box.imap_host, box.imap_port, ssl_context=_context(), timeout=TIMEOUT_S)
+            imap = imaplib.IMAP4_SSL(box.imap_host, box.imap_port, ssl_context=_context(), timeout=self.timeout)
         else:
-            imap = imaplib.IMAP4(box.imap_host, box.imap_port, timeout=TIMEOUT_S)
+            imap = imaplib.IMAP4(box.imap_host, box.imap_port, timeout=self.timeout)
             if box.tls == "starttls":
                 imap.starttls(ssl_context=_context())
         try:
@@ -276,7 +290,6 @@ class Watcher:
                 imap.shutdown()
             raise
         self.imap = imap
-        log.info("mailbox %s: watching INBOX", box.address, extra={"action": "mail_watching"})
         return imap
 
     def close(self) -> None:
@@ -287,6 +300,8 @@ class Watcher:
 
     def take_new(self) -> int:
         """Take every unread mail of INBOX, oldest first; returns how many became rows."""
+        if self.imap is None:
+            log.info("mailbox %s: watching INBOX", self.mailbox.address, extra={"action": "mail_watching"})
         imap = self.connect()
         uids = [int(uid) for uid in (_ok(imap.uid("SEARCH", "UNSEEN"), "SEARCH")[0] or b"").split()]
         taken = 0

@@ -15,7 +15,7 @@ from host.errors import NclError
 from host.files import lock, private
 from host.runtimes.image import EngineDown, Versions, connect_engine, host_versions, inspect
 from host.settings import Settings
-from host.store import db, groups, project_tasks, sessions, views
+from host.store import db, groups, mailboxes, project_tasks, sessions, views
 from schemas.ddl import DbKind, latest_version
 from schemas.requests import HOST_ID
 
@@ -215,6 +215,37 @@ def matrix_login(settings: Settings) -> Check:
         return Check("matrix", "fail", f"{settings.matrix_homeserver}: {str(exc)[:300] or type(exc).__name__}")
 
 
+def mail(settings: Settings) -> Check:
+    """Each mailbox (issue 17): an empty allow-list refuses every mail (warn), a wired mailbox whose password
+    variable is unset or whose IMAP login fails cannot work (fail); the login is tried with a short timeout."""
+    if not settings.central_db.exists():
+        return Check("mail", "ok", "no mailboxes")
+    try:
+        with closing(db.connect(settings.central_db, "central", readonly=True)) as conn:
+            found, wired = mailboxes.list_all(conn), {m.address: g for m, g in mailboxes.wired(conn)}
+    except (db.DbError, db.Error):
+        return Check("mail", "ok", "not read (see the schema check)")
+    if not found:
+        return Check("mail", "ok", "no mailboxes")
+    from host.channels import mail as channel
+
+    levels: list[Level] = []
+    said = []
+    for mailbox in found:
+        problems: list[tuple[Level, str]] = []
+        if not mailbox.allow:
+            problems.append(("warn", "its allow-list is empty: every mail is refused (ncl mailbox create … --allow)"))
+        if mailbox.address not in wired:
+            problems.append(("ok", "no group is wired to it"))
+        else:
+            login = channel.check_login(settings, mailbox)
+            problems.append(("fail", login) if login else ("ok", "IMAP login ok"))
+        levels += [level for level, _ in problems]
+        said.append(f"{mailbox.address}: {'; '.join(text for _, text in problems)}")
+    level: Level = "fail" if "fail" in levels else "warn" if "warn" in levels else "ok"
+    return Check("mail", level, " | ".join(said))
+
+
 def _user() -> str:
     import getpass
 
@@ -241,4 +272,4 @@ def run_all(settings: Settings) -> list[Check]:
     engine, image, problem = docker_engine(settings)
     return [timezone(settings), data_dir(settings), engine, image, runtime(settings, lambda _: problem),
             api_key(settings), early or schema_versions(settings, folders), free_space(settings, folders),
-            agent_host_tasks(settings), alert_channel(settings), matrix_login(settings)]
+            agent_host_tasks(settings), alert_channel(settings), matrix_login(settings), mail(settings)]
