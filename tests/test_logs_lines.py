@@ -96,7 +96,7 @@ def test_missed_slots_are_said(tmp_path: Path, said: pytest.LogCaptureFixture) -
     task = world.schedule(T0, at=to_text(T0), recurrence="0 9 * * *")
     world.sweeper().tick(T0 + timedelta(days=3))  # the slot of day 3 runs now, the three before it were missed
     [line] = lines(said, "task_missed")
-    assert line.levelno == logging.WARNING and fields(line) == {"task": task, "slots": 3,
+    assert line.levelno == logging.WARNING and fields(line) == {"task": task, "slots": 3, "alert": "task_missed",
                                                                  "session": world.session.id}
 
 
@@ -147,4 +147,5 @@ def test_a_scheduled_host_command_says_its_outcome_and_duration(project: Project
     [done] = lines(said, "scheduled_run_finished")
     (run,) = project.runs(item["id"])
     assert done.levelno == logging.WARNING and done.getMessage().endswith(" s: exit code 3")
-    assert fields(done) == {"task": item["id"], "run": run["id"], "outcome": "failed", "duration_ms": 0}
+    assert fields(done) == {"task": item["id"], "run": run["id"], "outcome": "failed", "duration_ms": 0,
+                            "alert": "scheduled_task_failed"}
