@@ -111,11 +111,12 @@ class MailServers:
     imap_port: int = 0  # implicit TLS
     imap_starttls_port: int = 0
     smtp_port: int = 0  # implicit TLS
+    smtp_starttls_port: int = 0  # plain, then STARTTLS (required before AUTH or mail)
     fail_next: int = 0  # the SMTP server answers the next N mails from the agent's address with 451
     refused: int = 0
     delivered: list[str] = field(default_factory=list)  # recipients, in order
     _dovecot: subprocess.Popen[bytes] | None = None
-    _smtp: Any = None
+    _smtp: list[Any] = field(default_factory=list)
 
     @property
     def cert(self) -> Path:
@@ -137,13 +138,12 @@ class MailServers:
             os.chown(home, MAIL_UID, MAIL_UID)
             users.append(f"{user}:{PASSWORD}:{MAIL_UID}:{MAIL_UID}::{home}::")
         (self.root / "users").write_text("\n".join(users) + "\n")
-        self.imap_port, self.imap_starttls_port, self.smtp_port = free_port(), free_port(), free_port()
+        self.imap_port, self.imap_starttls_port = free_port(), free_port()
+        self.smtp_port, self.smtp_starttls_port = free_port(), free_port()
         (self.root / "dovecot.conf").write_text(DOVECOT_CONF.format(
             root=self.root, port=self.imap_port, starttls_port=self.imap_starttls_port))
-        self._dovecot = subprocess.Popen([DOVECOT, "-F", "-c", str(self.root / "dovecot.conf")],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._start_smtp()
-        self._wait_for_imap()
+        self.start_imap()
         return self
 
     def _start_smtp(self) -> None:
@@ -176,9 +176,14 @@ class MailServers:
 
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(self.cert, self.root / "key.pem")
-        self._smtp = Controller(Handler(), hostname="127.0.0.1", port=self.smtp_port, ssl_context=context,
-                                authenticator=authenticate, auth_require_tls=False, auth_required=False)
-        self._smtp.start()
+        self._smtp = [
+            Controller(Handler(), hostname="127.0.0.1", port=self.smtp_port, ssl_context=context,
+                       authenticator=authenticate, auth_require_tls=False, auth_required=False),
+            Controller(Handler(), hostname="127.0.0.1", port=self.smtp_starttls_port, tls_context=context,
+                       require_starttls=True, authenticator=authenticate, auth_required=False),
+        ]
+        for controller in self._smtp:
+            controller.start()
 
     def deliver(self, rcpt: str, sender: str, data: bytes) -> None:
         """What a real MTA does last: hand the mail to Dovecot's delivery agent for the recipient's INBOX."""
@@ -199,14 +204,24 @@ class MailServers:
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        if self._smtp is not None:
-            self._smtp.stop()
+        for controller in self._smtp:
+            controller.stop()
+        self.stop_imap()
+
+    def stop_imap(self) -> None:
+        """Stop Dovecot (its mail stays): a server gone away, as the host sees it."""
         if self._dovecot is not None and self._dovecot.poll() is None:
             self._dovecot.send_signal(signal.SIGTERM)
             try:
                 self._dovecot.wait(10)
             except subprocess.TimeoutExpired:
                 self._dovecot.kill()
+
+    def start_imap(self) -> None:
+        """Start Dovecot again on the same ports."""
+        self._dovecot = subprocess.Popen([DOVECOT, "-F", "-c", str(self.root / "dovecot.conf")],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._wait_for_imap()
 
     # --- the human, with the standard library -----------------------------------------------------------------
 

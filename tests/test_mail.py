@@ -4,9 +4,12 @@ real ``ncl host run`` with the mock provider (its answer: "mock: " and the mail 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
 import signal
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from email.message import EmailMessage
@@ -38,6 +41,15 @@ def env(tmp_path: Path, servers: MailServers) -> Env:
            "--allow", HUMAN, "--allow", "other@*")
     env.ok("groups", "create", "support", "--channel", f"mail:{AGENT}", "--session-mode", "per-thread")
     return env
+
+
+def read_log(host: Host, seconds: float) -> None:
+    """Take the host's log lines of the next ``seconds`` into ``host.seen``."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        with contextlib.suppress(queue.Empty):
+            if (line := host.lines.get(timeout=left)) is not None:
+                host.seen.append(line)
 
 
 def mail_rows(env: Env) -> list[dict[str, Any]]:
@@ -104,23 +116,26 @@ def test_a_mail_is_answered_in_its_thread_and_a_reply_continues_the_session(env:
 
 
 def test_automatic_mail_and_strangers_get_no_answer(env: Env, servers: MailServers) -> None:
-    host = Host(env)
+    host = Host(env, NCL_MAIL_MAX_BYTES="4096")
     try:
         servers.send(mail(STRANGER, AGENT, "Buy now", "Cheap stuff."))
+        servers.send(mail(HUMAN, AGENT, "Too big", "x" * 5000))
         servers.send(mail(HUMAN, AGENT, "Out of office", "I am away.", Auto_Submitted="auto-replied"))
         servers.send(mail(HUMAN, AGENT, "News", "Weekly digest.", Precedence="bulk"))
         servers.send(mail(HUMAN, AGENT, "Digest", "List mail.", List_Id="<news.example.org>"))
         servers.send(mail(HUMAN, AGENT, "Barrier", "A mail that is answered: the others were looked at first."))
         [answer] = servers.wait_for(HUMAN, 1)
         assert answer["Subject"] == "Re: Barrier"
-        host.wait_for_action("mail_refused")
         assert [r["content"]["subject"] for r in mail_rows(env)] == ["Barrier"]
         flags = {str(m["Subject"]): seen for _, m, seen in servers.inbox(AGENT)}
-        assert flags == {"Buy now": False, "Out of office": True, "News": True, "Digest": True, "Barrier": True}
+        assert flags == {"Buy now": False, "Too big": False, "Out of office": True, "News": True, "Digest": True,
+                         "Barrier": True}
         assert servers.inbox(STRANGER) == []
+        read_log(host, 5.0)  # a few more polls (every 2 s), which must not say it again
     finally:
         host.kill()
-    assert sum("[action=mail_refused " in line for line in host.seen) == 1  # logged once, however many polls
+    refused = [line for line in host.seen if "[action=mail_refused " in line]
+    assert len(refused) == 2 and "over NCL_MAIL_MAX_BYTES" in refused[1]  # each logged once, however many polls
 
 
 @pytest.mark.parametrize("point", ["fetched", "committed"])
@@ -229,3 +244,35 @@ def test_doctor_logs_in_to_a_wired_mailbox(env: Env, servers: MailServers) -> No
     checks = json.loads(env.ncl("doctor", "--json").stdout)
     [check] = [c for c in (checks["checks"] if isinstance(checks, dict) else checks) if c["name"] == "mail"]
     assert check["level"] == "fail" and "AUTHENTICATIONFAILED" in check["detail"]
+
+
+def test_the_watcher_reconnects_after_the_imap_server_went_away(env: Env, servers: MailServers) -> None:
+    host = Host(env)
+    try:
+        host.wait_for_action("mail_watching")
+        servers.stop_imap()
+        host.wait_for_action("mail_error")  # said, and tried again later (1 s, 2 s, 4 s …)
+        servers.start_imap()
+        servers.send(mail(HUMAN, AGENT, "Back", "Are you there again?"))
+        [answer] = servers.wait_for(HUMAN, 1)
+        assert answer["Subject"] == "Re: Back"
+        assert sum("[action=mail_watching " in line for line in host.seen) >= 1
+    finally:
+        host.kill()
+
+
+def test_starttls_on_both_servers(tmp_path: Path, servers: MailServers) -> None:
+    """--tls starttls: IMAP and SMTP begin in plain text and upgrade (the servers refuse a login before it)."""
+    env = Env(tmp_path)
+    env.vars.update({"SSL_CERT_FILE": str(servers.cert), "NCL_MAIL_POLL_S": "2", "PW": mail_servers.PASSWORD})
+    env.ok("mailbox", "create", "--address", AGENT, "--imap", f"127.0.0.1:{servers.imap_starttls_port}",
+           "--smtp", f"127.0.0.1:{servers.smtp_starttls_port}", "--user", AGENT, "--password-env", "PW",
+           "--tls", "starttls", "--allow", HUMAN)
+    env.ok("groups", "create", "support", "--channel", f"mail:{AGENT}")
+    host = Host(env)
+    try:
+        servers.send(mail(HUMAN, AGENT, "Upgraded", "Over STARTTLS."))
+        [answer] = servers.wait_for(HUMAN, 1)
+        assert answer["Subject"] == "Re: Upgraded"
+    finally:
+        host.kill()

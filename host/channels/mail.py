@@ -130,10 +130,10 @@ class MailChannel:
                         nudge.touch(self.settings)  # here, in the loop: the host's wake event is not thread-safe
                     backoff = 1.0
                     await asyncio.to_thread(watcher.wait)
-                except (OSError, imaplib.IMAP4.error, NclError, db.Error, EOFError, ValueError) as exc:
+                except Exception as exc:  # a server gone, or a mail this code trips on: said, tried again later
                     watcher.close()
-                    log.warning("mailbox %s: %s; trying again in %.0f s", mailbox.address, exc, backoff,
-                                extra={"action": "mail_error"})
+                    log.warning("mailbox %s: %s; trying again in %.0f s", mailbox.address,
+                                str(exc)[:300] or type(exc).__name__, backoff, extra={"action": "mail_error"})
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF_S)
         finally:
