@@ -106,7 +106,7 @@ class MailChannel:
         while True:
             try:
                 wired = await asyncio.to_thread(self._wired)
-            except (db.Error, NclError) as exc:
+            except Exception as exc:  # central.db unreadable for now: the next poll tries again
                 log.warning("mailboxes not read: %s", exc, extra={"action": "mail_error"})
                 wired = {}
             for address in [a for a in self.watchers if a not in wired or self.watchers[a].done()]:
@@ -117,6 +117,8 @@ class MailChannel:
             await asyncio.sleep(self.settings.mail_poll_s)
 
     def _wired(self) -> dict[str, Mailbox]:
+        if not self.settings.central_db.exists():
+            return {}
         with closing(db.connect(self.settings.central_db, "central")) as central:
             return {mailbox.address: mailbox for mailbox, _ in mailboxes.wired(central)}
 
