@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 # A file written within this long before we looked may be written again with the same ctime (coarse filesystem
 # clock): it is not trusted as unchanged until a visit sees it older than this.
 RACY_NS = 1_000_000_000
+MAX_DETAIL = 4 << 20  # characters of a runner's ack detail read as JSON (its reason may be long); more is only a reason
+MAX_REASON = 4_000  # characters of its reason kept (task_runs.detail, the log line)
 AHEAD = timedelta(seconds=3)  # a runner for work due this soon starts ahead, in a free slot (Runners.start_ahead)
 CHUNK = 2000  # rows made into objects between two pauses of a sweep (about 4 ms of work)
 YIELD_AFTER_S = 0.005  # a sweep pauses between sessions after this much work, to let the host loop serve
@@ -453,8 +455,25 @@ class _Visit:
 
 
 def _ack_detail(ack: Ack) -> dict[str, Any]:
+    """A runner's ack detail, which may hold anything, as far as it is usable: a JSON object of at most
+    ``MAX_DETAIL`` characters (else its text is the reason), its ``reason`` text of at most ``MAX_REASON``
+    characters, its ``started_at`` a stored time or absent. So any detail finishes its occurrence, and little of it
+    is kept."""
+    text = ack.detail or "{}"
     try:
-        detail = json.loads(ack.detail or "{}")
+        detail = json.loads(text) if len(text) <= MAX_DETAIL else None
+    except (ValueError, RecursionError):  # not JSON, or nested beyond reason
+        detail = None
+    if not isinstance(detail, dict):
+        detail = {"reason": text}
+    reason, started = detail.get("reason"), detail.get("started_at")
+    return {**detail, "reason": None if reason is None else str(reason)[:MAX_REASON],
+            "started_at": started if isinstance(started, str) and _is_time(started) else None}
+
+
+def _is_time(text: str) -> bool:
+    try:
+        from_text(text)
     except ValueError:
-        return {"reason": ack.detail}
-    return detail if isinstance(detail, dict) else {"reason": str(detail)}
+        return False
+    return True
