@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from host.errors import NclError
 from schemas import zone as zones
-from schemas.ids import GROUP_NAME
+from schemas.ids import GROUP_NAME, MAIL_ADDRESS
 from schemas.runner_env import DEFAULTS as RUNNER
 from schemas.runner_env import LogLevel, Provider
 
@@ -48,30 +48,37 @@ class Env:
 
 @dataclass(frozen=True)
 class AlertTarget:
-    """Where alerts go (``NCL_ALERT_CHANNEL``): ``session`` (a group's chat session, ``value`` the group's name) or
-    ``webhook`` (``value`` the URL the host POSTs them to)."""
+    """Where alerts go (``NCL_ALERT_CHANNEL``): ``session`` (a group's chat session, ``value`` the group's name),
+    ``webhook`` (``value`` the URL the host POSTs them to) or ``mail`` (``value`` the address mailed, ``sender`` the
+    mailbox that sends them, '' for the only one there is)."""
 
-    kind: Literal["session", "webhook"]
+    kind: Literal["session", "webhook", "mail"]
     value: str
+    sender: str = ""
 
     def __str__(self) -> str:
         """As logs and commands show it: a URL without its path, query or user (they often hold a secret)."""
         if self.kind == "session":
             return f"session:{self.value}"
+        if self.kind == "mail":
+            return f"mail:{self.sender}:{self.value}" if self.sender else f"mail:{self.value}"
         parts = urlsplit(self.value)
         port = f":{parts.port}" if parts.port else ""
         return f"webhook:{parts.scheme}://{parts.hostname}{port}{'/…' if parts.path.strip('/') or parts.query else ''}"
 
     @classmethod
     def parse(cls, text: str) -> AlertTarget | None:
-        """``session:GROUP``, ``webhook:URL`` or a bare http(s) URL; None for ''. ValueError names the forms."""
+        """``session:GROUP``, ``webhook:URL``, a bare http(s) URL, ``mail:TO`` or ``mail:MAILBOX:TO``; None for ''.
+        ValueError names the forms."""
         text = text.strip()
         if not text:
             return None
         kind, _, rest = text.partition(":")
         if kind == "mail":
-            raise ValueError("mail alerts come with the mail channel, which this release does not have; "
-                             "use session:GROUP or a webhook URL")
+            *sender, to = rest.split(":")
+            if len(sender) <= 1 and all(MAIL_ADDRESS.fullmatch(a) and len(a) <= 254 for a in (*sender, to)):
+                return cls("mail", to, "".join(sender).lower())
+            raise ValueError("expected mail:TO_ADDRESS (sent from the only mailbox) or mail:MAILBOX_ADDRESS:TO_ADDRESS")
         if kind == "session" and GROUP_NAME.fullmatch(rest):
             return cls("session", rest)
         url = rest if kind == "webhook" else text
@@ -79,7 +86,7 @@ class AlertTarget:
         if parts.scheme in ("http", "https") and parts.hostname and url.isascii() and url.isprintable():
             parts.port  # noqa: B018 (a port out of range raises ValueError here, not at the first alert)
             return cls("webhook", url)
-        raise ValueError("expected session:GROUP, webhook:URL or an http(s) URL")
+        raise ValueError("expected session:GROUP, webhook:URL, an http(s) URL or mail:TO_ADDRESS")
 
 
 MATRIX_USER = re.compile(r"@[a-z0-9._=/+-]{1,255}:[A-Za-z0-9.-]{1,230}(:[0-9]{1,5})?")

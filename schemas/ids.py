@@ -13,6 +13,9 @@ PREFIXES = ("task", "msg", "sys", "sess", "run", "sched", "host")
 _ID = re.compile(rf"({'|'.join(PREFIXES)})-([0-9]{{13}})-([0-9a-z]{{6}})")
 _SHORT = re.compile(rf"({'|'.join(PREFIXES)})-([0-9a-z]{{6}})")
 GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,47}")
+# A mail address as mailboxes and NCL_ALERT_CHANNEL take it: a dot-atom local part, a domain of labels; no quoting.
+MAIL_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
+                          r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*")
 
 
 def new_id(prefix: str, now: datetime) -> str:

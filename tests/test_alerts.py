@@ -103,18 +103,24 @@ def run_days(world: World, task: str, outcomes: list[str]) -> None:
 
 # --- the setting ---------------------------------------------------------------------------------------------------
 
-def test_the_setting_takes_a_group_session_or_a_webhook_and_refuses_mail_until_the_mail_channel_exists() -> None:
+def test_the_setting_takes_a_group_session_a_webhook_or_a_mail_address() -> None:
     read = [Settings.read({"NCL_ALERT_CHANNEL": text}).alert_target
-            for text in ("", "session:admin", "webhook:https://hooks.example/T/B/x?k=1", "http://127.0.0.1:9")]
+            for text in ("", "session:admin", "webhook:https://hooks.example/T/B/x?k=1", "http://127.0.0.1:9",
+                         "mail:ops@example.com", "mail:Agent@Example.org:ops@example.com")]
     assert read == [None, AlertTarget("session", "admin"), AlertTarget("webhook", "https://hooks.example/T/B/x?k=1"),
-                    AlertTarget("webhook", "http://127.0.0.1:9")]
+                    AlertTarget("webhook", "http://127.0.0.1:9"), AlertTarget("mail", "ops@example.com"),
+                    AlertTarget("mail", "ops@example.com", "agent@example.org")]
     # As shown (logs, ncl alerts test): a webhook's path and query often hold its secret.
     assert [str(t) for t in read[1:]] == ["session:admin", "webhook:https://hooks.example/…",
-                                          "webhook:http://127.0.0.1:9"]
-    with pytest.raises(SettingsError, match="mail alerts come with the mail channel"):
-        Settings.read({"NCL_ALERT_CHANNEL": "mail:ops@example.com"})
+                                          "webhook:http://127.0.0.1:9", "mail:ops@example.com",
+                                          "mail:agent@example.org:ops@example.com"]
     for bad in ("slack", "session:", "session:no spaces", "ftp://x", "webhook:http://", "http://h:99999/"):
         with pytest.raises(SettingsError, match="NCL_ALERT_CHANNEL"):
+            Settings.read({"NCL_ALERT_CHANNEL": bad})
+    for bad in ("mail:", "mail:ops", "mail:ops@example.com:", "mail:a@x.org:b@x.org:c@x.org", "mail:ops@ex ample.com",
+                "mail:ops@example.com\nBcc: all@example.com"):
+        with pytest.raises(SettingsError, match=r"^invalid setting NCL_ALERT_CHANNEL=.*: expected mail:TO_ADDRESS "
+                                                r"\(sent from the only mailbox\) or mail:MAILBOX_ADDRESS:TO_ADDRESS$"):
             Settings.read({"NCL_ALERT_CHANNEL": bad})
 
 
@@ -341,10 +347,10 @@ def test_ncl_alerts_test_says_in_one_line_whether_the_alert_got_there(tmp_path: 
     env.vars["NCL_ALERT_CHANNEL"] = ""
     done = env.ncl("alerts", "test")
     assert done.returncode == 1 and done.stderr.startswith("ncl: NCL_ALERT_CHANNEL is not set")
-    env.vars["NCL_ALERT_CHANNEL"] = "mail:ops@example.com"
+    env.vars["NCL_ALERT_CHANNEL"] = "mail:ops@example.com"  # no mailbox to send it from (tests/test_alerts_mail.py)
     done = env.ncl("alerts", "test")
-    assert done.returncode == 1 and "mail alerts come with the mail channel" in done.stderr
-    assert len(done.stderr.splitlines()) == 1
+    assert (done.returncode, done.stderr) == (1, "ncl: mail:ops@example.com: there is no mailbox to send it from "
+                                                 "('ncl mailbox create', see the README)\n")
 
 
 def test_a_running_host_posts_the_alert_of_a_missed_slot(tmp_path: Path) -> None:

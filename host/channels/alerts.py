@@ -13,7 +13,8 @@ queue drops the newest and says how many.
 
 Targets: ``webhook`` POSTs the alert's JSON (``Alert.to_json``), following no redirect (a 3xx is a failure);
 ``session`` writes a notice (``alert``) into the group's chat session, where its agent and ``ncl messages list``
-see it.
+see it; ``mail`` mails a plain text mail by SMTP from a mailbox of the mail channel (``ncl mailbox create``: the one
+named, else the only one), with the mail channel's own sending code (``host.channels.mail.send``), in a thread.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import re
 import secrets
 import threading
 from collections import deque
@@ -28,6 +30,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import closing, contextmanager, suppress
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import formatdate
 from typing import Any
 
 from host.channels import router
@@ -35,7 +39,8 @@ from host.errors import NclError
 from host.files import confined, logs
 from host.files.spool import Spool
 from host.settings import AlertTarget, Settings
-from host.store import db, groups, inbox, sessions
+from host.store import db, groups, inbox, mailboxes, sessions
+from host.store.mailboxes import Mailbox
 from schemas import clock
 from schemas.times import to_text
 
@@ -46,6 +51,7 @@ BACKOFF_S = (2.0, 10.0)  # before the 2nd and the 3rd attempt
 QUEUE_MAX = 1000
 STOP_BUDGET_S = 10.0  # what a stopping host (or a one-off sweep) still gives the alerts it holds
 SPOOL = "alerts"  # data/alerts.jsonl and data/alerts.offset
+SUBJECT_MAX = 120  # characters of a mailed alert's subject
 
 
 _POSTING: contextvars.ContextVar[bool] = contextvars.ContextVar("ncl_alert_posting", default=False)
@@ -237,6 +243,8 @@ class Alerts:
             async with asyncio.timeout(self.timeout_s):
                 if self.target.kind == "webhook":
                     await self._post(alert)
+                elif self.target.kind == "mail":
+                    await self._mail(alert)
                 else:
                     self._notice(alert)
         except TimeoutError:
@@ -258,6 +266,20 @@ class Alerts:
             _POSTING.reset(token)
         if not 200 <= response.status_code < 300:
             raise AlertError(f"{self.target} answered HTTP {response.status_code}")
+
+    async def _mail(self, alert: Alert) -> None:
+        """The alert mailed from the sending mailbox; the blocking SMTP exchange in a thread, each of its steps
+        bounded by ``timeout_s`` too (a cancelled wait does not stop a thread)."""
+        import smtplib
+
+        from host.channels import mail  # IMAP and SMTP code: loaded when an alert goes out by mail
+
+        mailbox = await asyncio.to_thread(sending_mailbox, self.settings, self.target)
+        try:
+            await asyncio.to_thread(mail.send, mailbox, mail_of(alert, mailbox.address, self.target.value),
+                                    self.timeout_s)
+        except (OSError, smtplib.SMTPException, NclError) as exc:
+            raise AlertError(f"{self.target}: {mail.smtp_failure(exc)}") from None
 
     def _notice(self, alert: Alert) -> None:
         """The alert as an ``alert`` notice in the chat session of the target group (made if it has none yet)."""
@@ -288,6 +310,40 @@ class Alerts:
             dropped, self.dropped = self.dropped, 0
             log.warning("%d alert(s) dropped: more than %d were waiting", dropped, QUEUE_MAX,
                         extra={"action": "alerts_dropped", "count": dropped})
+
+
+def sending_mailbox(settings: Settings, target: AlertTarget) -> Mailbox:
+    """The mailbox that sends ``mail:`` alerts: the one the target names, else the only one there is;
+    ``AlertError`` says in one line why there is none."""
+    found: list[Mailbox] = []
+    if settings.central_db.exists():
+        with closing(db.connect(settings.central_db, "central", readonly=True)) as central:
+            found = mailboxes.list_all(central)
+    if target.sender:
+        found = [mailbox for mailbox in found if mailbox.address == target.sender]
+        if not found:
+            raise AlertError(f"{target}: there is no mailbox {target.sender} ('ncl mailbox list')")
+    elif not found:
+        raise AlertError(f"{target}: there is no mailbox to send it from ('ncl mailbox create', see the README)")
+    elif len(found) > 1:
+        raise AlertError(f"{target}: {len(found)} mailboxes, name the one that sends: "
+                         f"mail:MAILBOX_ADDRESS:{target.value}")
+    return found[0]
+
+
+def mail_of(alert: Alert, sender: str, to: str) -> EmailMessage:
+    """The alert as a plain text mail that no well-behaved auto-responder answers (RFC 3834: ``auto-generated``);
+    its Message-ID is made of the alert's id, the same when a crash makes it sent again (receivers may dedupe)."""
+    email = EmailMessage()
+    email["From"], email["To"] = sender, to
+    subject = " ".join(f"[ncl] {alert.event}: {alert.text}".split())  # one line, whatever the spool held
+    email["Subject"] = subject if len(subject) <= SUBJECT_MAX else subject[:SUBJECT_MAX - 1] + "…"
+    email["Date"] = formatdate(localtime=False)
+    email["Message-ID"] = f"<{re.sub(r'[^A-Za-z0-9.-]', '', alert.id)[:64] or 'alert'}@{sender.partition('@')[2]}>"
+    email["Auto-Submitted"] = "auto-generated"
+    facts = [f"{name}: {value}" for name, value in alert.to_json().items() if value and name != "text"]
+    email.set_content(f"{alert.text}\n\n" + "\n".join(facts) + "\n")
+    return email
 
 
 class Reporting(logging.Handler):

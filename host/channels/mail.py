@@ -230,19 +230,47 @@ def _context() -> ssl.SSLContext:
     return ssl.create_default_context()  # certificates verified; SSL_CERT_FILE names another CA bundle
 
 
-def send(mailbox: Mailbox, email: EmailMessage) -> None:
-    """One SMTP delivery (blocking: run in a thread)."""
+def _smtp(mailbox: Mailbox, timeout: float) -> smtplib.SMTP:
+    """A connection to the mailbox's SMTP server, logged in (blocking); ``timeout`` bounds each step."""
     host, port = mailbox.smtp_host, mailbox.smtp_port
     smtp: smtplib.SMTP
     if mailbox.tls == "ssl":
-        smtp = smtplib.SMTP_SSL(host, port, timeout=TIMEOUT_S, context=_context())
+        smtp = smtplib.SMTP_SSL(host, port, timeout=timeout, context=_context())
     else:
-        smtp = smtplib.SMTP(host, port, timeout=TIMEOUT_S)
-    with smtp:
+        smtp = smtplib.SMTP(host, port, timeout=timeout)
+    try:
         if mailbox.tls == "starttls":
             smtp.starttls(context=_context())
         smtp.login(mailbox.username, password(mailbox))
+    except BaseException:
+        smtp.close()
+        raise
+    return smtp
+
+
+def send(mailbox: Mailbox, email: EmailMessage, timeout: float = TIMEOUT_S) -> None:
+    """One SMTP delivery (blocking: run in a thread): replies, and alerts (``host.channels.alerts``)."""
+    with _smtp(mailbox, timeout) as smtp:
         smtp.send_message(email, from_addr=mailbox.address, to_addrs=[str(email["To"])])
+
+
+def smtp_failure(exc: Exception) -> str:
+    """An SMTP send's failure in one line."""
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return f"{exc.smtp_code} {_text(exc.smtp_error)}"
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):  # {address: (code, text)}
+        return "; ".join(f"{to} refused: {code} {_text(text)}" for to, (code, text) in exc.recipients.items())
+    return str(exc)[:300] or type(exc).__name__
+
+
+def check_smtp(mailbox: Mailbox, timeout: float = 10.0) -> str | None:
+    """Why the host cannot log in to the mailbox's SMTP server (None: it can); for ``ncl doctor``."""
+    try:
+        password(mailbox)  # said first: no server needs asking when the variable is not set
+        _smtp(mailbox, timeout).quit()
+    except (OSError, smtplib.SMTPException, NclError) as exc:
+        return f"SMTP {mailbox.smtp_host}:{mailbox.smtp_port}: {smtp_failure(exc)}"
+    return None
 
 
 def _text(value: bytes | str) -> str:

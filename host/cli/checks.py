@@ -14,7 +14,7 @@ from host.cli.app import zone_mismatch
 from host.errors import NclError
 from host.files import lock, private
 from host.runtimes.image import EngineDown, Versions, connect_engine, host_versions, inspect
-from host.settings import Settings
+from host.settings import AlertTarget, Settings
 from host.store import db, groups, mailboxes, project_tasks, sessions, views
 from schemas.ddl import DbKind, latest_version
 from schemas.requests import HOST_ID
@@ -184,6 +184,8 @@ def alert_channel(settings: Settings) -> Check:
     if target is None:
         return Check("alerts", "warn", "none configured; trouble is only in the log and the session "
                      "(set NCL_ALERT_CHANNEL, see .env.example)")
+    if target.kind == "mail":
+        return _alert_mail(settings, target)
     if target.kind == "session":
         missing = Check("alerts", "warn", f"{target} names no group: its alerts go nowhere ('ncl groups list')")
         if not settings.central_db.exists():
@@ -196,6 +198,22 @@ def alert_channel(settings: Settings) -> Check:
         except NclError:
             return missing
     return Check("alerts", "ok", f"alerts go to {target}")
+
+
+def _alert_mail(settings: Settings, target: AlertTarget) -> Check:
+    """``mail:`` alerts: the mailbox that sends them exists and logs in to its SMTP server (10 s), else fail."""
+    from host.channels import alerts
+    from host.channels import mail as channel
+
+    try:
+        mailbox = alerts.sending_mailbox(settings, target)
+    except (db.DbError, db.Error):
+        return Check("alerts", "fail", f"{target}: central.db not read (see the schema check)")
+    except NclError as exc:
+        return Check("alerts", "fail", str(exc))
+    if (login := channel.check_smtp(mailbox)) is not None:
+        return Check("alerts", "fail", f"{target}: {login}")
+    return Check("alerts", "ok", f"alerts go to {target}, mailed from {mailbox.address} (SMTP login ok)")
 
 
 def matrix_login(settings: Settings) -> Check:

@@ -15,11 +15,11 @@ from typing import Any
 
 from host.errors import NclError
 from host.store.db import Connection, transaction
+from schemas.ids import MAIL_ADDRESS
 from schemas.times import to_text
 
 TLS_MODES = ("ssl", "starttls", "none")
-ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
-                     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*")
+ADDRESS = MAIL_ADDRESS
 # A sender pattern: an address, or one with '*' standing for any run of characters (*@example.org).
 PATTERN = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9*.-]{1,253}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
