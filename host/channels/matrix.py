@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import mimetypes
@@ -22,6 +23,7 @@ from typing import Any
 from host.channels import matrix_wire as wire
 from host.channels import router
 from host.errors import NclError
+from host.files import confined, private
 from host.settings import Settings
 from host.store import db, groups
 from host.store.outbox import OutMessage
@@ -291,11 +293,11 @@ class MatrixChannel:
         if len(data) > limit:
             return f"[a file {name} not taken: over NCL_MATRIX_MAX_FILE_BYTES ({limit} bytes)]"
         relative = Path(FILES_DIR) / f"{message_id.rsplit('-', 1)[1]}-{name}"
-        target = session.folder / relative
-        target.parent.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
+        try:
+            _write_beneath(session.folder, relative, data)
+        except (confined.Refused, OSError) as exc:  # the runner's folder: it may have put a link there
+            log.warning("matrix: file %s not stored: %s", relative, exc, extra={"action": "matrix_file_refused"})
+            return f"[a file {name} not stored: {exc}]"
         caption = f" {body}" if body and body != content.get("filename", body) and body != name else ""
         return f"[file {relative} ({len(data)} bytes, {wire.cut(info.get('mimetype'), 100) or 'unknown type'})]" \
                f"{caption}"
@@ -308,7 +310,7 @@ class MatrixChannel:
             return None  # another bot's room (the settings changed): nobody here can answer there
         if self.client is None:
             raise MatrixError("not logged in to the homeserver")
-        room_id = reply.platform_id or self._room_of(session)
+        room_id = self._room_of(session)  # never the row's platform_id: the runner writes that row
         content = json.loads(reply.content)
         text, files = str(content.get("text") or ""), [str(f) for f in content.get("files") or []]
         parts = [wire.text_content(text[i:i + CHUNK]) for i in range(0, len(text), CHUNK)]
@@ -339,16 +341,29 @@ class MatrixChannel:
 
         if Path(name).name != name or name.startswith("."):
             raise MatrixError(f"refused to send {name!r}: not a file name")
-        path = folder / name
-        size = path.stat().st_size
-        if size > self.settings.matrix_max_file_bytes:
-            return wire.text_content(f"(the file {path.name} was not sent: {size} bytes is over "
-                                     f"NCL_MATRIX_MAX_FILE_BYTES)")
-        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        with path.open("rb") as data:
-            done, _ = await self.client.upload(data, content_type=mime, filename=path.name, filesize=size)
+        try:  # the runner's folder: read without following any link (a link to .env must not reach the room)
+            data = confined.read_beneath(folder, name, self.settings.matrix_max_file_bytes)
+        except (confined.Refused, OSError) as exc:
+            log.warning("matrix: file %s not sent: %s", name, exc, extra={"action": "matrix_file_refused"})
+            return wire.text_content(f"(the file {name} was not sent: {exc})")
+        size = len(data)
+        mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        done, _ = await self.client.upload(io.BytesIO(data), content_type=mime, filename=name, filesize=size)
         if not isinstance(done, UploadResponse):
-            raise MatrixError(f"uploading {path.name} failed: {done.message}")
+            raise MatrixError(f"uploading {name} failed: {done.message}")
         kind = "m.image" if mime.startswith("image/") else "m.file"
-        return {"msgtype": kind, "body": path.name, "filename": path.name, "url": done.content_uri,
+        return {"msgtype": kind, "body": name, "filename": name, "url": done.content_uri,
                 "info": {"size": size, "mimetype": mime}}
+
+
+def _write_beneath(folder: Path, relative: Path, data: bytes) -> None:
+    """Write ``folder/relative`` (its folder made if missing) without following a link in any component."""
+    parent = confined.open_dir(folder)
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(relative.parent.name, private.DIR_MODE, dir_fd=parent)
+    finally:
+        os.close(parent)
+    fd = confined.open_beneath(folder, relative, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, private.FILE_MODE)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
