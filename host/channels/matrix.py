@@ -38,7 +38,8 @@ CHUNK = 12_000  # characters of a reply per event (an event is at most 64 KiB)
 FILES_DIR = "files"  # below the session folder, the runner's workspace: where uploads to the bot are kept
 SYNC_FILTER = {"room": {"timeline": {"limit": 50}}, "presence": {"not_types": ["*"]},
                "account_data": {"not_types": ["*"]}}
-# Tests only: stall the sync at this point (before_commit, after_commit) so the test can SIGKILL the host there.
+# Tests only: stall at this point (the sync's before_commit, after_commit; a reply's after_send, sent but not yet
+# recorded as delivered) so the test can SIGKILL the host there.
 STALL = "NCL_TEST_MATRIX_STALL"
 
 
@@ -318,6 +319,7 @@ class MatrixChannel:
             parts.append(await self._upload(session.folder / "outbox" / reply.id, name))
         for number, part in enumerate(parts):
             await self._send(room_id, wire.in_thread(part, reply.thread_id), wire.txn_id(reply.id, number))
+        await self._stall("after_send")
         with contextlib.suppress(Exception):
             await self.client.room_typing(room_id, False)
         return True

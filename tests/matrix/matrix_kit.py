@@ -47,7 +47,7 @@ class Human:
 
     def __init__(self, client: Any) -> None:
         self.client = client
-        self.seen: list[dict[str, Any]] = []  # every timeline event, in order, with its room
+        self.seen: list[dict[str, Any]] = []  # every timeline and typing event, in order, with its room
         self.since: str | None = None
 
     @classmethod
@@ -62,7 +62,7 @@ class Human:
         return human
 
     async def sync(self, timeout_ms: int = 1000) -> None:
-        from nio import SyncResponse
+        from nio import SyncResponse, TypingNoticeEvent
 
         done = await self.client.sync(timeout=timeout_ms, since=self.since)
         assert isinstance(done, SyncResponse), done
@@ -70,6 +70,8 @@ class Human:
         for room_id, joined in done.rooms.join.items():
             for event in joined.timeline.events:
                 self.seen.append({**event.source, "room_id": room_id})
+            self.seen += [{"type": "m.typing", "room_id": room_id, "content": {"user_ids": list(e.users)}}
+                          for e in joined.ephemeral if isinstance(e, TypingNoticeEvent)]
         for room_id in done.rooms.invite:
             await self.client.join(room_id)
 
