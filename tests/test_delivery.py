@@ -15,7 +15,7 @@ from kit import World, utc
 from host.channels.base import Channels
 from host.channels.delivery import Deliveries
 from host.scheduling.sweep import Sweeper
-from host.store import db, deliveries
+from host.store import db, deliveries, groups, mailboxes
 from host.store.outbox import OutMessage
 from host.store.sessions import Session
 
@@ -246,3 +246,28 @@ def test_replies_go_to_the_channel_their_type_names(tmp_path: Path) -> None:
     assert [text for text, _ in hook.got] == ["hook"]
     assert [text for text, _ in chat.got] == ["chat", "unrouted"]  # toolkit: no channel serves it in this host
     assert [status for _, status in _delivered(world)] == ["delivered", "stored", "delivered", "stored", "delivered"]
+
+
+class Postbox(Channel):
+    """A channel with an address (as mail's and Matrix's are): it serves ``mail:ADDRESS`` replies."""
+
+    serves = ("mail",)
+
+
+def test_a_reply_goes_only_to_a_channel_its_group_is_wired_to(tmp_path: Path) -> None:
+    """The runner writes a reply's channel_type: a session of group demo (wired to cli) naming another group's
+    mailbox must not be mailed through it; with the wiring, it is."""
+    world = World(tmp_path)
+    postbox = Postbox()
+    sweeper = world.sweeper()
+    sweeper.deliveries = Deliveries(Channels([Channel(), postbox]), lambda: T0, world.settings.central_db)
+    _reply(world, "through someone else's mailbox", channel_type="mail:ops@example.org")
+    _tick(sweeper)
+    assert postbox.calls == [] and _delivered(world)[0][1] == "stored"
+    with closing(db.connect(world.settings.central_db, "central")) as central:
+        mailboxes.create(central, T0, "ops@example.org", "127.0.0.1:993", "127.0.0.1:465", "ops", "OPS_PASSWORD")
+        groups.rewire(central, world.group, T0, ["mail:OPS@example.org"], [])
+    _reply(world, "through its own")
+    _reply(world, "through its own mailbox", channel_type="mail:ops@example.org")
+    _tick(sweeper)
+    assert [text for text, _ in postbox.got] == ["through its own mailbox"]

@@ -15,9 +15,10 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import takewhile
+from pathlib import Path
 
 from host.channels.base import Channels
-from host.store import db, deliveries
+from host.store import db, deliveries, groups
 from host.store.outbox import OutMessage
 from host.store.sessions import Session
 from schemas import clock
@@ -39,6 +40,7 @@ class _Queue:
 class Deliveries:
     channels: Channels
     now: Callable[[], datetime] = clock.now
+    central: Path | None = None  # the running host's central.db: a reply goes only to a channel its group is wired to
     attempts: dict[str, int] = field(default_factory=dict)
     queues: dict[str, _Queue] = field(default_factory=dict)
     sending: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # session id -> the task sending its queue
@@ -98,12 +100,25 @@ class Deliveries:
         channel = self.channels.route(reply.channel_type)
         if channel is None:
             return None
+        if not self._wired(session, reply.channel_type or ""):
+            # The runner writes the reply's routing: a session of one group must not send through another's
+            # mailbox or bot. Kept in the transcript, like a reply no channel serves.
+            log.warning("reply %s names %s, which group %s is not wired to: not sent", reply.id, reply.channel_type,
+                        session.agent_group_id, extra={"action": "delivery_refused", "session": session.id})
+            return None
         reply_to_seq = deliveries.source_seq(conn, reply)
         try:
             return await channel.deliver(session, reply, reply_to_seq)
         except Exception as exc:  # a channel's failure is this reply's failure, never the host's
             log.warning("delivery of %s failed: %s", reply.id, exc, extra={"action": "delivery_error"})
             return False
+
+    def _wired(self, session: Session, channel_type: str) -> bool:
+        if self.central is None:
+            return True
+        with closing(db.connect(self.central, "central", readonly=True)) as central:
+            wired = groups.wired_channels(central, session.agent_group_id)
+        return channel_type.casefold() in {c.casefold() for c in wired}
 
     def _settle(self, conn: db.Connection, session: Session, replies: list[OutMessage], handed: bool | None) -> bool:
         """Record the replies' outcome; False (nothing recorded) if one failed with attempts left."""

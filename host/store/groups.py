@@ -214,6 +214,11 @@ def allows_server_tools(conn: Connection, group_id: str) -> bool:
     return bool(row and row[0])
 
 
+def wired_channels(conn: Connection, group_id: str) -> list[str]:
+    """The channels a group is wired to (``cli``, ``mail:ADDRESS``, …); none for an unknown group."""
+    return [r[0] for r in conn.execute("SELECT channel FROM wirings WHERE agent_group_id = ?", (group_id,))]
+
+
 def is_admin(conn: Connection, group_id: str) -> bool:
     """Whether the operator marked the group admin (``--admin``); a group that is gone is not."""
     row = conn.execute("SELECT admin FROM agent_groups WHERE id = ?", (group_id,)).fetchone()
