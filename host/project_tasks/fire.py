@@ -23,7 +23,7 @@ from host.channels import queues
 from host.project_tasks import targets as scheduled_targets
 from host.project_tasks.specs import Task
 from host.project_tasks.targets import STOPPED, Outcome, Stop
-from host.runtimes.docker import resource_limits
+from host.runtimes.docker import SECRET_WORDS, resource_limits
 from host.runtimes.install import install_id
 from host.scheduling.recurrence import Overdue, Policy, replanned, said_replanned
 from host.settings import Settings
@@ -36,6 +36,8 @@ from schemas.times import from_text, to_text
 log = logging.getLogger(__name__)
 WORKERS = 4
 HIDDEN_ENV = ("ANTHROPIC_API_KEY",)  # the proxy holds the key; no scheduled command needs it
+# An agent's host task (issue 16.3) gets no variable named like a secret either (the Matrix bot's password and
+# token, an operator's GITHUB_TOKEN): it was written by a model that may have read untrusted text.
 AGENTS_OFF = "not run: an agent created it and NCL_ALLOW_AGENT_HOST_TASKS is off"
 
 
@@ -231,7 +233,8 @@ class ScheduledTasks:
             elif spec.origin is not None and not self.settings.allow_agent_host_tasks:  # an agent's (issue 16.3)
                 outcome = Outcome("failed", error=AGENTS_OFF)
             elif spec.host is not None:
-                inherited = {k: v for k, v in os.environ.items() if k not in HIDDEN_ENV}
+                inherited = {k: v for k, v in os.environ.items() if k not in HIDDEN_ENV and not (
+                    spec.origin is not None and any(word in k.upper() for word in SECRET_WORDS))}
                 outcome = scheduled_targets.run_host(spec.host, {**inherited, **env}, stop)
             else:
                 assert spec.container is not None

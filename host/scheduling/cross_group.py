@@ -74,6 +74,8 @@ def answer(conn: db.Connection, reach: Reach, request: GroupRequest, now: dateti
         return _listing(conn, reach, group, request.status)
     if isinstance(request, requests.ScheduleTask):
         session = _newest(reach, group)
+        if (before := _scheduled_before(conn, reach, group, session, request.task_id)) is not None:
+            return f"Task scheduled in {label} (id: {request.task_id}, session {before.id})"
         with _inbox(conn, reach, session) as target:
             stored = tasks.schedule(target, now, policy, request.task_id, request.prompt, request.process_after,
                                     request.recurrence, request.script, request.context_mode,
@@ -111,6 +113,25 @@ def _newest(reach: Reach, group: Group) -> Session:
         raise NclError(f"group {group.name} has no active session to schedule into (the operator starts one with "
                        f"'ncl sessions create --group {group.name}')")
     return max(active, key=lambda s: (s.last_active_at, s.created_at))
+
+
+def _scheduled_before(conn: db.Connection, reach: Reach, group: Group, newest: Session,
+                      task_id: str) -> Session | None:
+    """The session of ``group`` already holding the series ``task_id`` (a request read again: a host stopped after
+    the other session's commit, before the requester's record), which then is not scheduled a second time under a
+    fresh id. Looked for where the registry says, and in the session it would go to."""
+    if group.id == reach.session.agent_group_id:
+        return None  # the requester's own inbox: the change and its record commit together
+    owner = task_ids.lookup(reach.central, task_id)
+    places = [newest]
+    if owner is not None and owner[0] == group.id and owner[1] != newest.id:
+        places += [s for s in sessions.list_all(reach.central, reach.settings, group.id, status="active")
+                   if s.id == owner[1]]
+    for session in places:
+        with _inbox(conn, reach, session, readonly=True) as target:
+            if task_series.series_of(target, task_id) == task_id:
+                return session
+    return None
 
 
 def _holding(conn: db.Connection, reach: Reach, group: Group, ref: str) -> tuple[Session, str]:

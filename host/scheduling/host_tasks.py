@@ -70,6 +70,8 @@ def answer(reach: Reach, request: requests.HostRequest, out_id: str, now: dateti
 def _create(reach: Reach, request: requests.ScheduleHostTask, out_id: str, now: datetime) -> str:
     if request.command is None or request.recurrence is None:
         raise NclError("a host task needs command and recurrence (a 5-field cron schedule in TZ)")
+    if (before := _created_before(reach, out_id)) is not None:
+        return _answer(reach, "created", before)
     held = store.count_with_prefix(reach.central, requests.HOST_ID)
     if held >= MAX_HOST_TASKS:
         raise NclError(f"agents hold {held} host tasks already, the most there may be; cancel one first")
@@ -78,6 +80,17 @@ def _create(reach: Reach, request: requests.ScheduleHostTask, out_id: str, now: 
     spec = _spec(reach, doc, now).model_copy(update={"origin": origin})
     task = specs.add(reach.central, spec, ids.new_id("host", now), now, reach.settings.tz.zone)
     return _said(reach, "created", task)
+
+
+def _created_before(reach: Reach, out_id: str) -> Task | None:
+    """The host task this very request created already (read again: a host stopped after central.db's commit and
+    before the requester's record), so that it is not created twice."""
+    for row in store.list_all(reach.central):
+        task = Task.of(row) if row.id.startswith(requests.HOST_ID) and row.target_kind == "host" else None
+        if task and task.spec.origin and (task.spec.origin.session, task.spec.origin.request) == (reach.session.id,
+                                                                                                  out_id):
+            return task
+    return None
 
 
 def _asked(request: requests.ScheduleHostTask | requests.UpdateHostTask) -> dict[str, Any]:
@@ -117,6 +130,11 @@ def _said(reach: Reach, verb: str, task: Task) -> str:
     log.warning("admin group %s %s host task %s: %s", reach.session.agent_group_id, verb, task.id,
                 json.dumps(task.spec.host.command),  # as JSON: an argument's newline cannot fake a log line
                 extra={"action": "agent_host_task", "task": task.id, "by_session": reach.session.id, "verb": verb})
+    return _answer(reach, verb, task)
+
+
+def _answer(reach: Reach, verb: str, task: Task) -> str:
+    assert task.spec.host is not None
     if verb == "cancelled":
         return f"Host task {task.id} cancelled"
     zone = reach.settings.tz.zone
