@@ -93,3 +93,18 @@ def test_an_agents_host_task_runs_without_the_hosts_secrets(world: World, monkey
     names = set(seen.read_text().split())
     assert "NCL_SCHEDULED_TASK_ID" in names and "PATH" in names
     assert names.isdisjoint(secrets)
+
+
+def test_a_closed_session_is_never_scheduled_into_and_a_flood_is_cut_at_ten_a_visit(world: World) -> None:
+    with world.central:
+        world.central.execute("UPDATE sessions SET status = 'closed' WHERE id = ?", (world.session.id,))
+    out_ids = [world.request(NOW, {"action": "schedule_task", "taskId": f"task-1781182800000-aaaa{n:02d}",
+                                   "prompt": "x" * 10_000, "group": "demo"}, ops(world)) for n in range(12)]
+    world.sweeper().tick(NOW)
+    with closing(world.inbound(ops(world))) as conn:
+        said = [tuple(conn.execute("SELECT status, detail FROM delivered WHERE message_out_id = ?", (i,)).fetchone())
+                for i in out_ids]
+    assert {s for s, _ in said} == {"rejected"}
+    assert [d.split(" (")[0] for _, d in said[:10]] == ["group demo has no active session to schedule into"] * 10
+    assert [d for _, d in said[10:]] == ["more than 10 requests naming a group at once; ask again"] * 2
+    assert [r for r in world.rows(session=world.session) if r["kind"] == "task"] == []
