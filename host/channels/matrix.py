@@ -17,6 +17,8 @@ import logging
 import mimetypes
 import os
 from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from host.channels import router
 from host.errors import NclError
 from host.files import confined, private
 from host.settings import Settings
-from host.store import db, groups
+from host.store import db, groups, inbox
 from host.store.outbox import OutMessage
 from host.store.sessions import Session
 from schemas import clock
@@ -33,7 +35,11 @@ from schemas import clock
 log = logging.getLogger(__name__)
 SYNC_TIMEOUT_MS = 30_000
 RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # after a failed login or sync, then 30 s apart
-TYPING_MS = 60_000
+TYPING_MS = 60_000  # how long one typing notice lasts on the homeserver unless renewed
+TYPING_RENEW_S = 25.0  # renewed this often while a session of the room still works (well inside TYPING_MS)
+TYPING_CAP = timedelta(minutes=30)  # after the room's latest triggering message: a stuck runner does not type forever
+# Tests only: a typing notice of this many ms, renewed at a third of it (the real 60 s would make a test wait minutes).
+TYPING_HOOK = "NCL_TEST_MATRIX_TYPING_MS"
 CHUNK = 12_000  # characters of a reply per event (an event is at most 64 KiB)
 FILES_DIR = "files"  # below the session folder, the runner's workspace: where uploads to the bot are kept
 SYNC_FILTER = {"room": {"timeline": {"limit": 50}}, "presence": {"not_types": ["*"]},
@@ -114,6 +120,14 @@ async def check_login(settings: Settings) -> str:
         await client.close()
 
 
+@dataclass
+class _Typing:
+    """A room the bot types in: since its latest triggering message, for the sessions those messages went to."""
+
+    since: datetime
+    folders: set[Path] = field(default_factory=set)
+
+
 class MatrixChannel:
     serves = ("matrix",)
 
@@ -127,6 +141,10 @@ class MatrixChannel:
         self.task: asyncio.Task[None] | None = None
         self.ignored: set[tuple[str, str]] = set()  # (room, sender) already logged as not allowed
         self.stall = os.environ.get(STALL, "")
+        self.typing: dict[str, _Typing] = {}  # room id -> why the bot types there
+        self.typing_ms = int(os.environ.get(TYPING_HOOK) or TYPING_MS)
+        self.renew_s = TYPING_RENEW_S if self.typing_ms == TYPING_MS else self.typing_ms / 3000
+        self.renewing: asyncio.Task[None] | None = None
 
     async def start(self) -> bool:
         """Sync in the background (logging in first, again after a failure); False when not set up."""
@@ -137,12 +155,14 @@ class MatrixChannel:
             return False
         self.state = wire.State.load(state_path(self.settings), self.user_id)
         self.task = asyncio.create_task(self._run(), name="matrix")
+        self.renewing = asyncio.create_task(self._renew_typing(), name="matrix typing")
         return True
 
     async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+        for task in (self.task, self.renewing):
+            if task:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.client:
             await self.client.close()
             self.client = None
@@ -269,8 +289,10 @@ class MatrixChannel:
         log.info("matrix: message %s from %s", message_id, sender,
                  extra={"action": "matrix_arrived", "session": session.id})
         if trigger:
-            with contextlib.suppress(Exception):  # a courtesy: a failure here loses nothing
-                await self.client.room_typing(room_id, True, TYPING_MS)
+            typing = self.typing.setdefault(room_id, _Typing(now))
+            typing.since = now
+            typing.folders.add(session.folder)
+            await self._type(room_id, True)
 
     async def _text(self, session: Session, content: dict[str, Any], message_id: str) -> str:
         """The row's text: the body (bounded), or for a file where it was stored in the session's workspace."""
@@ -320,9 +342,45 @@ class MatrixChannel:
         for number, part in enumerate(parts):
             await self._send(room_id, wire.in_thread(part, reply.thread_id), wire.txn_id(reply.id, number))
         await self._stall("after_send")
-        with contextlib.suppress(Exception):
-            await self.client.room_typing(room_id, False)
+        if room_id in self.typing and not self._working(self.typing[room_id], clock.now()):
+            await self._stop_typing(room_id)
         return True
+
+    # --- typing ----------------------------------------------------------------------------------------------
+
+    async def _renew_typing(self) -> None:
+        while True:
+            await asyncio.sleep(self.renew_s)
+            await self.renew_typing()
+
+    async def renew_typing(self, now: datetime | None = None) -> None:
+        """Type on in each room while a session a triggering message of it went to still works (a turn may outlast
+        one notice), up to ``TYPING_CAP`` after the room's latest such message; stop where none does."""
+        now = now or clock.now()
+        for room_id, typing in list(self.typing.items()):
+            if now - typing.since < TYPING_CAP and self._working(typing, now):
+                await self._type(room_id, True)
+            else:
+                await self._stop_typing(room_id)
+
+    def _working(self, typing: _Typing, now: datetime) -> bool:
+        """Whether a session of the room still has a triggering row claimed or due: its runner is at work."""
+        for folder in typing.folders:
+            try:
+                with closing(db.connect(folder / "inbound.db", "inbound", readonly=True)) as conn:
+                    if inbox.working(conn, now):
+                        return True
+            except Exception:  # a session deleted meanwhile: nobody works there
+                continue
+        return False
+
+    async def _stop_typing(self, room_id: str) -> None:
+        self.typing.pop(room_id, None)
+        await self._type(room_id, False)
+
+    async def _type(self, room_id: str, on: bool) -> None:
+        with contextlib.suppress(Exception):  # a courtesy: a failure here loses nothing
+            await self.client.room_typing(room_id, on, self.typing_ms)
 
     def _room_of(self, session: Session) -> str:
         """The room of a session (a reply that lost its routing): its thread key names it."""

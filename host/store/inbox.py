@@ -155,6 +155,12 @@ def look(conn: db.Connection, now: datetime, zone: str) -> Look:
     return Look(open_ids, State(next_due, processing, due_since), recurring, recurring_at)
 
 
+def working(conn: db.Connection, now: datetime) -> bool:
+    """Whether a row that wakes the agent is claimed or due: the session's runner is at work, or about to be."""
+    return conn.execute(f"SELECT 1 FROM messages_in WHERE trigger = 1 AND (status = 'processing' OR {DUE}) LIMIT 1",
+                        {"now": to_text(now)}).fetchone() is not None
+
+
 def is_live(status: str) -> bool:
     return status in LIVE_STATUSES
 

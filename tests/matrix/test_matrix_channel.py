@@ -306,6 +306,35 @@ async def test_the_bot_types_while_the_runner_works_and_stops_with_the_answer(
     assert body_of(answer).startswith("Sorry, I could not answer")
 
 
+async def test_the_typing_notice_is_renewed_while_a_turn_outlasts_it(
+        synapse: Homeserver, humans: list[Human], tmp_path: Path) -> None:
+    """A notice of 3 s (the test hook; 60 s otherwise), renewed a third of that apart: the person sees the bot
+    typing for four times its length while the model call is held (Synapse ends an unrenewed one within 5 s of
+    its timeout), then not typing with the answer."""
+    alice = synapse.register("alice10")
+    bot = Bot(synapse, tmp_path, "bot10", allow=alice)
+    human = await Human.login(synapse, alice)
+    humans.append(human)
+    with BlockingFake() as fake:
+        bot.env.vars.update({"NCL_PROVIDER": "anthropic", "ANTHROPIC_API_KEY": "sk-test",
+                             "ANTHROPIC_BASE_URL": fake.url})
+        with bot.host(NCL_TEST_MATRIX_TYPING_MS="3000") as host:
+            room = await human.room(bot.user_id)
+            host.wait_for_action("matrix_joined", 60)
+            await human.say(room, "take a long time")
+            await human.wait_for(typing(room, bot, True))
+            assert await asyncio.to_thread(fake.entered.wait, 60), "the runner never called the model"
+            held = time.monotonic()
+            while time.monotonic() - held < 12:
+                await human.sync()
+            notices = [e for e in human.seen if typing(room, bot, True)(e) or typing(room, bot, False)(e)]
+            assert [e["content"]["user_ids"] for e in notices] == [[bot.user_id]]  # never off while it works
+            assert human.messages(room, bot.user_id) == []
+            fake.release()
+            after = human.seen.index(await human.wait_for(from_bot(room, bot, lambda e: True)))
+            await human.wait_for(lambda e: human.seen.index(e) > after and typing(room, bot, False)(e))
+
+
 def typing(room: str, bot: Bot, on: bool) -> Callable[[dict[str, Any]], bool]:
     return lambda e: e["room_id"] == room and e.get("type") == "m.typing" \
         and (bot.user_id in e["content"]["user_ids"]) == on
