@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from host.channels import alerts, nudge, registry
 from host.channels.delivery import Deliveries
@@ -23,6 +25,7 @@ from host.settings import Settings
 from schemas.clock import Clock
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 SLICE_S = 1.0  # longest uninterrupted sleep: bounds how late a nudge or a stop is noticed
 FLOOR_S = 0.05  # shortest sleep, so a wake that cannot start never spins the loop
 # Opening a session never seen takes 1-3 ms (all of them, at a host's start): in chunks, between which the loop
@@ -56,6 +59,9 @@ class Host:
         self.scheduled = ScheduledTasks(self.settings, self.clock.now)  # project-level tasks (DESIGN §9)
         self.writes = RunnerWrites(self.woken)  # a live runner's commit wakes the loop
         self.alerts = alerts.alerts_of(self.settings, now=self.clock.now, sleep=self.clock.sleep)  # NCL_ALERT_CHANNEL
+        # The running host sweeps in this one thread (``run``), so the loop answers while SQLite works; without it
+        # (a test's ``step``) the sweep runs on the loop, between pauses.
+        self._worker: ThreadPoolExecutor | None = None
 
     def wake_at(self, now: datetime) -> datetime:
         candidates = [self._next_full]
@@ -96,8 +102,9 @@ class Host:
             await self.clock.sleep(BETWEEN_CHUNKS_S)
             return result
         if self._started_at is not None:
+            active = await self._off_loop(self.sweeper.active_sessions)
             log.info("every session seen once, %.1f s after the start (%d active)",
-                     (self.clock.now() - self._started_at).total_seconds(), len(self.sweeper.active_sessions()),
+                     (self.clock.now() - self._started_at).total_seconds(), len(active),
                      extra={"action": "sessions_seen"})
             self._started_at = None
         wake_at = self.wake_at(now)
@@ -132,12 +139,24 @@ class Host:
                 nap.cancel()
 
     async def _sweep(self, now: datetime, only: set[str] | None) -> SweepResult:
-        """The sweep, handing the loop back between sessions whenever it has worked a few ms (webhooks, chats and
-        the model proxy wait at most that long behind it)."""
+        """The sweep, in the worker thread: the loop serves webhooks, chats and the model proxy meanwhile (a visit's
+        SQLite work, its commits' syncs above all, releases the GIL). Without the worker, on the loop, handing it
+        back between sessions whenever it has worked a few ms. The sweep touches the runner pool and the sweeper's
+        own state, which nothing else on the loop does until it returns; the replies it finds are handed to the
+        deliveries on the loop (``Deliveries.hand``)."""
         steps = self.sweeper.steps(now, only, new_limit=NEW_SESSIONS_PER_TICK)
-        while (result := sweep.advance(steps)) is None:
-            await asyncio.sleep(0)
+        self.deliveries.sweep_begins()
+        while (result := await self._off_loop(sweep.advance, steps)) is None:
+            if self._worker is None:
+                await asyncio.sleep(0)
         return result
+
+    async def _off_loop(self, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)`` in the sweep's worker thread (every use of the sweeper's connections is there), or on the
+        loop if there is none."""
+        if self._worker is None:
+            return work(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._worker, work, *args)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -147,6 +166,8 @@ class Host:
             await channel.start()
         log.info("host running, data in %s, TZ %s", self.settings.data_dir, self.settings.tz.name,
                  extra={"action": "host_started"})
+        worker = self._worker = ThreadPoolExecutor(1, thread_name_prefix="ncl-sweep")
+        self.deliveries.loop = loop  # replies the sweep hands from the worker are queued on it
         delivering = asyncio.create_task(self.deliveries.serve(), name="deliveries")
         # Sent beside the sweeps, never inside one: a slow receiver holds up no session.
         alerting = [asyncio.create_task(self.alerts.serve(), name="alerts")] if self.alerts else []
@@ -155,6 +176,9 @@ class Host:
                 while not self.stopping.is_set():
                     await self.step()
         finally:
+            await self._off_loop(self.sweeper.close)  # after a sweep still in the worker (a cancelled step)
+            worker.shutdown()
+            self._worker = None
             for task in (delivering, *alerting):
                 task.cancel()
             await asyncio.gather(delivering, *alerting, return_exceptions=True)
@@ -162,7 +186,6 @@ class Host:
                 await channel.stop()
             self.proxy.shutdown()
             self.writes.close()
-            self.sweeper.close()
             self.scheduled.close(stop_running=True)
             if self.alerts:
                 await self.alerts.flush()  # what the last moments raised, within a bounded time

@@ -84,13 +84,13 @@ def _listening(port: int) -> bool:
     return True
 
 
-def _chat_ms(settings: Settings) -> float:
+def _chat_ms(settings: Settings, group: str = "probe") -> float:
     """What ``ncl chat`` does up to the host's answer: connect to the CLI socket, send one line, read the answer."""
     started = time.perf_counter()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(600)
         sock.connect(str(settings.data_dir / "cli.sock"))
-        sock.sendall(json.dumps({"op": "send", "group": "probe", "text": "ping", "thread": None}).encode() + b"\n")
+        sock.sendall(json.dumps({"op": "send", "group": group, "text": "ping", "thread": None}).encode() + b"\n")
         answer = sock.makefile("rb").readline()
     if not json.loads(answer).get("ok"):
         raise RuntimeError(f"chat probe refused: {answer!r}")

@@ -171,6 +171,26 @@ async def test_a_reply_on_its_way_is_neither_handed_out_again_nor_overtaken(tmp_
     assert [status for _, status in _delivered(world)] == ["delivered", "delivered"]
 
 
+async def test_a_sweep_in_a_worker_thread_hands_on_the_loop_and_never_a_reply_settled_since_it_began(
+        tmp_path: Path) -> None:
+    world = World(tmp_path)
+    channel = Channel()
+    sweeper = world.sweeper()
+    sweeper.deliveries = served = _deliveries(channel)
+    served.loop = asyncio.get_running_loop()
+    _reply(world, "once")
+    served.sweep_begins()
+    await asyncio.to_thread(sweeper.tick, T0)  # its hand is queued on the loop, which runs it before this returns
+    [queue] = served.queues.values()
+    found = list(queue.replies)
+    await served.drain()
+    # A visit that read the reply before it was recorded hands it after (the worker runs beside the loop).
+    await asyncio.to_thread(served.hand, queue.session, found)
+    await served.drain()
+    assert channel.calls == [found[0].id] and not any(q.replies for q in served.queues.values())
+    assert [status for _, status in _delivered(world)] == ["delivered"]
+
+
 async def test_a_slow_channel_holds_no_inbox_lock_and_stalls_no_other_session(tmp_path: Path) -> None:
     world = World(tmp_path)
     other = world.new_session()

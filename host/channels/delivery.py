@@ -45,11 +45,22 @@ class Deliveries:
     queues: dict[str, _Queue] = field(default_factory=dict)
     sending: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # session id -> the task sending its queue
     handed: asyncio.Event = field(default_factory=asyncio.Event)
+    settled: set[str] = field(default_factory=set)  # replies recorded since the sweep began
+    loop: asyncio.AbstractEventLoop | None = None  # the loop that sends them, if sweeps hand from another thread
+
+    def sweep_begins(self) -> None:
+        """A sweep's visits read each session's replies after what its inbox records as settled: only a reply
+        recorded after the sweep began may be handed again (by a sweep in a worker thread), and is not."""
+        self.settled.clear()
 
     def hand(self, session: Session, replies: list[OutMessage]) -> None:
-        """Queue the replies a sweep found (in seq order) but those already queued or on their way."""
+        """Queue the replies a sweep found (in seq order) but those already queued, on their way, or recorded since
+        the sweep began. From any thread: one other than the serving loop's queues them on that loop."""
+        if self.loop is not None and not _running(self.loop):
+            self.loop.call_soon_threadsafe(self.hand, session, replies)
+            return
         queue = self.queues.setdefault(session.id, _Queue(session))
-        known = {reply.id for reply in queue.replies}
+        known = {reply.id for reply in queue.replies} | self.settled
         queue.replies += [reply for reply in replies if reply.id not in known]
         self.handed.set()
 
@@ -129,7 +140,16 @@ class Deliveries:
         status = STATUS[handed]
         deliveries.record(conn, replies, status, self.now())
         for reply in replies:
+            self.settled.add(reply.id)
             self.attempts.pop(reply.id, None)
             log.info("reply %s %s", reply.id, status,
                      extra={"action": "reply_handled", "session": session.id, "status": status})
         return True
+
+
+def _running(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` runs in this thread."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
