@@ -257,6 +257,32 @@ CREATE TABLE mail_seen(
 CREATE INDEX mail_seen_message ON mail_seen(mailbox, message_id);
 """
 
+# v8: a mail the watcher fails to take is given up after a few tries, so it cannot block the mails behind it.
+# ``tries`` counts the attempts made (each counted before the parse, so a mail that kills the host counts too);
+# ``trying``: tried but never got further; ``skipped``: given up (left unread), ``reason`` the last failure. SQLite
+# cannot change a CHECK in place: the table is rebuilt with every row as it was.
+_CENTRAL_V8 = f"""
+CREATE TABLE mail_seen_v8(
+  mailbox TEXT NOT NULL,
+  uidvalidity INTEGER NOT NULL,
+  uid INTEGER NOT NULL,
+  message_id TEXT NOT NULL,
+  outcome TEXT NOT NULL CHECK (outcome IN ('trying', 'taking', 'taken', 'refused', 'automatic', 'duplicate',
+                                           'too_large', 'skipped')),
+  session_id TEXT,
+  row_id TEXT,
+  {_instant("seen_at")},
+  tries INTEGER NOT NULL DEFAULT 0 CHECK (typeof(tries) = 'integer' AND tries >= 0),
+  reason TEXT,
+  PRIMARY KEY (mailbox, uidvalidity, uid)
+);
+INSERT INTO mail_seen_v8(mailbox, uidvalidity, uid, message_id, outcome, session_id, row_id, seen_at)
+  SELECT mailbox, uidvalidity, uid, message_id, outcome, session_id, row_id, seen_at FROM mail_seen;
+DROP TABLE mail_seen;
+ALTER TABLE mail_seen_v8 RENAME TO mail_seen;
+CREATE INDEX mail_seen_message ON mail_seen(mailbox, message_id);
+"""
+
 # v6 (issue 17): a mail is a row of its own kind, ``mail``. SQLite cannot change a CHECK in place: the table is
 # rebuilt with every row and column as they were, and its indexes made again.
 _INBOUND_V6 = f"""
@@ -344,7 +370,7 @@ CREATE INDEX messages_out_kind_seq ON messages_out(kind, seq);
 """
 
 MIGRATIONS: dict[DbKind, tuple[str, ...]] = {
-    "central": (_CENTRAL_V1, _CENTRAL_V2, _CENTRAL_V3, _CENTRAL_V4, _CENTRAL_V5, _CENTRAL_V6, _CENTRAL_V7),
+    "central": (_CENTRAL_V1, _CENTRAL_V2, _CENTRAL_V3, _CENTRAL_V4, _CENTRAL_V5, _CENTRAL_V6, _CENTRAL_V7, _CENTRAL_V8),
     "inbound": (_INBOUND_V1, _INBOUND_V2, _INBOUND_V3, _INBOUND_V4, _INBOUND_V5, _INBOUND_V6),
     "outbound": (_OUTBOUND_V1, _OUTBOUND_V2, _OUTBOUND_V3),
 }

@@ -276,3 +276,53 @@ def test_starttls_on_both_servers(tmp_path: Path, servers: MailServers) -> None:
         assert answer["Subject"] == "Re: Upgraded"
     finally:
         host.kill()
+
+
+def test_a_mail_that_fails_every_take_is_skipped_and_the_mails_behind_it_are_taken(
+        env: Env, servers: MailServers, tmp_path: Path) -> None:
+    """A mail whose taking fails each time (here its attachment cannot be saved: the session's runner swapped
+    its inbox/ for a link) is tried MAX_TRIES times, then left unread, recorded skipped with the reason and said
+    once (mail_skipped, with its UID); the mail behind it is answered; a restarted host does not try it again.
+    Was: tried forever, every mail behind it waiting."""
+    host = Host(env)
+    try:
+        first = mail(HUMAN, AGENT, "Report", "Here it comes.")
+        servers.send(first)
+        [answer] = servers.wait_for(HUMAN, 1)
+        [row] = mail_rows(env)
+        folder = env.data_dir / "v2-sessions" / "ag-support" / row["session"]
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        with contextlib.suppress(FileNotFoundError):
+            (folder / "inbox").rmdir()
+        (folder / "inbox").symlink_to(elsewhere)
+        stuck = reply_to(first, answer, "The report, attached.")
+        stuck.add_attachment(PDF, maintype="application", subtype="pdf", filename="report.pdf")
+        servers.send(stuck)
+        servers.send(mail(HUMAN, AGENT, "Barrier", "Answered once the stuck one is skipped."))
+        answers = servers.wait_for(HUMAN, 2)
+        assert [a["Subject"] for a in answers] == ["Re: Report", "Re: Barrier"]
+        read_log(host, 3.0)
+    finally:
+        host.kill()
+    skipped = [line for line in host.seen if "[action=mail_skipped " in line]
+    assert len(skipped) == 1 and "UID 2 " in skipped[0] and "3 failed tries" in skipped[0]
+    assert list(elsewhere.iterdir()) == []
+    flags = {str(m["Subject"]): seen for _, m, seen in servers.inbox(AGENT)}
+    assert flags == {"Report": True, "Re: Report": False, "Barrier": True}  # left unread: the operator finds it
+    seen_rows = sqlite3.connect(env.data_dir / "central.db").execute(
+        "SELECT uid, outcome, tries, reason FROM mail_seen ORDER BY uid").fetchall()
+    assert [(uid, outcome, tries) for uid, outcome, tries, _ in seen_rows] == [
+        (1, "taken", 1), (2, "skipped", 3), (3, "taken", 1)]
+    assert "Refused" in seen_rows[1][3]
+    again = Host(env)
+    try:
+        read_log(again, 5.0)  # polls every 2 s: the skipped mail is not tried again
+    finally:
+        again.kill()
+    assert not [line for line in again.seen if "mail_skipped" in line or "mail_error" in line]
+    assert sqlite3.connect(env.data_dir / "central.db").execute(
+        "SELECT tries FROM mail_seen WHERE uid = 2").fetchone() == (3,)
+    checks = json.loads(env.ncl("doctor", "--json").stdout)
+    [check] = [c for c in (checks["checks"] if isinstance(checks, dict) else checks) if c["name"] == "mail"]
+    assert check["level"] == "warn" and "1 mail(s) skipped" in check["detail"]

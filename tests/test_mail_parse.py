@@ -4,11 +4,14 @@ threading reads References / In-Reply-To."""
 
 from __future__ import annotations
 
+import errno
+import imaplib
+import sqlite3
 from email.message import EmailMessage
 
 import pytest
 
-from host.channels import mail_parse
+from host.channels import mail, mail_parse
 from host.channels.mail import save_attachments
 from host.files import confined
 
@@ -91,3 +94,36 @@ def test_attachments_are_written_only_inside_the_rows_folder(tmp_path: pytest.Te
     with pytest.raises(confined.Refused):
         save_attachments(folder, "msg-2", [("b.txt", b"B")])
     assert list(outside.iterdir()) == []
+
+
+def _parts(count: int) -> bytes:
+    parts = "".join(f"--B\r\nContent-Type: text/plain\r\nContent-Disposition: attachment; filename=p{i}.txt\r\n\r\n"
+                    f"part {i}\r\n" for i in range(count))
+    return (f"From: a@example.org\r\nSubject: many\r\nMIME-Version: 1.0\r\n"
+            f"Content-Type: multipart/mixed; boundary=B\r\n\r\n{parts}--B--\r\n").encode()
+
+
+def test_a_mail_of_thousands_of_parts_is_read_up_to_max_parts_with_a_note() -> None:
+    """20,000 parts took 11 s to parse (in the watcher's thread, holding the GIL): only the first MAX_PARTS are."""
+    whole = mail_parse.parse(_parts(mail_parse.MAX_PARTS), 5000)
+    assert len(whole.attachments) == mail_parse.MAX_PARTS and "not read" not in whole.text
+    cut = mail_parse.parse(_parts(20_000), 5000)
+    assert len(cut.attachments) == mail_parse.MAX_PARTS
+    assert cut.attachments[-1] == (f"p{mail_parse.MAX_PARTS - 1}.txt", f"part {mail_parse.MAX_PARTS - 1}".encode())
+    assert cut.text == f"[ncl: this mail has more than {mail_parse.MAX_PARTS} MIME parts; the rest were not read]"
+    assert cut.subject == "many" and cut.sender == "a@example.org"
+
+
+def test_a_plain_mail_with_many_lines_beginning_with_dashes_is_not_cut() -> None:
+    text = "-- a line\r\n" * (mail_parse.MAX_PARTS + 500)
+    mail = mail_parse.parse(f"From: a@example.org\r\nSubject: dashes\r\n\r\n{text}".encode(), 5)
+    assert mail.text.count("-- a line") == mail_parse.MAX_PARTS + 500 and "not read" not in mail.text
+
+
+@pytest.mark.parametrize("exc,hosts", [
+    (OSError(errno.ENOSPC, "No space left on device"), True), (sqlite3.OperationalError("disk I/O error"), True),
+    (imaplib.IMAP4.abort("socket error"), True), (ConnectionResetError(), True), (TimeoutError(), True),
+    (OSError(errno.ENAMETOOLONG, "File name too long"), False), (confined.Refused("inbox", "a link", link=True), False),
+    (RecursionError(), False), (ValueError("bad header"), False)])
+def test_only_a_failure_that_is_the_mails_counts_against_it(exc: BaseException, hosts: bool) -> None:
+    assert mail._not_the_mail(exc) is hosts

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import imaplib
 import json
 import logging
@@ -59,6 +60,9 @@ MAX_BACKOFF_S = 300.0
 TIMEOUT_S = 60.0  # a connect, login or command that takes longer has lost its server
 MAX_FILE_BYTES = 25 << 20  # one file the agent sends
 FAULT = "NCL_FAULT_MAIL"
+MAX_TRIES = 3  # attempts at taking one mail before it is skipped (left unread, said once)
+# Failures that are the host's or the server's, never the mail's: not counted against it.
+HOST_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
 
 
 def password(mailbox: Mailbox) -> str:
@@ -343,23 +347,39 @@ class Watcher:
 
     def take(self, uid: int) -> bool:
         """Take the mail at ``uid``; True if it became a row now."""
-        imap, box, now = self.connect(), self.mailbox, clock.now()
+        box = self.mailbox
         with closing(db.connect(self.settings.central_db, "central")) as central:
             seen = mailboxes.seen(central, box.address, self.uidvalidity, uid)
-        if seen is not None and seen.outcome in ("refused", "too_large"):
+        if seen is not None and seen.outcome in ("refused", "too_large", "skipped"):
             return False  # left unread on purpose, logged when first seen
         if seen is not None and seen.outcome in ("taken", "automatic", "duplicate"):
             self.flag(uid)  # a host stopped before the flag: only the flag is missing
+            return False
+        if seen is not None and seen.tries >= MAX_TRIES:
+            self._give_up(uid, seen)
             return False
         size = self._size(uid)
         if size > self.settings.mail_max_bytes:
             self._refuse(uid, "", "too_large", f"{size} bytes, over NCL_MAIL_MAX_BYTES")
             return False
-        data = _ok(imap.uid("FETCH", str(uid), "(BODY.PEEK[])"), "FETCH")
+        data = _ok(self.connect().uid("FETCH", str(uid), "(BODY.PEEK[])"), "FETCH")
         raw = next((part[1] for part in data if isinstance(part, tuple)), None)
         if not isinstance(raw, bytes):
             raise EOFError(f"FETCH of UID {uid} gave no message")
         _fault("fetched")
+        self._tried(uid, 1)  # counted before: a mail that kills the host is counted too
+        try:
+            return self._take(uid, raw, None if seen is None or seen.outcome == "trying" else seen)
+        except Exception as exc:
+            if _not_the_mail(exc):  # the host's trouble (disk, database, server): not this mail's try
+                with contextlib.suppress(Exception):
+                    self._tried(uid, -1)
+            else:
+                self._tried(uid, 0, f"{type(exc).__name__}: {exc}"[:300])
+            raise
+
+    def _take(self, uid: int, raw: bytes, seen: mailboxes.Seen | None) -> bool:
+        box, now = self.mailbox, clock.now()
         mail = mail_parse.parse(raw, self.settings.mail_max_attachments)
         if not box.allows(mail.sender):
             self._refuse(uid, mail.message_id, "refused", f"{mail.sender or 'no sender'} is not on the allow-list")
@@ -375,6 +395,18 @@ class Watcher:
         self.write(uid, mail, seen or earlier, now)
         self.flag(uid)
         return True
+
+    def _tried(self, uid: int, delta: int, reason: str | None = None) -> None:
+        with closing(db.connect(self.settings.central_db, "central")) as central, db.transaction(central):
+            mailboxes.tried(central, clock.now(), self.mailbox.address, self.uidvalidity, uid, delta, reason)
+
+    def _give_up(self, uid: int, seen: mailboxes.Seen) -> None:
+        """Leave a mail that failed ``MAX_TRIES`` takings unread and say so: the mails behind it are taken."""
+        why = seen.reason or "the host stopped while taking it"
+        with closing(db.connect(self.settings.central_db, "central")) as central, db.transaction(central):
+            mailboxes.skip(central, self.mailbox.address, self.uidvalidity, uid, why)
+        log.error("mailbox %s: mail UID %d (UIDVALIDITY %d) skipped after %d failed tries, left unread: %s",
+                  self.mailbox.address, uid, self.uidvalidity, seen.tries, why, extra={"action": "mail_skipped"})
 
     def write(self, uid: int, mail: Mail, taking: mailboxes.Seen | None, now: datetime) -> None:
         """The mail's row in its session, recorded ``taking`` before and ``taken`` after (see the module doc)."""
@@ -478,6 +510,15 @@ def _idle(imap: imaplib.IMAP4, seconds: float, stopping: threading.Event) -> Non
                 raise EOFError("the IMAP server closed the connection")
             if line.startswith(tag):
                 break
+
+
+def _not_the_mail(exc: BaseException) -> bool:
+    """Whether a failure while taking a mail is the host's (a full disk, the database) or the IMAP server's, so
+    trying again may work and the mail is not to blame."""
+    if isinstance(exc, (db.Error, db.DbError, imaplib.IMAP4.error, EOFError, ConnectionError, TimeoutError,
+                        ssl.SSLError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in HOST_ERRNOS
 
 
 def _ok(answer: tuple[str, list[Any]], what: str) -> list[Any]:

@@ -234,13 +234,15 @@ def matrix_login(settings: Settings) -> Check:
 
 
 def mail(settings: Settings) -> Check:
-    """Each mailbox (issue 17): an empty allow-list refuses every mail (warn), a wired mailbox whose password
-    variable is unset or whose IMAP login fails cannot work (fail); the login is tried with a short timeout."""
+    """Each mailbox (issue 17): an empty allow-list refuses every mail and skipped mails wait for the operator
+    (warn), a wired mailbox whose password variable is unset or whose IMAP login fails cannot work (fail); the login
+    is tried with a short timeout."""
     if not settings.central_db.exists():
         return Check("mail", "ok", "no mailboxes")
     try:
         with closing(db.connect(settings.central_db, "central", readonly=True)) as conn:
             found, wired = mailboxes.list_all(conn), {m.address: g for m, g in mailboxes.wired(conn)}
+            skipped = {m.address: mailboxes.skipped(conn, m.address) for m in found}
     except (db.DbError, db.Error):
         return Check("mail", "ok", "not read (see the schema check)")
     if not found:
@@ -253,6 +255,9 @@ def mail(settings: Settings) -> Check:
         problems: list[tuple[Level, str]] = []
         if not mailbox.allow:
             problems.append(("warn", "its allow-list is empty: every mail is refused (ncl mailbox create … --allow)"))
+        if skipped[mailbox.address]:
+            problems.append(("warn", f"{skipped[mailbox.address]} mail(s) skipped after failing every take, left "
+                                     "unread (log: mail_skipped; central.db mail_seen: reason)"))
         if mailbox.address not in wired:
             problems.append(("ok", "no group is wired to it"))
         else:

@@ -138,20 +138,44 @@ def wired(conn: Connection) -> list[tuple[Mailbox, str]]:
 
 @dataclass(frozen=True, slots=True)
 class Seen:
-    outcome: str  # taking | taken | refused | automatic | duplicate | too_large
+    outcome: str  # trying | taking | taken | refused | automatic | duplicate | too_large | skipped
     session_id: str | None
     row_id: str | None
+    tries: int = 0  # attempts at taking it that began (central v8)
+    reason: str | None = None  # why the last one failed
 
 
 def seen(conn: Connection, address: str, uidvalidity: int, uid: int) -> Seen | None:
-    row = conn.execute("SELECT outcome, session_id, row_id FROM mail_seen WHERE mailbox = ? AND uidvalidity = ?"
-                       " AND uid = ?", (address, uidvalidity, uid)).fetchone()
+    row = conn.execute("SELECT outcome, session_id, row_id, tries, reason FROM mail_seen WHERE mailbox = ?"
+                       " AND uidvalidity = ? AND uid = ?", (address, uidvalidity, uid)).fetchone()
     return None if row is None else Seen(*row)
+
+
+def tried(conn: Connection, now: datetime, address: str, uidvalidity: int, uid: int, delta: int,
+          reason: str | None = None) -> None:
+    """Count an attempt at taking the mail at this UID (``delta`` 1 as it begins, -1 to take back one that the
+    host, not the mail, made fail, 0 to say only ``reason``); ``trying`` while nothing further is recorded."""
+    conn.execute("INSERT OR IGNORE INTO mail_seen(mailbox, uidvalidity, uid, message_id, outcome, seen_at)"
+                 " VALUES (?, ?, ?, ?, 'trying', ?)", (address, uidvalidity, uid, f"uid:{uid}", to_text(now)))
+    conn.execute("UPDATE mail_seen SET tries = max(tries + ?, 0), reason = coalesce(?, reason) WHERE mailbox = ?"
+                 " AND uidvalidity = ? AND uid = ?", (delta, reason, address, uidvalidity, uid))
+
+
+def skip(conn: Connection, address: str, uidvalidity: int, uid: int, reason: str) -> None:
+    conn.execute("UPDATE mail_seen SET outcome = 'skipped', reason = ? WHERE mailbox = ? AND uidvalidity = ?"
+                 " AND uid = ?", (reason, address, uidvalidity, uid))
+
+
+def skipped(conn: Connection, address: str) -> int:
+    """How many mails of the mailbox were given up (``ncl doctor``)."""
+    return int(conn.execute("SELECT count(*) FROM mail_seen WHERE mailbox = ? AND outcome = 'skipped'",
+                            (address,)).fetchone()[0])
 
 
 def taken_as(conn: Connection, address: str, message_id: str) -> Seen | None:
     """The record of the mail of that Message-ID this mailbox took (or is taking), under any UID."""
-    row = conn.execute("SELECT outcome, session_id, row_id FROM mail_seen WHERE mailbox = ? AND message_id = ?"
+    row = conn.execute("SELECT outcome, session_id, row_id, tries, reason FROM mail_seen WHERE mailbox = ?"
+                       " AND message_id = ?"
                        " AND outcome IN ('taking', 'taken') ORDER BY outcome = 'taken' DESC LIMIT 1",
                        (address, message_id)).fetchone()
     return None if row is None else Seen(*row)
@@ -162,7 +186,8 @@ def record(conn: Connection, now: datetime, address: str, uidvalidity: int, uid:
     """Record (or move on) what became of the mail at this UID (caller holds the transaction, or none)."""
     conn.execute("INSERT INTO mail_seen(mailbox, uidvalidity, uid, message_id, outcome, session_id, row_id, seen_at)"
                  " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(mailbox, uidvalidity, uid) DO UPDATE SET"
-                 " outcome = excluded.outcome, session_id = excluded.session_id, row_id = excluded.row_id",
+                 " message_id = excluded.message_id, outcome = excluded.outcome, session_id = excluded.session_id,"
+                 " row_id = excluded.row_id",
                  (address, uidvalidity, uid, message_id, outcome, session_id, row_id, to_text(now)))
 
 
