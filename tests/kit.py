@@ -13,6 +13,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from agent_runner.config import RunnerConfig
+from agent_runner.store import Store
+from agent_runner.tools import Tools
 from host import settings as settings_module
 from host.runtimes.pool import Runners
 from host.scheduling import tasks
@@ -162,3 +165,22 @@ def exits_within(pid: int, seconds: float) -> bool:
         return bool(select.select([fd], [], [], seconds)[0])
     finally:
         os.close(fd)
+
+
+TOOLS_NOW = from_text("2026-06-11T13:00:00.000Z")  # Thursday 09:00:00 EDT: when the scheduling tools' tests run
+
+
+def runner_tools(world: World, now: datetime = TOOLS_NOW) -> Tools:
+    """The task tools of the world's session, as its runner has them (zone America/New_York)."""
+    config = RunnerConfig(session_dir=world.session.folder, generation="gen-test", tz="America/New_York")
+    return Tools(config, Store(config), lambda: now)
+
+
+def answered(world: World, request: dict[str, Any], session: Session, now: datetime = TOOLS_NOW) -> tuple[str, str]:
+    """Write ``request`` into ``session``'s outbound.db, sweep once; (status, detail) of its ``delivered`` row."""
+    out_id = world.request(now, request, session)
+    world.sweeper().tick(now)
+    with closing(world.inbound(session)) as conn:
+        row = conn.execute("SELECT status, detail FROM delivered WHERE message_out_id = ?", (out_id,)).fetchone()
+    assert row is not None, "the host did not answer"
+    return str(row[0]), str(row[1])

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from cli_kit import Ncl, ok, one_line_error
-from kit import World
+from kit import World, answered
 from schema_kit import open_plain
 
 from agent_runner import group_tools
@@ -85,16 +85,6 @@ def world(tmp_path: Path) -> World:
     world.ops = sessions.create(world.central, world.settings, NOW, world.ops_group, None)  # type: ignore[attr-defined]
     groups.create(world.central, world.settings, NOW, "quiet", [])
     return world
-
-
-def answered(world: World, request: dict[str, Any], session: Session) -> tuple[str, str]:
-    """Write ``request`` into ``session``'s outbound.db, sweep once; (status, detail) of its ``delivered`` row."""
-    out_id = world.request(NOW, request, session)
-    world.sweeper().tick(NOW)
-    with closing(world.inbound(session)) as conn:
-        row = conn.execute("SELECT status, detail FROM delivered WHERE message_out_id = ?", (out_id,)).fetchone()
-    assert row is not None, "the host did not answer"
-    return str(row[0]), str(row[1])
 
 
 def ops(world: World) -> Session:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from cli_kit import Ncl, ok
-from kit import FakeClock, World
+from kit import FakeClock, World, answered
 
 from agent_runner.config import RunnerConfig
 from agent_runner.store import Store
@@ -55,16 +55,6 @@ def world(ncl: Ncl, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
 
 def ops(world: World) -> Session:
     return world.ops  # type: ignore[attr-defined,no-any-return]
-
-
-def answered(world: World, request: dict[str, Any], session: Session) -> tuple[str, str]:
-    """Write ``request`` into ``session``'s outbound.db, sweep once; (status, detail) of its ``delivered`` row."""
-    out_id = world.request(NOW, request, session)
-    world.sweeper().tick(NOW)
-    with closing(world.inbound(session)) as conn:
-        row = conn.execute("SELECT status, detail FROM delivered WHERE message_out_id = ?", (out_id,)).fetchone()
-    assert row is not None, "the host did not answer"
-    return str(row[0]), str(row[1])
 
 
 def created(world: World, request: dict[str, Any] | None = None) -> str:

@@ -9,11 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
-from kit import World
+from kit import World, runner_tools
 from processes import Env
 
-from agent_runner.config import RunnerConfig
-from agent_runner.store import Store
 from agent_runner.tools import Tools
 from schemas.times import from_text
 
@@ -27,8 +25,7 @@ def world(tmp_path: Path) -> World:
 
 @pytest.fixture
 def tools(world: World) -> Tools:
-    config = RunnerConfig(session_dir=world.session.folder, generation="gen-test", tz="America/New_York")
-    return Tools(config, Store(config), lambda: NOW)
+    return runner_tools(world, NOW)
 
 
 def requested(tools: Tools) -> list[str]:

@@ -8,10 +8,8 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from kit import World
+from kit import World, runner_tools
 
-from agent_runner.config import RunnerConfig
-from agent_runner.store import Store
 from agent_runner.tools import ToolError, Tools
 from host.scheduling import tasks
 from schemas.times import from_text
@@ -27,8 +25,7 @@ def world(tmp_path: Path) -> World:
 
 @pytest.fixture
 def tools(world: World) -> Tools:
-    config = RunnerConfig(session_dir=world.session.folder, generation="gen-test", tz="America/New_York")
-    return Tools(config, Store(config), lambda: NOW)
+    return runner_tools(world, NOW)
 
 
 def test_schedule_and_update_answers_show_seconds_and_the_zone(tools: Tools, world: World) -> None:
