@@ -220,7 +220,7 @@ class Alerts:
             client, self._client = self._client, None
             await client.aclose()
 
-    async def _deliver(self, alert: Alert) -> bool:
+    async def _deliver(self, alert: Alert) -> None:
         alert = self._with_group(alert)
         for attempt in range(1, ATTEMPTS + 1):
             try:
@@ -229,13 +229,12 @@ class Alerts:
                 if attempt == ATTEMPTS:
                     log.warning("alert %s not sent after %d attempts: %s", alert.event, attempt, exc,
                                 extra={"action": "alert_failed", "event": alert.event, "target": str(self.target)})
-                    return False
+                    return
                 await self.sleep(BACKOFF_S[attempt - 1])
             else:
                 log.info("alert %s sent to %s", alert.event, self.target,
                          extra={"action": "alert_sent", "event": alert.event, "target": str(self.target)})
-                return True
-        return False
+                return
 
     async def send(self, alert: Alert) -> None:
         """Hand ``alert`` to the target once, within ``timeout_s``; ``AlertError`` says why not."""
