@@ -57,7 +57,7 @@ def _known_type(arguments: dict[str, Any]) -> None:
         raise ToolError(f"unknown task_type {arguments['task_type']!r}: 'agent' (the default) or 'host'")
 
 
-def own(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+def own(arguments: dict[str, Any]) -> dict[str, Any]:
     """The arguments of a call on this conversation's own tasks, for its method: a host task's arguments (or an
     unknown task_type) refused, the routing ones (group, task_type "agent") left out."""
     from agent_runner.tools import ToolError

@@ -319,7 +319,7 @@ class Tools:
             if group_tools.answered_by_host(arguments):  # another group's tasks, or host tasks (issue 16.3)
                 result: str = group_tools.call(self, name, arguments)
             else:
-                result = getattr(self, name)(**group_tools.own(name, arguments))
+                result = getattr(self, name)(**group_tools.own(arguments))
         except ToolError:
             raise
         except ValidationError as exc:  # pydantic's report spans lines and names a model, not the argument
