@@ -42,6 +42,7 @@ from host.settings import AlertTarget, Settings
 from host.store import db, groups, inbox, mailboxes, sessions
 from host.store.mailboxes import Mailbox
 from schemas import clock
+from schemas.text import one_line
 from schemas.times import to_text
 
 log = logging.getLogger(__name__)
@@ -335,8 +336,7 @@ def mail_of(alert: Alert, sender: str, to: str) -> EmailMessage:
     its Message-ID is made of the alert's id, the same when a crash makes it sent again (receivers may dedupe)."""
     email = EmailMessage()
     email["From"], email["To"] = sender, to
-    subject = " ".join(f"[ncl] {alert.event}: {alert.text}".split())  # one line, whatever the spool held
-    email["Subject"] = subject if len(subject) <= SUBJECT_MAX else subject[:SUBJECT_MAX - 1] + "…"
+    email["Subject"] = one_line(f"[ncl] {alert.event}: {alert.text}", SUBJECT_MAX)  # whatever the spool held
     email["Date"] = formatdate(localtime=False)
     email["Message-ID"] = f"<{re.sub(r'[^A-Za-z0-9.-]', '', alert.id)[:64] or 'alert'}@{sender.partition('@')[2]}>"
     email["Auto-Submitted"] = "auto-generated"

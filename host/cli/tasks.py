@@ -19,6 +19,7 @@ from host.store import db, groups, sessions
 from host.store.sessions import Session
 from host.store.task_ids import TaskIds
 from schemas import ids
+from schemas.text import one_line
 from schemas.times import parse_user_time, to_text
 
 T = TypeVar("T")
@@ -158,21 +159,14 @@ def runs(app: App, task_id: str, as_json: bool) -> None:
     emit(as_json, {"runs": found}, lambda: table(
         [{**r, "scheduled": local_time(r["scheduled_for"], zone), "started": local_time(r["started_at"], zone),
           "finished": local_time(r["finished_at"], zone), "used": _tokens(r["tokens"]),
-          "answer": _one_line(r["answer_excerpt"], ANSWER_SHOWN)} for r in found], RUN_COLUMNS, "no runs yet"))
+          "answer": r["answer_excerpt"] and one_line(r["answer_excerpt"], ANSWER_SHOWN)} for r in found],
+        RUN_COLUMNS, "no runs yet"))
 
 
 def _tokens(tokens: dict[str, int | None] | None) -> str | None:
     if tokens is None:
         return None
     return "/".join("?" if tokens[key] is None else str(tokens[key]) for key in ("input", "output"))
-
-
-def _one_line(text: str | None, most: int) -> str | None:
-    """``text`` on one line (each run of white space one space), cut to ``most`` characters with an ellipsis."""
-    if text is None:
-        return None
-    line = " ".join(text.split())
-    return line if len(line) <= most else line[:most - 1] + "…"
 
 
 def _control(name: str, verb: str, doc: str, action: Callable[[Any, Path, str, datetime, App], int],

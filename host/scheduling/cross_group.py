@@ -26,11 +26,12 @@ from host.store.groups import Group
 from host.store.sessions import Session
 from host.store.task_ids import TaskIds
 from schemas import requests
+from schemas.text import one_line
 from schemas.times import from_text
 
 log = logging.getLogger(__name__)
 MAX_LINES = 200  # an answer lists at most this many tasks, and says how many more there are
-PROMPT_CHARS = 80
+PROMPT_CHARS = 80  # a prompt listed as one bounded line: the runner's text is shown, never obeyed
 NOT_ADMIN = ("only an admin group's agents may act on another group's tasks, and group {own!r} is not one (the "
              "operator marks admin groups with 'ncl groups update NAME --admin')")
 
@@ -191,7 +192,7 @@ def _listing(conn: db.Connection, reach: Reach, group: Group, status: str | None
                 if status is None or item["status"] == status:
                     lines.append(f"[agent] group {group.name} {item['id']} [{item['status']}] "
                                  f"{item['recurrence'] or 'once'} next: {_local(item['next'], zone)} "
-                                 f"session {session.id} :: {_short(item['prompt'])}")
+                                 f"session {session.id} :: {one_line(item['prompt'], PROMPT_CHARS)}")
     for row in project_tasks.list_all(reach.central):
         spec = json.loads(row.spec)
         delivers_to = (groups.wired_to(reach.central, f"queue:{spec['queue']['name']}")
@@ -203,7 +204,7 @@ def _listing(conn: db.Connection, reach: Reach, group: Group, status: str | None
         lines.append(f"[{'host' if row.target_kind == 'host' else 'project'}] group "
                      f"{group.name if delivers_to else '-'} {row.id} [{'active' if row.active else 'inactive'}] "
                      f"{row.schedule} {row.target_kind} next: {_local(row.next_run, zone)} :: "
-                     f"{_short(row.name or row.id)}")
+                     f"{one_line(row.name or row.id, PROMPT_CHARS)}")
     more = len(lines) - MAX_LINES
     shown = "\n".join(lines[:MAX_LINES]) + (f"\n… and {more} more" if more > 0 else "")
     return shown or f"No tasks in group {group.name}."
@@ -225,9 +226,3 @@ def _series(conn: db.Connection) -> Iterator[dict[str, Any]]:
 
 def _local(stored: str | None, zone: Any) -> str:
     return from_text(stored).astimezone(zone).strftime("%a %Y-%m-%d %H:%M:%S %Z") if stored else "-"
-
-
-def _short(text: str) -> str:
-    """A prompt as one bounded line: the runner's text is shown, never obeyed."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= PROMPT_CHARS else flat[:PROMPT_CHARS - 1] + "…"

@@ -24,6 +24,7 @@ from host.scheduling.cross_group import Reach
 from host.store import db, groups
 from host.store import project_tasks as store
 from schemas import ids, requests
+from schemas.text import one_line
 from schemas.times import from_text
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,7 @@ def _asked(request: requests.ScheduleHostTask | requests.UpdateHostTask) -> dict
     if request.recurrence is not None:
         doc["schedule"] = request.recurrence
     if request.prompt is not None:
-        first = " ".join(request.prompt.split())
-        doc["name"] = first if len(first) <= NAME_CHARS else first[:NAME_CHARS - 1] + "…"
+        doc["name"] = one_line(request.prompt, NAME_CHARS)
         doc["description"] = request.prompt
     return doc
 
