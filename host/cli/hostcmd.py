@@ -94,8 +94,8 @@ def run(app: App, quiet: bool) -> None:
 def sweep(app: App, once: bool, now: datetime | None, as_json: bool) -> None:
     """One sweep. With --now it acts at that instant and only counts the runners it would wake. What it does is
     logged to data/host.log too."""
-    # As in ``host run``, what a host task leaves when it ends is ours to kill; only while we sweep.
     raised = alerts.alerts_of(app.settings)  # what this sweep raises is sent before it exits, in bounded time
+    # As in ``host run``, what a host task leaves when it ends is ours to kill; only while we sweep.
     with logging_to_file(app.settings, "kept"), host_lock(app.settings.data_dir), subreaping():
         runtime = None if now else select_runtime(app.settings)[0]
         sweeper = Sweeper(app.settings, Runners(runtime, app.settings) if runtime else None)
