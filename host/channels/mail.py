@@ -45,7 +45,7 @@ from typing import Any
 from host.channels import mail_parse, nudge, router
 from host.channels.mail_parse import Mail
 from host.errors import NclError
-from host.files import confined, private
+from host.files import confined
 from host.settings import Settings, env_file
 from host.store import db, inbox, mailboxes
 from host.store.mailboxes import Mailbox
@@ -531,21 +531,6 @@ def _ok(answer: tuple[str, list[Any]], what: str) -> list[Any]:
 def save_attachments(folder: Path, row_id: str, files: list[tuple[str, bytes]]) -> list[str]:
     """Write the attachments into ``folder/inbox/<row_id>/`` without following any link (the folder is the
     runner's to write too): names already made safe (``mail_parse.safe_name``), files 0600. Returns the names."""
-    if not files:
-        return []
-    inbox_fd = confined.open_beneath(folder, "inbox", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(row_id, private.DIR_MODE, dir_fd=inbox_fd)
-    finally:
-        os.close(inbox_fd)
     for name, data in files:
-        fd = confined.open_beneath(folder, f"inbox/{row_id}/{name}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                                   private.FILE_MODE)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
+        confined.write_beneath(folder, f"inbox/{row_id}/{name}", data)
     return [name for name, _ in files]

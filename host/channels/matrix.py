@@ -25,7 +25,7 @@ from typing import Any
 from host.channels import matrix_wire as wire
 from host.channels import router
 from host.errors import NclError
-from host.files import confined, private
+from host.files import confined
 from host.settings import Settings
 from host.store import db, groups, inbox
 from host.store.outbox import OutMessage
@@ -317,7 +317,7 @@ class MatrixChannel:
             return f"[a file {name} not taken: over NCL_MATRIX_MAX_FILE_BYTES ({limit} bytes)]"
         relative = Path(FILES_DIR) / f"{message_id.rsplit('-', 1)[1]}-{name}"
         try:
-            _write_beneath(session.folder, relative, data)
+            confined.write_beneath(session.folder, relative, data)
         except (confined.Refused, OSError) as exc:  # the runner's folder: it may have put a link there
             log.warning("matrix: file %s not stored: %s", relative, exc, extra={"action": "matrix_file_refused"})
             return f"[a file {name} not stored: {exc}]"
@@ -414,16 +414,3 @@ class MatrixChannel:
         kind = "m.image" if mime.startswith("image/") else "m.file"
         return {"msgtype": kind, "body": name, "filename": name, "url": done.content_uri,
                 "info": {"size": size, "mimetype": mime}}
-
-
-def _write_beneath(folder: Path, relative: Path, data: bytes) -> None:
-    """Write ``folder/relative`` (its folder made if missing) without following a link in any component."""
-    parent = confined.open_dir(folder)
-    try:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(relative.parent.name, private.DIR_MODE, dir_fd=parent)
-    finally:
-        os.close(parent)
-    fd = confined.open_beneath(folder, relative, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, private.FILE_MODE)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)

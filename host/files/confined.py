@@ -8,6 +8,7 @@ open descriptor itself: what was checked is what is read.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -16,6 +17,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from host.errors import NclError
+from host.files import private
 
 SYS_OPENAT2 = 437  # the same number on every architecture that has the syscall (x86_64, arm64, …)
 RESOLVE_NO_SYMLINKS = 0x04
@@ -144,5 +146,26 @@ def read_beneath(root: Path, relative: str | PurePath, max_bytes: int) -> bytes:
     fd = open_beneath(root, relative)
     try:
         return read_fd(fd, str(relative), max_bytes)
+    finally:
+        os.close(fd)
+
+
+def write_beneath(root: Path, relative: str | PurePath, data: bytes) -> None:
+    """Write ``root/relative`` whole (0600), making its folder (0700) if missing, without following a symlink in
+    any component (see :func:`open_beneath`): the folder may be a runner's to write too."""
+    parts = parts_of(relative)
+    if len(parts) > 1:
+        above = open_beneath(root, "/".join(parts[:-2]), os.O_RDONLY | os.O_DIRECTORY) if len(parts) > 2 \
+            else open_dir(root)
+        try:
+            with contextlib.suppress(FileExistsError):  # a link in its place is refused by the open below
+                os.mkdir(parts[-2], private.DIR_MODE, dir_fd=above)
+        finally:
+            os.close(above)
+    fd = open_beneath(root, relative, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, private.FILE_MODE)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
     finally:
         os.close(fd)
