@@ -4,7 +4,6 @@ the fields read here are looked at."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -12,6 +11,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from host.files import confined, private
 
 MAX_TEXT = 16_000  # characters of a message body kept; a longer one is cut, saying so
 MAX_NAME = 100  # characters of a display name or a file name kept
@@ -135,22 +136,10 @@ class State:
         return True
 
     def save(self, path: Path) -> None:
-        """Write the file whole and durably (it holds the login: 0600)."""
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        """Write the file whole and durably (it holds the login: 0600), never through a link."""
+        private.make_dir(path.parent)
+        folder = confined.open_dir(path.parent)
         try:
-            with os.fdopen(fd, "w") as out:
-                json.dump(asdict(self), out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                temp.unlink()
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
+            private.replace_file(folder, path.name, json.dumps(asdict(self)).encode(), durable=True)
         finally:
-            os.close(dir_fd)
+            os.close(folder)

@@ -4,6 +4,7 @@ it, granted explicitly (``workspace.hand_over``). Also the check ``ncl doctor`` 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -35,6 +36,26 @@ def create_file(dirfd: int, name: str) -> int:
     fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE, dir_fd=dirfd)
     os.fchmod(fd, FILE_MODE)
     return fd
+
+
+def replace_file(dirfd: int, name: str, data: bytes, durable: bool = False) -> None:
+    """Write ``name`` in the folder ``dirfd`` whole: a private temporary file renamed over it, so a reader sees the
+    old content or the new, never part. ``durable``: synced before the rename, and the folder after it."""
+    temporary = f".{name}.{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary, dir_fd=dirfd)
+    fd = create_file(dirfd, temporary)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+    if durable:
+        os.fsync(dirfd)
 
 
 def exposure(path: Path) -> str | None:

@@ -182,16 +182,7 @@ class Spool:
 
     def _store_offset(self) -> None:
         assert self._dir is not None
-        temporary = f".{self.offset_name}.{os.getpid()}"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary, dir_fd=self._dir)
-        fd = private.create_file(self._dir, temporary)
-        try:
-            os.write(fd, f"{self._offset}\n".encode())
-            os.fsync(fd)  # the rename never leaves an empty offset file behind
-        finally:
-            os.close(fd)
-        os.replace(temporary, self.offset_name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
+        private.replace_file(self._dir, self.offset_name, f"{self._offset}\n".encode(), durable=True)
 
 
 def _lines(data: bytes) -> list[bytes]:

@@ -7,7 +7,6 @@ host running: ``ncl chat`` always) loads none of the pool, the store or sqlite3 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
@@ -20,14 +19,9 @@ STATE_FILE = "runners.json"  # in the data dir: rewritten when the pool's state 
 
 def publish(data_dir: Path, state: dict[str, Any]) -> None:
     """Write a pool's ``state`` to STATE_FILE whole (a private temporary file renamed over it)."""
-    temporary = f".{STATE_FILE}.{os.getpid()}"
     folder = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary, dir_fd=folder)
-        with os.fdopen(private.create_file(folder, temporary), "w") as out:
-            json.dump(state, out)
-        os.replace(temporary, STATE_FILE, src_dir_fd=folder, dst_dir_fd=folder)
+        private.replace_file(folder, STATE_FILE, json.dumps(state).encode())
     finally:
         os.close(folder)
 
