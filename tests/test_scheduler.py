@@ -54,6 +54,22 @@ def test_completed_recurring_occurrence_gets_exactly_one_clone(world: World) -> 
     assert [r["outcome"] for r in world.runs(series)] == ["ran"]
 
 
+def commits(path: Path) -> int:
+    """The file's change counter (header bytes 24-27): one more at each commit of a write, in a rollback journal."""
+    return int.from_bytes(path.read_bytes()[24:28], "big")
+
+
+def test_a_clone_visit_commits_once(world: World) -> None:
+    """Ending an occurrence, recording its run and cloning it are one commit of inbound.db (each commit is four
+    syncs to disk); outbound.db, whose ack the visit read, is not written."""
+    series = world.schedule(MON_0800, recurrence="0 9 * * *")
+    world.ack(series, "completed", utc("2026-05-18T13:00:05"), outcome="ran")
+    files = [world.session.folder / "inbound.db", world.session.folder / "outbound.db"]
+    before = [commits(path) for path in files]
+    assert world.sweeper().tick(utc("2026-05-18T13:00:05")).cloned == 1
+    assert [commits(path) for path in files] == [before[0] + 1, before[1]]
+
+
 def test_failed_occurrence_is_cloned_too(world: World) -> None:
     series = world.schedule(MON_0800, recurrence="0 9 * * *")
     result = world.run_occurrence(world.sweeper(), series, utc("2026-05-18T13:00:05"), outcome="failed")

@@ -64,6 +64,8 @@ def test_session_files_are_never_wal(session_dir: Path, kind: DbKind) -> None:
             want = "delete" if readonly else {"inbound": "persist", "outbound": "delete"}[kind]
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == want
             assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+            if not readonly:  # a commit syncs once less than under FULL, as durably (db.SESSION_SYNC)
+                assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     assert not (session_dir / f"{kind}.db-wal").exists()
     assert not (session_dir / f"{kind}.db-shm").exists()
 

@@ -23,6 +23,15 @@ BUSY_TIMEOUT_MS = 5000
 # Session files cross a container mount, whose shared memory WAL would need: rollback journals there. inbound.db
 # keeps its journal file for good (see ``_own_journal``).
 JOURNAL_MODES: dict[DbKind, str] = {"central": "WAL", "inbound": "PERSIST", "outbound": "DELETE"}
+# A session file's commit syncs with synchronous=NORMAL, not SQLite's default FULL: in a rollback journal NORMAL
+# drops one sync, the journal's pages before the header that counts them (written and synced together). A commit of
+# inbound.db then syncs 4 times, not 5: the journal (and, as its first sync on a connection, the folder), inbound.db,
+# the journal's zeroed header. It is as durable: PERSIST syncs that header before COMMIT returns (DELETE never syncs
+# its unlink, under FULL either). What NORMAL risks is a power loss during the journal's one sync leaving the header
+# on disk and a page not: that page fails its checksum and the rollback stops before it, unless stale bytes of
+# another file pass the checksum, which only a filesystem that exposes them after a crash allows (SQLite: "an older
+# filesystem"; not ext4 in its default data=ordered, xfs or btrfs). docs/design.md 2.
+SESSION_SYNC = "NORMAL"
 TASK_IDS_VERSION = 3  # the central.db version that brought the task_ids registry
 # What the rest of the host may name of SQLite: an open database is an opaque handle it passes back to the store's
 # named queries, and a store failure is caught as ``db.Error`` (nothing outside host.store imports sqlite3).
@@ -211,6 +220,8 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
         lock.refuse_missing_central(path.parent)
     conn = _raw(path, readonly=False)
     try:
+        if kind != "central":  # (outside a transaction: SQLite refuses it inside one)
+            conn.execute(f"PRAGMA synchronous={SESSION_SYNC}")
         found = _version_and_mode(conn, kind, path, keep=reading)
         if kind == "inbound":  # the kept journal is cut to 0 bytes at each commit: no disk held, as DELETE held none
             conn.execute("PRAGMA journal_size_limit=0")
