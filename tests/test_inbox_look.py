@@ -3,14 +3,16 @@ three of task_series that a visit asks only when one finds rows."""
 
 from __future__ import annotations
 
+import re
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
 from host.store import db, inbox, sessions, task_series
+from schemas.rows import LIVE_STATUSES, InStatus
 from schemas.times import to_text
 
 NOW = datetime(2030, 1, 2, 8, 0, tzinfo=UTC)
@@ -57,3 +59,17 @@ def test_look_agrees_with_the_queries_it_stands_for(tmp_path: Path, names: list[
         assert found.recurring_at == conn.execute(
             "SELECT MIN(process_after) FROM messages_in WHERE kind = 'task' AND status = 'pending'"
             " AND recurrence IS NOT NULL").fetchone()[0]
+
+
+def test_the_live_range_holds_the_live_statuses_only(tmp_path: Path) -> None:
+    """``look`` reads "status >= LIVE_FROM" for "status IN LIVE": every status the file's CHECK allows sorts on its
+    side of LIVE_FROM."""
+    sessions.create_files(tmp_path)
+    with closing(db.connect(tmp_path / "inbound.db", "inbound")) as conn:
+        table = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'messages_in'").fetchone()[0]
+    check = re.search(r"CHECK \(status IN \(([^)]*)\)\)", table)
+    assert check is not None
+    allowed = re.findall(r"'(\w+)'", check.group(1))
+    assert sorted(allowed) == sorted(get_args(InStatus))
+    for status in allowed:
+        assert (status >= inbox.LIVE_FROM) == (status in LIVE_STATUSES), status

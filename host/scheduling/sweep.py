@@ -348,10 +348,10 @@ class Sweeper:
     def _visit(self, session: Session, now: datetime, policy: Policy, runner: Runner | None,
                result: SweepResult, quiet: frozenset[str] | None) -> _Visit:
         """``quiet``: the open rows a read of the unchanged outbound.db found nothing for (None: read it)."""
-        outbound = session.folder / "outbound.db"
+        folder = session.folder
+        outbound = folder / "outbound.db"
         limit = self.settings.max_requests_per_visit
-        with logs.visiting(session.id), closing(db.connect(session.folder / "inbound.db", "inbound",
-                                                            reading=True)) as conn:
+        with logs.visiting(session.id), closing(db.connect(folder / "inbound.db", "inbound", reading=True)) as conn:
             look = inbox.look(conn, now, policy.zone.key)
             open_rows = look.open_rows
             if runner is None and quiet is not None and quiet.issuperset(open_rows):
