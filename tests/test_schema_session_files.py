@@ -70,6 +70,15 @@ def test_session_files_are_never_wal(session_dir: Path, kind: DbKind) -> None:
     assert not (session_dir / f"{kind}.db-shm").exists()
 
 
+@pytest.mark.parametrize("kind", ["inbound", "outbound"])
+def test_a_reading_connection_syncs_as_a_writer_once_its_read_ends(session_dir: Path, kind: DbKind) -> None:
+    """A sweep's visit writes through the connection it read with: from ``end_read`` on, as any session writer."""
+    with closing(db.connect(session_dir / f"{kind}.db", kind, reading=True)) as conn:
+        assert conn.in_transaction
+        db.end_read(conn)
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+
+
 def test_central_connections_have_a_busy_timeout(tmp_path: Path) -> None:
     path = tmp_path / "central.db"
     with closing(db.connect(path, "central")) as conn:
