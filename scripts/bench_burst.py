@@ -81,6 +81,14 @@ def answered_at(folder: Path) -> float | None:
     return None if row[0] is None else from_text(row[0]).timestamp()
 
 
+def cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of the host and of its reaped children: its local runners (a container's runner
+    is no child of the host)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return {"host": (int(fields[11]) + int(fields[12])) / tick, "runners": (int(fields[13]) + int(fields[14])) / tick}
+
+
 def measure(count: int, max_runners: int, runtime: str, keep_log: Path | None = None) -> dict[str, Any]:
     with workdir("ncl-burst-") as root:
         settings = settings_for(root)
@@ -108,6 +116,7 @@ def measure(count: int, max_runners: int, runtime: str, keep_log: Path | None = 
 
             wait_until(all_answered, 1800, "every task answered", every_s=0.5)
             ready_at = seen_all_at(settings.data_dir / "host.log")
+            cpu = cpu_s(host.proc.pid)
         finally:
             host.stop()
             if keep_log:
@@ -118,6 +127,7 @@ def measure(count: int, max_runners: int, runtime: str, keep_log: Path | None = 
     return {"sessions": count, "max_runners": max_runners, "runtime": runtime,
             "host_ready_s_before_due": round(due_at.timestamp() - ready_at, 2),
             "all_answered_s": round(max(late), 2), "tasks_per_s": round(count / max(late), 1),
+            "cpu_ms_per_task": {who: round(1000 * used / count, 1) for who, used in cpu.items()},
             "lateness_s": {"p50": round(statistics.median(late), 3), "p99": round(percentile(late, 0.99), 3),
                            "min": round(min(late), 3), "max": round(max(late), 3)}}
 

@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from xml.sax import saxutils
 
 import pytest
 from kit import FakeClock, utc
 
+from agent_runner import prompt
 from agent_runner.config import RunnerConfig
 from agent_runner.providers import MockProvider, ProviderError, Reply, Turn
 from agent_runner.runner import Runner
@@ -143,6 +145,12 @@ async def test_prompt_has_the_time_in_tz_and_tags_kind_and_sender(session: Sessi
     text = provider.turns[0].prompt
     assert "2026-01-14 10:00" in text and "America/New_York" in text
     assert 'kind="task"' in text and 'sender="scheduler"' in text
+
+
+def test_prompt_escapes_text_and_attributes_as_xml_does() -> None:
+    # The runner's own escape and quoteattr (xml.sax.saxutils costs a sixth of its start-up): the same output.
+    for text in ("", "plain", "a & b < c > d", 'say "hi"', "it's", """both " and '""", "tab\tcr\rlf\n", "&amp;"):
+        assert (prompt.escape(text), prompt.quoteattr(text)) == (saxutils.escape(text), saxutils.quoteattr(text))
 
 
 async def test_gate_skip_wakes_nobody(session: Session) -> None:

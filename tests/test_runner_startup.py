@@ -1,5 +1,6 @@
 """A runner starts light (issue 14: its start-up is what bounds a burst of new sessions): the mock-model runner's
-imports hold no pydantic, MCP, Anthropic SDK or HTTP client; tools load them with their first call."""
+imports hold no pydantic, MCP, Anthropic SDK or HTTP client (not even the standard library's, which xml.sax.saxutils
+brought with email); tools load them with their first call."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("pydantic", "mcp", "anthropic", "httpx", "httpx2", "docker", "yaml", "schemas.messages",
-         "agent_runner.tool_specs", "agent_runner.mcp_server", "agent_runner.anthropic_provider")
+         "agent_runner.tool_specs", "agent_runner.mcp_server", "agent_runner.anthropic_provider", "http.client",
+         "urllib.request", "email.parser")
 
 
 def loaded(code: str) -> list[str]:
