@@ -13,6 +13,7 @@ import sys
 
 import click
 
+from host import __version__
 from host.errors import NclError
 
 STDERR_HANDLER = "ncl-stderr"
@@ -59,7 +60,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="ncl-agent-host", prog_name="ncl")
+@click.version_option(__version__, prog_name="ncl")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """ncl: run AI agents for people from SQLite inboxes.
