@@ -21,7 +21,6 @@ from datetime import datetime
 from itertools import islice
 from zoneinfo import ZoneInfo
 
-from schemas import recurring
 from schemas.times import TimeFormatError, from_text
 
 MAX_COUNT = 100_000
@@ -78,6 +77,8 @@ class Ends:
             zone: ZoneInfo) -> tuple[datetime, int]:
         """The misfire rule's (latest slot, slots after ``first``) within the series' end: slots past it are not
         the series' to run or to count."""
+        from schemas import recurring  # imported here (croniter): reading a row's ends (``ncl tasks list``) needs none
+
         if self.until is not None and latest > self.until:
             later, found = recurring.count_between(expr, first, self.until, zone)
             latest = found or first
@@ -90,6 +91,8 @@ class Ends:
         """Occurrences left from the one at ``slot`` (itself included); None when neither end is set."""
         counted = None
         if self.until is not None:
+            from schemas import recurring  # see ``cap``
+
             counted = 1 + recurring.count_between(expr, slot, self.until, zone)[0] if slot <= self.until else 0
         if self.count is not None:
             counted = self.count if counted is None else min(counted, self.count)

@@ -25,7 +25,7 @@ class App:
 
     def central(self, write: bool = False) -> db.Connection:
         """The central DB. A read on an install that has none sees an empty one and creates nothing."""
-        from host.store import db, views  # imported here: ``ncl chat`` talks to the host and opens no database
+        from host.store import db  # imported here: ``ncl chat`` talks to the host and opens no database
 
         path = self.settings.central_db
         if write:  # db.connect makes the data dir (0700) and central.db (0600) if need be
@@ -33,6 +33,8 @@ class App:
         if path.exists():
             return db.connect(path, "central", readonly=True)
         lock.refuse_missing_central(path.parent)  # gone under a running host: say so, never show it empty
+        from host.store import views
+
         return views.empty_central()
 
     def now(self) -> datetime:

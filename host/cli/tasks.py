@@ -6,6 +6,7 @@ from collections.abc import Callable
 from contextlib import closing
 from datetime import datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -14,10 +15,9 @@ import click
 from host.cli.app import App, now_option, pass_app, policy
 from host.cli.output import emit, fields, json_option, left, local_time, table
 from host.errors import NclError
-from host.scheduling import task_list, tasks
+from host.scheduling import task_list
 from host.store import db, groups, sessions
 from host.store.sessions import Session
-from host.store.task_ids import TaskIds
 from schemas import ids
 from schemas.text import one_line
 from schemas.times import parse_user_time, to_text
@@ -32,18 +32,21 @@ RUN_COLUMNS = [("outcome", "OUTCOME"), ("scheduled", "SCHEDULED"), ("started", "
 ANSWER_SHOWN = 60  # characters of a run's answer in the table, on one line; --json has the run log's 500
 
 
-def _write(app: App, ref: str, action: Callable[[Any, Path, str], T],
+def _write(app: App, ref: str, action: Callable[[ModuleType, Any, Path, str], T],
            plans: str | None = None) -> tuple[Session, str, T]:
-    """Find the series, run ``action(conn, session folder, series_id)`` on its inbox, nudge a running host. A
-    command that ``plans`` runs is refused in a closed session."""
-    from host.channels import nudge  # imported here: it brings asyncio, which the read-only commands need not load
+    """Find the series, run ``action(tasks, conn, session folder, series_id)`` on its inbox (``tasks``:
+    host.scheduling.tasks), nudge a running host. A command that ``plans`` runs is refused in a closed session."""
+    # Imported here: nudge brings asyncio, planning the cron parser and the writes' models, which the read-only
+    # commands (``tasks list``) need not load.
+    from host.channels import nudge
+    from host.scheduling import tasks
 
     with closing(app.central()) as central:
         session, series_id = task_list.locate(app.settings, central, ref)
     if plans:
         task_list.refuse_closed(session, series_id, plans)
     with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
-        outcome = action(conn, session.folder, series_id)
+        outcome = action(tasks, conn, session.folder, series_id)
     nudge.touch(app.settings)
     return session, series_id, outcome
 
@@ -169,7 +172,7 @@ def _tokens(tokens: dict[str, int | None] | None) -> str | None:
     return "/".join("?" if tokens[key] is None else str(tokens[key]) for key in ("input", "output"))
 
 
-def _control(name: str, verb: str, doc: str, action: Callable[[Any, Path, str, datetime, App], int],
+def _control(name: str, verb: str, doc: str, action: Callable[[ModuleType, Any, Path, str, datetime, App], int],
              plans: bool = False) -> None:
     """Register ``ncl tasks NAME ID``: one control action on a series, by series or occurrence id (one that
     ``plans`` runs is refused in a closed session)."""
@@ -180,8 +183,8 @@ def _control(name: str, verb: str, doc: str, action: Callable[[Any, Path, str, d
     @json_option
     @pass_app
     def command(app: App, task_id: str, now: datetime | None, as_json: bool) -> None:
-        def act(conn: Any, folder: Path, series_id: str) -> int:
-            if changed := action(conn, folder, series_id, now or app.now(), app):
+        def act(tasks: ModuleType, conn: Any, folder: Path, series_id: str) -> int:
+            if changed := action(tasks, conn, folder, series_id, now or app.now(), app):
                 return changed
             raise tasks.unchanged(conn, series_id, verb)  # already paused, not paused, ended: said as such
 
@@ -190,11 +193,11 @@ def _control(name: str, verb: str, doc: str, action: Callable[[Any, Path, str, d
 
 
 _control("pause", "paused", "Pause a series (a running occurrence finishes; the next one waits paused).",
-         lambda c, f, s, now, app: tasks.pause(c, s, now, policy(app), folder=f))
+         lambda tasks, c, f, s, now, app: tasks.pause(c, s, now, policy(app), folder=f))
 _control("resume", "resumed", "Resume a paused series; an overdue occurrence follows the misfire rule. Refused in "
-         "a closed session.", lambda c, f, s, now, app: tasks.resume(c, s, now, policy(app)), plans=True)
+         "a closed session.", lambda tasks, c, f, s, now, app: tasks.resume(c, s, now, policy(app)), plans=True)
 _control("cancel", "cancelled", "Cancel a series: its live occurrences end (a running one finishes) and a "
-         "'cancelled' run is recorded.", lambda c, f, s, now, app: tasks.cancel(c, s, now, folder=f))
+         "'cancelled' run is recorded.", lambda tasks, c, f, s, now, app: tasks.cancel(c, s, now, folder=f))
 
 
 @task_cli.command("update")
@@ -221,7 +224,7 @@ def update(app: App, task_id: str, prompt: str | None, recurrence: str | None, i
                                "--until or --count")
     after = to_text(parse_user_time(at, app.settings.tz.zone)) if at else None
     end = to_text(parse_user_time(until, app.settings.tz.zone)) if until else until
-    _, series_id, changed = _write(app, task_id, lambda c, f, s: tasks.update(
+    _, series_id, changed = _write(app, task_id, lambda tasks, c, f, s: tasks.update(
         c, s, now or app.now(), policy(app), prompt, after, recurrence, script, enforce_interval=not force,
         until=end, count=count, folder=f), plans="update")
     _changed(as_json, "updated", series_id, changed)
@@ -235,7 +238,7 @@ def update(app: App, task_id: str, prompt: str | None, recurrence: str | None, i
 def run_now(app: App, task_id: str, now: datetime | None, as_json: bool) -> None:
     """Add a one-shot occurrence of the series, due now; the series' schedule does not move. Refused in a closed
     session."""
-    _, series_id, occurrence = _write(app, task_id, lambda c, f, s: tasks.run_now(c, s, now or app.now()),
+    _, series_id, occurrence = _write(app, task_id, lambda tasks, c, f, s: tasks.run_now(c, s, now or app.now()),
                                       plans="run-now")
     emit(as_json, {"id": series_id, "action": "run-now", "occurrence_id": occurrence},
          lambda: click.echo(f"queued {occurrence} for series {series_id}"))
@@ -263,6 +266,8 @@ def add(app: App, session_id: str, prompt: str, recurrence: str | None, interval
         now: datetime | None, as_json: bool) -> None:
     """Schedule a task in a session, as an operator."""
     from host.channels import nudge  # see _write
+    from host.scheduling import tasks
+    from host.store.task_ids import TaskIds
 
     recurrence = _recurrence(recurrence, interval_ms)
     moment = now or app.now()

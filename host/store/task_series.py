@@ -86,10 +86,14 @@ def series_of(conn: db.Connection, ref: str) -> str | None:
     return str(row[0]) if row else None
 
 
-def all_ids(conn: db.Connection) -> list[str]:
-    """Every series of the inbox, in the order they began."""
-    return [r[0] for r in conn.execute("SELECT series_id FROM messages_in WHERE kind = 'task'"
-                                       " AND series_id IS NOT NULL GROUP BY series_id ORDER BY MIN(seq)")]
+def every_series(conn: db.Connection) -> dict[str, list[InMessage]]:
+    """Every series of the inbox in the order they began, with its occurrences (``occurrences`` of each): one
+    statement, for ``ncl tasks list``, which reads every session."""
+    found: dict[str, list[InMessage]] = {}
+    for row in rows(conn, "SELECT * FROM messages_in WHERE series_id IN"
+                          " (SELECT series_id FROM messages_in WHERE kind = 'task') ORDER BY seq"):
+        found.setdefault(row.series, []).append(row)
+    return found
 
 
 def live_ids(conn: db.Connection) -> list[str]:
@@ -219,6 +223,14 @@ def record_run(conn: db.Connection, now: datetime, series_id: str, message_id: s
 def runs(conn: db.Connection, series_id: str) -> list[TaskRun]:
     return [TaskRun.of(row) for row in conn.execute(
         "SELECT * FROM task_runs WHERE series_id = ? ORDER BY finished_at, rowid", (series_id,))]
+
+
+def every_outcome(conn: db.Connection) -> dict[str, list[str]]:
+    """The outcomes of every series' runs, oldest first (as ``runs`` orders them): one statement."""
+    found: dict[str, list[str]] = {}
+    for series_id, outcome in conn.execute("SELECT series_id, outcome FROM task_runs ORDER BY finished_at, rowid"):
+        found.setdefault(series_id, []).append(outcome)
+    return found
 
 
 def recent_outcomes(conn: db.Connection, series_id: str, count: int) -> list[str]:
