@@ -17,7 +17,7 @@ from kit import World, utc
 
 from host.scheduling import sweep
 from host.settings import load
-from host.store import outbox
+from host.store import outbox, session_index
 from host.store.sessions import Session
 from schemas.times import to_text
 
@@ -124,3 +124,19 @@ def test_a_due_session_is_opened_again_when_the_clock_went_back(world: World) ->
     world.schedule(T0 - timedelta(minutes=1), at=to_text(T0))
     sweeper = world.sweeper()
     assert [sweeper.tick(T0 + timedelta(minutes=n)).sessions_opened for n in (5, 6, 2)] == [1, 0, 1]
+
+
+def test_the_index_is_saved_a_bounded_number_of_rows_to_a_transaction(world: World) -> None:
+    # central.db's other writers (an arrival's) wait for a commit of it: never one of thousands of rows.
+    statements: list[str] = []
+    world.central.set_trace_callback(statements.append)
+    rows = 2 * session_index.SAVE_CHUNK + 1
+    changed: dict[str, session_index.Entry | None] = {
+        f"sess-{n}": session_index.Entry((n, 1, 2), None) for n in range(rows)}
+    session_index.save(world.central, "here", changed)
+    assert sum(s == "COMMIT" for s in statements) == 3
+    changed = {sid: None for sid in list(changed)[:-1]}  # all but the last dropped
+    session_index.save(world.central, "here", changed)
+    assert sum(s == "COMMIT" for s in statements) == 5
+    assert [tuple(row) for row in session_index.load(world.central, "here")] == [
+        (f"sess-{rows - 1}", f"{rows - 1} 1 2", None)]

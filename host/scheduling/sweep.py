@@ -205,9 +205,9 @@ class Sweeper:
             self._unsaved.pop(session_id, None)
 
     def _save_index(self) -> None:
-        """The index's changed rows, in one transaction; on a failure they are tried again after the next tick. Through
-        the sweep's own connection: a commit of another would make ``active_sessions`` read the list again. Rows
-        change rarely (a busy session has none), so the commit's sync costs little."""
+        """The index's changed rows (a few hundred to a transaction); on a failure they are tried again after the next
+        tick. Through the sweep's own connection: a commit of another would make ``active_sessions`` read the list
+        again. Rows change rarely (a busy session has none), so the commits' syncs cost little."""
         if not self._unsaved or self._central is None:
             return
         try:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from host.store import db
 from schemas.ddl import latest_version
 
+SAVE_CHUNK = 200
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -44,11 +46,15 @@ def entry(files: str, next_due: str | None) -> Entry:
 
 
 def save(conn: db.Connection, valid_in: str, changed: dict[str, Entry | None]) -> None:
-    """Rows changed (None: removed), in one transaction."""
-    with db.transaction(conn):
-        conn.executemany("DELETE FROM session_index WHERE session_id = ?",
-                         [(sid,) for sid, entry in changed.items() if entry is None])
-        conn.executemany("INSERT OR REPLACE INTO session_index(session_id, files, next_due, context)"
-                         " VALUES (?, ?, ?, ?)",
-                         [(sid, " ".join(map(str, entry.files)), entry.next_due, valid_in)
-                          for sid, entry in changed.items() if entry is not None])
+    """Rows changed (None: removed), ``SAVE_CHUNK`` to a transaction: central.db's other writers (a chat's or a
+    webhook's arrival) wait for each commit, never for thousands of rows (a sweep that cloned 1,000 tasks)."""
+    rows = list(changed.items())
+    for start in range(0, len(rows), SAVE_CHUNK):
+        chunk = rows[start:start + SAVE_CHUNK]
+        with db.transaction(conn):
+            conn.executemany("DELETE FROM session_index WHERE session_id = ?",
+                             [(sid,) for sid, entry in chunk if entry is None])
+            conn.executemany("INSERT OR REPLACE INTO session_index(session_id, files, next_due, context)"
+                             " VALUES (?, ?, ?, ?)",
+                             [(sid, " ".join(map(str, entry.files)), entry.next_due, valid_in)
+                              for sid, entry in chunk if entry is not None])
