@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,6 +37,10 @@ LIVE_RUNNER_TICK_S = 0.25  # with runners alive, acks, requests and replies are 
 # An arrival, or a live runner's commit (``RunnerWrites``), wakes the loop at once, yet the sweeps they cause come at
 # most this often: a flood of either costs a bounded number of partial sweeps.
 ARRIVALS_GAP_S = 0.02
+# While the sweep's thread runs Python, a thread back from a system call (the loop from epoll, a socket's send, each
+# SQLite call) waits this long for the GIL before the sweep must hand it over: Python's 5 ms made an answer that
+# makes 20 such calls wait up to 100 ms. The sweep is interrupted only when another thread asks for the GIL.
+SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass
@@ -168,6 +173,8 @@ class Host:
                  extra={"action": "host_started"})
         worker = self._worker = ThreadPoolExecutor(1, thread_name_prefix="ncl-sweep")
         self.deliveries.loop = loop  # replies the sweep hands from the worker are queued on it
+        switch_s = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         delivering = asyncio.create_task(self.deliveries.serve(), name="deliveries")
         # Sent beside the sweeps, never inside one: a slow receiver holds up no session.
         alerting = [asyncio.create_task(self.alerts.serve(), name="alerts")] if self.alerts else []
@@ -179,6 +186,7 @@ class Host:
             await self._off_loop(self.sweeper.close)  # after a sweep still in the worker (a cancelled step)
             worker.shutdown()
             self._worker = None
+            sys.setswitchinterval(switch_s)
             for task in (delivering, *alerting):
                 task.cancel()
             await asyncio.gather(delivering, *alerting, return_exceptions=True)

@@ -71,7 +71,7 @@ class CliChannel:
         if not writers:
             return None
         content = json.loads(reply.content)
-        source = _source(session, reply.in_reply_to) if reply_to_seq is not None else None
+        source = await asyncio.to_thread(_source, session, reply.in_reply_to) if reply_to_seq is not None else None
         failed = source is not None and source.status == "failed"
         line = protocol.encode(protocol.reply(reply.id, content, reply.timestamp, reply.in_reply_to, reply_to_seq,
                                               _task(source), failed))
@@ -87,7 +87,7 @@ class CliChannel:
         sessions: set[str] = set()
         try:
             while line := await _next_line(reader):
-                answer = self._handle(line, writer, sessions)
+                answer = await self._handle(line, writer, sessions)
                 writer.write(protocol.encode(answer))
                 async with asyncio.timeout(LINE_TIMEOUT_S):
                     await writer.drain()
@@ -98,12 +98,13 @@ class CliChannel:
                 self.listeners[session_id].discard(writer)
             writer.close()
 
-    def _handle(self, line: bytes, writer: asyncio.StreamWriter, sessions: set[str]) -> dict[str, Any]:
+    async def _handle(self, line: bytes, writer: asyncio.StreamWriter, sessions: set[str]) -> dict[str, Any]:
         try:
             request = protocol.decode(line)
             if request.get("op") != "send":
                 raise NclError('expected {"op": "send", "group", "text"}')
-            session, message_id, seq = self.send(request)
+            # In a thread: its commits' syncs, and a wait for a lock the sweep holds, would hold the loop.
+            session, message_id, seq = await asyncio.to_thread(self.send, request)
         except (NclError, ValueError) as exc:
             return protocol.refused(str(exc).splitlines()[0])
         self.listeners[session.id].add(writer)

@@ -89,17 +89,18 @@ class Deliveries:
 
     async def _send_queue(self, queue: _Queue) -> None:
         """Send a session's replies in order, each settled before the next; stop at one that failed but has
-        attempts left: it and those behind it wait for the next sweep to hand them out again."""
+        attempts left: it and those behind it wait for the next sweep to hand them out again. The inbox and
+        central.db are read and written in a thread: a commit's sync, or a wait for a lock the sweep or a runner
+        holds, would hold the loop."""
         try:
-            with closing(db.connect(queue.session.folder / "inbound.db", "inbound")) as conn:
-                while queue.replies:
-                    # Replies no channel serves are only recorded: a run of them (a queue's) in one transaction.
-                    batch = list(takewhile(lambda r: self.channels.route(r.channel_type) is None, queue.replies))
-                    batch = batch or queue.replies[:1]
-                    handed = await self._send(conn, queue.session, batch[0])
-                    if not self._settle(conn, queue.session, batch, handed):
-                        break
-                    del queue.replies[:len(batch)]
+            while queue.replies:
+                # Replies no channel serves are only recorded: a run of them (a queue's) in one transaction.
+                batch = list(takewhile(lambda r: self.channels.route(r.channel_type) is None, queue.replies))
+                batch = batch or queue.replies[:1]
+                handed = await self._send(queue.session, batch[0])
+                if not await self._settle(queue.session, batch, handed):
+                    break
+                del queue.replies[:len(batch)]
         except Exception as exc:  # an inbox that cannot be written: the sweep reports the session, and hands again
             log.warning("replies of %s not recorded: %s", queue.session.id, exc, extra={"action": "delivery_error"})
         finally:
@@ -107,22 +108,29 @@ class Deliveries:
             queue.replies.clear()
             del self.queues[queue.session.id]
 
-    async def _send(self, conn: db.Connection, session: Session, reply: OutMessage) -> bool | None:
+    async def _send(self, session: Session, reply: OutMessage) -> bool | None:
         channel = self.channels.route(reply.channel_type)
         if channel is None:
             return None
-        if not self._wired(session, reply.channel_type or ""):
+        wired, reply_to_seq = await asyncio.to_thread(self._looked_up, session, reply)
+        if not wired:
             # The runner writes the reply's routing: a session of one group must not send through another's
             # mailbox or bot. Kept in the transcript, like a reply no channel serves.
             log.warning("reply %s names %s, which group %s is not wired to: not sent", reply.id, reply.channel_type,
                         session.agent_group_id, extra={"action": "delivery_refused", "session": session.id})
             return None
-        reply_to_seq = deliveries.source_seq(conn, reply)
         try:
             return await channel.deliver(session, reply, reply_to_seq)
         except Exception as exc:  # a channel's failure is this reply's failure, never the host's
             log.warning("delivery of %s failed: %s", reply.id, exc, extra={"action": "delivery_error"})
             return False
+
+    def _looked_up(self, session: Session, reply: OutMessage) -> tuple[bool, int | None]:
+        """Whether the reply's channel is one its group is wired to, and (if so) the inbox seq it answers."""
+        if not self._wired(session, reply.channel_type or ""):
+            return False, None
+        with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
+            return True, deliveries.source_seq(conn, reply)
 
     def _wired(self, session: Session, channel_type: str) -> bool:
         if self.central is None:
@@ -131,20 +139,25 @@ class Deliveries:
             wired = groups.wired_channels(central, session.agent_group_id)
         return channel_type.casefold() in {c.casefold() for c in wired}
 
-    def _settle(self, conn: db.Connection, session: Session, replies: list[OutMessage], handed: bool | None) -> bool:
+    async def _settle(self, session: Session, replies: list[OutMessage], handed: bool | None) -> bool:
         """Record the replies' outcome; False (nothing recorded) if one failed with attempts left."""
         if handed is False:
             tries = self.attempts[replies[0].id] = self.attempts.get(replies[0].id, 0) + 1
             if tries < MAX_ATTEMPTS:
                 return False
         status = STATUS[handed]
-        deliveries.record(conn, replies, status, self.now())
+        await asyncio.to_thread(_record, session, replies, status, self.now())
         for reply in replies:
             self.settled.add(reply.id)
             self.attempts.pop(reply.id, None)
             log.info("reply %s %s", reply.id, status,
                      extra={"action": "reply_handled", "session": session.id, "status": status})
         return True
+
+
+def _record(session: Session, replies: list[OutMessage], status: str, now: datetime) -> None:
+    with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
+        deliveries.record(conn, replies, status, now)
 
 
 def _running(loop: asyncio.AbstractEventLoop) -> bool:

@@ -81,7 +81,10 @@ class Webhooks:
         request = None
         try:
             request = await read_head(reader, timeout=self.head_timeout_s)
-            writer.write(self._answer(request, await self._body(reader, request)))
+            body = await self._body(reader, request)
+            with self._short_of_resources():
+                # In a thread: its commits' syncs, and a wait for a lock the sweep holds, would hold the loop.
+                writer.write(await asyncio.to_thread(self._answer, request, body))
         except Refusal as refusal:
             writer.write(error_response(*refusal.args))
             if refusal.args[0] == 413 and request is not None:  # take what the client still sends, or it sees a
@@ -100,8 +103,8 @@ class Webhooks:
         name = request.path.removeprefix(PREFIX)
         if request.method != "POST" or not request.target.startswith(PREFIX) or not name:
             raise Refusal(404, "not_found_error", "POST /webhooks/NAME is the only endpoint")
-        with self._short_of_resources(), closing(db.connect(self.settings.central_db, "central")) as central:
-            self._authorize(central, f"webhook:{name}", request.header("authorization") or "")
+        with self._short_of_resources():
+            await asyncio.to_thread(self._authorized, f"webhook:{name}", request.header("authorization") or "")
         content_length(request, MAX_BODY)  # 400/413 on the head alone, before waiting for any body
         return await read_body(reader, request, MAX_BODY, timeout=self.body_timeout_s)
 
@@ -112,13 +115,17 @@ class Webhooks:
             payload = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise Refusal(400, "invalid_request_error", "the body is not JSON (or nests too deep)") from None
-        with self._short_of_resources(), closing(db.connect(self.settings.central_db, "central")) as central:
+        with closing(db.connect(self.settings.central_db, "central")) as central:
             group = router.group_for(central, channel)
             session, message_id, _ = router.deliver_in(
                 central, self.settings, clock.now(), group,
                 router.Arrival(channel, "webhook", {"source": name, "payload": payload}))
         log.info("webhook %s accepted", name, extra={"action": "webhook_accepted", "session": session.id})
         return json_response(202, {"message_id": message_id, "session_id": session.id})
+
+    def _authorized(self, channel: str, header: str) -> None:
+        with closing(db.connect(self.settings.central_db, "central")) as central:
+            self._authorize(central, channel, header)
 
     @contextlib.contextmanager
     def _short_of_resources(self) -> Iterator[None]:
