@@ -294,6 +294,7 @@ def _day_epochs(spec: _Spec, day: date, zone: ZoneInfo) -> list[int]:
     return sorted({t for wall in walls for t in _occurrences(wall, zone)})
 
 
+@lru_cache(maxsize=4096)  # a sweep asks it of the same few days for every session's series (4 offsets a day)
 def _steady_offset(day: date, zone: ZoneInfo) -> int | None:
     """The day's UTC offset in seconds when it has no transition, else None.
 
