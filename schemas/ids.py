@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import secrets
 from datetime import UTC, datetime, timedelta
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -22,6 +21,8 @@ MAIL_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:
 def new_id(prefix: str, now: datetime) -> str:
     if prefix not in PREFIXES:
         raise ValueError(f"unknown id prefix {prefix!r}")
+    import secrets  # imported here: it loads OpenSSL (~4 ms), which a command that makes no id need not
+
     # One draw for the six characters, as uniform as six choices, which read the system's randomness six times:
     # 28 µs of CPU an id, 8 now (a clone makes two: its row's and its run's).
     draw, suffix = secrets.randbelow(len(_ALPHABET) ** _SUFFIX), ""

@@ -98,14 +98,15 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], em
 def _aligned(headers: list[str], cells: list[list[str]], widths: list[int], styled: bool) -> None:
     """One line a row, columns two spaces apart: piped, or on a terminal wide enough (rich renders about 0.1 ms a
     cell, so a table that fits is printed without it). ``styled``: the header bold and ``STYLES`` words coloured,
-    written under ``VisibleStream`` (the cells were made visible already)."""
-    for number, line in enumerate([headers, *cells]):
-        text = "  ".join(_padded(value, width, _style(value, number == 0) if styled else None)
-                         for value, width in zip(line, widths, strict=True)).rstrip()
-        if styled:
-            click.echo(text, file=terminal.underneath(sys.stdout), color=True)
-        else:
-            click.echo(text)
+    written under ``VisibleStream`` (the cells were made visible already). One write for the table: click.echo
+    costs about 0.1 ms a call."""
+    text = "\n".join("  ".join(_padded(value, width, _style(value, number == 0) if styled else None)
+                               for value, width in zip(line, widths, strict=True)).rstrip()
+                     for number, line in enumerate([headers, *cells]))
+    if styled:
+        click.echo(text, file=terminal.underneath(sys.stdout), color=True)
+    else:
+        click.echo(text)
 
 
 def _style(value: str, header: bool) -> dict[str, Any] | None:

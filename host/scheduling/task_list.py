@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 from host.errors import NclError
 from host.settings import Settings
-from host.store import db, inbox, sessions, short_ids, task_ids, task_series
+from host.store import db, inbox, sessions, short_ids, task_series
 from host.store.sessions import Session
 from schemas import series_end
 from schemas.rows import InMessage
@@ -114,6 +114,8 @@ def locate(settings: Settings, central: db.Connection, ref: str) -> tuple[Sessio
     Anything else (an occurrence id, a series from before the registry) is looked for in every session, and an
     id found in two of them is refused rather than acted on in the wrong one. A short series id (``task-ab12cd``,
     as tables show it) is looked up in the registry."""
+    from host.store import task_ids  # imported here: ``tasks list`` needs no registry
+
     ref = short_ids.expand(central, "task_ids", "task", ref)
     owner = task_ids.lookup(central, ref)
     if owner is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import sqlite3
 import stat
 from collections.abc import Iterator
@@ -311,6 +310,8 @@ def _own_journal(dirfd: int, path: Path) -> None:
         log.warning("replaced %s: not written by the host (uid %d)", path.with_name(journal), info.st_uid,
                     extra={"action": "foreign_journal_removed"})
     owner = os.stat(path.name, dir_fd=dirfd, follow_symlinks=False)
+    import secrets  # see schemas.ids.new_id
+
     temp = f".{journal}-{secrets.token_hex(6)}"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
     try:  # the journal is read by whoever reads inbound.db (a runner's reads check it for a hot journal)

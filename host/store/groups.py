@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
-import secrets
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -13,7 +11,6 @@ from typing import Any
 
 from host.errors import NclError
 from host.settings import Settings
-from host.store import mailboxes
 from host.store.db import Connection, transaction
 from schemas import ids
 from schemas.times import to_text
@@ -49,6 +46,8 @@ def folder(settings: Settings, group_id: str) -> Path:
 
 def check_channel(channel: str) -> str:
     if channel.startswith("mail:"):  # a mailbox's address, in lower case as ``ncl mailbox create`` stored it
+        from host.store import mailboxes  # imported here, as in create and rewire: commands that read go without
+
         return f"mail:{mailboxes.check_address(channel[5:])}"
     if not CHANNEL.fullmatch(channel):
         raise NclError(
@@ -71,6 +70,10 @@ def create(
     admin: bool = False,
 ) -> tuple[Group, dict[str, str]]:
     """Create a group and wire its channels. Returns it and the webhook tokens, shown only now."""
+    import secrets  # see new_token
+
+    from host.store import mailboxes  # see check_channel
+
     try:
         group_id = ids.group_id(name)
     except ValueError as exc:
@@ -120,6 +123,8 @@ def _wire(conn: Connection, group_id: str, channels: list[str], first: int, toke
 def rewire(conn: Connection, group: Group, now: datetime, add: list[str], remove: list[str]) -> Group:
     """Add channels to a group (a webhook's token is made by ``ncl groups token``) and unwire others; a channel
     both added and removed, or removed but not the group's, is refused."""
+    from host.store import mailboxes  # see check_channel
+
     added = [c for c in dict.fromkeys(check_channel(c) for c in add) if c not in group.channels]
     mailboxes.require(conn, added)
     for channel in remove:
@@ -137,6 +142,7 @@ def rewire(conn: Connection, group: Group, now: datetime, add: list[str], remove
 
 def new_token(conn: Connection, group: Group, channel: str, rotate: bool) -> str:
     """A webhook channel's bearer token, shown once: made now if it has none, or replaced with ``rotate``."""
+    import secrets  # imported here, as hashlib below: they load OpenSSL (~4 ms), which commands that read need not
     if not channel.startswith("webhook:") or channel not in group.channels:
         raise NclError(f"group {group.name} has no channel {channel} (webhook channels: "
                        f"{', '.join(c for c in group.channels if c.startswith('webhook:')) or 'none'})")
@@ -153,6 +159,8 @@ def new_token(conn: Connection, group: Group, channel: str, rotate: bool) -> str
 
 
 def token_hash(token: str) -> str:
+    import hashlib
+
     return hashlib.sha256(token.encode()).hexdigest()
 
 

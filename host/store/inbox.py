@@ -7,14 +7,16 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from host.store import db
-from host.store.outbox import OutMessage
 from schemas import ids
 from schemas.queries import DUE
 from schemas.rows import LIVE_STATUSES, InMessage
 from schemas.times import to_text
+
+if TYPE_CHECKING:  # the outbox module (its dataclasses) is not loaded by commands that only read the inbox
+    from host.store.outbox import OutMessage
 
 IN_COLUMNS = tuple(field.name for field in fields(InMessage))  # the order of a SELECT * of messages_in
 

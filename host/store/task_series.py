@@ -9,14 +9,16 @@ import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from host.store import db
 from host.store.inbox import LIVE, rows
-from host.store.outbox import OutMessage
 from schemas import ids
 from schemas.rows import InMessage, RunOutcome, Tokens
 from schemas.times import from_text, to_text
+
+if TYPE_CHECKING:  # the outbox module (its dataclasses) is not loaded by commands that only read the inbox
+    from host.store.outbox import OutMessage
 
 EXCERPT = 500  # characters of a run's answer the run log keeps (task_runs.answer_excerpt)
 
@@ -87,11 +89,10 @@ def series_of(conn: db.Connection, ref: str) -> str | None:
 
 
 def every_series(conn: db.Connection) -> dict[str, list[InMessage]]:
-    """Every series of the inbox in the order they began, with its occurrences (``occurrences`` of each): one
-    statement, for ``ncl tasks list``, which reads every session."""
+    """Every series of the inbox in the order they began, with its occurrences (``occurrences`` of each; the host
+    gives a series id to task rows alone): one statement, for ``ncl tasks list``, which reads every session."""
     found: dict[str, list[InMessage]] = {}
-    for row in rows(conn, "SELECT * FROM messages_in WHERE series_id IN"
-                          " (SELECT series_id FROM messages_in WHERE kind = 'task') ORDER BY seq"):
+    for row in rows(conn, "SELECT * FROM messages_in WHERE kind = 'task' AND series_id IS NOT NULL ORDER BY seq"):
         found.setdefault(row.series, []).append(row)
     return found
 
