@@ -94,7 +94,8 @@ def test_container_settings_follow_the_settings(tmp_path: Path) -> None:
     world = World(tmp_path, NCL_CONTAINER_MEMORY="512m", NCL_CONTAINER_PIDS="99", NCL_IMAGE="img:1")
     kwargs = DockerRuntime(world.settings).container_kwargs(world.session, {"TZ": "America/New_York"})
     assert (kwargs["image"], kwargs["mem_limit"], kwargs["pids_limit"]) == ("img:1", "512m", 99)
-    assert (kwargs["network_mode"], kwargs["cap_drop"], kwargs["read_only"]) == ("none", ["ALL"], True)
+    assert (kwargs["network_mode"], kwargs["network_disabled"]) == ("none", True)
+    assert (kwargs["cap_drop"], kwargs["read_only"]) == (["ALL"], True)
     assert kwargs["volumes"][str(world.session.folder / "inbound.db")] == {"bind": "/workspace/inbound.db",
                                                                              "mode": "ro"}
 

@@ -120,7 +120,10 @@ class DockerRuntime:
             "image": self.settings.image, "name": self.name(session.id), "user": f"{self.uid}:{self.gid}",
             "labels": {"ncl.install": self.install, "ncl.session": session.id, "ncl.group": session.agent_group_id},
             "environment": dict(env), "working_dir": WORKSPACE,
-            "network_mode": "none", "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
+            # No network: mode none, and disabled, so the engine sets up no sandbox for it (a start took 0.1-0.15 s
+            # longer, for the same namespace holding only a loopback); runc makes the empty namespace itself.
+            "network_mode": "none", "network_disabled": True,
+            "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
             "read_only": True, "tmpfs": {"/tmp": "rw,nosuid,nodev,noexec,size=64m"},
             **resource_limits(self.settings),
             # docker-init as pid 1 reaps zombies; the runner, a subreaper below it, kills what gates leave behind.

@@ -75,7 +75,7 @@ def test_the_container_is_labelled_isolated_and_limited(world: World, runtime: D
         assert info["Name"] == f"/ncl-{runtime.install}-{world.session.id}"
         labels = {"ncl.install": runtime.install, "ncl.session": world.session.id, "ncl.group": world.group.id}
         assert info["Config"]["Labels"].items() >= labels.items()  # and the image's own (ncl.source, ncl.base)
-        assert info["Config"]["User"] == "10001:10001"
+        assert info["Config"]["User"] == "10001:10001" and info["Config"]["NetworkDisabled"]
         host = info["HostConfig"]
         assert (host["NetworkMode"], host["CapDrop"], host["SecurityOpt"]) == ("none", ["ALL"], ["no-new-privileges"])
         assert host["ReadonlyRootfs"] and "/tmp" in host["Tmpfs"]
