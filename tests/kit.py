@@ -76,6 +76,9 @@ class RecordingRuntime:
         self.stopped.append(session_id)
         self.running.discard(session_id)
 
+    def retire(self, session_id: str) -> None:
+        self.stop(session_id)
+
 
 class World:
     """One group and session under ``tmp_path``; everything on real files."""

@@ -77,6 +77,42 @@ def test_the_runner_idle_longest_is_stopped_for_a_due_session_in_one_tick(
         (second.id, to_text(T0 + 2 * S)), (third.id, None)]
 
 
+class SlowToGo(RecordingRuntime):
+    """A runtime whose retired runners run on until ``gone`` (a container being removed)."""
+
+    def retire(self, session_id: str) -> None:
+        self.stopped.append(session_id)
+
+    def gone(self, session_id: str) -> None:
+        self.running.discard(session_id)
+
+
+def test_a_slot_is_free_at_once_while_the_runner_stopped_for_it_goes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="host.runtimes.pool")
+    world = World(tmp_path, NCL_MAX_RUNNERS="2")
+    runtime = SlowToGo()
+    sweeper, first, second = _busy_pair(world, runtime)
+    runners = sweeper.runners
+    assert runners is not None
+    _answer(world, runtime, first, T0 + S)
+    _answer(world, runtime, second, T0 + S)
+    sweeper.tick(T0 + S)  # both idle
+    third, fourth = world.new_session(), world.new_session()
+    for session in (third, fourth):
+        world.schedule(T0 + 2 * S, at=to_text(T0 + 2 * S), session=session)
+
+    sweeper.tick(T0 + 2 * S)  # each due session gets a slot in this tick: the idle runners are stopped, not waited for
+
+    assert runtime.stopped == [first.id, second.id] and {third.id, fourth.id} <= runtime.running
+    assert runners.live.keys() == {first.id, second.id, third.id, fourth.id}
+    assert runners.retiring == {first.id, second.id}
+    runtime.gone(first.id)
+    sweeper.tick(T0 + 3 * S)
+    assert runners.live.keys() == {second.id, third.id, fourth.id} and runners.retiring == {second.id}
+    assert runners.failures == {} and _actions(caplog, "runner_start_failed") == []  # stopped, never failed
+
+
 def test_a_busy_runner_is_never_stopped_and_the_wake_waits(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="host.runtimes.pool")
     world = World(tmp_path, NCL_MAX_RUNNERS="2")

@@ -30,5 +30,9 @@ class Runtime(Protocol):
     def stop(self, session_id: str) -> None:
         """Kill the session's runner and whatever it started; returns once they are gone."""
 
+    def retire(self, session_id: str) -> None:
+        """Stop the session's runner, an idle one whose slot is wanted, without waiting: ``is_running`` stays True
+        until it is gone, and runners started after this call run only once it is."""
+
     def close(self, stop_runners: bool) -> None:
         """On the way out: finish starts in flight; with ``stop_runners`` also stop every runner started."""

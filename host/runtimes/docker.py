@@ -9,7 +9,11 @@ taken after its start says otherwise. An engine that is down at start-up or goes
 per session every ``RETRY_S`` and a log line per outage; the next start after it answers works, no restart.
 A start from an image that is missing or was built for other schema versions fails with one line saying to run
 ``ncl image build``.
-``stop`` and ``cleanup_orphans`` do block: their callers need the container gone before they go on.
+``stop`` and ``cleanup_orphans`` do block: their callers need the container gone before they go on. ``retire``
+does not: the engine's force-remove takes 0.1-0.3 s (more under load), and a sweep freeing slots for the next due
+sessions must not wait for each in turn. The retired runner counts as running until its container is removed, and
+a start asked after a retire starts its container only once that removal is done, so no more runners run at once
+than the host asked for.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +104,7 @@ class DockerRuntime:
         self._lock = threading.Lock()  # guards the fields below; the engine is never called while holding it
         self._engine_lock = threading.Lock()  # one thread at a time connects and cleans up orphans
         self._starts: dict[str, _Start] = {}
+        self._retiring: dict[str, Future[None]] = {}  # sessions whose runner is being removed (retire)
         self._running: set[str] = set()
         self._listed_at = 0.0  # monotonic start of the last completed listing
         self._refresh: Future[None] | None = None
@@ -153,16 +158,17 @@ class DockerRuntime:
         with self._lock:
             self._starts[session.id] = entry
             down = self._down if time.monotonic() - self._down_checked < RETRY_S else None
+            retiring = list(self._retiring.values())
         if down is not None:  # fail fast: the engine was asked moments ago and did not answer
             future.set_exception(ConnectionError(f"docker engine not reachable: {down}"))
             return
-        self._pool.submit(self._start, session, generation, kwargs, entry)
+        self._pool.submit(self._start, session, generation, kwargs, entry, retiring)
 
     def is_running(self, session_id: str) -> bool:
         with self._lock:
             entry = self._starts.get(session_id)
-        if entry is None:
-            return False
+            if entry is None:
+                return session_id in self._retiring
         if not entry.future.done():
             return True
         if entry.future.exception() is None:
@@ -179,12 +185,15 @@ class DockerRuntime:
     def stop(self, session_id: str) -> None:
         with self._lock:
             entry = self._starts.pop(session_id, None)
-        if entry is not None:
-            # A start in flight would outlive the stop. One that failed may still have left a container: remove anyway.
-            with contextlib.suppress(Exception):
-                entry.future.result(timeout=STOP_WAIT_S)
-        self._remove(self._connect(), self.name(session_id))
-        log.info("runner of %s stopped", session_id, extra={"action": "runner_stopped", "session": session_id})
+            retiring = self._retiring.get(session_id)
+        if retiring is not None:  # its removal is under way: two at once would clash
+            wait([retiring], timeout=STOP_WAIT_S)
+        self._stop(session_id, entry)
+
+    def retire(self, session_id: str) -> None:
+        """Stop the session's runner without waiting (see the module's docstring); a failure is logged."""
+        with self._lock:  # (held while submitting, so the worker finds its own future when it ends)
+            self._retiring[session_id] = self._pool.submit(self._retire, session_id, self._starts.pop(session_id, None))
 
     def close(self, stop_runners: bool) -> None:
         """Finish starts in flight; with ``stop_runners`` also kill every runner this process started."""
@@ -260,7 +269,29 @@ class DockerRuntime:
             with self._engine_lock:
                 self._went_down(exc)
 
-    def _start(self, session: Session, generation: str, kwargs: dict[str, Any], entry: _Start) -> None:
+    def _stop(self, session_id: str, entry: _Start | None) -> None:
+        if entry is not None:
+            # A start in flight would outlive the stop. One that failed may still have left a container: remove anyway.
+            with contextlib.suppress(Exception):
+                entry.future.result(timeout=STOP_WAIT_S)
+        self._remove(self._connect(), self.name(session_id))
+        log.info("runner of %s stopped", session_id, extra={"action": "runner_stopped", "session": session_id})
+
+    def _retire(self, session_id: str, entry: _Start | None) -> None:
+        try:
+            self._stop(session_id, entry)
+        except Exception as exc:  # killed with the engine, or reaped by a listing once it answers again
+            self._lost_engine(exc)
+            log.warning("could not stop the runner of %s: %s", session_id, exc,
+                        extra={"action": "runner_stop_failed", "session": session_id})
+        finally:
+            with self._lock:
+                del self._retiring[session_id]
+
+    def _start(self, session: Session, generation: str, kwargs: dict[str, Any], entry: _Start,
+               retiring: list[Future[None]]) -> None:
+        """``retiring``: the removals asked before this start, each already on a worker (the pool takes work in
+        the order it was given), waited for before the container starts."""
         try:
             client = self._connect()
             check_runner_image(client, kwargs["image"])
@@ -269,6 +300,7 @@ class DockerRuntime:
             # running whose claims have been released: it must not race the new generation.
             self._remove(client, kwargs["name"])
             container = client.containers.create(**kwargs)
+            wait(retiring, timeout=STOP_WAIT_S)
             container.start()
         except Exception as exc:
             self._lost_engine(exc)

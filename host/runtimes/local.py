@@ -105,6 +105,9 @@ class LocalRuntime:
             log.info("runner of %s stopped", session_id, extra={"action": "runner_stopped", "session": session_id})
         self._gone(session_id, process)
 
+    def retire(self, session_id: str) -> None:
+        self.stop(session_id)  # a runner's process tree is killed in milliseconds: done at once
+
     def close(self, stop_runners: bool) -> None:
         """Its runners are host processes: nothing is in flight, and without ``stop_runners`` they keep running
         (listed for the next host to stop)."""

@@ -63,12 +63,16 @@ class Runners:
     not_before: dict[str, datetime] = field(default_factory=dict)
     noticed: set[str] = field(default_factory=set)
     ahead: dict[str, str] = field(default_factory=dict)  # session -> the due time its runner was started ahead of
+    retiring: set[str] = field(default_factory=set)  # live runners stopped for a slot, not gone yet: slots free
 
     def alive(self, session: Session, now: datetime) -> Runner | None:
         runner = self.live.get(session.id)
         if runner is None or self.runtime.is_running(session.id):
             return runner
+        retired = session.id in self.retiring
         self._gone(session.id)
+        if retired:  # stopped by the host, for a slot
+            return None
         if heartbeat(session.folder, runner.generation) is None:  # gone before its first beat: a failed start
             self._failed(session.id, now, "exited before it started working")
         else:
@@ -112,7 +116,8 @@ class Runners:
             session = wake.session
             if session.id in self.live or now < self.not_before.get(session.id, now):
                 continue
-            if len(self.live) >= self.settings.max_runners and not self._free_slot(session.id, now):
+            taken = len(self.live) - len(self.retiring)
+            if taken >= self.settings.max_runners and not self._free_slot(session.id, now):
                 self._say_waiting(queue[n:])
                 break
             waited = session.id in self.said_waiting
@@ -127,7 +132,7 @@ class Runners:
 
     def room(self) -> int:
         """Free slots that may go to work not due yet: none while a wake waits."""
-        return 0 if self.waiting else self.settings.max_runners - len(self.live)
+        return 0 if self.waiting else self.settings.max_runners - len(self.live) + len(self.retiring)
 
     def start_ahead(self, soon: list[tuple[str, Session]], now: datetime, rules: Callable[[str], str]) -> int:
         """Runners for work due soon ((due time, session), soonest first), into free slots only and never ahead of
@@ -202,14 +207,21 @@ class Runners:
                 "waiting": [{"session_id": w.session.id, "due_since": w.due_since} for w in self.queue()]}
 
     def _free_slot(self, for_session: str, now: datetime) -> bool:
-        """Stop the runner idle longest to make room for ``for_session``; False if every runner is busy."""
-        idle = min(self.idle_since, key=self.idle_since.__getitem__, default=None)
+        """Stop the runner idle longest to make room for ``for_session``; False if every runner is busy. The sweep
+        goes on at once: a runner the runtime is still stopping stays live (its session's visits leave its files to
+        it) until ``alive`` finds it gone, and the runtime starts no other runner before then (``Runtime.retire``)."""
+        idle = min((sid for sid in self.idle_since if sid not in self.retiring), key=self.idle_since.__getitem__,
+                   default=None)
         if idle is None:
             return False
         log.info("stopping the runner of %s, idle for %.1f s, to free a slot for %s", idle,
                  (now - self.idle_since[idle]).total_seconds(), for_session,
                  extra={"action": "runner_slot_freed", "session": idle, "for_session": for_session})
-        self.kill(idle)
+        self.runtime.retire(idle)
+        if self.runtime.is_running(idle):
+            self.retiring.add(idle)
+        else:
+            self._gone(idle)
         return True
 
     def kill(self, session_id: str) -> None:
@@ -219,6 +231,7 @@ class Runners:
     def _gone(self, session_id: str) -> None:
         runner = self.live.pop(session_id, None)
         self.idle_since.pop(session_id, None)
+        self.retiring.discard(session_id)
         if runner and self.proxy:
             self.proxy.close(runner.folder)
 

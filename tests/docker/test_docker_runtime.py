@@ -1,5 +1,5 @@
 """``DockerRuntime`` with real runner containers (DESIGN §8): a runner answers, exits when idle, is labelled,
-stopped, replaced, and cleaned up as an orphan of this install only; an engine that is away is retried."""
+stopped, retired, replaced, and cleaned up as an orphan of this install only; an engine that is away is retried."""
 
 from __future__ import annotations
 
@@ -96,6 +96,24 @@ def test_stop_kills_the_runner(world: World, runtime: DockerRuntime, engine: Any
     runtime.wait_started(world.session.id)
     runners.kill(world.session.id)
     assert not runtime.is_running(world.session.id)
+    assert containers(engine, runtime.install) == []
+
+
+def test_a_retired_runner_counts_as_running_until_removed_and_later_starts_wait_for_that(
+        world: World, engine: Any) -> None:
+    world.settings = world.settings.replace(idle_timeout_s=600.0)
+    runtime = DockerRuntime(world.settings)
+    first, second = world.session, world.new_session()
+    runtime.start(first, "gen-1", {"TZ": "UTC"})
+    runtime.wait_started(first.id)
+    runtime.retire(first.id)  # returns while the engine removes the container
+    assert runtime.is_running(first.id)
+    runtime.start(second, "gen-2", {"TZ": "UTC"})
+    started = runtime.wait_started(second.id)
+    assert [c["Id"] for c in containers(engine, runtime.install)] == [started]  # the first was gone before it started
+    assert not runtime.is_running(first.id)
+    runtime.retire(second.id)
+    runtime.close(stop_runners=False)  # a one-off sweep's runners stay; one it retired does not outlive it
     assert containers(engine, runtime.install) == []
 
 
