@@ -12,8 +12,8 @@ A start from an image that is missing or was built for other schema versions fai
 ``stop`` and ``cleanup_orphans`` do block: their callers need the container gone before they go on. ``retire``
 does not: the engine's force-remove takes 0.1-0.3 s (more under load), and a sweep freeing slots for the next due
 sessions must not wait for each in turn. The retired runner counts as running until its container is removed, and
-a start asked after a retire starts its container only once that removal is done, so no more runners run at once
-than the host asked for.
+a start asked after a retire creates its container only once that removal is done, so no more containers exist at
+once than the host asked for.
 """
 
 from __future__ import annotations
@@ -291,8 +291,9 @@ class DockerRuntime:
     def _start(self, session: Session, generation: str, kwargs: dict[str, Any], entry: _Start,
                retiring: list[Future[None]]) -> None:
         """``retiring``: the removals asked before this start, each already on a worker (the pool takes work in
-        the order it was given), waited for before the container starts."""
+        the order it was given), waited for before anything else."""
         try:
+            wait(retiring, timeout=STOP_WAIT_S)
             client = self._connect()
             check_runner_image(client, kwargs["image"])
             hand_over(session.folder, groups.folder(self.settings, session.agent_group_id), self.uid, self.gid)
@@ -300,7 +301,6 @@ class DockerRuntime:
             # running whose claims have been released: it must not race the new generation.
             self._remove(client, kwargs["name"])
             container = client.containers.create(**kwargs)
-            wait(retiring, timeout=STOP_WAIT_S)
             container.start()
         except Exception as exc:
             self._lost_engine(exc)
