@@ -2,18 +2,18 @@
 
 No pydantic here: every command loads the settings, and importing pydantic took most of a short command's time
 (issue 14.5). ``Settings`` declares each setting once: its type, variable, bounds and default; a value is read as
-pydantic read it before, and refused with the same message."""
+pydantic read it before, and refused with the same message.
 
-from __future__ import annotations
+This module's annotations are evaluated as the class is made (no ``from __future__ import annotations``): ``read``
+looks up each field's ``Env`` in them, which from annotations kept as text took compiling 40 of them at every
+start (~2 ms)."""
 
-import dataclasses
 import logging
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, NamedTuple, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 from host.errors import NclError
@@ -32,8 +32,7 @@ class SettingsError(NclError):
     """A setting whose value cannot be used."""
 
 
-@dataclass(frozen=True)
-class Env:
+class Env(NamedTuple):  # not a dataclass: a fifth of its cost at import, which every command pays
     """Where a setting is read from, the variable ``name``, and its bounds: a number greater than ``gt``, at least
     ``ge``, at most ``le``; a string of at least ``min_length`` characters; ``check`` refuses (ValueError) a value
     of the wrong form."""
@@ -46,8 +45,7 @@ class Env:
     check: Callable[[Any], object] | None = None
 
 
-@dataclass(frozen=True)
-class AlertTarget:
+class AlertTarget(NamedTuple):
     """Where alerts go (``NCL_ALERT_CHANNEL``): ``session`` (a group's chat session, ``value`` the group's name),
     ``webhook`` (``value`` the URL the host POSTs them to) or ``mail`` (``value`` the address mailed, ``sender`` the
     mailbox that sends them, '' for the only one there is)."""
@@ -67,7 +65,7 @@ class AlertTarget:
         return f"webhook:{parts.scheme}://{parts.hostname}{port}{'/…' if parts.path.strip('/') or parts.query else ''}"
 
     @classmethod
-    def parse(cls, text: str) -> AlertTarget | None:
+    def parse(cls, text: str) -> "AlertTarget | None":
         """``session:GROUP``, ``webhook:URL``, a bare http(s) URL, ``mail:TO`` or ``mail:MAILBOX:TO``; None for ''.
         ValueError names the forms."""
         text = text.strip()
@@ -118,10 +116,15 @@ def matrix_allow_list(text: str) -> tuple[str, ...]:
 FALLBACK_ZONE = zones.ResolvedZone("UTC", "fallback")
 
 
-@dataclass(frozen=True)
-class Settings:
+SECRETS = ("matrix_password", "matrix_access_token", "anthropic_api_key")  # settings a repr leaves out
+
+
+class Settings(NamedTuple):
     """Every setting: its type, the variable it is read from (``Env``) with its bounds, its default.
-    ``.env.example`` documents each one."""
+    ``.env.example`` documents each one.
+
+    A NamedTuple, as ``Env`` and ``AlertTarget``, not a frozen dataclass: every command but ``--version`` imports
+    this module, and making the dataclass took 13M instructions (~5 ms), the NamedTuple takes a tenth of that."""
 
     data_dir: Annotated[Path, Env("NCL_DATA_DIR")] = Path("data")
     sweep_interval_s: Annotated[float, Env("NCL_SWEEP_INTERVAL_S", gt=0)] = 60.0
@@ -145,8 +148,8 @@ class Settings:
     # The Matrix channel (host/channels/matrix.py): the bot's account, secrets from the environment or .env only.
     matrix_homeserver: Annotated[str, Env("NCL_MATRIX_HOMESERVER", check=_http_url)] = ""
     matrix_user_id: Annotated[str, Env("NCL_MATRIX_USER_ID", check=_matrix_user)] = ""
-    matrix_password: Annotated[str | None, Env("NCL_MATRIX_PASSWORD")] = field(default=None, repr=False)  # secret
-    matrix_access_token: Annotated[str | None, Env("NCL_MATRIX_ACCESS_TOKEN")] = field(default=None, repr=False)
+    matrix_password: Annotated[str | None, Env("NCL_MATRIX_PASSWORD")] = None  # secret
+    matrix_access_token: Annotated[str | None, Env("NCL_MATRIX_ACCESS_TOKEN")] = None  # secret
     matrix_allow: Annotated[str, Env("NCL_MATRIX_ALLOW", check=matrix_allow_list)] = ""
     matrix_max_file_bytes: Annotated[int, Env("NCL_MATRIX_MAX_FILE_BYTES", ge=0)] = 10 << 20
     provider: Annotated[Provider, Env("NCL_PROVIDER")] = RUNNER.provider
@@ -158,7 +161,7 @@ class Settings:
     mail_max_bytes: Annotated[int, Env("NCL_MAIL_MAX_BYTES", ge=1024)] = 25 << 20
     mail_max_attachments: Annotated[int, Env("NCL_MAIL_MAX_ATTACHMENTS", ge=0)] = 20
     mail_retry_s: Annotated[float, Env("NCL_MAIL_RETRY_S", ge=0)] = 5.0
-    anthropic_api_key: Annotated[str | None, Env("ANTHROPIC_API_KEY")] = field(default=None, repr=False)  # secret
+    anthropic_api_key: Annotated[str | None, Env("ANTHROPIC_API_KEY")] = None  # secret
     anthropic_base_url: Annotated[str, Env("ANTHROPIC_BASE_URL")] = "https://api.anthropic.com"
     log_level: Annotated[LogLevel, Env("NCL_LOG_LEVEL")] = RUNNER.log_level
     log_format: Annotated[Literal["text", "json"], Env("NCL_LOG_FORMAT")] = "text"
@@ -168,7 +171,7 @@ class Settings:
     tz: zones.ResolvedZone = FALLBACK_ZONE  # no variable of its own: ``load`` resolves it
 
     @classmethod
-    def read(cls, values: Mapping[str, str | None]) -> Settings:
+    def read(cls, values: Mapping[str, str | None]) -> "Settings":
         """The settings of the variables in ``values`` (others, and None, are ignored), each read and checked:
         ``SettingsError`` names the first one refused."""
         read: dict[str, Any] = {}
@@ -183,9 +186,14 @@ class Settings:
                     raise SettingsError(f"invalid setting {env.name}={text!r}: {exc}") from None
         return cls(**read)
 
-    def replace(self, **changes: Any) -> Settings:
+    def replace(self, **changes: Any) -> "Settings":
         """A copy with ``changes`` made, unchecked (tests and ``load`` set values already read)."""
-        return dataclasses.replace(self, **changes)
+        return self._replace(**changes)
+
+    def __repr__(self) -> str:
+        """Every setting but the secrets: a repr may reach a log or a traceback."""
+        shown = (f"{name}={value!r}" for name, value in zip(self._fields, self, strict=True) if name not in SECRETS)
+        return f"Settings({', '.join(shown)})"
 
     @property
     def alert_target(self) -> AlertTarget | None:

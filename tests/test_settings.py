@@ -109,6 +109,24 @@ def test_process_env_wins_over_dotenv_for_every_setting(tmp_path: Path) -> None:
     assert loaded.anthropic_api_key == "from-file"
 
 
+def test_a_repr_shows_the_settings_but_not_the_secrets(tmp_path: Path) -> None:
+    secrets = {"ANTHROPIC_API_KEY": "sk-one", "NCL_MATRIX_PASSWORD": "pw-two", "NCL_MATRIX_ACCESS_TOKEN": "tok-three"}
+    loaded = settings.load(environ={**secrets, "NCL_MAX_RUNNERS": "7"}, cwd=tmp_path, system_tz="UTC")
+    assert (loaded.anthropic_api_key, loaded.matrix_password, loaded.matrix_access_token) == tuple(secrets.values())
+    shown = repr(loaded)
+    assert "max_runners=7" in shown and "tz=ResolvedZone(name='UTC'" in shown
+    assert not any(secret in shown for secret in secrets.values())
+    assert "anthropic_api_key" not in shown and "matrix_password" not in shown
+
+
+def test_settings_are_immutable_and_replace_makes_a_copy(tmp_path: Path) -> None:
+    loaded = settings.load(environ={}, cwd=tmp_path, system_tz="UTC")
+    with pytest.raises(AttributeError):
+        loaded.max_runners = 9  # type: ignore[misc]
+    changed = loaded.replace(max_runners=9)
+    assert (loaded.max_runners, changed.max_runners, changed.data_dir) == (5, 9, loaded.data_dir)
+
+
 def test_defaults(tmp_path: Path) -> None:
     loaded = settings.load(environ={}, cwd=tmp_path, system_tz="UTC")
     assert loaded.data_dir == tmp_path / "data"

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 from typing import TextIO
 
@@ -65,7 +64,11 @@ def paint(text: str, before: str = "", after: str = "") -> None:
 def width() -> int | None:
     """The width a table fits: ``COLUMNS``, else the terminal's; None when stdout is no terminal (piped output is
     never cut nor folded, whatever ``COLUMNS`` says)."""
-    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    if not sys.stdout.isatty():
+        return None
+    import shutil  # imported here: it loads the compression modules (~2 ms), which piped output never needs
+
+    return shutil.get_terminal_size().columns
 
 
 def no_color() -> bool:

@@ -9,8 +9,8 @@ open descriptor itself: what was checked is what is read.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
+import functools
 import os
 import stat
 from pathlib import Path, PurePath
@@ -34,11 +34,10 @@ class Refused(NclError):
         self.name, self.why, self.link = name, why, link
 
 
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
+@functools.cache
 def _libc_syscall() -> Any:
+    import ctypes  # imported here, as in _openat2: ~2 ms of start-up that commands opening no file beneath go without
+
     try:
         call = ctypes.CDLL(None, use_errno=True).syscall
     except (OSError, AttributeError):
@@ -47,8 +46,9 @@ def _libc_syscall() -> Any:
     return call
 
 
-_syscall = _libc_syscall()
-use_openat2 = _syscall is not None  # cleared on the first ENOSYS/EPERM (old kernel, seccomp): the walk takes over
+# Cleared on the first open that finds no syscall in libc, or gets ENOSYS/EPERM (old kernel, seccomp): the walk takes
+# over.
+use_openat2 = True
 
 
 def parts_of(relative: str | PurePath) -> list[str]:
@@ -73,10 +73,15 @@ def open_dir(path: Path) -> int:
 
 def _openat2(dirfd: int, relative: str, flags: int, mode: int) -> int:
     global use_openat2
-    assert _syscall is not None
-    how = _OpenHow(flags, mode if flags & os.O_CREAT else 0, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)
+    if (syscall := _libc_syscall()) is None:
+        use_openat2 = False
+        return _walk(dirfd, relative.split("/"), flags, mode)
+    import ctypes
+
+    # struct open_how: flags, mode, resolve
+    how = (ctypes.c_uint64 * 3)(flags, mode if flags & os.O_CREAT else 0, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)
     for _attempt in range(8):
-        fd = int(_syscall(SYS_OPENAT2, dirfd, os.fsencode(relative), ctypes.byref(how), ctypes.sizeof(how)))
+        fd = int(syscall(SYS_OPENAT2, dirfd, os.fsencode(relative), ctypes.byref(how), ctypes.sizeof(how)))
         if fd >= 0:
             return fd
         code = ctypes.get_errno()

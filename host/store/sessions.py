@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import asdict, dataclass
@@ -66,6 +65,11 @@ def active_rows(conn: db.Connection) -> list[Sequence[Any]]:
     return conn.execute(f"SELECT {_COLUMNS} FROM sessions WHERE status = 'active' ORDER BY rowid").fetchall()
 
 
+def active_ids(conn: db.Connection) -> list[str]:
+    """The ids of ``active_rows``, in the same order: whether the list changed, for a fraction of its cost."""
+    return [row[0] for row in conn.execute("SELECT id FROM sessions WHERE status = 'active' ORDER BY rowid")]
+
+
 def create_files(path: Path) -> None:
     """The session folder (0700) with both DBs (0600) at the latest schema and the file exchange folders. Made
     under a hidden name beside it and renamed into place in one step: a failure on the way (a full disk) leaves
@@ -82,8 +86,15 @@ def create_files(path: Path) -> None:
                 pass
         os.rename(building, path)  # refuses a folder already there (not empty) instead of merging into it
     except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
+        _remove(building)
         raise
+
+
+def _remove(path: Path) -> None:
+    """Remove what a failed creation made."""
+    import shutil  # imported here: it loads the compression modules (~2 ms), and a creation seldom fails
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def create(
@@ -107,7 +118,7 @@ def create(
                 (session_id, group.id, thread_key, stamp, stamp),
             )
     except BaseException:
-        shutil.rmtree(path, ignore_errors=True)  # never listed: nothing can be using them
+        _remove(path)  # never listed: nothing can be using them
         raise
     return get(conn, settings, session_id)
 
