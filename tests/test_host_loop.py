@@ -108,6 +108,16 @@ async def test_between_full_sweeps_only_busy_sessions_are_looked_at(tmp_path: Pa
     assert (await host.step()).sessions_checked == 11
 
 
+def test_the_session_list_is_made_again_only_when_sessions_come_or_go(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    sweeper = world.sweeper()
+    listed = sweeper.active_sessions()
+    sessions.touch(world.central, world.session.id, T)  # what a chat's arrival writes to central.db
+    assert sweeper.active_sessions() is listed  # not made again (10,000 of them cost tens of ms)
+    new = world.new_session()
+    assert [s.id for s in sweeper.active_sessions()] == [s.id for s in listed] + [new.id]
+
+
 async def test_a_start_with_many_sessions_opens_them_in_chunks_and_yields_between(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(loop, "NEW_SESSIONS_PER_TICK", 2)
@@ -143,7 +153,7 @@ async def test_an_arrival_in_the_host_process_wakes_the_loop_at_once(tmp_path: P
     clock = HoldingClock(T)
     runtime = RecordingRuntime(clock)
     host = Host(world.settings, runtime, clock)
-    with nudge.heard(world.settings, host.woken):
+    with nudge.heard(world.settings, host.arrived):
         sleeping = asyncio.create_task(host.step())
         while not clock.slept:  # asleep, with no end in sight
             await asyncio.sleep(0)
@@ -158,11 +168,35 @@ async def test_an_arrival_in_the_host_process_wakes_the_loop_at_once(tmp_path: P
     assert nudge.stamp(world.settings) == 0  # and no file touched: that is for other processes
 
 
+async def test_an_arrival_in_the_host_process_looks_at_its_session_not_at_every_one(tmp_path: Path) -> None:
+    world = World(tmp_path, NCL_SWEEP_INTERVAL_S="600")
+    for session in [world.new_session() for _ in range(10)]:
+        world.schedule(T, at=to_text(T + timedelta(days=1)), session=session)
+    key = router.thread_key(world.group, router.Arrival("cli", "chat", {}))
+    chats = router.session_for(world.central, world.settings, T, world.group, key)  # where a chat arrives, idle
+    clock = HoldingClock(T)
+    runtime = RecordingRuntime(clock)
+    host = Host(world.settings, runtime, clock)
+    with nudge.heard(world.settings, host.arrived):
+        sleeping = asyncio.create_task(host.step())
+        while not clock.slept:
+            await asyncio.sleep(0)
+        _arrive(world)  # a chat, into the group's own session
+        first = await asyncio.wait_for(sleeping, 10)
+        clock.holding = False
+        second = await host.step()
+    assert first.sessions_checked == 12  # the start: every session
+    assert (second.sessions_checked, second.woken) == (1, 1)  # the chat's session only, and its runner started
+    assert [started[1] for started in runtime.started] == [chats.id]
+    host.arrived(None)  # an arrival whose session is unknown (a mail): every session
+    assert (await host.step()).sessions_checked == 12
+
+
 async def test_a_flood_of_arrivals_is_swept_at_most_every_gap(tmp_path: Path) -> None:
     world = World(tmp_path, NCL_SWEEP_INTERVAL_S="600")
     clock = HoldingClock(T)
     host = Host(world.settings, RecordingRuntime(clock), clock)
-    with nudge.heard(world.settings, host.woken):
+    with nudge.heard(world.settings, host.arrived):
         _arrive(world)
         sleeping = asyncio.create_task(host.step())  # a sweep for that arrival
         while not clock.slept:

@@ -73,7 +73,7 @@ def test_a_link_left_as_the_nudge_file_is_removed_when_a_host_listens_and_said_o
 
     async def listen_twice() -> None:
         for _ in range(2):
-            with nudge.heard(settings, asyncio.Event()):
+            with nudge.heard(settings, lambda _session: None):
                 pass
 
     asyncio.run(listen_twice())

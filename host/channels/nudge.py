@@ -13,18 +13,19 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
 from host.settings import Settings
 
 log = logging.getLogger(__name__)
-_heard: dict[Path, Callable[[], object]] = {}  # data dir -> what a touch in this process does instead
+_heard: dict[Path, Callable[[str | None], object]] = {}  # data dir -> what a touch in this process does instead
 
 
-def touch(settings: Settings) -> None:
+def touch(settings: Settings, session_id: str | None = None) -> None:
+    """``session_id``: the one session written, when known; a host in this process then looks at that session (and
+    those already busy), not at every one."""
     if wake := _heard.get(settings.data_dir):
-        wake()  # the host runs in this process: the file is for the others
+        wake(session_id)  # the host runs in this process: the file is for the others
     elif settings.data_dir.is_dir():
         (settings.data_dir / ".nudge").touch()
 
@@ -37,10 +38,12 @@ def stamp(settings: Settings) -> int:
 
 
 @contextmanager
-def heard(settings: Settings, event: asyncio.Event) -> Iterator[None]:
-    """While inside, a touch of this data dir from this process (any thread) sets ``event``, not the file."""
+def heard(settings: Settings, wake: Callable[[str | None], object]) -> Iterator[None]:
+    """While inside, a touch of this data dir from this process (any thread) calls ``wake`` with the session written
+    (None: unknown) on the running loop, and touches no file."""
     _clear_odd(settings.data_dir / ".nudge")
-    _heard[settings.data_dir] = partial(asyncio.get_running_loop().call_soon_threadsafe, event.set)
+    loop = asyncio.get_running_loop()
+    _heard[settings.data_dir] = lambda session_id: loop.call_soon_threadsafe(wake, session_id)
     try:
         yield
     finally:

@@ -87,5 +87,5 @@ def deliver_in(central: db.Connection, settings: Settings, now: datetime, group:
         seq = inbox.arrive(conn, {"id": message_id, "kind": arrival.kind, "timestamp": to_text(now),
                                   "trigger": arrival.trigger, "content": json.dumps(content.model_dump())}, routing)
     sessions.touch(central, session.id, now)
-    nudge.touch(settings)
+    nudge.touch(settings, session.id)
     return session, message_id, seq

@@ -149,11 +149,16 @@ class Sweeper:
             self._central = db.connect(self.settings.central_db, "central")
         version = db.data_version(self._central)
         if version != self._central_version:
-            listed: list[Session] = []
-            for chunk in sessions.made_in_chunks(self.settings, sessions.active_rows(self._central), CHUNK):
-                listed += chunk
-                yield
-            self._sessions, self._central_version = listed, version
+            # Most writes to central.db leave the list as it was (a chat's arrival stamps its session's
+            # last_active_at, which no sweep reads): the sessions are made again only when their ids changed.
+            ids = sessions.active_ids(self._central)
+            if ids != [session.id for session in self._sessions]:
+                listed: list[Session] = []
+                for chunk in sessions.made_in_chunks(self.settings, sessions.active_rows(self._central), CHUNK):
+                    listed += chunk
+                    yield
+                self._sessions = listed
+            self._central_version = version
         if not self._index_loaded:
             yield from self._load_index()
 
