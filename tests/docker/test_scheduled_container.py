@@ -93,7 +93,8 @@ def test_echo_scheduled_succeeds_in_an_isolated_container_that_is_then_removed(
     run = fire(settings, spy, base_image, "echo scheduled")
     assert (run["status"], run["exit_code"], run["output_tail"], run["error"]) == ("succeeded", 0, "scheduled", None)
     (call,) = spy.calls
-    assert call["network_mode"] == "none" and call["cap_drop"] == ["ALL"] and call["read_only"] is True
+    assert (call["network_mode"], call["network_disabled"]) == ("none", True)
+    assert call["cap_drop"] == ["ALL"] and call["read_only"] is True
     assert call["security_opt"] == ["no-new-privileges"]
     assert "ncl.install" not in call["labels"]  # else the runner runtime would remove it as an orphan
     assert engine.containers.list(all=True, filters={"name": call["name"]}) == []
