@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -47,9 +47,9 @@ class RunnerConfig:
         told = RunnerEnv.from_env(os.environ if environ is None else environ)
         agent = session_dir / "agent"  # in a container the group folder is mounted here
         group_dir = Path(told.group_dir) if told.group_dir else (agent if agent.is_dir() else None)
-        return cls(session_dir=session_dir, **{**asdict(told), "group_dir": group_dir})
+        return cls(session_dir=session_dir, **{**told._asdict(), "group_dir": group_dir})
 
     def told(self, *only: str) -> dict[str, str]:
         """What this runner was told, as variables (``RunnerEnv.to_env``): all, or those of the fields named."""
-        told = {f.name: getattr(self, f.name) for f in fields(RunnerEnv)}
+        told = {name: getattr(self, name) for name in RunnerEnv._fields}
         return RunnerEnv(**{**told, "group_dir": None if self.group_dir is None else str(self.group_dir)}).to_env(*only)

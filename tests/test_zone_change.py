@@ -121,7 +121,7 @@ class TestReplan:
         before = World(tmp_path / "a", tz=NY)
         series = before.schedule(now, recurrence="0 9 * * *")
         after = dataclasses.replace(before.policy, zone=ZoneInfo(TOKYO))
-        before.settings = before.settings.replace(tz=dataclasses.replace(before.settings.tz, name=TOKYO))
+        before.settings = before.settings.replace(tz=before.settings.tz._replace(name=TOKYO))
         assert Policy.of(before.settings).zone == after.zone
         before.sweeper().tick(now)
         assert live(before, series)["process_after"] == "2026-01-15T00:00:00.000Z"

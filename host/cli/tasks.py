@@ -16,7 +16,7 @@ from host.cli.app import App, now_option, pass_app, policy
 from host.cli.output import emit, fields, json_option, left, local_time, table
 from host.errors import NclError
 from host.scheduling import task_list
-from host.store import db, groups, sessions
+from host.store import db, sessions
 from host.store.sessions import Session
 from schemas import ids
 from schemas.text import one_line
@@ -89,7 +89,11 @@ def list_(app: App, group_ref: str | None, session_id: str | None, status: str |
     closed), or with --all every one. LEFT is the time until the next run (from --now if given); the table shows
     ids short (task-ab12cd), which every command taking an id accepts."""
     with closing(app.central()) as central:
-        group_id = groups.get(central, group_ref).id if group_ref else None
+        group_id = None
+        if group_ref:
+            from host.store import groups  # imported here: the list of every group's tasks needs none of it
+
+            group_id = groups.get(central, group_ref).id
         if session_id:
             session_id = sessions.get(central, app.settings, session_id).id
         found = [s for s in task_list.series(app.settings, central, group_id, session_id,

@@ -8,15 +8,17 @@ from contextlib import closing
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from host.errors import NclError
 from host.files import private
 from host.settings import Settings
 from host.store import db, short_ids
-from host.store.groups import Group
 from schemas import ids
 from schemas.times import to_text
+
+if TYPE_CHECKING:
+    from host.store.groups import Group
 
 
 @dataclass(frozen=True, slots=True)
