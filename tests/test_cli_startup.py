@@ -36,7 +36,7 @@ CHAT_SERVER = ("host.channels.cli", "host.channels.router", "host.channels.nudge
 # What ``ncl tasks list`` needs none of, though the commands beside it in host/cli/tasks.py do.
 NOT_LISTING = ("croniter", "schemas.cron", "schemas.recurring", "host.scheduling.tasks", "host.scheduling.recurrence",
                "host.store.outbox", "host.store.mailboxes", "host.store.views", "host.store.task_ids", "secrets",
-               "hashlib")
+               "hashlib", "host.store.groups")
 # What reading the store needs on no path of ``ncl tasks list``: shutil (a failed session creation removes its
 # files, a table on a terminal asks its width) loads the compression modules, ctypes (a file opened beneath a
 # runner's folder) its own runtime: about 2 ms each.

@@ -176,4 +176,4 @@ def _next_runs(rows: list[InMessage], zone: ZoneInfo, count: int = 5) -> list[st
 
 def runs(session: Session, series_id: str) -> list[dict[str, Any]]:
     with closing(db.connect(session.folder / "inbound.db", "inbound", readonly=True)) as conn:
-        return [asdict(r) for r in task_series.runs(conn, series_id)]
+        return [r._asdict() for r in task_series.runs(conn, series_id)]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from host.store import db
 from schemas import ids
@@ -93,8 +93,7 @@ def end(conn: db.Connection, message_id: str, status: str) -> None:
     conn.execute("UPDATE messages_in SET status = ?, recurrence = NULL WHERE id = ?", (status, message_id))
 
 
-@dataclass(frozen=True, slots=True)
-class State:
+class State(NamedTuple):  # not a dataclass: ncl tasks list imports it, and a NamedTuple is made 5x faster
     """What a sweep's visit leaves the session in, read in one query."""
 
     next_due: str | None  # the earliest process_after among rows that will wake the agent ('' = due now), or None
@@ -114,8 +113,7 @@ def state(conn: db.Connection, now: datetime) -> State:
                  None if due_since is None else str(due_since))
 
 
-@dataclass(frozen=True, slots=True)
-class Look:
+class Look(NamedTuple):  # not a dataclass: ncl tasks list imports it, and a NamedTuple is made 5x faster
     """What a sweep's visit first reads of the inbox, in one query (one prepared statement of a fresh connection
     in place of three: preparing them was most of an idle visit's SQL)."""
 
