@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from agent_runner.tool_error import ToolError
 from schemas import ids
 
 if TYPE_CHECKING:
@@ -51,8 +52,6 @@ def _host_task(arguments: dict[str, Any]) -> bool:
 
 
 def _known_type(arguments: dict[str, Any]) -> None:
-    from agent_runner.tools import ToolError
-
     if arguments.get("task_type", "agent") not in ("agent", "host", None):
         raise ToolError(f"unknown task_type {arguments['task_type']!r}: 'agent' (the default) or 'host'")
 
@@ -60,8 +59,6 @@ def _known_type(arguments: dict[str, Any]) -> None:
 def own(arguments: dict[str, Any]) -> dict[str, Any]:
     """The arguments of a call on this conversation's own tasks, for its method: a host task's arguments (or an
     unknown task_type) refused, the routing ones (group, task_type "agent") left out."""
-    from agent_runner.tools import ToolError
-
     _known_type(arguments)
     if given := sorted(k for k in HOST_FIELDS - {"task_type"} if arguments.get(k) is not None):
         raise ToolError(f"{', '.join(given)}: only for a host task (task_type 'host')")
@@ -70,8 +67,6 @@ def own(arguments: dict[str, Any]) -> dict[str, Any]:
 
 def call(tools: Tools, name: str, arguments: dict[str, Any]) -> str:
     """Run tool ``name`` for the group its arguments name; ToolError when refused here or by the host."""
-    from agent_runner.tools import ToolError
-
     _known_type(arguments)
     group = arguments.get("group")
     host = _host_task(arguments)
@@ -105,27 +100,27 @@ def call(tools: Tools, name: str, arguments: dict[str, Any]) -> str:
 
 def _request(tools: Tools, name: str, group: str, args: dict[str, Any]) -> dict[str, Any]:
     """The request, checked as for this conversation's tasks (prompt, time, recurrence and its minimum interval)."""
-    from agent_runner.tools import ToolError
     from schemas import requests
 
     made: requests.ScheduleTask | requests.UpdateTask | requests.ControlTask | requests.ListTasks
     if name == "list_tasks":
         made = requests.ListTasks(action="list_tasks", group=group, status=args.get("status"))
     elif name == "schedule_task":
-        tools._prompt(args.get("prompt"))
+        tools.check_prompt(args.get("prompt"))
         if args.get("contextMode", "group") not in ("group", "isolated"):
             raise ToolError("contextMode must be 'group' or 'isolated'")
+        after = tools.checked_when(args.get("processAfter"))
+        expr = tools.checked_recurrence(args.get("recurrence"), args.get("interval_ms"))
         made = requests.ScheduleTask(action="schedule_task", taskId=ids.new_id("task", tools.now()),
-                                     prompt=args["prompt"], processAfter=tools._when(args.get("processAfter")),
-                                     recurrence=tools._recurrence(args.get("recurrence"), args.get("interval_ms")),
+                                     prompt=args["prompt"], processAfter=after, recurrence=expr,
                                      script=args.get("script") or None, contextMode=args.get("contextMode", "group"),
                                      group=group)
     elif name == "update_task":
         if args.get("prompt") is not None:
-            tools._prompt(args["prompt"])
+            tools.check_prompt(args["prompt"])
         recurrence, interval_ms = args.get("recurrence"), args.get("interval_ms")
-        expr = "" if recurrence == "" and interval_ms is None else tools._recurrence(recurrence, interval_ms)
-        after = tools._when(args.get("processAfter"))
+        expr = "" if recurrence == "" and interval_ms is None else tools.checked_recurrence(recurrence, interval_ms)
+        after = tools.checked_when(args.get("processAfter"))
         if args.get("prompt") is None and after is None and expr is None and args.get("script") is None:
             raise ToolError("nothing to update: give prompt, processAfter, recurrence or script")
         made = requests.UpdateTask(action="update_task", taskId=args["taskId"], prompt=args.get("prompt"),
@@ -138,7 +133,6 @@ def _request(tools: Tools, name: str, group: str, args: dict[str, Any]) -> dict[
 
 def _host_request(name: str, args: dict[str, Any]) -> dict[str, Any]:
     """A host task's request: its bounds checked here (ValidationError: the tool says which), the rest by the host."""
-    from agent_runner.tools import ToolError
     from schemas import requests
 
     fields = {"command": args.get("command"), "recurrence": args.get("recurrence"), "cwd": args.get("cwd"),

@@ -32,8 +32,9 @@ from pydantic import BaseModel, ValidationError
 import agent_runner
 from agent_runner.config import RunnerConfig
 from agent_runner.store import Store
+from agent_runner.tool_error import ToolError
 from agent_runner.tool_specs import TOOLS
-from agent_runner.tools import CURRENT_TURN, ToolError, Tools
+from agent_runner.tools import CURRENT_TURN, Tools
 from schemas import clock
 from schemas.validation import one_line
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import NamedTuple
 
-from agent_runner.tools import ToolError, Tools
+from agent_runner.tool_error import ToolError
+from agent_runner.tools import Tools
 
 HELP = """Commands:
 /clear                 start a fresh conversation

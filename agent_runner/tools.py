@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from agent_runner import group_tools
 from agent_runner.config import RunnerConfig
 from agent_runner.store import DbError, Store
+from agent_runner.tool_error import ToolError
 from schemas import ids, interval, recurring, series_end
 from schemas.times import TimeFormatError, from_text, parse_user_time, to_text
 
@@ -26,15 +27,12 @@ if TYPE_CHECKING:
     from schemas import requests
 
 # The tools' argument models, the requests and their checks are pydantic, whose import and model building were half
-# of a runner's start-up: they load with the first tool call (``call``, ``_prompt``, ``_request``), not at the start.
+# of a runner's start-up: they load with the first tool call (``call``, ``check_prompt``, ``_request``), not at the
+# start.
 
 YEAR = timedelta(days=366)
 CURRENT_TURN = "current_turn"  # the session_state key the runner stores ``Tools.turn`` under, for the MCP server
 CONTROLLED = {"pause_task": "paused", "resume_task": "pending", "cancel_task": "cancelled"}
-
-
-class ToolError(ValueError):
-    """A refused tool call; the message goes back to the model (or the slash-command user) as is."""
 
 
 @dataclass
@@ -47,7 +45,8 @@ class Tools:
 
     # --- scheduling -------------------------------------------------------------------------------------------
 
-    def _when(self, text: str | None) -> str | None:
+    def checked_when(self, text: str | None) -> str | None:
+        """A time as the user gave it, stored (None: none given); ToolError if it is no time."""
         if not text:
             return None
         try:
@@ -55,7 +54,8 @@ class Tools:
         except TimeFormatError as exc:
             raise ToolError(str(exc)) from None
 
-    def _recurrence(self, expr: str | None, interval_ms: Any = None) -> str | None:
+    def checked_recurrence(self, expr: str | None, interval_ms: Any = None) -> str | None:
+        """The recurrence given (or interval_ms as one), valid and no more often than the minimum interval."""
         if interval_ms is not None and expr is not None:
             raise ToolError("give recurrence or interval_ms, not both (interval_ms 3600000 = recurrence 'every 1h')")
         try:
@@ -93,7 +93,8 @@ class Tools:
         return f"{shown} ({'; '.join(notes)})" if notes else shown
 
     @staticmethod
-    def _prompt(prompt: Any) -> None:
+    def check_prompt(prompt: Any) -> None:
+        """ToolError unless ``prompt`` is a task's prompt (text, not empty, within its bounds)."""
         from schemas.validation import check_prompt
 
         try:
@@ -108,7 +109,7 @@ class Tools:
     def _ends(self, until: str | None, count: Any, first: str | None) -> series_end.Ends:
         """The series' end as asked (``""`` clears one: left out here), checked against now and its next run."""
         try:
-            ends = series_end.Ends(from_text(when) if (when := self._when(until)) else None,
+            ends = series_end.Ends(from_text(when) if (when := self.checked_when(until)) else None,
                                    series_end.check_count(count) if count not in (None, "") else None)
             if ends.until is not None:
                 series_end.check_until(ends.until, self.now(), from_text(first) if first else None)
@@ -125,11 +126,11 @@ class Tools:
     def schedule_task(self, prompt: str, processAfter: str | None = None, recurrence: str | None = None,
                       script: str | None = None, contextMode: str = "group", until: str | None = None,
                       count: Any = None, interval_ms: Any = None) -> str:
-        self._prompt(prompt)
+        self.check_prompt(prompt)
         if contextMode not in ("group", "isolated"):
             raise ToolError("contextMode must be 'group' or 'isolated'")
-        expr = self._recurrence(recurrence, interval_ms)
-        after = self._when(processAfter)
+        expr = self.checked_recurrence(recurrence, interval_ms)
+        after = self.checked_when(processAfter)
         if (until or count is not None) and not expr:
             raise ToolError("until and count end a recurring task; give recurrence too (a one-shot runs once)")
         if same := self._same_as(prompt, expr, script or None, after):
@@ -172,9 +173,9 @@ class Tools:
                     count: Any = None, interval_ms: Any = None) -> str:
         series = self._known(taskId)
         if prompt is not None:
-            self._prompt(prompt)
-        expr = "" if recurrence == "" and interval_ms is None else self._recurrence(recurrence, interval_ms)
-        after = self._when(processAfter)
+            self.check_prompt(prompt)
+        expr = "" if recurrence == "" and interval_ms is None else self.checked_recurrence(recurrence, interval_ms)
+        after = self.checked_when(processAfter)
         if prompt is None and after is None and expr is None and script is None and until is None and count is None:
             raise ToolError("nothing to update: give prompt, processAfter, recurrence, script, until or count")
         live = series.get("live")

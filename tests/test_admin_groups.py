@@ -19,7 +19,8 @@ from schema_kit import open_plain
 from agent_runner import group_tools
 from agent_runner.config import RunnerConfig
 from agent_runner.store import Store
-from agent_runner.tools import ToolError, Tools
+from agent_runner.tool_error import ToolError
+from agent_runner.tools import Tools
 from host.project_tasks import specs as scheduled
 from host.scheduling import tasks
 from host.store import db, groups, sessions, task_ids

@@ -20,7 +20,8 @@ from kit import FakeClock, World, answered
 
 from agent_runner.config import RunnerConfig
 from agent_runner.store import Store
-from agent_runner.tools import ToolError, Tools
+from agent_runner.tool_error import ToolError
+from agent_runner.tools import Tools
 from host.cli import checks
 from host.project_tasks import specs
 from host.project_tasks.fire import AGENTS_OFF, ScheduledTasks

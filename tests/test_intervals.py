@@ -21,7 +21,8 @@ from kit import World, utc
 
 from agent_runner.config import RunnerConfig
 from agent_runner.store import Store
-from agent_runner.tools import ToolError, Tools
+from agent_runner.tool_error import ToolError
+from agent_runner.tools import Tools
 from host.errors import NclError
 from host.scheduling import recurrence, tasks
 from host.scheduling.recurrence import Policy

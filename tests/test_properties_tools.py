@@ -24,7 +24,8 @@ from agent_runner.config import RunnerConfig
 from agent_runner.providers import MockProvider
 from agent_runner.runner import Runner
 from agent_runner.store import Store
-from agent_runner.tools import ToolError, Tools
+from agent_runner.tool_error import ToolError
+from agent_runner.tools import Tools
 from host.store import db, inbox
 from schemas import requests
 from schemas.messages import MessageIn, OutChatContent, TaskContent

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from kit import World, runner_tools
 
-from agent_runner.tools import ToolError, Tools
+from agent_runner.tool_error import ToolError
+from agent_runner.tools import Tools
 from host.scheduling import tasks
 from schemas.times import from_text
 

@@ -27,7 +27,8 @@ from agent_runner import slash
 from agent_runner.config import RunnerConfig
 from agent_runner.mcp_server import build_server
 from agent_runner.store import Store
-from agent_runner.tools import ToolError, Tools
+from agent_runner.tool_error import ToolError
+from agent_runner.tools import Tools
 from host.errors import NclError
 from host.project_tasks import specs as scheduled
 from schemas import requests

@@ -22,7 +22,8 @@ from security_kit import SECRET, T0
 
 from agent_runner.config import RunnerConfig
 from agent_runner.store import Store
-from agent_runner.tools import ToolError, Tools
+from agent_runner.tool_error import ToolError
+from agent_runner.tools import Tools
 from host.channels import queues
 from host.errors import NclError
 from host.store import db, groups

@@ -18,7 +18,8 @@ from security_kit import T0
 
 from agent_runner.config import RunnerConfig
 from agent_runner.store import Store
-from agent_runner.tools import ToolError, Tools
+from agent_runner.tool_error import ToolError
+from agent_runner.tools import Tools
 from host.store import db, groups, inbox, sessions
 from host.store.sessions import Session
 from schemas.times import to_text
