@@ -43,7 +43,7 @@ from schemas import ids
 
 SOURCES = Path(__file__).resolve().parent.parent  # the checkout timed, and the one that makes the data dir
 NOW = datetime(2030, 1, 2, 8, 0, tzinfo=UTC)  # the daily 09:00 tasks are due later: every series is listed
-TARGETS = {"version_ms_lt": 80.0, "tasks_list_ms_lt": 150.0}
+TARGETS = {"version_ms_lt": 80.0, "help_ms_lt": 100.0, "tasks_list_ms_lt": 150.0}
 
 
 def build(root: Path, count: int) -> Settings:
@@ -105,8 +105,7 @@ def main() -> None:
             raise SystemExit(f"ncl tasks list listed {found} series, expected {args.sessions}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    met = (results["version"]["median_ms"] < TARGETS["version_ms_lt"]
-           and results["tasks_list"]["median_ms"] < TARGETS["tasks_list_ms_lt"])
+    met = all(results[name]["median_ms"] < TARGETS[f"{name}_ms_lt"] for name in ("version", "help", "tasks_list"))
     print(json.dumps({"ncl": str(args.ncl), "sources": str(SOURCES),
                       "runs": args.runs, "sessions": args.sessions, "cpus": os.cpu_count(),
                       "load_1min": round(os.getloadavg()[0], 2), **results,

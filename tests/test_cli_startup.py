@@ -2,13 +2,13 @@
 PYTHONPROFILEIMPORTTIME), never how long it takes (scripts/bench_cli.py times it).
 
 ``ncl --version`` imports neither the settings nor pydantic, nor importlib.metadata (the version is
-``host.__version__``); ``ncl tasks list`` none of the host loop, runtimes, model proxy, HTTP clients, project-task
-firing or asyncio, nor pydantic (the settings and the rows it reads go without; writes validate with it), nor what
-only the writes, ``tasks show`` or other commands use (the cron parser, the planning of runs, the outbox, mailboxes,
-the task id registry, OpenSSL through secrets and hashlib, shutil, ctypes: each about 1 to 15 ms of start-up); a
-one-shot ``ncl chat`` only the client of the CLI socket (its wire format, the settings), none of the host's side of
-it, the store or sqlite3 either. A top-level import of any of them put back in the modules these commands load fails
-here.
+``host.__version__``); ``ncl --help`` none of them nor any command's module (it lists them by their summaries);
+``ncl tasks list`` none of the host loop, runtimes, model proxy, HTTP clients, project-task firing or asyncio, nor
+pydantic (the settings and the rows it reads go without; writes validate with it), nor what only the writes, ``tasks
+show`` or other commands use (the cron parser, the planning of runs, the outbox, mailboxes, the task id registry,
+OpenSSL through secrets and hashlib, shutil, ctypes: each about 1 to 15 ms of start-up); a one-shot ``ncl chat``
+only the client of the CLI socket (its wire format, the settings), none of the host's side of it, the store or
+sqlite3 either. A top-level import of any of them put back in the modules these commands load fails here.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import click
 import pytest
 from processes import Env, Host
 
-from host.cli import COMMANDS, cli
+from host.cli import COMMANDS, cli, summaries
 from host.files.lock import host_lock
 from host.runtimes.published import publish
 
@@ -76,6 +76,25 @@ def test_version_imports_no_settings_and_nothing_heavy(env: Env) -> None:
     assert out.startswith("ncl, version ")
     assert "click" in modules  # the parse sees what was imported
     assert among(modules, HEAVY + SETTINGS + ("importlib.metadata", "email")) == []
+
+
+def test_help_imports_no_command_module_and_nothing_heavy(env: Env) -> None:
+    out, _, modules = imported(env, "--help")
+    listed = out.partition("Commands:")[2]
+    assert all(f"  {name} " in listed for name in COMMANDS)
+    assert "  tasks           Scheduled task series: one line per series, addressed..." in listed  # shortened to fit
+    assert among(modules, HEAVY + SETTINGS + ("host.cli.app", "host.cli.tasks", "host.cli.hostcmd")) == []
+
+
+def test_the_summaries_help_lists_are_the_commands_own_help() -> None:
+    """``ncl --help`` lists the stand-ins of ``summaries``: each says what its command's own help would, at any
+    width."""
+    with click.Context(cli) as ctx:
+        for name, stand_in in summaries().commands.items():
+            command = cli.get_command(ctx, name)
+            assert command is not None and not command.hidden
+            for limit in (30, 45, 60, 10**6):
+                assert stand_in.get_short_help_str(limit) == command.get_short_help_str(limit), name
 
 
 def test_tasks_list_imports_nothing_of_the_host_machinery(env: Env) -> None:

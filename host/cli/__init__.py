@@ -1,8 +1,8 @@
 """The ``ncl`` command: every command has ``--json``; errors are one line on stderr (exit 1, usage 2).
 
-A command's module is imported only when that command runs (or ``--help`` lists it), and the settings only when a
-command runs: ``ncl --version`` loads neither, ``ncl tasks list`` none of the host loop, runtimes or model proxy
-(tests/test_cli_startup.py).
+A command's module is imported only when that command runs (``--help`` lists it by a summary kept here), and the
+settings only when a command runs: ``ncl --version`` and ``ncl --help`` load neither, ``ncl tasks list`` none of the
+host loop, runtimes or model proxy (tests/test_cli_startup.py).
 """
 
 from __future__ import annotations
@@ -10,44 +10,63 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from host import __version__
 from host.errors import NclError
 
+if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
+
 STDERR_HANDLER = "ncl-stderr"
 
-# name -> "module:attribute" of its click command, in a module imported when the command is first needed
+# name -> ("module:attribute" of its click command, in a module imported when the command is first needed; the first
+# sentence of its help, which ``ncl --help`` and completion list without importing it: tests/test_cli_startup.py
+# checks it against the command's own)
 COMMANDS = {
-    "agent": "host.cli.chat:agent_cli",
-    "alerts": "host.cli.alerts:alerts_cli",
-    "chat": "host.cli.chat:chat",
-    "completion": "host.cli.completion:completion",
-    "doctor": "host.cli.doctor:doctor",
-    "groups": "host.cli.groups:group_cli",
-    "host": "host.cli.hostcmd:host_cli",
-    "image": "host.cli.image:image_cli",
-    "logs": "host.cli.logs:logs",
-    "mailbox": "host.cli.mailbox:mailbox_cli",
-    "messages": "host.cli.status:messages_cli",
-    "queue": "host.cli.queue:queue_cli",
-    "scheduled-task": "host.cli.scheduled:scheduled_cli",
-    "sessions": "host.cli.sessions:session_cli",
-    "status": "host.cli.status:status",
-    "tasks": "host.cli.tasks:task_cli",
+    "agent": ("host.cli.chat:agent_cli", "The agent as a callable tool."),
+    "alerts": ("host.cli.alerts:alerts_cli",
+               "Alerts: a series paused, gate errors in a row, missed slots, a failed project task, a runner that "
+               "cannot start, reported to NCL_ALERT_CHANNEL."),
+    "chat": ("host.cli.chat:chat", "Chat with GROUP's agent: interactively, or send TEXT once and print the reply."),
+    "completion": ("host.cli.completion:completion", "Print the completion script for SHELL."),
+    "doctor": ("host.cli.doctor:doctor",
+               "Check the install: TZ, data dir, Docker engine and image, API key, schema versions."),
+    "groups": ("host.cli.groups:group_cli", "Agent groups: one agent each, with its rules, files and channels."),
+    "host": ("host.cli.hostcmd:host_cli",
+             "The host process: sweeps session inboxes, wakes runners, applies their requests."),
+    "image": ("host.cli.image:image_cli", "The agent-runner image (NCL_IMAGE)."),
+    "logs": ("host.cli.logs:logs",
+             "The host's log, data/host.log (rotated at 10 MiB, 3 old files kept), oldest line first; times in TZ."),
+    "mailbox": ("host.cli.mailbox:mailbox_cli",
+                "Mailboxes for mail:ADDRESS channels: where the agent reads (IMAP) and answers (SMTP) its mail."),
+    "messages": ("host.cli.status:messages_cli", "Session transcripts."),
+    "queue": ("host.cli.queue:queue_cli", "Named queues of background jobs (channels queue:NAME)."),
+    "scheduled-task": ("host.cli.scheduled:scheduled_cli",
+                       "Project-level scheduled tasks: a cron schedule in TZ firing a queue job, a container or a "
+                       "host command."),
+    "sessions": ("host.cli.sessions:session_cli", "Sessions: one folder and inbox per conversation or job stream."),
+    "status": ("host.cli.status:status",
+               "Is the host up, which runners are alive (busy or idle), which sessions wait for one, the next 10 due "
+               "items."),
+    "tasks": ("host.cli.tasks:task_cli",
+              "Scheduled task series: one line per series, addressed by series id or any occurrence id."),
 }
 
 
 class LazyGroup(click.Group):
-    """A group whose commands (``COMMANDS``) are imported when looked up: to be run, or listed by ``--help``."""
+    """A group whose commands (``COMMANDS``) are imported when looked up to be run; ``--help`` and completion list
+    them by the summaries in ``COMMANDS`` (importing every command module took ~350 ms: the host loop, Docker,
+    pydantic models)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in COMMANDS:
-            module, _, attribute = COMMANDS[cmd_name].partition(":")
+            module, _, attribute = COMMANDS[cmd_name][0].partition(":")
             self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
         return self.commands.get(cmd_name)
 
@@ -57,6 +76,22 @@ class LazyGroup(click.Group):
             return super().resolve_command(ctx, args)
         except click.NoSuchCommand as exc:  # "did you mean" among every command, not only the ones imported
             raise click.NoSuchCommand(exc.command_name, possibilities=COMMANDS, ctx=ctx) from None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        summaries().format_commands(ctx, formatter)
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[CompletionItem]:
+        from click.shell_completion import CompletionItem
+
+        named = [CompletionItem(name, help=command.get_short_help_str())
+                 for name, command in summaries().commands.items() if name.startswith(incomplete)]
+        return named + click.Command.shell_complete(self, ctx, incomplete)  # and the group's own options
+
+
+def summaries() -> click.Group:
+    """Every command as a stand-in holding its name and summary alone, shortened to fit as click does the real
+    one's help."""
+    return click.Group(commands=[click.Command(name, help=summary) for name, (_, summary) in sorted(COMMANDS.items())])
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
