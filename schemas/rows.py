@@ -1,11 +1,12 @@
 """A ``messages_in`` row as read, and the names its columns take: no pydantic here, so a runner starts without it
-(its import and model building were half of a runner's start-up); the validated models are ``schemas.messages``."""
+(its import and model building were half of a runner's start-up); the validated models are ``schemas.messages``.
+The rows are NamedTuples, not dataclasses: a frozen dataclass compiles its generated methods when its class is made,
+which every command reading an inbox paid (~15M instructions of ``ncl tasks list`` for these three)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 if TYPE_CHECKING:
     import sqlite3
@@ -17,8 +18,7 @@ ContextMode = Literal["group", "isolated"]
 RunOutcome = Literal["ran", "skipped", "gate_error", "failed", "missed", "cancelled"]
 
 
-@dataclass(frozen=True, slots=True)
-class InMessage:
+class InMessage(NamedTuple):
     """One ``messages_in`` row as read, by host and runner alike: no validation, so reading stays cheap. Fields in
     the table's column order."""
 
@@ -56,10 +56,10 @@ class InMessage:
 
 
 MODEL_WAIT = "model_wait"  # the outbound session_state key of a runner waiting to retry the model API
+MODEL_WAIT_MAX_TEXT = 4096  # characters of its value read: a longer one is not a ``ModelWait``
 
 
-@dataclass(frozen=True, slots=True)
-class ModelWait:
+class ModelWait(NamedTuple):
     """A runner waiting to call the model again (rate limited, overloaded, unreachable): the batch's row ids, the
     problem as the API said it and when the next try goes (UTC text). The runner writes it to its session_state;
     the interactive chat shows it. The runner may write anything there: ``parse`` takes only this shape."""
@@ -68,14 +68,12 @@ class ModelWait:
     problem: str
     until: str
 
-    MAX_TEXT = 4096
-
     def text(self) -> str:
         return json.dumps({"rows": list(self.rows), "problem": self.problem, "until": self.until})
 
     @classmethod
     def parse(cls, text: str | None) -> ModelWait | None:
-        if not text or len(text) > cls.MAX_TEXT:
+        if not text or len(text) > MODEL_WAIT_MAX_TEXT:
             return None
         try:
             value = json.loads(text)
@@ -88,8 +86,7 @@ class ModelWait:
         return cls(tuple(rows), problem, until)
 
 
-@dataclass(frozen=True, slots=True)
-class Tokens:
+class Tokens(NamedTuple):
     """Model tokens one turn used, summed over its calls, as the provider reported them (``input`` counts cached
     input too, as the credential proxy does). The runner writes ``wire()`` into its ack's detail under ``tokens``;
     the host reads it back with ``parse``, which takes a whole number from 0 up to ``TOKENS_LIMIT`` for each and leaves

@@ -16,7 +16,6 @@ After the last allowed occurrence ends no clone is made and that row's content g
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
 from zoneinfo import ZoneInfo
@@ -46,10 +45,15 @@ def check_until(until: datetime, now: datetime, first: datetime | None) -> None:
                          "cancel the task to end it now")
 
 
-@dataclass(frozen=True)
 class Ends:
-    until: datetime | None = None
-    count: int | None = None
+    """A series' end conditions. A plain class: a frozen dataclass compiles its methods when the class is made, which
+    ``ncl tasks list`` pays, and a NamedTuple's field ``count`` would hide ``tuple.count``."""
+
+    __slots__ = ("count", "until")
+
+    def __init__(self, until: datetime | None = None, count: int | None = None) -> None:
+        self.until = until
+        self.count = count
 
     @classmethod
     def of(cls, content: str | dict[str, object]) -> Ends:

@@ -4,7 +4,6 @@ reply. The model is a fake Messages API that holds the first request until the t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -35,7 +34,7 @@ ROW = InMessage(id="msg-1781182800000-aaaaaa", seq=3, kind="chat", timestamp="20
     ({"status": "failed"}, ""),
 ])
 def test_the_status_says_what_happens_to_the_message(changes: dict[str, object], said: str) -> None:
-    assert status_text(dataclasses.replace(ROW, **changes), 3.2, NY) == said  # type: ignore[arg-type]
+    assert status_text(ROW._replace(**changes), 3.2, NY) == said
     assert status_text(None, 3.2, NY) == ""
 
 
@@ -44,11 +43,11 @@ NOW = datetime(2026, 6, 11, 13, 0, 5, tzinfo=UTC)
 
 
 def test_a_runner_waiting_to_retry_the_model_api_is_shown_until_its_retry() -> None:
-    working = dataclasses.replace(ROW, status="processing")
+    working = ROW._replace(status="processing")
     assert status_text(working, 5, NY, WAIT, NOW) == (
         "… the model API is busy (rate limited (429): slow down); retrying at 09:00:30 EDT (5 s)")
     assert status_text(working, 40, NY, WAIT, NOW + timedelta(seconds=35)) == "… the agent is working on it (40 s)"
-    other = dataclasses.replace(WAIT, rows=("msg-other",))
+    other = WAIT._replace(rows=("msg-other",))
     assert status_text(working, 5, NY, other, NOW) == "… the agent is working on it (5 s)"  # another batch's wait
 
 
@@ -62,11 +61,11 @@ def test_what_a_runner_stored_is_taken_only_in_its_shape_and_size(stored: str) -
 
 
 def test_the_runners_words_cannot_move_the_cursor_or_break_the_line() -> None:
-    wait = dataclasses.replace(WAIT, problem="\x1b[2J\nowned" + "y" * 300)
-    said = status_text(dataclasses.replace(ROW, status="processing"), 5, NY, wait, NOW)
+    wait = WAIT._replace(problem="\x1b[2J\nowned" + "y" * 300)
+    said = status_text(ROW._replace(status="processing"), 5, NY, wait, NOW)
     assert "\x1b" not in said and "\n" not in said and said.count("y") < 130
-    wait = dataclasses.replace(WAIT, until="tomorrow")
-    assert status_text(dataclasses.replace(ROW, status="processing"), 5, NY, wait, NOW).endswith("working on it (5 s)")
+    wait = WAIT._replace(until="tomorrow")
+    assert status_text(ROW._replace(status="processing"), 5, NY, wait, NOW).endswith("working on it (5 s)")
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import asdict
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -148,7 +147,7 @@ def detail(session: Session, series_id: str, zone: ZoneInfo) -> dict[str, Any]:
     """``tasks show``: the list item, every occurrence row, and the next 5 runs."""
     with closing(db.connect(session.folder / "inbound.db", "inbound", readonly=True)) as conn:
         found, occurrences = _one(conn, session, series_id)
-    return {"task": found.to_json(), "occurrences": [asdict(r) for r in occurrences],
+    return {"task": found.to_json(), "occurrences": [r._asdict() for r in occurrences],
             "next_runs": _next_runs(occurrences, zone) if session.status == "active" else []}
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -18,7 +17,7 @@ from schemas.times import to_text
 if TYPE_CHECKING:  # the outbox module (its dataclasses) is not loaded by commands that only read the inbox
     from host.store.outbox import OutMessage
 
-IN_COLUMNS = tuple(field.name for field in fields(InMessage))  # the order of a SELECT * of messages_in
+IN_COLUMNS = InMessage._fields  # the order of a SELECT * of messages_in
 
 LIVE = f"({', '.join(repr(s) for s in LIVE_STATUSES)})"  # SQL: status IN {LIVE}
 # The CHECK of messages_in.status allows five statuses, and the three live ones sort after the two ended ones: so

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from host.store import db
-from schemas.rows import MODEL_WAIT, ModelWait
+from schemas.rows import MODEL_WAIT, MODEL_WAIT_MAX_TEXT, ModelWait
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,5 +119,5 @@ def model_wait(path: Path) -> ModelWait | None:
         return None
     with closing(db.connect(path, "outbound", query_only=True)) as conn:
         row = conn.execute("SELECT substr(value, 1, ?) FROM session_state WHERE key = ?",
-                           (ModelWait.MAX_TEXT + 1, MODEL_WAIT)).fetchone()  # the runner's text: bounded
+                           (MODEL_WAIT_MAX_TEXT + 1, MODEL_WAIT)).fetchone()  # the runner's text: bounded
     return ModelWait.parse(row[0] if row and isinstance(row[0], str) else None)

@@ -75,6 +75,18 @@ def test_visible_escapes_every_control_character_and_keeps_the_rest() -> None:
     assert visible(plain) == plain
 
 
+def test_exactly_the_characters_a_terminal_obeys_are_escaped() -> None:
+    """The module's list, bound by bound (its table is filled as characters are met): C0, DEL and C1 controls, the
+    line and paragraph separators, bidi embeddings, overrides and isolates, lone surrogates; each shown as a string
+    literal writes it. Every code point of the BMP (all of the list is there) and two beyond."""
+    obeyed = {*range(0x20), *range(0x7F, 0xA0), *range(0x2028, 0x202F), *range(0x2066, 0x206A), *range(0xD800, 0xE000)}
+    every = "".join(map(chr, [*range(0x10000), 0x1F642, 0x10FFFF]))
+    for shown, kept in ((visible, "\n\t"), (cell, "")):
+        expected = "".join(repr(char)[1:-1] if ord(char) in obeyed and char not in kept else char for char in every)
+        assert shown(every) == expected
+        assert shown(every) == expected  # the second time from the filled table
+
+
 def test_messages_list_shows_a_hostile_reply_escaped_and_json_keeps_it(ncl: Ncl, session: dict[str, Any]) -> None:
     folder = Path(session["path"])
     _write(folder / "inbound.db", "INSERT INTO messages_in(id, seq, kind, timestamp, status, content)"
