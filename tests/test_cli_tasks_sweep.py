@@ -28,7 +28,7 @@ def _no_runtime(*args: Any, **kwargs: Any) -> Any:
 
 def test_sweep_json_counts_a_due_task_as_woken_and_starts_nothing(
         cli: Ncl, session: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("host.cli.hostcmd.select_runtime", _no_runtime)
+    monkeypatch.setattr("host.runtimes.factory.select_runtime", _no_runtime)
     item = weekday_task(cli, session)
 
     early = sweep(cli, "2026-05-18T08:59:59")

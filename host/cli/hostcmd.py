@@ -1,8 +1,8 @@
-"""``ncl host``: run the host, or do one sweep by hand."""
+"""``ncl host``: run the host, or do one sweep by hand. The host's machinery is imported by the command that runs it:
+``ncl host --help`` took 390 ms importing it."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
@@ -11,21 +11,14 @@ from typing import Literal
 
 import click
 
-from host.channels import alerts
 from host.cli import STDERR_HANDLER
 from host.cli.app import App, now_option, pass_app
 from host.cli.output import emit, fields, json_option
 from host.cli.terminal import visible
 from host.files import logs
 from host.files.lock import host_lock
-from host.loop import Host
-from host.project_tasks.fire import fire_once
-from host.runtimes.factory import select_runtime
-from host.runtimes.pool import Runners
-from host.scheduling.sweep import Sweeper
 from host.settings import Settings
 from schemas import clock
-from schemas.proctree import become_subreaper, subreaping
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +67,12 @@ def logging_to_file(settings: Settings, stderr: Literal["lines", "quiet", "kept"
 def run(app: App, quiet: bool) -> None:
     """Run the host until SIGINT/SIGTERM (one per data directory). It logs to stderr and data/host.log (rotated
     at 10 MiB, 3 old files kept; read and follow it with `ncl logs`)."""
+    import asyncio
+
+    from host.loop import Host
+    from host.runtimes.factory import select_runtime
+    from schemas.proctree import become_subreaper
+
     with logging_to_file(app.settings, "quiet" if quiet else "lines"), host_lock(app.settings.data_dir):
         # Orphans of local runners and host tasks come to us, not to pid 1, and are killed (schemas.proctree).
         become_subreaper()
@@ -94,6 +93,15 @@ def run(app: App, quiet: bool) -> None:
 def sweep(app: App, once: bool, now: datetime | None, as_json: bool) -> None:
     """One sweep. With --now it acts at that instant and only counts the runners it would wake. What it does is
     logged to data/host.log too."""
+    import asyncio
+
+    from host.channels import alerts
+    from host.project_tasks.fire import fire_once
+    from host.runtimes.factory import select_runtime
+    from host.runtimes.pool import Runners
+    from host.scheduling.sweep import Sweeper
+    from schemas.proctree import subreaping
+
     raised = alerts.alerts_of(app.settings)  # what this sweep raises is sent before it exits, in bounded time
     # As in ``host run``, what a host task leaves when it ends is ours to kill; only while we sweep.
     with logging_to_file(app.settings, "kept"), host_lock(app.settings.data_dir), subreaping():
