@@ -16,6 +16,7 @@ import json
 import logging
 from collections import defaultdict
 from contextlib import closing
+from datetime import datetime
 from typing import Any
 
 from host.channels import cli_protocol as protocol
@@ -24,7 +25,7 @@ from host.channels.cli_protocol import socket_path
 from host.errors import NclError
 from host.http.listener import Listener, unix_socket
 from host.settings import Settings
-from host.store import db, groups, inbox
+from host.store import db, groups, inbox, sessions
 from host.store.groups import Group
 from host.store.outbox import OutMessage
 from host.store.sessions import Session
@@ -48,6 +49,7 @@ class CliChannel:
         self.settings = settings
         self.listeners: dict[str, set[asyncio.StreamWriter]] = defaultdict(set)
         self._listener: Listener | None = None
+        self._central = db.Pool(settings.central_db)
 
     async def start(self) -> None:
         path = socket_path(self.settings)
@@ -62,6 +64,7 @@ class CliChannel:
     async def stop(self) -> None:
         if self._listener:
             await self._listener.stop()
+        self._central.close()
         with contextlib.suppress(FileNotFoundError):
             socket_path(self.settings).unlink()
 
@@ -84,46 +87,64 @@ class CliChannel:
         return bool(writers) or None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sessions: set[str] = set()
+        chats: set[str] = set()
         try:
             while line := await _next_line(reader):
-                answer = await self._handle(line, writer, sessions)
-                writer.write(protocol.encode(answer))
+                answer, arrived = await self._handle(line, writer, chats)
+                writer.write(protocol.encode(answer))  # sent at once: asyncio writes to an idle socket directly
+                if arrived:
+                    await asyncio.to_thread(self._stamp, *arrived)
                 async with asyncio.timeout(LINE_TIMEOUT_S):
                     await writer.drain()
         except (ConnectionError, asyncio.LimitOverrunError, ValueError, TimeoutError) as exc:
             log.info("cli client dropped: %s", exc, extra={"action": "cli_client_dropped"})
         finally:
-            for session_id in sessions:
+            for session_id in chats:
                 self.listeners[session_id].discard(writer)
             writer.close()
 
-    async def _handle(self, line: bytes, writer: asyncio.StreamWriter, sessions: set[str]) -> dict[str, Any]:
+    async def _handle(self, line: bytes, writer: asyncio.StreamWriter,
+                      chats: set[str]) -> tuple[dict[str, Any], tuple[str, datetime] | None]:
+        """The answer to one request line, and the session it wrote to with the time (None: it wrote nothing)."""
         try:
             request = protocol.decode(line)
             if request.get("op") != "send":
                 raise NclError('expected {"op": "send", "group", "text"}')
+            now = clock.now()
             # In a thread: its commits' syncs, and a wait for a lock the sweep holds, would hold the loop.
-            session, message_id, seq = await asyncio.to_thread(self.send, request)
+            session, message_id, seq = await asyncio.to_thread(self.send, request, now)
         except (NclError, ValueError) as exc:
-            return protocol.refused(str(exc).splitlines()[0])
+            return protocol.refused(str(exc).splitlines()[0]), None
         self.listeners[session.id].add(writer)
-        sessions.add(session.id)
-        return protocol.accepted(session.id, message_id, seq)
+        chats.add(session.id)
+        return protocol.accepted(session.id, message_id, seq), (session.id, now)
 
-    def send(self, request: dict[str, Any]) -> tuple[Session, str, int]:
+    def send(self, request: dict[str, Any], now: datetime) -> tuple[Session, str, int]:
+        """The message into its session's inbox. The session is marked active (``_stamp``) after the answer: the
+        message is safe once in the inbox, and that central.db commit (a sync, and a wait for the sweep's writes to
+        central.db) would only make the answer later."""
         text, group_ref = request.get("text"), request.get("group")
         if not isinstance(text, str) or not text.strip() or not isinstance(group_ref, str):
             raise NclError("a message needs a group and some text")
         thread = request.get("thread")
-        with closing(db.connect(self.settings.central_db, "central")) as central:
+        with self._central.connection() as central:
             kind = request.get("channel", "cli")
             group = router.group_for(central, "cli", group_ref) if kind == "cli" else _toolkit(central, group_ref)
             channel = "cli" if kind == "cli" else next(c for c in group.channels if c.startswith("toolkit:"))
             arrival = router.Arrival(channel, "chat", {"text": text, "sender": request.get("sender", "user"),
                                                        "sender_id": request.get("sender_id")},
                                      thread=str(thread) if thread else None)
-            return router.deliver_in(central, self.settings, clock.now(), group, arrival)
+            return router.deliver_in(central, self.settings, now, group, arrival, stamp=False)
+
+    def _stamp(self, session_id: str, now: datetime) -> None:
+        """Mark the session active at ``now``. A host stopped before this leaves the message in the inbox and the
+        session's ``last_active_at`` as it was, as a crash between the two commits always could."""
+        try:
+            with self._central.connection() as central:
+                sessions.touch(central, session_id, now)
+        except (db.Error, NclError) as exc:
+            log.warning("session %s not marked active: %s", session_id, exc,
+                        extra={"action": "session_touch_failed", "session": session_id})
 
 
 async def _next_line(reader: asyncio.StreamReader) -> bytes:

@@ -72,8 +72,9 @@ def session_for(conn: db.Connection, settings: Settings, now: datetime, group: G
 
 
 def deliver_in(central: db.Connection, settings: Settings, now: datetime, group: Group,
-               arrival: Arrival) -> tuple[Session, str, int]:
-    """Write the arrival into its session's inbox; returns the session, the row id and its seq."""
+               arrival: Arrival, stamp: bool = True) -> tuple[Session, str, int]:
+    """Write the arrival into its session's inbox; returns the session, the row id and its seq. ``stamp=False``:
+    the caller marks the session active itself (``sessions.touch``), once it has answered."""
     from schemas.messages import CONTENT_BY_KIND  # pydantic: in the host, not in the ``ncl chat`` that finds the socket
 
     content = CONTENT_BY_KIND[arrival.kind].model_validate(arrival.content)
@@ -86,6 +87,7 @@ def deliver_in(central: db.Connection, settings: Settings, now: datetime, group:
             return session, message_id, seen
         seq = inbox.arrive(conn, {"id": message_id, "kind": arrival.kind, "timestamp": to_text(now),
                                   "trigger": arrival.trigger, "content": json.dumps(content.model_dump())}, routing)
-    sessions.touch(central, session.id, now)
     nudge.touch(settings, session.id)
+    if stamp:
+        sessions.touch(central, session.id, now)
     return session, message_id, seq

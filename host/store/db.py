@@ -6,6 +6,7 @@ import logging
 import os
 import sqlite3
 import stat
+import threading
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
 from pathlib import Path
@@ -54,7 +55,7 @@ def _statements(script: str) -> Iterator[str]:
             buffer = ""
 
 
-def _raw(path: Path, readonly: bool) -> sqlite3.Connection:
+def _raw(path: Path, readonly: bool, any_thread: bool = False) -> sqlite3.Connection:
     """A connection to the regular file ``path`` that provably went through no symlink (see ``_pinned``)."""
     with _pinned(path, create=not readonly) as (target, dirfd):
         # mode=rw, never rwc: SQLite never creates a file (``_pinned`` made it, 0600), so a link it met could not
@@ -62,7 +63,8 @@ def _raw(path: Path, readonly: bool) -> sqlite3.Connection:
         uri = f"file://{quote_from_bytes(os.fsencode(target))}?mode={'ro' if readonly else 'rw'}"
         try:
             # ``timeout`` is SQLite's busy timeout (sqlite3_busy_timeout): PRAGMA busy_timeout reads it back.
-            conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                                   check_same_thread=not any_thread)
         except sqlite3.OperationalError as exc:
             raise DbError(f"cannot open {path}: {exc}") from None
         # SQLite resolves every symlink of the path itself (lstat and readlink per component), then opens the
@@ -191,7 +193,7 @@ def _register_existing_task_ids(central: sqlite3.Connection, sessions_dir: Path)
 
 
 def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: bool = False,
-            reading: bool = False) -> sqlite3.Connection:
+            reading: bool = False, any_thread: bool = False) -> sqlite3.Connection:
     """Open ``path`` at the latest schema. Read-only opens never write, except the migration of an
     older file, done once through a short read-write connection first (DESIGN §12.13). No symlink is ever
     followed to or in a session's files, and a missing file is created 0600 (``_pinned``).
@@ -202,7 +204,9 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
     would: only a writer that died leaves one.
 
     ``reading`` (a session file): the connection comes inside the read transaction its checks took, for the
-    caller's first reads, which ``end_read`` ends: a transaction less, and its lock taken and dropped once."""
+    caller's first reads, which ``end_read`` ends: a transaction less, and its lock taken and dropped once.
+
+    ``any_thread``: usable from any thread, one at a time (``Pool``); sqlite3 binds a connection to its thread."""
     if query_only:
         conn = connect(path, kind, reading=reading)
         conn.execute("PRAGMA query_only=ON")
@@ -217,7 +221,7 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
         return _raw(path, readonly=True)
     if kind == "central" and not path.exists():
         lock.refuse_missing_central(path.parent)
-    conn = _raw(path, readonly=False)
+    conn = _raw(path, readonly=False, any_thread=any_thread)
     try:
         found = _version_and_mode(conn, kind, path, keep=reading)
         if kind != "central" and not reading:  # (a reading connection's is set as its read ends: ``end_read``)
@@ -239,6 +243,41 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
         conn.close()
         raise
     return conn
+
+
+class Pool:
+    """Connections to central.db kept open for the short work of the threads that serve a channel (opening one, with
+    its checks, costs ~0.5 ms and a dozen calls that each give up the GIL): each use takes an idle one or opens
+    another, and gives it back after. A connection left inside a transaction is closed, never given back."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._idle: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = connect(self.path, "central", any_thread=True)
+        try:
+            yield conn
+        finally:
+            with self._lock:
+                kept = not self._closed and not conn.in_transaction
+                if kept:
+                    self._idle.append(conn)
+            if not kept:
+                conn.close()
+
+    def close(self) -> None:
+        """Close the idle connections; one in use is closed when given back."""
+        with self._lock:
+            self._closed, idle, self._idle = True, self._idle, []
+        for conn in idle:
+            conn.close()
 
 
 def end_read(conn: sqlite3.Connection) -> None:
