@@ -1,4 +1,5 @@
-"""``ncl queue``: push background jobs into named queues, and see what waits."""
+"""``ncl queue``: push background jobs into named queues, and see what waits. The queues module (the router, asyncio)
+is imported by the commands: ``--help`` took 145 ms with it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from typing import Any
 
 import click
 
-from host.channels import queues
 from host.cli.app import App, now_option, pass_app
 from host.cli.output import emit, json_option, print_json, table
 from host.errors import NclError
@@ -43,6 +43,8 @@ def _payload(text: str | None, file: Path | None) -> Any:
 @pass_app
 def send(app: App, queue: str, payload_text: str | None, payload_file: Path | None, now: datetime | None) -> None:
     """Enqueue one job; prints {"queue", "message_id", "session_id"} as JSON (here --json is the payload)."""
+    from host.channels import queues
+
     payload = _payload(payload_text, payload_file)
     with closing(app.central(write=True)) as central:
         print_json(queues.send(central, app.settings, now or app.now(), queue, payload))
@@ -53,6 +55,8 @@ def send(app: App, queue: str, payload_text: str | None, payload_file: Path | No
 @pass_app
 def list_(app: App, as_json: bool) -> None:
     """Queues with their group and how many jobs wait and run."""
+    from host.channels import queues
+
     with closing(app.central()) as central:
         found = queues.summary(central, app.settings)
     emit(as_json, {"queues": found}, lambda: table(
