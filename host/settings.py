@@ -74,10 +74,10 @@ class AlertTarget(NamedTuple):
         kind, _, rest = text.partition(":")
         if kind == "mail":
             *sender, to = rest.split(":")
-            if len(sender) <= 1 and all(MAIL_ADDRESS.fullmatch(a) and len(a) <= 254 for a in (*sender, to)):
+            if len(sender) <= 1 and all(re.fullmatch(MAIL_ADDRESS, a) and len(a) <= 254 for a in (*sender, to)):
                 return cls("mail", to, "".join(sender).lower())
             raise ValueError("expected mail:TO_ADDRESS (sent from the only mailbox) or mail:MAILBOX_ADDRESS:TO_ADDRESS")
-        if kind == "session" and GROUP_NAME.fullmatch(rest):
+        if kind == "session" and re.fullmatch(GROUP_NAME, rest):
             return cls("session", rest)
         url = rest if kind == "webhook" else text
         parts = urlsplit(url)
@@ -87,12 +87,13 @@ class AlertTarget(NamedTuple):
         raise ValueError("expected session:GROUP, webhook:URL, an http(s) URL or mail:TO_ADDRESS")
 
 
-MATRIX_USER = re.compile(r"@[a-z0-9._=/+-]{1,255}:[A-Za-z0-9.-]{1,230}(:[0-9]{1,5})?")
-MATRIX_ALLOWED = re.compile(r"@(\*|[a-z0-9._=/+-]{1,255}):[A-Za-z0-9.-]{1,230}(:[0-9]{1,5})?")
+# Compiled (and cached by ``re``) where first used, as schemas.ids' patterns: few commands read a Matrix setting.
+MATRIX_USER = r"@[a-z0-9._=/+-]{1,255}:[A-Za-z0-9.-]{1,230}(:[0-9]{1,5})?"
+MATRIX_ALLOWED = r"@(\*|[a-z0-9._=/+-]{1,255}):[A-Za-z0-9.-]{1,230}(:[0-9]{1,5})?"
 
 
 def _matrix_user(text: str) -> str:
-    if text and not MATRIX_USER.fullmatch(text):
+    if text and not re.fullmatch(MATRIX_USER, text):
         raise ValueError("expected a Matrix user id such as @bot:example.org")
     return text
 
@@ -108,7 +109,7 @@ def matrix_allow_list(text: str) -> tuple[str, ...]:
     """``NCL_MATRIX_ALLOW``: user ids and ``@*:server`` patterns, comma-separated; ValueError names a bad one."""
     items = tuple(item.strip() for item in text.split(",") if item.strip())
     for item in items:
-        if not MATRIX_ALLOWED.fullmatch(item):
+        if not re.fullmatch(MATRIX_ALLOWED, item):
             raise ValueError(f"{item!r} is neither a Matrix user id (@user:server) nor @*:server")
     return items
 

@@ -11,11 +11,13 @@ _SUFFIX = 6  # characters of an id's random part
 # sched: project-level scheduled tasks; host: those of them an admin group's agent created (issue 16.3)
 PREFIXES = ("task", "msg", "sys", "sess", "run", "sched", "host")
 _ID = re.compile(rf"({'|'.join(PREFIXES)})-([0-9]{{13}})-([0-9a-z]{{6}})")
-_SHORT = re.compile(rf"({'|'.join(PREFIXES)})-([0-9a-z]{{6}})")
-GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,47}")
+# The patterns below are compiled (and cached by ``re``) where first used: compiling a pattern costs 0.3-1.5M
+# instructions, which every command paid at import for these, though few use them.
+_SHORT = rf"({'|'.join(PREFIXES)})-([0-9a-z]{{6}})"
+GROUP_NAME = r"[A-Za-z0-9][A-Za-z0-9_-]{0,47}"
 # A mail address as mailboxes and NCL_ALERT_CHANNEL take it: a dot-atom local part, a domain of labels; no quoting.
-MAIL_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
-                          r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*")
+MAIL_ADDRESS = (r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
+                r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*")
 
 
 def new_id(prefix: str, now: datetime) -> str:
@@ -52,7 +54,7 @@ def short(full: str) -> str:
 
 def short_pattern(ref: str, prefix: str) -> str | None:
     """The SQL ``LIKE`` pattern of the full ids a short id of that kind stands for; None if ``ref`` is none."""
-    match = _SHORT.fullmatch(ref)
+    match = re.fullmatch(_SHORT, ref)
     return f"{prefix}-%-{match.group(2)}" if match and match.group(1) == prefix else None
 
 
@@ -63,7 +65,7 @@ def group_id(name: str) -> str:
 
 
 def check_group_name(name: str) -> None:
-    if not GROUP_NAME.fullmatch(name or ""):
+    if not re.fullmatch(GROUP_NAME, name or ""):
         raise ValueError(
             f"invalid group name {name!r}: use 1-48 letters, digits, '-' or '_', "
             "starting with a letter or digit (no '/', '.', spaces)"

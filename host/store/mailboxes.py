@@ -19,7 +19,7 @@ from schemas.ids import MAIL_ADDRESS
 from schemas.times import to_text
 
 TLS_MODES = ("ssl", "starttls", "none")
-ADDRESS = MAIL_ADDRESS
+ADDRESS = re.compile(MAIL_ADDRESS)
 # A sender pattern: an address, or one with '*' standing for any run of characters (*@example.org).
 PATTERN = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9*.-]{1,253}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
