@@ -161,6 +161,17 @@ def test_the_help_of_a_command_of_the_machinery_imports_none_of_it(env: Env, com
     assert among(modules, MACHINERY) == []
 
 
+def test_a_commands_help_reads_no_setting_so_shows_with_an_invalid_one(env: Env) -> None:
+    """The settings are loaded when a command asks for them, which its ``--help`` never does; the command itself
+    still refuses the setting."""
+    env.vars["NCL_MAX_RUNNERS"] = "0"
+    for args in (("tasks", "--help"), ("tasks", "list", "--help")):
+        out, said, _ = imported(env, *args)
+        assert out.startswith(f"Usage: ncl {' '.join(args[:-1])} ") and said == []
+    done = env.ncl("tasks", "list")
+    assert done.returncode == 1 and "invalid setting NCL_MAX_RUNNERS='0'" in done.stderr
+
+
 def test_a_sweep_still_imports_the_machinery(env: Env) -> None:
     """The counter-check: a command that needs the machinery imports it, and the parse sees it."""
     _, _, modules = imported(env, "host", "sweep", "--once", "--now", "2030-01-01T00:00:00Z", "--json")

@@ -96,8 +96,7 @@ def summaries() -> click.Group:
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ncl")
-@click.pass_context
-def cli(ctx: click.Context) -> None:
+def cli() -> None:
     """ncl: run AI agents for people from SQLite inboxes.
 
     Settings come from the environment, then .env in the current directory (or NCL_ENV_FILE);
@@ -105,19 +104,12 @@ def cli(ctx: click.Context) -> None:
     """
     import logging
 
-    from host import settings as settings_module
-    from host.cli.app import App, zone_mismatch
     from host.cli.terminal import VisibleFormatter
 
     handler = logging.StreamHandler()
     handler.set_name(STDERR_HANDLER)  # ``ncl host`` gives it the log file's lines, or takes it away
     handler.setFormatter(VisibleFormatter("ncl: %(levelname)s: %(message)s"))
-    logging.basicConfig(level=logging.WARNING, handlers=[handler])
-    settings = settings_module.load()
-    logging.getLogger().setLevel(settings.log_level)
-    ctx.obj = App(settings)
-    if ctx.invoked_subcommand != "doctor" and (mismatch := zone_mismatch(settings)):  # doctor says it itself
-        logging.getLogger("ncl").warning(mismatch, extra={"action": "zone_mismatch"})
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])  # the settings' level once loaded (app.app_of)
 
 
 def _fail(message: str, code: int) -> None:

@@ -1,13 +1,18 @@
 """What every command is handed: the settings, the central DB opened the right way, and a warning when the running
-host plans in another zone."""
+host plans in another zone. The settings are loaded when a command first asks for them (``pass_app``), not by the
+``ncl`` group: a command's ``--help`` loads none (and shows even when a setting is invalid)."""
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 import click
 
+from host import settings as settings_module
 from host.errors import NclError
 from host.files import lock
 from host.settings import Settings
@@ -41,7 +46,30 @@ class App(NamedTuple):  # not a dataclass: a fifth of its cost at import, which 
         return clock.now()
 
 
-pass_app = click.make_pass_decorator(App)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def app_of(ctx: click.Context) -> App:
+    """This command line's App, made at the first ask: the settings loaded, the log level set from them, and a running
+    host planning in another zone warned about (``doctor`` says it itself)."""
+    root = ctx.find_root()
+    if not isinstance(root.obj, App):
+        settings = settings_module.load()
+        logging.getLogger().setLevel(settings.log_level)
+        root.obj = App(settings)
+        if root.invoked_subcommand != "doctor" and (mismatch := zone_mismatch(settings)):
+            logging.getLogger("ncl").warning(mismatch, extra={"action": "zone_mismatch"})
+    return root.obj
+
+
+def pass_app(command: Callable[Concatenate[App, P], R]) -> Callable[P, R]:
+    """Hands a command this command line's App (``app_of``) as its first argument."""
+
+    def with_app(*args: P.args, **kwargs: P.kwargs) -> R:
+        return command(app_of(click.get_current_context()), *args, **kwargs)
+
+    return functools.update_wrapper(with_app, command)
 
 
 def zone_mismatch(settings: Settings) -> str | None:
@@ -68,10 +96,8 @@ def policy(app: App) -> Policy:
 def _parse_now(ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
     if value is None:
         return None
-    app = ctx.find_object(App)
-    assert app is not None
     try:
-        return truncate_ms(parse_user_time(value, app.settings.tz.zone))
+        return truncate_ms(parse_user_time(value, app_of(ctx).settings.tz.zone))
     except TimeFormatError as exc:
         raise NclError(f"--now: {exc}") from None
 
