@@ -19,7 +19,6 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +89,7 @@ def run(root: Path, built: Path, sessions_list: list[Any], percent: int) -> dict
         cloned = [s for n, s in enumerate(sessions_list) if n % (100 // percent) == 0]
         before = sum(e.get("cloned", 0) for e in _events(host, "sweep"))
         for session in cloned:
-            bench_sweep.ack(replace(session, path=str(root / "data" / session.folder.relative_to(built))))
+            bench_sweep.ack(session._replace(path=str(root / "data" / session.folder.relative_to(built))))
         log(f"clone sweep over {len(cloned)} acks …")
         nudge.touch(settings)
         clone_s, clone = _probed(settings, port, host,
