@@ -16,7 +16,6 @@ import math
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import closing
 
 from host.channels import router
 from host.http.listener import Listener, tcp_socket
@@ -51,6 +50,7 @@ class Webhooks:
         self.head_timeout_s, self.body_timeout_s = head_timeout_s, body_timeout_s
         self.listener: Listener | None = None
         self.throttle = LogThrottle(log)
+        self._central = db.Pool(settings.central_db)  # for the threads that check tokens and write arrivals
 
     async def start(self, port: int | None = None) -> int:
         """Listen on loopback only; returns the port (``NCL_HTTP_PORT``, or any free one for 0), or 0 if it is
@@ -72,6 +72,7 @@ class Webhooks:
     async def stop(self) -> None:
         if self.listener:
             await self.listener.stop()
+        self._central.close()
 
     async def deliver(self, session: Session, reply: OutMessage, reply_to_seq: int | None) -> None:
         """Nobody listens: the sender had its 202, so a webhook's reply stays in the transcript."""
@@ -115,7 +116,7 @@ class Webhooks:
             payload = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise Refusal(400, "invalid_request_error", "the body is not JSON (or nests too deep)") from None
-        with closing(db.connect(self.settings.central_db, "central")) as central:
+        with self._central.connection() as central:
             group = router.group_for(central, channel)
             session, message_id, _ = router.deliver_in(
                 central, self.settings, clock.now(), group,
@@ -124,7 +125,7 @@ class Webhooks:
         return json_response(202, {"message_id": message_id, "session_id": session.id})
 
     def _authorized(self, channel: str, header: str) -> None:
-        with closing(db.connect(self.settings.central_db, "central")) as central:
+        with self._central.connection() as central:
             self._authorize(central, channel, header)
 
     @contextlib.contextmanager
