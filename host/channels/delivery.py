@@ -129,7 +129,8 @@ class Deliveries:
         """Whether the reply's channel is one its group is wired to, and (if so) the inbox seq it answers."""
         if not self._wired(session, reply.channel_type or ""):
             return False, None
-        with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
+        path = session.folder / "inbound.db"
+        with db.lock_of(path), closing(db.connect(path, "inbound")) as conn:
             return True, deliveries.source_seq(conn, reply)
 
     def _wired(self, session: Session, channel_type: str) -> bool:
@@ -156,7 +157,8 @@ class Deliveries:
 
 
 def _record(session: Session, replies: list[OutMessage], status: str, now: datetime) -> None:
-    with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
+    path = session.folder / "inbound.db"
+    with db.lock_of(path), closing(db.connect(path, "inbound")) as conn:
         deliveries.record(conn, replies, status, now)
 
 

@@ -82,7 +82,8 @@ def deliver_in(central: db.Connection, settings: Settings, now: datetime, group:
     routing = {"channel_type": arrival.channel, "platform_id": None, "thread_id": arrival.thread,
                **arrival.routing}
     message_id = arrival.message_id or ids.new_id("msg", now)
-    with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn, db.transaction(conn):
+    path = session.folder / "inbound.db"
+    with db.lock_of(path), closing(db.connect(path, "inbound")) as conn, db.transaction(conn):
         if arrival.message_id and (seen := inbox.seq_of(conn, message_id)) is not None:
             return session, message_id, seen
         seq = inbox.arrive(conn, {"id": message_id, "kind": arrival.kind, "timestamp": to_text(now),

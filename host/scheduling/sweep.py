@@ -356,7 +356,8 @@ class Sweeper:
         folder = session.folder
         outbound = folder / "outbound.db"
         limit = self.settings.max_requests_per_visit
-        with logs.visiting(session.id), closing(db.connect(folder / "inbound.db", "inbound", reading=True)) as conn:
+        with (db.lock_of(folder / "inbound.db"), logs.visiting(session.id),
+              closing(db.connect(folder / "inbound.db", "inbound", reading=True)) as conn):
             look = inbox.look(conn, now, policy.zone.key)
             open_rows = look.open_rows
             if runner is None and quiet is not None and quiet.issuperset(open_rows):

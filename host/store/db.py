@@ -7,8 +7,9 @@ import os
 import sqlite3
 import stat
 import threading
+import weakref
 from collections.abc import Iterator
-from contextlib import closing, contextmanager, suppress
+from contextlib import closing, contextmanager, nullcontext, suppress
 from pathlib import Path
 from urllib.parse import quote_from_bytes
 
@@ -35,9 +36,34 @@ SESSION_SYNC = "NORMAL"
 TASK_IDS_VERSION = 3  # the central.db version that brought the task_ids registry
 # What the rest of the host may name of SQLite: an open database is an opaque handle it passes back to the store's
 # named queries, and a store failure is caught as ``db.Error`` (nothing outside host.store imports sqlite3).
-Connection = sqlite3.Connection
 Error = sqlite3.Error
 IntegrityError = sqlite3.IntegrityError
+
+
+class Connection(sqlite3.Connection):
+    """sqlite3's connection; central.db's carries its file's in-process lock (``transaction`` takes it)."""
+
+    lock: threading.RLock | None = None
+
+
+# In-process locks of the files the host's threads share, by path (see ``lock_of``); a lock lives while in use.
+_locks: weakref.WeakValueDictionary[str, threading.RLock] = weakref.WeakValueDictionary()
+_locks_guard = threading.Lock()
+
+
+def lock_of(path: Path) -> threading.RLock:
+    """The lock this process's threads hold around their work on the SQLite file ``path``. Two of them meeting on a
+    file in SQLite's own locks made the second sleep 1, 2, 5, 10 ms... between tries (its busy handler): a chat's
+    answer took up to 35 ms when it met the sweep's visit of the same session, or a webhook's stamp of central.db
+    the sweep's index save. A lock hands the file over the moment the other is done. Taken by central.db's
+    transactions (``transaction``), and around a whole visit, an arrival's or a reply's work on a session's
+    inbound.db; never around central.db's while a session file's is wanted, so no two threads wait on each other.
+    Other processes (``ncl`` commands, runners) still meet the host in SQLite's locks."""
+    with _locks_guard:
+        lock = _locks.get(str(path))
+        if lock is None:
+            lock = _locks[str(path)] = threading.RLock()
+    return lock
 
 
 class DbError(NclError):
@@ -55,7 +81,7 @@ def _statements(script: str) -> Iterator[str]:
             buffer = ""
 
 
-def _raw(path: Path, readonly: bool, any_thread: bool = False) -> sqlite3.Connection:
+def _raw(path: Path, readonly: bool, any_thread: bool = False) -> Connection:
     """A connection to the regular file ``path`` that provably went through no symlink (see ``_pinned``)."""
     with _pinned(path, create=not readonly) as (target, dirfd):
         # mode=rw, never rwc: SQLite never creates a file (``_pinned`` made it, 0600), so a link it met could not
@@ -64,7 +90,7 @@ def _raw(path: Path, readonly: bool, any_thread: bool = False) -> sqlite3.Connec
         try:
             # ``timeout`` is SQLite's busy timeout (sqlite3_busy_timeout): PRAGMA busy_timeout reads it back.
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
-                                   check_same_thread=not any_thread)
+                                   check_same_thread=not any_thread, factory=Connection)
         except sqlite3.OperationalError as exc:
             raise DbError(f"cannot open {path}: {exc}") from None
         # SQLite resolves every symlink of the path itself (lstat and readlink per component), then opens the
@@ -77,7 +103,7 @@ def _raw(path: Path, readonly: bool, any_thread: bool = False) -> sqlite3.Connec
     return conn
 
 
-def open_readonly(path: Path) -> sqlite3.Connection:
+def open_readonly(path: Path) -> Connection:
     """A read-only connection to ``path`` as it is, without migrating it (what ``ncl doctor`` inspects)."""
     return _raw(path, readonly=True)
 
@@ -146,8 +172,14 @@ def _check_file(dirfd: int, path: Path, create: bool) -> None:
         raise DbError(f"{path} is not a regular file (a link or special file is never opened)")
 
 
-transaction = queries.transaction
 version = queries.version
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``queries.transaction``, inside the connection's in-process lock if it has one (``lock_of``)."""
+    with getattr(conn, "lock", None) or nullcontext(), queries.transaction(conn):
+        yield conn
 
 
 def data_version(conn: sqlite3.Connection) -> int:
@@ -193,7 +225,7 @@ def _register_existing_task_ids(central: sqlite3.Connection, sessions_dir: Path)
 
 
 def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: bool = False,
-            reading: bool = False, any_thread: bool = False) -> sqlite3.Connection:
+            reading: bool = False, any_thread: bool = False) -> Connection:
     """Open ``path`` at the latest schema. Read-only opens never write, except the migration of an
     older file, done once through a short read-write connection first (DESIGN §12.13). No symlink is ever
     followed to or in a session's files, and a missing file is created 0600 (``_pinned``).
@@ -231,6 +263,7 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
         if kind == "central":  # the session files declare no foreign keys (never changed inside a transaction)
             assert not reading, "central.db is never opened for reading"
             conn.execute("PRAGMA foreign_keys=ON")
+            conn.lock = lock_of(path)
         if found < latest_version(kind):
             end_read(conn)
             migrate(conn, kind, path)
@@ -252,12 +285,12 @@ class Pool:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._idle: list[sqlite3.Connection] = []
+        self._idle: list[Connection] = []
         self._lock = threading.Lock()
         self._closed = False
 
     @contextmanager
-    def connection(self) -> Iterator[sqlite3.Connection]:
+    def connection(self) -> Iterator[Connection]:
         with self._lock:
             conn = self._idle.pop() if self._idle else None
         if conn is None:
