@@ -36,12 +36,13 @@ SESSION_SYNC = "NORMAL"
 TASK_IDS_VERSION = 3  # the central.db version that brought the task_ids registry
 # What the rest of the host may name of SQLite: an open database is an opaque handle it passes back to the store's
 # named queries, and a store failure is caught as ``db.Error`` (nothing outside host.store imports sqlite3).
+Connection = sqlite3.Connection
 Error = sqlite3.Error
 IntegrityError = sqlite3.IntegrityError
 
 
-class Connection(sqlite3.Connection):
-    """sqlite3's connection; central.db's carries its file's in-process lock (``transaction`` takes it)."""
+class _Opened(sqlite3.Connection):
+    """The connections ``_raw`` opens: central.db's carry its file's in-process lock (``transaction`` takes it)."""
 
     lock: threading.RLock | None = None
 
@@ -81,7 +82,7 @@ def _statements(script: str) -> Iterator[str]:
             buffer = ""
 
 
-def _raw(path: Path, readonly: bool, any_thread: bool = False) -> Connection:
+def _raw(path: Path, readonly: bool, any_thread: bool = False) -> _Opened:
     """A connection to the regular file ``path`` that provably went through no symlink (see ``_pinned``)."""
     with _pinned(path, create=not readonly) as (target, dirfd):
         # mode=rw, never rwc: SQLite never creates a file (``_pinned`` made it, 0600), so a link it met could not
@@ -90,7 +91,7 @@ def _raw(path: Path, readonly: bool, any_thread: bool = False) -> Connection:
         try:
             # ``timeout`` is SQLite's busy timeout (sqlite3_busy_timeout): PRAGMA busy_timeout reads it back.
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
-                                   check_same_thread=not any_thread, factory=Connection)
+                                   check_same_thread=not any_thread, factory=_Opened)
         except sqlite3.OperationalError as exc:
             raise DbError(f"cannot open {path}: {exc}") from None
         # SQLite resolves every symlink of the path itself (lstat and readlink per component), then opens the
@@ -103,7 +104,7 @@ def _raw(path: Path, readonly: bool, any_thread: bool = False) -> Connection:
     return conn
 
 
-def open_readonly(path: Path) -> Connection:
+def open_readonly(path: Path) -> sqlite3.Connection:
     """A read-only connection to ``path`` as it is, without migrating it (what ``ncl doctor`` inspects)."""
     return _raw(path, readonly=True)
 
@@ -225,7 +226,7 @@ def _register_existing_task_ids(central: sqlite3.Connection, sessions_dir: Path)
 
 
 def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: bool = False,
-            reading: bool = False, any_thread: bool = False) -> Connection:
+            reading: bool = False, any_thread: bool = False) -> sqlite3.Connection:
     """Open ``path`` at the latest schema. Read-only opens never write, except the migration of an
     older file, done once through a short read-write connection first (DESIGN §12.13). No symlink is ever
     followed to or in a session's files, and a missing file is created 0600 (``_pinned``).
@@ -285,12 +286,12 @@ class Pool:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._idle: list[Connection] = []
+        self._idle: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
 
     @contextmanager
-    def connection(self) -> Iterator[Connection]:
+    def connection(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             conn = self._idle.pop() if self._idle else None
         if conn is None:

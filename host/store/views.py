@@ -81,7 +81,7 @@ def file_state(path: Path) -> tuple[int | None, str]:
 
 def empty_central() -> db.Connection:
     """An empty central.db at the latest schema, in memory: nothing is created on disk."""
-    empty = sqlite3.connect(":memory:", isolation_level=None, factory=db.Connection)
+    empty = sqlite3.connect(":memory:", isolation_level=None)
     empty.row_factory = sqlite3.Row
     db.migrate(empty, "central")
     return empty
