@@ -2,8 +2,9 @@
 sessions (scripts/bench_sweep.py builds them); two probes measure how long the host takes to answer while it works:
 a webhook POST every 20 ms, and an ``ncl chat`` send over the CLI socket every 50 ms (the host's answer to the
 send). Measured during two sweeps: the first after a host start (every session opened), and one that finishes and
-clones the daily task of 10% of them (a ``completed`` ack written into their outbound.db, then a nudge). Prints JSON:
-p50/p99/max of both probes in both phases, and how long each phase took. Target: p99 under 10 ms, max under 50 ms.
+clones the daily task of 10% of them (a ``completed`` ack written into their outbound.db, then a nudge); then, as the
+baseline, 15 s with no sweep. Prints JSON: p50/p99/max of both probes in each phase, and how long the sweeps took.
+Target: p99 under 10 ms, max under 50 ms.
 
     .venv/bin/python scripts/bench_loop.py [--sessions 10000] [--clone-percent 10] [--runs 1]
 
@@ -34,6 +35,7 @@ from host.settings import Settings
 from host.store import db
 
 LIMIT_S = 600
+IDLE_S = 15.0  # the baseline: the same probes with no sweep going on (only the probes' own chats to answer)
 
 
 def _events(host: HostProcess, action: str) -> list[dict[str, Any]]:
@@ -95,10 +97,13 @@ def run(root: Path, built: Path, sessions_list: list[Any], percent: int) -> dict
         clone_s, clone = _probed(settings, port, host,
                                  lambda: sum(e.get("cloned", 0) for e in _events(host, "sweep")) - before
                                  >= len(cloned))
+        log(f"idle for {IDLE_S:.0f} s …")
+        until = time.monotonic() + IDLE_S
+        _, idle = _probed(settings, port, host, lambda: time.monotonic() >= until)
     finally:
         host.stop()
     return {"first_sweep_s": round(first_s, 2), "first_sweep": first, "clones": len(cloned),
-            "clone_sweep_s": round(clone_s, 2), "clone_sweep": clone}
+            "clone_sweep_s": round(clone_s, 2), "clone_sweep": clone, "idle": idle}
 
 
 def main() -> None:
