@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import AbstractContextManager, closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import pytest
 from kit import World, utc
 
 from host.channels import router
-from host.scheduling.sweep import Sweeper
+from host.scheduling.sweep import Sweeper, SweepResult
 from host.store import db, inbox
 
 NOW = utc("2026-05-18T13:00:00")
@@ -45,8 +45,9 @@ def no_busy_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 0)
 
 
-def _recorded(monkeypatch: pytest.MonkeyPatch, path: Path, holder: threading.Thread) -> threading.Event:
-    asked = threading.Event()
+def _recorded(monkeypatch: pytest.MonkeyPatch, path: Path) -> threading.Event:
+    """``path``'s lock, from now on, sets the event returned when a thread other than this one asks for it."""
+    holder, asked = threading.current_thread(), threading.Event()
     real = db.lock_of
 
     def lock_of(p: Path) -> Any:
@@ -56,7 +57,10 @@ def _recorded(monkeypatch: pytest.MonkeyPatch, path: Path, holder: threading.Thr
     return asked
 
 
-def _in_thread(work: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
+def _waits_for(asked: threading.Event, path: Path, hold: AbstractContextManager[object],
+               work: Callable[[], object]) -> object:
+    """Run ``work`` in a thread while this one holds ``path`` (inside ``hold``): it must ask for the file's lock
+    (``asked``: see ``_recorded``), wait until this thread lets go, then finish. Returns what it returned."""
     out: list[object] = []
 
     def run() -> None:
@@ -65,10 +69,18 @@ def _in_thread(work: Callable[[], object]) -> tuple[threading.Thread, list[objec
         except Exception as exc:  # reported by the test, not lost in the thread
             out.append(exc)
 
-    return threading.Thread(target=run), out
+    thread = threading.Thread(target=run)
+    with hold:
+        thread.start()
+        assert asked.wait(WAIT_S), f"{path.name}'s lock was never asked for: {out}"
+        assert not out, f"the second thread went ahead while {path.name} was held: {out}"
+    thread.join(WAIT_S)
+    assert len(out) == 1 and not isinstance(out[0], Exception), out
+    return out[0]
 
 
-def _holding(path: Path, write: bool) -> Iterator[None]:
+@contextmanager
+def _visiting(path: Path, write: bool) -> Iterator[None]:
     """The file held as a visit holds it: the lock, then a read (or write) transaction open on it."""
     with db.lock_of(path), closing(db.connect(path, "inbound")) as conn:
         conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -85,75 +97,51 @@ def test_a_chat_arrival_waits_for_the_visit_of_its_session_instead_of_failing_bu
     central = db.connect(world.settings.central_db, "central", any_thread=True)
     chatted, _, _ = router.deliver_in(central, world.settings, NOW, world.group, arrival)  # the chat's session
     path = chatted.folder / "inbound.db"
-    me = threading.current_thread()
-    asked = _recorded(monkeypatch, path, me)
-    thread, out = _in_thread(lambda: router.deliver_in(central, world.settings, NOW, world.group, arrival,
-                                                       stamp=False))
-    holding = _holding(path, write)
-    next(holding)
-    thread.start()
-    assert asked.wait(WAIT_S), f"the arrival never asked for its session's lock: {out}"
-    assert not out, f"the arrival went ahead while the visit held the file: {out}"
-    next(holding, None)
-    thread.join(WAIT_S)
-    assert len(out) == 1 and not isinstance(out[0], Exception), out
-    answer = out[0]
+    answer = _waits_for(_recorded(monkeypatch, path), path, _visiting(path, write),
+                        lambda: router.deliver_in(central, world.settings, NOW, world.group, arrival, stamp=False))
+    central.close()
     assert isinstance(answer, tuple)
     session, message_id, seq = answer
     assert session.id == chatted.id and seq == 4  # the second message of the chat
     with closing(world.inbound(chatted)) as conn:
         assert inbox.get(conn, message_id) is not None
-    central.close()
 
 
 def test_a_sweep_visit_holds_its_session_while_another_thread_writes_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_busy_wait: None) -> None:
     world = World(tmp_path)
-    path = world.session.folder / "inbound.db"
     world.schedule(NOW, at="2026-05-18T12:59:00.000Z")  # due: the visit opens the session and finds work
-    me = threading.current_thread()
-    asked = _recorded(monkeypatch, path, me)
     sweeper = Sweeper(world.settings)
 
     def sweep() -> object:
         try:
             return sweeper.tick(NOW)
         finally:
-            sweeper.close()
+            sweeper.close()  # (its central.db connection belongs to the sweep's thread)
 
-    thread, out = _in_thread(sweep)
-    holding = _holding(path, write=True)
-    next(holding)
-    thread.start()
-    assert asked.wait(WAIT_S), f"the visit never asked for its session's lock: {out}"
-    assert not out, f"the visit went ahead while another thread wrote the file: {out}"
-    next(holding, None)
-    thread.join(WAIT_S)
-    assert len(out) == 1 and not isinstance(out[0], Exception), out
-    assert out[0].errors == 0 and out[0].woken == 1, out[0]  # type: ignore[attr-defined]
+    path = world.session.folder / "inbound.db"
+    result = _waits_for(_recorded(monkeypatch, path), path, _visiting(path, write=True), sweep)
+    assert isinstance(result, SweepResult) and result.errors == 0 and result.woken == 1, result
 
 
 def test_central_writers_of_one_process_wait_for_each_other_instead_of_failing_busy(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_busy_wait: None) -> None:
-    world = World(tmp_path)
-    path = world.settings.central_db
-    me = threading.current_thread()
-    asked = _recorded(monkeypatch, path, me)
-    first = db.connect(path, "central")
+    path = World(tmp_path).settings.central_db
+    asked = _recorded(monkeypatch, path)
+    first = db.connect(path, "central")  # (after the recording lock is in place: a connection takes it when opened)
     second = db.connect(path, "central", any_thread=True)
+
+    @contextmanager
+    def writing() -> Iterator[None]:
+        with db.transaction(first):
+            first.execute("UPDATE sessions SET last_active_at = '2026-05-18T13:00:00.000Z'")
+            yield
 
     def write() -> str:
         with db.transaction(second):
             second.execute("UPDATE sessions SET last_active_at = '2026-05-18T13:00:01.000Z'")
         return "written"
 
-    thread, out = _in_thread(write)
-    with db.transaction(first):
-        first.execute("UPDATE sessions SET last_active_at = '2026-05-18T13:00:00.000Z'")
-        thread.start()
-        assert asked.wait(WAIT_S), "the second writer never asked for central.db's lock"
-        assert not out, f"the second writer went ahead inside the first one's transaction: {out}"
-    thread.join(WAIT_S)
-    assert out == ["written"]
+    assert _waits_for(asked, path, writing(), write) == "written"
     first.close()
     second.close()
