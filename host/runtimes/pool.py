@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from host.files import confined
 from host.runtimes.base import Runtime
 from host.settings import Settings
+from host.store.outbox import Outbox
 from host.store.sessions import Session
 from schemas import ids
 from schemas.runner_env import RunnerEnv
@@ -227,6 +228,19 @@ class Runners:
     def kill(self, session_id: str) -> None:
         self.runtime.stop(session_id)
         self._gone(session_id)
+
+    def kill_if_stuck(self, session: Session, now: datetime, runner: Runner, found: Outbox) -> bool:
+        """Kill the session's live ``runner`` if it is stuck (``stuck_reason``), given what a visit ``found`` in its
+        outbound.db: its claims and the timeout of a tool it runs."""
+        claims = [from_text(a.status_changed) for a in found.acks.values()
+                  if a.status == "processing" and a.generation == runner.generation]
+        reason = stuck_reason(now, runner, heartbeat(session.folder, runner.generation), claims, found.tool_timeout_s)
+        if reason is None:
+            return False
+        log.warning("killing stuck runner of %s: %s", session.id, reason,
+                    extra={"action": "runner_killed", "session": session.id, "generation": runner.generation})
+        self.kill(session.id)
+        return True
 
     def _gone(self, session_id: str) -> None:
         runner = self.live.pop(session_id, None)

@@ -9,7 +9,6 @@ are due."""
 from __future__ import annotations
 
 import heapq
-import json
 import logging
 import os
 import time
@@ -21,30 +20,24 @@ from typing import Any
 
 from host.channels.delivery import Deliveries
 from host.files import logs
-from host.runtimes import pool as runners
 from host.runtimes.pool import Runner, Runners
-from host.scheduling import actions, cross_group, recurrence
+from host.scheduling import acks, actions, cross_group, recurrence
 from host.scheduling.recurrence import Policy
 from host.settings import Settings
 from host.store import db, groups, inbox, outbox, session_index, sessions, task_series
-from host.store.outbox import Ack, OutMessage
+from host.store.outbox import OutMessage
 from host.store.sessions import Session
 from host.store.task_ids import TaskIds
 from schemas import clock
-from schemas.messages import RunOutcome
 from schemas.times import from_text, to_text
 
 log = logging.getLogger(__name__)
 # A file written within this long before we looked may be written again with the same ctime (coarse filesystem
 # clock): it is not trusted as unchanged until a visit sees it older than this.
 RACY_NS = 1_000_000_000
-MAX_DETAIL = 4 << 20  # characters of a runner's ack detail read as JSON (its reason may be long); more is only a reason
-MAX_REASON = 4_000  # characters of its reason kept (task_runs.detail, the log line)
 AHEAD = timedelta(seconds=3)  # a runner for work due this soon starts ahead, in a free slot (Runners.start_ahead)
 CHUNK = 2000  # rows made into objects between two pauses of a sweep (about 4 ms of work)
 YIELD_AFTER_S = 0.005  # a sweep pauses between sessions after this much work, to let the host loop serve
-ACK_OUTCOMES: dict[str, tuple[RunOutcome, ...]] = {"completed": ("ran", "skipped", "gate_error"),
-                                                   "failed": ("failed",)}
 
 
 @dataclass
@@ -127,8 +120,7 @@ class Sweeper:
     unvisited: int = 0  # sessions never seen that the last tick left for the next (its new_limit)
     _central: db.Connection | None = None
     _index_loaded: bool = False
-    _indexed: dict[str, session_index.Entry] = field(default_factory=dict)  # what the index holds
-    _unsaved: dict[str, session_index.Entry | None] = field(default_factory=dict)  # its rows to change (None: drop)
+    _index: session_index.Kept = field(default_factory=session_index.Kept)
     _sessions: list[Session] = field(default_factory=list)
     _central_version: int = -1
 
@@ -194,7 +186,7 @@ class Sweeper:
         rows = session_index.load(self._central, session_index.context(self.policy.zone.key))
         for start in range(0, len(rows), CHUNK):
             for sid, files, next_due in rows[start:start + CHUNK]:
-                entry = self._indexed[sid] = session_index.entry(files, next_due)
+                entry = self._index.rows[sid] = session_index.entry(files, next_due)
                 self.seen.setdefault(sid, _Seen(entry.files, True, entry.next_due, False))
             yield
 
@@ -203,29 +195,18 @@ class Sweeper:
             self.seen.pop(session_id, None)
         else:
             self.seen[session_id] = seen
-        kept = None if seen is None else seen.kept
-        if self._indexed.get(session_id) != kept:
-            self._unsaved[session_id] = kept
-        else:
-            self._unsaved.pop(session_id, None)
+        self._index.note(session_id, None if seen is None else seen.kept)
 
     def _save_index(self) -> None:
         """The index's changed rows (a few hundred to a transaction); on a failure they are tried again after the next
         tick. Through the sweep's own connection: a commit of another would make ``active_sessions`` read the list
         again. Rows change rarely (a busy session has none), so the commits' syncs cost little."""
-        if not self._unsaved or self._central is None:
+        if not self._index.unsaved or self._central is None:
             return
         try:
-            session_index.save(self._central, session_index.context(self.policy.zone.key), self._unsaved)
+            self._index.save(self._central, session_index.context(self.policy.zone.key))
         except db.Error as exc:
             log.warning("the session index was not saved: %s", exc, extra={"action": "session_index_failed"})
-            return
-        for sid, entry in self._unsaved.items():
-            if entry is None:
-                self._indexed.pop(sid, None)
-            else:
-                self._indexed[sid] = entry
-        self._unsaved.clear()
 
     def earliest_due(self) -> datetime | None:
         """When the next session needs a wake: the earliest due time among sessions with no live runner and no
@@ -371,7 +352,7 @@ class Sweeper:
                                     request_limit=limit + 1)
                 quiet = None if found.acks or found.requests or found.replies else frozenset(open_rows)
             more = len(found.requests) > limit
-            if runner is not None and self._stuck(session, now, runner, found):
+            if runner is not None and self.runners and self.runners.kill_if_stuck(session, now, runner, found):
                 runner = None
             claimed = [mid for mid, ack in found.acks.items() if ack.status == "processing"]
             if runner is None:
@@ -381,7 +362,10 @@ class Sweeper:
             if (found.acks or claimed or found.requests or look.recurring or "processing" in open_rows.values()
                     or (self.runners and self.runners.owes_notice(session.id))):
                 with db.transaction(conn):  # (a visit with nothing of these to do writes nothing: no transaction)
-                    self._sync(conn, now, policy, runner, found, claimed, result, open_rows)
+                    synced = acks.sync(conn, now, policy, runner, found, claimed, open_rows)
+                    result.cloned += synced.cloned
+                    result.retried += synced.retried
+                    result.failed += synced.failed
                     if found.requests:
                         result.applied += self._apply(conn, session, found.requests[:limit], now, policy)
                     if look.recurring:
@@ -403,52 +387,6 @@ class Sweeper:
             return _Visit("" if more else state.next_due, state.processing, bool(found.replies), state.due_since,
                           quiet if runner is None else None, same)
 
-    def _stuck(self, session: Session, now: datetime, runner: Runner, found: outbox.Outbox) -> bool:
-        claims = [from_text(a.status_changed) for a in found.acks.values()
-                  if a.status == "processing" and a.generation == runner.generation]
-        beat = runners.heartbeat(session.folder, runner.generation)
-        reason = runners.stuck_reason(now, runner, beat, claims, found.tool_timeout_s)
-        if reason is None:
-            return False
-        log.warning("killing stuck runner of %s: %s", session.id, reason,
-                    extra={"action": "runner_killed", "session": session.id, "generation": runner.generation})
-        assert self.runners is not None
-        self.runners.kill(session.id)
-        return True
-
-    def _sync(self, conn: db.Connection, now: datetime, policy: Policy, runner: Runner | None,
-              found: outbox.Outbox, claimed: list[str], result: SweepResult, open_rows: dict[str, str]) -> None:
-        """Acks into messages_in; claims no live runner of this generation holds go back with backoff. ``open_rows``:
-        the rows open when the visit began (no claimed row, no orphan: nothing to release)."""
-        answers = {reply.id: reply for reply in found.replies}  # what a 'ran' run may name as its answer
-        for message_id, ack in found.acks.items():
-            row = inbox.get(conn, message_id)
-            if row is None or not inbox.is_live(row.status):
-                continue
-            if ack.status in ("completed", "failed"):  # a run paused under it still ran: its next one waits
-                detail = _ack_detail(ack)
-                allowed = ACK_OUTCOMES[ack.status]
-                outcome = next((o for o in allowed if o == detail.get("outcome")), allowed[0])
-                result.cloned += recurrence.finish(
-                    conn, row, now, policy, ack.status, outcome, detail.get("reason"),
-                    started_at=detail.get("started_at"), finished_at=ack.status_changed,
-                    next_status="paused" if row.status == "paused" else "pending",
-                    result=task_series.RunResult.of_ack(detail, answers) if outcome == "ran" else None)
-            elif runner is not None and ack.generation == runner.generation and row.status == "pending":
-                inbox.mark_processing(conn, [message_id])
-        held = {mid for mid, ack in found.acks.items()
-                if runner is not None and ack.status == "processing" and ack.generation == runner.generation}
-        orphans = sorted(set(claimed)) if runner is None else []
-        if not orphans and "processing" not in open_rows.values():  # (rows claimed by this sync are held)
-            return
-        for row in inbox.processing(conn, orphans):
-            if row.id in held or row.status not in ("pending", "processing"):
-                continue
-            if recurrence.release(conn, row, now, policy):
-                result.failed += 1
-            else:
-                result.retried += 1
-
 
 @dataclass(frozen=True, slots=True)
 class _Visit:
@@ -458,28 +396,3 @@ class _Visit:
     due_since: str | None  # when its due work became due, or None
     quiet_for: frozenset[str] | None  # see _Seen
     same: tuple[str, str | None] | None  # see _Seen
-
-
-def _ack_detail(ack: Ack) -> dict[str, Any]:
-    """A runner's ack detail, which may hold anything, as far as it is usable: a JSON object of at most
-    ``MAX_DETAIL`` characters (else its text is the reason), its ``reason`` text of at most ``MAX_REASON``
-    characters, its ``started_at`` a stored time or absent. So any detail finishes its occurrence, and little of it
-    is kept."""
-    text = ack.detail or "{}"
-    try:
-        detail = json.loads(text) if len(text) <= MAX_DETAIL else None
-    except (ValueError, RecursionError):  # not JSON, or nested beyond reason
-        detail = None
-    if not isinstance(detail, dict):
-        detail = {"reason": text}
-    reason, started = detail.get("reason"), detail.get("started_at")
-    return {**detail, "reason": None if reason is None else str(reason)[:MAX_REASON],
-            "started_at": started if isinstance(started, str) and _is_time(started) else None}
-
-
-def _is_time(text: str) -> bool:
-    try:
-        from_text(text)
-    except ValueError:
-        return False
-    return True

@@ -6,7 +6,7 @@ back) no longer matches it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from host.store import db
 from schemas.ddl import latest_version
@@ -18,6 +18,31 @@ SAVE_CHUNK = 200
 class Entry:
     files: tuple[int, ...]
     next_due: str | None  # '' = due now
+
+
+@dataclass
+class Kept:
+    """The index as this host holds it: its rows, and the changes not saved yet (None: the row goes)."""
+
+    rows: dict[str, Entry] = field(default_factory=dict)
+    unsaved: dict[str, Entry | None] = field(default_factory=dict)
+
+    def note(self, session_id: str, entry: Entry | None) -> None:
+        """What the index is to hold of the session now (None: nothing)."""
+        if self.rows.get(session_id) != entry:
+            self.unsaved[session_id] = entry
+        else:
+            self.unsaved.pop(session_id, None)
+
+    def save(self, conn: db.Connection, valid_in: str) -> None:
+        """The changes not saved yet (``save``); if that fails (``db.Error``) they stay, to be saved again."""
+        save(conn, valid_in, self.unsaved)
+        for sid, entry in self.unsaved.items():
+            if entry is None:
+                self.rows.pop(sid, None)
+            else:
+                self.rows[sid] = entry
+        self.unsaved.clear()
 
 
 def context(zone: str) -> str:
