@@ -156,7 +156,7 @@ class Settings(NamedTuple):
     provider: Annotated[Provider, Env("NCL_PROVIDER")] = RUNNER.provider
     model: Annotated[str, Env("NCL_MODEL", min_length=1)] = RUNNER.model
     http_port: Annotated[int, Env("NCL_HTTP_PORT", ge=0, le=65535)] = 8787
-    # The mail channel (host/channels/mail.py): how long an IMAP IDLE (or, without IDLE, the wait between polls)
+    # The mail channel (host/channels/mail*.py): how long an IMAP IDLE (or, without IDLE, the wait between polls)
     # lasts, the largest mail taken, attachments saved of one mail, the first wait before an SMTP send is retried.
     mail_poll_s: Annotated[float, Env("NCL_MAIL_POLL_S", gt=0)] = 60.0
     mail_max_bytes: Annotated[int, Env("NCL_MAIL_MAX_BYTES", ge=1024)] = 25 << 20

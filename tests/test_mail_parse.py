@@ -11,8 +11,8 @@ from email.message import EmailMessage
 
 import pytest
 
-from host.channels import mail, mail_parse
-from host.channels.mail import save_attachments
+from host.channels import mail_imap, mail_parse
+from host.channels.mail_imap import save_attachments
 from host.files import confined
 
 
@@ -126,4 +126,4 @@ def test_a_plain_mail_with_many_lines_beginning_with_dashes_is_not_cut() -> None
     (OSError(errno.ENAMETOOLONG, "File name too long"), False), (confined.Refused("inbox", "a link", link=True), False),
     (RecursionError(), False), (ValueError("bad header"), False)])
 def test_only_a_failure_that_is_the_mails_counts_against_it(exc: BaseException, hosts: bool) -> None:
-    assert mail._not_the_mail(exc) is hosts
+    assert mail_imap._not_the_mail(exc) is hosts

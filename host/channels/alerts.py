@@ -14,7 +14,7 @@ queue drops the newest and says how many.
 Targets: ``webhook`` POSTs the alert's JSON (``Alert.to_json``), following no redirect (a 3xx is a failure);
 ``session`` writes a notice (``alert``) into the group's chat session, where its agent and ``ncl messages list``
 see it; ``mail`` mails a plain text mail by SMTP from a mailbox of the mail channel (``ncl mailbox create``: the one
-named, else the only one), with the mail channel's own sending code (``host.channels.mail.send``), in a thread.
+named, else the only one), with the mail channel's own sending code (``host.channels.mail_smtp.send``), in a thread.
 """
 
 from __future__ import annotations
@@ -272,14 +272,14 @@ class Alerts:
         bounded by ``timeout_s`` too (a cancelled wait does not stop a thread)."""
         import smtplib
 
-        from host.channels import mail  # IMAP and SMTP code: loaded when an alert goes out by mail
+        from host.channels import mail_smtp  # SMTP code: loaded when an alert goes out by mail
 
         mailbox = await asyncio.to_thread(sending_mailbox, self.settings, self.target)
         try:
-            await asyncio.to_thread(mail.send, mailbox, mail_of(alert, mailbox.address, self.target.value),
+            await asyncio.to_thread(mail_smtp.send, mailbox, mail_of(alert, mailbox.address, self.target.value),
                                     self.timeout_s)
         except (OSError, smtplib.SMTPException, NclError) as exc:
-            raise AlertError(f"{self.target}: {mail.smtp_failure(exc)}") from None
+            raise AlertError(f"{self.target}: {mail_smtp.smtp_failure(exc)}") from None
 
     def _notice(self, alert: Alert) -> None:
         """The alert as an ``alert`` notice in the chat session of the target group (made if it has none yet)."""

@@ -203,8 +203,7 @@ def alert_channel(settings: Settings) -> Check:
 
 def _alert_mail(settings: Settings, target: AlertTarget) -> Check:
     """``mail:`` alerts: the mailbox that sends them exists and logs in to its SMTP server (10 s), else fail."""
-    from host.channels import alerts
-    from host.channels import mail as channel
+    from host.channels import alerts, mail_smtp
 
     try:
         mailbox = alerts.sending_mailbox(settings, target)
@@ -212,7 +211,7 @@ def _alert_mail(settings: Settings, target: AlertTarget) -> Check:
         return Check("alerts", "fail", f"{target}: central.db not read (see the schema check)")
     except NclError as exc:
         return Check("alerts", "fail", str(exc))
-    if (login := channel.check_smtp(mailbox)) is not None:
+    if (login := mail_smtp.check_smtp(mailbox)) is not None:
         return Check("alerts", "fail", f"{target}: {login}")
     return Check("alerts", "ok", f"alerts go to {target}, mailed from {mailbox.address} (SMTP login ok)")
 
@@ -248,7 +247,7 @@ def mail(settings: Settings) -> Check:
         return Check("mail", "ok", "not read (see the schema check)")
     if not found:
         return Check("mail", "ok", "no mailboxes")
-    from host.channels import mail as channel
+    from host.channels import mail_imap
 
     levels: list[Level] = []
     said = []
@@ -262,7 +261,7 @@ def mail(settings: Settings) -> Check:
         if mailbox.address not in wired:
             problems.append(("ok", "no group is wired to it"))
         else:
-            login = channel.check_login(settings, mailbox)
+            login = mail_imap.check_login(settings, mailbox)
             problems.append(("fail", login) if login else ("ok", "IMAP login ok"))
         levels += [level for level, _ in problems]
         said.append(f"{mailbox.address}: {'; '.join(text for _, text in problems)}")

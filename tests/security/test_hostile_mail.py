@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from host.channels import mail, mail_parse
+from host.channels import mail_imap, mail_parse
 
 HEAD = b"From: Alice <alice@example.org>\r\nTo: bot@example.org\r\nMessage-ID: <m1@example.org>\r\n" \
        b"MIME-Version: 1.0\r\n"
@@ -30,7 +30,7 @@ def test_an_attachment_name_of_any_length_in_bytes_is_saved(tmp_path: Path, enco
     [(name, data)] = parsed.attachments
     assert len(name.encode()) <= 255 - len(" (99)")
     (tmp_path / "inbox").mkdir()
-    assert mail.save_attachments(tmp_path, "msg-1", parsed.attachments) == [name]
+    assert mail_imap.save_attachments(tmp_path, "msg-1", parsed.attachments) == [name]
     assert (tmp_path / "inbox" / "msg-1" / name).read_bytes() == data == b"abc"
 
 
