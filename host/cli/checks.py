@@ -220,16 +220,16 @@ def matrix_login(settings: Settings) -> Check:
     """The Matrix channel's login (NCL_MATRIX_*), asked of the homeserver; not set up at all is fine."""
     import asyncio
 
-    from host.channels import matrix
+    from host.channels.matrix_login import MatrixError, check_login, configured
 
-    missing = matrix.configured(settings)
+    missing = configured(settings)
     if missing == "":
         return Check("matrix", "ok", "not set up (NCL_MATRIX_USER_ID is empty)")
     if missing:
         return Check("matrix", "fail", missing)
     try:
-        return Check("matrix", "ok", asyncio.run(asyncio.wait_for(matrix.check_login(settings), 20)))
-    except (matrix.MatrixError, OSError, TimeoutError) as exc:
+        return Check("matrix", "ok", asyncio.run(asyncio.wait_for(check_login(settings), 20)))
+    except (MatrixError, OSError, TimeoutError) as exc:
         return Check("matrix", "fail", f"{settings.matrix_homeserver}: {str(exc)[:300] or type(exc).__name__}")
 
 
