@@ -1,7 +1,8 @@
 """What the alert tests (tests/test_alerts_events.py, _sending.py, _spool.py) share: their instant and daily series,
 the receivers of a webhook's POSTs (real HTTP servers on 127.0.0.1: ``Receiver``, an asyncio one in the test's loop;
 ``thread_receiver``, a threaded one for ``ncl`` processes), a sender to a ``Receiver`` that does not wait between
-attempts, and the days of a series run to chosen outcomes on the deterministic kit."""
+attempts, the days of a series run to chosen outcomes on the deterministic kit, and for ``ncl`` processes an install
+with a daily task that has missed slots."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from kit import World, utc
+from processes import Env
 
 from host.channels.alerts import Alerts
 from host.settings import AlertTarget
@@ -125,3 +127,13 @@ def thread_receiver(status: int = 200, hold: Hold | None = None) -> Iterator[tup
             hold.released.set()
         server.shutdown()
         server.server_close()
+
+
+def standup(env: Env) -> tuple[str, str]:
+    """A group ``team`` on the cli channel, a session of it and there a DAILY task added on 2026-01-01 (so any later
+    day finds slots missed): the session's id and the task's."""
+    env.ok("groups", "create", "team", "--channel", "cli")
+    session = json.loads(env.ok("sessions", "create", "--group", "team", "--json"))["id"]
+    task = json.loads(env.ok("tasks", "add", "--session", session, "--prompt", "standup", "--recurrence", DAILY,
+                             "--now", "2026-01-01T00:00:00", "--json"))["id"]
+    return session, task

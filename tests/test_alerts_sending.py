@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from alerts_kit import DAILY, T0, Receiver, occurrence, sender, thread_receiver
+from alerts_kit import DAILY, T0, Receiver, occurrence, sender, standup, thread_receiver
 from kit import World
 from processes import Env, Host
 
@@ -138,10 +138,7 @@ def test_ncl_alerts_test_says_in_one_line_whether_the_alert_got_there(tmp_path: 
 
 def test_a_running_host_posts_the_alert_of_a_missed_slot(tmp_path: Path) -> None:
     env = Env(tmp_path)
-    env.ok("groups", "create", "team", "--channel", "cli")
-    session = json.loads(env.ok("sessions", "create", "--group", "team", "--json"))["id"]
-    task = json.loads(env.ok("tasks", "add", "--session", session, "--prompt", "standup", "--recurrence", DAILY,
-                             "--now", "2026-01-01T00:00:00", "--json"))["id"]
+    session, task = standup(env)
     with thread_receiver() as (url, got):
         host = Host(env, NCL_ALERT_CHANNEL=url, NCL_MISFIRE_GRACE_S="0")
         try:
@@ -156,10 +153,7 @@ def test_a_running_host_posts_the_alert_of_a_missed_slot(tmp_path: Path) -> None
 
 def test_a_one_off_sweep_sends_what_it_raised_before_it_exits(tmp_path: Path) -> None:
     env = Env(tmp_path)
-    env.ok("groups", "create", "team", "--channel", "cli")
-    session = json.loads(env.ok("sessions", "create", "--group", "team", "--json"))["id"]
-    task = json.loads(env.ok("tasks", "add", "--session", session, "--prompt", "standup", "--recurrence", DAILY,
-                             "--now", "2026-01-01T00:00:00", "--json"))["id"]
+    _, task = standup(env)
     with thread_receiver() as (url, got):
         env.vars["NCL_ALERT_CHANNEL"] = url
         data = json.loads(env.ok("host", "sweep", "--once", "--now", "2026-01-05T12:00:00", "--json"))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from alerts_kit import DAILY, T0, Hold, Receiver, run_days, sender, thread_receiver
+from alerts_kit import DAILY, T0, Hold, Receiver, run_days, sender, standup, thread_receiver
 from kit import World
 from processes import Env, Host
 
@@ -30,10 +30,7 @@ def spooled(data_dir: Path) -> tuple[list[dict[str, Any]], str | None]:
 
 def test_a_host_killed_before_sending_sends_the_alert_once_at_its_next_start(tmp_path: Path) -> None:
     env = Env(tmp_path)
-    env.ok("groups", "create", "team", "--channel", "cli")
-    session = json.loads(env.ok("sessions", "create", "--group", "team", "--json"))["id"]
-    task = json.loads(env.ok("tasks", "add", "--session", session, "--prompt", "standup", "--recurrence", DAILY,
-                             "--now", "2026-01-01T00:00:00", "--json"))["id"]
+    _, task = standup(env)
     hold = Hold()
     with thread_receiver(hold=hold) as (url, got):
         first = Host(env, NCL_ALERT_CHANNEL=url, NCL_MISFIRE_GRACE_S="0")
