@@ -11,11 +11,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, closing, contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kit import World, utc
+from kit import RecordingRuntime, World, utc
 
 from host.channels import router
 from host.scheduling.sweep import Sweeper, SweepResult
@@ -39,6 +41,12 @@ class Recording:
     def __exit__(self, *exc: object) -> None:
         self.lock.__exit__(*exc)
 
+    def acquire(self) -> None:  # (``db.released``)
+        self.__enter__()
+
+    def release(self) -> None:
+        self.lock.release()
+
 
 @pytest.fixture
 def no_busy_wait(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,10 +65,8 @@ def _recorded(monkeypatch: pytest.MonkeyPatch, path: Path) -> threading.Event:
     return asked
 
 
-def _waits_for(asked: threading.Event, path: Path, hold: AbstractContextManager[object],
-               work: Callable[[], object]) -> object:
-    """Run ``work`` in a thread while this one holds ``path`` (inside ``hold``): it must ask for the file's lock
-    (``asked``: see ``_recorded``), wait until this thread lets go, then finish. Returns what it returned."""
+def _thread(work: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
+    """A thread (not started) to run ``work``, and the list it puts what ``work`` returned or raised in."""
     out: list[object] = []
 
     def run() -> None:
@@ -69,7 +75,14 @@ def _waits_for(asked: threading.Event, path: Path, hold: AbstractContextManager[
         except Exception as exc:  # reported by the test, not lost in the thread
             out.append(exc)
 
-    thread = threading.Thread(target=run)
+    return threading.Thread(target=run), out
+
+
+def _waits_for(asked: threading.Event, path: Path, hold: AbstractContextManager[object],
+               work: Callable[[], object]) -> object:
+    """Run ``work`` in a thread while this one holds ``path`` (inside ``hold``): it must ask for the file's lock
+    (``asked``: see ``_recorded``), wait until this thread lets go, then finish. Returns what it returned."""
+    thread, out = _thread(work)
     with hold:
         thread.start()
         assert asked.wait(WAIT_S), f"{path.name}'s lock was never asked for: {out}"
@@ -145,3 +158,65 @@ def test_central_writers_of_one_process_wait_for_each_other_instead_of_failing_b
     assert _waits_for(asked, path, writing(), write) == "written"
     first.close()
     second.close()
+
+
+@dataclass
+class SlowStop(RecordingRuntime):
+    """A runtime whose stop of a runner takes until the test lets it finish (a Docker engine removing a container,
+    or waiting for a start in flight: up to minutes)."""
+
+    stopping: threading.Event = field(default_factory=threading.Event)
+    freed: threading.Event = field(default_factory=threading.Event)
+
+    def stop(self, session_id: str) -> None:
+        self.stopping.set()
+        assert self.freed.wait(2 * WAIT_S), "the test never let the stop finish"  # (longer than any wait of the test)
+        super().stop(session_id)
+
+
+def test_an_arrival_goes_in_while_a_visit_kills_the_stuck_runner_of_its_session(
+        tmp_path: Path, no_busy_wait: None) -> None:
+    """A visit holds its session's inbox only while it reads and writes it: a chat (or a webhook, or a Matrix
+    message on the host's loop) never waits for the runtime to stop a stuck runner."""
+    world = World(tmp_path)
+    arrival = router.Arrival("cli", "chat", {"text": "hello", "sender": "user", "sender_id": None})
+    central = db.connect(world.settings.central_db, "central", any_thread=True)
+    chatted, first, _ = router.deliver_in(central, world.settings, NOW, world.group, arrival)
+    runtime = SlowStop()
+    sweeper = world.sweeper(runtime)
+    assert sweeper.tick(NOW).woken == 1  # the chat's runner
+    sweeper.close()  # (its central.db connection belongs to this thread; the next sweep opens its own)
+    generation = runtime.started[-1][2]
+    world.ack(first, "processing", NOW + timedelta(seconds=1), generation=generation, session=chatted)
+    swept: list[object] = []
+
+    def sweep() -> None:  # no heartbeat 31 minutes after the start: the visit kills the runner
+        try:
+            swept.append(sweeper.tick(NOW + timedelta(minutes=31)))
+        finally:
+            sweeper.close()
+
+    sweeping = threading.Thread(target=sweep)
+    sweeping.start()
+    try:
+        assert runtime.stopping.wait(WAIT_S), "the visit never stopped the stuck runner"
+        answered = _waits_for_nothing(
+            lambda: router.deliver_in(central, world.settings, NOW, world.group, arrival, stamp=False))
+    finally:
+        runtime.freed.set()
+        sweeping.join(WAIT_S)
+    central.close()
+    assert isinstance(answered, tuple) and answered[0].id == chatted.id, answered
+    assert len(swept) == 1 and isinstance(swept[0], SweepResult) and swept[0].errors == 0, swept
+    assert runtime.stopped == [chatted.id]
+    with closing(world.inbound(chatted)) as conn:
+        assert inbox.get(conn, answered[1]) is not None
+
+
+def _waits_for_nothing(work: Callable[[], object]) -> object:
+    """What ``work`` returned, run in a thread that must finish while this one waits (WAIT_S at most)."""
+    thread, out = _thread(work)
+    thread.start()
+    thread.join(WAIT_S)
+    assert len(out) == 1 and not isinstance(out[0], Exception), f"the work was still waiting, or failed: {out}"
+    return out[0]

@@ -337,27 +337,28 @@ class Sweeper:
         folder = session.folder
         outbound = folder / "outbound.db"
         limit = self.settings.max_requests_per_visit
-        with (db.lock_of(folder / "inbound.db"), logs.visiting(session.id),
+        with ((lock := db.lock_of(folder / "inbound.db")), logs.visiting(session.id),
               closing(db.connect(folder / "inbound.db", "inbound", reading=True)) as conn):
             look = inbox.look(conn, now, policy.zone.key)
             open_rows = look.open_rows
             if runner is None and quiet is not None and quiet.issuperset(open_rows):
                 db.end_read(conn)
-                found = outbox.Outbox()  # what reading it again would find: no ack, request or reply is new
+                found, claimed = outbox.Outbox(), []  # what reading it again would find: no ack, request or reply
             else:
                 handled, replied = inbox.watermarks(conn)
                 db.end_read(conn)  # (in the one read transaction of the connection's checks)
-                # One request more than a visit applies tells whether the rest wait for the next visit (§13.5).
-                found = outbox.read(outbound, open_rows, handled, writable=runner is None, reply_after_seq=replied,
-                                    request_limit=limit + 1)
+                with db.released(lock):  # an arrival goes in while the runner's file is read, or a stuck one stopped
+                    # One request more than a visit applies tells whether the rest wait for the next visit (§13.5).
+                    found = outbox.read(outbound, open_rows, handled, writable=runner is None,
+                                        reply_after_seq=replied, request_limit=limit + 1)
+                    if runner is not None and self.runners and self.runners.kill_if_stuck(session, now, runner, found):
+                        runner = None
+                    claimed = [mid for mid, ack in found.acks.items() if ack.status == "processing"]
+                    if runner is None:
+                        # Claims first, then the inbox: a crash between leaves 'processing' rows, released next time.
+                        outbox.clear_claims(outbound, claimed)
                 quiet = None if found.acks or found.requests or found.replies else frozenset(open_rows)
             more = len(found.requests) > limit
-            if runner is not None and self.runners and self.runners.kill_if_stuck(session, now, runner, found):
-                runner = None
-            claimed = [mid for mid, ack in found.acks.items() if ack.status == "processing"]
-            if runner is None:
-                # Claims first, then the inbox: a crash between leaves 'processing' rows, released next time.
-                outbox.clear_claims(outbound, claimed)
             state, same = look.state, None
             if (found.acks or claimed or found.requests or look.recurring or "processing" in open_rows.values()
                     or (self.runners and self.runners.owes_notice(session.id))):

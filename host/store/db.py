@@ -7,7 +7,6 @@ import os
 import sqlite3
 import stat
 import threading
-import weakref
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, nullcontext, suppress
 from pathlib import Path
@@ -16,6 +15,8 @@ from urllib.parse import quote_from_bytes
 from host.errors import NclError
 from host.files import confined, lock, private
 from host.settings import SESSIONS_DIR
+from host.store.file_locks import lock_of as lock_of  # (db.lock_of, db.released: the host's names for them)
+from host.store.file_locks import released as released
 from schemas import queries
 from schemas.ddl import MIGRATIONS, DbKind, latest_version
 
@@ -45,26 +46,6 @@ class _Opened(sqlite3.Connection):
     """The connections ``_raw`` opens: central.db's carry its file's in-process lock (``transaction`` takes it)."""
 
     lock: threading.RLock | None = None
-
-
-# In-process locks of the files the host's threads share, by path (see ``lock_of``); a lock lives while in use.
-_locks: weakref.WeakValueDictionary[str, threading.RLock] = weakref.WeakValueDictionary()
-_locks_guard = threading.Lock()
-
-
-def lock_of(path: Path) -> threading.RLock:
-    """The lock this process's threads hold around their work on the SQLite file ``path``. Two of them meeting on a
-    file in SQLite's own locks made the second sleep 1, 2, 5, 10 ms... between tries (its busy handler): a chat's
-    answer took up to 35 ms when it met the sweep's visit of the same session, or a webhook's stamp of central.db
-    the sweep's index save. A lock hands the file over the moment the other is done. Taken by central.db's
-    transactions (``transaction``), and around a whole visit, an arrival's or a reply's work on a session's
-    inbound.db; never around central.db's while a session file's is wanted, so no two threads wait on each other.
-    Other processes (``ncl`` commands, runners) still meet the host in SQLite's locks."""
-    with _locks_guard:
-        lock = _locks.get(str(path))
-        if lock is None:
-            lock = _locks[str(path)] = threading.RLock()
-    return lock
 
 
 class DbError(NclError):
