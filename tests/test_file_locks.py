@@ -21,7 +21,7 @@ from kit import RecordingRuntime, World, utc
 
 from host.channels import router
 from host.scheduling.sweep import Sweeper, SweepResult
-from host.store import db, inbox
+from host.store import db, file_locks, inbox, sessions
 
 NOW = utc("2026-05-18T13:00:00")
 WAIT_S = 30  # only a broken build waits this long: an event that never comes
@@ -41,11 +41,10 @@ class Recording:
     def __exit__(self, *exc: object) -> None:
         self.lock.__exit__(*exc)
 
-    def acquire(self) -> None:  # (``db.released``)
-        self.__enter__()
-
-    def release(self) -> None:
-        self.lock.release()
+    def retake(self) -> None:  # (``db.released``)
+        if threading.current_thread() is not self.holder:
+            self.asked.set()
+        self.lock.retake()
 
 
 @pytest.fixture
@@ -220,3 +219,32 @@ def _waits_for_nothing(work: Callable[[], object]) -> object:
     thread.join(WAIT_S)
     assert len(out) == 1 and not isinstance(out[0], Exception), f"the work was still waiting, or failed: {out}"
     return out[0]
+
+
+def test_a_wait_for_a_file_another_thread_holds_ends_as_a_busy_wait_would(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads queued behind one stuck in SQLite's busy wait (a runner keeping its inbox read-locked) must not wait a
+    busy timeout each in turn: the lock's wait is bounded as SQLite's is, and fails with SQLite's error."""
+    monkeypatch.setattr(file_locks, "BUSY_TIMEOUT_S", 0)  # (the bound itself; 0: a held lock fails at once)
+    world = World(tmp_path)
+    arrival = router.Arrival("cli", "chat", {"text": "hello", "sender": "user", "sender_id": None})
+    central = db.connect(world.settings.central_db, "central", any_thread=True)
+    chatted, _, _ = router.deliver_in(central, world.settings, NOW, world.group, arrival)
+    with db.lock_of(chatted.folder / "inbound.db"):
+        refused = _waits_for_nothing(
+            lambda: _raised(lambda: router.deliver_in(central, world.settings, NOW, world.group, arrival)))
+    with db.transaction(central):  # central.db's lock, held by this thread
+        other = db.connect(world.settings.central_db, "central", any_thread=True)
+        blocked = _waits_for_nothing(lambda: _raised(lambda: sessions.touch(other, chatted.id, NOW)))
+    other.close()
+    central.close()
+    assert refused == blocked == "database is locked"
+    assert [row["seq"] for row in world.rows(session=chatted)] == [2]  # the refused arrival wrote nothing
+
+
+def _raised(work: Callable[[], object]) -> str:
+    try:
+        work()
+    except db.Error as exc:
+        return str(exc)
+    raise AssertionError("it went ahead while another thread held the file")

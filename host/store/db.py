@@ -15,13 +15,14 @@ from urllib.parse import quote_from_bytes
 from host.errors import NclError
 from host.files import confined, lock, private
 from host.settings import SESSIONS_DIR
+from host.store import file_locks
 from host.store.file_locks import lock_of as lock_of  # (db.lock_of, db.released: the host's names for them)
 from host.store.file_locks import released as released
 from schemas import queries
 from schemas.ddl import MIGRATIONS, DbKind, latest_version
 
 log = logging.getLogger(__name__)
-BUSY_TIMEOUT_MS = 5000
+BUSY_TIMEOUT_MS = int(file_locks.BUSY_TIMEOUT_S * 1000)
 # Session files cross a container mount, whose shared memory WAL would need: rollback journals there. inbound.db
 # keeps its journal file for good (see ``_own_journal``).
 JOURNAL_MODES: dict[DbKind, str] = {"central": "WAL", "inbound": "PERSIST", "outbound": "DELETE"}
@@ -45,7 +46,7 @@ IntegrityError = sqlite3.IntegrityError
 class _Opened(sqlite3.Connection):
     """The connections ``_raw`` opens: central.db's carry its file's in-process lock (``transaction`` takes it)."""
 
-    lock: threading.RLock | None = None
+    lock: file_locks.FileLock | None = None
 
 
 class DbError(NclError):

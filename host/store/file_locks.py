@@ -2,18 +2,46 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+# One bound for any wait on a file: SQLite's busy timeout (db.BUSY_TIMEOUT_MS), and the wait for another thread of
+# the host done with it (``FileLock``).
+BUSY_TIMEOUT_S = 5.0
+
+
+class FileLock:
+    """One file's in-process lock (``lock_of``), re-entrant. Taken within ``BUSY_TIMEOUT_S``, else it fails as
+    SQLite's own lock does (``database is locked``): threads queued behind one stuck in SQLite's busy wait (a runner
+    holding its session's inbound.db read-locked, an ``ncl`` command central.db) never wait in turn, a timeout each."""
+
+    __slots__ = ("__weakref__", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(timeout=BUSY_TIMEOUT_S):
+            raise sqlite3.OperationalError("database is locked")
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def retake(self) -> None:
+        """Taken again, however long that waits (``released``)."""
+        self._lock.acquire()
+
+
 # In-process locks of the files the host's threads share, by path (see ``lock_of``); a lock lives while in use.
-_locks: weakref.WeakValueDictionary[str, threading.RLock] = weakref.WeakValueDictionary()
+_locks: weakref.WeakValueDictionary[str, FileLock] = weakref.WeakValueDictionary()
 _locks_guard = threading.Lock()
 
 
-def lock_of(path: Path) -> threading.RLock:
+def lock_of(path: Path) -> FileLock:
     """The lock this process's threads hold around their work on the SQLite file ``path``. Two of them meeting on a
     file in SQLite's own locks made the second sleep 1, 2, 5, 10 ms... between tries (its busy handler): a chat's
     answer took up to 35 ms when it met the sweep's visit of the same session, or a webhook's stamp of central.db
@@ -25,16 +53,17 @@ def lock_of(path: Path) -> threading.RLock:
     with _locks_guard:
         lock = _locks.get(str(path))
         if lock is None:
-            lock = _locks[str(path)] = threading.RLock()
+            lock = _locks[str(path)] = FileLock()
     return lock
 
 
 @contextmanager
-def released(lock: threading.RLock) -> Iterator[None]:
-    """``lock`` (a ``lock_of``, taken once by this thread) let go meanwhile and taken again after: for work beside
-    the file, which another thread's use of the file need not wait for."""
-    lock.release()
+def released(lock: FileLock) -> Iterator[None]:
+    """``lock`` (taken once by this thread) let go meanwhile and taken again after, however long that waits (the
+    others hold it for short work, each bounded by the busy timeout): for work beside the file, which another
+    thread's use of the file need not wait for."""
+    lock.__exit__()
     try:
         yield
     finally:
-        lock.acquire()
+        lock.retake()
