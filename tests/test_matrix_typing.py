@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kit import World, utc
 from nio import RoomSendResponse
 
@@ -101,3 +103,25 @@ def test_typing_is_renewed_while_the_runner_works_and_stops_without_an_answer_or
             inbox.end(conn, row.id, "failed")  # the turn failed and nothing was answered
     asyncio.run(channel.renew_typing())
     assert client.typing[-2:] == [(ROOM, True, TYPING_MS), (ROOM, False, TYPING_MS)]
+
+
+def test_a_message_and_the_typing_renewal_do_their_sqlite_work_off_the_hosts_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Matrix message's commits (a new session's files, the inbox row) and the renewal's reads run in threads, as
+    the CLI socket's and the webhooks' do: the loop serves the other channels and the model proxy meanwhile."""
+    world, channel, _ = _world(tmp_path)
+    threads: dict[str, set[str]] = {}
+    real_connect = db.connect
+
+    def connect(path: Path, kind: Any, **kw: Any) -> Any:
+        threads.setdefault(f"{path.name}", set()).add(threading.current_thread().name)
+        return real_connect(path, kind, **kw)
+
+    monkeypatch.setattr(db, "connect", connect)
+    _say(channel, "$m1", "$t1")
+    asyncio.run(channel.renew_typing())
+    loop_thread = threading.current_thread().name  # asyncio.run runs the loop in this thread
+    assert set(threads) >= {"central.db", "inbound.db"} and all(loop_thread not in t for t in threads.values()), threads
+    [row] = world.rows(session=sessions.by_thread(world.central, world.settings, "ag-talk",
+                                                  f"matrix:{BOT}/{ROOM}/$t1"))
+    assert json.loads(row["content"])["text"] == "think hard"

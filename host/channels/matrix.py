@@ -28,6 +28,7 @@ from host.channels.matrix_login import MatrixError, configured, login, state_pat
 from host.files import confined
 from host.settings import Settings
 from host.store import db, groups, inbox
+from host.store.groups import Group
 from host.store.outbox import OutMessage
 from host.store.sessions import Session
 from schemas import clock
@@ -74,6 +75,9 @@ class MatrixChannel:
         self.typing_ms = int(os.environ.get(TYPING_HOOK) or TYPING_MS)
         self.renew_s = TYPING_RENEW_S if self.typing_ms == TYPING_MS else self.typing_ms / 3000
         self.renewing: asyncio.Task[None] | None = None
+        # central.db for the work of an arrival, done in threads: SQLite's work and its commits' syncs never hold
+        # the host's loop (issue 14.2), as the CLI socket's and the webhooks' do not.
+        self._central = db.Pool(settings.central_db)
 
     async def start(self) -> bool:
         """Sync in the background (logging in first, again after a failure); False when not set up."""
@@ -95,6 +99,7 @@ class MatrixChannel:
         if self.client:
             await self.client.close()
             self.client = None
+        self._central.close()
 
     # --- in --------------------------------------------------------------------------------------------------
 
@@ -104,7 +109,7 @@ class MatrixChannel:
             try:
                 if self.client is None:
                     self.client = await login(self.settings, self.state)
-                    self.state.save(state_path(self.settings))
+                    await asyncio.to_thread(self.state.save, state_path(self.settings))
                     self.display_name = await self._own_name()
                     log.info("matrix: logged in as %s", self.user_id, extra={"action": "matrix_logged_in"})
                 await self.sync_once()
@@ -142,7 +147,7 @@ class MatrixChannel:
                     await self._event(room_id, source)
         await self._stall("after_commit")
         self.state.next_batch = done.next_batch
-        self.state.save(state_path(self.settings))
+        await asyncio.to_thread(self.state.save, state_path(self.settings))  # a durable write: its syncs in a thread
 
     async def _stall(self, point: str) -> None:
         if self.stall == point:
@@ -154,7 +159,7 @@ class MatrixChannel:
 
         inviter = next((e.sender for e in invited.invite_state if isinstance(e, InviteMemberEvent)
                         and e.state_key == self.user_id and e.membership == "invite"), "")
-        why = None if self._group_id() else f"no group is wired to {self.channel}"
+        why = None if await asyncio.to_thread(self._group_id) else f"no group is wired to {self.channel}"
         why = why or (None if wire.allowed(inviter, self.settings.matrix_allowed) else
                       f"{inviter or 'an unknown user'} is not in NCL_MATRIX_ALLOW")
         if why:
@@ -178,8 +183,22 @@ class MatrixChannel:
             log.warning("matrix: left %s: it is encrypted", room_id, extra={"action": "matrix_declined"})
 
     def _group_id(self) -> str | None:
-        with closing(db.connect(self.settings.central_db, "central")) as central:
+        with self._central.connection() as central:
             return groups.wired_to(central, self.channel)
+
+    def _session_of(self, arrival: router.Arrival) -> tuple[Group, Session, datetime] | None:
+        """(In a thread.) The group wired to the bot, the arrival's session (made if it is new) and the time of the
+        arrival; None when no group is wired."""
+        with self._central.connection() as central:
+            group_id = groups.wired_to(central, self.channel)
+            if group_id is None:
+                return None
+            group, now = groups.get(central, group_id), clock.now()
+            return group, router.session_for(central, self.settings, now, group, router.thread_key(group, arrival)), now
+
+    def _deliver_in(self, group: Group, arrival: router.Arrival, now: datetime) -> tuple[Session, str, int]:
+        with self._central.connection() as central:
+            return router.deliver_in(central, self.settings, now, group, arrival)
 
     async def _event(self, room_id: str, event: dict[str, Any]) -> None:
         kind, sender, event_id = event.get("type"), event.get("sender"), event.get("event_id")
@@ -204,16 +223,13 @@ class MatrixChannel:
                                  thread=thread, place=room_id, routing={"platform_id": room_id}, trigger=trigger,
                                  message_id=wire.message_id(event_id, event.get("origin_server_ts")))
         await self._stall("before_commit")
-        with closing(db.connect(self.settings.central_db, "central")) as central:
-            group_id = groups.wired_to(central, self.channel)
-            if group_id is None:
-                return log.warning("matrix: message in %s not taken: no group is wired to %s", room_id,
-                                   self.channel, extra={"action": "matrix_unwired"})
-            group, now = groups.get(central, group_id), clock.now()
-            session = router.session_for(central, self.settings, now, group, router.thread_key(group, arrival))
-            text = await self._text(session, content, arrival.message_id or event_id)
-            arrival.content["text"] = text
-            session, message_id, _ = router.deliver_in(central, self.settings, now, group, arrival)
+        found = await asyncio.to_thread(self._session_of, arrival)
+        if found is None:
+            return log.warning("matrix: message in %s not taken: no group is wired to %s", room_id, self.channel,
+                               extra={"action": "matrix_unwired"})
+        group, session, now = found
+        arrival.content["text"] = await self._text(session, content, arrival.message_id or event_id)
+        session, message_id, _ = await asyncio.to_thread(self._deliver_in, group, arrival, now)
         self.state.last_event_id = event_id
         log.info("matrix: message %s from %s", message_id, sender,
                  extra={"action": "matrix_arrived", "session": session.id})
@@ -246,7 +262,7 @@ class MatrixChannel:
             return f"[a file {name} not taken: over NCL_MATRIX_MAX_FILE_BYTES ({limit} bytes)]"
         relative = Path(FILES_DIR) / f"{message_id.rsplit('-', 1)[1]}-{name}"
         try:
-            confined.write_beneath(session.folder, relative, data)
+            await asyncio.to_thread(confined.write_beneath, session.folder, relative, data)
         except (confined.Refused, OSError) as exc:  # the runner's folder: it may have put a link there
             log.warning("matrix: file %s not stored: %s", relative, exc, extra={"action": "matrix_file_refused"})
             return f"[a file {name} not stored: {exc}]"
@@ -287,7 +303,7 @@ class MatrixChannel:
         one notice), up to ``TYPING_CAP`` after the room's latest such message; stop where none does."""
         now = now or clock.now()
         for room_id, typing in list(self.typing.items()):
-            if now - typing.since < TYPING_CAP and self._working(typing, now):
+            if now - typing.since < TYPING_CAP and await asyncio.to_thread(self._working, typing, now):
                 await self._type(room_id, True)
             else:
                 await self._stop_typing(room_id)
