@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import threading
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alerts_kit import DAILY, T0, Receiver, occurrence, sender, standup, thread_receiver
@@ -20,7 +22,7 @@ from processes import Env, Host
 from host.channels import alerts
 from host.channels.alerts import ATTEMPTS, Alert
 from host.settings import AlertTarget, Settings, SettingsError
-from host.store import sessions
+from host.store import db, sessions
 
 # --- the setting ---------------------------------------------------------------------------------------------------
 
@@ -93,14 +95,25 @@ async def test_a_redirect_is_not_followed_and_a_refusal_is_retried_then_logged(
     assert all("s3cret" not in r.getMessage() for r in caplog.records)  # the path is not logged (nor by httpx)
 
 
-async def test_a_session_target_puts_the_alert_in_the_groups_chat_session(tmp_path: Path) -> None:
+async def test_a_session_target_puts_the_alert_in_the_groups_chat_session(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     world = World(tmp_path, NCL_ALERT_CHANNEL="session:demo")
     task = world.schedule(T0, recurrence=DAILY)
     out = alerts.alerts_of(world.settings, now=lambda: T0)
     assert out is not None
     with alerts.reporting(out):
         world.sweeper().tick(T0 + timedelta(days=3))
+    opened_in: set[str] = set()  # the threads that opened a database while the alert went out
+    connect = db.connect
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        opened_in.add(threading.current_thread().name)
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(db, "connect", recorded)
     await out.drain()
+    monkeypatch.setattr(db, "connect", connect)
+    assert opened_in and threading.current_thread().name not in opened_in  # never the host loop's thread
     chat = sessions.by_thread(world.central, world.settings, world.group.id, "cli")  # where `ncl chat demo` talks
     assert chat is not None
     (row,) = [r for r in world.rows(session=chat) if r["kind"] == "chat"]

@@ -222,7 +222,7 @@ class Alerts:
             await client.aclose()
 
     async def _deliver(self, alert: Alert) -> None:
-        alert = self._with_group(alert)
+        alert = await asyncio.to_thread(self._with_group, alert)  # (SQLite's work never on the host's loop)
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 await self.send(alert)
@@ -246,7 +246,7 @@ class Alerts:
                 elif self.target.kind == "mail":
                     await self._mail(alert)
                 else:
-                    self._notice(alert)
+                    await asyncio.to_thread(self._notice, alert)
         except TimeoutError:
             raise AlertError(f"{self.target}: no answer within {self.timeout_s:g} s") from None
 
