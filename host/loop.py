@@ -72,12 +72,14 @@ class Host:
         # (a test's ``step``) the sweep runs on the loop, between pauses.
         self._worker: ThreadPoolExecutor | None = None
 
-    def wake_at(self, now: datetime) -> datetime:
+    def wake_at(self, now: datetime, scheduled_due: datetime | None) -> datetime:
+        """When the loop must sweep again; ``scheduled_due``: the next project task's (``ScheduledTasks.earliest_due``,
+        read in the sweep's thread)."""
         candidates = [self._next_full]
         if due := self.sweeper.earliest_due():
             candidates.append(due)
-        if due := self.scheduled.earliest_due():
-            candidates.append(due)
+        if scheduled_due:
+            candidates.append(scheduled_due)
         if self.sweeper.runners and self.sweeper.runners.live:
             # A beat of its own: a sweep an arrival woke in between never puts the next one off.
             if self._next_live <= now:
@@ -99,7 +101,7 @@ class Host:
         if full:
             self._full_stamp, self._next_full = stamp, now + timedelta(seconds=self.settings.sweep_interval_s)
         # Project tasks first: a job one enqueues is then woken by this same sweep, not the next one.
-        fired = self.scheduled.tick(now)
+        fired = await self._off_loop(self.scheduled.tick, now)
         # Between full sweeps only the sessions with something going on are looked at: a live runner makes the
         # loop tick four times a second, and a chat or webhook may arrive as often, which must not stat every idle
         # session each time (80 ms at 10,000 sessions).
@@ -119,7 +121,7 @@ class Host:
                      (self.clock.now() - self._started_at).total_seconds(), len(active),
                      extra={"action": "sessions_seen"})
             self._started_at = None
-        wake_at = self.wake_at(now)
+        wake_at = self.wake_at(now, await self._off_loop(self.scheduled.earliest_due))
         while not self.stopping.is_set():
             if self.woken.is_set():
                 wake_at = min(wake_at, self._woken_at + timedelta(seconds=ARRIVALS_GAP_S))

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kit import FakeClock, RecordingRuntime, World, utc
@@ -16,7 +19,7 @@ from host import loop
 from host.channels import nudge, router
 from host.loop import Host
 from host.scheduling import sweep, tasks
-from host.store import sessions
+from host.store import db, sessions
 from schemas import ids
 from schemas.times import to_text
 
@@ -205,3 +208,32 @@ async def test_a_flood_of_arrivals_is_swept_at_most_every_gap(tmp_path: Path) ->
         _arrive(world)  # and another at once
         await asyncio.wait_for(sleeping, 10)
     assert clock.now() == T + timedelta(seconds=loop.ARRIVALS_GAP_S)  # swept again, but not before the gap
+
+
+async def test_a_running_hosts_steps_open_no_database_on_its_loop(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14.2: with the sweep's worker thread (as ``run`` makes it), a step's SQLite work, the sweep's and the
+    project tasks' tick and next due time alike, happens there: the loop only serves."""
+    world = World(tmp_path, NCL_SWEEP_INTERVAL_S="60")
+    clock = FakeClock(T)
+    world.schedule(T, at=to_text(T - timedelta(minutes=1)))  # due: the sweep opens the session
+    runtime = RecordingRuntime(clock)
+    host = Host(world.settings, runtime, clock)
+    opened_in: list[tuple[str, str]] = []
+    connect = db.connect
+
+    def recorded(path: Path, *args: Any, **kwargs: Any) -> Any:
+        opened_in.append((path.name, threading.current_thread().name))
+        return connect(path, *args, **kwargs)
+
+    monkeypatch.setattr(db, "connect", recorded)
+    host._worker = ThreadPoolExecutor(1, thread_name_prefix="ncl-sweep")
+    try:
+        for _ in range(2):
+            await host.step()
+    finally:
+        await host._off_loop(host.sweeper.close)
+        host._worker.shutdown()
+        host.scheduled.close()
+    assert runtime.started and {"central.db", "inbound.db"} <= {name for name, _ in opened_in}
+    assert [o for o in opened_in if not o[1].startswith("ncl-sweep")] == []

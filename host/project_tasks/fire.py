@@ -155,7 +155,8 @@ class ScheduledTasks:
 
     def _central(self, now: datetime) -> db.Connection:
         if self._conn is None:
-            self._conn = db.connect(self.settings.central_db, "central")
+            # (a running host ticks in its sweep's thread and closes this on its loop, one after the other)
+            self._conn = db.connect(self.settings.central_db, "central", any_thread=True)
             interrupted = recover(self._conn, now)
             if interrupted:
                 log.warning("%d scheduled run(s) were interrupted by a host stop", len(interrupted),
