@@ -347,7 +347,7 @@ class MatrixChannel:
         if Path(name).name != name or name.startswith("."):
             raise MatrixError(f"refused to send {name!r}: not a file name")
         try:  # the runner's folder: read without following any link (a link to .env must not reach the room)
-            data = confined.read_beneath(folder, name, self.settings.matrix_max_file_bytes)
+            data = await asyncio.to_thread(confined.read_beneath, folder, name, self.settings.matrix_max_file_bytes)
         except (confined.Refused, OSError) as exc:
             log.warning("matrix: file %s not sent: %s", name, exc, extra={"action": "matrix_file_refused"})
             return wire.text_content(f"(the file {name} was not sent: {exc})")
