@@ -72,14 +72,14 @@ class Host:
         # (a test's ``step``) the sweep runs on the loop, between pauses.
         self._worker: ThreadPoolExecutor | None = None
 
-    def wake_at(self, now: datetime, scheduled_due: datetime | None) -> datetime:
-        """When the loop must sweep again; ``scheduled_due``: the next project task's (``ScheduledTasks.earliest_due``,
-        read in the sweep's thread)."""
+    def wake_at(self, now: datetime) -> datetime:
+        """When the loop must sweep again (asked in the sweep's thread: it reads the sweeper's state, over every
+        session, and central.db for the project tasks)."""
         candidates = [self._next_full]
         if due := self.sweeper.earliest_due():
             candidates.append(due)
-        if scheduled_due:
-            candidates.append(scheduled_due)
+        if due := self.scheduled.earliest_due():
+            candidates.append(due)
         if self.sweeper.runners and self.sweeper.runners.live:
             # A beat of its own: a sweep an arrival woke in between never puts the next one off.
             if self._next_live <= now:
@@ -121,7 +121,7 @@ class Host:
                      (self.clock.now() - self._started_at).total_seconds(), len(active),
                      extra={"action": "sessions_seen"})
             self._started_at = None
-        wake_at = self.wake_at(now, await self._off_loop(self.scheduled.earliest_due))
+        wake_at = await self._off_loop(self.wake_at, now)
         while not self.stopping.is_set():
             if self.woken.is_set():
                 wake_at = min(wake_at, self._woken_at + timedelta(seconds=ARRIVALS_GAP_S))
