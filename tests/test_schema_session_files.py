@@ -87,6 +87,41 @@ def test_central_connections_have_a_busy_timeout(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
 
 
+def _held_new_central(tmp_path: Path) -> tuple[Path, sqlite3.Connection]:
+    """A new, empty central.db, which another connection is writing (as the host's first start had two of its threads
+    switch it into WAL at once)."""
+    path = tmp_path / "central.db"
+    path.touch(mode=0o600)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    return path, other
+
+
+def test_a_new_central_db_switched_by_two_connections_at_once_waits_for_the_other(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, other = _held_new_central(tmp_path)
+    paused: list[float] = []
+
+    def pause(seconds: float) -> None:  # the connect waits: the other connection finishes meanwhile
+        paused.append(seconds)
+        if other.in_transaction:
+            other.execute("COMMIT")
+
+    monkeypatch.setattr(db.time, "sleep", pause)
+    with closing(db.connect(path, "central")) as conn, closing(other):
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.version(conn) == latest_version("central")
+    assert paused  # it met the other's lock, and waited instead of failing
+
+
+def test_a_new_central_db_held_past_the_busy_timeout_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, other = _held_new_central(tmp_path)
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 0)
+    with closing(other), pytest.raises(DbError, match="database is locked"):
+        db.connect(path, "central")
+
+
 def test_readonly_connection_refuses_writes(session_dir: Path, row_in: RowIn, insert_row: InsertRow) -> None:
     with (
         closing(db.connect(session_dir / "inbound.db", "inbound", readonly=True)) as conn,

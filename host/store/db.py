@@ -7,6 +7,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, nullcontext, suppress
 from pathlib import Path
@@ -325,7 +326,7 @@ def _version_and_mode(conn: sqlite3.Connection, kind: DbKind, path: Path, keep: 
             conn.execute(mode)
         except sqlite3.OperationalError:  # "cannot change out of wal mode from within a transaction"
             conn.execute("ROLLBACK")
-            conn.execute(mode)
+            _switch(conn, mode)
             if keep:
                 conn.execute("BEGIN")
             return found
@@ -336,6 +337,24 @@ def _version_and_mode(conn: sqlite3.Connection, kind: DbKind, path: Path, keep: 
     if not keep:
         conn.execute("COMMIT")
     return found
+
+
+def _switch(conn: sqlite3.Connection, mode: str) -> None:
+    """The journal mode set outside a transaction. A new file's first switch into WAL writes its header in a write
+    transaction that SQLite starts from a read one, and so fails at once, with no busy wait (which could deadlock),
+    when another connection is switching it too: the host's first start, whose mail channel and project tasks each
+    open the new central.db, failed so. Tried again within the busy timeout; the other's switch makes it a no-op."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            conn.execute(mode)
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(2 * pause, 0.05)
 
 
 def _checked_version(conn: sqlite3.Connection, kind: DbKind, path: Path) -> int:
