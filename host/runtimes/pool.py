@@ -19,7 +19,6 @@ from host.files import confined
 from host.runtimes.base import Runtime
 from host.settings import Settings
 from host.store import db
-from host.store.file_locks import FileLock
 from host.store.outbox import Outbox
 from host.store.sessions import Session
 from schemas import ids
@@ -260,36 +259,9 @@ class Runners:
         try:
             yield
         finally:
-            self._kill_if_held(session, runner, started)
-
-    @contextmanager
-    def taking(self, session: Session, runner: Runner, lock: FileLock) -> Iterator[None]:
-        """``lock``, the in-process lock of the session's inbound.db, held for a visit. Another of the host's threads
-        (a reply's record, an arrival) holds it long only while it waits for SQLite's lock on the file, which with
-        ``runner`` alive is the runner's (a read of its inbox kept open): a wait for it as in ``watching`` kills the
-        runner, the lock let go meanwhile (a stop may take long; arrivals need not wait for it)."""
-        started = time.monotonic()
-        try:
-            lock.__enter__()
-        except BaseException:
-            self._kill_if_held(session, runner, started)
-            raise
-        try:
-            if time.monotonic() - started > self._held_s():
-                with db.released(lock):
-                    self._kill_if_held(session, runner, started)
-            yield
-        finally:
-            lock.__exit__()
-
-    @staticmethod
-    def _held_s() -> float:
-        return HELD_SHARE * db.BUSY_TIMEOUT_MS / 1000
-
-    def _kill_if_held(self, session: Session, runner: Runner, started: float) -> None:
-        waited = time.monotonic() - started
-        if waited > self._held_s() and self.live.get(session.id) is runner:
-            self._kill_stuck(session, runner, f"the sweep waited {waited:.1f} s for its lock on a session file")
+            waited = time.monotonic() - started
+            if waited > HELD_SHARE * db.BUSY_TIMEOUT_MS / 1000 and self.live.get(session.id) is runner:
+                self._kill_stuck(session, runner, f"the sweep waited {waited:.1f} s for its lock on a session file")
 
     def _kill_stuck(self, session: Session, runner: Runner, reason: str) -> None:
         log.warning("killing stuck runner of %s: %s", session.id, reason,
@@ -308,12 +280,6 @@ def watch(runners: Runners | None, session: Session, runner: Runner | None) -> A
     """``Runners.watching`` around a wait for a file the session's live ``runner`` could keep locked; None if none
     is alive."""
     return runners.watching(session, runner) if runners and runner else None
-
-
-def taking(runners: Runners | None, session: Session, runner: Runner | None,
-           lock: FileLock) -> AbstractContextManager[None]:
-    """``Runners.taking`` if ``runner`` is alive, else ``lock`` as it is."""
-    return runners.taking(session, runner, lock) if runners and runner else lock
 
 
 def runner_env(settings: Settings, session: Session, generation: str, rules: str,

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 from host.channels.delivery import Deliveries
 from host.files import logs
-from host.runtimes.pool import Runner, Runners, taking, watch
+from host.runtimes.pool import Runner, Runners, watch
 from host.scheduling import acks, actions, cross_group, recurrence
 from host.scheduling.recurrence import Policy
 from host.settings import Settings
@@ -334,9 +334,9 @@ class Sweeper:
                result: SweepResult, quiet: frozenset[str] | None) -> _Visit:
         """``quiet``: the open rows a read of the unchanged outbound.db found nothing for (None: read it)."""
         folder = session.folder
-        outbound, limit = folder / "outbound.db", self.settings.max_requests_per_visit
-        lock = db.lock_of(folder / "inbound.db")
-        with (taking(self.runners, session, runner, lock), logs.visiting(session.id),
+        outbound = folder / "outbound.db"
+        limit = self.settings.max_requests_per_visit
+        with ((lock := db.lock_of(folder / "inbound.db")), logs.visiting(session.id),
               closing(db.connect(folder / "inbound.db", "inbound", reading=True)) as conn):
             look = inbox.look(conn, now, policy.zone.key)
             open_rows = look.open_rows

@@ -1,30 +1,25 @@
 """A runner may keep its session's files locked: outbound.db, its own, and inbound.db, which it reads (a read
 transaction left open). The sweep's one thread reads the one and writes the other at visits of the session, four
 times a second while the runner lives, and waits up to the busy timeout each time: every other session would wait
-with it, for as long as the runner lived; so would the visit waiting for another host thread (a reply's record)
-that waits for the runner. A wait for such a lock past a share of the busy timeout (``pool.HELD_SHARE``) kills the
-runner, as a stuck one: its session held up the sweep once."""
+with it, for as long as the runner lived. A wait for such a lock past a share of the busy timeout
+(``pool.HELD_SHARE``) kills the runner, as a stuck one: its session held up the sweep once."""
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
-from contextlib import closing
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 from kit import RecordingRuntime, World
 from security_kit import T0
 
-from host.errors import NclError
 from host.runtimes import pool
 from host.scheduling.sweep import Sweeper
-from host.store import db, outbox
+from host.store import db
 from host.store.sessions import Session
 from schemas.times import to_text
 
@@ -94,76 +89,14 @@ def test_a_runner_that_keeps_reading_its_inbox_holds_up_one_visit_and_is_killed(
     assert result.errors == 0 and result.retried == 1  # the dead runner's claim is released for a retry
 
 
-class _Asked:
-    """A file's real in-process lock that says when the main thread (the sweep's, here) asks for it."""
-
-    def __init__(self, lock: Any, asked: threading.Event) -> None:
-        self.lock, self.asked = lock, asked
-
-    def __enter__(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self.asked.set()
-        self.lock.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        self.lock.__exit__(*exc)
-
-    def retake(self) -> None:  # (``db.released``)
-        self.lock.retake()
-
-
-def test_a_runner_whose_inbox_read_holds_up_a_reply_that_holds_up_the_visit_is_killed(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A reply's record (another host thread) holds the session's in-process lock while it waits for the runner's
-    read of the inbox: the visit waits for that lock, and the runner is killed for it."""
-    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)
-    runtime = LockingRuntime()
-    world = World(tmp_path)
-    sweeper = _live(world, runtime)
-    path = world.session.folder / "inbound.db"
-    asked, holding = threading.Event(), threading.Event()
-    real = db.lock_of
-    monkeypatch.setattr(db, "lock_of", lambda p: _Asked(real(p), asked) if p == path else real(p))
-    runtime.lock(world.session, "inbound.db")
-    failed: list[Exception] = []
-
-    def record() -> None:  # as ``delivery._record`` writes a reply's outcome
-        with db.lock_of(path):
-            holding.set()
-            assert asked.wait(30)  # the visit waits for the lock from now on
-            try:
-                with closing(db.connect(path, "inbound")) as conn, db.transaction(conn):
-                    conn.execute("INSERT OR IGNORE INTO session_routing(id) VALUES (1)")
-            except (db.Error, NclError) as exc:  # the runner's read outlasted the busy timeout
-                failed.append(exc)
-
-    thread = threading.Thread(target=record)
-    thread.start()
-    assert holding.wait(30)
-    result = sweeper.tick(T0 + timedelta(seconds=2))
-    thread.join(30)
-    assert failed and result.errors == 0 and runtime.stopped == [world.session.id]
-
-
-def _outbox_read_takes(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
-    """The sweep's reads of outbound.db get the file ``seconds`` after they ask (on the clock ``pool`` reads)."""
-    now = [0.0]
-    monkeypatch.setattr(pool, "time", SimpleNamespace(monotonic=lambda: now[0]))
-    real = outbox.read
-
-    def read(*args: Any, **kwargs: Any) -> outbox.Outbox:
-        now[0] += seconds
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(outbox, "read", read)
-
-
 def test_a_runner_that_lets_go_of_its_outbox_just_before_the_timeout_is_killed_too(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runtime = LockingRuntime()
     world = World(tmp_path)
     sweeper = _live(world, runtime)
-    _outbox_read_takes(monkeypatch, 4.9)  # just short of the host's busy timeout (5 s): the read goes through
+    # The read gets the file 4.9 s after it asked (5 s: the host's busy timeout): the visit goes on, read whole.
+    waits = iter([0.0, 4.9])
+    monkeypatch.setattr(pool, "time", SimpleNamespace(monotonic=lambda: next(waits)))
     result = sweeper.tick(T0 + timedelta(seconds=2))
     assert result.errors == 0 and runtime.stopped == [world.session.id]
 
@@ -172,6 +105,7 @@ def test_a_read_that_waits_less_kills_no_runner(tmp_path: Path, monkeypatch: pyt
     runtime = LockingRuntime()
     world = World(tmp_path)
     sweeper = _live(world, runtime)
-    _outbox_read_takes(monkeypatch, 1.9)  # a runner's commit on a stalled disk: under 2 s
+    waits = iter([0.0, 1.9])  # a runner's commit on a stalled disk: under 2 s
+    monkeypatch.setattr(pool, "time", SimpleNamespace(monotonic=lambda: next(waits)))
     result = sweeper.tick(T0 + timedelta(seconds=2))
     assert result.errors == 0 and runtime.stopped == []
