@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 
 # Named parameter :now is the stored UTC text of the instant. Filters apply before any LIMIT.
 DUE = "status = 'pending' AND (process_after IS NULL OR process_after <= :now)"
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection,
-                readers_gone: AbstractContextManager[object] | None = None) -> Iterator[sqlite3.Connection]:
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """``BEGIN IMMEDIATE`` … ``COMMIT``, taking the write lock up front so no upgrade deadlocks.
-    Inside an open transaction it nests as a savepoint, so steps compose into one atomic unit.
-    ``readers_gone``: a context around the wait for every other connection's reads of the file to end. Given, the
-    transaction begins EXCLUSIVE, so that wait is at BEGIN, on its own (with IMMEDIATE it is in COMMIT, with its
-    syncs)."""
+    Inside an open transaction it nests as a savepoint, so steps compose into one atomic unit."""
     if conn.in_transaction:
         conn.execute("SAVEPOINT nested")
         try:
@@ -30,11 +26,7 @@ def transaction(conn: sqlite3.Connection,
             raise
         conn.execute("RELEASE nested")
         return
-    if readers_gone is None:
-        conn.execute("BEGIN IMMEDIATE")
-    else:
-        with readers_gone:
-            conn.execute("BEGIN EXCLUSIVE")
+    conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
     except BaseException:

@@ -9,7 +9,7 @@ import secrets
 import stat
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,9 +33,9 @@ HEARTBEAT_STALE = timedelta(minutes=30)
 START_BACKOFF_S = (0, 0, 10, 30, 120, 300, 900)  # wait before the next start after the 1st, 2nd, … failure
 NOTICE_AFTER = 3
 CLAIM_SILENT = timedelta(seconds=60)
-# A live runner whose lock on a file of its session the sweep waited for this share of the busy timeout (2 s) is
-# killed: the sweep's one thread waits with it, and every other session. A runner's own transactions last
-# milliseconds (a commit on a stalled disk some hundred): only one that keeps its file locked makes the host wait.
+# A live runner whose outbound.db a read waited for this share of the busy timeout (2 s) is killed: the sweep's one
+# thread waits with that read, and every other session with it. A runner's own transactions last milliseconds (a
+# commit on a stalled disk some hundred): only one that keeps its file locked makes the host wait so long.
 HELD_SHARE = 0.4
 
 
@@ -250,18 +250,17 @@ class Runners:
 
     @contextmanager
     def watching(self, session: Session, runner: Runner) -> Iterator[None]:
-        """Around a wait for a lock the live ``runner`` may hold: a read of its outbound.db, or the BEGIN EXCLUSIVE
-        of a write of inbound.db, which it reads. If it waited past ``HELD_SHARE`` of the busy timeout, whether it
-        then got the file or failed, the runner kept the file locked and is killed. A runner that holds it just short
-        of the timeout again and again is caught as one that holds it past it: each would otherwise hold up the whole
-        sweep at every visit of its session, four times a second while it lives."""
+        """Around a read of the live ``runner``'s outbound.db: if it waited past ``HELD_SHARE`` of the busy timeout,
+        whether it then read the file or failed, the runner kept the file locked and is killed. A runner that holds
+        it just short of the timeout again and again is caught as one that holds it past it: each would otherwise
+        hold up the whole sweep at every visit of its session, four times a second while it lives."""
         started = time.monotonic()
         try:
             yield
         finally:
             waited = time.monotonic() - started
             if waited > HELD_SHARE * db.BUSY_TIMEOUT_MS / 1000 and self.live.get(session.id) is runner:
-                self._kill_stuck(session, runner, f"the sweep waited {waited:.1f} s for its lock on a session file")
+                self._kill_stuck(session, runner, f"a read of its outbound.db waited {waited:.1f} s for its lock")
 
     def _kill_stuck(self, session: Session, runner: Runner, reason: str) -> None:
         log.warning("killing stuck runner of %s: %s", session.id, reason,
@@ -274,12 +273,6 @@ class Runners:
         self.retiring.discard(session_id)
         if runner and self.proxy:
             self.proxy.close(runner.folder)
-
-
-def watch(runners: Runners | None, session: Session, runner: Runner | None) -> AbstractContextManager[None] | None:
-    """``Runners.watching`` around a wait for a file the session's live ``runner`` could keep locked; None if none
-    is alive."""
-    return runners.watching(session, runner) if runners and runner else None
 
 
 def runner_env(settings: Settings, session: Session, generation: str, rules: str,

@@ -16,11 +16,11 @@ from collections.abc import Generator
 from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from host.channels.delivery import Deliveries
 from host.files import logs
-from host.runtimes.pool import Runner, Runners, watch
+from host.runtimes.pool import Runner, Runners
 from host.scheduling import acks, actions, cross_group, recurrence
 from host.scheduling.recurrence import Policy
 from host.settings import Settings
@@ -62,7 +62,8 @@ def advance(steps: Generator[None, None, SweepResult]) -> SweepResult | None:
     try:
         next(steps)
     except StopIteration as done:
-        return cast(SweepResult, done.value)
+        result: SweepResult = done.value
+        return result
     return None
 
 
@@ -348,7 +349,7 @@ class Sweeper:
                 db.end_read(conn)  # (in the one read transaction of the connection's checks)
                 with db.released(lock):  # an arrival goes in while the runner's file is read, or a stuck one stopped
                     # One request more than a visit applies tells whether the rest wait for the next visit (§13.5).
-                    with watch(self.runners, session, runner) or nullcontext():
+                    with self.runners.watching(session, runner) if runner and self.runners else nullcontext():
                         found = outbox.read(outbound, open_rows, handled, writable=runner is None,
                                             reply_after_seq=replied, request_limit=limit + 1)
                     if runner is not None and self.runners and self.runners.kill_if_stuck(session, now, runner, found):
@@ -362,8 +363,7 @@ class Sweeper:
             state, same = look.state, None
             if (found.acks or claimed or found.requests or look.recurring or "processing" in open_rows.values()
                     or (self.runners and self.runners.owes_notice(session.id))):
-                # (None of these to do: no transaction.) A live runner's reads of the inbox are waited for at BEGIN.
-                with db.transaction(conn, watch(self.runners, session, runner)):
+                with db.transaction(conn):  # (a visit with nothing of these to do writes nothing: no transaction)
                     synced = acks.sync(conn, now, policy, runner, found, claimed, open_rows)
                     result.cloned += synced.cloned
                     result.retried += synced.retried

@@ -9,7 +9,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, closing, contextmanager, nullcontext, suppress
+from contextlib import closing, contextmanager, nullcontext, suppress
 from pathlib import Path
 from urllib.parse import quote_from_bytes
 
@@ -160,10 +160,9 @@ version = queries.version
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection,
-                readers_gone: AbstractContextManager[object] | None = None) -> Iterator[sqlite3.Connection]:
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """``queries.transaction``, inside the connection's in-process lock if it has one (``lock_of``)."""
-    with getattr(conn, "lock", None) or nullcontext(), queries.transaction(conn, readers_gone):
+    with getattr(conn, "lock", None) or nullcontext(), queries.transaction(conn):
         yield conn
 
 
