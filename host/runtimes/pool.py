@@ -7,9 +7,7 @@ import logging
 import os
 import secrets
 import stat
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from host.files import confined
 from host.runtimes.base import Runtime
 from host.settings import Settings
-from host.store import db
 from host.store.outbox import Outbox
 from host.store.sessions import Session
 from schemas import ids
@@ -33,10 +30,6 @@ HEARTBEAT_STALE = timedelta(minutes=30)
 START_BACKOFF_S = (0, 0, 10, 30, 120, 300, 900)  # wait before the next start after the 1st, 2nd, … failure
 NOTICE_AFTER = 3
 CLAIM_SILENT = timedelta(seconds=60)
-# A live runner whose outbound.db a read waited for this share of the busy timeout (2 s) is killed: the sweep's one
-# thread waits with that read, and every other session with it. A runner's own transactions last milliseconds (a
-# commit on a stalled disk some hundred): only one that keeps its file locked makes the host wait so long.
-HELD_SHARE = 0.4
 
 
 @dataclass(frozen=True)
@@ -238,34 +231,16 @@ class Runners:
 
     def kill_if_stuck(self, session: Session, now: datetime, runner: Runner, found: Outbox) -> bool:
         """Kill the session's live ``runner`` if it is stuck (``stuck_reason``), given what a visit ``found`` in its
-        outbound.db: its claims and the timeout of a tool it runs. True: it is gone (killed by ``watching`` too)."""
-        if self.live.get(session.id) is not runner:
-            return True
+        outbound.db: its claims and the timeout of a tool it runs."""
         claims = [from_text(a.status_changed) for a in found.acks.values()
                   if a.status == "processing" and a.generation == runner.generation]
         reason = stuck_reason(now, runner, heartbeat(session.folder, runner.generation), claims, found.tool_timeout_s)
-        if reason is not None:
-            self._kill_stuck(session, runner, reason)
-        return reason is not None
-
-    @contextmanager
-    def watching(self, session: Session, runner: Runner) -> Iterator[None]:
-        """Around a read of the live ``runner``'s outbound.db: if it waited past ``HELD_SHARE`` of the busy timeout,
-        whether it then read the file or failed, the runner kept the file locked and is killed. A runner that holds
-        it just short of the timeout again and again is caught as one that holds it past it: each would otherwise
-        hold up the whole sweep at every visit of its session, four times a second while it lives."""
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            waited = time.monotonic() - started
-            if waited > HELD_SHARE * db.BUSY_TIMEOUT_MS / 1000 and self.live.get(session.id) is runner:
-                self._kill_stuck(session, runner, f"a read of its outbound.db waited {waited:.1f} s for its lock")
-
-    def _kill_stuck(self, session: Session, runner: Runner, reason: str) -> None:
+        if reason is None:
+            return False
         log.warning("killing stuck runner of %s: %s", session.id, reason,
                     extra={"action": "runner_killed", "session": session.id, "generation": runner.generation})
         self.kill(session.id)
+        return True
 
     def _gone(self, session_id: str) -> None:
         runner = self.live.pop(session_id, None)

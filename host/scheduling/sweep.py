@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Generator
-from contextlib import closing, nullcontext
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -349,9 +349,8 @@ class Sweeper:
                 db.end_read(conn)  # (in the one read transaction of the connection's checks)
                 with db.released(lock):  # an arrival goes in while the runner's file is read, or a stuck one stopped
                     # One request more than a visit applies tells whether the rest wait for the next visit (§13.5).
-                    with self.runners.watching(session, runner) if runner and self.runners else nullcontext():
-                        found = outbox.read(outbound, open_rows, handled, writable=runner is None,
-                                            reply_after_seq=replied, request_limit=limit + 1)
+                    found = outbox.read(outbound, open_rows, handled, writable=runner is None,
+                                        reply_after_seq=replied, request_limit=limit + 1)
                     if runner is not None and self.runners and self.runners.kill_if_stuck(session, now, runner, found):
                         runner = None
                     claimed = [mid for mid, ack in found.acks.items() if ack.status == "processing"]
