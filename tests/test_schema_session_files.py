@@ -122,6 +122,20 @@ def test_a_new_central_db_held_past_the_busy_timeout_is_refused(
         db.connect(path, "central")
 
 
+def test_an_outbox_a_runner_keeps_in_wal_is_refused_at_once_not_waited_for(
+        session_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = session_dir / "outbound.db"
+    runner = sqlite3.connect(path, isolation_level=None)  # WAL, and a read kept open: no switch back can be made
+    runner.execute("PRAGMA journal_mode=WAL")
+    runner.execute("BEGIN")
+    runner.execute("SELECT COUNT(*) FROM messages_out").fetchone()
+    paused: list[float] = []
+    monkeypatch.setattr(db.time, "sleep", paused.append)
+    with closing(runner), pytest.raises(DbError, match="locked"):
+        db.connect(path, "outbound")
+    assert paused == []  # (only central.db's switch into WAL is tried again: the host's own)
+
+
 def test_readonly_connection_refuses_writes(session_dir: Path, row_in: RowIn, insert_row: InsertRow) -> None:
     with (
         closing(db.connect(session_dir / "inbound.db", "inbound", readonly=True)) as conn,

@@ -326,7 +326,10 @@ def _version_and_mode(conn: sqlite3.Connection, kind: DbKind, path: Path, keep: 
             conn.execute(mode)
         except sqlite3.OperationalError:  # "cannot change out of wal mode from within a transaction"
             conn.execute("ROLLBACK")
-            _switch(conn, mode)
+            if kind == "central":
+                _into_wal(conn, mode)
+            else:  # a session file's switch (out of WAL: a runner's doing) is never waited for, as it never was
+                conn.execute(mode)
             if keep:
                 conn.execute("BEGIN")
             return found
@@ -339,11 +342,11 @@ def _version_and_mode(conn: sqlite3.Connection, kind: DbKind, path: Path, keep: 
     return found
 
 
-def _switch(conn: sqlite3.Connection, mode: str) -> None:
-    """The journal mode set outside a transaction. A new file's first switch into WAL writes its header in a write
-    transaction that SQLite starts from a read one, and so fails at once, with no busy wait (which could deadlock),
-    when another connection is switching it too: the host's first start, whose mail channel and project tasks each
-    open the new central.db, failed so. Tried again within the busy timeout; the other's switch makes it a no-op."""
+def _into_wal(conn: sqlite3.Connection, mode: str) -> None:
+    """central.db's first switch into WAL, outside a transaction. It writes the file's header in a write transaction
+    that SQLite starts from a read one, and so fails at once, with no busy wait (which could deadlock), when another
+    connection is switching it too: the host's first start, whose mail channel and project tasks each open the new
+    central.db, failed so. Tried again within the busy timeout; the other's switch makes it a no-op."""
     deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
     pause = 0.001
     while True:
