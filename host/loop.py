@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -14,6 +16,7 @@ from typing import Any, TypeVar
 
 from host.channels import alerts, nudge, registry
 from host.channels.delivery import Deliveries
+from host.errors import NclError
 from host.project_tasks.fire import ScheduledTasks
 from host.runtimes import published
 from host.runtimes.base import Runtime
@@ -23,6 +26,7 @@ from host.runtimes.writes import RunnerWrites
 from host.scheduling import sweep
 from host.scheduling.sweep import Sweeper, SweepResult
 from host.settings import Settings
+from host.store import db
 from schemas.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -71,6 +75,7 @@ class Host:
         # The running host sweeps in this one thread (``run``), so the loop answers while SQLite works; without it
         # (a test's ``step``) the sweep runs on the loop, between pauses.
         self._worker: ThreadPoolExecutor | None = None
+        self._starved = False  # the last step ran out of file descriptors (``_surviving_step``)
 
     def wake_at(self, now: datetime) -> datetime:
         """When the loop must sweep again (asked in the sweep's thread: it reads the sweeper's state, over every
@@ -132,6 +137,21 @@ class Host:
             if nudge.stamp(self.settings) != stamp:
                 break
         return result
+
+    async def _surviving_step(self) -> None:
+        """A step. One that ran out of file descriptors (a flood of connections took them all: the webhooks answer
+        busy meanwhile) is said once and tried again in a second, as a full sweep: the host lives on."""
+        try:
+            await self.step()
+        except (OSError, db.Error, NclError) as exc:  # (SQLite says "unable to open database file", no errno)
+            if not (exc.errno in STARVED if isinstance(exc, OSError) else no_descriptor_left()):
+                raise
+            log.log(logging.DEBUG if self._starved else logging.ERROR, "a sweep ran out of file descriptors (%s): "
+                    "tried again every second until some are free", exc, extra={"action": "sweep_out_of_fds"})
+            self._starved = self._arrived_somewhere = True  # (the arrivals it had taken: the next sweep is full)
+            await self._nap(1.0)
+        else:
+            self._starved = False
 
     def arrived(self, session_id: str | None) -> None:
         """An arrival in this process wrote ``session_id``'s inbox (None: some session's): sweep at once
@@ -201,7 +221,7 @@ class Host:
         try:
             with nudge.heard(self.settings, self.arrived), alerts.reporting(self.alerts):
                 while not self.stopping.is_set():
-                    await self.step()
+                    await self._surviving_step()
         finally:
             await self._off_loop(self.sweeper.close)  # after a sweep still in the worker (a cancelled step)
             worker.shutdown()
@@ -218,3 +238,15 @@ class Host:
             if self.alerts:
                 await self.alerts.flush()  # what the last moments raised, within a bounded time
             log.info("host stopped", extra={"action": "host_stopped"})
+
+
+STARVED = (errno.EMFILE, errno.ENFILE)
+
+
+def no_descriptor_left() -> bool:
+    """Whether this process can open no file now (it ran out of descriptors, or the system did)."""
+    try:
+        os.close(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as exc:
+        return exc.errno in STARVED
+    return False

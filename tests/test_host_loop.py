@@ -4,6 +4,7 @@ also when ``ncl`` wrote it while the host slept."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -237,3 +238,52 @@ async def test_a_running_hosts_steps_open_no_database_on_its_loop(tmp_path: Path
         host.scheduled.close()
     assert runtime.started and {"central.db", "inbound.db"} <= {name for name, _ in opened_in}
     assert [o for o in opened_in if not o[1].startswith("ncl-sweep")] == []
+
+
+async def test_a_step_out_of_file_descriptors_is_said_once_and_the_host_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A flood of connections can take every descriptor while a step opens a file (the new central.db of a first
+    start, in the CI run that found it): the host lived no longer. Now the step is tried again, a full sweep."""
+    world = World(tmp_path)
+    world.schedule(T, at=to_text(T - timedelta(minutes=1)))
+    clock, runtime = FakeClock(T), RecordingRuntime()
+    host = Host(world.settings, runtime, clock)
+    # The first open fails in Python, the second in SQLite (no errno: the host sees none left when it looks).
+    starved: list[Exception] = [OSError(errno.EMFILE, "Too many open files", "central.db"),
+                                db.DbError("cannot use central.db: unable to open database file")]
+    monkeypatch.setattr(loop, "no_descriptor_left", lambda: True)
+    tick = host.scheduled.tick
+
+    def tick_or_starve(now: Any) -> Any:
+        if starved:
+            raise starved.pop(0)
+        return tick(now)
+
+    monkeypatch.setattr(host.scheduled, "tick", tick_or_starve)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="host.loop"):
+            for _ in range(3):
+                await host._surviving_step()
+    finally:
+        host.sweeper.close()
+        host.scheduled.close()
+    said = [r.levelno for r in caplog.records if getattr(r, "action", None) == "sweep_out_of_fds"]
+    assert said == [logging.ERROR, logging.DEBUG] and runtime.started  # the third step swept, and woke the task
+
+
+async def test_a_step_that_fails_with_descriptors_left_still_stops_the_host(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    world = World(tmp_path)
+    host = Host(world.settings, RecordingRuntime(), FakeClock(T))
+
+    def broken(now: Any) -> Any:
+        raise db.DbError("cannot use central.db: unable to open database file")  # (permissions, say: for good)
+
+    monkeypatch.setattr(host.scheduled, "tick", broken)
+    try:
+        with pytest.raises(db.DbError):
+            await host._surviving_step()
+    finally:
+        host.sweeper.close()
+        host.scheduled.close()
+    assert not loop.no_descriptor_left()
