@@ -30,10 +30,6 @@ HEARTBEAT_STALE = timedelta(minutes=30)
 START_BACKOFF_S = (0, 0, 10, 30, 120, 300, 900)  # wait before the next start after the 1st, 2nd, … failure
 NOTICE_AFTER = 3
 CLAIM_SILENT = timedelta(seconds=60)
-# Visits in a row of a live runner's session that met a lock on its files and were left for the next tick (the
-# sweep waits for no runner's lock): the runner keeps them locked, and is killed. About 5 s of ticks while it lives;
-# a runner's own transactions hold a lock for milliseconds, so a visit meets one now and then, never 20 in a row.
-HELD_STRIKES = 20
 
 
 @dataclass(frozen=True)
@@ -69,7 +65,6 @@ class Runners:
     noticed: set[str] = field(default_factory=set)
     ahead: dict[str, str] = field(default_factory=dict)  # session -> the due time its runner was started ahead of
     retiring: set[str] = field(default_factory=set)  # live runners stopped for a slot, not gone yet: slots free
-    strikes: dict[str, int] = field(default_factory=dict)  # session -> its visits in a row left for a lock (``held``)
 
     def alive(self, session: Session, now: datetime) -> Runner | None:
         runner = self.live.get(session.id)
@@ -104,20 +99,10 @@ class Runners:
 
     def seen(self, session_id: str, now: datetime, idle: bool) -> None:
         """What a visit saw of a live runner's session: idle (no claim, nothing due) since when, or busy."""
-        self.strikes.pop(session_id, None)
-        if idle and session_id in self.live:  # (a runner the visit killed is no idle one)
+        if idle:
             self.idle_since.setdefault(session_id, now)
         else:
             self.idle_since.pop(session_id, None)
-
-    def held(self, session: Session, runner: Runner, now: datetime) -> None:
-        """A visit of the live ``runner``'s session met a lock on its files and was left for the next tick.
-        ``HELD_STRIKES`` in a row: the runner keeps them locked, and is killed; its next start backs off as a failed
-        one's, so a runner made to do it again (a hostile prompt or gate script) cannot be started again at once."""
-        strikes = self.strikes[session.id] = self.strikes.get(session.id, 0) + 1
-        if strikes >= HELD_STRIKES and self.live.get(session.id) is runner:
-            self._kill_stuck(session, runner, f"its session's files were locked at {strikes} visits in a row")
-            self._failed(session.id, now, "was killed for keeping its session's files locked")
 
     def queue(self) -> list[Wake]:
         """The waiting wakes in the order they are served: earliest due first, ties in the order they came."""
@@ -250,20 +235,17 @@ class Runners:
         claims = [from_text(a.status_changed) for a in found.acks.values()
                   if a.status == "processing" and a.generation == runner.generation]
         reason = stuck_reason(now, runner, heartbeat(session.folder, runner.generation), claims, found.tool_timeout_s)
-        if reason is not None:
-            self._kill_stuck(session, runner, reason)
-        return reason is not None
-
-    def _kill_stuck(self, session: Session, runner: Runner, reason: str) -> None:
+        if reason is None:
+            return False
         log.warning("killing stuck runner of %s: %s", session.id, reason,
                     extra={"action": "runner_killed", "session": session.id, "generation": runner.generation})
         self.kill(session.id)
+        return True
 
     def _gone(self, session_id: str) -> None:
         runner = self.live.pop(session_id, None)
         self.idle_since.pop(session_id, None)
         self.retiring.discard(session_id)
-        self.strikes.pop(session_id, None)
         if runner and self.proxy:
             self.proxy.close(runner.folder)
 

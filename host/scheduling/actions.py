@@ -83,8 +83,6 @@ def apply(conn: db.Connection, folder: Path, rows: list[OutMessage], now: dateti
             if note:
                 inbox.notice(conn, now, "task_id_replaced", note)
         except Exception as exc:  # any failure of one request rejects it with a notice; it must never wedge the session
-            if db.is_busy(exc):  # a file held (the runner's, a visit that waits for none): the visit is done again
-                raise
             status, detail = "rejected", str(exc)
             if _names_group(row):  # the tool that wrote it tells the agent
                 inbox.record_request(conn, row, now, status, detail)

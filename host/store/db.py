@@ -17,9 +17,7 @@ from host.errors import NclError
 from host.files import confined, lock, private
 from host.settings import SESSIONS_DIR
 from host.store import file_locks
-from host.store.file_locks import Busy
-from host.store.file_locks import lock_of as lock_of  # (db.lock_of, db.released, db.not_waiting: the host's names)
-from host.store.file_locks import not_waiting as not_waiting
+from host.store.file_locks import lock_of as lock_of  # (db.lock_of, db.released: the host's names for them)
 from host.store.file_locks import released as released
 from schemas import queries
 from schemas.ddl import MIGRATIONS, DbKind, latest_version
@@ -56,15 +54,6 @@ class DbError(NclError):
     """A DB file that cannot be opened or is newer than this release."""
 
 
-class DbBusy(DbError):
-    """A DB file that could not be opened: another connection held it (SQLITE_BUSY)."""
-
-
-def is_busy(exc: BaseException) -> bool:
-    """Whether ``exc`` says a file was held by another connection or thread, not that something is wrong with it."""
-    return isinstance(exc, Busy | DbBusy) or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
-
-
 def _statements(script: str) -> Iterator[str]:
     # executescript() would COMMIT first; a migration must be one transaction, so split it ourselves.
     buffer = ""
@@ -84,8 +73,7 @@ def _raw(path: Path, readonly: bool, any_thread: bool = False) -> _Opened:
         uri = f"file://{quote_from_bytes(os.fsencode(target))}?mode={'ro' if readonly else 'rw'}"
         try:
             # ``timeout`` is SQLite's busy timeout (sqlite3_busy_timeout): PRAGMA busy_timeout reads it back.
-            conn = sqlite3.connect(uri, uri=True, isolation_level=None,
-                                   timeout=BUSY_TIMEOUT_MS / 1000 if file_locks.waits() else 0,
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
                                    check_same_thread=not any_thread, factory=_Opened)
         except sqlite3.OperationalError as exc:
             raise DbError(f"cannot open {path}: {exc}") from None
@@ -267,7 +255,7 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
                 conn.execute("BEGIN")
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise (DbBusy if is_busy(exc) else DbError)(f"cannot use {path}: {exc}") from None
+        raise DbError(f"cannot use {path}: {exc}") from None
     except DbError:
         conn.close()
         raise

@@ -12,29 +12,6 @@ from pathlib import Path
 # One bound for any wait on a file: SQLite's busy timeout (db.BUSY_TIMEOUT_MS), and the wait for another thread of
 # the host done with it (``FileLock``).
 BUSY_TIMEOUT_S = 5.0
-_thread = threading.local()
-
-
-class Busy(sqlite3.OperationalError):
-    """A file another thread of the host holds, past the bound or at once for a thread that does not wait."""
-
-
-def waits() -> bool:
-    """Whether this thread waits for a file another holds (SQLite's busy timeout, ``FileLock``): not inside
-    ``not_waiting``."""
-    return not getattr(_thread, "hurried", False)
-
-
-@contextmanager
-def not_waiting() -> Iterator[None]:
-    """This thread's waits for files, meanwhile, are none: its new connections' busy timeout is 0 (``db._raw``), and
-    a file lock another thread holds fails at once (``Busy``). For the sweep's visit of a session whose runner is
-    alive: a lock met there may be the runner's, kept on purpose, and the sweep's one thread must not wait for it."""
-    _thread.hurried = True
-    try:
-        yield
-    finally:
-        _thread.hurried = False
 
 
 class FileLock:
@@ -48,20 +25,15 @@ class FileLock:
         self._lock = threading.RLock()
 
     def __enter__(self) -> None:
-        if not (self._lock.acquire(timeout=BUSY_TIMEOUT_S) if waits() else self._lock.acquire(blocking=False)):
-            raise Busy("database is locked")
+        if not self._lock.acquire(timeout=BUSY_TIMEOUT_S):
+            raise sqlite3.OperationalError("database is locked")
 
     def __exit__(self, *exc: object) -> None:
-        if self._lock._is_owned():  # type: ignore[attr-defined]  # (not after a retake that failed)
-            self._lock.release()
+        self._lock.release()
 
     def retake(self) -> None:
-        """Taken again (``released``): however long that waits, or at once in a thread that does not wait (else
-        ``Busy``, and the ``with`` that first took it has nothing to let go)."""
-        if waits():
-            self._lock.acquire()
-        elif not self._lock.acquire(blocking=False):
-            raise Busy("database is locked")
+        """Taken again, however long that waits (``released``)."""
+        self._lock.acquire()
 
 
 # In-process locks of the files the host's threads share, by path (see ``lock_of``); a lock lives while in use.

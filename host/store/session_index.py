@@ -6,28 +6,12 @@ back) no longer matches it."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from host.store import db
 from schemas.ddl import latest_version
 
 SAVE_CHUNK = 200
-OUTBOUND_SIDE = 4  # files[:4]: the folder's ctime and outbound.db's signature; files[4:]: inbound.db's
-
-
-def signature(path: str) -> tuple[int, ...]:
-    """The session's stat signature: the folder's ctime, then (inode, size, ctime) of outbound.db (zeros while it
-    is missing) and of inbound.db. A plain os.stat on the str path: pathlib per session cost 5x the stat."""
-    folder = os.stat(path)
-    inbound = os.stat(path + "/inbound.db", follow_symlinks=False)
-    try:
-        outbound = os.stat(path + "/outbound.db", follow_symlinks=False)
-        out = (outbound.st_ino, outbound.st_size, outbound.st_ctime_ns)
-    except FileNotFoundError:
-        out = (0, 0, 0)
-    return (folder.st_ctime_ns, *out, inbound.st_ino, inbound.st_size, inbound.st_ctime_ns)
-
 
 
 @dataclass(frozen=True, slots=True)
