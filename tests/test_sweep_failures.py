@@ -55,6 +55,17 @@ def test_heartbeat_older_than_30_minutes_kills_and_retries(world: World) -> None
         assert conn.execute("SELECT COUNT(*) FROM processing_ack").fetchone()[0] == 0
 
 
+def test_a_runner_killed_as_stuck_is_not_counted_idle(world: World) -> None:
+    """Else the pool would stop it again for a slot another start wants, and start one runner too many."""
+    runtime = RecordingRuntime()
+    sweeper, task, gen = _running(world, runtime)
+    world.ack(task, "processing", T0 + timedelta(seconds=1), generation=gen)
+    _beat(world, gen, T0 + timedelta(seconds=2))
+    sweeper.tick(T0 + timedelta(minutes=31))
+    assert runtime.stopped == [world.session.id] and sweeper.runners is not None
+    assert world.session.id not in sweeper.runners.idle_since
+
+
 def test_claim_with_no_heartbeat_since_is_killed_after_60_s(world: World) -> None:
     runtime = RecordingRuntime()
     sweeper, task, gen = _running(world, runtime)

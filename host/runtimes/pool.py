@@ -99,7 +99,7 @@ class Runners:
 
     def seen(self, session_id: str, now: datetime, idle: bool) -> None:
         """What a visit saw of a live runner's session: idle (no claim, nothing due) since when, or busy."""
-        if idle:
+        if idle and session_id in self.live:  # (a runner the visit killed as stuck is no idle one)
             self.idle_since.setdefault(session_id, now)
         else:
             self.idle_since.pop(session_id, None)
