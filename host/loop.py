@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import signal
@@ -17,6 +16,7 @@ from typing import Any, TypeVar
 from host.channels import alerts, nudge, registry
 from host.channels.delivery import Deliveries
 from host.errors import NclError
+from host.http.listener import OUT_OF_FDS
 from host.project_tasks.fire import ScheduledTasks
 from host.runtimes import published
 from host.runtimes.base import Runtime
@@ -144,7 +144,7 @@ class Host:
         try:
             await self.step()
         except (OSError, db.Error, NclError) as exc:  # (SQLite says "unable to open database file", no errno)
-            if not (exc.errno in STARVED if isinstance(exc, OSError) else no_descriptor_left()):
+            if not (exc.errno in OUT_OF_FDS if isinstance(exc, OSError) else no_descriptor_left()):
                 raise
             log.log(logging.DEBUG if self._starved else logging.ERROR, "a sweep ran out of file descriptors (%s): "
                     "tried again every second until some are free", exc, extra={"action": "sweep_out_of_fds"})
@@ -240,13 +240,10 @@ class Host:
             log.info("host stopped", extra={"action": "host_stopped"})
 
 
-STARVED = (errno.EMFILE, errno.ENFILE)
-
-
 def no_descriptor_left() -> bool:
     """Whether this process can open no file now (it ran out of descriptors, or the system did)."""
     try:
         os.close(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
     except OSError as exc:
-        return exc.errno in STARVED
+        return exc.errno in OUT_OF_FDS
     return False
