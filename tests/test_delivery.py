@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import Callable
 from contextlib import closing
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -291,3 +292,29 @@ def test_a_reply_goes_only_to_a_channel_its_group_is_wired_to(tmp_path: Path) ->
     _reply(world, "through its own mailbox", channel_type="mail:ops@example.org")
     _tick(sweeper)
     assert [text for text, _ in postbox.got] == ["through its own mailbox"]
+
+
+def test_a_turns_answer_is_handed_over_before_the_turn_is_recorded_done(tmp_path: Path) -> None:
+    """Matrix types on while a session works or its answer is on the way (``Channels.replying``). A sweep that
+    recorded the turn done before handing the answer over would let a typing renewal between the two find neither,
+    and end the notice before the answer came (a flaky Synapse test showed it)."""
+    world = World(tmp_path)
+    world.schedule(T0 - timedelta(minutes=1), prompt="answer me")
+    [row] = world.rows()
+    seen: list[tuple[str, set[Path]]] = []
+
+    class Watching(Deliveries):
+        def hand(self, session: Session, replies: list[OutMessage]) -> None:
+            super().hand(session, replies)
+            with closing(world.inbound()) as conn:
+                status = conn.execute("SELECT status FROM messages_in WHERE id = ?", (row["id"],)).fetchone()[0]
+            seen.append((status, set(self.channels.replying)))
+
+    sweeper = world.sweeper()
+    sweeper.deliveries = Watching(Channels([Channel()]), lambda: T0)
+    _reply(world, "the answer", in_reply_to=row["id"])
+    world.ack(row["id"], "completed", T0, outcome="ran")
+    _tick(sweeper)
+    assert seen == [("pending", {world.session.folder})]  # handed over while the turn still shows as not done
+    assert world.rows()[0]["status"] == "completed" and _delivered(world)[0][1] == "delivered"
+    assert sweeper.deliveries.channels.replying == set()  # sent and recorded: no longer on its way

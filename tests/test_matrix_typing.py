@@ -125,3 +125,34 @@ def test_a_message_and_the_typing_renewal_do_their_sqlite_work_off_the_hosts_loo
     [row] = world.rows(session=sessions.by_thread(world.central, world.settings, "ag-talk",
                                                   f"matrix:{BOT}/{ROOM}/$t1"))
     assert json.loads(row["content"])["text"] == "think hard"
+
+
+def test_typing_stays_on_while_the_answer_is_on_its_way_and_a_renewal_never_restarts_what_an_answer_ended(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between a sweep recording the turn done and the answer's send, the session's folder is in
+    ``Channels.replying``: a renewal then types on (it used to stop, and the answer came after the notice had
+    ended). A renewal that finds the answer sent meanwhile (``deliver`` ended the notice) does not type again."""
+    world, channel, client = _world(tmp_path)
+    _say(channel, "$m", None)
+    session = sessions.by_thread(world.central, world.settings, "ag-talk", f"matrix:{BOT}/{ROOM}")
+    assert session is not None
+    with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn, db.transaction(conn):
+        for row in inbox.rows(conn, "SELECT * FROM messages_in"):
+            inbox.end(conn, row.id, "completed")
+    channel.replying.add(session.folder)  # as Deliveries keeps it while the answer waits to be sent
+    asyncio.run(channel.renew_typing())
+    assert client.typing == [(ROOM, True, TYPING_MS)] * 2 and ROOM in channel.typing
+    channel.replying.clear()  # sent and recorded
+    asyncio.run(channel.renew_typing())
+    assert client.typing[-1] == (ROOM, False, TYPING_MS) and channel.typing == {}
+
+    _say(channel, "$n", None)
+    before = len(client.typing)
+
+    def answered_meanwhile(typing: Any, now: Any) -> bool:
+        channel.typing.pop(ROOM)  # what deliver does (its notice off is the client's business, not this test's)
+        return True
+
+    monkeypatch.setattr(channel, "_working", answered_meanwhile)
+    asyncio.run(channel.renew_typing())
+    assert len(client.typing) == before and channel.typing == {}

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Protocol
 
 from host.store.outbox import OutMessage
@@ -34,8 +35,11 @@ class Channel(Protocol):
 class Channels:
     """The channels a host serves, each reply routed by the kind of its ``channel_type`` (before any ``:``)."""
 
-    def __init__(self, channels: Iterable[Channel]) -> None:
+    def __init__(self, channels: Iterable[Channel], replying: set[Path] | None = None) -> None:
         self.all = list(channels)
+        # The folders of the sessions whose replies ``Deliveries`` holds, not yet sent and recorded (it keeps the
+        # set; a channel may read it, on the host's loop: Matrix types on while the answer is on its way).
+        self.replying = set() if replying is None else replying
         self._by_kind = {kind: channel for channel in self.all for kind in channel.serves}
 
     def __iter__(self) -> Iterator[Channel]:

@@ -62,6 +62,8 @@ class Deliveries:
         queue = self.queues.setdefault(session.id, _Queue(session))
         known = {reply.id for reply in queue.replies} | self.settled
         queue.replies += [reply for reply in replies if reply.id not in known]
+        if queue.replies:
+            self.channels.replying.add(session.folder)
         self.handed.set()
 
     async def serve(self) -> None:
@@ -107,6 +109,7 @@ class Deliveries:
             del self.sending[queue.session.id]
             queue.replies.clear()
             del self.queues[queue.session.id]
+            self.channels.replying.discard(queue.session.folder)
 
     async def _send(self, session: Session, reply: OutMessage) -> bool | None:
         channel = self.channels.route(reply.channel_type)

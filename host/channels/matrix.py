@@ -61,8 +61,9 @@ class _Typing:
 class MatrixChannel:
     serves = ("matrix",)
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, replying: set[Path] | None = None) -> None:
         self.settings = settings
+        self.replying = set() if replying is None else replying  # see Channels.replying
         self.user_id = settings.matrix_user_id
         self.channel = f"matrix:{self.user_id}"
         self.client: Any = None
@@ -300,10 +301,18 @@ class MatrixChannel:
 
     async def renew_typing(self, now: datetime | None = None) -> None:
         """Type on in each room while a session a triggering message of it went to still works (a turn may outlast
-        one notice), up to ``TYPING_CAP`` after the room's latest such message; stop where none does."""
+        one notice) or has its answer on the way, up to ``TYPING_CAP`` after the room's latest such message; stop
+        where none does.
+
+        The answer's row is read after the inbox: a sweep hands a turn's replies over before it records the turn
+        done, so a read that finds it done resumes here after the hand-over."""
         now = now or clock.now()
         for room_id, typing in list(self.typing.items()):
-            if now - typing.since < TYPING_CAP and await asyncio.to_thread(self._working, typing, now):
+            on = now - typing.since < TYPING_CAP and (await asyncio.to_thread(self._working, typing, now)
+                                                      or not typing.folders.isdisjoint(self.replying))
+            if self.typing.get(room_id) is not typing:
+                continue  # the answer came meanwhile and ended it (``deliver``)
+            if on:
                 await self._type(room_id, True)
             else:
                 await self._stop_typing(room_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from host.channels.base import Channels
 from host.channels.cli import CliChannel
 from host.channels.mail import MailChannel
@@ -11,9 +13,10 @@ from host.settings import Settings
 
 
 def channels(settings: Settings) -> Channels:
+    replying: set[Path] = set()
     return Channels([
         CliChannel(settings),
         Webhooks(settings),
         MailChannel(settings),
-        MatrixChannel(settings),
-    ])
+        MatrixChannel(settings, replying),
+    ], replying)

@@ -358,6 +358,8 @@ class Sweeper:
                         # Claims first, then the inbox: a crash between leaves 'processing' rows, released next time.
                         outbox.clear_claims(outbound, claimed)
                 quiet = None if found.acks or found.requests or found.replies else frozenset(open_rows)
+            if self.deliveries and found.replies:  # sent by the host loop, outside this visit and its transaction;
+                self.deliveries.hand(session, found.replies)  # handed before the turn is recorded done (Matrix types)
             more = len(found.requests) > limit
             state, same = look.state, None
             if (found.acks or claimed or found.requests or look.recurring or "processing" in open_rows.values()
@@ -382,8 +384,6 @@ class Sweeper:
             elif (runner is None and quiet is not None and not more and not state.processing
                   and state.due_since is not None and state.due_since <= result.now):
                 same = (result.now, look.recurring_at)  # see _Seen.same
-            if self.deliveries and found.replies:  # sent by the host loop, outside this visit and its transaction
-                self.deliveries.hand(session, found.replies)
             # Requests left for the next visit make the session due now, so the loop comes back at once, not in 60 s.
             return _Visit("" if more else state.next_due, state.processing, bool(found.replies), state.due_since,
                           quiet if runner is None else None, same)
