@@ -1,5 +1,5 @@
 """The CLI socket's sends (issue 14.2): central.db connections kept open between sends and shared by the threads
-that serve them (``db.Pool``), and the session marked active once the send is answered, not before."""
+that serve them (``pool.Pool``), and the session marked active once the send is answered, not before."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from test_webhooks import Hook
 from host.channels import cli as cli_channel
 from host.channels.cli import CliChannel, socket_path
 from host.store import db
+from host.store.pool import Pool
 from schemas.times import from_text
 
 T0, T1 = utc("2026-06-11T09:00:00"), utc("2026-06-11T09:05:00")
@@ -24,7 +25,7 @@ T0, T1 = utc("2026-06-11T09:00:00"), utc("2026-06-11T09:05:00")
 
 def test_a_pool_lends_one_connection_at_a_time_and_to_any_thread(tmp_path: Path) -> None:
     Hook(tmp_path)  # a central.db
-    pool = db.Pool(tmp_path / "data" / "central.db")
+    pool = Pool(tmp_path / "data" / "central.db")
     with pool.connection() as first, pool.connection() as second:
         assert first is not second  # both in use: a second one is opened
     used: list[object] = []
@@ -43,7 +44,7 @@ def test_a_pool_lends_one_connection_at_a_time_and_to_any_thread(tmp_path: Path)
 
 def test_a_connection_left_in_a_transaction_or_given_back_after_close_is_closed(tmp_path: Path) -> None:
     Hook(tmp_path)
-    pool = db.Pool(tmp_path / "data" / "central.db")
+    pool = Pool(tmp_path / "data" / "central.db")
     with pool.connection() as left_open:
         left_open.execute("BEGIN")
     with pytest.raises(sqlite3.ProgrammingError):

@@ -41,10 +41,10 @@ class Recording:
     def __exit__(self, *exc: object) -> None:
         self.lock.__exit__(*exc)
 
-    def retake(self) -> None:  # (``db.released``)
+    def within(self, seconds: float | None) -> AbstractContextManager[None]:  # (a visit's)
         if threading.current_thread() is not self.holder:
             self.asked.set()
-        self.lock.retake()
+        return self.lock.within(seconds)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from host.channels.cli_protocol import socket_path
 from host.errors import NclError
 from host.http.listener import Listener, unix_socket
 from host.settings import Settings
-from host.store import db, groups, inbox, sessions
+from host.store import db, groups, inbox, pool, sessions
 from host.store.groups import Group
 from host.store.outbox import OutMessage
 from host.store.sessions import Session
@@ -49,7 +49,7 @@ class CliChannel:
         self.settings = settings
         self.listeners: dict[str, set[asyncio.StreamWriter]] = defaultdict(set)
         self._listener: Listener | None = None
-        self._central = db.Pool(settings.central_db)
+        self._central = pool.Pool(settings.central_db)
 
     async def start(self) -> None:
         path = socket_path(self.settings)

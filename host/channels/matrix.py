@@ -27,7 +27,7 @@ from host.channels import router
 from host.channels.matrix_login import MatrixError, configured, login, state_path
 from host.files import confined
 from host.settings import Settings
-from host.store import db, groups, inbox
+from host.store import db, groups, inbox, pool
 from host.store.groups import Group
 from host.store.outbox import OutMessage
 from host.store.sessions import Session
@@ -78,7 +78,7 @@ class MatrixChannel:
         self.renewing: asyncio.Task[None] | None = None
         # central.db for the work of an arrival, done in threads: SQLite's work and its commits' syncs never hold
         # the host's loop (issue 14.2), as the CLI socket's and the webhooks' do not.
-        self._central = db.Pool(settings.central_db)
+        self._central = pool.Pool(settings.central_db)
 
     async def start(self) -> bool:
         """Sync in the background (logging in first, again after a failure); False when not set up."""

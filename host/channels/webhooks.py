@@ -22,7 +22,7 @@ from host.http.listener import Listener, tcp_socket
 from host.http.log_throttle import LogThrottle
 from host.http.wire import Refusal, Request, content_length, error_response, json_response, read_body, read_head
 from host.settings import Settings
-from host.store import db, groups
+from host.store import db, groups, pool
 from host.store.outbox import OutMessage
 from host.store.sessions import Session
 from schemas import clock
@@ -50,7 +50,7 @@ class Webhooks:
         self.head_timeout_s, self.body_timeout_s = head_timeout_s, body_timeout_s
         self.listener: Listener | None = None
         self.throttle = LogThrottle(log)
-        self._central = db.Pool(settings.central_db)  # for the threads that check tokens and write arrivals
+        self._central = pool.Pool(settings.central_db)  # for the threads that check tokens and write arrivals
 
     async def start(self, port: int | None = None) -> int:
         """Listen on loopback only; returns the port (``NCL_HTTP_PORT``, or any free one for 0), or 0 if it is

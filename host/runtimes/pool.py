@@ -225,7 +225,12 @@ class Runners:
             self._gone(idle)
         return True
 
-    def kill(self, session_id: str) -> None:
+    def kill(self, session_id: str, why: str | None = None) -> None:
+        """Stop the session's runner now; ``why`` is logged (``runner_killed``)."""
+        if why is not None:
+            runner = self.live.get(session_id)
+            log.warning("killing the runner of %s: %s", session_id, why, extra={
+                "action": "runner_killed", "session": session_id, "generation": runner and runner.generation})
         self.runtime.stop(session_id)
         self._gone(session_id)
 
@@ -237,9 +242,7 @@ class Runners:
         reason = stuck_reason(now, runner, heartbeat(session.folder, runner.generation), claims, found.tool_timeout_s)
         if reason is None:
             return False
-        log.warning("killing stuck runner of %s: %s", session.id, reason,
-                    extra={"action": "runner_killed", "session": session.id, "generation": runner.generation})
-        self.kill(session.id)
+        self.kill(session.id, f"stuck, {reason}")
         return True
 
     def _gone(self, session_id: str) -> None:

@@ -1,7 +1,7 @@
 """One sweep over every active session (DESIGN §6.2): sync acks, apply requests, clone, misfire, release
 stuck or orphaned claims, wake. Idle sessions are not opened: three stats (the folder, inbound.db, outbound.db) tell
 whether anything was written since the last visit; nor are due sessions unchanged since a visit that had nothing to
-write (a wake waiting for a slot: see ``_Seen.same``). Their signature holds ctimes, which any write, rename or
+write (a wake waiting for a slot: see ``Seen.same``). Their signature holds ctimes, which any write, rename or
 ``utime`` moves and no runner can set back; a journal made or deleted beside a file moves the folder's. What a visit
 learned is kept in central.db too (``session_index``), so a restarted host opens only the sessions that changed or
 are due."""
@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import heapq
 import logging
-import os
 import time
 from collections.abc import Generator
-from contextlib import closing
+from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,6 +22,7 @@ from host.files import logs
 from host.runtimes.pool import Runner, Runners
 from host.scheduling import acks, actions, cross_group, recurrence
 from host.scheduling.recurrence import Policy
+from host.scheduling.seen import OUTBOUND_SIDE, RACY_NS, Seen, files_of
 from host.settings import Settings
 from host.store import db, groups, inbox, outbox, session_index, sessions, task_series
 from host.store.outbox import OutMessage
@@ -32,12 +32,14 @@ from schemas import clock
 from schemas.times import from_text, to_text
 
 log = logging.getLogger(__name__)
-# A file written within this long before we looked may be written again with the same ctime (coarse filesystem
-# clock): it is not trusted as unchanged until a visit sees it older than this.
-RACY_NS = 1_000_000_000
 AHEAD = timedelta(seconds=3)  # a runner for work due this soon starts ahead, in a free slot (Runners.start_ahead)
 CHUNK = 2000  # rows made into objects between two pauses of a sweep (about 4 ms of work)
 YIELD_AFTER_S = 0.005  # a sweep pauses between sessions after this much work, to let the host loop serve
+# A live runner's files are waited for at most this long by a visit of its session (a runner keeping them locked
+# must not stall the sweep of every other session): then the visit fails, and the session is not visited for
+# HELD_FIRST_S, doubling up to HELD_MAX_S while that goes on.
+RUNNER_WAIT_S = 0.25
+HELD_FIRST_S, HELD_MAX_S = 0.5, 8.0
 
 
 @dataclass
@@ -67,56 +69,14 @@ def advance(steps: Generator[None, None, SweepResult]) -> SweepResult | None:
     return None
 
 
-OUTBOUND_SIDE = 4  # files[:4]: the folder's ctime and outbound.db's signature; files[4:]: inbound.db's
-
-
-def _files(path: str) -> tuple[int, ...]:
-    """The session's stat signature: the folder's ctime, then (inode, size, ctime) of outbound.db (zeros while it
-    is missing) and of inbound.db. A plain os.stat on the str path: pathlib per session cost 5x the stat."""
-    folder = os.stat(path)
-    inbound = os.stat(path + "/inbound.db", follow_symlinks=False)
-    try:
-        outbound = os.stat(path + "/outbound.db", follow_symlinks=False)
-        out = (outbound.st_ino, outbound.st_size, outbound.st_ctime_ns)
-    except FileNotFoundError:
-        out = (0, 0, 0)
-    return (folder.st_ctime_ns, *out, inbound.st_ino, inbound.st_size, inbound.st_ctime_ns)
-
-
-@dataclass(frozen=True)
-class _Seen:
-    """What the last visit learned about a session."""
-
-    files: tuple[int, ...]  # ``_files`` when the visit began
-    settled: bool  # the files were last written RACY_NS before the visit began: the same signature, the same files
-    next_due: str | None  # '' = due now
-    busy: bool  # has claimed rows or undelivered replies
-    # outbound.db held nothing for a visit that read it for these open rows: unchanged, it need not be read again
-    # while the open rows stay among them.
-    quiet_for: frozenset[str] | None = None
-    due_since: str | None = None  # when its due work became due
-    # (from, until): a due session's visit that had nothing to write and nothing new in outbound.db. The same files
-    # make the same visit at any time from ``from`` (its own) until ``until`` (a waiting recurring task falls due;
-    # None: no such task): rows only fall due as time passes, and one that does cannot be due earlier than those
-    # already due. So it is not opened again for a wake that waits for a slot (None: it is).
-    same: tuple[str, str | None] | None = None
-
-    def same_at(self, now: str) -> bool:
-        return self.same is not None and self.same[0] <= now and (self.same[1] is None or now < self.same[1])
-
-    @property
-    def kept(self) -> session_index.Entry | None:
-        """What the index keeps of it: only what lets a restarted host skip the session."""
-        return session_index.Entry(self.files, self.next_due) if self.settled and not self.busy else None
-
-
 @dataclass
 class Sweeper:
     settings: Settings
     runners: Runners | None = None  # None: count wakes, start nothing (sweep --now)
     deliveries: Deliveries | None = None  # None: replies wait for a host that serves channels
-    seen: dict[str, _Seen] = field(default_factory=dict)
+    seen: dict[str, Seen] = field(default_factory=dict)
     failing: dict[str, str] = field(default_factory=dict)  # session id -> the problem last logged for it
+    held: dict[str, tuple[datetime, float]] = field(default_factory=dict)  # see ``_held``
     unvisited: int = 0  # sessions never seen that the last tick left for the next (its new_limit)
     _central: db.Connection | None = None
     _index_loaded: bool = False
@@ -187,10 +147,10 @@ class Sweeper:
         for start in range(0, len(rows), CHUNK):
             for sid, files, next_due in rows[start:start + CHUNK]:
                 entry = self._index.rows[sid] = session_index.entry(files, next_due)
-                self.seen.setdefault(sid, _Seen(entry.files, True, entry.next_due, False))
+                self.seen.setdefault(sid, Seen(entry.files, True, entry.next_due, False))
             yield
 
-    def _remember(self, session_id: str, seen: _Seen | None) -> None:
+    def _remember(self, session_id: str, seen: Seen | None) -> None:
         if seen is None:
             self.seen.pop(session_id, None)
         else:
@@ -275,18 +235,23 @@ class Sweeper:
                     self.unvisited += 1
                     continue
                 new_limit -= 1
+            if session.id in self.held and now < self.held[session.id][0]:
+                continue
             result.sessions_checked += 1
             try:
                 self._sweep_one(session, now, policy, result)
             except Exception as exc:  # one broken session never stops the others
                 self._remember(session.id, None)
                 result.errors += 1
+                if db.is_busy(exc):
+                    self._held(session.id, now)
                 # Said once per distinct problem: a session broken for good must not fill the log every sweep.
                 level = logging.DEBUG if self.failing.get(session.id) == str(exc) else logging.WARNING
                 self.failing[session.id] = str(exc)
                 log.log(level, "session %s skipped: %s", session.id, exc,
                         extra={"action": "session_failed", "session": session.id})
             else:
+                self.held.pop(session.id, None)
                 if self.failing.pop(session.id, None) is not None:
                     log.info("session %s works again", session.id,
                              extra={"action": "session_recovered", "session": session.id})
@@ -296,11 +261,18 @@ class Sweeper:
             result.woken += self.runners.start_ahead(self._soon(now, self.runners), now, self._rules)
         return result
 
+    def _held(self, session_id: str, now: datetime) -> None:
+        """A visit that found the session's files locked (its runner may keep them so, see ``_visit``) is not tried
+        again for a while, twice as long each time up to ``HELD_MAX_S``: the one sweep thread never spends more
+        than a few percent of its time waiting on one session."""
+        pause = min(2 * self.held[session_id][1], HELD_MAX_S) if session_id in self.held else HELD_FIRST_S
+        self.held[session_id] = (now + timedelta(seconds=pause), pause)
+
     def _sweep_one(self, session: Session, now: datetime, policy: Policy, result: SweepResult) -> None:
         runner = self.runners.alive(session, now) if self.runners else None
         # The idle path runs for every session every tick: three stats, and the tick's own text of `now` (strftime
         # per session cost more than a stat at 10,000 sessions).
-        files = _files(session.path)
+        files = files_of(session.path)
         seen = self.seen.get(session.id)
         if seen and runner is None and seen.settled and files == seen.files:
             if not seen.busy and (seen.next_due is None or seen.next_due > result.now):
@@ -314,7 +286,7 @@ class Sweeper:
             else None
         visit = self._visit(session, now, policy, runner, result, quiet)
         newest = max(files[0], files[3], files[6])
-        self._remember(session.id, _Seen(files, seen_at - newest > RACY_NS, visit.next_due,
+        self._remember(session.id, Seen(files, seen_at - newest > RACY_NS, visit.next_due,
                                          visit.processing or visit.undelivered, visit.quiet_for, visit.due_since,
                                          visit.same))
         self._wake(session, now, runner, visit.processing, visit.due_since, result)
@@ -333,30 +305,29 @@ class Sweeper:
 
     def _visit(self, session: Session, now: datetime, policy: Policy, runner: Runner | None,
                result: SweepResult, quiet: frozenset[str] | None) -> _Visit:
-        """``quiet``: the open rows a read of the unchanged outbound.db found nothing for (None: read it)."""
+        """``quiet``: the open rows a read of the unchanged outbound.db found nothing for (None: read it). The
+        inbox is read, then the runner's outbound.db, then the inbox written, each step with the session's
+        in-process lock held only for the inbox's (an arrival goes in while the runner's file is read, or a stuck
+        runner stopped). A live runner may keep its files locked: ``RUNNER_WAIT_S`` bounds each wait of its visit."""
         folder = session.folder
-        outbound = folder / "outbound.db"
         limit = self.settings.max_requests_per_visit
-        with ((lock := db.lock_of(folder / "inbound.db")), logs.visiting(session.id),
-              closing(db.connect(folder / "inbound.db", "inbound", reading=True)) as conn):
-            look = inbox.look(conn, now, policy.zone.key)
-            open_rows = look.open_rows
-            if runner is None and quiet is not None and quiet.issuperset(open_rows):
-                db.end_read(conn)
+        lock, wait = db.lock_of(folder / "inbound.db"), None if runner is None else RUNNER_WAIT_S
+        with logs.visiting(session.id), ExitStack() as stack:
+            with lock.within(wait):
+                conn = stack.enter_context(closing(db.connect(folder / "inbound.db", "inbound", reading=True)))
+                look = inbox.look(conn, now, policy.zone.key)
+                open_rows = look.open_rows
+                unread = runner is None and quiet is not None and quiet.issuperset(open_rows)
+                handled, replied = (0, 0) if unread else inbox.watermarks(conn)
+                db.end_read(conn)  # (in the one read transaction of the connection's checks)
+            if unread:
                 found, claimed = outbox.Outbox(), []  # what reading it again would find: no ack, request or reply
             else:
-                handled, replied = inbox.watermarks(conn)
-                db.end_read(conn)  # (in the one read transaction of the connection's checks)
-                with db.released(lock):  # an arrival goes in while the runner's file is read, or a stuck one stopped
-                    # One request more than a visit applies tells whether the rest wait for the next visit (§13.5).
-                    found = outbox.read(outbound, open_rows, handled, writable=runner is None,
-                                        reply_after_seq=replied, request_limit=limit + 1)
-                    if runner is not None and self.runners and self.runners.kill_if_stuck(session, now, runner, found):
-                        runner = None
-                    claimed = [mid for mid, ack in found.acks.items() if ack.status == "processing"]
-                    if runner is None:
-                        # Claims first, then the inbox: a crash between leaves 'processing' rows, released next time.
-                        outbox.clear_claims(outbound, claimed)
+                found, runner = self._read_outbox(session, now, runner, open_rows, handled, replied, wait)
+                claimed = [mid for mid, ack in found.acks.items() if ack.status == "processing"]
+                if runner is None:
+                    # Claims first, then the inbox: a crash between leaves 'processing' rows, released next time.
+                    outbox.clear_claims(folder / "outbound.db", claimed)
                 quiet = None if found.acks or found.requests or found.replies else frozenset(open_rows)
             if self.deliveries and found.replies:  # sent by the host loop, outside this visit and its transaction;
                 self.deliveries.hand(session, found.replies)  # handed before the turn is recorded done (Matrix types)
@@ -364,7 +335,8 @@ class Sweeper:
             state, same = look.state, None
             if (found.acks or claimed or found.requests or look.recurring or "processing" in open_rows.values()
                     or (self.runners and self.runners.owes_notice(session.id))):
-                with db.transaction(conn):  # (a visit with nothing of these to do writes nothing: no transaction)
+                # (A visit with nothing of these to do writes nothing: no transaction.)
+                with lock.within(wait), db.transaction(conn):
                     synced = acks.sync(conn, now, policy, runner, found, claimed, open_rows)
                     result.cloned += synced.cloned
                     result.retried += synced.retried
@@ -381,12 +353,32 @@ class Sweeper:
                         inbox.notice(conn, now, "runner_start_failed", "The agent's runner failed to start several "
                                      "times in a row; the host keeps retrying with growing delays.")
                     state = inbox.state(conn, now)  # what this visit leaves, read before others may write again
+                    if wait is not None:  # the COMMIT waits for the runner's reads of the inbox
+                        conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
             elif (runner is None and quiet is not None and not more and not state.processing
                   and state.due_since is not None and state.due_since <= result.now):
-                same = (result.now, look.recurring_at)  # see _Seen.same
+                same = (result.now, look.recurring_at)  # see Seen.same
             # Requests left for the next visit make the session due now, so the loop comes back at once, not in 60 s.
             return _Visit("" if more else state.next_due, state.processing, bool(found.replies), state.due_since,
                           quiet if runner is None else None, same)
+
+
+    def _read_outbox(self, session: Session, now: datetime, runner: Runner | None, open_rows: dict[str, str],
+                     handled: int, replied: int, wait: float | None) -> tuple[outbox.Outbox, Runner | None]:
+        """What the visit finds in outbound.db, and the runner still alive after: one found stuck is killed, and so
+        is one that switched the file to WAL (then the visit fails: the next one reads the file, its runner gone)."""
+        path = session.folder / "outbound.db"
+        try:
+            # One request more than a visit applies tells whether the rest wait for the next visit (§13.5).
+            found = outbox.read(path, open_rows, handled, writable=runner is None, reply_after_seq=replied,
+                                request_limit=self.settings.max_requests_per_visit + 1, wait_s=wait)
+        except outbox.InWal as exc:
+            if self.runners and runner is not None:
+                self.runners.kill(session.id, f"{exc}, which no runner does")
+            raise
+        if runner is not None and self.runners and self.runners.kill_if_stuck(session, now, runner, found):
+            runner = None
+        return found, runner
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,5 +387,5 @@ class _Visit:
     processing: bool  # a row is claimed
     undelivered: bool  # replies were handed on for delivery
     due_since: str | None  # when its due work became due, or None
-    quiet_for: frozenset[str] | None  # see _Seen
-    same: tuple[str, str | None] | None  # see _Seen
+    quiet_for: frozenset[str] | None  # see Seen
+    same: tuple[str, str | None] | None  # see Seen

@@ -6,7 +6,6 @@ import logging
 import os
 import sqlite3
 import stat
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, nullcontext, suppress
@@ -17,8 +16,7 @@ from host.errors import NclError
 from host.files import confined, lock, private
 from host.settings import SESSIONS_DIR
 from host.store import file_locks
-from host.store.file_locks import lock_of as lock_of  # (db.lock_of, db.released: the host's names for them)
-from host.store.file_locks import released as released
+from host.store.file_locks import lock_of as lock_of  # (db.lock_of: the host's name for it)
 from schemas import queries
 from schemas.ddl import MIGRATIONS, DbKind, latest_version
 
@@ -54,6 +52,17 @@ class DbError(NclError):
     """A DB file that cannot be opened or is newer than this release."""
 
 
+class Busy(DbError):
+    """A file another connection held locked for longer than the open's busy wait."""
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is a wait for another's lock that ran out: SQLite's SQLITE_BUSY (any of its extended codes,
+    which Python gives), ``Busy``, or an in-process lock's (``file_locks.busy``)."""
+    code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.OperationalError) else None
+    return isinstance(exc, Busy) or (code is not None and code & 0xFF == sqlite3.SQLITE_BUSY)
+
+
 def _statements(script: str) -> Iterator[str]:
     # executescript() would COMMIT first; a migration must be one transaction, so split it ourselves.
     buffer = ""
@@ -65,7 +74,7 @@ def _statements(script: str) -> Iterator[str]:
             buffer = ""
 
 
-def _raw(path: Path, readonly: bool, any_thread: bool = False) -> _Opened:
+def _raw(path: Path, readonly: bool, any_thread: bool = False, wait_s: float | None = None) -> _Opened:
     """A connection to the regular file ``path`` that provably went through no symlink (see ``_pinned``)."""
     with _pinned(path, create=not readonly) as (target, dirfd):
         # mode=rw, never rwc: SQLite never creates a file (``_pinned`` made it, 0600), so a link it met could not
@@ -73,7 +82,8 @@ def _raw(path: Path, readonly: bool, any_thread: bool = False) -> _Opened:
         uri = f"file://{quote_from_bytes(os.fsencode(target))}?mode={'ro' if readonly else 'rw'}"
         try:
             # ``timeout`` is SQLite's busy timeout (sqlite3_busy_timeout): PRAGMA busy_timeout reads it back.
-            conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None,
+                                   timeout=BUSY_TIMEOUT_MS / 1000 if wait_s is None else wait_s,
                                    check_same_thread=not any_thread, factory=_Opened)
         except sqlite3.OperationalError as exc:
             raise DbError(f"cannot open {path}: {exc}") from None
@@ -209,7 +219,7 @@ def _register_existing_task_ids(central: sqlite3.Connection, sessions_dir: Path)
 
 
 def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: bool = False,
-            reading: bool = False, any_thread: bool = False) -> sqlite3.Connection:
+            reading: bool = False, any_thread: bool = False, wait_s: float | None = None) -> sqlite3.Connection:
     """Open ``path`` at the latest schema. Read-only opens never write, except the migration of an
     older file, done once through a short read-write connection first (DESIGN §12.13). No symlink is ever
     followed to or in a session's files, and a missing file is created 0600 (``_pinned``).
@@ -222,9 +232,12 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
     ``reading`` (a session file): the connection comes inside the read transaction its checks took, for the
     caller's first reads, which ``end_read`` ends: a transaction less, and its lock taken and dropped once.
 
-    ``any_thread``: usable from any thread, one at a time (``Pool``); sqlite3 binds a connection to its thread."""
+    ``any_thread``: usable from any thread, one at a time (``Pool``); sqlite3 binds a connection to its thread.
+
+    ``wait_s``: the busy timeout (SQLite's wait for another's lock), if not ``BUSY_TIMEOUT_MS``; one that runs out
+    while the connection is made raises ``Busy``."""
     if query_only:
-        conn = connect(path, kind, reading=reading)
+        conn = connect(path, kind, reading=reading, wait_s=wait_s)
         conn.execute("PRAGMA query_only=ON")
         return conn
     if readonly:
@@ -237,7 +250,7 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
         return _raw(path, readonly=True)
     if kind == "central" and not path.exists():
         lock.refuse_missing_central(path.parent)
-    conn = _raw(path, readonly=False, any_thread=any_thread)
+    conn = _raw(path, readonly=False, any_thread=any_thread, wait_s=wait_s)
     try:
         found = _version_and_mode(conn, kind, path, keep=reading)
         if kind != "central" and not reading:  # (a reading connection's is set as its read ends: ``end_read``)
@@ -255,46 +268,11 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
                 conn.execute("BEGIN")
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise DbError(f"cannot use {path}: {exc}") from None
+        raise (Busy if is_busy(exc) else DbError)(f"cannot use {path}: {exc}") from None
     except DbError:
         conn.close()
         raise
     return conn
-
-
-class Pool:
-    """Connections to central.db kept open for the short work of the threads that serve a channel (opening one, with
-    its checks, costs ~0.5 ms and a dozen calls that each give up the GIL): each use takes an idle one or opens
-    another, and gives it back after. A connection left inside a transaction is closed, never given back."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._idle: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._closed = False
-
-    @contextmanager
-    def connection(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            conn = connect(self.path, "central", any_thread=True)
-        try:
-            yield conn
-        finally:
-            with self._lock:
-                kept = not self._closed and not conn.in_transaction
-                if kept:
-                    self._idle.append(conn)
-            if not kept:
-                conn.close()
-
-    def close(self) -> None:
-        """Close the idle connections; one in use is closed when given back."""
-        with self._lock:
-            self._closed, idle, self._idle = True, self._idle, []
-        for conn in idle:
-            conn.close()
 
 
 def end_read(conn: sqlite3.Connection) -> None:
@@ -354,7 +332,7 @@ def _into_wal(conn: sqlite3.Connection, mode: str) -> None:
             conn.execute(mode)
             return
         except sqlite3.OperationalError as exc:
-            if (exc.sqlite_errorcode & 0xFF) != sqlite3.SQLITE_BUSY or time.monotonic() + pause > deadline:
+            if not is_busy(exc) or time.monotonic() + pause > deadline:
                 raise
         time.sleep(pause)
         pause = min(2 * pause, 0.05)

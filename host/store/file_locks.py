@@ -1,4 +1,4 @@
-"""The in-process locks of the SQLite files the host's threads share (``db.lock_of``, ``db.released``)."""
+"""The in-process locks of the SQLite files the host's threads share (``db.lock_of``)."""
 
 from __future__ import annotations
 
@@ -25,15 +25,30 @@ class FileLock:
         self._lock = threading.RLock()
 
     def __enter__(self) -> None:
-        if not self._lock.acquire(timeout=BUSY_TIMEOUT_S):
-            raise sqlite3.OperationalError("database is locked")
+        self.take(BUSY_TIMEOUT_S)
 
     def __exit__(self, *exc: object) -> None:
         self._lock.release()
 
-    def retake(self) -> None:
-        """Taken again, however long that waits (``released``)."""
-        self._lock.acquire()
+    def take(self, seconds: float) -> None:
+        if not self._lock.acquire(timeout=seconds):
+            raise busy()
+
+    @contextmanager
+    def within(self, seconds: float | None) -> Iterator[None]:
+        """Held, taken within ``seconds`` (None: ``BUSY_TIMEOUT_S``)."""
+        self.take(BUSY_TIMEOUT_S if seconds is None else seconds)
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+
+def busy() -> sqlite3.OperationalError:
+    """The error SQLite raises when its busy wait runs out, as SQLite raises it."""
+    error = sqlite3.OperationalError("database is locked")
+    error.sqlite_errorcode = sqlite3.SQLITE_BUSY
+    return error
 
 
 # In-process locks of the files the host's threads share, by path (see ``lock_of``); a lock lives while in use.
@@ -47,7 +62,7 @@ def lock_of(path: Path) -> FileLock:
     answer took up to 35 ms when it met the sweep's visit of the same session, or a webhook's stamp of central.db
     the sweep's index save. A lock hands the file over the moment the other is done. Taken by central.db's
     transactions (``db.transaction``), and around a visit's reads and writes of a session's inbound.db (not its
-    work on outbound.db or its stop of a stuck runner: ``released``), an arrival's or a reply's work on it; never
+    work on outbound.db or its stop of a stuck runner, between them), an arrival's or a reply's work on it; never
     around central.db's while a session file's is wanted, so no two threads wait on each other. Other processes
     (``ncl`` commands, runners) still meet the host in SQLite's locks."""
     with _locks_guard:
@@ -55,15 +70,3 @@ def lock_of(path: Path) -> FileLock:
         if lock is None:
             lock = _locks[str(path)] = FileLock()
     return lock
-
-
-@contextmanager
-def released(lock: FileLock) -> Iterator[None]:
-    """``lock`` (taken once by this thread) let go meanwhile and taken again after, however long that waits (the
-    others hold it for short work, each bounded by the busy timeout): for work beside the file, which another
-    thread's use of the file need not wait for."""
-    lock.__exit__()
-    try:
-        yield
-    finally:
-        lock.retake()

@@ -3,12 +3,14 @@ clearing claims of a runner that is gone (DESIGN §5)."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from host.files import confined
 from host.store import db
 from schemas.rows import MODEL_WAIT, MODEL_WAIT_MAX_TEXT, ModelWait
 
@@ -58,19 +60,27 @@ class Outbox:
     tool_timeout_s: float | None = None
 
 
+class InWal(db.DbError):
+    """A live runner's outbound.db in WAL mode, which no runner of this host sets: SQLite's open of it may wait
+    about 10 s for read slots its runner holds, whatever the busy timeout."""
+
+
 def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, reply_after_seq: int = 0,
-         request_limit: int = -1) -> Outbox:
+         request_limit: int = -1, wait_s: float | None = None) -> Outbox:
     """Acks of the given (still open) messages, system requests after ``after_seq``, chat replies after
     ``reply_after_seq``, the running tool's timeout (not ``writable``: only while a runner is alive).
 
     ``writable`` (only when no runner is alive) may write; otherwise the file is opened query-only (read-write at
-    the file level, so a FIFO swapped in cannot block the sweep, see ``db.connect``). Either rolls back a hot
-    journal a killed runner left, which a read-only connection could not read past.
+    the file level, so a FIFO swapped in cannot block the sweep, see ``db.connect``), and never in WAL mode
+    (``InWal``). Either rolls back a hot journal a killed runner left, which a read-only connection could not read
+    past. ``wait_s``: the busy timeout, if not the default (``db.connect``).
     """
     if not path.exists():
         return Outbox()
+    if not writable and _in_wal(path):
+        raise InWal(f"{path} is in WAL mode: its runner switched it")
     ids = list(open_ids)
-    with closing(db.connect(path, "outbound", query_only=not writable, reading=True)) as conn:
+    with closing(db.connect(path, "outbound", query_only=not writable, reading=True, wait_s=wait_s)) as conn:
         acks = {row["message_id"]: Ack.of(row) for row in _in_chunks(conn, "SELECT * FROM processing_ack WHERE"
                                                                       " message_id IN ({})", ids)}
         requests = [OutMessage.of(row) for row in conn.execute(  # at most request_limit (-1: all)
@@ -84,6 +94,21 @@ def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, re
         db.end_read(conn)
     timeout = float(state["tool_timeout_s"]) if state and state["current_tool"] and state["tool_timeout_s"] else None
     return Outbox(acks, requests, replies, timeout)
+
+
+def _in_wal(path: Path) -> bool:
+    """Whether the file's header says WAL (bytes 18 and 19, SQLite's file format versions, are 2; 1 is a rollback
+    journal's), read as any file the runner writes: below its folder, no link followed, never blocking."""
+    try:
+        fd = confined.open_beneath(path.parent, path.name)
+    except (confined.Refused, OSError):
+        return False  # (the open that follows refuses it, as before)
+    try:
+        return os.pread(fd, 2, 18) == b"\x02\x02"
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _in_chunks(conn: db.Connection, sql: str, ids: list[str], size: int = 500) -> list[sqlite3.Row]:

@@ -1,0 +1,55 @@
+"""What the sweep knows of a session between its visits: the stat signature of its files (``files_of``) and what
+the last visit learned (``Seen``), which lets the next look skip it while the files stay the same."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from host.store import session_index
+
+# A file written within this long before we looked may be written again with the same ctime (coarse filesystem
+# clock): it is not trusted as unchanged until a visit sees it older than this.
+RACY_NS = 1_000_000_000
+
+OUTBOUND_SIDE = 4  # files[:4]: the folder's ctime and outbound.db's signature; files[4:]: inbound.db's
+
+
+def files_of(path: str) -> tuple[int, ...]:
+    """The session's stat signature: the folder's ctime, then (inode, size, ctime) of outbound.db (zeros while it
+    is missing) and of inbound.db. A plain os.stat on the str path: pathlib per session cost 5x the stat."""
+    folder = os.stat(path)
+    inbound = os.stat(path + "/inbound.db", follow_symlinks=False)
+    try:
+        outbound = os.stat(path + "/outbound.db", follow_symlinks=False)
+        out = (outbound.st_ino, outbound.st_size, outbound.st_ctime_ns)
+    except FileNotFoundError:
+        out = (0, 0, 0)
+    return (folder.st_ctime_ns, *out, inbound.st_ino, inbound.st_size, inbound.st_ctime_ns)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What the last visit learned about a session."""
+
+    files: tuple[int, ...]  # ``files_of`` when the visit began
+    settled: bool  # the files were last written RACY_NS before the visit began: the same signature, the same files
+    next_due: str | None  # '' = due now
+    busy: bool  # has claimed rows or undelivered replies
+    # outbound.db held nothing for a visit that read it for these open rows: unchanged, it need not be read again
+    # while the open rows stay among them.
+    quiet_for: frozenset[str] | None = None
+    due_since: str | None = None  # when its due work became due
+    # (from, until): a due session's visit that had nothing to write and nothing new in outbound.db. The same files
+    # make the same visit at any time from ``from`` (its own) until ``until`` (a waiting recurring task falls due;
+    # None: no such task): rows only fall due as time passes, and one that does cannot be due earlier than those
+    # already due. So it is not opened again for a wake that waits for a slot (None: it is).
+    same: tuple[str, str | None] | None = None
+
+    def same_at(self, now: str) -> bool:
+        return self.same is not None and self.same[0] <= now and (self.same[1] is None or now < self.same[1])
+
+    @property
+    def kept(self) -> session_index.Entry | None:
+        """What the index keeps of it: only what lets a restarted host skip the session."""
+        return session_index.Entry(self.files, self.next_due) if self.settled and not self.busy else None

@@ -1,0 +1,169 @@
+"""A hostile runner keeping its session's files locked must not stall the sweep of every other session (SECURITY.md).
+
+It can hold outbound.db write-locked, keep a read of its inbound.db open (the mount is read-only, but a read lock
+needs no write access), switch outbound.db to WAL (whose open SQLite may retry for about 10 s whatever the busy
+timeout), and make the host's other threads wait on it while they hold the session's in-process lock.
+
+Every wait here but a live runner's lasts ten minutes and ``RUNNER_WAIT_S`` is 0: a visit that waited on the runner
+as on anybody else would hang the test (which then fails after WAIT_S) instead of passing; no timing decides."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from kit import RecordingRuntime, World, utc
+
+from host.scheduling import sweep
+from host.scheduling.sweep import SweepResult
+from host.store import db, file_locks
+from host.store.sessions import Session
+from schemas.times import to_text
+
+T0 = utc("2026-05-18T13:00:00")
+WAIT_S = 60  # only a broken build waits this long
+
+
+@pytest.fixture(autouse=True)
+def long_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 600_000)
+    monkeypatch.setattr(file_locks, "BUSY_TIMEOUT_S", 600.0)
+    monkeypatch.setattr(sweep, "RUNNER_WAIT_S", 0.0)
+
+
+class Two:
+    """Sessions ``hostile`` and ``other``, each with a live runner that has finished its task: what the tests look
+    at is whether the other's is recorded while the hostile one holds its files."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.world = world = World(tmp_path)
+        self.runtime = RecordingRuntime()
+        self.hostile, self.other = world.session, world.new_session()
+        self.task = world.schedule(T0 - timedelta(minutes=1), at=to_text(T0))
+        self.later = world.schedule(T0 - timedelta(minutes=1), at=to_text(T0), session=self.other)
+        self.sweeper = world.sweeper(self.runtime)
+        assert self.sweeper.tick(T0).woken == 2
+        self.sweeper.close()  # (its central.db connection is this thread's)
+        generations = {session: generation for _, session, generation in self.runtime.started}
+        world.ack(self.task, "completed", T0, generation=generations[self.hostile.id], outcome="ran")
+        world.ack(self.later, "completed", T0, generation=generations[self.other.id], outcome="ran",
+                  session=self.other)
+        self.outbound = self.hostile.folder / "outbound.db"
+
+    def tick(self, at: datetime) -> SweepResult:
+        """A tick in a thread, which must end within WAIT_S (the sweep's central.db connection is that thread's)."""
+        out: list[object] = []
+
+        def run() -> None:
+            try:
+                out.append(self.sweeper.tick(at))
+            except Exception as exc:  # reported below
+                out.append(exc)
+            finally:
+                self.sweeper.close()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(WAIT_S)
+        assert len(out) == 1 and isinstance(out[0], SweepResult), f"the sweep waited on the runner, or failed: {out}"
+        return out[0]
+
+    def status(self, session: Session, task: str) -> str:
+        return str(self.world.rows(task, session=session)[0]["status"])
+
+
+def _stalls_only_its_own_session(two: Two, hold: Callable[[], Iterator[None]]) -> None:
+    """While ``hold`` keeps the hostile session's files locked, its visits fail at once and back off (0.5 s, then
+    twice as long); the other session's finished task is recorded meanwhile. Once let go, the hostile session's is
+    recorded, once."""
+    hostile = two.hostile.id
+    with contextmanager(hold)():
+        first = two.tick(T0 + timedelta(seconds=1))
+        assert first.errors == 1 and two.status(two.other, two.later) == "completed"
+        assert two.sweeper.held[hostile] == (T0 + timedelta(seconds=1.5), 0.5)
+        assert two.tick(T0 + timedelta(seconds=1.2)).sessions_checked == 1  # only the other: this one is held off
+        assert two.tick(T0 + timedelta(seconds=1.5)).errors == 1
+        assert two.sweeper.held[hostile] == (T0 + timedelta(seconds=2.5), 1.0)
+        assert two.status(two.hostile, two.task) == "pending"  # nothing half-recorded
+    done = two.tick(T0 + timedelta(seconds=2.5))
+    assert done.errors == 0 and hostile not in two.sweeper.held
+    assert two.status(two.hostile, two.task) == "completed"
+    assert [r["outcome"] for r in two.world.runs(two.world.rows(two.task)[0]["series_id"])] == ["ran"]
+
+
+def test_a_runner_holding_its_outbound_db_write_locked_holds_up_only_its_own_session(tmp_path: Path) -> None:
+    two = Two(tmp_path)
+
+    def hold() -> Iterator[None]:
+        with closing(sqlite3.connect(two.outbound, isolation_level=None)) as runner:
+            runner.execute("BEGIN EXCLUSIVE")
+            yield
+
+    _stalls_only_its_own_session(two, hold)
+
+
+def test_a_runner_keeping_a_read_of_its_inbox_open_holds_up_only_its_own_session(tmp_path: Path) -> None:
+    """The visit reads both files, then its COMMIT of the inbox waits for the runner's read to end: at most
+    ``RUNNER_WAIT_S``, and the rolled-back visit is done again later, once."""
+    two = Two(tmp_path)
+
+    def hold() -> Iterator[None]:
+        uri = f"file:{two.hostile.folder / 'inbound.db'}?mode=ro"  # as through its read-only mount
+        with closing(sqlite3.connect(uri, uri=True, isolation_level=None)) as runner:
+            runner.execute("BEGIN")
+            runner.execute("SELECT COUNT(*) FROM messages_in").fetchone()
+            yield
+
+    _stalls_only_its_own_session(two, hold)
+
+
+def test_a_host_thread_waiting_on_the_runner_with_the_sessions_lock_held_holds_up_only_that_session(
+        tmp_path: Path) -> None:
+    """An arrival into the session, say, stuck in SQLite's busy wait on the runner's lock while it holds the
+    session's in-process lock: the visit waits for that lock at most ``RUNNER_WAIT_S`` too."""
+    two = Two(tmp_path)
+
+    def hold() -> Iterator[None]:
+        taken, done = threading.Event(), threading.Event()
+
+        def arrival() -> None:
+            with db.lock_of(two.hostile.folder / "inbound.db"):
+                taken.set()
+                done.wait(WAIT_S)
+
+        thread = threading.Thread(target=arrival, daemon=True)
+        thread.start()
+        assert taken.wait(WAIT_S)
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join(WAIT_S)
+
+    _stalls_only_its_own_session(two, hold)
+
+
+def test_a_runner_that_switches_its_outbound_db_to_wal_is_killed_before_the_host_opens_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No runner of this host uses WAL (the files cross a container mount). SQLite's open of a WAL file whose read
+    slots the runner holds retries for about 10 s whatever the busy timeout, so the header is read first: the
+    runner is killed, and the next visit, its runner gone, reads the file and puts it back in DELETE mode."""
+    two = Two(tmp_path)
+    with closing(sqlite3.connect(two.outbound, isolation_level=None)) as runner:
+        assert runner.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+        runner.execute("BEGIN")
+        runner.execute("SELECT COUNT(*) FROM processing_ack").fetchone()  # a read slot held
+        first = two.tick(T0 + timedelta(seconds=1))
+        assert first.errors == 1 and two.status(two.other, two.later) == "completed"
+        assert two.runtime.stopped == [two.hostile.id] and two.hostile.id not in two.sweeper.held
+        assert [r.message for r in caplog.records if getattr(r, "action", None) == "runner_killed"] == [
+            f"killing the runner of {two.hostile.id}: {two.outbound} is in WAL mode: its runner switched it, "
+            "which no runner does"]
+    assert two.tick(T0 + timedelta(seconds=2)).errors == 0  # (a killed runner's locks die with it)
+    assert two.status(two.hostile, two.task) == "completed"
+    assert two.outbound.read_bytes()[18:20] == b"\x01\x01"  # a rollback journal again
