@@ -10,7 +10,7 @@ from pathlib import Path
 
 from host.scheduling import cross_group, host_tasks, tasks
 from host.scheduling.recurrence import Policy
-from host.store import db, inbox
+from host.store import db, inbox, outbox
 from host.store.db import transaction
 from host.store.outbox import OutMessage
 from host.store.task_ids import TaskIds
@@ -83,6 +83,8 @@ def apply(conn: db.Connection, folder: Path, rows: list[OutMessage], now: dateti
             if note:
                 inbox.notice(conn, now, "task_id_replaced", note)
         except Exception as exc:  # any failure of one request rejects it with a notice; it must never wedge the session
+            if _held(exc) and not _names_group(row):
+                raise  # the session's own runner holds its outbound.db: the visit fails, and is done again later
             status, detail = "rejected", str(exc)
             if _names_group(row):  # the tool that wrote it tells the agent
                 inbox.record_request(conn, row, now, status, detail)
@@ -118,6 +120,11 @@ def _for_host(reach: cross_group.Reach | None, request: requests.HostRequest, ou
         raise requests.RequestError(f"more than {MAX_FOR_GROUPS} requests naming a group or a host task at once; "
                                     "ask again")
     return host_tasks.answer(reach, request, out_id, now)
+
+
+def _held(exc: Exception) -> bool:
+    """Whether a read of a runner's claims (``tasks``) failed on its file: held locked, or switched to WAL."""
+    return db.is_busy(exc) or isinstance(exc, outbox.InWal)
 
 
 def _names_group(row: OutMessage) -> bool:

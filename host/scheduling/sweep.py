@@ -35,10 +35,8 @@ log = logging.getLogger(__name__)
 AHEAD = timedelta(seconds=3)  # a runner for work due this soon starts ahead, in a free slot (Runners.start_ahead)
 CHUNK = 2000  # rows made into objects between two pauses of a sweep (about 4 ms of work)
 YIELD_AFTER_S = 0.005  # a sweep pauses between sessions after this much work, to let the host loop serve
-# A live runner's files are waited for at most this long by a visit of its session (a runner keeping them locked
-# must not stall the sweep of every other session): then the visit fails, and the session is not visited for
-# HELD_FIRST_S, doubling up to HELD_MAX_S while that goes on.
-RUNNER_WAIT_S = 0.25
+# A visit that failed on files its live runner held locked (waited for at most ``outbox.RUNNER_WAIT_S``) is not
+# tried again for HELD_FIRST_S, doubling up to HELD_MAX_S while that goes on.
 HELD_FIRST_S, HELD_MAX_S = 0.5, 8.0
 
 
@@ -308,10 +306,11 @@ class Sweeper:
         """``quiet``: the open rows a read of the unchanged outbound.db found nothing for (None: read it). The
         inbox is read, then the runner's outbound.db, then the inbox written, each step with the session's
         in-process lock held only for the inbox's (an arrival goes in while the runner's file is read, or a stuck
-        runner stopped). A live runner may keep its files locked: ``RUNNER_WAIT_S`` bounds each wait of its visit."""
+        runner stopped). A live runner may keep its files locked: ``outbox.RUNNER_WAIT_S`` bounds each wait of its
+        visit."""
         folder = session.folder
         limit = self.settings.max_requests_per_visit
-        lock, wait = db.lock_of(folder / "inbound.db"), None if runner is None else RUNNER_WAIT_S
+        lock, wait = db.lock_of(folder / "inbound.db"), None if runner is None else outbox.RUNNER_WAIT_S
         with logs.visiting(session.id), ExitStack() as stack:
             with lock.within(wait):
                 conn = stack.enter_context(closing(db.connect(folder / "inbound.db", "inbound", reading=True)))

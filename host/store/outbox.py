@@ -60,6 +60,12 @@ class Outbox:
     tool_timeout_s: float | None = None
 
 
+# Where the runner may be alive, its outbound.db (and its inbox's COMMIT, the session's in-process lock: see
+# ``Sweeper._visit``) is waited for at most this long: a runner keeping its files locked must not stall the sweep of
+# every other session.
+RUNNER_WAIT_S = 0.25
+
+
 class InWal(db.DbError):
     """A live runner's outbound.db in WAL mode, which no runner of this host sets: SQLite's open of it may wait
     about 10 s for read slots its runner holds, whatever the busy timeout."""
@@ -130,10 +136,14 @@ def clear_claims(path: Path, message_ids: list[str]) -> None:
 
 
 def claimed(path: Path, message_ids: list[str]) -> set[str]:
-    """Which of these rows a runner has claimed (a claim the sweep may not have copied into the inbox yet)."""
+    """Which of these rows a runner has claimed (a claim the sweep may not have copied into the inbox yet). The
+    runner may be alive: its file is waited for at most ``RUNNER_WAIT_S``, then this fails busy (``db.is_busy``),
+    and one in WAL mode is refused (``InWal``)."""
     if not message_ids or not path.exists():
         return set()
-    with closing(db.connect(path, "outbound", query_only=True)) as conn:
+    if _in_wal(path):
+        raise InWal(f"{path} is in WAL mode: its runner switched it")
+    with closing(db.connect(path, "outbound", query_only=True, wait_s=RUNNER_WAIT_S)) as conn:
         return {r[0] for r in _in_chunks(conn, "SELECT message_id FROM processing_ack WHERE status = 'processing'"
                                                 " AND message_id IN ({})", message_ids)}
 

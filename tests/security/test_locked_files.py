@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kit import RecordingRuntime, World, utc
 
-from host.scheduling import sweep
 from host.scheduling.sweep import SweepResult
-from host.store import db, file_locks
+from host.store import db, file_locks, outbox
 from host.store.sessions import Session
 from schemas.times import to_text
 
@@ -33,7 +33,7 @@ WAIT_S = 60  # only a broken build waits this long
 def long_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 600_000)
     monkeypatch.setattr(file_locks, "BUSY_TIMEOUT_S", 600.0)
-    monkeypatch.setattr(sweep, "RUNNER_WAIT_S", 0.0)
+    monkeypatch.setattr(outbox, "RUNNER_WAIT_S", 0.0)
 
 
 class Two:
@@ -167,3 +167,33 @@ def test_a_runner_that_switches_its_outbound_db_to_wal_is_killed_before_the_host
     assert two.tick(T0 + timedelta(seconds=2)).errors == 0  # (a killed runner's locks die with it)
     assert two.status(two.hostile, two.task) == "completed"
     assert two.outbound.read_bytes()[18:20] == b"\x01\x01"  # a rollback journal again
+
+
+def test_requests_that_read_the_runners_claims_again_fail_the_visit_at_once_instead_of_waiting_each(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pause_task and cancel_task read the runner's claims once more (a row it already works on is let finish).
+    A runner that writes 50 of them and locks its file right after the visit's read must not make each wait in
+    turn: the first fails the visit (nothing applied, nothing rejected) and the session is held off; let go, they
+    apply."""
+    two = Two(tmp_path)
+    series = two.world.schedule(T0, recurrence="0 9 * * *", session=two.hostile)
+    for _ in range(50):
+        two.world.request(T0, {"action": "pause_task", "taskId": series})
+    runner = sqlite3.connect(two.outbound, isolation_level=None, check_same_thread=False)
+    read = outbox.read
+
+    def read_then_lock(path: Path, *args: Any, **kwargs: Any) -> outbox.Outbox:
+        found = read(path, *args, **kwargs)
+        if path == two.outbound:
+            runner.execute("BEGIN EXCLUSIVE")
+        return found
+
+    monkeypatch.setattr(outbox, "read", read_then_lock)
+    first = two.tick(T0 + timedelta(seconds=1))
+    assert first.errors == 1 and first.applied == 0 and two.hostile.id in two.sweeper.held
+    assert two.status(two.hostile, series) == "pending" and two.world.notices() == []
+    runner.execute("ROLLBACK")
+    runner.close()
+    monkeypatch.setattr(outbox, "read", read)
+    done = two.tick(T0 + timedelta(seconds=2))
+    assert done.errors == 0 and done.applied == 1 and two.status(two.hostile, series) == "paused"
