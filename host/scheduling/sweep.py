@@ -365,7 +365,9 @@ class Sweeper:
     def _read_outbox(self, session: Session, now: datetime, runner: Runner | None, open_rows: dict[str, str],
                      handled: int, replied: int, wait: float | None) -> tuple[outbox.Outbox, Runner | None]:
         """What the visit finds in outbound.db, and the runner still alive after: one found stuck is killed, and so
-        is one that switched the file to WAL (then the visit fails: the next one reads the file, its runner gone)."""
+        is one that switched the file to WAL. A runner whose file could not be read is judged by its heartbeat
+        alone (one hung holding its file's lock is killed as well). A visit that fails so is done again later, its
+        runner gone if it was killed."""
         path = session.folder / "outbound.db"
         try:
             # One request more than a visit applies tells whether the rest wait for the next visit (§13.5).
@@ -374,6 +376,10 @@ class Sweeper:
         except outbox.InWal as exc:
             if self.runners and runner is not None:
                 self.runners.kill(session.id, f"{exc}, which no runner does")
+            raise
+        except (db.Error, db.DbError) as exc:
+            if db.is_busy(exc) and runner is not None and self.runners:
+                self.runners.kill_if_stuck(session, now, runner, outbox.Outbox())
             raise
         if runner is not None and self.runners and self.runners.kill_if_stuck(session, now, runner, found):
             runner = None

@@ -197,3 +197,16 @@ def test_requests_that_read_the_runners_claims_again_fail_the_visit_at_once_inst
     monkeypatch.setattr(outbox, "read", read)
     done = two.tick(T0 + timedelta(seconds=2))
     assert done.errors == 0 and done.applied == 1 and two.status(two.hostile, series) == "paused"
+
+
+def test_a_runner_hung_while_holding_its_outbound_db_is_killed_when_its_heartbeat_goes_stale(tmp_path: Path) -> None:
+    """Its claims cannot be read, so its heartbeat alone decides: fresh, it is left alone (held off); 30 minutes
+    old, it is killed, and once its lock is gone with it the finished task is recorded."""
+    two = Two(tmp_path)
+    with closing(sqlite3.connect(two.outbound, isolation_level=None)) as runner:
+        runner.execute("BEGIN EXCLUSIVE")
+        assert two.tick(T0 + timedelta(seconds=1)).errors == 1 and two.runtime.stopped == []
+        assert two.tick(T0 + timedelta(minutes=31)).errors == 1  # (started at T0, it never beat since)
+        assert two.hostile.id in two.runtime.stopped  # (the other session's too, for the same reason)
+    assert two.tick(T0 + timedelta(minutes=32)).errors == 0
+    assert two.status(two.hostile, two.task) == "completed"
