@@ -44,8 +44,8 @@ def _trace(sql: str) -> None:
 _raw = db._raw
 
 
-def _traced(path: Path, readonly: bool, any_thread: bool = False) -> sqlite3.Connection:
-    conn = _raw(path, readonly, any_thread)
+def _traced(path: Path, readonly: bool, any_thread: bool = False, wait_s: float | None = None) -> sqlite3.Connection:
+    conn = _raw(path, readonly, any_thread, wait_s)
     conn.set_trace_callback(_trace)
     return conn
 
