@@ -31,9 +31,10 @@ def tables(conn: sqlite3.Connection) -> set[str]:
 
 
 def test_new_session_folder_layout(session_dir: Path) -> None:
-    # inbound.db-journal: the host's, kept for good so no runner can put one of its own there (db._own_journal).
-    assert {p.name for p in session_dir.iterdir()} == {"inbound.db", "inbound.db-journal", "outbound.db", "inbox",
-                                                       "outbox"}
+    # inbound.db-journal and the empty -wal files: the host's, kept for good so that no runner can put one of its
+    # own there (db._own_names).
+    assert {p.name for p in session_dir.iterdir()} == {"inbound.db", "inbound.db-journal", "inbound.db-wal",
+                                                       "outbound.db", "outbound.db-wal", "inbox", "outbox"}
     assert (session_dir / "inbox").is_dir() and (session_dir / "outbox").is_dir()
 
 
@@ -60,13 +61,13 @@ def test_session_files_are_never_wal(session_dir: Path, kind: DbKind) -> None:
     assert path.read_bytes()[18:20] == b"\x01\x01"
     for readonly in (False, True):
         with closing(db.connect(path, kind, readonly=readonly)) as conn:
-            # A writer keeps inbound.db's journal file for good (db._own_journal); a reader sets no mode of its own.
+            # A writer keeps inbound.db's journal file for good (db._own_names); a reader sets no mode of its own.
             want = "delete" if readonly else {"inbound": "persist", "outbound": "delete"}[kind]
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == want
             assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
             if not readonly:  # a commit syncs once less than under FULL, as durably (db.SESSION_SYNC)
                 assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
-    assert not (session_dir / f"{kind}.db-wal").exists()
+    assert (session_dir / f"{kind}.db-wal").stat().st_size == 0  # the host's empty one, which SQLite takes for none
     assert not (session_dir / f"{kind}.db-shm").exists()
 
 

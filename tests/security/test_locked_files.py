@@ -9,7 +9,9 @@ as on anybody else would hang the test (which then fails after WAIT_S) instead o
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
@@ -19,9 +21,11 @@ from typing import Any
 
 import pytest
 from kit import RecordingRuntime, World, utc
+from test_forged_journal import RUNNER_UID, SYSTEM_PYTHON
 
+from host.runtimes.workspace import hand_over
 from host.scheduling.sweep import SweepResult
-from host.store import db, file_locks, outbox
+from host.store import db, file_locks, groups, outbox
 from host.store.sessions import Session
 from schemas.times import to_text
 
@@ -210,3 +214,48 @@ def test_a_runner_hung_while_holding_its_outbound_db_is_killed_when_its_heartbea
         assert two.hostile.id in two.runtime.stopped  # (the other session's too, for the same reason)
     assert two.tick(T0 + timedelta(minutes=32)).errors == 0
     assert two.status(two.hostile, two.task) == "completed"
+
+
+# The runner's side (uid 1000): a non-empty outbound.db-wal beside its rollback-mode file (SQLite then opens it in
+# WAL mode, whatever the header says) and the WAL read slots of outbound.db-shm locked, so that an open retries for
+# about 10 s; it says what it managed.
+PLANT_WAL = """
+import fcntl, os, sys, time
+folder = sys.argv[1]
+try:
+    with open(folder + "/outbound.db-wal", "wb") as wal:
+        wal.write(bytes(64))
+    print("planted", flush=True)
+except OSError as exc:
+    print("refused", type(exc).__name__, flush=True)
+fd = os.open(folder + "/outbound.db-shm", os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 5, 123, 0)
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.access(SYSTEM_PYTHON, os.X_OK),
+                    reason="plays a root host and a runner of another uid (with the system's python3)")
+def test_a_wal_file_planted_beside_outbound_db_is_refused_by_the_hosts_own(tmp_path: Path) -> None:
+    """The header check alone missed it (found by the attack review): the host keeps the name taken by an empty file
+    of its own, which SQLite takes for none and a runner of another uid can neither replace nor write."""
+    two = Two(tmp_path)
+    folder = two.hostile.folder
+    hand_over(folder, groups.folder(two.world.settings, two.hostile.agent_group_id), RUNNER_UID, RUNNER_UID)
+    for parent in list(folder.parents)[:-1]:
+        os.chmod(parent, os.stat(parent).st_mode | 0o001)  # uid 1000 reaches the folder (its mount, in docker)
+    runner = subprocess.Popen([SYSTEM_PYTHON, "-c", PLANT_WAL, str(folder)], stdout=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: (os.setgid(RUNNER_UID), os.setuid(RUNNER_UID)))
+    try:
+        assert runner.stdout is not None
+        said = [runner.stdout.readline().strip() for _ in range(2)]
+        assert said == ["refused PermissionError", "locked"], said
+        result = two.tick(T0 + timedelta(seconds=1))
+    finally:
+        runner.kill()
+        runner.wait()
+        assert runner.stdout is not None
+        runner.stdout.close()
+    assert result.errors == 0 and two.status(two.hostile, two.task) == "completed"
+    assert (folder / "outbound.db-wal").stat().st_size == 0 and (folder / "outbound.db-wal").stat().st_uid == 0
