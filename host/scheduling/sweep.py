@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 AHEAD = timedelta(seconds=3)  # a runner for work due this soon starts ahead, in a free slot (Runners.start_ahead)
 CHUNK = 2000  # rows made into objects between two pauses of a sweep (about 4 ms of work)
 YIELD_AFTER_S = 0.005  # a sweep pauses between sessions after this much work, to let the host loop serve
-# A visit that failed on files its live runner held locked (waited for at most ``outbox.RUNNER_WAIT_S``) is not
-# tried again for HELD_FIRST_S, doubling up to HELD_MAX_S while that goes on.
+# A session whose visit failed (say on files its live runner held locked, waited for at most
+# ``outbox.RUNNER_WAIT_S``) is not visited again for HELD_FIRST_S, doubling up to HELD_MAX_S while that goes on.
 HELD_FIRST_S, HELD_MAX_S = 0.5, 8.0
 
 
@@ -108,6 +108,10 @@ class Sweeper:
                     listed += chunk
                     yield
                 self._sessions = listed
+                if self.held or self.failing:  # (of sessions gone since)
+                    active = set(ids)
+                    self.held = {sid: held for sid, held in self.held.items() if sid in active}
+                    self.failing = {sid: problem for sid, problem in self.failing.items() if sid in active}
             self._central_version = version
         if not self._index_loaded:
             yield from self._load_index()
@@ -180,6 +184,7 @@ class Sweeper:
         dues = [] if first is None else [from_text(first) - ahead if first else datetime.min.replace(tzinfo=UTC)]
         if runners:
             dues += [runners.not_before[sid] for sid in runners.waiting if sid in runners.not_before]
+        dues += [until for until, _ in self.held.values()]  # (a failed visit's session is not in ``seen``)
         return min(dues, default=None)
 
     def _soon(self, now: datetime, runners: Runners) -> list[tuple[str, Session]]:
@@ -241,8 +246,7 @@ class Sweeper:
             except Exception as exc:  # one broken session never stops the others
                 self._remember(session.id, None)
                 result.errors += 1
-                if db.is_busy(exc):
-                    self._held(session.id, now)
+                self._held(session.id, now)
                 # Said once per distinct problem: a session broken for good must not fill the log every sweep.
                 level = logging.DEBUG if self.failing.get(session.id) == str(exc) else logging.WARNING
                 self.failing[session.id] = str(exc)
@@ -260,9 +264,9 @@ class Sweeper:
         return result
 
     def _held(self, session_id: str, now: datetime) -> None:
-        """A visit that found the session's files locked (its runner may keep them so, see ``_visit``) is not tried
-        again for a while, twice as long each time up to ``HELD_MAX_S``: the one sweep thread never spends more
-        than a few percent of its time waiting on one session."""
+        """A session whose visit failed is not visited again for a while, twice as long each time up to
+        ``HELD_MAX_S``: a runner keeping its files locked (see ``_visit``), or anything else it can make fail slowly,
+        never takes more than a few percent of the one sweep thread's time."""
         pause = min(2 * self.held[session_id][1], HELD_MAX_S) if session_id in self.held else HELD_FIRST_S
         self.held[session_id] = (now + timedelta(seconds=pause), pause)
 

@@ -257,6 +257,10 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
             _sync_as_session(conn)
         if kind == "inbound":  # the kept journal is cut to 0 bytes at each commit: no disk held, as DELETE held none
             conn.execute("PRAGMA journal_size_limit=0")
+            # No dirty page is written before the COMMIT: a write of one needs the file's exclusive lock, which a
+            # runner's open read (its mount is read-only, but a read lock needs no more) holds up; the visit bounds
+            # that wait for its COMMIT only (``Sweeper._visit``). Its transactions are small: memory is no concern.
+            conn.execute("PRAGMA cache_spill=OFF")
         if kind == "central":  # the session files declare no foreign keys (never changed inside a transaction)
             assert not reading, "central.db is never opened for reading"
             conn.execute("PRAGMA foreign_keys=ON")
