@@ -219,20 +219,20 @@ def test_a_failing_session_is_held_off_for_longer_each_time_and_the_loop_comes_b
     (broken.folder / "inbound.db").write_bytes(b"this is not a database" * 100)
     sweeper = world.sweeper()
     assert sweeper.tick(T0).errors == 1
-    assert sweeper.held[broken.id] == (T0 + timedelta(seconds=0.5), 0.5)
+    assert sweeper.holds.held[broken.id] == (T0 + timedelta(seconds=0.5), 0.5)
     assert sweeper.earliest_due() == T0 + timedelta(seconds=0.5)  # (nothing else is due)
     assert sweeper.tick(T0 + timedelta(seconds=0.4)).sessions_checked == 1  # the other session only
     for at, pause in [(0.5, 1.0), (1.5, 2.0), (3.5, 4.0), (7.5, 8.0), (15.5, 8.0)]:
         assert sweeper.tick(T0 + timedelta(seconds=at)).errors == 1
-        assert sweeper.held[broken.id] == (T0 + timedelta(seconds=at + pause), pause)
+        assert sweeper.holds.held[broken.id] == (T0 + timedelta(seconds=at + pause), pause)
     (broken.folder / "inbound.db").write_bytes(good)
-    assert sweeper.tick(T0 + timedelta(seconds=23.5)).errors == 0 and sweeper.held == {}
+    assert sweeper.tick(T0 + timedelta(seconds=23.5)).errors == 0 and sweeper.holds.held == {}
     (broken.folder / "inbound.db").write_bytes(b"this is not a database" * 100)
-    assert sweeper.tick(T0 + timedelta(seconds=24)).errors == 1 and broken.id in sweeper.held
+    assert sweeper.tick(T0 + timedelta(seconds=24)).errors == 1 and broken.id in sweeper.holds.held
     with closing(world.central) as central:
         central.execute("UPDATE sessions SET status = 'closed' WHERE id = ?", (broken.id,))
     assert sweeper.tick(T0 + timedelta(seconds=30)).errors == 0
-    assert sweeper.held == {} and sweeper.failing == {}
+    assert sweeper.holds.held == {} and sweeper.failing == {}
 
 
 def test_deleted_session_folder_does_not_stop_the_sweep(world: World) -> None:

@@ -1,10 +1,12 @@
 """What the sweep knows of a session between its visits: the stat signature of its files (``files_of``) and what
-the last visit learned (``Seen``), which lets the next look skip it while the files stay the same."""
+the last visit learned (``Seen``), which lets the next look skip it while the files stay the same; and which
+sessions it leaves alone for a while (``Holds``)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from host.store import session_index
 
@@ -53,3 +55,45 @@ class Seen:
     def kept(self) -> session_index.Entry | None:
         """What the index keeps of it: only what lets a restarted host skip the session."""
         return session_index.Entry(self.files, self.next_due) if self.settled and not self.busy else None
+
+
+# A session whose visit failed (say on files its live runner held locked, each wait bounded by
+# ``outbox.RUNNER_WAIT_S``) is not visited again for HELD_FIRST_S, doubling up to HELD_MAX_S while that goes on.
+HELD_FIRST_S, HELD_MAX_S = 0.5, 8.0
+# So is one whose visits took longer than SLOW_VISIT_S this many times in a row (a runner that lets go of its files
+# just before each wait would end: none fails, each is slow). A visit takes about a millisecond.
+SLOW_VISIT_S, SLOW_VISITS = 0.1, 3
+
+
+@dataclass
+class Holds:
+    """The sessions the sweep leaves alone for a while: a runner keeping its files locked, or anything else that
+    makes a session's visits fail or drag, never takes more than a few percent of the one sweep thread's time."""
+
+    held: dict[str, tuple[datetime, float]] = field(default_factory=dict)  # session id -> (until, the pause)
+    slow: dict[str, int] = field(default_factory=dict)  # session id -> its slow visits in a row
+
+    def holds(self, session_id: str, now: datetime) -> bool:
+        return session_id in self.held and now < self.held[session_id][0]
+
+    def failed(self, session_id: str, now: datetime) -> None:
+        """Held off twice as long as the last time, ``HELD_FIRST_S`` the first, at most ``HELD_MAX_S``."""
+        pause = min(2 * self.held[session_id][1], HELD_MAX_S) if session_id in self.held else HELD_FIRST_S
+        self.held[session_id] = (now + timedelta(seconds=pause), pause)
+
+    def went_through(self, session_id: str, seconds: float, now: datetime) -> None:
+        """A visit that took ``seconds``: the session's hold ends, unless its visits keep being slow."""
+        if seconds <= SLOW_VISIT_S:
+            self.slow.pop(session_id, None)
+            self.held.pop(session_id, None)
+            return
+        self.slow[session_id] = self.slow.get(session_id, 0) + 1
+        if self.slow[session_id] >= SLOW_VISITS:
+            self.failed(session_id, now)
+
+    def ends(self) -> list[datetime]:
+        return [until for until, _ in self.held.values()]
+
+    def keep_only(self, active: set[str]) -> None:
+        self.held = {sid: held for sid, held in self.held.items() if sid in active}
+        self.slow = {sid: slow for sid, slow in self.slow.items() if sid in active}

@@ -22,7 +22,7 @@ from host.files import logs
 from host.runtimes.pool import Runner, Runners
 from host.scheduling import acks, actions, cross_group, recurrence
 from host.scheduling.recurrence import Policy
-from host.scheduling.seen import OUTBOUND_SIDE, RACY_NS, Seen, files_of
+from host.scheduling.seen import OUTBOUND_SIDE, RACY_NS, Holds, Seen, files_of
 from host.settings import Settings
 from host.store import db, groups, inbox, outbox, session_index, sessions, task_series
 from host.store.outbox import OutMessage
@@ -35,9 +35,6 @@ log = logging.getLogger(__name__)
 AHEAD = timedelta(seconds=3)  # a runner for work due this soon starts ahead, in a free slot (Runners.start_ahead)
 CHUNK = 2000  # rows made into objects between two pauses of a sweep (about 4 ms of work)
 YIELD_AFTER_S = 0.005  # a sweep pauses between sessions after this much work, to let the host loop serve
-# A session whose visit failed (say on files its live runner held locked, waited for at most
-# ``outbox.RUNNER_WAIT_S``) is not visited again for HELD_FIRST_S, doubling up to HELD_MAX_S while that goes on.
-HELD_FIRST_S, HELD_MAX_S = 0.5, 8.0
 
 
 @dataclass
@@ -74,7 +71,7 @@ class Sweeper:
     deliveries: Deliveries | None = None  # None: replies wait for a host that serves channels
     seen: dict[str, Seen] = field(default_factory=dict)
     failing: dict[str, str] = field(default_factory=dict)  # session id -> the problem last logged for it
-    held: dict[str, tuple[datetime, float]] = field(default_factory=dict)  # see ``_held``
+    holds: Holds = field(default_factory=Holds)  # sessions not visited for a while: their visits failed, or were slow
     unvisited: int = 0  # sessions never seen that the last tick left for the next (its new_limit)
     _central: db.Connection | None = None
     _index_loaded: bool = False
@@ -108,10 +105,9 @@ class Sweeper:
                     listed += chunk
                     yield
                 self._sessions = listed
-                if self.held or self.failing:  # (of sessions gone since)
-                    active = set(ids)
-                    self.held = {sid: held for sid, held in self.held.items() if sid in active}
-                    self.failing = {sid: problem for sid, problem in self.failing.items() if sid in active}
+                active = set(ids)  # (what is kept of sessions gone since goes with them)
+                self.holds.keep_only(active)
+                self.failing = {sid: problem for sid, problem in self.failing.items() if sid in active}
             self._central_version = version
         if not self._index_loaded:
             yield from self._load_index()
@@ -184,7 +180,7 @@ class Sweeper:
         dues = [] if first is None else [from_text(first) - ahead if first else datetime.min.replace(tzinfo=UTC)]
         if runners:
             dues += [runners.not_before[sid] for sid in runners.waiting if sid in runners.not_before]
-        dues += [until for until, _ in self.held.values()]  # (a failed visit's session is not in ``seen``)
+        dues += self.holds.ends()  # (a failed visit's session is not in ``seen``)
         return min(dues, default=None)
 
     def _soon(self, now: datetime, runners: Runners) -> list[tuple[str, Session]]:
@@ -238,22 +234,23 @@ class Sweeper:
                     self.unvisited += 1
                     continue
                 new_limit -= 1
-            if session.id in self.held and now < self.held[session.id][0]:
+            if self.holds.holds(session.id, now):
                 continue
             result.sessions_checked += 1
+            started = time.monotonic()
             try:
                 self._sweep_one(session, now, policy, result)
             except Exception as exc:  # one broken session never stops the others
                 self._remember(session.id, None)
                 result.errors += 1
-                self._held(session.id, now)
+                self.holds.failed(session.id, now)
                 # Said once per distinct problem: a session broken for good must not fill the log every sweep.
                 level = logging.DEBUG if self.failing.get(session.id) == str(exc) else logging.WARNING
                 self.failing[session.id] = str(exc)
                 log.log(level, "session %s skipped: %s", session.id, exc,
                         extra={"action": "session_failed", "session": session.id})
             else:
-                self.held.pop(session.id, None)
+                self.holds.went_through(session.id, time.monotonic() - started, now)
                 if self.failing.pop(session.id, None) is not None:
                     log.info("session %s works again", session.id,
                              extra={"action": "session_recovered", "session": session.id})
@@ -262,13 +259,6 @@ class Sweeper:
             result.woken += self.runners.start_waiting(now, self._rules)
             result.woken += self.runners.start_ahead(self._soon(now, self.runners), now, self._rules)
         return result
-
-    def _held(self, session_id: str, now: datetime) -> None:
-        """A session whose visit failed is not visited again for a while, twice as long each time up to
-        ``HELD_MAX_S``: a runner keeping its files locked (see ``_visit``), or anything else it can make fail slowly,
-        never takes more than a few percent of the one sweep thread's time."""
-        pause = min(2 * self.held[session_id][1], HELD_MAX_S) if session_id in self.held else HELD_FIRST_S
-        self.held[session_id] = (now + timedelta(seconds=pause), pause)
 
     def _sweep_one(self, session: Session, now: datetime, policy: Policy, result: SweepResult) -> None:
         runner = self.runners.alive(session, now) if self.runners else None

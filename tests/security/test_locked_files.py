@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,7 +25,8 @@ from kit import RecordingRuntime, World, utc
 from test_forged_journal import RUNNER_UID, SYSTEM_PYTHON
 
 from host.runtimes.workspace import hand_over
-from host.scheduling.sweep import SweepResult
+from host.scheduling import sweep
+from host.scheduling.sweep import Sweeper, SweepResult
 from host.store import db, file_locks, groups, outbox
 from host.store.sessions import Session
 from schemas.times import to_text
@@ -89,13 +91,13 @@ def _stalls_only_its_own_session(two: Two, hold: Callable[[], Iterator[None]]) -
     with contextmanager(hold)():
         first = two.tick(T0 + timedelta(seconds=1))
         assert first.errors == 1 and two.status(two.other, two.later) == "completed"
-        assert two.sweeper.held[hostile] == (T0 + timedelta(seconds=1.5), 0.5)
+        assert two.sweeper.holds.held[hostile] == (T0 + timedelta(seconds=1.5), 0.5)
         assert two.tick(T0 + timedelta(seconds=1.2)).sessions_checked == 1  # only the other: this one is held off
         assert two.tick(T0 + timedelta(seconds=1.5)).errors == 1
-        assert two.sweeper.held[hostile] == (T0 + timedelta(seconds=2.5), 1.0)
+        assert two.sweeper.holds.held[hostile] == (T0 + timedelta(seconds=2.5), 1.0)
         assert two.status(two.hostile, two.task) == "pending"  # nothing half-recorded
     done = two.tick(T0 + timedelta(seconds=2.5))
-    assert done.errors == 0 and hostile not in two.sweeper.held
+    assert done.errors == 0 and hostile not in two.sweeper.holds.held
     assert two.status(two.hostile, two.task) == "completed"
     assert [r["outcome"] for r in two.world.runs(two.world.rows(two.task)[0]["series_id"])] == ["ran"]
 
@@ -194,7 +196,7 @@ def test_requests_that_read_the_runners_claims_again_fail_the_visit_at_once_inst
 
     monkeypatch.setattr(outbox, "read", read_then_lock)
     first = two.tick(T0 + timedelta(seconds=1))
-    assert first.errors == 1 and first.applied == 0 and two.hostile.id in two.sweeper.held
+    assert first.errors == 1 and first.applied == 0 and two.hostile.id in two.sweeper.holds.held
     assert two.status(two.hostile, series) == "pending" and two.world.notices() == []
     runner.execute("ROLLBACK")
     runner.close()
@@ -277,6 +279,33 @@ def test_a_visit_whose_writes_outgrow_sqlites_cache_never_waits_on_the_runners_r
         runner.execute("BEGIN")
         runner.execute("SELECT COUNT(*) FROM messages_in").fetchone()
         held = two.tick(T0 + timedelta(seconds=1))
-        assert held.errors == 1 and two.hostile.id in two.sweeper.held
+        assert held.errors == 1 and two.hostile.id in two.sweeper.holds.held
     done = two.tick(T0 + timedelta(seconds=2))
     assert done.errors == 0 and done.applied == 50
+
+
+def test_a_runner_letting_go_just_before_each_wait_would_end_is_held_off_after_three_slow_visits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Then no visit fails, but each takes up to two bounded waits (found by the attack review). A visit takes about
+    a millisecond: three in a row over 0.1 s hold the session off as a failure does; a quick one ends that."""
+    two = Two(tmp_path)
+    clock = [0.0]
+    monkeypatch.setattr(sweep, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    visit, slow = Sweeper._sweep_one, [True]
+
+    def timed(sweeper: Sweeper, session: Session, *args: Any) -> None:
+        if session.id == two.hostile.id and slow[0]:
+            clock[0] += 0.2  # (two waits its runner ended just in time)
+        visit(sweeper, session, *args)
+
+    monkeypatch.setattr(Sweeper, "_sweep_one", timed)
+    for at in (1, 2):
+        assert two.tick(T0 + timedelta(seconds=at)).errors == 0 and two.sweeper.holds.held == {}
+    assert two.tick(T0 + timedelta(seconds=3)).errors == 0
+    assert two.sweeper.holds.held == {two.hostile.id: (T0 + timedelta(seconds=3.5), 0.5)}
+    assert two.tick(T0 + timedelta(seconds=3.2)).sessions_checked == 1  # the other session only
+    two.tick(T0 + timedelta(seconds=3.5))
+    assert two.sweeper.holds.held == {two.hostile.id: (T0 + timedelta(seconds=4.5), 1.0)}
+    slow[0] = False
+    two.tick(T0 + timedelta(seconds=4.5))
+    assert two.sweeper.holds.held == {} and two.sweeper.holds.slow == {}
