@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from kit import RecordingRuntime, World, utc
 
+from host.runtimes.pool import NOTICE_AFTER
 from host.store import db
 from schemas.times import to_text
 
@@ -75,6 +76,28 @@ def test_failed_starts_back_off_and_notify_once(tmp_path: Path) -> None:
     assert gaps == [1 + delay for delay in (0, 0, 10, 30, 120)]
     notices = [n for n in world.notices() if n["notice"] == "runner_start_failed"]
     assert len(notices) == 1 and notices[0]["trigger"] == 0
+
+
+def test_a_visit_whose_commit_fails_neither_loses_the_notice_nor_counts_what_it_undid(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The notice of failed starts is given once its row is committed: a visit rolled back (here its COMMIT meets a
+    reader of the inbox, with no busy wait) gives it at the next visit; and the clone it made is counted once."""
+    world = World(tmp_path)
+    series = world.schedule(T0 - timedelta(minutes=1), recurrence="0 9 * * *")
+    world.ack(series, "completed", T0, outcome="ran")
+    runtime = RecordingRuntime()
+    sweeper = world.sweeper(runtime)
+    sweeper.runners.failures[world.session.id] = NOTICE_AFTER  # (its starts failed so many times in a row)
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 0)
+    with closing(sqlite3.connect(world.session.folder / "inbound.db", isolation_level=None)) as reader:
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM messages_in").fetchone()
+        failed = sweeper.tick(T0)
+    assert (failed.errors, failed.cloned) == (1, 0) and sweeper.runners.owes_notice(world.session.id)
+    assert world.notices() == []
+    done = sweeper.tick(T0 + timedelta(seconds=1))
+    assert (done.errors, done.cloned) == (0, 1) and not sweeper.runners.owes_notice(world.session.id)
+    assert [n["notice"] for n in world.notices()] == ["runner_start_failed"]
 
 
 def test_a_runtime_that_raises_on_start_backs_off_and_spares_other_sessions(tmp_path: Path) -> None:

@@ -174,15 +174,9 @@ class Runners:
                          extra={"action": "runner_slot_wait", "session": wake.session.id})
 
     def owes_notice(self, session_id: str) -> bool:
-        """Whether ``take_notice`` would be True (without taking it)."""
+        """Whether the session is owed a notice: its starts have failed NOTICE_AFTER times in a row, and none was
+        given in this streak (the sweep adds it to ``noticed`` once it has committed one)."""
         return self.failures.get(session_id, 0) >= NOTICE_AFTER and session_id not in self.noticed
-
-    def take_notice(self, session_id: str) -> bool:
-        """True once per streak, when a session's starts have failed NOTICE_AFTER times in a row."""
-        if not self.owes_notice(session_id):
-            return False
-        self.noticed.add(session_id)
-        return True
 
     def start(self, session: Session, now: datetime, rules: str = "", why: str = "") -> Runner:
         from host.runtimes.proxy.server import SOCKET_NAME  # see TYPE_CHECKING above

@@ -53,6 +53,11 @@ class SweepResult:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def add(self, done: SweepResult) -> None:
+        """What a visit ``done`` (its writes, committed) adds to the sweep's counts."""
+        for name in ("applied", "cloned", "missed", "retried", "failed"):
+            setattr(self, name, getattr(self, name) + getattr(done, name))
+
 
 def advance(steps: Generator[None, None, SweepResult]) -> SweepResult | None:
     """Run ``steps`` (a ``Sweeper.steps`` sweep) to its next pause: None if it paused, its result once it is done."""
@@ -328,26 +333,29 @@ class Sweeper:
             state, same = look.state, None
             if (found.acks or claimed or found.requests or look.recurring or "processing" in open_rows.values()
                     or (self.runners and self.runners.owes_notice(session.id))):
-                # (A visit with nothing of these to do writes nothing: no transaction.)
+                # (A visit with nothing of these to do writes nothing: no transaction.) What it did counts, and its
+                # notice is given, once it is committed.
+                done, notice = SweepResult(result.now), self.runners and self.runners.owes_notice(session.id)
                 with lock.within(wait), db.transaction(conn):
                     synced = acks.sync(conn, now, policy, runner, found, claimed, open_rows)
-                    result.cloned += synced.cloned
-                    result.retried += synced.retried
-                    result.failed += synced.failed
+                    done.cloned, done.retried, done.failed = synced.cloned, synced.retried, synced.failed
                     if found.requests:
-                        result.applied += self._apply(conn, session, found.requests[:limit], now, policy)
+                        done.applied = self._apply(conn, session, found.requests[:limit], now, policy)
                     if look.recurring:
                         for row in task_series.ended_recurring(conn):
-                            result.cloned += recurrence.repair(conn, row, now, policy)
+                            done.cloned += recurrence.repair(conn, row, now, policy)
                         recurrence.replan(conn, now, policy)  # TZ changed since they were planned (nearly never)
                         for row in task_series.due_recurring(conn, now):
-                            result.missed += recurrence.misfire(conn, row, now, policy)
-                    if self.runners and self.runners.take_notice(session.id):
+                            done.missed += recurrence.misfire(conn, row, now, policy)
+                    if notice:
                         inbox.notice(conn, now, "runner_start_failed", "The agent's runner failed to start several "
                                      "times in a row; the host keeps retrying with growing delays.")
                     state = inbox.state(conn, now)  # what this visit leaves, read before others may write again
                     if wait is not None:  # the COMMIT waits for the runner's reads of the inbox
                         conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+                result.add(done)
+                if notice and self.runners:
+                    self.runners.noticed.add(session.id)
             elif (runner is None and quiet is not None and not more and not state.processing
                   and state.due_since is not None and state.due_since <= result.now):
                 same = (result.now, look.recurring_at)  # see Seen.same
