@@ -89,7 +89,7 @@ def apply(conn: db.Connection, folder: Path, rows: list[OutMessage], now: dateti
             if _names_group(row):  # the tool that wrote it tells the agent
                 inbox.record_request(conn, row, now, status, detail)
                 continue
-            text = f"Your {_action(row)} request was rejected: {detail}"
+            text = f"Your {_request(row)} was rejected: {detail}"
             notes[text] = notes.get(text, 0) + 1
         inbox.record_request(conn, row, now, status, detail)
         applied += status == "applied"
@@ -137,8 +137,9 @@ def _names_group(row: OutMessage) -> bool:
         None, "agent") or str(content.get("taskId", "")).startswith(requests.HOST_ID))
 
 
-def _action(row: OutMessage) -> str:
+def _request(row: OutMessage) -> str:
+    """"schedule_task request", or "request" when the row names no action that can be read."""
     try:
-        return str(json.loads(row.content).get("action", "request"))
-    except (ValueError, AttributeError):
+        return f"{json.loads(row.content)['action']} request"
+    except (ValueError, AttributeError, KeyError, TypeError, RecursionError):
         return "request"

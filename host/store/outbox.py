@@ -3,15 +3,17 @@ clearing claims of a runner that is gone (DESIGN §5)."""
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from collections.abc import Iterable
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from host.files import confined
 from host.store import db
+from schemas.requests import MAX_CHARS as REQUEST_CHARS
 from schemas.rows import MODEL_WAIT, MODEL_WAIT_MAX_TEXT, ModelWait
 
 
@@ -66,6 +68,16 @@ class Outbox:
 RUNNER_WAIT_S = 0.25
 
 
+# What a read takes of the rows the runner writes, whatever it wrote: each request's text up to one character past
+# what ``requests.parse`` accepts (it refuses it), each reply's up to REPLY_CHARS (a longer one is answered with a
+# line saying so), at most REPLIES replies a read (the rest at the next: the session stays busy while replies
+# wait), each other text up to TEXT_CHARS (ids, routing), an ack's detail to one past MAX_DETAIL (``acks.detail``).
+REPLY_CHARS, REPLIES, TEXT_CHARS = 1 << 20, 20, 4096
+MAX_DETAIL = 4 << 20  # characters of a runner's ack detail read as JSON (its reason may be long); more is only a reason
+TOO_LONG = json.dumps({"text": f"[The agent's answer was longer than {REPLY_CHARS} characters: not sent.]",
+                       "files": []})
+
+
 class InWal(db.DbError):
     """A live runner's outbound.db in WAL mode, which no runner of this host sets: SQLite's open of it may wait
     about 10 s for read slots its runner holds, whatever the busy timeout."""
@@ -87,19 +99,29 @@ def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, re
         raise InWal(f"{path} is in WAL mode: its runner switched it")
     ids = list(open_ids)
     with closing(db.connect(path, "outbound", query_only=not writable, reading=True, wait_s=wait_s)) as conn:
-        acks = {row["message_id"]: Ack.of(row) for row in _in_chunks(conn, "SELECT * FROM processing_ack WHERE"
-                                                                      " message_id IN ({})", ids)}
+        acks = {row["message_id"]: Ack.of(row) for row in _in_chunks(conn, ACKS, ids)}
         requests = [OutMessage.of(row) for row in conn.execute(  # at most request_limit (-1: all)
-            "SELECT * FROM messages_out WHERE kind = 'system' AND seq > ? ORDER BY seq LIMIT ?",
-            (after_seq, request_limit))]
+            OUT.format(chars=REQUEST_CHARS + 1, kind="system"), (after_seq, request_limit))]
         replies = [OutMessage.of(row) for row in conn.execute(
-            "SELECT * FROM messages_out WHERE kind = 'chat' AND seq > ? ORDER BY seq", (reply_after_seq,))]
+            OUT.format(chars=REPLY_CHARS + 1, kind="chat"), (reply_after_seq, REPLIES))]
+        replies = [r if len(r.content) <= REPLY_CHARS else replace(r, content=TOO_LONG) for r in replies]
         # The tool's timeout only widens a live runner's stuck check: a read for none (``writable``) skips it.
         state = None if writable else conn.execute(
             "SELECT current_tool, tool_timeout_s FROM container_state WHERE id = 1").fetchone()
         db.end_read(conn)
     timeout = float(state["tool_timeout_s"]) if state and state["current_tool"] and state["tool_timeout_s"] else None
     return Outbox(acks, requests, replies, timeout)
+
+
+def _cut(column: str, chars: int = TEXT_CHARS) -> str:
+    return f"substr({column}, 1, {chars}) AS {column}"
+
+
+ACKS = f"SELECT {', '.join(map(_cut, ('message_id', 'status', 'status_changed', 'generation')))}, " \
+       f"{_cut('detail', MAX_DETAIL + 1)} FROM processing_ack WHERE message_id IN ({{}})"
+_ROUTED = ", ".join(map(_cut, ("id", "in_reply_to", "timestamp", "kind", "platform_id", "channel_type", "thread_id")))
+OUT = f"SELECT seq, {_ROUTED}, substr(content, 1, {{chars}}) AS content FROM messages_out WHERE kind = '{{kind}}'" \
+      " AND seq > ? ORDER BY seq LIMIT ?"
 
 
 def _in_wal(path: Path) -> bool:

@@ -265,14 +265,14 @@ def test_a_wal_file_planted_beside_outbound_db_is_refused_by_the_hosts_own(tmp_p
 
 def test_a_visit_whose_writes_outgrow_sqlites_cache_never_waits_on_the_runners_read_before_its_commit(
         tmp_path: Path) -> None:
-    """50 requests with 200 kB prompts make a transaction of 10 MB, more than SQLite's page cache: a page written
+    """50 requests with 60 kB prompts make a transaction of 3 MB, more than SQLite's page cache: a page written
     out before the COMMIT (a cache spill) needs the exclusive lock the runner's open read holds up, with the
     connection's full busy wait, once every few rows (found by the attack review: 40 s for one tick). The inbox's
     connections never spill: the one wait is the COMMIT's, bounded."""
     two = Two(tmp_path)
     for number in range(50):
         two.world.request(T0, {"action": "schedule_task", "taskId": f"task-1779109200000-big{number:03d}",
-                               "prompt": "p" * 200_000, "processAfter": "2027-01-01T00:00:00.000Z"},
+                               "prompt": "p" * 60_000, "processAfter": "2027-01-01T00:00:00.000Z"},
                           session=two.hostile)
     uri = f"file:{two.hostile.folder / 'inbound.db'}?mode=ro"
     with closing(sqlite3.connect(uri, uri=True, isolation_level=None)) as runner:

@@ -1,0 +1,120 @@
+"""Whatever a runner writes into outbound.db, the host reads a bounded part of it: each request's text up to one
+character past what a request may be (then refused with the usual notice), each reply's up to 1 Mi characters
+(a longer one is answered with a line saying so), 20 replies a read (the rest at the next visits, in order), and
+each id or routing text up to 4096 characters. Was: every row read whole, as many as there were."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from kit import World, utc
+
+from host.channels.base import Channels
+from host.channels.delivery import Deliveries
+from host.scheduling.sweep import Sweeper
+from host.store import db, outbox
+from host.store.outbox import OutMessage
+from host.store.sessions import Session
+from schemas.requests import MAX_CHARS
+
+T0 = utc("2026-05-18T13:00:00")
+
+
+class Chat:
+    serves = ("cli",)
+
+    def __init__(self) -> None:
+        self.got: list[str] = []
+
+    async def deliver(self, session: Session, reply: OutMessage, reply_to_seq: int | None) -> bool:
+        self.got.append(json.loads(reply.content)["text"])
+        return True
+
+
+def _write(world: World, rows: list[tuple[str, str, str]]) -> None:
+    """(id, kind, content) rows as the runner writes them, seq 1, 3, 5..."""
+    with closing(world.outbound()) as conn, db.transaction(conn):
+        conn.executemany("INSERT INTO messages_out(id, seq, timestamp, kind, channel_type, content)"
+                         " VALUES (?, ?, '2026-05-18T13:00:00.000Z', ?, 'cli', ?)",
+                         [(mid, 2 * n + 1, kind, content) for n, (mid, kind, content) in enumerate(rows)])
+
+
+@pytest.fixture
+def read_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The length of every row content the host reads from outbound.db."""
+    sizes: list[int] = []
+    made = OutMessage.of
+
+    def of(row: object) -> OutMessage:
+        message = made(row)  # type: ignore[arg-type]
+        sizes.append(len(message.content))
+        return message
+
+    monkeypatch.setattr(OutMessage, "of", of)
+    return sizes
+
+
+def test_a_request_too_long_is_refused_having_been_read_only_so_far(tmp_path: Path, read_sizes: list[int]) -> None:
+    world = World(tmp_path)
+    prompt = "p" * (8 * MAX_CHARS)
+    _write(world, [("msg-1779109200000-000001", "system",
+                    json.dumps({"action": "schedule_task", "taskId": "task-1779109200000-abcdef", "prompt": prompt,
+                                "processAfter": "2026-06-01T00:00:00.000Z"}))])
+    assert world.sweeper().tick(T0).applied == 0
+    assert read_sizes == [MAX_CHARS + 1]
+    [notice] = world.notices()
+    assert notice["text"] == f"Your request was rejected: request longer than {MAX_CHARS} characters"
+
+
+def test_a_reply_too_long_is_answered_with_a_line_saying_so(tmp_path: Path, read_sizes: list[int]) -> None:
+    world = World(tmp_path)
+    _write(world, [("msg-1779109200000-000001", "chat", json.dumps({"text": "x" * (3 << 20), "files": []}))])
+    chat, sweeper = Chat(), world.sweeper()
+    sweeper.deliveries = Deliveries(Channels([chat]), lambda: T0)
+    sweeper.tick(T0)
+    asyncio.run(sweeper.deliveries.drain())
+    assert read_sizes == [outbox.REPLY_CHARS + 1]
+    assert chat.got == [f"[The agent's answer was longer than {outbox.REPLY_CHARS} characters: not sent.]"]
+
+
+def test_replies_are_read_twenty_at_a_time_and_all_go_out_in_order(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    _write(world, [(f"msg-1779109200000-{n:06d}", "chat", json.dumps({"text": f"reply {n}", "files": []}))
+                   for n in range(50)])
+    chat, sweeper = Chat(), world.sweeper()
+    sweeper.deliveries = Deliveries(Channels([chat]), lambda: T0)
+    for sent in (20, 40, 50, 50):
+        sweeper.tick(T0)
+        asyncio.run(sweeper.deliveries.drain())
+        assert chat.got == [f"reply {n}" for n in range(sent)]
+
+
+def test_ids_and_routing_are_read_up_to_4096_characters(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    huge = "x" * 100_000
+    with closing(world.outbound()) as conn, db.transaction(conn):
+        conn.execute("PRAGMA ignore_check_constraints=ON")  # (the runner owns the file: its checks bind nobody)
+        conn.execute("INSERT INTO messages_out(id, seq, timestamp, kind, platform_id, channel_type, thread_id,"
+                     " content) VALUES (?, 1, ?, 'chat', ?, ?, ?, '{}')", (huge, huge, huge, huge, huge))
+        conn.execute("INSERT INTO processing_ack(message_id, status, status_changed, detail, generation)"
+                     " VALUES ('msg-1', ?, ?, ?, ?)", (huge, huge, huge, huge))
+    found = outbox.read(world.session.folder / "outbound.db", ["msg-1"], 0, writable=False)
+    [reply], ack = found.replies, found.acks["msg-1"]
+    assert {len(v) for v in (reply.id, reply.timestamp, reply.platform_id, reply.channel_type, reply.thread_id,
+                             ack.status, ack.status_changed, ack.generation)} == {outbox.TEXT_CHARS}
+    assert ack.detail == huge  # (an ack's detail has a limit of its own: acks.detail)
+
+
+def test_what_is_kept_of_a_sweep_reading_them_all(tmp_path: Path) -> None:
+    """(The sweep's own path: a runner's 50 long requests cost 50 refusals and bounded reads.)"""
+    world = World(tmp_path)
+    long = json.dumps({"action": "pause_task", "taskId": "task-1779109200000-abcdef", "x": "y" * (2 * MAX_CHARS)})
+    _write(world, [(f"msg-1779109200000-{n:06d}", "system", long) for n in range(50)])
+    sweeper: Sweeper = world.sweeper()
+    assert sweeper.tick(T0).applied == 0
+    [notice] = world.notices()
+    assert notice["text"].endswith(f"request longer than {MAX_CHARS} characters (50 such requests)")
