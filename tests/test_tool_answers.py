@@ -64,3 +64,13 @@ def test_the_hosts_rejection_of_a_repeated_pause_says_already_paused(world: Worl
     assert world.sweeper().tick(NOW).applied == 1
     [notice] = world.notices()
     assert notice["text"] == f"Your pause_task request was rejected: task {task} is already paused"
+
+
+def test_a_request_longer_than_the_host_reads_is_refused_by_the_tool(tools: Tools) -> None:
+    """The host refuses a request over ``requests.MAX_CHARS`` (tests/security/test_outbound_bounds.py): the tool
+    says so at once."""
+    with pytest.raises(ToolError, match=r"^the request is \d+ characters long, over the 65536 a request may be: "
+                                        r"shorten the prompt or the script$"):
+        tools.call("schedule_task", {"prompt": "p" * 70_000, "processAfter": "2026-06-11T09:30:15"})
+    assert tools.call("schedule_task", {"prompt": "p" * 60_000, "processAfter": "2026-06-11T09:30:15"}).startswith(
+        "Task scheduled")
