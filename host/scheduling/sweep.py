@@ -352,7 +352,7 @@ class Sweeper:
                                      "times in a row; the host keeps retrying with growing delays.")
                     state = inbox.state(conn, now)  # what this visit leaves, read before others may write again
                     if wait is not None:  # the COMMIT waits for the runner's reads of the inbox
-                        conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+                        db.wait_at_most(conn, wait)
                 result.add(done)
                 if notice and self.runners:
                     self.runners.noticed.add(session.id)

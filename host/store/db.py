@@ -279,6 +279,11 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
     return conn
 
 
+def wait_at_most(conn: sqlite3.Connection, seconds: float) -> None:
+    """The connection's busy timeout from now on (another's lock is waited for at most ``seconds``)."""
+    conn.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+
+
 def end_read(conn: sqlite3.Connection) -> None:
     """End the read transaction a ``reading`` connection came in (if it is still open); its writes after it sync as
     a session file's (a write inside it would sync as SQLite's default, FULL: as durably, once more)."""

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from host.store.db import connect
+from host.store import db
 
 
 class Pool:
@@ -27,7 +27,7 @@ class Pool:
         with self._lock:
             conn = self._idle.pop() if self._idle else None
         if conn is None:
-            conn = connect(self.path, "central", any_thread=True)
+            conn = db.connect(self.path, "central", any_thread=True)
         try:
             yield conn
         finally:
