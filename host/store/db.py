@@ -252,6 +252,12 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
         lock.refuse_missing_central(path.parent)
     conn = _raw(path, readonly=False, any_thread=any_thread, wait_s=wait_s)
     try:
+        if kind == "outbound":
+            # Its runner writes it, and may put it in WAL mode between any check and this open: a connection in
+            # EXCLUSIVE locking mode reads a WAL file without the shared-memory read slots (outbound.db-shm) the
+            # runner could hold, on which SQLite would retry for about 10 s whatever the busy timeout. It keeps its
+            # lock until it is closed, as soon as its reads are done.
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
         found = _version_and_mode(conn, kind, path, keep=reading)
         if kind != "central" and not reading:  # (a reading connection's is set as its read ends: ``end_read``)
             _sync_as_session(conn)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
@@ -309,3 +310,36 @@ def test_a_runner_letting_go_just_before_each_wait_would_end_is_held_off_after_t
     slow[0] = False
     two.tick(T0 + timedelta(seconds=4.5))
     assert two.sweeper.holds.held == {} and two.sweeper.holds.slow == {}
+
+
+SHM_HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 5, 123, 0)  # every WAL read slot
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_wal_header_written_after_the_check_costs_no_wait_on_the_read_slots(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner owns outbound.db: it can flip its header to WAL right after the host's check (found by the second
+    attack review, with inotify), holding the read slots of outbound.db-shm, on which SQLite's open retried for
+    about 10 s and failed. The host's connections to outbound.db use EXCLUSIVE locking mode, which reads a WAL file
+    without those slots."""
+    two = Two(tmp_path)
+    monkeypatch.setattr(outbox, "_in_wal", lambda path: False)  # (the check saw the header before the flip)
+    with open(two.outbound, "r+b") as out:
+        out.seek(18)
+        out.write(b"\x02\x02")
+    holder = subprocess.Popen([sys.executable, "-c", SHM_HOLDER, f"{two.outbound}-shm"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        result = two.tick(T0 + timedelta(seconds=1))
+    finally:
+        holder.kill()
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+    assert result.errors == 0 and two.status(two.hostile, two.task) == "completed", two.sweeper.failing
