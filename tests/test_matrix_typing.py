@@ -122,9 +122,14 @@ def test_a_message_and_the_typing_renewal_do_their_sqlite_work_off_the_hosts_loo
     asyncio.run(channel.renew_typing())
     loop_thread = threading.current_thread().name  # asyncio.run runs the loop in this thread
     assert set(threads) >= {"central.db", "inbound.db"} and all(loop_thread not in t for t in threads.values()), threads
-    [row] = world.rows(session=sessions.by_thread(world.central, world.settings, "ag-talk",
-                                                  f"matrix:{BOT}/{ROOM}/$t1"))
+    session = sessions.by_thread(world.central, world.settings, "ag-talk", f"matrix:{BOT}/{ROOM}/$t1")
+    [row] = world.rows(session=session)
     assert json.loads(row["content"])["text"] == "think hard"
+    threads.clear()  # an answer's send asks whether the room's sessions still work, off the loop too
+    reply = OutMessage("msg-1-t1", 1, None, "2026-01-01T00:00:00Z", "chat", ROOM, f"matrix:{BOT}", "$t1",
+                       json.dumps({"text": "done"}))
+    assert session is not None and asyncio.run(channel.deliver(session, reply, None)) is True
+    assert set(threads) == {"inbound.db"} and loop_thread not in threads["inbound.db"], threads
 
 
 def test_typing_stays_on_while_the_answer_is_on_its_way_and_a_renewal_never_restarts_what_an_answer_ended(

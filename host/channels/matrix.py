@@ -288,8 +288,11 @@ class MatrixChannel:
         for number, part in enumerate(parts):
             await self._send(room_id, wire.in_thread(part, reply.thread_id), wire.txn_id(reply.id, number))
         await self._stall("after_send")
-        if room_id in self.typing and not self._working(self.typing[room_id], clock.now()):
-            await self._stop_typing(room_id)
+        if (typing := self.typing.get(room_id)) is not None:
+            since = typing.since  # (a message that comes meanwhile starts a turn of its own: typing goes on)
+            if not await asyncio.to_thread(self._working, typing, clock.now()) and self.typing.get(room_id) is typing \
+                    and typing.since == since:
+                await self._stop_typing(room_id)
         return True
 
     # --- typing ----------------------------------------------------------------------------------------------

@@ -312,7 +312,8 @@ class Sweeper:
         lock, wait = db.lock_of(folder / "inbound.db"), None if runner is None else outbox.RUNNER_WAIT_S
         with logs.visiting(session.id), ExitStack() as stack:
             with lock.within(wait):
-                conn = stack.enter_context(closing(db.connect(folder / "inbound.db", "inbound", reading=True)))
+                conn = stack.enter_context(closing(db.connect(folder / "inbound.db", "inbound", reading=True,
+                                                              wait_s=wait)))
                 look = inbox.look(conn, now, policy.zone.key)
                 open_rows = look.open_rows
                 unread = runner is None and quiet is not None and quiet.issuperset(open_rows)

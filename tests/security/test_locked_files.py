@@ -96,7 +96,7 @@ def _stalls_only_its_own_session(two: Two, hold: Callable[[], Iterator[None]]) -
         assert two.tick(T0 + timedelta(seconds=1.2)).sessions_checked == 1  # only the other: this one is held off
         assert two.tick(T0 + timedelta(seconds=1.5)).errors == 1
         assert two.sweeper.holds.held[hostile] == (T0 + timedelta(seconds=2.5), 1.0)
-        assert two.status(two.hostile, two.task) == "pending"  # nothing half-recorded
+    assert two.status(two.hostile, two.task) == "pending"  # nothing half-recorded
     done = two.tick(T0 + timedelta(seconds=2.5))
     assert done.errors == 0 and hostile not in two.sweeper.holds.held
     assert two.status(two.hostile, two.task) == "completed"
@@ -124,6 +124,20 @@ def test_a_runner_keeping_a_read_of_its_inbox_open_holds_up_only_its_own_session
         with closing(sqlite3.connect(uri, uri=True, isolation_level=None)) as runner:
             runner.execute("BEGIN")
             runner.execute("SELECT COUNT(*) FROM messages_in").fetchone()
+            yield
+
+    _stalls_only_its_own_session(two, hold)
+
+
+def test_a_writer_of_its_inbox_that_takes_no_in_process_lock_holds_up_only_that_session(tmp_path: Path) -> None:
+    """The model proxy's notices, mail arrivals, alerts and cross-group requests write an inbox without the
+    session's in-process lock: one stuck in its COMMIT's busy wait on the runner's read holds the file's PENDING
+    lock, which the visit's read of the inbox waits on (found by the second attack review: 5 s a visit)."""
+    two = Two(tmp_path)
+
+    def hold() -> Iterator[None]:
+        with closing(sqlite3.connect(two.hostile.folder / "inbound.db", isolation_level=None)) as writer:
+            writer.execute("BEGIN EXCLUSIVE")
             yield
 
     _stalls_only_its_own_session(two, hold)
