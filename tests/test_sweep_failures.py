@@ -10,6 +10,8 @@ import time
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from kit import RecordingRuntime, World, utc
@@ -221,6 +223,7 @@ def test_a_failing_session_is_held_off_for_longer_each_time_and_the_loop_comes_b
     assert sweeper.tick(T0).errors == 1
     assert sweeper.holds.held[broken.id] == (T0 + timedelta(seconds=0.5), 0.5)
     assert sweeper.earliest_due() == T0 + timedelta(seconds=0.5)  # (nothing else is due)
+    assert broken.id in sweeper.hot(T0)  # a partial tick then looks at it (else a past end woke the loop for ever)
     assert sweeper.tick(T0 + timedelta(seconds=0.4)).sessions_checked == 1  # the other session only
     for at, pause in [(0.5, 1.0), (1.5, 2.0), (3.5, 4.0), (7.5, 8.0), (15.5, 8.0)]:
         assert sweeper.tick(T0 + timedelta(seconds=at)).errors == 1
@@ -233,6 +236,26 @@ def test_a_failing_session_is_held_off_for_longer_each_time_and_the_loop_comes_b
         central.execute("UPDATE sessions SET status = 'closed' WHERE id = ?", (broken.id,))
     assert sweeper.tick(T0 + timedelta(seconds=30)).errors == 0
     assert sweeper.holds.held == {} and sweeper.failing == {}
+
+
+def test_slow_visits_hold_off_only_a_session_whose_runner_is_alive(world: World,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slowness is held against a live runner only (one may let go of its files just before each wait ends): a
+    session with none is slow only by the host's own work (a disk stall), and its next arrival must not wait."""
+    clock = [0.0]
+    monkeypatch.setattr(sweep, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    visit = sweep.Sweeper._sweep_one
+
+    def slow(sweeper: sweep.Sweeper, *args: Any) -> None:
+        clock[0] += 1.0
+        visit(sweeper, *args)
+
+    monkeypatch.setattr(sweep.Sweeper, "_sweep_one", slow)
+    world.schedule(T0, at=to_text(T0 + timedelta(days=1)))
+    sweeper = world.sweeper()
+    for n in range(5):
+        assert sweeper.tick(T0 + timedelta(seconds=n)).sessions_checked == 1
+    assert sweeper.holds.held == {} and sweeper.holds.slow == {}
 
 
 def test_deleted_session_folder_does_not_stop_the_sweep(world: World) -> None:

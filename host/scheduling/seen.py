@@ -60,8 +60,8 @@ class Seen:
 # A session whose visit failed (say on files its live runner held locked, each wait bounded by
 # ``outbox.RUNNER_WAIT_S``) is not visited again for HELD_FIRST_S, doubling up to HELD_MAX_S while that goes on.
 HELD_FIRST_S, HELD_MAX_S = 0.5, 8.0
-# So is one whose visits took longer than SLOW_VISIT_S this many times in a row (a runner that lets go of its files
-# just before each wait would end: none fails, each is slow). A visit takes about a millisecond.
+# So is one with a live runner whose visits took longer than SLOW_VISIT_S this many times in a row (a runner that
+# lets go of its files just before each wait would end: none fails, each is slow). A visit takes about a millisecond.
 SLOW_VISIT_S, SLOW_VISITS = 0.1, 3
 
 

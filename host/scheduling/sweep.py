@@ -206,6 +206,7 @@ class Sweeper:
         Anything else can only change by a write from outside, which nudges, or at the next full sweep."""
         due_by = to_text(now)
         found = {sid for sid, s in self.seen.items() if s.busy or (s.next_due is not None and s.next_due <= due_by)}
+        found |= self.holds.held.keys()  # (the loop comes back when a hold ends: see ``earliest_due``)
         if self.runners:
             found |= {*self.runners.live, *self.runners.waiting}
         return found
@@ -255,7 +256,8 @@ class Sweeper:
                 log.log(level, "session %s skipped: %s", session.id, exc,
                         extra={"action": "session_failed", "session": session.id})
             else:
-                self.holds.went_through(session.id, time.monotonic() - started, now)
+                live = self.runners is not None and session.id in self.runners.live
+                self.holds.went_through(session.id, time.monotonic() - started if live else 0.0, now)
                 if self.failing.pop(session.id, None) is not None:
                     log.info("session %s works again", session.id,
                              extra={"action": "session_recovered", "session": session.id})
