@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime
-from pathlib import Path
 
 from host.scheduling import cross_group, host_tasks, tasks
 from host.scheduling.recurrence import Policy
-from host.store import db, inbox, outbox
+from host.store import db, inbox
 from host.store.db import transaction
 from host.store.outbox import OutMessage
 from host.store.task_ids import TaskIds
@@ -26,9 +25,10 @@ def _routing(conn: db.Connection, in_reply_to: str | None) -> dict[str, str | No
 
 
 def _apply(conn: db.Connection, request: requests.ScheduleTask | requests.UpdateTask | requests.ControlTask,
-           in_reply_to: str | None, now: datetime, policy: Policy, folder: Path,
-           registry: TaskIds | None) -> str | None:
-    """Apply one request; returns a note for the agent when the host changed something it asked for."""
+           in_reply_to: str | None, now: datetime, policy: Policy, registry: TaskIds | None) -> str | None:
+    """Apply one request; returns a note for the agent when the host changed something it asked for. The runner's
+    claims are not read again (``folder=None``): the visit applying it copied them into the inbox just before, and
+    its runner may keep the file locked."""
     match request:
         case requests.ScheduleTask():
             stored = tasks.schedule(conn, now, policy, request.task_id, request.prompt, request.process_after,
@@ -40,13 +40,13 @@ def _apply(conn: db.Connection, request: requests.ScheduleTask | requests.Update
                         f"{stored}: use that id to update, pause, resume or cancel it.")
         case requests.UpdateTask():
             tasks.update(conn, request.task_id, now, policy, request.prompt, request.process_after,
-                         request.recurrence, request.script, until=request.until, count=request.count, folder=folder)
+                         request.recurrence, request.script, until=request.until, count=request.count, folder=None)
         case requests.ControlTask(action="pause_task"):
-            _must(conn, tasks.pause(conn, request.task_id, now, policy, folder=folder), request, "paused")
+            _must(conn, tasks.pause(conn, request.task_id, now, policy, folder=None), request, "paused")
         case requests.ControlTask(action="resume_task"):
             _must(conn, tasks.resume(conn, request.task_id, now, policy), request, "resumed")
         case requests.ControlTask():
-            _must(conn, tasks.cancel(conn, request.task_id, now, folder=folder), request, "cancelled")
+            _must(conn, tasks.cancel(conn, request.task_id, now, folder=None), request, "cancelled")
     return None
 
 
@@ -55,10 +55,10 @@ def _must(conn: db.Connection, changed: int, request: requests.ControlTask, verb
         raise tasks.unchanged(conn, request.task_id, verb)
 
 
-def apply(conn: db.Connection, folder: Path, rows: list[OutMessage], now: datetime, policy: Policy,
+def apply(conn: db.Connection, rows: list[OutMessage], now: datetime, policy: Policy,
           registry: TaskIds | None = None, reach: cross_group.Reach | None = None) -> int:
-    """Apply ``messages_out`` system rows in order inside the caller's transaction (the inbox of the session in
-    ``folder``); returns how many were applied.
+    """Apply ``messages_out`` system rows in order inside the caller's transaction (a sweep's visit of the session
+    whose inbox ``conn`` is); returns how many were applied.
     A rejected one gets a notice saying why; identical notices of one batch are sent once, with their count, so a
     flood of refused requests does not become a flood of notices. A request naming a group (``reach``: what it may
     reach) is answered in its ``delivered`` row instead, which the runner's tool waits for."""
@@ -79,12 +79,12 @@ def apply(conn: db.Connection, folder: Path, rows: list[OutMessage], now: dateti
                     note = None
                 else:
                     assert isinstance(request, requests.ScheduleTask | requests.UpdateTask | requests.ControlTask)
-                    note = _apply(conn, request, row.in_reply_to, now, policy, folder, registry)
+                    note = _apply(conn, request, row.in_reply_to, now, policy, registry)
             if note:
                 inbox.notice(conn, now, "task_id_replaced", note)
         except Exception as exc:  # any failure of one request rejects it with a notice; it must never wedge the session
-            if _held(exc) and not _names_group(row):
-                raise  # the session's own runner holds its outbound.db: the visit fails, and is done again later
+            if db.is_busy(exc) and not _names_group(row):
+                raise  # a file held locked is no fault of the request: the visit fails, and is done again later
             status, detail = "rejected", str(exc)
             if _names_group(row):  # the tool that wrote it tells the agent
                 inbox.record_request(conn, row, now, status, detail)
@@ -120,11 +120,6 @@ def _for_host(reach: cross_group.Reach | None, request: requests.HostRequest, ou
         raise requests.RequestError(f"more than {MAX_FOR_GROUPS} requests naming a group or a host task at once; "
                                     "ask again")
     return host_tasks.answer(reach, request, out_id, now)
-
-
-def _held(exc: Exception) -> bool:
-    """Whether a read of a runner's claims (``tasks``) failed on its file: held locked, or switched to WAL."""
-    return db.is_busy(exc) or isinstance(exc, outbox.InWal)
 
 
 def _names_group(row: OutMessage) -> bool:

@@ -125,7 +125,7 @@ class Sweeper:
         registry = TaskIds(self._central, session.agent_group_id, session.id)
         reach = cross_group.Reach(self._central, self.settings, session)
         with db.transaction(self._central):
-            applied = actions.apply(conn, session.folder, requests, now, policy, registry, reach)
+            applied = actions.apply(conn, requests, now, policy, registry, reach)
         for other in reach.touched:  # a request changed its inbox: the next tick (or this one) visits it
             self.seen.pop(other, None)
         return applied

@@ -1,6 +1,7 @@
 """Task control (DESIGN §6.4–6.6): schedule, pause, resume, cancel, update, run-now — by series id or any
 occurrence id, touching only live rows. Each function runs in one transaction of the session's inbox; pause,
-cancel and update are also given the session's ``folder``, whose outbound.db holds claims no sweep has copied in."""
+cancel and update are also given the session's ``folder``, whose outbound.db holds claims no sweep has copied in
+(None from a sweep's own visit, which has)."""
 
 from __future__ import annotations
 
@@ -108,11 +109,14 @@ def _check_room(conn: db.Connection, policy: Policy) -> None:
                        f"{policy.max_tasks_per_session}); cancel one first")
 
 
-def _live(conn: db.Connection, folder: Path, series_id: str) -> list[InMessage]:
+def _live(conn: db.Connection, folder: Path | None, series_id: str) -> list[InMessage]:
     """The series' live rows, with a runner's claim (in the session ``folder``'s outbound.db) that no sweep has
     copied in yet counted as running: a row the runner already works on must be treated as running, never paused
-    or cancelled as if it waited."""
+    or cancelled as if it waited. ``folder`` None: the claims are in the inbox already (a sweep's visit of the
+    session copied them in, in this transaction)."""
     rows = task_series.live(conn, series_id)
+    if folder is None:
+        return rows
     waiting = [r.id for r in rows if r.status == "pending"]
     running = outbox.claimed(folder / "outbound.db", waiting)
     if not running:
@@ -121,7 +125,7 @@ def _live(conn: db.Connection, folder: Path, series_id: str) -> list[InMessage]:
     return task_series.live(conn, series_id)
 
 
-def pause(conn: db.Connection, ref: str, now: datetime, policy: Policy, *, folder: Path) -> int:
+def pause(conn: db.Connection, ref: str, now: datetime, policy: Policy, *, folder: Path | None) -> int:
     """pending -> paused. A running occurrence finishes; the series' next one is created paused now."""
     with transaction(conn):
         series_id = _series(conn, ref)
@@ -135,7 +139,7 @@ def pause(conn: db.Connection, ref: str, now: datetime, policy: Policy, *, folde
     return changed
 
 
-def pause_all(conn: db.Connection, now: datetime, policy: Policy, *, folder: Path) -> int:
+def pause_all(conn: db.Connection, now: datetime, policy: Policy, *, folder: Path | None) -> int:
     """Pause every live series of the inbox (its group is going away); returns how many series."""
     return sum(1 for s in task_series.live_ids(conn) if pause(conn, s, now, policy, folder=folder))
 
@@ -152,7 +156,7 @@ def resume(conn: db.Connection, ref: str, now: datetime, policy: Policy) -> int:
     return len(paused)
 
 
-def cancel(conn: db.Connection, ref: str, now: datetime, *, folder: Path) -> int:
+def cancel(conn: db.Connection, ref: str, now: datetime, *, folder: Path | None) -> int:
     """Live rows end (completed, recurrence cleared) with one ``cancelled`` run; a running one finishes."""
     with transaction(conn):
         series_id = _series(conn, ref)
@@ -183,7 +187,7 @@ def unchanged(conn: db.Connection, ref: str, verb: str) -> NclError:
 def update(conn: db.Connection, ref: str, now: datetime, policy: Policy, prompt: str | None = None,
            process_after: str | None = None, recurrence_expr: str | None = None, script: str | None = None,
            enforce_interval: bool = True, until: str | None = None, count: int | str | None = None, *,
-           folder: Path) -> int:
+           folder: Path | None) -> int:
     """Change live rows: content keys are merged (unknown ones kept); ``""`` clears recurrence, script, until or
     count. A new recurrence without a new time recomputes the next run from now. ``count`` is the runs left from
     the next one to start (so a running occurrence, which uses one as it ends, stores one more)."""
