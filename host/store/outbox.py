@@ -3,6 +3,7 @@ clearing claims of a runner that is gone (DESIGN §5)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -73,14 +74,15 @@ RUNNER_WAIT_S = 0.25
 # line saying so), at most REPLIES replies a read (the rest at the next: the session stays busy while replies
 # wait), each other text up to TEXT_CHARS (ids, routing), an ack's detail to one past MAX_DETAIL (``acks.detail``).
 REPLY_CHARS, REPLIES, TEXT_CHARS = 1 << 20, 20, 4096
-MAX_DETAIL = 4 << 20  # characters of a runner's ack detail read as JSON (its reason may be long); more is only a reason
+MAX_DETAIL = 64 << 10  # characters of a finished ack's detail read as JSON; more is only a reason (a claim's: none)
 TOO_LONG = json.dumps({"text": f"[The agent's answer was longer than {REPLY_CHARS} characters: not sent.]",
                        "files": []})
 
 
-class InWal(db.DbError):
-    """A live runner's outbound.db in WAL mode, which no runner of this host sets: SQLite's open of it may wait
-    about 10 s for read slots its runner holds, whatever the busy timeout."""
+class Tampered(db.DbError):
+    """A live runner's outbound.db as no runner of this host leaves it: in WAL mode (SQLite's open of it could wait
+    about 10 s for read slots its runner holds, whatever the busy timeout), or beside a journal larger than any of
+    its transactions could write (a hot one is rolled back at each open: a runner could plant gigabytes)."""
 
 
 def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, reply_after_seq: int = 0,
@@ -89,14 +91,14 @@ def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, re
     ``reply_after_seq``, the running tool's timeout (not ``writable``: only while a runner is alive).
 
     ``writable`` (only when no runner is alive) may write; otherwise the file is opened query-only (read-write at
-    the file level, so a FIFO swapped in cannot block the sweep, see ``db.connect``), and never in WAL mode
-    (``InWal``). Either rolls back a hot journal a killed runner left, which a read-only connection could not read
+    the file level, so a FIFO swapped in cannot block the sweep, see ``db.connect``), and never ``Tampered``.
+    Either rolls back a hot journal a killed runner left, which a read-only connection could not read
     past. ``wait_s``: the busy timeout, if not the default (``db.connect``).
     """
     if not path.exists():
         return Outbox()
-    if not writable and _in_wal(path):
-        raise InWal(f"{path} is in WAL mode: its runner switched it")
+    if not writable:
+        _refuse_tampered(path)
     ids = list(open_ids)
     with closing(db.connect(path, "outbound", query_only=not writable, reading=True, wait_s=wait_s)) as conn:
         acks = {row["message_id"]: Ack.of(row) for row in _in_chunks(conn, ACKS, ids)}
@@ -117,26 +119,35 @@ def _cut(column: str, chars: int = TEXT_CHARS) -> str:
     return f"substr({column}, 1, {chars}) AS {column}"
 
 
-ACKS = f"SELECT {', '.join(map(_cut, ('message_id', 'status', 'status_changed', 'generation')))}, " \
-       f"{_cut('detail', MAX_DETAIL + 1)} FROM processing_ack WHERE message_id IN ({{}})"
+ACKS = f"SELECT {', '.join(map(_cut, ('message_id', 'status', 'status_changed', 'generation')))}, CASE WHEN " \
+       f"status = 'processing' THEN NULL ELSE substr(detail, 1, {MAX_DETAIL + 1}) END AS detail FROM processing_ack" \
+       " WHERE message_id IN ({})"
 _ROUTED = ", ".join(map(_cut, ("id", "in_reply_to", "timestamp", "kind", "platform_id", "channel_type", "thread_id")))
 OUT = f"SELECT seq, {_ROUTED}, substr(content, 1, {{chars}}) AS content FROM messages_out WHERE kind = '{{kind}}'" \
       " AND seq > ? ORDER BY seq LIMIT ?"
 
 
-def _in_wal(path: Path) -> bool:
-    """Whether the file's header says WAL (bytes 18 and 19, SQLite's file format versions, are 2; 1 is a rollback
-    journal's), read as any file the runner writes: below its folder, no link followed, never blocking."""
+def _refuse_tampered(path: Path) -> None:
+    """``Tampered`` if the file's header says WAL (bytes 18 and 19, SQLite's file format versions, are 2; 1 is a
+    rollback journal's), read as any file the runner writes (below its folder, no link followed, never blocking), or
+    if its journal is larger than twice the file and a MiB: one transaction's journal holds at most the pages it
+    changed as they were."""
     try:
         fd = confined.open_beneath(path.parent, path.name)
     except (confined.Refused, OSError):
-        return False  # (the open that follows refuses it, as before)
+        return  # (the open that follows refuses it, as before)
     try:
-        return os.pread(fd, 2, 18) == b"\x02\x02"
+        size, wal = os.fstat(fd).st_size, os.pread(fd, 2, 18) == b"\x02\x02"
     except OSError:
-        return False
+        return
     finally:
         os.close(fd)
+    if wal:
+        raise Tampered(f"{path} is in WAL mode: its runner switched it")
+    with contextlib.suppress(OSError):
+        journal = os.stat(f"{path}-journal", follow_symlinks=False).st_size
+        if journal > 2 * size + (1 << 20):
+            raise Tampered(f"{path}-journal holds {journal} bytes beside a file of {size}: its runner planted it")
 
 
 def _in_chunks(conn: db.Connection, sql: str, ids: list[str], size: int = 500) -> list[sqlite3.Row]:
@@ -160,11 +171,10 @@ def clear_claims(path: Path, message_ids: list[str]) -> None:
 def claimed(path: Path, message_ids: list[str]) -> set[str]:
     """Which of these rows a runner has claimed (a claim the sweep may not have copied into the inbox yet). The
     runner may be alive: its file is waited for at most ``RUNNER_WAIT_S``, then this fails busy (``db.is_busy``),
-    and one in WAL mode is refused (``InWal``)."""
+    and one ``Tampered`` is refused."""
     if not message_ids or not path.exists():
         return set()
-    if _in_wal(path):
-        raise InWal(f"{path} is in WAL mode: its runner switched it")
+    _refuse_tampered(path)
     with closing(db.connect(path, "outbound", query_only=True, wait_s=RUNNER_WAIT_S)) as conn:
         return {r[0] for r in _in_chunks(conn, "SELECT message_id FROM processing_ack WHERE status = 'processing'"
                                                 " AND message_id IN ({})", message_ids)}

@@ -183,8 +183,7 @@ def test_a_runner_that_switches_its_outbound_db_to_wal_is_killed_before_the_host
         assert first.errors == 1 and two.status(two.other, two.later) == "completed"
         assert two.runtime.stopped == [two.hostile.id]
         assert [r.message for r in caplog.records if getattr(r, "action", None) == "runner_killed"] == [
-            f"killing the runner of {two.hostile.id}: {two.outbound} is in WAL mode: its runner switched it, "
-            "which no runner does"]
+            f"killing the runner of {two.hostile.id}: {two.outbound} is in WAL mode: its runner switched it"]
     assert two.tick(T0 + timedelta(seconds=2)).errors == 0  # (a killed runner's locks die with it)
     assert two.status(two.hostile, two.task) == "completed"
     assert two.outbound.read_bytes()[18:20] == b"\x01\x01"  # a rollback journal again
@@ -336,7 +335,7 @@ def test_a_wal_header_written_after_the_check_costs_no_wait_on_the_read_slots(
     about 10 s and failed. The host's connections to outbound.db use EXCLUSIVE locking mode, which reads a WAL file
     without those slots."""
     two = Two(tmp_path)
-    monkeypatch.setattr(outbox, "_in_wal", lambda path: False)  # (the check saw the header before the flip)
+    monkeypatch.setattr(outbox, "_refuse_tampered", lambda path: None)  # (the check saw the header before the flip)
     with open(two.outbound, "r+b") as out:
         out.seek(18)
         out.write(b"\x02\x02")
@@ -351,3 +350,19 @@ def test_a_wal_header_written_after_the_check_costs_no_wait_on_the_read_slots(
         assert holder.stdout is not None
         holder.stdout.close()
     assert result.errors == 0 and two.status(two.hostile, two.task) == "completed", two.sweeper.failing
+
+
+def test_a_runner_that_plants_a_huge_journal_is_killed_before_the_host_rolls_it_back(tmp_path: Path) -> None:
+    """A hot journal is rolled back at the next open, however large: a runner re-linking a 2 GiB one after each
+    visit made every visit of its session take seconds (second attack review). One transaction's journal holds at
+    most the pages it changed; one larger than twice the file and a MiB is the runner's doing."""
+    two = Two(tmp_path)
+    journal = Path(f"{two.outbound}-journal")
+    with open(journal, "wb") as planted:
+        planted.truncate(2 * two.outbound.stat().st_size + (1 << 20) + 1)  # (sparse: no disk)
+    first = two.tick(T0 + timedelta(seconds=1))
+    assert first.errors == 1 and two.runtime.stopped == [two.hostile.id]
+    assert journal.stat().st_size > 1 << 20  # not rolled back while its runner lived
+    journal.unlink()  # (its runner's doing; the next visit would roll it back once, the runner gone)
+    assert two.tick(T0 + timedelta(seconds=2)).errors == 0
+    assert two.status(two.hostile, two.task) == "completed"
