@@ -64,7 +64,7 @@ class Host:
         self._next_full = self._next_live = self._woken_at = datetime.min.replace(tzinfo=UTC)
         self._started_at: datetime | None = self.clock.now()  # until every session has been seen once
         self.channels = registry.channels(self.settings)
-        self.deliveries = Deliveries(self.channels, self.clock.now, self.settings.central_db)
+        self.deliveries = Deliveries(self.channels, self.clock.now, self.settings.central_db, drained=self.arrived)
         self.proxy = CredentialProxy(self.settings)
         self.runners = Runners(self.runtime, self.settings, self.proxy)
         self.sweeper = Sweeper(self.settings, self.runners, self.deliveries)

@@ -47,6 +47,9 @@ class Deliveries:
     handed: asyncio.Event = field(default_factory=asyncio.Event)
     settled: set[str] = field(default_factory=set)  # replies recorded since the sweep began
     loop: asyncio.AbstractEventLoop | None = None  # the loop that sends them, if sweeps hand from another thread
+    # Told each session whose handed replies are all settled: a visit hands at most ``outbox.REPLIES``, and the
+    # rest wait for the next look at the session (the host sweeps it at once: ``Host.arrived``).
+    drained: Callable[[str], None] | None = None
 
     def sweep_begins(self) -> None:
         """A sweep's visits read each session's replies after what its inbox records as settled: only a reply
@@ -110,6 +113,8 @@ class Deliveries:
             queue.replies.clear()
             del self.queues[queue.session.id]
             self.channels.replying.discard(queue.session.folder)
+            if self.drained:
+                self.drained(queue.session.id)
 
     async def _send(self, session: Session, reply: OutMessage) -> bool | None:
         channel = self.channels.route(reply.channel_type)

@@ -12,10 +12,11 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from kit import World, utc
+from kit import FakeClock, RecordingRuntime, World, utc
 
 from host.channels.base import Channels
 from host.channels.delivery import Deliveries
+from host.loop import Host
 from host.scheduling.sweep import Sweeper
 from host.store import db, outbox
 from host.store.outbox import OutMessage
@@ -123,3 +124,26 @@ def test_what_is_kept_of_a_sweep_reading_them_all(tmp_path: Path) -> None:
     assert sweeper.tick(T0).applied == 0
     [notice] = world.notices()
     assert notice["text"].endswith(f"request longer than {MAX_CHARS} characters (50 such requests)")
+
+
+def test_a_running_host_comes_back_at_once_for_the_replies_past_the_first_twenty(tmp_path: Path) -> None:
+    """With no runner alive nothing else woke the host for them: each twenty waited for the next full sweep, a
+    minute apart (second attack review). Once a session's handed replies are all settled, the host is told, as of
+    an arrival: its nap ends and its next sweep looks at that session."""
+    asyncio.run(_host_sends_45(tmp_path))
+
+
+async def _host_sends_45(tmp_path: Path) -> None:
+    world = World(tmp_path, NCL_SWEEP_INTERVAL_S="60")
+    _write(world, [(f"msg-1779109200000-{n:06d}", "chat", json.dumps({"text": f"reply {n}", "files": []}))
+                   for n in range(45)])
+    clock = FakeClock(T0)
+    host = Host(world.settings, RecordingRuntime(clock), clock)
+    chat = Chat()
+    host.deliveries.channels, host.deliveries.central = Channels([chat]), None
+    for sent in (20, 40, 45):
+        await host.step()
+        assert not host.woken.is_set()
+        await host.deliveries.drain()  # (in a running host: while it naps)
+        assert chat.got == [f"reply {n}" for n in range(sent)]
+        assert host.woken.is_set() and host._arrived == {world.session.id}
