@@ -32,7 +32,7 @@ def tables(conn: sqlite3.Connection) -> set[str]:
 
 def test_new_session_folder_layout(session_dir: Path) -> None:
     # inbound.db-journal and the empty -wal files: the host's, kept for good so that no runner can put one of its
-    # own there (db._own_names).
+    # own there (sidecars.keep).
     assert {p.name for p in session_dir.iterdir()} == {"inbound.db", "inbound.db-journal", "inbound.db-wal",
                                                        "outbound.db", "outbound.db-wal", "inbox", "outbox"}
     assert (session_dir / "inbox").is_dir() and (session_dir / "outbox").is_dir()
@@ -61,7 +61,7 @@ def test_session_files_are_never_wal(session_dir: Path, kind: DbKind) -> None:
     assert path.read_bytes()[18:20] == b"\x01\x01"
     for readonly in (False, True):
         with closing(db.connect(path, kind, readonly=readonly)) as conn:
-            # A writer keeps inbound.db's journal file for good (db._own_names); a reader sets no mode of its own.
+            # A writer keeps inbound.db's journal file for good (sidecars.keep); a reader sets no mode of its own.
             want = "delete" if readonly else {"inbound": "persist", "outbound": "delete"}[kind]
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == want
             assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
@@ -149,3 +149,20 @@ def test_readonly_open_of_a_missing_file_is_a_db_error(tmp_path: Path) -> None:
     with pytest.raises(DbError):
         db.connect(tmp_path / "nope.db", "inbound", readonly=True)
     assert not (tmp_path / "nope.db").exists()
+
+
+def test_a_directory_put_in_place_of_a_wal_name_is_removed_and_the_name_kept(session_dir: Path, tmp_path: Path) -> None:
+    """A runner may make a directory of the name while it is free (SQLite deletes a -wal it used: second attack
+    review): a rename cannot replace one, so every open failed and left a temporary file behind. The directory goes,
+    nothing a link in it points to."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("the host's")
+    wal = session_dir / "outbound.db-wal"
+    wal.unlink()
+    (wal / "deep").mkdir(parents=True)
+    (wal / "deep" / "link").symlink_to(outside)
+    with closing(db.connect(session_dir / "outbound.db", "outbound")):
+        pass
+    assert wal.is_file() and wal.stat().st_size == 0 and (outside / "keep").read_text() == "the host's"
+    assert not [p.name for p in session_dir.iterdir() if p.name.startswith(".")]

@@ -1,7 +1,7 @@
 """A runner may create files in its session folder (outbound.db's journal lives there), and SQLite rolls a "hot"
 journal found beside a database into it at the next open. A journal a runner forged beside ``inbound.db`` would
 rewrite the host's rows (task prompts, routing, delivery records). The host keeps that name taken by a journal of
-its own (``db._own_names``, ``journal_mode=PERSIST``), which a runner of another uid can neither remove nor
+its own (``sidecars.keep``, ``journal_mode=PERSIST``), which a runner of another uid can neither remove nor
 replace in the sticky session folder. Found by the attack review of issue 11."""
 
 from __future__ import annotations
