@@ -105,11 +105,12 @@ class Tools:
     def _request(self, request: requests.ScheduleTask | requests.UpdateTask | requests.ControlTask) -> None:
         from schemas.requests import MAX_CHARS
 
-        if len(text := request.to_json()) > MAX_CHARS:  # the host would refuse it
-            raise ToolError(f"the request is {len(text)} characters long, over the {MAX_CHARS} a request may be: "
+        payload = json.loads(request.to_json())
+        if (size := len(json.dumps(payload))) > MAX_CHARS:  # as it is stored: the host would refuse it
+            raise ToolError(f"the request is {size} characters long, over the {MAX_CHARS} a request may be: "
                             "shorten the prompt or the script")
         # Staged: the host sees it when the turn finishes, so a turn killed after this call and retried asks once.
-        self.store.stage(json.loads(text), self.now(), self.turn.get("in_reply_to"))
+        self.store.stage(payload, self.now(), self.turn.get("in_reply_to"))
 
     def _ends(self, until: str | None, count: Any, first: str | None) -> series_end.Ends:
         """The series' end as asked (``""`` clears one: left out here), checked against now and its next run."""

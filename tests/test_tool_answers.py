@@ -74,3 +74,7 @@ def test_a_request_longer_than_the_host_reads_is_refused_by_the_tool(tools: Tool
         tools.call("schedule_task", {"prompt": "p" * 70_000, "processAfter": "2026-06-11T09:30:15"})
     assert tools.call("schedule_task", {"prompt": "p" * 60_000, "processAfter": "2026-06-11T09:30:15"}).startswith(
         "Task scheduled")
+    # Measured as stored (JSON with spaces, non-ASCII escaped), not as the request's compact text (16,0xx
+    # characters): 10,000 "é" are 60,000 there (second attack review).
+    with pytest.raises(ToolError, match=r"^the request is 66\d{3} characters long"):
+        tools.call("schedule_task", {"prompt": "é" * 10_000 + "p" * 6_000, "processAfter": "2026-06-11T09:30:15"})
