@@ -13,6 +13,7 @@ from kit import World, runner_tools
 from agent_runner.tool_error import ToolError
 from agent_runner.tools import Tools
 from host.scheduling import tasks
+from schemas.requests import MAX_CHARS
 from schemas.times import from_text
 
 NOW = from_text("2026-06-11T13:00:00.000Z")  # Thursday 09:00:00 EDT
@@ -74,7 +75,21 @@ def test_a_request_longer_than_the_host_reads_is_refused_by_the_tool(tools: Tool
         tools.call("schedule_task", {"prompt": "p" * 70_000, "processAfter": "2026-06-11T09:30:15"})
     assert tools.call("schedule_task", {"prompt": "p" * 60_000, "processAfter": "2026-06-11T09:30:15"}).startswith(
         "Task scheduled")
-    # Measured as stored (JSON with spaces, non-ASCII escaped), not as the request's compact text (16,0xx
-    # characters): 10,000 "é" are 60,000 there (second attack review).
-    with pytest.raises(ToolError, match=r"^the request is 66\d{3} characters long"):
-        tools.call("schedule_task", {"prompt": "é" * 10_000 + "p" * 6_000, "processAfter": "2026-06-11T09:30:15"})
+
+
+
+def test_whatever_the_tool_takes_the_host_reads(tools: Tools, world: World) -> None:
+    """Measured as stored (JSON with a space after each colon and comma, non-ASCII escaped), not as the request's
+    compact text: one just under the limit there was taken by the tool and refused by the host (second attack
+    review). The longest prompt the tool takes makes a stored request within the limit."""
+    low, high = 60_000, MAX_CHARS  # taken, refused
+    while high - low > 1:
+        middle = (low + high) // 2
+        try:
+            tools.call("schedule_task", {"prompt": "p" * middle, "processAfter": "2026-06-11T09:30:15"})
+            low = middle
+        except ToolError:
+            high = middle
+    with closing(world.outbound()) as conn:
+        stored = [len(row[0]) for row in conn.execute("SELECT content FROM staged_requests")]
+    assert stored and max(stored) <= MAX_CHARS and max(stored) >= MAX_CHARS - 10
