@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Callable
 from contextlib import closing
 from datetime import timedelta
@@ -294,27 +295,42 @@ def test_a_reply_goes_only_to_a_channel_its_group_is_wired_to(tmp_path: Path) ->
     assert [text for text, _ in postbox.got] == ["through its own mailbox"]
 
 
-def test_a_turns_answer_is_handed_over_before_the_turn_is_recorded_done(tmp_path: Path) -> None:
+def test_a_turns_answer_is_handed_over_before_the_turn_is_recorded_done_and_sent_after(tmp_path: Path) -> None:
     """Matrix types on while a session works or its answer is on the way (``Channels.replying``). A sweep that
     recorded the turn done before handing the answer over would let a typing renewal between the two find neither,
-    and end the notice before the answer came (a flaky Synapse test showed it)."""
+    and end the notice before the answer came (a flaky Synapse test showed it). Yet the answer must go out after
+    that record: a chat marks a failed turn's answer as an error from it (handed too early, a flaky terminal test
+    showed a plain answer). So it is handed while the visit holds the inbox's in-process lock, which every sending
+    takes first (``Deliveries._looked_up``)."""
     world = World(tmp_path)
     world.schedule(T0 - timedelta(minutes=1), prompt="answer me")
     [row] = world.rows()
-    seen: list[tuple[str, set[Path]]] = []
+    seen: list[tuple[str, set[Path], str]] = []
 
     class Watching(Deliveries):
         def hand(self, session: Session, replies: list[OutMessage]) -> None:
             super().hand(session, replies)
             with closing(world.inbound()) as conn:
                 status = conn.execute("SELECT status FROM messages_in WHERE id = ?", (row["id"],)).fetchone()[0]
-            seen.append((status, set(self.channels.replying)))
+            lock: list[str] = []  # whether a sending could take the lock now: it cannot, the visit holds it
+            thread = threading.Thread(target=lambda: lock.append(_taken(session)))
+            thread.start()
+            thread.join()
+            seen.append((status, set(self.channels.replying), lock[0]))
 
     sweeper = world.sweeper()
     sweeper.deliveries = Watching(Channels([Channel()]), lambda: T0)
     _reply(world, "the answer", in_reply_to=row["id"])
     world.ack(row["id"], "completed", T0, outcome="ran")
     _tick(sweeper)
-    assert seen == [("pending", {world.session.folder})]  # handed over while the turn still shows as not done
+    assert seen == [("pending", {world.session.folder}, "database is locked")]  # handed before, sent after
     assert world.rows()[0]["status"] == "completed" and _delivered(world)[0][1] == "delivered"
     assert sweeper.deliveries.channels.replying == set()  # sent and recorded: no longer on its way
+
+
+def _taken(session: Session) -> str:
+    try:
+        with db.lock_of(session.folder / "inbound.db").within(0):
+            return "taken"
+    except db.Error as exc:
+        return str(exc)

@@ -13,11 +13,10 @@ from host.runtimes.pool import Runner
 from host.scheduling import recurrence
 from host.scheduling.recurrence import Policy
 from host.store import db, inbox, outbox, task_series
-from host.store.outbox import MAX_DETAIL, Ack
+from host.store.outbox import MAX_DETAIL, MAX_REASON, Ack
 from schemas.messages import RunOutcome
 from schemas.times import from_text
 
-MAX_REASON = 4_000  # characters of its reason kept (task_runs.detail, the log line)
 OUTCOMES: dict[str, tuple[RunOutcome, ...]] = {"completed": ("ran", "skipped", "gate_error"), "failed": ("failed",)}
 
 

@@ -57,6 +57,18 @@ class Seen:
         return session_index.Entry(self.files, self.next_due) if self.settled and not self.busy else None
 
 
+@dataclass(frozen=True, slots=True)
+class Visit:
+    """What one visit of a session found (``Sweeper._visit``), which ``Seen`` keeps."""
+
+    next_due: str | None  # '' = due now
+    processing: bool  # a row is claimed
+    undelivered: bool  # replies were handed on for delivery
+    due_since: str | None  # when its due work became due, or None
+    quiet_for: frozenset[str] | None  # see Seen
+    same: tuple[str, str | None] | None  # see Seen
+
+
 # A session whose visit failed (say on files its live runner held locked, each wait bounded by
 # ``outbox.RUNNER_WAIT_S``) is not visited again for HELD_FIRST_S, doubling up to HELD_MAX_S while that goes on.
 HELD_FIRST_S, HELD_MAX_S = 0.5, 8.0

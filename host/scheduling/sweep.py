@@ -22,7 +22,7 @@ from host.files import logs
 from host.runtimes.pool import Runner, Runners
 from host.scheduling import acks, actions, cross_group, recurrence
 from host.scheduling.recurrence import Policy
-from host.scheduling.seen import OUTBOUND_SIDE, RACY_NS, Holds, Seen, files_of
+from host.scheduling.seen import OUTBOUND_SIDE, RACY_NS, Holds, Seen, Visit, files_of
 from host.settings import Settings
 from host.store import db, groups, inbox, outbox, session_index, sessions, task_series
 from host.store.outbox import OutMessage
@@ -303,7 +303,7 @@ class Sweeper:
                 self.runners.seen(session.id, now, idle=not claimed and due_since is None)
 
     def _visit(self, session: Session, now: datetime, policy: Policy, runner: Runner | None,
-               result: SweepResult, quiet: frozenset[str] | None) -> _Visit:
+               result: SweepResult, quiet: frozenset[str] | None) -> Visit:
         """``quiet``: the open rows a read of the unchanged outbound.db found nothing for (None: read it). The
         inbox is read, then the runner's outbound.db, then the inbox written, each step with the session's
         in-process lock held only for the inbox's (an arrival goes in while the runner's file is read, or a stuck
@@ -330,16 +330,22 @@ class Sweeper:
                     # Claims first, then the inbox: a crash between leaves 'processing' rows, released next time.
                     outbox.clear_claims(folder / "outbound.db", claimed)
                 quiet = None if found.acks or found.requests or found.replies else frozenset(open_rows)
-            if self.deliveries and found.replies:  # sent by the host loop, outside this visit and its transaction;
-                self.deliveries.hand(session, found.replies)  # handed before the turn is recorded done (Matrix types)
             more = len(found.requests) > limit
             state, same = look.state, None
+            # Replies are sent by the host loop, outside this visit, each once it has taken the inbox's in-process
+            # lock (``Deliveries``): handed while this visit holds it, before the turn is recorded done, one goes out
+            # after that record (a chat shows a failed turn's answer as an error) and while Matrix still sees the
+            # turn at work or its answer on the way (``Channels.replying``).
+            hand = self.deliveries.hand if self.deliveries and found.replies else None
             if (found.acks or claimed or found.requests or look.recurring or "processing" in open_rows.values()
                     or (self.runners and self.runners.owes_notice(session.id))):
                 # (A visit with nothing of these to do writes nothing: no transaction.) What it did counts, and its
                 # notice is given, once it is committed.
                 done, notice = SweepResult(result.now), self.runners and self.runners.owes_notice(session.id)
                 with lock.within(wait), db.transaction(conn):
+                    if hand:
+                        hand(session, found.replies)
+                        hand = None
                     synced = acks.sync(conn, now, policy, runner, found, claimed, open_rows)
                     done.cloned, done.retried, done.failed = synced.cloned, synced.retried, synced.failed
                     if found.requests:
@@ -362,8 +368,10 @@ class Sweeper:
             elif (runner is None and quiet is not None and not more and not state.processing
                   and state.due_since is not None and state.due_since <= result.now):
                 same = (result.now, look.recurring_at)  # see Seen.same
+            if hand:
+                hand(session, found.replies)
             # Requests left for the next visit make the session due now, so the loop comes back at once, not in 60 s.
-            return _Visit("" if more else state.next_due, state.processing, bool(found.replies), state.due_since,
+            return Visit("" if more else state.next_due, state.processing, bool(found.replies), state.due_since,
                           quiet if runner is None else None, same)
 
 
@@ -389,13 +397,3 @@ class Sweeper:
         if runner is not None and self.runners and self.runners.kill_if_stuck(session, now, runner, found):
             runner = None
         return found, runner
-
-
-@dataclass(frozen=True, slots=True)
-class _Visit:
-    next_due: str | None  # '' = due now
-    processing: bool  # a row is claimed
-    undelivered: bool  # replies were handed on for delivery
-    due_since: str | None  # when its due work became due, or None
-    quiet_for: frozenset[str] | None  # see Seen
-    same: tuple[str, str | None] | None  # see Seen

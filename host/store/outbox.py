@@ -75,6 +75,7 @@ RUNNER_WAIT_S = 0.25
 # wait), each other text up to TEXT_CHARS (ids, routing), an ack's detail to one past MAX_DETAIL (``acks.detail``).
 REPLY_CHARS, REPLIES, TEXT_CHARS = 1 << 20, 20, 4096
 MAX_DETAIL = 64 << 10  # characters of a finished ack's detail read as JSON; more is only a reason (a claim's: none)
+MAX_REASON = 4_000  # characters of its reason kept (task_runs.detail, the log line): the rest is not even read
 TOO_LONG = json.dumps({"text": f"[The agent's answer was longer than {REPLY_CHARS} characters: not sent.]",
                        "files": []})
 
@@ -119,9 +120,13 @@ def _cut(column: str, chars: int = TEXT_CHARS) -> str:
     return f"substr({column}, 1, {chars}) AS {column}"
 
 
+# A finished ack's detail with its reason cut in SQLite first: a long reason (an error's text) leaves its other
+# keys (the answer's id, the tokens) within what is parsed.
+_DETAIL = f"substr(CASE WHEN json_valid(detail) AND json_type(detail, '$.reason') = 'text' THEN json_set(detail, " \
+          f"'$.reason', substr(json_extract(detail, '$.reason'), 1, {MAX_REASON})) ELSE detail END, 1, " \
+          f"{MAX_DETAIL + 1})"
 ACKS = f"SELECT {', '.join(map(_cut, ('message_id', 'status', 'status_changed', 'generation')))}, CASE WHEN " \
-       f"status = 'processing' THEN NULL ELSE substr(detail, 1, {MAX_DETAIL + 1}) END AS detail FROM processing_ack" \
-       " WHERE message_id IN ({})"
+       f"status = 'processing' THEN NULL ELSE {_DETAIL} END AS detail FROM processing_ack WHERE message_id IN ({{}})"
 _ROUTED = ", ".join(map(_cut, ("id", "in_reply_to", "timestamp", "kind", "platform_id", "channel_type", "thread_id")))
 OUT = f"SELECT seq, {_ROUTED}, substr(content, 1, {{chars}}) AS content FROM messages_out WHERE kind = '{{kind}}'" \
       " AND seq > ? ORDER BY seq LIMIT ?"
