@@ -84,6 +84,20 @@ class Two:
         return str(self.world.rows(task, session=session)[0]["status"])
 
 
+def _tick_beside(two: Two, process: subprocess.Popen[str], said: list[str]) -> SweepResult:
+    """A tick while ``process`` (the runner's side) runs, once it has said ``said``; then it is killed."""
+    try:
+        assert process.stdout is not None
+        heard = [process.stdout.readline().strip() for _ in said]
+        assert heard == said, heard
+        return two.tick(T0 + timedelta(seconds=1))
+    finally:
+        process.kill()
+        process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
 def _stalls_only_its_own_session(two: Two, hold: Callable[[], Iterator[None]]) -> None:
     """While ``hold`` keeps the hostile session's files locked, its visits fail at once and back off (0.5 s, then
     twice as long); the other session's finished task is recorded meanwhile. Once let go, the hostile session's is
@@ -257,16 +271,7 @@ def test_a_wal_file_planted_beside_outbound_db_is_refused_by_the_hosts_own(tmp_p
         os.chmod(parent, os.stat(parent).st_mode | 0o001)  # uid 1000 reaches the folder (its mount, in docker)
     runner = subprocess.Popen([SYSTEM_PYTHON, "-c", PLANT_WAL, str(folder)], stdout=subprocess.PIPE, text=True,
                               preexec_fn=lambda: (os.setgid(RUNNER_UID), os.setuid(RUNNER_UID)))
-    try:
-        assert runner.stdout is not None
-        said = [runner.stdout.readline().strip() for _ in range(2)]
-        assert said == ["refused PermissionError", "locked"], said
-        result = two.tick(T0 + timedelta(seconds=1))
-    finally:
-        runner.kill()
-        runner.wait()
-        assert runner.stdout is not None
-        runner.stdout.close()
+    result = _tick_beside(two, runner, ["refused PermissionError", "locked"])
     assert result.errors == 0 and two.status(two.hostile, two.task) == "completed"
     assert (folder / "outbound.db-wal").stat().st_size == 0 and (folder / "outbound.db-wal").stat().st_uid == 0
 
@@ -341,14 +346,7 @@ def test_a_wal_header_written_after_the_check_costs_no_wait_on_the_read_slots(
         out.write(b"\x02\x02")
     holder = subprocess.Popen([sys.executable, "-c", SHM_HOLDER, f"{two.outbound}-shm"], stdout=subprocess.PIPE,
                               text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        result = two.tick(T0 + timedelta(seconds=1))
-    finally:
-        holder.kill()
-        holder.wait()
-        assert holder.stdout is not None
-        holder.stdout.close()
+    result = _tick_beside(two, holder, ["locked"])
     assert result.errors == 0 and two.status(two.hostile, two.task) == "completed", two.sweeper.failing
 
 
