@@ -76,6 +76,7 @@ RUNNER_WAIT_S = 0.25
 REPLY_CHARS, REPLIES, TEXT_CHARS = 1 << 20, 20, 4096
 MAX_DETAIL = 64 << 10  # characters of a finished ack's detail read as JSON; more is only a reason (a claim's: none)
 MAX_REASON = 4_000  # characters of its reason kept (task_runs.detail, the log line): the rest is not even read
+MAX_TOOL_TIMEOUT_S = 7 * 86400  # a running tool's declared timeout widens the stuck check by at most this much
 TOO_LONG = json.dumps({"text": f"[The agent's answer was longer than {REPLY_CHARS} characters: not sent.]",
                        "files": []})
 
@@ -93,8 +94,8 @@ def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, re
 
     ``writable`` (only when no runner is alive) may write; otherwise the file is opened query-only (read-write at
     the file level, so a FIFO swapped in cannot block the sweep, see ``db.connect``), and never ``Tampered``.
-    Either rolls back a hot journal a killed runner left, which a read-only connection could not read
-    past. ``wait_s``: the busy timeout, if not the default (``db.connect``).
+    Either rolls back a hot journal a killed runner left, which a read-only connection could not read past.
+    ``wait_s``: the busy timeout, if not the default (``db.connect``).
     """
     if not path.exists():
         return Outbox()
@@ -110,9 +111,11 @@ def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, re
         replies = [r if len(r.content) <= REPLY_CHARS else replace(r, content=TOO_LONG) for r in replies]
         # The tool's timeout only widens a live runner's stuck check: a read for none (``writable``) skips it.
         state = None if writable else conn.execute(
-            "SELECT current_tool, tool_timeout_s FROM container_state WHERE id = 1").fetchone()
+            f"SELECT {_cut('current_tool', 64)}, CAST(substr(tool_timeout_s, 1, 64) AS REAL) AS tool_timeout_s"
+            " FROM container_state WHERE id = 1").fetchone()
         db.end_read(conn)
     timeout = float(state["tool_timeout_s"]) if state and state["current_tool"] and state["tool_timeout_s"] else None
+    timeout = None if timeout is None or not timeout > 0 else min(timeout, MAX_TOOL_TIMEOUT_S)  # (NaN: None)
     return Outbox(acks, requests, replies, timeout)
 
 

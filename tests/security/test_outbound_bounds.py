@@ -106,6 +106,9 @@ def test_ids_and_routing_are_read_up_to_4096_characters(tmp_path: Path) -> None:
                      " VALUES ('msg-1', ?, ?, ?, ?)", (huge, huge, huge, huge))
         conn.execute("INSERT INTO processing_ack(message_id, status, status_changed, detail, generation)"
                      " VALUES ('msg-2', 'processing', '2026-05-18T13:00:00.000Z', ?, 'gen')", (huge,))
+        conn.execute("INSERT OR REPLACE INTO container_state(id, current_tool, tool_timeout_s, updated_at)"
+                     " VALUES (1, ?, ?, '2026-05-18T13:00:00.000Z')",
+                     (huge, "9" * 64))
     found = outbox.read(world.session.folder / "outbound.db", ["msg-1", "msg-2"], 0, writable=False)
     [reply], ack = found.replies, found.acks["msg-1"]
     assert {len(v) for v in (reply.id, reply.timestamp, reply.platform_id, reply.channel_type, reply.thread_id,
@@ -113,6 +116,7 @@ def test_ids_and_routing_are_read_up_to_4096_characters(tmp_path: Path) -> None:
     # A finished ack's detail is read to one past what is parsed (then it is only a reason: acks.detail); a claim's,
     # which nothing uses, not at all (100 claims of 4 Mi emoji each cost 1.6 GiB a visit: second attack review).
     assert len(ack.detail or "") == outbox.MAX_DETAIL + 1 and found.acks["msg-2"].detail is None
+    assert found.tool_timeout_s == outbox.MAX_TOOL_TIMEOUT_S  # (a timedelta of 10**64 s would not even be made)
 
 
 def test_what_is_kept_of_a_sweep_reading_them_all(tmp_path: Path) -> None:
