@@ -85,8 +85,8 @@ class Holds:
     held: dict[str, tuple[datetime, float]] = field(default_factory=dict)  # session id -> (until, the pause)
     slow: dict[str, int] = field(default_factory=dict)  # session id -> its slow visits in a row
 
-    def holds(self, session_id: str, now: datetime) -> bool:
-        return session_id in self.held and now < self.held[session_id][0]
+    def tracks(self, session_id: str) -> bool:
+        return session_id in self.held or session_id in self.slow
 
     def failed(self, session_id: str, now: datetime) -> None:
         """Held off twice as long as the last time, ``HELD_FIRST_S`` the first, at most ``HELD_MAX_S``."""

@@ -228,6 +228,7 @@ class Sweeper:
         policy = self.policy
         self.unvisited = 0
         yield from self._listed()
+        held, runners = self.holds.held, self.runners
         mark = time.monotonic()
         for session in self._sessions:
             if time.monotonic() - mark > YIELD_AFTER_S:
@@ -240,10 +241,11 @@ class Sweeper:
                     self.unvisited += 1
                     continue
                 new_limit -= 1
-            if self.holds.holds(session.id, now):
+            if session.id in held and now < held[session.id][0]:
                 continue
             result.sessions_checked += 1
-            started = time.monotonic()
+            live = runners is not None and session.id in runners.live  # (only its visit is timed: the idle path)
+            started = time.monotonic() if live else 0.0
             try:
                 self._sweep_one(session, now, policy, result)
             except Exception as exc:  # one broken session never stops the others
@@ -256,8 +258,8 @@ class Sweeper:
                 log.log(level, "session %s skipped: %s", session.id, exc,
                         extra={"action": "session_failed", "session": session.id})
             else:
-                live = self.runners is not None and session.id in self.runners.live
-                self.holds.went_through(session.id, time.monotonic() - started if live else 0.0, now)
+                if live or self.holds.tracks(session.id):
+                    self.holds.went_through(session.id, time.monotonic() - started if live else 0.0, now)
                 if self.failing.pop(session.id, None) is not None:
                     log.info("session %s works again", session.id,
                              extra={"action": "session_recovered", "session": session.id})
@@ -332,10 +334,9 @@ class Sweeper:
                 quiet = None if found.acks or found.requests or found.replies else frozenset(open_rows)
             more = len(found.requests) > limit
             state, same = look.state, None
-            # Replies are sent by the host loop, outside this visit, each once it has taken the inbox's in-process
-            # lock (``Deliveries``): handed while this visit holds it, before the turn is recorded done, one goes out
-            # after that record (a chat shows a failed turn's answer as an error) and while Matrix still sees the
-            # turn at work or its answer on the way (``Channels.replying``).
+            # Replies are sent by the host loop, each once it has taken the inbox's in-process lock (``Deliveries``):
+            # handed while this visit holds it, before the turn is recorded done, one goes out after that record (a
+            # chat marks a failed turn's answer) and while Matrix sees the turn at work or its answer on the way.
             hand = self.deliveries.hand if self.deliveries and found.replies else None
             if (found.acks or claimed or found.requests or look.recurring or "processing" in open_rows.values()
                     or (self.runners and self.runners.owes_notice(session.id))):
