@@ -361,8 +361,6 @@ class Sweeper:
                         inbox.notice(conn, now, "runner_start_failed", "The agent's runner failed to start several "
                                      "times in a row; the host keeps retrying with growing delays.")
                     state = inbox.state(conn, now)  # what this visit leaves, read before others may write again
-                    if wait is not None:  # the COMMIT waits for the runner's reads of the inbox
-                        db.wait_at_most(conn, wait)
                 result.add(done)
                 if notice and self.runners:
                     self.runners.noticed.add(session.id)

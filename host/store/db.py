@@ -235,7 +235,8 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
     ``any_thread``: usable from any thread, one at a time (``Pool``); sqlite3 binds a connection to its thread.
 
     ``wait_s``: the busy timeout (SQLite's wait for another's lock), if not ``BUSY_TIMEOUT_MS``; one that runs out
-    while the connection is made raises ``Busy``."""
+    while the connection is made raises ``Busy``. Given for a session whose runner is alive, which may hold its
+    files locked: then outbound.db is read in EXCLUSIVE locking mode and inbound.db never spills a page early."""
     if query_only:
         conn = connect(path, kind, reading=reading, wait_s=wait_s)
         conn.execute("PRAGMA query_only=ON")
@@ -252,9 +253,9 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
         lock.refuse_missing_central(path.parent)
     conn = _raw(path, readonly=False, any_thread=any_thread, wait_s=wait_s)
     try:
-        if kind == "outbound":
-            # Its runner writes it, and may put it in WAL mode between any check and this open: a connection in
-            # EXCLUSIVE locking mode reads a WAL file without the shared-memory read slots (outbound.db-shm) the
+        if kind == "outbound" and wait_s is not None:
+            # Its live runner writes it, and may put it in WAL mode between any check and this open: a connection
+            # in EXCLUSIVE locking mode reads a WAL file without the shared-memory read slots (outbound.db-shm) the
             # runner could hold, on which SQLite would retry for about 10 s whatever the busy timeout. It keeps its
             # lock until it is closed, as soon as its reads are done.
             conn.execute("PRAGMA locking_mode=EXCLUSIVE")
@@ -263,9 +264,10 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
             _sync_as_session(conn)
         if kind == "inbound":  # the kept journal is cut to 0 bytes at each commit: no disk held, as DELETE held none
             conn.execute("PRAGMA journal_size_limit=0")
+        if kind == "inbound" and wait_s is not None:
             # No dirty page is written before the COMMIT: a write of one needs the file's exclusive lock, which a
-            # runner's open read (its mount is read-only, but a read lock needs no more) holds up; the visit bounds
-            # that wait for its COMMIT only (``Sweeper._visit``). Its transactions are small: memory is no concern.
+            # live runner's open read (its mount is read-only, but a read lock needs no more) holds up; the visit
+            # bounds that wait for its COMMIT only (``Sweeper._visit``). Its transactions are small.
             conn.execute("PRAGMA cache_spill=OFF")
         if kind == "central":  # the session files declare no foreign keys (never changed inside a transaction)
             assert not reading, "central.db is never opened for reading"
@@ -283,11 +285,6 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
         conn.close()
         raise
     return conn
-
-
-def wait_at_most(conn: sqlite3.Connection, seconds: float) -> None:
-    """The connection's busy timeout from now on (another's lock is waited for at most ``seconds``)."""
-    conn.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
 
 
 def end_read(conn: sqlite3.Connection) -> None:

@@ -277,7 +277,7 @@ def test_a_wal_file_planted_beside_outbound_db_is_refused_by_the_hosts_own(tmp_p
 
 
 def test_a_visit_whose_writes_outgrow_sqlites_cache_never_waits_on_the_runners_read_before_its_commit(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """50 requests with 60 kB prompts make a transaction of 3 MB, more than SQLite's page cache: a page written
     out before the COMMIT (a cache spill) needs the exclusive lock the runner's open read holds up, with the
     connection's full busy wait, once every few rows (found by the attack review: 40 s for one tick). The inbox's
@@ -287,12 +287,23 @@ def test_a_visit_whose_writes_outgrow_sqlites_cache_never_waits_on_the_runners_r
         two.world.request(T0, {"action": "schedule_task", "taskId": f"task-1779109200000-big{number:03d}",
                                "prompt": "p" * 60_000, "processAfter": "2027-01-01T00:00:00.000Z"},
                           session=two.hostile)
+    spills: list[int] = []  # each spill would wait RUNNER_WAIT_S (0 here): the visit's inbox connection has none
+    connect = db.connect
+
+    def watched(path: Path, kind: Any, **kw: Any) -> db.Connection:
+        conn = connect(path, kind, **kw)
+        if path.name == "inbound.db" and kw.get("wait_s") is not None:
+            spills.append(conn.execute("PRAGMA cache_spill").fetchone()[0])
+        return conn
+
+    monkeypatch.setattr(db, "connect", watched)
     uri = f"file:{two.hostile.folder / 'inbound.db'}?mode=ro"
     with closing(sqlite3.connect(uri, uri=True, isolation_level=None)) as runner:
         runner.execute("BEGIN")
         runner.execute("SELECT COUNT(*) FROM messages_in").fetchone()
         held = two.tick(T0 + timedelta(seconds=1))
         assert held.errors == 1 and two.hostile.id in two.sweeper.holds.held
+    assert spills and set(spills) == {0}  # (both sessions have a live runner)
     done = two.tick(T0 + timedelta(seconds=2))
     assert done.errors == 0 and done.applied == 50
 
