@@ -338,15 +338,18 @@ class Sweeper:
             # handed while this visit holds it, before the turn is recorded done, one goes out after that record (a
             # chat marks a failed turn's answer) and while Matrix sees the turn at work or its answer on the way.
             hand = self.deliveries.hand if self.deliveries and found.replies else None
-            if (found.acks or claimed or found.requests or look.recurring or "processing" in open_rows.values()
-                    or (self.runners and self.runners.owes_notice(session.id))):
+            notice = bool(self.runners and self.runners.owes_notice(session.id))
+            writes = bool(found.acks or claimed or found.requests or look.recurring or notice
+                          or "processing" in open_rows.values())
+            if hand and not writes:
+                hand(session, found.replies)
+            if writes:
                 # (A visit with nothing of these to do writes nothing: no transaction.) What it did counts, and its
                 # notice is given, once it is committed.
-                done, notice = SweepResult(result.now), self.runners and self.runners.owes_notice(session.id)
+                done = SweepResult(result.now)
                 with lock.within(wait), db.transaction(conn):
                     if hand:
                         hand(session, found.replies)
-                        hand = None
                     synced = acks.sync(conn, now, policy, runner, found, claimed, open_rows)
                     done.cloned, done.retried, done.failed = synced.cloned, synced.retried, synced.failed
                     if found.requests:
@@ -367,8 +370,6 @@ class Sweeper:
             elif (runner is None and quiet is not None and not more and not state.processing
                   and state.due_since is not None and state.due_since <= result.now):
                 same = (result.now, look.recurring_at)  # see Seen.same
-            if hand:
-                hand(session, found.replies)
             # Requests left for the next visit make the session due now, so the loop comes back at once, not in 60 s.
             return Visit("" if more else state.next_due, state.processing, bool(found.replies), state.due_since,
                           quiet if runner is None else None, same)
