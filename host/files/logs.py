@@ -60,6 +60,14 @@ def visiting(session_id: str) -> Iterator[None]:
         _session.reset(token)
 
 
+def replay(session_id: str, records: list[logging.LogRecord]) -> None:
+    """Records another process logged while it visited ``session_id`` (a sweep's worker), logged here as if this
+    process had."""
+    with visiting(session_id):
+        for record in records:
+            logging.getLogger(record.name).handle(record)
+
+
 class SessionFilter(logging.Filter):
     """On a handler: gives a record logged inside ``visiting`` its session, unless it names one."""
 

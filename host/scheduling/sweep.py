@@ -11,11 +11,11 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from host.channels.delivery import Deliveries
 from host.files import logs
@@ -23,6 +23,7 @@ from host.runtimes.pool import Runner, Runners
 from host.scheduling import acks, actions, cross_group, recurrence
 from host.scheduling.recurrence import Policy
 from host.scheduling.seen import OUTBOUND_SIDE, RACY_NS, Holds, Seen, Visit, files_of
+from host.scheduling.visitors import Outcome, VisitFailed, Visitors
 from host.settings import Settings
 from host.store import db, groups, inbox, outbox, session_index, sessions, task_series
 from host.store.outbox import OutMessage
@@ -69,6 +70,20 @@ def advance(steps: Generator[None, None, SweepResult]) -> SweepResult | None:
     return None
 
 
+class Inline(Exception):
+    """A visit done ``alone`` (by a worker process: ``visitors``) found what only the sweep's own thread can take on:
+    requests to apply, replies to hand over. Raised before it wrote anything."""
+
+
+class _Plan(NamedTuple):
+    """A session with no live runner, to be visited after the sweep's pass (``Sweeper._visit_waiting``)."""
+
+    session: Session
+    files: tuple[int, ...]  # its ``files_of`` before the visit
+    seen_at: int
+    quiet: frozenset[str] | None
+
+
 @dataclass
 class Sweeper:
     settings: Settings
@@ -83,6 +98,7 @@ class Sweeper:
     _index: session_index.Kept = field(default_factory=session_index.Kept)
     _sessions: list[Session] = field(default_factory=list)
     _central_version: int = -1
+    _visitors: Visitors | None = None
 
     @property
     def policy(self) -> Policy:
@@ -135,6 +151,8 @@ class Sweeper:
         return groups.rules(self._central, group_id)
 
     def close(self) -> None:
+        if self._visitors is not None:
+            self._visitors.close()
         if self._central is not None:
             self._save_index()
             self._central.close()
@@ -229,6 +247,9 @@ class Sweeper:
         self.unvisited = 0
         yield from self._listed()
         held, runners = self.holds.held, self.runners
+        waiting: list[_Plan] = []
+        self._visitors = self._visitors or Visitors(self.settings)
+        handing = self._visitors.round(now)
         mark = time.monotonic()
         for session in self._sessions:
             if time.monotonic() - mark > YIELD_AFTER_S:
@@ -247,29 +268,67 @@ class Sweeper:
             live = runners is not None and session.id in runners.live  # (only its visit is timed: the idle path)
             started = time.monotonic() if live else 0.0
             try:
-                self._sweep_one(session, now, policy, result)
+                plan = self._sweep_one(session, now, policy, result)
             except Exception as exc:  # one broken session never stops the others
-                self._remember(session.id, None)
-                result.errors += 1
-                self.holds.failed(session.id, now)
-                # Said once per distinct problem: a session broken for good must not fill the log every sweep.
-                level = logging.DEBUG if self.failing.get(session.id) == str(exc) else logging.WARNING
-                self.failing[session.id] = str(exc)
-                log.log(level, "session %s skipped: %s", session.id, exc,
-                        extra={"action": "session_failed", "session": session.id})
+                self._went_wrong(session, now, result, exc)
             else:
-                if live or self.holds.tracks(session.id):
-                    self.holds.went_through(session.id, time.monotonic() - started if live else 0.0, now)
-                if self.failing.pop(session.id, None) is not None:
-                    log.info("session %s works again", session.id,
-                             extra={"action": "session_recovered", "session": session.id})
+                if plan is None:
+                    self._went_well(session, now, time.monotonic() - started if live else 0.0)
+                else:
+                    waiting.append(plan)
+                    handing.add((session, plan.quiet))
+        if waiting:
+            yield from self._visit_waiting(waiting, handing.outcomes(), now, policy, result)
         self._save_index()
         if self.runners:
             result.woken += self.runners.start_waiting(now, self._rules)
             result.woken += self.runners.start_ahead(self._soon(now, self.runners), now, self._rules)
         return result
 
-    def _sweep_one(self, session: Session, now: datetime, policy: Policy, result: SweepResult) -> None:
+    def _went_well(self, session: Session, now: datetime, took_s: float) -> None:
+        if took_s or self.holds.tracks(session.id):
+            self.holds.went_through(session.id, took_s, now)
+        if self.failing.pop(session.id, None) is not None:
+            log.info("session %s works again", session.id, extra={"action": "session_recovered", "session": session.id})
+
+    def _went_wrong(self, session: Session, now: datetime, result: SweepResult, exc: Exception) -> None:
+        self._remember(session.id, None)
+        result.errors += 1
+        self.holds.failed(session.id, now)
+        # Said once per distinct problem: a session broken for good must not fill the log every sweep.
+        level = logging.DEBUG if self.failing.get(session.id) == str(exc) else logging.WARNING
+        self.failing[session.id] = str(exc)
+        log.log(level, "session %s skipped: %s", session.id, exc, extra={"action": "session_failed",
+                                                                          "session": session.id})
+
+    def _visit_waiting(self, waiting: list[_Plan], outcomes: Iterator[Outcome | None], now: datetime,
+                       policy: Policy, result: SweepResult) -> Generator[None, None, None]:
+        """The visits the pass left (sessions with no live runner), in its order: each by a worker process (its
+        ``outcomes``: see ``visitors``) or, where none did, by this thread."""
+        mark = time.monotonic()
+        for plan, outcome in zip(waiting, outcomes, strict=True):
+            if time.monotonic() - mark > YIELD_AFTER_S:
+                yield
+                mark = time.monotonic()
+            try:
+                visit = None
+                if outcome is not None:
+                    visit, done, error, records = outcome
+                    logs.replay(plan.session.id, records)
+                    if error is not None:
+                        raise VisitFailed(error)
+                    if done is not None:
+                        result.add(done)
+                visit = visit or self._visit(plan.session, now, policy, None, result, plan.quiet)
+                self._visited(plan.session, now, plan.files, plan.seen_at, None, visit, result)
+            except Exception as exc:
+                self._went_wrong(plan.session, now, result, exc)
+            else:
+                self._went_well(plan.session, now, 0.0)
+
+    def _sweep_one(self, session: Session, now: datetime, policy: Policy, result: SweepResult) -> _Plan | None:
+        """The session looked at: left alone if nothing changed, else visited now if its runner is alive (or a notice
+        is owed), else planned for after the pass."""
         runner = self.runners.alive(session, now) if self.runners else None
         # The idle path runs for every session every tick: three stats, and the tick's own text of `now` (strftime
         # per session cost more than a stat at 10,000 sessions).
@@ -277,15 +336,22 @@ class Sweeper:
         seen = self.seen.get(session.id)
         if seen and runner is None and seen.settled and files == seen.files:
             if not seen.busy and (seen.next_due is None or seen.next_due > result.now):
-                return
+                return None
             if seen.same_at(result.now) and not (self.runners and self.runners.owes_notice(session.id)):
                 self._wake(session, now, None, False, seen.due_since, result)  # as a visit would find it again
-                return
+                return None
         result.sessions_opened += 1
         seen_at = clock.filesystem_ns()
         quiet = seen.quiet_for if seen and seen.settled and seen.files[:OUTBOUND_SIDE] == files[:OUTBOUND_SIDE] \
             else None
-        visit = self._visit(session, now, policy, runner, result, quiet)
+        if runner is None and not (self.runners and self.runners.owes_notice(session.id)):
+            return _Plan(session, files, seen_at, quiet)
+        self._visited(session, now, files, seen_at, runner, self._visit(session, now, policy, runner, result, quiet),
+                      result)
+        return None
+
+    def _visited(self, session: Session, now: datetime, files: tuple[int, ...], seen_at: int, runner: Runner | None,
+                 visit: Visit, result: SweepResult) -> None:
         newest = max(files[0], files[3], files[6])
         self._remember(session.id, Seen(files, seen_at - newest > RACY_NS, visit.next_due,
                                          visit.processing or visit.undelivered, visit.quiet_for, visit.due_since,
@@ -305,7 +371,7 @@ class Sweeper:
                 self.runners.seen(session.id, now, idle=not claimed and due_since is None)
 
     def _visit(self, session: Session, now: datetime, policy: Policy, runner: Runner | None,
-               result: SweepResult, quiet: frozenset[str] | None) -> Visit:
+               result: SweepResult, quiet: frozenset[str] | None, alone: bool = False) -> Visit:
         """``quiet``: the open rows a read of the unchanged outbound.db found nothing for (None: read it). The
         inbox is read, then the runner's outbound.db, then the inbox written, each step with the session's
         in-process lock held only for the inbox's (an arrival goes in while the runner's file is read, or a stuck
@@ -327,6 +393,8 @@ class Sweeper:
                 found, claimed = outbox.Outbox(), []  # what reading it again would find: no ack, request or reply
             else:
                 found, runner = self._read_outbox(session, now, runner, open_rows, handled, replied, wait)
+                if alone and (found.requests or found.replies):
+                    raise Inline  # (before its claims are cleared: the sweep's visit finds them as this one did)
                 claimed = [mid for mid, ack in found.acks.items() if ack.status == "processing"]
                 if runner is None:
                     # Claims first, then the inbox: a crash between leaves 'processing' rows, released next time.

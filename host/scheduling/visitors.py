@@ -1,0 +1,189 @@
+"""Visits of many sessions at once, in worker processes (``Visitors``). A sweep that must open dozens of sessions with
+no live runner (a host start, the 9:00 burst, a tick after many writes) spreads them over the machine's cores. A visit
+is mostly SQLite work whose Python between calls holds the GIL: threads made the sweep slower (measured), processes
+scale with the cores, and their commits' syncs overlap on the disk.
+
+A worker visits a session as the sweep's own thread would (``Sweeper._visit``, no runner alive) and hands back what it
+found (``Visit``), what it did (counts) and its log records, which the host logs as its own. What needs the host's
+own state is left to the sweep's thread, which visits that session itself: requests to apply (through its central.db
+connection) and replies to hand to the deliveries. A worker that found them wrote nothing."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from datetime import datetime
+from multiprocessing import get_context
+from typing import TYPE_CHECKING, NamedTuple
+
+from host.settings import Settings
+from host.store.sessions import Session
+
+if TYPE_CHECKING:
+    from host.scheduling.seen import Visit
+    from host.scheduling.sweep import Sweeper, SweepResult
+
+log = logging.getLogger(__name__)
+MIN_VISITS = 16  # a sweep with fewer sessions to open visits them itself: handing them over costs more
+BATCH = 8  # sessions a worker visits per hand-over (one each cost ~40% more, in the pipes)
+IDLE_S = 60.0  # workers left unused this long stop; the next sweep that needs them starts them again (~15 ms)
+WORKERS = min(4, os.cpu_count() or 1)  # (one core: none, the sweep's thread visits every session)
+WORKER_NICE = 5  # the host's own process (its loop answers webhooks and chats) comes first on a busy machine
+
+
+class Outcome(NamedTuple):
+    """A worker's visit of one session: ``visit`` and ``done`` (its counts), or the ``error`` it failed with, or
+    neither (the sweep's thread visits it: see the module), and the records it logged."""
+
+    visit: Visit | None
+    done: SweepResult | None
+    error: str | None
+    records: list[logging.LogRecord]
+
+
+class VisitFailed(Exception):
+    """A worker's visit failed: the text of its error."""
+
+
+Job = tuple[Session, "frozenset[str] | None"]  # a session to visit, and its ``quiet`` rows (``Sweeper._visit``)
+
+
+class Round:
+    """The sessions one sweep's pass leaves to visit (``add``), in batches handed to the workers as they fill once
+    there are ``MIN_VISITS`` of them: the workers visit while the pass goes on. ``outcomes``: each job's, in order,
+    None for those the sweep's thread visits (all of them in a sweep with fewer)."""
+
+    def __init__(self, visitors: Visitors, now: datetime) -> None:
+        self.visitors, self.now = visitors, now
+        self.jobs: list[Job] = []
+        self._batches: list[tuple[Future[list[Outcome]], int]] = []
+        self._handed = 0
+        self._stopped = False
+
+    def add(self, job: Job) -> None:
+        self.jobs.append(job)
+        if len(self.jobs) >= MIN_VISITS and len(self.jobs) - self._handed >= BATCH:
+            self._hand()
+
+    def _hand(self) -> None:
+        while WORKERS > 1 and not self._stopped and self._handed < len(self.jobs):
+            batch = self.jobs[self._handed:self._handed + BATCH]
+            try:
+                self._batches.append((self.visitors._submit(self.now, batch), len(batch)))
+            except Exception as exc:  # workers that died since the last sweep (a broken pool takes no more work)
+                self.visitors._failed(exc)
+                self._stopped = True  # (the rest of this sweep is the sweep thread's; the next starts new workers)
+                return
+            self._handed += len(batch)
+
+    def outcomes(self) -> Iterator[Outcome | None]:
+        if len(self.jobs) >= MIN_VISITS:
+            self._hand()
+        for future, size in self._batches:
+            yield from self.visitors._outcomes(future, size)
+        yield from [None] * (len(self.jobs) - self._handed)
+
+
+class Visitors:
+    """The sweep's worker processes, started when a sweep first needs them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pool: ProcessPoolExecutor | None = None
+        self._used = 0.0
+
+    def round(self, now: datetime) -> Round:
+        """One sweep's hand-over to the workers (``Round``)."""
+        self.tidy()
+        return Round(self, now)
+
+    def _submit(self, now: datetime, jobs: list[Job]) -> Future[list[Outcome]]:
+        if self._pool is None:
+            context = get_context("forkserver")  # (fork: the host's threads hold locks a child would inherit)
+            context.set_forkserver_preload([__name__, "host.scheduling.sweep"])
+            self._pool = ProcessPoolExecutor(WORKERS, mp_context=context, initializer=_started,
+                                             initargs=(self.settings, logging.getLogger().getEffectiveLevel()))
+        self._used = time.monotonic()
+        return self._pool.submit(_visit_batch, now, jobs)
+
+    def _outcomes(self, future: Future[list[Outcome]], size: int) -> list[Outcome] | list[None]:
+        try:
+            return future.result()
+        except Exception as exc:  # a worker killed (out of memory), or a result that could not cross the pipe
+            self._failed(exc)
+            return [None] * size
+
+    def _failed(self, exc: Exception) -> None:
+        if self._pool is not None:  # (said once: the batches after it fail with it)
+            log.warning("a sweep worker failed (%s): its sessions are visited by the sweep's own thread", exc,
+                        extra={"action": "sweep_worker_failed"})
+        self.close()
+
+    def tidy(self) -> None:
+        """The workers stopped if no sweep has needed them for ``IDLE_S``."""
+        if self._pool is not None and time.monotonic() - self._used > IDLE_S:
+            self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+
+# --- in the worker process ---------------------------------------------------------------------------------------
+
+_sweeper: Sweeper | None = None
+
+
+class _Kept(logging.Handler):
+    """A worker's records, kept for the host: their text made (arguments may not cross a pipe)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        record.msg, record.args = record.getMessage(), None
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        self.records.append(record)
+
+
+_kept = _Kept()
+
+
+def _started(settings: Settings, level: int) -> None:
+    global _sweeper
+    from host.scheduling.sweep import Sweeper  # (this module is imported by it)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the host stops its workers itself (a ^C reaches the whole group)
+    os.nice(WORKER_NICE)
+    root = logging.getLogger()
+    root.handlers = [_kept]
+    root.setLevel(level)
+    _sweeper = Sweeper(settings)
+
+
+def _visit_batch(now: datetime, jobs: list[Job]) -> list[Outcome]:
+    from host.scheduling.sweep import Inline, SweepResult
+    from schemas.times import to_text
+
+    assert _sweeper is not None
+    outcomes = []
+    for session, quiet in jobs:
+        _kept.records = []
+        done = SweepResult(to_text(now))
+        try:
+            outcome = Outcome(_sweeper._visit(session, now, _sweeper.policy, None, done, quiet, alone=True), done,
+                              None, _kept.records)
+        except Inline:
+            outcome = Outcome(None, None, None, _kept.records)
+        except Exception as exc:
+            outcome = Outcome(None, None, str(exc) or type(exc).__name__, _kept.records)
+        outcomes.append(outcome)
+    return outcomes

@@ -1,0 +1,162 @@
+"""Issue 14.3: a sweep that must open many sessions with no live runner has worker processes visit them
+(``host.scheduling.visitors``), and what it finds, does, counts and logs is what its own thread's visits give."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import closing
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kit import World, utc
+
+from host.files import logs
+from host.scheduling import visitors
+from host.scheduling.sweep import Sweeper
+from host.store.sessions import Session
+from schemas.times import to_text
+
+T0 = utc("2026-05-18T13:00:00")  # 09:00 in New York
+MANY = visitors.MIN_VISITS + 8
+
+
+def _busy_world(tmp_path: Path) -> tuple[World, list[Session], dict[str, str]]:
+    """MANY sessions: half finished a daily task's occurrence (cloned at the next visit), half hold a due one-shot;
+    the first also holds a request to apply. Returns the world, the sessions, and each cloned session's series."""
+    world = World(tmp_path)
+    listed = [world.session] + [world.new_session() for _ in range(MANY - 1)]
+    cloned: dict[str, str] = {}
+    for n, session in enumerate(listed):
+        if n % 2:
+            series = world.schedule(T0 - timedelta(days=1), recurrence="0 9 * * *", session=session)
+            [row] = world.rows(series, session)
+            world.ack(row["id"], "completed", T0 + timedelta(minutes=1), outcome="ran", session=session)
+            cloned[session.id] = series
+        else:
+            world.schedule(T0 - timedelta(minutes=5), at=to_text(T0 - timedelta(minutes=1)), session=session)
+    world.request(T0, {"action": "schedule_task", "taskId": "task-1779105600000-vvvvvv", "prompt": "asked for",
+                       "processAfter": to_text(T0 + timedelta(hours=1))}, listed[0])
+    return world, listed, cloned
+
+
+def _counts(sweeper: Sweeper) -> dict[str, Any]:
+    result = sweeper.tick(T0 + timedelta(minutes=2)).to_json()
+    result.pop("now")
+    return result
+
+
+class _Kept(logging.Handler):
+    """The records the host's log handlers get, with the session ``logs.SessionFilter`` gives them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.addFilter(logs.SessionFilter())
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_workers_visit_many_sessions_as_the_sweeps_own_thread_would(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(visitors, "WORKERS", 2)  # (whatever this machine's cores: the workers are what is tested)
+    world, listed, cloned = _busy_world(tmp_path / "workers")
+    sweeper = world.sweeper()
+    kept, root = _Kept(), logging.getLogger()
+    level, root.level = root.level, logging.INFO
+    root.addHandler(kept)
+    try:
+        counts = _counts(sweeper)
+    finally:
+        root.removeHandler(kept)
+        root.setLevel(level)
+    try:
+        assert sweeper._visitors is not None and sweeper._visitors._pool is not None, "no worker was used"
+        # Each clone's log record was made in a worker and logged here, naming its session.
+        ran = [r for r in kept.records if r.getMessage().endswith(" ran")]
+        assert {r.session for r in ran} == set(cloned)  # type: ignore[attr-defined]
+        assert {r.process for r in ran} - {os.getpid()}, "the clones were not visited by a worker"
+        for session in listed:
+            if session.id in cloned:  # the occurrence recorded, the next one planned
+                with closing(world.inbound(session)) as conn:
+                    runs = conn.execute("SELECT outcome FROM task_runs WHERE series_id = ?", (cloned[session.id],))
+                    assert [r[0] for r in runs] == ["ran"]
+                assert [r["status"] for r in world.rows(cloned[session.id], session)] == ["completed", "pending"]
+        with closing(world.inbound(listed[0])) as conn:  # the request was applied by the sweep's own thread
+            assert conn.execute("SELECT status FROM delivered").fetchall()[0][0] == "applied"
+        assert counts["sessions_opened"] == MANY
+        assert counts["cloned"] == len(cloned) and counts["applied"] == 1 and counts["errors"] == 0
+    finally:
+        sweeper.close()
+
+    monkeypatch.setattr(visitors, "MIN_VISITS", 10**9)  # the same sessions, every visit by the sweep's thread
+    alone_world, _, _ = _busy_world(tmp_path / "alone")
+    alone = alone_world.sweeper()
+    assert _counts(alone) == counts
+    assert alone._visitors is not None and alone._visitors._pool is None
+
+
+def test_a_sweep_with_few_sessions_to_open_starts_no_worker(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    for _ in range(visitors.MIN_VISITS - 2):
+        world.schedule(T0 - timedelta(minutes=5), at=to_text(T0), session=world.new_session())
+    sweeper = world.sweeper()
+    assert sweeper.tick(T0).woken == visitors.MIN_VISITS - 2
+    assert sweeper._visitors is not None and sweeper._visitors._pool is None
+
+
+def test_workers_that_died_leave_their_sessions_to_the_sweeps_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(visitors, "WORKERS", 2)
+    world = World(tmp_path)
+    listed = [world.session] + [world.new_session() for _ in range(MANY - 1)]
+    for session in listed:
+        world.schedule(T0 - timedelta(minutes=5), at=to_text(T0), session=session)
+    sweeper = world.sweeper()
+    try:
+        assert sweeper.tick(T0).woken == MANY
+        assert sweeper._visitors is not None
+        pool = sweeper._visitors._pool
+        assert pool is not None
+        for process in list(pool._processes.values()):
+            process.kill()
+            process.join()
+        for session in listed:  # every session written again: the next sweep opens each
+            world.schedule(T0 - timedelta(minutes=4), at=to_text(T0), session=session)
+        with caplog.at_level(logging.WARNING):
+            result = sweeper.tick(T0 + timedelta(seconds=1))
+        assert (result.woken, result.errors, result.sessions_opened) == (MANY, 0, MANY)
+        failed = [r for r in caplog.records if getattr(r, "action", None) == "sweep_worker_failed"]
+        assert len(failed) == 1, "said once a sweep"
+        for session in listed:
+            world.schedule(T0 - timedelta(minutes=3), at=to_text(T0), session=session)
+        assert sweeper.tick(T0 + timedelta(seconds=2)).woken == MANY
+        assert sweeper._visitors._pool is not None and sweeper._visitors._pool is not pool  # new workers
+    finally:
+        sweeper.close()
+
+
+def test_a_workers_failed_visit_is_the_failure_the_sweeps_thread_reports(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(visitors, "WORKERS", 2)
+    world = World(tmp_path)
+    listed = [world.session] + [world.new_session() for _ in range(MANY - 1)]
+    for session in listed:
+        world.schedule(T0 - timedelta(minutes=5), at=to_text(T0), session=session)
+    broken = listed[3]
+    (broken.folder / "inbound.db").write_bytes(b"not a database, " * 512)
+    sweeper = world.sweeper()
+    try:
+        result = sweeper.tick(T0)
+        assert sweeper._visitors is not None and sweeper._visitors._pool is not None
+        assert (result.errors, result.woken) == (1, MANY - 1)
+        by_worker = sweeper.failing[broken.id]
+    finally:
+        sweeper.close()
+    monkeypatch.setattr(visitors, "MIN_VISITS", 10**9)  # every visit by the sweep's thread
+    alone = world.sweeper()
+    assert alone.tick(T0).errors == 1
+    assert alone.failing[broken.id] == by_worker and "not a database" in by_worker
