@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from kit import World, utc
 
-from host.scheduling import sweep
+from host.scheduling import sweep, visit
 from host.settings import load
 from host.store import outbox, session_index
 from host.store.sessions import Session
@@ -90,7 +90,7 @@ def test_a_waiting_sessions_unchanged_outbound_db_is_read_once(world: World, mon
         reads.append(path)
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(sweep.outbox, "read", counted)
+    monkeypatch.setattr(visit.outbox, "read", counted)
     sweeper = world.sweeper()  # no runners: the task stays due, and each tick visits the session
     assert [sweeper.tick(T0 + timedelta(seconds=n)).woken for n in range(3)] == [1, 1, 1]
     assert len(reads) == 1

@@ -12,20 +12,21 @@ import heapq
 import logging
 import time
 from collections.abc import Generator, Iterator
-from contextlib import ExitStack, closing
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from host.channels.delivery import Deliveries
 from host.files import logs
 from host.runtimes.pool import Runner, Runners
-from host.scheduling import acks, actions, cross_group, recurrence
+from host.scheduling import actions, cross_group
 from host.scheduling.recurrence import Policy
 from host.scheduling.seen import OUTBOUND_SIDE, RACY_NS, Holds, Seen, Visit, files_of
+from host.scheduling.visit import SweepResult as SweepResult  # (the sweep's result: ``tick``)
+from host.scheduling.visit import Visitor
 from host.scheduling.visitors import Outcome, VisitFailed, Visitors
 from host.settings import Settings
-from host.store import db, groups, inbox, outbox, session_index, sessions, task_series
+from host.store import db, groups, session_index, sessions
 from host.store.outbox import OutMessage
 from host.store.sessions import Session
 from host.store.task_ids import TaskIds
@@ -38,28 +39,6 @@ CHUNK = 2000  # rows made into objects between two pauses of a sweep (about 4 ms
 YIELD_AFTER_S = 0.005  # a sweep pauses between sessions after this much work, to let the host loop serve
 
 
-@dataclass
-class SweepResult:
-    now: str
-    sessions_checked: int = 0
-    sessions_opened: int = 0
-    woken: int = 0
-    applied: int = 0
-    cloned: int = 0
-    missed: int = 0
-    retried: int = 0
-    failed: int = 0
-    errors: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def add(self, done: SweepResult) -> None:
-        """What a visit ``done`` (its writes, committed) adds to the sweep's counts."""
-        for name in ("applied", "cloned", "missed", "retried", "failed"):
-            setattr(self, name, getattr(self, name) + getattr(done, name))
-
-
 def advance(steps: Generator[None, None, SweepResult]) -> SweepResult | None:
     """Run ``steps`` (a ``Sweeper.steps`` sweep) to its next pause: None if it paused, its result once it is done."""
     try:
@@ -68,11 +47,6 @@ def advance(steps: Generator[None, None, SweepResult]) -> SweepResult | None:
         result: SweepResult = done.value
         return result
     return None
-
-
-class Inline(Exception):
-    """A visit done ``alone`` (by a worker process: ``visitors``) found what only the sweep's own thread can take on:
-    requests to apply, replies to hand over. Raised before it wrote anything."""
 
 
 class _Plan(NamedTuple):
@@ -350,6 +324,11 @@ class Sweeper:
                       result)
         return None
 
+    def _visit(self, session: Session, now: datetime, policy: Policy, runner: Runner | None, result: SweepResult,
+               quiet: frozenset[str] | None) -> Visit:
+        return Visitor(self.settings, self.runners, self.deliveries, self._apply).visit(session, now, policy, runner,
+                                                                                       result, quiet)
+
     def _visited(self, session: Session, now: datetime, files: tuple[int, ...], seen_at: int, runner: Runner | None,
                  visit: Visit, result: SweepResult) -> None:
         newest = max(files[0], files[3], files[6])
@@ -369,99 +348,3 @@ class Sweeper:
             self.runners.drop(session.id)
             if runner is not None:
                 self.runners.seen(session.id, now, idle=not claimed and due_since is None)
-
-    def _visit(self, session: Session, now: datetime, policy: Policy, runner: Runner | None,
-               result: SweepResult, quiet: frozenset[str] | None, alone: bool = False) -> Visit:
-        """``quiet``: the open rows a read of the unchanged outbound.db found nothing for (None: read it). The
-        inbox is read, then the runner's outbound.db, then the inbox written, each step with the session's
-        in-process lock held only for the inbox's (an arrival goes in while the runner's file is read, or a stuck
-        runner stopped). A live runner may keep its files locked: ``outbox.RUNNER_WAIT_S`` bounds each wait of its
-        visit."""
-        folder = session.folder
-        limit = self.settings.max_requests_per_visit
-        lock, wait = db.lock_of(folder / "inbound.db"), None if runner is None else outbox.RUNNER_WAIT_S
-        with logs.visiting(session.id), ExitStack() as stack:
-            with lock.within(wait):
-                conn = stack.enter_context(closing(db.connect(folder / "inbound.db", "inbound", reading=True,
-                                                              wait_s=wait)))
-                look = inbox.look(conn, now, policy.zone.key)
-                open_rows = look.open_rows
-                unread = runner is None and quiet is not None and quiet.issuperset(open_rows)
-                handled, replied = (0, 0) if unread else inbox.watermarks(conn)
-                db.end_read(conn)  # (in the one read transaction of the connection's checks)
-            if unread:
-                found, claimed = outbox.Outbox(), []  # what reading it again would find: no ack, request or reply
-            else:
-                found, runner = self._read_outbox(session, now, runner, open_rows, handled, replied, wait)
-                if alone and (found.requests or found.replies):
-                    raise Inline  # (before its claims are cleared: the sweep's visit finds them as this one did)
-                claimed = [mid for mid, ack in found.acks.items() if ack.status == "processing"]
-                if runner is None:
-                    # Claims first, then the inbox: a crash between leaves 'processing' rows, released next time.
-                    outbox.clear_claims(folder / "outbound.db", claimed)
-                quiet = None if found.acks or found.requests or found.replies else frozenset(open_rows)
-            more = len(found.requests) > limit
-            state, same = look.state, None
-            # Replies are sent by the host loop, each once it has taken the inbox's in-process lock (``Deliveries``):
-            # handed while this visit holds it, before the turn is recorded done, one goes out after that record (a
-            # chat marks a failed turn's answer) and while Matrix sees the turn at work or its answer on the way.
-            hand = self.deliveries.hand if self.deliveries and found.replies else None
-            notice = bool(self.runners and self.runners.owes_notice(session.id))
-            writes = bool(found.acks or claimed or found.requests or look.recurring or notice
-                          or "processing" in open_rows.values())
-            if hand and not writes:
-                hand(session, found.replies)
-            if writes:
-                # (A visit with nothing of these to do writes nothing: no transaction.) What it did counts, and its
-                # notice is given, once it is committed.
-                done = SweepResult(result.now)
-                with lock.within(wait), db.transaction(conn):
-                    if hand:
-                        hand(session, found.replies)
-                    synced = acks.sync(conn, now, policy, runner, found, claimed, open_rows)
-                    done.cloned, done.retried, done.failed = synced.cloned, synced.retried, synced.failed
-                    if found.requests:
-                        done.applied = self._apply(conn, session, found.requests[:limit], now, policy)
-                    if look.recurring:
-                        for row in task_series.ended_recurring(conn):
-                            done.cloned += recurrence.repair(conn, row, now, policy)
-                        recurrence.replan(conn, now, policy)  # TZ changed since they were planned (nearly never)
-                        for row in task_series.due_recurring(conn, now):
-                            done.missed += recurrence.misfire(conn, row, now, policy)
-                    if notice:
-                        inbox.notice(conn, now, "runner_start_failed", "The agent's runner failed to start several "
-                                     "times in a row; the host keeps retrying with growing delays.")
-                    state = inbox.state(conn, now)  # what this visit leaves, read before others may write again
-                result.add(done)
-                if notice and self.runners:
-                    self.runners.noticed.add(session.id)
-            elif (runner is None and quiet is not None and not more and not state.processing
-                  and state.due_since is not None and state.due_since <= result.now):
-                same = (result.now, look.recurring_at)  # see Seen.same
-            # Requests left for the next visit make the session due now, so the loop comes back at once, not in 60 s.
-            return Visit("" if more else state.next_due, state.processing, bool(found.replies), state.due_since,
-                          quiet if runner is None else None, same)
-
-
-    def _read_outbox(self, session: Session, now: datetime, runner: Runner | None, open_rows: dict[str, str],
-                     handled: int, replied: int, wait: float | None) -> tuple[outbox.Outbox, Runner | None]:
-        """What the visit finds in outbound.db, and the runner still alive after: one found stuck is killed, and so
-        is one that tampered with the file (``outbox.Tampered``). A runner whose file could not be read is judged by
-        its heartbeat alone (one hung holding its file's lock is killed as well). A visit that fails so is done again
-        later, its runner gone if it was killed."""
-        path = session.folder / "outbound.db"
-        try:
-            # One request more than a visit applies tells whether the rest wait for the next visit (§13.5).
-            found = outbox.read(path, open_rows, handled, writable=runner is None, reply_after_seq=replied,
-                                request_limit=self.settings.max_requests_per_visit + 1, wait_s=wait)
-        except outbox.Tampered as exc:
-            if self.runners and runner is not None:
-                self.runners.kill(session.id, str(exc))
-            raise
-        except (db.Error, db.DbError) as exc:
-            if db.is_busy(exc) and runner is not None and self.runners:
-                self.runners.kill_if_stuck(session, now, runner, outbox.Outbox())
-            raise
-        if runner is not None and self.runners and self.runners.kill_if_stuck(session, now, runner, found):
-            runner = None
-        return found, runner

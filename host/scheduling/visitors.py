@@ -3,7 +3,7 @@ no live runner (a host start, the 9:00 burst, a tick after many writes) spreads 
 is mostly SQLite work whose Python between calls holds the GIL: threads made the sweep slower (measured), processes
 scale with the cores, and their commits' syncs overlap on the disk.
 
-A worker visits a session as the sweep's own thread would (``Sweeper._visit``, no runner alive) and hands back what it
+A worker visits a session as the sweep's own thread would (``visit.Visitor``, no runner alive) and hands back what it
 found (``Visit``), what it did (counts) and its log records, which the host logs as its own. What needs the host's
 own state is left to the sweep's thread, which visits that session itself: requests to apply (through its central.db
 connection) and replies to hand to the deliveries. A worker that found them wrote nothing."""
@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -20,12 +22,14 @@ from datetime import datetime
 from multiprocessing import get_context
 from typing import TYPE_CHECKING, NamedTuple
 
+from host.scheduling.recurrence import Policy
+from host.scheduling.visit import Inline, SweepResult, Visitor
 from host.settings import Settings
 from host.store.sessions import Session
+from schemas.times import to_text
 
 if TYPE_CHECKING:
     from host.scheduling.seen import Visit
-    from host.scheduling.sweep import Sweeper, SweepResult
 
 log = logging.getLogger(__name__)
 MIN_VISITS = 16  # a sweep with fewer sessions to open visits them itself: handing them over costs more
@@ -49,7 +53,7 @@ class VisitFailed(Exception):
     """A worker's visit failed: the text of its error."""
 
 
-Job = tuple[Session, "frozenset[str] | None"]  # a session to visit, and its ``quiet`` rows (``Sweeper._visit``)
+Job = tuple[Session, "frozenset[str] | None"]  # a session to visit, and its ``quiet`` rows (``Visitor.visit``)
 
 
 class Round:
@@ -104,9 +108,9 @@ class Visitors:
     def _submit(self, now: datetime, jobs: list[Job]) -> Future[list[Outcome]]:
         if self._pool is None:
             context = get_context("forkserver")  # (fork: the host's threads hold locks a child would inherit)
-            context.set_forkserver_preload([__name__, "host.scheduling.sweep"])
-            self._pool = ProcessPoolExecutor(WORKERS, mp_context=context, initializer=_started,
-                                             initargs=(self.settings, logging.getLogger().getEffectiveLevel()))
+            context.set_forkserver_preload([__name__])
+            self._pool = ProcessPoolExecutor(WORKERS, mp_context=context, initializer=_started, initargs=(
+                os.getpid(), self.settings, logging.getLogger().getEffectiveLevel()))
         self._used = time.monotonic()
         return self._pool.submit(_visit_batch, now, jobs)
 
@@ -136,7 +140,7 @@ class Visitors:
 
 # --- in the worker process ---------------------------------------------------------------------------------------
 
-_sweeper: Sweeper | None = None
+_visitor: Visitor | None = None
 
 
 class _Kept(logging.Handler):
@@ -157,30 +161,48 @@ class _Kept(logging.Handler):
 _kept = _Kept()
 
 
-def _started(settings: Settings, level: int) -> None:
-    global _sweeper
-    from host.scheduling.sweep import Sweeper  # (this module is imported by it)
-
+def _started(host: int, settings: Settings, level: int) -> None:
+    global _visitor
+    threading.Thread(target=_end_with, args=(host,), daemon=True, name="ncl-visit-watch").start()
+    null = os.open(os.devnull, os.O_RDWR)  # none of the host's stdio (a pipe someone waits to see closed) is held
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the host stops its workers itself (a ^C reaches the whole group)
     os.nice(WORKER_NICE)
     root = logging.getLogger()
     root.handlers = [_kept]
     root.setLevel(level)
-    _sweeper = Sweeper(settings)
+    _visitor = Visitor(settings)
+
+
+def _end_with(host: int) -> None:
+    """The worker ends when the host does, SIGKILL included (its parent, the forkserver, lives while any worker
+    does): at once where the kernel tells (a pidfd), else within a second."""
+    try:
+        select.select([os.pidfd_open(host)], [], [])
+    except (OSError, AttributeError):  # gone already, or no pidfd here
+        while _alive(host):
+            time.sleep(1)
+    os._exit(0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _visit_batch(now: datetime, jobs: list[Job]) -> list[Outcome]:
-    from host.scheduling.sweep import Inline, SweepResult
-    from schemas.times import to_text
-
-    assert _sweeper is not None
-    outcomes = []
+    assert _visitor is not None
+    policy, outcomes = Policy.of(_visitor.settings), []
     for session, quiet in jobs:
         _kept.records = []
         done = SweepResult(to_text(now))
         try:
-            outcome = Outcome(_sweeper._visit(session, now, _sweeper.policy, None, done, quiet, alone=True), done,
-                              None, _kept.records)
+            outcome = Outcome(_visitor.visit(session, now, policy, None, done, quiet), done, None, _kept.records)
         except Inline:
             outcome = Outcome(None, None, None, _kept.records)
         except Exception as exc:

@@ -18,11 +18,13 @@ class TaskIds:
     session_id: str
 
     def register(self, task_id: str) -> bool:
-        """Claim ``task_id`` for this session; False if any session holds it already."""
+        """Claim ``task_id`` for this session; False if another session holds it. One this session holds already is
+        its own again (the caller checked its inbox has no such series): the registration of a series whose inbox
+        write was lost, the host killed between the two commits."""
         with db.transaction(self.central):
             added = self.central.execute("INSERT OR IGNORE INTO task_ids(id, agent_group_id, session_id)"
                                          " VALUES (?, ?, ?)", (task_id, self.agent_group_id, self.session_id))
-        return added.rowcount == 1
+            return added.rowcount == 1 or lookup(self.central, task_id) == (self.agent_group_id, self.session_id)
 
 
 def lookup(central: db.Connection, task_id: str) -> tuple[str, str] | None:

@@ -7,6 +7,10 @@ reads commands from stdin, one per line, and answers each with one JSON line on 
     tick ISO        one sweep at that instant (no runner is started: the test plays the runners)
     tick ISO N      the same, but the process SIGKILLs itself when its N-th SQL statement begins
 
+Its sweeps visit every session themselves, so the statements counted are all of a sweep's; with ``--workers`` they
+hand them to worker processes as a host does (``host.scheduling.visitors``), whose statements are not counted: a kill
+lands in the host's own, and the workers die with it wherever they are.
+
 Every connection the host opens goes through ``host.store.db._raw``; wrapping it installs a ``sqlite3`` trace callback
 that counts statements (BEGIN, COMMIT and PRAGMAs included), so "killed at statement N" is deterministic: the
 same data and the same N kill at the same point, between any two statements of the sweep, inside or outside a
@@ -24,6 +28,7 @@ from pathlib import Path
 
 from host import settings as settings_module
 from host.files.lock import host_lock
+from host.scheduling import visitors
 from host.scheduling.sweep import Sweeper
 from host.store import db
 from schemas.times import from_text
@@ -53,6 +58,8 @@ def _traced(path: Path, readonly: bool, any_thread: bool = False, wait_s: float 
 def main() -> None:
     global _count, _kill_at
     db._raw = _traced  # type: ignore[assignment]
+    if "--workers" not in sys.argv:
+        visitors.MIN_VISITS = sys.maxsize
     settings = settings_module.load()
     with host_lock(settings.data_dir):
         sweeper = Sweeper(settings)

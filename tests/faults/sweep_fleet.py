@@ -46,10 +46,11 @@ RECURRENCES = ("*/10 * * * *", "0 * * * *", "30 */2 * * *")
 class SweepHost:
     """The host process: ``tick`` returns the sweep's result, or None when it was SIGKILLed as asked."""
 
-    def __init__(self, root: Path, environ: dict[str, str], log: Path) -> None:
+    def __init__(self, root: Path, environ: dict[str, str], log: Path, workers: bool = False) -> None:
         self.log = log
         with log.open("a") as err:
-            self.proc = subprocess.Popen([sys.executable, str(CHILD)], cwd=root, env=environ, text=True,
+            self.proc = subprocess.Popen([sys.executable, str(CHILD), *(["--workers"] if workers else [])], cwd=root,
+                                         env=environ, text=True,
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
         self.lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()

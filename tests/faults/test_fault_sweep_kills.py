@@ -145,8 +145,11 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], Settings]]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("workers", [False, True], ids=["visits-in-the-host", "visits-in-workers"])
 def test_host_sigkilled_twenty_times_mid_sweep_loses_and_doubles_nothing(
-        fleet: tuple[Path, dict[str, str], Settings]) -> None:
+        fleet: tuple[Path, dict[str, str], Settings], workers: bool) -> None:
+    """``workers``: the sweep's visits are done by its worker processes (host.scheduling.visitors), which die with
+    it wherever their own visits are; else by the host itself, so a kill lands between any two of their statements."""
     root, environ, settings = fleet
     rng = random.Random(SEED)
     made, recurring = setup_fleet(settings, rng)
@@ -159,7 +162,7 @@ def test_host_sigkilled_twenty_times_mid_sweep_loses_and_doubles_nothing(
     played.work(T0, finish_share=0.3)
 
     now, generation = T0, 0
-    host = SweepHost(root, environ, log)
+    host = SweepHost(root, environ, log, workers)
     full = host.tick(now)
     assert full is not None and full["sessions_checked"] == SESSIONS
     _check(made, recurring, played, "first sweep")
@@ -183,10 +186,10 @@ def test_host_sigkilled_twenty_times_mid_sweep_loses_and_doubles_nothing(
             played.work(now)
             continue
         kills += 1
-        history.append(f"{to_text(now)}: {log.read_text().strip().splitlines()[-1]}")
+        history.append(f"{to_text(now)}: {[line for line in log.read_text().splitlines() if 'KILLED' in line][-1]}")
         played.finish_held(now, share=0.5)  # the old runners, still alive while no host runs
         host.close()
-        host = SweepHost(root, environ, log)  # the restart: runners of the old host are gone
+        host = SweepHost(root, environ, log, workers)  # the restart: runners of the old host are gone
         full = host.tick(now)
         assert full is not None
         coverage = _check(made, recurring, played, f"restart after kill {kills} ({history[-1]})")

@@ -21,6 +21,7 @@ from security_kit import T0
 
 from host.store import db, groups, sessions, task_ids
 from host.store.sessions import Session
+from host.store.task_ids import TaskIds
 from schemas import ids
 
 LIVE = ("pending", "processing", "paused")
@@ -80,6 +81,15 @@ def test_a_runner_reusing_its_own_task_id_gets_a_fresh_one(install: Install) -> 
     install.world.sweeper().tick(T0 + timedelta(seconds=1))
     found = install.series(install.attacker)
     assert len(found) == 2 and mine in found  # the old series untouched, the new one under another id
+
+
+def test_an_id_registered_for_the_session_but_never_stored_is_kept(install: Install) -> None:
+    """The host killed between the registry's commit and the inbox's: the request, applied again, keeps its id."""
+    mine = ids.new_id("task", T0)
+    assert TaskIds(install.world.central, install.attacker.agent_group_id, install.attacker.id).register(mine)
+    install.schedule_request(mine, "mine")
+    assert install.world.sweeper().tick(T0 + timedelta(seconds=1)).applied == 1
+    assert list(install.series(install.attacker)) == [mine] and install.world.notices() == []
 
 
 def test_two_sessions_asking_for_the_same_new_id_get_two_ids(install: Install) -> None:
