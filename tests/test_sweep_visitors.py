@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import subprocess
+import sys
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kit import World, utc
+from kit import World, exits_within, utc
 
 from host.files import logs
 from host.scheduling import visitors
@@ -160,3 +163,40 @@ def test_a_workers_failed_visit_is_the_failure_the_sweeps_thread_reports(tmp_pat
     alone = world.sweeper()
     assert alone.tick(T0).errors == 1
     assert alone.failing[broken.id] == by_worker and "not a database" in by_worker
+
+
+_HOST = """
+import json, sys
+from multiprocessing import forkserver
+from host import settings
+from host.scheduling import visitors
+from host.scheduling.sweep import Sweeper
+from schemas.times import from_text
+
+visitors.WORKERS = 2
+sweeper = Sweeper(settings.load(environ={"NCL_DATA_DIR": sys.argv[1], "TZ": "America/New_York"}, system_tz="UTC"))
+assert sweeper.tick(from_text(sys.argv[2])).woken == int(sys.argv[3])
+pids = [process.pid for process in sweeper._visitors._pool._processes.values()]
+print(json.dumps(pids + [forkserver._forkserver._forkserver_pid]), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_the_workers_end_with_a_host_killed_with_sigkill(tmp_path: Path) -> None:
+    """Their parent, the forkserver, lives as long as any of them does: each watches the host itself. Nothing holds
+    the host's stdout after it (someone may wait for that pipe to close)."""
+    world = World(tmp_path)
+    for session in [world.session] + [world.new_session() for _ in range(MANY - 1)]:
+        world.schedule(T0 - timedelta(minutes=5), at=to_text(T0), session=session)
+    with subprocess.Popen([sys.executable, "-c", _HOST, str(world.settings.data_dir), to_text(T0), str(MANY)],
+                          cwd=Path(__file__).parents[1], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) as host:
+        assert host.stdout is not None
+        try:
+            helpers = json.loads(host.stdout.readline())
+            assert len(helpers) == 3 and not any(exits_within(pid, 0) for pid in helpers)
+        finally:
+            host.kill()
+            host.wait()
+        assert all(exits_within(pid, 10) for pid in helpers)
+        assert host.stdout.read() == ""  # (at once: no helper left holding the pipe)
