@@ -26,6 +26,13 @@ T0 = utc("2026-05-18T13:00:00")  # 09:00 in New York
 MANY = visitors.MIN_VISITS + 8
 
 
+@pytest.fixture
+def workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers for any sweep of MANY sessions, whatever this machine's cores (they are what is tested)."""
+    monkeypatch.setattr(visitors, "WORKERS", 2)
+    monkeypatch.setattr(visitors, "FIRST_VISITS", MANY)
+
+
 def _busy_world(tmp_path: Path) -> tuple[World, list[Session], dict[str, str]]:
     """MANY sessions: half finished a daily task's occurrence (cloned at the next visit), half hold a due one-shot;
     the first also holds a request to apply. Returns the world, the sessions, and each cloned session's series."""
@@ -63,9 +70,8 @@ class _Kept(logging.Handler):
         self.records.append(record)
 
 
-def test_workers_visit_many_sessions_as_the_sweeps_own_thread_would(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(visitors, "WORKERS", 2)  # (whatever this machine's cores: the workers are what is tested)
+def test_workers_visit_many_sessions_as_the_sweeps_own_thread_would(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      workers: None) -> None:
     world, listed, cloned = _busy_world(tmp_path / "workers")
     sweeper = world.sweeper()
     kept, root = _Kept(), logging.getLogger()
@@ -102,7 +108,7 @@ def test_workers_visit_many_sessions_as_the_sweeps_own_thread_would(tmp_path: Pa
     assert alone._visitors is not None and alone._visitors._pool is None
 
 
-def test_a_sweep_with_few_sessions_to_open_starts_no_worker(tmp_path: Path) -> None:
+def test_a_sweep_with_few_sessions_to_open_starts_no_worker(tmp_path: Path, workers: None) -> None:
     world = World(tmp_path)
     for _ in range(visitors.MIN_VISITS - 2):
         world.schedule(T0 - timedelta(minutes=5), at=to_text(T0), session=world.new_session())
@@ -111,9 +117,29 @@ def test_a_sweep_with_few_sessions_to_open_starts_no_worker(tmp_path: Path) -> N
     assert sweeper._visitors is not None and sweeper._visitors._pool is None
 
 
-def test_workers_that_died_leave_their_sessions_to_the_sweeps_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_the_first_workers_start_only_for_many_visits_in_sight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starting them the first time costs ~0.3 s: a host start over a few dozen sessions visits them itself; one over
+    thousands (the sessions left for its next sweeps counted) starts them at its first sweep."""
     monkeypatch.setattr(visitors, "WORKERS", 2)
+    monkeypatch.setattr(visitors, "FIRST_VISITS", MANY + 1)
+    world = World(tmp_path)
+    for session in [world.session] + [world.new_session() for _ in range(MANY - 1)]:
+        world.schedule(T0 - timedelta(minutes=5), at=to_text(T0), session=session)
+    few = world.sweeper()
+    assert few.tick(T0).woken == MANY
+    assert few._visitors is not None and few._visitors._pool is None  # MANY in sight: not enough
+    world.schedule(T0 - timedelta(minutes=5), at=to_text(T0), session=world.new_session())
+    many = world.sweeper()  # MANY + 1: this sweep's 16, and those it leaves for the next
+    try:
+        assert many.tick(T0, new_limit=visitors.MIN_VISITS).woken == visitors.MIN_VISITS
+        assert many.unvisited == MANY + 1 - visitors.MIN_VISITS
+        assert many._visitors is not None and many._visitors._pool is not None
+    finally:
+        many.close()
+
+
+def test_workers_that_died_leave_their_sessions_to_the_sweeps_thread(tmp_path: Path, workers: None,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
     world = World(tmp_path)
     listed = [world.session] + [world.new_session() for _ in range(MANY - 1)]
     for session in listed:
@@ -142,9 +168,8 @@ def test_workers_that_died_leave_their_sessions_to_the_sweeps_thread(tmp_path: P
         sweeper.close()
 
 
-def test_a_workers_failed_visit_is_the_failure_the_sweeps_thread_reports(tmp_path: Path,
+def test_a_workers_failed_visit_is_the_failure_the_sweeps_thread_reports(tmp_path: Path, workers: None,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(visitors, "WORKERS", 2)
     world = World(tmp_path)
     listed = [world.session] + [world.new_session() for _ in range(MANY - 1)]
     for session in listed:
@@ -173,7 +198,7 @@ from host.scheduling import visitors
 from host.scheduling.sweep import Sweeper
 from schemas.times import from_text
 
-visitors.WORKERS = 2
+visitors.WORKERS, visitors.FIRST_VISITS = 2, visitors.MIN_VISITS
 sweeper = Sweeper(settings.load(environ={"NCL_DATA_DIR": sys.argv[1], "TZ": "America/New_York"}, system_tz="UTC"))
 assert sweeper.tick(from_text(sys.argv[2])).woken == int(sys.argv[3])
 pids = [process.pid for process in sweeper._visitors._pool._processes.values()]

@@ -252,7 +252,7 @@ class Sweeper:
                     waiting.append(plan)
                     handing.add((session, plan.quiet))
         if waiting:
-            yield from self._visit_waiting(waiting, handing.outcomes(), now, policy, result)
+            yield from self._visit_waiting(waiting, handing.outcomes(self.unvisited), now, policy, result)
         self._save_index()
         if self.runners:
             result.woken += self.runners.start_waiting(now, self._rules)

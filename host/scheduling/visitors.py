@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MIN_VISITS = 16  # a sweep with fewer sessions to open visits them itself: handing them over costs more
+# Workers are first started (a forkserver, a Python importing the host: ~0.3 s) only for this many visits in sight,
+# this sweep's and those of sessions left for the next (a host start's); after, new ones start in ~15 ms.
+FIRST_VISITS = 1000
 BATCH = 8  # sessions a worker visits per hand-over (one each cost ~40% more, in the pipes)
 IDLE_S = 60.0  # workers left unused this long stop; the next sweep that needs them starts them again (~15 ms)
 # As many as the cores, at most 4; on one core none: the sweep's thread visits every session itself. (One more than
@@ -61,8 +64,9 @@ Job = tuple[Session, "frozenset[str] | None"]  # a session to visit, and its ``q
 
 class Round:
     """The sessions one sweep's pass leaves to visit (``add``), in batches handed to the workers as they fill once
-    there are ``MIN_VISITS`` of them: the workers visit while the pass goes on. ``outcomes``: each job's, in order,
-    None for those the sweep's thread visits (all of them in a sweep with fewer)."""
+    there are ``MIN_VISITS`` of them and workers were started before: they visit while the pass goes on.
+    ``outcomes``: each job's, in order, None for those the sweep's thread visits (all of them in a sweep with fewer,
+    or with fewer than ``FIRST_VISITS`` in sight before the first workers start)."""
 
     def __init__(self, visitors: Visitors, now: datetime) -> None:
         self.visitors, self.now = visitors, now
@@ -73,7 +77,7 @@ class Round:
 
     def add(self, job: Job) -> None:
         self.jobs.append(job)
-        if len(self.jobs) >= MIN_VISITS and len(self.jobs) - self._handed >= BATCH:
+        if self.visitors.started and len(self.jobs) >= MIN_VISITS and len(self.jobs) - self._handed >= BATCH:
             self._hand()
 
     def _hand(self) -> None:
@@ -87,8 +91,9 @@ class Round:
                 return
             self._handed += len(batch)
 
-    def outcomes(self) -> Iterator[Outcome | None]:
-        if len(self.jobs) >= MIN_VISITS:
+    def outcomes(self, ahead: int = 0) -> Iterator[Outcome | None]:
+        """``ahead``: sessions left for the next sweeps, which will be visited too."""
+        if len(self.jobs) >= MIN_VISITS and (self.visitors.started or len(self.jobs) + ahead >= FIRST_VISITS):
             self._hand()
         for future, size in self._batches:
             yield from self.visitors._outcomes(future, size)
@@ -102,6 +107,7 @@ class Visitors:
         self.settings = settings
         self._pool: ProcessPoolExecutor | None = None
         self._used = 0.0
+        self.started = False  # workers were started once: the forkserver they come from runs (until the host ends)
 
     def round(self, now: datetime) -> Round:
         """One sweep's hand-over to the workers (``Round``)."""
@@ -114,7 +120,7 @@ class Visitors:
             context.set_forkserver_preload([__name__])
             self._pool = ProcessPoolExecutor(WORKERS, mp_context=context, initializer=_started, initargs=(
                 os.getpid(), self.settings, logging.getLogger().getEffectiveLevel()))
-        self._used = time.monotonic()
+        self._used, self.started = time.monotonic(), True
         return self._pool.submit(_visit_batch, now, jobs)
 
     def _outcomes(self, future: Future[list[Outcome]], size: int) -> list[Outcome] | list[None]:

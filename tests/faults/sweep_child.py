@@ -58,7 +58,9 @@ def _traced(path: Path, readonly: bool, any_thread: bool = False, wait_s: float 
 def main() -> None:
     global _count, _kill_at
     db._raw = _traced  # type: ignore[assignment]
-    if "--workers" not in sys.argv:
+    if "--workers" in sys.argv:
+        visitors.FIRST_VISITS = visitors.MIN_VISITS  # (50 sessions)
+    else:
         visitors.MIN_VISITS = sys.maxsize
     settings = settings_module.load()
     with host_lock(settings.data_dir):

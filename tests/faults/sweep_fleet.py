@@ -10,6 +10,7 @@ import json
 import queue
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -135,8 +136,13 @@ class PlayedRunners:
         return claimed
 
     def finish_held(self, now: datetime, share: float) -> None:
-        """While the host is down its runners go on: finish a share of what each still holds."""
+        """While the host is down its runners go on: finish a share of what each still holds. The host saw no runner
+        alive (it starts none here), so it may have been killed clearing their claims: the hot journal that leaves
+        in outbound.db is rolled back first, as any writer's open does (a real host clears the claims of no live
+        runner, and a runner's read-only attach of the file could not)."""
         for session in self.sessions:
+            with closing(sqlite3.connect(session.folder / "outbound.db")) as conn:
+                conn.execute("SELECT 1 FROM sqlite_master").fetchall()
             store = self.store(session)
             for message_id, kind in list(self.held.get(session.id, [])):
                 if self.rng.random() < share:
