@@ -19,6 +19,7 @@ from kit import World, exits_within, utc
 from host.files import logs
 from host.scheduling import visitors
 from host.scheduling.sweep import Sweeper
+from host.store import groups, sessions
 from host.store.sessions import Session
 from schemas.times import to_text
 
@@ -196,6 +197,7 @@ from multiprocessing import forkserver
 from host import settings
 from host.scheduling import visitors
 from host.scheduling.sweep import Sweeper
+from host.store import groups, sessions
 from schemas.times import from_text
 
 visitors.WORKERS, visitors.FIRST_VISITS = 2, visitors.MIN_VISITS
@@ -225,3 +227,28 @@ def test_the_workers_end_with_a_host_killed_with_sigkill(tmp_path: Path) -> None
             host.wait()
         assert all(exits_within(pid, 10) for pid in helpers)
         assert host.stdout.read() == ""  # (at once: no helper left holding the pipe)
+
+
+def test_a_session_a_request_changed_after_its_workers_visit_is_visited_again(tmp_path: Path, workers: None) -> None:
+    """An admin group's request (applied by the sweep's thread) schedules a task in session B of another group,
+    which a worker had visited before: what that worker found of B is out of date, so B is visited again and the
+    new task's time is what the host waits for (not the next full sweep)."""
+    world = World(tmp_path)
+    ops_group, _ = groups.create(world.central, world.settings, T0, "ops", ["cli"], admin=True)
+    ops = sessions.create(world.central, world.settings, T0, ops_group, None)
+    listed = [world.new_session() for _ in range(MANY)]
+    target = listed[7]  # (a batch after the one ops is in)
+    sessions.touch(world.central, target.id, T0)  # demo's most recently active session: where "group" demo goes
+    sweeper = world.sweeper()
+    try:
+        sweeper.tick(T0)  # every session seen, the workers started
+        for session in [world.session, ops, *listed]:  # every session written again: the next sweep opens each
+            world.schedule(T0, at=to_text(T0 + timedelta(hours=5)), session=session)
+        world.request(T0, {"action": "schedule_task", "taskId": "task-1779105600000-abcdef", "prompt": "backups",
+                           "processAfter": to_text(T0 + timedelta(seconds=30)), "group": "demo"}, ops)
+        assert sweeper.tick(T0 + timedelta(seconds=2)).applied == 1
+        assert sweeper._visitors is not None and sweeper._visitors._pool is not None
+        assert sweeper.earliest_due() == T0 + timedelta(seconds=30)
+        assert target.id in sweeper.hot(T0 + timedelta(seconds=31))
+    finally:
+        sweeper.close()

@@ -73,6 +73,7 @@ class Sweeper:
     _sessions: list[Session] = field(default_factory=list)
     _central_version: int = -1
     _visitors: Visitors | None = None
+    _touched: set[str] = field(default_factory=set)  # sessions this tick's requests wrote (``_apply``)
 
     @property
     def policy(self) -> Policy:
@@ -118,6 +119,7 @@ class Sweeper:
             applied = actions.apply(conn, requests, now, policy, registry, reach)
         for other in reach.touched:  # a request changed its inbox: the next tick (or this one) visits it
             self.seen.pop(other, None)
+        self._touched |= reach.touched
         return applied
 
     def _rules(self, group_id: str) -> str:
@@ -219,6 +221,7 @@ class Sweeper:
         result = SweepResult(now=to_text(now))
         policy = self.policy
         self.unvisited = 0
+        self._touched.clear()
         yield from self._listed()
         held, runners = self.holds.held, self.runners
         waiting: list[_Plan] = []
@@ -293,7 +296,8 @@ class Sweeper:
                         raise VisitFailed(error)
                     if done is not None:
                         result.add(done)
-                visit = visit or self._visit(plan.session, now, policy, None, result, plan.quiet)
+                if visit is None or plan.session.id in self._touched:  # (a worker's, from before a request's write)
+                    visit = self._visit(plan.session, now, policy, None, result, plan.quiet)
                 self._visited(plan.session, now, plan.files, plan.seen_at, None, visit, result)
             except Exception as exc:
                 self._went_wrong(plan.session, now, result, exc)

@@ -41,7 +41,8 @@ IDLE_S = 60.0  # workers left unused this long stop; the next sweep that needs t
 # As many as the cores, at most 4; on one core none: the sweep's thread visits every session itself. (One more than
 # the cores cloned ~10% faster, a visit that commits waiting on the disk, but the webhook answers' p99 during a host
 # start went from ~9 to ~11 ms on 2 cores.)
-WORKERS = min(4, os.cpu_count() or 1) if (os.cpu_count() or 1) > 1 else 0
+CORES = len(os.sched_getaffinity(0))  # (the cores this host may run on, not the machine's)
+WORKERS = min(4, CORES) if CORES > 1 else 0
 WORKER_NICE = 5  # the host's own process (its loop answers webhooks and chats) comes first on a busy machine
 
 

@@ -58,8 +58,8 @@ def _traced(path: Path, readonly: bool, any_thread: bool = False, wait_s: float 
 def main() -> None:
     global _count, _kill_at
     db._raw = _traced  # type: ignore[assignment]
-    if "--workers" in sys.argv:
-        visitors.FIRST_VISITS = visitors.MIN_VISITS  # (50 sessions)
+    if "--workers" in sys.argv:  # (whatever this machine's cores; 50 sessions: all in sight)
+        visitors.WORKERS, visitors.FIRST_VISITS = max(2, visitors.WORKERS), visitors.MIN_VISITS
     else:
         visitors.MIN_VISITS = sys.maxsize
     settings = settings_module.load()
@@ -71,7 +71,8 @@ def main() -> None:
             assert command == "tick", line
             _count, _kill_at = 0, int(args[1]) if len(args) > 1 else None
             result = sweeper.tick(from_text(args[0]))
-            print(json.dumps({**result.to_json(), "statements": _count}), flush=True)
+            workers = sweeper._visitors is not None and sweeper._visitors.started
+            print(json.dumps({**result.to_json(), "statements": _count, "workers": workers}), flush=True)
         sweeper.close()
 
 

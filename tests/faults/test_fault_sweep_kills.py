@@ -205,7 +205,8 @@ def test_host_sigkilled_twenty_times_mid_sweep_loses_and_doubles_nothing(
         played.new_generation(f"gen-{generation}")
         played.work(now, finish_share=1.0)
     end = now
-    assert host.tick(end) is not None
+    last = host.tick(end)
+    assert last is not None and last["workers"] == workers, "the sweeps' visits were not made where meant"
     host.close()
     coverage = _check(made, recurring, played, f"the end ({to_text(end)})", final_at=end)
 
