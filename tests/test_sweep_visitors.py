@@ -34,6 +34,14 @@ def workers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(visitors, "FIRST_VISITS", MANY)
 
 
+def _due_sessions(world: World, count: int = MANY) -> list[Session]:
+    """``count`` sessions of ``world`` (its own first), each holding a one-shot task due at T0."""
+    listed = [world.session] + [world.new_session() for _ in range(count - 1)]
+    for session in listed:
+        world.schedule(T0 - timedelta(minutes=5), at=to_text(T0), session=session)
+    return listed
+
+
 def _busy_world(tmp_path: Path) -> tuple[World, list[Session], dict[str, str]]:
     """MANY sessions: half finished a daily task's occurrence (cloned at the next visit), half hold a due one-shot;
     the first also holds a request to apply. Returns the world, the sessions, and each cloned session's series."""
@@ -111,8 +119,7 @@ def test_workers_visit_many_sessions_as_the_sweeps_own_thread_would(tmp_path: Pa
 
 def test_a_sweep_with_few_sessions_to_open_starts_no_worker(tmp_path: Path, workers: None) -> None:
     world = World(tmp_path)
-    for _ in range(visitors.MIN_VISITS - 2):
-        world.schedule(T0 - timedelta(minutes=5), at=to_text(T0), session=world.new_session())
+    _due_sessions(world, visitors.MIN_VISITS - 2)
     sweeper = world.sweeper()
     assert sweeper.tick(T0).woken == visitors.MIN_VISITS - 2
     assert sweeper._visitors is not None and sweeper._visitors._pool is None
@@ -124,8 +131,7 @@ def test_the_first_workers_start_only_for_many_visits_in_sight(tmp_path: Path, m
     monkeypatch.setattr(visitors, "WORKERS", 2)
     monkeypatch.setattr(visitors, "FIRST_VISITS", MANY + 1)
     world = World(tmp_path)
-    for session in [world.session] + [world.new_session() for _ in range(MANY - 1)]:
-        world.schedule(T0 - timedelta(minutes=5), at=to_text(T0), session=session)
+    _due_sessions(world)
     few = world.sweeper()
     assert few.tick(T0).woken == MANY
     assert few._visitors is not None and few._visitors._pool is None  # MANY in sight: not enough
@@ -142,9 +148,7 @@ def test_the_first_workers_start_only_for_many_visits_in_sight(tmp_path: Path, m
 def test_workers_that_died_leave_their_sessions_to_the_sweeps_thread(tmp_path: Path, workers: None,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     world = World(tmp_path)
-    listed = [world.session] + [world.new_session() for _ in range(MANY - 1)]
-    for session in listed:
-        world.schedule(T0 - timedelta(minutes=5), at=to_text(T0), session=session)
+    listed = _due_sessions(world)
     sweeper = world.sweeper()
     try:
         assert sweeper.tick(T0).woken == MANY
@@ -172,9 +176,7 @@ def test_workers_that_died_leave_their_sessions_to_the_sweeps_thread(tmp_path: P
 def test_a_workers_failed_visit_is_the_failure_the_sweeps_thread_reports(tmp_path: Path, workers: None,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     world = World(tmp_path)
-    listed = [world.session] + [world.new_session() for _ in range(MANY - 1)]
-    for session in listed:
-        world.schedule(T0 - timedelta(minutes=5), at=to_text(T0), session=session)
+    listed = _due_sessions(world)
     broken = listed[3]
     (broken.folder / "inbound.db").write_bytes(b"not a database, " * 512)
     sweeper = world.sweeper()
@@ -213,8 +215,7 @@ def test_the_workers_end_with_a_host_killed_with_sigkill(tmp_path: Path) -> None
     """Their parent, the forkserver, lives as long as any of them does: each watches the host itself. Nothing holds
     the host's stdout after it (someone may wait for that pipe to close)."""
     world = World(tmp_path)
-    for session in [world.session] + [world.new_session() for _ in range(MANY - 1)]:
-        world.schedule(T0 - timedelta(minutes=5), at=to_text(T0), session=session)
+    _due_sessions(world)
     with subprocess.Popen([sys.executable, "-c", _HOST, str(world.settings.data_dir), to_text(T0), str(MANY)],
                           cwd=Path(__file__).parents[1], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                           text=True) as host:
