@@ -4,7 +4,8 @@ whether anything was written since the last visit; nor are due sessions unchange
 write (a wake waiting for a slot: see ``Seen.same``). Their signature holds ctimes, which any write, rename or
 ``utime`` moves and no runner can set back; a journal made or deleted beside a file moves the folder's. What a visit
 learned is kept in central.db too (``session_index``), so a restarted host opens only the sessions that changed or
-are due."""
+are due. A session is opened for a visit (``visit``): at once if its runner is alive, else after the pass, by worker
+processes when there are many to open (``visitors``)."""
 
 from __future__ import annotations
 
