@@ -273,11 +273,14 @@ class Sweeper:
         self._remember(session.id, None)
         result.errors += 1
         self.holds.failed(session.id, now)
-        # Said once per distinct problem: a session broken for good must not fill the log every sweep.
-        level = logging.DEBUG if self.failing.get(session.id) == str(exc) else logging.WARNING
+        # A live runner's files locked past the visit's bounded wait (a commit in a disk stall, or a runner at it on
+        # purpose) is no broken session: the hold retries it. Said once per distinct problem either way: a session
+        # broken for good must not fill the log every sweep.
+        busy = db.is_busy(exc) and self.runners is not None and session.id in self.runners.live
+        level = logging.DEBUG if self.failing.get(session.id) == str(exc) else logging.INFO if busy else logging.WARNING
         self.failing[session.id] = str(exc)
-        log.log(level, "session %s skipped: %s", session.id, exc, extra={"action": "session_failed",
-                                                                          "session": session.id})
+        log.log(level, "session %s skipped%s: %s", session.id, " (its runner holds its files)" if busy else "", exc,
+                extra={"action": "session_busy" if busy else "session_failed", "session": session.id})
 
     def _visit_waiting(self, waiting: list[_Plan], outcomes: Iterator[Outcome | None], now: datetime,
                        policy: Policy, result: SweepResult) -> Generator[None, None, None]:

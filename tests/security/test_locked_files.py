@@ -9,6 +9,7 @@ as on anybody else would hang the test (which then fails after WAIT_S) instead o
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import subprocess
@@ -117,7 +118,8 @@ def _stalls_only_its_own_session(two: Two, hold: Callable[[], Iterator[None]]) -
     assert [r["outcome"] for r in two.world.runs(two.world.rows(two.task)[0]["series_id"])] == ["ran"]
 
 
-def test_a_runner_holding_its_outbound_db_write_locked_holds_up_only_its_own_session(tmp_path: Path) -> None:
+def test_a_runner_holding_its_outbound_db_write_locked_holds_up_only_its_own_session(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     two = Two(tmp_path)
 
     def hold() -> Iterator[None]:
@@ -125,7 +127,12 @@ def test_a_runner_holding_its_outbound_db_write_locked_holds_up_only_its_own_ses
             runner.execute("BEGIN EXCLUSIVE")
             yield
 
-    _stalls_only_its_own_session(two, hold)
+    with caplog.at_level(logging.DEBUG):
+        _stalls_only_its_own_session(two, hold)
+    # A live runner's lock (a commit in a disk stall looks the same) is said once, as info: no session failed.
+    said = [(r.levelno, r.action) for r in caplog.records  # type: ignore[attr-defined]
+            if getattr(r, "action", None) in ("session_busy", "session_failed")]
+    assert said == [(logging.INFO, "session_busy"), (logging.DEBUG, "session_busy")]
 
 
 def test_a_runner_keeping_a_read_of_its_inbox_open_holds_up_only_its_own_session(tmp_path: Path) -> None:
