@@ -72,12 +72,23 @@ def test_session_files_are_never_wal(session_dir: Path, kind: DbKind) -> None:
 
 
 @pytest.mark.parametrize("kind", ["inbound", "outbound"])
-def test_a_reading_connection_syncs_as_a_writer_once_its_read_ends(session_dir: Path, kind: DbKind) -> None:
-    """A sweep's visit writes through the connection it read with: from ``end_read`` on, as any session writer."""
+def test_a_reading_connection_writes_as_any_session_writer_and_a_read_pays_for_no_write(session_dir: Path,
+                                                                                       kind: DbKind) -> None:
+    """A sweep's visit writes through the connection it read with: its first transaction syncs as any session
+    writer's, inbound.db's journal cut to 0 bytes at its commit. A visit that only reads runs none of that."""
     with closing(db.connect(session_dir / f"{kind}.db", kind, reading=True)) as conn:
         assert conn.in_transaction
         db.end_read(conn)
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL, SQLite's default: nothing set yet
+        with db.transaction(conn):
+            conn.execute("CREATE TABLE t(x)")
+            conn.execute("INSERT INTO t VALUES (randomblob(50000))")
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        assert conn.execute("PRAGMA journal_size_limit").fetchone()[0] == (0 if kind == "inbound" else -1)
+        with db.transaction(conn):  # a later one has nothing left to set
+            conn.execute("DELETE FROM t")
+    journal = session_dir / f"{kind}.db-journal"
+    assert not journal.exists() if kind == "outbound" else journal.stat().st_size == 0
 
 
 def test_central_connections_have_a_busy_timeout(tmp_path: Path) -> None:

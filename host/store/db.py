@@ -46,6 +46,9 @@ class _Opened(sqlite3.Connection):
     """The connections ``_raw`` opens: central.db's carry its file's in-process lock (``transaction`` takes it)."""
 
     lock: file_locks.FileLock | None = None
+    # A ``reading`` connection's pragmas that only its writes need, run before its first transaction (``transaction``):
+    # most visits write nothing, and each pragma took and dropped the file's lock (~7 µs each).
+    for_writes: tuple[str, ...] = ()
 
 
 class DbError(NclError):
@@ -171,7 +174,12 @@ version = queries.version
 
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """``queries.transaction``, inside the connection's in-process lock if it has one (``lock_of``)."""
+    """``queries.transaction``, inside the connection's in-process lock if it has one (``lock_of``), after the
+    pragmas a ``reading`` connection left for its writes (SQLite refuses them inside a transaction)."""
+    if pragmas := getattr(conn, "for_writes", ()):
+        for pragma in pragmas:
+            conn.execute(pragma)
+        conn.for_writes = ()  # type: ignore[attr-defined]
     with getattr(conn, "lock", None) or nullcontext(), queries.transaction(conn):
         yield conn
 
@@ -260,10 +268,15 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
             # lock until it is closed, as soon as its reads are done.
             conn.execute("PRAGMA locking_mode=EXCLUSIVE")
         found = _version_and_mode(conn, kind, path, keep=reading)
-        if kind != "central" and not reading:  # (a reading connection's is set as its read ends: ``end_read``)
-            _sync_as_session(conn)
-        if kind == "inbound":  # the kept journal is cut to 0 bytes at each commit: no disk held, as DELETE held none
-            conn.execute("PRAGMA journal_size_limit=0")
+        if kind != "central":
+            writes: tuple[str, ...] = (f"PRAGMA synchronous={SESSION_SYNC}",)
+            if kind == "inbound":  # the kept journal is cut to 0 bytes at each commit: no disk held, as by DELETE
+                writes += ("PRAGMA journal_size_limit=0",)
+            if reading:
+                conn.for_writes = writes
+            else:
+                for pragma in writes:
+                    conn.execute(pragma)
         if kind == "inbound" and wait_s is not None:
             # No dirty page is written before the COMMIT: a write of one needs the file's exclusive lock, which a
             # live runner's open read (its mount is read-only, but a read lock needs no more) holds up; the visit
@@ -288,17 +301,11 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
 
 
 def end_read(conn: sqlite3.Connection) -> None:
-    """End the read transaction a ``reading`` connection came in (if it is still open); its writes after it sync as
-    a session file's (a write inside it would sync as SQLite's default, FULL: as durably, once more)."""
+    """End the read transaction a ``reading`` connection came in (if it is still open). Its writes after it go
+    through ``transaction``, which sets what they need first: a write inside it would sync as SQLite's default,
+    FULL (as durably, once more)."""
     if conn.in_transaction:
         conn.execute("COMMIT")
-    _sync_as_session(conn)
-
-
-def _sync_as_session(conn: sqlite3.Connection) -> None:
-    """``SESSION_SYNC``, set outside a transaction (SQLite refuses it inside one) and after the connection's checks:
-    set before them, its statement took and dropped the file's lock once more, ~18 µs a connection."""
-    conn.execute(f"PRAGMA synchronous={SESSION_SYNC}")
 
 
 def _version_and_mode(conn: sqlite3.Connection, kind: DbKind, path: Path, keep: bool) -> int:
