@@ -111,7 +111,7 @@ class Screen:
                 with closing(db.connect(folder / "inbound.db", "inbound", readonly=True)) as conn:
                     row = inbox.get(conn, message_id)
                 wait = outbox.model_wait(folder / "outbound.db") if row and row.status == "processing" else None
-            except (db.Error, OSError):
+            except (db.Error, db.DbError, OSError):  # (DbError: a runner's outbound.db the host refuses to read)
                 return ""
             if text := status_text(row, waited, self.zone, wait):
                 return text

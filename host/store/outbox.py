@@ -3,10 +3,12 @@ clearing claims of a runner that is gone (DESIGN §5)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
+import logging
 import os
+import shutil
 import sqlite3
+import stat
 from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass, field, replace
@@ -16,6 +18,8 @@ from host.files import confined
 from host.store import db
 from schemas.requests import MAX_CHARS as REQUEST_CHARS
 from schemas.rows import MODEL_WAIT, MODEL_WAIT_MAX_TEXT, ModelWait
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +103,7 @@ def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, re
     """
     if not path.exists():
         return Outbox()
-    if not writable:
-        _refuse_tampered(path)
+    _guard(path, live=not writable)
     ids = list(open_ids)
     acks: dict[str, Ack] = {}
     requests: list[OutMessage] = []
@@ -150,27 +153,63 @@ OUT = f"SELECT seq, {_ROUTED}, substr(content, 1, {{chars}}) AS content FROM mes
       " AND seq > ? ORDER BY seq LIMIT ?"
 
 
-def _refuse_tampered(path: Path) -> None:
-    """``Tampered`` if the file's header says WAL (bytes 18 and 19, SQLite's file format versions, are 2; 1 is a
-    rollback journal's), read as any file the runner writes (below its folder, no link followed, never blocking), or
-    if its journal is larger than twice the file and a MiB: one transaction's journal holds at most the pages it
-    changed as they were."""
+def _guard(path: Path, live: bool) -> None:
+    """What a runner may have left beside or in ``path`` that would stall the host's read of it, refused while its
+    runner lives (``Tampered``: it is killed) and taken away once it is dead. Read as any file the runner writes
+    (below its folder, no link followed, never blocking):
+
+    - a journal that is not a regular file: SQLite's check for a hot journal opens it read-only, which blocks for
+      ever on a FIFO; a dead runner's is removed.
+    - a journal larger than twice the file and a MiB: one transaction's journal holds at most the pages it changed,
+      as they were, and a hot one is rolled back at the open, all of it (a planted, sparse journal of gigabytes: many
+      seconds); a dead runner's is removed unread, what it would have rolled back was its runner's own file.
+    - the header in WAL mode (bytes 18 and 19, SQLite's file format versions, are 2; 1 is a rollback journal's): an
+      open of it could wait about 10 s for read slots its runner holds. A dead runner's is switched back at the open.
+
+    A live runner could still swap a FIFO in after this check (SECURITY.md, known limits)."""
+    journal = path.with_name(path.name + "-journal")
     try:
-        fd = confined.open_beneath(path.parent, path.name)
+        info: os.stat_result | None = os.stat(journal, follow_symlinks=False)  # (the folder is the host's)
+    except OSError:
+        info = None
+    if info is None and not live:
+        return  # (a dead runner's file with no journal: the common case, one stat)
+    try:
+        folder = confined.open_dir(path.parent)
     except (confined.Refused, OSError):
         return  # (the open that follows refuses it, as before)
     try:
-        size, wal = os.fstat(fd).st_size, os.pread(fd, 2, 18) == b"\x02\x02"
+        size, wal = _header(folder, path.name)
+        if wal and live:
+            raise Tampered(f"{path} is in WAL mode: its runner switched it")
+        if info is None or (stat.S_ISREG(info.st_mode) and info.st_size <= 2 * size + (1 << 20)):
+            return
+        planted = "is not a regular file" if not stat.S_ISREG(info.st_mode) else \
+            f"holds {info.st_size} bytes beside a file of {size}"
+        if live:
+            raise Tampered(f"{journal} {planted}: its runner planted it")
+        log.warning("removed %s, left by the session's runner: it %s", journal, planted,
+                    extra={"action": "planted_journal_removed"})
+        if stat.S_ISDIR(info.st_mode):
+            shutil.rmtree(journal.name, dir_fd=folder)  # (no link in it is followed)
+        else:
+            os.unlink(journal.name, dir_fd=folder)
+    finally:
+        os.close(folder)
+
+
+def _header(folder: int, name: str) -> tuple[int, bool]:
+    """The size of the file ``name`` (in the folder open as ``folder``) and whether its header says WAL."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
     except OSError:
-        return
+        return 0, False  # (the open that follows refuses it)
+    try:
+        return os.fstat(fd).st_size, os.pread(fd, 2, 18) == b"\x02\x02"
+    except OSError:
+        return 0, False
     finally:
         os.close(fd)
-    if wal:
-        raise Tampered(f"{path} is in WAL mode: its runner switched it")
-    with contextlib.suppress(OSError):
-        journal = os.stat(f"{path}-journal", follow_symlinks=False).st_size
-        if journal > 2 * size + (1 << 20):
-            raise Tampered(f"{path}-journal holds {journal} bytes beside a file of {size}: its runner planted it")
 
 
 CHUNK = 500  # ids bound in one statement: under SQLite's variable limit
@@ -190,6 +229,7 @@ def clear_claims(path: Path, message_ids: list[str]) -> None:
     """Delete ``processing`` claims of a runner that is no longer alive, so the next one starts clean."""
     if not message_ids or not path.exists():
         return
+    _guard(path, live=False)
     with closing(db.connect(path, "outbound")) as conn, db.transaction(conn):
         _in_chunks(conn, "DELETE FROM processing_ack WHERE status = 'processing' AND message_id IN ({})", message_ids)
 
@@ -200,7 +240,7 @@ def claimed(path: Path, message_ids: list[str]) -> set[str]:
     and one ``Tampered`` is refused."""
     if not message_ids or not path.exists():
         return set()
-    _refuse_tampered(path)
+    _guard(path, live=True)
     with closing(db.connect(path, "outbound", query_only=True, wait_s=RUNNER_WAIT_S)) as conn:
         return {r[0] for r in _in_chunks(conn, "SELECT message_id FROM processing_ack WHERE status = 'processing'"
                                                 " AND message_id IN ({})", message_ids)}
@@ -210,6 +250,7 @@ def model_wait(path: Path) -> ModelWait | None:
     """What the runner said of its wait to retry the model API (``ModelWait``), if anything readable."""
     if not path.exists():
         return None
+    _guard(path, live=True)
     with closing(db.connect(path, "outbound", query_only=True)) as conn:
         row = conn.execute("SELECT substr(value, 1, ?) FROM session_state WHERE key = ?",
                            (MODEL_WAIT_MAX_TEXT + 1, MODEL_WAIT)).fetchone()  # the runner's text: bounded
