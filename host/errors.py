@@ -1,5 +1,15 @@
 """The one error type users see: its message is printed as one line and the command exits 1."""
 
 
+MAX_ERROR_CHARS = 1000
+
+
 class NclError(Exception):
     """A bad value, an unknown id or a failed precondition, worded for the person who typed it."""
+
+
+def cut(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` of at most ``limit`` characters, saying what was cut. For an error's text that may carry what a runner
+    wrote (SQLite names the object of a malformed schema in its error, whatever its length): such text is logged, and
+    kept while a session fails."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit} more characters)"

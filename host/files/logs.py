@@ -30,12 +30,14 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from host.errors import cut
 from host.files import private
 from schemas.times import from_text, to_text
 
 FILE = "host.log"
 MAX_BYTES = 10 << 20  # then host.log becomes host.log.1, .1 becomes .2, …
 BACKUPS = 3
+MAX_MESSAGE_CHARS = 64 << 10  # a record's message and traceback: more is cut, saying so
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 _CONTROLS = {code: "\\n" if code == 10 else "\\r" if code == 13 else f"\\x{code:02x}"
              for code in [*range(0x20), 0x7F] if code != 9}
@@ -83,10 +85,11 @@ def extras(record: logging.LogRecord) -> dict[str, Any]:
 
 
 def _message(record: logging.LogRecord, formatter: logging.Formatter) -> str:
+    """The record's message and traceback, at most MAX_MESSAGE_CHARS: one line never rotates the log away."""
     message = record.getMessage()
     if record.exc_info:
         message += "\n" + formatter.formatException(record.exc_info)
-    return message
+    return cut(message, MAX_MESSAGE_CHARS)
 
 
 def _value(value: Any) -> str:

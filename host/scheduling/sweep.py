@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 from host.channels.delivery import Deliveries
+from host.errors import cut
 from host.files import logs
 from host.runtimes.pool import Runner, Runners
 from host.scheduling import actions, cross_group
@@ -277,9 +278,10 @@ class Sweeper:
         # purpose) is no broken session: the hold retries it. Said once per distinct problem either way: a session
         # broken for good must not fill the log every sweep.
         busy = db.is_busy(exc) and self.runners is not None and session.id in self.runners.live
-        level = logging.DEBUG if self.failing.get(session.id) == str(exc) else logging.INFO if busy else logging.WARNING
-        self.failing[session.id] = str(exc)
-        log.log(level, "session %s skipped%s: %s", session.id, " (its runner holds its files)" if busy else "", exc,
+        text = cut(str(exc))  # (kept while the session fails, and logged: it may carry what a runner wrote)
+        level = logging.DEBUG if self.failing.get(session.id) == text else logging.INFO if busy else logging.WARNING
+        self.failing[session.id] = text
+        log.log(level, "session %s skipped%s: %s", session.id, " (its runner holds its files)" if busy else "", text,
                 extra={"action": "session_busy" if busy else "session_failed", "session": session.id})
 
     def _visit_waiting(self, waiting: list[_Plan], outcomes: Iterator[Outcome | None], now: datetime,

@@ -22,6 +22,7 @@ from datetime import datetime
 from multiprocessing import get_context
 from typing import TYPE_CHECKING, NamedTuple
 
+from host.errors import cut
 from host.scheduling.recurrence import Policy
 from host.scheduling.visit import Inline, SweepResult, Visitor
 from host.settings import Settings
@@ -216,6 +217,6 @@ def _visit_batch(now: datetime, jobs: list[Job]) -> list[Outcome]:
         except Inline:
             outcome = Outcome(None, None, None, _kept.records)
         except Exception as exc:
-            outcome = Outcome(None, None, str(exc) or type(exc).__name__, _kept.records)
+            outcome = Outcome(None, None, cut(str(exc) or type(exc).__name__), _kept.records)
         outcomes.append(outcome)
     return outcomes

@@ -12,7 +12,7 @@ from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from urllib.parse import quote_from_bytes
 
-from host.errors import NclError
+from host.errors import NclError, cut
 from host.files import confined, lock, private
 from host.settings import SESSIONS_DIR
 from host.store import file_locks, sidecars
@@ -89,7 +89,7 @@ def _raw(path: Path, readonly: bool, any_thread: bool = False, wait_s: float | N
                                    timeout=BUSY_TIMEOUT_MS / 1000 if wait_s is None else wait_s,
                                    check_same_thread=not any_thread, factory=_Opened)
         except sqlite3.OperationalError as exc:
-            raise DbError(f"cannot open {path}: {exc}") from None
+            raise DbError(f"cannot open {path}: {cut(str(exc))}") from None
         # SQLite resolves every symlink of the path itself (lstat and readlink per component), then opens the
         # result with O_NOFOLLOW, and reports that result here: the name it gives is the file it opened. Nothing
         # has been read but the 100-byte header, so a name other than the link-free one we pinned is closed unused.
@@ -293,7 +293,7 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
                 conn.execute("BEGIN")
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise (Busy if is_busy(exc) else DbError)(f"cannot use {path}: {exc}") from None
+        raise (Busy if is_busy(exc) else DbError)(f"cannot use {path}: {cut(str(exc))}") from None
     except DbError:
         conn.close()
         raise

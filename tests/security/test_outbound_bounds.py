@@ -2,26 +2,33 @@
 character past what a request may be (then refused with the usual notice), each reply's up to 1 Mi characters
 (a longer one is answered with a line saying so), 20 replies a read (the rest at the next visits, in order), and
 each id or routing text up to 4096 characters, an ack's detail to 64 Ki (a claim's not at all). Was: every row
-read whole, as many as there were."""
+read whole, as many as there were. The text of an error it causes is cut too, and so is any log line."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import sqlite3
 from contextlib import closing
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from kit import FakeClock, RecordingRuntime, World, utc
 
 from host.channels.base import Channels
 from host.channels.delivery import Deliveries
+from host.errors import MAX_ERROR_CHARS
+from host.files import logs
 from host.loop import Host
+from host.scheduling import visitors
 from host.scheduling.sweep import Sweeper
 from host.store import db, outbox
 from host.store.outbox import OutMessage
 from host.store.sessions import Session
 from schemas.requests import MAX_CHARS
+from schemas.times import to_text
 
 T0 = utc("2026-05-18T13:00:00")
 
@@ -151,3 +158,44 @@ async def _host_sends_45(tmp_path: Path) -> None:
         await host.deliveries.drain()  # (in a running host: while it naps)
         assert chat.got == [f"reply {n}" for n in range(sent)]
         assert host.woken.is_set() and host._arrived == {world.session.id}
+
+
+@pytest.mark.parametrize("in_workers", [False, True], ids=["by-the-sweeps-thread", "by-a-worker"])
+def test_an_error_naming_what_a_runner_wrote_is_cut_where_it_is_logged_and_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, in_workers: bool) -> None:
+    """SQLite's error for a malformed schema names the object, however long its name: a dead runner's 4 MiB one
+    crossed the worker's pipe, was logged whole and kept in ``Sweeper.failing`` while the session failed (eight such
+    sessions: 400 MiB of host memory, and host.log rotated away; third attack review)."""
+    world = World(tmp_path)
+    listed = [world.session] + [world.new_session() for _ in range(visitors.MIN_VISITS + 8 if in_workers else 1)]
+    if in_workers:
+        monkeypatch.setattr(visitors, "WORKERS", 2)
+        monkeypatch.setattr(visitors, "FIRST_VISITS", len(listed))
+    for session in listed:
+        world.schedule(T0, at=to_text(T0), session=session)
+    with closing(sqlite3.connect(world.session.folder / "outbound.db", isolation_level=None)) as runner:
+        runner.execute("PRAGMA writable_schema=ON")
+        runner.execute("INSERT INTO sqlite_master VALUES ('table', ?, 'x', 0, 'CREATE TABLE broken (')",
+                       ("n" * (4 << 20),))
+    caplog.set_level(logging.WARNING)
+    sweeper = world.sweeper()
+    try:
+        assert sweeper.tick(T0).errors == 1
+        kept = sweeper.failing[world.session.id]
+    finally:
+        sweeper.close()
+    assert "malformed database schema (nnnn" in kept and kept.endswith(" more characters)")
+    assert len(kept) < MAX_ERROR_CHARS + 200
+    [said] = [r.getMessage() for r in caplog.records if getattr(r, "action", None) == "session_failed"]
+    assert kept in said and len(said) < MAX_ERROR_CHARS + 300
+
+
+@pytest.mark.parametrize("kind", ["text", "json"])
+def test_no_log_line_is_longer_than_64_kib(kind: str) -> None:
+    """Whatever a record carries (its message and traceback): host.log keeps 4 files of 10 MiB, which a few lines of
+    megabytes would rotate away."""
+    record = logging.makeLogRecord({"msg": "a runner said %s", "args": ("x" * (1 << 20),), "levelname": "WARNING",
+                                    "action": "example"})
+    line = logs.formatter(kind, ZoneInfo("UTC")).format(record)
+    assert logs.MAX_MESSAGE_CHARS < len(line) < logs.MAX_MESSAGE_CHARS + 400
+    assert f"… ({(1 << 20) + len('a runner said ') - logs.MAX_MESSAGE_CHARS} more characters)" in line
