@@ -230,15 +230,22 @@ def test_the_workers_end_with_a_host_killed_with_sigkill(tmp_path: Path) -> None
         assert host.stdout.read() == ""  # (at once: no helper left holding the pipe)
 
 
-def test_a_session_a_request_changed_after_its_workers_visit_is_visited_again(tmp_path: Path, workers: None) -> None:
+@pytest.mark.parametrize("in_workers", [True, False], ids=["visits-by-workers", "visits-by-the-thread"])
+@pytest.mark.parametrize("first", [False, True], ids=["target-after-the-requester", "target-before-it"])
+def test_a_session_a_request_changed_after_its_visit_is_waited_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_workers: bool, first: bool) -> None:
     """An admin group's request (applied by the sweep's thread) schedules a task in session B of another group,
-    which a worker had visited before: what that worker found of B is out of date, so B is visited again and the
-    new task's time is what the host waits for (not the next full sweep)."""
+    which this sweep had visited before (a worker, or the thread itself, when B comes first): what that visit found
+    of B is out of date, so B is visited again and the new task's time is what the host waits for, not the next
+    full sweep a minute later (third attack review: B first was forgotten until then)."""
+    monkeypatch.setattr(visitors, "WORKERS", 2 if in_workers else 0)
+    monkeypatch.setattr(visitors, "FIRST_VISITS", MANY)
     world = World(tmp_path)
+    listed = [world.new_session() for _ in range(MANY)] if first else []
     ops_group, _ = groups.create(world.central, world.settings, T0, "ops", ["cli"], admin=True)
     ops = sessions.create(world.central, world.settings, T0, ops_group, None)
-    listed = [world.new_session() for _ in range(MANY)]
-    target = listed[7]  # (a batch after the one ops is in)
+    listed = listed or [world.new_session() for _ in range(MANY)]
+    target = listed[7]  # (a batch after the one ops is in, or one before it)
     sessions.touch(world.central, target.id, T0)  # demo's most recently active session: where "group" demo goes
     sweeper = world.sweeper()
     try:
@@ -248,7 +255,11 @@ def test_a_session_a_request_changed_after_its_workers_visit_is_visited_again(tm
         world.request(T0, {"action": "schedule_task", "taskId": "task-1779105600000-abcdef", "prompt": "backups",
                            "processAfter": to_text(T0 + timedelta(seconds=30)), "group": "demo"}, ops)
         assert sweeper.tick(T0 + timedelta(seconds=2)).applied == 1
-        assert sweeper._visitors is not None and sweeper._visitors._pool is not None
+        assert (sweeper._visitors is not None and sweeper._visitors._pool is not None) == in_workers
+        if first:  # B is left to the next tick, which the loop makes at once
+            assert sweeper.earliest_due() <= T0 + timedelta(seconds=2)
+            assert target.id in sweeper.hot(T0 + timedelta(seconds=2))
+            sweeper.tick(T0 + timedelta(seconds=2), only=sweeper.hot(T0 + timedelta(seconds=2)))
         assert sweeper.earliest_due() == T0 + timedelta(seconds=30)
         assert target.id in sweeper.hot(T0 + timedelta(seconds=31))
     finally:

@@ -51,6 +51,11 @@ def advance(steps: Generator[None, None, SweepResult]) -> SweepResult | None:
     return None
 
 
+# What the sweep knows of a session whose inbox a request of another session's changed: nothing it can trust (no
+# signature matches), and that it is due now.
+AGAIN = Seen(files=(), settled=False, next_due="", busy=False)
+
+
 class _Plan(NamedTuple):
     """A session with no live runner, to be visited after the sweep's pass (``Sweeper._visit_waiting``)."""
 
@@ -119,8 +124,8 @@ class Sweeper:
         reach = cross_group.Reach(self._central, self.settings, session)
         with db.transaction(self._central):
             applied = actions.apply(conn, requests, now, policy, registry, reach)
-        for other in reach.touched:  # a request changed its inbox: the next tick (or this one) visits it
-            self.seen.pop(other, None)
+        for other in reach.touched:  # a request changed its inbox: this tick visits it (if still to come), or the next
+            self.seen[other] = AGAIN  # (due now: the loop ticks again at once, not at the next full sweep)
         self._touched |= reach.touched
         return applied
 
