@@ -71,6 +71,9 @@ class Store:
     @contextmanager
     def _outbound(self) -> Iterator[sqlite3.Connection]:
         with closing(_open(self.config.outbound, "outbound", readonly=False)) as conn:
+            # The journal is kept, emptied at each commit, never deleted: in a container it is a mount point the
+            # host made (a FIFO swapped in there would block the host's reads), which cannot be removed.
+            conn.execute("PRAGMA journal_mode=TRUNCATE")
             yield conn
 
     def fetch(self, now: datetime) -> list[InMessage]:

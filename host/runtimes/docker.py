@@ -32,7 +32,7 @@ from typing import Any
 from host.files import confined
 from host.runtimes.image import check_runner_image
 from host.runtimes.install import install_id
-from host.runtimes.workspace import hand_over
+from host.runtimes.workspace import JOURNAL, hand_over
 from host.settings import Settings
 from host.store import groups
 from host.store.sessions import Session
@@ -134,9 +134,11 @@ class DockerRuntime:
             # docker-init as pid 1 reaps zombies; the runner, a subreaper below it, kills what gates leave behind.
             "init": True,
             # Mounts apply shortest path first, so the read-only inbound.db lands on top of the rw folder: the
-            # runner can read it and cannot write, truncate, replace or unlink it (a mount point is busy).
+            # runner can read it and cannot write, truncate, replace or unlink it (a mount point is busy). Its
+            # outbound.db's journal likewise, writable: never replaced by a FIFO (``workspace.keep_journal``).
             "volumes": {str(folder): {"bind": WORKSPACE, "mode": "rw"},
                         str(folder / "inbound.db"): {"bind": f"{WORKSPACE}/inbound.db", "mode": "ro"},
+                        str(folder / JOURNAL): {"bind": f"{WORKSPACE}/{JOURNAL}", "mode": "rw"},
                         str(agent): {"bind": f"{WORKSPACE}/agent", "mode": "rw"}},
         }
 

@@ -11,16 +11,22 @@ agent's own files) belong to the runner outright. A non-root host runs the runne
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
 
 from host.errors import NclError
+from host.files import confined
 
 SHARED_DIR = stat.S_ISVTX | stat.S_IRWXG  # sticky, group rwx
 READ_DIR = stat.S_IRGRP | stat.S_IXGRP
 
 
+JOURNAL = "outbound.db-journal"
+
+
 def hand_over(folder: Path, group_dir: Path, uid: int, gid: int) -> None:
+    keep_journal(folder)
     if os.geteuid() != 0:
         return
     group_dir.mkdir(parents=True, exist_ok=True)
@@ -36,7 +42,7 @@ def hand_over(folder: Path, group_dir: Path, uid: int, gid: int) -> None:
     for name in ("inbound.db", "inbound.db-journal"):
         _share(folder / name, gid, stat.S_IRGRP)
     # A hot journal a crashed host left must be the runner's too, or it could neither roll back nor delete it.
-    for name in ("outbound.db", "outbound.db-journal", ".heartbeat"):
+    for name in ("outbound.db", JOURNAL, ".heartbeat"):
         _own(folder / name, uid, gid)
     _own(group_dir, uid, gid)
     # fwalk with dir fds and follow_symlinks=False: a symlink the agent planted is chowned itself, never its
@@ -45,6 +51,37 @@ def hand_over(folder: Path, group_dir: Path, uid: int, gid: int) -> None:
         for name in dirs + files:
             if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_uid != uid:
                 os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def keep_journal(folder: Path) -> None:
+    """outbound.db's journal, an empty regular file if there is none, for the container to get as a mount of its own
+    (``DockerRuntime.container_kwargs``): a runner can write it but neither rename nor remove it (a mount point is
+    busy), so it cannot swap in a FIFO, on which the host's look for a hot journal (a read-only open) would block
+    for ever (third attack review). The runner's SQLite keeps it (``journal_mode=TRUNCATE``). One that is not a
+    regular file, left by a runner that is gone, is removed first (a directory without following a link in it); a
+    real one, a hot journal of a runner killed mid-commit, is kept for the next to roll back."""
+    dirfd = confined.open_dir(folder)
+    try:
+        try:
+            info = os.stat(JOURNAL, dir_fd=dirfd, follow_symlinks=False)
+        except FileNotFoundError:
+            info = None
+        if info is not None and stat.S_ISDIR(info.st_mode):
+            shutil.rmtree(JOURNAL, dir_fd=dirfd)
+        elif info is not None and not stat.S_ISREG(info.st_mode):
+            os.unlink(JOURNAL, dir_fd=dirfd)
+        if info is None or not stat.S_ISREG(info.st_mode):
+            fd = os.open(JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=dirfd)
+            try:  # outbound.db's owner's, as SQLite makes a journal where it may
+                owner = os.stat("outbound.db", dir_fd=dirfd, follow_symlinks=False)
+                os.fchown(fd, owner.st_uid, owner.st_gid)
+            except (FileNotFoundError, PermissionError):
+                pass
+            finally:
+                os.close(fd)
+    finally:
+        os.close(dirfd)
 
 
 def _share(path: Path, gid: int, bits: int) -> None:

@@ -166,14 +166,15 @@ def _guard(path: Path, live: bool) -> None:
     - the header in WAL mode (bytes 18 and 19, SQLite's file format versions, are 2; 1 is a rollback journal's): an
       open of it could wait about 10 s for read slots its runner holds. A dead runner's is switched back at the open.
 
-    A live runner could still swap a FIFO in after this check (SECURITY.md, known limits)."""
+    A live runner in a container cannot swap a FIFO in after this check: its journal is a mount point there
+    (``workspace.keep_journal``)."""
     journal = path.with_name(path.name + "-journal")
     try:
         info: os.stat_result | None = os.stat(journal, follow_symlinks=False)  # (the folder is the host's)
     except OSError:
         info = None
-    if info is None and not live:
-        return  # (a dead runner's file with no journal: the common case, one stat)
+    if not live and (info is None or (stat.S_ISREG(info.st_mode) and info.st_size == 0)):
+        return  # (a dead runner's file with no journal, or the empty one it keeps: the common case, one stat)
     try:
         folder = confined.open_dir(path.parent)
     except (confined.Refused, OSError):

@@ -31,9 +31,10 @@ def attempt(action):
     except Exception as exc:
         return [getattr(exc, "errno", None), f"{type(exc).__name__}: {exc}"]
 
-def write_sqlite(path, sql):
+def write_sqlite(path, sql, journal="DELETE"):
     def run():
         conn = sqlite3.connect(path)
+        conn.execute(f"PRAGMA journal_mode={journal}")
         conn.execute(sql)
         conn.commit()
         conn.close()
@@ -59,7 +60,12 @@ print(json.dumps({
     "inbound_replace": attempt(lambda: os.rename("/workspace/.heartbeat", "/workspace/inbound.db")),
     "inbox_replace": attempt(lambda: os.rename("/workspace/inbox", "/workspace/inbox-moved")),
     "outbound_sql": attempt(write_sqlite("/workspace/outbound.db", "INSERT INTO session_state(key, value, "
-                                         "updated_at) VALUES ('probe', '1', '2026-01-01T00:00:00.000Z')")),
+                                         "updated_at) VALUES ('probe', '1', '2026-01-01T00:00:00.000Z')",
+                                         journal="TRUNCATE")),
+    "journal_unlink": attempt(lambda: os.unlink("/workspace/outbound.db-journal")),
+    "journal_moved": attempt(lambda: os.rename("/workspace/outbound.db-journal", "/workspace/moved")),
+    "journal_replace": attempt(lambda: os.rename("/workspace/.heartbeat", "/workspace/outbound.db-journal")),
+    "journal_fifo": attempt(lambda: os.mkfifo("/workspace/outbound.db-journal")),
     "outbox_file": attempt(lambda: os.makedirs("/workspace/outbox/msg-probe", exist_ok=True)),
     "agent_file": attempt(lambda: open("/workspace/agent/AGENT.md", "a").write("probe\n")),
 }))
@@ -132,6 +138,17 @@ def test_inbound_db_is_read_only_and_everything_else_the_runner_needs_is_writabl
     assert probed["inbox_replace"][0] == errno.EPERM  # the sticky session folder: the host's entries stay put
     for writable in ("heartbeat", "outbound_sql", "outbox_file", "agent_file"):
         assert probed[writable] is None, (writable, probed[writable])
+
+
+def test_the_outbound_journal_is_a_mount_point_the_runner_writes_and_cannot_swap_for_a_fifo(
+        probed: dict[str, Any]) -> None:
+    """SQLite's look for a hot journal (the host's, at each read of outbound.db) opens it read-only, which blocks for
+    ever on a FIFO: the runner's journal is the host's file, mounted, which the runner's SQLite keeps (TRUNCATE)."""
+    assert "rw" in probed["mounts"]["/workspace/outbound.db-journal"]
+    assert probed["outbound_sql"] is None
+    for swap in ("journal_unlink", "journal_moved", "journal_replace"):
+        assert probed[swap][0] == errno.EBUSY, (swap, probed[swap])
+    assert probed["journal_fifo"][0] == errno.EEXIST
 
 
 def test_the_host_still_reads_and_writes_what_the_container_touched(probed: dict[str, Any],

@@ -83,6 +83,7 @@ def test_the_container_is_labelled_isolated_and_limited(world: World, runtime: D
         mounts = {m["Destination"]: (m["Source"], m["RW"]) for m in info["Mounts"]}
         assert mounts == {"/workspace": (str(world.session.folder), True),
                           "/workspace/inbound.db": (str(world.session.folder / "inbound.db"), False),
+                          "/workspace/outbound.db-journal": (str(world.session.folder / "outbound.db-journal"), True),
                           "/workspace/agent": (str(world.settings.groups_dir / world.group.id), True)}
     finally:
         runtime.close(stop_runners=True)

@@ -358,7 +358,7 @@ def test_a_wal_header_written_after_the_check_costs_no_wait_on_the_read_slots(
     about 10 s and failed. The host's connections to outbound.db use EXCLUSIVE locking mode, which reads a WAL file
     without those slots."""
     two = Two(tmp_path)
-    monkeypatch.setattr(outbox, "_refuse_tampered", lambda path: None)  # (the check saw the header before the flip)
+    monkeypatch.setattr(outbox, "_guard", lambda path, live: None)  # (the check saw the header before the flip)
     with open(two.outbound, "r+b") as out:
         out.seek(18)
         out.write(b"\x02\x02")

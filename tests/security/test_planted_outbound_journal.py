@@ -19,6 +19,9 @@ import pytest
 from kit import World, utc
 from test_locked_files import Two
 
+from agent_runner.config import RunnerConfig
+from agent_runner.store import Store
+from host.runtimes.workspace import JOURNAL, keep_journal
 from host.scheduling import visitors
 from host.scheduling.sweep import SweepResult
 from host.store import outbox
@@ -174,3 +177,31 @@ def test_other_reads_of_a_live_runners_file_refuse_a_fifo_journal(tmp_path: Path
     with closing(world.central):
         said = _within(refused, Path(f"{path}-journal"))
     assert said == f"{path}-journal is not a regular file: its runner planted it"
+
+
+def test_a_runners_journal_is_made_before_its_start_and_what_a_gone_runner_left_there_replaced(tmp_path: Path) -> None:
+    """The container gets outbound.db's journal as a mount of its own (``workspace.keep_journal``): it must be a
+    regular file of the host's making before the start. A real hot journal is kept for the runner to roll back."""
+    world = World(tmp_path)
+    folder = world.session.folder
+    journal = folder / JOURNAL
+    keep_journal(folder)
+    assert journal.is_file() and not journal.is_symlink() and journal.stat().st_size == 0
+    for planted in (lambda: os.mkfifo(journal), journal.mkdir, lambda: journal.symlink_to(tmp_path)):
+        journal.unlink()
+        planted()
+        keep_journal(folder)
+        assert journal.is_file() and not journal.is_symlink() and journal.stat().st_size == 0
+    journal.write_bytes(b"hot")
+    keep_journal(folder)
+    assert journal.read_bytes() == b"hot"
+
+
+def test_the_runners_commits_keep_its_journal(tmp_path: Path) -> None:
+    """In a container the journal is a mount point, which a DELETE-mode commit could not remove."""
+    world = World(tmp_path)
+    journal = world.session.folder / JOURNAL
+    keep_journal(world.session.folder)
+    store = Store(RunnerConfig(session_dir=world.session.folder, generation="gen-test", tz="UTC"))
+    store.set_state("probe", "1", T0)
+    assert journal.is_file() and journal.stat().st_size == 0
