@@ -369,10 +369,16 @@ CREATE TABLE staged_requests(
 CREATE INDEX messages_out_kind_seq ON messages_out(kind, seq);
 """
 
+# v4: no new table. The runner keeps outbound.db's journal (journal_mode=TRUNCATE), which a host of v4 makes and
+# mounts into the container on its own (a runner cannot swap a FIFO in for it). A runner of v3 deletes its journal at
+# each commit, which fails on that mount and leaves a hot journal behind, whose rollback would undo the commit: the
+# version keeps the images of such runners from starting (``host.runtimes.image``).
+_OUTBOUND_V4 = ""
+
 MIGRATIONS: dict[DbKind, tuple[str, ...]] = {
     "central": (_CENTRAL_V1, _CENTRAL_V2, _CENTRAL_V3, _CENTRAL_V4, _CENTRAL_V5, _CENTRAL_V6, _CENTRAL_V7, _CENTRAL_V8),
     "inbound": (_INBOUND_V1, _INBOUND_V2, _INBOUND_V3, _INBOUND_V4, _INBOUND_V5, _INBOUND_V6),
-    "outbound": (_OUTBOUND_V1, _OUTBOUND_V2, _OUTBOUND_V3),
+    "outbound": (_OUTBOUND_V1, _OUTBOUND_V2, _OUTBOUND_V3, _OUTBOUND_V4),
 }
 
 
