@@ -71,7 +71,7 @@ class Broken:
     failed_sessions: set[str] = field(default_factory=set)  # sessions the host logged session_failed for
     host_exit: int | None = None
     full_log: list[str] = field(default_factory=list)  # what the host logged about the full-disk session
-    journal_after: bool = True
+    journal_hot_after: bool = True  # outbound.db-journal holds something (its runner keeps an empty one)
 
 
 def _make_hot_journal(outbound: Path) -> bool:
@@ -187,7 +187,8 @@ def broken() -> Iterator[Broken]:
             seen.host_exit = host.proc.returncode
             seen.failed_sessions = {sid for sid in seen.session_ids.values()
                                     if scenario.action_lines(host, "session_failed", sid)}
-            seen.journal_after = (folders["hot"] / "outbound.db-journal").exists()
+            journal = folders["hot"] / "outbound.db-journal"
+            seen.journal_hot_after = journal.exists() and journal.stat().st_size > 0
             seen.full_log = [line for line in host.seen if seen.session_ids["full"] in line and ": DEBUG: " not in line]
         finally:
             if seen.full_disk is None:
@@ -214,7 +215,7 @@ def test_broken_sessions_are_logged_and_skipped(broken: Broken) -> None:
 def test_the_host_rolls_back_a_hot_journal_and_serves_that_session(broken: Broken) -> None:
     assert broken.journal_was_hot  # the fault was real: a read-only reader could not get past it
     assert broken.replies["hot"] == ["mock: are you back?"]
-    assert not broken.journal_after
+    assert not broken.journal_hot_after
     assert not _named(broken.doctor_during, broken.folders["hot"])  # repaired, so no longer reported
 
 
