@@ -1,6 +1,7 @@
 """What a visit reads of outbound.db (``outbox.read``): the acks of the inbox's open rows, the requests past the last
 one handled and the replies past the last one dealt with, and nothing else. A quiet outbox (every row already dealt
-with) is told apart by one short statement, without the three reads."""
+with) is told apart by one short statement, without the three reads, and a visit reads only the kinds of rows it
+finds there."""
 
 from __future__ import annotations
 
@@ -68,9 +69,11 @@ def test_a_quiet_outbox_is_read_in_one_statement(session_dir: Path, statements: 
 def test_an_ack_of_an_open_row_alone_is_found(session_dir: Path, statements: list[str]) -> None:
     _add(session_dir, "INSERT INTO processing_ack(message_id, status, status_changed) VALUES (?, 'processing', ?)",
          OPEN, AT)
+    statements.clear()
     found = _read(session_dir, [OPEN, "msg-1779109200000-open02"])
     assert list(found.acks) == [OPEN] and found.acks[OPEN].status == "processing"
     assert (found.requests, found.replies) == ([], [])
+    assert len(statements) == 3 and "FROM processing_ack" in statements[1]  # (no read of requests or replies)
     assert _read(session_dir, []).acks == {}  # (no open row: no ack is read, whatever is there)
 
 
