@@ -32,9 +32,10 @@ def tables(conn: sqlite3.Connection) -> set[str]:
 
 def test_new_session_folder_layout(session_dir: Path) -> None:
     # inbound.db-journal and the empty -wal files: the host's, kept for good so that no runner can put one of its
-    # own there (sidecars.keep).
+    # own there (sidecars.keep); outbound.db's journal, kept by whoever wrote it last (TRUNCATE: see db.JOURNAL_MODES).
     assert {p.name for p in session_dir.iterdir()} == {"inbound.db", "inbound.db-journal", "inbound.db-wal",
-                                                       "outbound.db", "outbound.db-wal", "inbox", "outbox"}
+                                                       "outbound.db", "outbound.db-journal", "outbound.db-wal",
+                                                       "inbox", "outbox"}
     assert (session_dir / "inbox").is_dir() and (session_dir / "outbox").is_dir()
 
 
@@ -61,8 +62,8 @@ def test_session_files_are_never_wal(session_dir: Path, kind: DbKind) -> None:
     assert path.read_bytes()[18:20] == b"\x01\x01"
     for readonly in (False, True):
         with closing(db.connect(path, kind, readonly=readonly)) as conn:
-            # A writer keeps inbound.db's journal file for good (sidecars.keep); a reader sets no mode of its own.
-            want = "delete" if readonly else {"inbound": "persist", "outbound": "delete"}[kind]
+            # A writer keeps the journals (sidecars.keep, workspace.keep_journal); a reader sets no mode of its own.
+            want = "delete" if readonly else {"inbound": "persist", "outbound": "truncate"}[kind]
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == want
             assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
             if not readonly:  # a commit syncs once less than under FULL, as durably (db.SESSION_SYNC)
@@ -87,8 +88,7 @@ def test_a_reading_connection_writes_as_any_session_writer_and_a_read_pays_for_n
         assert conn.execute("PRAGMA journal_size_limit").fetchone()[0] == (0 if kind == "inbound" else -1)
         with db.transaction(conn):  # a later one has nothing left to set
             conn.execute("DELETE FROM t")
-    journal = session_dir / f"{kind}.db-journal"
-    assert not journal.exists() if kind == "outbound" else journal.stat().st_size == 0
+    assert (session_dir / f"{kind}.db-journal").stat().st_size == 0
 
 
 def test_central_connections_have_a_busy_timeout(tmp_path: Path) -> None:

@@ -230,6 +230,25 @@ def test_the_workers_end_with_a_host_killed_with_sigkill(tmp_path: Path) -> None
         assert host.stdout.read() == ""  # (at once: no helper left holding the pipe)
 
 
+def test_a_held_session_a_request_changed_waits_for_its_hold(tmp_path: Path) -> None:
+    """A session held off after a failed visit is left out of what is due at once: marked so, the loop would tick
+    every 50 ms until the hold ended (fourth attack review). It is visited when its hold ends, as any held one."""
+    world = World(tmp_path)
+    ops_group, _ = groups.create(world.central, world.settings, T0, "ops", ["cli"], admin=True)
+    ops = sessions.create(world.central, world.settings, T0, ops_group, None)
+    sweeper = world.sweeper()
+    try:
+        sweeper.tick(T0)
+        sweeper.holds.failed(world.session.id, T0 + timedelta(seconds=2))  # (held until T0 + 2.5 s)
+        world.request(T0, {"action": "schedule_task", "taskId": "task-1779105600000-abcdef", "prompt": "backups",
+                           "processAfter": to_text(T0 + timedelta(seconds=30)), "group": "demo"}, ops)
+        assert sweeper.tick(T0 + timedelta(seconds=2)).applied == 1
+        [(until, _)] = sweeper.holds.held.values()
+        assert sweeper.earliest_due() == until > T0 + timedelta(seconds=2)
+    finally:
+        sweeper.close()
+
+
 @pytest.mark.parametrize("in_workers", [True, False], ids=["visits-by-workers", "visits-by-the-thread"])
 @pytest.mark.parametrize("first", [False, True], ids=["target-after-the-requester", "target-before-it"])
 def test_a_session_a_request_changed_after_its_visit_is_waited_for(

@@ -298,10 +298,11 @@ class DockerRuntime:
             wait(retiring, timeout=STOP_WAIT_S)
             client = self._connect()
             check_runner_image(client, kwargs["image"])
-            hand_over(session.folder, groups.folder(self.settings, session.agent_group_id), self.uid, self.gid)
             # A container of this name is an exited runner not reaped yet, or one a previous host process left
-            # running whose claims have been released: it must not race the new generation.
+            # running whose claims have been released: it must not race the new generation, nor touch the files
+            # handed over to it (its journal's name, say, once its mount of it is gone).
             self._remove(client, kwargs["name"])
+            hand_over(session.folder, groups.folder(self.settings, session.agent_group_id), self.uid, self.gid)
             container = client.containers.create(**kwargs)
             container.start()
         except Exception as exc:

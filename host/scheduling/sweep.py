@@ -125,7 +125,10 @@ class Sweeper:
         with db.transaction(self._central):
             applied = actions.apply(conn, requests, now, policy, registry, reach)
         for other in reach.touched:  # a request changed its inbox: this tick visits it (if still to come), or the next
-            self.seen[other] = AGAIN  # (due now: the loop ticks again at once, not at the next full sweep)
+            if other in self.holds.held:
+                self.seen.pop(other, None)  # (held off after a failed visit: visited when the hold ends)
+            else:
+                self.seen[other] = AGAIN  # (due now: the loop ticks again at once, not at the next full sweep)
         self._touched |= reach.touched
         return applied
 

@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = int(file_locks.BUSY_TIMEOUT_S * 1000)
 # Session files cross a container mount, whose shared memory WAL would need: rollback journals there. inbound.db
 # keeps its journal file for good (see ``sidecars``).
-JOURNAL_MODES: dict[DbKind, str] = {"central": "WAL", "inbound": "PERSIST", "outbound": "DELETE"}
+# outbound.db's journal is kept too (TRUNCATE), as its runner keeps it: in a container it is a mount of the host's
+# (``workspace.keep_journal``), and a host deleting that name would detach the mount, leaving the name to the runner.
+JOURNAL_MODES: dict[DbKind, str] = {"central": "WAL", "inbound": "PERSIST", "outbound": "TRUNCATE"}
 # A session file's commit syncs with synchronous=NORMAL, not SQLite's default FULL: in a rollback journal NORMAL
 # drops one sync, the journal's pages before the header that counts them (written and synced together). A commit of
 # inbound.db then syncs 4 times, not 5: the journal (and, as its first sync on a connection, the folder), inbound.db,
@@ -261,11 +263,12 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
         lock.refuse_missing_central(path.parent)
     conn = _raw(path, readonly=False, any_thread=any_thread, wait_s=wait_s)
     try:
-        if kind == "outbound" and wait_s is not None:
-            # Its live runner writes it, and may put it in WAL mode between any check and this open: a connection
-            # in EXCLUSIVE locking mode reads a WAL file without the shared-memory read slots (outbound.db-shm) the
-            # runner could hold, on which SQLite would retry for about 10 s whatever the busy timeout. It keeps its
-            # lock until it is closed, as soon as its reads are done.
+        if kind == "outbound":
+            # Its runner writes it, and may put it in WAL mode between any check and this open: a connection in
+            # EXCLUSIVE locking mode reads a WAL file without the shared-memory read slots (outbound.db-shm) the
+            # runner could hold, on which SQLite would retry for about 10 s whatever the busy timeout. And a hot
+            # journal the first read rolls back (before any journal_mode is set) is then kept, its header zeroed,
+            # not deleted (see JOURNAL_MODES). It keeps its lock until it is closed, as soon as its work is done.
             conn.execute("PRAGMA locking_mode=EXCLUSIVE")
         found = _version_and_mode(conn, kind, path, keep=reading)
         if kind != "central":

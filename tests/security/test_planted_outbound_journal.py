@@ -62,6 +62,12 @@ def _within(work: Callable[[], object], fifo: Path) -> object:
     return out[0]
 
 
+def _replaced(journal: Path, make: Callable[[Path], object]) -> None:
+    """What a runner plants in place of the (empty) journal its SQLite keeps."""
+    journal.unlink(missing_ok=True)
+    make(journal)
+
+
 def _dead_runners(world: World, count: int) -> list[Session]:
     listed = [world.session] + [world.new_session() for _ in range(count - 1)]
     for session in listed:
@@ -78,7 +84,7 @@ def test_a_fifo_left_as_a_dead_runners_journal_is_removed_and_the_sweep_goes_on(
     world = World(tmp_path)
     listed = _dead_runners(world, MANY if in_workers else 2)
     fifo = listed[1].folder / "outbound.db-journal"
-    os.mkfifo(fifo)
+    _replaced(fifo, os.mkfifo)
     sweeper = world.sweeper()  # no runtime: no runner lives
     caplog.set_level(logging.WARNING)
 
@@ -102,7 +108,7 @@ def test_a_directory_left_as_a_dead_runners_journal_is_removed_without_following
     outside.mkdir()
     (outside / "keep").write_text("not the runner's")
     journal = world.session.folder / "outbound.db-journal"
-    journal.mkdir()
+    _replaced(journal, os.mkdir)
     (journal / "link").symlink_to(outside)
     found = outbox.read(world.session.folder / "outbound.db", [], 0, writable=True)
     assert found.acks == {} and not os.path.lexists(journal)
@@ -128,7 +134,7 @@ def test_a_dead_runners_hot_journal_is_rolled_back_unless_no_transaction_could_h
     assert planted == (copies > 1)
     found = outbox.read(path, [ACK], 0, writable=True)
     assert list(found.acks) == ([ACK] if planted else [])
-    assert not journal.exists() or journal.stat().st_size == 0
+    assert not journal.exists() or journal.read_bytes()[:8] != bytes.fromhex("d9d505f920a163d7")  # no hot one left
     removed = [r for r in caplog.records if getattr(r, "action", None) == "planted_journal_removed"]
     assert len(removed) == planted
 
@@ -150,7 +156,7 @@ def test_a_live_runners_fifo_journal_gets_it_killed_and_never_holds_the_sweep(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     two = Two(tmp_path)
     fifo = Path(f"{two.outbound}-journal")
-    os.mkfifo(fifo)
+    _replaced(fifo, os.mkfifo)
     with released(fifo):
         result = two.tick(T0 + timedelta(seconds=1))
     assert result.errors == 1 and two.runtime.stopped == [two.hostile.id]
@@ -168,7 +174,7 @@ def test_other_reads_of_a_live_runners_file_refuse_a_fifo_journal(tmp_path: Path
                                                                    read: Callable[[Path], object]) -> None:
     world = World(tmp_path)
     path = world.session.folder / "outbound.db"
-    os.mkfifo(f"{path}-journal")
+    _replaced(Path(f"{path}-journal"), os.mkfifo)
     def refused() -> str:
         with pytest.raises(outbox.Tampered) as caught:
             read(path)
@@ -205,3 +211,27 @@ def test_the_runners_commits_keep_its_journal(tmp_path: Path) -> None:
     store = Store(RunnerConfig(session_dir=world.session.folder, generation="gen-test", tz="UTC"))
     store.set_state("probe", "1", T0)
     assert journal.is_file() and journal.stat().st_size == 0
+
+
+@pytest.mark.parametrize("read", [
+    lambda path: outbox.read(path, [ACK], 0, writable=False, wait_s=outbox.RUNNER_WAIT_S),
+    lambda path: outbox.read(path, [ACK], 0, writable=True),
+    lambda path: outbox.claimed(path, [ACK]),
+    outbox.model_wait,
+], ids=["a-live-runners-visit", "a-dead-runners-visit", "claims-for-a-task-command", "model-wait-for-ncl-chat"])
+def test_a_hot_journal_the_host_rolls_back_keeps_its_name(tmp_path: Path, read: Callable[[Path], object]) -> None:
+    """In a container the journal is a mount of the host's: a host that deleted its name after rolling it back
+    (SQLite does in DELETE mode, and does at the first read whatever mode the connection is then set to, unless it
+    is in EXCLUSIVE locking mode) would detach that mount, and a live runner could then swap a FIFO in (fourth
+    attack review: it wrote a hot header into its journal, and timed the swap to the host's next read)."""
+    world = World(tmp_path)
+    path = world.session.folder / "outbound.db"
+    before = path.read_bytes()
+    world.ack(ACK, "processing", T0)
+    journal = Path(f"{path}-journal")
+    journal.write_bytes(_journal_of(before, 1))  # hot: as a runner killed mid-commit, or a hostile one, leaves it
+    inode = journal.stat().st_ino
+    with closing(world.central):
+        read(path)
+    assert journal.stat().st_ino == inode and journal.read_bytes()[:8] != bytes.fromhex("d9d505f920a163d7")
+    assert outbox.claimed(path, [ACK]) == set()  # rolled back: the claim was never committed
