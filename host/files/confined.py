@@ -71,6 +71,17 @@ def open_dir(path: Path) -> int:
         raise
 
 
+def remove(dirfd: int, name: str, info: os.stat_result) -> None:
+    """Whatever ``name`` is in the folder ``dirfd`` (``info``: its lstat), gone: a directory with all it holds, no
+    link in it followed; anything else unlinked (a link itself, never its target)."""
+    if stat.S_ISDIR(info.st_mode):
+        import shutil  # (imported here: what every command imports stays small)
+
+        shutil.rmtree(name, dir_fd=dirfd)
+    else:
+        os.unlink(name, dir_fd=dirfd)
+
+
 def _openat2(dirfd: int, relative: str, flags: int, mode: int) -> int:
     global use_openat2
     if (syscall := _libc_syscall()) is None:

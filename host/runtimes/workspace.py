@@ -11,12 +11,11 @@ agent's own files) belong to the runner outright. A non-root host runs the runne
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from pathlib import Path
 
 from host.errors import NclError
-from host.files import confined
+from host.files import confined, private
 
 SHARED_DIR = stat.S_ISVTX | stat.S_IRWXG  # sticky, group rwx
 READ_DIR = stat.S_IRGRP | stat.S_IXGRP
@@ -66,20 +65,18 @@ def keep_journal(folder: Path) -> None:
             info = os.stat(JOURNAL, dir_fd=dirfd, follow_symlinks=False)
         except FileNotFoundError:
             info = None
-        if info is not None and stat.S_ISDIR(info.st_mode):
-            shutil.rmtree(JOURNAL, dir_fd=dirfd)
-        elif info is not None and not stat.S_ISREG(info.st_mode):
-            os.unlink(JOURNAL, dir_fd=dirfd)
-        if info is None or not stat.S_ISREG(info.st_mode):
-            fd = os.open(JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=dirfd)
-            try:  # outbound.db's owner's, as SQLite makes a journal where it may
-                owner = os.stat("outbound.db", dir_fd=dirfd, follow_symlinks=False)
-                os.fchown(fd, owner.st_uid, owner.st_gid)
-            except (FileNotFoundError, PermissionError):
-                pass
-            finally:
-                os.close(fd)
+        if info is not None and stat.S_ISREG(info.st_mode):
+            return
+        if info is not None:
+            confined.remove(dirfd, JOURNAL, info)
+        fd = private.create_file(dirfd, JOURNAL)
+        try:  # outbound.db's owner's, as SQLite makes a journal where it may
+            owner = os.stat("outbound.db", dir_fd=dirfd, follow_symlinks=False)
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+        except (FileNotFoundError, PermissionError):
+            pass
+        finally:
+            os.close(fd)
     finally:
         os.close(dirfd)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sqlite3
 import stat
 from collections.abc import Iterable
@@ -133,11 +132,13 @@ def _news(conn: db.Connection, ids: list[str], after_seq: int, reply_after_seq: 
     """Which reads would find anything: requests past ``after_seq``, replies past ``reply_after_seq``, acks of the
     open rows ``ids``. One short statement: the bounded reads cost ~40 µs each to compile, and a visit mostly finds
     nothing new (a quiet outbox), or one kind of thing (a finished turn's ack)."""
-    acked = f"EXISTS (SELECT 1 FROM processing_ack WHERE message_id IN ({', '.join('?' * len(ids))}))" \
-        if 0 < len(ids) <= CHUNK else str(int(bool(ids)))
+    if len(ids) > CHUNK:  # (more than one statement binds: the acks are read, in chunks)
+        acked, bound = "1", []
+    else:
+        acked, bound = f"EXISTS (SELECT 1 FROM processing_ack WHERE message_id IN ({', '.join('?' * len(ids))}))", ids
     found = conn.execute("SELECT EXISTS (SELECT 1 FROM messages_out WHERE kind = 'system' AND seq > ?), EXISTS"
                          f" (SELECT 1 FROM messages_out WHERE kind = 'chat' AND seq > ?), {acked}",
-                         (after_seq, reply_after_seq, *(ids if len(ids) <= CHUNK else ()))).fetchone()
+                         (after_seq, reply_after_seq, *bound)).fetchone()
     return bool(found[0]), bool(found[1]), bool(found[2])
 
 
@@ -195,10 +196,7 @@ def _guard(path: Path, live: bool) -> None:
             raise Tampered(f"{journal} {planted}: its runner planted it")
         log.warning("removed %s, left by the session's runner: it %s", journal, planted,
                     extra={"action": "planted_journal_removed"})
-        if stat.S_ISDIR(info.st_mode):
-            shutil.rmtree(journal.name, dir_fd=folder)  # (no link in it is followed)
-        else:
-            os.unlink(journal.name, dir_fd=folder)
+        confined.remove(folder, journal.name, info)
     finally:
         os.close(folder)
 
