@@ -213,7 +213,9 @@ def test_tight_ncl_writes_against_a_running_host_lose_nothing_and_never_lock(env
         _rest_of_stderr(host)
     stderr = host.seen
     assert load.errors == [], "\n".join(load.errors[:20])
-    assert [line for line in stderr if LOCKED in line] == []
+    # A live runner's commit outlasting a visit's bounded wait (a disk stall on a loaded machine) is deferred by
+    # design: the session is visited again in 0.5 s (``session_busy``, info; SECURITY.md). Any other lock is a fault.
+    assert [line for line in stderr if LOCKED in line and "[action=session_busy " not in line] == []
     assert [line for line in stderr if "Traceback" in line or "[action=session_failed " in line] == []
     # A tight loop: every kind of write many times a second, real ncl processes throughout.
     assert min(load.ops[name] for name in ("tasks update", "tasks pause", "tasks resume", "queue send")) \

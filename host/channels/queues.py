@@ -143,11 +143,9 @@ def summary(central: db.Connection, settings: Settings) -> list[dict[str, Any]]:
     found = []
     for channel, group_id in groups.queues(central):
         counts = {"pending": 0, "processing": 0}
-        for session in sessions.list_all(central, settings, group_id, status="active"):
-            path = session.folder / "inbound.db"
-            if not path.exists():
-                continue
-            for status, count in views.queue_jobs(path, channel).items():
+        active = sessions.list_all(central, settings, group_id, status="active")
+        for _, jobs in sessions.readable(active, lambda path: views.queue_jobs(path, channel)):  # noqa: B023
+            for status, count in jobs.items():
                 counts[status] += count
         found.append({"name": channel.split(":", 1)[1], "agent_group_id": group_id, "pending": counts["pending"],
                       "in_flight": counts["processing"]})

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from host import __version__
+from host import __version__, errors
 from host.errors import NclError
 
 if TYPE_CHECKING:
@@ -138,6 +138,7 @@ def _fail_on(exc: Exception) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: turns every error into one line on stderr and an exit code."""
+    errors.left_out.clear()
     try:
         code = cli.main(args=argv, prog_name="ncl", standalone_mode=False)
     except click.MissingParameter as exc:
@@ -153,4 +154,4 @@ def main(argv: list[str] | None = None) -> None:
         _fail("aborted", 1)
     except Exception as exc:
         _fail_on(exc)
-    sys.exit(code if isinstance(code, int) else 0)
+    sys.exit(code if isinstance(code, int) and code else 1 if errors.left_out else 0)

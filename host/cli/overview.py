@@ -92,12 +92,9 @@ def _seconds(now: datetime, since: str | None) -> float | None:
 
 def next_due(active: list[Session], limit: int = 10) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
-    for session in active:
-        path = session.folder / "inbound.db"
-        if not path.exists():
-            continue
+    for session, due in sessions.readable(active, lambda path: views.next_due(path, limit)):
         items += [{"session_id": session.id, "agent_group_id": session.agent_group_id, "id": r.id, "kind": r.kind,
-                   "due": r.due, "text": _text(r.content)[:80]} for r in views.next_due(path, limit)]
+                   "due": r.due, "text": _text(r.content)[:80]} for r in due]
     return sorted(items, key=lambda i: str(i["due"]))[:limit]
 
 

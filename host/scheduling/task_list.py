@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import closing
+from pathlib import Path
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -71,28 +72,28 @@ def _end(carrier: InMessage, live: bool) -> tuple[str | None, int | None, str | 
     return until, None if left is None else max(0, left - (carrier.status == "processing")), None
 
 
-def _inbox(session: Session) -> db.Connection | None:
-    path = session.folder / "inbound.db"
-    return db.connect(path, "inbound", readonly=True) if path.exists() else None
-
-
 def series(settings: Settings, central: db.Connection, group_id: str | None = None,
            session_id: str | None = None, include_ended: bool = False,
            include_closed: bool = False) -> Iterator[Series]:
     """Every series in the active sessions, or in closed ones too (optionally of one group or session), live ones
     unless asked."""
-    for session in sessions.list_all(central, settings, group_id, status=None if include_closed else "active"):
-        if session_id and session.id != session_id:
-            continue
-        conn = _inbox(session)
-        if conn is None:
-            continue
-        with closing(conn):  # two statements a session, whatever it holds
-            occurrences, outcomes = task_series.every_series(conn), task_series.every_outcome(conn)
+    listed = sessions.list_all(central, settings, group_id, status=None if include_closed else "active")
+    for session, (occurrences, outcomes) in sessions.readable([s for s in listed if s.id == (session_id or s.id)],
+                                                           _every_series):
         for series_id, rows in occurrences.items():
             found = _summary(session, series_id, rows, outcomes.get(series_id, []))
             if include_ended or found.status not in ENDED:
                 yield found
+
+
+def _every_series(inbound: Path) -> tuple[dict[str, list[InMessage]], dict[str, list[str]]]:
+    with closing(db.connect(inbound, "inbound", readonly=True)) as conn:  # two statements a session, whatever it holds
+        return task_series.every_series(conn), task_series.every_outcome(conn)
+
+
+def _series_of(inbound: Path, ref: str) -> str | None:
+    with closing(db.connect(inbound, "inbound", readonly=True)) as conn:
+        return task_series.series_of(conn, ref)
 
 
 def _one(conn: db.Connection, session: Session, series_id: str) -> tuple[Series, list[InMessage]]:
@@ -119,22 +120,11 @@ def locate(settings: Settings, central: db.Connection, ref: str) -> tuple[Sessio
     owner = task_ids.lookup(central, ref)
     if owner is not None:
         session = sessions.get(central, settings, owner[1])
-        conn = _inbox(session)
-        found = None
-        if conn is not None:
-            with closing(conn):
-                found = task_series.series_of(conn, ref)
-        if found:
+        path = session.folder / "inbound.db"
+        if path.exists() and (found := _series_of(path, ref)):
             return session, found
-    hits: list[tuple[Session, str]] = []
-    for session in sessions.list_all(central, settings):
-        conn = _inbox(session)
-        if conn is None:
-            continue
-        with closing(conn):
-            found = task_series.series_of(conn, ref)
-        if found:
-            hits.append((session, found))
+    every = sessions.readable(sessions.list_all(central, settings), lambda path: _series_of(path, ref))
+    hits = [(session, found) for session, found in every if found]
     if not hits:
         raise NclError(f"unknown task {ref!r} (see 'ncl tasks list --all')")
     if len(hits) > 1:

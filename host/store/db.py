@@ -253,7 +253,12 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
         return conn
     if readonly:
         conn = _raw(path, readonly=True)
-        if version(conn) == latest_version(kind):
+        try:
+            found = version(conn)
+        except sqlite3.DatabaseError as exc:  # not a database at all: said with the file's name
+            conn.close()
+            raise (Busy if is_busy(exc) else DbError)(f"cannot use {path}: {cut(str(exc))}") from None
+        if found == latest_version(kind):
             return conn
         conn.close()
         with closing(connect(path, kind)):

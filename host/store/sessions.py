@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
+from host import errors
 from host.errors import NclError
 from host.files import private
 from host.settings import Settings
@@ -18,6 +20,9 @@ from schemas.times import to_text
 
 if TYPE_CHECKING:
     from host.store.groups import Group
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Session(NamedTuple):  # not a dataclass: every command reading sessions makes this class, a NamedTuple 5x faster
@@ -155,6 +160,25 @@ def active_counts(conn: db.Connection) -> dict[str, int]:
     """Active sessions per group id (a group with none is absent)."""
     return {str(group): int(count) for group, count in conn.execute(
         "SELECT agent_group_id, count(*) FROM sessions WHERE status = 'active' GROUP BY agent_group_id")}
+
+
+def readable(found: Iterable[Session], read: Callable[[Path], T]) -> Iterator[tuple[Session, T]]:
+    """``read`` of the inbound.db of each session that has one. A file it cannot read (corrupt, of a newer schema,
+    unreadable) is left out with a warning naming it, and an ``ncl`` command exits 1 (``errors.left_out``): one broken
+    session never hides every other from an overview."""
+    for session in found:
+        path = session.folder / "inbound.db"
+        if not path.exists():
+            continue
+        try:
+            found = read(path)
+        except (db.Error, db.DbError, OSError) as exc:
+            problem = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+            log.warning("session %s left out: %s", session.id, errors.cut(problem),
+                        extra={"action": "session_unreadable", "session": session.id})
+            errors.left_out.add(session.id)
+            continue
+        yield session, found
 
 
 def get(conn: db.Connection, settings: Settings, session_id: str) -> Session:

@@ -1,0 +1,71 @@
+"""One session's inbox that cannot be read (random bytes, a newer schema) does not blind the overview commands:
+``tasks list``, ``status``, ``queue list`` and ``tasks show`` print every other session's part, warn naming the file
+left out, and exit 1 (a script sees that the answer is incomplete, and its JSON still parses)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_kit import Ncl, ok
+
+BROKEN = {"random bytes": lambda path: path.write_bytes(bytes(range(256)) * 200),
+          "a newer schema": lambda path: _newer(path)}
+
+
+def _newer(path: Path) -> None:
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA user_version=99")
+
+
+@pytest.fixture
+def two(ncl: Ncl) -> tuple[dict[str, Any], dict[str, Any]]:
+    ok(ncl("groups", "create", "team", "--channel", "cli", "--channel", "queue:jobs"))
+    good = ok(ncl("sessions", "create", "--group", "team", "--json")).json()
+    bad = ok(ncl("sessions", "create", "--group", "team", "--thread", "x", "--json")).json()
+    for session in (good, bad):
+        ok(ncl("tasks", "add", "--session", session["id"], "--prompt", f"in {session['id']}", "--recurrence",
+               "0 9 * * *"))
+    return good, bad
+
+
+@pytest.mark.parametrize("damage", sorted(BROKEN))
+def test_the_overviews_list_every_readable_session_and_exit_1_naming_the_file_left_out(
+        ncl: Ncl, two: tuple[dict[str, Any], dict[str, Any]], damage: str, caplog: pytest.LogCaptureFixture) -> None:
+    good, bad = two
+    ok(ncl("queue", "send", "--queue", "jobs", "--json", '{"prompt": "a job"}'))
+    BROKEN[damage](Path(bad["path"]) / "inbound.db")
+    for args, check in [
+        (("tasks", "list", "--json"), lambda data: {t["session_id"] for t in data["tasks"]} == {good["id"]}),
+        (("status", "--json"), lambda data: {i["session_id"] for i in data["next_due"]} >= {good["id"]}
+         and bad["id"] not in {i["session_id"] for i in data["next_due"]}),
+        (("queue", "list", "--json"), lambda data: data["queues"][0]["pending"] == 1),
+    ]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            result = ncl(*args)
+        assert result.code == 1, (args, result.err)
+        assert check(json.loads(result.out)), (args, result.out)
+        said = [r.getMessage() for r in caplog.records if getattr(r, "action", None) == "session_unreadable"]
+        assert said and all(str(Path(bad["path"]) / "inbound.db") in line for line in said), (args, said)
+    # Found elsewhere, a task is shown all the same (the registry points at its session), and a healthy command
+    # run after exits 0 again.
+    task = json.loads(ncl("tasks", "list", "--json").out)["tasks"][0]
+    assert ok(ncl("tasks", "show", task["id"], "--json")).json()["task"]["session_id"] == good["id"]
+    assert ok(ncl("sessions", "list", "--json")).json()["sessions"]
+
+
+def test_a_broken_session_alone_is_named_when_opened_directly(ncl: Ncl, two: tuple[dict[str, Any], dict[str, Any]]
+                                                              ) -> None:
+    _, bad = two
+    BROKEN["random bytes"](Path(bad["path"]) / "inbound.db")
+    result = ncl("tasks", "list", "--session", bad["id"], "--json")
+    assert result.code == 1
+    assert json.loads(result.out) == {"tasks": []}
+    result = ncl("messages", "list", "--session", bad["id"])
+    assert result.code == 1 and str(Path(bad["path"]) / "inbound.db") in result.err
