@@ -171,14 +171,14 @@ def readable(found: Iterable[Session], read: Callable[[Path], T]) -> Iterator[tu
         if not path.exists():
             continue
         try:
-            found = read(path)
+            value = read(path)
         except (db.Error, db.DbError, OSError) as exc:
             problem = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
             log.warning("session %s left out: %s", session.id, errors.cut(problem),
                         extra={"action": "session_unreadable", "session": session.id})
             errors.left_out.add(session.id)
             continue
-        yield session, found
+        yield session, value
 
 
 def get(conn: db.Connection, settings: Settings, session_id: str) -> Session:
