@@ -176,3 +176,29 @@ def test_console_script_json_output(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"groups": []}
     assert not (tmp_path / "data").exists()
+
+
+# --- input files and texts are bounded: a clear line, never a blow-up -----------------------------------------
+
+
+def test_inputs_past_their_bounds_are_one_line_and_write_nothing(ncl: Ncl, cli_env: CliEnv, tmp_path: Path) -> None:
+    ok(ncl("groups", "create", "team", "--channel", "queue:jobs"))
+    before = dump(cli_env.central_db)
+    big = tmp_path / "job.json"
+    big.write_text(json.dumps({"prompt": "a" * (1 << 20)}))
+    deep = "[" * 5000 + "]" * 5000
+    latin = tmp_path / "rules.txt"
+    latin.write_bytes("Grüße".encode("latin-1"))
+    cases = [
+        (("queue", "send", "--queue", "jobs", "--file", str(big)), f"{big} is larger than 1048576 bytes"),
+        (("queue", "send", "--queue", "jobs", "--json", deep), "payload is nested too deeply to read"),
+        # /dev/zero never ends: read up to the bound and refused, at once
+        (("groups", "create", "g", "--rules", "@/dev/zero"), "/dev/zero is larger than 262144 bytes"),
+        (("groups", "create", "g", "--rules", "x" * (256 << 10 | 1)), "the rules are larger than 262144 bytes"),
+        (("groups", "create", "g", "--rules", f"@{latin}"), f"{latin} is not UTF-8 text (byte 2)"),  # ü
+        (("groups", "create", "g", "--rules", "Gr\udcfc\udcdfe"), "the rules are not UTF-8 text"),
+    ]
+    for args, said in cases:
+        assert one_line_error(ncl(*args)) == f"ncl: {said}", args
+    assert dump(cli_env.central_db) == before
+    assert not any((cli_env.data_dir / "v2-sessions").rglob("inbound.db"))

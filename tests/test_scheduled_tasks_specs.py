@@ -7,6 +7,7 @@ what was given, and a payload stored before a rule fails at its firing.
 from __future__ import annotations
 
 from contextlib import closing
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -57,6 +58,13 @@ BAD_SPECS = [
      "queue.payload: file item room:///../x is outside the group folder"),
     (HEAD + "schedule: 0 9 * * *\nqueue: {name: q, payload: {prompt: hi, thread_id: ''}}\n",
      "queue.payload: thread_id must be a non-empty string"),
+    # a few hundred bytes of aliases would expand to gigabytes; a key given twice would keep its last value silently
+    (HEAD + "schedule: 0 9 * * *\nqueue: {name: q, payload: {prompt: hi, a: &a [x, x], b: [*a, *a]}}\n",
+     "not valid YAML at line 4: aliases (*name) are not allowed in a spec"),
+    (HEAD + "schedule: 30 17 * * *\nschedule: 0 0 * * *\nhost: {command: 'true'}\n",
+     "not valid YAML at line 4: key 'schedule' is given twice"),
+    (HEAD + "schedule: 0 9 * * *\nqueue: {name: q, payload: {prompt: hi, prompt: again}}\n",
+     "key 'prompt' is given twice"),
 ]
 
 
@@ -67,6 +75,17 @@ def test_a_bad_spec_is_one_line_and_stores_nothing(project: Project, cli_env: Cl
     assert line.startswith("ncl: t.yaml: ") and expected in line, line
     assert not cli_env.central_db.exists()
     assert project.listed() == []
+
+
+def test_a_spec_file_over_a_mebibyte_or_not_utf8_is_refused_naming_it(project: Project, cli_env: CliEnv) -> None:
+    big = project.spec(HEAD + "schedule: 0 9 * * *\nqueue: {name: q, payload: {prompt: hi}}\n" + "#" * (1 << 20))
+    assert one_line_error(project.ncl("scheduled-task", "add", "--file", big)).endswith(
+        "t.yaml is larger than 1048576 bytes")
+    text = HEAD.encode() + b"schedule: 0 9 * * *\nhost: {command: '\xff'}\n"
+    Path(path := project.spec("")).write_bytes(text)
+    assert one_line_error(project.ncl("scheduled-task", "add", "--file", path)).endswith(
+        f"t.yaml is not UTF-8 text (byte {text.index(0xFF)})")
+    assert not cli_env.central_db.exists()
 
 
 @pytest.mark.parametrize(("schedule", "pair"), [("*/10 * * * *", ("09:10", "09:20")),

@@ -19,6 +19,7 @@ from host.store import db, groups, sessions, views
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_FILE_BYTES = 1 << 20
+MAX_PAYLOAD_BYTES = 1 << 20  # a job ``ncl queue send`` takes, as a webhook's body (webhooks.MAX_BODY)
 TOKENS = {"{YYYY}": "%Y", "{MM}": "%m", "{DD}": "%d", "{HH}": "%H", "{mm}": "%M"}
 
 

@@ -10,9 +10,11 @@ import click
 from host.cli.app import App, pass_app, policy
 from host.cli.output import emit, fields, json_option, local_time, table
 from host.errors import NclError
+from host.files import confined
 from host.scheduling import tasks
 from host.store import db, groups, sessions
 
+MAX_RULES_BYTES = 256 << 10  # the rules go with every turn of the agent: ~64k tokens is already far too many
 COLUMNS = [("id", "ID"), ("name", "NAME"), ("channels", "CHANNELS"), ("session_mode", "MODE"),
            ("active_sessions", "SESSIONS"), ("provider", "PROVIDER"), ("model", "MODEL"), ("created", "CREATED")]
 
@@ -27,12 +29,15 @@ def group_cli() -> None:
 
 
 def _rules(value: str) -> str:
-    if not value.startswith("@"):
-        return value
+    """The rules given, or read from @FILE; at most ``MAX_RULES_BYTES`` (every turn of the agent sends them)."""
+    text = confined.read_input(Path(value[1:]), MAX_RULES_BYTES) if value.startswith("@") else value
     try:
-        return Path(value[1:]).read_text()
-    except OSError as exc:
-        raise NclError(f"cannot read rules file {value[1:]}: {exc.strerror}") from None
+        size = len(text.encode())
+    except UnicodeEncodeError:  # bytes of another encoding given on the command line
+        raise NclError("the rules are not UTF-8 text") from None
+    if size > MAX_RULES_BYTES:
+        raise NclError(f"the rules are larger than {MAX_RULES_BYTES} bytes")
+    return text
 
 
 @group_cli.command("create")

@@ -14,6 +14,7 @@ import click
 from host.cli.app import App, now_option, pass_app
 from host.cli.output import emit, json_option, print_json, table
 from host.errors import NclError
+from host.files import confined
 
 
 @click.group("queue")
@@ -22,15 +23,19 @@ def queue_cli() -> None:
 
 
 def _payload(text: str | None, file: Path | None) -> Any:
+    """The job; a file of it at most ``queues.MAX_PAYLOAD_BYTES``, as a webhook's body is."""
+    from host.channels.queues import MAX_PAYLOAD_BYTES
+
     if (text is None) == (file is None):
         raise click.UsageError("give the payload with exactly one of --json PAYLOAD or --file F")
+    # (a --json argument is bounded already: Linux passes none over 128 KiB)
+    raw = text if text is not None else confined.read_input(file, MAX_PAYLOAD_BYTES)  # type: ignore[arg-type]
     try:
-        raw = text if text is not None else file.read_text()  # type: ignore[union-attr]
         return json.loads(raw)
-    except OSError as exc:
-        raise NclError(f"cannot read {file}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise NclError(f"payload is not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise NclError("payload is nested too deeply to read") from None
 
 
 @queue_cli.command("send")

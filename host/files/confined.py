@@ -157,6 +157,22 @@ def read_fd(fd: int, name: str, max_bytes: int) -> bytes:
     return data
 
 
+def read_input(path: Path, max_bytes: int) -> str:
+    """An operator's input file (a command's ``--file``, ``@FILE``) as UTF-8 text: whatever it is (a pipe, as
+    ``/dev/stdin``, too), read up to one byte past ``max_bytes`` and refused past it (``/dev/zero`` ends at once)."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(max_bytes + 1)
+    except OSError as exc:
+        raise NclError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise NclError(f"{path} is larger than {max_bytes} bytes")
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise NclError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+
+
 def read_beneath(root: Path, relative: str | PurePath, max_bytes: int) -> bytes:
     """The bytes of the regular file ``root/relative`` (see :func:`open_beneath`), at most ``max_bytes``."""
     fd = open_beneath(root, relative)

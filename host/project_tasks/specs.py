@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from host.channels.queues import QUEUE_NAME, NotJson, check_payload
 from host.errors import NclError
+from host.files import confined
 from host.store import db, groups
 from host.store import project_tasks as store
 from host.store.project_tasks import Fields, TaskRow
@@ -30,6 +31,7 @@ TargetKind = Literal["queue", "container", "host"]
 TARGETS: tuple[TargetKind, ...] = ("queue", "container", "host")
 GAP_SPAN = timedelta(days=366)  # the min-gap rule is checked over a year of firings, DST and all
 MAX_TIMEOUT_S = 24 * 3600
+MAX_SPEC_BYTES = 1 << 20  # a spec file: its queue payload is bounded as ``ncl queue send``'s is
 STORED = {"stored": True}  # validation context of a spec read back from its row
 
 
@@ -156,10 +158,31 @@ def _problem(exc: ValidationError) -> str:
     return f"{where}: {message}{shown}" if where else message
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as a spec may be written: no aliases (a few hundred bytes of them expand to gigabytes), no key given
+    twice (YAML 1.2 forbids it; PyYAML would keep the last one silently)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a spec; write the "
+                                              "value out", self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen = set()
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                if key.value in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key {key.value!r} is given twice",
+                                                            key.start_mark)
+                seen.add(key.value)
+        return super().construct_mapping(node, deep)
+
+
 def parse(text: str, source: str, base: Path) -> Spec:
     """The validated spec of a YAML document; a relative host ``cwd`` resolves against ``base``."""
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, _Loader)
     except RecursionError:
         raise NclError(f"{source}: nested too deeply to read") from None
     except yaml.YAMLError as exc:
@@ -167,7 +190,8 @@ def parse(text: str, source: str, base: Path) -> Spec:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         reason = getattr(exc, "problem", None) or type(exc).__name__
         lines = text.splitlines()
-        if mark is not None and mark.line < len(lines) and lines[mark.line].lstrip().startswith("schedule:"):
+        if (isinstance(exc, yaml.scanner.ScannerError) and mark is not None and mark.line < len(lines)
+                and lines[mark.line].lstrip().startswith("schedule:")):
             # YAML reads a leading '*' as an alias and refuses a leading '@': such schedules need quotes.
             reason += " (quote a schedule that starts with * or @, e.g. schedule: '*/15 * * * *')"
         raise SpecError(f"{source}: not valid YAML{where}: {reason}") from None
@@ -196,9 +220,9 @@ def of_doc(doc: dict[str, Any], source: str, base: Path) -> Spec:
 
 def load(path: Path) -> Spec:
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read {path}: {exc}") from None
+        text = confined.read_input(path, MAX_SPEC_BYTES)
+    except NclError as exc:
+        raise SpecError(str(exc)) from None
     return parse(text, path.name, path.parent)
 
 
