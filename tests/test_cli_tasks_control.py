@@ -139,13 +139,13 @@ def test_update_recurrence_without_at_recomputes_from_now(cli: Ncl, session: dic
 
 def test_update_at_naive_is_local_and_an_offset_is_taken_as_given(cli: Ncl, session: dict[str, Any]) -> None:
     item = weekday_task(cli, session)
-    ok(cli("tasks", "update", item["id"], "--at", "2026-06-01T07:15:00"))
+    ok(cli("tasks", "update", item["id"], "--at", "2026-06-01T07:15:00", "--now", MON_0800))
     [row] = show(cli, item["id"])["occurrences"]
     assert row["process_after"] == "2026-06-01T11:15:00.000Z"  # 07:15 EDT
     assert row["recurrence"] == WEEKDAYS_0900
-    ok(cli("tasks", "update", item["id"], "--at", "2026-06-01T07:15:00Z"))
+    ok(cli("tasks", "update", item["id"], "--at", "2026-06-01T07:15:00Z", "--now", MON_0800))
     assert show(cli, item["id"])["occurrences"][0]["process_after"] == "2026-06-01T07:15:00.000Z"
-    ok(cli("tasks", "update", item["id"], "--at", "2026-12-01T09:00:00"))  # EST in winter
+    ok(cli("tasks", "update", item["id"], "--at", "2026-12-01T09:00:00", "--now", MON_0800))  # EST in winter
     assert show(cli, item["id"])["occurrences"][0]["process_after"] == "2026-12-01T14:00:00.000Z"
 
 
@@ -184,7 +184,7 @@ def test_run_now_adds_a_one_shot_occurrence_and_the_grid_stays(cli: Ncl, session
 
 def test_show_next_runs_after_run_now_follow_the_series_grid(cli: Ncl, session: dict[str, Any]) -> None:
     item = weekday_task(cli, session)
-    ok(cli("tasks", "update", item["id"], "--at", "2026-05-20T09:00:00"))  # next run Wednesday
+    ok(cli("tasks", "update", item["id"], "--at", "2026-05-20T09:00:00", "--now", MON_0800))  # next run Wednesday
     extra = ok(cli("tasks", "run-now", item["id"], "--now", "2026-05-18T08:30:00", "--json")).json()
     assert extra["occurrence_id"]
     assert show(cli, item["id"])["next_runs"] == [

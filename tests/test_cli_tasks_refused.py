@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from cli_kit import Ncl, ok
-from cli_tasks_kit import MON_0800, add, inbox_rows, one_line_error, show, weekday_task
+from cli_tasks_kit import MON_0800, WEEKDAYS_0900, add, inbox_rows, one_line_error, show, weekday_task
 from cli_tasks_kit import cli as cli
 from cli_tasks_kit import session as session
 
@@ -68,3 +68,29 @@ def test_add_to_a_closed_session_is_refused_without_a_row(cli: Ncl, session: dic
     assert ok(cli("sessions", "show", session["id"], "--json")).json()["status"] == "closed"
     one_line_error(cli("tasks", "add", "--session", session["id"], "--prompt", "x", "--now", MON_0800))
     assert inbox_rows(session) == []
+
+
+def test_a_recurring_series_never_starts_past_the_misfire_grace(cli: Ncl, session: dict[str, Any]) -> None:
+    """Its slots since would all be recorded missed (a ``--count`` spent on them) before it ever ran. A one-shot runs
+    however late, and a start within the grace runs at once (the misfire rule)."""
+    long_ago = ("--at", "2026-05-18T06:59:00", "--now", MON_0800)  # 61 minutes before now
+    line = one_line_error(cli("tasks", "add", "--session", session["id"], "--prompt", "x", "--recurrence",
+                              WEEKDAYS_0900, "--count", "3", *long_ago))
+    assert "is more than 3600 s ago (NCL_MISFIRE_GRACE_S)" in line
+    assert inbox_rows(session) == []
+    item = weekday_task(cli, session)
+    before = inbox_rows(session)
+    one_line_error(cli("tasks", "update", item["id"], *long_ago))
+    assert inbox_rows(session) == before
+    within = add(cli, session, "--recurrence", WEEKDAYS_0900, "--at", "2026-05-18T07:01:00", "--now", MON_0800,
+                 prompt="soon")
+    assert within["next_run"] == "2026-05-18T11:01:00.000Z"
+    once = add(cli, session, "--at", "2020-01-01T09:00:00", "--now", MON_0800, prompt="late")
+    assert once["next_run"] == "2020-01-01T14:00:00.000Z"
+
+
+def test_a_script_of_blanks_is_no_script(cli: Ncl, session: dict[str, Any]) -> None:
+    item = add(cli, session, "--script", "   ", "--now", MON_0800)
+    ok(cli("tasks", "update", item["id"], "--script", "echo '{\"wakeAgent\": true}'", "--now", MON_0800))
+    ok(cli("tasks", "update", item["id"], "--script", " \n ", "--now", MON_0800))
+    assert [r["content"] for r in inbox_rows(session) if '"script": null' not in r["content"]] == []

@@ -53,6 +53,15 @@ def _check_until(content: dict[str, Any], now: datetime, first: str | None) -> N
             raise NclError(str(exc)) from None
 
 
+def _check_start(first: str, now: datetime, policy: Policy) -> None:
+    """A recurring series set to start longer than the misfire grace ago would start by recording every slot since
+    as missed (and spend its ``count`` on them), never having run: refused."""
+    if from_text(first) < now - policy.misfire_grace:
+        raise NclError(f"the first run at {first} is more than {policy.misfire_grace.total_seconds():g} s ago "
+                       "(NCL_MISFIRE_GRACE_S): a recurring series would count every slot since as missed; give a "
+                       "later time, or none for the first slot after now")
+
+
 def _series(conn: db.Connection, ref: str) -> str:
     series_id = task_series.series_of(conn, ref)
     if series_id is None:
@@ -76,8 +85,10 @@ def schedule(conn: db.Connection, now: datetime, policy: Policy, task_id: str, p
     ends = {k: v for k, v in _ends(until, count).items() if v is not None}
     if ends and not expr:
         raise NclError("until and count end a recurring series; give a recurrence too (a one-shot runs once)")
-    content = TaskContent.model_validate({"prompt": prompt, "script": script or None, "context_mode": context_mode,
-                                          **ends})
+    content = TaskContent.model_validate({"prompt": prompt, "script": script if script and script.strip() else None,
+                                          "context_mode": context_mode, **ends})
+    if expr and process_after:
+        _check_start(process_after, now, policy)
     with transaction(conn):
         _check_room(conn, policy)  # first: a request over the cap costs one indexed count, nothing more
         if expr and enforce_interval:
@@ -205,7 +216,7 @@ def update(conn: db.Connection, ref: str, now: datetime, policy: Policy, prompt:
             raise NclError(f"task {ref} has no live occurrence to update")
         for row in rows:
             content = {**json.loads(row.content), **changes}
-            if content.get("script") == "":
+            if isinstance(content.get("script"), str) and not content["script"].strip():  # "" (or blanks): none
                 content["script"] = None
             TaskContent.model_validate(content)
             waiting = row.status != "processing"
@@ -213,6 +224,8 @@ def update(conn: db.Connection, ref: str, now: datetime, policy: Policy, prompt:
             new_expr = (expr or None) if expr is not None and carries else row.recurrence
             if ends and carries:
                 _set_ends(content, ends, waiting, new_expr, ref)
+            if process_after and carries and new_expr:
+                _check_start(process_after, now, policy)
             if not waiting and carries and process_after:
                 # It runs now: it finishes as it is; the new time is the next occurrence's, made here.
                 if not new_expr:
