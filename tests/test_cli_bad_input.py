@@ -202,3 +202,13 @@ def test_inputs_past_their_bounds_are_one_line_and_write_nothing(ncl: Ncl, cli_e
         assert one_line_error(ncl(*args)) == f"ncl: {said}", args
     assert dump(cli_env.central_db) == before
     assert not any((cli_env.data_dir / "v2-sessions").rglob("inbound.db"))
+
+
+def test_times_past_the_calendar_are_one_line_or_mean_everything(ncl: Ncl) -> None:
+    ok(ncl("groups", "create", "team", "--channel", "cli"))
+    session = ok(ncl("sessions", "create", "--group", "team", "--json")).json()
+    line = one_line_error(ncl("tasks", "add", "--session", session["id"], "--prompt", "p", "--recurrence",
+                              "0 9 * * *", "--now", "9999-12-31T22:00:00Z"))
+    assert line == "ncl: date value out of range"
+    for back in ("999999d", "99999999999d"):  # further back than year 1: every line there is
+        assert ok(ncl("logs", "--since", back)).code == 0

@@ -38,7 +38,10 @@ SAFETY_S = 1.0  # --follow looks again at least this often, whatever inotify say
 def since(text: str, now: datetime, app: App) -> datetime:
     """``--since``: a duration back from ``now`` (``90s``, ``10m``, ``2h``, ``1d``) or a time (naive = TZ)."""
     if ago := _AGO.fullmatch(text.strip()):
-        return now - timedelta(seconds=float(ago[1]) * _UNIT_S[ago[2]])
+        try:
+            return now - timedelta(seconds=float(ago[1]) * _UNIT_S[ago[2]])
+        except OverflowError:  # back past year 1: every line
+            return datetime.min.replace(tzinfo=UTC)
     try:
         return parse_user_time(text, app.settings.tz.zone)
     except TimeFormatError as exc:
