@@ -88,6 +88,21 @@ def test_a_spec_file_over_a_mebibyte_or_not_utf8_is_refused_naming_it(project: P
     assert not cli_env.central_db.exists()
 
 
+def test_a_name_is_one_tasks(project: Project) -> None:
+    """A spec file added twice would fire twice: its name is refused the second time, naming the task that holds
+    it, as is an update that takes another task's name; a task keeps its own name through an update."""
+    project.support_group()
+    named = DAILY_QUEUE + "name: nightly\n"
+    first = project.add(named)
+    line = one_line_error(project.ncl("scheduled-task", "add", "--file", project.spec(named), "--now", NOW))
+    assert f"a scheduled task named 'nightly' exists already ({first['id']})" in line, line
+    other = project.add(DAILY_QUEUE + "name: weekly\n")
+    assert f"({first['id']})" in one_line_error(project.ncl("scheduled-task", "update", other["id"], "--file",
+                                                            project.spec(named), "--now", NOW))
+    assert project.ncl("scheduled-task", "update", first["id"], "--file", project.spec(named), "--now", NOW).code == 0
+    assert sorted(t["name"] for t in project.listed()) == ["nightly", "weekly"]
+
+
 @pytest.mark.parametrize(("schedule", "pair"), [("*/10 * * * *", ("09:10", "09:20")),
                                                 ("*/25 * * * *", ("09:50", "10:00"))])
 def test_firings_closer_than_15_minutes_are_refused_naming_the_pair(project: Project, schedule: str,

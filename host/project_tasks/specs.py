@@ -290,9 +290,19 @@ def _check_wired(conn: db.Connection, spec: Spec) -> None:
 
 
 def add(conn: db.Connection, spec: Spec, task_id: str, now: datetime, zone: ZoneInfo) -> Task:
-    _check_wired(conn, spec)
-    store.insert(conn, task_id, to_row(spec), first_run(spec, now, zone), to_text(now), zone.key)
+    with db.transaction(conn):
+        _check_wired(conn, spec)
+        _check_name(conn, spec, task_id)
+        store.insert(conn, task_id, to_row(spec), first_run(spec, now, zone), to_text(now), zone.key)
     return get(conn, task_id)
+
+
+def _check_name(conn: db.Connection, spec: Spec, task_id: str) -> None:
+    """An operator's spec file names one task: added twice, it would fire twice. (An agent's tasks, ``origin`` set,
+    are named by its words: held to a count instead, ``host_tasks.MAX_HOST_TASKS``.)"""
+    if spec.origin is None and spec.name and (other := store.named(conn, spec.name)) not in (None, task_id):
+        raise SpecError(f"a scheduled task named {spec.name!r} exists already ({other}): change it with "
+                        f"'ncl scheduled-task update {other} --file …', or give this one another name")
 
 
 def update(conn: db.Connection, task_id: str, spec: Spec, now: datetime, zone: ZoneInfo) -> Task:
@@ -301,6 +311,7 @@ def update(conn: db.Connection, task_id: str, spec: Spec, now: datetime, zone: Z
     with db.transaction(conn):
         row = _row(conn, task_id)
         _check_wired(conn, spec)
+        _check_name(conn, spec, task_id)
         if spec.origin is None and (origin := Task.of(row).spec.origin) is not None:  # who created it, kept
             spec = spec.model_copy(update={"origin": origin})
         keep = row.active and spec.active and row.schedule == spec.schedule

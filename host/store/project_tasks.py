@@ -81,6 +81,12 @@ class Run:
         return asdict(self)
 
 
+def named(conn: db.Connection, name: str) -> str | None:
+    """The id of a task of this name, if any."""
+    row = conn.execute("SELECT id FROM scheduled_tasks WHERE name = ? LIMIT 1", (name,)).fetchone()
+    return None if row is None else str(row[0])
+
+
 def insert(conn: db.Connection, task_id: str, fields: Fields, next_run: str | None, now: str, zone: str) -> None:
     with db.transaction(conn):
         conn.execute("INSERT INTO scheduled_tasks(name, schedule, target_kind, spec, active, id, next_run, created_at,"
