@@ -244,7 +244,7 @@ def _read(kind: Any, text: str) -> Any:
             return float(text if text.isascii() else "no")
         except ValueError:
             raise ValueError("Input should be a valid number, unable to parse string as a number") from None
-    return Path(text) if kind is Path else text
+    return Path(text).expanduser() if kind is Path else text  # (~ as a shell would: .env's values are not)
 
 
 def _checked(value: Any, env: Env) -> Any:

@@ -228,6 +228,12 @@ def test_absolute_data_dir_is_kept(tmp_path: Path) -> None:
     assert loaded.data_dir == target
 
 
+def test_a_data_dir_under_the_home_folder_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    write_env(tmp_path / ".env", NCL_DATA_DIR="~/ncl")  # as a shell would, not a folder named ~ in the cwd
+    assert settings.load(environ={}, cwd=tmp_path, system_tz="UTC").data_dir == tmp_path / "home" / "ncl"
+
+
 def test_system_zone_reads_etc_timezone_then_the_localtime_link(tmp_path: Path) -> None:
     etc = tmp_path / "etc"
     etc.mkdir()

@@ -167,7 +167,8 @@ def _pause_all(app: App, session: sessions.Session) -> int:
 
 @group_cli.command("delete")
 @click.argument("group")
-@click.option("--yes", is_flag=True, help="Really delete (otherwise only say what would happen).")
+@click.option("--yes", is_flag=True,
+              help="Really delete (without it: say what would be closed and paused, change nothing, exit 1).")
 @json_option
 @pass_app
 def delete(app: App, group: str, yes: bool, as_json: bool) -> None:

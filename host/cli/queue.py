@@ -42,7 +42,7 @@ def _payload(text: str | None, file: Path | None) -> Any:
 @click.option("--queue", "queue", required=True, help="The queue name (a group must have channel queue:NAME).")
 @click.option("--json", "payload_text", metavar="PAYLOAD",
               help='The job: {"prompt": "…" | [{"type":"text","text":…},{"type":"file","url":"room:///…"}], '
-                   '"thread_id": "…{YYYY}{MM}{DD}…"}.')
+                   '"thread_id": "…{YYYY}{MM}{DD}…"} (the tokens in UTC: one session per period).')
 @click.option("--file", "payload_file", type=click.Path(path_type=Path), help="Read the payload from a file.")
 @now_option
 @pass_app
