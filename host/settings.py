@@ -162,6 +162,7 @@ class Settings(NamedTuple):
     mail_max_bytes: Annotated[int, Env("NCL_MAIL_MAX_BYTES", ge=1024)] = 25 << 20
     mail_max_attachments: Annotated[int, Env("NCL_MAIL_MAX_ATTACHMENTS", ge=0)] = 20
     mail_retry_s: Annotated[float, Env("NCL_MAIL_RETRY_S", ge=0)] = 5.0
+    mail_read_s: Annotated[float, Env("NCL_MAIL_READ_S", gt=0)] = 20.0
     anthropic_api_key: Annotated[str | None, Env("ANTHROPIC_API_KEY")] = None  # secret
     anthropic_base_url: Annotated[str, Env("ANTHROPIC_BASE_URL")] = "https://api.anthropic.com"
     log_level: Annotated[LogLevel, Env("NCL_LOG_LEVEL")] = RUNNER.log_level

@@ -138,6 +138,34 @@ def test_automatic_mail_and_strangers_get_no_answer(env: Env, servers: MailServe
     assert len(refused) == 2 and "over NCL_MAIL_MAX_BYTES" in refused[1]  # each logged once, however many polls
 
 
+def test_a_mail_that_would_take_hours_to_read_stalls_nothing(env: Env, servers: MailServers) -> None:
+    """Unclosed HTML tags make html.parser take time with the square of their number (60 KB: about a minute, 25 MB:
+    years): a stranger's such mail is refused from its headers, never read; an allowed sender's is read apart and
+    given up after NCL_MAIL_READ_S, left unread and logged (mail_skipped); the mail behind it is answered."""
+    def bomb(sender: str, subject: str) -> EmailMessage:
+        message = mail(sender, AGENT, subject, "")
+        message.set_content("<a " * 100_000, subtype="html")
+        return message
+
+    host = Host(env, NCL_MAIL_READ_S="2")
+    try:
+        servers.send(bomb(STRANGER, "Stall"))
+        servers.send(bomb(HUMAN, "Also a stall"))
+        servers.send(mail(HUMAN, AGENT, "Barrier", "Answered once the others are dealt with."))
+        [answer] = servers.wait_for(HUMAN, 1)
+        assert answer["Subject"] == "Re: Barrier"
+        read_log(host, 1.0)
+    finally:
+        host.kill()
+    assert [r["content"]["subject"] for r in mail_rows(env)] == ["Barrier"]
+    [refused] = [line for line in host.seen if "[action=mail_refused " in line]
+    assert f"{STRANGER} is not on the allow-list" in refused
+    [skipped] = [line for line in host.seen if "[action=mail_skipped " in line]
+    assert "UID 2 " in skipped and "took longer than 2 s (NCL_MAIL_READ_S)" in skipped
+    flags = {str(m["Subject"]): seen for _, m, seen in servers.inbox(AGENT)}
+    assert flags == {"Stall": False, "Also a stall": False, "Barrier": True}
+
+
 @pytest.mark.parametrize("point", ["fetched", "committed"])
 def test_a_host_killed_while_taking_a_mail_takes_it_once(env: Env, servers: MailServers, point: str) -> None:
     """SIGKILL between fetch and commit, and after the row's commit before the \\Seen flag: no mail lost, none

@@ -11,7 +11,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from host.channels import mail_imap, mail_parse
+from host.channels import mail_apart, mail_imap, mail_parse
 from host.channels.mail_imap import save_attachments
 from host.files import confined
 
@@ -38,6 +38,10 @@ def test_headers_text_and_thread() -> None:
     assert (reply.in_reply_to, reply.references, reply.thread) == ("<a2@x>", ["<root@x>", "<a1@x>", "<a2@x>"],
                                                                    "<root@x>")
     assert mail_parse.parse(raw(In_Reply_To="<a2@x>").as_bytes(), 5).thread == "<a2@x>"
+    many = raw()
+    del many["To"]
+    many["To"] = ", ".join([f"{'x' * 300}@example.org", "bob@example.org"])  # no one has a 300-character address
+    assert mail_parse.parse(many.as_bytes(), 5).to == ["bob@example.org"]
     no_id = raw()
     del no_id["Message-ID"]
     assert mail_parse.parse(no_id.as_bytes(), 5).message_id.endswith("@ncl.invalid>")  # the same bytes, the same id
@@ -127,3 +131,32 @@ def test_a_plain_mail_with_many_lines_beginning_with_dashes_is_not_cut() -> None
     (RecursionError(), False), (ValueError("bad header"), False)])
 def test_only_a_failure_that_is_the_mails_counts_against_it(exc: BaseException, hosts: bool) -> None:
     assert mail_imap._not_the_mail(exc) is hosts
+
+
+def test_a_first_look_reads_the_sender_from_the_first_64_kib_of_headers_alone() -> None:
+    """What decides whether a mail is read at all costs one bounded look: the sender and Message-ID as ``parse``
+    finds them, from at most ``MAX_FIRST_HEADERS`` bytes of headers, each value cut to ``MAX_FIRST_HEADER``."""
+    plain = raw()
+    assert mail_parse.first_look(plain.as_bytes()) == ("alice@example.org", "<m1@example.org>")
+    late = b"X-Pad: " + b"p" * (mail_parse.MAX_FIRST_HEADERS + 10) + b"\r\n" + plain.as_bytes()
+    assert mail_parse.parse(late, 5).sender == "alice@example.org"
+    assert mail_parse.first_look(late) == ("", None)  # past the bound: not looked for, so the mail is refused
+    commas = b"From: " + b"," * mail_parse.MAX_FIRST_HEADER + b"alice@example.org\r\n\r\nhi"
+    assert mail_parse.first_look(commas) == ("", None)
+    nameless = b"From: alice@example.org\r\n" + b":\n" * (1 << 20) + b"\n"  # 2 MB of header lines without a name
+    assert mail_parse.first_look(nameless)[0] == "alice@example.org"
+
+
+def test_a_mail_is_read_apart_within_its_time_and_memory() -> None:
+    """``mail_apart.read`` gives what ``parse`` gives, attachments' bytes and all, or ``Unreadable``: a mail whose
+    reading outlasts its seconds (unclosed HTML tags: minutes in html.parser) or needs more memory than allowed."""
+    message = raw()
+    message.add_attachment(bytes(range(256)) * 64, maintype="application", subtype="octet-stream", filename="b.bin")
+    assert mail_apart.read(message.as_bytes(), 5, 20.0) == mail_parse.parse(message.as_bytes(), 5)
+    bomb = b"From: alice@example.org\r\nContent-Type: text/html\r\n\r\n" + b"<a " * 200_000
+    with pytest.raises(mail_apart.Unreadable, match=r"took longer than 1 s \(NCL_MAIL_READ_S\)"):
+        mail_apart.read(bomb, 5, 1.0)
+    big = raw()
+    big.add_attachment(b"x" * (20 << 20), maintype="application", subtype="octet-stream", filename="big.bin")
+    with pytest.raises(mail_apart.Unreadable, match="MemoryError"):
+        mail_apart.read(big.as_bytes(), 5, 20.0, memory=150 << 20)

@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from host.channels import mail_parse, router
+from host.channels import mail_apart, mail_parse, router
 from host.channels.mail_login import TIMEOUT_S, password, tls_context
 from host.channels.mail_parse import Mail
 from host.errors import NclError
@@ -129,7 +129,7 @@ class Watcher:
             self.flag(uid)  # a host stopped before the flag: only the flag is missing
             return False
         if seen is not None and seen.tries >= MAX_TRIES:
-            self._give_up(uid, seen)
+            self._give_up(uid, seen.reason or "the host stopped while taking it", seen.tries)
             return False
         size = self._size(uid)
         if size > self.settings.mail_max_bytes:
@@ -153,7 +153,15 @@ class Watcher:
 
     def _take(self, uid: int, raw: bytes, seen: mailboxes.Seen | None) -> bool:
         box, now = self.mailbox, clock.now()
-        mail = mail_parse.parse(raw, self.settings.mail_max_attachments)
+        sender, message_id = mail_parse.first_look(raw)
+        if not box.allows(sender):  # refused before the mail is read: a stranger costs one look at its headers
+            self._refuse(uid, message_id or "", "refused", f"{sender or 'no sender'} is not on the allow-list")
+            return False
+        try:
+            mail = mail_apart.read(raw, self.settings.mail_max_attachments, self.settings.mail_read_s)
+        except mail_apart.Unreadable as exc:
+            self._give_up(uid, str(exc))
+            return False
         if not box.allows(mail.sender):
             self._refuse(uid, mail.message_id, "refused", f"{mail.sender or 'no sender'} is not on the allow-list")
             return False
@@ -173,13 +181,14 @@ class Watcher:
         with closing(db.connect(self.settings.central_db, "central")) as central, db.transaction(central):
             mailboxes.tried(central, clock.now(), self.mailbox.address, self.uidvalidity, uid, delta, reason)
 
-    def _give_up(self, uid: int, seen: mailboxes.Seen) -> None:
-        """Leave a mail that failed ``MAX_TRIES`` takings unread and say so: the mails behind it are taken."""
-        why = seen.reason or "the host stopped while taking it"
+    def _give_up(self, uid: int, why: str, tries: int = 1) -> None:
+        """Leave a mail that failed ``MAX_TRIES`` takings (or could not be read at all) unread and say so: the mails
+        behind it are taken."""
         with closing(db.connect(self.settings.central_db, "central")) as central, db.transaction(central):
             mailboxes.skip(central, self.mailbox.address, self.uidvalidity, uid, why)
-        log.error("mailbox %s: mail UID %d (UIDVALIDITY %d) skipped after %d failed tries, left unread: %s",
-                  self.mailbox.address, uid, self.uidvalidity, seen.tries, why, extra={"action": "mail_skipped"})
+        log.error("mailbox %s: mail UID %d (UIDVALIDITY %d) skipped after %d failed tr%s, left unread: %s",
+                  self.mailbox.address, uid, self.uidvalidity, tries, "y" if tries == 1 else "ies", why,
+                  extra={"action": "mail_skipped"})
 
     def write(self, uid: int, mail: Mail, taking: mailboxes.Seen | None, now: datetime) -> None:
         """The mail's row in its session, recorded ``taking`` before and ``taken`` after (see the module doc)."""
