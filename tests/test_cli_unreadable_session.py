@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_kit import Ncl, ok
+from cli_kit import Ncl, ok, one_line_error
 
 BROKEN = {"random bytes": lambda path: path.write_bytes(bytes(range(256)) * 200),
           "a newer schema": lambda path: _newer(path)}
@@ -60,12 +60,10 @@ def test_the_overviews_list_every_readable_session_and_exit_1_naming_the_file_le
     assert ok(ncl("sessions", "list", "--json")).json()["sessions"]
 
 
-def test_a_broken_session_alone_is_named_when_opened_directly(ncl: Ncl, two: tuple[dict[str, Any], dict[str, Any]]
-                                                              ) -> None:
+@pytest.mark.parametrize("command", [("tasks", "list", "--session"), ("messages", "list", "--session")])
+def test_a_broken_session_asked_for_alone_is_a_one_line_error_naming_its_file(
+        ncl: Ncl, two: tuple[dict[str, Any], dict[str, Any]], command: tuple[str, ...]) -> None:
     _, bad = two
     BROKEN["random bytes"](Path(bad["path"]) / "inbound.db")
-    result = ncl("tasks", "list", "--session", bad["id"], "--json")
-    assert result.code == 1
-    assert json.loads(result.out) == {"tasks": []}
-    result = ncl("messages", "list", "--session", bad["id"])
-    assert result.code == 1 and str(Path(bad["path"]) / "inbound.db") in result.err
+    line = one_line_error(ncl(*command, bad["id"], "--json"))
+    assert str(Path(bad["path"]) / "inbound.db") in line and "file is not a database" in line

@@ -77,9 +77,12 @@ def series(settings: Settings, central: db.Connection, group_id: str | None = No
            include_closed: bool = False) -> Iterator[Series]:
     """Every series in the active sessions, or in closed ones too (optionally of one group or session), live ones
     unless asked."""
-    listed = sessions.list_all(central, settings, group_id, status=None if include_closed else "active")
-    for session, (occurrences, outcomes) in sessions.readable([s for s in listed if s.id == (session_id or s.id)],
-                                                           _every_series):
+    listed = [s for s in sessions.list_all(central, settings, group_id, status=None if include_closed else "active")
+              if s.id == (session_id or s.id)]
+    # One session asked for: what keeps it from being read is the answer. Over many: said, and the rest listed.
+    read = ((s, _every_series(s.folder / "inbound.db")) for s in listed if (s.folder / "inbound.db").exists()) \
+        if session_id else sessions.readable(listed, _every_series)
+    for session, (occurrences, outcomes) in read:
         for series_id, rows in occurrences.items():
             found = _summary(session, series_id, rows, outcomes.get(series_id, []))
             if include_ended or found.status not in ENDED:
