@@ -212,3 +212,18 @@ def test_times_past_the_calendar_are_one_line_or_mean_everything(ncl: Ncl) -> No
     assert line == "ncl: date value out of range"
     for back in ("999999d", "99999999999d"):  # further back than year 1: every line there is
         assert ok(ncl("logs", "--since", back)).code == 0
+
+
+def test_a_damaged_table_is_one_line_pointing_at_doctor(ncl: Ncl, cli_env: CliEnv) -> None:
+    """SQLite names no file when a page it reads is damaged: the line says which command finds it."""
+    ok(ncl("groups", "create", "team", "--channel", "cli"))
+    ok(ncl("sessions", "create", "--group", "team"))
+    with closing(sqlite3.connect(cli_env.central_db)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'sessions'").fetchone()
+        (size,) = conn.execute("PRAGMA page_size").fetchone()
+    with cli_env.central_db.open("r+b") as file:
+        file.seek((root - 1) * size)
+        file.write(b"\xff" * size)
+    assert one_line_error(ncl("sessions", "list")) == (
+        "ncl: database disk image is malformed ('ncl doctor' checks every file and names the damaged one)")

@@ -41,6 +41,7 @@ TASK_IDS_VERSION = 3  # the central.db version that brought the task_ids registr
 # named queries, and a store failure is caught as ``db.Error`` (nothing outside host.store imports sqlite3).
 Connection = sqlite3.Connection
 Error = sqlite3.Error
+DatabaseError = sqlite3.DatabaseError  # (this class itself, not a subclass: a damaged file)
 IntegrityError = sqlite3.IntegrityError
 
 
