@@ -14,11 +14,17 @@ import resource
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from host.channels.mail_parse import Mail, parse
 
 READ_MEMORY = 2 << 30  # bytes of address space the reading process may map (a 25 MB mail needs ~400 MB)
+
+
+# The reading process runs this very code, wherever the host found it (an install, a checkout on PYTHONPATH), and
+# gets none of the host's environment (its secrets among it): it reads what anyone sent.
+_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 class Unreadable(Exception):
@@ -30,7 +36,7 @@ def read(raw: bytes, max_attachments: int, seconds: float, memory: int = READ_ME
     read in well under a second, 25 MB of base64 in about 3 s."""
     try:
         done = subprocess.run([sys.executable, "-m", __name__, str(max_attachments), str(seconds), str(memory)],
-                              input=raw, capture_output=True, timeout=seconds, check=False)
+                              input=raw, capture_output=True, timeout=seconds, check=False, env={"PYTHONPATH": _ROOT})
     except subprocess.TimeoutExpired:
         raise Unreadable(f"reading it took longer than {seconds:g} s (NCL_MAIL_READ_S)") from None
     if done.returncode != 0:
