@@ -2,7 +2,7 @@
 
 
 MAX_ERROR_CHARS = 1000
-# Sessions an ``ncl`` command left out of what it printed, each said in a warning (``views.readable``): the command
+# Sessions an ``ncl`` command left out of what it printed, each said in a warning (``sessions.readable``): the command
 # then exits 1 after printing the rest.
 left_out: set[str] = set()
 
