@@ -227,3 +227,10 @@ def test_a_damaged_table_is_one_line_pointing_at_doctor(ncl: Ncl, cli_env: CliEn
         file.write(b"\xff" * size)
     assert one_line_error(ncl("sessions", "list")) == (
         "ncl: database disk image is malformed ('ncl doctor' checks every file and names the damaged one)")
+
+
+@pytest.mark.parametrize("argv", [["groups", "create", "bot", "--model", "r\udcff"],  # b"r\xff" as Python reads it
+                                  ["sessions", "create", "--group", "demo", "--thread", "r\udcff"],
+                                  ["tasks", "show", "r\udcff"]])
+def test_a_value_in_another_encoding_is_said_so(ncl: Ncl, with_demo: None, argv: list[str]) -> None:
+    assert one_line_error(ncl(*argv)) == "ncl: a value given is not UTF-8 text: 'r\\udcff'"

@@ -129,6 +129,8 @@ def _fail_on(exc: Exception) -> None:
 
     if isinstance(exc, ValidationError):  # a model at an edge refused a value: "field: message", not pydantic's report
         _fail(one_line(exc), 1)
+    if isinstance(exc, UnicodeEncodeError) and "surrogate" in exc.reason:  # bytes of another encoding in argv
+        _fail(f"a value given is not UTF-8 text: {exc.object[:60]!r}", 1)
     if type(exc) is db.DatabaseError:  # a damaged file ("database disk image is malformed") SQLite does not name
         _fail(f"{str(exc).splitlines()[0]} ('ncl doctor' checks every file and names the damaged one)", 1)
     # (OverflowError: a time past the calendar's end, year 9999, asked for or worked out: "date value out of range")
