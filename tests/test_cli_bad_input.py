@@ -196,7 +196,7 @@ def test_inputs_past_their_bounds_are_one_line_and_write_nothing(ncl: Ncl, cli_e
         (("groups", "create", "g", "--rules", "@/dev/zero"), "/dev/zero is larger than 262144 bytes"),
         (("groups", "create", "g", "--rules", "x" * (256 << 10 | 1)), "the rules are larger than 262144 bytes"),
         (("groups", "create", "g", "--rules", f"@{latin}"), f"{latin} is not UTF-8 text (byte 2)"),  # ü
-        (("groups", "create", "g", "--rules", "Gr\udcfc\udcdfe"), "the rules are not UTF-8 text"),
+        (("groups", "create", "g", "--rules", "Gr\udcfce"), "a value given is not UTF-8 text: 'Gr\\udcfce'"),
     ]
     for args, said in cases:
         assert one_line_error(ncl(*args)) == f"ncl: {said}", args

@@ -31,11 +31,7 @@ def group_cli() -> None:
 def _rules(value: str) -> str:
     """The rules given, or read from @FILE; at most ``MAX_RULES_BYTES`` (every turn of the agent sends them)."""
     text = confined.read_input(Path(value[1:]), MAX_RULES_BYTES) if value.startswith("@") else value
-    try:
-        size = len(text.encode())
-    except UnicodeEncodeError:  # bytes of another encoding given on the command line
-        raise NclError("the rules are not UTF-8 text") from None
-    if size > MAX_RULES_BYTES:
+    if len(text.encode()) > MAX_RULES_BYTES:
         raise NclError(f"the rules are larger than {MAX_RULES_BYTES} bytes")
     return text
 
