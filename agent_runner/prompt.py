@@ -49,7 +49,9 @@ def sender_of(row: InMessage) -> str:
     data = json.loads(row.content)
     kind = row.kind
     if kind == "chat" and isinstance(data, dict):
-        return str(data.get("sender") or "user")
+        # A display name is whatever its owner chose ("Alice" twice, or with an invisible character): the id is whom.
+        name, who = str(data.get("sender") or "user"), data.get("sender_id")
+        return f"{name} ({who})" if isinstance(who, str) and who and who != name else name
     if kind == "queue" and isinstance(data, dict):
         return f"queue:{data.get('queue', '?')}"
     if kind == "mail" and isinstance(data, dict):

@@ -1,7 +1,10 @@
 """The one error type users see: its message is printed as one line and the command exits 1."""
 
+import errno
 
 MAX_ERROR_CHARS = 1000
+# A failure with one of these is the host's (its disk, its memory, its descriptors), never what it was reading's.
+HOST_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
 # Sessions an ``ncl`` command left out of what it printed, each said in a warning (``sessions.readable``): the command
 # then exits 1 after printing the rest.
 left_out: set[str] = set()

@@ -21,6 +21,7 @@ from agent_runner.config import RunnerConfig
 from agent_runner.providers import MockProvider, ProviderError, Reply, Turn
 from agent_runner.runner import Runner
 from host.store.sessions import create_files
+from schemas.rows import InMessage
 
 NOW = utc("2026-01-14T15:00:00")  # Wednesday 10:00 in New York
 
@@ -145,6 +146,21 @@ async def test_prompt_has_the_time_in_tz_and_tags_kind_and_sender(session: Sessi
     text = provider.turns[0].prompt
     assert "2026-01-14 10:00" in text and "America/New_York" in text
     assert 'kind="task"' in text and 'sender="scheduler"' in text
+
+
+@pytest.mark.parametrize(("content", "shown"), [
+    ({"text": "hi", "sender": "Alice", "sender_id": "@alice:ncl.test"}, "Alice (@alice:ncl.test)"),
+    # a display name chosen to pass for someone else: the id says whom
+    ({"text": "hi", "sender": "Alice\u200b", "sender_id": "@mallory:ncl.test"}, "Alice\u200b (@mallory:ncl.test)"),
+    ({"text": "hi", "sender": "@bob:ncl.test", "sender_id": "@bob:ncl.test"}, "@bob:ncl.test"),
+    ({"text": "hi", "sender": "user", "sender_id": None}, "user"),
+])
+def test_a_chat_shows_its_senders_id_beside_the_name_they_chose(content: dict[str, Any], shown: str) -> None:
+    row = InMessage.of({"id": "msg-1", "seq": 2, "kind": "chat", "timestamp": "2026-01-14T15:00:00.000Z",
+                        "status": "pending", "process_after": None, "recurrence": None, "series_id": None,
+                        "tries": 0, "platform_id": None, "channel_type": "matrix", "thread_id": None,
+                        "content": json.dumps(content), "trigger": 1, "on_wake": 0, "zone": None})
+    assert prompt.sender_of(row) == shown
 
 
 def test_prompt_escapes_text_and_attributes_as_xml_does() -> None:

@@ -16,7 +16,6 @@ mail again into the same row id (written only if missing); a second copy of a Me
 from __future__ import annotations
 
 import contextlib
-import errno
 import imaplib
 import logging
 import os
@@ -34,7 +33,7 @@ from typing import Any
 from host.channels import mail_apart, mail_parse, router
 from host.channels.mail_login import TIMEOUT_S, password, tls_context
 from host.channels.mail_parse import Mail
-from host.errors import NclError
+from host.errors import HOST_ERRNOS, NclError
 from host.files import confined
 from host.settings import Settings
 from host.store import db, inbox, mailboxes
@@ -45,8 +44,6 @@ from schemas.times import to_text
 log = logging.getLogger(__name__)
 FAULT = "NCL_FAULT_MAIL"
 MAX_TRIES = 3  # attempts at taking one mail before it is skipped (left unread, said once)
-# Failures that are the host's or the server's, never the mail's: not counted against it.
-HOST_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
 
 
 def _fault(point: str) -> None:

@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import logging
-import mimetypes
 import os
+from collections.abc import Awaitable
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from host.channels import matrix_files, router
 from host.channels import matrix_wire as wire
-from host.channels import router
 from host.channels.matrix_login import MatrixError, configured, login, state_path
-from host.files import confined
+from host.errors import HOST_ERRNOS
 from host.settings import Settings
 from host.store import db, groups, inbox, pool
 from host.store.groups import Group
@@ -41,8 +40,8 @@ TYPING_RENEW_S = 25.0  # renewed this often while a session of the room still wo
 TYPING_CAP = timedelta(minutes=30)  # after the room's latest triggering message: a stuck runner does not type forever
 # Tests only: a typing notice of this many ms, renewed at a third of it (the real 60 s would make a test wait minutes).
 TYPING_HOOK = "NCL_TEST_MATRIX_TYPING_MS"
-CHUNK = 12_000  # characters of a reply per event (an event is at most 64 KiB)
-FILES_DIR = "files"  # below the session folder, the runner's workspace: where uploads to the bot are kept
+MAX_TRIES = 3  # syncs in a row one invite or event may fail before it is given up (``_one``)
+MAX_IGNORED = 1000  # (room, sender) pairs remembered as logged
 SYNC_FILTER = {"room": {"timeline": {"limit": 50}}, "presence": {"not_types": ["*"]},
                "account_data": {"not_types": ["*"]}}
 # Tests only: stall at this point (the sync's before_commit, after_commit; a reply's after_send, sent but not yet
@@ -70,7 +69,8 @@ class MatrixChannel:
         self.display_name: str | None = None
         self.state = wire.State(self.user_id)
         self.task: asyncio.Task[None] | None = None
-        self.ignored: set[tuple[str, str]] = set()  # (room, sender) already logged as not allowed
+        self.ignored: set[tuple[str, str]] = set()  # (room, sender) already logged as not allowed (the latest)
+        self.failing: dict[str, int] = {}  # invite or event -> syncs it failed in a row (``_one``)
         self.stall = os.environ.get(STALL, "")
         self.typing: dict[str, _Typing] = {}  # room id -> why the bot types there
         self.typing_ms = int(os.environ.get(TYPING_HOOK) or TYPING_MS)
@@ -140,15 +140,34 @@ class MatrixChannel:
             raise MatrixError(f"sync failed: {getattr(done, 'message', done)}")
         fresh = self.state.next_batch is None
         for room_id, invited in done.rooms.invite.items():
-            await self._invited(room_id, invited)
+            await self._one(f"invite to {room_id}", self._invited(room_id, invited))
         for room_id, joined in done.rooms.join.items():
             for event in [] if fresh else joined.timeline.events:
                 source = getattr(event, "source", None)
                 if isinstance(source, dict):
-                    await self._event(room_id, source)
+                    await self._one(f"event {source.get('event_id')} in {room_id}", self._event(room_id, source))
         await self._stall("after_commit")
+        self.failing.clear()
         self.state.next_batch = done.next_batch
         await asyncio.to_thread(self.state.save, state_path(self.settings))  # a durable write: its syncs in a thread
+
+    async def _one(self, what: str, work: Awaitable[None]) -> None:
+        """One invite or event of a sync. A failure fails the sync, which is tried again. One that is not the
+        host's or the network's (``_the_hosts``: they pass, and are waited out) and comes again ``MAX_TRIES``
+        syncs in a row gives that invite or event up, logged: none (a room the bot may not join) holds every room's
+        messages for ever."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if _the_hosts(exc):
+                raise
+            self.failing[what] = tries = self.failing.get(what, 0) + 1
+            if tries < MAX_TRIES:
+                raise
+            log.error("matrix: %s given up after %d tries: %s", what, tries, str(exc)[:300] or type(exc).__name__,
+                      extra={"action": "matrix_given_up"})
 
     async def _stall(self, point: str) -> None:
         if self.stall == point:
@@ -156,7 +175,7 @@ class MatrixChannel:
             await asyncio.Event().wait()
 
     async def _invited(self, room_id: str, invited: Any) -> None:
-        from nio import InviteMemberEvent, JoinResponse, RoomGetStateEventResponse
+        from nio import InviteMemberEvent, JoinResponse
 
         inviter = next((e.sender for e in invited.invite_state if isinstance(e, InviteMemberEvent)
                         and e.state_key == self.user_id and e.membership == "invite"), "")
@@ -171,10 +190,15 @@ class MatrixChannel:
         joined = await self.client.join(room_id)
         if not isinstance(joined, JoinResponse):
             raise MatrixError(f"joining {room_id} failed: {joined.message}")
-        if isinstance(await self.client.room_get_state_event(room_id, "m.room.encryption"),
-                      RoomGetStateEventResponse):
+        if await self._encrypted(room_id):
             return await self._leave_encrypted(room_id)
         log.info("matrix: joined %s, invited by %s", room_id, inviter, extra={"action": "matrix_joined"})
+
+    async def _encrypted(self, room_id: str) -> bool:
+        from nio import RoomGetStateEventResponse
+
+        found = await self.client.room_get_state_event(room_id, "m.room.encryption")
+        return isinstance(found, RoomGetStateEventResponse)
 
     async def _leave_encrypted(self, room_id: str) -> None:
         await self.client.room_send(room_id, "m.room.message", {"msgtype": "m.notice", "body": wire.ENCRYPTED},
@@ -203,7 +227,9 @@ class MatrixChannel:
 
     async def _event(self, room_id: str, event: dict[str, Any]) -> None:
         kind, sender, event_id = event.get("type"), event.get("sender"), event.get("event_id")
-        if kind in ("m.room.encryption", "m.room.encrypted") and room_id not in self.state.declined:
+        # An encrypted message proves nothing (any member may send one): the room's m.room.encryption state does.
+        if kind in ("m.room.encryption", "m.room.encrypted") and room_id not in self.state.declined \
+                and await self._encrypted(room_id):
             return await self._leave_encrypted(room_id)
         content = event.get("content")
         if kind != "m.room.message" or sender == self.user_id or not isinstance(event_id, str) \
@@ -211,6 +237,8 @@ class MatrixChannel:
             return
         if not wire.allowed(sender, self.settings.matrix_allowed):
             if (room_id, sender) not in self.ignored:
+                if len(self.ignored) >= MAX_IGNORED:  # said again after a while, never held without bound
+                    self.ignored.clear()
                 self.ignored.add((room_id, sender))
                 log.info("matrix: messages of %s in %s ignored: not in NCL_MATRIX_ALLOW", sender, room_id,
                          extra={"action": "matrix_ignored"})
@@ -242,34 +270,7 @@ class MatrixChannel:
 
     async def _text(self, session: Session, content: dict[str, Any], message_id: str) -> str:
         """The row's text: the body (bounded), or for a file where it was stored in the session's workspace."""
-        body = wire.cut(content.get("body"), wire.MAX_TEXT)
-        if content.get("msgtype") not in ("m.file", "m.image", "m.audio", "m.video"):
-            return body
-        info: dict[str, Any] = content["info"] if isinstance(content.get("info"), dict) else {}
-        size, url = info.get("size"), content.get("url")
-        name = wire.safe_file_name(content.get("filename") or content.get("body"))
-        limit = self.settings.matrix_max_file_bytes
-        if not isinstance(url, str) or not url.startswith("mxc://"):
-            return f"[a file {name} that could not be fetched: no mxc:// URL] {body}"
-        if isinstance(size, int) and size > limit:
-            return f"[a file {name} not taken: {size} bytes is over NCL_MATRIX_MAX_FILE_BYTES ({limit})]"
-        from nio import DownloadError
-
-        got = await self.client.download(mxc=url)
-        data = b"" if isinstance(got, DownloadError) else getattr(got, "body", b"")
-        if isinstance(got, DownloadError) or not isinstance(data, bytes):
-            return f"[a file {name} that could not be fetched: {getattr(got, 'message', 'no body')}]"
-        if len(data) > limit:
-            return f"[a file {name} not taken: over NCL_MATRIX_MAX_FILE_BYTES ({limit} bytes)]"
-        relative = Path(FILES_DIR) / f"{message_id.rsplit('-', 1)[1]}-{name}"
-        try:
-            await asyncio.to_thread(confined.write_beneath, session.folder, relative, data)
-        except (confined.Refused, OSError) as exc:  # the runner's folder: it may have put a link there
-            log.warning("matrix: file %s not stored: %s", relative, exc, extra={"action": "matrix_file_refused"})
-            return f"[a file {name} not stored: {exc}]"
-        caption = f" {body}" if body and body != content.get("filename", body) and body != name else ""
-        return f"[file {relative} ({len(data)} bytes, {wire.cut(info.get('mimetype'), 100) or 'unknown type'})]" \
-               f"{caption}"
+        return await matrix_files.fetched(self.client, self.settings, session.folder, content, message_id)
 
     # --- out -------------------------------------------------------------------------------------------------
 
@@ -282,9 +283,10 @@ class MatrixChannel:
         room_id = self._room_of(session)  # never the row's platform_id: the runner writes that row
         content = json.loads(reply.content)
         text, files = str(content.get("text") or ""), [str(f) for f in content.get("files") or []]
-        parts = [wire.text_content(text[i:i + CHUNK]) for i in range(0, len(text), CHUNK)]
+        parts = await asyncio.to_thread(wire.text_parts, text)  # Markdown's rendering: ~30 ms a part, off the loop
         for name in files:
-            parts.append(await self._upload(session.folder / "outbox" / reply.id, name))
+            parts.append(await matrix_files.uploaded(self.client, self.settings, session.folder / "outbox" / reply.id,
+                                              name))
         for number, part in enumerate(parts):
             await self._send(room_id, wire.in_thread(part, reply.thread_id), wire.txn_id(reply.id, number))
         await self._stall("after_send")
@@ -353,21 +355,10 @@ class MatrixChannel:
         if not isinstance(sent, RoomSendResponse):
             raise MatrixError(f"sending to {room_id} failed: {sent.message}")
 
-    async def _upload(self, folder: Path, name: str) -> dict[str, Any]:
-        from nio import UploadResponse
 
-        if Path(name).name != name or name.startswith("."):
-            raise MatrixError(f"refused to send {name!r}: not a file name")
-        try:  # the runner's folder: read without following any link (a link to .env must not reach the room)
-            data = await asyncio.to_thread(confined.read_beneath, folder, name, self.settings.matrix_max_file_bytes)
-        except (confined.Refused, OSError) as exc:
-            log.warning("matrix: file %s not sent: %s", name, exc, extra={"action": "matrix_file_refused"})
-            return wire.text_content(f"(the file {name} was not sent: {exc})")
-        size = len(data)
-        mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        done, _ = await self.client.upload(io.BytesIO(data), content_type=mime, filename=name, filesize=size)
-        if not isinstance(done, UploadResponse):
-            raise MatrixError(f"uploading {name} failed: {done.message}")
-        kind = "m.image" if mime.startswith("image/") else "m.file"
-        return {"msgtype": kind, "body": name, "filename": name, "url": done.content_uri,
-                "info": {"size": size, "mimetype": mime}}
+def _the_hosts(exc: BaseException) -> bool:
+    """A failure that is the host's (its disk, its database) or the way to the homeserver's, never the event's."""
+    from aiohttp import ClientError
+
+    return isinstance(exc, db.Error | db.DbError | ClientError | ConnectionError | TimeoutError) or (
+        isinstance(exc, OSError) and exc.errno in HOST_ERRNOS)

@@ -17,6 +17,8 @@ from host.files import confined, private
 MAX_TEXT = 16_000  # characters of a message body kept; a longer one is cut, saying so
 MAX_NAME = 100  # characters of a display name or a file name kept
 MAX_DECLINED = 1000  # rooms remembered as declined (each logged once)
+CHUNK = 12_000  # characters of a reply per event, at most
+MAX_PART_BYTES = 48_000  # of one part's content as JSON: an event is at most 64 KiB, room kept for its envelope
 THREAD = "m.thread"
 ENCRYPTED = "This agent does not support end-to-end encrypted rooms, so it left this one. Invite it to a room " \
             "with encryption off."
@@ -79,15 +81,32 @@ def safe_file_name(name: object) -> str:
 
 
 def html_of(markdown: str) -> str:
-    """A reply's ``formatted_body``: its Markdown as HTML, raw HTML in it shown as text (the agent's words may
-    hold anything)."""
+    """A reply's ``formatted_body``: its Markdown as HTML, raw HTML in it shown as text, and no images (a client
+    would fetch one from wherever the agent's words point: the agent may quote anyone)."""
     from markdown_it import MarkdownIt
 
-    return str(MarkdownIt("commonmark", {"html": False}).enable("table").enable("strikethrough").render(markdown))
+    md = MarkdownIt("commonmark", {"html": False}).enable("table").enable("strikethrough").disable("image")
+    return str(md.render(markdown))
 
 
 def text_content(text: str) -> dict[str, Any]:
-    return {"msgtype": "m.text", "body": text, "format": "org.matrix.custom.html", "formatted_body": html_of(text)}
+    """One part of a reply. ``m.mentions`` empty: the text pings nobody (without it, names and ``@room`` in the
+    body would, by the homeserver's older push rules)."""
+    return {"msgtype": "m.text", "body": text, "format": "org.matrix.custom.html", "formatted_body": html_of(text),
+            "m.mentions": {}}
+
+
+def text_parts(text: str) -> list[dict[str, Any]]:
+    """The reply's text in parts of at most ``CHUNK`` characters whose content, HTML and JSON escapes included,
+    stays within ``MAX_PART_BYTES`` (an event is at most 64 KiB: 12,000 ``&`` or CJK characters made 72–144 KB)."""
+    parts, start = [], 0
+    while start < len(text):
+        size = CHUNK
+        while len(json.dumps(part := text_content(text[start:start + size]))) > MAX_PART_BYTES and size > 1:
+            size //= 2
+        parts.append(part)
+        start += size
+    return parts
 
 
 def in_thread(content: dict[str, Any], thread: str | None) -> dict[str, Any]:

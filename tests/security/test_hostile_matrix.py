@@ -1,4 +1,6 @@
-"""The Matrix channel against a hostile runner (it writes its session folder and its outbound rows): the host never
+"""The Matrix channel against a hostile runner, and against hostile room members (the end of this file).
+
+A hostile runner (it writes its session folder and its outbound rows): the host never
 reads a host file the runner linked into its outbox, never writes a user's upload through a ``files`` folder the
 runner swapped for a link, and sends a session's replies only into that session's own room, whatever room the
 runner's row names. Was: ``_upload`` opened ``outbox/<id>/<name>`` following links (the host's ``.env`` went to the
@@ -15,8 +17,9 @@ from typing import Any
 
 import pytest
 from kit import World, utc
-from nio import DownloadResponse, RoomSendResponse, UploadResponse
+from nio import RoomGetStateEventError, RoomSendResponse, UploadResponse
 
+from host.channels import matrix, matrix_files, matrix_wire
 from host.channels.matrix import MatrixChannel
 from host.store import sessions
 from host.store.outbox import OutMessage
@@ -32,7 +35,9 @@ class Client:
         self.sent: list[tuple[str, dict[str, Any]]] = []
         self.uploaded: list[bytes] = []
         self.download_body = download
+        self.download_stalls = False
         self.rooms: dict[str, Any] = {}
+        self.left: list[str] = []
 
     async def room_send(self, room_id: str, kind: str, content: dict[str, Any], tx_id: str) -> RoomSendResponse:
         self.sent.append((room_id, content))
@@ -42,8 +47,17 @@ class Client:
         self.uploaded.append(data.read() if isinstance(data, io.IOBase) else bytes(data))
         return UploadResponse("mxc://ncl.test/x"), None
 
-    async def download(self, mxc: str) -> DownloadResponse:
-        return DownloadResponse(self.download_body, "application/octet-stream", "f")
+    async def download(self, mxc: str, save_to: Path) -> object:
+        if self.download_stalls:  # a server trickling the file for ever
+            await asyncio.Event().wait()
+        save_to.write_bytes(self.download_body)  # as matrix-nio streams it to the file
+        return object()
+
+    async def room_get_state_event(self, room_id: str, kind: str) -> RoomGetStateEventError:
+        return RoomGetStateEventError("not found")  # an unencrypted room: no m.room.encryption state
+
+    async def room_leave(self, room_id: str) -> None:
+        self.left.append(room_id)
 
     async def room_typing(self, *args: Any) -> None:
         return None
@@ -101,3 +115,75 @@ def test_a_session_of_another_channel_cannot_send_into_a_matrix_room(tmp_path: P
     with pytest.raises(Exception, match="not a Matrix room"):  # the demo group's cli session, its row forged
         asyncio.run(channel.deliver(world.session, _reply([], OTHER_ROOM), None))
     assert client.sent == []
+
+
+# --- hostile room members ------------------------------------------------------------------------------------------
+
+FILE = {"msgtype": "m.file", "body": "big.bin", "url": "mxc://ncl.test/big", "info": {"size": 1}}
+
+
+def test_a_file_that_lies_about_its_size_is_measured_and_one_that_trickles_is_given_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The event's size is its sender's word: the file is streamed to a private file and measured (never held in
+    memory whole: 200 MiB said to be 1 byte took 450 MiB), and a fetch that does not end holds the sync (every
+    room) at most ``FETCH_S``."""
+    world, channel, session, client = _world(tmp_path)
+    limit = world.settings.matrix_max_file_bytes
+    client.download_body = b"x" * (limit + 1)
+    text = asyncio.run(channel._text(session, FILE, "msg-1700000000000-abcdef"))
+    assert text == f"[a file big.bin not taken: over NCL_MATRIX_MAX_FILE_BYTES ({limit} bytes)]"
+    assert not (session.folder / "files").exists()
+    client.download_stalls = True
+    monkeypatch.setattr(matrix_files, "FETCH_S", 0.2)
+    text = asyncio.run(channel._text(session, FILE, "msg-1700000000000-abcdef"))
+    assert text == "[a file big.bin that could not be fetched: not done within 0.2 s]"
+
+
+def test_an_encrypted_message_from_anyone_in_an_unencrypted_room_makes_the_bot_leave_nothing(
+        tmp_path: Path) -> None:
+    """Any member may send an m.room.encrypted event; only the room's m.room.encryption state (set by those with
+    the power to) says the room is encrypted. Was: one such event from a member off the allow-list, and the bot
+    left the room."""
+    _, channel, _, client = _world(tmp_path)
+    event = {"type": "m.room.encrypted", "sender": "@mallory:elsewhere.test", "event_id": "$x",
+             "content": {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "..."}}
+    asyncio.run(channel._event(ROOM, event))
+    assert client.left == [] and client.sent == [] and channel.state.declined == []
+
+
+def test_an_invite_or_event_that_always_fails_is_given_up_and_the_sync_goes_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A failure fails the sync, which is tried again; the same invite or event failing ``MAX_TRIES`` syncs in a
+    row is given up and logged (a room the bot may not join held every room's messages for ever). A failure that
+    is the host's (its database, its disk) or the network's never is: it passes, and the message must not be lost."""
+    _, channel, _, _ = _world(tmp_path)
+
+    async def refused() -> None:
+        raise matrix.MatrixError("joining !private:ncl.test failed: You are not allowed to join this room")
+
+    async def full_disk() -> None:
+        raise OSError(28, "No space left on device")
+
+    for _ in range(matrix.MAX_TRIES - 1):
+        with pytest.raises(matrix.MatrixError):
+            asyncio.run(channel._one("invite to !private:ncl.test", refused()))
+    asyncio.run(channel._one("invite to !private:ncl.test", refused()))  # the last try: given up, not raised
+    assert [r.getMessage() for r in caplog.records if getattr(r, "action", "") == "matrix_given_up"] == [
+        "matrix: invite to !private:ncl.test given up after 3 tries: joining !private:ncl.test failed: You are not "
+        "allowed to join this room"]
+    for _ in range(matrix.MAX_TRIES + 2):
+        with pytest.raises(OSError):
+            asyncio.run(channel._one("event $e in !mine:ncl.test", full_disk()))
+
+
+@pytest.mark.parametrize("text", ["a" * 30_000, "&" * 30_000, "漢" * 30_000, "😀" * 20_000,
+                                  "| a | b |\n|---|---|\n" + "| x & y | 漢 |\n" * 3000])
+def test_every_part_of_a_reply_fits_an_event_and_pings_nobody(text: str) -> None:
+    """An event is at most 64 KiB: parts were 12,000 characters, which as HTML and JSON escapes made 72–144 KB
+    (``M_TOO_LARGE``: the reply half sent). Each part also says it mentions nobody, and shows no image (a client
+    would fetch it from wherever the agent's words point)."""
+    parts = matrix_wire.text_parts(text)
+    assert "".join(p["body"] for p in parts) == text
+    assert max(len(json.dumps(p)) for p in parts) <= matrix_wire.MAX_PART_BYTES
+    assert all(p["m.mentions"] == {} for p in parts)
+    assert "<img" not in matrix_wire.html_of("![tracker](mxc://evil.test/pixel) @room")
