@@ -187,3 +187,17 @@ def test_every_part_of_a_reply_fits_an_event_and_pings_nobody(text: str) -> None
     assert max(len(json.dumps(p)) for p in parts) <= matrix_wire.MAX_PART_BYTES
     assert all(p["m.mentions"] == {} for p in parts)
     assert "<img" not in matrix_wire.html_of("![tracker](mxc://evil.test/pixel) @room")
+
+
+def test_the_senders_remembered_as_ignored_stay_bounded(tmp_path: Path) -> None:
+    """Each ignored sender is logged once a room; remembering them never grows without bound (200,000 of them held
+    71 MiB)."""
+    _, channel, _, _ = _world(tmp_path)
+
+    async def strangers() -> None:
+        for n in range(matrix.MAX_IGNORED + 5):
+            await channel._event(ROOM, {"type": "m.room.message", "sender": f"@s{n}:elsewhere.test",
+                                        "event_id": f"${n}", "content": {"msgtype": "m.text", "body": "hi"}})
+
+    asyncio.run(strangers())
+    assert 0 < len(channel.ignored) <= matrix.MAX_IGNORED
