@@ -69,7 +69,7 @@ class MatrixChannel:
         self.display_name: str | None = None
         self.state = wire.State(self.user_id)
         self.task: asyncio.Task[None] | None = None
-        self.ignored: set[tuple[str, str]] = set()  # (room, sender) already logged as not allowed (the latest)
+        self.ignored: set[tuple[str, str]] = set()  # (room, sender) already logged as not allowed (at most MAX_IGNORED)
         self.failing: dict[str, int] = {}  # invite or event -> syncs it failed in a row (``_one``)
         self.stall = os.environ.get(STALL, "")
         self.typing: dict[str, _Typing] = {}  # room id -> why the bot types there
