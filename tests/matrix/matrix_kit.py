@@ -89,11 +89,14 @@ class Human:
         return [e for e in self.seen if e["room_id"] == room_id and e.get("sender") == sender
                 and e.get("type") == "m.room.message"]
 
-    async def room(self, *invite: str, encrypted: bool = False, name: str = "chat") -> str:
+    async def room(self, *invite: str, encrypted: bool = False, name: str = "chat",
+                   join_rule: str | None = None) -> str:
         from nio import RoomCreateResponse
 
         state = [{"type": "m.room.encryption", "state_key": "",
                   "content": {"algorithm": "m.megolm.v1.aes-sha2"}}] if encrypted else []
+        if join_rule:
+            state.append({"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": join_rule}})
         done = await self.client.room_create(name=name, invite=list(invite), initial_state=state)
         assert isinstance(done, RoomCreateResponse), done
         return str(done.room_id)

@@ -158,6 +158,33 @@ async def test_invites_from_strangers_and_encrypted_rooms_are_declined(
     assert stranger.messages(theirs, bot.user_id) == []
 
 
+async def test_an_invite_the_bot_cannot_join_and_a_strangers_encrypted_event_stop_nothing(
+        synapse: Homeserver, humans: list[Human], tmp_path: Path) -> None:
+    """Attack review: an allowed user's invite to a room the bot may not join (join rule ``private``) failed every
+    sync for ever, so no room's message was taken again; and one ``m.room.encrypted`` event from a member off the
+    allow-list made the bot leave an unencrypted room. Now the invite is given up after three syncs (logged) and
+    the event is weighed against the room's state."""
+    alice, mallory = synapse.register("alice9"), synapse.register("mallory9")
+    bot = Bot(synapse, tmp_path, "bot9", allow=alice)
+    friend, stranger = await Human.login(synapse, alice), await Human.login(synapse, mallory)
+    humans += [friend, stranger]
+    with bot.host() as host:
+        room = await friend.room(bot.user_id, mallory)
+        host.wait_for_action("matrix_joined", 60)
+        await stranger.sync()  # joins the room it was invited to
+        await friend.room(bot.user_id, join_rule="private", name="locked")
+        line = host.wait_for_action("matrix_given_up", 60)
+        assert "You are not allowed to join this room" in line
+        sent = await stranger.client.room_send(room, "m.room.encrypted", {"algorithm": "m.megolm.v1.aes-sha2",
+                                                                          "ciphertext": "x", "sender_key": "k",
+                                                                          "session_id": "s", "device_id": "D"})
+        assert getattr(sent, "event_id", None), sent
+        await friend.say(room, "bot9: still here?")  # named: a room of three answers only when it is
+        reply = await friend.wait_for(from_bot(room, bot, said("mock: bot9: still here?")))
+    assert reply["content"]["body"] == "mock: bot9: still here?"
+    assert not [seen for seen in host.seen if "action=matrix_declined" in seen]
+
+
 async def test_group_rooms_files_and_a_task_scheduled_by_chatting(
         synapse: Homeserver, humans: list[Human], tmp_path: Path) -> None:
     alice, bob = synapse.register("alice5"), synapse.register("bob5")
