@@ -177,7 +177,8 @@ class MatrixChannel:
     async def _invited(self, room_id: str, invited: Any) -> None:
         from nio import InviteMemberEvent, JoinResponse
 
-        inviter = next((e.sender for e in invited.invite_state if isinstance(e, InviteMemberEvent)
+        # The invite itself comes last: the state before it is the inviting server's word (it could name anyone).
+        inviter = next((e.sender for e in reversed(invited.invite_state) if isinstance(e, InviteMemberEvent)
                         and e.state_key == self.user_id and e.membership == "invite"), "")
         why = None if await asyncio.to_thread(self._group_id) else f"no group is wired to {self.channel}"
         why = why or (None if wire.allowed(inviter, self.settings.matrix_allowed) else

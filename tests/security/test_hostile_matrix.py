@@ -13,15 +13,16 @@ import asyncio
 import io
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from kit import World, utc
-from nio import RoomGetStateEventError, RoomSendResponse, UploadResponse
+from nio import InviteMemberEvent, RoomGetStateEventError, RoomSendResponse, UploadResponse
 
 from host.channels import matrix, matrix_files, matrix_wire
 from host.channels.matrix import MatrixChannel
-from host.store import sessions
+from host.store import groups, sessions
 from host.store.outbox import OutMessage
 
 BOT = "@bot:ncl.test"
@@ -201,3 +202,19 @@ def test_the_senders_remembered_as_ignored_stay_bounded(tmp_path: Path) -> None:
 
     asyncio.run(strangers())
     assert 0 < len(channel.ignored) <= matrix.MAX_IGNORED
+
+
+def test_an_invite_is_judged_by_who_sent_it_not_by_the_state_the_inviting_server_added(tmp_path: Path) -> None:
+    """The invite's stripped state comes from the inviting server, the invite event last: a member event earlier in
+    it claiming an allowed inviter proves nothing (checked by the helper's reading of Synapse; federation cannot run
+    here)."""
+    world, channel, _, client = _world(tmp_path)
+    groups.create(world.central, world.settings, utc("2026-01-01T00:00:00"), "bots", [f"matrix:{BOT}"])
+
+    def invite(sender: str) -> InviteMemberEvent:
+        return InviteMemberEvent.from_dict({"type": "m.room.member", "sender": sender, "state_key": BOT,
+                                            "content": {"membership": "invite"}})
+
+    invited = SimpleNamespace(invite_state=[invite("@alice:ncl.test"), invite("@mallory:elsewhere.test")])
+    asyncio.run(channel._invited(OTHER_ROOM, invited))
+    assert client.left == [OTHER_ROOM] and channel.state.declined == [OTHER_ROOM]
