@@ -164,8 +164,8 @@ async def test_an_invite_the_bot_cannot_join_and_a_strangers_encrypted_event_sto
     sync for ever, so no room's message was taken again; and one ``m.room.encrypted`` event from a member off the
     allow-list made the bot leave an unencrypted room. Now the invite is given up after three syncs (logged) and
     the event is weighed against the room's state."""
-    alice, mallory = synapse.register("alice9"), synapse.register("mallory9")
-    bot = Bot(synapse, tmp_path, "bot9", allow=alice)
+    alice, mallory = synapse.register("alice11"), synapse.register("mallory11")
+    bot = Bot(synapse, tmp_path, "bot11", allow=alice)
     friend, stranger = await Human.login(synapse, alice), await Human.login(synapse, mallory)
     humans += [friend, stranger]
     with bot.host() as host:
@@ -179,9 +179,9 @@ async def test_an_invite_the_bot_cannot_join_and_a_strangers_encrypted_event_sto
                                                                           "ciphertext": "x", "sender_key": "k",
                                                                           "session_id": "s", "device_id": "D"})
         assert getattr(sent, "event_id", None), sent
-        await friend.say(room, "bot9: still here?")  # named: a room of three answers only when it is
-        reply = await friend.wait_for(from_bot(room, bot, said("mock: bot9: still here?")))
-    assert reply["content"]["body"] == "mock: bot9: still here?"
+        await friend.say(room, "bot11: still here?")  # named: a room of three answers only when it is
+        reply = await friend.wait_for(from_bot(room, bot, said("mock: bot11: still here?")))
+    assert reply["content"]["body"] == "mock: bot11: still here?"
     assert not [seen for seen in host.seen if "action=matrix_declined" in seen]
 
 
