@@ -1,18 +1,23 @@
 """Helpers of tests/matrix: the person in the rooms, played by matrix-nio (every wait a sync loop with a
-deadline)."""
+deadline), and the bot, a real ``ncl host run`` with a group wired to its account."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
+import signal
+import sqlite3
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from processes import Env, Host
 
 SECRET = "ncl-test-shared-secret"
 
@@ -112,3 +117,48 @@ class Human:
         await self.client.close()
 
 
+class Bot:
+    """A bot account, a group wired to it and the host's environment (a fresh data dir each)."""
+
+    def __init__(self, synapse: Homeserver, root: Path, name: str, allow: str, mode: str = "shared") -> None:
+        self.user_id = synapse.register(name)
+        self.env = Env(root)
+        self.env.vars.update({"NCL_MATRIX_HOMESERVER": synapse.url, "NCL_MATRIX_USER_ID": self.user_id,
+                              "NCL_MATRIX_PASSWORD": synapse.users[self.user_id], "NCL_MATRIX_ALLOW": allow,
+                              "NCL_PROVIDER": "mock"})
+        self.env.ok("groups", "create", "demo", "--channel", f"matrix:{self.user_id}", "--session-mode", mode)
+
+    @contextmanager
+    def host(self, **extra: str) -> Iterator[Host]:
+        host = Host(self.env, **extra)
+        try:
+            host.wait_for_action("matrix_logged_in", 60)
+            yield host
+        finally:
+            host.kill() if extra else host.stop(signal.SIGTERM)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every chat row of every session of the group, oldest first, with its session's thread key."""
+        central = sqlite3.connect(self.env.data_dir / "central.db")
+        found = []
+        for session_id, key, group in central.execute("SELECT id, thread_key, agent_group_id FROM sessions"
+                                                       " ORDER BY created_at, id"):
+            with sqlite3.connect(self.env.data_dir / "v2-sessions" / group / session_id / "inbound.db") as conn:
+                conn.row_factory = sqlite3.Row
+                found += [{**dict(r), "session": session_id, "key": key, **json.loads(r["content"])} for r in
+                          conn.execute("SELECT * FROM messages_in WHERE kind IN ('chat', 'task') ORDER BY seq")]
+        central.close()
+        return found
+
+
+def body_of(event: dict[str, Any]) -> str:
+    return str(event.get("content", {}).get("body", ""))
+
+
+def from_bot(room: str, bot: Bot, wanted: Callable[[dict[str, Any]], bool]) -> Callable[[dict[str, Any]], bool]:
+    return lambda e: e["room_id"] == room and e.get("sender") == bot.user_id and e.get("type") == "m.room.message" \
+        and wanted(e)
+
+
+def said(text: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda e: body_of(e) == text

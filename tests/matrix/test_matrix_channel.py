@@ -9,54 +9,14 @@ import json
 import signal
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from e2e_scenario import BlockingFake
-from matrix_kit import Homeserver, Human
-from processes import Env, Host
+from matrix_kit import Bot, Homeserver, Human, body_of, from_bot, said
 
 from host.channels.matrix import TYPING_MS
-
-
-class Bot:
-    """A bot account, a group wired to it and the host's environment (a fresh data dir each)."""
-
-    def __init__(self, synapse: Homeserver, root: Path, name: str, allow: str, mode: str = "shared") -> None:
-        self.user_id = synapse.register(name)
-        self.env = Env(root)
-        self.env.vars.update({"NCL_MATRIX_HOMESERVER": synapse.url, "NCL_MATRIX_USER_ID": self.user_id,
-                              "NCL_MATRIX_PASSWORD": synapse.users[self.user_id], "NCL_MATRIX_ALLOW": allow,
-                              "NCL_PROVIDER": "mock"})
-        self.env.ok("groups", "create", "demo", "--channel", f"matrix:{self.user_id}", "--session-mode", mode)
-
-    @contextmanager
-    def host(self, **extra: str) -> Iterator[Host]:
-        host = Host(self.env, **extra)
-        try:
-            host.wait_for_action("matrix_logged_in", 60)
-            yield host
-        finally:
-            host.kill() if extra else host.stop(signal.SIGTERM)
-
-    def rows(self) -> list[dict[str, Any]]:
-        """Every chat row of every session of the group, oldest first, with its session's thread key."""
-        central = sqlite3.connect(self.env.data_dir / "central.db")
-        found = []
-        for session_id, key, group in central.execute("SELECT id, thread_key, agent_group_id FROM sessions"
-                                                       " ORDER BY created_at, id"):
-            with sqlite3.connect(self.env.data_dir / "v2-sessions" / group / session_id / "inbound.db") as conn:
-                conn.row_factory = sqlite3.Row
-                found += [{**dict(r), "session": session_id, "key": key, **json.loads(r["content"])} for r in
-                          conn.execute("SELECT * FROM messages_in WHERE kind IN ('chat', 'task') ORDER BY seq")]
-        central.close()
-        return found
-
-
-def body_of(event: dict[str, Any]) -> str:
-    return str(event.get("content", {}).get("body", ""))
 
 
 async def test_a_person_chats_with_the_agent_in_a_room(synapse: Homeserver, humans: list[Human],
@@ -95,15 +55,6 @@ def test_doctor_checks_the_login(synapse: Homeserver, tmp_path: Path) -> None:
     assert check["detail"] == "neither NCL_MATRIX_ACCESS_TOKEN nor NCL_MATRIX_PASSWORD is set"
 
 
-def from_bot(room: str, bot: Bot, wanted: Callable[[dict[str, Any]], bool]) -> Callable[[dict[str, Any]], bool]:
-    return lambda e: e["room_id"] == room and e.get("sender") == bot.user_id and e.get("type") == "m.room.message" \
-        and wanted(e)
-
-
-def said(text: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda e: body_of(e) == text
-
-
 async def test_a_host_killed_between_sync_and_commit_neither_loses_nor_repeats(
         synapse: Homeserver, humans: list[Human], tmp_path: Path) -> None:
     alice = synapse.register("alice3")
@@ -131,58 +82,6 @@ async def test_a_host_killed_between_sync_and_commit_neither_loses_nor_repeats(
                                                                       ["mock: two", "mock: three"])
     state = json.loads((bot.env.data_dir / "matrix" / "state.json").read_text())
     assert state["next_batch"] and state["last_event_id"] == human.messages(room, alice)[-1]["event_id"]
-
-
-async def test_invites_from_strangers_and_encrypted_rooms_are_declined(
-        synapse: Homeserver, humans: list[Human], tmp_path: Path) -> None:
-    alice, mallory = synapse.register("alice4"), synapse.register("mallory4")
-    bot = Bot(synapse, tmp_path, "bot4", allow=alice)
-    stranger, friend = await Human.login(synapse, mallory), await Human.login(synapse, alice)
-    humans += [stranger, friend]
-    with bot.host() as host:
-        theirs = await stranger.room(bot.user_id)
-        line = host.wait_for_action("matrix_declined", 60)
-        assert theirs in line and f"{mallory} is not in NCL_MATRIX_ALLOW" in line
-        secret = await friend.room(bot.user_id, encrypted=True)
-        notice = await friend.wait_for(from_bot(secret, bot, lambda e: True))
-        assert "does not support end-to-end encrypted rooms" in body_of(notice)
-        await friend.wait_for(lambda e: e["room_id"] == secret and e.get("type") == "m.room.member"
-                              and e.get("state_key") == bot.user_id and e["content"]["membership"] == "leave")
-        line = host.wait_for_action("matrix_declined", 60)
-        assert secret in line and "encrypted" in line
-        await stranger.say(theirs, "hello?")
-        await friend.room(bot.user_id)  # a room it joins: proof the stranger's invite is not retried meanwhile
-        host.wait_for_action("matrix_joined", 60)
-    assert sum("action=matrix_declined" in seen for seen in host.seen) == 2
-    assert bot.rows() == []
-    assert stranger.messages(theirs, bot.user_id) == []
-
-
-async def test_an_invite_the_bot_cannot_join_and_a_strangers_encrypted_event_stop_nothing(
-        synapse: Homeserver, humans: list[Human], tmp_path: Path) -> None:
-    """Attack review: an allowed user's invite to a room the bot may not join (join rule ``private``) failed every
-    sync for ever, so no room's message was taken again; and one ``m.room.encrypted`` event from a member off the
-    allow-list made the bot leave an unencrypted room. Now the invite is given up after three syncs (logged) and
-    the event is weighed against the room's state."""
-    alice, mallory = synapse.register("alice11"), synapse.register("mallory11")
-    bot = Bot(synapse, tmp_path, "bot11", allow=alice)
-    friend, stranger = await Human.login(synapse, alice), await Human.login(synapse, mallory)
-    humans += [friend, stranger]
-    with bot.host() as host:
-        room = await friend.room(bot.user_id, mallory)
-        host.wait_for_action("matrix_joined", 60)
-        await stranger.sync()  # joins the room it was invited to
-        await friend.room(bot.user_id, join_rule="private", name="locked")
-        line = host.wait_for_action("matrix_given_up", 60)
-        assert "You are not allowed to join this room" in line
-        sent = await stranger.client.room_send(room, "m.room.encrypted", {"algorithm": "m.megolm.v1.aes-sha2",
-                                                                          "ciphertext": "x", "sender_key": "k",
-                                                                          "session_id": "s", "device_id": "D"})
-        assert getattr(sent, "event_id", None), sent
-        await friend.say(room, "bot11: still here?")  # named: a room of three answers only when it is
-        reply = await friend.wait_for(from_bot(room, bot, said("mock: bot11: still here?")))
-    assert reply["content"]["body"] == "mock: bot11: still here?"
-    assert not [seen for seen in host.seen if "action=matrix_declined" in seen]
 
 
 async def test_group_rooms_files_and_a_task_scheduled_by_chatting(
