@@ -156,6 +156,8 @@ def test_a_mail_is_read_apart_within_its_time_and_memory() -> None:
     bomb = b"From: alice@example.org\r\nContent-Type: text/html\r\n\r\n" + b"<a " * 200_000
     with pytest.raises(mail_apart.Unreadable, match=r"took longer than 1 s \(NCL_MAIL_READ_S\)"):
         mail_apart.read(bomb, 5, 1.0)
+    with pytest.raises(mail_apart.Unreadable, match="gave no mail"):  # its answer is checked as any input is
+        mail_apart._mail(b'{"sender": "a@example.org"}')
     big = raw()
     big.add_attachment(b"x" * (20 << 20), maintype="application", subtype="octet-stream", filename="big.bin")
     with pytest.raises(mail_apart.Unreadable, match="MemoryError"):

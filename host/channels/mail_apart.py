@@ -42,9 +42,17 @@ def read(raw: bytes, max_attachments: int, seconds: float, memory: int = READ_ME
     if done.returncode != 0:
         last = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {done.returncode}"]
         raise Unreadable(f"reading it failed: {last[0][:300]}")
-    data = json.loads(done.stdout)
-    data["attachments"] = [(name, base64.b64decode(content)) for name, content in data["attachments"]]
-    return Mail(**data)
+    return _mail(done.stdout)
+
+
+def _mail(answer: bytes) -> Mail:
+    """The reading process's answer, read as carefully as the mail: it is what the mail made of it."""
+    try:
+        data = json.loads(answer)
+        data["attachments"] = [(name, base64.b64decode(content)) for name, content in data["attachments"]]
+        return Mail(**data)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise Unreadable(f"reading it gave no mail: {type(exc).__name__}") from None
 
 
 def _main() -> None:
