@@ -15,7 +15,7 @@ from urllib.parse import quote_from_bytes
 from host.errors import NclError, cut
 from host.files import confined, lock, private
 from host.settings import SESSIONS_DIR
-from host.store import file_locks, sidecars
+from host.store import bounds, file_locks, sidecars
 from host.store.file_locks import lock_of as lock_of  # (db.lock_of: the host's name for it)
 from schemas import queries
 from schemas.ddl import MIGRATIONS, DbKind, latest_version
@@ -58,6 +58,22 @@ class DbError(NclError):
     """A DB file that cannot be opened or is newer than this release."""
 
 
+class Overran(DbError):
+    """A runner's outbound.db whose read SQLite gave up past its bounds (``bounds``)."""
+
+
+@contextmanager
+def bounded(path: Path, error: type[DbError] = Overran) -> Iterator[None]:
+    """Work on a runner's ``path`` that SQLite gave up past its bounds (``bounds``) raises ``error``, naming it."""
+    try:
+        yield
+    except (sqlite3.Error, DbError) as exc:
+        if isinstance(exc, Overran) or bounds.overran(exc):
+            raise error(f"{path}: reading it was given up (too much CPU, or a value over {bounds.VALUE_BYTES >> 20} "
+                        "MiB): its runner rewrote its schema or rows") from None
+        raise
+
+
 class Busy(DbError):
     """A file another connection held locked for longer than the open's busy wait."""
 
@@ -93,6 +109,8 @@ def _raw(path: Path, readonly: bool, any_thread: bool = False, wait_s: float | N
                                    check_same_thread=not any_thread, factory=_Opened)
         except sqlite3.OperationalError as exc:
             raise DbError(f"cannot open {path}: {cut(str(exc))}") from None
+        if path.name == "outbound.db":  # (before any statement: the first parses the schema)
+            bounds.bound(conn, bounds.OPERATOR_CPU_S if readonly else bounds.HOST_CPU_S)
         # SQLite resolves every symlink of the path itself (lstat and readlink per component), then opens the
         # result with O_NOFOLLOW, and reports that result here: the name it gives is the file it opened. Nothing
         # has been read but the 100-byte header, so a name other than the link-free one we pinned is closed unused.
@@ -302,7 +320,8 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
                 conn.execute("BEGIN")
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise (Busy if is_busy(exc) else DbError)(f"cannot use {path}: {cut(str(exc))}") from None
+        kind_of = Busy if is_busy(exc) else Overran if bounds.overran(exc) else DbError
+        raise kind_of(f"cannot use {path}: {cut(str(exc))}") from None
     except DbError:
         conn.close()
         raise

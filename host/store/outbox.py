@@ -85,9 +85,10 @@ TOO_LONG = json.dumps({"text": f"[The agent's answer was longer than {REPLY_CHAR
 
 
 class Tampered(db.DbError):
-    """A live runner's outbound.db as no runner of this host leaves it: in WAL mode (SQLite's open of it could wait
-    about 10 s for read slots its runner holds, whatever the busy timeout), or beside a journal larger than any of
-    its transactions could write (a hot one is rolled back at each open: a runner could plant gigabytes)."""
+    """A runner's outbound.db as no runner of this host leaves it: while it lives, in WAL mode (SQLite's open of it
+    could wait about 10 s for read slots its runner holds, whatever the busy timeout), or beside a journal larger than
+    any of its transactions could write (a hot one is rolled back at each open: a runner could plant gigabytes); and
+    one whose read was given up past its bounds (``db.bounded``)."""
 
 
 def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, reply_after_seq: int = 0,
@@ -96,8 +97,9 @@ def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, re
     ``reply_after_seq``, the running tool's timeout (not ``writable``: only while a runner is alive).
 
     ``writable`` (only when no runner is alive) may write; otherwise the file is opened query-only (read-write at
-    the file level, so a FIFO swapped in cannot block the sweep, see ``db.connect``), and never ``Tampered``.
-    Either rolls back a hot journal a killed runner left, which a read-only connection could not read past.
+    the file level, so a FIFO swapped in cannot block the sweep, see ``db.connect``). Either is ``Tampered`` by a
+    read given up past its bounds (``db.bounded``), only the query-only one by what ``_guard`` finds. Either rolls
+    back a hot journal a killed runner left, which a read-only connection could not read past.
     ``wait_s``: the busy timeout, if not the default (``db.connect``).
     """
     if not path.exists():
@@ -107,7 +109,8 @@ def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, re
     acks: dict[str, Ack] = {}
     requests: list[OutMessage] = []
     replies: list[OutMessage] = []
-    with closing(db.connect(path, "outbound", query_only=not writable, reading=True, wait_s=wait_s)) as conn:
+    with db.bounded(path, Tampered), closing(db.connect(path, "outbound", query_only=not writable, reading=True,
+                                            wait_s=wait_s)) as conn:
         some_requests, some_replies, some_acks = _news(conn, ids, after_seq, reply_after_seq)
         if some_acks:
             acks = {row["message_id"]: Ack.of(row) for row in _in_chunks(conn, ACKS, ids)}
@@ -233,7 +236,7 @@ def clear_claims(path: Path, message_ids: list[str]) -> None:
     if not message_ids or not path.exists():
         return
     _guard(path, live=False)
-    with closing(db.connect(path, "outbound")) as conn, db.transaction(conn):
+    with db.bounded(path, Tampered), closing(db.connect(path, "outbound")) as conn, db.transaction(conn):
         _in_chunks(conn, "DELETE FROM processing_ack WHERE status = 'processing' AND message_id IN ({})", message_ids)
 
 
@@ -244,7 +247,8 @@ def claimed(path: Path, message_ids: list[str]) -> set[str]:
     if not message_ids or not path.exists():
         return set()
     _guard(path, live=True)
-    with closing(db.connect(path, "outbound", query_only=True, wait_s=RUNNER_WAIT_S)) as conn:
+    with db.bounded(path, Tampered), closing(db.connect(path, "outbound", query_only=True,
+                                                       wait_s=RUNNER_WAIT_S)) as conn:
         return {r[0] for r in _in_chunks(conn, "SELECT message_id FROM processing_ack WHERE status = 'processing'"
                                                 " AND message_id IN ({})", message_ids)}
 
@@ -254,7 +258,7 @@ def model_wait(path: Path) -> ModelWait | None:
     if not path.exists():
         return None
     _guard(path, live=True)
-    with closing(db.connect(path, "outbound", query_only=True)) as conn:
+    with db.bounded(path, Tampered), closing(db.connect(path, "outbound", query_only=True)) as conn:
         row = conn.execute("SELECT substr(value, 1, ?) FROM session_state WHERE key = ?",
                            (MODEL_WAIT_MAX_TEXT + 1, MODEL_WAIT)).fetchone()  # the runner's text: bounded
     return ModelWait.parse(row[0] if row and isinstance(row[0], str) else None)
