@@ -14,6 +14,20 @@ class NclError(Exception):
     """A bad value, an unknown id or a failed precondition, worded for the person who typed it."""
 
 
+class DbError(NclError):
+    """A DB file that cannot be opened or is newer than this release."""
+
+
+class Busy(DbError):
+    """A file another connection held locked for longer than the open's busy wait."""
+
+
+class Tampered(DbError):
+    """A runner's outbound.db as no runner of this host leaves it: a schema other than this release's, a read SQLite
+    gave up past its bounds (``host.store.bounds``); while its runner lives, WAL mode or a planted journal
+    (``outbox._guard``)."""
+
+
 def cut(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     """``text`` of at most ``limit`` characters, saying what was cut. For an error's text that may carry what a runner
     wrote (SQLite names the object of a malformed schema in its error, whatever its length): such text is logged, and

@@ -12,7 +12,10 @@ from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from urllib.parse import quote_from_bytes
 
-from host.errors import NclError, cut
+from host.errors import Busy as Busy
+from host.errors import DbError as DbError
+from host.errors import Tampered as Tampered
+from host.errors import cut
 from host.files import confined, lock, private
 from host.settings import SESSIONS_DIR
 from host.store import bounds, file_locks, sidecars
@@ -52,30 +55,6 @@ class _Opened(sqlite3.Connection):
     # A ``reading`` connection's pragmas that only its writes need, run before its first transaction (``transaction``):
     # most visits write nothing, and each pragma took and dropped the file's lock (~7 µs each).
     for_writes: tuple[str, ...] = ()
-
-
-class DbError(NclError):
-    """A DB file that cannot be opened or is newer than this release."""
-
-
-class Overran(DbError):
-    """A runner's outbound.db whose read SQLite gave up past its bounds (``bounds``)."""
-
-
-@contextmanager
-def bounded(path: Path, error: type[DbError] = Overran) -> Iterator[None]:
-    """Work on a runner's ``path`` that SQLite gave up past its bounds (``bounds``) raises ``error``, naming it."""
-    try:
-        yield
-    except (sqlite3.Error, DbError) as exc:
-        if isinstance(exc, Overran) or bounds.overran(exc):
-            raise error(f"{path}: reading it was given up (too much CPU, or a value over {bounds.VALUE_BYTES >> 20} "
-                        "MiB): its runner rewrote its schema or rows") from None
-        raise
-
-
-class Busy(DbError):
-    """A file another connection held locked for longer than the open's busy wait."""
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -273,16 +252,20 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
     if readonly:
         conn = _raw(path, readonly=True)
         try:
-            found = version(conn)
+            if version(conn) != latest_version(kind):
+                conn.close()
+                with closing(connect(path, kind)):
+                    pass
+                conn = _raw(path, readonly=True)
+            if kind == "outbound":
+                bounds.check(conn, path)
         except sqlite3.DatabaseError as exc:  # not a database at all: said with the file's name
             conn.close()
-            raise (Busy if is_busy(exc) else DbError)(f"cannot use {path}: {cut(str(exc))}") from None
-        if found == latest_version(kind):
-            return conn
-        conn.close()
-        with closing(connect(path, kind)):
-            pass
-        return _raw(path, readonly=True)
+            raise _refusal(exc, path) from None
+        except DbError:
+            conn.close()
+            raise
+        return conn
     if kind == "central" and not path.exists():
         lock.refuse_missing_central(path.parent)
     conn = _raw(path, readonly=False, any_thread=any_thread, wait_s=wait_s)
@@ -318,14 +301,21 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
             migrate(conn, kind, path)
             if reading:
                 conn.execute("BEGIN")
+        if kind == "outbound":
+            bounds.check(conn, path)
     except sqlite3.DatabaseError as exc:
         conn.close()
-        kind_of = Busy if is_busy(exc) else Overran if bounds.overran(exc) else DbError
-        raise kind_of(f"cannot use {path}: {cut(str(exc))}") from None
+        raise _refusal(exc, path) from None
     except DbError:
         conn.close()
         raise
     return conn
+
+
+def _refusal(exc: sqlite3.Error, path: Path) -> DbError:
+    if bounds.overran(exc):
+        return bounds.given_up(path)
+    return (Busy if is_busy(exc) else DbError)(f"cannot use {path}: {cut(str(exc))}")
 
 
 def end_read(conn: sqlite3.Connection) -> None:

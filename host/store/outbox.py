@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from host.files import confined
-from host.store import db
+from host.store import bounds, db
 from schemas.requests import MAX_CHARS as REQUEST_CHARS
 from schemas.rows import MODEL_WAIT, MODEL_WAIT_MAX_TEXT, ModelWait
 
@@ -79,16 +79,13 @@ RUNNER_WAIT_S = 0.25
 REPLY_CHARS, REPLIES, TEXT_CHARS = 1 << 20, 20, 4096
 MAX_DETAIL = 64 << 10  # characters of a finished ack's detail read as JSON; more is only a reason (a claim's: none)
 MAX_REASON = 4_000  # characters of its reason kept (task_runs.detail, the log line): the rest is not even read
+LIVE_JOURNAL_BYTES = 64 << 20  # a runner's transactions change a few pages, its requests' at most a few MiB
 MAX_TOOL_TIMEOUT_S = 7 * 86400  # a running tool's declared timeout widens the stuck check by at most this much
 TOO_LONG = json.dumps({"text": f"[The agent's answer was longer than {REPLY_CHARS} characters: not sent.]",
                        "files": []})
 
 
-class Tampered(db.DbError):
-    """A runner's outbound.db as no runner of this host leaves it: while it lives, in WAL mode (SQLite's open of it
-    could wait about 10 s for read slots its runner holds, whatever the busy timeout), or beside a journal larger than
-    any of its transactions could write (a hot one is rolled back at each open: a runner could plant gigabytes); and
-    one whose read was given up past its bounds (``db.bounded``)."""
+Tampered = db.Tampered
 
 
 def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, reply_after_seq: int = 0,
@@ -98,7 +95,7 @@ def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, re
 
     ``writable`` (only when no runner is alive) may write; otherwise the file is opened query-only (read-write at
     the file level, so a FIFO swapped in cannot block the sweep, see ``db.connect``). Either is ``Tampered`` by a
-    read given up past its bounds (``db.bounded``), only the query-only one by what ``_guard`` finds. Either rolls
+    read given up past its bounds (``bounds``), only the query-only one by what ``_guard`` finds. Either rolls
     back a hot journal a killed runner left, which a read-only connection could not read past.
     ``wait_s``: the busy timeout, if not the default (``db.connect``).
     """
@@ -109,7 +106,7 @@ def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, re
     acks: dict[str, Ack] = {}
     requests: list[OutMessage] = []
     replies: list[OutMessage] = []
-    with db.bounded(path, Tampered), closing(db.connect(path, "outbound", query_only=not writable, reading=True,
+    with bounds.bounded(path), closing(db.connect(path, "outbound", query_only=not writable, reading=True,
                                             wait_s=wait_s)) as conn:
         some_requests, some_replies, some_acks = _news(conn, ids, after_seq, reply_after_seq)
         if some_acks:
@@ -139,8 +136,8 @@ def _news(conn: db.Connection, ids: list[str], after_seq: int, reply_after_seq: 
         acked, bound = "1", []
     else:
         acked, bound = f"EXISTS (SELECT 1 FROM processing_ack WHERE message_id IN ({', '.join('?' * len(ids))}))", ids
-    found = conn.execute("SELECT EXISTS (SELECT 1 FROM messages_out WHERE kind = 'system' AND seq > ?), EXISTS"
-                         f" (SELECT 1 FROM messages_out WHERE kind = 'chat' AND seq > ?), {acked}",
+    found = conn.execute(f"SELECT EXISTS (SELECT 1 FROM messages_out WHERE kind = 'system' AND {NEW}), EXISTS"
+                         f" (SELECT 1 FROM messages_out WHERE kind = 'chat' AND {NEW}), {acked}",
                          (after_seq, reply_after_seq, *bound)).fetchone()
     return bool(found[0]), bool(found[1]), bool(found[2])
 
@@ -156,9 +153,12 @@ _DETAIL = f"substr(CASE WHEN json_valid(detail) AND json_type(detail, '$.reason'
           f"{MAX_DETAIL + 1})"
 ACKS = f"SELECT {', '.join(map(_cut, ('message_id', 'status', 'status_changed', 'generation')))}, CASE WHEN " \
        f"status = 'processing' THEN NULL ELSE {_DETAIL} END AS detail FROM processing_ack WHERE message_id IN ({{}})"
+# Rows past a watermark: a seq of another type (the runner's SQLite stores text in an INTEGER column) would be a
+# watermark the host's inbox could not hold.
+NEW = "seq > ? AND typeof(seq) = 'integer'"
 _ROUTED = ", ".join(map(_cut, ("id", "in_reply_to", "timestamp", "kind", "platform_id", "channel_type", "thread_id")))
 OUT = f"SELECT seq, {_ROUTED}, substr(content, 1, {{chars}}) AS content FROM messages_out WHERE kind = '{{kind}}'" \
-      " AND seq > ? ORDER BY seq LIMIT ?"
+      f" AND {NEW} ORDER BY seq LIMIT ?"
 
 
 def _guard(path: Path, live: bool) -> None:
@@ -170,7 +170,9 @@ def _guard(path: Path, live: bool) -> None:
       ever on a FIFO; a dead runner's is removed.
     - a journal larger than twice the file and a MiB: one transaction's journal holds at most the pages it changed,
       as they were, and a hot one is rolled back at the open, all of it (a planted, sparse journal of gigabytes: many
-      seconds); a dead runner's is removed unread, what it would have rolled back was its runner's own file.
+      seconds); a dead runner's is removed unread, what it would have rolled back was its runner's own file. A live
+      runner's is refused past ``LIVE_JOURNAL_BYTES`` too: its file may be sparse, gigabytes of nothing to be twice
+      of, and a hot journal would be rolled back at each visit (its header written again before each).
     - the header in WAL mode (bytes 18 and 19, SQLite's file format versions, are 2; 1 is a rollback journal's): an
       open of it could wait about 10 s for read slots its runner holds. A dead runner's is switched back at the open.
 
@@ -191,7 +193,8 @@ def _guard(path: Path, live: bool) -> None:
         size, wal = _header(folder, path.name)
         if wal and live:
             raise Tampered(f"{path} is in WAL mode: its runner switched it")
-        if info is None or (stat.S_ISREG(info.st_mode) and info.st_size <= 2 * size + (1 << 20)):
+        limit = min(2 * size + (1 << 20), LIVE_JOURNAL_BYTES) if live else 2 * size + (1 << 20)
+        if info is None or (stat.S_ISREG(info.st_mode) and info.st_size <= limit):
             return
         planted = "is not a regular file" if not stat.S_ISREG(info.st_mode) else \
             f"holds {info.st_size} bytes beside a file of {size}"
@@ -236,7 +239,7 @@ def clear_claims(path: Path, message_ids: list[str]) -> None:
     if not message_ids or not path.exists():
         return
     _guard(path, live=False)
-    with db.bounded(path, Tampered), closing(db.connect(path, "outbound")) as conn, db.transaction(conn):
+    with bounds.bounded(path), closing(db.connect(path, "outbound")) as conn, db.transaction(conn):
         _in_chunks(conn, "DELETE FROM processing_ack WHERE status = 'processing' AND message_id IN ({})", message_ids)
 
 
@@ -247,7 +250,7 @@ def claimed(path: Path, message_ids: list[str]) -> set[str]:
     if not message_ids or not path.exists():
         return set()
     _guard(path, live=True)
-    with db.bounded(path, Tampered), closing(db.connect(path, "outbound", query_only=True,
+    with bounds.bounded(path), closing(db.connect(path, "outbound", query_only=True,
                                                        wait_s=RUNNER_WAIT_S)) as conn:
         return {r[0] for r in _in_chunks(conn, "SELECT message_id FROM processing_ack WHERE status = 'processing'"
                                                 " AND message_id IN ({})", message_ids)}
@@ -258,7 +261,7 @@ def model_wait(path: Path) -> ModelWait | None:
     if not path.exists():
         return None
     _guard(path, live=True)
-    with db.bounded(path, Tampered), closing(db.connect(path, "outbound", query_only=True)) as conn:
+    with bounds.bounded(path), closing(db.connect(path, "outbound", query_only=True)) as conn:
         row = conn.execute("SELECT substr(value, 1, ?) FROM session_state WHERE key = ?",
                            (MODEL_WAIT_MAX_TEXT + 1, MODEL_WAIT)).fetchone()  # the runner's text: bounded
     return ModelWait.parse(row[0] if row and isinstance(row[0], str) else None)

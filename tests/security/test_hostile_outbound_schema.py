@@ -1,10 +1,13 @@
 """A runner owns its outbound.db: it can rewrite the schema SQLite reads and runs when the host opens the file. A view
 of an endless recursive query in place of ``messages_out`` hung the sweep's thread for ever (every session with it),
-found by reading the host's own reads. Now every connection to a runner's file is given up past its bounds
-(``host.store.bounds``): a live runner is killed (``outbox.Tampered``), a dead one's session is held off, as any
-session whose visits fail, and every other session goes on.
+found by reading the host's own reads; a chain of thousands of views, which SQLite expands while it prepares a
+statement, or a function of quadratic cost in one step, held it for minutes where no progress handler is called
+(found by the attack review that followed). Now the host refuses a runner's file whose schema is not this release's
+before any query of it runs, and bounds every connection to it (``host.store.bounds``): a live runner is killed
+(``outbox.Tampered``), a dead one's session is held off, as any session whose visits fail, and every other session
+goes on.
 
-No timing decides: each attack is endless or far past its bound, and a build without the bound hangs the tick,
+No timing decides: each attack is endless or far past its bound, and a build without the defence hangs the tick,
 which then fails after ``WAIT_S`` (``Two.tick``)."""
 
 from __future__ import annotations
@@ -45,15 +48,37 @@ def test_a_view_of_an_endless_query_in_place_of_a_table_is_given_up_and_its_live
         tmp_path: Path) -> None:
     two = Two(tmp_path)
     _endless_messages_out(two.outbound)
+    _refused_and_killed(two)
+
+
+def _refused_and_killed(two: Two) -> None:
     result = two.tick(T0 + timedelta(seconds=1))
     assert result.errors == 1 and two.runtime.stopped == [two.hostile.id]
     assert two.status(two.other, two.later) == "completed"
     assert two.status(two.hostile, two.task) == "pending"  # nothing recorded from a file it could not read
+    assert "its schema is not the one this host made" in two.sweeper.failing[two.hostile.id]
 
 
-def test_a_trigger_on_the_claims_the_host_deletes_is_given_up_and_its_session_held_off(tmp_path: Path) -> None:
-    """The runner died holding a claim: the host deletes it (``outbox.clear_claims``), which runs the runner's
-    trigger. The delete is rolled back, the visit fails and the session is held off; the other goes on."""
+@pytest.mark.parametrize("script", [
+    # thousands of views in a chain, expanded while the host's query is prepared (115 s of CPU for 5,000)
+    "CREATE VIEW v0 AS SELECT * FROM messages_out;" + "".join(
+        f"CREATE VIEW v{k} AS SELECT * FROM v{k - 1};" for k in range(1, 300)),
+    # a function of quadratic cost in one step, where no progress handler is called, on every row of an index
+    "CREATE INDEX slow ON messages_out(instr(printf('%.*c', 800000, 'a'), printf('%.*c', 400000, 'a') || 'b'));",
+    "DROP INDEX messages_out_kind_seq; ANALYZE;",  # the planner's statistics, steering the host's reads to scans
+    "ALTER TABLE messages_out ADD COLUMN extra TEXT;",
+    "CREATE TRIGGER quiet AFTER INSERT ON messages_out BEGIN SELECT 1; END;",
+], ids=["view_chain", "expression_index", "statistics", "column", "trigger"])
+def test_a_schema_other_than_the_hosts_is_refused_before_any_query_and_its_live_runner_killed(
+        tmp_path: Path, script: str) -> None:
+    two = Two(tmp_path)
+    _rewrite(two.outbound, script)
+    _refused_and_killed(two)
+
+
+def test_a_trigger_on_the_claims_the_host_deletes_is_refused_and_its_session_held_off(tmp_path: Path) -> None:
+    """The runner died holding a claim, which the host deletes (``outbox.clear_claims``), running the runner's
+    trigger: its file is refused before, the visit fails and the session is held off; the other goes on."""
     two = Two(tmp_path)
     two.runtime.running.discard(two.hostile.id)  # (its runner is gone)
     two.world.ack(two.task, "processing", T0, session=two.hostile)
@@ -105,11 +130,37 @@ def test_a_schema_entry_past_its_bound_is_refused_unparsed(tmp_path: Path) -> No
     assert len(" ".join(map(str, range(20_000)))) > bounds.SQL_BYTES
 
 
-def test_an_operators_look_at_the_conversation_is_bounded_too(ncl: Any, demo_session: dict[str, Any],
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """``ncl messages list`` reads the whole of outbound.db, so its bound is larger (``bounds.OPERATOR_CPU_S``, made
-    small here); an endless view was a command that never ended, which Ctrl-C cannot stop inside SQLite."""
+def test_an_operators_look_at_the_conversation_refuses_it_too(ncl: Any, demo_session: dict[str, Any]) -> None:
+    """An endless view made ``ncl messages list`` a command that never ended, which Ctrl-C cannot stop in SQLite."""
     _endless_messages_out(Path(demo_session["path"]) / "outbound.db")
-    monkeypatch.setattr(bounds, "OPERATOR_CPU_S", 0.05)
     result = ncl("messages", "list", "--session", demo_session["id"])
-    assert result.code == 1 and "outbound.db: reading it was given up" in result.err
+    assert result.code == 1 and "outbound.db: its schema is not the one this host made" in result.err
+
+
+def test_a_sparse_file_gives_a_live_runners_journal_no_room(tmp_path: Path) -> None:
+    """A journal is allowed twice its file and a MiB; a file made sparse, a GiB of nothing, made room for a journal
+    the host rolled back at each visit (its header written again before each: seconds a visit, found by the attack
+    review). A live runner's journal past ``outbox.LIVE_JOURNAL_BYTES`` gets it killed, unread."""
+    two = Two(tmp_path)
+    with open(two.outbound, "r+b") as out:
+        out.truncate(1 << 30)  # (sparse: no disk)
+    journal = Path(f"{two.outbound}-journal")
+    with open(journal, "wb") as planted:
+        planted.truncate(outbox.LIVE_JOURNAL_BYTES + 1)
+    result = two.tick(T0 + timedelta(seconds=1))
+    assert result.errors == 1 and two.runtime.stopped == [two.hostile.id]
+    assert journal.stat().st_size == outbox.LIVE_JOURNAL_BYTES + 1  # not rolled back
+    assert two.status(two.other, two.later) == "completed"
+
+
+def test_a_seq_of_another_type_is_never_read_as_new(tmp_path: Path) -> None:
+    """SQLite stores text in an INTEGER column: a reply whose seq was 'zzz' became the session's watermark in the
+    host's inbox, which every later visit failed to read (found by the attack review), for good."""
+    two = Two(tmp_path)
+    with closing(sqlite3.connect(two.outbound)) as conn, conn:
+        conn.execute("PRAGMA ignore_check_constraints=ON")
+        conn.executemany("INSERT INTO messages_out(id, seq, timestamp, kind, content) VALUES (?, ?, ?, 'chat', ?)",
+                         [(f"m{seq}", seq, to_text(T0), json.dumps({"text": "hi"})) for seq in ("zzz", 2.5, 1)])
+    assert [reply.seq for reply in outbox.read(two.outbound, [], 0, writable=True).replies] == [1]
+    for seconds in (1, 2):
+        assert two.tick(T0 + timedelta(seconds=seconds)).errors == 0
