@@ -66,7 +66,9 @@ SCHEMA = "SELECT type, name, tbl_name, sql FROM sqlite_master"
 def same_schema(conn: sqlite3.Connection) -> bool:
     """Whether the file's schema is this release's outbound.db's, entry for entry: no view, trigger or index of the
     runner's, no table of other columns. (Reading sqlite_master parses the schema, which expands no view.)"""
-    return frozenset(map(tuple, conn.execute(SCHEMA))) == _made()
+    cursor = conn.cursor()
+    cursor.row_factory = None  # (plain tuples)
+    return frozenset(cursor.execute(SCHEMA)) == _made()
 
 
 @cache
