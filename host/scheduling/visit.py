@@ -139,7 +139,7 @@ class Visitor:
     def _read_outbox(self, session: Session, now: datetime, runner: Runner | None, open_rows: dict[str, str],
                      handled: int, replied: int, wait: float | None) -> tuple[outbox.Outbox, Runner | None]:
         """What the visit finds in outbound.db, and the runner still alive after: one found stuck is killed, and so
-        is one that tampered with the file (``outbox.Tampered``). A runner whose file could not be read is judged by
+        is one that tampered with the file (``db.Tampered``). A runner whose file could not be read is judged by
         its heartbeat alone (one hung holding its file's lock is killed as well). A visit that fails so is done again
         later, its runner gone if it was killed."""
         path = session.folder / "outbound.db"
@@ -147,7 +147,7 @@ class Visitor:
             # One request more than a visit applies tells whether the rest wait for the next visit (§13.5).
             found = outbox.read(path, open_rows, handled, writable=runner is None, reply_after_seq=replied,
                                 request_limit=self.settings.max_requests_per_visit + 1, wait_s=wait)
-        except outbox.Tampered as exc:
+        except db.Tampered as exc:
             if self.runners and runner is not None:
                 self.runners.kill(session.id, str(exc))
             raise

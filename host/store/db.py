@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote_from_bytes
 
 from host.errors import Busy as Busy
@@ -251,25 +252,21 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
         return conn
     if readonly:
         conn = _raw(path, readonly=True)
-        try:
-            if version(conn) != latest_version(kind):
-                conn.close()
-                with closing(connect(path, kind)):
-                    pass
-                conn = _raw(path, readonly=True)
-            if kind == "outbound":
+        with _refused(conn, path):  # (not a database at all: said with the file's name)
+            current = version(conn) == latest_version(kind)
+        if not current:
+            conn.close()
+            with closing(connect(path, kind)):
+                pass
+            conn = _raw(path, readonly=True)
+        if kind == "outbound":
+            with _refused(conn, path):
                 bounds.check(conn, path)
-        except sqlite3.DatabaseError as exc:  # not a database at all: said with the file's name
-            conn.close()
-            raise _refusal(exc, path) from None
-        except DbError:
-            conn.close()
-            raise
         return conn
     if kind == "central" and not path.exists():
         lock.refuse_missing_central(path.parent)
     conn = _raw(path, readonly=False, any_thread=any_thread, wait_s=wait_s)
-    try:
+    with _refused(conn, path):
         if kind == "outbound":
             # Its runner writes it, and may put it in WAL mode between any check and this open: a connection in
             # EXCLUSIVE locking mode reads a WAL file without the shared-memory read slots (outbound.db-shm) the
@@ -303,19 +300,30 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
                 conn.execute("BEGIN")
         if kind == "outbound":
             bounds.check(conn, path)
-    except sqlite3.DatabaseError as exc:
-        conn.close()
-        raise _refusal(exc, path) from None
-    except DbError:
-        conn.close()
-        raise
     return conn
 
 
-def _refusal(exc: sqlite3.Error, path: Path) -> DbError:
-    if bounds.overran(exc):
-        return bounds.given_up(path)
-    return (Busy if is_busy(exc) else DbError)(f"cannot use {path}: {cut(str(exc))}")
+@contextmanager
+def _refused(conn: sqlite3.Connection, path: Path) -> Iterator[None]:
+    """The checks of a connection just made: one that fails closes it, SQLite's error said with the file's name."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        if bounds.overran(exc):
+            raise bounds.given_up(path) from None
+        raise (Busy if is_busy(exc) else DbError)(f"cannot use {path}: {cut(str(exc))}") from None
+    except DbError:
+        conn.close()
+        raise
+
+
+@contextmanager
+def outbound(path: Path, **options: Any) -> Iterator[sqlite3.Connection]:
+    """A runner's outbound.db opened (``connect``'s ``options``), closed after; SQLite's giving up work on it past its
+    bounds raises ``Tampered`` (``bounds``)."""
+    with bounds.bounded(path), closing(connect(path, "outbound", **options)) as conn:
+        yield conn
 
 
 def end_read(conn: sqlite3.Connection) -> None:

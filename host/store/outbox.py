@@ -9,12 +9,11 @@ import os
 import sqlite3
 import stat
 from collections.abc import Iterable
-from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from host.files import confined
-from host.store import bounds, db
+from host.store import db
 from schemas.requests import MAX_CHARS as REQUEST_CHARS
 from schemas.rows import MODEL_WAIT, MODEL_WAIT_MAX_TEXT, ModelWait
 
@@ -85,16 +84,13 @@ TOO_LONG = json.dumps({"text": f"[The agent's answer was longer than {REPLY_CHAR
                        "files": []})
 
 
-Tampered = db.Tampered
-
-
 def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, reply_after_seq: int = 0,
          request_limit: int = -1, wait_s: float | None = None) -> Outbox:
     """Acks of the given (still open) messages, system requests after ``after_seq``, chat replies after
     ``reply_after_seq``, the running tool's timeout (not ``writable``: only while a runner is alive).
 
     ``writable`` (only when no runner is alive) may write; otherwise the file is opened query-only (read-write at
-    the file level, so a FIFO swapped in cannot block the sweep, see ``db.connect``). Either is ``Tampered`` by a
+    the file level, so a FIFO swapped in cannot block the sweep, see ``db.connect``). Either is ``db.Tampered`` by a
     read given up past its bounds (``bounds``), only the query-only one by what ``_guard`` finds. Either rolls
     back a hot journal a killed runner left, which a read-only connection could not read past.
     ``wait_s``: the busy timeout, if not the default (``db.connect``).
@@ -106,8 +102,7 @@ def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, re
     acks: dict[str, Ack] = {}
     requests: list[OutMessage] = []
     replies: list[OutMessage] = []
-    with bounds.bounded(path), closing(db.connect(path, "outbound", query_only=not writable, reading=True,
-                                            wait_s=wait_s)) as conn:
+    with db.outbound(path, query_only=not writable, reading=True, wait_s=wait_s) as conn:
         some_requests, some_replies, some_acks = _news(conn, ids, after_seq, reply_after_seq)
         if some_acks:
             acks = {row["message_id"]: Ack.of(row) for row in _in_chunks(conn, ACKS, ids)}
@@ -163,7 +158,7 @@ OUT = f"SELECT seq, {_ROUTED}, substr(content, 1, {{chars}}) AS content FROM mes
 
 def _guard(path: Path, live: bool) -> None:
     """What a runner may have left beside or in ``path`` that would stall the host's read of it, refused while its
-    runner lives (``Tampered``: it is killed) and taken away once it is dead. Read as any file the runner writes
+    runner lives (``db.Tampered``: it is killed) and taken away once it is dead. Read as any file the runner writes
     (below its folder, no link followed, never blocking):
 
     - a journal that is not a regular file: SQLite's check for a hot journal opens it read-only, which blocks for
@@ -192,14 +187,16 @@ def _guard(path: Path, live: bool) -> None:
     try:
         size, wal = _header(folder, path.name)
         if wal and live:
-            raise Tampered(f"{path} is in WAL mode: its runner switched it")
-        limit = min(2 * size + (1 << 20), LIVE_JOURNAL_BYTES) if live else 2 * size + (1 << 20)
+            raise db.Tampered(f"{path} is in WAL mode: its runner switched it")
+        limit = 2 * size + (1 << 20)
+        if live:
+            limit = min(limit, LIVE_JOURNAL_BYTES)
         if info is None or (stat.S_ISREG(info.st_mode) and info.st_size <= limit):
             return
         planted = "is not a regular file" if not stat.S_ISREG(info.st_mode) else \
             f"holds {info.st_size} bytes beside a file of {size}"
         if live:
-            raise Tampered(f"{journal} {planted}: its runner planted it")
+            raise db.Tampered(f"{journal} {planted}: its runner planted it")
         log.warning("removed %s, left by the session's runner: it %s", journal, planted,
                     extra={"action": "planted_journal_removed"})
         confined.remove(folder, journal.name, info)
@@ -239,19 +236,18 @@ def clear_claims(path: Path, message_ids: list[str]) -> None:
     if not message_ids or not path.exists():
         return
     _guard(path, live=False)
-    with bounds.bounded(path), closing(db.connect(path, "outbound")) as conn, db.transaction(conn):
+    with db.outbound(path) as conn, db.transaction(conn):
         _in_chunks(conn, "DELETE FROM processing_ack WHERE status = 'processing' AND message_id IN ({})", message_ids)
 
 
 def claimed(path: Path, message_ids: list[str]) -> set[str]:
     """Which of these rows a runner has claimed (a claim the sweep may not have copied into the inbox yet). The
     runner may be alive: its file is waited for at most ``RUNNER_WAIT_S``, then this fails busy (``db.is_busy``),
-    and one ``Tampered`` is refused."""
+    and one ``db.Tampered`` is refused."""
     if not message_ids or not path.exists():
         return set()
     _guard(path, live=True)
-    with bounds.bounded(path), closing(db.connect(path, "outbound", query_only=True,
-                                                       wait_s=RUNNER_WAIT_S)) as conn:
+    with db.outbound(path, query_only=True, wait_s=RUNNER_WAIT_S) as conn:
         return {r[0] for r in _in_chunks(conn, "SELECT message_id FROM processing_ack WHERE status = 'processing'"
                                                 " AND message_id IN ({})", message_ids)}
 
@@ -261,7 +257,7 @@ def model_wait(path: Path) -> ModelWait | None:
     if not path.exists():
         return None
     _guard(path, live=True)
-    with bounds.bounded(path), closing(db.connect(path, "outbound", query_only=True)) as conn:
+    with db.outbound(path, query_only=True) as conn:
         row = conn.execute("SELECT substr(value, 1, ?) FROM session_state WHERE key = ?",
                            (MODEL_WAIT_MAX_TEXT + 1, MODEL_WAIT)).fetchone()  # the runner's text: bounded
     return ModelWait.parse(row[0] if row and isinstance(row[0], str) else None)

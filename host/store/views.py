@@ -9,7 +9,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from host.store import bounds, db
+from host.store import db
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +43,7 @@ def transcript(folder: Path) -> list[Line]:
                  for r in conn.execute("SELECT id, seq, kind, timestamp, status, content FROM messages_in")]
     outbound = folder / "outbound.db"
     if outbound.exists():
-        with bounds.bounded(outbound), closing(db.connect(outbound, "outbound", readonly=True)) as conn:
+        with db.outbound(outbound, readonly=True) as conn:
             found += [Line(r["id"], r["seq"], "out", r["kind"], r["timestamp"], r["content"],
                            delivered.get(r["id"], "pending"))
                       for r in conn.execute("SELECT id, seq, kind, timestamp, content FROM messages_out")]

@@ -4,7 +4,7 @@ found by reading the host's own reads; a chain of thousands of views, which SQLi
 statement, or a function of quadratic cost in one step, held it for minutes where no progress handler is called
 (found by the attack review that followed). Now the host refuses a runner's file whose schema is not this release's
 before any query of it runs, and bounds every connection to it (``host.store.bounds``): a live runner is killed
-(``outbox.Tampered``), a dead one's session is held off, as any session whose visits fail, and every other session
+(``db.Tampered``), a dead one's session is held off, as any session whose visits fail, and every other session
 goes on.
 
 No timing decides: each attack is endless or far past its bound, and a build without the defence hangs the tick,
@@ -104,7 +104,7 @@ def test_a_value_past_its_bound_is_refused_before_it_is_loaded(tmp_path: Path,
     assert outbox.read(two.outbound, [], 0, writable=True).replies[0].content == within
     with closing(sqlite3.connect(two.outbound)) as conn, conn:
         conn.execute("UPDATE messages_out SET content = ?", (json.dumps({"text": "x" * (1 << 20)}),))
-    with pytest.raises(outbox.Tampered, match="a value over 1 MiB"):
+    with pytest.raises(db.Tampered, match="a value over 1 MiB"):
         outbox.read(two.outbound, [], 0, writable=True)
 
 
@@ -118,7 +118,7 @@ def test_a_schema_of_thousands_of_tables_is_given_up_while_sqlite_parses_it(tmp_
     with closing(sqlite3.connect(two.outbound)) as conn:
         conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # (its pages in the OS's cache: only the parse is left)
     monkeypatch.setattr(bounds, "HOST_CPU_S", 0.001)
-    with pytest.raises(outbox.Tampered, match="reading it was given up"):
+    with pytest.raises(db.Tampered, match="reading it was given up"):
         outbox.read(two.outbound, [], 0, writable=True)
 
 

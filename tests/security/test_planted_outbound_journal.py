@@ -24,7 +24,7 @@ from agent_runner.store import Store
 from host.runtimes.workspace import JOURNAL, keep_journal
 from host.scheduling import visitors
 from host.scheduling.sweep import SweepResult
-from host.store import outbox
+from host.store import db, outbox
 from host.store.sessions import Session
 from schemas.times import to_text
 
@@ -176,7 +176,7 @@ def test_other_reads_of_a_live_runners_file_refuse_a_fifo_journal(tmp_path: Path
     path = world.session.folder / "outbound.db"
     _replaced(Path(f"{path}-journal"), os.mkfifo)
     def refused() -> str:
-        with pytest.raises(outbox.Tampered) as caught:
+        with pytest.raises(db.Tampered) as caught:
             read(path)
         return str(caught.value)
 
