@@ -20,7 +20,10 @@ ALIVE = timedelta(seconds=10)  # a polling runner beats every second
 
 
 def _text(content: str) -> str:
-    data = json.loads(content)
+    try:
+        data = json.loads(content)
+    except ValueError:  # (a runner's row that is not JSON, whatever its CHECK says: shown as it is)
+        return content
     if not isinstance(data, dict):
         return json.dumps(data)
     for key in ("text", "prompt"):

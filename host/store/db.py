@@ -236,7 +236,8 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
     ``query_only``: the host's reads of a runner's outbound.db. SQLite opens a read-only file O_RDONLY, which
     blocks for ever on a FIFO the runner could swap in after the check; a read-write open does not block (and
     reading a FIFO fails at once), and SQL writes are refused. It may roll back a hot journal, as any writer
-    would: only a writer that died leaves one.
+    would: only a writer that died leaves one. A file of an older schema is ``Tampered``, never migrated under its
+    live runner: the host migrated it before starting that runner.
 
     ``reading`` (a session file): the connection comes inside the read transaction its checks took, for the
     caller's first reads, which ``end_read`` ends: a transaction less, and its lock taken and dropped once.
@@ -246,10 +247,6 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
     ``wait_s``: the busy timeout (SQLite's wait for another's lock), if not ``BUSY_TIMEOUT_MS``; one that runs out
     while the connection is made raises ``Busy``. Given for a session whose runner is alive, which may hold its
     files locked: then outbound.db is read in EXCLUSIVE locking mode and inbound.db never spills a page early."""
-    if query_only:
-        conn = connect(path, kind, reading=reading, wait_s=wait_s)
-        conn.execute("PRAGMA query_only=ON")
-        return conn
     if readonly:
         conn = _raw(path, readonly=True)
         with _refused(conn, path):  # (not a database at all: said with the file's name)
@@ -294,12 +291,16 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
             conn.execute("PRAGMA foreign_keys=ON")
             conn.lock = lock_of(path)
         if found < latest_version(kind):
+            if query_only:
+                raise Tampered(f"{path}: its runner set its schema back to v{found}")
             end_read(conn)
             migrate(conn, kind, path)
             if reading:
                 conn.execute("BEGIN")
         if kind == "outbound":
             bounds.check(conn, path)
+        if query_only:
+            conn.execute("PRAGMA query_only=ON")
     return conn
 
 

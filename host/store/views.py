@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from host.store import db
+from host.store.outbox import REPLY_CHARS, TEXT_CHARS
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,14 @@ class Due:
     content: str
 
 
+# The runner's rows as text (its SQLite stores any type in any column; a CHECK it can switch off), each a reply's
+# length at most (``outbox.REPLY_CHARS``: the host sends no longer one), a seq only if an integer.
+_AS_TEXT = (("id", TEXT_CHARS), ("kind", TEXT_CHARS), ("timestamp", TEXT_CHARS), ("content", REPLY_CHARS))
+RUNNER_ROWS = "SELECT " + ", ".join(f"CAST(ifnull(substr({name}, 1, {chars}), '') AS TEXT) AS {name}"
+                                    for name, chars in _AS_TEXT) + \
+    ", CASE WHEN typeof(seq) = 'integer' THEN seq END AS seq FROM messages_out"
+
+
 def transcript(folder: Path) -> list[Line]:
     """Both directions of the session in ``folder``, each in its file's order (outbound.db may not exist yet)."""
     with closing(db.connect(folder / "inbound.db", "inbound", readonly=True)) as conn:
@@ -46,7 +55,7 @@ def transcript(folder: Path) -> list[Line]:
         with db.outbound(outbound, readonly=True) as conn:
             found += [Line(r["id"], r["seq"], "out", r["kind"], r["timestamp"], r["content"],
                            delivered.get(r["id"], "pending"))
-                      for r in conn.execute("SELECT id, seq, kind, timestamp, content FROM messages_out")]
+                      for r in conn.execute(RUNNER_ROWS)]
     return found
 
 

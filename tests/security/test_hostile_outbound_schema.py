@@ -164,3 +164,30 @@ def test_a_seq_of_another_type_is_never_read_as_new(tmp_path: Path) -> None:
     assert [reply.seq for reply in outbox.read(two.outbound, [], 0, writable=True).replies] == [1]
     for seconds in (1, 2):
         assert two.tick(T0 + timedelta(seconds=seconds)).errors == 0
+
+
+def test_a_live_runner_setting_its_schema_version_back_gets_no_migration_of_its_file(tmp_path: Path) -> None:
+    """The host's reads of a live runner's file are query-only; an older version made them migrate it, writing the
+    file under its runner (found by the attack review). The host migrated it before starting the runner."""
+    two = Two(tmp_path)
+    _rewrite(two.outbound, "PRAGMA user_version = 3;")
+    before = two.outbound.read_bytes()
+    with pytest.raises(db.Tampered, match="its runner set its schema back to v3"):
+        outbox.read(two.outbound, [], 0, writable=False)
+    assert two.outbound.read_bytes() == before
+
+
+def test_a_runners_rows_of_any_type_are_shown_not_a_failure_of_the_whole_conversation(
+        ncl: Any, demo_session: dict[str, Any]) -> None:
+    """A reply that was not JSON made ``ncl messages list`` fail as a whole (found by the attack review); one whose
+    time or seq was of another type would have failed its sort. Each is shown, the others with it."""
+    folder = Path(demo_session["path"])
+    with closing(sqlite3.connect(folder / "outbound.db")) as conn, conn:
+        conn.execute("PRAGMA ignore_check_constraints=ON")
+        conn.executemany("INSERT INTO messages_out(id, seq, timestamp, kind, content) VALUES (?, ?, ?, 'chat', ?)",
+                         [("m1", 1, "2026-06-11T13:00:00.000Z", json.dumps({"text": "fine"})),
+                          ("m2", "zzz", 12345, "not json"), ("m3", 3, "2026-06-11T13:01:00.000Z", b"\x00bytes")])
+    result = ncl("messages", "list", "--session", demo_session["id"], "--json")
+    assert result.code == 0, result.err
+    assert {m["id"]: m["text"] for m in result.json()["messages"]} == {"m1": "fine", "m2": "not json",
+                                                                       "m3": "\x00bytes"}
