@@ -21,7 +21,9 @@ from schemas.ddl import MIGRATIONS
 
 HOST_CPU_S = 0.2  # the host's reads of a visit take about a millisecond
 OPERATOR_CPU_S = 10.0  # an operator's command may read all of a long conversation (``ncl messages``)
-VALUE_BYTES, SQL_BYTES = 16 << 20, 64 << 10  # (a runner's replies are cut at 4 MiB of text: outbox.REPLY_CHARS)
+VALUE_BYTES, SQL_BYTES = 16 << 20, 64 << 10  # (a reply's REPLY_CHARS are at most 4 MiB)
+# What the host reads of a runner's text: a reply's characters (a longer one is not sent), any other value's.
+REPLY_CHARS, TEXT_CHARS = 1 << 20, 4096
 STEPS = 100  # SQLite steps between two looks at the clock (a visit's reads take a few hundred)
 
 

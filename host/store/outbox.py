@@ -14,6 +14,8 @@ from pathlib import Path
 
 from host.files import confined
 from host.store import db
+from host.store.bounds import REPLY_CHARS as REPLY_CHARS
+from host.store.bounds import TEXT_CHARS as TEXT_CHARS
 from schemas.requests import MAX_CHARS as REQUEST_CHARS
 from schemas.rows import MODEL_WAIT, MODEL_WAIT_MAX_TEXT, ModelWait
 
@@ -75,7 +77,7 @@ RUNNER_WAIT_S = 0.25
 # what ``requests.parse`` accepts (it refuses it), each reply's up to REPLY_CHARS (a longer one is answered with a
 # line saying so), at most REPLIES replies a read (the rest at the next: the session stays busy while replies
 # wait), each other text up to TEXT_CHARS (ids, routing), an ack's detail to one past MAX_DETAIL (``acks.detail``).
-REPLY_CHARS, REPLIES, TEXT_CHARS = 1 << 20, 20, 4096
+REPLIES = 20
 MAX_DETAIL = 64 << 10  # characters of a finished ack's detail read as JSON; more is only a reason (a claim's: none)
 MAX_REASON = 4_000  # characters of its reason kept (task_runs.detail, the log line): the rest is not even read
 LIVE_JOURNAL_BYTES = 64 << 20  # a runner's transactions change a few pages, its requests' at most a few MiB

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from host.store import db
-from host.store.outbox import REPLY_CHARS, TEXT_CHARS
+from host.store.bounds import REPLY_CHARS, TEXT_CHARS
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +37,7 @@ class Due:
 
 
 # The runner's rows as text (its SQLite stores any type in any column; a CHECK it can switch off), each a reply's
-# length at most (``outbox.REPLY_CHARS``: the host sends no longer one), a seq only if an integer.
+# length at most (``bounds.REPLY_CHARS``: the host sends no longer one), a seq only if an integer.
 _AS_TEXT = (("id", TEXT_CHARS), ("kind", TEXT_CHARS), ("timestamp", TEXT_CHARS), ("content", REPLY_CHARS))
 RUNNER_ROWS = "SELECT " + ", ".join(f"CAST(ifnull(substr({name}, 1, {chars}), '') AS TEXT) AS {name}"
                                     for name, chars in _AS_TEXT) + \
