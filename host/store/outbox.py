@@ -238,8 +238,13 @@ def clear_claims(path: Path, message_ids: list[str]) -> None:
     if not message_ids or not path.exists():
         return
     _guard(path, live=False)
-    with db.outbound(path) as conn, db.transaction(conn):
-        _in_chunks(conn, "DELETE FROM processing_ack WHERE status = 'processing' AND message_id IN ({})", message_ids)
+    with db.outbound(path) as conn:
+        # The runner's rows are freed, not overwritten (Debian's SQLite zeroes freed pages: claims of 16 MiB values
+        # cost the host writing all of them twice, file and journal, in one step no CPU bound sees).
+        conn.execute("PRAGMA secure_delete=OFF")
+        with db.transaction(conn):
+            _in_chunks(conn, "DELETE FROM processing_ack WHERE status = 'processing' AND message_id IN ({})",
+                       message_ids)
 
 
 def claimed(path: Path, message_ids: list[str]) -> set[str]:
