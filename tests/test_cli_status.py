@@ -56,6 +56,26 @@ def test_messages_list_has_both_directions_in_order(ncl: Any, demo_session: dict
     assert unknown.code == 1 and "unknown session" in unknown.err
 
 
+def test_messages_list_last_shows_the_latest_of_both_directions(ncl: Any, demo_session: dict[str, Any]) -> None:
+    """``--last N``: the conversation's latest N, each side read no further than its own latest N."""
+    folder = Path(demo_session["path"])
+    for n in range(4):  # in at :00, :02, :04, :06; out at :01, :03, :05, :07 (seq in reverse of time on the out side)
+        _write(folder / "inbound.db", "INSERT INTO messages_in(id, seq, kind, timestamp, status, content)"
+                                      " VALUES (?, ?, 'chat', ?, 'completed', ?)",
+               f"msg-in{n}", 2 * n + 2, f"2026-06-11T09:00:0{2 * n}.000Z", f'{{"text": "ask {n}"}}')
+        _write(folder / "outbound.db", "INSERT INTO messages_out(id, seq, timestamp, kind, content)"
+                                       " VALUES (?, ?, ?, 'chat', ?)",
+               f"msg-out{n}", 9 - 2 * n, f"2026-06-11T09:00:0{2 * n + 1}.000Z", f'{{"text": "answer {n}"}}')
+    every = ncl("messages", "list", "--session", demo_session["id"], "--json").json()["messages"]
+    assert [m["id"] for m in every] == [f"msg-{side}{n}" for n in range(4) for side in ("in", "out")]
+    latest = ncl("messages", "list", "--session", demo_session["id"], "--last", "3", "--json").json()["messages"]
+    assert latest == every[-3:]
+    shown = ncl("messages", "list", "--session", demo_session["id"], "--last", "1").out
+    assert "answer 3" in shown and "ask 3" not in shown
+    refused = ncl("messages", "list", "--session", demo_session["id"], "--last", "0")
+    assert refused.code == 1 and "--last" in refused.err and "Traceback" not in refused.err
+
+
 def test_status_lists_project_tasks_among_the_next_due(ncl: Any, cli_env: Any) -> None:
     assert ncl("groups", "create", "jobs", "--channel", "queue:support-jobs").code == 0
     spec = cli_env.root / "t.yaml"

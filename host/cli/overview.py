@@ -32,11 +32,13 @@ def _text(content: str) -> str:
     return json.dumps(data, ensure_ascii=False)
 
 
-def transcript(session: Session) -> list[dict[str, Any]]:
-    """Both directions in time order (each side's seq orders its own rows when times tie)."""
-    found = sorted(views.transcript(session.folder), key=lambda m: (m.timestamp, m.direction == "out", m.seq or 0))
+def transcript(session: Session, last: int | None = None) -> list[dict[str, Any]]:
+    """Both directions in time order (each side's seq orders its own rows when times tie); ``last``: the latest
+    that many only."""
+    found = sorted(views.transcript(session.folder, last),
+                   key=lambda m: (m.timestamp, m.direction == "out", m.seq or 0))
     return [{"id": m.id, "direction": m.direction, "kind": m.kind, "timestamp": m.timestamp, "text": _text(m.content),
-             "status": m.status} for m in found]
+             "status": m.status} for m in found[-last if last else 0:]]
 
 
 def host_pid(data_dir: Path) -> int | None:

@@ -54,13 +54,15 @@ def messages_cli() -> None:
 
 @messages_cli.command("list")
 @click.option("--session", "session_id", required=True, help="The session.")
+@click.option("--last", type=click.IntRange(min=1), metavar="N",
+              help="Only the latest N messages, both directions together (default: all).")
 @json_option
 @pass_app
-def list_(app: App, session_id: str, as_json: bool) -> None:
+def list_(app: App, session_id: str, last: int | None, as_json: bool) -> None:
     """Both directions of a session, in order, times in TZ."""
     with closing(app.central()) as central:
         session = sessions.get(central, app.settings, session_id)
-    found = overview.transcript(session)
+    found = overview.transcript(session, last)
     zone = app.settings.tz.zone
     emit(as_json, {"messages": found}, lambda: table(
         [{**m, "at": local_time(m["timestamp"], zone), "arrow": "→" if m["direction"] == "in" else "←"}

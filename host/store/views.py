@@ -44,18 +44,20 @@ RUNNER_ROWS = "SELECT " + ", ".join(f"CAST(ifnull(substr({name}, 1, {chars}), ''
     ", CASE WHEN typeof(seq) = 'integer' THEN seq END AS seq FROM messages_out"
 
 
-def transcript(folder: Path) -> list[Line]:
-    """Both directions of the session in ``folder``, each in its file's order (outbound.db may not exist yet)."""
+def transcript(folder: Path, last: int | None = None) -> list[Line]:
+    """Both directions of the session in ``folder`` (outbound.db may not exist yet); ``last``: only each side's
+    latest that many (by time, then seq), among which are the conversation's latest that many."""
+    tail = "" if last is None else f" ORDER BY timestamp DESC, seq DESC LIMIT {int(last)}"
     with closing(db.connect(folder / "inbound.db", "inbound", readonly=True)) as conn:
-        delivered = {r[0]: r[1] for r in conn.execute("SELECT message_out_id, status FROM delivered")}
         found = [Line(r["id"], r["seq"], "in", r["kind"], r["timestamp"], r["content"], r["status"])
-                 for r in conn.execute("SELECT id, seq, kind, timestamp, status, content FROM messages_in")]
+                 for r in conn.execute("SELECT id, seq, kind, timestamp, status, content FROM messages_in" + tail)]
+        delivered = {r[0]: r[1] for r in conn.execute("SELECT message_out_id, status FROM delivered")}
     outbound = folder / "outbound.db"
     if outbound.exists():
         with db.outbound(outbound, readonly=True) as conn:
             found += [Line(r["id"], r["seq"], "out", r["kind"], r["timestamp"], r["content"],
                            delivered.get(r["id"], "pending"))
-                      for r in conn.execute(RUNNER_ROWS)]
+                      for r in conn.execute(RUNNER_ROWS + tail)]
     return found
 
 
