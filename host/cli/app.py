@@ -33,9 +33,9 @@ class App(NamedTuple):  # not a dataclass: a fifth of its cost at import, which 
         path = self.settings.central_db
         if write:  # db.connect makes the data dir (0700) and central.db (0600) if need be
             return db.connect(path, "central")
-        if path.exists():
+        if not lock.unmade(path):
             return db.connect(path, "central", readonly=True)
-        lock.refuse_missing_central(path.parent)  # gone under a running host: say so, never show it empty
+        lock.refuse_missing_central(path.parent, self.settings.sessions_dir)  # lost: say so, never show it empty
         from host.store import views
 
         return views.empty_central()

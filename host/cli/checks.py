@@ -163,7 +163,7 @@ def agent_host_tasks(settings: Settings) -> Check:
     from schemas.requests import HOST_ID  # imported here: its pydantic models took 95 ms of 'ncl doctor --help'
 
     held = 0
-    if settings.central_db.exists():
+    if not lock.unmade(settings.central_db):
         try:
             with closing(db.connect(settings.central_db, "central", readonly=True)) as conn:
                 held = project_tasks.count_with_prefix(conn, HOST_ID)
@@ -189,7 +189,7 @@ def alert_channel(settings: Settings) -> Check:
         return _alert_mail(settings, target)
     if target.kind == "session":
         missing = Check("alerts", "warn", f"{target} names no group: its alerts go nowhere ('ncl groups list')")
-        if not settings.central_db.exists():
+        if lock.unmade(settings.central_db):
             return missing
         try:
             with closing(db.connect(settings.central_db, "central", readonly=True)) as conn:
@@ -237,7 +237,7 @@ def mail(settings: Settings) -> Check:
     """Each mailbox (issue 17): an empty allow-list refuses every mail and skipped mails wait for the operator
     (warn), a wired mailbox whose password variable is unset or whose IMAP login fails cannot work (fail); the login
     is tried with a short timeout."""
-    if not settings.central_db.exists():
+    if lock.unmade(settings.central_db):
         return Check("mail", "ok", "no mailboxes")
     try:
         with closing(db.connect(settings.central_db, "central", readonly=True)) as conn:
@@ -279,9 +279,11 @@ def _user() -> str:
 
 
 def _session_folders(settings: Settings) -> tuple[list[Path], Check | None]:
-    if not settings.central_db.exists():
-        if (pid := lock.running_pid(settings.data_dir)) is not None:
-            return [], Check("schema", "fail", f"{settings.central_db} is missing but a host is running (pid {pid})")
+    if lock.unmade(settings.central_db):
+        try:
+            lock.refuse_missing_central(settings.data_dir, settings.sessions_dir)
+        except NclError as exc:  # lost, not yet made
+            return [], Check("schema", "fail", str(exc))
         return [], Check("schema", "ok", f"no central.db yet (latest central v{latest_version('central')})")
     try:
         with closing(db.connect(settings.central_db, "central", readonly=True)) as conn:

@@ -75,6 +75,7 @@ def run(app: App, quiet: bool) -> None:
 
     with logging_to_file(app.settings, "quiet" if quiet else "lines"), host_lock(app.settings.data_dir):
         # Orphans of local runners and host tasks come to us, not to pid 1, and are killed (schemas.proctree).
+        app.central(write=True).close()  # made, migrated, or refused as lost before anything starts
         become_subreaper()
         runtime, reason = select_runtime(app.settings)
         runtime.announce(reason)  # local is said loudly: its runners have no isolation

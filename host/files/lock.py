@@ -67,10 +67,27 @@ def running_pid(data_dir: Path) -> str | None:
         os.close(fd)
 
 
-def refuse_missing_central(data_dir: Path) -> None:
-    """A central.db that is missing while a host runs was removed under it: making an empty one would hide that
-    (and split the install in two), so say it instead. Without a running host, first use creates it."""
+def unmade(central: Path) -> bool:
+    """Whether ``central`` (central.db) is yet to be made: missing, or empty (a first use stopped before its first
+    commit)."""
+    try:
+        return central.stat().st_size == 0
+    except FileNotFoundError:
+        return True
+
+
+def refuse_missing_central(data_dir: Path, sessions: Path) -> None:
+    """First use makes central.db, but not in place of one that was lost: one missing while a host runs was removed
+    under it (an empty one would hide that, and split the install in two), and one missing beside the ``sessions``
+    folder of an install would leave them orphaned (their groups, wirings and tasks are only in it). Say it instead."""
     pid = running_pid(data_dir)
     if pid is not None:
         raise NclError(f"{data_dir / 'central.db'} is missing but a host is running (pid {pid}): it was removed "
                        "while the host ran; restore it from a backup or stop the host first")
+    try:
+        groups = [entry.path for entry in os.scandir(sessions) if entry.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return
+    if any(os.listdir(group) for group in groups):
+        raise NclError(f"{data_dir / 'central.db'} is missing but {sessions} holds sessions, which a new one would "
+                       f"leave orphaned: restore central.db from a backup (to start afresh, move {sessions} away)")

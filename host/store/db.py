@@ -260,8 +260,8 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
             with _refused(conn, path):
                 bounds.check(conn, path)
         return conn
-    if kind == "central" and not path.exists():
-        lock.refuse_missing_central(path.parent)
+    if kind == "central" and lock.unmade(path):
+        lock.refuse_missing_central(path.parent, path.parent / SESSIONS_DIR)
     conn = _raw(path, readonly=False, any_thread=any_thread, wait_s=wait_s)
     with _refused(conn, path):
         if kind == "outbound":

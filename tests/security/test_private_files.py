@@ -145,8 +145,32 @@ def test_a_central_db_removed_under_a_running_host_is_reported_not_recreated(ncl
         doctor = ncl("doctor", "--json")
         [schema] = [c for c in doctor.json()["checks"] if c["name"] == "schema"]
         assert doctor.code == 1 and schema["level"] == "fail" and "missing but a host is running" in schema["detail"]
-    ok(ncl("groups", "create", "again"))  # no host: first use makes a new one
+    # No host, but the install's sessions: a new central.db would leave them orphaned (test below); moved away, first
+    # use makes a new one.
+    (cli_env.data_dir / "v2-sessions").rename(cli_env.data_dir / "old-sessions")
+    ok(ncl("groups", "create", "again"))
     assert cli_env.central_db.exists()
+
+
+@pytest.mark.parametrize("lost", ["removed", "emptied"])
+def test_a_central_db_lost_beside_the_installs_sessions_is_reported_not_recreated(ncl: Ncl, cli_env: Any,
+                                                                                  lost: str) -> None:
+    """Its groups, wirings and tasks are only in central.db: an empty one made in its place (as first use does)
+    left every session orphaned, its scheduled tasks never firing, and said nothing."""
+    made(ncl)
+    cli_env.central_db.unlink()
+    if lost == "emptied":  # (as a first use stopped before its first commit leaves it: taken for a missing one)
+        cli_env.central_db.write_bytes(b"")
+    for command in (["groups", "list"], ["sessions", "list"], ["groups", "create", "other"], ["status"],
+                    ["host", "sweep", "--once"]):
+        line = one_line_error(ncl(*command))
+        assert "central.db is missing but" in line and "holds sessions" in line and "backup" in line, (command, line)
+        assert not cli_env.central_db.exists() or cli_env.central_db.stat().st_size == 0
+    doctor = ncl("doctor", "--json")
+    [schema] = [c for c in doctor.json()["checks"] if c["name"] == "schema"]
+    assert doctor.code == 1 and schema["level"] == "fail" and "holds sessions" in schema["detail"]
+    host = ncl("host", "run")  # refused before it starts anything
+    assert one_line_error(host).endswith("move " + str(cli_env.data_dir / "v2-sessions") + " away)")
 
 
 def _disk_full() -> None:
