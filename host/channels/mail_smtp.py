@@ -18,9 +18,9 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any
 
-from host.channels import mail_parse
+from host.channels import mail_parse, reply_files
 from host.channels.mail_login import TIMEOUT_S, password, tls_context
-from host.errors import NclError
+from host.errors import NclError, cut
 from host.files import confined
 from host.settings import Settings
 from host.store import db, mailboxes
@@ -29,7 +29,7 @@ from host.store.outbox import OutMessage
 from host.store.sessions import Session
 
 log = logging.getLogger(__name__)
-MAX_FILE_BYTES = 25 << 20  # one file the agent sends
+MAX_FILES_BYTES = 25 << 20  # the files the agent sends with one mail, together
 
 
 def reply_mail(settings: Settings, session: Session, reply: OutMessage) -> tuple[Mailbox, EmailMessage] | None:
@@ -52,16 +52,22 @@ def reply_mail(settings: Settings, session: Session, reply: OutMessage) -> tuple
 
 
 def _files(session: Session, reply: OutMessage) -> list[tuple[str, bytes]]:
-    """The files the agent sent with the reply (outbox/<reply id>/), read without following any link."""
-    names = json.loads(reply.content).get("files") or []
-    found = []
-    for name in names:
+    """The files the agent sent with the reply (``reply_files``), together at most ``MAX_FILES_BYTES``."""
+    sent, more = reply_files.names(reply)
+    found: list[tuple[str, bytes]] = []
+    left = MAX_FILES_BYTES
+    for name in sent:
         try:
-            found.append((str(name), confined.read_beneath(session.folder, f"outbox/{reply.id}/{name}",
-                                                           MAX_FILE_BYTES)))
+            data = reply_files.read(session.folder, reply, name, left)
         except (confined.Refused, OSError) as exc:
-            log.warning("file %s of reply %s not attached: %s", name, reply.id, exc,
+            log.warning("file %s of reply %s not attached: %s", reply_files.said(name), reply.id, cut(str(exc)),
                         extra={"action": "mail_file_refused", "session": session.id})
+            continue
+        found.append((name, data))
+        left -= len(data)
+    if more:
+        log.warning("%d more files of reply %s not attached: at most %d a mail", more, reply.id, reply_files.MAX_FILES,
+                    extra={"action": "mail_file_refused", "session": session.id})
     return found
 
 

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from host.channels import matrix_files, router
+from host.channels import matrix_files, reply_files, router
 from host.channels import matrix_wire as wire
 from host.channels.matrix_login import MatrixError, configured, login, state_path
 from host.errors import HOST_ERRNOS
@@ -283,11 +283,14 @@ class MatrixChannel:
             raise MatrixError("not logged in to the homeserver")
         room_id = self._room_of(session)  # never the row's platform_id: the runner writes that row
         content = json.loads(reply.content)
-        text, files = str(content.get("text") or ""), [str(f) for f in content.get("files") or []]
+        text = str(content.get("text") or "")
         parts = await asyncio.to_thread(wire.text_parts, text)  # Markdown's rendering: ~30 ms a part, off the loop
-        for name in files:
-            parts.append(await matrix_files.uploaded(self.client, self.settings, session.folder / "outbox" / reply.id,
-                                              name))
+        sent, more = reply_files.names(reply)
+        for name in sent:
+            parts.append(await matrix_files.uploaded(self.client, self.settings, session.folder, reply, name))
+        if more:
+            parts.append(wire.text_content(f"({more} more files were not sent: at most {reply_files.MAX_FILES} a "
+                                           "message)"))
         for number, part in enumerate(parts):
             await self._send(room_id, wire.in_thread(part, reply.thread_id), wire.txn_id(reply.id, number))
         await self._stall("after_send")

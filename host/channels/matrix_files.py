@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from host.channels import matrix_wire as wire
+from host.channels import reply_files
 from host.channels.matrix_login import MatrixError
+from host.errors import cut
 from host.files import confined
 from host.settings import Settings
+from host.store.outbox import OutMessage
 
 log = logging.getLogger("host.channels.matrix")
 FILES_DIR = "files"  # below the session folder, the runner's workspace: where uploads to the bot are kept
@@ -61,17 +64,17 @@ async def fetched(client: Any, settings: Settings, folder: Path, content: dict[s
            f"{caption}"
 
 
-async def uploaded(client: Any, settings: Settings, folder: Path, name: str) -> dict[str, Any]:
-    """The message of the file ``name`` of ``folder`` (a reply's outbox), uploaded; or a text saying it was not."""
+async def uploaded(client: Any, settings: Settings, folder: Path, reply: OutMessage, name: str) -> dict[str, Any]:
+    """The message of the file ``name`` that ``reply`` of the session ``folder`` sends (``reply_files.read``: never
+    through a link, never out of the reply's own folder), uploaded; or a text saying it was not."""
     from nio import UploadResponse
 
-    if Path(name).name != name or name.startswith("."):
-        raise MatrixError(f"refused to send {name!r}: not a file name")
-    try:  # the runner's folder: read without following any link (a link to .env must not reach the room)
-        data = await asyncio.to_thread(confined.read_beneath, folder, name, settings.matrix_max_file_bytes)
+    try:
+        data = await asyncio.to_thread(reply_files.read, folder, reply, name, settings.matrix_max_file_bytes)
     except (confined.Refused, OSError) as exc:
-        log.warning("matrix: file %s not sent: %s", name, exc, extra={"action": "matrix_file_refused"})
-        return wire.text_content(f"(the file {name} was not sent: {exc})")
+        log.warning("matrix: file %s not sent: %s", reply_files.said(name), cut(str(exc)),
+                    extra={"action": "matrix_file_refused"})
+        return wire.text_content(f"(the file {reply_files.said(name)} was not sent: {cut(str(exc), 500)})")
     size = len(data)
     mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
     done, _ = await client.upload(io.BytesIO(data), content_type=mime, filename=name, filesize=size)
