@@ -313,13 +313,13 @@ def test_a_body_is_inspected_off_the_proxys_event_loop(host: Host, upstream: Ups
     """Decoding a 32 MiB body of tiny objects takes seconds of CPU: on the proxy's loop it would stall every other
     session's calls and streams meanwhile."""
     inspected_on: list[str] = []
-    real = api_policy.server_features
+    real = api_policy.asked
 
-    def spy(body: bytes | bytearray) -> list[str]:
+    def spy(body: bytes | bytearray) -> api_policy.Asked:
         inspected_on.append(threading.current_thread().name)
         return real(body)
 
-    monkeypatch.setattr(api_policy, "server_features", spy)
+    monkeypatch.setattr(api_policy, "asked", spy)
     sock = host.serve()
     assert post(sock).status_code == 200
     (proxy,) = host.proxies

@@ -5,6 +5,7 @@ API on loopback (tests/test_proxy.py), real central.db and inbound.db files."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -263,6 +264,67 @@ def test_streamed_usage_is_counted(host: Host, upstream: Upstream) -> None:
     reply = post(host.serve(), {**ASK, "stream": True})
     assert reply.status_code == 200 and b"message_delta" in reply.content
     assert host.usage() == [("ag-demo", "2026-06-11", 1, 1, 2)]  # message_start's input, message_delta's output
+
+
+def _hung_up(sock: Path, body: bytes, after: Callable[[bytes], bool]) -> None:
+    """A runner's call, hung up once ``after`` holds of what it got so far."""
+    with hold(sock, b"POST /v1/messages HTTP/1.1\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)) as conn:
+        conn.setblocking(False)
+        got = bytearray()
+
+        def read() -> bool:
+            with contextlib.suppress(BlockingIOError):
+                got.extend(conn.recv(65536))
+            return after(bytes(got))
+
+        until(read)
+
+
+def test_a_streamed_answer_cut_short_counts_its_max_tokens(host: Host, upstream: Upstream) -> None:
+    """A stream's output total comes in its last event: a runner that read the text and hung up before it was
+    charged 1 output token for 19,000 (attack review)."""
+    upstream.reply = Handler.sse
+    sock = host.serve(NCL_GROUP_TOKENS_PER_DAY="1000")
+    _hung_up(sock, json.dumps({**ASK, "max_tokens": 64000, "stream": True}).encode(), lambda got: b"Hel" in got)
+    upstream.release.set()  # the rest of the stream, which nobody reads
+    until(lambda: bool(host.usage()))
+    assert host.usage() == [("ag-demo", "2026-06-11", 1, 1, 64000)]  # message_start's input, the most output
+    assert post(sock).status_code == 429
+
+
+def test_an_answer_its_caller_left_before_it_came_counts_as_if_read(host: Host, upstream: Upstream) -> None:
+    """A JSON answer's usage is at its end: a runner that hung up while the API worked was charged nothing for an
+    answer of 150,000 input and 100,000 output tokens (attack review). Its input is estimated from the request."""
+    went = threading.Event()
+
+    def late(handler: Handler) -> None:
+        went.wait(10)
+        handler.send(200, json.dumps({**MESSAGE, "content": [{"type": "text", "text": "x" * 400_000}],
+                                      "usage": {"input_tokens": 150_000, "output_tokens": 100_000}}).encode())
+
+    upstream.reply = late
+    sock = host.serve()
+    body = json.dumps({**ASK, "max_tokens": 100_000, "messages": [{"role": "user", "content": "y" * 4000}]}).encode()
+    _hung_up(sock, body, lambda _: bool(upstream.seen))
+    went.set()
+    until(lambda: bool(host.usage()))
+    assert host.usage() == [("ag-demo", "2026-06-11", 1, len(body) // 4, 100_000)]
+
+
+def test_a_refusal_of_the_api_cut_short_counts_nothing(host: Host, upstream: Upstream) -> None:
+    went = threading.Event()
+
+    def refused(handler: Handler) -> None:
+        went.wait(10)
+        handler.send(529, json.dumps({"type": "error", "error": {"type": "overloaded_error",
+                                                                 "message": "x" * 400_000}}).encode())
+
+    upstream.reply = refused
+    sock = host.serve()
+    _hung_up(sock, json.dumps({**ASK, "max_tokens": 100_000}).encode(), lambda _: bool(upstream.seen))
+    went.set()
+    until(lambda: bool(host.usage()))
+    assert host.usage() == [("ag-demo", "2026-06-11", 1, 0, 0)]
 
 
 def test_usage_cannot_be_hidden_by_compression(host: Host, upstream: Upstream) -> None:

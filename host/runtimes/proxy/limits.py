@@ -8,7 +8,10 @@ when it resets, and the session gets one notice (DESIGN §12.6) per limit window
 
 Usage is read from the response bytes as they stream through (JSON or SSE alike): the largest ``"input_tokens"`` and
 ``"output_tokens"`` seen. SSE usage is cumulative (``message_start``, then ``message_delta``), so the largest is
-the total; a value a model could forge inside a tool input only ever counts more, never less.
+the total; a value a model could forge inside a tool input only ever counts more, never less. An answer that did not
+pass whole (its caller hung up, or the API's connection broke) may have been billed in full with its counts in the part
+never read (a stream's output total comes last, a JSON answer's usage at its end): it counts as if it ran whole, its
+input estimated from the request's size unless the stream said it, its output at the request's ``max_tokens``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 # Cache writes and reads are input the API bills too (writes at more than plain input): all of it counts.
 USAGE = re.compile(rb'"((?:cache_creation_|cache_read_)?input|output)_tokens"\s*:\s*(\d{1,12})')
 CARRY = 64  # bytes kept from one chunk to the next, so a count split between two chunks is still seen
+BYTES_PER_TOKEN = 4  # of a request whose answer never said its input tokens (text runs about 4 bytes a token)
 
 
 class Limited(Refusal):
@@ -58,6 +62,12 @@ class UsageMeter:
         for kind, value in USAGE.findall(text):
             self.tokens[kind] = max(self.tokens[kind], int(value))
         self._carry = text[-CARRY:]
+
+    def cut_short(self, request_bytes: int, max_tokens: int) -> None:
+        """The answer did not pass whole: count it as if it ran whole (see the module)."""
+        if not self.input_tokens:
+            self.tokens[b"input"] = request_bytes // BYTES_PER_TOKEN
+        self.tokens[b"output"] = max(self.tokens[b"output"], max_tokens)
 
 
 class GroupLimits:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 from host.http.wire import Refusal, Request
 
@@ -40,7 +40,7 @@ CLIENT_TOOL = re.compile(r"(bash|text_editor|computer|memory)_\d{8}")
 SERVER_FIELDS = ("mcp_servers", "container")
 # Only these keys survive parsing: the body's big strings (images, documents, history) are dropped as they are
 # decoded, so inspecting a 32 MiB request does not hold a second copy of it.
-KEPT = frozenset({"type", "tools", *SERVER_FIELDS})
+KEPT = frozenset({"type", "tools", "max_tokens", *SERVER_FIELDS})
 FETCHED_SOURCES = {"url": "url", "file": "file_id"}  # a content source's type -> the key that names what is fetched
 
 
@@ -63,8 +63,16 @@ def check_betas(values: list[str], server_tools: bool) -> None:
     raise Refusal(400, "invalid_request_error", f"anthropic-beta {value!r} refused by the ncl host: {why}")
 
 
-def server_features(body: bytes | bytearray) -> list[str]:
-    """The server tools and fields a request body asks for; a body that is not JSON is refused (400)."""
+class Asked(NamedTuple):
+    """What a request body asks for that the proxy judges: server tools and fields, and the most output the call
+    may be billed (its ``max_tokens``; 0 if it names none the API would take)."""
+
+    features: list[str]
+    max_tokens: int
+
+
+def asked(body: bytes | bytearray) -> Asked:
+    """What a request body asks for (``Asked``); a body that is not JSON is refused (400)."""
     fetched: set[str] = set()
 
     def kept(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -80,7 +88,7 @@ def server_features(body: bytes | bytearray) -> list[str]:
         why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise Refusal(400, "invalid_request_error", f"request body is not valid JSON: {why}") from None
     if not isinstance(parsed, dict):
-        return []  # the API refuses it; nothing of it can be a server tool
+        return Asked([], 0)  # the API refuses it; nothing of it can be a server tool
     # Present at all, whatever its value: ``{}`` or ``""`` is still a request for the feature.
     found = [f"the {name} field" for name in SERVER_FIELDS if name in parsed]
     found += [f"a {kind!r} content source" for kind in sorted(fetched)]
@@ -89,7 +97,8 @@ def server_features(body: bytes | bytearray) -> list[str]:
         kind = tool.get("type") if isinstance(tool, dict) else None
         if kind not in (None, "custom") and not (isinstance(kind, str) and CLIENT_TOOL.fullmatch(kind)):
             found.append(f"tool type {kind!r}")
-    return found
+    most = parsed.get("max_tokens")
+    return Asked(found, most if isinstance(most, int) and not isinstance(most, bool) and most > 0 else 0)
 
 
 def check_tools(features: list[str]) -> None:

@@ -270,13 +270,13 @@ class CredentialProxy:
             async with asyncio.timeout_at(deadline):
                 body = await read_body(reader, length, cap)
             # Off the loop: decoding a 32 MiB body of tiny objects takes a second or more of CPU.
-            found = await asyncio.to_thread(api_policy.server_features, body)
+            asked = await asyncio.to_thread(api_policy.asked, body)
             held.keep(len(body))  # the decoded text is gone
-            if found and not await self._allows_server_tools(served.group):
-                api_policy.check_tools(found)
+            if asked.features and not await self._allows_server_tools(served.group):
+                api_policy.check_tools(asked.features)
             if served.group:
                 await self.groups.admit(served.group, served.path.parent)
-            return await self._forward(served, request, body, held, writer)
+            return await self._forward(served, request, body, held, writer, asked.max_tokens)
         finally:
             held.keep(0)
 
@@ -308,16 +308,17 @@ class CredentialProxy:
             await writer.drain()
 
     async def _forward(self, served: _Served, request: Request, body: bytearray, held: Reservation,
-                       writer: asyncio.StreamWriter) -> int:
+                       writer: asyncio.StreamWriter, max_tokens: int) -> int:
+        """Send the request on and its answer back; ``max_tokens``: what an answer cut short counts (``limits``)."""
         headers = [(k, v) for k, v in request.headers if forwarded(k)]
         headers += [("accept-encoding", "identity"), ("content-length", str(len(body))), ("x-api-key", self.key or "")]
         meter = UsageMeter() if served.group and request.path == "/v1/messages" else None
-        began = False
+        size, began, billed = len(body), False, False
         try:
             async with self._client.stream("POST", self.base_url + request.target, headers=headers,
                                            content=_pieces(body, held)) as response:
                 writer.write(_head(response.status_code, response.reason_phrase, response.headers.raw))
-                began = True
+                began, billed = True, response.status_code == 200  # (the API bills no refusal)
                 # Each chunk leaves as soon as it came.
                 async for chunk in response.aiter_raw():
                     if chunk:
@@ -338,7 +339,9 @@ class CredentialProxy:
             writer.transport.abort()  # mid-response, only an unfinished body can tell the client
             return 502
         finally:
-            if meter and served.group:  # the client left mid-answer: what passed still counts
+            if meter and served.group:  # the client left mid-answer, or the API's connection broke
+                if billed:
+                    meter.cut_short(size, max_tokens)
                 await self.groups.charge(served.group, meter)
 
 
