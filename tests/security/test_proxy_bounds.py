@@ -159,18 +159,30 @@ def test_slow_head_and_slow_body_are_cut(host: Host, upstream: Upstream) -> None
 
 # -- memory --------------------------------------------------------------------------------------------------------
 
-def test_body_budget_refuses_what_it_cannot_hold(host: Host, upstream: Upstream) -> None:
-    sock = host.serve(ProxyLimits(max_body=800, body_budget=2000))
+def test_body_budget_refuses_what_it_cannot_hold(host: Host, upstream: Upstream, tmp_path: Path) -> None:
+    """Bodies held at once stay within one budget, a session's within half of it: one session sending bodies back to
+    back refused every other group's call (attack review)."""
+    sock = host.serve(ProxyLimits(max_body=800, body_budget=3000))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "third").mkdir()
+    other, third = (Path(os.path.relpath(host.proxies[0].open(tmp_path / name))) for name in ("other", "third"))
     body = json.dumps({"pad": "x" * 700}).encode()
     head = b"POST /v1/messages HTTP/1.1\r\ncontent-length: %d\r\n\r\n" % len(body)
     first = hold(sock, head + body[:100])  # reserves twice its 7xx bytes (bytes, then decoded text) and holds them
     until(lambda: host.proxies[0].pool.held > 0)
     second = json.dumps({"pad": "y" * 290}).encode()
-    refused = answer(hold(sock, b"POST /v1/messages HTTP/1.1\r\ncontent-length: %d\r\n\r\n%s" % (len(second), second)))
-    assert refused.startswith(b"HTTP/1.1 503 ") and b"overloaded_error" in refused  # read whole, then refused
+    small = b"POST /v1/messages HTTP/1.1\r\ncontent-length: %d\r\n\r\n%s" % (len(second), second)
+    refused = answer(hold(sock, small))  # its own half is full
+    assert refused.startswith(b"HTTP/1.1 503 ") and b"this session's is full" in refused  # read whole, then refused
+    another = hold(other, head + body[:100])  # another session's room is there
+    until(lambda: host.proxies[0].pool.held > 2 * len(body))
+    refused = answer(hold(third, small))  # and now the whole budget is held
+    assert refused.startswith(b"HTTP/1.1 503 ") and b"all sessions' is full" in refused
     assert raw(sock, head.replace(b"%d" % len(body), b"801") + b"x" * 801).startswith(b"HTTP/1.1 413 ")
     first.sendall(body[100:])
-    assert answer(first).startswith(b"HTTP/1.1 200 ") and [s.body for s in upstream.seen] == [body]
+    another.sendall(body[100:])
+    assert answer(first).startswith(b"HTTP/1.1 200 ") and answer(another).startswith(b"HTTP/1.1 200 ")
+    assert [s.body for s in upstream.seen] == [body, body]
     assert post(sock, {"pad": "y" * 290}).status_code == 200
     until(lambda: host.proxies[0].pool.held == 0)  # given back once the exchange ends, just after the answer
 
@@ -400,6 +412,39 @@ def test_client_tools_pass_and_tricks_do_not(host: Host, upstream: Upstream) -> 
         with client(sock) as http:
             assert http.post("/v1/messages", content=body).status_code == 400
     assert len(upstream.seen) == 1
+
+
+def test_a_body_of_millions_of_values_is_refused_before_its_decoding_takes_the_cores(host: Host,
+                                                                                    upstream: Upstream) -> None:
+    """Decoding 32 MiB of ``[],`` took 8 s of CPU, and a group's rate allows many a minute (attack review)."""
+    sock = host.serve()
+    for shape in (b"[],", b"{},", b"0,", b"1.5,"):
+        body = b"[" + shape * 1_100_000 + b"0]"
+        with client(sock) as http:
+            reply = http.post("/v1/messages", content=body)
+        status, kind, message = error_of(reply)
+        assert (status, kind) == (400, "invalid_request_error") and "1,000,000" in message, shape
+    assert upstream.seen == []
+
+
+def test_calls_refused_for_their_body_count_toward_the_groups_rate(host: Host, upstream: Upstream) -> None:
+    """The rate is counted before a body is held or read: calls of bodies that fail to decode (each costing the host
+    their decoding) were refused for ever without counting."""
+    sock = host.serve(NCL_GROUP_REQUESTS_PER_MINUTE="3")
+    with client(sock) as http:
+        assert [http.post("/v1/messages", content=b"not json").status_code for _ in range(4)] == [400, 400, 400, 429]
+
+
+@pytest.mark.parametrize("head", [b"x-stainless-\xff: a\r\n", b"anthropic-version: \xff\r\n",
+                                  b"user-agent: a\x00b\r\n"])
+def test_a_header_passed_on_of_other_than_visible_ascii_is_a_400_not_a_traceback(
+        host: Host, upstream: Upstream, caplog: pytest.LogCaptureFixture, head: bytes) -> None:
+    """The HTTP client failed on them with an error the proxy did not expect: a 500 and a traceback in the log for
+    each call, 4 MB of log for 2,000 calls (attack review)."""
+    body = json.dumps(ASK).encode()
+    reply = raw(host.serve(), b"POST /v1/messages HTTP/1.1\r\n%scontent-length: %d\r\n\r\n%s" % (head, len(body), body))
+    assert reply.startswith(b"HTTP/1.1 400 ") and b"visible ASCII" in reply
+    assert upstream.seen == [] and not [r for r in caplog.records if r.exc_info]
 
 
 def test_groups_show_and_list_report_the_permission(host: Host) -> None:

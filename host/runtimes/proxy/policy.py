@@ -41,6 +41,9 @@ SERVER_FIELDS = ("mcp_servers", "container")
 # Only these keys survive parsing: the body's big strings (images, documents, history) are dropped as they are
 # decoded, so inspecting a 32 MiB request does not hold a second copy of it.
 KEPT = frozenset({"type", "tools", "max_tokens", *SERVER_FIELDS})
+# Objects, arrays and numbers of a request, each: a long conversation holds tens of thousands; decoding 32 MiB of "[],"
+# took 8 s of CPU (many a minute, within a group's rate, would take the host's cores), of "0," 1.3 s.
+MAX_VALUES = 1_000_000
 FETCHED_SOURCES = {"url": "url", "file": "file_id"}  # a content source's type -> the key that names what is fetched
 
 
@@ -72,8 +75,21 @@ class Asked(NamedTuple):
 
 
 def asked(body: bytes | bytearray) -> Asked:
-    """What a request body asks for (``Asked``); a body that is not JSON is refused (400)."""
+    """What a request body asks for (``Asked``); a body that is not JSON, or of more than ``MAX_VALUES`` objects,
+    arrays or numbers, is refused (400)."""
     fetched: set[str] = set()
+    numbers = 0
+    if (containers := body.count(b"{") + body.count(b"[")) > MAX_VALUES:  # (brackets in strings too: an upper bound)
+        raise Refusal(400, "invalid_request_error", f"request body holds {containers:,} JSON objects or arrays, over "
+                      f"the ncl host's {MAX_VALUES:,}")
+
+    def number(text: str) -> int | float:
+        nonlocal numbers
+        numbers += 1
+        if numbers > MAX_VALUES:
+            raise Refusal(400, "invalid_request_error", f"request body holds over the ncl host's {MAX_VALUES:,} "
+                          "JSON numbers")
+        return int(text) if text.lstrip("-").isdigit() else float(text)
 
     def kept(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         found = _kept(pairs)
@@ -83,7 +99,7 @@ def asked(body: bytes | bytearray) -> Asked:
         return found
 
     try:
-        parsed = json.loads(body, object_pairs_hook=kept) if body else {}
+        parsed = json.loads(body, object_pairs_hook=kept, parse_int=number, parse_float=number) if body else {}
     except (ValueError, RecursionError) as exc:
         why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise Refusal(400, "invalid_request_error", f"request body is not valid JSON: {why}") from None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -51,6 +52,8 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "conten
 # Request headers pass upstream only from an allow-list: a name the host does not know (``anthropic_beta``, which some
 # proxies read as ``anthropic-beta``) could carry what the checks above refused.
 FORWARDED = frozenset({"anthropic-version", "anthropic-beta", "content-type", "accept", "user-agent"})
+# What a request target, a header's name and its value may hold to be passed on (RFC 9110 §5.1, §5.5).
+VISIBLE, TOKEN, VALUE = re.compile(r"[!-~]+"), re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+"), re.compile(r"[ \t!-~]*")
 
 
 def forwarded(name: str) -> bool:
@@ -63,8 +66,9 @@ class ProxyLimits:
 
     max_body: int = 32 << 20  # the Messages API's own request limit
     # Bodies held in memory at once, all sessions together, counted twice (bytes, then their decoded text while the
-    # JSON is inspected): one request at the API's limit, or many usual ones (a turn is a few hundred KiB to a few MiB).
-    body_budget: int = 64 << 20
+    # JSON is inspected), a session's at most half: two requests at the API's limit, or many usual ones (a turn is a
+    # few hundred KiB to a few MiB).
+    body_budget: int = 128 << 20
     connections: int = 4  # per session socket; as many more may wait for a free one
     slot_wait_s: float = 5.0
     head_timeout_s: float = 10.0  # a runner's SDK sends a whole request at once: a slow one is not a runner
@@ -253,34 +257,41 @@ class CredentialProxy:
     async def _answer(self, served: _Served, request: Request, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> int:
         cap = self.limits.max_body
-        length = content_length(request, cap)  # a malformed or oversized frame is refused before anything else
-        size = cap if length is None else length
+        size = content_length(request, cap)  # a malformed or oversized frame is refused before anything else
+        if size is None:
+            # Its size reserved before it is read (``BodyPool``), a chunked body would hold a whole request's share.
+            raise Refusal(411, "invalid_request_error", "the credential proxy takes a body of a stated "
+                          "Content-Length (as the SDK sends it), not a chunked one")
         # A body must keep coming: a slow sender would hold its share of the pool from everyone else.
         deadline = asyncio.get_running_loop().time() + self.limits.body_timeout_s + size / self.limits.min_body_rate
         async with asyncio.timeout_at(deadline):
             try:
                 await self._check_head(served, request)
+                if served.group:  # before its body is held or read: a call refused for its body counts too
+                    await self.groups.admit(served.group, served.path.parent)
                 # Twice the body: the bytes, and the text json.loads decodes them to while the tools are inspected.
-                held = self.pool.take(2 * size)
+                held = self.pool.take(2 * size, served.path)
             except Refusal:
                 # Read before refusing, so a client still sending reads the answer, not a broken pipe.
-                await drain(reader, length, cap)
+                await drain(reader, size)
                 raise
         try:
             async with asyncio.timeout_at(deadline):
-                body = await read_body(reader, length, cap)
+                body = await read_body(reader, size)
             # Off the loop: decoding a 32 MiB body of tiny objects takes a second or more of CPU.
             asked = await asyncio.to_thread(api_policy.asked, body)
             held.keep(len(body))  # the decoded text is gone
             if asked.features and not await self._allows_server_tools(served.group):
                 api_policy.check_tools(asked.features)
-            if served.group:
-                await self.groups.admit(served.group, served.path.parent)
             return await self._forward(served, request, body, held, writer, asked.max_tokens)
         finally:
             held.keep(0)
 
     async def _check_head(self, served: _Served, request: Request) -> None:
+        if not VISIBLE.fullmatch(request.target) or not all(
+                TOKEN.fullmatch(k) and VALUE.fullmatch(v) for k, v in request.headers if forwarded(k)):
+            raise Refusal(400, "invalid_request_error", "a request target, or a header passed on, of other than "
+                          "visible ASCII")  # (which the HTTP client would fail on)
         if request.method != "POST" or request.path not in ALLOWED_PATHS:
             raise Refusal(403, "permission_error", f"the credential proxy only forwards POST to "
                           f"{', '.join(sorted(ALLOWED_PATHS))}, not {request.method} {request.target}")
