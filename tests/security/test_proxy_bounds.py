@@ -187,6 +187,30 @@ def test_body_budget_refuses_what_it_cannot_hold(host: Host, upstream: Upstream,
     until(lambda: host.proxies[0].pool.held == 0)  # given back once the exchange ends, just after the answer
 
 
+def test_sessions_holding_a_hundred_streams_leave_another_its_call(host: Host, upstream: Upstream,
+                                                                   tmp_path: Path) -> None:
+    """The proxy's HTTP client had a pool of 100 connections to the model API, shared: 25 runners each holding 4 long
+    streams made every other call wait up to 10 minutes (attack review). Each session's slots bound its share."""
+    upstream.reply = Handler.sse  # half a stream, then held until released
+    sock = host.serve()
+    proxy = host.proxies[0]
+    streams = []
+    for n in range(26):
+        (tmp_path / f"s{n}").mkdir()
+        other = Path(os.path.relpath(proxy.open(tmp_path / f"s{n}")))
+        body = json.dumps({**ASK, "stream": True}).encode()
+        streams += [hold(other, b"POST /v1/messages HTTP/1.1\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+                    for _ in range(4)]
+    until(lambda: len(upstream.seen) == 104)
+    upstream.reply = lambda h: h.send(200, json.dumps(MESSAGE).encode())
+    try:
+        assert post(sock).status_code == 200
+    finally:
+        upstream.release.set()
+        for stream in streams:
+            stream.close()
+
+
 def test_body_memory_is_given_back_once_sent(host: Host, upstream: Upstream) -> None:
     upstream.reply = Handler.sse
     with client(host.serve()) as http, http.stream("POST", "/v1/messages", json={**ASK, "stream": True}) as reply:

@@ -145,7 +145,10 @@ class CredentialProxy:
         with self._lock:
             if self._loop is None:
                 self._loop = asyncio.new_event_loop()
-                self._client = httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT, follow_redirects=False)
+                # No cap of the client's own (its 100 connections, shared, made one group's 25 runners hold every
+                # other group's calls for up to 10 minutes): each session's slots bound its share.
+                self._client = httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT, follow_redirects=False,
+                                                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=20))
                 self.thread = threading.Thread(target=self._loop.run_forever, name="ncl-proxy", daemon=True)
                 self.thread.start()
             loop = self._loop
