@@ -147,8 +147,8 @@ class CredentialProxy:
                 self._loop = asyncio.new_event_loop()
                 # No cap of the client's own (its 100 connections, shared, made one group's 25 runners hold every
                 # other group's calls for up to 10 minutes): each session's slots bound its share.
-                self._client = httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT, follow_redirects=False,
-                                                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=20))
+                unbounded = httpx.Limits(max_connections=None, max_keepalive_connections=20)
+                self._client = httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT, follow_redirects=False, limits=unbounded)
                 self.thread = threading.Thread(target=self._loop.run_forever, name="ncl-proxy", daemon=True)
                 self.thread.start()
             loop = self._loop
