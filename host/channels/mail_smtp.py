@@ -20,7 +20,7 @@ from typing import Any
 
 from host.channels import mail_parse, reply_files
 from host.channels.mail_login import TIMEOUT_S, password, tls_context
-from host.errors import NclError, cut
+from host.errors import NclError
 from host.files import confined
 from host.settings import Settings
 from host.store import db, mailboxes
@@ -60,14 +60,13 @@ def _files(session: Session, reply: OutMessage) -> list[tuple[str, bytes]]:
         try:
             data = reply_files.read(session.folder, reply, name, left)
         except (confined.Refused, OSError) as exc:
-            log.warning("file %s of reply %s not attached: %s", reply_files.said(name), reply.id, cut(str(exc)),
-                        extra={"action": "mail_file_refused", "session": session.id})
+            reply_files.refused("mail_file_refused", session.id, reply, name, str(exc))
             continue
         found.append((name, data))
         left -= len(data)
     if more:
-        log.warning("%d more files of reply %s not attached: at most %d a mail", more, reply.id, reply_files.MAX_FILES,
-                    extra={"action": "mail_file_refused", "session": session.id})
+        reply_files.refused("mail_file_refused", session.id, reply, f"({more} more)",
+                            f"at most {reply_files.MAX_FILES} files are sent with a mail")
     return found
 
 

@@ -72,8 +72,7 @@ async def uploaded(client: Any, settings: Settings, folder: Path, reply: OutMess
     try:
         data = await asyncio.to_thread(reply_files.read, folder, reply, name, settings.matrix_max_file_bytes)
     except (confined.Refused, OSError) as exc:
-        log.warning("matrix: file %s not sent: %s", reply_files.said(name), cut(str(exc)),
-                    extra={"action": "matrix_file_refused"})
+        reply_files.refused("matrix_file_refused", folder.name, reply, name, str(exc))
         return wire.text_content(f"(the file {reply_files.said(name)} was not sent: {cut(str(exc), 500)})")
     size = len(data)
     mime = mimetypes.guess_type(name)[0] or "application/octet-stream"

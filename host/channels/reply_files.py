@@ -8,14 +8,21 @@ reply)."""
 from __future__ import annotations
 
 import json
+import logging
+import time
 from pathlib import Path
 
 from host.errors import cut
 from host.files import confined
+from host.http.log_throttle import LogThrottle
 from host.store.outbox import OutMessage
 
+log = logging.getLogger(__name__)
 MAX_FILES = 10
 NAME_CHARS = 200  # of a name said in a log line or a notice (the runner's: up to a reply's length)
+# Files not sent are said at most this many lines a minute, each channel's: a runner naming ten missing files in each
+# of twenty replies a visit rotated the whole host.log away (attack review).
+_refusals = LogThrottle(log, lines=20)
 
 
 def names(reply: OutMessage) -> tuple[list[str], int]:
@@ -40,3 +47,9 @@ def read(folder: Path, reply: OutMessage, name: str, max_bytes: int) -> bytes:
 def said(name: str) -> str:
     """``name`` as a log line or a notice says it: bounded."""
     return cut(name, NAME_CHARS)
+
+
+def refused(action: str, session_id: str, reply: OutMessage, name: str, why: str) -> None:
+    """Log that the file ``name`` of ``reply`` is not sent, and ``why`` (a few lines a minute: see ``_refusals``)."""
+    _refusals.log(logging.WARNING, action, time.monotonic(), "file %s of reply %s not sent: %s", said(name),
+                  said(reply.id), cut(why), session=session_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,15 @@ def test_a_mails_files_are_read_once_each_and_bounded_together(tmp_path: Path) -
     attached = mail_smtp._files(session, _reply("msg-1-reply", ["big0.bin"] * 1000 + [f"big{n}.bin" for n in range(4)]))
     assert [name for name, _ in attached] == ["big0.bin", "big1.bin"]  # the third would pass 25 MiB together
     assert sum(len(data) for _, data in attached) <= mail_smtp.MAX_FILES_BYTES
+
+
+def test_files_not_sent_are_logged_a_few_lines_a_minute(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Ten missing files named in each of twenty replies a visit rotated the whole host.log away (attack review). The
+    room is still told of each."""
+    _, channel, session, client = _world(tmp_path)
+    caplog.set_level(logging.WARNING)
+    for n in range(5):
+        asyncio.run(channel.deliver(session, _reply(f"msg-{n}", [f"gone{k}.txt" for k in range(10)]), None))
+    assert sum("was not sent" in content["body"] for _, content in client.sent) == 50
+    logged = [r for r in caplog.records if getattr(r, "action", None) == "matrix_file_refused"]
+    assert len(logged) <= 20
