@@ -80,8 +80,11 @@ def _raw(path: Path, readonly: bool, any_thread: bool = False, wait_s: float | N
     """A connection to the regular file ``path`` that provably went through no symlink (see ``_pinned``)."""
     with _pinned(path, create=not readonly) as (target, dirfd):
         # mode=rw, never rwc: SQLite never creates a file (``_pinned`` made it, 0600), so a link it met could not
-        # make it create one anywhere either.
-        uri = f"file://{quote_from_bytes(os.fsencode(target))}?mode={'ro' if readonly else 'rw'}"
+        # make it create one anywhere either. A runner's file is opened rw even to read (then query_only): SQLite opens
+        # a read-only file O_RDONLY, which blocks for ever on a FIFO swapped in after the check (an operator's
+        # ``ncl messages list`` hung, deaf to Ctrl-C); a read-write open does not block.
+        runners = path.name == "outbound.db"
+        uri = f"file://{quote_from_bytes(os.fsencode(target))}?mode={'ro' if readonly and not runners else 'rw'}"
         try:
             # ``timeout`` is SQLite's busy timeout (sqlite3_busy_timeout): PRAGMA busy_timeout reads it back.
             conn = sqlite3.connect(uri, uri=True, isolation_level=None,
@@ -89,14 +92,25 @@ def _raw(path: Path, readonly: bool, any_thread: bool = False, wait_s: float | N
                                    check_same_thread=not any_thread, factory=_Opened)
         except sqlite3.OperationalError as exc:
             raise DbError(f"cannot open {path}: {cut(str(exc))}") from None
-        if path.name == "outbound.db":  # (before any statement: the first parses the schema)
+        if runners:  # (before any statement: the first parses the schema)
             bounds.bound(conn, bounds.OPERATOR_CPU_S if readonly else bounds.HOST_CPU_S)
+            # Its runner may put it in WAL mode between any check and this open: a connection in EXCLUSIVE locking
+            # mode reads a WAL file without the shared-memory read slots (outbound.db-shm) the runner could hold, on
+            # which SQLite would retry for about 10 s whatever the busy timeout. And a hot journal the first read rolls
+            # back (before any journal_mode is set) is then kept, its header zeroed, not deleted (see JOURNAL_MODES).
+            # It keeps its lock until it is closed, as soon as its work is done.
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+            if readonly:
+                conn.execute("PRAGMA query_only=ON")
         # SQLite resolves every symlink of the path itself (lstat and readlink per component), then opens the
         # result with O_NOFOLLOW, and reports that result here: the name it gives is the file it opened. Nothing
         # has been read but the 100-byte header, so a name other than the link-free one we pinned is closed unused.
         if conn.execute("PRAGMA database_list").fetchone()[2] != target or not _same_dir(target, dirfd):
             conn.close()
             raise DbError(f"{path} or its folder changed into a symlink while being opened; refusing it")
+        if runners and readonly:  # (a read: after the check above) what its first read rolled back keeps its name
+            with _refused(conn, path):  # at the close too, as at a writer's (``_version_and_mode``)
+                conn.execute(f"PRAGMA journal_mode={JOURNAL_MODES['outbound']}")
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -264,13 +278,6 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
         lock.refuse_missing_central(path.parent, path.parent / SESSIONS_DIR)
     conn = _raw(path, readonly=False, any_thread=any_thread, wait_s=wait_s)
     with _refused(conn, path):
-        if kind == "outbound":
-            # Its runner writes it, and may put it in WAL mode between any check and this open: a connection in
-            # EXCLUSIVE locking mode reads a WAL file without the shared-memory read slots (outbound.db-shm) the
-            # runner could hold, on which SQLite would retry for about 10 s whatever the busy timeout. And a hot
-            # journal the first read rolls back (before any journal_mode is set) is then kept, its header zeroed,
-            # not deleted (see JOURNAL_MODES). It keeps its lock until it is closed, as soon as its work is done.
-            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
         found = _version_and_mode(conn, kind, path, keep=reading)
         if kind != "central":
             writes: tuple[str, ...] = (f"PRAGMA synchronous={SESSION_SYNC}",)

@@ -23,7 +23,7 @@ from security_kit import SECRET, T0
 from host.channels import queues
 from host.errors import NclError
 from host.files import confined
-from host.store import db, groups, outbox
+from host.store import db, groups, outbox, views
 
 ROUNDS = 2000
 MAX_ROUNDS = 50 * ROUNDS
@@ -253,13 +253,11 @@ def _in_thread(work: Callable[[], None], timeout: float) -> None:
         raise errors[0]
 
 
-def test_the_sweeps_outbox_read_never_hangs_on_a_fifo_flipped_in_as_outbound_db(tmp_path: Path) -> None:
-    world = World(tmp_path)
-    world.central.close()
-    folder = world.session.folder
+@contextmanager
+def _flipping(tmp_path: Path, folder: Path) -> Iterator[None]:
+    """A runner swapping a FIFO and its real file in turns as outbound.db, for the block."""
     keep = tmp_path / "outbound.keep"
     os.link(folder / "outbound.db", keep)
-    outcomes = {"real": 0, "refused": 0}
     stop = threading.Event()
 
     def flip() -> None:
@@ -269,6 +267,21 @@ def test_the_sweeps_outbox_read_never_hangs_on_a_fifo_flipped_in_as_outbound_db(
             os.replace(fifo, folder / "outbound.db")
             copy.hardlink_to(keep)
             os.replace(copy, folder / "outbound.db")
+
+    flipper = threading.Thread(target=flip, daemon=True)
+    flipper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        flipper.join(10)
+
+
+def test_the_sweeps_outbox_read_never_hangs_on_a_fifo_flipped_in_as_outbound_db(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.central.close()
+    folder = world.session.folder
+    outcomes = {"real": 0, "refused": 0}
 
     def opens() -> None:
         for _ in rounds(outcomes):
@@ -280,11 +293,31 @@ def test_the_sweeps_outbox_read_never_hangs_on_a_fifo_flipped_in_as_outbound_db(
             assert found.acks == {} and found.requests == []
             outcomes["real"] += 1
 
-    flipper = threading.Thread(target=flip, daemon=True)
-    flipper.start()
-    try:
+    with _flipping(tmp_path, folder):
         _in_thread(opens, 120)
-    finally:
-        stop.set()
-        flipper.join(10)
+    assert outcomes["real"] > 0 and outcomes["refused"] > 0, outcomes
+
+
+def test_an_operators_reads_never_hang_on_a_fifo_flipped_in_as_outbound_db(tmp_path: Path) -> None:
+    """``ncl messages list`` and ``ncl doctor`` opened it read-only, which SQLite does O_RDONLY: on a FIFO swapped in
+    after the check, that blocks for ever, deaf to Ctrl-C (attack review)."""
+    world = World(tmp_path)
+    world.central.close()
+    folder = world.session.folder
+    outcomes = {"real": 0, "refused": 0}
+
+    def opens() -> None:
+        for n in rounds(outcomes):
+            try:
+                if n % 2:
+                    views.transcript(folder)
+                elif views.file_state(folder / "outbound.db")[0] is None:
+                    raise db.DbError("unreadable")
+            except db.DbError:
+                outcomes["refused"] += 1
+                continue
+            outcomes["real"] += 1
+
+    with _flipping(tmp_path, folder):
+        _in_thread(opens, 120)
     assert outcomes["real"] > 0 and outcomes["refused"] > 0, outcomes

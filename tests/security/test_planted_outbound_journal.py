@@ -24,7 +24,7 @@ from agent_runner.store import Store
 from host.runtimes.workspace import JOURNAL, keep_journal
 from host.scheduling import visitors
 from host.scheduling.sweep import SweepResult
-from host.store import db, outbox
+from host.store import db, outbox, views
 from host.store.sessions import Session
 from schemas.times import to_text
 
@@ -218,7 +218,10 @@ def test_the_runners_commits_keep_its_journal(tmp_path: Path) -> None:
     lambda path: outbox.read(path, [ACK], 0, writable=True),
     lambda path: outbox.claimed(path, [ACK]),
     outbox.model_wait,
-], ids=["a-live-runners-visit", "a-dead-runners-visit", "claims-for-a-task-command", "model-wait-for-ncl-chat"])
+    lambda path: views.transcript(path.parent),
+    lambda path: views.file_state(path),
+], ids=["a-live-runners-visit", "a-dead-runners-visit", "claims-for-a-task-command", "model-wait-for-ncl-chat",
+        "ncl-messages-list", "ncl-doctor"])
 def test_a_hot_journal_the_host_rolls_back_keeps_its_name(tmp_path: Path, read: Callable[[Path], object]) -> None:
     """In a container the journal is a mount of the host's: a host that deleted its name after rolling it back
     (SQLite does in DELETE mode, and does at the first read whatever mode the connection is then set to, unless it
