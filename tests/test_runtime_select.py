@@ -20,6 +20,8 @@ from host.runtimes import image
 from host.runtimes.docker import CONTAINER_UID, DockerRuntime, check_env, container_user
 from host.runtimes.install import install_id
 from host.runtimes.local import LocalRuntime
+from host.errors import NclError
+from host.runtimes import workspace
 from host.runtimes.workspace import hand_over
 from host.settings import Settings
 
@@ -137,6 +139,55 @@ def test_a_root_host_hands_the_runner_only_what_it_writes(tmp_path: Path) -> Non
     assert (folder / "inbound.db").stat().st_uid == 0 and (folder / "inbox").stat().st_uid == 0
     assert {p.lstat().st_uid for p in [group_dir, *group_dir.rglob("*")]} == {10001}
     assert outside.stat().st_uid == 0  # the link was handed over, never its target
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing files to another uid needs root")
+def test_a_file_the_runner_hard_linked_is_never_handed_over(tmp_path: Path) -> None:
+    """With fs.protected_hardlinks=0 a runner may link ``inbound.db`` as ``.heartbeat`` (its folder's sticky bit lets it
+    make names), and a file of the host's into its group folder: a chown of either handed the runner the host's inode
+    (attack review)."""
+    world = World(tmp_path)
+    folder, group_dir = world.session.folder, world.settings.groups_dir / world.group.id
+    group_dir.mkdir(parents=True, exist_ok=True)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("host's")
+    os.link(outside, group_dir / "linked.txt")
+    (group_dir / "own.txt").write_text("the operator's skill")
+    hand_over(folder, group_dir, 10001, 10001)
+    assert outside.stat().st_uid == 0 and (group_dir / "own.txt").stat().st_uid == 10001
+    os.link(folder / "inbound.db", folder / ".heartbeat")
+    with pytest.raises(NclError, match="hard link"):
+        hand_over(folder, group_dir, 10001, 10001)
+    assert (folder / "inbound.db").stat().st_uid == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing files to another uid needs root")
+def test_a_group_folder_of_any_depth_or_size_is_handed_over_in_bounded_work(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Python's fwalk recurses: a tree 3,000 deep raised RecursionError and stopped every start of the group, and a
+    tree of millions cost each start seconds (attack review)."""
+    world = World(tmp_path)
+    folder, group_dir = world.session.folder, world.settings.groups_dir / world.group.id
+    group_dir.mkdir(parents=True, exist_ok=True)
+    (group_dir / "skills" / "a").mkdir(parents=True)
+    (group_dir / "skills" / "a" / "skill.md").write_text("the operator's")
+    fd = os.open(group_dir, os.O_RDONLY)
+    for _ in range(3000):  # (past PATH_MAX: made a level at a time)
+        os.mkdir("d", dir_fd=fd)
+        fd, above = os.open("d", os.O_RDONLY, dir_fd=fd), fd
+        os.close(above)
+    os.close(fd)
+    hand_over(folder, group_dir, 10001, 10001)
+    assert (group_dir / "skills" / "a" / "skill.md").stat().st_uid == 10001
+    assert group_dir.joinpath(*["d"] * workspace.TREE_DEPTH).stat().st_uid == 10001
+    wide = group_dir / "wide"
+    wide.mkdir()
+    for n in range(100):
+        (wide / f"f{n}").write_text("x")
+    monkeypatch.setattr(workspace, "TREE_ENTRIES", 60)
+    hand_over(folder, group_dir, 20002, 20002)
+    assert "only the first were handed" in caplog.text
+    assert sum(p.lstat().st_uid == 20002 for p in wide.iterdir()) < 100
 
 
 # --- ncl image build, failing clearly -----------------------------------------------------------------------

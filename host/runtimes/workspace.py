@@ -10,6 +10,7 @@ agent's own files) belong to the runner outright. A non-root host runs the runne
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from pathlib import Path
@@ -17,7 +18,9 @@ from pathlib import Path
 from host.errors import NclError
 from host.files import confined, private
 
+log = logging.getLogger(__name__)
 SHARED_DIR = stat.S_ISVTX | stat.S_IRWXG  # sticky, group rwx
+TREE_ENTRIES, TREE_DEPTH = 100_000, 32  # of the group folder handed over at a start (``_own_tree``)
 READ_DIR = stat.S_IRGRP | stat.S_IXGRP
 
 
@@ -44,12 +47,39 @@ def hand_over(folder: Path, group_dir: Path, uid: int, gid: int) -> None:
     for name in ("outbound.db", JOURNAL, ".heartbeat"):
         _own(folder / name, uid, gid)
     _own(group_dir, uid, gid)
-    # fwalk with dir fds and follow_symlinks=False: a symlink the agent planted is chowned itself, never its
-    # target, even if the agent swaps a directory for a link while we walk (another session of the group may run).
-    for _root, dirs, files, dir_fd in os.fwalk(group_dir):
-        for name in dirs + files:
-            if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_uid != uid:
-                os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+    _own_tree(group_dir, uid, gid)
+
+
+def _own_tree(top: Path, uid: int, gid: int) -> None:
+    """Give the runner what it does not own yet below its group folder: what the operator put there (AGENT.md,
+    skills). Each folder is opened beneath ``top`` with no link followed and each entry chowned itself, so a link the
+    agent planted, or a folder it swaps for one meanwhile (another session of the group may run), is never a way
+    out; a file of more than one name (a hard link the agent made to a file of the host's) is left as it is. At most
+    ``TREE_ENTRIES`` entries a start, ``TREE_DEPTH`` folders deep (below is the agent's own making), walked with a
+    stack of names, not of descriptors or frames: a tree of millions cost each start seconds, one 3,000 deep stopped
+    every start of the group (attack review)."""
+    folders, seen = [(0, "")], 0
+    while folders:
+        depth, relative = folders.pop()
+        try:
+            fd = confined.open_beneath(top, relative, os.O_DIRECTORY) if relative else confined.open_dir(top)
+        except (confined.Refused, OSError):  # swapped for a link, or gone, meanwhile
+            continue
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    if (seen := seen + 1) > TREE_ENTRIES:
+                        log.warning("%s holds over %d entries: only the first were handed to its runner", top,
+                                    TREE_ENTRIES, extra={"action": "group_folder_too_large"})
+                        return
+                    info = entry.stat(follow_symlinks=False)
+                    folder = stat.S_ISDIR(info.st_mode)
+                    if info.st_uid != uid and (folder or info.st_nlink == 1):
+                        os.chown(entry.name, uid, gid, dir_fd=fd, follow_symlinks=False)
+                    if folder and depth < TREE_DEPTH:
+                        folders.append((depth + 1, f"{relative}/{entry.name}" if relative else entry.name))
+        finally:
+            os.close(fd)
 
 
 def keep_journal(folder: Path) -> None:
@@ -94,9 +124,14 @@ def _share(path: Path, gid: int, bits: int) -> None:
 
 
 def _own(path: Path, uid: int, gid: int) -> None:
+    """Give ``path`` (never a link's target) to the runner; a file of more than one name is refused: the runner linked
+    a file of the host's there (``inbound.db`` as ``.heartbeat``), whose inode a chown would hand it."""
     try:
         info = path.lstat()
     except FileNotFoundError:
         return
-    if (info.st_uid, info.st_gid) != (uid, gid):
-        os.chown(path, uid, gid, follow_symlinks=False)
+    if (info.st_uid, info.st_gid) == (uid, gid):
+        return
+    if not stat.S_ISDIR(info.st_mode) and info.st_nlink > 1:
+        raise NclError(f"{path} has {info.st_nlink} names (a hard link its runner made): refusing to hand it over")
+    os.chown(path, uid, gid, follow_symlinks=False)
