@@ -14,14 +14,13 @@ import pytest
 from kit import World
 
 from host.cli import checks as doctor
+from host.errors import NclError
 from host.files.confined import Refused
 from host.runtimes import factory as runtime
-from host.runtimes import image
+from host.runtimes import image, workspace
 from host.runtimes.docker import CONTAINER_UID, DockerRuntime, check_env, container_user
 from host.runtimes.install import install_id
 from host.runtimes.local import LocalRuntime
-from host.errors import NclError
-from host.runtimes import workspace
 from host.runtimes.workspace import hand_over
 from host.settings import Settings
 
