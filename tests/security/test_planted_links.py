@@ -277,30 +277,25 @@ def _flipping(tmp_path: Path, folder: Path) -> Iterator[None]:
         flipper.join(10)
 
 
-def test_the_sweeps_outbox_read_never_hangs_on_a_fifo_flipped_in_as_outbound_db(tmp_path: Path) -> None:
-    world = World(tmp_path)
-    world.central.close()
-    folder = world.session.folder
-    outcomes = {"real": 0, "refused": 0}
-
-    def opens() -> None:
-        for _ in rounds(outcomes):
-            try:  # what the sweep reads while the runner is alive
-                found = outbox.read(folder / "outbound.db", ["msg-1"], 0, writable=False)
-            except db.DbError:
-                outcomes["refused"] += 1
-                continue
-            assert found.acks == {} and found.requests == []
-            outcomes["real"] += 1
-
-    with _flipping(tmp_path, folder):
-        _in_thread(opens, 120)
-    assert outcomes["real"] > 0 and outcomes["refused"] > 0, outcomes
+def _sweeps_read(folder: Path, _: int) -> None:
+    """What the sweep reads while the runner is alive."""
+    found = outbox.read(folder / "outbound.db", ["msg-1"], 0, writable=False)
+    assert found.acks == {} and found.requests == []
 
 
-def test_an_operators_reads_never_hang_on_a_fifo_flipped_in_as_outbound_db(tmp_path: Path) -> None:
-    """``ncl messages list`` and ``ncl doctor`` opened it read-only, which SQLite does O_RDONLY: on a FIFO swapped in
-    after the check, that blocks for ever, deaf to Ctrl-C (attack review)."""
+def _operators_read(folder: Path, n: int) -> None:
+    """``ncl messages list``, then ``ncl doctor``, in turns."""
+    if n % 2:
+        views.transcript(folder)
+    elif views.file_state(folder / "outbound.db")[0] is None:
+        raise db.DbError("unreadable")
+
+
+@pytest.mark.parametrize("read", [_sweeps_read, _operators_read], ids=["the-sweep", "an-operator"])
+def test_a_read_of_outbound_db_never_hangs_on_a_fifo_flipped_in(tmp_path: Path,
+                                                                read: Callable[[Path, int], None]) -> None:
+    """SQLite opens a read-only file O_RDONLY: on a FIFO swapped in after the check, that blocks for ever (the
+    operator's ``ncl messages list`` and ``ncl doctor`` did so, deaf to Ctrl-C, found by an attack review)."""
     world = World(tmp_path)
     world.central.close()
     folder = world.session.folder
@@ -309,10 +304,7 @@ def test_an_operators_reads_never_hang_on_a_fifo_flipped_in_as_outbound_db(tmp_p
     def opens() -> None:
         for n in rounds(outcomes):
             try:
-                if n % 2:
-                    views.transcript(folder)
-                elif views.file_state(folder / "outbound.db")[0] is None:
-                    raise db.DbError("unreadable")
+                read(folder, n)
             except db.DbError:
                 outcomes["refused"] += 1
                 continue
