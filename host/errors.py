@@ -25,7 +25,7 @@ class Busy(DbError):
 class Tampered(DbError):
     """A runner's outbound.db as no runner of this host leaves it: a schema other than this release's, a read SQLite
     gave up past its bounds (``host.store.bounds``); while its runner lives, WAL mode or a planted journal
-    (``outbox._guard``)."""
+    (``journals.guard``)."""
 
 
 def cut(text: str, limit: int = MAX_ERROR_CHARS) -> str:

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from host.files import confined
-from host.store import db
+from host.store import db, journals
 from host.store.bounds import REPLY_CHARS as REPLY_CHARS
 from host.store.bounds import TEXT_CHARS as TEXT_CHARS
 from schemas.requests import MAX_CHARS as REQUEST_CHARS
@@ -80,7 +77,6 @@ RUNNER_WAIT_S = 0.25
 REPLIES = 20
 MAX_DETAIL = 64 << 10  # characters of a finished ack's detail read as JSON; more is only a reason (a claim's: none)
 MAX_REASON = 4_000  # characters of its reason kept (task_runs.detail, the log line): the rest is not even read
-LIVE_JOURNAL_BYTES = 64 << 20  # a runner's transactions change a few pages, its requests' at most a few MiB
 MAX_TOOL_TIMEOUT_S = 7 * 86400  # a running tool's declared timeout widens the stuck check by at most this much
 TOO_LONG = json.dumps({"text": f"[The agent's answer was longer than {REPLY_CHARS} characters: not sent.]",
                        "files": []})
@@ -93,13 +89,13 @@ def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, re
 
     ``writable`` (only when no runner is alive) may write; otherwise the file is opened query-only (read-write at
     the file level, so a FIFO swapped in cannot block the sweep, see ``db.connect``). Either is ``db.Tampered`` by a
-    read given up past its bounds (``bounds``), only the query-only one by what ``_guard`` finds. Either rolls
+    read given up past its bounds (``bounds``), only the query-only one by what ``journals.guard`` finds. Either rolls
     back a hot journal a killed runner left, which a read-only connection could not read past.
     ``wait_s``: the busy timeout, if not the default (``db.connect``).
     """
     if not path.exists():
         return Outbox()
-    _guard(path, live=not writable)
+    journals.guard(path, live=not writable)
     ids = list(open_ids)
     acks: dict[str, Ack] = {}
     requests: list[OutMessage] = []
@@ -158,68 +154,6 @@ OUT = f"SELECT seq, {_ROUTED}, substr(content, 1, {{chars}}) AS content FROM mes
       f" AND {NEW} ORDER BY seq LIMIT ?"
 
 
-def _guard(path: Path, live: bool) -> None:
-    """What a runner may have left beside or in ``path`` that would stall the host's read of it, refused while its
-    runner lives (``db.Tampered``: it is killed) and taken away once it is dead. Read as any file the runner writes
-    (below its folder, no link followed, never blocking):
-
-    - a journal that is not a regular file: SQLite's check for a hot journal opens it read-only, which blocks for
-      ever on a FIFO; a dead runner's is removed.
-    - a journal larger than twice the file and a MiB: one transaction's journal holds at most the pages it changed,
-      as they were, and a hot one is rolled back at the open, all of it (a planted, sparse journal of gigabytes: many
-      seconds); a dead runner's is removed unread, what it would have rolled back was its runner's own file. A live
-      runner's is refused past ``LIVE_JOURNAL_BYTES`` too: its file may be sparse, gigabytes of nothing to be twice
-      of, and a hot journal would be rolled back at each visit (its header written again before each).
-    - the header in WAL mode (bytes 18 and 19, SQLite's file format versions, are 2; 1 is a rollback journal's): an
-      open of it could wait about 10 s for read slots its runner holds. A dead runner's is switched back at the open.
-
-    A live runner in a container cannot swap a FIFO in after this check: its journal is a mount point there
-    (``workspace.keep_journal``)."""
-    journal = path.with_name(path.name + "-journal")
-    try:
-        info: os.stat_result | None = os.stat(journal, follow_symlinks=False)  # (the folder is the host's)
-    except OSError:
-        info = None
-    if not live and (info is None or (stat.S_ISREG(info.st_mode) and info.st_size == 0)):
-        return  # (a dead runner's file with no journal, or the empty one it keeps: the common case, one stat)
-    try:
-        folder = confined.open_dir(path.parent)
-    except (confined.Refused, OSError):
-        return  # (the open that follows refuses it, as before)
-    try:
-        size, wal = _header(folder, path.name)
-        if wal and live:
-            raise db.Tampered(f"{path} is in WAL mode: its runner switched it")
-        limit = 2 * size + (1 << 20)
-        if live:
-            limit = min(limit, LIVE_JOURNAL_BYTES)
-        if info is None or (stat.S_ISREG(info.st_mode) and info.st_size <= limit):
-            return
-        planted = "is not a regular file" if not stat.S_ISREG(info.st_mode) else \
-            f"holds {info.st_size} bytes beside a file of {size}"
-        if live:
-            raise db.Tampered(f"{journal} {planted}: its runner planted it")
-        log.warning("removed %s, left by the session's runner: it %s", journal, planted,
-                    extra={"action": "planted_journal_removed"})
-        confined.remove(folder, journal.name, info)
-    finally:
-        os.close(folder)
-
-
-def _header(folder: int, name: str) -> tuple[int, bool]:
-    """The size of the file ``name`` (in the folder open as ``folder``) and whether its header says WAL."""
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
-    except OSError:
-        return 0, False  # (the open that follows refuses it)
-    try:
-        return os.fstat(fd).st_size, os.pread(fd, 2, 18) == b"\x02\x02"
-    except OSError:
-        return 0, False
-    finally:
-        os.close(fd)
-
-
 CHUNK = 500  # ids bound in one statement: under SQLite's variable limit
 
 
@@ -237,7 +171,7 @@ def clear_claims(path: Path, message_ids: list[str]) -> None:
     """Delete ``processing`` claims of a runner that is no longer alive, so the next one starts clean."""
     if not message_ids or not path.exists():
         return
-    _guard(path, live=False)
+    journals.guard(path, live=False)
     with db.outbound(path) as conn:
         # The runner's rows are freed, not overwritten (Debian's SQLite zeroes freed pages: claims of 16 MiB values
         # cost the host writing all of them twice, file and journal, in one step no CPU bound sees).
@@ -253,7 +187,7 @@ def claimed(path: Path, message_ids: list[str]) -> set[str]:
     and one ``db.Tampered`` is refused."""
     if not message_ids or not path.exists():
         return set()
-    _guard(path, live=True)
+    journals.guard(path, live=True)
     with db.outbound(path, query_only=True, wait_s=RUNNER_WAIT_S) as conn:
         return {r[0] for r in _in_chunks(conn, "SELECT message_id FROM processing_ack WHERE status = 'processing'"
                                                 " AND message_id IN ({})", message_ids)}
@@ -263,7 +197,7 @@ def model_wait(path: Path) -> ModelWait | None:
     """What the runner said of its wait to retry the model API (``ModelWait``), if anything readable."""
     if not path.exists():
         return None
-    _guard(path, live=True)
+    journals.guard(path, live=True)
     with db.outbound(path, query_only=True) as conn:
         row = conn.execute("SELECT substr(value, 1, ?) FROM session_state WHERE key = ?",
                            (MODEL_WAIT_MAX_TEXT + 1, MODEL_WAIT)).fetchone()  # the runner's text: bounded

@@ -9,7 +9,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from host.store import db
+from host.store import db, journals
 from host.store.bounds import REPLY_CHARS, TEXT_CHARS
 
 
@@ -54,6 +54,7 @@ def transcript(folder: Path, last: int | None = None) -> list[Line]:
         delivered = {r[0]: r[1] for r in conn.execute("SELECT message_out_id, status FROM delivered")}
     outbound = folder / "outbound.db"
     if outbound.exists():
+        journals.guard(outbound, live=True)  # (a planted journal refused, never removed: its runner may be alive)
         with db.outbound(outbound, readonly=True) as conn:
             found += [Line(r["id"], r["seq"], "out", r["kind"], r["timestamp"], r["content"],
                            delivered.get(r["id"], "pending"))
@@ -80,8 +81,14 @@ def queue_jobs(inbound: Path, channel: str) -> dict[str, int]:
 
 
 def file_state(path: Path) -> tuple[int | None, str]:
-    """(schema version, "ok" or what quick_check found) of a file, read-only; (None, why) if it cannot be read."""
+    """(schema version, "ok" or what quick_check found) of a file, read-only; (None, why) if it cannot be read, or
+    a runner's file has a journal of an unfinished commit beside it (said, not rolled back: the host's next visit
+    does)."""
     try:  # opened like any session file: no symlink followed, a symlinked session folder refused
+        if path.name == "outbound.db":
+            journals.guard(path, live=True)
+            if journals.hot(path):
+                return None, f"{path}-journal holds a commit its runner never finished (rolled back at its next visit)"
         with closing(db.open_readonly(path)) as conn:
             found = db.version(conn)
             # The version sits in the header; a corrupt table page only shows when the pages are read.

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from test_locked_files import T0, Two
 
-from host.store import bounds, db, outbox
+from host.store import bounds, db, journals, outbox
 from schemas.times import to_text
 
 ENDLESS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c"
@@ -140,16 +140,16 @@ def test_an_operators_look_at_the_conversation_refuses_it_too(ncl: Any, demo_ses
 def test_a_sparse_file_gives_a_live_runners_journal_no_room(tmp_path: Path) -> None:
     """A journal is allowed twice its file and a MiB; a file made sparse, a GiB of nothing, made room for a journal
     the host rolled back at each visit (its header written again before each: seconds a visit, found by the attack
-    review). A live runner's journal past ``outbox.LIVE_JOURNAL_BYTES`` gets it killed, unread."""
+    review). A live runner's journal past ``journals.LIVE_JOURNAL_BYTES`` gets it killed, unread."""
     two = Two(tmp_path)
     with open(two.outbound, "r+b") as out:
         out.truncate(1 << 30)  # (sparse: no disk)
     journal = Path(f"{two.outbound}-journal")
     with open(journal, "wb") as planted:
-        planted.truncate(outbox.LIVE_JOURNAL_BYTES + 1)
+        planted.truncate(journals.LIVE_JOURNAL_BYTES + 1)
     result = two.tick(T0 + timedelta(seconds=1))
     assert result.errors == 1 and two.runtime.stopped == [two.hostile.id]
-    assert journal.stat().st_size == outbox.LIVE_JOURNAL_BYTES + 1  # not rolled back
+    assert journal.stat().st_size == journals.LIVE_JOURNAL_BYTES + 1  # not rolled back
     assert two.status(two.other, two.later) == "completed"
 
 

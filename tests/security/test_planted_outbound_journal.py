@@ -219,9 +219,8 @@ def test_the_runners_commits_keep_its_journal(tmp_path: Path) -> None:
     lambda path: outbox.claimed(path, [ACK]),
     outbox.model_wait,
     lambda path: views.transcript(path.parent),
-    lambda path: views.file_state(path),
 ], ids=["a-live-runners-visit", "a-dead-runners-visit", "claims-for-a-task-command", "model-wait-for-ncl-chat",
-        "ncl-messages-list", "ncl-doctor"])
+        "ncl-messages-list"])
 def test_a_hot_journal_the_host_rolls_back_keeps_its_name(tmp_path: Path, read: Callable[[Path], object]) -> None:
     """In a container the journal is a mount of the host's: a host that deleted its name after rolling it back
     (SQLite does in DELETE mode, and does at the first read whatever mode the connection is then set to, unless it

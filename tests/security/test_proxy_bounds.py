@@ -193,17 +193,19 @@ def test_sessions_holding_a_hundred_streams_leave_another_its_call(host: Host, u
     streams made every other call wait up to 10 minutes (attack review). Each session's slots bound its share."""
     upstream.reply = Handler.sse  # half a stream, then held until released
     sock = host.serve()
-    proxy = host.proxies[0]
-    streams = []
-    for n in range(26):
-        (tmp_path / f"s{n}").mkdir()
-        other = Path(os.path.relpath(proxy.open(tmp_path / f"s{n}")))
-        body = json.dumps({**ASK, "stream": True}).encode()
-        streams += [hold(other, b"POST /v1/messages HTTP/1.1\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
-                    for _ in range(4)]
-    until(lambda: len(upstream.seen) == 104)
-    upstream.reply = lambda h: h.send(200, json.dumps(MESSAGE).encode())
+    body = json.dumps({**ASK, "stream": True}).encode()
+    streams: list[socket.socket] = []
     try:
+        for n in range(26):
+            (tmp_path / f"s{n}").mkdir()
+            other = Path(os.path.relpath(host.proxies[0].open(tmp_path / f"s{n}")))
+            streams += [hold(other, b"POST /v1/messages HTTP/1.1\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+                        for _ in range(4)]
+        deadline = time.monotonic() + 120  # (104 connections to the fake API: slow on a loaded machine)
+        while len(upstream.seen) < 104 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(upstream.seen) == 104
+        upstream.reply = lambda h: h.send(200, json.dumps(MESSAGE).encode())
         assert post(sock).status_code == 200
     finally:
         upstream.release.set()
