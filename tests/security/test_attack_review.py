@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from cli_kit import Ncl, ok
 from kit import World
+from proxy_kit import ASK, Host, post
 from security_kit import ROOT, T0
-from test_proxy import MESSAGE, Upstream, raw, running_upstream
-from test_proxy_bounds import ASK, Host, post
+from test_proxy import MESSAGE, Upstream, raw
 from test_webhooks import Hook
 
 from host.runtimes.proxy import policy as api_policy
@@ -33,20 +33,6 @@ HOSTILE = "\x1b]52;c;aGFja2Vk\x07\x1b[2J\x1b]0;pwned\x07\x9b31m\u202eexe.txt\x7f
 RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 AT = "2026-06-11T09:00:00.000Z"
 WEB_FETCH = {"type": "web_fetch_20250910", "name": "f"}
-
-
-@pytest.fixture
-def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[Upstream]:
-    with running_upstream(monkeypatch) as server:
-        yield server
-
-
-@pytest.fixture
-def host(ncl: Callable[..., Any], demo_session: dict[str, Any], upstream: Upstream, tmp_path: Path) -> Iterator[Host]:
-    made = Host(ncl, demo_session, upstream.url, tmp_path / "data")
-    yield made
-    for proxy in made.proxies:
-        proxy.shutdown()
 
 
 def _write(path: Path, sql: str, *args: Any) -> None:
