@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -39,11 +40,14 @@ async def _main(config: RunnerConfig, once: bool) -> None:
     await runner.run(once=once)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(host_pid: str | None) -> None:
     """Linux: a runner whose host is killed (even by SIGKILL) is killed too, so a restarted host never finds a
-    predecessor's runner still serving the session beside its own. Harmless as a container's first process."""
+    predecessor's runner still serving the session beside its own. Harmless as a container's first process. A host
+    killed before this (a runner's imports take ~0.3 s) left it orphaned already: then it ends here (``host_pid``)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if host_pid and os.getppid() != int(host_pid):
+        os._exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = RunnerConfig.from_env(args.session_dir)
     if not config.outlives_host:
-        _die_with_parent()
+        _die_with_parent(config.host_pid)
     logging.basicConfig(level=config.log_level, stream=sys.stderr, format="runner: %(levelname)s: %(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per model request is noise here
     # What gate scripts and MCP servers orphan comes to us, not to pid 1: the gate kills it when it ends, and

@@ -29,6 +29,7 @@ class RunnerConfig:
     session_id: str = DEFAULTS.session_id
     agent_group_id: str = DEFAULTS.agent_group_id
     outlives_host: str | None = DEFAULTS.outlives_host
+    host_pid: str | None = DEFAULTS.host_pid
 
     @property
     def zone(self) -> ZoneInfo:

@@ -17,7 +17,7 @@ VARIABLES = {  # field -> the variable it travels in
     "poll_interval_s": "NCL_POLL_INTERVAL_S", "max_batch": "NCL_MAX_BATCH",
     "task_min_interval_s": "NCL_TASK_MIN_INTERVAL_S", "provider": "NCL_PROVIDER", "model": "NCL_MODEL",
     "log_level": "NCL_LOG_LEVEL", "anthropic_socket": "NCL_ANTHROPIC_SOCKET", "group_dir": "NCL_GROUP_DIR",
-    "outlives_host": "NCL_OUTLIVES_HOST",
+    "outlives_host": "NCL_OUTLIVES_HOST", "host_pid": "NCL_HOST_PID",
 }
 
 
@@ -43,6 +43,9 @@ class RunnerEnv(NamedTuple):
     # "1" from a one-off sweep: the runner outlives the process that started it, to its idle timeout (the next host
     # stops it); else it dies with its host (a death signal), so no host restart finds it still serving.
     outlives_host: str | None = None
+    # The local runtime's host: a runner whose parent is already another process when it arms its death signal (its
+    # host was killed during its start-up) ends at once, never serving the session beside the next host's runner.
+    host_pid: str | None = None
 
     def to_env(self, *only: str) -> dict[str, str]:
         """The variables of the fields named (all by default); a field that is None is left out."""

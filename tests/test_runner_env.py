@@ -3,6 +3,9 @@ reads back unchanged, with the same defaults on both sides, and its MCP server i
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from kit import RecordingRuntime, World, utc
@@ -13,6 +16,8 @@ from host.runtimes.pool import Runners, runner_env
 from host.runtimes.proxy.server import CredentialProxy
 from host.store.sessions import Session
 from schemas.runner_env import DEFAULTS, RunnerEnv
+
+ROOT = Path(__file__).resolve().parents[1]
 
 T0 = utc("2026-05-18T13:00:00")
 WIRE = {  # every variable of a default host's runner, as it always was
@@ -76,3 +81,18 @@ def test_the_mcp_server_is_told_what_it_always_was(tmp_path: Path) -> None:
     assert env == {"TZ": "America/New_York", "NCL_RUNNER_GENERATION": "gen-1", "NCL_TASK_MIN_INTERVAL_S": "300.0",
                    "NCL_MAX_BATCH": "20", "NCL_PROVIDER": "mock", "NCL_MODEL": "claude-sonnet-5",
                    "NCL_LOG_LEVEL": "INFO", "NCL_GROUP_DIR": "/g"}
+
+
+def test_a_local_runner_whose_host_died_during_its_start_ends_at_once(tmp_path: Path) -> None:
+    """Its death signal is armed in ``main``, after ~0.3 s of imports: a host SIGKILLed in that window left the runner
+    serving the session beside the next host's runner, every message answered twice (crash review). Told its host's
+    pid (the local runtime's ``NCL_HOST_PID``), a runner whose parent is another by then ends before anything."""
+    world = World(tmp_path)
+    env = {**runner_env(world.settings, world.session, "gen-1", "", None), "PATH": os.environ.get("PATH", "")}
+    command = [sys.executable, "-m", "agent_runner", "--session-dir", str(world.session.folder), "--once"]
+    orphaned = subprocess.run(command, env={**env, "NCL_HOST_PID": "1"}, cwd=ROOT, capture_output=True, timeout=60)
+    assert orphaned.returncode == 1 and orphaned.stderr == b""
+    assert not (world.session.folder / ".heartbeat").exists()
+    served = subprocess.run(command, env={**env, "NCL_HOST_PID": str(os.getpid())}, cwd=ROOT, capture_output=True,
+                            timeout=60)
+    assert served.returncode == 0, served.stderr

@@ -67,7 +67,8 @@ class LocalRuntime:
     def start(self, session: Session, generation: str, env: dict[str, str]) -> None:
         _kill_detached(session.id, session.folder)  # left by a runner that died with a previous host
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env,
-               VARIABLES["group_dir"]: str(groups.folder(self.settings, session.agent_group_id))}
+               VARIABLES["group_dir"]: str(groups.folder(self.settings, session.agent_group_id)),
+               VARIABLES["host_pid"]: str(os.getpid())}
         output = open_log(session.folder)
         try:
             process = self.processes[session.id] = OWN.spawn(lambda: subprocess.Popen(
