@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -45,6 +46,8 @@ ARRIVALS_GAP_S = 0.02
 # SQLite call) waits this long for the GIL before the sweep must hand it over: Python's 5 ms made an answer that
 # makes 20 such calls wait up to 100 ms. The sweep is interrupted only when another thread asks for the GIL.
 SWITCH_INTERVAL_S = 0.0005
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+SHORT = {"fds": "file descriptors", "disk": "disk space"}  # what a step may run out of, and live on (``short_of``)
 
 
 @dataclass
@@ -140,14 +143,15 @@ class Host:
 
     async def _surviving_step(self) -> None:
         """A step. One that ran out of file descriptors (a flood of connections took them all: the webhooks answer
-        busy meanwhile) is said once and tried again in a second, as a full sweep: the host lives on."""
+        busy meanwhile) or of disk space (a full disk ended the host, every runner with it: crash review) is said
+        once and tried again in a second, as a full sweep: the host lives on."""
         try:
             await self.step()
         except (OSError, db.Error, NclError) as exc:  # (SQLite says "unable to open database file", no errno)
-            if not (exc.errno in OUT_OF_FDS if isinstance(exc, OSError) else no_descriptor_left()):
+            if (short := short_of(exc)) is None:
                 raise
-            log.log(logging.DEBUG if self._starved else logging.ERROR, "a sweep ran out of file descriptors (%s): "
-                    "tried again every second until some are free", exc, extra={"action": "sweep_out_of_fds"})
+            log.log(logging.DEBUG if self._starved else logging.ERROR, "a sweep ran out of %s (%s): tried again "
+                    "every second until there is some", SHORT[short], exc, extra={"action": f"sweep_out_of_{short}"})
             self._starved = self._arrived_somewhere = True  # (the arrivals it had taken: the next sweep is full)
             await self._nap(1.0)
         else:
@@ -238,6 +242,15 @@ class Host:
             if self.alerts:
                 await self.alerts.flush()  # what the last moments raised, within a bounded time
             log.info("host stopped", extra={"action": "host_stopped"})
+
+
+def short_of(exc: BaseException) -> str | None:
+    """What the machine ran out of, if that is why ``exc`` was raised (a key of ``SHORT``), or None."""
+    if (isinstance(exc, OSError) and exc.errno in DISK_FULL) or "database or disk is full" in str(exc):
+        return "disk"
+    if exc.errno in OUT_OF_FDS if isinstance(exc, OSError) else no_descriptor_left():
+        return "fds"
+    return None
 
 
 def no_descriptor_left() -> bool:

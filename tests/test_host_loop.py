@@ -271,6 +271,36 @@ async def test_a_step_out_of_file_descriptors_is_said_once_and_the_host_goes_on(
     assert said == [logging.ERROR, logging.DEBUG] and runtime.started  # the third step swept, and woke the task
 
 
+async def test_a_step_out_of_disk_space_is_said_once_and_the_host_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A full disk failed the step that published the pool's state (a runner started), and the host exited for
+    good, every runner with it (crash review: 10 of 10). Now, as out of descriptors, the step is tried again."""
+    world = World(tmp_path)
+    world.schedule(T, at=to_text(T - timedelta(minutes=1)))
+    clock, runtime = FakeClock(T), RecordingRuntime()
+    host = Host(world.settings, runtime, clock)
+    full: list[Exception] = [OSError(errno.ENOSPC, "No space left on device", "runners.json"),
+                             db.DbError("cannot use inbound.db: database or disk is full")]
+    tick = host.scheduled.tick
+
+    def tick_or_full(now: Any) -> Any:
+        if full:
+            raise full.pop(0)
+        return tick(now)
+
+    monkeypatch.setattr(host.scheduled, "tick", tick_or_full)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="host.loop"):
+            for _ in range(3):
+                await host._surviving_step()
+    finally:
+        host.sweeper.close()
+        host.scheduled.close()
+    said = [r.levelno for r in caplog.records if getattr(r, "action", None) == "sweep_out_of_disk"]
+    assert said == [logging.ERROR, logging.DEBUG] and runtime.started
+    assert "ran out of disk space" in caplog.text
+
+
 async def test_a_step_that_fails_with_descriptors_left_still_stops_the_host(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     world = World(tmp_path)
