@@ -13,7 +13,7 @@ from agent_runner import prompt, slash
 from agent_runner.config import RunnerConfig
 from agent_runner.gate import run_gate
 from agent_runner.providers import History, Provider, ProviderError, Turn
-from agent_runner.store import OperationalError, Reply, Store
+from agent_runner.store import OperationalError, Reply, Store, StoreError
 from agent_runner.tools import CURRENT_TURN, Tools
 from agent_runner.wake import Poll, Wake
 from schemas import detached
@@ -66,6 +66,18 @@ class Runner:
         if not triggered:
             return False
         self.store.claim(triggered, now)
+        try:
+            await self._take_turn(rows, triggered, now)
+        except OperationalError as exc:
+            # Its rows stay claimed by this generation, which the host leaves alone while the runner lives and which
+            # it never fetches again: stranded until its idle timeout, postponed by every message (crash review, a
+            # full disk). Ending lets the host release them at once, to the next runner.
+            raise StoreError(f"a turn's rows could not be recorded ({exc}): ending, for the host to release "
+                             "them") from None
+        return True
+
+    async def _take_turn(self, rows: list[InMessage], triggered: list[InMessage], now: datetime) -> None:
+        """The turn of the claimed rows ``triggered`` (``rows``: the due ones, their context among them)."""
         items: list[prompt.Item] = []
         for row in triggered:
             item = await self._prepare(row, now)
@@ -82,7 +94,6 @@ class Runner:
             for batch in ([*context, *shared], *([i] for i in jobs), *([i] for i in isolated)):
                 if any(i.row.trigger == 1 for i in batch):
                     await self._answer(batch, isolated=batch[-1] in isolated)
-        return True
 
     async def _prepare(self, row: InMessage, now: datetime) -> prompt.Item | None:
         """Gate a task, or answer a slash command; the item still to go to the model, if any."""

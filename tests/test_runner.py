@@ -20,6 +20,7 @@ from agent_runner import prompt
 from agent_runner.config import RunnerConfig
 from agent_runner.providers import MockProvider, ProviderError, Reply, Turn
 from agent_runner.runner import Runner
+from agent_runner.store import Store, StoreError
 from host.store.sessions import create_files
 from schemas.rows import InMessage
 
@@ -248,6 +249,22 @@ class TestTurnsAreAtomic:
         await session.run(Scheduling("fail"))
         [request] = session.out("system")
         assert request["body"]["prompt"] == "post standup" and session.acks()[chat][0] == "failed"
+
+
+    async def test_a_turn_that_cannot_record_its_answer_ends_the_runner_for_its_claims_to_be_released(
+            self, session: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A full disk failed a turn's write after its claim: the runner logged it and went on, its rows claimed by
+        its own generation, which the host leaves alone while it lives and which it never fetched again (crash
+        review: stranded until its idle timeout). Now it ends, and the host releases them to the next runner."""
+        chat = session.add(text="hello")
+
+        def full(*args: Any, **kwargs: Any) -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(Store, "finish", full)
+        with pytest.raises(StoreError, match="disk is full"):
+            await session.run()
+        assert session.acks()[chat][0] == "processing" and session.out(None) == []
 
 
 class TestSlashCommands:
