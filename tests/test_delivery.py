@@ -241,6 +241,31 @@ def test_a_crash_between_send_and_record_sends_again_and_records_once(tmp_path: 
     assert [status for _, status in _delivered(world)] == ["delivered"]
 
 
+def test_a_reply_sent_whose_record_failed_is_only_recorded_when_handed_again(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk failed each record after its send, and each sweep sent the reply again: one CLI chat got the same
+    answer 2-4 times (crash review). A running host remembers what it sent (a restarted one sends again: above)."""
+    world = World(tmp_path)
+    channel = Channel()
+    sweeper = world.sweeper()
+    sweeper.deliveries = _deliveries(channel)
+    _reply(world, "once")
+    record = deliveries.record
+
+    def full(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(deliveries, "record", full)
+    _tick(sweeper)
+    _tick(sweeper)
+    assert _delivered(world) == []
+    monkeypatch.setattr(deliveries, "record", record)
+    _tick(sweeper)
+    assert [text for text, _ in channel.got] == ["once"]
+    assert [status for _, status in _delivered(world)] == ["delivered"]
+    assert sweeper.deliveries.sent == {}
+
+
 def test_an_outcome_is_recorded_once_with_one_notice(tmp_path: Path) -> None:
     world = World(tmp_path)
     _reply(world, "lost")

@@ -46,6 +46,9 @@ class Deliveries:
     sending: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # session id -> the task sending its queue
     handed: asyncio.Event = field(default_factory=asyncio.Event)
     settled: set[str] = field(default_factory=set)  # replies recorded since the sweep began
+    # Replies sent whose outcome could not be recorded (a full disk): handed again, only recorded, never sent twice
+    # (one CLI chat got the same answer 2-4 times: crash review).
+    sent: dict[str, bool | None] = field(default_factory=dict)
     loop: asyncio.AbstractEventLoop | None = None  # the loop that sends them, if sweeps hand from another thread
     # Told each session whose handed replies are all settled: a visit hands at most ``outbox.REPLIES``, and the
     # rest wait for the next look at the session (the host sweeps it at once: ``Host.arrived``).
@@ -102,7 +105,9 @@ class Deliveries:
                 # Replies no channel serves are only recorded: a run of them (a queue's) in one transaction.
                 batch = list(takewhile(lambda r: self.channels.route(r.channel_type) is None, queue.replies))
                 batch = batch or queue.replies[:1]
-                handed = await self._send(queue.session, batch[0])
+                first = batch[0].id
+                handed = self.sent[first] if first in self.sent else await self._send(queue.session, batch[0])
+                self.sent[first] = handed
                 if not await self._settle(queue.session, batch, handed):
                     break
                 del queue.replies[:len(batch)]
@@ -151,6 +156,7 @@ class Deliveries:
     async def _settle(self, session: Session, replies: list[OutMessage], handed: bool | None) -> bool:
         """Record the replies' outcome; False (nothing recorded) if one failed with attempts left."""
         if handed is False:
+            del self.sent[replies[0].id]  # (not sent: sent again)
             tries = self.attempts[replies[0].id] = self.attempts.get(replies[0].id, 0) + 1
             if tries < MAX_ATTEMPTS:
                 return False
@@ -159,6 +165,7 @@ class Deliveries:
         for reply in replies:
             self.settled.add(reply.id)
             self.attempts.pop(reply.id, None)
+            self.sent.pop(reply.id, None)
             log.info("reply %s %s", reply.id, status,
                      extra={"action": "reply_handled", "session": session.id, "status": status})
         return True
