@@ -240,55 +240,34 @@ async def test_a_running_hosts_steps_open_no_database_on_its_loop(tmp_path: Path
     assert [o for o in opened_in if not o[1].startswith("ncl-sweep")] == []
 
 
-async def test_a_step_out_of_file_descriptors_is_said_once_and_the_host_goes_on(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """A flood of connections can take every descriptor while a step opens a file (the new central.db of a first
-    start, in the CI run that found it): the host lived no longer. Now the step is tried again, a full sweep."""
-    world = World(tmp_path)
-    world.schedule(T, at=to_text(T - timedelta(minutes=1)))
-    clock, runtime = FakeClock(T), RecordingRuntime()
-    host = Host(world.settings, runtime, clock)
+@pytest.mark.parametrize(("short", "failures"), [
     # The first open fails in Python, the second in SQLite (no errno: the host sees none left when it looks).
-    starved: list[Exception] = [OSError(errno.EMFILE, "Too many open files", "central.db"),
-                                db.DbError("cannot use central.db: unable to open database file")]
-    monkeypatch.setattr(loop, "no_descriptor_left", lambda: True)
-    tick = host.scheduled.tick
-
-    def tick_or_starve(now: Any) -> Any:
-        if starved:
-            raise starved.pop(0)
-        return tick(now)
-
-    monkeypatch.setattr(host.scheduled, "tick", tick_or_starve)
-    try:
-        with caplog.at_level(logging.DEBUG, logger="host.loop"):
-            for _ in range(3):
-                await host._surviving_step()
-    finally:
-        host.sweeper.close()
-        host.scheduled.close()
-    said = [r.levelno for r in caplog.records if getattr(r, "action", None) == "sweep_out_of_fds"]
-    assert said == [logging.ERROR, logging.DEBUG] and runtime.started  # the third step swept, and woke the task
-
-
-async def test_a_step_out_of_disk_space_is_said_once_and_the_host_goes_on(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """A full disk failed the step that published the pool's state (a runner started), and the host exited for
-    good, every runner with it (crash review: 10 of 10). Now, as out of descriptors, the step is tried again."""
+    ("fds", [OSError(errno.EMFILE, "Too many open files", "central.db"),
+             db.DbError("cannot use central.db: unable to open database file")]),
+    ("disk", [OSError(errno.ENOSPC, "No space left on device", "runners.json"),
+              db.DbError("cannot use inbound.db: database or disk is full")]),
+], ids=["file-descriptors", "disk-space"])
+async def test_a_step_out_of_descriptors_or_disk_is_said_once_and_the_host_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, short: str,
+        failures: list[Exception]) -> None:
+    """A flood of connections can take every descriptor while a step opens a file (the new central.db of a first
+    start, in the CI run that found it), and a full disk failed the step that published the pool's state (crash
+    review: 10 of 10): the host lived no longer, every runner ending with it. Now the step is tried again, a full
+    sweep."""
     world = World(tmp_path)
     world.schedule(T, at=to_text(T - timedelta(minutes=1)))
     clock, runtime = FakeClock(T), RecordingRuntime()
     host = Host(world.settings, runtime, clock)
-    full: list[Exception] = [OSError(errno.ENOSPC, "No space left on device", "runners.json"),
-                             db.DbError("cannot use inbound.db: database or disk is full")]
+    failing = list(failures)
+    monkeypatch.setattr(loop, "no_descriptor_left", lambda: short == "fds")
     tick = host.scheduled.tick
 
-    def tick_or_full(now: Any) -> Any:
-        if full:
-            raise full.pop(0)
+    def tick_or_fail(now: Any) -> Any:
+        if failing:
+            raise failing.pop(0)
         return tick(now)
 
-    monkeypatch.setattr(host.scheduled, "tick", tick_or_full)
+    monkeypatch.setattr(host.scheduled, "tick", tick_or_fail)
     try:
         with caplog.at_level(logging.DEBUG, logger="host.loop"):
             for _ in range(3):
@@ -296,9 +275,9 @@ async def test_a_step_out_of_disk_space_is_said_once_and_the_host_goes_on(
     finally:
         host.sweeper.close()
         host.scheduled.close()
-    said = [r.levelno for r in caplog.records if getattr(r, "action", None) == "sweep_out_of_disk"]
-    assert said == [logging.ERROR, logging.DEBUG] and runtime.started
-    assert "ran out of disk space" in caplog.text
+    said = [r.levelno for r in caplog.records if getattr(r, "action", None) == f"sweep_out_of_{short}"]
+    assert said == [logging.ERROR, logging.DEBUG] and runtime.started  # the third step swept, and woke the task
+    assert f"ran out of {loop.SHORT[short]}" in caplog.text
 
 
 async def test_a_step_that_fails_with_descriptors_left_still_stops_the_host(
