@@ -29,7 +29,7 @@ from test_forged_journal import RUNNER_UID, SYSTEM_PYTHON
 from host.runtimes.workspace import hand_over
 from host.scheduling import sweep
 from host.scheduling.sweep import Sweeper, SweepResult
-from host.store import db, file_locks, groups, outbox
+from host.store import db, file_locks, groups, journals, outbox
 from host.store.sessions import Session
 from schemas.times import to_text
 
@@ -358,7 +358,7 @@ def test_a_wal_header_written_after_the_check_costs_no_wait_on_the_read_slots(
     about 10 s and failed. The host's connections to outbound.db use EXCLUSIVE locking mode, which reads a WAL file
     without those slots."""
     two = Two(tmp_path)
-    monkeypatch.setattr(outbox, "_guard", lambda path, live: None)  # (the check saw the header before the flip)
+    monkeypatch.setattr(journals, "guard", lambda path, live: None)  # (the check saw the header before the flip)
     with open(two.outbound, "r+b") as out:
         out.seek(18)
         out.write(b"\x02\x02")
