@@ -105,9 +105,9 @@ class Deliveries:
                 # Replies no channel serves are only recorded: a run of them (a queue's) in one transaction.
                 batch = list(takewhile(lambda r: self.channels.route(r.channel_type) is None, queue.replies))
                 batch = batch or queue.replies[:1]
-                first = batch[0].id
-                handed = self.sent[first] if first in self.sent else await self._send(queue.session, batch[0])
-                self.sent[first] = handed
+                if batch[0].id not in self.sent:
+                    self.sent[batch[0].id] = await self._send(queue.session, batch[0])
+                handed = self.sent[batch[0].id]
                 if not await self._settle(queue.session, batch, handed):
                     break
                 del queue.replies[:len(batch)]

@@ -45,7 +45,8 @@ def guard(path: Path, live: bool) -> None:
     except (confined.Refused, OSError):
         return  # (the open that follows refuses it, as before)
     try:
-        size, wal = _header(folder, path.name)
+        header = _peek(folder, path.name, 18, 2)  # (SQLite's file format versions)
+        size, wal = (header[0].st_size, header[1] == b"\x02\x02") if header else (0, False)
         if wal and live:
             raise Tampered(f"{path} is in WAL mode: its runner switched it")
         limit = 2 * size + (1 << 20)
@@ -64,27 +65,29 @@ def guard(path: Path, live: bool) -> None:
         os.close(folder)
 
 
-def _header(folder: int, name: str) -> tuple[int, bool]:
-    """The size of the file ``name`` (in the folder open as ``folder``) and whether its header says WAL."""
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
-    except OSError:
-        return 0, False  # (the open that follows refuses it)
-    try:
-        return os.fstat(fd).st_size, os.pread(fd, 2, 18) == b"\x02\x02"
-    except OSError:
-        return 0, False
-    finally:
-        os.close(fd)
-
-
 def hot(path: Path) -> bool:
     """Whether ``path``'s journal holds a commit its writer never finished (SQLite rolls it back at the next read)."""
     try:
-        fd = os.open(f"{path}-journal", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+        folder = confined.open_dir(path.parent)
+    except (confined.Refused, OSError):
         return False
     try:
-        return stat.S_ISREG(os.fstat(fd).st_mode) and os.pread(fd, len(HOT), 0) == HOT
+        found = _peek(folder, path.name + "-journal", 0, len(HOT))
+    finally:
+        os.close(folder)
+    return found is not None and stat.S_ISREG(found[0].st_mode) and found[1] == HOT
+
+
+def _peek(folder: int, name: str, offset: int, length: int) -> tuple[os.stat_result, bytes] | None:
+    """What the file ``name`` (in the folder open as ``folder``, no link followed, never blocking) is, and ``length``
+    of its bytes from ``offset``; None if it cannot be read (the open that follows refuses it)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
+    except OSError:
+        return None
+    try:
+        return os.fstat(fd), os.pread(fd, length, offset)
+    except OSError:
+        return None
     finally:
         os.close(fd)
