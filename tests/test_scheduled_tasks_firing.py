@@ -1,7 +1,8 @@
 """Project-level scheduled tasks (DESIGN §9, §6.3, §12.10): firing a queue target, driven by a fake clock on real
 SQLite files. The seed task enqueues its payload at 17:30 local; a queue with no group is a failed run; two ticks or
 two firers at one instant fire once; after downtime the misfire rule fires the latest slot once or records one missed
-run; ``host sweep --once`` and the host loop fire and wake the job in the same pass.
+run; ``host sweep --once`` and the host loop fire and wake the job in the same pass; a queue run a dead host left
+``running`` is sent by the next host, exactly once.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from kit import FakeClock, RecordingRuntime, utc
 from scheduled_project import DAILY_QUEUE, SLOT, Project
 from scheduled_project import project as project
 
+from host.channels import queues
 from host.loop import Host
 from host.project_tasks import fire as scheduled_fire
 from host.store import db
-from schemas.times import from_text
+from schemas.times import from_text, to_text
 
 RUN_KEYS = {"id", "task_id", "status", "scheduled_for", "started_at", "finished_at", "duration_ms", "exit_code",
             "queued_message_id", "output_tail", "error"}
@@ -64,6 +66,31 @@ def test_two_ticks_and_two_firers_at_one_instant_fire_once(project: Project) -> 
         assert scheduled_fire.claim(conn, item["id"], SLOT, first.policy) is None
     assert [r["status"] for r in project.runs(item["id"])] == ["queued"]
     assert len(project.queue_rows()) == 1
+
+
+@pytest.mark.parametrize("sent", [False, True], ids=["host-died-before-sending", "host-died-after-sending"])
+@pytest.mark.parametrize("thread", [None, "daily-{YYYY}{MM}{DD}"], ids=["new-session", "thread"])
+def test_a_queue_run_a_dead_host_left_running_is_sent_exactly_once_by_the_next(
+        project: Project, sent: bool, thread: str | None) -> None:
+    project.support_group()
+    extra = "" if thread is None else f", thread_id: '{thread}'"
+    item = project.add(DAILY_QUEUE.replace("summary.}", f"summary.{extra}}}"))
+    dead = project.firer(FakeClock(SLOT))
+    with closing(db.connect(project.settings().central_db, "central")) as conn:  # the dead host's claim
+        claimed = scheduled_fire.claim(conn, item["id"], SLOT, dead.policy)
+        assert claimed is not None and claimed.run_id is not None and claimed.task.spec.queue is not None
+        if sent:  # its job went in; the run's end was not recorded
+            target = claimed.task.spec.queue
+            queues.send(conn, dead.settings, SLOT, target.name, target.payload, claimed.run_id)
+    assert project.runs(item["id"])[0]["status"] == "running"
+    for minutes in (5, 10):  # the next host, and the one after it
+        later = SLOT + timedelta(minutes=minutes)
+        assert project.firer(FakeClock(later)).tick(later).fired == 0
+        (run,) = project.runs(item["id"])
+        (job,) = project.queue_rows()
+        assert run["status"] == "queued" and run["queued_message_id"] == job["id"] and run["error"] is None
+        assert job["timestamp"] == to_text(SLOT)  # the job as it was fired
+        assert job["thread_id"] == (None if thread is None else "daily-20260611")  # (UTC tokens of the slot)
 
 
 def test_after_downtime_within_the_grace_the_latest_slot_fires_once(project: Project) -> None:

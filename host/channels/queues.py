@@ -121,7 +121,10 @@ def prompt_of(payload: dict[str, Any], group_dir: Path) -> tuple[str, list[dict[
 
 
 def send(central: db.Connection, settings: Settings, now: datetime, queue: str,
-         payload: Any) -> dict[str, str]:
+         payload: Any, run_id: str | None = None) -> dict[str, str]:
+    """Enqueue a job at ``now``. ``run_id``: the scheduled run sending it, whose id fixes the job's (and a new
+    session's): sent again with the same ``now`` (its host stopped before the run's end was recorded), it is
+    found where it went, not sent twice."""
     if not QUEUE_NAME.fullmatch(queue):
         raise NclError(f"invalid queue name {queue!r}")
     check_payload(payload)  # everything checked before a session is made: a refused job leaves nothing behind
@@ -132,9 +135,11 @@ def send(central: db.Connection, settings: Settings, now: datetime, queue: str,
         raise NclError(f"bad file item: {str(exc).splitlines()[0]}") from None
     template = payload.get("thread_id")
     thread = thread_for(template, now) if template else None
+    fixed = run_id.split("-", 1)[1] if run_id else None  # (<epoch ms>-<suffix>: an id of the same form)
     arrival = router.Arrival(f"queue:{queue}", "queue",
                              {"queue": queue, "prompt": text, "content": items, "payload": payload},
-                             thread=thread, new_session=thread is None)
+                             thread=thread, new_session=thread is None, message_id=fixed and f"msg-{fixed}",
+                             session_id=fixed and f"sess-{fixed}")
     session, message_id, _ = router.deliver_in(central, settings, now, group, arrival)
     return {"queue": queue, "message_id": message_id, "session_id": session.id}
 

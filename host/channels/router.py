@@ -32,6 +32,7 @@ class Arrival:
     place: str | None = None  # a conversation of its own within the channel (a Matrix room): a session each
     trigger: int = 1  # 0: context only (a group room's message that does not mention the agent)
     message_id: str | None = None  # fixed by the channel: an arrival already written is not written again
+    session_id: str | None = None  # a new session's id, fixed too: sent again, it goes to the session it made
 
 
 def group_for(conn: db.Connection, channel: str, group_ref: str | None = None) -> Group:
@@ -78,7 +79,11 @@ def deliver_in(central: db.Connection, settings: Settings, now: datetime, group:
     from schemas.messages import CONTENT_BY_KIND  # pydantic: in the host, not in the ``ncl chat`` that finds the socket
 
     content = CONTENT_BY_KIND[arrival.kind].model_validate(arrival.content)
-    session = session_for(central, settings, now, group, thread_key(group, arrival))
+    if arrival.new_session and arrival.session_id:
+        session = (sessions.find(central, settings, arrival.session_id)
+                   or sessions.create(central, settings, now, group, None, arrival.session_id))
+    else:
+        session = session_for(central, settings, now, group, thread_key(group, arrival))
     routing = {"channel_type": arrival.channel, "platform_id": None, "thread_id": arrival.thread,
                **arrival.routing}
     message_id = arrival.message_id or ids.new_id("msg", now)

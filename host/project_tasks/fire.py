@@ -3,8 +3,8 @@
 ``tick(now)`` claims every due slot under the misfire rule of session tasks, enqueues ``queue`` targets at once
 (fast) and hands ``container`` and ``host`` targets to a small thread pool, so the loop never waits on a
 command; their run rows stay ``running`` until the worker records the end. ``earliest_due()`` tells the loop
-when to wake. A ``running`` row found when a firer starts belongs to a host that stopped mid-run: the host lock
-guarantees no other firer is alive, so it is marked failed.
+when to wake. A ``running`` row found when a firer starts belongs to a host that stopped mid-run (the host lock
+guarantees no other firer is alive): a queue target's job is sent again, idempotently, any other run marked failed.
 """
 
 from __future__ import annotations
@@ -126,11 +126,6 @@ def replan(conn: db.Connection, now: datetime, policy: Policy) -> None:
                 said_replanned(f"scheduled task {row.id}", was, slot, str(row.zone), policy)
 
 
-def recover(conn: db.Connection, now: datetime) -> list[tuple[str, str]]:
-    """Mark runs a stopped host left ``running`` as failed; returns their (run id, target kind)."""
-    return store.fail_running(conn, to_text(now), STOPPED)
-
-
 def _docker_client() -> Any:
     import docker  # slow to import, and only container targets need it
 
@@ -157,14 +152,27 @@ class ScheduledTasks:
         if self._conn is None:
             # (a running host ticks in its sweep's thread and closes this on its loop, one after the other)
             self._conn = db.connect(self.settings.central_db, "central", any_thread=True)
-            interrupted = recover(self._conn, now)
-            if interrupted:
-                log.warning("%d scheduled run(s) were interrupted by a host stop", len(interrupted),
-                            extra={"action": "scheduled_runs_interrupted", "runs": [r for r, _ in interrupted]})
-            for run_id, kind in interrupted:
-                if kind == "container":  # its container may have outlived the host: remove it
-                    self._pool.submit(self._remove_container, self._container_name(run_id))
+            self._recover(self._conn, now)
         return self._conn
+
+    def _recover(self, conn: db.Connection, now: datetime) -> None:
+        """Runs a stopped host left ``running`` (the host lock says no other firer is alive): a queue target's job is
+        sent again, found where it went if it was sent (``queues.send``'s run id), and any other run failed, its
+        command or container lost with that host."""
+        interrupted = store.running(conn)
+        lost = [run for run in interrupted if run.target_kind != "queue"]
+        store.fail_runs(conn, [run.id for run in lost], to_text(now), STOPPED)
+        if lost:
+            log.warning("%d scheduled run(s) were interrupted by a host stop", len(lost),
+                        extra={"action": "scheduled_runs_interrupted", "runs": [run.id for run in lost]})
+        for run in lost:
+            if run.target_kind == "container":  # its container may have outlived the host: remove it
+                self._pool.submit(self._remove_container, self._container_name(run.id))
+        for run in interrupted:
+            if run.target_kind == "queue":
+                row = store.get(conn, run.task_id)
+                assert row is not None  # (its run's join found it, and nothing else writes while the host runs)
+                self._enqueue(conn, Task.of(row), run.id, from_text(run.started_at), FireResult())
 
     def _ready(self, tasks: list[store.Due]) -> list[store.Due]:
         return [t for t in tasks if self._failing.get(t.id) != t.updated_at]
@@ -211,17 +219,22 @@ class ScheduledTasks:
                 self._runs[run_id] = (future, stop)
             future.add_done_callback(lambda _: self._forget(run_id))
             return
-        target = claimed.task.spec.queue
+        self._enqueue(conn, claimed.task, claimed.run_id, now, result)
+
+    def _enqueue(self, conn: db.Connection, task: Task, run_id: str, now: datetime, result: FireResult) -> None:
+        """Send a queue target's job, fired at ``now``, and record the run's end."""
+        target = task.spec.queue
+        assert target is not None
         try:
-            sent = queues.send(conn, self.settings, now, target.name, target.payload)
+            sent = queues.send(conn, self.settings, now, target.name, target.payload, run_id)
         except Exception as exc:  # whatever it is, the claimed run must end, or it would block the next slots
             result.failed += 1
-            finish(conn, claimed.run_id, Outcome("failed", error=str(exc)), now, self.clock())
-            said_finished(task_id, claimed.run_id, "failed", now, now, f"enqueue failed: {exc}")
+            finish(conn, run_id, Outcome("failed", error=str(exc)), now, self.clock())
+            said_finished(task.id, run_id, "failed", now, now, f"enqueue failed: {exc}")
             return
         finished = self.clock()
-        finish(conn, claimed.run_id, Outcome("succeeded"), now, finished, sent["message_id"], "queued")
-        said_finished(task_id, claimed.run_id, "queued", now, finished, f"message {sent['message_id']}")
+        finish(conn, run_id, Outcome("succeeded"), now, finished, sent["message_id"], "queued")
+        said_finished(task.id, run_id, "queued", now, finished, f"message {sent['message_id']}")
 
     def _work(self, claimed: Claim, run_id: str, stop: Stop) -> None:
         started = self.clock()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from host.store import db
 
@@ -201,12 +201,24 @@ def end_run(conn: db.Connection, run_id: str, *, status: str, started_at: str, f
                       run_id))
 
 
-def fail_running(conn: db.Connection, now: str, error: str) -> list[tuple[str, str]]:
-    """Mark every ``running`` run failed with ``error``; returns their (run id, target kind)."""
+class Interrupted(NamedTuple):
+    """A run a stopped host left ``running``."""
+
+    id: str
+    task_id: str
+    target_kind: str
+    started_at: str
+
+
+def running(conn: db.Connection) -> list[Interrupted]:
+    """Every ``running`` run, oldest first."""
+    return [Interrupted(*row) for row in conn.execute(
+        "SELECT r.id, r.task_id, t.target_kind, r.started_at FROM scheduled_task_runs r"
+        " JOIN scheduled_tasks t ON t.id = r.task_id WHERE r.status = 'running' ORDER BY r.started_at, r.rowid")]
+
+
+def fail_runs(conn: db.Connection, run_ids: list[str], now: str, error: str) -> None:
+    """Mark these ``running`` runs failed with ``error``."""
     with db.transaction(conn):
-        found = [(str(r[0]), str(r[1])) for r in conn.execute(
-            "SELECT r.id, t.target_kind FROM scheduled_task_runs r JOIN scheduled_tasks t ON t.id = r.task_id"
-            " WHERE r.status = 'running'")]
-        conn.execute("UPDATE scheduled_task_runs SET status = 'failed', finished_at = ?, error = ?"
-                     " WHERE status = 'running'", (now, error))
-    return found
+        conn.executemany("UPDATE scheduled_task_runs SET status = 'failed', finished_at = ?, error = ?"
+                         " WHERE id = ? AND status = 'running'", [(now, error, run_id) for run_id in run_ids])

@@ -103,11 +103,13 @@ def _remove(path: Path) -> None:
 
 
 def create(
-    conn: db.Connection, settings: Settings, now: datetime, group: Group, thread_key: str | None
+    conn: db.Connection, settings: Settings, now: datetime, group: Group, thread_key: str | None,
+    session_id: str | None = None,
 ) -> Session:
+    """A new session of ``group``, its id ``session_id`` if given (``router.Arrival.session_id``)."""
     if thread_key is not None and not thread_key.strip():
         raise NclError("thread key must not be empty")
-    session_id = ids.new_id("sess", now)
+    session_id = session_id or ids.new_id("sess", now)
     _check_thread(conn, settings, group, thread_key)
     # Files first: a crash leaves at worst an unlisted folder, never a listed session without files; a failed
     # insert removes them again.
@@ -181,13 +183,18 @@ def readable(found: Iterable[Session], read: Callable[[Path], T]) -> Iterator[tu
         yield session, value
 
 
+def find(conn: db.Connection, settings: Settings, session_id: str) -> Session | None:
+    """The session of this full id, if there is one."""
+    row = conn.execute(f"SELECT {_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    return None if row is None else _from_row(settings, row)
+
+
 def get(conn: db.Connection, settings: Settings, session_id: str) -> Session:
     """The session by its id, full or short (``sess-ab12cd``)."""
-    row = conn.execute(f"SELECT {_COLUMNS} FROM sessions WHERE id = ?",
-                       (short_ids.expand(conn, "sessions", "sess", session_id),)).fetchone()
-    if row is None:
+    found = find(conn, settings, short_ids.expand(conn, "sessions", "sess", session_id))
+    if found is None:
         raise NclError(f"unknown session {session_id!r} (see 'ncl sessions list')")
-    return _from_row(settings, row)
+    return found
 
 
 def touch(conn: db.Connection, session_id: str, now: datetime) -> None:
