@@ -125,6 +125,7 @@ def test_queue_prompt_list_mixes_file_and_text_items(env: Env) -> None:
     ('{"prompt": [{"type": "file", "url": "file:///etc/passwd"}]}', "room:///"),
     ('{"prompt": ""}', "prompt"),
     ('{"prompt": "x", "thread_id": 5}', "thread_id"),
+    ('{"prompt": "x", "thread_id": "day-{yyyy}{MM}-{Q}"}', "unknown time token(s) {Q}, {yyyy}: the tokens are {YYYY}"),
     ("[1, 2]", "JSON object"),
     ('{"prompt": [1]}', "bad prompt item 1"),
     ("{not json", "not JSON"),

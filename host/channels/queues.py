@@ -79,6 +79,9 @@ def check_payload(payload: Any) -> None:
     template = payload.get("thread_id")  # valid text already: the payload as a whole encodes
     if template is not None and (not isinstance(template, str) or not template.strip()):
         raise NclError("thread_id must be a non-empty string")
+    unknown = sorted(set(re.findall(r"\{[A-Za-z]+\}", template or "")) - set(TOKENS))
+    if unknown:  # ({yyyy} for {YYYY}: kept as it is, every job would have gone to one session for good)
+        raise NclError(f"thread_id has unknown time token(s) {', '.join(unknown)}: the tokens are {''.join(TOKENS)}")
 
 
 def _file(group_dir: Path, url: str) -> tuple[str, str]:
