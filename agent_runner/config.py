@@ -20,6 +20,7 @@ class RunnerConfig:
     poll_interval_s: float = DEFAULTS.poll_interval_s
     max_batch: int = DEFAULTS.max_batch
     task_min_interval_s: float = DEFAULTS.task_min_interval_s
+    misfire_grace_s: float = DEFAULTS.misfire_grace_s
     provider: str = DEFAULTS.provider
     model: str = DEFAULTS.model
     group_dir: Path | None = None

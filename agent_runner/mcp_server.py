@@ -97,8 +97,8 @@ def server_parameters(config: RunnerConfig) -> StdioServerParameters:
     """How the runner starts this server: its own interpreter, and exactly its own settings (no API key)."""
     source = str(Path(agent_runner.__file__).resolve().parent.parent)  # importable wherever the runner is
     path = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH")) if p)
-    env = {"PYTHONPATH": path, **config.told("tz", "generation", "task_min_interval_s", "max_batch", "provider",
-                                             "model", "log_level", "group_dir")}
+    env = {"PYTHONPATH": path, **config.told("tz", "generation", "task_min_interval_s", "misfire_grace_s", "max_batch",
+                                             "provider", "model", "log_level", "group_dir")}
     return StdioServerParameters(command=sys.executable, env=env,
                                  args=["-m", "agent_runner.mcp_server", "--session-dir", str(config.session_dir)])
 

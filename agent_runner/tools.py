@@ -75,11 +75,12 @@ class Tools:
 
     def _next_runs(self, first: str | None, expr: str | None, count: int = 3,
                    ends: series_end.Ends | None = None) -> str:
-        """What will run, as the user will see it: a time already passed means "now" (a one-shot runs at once;
-        a recurring task goes on from the next slot), never a list of past times; none past the series' end."""
+        """What will run, as the user will see it: a time already passed means "now" (it runs at once, and a
+        recurring task goes on from the next slot: the misfire rule), never a list of past times; none past the
+        series' end."""
         zone, now = self.config.zone, self.now()
         passed = first is not None and from_text(first) < now
-        times = [] if passed and expr else [now if passed else from_text(first)] if first else []
+        times = [now if passed else from_text(first)] if first else []
         if expr:
             start = now if passed or not first else from_text(first)
             for slot in recurring.firings(expr, start, zone):
@@ -145,6 +146,12 @@ class Tools:
             return (f"Task already scheduled (id: {same['id']}): a live task of this conversation has the same prompt,"
                     f" {'recurrence' if expr else 'time'} and script; nothing new was scheduled"
                     + (f" ({state})" if state else ""))
+        if expr and after and from_text(after) < self.now() - timedelta(seconds=self.config.misfire_grace_s):
+            raise ToolError(f"the first run at {after} is more than {self.config.misfire_grace_s:g} s ago: a recurring "
+                            "task would count every slot since as missed; give a later time, or none for the first "
+                            "slot after now")
+        # The first slot as the tool says it, sent as it is: the host, applying it when the turn ends, would work it
+        # out from its own later clock (a 10:00 slot asked for at 09:59:50 became 11:00).
         first = after or (to_text(recurring.next_after(expr, self.now(), self.config.zone)) if expr else None)
         ends = self._ends(until, count, first)
         task_id = ids.new_id("task", self.now())
@@ -153,7 +160,7 @@ class Tools:
         from schemas import requests
 
         self._request(requests.ScheduleTask(action="schedule_task", taskId=task_id, prompt=prompt,
-                                            processAfter=after, recurrence=expr, script=script or None,
+                                            processAfter=first, recurrence=expr, script=script or None,
                                             contextMode=contextMode,  # type: ignore[arg-type]
                                             until=to_text(ends.until) if ends.until else None, count=ends.count))
         return answer

@@ -129,7 +129,7 @@ class Settings(NamedTuple):
 
     data_dir: Annotated[Path, Env("NCL_DATA_DIR")] = Path("data")
     sweep_interval_s: Annotated[float, Env("NCL_SWEEP_INTERVAL_S", gt=0)] = 60.0
-    misfire_grace_s: Annotated[float, Env("NCL_MISFIRE_GRACE_S", ge=0)] = 3600.0
+    misfire_grace_s: Annotated[float, Env("NCL_MISFIRE_GRACE_S", ge=0)] = RUNNER.misfire_grace_s
     task_min_interval_s: Annotated[float, Env("NCL_TASK_MIN_INTERVAL_S", ge=0)] = RUNNER.task_min_interval_s
     scheduled_task_min_gap_s: Annotated[float, Env("NCL_SCHEDULED_TASK_MIN_GAP_S", ge=0)] = 900.0
     idle_timeout_s: Annotated[float, Env("NCL_IDLE_TIMEOUT_S", gt=0)] = RUNNER.idle_timeout_s

@@ -15,7 +15,8 @@ VARIABLES = {  # field -> the variable it travels in
     "tz": "TZ", "generation": "NCL_RUNNER_GENERATION", "session_id": "NCL_SESSION_ID",
     "agent_group_id": "NCL_AGENT_GROUP_ID", "rules": "NCL_RULES", "idle_timeout_s": "NCL_IDLE_TIMEOUT_S",
     "poll_interval_s": "NCL_POLL_INTERVAL_S", "max_batch": "NCL_MAX_BATCH",
-    "task_min_interval_s": "NCL_TASK_MIN_INTERVAL_S", "provider": "NCL_PROVIDER", "model": "NCL_MODEL",
+    "task_min_interval_s": "NCL_TASK_MIN_INTERVAL_S", "misfire_grace_s": "NCL_MISFIRE_GRACE_S",
+    "provider": "NCL_PROVIDER", "model": "NCL_MODEL",
     "log_level": "NCL_LOG_LEVEL", "anthropic_socket": "NCL_ANTHROPIC_SOCKET", "group_dir": "NCL_GROUP_DIR",
     "outlives_host": "NCL_OUTLIVES_HOST", "host_pid": "NCL_HOST_PID",
 }
@@ -35,6 +36,7 @@ class RunnerEnv(NamedTuple):
     poll_interval_s: float = 0.05
     max_batch: int = 20
     task_min_interval_s: float = 300.0
+    misfire_grace_s: float = 3600.0  # (the tools refuse a recurring task's first run longer ago, as the host does)
     provider: Provider = "mock"
     model: str = "claude-sonnet-5"
     log_level: LogLevel = "INFO"

@@ -131,6 +131,15 @@ class World:
             conn.execute("INSERT OR REPLACE INTO processing_ack(message_id, status, status_changed, detail, generation)"
                          " VALUES (?, ?, ?, ?, ?)", (message_id, status, to_text(at), detail, generation))
 
+    def turn_ends(self, now: datetime) -> list[dict[str, Any]]:
+        """The requests the runner's tools staged, written for the host as the end of their turn writes them."""
+        with closing(self.outbound()) as conn, db.transaction(conn):
+            staged = [json.loads(r[0]) for r in conn.execute("SELECT content FROM staged_requests ORDER BY rowid")]
+            conn.execute("DELETE FROM staged_requests")
+        for content in staged:
+            self.request(now, content)
+        return staged
+
     def rows(self, series_id: str | None = None, session: Session | None = None) -> list[dict[str, Any]]:
         with closing(self.inbound(session)) as conn:
             sql = "SELECT * FROM messages_in" + (" WHERE series_id = ?" if series_id else "") + " ORDER BY seq"

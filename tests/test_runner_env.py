@@ -20,10 +20,11 @@ from schemas.runner_env import DEFAULTS, RunnerEnv
 ROOT = Path(__file__).resolve().parents[1]
 
 T0 = utc("2026-05-18T13:00:00")
-WIRE = {  # every variable of a default host's runner, as it always was
+WIRE = {  # every variable of a default host's runner, as it always was (and the misfire grace since its tools check it)
     "TZ": "America/New_York", "NCL_RUNNER_GENERATION": "gen-1", "NCL_RULES": "be brief",
     "NCL_IDLE_TIMEOUT_S": "1800.0", "NCL_POLL_INTERVAL_S": "0.05", "NCL_MAX_BATCH": "20",
-    "NCL_TASK_MIN_INTERVAL_S": "300.0", "NCL_PROVIDER": "mock", "NCL_MODEL": "claude-sonnet-5", "NCL_LOG_LEVEL": "INFO",
+    "NCL_TASK_MIN_INTERVAL_S": "300.0", "NCL_MISFIRE_GRACE_S": "3600.0", "NCL_PROVIDER": "mock",
+    "NCL_MODEL": "claude-sonnet-5", "NCL_LOG_LEVEL": "INFO",
 }
 
 
@@ -68,8 +69,8 @@ def test_only_a_one_off_sweeps_runners_are_told_to_outlive_it(tmp_path: Path) ->
 def test_defaults_live_in_one_place(tmp_path: Path) -> None:
     settings = World(tmp_path).settings
     told = RunnerConfig.from_env(tmp_path, {})
-    for name in ("idle_timeout_s", "poll_interval_s", "max_batch", "task_min_interval_s", "provider", "model",
-                 "log_level"):
+    for name in ("idle_timeout_s", "poll_interval_s", "max_batch", "task_min_interval_s", "misfire_grace_s", "provider",
+                 "model", "log_level"):
         assert getattr(settings, name) == getattr(told, name) == getattr(DEFAULTS, name), name
     assert RunnerEnv.from_env({}) == DEFAULTS
 
@@ -79,8 +80,8 @@ def test_the_mcp_server_is_told_what_it_always_was(tmp_path: Path) -> None:
     env = server_parameters(config).env
     assert env is not None and env.pop("PYTHONPATH")
     assert env == {"TZ": "America/New_York", "NCL_RUNNER_GENERATION": "gen-1", "NCL_TASK_MIN_INTERVAL_S": "300.0",
-                   "NCL_MAX_BATCH": "20", "NCL_PROVIDER": "mock", "NCL_MODEL": "claude-sonnet-5",
-                   "NCL_LOG_LEVEL": "INFO", "NCL_GROUP_DIR": "/g"}
+                   "NCL_MISFIRE_GRACE_S": "3600.0", "NCL_MAX_BATCH": "20", "NCL_PROVIDER": "mock",
+                   "NCL_MODEL": "claude-sonnet-5", "NCL_LOG_LEVEL": "INFO", "NCL_GROUP_DIR": "/g"}
 
 
 def test_a_local_runner_whose_host_died_during_its_start_ends_at_once(tmp_path: Path) -> None:

@@ -98,10 +98,12 @@ def test_after_downtime_within_the_grace_the_latest_slot_fires_once(project: Pro
     item = project.add(DAILY_QUEUE)
     now = SLOT + timedelta(days=2, minutes=20)  # down across three 17:30 slots; the latest is 20 min old
     result = project.firer(FakeClock(now)).tick(now)
-    assert (result.fired, result.missed) == (1, 0)
+    assert (result.fired, result.missed) == (1, 1)  # one missed run written (DESIGN §12.7)
     missed, fired = project.runs(item["id"])
     assert missed["status"] == "missed" and from_text(missed["scheduled_for"]) == SLOT
-    assert missed["missed_slots"] == 2 and "not run: the host was not running" in missed["error"]
+    assert missed["missed_slots"] == 2 and missed["error"] == (
+        "2 slot(s) from 2026-06-11T21:30:00.000Z before the one at 2026-06-13T21:30:00.000Z, which runs, not run: "
+        "the host was not running")
     assert fired["status"] == "queued" and from_text(fired["scheduled_for"]) == SLOT + timedelta(days=2)
     assert len(project.queue_rows()) == 1
     assert from_text(project.listed()[0]["next_run"]) == SLOT + timedelta(days=3)
@@ -115,7 +117,8 @@ def test_after_downtime_beyond_the_grace_nothing_fires_and_one_missed_run_counts
     result = project.firer(FakeClock(now)).tick(now)
     assert (result.fired, result.missed) == (0, 1)
     (missed,) = project.runs(item["id"])
-    assert missed["status"] == "missed" and missed["missed_slots"] == 3
+    assert missed["status"] == "missed" and missed["missed_slots"] == 3 and missed["error"] == (
+        "3 slot(s) from 2026-06-11T21:30:00.000Z to 2026-06-13T21:30:00.000Z not run: the host was not running")
     assert project.queue_rows() == []
     assert from_text(project.listed()[0]["next_run"]) == SLOT + timedelta(days=3)
 

@@ -123,6 +123,14 @@ def test_the_gap_is_checked_over_a_year_of_firings(project: Project, monkeypatch
     assert project.add(HEAD + "schedule: 0 9 * * 1\nhost: {command: 'true'}\n")["next_run"]
 
 
+def test_the_gap_across_the_spring_forward_night_is_said_in_elapsed_minutes(project: Project) -> None:
+    """01:50 EST and 03:00 EDT are 10 minutes apart, not the 70 the wall clocks show."""
+    text = f"{HEAD}schedule: '50 1,2 * * *'\nhost: {{command: 'true'}}\n"
+    line = one_line_error(project.ncl("scheduled-task", "add", "--file", project.spec(text), "--now",
+                                      "2026-03-01T09:00"))
+    assert "fires at 2026-03-08 01:50 EST and again at 03:00 EDT, 10 min apart" in line, line
+
+
 def test_file_option_errors(project: Project) -> None:
     assert one_line_error(project.ncl("scheduled-task", "add"), code=2).startswith("ncl: Missing option '--file'")
     assert "does not exist" in one_line_error(project.ncl("scheduled-task", "add", "--file", "nope.yaml"))

@@ -11,7 +11,8 @@ import pytest
 from kit import World, utc
 
 from host.errors import NclError
-from host.scheduling import tasks
+from host.scheduling import recurrence, tasks
+from host.store import db, inbox
 from schemas.times import to_text
 
 MON_0800 = utc("2026-05-18T12:00:00")  # Monday 08:00 in New York (EDT, UTC-4)
@@ -224,3 +225,49 @@ def test_run_now_adds_a_one_shot_and_leaves_the_grid(world: World) -> None:
     rows = {r["id"]: r for r in world.rows(series)}
     assert (rows[extra]["recurrence"], rows[extra]["process_after"]) == (None, "2026-05-18T15:00:00.000Z")
     assert rows[series]["process_after"] == "2026-05-18T13:00:00.000Z"
+
+
+@pytest.mark.parametrize("change", ["at", "recurrence"])
+def test_a_retried_occurrence_given_a_new_time_runs_then_with_no_slot_counted_missed(world: World, change: str) -> None:
+    """A runner died at the Monday 09:00 run (a retry keeps that grid slot); the operator then moves the next run to
+    Thursday 15:00, or gives a new recurrence: it runs at its new time, nothing recorded missed, its tries anew (the
+    old slot was kept: Thursday's run was dropped as four slots past the grace)."""
+    series = world.schedule(MON_0800, recurrence="0 9 * * *")
+    died = utc("2026-05-18T13:00:30")
+    with closing(world.inbound()) as conn, db.transaction(conn):
+        recurrence.release(conn, inbox.get(conn, series) or pytest.fail(), died, world.policy)
+    assert json.loads(world.rows(series)[0]["content"])[recurrence.SLOT] == "2026-05-18T13:00:00.000Z"
+    new = {"at": {"process_after": "2026-05-21T19:00:00.000Z"}, "recurrence": {"recurrence_expr": "0 15 * * 4"}}
+    with closing(world.inbound()) as conn:
+        tasks.update(conn, series, died, world.policy, folder=world.session.folder, **new[change])  # type: ignore[arg-type]
+    [row] = world.rows(series)
+    assert (row["process_after"], row["tries"]) == ("2026-05-21T19:00:00.000Z", 0)
+    assert recurrence.SLOT not in json.loads(row["content"])
+    result = world.sweeper().tick(utc("2026-05-21T19:00:05"))
+    assert result.missed == 0 and world.runs(series) == []
+    assert [(r["status"], r["process_after"]) for r in world.rows(series)] == [("pending", "2026-05-21T19:00:00.000Z")]
+
+
+@pytest.mark.parametrize(("change", "column", "value"), [
+    ({"process_after": "2026-05-20T13:00:00.000Z"}, "process_after", "2026-05-20T13:00:00.000Z"),
+    ({"recurrence_expr": "0 9 * * *"}, "recurrence", "0 9 * * *"),
+])
+def test_an_update_of_a_one_shot_with_a_run_now_beside_it_changes_the_one_shot(
+        world: World, change: dict[str, str], column: str, value: str) -> None:
+    series = world.schedule(MON_0800, at="2026-05-19T13:00:00.000Z")
+    with closing(world.inbound()) as conn:
+        extra = tasks.run_now(conn, series, MON_0800)
+        tasks.update(conn, series, MON_0800, world.policy, folder=world.session.folder, **change)
+    rows = {r["id"]: r for r in world.rows(series)}
+    assert rows[series][column] == value  # (was: "2 occurrence(s) changed", and neither was)
+    assert (rows[extra]["process_after"], rows[extra]["recurrence"]) == (to_text(MON_0800), None)
+
+
+def test_a_run_now_copies_the_prompt_not_the_series_grid(world: World) -> None:
+    series = world.schedule(MON_0800, recurrence="0 9 * * *", count=3)
+    with closing(world.inbound()) as conn, db.transaction(conn):
+        recurrence.release(conn, inbox.get(conn, series) or pytest.fail(), utc("2026-05-18T13:00:30"), world.policy)
+    with closing(world.inbound()) as conn:
+        extra = tasks.run_now(conn, series, utc("2026-05-18T15:30:00"))
+    content = json.loads({r["id"]: r for r in world.rows(series)}[extra]["content"])
+    assert content == {"prompt": "post the standup", "script": None, "context_mode": "group"}

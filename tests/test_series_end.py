@@ -186,12 +186,7 @@ def test_the_tool_takes_count_and_until_and_the_host_applies_them(tools: Tools, 
     answer = tools.call("schedule_task", {"prompt": "launch countdown", "recurrence": DAILY,
                                           "until": "2026-05-19T10:00:00"})
     assert "ends: none after Tue 2026-05-19 10:00:00 EDT" in answer
-    with closing(world.outbound()) as conn:
-        staged = [json.loads(r[0]) for r in conn.execute("SELECT content FROM staged_requests ORDER BY rowid")]
-        conn.execute("INSERT INTO messages_out(id, seq, timestamp, kind, content) SELECT id, 2 * rowid + 1, timestamp,"
-                     " 'system', content FROM staged_requests")
-        conn.execute("DELETE FROM staged_requests")
-        conn.commit()
+    staged = world.turn_ends(T0)
     assert (staged[0]["count"], staged[1]["until"]) == (2, "2026-05-19T14:00:00.000Z")
     assert world.sweeper().tick(T0).applied == 2
     assert [(_content(r).get("count"), _content(r).get("until")) for r in world.rows()] == [

@@ -5,6 +5,7 @@ request was applied by the host or is still this turn's."""
 from __future__ import annotations
 
 from contextlib import closing
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,36 @@ def test_schedule_and_update_answers_show_seconds_and_the_zone(tools: Tools, wor
     answer = tools.call("update_task", {"taskId": task, "recurrence": "30 8 * * *"})
     assert answer == (f"Task {task} updated (next runs: Fri 2026-06-12 08:30:00 EDT, Sat 2026-06-13 08:30:00 EDT, "
                       "Sun 2026-06-14 08:30:00 EDT (America/New_York))")
+
+
+def test_the_first_slot_the_tool_announces_is_the_one_the_host_stores(world: World) -> None:
+    """Asked at 09:59:50 for an hourly task, applied by the host at 10:00:20 when the turn ends: it runs at 10:00, as
+    the tool said (the host worked the first slot out again from its own clock: 11:00)."""
+    asked = from_text("2026-06-11T13:59:50.000Z")
+    answer = runner_tools(world, asked).call("schedule_task", {"prompt": "check the queue", "recurrence": "0 * * * *"})
+    assert "next runs: Thu 2026-06-11 10:00:00 EDT, Thu 2026-06-11 11:00:00 EDT" in answer, answer
+    [request] = world.turn_ends(asked)
+    assert request["processAfter"] == "2026-06-11T14:00:00.000Z"
+    assert world.sweeper().tick(asked + timedelta(seconds=30)).applied == 1
+    [row] = world.rows()
+    assert row["process_after"] == "2026-06-11T14:00:00.000Z" and row["recurrence"] == "0 * * * *"
+
+
+def test_a_recurring_tasks_first_run_in_the_past_is_said_as_the_host_will_do_it(tools: Tools, world: World) -> None:
+    """Within the misfire grace it runs at once, then from the next slot; longer ago the tool refuses it, as the host
+    would (it answered "scheduled", and the host then rejected it)."""
+    answer = tools.call("schedule_task", {"prompt": "water", "recurrence": "0 7 * * *",
+                                          "processAfter": "2026-06-11T08:30:00"})
+    assert answer.endswith("next runs: Thu 2026-06-11 09:00:00 EDT, Fri 2026-06-12 07:00:00 EDT, Sat 2026-06-13 "
+                           "07:00:00 EDT (America/New_York; the time given has passed))"), answer
+    with pytest.raises(ToolError, match=r"^the first run at 2026-06-11T11:59:59.000Z is more than 3600 s ago: a "
+                                        r"recurring task would count every slot since as missed"):
+        tools.call("schedule_task", {"prompt": "feed", "recurrence": "0 7 * * *",
+                                     "processAfter": "2026-06-11T07:59:59"})
+    assert [r["processAfter"] for r in world.turn_ends(NOW)] == ["2026-06-11T12:30:00.000Z"]
+    assert world.sweeper().tick(NOW).applied == 1 and world.notices() == []
+    [row] = world.rows()
+    assert row["process_after"] == "2026-06-11T12:30:00.000Z"
 
 
 def test_a_second_pause_in_the_same_turn_says_already_paused(tools: Tools, world: World) -> None:

@@ -82,8 +82,9 @@ def claim(conn: db.Connection, task_id: str, now: datetime, policy: Policy) -> C
         if not fire:
             missed += 1
         if missed:
+            until = f"before the one at {to_text(slot)}, which runs," if fire else f"to {to_text(slot)}"
             store.add_missed(conn, ids.new_id("run", now), task_id, to_text(first), to_text(now),
-                             f"{missed} slot(s) from {to_text(first)} to {to_text(slot)} not run: {why}", missed)
+                             f"{missed} slot(s) from {to_text(first)} {until} not run: {why}", missed)
         run_id = ids.new_id("run", now) if fire else None
         if run_id is not None and not store.add_running(conn, run_id, task_id, to_text(slot), to_text(now)):
             run_id = None  # this slot fired before (a schedule set back by --now): never twice
@@ -201,12 +202,12 @@ class ScheduledTasks:
         claimed = claim(conn, task_id, now, self.policy)
         if claimed is None:
             return
-        if claimed.run_id is None or claimed.missed:  # (missed slots before the one it fires are recorded too)
-            alert = {"alert": "scheduled_task_missed"} if claimed.missed else {}
-            log.warning("scheduled task %s missed %d slot(s)", task_id, claimed.missed,
-                        extra={"action": "scheduled_missed", "task": task_id, "slots": claimed.missed, **alert})
-        if claimed.run_id is None:
+        if claimed.missed:  # one missed run written, whether or not the latest slot fires (as a sweep counts them)
             result.missed += 1
+            log.warning("scheduled task %s missed %d slot(s)", task_id, claimed.missed,
+                        extra={"action": "scheduled_missed", "task": task_id, "slots": claimed.missed,
+                               "alert": "scheduled_task_missed"})
+        if claimed.run_id is None:
             return
         result.fired += 1
         log.info("scheduled task %s fired for %s (%s)", task_id, to_text(claimed.slot), claimed.task.spec.target_kind,

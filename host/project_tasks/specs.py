@@ -231,8 +231,8 @@ def check_gap(schedule: str, zone: ZoneInfo, now: datetime, min_gap_s: float) ->
     pair = cron.min_gap_violation(schedule, zone, now, min_gap_s, GAP_SPAN)
     if pair is None:
         return
+    apart = (pair[1] - pair[0]).total_seconds()  # (before the zone: one zone's times subtract as wall clocks)
     first, second = (t.astimezone(zone) for t in pair)
-    apart = (second - first).total_seconds()
     raise SpecError(
         f"schedule {schedule!r} fires at {first:%Y-%m-%d %H:%M %Z} and again at {second:%H:%M %Z}, "
         f"{apart / 60:g} min apart; project scheduled tasks run at least {min_gap_s / 60:g} min apart "

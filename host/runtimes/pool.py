@@ -254,8 +254,9 @@ def runner_env(settings: Settings, session: Session, generation: str, rules: str
     return RunnerEnv(tz=settings.tz.name, generation=generation, session_id=session.id,
                      agent_group_id=session.agent_group_id, rules=rules, idle_timeout_s=settings.idle_timeout_s,
                      poll_interval_s=settings.poll_interval_s, max_batch=settings.max_batch,
-                     task_min_interval_s=settings.task_min_interval_s, provider=settings.provider,
-                     model=settings.model, log_level=settings.log_level, anthropic_socket=socket,
+                     task_min_interval_s=settings.task_min_interval_s, misfire_grace_s=settings.misfire_grace_s,
+                     provider=settings.provider, model=settings.model, log_level=settings.log_level,
+                     anthropic_socket=socket,
                      outlives_host="1" if outlives_host else None).to_env()
 
 

@@ -21,6 +21,8 @@ from schemas.rows import InMessage
 from schemas.times import from_text, to_text
 
 YEAR = timedelta(days=366)
+# Content keys of the series' grid, not of one extra run (``run_now``): a retried slot, its end, how it ended.
+SERIES_KEYS = (recurrence.SLOT, "count", "until", series_end.ENDED)
 
 
 def check_interval(expr: str, now: datetime, policy: Policy) -> None:
@@ -214,13 +216,14 @@ def update(conn: db.Connection, ref: str, now: datetime, policy: Policy, prompt:
         rows = _live(conn, folder, series_id)
         if not rows:
             raise NclError(f"task {ref} has no live occurrence to update")
+        carrier = _carrier(rows, series_id)
         for row in rows:
             content = {**json.loads(row.content), **changes}
             if isinstance(content.get("script"), str) and not content["script"].strip():  # "" (or blanks): none
                 content["script"] = None
             TaskContent.model_validate(content)
             waiting = row.status != "processing"
-            carries = row.recurrence is not None or len(rows) == 1
+            carries = row is carrier
             new_expr = (expr or None) if expr is not None and carries else row.recurrence
             if ends and carries:
                 _set_ends(content, ends, waiting, new_expr, ref)
@@ -242,10 +245,20 @@ def update(conn: db.Connection, ref: str, now: datetime, policy: Policy, prompt:
                 after = to_text(recurring.next_after(expr, now, policy.zone))
             if waiting and new_expr and ("until" in ends or after != row.process_after):
                 _check_until(content, now, after)
+            if after != row.process_after:  # a time given anew: no longer a retry of its old slot, nor counted as one
+                content.pop(recurrence.SLOT, None)
+                task_series.count_try(conn, row.id, 0)
             # A time worked out now is planned in this zone; one kept stays in the zone it was planned in.
             zone = (policy.zone.key if after != row.process_after else row.zone) if new_expr else None
             task_series.revise(conn, row.id, json.dumps(content), new_expr, after, zone)
     return len(rows)
+
+
+def _carrier(rows: list[InMessage], series_id: str) -> InMessage:
+    """The live row a series' time, recurrence and end belong to: the one with the recurrence, else the only one, else
+    (a one-shot with a ``run_now`` waiting beside it) the series' own row, else its latest."""
+    return next((r for r in rows if r.recurrence is not None), None) or next(
+        (r for r in rows if r.id == series_id), rows[-1])
 
 
 def _set_ends(content: dict[str, Any], ends: dict[str, Any], waiting: bool, expr: str | None, ref: str) -> None:
@@ -264,6 +277,9 @@ def run_now(conn: db.Connection, ref: str, now: datetime) -> str:
     with transaction(conn):
         series_id = _series(conn, ref)
         last = task_series.occurrences(conn, series_id)[-1]
+        data = json.loads(last.content)
+        content = json.dumps({k: v for k, v in data.items() if k not in SERIES_KEYS}) if any(
+            k in data for k in SERIES_KEYS) else last.content  # (else as it is, byte for byte)
         return inbox.insert(conn, {
             "id": ids.new_id("task", now), "kind": "task", "timestamp": to_text(now), "process_after": to_text(now),
-            "series_id": series_id, **last.routing(), "content": last.content})
+            "series_id": series_id, **last.routing(), "content": content})
