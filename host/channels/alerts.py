@@ -34,7 +34,7 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any
 
-from host.channels import router
+from host.channels import lanes, router
 from host.errors import NclError
 from host.files import confined, logs
 from host.files.spool import Spool
@@ -222,7 +222,7 @@ class Alerts:
             await client.aclose()
 
     async def _deliver(self, alert: Alert) -> None:
-        alert = await asyncio.to_thread(self._with_group, alert)  # (SQLite's work never on the host's loop)
+        alert = await lanes.run("alerts", self._with_group, alert)  # (SQLite's work never on the host's loop)
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 await self.send(alert)
@@ -246,7 +246,7 @@ class Alerts:
                 elif self.target.kind == "mail":
                     await self._mail(alert)
                 else:
-                    await asyncio.to_thread(self._notice, alert)
+                    await lanes.run("alerts", self._notice, alert)
         except TimeoutError:
             raise AlertError(f"{self.target}: no answer within {self.timeout_s:g} s") from None
 
@@ -274,9 +274,9 @@ class Alerts:
 
         from host.channels import mail_smtp  # SMTP code: loaded when an alert goes out by mail
 
-        mailbox = await asyncio.to_thread(sending_mailbox, self.settings, self.target)
+        mailbox = await lanes.run("alerts", sending_mailbox, self.settings, self.target)
         try:
-            await asyncio.to_thread(mail_smtp.send, mailbox, mail_of(alert, mailbox.address, self.target.value),
+            await lanes.run("alerts", mail_smtp.send, mailbox, mail_of(alert, mailbox.address, self.target.value),
                                     self.timeout_s)
         except (OSError, smtplib.SMTPException, NclError) as exc:
             raise AlertError(f"{self.target}: {mail_smtp.smtp_failure(exc)}") from None

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from host.channels import cli_protocol as protocol
-from host.channels import router
+from host.channels import lanes, router
 from host.channels.cli_protocol import socket_path
 from host.errors import NclError
 from host.http.listener import Listener, unix_socket
@@ -74,7 +74,7 @@ class CliChannel:
         if not writers:
             return None
         content = json.loads(reply.content)
-        source = await asyncio.to_thread(_source, session, reply.in_reply_to) if reply_to_seq is not None else None
+        source = await lanes.run("cli", _source, session, reply.in_reply_to) if reply_to_seq is not None else None
         failed = source is not None and source.status == "failed"
         line = protocol.encode(protocol.reply(reply.id, content, reply.timestamp, reply.in_reply_to, reply_to_seq,
                                               _task(source), failed))
@@ -93,7 +93,7 @@ class CliChannel:
                 answer, arrived = await self._handle(line, writer, chats)
                 writer.write(protocol.encode(answer))  # sent at once: asyncio writes to an idle socket directly
                 if arrived:
-                    await asyncio.to_thread(self._stamp, *arrived)
+                    await lanes.run("cli", self._stamp, *arrived)
                 async with asyncio.timeout(LINE_TIMEOUT_S):
                     await writer.drain()
         except (ConnectionError, asyncio.LimitOverrunError, ValueError, TimeoutError) as exc:
@@ -112,7 +112,7 @@ class CliChannel:
                 raise NclError('expected {"op": "send", "group", "text"}')
             now = clock.now()
             # In a thread: its commits' syncs, and a wait for a lock the sweep holds, would hold the loop.
-            session, message_id, seq = await asyncio.to_thread(self.send, request, now)
+            session, message_id, seq = await lanes.run("cli", self.send, request, now)
         except (NclError, ValueError) as exc:
             return protocol.refused(str(exc).splitlines()[0]), None
         self.listeners[session.id].add(writer)

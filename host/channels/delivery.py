@@ -17,6 +17,7 @@ from datetime import datetime
 from itertools import takewhile
 from pathlib import Path
 
+from host.channels import lanes
 from host.channels.base import Channels
 from host.store import db, deliveries, groups
 from host.store.outbox import OutMessage
@@ -125,7 +126,7 @@ class Deliveries:
         channel = self.channels.route(reply.channel_type)
         if channel is None:
             return None
-        wired, reply_to_seq = await asyncio.to_thread(self._looked_up, session, reply)
+        wired, reply_to_seq = await lanes.run("deliveries", self._looked_up, session, reply)
         if not wired:
             # The runner writes the reply's routing: a session of one group must not send through another's
             # mailbox or bot. Kept in the transcript, like a reply no channel serves.
@@ -161,7 +162,7 @@ class Deliveries:
             if tries < MAX_ATTEMPTS:
                 return False
         status = STATUS[handed]
-        await asyncio.to_thread(_record, session, replies, status, self.now())
+        await lanes.run("deliveries", _record, session, replies, status, self.now())
         for reply in replies:
             self.settled.add(reply.id)
             self.attempts.pop(reply.id, None)

@@ -18,7 +18,7 @@ import smtplib
 import threading
 from contextlib import closing
 
-from host.channels import mail_smtp, nudge
+from host.channels import lanes, mail_smtp, nudge
 from host.channels.mail_imap import Watcher
 from host.errors import NclError
 from host.settings import Settings
@@ -57,7 +57,7 @@ class MailChannel:
         """Watch every wired mailbox; a mailbox wired or unwired while the host runs is seen within a poll."""
         while True:
             try:
-                wired = await asyncio.to_thread(self._wired)
+                wired = await lanes.run("mail", self._wired)
             except Exception as exc:  # central.db unreadable for now: the next poll tries again
                 log.warning("mailboxes not read: %s", exc, extra={"action": "mail_error"})
                 wired = {}
@@ -80,10 +80,10 @@ class MailChannel:
         try:
             while True:
                 try:
-                    if await asyncio.to_thread(watcher.take_new):
+                    if await lanes.run("mailboxes", watcher.take_new):
                         nudge.touch(self.settings)  # here, in the loop: the host's wake event is not thread-safe
                     backoff = 1.0
-                    await asyncio.to_thread(watcher.wait)
+                    await lanes.run("mailboxes", watcher.wait)
                 except Exception as exc:  # a server gone, or a mail this code trips on: said, tried again later
                     watcher.close()
                     log.warning("mailbox %s: %s; trying again in %.0f s", mailbox.address,
@@ -95,14 +95,14 @@ class MailChannel:
 
     async def deliver(self, session: Session, reply: OutMessage, reply_to_seq: int | None) -> bool | None:
         """Send the reply to the mail it answers; None when it answers no mail (kept in the transcript)."""
-        message = await asyncio.to_thread(mail_smtp.reply_mail, self.settings, session, reply)
+        message = await lanes.run("mail", mail_smtp.reply_mail, self.settings, session, reply)
         if message is None:
             return None
         mailbox, email = message
         delay = self.settings.mail_retry_s
         for attempt in range(1, SEND_TRIES + 1):
             try:
-                await asyncio.to_thread(mail_smtp.send, mailbox, email)
+                await lanes.run("mail", mail_smtp.send, mailbox, email)
                 log.info("reply %s mailed to %s", reply.id, email["To"],
                          extra={"action": "mail_sent", "session": session.id})
                 return True

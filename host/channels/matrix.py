@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from host.channels import matrix_files, reply_files, router
+from host.channels import lanes, matrix_files, reply_files, router
 from host.channels import matrix_wire as wire
 from host.channels.matrix_login import MatrixError, configured, login, state_path
 from host.errors import HOST_ERRNOS
@@ -110,7 +110,7 @@ class MatrixChannel:
             try:
                 if self.client is None:
                     self.client = await login(self.settings, self.state)
-                    await asyncio.to_thread(self.state.save, state_path(self.settings))
+                    await lanes.run("matrix", self.state.save, state_path(self.settings))
                     self.display_name = await self._own_name()
                     log.info("matrix: logged in as %s", self.user_id, extra={"action": "matrix_logged_in"})
                 await self.sync_once()
@@ -149,7 +149,7 @@ class MatrixChannel:
         await self._stall("after_commit")
         self.failing.clear()
         self.state.next_batch = done.next_batch
-        await asyncio.to_thread(self.state.save, state_path(self.settings))  # a durable write: its syncs in a thread
+        await lanes.run("matrix", self.state.save, state_path(self.settings))  # a durable write: its syncs in a thread
 
     async def _one(self, what: str, work: Awaitable[None]) -> None:
         """One invite or event of a sync. A failure fails the sync, which is tried again. One that is not the
@@ -180,7 +180,7 @@ class MatrixChannel:
         # The invite itself comes last: the state before it is the inviting server's word (it could name anyone).
         inviter = next((e.sender for e in reversed(invited.invite_state) if isinstance(e, InviteMemberEvent)
                         and e.state_key == self.user_id and e.membership == "invite"), "")
-        why = None if await asyncio.to_thread(self._group_id) else f"no group is wired to {self.channel}"
+        why = None if await lanes.run("matrix", self._group_id) else f"no group is wired to {self.channel}"
         why = why or (None if wire.allowed(inviter, self.settings.matrix_allowed) else
                       f"{inviter or 'an unknown user'} is not in NCL_MATRIX_ALLOW")
         if why:
@@ -253,13 +253,13 @@ class MatrixChannel:
                                  thread=thread, place=room_id, routing={"platform_id": room_id}, trigger=trigger,
                                  message_id=wire.message_id(event_id, event.get("origin_server_ts")))
         await self._stall("before_commit")
-        found = await asyncio.to_thread(self._session_of, arrival)
+        found = await lanes.run("matrix", self._session_of, arrival)
         if found is None:
             return log.warning("matrix: message in %s not taken: no group is wired to %s", room_id, self.channel,
                                extra={"action": "matrix_unwired"})
         group, session, now = found
         arrival.content["text"] = await self._text(session, content, arrival.message_id or event_id)
-        session, message_id, _ = await asyncio.to_thread(self._deliver_in, group, arrival, now)
+        session, message_id, _ = await lanes.run("matrix", self._deliver_in, group, arrival, now)
         self.state.last_event_id = event_id
         log.info("matrix: message %s from %s", message_id, sender,
                  extra={"action": "matrix_arrived", "session": session.id})
@@ -284,7 +284,7 @@ class MatrixChannel:
         room_id = self._room_of(session)  # never the row's platform_id: the runner writes that row
         content = json.loads(reply.content)
         text = str(content.get("text") or "")
-        parts = await asyncio.to_thread(wire.text_parts, text)  # Markdown's rendering: ~30 ms a part, off the loop
+        parts = await lanes.run("matrix", wire.text_parts, text)  # Markdown's rendering: ~30 ms a part, off the loop
         sent, more = reply_files.names(reply)
         for name in sent:
             parts.append(await matrix_files.uploaded(self.client, self.settings, session.folder, reply, name))
@@ -296,8 +296,8 @@ class MatrixChannel:
         await self._stall("after_send")
         if (typing := self.typing.get(room_id)) is not None:
             since = typing.since  # (a message that comes meanwhile starts a turn of its own: typing goes on)
-            if not await asyncio.to_thread(self._working, typing, clock.now()) and self.typing.get(room_id) is typing \
-                    and typing.since == since:
+            working = await lanes.run("matrix", self._working, typing, clock.now())
+            if not working and self.typing.get(room_id) is typing and typing.since == since:
                 await self._stop_typing(room_id)
         return True
 
@@ -317,7 +317,7 @@ class MatrixChannel:
         done, so a read that finds it done resumes here after the hand-over."""
         now = now or clock.now()
         for room_id, typing in list(self.typing.items()):
-            on = now - typing.since < TYPING_CAP and (await asyncio.to_thread(self._working, typing, now)
+            on = now - typing.since < TYPING_CAP and (await lanes.run("matrix", self._working, typing, now)
                                                       or not typing.folders.isdisjoint(self.replying))
             if self.typing.get(room_id) is not typing:
                 continue  # the answer came meanwhile and ended it (``deliver``)

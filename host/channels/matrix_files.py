@@ -12,8 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from host.channels import lanes, reply_files
 from host.channels import matrix_wire as wire
-from host.channels import reply_files
 from host.channels.matrix_login import MatrixError
 from host.errors import cut
 from host.files import confined
@@ -52,10 +52,10 @@ async def fetched(client: Any, settings: Settings, folder: Path, content: dict[s
             return f"[a file {name} that could not be fetched: {getattr(got, 'message', 'no body')}]"
         if saved.stat().st_size > limit:
             return f"[a file {name} not taken: over NCL_MATRIX_MAX_FILE_BYTES ({limit} bytes)]"
-        data = await asyncio.to_thread(saved.read_bytes)
+        data = await lanes.run("matrix", saved.read_bytes)
     relative = Path(FILES_DIR) / f"{message_id.rsplit('-', 1)[1]}-{name}"
     try:
-        await asyncio.to_thread(confined.write_beneath, folder, relative, data)
+        await lanes.run("matrix", confined.write_beneath, folder, relative, data)
     except (confined.Refused, OSError) as exc:  # the runner's folder: it may have put a link there
         log.warning("matrix: file %s not stored: %s", relative, exc, extra={"action": "matrix_file_refused"})
         return f"[a file {name} not stored: {exc}]"
@@ -70,7 +70,7 @@ async def uploaded(client: Any, settings: Settings, folder: Path, reply: OutMess
     from nio import UploadResponse
 
     try:
-        data = await asyncio.to_thread(reply_files.read, folder, reply, name, settings.matrix_max_file_bytes)
+        data = await lanes.run("matrix", reply_files.read, folder, reply, name, settings.matrix_max_file_bytes)
     except (confined.Refused, OSError) as exc:
         reply_files.refused("matrix_file_refused", folder.name, reply, name, str(exc))
         return wire.text_content(f"(the file {reply_files.said(name)} was not sent: {cut(str(exc), 500)})")

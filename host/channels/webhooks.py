@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Iterator
 
-from host.channels import router
+from host.channels import lanes, router
 from host.http.listener import Listener, tcp_socket
 from host.http.log_throttle import LogThrottle
 from host.http.wire import Refusal, Request, content_length, error_response, json_response, read_body, read_head
@@ -35,6 +35,7 @@ HEAD_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 30.0  # 1 MiB in 30 s: any real sender on loopback, never a client trickling bytes
 PREFIX = "/webhooks/"
 BUSY = error_response(503, "overloaded_error", "too many webhook connections at once; try again shortly")
+SESSION_BUSY = error_response(503, "overloaded_error", "the hook's session is busy; try again shortly")
 SHORT_OF = {errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EDQUOT, errno.ENOMEM}
 # What SQLite (and db.connect, which words its errors into a DbError) says when descriptors or disk run out.
 SHORT_OF_TEXT = ("unable to open database file", "database or disk is full", "disk i/o error",
@@ -51,6 +52,7 @@ class Webhooks:
         self.listener: Listener | None = None
         self.throttle = LogThrottle(log)
         self._central = pool.Pool(settings.central_db)  # for the threads that check tokens and write arrivals
+        self._one_at_a_time = lanes.OneAtATime()
 
     async def start(self, port: int | None = None) -> int:
         """Listen on loopback only; returns the port (``NCL_HTTP_PORT``, or any free one for 0), or 0 if it is
@@ -83,18 +85,23 @@ class Webhooks:
         try:
             request = await read_head(reader, timeout=self.head_timeout_s)
             body = await self._body(reader, request)
-            with self._short_of_resources():
-                # In a thread: its commits' syncs, and a wait for a lock the sweep holds, would hold the loop.
-                writer.write(await asyncio.to_thread(self._answer, request, body))
+            # In a thread: its commits' syncs, and a wait for a lock the sweep holds, would hold the loop. One hook's
+            # arrivals go to one session, one at a time: the others wait here, not in the lane's threads (a session
+            # its runner keeps locked holds up its own hook, never the others').
+            async with self._one_at_a_time.held(request.path):
+                with self._short_of_resources():
+                    writer.write(await lanes.run("webhooks", self._answer, request, body))
         except Refusal as refusal:
             writer.write(error_response(*refusal.args))
             if refusal.args[0] == 413 and request is not None:  # take what the client still sends, or it sees a
                 await _drain(reader, request, self.body_timeout_s)  # reset, not the 413
         except (ConnectionError, asyncio.IncompleteReadError):
             return
-        except Exception:
-            writer.write(error_response(500, "api_error", "the host failed to take this webhook; see its log"))
-            raise  # the listener logs it, at most once a minute
+        except Exception as exc:
+            if not db.is_busy(exc):
+                writer.write(error_response(500, "api_error", "the host failed to take this webhook; see its log"))
+                raise  # the listener logs it, at most once a minute
+            writer.write(SESSION_BUSY)  # its session's files were locked past the busy timeout (a runner may do so)
         with contextlib.suppress(ConnectionError, TimeoutError):
             async with asyncio.timeout(self.body_timeout_s):
                 await writer.drain()
@@ -105,7 +112,7 @@ class Webhooks:
         if request.method != "POST" or not request.target.startswith(PREFIX) or not name:
             raise Refusal(404, "not_found_error", "POST /webhooks/NAME is the only endpoint")
         with self._short_of_resources():
-            await asyncio.to_thread(self._authorized, f"webhook:{name}", request.header("authorization") or "")
+            await lanes.run("webhooks", self._authorized, f"webhook:{name}", request.header("authorization") or "")
         content_length(request, MAX_BODY)  # 400/413 on the head alone, before waiting for any body
         return await read_body(reader, request, MAX_BODY, timeout=self.body_timeout_s)
 

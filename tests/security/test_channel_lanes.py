@@ -1,0 +1,86 @@
+"""A runner that keeps its session's inbox locked holds up its own hook's webhooks, never another group's chat (attack
+review: 64 webhooks into such a session took asyncio's one default thread pool, six threads here, which the CLI socket
+and the deliveries shared, and ``ncl chat`` of any group waited 55 s). Each channel's blocking work runs in threads of
+its own (``host.channels.lanes``), one hook's arrivals one at a time; a webhook whose session stayed locked past the
+busy timeout is a 503 to retry, not a 500 with a traceback in the log. A real ``ncl host run``, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from processes import Env
+from test_webhook_flood import FloodHost
+
+HOOKS = 64  # NCL_HTTP_MAX_CONNECTIONS
+
+
+@pytest.fixture
+def env() -> Iterator[tuple[Env, str]]:
+    root = Path(tempfile.mkdtemp(prefix="ncl-lanes-"))  # short: runners reach their proxy socket by path
+    made = Env(root)
+    made.vars["NCL_PROVIDER"] = "mock"
+    made.ok("groups", "create", "demo", "--channel", "cli")
+    token = json.loads(made.ok("groups", "create", "hooked", "--channel", "webhook:hook", "--json"))["webhook_tokens"]
+    yield made, token["hook"]
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def post(port: int, token: str, body: dict[str, object]) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    try:
+        conn.request("POST", "/webhooks/hook", json.dumps(body), {"authorization": f"Bearer {token}"})
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
+
+
+def established(port: int) -> int:
+    """Connections to ``port`` the kernel has established (/proc/net/tcp: local address, state 01)."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for line in lines if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "01")
+
+
+def test_webhooks_into_a_locked_session_never_hold_another_groups_chat(env: tuple[Env, str]) -> None:
+    made, token = env
+    host = FloodHost(made)
+    try:
+        status, answer = post(host.port, token, {"n": 0})
+        assert status == 202, answer
+        inbox = made.data_dir / "v2-sessions" / "ag-hooked" / json.loads(answer)["session_id"] / "inbound.db"
+        answered: list[int] = []
+        with closing(sqlite3.connect(f"file:{inbox}?mode=ro", uri=True, isolation_level=None)) as held:
+            held.execute("BEGIN")
+            held.execute("SELECT count(*) FROM messages_in").fetchone()  # a read lock, as its runner may keep
+            senders = [threading.Thread(target=lambda n=n: answered.append(post(host.port, token, {"n": n})[0]))
+                       for n in range(1, HOOKS + 1)]
+            for sender in senders:
+                sender.start()
+            deadline = time.monotonic() + 30
+            while established(host.port) < HOOKS and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert host.chat("hello from another group") == ["mock: hello from another group"]
+            before_chat = len(answered)  # (was: most of them, as 500s, one thread's busy wait after another)
+            held.execute("ROLLBACK")
+        for sender in senders:
+            sender.join(300)
+        print(f"webhooks answered before the other group's chat: {before_chat}; answers "
+              f"{ {s: answered.count(s) for s in set(answered)} }")
+        assert before_chat < 8
+        assert len(answered) == HOOKS and set(answered) <= {202, 503} and 202 in answered
+        with closing(sqlite3.connect(f"file:{inbox}?mode=ro", uri=True)) as conn:
+            rows = conn.execute("SELECT count(*) FROM messages_in WHERE kind = 'webhook'").fetchone()[0]
+        assert rows == 1 + answered.count(202)  # each 503 wrote nothing, each 202 one row
+        assert "Traceback" not in host.log.read_text()
+    finally:
+        host.stop()
