@@ -203,3 +203,15 @@ def test_unknown_task_id_is_exit_1(cli: Ncl, session: dict[str, Any], args: tupl
     line = one_line_error(cli("tasks", args[0], "task-1781168400000-zzzzzz", *args[1:]))
     assert "task-1781168400000-zzzzzz" in line
     assert inbox_rows(session) == before
+
+
+def test_an_operators_task_is_routed_as_the_sessions_chat_so_its_answer_shows_there(
+        cli: Ncl, session: dict[str, Any]) -> None:
+    """(Unrouted, its answer was kept in the transcript and the host warned it named a channel not wired.)"""
+    with closing(db.connect(Path(session["path"]) / "inbound.db", "inbound")) as conn, db.transaction(conn):
+        conn.execute("INSERT INTO session_routing(id, platform_id, channel_type, thread_id) VALUES (1, NULL, 'cli',"
+                     " 'standup')")  # as the session's first chat left it
+    item = add(cli, session, "--at", "2026-05-18T09:00:00", "--now", MON_0800)
+    [row] = inbox_rows(session)
+    assert (row["id"], row["channel_type"], row["platform_id"], row["thread_id"]) == (item["id"], "cli", None,
+                                                                                       "standup")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections.abc import Callable
 from contextlib import closing
@@ -318,6 +319,27 @@ def test_a_reply_goes_only_to_a_channel_its_group_is_wired_to(tmp_path: Path) ->
     _reply(world, "through its own mailbox", channel_type="mail:ops@example.org")
     _tick(sweeper)
     assert [text for text, _ in postbox.got] == ["through its own mailbox"]
+
+
+def test_a_reply_naming_no_channel_goes_to_the_sessions_chat_if_its_group_has_one(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An operator's task in a session made by 'ncl sessions create' is answered with no routing: the group's cli
+    chat has it; a group without one keeps it in the transcript, said as that (not as a refused channel)."""
+    caplog.set_level(logging.INFO, "host.channels.delivery")
+    world = World(tmp_path)
+    chat = Channel()
+    sweeper = world.sweeper()
+    sweeper.deliveries = Deliveries(Channels([chat]), lambda: T0, world.settings.central_db)
+    _reply(world, "to whoever chats", channel_type=None)
+    _tick(sweeper)
+    assert chat.got == [("to whoever chats", None)] and _delivered(world)[0][1] == "delivered"
+    with closing(db.connect(world.settings.central_db, "central")) as central:
+        groups.rewire(central, world.group, T0, ["webhook:hook"], ["cli"])
+    _reply(world, "to nobody", channel_type=None)
+    _tick(sweeper)
+    assert len(chat.got) == 1 and _delivered(world)[1][1] == "stored"
+    actions = [r.action for r in caplog.records if r.name == "host.channels.delivery"]
+    assert "delivery_unrouted" in actions and "delivery_refused" not in actions
 
 
 def test_a_turns_answer_is_handed_over_before_the_turn_is_recorded_done_and_sent_after(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from itertools import takewhile
 from pathlib import Path
 
 from host.channels import lanes
-from host.channels.base import Channels
+from host.channels.base import UNROUTED, Channels
 from host.store import db, deliveries, groups
 from host.store.outbox import OutMessage
 from host.store.sessions import Session
@@ -127,6 +127,10 @@ class Deliveries:
         if channel is None:
             return None
         wired, reply_to_seq = await lanes.run("deliveries", self._looked_up, session, reply)
+        if not wired and reply.channel_type is None:  # (a session made by 'ncl sessions create' has no channel)
+            log.info("reply %s names no channel and group %s has no cli channel: kept in the transcript", reply.id,
+                     session.agent_group_id, extra={"action": "delivery_unrouted", "session": session.id})
+            return None
         if not wired:
             # The runner writes the reply's routing: a session of one group must not send through another's
             # mailbox or bot. Kept in the transcript, like a reply no channel serves.
@@ -141,7 +145,7 @@ class Deliveries:
 
     def _looked_up(self, session: Session, reply: OutMessage) -> tuple[bool, int | None]:
         """Whether the reply's channel is one its group is wired to, and (if so) the inbox seq it answers."""
-        if not self._wired(session, reply.channel_type or ""):
+        if not self._wired(session, reply.channel_type or UNROUTED):  # (an unrouted reply goes to the session's chat)
             return False, None
         path = session.folder / "inbound.db"
         with db.lock_of(path), closing(db.connect(path, "inbound")) as conn:

@@ -271,6 +271,7 @@ def add(app: App, session_id: str, prompt: str, recurrence: str | None, interval
     """Schedule a task in a session, as an operator."""
     from host.channels import nudge  # see _write
     from host.scheduling import tasks
+    from host.store import inbox
     from host.store.task_ids import TaskIds
 
     recurrence = _recurrence(recurrence, interval_ms)
@@ -286,9 +287,11 @@ def add(app: App, session_id: str, prompt: str, recurrence: str | None, interval
         registry = TaskIds(central, session.agent_group_id, session.id)
         with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
             # Operators keep to NCL_MAX_TASKS_PER_SESSION too: the cap bounds the sweep's work, whoever asks.
+            # Routed as the session's own messages: its answers go where the session's chat is (an agent's task
+            # is routed so too). Unrouted, its answer was kept in the transcript, never shown in the open chat.
             task_id = tasks.schedule(conn, moment, policy(app), ids.new_id("task", moment), prompt, after, recurrence,
-                                     script, context_mode, enforce_interval=not force, registry=registry,
-                                     duplicate_ok=force, until=end, count=count)
+                                     script, context_mode, inbox.session_routing(conn), enforce_interval=not force,
+                                     registry=registry, duplicate_ok=force, until=end, count=count)
     nudge.touch(app.settings)
     item = task_list.summary(session, task_id)
     emit(as_json, item.to_json(), lambda: click.echo(
