@@ -120,6 +120,26 @@ def test_queue_prompt_list_mixes_file_and_text_items(env: Env) -> None:
     assert content["queue"] == "support-jobs" and content["payload"] == payload
 
 
+def test_a_prompts_files_are_inlined_once_each_and_bounded_together(env: Env) -> None:
+    """(One 512 KiB file named 200 times in a 9 KB payload made a 100 MB row: attack review.)"""
+    folder = env.data_dir / "groups" / "ag-demo"
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (folder / name).write_text(name[0] * (900 << 10))
+    item = {"type": "file", "url": "room:///a.txt"}
+    sent = json.loads(env.ok("queue", "send", "--queue", "support-jobs", "--json", json.dumps(
+        {"prompt": [item, {"type": "file", "url": "room:///./a.txt"}, item, {"type": "file", "url": "room:///b.txt"}]})))
+    path = env.data_dir / "v2-sessions" / "ag-demo" / sent["session_id"] / "inbound.db"
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        content = json.loads(conn.execute("SELECT content FROM messages_in").fetchone()[0])
+    assert content["prompt"].count('<file name="a.txt">') == 1 and content["prompt"].count('<file name="b.txt">') == 1
+    assert [i["name"] for i in content["content"]] == ["a.txt", "a.txt", "a.txt", "b.txt"]
+    three = [{"type": "file", "url": f"room:///{n}"} for n in ("a.txt", "b.txt", "c.txt")]
+    for prompt, needle in (([item] * 21, "has 21 file items; at most 20"), (three, "more than 2 MiB together")):
+        done = env.ncl("queue", "send", "--queue", "support-jobs", "--json", json.dumps({"prompt": prompt}))
+        assert done.returncode == 1 and needle in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert len(json.loads(env.ok("sessions", "list", "--json"))["sessions"]) == 1
+
+
 @pytest.mark.parametrize(("payload", "needle"), [
     ('{"prompt": [{"type": "file", "url": "room:///../../etc/passwd"}]}', "outside the group folder"),
     ('{"prompt": [{"type": "file", "url": "file:///etc/passwd"}]}', "room:///"),

@@ -19,6 +19,10 @@ from host.store import db, groups, sessions, views
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_FILE_BYTES = 1 << 20
+# A prompt's files are inlined into its row: at most this many items, each file once, all of them together this
+# big (one 512 KiB file named 200 times in a 9 KB payload made a 100 MB row, and its job could never be read).
+MAX_FILE_ITEMS = 20
+MAX_FILES_BYTES = 2 << 20
 MAX_PAYLOAD_BYTES = 1 << 20  # a job ``ncl queue send`` takes, as a webhook's body (webhooks.MAX_BODY)
 TOKENS = {"{YYYY}": "%Y", "{MM}": "%m", "{DD}": "%d", "{HH}": "%H", "{mm}": "%M"}
 
@@ -72,6 +76,8 @@ def check_payload(payload: Any) -> None:
     if isinstance(prompt, list) and prompt:
         for item in prompt:
             _check_item(item)
+        if (files := sum(item["type"] == "file" for item in prompt)) > MAX_FILE_ITEMS:
+            raise NclError(f"payload \"prompt\" has {files} file items; at most {MAX_FILE_ITEMS}")
         if all(item["type"] == "text" and not item["text"].strip() for item in prompt):  # issue 11
             raise NclError('payload "prompt" items are only empty or whitespace text: give text or a file')
     elif not isinstance(prompt, str) or not prompt.strip():
@@ -111,15 +117,21 @@ def prompt_of(payload: dict[str, Any], group_dir: Path) -> tuple[str, list[dict[
     prompt = payload["prompt"]
     if isinstance(prompt, str):
         return prompt, [{"type": "text", "text": prompt}]
-    parts, items = [], []
+    parts, items, inlined, size = [], [], set(), 0
     for item in prompt:
         if item["type"] == "text":
             parts.append(item["text"])
             items.append({"type": "text", "text": item["text"]})
-        else:
+            continue
+        name = posixpath.normpath(item["url"].removeprefix("room:///"))
+        if name not in inlined:  # (a file named again is in the prompt once)
             name, text = _file(group_dir, item["url"])
+            inlined.add(name)
+            size += len(text.encode())
+            if size > MAX_FILES_BYTES:
+                raise NclError(f"the prompt's files are more than {MAX_FILES_BYTES >> 20} MiB together")
             parts.append(f'<file name="{name}">\n{text}\n</file>')
-            items.append({"type": "file", "url": item["url"], "name": name})
+        items.append({"type": "file", "url": item["url"], "name": name})
     return "\n\n".join(parts), items
 
 
