@@ -76,6 +76,16 @@ def test_messages_list_last_shows_the_latest_of_both_directions(ncl: Any, demo_s
     assert refused.code == 1 and "--last" in refused.err and "Traceback" not in refused.err
 
 
+def test_messages_list_json_writes_an_unpaired_surrogate_a_runner_wrote_escaped(ncl: Any,
+                                                                                demo_session: dict[str, Any]) -> None:
+    """(It failed, for good, with "a value given is not UTF-8 text": no UTF-8 JSON can hold one unescaped.)"""
+    _write(Path(demo_session["path"]) / "outbound.db", "INSERT INTO messages_out(id, seq, timestamp, kind, content)"
+           " VALUES ('msg-2', 1, ?, 'chat', ?)", "2026-06-11T09:00:01.000Z", '{"text": "cut \\ud83d, then é"}')
+    done = ncl("messages", "list", "--session", demo_session["id"], "--json")
+    assert done.code == 0 and '"text": "cut \\ud83d, then \\u00e9"' in done.out
+    assert done.json()["messages"][0]["text"] == "cut \ud83d, then é"
+
+
 def test_status_lists_project_tasks_among_the_next_due(ncl: Any, cli_env: Any) -> None:
     assert ncl("groups", "create", "jobs", "--channel", "queue:support-jobs").code == 0
     spec = cli_env.root / "t.yaml"

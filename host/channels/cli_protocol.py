@@ -36,6 +36,10 @@ def decode(line: bytes) -> dict[str, Any]:
     message = json.loads(line)
     if not isinstance(message, dict):
         raise ValueError("expected a JSON object")
+    try:
+        json.dumps(message, ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # ("\ud83d" alone: a text cut inside an emoji) stored, no JSON output could show it
+        raise ValueError("the line has an unpaired surrogate escape: not text") from None
     return message
 
 

@@ -121,9 +121,13 @@ class Webhooks:
         channel = f"webhook:{name}"
         try:
             payload = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise Refusal(400, "invalid_request_error", "the body is not JSON (or nests too deep)") from None
+            json.dumps(payload, ensure_ascii=False).encode()  # an unpaired surrogate escape ("\ud83d") is no text
+        except (ValueError, RecursionError):
+            raise Refusal(400, "invalid_request_error", "the body is not JSON text (or nests too deep, or has an "
+                                                        "unpaired surrogate escape)") from None
         with self._central.connection() as central:
+            # Again, as the row is written: a token rotated (or a hook rewired) while the body came stops it.
+            self._authorize(central, channel, request.header("authorization") or "")
             group = router.group_for(central, channel)
             session, message_id, _ = router.deliver_in(
                 central, self.settings, clock.now(), group,

@@ -33,7 +33,12 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print machin
 
 
 def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # an unpaired surrogate (a runner may write one) is written escaped: still JSON
+        text = json.dumps(data, indent=2)
+    click.echo(text)
 
 
 def local_time(text: str | None, zone: ZoneInfo) -> str:

@@ -97,3 +97,16 @@ async def test_the_cli_answers_while_the_webhook_port_is_full(channel: tuple[Hoo
     assert (await send(reader, writer, "through the flood"))["ok"]
     await hang_up(writer, *[w for _, w in flood])
     await hooks.stop()
+
+
+async def test_a_line_with_an_unpaired_surrogate_escape_is_refused_and_nothing_stored(
+        channel: tuple[Hook, CliChannel]) -> None:
+    """("\\ud83d" alone, a text cut inside an emoji: stored, 'ncl messages list --json' failed for good.)"""
+    hook, _ = channel
+    reader, writer = await connect(hook)
+    writer.write(b'{"op": "send", "group": "ops", "text": "cut \\ud83d"}\n')
+    answer = json.loads(await asyncio.wait_for(reader.readline(), 5))
+    assert answer == {"ok": False, "error": "the line has an unpaired surrogate escape: not text"}
+    assert (await send(reader, writer, "whole 🙂"))["ok"]
+    assert [r["content"]["text"] for r in hook.rows()] == ["whole 🙂"]
+    await hang_up(writer)
