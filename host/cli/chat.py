@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import socket
+import struct
 import sys
 import threading
 import time
@@ -74,9 +76,11 @@ def _connect(path: Path, data_dir: Path) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(str(path))
-            return sock
         except OSError:
             sock.close()
+        else:
+            _check_peer(sock, path)
+            return sock
         pid = lock.running_pid(data_dir)
         if pid is None:
             raise NclError("the host is not running (start it with 'ncl host run')")
@@ -86,6 +90,16 @@ def _connect(path: Path, data_dir: Path) -> socket.socket:
             say(f"ncl: waiting for the host (pid {pid}) to open {path}: it is starting", err=True)
             said = True
         time.sleep(0.05)
+
+
+def _check_peer(sock: socket.socket, path: Path) -> None:
+    """The socket's server runs as this user or root (the kernel's word for it, SO_PEERCRED): one planted at that
+    name by another account would read what is typed and answer for the agent."""
+    _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    if uid not in (os.geteuid(), 0):
+        sock.close()
+        raise NclError(f"{path} is served by uid {uid}, neither this user nor root: not talking to it (who can "
+                       "write the data directory? see 'ncl doctor')")
 
 
 def ask(app: App, group: str, text: str, thread: str | None, timeout: float, channel: str) -> dict[str, Any]:

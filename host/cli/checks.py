@@ -60,9 +60,10 @@ def data_dir(settings: Settings) -> Check:
         probe = probe.parent
     writable = probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
     state = "exists" if path.exists() else f"will be created under {probe} (mode 0700)"
-    exposed = private.exposure(path)
-    detail = f"{path} ({state}; {'writable' if writable else 'NOT writable'})" + (f"; {exposed}" if exposed else "")
-    return Check("data_dir", _level(writable, warn=exposed is not None), detail)
+    exposed, owner = private.exposure(path), private.foreign(path)
+    detail = f"{path} ({state}; {'writable' if writable else 'NOT writable'})" + "".join(
+        f"; {problem}" for problem in (owner, exposed) if problem)
+    return Check("data_dir", _level(writable and owner is None, warn=exposed is not None), detail)
 
 
 def _missing(settings: Settings) -> Level:

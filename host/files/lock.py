@@ -20,6 +20,8 @@ _held: set[str] = set()  # data dirs whose lock this process holds
 def host_lock(data_dir: Path) -> Iterator[None]:
     """Hold the lock for the block; a second holder gets "another host is running (pid N)"."""
     private.make_dir(data_dir)
+    if owner := private.foreign(data_dir):
+        raise NclError(f"refusing the data directory {data_dir}: {owner} (its owner could stand in for the host)")
     fd = os.open(data_dir / "host.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, private.FILE_MODE)
     try:
         try:

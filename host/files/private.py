@@ -58,6 +58,18 @@ def replace_file(dirfd: int, name: str, data: bytes, durable: bool = False) -> N
         os.fsync(dirfd)
 
 
+def foreign(path: Path) -> str | None:
+    """Who else owns the data dir ``path``, said as a problem (None: this user does, or it does not exist yet). Its
+    owner can rename anything in it, whatever the modes: put a socket of its own where the host's was, or files."""
+    try:
+        uid = path.stat().st_uid
+    except FileNotFoundError:
+        return None
+    if uid == os.geteuid():
+        return None
+    return f"owned by uid {uid}, not by this user (uid {os.geteuid()}): chown -R {os.geteuid()} {path}"
+
+
 def exposure(path: Path) -> str | None:
     """What other local users may do to the data dir ``path``, or None if nothing (or it does not exist yet)."""
     try:
