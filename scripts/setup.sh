@@ -25,9 +25,9 @@ hash=$(sha256sum pyproject.toml | cut -d' ' -f1)
 have=$(cat "$stamp" 2>/dev/null || true)
 if [ "$have" != "$hash dev" ] && [ "$have" != "$hash $target" ]; then
   if [ "$target" = . ]; then
-    echo "setup: installing ncl and what running it needs into .venv (about 120 MB, 20 s here on first run) …" >&2
+    echo "setup: installing ncl and what running it needs into .venv (about 170 MB, 40 s here on first run) …" >&2
   else
-    echo "setup: installing ncl with its test and lint tools into .venv (about 250 MB, 30 s here on first run) …" >&2
+    echo "setup: installing ncl with its test and lint tools into .venv (about 280 MB, 55 s here on first run) …" >&2
   fi
   .venv/bin/python -m pip install --disable-pip-version-check --progress-bar on -e "$target" >&2
   [ "$target" = . ] && echo "$hash ." >"$stamp" || echo "$hash dev" >"$stamp"

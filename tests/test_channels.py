@@ -79,7 +79,9 @@ def test_chat_without_a_host_is_one_clear_line(env: Env) -> None:
 def test_chat_to_a_group_without_cli_is_refused(env: Env, host: Host) -> None:
     env.ok("groups", "create", "quiet", "--channel", "queue:other")
     done = env.ncl("chat", "quiet", "hello")
-    assert done.returncode == 1 and "no cli channel" in done.stderr
+    assert done.returncode == 1 and "(add it with 'ncl groups update quiet --channel cli')" in done.stderr
+    env.ok("groups", "update", "quiet", "--channel", "cli")  # as it says
+    assert env.ok("chat", "quiet", "hello") == "mock: hello\n"
 
 
 def test_queue_jobs_without_thread_get_a_session_each_and_are_answered_once(env: Env, host: Host) -> None:

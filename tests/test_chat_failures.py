@@ -51,4 +51,4 @@ def test_an_answer_that_is_no_error_exits_0(env: Env) -> None:
 def test_a_refused_slash_command_exits_1_naming_why(env: Env) -> None:
     said = env.ncl("chat", "demo", '/pause_task {"taskId": "task-nope"}')
     assert said.returncode == 1 and said.stdout == ""
-    assert said.stderr.startswith("ncl: error: error: ") and "task-nope" in said.stderr
+    assert said.stderr == "ncl: error: no task 'task-nope' in this conversation (see list_tasks)\n"

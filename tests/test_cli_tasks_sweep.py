@@ -52,6 +52,7 @@ def test_sweep_table_lists_the_counts(cli: Ncl, session: dict[str, Any]) -> None
     out = ok(cli("host", "sweep", "--once", "--now", MON_0800)).out
     labels = [line.split("  ")[0].strip() for line in out.splitlines()]
     assert {"now", "sessions checked", "woken", "cloned"} <= set(labels)
+    assert "now               2026-05-18 08:00:00 EDT" in out.splitlines()  # in TZ, as every table
 
 
 def test_sweep_without_once_is_a_usage_error(cli: Ncl) -> None:

@@ -185,7 +185,7 @@ def test_update_refuses_a_payload_queues_would_refuse_and_keeps_the_task(project
 def test_a_queue_no_group_has_wired_is_refused_at_add_and_update(project: Project) -> None:
     line = one_line_error(project.ncl("scheduled-task", "add", "--file", project.spec(DAILY_QUEUE), "--now", NOW))
     assert line == ("ncl: queue 'support-jobs' is wired to no group (wired queues: none); wire it first: ncl groups "
-                    "create NAME --channel queue:support-jobs")
+                    "update GROUP --channel queue:support-jobs (or groups create)")
     assert project.listed() == []
     project.support_group()
     item = project.add(DAILY_QUEUE)

@@ -174,5 +174,6 @@ def _task(source: InMessage | None) -> dict[str, str] | None:
 def _toolkit(central: db.Connection, group_ref: str) -> Group:
     group = groups.get(central, group_ref)
     if not any(c.startswith("toolkit:") for c in group.channels):
-        raise NclError(f"group {group.name} has no toolkit channel (add --channel toolkit:NAME)")
+        raise NclError(f"group {group.name} has no toolkit channel (add one with 'ncl groups update {group.name} "
+                       "--channel toolkit:NAME')")
     return group

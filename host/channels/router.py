@@ -40,8 +40,8 @@ def group_for(conn: db.Connection, channel: str, group_ref: str | None = None) -
     if group_ref is not None:
         group = groups.get(conn, group_ref)
         if channel not in group.channels:
-            raise NclError(f"group {group.name} has no {channel} channel (add it with 'ncl groups create … "
-                           f"--channel {channel}')")
+            raise NclError(f"group {group.name} has no {channel} channel (add it with 'ncl groups update "
+                           f"{group.name} --channel {channel}')")
         return group
     group_id = groups.wired_to(conn, channel)
     if group_id is None:

@@ -83,8 +83,8 @@ def zone_mismatch(settings: Settings) -> str | None:
     if not isinstance(zone, str) or zone == settings.tz.name:
         return None
     return (f"the running host (pid {pid}) uses TZ={zone}, this command TZ={settings.tz.name} (from "
-            f"{settings.tz.source}): times are planned and shown in {zone} until the host is restarted with the new "
-            "TZ (it then re-plans waiting recurring tasks)")
+            f"{settings.tz.source}): the host plans times in {zone}, this command shows them in {settings.tz.name}, "
+            "until the host is restarted with the new TZ (it then re-plans waiting recurring tasks)")
 
 
 def policy(app: App) -> Policy:

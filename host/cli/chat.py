@@ -128,9 +128,11 @@ def ask(app: App, group: str, text: str, thread: str | None, timeout: float, cha
 
 
 def _label(reply: dict[str, Any]) -> str:
-    """What marks a reply: the task it answers (id and a short prompt), and a failure."""
+    """What marks a reply: the task it answers (id and a short prompt), and a failure (unless its text says so: a
+    refused slash command's does)."""
     task = reply.get("task")
-    return (f'[task {task["id"]} "{task["prompt"]}"] ' if task else "") + ("error: " if reply.get("failed") else "")
+    failed = reply.get("failed") and not str(reply.get("text", "")).startswith("error: ")
+    return (f'[task {task["id"]} "{task["prompt"]}"] ' if task else "") + ("error: " if failed else "")
 
 
 def _answer(as_json: bool, data: dict[str, Any]) -> None:

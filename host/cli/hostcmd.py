@@ -13,7 +13,7 @@ import click
 
 from host.cli import STDERR_HANDLER
 from host.cli.app import App, now_option, pass_app
-from host.cli.output import emit, fields, json_option
+from host.cli.output import emit, fields, json_option, local_time
 from host.cli.terminal import visible
 from host.files import logs
 from host.files.lock import host_lock
@@ -119,4 +119,5 @@ def sweep(app: App, once: bool, now: datetime | None, as_json: bool) -> None:
             if raised and raised.pending:
                 asyncio.run(raised.flush())
     data = {**result.to_json(), **fired}
-    emit(as_json, data, lambda: fields(data, [(k, k.replace("_", " ")) for k in data]))
+    shown = {**data, "now": local_time(data["now"], app.settings.tz.zone)}  # (the table in TZ, as every table)
+    emit(as_json, data, lambda: fields(shown, [(k, k.replace("_", " ")) for k in data]))

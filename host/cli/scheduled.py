@@ -81,7 +81,16 @@ def scheduled_cli() -> None:
 @json_option
 @pass_app
 def add(app: App, spec_file: Path, now: datetime | None, as_json: bool) -> None:
-    """Add a task from a YAML spec (version: v1, kind: ScheduledTask, schedule, one target)."""
+    """Add a task from a YAML spec: version: v1, kind: ScheduledTask, schedule (5-field cron in TZ) and one
+    target: queue: {name, payload} (a job into a wired queue, whose id 'ncl scheduled-task runs' names),
+    container: {image, command, timeout_seconds} or host: {command, cwd, timeout_seconds} (a command run as the
+    host's user). For example:
+
+    \b
+        version: v1
+        kind: ScheduledTask
+        schedule: 30 17 * * *
+        queue: {name: support-jobs, payload: {prompt: Generate the daily summary.}}"""
     from host.project_tasks import specs as scheduled
 
     moment = now or app.now()

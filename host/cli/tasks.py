@@ -259,7 +259,8 @@ def run_now(app: App, task_id: str, now: datetime | None, as_json: bool) -> None
 @click.option("--script", help="Gate script run before the agent (bash; last line JSON {\"wakeAgent\": …}).")
 @click.option("--context-mode", type=click.Choice(["group", "isolated"]), default="group", show_default=True)
 @click.option("--until", help="A recurring series' end: no run after this time, ISO 8601 (naive = TZ).")
-@click.option("--count", help="A recurring series' number of runs in all, the first included (missed slots count).")
+@click.option("--count", metavar="N", help="A recurring series' number of runs in all, the first included (missed "
+              "slots count).")
 @click.option("--force", is_flag=True, help="Allow runs closer than NCL_TASK_MIN_INTERVAL_S, and a task the "
               "session already has live (same prompt, recurrence and script).")
 @now_option
@@ -268,7 +269,8 @@ def run_now(app: App, task_id: str, now: datetime | None, as_json: bool) -> None
 def add(app: App, session_id: str, prompt: str, recurrence: str | None, interval_ms: str | None, at: str | None,
         script: str | None, context_mode: str, until: str | None, count: str | None, force: bool,
         now: datetime | None, as_json: bool) -> None:
-    """Schedule a task in a session, as an operator."""
+    """Schedule a task in a session, as an operator. Its answers go where the session's chat goes (an open 'ncl
+    chat', its Matrix room or mail thread) and are kept in its transcript: 'ncl messages list --session ID'."""
     from host.channels import nudge  # see _write
     from host.scheduling import tasks
     from host.store import inbox

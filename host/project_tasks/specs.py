@@ -286,7 +286,7 @@ def _check_wired(conn: db.Connection, spec: Spec) -> None:
         return
     wired = ", ".join(channel.removeprefix("queue:") for channel, _ in groups.queues(conn)) or "none"
     raise SpecError(f"queue {spec.queue.name!r} is wired to no group (wired queues: {wired}); wire it first: "
-                    f"ncl groups create NAME --channel queue:{spec.queue.name}")
+                    f"ncl groups update GROUP --channel queue:{spec.queue.name} (or groups create)")
 
 
 def add(conn: db.Connection, spec: Spec, task_id: str, now: datetime, zone: ZoneInfo) -> Task:
