@@ -4,6 +4,7 @@ continues a line, Ctrl-C leaves cleanly with exit 0, and a task's answer says wh
 from __future__ import annotations
 
 import codecs
+import json
 import os
 import pty
 import select
@@ -105,3 +106,19 @@ def test_a_tasks_answer_is_marked_with_its_id_and_prompt(host: tuple[Env, Host])
         term.type("hello\r")
         term.wait_for("mock: hello")
         assert "[task" not in term.screen.split("mock: ping the team")[-1]  # the user's own answers carry no mark
+
+
+def test_a_chat_shows_what_came_while_none_was_open_and_a_tasks_answer_before_anything_is_typed(
+        host: tuple[Env, Host]) -> None:
+    """(Replies that came while no chat was open were only in 'ncl messages list'; and a chat that had sent
+    nothing yet heard none of its session's replies: a task's answer never showed.)"""
+    env, running = host
+    session = json.loads(env.ok("chat", "demo", "hello", "--json"))["session_id"]  # answered: seen
+    env.ok("tasks", "add", "--session", session, "--prompt", "while away")  # runs at once, no chat open
+    running.wait_for(lambda line: "reply_handled" in line and "stored" in line)
+    with chatting(env) as term:
+        away = term.screen.split(READY)[0]
+        assert f"while no chat was open (all of it: ncl messages list --session {session}):" in away
+        assert "mock: while away" in away and "mock: hello" not in away
+        env.ok("tasks", "add", "--session", session, "--prompt", "while open")
+        term.wait_for("mock: while open")  # nothing typed in this chat

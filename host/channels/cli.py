@@ -108,8 +108,14 @@ class CliChannel:
         """The answer to one request line, and the session it wrote to with the time (None: it wrote nothing)."""
         try:
             request = protocol.decode(line)
+            if request.get("op") == "listen":
+                heard = await lanes.run("cli", self.listened, request)
+                if heard is not None:
+                    self.listeners[heard.id].add(writer)
+                    chats.add(heard.id)
+                return {"ok": True, "listening": heard and heard.id}, None
             if request.get("op") != "send":
-                raise NclError('expected {"op": "send", "group", "text"}')
+                raise NclError('expected {"op": "send", "group", "text"} or {"op": "listen", "group"}')
             now = clock.now()
             # In a thread: its commits' syncs, and a wait for a lock the sweep holds, would hold the loop.
             session, message_id, seq = await lanes.run("cli", self.send, request, now)
@@ -118,6 +124,16 @@ class CliChannel:
         self.listeners[session.id].add(writer)
         chats.add(session.id)
         return protocol.accepted(session.id, message_id, seq), (session.id, now)
+
+    def listened(self, request: dict[str, Any]) -> Session | None:
+        """The session a chat of this group (and thread) talks to, if it has one yet: a listen makes none."""
+        group_ref, thread = request.get("group"), request.get("thread")
+        if not isinstance(group_ref, str):
+            raise NclError("listening needs a group")
+        with self._central.connection() as central:
+            group = router.group_for(central, "cli", group_ref)
+            key = router.thread_key(group, router.Arrival("cli", "chat", {}, thread=str(thread) if thread else None))
+            return sessions.by_thread(central, self.settings, group.id, key)
 
     def send(self, request: dict[str, Any], now: datetime) -> tuple[Session, str, int]:
         """The message into its session's inbox. The session is marked active (``_stamp``) after the answer: the

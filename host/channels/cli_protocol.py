@@ -5,7 +5,9 @@ A client sends ``{"op": "send", "group": G, "text": T, "thread": K|null, "channe
 session as ``{"reply": {"id", "text", "files", "timestamp", "in_reply_to", "in_reply_to_seq", "task", "failed"}}``
 while it stays connected: ``task`` is ``{"id", "prompt"}`` (the series and its prompt) when the reply answers a
 scheduled task, else null; ``failed`` is true when the message it answers failed (the provider could not answer,
-DESIGN §12.3).
+DESIGN §12.3). An interactive chat first sends ``{"op": "listen", "group": G, "thread": K|null}``: the host answers
+``{"ok": true, "listening": SESSION_ID|null}`` (null: the chat has no session yet; its first send makes one) and
+from then on pushes that session's replies, a task's answer among them, before the chat has sent anything.
 
 Both sides build and read their lines here: the host's channel (host.channels.cli) and the client (``ncl chat``,
 ``ncl agent invoke``), which imports this module alone of the channel, so a one-shot ``ncl chat`` loads none of
@@ -46,6 +48,11 @@ def decode(line: bytes) -> dict[str, Any]:
 def send(group: str, text: str, thread: str | None, channel: str = "cli") -> dict[str, Any]:
     """What a client sends: a message for ``group``'s agent."""
     return {"op": "send", "group": group, "text": text, "thread": thread, "channel": channel}
+
+
+def listen(group: str, thread: str | None) -> dict[str, Any]:
+    """What an interactive client sends first: the replies of its session, as they come, before it sends anything."""
+    return {"op": "listen", "group": group, "thread": thread}
 
 
 def accepted(session_id: str, message_id: str, seq: int) -> dict[str, Any]:

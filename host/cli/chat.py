@@ -17,7 +17,7 @@ import threading
 import time
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -28,6 +28,9 @@ from host.cli.terminal import say
 from host.errors import NclError
 from host.files import lock
 from schemas.validation import check_prompt
+
+if TYPE_CHECKING:
+    from host.cli.chat_status import Screen
 
 STARTING_S = 15.0  # how long a host that holds its lock may take to open its socket (it is starting)
 
@@ -41,6 +44,9 @@ class Connection:
 
     def write(self, group: str, text: str, thread: str | None, channel: str = "cli") -> None:
         self.sock.sendall(protocol.encode(protocol.send(group, text, thread, channel)))
+
+    def listen(self, group: str, thread: str | None) -> None:
+        self.sock.sendall(protocol.encode(protocol.listen(group, thread)))
 
     def send(self, group: str, text: str, thread: str | None, channel: str = "cli") -> dict[str, Any]:
         """Write a message and wait for the host's answer to it (replies before it are skipped)."""
@@ -189,6 +195,7 @@ def _interactive(app: App, group: str, thread: str | None) -> None:
     stop = threading.Event()
     if sys.stdout.isatty():  # a status line only where it can be redrawn
         threading.Thread(target=screen.watch, args=(stop,), daemon=True).start()
+    _missed(conn, screen, group, thread)
     threading.Thread(target=listen, daemon=True).start()
     say(f"chatting with {group} (end a line with \\ to continue it; Ctrl-D or Ctrl-C to leave)")
     try:
@@ -204,6 +211,30 @@ def _interactive(app: App, group: str, thread: str | None) -> None:
     finally:
         stop.set()
         conn.close()
+
+
+def _missed(conn: Connection, screen: Screen, group: str, thread: str | None) -> None:
+    """Listen to the chat's session from now on (a task's answer shows before anything is sent), and show the
+    replies that came while no chat was open."""
+    from host.cli.chat_status import away
+    from host.store import db
+
+    conn.listen(group, thread)
+    heard = conn.read()  # its answer: the session's replies come after it
+    if heard.get("ok") is False:
+        conn.close()
+        raise NclError(heard["error"])
+    if not (session_id := heard.get("listening")):
+        return  # no session yet: the first message makes it
+    try:
+        missed = away(screen.folder_of(session_id))
+    except (NclError, OSError, db.Error) as exc:  # (a damaged file: the chat goes on without them)
+        say(f"ncl: the replies that came while no chat was open could not be read: {exc}", err=True)
+        return
+    if missed:
+        say(f"while no chat was open (all of it: ncl messages list --session {session_id}):")
+    for at, text in missed:
+        say(f"[{local_time(at, screen.zone)}] {text}")
 
 
 def _folder(app: App, session_id: str) -> Path:

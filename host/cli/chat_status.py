@@ -15,13 +15,14 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from host.cli.terminal import cell, paint
-from host.store import db, inbox, outbox
+from host.store import db, inbox, outbox, views
 from schemas import clock
 from schemas.rows import InMessage, ModelWait
 from schemas.times import TimeFormatError, from_text
 
 EVERY_S = 0.5
 QUIET_S = 1.0  # an answer quicker than this shows no status at all
+AWAY = 20  # replies shown at most, when a chat opens, of those that came while none was open
 CLEAR_LINE = "\r\x1b[K"
 UP = "\x1b[1A"
 
@@ -63,6 +64,15 @@ def _line_buffer() -> str:
 
         return readline.get_line_buffer()
     return ""
+
+
+def away(folder: Path, last: int = AWAY) -> list[tuple[str, str]]:
+    """(timestamp, text) of the replies that came while no chat was open: kept ('stored') after the last one a chat
+    was shown ('delivered'), the latest ``last`` of them."""
+    out = sorted((m for m in views.transcript(folder, last) if m.direction == "out" and m.kind == "chat"),
+                 key=lambda m: (m.timestamp, m.seq or 0))
+    shown = max((i for i, m in enumerate(out) if m.status == "delivered"), default=-1)
+    return [(m.timestamp, views.text_of(m.content)) for m in out[shown + 1:] if m.status == "stored"]
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,26 +18,13 @@ from schemas.times import from_text, to_text
 ALIVE = timedelta(seconds=10)  # a polling runner beats every second
 
 
-def _text(content: str) -> str:
-    try:
-        data = json.loads(content)
-    except ValueError:  # (a runner's row that is not JSON, whatever its CHECK says: shown as it is)
-        return content
-    if not isinstance(data, dict):
-        return json.dumps(data)
-    for key in ("text", "prompt"):
-        if isinstance(data.get(key), str):
-            return str(data[key])
-    return json.dumps(data, ensure_ascii=False)
-
-
 def transcript(session: Session, last: int | None = None) -> list[dict[str, Any]]:
     """Both directions in time order (each side's seq orders its own rows when times tie); ``last``: the latest
     that many only."""
     found = sorted(views.transcript(session.folder, last),
                    key=lambda m: (m.timestamp, m.direction == "out", m.seq or 0))
-    return [{"id": m.id, "direction": m.direction, "kind": m.kind, "timestamp": m.timestamp, "text": _text(m.content),
-             "status": m.status} for m in found[-last if last else 0:]]
+    return [{"id": m.id, "direction": m.direction, "kind": m.kind, "timestamp": m.timestamp,
+             "text": views.text_of(m.content), "status": m.status} for m in found[-last if last else 0:]]
 
 
 def host_pid(data_dir: Path) -> int | None:
@@ -99,7 +85,7 @@ def next_due(active: list[Session], limit: int = 10) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     for session, due in sessions.readable(active, lambda path: views.next_due(path, limit)):
         items += [{"session_id": session.id, "agent_group_id": session.agent_group_id, "id": r.id, "kind": r.kind,
-                   "due": r.due, "text": _text(r.content)[:80]} for r in due]
+                   "due": r.due, "text": views.text_of(r.content)[:80]} for r in due]
     return sorted(items, key=lambda i: str(i["due"]))[:limit]
 
 

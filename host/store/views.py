@@ -4,6 +4,7 @@ when a session's due work became due, which orders the wakes waiting for a runne
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass
@@ -60,6 +61,20 @@ def transcript(folder: Path, last: int | None = None) -> list[Line]:
                            delivered.get(r["id"], "pending"))
                       for r in conn.execute(RUNNER_ROWS + tail)]
     return found
+
+
+def text_of(content: str) -> str:
+    """What a message says: its text (or a job's prompt), else its content as it is."""
+    try:
+        data = json.loads(content)
+    except ValueError:  # (a runner's row that is not JSON, whatever its CHECK says: shown as it is)
+        return content
+    if not isinstance(data, dict):
+        return json.dumps(data)
+    for key in ("text", "prompt"):
+        if isinstance(data.get(key), str):
+            return str(data[key])
+    return json.dumps(data, ensure_ascii=False)
 
 
 def next_due(inbound: Path, limit: int) -> list[Due]:
