@@ -26,6 +26,7 @@ def test_status_shape_without_a_host(ncl: Any, demo_session: dict[str, Any]) -> 
     [item] = data["next_due"]
     assert (item["id"], item["due"], item["session_id"]) == (
         "task-1781168400000-aaaaaa", "2026-06-11T13:00:00.000Z", demo_session["id"])
+    assert "data dir            " + str(Path(demo_session["path"]).parents[2]) in ncl("status").out.splitlines()
 
 
 def test_status_sees_a_live_host_pid_and_a_beating_runner(ncl: Any, demo_session: dict[str, Any],

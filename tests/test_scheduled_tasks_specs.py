@@ -186,6 +186,7 @@ def test_a_queue_no_group_has_wired_is_refused_at_add_and_update(project: Projec
     line = one_line_error(project.ncl("scheduled-task", "add", "--file", project.spec(DAILY_QUEUE), "--now", NOW))
     assert line == ("ncl: queue 'support-jobs' is wired to no group (wired queues: none); wire it first: ncl groups "
                     "update GROUP --channel queue:support-jobs (or groups create)")
+    assert not project.settings().central_db.exists()  # (a refused add made no install where none was)
     assert project.listed() == []
     project.support_group()
     item = project.add(DAILY_QUEUE)

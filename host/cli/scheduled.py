@@ -95,7 +95,8 @@ def add(app: App, spec_file: Path, now: datetime | None, as_json: bool) -> None:
 
     moment = now or app.now()
     spec = _read(app, spec_file, moment)
-    with closing(app.central(write=True)) as central:
+    # A queue target needs a group wired to it: an install with no central.db has none, said without making one.
+    with closing(app.central(write=spec.queue is None or app.settings.central_db.exists())) as central:
         task = scheduled.add(central, spec, ids.new_id("sched", moment), moment, app.settings.tz.zone)
     nudge.touch(app.settings)
     _print_one(app, "added", task, as_json)

@@ -25,8 +25,9 @@ def status(app: App, as_json: bool) -> None:
 
     def human() -> None:
         running = f"running (pid {data['host_pid']})" if data["host_running"] else "not running"
-        fields({"host": running, "runners": len(data["runners"]), "waiting": len(data["waiting"])},
-               [("host", "host"), ("runners", "runners"), ("waiting", "waiting for a slot")])
+        fields({"host": running, "data": app.settings.data_dir, "runners": len(data["runners"]),
+                "waiting": len(data["waiting"])},  # (the data dir: a command run elsewhere reads another's)
+               [("host", "host"), ("data", "data dir"), ("runners", "runners"), ("waiting", "waiting for a slot")])
         if data["runners"]:
             click.echo("")
             table([{**r, "session_id": ids.short(r["session_id"]), "since": local_time(r["started_at"], zone),
