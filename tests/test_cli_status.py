@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 
 def _write(path: Path, sql: str, *args: Any) -> None:
@@ -36,6 +39,25 @@ def test_status_sees_a_live_host_pid_and_a_beating_runner(ncl: Any, demo_session
     data = ncl("status", "--json").json()
     assert data["host_running"] is True
     assert [r["generation"] for r in data["runners"]] == ["gen-x"]
+
+
+@pytest.mark.parametrize("running", [False, True])
+def test_status_counts_no_runner_the_host_stopped(ncl: Any, demo_session: dict[str, Any], cli_env: Any,
+                                                  running: bool) -> None:
+    """A runner's beat older than the host's last word on its runners (its pool's state while it runs, its lock
+    emptied when it stopped) is of one it stopped: for ten seconds status counted it (7 runners of 5 slots)."""
+    beat, lock = Path(demo_session["path"]) / ".heartbeat", cli_env.data_dir / "host.lock"
+    beat.write_text("gen-x")
+    lock.write_text(f"{os.getpid()}\n" if running else "")
+    told = cli_env.data_dir / "runners.json" if running else lock
+    if running:
+        told.write_text('{"runners": [], "waiting": []}')
+    now = time.time()
+    os.utime(beat, (now - 2, now - 2))
+    os.utime(told, (now - 1, now - 1))
+    assert ncl("status", "--json").json()["runners"] == []
+    os.utime(beat, (now, now))  # beating after it: a runner a one-off sweep started
+    assert [r["generation"] for r in ncl("status", "--json").json()["runners"]] == ["gen-x"]
 
 
 def test_messages_list_has_both_directions_in_order(ncl: Any, demo_session: dict[str, Any]) -> None:

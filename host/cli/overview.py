@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from host.runtimes.pool import read_heartbeat
-from host.runtimes.published import published
+from host.runtimes.published import STATE_FILE, published
 from host.settings import Settings
 from host.store import db, sessions, views
 from host.store import project_tasks as scheduled
@@ -44,15 +44,19 @@ def host_pid(data_dir: Path) -> int | None:
     return pid
 
 
-def runners(active: list[Session], now: datetime, pool: dict[str, Any] | None) -> list[dict[str, Any]]:
+def runners(active: list[Session], now: datetime, pool: dict[str, Any] | None,
+            since: datetime | None = None) -> list[dict[str, Any]]:
     """The running host's runners (its published ``pool`` state: busy, or idle for how long), then any other
-    runner beating in an active session (state unknown: one a one-off sweep started, or a host not running)."""
+    runner beating in an active session since ``since`` (state unknown: one a one-off sweep started). A beat before
+    ``since``, when the host last said which runners it has, is of one it stopped (a slot freed, or the host's own
+    stop), not of a runner."""
     by_id = {s.id: s for s in active}
     listed = [_pooled(r, by_id.get(r["session_id"]), now) for r in (pool or {}).get("runners", [])]
     known = {r["session_id"] for r in listed}
     for session in active:
         found = read_heartbeat(session.folder)
-        if session.id not in known and found and now - found[1].astimezone(now.tzinfo) <= ALIVE:
+        if session.id not in known and found and now - found[1].astimezone(now.tzinfo) <= ALIVE and (
+                since is None or found[1] > since):
             listed.append({"session_id": session.id, "agent_group_id": session.agent_group_id,
                            "generation": found[0], "last_beat": to_text(found[1]), "started_at": None,
                            "state": "unknown", "idle_for_s": None})
@@ -101,5 +105,11 @@ def status(central: db.Connection, settings: Settings, now: datetime) -> dict[st
     pid = host_pid(settings.data_dir)
     due = sorted(next_due(active) + project_due(central), key=lambda i: str(i["due"]))[:10]
     pool = published(settings.data_dir) if pid is not None else None
-    return {"host_running": pid is not None, "host_pid": pid, "runners": runners(active, now, pool),
+    # When the host last said which runners it has: its pool's state (running), or its lock emptied (stopped).
+    try:
+        told = (settings.data_dir / (STATE_FILE if pid is not None else "host.lock")).stat().st_mtime
+    except OSError:
+        told = None
+    since = None if told is None else datetime.fromtimestamp(told, UTC)
+    return {"host_running": pid is not None, "host_pid": pid, "runners": runners(active, now, pool, since),
             "waiting": waiting(active, now, pool), "next_due": due}
