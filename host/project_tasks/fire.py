@@ -170,9 +170,7 @@ class ScheduledTasks:
             if run.target_kind == "container":  # its container may have outlived the host: remove it
                 self._pool.submit(self._remove_container, self._container_name(run.id))
         for run in interrupted:
-            if run.target_kind == "queue":
-                row = store.get(conn, run.task_id)
-                assert row is not None  # (its run's join found it, and nothing else writes while the host runs)
+            if run.target_kind == "queue" and (row := store.get(conn, run.task_id)) is not None:  # (None: deleted)
                 self._enqueue(conn, Task.of(row), run.id, from_text(run.started_at), FireResult())
 
     def _ready(self, tasks: list[store.Due]) -> list[store.Due]:
