@@ -68,6 +68,18 @@ def test_two_ticks_and_two_firers_at_one_instant_fire_once(project: Project) -> 
     assert len(project.queue_rows()) == 1
 
 
+def died_claiming(project: Project, task_id: str, sent: bool) -> None:
+    """A host claimed the 17:30 slot (its run 'running'), maybe sent its job, and died before recording the end."""
+    dead = project.firer(FakeClock(SLOT))
+    with closing(db.connect(project.settings().central_db, "central")) as conn:
+        claimed = scheduled_fire.claim(conn, task_id, SLOT, dead.policy)
+        assert claimed is not None and claimed.run_id is not None and claimed.task.spec.queue is not None
+        if sent:
+            target = claimed.task.spec.queue
+            queues.send(conn, dead.settings, SLOT, target.name, target.payload, claimed.run_id)
+    assert project.runs(task_id)[0]["status"] == "running"
+
+
 @pytest.mark.parametrize("sent", [False, True], ids=["host-died-before-sending", "host-died-after-sending"])
 @pytest.mark.parametrize("thread", [None, "daily-{YYYY}{MM}{DD}"], ids=["new-session", "thread"])
 def test_a_queue_run_a_dead_host_left_running_is_sent_exactly_once_by_the_next(
@@ -75,14 +87,7 @@ def test_a_queue_run_a_dead_host_left_running_is_sent_exactly_once_by_the_next(
     project.support_group()
     extra = "" if thread is None else f", thread_id: '{thread}'"
     item = project.add(DAILY_QUEUE.replace("summary.}", f"summary.{extra}}}"))
-    dead = project.firer(FakeClock(SLOT))
-    with closing(db.connect(project.settings().central_db, "central")) as conn:  # the dead host's claim
-        claimed = scheduled_fire.claim(conn, item["id"], SLOT, dead.policy)
-        assert claimed is not None and claimed.run_id is not None and claimed.task.spec.queue is not None
-        if sent:  # its job went in; the run's end was not recorded
-            target = claimed.task.spec.queue
-            queues.send(conn, dead.settings, SLOT, target.name, target.payload, claimed.run_id)
-    assert project.runs(item["id"])[0]["status"] == "running"
+    died_claiming(project, item["id"], sent)
     for minutes in (5, 10):  # the next host, and the one after it
         later = SLOT + timedelta(minutes=minutes)
         assert project.firer(FakeClock(later)).tick(later).fired == 0
@@ -91,6 +96,43 @@ def test_a_queue_run_a_dead_host_left_running_is_sent_exactly_once_by_the_next(
         assert run["status"] == "queued" and run["queued_message_id"] == job["id"] and run["error"] is None
         assert job["timestamp"] == to_text(SLOT)  # the job as it was fired
         assert job["thread_id"] == (None if thread is None else "daily-20260611")  # (UTC tokens of the slot)
+
+
+@pytest.mark.parametrize("change", ["spec-updated", "made-inactive", "days-later"])
+def test_a_queue_run_left_running_is_failed_not_sent_when_its_task_changed_or_its_slot_is_long_past(
+        project: Project, change: str) -> None:
+    """What was sent, if it was, is known only while the task is as it fired it; a day's job is not sent days late
+    (review: a thread changed meanwhile sent it to a second session, a run left three days went out with that day's)."""
+    project.support_group()
+    item = project.add(DAILY_QUEUE)
+    died_claiming(project, item["id"], sent=False)
+    later = SLOT + (timedelta(days=3, minutes=1) if change == "days-later" else timedelta(minutes=15))
+    if change != "days-later":
+        new = DAILY_QUEUE.replace("summary.}", "summary., thread_id: b}") if change == "spec-updated" else (
+            DAILY_QUEUE + "active: false\n")
+        assert project.ncl("scheduled-task", "update", item["id"], "--file", project.spec(new, "new.yaml"), "--now",
+                           "2026-06-11T17:40:00").code == 0
+    result = project.firer(FakeClock(later)).tick(later)
+    runs = project.runs(item["id"])
+    assert runs[0]["status"] == "failed" and runs[0]["error"] == scheduled_fire.STOPPED
+    assert (result.fired, len(project.queue_rows())) == ((1, 1) if change == "days-later" else (0, 0))  # (its own)
+
+
+def test_a_recovery_that_failed_is_tried_again_at_the_next_tick(project: Project,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Tried once: the run stayed 'running' for the host's life, every later slot of its task recorded missed.)"""
+    project.support_group()
+    item = project.add(DAILY_QUEUE)
+    died_claiming(project, item["id"], sent=False)
+    firer, later = project.firer(FakeClock(SLOT + timedelta(minutes=5))), SLOT + timedelta(minutes=5)
+    real = scheduled_fire.ScheduledTasks._enqueue
+    monkeypatch.setattr(scheduled_fire.ScheduledTasks, "_enqueue", lambda *_: (_ for _ in ()).throw(
+        db.DbError("database is locked")))
+    with pytest.raises(db.DbError):
+        firer.tick(later)
+    monkeypatch.setattr(scheduled_fire.ScheduledTasks, "_enqueue", real)
+    firer.tick(later)
+    assert [r["status"] for r in project.runs(item["id"])] == ["queued"] and len(project.queue_rows()) == 1
 
 
 def test_after_downtime_within_the_grace_the_latest_slot_fires_once(project: Project) -> None:

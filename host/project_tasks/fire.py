@@ -127,6 +127,13 @@ def replan(conn: db.Connection, now: datetime, policy: Policy) -> None:
                 said_replanned(f"scheduled task {row.id}", was, slot, str(row.zone), policy)
 
 
+def _resent(run: store.Interrupted, task: store.TaskRow, now: datetime, policy: Policy) -> bool:
+    """Whether a queue run a stopped host left is sent again: its task is as it fired it (what was sent, if it was,
+    is what would be sent), still active, and the slot within the misfire grace (not a day's job days late)."""
+    return (task.target_kind == "queue" and task.active and task.updated_at <= run.started_at
+            and now - from_text(run.started_at) <= policy.misfire_grace)
+
+
 def _docker_client() -> Any:
     import docker  # slow to import, and only container targets need it
 
@@ -152,26 +159,32 @@ class ScheduledTasks:
     def _central(self, now: datetime) -> db.Connection:
         if self._conn is None:
             # (a running host ticks in its sweep's thread and closes this on its loop, one after the other)
-            self._conn = db.connect(self.settings.central_db, "central", any_thread=True)
-            self._recover(self._conn, now)
+            conn = db.connect(self.settings.central_db, "central", any_thread=True)
+            try:
+                self._recover(conn, now)
+            except BaseException:  # tried again at the next tick: a run left 'running' would block its task's slots
+                conn.close()
+                raise
+            self._conn = conn
         return self._conn
 
     def _recover(self, conn: db.Connection, now: datetime) -> None:
-        """Runs a stopped host left ``running`` (the host lock says no other firer is alive): a queue target's job is
-        sent again, found where it went if it was sent (``queues.send``'s run id), and any other run failed, its
-        command or container lost with that host."""
-        interrupted = store.running(conn)
-        lost = [run for run in interrupted if run.target_kind != "queue"]
-        store.fail_runs(conn, [run.id for run in lost], to_text(now), STOPPED)
+        """Runs a stopped host left ``running`` (the host lock says no other firer is alive). A queue target's job is
+        sent again, found where it went if it was sent (``queues.send``'s run id), while its task is still active, as
+        it was when it fired, and the slot within the misfire grace; any other run failed, its command, container or
+        job lost with that host (and a container it may have left removed)."""
+        interrupted = [(run, store.get(conn, run.task_id)) for run in store.running(conn)]
+        again = [(run, row) for run, row in interrupted if row is not None and _resent(run, row, now, self.policy)]
+        lost = [(run, row) for run, row in interrupted if (run, row) not in again]
+        store.fail_runs(conn, [run.id for run, _ in lost], to_text(now), STOPPED)
         if lost:
             log.warning("%d scheduled run(s) were interrupted by a host stop", len(lost),
-                        extra={"action": "scheduled_runs_interrupted", "runs": [run.id for run in lost]})
-        for run in lost:
-            if run.target_kind == "container":  # its container may have outlived the host: remove it
-                self._pool.submit(self._remove_container, self._container_name(run.id))
-        for run in interrupted:
-            if run.target_kind == "queue" and (row := store.get(conn, run.task_id)) is not None:  # (None: deleted)
-                self._enqueue(conn, Task.of(row), run.id, from_text(run.started_at), FireResult())
+                        extra={"action": "scheduled_runs_interrupted", "runs": [run.id for run, _ in lost]})
+        for run, row in lost:
+            if row is None or row.target_kind == "container" or row.updated_at > run.started_at:
+                self._pool.submit(self._remove_container, self._container_name(run.id))  # (it may have outlived it)
+        for run, row in again:
+            self._enqueue(conn, Task.of(row), run.id, from_text(run.started_at), FireResult())
 
     def _ready(self, tasks: list[store.Due]) -> list[store.Due]:
         return [t for t in tasks if self._failing.get(t.id) != t.updated_at]

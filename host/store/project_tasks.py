@@ -206,15 +206,13 @@ class Interrupted(NamedTuple):
 
     id: str
     task_id: str
-    target_kind: str
-    started_at: str
+    started_at: str  # (a running run's is always set: ``add_running``)
 
 
 def running(conn: db.Connection) -> list[Interrupted]:
     """Every ``running`` run, oldest first."""
     return [Interrupted(*row) for row in conn.execute(
-        "SELECT r.id, r.task_id, t.target_kind, r.started_at FROM scheduled_task_runs r"
-        " JOIN scheduled_tasks t ON t.id = r.task_id WHERE r.status = 'running' ORDER BY r.started_at, r.rowid")]
+        "SELECT id, task_id, started_at FROM scheduled_task_runs WHERE status = 'running' ORDER BY started_at, rowid")]
 
 
 def fail_runs(conn: db.Connection, run_ids: list[str], now: str, error: str) -> None:
