@@ -76,21 +76,29 @@ class Tools:
     def _next_runs(self, first: str | None, expr: str | None, count: int = 3,
                    ends: series_end.Ends | None = None) -> str:
         """What will run, as the user will see it: a time already passed means "now" (it runs at once, and a
-        recurring task goes on from the next slot: the misfire rule), never a list of past times; none past the
-        series' end."""
+        recurring task goes on from the next slot: the misfire rule, which counts the slots since as missed, spent
+        of its count), never a list of past times; none past the series' end."""
         zone, now = self.config.zone, self.now()
         passed = first is not None and from_text(first) < now
         times = [now if passed else from_text(first)] if first else []
+        missed, latest = 0, None
+        if passed and expr and first:  # (as the host's misfire rule counts them: within the series' end)
+            missed, latest = recurring.count_between(expr, from_text(first), now, zone)
+            latest = latest or from_text(first)
+            if ends:
+                latest, missed = ends.cap(expr, from_text(first), latest, missed, zone)
         if expr:
-            start = now if passed or not first else from_text(first)
+            start = latest or (from_text(first) if first else now)  # (the slot run now, if it has passed)
             for slot in recurring.firings(expr, start, zone):
                 if len(times) >= count:
                     break
                 times.append(slot)
         if ends is not None:
-            times = [t for t in times if ends.until is None or t <= ends.until][:ends.count]
+            left = None if ends.count is None else max(ends.count - missed, 0)
+            times = [t for t in times if ends.until is None or t <= ends.until][:left]
         shown = ", ".join(t.astimezone(zone).strftime("%a %Y-%m-%d %H:%M:%S %Z") for t in times) or "now"
-        notes = [self.config.tz] * bool(times) + ["the time given has passed"] * passed
+        notes = [self.config.tz] * bool(times) + ["the time given has passed"] * passed + [
+            f"{missed} slot{'s' * (missed != 1)} since then counted as missed"] * bool(missed)
         return f"{shown} ({'; '.join(notes)})" if notes else shown
 
     @staticmethod
@@ -150,8 +158,7 @@ class Tools:
             raise ToolError(f"the first run at {after} is more than {self.config.misfire_grace_s:g} s ago: a recurring "
                             "task would count every slot since as missed; give a later time, or none for the first "
                             "slot after now")
-        # The first slot as the tool says it, sent as it is: the host, applying it when the turn ends, would work it
-        # out from its own later clock (a 10:00 slot asked for at 09:59:50 became 11:00).
+        # With no time given, the host works the first slot out from when this was asked (the request's time), as here.
         first = after or (to_text(recurring.next_after(expr, self.now(), self.config.zone)) if expr else None)
         ends = self._ends(until, count, first)
         task_id = ids.new_id("task", self.now())
@@ -160,7 +167,7 @@ class Tools:
         from schemas import requests
 
         self._request(requests.ScheduleTask(action="schedule_task", taskId=task_id, prompt=prompt,
-                                            processAfter=first, recurrence=expr, script=script or None,
+                                            processAfter=after, recurrence=expr, script=script or None,
                                             contextMode=contextMode,  # type: ignore[arg-type]
                                             until=to_text(ends.until) if ends.until else None, count=ends.count))
         return answer

@@ -4,6 +4,7 @@ request was applied by the host or is still this turn's."""
 
 from __future__ import annotations
 
+import json
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
@@ -47,10 +48,26 @@ def test_the_first_slot_the_tool_announces_is_the_one_the_host_stores(world: Wor
     answer = runner_tools(world, asked).call("schedule_task", {"prompt": "check the queue", "recurrence": "0 * * * *"})
     assert "next runs: Thu 2026-06-11 10:00:00 EDT, Thu 2026-06-11 11:00:00 EDT" in answer, answer
     [request] = world.turn_ends(asked)
-    assert request["processAfter"] == "2026-06-11T14:00:00.000Z"
+    assert "processAfter" not in request  # worked out by the host from when it was asked, as the tool did
     assert world.sweeper().tick(asked + timedelta(seconds=30)).applied == 1
     [row] = world.rows()
     assert row["process_after"] == "2026-06-11T14:00:00.000Z" and row["recurrence"] == "0 * * * *"
+
+
+def test_a_request_asked_longer_ago_than_the_grace_starts_from_when_it_is_applied(world: World) -> None:
+    """(A first slot sent as such was refused by a host applying it past the grace: with NCL_MISFIRE_GRACE_S=0, at
+    once; its time is the runner's to write, so one outside the grace, or no time at all, counts as now.)"""
+    asked = from_text("2026-06-11T13:59:50.000Z")
+    for stamp, suffix in (("2026-06-11T11:00:00.000Z", "aaaaaa"), ("yesterday", "bbbbbb")):
+        world.request(asked, {"action": "schedule_task", "taskId": f"task-1781186390000-{suffix}",
+                              "prompt": f"asked {stamp}", "recurrence": "0 * * * *"})
+        with closing(world.outbound()) as conn:
+            conn.execute("PRAGMA ignore_check_constraints=ON")  # (as a runner may)
+            conn.execute("UPDATE messages_out SET timestamp = ? WHERE seq = (SELECT max(seq) FROM messages_out)",
+                         (stamp,))
+            conn.commit()
+    assert world.sweeper().tick(asked + timedelta(seconds=30)).applied == 2
+    assert [r["process_after"] for r in world.rows()] == ["2026-06-11T15:00:00.000Z"] * 2
 
 
 def test_a_recurring_tasks_first_run_in_the_past_is_said_as_the_host_will_do_it(tools: Tools, world: World) -> None:
@@ -68,6 +85,26 @@ def test_a_recurring_tasks_first_run_in_the_past_is_said_as_the_host_will_do_it(
     assert world.sweeper().tick(NOW).applied == 1 and world.notices() == []
     [row] = world.rows()
     assert row["process_after"] == "2026-06-11T12:30:00.000Z"
+
+
+@pytest.mark.parametrize(("count", "shown", "left"), [
+    (None, ", Thu 2026-06-11 09:05:00 EDT, Thu 2026-06-11 09:15:00 EDT", None), (3, "", 1)])
+def test_slots_between_a_past_start_and_now_are_said_as_the_host_counts_them(
+        tools: Tools, world: World, count: int | None, shown: str, left: int | None) -> None:
+    """Every 10 minutes from 08:25, asked at 09:00: the host runs it now and counts 08:25, 08:35 and 08:45 as missed
+    (of a count of 3, the first two: the third run is now). The tool said three runs to come."""
+    answer = tools.call("schedule_task", {"prompt": "poll", "interval_ms": 600_000, "count": count,
+                                          "processAfter": "2026-06-11T08:25:00"} if count else
+                        {"prompt": "poll", "interval_ms": 600_000, "processAfter": "2026-06-11T08:25:00"})
+    missed = 2 if count else 3
+    assert f"next runs: Thu 2026-06-11 09:00:00 EDT{shown} (America/New_York; the time given has passed; {missed} " \
+           "slots since then counted as missed)" in answer, answer
+    world.turn_ends(NOW)
+    sweeper = world.sweeper()
+    assert sweeper.tick(NOW).applied == 1 and sweeper.tick(NOW).missed == 1  # (applied, then due: the misfire rule)
+    [run] = [r for r in world.runs(world.rows()[0]["series_id"]) if r["outcome"] == "missed"]
+    assert json.loads(run["detail"])["slots"] == missed
+    assert json.loads(world.rows()[0]["content"]).get("count") == left
 
 
 def test_a_second_pause_in_the_same_turn_says_already_paused(tools: Tools, world: World) -> None:

@@ -14,6 +14,7 @@ from host.store.db import transaction
 from host.store.outbox import OutMessage
 from host.store.task_ids import TaskIds
 from schemas import requests
+from schemas.times import from_text
 
 log = logging.getLogger(__name__)
 MAX_FOR_GROUPS = 10  # requests naming a group answered in one visit; more are refused (the tool says to ask again)
@@ -24,8 +25,18 @@ def _routing(conn: db.Connection, in_reply_to: str | None) -> dict[str, str | No
     return source.routing() if source else inbox.session_routing(conn)
 
 
+def _asked(row: OutMessage, now: datetime, policy: Policy) -> datetime:
+    """When the agent asked: its request's time (its runner writes it) if within the misfire grace before now."""
+    try:
+        asked = from_text(row.timestamp)
+    except ValueError:  # (not a time: the runner writes it)
+        return now
+    return asked if now - policy.misfire_grace <= asked <= now else now
+
+
 def _apply(conn: db.Connection, request: requests.ScheduleTask | requests.UpdateTask | requests.ControlTask,
-           in_reply_to: str | None, now: datetime, policy: Policy, registry: TaskIds | None) -> str | None:
+           in_reply_to: str | None, now: datetime, policy: Policy, registry: TaskIds | None,
+           asked: datetime) -> str | None:
     """Apply one request; returns a note for the agent when the host changed something it asked for. The runner's
     claims are not read again (``folder=None``): the visit applying it copied them into the inbox just before, and
     its runner may keep the file locked."""
@@ -34,7 +45,7 @@ def _apply(conn: db.Connection, request: requests.ScheduleTask | requests.Update
             stored = tasks.schedule(conn, now, policy, request.task_id, request.prompt, request.process_after,
                                     request.recurrence, request.script, request.context_mode,
                                     _routing(conn, in_reply_to), registry=registry, fresh_if_used=True,
-                                    until=request.until, count=request.count)
+                                    until=request.until, count=request.count, asked=asked)
             if stored != request.task_id:  # DESIGN §13.5: a used id is replaced, and the agent told the new one
                 return (f"Task id {request.task_id} is already used in this install; your task is stored as "
                         f"{stored}: use that id to update, pause, resume or cancel it.")
@@ -79,7 +90,7 @@ def apply(conn: db.Connection, rows: list[OutMessage], now: datetime, policy: Po
                     note = None
                 else:
                     assert isinstance(request, requests.ScheduleTask | requests.UpdateTask | requests.ControlTask)
-                    note = _apply(conn, request, row.in_reply_to, now, policy, registry)
+                    note = _apply(conn, request, row.in_reply_to, now, policy, registry, _asked(row, now, policy))
             if note:
                 inbox.notice(conn, now, "task_id_replaced", note)
         except Exception as exc:  # any failure of one request rejects it with a notice; it must never wedge the session

@@ -75,8 +75,11 @@ def schedule(conn: db.Connection, now: datetime, policy: Policy, task_id: str, p
              process_after: str | None = None, recurrence_expr: str | None = None, script: str | None = None,
              context_mode: str = "group", routing: dict[str, Any] | None = None,
              enforce_interval: bool = True, registry: TaskIds | None = None, fresh_if_used: bool = False,
-             duplicate_ok: bool = True, until: str | None = None, count: int | str | None = None) -> str:
-    """Insert a new series; its first run is ``process_after`` or the first slot after now; a recurring one ends
+             duplicate_ok: bool = True, until: str | None = None, count: int | str | None = None,
+             asked: datetime | None = None) -> str:
+    """Insert a new series; its first run is ``process_after`` or the first slot after ``asked`` (when the agent
+    asked, as its tool said it: applied at the turn's end, a 10:00 slot asked for at 09:59:50 became 11:00), else
+    after now; a recurring one ends
     after ``count`` runs or at ``until``, if given (schemas/series_end.py). Returns the stored
     id: with ``fresh_if_used`` (a runner's choice) an id used anywhere is replaced by a fresh one, else refused.
     The id is registered install-wide (``registry``) before the row is written. Unless ``duplicate_ok``, a series
@@ -95,7 +98,7 @@ def schedule(conn: db.Connection, now: datetime, policy: Policy, task_id: str, p
         _check_room(conn, policy)  # first: a request over the cap costs one indexed count, nothing more
         if expr and enforce_interval:
             check_interval(expr, now, policy)
-        first = process_after or (to_text(recurring.next_after(expr, now, policy.zone)) if expr else None)
+        first = process_after or (to_text(recurring.next_after(expr, asked or now, policy.zone)) if expr else None)
         _check_until(ends, now, first)
         if not duplicate_ok and (same := task_series.same_live(conn, prompt, expr, script, first)):
             raise NclError(f"task {same} in this session already has this prompt, {'recurrence' if expr else 'time'}"
