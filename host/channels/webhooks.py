@@ -36,6 +36,7 @@ BODY_TIMEOUT_S = 30.0  # 1 MiB in 30 s: any real sender on loopback, never a cli
 PREFIX = "/webhooks/"
 BUSY = error_response(503, "overloaded_error", "too many webhook connections at once; try again shortly")
 SESSION_BUSY = error_response(503, "overloaded_error", "the hook's session is busy; try again shortly")
+BUSY_BACKOFF_S = 5.0
 SHORT_OF = {errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EDQUOT, errno.ENOMEM}
 # What SQLite (and db.connect, which words its errors into a DbError) says when descriptors or disk run out.
 SHORT_OF_TEXT = ("unable to open database file", "database or disk is full", "disk i/o error",
@@ -53,6 +54,7 @@ class Webhooks:
         self.throttle = LogThrottle(log)
         self._central = pool.Pool(settings.central_db)  # for the threads that check tokens and write arrivals
         self._one_at_a_time = lanes.OneAtATime()
+        self._busy_until: dict[str, float] = {}  # hook path -> loop time until which it is answered busy at once
 
     async def start(self, port: int | None = None) -> int:
         """Listen on loopback only; returns the port (``NCL_HTTP_PORT``, or any free one for 0), or 0 if it is
@@ -89,8 +91,7 @@ class Webhooks:
             # arrivals go to one session, one at a time: the others wait here, not in the lane's threads (a session
             # its runner keeps locked holds up its own hook, never the others').
             async with self._one_at_a_time.held(request.path):
-                with self._short_of_resources():
-                    writer.write(await lanes.run("webhooks", self._answer, request, body))
+                writer.write(await self._arrive(request, body))
         except Refusal as refusal:
             writer.write(error_response(*refusal.args))
             if refusal.args[0] == 413 and request is not None:  # take what the client still sends, or it sees a
@@ -105,6 +106,24 @@ class Webhooks:
         with contextlib.suppress(ConnectionError, TimeoutError):
             async with asyncio.timeout(self.body_timeout_s):
                 await writer.drain()
+
+    async def _arrive(self, request: Request, body: bytes) -> bytes:
+        """The arrival written (in the lane's threads) and its answer. A hook whose session stayed locked past the
+        busy timeout (its runner may hold it) is answered 503 at once for ``BUSY_BACKOFF_S``, those that waited
+        behind it included: else each held a connection in turn for the whole wait, and one hook's filled the cap
+        every hook shares."""
+        now = asyncio.get_running_loop().time()
+        if self._busy_until.get(request.path, 0.0) > now:
+            raise db.Busy("its session was busy a moment ago")
+        try:
+            with self._short_of_resources():
+                answer = await lanes.run("webhooks", self._answer, request, body)
+        except Exception as exc:
+            if db.is_busy(exc):
+                self._busy_until[request.path] = asyncio.get_running_loop().time() + BUSY_BACKOFF_S
+            raise
+        self._busy_until.pop(request.path, None)
+        return answer
 
     async def _body(self, reader: asyncio.StreamReader, request: Request) -> bytes:
         """The body, once the path and the token on the headers allow it (401 with nothing of the body read)."""

@@ -31,14 +31,16 @@ def env() -> Iterator[tuple[Env, str]]:
     made.vars["NCL_PROVIDER"] = "mock"
     made.ok("groups", "create", "demo", "--channel", "cli")
     token = json.loads(made.ok("groups", "create", "hooked", "--channel", "webhook:hook", "--json"))["webhook_tokens"]
+    other = json.loads(made.ok("groups", "create", "other", "--channel", "webhook:other", "--json"))["webhook_tokens"]
+    made.vars["OTHER_TOKEN"] = other["other"]  # (read back by the test that needs a second hook)
     yield made, token["hook"]
     shutil.rmtree(root, ignore_errors=True)
 
 
-def post(port: int, token: str, body: dict[str, object]) -> tuple[int, bytes]:
+def post(port: int, token: str, body: dict[str, object], hook: str = "hook") -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     try:
-        conn.request("POST", "/webhooks/hook", json.dumps(body), {"authorization": f"Bearer {token}"})
+        conn.request("POST", f"/webhooks/{hook}", json.dumps(body), {"authorization": f"Bearer {token}"})
         answer = conn.getresponse()
         return answer.status, answer.read()
     finally:
@@ -81,6 +83,46 @@ def test_webhooks_into_a_locked_session_never_hold_another_groups_chat(env: tupl
         with closing(sqlite3.connect(f"file:{inbox}?mode=ro", uri=True)) as conn:
             rows = conn.execute("SELECT count(*) FROM messages_in WHERE kind = 'webhook'").fetchone()[0]
         assert rows == 1 + answered.count(202)  # each 503 wrote nothing, each 202 one row
+        assert "Traceback" not in host.log.read_text()
+    finally:
+        host.stop()
+
+
+def test_a_hook_whose_session_stays_locked_is_answered_503_together_and_other_hooks_go_through(
+        env: tuple[Env, str]) -> None:
+    """Its session locked past the busy timeout (5 s, and the in-process lock's), a hook's webhook is a 503 to
+    retry, and those that waited behind it are answered with it, not each after a whole wait of its own (review:
+    one hook's waiters filled the connection cap every hook shares); another hook's arrive meanwhile."""
+    made, token = env
+    host = FloodHost(made)
+    try:
+        status, answer = post(host.port, token, {"n": 0})
+        assert status == 202, answer
+        inbox = made.data_dir / "v2-sessions" / "ag-hooked" / json.loads(answer)["session_id"] / "inbound.db"
+        answered: list[tuple[float, int]] = []
+        with closing(sqlite3.connect(f"file:{inbox}?mode=ro", uri=True, isolation_level=None)) as held:
+            held.execute("BEGIN")
+            held.execute("SELECT count(*) FROM messages_in").fetchone()
+            started = time.monotonic()
+
+            def send(n: int) -> None:
+                status = post(host.port, token, {"n": n})[0]
+                answered.append((time.monotonic() - started, status))
+
+            # More than the webhooks' lane has threads (4): one at a time, they never take the other hook's.
+            senders = [threading.Thread(target=send, args=(n,)) for n in range(1, 7)]
+            for sender in senders:
+                sender.start()
+            assert post(host.port, made.vars["OTHER_TOKEN"], {"other": 1}, "other")[0] == 202
+            other_at = time.monotonic() - started
+            for sender in senders:
+                sender.join(120)
+            held.execute("ROLLBACK")
+        times = sorted(at for at, _ in answered)
+        print(f"other hook answered at {other_at:.2f} s; the locked hook's answers at {times}")
+        assert [status for _, status in answered] == [503] * 6 and other_at < times[0]
+        assert times[-1] - times[0] < times[0] / 2  # (one after another, each waited as long as the first)
+        assert post(host.port, token, {"n": 9})[0] in (202, 503)  # (503 while its back-off lasts)
         assert "Traceback" not in host.log.read_text()
     finally:
         host.stop()
