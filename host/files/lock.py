@@ -19,9 +19,10 @@ _held: set[str] = set()  # data dirs whose lock this process holds
 @contextmanager
 def host_lock(data_dir: Path) -> Iterator[None]:
     """Hold the lock for the block; a second holder gets "another host is running (pid N)"."""
+    if owner := private.foreign(data_dir):  # (before it is made: in a folder of another's, it would be theirs too)
+        raise NclError(f"refusing the data directory {data_dir}: {owner} (who can rename it could stand in for the "
+                       "host)")
     private.make_dir(data_dir)
-    if owner := private.foreign(data_dir):
-        raise NclError(f"refusing the data directory {data_dir}: {owner} (its owner could stand in for the host)")
     fd = os.open(data_dir / "host.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, private.FILE_MODE)
     try:
         try:

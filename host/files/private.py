@@ -59,15 +59,22 @@ def replace_file(dirfd: int, name: str, data: bytes, durable: bool = False) -> N
 
 
 def foreign(path: Path) -> str | None:
-    """Who else owns the data dir ``path``, said as a problem (None: this user does, or it does not exist yet). Its
-    owner can rename anything in it, whatever the modes: put a socket of its own where the host's was, or files."""
-    try:
-        uid = path.stat().st_uid
-    except FileNotFoundError:
-        return None
-    if uid == os.geteuid():
-        return None
-    return f"owned by uid {uid}, not by this user (uid {os.geteuid()}): chown -R {os.geteuid()} {path}"
+    """Who else could swap the data dir ``path`` or what is in it, said as a problem (None: nobody). Its owner, if
+    not this user, and the owner of a folder above it, if neither this user nor root, or anyone, above it, in a
+    folder others may write without the sticky bit: each can rename names in it whatever their modes, and put a
+    socket or files of its own in their place. (Folders not made yet are this user's to make.)"""
+    me, real = os.geteuid(), Path(os.path.realpath(path))
+    for folder in (real, *real.parents):
+        try:
+            info = folder.stat()
+        except FileNotFoundError:
+            continue
+        if info.st_uid != me and (folder == real or info.st_uid != 0):
+            return (f"{folder} is owned by uid {info.st_uid}, not by this user (uid {me})"
+                    + (f": chown -R {me} {folder}" if folder == real else " or root"))
+        if folder != real and info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
+            return f"{folder} above it can be written by other users (mode {stat.S_IMODE(info.st_mode):04o})"
+    return None
 
 
 def exposure(path: Path) -> str | None:

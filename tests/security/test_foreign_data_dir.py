@@ -39,16 +39,37 @@ def env() -> Iterator[Env]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def test_the_host_refuses_a_data_dir_another_account_owns_and_doctor_fails_it(env: Env) -> None:
+@pytest.mark.parametrize("whose", ["data-dir", "folder-above"])
+def test_the_host_refuses_a_data_dir_another_account_can_swap_and_doctor_fails_it(env: Env, whose: str) -> None:
+    """Its own, or a folder above it (the data dir made in it by the host was then theirs to rename: review)."""
+    folder = env.data_dir
+    if whose == "folder-above":
+        folder = env.data_dir.parent / "shared"
+        folder.mkdir()
+        os.chown(folder, NOBODY, NOBODY)
+        env.vars["NCL_DATA_DIR"] = str(folder / "data")
+    said = f"{folder} is owned by uid {NOBODY}, not by this user (uid 0)" + (
+        f": chown -R 0 {folder}" if whose == "data-dir" else " or root")
     for command in (("host", "sweep", "--once"), ("host", "run")):
         done = env.ncl(*command)
         assert done.returncode == 1 and done.stderr == (
-            f"ncl: refusing the data directory {env.data_dir}: owned by uid {NOBODY}, not by this user (uid 0): "
-            f"chown -R 0 {env.data_dir} (its owner could stand in for the host)\n")
-    assert not (env.data_dir / "host.lock").exists()
+            f"ncl: refusing the data directory {env.vars['NCL_DATA_DIR']}: {said} (who can rename it could stand in "
+            "for the host)\n")
+    assert not (Path(env.vars["NCL_DATA_DIR"]) / "host.lock").exists()
     doctor = env.ncl("doctor")
     [line] = [line for line in doctor.stdout.splitlines() if "data_dir" in line]
-    assert doctor.returncode == 1 and line.startswith("FAIL") and f"owned by uid {NOBODY}" in line
+    assert doctor.returncode == 1 and line.startswith("FAIL") and said in line
+
+
+def test_a_folder_above_others_may_write_without_the_sticky_bit_is_refused_and_tmp_is_not(env: Env) -> None:
+    shared = env.data_dir.parent / "open"
+    shared.mkdir()
+    shared.chmod(0o777)
+    env.vars["NCL_DATA_DIR"] = str(shared / "data")
+    done = env.ncl("host", "sweep", "--once")
+    assert done.returncode == 1 and f"{shared} above it can be written by other users (mode 0777)" in done.stderr
+    shared.chmod(0o1777)  # as /tmp: nobody renames what is not theirs
+    assert env.ncl("host", "sweep", "--once").returncode == 0
 
 
 def test_chat_never_talks_to_a_socket_another_account_serves(env: Env) -> None:
