@@ -198,6 +198,8 @@ def get(conn: db.Connection, settings: Settings, session_id: str) -> Session:
 
 
 def touch(conn: db.Connection, session_id: str, now: datetime) -> None:
-    """Mark the session active at ``now`` (a message arrived for it)."""
+    """Mark the session active at ``now`` (a message arrived for it), never earlier than it was (a job sent again
+    as it was fired, after a host's restart, is stamped with that time)."""
     with db.transaction(conn):
-        conn.execute("UPDATE sessions SET last_active_at = ? WHERE id = ?", (to_text(now), session_id))
+        conn.execute("UPDATE sessions SET last_active_at = max(last_active_at, ?) WHERE id = ?",
+                     (to_text(now), session_id))
