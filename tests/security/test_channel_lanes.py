@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -53,39 +53,47 @@ def established(port: int) -> int:
     return sum(1 for line in lines if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "01")
 
 
-def test_webhooks_into_a_locked_session_never_hold_another_groups_chat(env: tuple[Env, str]) -> None:
-    made, token = env
+@contextmanager
+def hook_locked(made: Env, token: str) -> Iterator[tuple[FloodHost, Path, sqlite3.Connection]]:
+    """A running host whose hook has its session, and that session's inbox read-locked meanwhile (as its runner may
+    keep it: ``ROLLBACK`` lets go); no traceback logged."""
     host = FloodHost(made)
     try:
         status, answer = post(host.port, token, {"n": 0})
         assert status == 202, answer
         inbox = made.data_dir / "v2-sessions" / "ag-hooked" / json.loads(answer)["session_id"] / "inbound.db"
-        answered: list[int] = []
         with closing(sqlite3.connect(f"file:{inbox}?mode=ro", uri=True, isolation_level=None)) as held:
             held.execute("BEGIN")
-            held.execute("SELECT count(*) FROM messages_in").fetchone()  # a read lock, as its runner may keep
-            senders = [threading.Thread(target=lambda n=n: answered.append(post(host.port, token, {"n": n})[0]))
-                       for n in range(1, HOOKS + 1)]
-            for sender in senders:
-                sender.start()
-            deadline = time.monotonic() + 30
-            while established(host.port) < HOOKS and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert host.chat("hello from another group") == ["mock: hello from another group"]
-            before_chat = len(answered)  # (was: most of them, as 500s, one thread's busy wait after another)
-            held.execute("ROLLBACK")
-        for sender in senders:
-            sender.join(300)
-        print(f"webhooks answered before the other group's chat: {before_chat}; answers "
-              f"{ {s: answered.count(s) for s in set(answered)} }")
-        assert before_chat < 8
-        assert len(answered) == HOOKS and set(answered) <= {202, 503} and 202 in answered
-        with closing(sqlite3.connect(f"file:{inbox}?mode=ro", uri=True)) as conn:
-            rows = conn.execute("SELECT count(*) FROM messages_in WHERE kind = 'webhook'").fetchone()[0]
-        assert rows == 1 + answered.count(202)  # each 503 wrote nothing, each 202 one row
+            held.execute("SELECT count(*) FROM messages_in").fetchone()
+            yield host, inbox, held
         assert "Traceback" not in host.log.read_text()
     finally:
         host.stop()
+
+
+def test_webhooks_into_a_locked_session_never_hold_another_groups_chat(env: tuple[Env, str]) -> None:
+    made, token = env
+    answered: list[int] = []
+    with hook_locked(made, token) as (host, inbox, held):
+        senders = [threading.Thread(target=lambda n=n: answered.append(post(host.port, token, {"n": n})[0]))
+                   for n in range(1, HOOKS + 1)]
+        for sender in senders:
+            sender.start()
+        deadline = time.monotonic() + 30
+        while established(host.port) < HOOKS and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert host.chat("hello from another group") == ["mock: hello from another group"]
+        before_chat = len(answered)  # (was: most of them, as 500s, one thread's busy wait after another)
+        held.execute("ROLLBACK")
+        for sender in senders:
+            sender.join(300)
+    print(f"webhooks answered before the other group's chat: {before_chat}; answers "
+          f"{ {s: answered.count(s) for s in set(answered)} }")
+    assert before_chat < 8
+    assert len(answered) == HOOKS and set(answered) <= {202, 503} and 202 in answered
+    with closing(sqlite3.connect(f"file:{inbox}?mode=ro", uri=True)) as conn:
+        rows = conn.execute("SELECT count(*) FROM messages_in WHERE kind = 'webhook'").fetchone()[0]
+    assert rows == 1 + answered.count(202)  # each 503 wrote nothing, each 202 one row
 
 
 def test_a_hook_whose_session_stays_locked_is_answered_503_together_and_other_hooks_go_through(
@@ -94,35 +102,24 @@ def test_a_hook_whose_session_stays_locked_is_answered_503_together_and_other_ho
     retry, and those that waited behind it are answered with it, not each after a whole wait of its own (review:
     one hook's waiters filled the connection cap every hook shares); another hook's arrive meanwhile."""
     made, token = env
-    host = FloodHost(made)
-    try:
-        status, answer = post(host.port, token, {"n": 0})
-        assert status == 202, answer
-        inbox = made.data_dir / "v2-sessions" / "ag-hooked" / json.loads(answer)["session_id"] / "inbound.db"
-        answered: list[tuple[float, int]] = []
-        with closing(sqlite3.connect(f"file:{inbox}?mode=ro", uri=True, isolation_level=None)) as held:
-            held.execute("BEGIN")
-            held.execute("SELECT count(*) FROM messages_in").fetchone()
-            started = time.monotonic()
+    answered: list[tuple[float, int]] = []
+    with hook_locked(made, token) as (host, _, _):
+        started = time.monotonic()
 
-            def send(n: int) -> None:
-                status = post(host.port, token, {"n": n})[0]
-                answered.append((time.monotonic() - started, status))
+        def send(n: int) -> None:
+            status = post(host.port, token, {"n": n})[0]
+            answered.append((time.monotonic() - started, status))
 
-            # More than the webhooks' lane has threads (4): one at a time, they never take the other hook's.
-            senders = [threading.Thread(target=send, args=(n,)) for n in range(1, 7)]
-            for sender in senders:
-                sender.start()
-            assert post(host.port, made.vars["OTHER_TOKEN"], {"other": 1}, "other")[0] == 202
-            other_at = time.monotonic() - started
-            for sender in senders:
-                sender.join(120)
-            held.execute("ROLLBACK")
-        times = sorted(at for at, _ in answered)
-        print(f"other hook answered at {other_at:.2f} s; the locked hook's answers at {times}")
-        assert [status for _, status in answered] == [503] * 6 and other_at < times[0]
-        assert times[-1] - times[0] < times[0] / 2  # (one after another, each waited as long as the first)
-        assert post(host.port, token, {"n": 9})[0] in (202, 503)  # (503 while its back-off lasts)
-        assert "Traceback" not in host.log.read_text()
-    finally:
-        host.stop()
+        # More than the webhooks' lane has threads (4): one at a time, they never take the other hook's.
+        senders = [threading.Thread(target=send, args=(n,)) for n in range(1, 7)]
+        for sender in senders:
+            sender.start()
+        assert post(host.port, made.vars["OTHER_TOKEN"], {"other": 1}, "other")[0] == 202
+        other_at = time.monotonic() - started
+        for sender in senders:
+            sender.join(120)
+        assert post(host.port, token, {"n": 9})[0] == 503  # (its back-off lasts 5 s)
+    times = sorted(at for at, _ in answered)
+    print(f"other hook answered at {other_at:.2f} s; the locked hook's answers at {times}")
+    assert [status for _, status in answered] == [503] * 6 and other_at < times[0]
+    assert times[-1] - times[0] < times[0] / 2  # (one after another, each waited as long as the first)
