@@ -79,9 +79,9 @@ def schedule(conn: db.Connection, now: datetime, policy: Policy, task_id: str, p
              asked: datetime | None = None) -> str:
     """Insert a new series; its first run is ``process_after`` or the first slot after ``asked`` (when the agent
     asked, as its tool said it: applied at the turn's end, a 10:00 slot asked for at 09:59:50 became 11:00), else
-    after now; a recurring one ends
-    after ``count`` runs or at ``until``, if given (schemas/series_end.py). Returns the stored
-    id: with ``fresh_if_used`` (a runner's choice) an id used anywhere is replaced by a fresh one, else refused.
+    after now; a recurring one ends after ``count`` runs or at ``until``, if given (schemas/series_end.py). Returns
+    the stored id: with ``fresh_if_used`` (a runner's choice) an id used anywhere is replaced by a fresh one, else
+    refused.
     The id is registered install-wide (``registry``) before the row is written. Unless ``duplicate_ok``, a series
     repeating a live one (``task_series.same_live``) is refused (an operator's; an agent's tool checks itself)."""
     from schemas.messages import TaskContent  # pydantic: with the first write, so ``ncl tasks list`` goes without
