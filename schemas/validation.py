@@ -20,6 +20,17 @@ def not_blank(value: str) -> str:
     return value
 
 
+def check_text(value: Any) -> None:
+    """ValueError if a JSON value holds an unpaired surrogate: ``json.loads`` takes ``"\\ud83d"`` alone (a text cut
+    inside an emoji), but no UTF-8 text, and so no JSON output of it, can hold one."""
+    import json
+
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise ValueError("an unpaired surrogate escape: not text") from None
+
+
 def check_prompt(value: Any, what: str = "prompt") -> None:
     """The prompt rule for edges without a model (CLI arguments, queue items): ValueError ``what: …``."""
     if not isinstance(value, str):

@@ -20,6 +20,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from schemas.validation import check_text
+
 if TYPE_CHECKING:
     from host.settings import Settings
 
@@ -39,9 +41,9 @@ def decode(line: bytes) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise ValueError("expected a JSON object")
     try:
-        json.dumps(message, ensure_ascii=False).encode()
-    except UnicodeEncodeError:  # ("\ud83d" alone: a text cut inside an emoji) stored, no JSON output could show it
-        raise ValueError("the line has an unpaired surrogate escape: not text") from None
+        check_text(message)
+    except ValueError as exc:
+        raise ValueError(f"the line has {exc}") from None
     return message
 
 

@@ -26,6 +26,7 @@ from host.store import db, groups, pool
 from host.store.outbox import OutMessage
 from host.store.sessions import Session
 from schemas import clock
+from schemas.validation import check_text
 
 log = logging.getLogger(__name__)
 MAX_BODY = 1 << 20
@@ -140,7 +141,7 @@ class Webhooks:
         channel = f"webhook:{name}"
         try:
             payload = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
-            json.dumps(payload, ensure_ascii=False).encode()  # an unpaired surrogate escape ("\ud83d") is no text
+            check_text(payload)
         except (ValueError, RecursionError):
             raise Refusal(400, "invalid_request_error", "the body is not JSON text (or nests too deep, or has an "
                                                         "unpaired surrogate escape)") from None

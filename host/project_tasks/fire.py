@@ -173,9 +173,14 @@ class ScheduledTasks:
         sent again, found where it went if it was sent (``queues.send``'s run id), while its task is still active, as
         it was when it fired, and the slot within the misfire grace; any other run failed, its command, container or
         job lost with that host (and a container it may have left removed)."""
-        interrupted = [(run, store.get(conn, run.task_id)) for run in store.running(conn)]
-        again = [(run, row) for run, row in interrupted if row is not None and _resent(run, row, now, self.policy)]
-        lost = [(run, row) for run, row in interrupted if (run, row) not in again]
+        again: list[tuple[store.Interrupted, store.TaskRow]] = []
+        lost: list[tuple[store.Interrupted, store.TaskRow | None]] = []
+        for run in store.running(conn):
+            row = store.get(conn, run.task_id)
+            if row is not None and _resent(run, row, now, self.policy):
+                again.append((run, row))
+            else:
+                lost.append((run, row))
         store.fail_runs(conn, [run.id for run, _ in lost], to_text(now), STOPPED)
         if lost:
             log.warning("%d scheduled run(s) were interrupted by a host stop", len(lost),
