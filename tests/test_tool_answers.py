@@ -54,6 +54,20 @@ def test_the_first_slot_the_tool_announces_is_the_one_the_host_stores(world: Wor
     assert row["process_after"] == "2026-06-11T14:00:00.000Z" and row["recurrence"] == "0 * * * *"
 
 
+def test_the_next_slot_an_update_announces_is_the_one_the_host_stores(world: World) -> None:
+    """The same for a new recurrence given by ``update_task``: asked at 09:59:50, it runs at 10:00 (the host worked
+    it out again when it applied the request at 10:00:20: 11:00)."""
+    asked = from_text("2026-06-11T13:59:50.000Z")
+    task = world.schedule(NOW, recurrence="0 7 * * *")
+    answer = runner_tools(world, asked).call("update_task", {"taskId": task, "recurrence": "0 * * * *"})
+    assert "next runs: Thu 2026-06-11 10:00:00 EDT, Thu 2026-06-11 11:00:00 EDT" in answer, answer
+    [request] = world.turn_ends(asked)
+    assert "processAfter" not in request
+    assert world.sweeper().tick(asked + timedelta(seconds=30)).applied == 1
+    [row] = world.live(task)
+    assert row["process_after"] == "2026-06-11T14:00:00.000Z" and row["recurrence"] == "0 * * * *"
+
+
 def test_a_request_asked_longer_ago_than_the_grace_starts_from_when_it_is_applied(world: World) -> None:
     """(A first slot sent as such was refused by a host applying it past the grace: with NCL_MISFIRE_GRACE_S=0, at
     once; its time is the runner's to write, so one outside the grace, or no time at all, counts as now.)"""

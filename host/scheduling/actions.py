@@ -51,7 +51,8 @@ def _apply(conn: db.Connection, request: requests.ScheduleTask | requests.Update
                         f"{stored}: use that id to update, pause, resume or cancel it.")
         case requests.UpdateTask():
             tasks.update(conn, request.task_id, now, policy, request.prompt, request.process_after,
-                         request.recurrence, request.script, until=request.until, count=request.count, folder=None)
+                         request.recurrence, request.script, until=request.until, count=request.count, folder=None,
+                         asked=asked)
         case requests.ControlTask(action="pause_task"):
             _must(conn, tasks.pause(conn, request.task_id, now, policy, folder=None), request, "paused")
         case requests.ControlTask(action="resume_task"):

@@ -203,10 +203,11 @@ def unchanged(conn: db.Connection, ref: str, verb: str) -> NclError:
 def update(conn: db.Connection, ref: str, now: datetime, policy: Policy, prompt: str | None = None,
            process_after: str | None = None, recurrence_expr: str | None = None, script: str | None = None,
            enforce_interval: bool = True, until: str | None = None, count: int | str | None = None, *,
-           folder: Path | None) -> int:
+           folder: Path | None, asked: datetime | None = None) -> int:
     """Change live rows: content keys are merged (unknown ones kept); ``""`` clears recurrence, script, until or
-    count. A new recurrence without a new time recomputes the next run from now. ``count`` is the runs left from
-    the next one to start (so a running occurrence, which uses one as it ends, stores one more)."""
+    count. A new recurrence without a new time recomputes the next run from ``asked`` (when the agent asked, as its
+    tool said it; see ``schedule``), else now. ``count`` is the runs left from the next one to start (so a running
+    occurrence, which uses one as it ends, stores one more)."""
     from schemas.messages import TaskContent
 
     expr = recurring.validate(recurrence_expr) if recurrence_expr else recurrence_expr
@@ -245,7 +246,7 @@ def update(conn: db.Connection, ref: str, now: datetime, policy: Policy, prompt:
             if waiting and carries and process_after:
                 after = process_after
             elif waiting and carries and expr:
-                after = to_text(recurring.next_after(expr, now, policy.zone))
+                after = to_text(recurring.next_after(expr, asked or now, policy.zone))
             if waiting and new_expr and ("until" in ends or after != row.process_after):
                 _check_until(content, now, after)
             if after != row.process_after:  # a time given anew: no longer a retry of its old slot, nor counted as one
