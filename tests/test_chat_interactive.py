@@ -9,6 +9,7 @@ import os
 import pty
 import select
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -110,8 +111,9 @@ def test_a_tasks_answer_is_marked_with_its_id_and_prompt(host: tuple[Env, Host])
 
 def test_a_chat_shows_what_came_while_none_was_open_and_a_tasks_answer_before_anything_is_typed(
         host: tuple[Env, Host]) -> None:
-    """(Replies that came while no chat was open were only in 'ncl messages list'; and a chat that had sent
-    nothing yet heard none of its session's replies: a task's answer never showed.)"""
+    """(Replies that came while no chat was open were only in 'ncl messages list', then shown again by every chat
+    opened after; and a chat that had sent nothing yet heard none of its session's replies: a task's answer never
+    showed.)"""
     env, running = host
     session = json.loads(env.ok("chat", "demo", "hello", "--json"))["session_id"]  # answered: seen
     env.ok("tasks", "add", "--session", session, "--prompt", "while away")  # runs at once, no chat open
@@ -122,3 +124,29 @@ def test_a_chat_shows_what_came_while_none_was_open_and_a_tasks_answer_before_an
         assert "mock: while away" in away and "mock: hello" not in away
         env.ok("tasks", "add", "--session", session, "--prompt", "while open")
         term.wait_for("mock: while open")  # nothing typed in this chat
+    assert "shown in one: 1 " in running.wait_for_action("replies_shown", session=session)
+    with chatting(env) as term:  # shown once: the next chat does not show them again
+        assert "while no chat was open" not in term.screen.split(READY)[0], term.screen
+
+
+def test_only_a_chat_listening_to_a_session_records_its_replies_shown(host: tuple[Env, Host]) -> None:
+    """``shown`` has no answer when taken; one naming a session the connection does not listen to, or not a list of
+    ids, is refused (the next line's answer is then still its own)."""
+    env, _ = host
+    session = json.loads(env.ok("chat", "demo", "hello", "--json"))["session_id"]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(str(env.root / "data" / "cli.sock"))
+        lines = sock.makefile("rb")
+
+        def said(request: dict[str, object]) -> dict[str, object]:
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            return dict(json.loads(lines.readline()))
+
+        refused = said({"op": "shown", "session_id": session, "ids": ["msg-1"]})
+        assert refused == {"ok": False, "error": "'shown' names replies (at most 64) of a session this chat listens "
+                                                 "to"}
+        assert said({"op": "listen", "group": "demo", "thread": None}) == {"ok": True, "listening": session}
+        assert said({"op": "shown", "session_id": session, "ids": "msg-1"})["ok"] is False
+        sock.sendall(json.dumps({"op": "shown", "session_id": session, "ids": ["msg-1"]}).encode() + b"\n")
+        assert said({"op": "listen", "group": "demo", "thread": None}) == {"ok": True, "listening": session}

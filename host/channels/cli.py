@@ -25,7 +25,7 @@ from host.channels.cli_protocol import socket_path
 from host.errors import NclError
 from host.http.listener import Listener, unix_socket
 from host.settings import Settings
-from host.store import db, groups, inbox, pool, sessions
+from host.store import db, deliveries, groups, inbox, pool, sessions
 from host.store.groups import Group
 from host.store.outbox import OutMessage
 from host.store.sessions import Session
@@ -37,6 +37,7 @@ MAX_LINE = 1 << 20
 MAX_CLIENTS = 64
 LINE_TIMEOUT_S = 10.0
 MAX_UNREAD = 64 << 20  # replies written to a client but not yet taken by it
+MAX_SHOWN = 64  # replies a chat says it showed, in one line
 TASK_PROMPT = 40  # characters of a task's prompt a reply to it carries
 BUSY = protocol.encode(protocol.refused(f"the host is serving {MAX_CLIENTS} CLI connections already; try again"
                                         " shortly"))
@@ -91,7 +92,8 @@ class CliChannel:
         try:
             while line := await _next_line(reader):
                 answer, arrived = await self._handle(line, writer, chats)
-                writer.write(protocol.encode(answer))  # sent at once: asyncio writes to an idle socket directly
+                if answer is not None:
+                    writer.write(protocol.encode(answer))  # sent at once: asyncio writes to an idle socket directly
                 if arrived:
                     await lanes.run("cli", self._stamp, *arrived)
                 async with asyncio.timeout(LINE_TIMEOUT_S):
@@ -104,10 +106,18 @@ class CliChannel:
             writer.close()
 
     async def _handle(self, line: bytes, writer: asyncio.StreamWriter,
-                      chats: set[str]) -> tuple[dict[str, Any], tuple[str, datetime] | None]:
-        """The answer to one request line, and the session it wrote to with the time (None: it wrote nothing)."""
+                      chats: set[str]) -> tuple[dict[str, Any] | None, tuple[str, datetime] | None]:
+        """The answer to one request line (None: it has none), and the session it wrote to with the time (None: it
+        wrote nothing)."""
         try:
             request = protocol.decode(line)
+            if request.get("op") == "shown":
+                session_id, ids = request.get("session_id"), request.get("ids")
+                if session_id not in chats or not isinstance(ids, list) or len(ids) > MAX_SHOWN or not all(
+                        isinstance(i, str) for i in ids):
+                    raise NclError(f"'shown' names replies (at most {MAX_SHOWN}) of a session this chat listens to")
+                await lanes.run("cli", self._shown, session_id, ids)
+                return None, None
             if request.get("op") == "listen":
                 heard = await lanes.run("cli", self.listened, request)
                 if heard is not None:
@@ -151,6 +161,20 @@ class CliChannel:
                                                        "sender_id": request.get("sender_id")},
                                      thread=str(thread) if thread else None)
             return router.deliver_in(central, self.settings, now, group, arrival, stamp=False)
+
+    def _shown(self, session_id: str, ids: list[str]) -> None:
+        """Record the replies a chat showed as delivered (``protocol.shown``); a failure only means the next chat
+        shows them again."""
+        try:
+            with self._central.connection() as central:
+                folder = sessions.get(central, self.settings, session_id).folder
+            with closing(db.connect(folder / "inbound.db", "inbound")) as conn:
+                count = deliveries.shown(conn, ids, clock.now())
+            log.info("replies that came while no chat was open, shown in one: %d", count,
+                     extra={"action": "replies_shown", "session": session_id})
+        except (db.Error, NclError) as exc:
+            log.warning("replies shown in a chat of session %s not recorded: %s", session_id, exc,
+                        extra={"action": "replies_shown_failed", "session": session_id})
 
     def _stamp(self, session_id: str, now: datetime) -> None:
         """Mark the session active at ``now``. A host stopped before this leaves the message in the inbox and the

@@ -7,7 +7,10 @@ while it stays connected: ``task`` is ``{"id", "prompt"}`` (the series and its p
 scheduled task, else null; ``failed`` is true when the message it answers failed (the provider could not answer,
 DESIGN §12.3). An interactive chat first sends ``{"op": "listen", "group": G, "thread": K|null}``: the host answers
 ``{"ok": true, "listening": SESSION_ID|null}`` (null: the chat has no session yet; its first send makes one) and
-from then on pushes that session's replies, a task's answer among them, before the chat has sent anything.
+from then on pushes that session's replies, a task's answer among them, before the chat has sent anything. Having
+shown the replies that came while no chat was open (it reads them from the session's files), it sends
+``{"op": "shown", "session_id": S, "ids": [...]}``: the host records them delivered (no answer), so the next chat
+does not show them again.
 
 Both sides build and read their lines here: the host's channel (host.channels.cli) and the client (``ncl chat``,
 ``ncl agent invoke``), which imports this module alone of the channel, so a one-shot ``ncl chat`` loads none of
@@ -55,6 +58,11 @@ def send(group: str, text: str, thread: str | None, channel: str = "cli") -> dic
 def listen(group: str, thread: str | None) -> dict[str, Any]:
     """What an interactive client sends first: the replies of its session, as they come, before it sends anything."""
     return {"op": "listen", "group": group, "thread": thread}
+
+
+def shown(session_id: str, ids: list[str]) -> dict[str, Any]:
+    """What an interactive client sends once it has shown its session's replies that came while no chat was open."""
+    return {"op": "shown", "session_id": session_id, "ids": ids}
 
 
 def accepted(session_id: str, message_id: str, seq: int) -> dict[str, Any]:

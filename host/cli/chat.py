@@ -48,6 +48,9 @@ class Connection:
     def listen(self, group: str, thread: str | None) -> None:
         self.sock.sendall(protocol.encode(protocol.listen(group, thread)))
 
+    def shown(self, session_id: str, ids: list[str]) -> None:
+        self.sock.sendall(protocol.encode(protocol.shown(session_id, ids)))
+
     def send(self, group: str, text: str, thread: str | None, channel: str = "cli") -> dict[str, Any]:
         """Write a message and wait for the host's answer to it (replies before it are skipped)."""
         self.write(group, text, thread, channel)
@@ -233,8 +236,10 @@ def _missed(conn: Connection, screen: Screen, group: str, thread: str | None) ->
         return
     if missed:
         say(f"while no chat was open (all of it: ncl messages list --session {session_id}):")
-    for at, text in missed:
+    for _, at, text in missed:
         say(f"[{local_time(at, screen.zone)}] {text}")
+    if missed:  # the host records them delivered: the next chat does not show them again
+        conn.shown(session_id, [reply_id for reply_id, _, _ in missed])
 
 
 def _folder(app: App, session_id: str) -> Path:

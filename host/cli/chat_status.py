@@ -66,13 +66,13 @@ def _line_buffer() -> str:
     return ""
 
 
-def away(folder: Path, last: int = AWAY) -> list[tuple[str, str]]:
-    """(timestamp, text) of the replies that came while no chat was open: kept ('stored') after the last one a chat
-    was shown ('delivered'), the latest ``last`` of them."""
+def away(folder: Path, last: int = AWAY) -> list[tuple[str, str, str]]:
+    """(id, timestamp, text) of the replies that came while no chat was open: kept ('stored') after the last one a
+    chat was shown ('delivered'), the latest ``last`` of them."""
     out = sorted((m for m in views.transcript(folder, last) if m.direction == "out" and m.kind == "chat"),
                  key=lambda m: (m.timestamp, m.seq or 0))
     shown = max((i for i, m in enumerate(out) if m.status == "delivered"), default=-1)
-    return [(m.timestamp, views.text_of(m.content)) for m in out[shown + 1:] if m.status == "stored"]
+    return [(m.id, m.timestamp, views.text_of(m.content)) for m in out[shown + 1:] if m.status == "stored"]
 
 
 @dataclass

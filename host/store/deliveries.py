@@ -32,3 +32,10 @@ def record(conn: db.Connection, replies: list[OutMessage], status: str, now: dat
             if added and status == "failed":
                 inbox.notice(conn, now, "delivery_failed",
                              f"Your reply {reply.id} could not be delivered to {reply.channel_type}.")
+
+
+def shown(conn: db.Connection, ids: list[str], now: datetime) -> int:
+    """Replies kept while no chat was open ('stored') that a chat has since shown: delivered. How many were."""
+    with db.transaction(conn):
+        return sum(conn.execute("UPDATE delivered SET status = 'delivered', delivered_at = ? WHERE message_out_id = ?"
+                                " AND status = 'stored'", (to_text(now), reply_id)).rowcount for reply_id in ids)
