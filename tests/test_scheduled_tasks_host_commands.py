@@ -105,3 +105,17 @@ def test_a_slot_whose_previous_run_still_runs_is_missed(project: Project) -> Non
     running, missed = project.runs(item["id"])
     assert running["status"] == "running"
     assert missed["status"] == "missed" and "previous run was still running" in missed["error"]
+
+
+def test_a_sweep_at_another_instant_runs_no_command_and_leaves_its_slot_due(project: Project) -> None:
+    """``ncl host sweep --once --now`` starts nothing that lives in real time: as no runner, no command (one ran
+    today for a slot of next year, and that slot was spent). A queue target's job still goes in (its own test)."""
+    marker = project.root / "RAN"
+    text = f"{HEAD}schedule: 0 9 * * *\nhost: {{command: 'touch {marker}'}}\n"
+    item = project.ncl("scheduled-task", "add", "--file", project.spec(text), "--now", NOW, "--json").json()
+    swept = project.ncl("host", "sweep", "--once", "--now", "2026-06-12T09:00:01", "--json")
+    assert swept.code == 0, swept.err
+    data = swept.json()
+    assert (data["scheduled_fired"], data["scheduled_left"], data["scheduled_missed"]) == (0, 1, 0)
+    assert not marker.exists() and project.runs(item["id"]) == []
+    assert [t["next_run"] for t in project.listed()] == ["2026-06-12T13:00:00.000Z"]

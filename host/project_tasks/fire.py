@@ -46,6 +46,7 @@ class FireResult:
     fired: int = 0
     missed: int = 0
     failed: int = 0
+    left: int = 0  # due commands and containers a sweep at another instant (``--now``) does not run
 
     def to_json(self) -> dict[str, int]:
         return {f"scheduled_{key}": value for key, value in asdict(self).items()}
@@ -144,8 +145,10 @@ class ScheduledTasks:
     """What the host owns: fires due project tasks and runs the slow targets on its worker threads."""
 
     def __init__(self, settings: Settings, clock: Callable[[], datetime] = real_clock.now,
-                 docker_client: Callable[[], Any] = _docker_client) -> None:
-        self.settings = settings
+                 docker_client: Callable[[], Any] = _docker_client, commands: bool = True) -> None:
+        """``commands``: False for a sweep at another instant than now, which runs no command or container (they
+        run in real time, as runners do) and leaves their slots due; a queue target's job is sent."""
+        self.settings, self.commands = settings, commands
         self.policy = Policy.of(settings)
         self.clock = clock
         self._docker_factory = docker_client
@@ -205,6 +208,9 @@ class ScheduledTasks:
         conn = self._central(now)
         replan(conn, now, self.policy)
         for task in self._ready(store.due(conn, to_text(now))):
+            if not self.commands and task.target_kind != "queue":
+                result.left += 1
+                continue
             try:
                 self._fire(conn, task.id, now, result)
             except Exception as exc:  # one broken task never stops the others, nor the host
@@ -326,9 +332,11 @@ class ScheduledTasks:
 
 def fire_once(settings: Settings, now: datetime | None) -> dict[str, int]:
     """``ncl host sweep --once``: fire what is due at ``now`` (default the real clock) and wait for the runs.
-    With ``now`` given, the runs' times move on from it at the real clock's pace."""
+    With ``now`` given, only queue targets fire (commands and containers are left due, counted), their runs' times
+    moving on from it at the real clock's pace."""
     start = real_clock.now()
-    firer = ScheduledTasks(settings, (lambda: now + (real_clock.now() - start)) if now else real_clock.now)
+    firer = ScheduledTasks(settings, (lambda: now + (real_clock.now() - start)) if now else real_clock.now,
+                           commands=now is None)
     try:
         return firer.tick(now or start).to_json()
     finally:
