@@ -8,7 +8,7 @@ import os
 import shutil
 import time
 from contextlib import closing
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -121,6 +121,23 @@ def test_retries_back_off_then_fail_and_the_series_goes_on(world: World) -> None
     assert result.failed == 1 and row["tries"] == 6
     assert [r["status"] for r in world.rows(series)] == ["failed", "pending"]
     assert world.live(series)[0]["process_after"] == "2026-05-19T13:00:00.000Z"
+
+
+def test_a_one_off_sweep_leaves_a_runner_an_earlier_one_started_at_its_work(world: World) -> None:
+    """A cron's ``ncl host sweep --once`` every minute released the claim of the runner the last one started (it
+    outlives its sweep) as a dead runner's, and woke the session, whose next start stopped that runner: every turn
+    longer than the minute was killed, and its task failed after five. The heartbeat is read by the real clock."""
+    task = world.schedule(T0 - timedelta(minutes=1), at=to_text(T0 - timedelta(seconds=30)))
+    world.ack(task, "processing", T0, generation="gen-earlier-sweep")
+    runtime = RecordingRuntime()
+    one_off = sweep.Sweeper(world.settings, world.sweeper(runtime).runners, one_off=True)
+    _beat(world, "gen-earlier-sweep", utc_now := datetime.now(UTC))
+    result = one_off.tick(T0 + timedelta(seconds=30))
+    assert (result.retried, result.woken, runtime.started) == (0, 0, [])
+    assert [(r["status"], r["tries"]) for r in world.rows(task)] == [("pending", 0)]
+    _beat(world, "gen-earlier-sweep", utc_now - timedelta(seconds=61))  # silent a minute: dead, as any runner
+    result = one_off.tick(T0 + timedelta(seconds=31))
+    assert result.retried == 1 and world.rows(task)[0]["tries"] == 1
 
 
 def test_a_released_claim_never_runs_its_row_before_it_was_due(world: World) -> None:

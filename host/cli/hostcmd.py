@@ -110,7 +110,7 @@ def sweep(app: App, once: bool, now: datetime | None, as_json: bool) -> None:
     # As in ``host run``, what a host task leaves when it ends is ours to kill; only while we sweep.
     with logging_to_file(app.settings, "kept"), host_lock(app.settings.data_dir), subreaping():
         runtime = None if now or no_model else select_runtime(app.settings)[0]
-        sweeper = Sweeper(app.settings, Runners(runtime, app.settings) if runtime else None)
+        sweeper = Sweeper(app.settings, Runners(runtime, app.settings) if runtime else None, one_off=True)
         try:
             with alerts.reporting(raised):
                 fired = fire_once(app.settings, now)  # project tasks first: a job one enqueues is woken by this sweep

@@ -20,7 +20,7 @@ from typing import NamedTuple
 from host.channels.delivery import Deliveries
 from host.errors import cut
 from host.files import logs
-from host.runtimes.pool import Runner, Runners
+from host.runtimes.pool import CLAIM_SILENT, Runner, Runners, read_heartbeat
 from host.scheduling import actions, cross_group
 from host.scheduling.recurrence import Policy
 from host.scheduling.seen import OUTBOUND_SIDE, RACY_NS, Holds, Seen, Visit, files_of
@@ -70,6 +70,8 @@ class Sweeper:
     settings: Settings
     runners: Runners | None = None  # None: count wakes, start nothing (sweep --now)
     deliveries: Deliveries | None = None  # None: replies wait for a host that serves channels
+    # A one-off sweep: a runner an earlier one started may be at work still (they outlive it; ``others_at_work``).
+    one_off: bool = False
     seen: dict[str, Seen] = field(default_factory=dict)
     failing: dict[str, str] = field(default_factory=dict)  # session id -> the problem last logged for it
     holds: Holds = field(default_factory=Holds)  # sessions not visited for a while: their visits failed, or were slow
@@ -322,6 +324,8 @@ class Sweeper:
         """The session looked at: left alone if nothing changed, else visited now if its runner is alive (or a notice
         is owed), else planned for after the pass."""
         runner = self.runners.alive(session, now) if self.runners else None
+        if self.one_off and runner is None and others_at_work(session):
+            return None
         # The idle path runs for every session every tick: three stats, and the tick's own text of `now` (strftime
         # per session cost more than a stat at 10,000 sessions).
         files = files_of(session.path)
@@ -366,3 +370,16 @@ class Sweeper:
             self.runners.drop(session.id)
             if runner is not None:
                 self.runners.seen(session.id, now, idle=not claimed and due_since is None)
+
+
+def others_at_work(session: Session) -> bool:
+    """Whether a runner this process did not start beat within ``CLAIM_SILENT`` (by the real clock): one an earlier
+    one-off sweep started. Its claims are its own, not released as a dead runner's, and no second runner is started
+    (which would stop it first): a cron's sweep every minute killed every turn longer than a minute, its task failed
+    after five."""
+    beat = read_heartbeat(session.folder)
+    if beat is None or datetime.now(UTC) - beat[1] >= CLAIM_SILENT:
+        return False
+    log.info("a runner an earlier sweep started is at work in session %s: left to it", session.id,
+             extra={"action": "runner_of_another_sweep", "session": session.id})
+    return True
