@@ -94,17 +94,19 @@ def test_a_task_added_while_the_host_sleeps_is_woken_without_waiting_for_the_swe
     assert host.stop(signal.SIGTERM) == 0
 
 
-def test_a_one_off_sweep_under_a_real_provider_leaves_due_work_for_the_host(env: Env) -> None:
+@pytest.mark.parametrize("where", ["NCL_PROVIDER", "group"])
+def test_a_one_off_sweep_under_a_real_provider_leaves_due_work_for_the_host(env: Env, where: str) -> None:
     """A runner reaches the model only through a running host's proxy: one a one-off sweep started under
-    NCL_PROVIDER=anthropic called the API with no key, died with a traceback, and its task was retried to failure."""
-    env.ok("groups", "create", "demo", "--channel", "cli")
+    NCL_PROVIDER=anthropic called the API with no key, died with a traceback, and its task was retried to failure.
+    The same for a group of its own provider."""
+    env.ok("groups", "create", "demo", "--channel", "cli", *(["--provider", "anthropic"] if where == "group" else []))
     session = json.loads(env.ok("sessions", "create", "--group", "demo", "--json"))["id"]
     task = env.ok("tasks", "add", "--session", session, "--prompt", "report").split()[1].rstrip(";")
-    env.vars.update({"NCL_PROVIDER": "anthropic", "ANTHROPIC_API_KEY": "sk-test"})
+    env.vars.update({"ANTHROPIC_API_KEY": "sk-test", **({"NCL_PROVIDER": "anthropic"} if where != "group" else {})})
     swept = env.ncl("host", "sweep", "--once", "--json")
     assert swept.returncode == 0, swept.stderr
     assert json.loads(swept.stdout)["woken"] == 1
-    assert ("1 sessions have work due, left for a running host: under NCL_PROVIDER=anthropic a runner reaches the "
+    assert ("1 sessions have work due, left for a running host: under provider anthropic a runner reaches the "
             "model only through the proxy of 'ncl host run'") in swept.stderr
     shown = json.loads(env.ok("tasks", "show", task, "--json"))
     assert [(o["status"], o["tries"]) for o in shown["occurrences"]] == [("pending", 0)]

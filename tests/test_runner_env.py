@@ -14,6 +14,8 @@ from agent_runner.config import RunnerConfig
 from agent_runner.mcp_server import server_parameters
 from host.runtimes.pool import Runners, runner_env
 from host.runtimes.proxy.server import CredentialProxy
+from host.scheduling.sweep import Sweeper
+from host.store import groups
 from host.store.sessions import Session
 from schemas.runner_env import DEFAULTS, RunnerEnv
 
@@ -64,6 +66,26 @@ def test_only_a_one_off_sweeps_runners_are_told_to_outlive_it(tmp_path: Path) ->
         assert RunnerConfig.from_env(world.session.folder, env).outlives_host == told
         if proxy:
             proxy.shutdown()
+
+
+def test_a_groups_runners_use_its_provider_and_model_else_the_hosts(tmp_path: Path) -> None:
+    """``groups create|update --provider --model`` were stored and shown, and every runner got the host's."""
+    world = World(tmp_path, NCL_PROVIDER="anthropic", NCL_MODEL="m-host")
+    runtime = Told()
+    sweeper = Sweeper(world.settings, Runners(runtime, world.settings, CredentialProxy(world.settings)))
+    try:
+        world.schedule(T0)
+        assert sweeper.tick(T0).woken == 1
+        assert (runtime.env["NCL_PROVIDER"], runtime.env["NCL_MODEL"]) == ("anthropic", "m-host")
+        assert sweeper.runners is not None
+        sweeper.runners.kill(world.session.id)
+        groups.update(world.central, world.group, provider="mock", model="m-group")
+        assert sweeper.tick(T0).woken == 1
+        assert (runtime.env["NCL_PROVIDER"], runtime.env["NCL_MODEL"]) == ("mock", "m-group")
+    finally:
+        sweeper.close()
+        assert sweeper.runners is not None and sweeper.runners.proxy is not None
+        sweeper.runners.proxy.shutdown()
 
 
 def test_defaults_live_in_one_place(tmp_path: Path) -> None:

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 from host.files import confined
 from host.runtimes.base import Runtime
 from host.settings import Settings
+from host.store.groups import Brief
 from host.store.outbox import Outbox
 from host.store.sessions import Session
 from schemas import ids
-from schemas.runner_env import RunnerEnv
+from schemas.runner_env import Provider, RunnerEnv
 from schemas.times import from_text, to_text
 
 if TYPE_CHECKING:  # the proxy's module (an HTTP client, asyncio) is imported when a runner starts, not by ncl commands
@@ -30,6 +31,7 @@ HEARTBEAT_STALE = timedelta(minutes=30)
 START_BACKOFF_S = (0, 0, 10, 30, 120, 300, 900)  # wait before the next start after the 1st, 2nd, … failure
 NOTICE_AFTER = 3
 CLAIM_SILENT = timedelta(seconds=60)
+NO_BRIEF = Brief()  # (a runner started with no group's rules, provider or model: the tests')
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ class Runners:
         """The waiting wakes in the order they are served: earliest due first, ties in the order they came."""
         return sorted(self.waiting.values(), key=lambda w: w.due_since)
 
-    def start_waiting(self, now: datetime, rules: Callable[[str], str]) -> int:
+    def start_waiting(self, now: datetime, briefs: Callable[[str], Brief]) -> int:
         """Start queued wakes in order while their back-off allows and there is room, or an idle runner to stop
         for it; how many started."""
         started = 0
@@ -124,7 +126,7 @@ class Runners:
             waited = session.id in self.said_waiting
             self.drop(session.id)
             try:
-                self.start(session, now, rules(session.agent_group_id), self._why(wake, now, waited))
+                self.start(session, now, briefs(session.agent_group_id), self._why(wake, now, waited))
             except Exception as exc:  # a runtime that cannot start this one must not stop the others
                 self._failed(session.id, now, f"start failed: {exc}")
                 continue
@@ -135,7 +137,7 @@ class Runners:
         """Free slots that may go to work not due yet: none while a wake waits."""
         return 0 if self.waiting else self.settings.max_runners - len(self.live) + len(self.retiring)
 
-    def start_ahead(self, soon: list[tuple[str, Session]], now: datetime, rules: Callable[[str], str]) -> int:
+    def start_ahead(self, soon: list[tuple[str, Session]], now: datetime, briefs: Callable[[str], Brief]) -> int:
         """Runners for work due soon ((due time, session), soonest first), into free slots only and never ahead of
         a waiting wake: each is up, waiting on its own timer, when its work falls due (issue 14: the 9:00 burst
         answers on the second). How many started."""
@@ -153,7 +155,7 @@ class Runners:
             self.ahead[session.id] = due
             at = from_text(due).astimezone(self.settings.tz.zone)
             try:
-                self.start(session, now, rules(session.agent_group_id), f"work due at {at:%H:%M:%S %Z}, started ahead")
+                self.start(session, now, briefs(session.agent_group_id), f"work due at {at:%H:%M:%S %Z}, started ahead")
             except Exception as exc:  # as in start_waiting
                 self._failed(session.id, now, f"start failed: {exc}")
                 continue
@@ -178,7 +180,7 @@ class Runners:
         given in this streak (the sweep adds it to ``noticed`` once it has committed one)."""
         return self.failures.get(session_id, 0) >= NOTICE_AFTER and session_id not in self.noticed
 
-    def start(self, session: Session, now: datetime, rules: str = "", why: str = "") -> Runner:
+    def start(self, session: Session, now: datetime, brief: Brief = NO_BRIEF, why: str = "") -> Runner:
         from host.runtimes.proxy.server import SOCKET_NAME  # see TYPE_CHECKING above
 
         runner = Runner(f"gen-{ids.epoch_ms(now)}-{secrets.token_hex(3)}", now, session.folder)
@@ -186,8 +188,8 @@ class Runners:
                  extra={"action": "runner_starting", "session": session.id, "generation": runner.generation})
         # The proxy's socket is named relative to the session folder, where the runner resolves it.
         # A one-off sweep (no proxy) leaves its runners running: they must outlive it.
-        env = runner_env(self.settings, session, runner.generation, rules, SOCKET_NAME if self.proxy else None,
-                         outlives_host=self.proxy is None)
+        env = runner_env(self.settings, session, runner.generation, brief.rules, SOCKET_NAME if self.proxy else None,
+                         outlives_host=self.proxy is None, provider=brief.provider, model=brief.model)
         if self.proxy:
             self.proxy.open(session.folder, uid=self.runtime.uid)
         self.runtime.start(session, runner.generation, env)
@@ -248,14 +250,16 @@ class Runners:
 
 
 def runner_env(settings: Settings, session: Session, generation: str, rules: str,
-               socket: str | None = None, outlives_host: bool = False) -> dict[str, str]:
-    """What every runner is told (``schemas.runner_env``): its settings, the ``socket`` to the model, and whether it
-    outlives the process that starts it. No secret."""
+               socket: str | None = None, outlives_host: bool = False, provider: Provider | None = None,
+               model: str | None = None) -> dict[str, str]:
+    """What every runner is told (``schemas.runner_env``): its settings, its group's ``provider`` and ``model`` if
+    it names them, the ``socket`` to the model, and whether it outlives the process that starts it. No secret."""
     return RunnerEnv(tz=settings.tz.name, generation=generation, session_id=session.id,
                      agent_group_id=session.agent_group_id, rules=rules, idle_timeout_s=settings.idle_timeout_s,
                      poll_interval_s=settings.poll_interval_s, max_batch=settings.max_batch,
                      task_min_interval_s=settings.task_min_interval_s, misfire_grace_s=settings.misfire_grace_s,
-                     provider=settings.provider, model=settings.model, log_level=settings.log_level,
+                     provider=provider or settings.provider, model=model or settings.model,
+                     log_level=settings.log_level,
                      anthropic_socket=socket,
                      outlives_host="1" if outlives_host else None).to_env()
 

@@ -134,9 +134,9 @@ class Sweeper:
         self._touched |= reach.touched
         return applied
 
-    def _rules(self, group_id: str) -> str:
+    def _brief(self, group_id: str) -> groups.Brief:
         assert self._central is not None
-        return groups.rules(self._central, group_id)
+        return groups.brief(self._central, group_id)
 
     def close(self) -> None:
         if self._visitors is not None:
@@ -270,8 +270,8 @@ class Sweeper:
             yield from self._visit_waiting(waiting, handing.outcomes(self.unvisited), now, policy, result)
         self._save_index()
         if self.runners:
-            result.woken += self.runners.start_waiting(now, self._rules)
-            result.woken += self.runners.start_ahead(self._soon(now, self.runners), now, self._rules)
+            result.woken += self.runners.start_waiting(now, self._brief)
+            result.woken += self.runners.start_ahead(self._soon(now, self.runners), now, self._brief)
         return result
 
     def _went_well(self, session: Session, now: datetime, took_s: float) -> None:

@@ -7,18 +7,19 @@ import sqlite3
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, get_args
 
 from host.errors import NclError
 from host.settings import Settings
 from host.store.db import Connection, transaction
 from schemas import ids
+from schemas.runner_env import Provider
 from schemas.times import to_text
 
 CHANNEL = re.compile(r"cli|(queue|webhook|toolkit):[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
                      r"|matrix:@[a-z0-9._=/+-]{1,255}:[A-Za-z0-9.-]{1,230}(:[0-9]{1,5})?")
 SESSION_MODES = ("shared", "per-thread")
-PROVIDERS = ("mock", "anthropic")
+PROVIDERS: tuple[Provider, ...] = get_args(Provider)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,10 +234,24 @@ def is_admin(conn: Connection, group_id: str) -> bool:
     return bool(row and row[0])
 
 
-def rules(conn: Connection, group_id: str) -> str:
-    """The group's rules ('' for a group that is gone)."""
-    row = conn.execute("SELECT rules FROM agent_groups WHERE id = ?", (group_id,)).fetchone()
-    return str(row[0]) if row else ""
+class Brief(NamedTuple):
+    """What a group's runners are told when they start: its rules, and its provider and model (None: the host's
+    ``NCL_PROVIDER`` and ``NCL_MODEL``)."""
+
+    rules: str = ""
+    provider: Provider | None = None
+    model: str | None = None
+
+
+def brief(conn: Connection, group_id: str) -> Brief:
+    """The group's ``Brief`` (empty for a group that is gone)."""
+    row = conn.execute("SELECT rules, provider, model FROM agent_groups WHERE id = ?", (group_id,)).fetchone()
+    return Brief(*row) if row else Brief()
+
+
+def providers(conn: Connection, default: str) -> set[str]:
+    """The providers the groups' runners use, ``default`` for a group that names none."""
+    return {row[0] or default for row in conn.execute("SELECT DISTINCT provider FROM agent_groups")}
 
 
 def delete(conn: Connection, group: Group) -> None:
