@@ -103,6 +103,35 @@ def test_a_name_is_one_tasks(project: Project) -> None:
     assert sorted(t["name"] for t in project.listed()) == ["nightly", "weekly"]
 
 
+def test_a_task_is_found_by_its_name_too(project: Project) -> None:
+    """(update, runs and delete took only the sched-… id: a deploy script had to look it up in list --json.)"""
+    project.support_group()
+    named = DAILY_QUEUE + "name: nightly\n"
+    first = project.add(named)
+    updated = project.ncl("scheduled-task", "update", "nightly", "--file",
+                          project.spec(named.replace("30 17", "45 17")), "--now", NOW, "--json")
+    assert updated.code == 0 and updated.json()["id"] == first["id"] and updated.json()["schedule"] == "45 17 * * *"
+    assert project.ncl("scheduled-task", "runs", "nightly", "--json").json() == {"runs": []}
+    assert project.ncl("scheduled-task", "delete", "nightly", "--json").json() == {"id": first["id"], "deleted": True}
+    assert one_line_error(project.ncl("scheduled-task", "runs", "nightly")).endswith(
+        "unknown scheduled task 'nightly' (see 'ncl scheduled-task list')")
+
+
+def test_an_unnamed_spec_added_again_is_refused_naming_the_task_it_repeats(project: Project) -> None:
+    """(Added twice with no name, the same job went into the queue twice at every slot.) Another schedule or
+    payload is another task; so is the same spec given a name; a task updated with its own spec stays."""
+    project.support_group()
+    first = project.add(DAILY_QUEUE)
+    line = one_line_error(project.ncl("scheduled-task", "add", "--file", project.spec(DAILY_QUEUE), "--now", NOW))
+    assert line.endswith(f"scheduled task {first['id']} has this very spec already: added again, it would run twice "
+                         "at each slot (to have two, give each a name)"), line
+    project.add(DAILY_QUEUE.replace("30 17", "45 17"))
+    project.add(DAILY_QUEUE + "name: second\n")
+    assert project.ncl("scheduled-task", "update", first["id"], "--file", project.spec(DAILY_QUEUE), "--now",
+                       NOW).code == 0
+    assert len(project.listed()) == 3
+
+
 @pytest.mark.parametrize(("schedule", "pair"), [("*/10 * * * *", ("09:10", "09:20")),
                                                 ("*/25 * * * *", ("09:50", "10:00"))])
 def test_firings_closer_than_15_minutes_are_refused_naming_the_pair(project: Project, schedule: str,

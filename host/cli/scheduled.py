@@ -109,12 +109,12 @@ def add(app: App, spec_file: Path, now: datetime | None, as_json: bool) -> None:
 @json_option
 @pass_app
 def update(app: App, task_id: str, spec_file: Path, now: datetime | None, as_json: bool) -> None:
-    """Replace a task's spec; a new schedule starts from the first slot after now."""
+    """Replace a task's spec (TASK_ID: its id, or its name); a new schedule starts from the first slot after now."""
     from host.project_tasks import specs as scheduled
 
     moment = now or app.now()
     with closing(_existing(app)) as central:
-        scheduled.get(central, task_id)  # an unknown id is the first thing to hear about
+        task_id = scheduled.get(central, task_id).id  # an unknown one is the first thing to hear about
         task = scheduled.update(central, task_id, _read(app, spec_file, moment), moment, app.settings.tz.zone)
     nudge.touch(app.settings)
     _print_one(app, "updated", task, as_json)
@@ -140,7 +140,8 @@ def list_(app: App, as_json: bool) -> None:
 @json_option
 @pass_app
 def runs(app: App, task_id: str, as_json: bool) -> None:
-    """A task's runs, oldest first: status, times, exit code or queued message id, output tail."""
+    """A task's runs (TASK_ID: its id, or its name), oldest first: status, times, exit code or queued message id,
+    output tail."""
     from host.project_tasks import specs as scheduled
 
     with closing(app.central()) as central:
@@ -167,10 +168,10 @@ def _summary(run: dict[str, Any]) -> str:
 @json_option
 @pass_app
 def delete(app: App, task_id: str, as_json: bool) -> None:
-    """Delete a task and its run history (a run in flight finishes)."""
+    """Delete a task (TASK_ID: its id, or its name) and its run history (a run in flight finishes)."""
     from host.project_tasks import specs as scheduled
 
     with closing(_existing(app)) as central:
-        scheduled.delete(central, task_id)
+        task_id = scheduled.delete(central, task_id)
     nudge.touch(app.settings)
     emit(as_json, {"id": task_id, "deleted": True}, lambda: click.echo(f"deleted {task_id}"))

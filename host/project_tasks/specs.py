@@ -298,11 +298,17 @@ def add(conn: db.Connection, spec: Spec, task_id: str, now: datetime, zone: Zone
 
 
 def _check_name(conn: db.Connection, spec: Spec, task_id: str) -> None:
-    """An operator's spec file names one task: added twice, it would fire twice. (An agent's tasks, ``origin`` set,
-    are named by its words: held to a count instead, ``host_tasks.MAX_HOST_TASKS``.)"""
-    if spec.origin is None and spec.name and (other := store.named(conn, spec.name)) not in (None, task_id):
+    """An operator's spec file names one task: added twice, it would fire twice; an unnamed one is the same task
+    as another of the very same spec. (An agent's tasks, ``origin`` set, are named by its words: held to a count
+    instead, ``host_tasks.MAX_HOST_TASKS``.)"""
+    if spec.origin is not None:
+        return
+    if spec.name and (other := store.named(conn, spec.name)) not in (None, task_id):
         raise SpecError(f"a scheduled task named {spec.name!r} exists already ({other}): change it with "
                         f"'ncl scheduled-task update {other} --file …', or give this one another name")
+    if not spec.name and (other := store.same_spec(conn, to_row(spec).spec)) not in (None, task_id):
+        raise SpecError(f"scheduled task {other} has this very spec already: added again, it would run twice at "
+                        f"each slot (to have two, give each a name)")
 
 
 def update(conn: db.Connection, task_id: str, spec: Spec, now: datetime, zone: ZoneInfo) -> Task:
@@ -310,6 +316,7 @@ def update(conn: db.Connection, task_id: str, spec: Spec, now: datetime, zone: Z
     otherwise ``next_run`` stays, so an overdue slot still follows the misfire rule. A run in flight finishes."""
     with db.transaction(conn):
         row = _row(conn, task_id)
+        task_id = row.id  # (given by its name, maybe)
         _check_wired(conn, spec)
         _check_name(conn, spec, task_id)
         if spec.origin is None and (origin := Task.of(row).spec.origin) is not None:  # who created it, kept
@@ -320,21 +327,24 @@ def update(conn: db.Connection, task_id: str, spec: Spec, now: datetime, zone: Z
     return get(conn, task_id)
 
 
-def delete(conn: db.Connection, task_id: str) -> None:
-    """Remove the task and its run history (a run in flight finishes and records nothing)."""
+def delete(conn: db.Connection, ref: str) -> str:
+    """Remove the task (of id or name ``ref``) and its run history (a run in flight finishes and records nothing);
+    its id."""
     with db.transaction(conn):
-        get(conn, task_id)
+        task_id = _row(conn, ref).id
         store.delete(conn, task_id)
+    return task_id
 
 
 def get(conn: db.Connection, task_id: str) -> Task:
     return Task.of(_row(conn, task_id))
 
 
-def _row(conn: db.Connection, task_id: str) -> TaskRow:
-    row = store.get(conn, task_id)
-    if row is None:
-        raise NclError(f"unknown scheduled task {task_id!r} (see 'ncl scheduled-task list')")
+def _row(conn: db.Connection, ref: str) -> TaskRow:
+    """The task of id or name ``ref``."""
+    row = store.get(conn, ref) or ((named := store.named(conn, ref)) and store.get(conn, named))
+    if not row:
+        raise NclError(f"unknown scheduled task {ref!r} (see 'ncl scheduled-task list')")
     return row
 
 
@@ -342,7 +352,6 @@ def list_all(conn: db.Connection) -> list[Task]:
     return [Task.of(row) for row in store.list_all(conn)]
 
 
-def runs(conn: db.Connection, task_id: str) -> list[dict[str, Any]]:
-    """The task's runs, oldest slot first."""
-    get(conn, task_id)
-    return [run.to_json() for run in store.runs(conn, task_id)]
+def runs(conn: db.Connection, ref: str) -> list[dict[str, Any]]:
+    """The task's runs (of id or name ``ref``), oldest slot first."""
+    return [run.to_json() for run in store.runs(conn, _row(conn, ref).id)]

@@ -87,6 +87,12 @@ def named(conn: db.Connection, name: str) -> str | None:
     return None if row is None else str(row[0])
 
 
+def same_spec(conn: db.Connection, spec: str) -> str | None:
+    """The id of a task of this very spec (as JSON), if any."""
+    row = conn.execute("SELECT id FROM scheduled_tasks WHERE spec = ? LIMIT 1", (spec,)).fetchone()
+    return None if row is None else str(row[0])
+
+
 def insert(conn: db.Connection, task_id: str, fields: Fields, next_run: str | None, now: str, zone: str) -> None:
     with db.transaction(conn):
         conn.execute("INSERT INTO scheduled_tasks(name, schedule, target_kind, spec, active, id, next_run, created_at,"
