@@ -283,6 +283,9 @@ ALTER TABLE mail_seen_v8 RENAME TO mail_seen;
 CREATE INDEX mail_seen_message ON mail_seen(mailbox, message_id);
 """
 
+# v9: a queue target's run names the session its job went to, not only the job's message id.
+_CENTRAL_V9 = "ALTER TABLE scheduled_task_runs ADD COLUMN queued_session_id TEXT;"
+
 # v6 (issue 17): a mail is a row of its own kind, ``mail``. SQLite cannot change a CHECK in place: the table is
 # rebuilt with every row and column as they were, and its indexes made again.
 _INBOUND_V6 = f"""
@@ -376,7 +379,8 @@ CREATE INDEX messages_out_kind_seq ON messages_out(kind, seq);
 _OUTBOUND_V4 = ""
 
 MIGRATIONS: dict[DbKind, tuple[str, ...]] = {
-    "central": (_CENTRAL_V1, _CENTRAL_V2, _CENTRAL_V3, _CENTRAL_V4, _CENTRAL_V5, _CENTRAL_V6, _CENTRAL_V7, _CENTRAL_V8),
+    "central": (_CENTRAL_V1, _CENTRAL_V2, _CENTRAL_V3, _CENTRAL_V4, _CENTRAL_V5, _CENTRAL_V6, _CENTRAL_V7, _CENTRAL_V8,
+                _CENTRAL_V9),
     "inbound": (_INBOUND_V1, _INBOUND_V2, _INBOUND_V3, _INBOUND_V4, _INBOUND_V5, _INBOUND_V6),
     "outbound": (_OUTBOUND_V1, _OUTBOUND_V2, _OUTBOUND_V3, _OUTBOUND_V4),
 }

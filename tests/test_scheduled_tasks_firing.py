@@ -36,13 +36,29 @@ def test_the_seed_queue_task_enqueues_its_payload_at_1730_local(project: Project
     clock.current = SLOT
     assert firer.tick(SLOT).fired == 1
     (run,) = project.runs(item["id"])
-    assert set(run) == RUN_KEYS | {"missed_slots"}
+    assert set(run) == RUN_KEYS | {"missed_slots", "queued_session_id", "job_status"}
     assert run["status"] == "queued" and from_text(run["scheduled_for"]) == SLOT and run["exit_code"] is None
     (job,) = project.queue_rows()
     assert run["queued_message_id"] == job["id"] and job["channel_type"] == "queue:support-jobs"
     assert '"prompt": "Generate the daily summary."' in job["content"]
     (listed,) = project.listed()
     assert listed["last_status"] == "queued" and from_text(listed["next_run"]) == SLOT + timedelta(days=1)
+
+
+def test_a_queued_run_names_its_jobs_session_and_where_the_job_stands(project: Project) -> None:
+    """(``runs`` said the message id only: which session it went to was a guess, and what became of the job,
+    nowhere.)"""
+    project.support_group()
+    item = project.add(DAILY_QUEUE)
+    assert project.firer(FakeClock(SLOT)).tick(SLOT).fired == 1
+    (run,) = project.runs(item["id"])
+    inbound = project.root / "data" / "v2-sessions" / "ag-support" / run["queued_session_id"] / "inbound.db"
+    assert (run["job_status"], inbound.exists()) == ("pending", True)
+    with closing(db.connect(inbound, "inbound")) as conn, db.transaction(conn):
+        conn.execute("UPDATE messages_in SET status = 'failed' WHERE id = ?", (run["queued_message_id"],))
+    assert project.runs(item["id"])[0]["job_status"] == "failed"
+    shown = project.ncl("scheduled-task", "runs", item["id"]).out
+    assert f"{run['queued_message_id']} in {run['queued_session_id']} (failed)" in shown, shown
 
 
 def test_a_queue_with_no_group_is_a_failed_run_and_the_task_goes_on(project: Project) -> None:

@@ -146,6 +146,8 @@ def runs(app: App, task_id: str, as_json: bool) -> None:
 
     with closing(app.central()) as central:
         found = scheduled.runs(central, task_id)
+        for run in found:
+            run["job_status"] = _job_status(app, central, run)
     zone = app.settings.tz.zone
 
     def human() -> None:
@@ -155,12 +157,29 @@ def runs(app: App, task_id: str, as_json: bool) -> None:
     emit(as_json, {"runs": found}, human)
 
 
+def _job_status(app: App, central: db.Connection, run: dict[str, Any]) -> str | None:
+    """Where the job a queue target's run sent stands in its session's inbox (pending | processing | completed |
+    failed), or None: no job, or its session or row is gone (closed, or not readable: said as unknown)."""
+    from host.store import sessions, views
+
+    if not run["queued_message_id"] or not run["queued_session_id"]:
+        return None
+    try:
+        session = sessions.find(central, app.settings, run["queued_session_id"])
+        return views.status_of(session.folder / "inbound.db", run["queued_message_id"]) if session else None
+    except (db.DbError, db.Error, OSError):
+        return None
+
+
 def _summary(run: dict[str, Any]) -> str:
-    text = run["queued_message_id"] or run["error"] or ""
+    job = run["queued_message_id"] and " ".join(
+        [run["queued_message_id"], *([f"in {run['queued_session_id']}"] if run["queued_session_id"] else []),
+         *([f"({run['job_status']})"] if run["job_status"] else [])])
+    text = job or run["error"] or ""
     tail = (run["output_tail"] or "").strip().splitlines()
     if tail:
         text = f"{text} | {tail[-1]}" if text else tail[-1]
-    return text[:80] or "-"
+    return text[:100] or "-"
 
 
 @scheduled_cli.command("delete")

@@ -93,11 +93,11 @@ def claim(conn: db.Connection, task_id: str, now: datetime, policy: Policy) -> C
 
 
 def finish(conn: db.Connection, run_id: str, outcome: Outcome, started: datetime, finished: datetime,
-           message_id: str | None = None, status: str | None = None) -> None:
+           queued: tuple[str, str] | None = None, status: str | None = None) -> None:
+    """``queued``: the message id and session of the job the run sent."""
     store.end_run(conn, run_id, status=status or outcome.status, started_at=to_text(started),
                   finished_at=to_text(finished), duration_ms=max(0, int((finished - started).total_seconds() * 1000)),
-                  exit_code=outcome.exit_code, queued_message_id=message_id, output_tail=outcome.output_tail,
-                  error=outcome.error)
+                  exit_code=outcome.exit_code, queued=queued, output_tail=outcome.output_tail, error=outcome.error)
 
 
 def said_finished(task_id: str, run_id: str, outcome: str, started: datetime, finished: datetime, what: str) -> None:
@@ -256,8 +256,9 @@ class ScheduledTasks:
             said_finished(task.id, run_id, "failed", now, now, f"enqueue failed: {exc}")
             return
         finished = self.clock()
-        finish(conn, run_id, Outcome("succeeded"), now, finished, sent["message_id"], "queued")
-        said_finished(task.id, run_id, "queued", now, finished, f"message {sent['message_id']}")
+        finish(conn, run_id, Outcome("succeeded"), now, finished, (sent["message_id"], sent["session_id"]), "queued")
+        said_finished(task.id, run_id, "queued", now, finished, f"message {sent['message_id']} in session "
+                      f"{sent['session_id']}")
 
     def _work(self, claimed: Claim, run_id: str, stop: Stop) -> None:
         started = self.clock()

@@ -76,6 +76,7 @@ class Run:
     output_tail: str | None
     error: str | None
     missed_slots: int | None
+    queued_session_id: str | None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,7 +138,8 @@ def list_all(conn: db.Connection) -> list[TaskRow]:
 def runs(conn: db.Connection, task_id: str) -> list[Run]:
     """The task's runs, oldest slot first."""
     rows = conn.execute("SELECT id, task_id, status, scheduled_for, started_at, finished_at, duration_ms, exit_code,"
-                        " queued_message_id, output_tail, error, missed_slots FROM scheduled_task_runs"
+                        " queued_message_id, output_tail, error, missed_slots, queued_session_id"
+                        " FROM scheduled_task_runs"
                         " WHERE task_id = ? ORDER BY scheduled_for, rowid", (task_id,))
     return [Run(*row) for row in rows]
 
@@ -198,13 +200,15 @@ def add_running(conn: db.Connection, run_id: str, task_id: str, slot: str, now: 
 
 
 def end_run(conn: db.Connection, run_id: str, *, status: str, started_at: str, finished_at: str, duration_ms: int,
-            exit_code: int | None, queued_message_id: str | None, output_tail: str | None, error: str | None) -> None:
-    """Record how a run ended."""
+            exit_code: int | None, queued: tuple[str, str] | None, output_tail: str | None,
+            error: str | None) -> None:
+    """Record how a run ended; ``queued``: the message id and session of the job it sent."""
+    message_id, session_id = queued or (None, None)
     with db.transaction(conn):
         conn.execute("UPDATE scheduled_task_runs SET status = ?, started_at = ?, finished_at = ?, duration_ms = ?,"
-                     " exit_code = ?, queued_message_id = ?, output_tail = ?, error = ? WHERE id = ?",
-                     (status, started_at, finished_at, duration_ms, exit_code, queued_message_id, output_tail, error,
-                      run_id))
+                     " exit_code = ?, queued_message_id = ?, queued_session_id = ?, output_tail = ?, error = ?"
+                     " WHERE id = ?", (status, started_at, finished_at, duration_ms, exit_code, message_id,
+                                      session_id, output_tail, error, run_id))
 
 
 class Interrupted(NamedTuple):

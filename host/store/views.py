@@ -87,6 +87,13 @@ def next_due(inbound: Path, limit: int) -> list[Due]:
     return [Due(r["id"], r["kind"], r["process_after"] or r["timestamp"], r["content"]) for r in rows]
 
 
+def status_of(inbound: Path, message_id: str) -> str | None:
+    """The status of one row of an inbox (None: it has none of that id)."""
+    with closing(db.connect(inbound, "inbound", readonly=True)) as conn:
+        row = conn.execute("SELECT status FROM messages_in WHERE id = ?", (message_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
 def queue_jobs(inbound: Path, channel: str) -> dict[str, int]:
     """How many jobs of the queue ``channel`` an inbox holds, by status, among ``pending`` and ``processing``."""
     with closing(db.connect(inbound, "inbound", readonly=True)) as conn:
