@@ -71,9 +71,9 @@ def test_messages_list_has_both_directions_in_order(ncl: Any, demo_session: dict
     data = ncl("messages", "list", "--session", demo_session["id"], "--json").json()
     assert data == {"messages": [
         {"id": "msg-1", "direction": "in", "kind": "chat", "timestamp": "2026-06-11T09:00:00.000Z", "text": "hi",
-         "status": "completed"},
+         "status": "completed", "in_reply_to": None},
         {"id": "msg-2", "direction": "out", "kind": "chat", "timestamp": "2026-06-11T09:00:01.000Z",
-         "text": "hello", "status": "pending"}]}
+         "text": "hello", "status": "pending", "in_reply_to": "msg-1"}]}  # (the reply's own, else matched by order)
     assert "hello" in ncl("messages", "list", "--session", demo_session["id"]).out
     unknown = ncl("messages", "list", "--session", "sess-1781168400000-zzzzzz")
     assert unknown.code == 1 and "unknown session" in unknown.err

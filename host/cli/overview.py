@@ -24,7 +24,8 @@ def transcript(session: Session, last: int | None = None) -> list[dict[str, Any]
     found = sorted(views.transcript(session.folder, last),
                    key=lambda m: (m.timestamp, m.direction == "out", m.seq or 0))
     return [{"id": m.id, "direction": m.direction, "kind": m.kind, "timestamp": m.timestamp,
-             "text": views.text_of(m.content), "status": m.status} for m in found[-last if last else 0:]]
+             "text": views.text_of(m.content), "status": m.status, "in_reply_to": m.in_reply_to}
+            for m in found[-last if last else 0:]]
 
 
 def host_pid(data_dir: Path) -> int | None:

@@ -25,6 +25,7 @@ class Line:
     timestamp: str
     content: str
     status: str
+    in_reply_to: str | None = None  # a reply's: the inbound row it answers
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +40,8 @@ class Due:
 
 # The runner's rows as text (its SQLite stores any type in any column; a CHECK it can switch off), each a reply's
 # length at most (``bounds.REPLY_CHARS``: the host sends no longer one), a seq only if an integer.
-_AS_TEXT = (("id", TEXT_CHARS), ("kind", TEXT_CHARS), ("timestamp", TEXT_CHARS), ("content", REPLY_CHARS))
+_AS_TEXT = (("id", TEXT_CHARS), ("kind", TEXT_CHARS), ("timestamp", TEXT_CHARS), ("content", REPLY_CHARS),
+            ("in_reply_to", TEXT_CHARS))
 RUNNER_ROWS = "SELECT " + ", ".join(f"CAST(ifnull(substr({name}, 1, {chars}), '') AS TEXT) AS {name}"
                                     for name, chars in _AS_TEXT) + \
     ", CASE WHEN typeof(seq) = 'integer' THEN seq END AS seq FROM messages_out"
@@ -58,7 +60,7 @@ def transcript(folder: Path, last: int | None = None) -> list[Line]:
         journals.guard(outbound, live=True)  # (a planted journal refused, never removed: its runner may be alive)
         with db.outbound(outbound, readonly=True) as conn:
             found += [Line(r["id"], r["seq"], "out", r["kind"], r["timestamp"], r["content"],
-                           delivered.get(r["id"], "pending"))
+                           delivered.get(r["id"], "pending"), r["in_reply_to"] or None)
                       for r in conn.execute(RUNNER_ROWS + tail)]
     return found
 
