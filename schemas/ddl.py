@@ -283,8 +283,12 @@ ALTER TABLE mail_seen_v8 RENAME TO mail_seen;
 CREATE INDEX mail_seen_message ON mail_seen(mailbox, message_id);
 """
 
-# v9: a queue target's run names the session its job went to, not only the job's message id.
-_CENTRAL_V9 = "ALTER TABLE scheduled_task_runs ADD COLUMN queued_session_id TEXT;"
+# v9: a queue target's run names the session its job went to, not only the job's message id; a session made for
+# one queue job (no thread_id) says so: it is closed once it has nothing left to do (``host.scheduling.jobs``).
+_CENTRAL_V9 = """
+ALTER TABLE scheduled_task_runs ADD COLUMN queued_session_id TEXT;
+ALTER TABLE sessions ADD COLUMN one_job INTEGER NOT NULL DEFAULT 0 CHECK (one_job IN (0, 1));
+"""
 
 # v6 (issue 17): a mail is a row of its own kind, ``mail``. SQLite cannot change a CHECK in place: the table is
 # rebuilt with every row and column as they were, and its indexes made again.

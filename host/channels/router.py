@@ -81,7 +81,9 @@ def deliver_in(central: db.Connection, settings: Settings, now: datetime, group:
     content = CONTENT_BY_KIND[arrival.kind].model_validate(arrival.content)
     if arrival.new_session and arrival.session_id:
         session = (sessions.find(central, settings, arrival.session_id)
-                   or sessions.create(central, settings, now, group, None, arrival.session_id))
+                   or sessions.create(central, settings, now, group, None, arrival.session_id, one_job=True))
+    elif arrival.new_session:
+        session = sessions.create(central, settings, now, group, None, one_job=True)
     else:
         session = session_for(central, settings, now, group, thread_key(group, arrival))
     routing = {"channel_type": arrival.channel, "platform_id": None, "thread_id": arrival.thread,

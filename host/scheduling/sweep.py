@@ -21,7 +21,7 @@ from host.channels.delivery import Deliveries
 from host.errors import cut
 from host.files import logs
 from host.runtimes.pool import CLAIM_SILENT, Runner, Runners, read_heartbeat
-from host.scheduling import actions, cross_group
+from host.scheduling import actions, cross_group, jobs
 from host.scheduling.recurrence import Policy
 from host.scheduling.seen import OUTBOUND_SIDE, RACY_NS, Holds, Seen, Visit, files_of
 from host.scheduling.visit import SweepResult as SweepResult  # (the sweep's result: ``tick``)
@@ -83,6 +83,8 @@ class Sweeper:
     _central_version: int = -1
     _visitors: Visitors | None = None
     _touched: set[str] = field(default_factory=set)  # sessions this tick's requests wrote (``_apply``)
+    _jobs: set[str] = field(default_factory=set)  # the active sessions made for one queue job (``jobs``)
+    _kept_open: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def policy(self) -> Policy:
@@ -110,6 +112,8 @@ class Sweeper:
                     listed += chunk
                     yield
                 self._sessions = listed
+                self._jobs = set(sessions.one_job_ids(self._central))
+                self._kept_open = {sid: files for sid, files in self._kept_open.items() if sid in self._jobs}
                 active = set(ids)  # (what is kept of sessions gone since goes with them)
                 self.holds.keep_only(active)
                 self.failing = {sid: problem for sid, problem in self.failing.items() if sid in active}
@@ -269,10 +273,21 @@ class Sweeper:
         if waiting:
             yield from self._visit_waiting(waiting, handing.outcomes(self.unvisited), now, policy, result)
         self._save_index()
+        if self.runners and only is None and self._jobs:
+            self._close_finished_jobs()
         if self.runners:
             result.woken += self.runners.start_waiting(now, self._brief)
             result.woken += self.runners.start_ahead(self._soon(now, self.runners), now, self._brief)
         return result
+
+    def _close_finished_jobs(self) -> None:
+        assert self._central is not None and self.runners is not None
+        try:
+            if jobs.close_finished(self._central, [s for s in self._sessions if s.id in self._jobs], self.seen,
+                                   {*self.runners.live, *self.runners.waiting}, self._kept_open):
+                self._central_version = -1  # (its own write leaves the connection's data_version as it was)
+        except (db.Error, db.DbError) as exc:  # (tried again at the next full sweep)
+            log.warning("finished job sessions not closed: %s", exc, extra={"action": "job_sessions_not_closed"})
 
     def _went_well(self, session: Session, now: datetime, took_s: float) -> None:
         if took_s or self.holds.tracks(session.id):

@@ -104,9 +104,10 @@ def _remove(path: Path) -> None:
 
 def create(
     conn: db.Connection, settings: Settings, now: datetime, group: Group, thread_key: str | None,
-    session_id: str | None = None,
+    session_id: str | None = None, one_job: bool = False,
 ) -> Session:
-    """A new session of ``group``, its id ``session_id`` if given (``router.Arrival.session_id``)."""
+    """A new session of ``group``, its id ``session_id`` if given (``router.Arrival.session_id``); ``one_job``: made
+    for one queue job, closed once it has nothing left to do (``host.scheduling.jobs``)."""
     if thread_key is not None and not thread_key.strip():
         raise NclError("thread key must not be empty")
     session_id = session_id or ids.new_id("sess", now)
@@ -120,9 +121,9 @@ def create(
         with db.transaction(conn):
             _check_thread(conn, settings, group, thread_key)  # again under the lock: another writer may have won
             conn.execute(
-                "INSERT INTO sessions(id, agent_group_id, thread_key, status, created_at, last_active_at)"
-                " VALUES (?, ?, ?, 'active', ?, ?)",
-                (session_id, group.id, thread_key, stamp, stamp),
+                "INSERT INTO sessions(id, agent_group_id, thread_key, status, created_at, last_active_at, one_job)"
+                " VALUES (?, ?, ?, 'active', ?, ?, ?)",
+                (session_id, group.id, thread_key, stamp, stamp, int(one_job)),
             )
     except BaseException:
         _remove(path)  # never listed: nothing can be using them
@@ -195,6 +196,17 @@ def get(conn: db.Connection, settings: Settings, session_id: str) -> Session:
     if found is None:
         raise NclError(f"unknown session {session_id!r} (see 'ncl sessions list')")
     return found
+
+
+def one_job_ids(conn: db.Connection) -> list[str]:
+    """The active sessions made for one queue job."""
+    return [row[0] for row in conn.execute("SELECT id FROM sessions WHERE one_job = 1 AND status = 'active'")]
+
+
+def close(conn: db.Connection, session_ids: list[str]) -> None:
+    """Close these sessions: no sweep visits them, nothing new goes into them; their files stay."""
+    with db.transaction(conn):
+        conn.executemany("UPDATE sessions SET status = 'closed' WHERE id = ?", [(sid,) for sid in session_ids])
 
 
 def touch(conn: db.Connection, session_id: str, now: datetime) -> None:

@@ -1,0 +1,40 @@
+"""Sessions made for one queue job (a job with no ``thread_id``, DESIGN §9): closed once they have nothing left to
+do, so sweeps stop visiting them. An app pushing thousands of jobs a day made as many sessions, each visited by every
+sweep for good. Their files stay: ``ncl messages list`` reads a closed session, ``ncl tasks list --all`` its tasks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from contextlib import closing
+
+from host.scheduling.seen import Seen, files_of
+from host.store import db, sessions
+from host.store.sessions import Session
+
+log = logging.getLogger(__name__)
+
+
+def close_finished(central: db.Connection, jobs: Iterable[Session], seen: Mapping[str, Seen], busy: set[str],
+                   kept: dict[str, tuple[int, ...]]) -> int:
+    """Close the one-job sessions ``jobs`` whose last visit, of the files as they still are, found nothing due,
+    claimed or undelivered, whose runner is gone (not in ``busy``) and whose inbox holds no paused task. ``kept``:
+    the files of those found with one, not read again while they stay the same. How many were closed."""
+    done = []
+    for session in jobs:
+        known = seen.get(session.id)
+        if (known is None or not known.settled or known.busy or known.next_due is not None or session.id in busy
+                or kept.get(session.id) == known.files or files_of(session.path) != known.files):
+            continue
+        with closing(db.connect(session.folder / "inbound.db", "inbound", readonly=True)) as conn:
+            paused = conn.execute("SELECT EXISTS (SELECT 1 FROM messages_in WHERE status = 'paused')").fetchone()[0]
+        if paused:
+            kept[session.id] = known.files
+            continue
+        done.append(session.id)
+    if done:
+        sessions.close(central, done)
+    for session_id in done:
+        log.info("session %s, made for one queue job, has nothing left to do: closed", session_id,
+                 extra={"action": "job_session_closed", "session": session_id})
+    return len(done)
