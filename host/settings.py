@@ -306,4 +306,6 @@ def load(
         )
     settings = Settings.read({**from_file, **environ})
     data_dir = settings.data_dir if settings.data_dir.is_absolute() else cwd / settings.data_dir
+    if data_dir.exists() and not data_dir.is_dir():
+        raise SettingsError(f"NCL_DATA_DIR={str(data_dir)!r} is not a directory")
     return settings.replace(data_dir=data_dir, tz=resolved)

@@ -168,6 +168,26 @@ def test_console_script_end_to_end(tmp_path: Path, argv: list[str], extra_env: d
     assert done.stdout == ""
 
 
+def test_a_data_dir_that_is_a_file_is_named_as_such(ncl: Ncl, cli_env: CliEnv, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Every command, ncl doctor too, said "[Errno 20] Not a directory: '…/central.db'".)"""
+    (afile := tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("NCL_DATA_DIR", str(afile))
+    assert one_line_error(ncl("doctor")) == f"ncl: NCL_DATA_DIR='{afile}' is not a directory"
+
+
+@pytest.mark.parametrize("argv", [[], ["tasks"]], ids=["ncl", "ncl-tasks"])
+def test_a_group_with_no_command_shows_its_help_as_it_is(tmp_path: Path, argv: list[str]) -> None:
+    """(It was squeezed into one line: "ncl: Usage: … Options: … Commands: …".)"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NCL_", "ANTHROPIC_")) and k != "TZ"}
+    env.update({"TZ": "UTC", "NCL_DATA_DIR": str(tmp_path / "data")})
+    done = subprocess.run([*_ncl_command(), *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 2 and done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert lines[0] == f"Usage: {' '.join(['ncl', *argv])} [OPTIONS] COMMAND [ARGS]..." and "Commands:" in lines
+
+
 def test_console_script_json_output(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NCL_", "ANTHROPIC_")) and k != "TZ"}
     env.update({"TZ": "UTC", "NCL_DATA_DIR": str(tmp_path / "data")})

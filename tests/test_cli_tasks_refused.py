@@ -15,8 +15,11 @@ from cli_tasks_kit import session as session
 
 
 def test_agent_minimum_interval_needs_force(cli: Ncl, session: dict[str, Any]) -> None:
-    one_line_error(cli("tasks", "add", "--session", session["id"], "--prompt", "x", "--recurrence", "*/1 * * * *",
-                       "--now", MON_0800))
+    """The refusal says where in TZ, and that --force allows it (it said a UTC time, and not how)."""
+    assert one_line_error(cli("tasks", "add", "--session", session["id"], "--prompt", "x", "--recurrence",
+                              "*/1 * * * *", "--now", MON_0800)).endswith(
+        "recurrence '*/1 * * * *' runs 60 s apart at 2026-05-18 08:01 EDT; the minimum is 300 s "
+        "(NCL_TASK_MIN_INTERVAL_S; an operator's 'ncl tasks add' or 'update' allows less with --force)")
     assert inbox_rows(session) == []
     forced = add(cli, session, "--recurrence", "*/1 * * * *", "--force", "--now", MON_0800)
     assert (forced["recurrence"], forced["next_run"]) == ("*/1 * * * *", "2026-05-18T12:01:00.000Z")

@@ -44,6 +44,8 @@ BAD_SPECS = [
     (HEAD + "schedule: 0 25 * * *\nhost: {command: 'true'}\n", "hour value '25'"),
     (HEAD + "schedule: 0 0 9 * * *\nhost: {command: 'true'}\n", "6 fields"),
     (HEAD + "host: {command: 'true'}\n", "schedule: Field required"),
+    (HEAD + "schedul: 0 9 * * *\nhost: {command: 'true'}\n",  # (said "schedule: Field required", and "origin")
+     "unknown key 'schedul' (allowed: version, kind, schedule, name, description, active, queue, container, host)"),
     (HEAD + "schedule: 0 9 * * *\nhost: {command: ''}\n", "the command is empty"),
     (HEAD + "schedule: 0 9 * * *\nhost: {command: \"echo 'open\"}\n", "cannot split the command line"),
     (HEAD + "schedule: 0 9 * * *\nhost: {command: 'true', cwd: no-such-dir}\n", "is not a directory"),

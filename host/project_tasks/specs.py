@@ -147,11 +147,14 @@ _MODELS: dict[tuple[str, ...], type[BaseModel]] = {
 
 
 def _problem(exc: ValidationError) -> str:
-    err = exc.errors()[0]
+    """The first problem, an unknown key first of all: ``schedul:`` is that, not a missing ``schedule``."""
+    errors = exc.errors()
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     where = ".".join(str(part) for part in err["loc"])
     if err["type"] == "extra_forbidden":
         model = _MODELS.get(tuple(str(part) for part in err["loc"][:-1]), Spec)
-        return f"unknown key {where!r} (allowed: {', '.join(model.model_fields)})"
+        allowed = [key for key in model.model_fields if model is not Spec or key != "origin"]  # (never in a file)
+        return f"unknown key {where!r} (allowed: {', '.join(allowed)})"
     message = err["msg"].removeprefix("Value error, ")
     value = err.get("input")
     shown = f" (got {value!r})" if isinstance(value, str | int | float | bool) and len(repr(value)) <= 60 else ""

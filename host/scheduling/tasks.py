@@ -30,8 +30,10 @@ def check_interval(expr: str, now: datetime, policy: Policy) -> None:
     clash = recurring.min_gap_violation(expr, policy.zone, now, policy.task_min_interval_s, YEAR)
     if clash:
         gap = int((clash[1] - clash[0]).total_seconds())
-        raise NclError(f"recurrence {expr!r} runs {gap} s apart at {to_text(clash[0])}; the minimum is "
-                       f"{int(policy.task_min_interval_s)} s (NCL_TASK_MIN_INTERVAL_S)")
+        at = clash[0].astimezone(policy.zone)
+        raise NclError(f"recurrence {expr!r} runs {gap} s apart at {at:%Y-%m-%d %H:%M %Z}; the minimum is "
+                       f"{int(policy.task_min_interval_s)} s (NCL_TASK_MIN_INTERVAL_S; an operator's 'ncl tasks add' "
+                       "or 'update' allows less with --force)")
 
 
 def _ends(until: str | None, count: int | str | None) -> dict[str, Any]:
