@@ -118,7 +118,7 @@ def test_retries_back_off_then_fail_and_the_series_goes_on(world: World) -> None
         delays.append(round((utc(row["process_after"][:-1]) - now).total_seconds()))
         now = utc(row["process_after"][:-1])
     assert delays == [5, 10, 20, 40, 80]
-    assert result.failed == 1 and row["tries"] == 6
+    assert (result.failed, result.cloned) == (1, 1) and row["tries"] == 6  # (the clone was not counted)
     assert [r["status"] for r in world.rows(series)] == ["failed", "pending"]
     assert world.live(series)[0]["process_after"] == "2026-05-19T13:00:00.000Z"
 

@@ -23,7 +23,8 @@ OUTCOMES: dict[str, tuple[RunOutcome, ...]] = {"completed": ("ran", "skipped", "
 class Synced(NamedTuple):
     cloned: int = 0  # recurring occurrences finished and cloned
     retried: int = 0  # claims released for another try
-    failed: int = 0  # claims released after their last try
+    failed: int = 0  # rows failed: acked so (a provider's error), or claims released after their last try
+    missed: int = 0  # missed runs written (slots passed while a released occurrence was claimed)
 
 
 def sync(conn: db.Connection, now: datetime, policy: Policy, runner: Runner | None, found: outbox.Outbox,
@@ -40,6 +41,7 @@ def sync(conn: db.Connection, now: datetime, policy: Policy, runner: Runner | No
             kept = detail(ack)
             allowed = OUTCOMES[ack.status]
             outcome = next((o for o in allowed if o == kept.get("outcome")), allowed[0])
+            failed += ack.status == "failed"
             cloned += recurrence.finish(
                 conn, row, now, policy, ack.status, outcome, kept.get("reason"),
                 started_at=kept.get("started_at"), finished_at=ack.status_changed,
@@ -51,15 +53,15 @@ def sync(conn: db.Connection, now: datetime, policy: Policy, runner: Runner | No
             if runner is not None and ack.status == "processing" and ack.generation == runner.generation}
     orphans = sorted(set(claimed)) if runner is None else []
     if not orphans and "processing" not in open_rows.values():  # (rows claimed by this sync are held)
-        return Synced(cloned)
+        return Synced(cloned, failed=failed)
+    missed = 0
     for row in inbox.processing(conn, orphans):
         if row.id in held or row.status not in ("pending", "processing"):
             continue
-        if recurrence.release(conn, row, now, policy):
-            failed += 1
-        else:
-            retried += 1
-    return Synced(cloned, retried, failed)
+        done = recurrence.release(conn, row, now, policy)
+        failed, retried = failed + done.failed, retried + (not done.failed)
+        cloned, missed = cloned + done.cloned, missed + done.missed
+    return Synced(cloned, retried, failed, missed)
 
 
 def detail(ack: Ack) -> dict[str, Any]:

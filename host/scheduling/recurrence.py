@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -204,8 +205,17 @@ def repair(conn: db.Connection, row: InMessage, now: datetime, policy: Policy) -
     return True
 
 
-def misfire(conn: db.Connection, row: InMessage, now: datetime, policy: Policy) -> int:
-    """Apply the misfire rule to a pending recurring occurrence that is due. Returns the ``missed`` runs written.
+class Done(NamedTuple):
+    """What ending or retrying an occurrence did, as a sweep counts it: ``missed`` runs written, the occurrence
+    ``failed``, the next one ``cloned``."""
+
+    missed: int = 0
+    failed: bool = False
+    cloned: bool = False
+
+
+def misfire(conn: db.Connection, row: InMessage, now: datetime, policy: Policy) -> Done:
+    """Apply the misfire rule to a pending recurring occurrence that is due: what it did (``Done``).
 
     Runs once, at once, taking the latest passed slot as its scheduled time, if that slot is within the grace;
     otherwise completes without running and clones the next future slot. Slots not run: one ``missed`` run.
@@ -214,15 +224,15 @@ def misfire(conn: db.Connection, row: InMessage, now: datetime, policy: Policy) 
     due = _capped(row, Overdue.of(row.recurrence, scheduled(row), now, policy), policy)
     if due.runs(now, policy):
         if not due.later:
-            return 0
+            return Done()
         content = _spend(_with_slot(row.content, None), due.later)
         task_series.move(conn, row.id, to_text(due.latest), content, policy.zone.key)
         _missed(conn, row, now, due.first, due.latest, due.later)  # its own slot and every later one but the latest
-    else:
-        inbox.end(conn, row.id, "completed")
-        clone(conn, row, now, policy, after=due.latest, spent=due.later + 1)
-        _missed(conn, row, now, due.first, due.latest, due.later + 1)
-    return 1
+        return Done(missed=1)
+    inbox.end(conn, row.id, "completed")
+    cloned = clone(conn, row, now, policy, after=due.latest, spent=due.later + 1) is not None
+    _missed(conn, row, now, due.first, due.latest, due.later + 1)
+    return Done(missed=1, cloned=cloned)
 
 
 def replan(conn: db.Connection, now: datetime, policy: Policy) -> int:
@@ -281,21 +291,20 @@ def _missed(conn: db.Connection, row: InMessage, now: datetime, first: datetime,
 MAX_TRIES = 5
 
 
-def release(conn: db.Connection, row: InMessage, now: datetime, policy: Policy) -> bool:
+def release(conn: db.Connection, row: InMessage, now: datetime, policy: Policy) -> Done:
     """Give a claimed occurrence whose runner died or stalled back to the queue (DESIGN §12.4): retried at +5,
     +10, +20, +40, +80 s, or when it is due if that is later; the release after the fifth retry fails it (a
-    recurring series still goes on).
-    Returns True if it was failed."""
+    recurring series still goes on: its next occurrence cloned). What it did (``Done``)."""
     tries = row.tries + 1
     if tries > MAX_TRIES:
         task_series.count_try(conn, row.id, tries)
-        finish(conn, row, now, policy, "failed", "failed", detail=f"runner died or stalled {tries} times")
-        return True
+        cloned = finish(conn, row, now, policy, "failed", "failed", detail=f"runner died or stalled {tries} times")
+        return Done(failed=True, cloned=cloned)
     # Never earlier than it was due: a claim on a row not yet due (a runner that took it early) only waits longer.
     retry_at = now + timedelta(seconds=5 * 2 ** (tries - 1))
     if row.process_after:
         retry_at = max(retry_at, from_text(row.process_after))
-    content = row.content
+    content, missed = row.content, 0
     if row.recurrence:
         # The retry keeps the grid slot it stands for, so its run and the next clone stay on the grid: the latest
         # slot passed while it was claimed if within the grace (the others recorded as missed), else its own.
@@ -306,8 +315,9 @@ def release(conn: db.Connection, row: InMessage, now: datetime, policy: Policy) 
             _missed(conn, row, now, due.first, due.latest, due.later)
             slot = due.latest
             content = _spend(content, due.later)
+            missed = 1
         content = _with_slot(content, slot)
     task_series.retry(conn, row.id, tries, to_text(retry_at), content)
     log.warning("%s %s: its runner died or stalled; retry %d of %d at %s", row.kind, row.series, tries, MAX_TRIES,
                 to_text(retry_at), extra={"action": "run_retried", **_named(row), "tries": tries})
-    return False
+    return Done(missed=missed)

@@ -112,7 +112,7 @@ class Visitor:
                     if hand:
                         hand(session, found.replies)
                     synced = acks.sync(conn, now, policy, runner, found, claimed, open_rows)
-                    done.cloned, done.retried, done.failed = synced.cloned, synced.retried, synced.failed
+                    done.cloned, done.retried, done.failed, done.missed = synced
                     if found.requests and self.apply:
                         done.applied = self.apply(conn, session, found.requests[:limit], now, policy)
                     if look.recurring:
@@ -120,7 +120,8 @@ class Visitor:
                             done.cloned += recurrence.repair(conn, row, now, policy)
                         recurrence.replan(conn, now, policy)  # TZ changed since they were planned (nearly never)
                         for row in task_series.due_recurring(conn, now):
-                            done.missed += recurrence.misfire(conn, row, now, policy)
+                            misfired = recurrence.misfire(conn, row, now, policy)
+                            done.missed, done.cloned = done.missed + misfired.missed, done.cloned + misfired.cloned
                     if notice:
                         inbox.notice(conn, now, "runner_start_failed", "The agent's runner failed to start several "
                                      "times in a row; the host keeps retrying with growing delays.")
