@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import NamedTuple
 from datetime import datetime, timedelta
+from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from host.settings import Settings
