@@ -215,6 +215,9 @@ class Host:
             await channel.start()
         log.info("host running, data in %s, TZ %s", self.settings.data_dir, self.settings.tz.name,
                  extra={"action": "host_started"})
+        for source, value in self.settings.tz.rejected:  # (said when the settings were read, before host.log was)
+            log.warning("TZ from %s is not an IANA zone name: %r; ignored, TZ is %s", source, value,
+                        self.settings.tz.name, extra={"action": "tz_rejected", "source": source, "value": value})
         worker = self._worker = ThreadPoolExecutor(1, thread_name_prefix="ncl-sweep")
         self.deliveries.loop = loop  # replies the sweep hands from the worker are queued on it
         switch_s = sys.getswitchinterval()

@@ -112,3 +112,11 @@ def test_a_one_off_sweep_under_a_real_provider_leaves_due_work_for_the_host(env:
     assert [(o["status"], o["tries"]) for o in shown["occurrences"]] == [("pending", 0)]
     folder = Path(json.loads(env.ok("sessions", "list", "--json"))["sessions"][0]["path"])
     assert not (folder / "runner.log").exists() and not (folder / ".heartbeat").exists()
+
+
+def test_a_rejected_tz_is_said_in_the_hosts_log_too(env: Env, start_host: Callable[..., Host]) -> None:
+    """(It was said only on the stderr of a host started with --quiet by scripts/run.sh: nowhere to be read.)"""
+    host = start_host(TZ="Not/AZone")
+    host.wait_for(lambda line: "; ignored, TZ is " in line)
+    logged = (env.data_dir / "host.log").read_text()
+    assert "TZ from env is not an IANA zone name: 'Not/AZone'; ignored, TZ is " in logged
