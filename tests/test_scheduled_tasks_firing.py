@@ -64,12 +64,25 @@ def test_a_queued_run_names_its_jobs_session_and_where_the_job_stands(project: P
 def test_a_queue_with_no_group_is_a_failed_run_and_the_task_goes_on(project: Project) -> None:
     project.support_group()
     item = project.add(DAILY_QUEUE)
-    assert project.ncl("groups", "delete", "support", "--yes").code == 0  # unwired after the task was added
+    deleted = project.ncl("groups", "delete", "support", "--yes")  # unwired after the task was added: said at once
+    assert deleted.code == 0 and deleted.err.strip() == (
+        f"ncl: warning: scheduled task {item['id']} sends its jobs to queue support-jobs, which no group is wired to "
+        "now: each of its runs fails until one is (ncl groups update GROUP --channel queue:support-jobs), or the task "
+        "is changed or deleted")
     firer = project.firer(FakeClock(SLOT))
     assert firer.tick(SLOT).failed == 1
     (run,) = project.runs(item["id"])
     assert run["status"] == "failed" and "no group is wired to queue:support-jobs" in run["error"]
     assert from_text(project.listed()[0]["next_run"]) == SLOT + timedelta(days=1)
+
+
+def test_a_queue_unwired_by_an_update_is_said_for_the_tasks_that_send_to_it(project: Project) -> None:
+    project.support_group()
+    item = project.add(DAILY_QUEUE)
+    removed = project.ncl("groups", "update", "support", "--remove-channel", "queue:support-jobs")
+    assert removed.code == 0 and f"scheduled task {item['id']} sends its jobs to queue support-jobs" in removed.err
+    added = project.ncl("groups", "update", "support", "--channel", "queue:support-jobs")
+    assert added.code == 0 and added.err == ""
 
 
 def test_two_ticks_and_two_firers_at_one_instant_fire_once(project: Project) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import click
 
 from host.cli.app import App, pass_app, policy
 from host.cli.output import emit, fields, json_option, local_time, table
+from host.cli.terminal import say
 from host.errors import NclError
 from host.files import confined
 from host.scheduling import tasks
@@ -105,6 +107,7 @@ def update(app: App, group: str, rules: str | None, provider: str | None, model:
         found = groups.get(conn, group)
         if channels or removed:
             found = groups.rewire(conn, found, app.now(), list(channels), list(removed))
+            _say_unwired_tasks(conn, removed)
         if (rules, provider, model, allow_server_tools, admin) != (None,) * 5 or not (channels or removed):
             found = groups.update(conn, found, rules=None if rules is None else _rules(rules), provider=provider,
                                   model=model, allow_server_tools=allow_server_tools, admin=admin)
@@ -153,6 +156,22 @@ def show(app: App, group: str, as_json: bool) -> None:
          ("rules", "rules")]))
 
 
+def _say_unwired_tasks(conn: db.Connection, channels: Iterable[str]) -> None:
+    """Warn of the active project tasks whose queue, among ``channels``, no group is wired to now: each of their
+    runs fails (said at once, not at the next slot)."""
+    queues = {channel.removeprefix("queue:") for channel in channels if channel.startswith("queue:")}
+    if not queues:
+        return
+    from host.project_tasks import specs as scheduled
+
+    for task in scheduled.list_all(conn):
+        target = task.spec.queue
+        if task.active and target and target.name in queues and groups.wired_to(conn, f"queue:{target.name}") is None:
+            say(f"ncl: warning: scheduled task {task.id} sends its jobs to queue {target.name}, which no group is "
+                f"wired to now: each of its runs fails until one is (ncl groups update GROUP --channel "
+                f"queue:{target.name}), or the task is changed or deleted", err=True)
+
+
 def _pause_all(app: App, session: sessions.Session) -> int:
     path = session.folder / "inbound.db"
     if not path.exists():
@@ -178,6 +197,7 @@ def delete(app: App, group: str, yes: bool, as_json: bool) -> None:
                            "task series; run again with --yes to do it")
         paused = sum(_pause_all(app, s) for s in active)
         groups.delete(conn, found)
+        _say_unwired_tasks(conn, found.channels)
     data = {"id": found.id, "deleted": True, "sessions_closed": len(active), "task_series_paused": paused,
             "folder": str(groups.folder(app.settings, found.id))}
     emit(as_json, data, lambda: click.echo(
