@@ -28,8 +28,16 @@ def text_of(row: InMessage) -> str:
         return mail_text(row.id, data)
     for key in ("text", "prompt"):
         if isinstance(data.get(key), str):
-            return str(data[key])
+            return str(data[key]) + _data_of(row, data)
     return json.dumps(data.get("payload", data), ensure_ascii=False)
+
+
+def _data_of(row: InMessage, data: dict[str, Any]) -> str:
+    """A job's payload beyond its prompt and thread (an app's ticket, its ids): the agent reads it after the
+    prompt (it was stored, and never shown)."""
+    payload = data.get("payload") if row.kind == "queue" else None
+    extra = {k: v for k, v in payload.items() if k not in ("prompt", "thread_id")} if isinstance(payload, dict) else {}
+    return f"\n\nData: {json.dumps(extra, ensure_ascii=False)}" if extra else ""
 
 
 def mail_text(row_id: str, data: dict[str, Any]) -> str:

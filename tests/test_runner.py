@@ -360,3 +360,13 @@ async def test_each_queue_job_gets_its_own_answer(session: Session) -> None:
     await session.run(provider)
     assert sorted(r["in_reply_to"] for r in session.out()) == sorted([*jobs, chat])
     assert [len(t.rows) for t in provider.turns] == [1, 1, 1, 1]
+
+
+async def test_a_jobs_data_beyond_its_prompt_reaches_the_agent(session: Session) -> None:
+    """(A payload's other keys were stored, and the agent saw only the prompt.)"""
+    session.add(kind="queue", text="triage this ticket", queue="q", content=[],
+                payload={"prompt": "triage this ticket", "thread_id": "t", "ticket": {"id": 7, "title": "Crash"}})
+    await session.run(Recording())
+    [reply] = session.out()
+    assert json.loads(reply["content"])["text"] == (
+        'mock: triage this ticket\n\nData: {"ticket": {"id": 7, "title": "Crash"}}')
