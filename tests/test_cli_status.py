@@ -29,7 +29,10 @@ def test_status_shape_without_a_host(ncl: Any, demo_session: dict[str, Any]) -> 
     [item] = data["next_due"]
     assert (item["id"], item["due"], item["session_id"]) == (
         "task-1781168400000-aaaaaa", "2026-06-11T13:00:00.000Z", demo_session["id"])
-    assert "data dir            " + str(Path(demo_session["path"]).parents[2]) in ncl("status").out.splitlines()
+    shown = ncl("status").out
+    assert "data dir            " + str(Path(demo_session["path"]).parents[2]) in shown.splitlines()
+    short = "sess-" + demo_session["id"].rsplit("-", 1)[1]  # the table shows ids short, as documented
+    assert f" {short} " in shown and demo_session["id"] not in shown, shown
 
 
 def test_status_sees_a_live_host_pid_and_a_beating_runner(ncl: Any, demo_session: dict[str, Any],

@@ -81,6 +81,8 @@ def test_resume_after_the_grace_follows_the_misfire_rule(cli: Ncl, session: dict
     assert shown["task"]["last_outcome"] == "missed"
     [run] = ok(cli("tasks", "runs", item["id"], "--json")).json()["runs"]
     assert run["outcome"] == "missed" and missed_slots(run) == 4  # Mon, Tue, Wed, Thu
+    shown_runs = ok(cli("tasks", "runs", item["id"])).out  # in words and TZ, not its JSON of UTC times
+    assert "4 slots from 2026-05-18 09:00" in shown_runs and "to 2026-05-21 09:00" in shown_runs, shown_runs
 
     within = add(cli, session, "--recurrence", "0 9 * * *", "--now", MON_0800, prompt="within")
     ok(cli("tasks", "pause", within["id"]))

@@ -41,7 +41,8 @@ def status(app: App, as_json: bool) -> None:
                   [("session_id", "WAITING SESSION"), ("agent_group_id", "GROUP"), ("since", "DUE SINCE"),
                    ("waited", "WAITING FOR")], "")
         click.echo("")
-        table([{**i, "at": local_time(i["due"], zone)} for i in data["next_due"]],
+        table([{**i, "at": local_time(i["due"], zone), "session_id": i["session_id"] and ids.short(i["session_id"])}
+               for i in data["next_due"]],
               [("at", "DUE"), ("kind", "KIND"), ("agent_group_id", "GROUP"), ("session_id", "SESSION"),
                ("text", "TEXT")], "nothing due")
 

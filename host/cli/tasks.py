@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from contextlib import closing
 from datetime import datetime
@@ -166,8 +167,19 @@ def runs(app: App, task_id: str, as_json: bool) -> None:
     emit(as_json, {"runs": found}, lambda: table(
         [{**r, "scheduled": local_time(r["scheduled_for"], zone), "started": local_time(r["started_at"], zone),
           "finished": local_time(r["finished_at"], zone), "used": _tokens(r["tokens"]),
-          "answer": r["answer_excerpt"] and one_line(r["answer_excerpt"], ANSWER_SHOWN)} for r in found],
+          "answer": r["answer_excerpt"] and one_line(r["answer_excerpt"], ANSWER_SHOWN),
+          "detail": _detail(r["detail"], zone)} for r in found],
         RUN_COLUMNS, "no runs yet"))
+
+
+def _detail(detail: str | None, zone: ZoneInfo) -> str | None:
+    """A missed run's detail in words and TZ ("4 slots from … to …"), not its JSON of UTC times; others as kept."""
+    try:
+        missed = json.loads(detail or "")
+        return (f"{missed['slots']} slots from {local_time(missed['first'], zone)} to "
+                f"{local_time(missed['latest_slot'], zone)}")
+    except (ValueError, TypeError, KeyError):
+        return detail
 
 
 def _tokens(tokens: dict[str, int | None] | None) -> str | None:
