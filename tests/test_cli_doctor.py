@@ -55,6 +55,16 @@ def test_doctor_json_shape(ncl: Ncl) -> None:
     assert by_name["api_key"]["ok"] is True  # the default provider is the offline mock
 
 
+def test_doctor_wants_the_key_a_groups_own_provider_needs(ncl: Ncl, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(It looked at NCL_PROVIDER only: a group of --provider anthropic under the mock default passed with no key,
+    and its turns then failed.)"""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    assert ncl("groups", "create", "real", "--channel", "cli", "--provider", "anthropic").code == 0
+    [check] = [c for c in ncl("doctor", "--json").json()["checks"] if c["name"] == "api_key"]
+    assert check["ok"] is False
+    assert check["detail"] == "ANTHROPIC_API_KEY not set; provider mock (groups real: anthropic)"
+
+
 def test_doctor_fails_and_names_a_rejected_tz(ncl: Ncl, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TZ", "Not/AZone")
     result = ncl("doctor", "--json")

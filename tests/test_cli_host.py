@@ -105,9 +105,9 @@ def test_a_one_off_sweep_under_a_real_provider_leaves_due_work_for_the_host(env:
     env.vars.update({"ANTHROPIC_API_KEY": "sk-test", **({"NCL_PROVIDER": "anthropic"} if where != "group" else {})})
     swept = env.ncl("host", "sweep", "--once", "--json")
     assert swept.returncode == 0, swept.stderr
-    assert json.loads(swept.stdout)["woken"] == 1
-    assert ("1 sessions have work due, left for a running host: under provider anthropic a runner reaches the "
-            "model only through the proxy of 'ncl host run'") in swept.stderr
+    assert json.loads(swept.stdout)["woken"] == 0
+    assert (f"work due in {session} left for a running host: under provider anthropic a runner reaches the model "
+            "only through the proxy of 'ncl host run'") in swept.stderr
     shown = json.loads(env.ok("tasks", "show", task, "--json"))
     assert [(o["status"], o["tries"]) for o in shown["occurrences"]] == [("pending", 0)]
     folder = Path(json.loads(env.ok("sessions", "list", "--json"))["sessions"][0]["path"])

@@ -94,3 +94,43 @@ def test_sessions_of_a_thread_and_an_operators_are_never_closed_so(world: World)
     assert (_status(world, threaded), _status(world, world.session)) == ("active", "active")
     with closing(db.connect(world.settings.central_db, "central")) as conn:
         assert conn.execute("SELECT one_job FROM sessions WHERE id = ?", (threaded.id,)).fetchone()[0] == 0
+
+
+def test_a_jobs_session_is_not_closed_before_its_job_is_written(world: World) -> None:
+    """A session is made (files, then its row) before its job goes in: a sweep between the two closed it, and the
+    job landed in a closed session, never to run (diff review)."""
+    runtime = RecordingRuntime()
+    sweeper = world.sweeper(runtime)
+    group = groups.get(world.central, "jobs")
+    made = sessions.create(world.central, world.settings, T0, group, None, one_job=True)
+    for later in (0, 1):
+        sweeper.tick(T0 + timedelta(seconds=later))
+    assert _status(world, made) == "active"
+
+
+def test_a_closed_sessions_runner_is_stopped_and_the_session_forgotten(world: World) -> None:
+    """(Closed by an operator with its runner alive, the runner kept its slot until the host's restart: no sweep
+    looked at it again.)"""
+    runtime = RecordingRuntime()
+    sweeper = world.sweeper(runtime)
+    session, _ = _job(world)
+    assert sweeper.tick(T0).woken == 1 and session.id in sweeper.seen
+    sessions.close(world.central, [session.id])
+    sweeper.tick(T0 + timedelta(seconds=1))
+    assert runtime.stopped == [session.id] and sweeper.runners is not None and sweeper.runners.live == {}
+    assert session.id not in sweeper.seen
+
+
+def test_a_job_sent_again_into_its_closed_session_reopens_it_and_is_not_written_twice(world: World) -> None:
+    """A stopped host's scheduled run sends its job again into the session its run id names: closed since, it
+    would have taken the job and never run it."""
+    def send() -> dict[str, str]:
+        return queues.send(world.central, world.settings, T0, "jobs", {"prompt": "summarise"},
+                           run_id="run-1779109200000-abcdef")
+
+    sent = send()
+    sessions.close(world.central, [sent["session_id"]])
+    again = send()
+    assert again == sent
+    session = sessions.get(world.central, world.settings, sent["session_id"])
+    assert session.status == "active" and len(world.rows(session=session)) == 1

@@ -8,14 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from kit import RecordingRuntime, World, utc
 
 from agent_runner.config import RunnerConfig
 from agent_runner.mcp_server import server_parameters
-from host.runtimes.pool import Runners, runner_env
+from host.runtimes.pool import NoModel, Runners, runner_env
 from host.runtimes.proxy.server import CredentialProxy
 from host.scheduling.sweep import Sweeper
-from host.store import groups
+from host.store import groups, sessions
 from host.store.sessions import Session
 from schemas.runner_env import DEFAULTS, RunnerEnv
 
@@ -86,6 +87,23 @@ def test_a_groups_runners_use_its_provider_and_model_else_the_hosts(tmp_path: Pa
         sweeper.close()
         assert sweeper.runners is not None and sweeper.runners.proxy is not None
         sweeper.runners.proxy.shutdown()
+
+
+def test_a_one_off_sweep_starts_the_runners_of_mock_groups_only(tmp_path: Path) -> None:
+    """With no model proxy (a one-off sweep), a group whose provider needs it has its work left due for a running
+    host; the others' runners start. (One such group kept every group's runners from starting.)"""
+    world = World(tmp_path)
+    real, _ = groups.create(world.central, world.settings, T0, "real", ["queue:real"], provider="anthropic")
+    elsewhere = sessions.create(world.central, world.settings, T0, real, None)
+    for session in (world.session, elsewhere):
+        world.schedule(T0, session=session)
+    runtime = Told()
+    sweeper = Sweeper(world.settings, Runners(runtime, world.settings))
+    assert sweeper.tick(T0).woken == 1
+    assert [sid for _, sid, _ in runtime.started] == [world.session.id]
+    with pytest.raises(NoModel, match="under provider anthropic"):
+        Runners(runtime, world.settings).start(elsewhere, T0, groups.brief(world.central, real.id))
+    sweeper.close()
 
 
 def test_defaults_live_in_one_place(tmp_path: Path) -> None:

@@ -138,6 +138,8 @@ def test_a_one_off_sweep_leaves_a_runner_an_earlier_one_started_at_its_work(worl
     _beat(world, "gen-earlier-sweep", utc_now - timedelta(seconds=61))  # silent a minute: dead, as any runner
     result = one_off.tick(T0 + timedelta(seconds=31))
     assert result.retried == 1 and world.rows(task)[0]["tries"] == 1
+    _beat(world, "gen-earlier-sweep", utc_now + timedelta(days=365))  # a runner's time to come: never fresh
+    assert not sweep.others_at_work(world.session)
 
 
 def test_a_released_claim_never_runs_its_row_before_it_was_due(world: World) -> None:

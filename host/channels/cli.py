@@ -168,7 +168,8 @@ class CliChannel:
         try:
             with self._central.connection() as central:
                 folder = sessions.get(central, self.settings, session_id).folder
-            with closing(db.connect(folder / "inbound.db", "inbound")) as conn:
+            path = folder / "inbound.db"
+            with db.lock_of(path), closing(db.connect(path, "inbound")) as conn:  # (as every host writer of it)
                 count = deliveries.shown(conn, ids, clock.now())
             log.info("replies that came while no chat was open, shown in one: %d", count,
                      extra={"action": "replies_shown", "session": session_id})

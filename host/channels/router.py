@@ -82,6 +82,8 @@ def deliver_in(central: db.Connection, settings: Settings, now: datetime, group:
     if arrival.new_session and arrival.session_id:
         session = (sessions.find(central, settings, arrival.session_id)
                    or sessions.create(central, settings, now, group, None, arrival.session_id, one_job=True))
+        if session.status == "closed":  # its job done, then sent again (a stopped host's run): found there, or new
+            session = sessions.reopen(central, settings, session.id)
     elif arrival.new_session:
         session = sessions.create(central, settings, now, group, None, one_job=True)
     else:

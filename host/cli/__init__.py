@@ -147,7 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = cli.main(args=argv, prog_name="ncl", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # a group with no command: its help as it is, not one line
-        click.echo(exc.format_message(), err=True)
+        from host.cli.terminal import say
+
+        say(exc.format_message(), err=True)
         sys.exit(2)
     except click.MissingParameter as exc:
         _fail(f"{exc.format_message()} (see '{exc.ctx.command_path if exc.ctx else 'ncl'} --help')", 2)

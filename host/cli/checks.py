@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -111,9 +112,16 @@ def runtime(settings: Settings, probe: Callable[[Settings], str | None] | None =
 
 
 def api_key(settings: Settings) -> Check:
+    """The key, where the host's provider or a group's needs it."""
     present = bool(settings.anthropic_api_key)
-    needed = settings.provider == "anthropic"
-    detail = f"ANTHROPIC_API_KEY {'present' if present else 'not set'}; provider {settings.provider}"
+    named: list[str] = []
+    if settings.central_db.is_file():
+        with contextlib.suppress(db.DbError, db.Error), \
+                closing(db.connect(settings.central_db, "central", readonly=True)) as conn:
+            named = [row[0] for row in conn.execute("SELECT name FROM agent_groups WHERE provider = 'anthropic'")]
+    needed = settings.provider == "anthropic" or bool(named)
+    detail = (f"ANTHROPIC_API_KEY {'present' if present else 'not set'}; provider {settings.provider}"
+              + (f" (groups {', '.join(named)}: anthropic)" if named else ""))
     return Check("api_key", _level(present or not needed), detail)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from contextlib import closing
 from datetime import datetime
 from typing import Literal
 
@@ -102,28 +101,19 @@ def sweep(app: App, once: bool, now: datetime | None, as_json: bool) -> None:
     from host.runtimes.factory import select_runtime
     from host.runtimes.pool import Runners
     from host.scheduling.sweep import Sweeper
-    from host.store import groups
     from schemas.proctree import subreaping
 
     raised = alerts.alerts_of(app.settings)  # what this sweep raises is sent before it exits, in bounded time
     # As in ``host run``, what a host task leaves when it ends is ours to kill; only while we sweep.
     with logging_to_file(app.settings, "kept"), host_lock(app.settings.data_dir), subreaping():
-        # A runner reaches the model through a running host's proxy only (it holds the key): a one-off sweep has
-        # none, so where a group's provider needs it the runners it would wake are left for the host, never started
-        # to fail.
-        with closing(app.central()) as central:
-            providers = groups.providers(central, app.settings.provider)
-        no_model = now is None and bool(providers - {"mock"})
-        runtime = None if now or no_model else select_runtime(app.settings)[0]
+        # (A runner whose group's provider needs the model proxy is not started: only a running host has one,
+        # ``pool.NoModel``.)
+        runtime = None if now else select_runtime(app.settings)[0]
         sweeper = Sweeper(app.settings, Runners(runtime, app.settings) if runtime else None, one_off=True)
         try:
             with alerts.reporting(raised):
                 fired = fire_once(app.settings, now)  # project tasks first: a job one enqueues is woken by this sweep
                 result = sweeper.tick(now or app.now())
-            if no_model and result.woken:
-                log.warning("%d sessions have work due, left for a running host: under provider %s a runner "
-                            "reaches the model only through the proxy of 'ncl host run'", result.woken,
-                            " or ".join(sorted(providers - {"mock"})), extra={"action": "sweep_runners_left"})
         finally:
             sweeper.close()
             if runtime is not None:

@@ -10,7 +10,6 @@ from host.cli.app import App, pass_app
 from host.cli.output import emit, fields, json_option, local_time, table
 from host.errors import NclError
 from host.store import db, groups, sessions
-from schemas.times import to_text
 
 COLUMNS = [("id", "ID"), ("agent_group_id", "GROUP"), ("status", "STATUS"), ("thread_key", "THREAD"),
            ("created", "CREATED"), ("last_active", "LAST ACTIVE")]
@@ -82,21 +81,15 @@ def show(app: App, session_id: str, as_json: bool) -> None:
 @json_option
 @pass_app
 def close(app: App, session_id: str, force: bool, as_json: bool) -> None:
-    """Close a session: no sweep visits it and nothing new goes into it (a new message of its thread starts a new
-    session); its files stay, and 'ncl messages list' and 'ncl tasks list --all' still read them. (A session made for
-    one queue job is closed by the host once it has nothing left to do.)"""
+    """Close a session: no sweep visits it, a running host stops its runner, and nothing new goes into it (a new
+    message of its thread starts a new session); its files stay, and 'ncl messages list' and 'ncl tasks list --all'
+    still read them. (A session made for one queue job is closed by the host once it has nothing left to do.)"""
     from host.channels import nudge
-    from host.runtimes.pool import CLAIM_SILENT, read_heartbeat
 
     with closing(app.central(write=True)) as conn:
         found = sessions.get(conn, app.settings, session_id)
         if found.status == "closed":
             raise NclError(f"session {found.id} is closed already")
-        beat = read_heartbeat(found.folder)
-        if beat and app.now() - beat[1] < CLAIM_SILENT:
-            raise NclError(f"session {found.id} has a runner at work (it beat at "
-                           f"{local_time(to_text(beat[1]), app.settings.tz.zone)}): close it once it is gone (ncl "
-                           "status)")
         with closing(db.connect(found.folder / "inbound.db", "inbound", readonly=True)) as inbound:
             (live,) = inbound.execute("SELECT COUNT(*) FROM messages_in WHERE status IN ('processing', 'paused')"
                                       " OR (status = 'pending' AND trigger = 1)").fetchone()

@@ -125,13 +125,29 @@ class Runners:
                 break
             waited = session.id in self.said_waiting
             self.drop(session.id)
-            try:
-                self.start(session, now, briefs(session.agent_group_id), self._why(wake, now, waited))
-            except Exception as exc:  # a runtime that cannot start this one must not stop the others
-                self._failed(session.id, now, f"start failed: {exc}")
-                continue
-            started += 1
+            started += self._launch(session, now, briefs(session.agent_group_id), self._why(wake, now, waited))
         return started
+
+    def _launch(self, session: Session, now: datetime, brief: Brief, why: str) -> bool:
+        """``start``, its failure logged (a runtime that cannot start this one must not stop the others)."""
+        try:
+            self.start(session, now, brief, why)
+        except NoModel as exc:
+            log.warning("work due in %s left for a running host: %s", session.id, exc,
+                        extra={"action": "runner_left_for_host", "session": session.id})
+            return False
+        except Exception as exc:
+            self._failed(session.id, now, f"start failed: {exc}")
+            return False
+        return True
+
+    def keep_only(self, active: set[str]) -> None:
+        """Stop the runners of sessions no longer active (closed by an operator, or with their group) and drop their
+        wakes: no sweep looks at them again, to find them gone or stuck."""
+        for session_id in [sid for sid in self.live if sid not in active]:
+            self.kill(session_id, "its session was closed")
+        for session_id in [sid for sid in self.waiting if sid not in active]:
+            self.drop(session_id)
 
     def room(self) -> int:
         """Free slots that may go to work not due yet: none while a wake waits."""
@@ -154,12 +170,8 @@ class Runners:
                 continue
             self.ahead[session.id] = due
             at = from_text(due).astimezone(self.settings.tz.zone)
-            try:
-                self.start(session, now, briefs(session.agent_group_id), f"work due at {at:%H:%M:%S %Z}, started ahead")
-            except Exception as exc:  # as in start_waiting
-                self._failed(session.id, now, f"start failed: {exc}")
-                continue
-            started += 1
+            started += self._launch(session, now, briefs(session.agent_group_id),
+                                    f"work due at {at:%H:%M:%S %Z}, started ahead")
         return started
 
     def _why(self, wake: Wake, now: datetime, waited: bool) -> str:
@@ -181,8 +193,13 @@ class Runners:
         return self.failures.get(session_id, 0) >= NOTICE_AFTER and session_id not in self.noticed
 
     def start(self, session: Session, now: datetime, brief: Brief = NO_BRIEF, why: str = "") -> Runner:
+        """Start the session's runner; ``NoModel`` where it would need the model proxy this process has none of."""
         from host.runtimes.proxy.server import SOCKET_NAME  # see TYPE_CHECKING above
 
+        provider = brief.provider or self.settings.provider
+        if self.proxy is None and provider != "mock":
+            raise NoModel(f"under provider {provider} a runner reaches the model only through the proxy of 'ncl host "
+                          "run'")
         runner = Runner(f"gen-{ids.epoch_ms(now)}-{secrets.token_hex(3)}", now, session.folder)
         log.info("starting a runner for %s%s", session.id, f": {why}" if why else "",
                  extra={"action": "runner_starting", "session": session.id, "generation": runner.generation})
@@ -247,6 +264,11 @@ class Runners:
         self.retiring.discard(session_id)
         if runner and self.proxy:
             self.proxy.close(runner.folder)
+
+
+class NoModel(Exception):
+    """A runner that would reach the model through the host's proxy, wanted where none runs (a one-off sweep: its
+    runners would call the API with no key and die; their work is left due for a running host)."""
 
 
 def runner_env(settings: Settings, session: Session, generation: str, rules: str,

@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 def close_finished(central: db.Connection, jobs: Iterable[Session], seen: Mapping[str, Seen], busy: set[str],
                    kept: dict[str, tuple[int, ...]]) -> int:
     """Close the one-job sessions ``jobs`` whose last visit, of the files as they still are, found nothing due,
-    claimed or undelivered, whose runner is gone (not in ``busy``) and whose inbox holds no paused task. ``kept``:
+    claimed or undelivered, whose runner is gone (not in ``busy``) and whose inbox holds their job (a session is
+    made before its job is written) and no paused task. ``kept``:
     the files of those found with one, not read again while they stay the same. How many were closed."""
     done = []
     for session in jobs:
@@ -27,7 +28,10 @@ def close_finished(central: db.Connection, jobs: Iterable[Session], seen: Mappin
                 or kept.get(session.id) == known.files or files_of(session.path) != known.files):
             continue
         with closing(db.connect(session.folder / "inbound.db", "inbound", readonly=True)) as conn:
-            paused = conn.execute("SELECT EXISTS (SELECT 1 FROM messages_in WHERE status = 'paused')").fetchone()[0]
+            paused, arrived = conn.execute("SELECT EXISTS (SELECT 1 FROM messages_in WHERE status = 'paused'),"
+                                           " EXISTS (SELECT 1 FROM messages_in WHERE kind = 'queue')").fetchone()
+        if not arrived:  # made, and its job not written yet (``router.deliver_in``): it is on its way
+            continue
         if paused:
             kept[session.id] = known.files
             continue

@@ -114,7 +114,11 @@ class Sweeper:
                 self._sessions = listed
                 self._jobs = set(sessions.one_job_ids(self._central))
                 self._kept_open = {sid: files for sid, files in self._kept_open.items() if sid in self._jobs}
-                active = set(ids)  # (what is kept of sessions gone since goes with them)
+                active = set(ids)  # (what is kept of sessions gone since goes with them, their runners too)
+                for gone in [sid for sid in self.seen if sid not in active]:
+                    self._remember(gone, None)
+                if self.runners:
+                    self.runners.keep_only(active)
                 self.holds.keep_only(active)
                 self.failing = {sid: problem for sid, problem in self.failing.items() if sid in active}
             self._central_version = version
@@ -393,7 +397,7 @@ def others_at_work(session: Session) -> bool:
     (which would stop it first): a cron's sweep every minute killed every turn longer than a minute, its task failed
     after five."""
     beat = read_heartbeat(session.folder)
-    if beat is None or datetime.now(UTC) - beat[1] >= CLAIM_SILENT:
+    if beat is None or not timedelta(0) <= datetime.now(UTC) - beat[1] < CLAIM_SILENT:  # (a time to come: set)
         return False
     log.info("a runner an earlier sweep started is at work in session %s: left to it", session.id,
              extra={"action": "runner_of_another_sweep", "session": session.id})

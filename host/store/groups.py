@@ -249,9 +249,6 @@ def brief(conn: Connection, group_id: str) -> Brief:
     return Brief(*row) if row else Brief()
 
 
-def providers(conn: Connection, default: str) -> set[str]:
-    """The providers the groups' runners use, ``default`` for a group that names none."""
-    return {row[0] or default for row in conn.execute("SELECT DISTINCT provider FROM agent_groups")}
 
 
 def delete(conn: Connection, group: Group) -> None:

@@ -209,6 +209,13 @@ def close(conn: db.Connection, session_ids: list[str]) -> None:
         conn.executemany("UPDATE sessions SET status = 'closed' WHERE id = ?", [(sid,) for sid in session_ids])
 
 
+def reopen(conn: db.Connection, settings: Settings, session_id: str) -> Session:
+    """A closed session made active again (a job sent again into the session made for it)."""
+    with db.transaction(conn):
+        conn.execute("UPDATE sessions SET status = 'active' WHERE id = ?", (session_id,))
+    return get(conn, settings, session_id)
+
+
 def touch(conn: db.Connection, session_id: str, now: datetime) -> None:
     """Mark the session active at ``now`` (a message arrived for it), never earlier than it was (a job sent again
     as it was fired, after a host's restart, is stamped with that time)."""
