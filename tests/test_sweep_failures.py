@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from kit import RecordingRuntime, World, utc
 
+from host.runtimes import pool
 from host.scheduling import sweep, tasks
 from schemas.times import to_text
 
@@ -139,7 +140,13 @@ def test_a_one_off_sweep_leaves_a_runner_an_earlier_one_started_at_its_work(worl
     result = one_off.tick(T0 + timedelta(seconds=31))
     assert result.retried == 1 and world.rows(task)[0]["tries"] == 1
     _beat(world, "gen-earlier-sweep", utc_now + timedelta(days=365))  # a runner's time to come: never fresh
-    assert not sweep.others_at_work(world.session)
+    assert not pool.others_at_work(world.session)
+    done = world.schedule(T0, at=to_text(T0 - timedelta(seconds=30)))  # one done with its turn is visited as ever
+    world.ack(done, "completed", T0, generation="gen-done", outcome="ran")
+    _beat(world, "gen-done", utc_now)
+    assert not pool.others_at_work(world.session)
+    one_off.tick(T0 + timedelta(seconds=32))
+    assert world.rows(done)[0]["status"] == "completed"
 
 
 def test_a_released_claim_never_runs_its_row_before_it_was_due(world: World) -> None:

@@ -115,10 +115,10 @@ def api_key(settings: Settings) -> Check:
     """The key, where the host's provider or a group's needs it."""
     present = bool(settings.anthropic_api_key)
     named: list[str] = []
-    if settings.central_db.is_file():
-        with contextlib.suppress(db.DbError, db.Error), \
+    if not lock.unmade(settings.central_db):  # (one lost or unreadable is the schema check's to say)
+        with contextlib.suppress(NclError, db.Error), \
                 closing(db.connect(settings.central_db, "central", readonly=True)) as conn:
-            named = [row[0] for row in conn.execute("SELECT name FROM agent_groups WHERE provider = 'anthropic'")]
+            named = groups.named_with_provider(conn, "anthropic")
     needed = settings.provider == "anthropic" or bool(named)
     detail = (f"ANTHROPIC_API_KEY {'present' if present else 'not set'}; provider {settings.provider}"
               + (f" (groups {', '.join(named)}: anthropic)" if named else ""))

@@ -9,7 +9,7 @@ import click
 from host.cli.app import App, pass_app
 from host.cli.output import emit, fields, json_option, local_time, table
 from host.errors import NclError
-from host.store import db, groups, sessions
+from host.store import db, groups, sessions, views
 
 COLUMNS = [("id", "ID"), ("agent_group_id", "GROUP"), ("status", "STATUS"), ("thread_key", "THREAD"),
            ("created", "CREATED"), ("last_active", "LAST ACTIVE")]
@@ -90,9 +90,7 @@ def close(app: App, session_id: str, force: bool, as_json: bool) -> None:
         found = sessions.get(conn, app.settings, session_id)
         if found.status == "closed":
             raise NclError(f"session {found.id} is closed already")
-        with closing(db.connect(found.folder / "inbound.db", "inbound", readonly=True)) as inbound:
-            (live,) = inbound.execute("SELECT COUNT(*) FROM messages_in WHERE status IN ('processing', 'paused')"
-                                      " OR (status = 'pending' AND trigger = 1)").fetchone()
+        live = views.live_rows(found.folder / "inbound.db")
         if live and not force:
             raise NclError(f"session {found.id} has {live} messages or tasks waiting, running or paused (ncl messages "
                            f"list --session {found.id}); --force closes it anyway, and they are never done")

@@ -17,7 +17,7 @@ from host.files import confined
 from host.runtimes.base import Runtime
 from host.settings import Settings
 from host.store.groups import Brief
-from host.store.outbox import Outbox
+from host.store.outbox import Outbox, at_work
 from host.store.sessions import Session
 from schemas import ids
 from schemas.runner_env import Provider, RunnerEnv
@@ -320,3 +320,18 @@ def stuck_reason(now: datetime, runner: Runner, beat: datetime | None, claims: l
         if now - claimed > max(CLAIM_SILENT, widen) and last < claimed:
             return f"claim from {claimed.isoformat()} with no heartbeat since"
     return None
+
+
+def others_at_work(session: Session) -> bool:
+    """Whether a runner this process did not start is at work on a turn: it beat within ``CLAIM_SILENT`` (by the
+    real clock) and holds a claim. One an earlier one-off sweep started: its claims are its own, not released as a
+    dead runner's, and no second runner is started (which would stop it first): a cron's sweep every minute killed
+    every turn longer than a minute, its task failed after five. (One done with its turn is visited as ever.)"""
+    beat = read_heartbeat(session.folder)
+    if beat is None or not timedelta(0) <= datetime.now(UTC) - beat[1] < CLAIM_SILENT:  # (a time to come: set)
+        return False
+    if not at_work(session.folder / "outbound.db", beat[0]):
+        return False
+    log.info("a runner an earlier sweep started is at work in session %s: left to it", session.id,
+             extra={"action": "runner_of_another_sweep", "session": session.id})
+    return True

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from contextlib import closing
 
 from host.scheduling.seen import Seen, files_of
-from host.store import db, sessions
+from host.store import db, sessions, views
 from host.store.sessions import Session
 
 log = logging.getLogger(__name__)
@@ -19,17 +18,15 @@ def close_finished(central: db.Connection, jobs: Iterable[Session], seen: Mappin
                    kept: dict[str, tuple[int, ...]]) -> int:
     """Close the one-job sessions ``jobs`` whose last visit, of the files as they still are, found nothing due,
     claimed or undelivered, whose runner is gone (not in ``busy``) and whose inbox holds their job (a session is
-    made before its job is written) and no paused task. ``kept``:
-    the files of those found with one, not read again while they stay the same. How many were closed."""
+    made before its job is written) and no paused task. ``kept``: the files of those found with one, not read again
+    while they stay the same. How many were closed."""
     done = []
     for session in jobs:
         known = seen.get(session.id)
         if (known is None or not known.settled or known.busy or known.next_due is not None or session.id in busy
                 or kept.get(session.id) == known.files or files_of(session.path) != known.files):
             continue
-        with closing(db.connect(session.folder / "inbound.db", "inbound", readonly=True)) as conn:
-            paused, arrived = conn.execute("SELECT EXISTS (SELECT 1 FROM messages_in WHERE status = 'paused'),"
-                                           " EXISTS (SELECT 1 FROM messages_in WHERE kind = 'queue')").fetchone()
+        paused, arrived = views.job_state(session.folder / "inbound.db")
         if not arrived:  # made, and its job not written yet (``router.deliver_in``): it is on its way
             continue
         if paused:

@@ -20,7 +20,7 @@ from typing import NamedTuple
 from host.channels.delivery import Deliveries
 from host.errors import cut
 from host.files import logs
-from host.runtimes.pool import CLAIM_SILENT, Runner, Runners, read_heartbeat
+from host.runtimes.pool import Runner, Runners, others_at_work
 from host.scheduling import actions, cross_group, jobs
 from host.scheduling.recurrence import Policy
 from host.scheduling.seen import OUTBOUND_SIDE, RACY_NS, Holds, Seen, Visit, files_of
@@ -390,15 +390,3 @@ class Sweeper:
             if runner is not None:
                 self.runners.seen(session.id, now, idle=not claimed and due_since is None)
 
-
-def others_at_work(session: Session) -> bool:
-    """Whether a runner this process did not start beat within ``CLAIM_SILENT`` (by the real clock): one an earlier
-    one-off sweep started. Its claims are its own, not released as a dead runner's, and no second runner is started
-    (which would stop it first): a cron's sweep every minute killed every turn longer than a minute, its task failed
-    after five."""
-    beat = read_heartbeat(session.folder)
-    if beat is None or not timedelta(0) <= datetime.now(UTC) - beat[1] < CLAIM_SILENT:  # (a time to come: set)
-        return False
-    log.info("a runner an earlier sweep started is at work in session %s: left to it", session.id,
-             extra={"action": "runner_of_another_sweep", "session": session.id})
-    return True

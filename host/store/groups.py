@@ -243,6 +243,12 @@ class Brief(NamedTuple):
     model: str | None = None
 
 
+def named_with_provider(conn: Connection, provider: str) -> list[str]:
+    """The names of the groups that name this provider as their own."""
+    return [row[0] for row in conn.execute("SELECT name FROM agent_groups WHERE provider = ? ORDER BY name",
+                                           (provider,))]
+
+
 def brief(conn: Connection, group_id: str) -> Brief:
     """The group's ``Brief`` (empty for a group that is gone)."""
     row = conn.execute("SELECT rules, provider, model FROM agent_groups WHERE id = ?", (group_id,)).fetchone()

@@ -193,6 +193,20 @@ def claimed(path: Path, message_ids: list[str]) -> set[str]:
                                                 " AND message_id IN ({})", message_ids)}
 
 
+def at_work(path: Path, generation: str) -> bool:
+    """Whether the runner of this generation holds a claim: at work on a turn. Its file is waited for at most
+    ``RUNNER_WAIT_S``; one held longer counts as at work, one that cannot be read as not (its visit says why)."""
+    if not path.exists():
+        return False
+    try:
+        journals.guard(path, live=True)
+        with db.outbound(path, query_only=True, wait_s=RUNNER_WAIT_S) as conn:
+            return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM processing_ack WHERE status = 'processing'"
+                                     " AND generation = ?)", (generation,)).fetchone()[0])
+    except (db.Error, db.DbError) as exc:
+        return db.is_busy(exc)
+
+
 def model_wait(path: Path) -> ModelWait | None:
     """What the runner said of its wait to retry the model API (``ModelWait``), if anything readable."""
     if not path.exists():

@@ -96,6 +96,21 @@ def status_of(inbound: Path, message_id: str) -> str | None:
     return None if row is None else str(row[0])
 
 
+def live_rows(inbound: Path) -> int:
+    """How many rows of an inbox are still to be done: waiting to wake the agent, running or paused."""
+    with closing(db.connect(inbound, "inbound", readonly=True)) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM messages_in WHERE status IN ('processing', 'paused')"
+                                " OR (status = 'pending' AND trigger = 1)").fetchone()[0])
+
+
+def job_state(inbound: Path) -> tuple[bool, bool]:
+    """(whether the inbox of a session made for one queue job holds a paused task, and whether its job is in)."""
+    with closing(db.connect(inbound, "inbound", readonly=True)) as conn:
+        paused, arrived = conn.execute("SELECT EXISTS (SELECT 1 FROM messages_in WHERE status = 'paused'),"
+                                       " EXISTS (SELECT 1 FROM messages_in WHERE kind = 'queue')").fetchone()
+    return bool(paused), bool(arrived)
+
+
 def queue_jobs(inbound: Path, channel: str) -> dict[str, int]:
     """How many jobs of the queue ``channel`` an inbox holds, by status, among ``pending`` and ``processing``."""
     with closing(db.connect(inbound, "inbound", readonly=True)) as conn:
