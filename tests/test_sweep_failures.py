@@ -18,6 +18,7 @@ from kit import RecordingRuntime, World, utc
 
 from host.runtimes import pool
 from host.scheduling import sweep, tasks
+from host.store import db, inbox
 from schemas.times import to_text
 
 T0 = utc("2026-05-18T13:00:00")
@@ -122,6 +123,25 @@ def test_retries_back_off_then_fail_and_the_series_goes_on(world: World) -> None
     assert (result.failed, result.cloned) == (1, 1) and row["tries"] == 6  # (the clone was not counted)
     assert [r["status"] for r in world.rows(series)] == ["failed", "pending"]
     assert world.live(series)[0]["process_after"] == "2026-05-19T13:00:00.000Z"
+
+
+def test_a_message_given_up_after_its_last_try_says_why_in_its_inbox(world: World) -> None:
+    """A task's run says why it failed (ncl tasks runs); a chat message or a queue job only ended 'failed', the
+    reason in the host's log alone: an app reading its job's session found no why."""
+    with closing(world.inbound()) as conn, db.transaction(conn):
+        inbox.arrive(conn, {"id": "msg-1779109200000-abcdef", "kind": "chat", "timestamp": to_text(T0),
+                            "content": '{"text": "hi", "sender": "user"}'},
+                     {"channel_type": "cli", "platform_id": None, "thread_id": None})
+    sweeper, now = world.sweeper(), T0
+    for _ in range(6):
+        world.ack("msg-1779109200000-abcdef", "processing", now)
+        sweeper.tick(now)
+        row = world.rows()[0]
+        now = max(now, utc(row["process_after"][:-1]) if row["process_after"] else now) + timedelta(seconds=1)
+    assert world.rows()[0]["status"] == "failed"
+    assert world.notices() == [{"text": "The chat message msg-1779109200000-abcdef was given up: its runner died or "
+                                        "stalled 6 times.", "sender": "system", "notice": "message_failed",
+                                "trigger": 0}]
 
 
 def test_a_one_off_sweep_leaves_a_runner_an_earlier_one_started_at_its_work(world: World) -> None:

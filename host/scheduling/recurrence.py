@@ -298,7 +298,10 @@ def release(conn: db.Connection, row: InMessage, now: datetime, policy: Policy) 
     tries = row.tries + 1
     if tries > MAX_TRIES:
         task_series.count_try(conn, row.id, tries)
-        cloned = finish(conn, row, now, policy, "failed", "failed", detail=f"runner died or stalled {tries} times")
+        why = f"runner died or stalled {tries} times"
+        cloned = finish(conn, row, now, policy, "failed", "failed", detail=why)
+        if row.kind != "task":  # (a task's run says why: ncl tasks runs) where a failed job or message is read
+            inbox.notice(conn, now, "message_failed", f"The {row.kind} message {row.id} was given up: its {why}.")
         return Done(failed=True, cloned=cloned)
     # Never earlier than it was due: a claim on a row not yet due (a runner that took it early) only waits longer.
     retry_at = now + timedelta(seconds=5 * 2 ** (tries - 1))
