@@ -59,10 +59,14 @@ def require() -> None:
         pytest.skip(reason)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports: each socket is held until all are chosen (one bound and closed, then
+    another, could be given the same port twice: SMTP took Dovecot's, which then failed to start)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 DOVECOT_CONF = """\
@@ -138,8 +142,7 @@ class MailServers:
             os.chown(home, MAIL_UID, MAIL_UID)
             users.append(f"{user}:{PASSWORD}:{MAIL_UID}:{MAIL_UID}::{home}::")
         (self.root / "users").write_text("\n".join(users) + "\n")
-        self.imap_port, self.imap_starttls_port = free_port(), free_port()
-        self.smtp_port, self.smtp_starttls_port = free_port(), free_port()
+        self.imap_port, self.imap_starttls_port, self.smtp_port, self.smtp_starttls_port = free_ports(4)
         (self.root / "dovecot.conf").write_text(DOVECOT_CONF.format(
             root=self.root, port=self.imap_port, starttls_port=self.imap_starttls_port))
         self._start_smtp()
