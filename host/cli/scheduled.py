@@ -146,8 +146,7 @@ def runs(app: App, task_id: str, as_json: bool) -> None:
 
     with closing(app.central()) as central:
         found = scheduled.runs(central, task_id)
-        for run in found:
-            run["job_status"] = _job_status(app, central, run)
+        _job_statuses(app, central, found)
     zone = app.settings.tz.zone
 
     def human() -> None:
@@ -157,18 +156,26 @@ def runs(app: App, task_id: str, as_json: bool) -> None:
     emit(as_json, {"runs": found}, human)
 
 
-def _job_status(app: App, central: db.Connection, run: dict[str, Any]) -> str | None:
-    """Where the job a queue target's run sent stands in its session's inbox (pending | processing | completed |
-    failed), or None: no job, or its session or row is gone (closed, or not readable: said as unknown)."""
+def _job_statuses(app: App, central: db.Connection, runs: list[dict[str, Any]]) -> None:
+    """Each run's ``job_status``: where the job a queue target's run sent stands in its session's inbox (pending |
+    processing | completed | failed), or None: no job, or its session or row gone or not readable. One read of
+    each session's inbox (a daily task's jobs of a year may all be in one)."""
     from host.store import sessions, views
 
-    if not run["queued_message_id"] or not run["queued_session_id"]:
-        return None
-    try:
-        session = sessions.find(central, app.settings, run["queued_session_id"])
-        return views.status_of(session.folder / "inbound.db", run["queued_message_id"]) if session else None
-    except (db.DbError, db.Error, OSError):
-        return None
+    by_session: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        run["job_status"] = None
+        if run["queued_message_id"] and run["queued_session_id"]:
+            by_session.setdefault(run["queued_session_id"], []).append(run)
+    for session_id, sent in by_session.items():
+        try:
+            session = sessions.find(central, app.settings, session_id)
+            found = views.statuses_of(session.folder / "inbound.db", [r["queued_message_id"] for r in sent]) \
+                if session else {}
+        except (db.DbError, db.Error, OSError):
+            continue
+        for run in sent:
+            run["job_status"] = found.get(run["queued_message_id"])
 
 
 def _summary(run: dict[str, Any]) -> str:

@@ -83,7 +83,7 @@ class Sweeper:
     _central_version: int = -1
     _visitors: Visitors | None = None
     _touched: set[str] = field(default_factory=set)  # sessions this tick's requests wrote (``_apply``)
-    _jobs: set[str] = field(default_factory=set)  # the active sessions made for one queue job (``jobs``)
+    _jobs: list[Session] = field(default_factory=list)  # the active sessions made for one queue job (``jobs``)
     _kept_open: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
@@ -112,8 +112,9 @@ class Sweeper:
                     listed += chunk
                     yield
                 self._sessions = listed
-                self._jobs = set(sessions.one_job_ids(self._central))
-                self._kept_open = {sid: files for sid, files in self._kept_open.items() if sid in self._jobs}
+                one_job = set(sessions.one_job_ids(self._central))
+                self._jobs = [session for session in listed if session.id in one_job]
+                self._kept_open = {sid: files for sid, files in self._kept_open.items() if sid in one_job}
                 active = set(ids)  # (what is kept of sessions gone since goes with them, their runners too)
                 for gone in [sid for sid in self.seen if sid not in active]:
                     self._remember(gone, None)
@@ -287,8 +288,8 @@ class Sweeper:
     def _close_finished_jobs(self) -> None:
         assert self._central is not None and self.runners is not None
         try:
-            if jobs.close_finished(self._central, [s for s in self._sessions if s.id in self._jobs], self.seen,
-                                   {*self.runners.live, *self.runners.waiting}, self._kept_open):
+            if jobs.close_finished(self._central, self._jobs, self.seen, {*self.runners.live, *self.runners.waiting},
+                                   self._kept_open):
                 self._central_version = -1  # (its own write leaves the connection's data_version as it was)
         except (db.Error, db.DbError) as exc:  # (tried again at the next full sweep)
             log.warning("finished job sessions not closed: %s", exc, extra={"action": "job_sessions_not_closed"})

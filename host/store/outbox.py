@@ -103,7 +103,7 @@ def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, re
     with db.outbound(path, query_only=not writable, reading=True, wait_s=wait_s) as conn:
         some_requests, some_replies, some_acks = _news(conn, ids, after_seq, reply_after_seq)
         if some_acks:
-            acks = {row["message_id"]: Ack.of(row) for row in _in_chunks(conn, ACKS, ids)}
+            acks = {row["message_id"]: Ack.of(row) for row in in_chunks(conn, ACKS, ids)}
         if some_requests:
             requests = [OutMessage.of(row) for row in conn.execute(  # at most request_limit (-1: all)
                 OUT.format(chars=REQUEST_CHARS + 1, kind="system"), (after_seq, request_limit))]
@@ -157,7 +157,7 @@ OUT = f"SELECT seq, {_ROUTED}, substr(content, 1, {{chars}}) AS content FROM mes
 CHUNK = 500  # ids bound in one statement: under SQLite's variable limit
 
 
-def _in_chunks(conn: db.Connection, sql: str, ids: list[str], size: int = CHUNK) -> list[sqlite3.Row]:
+def in_chunks(conn: db.Connection, sql: str, ids: list[str], size: int = CHUNK) -> list[sqlite3.Row]:
     """Run ``sql`` (its ``IN ({})`` filled with placeholders) over ``ids`` in chunks, under SQLite's variable
     limit; the rows of every chunk."""
     rows: list[sqlite3.Row] = []
@@ -177,7 +177,7 @@ def clear_claims(path: Path, message_ids: list[str]) -> None:
         # cost the host writing all of them twice, file and journal, in one step no CPU bound sees).
         conn.execute("PRAGMA secure_delete=OFF")
         with db.transaction(conn):
-            _in_chunks(conn, "DELETE FROM processing_ack WHERE status = 'processing' AND message_id IN ({})",
+            in_chunks(conn, "DELETE FROM processing_ack WHERE status = 'processing' AND message_id IN ({})",
                        message_ids)
 
 
@@ -189,7 +189,7 @@ def claimed(path: Path, message_ids: list[str]) -> set[str]:
         return set()
     journals.guard(path, live=True)
     with db.outbound(path, query_only=True, wait_s=RUNNER_WAIT_S) as conn:
-        return {r[0] for r in _in_chunks(conn, "SELECT message_id FROM processing_ack WHERE status = 'processing'"
+        return {r[0] for r in in_chunks(conn, "SELECT message_id FROM processing_ack WHERE status = 'processing'"
                                                 " AND message_id IN ({})", message_ids)}
 
 

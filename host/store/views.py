@@ -89,11 +89,13 @@ def next_due(inbound: Path, limit: int) -> list[Due]:
     return [Due(r["id"], r["kind"], r["process_after"] or r["timestamp"], r["content"]) for r in rows]
 
 
-def status_of(inbound: Path, message_id: str) -> str | None:
-    """The status of one row of an inbox (None: it has none of that id)."""
+def statuses_of(inbound: Path, message_ids: list[str]) -> dict[str, str]:
+    """The status of each of these rows of an inbox that it holds, in one read of it."""
+    from host.store.outbox import in_chunks  # (what `ncl doctor --help` imports stays light)
+
     with closing(db.connect(inbound, "inbound", readonly=True)) as conn:
-        row = conn.execute("SELECT status FROM messages_in WHERE id = ?", (message_id,)).fetchone()
-    return None if row is None else str(row[0])
+        return {str(r[0]): str(r[1]) for r in in_chunks(conn, "SELECT id, status FROM messages_in WHERE id IN ({})",
+                                                          message_ids)}
 
 
 def live_rows(inbound: Path) -> int:
