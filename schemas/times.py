@@ -13,6 +13,15 @@ from zoneinfo import ZoneInfo
 _STORED = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")  # ASCII digits only
 # The SQLite GLOB twin of _STORED, used in CHECK constraints so no other text can be written.
 STORED_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z"
+
+
+def stored_instant(column: str, nullable: bool = False) -> str:
+    """A DDL column of stored instants: TEXT CHECKed against ``STORED_GLOB``."""
+    check = f"{column} GLOB '{STORED_GLOB}'"
+    if nullable:
+        return f"{column} TEXT CHECK ({column} IS NULL OR {check})"
+    return f"{column} TEXT NOT NULL CHECK ({check})"
+
 # The span a time given from outside (a person, an agent, a runner's request) may fall in. Before 1970 nothing
 # can be due for the first time, and a series from year 1 would make every sweep reckon two thousand years of
 # slots; past 9999 there is no stored text.

@@ -15,7 +15,7 @@ import pytest
 from schema_kit import INBOUND_COLUMNS, InsertRow, columns, open_plain
 from schema_kit import session_dir as session_dir
 
-from host.store import db
+from host.store import db, sessions
 from host.store.db import DbError
 from schemas.ddl import MIGRATIONS, DbKind, latest_version
 
@@ -143,7 +143,8 @@ RELEASED = Path(__file__).parent / "released_schemas"
 
 
 def shape(conn: sqlite3.Connection) -> dict[str, Any]:
-    """Tables with their columns and indexes with their keys: what code can rely on, whatever the DDL text."""
+    """Tables with their columns and indexes with their keys, and the triggers: what code can rely on, whatever the
+    DDL text."""
     found: dict[str, Any] = {}
     for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"):
         cols = {r[1]: (r[2].upper(), r[3], r[4], r[5]) for r in conn.execute(f"PRAGMA table_info({table})")}
@@ -153,6 +154,8 @@ def shape(conn: sqlite3.Connection) -> dict[str, Any]:
             if not r[1].startswith("sqlite_autoindex")
         }
         found[table] = {"columns": cols, "indexes": indexes}
+    found["triggers"] = conn.execute("SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger' ORDER BY name"
+                                     ).fetchall()
     return found
 
 
@@ -218,3 +221,21 @@ def test_a_v5_inbound_keeps_every_row_and_takes_mail(tmp_path: Path, insert_row:
             insert_row(conn, "messages_in", {**rows[1], "id": "msg-3", "seq": 8, "kind": "fax"})
         with pytest.raises(sqlite3.IntegrityError):  # the one-live-recurrence index came back
             insert_row(conn, "messages_in", {**rows[0], "id": "task-2", "seq": 10})
+
+
+def test_a_v9_central_db_counts_changes_to_its_list_of_sessions_from_the_migration_on(tmp_path: Path) -> None:
+    """Central v10 (issue 14): the host learns that the list of sessions changed from one counter the DB keeps."""
+    path = tmp_path / "central.db"
+    with closing(open_plain(path)) as conn:
+        conn.executescript((RELEASED / "central.v9.sql").read_text())
+        conn.execute("INSERT INTO sessions(id, agent_group_id, created_at, last_active_at) VALUES"
+                     " ('sess-1', 'ag-a', '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z')")
+    with closing(db.connect(path, "central")) as conn:
+        assert sessions.list_changes(conn) == 0
+        conn.execute("UPDATE sessions SET last_active_at = '2026-01-02T00:00:00.000Z'")
+        assert sessions.list_changes(conn) == 0
+        conn.execute("UPDATE sessions SET status = 'closed'")
+        conn.execute("INSERT INTO sessions(id, agent_group_id, created_at, last_active_at) VALUES"
+                     " ('sess-2', 'ag-a', '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z')")
+        conn.execute("DELETE FROM sessions WHERE id = 'sess-1'")
+        assert sessions.list_changes(conn) == 3

@@ -5,6 +5,9 @@ sessions it leaves alone for a while (``Holds``)."""
 from __future__ import annotations
 
 import os
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -55,6 +58,87 @@ class Seen:
     def kept(self) -> session_index.Entry | None:
         """What the index keeps of it: only what lets a restarted host skip the session."""
         return session_index.Entry(self.files, self.next_due) if self.settled and not self.busy else None
+
+
+LAST = "\U0010ffff"  # sorts after every session id: (t, LAST) after every (t, id)
+
+
+class Book(MutableMapping[str, Seen]):
+    """What the sweep knows of each session (``Seen`` by session id), kept in order of due time too, with the busy
+    ones and the active ones never seen apart: what a tick asks of them (which are due by a time, which are busy,
+    which are new) costs as much as its answer, not a look at every session (at 10,000 sessions those looks, for
+    each chat's arrival, held each tick for milliseconds)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, Seen] = {}
+        self._dues: list[tuple[str, str]] = []  # (next_due, session id) of those with a due time, in order
+        self.busy: set[str] = set()  # those with claimed rows or undelivered replies
+        self._active: frozenset[str] = frozenset()
+        self.unseen: set[str] = set()  # active sessions with no entry (never visited, or their visit failed)
+
+    def __getitem__(self, session_id: str) -> Seen:
+        return self._seen[session_id]
+
+    def get(self, session_id: str, default: Seen | None = None) -> Seen | None:  # type: ignore[override]
+        return self._seen.get(session_id, default)  # (the mixin's, through __getitem__, costs 3x: every tick)
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._seen
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._seen)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def __setitem__(self, session_id: str, seen: Seen) -> None:
+        if (old := self._seen.get(session_id)) is not None:
+            self._unlisted(session_id, old)
+        self._seen[session_id] = seen
+        if seen.next_due is not None:
+            insort(self._dues, (seen.next_due, session_id))
+        if seen.busy:
+            self.busy.add(session_id)
+        self.unseen.discard(session_id)
+
+    def __delitem__(self, session_id: str) -> None:
+        self._unlisted(session_id, self._seen.pop(session_id))
+        if session_id in self._active:
+            self.unseen.add(session_id)
+
+    def _unlisted(self, session_id: str, seen: Seen) -> None:
+        if seen.next_due is not None:
+            del self._dues[bisect_left(self._dues, (seen.next_due, session_id))]
+        self.busy.discard(session_id)
+
+    def load(self, entries: Iterable[tuple[str, Seen]]) -> None:
+        """Entries for sessions it has none of, ordered once (a host's start: one by one cost N² moves)."""
+        for session_id, seen in entries:
+            if session_id not in self._seen:
+                self._seen[session_id] = seen
+                if seen.next_due is not None:
+                    self._dues.append((seen.next_due, session_id))
+                if seen.busy:
+                    self.busy.add(session_id)
+        self._dues.sort()
+        self.unseen = set(self._active - self._seen.keys())
+
+    def activate(self, active: AbstractSet[str]) -> None:
+        """The active sessions now (those of others are dropped by the caller, which keeps the index)."""
+        self._active = frozenset(active)
+        self.unseen = set(active - self._seen.keys())
+
+    def due_by(self, until: str) -> list[tuple[str, str]]:
+        """(next_due, session id) of the sessions due by ``until``, soonest first."""
+        return self._dues[:bisect_right(self._dues, (until, LAST))]
+
+    def due_between(self, after: str, until: str) -> list[tuple[str, str]]:
+        """Those due after ``after`` and by ``until``, soonest first."""
+        return self._dues[bisect_right(self._dues, (after, LAST)):bisect_right(self._dues, (until, LAST))]
+
+    def first_due(self, leaving: set[str]) -> str | None:
+        """The earliest due time of a session not in ``leaving``."""
+        return next((due for due, session_id in self._dues if session_id not in leaving), None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,6 @@ processes when there are many to open (``visitors``)."""
 
 from __future__ import annotations
 
-import heapq
 import logging
 import time
 from collections.abc import Generator, Iterator
@@ -23,7 +22,7 @@ from host.files import logs
 from host.runtimes.pool import Runner, Runners, others_at_work
 from host.scheduling import actions, cross_group, jobs
 from host.scheduling.recurrence import Policy
-from host.scheduling.seen import OUTBOUND_SIDE, RACY_NS, Holds, Seen, Visit, files_of
+from host.scheduling.seen import OUTBOUND_SIDE, RACY_NS, Book, Holds, Seen, Visit, files_of
 from host.scheduling.visit import SweepResult as SweepResult  # (the sweep's result: ``tick``)
 from host.scheduling.visit import Visitor
 from host.scheduling.visitors import Outcome, VisitFailed, Visitors
@@ -72,7 +71,7 @@ class Sweeper:
     deliveries: Deliveries | None = None  # None: replies wait for a host that serves channels
     # A one-off sweep: a runner an earlier one started may be at work still (they outlive it; ``others_at_work``).
     one_off: bool = False
-    seen: dict[str, Seen] = field(default_factory=dict)
+    seen: Book = field(default_factory=Book)
     failing: dict[str, str] = field(default_factory=dict)  # session id -> the problem last logged for it
     holds: Holds = field(default_factory=Holds)  # sessions not visited for a while: their visits failed, or were slow
     unvisited: int = 0  # sessions never seen that the last tick left for the next (its new_limit)
@@ -80,7 +79,9 @@ class Sweeper:
     _index_loaded: bool = False
     _index: session_index.Kept = field(default_factory=session_index.Kept)
     _sessions: list[Session] = field(default_factory=list)
+    _position: dict[str, int] = field(default_factory=dict)  # each active session's place in ``_sessions``
     _central_version: int = -1
+    _list_changes: int = -1  # ``sessions.list_changes`` when the list was read
     _visitors: Visitors | None = None
     _touched: set[str] = field(default_factory=set)  # sessions this tick's requests wrote (``_apply``)
     _jobs: list[Session] = field(default_factory=list)  # the active sessions made for one queue job (``jobs``)
@@ -104,20 +105,22 @@ class Sweeper:
         version = db.data_version(self._central)
         if version != self._central_version:
             # Most writes to central.db leave the list as it was (a chat's arrival stamps its session's
-            # last_active_at, which no sweep reads): the sessions are made again only when their ids changed.
-            ids = sessions.active_ids(self._central)
-            if ids != [session.id for session in self._sessions]:
+            # last_active_at, which no sweep reads): the sessions are made again only when the DB counted a change.
+            changes = sessions.list_changes(self._central)
+            if changes != self._list_changes:
                 listed: list[Session] = []
                 for chunk in sessions.made_in_chunks(self.settings, sessions.active_rows(self._central), CHUNK):
                     listed += chunk
                     yield
-                self._sessions = listed
+                self._sessions, self._list_changes = listed, changes
+                self._position = {session.id: n for n, session in enumerate(listed)}
                 one_job = set(sessions.one_job_ids(self._central))
                 self._jobs = [session for session in listed if session.id in one_job]
                 self._kept_open = {sid: files for sid, files in self._kept_open.items() if sid in one_job}
-                active = set(ids)  # (what is kept of sessions gone since goes with them, their runners too)
+                active = set(self._position)  # (what is kept of sessions gone since goes with them, their runners too)
                 for gone in [sid for sid in self.seen if sid not in active]:
                     self._remember(gone, None)
+                self.seen.activate(active)
                 if self.runners:
                     self.runners.keep_only(active)
                 self.holds.keep_only(active)
@@ -162,11 +165,13 @@ class Sweeper:
         session_index.prune(self._central)
         yield
         rows = session_index.load(self._central, session_index.context(self.policy.zone.key))
+        loaded = []
         for start in range(0, len(rows), CHUNK):
             for sid, files, next_due in rows[start:start + CHUNK]:
                 entry = self._index.rows[sid] = session_index.entry(files, next_due)
-                self.seen.setdefault(sid, Seen(entry.files, True, entry.next_due, False))
+                loaded.append((sid, Seen(entry.files, True, entry.next_due, False)))
             yield
+        self.seen.load(loaded)
 
     def _remember(self, session_id: str, seen: Seen | None) -> None:
         if seen is None:
@@ -191,11 +196,7 @@ class Sweeper:
         queued wake (a live runner fetches for itself), or a queued wake's back-off end. Wakes queued for room
         are retried whenever a runner is alive (the loop then ticks often)."""
         runners = self.runners
-        busy = {*runners.live, *runners.waiting} if runners else set()
-        # Text order is time order, so only the earliest is parsed: the loop asks this every step, and parsing
-        # every session's time cost ~160 ms at 10,000 sessions.
-        first = min((s.next_due for sid, s in self.seen.items() if s.next_due is not None and sid not in busy),
-                    default=None)
+        first = self.seen.first_due({*runners.live, *runners.waiting} if runners else set())
         ahead = AHEAD if runners and runners.room() > 0 else timedelta(0)  # to start its runner ahead
         dues = [] if first is None else [from_text(first) - ahead if first else datetime.min.replace(tzinfo=UTC)]
         if runners:
@@ -208,19 +209,14 @@ class Sweeper:
         room = runners.room()
         if room <= 0:
             return []
-        after, until = to_text(now), to_text(now + AHEAD)
-        soon = heapq.nsmallest(room, ((s.next_due, sid) for sid, s in self.seen.items()
-                                      if s.next_due and after < s.next_due <= until and sid not in runners.live))
-        if not soon:
-            return []
-        by_id = {session.id: session for session in self._sessions}
-        return [(due, by_id[sid]) for due, sid in soon if sid in by_id]
+        soon = [(due, sid) for due, sid in self.seen.due_between(to_text(now), to_text(now + AHEAD))
+                if sid not in runners.live and sid in self._position][:room]
+        return [(due, self._sessions[self._position[sid]]) for due, sid in soon]
 
     def hot(self, now: datetime) -> set[str]:
         """Sessions a partial tick must look at: live or waiting runners, undelivered or claimed rows, due rows.
         Anything else can only change by a write from outside, which nudges, or at the next full sweep."""
-        due_by = to_text(now)
-        found = {sid for sid, s in self.seen.items() if s.busy or (s.next_due is not None and s.next_due <= due_by)}
+        found = self.seen.busy | {sid for _, sid in self.seen.due_by(to_text(now))}
         found |= self.holds.held.keys()  # (the loop comes back when a hold ends: see ``earliest_due``)
         if self.runners:
             found |= {*self.runners.live, *self.runners.waiting}
@@ -249,7 +245,7 @@ class Sweeper:
         self._visitors = self._visitors or Visitors(self.settings)
         handing = self._visitors.round(now)
         mark = time.monotonic()
-        for session in self._sessions:
+        for session in self._sessions if only is None else self._among(only | self.seen.unseen):
             if time.monotonic() - mark > YIELD_AFTER_S:
                 yield
                 mark = time.monotonic()
@@ -284,6 +280,10 @@ class Sweeper:
             result.woken += self.runners.start_waiting(now, self._brief)
             result.woken += self.runners.start_ahead(self._soon(now, self.runners), now, self._brief)
         return result
+
+    def _among(self, ids: set[str]) -> list[Session]:
+        """The active sessions of ``ids``, in the list's order."""
+        return [self._sessions[n] for n in sorted(self._position[sid] for sid in ids if sid in self._position)]
 
     def _close_finished_jobs(self) -> None:
         assert self._central is not None and self.runners is not None

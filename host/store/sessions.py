@@ -70,9 +70,10 @@ def active_rows(conn: db.Connection) -> list[Sequence[Any]]:
     return conn.execute(f"SELECT {_COLUMNS} FROM sessions WHERE status = 'active' ORDER BY rowid").fetchall()
 
 
-def active_ids(conn: db.Connection) -> list[str]:
-    """The ids of ``active_rows``, in the same order: whether the list changed, for a fraction of its cost."""
-    return [row[0] for row in conn.execute("SELECT id FROM sessions WHERE status = 'active' ORDER BY rowid")]
+def list_changes(conn: db.Connection) -> int:
+    """How many times the list of ``active_rows`` may have changed (the DB counts: ``schemas.ddl`` v10); the same
+    number, the same list."""
+    return int(conn.execute("SELECT changes FROM session_list").fetchone()[0])
 
 
 def create_files(path: Path) -> None:
