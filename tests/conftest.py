@@ -6,6 +6,7 @@ leaks from the developer's shell, ``.env`` or machine time zone into a result.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -26,6 +27,14 @@ pytest.register_assert_rewrite("cli_kit", "cli_tasks_kit", "concurrency_writers"
 
 # Environment prefixes that change what ncl does; scrubbed before every CLI test.
 _SCRUBBED_PREFIXES = ("NCL_", "ANTHROPIC_")
+
+
+@pytest.fixture(autouse=True)
+def _collectable() -> Iterator[None]:
+    """A host that has seen every session leaves what it holds out of the collector's passes (``gc.freeze``): in a
+    test process that is whatever the tests before left, given back after each test."""
+    yield
+    gc.unfreeze()
 
 
 class Result(NamedTuple):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -134,14 +135,16 @@ async def test_a_start_with_many_sessions_opens_them_in_chunks_and_yields_betwee
     clock = FakeClock(T)
     runtime = RecordingRuntime(clock)
     host = Host(world.settings, runtime, clock)
-    left, said = [], []
+    left, said, frozen = [], [], []
     for _ in range(3):
         with caplog.at_level(logging.INFO, logger="host.loop"):
             await host.step()
         left.append(host.sweeper.unvisited)
         said.append(sum(getattr(r, "action", None) == "sessions_seen" for r in caplog.records))
+        frozen.append(gc.get_freeze_count() > 0)
     assert left == [3, 1, 0]  # five sessions two at a time
     assert said == [0, 0, 1]  # the operator hears when the start is over
+    assert frozen == [False, False, True]  # what it keeps is left out of the collector's full passes from then on
     assert clock.slept[:2] == [loop.BETWEEN_CHUNKS_S] * 2 and clock.slept[2] > loop.BETWEEN_CHUNKS_S  # then a wait
     assert [started[1] for started in runtime.started] == [others[-1].id]
 

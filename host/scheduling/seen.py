@@ -33,7 +33,7 @@ def files_of(path: str) -> tuple[int, ...]:
     return (folder.st_ctime_ns, *out, inbound.st_ino, inbound.st_size, inbound.st_ctime_ns)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Seen:
     """What the last visit learned about a session."""
 
