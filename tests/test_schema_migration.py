@@ -231,11 +231,12 @@ def test_a_v9_central_db_counts_changes_to_its_list_of_sessions_from_the_migrati
         conn.execute("INSERT INTO sessions(id, agent_group_id, created_at, last_active_at) VALUES"
                      " ('sess-1', 'ag-a', '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z')")
     with closing(db.connect(path, "central")) as conn:
-        assert sessions.list_changes(conn) == 0
+        assert sessions.list_changes(conn) == (0, 0)
         conn.execute("UPDATE sessions SET last_active_at = '2026-01-02T00:00:00.000Z'")
-        assert sessions.list_changes(conn) == 0
-        conn.execute("UPDATE sessions SET status = 'closed'")
+        assert sessions.list_changes(conn) == (0, 0)
         conn.execute("INSERT INTO sessions(id, agent_group_id, created_at, last_active_at) VALUES"
                      " ('sess-2', 'ag-a', '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z')")
+        assert sessions.list_changes(conn) == (1, 0)
+        conn.execute("UPDATE sessions SET status = 'closed' WHERE id = 'sess-1'")
         conn.execute("DELETE FROM sessions WHERE id = 'sess-1'")
-        assert sessions.list_changes(conn) == 3
+        assert sessions.list_changes(conn) == (1, 2)

@@ -8,13 +8,14 @@ from __future__ import annotations
 import random
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kit import World, utc
 
-from host.scheduling import sweep
+from host.scheduling import listing, sweep
 from host.scheduling.seen import Book, Seen
-from host.store import groups, sessions
+from host.store import db, groups, sessions
 
 T0 = utc("2026-05-18T13:00:00")
 TIMES = ["", "2026-05-18T13:00:00.000Z", "2026-05-18T13:00:01.000Z", "2026-05-18T13:00:01.000Z",
@@ -67,38 +68,56 @@ def world(tmp_path: Path) -> World:
 
 
 def _reads_of_the_list(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rowid each read of the list started after (0: the whole list)."""
     reads: list[int] = []
     active_rows = sessions.active_rows
 
-    def counted(conn: object) -> object:
-        reads.append(1)
-        return active_rows(conn)  # type: ignore[arg-type]
+    def counted(conn: db.Connection, after: int = 0) -> list[Any]:
+        reads.append(after)
+        return active_rows(conn, after)
 
-    monkeypatch.setattr(sweep.sessions, "active_rows", counted)
+    monkeypatch.setattr(listing.sessions, "active_rows", counted)
     return reads
 
 
-def test_the_list_of_sessions_is_read_again_only_when_it_changed(world: World,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_list_of_sessions_is_read_again_only_when_it_changed_and_only_what_was_made_since(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     reads = _reads_of_the_list(monkeypatch)
     sweeper = world.sweeper()
     sweeper.tick(T0)
-    assert len(reads) == 1
+    assert reads == [0]
     sessions.touch(world.central, world.session.id, T0)  # (each chat's arrival: the list is as it was)
     sweeper.tick(T0 + timedelta(seconds=1), only={world.session.id})
-    assert len(reads) == 1
-    other = world.new_session()
+    assert reads == [0]
+    made = [world.new_session(), world.new_session()]
     sweeper.tick(T0 + timedelta(seconds=2), only={world.session.id})
-    assert len(reads) == 2 and other.id in sweeper.seen  # a new session is looked at by a partial tick too
-    sessions.close(world.central, [other.id])
+    assert len(reads) == 2 and reads[1] > 0  # only the sessions made since
+    assert [s.id for s in sweeper.active_sessions()] == [world.session.id] + [s.id for s in made]
+    assert all(s.id in sweeper.seen for s in made)  # a new session is looked at by a partial tick too
+    sessions.close(world.central, [made[0].id])
     sweeper.tick(T0 + timedelta(seconds=3))
-    assert len(reads) == 3 and other.id not in sweeper.seen
-    sessions.reopen(world.central, world.settings, other.id)
+    assert reads[2:] == [0] and made[0].id not in sweeper.seen  # the whole list
+    another = world.new_session()
+    sessions.reopen(world.central, world.settings, made[0].id)  # (made and changed: the whole list)
     sweeper.tick(T0 + timedelta(seconds=4))
-    assert len(reads) == 4 and other.id in sweeper.seen
+    assert reads[3:] == [0] and {made[0].id, another.id} <= set(sweeper.seen)
+    assert [s.id for s in sweeper.active_sessions()] == [world.session.id] + [s.id for s in made] + [another.id]
     groups.delete(world.central, world.group)
     sweeper.tick(T0 + timedelta(seconds=5))
-    assert len(reads) == 5 and len(sweeper.seen) == 0
+    assert reads[4:] == [0] and len(sweeper.seen) == 0 and sweeper.active_sessions() == []
+
+
+def test_sessions_made_one_after_another_are_added_once_each_and_job_sessions_known_as_such(world: World) -> None:
+    sweeper = world.sweeper()
+    sweeper.tick(T0)
+    group = groups.get(world.central, "demo")
+    made = []
+    for n in (1, 2):
+        made.append(sessions.create(world.central, world.settings, T0, group, None, one_job=n == 2))
+        sweeper.tick(T0 + timedelta(seconds=n), only=set())
+    assert [s.id for s in sweeper.active_sessions()] == [world.session.id] + [s.id for s in made]
+    assert [s.id for s in sweeper.listing.jobs] == [made[1].id] and sweeper.listing.one_job == {made[1].id}
+    assert sweeper.listing.among({made[1].id, world.session.id}) == [world.session, made[1]]
 
 
 def test_one_session_closed_and_another_reopened_between_two_ticks_is_seen(world: World) -> None:

@@ -73,7 +73,7 @@ class Book(MutableMapping[str, Seen]):
         self._seen: dict[str, Seen] = {}
         self._dues: list[tuple[str, str]] = []  # (next_due, session id) of those with a due time, in order
         self.busy: set[str] = set()  # those with claimed rows or undelivered replies
-        self._active: frozenset[str] = frozenset()
+        self._active: set[str] = set()
         self.unseen: set[str] = set()  # active sessions with no entry (never visited, or their visit failed)
 
     def __getitem__(self, session_id: str) -> Seen:
@@ -123,10 +123,13 @@ class Book(MutableMapping[str, Seen]):
         self._dues.sort()
         self.unseen = set(self._active - self._seen.keys())
 
-    def activate(self, active: AbstractSet[str]) -> None:
-        """The active sessions now (those of others are dropped by the caller, which keeps the index)."""
-        self._active = frozenset(active)
-        self.unseen = set(active - self._seen.keys())
+    def activate(self, active: AbstractSet[str], more: bool = False) -> None:
+        """The active sessions now (those of others are dropped by the caller, which keeps the index), or ``more``
+        of them."""
+        if not more:
+            self._active, self.unseen = set(), set()
+        self._active |= active
+        self.unseen |= active - self._seen.keys()
 
     def due_by(self, until: str) -> list[tuple[str, str]]:
         """(next_due, session id) of the sessions due by ``until``, soonest first."""

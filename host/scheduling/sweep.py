@@ -21,13 +21,14 @@ from host.errors import cut
 from host.files import logs
 from host.runtimes.pool import Runner, Runners, others_at_work
 from host.scheduling import actions, cross_group, jobs
+from host.scheduling.listing import CHUNK, Listing
 from host.scheduling.recurrence import Policy
 from host.scheduling.seen import OUTBOUND_SIDE, RACY_NS, Book, Holds, Seen, Visit, files_of
 from host.scheduling.visit import SweepResult as SweepResult  # (the sweep's result: ``tick``)
 from host.scheduling.visit import Visitor
 from host.scheduling.visitors import Outcome, VisitFailed, Visitors
 from host.settings import Settings
-from host.store import db, groups, session_index, sessions
+from host.store import db, groups, session_index
 from host.store.outbox import OutMessage
 from host.store.sessions import Session
 from host.store.task_ids import TaskIds
@@ -36,7 +37,6 @@ from schemas.times import from_text, to_text
 
 log = logging.getLogger(__name__)
 AHEAD = timedelta(seconds=3)  # a runner for work due this soon starts ahead, in a free slot (Runners.start_ahead)
-CHUNK = 2000  # rows made into objects between two pauses of a sweep (about 4 ms of work)
 YIELD_AFTER_S = 0.005  # a sweep pauses between sessions after this much work, to let the host loop serve
 
 
@@ -78,54 +78,43 @@ class Sweeper:
     _central: db.Connection | None = None
     _index_loaded: bool = False
     _index: session_index.Kept = field(default_factory=session_index.Kept)
-    _sessions: list[Session] = field(default_factory=list)
-    _position: dict[str, int] = field(default_factory=dict)  # each active session's place in ``_sessions``
-    _central_version: int = -1
-    _list_changes: int = -1  # ``sessions.list_changes`` when the list was read
+    listing: Listing = field(init=False)  # the active sessions
     _visitors: Visitors | None = None
     _touched: set[str] = field(default_factory=set)  # sessions this tick's requests wrote (``_apply``)
-    _jobs: list[Session] = field(default_factory=list)  # the active sessions made for one queue job (``jobs``)
     _kept_open: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.listing = Listing(self.settings)
 
     @property
     def policy(self) -> Policy:
         return Policy.of(self.settings)
 
     def active_sessions(self) -> list[Session]:
-        """The active sessions, re-read only when another connection changed central.db."""
+        """The active sessions, read again only when the list changed."""
         for _ in self._listed():
             pass
-        return self._sessions
+        return self.listing.sessions
 
     def _listed(self) -> Generator[None, None, None]:
-        """``active_sessions`` (and, the first time, the index) read again if central.db changed, made into objects
-        a chunk at a time with a pause between: at 10,000 sessions that took 30-50 ms of the loop in one stretch."""
+        """The list read again if it changed (``Listing``), what is kept of sessions gone since dropped with them;
+        the first time, the index loaded too. Pauses between chunks of the work."""
         if self._central is None:
             self._central = db.connect(self.settings.central_db, "central")
-        version = db.data_version(self._central)
-        if version != self._central_version:
-            # Most writes to central.db leave the list as it was (a chat's arrival stamps its session's
-            # last_active_at, which no sweep reads): the sessions are made again only when the DB counted a change.
-            changes = sessions.list_changes(self._central)
-            if changes != self._list_changes:
-                listed: list[Session] = []
-                for chunk in sessions.made_in_chunks(self.settings, sessions.active_rows(self._central), CHUNK):
-                    listed += chunk
-                    yield
-                self._sessions, self._list_changes = listed, changes
-                self._position = {session.id: n for n, session in enumerate(listed)}
-                one_job = set(sessions.one_job_ids(self._central))
-                self._jobs = [session for session in listed if session.id in one_job]
-                self._kept_open = {sid: files for sid, files in self._kept_open.items() if sid in one_job}
-                active = set(self._position)  # (what is kept of sessions gone since goes with them, their runners too)
-                for gone in [sid for sid in self.seen if sid not in active]:
-                    self._remember(gone, None)
-                self.seen.activate(active)
-                if self.runners:
-                    self.runners.keep_only(active)
-                self.holds.keep_only(active)
-                self.failing = {sid: problem for sid, problem in self.failing.items() if sid in active}
-            self._central_version = version
+        listing, before = self.listing, len(self.listing.sessions)
+        whole = yield from listing.read(self._central)
+        if whole is False:
+            self.seen.activate({session.id for session in listing.sessions[before:]}, more=True)
+        elif whole:
+            self._kept_open = {sid: files for sid, files in self._kept_open.items() if sid in listing.one_job}
+            active = set(listing.position)  # (what is kept of sessions gone since goes with them, runners too)
+            for gone in [sid for sid in self.seen if sid not in active]:
+                self._remember(gone, None)
+            self.seen.activate(active)
+            if self.runners:
+                self.runners.keep_only(active)
+            self.holds.keep_only(active)
+            self.failing = {sid: problem for sid, problem in self.failing.items() if sid in active}
         if not self._index_loaded:
             yield from self._load_index()
 
@@ -209,9 +198,9 @@ class Sweeper:
         room = runners.room()
         if room <= 0:
             return []
-        soon = [(due, sid) for due, sid in self.seen.due_between(to_text(now), to_text(now + AHEAD))
-                if sid not in runners.live and sid in self._position][:room]
-        return [(due, self._sessions[self._position[sid]]) for due, sid in soon]
+        soon = [(due, session) for due, sid in self.seen.due_between(to_text(now), to_text(now + AHEAD))
+                if sid not in runners.live and (session := self.listing.get(sid)) is not None]
+        return soon[:room]
 
     def hot(self, now: datetime) -> set[str]:
         """Sessions a partial tick must look at: live or waiting runners, undelivered or claimed rows, due rows.
@@ -245,7 +234,7 @@ class Sweeper:
         self._visitors = self._visitors or Visitors(self.settings)
         handing = self._visitors.round(now)
         mark = time.monotonic()
-        for session in self._sessions if only is None else self._among(only | self.seen.unseen):
+        for session in self.listing.sessions if only is None else self.listing.among(only | self.seen.unseen):
             if time.monotonic() - mark > YIELD_AFTER_S:
                 yield
                 mark = time.monotonic()
@@ -274,23 +263,19 @@ class Sweeper:
         if waiting:
             yield from self._visit_waiting(waiting, handing.outcomes(self.unvisited), now, policy, result)
         self._save_index()
-        if self.runners and only is None and self._jobs:
+        if self.runners and only is None and self.listing.jobs:
             self._close_finished_jobs()
         if self.runners:
             result.woken += self.runners.start_waiting(now, self._brief)
             result.woken += self.runners.start_ahead(self._soon(now, self.runners), now, self._brief)
         return result
 
-    def _among(self, ids: set[str]) -> list[Session]:
-        """The active sessions of ``ids``, in the list's order."""
-        return [self._sessions[n] for n in sorted(self._position[sid] for sid in ids if sid in self._position)]
-
     def _close_finished_jobs(self) -> None:
         assert self._central is not None and self.runners is not None
         try:
-            if jobs.close_finished(self._central, self._jobs, self.seen, {*self.runners.live, *self.runners.waiting},
-                                   self._kept_open):
-                self._central_version = -1  # (its own write leaves the connection's data_version as it was)
+            busy = {*self.runners.live, *self.runners.waiting}
+            if jobs.close_finished(self._central, self.listing.jobs, self.seen, busy, self._kept_open):
+                self.listing.changed_itself()
         except (db.Error, db.DbError) as exc:  # (tried again at the next full sweep)
             log.warning("finished job sessions not closed: %s", exc, extra={"action": "job_sessions_not_closed"})
 

@@ -61,19 +61,27 @@ def made_in_chunks(settings: Settings, rows: list[Sequence[Any]], size: int) -> 
     """``rows`` (of ``active_rows``) as sessions, ``size`` at a time: the caller may pause between chunks."""
     base = str(settings.sessions_dir)
     for start in range(0, len(rows), size):
-        yield [_from_row(settings, row, base) for row in rows[start:start + size]]
+        yield [_from_row(settings, row[2:], base) for row in rows[start:start + size]]
 
 
-def active_rows(conn: db.Connection) -> list[Sequence[Any]]:
-    """Every active session's row, oldest first (in rowid order, which is the order they were made: no sort), to be
-    made into sessions by ``made_in_chunks``."""
-    return conn.execute(f"SELECT {_COLUMNS} FROM sessions WHERE status = 'active' ORDER BY rowid").fetchall()
+def active_rows(conn: db.Connection, after: int = 0) -> list[Sequence[Any]]:
+    """The rows of the active sessions made after the one of rowid ``after`` (0: every one), oldest first (rowid
+    order is the order they were made: no sort), each as (rowid, one_job, Session's fields), to be made into
+    sessions by ``made_in_chunks``."""
+    return conn.execute(f"SELECT rowid, one_job, {_COLUMNS} FROM sessions WHERE status = 'active' AND rowid > ?"
+                        " ORDER BY rowid", (after,)).fetchall()
 
 
-def list_changes(conn: db.Connection) -> int:
-    """How many times the list of ``active_rows`` may have changed (the DB counts: ``schemas.ddl`` v10); the same
-    number, the same list."""
-    return int(conn.execute("SELECT changes FROM session_list").fetchone()[0])
+class ListChanges(NamedTuple):
+    """How many sessions were made, and how many times one was closed, reopened or moved (the DB counts them:
+    ``schemas.ddl`` v10). Only ``made`` moved: the sessions made since were added to the end of ``active_rows``."""
+
+    made: int
+    changed: int
+
+
+def list_changes(conn: db.Connection) -> ListChanges:
+    return ListChanges(*conn.execute("SELECT made, changed FROM session_list").fetchone())
 
 
 def create_files(path: Path) -> None:
@@ -197,11 +205,6 @@ def get(conn: db.Connection, settings: Settings, session_id: str) -> Session:
     if found is None:
         raise NclError(f"unknown session {session_id!r} (see 'ncl sessions list')")
     return found
-
-
-def one_job_ids(conn: db.Connection) -> list[str]:
-    """The active sessions made for one queue job."""
-    return [row[0] for row in conn.execute("SELECT id FROM sessions WHERE one_job = 1 AND status = 'active'")]
 
 
 def close(conn: db.Connection, session_ids: list[str]) -> None:
