@@ -144,3 +144,18 @@ def test_a_partial_tick_looks_only_at_the_sessions_it_names_and_those_never_seen
     new = world.new_session()
     sweeper.tick(T0 + timedelta(seconds=1), only={more[3].id, more[1].id, "sess-gone"})
     assert looked == [more[1].id, more[3].id, new.id]  # in the list's order
+
+
+def test_two_reads_of_the_list_one_paused_while_the_other_ran_add_a_new_session_once(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Review: a read that only adds pauses between chunks; another that ran meanwhile added them already.)"""
+    monkeypatch.setattr(listing, "CHUNK", 1)
+    sweeper = world.sweeper()
+    sweeper.tick(T0)
+    made = [world.new_session(), world.new_session()]
+    paused = sweeper._listed()
+    next(paused)  # one chunk made, then a pause
+    assert [s.id for s in sweeper.active_sessions()] == [world.session.id] + [s.id for s in made]
+    for _ in paused:
+        pass
+    assert [s.id for s in sweeper.active_sessions()] == [world.session.id] + [s.id for s in made]

@@ -48,13 +48,15 @@ class Listing:
         if whole:
             self.sessions, self.position, self.one_job = listed, {s.id: n for n, s in enumerate(listed)}, one_job
             self.jobs = [session for session in listed if session.id in one_job]
-        else:
+        else:  # (a read that ran meanwhile, while this one paused, may have added some of them already)
+            listed = [session for session in listed if session.id not in self.position]
             self.position.update((session.id, n) for n, session in enumerate(listed, len(self.sessions)))
             self.sessions = self.sessions + listed  # (a new list: a sweep may be walking the old one)
             self.one_job |= one_job
             self.jobs += [session for session in listed if session.id in one_job]
         self._version, self._changes = version, changes
-        self._newest = rows[-1][0] if rows else 0 if whole else self._newest
+        newest = rows[-1][0] if rows else 0
+        self._newest = newest if whole else max(self._newest, newest)
         return whole
 
     def changed_itself(self) -> None:

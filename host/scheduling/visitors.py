@@ -44,10 +44,9 @@ IDLE_S = 60.0  # workers left unused this long stop; the next sweep that needs t
 # start went from ~9 to ~11 ms on 2 cores.)
 CORES = len(os.sched_getaffinity(0))  # (the cores this host may run on, not the machine's)
 WORKERS = min(4, CORES) if CORES > 1 else 0
-# The host's own process comes first: its loop answers webhooks and chats, its sweep thread takes the workers' visits
-# (at nice 5, not 19, 10,000 sessions: a first sweep took 11.4-11.7 s, not 9.4-10.3, with the webhooks' p99 during
-# it 8-10 ms, not 6-7).
-WORKER_NICE = 19
+# The host's own process comes first: its loop answers webhooks and chats. (Nice 19 measured a little better on an idle
+# machine, but there a busy runner left a worker ~1.5% of a core, not ~25%, and the sweep waits for its workers.)
+WORKER_NICE = 5
 
 
 class Outcome(NamedTuple):
