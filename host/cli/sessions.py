@@ -97,3 +97,35 @@ def close(app: App, session_id: str, force: bool, as_json: bool) -> None:
         sessions.close(conn, [found.id])
     nudge.touch(app.settings)
     emit(as_json, {"id": found.id, "status": "closed"}, lambda: click.echo(f"closed session {found.id}"))
+
+
+@session_cli.command("prune")
+@click.option("--older-than", "older_than", required=True, metavar="AGE",
+              help="Closed sessions last active longer ago than this: 30d, 12h (or a time; naive = TZ).")
+@click.option("--group", "group_ref", help="Only this group's sessions (name or id, or a deleted group's id).")
+@click.option("--dry-run", is_flag=True, help="Say which sessions would go, remove nothing.")
+@json_option
+@pass_app
+def prune(app: App, older_than: str, group_ref: str | None, dry_run: bool, as_json: bool) -> None:
+    """Remove closed sessions for good, their folders (inbox, outbox, files) and rows: a session made for each queue
+    job keeps ~150 KB once closed. Active sessions are never touched; 'ncl messages list' and 'ncl tasks list --all'
+    no longer show what a removed session held. The age must be longer than NCL_MISFIRE_GRACE_S: within it a stopped
+    host's scheduled run may still send its job again into the session it was made for."""
+    from host.cli.logs import since
+
+    now = app.now()
+    before = since(older_than, now, app)
+    if (now - before).total_seconds() < app.settings.misfire_grace_s:
+        raise NclError(f"--older-than must reach back further than NCL_MISFIRE_GRACE_S "
+                       f"({app.settings.misfire_grace_s:g} s)")
+    with closing(app.central(write=True)) as conn:
+        group_id = _group_id(conn, app, group_ref) if group_ref else None
+        found = sessions.closed_before(conn, app.settings, before, group_id)
+        removed = found if dry_run else [s for s in found if sessions.remove(conn, s, before)]
+        left = [] if dry_run else sessions.left_over(conn, app.settings)
+    done = "would remove" if dry_run else "removed"
+    emit(as_json, {"dry_run": dry_run, "sessions": [s.to_json() for s in removed], "left_over": [str(p) for p in left]},
+         lambda: click.echo("\n".join([f"{done} session {s.id} ({s.agent_group_id}, last active "
+                                       f"{local_time(s.last_active_at, app.settings.tz.zone)})" for s in removed]
+                                      + [f"removed {p}, left by a removal that was cut short" for p in left])
+                            or "no closed session is that old"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import closing
+from contextlib import closing, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -226,3 +226,47 @@ def touch(conn: db.Connection, session_id: str, now: datetime) -> None:
     with db.transaction(conn):
         conn.execute("UPDATE sessions SET last_active_at = max(last_active_at, ?) WHERE id = ?",
                      (to_text(now), session_id))
+
+
+REMOVED = ".removed-"  # a folder of a session being removed (``remove``), in its group's folder
+
+
+def closed_before(conn: db.Connection, settings: Settings, before: datetime, group_id: str | None) -> list[Session]:
+    """The closed sessions last active before ``before`` (of one group, if given), oldest first."""
+    return [_from_row(settings, row) for row in conn.execute(
+        f"SELECT {_COLUMNS} FROM sessions WHERE status = 'closed' AND last_active_at < ?1"
+        " AND (?2 IS NULL OR agent_group_id = ?2) ORDER BY rowid", (to_text(before), group_id))]
+
+
+def remove(conn: db.Connection, session: Session, before: datetime) -> bool:
+    """A session closed and last active before ``before`` gone for good, its files and its row: checked, its folder
+    moved aside and its row deleted in one central.db transaction (a host reopening it meanwhile, for a queue job it
+    sends again, waits for that, then finds none), the files removed after. False: it no longer qualifies. A crash
+    before the commit leaves the row, which the next removal takes; after it, a folder ``left_over`` finds."""
+    aside = session.folder.with_name(REMOVED + session.id)
+    with db.transaction(conn):
+        if conn.execute("SELECT 1 FROM sessions WHERE id = ? AND status = 'closed' AND last_active_at < ?",
+                        (session.id, to_text(before))).fetchone() is None:
+            return False
+        with suppress(FileNotFoundError):  # (moved aside by a removal that died before its commit, or gone)
+            os.rename(session.folder, aside)  # nothing opens a file of it after this
+        conn.execute("DELETE FROM sessions WHERE id = ?", (session.id,))
+    _rmtree(aside)
+    return True
+
+
+def left_over(conn: db.Connection, settings: Settings) -> list[Path]:
+    """Folders moved aside by removals that died after their commit (their sessions have no row): removed."""
+    found = [path for path in settings.sessions_dir.glob(f"*/{REMOVED}*")
+             if find(conn, settings, path.name.removeprefix(REMOVED)) is None]
+    for path in found:
+        _rmtree(path)
+    return found
+
+
+def _rmtree(path: Path) -> None:
+    """``path`` and all in it removed; links are removed, never followed (the runner may have made them)."""
+    import shutil  # (see ``_remove``)
+
+    with suppress(FileNotFoundError):
+        shutil.rmtree(path)
