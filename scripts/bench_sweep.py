@@ -17,6 +17,8 @@ first tick over sessions it never saw, each opened: ``cold_visit_us`` per sessio
 ``restart_tick_ms`` (the first tick of a new sweeper, as a restarted host's, over the same settled idle sessions,
 ``restart_opened`` of them opened). A tick with 16 or more sessions to open has worker processes visit them
 (``host.scheduling.visitors``): the first tick's time includes starting them (about 0.3 s), its CPU theirs too.
+``arrival_tick_ms``: a tick between full sweeps of the one session a chat arrived in (a running host's partial
+sweep); ``new_session_ms``: how long the sweeper takes to learn of a session made meanwhile.
 Prints one JSON object to stdout.
 
     .venv/bin/python scripts/bench_sweep.py [--sizes 100,1000,10000] [--ticks 20] [--rounds 5] [--keep]
@@ -90,10 +92,20 @@ def build(root: Path, size: int) -> tuple[Settings, list[sessions.Session]]:
         return settings, sessions.list_all(central, settings, status="active")
 
 
-def timed(sweeper: Sweeper) -> tuple[float, SweepResult]:
+def timed(sweeper: Sweeper, only: set[str] | None = None) -> tuple[float, SweepResult]:
     start = time.perf_counter()
-    result = sweeper.tick(NOW)
+    result = sweeper.tick(NOW, only)
     return (time.perf_counter() - start) * 1000, result
+
+
+def new_session_ms(settings: Settings, sweeper: Sweeper) -> float:
+    """How long a running host's sweeper takes to learn of one new session (``active_sessions``): a queue job's own,
+    a new thread's."""
+    with closing(db.connect(settings.central_db, "central")) as central:
+        sessions.create(central, settings, NOW, groups.get(central, "bench"), None)
+    start = time.perf_counter()
+    sweeper.active_sessions()
+    return (time.perf_counter() - start) * 1000
 
 
 def cpu_timed(sweeper: Sweeper) -> tuple[float, float, SweepResult]:
@@ -175,6 +187,10 @@ def bench_size(root: Path, size: int, ticks: int, rounds: int) -> tuple[list[dic
             check(result, sessions_opened=0, woken=0)
         idle_ms = statistics.median(t for t, _ in idle)
         out = [row(size, "idle", [t for t, _ in idle], 0, idle_ms, idle[-1][1].sessions_opened)]
+        # A tick between full sweeps, of one session a chat arrived in (``Host``'s partial sweeps).
+        arrival = [timed(sweeper, {listed[0].id})[0] for _ in range(ticks)]
+        made = [new_session_ms(settings, sweeper) for _ in range(5)]
+        settle(sweeper)  # (the new sessions seen once, so the idle ticks after are as before)
 
         busy = max(1, size // 10)
         clone_times: list[float] = []
@@ -206,7 +222,8 @@ def bench_size(root: Path, size: int, ticks: int, rounds: int) -> tuple[list[dic
     return out, {"setup_s": round(setup_s, 2), "first_tick_ms": round(first_ms, 1),
                  "first_tick_cpu_s": round(first_cpu_s, 2), "cold_visit_us": round(first_ms * 1000 / size, 1),
                  "restart_tick_ms": round(restart_ms, 1), "restart_tick_cpu_s": round(restart_cpu_s, 2),
-                 "restart_opened": restart_opened}
+                 "restart_opened": restart_opened, "arrival_tick_ms": round(statistics.median(arrival), 3),
+                 "new_session_ms": round(statistics.median(made), 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
