@@ -195,16 +195,20 @@ ALTER TABLE sessions ADD COLUMN one_job INTEGER NOT NULL DEFAULT 0 CHECK (one_jo
 # v10 (issue 14): counts of changes to the list of sessions a sweep visits, kept by the DB itself: sessions made, and
 # sessions closed, reopened or moved. The running host learns from one row whether the list changed (each chat's
 # arrival writes central.db: reading every session's id then held each tick at 10,000 sessions), and reads only the
-# sessions made since when nothing else changed (a queue job's own session: the whole list cost 30-60 ms).
-_CENTRAL_V10 = """
+# sessions made since when nothing else changed (a queue job's own session: the whole list cost 30-60 ms). A session's
+# ``closed_at``: when it was closed (NULL while active), from which ``ncl sessions prune`` counts its age (sessions
+# closed before v10: their last activity).
+_CENTRAL_V10 = f"""
 CREATE TABLE session_list(id INTEGER PRIMARY KEY CHECK (id = 1), made INTEGER NOT NULL, changed INTEGER NOT NULL);
 INSERT INTO session_list VALUES (1, 0, 0);
 CREATE TRIGGER session_list_made AFTER INSERT ON sessions
   BEGIN UPDATE session_list SET made = made + 1; END;
-CREATE TRIGGER session_list_dropped AFTER DELETE ON sessions
+CREATE TRIGGER session_list_dropped AFTER DELETE ON sessions WHEN OLD.status = 'active'
   BEGIN UPDATE session_list SET changed = changed + 1; END;
 CREATE TRIGGER session_list_changed AFTER UPDATE OF id, agent_group_id, thread_key, status, one_job ON sessions
   BEGIN UPDATE session_list SET changed = changed + 1; END;
+ALTER TABLE sessions ADD COLUMN {stored_instant("closed_at", nullable=True)};
+UPDATE sessions SET closed_at = last_active_at WHERE status = 'closed';
 """
 
 MIGRATIONS: dict[DbKind, tuple[str, ...]] = {

@@ -21,9 +21,11 @@ if TYPE_CHECKING:
     from conftest import CliEnv
 
 
-def _aged(cli_env: CliEnv, session_id: str, last_active_at: str) -> None:
+def _aged(cli_env: CliEnv, session_id: str, at: str) -> None:
+    """Last active (and closed, if it is) at ``at``."""
     with closing(sqlite3.connect(cli_env.data_dir / "central.db")) as conn, conn:
-        conn.execute("UPDATE sessions SET last_active_at = ? WHERE id = ?", (last_active_at, session_id))
+        conn.execute("UPDATE sessions SET last_active_at = ?1, closed_at = CASE WHEN status = 'closed' THEN ?1 END"
+                     " WHERE id = ?2", (at, session_id))
 
 
 def _settings(cli_env: CliEnv) -> Settings:
@@ -63,7 +65,7 @@ def test_closed_sessions_older_than_asked_go_with_their_folders_and_nothing_else
 
 def test_an_age_within_the_misfire_grace_is_refused(ncl: Ncl, three: list[dict[str, Any]]) -> None:
     """Within it a stopped host's scheduled run may still send its job again into the session made for it."""
-    assert "must reach back further than NCL_MISFIRE_GRACE_S" in one_line_error(
+    assert "must reach further back than NCL_MISFIRE_GRACE_S" in one_line_error(
         ncl("sessions", "prune", "--older-than", "10m"))
     assert Path(three[1]["path"]).is_dir()
 
@@ -87,7 +89,7 @@ def test_a_removal_cut_short_is_finished_by_the_next(ncl: Ncl, cli_env: CliEnv, 
             raise KeyboardInterrupt  # (the process killed once the row is gone, before the files are)
 
         with pytest.MonkeyPatch.context() as patched, pytest.raises(KeyboardInterrupt):
-            patched.setattr(sessions, "_rmtree", dies)
+            patched.setattr(sessions, "_removed", dies)
             sessions.remove(conn, session, clock.now())
     aside = Path(old["path"]).with_name(f".removed-{old['id']}")
     assert aside.is_dir() and not Path(old["path"]).exists()
@@ -124,3 +126,41 @@ def test_a_session_reopened_since_it_was_listed_is_kept(ncl: Ncl, cli_env: CliEn
         sessions.reopen(conn, _settings(cli_env), old["id"])
         assert not sessions.remove(conn, next(s for s in listed if s.id == old["id"]), clock.now())
     assert Path(old["path"]).is_dir()
+
+
+def test_the_age_counts_from_when_a_session_was_closed_too(ncl: Ncl, cli_env: CliEnv,
+                                                             demo_session: dict[str, Any]) -> None:
+    """(Review: a session whose last message came long ago, closed a moment ago, went at once.)"""
+    _aged(cli_env, demo_session["id"], "2026-01-01T00:00:00.000Z")
+    ok(ncl("sessions", "close", demo_session["id"]))  # (now)
+    assert ok(ncl("sessions", "prune", "--older-than", "30d", "--json")).json()["sessions"] == []
+    assert Path(demo_session["path"]).is_dir()
+
+
+def test_an_empty_group_is_refused_not_read_as_every_group(ncl: Ncl, three: list[dict[str, Any]]) -> None:
+    assert "--group names no group" in one_line_error(ncl("sessions", "prune", "--older-than", "30d", "--group", ""))
+    assert Path(three[0]["path"]).is_dir()
+
+
+def test_a_folder_nested_thousands_deep_is_removed(ncl: Ncl, three: list[dict[str, Any]]) -> None:
+    """(Review: Python's rmtree recursed, a runner's deep folder ended every prune after with a RecursionError.)"""
+    folder = os.open(Path(three[0]["path"]) / "outbox", os.O_RDONLY)
+    for _ in range(1500):  # (one level at a time: the path would be too long to name at once)
+        os.mkdir("d", dir_fd=folder)
+        inner = os.open("d", os.O_RDONLY, dir_fd=folder)
+        os.close(folder)
+        folder = inner
+    os.close(folder)
+    done = ok(ncl("sessions", "prune", "--older-than", "30d", "--json")).json()
+    assert [s["id"] for s in done["sessions"]] == [three[0]["id"]] and done["not_removed"] == []
+    assert not list(Path(three[0]["path"]).parent.glob(".removed-*"))
+
+
+def test_a_dry_run_names_what_a_cut_short_removal_left_and_removes_nothing(
+        ncl: Ncl, cli_env: CliEnv, three: list[dict[str, Any]]) -> None:
+    aside = Path(three[0]["path"]).parent / ".removed-sess-1780000000000-abcdef"
+    (aside / "inbox").mkdir(parents=True)
+    dry = ok(ncl("sessions", "prune", "--older-than", "30d", "--dry-run", "--json")).json()
+    assert dry["left_over"] == [str(aside)] and aside.is_dir()
+    assert ok(ncl("sessions", "prune", "--older-than", "30d", "--json")).json()["left_over"] == [str(aside)]
+    assert not aside.exists()

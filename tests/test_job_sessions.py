@@ -115,7 +115,7 @@ def test_a_closed_sessions_runner_is_stopped_and_the_session_forgotten(world: Wo
     sweeper = world.sweeper(runtime)
     session, _ = _job(world)
     assert sweeper.tick(T0).woken == 1 and session.id in sweeper.seen
-    sessions.close(world.central, [session.id])
+    sessions.close(world.central, [session.id], T0)
     sweeper.tick(T0 + timedelta(seconds=1))
     assert runtime.stopped == [session.id] and sweeper.runners is not None and sweeper.runners.live == {}
     assert session.id not in sweeper.seen
@@ -129,7 +129,7 @@ def test_a_job_sent_again_into_its_closed_session_reopens_it_and_is_not_written_
                            run_id="run-1779109200000-abcdef")
 
     sent = send()
-    sessions.close(world.central, [sent["session_id"]])
+    sessions.close(world.central, [sent["session_id"]], T0)
     again = send()
     assert again == sent
     session = sessions.get(world.central, world.settings, sent["session_id"])

@@ -94,7 +94,7 @@ def test_the_list_of_sessions_is_read_again_only_when_it_changed_and_only_what_w
     assert len(reads) == 2 and reads[1] > 0  # only the sessions made since
     assert [s.id for s in sweeper.active_sessions()] == [world.session.id] + [s.id for s in made]
     assert all(s.id in sweeper.seen for s in made)  # a new session is looked at by a partial tick too
-    sessions.close(world.central, [made[0].id])
+    sessions.close(world.central, [made[0].id], T0)
     sweeper.tick(T0 + timedelta(seconds=3))
     assert reads[2:] == [0] and made[0].id not in sweeper.seen  # the whole list
     another = world.new_session()
@@ -102,7 +102,7 @@ def test_the_list_of_sessions_is_read_again_only_when_it_changed_and_only_what_w
     sweeper.tick(T0 + timedelta(seconds=4))
     assert reads[3:] == [0] and {made[0].id, another.id} <= set(sweeper.seen)
     assert [s.id for s in sweeper.active_sessions()] == [world.session.id] + [s.id for s in made] + [another.id]
-    groups.delete(world.central, world.group)
+    groups.delete(world.central, world.group, T0)
     sweeper.tick(T0 + timedelta(seconds=5))
     assert reads[4:] == [0] and len(sweeper.seen) == 0 and sweeper.active_sessions() == []
 
@@ -124,10 +124,10 @@ def test_one_session_closed_and_another_reopened_between_two_ticks_is_seen(world
     """The same number of active sessions, another list: a count of rows could not tell."""
     sweeper = world.sweeper()
     other = world.new_session()
-    sessions.close(world.central, [other.id])
+    sessions.close(world.central, [other.id], T0)
     sweeper.tick(T0)
     assert set(sweeper.seen) == {world.session.id}
-    sessions.close(world.central, [world.session.id])
+    sessions.close(world.central, [world.session.id], T0)
     sessions.reopen(world.central, world.settings, other.id)
     sweeper.tick(T0 + timedelta(seconds=1), only=set())
     assert set(sweeper.seen) == {other.id}

@@ -196,7 +196,7 @@ def delete(app: App, group: str, yes: bool, as_json: bool) -> None:
             raise NclError(f"deleting group {found.name} closes {len(active)} session(s) and pauses their "
                            "task series; run again with --yes to do it")
         paused = sum(_pause_all(app, s) for s in active)
-        groups.delete(conn, found)
+        groups.delete(conn, found, app.now())
         _say_unwired_tasks(conn, found.channels)
     data = {"id": found.id, "deleted": True, "sessions_closed": len(active), "task_series_paused": paused,
             "folder": str(groups.folder(app.settings, found.id))}

@@ -35,8 +35,9 @@ FOLLOWED_LINES = 10  # what --follow shows of the past unless told otherwise
 SAFETY_S = 1.0  # --follow looks again at least this often, whatever inotify says (or where there is none)
 
 
-def since(text: str, now: datetime, app: App) -> datetime:
-    """``--since``: a duration back from ``now`` (``90s``, ``10m``, ``2h``, ``1d``) or a time (naive = TZ)."""
+def since(text: str, now: datetime, app: App, option: str = "--since") -> datetime:
+    """``--since`` (or ``option``): a duration back from ``now`` (``90s``, ``10m``, ``2h``, ``1d``) or a time (naive =
+    TZ)."""
     if ago := _AGO.fullmatch(text.strip()):
         try:
             return now - timedelta(seconds=float(ago[1]) * _UNIT_S[ago[2]])
@@ -45,7 +46,7 @@ def since(text: str, now: datetime, app: App) -> datetime:
     try:
         return parse_user_time(text, app.settings.tz.zone)
     except TimeFormatError as exc:
-        raise NclError(f"--since: {exc}; or a duration such as 10m, 2h, 1d") from None
+        raise NclError(f"{option}: {exc}; or a duration such as 10m, 2h, 1d") from None
 
 
 @dataclass(frozen=True)

@@ -94,38 +94,56 @@ def close(app: App, session_id: str, force: bool, as_json: bool) -> None:
         if live and not force:
             raise NclError(f"session {found.id} has {live} messages or tasks waiting, running or paused (ncl messages "
                            f"list --session {found.id}); --force closes it anyway, and they are never done")
-        sessions.close(conn, [found.id])
+        sessions.close(conn, [found.id], app.now())
     nudge.touch(app.settings)
     emit(as_json, {"id": found.id, "status": "closed"}, lambda: click.echo(f"closed session {found.id}"))
 
 
 @session_cli.command("prune")
 @click.option("--older-than", "older_than", required=True, metavar="AGE",
-              help="Closed sessions last active longer ago than this: 30d, 12h (or a time; naive = TZ).")
-@click.option("--group", "group_ref", help="Only this group's sessions (name or id, or a deleted group's id).")
-@click.option("--dry-run", is_flag=True, help="Say which sessions would go, remove nothing.")
+              help="Sessions closed, and last active, longer ago than this: 30d, 12h (or a time; naive = TZ).")
+@click.option("--group", "group_ref", metavar="NAME", help="Only this group's (name or id, or a deleted group's id).")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed, remove nothing.")
 @json_option
 @pass_app
 def prune(app: App, older_than: str, group_ref: str | None, dry_run: bool, as_json: bool) -> None:
-    """Remove closed sessions for good, their folders (inbox, outbox, files) and rows: a session made for each queue
-    job keeps ~150 KB once closed. Active sessions are never touched; 'ncl messages list' and 'ncl tasks list --all'
-    no longer show what a removed session held. The age must be longer than NCL_MISFIRE_GRACE_S: within it a stopped
-    host's scheduled run may still send its job again into the session it was made for."""
+    """Remove closed sessions for good: their folders (inbox, outbox, files), rows and task ids. A session made for
+    each queue job keeps ~150 KB once closed. Active sessions are never touched; 'ncl messages list' and 'ncl tasks
+    list --all' no longer show what a removed session held. The age must be longer than NCL_MISFIRE_GRACE_S: within
+    it a stopped host's scheduled run may still send its job again into the session it was made for. A folder that
+    cannot be removed whole is named, the others removed all the same, and the command exits 1."""
     from host.cli.logs import since
 
     now = app.now()
-    before = since(older_than, now, app)
-    if (now - before).total_seconds() < app.settings.misfire_grace_s:
-        raise NclError(f"--older-than must reach back further than NCL_MISFIRE_GRACE_S "
-                       f"({app.settings.misfire_grace_s:g} s)")
+    before = since(older_than, now, app, "--older-than")
+    if (now - before).total_seconds() <= app.settings.misfire_grace_s:
+        grace = app.settings.misfire_grace_s
+        raise NclError(f"--older-than must reach further back than NCL_MISFIRE_GRACE_S ({grace:g} s)"
+                       + (": that time is in the future" if before > now else ""))
+    if group_ref is not None and not group_ref.strip():
+        raise NclError("--group names no group: give a group's name or id, or leave --group out for every group")
+    failed: list[str] = []
     with closing(app.central(write=True)) as conn:
         group_id = _group_id(conn, app, group_ref) if group_ref else None
-        found = sessions.closed_before(conn, app.settings, before, group_id)
-        removed = found if dry_run else [s for s in found if sessions.remove(conn, s, before)]
-        left = [] if dry_run else sessions.left_over(conn, app.settings)
+        removed = []
+        for found in sessions.closed_before(conn, app.settings, before, group_id):
+            try:
+                if dry_run or sessions.remove(conn, found, before):
+                    removed.append(found)
+            except OSError as exc:  # (its rows are gone: the folder left is tried again by the next prune)
+                removed.append(found)
+                failed.append(str(exc))
+        try:
+            left = sessions.left_over(conn, app.settings, group_id, dry_run)
+        except OSError as exc:
+            left, failed = [], [*failed, str(exc)]
     done = "would remove" if dry_run else "removed"
-    emit(as_json, {"dry_run": dry_run, "sessions": [s.to_json() for s in removed], "left_over": [str(p) for p in left]},
+    zone = app.settings.tz.zone
+    emit(as_json, {"dry_run": dry_run, "sessions": [s.to_json() for s in removed], "left_over": [str(p) for p in left],
+                   "not_removed": failed},
          lambda: click.echo("\n".join([f"{done} session {s.id} ({s.agent_group_id}, last active "
-                                       f"{local_time(s.last_active_at, app.settings.tz.zone)})" for s in removed]
-                                      + [f"removed {p}, left by a removal that was cut short" for p in left])
+                                       f"{local_time(s.last_active_at, zone)})" for s in removed]
+                                      + [f"{done} {p}, left by a removal that was cut short" for p in left])
                             or "no closed session is that old"))
+    if failed:
+        raise NclError("; ".join(failed) + " (tried again by the next prune)")

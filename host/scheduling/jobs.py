@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 
 from host.scheduling.seen import Seen, files_of
 from host.store import db, sessions, views
@@ -15,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def close_finished(central: db.Connection, jobs: Iterable[Session], seen: Mapping[str, Seen], busy: set[str],
-                   kept: dict[str, tuple[int, ...]]) -> int:
+                   kept: dict[str, tuple[int, ...]], now: datetime) -> int:
     """Close the one-job sessions ``jobs`` whose last visit, of the files as they still are, found nothing due,
     claimed or undelivered, whose runner is gone (not in ``busy``) and whose inbox holds their job (a session is
     made before its job is written) and no paused task. ``kept``: the files of those found with one, not read again
@@ -34,7 +35,7 @@ def close_finished(central: db.Connection, jobs: Iterable[Session], seen: Mappin
             continue
         done.append(session.id)
     if done:
-        sessions.close(central, done)
+        sessions.close(central, done, now)
     for session_id in done:
         log.info("session %s, made for one queue job, has nothing left to do: closed", session_id,
                  extra={"action": "job_session_closed", "session": session_id})

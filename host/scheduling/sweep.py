@@ -264,17 +264,17 @@ class Sweeper:
             yield from self._visit_waiting(waiting, handing.outcomes(self.unvisited), now, policy, result)
         self._save_index()
         if self.runners and only is None and self.listing.jobs:
-            self._close_finished_jobs()
+            self._close_finished_jobs(now)
         if self.runners:
             result.woken += self.runners.start_waiting(now, self._brief)
             result.woken += self.runners.start_ahead(self._soon(now, self.runners), now, self._brief)
         return result
 
-    def _close_finished_jobs(self) -> None:
+    def _close_finished_jobs(self, now: datetime) -> None:
         assert self._central is not None and self.runners is not None
         try:
             busy = {*self.runners.live, *self.runners.waiting}
-            if jobs.close_finished(self._central, self.listing.jobs, self.seen, busy, self._kept_open):
+            if jobs.close_finished(self._central, self.listing.jobs, self.seen, busy, self._kept_open, now):
                 self.listing.changed_itself()
         except (db.Error, db.DbError) as exc:  # (tried again at the next full sweep)
             log.warning("finished job sessions not closed: %s", exc, extra={"action": "job_sessions_not_closed"})

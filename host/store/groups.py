@@ -257,10 +257,11 @@ def brief(conn: Connection, group_id: str) -> Brief:
 
 
 
-def delete(conn: Connection, group: Group) -> None:
-    """Remove the group and its wirings; its sessions are closed. Files on disk are kept."""
+def delete(conn: Connection, group: Group, now: datetime) -> None:
+    """Remove the group and its wirings; its sessions are closed at ``now``. Files on disk are kept."""
     with transaction(conn):
-        conn.execute("UPDATE sessions SET status = 'closed' WHERE agent_group_id = ?", (group.id,))
+        conn.execute("UPDATE sessions SET status = 'closed', closed_at = ? WHERE agent_group_id = ?"
+                     " AND status = 'active'", (to_text(now), group.id))
         conn.execute("DELETE FROM agent_groups WHERE id = ?", (group.id,))
 
 

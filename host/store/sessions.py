@@ -207,16 +207,17 @@ def get(conn: db.Connection, settings: Settings, session_id: str) -> Session:
     return found
 
 
-def close(conn: db.Connection, session_ids: list[str]) -> None:
-    """Close these sessions: no sweep visits them, nothing new goes into them; their files stay."""
+def close(conn: db.Connection, session_ids: list[str], now: datetime) -> None:
+    """Close these sessions at ``now``: no sweep visits them, nothing new goes into them; their files stay."""
     with db.transaction(conn):
-        conn.executemany("UPDATE sessions SET status = 'closed' WHERE id = ?", [(sid,) for sid in session_ids])
+        conn.executemany("UPDATE sessions SET status = 'closed', closed_at = ? WHERE id = ? AND status = 'active'",
+                         [(to_text(now), sid) for sid in session_ids])
 
 
 def reopen(conn: db.Connection, settings: Settings, session_id: str) -> Session:
     """A closed session made active again (a job sent again into the session made for it)."""
     with db.transaction(conn):
-        conn.execute("UPDATE sessions SET status = 'active' WHERE id = ?", (session_id,))
+        conn.execute("UPDATE sessions SET status = 'active', closed_at = NULL WHERE id = ?", (session_id,))
     return get(conn, settings, session_id)
 
 
@@ -229,44 +230,62 @@ def touch(conn: db.Connection, session_id: str, now: datetime) -> None:
 
 
 REMOVED = ".removed-"  # a folder of a session being removed (``remove``), in its group's folder
+_OLD = ("status = 'closed' AND max(last_active_at, COALESCE(closed_at, last_active_at)) < ?1"
+        " AND (?2 IS NULL OR agent_group_id = ?2)")  # closed, and neither active nor closed since ?1
 
 
 def closed_before(conn: db.Connection, settings: Settings, before: datetime, group_id: str | None) -> list[Session]:
-    """The closed sessions last active before ``before`` (of one group, if given), oldest first."""
+    """The sessions closed, and last active, before ``before`` (of one group, if given), oldest first."""
     return [_from_row(settings, row) for row in conn.execute(
-        f"SELECT {_COLUMNS} FROM sessions WHERE status = 'closed' AND last_active_at < ?1"
-        " AND (?2 IS NULL OR agent_group_id = ?2) ORDER BY rowid", (to_text(before), group_id))]
+        f"SELECT {_COLUMNS} FROM sessions WHERE {_OLD} ORDER BY rowid", (to_text(before), group_id))]
 
 
 def remove(conn: db.Connection, session: Session, before: datetime) -> bool:
-    """A session closed and last active before ``before`` gone for good, its files and its row: checked, its folder
-    moved aside and its row deleted in one central.db transaction (a host reopening it meanwhile, for a queue job it
-    sends again, waits for that, then finds none), the files removed after. False: it no longer qualifies. A crash
-    before the commit leaves the row, which the next removal takes; after it, a folder ``left_over`` finds."""
+    """A session closed and last active before ``before`` gone for good, its files, its row and its task ids: checked,
+    its folder moved aside and its rows deleted in one central.db transaction (a host reopening it meanwhile, for a
+    queue job it sends again, waits for that, then finds none), the files removed after (``OSError``: some are
+    left, which ``left_over`` tries again). False: it no longer qualifies. A crash before the commit leaves it as it
+    was, after it a folder ``left_over`` finds."""
     aside = session.folder.with_name(REMOVED + session.id)
     with db.transaction(conn):
-        if conn.execute("SELECT 1 FROM sessions WHERE id = ? AND status = 'closed' AND last_active_at < ?",
-                        (session.id, to_text(before))).fetchone() is None:
+        if conn.execute(f"SELECT 1 FROM sessions WHERE id = ?3 AND {_OLD}",
+                        (to_text(before), None, session.id)).fetchone() is None:
             return False
         with suppress(FileNotFoundError):  # (moved aside by a removal that died before its commit, or gone)
             os.rename(session.folder, aside)  # nothing opens a file of it after this
-        conn.execute("DELETE FROM sessions WHERE id = ?", (session.id,))
-    _rmtree(aside)
+        try:
+            conn.execute("DELETE FROM task_ids WHERE session_id = ?", (session.id,))
+            conn.execute("DELETE FROM sessions WHERE id = ?", (session.id,))
+        except BaseException:
+            with suppress(OSError):
+                os.rename(aside, session.folder)  # (the rows stay: so do the files, where they were)
+            raise
+    _removed(aside)
     return True
 
 
-def left_over(conn: db.Connection, settings: Settings) -> list[Path]:
-    """Folders moved aside by removals that died after their commit (their sessions have no row): removed."""
-    found = [path for path in settings.sessions_dir.glob(f"*/{REMOVED}*")
+def left_over(conn: db.Connection, settings: Settings, group_id: str | None, dry_run: bool = False) -> list[Path]:
+    """Folders moved aside by removals that died after their commit or could not remove every file (their sessions
+    have no row), of one group if given: removed (``OSError`` if some files stay), or only listed."""
+    found = [path for path in settings.sessions_dir.glob(f"{group_id or '*'}/{REMOVED}*")
              if find(conn, settings, path.name.removeprefix(REMOVED)) is None]
-    for path in found:
-        _rmtree(path)
+    for path in [] if dry_run else found:
+        _removed(path)
     return found
 
 
-def _rmtree(path: Path) -> None:
-    """``path`` and all in it removed; links are removed, never followed (the runner may have made them)."""
-    import shutil  # (see ``_remove``)
+def _removed(path: Path) -> None:
+    """``path`` and all in it removed; links are removed, never followed (the runner may have made them). By ``rm``:
+    Python's rmtree recurses, and a runner's folder nested a few thousand deep ended it. A folder the runner made
+    read-only (a runner of the host's own uid can) is made writable for its owner first, by ``chmod``, which follows
+    no link either."""
+    if not path.exists():
+        return
+    import subprocess  # (a removal is rare: not loaded for other commands)
 
-    with suppress(FileNotFoundError):
-        shutil.rmtree(path)
+    for attempt in (["rm", "-rf", "--one-file-system", "--", str(path)],
+                    ["chmod", "-R", "u+rwx", "--", str(path)], ["rm", "-rf", "--one-file-system", "--", str(path)]):
+        done = subprocess.run(attempt, capture_output=True, text=True, check=False)
+        if attempt[0] == "rm" and done.returncode == 0:
+            return
+    raise OSError(f"{path} not removed: {errors.cut(done.stderr.strip()) or 'rm failed'}")
