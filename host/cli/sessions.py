@@ -122,9 +122,9 @@ def prune(app: App, older_than: str, group_ref: str | None, dry_run: bool, as_js
                        + (": that time is in the future" if before > now else ""))
     if group_ref is not None and not group_ref.strip():
         raise NclError("--group names no group: give a group's name or id, or leave --group out for every group")
-    failed: list[str] = []
     with closing(app.central(write=True)) as conn:
         group_id = _group_id(conn, app, group_ref) if group_ref else None
+        left, failed = sessions.left_over(conn, app.settings, group_id, dry_run)  # (before: each tried once a run)
         removed = []
         for found in sessions.closed_before(conn, app.settings, before, group_id):
             try:
@@ -133,10 +133,6 @@ def prune(app: App, older_than: str, group_ref: str | None, dry_run: bool, as_js
             except OSError as exc:  # (its rows are gone: the folder left is tried again by the next prune)
                 removed.append(found)
                 failed.append(str(exc))
-        try:
-            left = sessions.left_over(conn, app.settings, group_id, dry_run)
-        except OSError as exc:
-            left, failed = [], [*failed, str(exc)]
     done = "would remove" if dry_run else "removed"
     zone = app.settings.tz.zone
     emit(as_json, {"dry_run": dry_run, "sessions": [s.to_json() for s in removed], "left_over": [str(p) for p in left],

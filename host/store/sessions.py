@@ -264,14 +264,19 @@ def remove(conn: db.Connection, session: Session, before: datetime) -> bool:
     return True
 
 
-def left_over(conn: db.Connection, settings: Settings, group_id: str | None, dry_run: bool = False) -> list[Path]:
+def left_over(conn: db.Connection, settings: Settings, group_id: str | None,
+              dry_run: bool = False) -> tuple[list[Path], list[str]]:
     """Folders moved aside by removals that died after their commit or could not remove every file (their sessions
-    have no row), of one group if given: removed (``OSError`` if some files stay), or only listed."""
+    have no row), of one group if given: removed, or only listed; and why those that stay could not be."""
     found = [path for path in settings.sessions_dir.glob(f"{group_id or '*'}/{REMOVED}*")
              if find(conn, settings, path.name.removeprefix(REMOVED)) is None]
+    failed = []
     for path in [] if dry_run else found:
-        _removed(path)
-    return found
+        try:
+            _removed(path)
+        except OSError as exc:
+            failed.append(str(exc))
+    return found, failed
 
 
 def _removed(path: Path) -> None:
@@ -279,13 +284,12 @@ def _removed(path: Path) -> None:
     Python's rmtree recurses, and a runner's folder nested a few thousand deep ended it. A folder the runner made
     read-only (a runner of the host's own uid can) is made writable for its owner first, by ``chmod``, which follows
     no link either."""
-    if not path.exists():
-        return
     import subprocess  # (a removal is rare: not loaded for other commands)
 
-    for attempt in (["rm", "-rf", "--one-file-system", "--", str(path)],
-                    ["chmod", "-R", "u+rwx", "--", str(path)], ["rm", "-rf", "--one-file-system", "--", str(path)]):
-        done = subprocess.run(attempt, capture_output=True, text=True, check=False)
-        if attempt[0] == "rm" and done.returncode == 0:
-            return
-    raise OSError(f"{path} not removed: {errors.cut(done.stderr.strip()) or 'rm failed'}")
+    rm = ["rm", "-rf", "--one-file-system", "--", str(path)]
+    if subprocess.run(rm, capture_output=True, check=False).returncode == 0:
+        return
+    subprocess.run(["chmod", "-R", "u+rwx", "--", str(path)], capture_output=True, check=False)
+    done = subprocess.run(rm, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise OSError(f"{path} not removed: {errors.cut(done.stderr.strip()) or 'rm failed'}")
