@@ -22,7 +22,6 @@ class Listing:
         self.sessions: list[Session] = []
         self.position: dict[str, int] = {}  # each active session's place in ``sessions``
         self.jobs: list[Session] = []  # the active sessions made for one queue job (``jobs``)
-        self.one_job: set[str] = set()  # their ids
         self._version = -1  # central.db's ``data_version`` when it was last looked at
         self._changes = sessions.ListChanges(-1, -1)  # the DB's counts when the list was read
         self._newest = 0  # the rowid of the newest session read
@@ -44,16 +43,14 @@ class Listing:
         for chunk in sessions.made_in_chunks(self.settings, rows, CHUNK):
             listed += chunk
             yield
-        one_job = {session.id for session, row in zip(listed, rows, strict=True) if row[1]}
+        jobs = [session for session, row in zip(listed, rows, strict=True) if row[1]]
         if whole:
-            self.sessions, self.position, self.one_job = listed, {s.id: n for n, s in enumerate(listed)}, one_job
-            self.jobs = [session for session in listed if session.id in one_job]
+            self.sessions, self.position, self.jobs = listed, {s.id: n for n, s in enumerate(listed)}, jobs
         else:  # (a read that ran meanwhile, while this one paused, may have added some of them already)
             listed = [session for session in listed if session.id not in self.position]
+            self.jobs += [session for session in jobs if session.id not in self.position]
             self.position.update((session.id, n) for n, session in enumerate(listed, len(self.sessions)))
             self.sessions = self.sessions + listed  # (a new list: a sweep may be walking the old one)
-            self.one_job |= one_job
-            self.jobs += [session for session in listed if session.id in one_job]
         self._version, self._changes = version, changes
         newest = rows[-1][0] if rows else 0
         self._newest = newest if whole else max(self._newest, newest)

@@ -106,7 +106,8 @@ class Sweeper:
         if whole is False:
             self.seen.activate({session.id for session in listing.sessions[before:]}, more=True)
         elif whole:
-            self._kept_open = {sid: files for sid, files in self._kept_open.items() if sid in listing.one_job}
+            jobs = {session.id for session in listing.jobs}
+            self._kept_open = {sid: files for sid, files in self._kept_open.items() if sid in jobs}
             active = set(listing.position)  # (what is kept of sessions gone since goes with them, runners too)
             for gone in [sid for sid in self.seen if sid not in active]:
                 self._remember(gone, None)
