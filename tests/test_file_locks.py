@@ -109,8 +109,8 @@ def test_a_chat_arrival_waits_for_the_visit_of_its_session_instead_of_failing_bu
     central = db.connect(world.settings.central_db, "central", any_thread=True)
     chatted, _, _ = router.deliver_in(central, world.settings, NOW, world.group, arrival)  # the chat's session
     path = chatted.folder / "inbound.db"
-    answer = _waits_for(_recorded(monkeypatch, path), path, _visiting(path, write),
-                        lambda: router.deliver_in(central, world.settings, NOW, world.group, arrival, stamp=False))
+    answer = _waits_for(_recorded(monkeypatch, path), path, _visiting(path, write), lambda: router.deliver_in(
+        central, world.settings, NOW, world.group, arrival, answer_first=True))
     central.close()
     assert isinstance(answer, tuple)
     session, message_id, seq = answer
@@ -200,7 +200,7 @@ def test_an_arrival_goes_in_while_a_visit_kills_the_stuck_runner_of_its_session(
     try:
         assert runtime.stopping.wait(WAIT_S), "the visit never stopped the stuck runner"
         answered = _waits_for_nothing(
-            lambda: router.deliver_in(central, world.settings, NOW, world.group, arrival, stamp=False))
+            lambda: router.deliver_in(central, world.settings, NOW, world.group, arrival, answer_first=True))
     finally:
         runtime.freed.set()
         sweeping.join(WAIT_S)

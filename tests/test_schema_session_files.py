@@ -77,19 +77,31 @@ def test_session_files_are_never_wal(session_dir: Path, kind: DbKind) -> None:
 def test_a_reading_connection_writes_as_any_session_writer_and_a_read_pays_for_no_write(session_dir: Path,
                                                                                        kind: DbKind) -> None:
     """A sweep's visit writes through the connection it read with: its first transaction syncs as any session
-    writer's, inbound.db's journal cut to 0 bytes at its commit. A visit that only reads runs none of that."""
+    writer's. A visit that only reads runs none of that. inbound.db's journal keeps at most
+    ``db.INBOUND_JOURNAL_KEEP`` bytes after a commit (a big one's cut back to it), outbound.db's none (TRUNCATE)."""
+    journal = session_dir / f"{kind}.db-journal"
     with closing(db.connect(session_dir / f"{kind}.db", kind, reading=True)) as conn:
         assert conn.in_transaction
         db.end_read(conn)
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL, SQLite's default: nothing set yet
         with db.transaction(conn):
             conn.execute("CREATE TABLE t(x)")
-            conn.execute("INSERT INTO t VALUES (randomblob(50000))")
+            conn.execute("INSERT INTO t VALUES (randomblob(300000))")
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
-        assert conn.execute("PRAGMA journal_size_limit").fetchone()[0] == (0 if kind == "inbound" else -1)
+        limit = db.INBOUND_JOURNAL_KEEP if kind == "inbound" else -1
+        assert conn.execute("PRAGMA journal_size_limit").fetchone()[0] == limit
         with db.transaction(conn):  # a later one has nothing left to set
-            conn.execute("DELETE FROM t")
-    assert (session_dir / f"{kind}.db-journal").stat().st_size == 0
+            conn.execute("UPDATE t SET x = randomblob(300000)")  # its old pages: a journal bigger than what is kept
+        if kind == "outbound":
+            assert journal.stat().st_size == 0
+            return
+        assert journal.stat().st_size == db.INBOUND_JOURNAL_KEEP  # cut back
+        with db.transaction(conn):
+            conn.execute("INSERT INTO t VALUES (1)")
+        assert 0 < journal.stat().st_size <= db.INBOUND_JOURNAL_KEEP  # kept: the next commit writes over it
+        assert journal.read_bytes()[:28] == bytes(28)  # its header zeroed: SQLite takes it for no journal
+    with closing(db.connect(session_dir / f"{kind}.db", kind, reading=True)) as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 2  # nothing rolled back
 
 
 def test_central_connections_have_a_busy_timeout(tmp_path: Path) -> None:

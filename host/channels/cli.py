@@ -20,9 +20,10 @@ from datetime import datetime
 from typing import Any
 
 from host.channels import cli_protocol as protocol
-from host.channels import lanes, router
+from host.channels import lanes, nudge, router
 from host.channels.cli_protocol import socket_path
 from host.errors import NclError
+from host.http import answers
 from host.http.listener import Listener, unix_socket
 from host.settings import Settings
 from host.store import db, deliveries, groups, inbox, pool, sessions
@@ -91,11 +92,12 @@ class CliChannel:
         chats: set[str] = set()
         try:
             while line := await _next_line(reader):
-                answer, arrived = await self._handle(line, writer, chats)
-                if answer is not None:
-                    writer.write(protocol.encode(answer))  # sent at once: asyncio writes to an idle socket directly
-                if arrived:
-                    await lanes.run("cli", self._stamp, *arrived)
+                with answers.owed():
+                    answer, arrived = await self._handle(line, writer, chats)
+                    if answer is not None:
+                        writer.write(protocol.encode(answer))  # sent at once: asyncio writes to an idle socket directly
+                if arrived:  # (after the answer: the host woken at once starts to work, which would only delay it)
+                    await lanes.run("cli", self._woken, *arrived)
                 async with asyncio.timeout(LINE_TIMEOUT_S):
                     await writer.drain()
         except (ConnectionError, asyncio.LimitOverrunError, ValueError, TimeoutError) as exc:
@@ -146,9 +148,9 @@ class CliChannel:
             return sessions.by_thread(central, self.settings, group.id, key)
 
     def send(self, request: dict[str, Any], now: datetime) -> tuple[Session, str, int]:
-        """The message into its session's inbox. The session is marked active (``_stamp``) after the answer: the
-        message is safe once in the inbox, and that central.db commit (a sync, and a wait for the sweep's writes to
-        central.db) would only make the answer later."""
+        """The message into its session's inbox. The host is woken and the session marked active (``_woken``) after
+        the answer: the message is safe once in the inbox, and the sweep the wake starts, or that central.db commit (a
+        sync, and a wait for the sweep's writes to central.db), would only make the answer later."""
         text, group_ref = request.get("text"), request.get("group")
         if not isinstance(text, str) or not text.strip() or not isinstance(group_ref, str):
             raise NclError("a message needs a group and some text")
@@ -160,7 +162,7 @@ class CliChannel:
             arrival = router.Arrival(channel, "chat", {"text": text, "sender": request.get("sender", "user"),
                                                        "sender_id": request.get("sender_id")},
                                      thread=str(thread) if thread else None)
-            return router.deliver_in(central, self.settings, now, group, arrival, stamp=False)
+            return router.deliver_in(central, self.settings, now, group, arrival, answer_first=True)
 
     def _shown(self, session_id: str, ids: list[str]) -> None:
         """Record the replies a chat showed as delivered (``protocol.shown``); a failure only means the next chat
@@ -177,9 +179,11 @@ class CliChannel:
             log.warning("replies shown in a chat of session %s not recorded: %s", session_id, exc,
                         extra={"action": "replies_shown_failed", "session": session_id})
 
-    def _stamp(self, session_id: str, now: datetime) -> None:
-        """Mark the session active at ``now``. A host stopped before this leaves the message in the inbox and the
-        session's ``last_active_at`` as it was, as a crash between the two commits always could."""
+    def _woken(self, session_id: str, now: datetime) -> None:
+        """Wake the host for the message that arrived at ``now``, and mark its session active. A host stopped before
+        this leaves the message in the inbox (its next start's sweep finds it) and the session's ``last_active_at`` as
+        it was, as a crash between the two commits always could."""
+        nudge.touch(self.settings, session_id)
         try:
             with self._central.connection() as central:
                 sessions.touch(central, session_id, now)

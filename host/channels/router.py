@@ -73,9 +73,10 @@ def session_for(conn: db.Connection, settings: Settings, now: datetime, group: G
 
 
 def deliver_in(central: db.Connection, settings: Settings, now: datetime, group: Group,
-               arrival: Arrival, stamp: bool = True) -> tuple[Session, str, int]:
-    """Write the arrival into its session's inbox; returns the session, the row id and its seq. ``stamp=False``:
-    the caller marks the session active itself (``sessions.touch``), once it has answered."""
+               arrival: Arrival, answer_first: bool = False) -> tuple[Session, str, int]:
+    """Write the arrival into its session's inbox, wake the host and mark the session active; returns the session,
+    the row id and its seq. ``answer_first``: the caller does the last two itself once it has answered: the message
+    is safe once in the inbox."""
     from schemas.messages import CONTENT_BY_KIND  # pydantic: in the host, not in the ``ncl chat`` that finds the socket
 
     content = CONTENT_BY_KIND[arrival.kind].model_validate(arrival.content)
@@ -97,7 +98,7 @@ def deliver_in(central: db.Connection, settings: Settings, now: datetime, group:
             return session, message_id, seen
         seq = inbox.arrive(conn, {"id": message_id, "kind": arrival.kind, "timestamp": to_text(now),
                                   "trigger": arrival.trigger, "content": json.dumps(content.model_dump())}, routing)
-    nudge.touch(settings, session.id)
-    if stamp:
+    if not answer_first:
+        nudge.touch(settings, session.id)
         sessions.touch(central, session.id, now)
     return session, message_id, seq

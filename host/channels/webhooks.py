@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterator
 
 from host.channels import lanes, router
+from host.http import answers
 from host.http.listener import Listener, tcp_socket
 from host.http.log_throttle import LogThrottle
 from host.http.wire import Refusal, Request, content_length, error_response, json_response, read_body, read_head
@@ -92,7 +93,8 @@ class Webhooks:
             # arrivals go to one session, one at a time: the others wait here, not in the lane's threads (a session
             # its runner keeps locked holds up its own hook, never the others').
             async with self._one_at_a_time.held(request.path):
-                writer.write(await self._arrive(request, body))
+                with answers.owed():
+                    writer.write(await self._arrive(request, body))
         except Refusal as refusal:
             writer.write(error_response(*refusal.args))
             if refusal.args[0] == 413 and request is not None:  # take what the client still sends, or it sees a

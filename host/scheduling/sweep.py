@@ -19,6 +19,7 @@ from typing import NamedTuple
 from host.channels.delivery import Deliveries
 from host.errors import cut
 from host.files import logs
+from host.http import answers
 from host.runtimes.pool import Runner, Runners, others_at_work
 from host.scheduling import actions, cross_group, jobs
 from host.scheduling.listing import CHUNK, Listing
@@ -82,6 +83,7 @@ class Sweeper:
     _visitors: Visitors | None = None
     _touched: set[str] = field(default_factory=set)  # sessions this tick's requests wrote (``_apply``)
     _kept_open: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    _yielding: answers.Yielding = field(default_factory=answers.Yielding)  # to the host's answers, between sessions
 
     def __post_init__(self) -> None:
         self.listing = Listing(self.settings)
@@ -236,6 +238,7 @@ class Sweeper:
         handing = self._visitors.round(now)
         mark = time.monotonic()
         for session in self.listing.sessions if only is None else self.listing.among(only | self.seen.unseen):
+            self._yielding.wait()
             if time.monotonic() - mark > YIELD_AFTER_S:
                 yield
                 mark = time.monotonic()
@@ -306,6 +309,7 @@ class Sweeper:
         ``outcomes``: see ``visitors``) or, where none did, by this thread."""
         mark = time.monotonic()
         for plan, outcome in zip(waiting, outcomes, strict=True):
+            self._yielding.wait()
             if time.monotonic() - mark > YIELD_AFTER_S:
                 yield
                 mark = time.monotonic()

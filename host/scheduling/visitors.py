@@ -20,9 +20,11 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import datetime
 from multiprocessing import get_context
+from multiprocessing.synchronize import Event as ProcessEvent
 from typing import TYPE_CHECKING, NamedTuple
 
 from host.errors import cut
+from host.http import answers
 from host.scheduling.recurrence import Policy
 from host.scheduling.visit import Inline, SweepResult, Visitor
 from host.settings import Settings
@@ -123,7 +125,7 @@ class Visitors:
             context = get_context("forkserver")  # (fork: the host's threads hold locks a child would inherit)
             context.set_forkserver_preload([__name__])
             self._pool = ProcessPoolExecutor(WORKERS, mp_context=context, initializer=_started, initargs=(
-                os.getpid(), self.settings, logging.getLogger().getEffectiveLevel()))
+                os.getpid(), self.settings, logging.getLogger().getEffectiveLevel(), answers.for_workers()))
         self._used, self.started = time.monotonic(), True
         return self._pool.submit(_visit_batch, now, jobs)
 
@@ -154,6 +156,7 @@ class Visitors:
 # --- in the worker process ---------------------------------------------------------------------------------------
 
 _visitor: Visitor | None = None
+_yielding = answers.Yielding()
 
 
 class _Kept(logging.Handler):
@@ -174,8 +177,8 @@ class _Kept(logging.Handler):
 _kept = _Kept()
 
 
-def _started(host: int, settings: Settings, level: int) -> None:
-    global _visitor
+def _started(host: int, settings: Settings, level: int, none_owed: ProcessEvent) -> None:
+    global _visitor, _yielding
     threading.Thread(target=_end_with, args=(host,), daemon=True, name="ncl-visit-watch").start()
     null = os.open(os.devnull, os.O_RDWR)  # none of the host's stdio (a pipe someone waits to see closed) is held
     for fd in (0, 1, 2):
@@ -187,6 +190,7 @@ def _started(host: int, settings: Settings, level: int) -> None:
     root.handlers = [_kept]
     root.setLevel(level)
     _visitor = Visitor(settings)
+    _yielding = answers.Yielding(none_owed)  # (the host's answers come first: see answers)
 
 
 def _end_with(host: int) -> None:
@@ -212,6 +216,7 @@ def _visit_batch(now: datetime, jobs: list[Job]) -> list[Outcome]:
     assert _visitor is not None
     policy, outcomes = Policy.of(_visitor.settings), []
     for session, quiet in jobs:
+        _yielding.wait()
         _kept.records = []
         done = SweepResult(to_text(now))
         try:
