@@ -39,6 +39,26 @@ def test_new_session_folder_layout(session_dir: Path) -> None:
     assert (session_dir / "inbox").is_dir() and (session_dir / "outbox").is_dir()
 
 
+@pytest.mark.parametrize("kind", ["inbound", "outbound"])
+def test_a_new_sessions_files_are_what_migrating_a_new_file_makes(session_dir: Path, tmp_path: Path,
+                                                                   kind: DbKind) -> None:
+    """They are written from an image made once (``sessions._image``), not migrated one by one: the same schema,
+    entry for entry, the same version, whole, private, and ready for rows."""
+    with closing(db.connect(tmp_path / f"{kind}.db", kind)):  # a file migrated from nothing, as before
+        pass
+    schema = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name"
+    with closing(open_plain(tmp_path / f"{kind}.db")) as migrated, closing(open_plain(
+            session_dir / f"{kind}.db")) as made:
+        assert made.execute(schema).fetchall() == migrated.execute(schema).fetchall()
+        assert made.execute("PRAGMA user_version").fetchone()[0] == latest_version(kind)
+        assert made.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert made.execute("PRAGMA freelist_count").fetchone()[0] == 0
+    assert (session_dir / f"{kind}.db").stat().st_mode & 0o777 == 0o600
+    with closing(db.connect(session_dir / f"{kind}.db", kind)) as conn, db.transaction(conn):
+        table = "messages_in" if kind == "inbound" else "session_state"
+        assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0
+
+
 def test_inbound_columns_are_the_documented_ones(session_dir: Path) -> None:
     with closing(open_plain(session_dir / "inbound.db")) as conn:
         for table, expected in INBOUND_COLUMNS.items():

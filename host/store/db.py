@@ -31,11 +31,7 @@ BUSY_TIMEOUT_MS = int(file_locks.BUSY_TIMEOUT_S * 1000)
 # outbound.db's journal is kept too (TRUNCATE), as its runner keeps it: in a container it is a mount of the host's
 # (``workspace.keep_journal``), and a host deleting that name would detach the mount, leaving the name to the runner.
 JOURNAL_MODES: dict[DbKind, str] = {"central": "WAL", "inbound": "PERSIST", "outbound": "TRUNCATE"}
-# inbound.db's journal keeps up to this much after a commit (a bigger one's is cut back to it): a chat's or a clone's
-# commit (7 pages, 29 KiB) then writes over blocks the file already has. Cut to 0 bytes each time, its next commit
-# grew it again, and both that growth and the cut had the filesystem commit its own journal: a commit took 1.1 ms
-# instead of 0.8 (a chat sent to a running host, p50 of 90, three interleaved runs each). A file of up to 64 KiB a
-# session, never read: its header is zeroed at each commit, and SQLite takes such a journal for none.
+# What inbound.db's journal keeps after a commit: the next one writes over its blocks (docs/design.md 2).
 INBOUND_JOURNAL_KEEP = 64 << 10
 # A session file's commit syncs with synchronous=NORMAL, not SQLite's default FULL: in a rollback journal NORMAL
 # drops one sync, the journal's pages before the header that counts them (written and synced together). A commit of
