@@ -28,7 +28,7 @@ from host.runtimes.writes import RunnerWrites
 from host.scheduling import sweep
 from host.scheduling.sweep import Sweeper, SweepResult
 from host.settings import Settings
-from host.store import db
+from host.store import db, sessions
 from schemas.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -214,6 +214,7 @@ class Host:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopping.set)
+        sessions.prepare()
         for channel in self.channels:
             await channel.start()
         log.info("host running, data in %s, TZ %s", self.settings.data_dir, self.settings.tz.name,

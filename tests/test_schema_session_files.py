@@ -5,15 +5,18 @@ writes and never create a missing file.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from contextlib import closing
 from pathlib import Path
 
 import pytest
+from kit import FakeClock, RecordingRuntime, World, utc
 from schema_kit import INBOUND_COLUMNS, InsertRow, RowIn, columns, open_plain
 from schema_kit import session_dir as session_dir
 
-from host.store import db
+from host.loop import Host
+from host.store import db, sessions
 from host.store.db import DbError
 from schemas.ddl import DbKind, latest_version
 
@@ -210,3 +213,18 @@ def test_a_directory_put_in_place_of_a_wal_name_is_removed_and_the_name_kept(ses
         pass
     assert wal.is_file() and wal.stat().st_size == 0 and (outside / "keep").read_text() == "the host's"
     assert not [p.name for p in session_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_a_host_makes_the_images_at_its_start_so_its_first_new_session_does_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Made on the way, the images cost the first new session ~8 ms, and 45 ms while a host start swept."""
+    sessions._image.cache_clear()
+    world = World(tmp_path)
+    clock = FakeClock(utc("2026-06-11T09:00:00"))
+    host = Host(world.settings, RecordingRuntime(clock), clock)
+    host.stopping.set()  # (started, then stopped at once)
+    asyncio.run(host.run())
+    assert sessions._image.cache_info().currsize == 2
+    made = sessions._image.cache_info().misses
+    sessions.create_files(tmp_path / "new")
+    assert sessions._image.cache_info().misses == made
