@@ -218,10 +218,10 @@ def test_a_directory_put_in_place_of_a_wal_name_is_removed_and_the_name_kept(ses
 def test_a_host_makes_the_images_at_its_start_so_its_first_new_session_does_not(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Made on the way, the images cost the first new session ~8 ms, and 45 ms while a host start swept."""
-    sessions._image.cache_clear()
     world = World(tmp_path)
     clock = FakeClock(utc("2026-06-11T09:00:00"))
     host = Host(world.settings, RecordingRuntime(clock), clock)
+    sessions._image.cache_clear()
     host.stopping.set()  # (started, then stopped at once)
     asyncio.run(host.run())
     assert sessions._image.cache_info().currsize == 2
