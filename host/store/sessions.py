@@ -137,7 +137,9 @@ def prepare() -> None:
 def _write(folder: int, name: str, data: bytes) -> None:
     fd = private.create_file(folder, name)
     try:
-        os.write(fd, data)  # (a few pages: one write)
+        left = memoryview(data)
+        while left:  # (a full disk raises on the way: the creation fails, its folder removed)
+            left = left[os.write(fd, left):]
         os.fdatasync(fd)
     finally:
         os.close(fd)
