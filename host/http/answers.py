@@ -1,7 +1,7 @@
 """Answers someone is waiting for: a chat's message or a webhook's arrival on its way into an inbox, then the answer
 written. While one is worked out, the sweep gives way: its thread and its worker processes wait before their next
 session until no answer is owed (``Yielding``). On two cores the workers and the sweep's thread otherwise took the
-time the answer needed: a chat's answer during a host's first sweep over 10,000 sessions went from p99 16-22 ms to
+time the answer needed: a chat's answer during a host's first sweep over 10,000 sessions went from p99 16-21 ms to
 8.5-9.2 ms (scripts/bench_loop.py, interleaved runs on a quiet machine; docs/scaling.md).
 
 The sweep's give-way is bounded, so a flood of requests cannot stall it: a wait lasts at most ``HOLD_S`` (an answer
