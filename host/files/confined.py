@@ -196,8 +196,6 @@ def write_beneath(root: Path, relative: str | PurePath, data: bytes) -> None:
             os.close(above)
     fd = open_beneath(root, relative, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, private.FILE_MODE)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        private.write_all(fd, data)
     finally:
         os.close(fd)

@@ -38,6 +38,13 @@ def create_file(dirfd: int, name: str) -> int:
     return fd
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """``data`` written whole to ``fd`` (a write may take part of it; a full disk raises on the way)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def replace_file(dirfd: int, name: str, data: bytes, durable: bool = False) -> None:
     """Write ``name`` in the folder ``dirfd`` whole: a private temporary file renamed over it, so a reader sees the
     old content or the new, never part. ``durable``: synced before the rename, and the folder after it."""
@@ -46,9 +53,7 @@ def replace_file(dirfd: int, name: str, data: bytes, durable: bool = False) -> N
         os.unlink(temporary, dir_fd=dirfd)
     fd = create_file(dirfd, temporary)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
         if durable:
             os.fsync(fd)
     finally:

@@ -39,10 +39,10 @@ def owed() -> Iterator[None]:
             _set(True)
 
 
-def _set(clear: bool) -> None:
+def _set(none_owed: bool) -> None:
     for event in (_none_here, _none_there):
         if event is not None:
-            event.set() if clear else event.clear()
+            event.set() if none_owed else event.clear()
 
 
 def for_workers() -> ProcessEvent:

@@ -137,9 +137,7 @@ def prepare() -> None:
 def _write(folder: int, name: str, data: bytes) -> None:
     fd = private.create_file(folder, name)
     try:
-        left = memoryview(data)
-        while left:  # (a full disk raises on the way: the creation fails, its folder removed)
-            left = left[os.write(fd, left):]
+        private.write_all(fd, data)  # (a full disk raises on the way: the creation fails, its folder removed)
         os.fdatasync(fd)
     finally:
         os.close(fd)
