@@ -93,8 +93,12 @@ def _task_write(settings: Settings, ref: str, action: Callable[[sqlite3.Connecti
     central.db, one transaction on the session's inbox on a fresh connection, then nudge the host."""
     with closing(App(settings).central()) as central:
         session, series_id = task_list.locate(settings, central, ref)
-    with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
-        outcome = action(conn, session.folder, series_id)
+
+    def write() -> Any:
+        with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
+            return action(conn, session.folder, series_id)
+
+    outcome = db.retried(write)
     nudge.touch(settings)
     return outcome
 

@@ -6,6 +6,7 @@ time recomputed in TZ), run-now beside the grid, and an unknown id that changes 
 from __future__ import annotations
 
 import json
+import sqlite3
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from cli_tasks_kit import (
 from cli_tasks_kit import cli as cli
 from cli_tasks_kit import session as session
 
-from host.store import db
+from host.store import db, outbox
 
 
 def missed_slots(run: dict[str, Any]) -> int:
@@ -57,6 +58,35 @@ def test_pause_and_resume_by_series_and_occurrence_id(cli: Ncl, session: dict[st
     assert shown["task"]["next_run"] == "2026-05-19T13:00:00.000Z"  # not overdue: the grid is kept
     assert one_line_error(cli("tasks", "resume", clone_id)) == (
         f"ncl: task {item['id']} is not paused: it is waiting for its next run")
+
+
+@pytest.mark.parametrize("command", [("tasks", "pause"), ("tasks", "cancel"), ("tasks", "update", "--prompt", "new"),
+                                     ("groups", "delete", "demo", "--yes")])
+def test_a_command_outlasts_a_runner_commit_longer_than_its_short_wait(
+        cli: Ncl, session: dict[str, Any], monkeypatch: pytest.MonkeyPatch, command: tuple[str, ...]) -> None:
+    """The claims in outbound.db are waited for ``RUNNER_WAIT_S`` (0 here), so that the inbox's write lock is never
+    held long on a runner's: the command is done again until the busy timeout, not failed ("database is locked", as
+    found under load: a runner's commit held its file 0.3 s)."""
+    item = weekday_task(cli, session)
+    runner = sqlite3.connect(Path(session["path"]) / "outbound.db", isolation_level=None)
+    runner.execute("BEGIN EXCLUSIVE")  # its commit under way
+    tries: list[str] = []
+    claimed = outbox.claimed
+
+    def committed_after_the_first_try(path: Path, message_ids: list[str]) -> set[str]:
+        tries.append(path.name)
+        if runner.in_transaction and len(tries) > 1:
+            runner.execute("COMMIT")
+        return claimed(path, message_ids)
+
+    monkeypatch.setattr(outbox, "RUNNER_WAIT_S", 0.0)
+    monkeypatch.setattr(outbox, "claimed", committed_after_the_first_try)
+    args = (*command[:2], item["id"], *command[2:]) if command[0] == "tasks" else command
+    ok(cli(*args))
+    runner.close()
+    assert tries == ["outbound.db", "outbound.db"]
+    expected = {"pause": "paused", "cancel": "cancelled", "update": "pending", "delete": "paused"}[command[1]]
+    assert show(cli, item["id"])["task"]["status"] == expected
 
 
 def test_resume_of_a_running_task_and_cancel_of_an_ended_one_say_so(cli: Ncl, session: dict[str, Any]) -> None:

@@ -46,8 +46,12 @@ def _write(app: App, ref: str, action: Callable[[ModuleType, Any, Path, str], T]
         session, series_id = task_list.locate(app.settings, central, ref)
     if plans:
         task_list.refuse_closed(session, series_id, plans)
-    with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
-        outcome = action(tasks, conn, session.folder, series_id)
+
+    def write() -> T:  # (done again while its runner holds outbound.db past the short wait for it: a long commit)
+        with closing(db.connect(session.folder / "inbound.db", "inbound")) as conn:
+            return action(tasks, conn, session.folder, series_id)
+
+    outcome = db.retried(write)
     nudge.touch(app.settings)
     return session, series_id, outcome
 

@@ -293,14 +293,17 @@ class Sweeper:
         self._remember(session.id, None)
         result.errors += 1
         self.holds.failed(session.id, now)
-        # A live runner's files locked past the visit's bounded wait (a commit in a disk stall, or a runner at it on
-        # purpose) is no broken session: the hold retries it. Said once per distinct problem either way: a session
-        # broken for good must not fill the log every sweep.
-        busy = db.is_busy(exc) and self.runners is not None and session.id in self.runners.live
+        # Files locked past the visit's bounded waits (a live runner's, or another of the host's threads' waiting on
+        # someone's lock; a commit in a disk stall, or a runner at it on purpose) are no broken session: the hold
+        # retries it. Said once per distinct problem either way: a session broken for good must not fill the log
+        # every sweep.
+        busy = db.is_busy(exc)
         text = cut(str(exc))  # (kept while the session fails, and logged: it may carry what a runner wrote)
         level = logging.DEBUG if self.failing.get(session.id) == text else logging.INFO if busy else logging.WARNING
         self.failing[session.id] = text
-        log.log(level, "session %s skipped%s: %s", session.id, " (its runner holds its files)" if busy else "", text,
+        held_by = " (its runner holds its files)" if self.runners and session.id in self.runners.live else \
+            " (its files are locked)"
+        log.log(level, "session %s skipped%s: %s", session.id, held_by if busy else "", text,
                 extra={"action": "session_busy" if busy else "session_failed", "session": session.id})
 
     def _visit_waiting(self, waiting: list[_Plan], outcomes: Iterator[Outcome | None], now: datetime,

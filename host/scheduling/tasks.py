@@ -158,8 +158,12 @@ def pause(conn: db.Connection, ref: str, now: datetime, policy: Policy, *, folde
 
 
 def pause_all(conn: db.Connection, now: datetime, policy: Policy, *, folder: Path | None) -> int:
-    """Pause every live series of the inbox (its group is going away); returns how many series."""
-    return sum(1 for s in task_series.live_ids(conn) if pause(conn, s, now, policy, folder=folder))
+    """Pause every live series of the inbox (its group is going away); returns how many series. Each is paused
+    again while its runner holds outbound.db past the short wait for it (``db.retried``: an operator's command)."""
+    def paused(series_id: str) -> int:
+        return db.retried(lambda: pause(conn, series_id, now, policy, folder=folder))
+
+    return sum(1 for series_id in task_series.live_ids(conn) if paused(series_id))
 
 
 def resume(conn: db.Connection, ref: str, now: datetime, policy: Policy) -> int:

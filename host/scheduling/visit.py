@@ -69,12 +69,14 @@ class Visitor:
         inbox is read, then the runner's outbound.db, then the inbox written, each step with the session's
         in-process lock held only for the inbox's (an arrival goes in while the runner's file is read, or a stuck
         runner stopped). A live runner may keep its files locked: ``outbox.RUNNER_WAIT_S`` bounds each wait of its
-        visit."""
+        visit. The in-process lock is waited for as long at most, runner or none: another of the host's threads
+        holds it past that only while it waits on someone's lock (an arrival on a runner's or a ``sqlite3`` shell's
+        read), and the sweep's one thread must not wait with it (every other session would)."""
         folder = session.folder
         limit = self.settings.max_requests_per_visit
         lock, wait = db.lock_of(folder / "inbound.db"), None if runner is None else outbox.RUNNER_WAIT_S
         with logs.visiting(session.id), ExitStack() as stack:
-            with lock.within(wait):
+            with lock.within(outbox.RUNNER_WAIT_S):
                 conn = stack.enter_context(closing(db.connect(folder / "inbound.db", "inbound", reading=True,
                                                               wait_s=wait)))
                 look = inbox.look(conn, now, policy.zone.key)
@@ -108,7 +110,7 @@ class Visitor:
                 # (A visit with nothing of these to do writes nothing: no transaction.) What it did counts, and its
                 # notice is given, once it is committed.
                 done = SweepResult(result.now)
-                with lock.within(wait), db.transaction(conn):
+                with lock.within(outbox.RUNNER_WAIT_S), db.transaction(conn):
                     if hand:
                         hand(session, found.replies)
                     synced = acks.sync(conn, now, policy, runner, found, claimed, open_rows)

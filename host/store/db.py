@@ -6,7 +6,6 @@ import logging
 import os
 import sqlite3
 import stat
-import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
@@ -20,7 +19,9 @@ from host.errors import cut
 from host.files import confined, lock, private
 from host.settings import SESSIONS_DIR
 from host.store import bounds, file_locks, sidecars
+from host.store.file_locks import is_busy as is_busy
 from host.store.file_locks import lock_of as lock_of  # (db.lock_of: the host's name for it)
+from host.store.file_locks import retried as retried
 from schemas import queries
 from schemas.ddl import MIGRATIONS, DbKind, latest_version
 
@@ -58,13 +59,6 @@ class _Opened(sqlite3.Connection):
     # A ``reading`` connection's pragmas that only its writes need, run before its first transaction (``transaction``):
     # most visits write nothing, and each pragma took and dropped the file's lock (~7 µs each).
     for_writes: tuple[str, ...] = ()
-
-
-def is_busy(exc: BaseException) -> bool:
-    """Whether ``exc`` is a wait for another's lock that ran out: SQLite's SQLITE_BUSY (any of its extended codes,
-    which Python gives), ``Busy``, or an in-process lock's (``file_locks.busy``)."""
-    code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.OperationalError) else None
-    return isinstance(exc, Busy) or (code is not None and code & 0xFF == sqlite3.SQLITE_BUSY)
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -380,17 +374,8 @@ def _into_wal(conn: sqlite3.Connection, mode: str) -> None:
     that SQLite starts from a read one, and so fails at once, with no busy wait (which could deadlock), when another
     connection is switching it too: the host's first start, whose mail channel and project tasks each open the new
     central.db, failed so. Tried again within the busy timeout; the other's switch makes it a no-op."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    pause = 0.001
-    while True:
-        try:
-            conn.execute(mode)
-            return
-        except sqlite3.OperationalError as exc:
-            if not is_busy(exc) or time.monotonic() + pause > deadline:
-                raise
-        time.sleep(pause)
-        pause = min(2 * pause, 0.05)
+    retried(lambda: conn.execute(mode))
+
 
 
 def _checked_version(conn: sqlite3.Connection, kind: DbKind, path: Path) -> int:

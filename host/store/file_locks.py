@@ -1,13 +1,20 @@
-"""The in-process locks of the SQLite files the host's threads share (``db.lock_of``)."""
+"""The in-process locks of the SQLite files the host's threads share (``db.lock_of``), and what a wait for a lock that
+ran out looks like (``is_busy``) and how an operation is done again after one (``retried``)."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
+
+from host.errors import Busy
+
+T = TypeVar("T")
 
 # One bound for any wait on a file: SQLite's busy timeout (db.BUSY_TIMEOUT_MS), and the wait for another thread of
 # the host done with it (``FileLock``).
@@ -42,6 +49,28 @@ class FileLock:
             yield
         finally:
             self._lock.release()
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is a wait for another's lock that ran out: SQLite's SQLITE_BUSY (any of its extended codes,
+    which Python gives), ``Busy``, or an in-process lock's (``busy``)."""
+    code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.OperationalError) else None
+    return isinstance(exc, Busy) or (code is not None and code & 0xFF == sqlite3.SQLITE_BUSY)
+
+
+def retried(op: Callable[[], T]) -> T:
+    """``op()``, done again while it fails busy, within the busy timeout: an operation SQLite fails at once, or whose
+    parts wait less (for a live runner's file: ``outbox.RUNNER_WAIT_S``) so as to hold nothing long."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    pause = 0.001
+    while True:
+        try:
+            return op()
+        except Exception as exc:
+            if not is_busy(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(2 * pause, 0.05)
 
 
 def busy() -> sqlite3.OperationalError:
