@@ -16,7 +16,7 @@ from schema_kit import INBOUND_COLUMNS, InsertRow, RowIn, columns, open_plain
 from schema_kit import session_dir as session_dir
 
 from host.loop import Host
-from host.store import db, sessions
+from host.store import db, file_locks, sessions
 from host.store.db import DbError
 from schemas.ddl import DbKind, latest_version
 
@@ -155,7 +155,7 @@ def test_a_new_central_db_switched_by_two_connections_at_once_waits_for_the_othe
         if other.in_transaction:
             other.execute("COMMIT")
 
-    monkeypatch.setattr(db.time, "sleep", pause)
+    monkeypatch.setattr(file_locks.time, "sleep", pause)
     with closing(db.connect(path, "central")) as conn, closing(other):
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.version(conn) == latest_version("central")
@@ -178,7 +178,7 @@ def test_an_outbox_a_runner_keeps_in_wal_is_refused_at_once_not_waited_for(
     runner.execute("BEGIN")
     runner.execute("SELECT COUNT(*) FROM messages_out").fetchone()
     paused: list[float] = []
-    monkeypatch.setattr(db.time, "sleep", paused.append)
+    monkeypatch.setattr(file_locks.time, "sleep", paused.append)
     with closing(runner), pytest.raises(DbError, match="locked"):
         db.connect(path, "outbound")
     assert paused == []  # (only central.db's switch into WAL is tried again: the host's own)

@@ -58,10 +58,11 @@ def is_busy(exc: BaseException) -> bool:
     return isinstance(exc, Busy) or (code is not None and code & 0xFF == sqlite3.SQLITE_BUSY)
 
 
-def retried(op: Callable[[], T]) -> T:
-    """``op()``, done again while it fails busy, within the busy timeout: an operation SQLite fails at once, or whose
-    parts wait less (for a live runner's file: ``outbox.RUNNER_WAIT_S``) so as to hold nothing long."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
+def retried(op: Callable[[], T], seconds: float | None = None) -> T:
+    """``op()``, done again while it fails busy, within ``seconds`` (None: ``BUSY_TIMEOUT_S``): an operation SQLite
+    fails at once, or whose parts wait less (for a live runner's file: ``outbox.RUNNER_WAIT_S``) to hold nothing
+    long."""
+    deadline = time.monotonic() + (BUSY_TIMEOUT_S if seconds is None else seconds)
     pause = 0.001
     while True:
         try:
