@@ -377,7 +377,6 @@ def _into_wal(conn: sqlite3.Connection, mode: str) -> None:
     retried(lambda: conn.execute(mode), BUSY_TIMEOUT_MS / 1000)
 
 
-
 def _checked_version(conn: sqlite3.Connection, kind: DbKind, path: Path) -> int:
     found = version(conn)
     if found > latest_version(kind):
