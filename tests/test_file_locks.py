@@ -41,7 +41,7 @@ class Recording:
     def __exit__(self, *exc: object) -> None:
         self.lock.__exit__(*exc)
 
-    def within(self, seconds: float | None) -> AbstractContextManager[None]:  # (a visit's)
+    def within(self, seconds: float) -> AbstractContextManager[None]:  # (a visit's)
         if threading.current_thread() is not self.holder:
             self.asked.set()
         return self.lock.within(seconds)

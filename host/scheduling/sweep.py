@@ -301,9 +301,9 @@ class Sweeper:
         text = cut(str(exc))  # (kept while the session fails, and logged: it may carry what a runner wrote)
         level = logging.DEBUG if self.failing.get(session.id) == text else logging.INFO if busy else logging.WARNING
         self.failing[session.id] = text
-        held_by = " (its runner holds its files)" if self.runners and session.id in self.runners.live else \
-            " (its files are locked)"
-        log.log(level, "session %s skipped%s: %s", session.id, held_by if busy else "", text,
+        live = self.runners is not None and session.id in self.runners.live
+        why = (" (its runner holds its files)" if live else " (its files are locked)") if busy else ""
+        log.log(level, "session %s skipped%s: %s", session.id, why, text,
                 extra={"action": "session_busy" if busy else "session_failed", "session": session.id})
 
     def _visit_waiting(self, waiting: list[_Plan], outcomes: Iterator[Outcome | None], now: datetime,

@@ -75,8 +75,9 @@ class Visitor:
         folder = session.folder
         limit = self.settings.max_requests_per_visit
         lock, wait = db.lock_of(folder / "inbound.db"), None if runner is None else outbox.RUNNER_WAIT_S
+        held = outbox.RUNNER_WAIT_S  # (the in-process lock's bound, runner or none)
         with logs.visiting(session.id), ExitStack() as stack:
-            with lock.within(outbox.RUNNER_WAIT_S):
+            with lock.within(held):
                 conn = stack.enter_context(closing(db.connect(folder / "inbound.db", "inbound", reading=True,
                                                               wait_s=wait)))
                 look = inbox.look(conn, now, policy.zone.key)
@@ -110,7 +111,7 @@ class Visitor:
                 # (A visit with nothing of these to do writes nothing: no transaction.) What it did counts, and its
                 # notice is given, once it is committed.
                 done = SweepResult(result.now)
-                with lock.within(outbox.RUNNER_WAIT_S), db.transaction(conn):
+                with lock.within(held), db.transaction(conn):
                     if hand:
                         hand(session, found.replies)
                     synced = acks.sync(conn, now, policy, runner, found, claimed, open_rows)

@@ -42,9 +42,9 @@ class FileLock:
             raise busy()
 
     @contextmanager
-    def within(self, seconds: float | None) -> Iterator[None]:
-        """Held, taken within ``seconds`` (None: ``BUSY_TIMEOUT_S``)."""
-        self.take(BUSY_TIMEOUT_S if seconds is None else seconds)
+    def within(self, seconds: float) -> Iterator[None]:
+        """Held, taken within ``seconds`` (a bound shorter than ``BUSY_TIMEOUT_S``: a visit's)."""
+        self.take(seconds)
         try:
             yield
         finally:
