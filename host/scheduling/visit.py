@@ -8,6 +8,7 @@ from collections.abc import Callable
 from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from host.channels.delivery import Deliveries
@@ -73,13 +74,13 @@ class Visitor:
         holds it past that only while it waits on someone's lock (an arrival on a runner's or a ``sqlite3`` shell's
         read), and the sweep's one thread must not wait with it (every other session would)."""
         folder = session.folder
+        inbound, outbound = folder / "inbound.db", folder / "outbound.db"
         limit = self.settings.max_requests_per_visit
-        lock, wait = db.lock_of(folder / "inbound.db"), None if runner is None else outbox.RUNNER_WAIT_S
+        lock, wait = db.lock_of(inbound), None if runner is None else outbox.RUNNER_WAIT_S
         held = outbox.RUNNER_WAIT_S  # (the in-process lock's bound, runner or none)
         with logs.visiting(session.id), ExitStack() as stack:
             with lock.within(held):
-                conn = stack.enter_context(closing(db.connect(folder / "inbound.db", "inbound", reading=True,
-                                                              wait_s=wait)))
+                conn = stack.enter_context(closing(db.connect(inbound, "inbound", reading=True, wait_s=wait)))
                 look = inbox.look(conn, now, policy.zone.key)
                 open_rows = look.open_rows
                 unread = runner is None and quiet is not None and quiet.issuperset(open_rows)
@@ -88,13 +89,13 @@ class Visitor:
             if unread:
                 found, claimed = outbox.Outbox(), []  # what reading it again would find: no ack, request or reply
             else:
-                found, runner = self._read_outbox(session, now, runner, open_rows, handled, replied, wait)
+                found, runner = self._read_outbox(session, outbound, now, runner, open_rows, handled, replied, wait)
                 if self.apply is None and (found.requests or found.replies):
                     raise Inline  # (before its claims are cleared: the sweep's visit finds them as this one did)
                 claimed = [mid for mid, ack in found.acks.items() if ack.status == "processing"]
-                if runner is None:
+                if runner is None and claimed:
                     # Claims first, then the inbox: a crash between leaves 'processing' rows, released next time.
-                    outbox.clear_claims(folder / "outbound.db", claimed)
+                    outbox.clear_claims(outbound, claimed)
                 quiet = None if found.acks or found.requests or found.replies else frozenset(open_rows)
             more = len(found.requests) > limit
             state, same = look.state, None
@@ -140,13 +141,13 @@ class Visitor:
                           quiet if runner is None else None, same)
 
 
-    def _read_outbox(self, session: Session, now: datetime, runner: Runner | None, open_rows: dict[str, str],
-                     handled: int, replied: int, wait: float | None) -> tuple[outbox.Outbox, Runner | None]:
+    def _read_outbox(self, session: Session, path: Path, now: datetime, runner: Runner | None,
+                     open_rows: dict[str, str], handled: int, replied: int,
+                     wait: float | None) -> tuple[outbox.Outbox, Runner | None]:
         """What the visit finds in outbound.db, and the runner still alive after: one found stuck is killed, and so
         is one that tampered with the file (``db.Tampered``). A runner whose file could not be read is judged by
         its heartbeat alone (one hung holding its file's lock is killed as well). A visit that fails so is done again
         later, its runner gone if it was killed."""
-        path = session.folder / "outbound.db"
         try:
             # One request more than a visit applies tells whether the rest wait for the next visit (§13.5).
             found = outbox.read(path, open_rows, handled, writable=runner is None, reply_after_seq=replied,

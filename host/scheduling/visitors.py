@@ -214,11 +214,11 @@ def _alive(pid: int) -> bool:
 
 def _visit_batch(now: datetime, jobs: list[Job]) -> list[Outcome]:
     assert _visitor is not None
-    policy, outcomes = Policy.of(_visitor.settings), []
+    policy, outcomes, stamp = Policy.of(_visitor.settings), [], to_text(now)
     for session, quiet in jobs:
         _yielding.wait()
         _kept.records = []
-        done = SweepResult(to_text(now))
+        done = SweepResult(stamp)
         try:
             outcome = Outcome(_visitor.visit(session, now, policy, None, done, quiet), done, None, _kept.records)
         except Inline:
