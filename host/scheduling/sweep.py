@@ -320,7 +320,8 @@ class Sweeper:
                 visit = None
                 if outcome is not None:
                     visit, done, error, records = outcome
-                    logs.replay(plan.session.id, records)
+                    if records:
+                        logs.replay(plan.session.id, records)
                     if error is not None:
                         raise VisitFailed(error)
                     if done is not None:

@@ -39,7 +39,10 @@ MIN_VISITS = 16  # a sweep with fewer sessions to open visits them itself: handi
 # Workers are first started (a forkserver, a Python importing the host: ~0.3 s) only for this many visits in sight,
 # this sweep's and those of sessions left for the next (a host start's); after, new ones start in ~15 ms.
 FIRST_VISITS = 1000
-BATCH = 8  # sessions a worker visits per hand-over (one each cost ~40% more, in the pipes)
+# Sessions a worker visits per hand-over: 8 while few were handed (a small sweep shared evenly; one each cost ~40% more,
+# in the pipes), growing with the round up to 64 (each hand-over costs the host's own process about 0.3 ms of CPU in
+# its pipes and futures, which at 8 a batch was a tenth of a host start's work).
+BATCH, MAX_BATCH = 8, 64
 IDLE_S = 60.0  # workers left unused this long stop; the next sweep that needs them starts them again (~15 ms)
 # As many as the cores, at most 4; on one core none: the sweep's thread visits every session itself. (One more than
 # the cores cloned ~10% faster, a visit that commits waiting on the disk, but the webhook answers' p99 during a host
@@ -52,8 +55,8 @@ WORKER_NICE = 5
 
 
 class Outcome(NamedTuple):
-    """A worker's visit of one session: ``visit`` and ``done`` (its counts), or the ``error`` it failed with, or
-    neither (the sweep's thread visits it: see the module), and the records it logged."""
+    """A worker's visit of one session: ``visit`` and ``done`` (its counts; None: it counted nothing), or the
+    ``error`` it failed with, or neither (the sweep's thread visits it: see the module), and the records it logged."""
 
     visit: Visit | None
     done: SweepResult | None
@@ -83,12 +86,15 @@ class Round:
 
     def add(self, job: Job) -> None:
         self.jobs.append(job)
-        if self.visitors.started and len(self.jobs) >= MIN_VISITS and len(self.jobs) - self._handed >= BATCH:
+        if self.visitors.started and len(self.jobs) >= MIN_VISITS and len(self.jobs) - self._handed >= self._size():
             self._hand()
+
+    def _size(self) -> int:
+        return min(MAX_BATCH, max(BATCH, self._handed // 8))
 
     def _hand(self) -> None:
         while WORKERS > 1 and not self._stopped and self._handed < len(self.jobs):
-            batch = self.jobs[self._handed:self._handed + BATCH]
+            batch = self.jobs[self._handed:self._handed + self._size()]
             try:
                 self._batches.append((self.visitors._submit(self.now, batch), len(batch)))
             except Exception as exc:  # workers that died since the last sweep (a broken pool takes no more work)
@@ -215,12 +221,14 @@ def _alive(pid: int) -> bool:
 def _visit_batch(now: datetime, jobs: list[Job]) -> list[Outcome]:
     assert _visitor is not None
     policy, outcomes, stamp = Policy.of(_visitor.settings), [], to_text(now)
+    nothing = SweepResult(stamp)
     for session, quiet in jobs:
         _yielding.wait()
         _kept.records = []
         done = SweepResult(stamp)
         try:
-            outcome = Outcome(_visitor.visit(session, now, policy, None, done, quiet), done, None, _kept.records)
+            visit = _visitor.visit(session, now, policy, None, done, quiet)
+            outcome = Outcome(visit, None if done == nothing else done, None, _kept.records)
         except Inline:
             outcome = Outcome(None, None, None, _kept.records)
         except Exception as exc:
