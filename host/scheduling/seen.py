@@ -112,11 +112,12 @@ class Book(MutableMapping[str, Seen]):
     def _unlisted(self, session_id: str, seen: Seen) -> None:
         if seen.next_due is not None:
             entry = (seen.next_due, session_id)
-            at = bisect_left(self._dues, entry)
-            if at < len(self._dues) and self._dues[at] == entry:
-                del self._dues[at]
-            else:
-                self._added.remove(entry)
+            dues = self._dues
+            at = bisect_left(dues, entry)
+            if at == len(dues) or dues[at] != entry:  # (added since the last question)
+                dues = self._ordered()
+                at = bisect_left(dues, entry)
+            del dues[at]
         self.busy.discard(session_id)
 
     def _ordered(self) -> list[tuple[str, str]]:
