@@ -112,11 +112,11 @@ class Tools:
             raise ToolError(str(exc)) from None
 
     def _request(self, request: requests.ScheduleTask | requests.UpdateTask | requests.ControlTask) -> None:
-        from schemas.requests import MAX_CHARS
+        from schemas.rows import MAX_REQUEST_CHARS
 
         payload = json.loads(request.to_json())
-        if (size := len(json.dumps(payload))) > MAX_CHARS:  # as it is stored: the host would refuse it
-            raise ToolError(f"the request is {size} characters long, over the {MAX_CHARS} a request may be: "
+        if (size := len(json.dumps(payload))) > MAX_REQUEST_CHARS:  # as it is stored: the host would refuse it
+            raise ToolError(f"the request is {size} characters long, over the {MAX_REQUEST_CHARS} a request may be: "
                             "shorten the prompt or the script")
         # Staged: the host sees it when the turn finishes, so a turn killed after this call and retried asks once.
         self.store.stage(payload, self.now(), self.turn.get("in_reply_to"))

@@ -10,12 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from schemas import recurring
 from schemas.ids import is_id
-from schemas.rows import ContextMode
+from schemas.rows import MAX_REQUEST_CHARS, ContextMode
 from schemas.series_end import MAX_COUNT
 from schemas.times import accept_text
 from schemas.validation import not_blank, one_line
-
-MAX_CHARS = 64 << 10  # characters of a request's JSON (a task's prompt and script included): more is refused unread
 
 
 class RequestError(ValueError):
@@ -163,8 +161,8 @@ def parse(content: str | dict[str, Any]) -> ScheduleTask | UpdateTask | ControlT
         | UpdateHostTask:
     """A system row's content -> its request, or RequestError saying what is wrong in one line. ``taskType``
     "host" (or an update of a ``host-`` id) is a host task's; "agent" is the default, anything else refused."""
-    if isinstance(content, str) and len(content) > MAX_CHARS:
-        raise RequestError(f"request longer than {MAX_CHARS} characters")
+    if isinstance(content, str) and len(content) > MAX_REQUEST_CHARS:
+        raise RequestError(f"request longer than {MAX_REQUEST_CHARS} characters")
     try:
         data = json.loads(content) if isinstance(content, str) else content
         if isinstance(data, dict) and data.get("action") in ("schedule_task", "update_task"):

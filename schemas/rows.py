@@ -55,6 +55,9 @@ class InMessage(NamedTuple):
         return {"platform_id": self.platform_id, "channel_type": self.channel_type, "thread_id": self.thread_id}
 
 
+# Characters of a runner's request as stored (its JSON, a task's prompt and script included): more is refused unread.
+# Here, not in ``schemas.requests``, so the host's reads of outbound.db go without pydantic (``host.store.outbox``).
+MAX_REQUEST_CHARS = 64 << 10
 MODEL_WAIT = "model_wait"  # the outbound session_state key of a runner waiting to retry the model API
 MODEL_WAIT_MAX_TEXT = 4096  # characters of its value read: a longer one is not a ``ModelWait``
 

@@ -15,7 +15,7 @@ from kit import World, runner_tools
 from agent_runner.tool_error import ToolError
 from agent_runner.tools import Tools
 from host.scheduling import tasks
-from schemas.requests import MAX_CHARS
+from schemas.rows import MAX_REQUEST_CHARS as MAX_CHARS
 from schemas.times import from_text
 
 NOW = from_text("2026-06-11T13:00:00.000Z")  # Thursday 09:00:00 EDT
@@ -150,7 +150,7 @@ def test_the_hosts_rejection_of_a_repeated_pause_says_already_paused(world: Worl
 
 
 def test_a_request_longer_than_the_host_reads_is_refused_by_the_tool(tools: Tools) -> None:
-    """The host refuses a request over ``requests.MAX_CHARS`` (tests/security/test_outbound_bounds.py): the tool
+    """The host refuses a request over ``rows.MAX_REQUEST_CHARS`` (tests/security/test_outbound_bounds.py): the tool
     says so at once."""
     with pytest.raises(ToolError, match=r"^the request is \d+ characters long, over the 65536 a request may be: "
                                         r"shorten the prompt or the script$"):

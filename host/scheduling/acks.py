@@ -14,7 +14,7 @@ from host.scheduling import recurrence
 from host.scheduling.recurrence import Policy
 from host.store import db, inbox, outbox, task_series
 from host.store.outbox import MAX_DETAIL, MAX_REASON, Ack
-from schemas.messages import RunOutcome
+from schemas.rows import RunOutcome
 from schemas.times import from_text
 
 OUTCOMES: dict[str, tuple[RunOutcome, ...]] = {"completed": ("ran", "skipped", "gate_error"), "failed": ("failed",)}

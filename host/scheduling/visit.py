@@ -9,9 +9,8 @@ from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from host.channels.delivery import Deliveries
 from host.files import logs
 from host.runtimes.pool import Runner, Runners
 from host.scheduling import acks, recurrence
@@ -21,6 +20,9 @@ from host.settings import Settings
 from host.store import db, inbox, outbox, task_series
 from host.store.outbox import OutMessage
 from host.store.sessions import Session
+
+if TYPE_CHECKING:  # (the host loop's, with asyncio: a sweep's worker process goes without)
+    from host.channels.delivery import Deliveries
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 from host.store import db, journals
 from host.store.bounds import REPLY_CHARS as REPLY_CHARS
 from host.store.bounds import TEXT_CHARS as TEXT_CHARS
-from schemas.requests import MAX_CHARS as REQUEST_CHARS
+from schemas.rows import MAX_REQUEST_CHARS as REQUEST_CHARS
 from schemas.rows import MODEL_WAIT, MODEL_WAIT_MAX_TEXT, ModelWait
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from host.scheduling.sweep import Sweeper
 from host.store import db, outbox
 from host.store.outbox import OutMessage
 from host.store.sessions import Session
-from schemas.requests import MAX_CHARS
+from schemas.rows import MAX_REQUEST_CHARS as MAX_CHARS
 from schemas.times import to_text
 
 T0 = utc("2026-05-18T13:00:00")
