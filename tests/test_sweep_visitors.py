@@ -145,6 +145,41 @@ def test_the_first_workers_start_only_for_many_visits_in_sight(tmp_path: Path, m
         many.close()
 
 
+class _Handed:
+    """Visitors whose workers are stood for by the batches handed to them (``Round``'s side only)."""
+
+    started = True
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+
+    def _submit(self, now: object, jobs: list[Any]) -> Any:
+        self.batches.append(jobs)
+        return jobs
+
+    def _outcomes(self, future: Any, size: int) -> list[None]:
+        assert len(future) == size
+        return [None] * size
+
+
+@pytest.mark.parametrize("count", [visitors.MIN_VISITS, 70, 1000, 10_000])
+def test_batches_grow_with_the_round_and_hand_every_session_once_in_order(count: int,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """8 sessions a hand-over while few were handed (a small sweep shared evenly), up to 64 in a big one (each costs
+    the host ~0.3 ms): every session handed once, in the pass's order, as many outcomes as sessions."""
+    monkeypatch.setattr(visitors, "WORKERS", 2)
+    handed = _Handed()
+    round_ = visitors.Round(handed, T0)  # type: ignore[arg-type]
+    jobs = [(n, None) for n in range(count)]
+    for job in jobs:
+        round_.add(job)  # type: ignore[arg-type]
+    assert len(list(round_.outcomes())) == count
+    assert [job for batch in handed.batches for job in batch] == jobs
+    sizes = [len(batch) for batch in handed.batches]
+    assert max(sizes) <= visitors.MAX_BATCH and all(size == visitors.BATCH for size in sizes[:8])
+    assert max(sizes) == (visitors.MAX_BATCH if count >= 1000 else visitors.BATCH)
+
+
 def test_a_worker_imports_neither_pydantic_nor_asyncio() -> None:
     """What the forkserver imports for the workers (this module): a worker validates no request (it leaves them to
     the sweep's thread) and hands no reply; with pydantic's models and asyncio the first workers took 0.1 s longer
