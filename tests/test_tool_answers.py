@@ -15,7 +15,7 @@ from kit import World, runner_tools
 from agent_runner.tool_error import ToolError
 from agent_runner.tools import Tools
 from host.scheduling import tasks
-from schemas.rows import MAX_REQUEST_CHARS as MAX_CHARS
+from schemas.rows import MAX_REQUEST_CHARS
 from schemas.times import from_text
 
 NOW = from_text("2026-06-11T13:00:00.000Z")  # Thursday 09:00:00 EDT
@@ -164,7 +164,7 @@ def test_whatever_the_tool_takes_the_host_reads(tools: Tools, world: World) -> N
     """Measured as stored (JSON with a space after each colon and comma, non-ASCII escaped), not as the request's
     compact text: one just under the limit there was taken by the tool and refused by the host (second attack
     review). The longest prompt the tool takes makes a stored request within the limit."""
-    low, high = 60_000, MAX_CHARS  # taken, refused
+    low, high = 60_000, MAX_REQUEST_CHARS  # taken, refused
     while high - low > 1:
         middle = (low + high) // 2
         try:
@@ -174,4 +174,4 @@ def test_whatever_the_tool_takes_the_host_reads(tools: Tools, world: World) -> N
             high = middle
     with closing(world.outbound()) as conn:
         stored = [len(row[0]) for row in conn.execute("SELECT content FROM staged_requests")]
-    assert stored and max(stored) <= MAX_CHARS and max(stored) >= MAX_CHARS - 10
+    assert stored and max(stored) <= MAX_REQUEST_CHARS and max(stored) >= MAX_REQUEST_CHARS - 10

@@ -95,7 +95,7 @@ class Visitor:
                 if self.apply is None and (found.requests or found.replies):
                     raise Inline  # (before its claims are cleared: the sweep's visit finds them as this one did)
                 claimed = [mid for mid, ack in found.acks.items() if ack.status == "processing"]
-                if runner is None and claimed:
+                if runner is None:
                     # Claims first, then the inbox: a crash between leaves 'processing' rows, released next time.
                     outbox.clear_claims(outbound, claimed)
                 quiet = None if found.acks or found.requests or found.replies else frozenset(open_rows)

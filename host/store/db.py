@@ -374,7 +374,7 @@ def _into_wal(conn: sqlite3.Connection, mode: str) -> None:
     that SQLite starts from a read one, and so fails at once, with no busy wait (which could deadlock), when another
     connection is switching it too: the host's first start, whose mail channel and project tasks each open the new
     central.db, failed so. Tried again within the busy timeout; the other's switch makes it a no-op."""
-    retried(lambda: conn.execute(mode), BUSY_TIMEOUT_MS / 1000)
+    retried(lambda: conn.execute(mode))
 
 
 def _checked_version(conn: sqlite3.Connection, kind: DbKind, path: Path) -> int:

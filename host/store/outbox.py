@@ -13,8 +13,7 @@ from pathlib import Path
 from host.store import db, journals
 from host.store.bounds import REPLY_CHARS as REPLY_CHARS
 from host.store.bounds import TEXT_CHARS as TEXT_CHARS
-from schemas.rows import MAX_REQUEST_CHARS as REQUEST_CHARS
-from schemas.rows import MODEL_WAIT, MODEL_WAIT_MAX_TEXT, ModelWait
+from schemas.rows import MAX_REQUEST_CHARS, MODEL_WAIT, MODEL_WAIT_MAX_TEXT, ModelWait
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +105,7 @@ def read(path: Path, open_ids: Iterable[str], after_seq: int, writable: bool, re
             acks = {row["message_id"]: Ack.of(row) for row in in_chunks(conn, ACKS, ids)}
         if some_requests:
             requests = [OutMessage.of(row) for row in conn.execute(  # at most request_limit (-1: all)
-                OUT.format(chars=REQUEST_CHARS + 1, kind="system"), (after_seq, request_limit))]
+                OUT.format(chars=MAX_REQUEST_CHARS + 1, kind="system"), (after_seq, request_limit))]
         if some_replies:
             replies = [OutMessage.of(row) for row in conn.execute(
                 OUT.format(chars=REPLY_CHARS + 1, kind="chat"), (reply_after_seq, REPLIES))]

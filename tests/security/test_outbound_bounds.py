@@ -27,7 +27,7 @@ from host.scheduling.sweep import Sweeper
 from host.store import db, outbox
 from host.store.outbox import OutMessage
 from host.store.sessions import Session
-from schemas.rows import MAX_REQUEST_CHARS as MAX_CHARS
+from schemas.rows import MAX_REQUEST_CHARS
 from schemas.times import to_text
 
 T0 = utc("2026-05-18T13:00:00")
@@ -69,14 +69,14 @@ def read_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 def test_a_request_too_long_is_refused_having_been_read_only_so_far(tmp_path: Path, read_sizes: list[int]) -> None:
     world = World(tmp_path)
-    prompt = "p" * (8 * MAX_CHARS)
+    prompt = "p" * (8 * MAX_REQUEST_CHARS)
     _write(world, [("msg-1779109200000-000001", "system",
                     json.dumps({"action": "schedule_task", "taskId": "task-1779109200000-abcdef", "prompt": prompt,
                                 "processAfter": "2026-06-01T00:00:00.000Z"}))])
     assert world.sweeper().tick(T0).applied == 0
-    assert read_sizes == [MAX_CHARS + 1]
+    assert read_sizes == [MAX_REQUEST_CHARS + 1]
     [notice] = world.notices()
-    assert notice["text"] == f"Your request was rejected: request longer than {MAX_CHARS} characters"
+    assert notice["text"] == f"Your request was rejected: request longer than {MAX_REQUEST_CHARS} characters"
 
 
 def test_a_reply_too_long_is_answered_with_a_line_saying_so(tmp_path: Path, read_sizes: list[int]) -> None:
@@ -129,12 +129,13 @@ def test_ids_and_routing_are_read_up_to_4096_characters(tmp_path: Path) -> None:
 def test_what_is_kept_of_a_sweep_reading_them_all(tmp_path: Path) -> None:
     """(The sweep's own path: a runner's 50 long requests cost 50 refusals and bounded reads.)"""
     world = World(tmp_path)
-    long = json.dumps({"action": "pause_task", "taskId": "task-1779109200000-abcdef", "x": "y" * (2 * MAX_CHARS)})
+    long = json.dumps({"action": "pause_task", "taskId": "task-1779109200000-abcdef",
+                       "x": "y" * (2 * MAX_REQUEST_CHARS)})
     _write(world, [(f"msg-1779109200000-{n:06d}", "system", long) for n in range(50)])
     sweeper: Sweeper = world.sweeper()
     assert sweeper.tick(T0).applied == 0
     [notice] = world.notices()
-    assert notice["text"].endswith(f"request longer than {MAX_CHARS} characters (50 such requests)")
+    assert notice["text"].endswith(f"request longer than {MAX_REQUEST_CHARS} characters (50 such requests)")
 
 
 def test_a_running_host_comes_back_at_once_for_the_replies_past_the_first_twenty(tmp_path: Path) -> None:
