@@ -28,6 +28,7 @@ from host.http import answers
 from host.scheduling.recurrence import Policy
 from host.scheduling.visit import Inline, SweepResult, Visitor
 from host.settings import Settings
+from host.store import allocations
 from host.store.sessions import Session
 from schemas.times import to_text
 
@@ -128,6 +129,9 @@ class Visitors:
 
     def _submit(self, now: datetime, jobs: list[Job]) -> Future[list[Outcome]]:
         if self._pool is None:
+            # (Read by the forkserver's start, the first pool's; set once, never changed: a host's own children get
+            # an environment of their own.)
+            os.environ.setdefault("GLIBC_TUNABLES", allocations.TUNABLES)
             context = get_context("forkserver")  # (fork: the host's threads hold locks a child would inherit)
             context.set_forkserver_preload([__name__])
             self._pool = ProcessPoolExecutor(WORKERS, mp_context=context, initializer=_started, initargs=(
@@ -185,6 +189,7 @@ _kept = _Kept()
 
 def _started(host: int, settings: Settings, level: int, none_owed: ProcessEvent) -> None:
     global _visitor, _yielding
+    allocations.stop_counting()  # (before the worker's first connection)
     threading.Thread(target=_end_with, args=(host,), daemon=True, name="ncl-visit-watch").start()
     null = os.open(os.devnull, os.O_RDWR)  # none of the host's stdio (a pipe someone waits to see closed) is held
     for fd in (0, 1, 2):
