@@ -129,8 +129,9 @@ class Visitors:
 
     def _submit(self, now: datetime, jobs: list[Job]) -> Future[list[Outcome]]:
         if self._pool is None:
-            # (Read by the forkserver's start, the first pool's; set once, never changed: a host's own children get
-            # an environment of their own.)
+            # (Read by the forkserver's start, the first pool's. Set once and kept: the host sets no other variable,
+            # so glibc's first setenv leaves the array another thread's getenv may be reading in place. Runners get
+            # an environment of their own; a host task's command inherits it, which only sizes its malloc's cache.)
             os.environ.setdefault("GLIBC_TUNABLES", allocations.TUNABLES)
             context = get_context("forkserver")  # (fork: the host's threads hold locks a child would inherit)
             context.set_forkserver_preload([__name__])
