@@ -6,6 +6,7 @@ set back."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -140,3 +141,26 @@ def test_the_index_is_saved_a_bounded_number_of_rows_to_a_transaction(world: Wor
     assert sum(s == "COMMIT" for s in statements) == 5
     assert [tuple(row) for row in session_index.load(world.central, "here")] == [
         (f"sess-{rows - 1}", f"{rows - 1} 1 2", None)]
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_index_is_saved_as_the_visits_come_in_and_after_a_failed_save_only_at_the_ticks_end(
+        world: World, monkeypatch: pytest.MonkeyPatch, fails: bool) -> None:
+    """A first start's commits of its index overlap the workers' visits (issue 14.1); a save that failed (central.db
+    locked past its busy timeout) is not tried again at each visit after it."""
+    monkeypatch.setattr(session_index, "SAVE_CHUNK", 3)
+    saved: list[int] = []
+    save = session_index.save
+
+    def counted(conn: Any, valid_in: str, changed: dict[str, session_index.Entry | None]) -> None:
+        saved.append(len(changed))
+        if fails and len(saved) == 1:
+            raise sqlite3.OperationalError("database is locked")
+        save(conn, valid_in, changed)
+
+    monkeypatch.setattr(session_index, "save", counted)
+    listed = [world.session] + [world.new_session() for _ in range(10)]
+    sweeper = world.sweeper()
+    assert sweeper.tick(T0).sessions_opened == len(listed)
+    assert saved == ([3, 11] if fails else [3, 3, 3, 2])
+    assert len(session_index.load(world.central, session_index.context(sweeper.policy.zone.key))) == len(listed)
