@@ -272,7 +272,7 @@ from multiprocessing import forkserver
 from host import settings
 from host.scheduling import visitors
 from host.scheduling.sweep import Sweeper
-from host.store import allocations, groups, sessions
+from host.store import groups, sessions
 from schemas.times import from_text
 
 visitors.WORKERS, visitors.FIRST_VISITS = 2, visitors.MIN_VISITS

@@ -136,7 +136,7 @@ class Visitors:
             context = get_context("forkserver")  # (fork: the host's threads hold locks a child would inherit)
             context.set_forkserver_preload([__name__])
             self._pool = ProcessPoolExecutor(WORKERS, mp_context=context, initializer=_started, initargs=(
-                os.getpid(), self.settings, logging.getLogger().getEffectiveLevel(), answers.for_workers()))
+                os.getpid(), self.settings, logging.getLogger().getEffectiveLevel(), answers.for_workers(), __file__))
         self._used, self.started = time.monotonic(), True
         return self._pool.submit(_visit_batch, now, jobs)
 
@@ -167,6 +167,7 @@ class Visitors:
 # --- in the worker process ---------------------------------------------------------------------------------------
 
 _visitor: Visitor | None = None
+_elsewhere = ""  # why this worker must not visit (``_started``)
 _yielding = answers.Yielding()
 
 
@@ -188,8 +189,14 @@ class _Kept(logging.Handler):
 _kept = _Kept()
 
 
-def _started(host: int, settings: Settings, level: int, none_owed: ProcessEvent) -> None:
-    global _visitor, _yielding
+def _started(host: int, settings: Settings, level: int, none_owed: ProcessEvent, code: str) -> None:
+    global _visitor, _yielding, _elsewhere
+    if os.path.realpath(code) != os.path.realpath(__file__):
+        # Python 3.11's forkserver imports with the host's working directory first on its path, not the host's path:
+        # a ``host`` package there (another checkout of ncl, another release) would visit with other code.
+        _elsewhere = (f"the workers would run {os.path.dirname(os.path.dirname(__file__))}, not the host's "
+                      f"{os.path.dirname(os.path.dirname(code))} (a package in the host's working directory shadows "
+                      "it: start the host from another one)")
     allocations.stop_counting()  # (before the worker's first connection)
     threading.Thread(target=_end_with, args=(host,), daemon=True, name="ncl-visit-watch").start()
     null = os.open(os.devnull, os.O_RDWR)  # none of the host's stdio (a pipe someone waits to see closed) is held
@@ -226,6 +233,8 @@ def _alive(pid: int) -> bool:
 
 def _visit_batch(now: datetime, jobs: list[Job]) -> list[Outcome]:
     assert _visitor is not None
+    if _elsewhere:
+        raise RuntimeError(_elsewhere)  # (the host says it, and visits these sessions itself)
     policy, outcomes, stamp = Policy.of(_visitor.settings), [], to_text(now)
     nothing = SweepResult(stamp)
     for session, quiet in jobs:
