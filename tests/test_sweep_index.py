@@ -144,10 +144,10 @@ def test_the_index_is_saved_a_bounded_number_of_rows_to_a_transaction(world: Wor
 
 
 @pytest.mark.parametrize("fails", [False, True])
-def test_the_index_is_saved_as_the_visits_come_in_and_after_a_failed_save_only_at_the_ticks_end(
+def test_the_index_is_saved_as_the_visits_come_in_and_after_a_failed_save_at_the_next_ticks_end(
         world: World, monkeypatch: pytest.MonkeyPatch, fails: bool) -> None:
-    """A first start's commits of its index overlap the workers' visits (issue 14.1); a save that failed (central.db
-    locked past its busy timeout) is not tried again at each visit after it."""
+    """A big sweep's commits of its index overlap the workers' visits (issue 14.1); a save that failed (central.db
+    locked past its busy timeout) is not tried again in that tick, each try a busy timeout waited out."""
     monkeypatch.setattr(session_index, "SAVE_CHUNK", 3)
     saved: list[int] = []
     save = session_index.save
@@ -162,5 +162,7 @@ def test_the_index_is_saved_as_the_visits_come_in_and_after_a_failed_save_only_a
     listed = [world.session] + [world.new_session() for _ in range(10)]
     sweeper = world.sweeper()
     assert sweeper.tick(T0).sessions_opened == len(listed)
-    assert saved == ([3, 11] if fails else [3, 3, 3, 2])
+    assert saved == ([3] if fails else [3, 3, 3, 2])  # (failed: not tried again in this tick, not even at its end)
+    if fails:
+        assert sweeper.tick(T0).sessions_opened == 0 and saved == [3, 11]  # the next tick's end saves them
     assert len(session_index.load(world.central, session_index.context(sweeper.policy.zone.key))) == len(listed)

@@ -19,7 +19,7 @@ from kit import World, exits_within, utc
 from host.files import logs
 from host.scheduling import visitors
 from host.scheduling.sweep import Sweeper
-from host.store import allocations, groups, sessions
+from host.store import groups, sessions
 from host.store.sessions import Session
 from schemas.times import to_text
 
@@ -148,7 +148,7 @@ def test_the_first_workers_start_only_for_many_visits_in_sight(tmp_path: Path, m
 class _Handed:
     """Visitors whose workers are stood for by the batches handed to them (``Round``'s side only)."""
 
-    started = True
+    started, refused = True, ""
 
     def __init__(self) -> None:
         self.batches: list[list[Any]] = []
@@ -188,34 +188,6 @@ def test_a_worker_imports_neither_pydantic_nor_asyncio() -> None:
                             "print(sorted(m for m in ('pydantic', 'asyncio') if m in sys.modules))"],
                            capture_output=True, text=True, check=True)
     assert found.stdout.strip() == "[]"
-
-
-# SQLite's memory in use as its statistics count it, after it made a table (0: not counted), evaluated in a worker.
-_COUNTED = ("(__import__('sqlite3').connect(':memory:').execute('CREATE TABLE t(a)'),"
-            " __import__('ctypes').CDLL(__import__('_sqlite3').__file__).sqlite3_memory_used())[1]")
-
-
-def test_workers_allocate_for_sqlite_without_counting_and_keep_more_freed_memory_at_hand(tmp_path: Path,
-                                                                                        workers: None) -> None:
-    """``host.store.allocations``: a cold visit's ~1,300 allocations (a schema parsed at each open) cost less."""
-    assert eval(_COUNTED) > 0, "this process counts (the probe can tell)"
-    world = World(tmp_path)
-    _due_sessions(world)
-    sweeper = world.sweeper()
-    try:
-        assert sweeper.tick(T0).woken == MANY
-        assert sweeper._visitors is not None and sweeper._visitors._pool is not None
-        pool = sweeper._visitors._pool
-        assert {pool.submit(eval, _COUNTED).result() for _ in range(4)} == {0}
-        for process in pool._processes.values():  # (glibc reads it at a program's start: the forkserver's)
-            environ = Path(f"/proc/{process.pid}/environ").read_bytes().split(b"\0")
-            assert f"GLIBC_TUNABLES={allocations.TUNABLES}".encode() in environ
-    finally:
-        sweeper.close()
-    counted = subprocess.run([sys.executable, "-c", "from host.store import allocations; "
-                              f"print(allocations.stop_counting(), {_COUNTED})"],
-                             capture_output=True, text=True, check=True)
-    assert counted.stdout.split() == ["True", "0"]
 
 
 def test_workers_that_died_leave_their_sessions_to_the_sweeps_thread(tmp_path: Path, workers: None,

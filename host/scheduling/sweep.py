@@ -266,9 +266,11 @@ class Sweeper:
                 else:
                     waiting.append(plan)
                     handing.add((session, plan.quiet))
+        saving = True
         if waiting:
-            yield from self._visit_waiting(waiting, handing.outcomes(self.unvisited), now, policy, result)
-        self._save_index()
+            saving = yield from self._visit_waiting(waiting, handing.outcomes(self.unvisited), now, policy, result)
+        if saving:  # (not again in a tick whose save failed: central.db locked, its busy timeout waited out once)
+            self._save_index()
         if self.runners and only is None and self.listing.jobs:
             self._close_finished_jobs(now)
         if self.runners:
@@ -309,17 +311,18 @@ class Sweeper:
                 extra={"action": "session_busy" if busy else "session_failed", "session": session.id})
 
     def _visit_waiting(self, waiting: list[_Plan], outcomes: Iterator[Outcome | None], now: datetime,
-                       policy: Policy, result: SweepResult) -> Generator[None, None, None]:
+                       policy: Policy, result: SweepResult) -> Generator[None, None, bool]:
         """The visits the pass left (sessions with no live runner), in its order: each by a worker process (its
-        ``outcomes``: see ``visitors``) or, where none did, by this thread."""
+        ``outcomes``: see ``visitors``) or, where none did, by this thread. False: a save of the index failed."""
         mark, saving = time.monotonic(), True
         for plan, outcome in zip(waiting, outcomes, strict=True):
             self._yielding.wait()
             if time.monotonic() - mark > YIELD_AFTER_S:
                 yield
                 mark = time.monotonic()
-            # The index is saved as it fills, while the workers visit on: its commits' syncs (a first start's 10,000
-            # rows: 0.15 s) no longer follow the last visit. Once a save failed, the rest waits for the tick's end.
+            # The index is saved as it fills, while the workers visit on: in a sweep that opens thousands of sessions
+            # (a one-off sweep's, a burst's) its commits' syncs (10,000 rows: 0.15 s) no longer follow the last
+            # visit. Once a save failed, the rest waits for the next tick.
             if saving and len(self._index.unsaved) >= session_index.SAVE_CHUNK:
                 saving = self._save_index()
             try:
@@ -339,6 +342,7 @@ class Sweeper:
                 self._went_wrong(plan.session, now, result, exc)
             else:
                 self._went_well(plan.session, now, 0.0)
+        return saving
 
     def _sweep_one(self, session: Session, now: datetime, policy: Policy, result: SweepResult) -> _Plan | None:
         """The session looked at: left alone if nothing changed, else visited now if its runner is alive (or a notice

@@ -21,6 +21,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import datetime
 from multiprocessing import get_context
 from multiprocessing.synchronize import Event as ProcessEvent
+from operator import attrgetter
 from typing import TYPE_CHECKING, NamedTuple
 
 from host.errors import cut
@@ -65,6 +66,10 @@ class Outcome(NamedTuple):
     records: list[logging.LogRecord]
 
 
+class OtherCode(Exception):
+    """The workers would run code other than the host's (``Visitors._same_code``)."""
+
+
 class VisitFailed(Exception):
     """A worker's visit failed: the text of its error."""
 
@@ -94,7 +99,7 @@ class Round:
         return min(MAX_BATCH, max(BATCH, self._handed // 8))
 
     def _hand(self) -> None:
-        while WORKERS > 1 and not self._stopped and self._handed < len(self.jobs):
+        while WORKERS > 1 and not self._stopped and not self.visitors.refused and self._handed < len(self.jobs):
             batch = self.jobs[self._handed:self._handed + self._size()]
             try:
                 self._batches.append((self.visitors._submit(self.now, batch), len(batch)))
@@ -121,6 +126,7 @@ class Visitors:
         self._pool: ProcessPoolExecutor | None = None
         self._used = 0.0
         self.started = False  # workers were started once: the forkserver they come from runs (until the host ends)
+        self.refused = ""  # why no worker is used while the host runs (``_same_code``)
 
     def round(self, now: datetime) -> Round:
         """One sweep's hand-over to the workers (``Round``)."""
@@ -129,14 +135,12 @@ class Visitors:
 
     def _submit(self, now: datetime, jobs: list[Job]) -> Future[list[Outcome]]:
         if self._pool is None:
-            # (Read by the forkserver's start, the first pool's. Set once and kept: the host sets no other variable,
-            # so glibc's first setenv leaves the array another thread's getenv may be reading in place. Runners get
-            # an environment of their own; a host task's command inherits it, which only sizes its malloc's cache.)
-            os.environ.setdefault("GLIBC_TUNABLES", allocations.TUNABLES)
+            allocations.tune_forkserver()
             context = get_context("forkserver")  # (fork: the host's threads hold locks a child would inherit)
             context.set_forkserver_preload([__name__])
             self._pool = ProcessPoolExecutor(WORKERS, mp_context=context, initializer=_started, initargs=(
-                os.getpid(), self.settings, logging.getLogger().getEffectiveLevel(), answers.for_workers(), __file__))
+                os.getpid(), self.settings, logging.getLogger().getEffectiveLevel(), answers.for_workers()))
+            self._same_code()
         self._used, self.started = time.monotonic(), True
         return self._pool.submit(_visit_batch, now, jobs)
 
@@ -146,6 +150,18 @@ class Visitors:
         except Exception as exc:  # a worker killed (out of memory), or a result that could not cross the pipe
             self._failed(exc)
             return [None] * size
+
+    def _same_code(self) -> None:
+        """Workers visit with the host's own code, or never. Python 3.11's forkserver imports with the host's working
+        directory first on its path: a ``host`` package there (another checkout or release of ncl) would have
+        visited every session with other code. Asked before their first batch, of the code they would run."""
+        assert self._pool is not None
+        theirs = self._pool.submit(attrgetter("__code__.co_filename"), _visit_batch).result()
+        if os.path.realpath(theirs) != os.path.realpath(__file__):
+            self.refused = (f"they would run {os.path.dirname(os.path.dirname(theirs))}, not the host's "
+                            f"{os.path.dirname(os.path.dirname(__file__))} (a package in the host's working directory "
+                            "shadows it: start the host from another one)")
+            raise OtherCode(self.refused)
 
     def _failed(self, exc: Exception) -> None:
         if self._pool is not None:  # (said once: the batches after it fail with it)
@@ -167,7 +183,6 @@ class Visitors:
 # --- in the worker process ---------------------------------------------------------------------------------------
 
 _visitor: Visitor | None = None
-_elsewhere = ""  # why this worker must not visit (``_started``)
 _yielding = answers.Yielding()
 
 
@@ -189,14 +204,8 @@ class _Kept(logging.Handler):
 _kept = _Kept()
 
 
-def _started(host: int, settings: Settings, level: int, none_owed: ProcessEvent, code: str) -> None:
-    global _visitor, _yielding, _elsewhere
-    if os.path.realpath(code) != os.path.realpath(__file__):
-        # Python 3.11's forkserver imports with the host's working directory first on its path, not the host's path:
-        # a ``host`` package there (another checkout of ncl, another release) would visit with other code.
-        _elsewhere = (f"the workers would run {os.path.dirname(os.path.dirname(__file__))}, not the host's "
-                      f"{os.path.dirname(os.path.dirname(code))} (a package in the host's working directory shadows "
-                      "it: start the host from another one)")
+def _started(host: int, settings: Settings, level: int, none_owed: ProcessEvent) -> None:
+    global _visitor, _yielding
     allocations.stop_counting()  # (before the worker's first connection)
     threading.Thread(target=_end_with, args=(host,), daemon=True, name="ncl-visit-watch").start()
     null = os.open(os.devnull, os.O_RDWR)  # none of the host's stdio (a pipe someone waits to see closed) is held
@@ -233,8 +242,6 @@ def _alive(pid: int) -> bool:
 
 def _visit_batch(now: datetime, jobs: list[Job]) -> list[Outcome]:
     assert _visitor is not None
-    if _elsewhere:
-        raise RuntimeError(_elsewhere)  # (the host says it, and visits these sessions itself)
     policy, outcomes, stamp = Policy.of(_visitor.settings), [], to_text(now)
     nothing = SweepResult(stamp)
     for session, quiet in jobs:
