@@ -42,7 +42,6 @@ def stop_counting() -> bool:
     return done
 
 
-
 def tune_forkserver() -> None:
     """``TCACHE`` in the environment the workers' forkserver starts with, added to the operator's own tunables, if
     any (unless they set it). Set once and kept: the host sets no other variable, so glibc's first setenv leaves the
