@@ -22,6 +22,11 @@ sweep); ``new_session_ms``: how long the sweeper takes to learn of a session mad
 Prints one JSON object to stdout.
 
     .venv/bin/python scripts/bench_sweep.py [--sizes 100,1000,10000] [--ticks 20] [--rounds 5] [--keep]
+
+To measure another checkout's code, run it from that checkout's folder (``cd /tmp/before && PYTHONPATH=/tmp/before
+/path/to/.venv/bin/python scripts/bench_sweep.py``): the workers' forkserver imports from its working directory
+first, and the host uses no worker that would run other code than its own (it logs why, and visits every session
+itself: the figures are then the sweep thread's alone).
 """
 
 from __future__ import annotations
