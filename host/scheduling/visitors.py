@@ -156,10 +156,11 @@ class Visitors:
         directory first on its path: a ``host`` package there (another checkout or release of ncl) would have
         visited every session with other code. Asked before their first batch, of the code they would run."""
         assert self._pool is not None
-        theirs = self._pool.submit(attrgetter("__code__.co_filename"), _visit_batch).result()
-        if os.path.realpath(theirs) != os.path.realpath(__file__):
+        source = attrgetter("__code__.co_filename")
+        theirs, ours = self._pool.submit(source, _visit_batch).result(), source(_visit_batch)
+        if os.path.realpath(theirs) != os.path.realpath(ours):
             self.refused = (f"they would run {os.path.dirname(os.path.dirname(theirs))}, not the host's "
-                            f"{os.path.dirname(os.path.dirname(__file__))} (a package in the host's working directory "
+                            f"{os.path.dirname(os.path.dirname(ours))} (a package in the host's working directory "
                             "shadows it: start the host from another one)")
             raise OtherCode(self.refused)
 
