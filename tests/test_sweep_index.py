@@ -6,6 +6,7 @@ set back."""
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable
@@ -65,6 +66,38 @@ def test_a_restarted_host_opens_only_the_sessions_that_changed_or_are_due(world:
     assert [r["status"] for r in world.rows(tasks[1], session=waiting[1])] == ["paused"]
     again = _restarted(world, restarted)  # soon is still due; the session whose visit wrote sees its own write
     assert again.tick(T0 + timedelta(minutes=16)).sessions_opened == 2
+
+
+def _rewritten(path: Path) -> None:
+    """The file's first page written again as it was, its times then set back: nothing but its ctime tells."""
+    before = os.stat(path)
+    with open(path, "r+b") as file:
+        page = file.read(4096)
+        file.seek(0)
+        file.write(page)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def _replaced(path: Path) -> None:
+    """A copy of the file, its times kept, renamed over it: same size, same mtime, another inode."""
+    copy = path.with_name(path.name + ".new")
+    shutil.copy2(path, copy)
+    os.replace(copy, path)
+
+
+@pytest.mark.parametrize(("change", "name"), [
+    (_rewritten, "outbound.db"), (_rewritten, "inbound.db"), (_replaced, "outbound.db"), (_replaced, "inbound.db"),
+    (lambda path: path.unlink(), "outbound.db")])
+def test_any_change_to_either_file_is_seen_by_its_two_stats(world: World, change: Callable[[Path], None],
+                                                            name: str) -> None:
+    # The folder is not looked at: both journals are kept for good, so a commit makes or deletes no name in it.
+    idle, changed = world.new_session(), world.new_session()
+    sweeper = world.sweeper()
+    assert [sweeper.tick(T0 + timedelta(seconds=n)).sessions_opened for n in range(2)] == [3, 0]
+    change(changed.folder / name)
+    assert sweeper.tick(T0 + timedelta(seconds=2)).sessions_opened == 1
+    assert sweeper.tick(T0 + timedelta(seconds=3)).sessions_opened == 0
+    assert idle.id in sweeper.seen and not sweeper.failing
 
 
 def test_a_host_in_another_zone_opens_every_session_once(world: World) -> None:

@@ -18,20 +18,22 @@ from host.store import session_index
 # clock): it is not trusted as unchanged until a visit sees it older than this.
 RACY_NS = 1_000_000_000
 
-OUTBOUND_SIDE = 4  # files[:4]: the folder's ctime and outbound.db's signature; files[4:]: inbound.db's
+OUTBOUND_SIDE = 3  # files[:3]: outbound.db's signature; files[3:]: inbound.db's
 
 
 def files_of(path: str) -> tuple[int, ...]:
-    """The session's stat signature: the folder's ctime, then (inode, size, ctime) of outbound.db (zeros while it
-    is missing) and of inbound.db. A plain os.stat on the str path: pathlib per session cost 5x the stat."""
-    folder = os.stat(path)
+    """The session's stat signature: (inode, size, ctime) of outbound.db (zeros while it is missing), then of
+    inbound.db. Any write to a file, or its replacement, moves its own ctime or inode, which no runner can set back
+    (both journals are kept for good, so a commit no longer makes or deletes a name in the folder: a stat of the
+    folder, a third of an idle sweep's time, told nothing more). A plain os.stat on the str path: pathlib per session
+    cost 5x the stat."""
     inbound = os.stat(path + "/inbound.db", follow_symlinks=False)
     try:
         outbound = os.stat(path + "/outbound.db", follow_symlinks=False)
         out = (outbound.st_ino, outbound.st_size, outbound.st_ctime_ns)
     except FileNotFoundError:
         out = (0, 0, 0)
-    return (folder.st_ctime_ns, *out, inbound.st_ino, inbound.st_size, inbound.st_ctime_ns)
+    return (*out, inbound.st_ino, inbound.st_size, inbound.st_ctime_ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +200,10 @@ class Holds:
 
     def tracks(self, session_id: str) -> bool:
         return session_id in self.held or session_id in self.slow
+
+    def __bool__(self) -> bool:
+        """Whether it tracks any session."""
+        return bool(self.held or self.slow)
 
     def failed(self, session_id: str, now: datetime) -> None:
         """Held off twice as long as the last time, ``HELD_FIRST_S`` the first, at most ``HELD_MAX_S``."""

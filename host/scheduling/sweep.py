@@ -1,8 +1,8 @@
 """One sweep over every active session (DESIGN §6.2): sync acks, apply requests, clone, misfire, release
-stuck or orphaned claims, wake. Idle sessions are not opened: three stats (the folder, inbound.db, outbound.db) tell
+stuck or orphaned claims, wake. Idle sessions are not opened: two stats (inbound.db, outbound.db) tell
 whether anything was written since the last visit; nor are due sessions unchanged since a visit that had nothing to
 write (a wake waiting for a slot: see ``Seen.same``). Their signature holds ctimes, which any write, rename or
-``utime`` moves and no runner can set back; a journal made or deleted beside a file moves the folder's. What a visit
+``utime`` moves and no runner can set back. What a visit
 learned is kept in central.db too (``session_index``), so a restarted host opens only the sessions that changed or
 are due. A session is opened for a visit (``visit``): at once if its runner is alive, else after the pass, by worker
 processes when there are many to open (``visitors``)."""
@@ -262,7 +262,8 @@ class Sweeper:
                 self._went_wrong(session, now, result, exc)
             else:
                 if plan is None:
-                    self._went_well(session, now, time.monotonic() - started if live else 0.0)
+                    if live or self.failing or self.holds:  # (else nothing to note: an idle pass's common case)
+                        self._went_well(session, now, time.monotonic() - started if live else 0.0)
                 else:
                     waiting.append(plan)
                     handing.add((session, plan.quiet))
@@ -350,7 +351,7 @@ class Sweeper:
         runner = self.runners.alive(session, now) if self.runners else None
         if self.one_off and runner is None and others_at_work(session):
             return None
-        # The idle path runs for every session every tick: three stats, and the tick's own text of `now` (strftime
+        # The idle path runs for every session every tick: two stats, and the tick's own text of `now` (strftime
         # per session cost more than a stat at 10,000 sessions).
         files = files_of(session.path)
         seen = self.seen.get(session.id)
@@ -377,7 +378,7 @@ class Sweeper:
 
     def _visited(self, session: Session, now: datetime, files: tuple[int, ...], seen_at: int, runner: Runner | None,
                  visit: Visit, result: SweepResult) -> None:
-        newest = max(files[0], files[3], files[6])
+        newest = max(files[2], files[5])
         self._remember(session.id, Seen(files, seen_at - newest > RACY_NS, visit.next_due,
                                          visit.processing or visit.undelivered, visit.quiet_for, visit.due_since,
                                          visit.same))
