@@ -7,6 +7,7 @@ import asyncio
 import errno
 import gc
 import logging
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -302,3 +303,30 @@ async def test_a_step_that_fails_with_descriptors_left_still_stops_the_host(
         host.sweeper.close()
         host.scheduled.close()
     assert not loop.no_descriptor_left()
+
+
+async def test_what_the_first_answers_and_runner_would_make_is_made_before_the_host_listens(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14.2: made at the first runner's start, the model proxy's HTTP client (its imports and TLS setup: ~0.4 s,
+    43 ms of it in one call holding the GIL) held every chat's and webhook's answer then, up to 93 ms; the first
+    chat or webhook imported the message models it validates (9 ms, 40 under a start's load). Both are made before
+    the first channel listens."""
+    world = World(tmp_path)
+    host = Host(world.settings, RecordingRuntime(), FakeClock(T))
+    monkeypatch.delitem(sys.modules, "schemas.messages", raising=False)  # (put back as it was after)
+    found: dict[str, bool] = {}
+
+    class Listening:
+        async def start(self) -> None:
+            found["proxy"] = host.proxy.thread is not None and host.proxy.thread.is_alive()
+            found["client"] = hasattr(host.proxy, "_client")
+            found["models"] = "schemas.messages" in sys.modules
+            host.stopping.set()
+
+        async def stop(self) -> None:
+            pass
+
+    host.channels = [Listening()]  # type: ignore[list-item]
+    await host.run()
+    assert found == {"proxy": True, "client": True, "models": True}
+    assert host.proxy.thread is None  # (stopped with the host)
