@@ -110,8 +110,8 @@ ALTER TABLE scheduled_tasks ADD COLUMN zone TEXT;
 """
 
 # v5 (issue 14): what the sweep last learned of each session, so a restarted host opens only the sessions whose files
-# changed since or whose due time has come. ``files``: the stat signature of the folder and both files when the visit
-# began; ``context``: the zone and schema versions it was taken under (another one: the row is not used).
+# changed since or whose due time has come. ``files``: the stat signature of its files when the visit began
+# (``seen.files_of``); ``context``: the zone and schema versions it was taken under (another one: the row is not used).
 _CENTRAL_V5 = f"""
 CREATE TABLE session_index(
   session_id TEXT PRIMARY KEY,

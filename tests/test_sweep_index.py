@@ -176,6 +176,16 @@ def test_the_index_is_saved_a_bounded_number_of_rows_to_a_transaction(world: Wor
         (f"sess-{rows - 1}", f"{rows - 1} 1 2", None)]
 
 
+def test_the_index_comes_back_in_the_order_of_the_books_due_times(world: World) -> None:
+    """Sorted by SQLite, which lets other threads run meanwhile: the book it fills is then in order already, where a
+    sort of a restart's 10,000 entries held the GIL 7 ms (every answer waiting; 100,000: about 0.1 s)."""
+    dues = ["2026-05-19T09:00:00.000Z", "", None, "2026-05-18T14:00:00.000Z", "2026-05-18T14:00:00.000Z"]
+    session_index.save(world.central, "here", {f"sess-{n}": session_index.Entry((n,), due)
+                                               for n, due in enumerate(dues)})
+    loaded = [(due, sid) for sid, _, due in session_index.load(world.central, "here") if due is not None]
+    assert loaded == sorted(loaded) and len(loaded) == 4
+
+
 @pytest.mark.parametrize("fails", [False, True])
 def test_the_index_is_saved_as_the_visits_come_in_and_after_a_failed_save_at_the_next_ticks_end(
         world: World, monkeypatch: pytest.MonkeyPatch, fails: bool) -> None:
