@@ -1,24 +1,28 @@
-"""A live runner's commit to outbound.db wakes the host loop at once (issue 14: replies taken at once, not at the next
-live tick); what a runner floods its folder with is drained at most once a loop step."""
+"""A live runner's commit to outbound.db wakes the host loop (issue 14: replies taken at once, not at the next live
+tick); what a runner floods its journal with is drained at most once a loop step."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from contextlib import closing
+from datetime import UTC, datetime
 from pathlib import Path
 
+from agent_runner.config import RunnerConfig
+from agent_runner.store import Store
+from host.runtimes.workspace import JOURNAL
 from host.runtimes.writes import RunnerWrites
+from host.store import outbox
 from host.store.sessions import create_files
 
 
 def commit(folder: Path) -> None:
-    """What a runner's turn does: a transaction on outbound.db (DELETE journal: the journal is removed at commit)."""
-    with closing(sqlite3.connect(folder / "outbound.db")) as conn, conn:
-        conn.execute("INSERT INTO session_state(key, value, updated_at) VALUES ('k', 'v', '2026-01-14T15:00:00.000Z')")
+    """What a runner's turn does, through the runner's own store: a reply written to outbound.db (its journal kept,
+    ``journal_mode=TRUNCATE``: nothing in the folder is made or deleted)."""
+    Store(RunnerConfig(session_dir=folder, generation="gen-test", tz="UTC")).write(
+        "chat", {"text": "done"}, datetime(2026, 1, 14, 15, tzinfo=UTC))
 
 
-async def test_a_commit_in_a_live_runners_folder_wakes_the_loop_once_a_step(tmp_path: Path) -> None:
+async def test_a_runners_commit_wakes_the_loop_once_a_step(tmp_path: Path) -> None:
     live, other = tmp_path / "live", tmp_path / "other"
     create_files(live)
     create_files(other)
@@ -32,9 +36,18 @@ async def test_a_commit_in_a_live_runners_folder_wakes_the_loop_once_a_step(tmp_
         assert writes.watches.keys() == {live}
 
         woken.clear()
-        (live / "flood").touch()
-        (live / "flood").unlink()
-        for _ in range(10):  # the loop goes round: the reader is off until the next step, nothing is heard
+        writes.sync({live})  # the next step: listening again
+        outbox.read(live / "outbound.db", [], 0, writable=False)  # the host's own visit of its files wakes nothing
+        for _ in range(10):  # (the loop goes round: anything heard would have woken it)
+            await asyncio.sleep(0)
+        assert not woken.is_set()
+        for _ in range(100):  # a flood: the journal opened for writing and closed again, heard once
+            with open(live / JOURNAL, "ab"):
+                pass
+        await asyncio.wait_for(woken.wait(), 60)
+        woken.clear()
+        commit(live)
+        for _ in range(10):  # the reader is off until the next step: nothing is heard
             await asyncio.sleep(0)
         assert not woken.is_set()
         writes.sync({live})  # the next step: what came in between is heard now

@@ -1,17 +1,22 @@
 """A live runner's commit wakes the host loop (issue 14): its replies and requests are taken at once, not at the next
-live-runner tick. The runner's outbound.db keeps a rollback journal that it deletes at every commit, so a deletion in
-its session folder is the signal. One inotify instance for all live runners; none to be had: the loop ticks as before.
+live-runner tick. The runner's SQLite keeps outbound.db's rollback journal (``journal_mode=TRUNCATE``; the host made
+it with the session) and closes it at the end of each transaction it wrote: that close is the signal, and only the
+runner writes that file while it lives (the host's reads open it read-only, if at all). One inotify instance for all
+live runners, a watch on each one's journal; none to be had: the loop ticks as before.
 
-The folder is the runner's to write, so what it does there is only ever a hint to look again: events are drained at
+The journal is the runner's to write, so what it does there is only ever a hint to look again: events are drained at
 most once a loop step (the reader is off between), whatever a runner floods the queue with."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import stat
 from pathlib import Path
 
-from schemas.inotify import IN_DELETE, IN_DONT_FOLLOW, IN_ONLYDIR, Inotify
+from host.runtimes.workspace import JOURNAL
+from schemas.inotify import IN_CLOSE_WRITE, IN_DONT_FOLLOW, Inotify
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +40,10 @@ class RunnerWrites:
             self.inotify.unwatch(self.watches.pop(gone))
         for folder in folders - self.watches.keys():
             try:
-                self.watches[folder] = self.inotify.watch(folder, IN_DELETE | IN_ONLYDIR | IN_DONT_FOLLOW)
-            except OSError as exc:  # gone, or replaced by a link: that session's replies wait for the tick
+                if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                    raise NotADirectoryError(f"{folder} is not a directory")
+                self.watches[folder] = self.inotify.watch(folder / JOURNAL, IN_CLOSE_WRITE | IN_DONT_FOLLOW)
+            except OSError as exc:  # gone, or a link: that session's replies wait for the tick (tried again next step)
                 log.debug("not watching %s: %s", folder, exc)
         if not self._reading:
             asyncio.get_running_loop().add_reader(self.inotify.fd, self._heard)
