@@ -9,6 +9,7 @@ import os
 import struct
 
 IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE, IN_DELETE = 0x2, 0x4, 0x8, 0x200
+IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE = 0x40, 0x80, 0x100
 IN_DELETE_SELF, IN_MOVE_SELF, IN_IGNORED = 0x400, 0x800, 0x8000
 IN_ONLYDIR, IN_DONT_FOLLOW = 0x01000000, 0x02000000
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then len bytes of name)

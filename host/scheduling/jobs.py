@@ -20,7 +20,16 @@ def close_finished(central: db.Connection, jobs: Iterable[Session], seen: Mappin
     """Close the one-job sessions ``jobs`` whose last visit, of the files as they still are, found nothing due,
     claimed or undelivered, whose runner is gone (not in ``busy``) and whose inbox holds their job (a session is
     made before its job is written) and no paused task. ``kept``: the files of those found with one, not read again
-    while they stay the same. How many were closed."""
+    while they stay the same. How many were closed (none if a file could not be read: tried at the next full sweep)."""
+    try:
+        return _close_finished(central, jobs, seen, busy, kept, now)
+    except (db.Error, db.DbError) as exc:
+        log.warning("finished job sessions not closed: %s", exc, extra={"action": "job_sessions_not_closed"})
+        return 0
+
+
+def _close_finished(central: db.Connection, jobs: Iterable[Session], seen: Mapping[str, Seen], busy: set[str],
+                    kept: dict[str, tuple[int, ...]], now: datetime) -> int:
     done = []
     for session in jobs:
         known = seen.get(session.id)

@@ -1,11 +1,10 @@
-"""One sweep over every active session (DESIGN §6.2): sync acks, apply requests, clone, misfire, release
-stuck or orphaned claims, wake. Idle sessions are not opened: two stats (inbound.db, outbound.db) tell
-whether anything was written since the last visit; nor are due sessions unchanged since a visit that had nothing to
-write (a wake waiting for a slot: see ``Seen.same``). Their signature holds ctimes, which any write, rename or
-``utime`` moves and no runner can set back. What a visit
-learned is kept in central.db too (``session_index``), so a restarted host opens only the sessions that changed or
-are due. A session is opened for a visit (``visit``): at once if its runner is alive, else after the pass, by worker
-processes when there are many to open (``visitors``)."""
+"""One sweep over every active session (DESIGN §6.2): sync acks, apply requests, clone, misfire, release stuck or
+orphaned claims, wake. Idle sessions are not opened: two stats (inbound.db, outbound.db), made only if the folder
+changed since (``changes``), tell whether anything was written since the last visit; nor are due sessions unchanged
+since a visit that had nothing to write (``Seen.same``). Their signature holds ctimes, which any write, rename or
+``utime`` moves and no runner can set back. What a visit learned is kept in central.db too (``session_index``), so a
+restarted host opens only the sessions that changed or are due. A session is opened for a visit (``visit``): at once
+if its runner is alive, else after the pass, by worker processes when there are many to open (``visitors``)."""
 
 from __future__ import annotations
 
@@ -22,6 +21,7 @@ from host.files import logs
 from host.http import answers
 from host.runtimes.pool import Runner, Runners, others_at_work
 from host.scheduling import actions, cross_group, jobs
+from host.scheduling.changes import Changes
 from host.scheduling.listing import CHUNK, Listing
 from host.scheduling.recurrence import Policy
 from host.scheduling.seen import OUTBOUND_SIDE, RACY_NS, Book, Holds, Seen, Visit, files_of
@@ -84,9 +84,11 @@ class Sweeper:
     _touched: set[str] = field(default_factory=set)  # sessions this tick's requests wrote (``_apply``)
     _kept_open: dict[str, tuple[int, ...]] = field(default_factory=dict)
     _yielding: answers.Yielding = field(default_factory=answers.Yielding)  # to the host's answers, between sessions
+    _changes: Changes = field(init=False)  # which folders changed since looked at (a one-off sweep: none watched)
 
     def __post_init__(self) -> None:
         self.listing = Listing(self.settings)
+        self._changes = Changes(watching=not self.one_off)
 
     @property
     def policy(self) -> Policy:
@@ -117,6 +119,7 @@ class Sweeper:
             if self.runners:
                 self.runners.keep_only(active)
             self.holds.keep_only(active)
+            self._changes.keep_only(active)
             self.failing = {sid: problem for sid, problem in self.failing.items() if sid in active}
         if not self._index_loaded:
             yield from self._load_index()
@@ -145,6 +148,7 @@ class Sweeper:
     def close(self) -> None:
         if self._visitors is not None:
             self._visitors.close()
+        self._changes.close()  # (a tick after stats every session)
         if self._central is not None:
             self._save_index()
             self._central.close()
@@ -234,6 +238,7 @@ class Sweeper:
         self.unvisited = 0
         self._touched.clear()
         yield from self._listed()
+        self._changes.begin(full=only is None)
         held, runners = self.holds.held, self.runners
         waiting: list[_Plan] = []
         self._visitors = self._visitors or Visitors(self.settings)
@@ -261,32 +266,24 @@ class Sweeper:
             except Exception as exc:  # one broken session never stops the others
                 self._went_wrong(session, now, result, exc)
             else:
-                if plan is None:
-                    if live or self.failing or self.holds:  # (else nothing to note: an idle pass's common case)
-                        self._went_well(session, now, time.monotonic() - started if live else 0.0)
-                else:
+                if plan is not None:
                     waiting.append(plan)
                     handing.add((session, plan.quiet))
+                elif live or self.failing or self.holds:  # (else nothing to note: an idle pass's common case)
+                    self._went_well(session, now, time.monotonic() - started if live else 0.0)
         saving = True
         if waiting:
             saving = yield from self._visit_waiting(waiting, handing.outcomes(self.unvisited), now, policy, result)
         if saving:  # (not again in a tick whose save failed: central.db locked, its busy timeout waited out once)
             self._save_index()
-        if self.runners and only is None and self.listing.jobs:
-            self._close_finished_jobs(now)
+        if self.runners and only is None and self.listing.jobs and self._central is not None:
+            busy = {*self.runners.live, *self.runners.waiting}
+            if jobs.close_finished(self._central, self.listing.jobs, self.seen, busy, self._kept_open, now):
+                self.listing.changed_itself()
         if self.runners:
             result.woken += self.runners.start_waiting(now, self._brief)
             result.woken += self.runners.start_ahead(self._soon(now, self.runners), now, self._brief)
         return result
-
-    def _close_finished_jobs(self, now: datetime) -> None:
-        assert self._central is not None and self.runners is not None
-        try:
-            busy = {*self.runners.live, *self.runners.waiting}
-            if jobs.close_finished(self._central, self.listing.jobs, self.seen, busy, self._kept_open, now):
-                self.listing.changed_itself()
-        except (db.Error, db.DbError) as exc:  # (tried again at the next full sweep)
-            log.warning("finished job sessions not closed: %s", exc, extra={"action": "job_sessions_not_closed"})
 
     def _went_well(self, session: Session, now: datetime, took_s: float) -> None:
         if took_s or self.holds.tracks(session.id):
@@ -300,8 +297,7 @@ class Sweeper:
         self.holds.failed(session.id, now)
         # Files locked past the visit's bounded waits (a live runner's, or another of the host's threads' waiting on
         # someone's lock; a commit in a disk stall, or a runner at it on purpose) are no broken session: the hold
-        # retries it. Said once per distinct problem either way: a session broken for good must not fill the log
-        # every sweep.
+        # retries it. Said once per distinct problem either way: one broken for good must not fill every sweep's log.
         busy = db.is_busy(exc)
         text = cut(str(exc))  # (kept while the session fails, and logged: it may carry what a runner wrote)
         level = logging.DEBUG if self.failing.get(session.id) == text else logging.INFO if busy else logging.WARNING
@@ -351,10 +347,11 @@ class Sweeper:
         runner = self.runners.alive(session, now) if self.runners else None
         if self.one_off and runner is None and others_at_work(session):
             return None
-        # The idle path runs for every session every tick: two stats, and the tick's own text of `now` (strftime
-        # per session cost more than a stat at 10,000 sessions).
-        files = files_of(session.path)
+        # The idle path runs for every session every tick: no stat unless its folder changed (``changes``), and the
+        # tick's own text of `now` (strftime per session cost more than a stat at 10,000 sessions).
         seen = self.seen.get(session.id)
+        files = seen.files if seen and runner is None and seen.settled and self._changes.unchanged(
+            session.id, session.path) else files_of(session.path)
         if seen and runner is None and seen.settled and files == seen.files:
             if not seen.busy and (seen.next_due is None or seen.next_due > result.now):
                 return None
