@@ -20,6 +20,7 @@ import pytest
 
 from host import settings as settings_module
 from host.cli import main
+from host.scheduling.changes import Changes
 
 # Shared helper modules hold assertions too: have pytest rewrite them so failures say what differed.
 pytest.register_assert_rewrite("cli_kit", "cli_tasks_kit", "concurrency_writers", "e2e_scenario", "kit", "processes",
@@ -35,6 +36,23 @@ def _collectable() -> Iterator[None]:
     test process that is whatever the tests before left, given back after each test."""
     yield
     gc.unfreeze()
+
+
+@pytest.fixture(autouse=True)
+def _watches_closed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each sweeper watches its sessions' folders through an inotify instance of its own (``changes.Changes``), of
+    which a user may have 128 (runners' waits use them too): those a test's sweepers left open are closed after it."""
+    made: list[Changes] = []
+    init = Changes.__init__
+
+    def recorded(self: Changes, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(Changes, "__init__", recorded)
+    yield
+    for changes in made:
+        changes.close()
 
 
 class Result(NamedTuple):
