@@ -59,7 +59,8 @@ class Changes:
     def begin(self, full: bool) -> None:
         """A pass begins (``full``: over every session, else a partial sweep's): what was heard since the last one
         taken in."""
-        self._passes += full
+        if full:
+            self._passes += 1
         self._all = full and self._passes % FULL_LOOK_EVERY == 0
         if self._inotify is None:
             return
@@ -97,7 +98,6 @@ class Changes:
 
     def keep_only(self, active: set[str]) -> None:
         """The watches of sessions no longer active removed."""
-        assert self._inotify is not None or not self._watches
         for session_id in [sid for sid in self._watches if sid not in active]:
             wd = self._watches.pop(session_id)
             del self._sessions[wd]
