@@ -10,9 +10,11 @@ import struct
 
 IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE, IN_DELETE = 0x2, 0x4, 0x8, 0x200
 IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE = 0x40, 0x80, 0x100
-IN_DELETE_SELF, IN_MOVE_SELF, IN_IGNORED = 0x400, 0x800, 0x8000
+IN_DELETE_SELF, IN_MOVE_SELF, IN_Q_OVERFLOW, IN_IGNORED = 0x400, 0x800, 0x4000, 0x8000
 IN_ONLYDIR, IN_DONT_FOLLOW = 0x01000000, 0x02000000
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then len bytes of name)
+_LARGEST = _EVENT.size + 256  # an event with the longest name (NAME_MAX and its NUL)
+DRAIN_BYTES = 1 << 20  # more than a full queue of the kernel's default 16,384 events with short names
 
 
 class Inotify:
@@ -36,16 +38,23 @@ class Inotify:
     def unwatch(self, wd: int) -> None:
         self._libc.inotify_rm_watch(self.fd, wd)  # a watch already gone (its file removed) is no error here
 
-    def drain(self) -> list[tuple[int, int]]:
-        """Every queued event, as (watch descriptor, mask)."""
-        found = []
+    def drain(self, limit: int = DRAIN_BYTES) -> list[tuple[int, int]]:
+        """The queued events, as (watch descriptor, mask), at most ``limit`` bytes of them: a writer that makes them
+        as fast as they are read would otherwise keep the reader here for as long as it likes. Where some were left,
+        the last is an overflow (descriptor -1, ``IN_Q_OVERFLOW``), as where the kernel's queue lost some."""
+        found: list[tuple[int, int]] = []
+        read = 0
         with contextlib.suppress(BlockingIOError):
-            while chunk := os.read(self.fd, 65536):
+            while chunk := os.read(self.fd, min(65536, limit - read)):
+                read += len(chunk)
                 offset = 0
                 while offset + _EVENT.size <= len(chunk):
                     wd, mask, _, length = _EVENT.unpack_from(chunk, offset)
                     found.append((wd, mask))
                     offset += _EVENT.size + length
+                if read > limit - _LARGEST:  # (no room left for another event)
+                    found.append((-1, IN_Q_OVERFLOW))
+                    break
         return found
 
     def close(self) -> None:

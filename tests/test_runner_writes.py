@@ -4,6 +4,7 @@ tick); what a runner floods its journal with is drained at most once a loop step
 from __future__ import annotations
 
 import asyncio
+import select
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,15 +37,19 @@ async def test_a_runners_commit_wakes_the_loop_once_a_step(tmp_path: Path) -> No
         assert writes.watches.keys() == {live}
 
         woken.clear()
-        writes.sync({live})  # the next step: listening again
+        writes.sync({live, other})  # the next step: listening again, the other session's runner alive too
         outbox.read(live / "outbound.db", [], 0, writable=False)  # the host's own visit of its files wakes nothing
         for _ in range(10):  # (the loop goes round: anything heard would have woken it)
             await asyncio.sleep(0)
         assert not woken.is_set()
-        for _ in range(100):  # a flood: the journal opened for writing and closed again, heard once
-            with open(live / JOURNAL, "ab"):
-                pass
+        for _ in range(1000):  # a flood: both journals opened for writing and closed again, in turns (an event
+            for folder in (live, other):  # the same as the one before it is merged with it), heard once
+                with open(folder / JOURNAL, "ab"):
+                    pass
         await asyncio.wait_for(woken.wait(), 60)
+        assert writes.inotify is not None  # read no further than it needed: the rest of the flood waits, queued
+        assert select.select([writes.inotify.fd], [], [], 0)[0] == [writes.inotify.fd]
+        writes.inotify.drain()
         woken.clear()
         commit(live)
         for _ in range(10):  # the reader is off until the next step: nothing is heard

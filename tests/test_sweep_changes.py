@@ -19,6 +19,7 @@ from kit import World, utc
 from host.scheduling import changes, sweep
 from host.scheduling.changes import Changes
 from host.store.sessions import create_files
+from schemas.inotify import IN_ATTRIB, IN_Q_OVERFLOW, Inotify
 from schemas.times import to_text
 
 T0 = utc("2026-05-18T13:00:00")
@@ -184,4 +185,20 @@ def test_it_watches_at_most_its_share_of_the_users_watches(tmp_path: Path, monke
             found = [watch.unchanged(f.name, str(f)) for f in folders]
     assert found == [True, True, False]  # two watched (half of 4), the third looked at every time
     assert ["2 sessions watched, 50% of what" in r.getMessage() for r in caplog.records] == [True]
+    watch.close()
+
+
+def test_a_drain_reads_no_more_than_its_bound_and_says_that_events_were_left(tmp_path: Path) -> None:
+    """A runner that makes events as fast as they are read would keep the sweep draining them for as long as it
+    likes: a drain stops at its bound, and what it left counts as lost (every session looked at, as on overflow)."""
+    create_files(tmp_path / "sess")
+    watch = Inotify()
+    watch.watch(tmp_path / "sess", IN_ATTRIB)
+    for _ in range(200):  # 400 distinct events (alternating names: none merged with the one before)
+        os.utime(tmp_path / "sess" / "inbound.db")
+        os.utime(tmp_path / "sess" / "outbound.db")
+    first = watch.drain(limit=2048)
+    assert first[-1] == (-1, IN_Q_OVERFLOW) and 0 < len(first) - 1 <= 2048 // 16
+    rest = watch.drain()
+    assert len(first) - 1 + len(rest) == 400 and (-1, IN_Q_OVERFLOW) not in rest
     watch.close()

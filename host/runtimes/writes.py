@@ -19,6 +19,7 @@ from host.runtimes.workspace import JOURNAL
 from schemas.inotify import IN_CLOSE_WRITE, IN_DONT_FOLLOW, Inotify
 
 log = logging.getLogger(__name__)
+HEARD_BYTES = 4096  # of what came, a step reads this much: that anything did is all it needs (a flood waits queued)
 
 
 class RunnerWrites:
@@ -51,7 +52,7 @@ class RunnerWrites:
 
     def _heard(self) -> None:
         assert self.inotify is not None
-        self.inotify.drain()
+        self.inotify.drain(HEARD_BYTES)
         asyncio.get_running_loop().remove_reader(self.inotify.fd)
         self._reading = False
         self.woken.set()
