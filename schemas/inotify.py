@@ -40,8 +40,9 @@ class Inotify:
 
     def drain(self, limit: int = DRAIN_BYTES) -> list[tuple[int, int]]:
         """The queued events, as (watch descriptor, mask), at most ``limit`` bytes of them: a writer that makes them
-        as fast as they are read would otherwise keep the reader here for as long as it likes. Where some were left,
-        the last is an overflow (descriptor -1, ``IN_Q_OVERFLOW``), as where the kernel's queue lost some."""
+        as fast as they are read would otherwise keep the reader here for as long as it likes. Where it stopped at
+        its bound (some may be left), the last is an overflow (descriptor -1, ``IN_Q_OVERFLOW``), as where the
+        kernel's queue lost some."""
         found: list[tuple[int, int]] = []
         read = 0
         with contextlib.suppress(BlockingIOError):
