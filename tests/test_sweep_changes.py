@@ -145,6 +145,31 @@ def test_a_session_gone_is_no_longer_watched_and_one_made_again_in_its_place_is(
     watch.close()
 
 
+def test_a_folder_moved_away_and_replaced_is_watched_where_it_now_is(tmp_path: Path) -> None:
+    """An operator's restore: the session folder moved aside, another put in its place. The watch followed the old
+    folder (an inotify watch is on the inode, not the name): it is dropped, and the folder at the name watched."""
+    folder = tmp_path / "sess-a"
+    create_files(folder)
+    watch = Changes()
+    for _ in range(2):
+        watch.begin(full=True)
+        found = watch.unchanged("a", str(folder))
+    assert found is True
+    folder.rename(tmp_path / "aside")
+    create_files(folder)
+    watch.begin(full=True)
+    assert watch.unchanged("a", str(folder)) is False
+    watch.begin(full=True)
+    assert watch.unchanged("a", str(folder)) is True
+    _written(folder / "outbound.db")  # a write into the folder now at the name is heard
+    watch.begin(full=True)
+    assert watch.unchanged("a", str(folder)) is False
+    os.utime(tmp_path / "aside" / "outbound.db")  # and one into the old folder is not this session's
+    watch.begin(full=True)
+    assert watch.unchanged("a", str(folder)) is True
+    watch.close()
+
+
 @pytest.mark.parametrize("why", ["no inotify", "no room for a watch", "one-off sweep"])
 def test_where_it_cannot_tell_every_session_is_looked_at_every_time(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, why: str) -> None:

@@ -71,8 +71,8 @@ class Changes:
             session_id = self._sessions.get(wd)
             if session_id is not None:
                 self._unchanged.discard(session_id)
-                if mask & IN_IGNORED:  # the watch is gone (its folder removed or moved)
-                    del self._sessions[wd], self._watches[session_id]
+                if mask & (IN_IGNORED | IN_MOVE_SELF):  # the watch is gone with its folder, or went with it elsewhere
+                    self._forget(session_id)
 
     def unchanged(self, session_id: str, folder: str) -> bool:
         """True: nothing in the folder changed since the caller last looked (it needs no stat). False: look now;
@@ -99,11 +99,15 @@ class Changes:
     def keep_only(self, active: set[str]) -> None:
         """The watches of sessions no longer active removed."""
         for session_id in [sid for sid in self._watches if sid not in active]:
-            wd = self._watches.pop(session_id)
-            del self._sessions[wd]
-            self._unchanged.discard(session_id)
-            if self._inotify is not None:
-                self._inotify.unwatch(wd)
+            self._forget(session_id)
+
+    def _forget(self, session_id: str) -> None:
+        """The session's watch removed: the folder at its name is watched anew when it is next looked at."""
+        wd = self._watches.pop(session_id)
+        del self._sessions[wd]
+        self._unchanged.discard(session_id)
+        if self._inotify is not None:
+            self._inotify.unwatch(wd)
 
     def close(self) -> None:
         if self._inotify is not None:
