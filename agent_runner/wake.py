@@ -79,7 +79,7 @@ class InboxWatch:
     def _read(self) -> None:
         """Drain every queued event (the reader is level-triggered: left unread it would spin) and wake the wait."""
         assert self.inotify is not None
-        if any(mask & GONE for _, mask in self.inotify.drain()):
+        if any(mask & GONE for _, mask, _ in self.inotify.drain()):
             log.warning("inbound.db was replaced: the idle runner polls from now on", extra={"action": "runner_polls"})
             self.close()
         self.woken.set()

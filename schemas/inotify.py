@@ -38,12 +38,12 @@ class Inotify:
     def unwatch(self, wd: int) -> None:
         self._libc.inotify_rm_watch(self.fd, wd)  # a watch already gone (its file removed) is no error here
 
-    def drain(self, limit: int = DRAIN_BYTES) -> list[tuple[int, int]]:
-        """The queued events, as (watch descriptor, mask), at most ``limit`` bytes of them: a writer that makes them
-        as fast as they are read would otherwise keep the reader here for as long as it likes. Where it stopped at
-        its bound (some may be left), the last is an overflow (descriptor -1, ``IN_Q_OVERFLOW``), as where the
-        kernel's queue lost some."""
-        found: list[tuple[int, int]] = []
+    def drain(self, limit: int = DRAIN_BYTES) -> list[tuple[int, int, str]]:
+        """The queued events, as (watch descriptor, mask, name: of the file in a watched folder, else ""), at most
+        ``limit`` bytes of them: a writer that makes them as fast as they are read would otherwise keep the reader
+        here for as long as it likes. Where it stopped at its bound (some may be left), the last is an overflow
+        (descriptor -1, ``IN_Q_OVERFLOW``), as where the kernel's queue lost some."""
+        found: list[tuple[int, int, str]] = []
         read = 0
         with contextlib.suppress(BlockingIOError):
             while chunk := os.read(self.fd, min(65536, limit - read)):
@@ -51,10 +51,11 @@ class Inotify:
                 offset = 0
                 while offset + _EVENT.size <= len(chunk):
                     wd, mask, _, length = _EVENT.unpack_from(chunk, offset)
-                    found.append((wd, mask))
                     offset += _EVENT.size + length
+                    name = chunk[offset - length:offset].rstrip(b"\0") if length else b""
+                    found.append((wd, mask, os.fsdecode(name)))
                 if read > limit - _LARGEST:  # (no room left for another event)
-                    found.append((-1, IN_Q_OVERFLOW))
+                    found.append((-1, IN_Q_OVERFLOW, ""))
                     break
         return found
 

@@ -74,3 +74,24 @@ async def test_a_folder_replaced_by_a_link_is_not_watched(tmp_path: Path) -> Non
         assert writes.watches == {}
     finally:
         writes.close()
+
+
+async def test_a_journal_the_runner_removed_and_made_again_is_watched_anew(tmp_path: Path) -> None:
+    """A local runner may remove its journal (in a container it is a mount, which it cannot): the watch ended with
+    that file, and the next step watches the one its SQLite makes again."""
+    live = tmp_path / "live"
+    create_files(live)
+    woken = asyncio.Event()
+    writes = RunnerWrites(woken)
+    try:
+        writes.sync({live})
+        (live / JOURNAL).unlink()
+        await asyncio.wait_for(woken.wait(), 60)  # (its watch's end is heard)
+        woken.clear()
+        commit(live)  # (SQLite makes the journal again, and keeps it)
+        writes.sync({live})  # the next step
+        assert not woken.is_set()
+        commit(live)
+        await asyncio.wait_for(woken.wait(), 60)
+    finally:
+        writes.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -103,6 +104,14 @@ def test_every_tenth_full_sweep_looks_at_every_session_and_partial_ones_do_not_c
     sweeper.close()
 
 
+def _flood(folder: Path) -> None:
+    """More distinct events than the kernel's queue holds (what a runner of ``folder``'s session can do at will)."""
+    queued = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    for _ in range(queued // 2 + 10):
+        os.utime(folder / "inbound.db")
+        os.utime(folder / "outbound.db")
+
+
 def test_lost_events_make_every_session_looked_at_once(tmp_path: Path) -> None:
     folders = [tmp_path / f"sess-{n}" for n in range(3)]
     for folder in folders:
@@ -112,10 +121,7 @@ def test_lost_events_make_every_session_looked_at_once(tmp_path: Path) -> None:
     assert [watch.unchanged(f.name, str(f)) for f in folders] == [False] * 3  # watched from now
     watch.begin(full=True)
     assert [watch.unchanged(f.name, str(f)) for f in folders] == [True] * 3
-    queued = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
-    for _ in range(queued // 2 + 10):  # more distinct events than the queue holds: it overflows
-        os.utime(folders[0] / "inbound.db")
-        os.utime(folders[0] / "outbound.db")
+    _flood(folders[0])
     watch.begin(full=True)
     assert [watch.unchanged(f.name, str(f)) for f in folders] == [False] * 3
     watch.begin(full=True)
@@ -198,18 +204,20 @@ def test_it_watches_at_most_its_share_of_the_users_watches(tmp_path: Path, monke
                                                              caplog: pytest.LogCaptureFixture) -> None:
     """The rest are the runners' (a local runner waits on one for its inbox) and the live runners' journals'."""
     limit = tmp_path / "max_user_watches"
-    limit.write_text("4\n")
+    limit.write_text("8\n")
     monkeypatch.setattr(changes, "LIMIT", str(limit))
-    folders = [tmp_path / f"sess-{n}" for n in range(3)]
+    folders = [tmp_path / "sessions" / "group" / f"sess-{n}" for n in range(3)]
     for folder in folders:
         create_files(folder)
     with caplog.at_level("WARNING", logger="host.scheduling.changes"):
         watch = Changes()
+        watch.unchanged("gone", str(tmp_path / "sessions" / "group" / "missing"))  # (a refusal said no more)
         for _ in range(3):
             watch.begin(full=True)
             found = [watch.unchanged(f.name, str(f)) for f in folders]
-    assert found == [True, True, False]  # two watched (half of 4), the third looked at every time
-    assert ["2 sessions watched, 50% of what" in r.getMessage() for r in caplog.records] == [True]
+    # Four watched (half of 8): the two folders above the sessions', two sessions'; the third looked at every time.
+    assert found == [True, True, False]
+    assert ["4 folders watched, 50% of what" in r.getMessage() for r in caplog.records] == [True]
     watch.close()
 
 
@@ -223,7 +231,107 @@ def test_a_drain_reads_no_more_than_its_bound_and_says_that_events_were_left(tmp
         os.utime(tmp_path / "sess" / "inbound.db")
         os.utime(tmp_path / "sess" / "outbound.db")
     first = watch.drain(limit=2048)
-    assert first[-1] == (-1, IN_Q_OVERFLOW) and 0 < len(first) - 1 <= 2048 // 16
+    assert first[-1] == (-1, IN_Q_OVERFLOW, "") and 0 < len(first) - 1 <= 2048 // 32
     rest = watch.drain()
-    assert len(first) - 1 + len(rest) == 400 and (-1, IN_Q_OVERFLOW) not in rest
+    assert len(first) - 1 + len(rest) == 400 and (-1, IN_Q_OVERFLOW, "") not in rest
+    assert [name for _, _, name in first[:4]] == ["inbound.db", "outbound.db"] * 2
     watch.close()
+
+
+def _settled(sweeper: sweep.Sweeper, start: int) -> int:
+    """Ticks until every session is visited, watched and trusted."""
+    opened = [sweeper.tick(T0 + timedelta(seconds=start + n)).sessions_opened for n in range(3)]
+    assert opened[-1] == 0
+    return start + 3
+
+
+def test_a_folder_replaced_while_the_queue_overflowed_is_watched_where_it_now_is(world: World) -> None:
+    """A full queue drops events, a folder's IN_MOVE_SELF or IN_IGNORED among them, and any runner can keep it full
+    (a loop of ``utime`` in its own folder). Lost events drop every watch: the folder an operator put at another
+    session's name meanwhile is watched at its next look, and a later change to it is heard."""
+    restored, flooder = world.session, world.new_session()
+    sweeper = world.sweeper()
+    try:
+        n = _settled(sweeper, 0)
+        _flood(flooder.folder)  # another session's runner floods its own folder ...
+        aside = restored.folder.with_name("aside")
+        restored.folder.rename(aside)  # ... while the operator restores this one (its IN_MOVE_SELF is dropped)
+        shutil.copytree(aside, restored.folder, symlinks=True)
+        assert sweeper.tick(T0 + timedelta(seconds=n)).sessions_opened >= 1  # the overflow: looked at once
+        assert sweeper.tick(T0 + timedelta(seconds=n + 1)).sessions_opened == 0
+        # Later, no runner alive: the operator schedules a task due now into the restored session.
+        world.schedule(T0, at=to_text(T0), session=restored)
+        result = sweeper.tick(T0 + timedelta(seconds=n + 2))
+        assert result.sessions_opened == 1, "the operator's write to the restored session was not looked at"
+    finally:
+        sweeper.close()
+
+
+def test_a_group_folder_moved_aside_and_restored_is_watched_where_it_now_is(world: World) -> None:
+    """An operator's restore of a whole group (``mv <g> <g>.old; cp -a backup <g>``) while the host runs: the
+    session folders' watches went with the old folders (they saw no IN_MOVE_SELF: only their parent moved). The
+    group's folder is watched too: its move drops them, and the restored sessions are looked at."""
+    session = world.session
+    sweeper = world.sweeper()
+    try:
+        n = _settled(sweeper, 0)
+        group_dir = session.folder.parent
+        old = group_dir.with_name(group_dir.name + ".old")
+        group_dir.rename(old)
+        shutil.copytree(old, group_dir, symlinks=True)
+        world.schedule(T0, at=to_text(T0), session=session)  # a task due now, in the restored session's inbox
+        result = sweeper.tick(T0 + timedelta(seconds=n))
+        assert result.sessions_opened == 1, "the restored session's new task was not looked at"
+    finally:
+        sweeper.close()
+
+
+def test_a_folder_removed_while_held_open_and_restored_is_watched_where_it_now_is(world: World) -> None:
+    """A folder removed while a process still holds it (an operator's shell in it) gives neither IN_DELETE_SELF nor
+    IN_IGNORED until the hold ends; its group folder's IN_DELETE of its name drops the watch."""
+    session = world.session
+    sweeper = world.sweeper()
+    backup = session.folder.with_name("backup")
+    holder = None
+    try:
+        n = _settled(sweeper, 0)
+        shutil.copytree(session.folder, backup, symlinks=True)
+        holder = subprocess.Popen(["sleep", "60"], cwd=session.folder)  # the operator's shell, cd'ed into it
+        shutil.rmtree(session.folder)
+        shutil.copytree(backup, session.folder, symlinks=True)
+        assert sweeper.tick(T0 + timedelta(seconds=n)).sessions_opened == 1  # the restore is seen (IN_DELETEs)
+        assert sweeper.tick(T0 + timedelta(seconds=n + 1)).sessions_opened == 0
+        world.schedule(T0, at=to_text(T0), session=session)  # a task due now, in the restored session's inbox
+        result = sweeper.tick(T0 + timedelta(seconds=n + 2))
+        assert result.sessions_opened == 1, "the operator's write to the restored session was not looked at"
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        sweeper.close()
+
+
+def test_after_lost_events_a_folder_moved_away_and_replaced_is_watched_where_it_now_is(tmp_path: Path) -> None:
+    """The first case for ``Changes`` alone: a write into the folder now at the session's name is heard after an
+    overflow lost the old folder's IN_MOVE_SELF."""
+    folder, other = tmp_path / "sess-a", tmp_path / "sess-b"
+    create_files(folder)
+    create_files(other)
+    watch = Changes()
+    try:
+        for _ in range(2):
+            watch.begin(full=True)
+            found = [watch.unchanged("a", str(folder)), watch.unchanged("b", str(other))]
+        assert found == [True, True]
+        _flood(other)
+        folder.rename(tmp_path / "aside")
+        create_files(folder)
+        watch.begin(full=True)
+        assert watch.unchanged("a", str(folder)) is False  # the overflow: looked at once
+        watch.begin(full=True)
+        assert watch.unchanged("a", str(folder)) is True
+        os.utime(folder / "inbound.db")  # a change to the folder now at the name
+        watch.begin(full=True)
+        assert watch.unchanged("a", str(folder)) is False, "a change to the session's folder was not heard"
+    finally:
+        watch.close()

@@ -16,7 +16,7 @@ import stat
 from pathlib import Path
 
 from host.runtimes.workspace import JOURNAL
-from schemas.inotify import IN_CLOSE_WRITE, IN_DONT_FOLLOW, Inotify
+from schemas.inotify import IN_CLOSE_WRITE, IN_DONT_FOLLOW, IN_IGNORED, Inotify
 
 log = logging.getLogger(__name__)
 HEARD_BYTES = 4096  # of what came, a step reads this much: that anything did is all it needs (a flood waits queued)
@@ -52,7 +52,9 @@ class RunnerWrites:
 
     def _heard(self) -> None:
         assert self.inotify is not None
-        self.inotify.drain(HEARD_BYTES)
+        ended = {wd for wd, mask, _ in self.inotify.drain(HEARD_BYTES) if mask & IN_IGNORED}
+        if ended:  # (its file removed: a local runner's doing) the file made again there is watched at the next step
+            self.watches = {folder: wd for folder, wd in self.watches.items() if wd not in ended}
         asyncio.get_running_loop().remove_reader(self.inotify.fd)
         self._reading = False
         self.woken.set()

@@ -11,7 +11,9 @@ looked at later: at the next full look at most."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 
 from schemas.inotify import (
     IN_ATTRIB,
@@ -31,6 +33,9 @@ from schemas.inotify import (
 log = logging.getLogger(__name__)
 WATCHED = (IN_MODIFY | IN_ATTRIB | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF
            | IN_ONLYDIR | IN_DONT_FOLLOW)
+# A folder above session folders (a group's, the sessions' root): names made, removed or renamed in it, and its own end.
+ABOVE = (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+         | IN_DONT_FOLLOW)
 FULL_LOOK_EVERY = 10  # passes: at the default sweep interval, every session is looked at every 10 minutes
 # Of the watches this user may have (all its processes together), at most this share: the rest stay for the runners
 # (a local runner waits on one for its inbox) and for the live runners' journals (``writes``).
@@ -39,22 +44,42 @@ LIMIT = "/proc/sys/fs/inotify/max_user_watches"
 
 
 class Changes:
-    """``watching`` False: it tells of none, every session is looked at (a one-off sweep's single pass)."""
+    """``watching`` False: it tells of none, every session is looked at (a one-off sweep's single pass).
+
+    A watch is on a folder's inode, not its name: a session folder moved away (or removed while some process still
+    holds it) takes its watch with it, and one put at its name is not watched. So the two folders above each
+    session folder (its group's, and the sessions' root) are watched too, for names made, removed or renamed in
+    them: any such change of a session's folder, or of a folder above it, drops the watches at and under that name,
+    and the folder now there is watched anew at its next look. Lost events (an overflow) drop every watch."""
 
     def __init__(self, watching: bool = True) -> None:
+        self._watching = watching
         self._inotify: Inotify | None = None
-        try:
-            self._inotify = Inotify() if watching else None
-        except (OSError, AttributeError) as exc:
-            log.info("every session is looked at in every sweep (no inotify: %s)", exc,
-                     extra={"action": "no_inotify"})
-        self._watches: dict[str, int] = {}  # session id -> its folder's watch
-        self._sessions: dict[int, str] = {}  # the other way
-        self._unchanged: set[str] = set()  # watched, and no event since its last look
+        self._reset()
         self._passes = 0
         self._all = False  # this pass looks at every session
         self._room = _room()
-        self._refused = False  # a watch was not made (no room, or the folder not one): said once
+        self._full = False  # no room for one more watch: said once
+
+    def _reset(self) -> None:
+        """Every watch dropped at once (a new inotify instance: one call, not one a watch)."""
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+        if self._watching:
+            try:
+                self._inotify = Inotify()
+            except (OSError, AttributeError) as exc:
+                self._watching = False
+                log.info("every session is looked at in every sweep (no inotify: %s)", exc,
+                         extra={"action": "no_inotify"})
+        self._watches: dict[str, int] = {}  # session id -> its folder's watch
+        self._sessions: dict[int, str] = {}  # the other way
+        self._folders: dict[str, str] = {}  # session id -> the folder watched, and the other way
+        self._at: dict[str, str] = {}
+        self._above: dict[str, int] = {}  # a folder above session folders -> its watch, and the other way
+        self._above_at: dict[int, str] = {}
+        self._unchanged: set[str] = set()  # watched, and no event since its last look
 
     def begin(self, full: bool) -> None:
         """A pass begins (``full``: over every session, else a partial sweep's): what was heard since the last one
@@ -64,58 +89,82 @@ class Changes:
         self._all = full and self._passes % FULL_LOOK_EVERY == 0
         if self._inotify is None:
             return
-        for wd, mask in self._inotify.drain():
-            if wd < 0:  # the queue overflowed: events were lost
-                self._unchanged.clear()
-                continue
-            session_id = self._sessions.get(wd)
-            if session_id is not None:
+        for wd, mask, name in self._inotify.drain():
+            if wd < 0:  # the queue overflowed: events were lost, a folder's move or removal among them perhaps
+                self._reset()
+                return
+            if (session_id := self._sessions.get(wd)) is not None:
                 self._unchanged.discard(session_id)
                 if mask & (IN_IGNORED | IN_MOVE_SELF):  # the watch is gone with its folder, or went with it elsewhere
-                    self._forget(session_id)
+                    self._drop(self._folders[session_id])
+            elif (above := self._above_at.get(wd)) is not None:
+                self._drop(above if mask & (IN_IGNORED | IN_MOVE_SELF | IN_DELETE_SELF) else os.path.join(above, name))
 
     def unchanged(self, session_id: str, folder: str) -> bool:
         """True: nothing in the folder changed since the caller last looked (it needs no stat). False: look now;
-        what changes from now on will be heard (a watch is added first, if there was none)."""
+        what changes from now on will be heard (watches are added first, if there were none)."""
         if not self._all and session_id in self._unchanged:
             return True
         if session_id in self._watches:
             self._unchanged.add(session_id)
         elif self._inotify is not None:
             try:
-                if len(self._watches) >= self._room:
-                    raise OSError(f"{len(self._watches)} sessions watched, {SHARE:.0%} of what {LIMIT} allows")
-                wd = self._watches[session_id] = self._inotify.watch(folder, WATCHED)
-            except OSError as exc:  # no room for one more watch (or the folder gone): looked at every pass
-                if not self._refused:
+                group = os.path.dirname(folder)
+                for above in (os.path.dirname(group), group):  # (first: a move of either after this is heard)
+                    if above not in self._above:
+                        wd = self._watch(above, ABOVE)
+                        self._above[above], self._above_at[wd] = wd, above
+                wd = self._watch(folder, WATCHED)
+                self._watches[session_id], self._sessions[wd] = wd, session_id
+                self._folders[session_id], self._at[folder] = folder, session_id
+            except OSError as exc:  # no room for one more watch, or the folder gone: looked at every pass
+                if exc.errno == errno.ENOSPC and not self._full:
                     log.warning("session folders not watched (%s): those are looked at in every sweep", exc,
                                 extra={"action": "sessions_not_watched"})
-                    self._refused = True
+                    self._full = True
             else:
-                self._sessions[wd] = session_id
                 self._unchanged.add(session_id)
         return False
+
+    def _watch(self, path: str, mask: int) -> int:
+        assert self._inotify is not None
+        if len(self._watches) + len(self._above) >= self._room:
+            raise OSError(errno.ENOSPC, f"{len(self._watches) + len(self._above)} folders watched, {SHARE:.0%} of "
+                                        f"what {LIMIT} allows")
+        return self._inotify.watch(path, mask)
 
     def keep_only(self, active: set[str]) -> None:
         """The watches of sessions no longer active removed."""
         for session_id in [sid for sid in self._watches if sid not in active]:
-            self._forget(session_id)
+            self._drop(self._folders[session_id])
+
+    def _drop(self, path: str) -> None:
+        """The watches of the folder ``path`` and of those under it removed: the folders at those names are watched
+        anew when next looked at."""
+        inside = path + os.sep
+        if path in self._at:
+            self._forget(self._at[path])
+        if any(above == path or above.startswith(inside) for above in self._above):  # (few: the groups)
+            for session_id in [sid for sid, folder in self._folders.items() if folder.startswith(inside)]:
+                self._forget(session_id)
+            for above in [a for a in self._above if a == path or a.startswith(inside)]:
+                wd = self._above.pop(above)
+                del self._above_at[wd]
+                self._unwatch(wd)
 
     def _forget(self, session_id: str) -> None:
-        """The session's watch removed: the folder at its name is watched anew when it is next looked at."""
         wd = self._watches.pop(session_id)
-        del self._sessions[wd]
+        del self._sessions[wd], self._at[self._folders.pop(session_id)]
         self._unchanged.discard(session_id)
+        self._unwatch(wd)
+
+    def _unwatch(self, wd: int) -> None:
         if self._inotify is not None:
             self._inotify.unwatch(wd)
 
     def close(self) -> None:
-        if self._inotify is not None:
-            self._inotify.close()
-            self._inotify = None
-        self._watches.clear()
-        self._sessions.clear()
-        self._unchanged.clear()
+        self._watching = False
+        self._reset()
 
 
 def _room() -> float:
