@@ -20,7 +20,7 @@ from kit import World, utc
 from host.scheduling import changes, sweep
 from host.scheduling.changes import Changes
 from host.store.sessions import create_files
-from schemas.inotify import IN_ATTRIB, IN_Q_OVERFLOW, Inotify
+from schemas.inotify import IN_ATTRIB, IN_IGNORED, IN_ONESHOT, IN_Q_OVERFLOW, Inotify
 from schemas.times import to_text
 
 T0 = utc("2026-05-18T13:00:00")
@@ -104,14 +104,23 @@ def test_every_tenth_full_sweep_looks_at_every_session_and_partial_ones_do_not_c
     sweeper.close()
 
 
+@pytest.fixture
+def lasting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Session watches that last past their first event. Made one-shot, a folder queues one event until its next
+    look, and the kernel's queue fills only when thousands of sessions change between two passes; lasting, one
+    folder's events (``_flood``) fill it."""
+    monkeypatch.setattr(changes, "WATCHED", changes.WATCHED & ~IN_ONESHOT)
+
+
 def _flood(folder: Path) -> None:
-    """More distinct events than the kernel's queue holds (what a runner of ``folder``'s session can do at will)."""
+    """More distinct events than the kernel's queue holds (with ``lasting`` watches)."""
     queued = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
     for _ in range(queued // 2 + 10):
         os.utime(folder / "inbound.db")
         os.utime(folder / "outbound.db")
 
 
+@pytest.mark.usefixtures("lasting")
 def test_lost_events_make_every_session_looked_at_once(tmp_path: Path) -> None:
     folders = [tmp_path / f"sess-{n}" for n in range(3)]
     for folder in folders:
@@ -245,15 +254,16 @@ def _settled(sweeper: sweep.Sweeper, start: int) -> int:
     return start + 3
 
 
+@pytest.mark.usefixtures("lasting")
 def test_a_folder_replaced_while_the_queue_overflowed_is_watched_where_it_now_is(world: World) -> None:
-    """A full queue drops events, a folder's IN_MOVE_SELF or IN_IGNORED among them, and any runner can keep it full
-    (a loop of ``utime`` in its own folder). Lost events drop every watch: the folder an operator put at another
-    session's name meanwhile is watched at its next look, and a later change to it is heard."""
+    """A full queue drops events, a folder's IN_MOVE_SELF or IN_IGNORED among them. Lost events drop every watch:
+    the folder an operator put at a session's name meanwhile is watched at its next look, and a later change to it
+    is heard."""
     restored, flooder = world.session, world.new_session()
     sweeper = world.sweeper()
     try:
         n = _settled(sweeper, 0)
-        _flood(flooder.folder)  # another session's runner floods its own folder ...
+        _flood(flooder.folder)  # the queue filled ...
         aside = restored.folder.with_name("aside")
         restored.folder.rename(aside)  # ... while the operator restores this one (its IN_MOVE_SELF is dropped)
         shutil.copytree(aside, restored.folder, symlinks=True)
@@ -311,6 +321,7 @@ def test_a_folder_removed_while_held_open_and_restored_is_watched_where_it_now_i
         sweeper.close()
 
 
+@pytest.mark.usefixtures("lasting")
 def test_after_lost_events_a_folder_moved_away_and_replaced_is_watched_where_it_now_is(tmp_path: Path) -> None:
     """The first case for ``Changes`` alone: a write into the folder now at the session's name is heard after an
     overflow lost the old folder's IN_MOVE_SELF."""
@@ -335,3 +346,17 @@ def test_after_lost_events_a_folder_moved_away_and_replaced_is_watched_where_it_
         assert watch.unchanged("a", str(folder)) is False, "a change to the session's folder was not heard"
     finally:
         watch.close()
+
+
+def test_a_session_folder_flooded_with_events_queues_one(tmp_path: Path) -> None:
+    """A session's watch ends with its first event (it is made again at the session's next look): a runner that
+    writes at will, or floods its folder, queues one event for the sweep to read, not thousands a pass."""
+    folder = tmp_path / "sess"
+    create_files(folder)
+    inotify = Inotify()
+    wd = inotify.watch(folder, changes.WATCHED)
+    for _ in range(1000):
+        os.utime(folder / "inbound.db")
+        os.utime(folder / "outbound.db")
+    assert [event[:2] for event in inotify.drain()] == [(wd, IN_ATTRIB), (wd, IN_IGNORED)]
+    inotify.close()

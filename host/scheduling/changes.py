@@ -26,13 +26,16 @@ from schemas.inotify import (
     IN_MOVE_SELF,
     IN_MOVED_FROM,
     IN_MOVED_TO,
+    IN_ONESHOT,
     IN_ONLYDIR,
     Inotify,
 )
 
 log = logging.getLogger(__name__)
+# A session's folder: one event, then the watch ends (the session is looked at, and watched again, at its next look):
+# a runner writing at will, or flooding its folder with events, queues one for the sweep to read, not thousands.
 WATCHED = (IN_MODIFY | IN_ATTRIB | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF
-           | IN_ONLYDIR | IN_DONT_FOLLOW)
+           | IN_ONLYDIR | IN_DONT_FOLLOW | IN_ONESHOT)
 # A folder above session folders (a group's, the sessions' root): names made, removed or renamed in it, and its own end.
 ABOVE = (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
          | IN_DONT_FOLLOW)
@@ -94,9 +97,7 @@ class Changes:
                 self._reset()
                 return
             if (session_id := self._sessions.get(wd)) is not None:
-                self._unchanged.discard(session_id)
-                if mask & (IN_IGNORED | IN_MOVE_SELF):  # the watch is gone with its folder, or went with it elsewhere
-                    self._drop(self._folders[session_id])
+                self._drop(self._folders[session_id])  # (a one-shot watch: it ended with this event)
             elif (above := self._above_at.get(wd)) is not None:
                 self._drop(above if mask & (IN_IGNORED | IN_MOVE_SELF | IN_DELETE_SELF) else os.path.join(above, name))
 
