@@ -97,7 +97,7 @@ class Changes:
                 self._reset()
                 return
             if (session_id := self._sessions.get(wd)) is not None:
-                self._drop(self._folders[session_id])  # (a one-shot watch: it ended with this event)
+                self._forget(session_id, ended=True)  # (one-shot: the kernel ended the watch with this event)
             elif (above := self._above_at.get(wd)) is not None:
                 self._drop(above if mask & (IN_IGNORED | IN_MOVE_SELF | IN_DELETE_SELF) else os.path.join(above, name))
 
@@ -110,11 +110,12 @@ class Changes:
             self._unchanged.add(session_id)
         elif self._inotify is not None:
             try:
-                group = os.path.dirname(folder)
-                for above in (os.path.dirname(group), group):  # (first: a move of either after this is heard)
-                    if above not in self._above:
-                        wd = self._watch(above, ABOVE)
-                        self._above[above], self._above_at[wd] = wd, above
+                group = folder.rpartition(os.sep)[0]
+                if group not in self._above:  # (its root is watched whenever it is: dropped with it, made before it)
+                    for above in (os.path.dirname(group), group):  # (first: a move of either after this is heard)
+                        if above not in self._above:
+                            self._above[above] = wd = self._watch(above, ABOVE)
+                            self._above_at[wd] = above
                 wd = self._watch(folder, WATCHED)
                 self._watches[session_id], self._sessions[wd] = wd, session_id
                 self._folders[session_id], self._at[folder] = folder, session_id
@@ -153,11 +154,12 @@ class Changes:
                 del self._above_at[wd]
                 self._unwatch(wd)
 
-    def _forget(self, session_id: str) -> None:
+    def _forget(self, session_id: str, ended: bool = False) -> None:
         wd = self._watches.pop(session_id)
         del self._sessions[wd], self._at[self._folders.pop(session_id)]
         self._unchanged.discard(session_id)
-        self._unwatch(wd)
+        if not ended:
+            self._unwatch(wd)
 
     def _unwatch(self, wd: int) -> None:
         if self._inotify is not None:
