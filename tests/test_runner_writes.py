@@ -95,3 +95,30 @@ async def test_a_journal_the_runner_removed_and_made_again_is_watched_anew(tmp_p
         await asyncio.wait_for(woken.wait(), 60)
     finally:
         writes.close()
+
+
+async def test_after_lost_events_every_journal_is_watched_anew(tmp_path: Path) -> None:
+    """A step reads at most ``HEARD_BYTES`` of what came; what it left counts as lost (the end of a watch among it,
+    perhaps): every journal is watched again at the next step, and a commit after is heard."""
+    live, other = tmp_path / "live", tmp_path / "other"
+    create_files(live)
+    create_files(other)
+    woken = asyncio.Event()
+    writes = RunnerWrites(woken)
+    try:
+        writes.sync({live, other})
+        for _ in range(500):  # more than a step reads (two journals in turns: no event merged with the one before)
+            for folder in (live, other):
+                with open(folder / JOURNAL, "ab"):
+                    pass
+        await asyncio.wait_for(woken.wait(), 60)
+        assert writes.watches == {}
+        woken.clear()
+        writes.sync({live, other})
+        assert writes.watches.keys() == {live, other}
+        assert writes.inotify is not None
+        writes.inotify.drain()  # (the rest of the flood)
+        commit(live)
+        await asyncio.wait_for(woken.wait(), 60)
+    finally:
+        writes.close()

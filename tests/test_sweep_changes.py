@@ -151,7 +151,7 @@ def test_a_session_gone_is_no_longer_watched_and_one_made_again_in_its_place_is(
     create_files(folder)
     watch.begin(full=True)
     assert watch.unchanged("a", str(folder)) is False
-    watch.keep_only({"a"})  # b no longer active
+    watch.keep_only({"a": str(folder)})  # b no longer active
     watch.begin(full=True)
     assert (watch.unchanged("a", str(folder)), watch.unchanged("b", str(other))) == (True, False)
     os.utime(folder / "outbound.db")
@@ -360,3 +360,84 @@ def test_a_session_folder_flooded_with_events_queues_one(tmp_path: Path) -> None
         os.utime(folder / "outbound.db")
     assert [event[:2] for event in inotify.drain()] == [(wd, IN_ATTRIB), (wd, IN_IGNORED)]
     inotify.close()
+
+
+@pytest.mark.parametrize("linked", ["sessions root", "group folder"])
+def test_a_session_under_a_linked_folder_is_trusted_once_looked_at(tmp_path: Path, linked: str) -> None:
+    """Where the sessions, or a group's, are kept is the operator's choice (a link to a bigger disk): the folders
+    above a session's are watched through the link, and an idle session costs no stat."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    root = tmp_path / "data" / "v2-sessions"
+    if linked == "sessions root":
+        root.parent.mkdir()
+        os.symlink(disk, root)
+    else:
+        root.mkdir(parents=True)
+        os.symlink(disk, root / "ag-1")
+    folder = root / "ag-1" / "sess-1"
+    create_files(folder)
+    watch = Changes()
+    found = []
+    for _ in range(3):
+        watch.begin(full=True)
+        found.append(watch.unchanged("sess-1", str(folder)))
+    assert found == [False, True, True]
+    os.utime(folder / "inbound.db")
+    watch.begin(full=True)
+    assert watch.unchanged("sess-1", str(folder)) is False
+    watch.close()
+
+
+def test_a_session_whose_folder_is_another_now_is_watched_there(tmp_path: Path) -> None:
+    """An operator moved a session to another group by hand (its folder copied, its row's group changed): the sweep's
+    list gives the new folder, and the old one's watch is dropped with it (``keep_only``)."""
+    old, new = tmp_path / "v2-sessions" / "ag-a" / "s", tmp_path / "v2-sessions" / "ag-b" / "s"
+    create_files(old)
+    watch = Changes()
+    for _ in range(2):
+        watch.begin(full=True)
+        trusted = watch.unchanged("s", str(old))
+    assert trusted is True
+    create_files(new)
+    watch.keep_only({"s": str(new)})  # (the list read again)
+    watch.begin(full=True)
+    assert watch.unchanged("s", str(new)) is False
+    watch.begin(full=True)
+    assert watch.unchanged("s", str(new)) is True
+    os.utime(new / "inbound.db")
+    watch.begin(full=True)
+    assert watch.unchanged("s", str(new)) is False
+    watch.close()
+
+
+def test_an_inotify_instance_refused_for_a_moment_is_asked_for_again(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lost events replace the instance; a new one refused (EMFILE: the host's descriptors all taken for a moment)
+    is asked for again at the next pass, not given up for the host's life."""
+    folder = tmp_path / "v2-sessions" / "ag-1" / "sess-1"
+    create_files(folder)
+    watch = Changes()
+    for _ in range(2):
+        watch.begin(full=True)
+        trusted = watch.unchanged("sess-1", str(folder))
+    assert trusted is True
+    assert watch._inotify is not None
+    monkeypatch.setattr(watch._inotify, "drain", lambda: [(-1, IN_Q_OVERFLOW, "")])
+    made = changes.Inotify
+
+    def refused() -> Inotify:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(changes, "Inotify", refused)
+    watch.begin(full=True)
+    assert watch.unchanged("sess-1", str(folder)) is False
+    watch.begin(full=True)
+    assert watch.unchanged("sess-1", str(folder)) is False  # (none to be had still: looked at every pass)
+    monkeypatch.setattr(changes, "Inotify", made)
+    found = []
+    for _ in range(2):
+        watch.begin(full=True)
+        found.append(watch.unchanged("sess-1", str(folder)))
+    assert found == [False, True]
+    watch.close()

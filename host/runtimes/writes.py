@@ -52,9 +52,11 @@ class RunnerWrites:
 
     def _heard(self) -> None:
         assert self.inotify is not None
-        ended = {wd for wd, mask, _ in self.inotify.drain(HEARD_BYTES) if mask & IN_IGNORED}
-        if ended:  # (its file removed: a local runner's doing) the file made again there is watched at the next step
-            self.watches = {folder: wd for folder, wd in self.watches.items() if wd not in ended}
+        # A watch that ended (its file removed: a local runner's doing) is made again at the next step, on the file
+        # made again there; lost events (one such end among them, perhaps) make every watch made again.
+        ended = {wd for wd, mask, _ in self.inotify.drain(HEARD_BYTES) if mask & IN_IGNORED or wd < 0}
+        if ended:
+            self.watches = {} if -1 in ended else {f: wd for f, wd in self.watches.items() if wd not in ended}
         asyncio.get_running_loop().remove_reader(self.inotify.fd)
         self._reading = False
         self.woken.set()

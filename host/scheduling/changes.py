@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 WATCHED = (IN_MODIFY | IN_ATTRIB | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF
            | IN_ONLYDIR | IN_DONT_FOLLOW | IN_ONESHOT)
 # A folder above session folders (a group's, the sessions' root): names made, removed or renamed in it, and its own end.
-ABOVE = (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
-         | IN_DONT_FOLLOW)
+# (A link to a folder is followed: where the sessions or a group's are kept is the operator's choice.)
+ABOVE = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
 FULL_LOOK_EVERY = 10  # passes: at the default sweep interval, every session is looked at every 10 minutes
 # Of the watches this user may have (all its processes together), at most this share: the rest stay for the runners
 # (a local runner waits on one for its inbox) and for the live runners' journals (``writes``).
@@ -58,6 +58,7 @@ class Changes:
     def __init__(self, watching: bool = True) -> None:
         self._watching = watching
         self._inotify: Inotify | None = None
+        self._said = False  # that there is no inotify instance to be had: said once
         self._reset()
         self._passes = 0
         self._all = False  # this pass looks at every session
@@ -72,10 +73,11 @@ class Changes:
         if self._watching:
             try:
                 self._inotify = Inotify()
-            except (OSError, AttributeError) as exc:
-                self._watching = False
-                log.info("every session is looked at in every sweep (no inotify: %s)", exc,
-                         extra={"action": "no_inotify"})
+            except (OSError, AttributeError) as exc:  # (tried again at the next pass: EMFILE may be for a moment)
+                if not self._said:
+                    log.info("every session is looked at in every sweep (no inotify: %s)", exc,
+                             extra={"action": "no_inotify"})
+                    self._said = True
         self._watches: dict[str, int] = {}  # session id -> its folder's watch
         self._sessions: dict[int, str] = {}  # the other way
         self._folders: dict[str, str] = {}  # session id -> the folder watched, and the other way
@@ -90,6 +92,8 @@ class Changes:
         if full:
             self._passes += 1
         self._all = full and self._passes % FULL_LOOK_EVERY == 0
+        if self._inotify is None and self._watching:
+            self._reset()
         if self._inotify is None:
             return
         for wd, mask, name in self._inotify.drain():
@@ -135,10 +139,11 @@ class Changes:
                                         f"what {LIMIT} allows")
         return self._inotify.watch(path, mask)
 
-    def keep_only(self, active: set[str]) -> None:
-        """The watches of sessions no longer active removed."""
-        for session_id in [sid for sid in self._watches if sid not in active]:
-            self._drop(self._folders[session_id])
+    def keep_only(self, active: dict[str, str]) -> None:
+        """Only the watches of these sessions (id: its folder) kept: one no longer active, or whose folder is another
+        now (an operator moved it to another group), is watched anew at its next look."""
+        for session_id in [sid for sid, folder in self._folders.items() if active.get(sid) != folder]:
+            self._forget(session_id)
 
     def _drop(self, path: str) -> None:
         """The watches of the folder ``path`` and of those under it removed: the folders at those names are watched

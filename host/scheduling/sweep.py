@@ -119,7 +119,7 @@ class Sweeper:
             if self.runners:
                 self.runners.keep_only(active)
             self.holds.keep_only(active)
-            self._changes.keep_only(active)
+            self._changes.keep_only({session.id: session.path for session in listing.sessions})
             self.failing = {sid: problem for sid, problem in self.failing.items() if sid in active}
         if not self._index_loaded:
             yield from self._load_index()
