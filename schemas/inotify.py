@@ -11,7 +11,7 @@ import struct
 IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE, IN_DELETE = 0x2, 0x4, 0x8, 0x200
 IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE = 0x40, 0x80, 0x100
 IN_DELETE_SELF, IN_MOVE_SELF, IN_Q_OVERFLOW, IN_IGNORED = 0x400, 0x800, 0x4000, 0x8000
-IN_ONLYDIR, IN_DONT_FOLLOW, IN_ONESHOT = 0x01000000, 0x02000000, 0x80000000
+IN_ONLYDIR, IN_DONT_FOLLOW = 0x01000000, 0x02000000
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then len bytes of name)
 _LARGEST = _EVENT.size + 256  # an event with the longest name (NAME_MAX and its NUL)
 DRAIN_BYTES = 1 << 20  # more than a full queue of the kernel's default 16,384 events with short names

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kit import World, utc
+from kit import RecordingRuntime, World, utc
 
 from host.scheduling import changes, sweep
 from host.scheduling.changes import Changes
 from host.store.sessions import create_files
-from schemas.inotify import IN_ATTRIB, IN_IGNORED, IN_ONESHOT, IN_Q_OVERFLOW, Inotify
+from schemas.inotify import IN_ATTRIB, IN_Q_OVERFLOW, Inotify
 from schemas.times import to_text
 
 T0 = utc("2026-05-18T13:00:00")
@@ -104,23 +104,14 @@ def test_every_tenth_full_sweep_looks_at_every_session_and_partial_ones_do_not_c
     sweeper.close()
 
 
-@pytest.fixture
-def lasting(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Session watches that last past their first event. Made one-shot, a folder queues one event until its next
-    look, and the kernel's queue fills only when thousands of sessions change between two passes; lasting, one
-    folder's events (``_flood``) fill it."""
-    monkeypatch.setattr(changes, "WATCHED", changes.WATCHED & ~IN_ONESHOT)
-
-
 def _flood(folder: Path) -> None:
-    """More distinct events than the kernel's queue holds (with ``lasting`` watches)."""
+    """More distinct events than the kernel's queue holds."""
     queued = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
     for _ in range(queued // 2 + 10):
         os.utime(folder / "inbound.db")
         os.utime(folder / "outbound.db")
 
 
-@pytest.mark.usefixtures("lasting")
 def test_lost_events_make_every_session_looked_at_once(tmp_path: Path) -> None:
     folders = [tmp_path / f"sess-{n}" for n in range(3)]
     for folder in folders:
@@ -254,7 +245,6 @@ def _settled(sweeper: sweep.Sweeper, start: int) -> int:
     return start + 3
 
 
-@pytest.mark.usefixtures("lasting")
 def test_a_folder_replaced_while_the_queue_overflowed_is_watched_where_it_now_is(world: World) -> None:
     """A full queue drops events, a folder's IN_MOVE_SELF or IN_IGNORED among them. Lost events drop every watch:
     the folder an operator put at a session's name meanwhile is watched at its next look, and a later change to it
@@ -321,7 +311,6 @@ def test_a_folder_removed_while_held_open_and_restored_is_watched_where_it_now_i
         sweeper.close()
 
 
-@pytest.mark.usefixtures("lasting")
 def test_after_lost_events_a_folder_moved_away_and_replaced_is_watched_where_it_now_is(tmp_path: Path) -> None:
     """The first case for ``Changes`` alone: a write into the folder now at the session's name is heard after an
     overflow lost the old folder's IN_MOVE_SELF."""
@@ -348,18 +337,45 @@ def test_after_lost_events_a_folder_moved_away_and_replaced_is_watched_where_it_
         watch.close()
 
 
-def test_a_session_folder_flooded_with_events_queues_one(tmp_path: Path) -> None:
-    """A session's watch ends with its first event (it is made again at the session's next look): a runner that
-    writes at will, or floods its folder, queues one event for the sweep to read, not thousands a pass."""
-    folder = tmp_path / "sess"
+def test_a_live_runner_flooding_its_folder_costs_the_other_sessions_nothing(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session whose runner is alive is looked at every pass: its folder is not watched while it lives, so a
+    runner writing at will, or flooding its folder with events, fills no queue (which would make every other
+    session looked at again, and each pass read what it made). Watched again at its first look after."""
+    busy = world.new_session()  # (beside world.session, idle)
+    runtime = RecordingRuntime()
+    sweeper = world.sweeper(runtime)
+    for n in range(3):
+        sweeper.tick(T0 + timedelta(seconds=n))
+    world.schedule(T0, at=to_text(T0), session=busy)
+    sweeper.tick(T0 + timedelta(seconds=3))  # its runner started
+    assert runtime.running == {busy.id}
+    looked = _stats_counted(monkeypatch)
+    sweeper.tick(T0 + timedelta(seconds=4))
+    _flood(busy.folder)  # what its runner makes
+    for n in range(5, 8):
+        looked.clear()
+        sweeper.tick(T0 + timedelta(seconds=n))
+        assert looked == [busy.id]  # the live session only, every pass; the idle one trusted still
+    sweeper.close()
+
+
+def test_a_session_watched_again_once_its_runner_is_gone(tmp_path: Path) -> None:
+    folder = tmp_path / "v2-sessions" / "ag-1" / "sess-1"
     create_files(folder)
-    inotify = Inotify()
-    wd = inotify.watch(folder, changes.WATCHED)
-    for _ in range(1000):
-        os.utime(folder / "inbound.db")
-        os.utime(folder / "outbound.db")
-    assert [event[:2] for event in inotify.drain()] == [(wd, IN_ATTRIB), (wd, IN_IGNORED)]
-    inotify.close()
+    watch = Changes()
+    for _ in range(2):
+        watch.begin(full=True)
+        trusted = watch.unchanged("sess-1", str(folder))
+    assert trusted is True
+    watch.live("sess-1")  # (the sweep asks nothing of it while its runner lives)
+    _flood(folder)
+    found = []
+    for _ in range(2):
+        watch.begin(full=True)
+        found.append(watch.unchanged("sess-1", str(folder)))
+    assert found == [False, True]  # no overflow, no flood read: looked at, watched, trusted
+    watch.close()
 
 
 @pytest.mark.parametrize("linked", ["sessions root", "group folder"])

@@ -26,16 +26,13 @@ from schemas.inotify import (
     IN_MOVE_SELF,
     IN_MOVED_FROM,
     IN_MOVED_TO,
-    IN_ONESHOT,
     IN_ONLYDIR,
     Inotify,
 )
 
 log = logging.getLogger(__name__)
-# A session's folder: one event, then the watch ends (the session is looked at, and watched again, at its next look):
-# a runner writing at will, or flooding its folder with events, queues one for the sweep to read, not thousands.
 WATCHED = (IN_MODIFY | IN_ATTRIB | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF
-           | IN_ONLYDIR | IN_DONT_FOLLOW | IN_ONESHOT)
+           | IN_ONLYDIR | IN_DONT_FOLLOW)
 # A folder above session folders (a group's, the sessions' root): names made, removed or renamed in it, and its own end.
 # (A link to a folder is followed: where the sessions or a group's are kept is the operator's choice.)
 ABOVE = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
@@ -101,7 +98,9 @@ class Changes:
                 self._reset()
                 return
             if (session_id := self._sessions.get(wd)) is not None:
-                self._forget(session_id, ended=True)  # (one-shot: the kernel ended the watch with this event)
+                self._unchanged.discard(session_id)
+                if mask & (IN_IGNORED | IN_MOVE_SELF):  # the watch is gone with its folder, or went with it elsewhere
+                    self._forget(session_id, ended=bool(mask & IN_IGNORED))
             elif (above := self._above_at.get(wd)) is not None:
                 self._drop(above if mask & (IN_IGNORED | IN_MOVE_SELF | IN_DELETE_SELF) else os.path.join(above, name))
 
@@ -138,6 +137,13 @@ class Changes:
             raise OSError(errno.ENOSPC, f"{len(self._watches) + len(self._above)} folders watched, {SHARE:.0%} of "
                                         f"what {LIMIT} allows")
         return self._inotify.watch(path, mask)
+
+    def live(self, session_id: str) -> None:
+        """The session's runner is alive: it is looked at every pass, and what it writes is none of the sweep's
+        events (a runner writing at will, or flooding its folder, would fill the queue). Its watch is dropped, and
+        made again at its first look once the runner is gone."""
+        if session_id in self._watches:
+            self._forget(session_id)
 
     def keep_only(self, active: dict[str, str]) -> None:
         """Only the watches of these sessions (id: its folder) kept: one no longer active, or whose folder is another

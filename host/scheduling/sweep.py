@@ -350,6 +350,8 @@ class Sweeper:
         # The idle path runs for every session every tick: no stat unless its folder changed (``changes``), and the
         # tick's own text of `now` (strftime per session cost more than a stat at 10,000 sessions).
         seen = self.seen.get(session.id)
+        if runner is not None:
+            self._changes.live(session.id)
         files = seen.files if seen and runner is None and seen.settled and self._changes.unchanged(
             session.id, session.path) else files_of(session.path)
         if seen and runner is None and seen.settled and files == seen.files:
