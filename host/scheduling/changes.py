@@ -6,8 +6,10 @@ files, through its mount). A hint to look again, never trusted data: what a look
 (``seen.files_of``) as before. Where it cannot tell, the session is looked at: no inotify here, no room for one
 more watch, a queue that overflowed (every session once), and every ``FULL_LOOK_EVERY``-th pass, whatever it says.
 
-A runner can hide a write from it (through a shared memory map, which makes no event) only to have its own session
-looked at later: at the next full look at most."""
+A session whose runner is alive is looked at every pass and not watched (``live``): what a runner writes, or floods
+its folder with, is none of the sweep's events. Between its start and the next pass it can fill the queue once: lost
+events drop every watch, and every session is looked at once. A runner can hide a write from it (through a shared
+memory map, which makes no event) only to have its own session looked at later: at the next full look at most."""
 
 from __future__ import annotations
 
