@@ -23,10 +23,15 @@ def commit(folder: Path) -> None:
         "chat", {"text": "done"}, datetime(2026, 1, 14, 15, tzinfo=UTC))
 
 
-async def test_a_runners_commit_wakes_the_loop_once_a_step(tmp_path: Path) -> None:
+def _sessions(tmp_path: Path) -> tuple[Path, Path]:
     live, other = tmp_path / "live", tmp_path / "other"
     create_files(live)
     create_files(other)
+    return live, other
+
+
+async def test_a_runners_commit_wakes_the_loop_once_a_step(tmp_path: Path) -> None:
+    live, other = _sessions(tmp_path)
     woken = asyncio.Event()
     writes = RunnerWrites(woken)
     try:
@@ -100,9 +105,7 @@ async def test_a_journal_the_runner_removed_and_made_again_is_watched_anew(tmp_p
 async def test_after_lost_events_every_journal_is_watched_anew(tmp_path: Path) -> None:
     """A step reads at most ``HEARD_BYTES`` of what came; what it left counts as lost (the end of a watch among it,
     perhaps): every journal is watched again at the next step, and a commit after is heard."""
-    live, other = tmp_path / "live", tmp_path / "other"
-    create_files(live)
-    create_files(other)
+    live, other = _sessions(tmp_path)
     woken = asyncio.Event()
     writes = RunnerWrites(woken)
     try:

@@ -112,6 +112,23 @@ def _flood(folder: Path) -> None:
         os.utime(folder / "outbound.db")
 
 
+def _passes(watch: Changes, session_id: str, folder: Path, count: int) -> list[bool]:
+    """What ``count`` full passes are told of the session: True, trusted unchanged."""
+    found = []
+    for _ in range(count):
+        watch.begin(full=True)
+        found.append(watch.unchanged(session_id, str(folder)))
+    return found
+
+
+def _trusted(folder: Path, session_id: str = "sess-1") -> Changes:
+    """The session made at ``folder``, and a ``Changes`` that has looked at it twice: watched, and trusted."""
+    create_files(folder)
+    watch = Changes()
+    assert _passes(watch, session_id, folder, 2) == [False, True]
+    return watch
+
+
 def test_lost_events_make_every_session_looked_at_once(tmp_path: Path) -> None:
     folders = [tmp_path / f"sess-{n}" for n in range(3)]
     for folder in folders:
@@ -155,12 +172,7 @@ def test_a_folder_moved_away_and_replaced_is_watched_where_it_now_is(tmp_path: P
     """An operator's restore: the session folder moved aside, another put in its place. The watch followed the old
     folder (an inotify watch is on the inode, not the name): it is dropped, and the folder at the name watched."""
     folder = tmp_path / "sess-a"
-    create_files(folder)
-    watch = Changes()
-    for _ in range(2):
-        watch.begin(full=True)
-        found = watch.unchanged("a", str(folder))
-    assert found is True
+    watch = _trusted(folder, "a")
     folder.rename(tmp_path / "aside")
     create_files(folder)
     watch.begin(full=True)
@@ -362,19 +374,10 @@ def test_a_live_runner_flooding_its_folder_costs_the_other_sessions_nothing(
 
 def test_a_session_watched_again_once_its_runner_is_gone(tmp_path: Path) -> None:
     folder = tmp_path / "v2-sessions" / "ag-1" / "sess-1"
-    create_files(folder)
-    watch = Changes()
-    for _ in range(2):
-        watch.begin(full=True)
-        trusted = watch.unchanged("sess-1", str(folder))
-    assert trusted is True
+    watch = _trusted(folder)
     watch.live("sess-1")  # (the sweep asks nothing of it while its runner lives)
     _flood(folder)
-    found = []
-    for _ in range(2):
-        watch.begin(full=True)
-        found.append(watch.unchanged("sess-1", str(folder)))
-    assert found == [False, True]  # no overflow, no flood read: looked at, watched, trusted
+    assert _passes(watch, "sess-1", folder, 2) == [False, True]  # no overflow, no flood read: watched, trusted
     watch.close()
 
 
@@ -392,13 +395,8 @@ def test_a_session_under_a_linked_folder_is_trusted_once_looked_at(tmp_path: Pat
         root.mkdir(parents=True)
         os.symlink(disk, root / "ag-1")
     folder = root / "ag-1" / "sess-1"
-    create_files(folder)
-    watch = Changes()
-    found = []
-    for _ in range(3):
-        watch.begin(full=True)
-        found.append(watch.unchanged("sess-1", str(folder)))
-    assert found == [False, True, True]
+    watch = _trusted(folder)
+    assert _passes(watch, "sess-1", folder, 1) == [True]
     os.utime(folder / "inbound.db")
     watch.begin(full=True)
     assert watch.unchanged("sess-1", str(folder)) is False
@@ -409,18 +407,10 @@ def test_a_session_whose_folder_is_another_now_is_watched_there(tmp_path: Path) 
     """An operator moved a session to another group by hand (its folder copied, its row's group changed): the sweep's
     list gives the new folder, and the old one's watch is dropped with it (``keep_only``)."""
     old, new = tmp_path / "v2-sessions" / "ag-a" / "s", tmp_path / "v2-sessions" / "ag-b" / "s"
-    create_files(old)
-    watch = Changes()
-    for _ in range(2):
-        watch.begin(full=True)
-        trusted = watch.unchanged("s", str(old))
-    assert trusted is True
+    watch = _trusted(old, "s")
     create_files(new)
     watch.keep_only({"s": str(new)})  # (the list read again)
-    watch.begin(full=True)
-    assert watch.unchanged("s", str(new)) is False
-    watch.begin(full=True)
-    assert watch.unchanged("s", str(new)) is True
+    assert _passes(watch, "s", new, 2) == [False, True]
     os.utime(new / "inbound.db")
     watch.begin(full=True)
     assert watch.unchanged("s", str(new)) is False
@@ -432,12 +422,7 @@ def test_an_inotify_instance_refused_for_a_moment_is_asked_for_again(tmp_path: P
     """Lost events replace the instance; a new one refused (EMFILE: the host's descriptors all taken for a moment)
     is asked for again at the next pass, not given up for the host's life."""
     folder = tmp_path / "v2-sessions" / "ag-1" / "sess-1"
-    create_files(folder)
-    watch = Changes()
-    for _ in range(2):
-        watch.begin(full=True)
-        trusted = watch.unchanged("sess-1", str(folder))
-    assert trusted is True
+    watch = _trusted(folder)
     assert watch._inotify is not None
     monkeypatch.setattr(watch._inotify, "drain", lambda: [(-1, IN_Q_OVERFLOW, "")])
     made = changes.Inotify
@@ -446,14 +431,7 @@ def test_an_inotify_instance_refused_for_a_moment_is_asked_for_again(tmp_path: P
         raise OSError(errno.EMFILE, "Too many open files")
 
     monkeypatch.setattr(changes, "Inotify", refused)
-    watch.begin(full=True)
-    assert watch.unchanged("sess-1", str(folder)) is False
-    watch.begin(full=True)
-    assert watch.unchanged("sess-1", str(folder)) is False  # (none to be had still: looked at every pass)
+    assert _passes(watch, "sess-1", folder, 2) == [False, False]  # (none to be had still: looked at every pass)
     monkeypatch.setattr(changes, "Inotify", made)
-    found = []
-    for _ in range(2):
-        watch.begin(full=True)
-        found.append(watch.unchanged("sess-1", str(folder)))
-    assert found == [False, True]
+    assert _passes(watch, "sess-1", folder, 2) == [False, True]
     watch.close()
