@@ -54,9 +54,11 @@ class RunnerWrites:
         assert self.inotify is not None
         # A watch that ended (its file removed: a local runner's doing) is made again at the next step, on the file
         # made again there; lost events (one such end among them, perhaps) make every watch made again.
-        ended = {wd for wd, mask, _ in self.inotify.drain(HEARD_BYTES) if mask & IN_IGNORED or wd < 0}
-        if ended:
-            self.watches = {} if -1 in ended else {f: wd for f, wd in self.watches.items() if wd not in ended}
+        events = self.inotify.drain(HEARD_BYTES)
+        if any(wd < 0 for wd, _, _ in events):
+            self.watches = {}
+        elif ended := {wd for wd, mask, _ in events if mask & IN_IGNORED}:
+            self.watches = {folder: wd for folder, wd in self.watches.items() if wd not in ended}
         asyncio.get_running_loop().remove_reader(self.inotify.fd)
         self._reading = False
         self.woken.set()

@@ -77,10 +77,9 @@ class Changes:
                     log.info("every session is looked at in every sweep (no inotify: %s)", exc,
                              extra={"action": "no_inotify"})
                     self._said = True
-        self._watches: dict[str, int] = {}  # session id -> its folder's watch
-        self._sessions: dict[int, str] = {}  # the other way
-        self._folders: dict[str, str] = {}  # session id -> the folder watched, and the other way
-        self._at: dict[str, str] = {}
+        self._watches: dict[str, tuple[int, str]] = {}  # session id -> its folder's watch, and that folder
+        self._sessions: dict[int, str] = {}  # a session folder's watch -> its session
+        self._at: dict[str, str] = {}  # a session folder -> its session
         self._above: dict[str, int] = {}  # a folder above session folders -> its watch, and the other way
         self._above_at: dict[int, str] = {}
         self._unchanged: set[str] = set()  # watched, and no event since its last look
@@ -122,8 +121,8 @@ class Changes:
                             self._above[above] = wd = self._watch(above, ABOVE)
                             self._above_at[wd] = above
                 wd = self._watch(folder, WATCHED)
-                self._watches[session_id], self._sessions[wd] = wd, session_id
-                self._folders[session_id], self._at[folder] = folder, session_id
+                self._watches[session_id] = wd, folder
+                self._sessions[wd], self._at[folder] = session_id, session_id
             except OSError as exc:  # no room for one more watch, or the folder gone: looked at every pass
                 if exc.errno == errno.ENOSPC and not self._full:
                     log.warning("session folders not watched (%s): those are looked at in every sweep", exc,
@@ -150,7 +149,7 @@ class Changes:
     def keep_only(self, active: dict[str, str]) -> None:
         """Only the watches of these sessions (id: its folder) kept: one no longer active, or whose folder is another
         now (an operator moved it to another group), is watched anew at its next look."""
-        for session_id in [sid for sid, folder in self._folders.items() if active.get(sid) != folder]:
+        for session_id in [sid for sid, (_, folder) in self._watches.items() if active.get(sid) != folder]:
             self._forget(session_id)
 
     def _drop(self, path: str) -> None:
@@ -160,7 +159,7 @@ class Changes:
         if path in self._at:
             self._forget(self._at[path])
         if any(above == path or above.startswith(inside) for above in self._above):  # (few: the groups)
-            for session_id in [sid for sid, folder in self._folders.items() if folder.startswith(inside)]:
+            for session_id in [sid for sid, (_, folder) in self._watches.items() if folder.startswith(inside)]:
                 self._forget(session_id)
             for above in [a for a in self._above if a == path or a.startswith(inside)]:
                 wd = self._above.pop(above)
@@ -168,8 +167,8 @@ class Changes:
                 self._unwatch(wd)
 
     def _forget(self, session_id: str, ended: bool = False) -> None:
-        wd = self._watches.pop(session_id)
-        del self._sessions[wd], self._at[self._folders.pop(session_id)]
+        wd, folder = self._watches.pop(session_id)
+        del self._sessions[wd], self._at[folder]
         self._unchanged.discard(session_id)
         if not ended:
             self._unwatch(wd)
