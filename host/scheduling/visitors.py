@@ -47,8 +47,8 @@ FIRST_VISITS = 1000
 BATCH, MAX_BATCH = 8, 64
 IDLE_S = 60.0  # workers left unused this long stop; the next sweep that needs them starts them again (~15 ms)
 # As many as the cores, at most 4; on one core none: the sweep's thread visits every session itself. (One more than
-# the cores cloned ~10% faster, a visit that commits waiting on the disk, but the webhook answers' p99 during a host
-# start went from ~9 to ~11 ms on 2 cores.)
+# the cores cloned 3-10% faster, a visit that commits waiting on the disk, but made cold visits 8% slower and the
+# webhook answers' p99 during a host start once went from ~9 to ~11 ms on 2 cores: docs/scaling.md.)
 CORES = len(os.sched_getaffinity(0))  # (the cores this host may run on, not the machine's)
 WORKERS = min(4, CORES) if CORES > 1 else 0
 # The host's own process comes first: its loop answers webhooks and chats. (Nice 19 measured a little better on an idle
