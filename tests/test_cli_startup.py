@@ -2,7 +2,8 @@
 PYTHONPROFILEIMPORTTIME), never how long it takes (scripts/bench_cli.py times it).
 
 ``ncl --version`` imports neither the settings nor pydantic, nor importlib.metadata (the version is
-``host.__version__``); ``ncl --help`` none of them nor any command's module (it lists them by their summaries);
+``host.__version__``), nor pathlib (no import hook of an editable install runs as the venv's Python starts);
+``ncl --help`` none of them nor any command's module (it lists them by their summaries);
 ``ncl tasks list`` none of the host loop, runtimes, model proxy, HTTP clients, project-task firing or asyncio, nor
 pydantic (the settings and the rows it reads go without; writes validate with it), nor what only the writes, ``tasks
 show`` or other commands use (the cron parser, the planning of runs, the outbox, mailboxes, the task id registry,
@@ -79,6 +80,10 @@ def test_version_imports_no_settings_and_nothing_heavy(env: Env) -> None:
     assert out.startswith("ncl, version ")
     assert "click" in modules  # the parse sees what was imported
     assert among(modules, HEAVY + SETTINGS + ("importlib.metadata", "email")) == []
+    # The venv's Python starts with no import hook of the editable install (pyproject.toml: the packages' folder is
+    # on the path through a plain .pth); setuptools' hook loaded pathlib and importlib.util into every process.
+    assert among(modules, ("pathlib", "importlib.util")) == []
+    assert [m for m in modules if m.startswith("__editable__")] == []
 
 
 def test_help_imports_no_command_module_and_nothing_heavy(env: Env) -> None:
