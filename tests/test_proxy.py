@@ -53,6 +53,9 @@ class Upstream(ThreadingHTTPServer):
     """A fake model API: records each request, then answers with ``reply`` (JSON by default)."""
 
     daemon_threads = True
+    # The proxy opens up to a hundred connections at once (test_proxy_bounds): socketserver's backlog of 5 is a
+    # listener no model API has (once, on a loaded machine, 4 of 104 streams ended in a ReadError).
+    request_queue_size = 128
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), Handler)

@@ -71,17 +71,16 @@ class Visitor:
         """``quiet``: the open rows a read of the unchanged outbound.db found nothing for (None: read it). The
         inbox is read, then the runner's outbound.db, then the inbox written, each step with the session's
         in-process lock held only for the inbox's (an arrival goes in while the runner's file is read, or a stuck
-        runner stopped). A live runner may keep its files locked: ``outbox.RUNNER_WAIT_S`` bounds each wait of its
-        visit. The in-process lock is waited for as long at most, runner or none: another of the host's threads
-        holds it past that only while it waits on someone's lock (an arrival on a runner's or a ``sqlite3`` shell's
-        read), and the sweep's one thread must not wait with it (every other session would)."""
+        runner stopped). ``outbox.RUNNER_WAIT_S`` bounds each wait of a visit, runner or none: for SQLite's locks, which
+        a live runner may keep, or an operator's ``sqlite3`` left inside a read of the inbox, and for the in-process
+        lock, which another of the host's threads holds past that only while it waits on such a lock. The sweep's one
+        thread must not wait with them (every other session would); the session is held off and visited again."""
         folder = session.folder
         inbound, outbound = folder / "inbound.db", folder / "outbound.db"
         limit = self.settings.max_requests_per_visit
-        lock, wait = db.lock_of(inbound), None if runner is None else outbox.RUNNER_WAIT_S
-        held = outbox.RUNNER_WAIT_S  # (the in-process lock's bound, runner or none)
+        lock, wait = db.lock_of(inbound), outbox.RUNNER_WAIT_S
         with logs.visiting(session.id), ExitStack() as stack:
-            with lock.within(held):
+            with lock.within(wait):
                 conn = stack.enter_context(closing(db.connect(inbound, "inbound", reading=True, wait_s=wait)))
                 look = inbox.look(conn, now, policy.zone.key)
                 open_rows = look.open_rows
@@ -97,7 +96,7 @@ class Visitor:
                 claimed = [mid for mid, ack in found.acks.items() if ack.status == "processing"]
                 if runner is None:
                     # Claims first, then the inbox: a crash between leaves 'processing' rows, released next time.
-                    outbox.clear_claims(outbound, claimed)
+                    outbox.clear_claims(outbound, claimed, wait)
                 quiet = None if found.acks or found.requests or found.replies else frozenset(open_rows)
             more = len(found.requests) > limit
             state, same = look.state, None
@@ -114,7 +113,7 @@ class Visitor:
                 # (A visit with nothing of these to do writes nothing: no transaction.) What it did counts, and its
                 # notice is given, once it is committed.
                 done = SweepResult(result.now)
-                with lock.within(held), db.transaction(conn):
+                with lock.within(wait), db.transaction(conn):
                     if hand:
                         hand(session, found.replies)
                     synced = acks.sync(conn, now, policy, runner, found, claimed, open_rows)

@@ -255,8 +255,8 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
     ``any_thread``: usable from any thread, one at a time (``Pool``); sqlite3 binds a connection to its thread.
 
     ``wait_s``: the busy timeout (SQLite's wait for another's lock), if not ``BUSY_TIMEOUT_MS``; one that runs out
-    while the connection is made raises ``Busy``. Given for a session whose runner is alive, which may hold its
-    files locked: then outbound.db is read in EXCLUSIVE locking mode and inbound.db never spills a page early."""
+    while the connection is made raises ``Busy``. Given by a sweep's visit, which must not wait long for a lock a
+    runner or an operator's read may keep (``outbox.RUNNER_WAIT_S``): then inbound.db never spills a page early."""
     if readonly:
         conn = _raw(path, readonly=True)
         with _refused(conn, path):  # (not a database at all: said with the file's name)
@@ -279,16 +279,17 @@ def connect(path: Path, kind: DbKind, *, readonly: bool = False, query_only: boo
             writes: tuple[str, ...] = (f"PRAGMA synchronous={SESSION_SYNC}",)
             if kind == "inbound":
                 writes += (f"PRAGMA journal_size_limit={INBOUND_JOURNAL_KEEP}",)
+                if wait_s is not None:
+                    # No dirty page is written before the COMMIT: a write of one needs the file's exclusive lock,
+                    # which a live runner's open read (its mount is read-only, but a read lock needs no more) or an
+                    # operator's holds up; the visit bounds that wait for its COMMIT only (``Visitor.visit``). Its
+                    # transactions are small.
+                    writes += ("PRAGMA cache_spill=OFF",)
             if reading:
                 conn.for_writes = writes
             else:
                 for pragma in writes:
                     conn.execute(pragma)
-        if kind == "inbound" and wait_s is not None:
-            # No dirty page is written before the COMMIT: a write of one needs the file's exclusive lock, which a
-            # live runner's open read (its mount is read-only, but a read lock needs no more) holds up; the visit
-            # bounds that wait for its COMMIT only (``Sweeper._visit``). Its transactions are small.
-            conn.execute("PRAGMA cache_spill=OFF")
         if kind == "central":  # the session files declare no foreign keys (never changed inside a transaction)
             assert not reading, "central.db is never opened for reading"
             conn.execute("PRAGMA foreign_keys=ON")

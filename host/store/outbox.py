@@ -63,9 +63,9 @@ class Outbox:
     tool_timeout_s: float | None = None
 
 
-# Where the runner may be alive, its outbound.db (and its inbox's COMMIT, the session's in-process lock: see
-# ``Sweeper._visit``) is waited for at most this long: a runner keeping its files locked must not stall the sweep of
-# every other session.
+# A sweep's visit waits at most this long for a session's files (its outbound.db, its inbox's COMMIT, the session's
+# in-process lock: see ``Visitor.visit``), and so does a look at the claims of a runner that may be alive: a runner
+# keeping its files locked, or an operator's ``sqlite3`` left inside a read, must not stall every other session.
 RUNNER_WAIT_S = 0.25
 
 
@@ -166,12 +166,13 @@ def in_chunks(conn: db.Connection, sql: str, ids: list[str], size: int = CHUNK) 
     return rows
 
 
-def clear_claims(path: Path, message_ids: list[str]) -> None:
-    """Delete ``processing`` claims of a runner that is no longer alive, so the next one starts clean."""
+def clear_claims(path: Path, message_ids: list[str], wait_s: float | None = None) -> None:
+    """Delete ``processing`` claims of a runner that is no longer alive, so the next one starts clean. ``wait_s``:
+    the busy timeout, if not the default (``db.connect``)."""
     if not message_ids or not path.exists():
         return
     journals.guard(path, live=False)
-    with db.outbound(path) as conn:
+    with db.outbound(path, wait_s=wait_s) as conn:
         # The runner's rows are freed, not overwritten (Debian's SQLite zeroes freed pages: claims of 16 MiB values
         # cost the host writing all of them twice, file and journal, in one step no CPU bound sees).
         conn.execute("PRAGMA secure_delete=OFF")

@@ -207,6 +207,32 @@ def test_a_host_thread_waiting_with_the_lock_of_a_session_with_no_runner_holds_u
     assert [session for _, session, _ in runtime.started] == [other.id, hostile.id]
 
 
+def test_an_operators_read_of_an_inbox_holds_up_only_that_session(tmp_path: Path) -> None:
+    """An operator may read any inbound.db with ``sqlite3`` (DESIGN §1). One left inside a read (a pager, an open
+    BEGIN) held up the COMMIT of that session's visit, its runner gone, for SQLite's whole busy wait (5 s) on the
+    sweep's one thread, and every other session's work with it, again at each retry (attack review). The visit
+    waits at most ``RUNNER_WAIT_S``, runner or none: the other session's task is woken, this one's finished task is
+    recorded once the read ends."""
+    world = World(tmp_path)
+    mine, other = world.session, world.new_session()
+    task = world.schedule(T0 - timedelta(minutes=5), at=to_text(T0 - timedelta(minutes=1)), session=mine)
+    world.schedule(T0 - timedelta(minutes=5), at=to_text(T0), session=other)
+    sweeper = world.sweeper()
+    assert _tick(sweeper, T0 - timedelta(minutes=2)).woken == 0
+    world.ack(task, "completed", T0, outcome="ran", session=mine)  # its runner ran it and is gone
+    uri = f"file:{mine.folder / 'inbound.db'}?mode=ro"
+    with closing(sqlite3.connect(uri, uri=True, isolation_level=None)) as operator:
+        operator.execute("BEGIN")
+        operator.execute("SELECT COUNT(*) FROM messages_in").fetchone()
+        held = _tick(sweeper, T0)
+        assert held.errors == 1 and held.woken == 1  # the other session's task, due now
+        assert sweeper.holds.held[mine.id] == (T0 + timedelta(seconds=0.5), 0.5)
+    assert world.rows(task, session=mine)[0]["status"] == "pending"  # nothing half-recorded
+    done = _tick(sweeper, T0 + timedelta(seconds=0.5))
+    assert done.errors == 0 and world.rows(task, session=mine)[0]["status"] == "completed"
+    assert [r["outcome"] for r in world.runs(task)] == ["ran"]
+
+
 def test_the_runners_own_requests_never_read_its_claims_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """pause_task, cancel_task and update_task let a row the runner already works on finish: a sweep's visit knows
     the claims, read with its requests and copied into the inbox just before. They used to be read again once per
@@ -255,16 +281,17 @@ def test_a_visit_whose_writes_outgrow_sqlites_cache_never_waits_on_the_runners_r
         two.world.request(T0, {"action": "schedule_task", "taskId": f"task-1779109200000-big{number:03d}",
                                "prompt": "p" * 60_000, "processAfter": "2027-01-01T00:00:00.000Z"},
                           session=two.hostile)
-    spills: list[int] = []  # each spill would wait RUNNER_WAIT_S (0 here): the visit's inbox connection has none
-    connect = db.connect
+    spills: list[int] = []  # each spill would wait RUNNER_WAIT_S (0 here): the visit's inbox writes have none
+    transaction = db.transaction
 
-    def watched(path: Path, kind: Any, **kw: Any) -> db.Connection:
-        conn = connect(path, kind, **kw)
-        if path.name == "inbound.db" and kw.get("wait_s") is not None:
-            spills.append(conn.execute("PRAGMA cache_spill").fetchone()[0])
-        return conn
+    @contextmanager
+    def watched(conn: db.Connection) -> Iterator[db.Connection]:
+        with transaction(conn):
+            if conn.execute("PRAGMA database_list").fetchone()[2].endswith("/inbound.db"):
+                spills.append(conn.execute("PRAGMA cache_spill").fetchone()[0])
+            yield conn
 
-    monkeypatch.setattr(db, "connect", watched)
+    monkeypatch.setattr(db, "transaction", watched)
     uri = f"file:{two.hostile.folder / 'inbound.db'}?mode=ro"
     with closing(sqlite3.connect(uri, uri=True, isolation_level=None)) as runner:
         runner.execute("BEGIN")
