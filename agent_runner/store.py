@@ -7,7 +7,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,18 @@ def _open(path: Path, kind: DbKind, readonly: bool) -> sqlite3.Connection:
 @dataclass
 class Store:
     config: RunnerConfig
+    _handled: int | None = field(default=None, init=False, repr=False)  # see ``_past``
+
+    def _past(self) -> int:
+        """What this runner's next messages_out row's seq must pass besides its file's highest: the highest the host
+        has handled of the session's outbound.db (rounded up to odd; -1: none). The host reads only rows past that,
+        so a file put back from an older copy, or made anew, numbers on from there: from its own highest, its next
+        rows would never be read (attack review). Read once, before the first write, no outbound.db lock held."""
+        if self._handled is None:
+            with self._inbound() as conn:
+                (top,) = conn.execute("SELECT MAX(seq) FROM delivered WHERE typeof(seq) = 'integer'").fetchone()
+            self._handled = -1 if top is None else int(top) // 2 * 2 + 1
+        return self._handled
 
     @contextmanager
     def _inbound(self, with_outbound: bool = False) -> Iterator[sqlite3.Connection]:
@@ -111,14 +123,15 @@ class Store:
                              **({"started_at": to_text(started_at)} if started_at else {}),
                              **({"answer_id": answer_id} if answer_id else {}),
                              **({"tokens": tokens.wire()} if tokens else {})})
+        past = self._past()
         with self._outbound() as conn, transaction(conn):
             for row in conn.execute("SELECT * FROM staged_requests WHERE generation = ? ORDER BY rowid",
                                     (self.config.generation,)).fetchall():
-                _insert_out(conn, "system", json.loads(row["content"]), from_text(row["timestamp"]),
+                _insert_out(conn, past, "system", json.loads(row["content"]), from_text(row["timestamp"]),
                             row["in_reply_to"], {}, row["id"])
             conn.execute("DELETE FROM staged_requests WHERE generation = ?", (self.config.generation,))
             if reply is not None:
-                _insert_out(conn, "chat", reply.content, now, reply.in_reply_to, reply.routing, answer_id)
+                _insert_out(conn, past, "chat", reply.content, now, reply.in_reply_to, reply.routing, answer_id)
             if state is not None:
                 _put_state(conn, *state, now)
             conn.executemany("INSERT OR REPLACE INTO processing_ack(message_id, status, status_changed, detail,"
@@ -170,8 +183,9 @@ class Store:
     def write(self, kind: str, content: dict[str, Any], now: datetime, in_reply_to: str | None = None,
               routing: dict[str, Any] | None = None, message_id: str | None = None) -> str:
         """A messages_out row (odd seq, after every earlier one)."""
+        past = self._past()
         with self._outbound() as conn, transaction(conn):
-            return _insert_out(conn, kind, content, now, in_reply_to, routing or {}, message_id)
+            return _insert_out(conn, past, kind, content, now, in_reply_to, routing or {}, message_id)
 
     def state(self, key: str) -> str | None:
         with self._outbound() as conn:
@@ -200,14 +214,15 @@ class Reply:
     routing: dict[str, Any]
 
 
-def _insert_out(conn: sqlite3.Connection, kind: str, content: dict[str, Any], now: datetime,
+def _insert_out(conn: sqlite3.Connection, past: int, kind: str, content: dict[str, Any], now: datetime,
                 in_reply_to: str | None, routing: dict[str, Any], message_id: str | None) -> str:
+    """A messages_out row numbered past the file's rows and ``past`` (``Store._past``)."""
     message_id = message_id or ids.new_id("msg", now)
     (top,) = conn.execute("SELECT COALESCE(MAX(seq), -1) FROM messages_out").fetchone()
     conn.execute("INSERT INTO messages_out(id, seq, in_reply_to, timestamp, kind, platform_id, channel_type,"
                  " thread_id, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 (message_id, int(top) + 2, in_reply_to, to_text(now), kind, *(routing.get(k) for k in ROUTING),
-                  json.dumps(content)))
+                 (message_id, max(int(top), past) + 2, in_reply_to, to_text(now), kind,
+                  *(routing.get(k) for k in ROUTING), json.dumps(content)))
     return message_id
 
 
