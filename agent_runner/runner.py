@@ -51,6 +51,7 @@ class Runner:
         self.store = Store(self.config)
         self.tools = Tools(self.config, self.store, self.clock.now)
         self._last_beat: datetime | None = None
+        self._gated: dict[str, datetime] = {}  # a task whose gate woke the agent -> when its gate began (``_answer``)
 
     def beat(self, now: datetime) -> None:
         if self._last_beat is None or now - self._last_beat >= BEAT_EVERY:
@@ -100,13 +101,15 @@ class Runner:
         content = _content(row)
         if row.kind == "task" and content.get("script"):
             # on_start: listed for a local host, which kills the script's own session when it kills us (DESIGN §8).
+            began = self.clock.now()
             gate = await asyncio.to_thread(run_gate, content["script"], task_id=row.id, tz=self.config.tz,
                                            home=str(self.config.session_dir), cwd=str(self.config.session_dir),
                                            on_start=lambda pid: detached.note(self.config.session_dir, [pid]))
             self.beat(self.clock.now())
             if not gate.wake:
-                self.store.finish([row.id], "completed", self.clock.now(), gate.ack_outcome, gate.reason, now)
+                self.store.finish([row.id], "completed", self.clock.now(), gate.ack_outcome, gate.reason, began)
                 return None
+            self._gated[row.id] = began  # its run began with its gate, skipped or not
             return prompt.Item(row, gate.data)
         if row.kind == "chat" and slash.is_command(str(content.get("text", ""))):
             self.tools.turn = _turn(row)  # the tools run here, not in the MCP server: nothing to store for it
@@ -133,12 +136,13 @@ class Runner:
         return Reply({"text": text, "files": []}, row.id, row.routing())
 
     async def _answer(self, batch: list[prompt.Item], isolated: bool) -> None:
-        started = self.clock.now()
+        now = self.clock.now()
+        started = min((self._gated.pop(i.row.id) for i in batch if i.row.id in self._gated), default=now)
         last = [i for i in batch if i.row.trigger == 1][-1].row
         ids = [i.row.id for i in batch]
         self._set_turn(last)
         history = None if isolated else self._history()
-        turn = Turn(prompt.render(batch, started, self.config.zone), [i.row for i in batch], self.tools,
+        turn = Turn(prompt.render(batch, now, self.config.zone), [i.row for i in batch], self.tools,
                     self.rules, history, self.config.model, beat=lambda: self.beat(self.clock.now()),
                     waiting=lambda problem, seconds: self._model_wait(ids, problem, seconds))
         try:

@@ -69,8 +69,10 @@ def test_groups_create_and_update_mark_admin_groups(ncl: Ncl) -> None:
 
 
 def test_groups_update_with_nothing_names_admin(ncl: Ncl) -> None:
+    """A usage error (exit 2, DESIGN §12.11), as ``tasks update`` with nothing to change (attack review: exit 1)."""
     ok(ncl("groups", "create", "team"))
-    assert "--admin/--no-admin" in one_line_error(ncl("groups", "update", "team"))
+    nothing = ncl("groups", "update", "team")
+    assert "--admin/--no-admin" in one_line_error(nothing) and nothing.code == 2
 
 
 # --- the host: requests naming a group, written as a (possibly hostile) runner writes them ---------------------------

@@ -121,6 +121,10 @@ def test_resume_after_the_grace_follows_the_misfire_rule(cli: Ncl, session: dict
     assert shown["task"]["next_run"] == "2026-05-21T13:00:00.000Z"  # runs at once, as Thursday's slot
     [run] = ok(cli("tasks", "runs", within["id"], "--json")).json()["runs"]
     assert run["outcome"] == "missed" and missed_slots(run) == 3  # Mon, Tue, Wed
+    # Thursday's slot runs: the words end before it, not with it (attack review: "3 slots from Mon to Thu")
+    shown_runs = ok(cli("tasks", "runs", within["id"])).out
+    assert "3 slots from 2026-05-18 09:00" in shown_runs and "before the one at 2026-05-21 09:00" in shown_runs
+    assert "which ran" in shown_runs and "to 2026-05-21" not in shown_runs, shown_runs
 
 
 def test_cancel_by_occurrence_id_ends_the_series(cli: Ncl, session: dict[str, Any]) -> None:

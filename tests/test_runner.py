@@ -17,12 +17,14 @@ import pytest
 from kit import FakeClock, utc
 
 from agent_runner import prompt
+from agent_runner import runner as runner_module
 from agent_runner.config import RunnerConfig
 from agent_runner.providers import MockProvider, ProviderError, Reply, Turn
 from agent_runner.runner import Runner
 from agent_runner.store import Store, StoreError
 from host.store.sessions import create_files
 from schemas.rows import InMessage
+from schemas.times import from_text
 
 NOW = utc("2026-01-14T15:00:00")  # Wednesday 10:00 in New York
 
@@ -183,6 +185,26 @@ async def test_gate_wake_puts_its_data_in_the_prompt(session: Session) -> None:
     provider = Recording()
     await session.run(provider)
     assert 'Script output: {"n": 3}' in provider.turns[0].prompt
+
+
+@pytest.mark.parametrize("wakes", [False, True])
+async def test_a_gated_run_starts_when_its_gate_does(session: Session, monkeypatch: pytest.MonkeyPatch,
+                                                     wakes: bool) -> None:
+    """A run's time includes its gate's: a gate of 5 s that woke the agent made a run of a few ms, one that skipped
+    a run of 5 s (attack review)."""
+    clock = FakeClock(NOW)
+    gate = runner_module.run_gate
+
+    def five_seconds(*args: Any, **kwargs: Any) -> Any:
+        clock.current += timedelta(seconds=5)
+        return gate(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "run_gate", five_seconds)
+    task = session.add(kind="task", text="t", script=f"echo '{{\"wakeAgent\":{str(wakes).lower()}}}'")
+    await session.run(Recording(), clock)
+    status, detail = session.acks()[task]
+    assert (status, detail["outcome"]) == ("completed", "ran" if wakes else "skipped")
+    assert from_text(detail["started_at"]) == NOW  # when the gate began, 5 s before the run's end
 
 
 async def test_a_gate_error_does_not_stop_the_chat_beside_it(session: Session) -> None:

@@ -103,12 +103,16 @@ def update(app: App, group: str, rules: str | None, provider: str | None, model:
     """Change a group's rules, provider, model, server-tool permission, admin mark or channels; runners see the
     first three at their next start, the host checks the admin mark at each request and the wiring at each
     arrival."""
+    fields = (rules, provider, model, allow_server_tools, admin)
+    if fields == (None,) * 5 and not (channels or removed):
+        raise click.UsageError("nothing to update: give --rules, --provider, --model, --channel, --remove-channel, "
+                               "--allow-server-tools/--no-allow-server-tools or --admin/--no-admin")
     with closing(app.central(write=True)) as conn:
         found = groups.get(conn, group)
         if channels or removed:
             found = groups.rewire(conn, found, app.now(), list(channels), list(removed))
             _say_unwired_tasks(conn, removed)
-        if (rules, provider, model, allow_server_tools, admin) != (None,) * 5 or not (channels or removed):
+        if fields != (None,) * 5:
             found = groups.update(conn, found, rules=None if rules is None else _rules(rules), provider=provider,
                                   model=model, allow_server_tools=allow_server_tools, admin=admin)
         count = sessions.active_counts(conn).get(found.id, 0)

@@ -177,11 +177,13 @@ def runs(app: App, task_id: str, as_json: bool) -> None:
 
 
 def _detail(detail: str | None, zone: ZoneInfo) -> str | None:
-    """A missed run's detail in words and TZ ("4 slots from … to …"), not its JSON of UTC times; others as kept."""
+    """A missed run's detail in words and TZ ("4 slots from … to …", or "… before the one at …, which ran" where the
+    latest slot ran in their place), not its JSON of UTC times; others as kept."""
     try:
         missed = json.loads(detail or "")
-        return (f"{missed['slots']} slots from {local_time(missed['first'], zone)} to "
-                f"{local_time(missed['latest_slot'], zone)}")
+        latest = local_time(missed["latest_slot"], zone)
+        return (f"{missed['slots']} slots from {local_time(missed['first'], zone)} "
+                + (f"before the one at {latest}, which ran" if missed.get("runs") else f"to {latest}"))
     except (ValueError, TypeError, KeyError):
         return detail
 

@@ -227,11 +227,11 @@ def misfire(conn: db.Connection, row: InMessage, now: datetime, policy: Policy) 
             return Done()
         content = _spend(_with_slot(row.content, None), due.later)
         task_series.move(conn, row.id, to_text(due.latest), content, policy.zone.key)
-        _missed(conn, row, now, due.first, due.latest, due.later)  # its own slot and every later one but the latest
+        _missed(conn, row, now, due, due.later, runs=True)  # its own slot and every later one but the latest
         return Done(missed=1)
     inbox.end(conn, row.id, "completed")
     cloned = clone(conn, row, now, policy, after=due.latest, spent=due.later + 1) is not None
-    _missed(conn, row, now, due.first, due.latest, due.later + 1)
+    _missed(conn, row, now, due, due.later + 1, runs=False)
     return Done(missed=1, cloned=cloned)
 
 
@@ -280,12 +280,15 @@ def said_replanned(what: str, was: datetime, slot: datetime, planned_in: str, po
              extra={"action": "task_replanned", "task": what.split()[-1], "was": to_text(was), "now": to_text(slot)})
 
 
-def _missed(conn: db.Connection, row: InMessage, now: datetime, first: datetime, latest: datetime,
-            slots: int) -> None:
-    detail = json.dumps({"slots": slots, "first": to_text(first), "latest_slot": to_text(latest)})
-    log.warning("task %s missed %d slot(s) from %s to %s", row.series, slots, to_text(first), to_text(latest),
+def _missed(conn: db.Connection, row: InMessage, now: datetime, due: Overdue, slots: int, runs: bool) -> None:
+    """The ``slots`` from ``due.first`` not run, as one ``missed`` run. ``runs``: ``due.latest`` runs in their place
+    (they end before it), not one of them (they end with it)."""
+    first, latest = to_text(due.first), to_text(due.latest)
+    detail = json.dumps({"slots": slots, "first": first, "latest_slot": latest, "runs": runs})
+    log.warning("task %s missed %d slot(s) from %s %s", row.series, slots, first,
+                f"before the one at {latest}, which runs" if runs else f"to {latest}",
                 extra={"action": "task_missed", **_named(row), "slots": slots, "alert": "task_missed"})
-    task_series.record_run(conn, now, row.series, row.id, "missed", scheduled_for=to_text(first), detail=detail)
+    task_series.record_run(conn, now, row.series, row.id, "missed", scheduled_for=first, detail=detail)
 
 
 MAX_TRIES = 5
@@ -315,7 +318,7 @@ def release(conn: db.Connection, row: InMessage, now: datetime, policy: Policy) 
         due = _capped(row, Overdue.of(row.recurrence, scheduled(row), now, policy), policy)
         slot = due.first
         if due.later and due.runs(now, policy):
-            _missed(conn, row, now, due.first, due.latest, due.later)
+            _missed(conn, row, now, due, due.later, runs=True)
             slot = due.latest
             content = _spend(content, due.later)
             missed = 1

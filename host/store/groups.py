@@ -203,15 +203,14 @@ def get(conn: Connection, ref: str) -> Group:
 
 def update(conn: Connection, group: Group, *, rules: str | None = None, provider: str | None = None,
            model: str | None = None, allow_server_tools: bool | None = None, admin: bool | None = None) -> Group:
-    """Change the given fields (None: keep); running sessions see them at their runner's next start."""
+    """Change the given fields (None: keep; at least one given); running sessions see them at their runner's next
+    start."""
     if provider is not None and provider not in PROVIDERS:
         raise NclError(f"invalid provider {provider!r}: use {' or '.join(PROVIDERS)}")
     changes = {"rules": rules, "provider": provider, "model": model, "allow_server_tools": allow_server_tools,
                "admin": admin}
     wanted = {name: value for name, value in changes.items() if value is not None}
-    if not wanted:
-        raise NclError("nothing to update: give --rules, --provider, --model, --channel, --remove-channel, "
-                       "--allow-server-tools/--no-allow-server-tools or --admin/--no-admin")
+    assert wanted, "the caller gives something to change"
     with transaction(conn):
         conn.execute(f"UPDATE agent_groups SET {', '.join(f'{name} = :{name}' for name in wanted)} WHERE id = :id",
                      {**wanted, "id": group.id})
