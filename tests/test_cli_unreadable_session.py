@@ -15,7 +15,8 @@ import pytest
 from cli_kit import Ncl, ok, one_line_error
 
 BROKEN = {"random bytes": lambda path: path.write_bytes(bytes(range(256)) * 200),
-          "a newer schema": lambda path: _newer(path)}
+          "a newer schema": lambda path: _newer(path),
+          "a missing file": lambda path: path.unlink()}  # (was left out unsaid, exit 0: attack review)
 
 
 def _newer(path: Path) -> None:
@@ -67,3 +68,34 @@ def test_a_broken_session_asked_for_alone_is_a_one_line_error_naming_its_file(
     BROKEN["random bytes"](Path(bad["path"]) / "inbound.db")
     line = one_line_error(ncl(*command, bad["id"], "--json"))
     assert str(Path(bad["path"]) / "inbound.db") in line and "file is not a database" in line
+
+
+@pytest.mark.parametrize("damage", sorted(BROKEN))
+def test_a_session_whose_inbox_is_broken_is_closed_with_force(
+        ncl: Ncl, two: tuple[dict[str, Any], dict[str, Any]], damage: str) -> None:
+    """Its inbox cannot say what closing it leaves undone: without --force that is a one-line error naming the file
+    and --force; with it the session is closed, its inbox never read (attack review: --force failed too)."""
+    _, bad = two
+    BROKEN[damage](Path(bad["path"]) / "inbound.db")
+    line = one_line_error(ncl("sessions", "close", bad["id"]))
+    assert str(Path(bad["path"]) / "inbound.db") in line and "--force closes" in line, line
+    assert ok(ncl("sessions", "close", bad["id"], "--force", "--json")).json() == {"id": bad["id"], "status": "closed"}
+
+
+@pytest.mark.parametrize("damage", sorted(BROKEN))
+def test_deleting_a_group_with_a_broken_session_pauses_the_rest_names_it_and_exits_1(
+        ncl: Ncl, two: tuple[dict[str, Any], dict[str, Any]], damage: str, caplog: pytest.LogCaptureFixture) -> None:
+    good, bad = two
+    BROKEN[damage](Path(bad["path"]) / "inbound.db")
+    with caplog.at_level(logging.WARNING):
+        result = ncl("groups", "delete", "team", "--yes", "--json")
+    assert result.code == 1, result.err
+    assert json.loads(result.out)["sessions_closed"] == 2 and json.loads(result.out)["task_series_paused"] == 1
+    said = [r.getMessage() for r in caplog.records if getattr(r, "action", None) == "session_unreadable"]
+    assert said and all(str(Path(bad["path"]) / "inbound.db") in line for line in said), said
+    assert not (Path(bad["path"]) / "inbound.db").exists() or damage != "a missing file"  # never made anew
+    assert {s["status"] for s in ok(ncl("sessions", "list", "--json")).json()["sessions"]} == {"closed"}
+    listed = ncl("tasks", "list", "--all", "--json")  # (which leaves the broken one out, and says so: exit 1)
+    assert listed.code == 1
+    [task] = json.loads(listed.out)["tasks"]
+    assert (task["session_id"], task["status"]) == (good["id"], "paused")

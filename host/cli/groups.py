@@ -176,12 +176,11 @@ def _say_unwired_tasks(conn: db.Connection, channels: Iterable[str]) -> None:
                 f"queue:{target.name}), or the task is changed or deleted", err=True)
 
 
-def _pause_all(app: App, session: sessions.Session) -> int:
-    path = session.folder / "inbound.db"
-    if not path.exists():
-        return 0
+def _pause_all(app: App, path: Path) -> int:
+    if not path.exists():  # (a write would make it anew, empty: said instead)
+        raise db.DbError(f"no such database: {path}")
     with closing(db.connect(path, "inbound")) as conn:
-        return tasks.pause_all(conn, app.now(), policy(app), folder=session.folder)
+        return tasks.pause_all(conn, app.now(), policy(app), folder=path.parent)
 
 
 @group_cli.command("delete")
@@ -199,7 +198,9 @@ def delete(app: App, group: str, yes: bool, as_json: bool) -> None:
         if not yes:
             raise NclError(f"deleting group {found.name} closes {len(active)} session(s) and pauses their "
                            "task series; run again with --yes to do it")
-        paused = sum(_pause_all(app, s) for s in active)
+        # An inbox that cannot be read (damaged, missing) is named and left as it is: its session is closed all the
+        # same, so nothing in it runs again, and the command exits 1 (``sessions.readable``).
+        paused = sum(count for _, count in sessions.readable(active, lambda path: _pause_all(app, path)))
         groups.delete(conn, found, app.now())
         _say_unwired_tasks(conn, found.channels)
     data = {"id": found.id, "deleted": True, "sessions_closed": len(active), "task_series_paused": paused,

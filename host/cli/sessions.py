@@ -8,7 +8,7 @@ import click
 
 from host.cli.app import App, pass_app
 from host.cli.output import emit, fields, json_option, local_time, table
-from host.errors import NclError
+from host.errors import NclError, cut
 from host.store import db, groups, sessions, views
 
 COLUMNS = [("id", "ID"), ("agent_group_id", "GROUP"), ("status", "STATUS"), ("thread_key", "THREAD"),
@@ -90,13 +90,21 @@ def close(app: App, session_id: str, force: bool, as_json: bool) -> None:
         found = sessions.get(conn, app.settings, session_id)
         if found.status == "closed":
             raise NclError(f"session {found.id} is closed already")
-        live = views.live_rows(found.folder / "inbound.db")
-        if live and not force:
+        if not force and (live := _live_rows(found)):
             raise NclError(f"session {found.id} has {live} messages or tasks waiting, running or paused (ncl messages "
                            f"list --session {found.id}); --force closes it anyway, and they are never done")
         sessions.close(conn, [found.id], app.now())
     nudge.touch(app.settings)
     emit(as_json, {"id": found.id, "status": "closed"}, lambda: click.echo(f"closed session {found.id}"))
+
+
+def _live_rows(session: sessions.Session) -> int:
+    """What ``close`` would leave undone; an inbox it cannot read (damaged, missing) is a one-line error that says
+    ``--force`` closes the session without reading it."""
+    try:
+        return views.live_rows(session.folder / "inbound.db")
+    except (db.Error, db.DbError) as exc:
+        raise NclError(f"{cut(str(exc))}; --force closes session {session.id} without reading it") from None
 
 
 @session_cli.command("prune")

@@ -214,13 +214,11 @@ def active_counts(conn: db.Connection) -> dict[str, int]:
 
 
 def readable(found: Iterable[Session], read: Callable[[Path], T]) -> Iterator[tuple[Session, T]]:
-    """``read`` of the inbound.db of each session that has one. A file it cannot read (corrupt, of a newer schema,
-    unreadable) is left out with a warning naming it, and an ``ncl`` command exits 1 (``errors.left_out``): one broken
-    session never hides every other from an overview."""
+    """``read`` of the inbound.db of each session. A file it cannot read (corrupt, of a newer schema, unreadable,
+    missing) is left out with a warning naming it, and an ``ncl`` command exits 1 (``errors.left_out``): one broken
+    session never hides every other from an overview, nor goes unsaid."""
     for session in found:
         path = session.folder / "inbound.db"
-        if not path.exists():
-            continue
         try:
             value = read(path)
         except (db.Error, db.DbError, OSError) as exc:
