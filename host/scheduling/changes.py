@@ -1,8 +1,12 @@
 """Which session folders may have changed since the sweep last looked at them (``Changes``), so that a full sweep
 stats only those: an idle session costs no system call (two stats each held an idle sweep over 10,000 sessions at
 50-80 ms, issue 3's target 50). Linux inotify on each session folder tells of a write to either file, a change of
-its times or mode, a name made, removed or renamed in it, whoever made it (a runner in a container writes the same
-files, through its mount). A hint to look again, never trusted data: what a look finds is decided by the stats
+its times or mode, a name made, removed or renamed in it, whoever made it through that folder (a runner in a container
+writes the same files, through its mount). A write through another name of the same file (a hard link elsewhere, a
+descriptor opened through one) or from another machine (a network filesystem) makes no event here: such a write is
+seen at the next full look, up to ``FULL_LOOK_EVERY`` passes later (10 minutes by default, where DESIGN's sweep
+would see it within one; every session stat'ed at each pass cost an idle sweep over 10,000 sessions 57-94 ms, issue
+3's target 50). A hint to look again, never trusted data: what a look finds is decided by the stats
 (``seen.files_of``) as before. Where it cannot tell, the session is looked at: no inotify here, no room for one
 more watch, a queue that overflowed (every session once), and every ``FULL_LOOK_EVERY``-th pass, whatever it says.
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, suppress
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
@@ -161,7 +162,10 @@ def _next_runs(rows: list[InMessage], zone: ZoneInfo, count: int = 5) -> list[st
     if carrier and carrier.recurrence:
         ends = series_end.Ends.of(carrier.content)
         slots = recurring.firings(carrier.recurrence, from_text(carrier.process_after or carrier.timestamp), zone)
-        later = [next(slots) for _ in range(count if ends.count is None else min(count, ends.count - 1))]
+        later: list[datetime] = []
+        with suppress(recurring.CronError):  # the calendar's end (the year 9999) comes first: fewer are shown
+            for _ in range(count if ends.count is None else min(count, ends.count - 1)):
+                later.append(next(slots))
         times.update(to_text(t) for t in later if ends.until is None or t <= ends.until)
     return sorted(times)[:count]
 
