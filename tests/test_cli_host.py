@@ -118,5 +118,8 @@ def test_a_rejected_tz_is_said_in_the_hosts_log_too(env: Env, start_host: Callab
     """(It was said only on the stderr of a host started with --quiet by scripts/run.sh: nowhere to be read.)"""
     host = start_host(TZ="Not/AZone")
     host.wait_for(lambda line: "; ignored, TZ is " in line)
+    # A record goes to stderr, then to host.log: once a later one is on stderr, that one is in the file (the host's
+    # loop logs them in turn; reading the file at once raced its write).
+    host.wait_for_action("sessions_seen")
     logged = (env.data_dir / "host.log").read_text()
     assert "TZ from env is not an IANA zone name: 'Not/AZone'; ignored, TZ is " in logged

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -59,6 +60,23 @@ def test_the_overviews_list_every_readable_session_and_exit_1_naming_the_file_le
     task = json.loads(ncl("tasks", "list", "--json").out)["tasks"][0]
     assert ok(ncl("tasks", "show", task["id"], "--json")).json()["task"]["session_id"] == good["id"]
     assert ok(ncl("sessions", "list", "--json")).json()["sessions"]
+
+
+@pytest.mark.parametrize("status", ["closed", "active"])
+def test_a_closed_session_whose_folder_is_gone_is_left_out_unsaid(two: tuple[dict[str, Any], dict[str, Any]],
+                                                                 status: str) -> None:
+    """``sessions prune`` moves a closed session's folder aside and deletes its row in one central.db transaction,
+    which a reader that listed the sessions just before does not see: that session is gone, not broken (review). An
+    active session's folder is never removed so: its loss is said."""
+    from host import errors
+    from host.store import sessions
+
+    good, gone = (sessions.Session(**{**s, "status": status}) for s in two)
+    shutil.rmtree(gone.folder)
+    errors.left_out.clear()
+    read = [session.id for session, _ in sessions.readable([good, gone], lambda path: path.stat().st_size)]
+    assert read == [good.id] and errors.left_out == (set() if status == "closed" else {gone.id})
+    errors.left_out.clear()
 
 
 @pytest.mark.parametrize("command", [("tasks", "list", "--session"), ("messages", "list", "--session")])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 from contextlib import closing
@@ -236,6 +237,27 @@ def test_a_workers_failed_visit_is_the_failure_the_sweeps_thread_reports(tmp_pat
     alone = world.sweeper()
     assert alone.tick(T0).errors == 1
     assert alone.failing[broken.id] == by_worker and "not a database" in by_worker
+
+
+def test_a_workers_visit_that_met_a_lock_is_held_off_as_busy(tmp_path: Path, workers: None,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A lock held past the visit's bounded wait (another process's write, an operator's read) is no broken session:
+    said once at INFO, as by the sweep's own thread, not as a failure (review: a worker's said WARNING)."""
+    world = World(tmp_path)
+    locked = _due_sessions(world)[3]
+    sweeper = world.sweeper()
+    with closing(sqlite3.connect(locked.folder / "inbound.db", isolation_level=None)) as other:
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            with caplog.at_level(logging.INFO):
+                result = sweeper.tick(T0)
+            assert sweeper._visitors is not None and sweeper._visitors._pool is not None
+        finally:
+            sweeper.close()
+    assert (result.errors, result.woken) == (1, MANY - 1) and locked.id in sweeper.holds.held
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if getattr(r, "session", None) == locked.id]
+    assert len(said) == 1 and said[0][0] == logging.INFO, said
+    assert said[0][1].startswith(f"session {locked.id} skipped (its files are locked): ") and "locked" in said[0][1]
 
 
 _HOST = """

@@ -325,11 +325,11 @@ class Sweeper:
             try:
                 visit = None
                 if outcome is not None:
-                    visit, done, error, records = outcome
+                    visit, done, error, records, busy = outcome
                     if records:
                         logs.replay(plan.session.id, records)
                     if error is not None:
-                        raise VisitFailed(error)
+                        raise (db.Busy if busy else VisitFailed)(error)  # (said as the sweep's thread would)
                     if done is not None:
                         result.add(done)
                 if visit is None or plan.session.id in self._touched:  # (a worker's, from before a request's write)

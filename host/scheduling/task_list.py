@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import closing, suppress
+from itertools import islice
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -163,9 +164,10 @@ def _next_runs(rows: list[InMessage], zone: ZoneInfo, count: int = 5) -> list[st
         ends = series_end.Ends.of(carrier.content)
         slots = recurring.firings(carrier.recurrence, from_text(carrier.process_after or carrier.timestamp), zone)
         later: list[datetime] = []
-        with suppress(recurring.CronError):  # the calendar's end (the year 9999) comes first: fewer are shown
-            for _ in range(count if ends.count is None else min(count, ends.count - 1)):
-                later.append(next(slots))
+        # The calendar's end (the year 9999) may come first: a cron's slots end with CronError, an interval's end.
+        with suppress(recurring.CronError):
+            for slot in islice(slots, count if ends.count is None else min(count, ends.count - 1)):
+                later.append(slot)
         times.update(to_text(t) for t in later if ends.until is None or t <= ends.until)
     return sorted(times)[:count]
 

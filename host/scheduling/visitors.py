@@ -29,7 +29,7 @@ from host.http import answers
 from host.scheduling.recurrence import Policy
 from host.scheduling.visit import Inline, SweepResult, Visitor
 from host.settings import Settings
-from host.store import allocations
+from host.store import allocations, db
 from host.store.sessions import Session
 from schemas.times import to_text
 
@@ -58,12 +58,14 @@ WORKER_NICE = 5
 
 class Outcome(NamedTuple):
     """A worker's visit of one session: ``visit`` and ``done`` (its counts; None: it counted nothing), or the
-    ``error`` it failed with, or neither (the sweep's thread visits it: see the module), and the records it logged."""
+    ``error`` it failed with (``busy``: a wait for another's lock that ran out), or neither (the sweep's thread
+    visits it: see the module), and the records it logged."""
 
     visit: Visit | None
     done: SweepResult | None
     error: str | None
     records: list[logging.LogRecord]
+    busy: bool = False
 
 
 class OtherCode(Exception):
@@ -255,6 +257,6 @@ def _visit_batch(now: datetime, jobs: list[Job]) -> list[Outcome]:
         except Inline:
             outcome = Outcome(None, None, None, _kept.records)
         except Exception as exc:
-            outcome = Outcome(None, None, cut(str(exc) or type(exc).__name__), _kept.records)
+            outcome = Outcome(None, None, cut(str(exc) or type(exc).__name__), _kept.records, db.is_busy(exc))
         outcomes.append(outcome)
     return outcomes

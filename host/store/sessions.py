@@ -216,9 +216,12 @@ def active_counts(conn: db.Connection) -> dict[str, int]:
 def readable(found: Iterable[Session], read: Callable[[Path], T]) -> Iterator[tuple[Session, T]]:
     """``read`` of the inbound.db of each session. A file it cannot read (corrupt, of a newer schema, unreadable,
     missing) is left out with a warning naming it, and an ``ncl`` command exits 1 (``errors.left_out``): one broken
-    session never hides every other from an overview, nor goes unsaid."""
+    session never hides every other from an overview, nor goes unsaid. A closed session whose folder is gone is left
+    out unsaid: a prune took it away (``remove``) after the list was read."""
     for session in found:
         path = session.folder / "inbound.db"
+        if session.status == "closed" and not session.folder.exists():
+            continue
         try:
             value = read(path)
         except (db.Error, db.DbError, OSError) as exc:

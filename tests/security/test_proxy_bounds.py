@@ -263,7 +263,7 @@ def test_groups_show_and_list_report_the_permission(host: Host) -> None:
     [listed] = host.ncl("groups", "list", "--json").json()["groups"]
     assert (listed["allow_server_tools"], listed["model"]) == (True, "m2")
     nothing = host.ncl("groups", "update", "demo")
-    assert nothing.code == 1 and len(nothing.err_lines) == 1
+    assert nothing.code == 2 and len(nothing.err_lines) == 1  # a usage error (DESIGN §12.11)
 
 
 def test_refusals_do_not_flood_the_log(host: Host, caplog: pytest.LogCaptureFixture) -> None:
