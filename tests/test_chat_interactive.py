@@ -95,6 +95,18 @@ def test_ctrl_d_on_an_empty_line_leaves_cleanly(host: tuple[Env, Host]) -> None:
         assert term.proc.wait(timeout=10) == 0
 
 
+def test_a_line_typed_after_the_host_stopped_is_said_not_sent(host: tuple[Env, Host]) -> None:
+    """The host stopping is said at once, and a line typed after is a one-line error, exit 1: the line was lost with
+    no word, exit 1 (review: click took the broken pipe for its own output's)."""
+    env, running = host
+    with chatting(env) as term:
+        assert running.stop(signal.SIGTERM) == 0
+        term.wait_for("the host closed the connection: what you type now is not sent")
+        term.type("typed after the host stopped\r")
+        term.wait_for("ncl: the host closed the connection: that line was not sent")
+        assert term.proc.wait(timeout=10) == 1
+
+
 def test_a_tasks_answer_is_marked_with_its_id_and_prompt(host: tuple[Env, Host]) -> None:
     env, _ = host
     with chatting(env) as term:

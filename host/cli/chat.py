@@ -32,6 +32,7 @@ from schemas.validation import check_prompt
 if TYPE_CHECKING:
     from host.cli.chat_status import Screen
 
+GONE = "the host closed the connection"
 STARTING_S = 15.0  # how long a host that holds its lock may take to open its socket (it is starting)
 
 
@@ -64,7 +65,7 @@ class Connection:
     def read(self) -> dict[str, Any]:
         line = self.file.readline()
         if not line:
-            raise NclError("the host closed the connection")
+            raise NclError(GONE)
         return protocol.decode(line)
 
     def close(self) -> None:
@@ -125,6 +126,8 @@ def ask(app: App, group: str, text: str, thread: str | None, timeout: float, cha
                 reply = conn.read().get("reply")
             except TimeoutError:
                 break
+            except NclError as exc:  # the host went away after it took the message: the message is kept
+                raise NclError(f"{exc} (the message is queued as {sent['message_id']})") from None
             if reply and (reply.get("in_reply_to_seq") or 0) >= sent["seq"]:
                 replies.append({"id": reply["id"], "text": reply["text"], "timestamp": reply["timestamp"],
                                 "task": reply.get("task"), "failed": bool(reply.get("failed"))})
@@ -185,6 +188,8 @@ def _interactive(app: App, group: str, thread: str | None) -> None:
             try:
                 data = conn.read()
             except (NclError, OSError, ValueError):
+                if not stop.is_set():  # (not this chat's own leaving)
+                    screen.above(f"{GONE}: what you type now is not sent (Ctrl-D to leave)")
                 return
             if reply := data.get("reply"):
                 if not reply.get("task"):  # a task's answer answers none of the messages sent
@@ -208,7 +213,10 @@ def _interactive(app: App, group: str, thread: str | None) -> None:
                 lines[-1] = lines[-1][:-1]
                 lines.append(input("… "))
             if message := "\n".join(lines).strip():
-                conn.write(group, message, thread)
+                try:
+                    conn.write(group, message, thread)
+                except OSError:  # (click would take a broken pipe for its own output's, and exit 1 unsaid)
+                    raise NclError(f"{GONE}: that line was not sent") from None
     except (EOFError, KeyboardInterrupt):
         say()
     finally:
