@@ -32,6 +32,11 @@ class SettingsError(NclError):
     """A setting whose value cannot be used."""
 
 
+# The longest a duration setting may be: past it, the timers made from one overflowed (inf, 1e300: the host and its
+# runners failed without naming the setting).
+YEAR_S = 365 * 86400.0
+
+
 class Env(NamedTuple):  # not a dataclass: a fifth of its cost at import, which every command pays
     """Where a setting is read from, the variable ``name``, and its bounds: a number greater than ``gt``, at least
     ``ge``, at most ``le``; a string of at least ``min_length`` characters; ``check`` refuses (ValueError) a value
@@ -128,12 +133,12 @@ class Settings(NamedTuple):
     this module, and making the dataclass took 13M instructions (~5 ms), the NamedTuple takes a tenth of that."""
 
     data_dir: Annotated[Path, Env("NCL_DATA_DIR")] = Path("data")
-    sweep_interval_s: Annotated[float, Env("NCL_SWEEP_INTERVAL_S", gt=0)] = 60.0
-    misfire_grace_s: Annotated[float, Env("NCL_MISFIRE_GRACE_S", ge=0)] = RUNNER.misfire_grace_s
-    task_min_interval_s: Annotated[float, Env("NCL_TASK_MIN_INTERVAL_S", ge=0)] = RUNNER.task_min_interval_s
-    scheduled_task_min_gap_s: Annotated[float, Env("NCL_SCHEDULED_TASK_MIN_GAP_S", ge=0)] = 900.0
-    idle_timeout_s: Annotated[float, Env("NCL_IDLE_TIMEOUT_S", gt=0)] = RUNNER.idle_timeout_s
-    poll_interval_s: Annotated[float, Env("NCL_POLL_INTERVAL_S", gt=0)] = RUNNER.poll_interval_s
+    sweep_interval_s: Annotated[float, Env("NCL_SWEEP_INTERVAL_S", gt=0, le=YEAR_S)] = 60.0
+    misfire_grace_s: Annotated[float, Env("NCL_MISFIRE_GRACE_S", ge=0, le=YEAR_S)] = RUNNER.misfire_grace_s
+    task_min_interval_s: Annotated[float, Env("NCL_TASK_MIN_INTERVAL_S", ge=0, le=YEAR_S)] = RUNNER.task_min_interval_s
+    scheduled_task_min_gap_s: Annotated[float, Env("NCL_SCHEDULED_TASK_MIN_GAP_S", ge=0, le=YEAR_S)] = 900.0
+    idle_timeout_s: Annotated[float, Env("NCL_IDLE_TIMEOUT_S", gt=0, le=YEAR_S)] = RUNNER.idle_timeout_s
+    poll_interval_s: Annotated[float, Env("NCL_POLL_INTERVAL_S", gt=0, le=YEAR_S)] = RUNNER.poll_interval_s
     max_batch: Annotated[int, Env("NCL_MAX_BATCH", ge=1)] = RUNNER.max_batch
     max_runners: Annotated[int, Env("NCL_MAX_RUNNERS", ge=1)] = 5
     runtime: Annotated[Literal["auto", "docker", "local"], Env("NCL_RUNTIME")] = "auto"
@@ -158,11 +163,11 @@ class Settings(NamedTuple):
     http_port: Annotated[int, Env("NCL_HTTP_PORT", ge=0, le=65535)] = 8787
     # The mail channel (host/channels/mail*.py): how long an IMAP IDLE (or, without IDLE, the wait between polls)
     # lasts, the largest mail taken, attachments saved of one mail, the first wait before an SMTP send is retried.
-    mail_poll_s: Annotated[float, Env("NCL_MAIL_POLL_S", gt=0)] = 60.0
+    mail_poll_s: Annotated[float, Env("NCL_MAIL_POLL_S", gt=0, le=YEAR_S)] = 60.0
     mail_max_bytes: Annotated[int, Env("NCL_MAIL_MAX_BYTES", ge=1024)] = 25 << 20
     mail_max_attachments: Annotated[int, Env("NCL_MAIL_MAX_ATTACHMENTS", ge=0)] = 20
-    mail_retry_s: Annotated[float, Env("NCL_MAIL_RETRY_S", ge=0)] = 5.0
-    mail_read_s: Annotated[float, Env("NCL_MAIL_READ_S", gt=0)] = 20.0
+    mail_retry_s: Annotated[float, Env("NCL_MAIL_RETRY_S", ge=0, le=YEAR_S)] = 5.0
+    mail_read_s: Annotated[float, Env("NCL_MAIL_READ_S", gt=0, le=YEAR_S)] = 20.0
     anthropic_api_key: Annotated[str | None, Env("ANTHROPIC_API_KEY")] = None  # secret
     anthropic_base_url: Annotated[str, Env("ANTHROPIC_BASE_URL")] = "https://api.anthropic.com"
     log_level: Annotated[LogLevel, Env("NCL_LOG_LEVEL")] = RUNNER.log_level

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 import pytest
 
@@ -203,6 +204,25 @@ def test_refused_values_say_why(tmp_path: Path, variable: str, value: str, said:
     with pytest.raises(SettingsError) as info:
         settings.load(environ={variable: value}, cwd=tmp_path, system_tz="UTC")
     assert str(info.value).startswith(f"invalid setting {variable}={value!r}: ") and said in str(info.value)
+
+
+DURATIONS = [env.name for kind, env in (get_args(hint) for hint in
+             get_type_hints(settings.Settings, include_extras=True).values() if get_args(hint))
+             if kind is float and env.name.endswith("_S")]
+
+
+@pytest.mark.parametrize("variable", DURATIONS)
+@pytest.mark.parametrize("value", ["inf", "1e300", "31536001"])
+def test_a_duration_past_a_year_is_refused_naming_its_setting(tmp_path: Path, variable: str, value: str) -> None:
+    """An infinite or huge duration was taken, then overflowed the timers made of it: the host, its sweep or every
+    runner failed with an OverflowError naming no setting (operations review)."""
+    assert len(DURATIONS) >= 9
+    with pytest.raises(SettingsError) as info:
+        settings.load(environ={variable: value}, cwd=tmp_path, system_tz="UTC")
+    said = str(info.value)
+    assert said.startswith(f"invalid setting {variable}={value!r}: ") and "less than or equal" in said
+    assert getattr(settings.load(environ={variable: "31536000"}, cwd=tmp_path, system_tz="UTC"),
+                   variable.removeprefix("NCL_").lower()) == 31536000.0
 
 
 def test_invalid_value_in_dotenv_is_named_too(tmp_path: Path) -> None:
