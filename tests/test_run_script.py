@@ -58,6 +58,26 @@ def test_the_quickstart_hint_is_in_tz_and_no_isolation_is_said_on_the_terminal(t
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("where", ["environment", ".env"])
+def test_the_quickstart_keeps_its_data_where_ncl_data_dir_says(tmp_path: Path, where: str) -> None:
+    """It waited for ./data/cli.sock whatever NCL_DATA_DIR said, then stopped a host that ran well (operations
+    review)."""
+    root = project_copy(tmp_path / "project")
+    env = Env(root).vars
+    elsewhere = tmp_path / "elsewhere"
+    del env["NCL_DATA_DIR"]
+    if where == ".env":
+        (root / ".env").write_text(f"NCL_DATA_DIR={elsewhere}\n")
+    else:
+        env["NCL_DATA_DIR"] = str(elsewhere)
+    done = subprocess.run(["scripts/run.sh"], cwd=root, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert f"its log: {elsewhere}/host.log" in done.stdout and "host running" in (elsewhere / "host.log").read_text()
+    assert not (root / "data").exists()
+
+
+@pytest.mark.slow
 def test_ncl_host_run_in_a_terminal_warns_of_no_isolation_on_stderr(tmp_path: Path) -> None:
     env = Env(tmp_path)
     proc = subprocess.Popen([*ncl_command(), "host", "run"], cwd=tmp_path, env=env.vars, stdin=subprocess.DEVNULL,
