@@ -11,7 +11,7 @@ start (~2 ms)."""
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
@@ -182,10 +182,7 @@ class Settings(NamedTuple):
         """The settings of the variables in ``values`` (others, and None, are ignored), each read and checked:
         ``SettingsError`` names the first one refused."""
         read: dict[str, Any] = {}
-        for name, hint in get_type_hints(cls, include_extras=True).items():
-            if get_origin(hint) is not Annotated:
-                continue
-            kind, env = get_args(hint)
+        for name, kind, env in _variables(cls):
             if (text := values.get(env.name)) is not None:
                 try:
                     read[name] = _checked(_read(kind, text), env)
@@ -226,6 +223,19 @@ class Settings(NamedTuple):
 _TRAILING_ZEROS = re.compile(r"\.0+$")  # "3.00" is the integer 3, "3." and "3.5" are no integer
 # A yes/no setting: these spellings, in any case, blanks around; empty is no (``NAME=`` in .env leaves it off).
 BOOLS = {**dict.fromkeys(("1", "true", "yes", "on"), True), **dict.fromkeys(("0", "false", "no", "off", ""), False)}
+
+
+def _variables(cls: type[Settings]) -> Iterator[tuple[str, Any, Env]]:
+    """Each setting read from a variable: its field, its type and where it is read from."""
+    for name, hint in get_type_hints(cls, include_extras=True).items():
+        if get_origin(hint) is Annotated:
+            kind, env = get_args(hint)
+            yield name, kind, env
+
+
+def variables() -> frozenset[str]:
+    """The variables ncl reads: each setting's, and ``NCL_ENV_FILE`` and ``NCL_DEBUG``."""
+    return frozenset(env.name for _, _, env in _variables(Settings)) | {"NCL_ENV_FILE", "NCL_DEBUG"}
 
 
 def _read(kind: Any, text: str) -> Any:

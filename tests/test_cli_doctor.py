@@ -65,6 +65,32 @@ def test_doctor_wants_the_key_a_groups_own_provider_needs(ncl: Ncl, monkeypatch:
     assert check["detail"] == "ANTHROPIC_API_KEY not set; provider mock (groups real: anthropic)"
 
 
+def test_doctor_warns_of_an_ncl_variable_in_dotenv_that_ncl_does_not_read(ncl: Ncl, cli_env: Any) -> None:
+    """A misspelt setting was ignored with no word: its default was used (operations review)."""
+    env_file = cli_env.root / ".env"
+    env_file.write_text("NCL_MAX_RUNERS=2\nNCL_MAX_RUNNERS=3\nNCL_SWAEP_INTERVAL_S=60\nOTHER_TOOL=1\n")
+    result = ncl("doctor", "--json")
+    [check] = [c for c in result.json()["checks"] if c["name"] == "env_file"]
+    assert check["level"] == "warn" and check["ok"] is True
+    said = f"{env_file}: ncl reads no NCL_MAX_RUNERS, NCL_SWAEP_INTERVAL_S (misspelt? see .env.example)"
+    assert check["detail"] == said
+    env_file.write_text("NCL_MAX_RUNNERS=3\nTZ=UTC\n")
+    [check] = [c for c in ncl("doctor", "--json").json()["checks"] if c["name"] == "env_file"]
+    assert check["level"] == "ok"
+
+
+def test_every_variable_of_env_example_is_one_ncl_reads() -> None:
+    """(What the doctor's check takes as known: .env.example documents every setting.)"""
+    from dotenv import dotenv_values
+
+    from host.settings import variables
+
+    example = Path(__file__).resolve().parent.parent / ".env.example"
+    named = {line.lstrip("# ").split("=")[0] for line in example.read_text().splitlines()}  # set or commented out
+    assert {key for key in dotenv_values(example) if key.startswith("NCL_")} <= variables()
+    assert {name for name in named if name.startswith("NCL_")} <= variables(), named - variables()
+
+
 def test_doctor_fails_and_names_a_rejected_tz(ncl: Ncl, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TZ", "Not/AZone")
     result = ncl("doctor", "--json")

@@ -15,7 +15,8 @@ from host.cli.app import zone_mismatch
 from host.errors import NclError
 from host.files import lock, private
 from host.runtimes.image import EngineDown, Versions, connect_engine, host_versions, inspect
-from host.settings import AlertTarget, Settings
+from host.settings import AlertTarget, Settings, variables
+from host.settings import env_file as env_file_of
 from host.store import db, groups, mailboxes, project_tasks, sessions, views
 from schemas.ddl import DbKind, latest_version
 
@@ -52,6 +53,21 @@ def timezone(settings: Settings) -> Check:
     mismatch = zone_mismatch(settings)
     detail = "; ".join([f"{tz.name} (from {tz.source})", *filter(None, [rejected, mismatch])])
     return Check("timezone", _level(not tz.rejected, warn=mismatch is not None), detail)
+
+
+def env_file(settings: Settings) -> Check:
+    """``NCL_`` variables of .env (or ``NCL_ENV_FILE``) that ncl does not read: a misspelt one is ignored, its
+    setting left at its default with no word (``NCL_MAX_RUNERS=2``). (The environment's are not looked at: other
+    tools may set their own there.)"""
+    path = env_file_of(os.environ, Path.cwd())
+    if not path.is_file():
+        return Check("env_file", "ok", f"no {path}")
+    from dotenv import dotenv_values
+
+    unknown = sorted(key for key in dotenv_values(path) if key.startswith("NCL_") and key not in variables())
+    if unknown:
+        return Check("env_file", "warn", f"{path}: ncl reads no {', '.join(unknown)} (misspelt? see .env.example)")
+    return Check("env_file", "ok", f"{path}: every NCL_ variable is one ncl reads")
 
 
 def data_dir(settings: Settings) -> Check:
@@ -304,6 +320,7 @@ def _session_folders(settings: Settings) -> tuple[list[Path], Check | None]:
 def run_all(settings: Settings) -> list[Check]:
     folders, early = _session_folders(settings)
     engine, image, problem = docker_engine(settings)
-    return [timezone(settings), data_dir(settings), engine, image, runtime(settings, lambda _: problem),
-            api_key(settings), early or schema_versions(settings, folders), free_space(settings, folders),
-            agent_host_tasks(settings), alert_channel(settings), matrix_login(settings), mail(settings)]
+    return [timezone(settings), env_file(settings), data_dir(settings), engine, image,
+            runtime(settings, lambda _: problem), api_key(settings), early or schema_versions(settings, folders),
+            free_space(settings, folders), agent_host_tasks(settings), alert_channel(settings), matrix_login(settings),
+            mail(settings)]

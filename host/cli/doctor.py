@@ -13,7 +13,7 @@ from host.cli.output import emit, json_option, table
 @json_option
 @pass_app
 def doctor(app: App, as_json: bool) -> None:
-    """Check the install: TZ, data dir, Docker engine and image, API key, schema versions."""
+    """Check the install: TZ, .env's variables, data dir, Docker engine and image, API key, schema versions."""
     found = checks.run_all(app.settings)
     ok = all(c.ok for c in found)
     emit(as_json, {"ok": ok, "checks": [c.to_json() for c in found]}, lambda: table(
