@@ -128,12 +128,14 @@ def test_a_chat_shows_what_came_while_none_was_open_and_a_tasks_answer_before_an
     showed.)"""
     env, running = host
     session = json.loads(env.ok("chat", "demo", "hello", "--json"))["session_id"]  # answered: seen
-    env.ok("tasks", "add", "--session", session, "--prompt", "while away")  # runs at once, no chat open
-    running.wait_for(lambda line: "reply_handled" in line and "stored" in line)
+    task = json.loads(env.ok("tasks", "add", "--session", session, "--prompt", "while away", "--json"))["id"]
+    running.wait_for(lambda line: "reply_handled" in line and "stored" in line)  # (it ran at once, no chat open)
     with chatting(env) as term:
         away = term.screen.split(READY)[0]
         assert f"while no chat was open (all of it: ncl messages list --session {session}):" in away
-        assert "mock: while away" in away and "mock: hello" not in away
+        assert "mock: hello" not in away
+        # marked with its task as a live one is (operations review: it was not)
+        assert f'] [task {task} "while away"] mock: while away' in away, away
         env.ok("tasks", "add", "--session", session, "--prompt", "while open")
         term.wait_for("mock: while open")  # nothing typed in this chat
     assert "shown in one: 1 " in running.wait_for_action("replies_shown", session=session)

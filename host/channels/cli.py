@@ -39,7 +39,6 @@ MAX_CLIENTS = 64
 LINE_TIMEOUT_S = 10.0
 MAX_UNREAD = 64 << 20  # replies written to a client but not yet taken by it
 MAX_SHOWN = 64  # replies a chat says it showed, in one line
-TASK_PROMPT = 40  # characters of a task's prompt a reply to it carries
 BUSY = protocol.encode(protocol.refused(f"the host is serving {MAX_CLIENTS} CLI connections already; try again"
                                         " shortly"))
 
@@ -210,10 +209,7 @@ def _source(session: Session, message_id: str | None) -> InMessage | None:
 
 
 def _task(source: InMessage | None) -> dict[str, str] | None:
-    if source is None or source.kind != "task":
-        return None
-    prompt = str(json.loads(source.content).get("prompt", ""))
-    return {"id": source.series, "prompt": prompt if len(prompt) <= TASK_PROMPT else prompt[:TASK_PROMPT - 1] + "…"}
+    return None if source is None or source.kind != "task" else protocol.task_mark(source.series, source.content)
 
 
 def _toolkit(central: db.Connection, group_ref: str) -> Group:

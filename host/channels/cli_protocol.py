@@ -29,6 +29,17 @@ if TYPE_CHECKING:
     from host.settings import Settings
 
 
+TASK_PROMPT = 40  # characters of a task's prompt a reply to it carries
+
+
+def task_mark(series: str, content: str) -> dict[str, str]:
+    """A reply's ``task``: the series it answers and the start of its prompt (``content``: the task row's)."""
+    try:
+        prompt = str(json.loads(content).get("prompt", ""))
+    except (ValueError, AttributeError):  # (not a JSON object: no prompt to show)
+        prompt = ""
+    return {"id": series, "prompt": prompt if len(prompt) <= TASK_PROMPT else prompt[:TASK_PROMPT - 1] + "…"}
+
 def socket_path(settings: Settings) -> Path:
     return settings.data_dir / "cli.sock"
 

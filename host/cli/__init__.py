@@ -33,7 +33,7 @@ COMMANDS = {
     "chat": ("host.cli.chat:chat", "Chat with GROUP's agent: interactively, or send TEXT once and print the reply."),
     "completion": ("host.cli.completion:completion", "Print the completion script for SHELL."),
     "doctor": ("host.cli.doctor:doctor",
-               "Check the install: TZ, data dir, Docker engine and image, API key, schema versions."),
+               "Check the install: TZ, .env's variables, data dir, Docker engine and image, API key, schema versions."),
     "groups": ("host.cli.groups:group_cli", "Agent groups: one agent each, with its rules, files and channels."),
     "host": ("host.cli.hostcmd:host_cli",
              "The host process: sweeps session inboxes, wakes runners, applies their requests."),

@@ -244,10 +244,10 @@ def _missed(conn: Connection, screen: Screen, group: str, thread: str | None) ->
         return
     if missed:
         say(f"while no chat was open (all of it: ncl messages list --session {session_id}):")
-    for _, at, text in missed:
-        say(f"[{local_time(at, screen.zone)}] {text}")
+    for reply in missed:
+        say(f"[{local_time(reply['timestamp'], screen.zone)}] {_label(reply)}{reply['text']}")
     if missed:  # the host records them delivered: the next chat does not show them again
-        conn.shown(session_id, [reply_id for reply_id, _, _ in missed])
+        conn.shown(session_id, [reply["id"] for reply in missed])
 
 
 def _folder(app: App, session_id: str) -> Path:

@@ -12,8 +12,10 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
+from host.channels import cli_protocol as protocol
 from host.cli.terminal import cell, paint
 from host.store import db, inbox, outbox, views
 from schemas import clock
@@ -66,13 +68,18 @@ def _line_buffer() -> str:
     return ""
 
 
-def away(folder: Path, last: int = AWAY) -> list[tuple[str, str, str]]:
-    """(id, timestamp, text) of the replies that came while no chat was open: kept ('stored') after the last one a
+def away(folder: Path, last: int = AWAY) -> list[dict[str, Any]]:
+    """The replies that came while no chat was open, as the socket pushes them (``id``, ``timestamp``, ``text``,
+    ``task``: the task they answer, if its row is among the latest ``last``): kept ('stored') after the last one a
     chat was shown ('delivered'), the latest ``last`` of them."""
-    out = sorted((m for m in views.transcript(folder, last) if m.direction == "out" and m.kind == "chat"),
+    lines = views.transcript(folder, last)
+    tasks = {m.id: protocol.task_mark(m.series_id or m.id, m.content)
+             for m in lines if m.direction == "in" and m.kind == "task"}
+    out = sorted((m for m in lines if m.direction == "out" and m.kind == "chat"),
                  key=lambda m: (m.timestamp, m.seq or 0))
     shown = max((i for i, m in enumerate(out) if m.status == "delivered"), default=-1)
-    return [(m.id, m.timestamp, views.text_of(m.content)) for m in out[shown + 1:] if m.status == "stored"]
+    return [{"id": m.id, "timestamp": m.timestamp, "text": views.text_of(m.content),
+             "task": tasks.get(m.in_reply_to or "")} for m in out[shown + 1:] if m.status == "stored"]
 
 
 @dataclass

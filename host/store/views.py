@@ -26,6 +26,7 @@ class Line:
     content: str
     status: str
     in_reply_to: str | None = None  # a reply's: the inbound row it answers
+    series_id: str | None = None  # an inbound task row's: its series
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +53,10 @@ def transcript(folder: Path, last: int | None = None) -> list[Line]:
     latest that many (by time, then seq), among which are the conversation's latest that many."""
     tail = "" if last is None else f" ORDER BY timestamp DESC, seq DESC LIMIT {int(last)}"
     with closing(db.connect(folder / "inbound.db", "inbound", readonly=True)) as conn:
-        found = [Line(r["id"], r["seq"], "in", r["kind"], r["timestamp"], r["content"], r["status"])
-                 for r in conn.execute("SELECT id, seq, kind, timestamp, status, content FROM messages_in" + tail)]
+        found = [Line(r["id"], r["seq"], "in", r["kind"], r["timestamp"], r["content"], r["status"],
+                      series_id=r["series_id"])
+                 for r in conn.execute("SELECT id, seq, kind, timestamp, status, content, series_id FROM messages_in"
+                                       + tail)]
         delivered = {r[0]: r[1] for r in conn.execute("SELECT message_out_id, status FROM delivered")}
     outbound = folder / "outbound.db"
     if outbound.exists():
