@@ -250,6 +250,7 @@ class Host:
             for channel in self.channels:
                 await channel.stop()
             self.proxy.shutdown()
+            await self._off_loop(self.runners.stop_all)
             self.writes.close()
             self.scheduled.close(stop_running=True)
             if self.alerts:

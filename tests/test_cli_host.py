@@ -6,6 +6,7 @@ Waiting on a process is done by blocking reads of its stderr (with a deadline) a
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
@@ -92,6 +93,25 @@ def test_a_task_added_while_the_host_sleeps_is_woken_without_waiting_for_the_swe
     assert item["status"] == "pending"
     host.wait_for_action("runner_started", session=session, timeout=20)
     assert host.stop(signal.SIGTERM) == 0
+
+
+def test_a_one_off_sweep_after_the_host_stopped_takes_back_what_its_runners_claimed(
+        env: Env, start_host: Callable[..., Host], tmp_path: Path) -> None:
+    """The host stops its runners as it stops. A one-off sweep run within the minute after took a turn one of them
+    left claimed for the work of a runner an earlier sweep started (its heartbeat was fresh), and neither retried nor
+    woke it (operations review): the host removes the heartbeat of each runner it stops."""
+    env.ok("groups", "create", "demo", "--channel", "cli")
+    session = json.loads(env.ok("sessions", "create", "--group", "demo", "--json"))["id"]
+    began = tmp_path / "gate-began"
+    os.mkfifo(began)
+    host = start_host()
+    env.ok("tasks", "add", "--session", session, "--prompt", "slow", "--script", f"echo began > {began}; sleep 60")
+    with open(began) as gate:  # (blocks until the gate runs: its runner has claimed the turn)
+        assert gate.read() == "began\n"
+    assert host.stop(signal.SIGTERM) == 0
+    swept = env.ncl("host", "sweep", "--once", "--json")
+    assert swept.returncode == 0, swept.stderr
+    assert "at work" not in swept.stderr and json.loads(swept.stdout)["retried"] == 1, swept.stderr
 
 
 @pytest.mark.parametrize("where", ["NCL_PROVIDER", "group"])

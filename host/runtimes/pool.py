@@ -3,6 +3,7 @@ when a live one counts as stuck (DESIGN §6.7, §8)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -246,6 +247,19 @@ class Runners:
                 "action": "runner_killed", "session": session_id, "generation": runner and runner.generation})
         self.runtime.stop(session_id)
         self._gone(session_id)
+
+    def stop_all(self) -> None:
+        """The host stopping: every live runner stopped, its heartbeat removed. A one-off sweep run within the minute
+        after took a turn such a runner left claimed for the work of one an earlier sweep started (``others_at_work``),
+        and left it undone (operations review)."""
+        for session_id, runner in list(self.live.items()):
+            self.kill(session_id)
+            with contextlib.suppress(OSError, confined.Refused):
+                dirfd = confined.open_dir(runner.folder)
+                try:
+                    os.unlink(".heartbeat", dir_fd=dirfd)  # (the name itself, never what a link there names)
+                finally:
+                    os.close(dirfd)
 
     def kill_if_stuck(self, session: Session, now: datetime, runner: Runner, found: Outbox) -> bool:
         """Kill the session's live ``runner`` if it is stuck (``stuck_reason``), given what a visit ``found`` in its
