@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import get_args, get_type_hints
 
 import pytest
 
@@ -206,8 +205,7 @@ def test_refused_values_say_why(tmp_path: Path, variable: str, value: str, said:
     assert str(info.value).startswith(f"invalid setting {variable}={value!r}: ") and said in str(info.value)
 
 
-DURATIONS = [env.name for kind, env in (get_args(hint) for hint in
-             get_type_hints(settings.Settings, include_extras=True).values() if get_args(hint))
+DURATIONS = [env.name for _, kind, env in settings._variables(settings.Settings)
              if kind is float and env.name.endswith("_S")]
 
 

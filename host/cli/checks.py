@@ -64,7 +64,8 @@ def env_file(settings: Settings) -> Check:
         return Check("env_file", "ok", f"no {path}")
     from dotenv import dotenv_values
 
-    unknown = sorted(key for key in dotenv_values(path) if key.startswith("NCL_") and key not in variables())
+    known = variables()
+    unknown = sorted(key for key in dotenv_values(path) if key.startswith("NCL_") and key not in known)
     if unknown:
         return Check("env_file", "warn", f"{path}: ncl reads no {', '.join(unknown)} (misspelt? see .env.example)")
     return Check("env_file", "ok", f"{path}: every NCL_ variable is one ncl reads")

@@ -82,6 +82,17 @@ def remove(dirfd: int, name: str, info: os.stat_result) -> None:
         os.unlink(name, dir_fd=dirfd)
 
 
+def discard(folder: Path, name: str) -> None:
+    """The file ``name`` in ``folder`` unlinked if it is there (a link itself, never its target); a folder that is a
+    symlink, or a directory of that name, is left as it is."""
+    with contextlib.suppress(OSError, Refused):
+        dirfd = open_dir(folder)
+        try:
+            os.unlink(name, dir_fd=dirfd)
+        finally:
+            os.close(dirfd)
+
+
 def _openat2(dirfd: int, relative: str, flags: int, mode: int) -> int:
     global use_openat2
     if (syscall := _libc_syscall()) is None:

@@ -188,12 +188,7 @@ def kill_detached(folder: Path, name: str = detached.FILE) -> int:
         finally:
             os.close(fd)
     killed = detached.kill_listed(data)
-    with contextlib.suppress(OSError, confined.Refused):  # a directory of that name stays: ignored all the same
-        dirfd = confined.open_dir(folder)
-        try:
-            os.unlink(name, dir_fd=dirfd)
-        finally:
-            os.close(dirfd)
+    confined.discard(folder, name)  # (a directory of that name stays: ignored all the same)
     return killed
 
 

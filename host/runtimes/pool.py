@@ -3,7 +3,6 @@ when a live one counts as stuck (DESIGN §6.7, §8)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import secrets
@@ -254,12 +253,7 @@ class Runners:
         and left it undone (operations review)."""
         for session_id, runner in list(self.live.items()):
             self.kill(session_id)
-            with contextlib.suppress(OSError, confined.Refused):
-                dirfd = confined.open_dir(runner.folder)
-                try:
-                    os.unlink(".heartbeat", dir_fd=dirfd)  # (the name itself, never what a link there names)
-                finally:
-                    os.close(dirfd)
+            confined.discard(runner.folder, ".heartbeat")
 
     def kill_if_stuck(self, session: Session, now: datetime, runner: Runner, found: Outbox) -> bool:
         """Kill the session's live ``runner`` if it is stuck (``stuck_reason``), given what a visit ``found`` in its
